@@ -1,0 +1,206 @@
+"""Pure-Python twin of the prefix core (``ext/acl/_core.pyx``).
+
+It is the oracle in tests and the fallback when nothing native is built, so it
+favours obvious correctness over speed.  Its API *is* the core's API; the
+compiled module must accept and return exactly the same things.
+
+Rules (shared with the compiled core):
+
+* A :class:`PrefixTable` holds prefixes of **one** family (4 or 6).  An entry
+  is ``(network, length, value)``; ``value`` is a rule index, an int in
+  ``0 .. 2**31 - 2``.  The network must have no bits set past ``length``
+  (``ValueError`` otherwise): masking is a rule-language decision, made by the
+  compiler, never silently by the core.
+* The same prefix given twice keeps the **lowest** value (the first rule wins
+  under both disciplines).
+* *first match*: the lowest value among all prefixes covering an address
+  (TCP Wrappers' file order).  *most specific*: the value of the longest
+  covering prefix (xinetd, tcprules).  Both answer ``-1`` when nothing covers.
+* Addresses may be ``str``, ``int``, packed ``bytes`` (4 or 16 bytes) or
+  ``ipaddress`` objects.  The table is family-strict: an IPv4-mapped IPv6
+  address (``::ffff:a.b.c.d``) is an IPv6 address here and matches only IPv6
+  prefixes such as ``::ffff:0:0/96``.  Whether a mapped client should be
+  looked up as IPv4 is the rule language's call (use :func:`unmap_v4`).
+* Batch lookups take a buffer of packed addresses (4 or 16 bytes each,
+  network order) and fill a writable buffer of int32 results.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from array import array
+
+__all__ = ["PrefixTable", "parse_address", "unmap_v4", "MAX_VALUE"]
+
+MAX_VALUE = 2**31 - 2
+_BITS = {4: 32, 6: 128}
+_V4_MAPPED = 0xFFFF << 32
+
+
+def parse_address(addr, family: int) -> int:
+    """Return ``addr`` as an int of the given family, or raise ValueError."""
+    bits = _BITS[family]
+    if isinstance(addr, int) and not isinstance(addr, bool):
+        if not 0 <= addr < (1 << bits):
+            raise ValueError(f"address {addr} out of range for IPv{family}")
+        return addr
+    if isinstance(addr, (bytes, bytearray, memoryview)):
+        raw = bytes(addr)
+        if len(raw) != bits // 8:
+            raise ValueError(f"packed IPv{family} address must be {bits // 8} bytes, got {len(raw)}")
+        return int.from_bytes(raw, "big")
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        if addr.version != family:
+            raise ValueError(f"{addr} is not an IPv{family} address")
+        return int(addr)
+    if isinstance(addr, str):
+        try:
+            ip = ipaddress.IPv4Address(addr) if family == 4 else ipaddress.IPv6Address(addr)
+        except ipaddress.AddressValueError as exc:
+            raise ValueError(f"not an IPv{family} address: {addr!r}") from exc
+        return int(ip)
+    raise TypeError(f"cannot use {type(addr).__name__} as an address")
+
+
+def unmap_v4(addr) -> str | None:
+    """``'::ffff:1.2.3.4'`` -> ``'1.2.3.4'``; anything else -> None."""
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return None
+
+
+class PrefixTable:
+    """Prefixes of one family, each with a rule index; see the module rules."""
+
+    def __init__(self, family: int, entries=()):
+        if family not in _BITS:
+            raise ValueError("family must be 4 or 6")
+        self.family = family
+        self._bits = _BITS[family]
+        # length -> {network int: value}
+        self._by_len: dict[int, dict[int, int]] = {}
+        for net, length, value in entries:
+            self._add(net, length, value)
+        self._freeze()
+
+    @classmethod
+    def from_arrays(cls, family: int, networks, lengths, values) -> PrefixTable:
+        """Build from packed arrays: ``networks`` 4/16 bytes per entry (network
+        order), ``lengths`` one byte per entry, ``values`` int32 per entry."""
+        width = _BITS[family] // 8
+        nets = memoryview(networks).cast("B")
+        lens = memoryview(lengths).cast("B")
+        vals = memoryview(values).cast("B").cast("i")
+        count = len(lens)
+        if len(nets) != count * width or len(vals) != count:
+            raise ValueError("networks, lengths and values disagree in length")
+        table = cls.__new__(cls)
+        table.family = family
+        table._bits = _BITS[family]
+        table._by_len = {}
+        for i in range(count):
+            net = int.from_bytes(nets[i * width:(i + 1) * width], "big")
+            table._add(net, lens[i], vals[i])
+        table._freeze()
+        return table
+
+    def _add(self, net, length: int, value: int) -> None:
+        net = parse_address(net, self.family)
+        if not 0 <= length <= self._bits:
+            raise ValueError(f"prefix length {length} out of range for IPv{self.family}")
+        if not 0 <= value <= MAX_VALUE:
+            raise ValueError(f"value {value} out of range 0..{MAX_VALUE}")
+        if net & ~self._mask(length) & ((1 << self._bits) - 1):
+            raise ValueError(f"host bits set in {self._text(net)}/{length}")
+        bucket = self._by_len.setdefault(length, {})
+        old = bucket.get(net)
+        if old is None or value < old:
+            bucket[net] = value
+
+    def _freeze(self) -> None:
+        self._lengths_desc = sorted(self._by_len, reverse=True)
+
+    def _mask(self, length: int) -> int:
+        return ((1 << length) - 1) << (self._bits - length)
+
+    def _text(self, net: int) -> str:
+        return str(ipaddress.ip_address(net) if self.family == 6 or net >= 2**32 else ipaddress.IPv4Address(net))
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self._by_len.values())
+
+    # -- single lookups -------------------------------------------------
+    def first_match(self, addr) -> int:
+        a = parse_address(addr, self.family)
+        best = -1
+        for length in self._lengths_desc:
+            v = self._by_len[length].get(a & self._mask(length))
+            if v is not None and (best < 0 or v < best):
+                best = v
+        return best
+
+    def most_specific(self, addr) -> int:
+        a = parse_address(addr, self.family)
+        for length in self._lengths_desc:
+            v = self._by_len[length].get(a & self._mask(length))
+            if v is not None:
+                return v
+        return -1
+
+    def exact(self, network, length: int) -> int:
+        net = parse_address(network, self.family)
+        return self._by_len.get(length, {}).get(net, -1)
+
+    def covering(self, addr) -> list[tuple[int, int, int]]:
+        """Every prefix covering ``addr``: ``(network, length, value)``, shortest first."""
+        a = parse_address(addr, self.family)
+        out = []
+        for length in reversed(self._lengths_desc):
+            net = a & self._mask(length)
+            v = self._by_len[length].get(net)
+            if v is not None:
+                out.append((net, length, v))
+        return out
+
+    def covered_by(self, network, length: int) -> list[tuple[int, int, int]]:
+        """Every prefix inside ``network/length`` (itself included), sorted by
+        (network, length)."""
+        net = parse_address(network, self.family)
+        mask = self._mask(length)
+        out = [
+            (n, ln, v)
+            for ln, bucket in self._by_len.items() if ln >= length
+            for n, v in bucket.items() if n & mask == net
+        ]
+        out.sort()
+        return out
+
+    def entries(self) -> list[tuple[int, int, int]]:
+        """All entries, sorted by (network, length)."""
+        return self.covered_by(0, 0)
+
+    # -- batch lookups --------------------------------------------------
+    def first_match_batch(self, packed, out=None):
+        return self._batch(packed, out, self.first_match)
+
+    def most_specific_batch(self, packed, out=None):
+        return self._batch(packed, out, self.most_specific)
+
+    def _batch(self, packed, out, fn):
+        width = self._bits // 8
+        raw = memoryview(packed).cast("B")
+        if len(raw) % width:
+            raise ValueError(f"packed buffer length is not a multiple of {width}")
+        n = len(raw) // width
+        if out is None:
+            out = array("i", bytes(4 * n))
+        res = memoryview(out).cast("B").cast("i")
+        if len(res) < n:
+            raise ValueError("output buffer too small")
+        for i in range(n):
+            res[i] = fn(int.from_bytes(raw[i * width:(i + 1) * width], "big"))
+        return out
