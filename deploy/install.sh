@@ -1,0 +1,30 @@
+#!/bin/sh
+# Install acl on a Debian 12 machine, as root:  sh deploy/install.sh
+#
+# * Debian packages needed to build the native parts (Cython core, the
+#   acl-wrap program, the libnetfilter_queue binding) come from apt.
+# * acl itself goes into the running python3 when its pip may install there;
+#   under Debian's own python3 (PEP 668 "externally managed") it goes into a
+#   virtual environment at /opt/acl and the commands are linked into
+#   /usr/local/bin.  Either way `acl` and `acl-wrap` end up on PATH.
+set -eu
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+if command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends \
+        build-essential python3-dev python3-venv pkg-config libnetfilter-queue-dev >/dev/null
+fi
+
+if python3 -m pip install -q --disable-pip-version-check --dry-run --no-deps . >/dev/null 2>&1; then
+    python3 -m pip install -q --disable-pip-version-check .
+else
+    python3 -m venv /opt/acl
+    /opt/acl/bin/pip install -q --disable-pip-version-check .
+    for cmd in acl acl-wrap; do
+        [ -e "/opt/acl/bin/$cmd" ] && ln -sf "/opt/acl/bin/$cmd" "/usr/local/bin/$cmd"
+    done
+fi
+hash -r 2>/dev/null || true
+acl --version
