@@ -23,11 +23,19 @@ Rules (shared with the compiled core):
   looked up as IPv4 is the rule language's call (use :func:`unmap_v4`).
 * Batch lookups take a buffer of packed addresses (4 or 16 bytes each,
   network order) and fill a writable buffer of int32 results.
+* Bad input raises the same exception class with the same message in both
+  cores: ``family`` not 4/6, a length or value that is not an int
+  (``TypeError``) or out of range, host bits set -- also in the prefix given
+  to :meth:`PrefixTable.exact` and :meth:`PrefixTable.covered_by` --, a
+  packed buffer whose size is not a multiple of the address width, an output
+  buffer that is too small (``ValueError``) or read-only (``TypeError``).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import operator
+import sys
 from array import array
 
 __all__ = ["PrefixTable", "parse_address", "unmap_v4", "MAX_VALUE"]
@@ -39,7 +47,9 @@ _V4_MAPPED = 0xFFFF << 32
 
 def parse_address(addr, family: int) -> int:
     """Return ``addr`` as an int of the given family, or raise ValueError."""
-    bits = _BITS[family]
+    bits = _BITS.get(family) if type(family) is int else None
+    if bits is None:
+        raise ValueError("family must be 4 or 6")
     if isinstance(addr, int) and not isinstance(addr, bool):
         if not 0 <= addr < (1 << bits):
             raise ValueError(f"address {addr} out of range for IPv{family}")
@@ -62,6 +72,35 @@ def parse_address(addr, family: int) -> int:
     raise TypeError(f"cannot use {type(addr).__name__} as an address")
 
 
+def _check_family(family) -> int:
+    if not isinstance(family, int) or isinstance(family, bool) or family not in _BITS:
+        raise ValueError("family must be 4 or 6")
+    return family
+
+
+def _check_length(length, family: int) -> int:
+    length = operator.index(length)
+    if not 0 <= length <= _BITS[family]:
+        raise ValueError(f"prefix length {length} out of range for IPv{family}")
+    return length
+
+
+def _check_value(value) -> int:
+    value = operator.index(value)
+    if not 0 <= value <= MAX_VALUE:
+        raise ValueError(f"value {value} out of range 0..{MAX_VALUE}")
+    return value
+
+
+def _host_bits_error(family: int, net: int, length: int) -> ValueError:
+    text = ipaddress.IPv4Address(net) if family == 4 else ipaddress.IPv6Address(net)
+    return ValueError(f"host bits set in {text}/{length}")
+
+
+def _host_bits(net: int, length: int, bits: int) -> int:
+    return net & ((1 << (bits - length)) - 1)
+
+
 def unmap_v4(addr) -> str | None:
     """``'::ffff:1.2.3.4'`` -> ``'1.2.3.4'``; anything else -> None."""
     try:
@@ -77,12 +116,7 @@ class PrefixTable:
     """Prefixes of one family, each with a rule index; see the module rules."""
 
     def __init__(self, family: int, entries=()):
-        if family not in _BITS:
-            raise ValueError("family must be 4 or 6")
-        self.family = family
-        self._bits = _BITS[family]
-        # length -> {network int: value}
-        self._by_len: dict[int, dict[int, int]] = {}
+        self._setup(family)
         for net, length, value in entries:
             self._add(net, length, value)
         self._freeze()
@@ -91,35 +125,45 @@ class PrefixTable:
     def from_arrays(cls, family: int, networks, lengths, values) -> PrefixTable:
         """Build from packed arrays: ``networks`` 4/16 bytes per entry (network
         order), ``lengths`` one byte per entry, ``values`` int32 per entry."""
-        width = _BITS[family] // 8
+        table = cls.__new__(cls)
+        table._setup(family)
+        width = table._bits // 8
         nets = memoryview(networks).cast("B")
         lens = memoryview(lengths).cast("B")
         vals = memoryview(values).cast("B").cast("i")
         count = len(lens)
         if len(nets) != count * width or len(vals) != count:
             raise ValueError("networks, lengths and values disagree in length")
-        table = cls.__new__(cls)
-        table.family = family
-        table._bits = _BITS[family]
-        table._by_len = {}
         for i in range(count):
             net = int.from_bytes(nets[i * width:(i + 1) * width], "big")
             table._add(net, lens[i], vals[i])
         table._freeze()
         return table
 
+    def _setup(self, family) -> None:
+        self.family = _check_family(family)
+        self._bits = _BITS[family]
+        # length -> {network int: value}
+        self._by_len: dict[int, dict[int, int]] = {}
+
     def _add(self, net, length: int, value: int) -> None:
         net = parse_address(net, self.family)
-        if not 0 <= length <= self._bits:
-            raise ValueError(f"prefix length {length} out of range for IPv{self.family}")
-        if not 0 <= value <= MAX_VALUE:
-            raise ValueError(f"value {value} out of range 0..{MAX_VALUE}")
-        if net & ~self._mask(length) & ((1 << self._bits) - 1):
-            raise ValueError(f"host bits set in {self._text(net)}/{length}")
+        length = _check_length(length, self.family)
+        value = _check_value(value)
+        if _host_bits(net, length, self._bits):
+            raise _host_bits_error(self.family, net, length)
         bucket = self._by_len.setdefault(length, {})
         old = bucket.get(net)
         if old is None or value < old:
             bucket[net] = value
+
+    def _prefix(self, network, length) -> tuple[int, int]:
+        """A query prefix, checked like an entry."""
+        net = parse_address(network, self.family)
+        length = _check_length(length, self.family)
+        if _host_bits(net, length, self._bits):
+            raise _host_bits_error(self.family, net, length)
+        return net, length
 
     def _freeze(self) -> None:
         self._lengths_desc = sorted(self._by_len, reverse=True)
@@ -127,8 +171,14 @@ class PrefixTable:
     def _mask(self, length: int) -> int:
         return ((1 << length) - 1) << (self._bits - length)
 
-    def _text(self, net: int) -> str:
-        return str(ipaddress.ip_address(net) if self.family == 6 or net >= 2**32 else ipaddress.IPv4Address(net))
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the table: here the dicts and the ints they hold."""
+        total = sys.getsizeof(self._by_len)
+        for bucket in self._by_len.values():
+            total += sys.getsizeof(bucket)
+            total += sum(sys.getsizeof(n) + sys.getsizeof(v) for n, v in bucket.items())
+        return total
 
     def __len__(self) -> int:
         return sum(len(b) for b in self._by_len.values())
@@ -152,7 +202,8 @@ class PrefixTable:
         return -1
 
     def exact(self, network, length: int) -> int:
-        net = parse_address(network, self.family)
+        """The value of exactly ``network/length``, or -1."""
+        net, length = self._prefix(network, length)
         return self._by_len.get(length, {}).get(net, -1)
 
     def covering(self, addr) -> list[tuple[int, int, int]]:
@@ -169,7 +220,7 @@ class PrefixTable:
     def covered_by(self, network, length: int) -> list[tuple[int, int, int]]:
         """Every prefix inside ``network/length`` (itself included), sorted by
         (network, length)."""
-        net = parse_address(network, self.family)
+        net, length = self._prefix(network, length)
         mask = self._mask(length)
         out = [
             (n, ln, v)
@@ -201,6 +252,8 @@ class PrefixTable:
         res = memoryview(out).cast("B").cast("i")
         if len(res) < n:
             raise ValueError("output buffer too small")
+        if res.readonly:
+            raise TypeError("output buffer is read-only")
         for i in range(n):
             res[i] = fn(int.from_bytes(raw[i * width:(i + 1) * width], "big"))
         return out

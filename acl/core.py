@@ -26,3 +26,19 @@ else:
         from acl._core_py import __all__  # noqa: F401
 
         IMPLEMENTATION = "pure"
+
+# The limits core (cps, per_source/instances leases, token buckets) follows
+# the same switch: ``limits`` is ``acl._limits`` or its twin ``acl._limits_py``.
+if os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0"):
+    from acl import _limits_py as limits  # noqa: F401
+
+    LIMITS_IMPLEMENTATION = "pure"
+else:
+    try:
+        from acl import _limits as limits  # noqa: F401
+
+        LIMITS_IMPLEMENTATION = "compiled"
+    except ImportError:
+        from acl import _limits_py as limits  # noqa: F401
+
+        LIMITS_IMPLEMENTATION = "pure"

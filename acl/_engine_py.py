@@ -1,0 +1,100 @@
+"""Pure-Python twin of the engine's source table (``ext/acl/_engine.pyx``).
+
+Rules (shared with the compiled ``SourceTable``):
+
+* A source is 16 bytes: an IPv4 client is stored as ``::ffff:a.b.c.d`` (so a
+  mapped client of an IPv6 socket is the same source), an IPv6 client is
+  masked to the configured prefix length (``[limits] ipv6_prefix``).
+* The table is bounded: ``capacity`` rounded up to a power of two (at least
+  16) slots, open addressing, FNV-1a 64 of the 16 bytes picks the first slot,
+  at most ``PROBES`` slots are probed.  A new source takes the first empty
+  probed slot; when all are taken, the probed entry seen least recently is
+  evicted (the first one on a tie) and ``evictions`` counts it.  A flood of
+  spoofed sources therefore costs a fixed amount of memory.
+* Each entry is a token bucket: a new source starts with ``burst`` tokens;
+  tokens grow by ``rate`` per second of ``now`` up to ``burst``; a request
+  takes one token or is refused.  ``burst <= 0`` means ``max(1, rate)``.
+  Time only moves forward: an older ``now`` adds nothing.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SourceTable", "source_key", "PROBES"]
+
+PROBES = 8
+_FNV_OFFSET = 0xCBF29CE484222325
+_FNV_PRIME = 0x100000001B3
+_M64 = (1 << 64) - 1
+_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def source_key(packed: bytes, ipv6_prefix: int = 64) -> bytes:
+    """4 or 16 packed bytes -> the 16-byte source key (see the rules)."""
+    if len(packed) == 4:
+        return _MAPPED + packed
+    if packed[:12] == _MAPPED or ipv6_prefix >= 128:
+        return bytes(packed)
+    n = int.from_bytes(packed, "big")
+    mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix) if ipv6_prefix > 0 else 0
+    return (n & mask).to_bytes(16, "big")
+
+
+def _fnv(key: bytes) -> int:
+    h = _FNV_OFFSET
+    for b in key:
+        h = ((h ^ b) * _FNV_PRIME) & _M64
+    return h
+
+
+class SourceTable:
+    def __init__(self, capacity: int) -> None:
+        cap = 16
+        while cap < capacity:
+            cap <<= 1
+        self.capacity = cap
+        self._keys: list[bytes | None] = [None] * cap
+        self._tokens = [0.0] * cap
+        self._last = [0.0] * cap
+        self.tracked = 0
+        self.evictions = 0
+
+    def take(self, key: bytes, now: float, rate: float, burst: float) -> bool:
+        """One request from source ``key`` at ``now``: True if it may pass."""
+        if burst <= 0:
+            burst = rate if rate > 1.0 else 1.0
+        mask = self.capacity - 1
+        h = _fnv(key)
+        slot = -1
+        free = -1
+        oldest = -1
+        for i in range(PROBES):
+            j = (h + i) & mask
+            k = self._keys[j]
+            if k == key:
+                slot = j
+                break
+            if k is None:
+                if free < 0:
+                    free = j
+            elif oldest < 0 or self._last[j] < self._last[oldest]:
+                oldest = j
+        if slot < 0:
+            if free >= 0:
+                slot = free
+                self.tracked += 1
+            else:
+                slot = oldest
+                self.evictions += 1
+            self._keys[slot] = key
+            self._tokens[slot] = burst
+            self._last[slot] = now
+        else:
+            elapsed = now - self._last[slot]
+            if elapsed > 0:
+                tokens = self._tokens[slot] + elapsed * rate
+                self._tokens[slot] = tokens if tokens < burst else burst
+                self._last[slot] = now
+        if self._tokens[slot] >= 1.0:
+            self._tokens[slot] -= 1.0
+            return True
+        return False

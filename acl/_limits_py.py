@@ -1,0 +1,446 @@
+"""Pure-Python twin of the limits core (``ext/acl/_limits.pyx``).
+
+It is the oracle in tests and the fallback when nothing native is built; its
+API *is* the compiled core's API, and both must give the same answers for the
+same calls (same integers, same evictions).
+
+Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
+
+* A :class:`LimitState` holds the limit state of every service: it outlives
+  a policy reload (the layer is rebuilt around the same state), so cps
+  windows, leases and token buckets survive.  Services are *slots*
+  (``slot(name)``) configured with :meth:`LimitState.configure`; a reload
+  reconfigures a slot without touching its counters.
+* :meth:`check` applies, in xinetd's parent order, **cps -> max_load ->
+  access_times -> instances -> per_source**, then the per-source token bucket
+  (not in xinetd), and returns a reason code (``OK`` = 0; the other codes
+  equal ``acl.model.Reason``).  It counts the connection for cps exactly as
+  xinetd does, whatever later layers decide; it takes no lease.
+* cps (C.7): ``count``/``window_start`` in whole seconds; ``count == 0`` opens
+  a window; inside a window of ``cps_max`` seconds ``count += 1`` and the
+  service trips when ``count // max(elapsed, 1) > cps_max``; past the window
+  it restarts at 1.  A trip refuses the connection and "closes the socket"
+  for ``cps_wait`` real seconds (every check in that time is refused without
+  being counted); the counters are *not* reset.  ``cps_max == 0`` is off.
+* instances / per_source count live **leases** (:meth:`take_lease`,
+  :meth:`release`).  -1 means UNLIMITED; 0 refuses everything.
+* Sources are 16-byte addresses (IPv4 as ``::ffff:a.b.c.d``, see
+  :func:`pack_source`), so one client compares equal in either family.
+* Per-source state (lease counts, token buckets) lives in one bounded,
+  set-associative open-addressing table: ``groups`` x ``WAYS`` entries, the
+  group chosen by a 64-bit hash.  A full group evicts the least recently
+  refilled *bucket* entry (entries holding leases are pinned) and counts an
+  eviction.  A lease that finds its group pinned full is still counted for
+  instances but not per source (``lease_overflows``).
+* Token buckets are fixed point (1/65536 token) with microsecond stamps so
+  both twins compute bit-identical results; the bucket key of an IPv6 source
+  is its ``v6_prefix`` network (IPv4 sources are never aggregated).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import socket
+import time
+
+__all__ = [
+    "LimitState", "pack_source",
+    "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "FX", "MAX_SERVICES",
+]
+
+OK = 0
+TIME = 2
+SERVICE_LIMIT = 3
+PER_SOURCE_LIMIT = 4
+LOAD = 5
+CPS = 6
+RATE = 9
+UNLIMITED = -1
+
+WAYS = 4                 # entries per group (one 128-byte block in C)
+ENTRY_BYTES = 32         # hi, lo, last_us, value, tag
+FX = 65536               # token fixed point
+MAX_SERVICES = 32768     # slot number lives in 15 bits of the tag
+_NREASONS = 10
+_M64 = (1 << 64) - 1
+_USED = 1 << 31
+_KIND_BUCKET = 1 << 30
+_V4MAPPED_HI = 0x0000000000000000
+_V4MAPPED_LO_TOP = 0x0000FFFF
+
+
+def pack_source(addr) -> bytes:
+    """A client address as the 16 bytes the core keys on (IPv4 -> mapped)."""
+    if isinstance(addr, (bytes, bytearray, memoryview)):
+        raw = bytes(addr)
+        if len(raw) == 4:
+            return b"\0" * 10 + b"\xff\xff" + raw
+        if len(raw) == 16:
+            return raw
+        raise ValueError(f"packed source must be 4 or 16 bytes, got {len(raw)}")
+    if isinstance(addr, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        addr = str(addr)
+    if not isinstance(addr, str):
+        raise TypeError(f"cannot use {type(addr).__name__} as a source address")
+    try:
+        if ":" in addr:
+            return socket.inet_pton(socket.AF_INET6, addr)
+        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, addr)
+    except OSError as exc:
+        raise ValueError(f"not a numeric address: {addr!r}") from exc
+
+
+def _mix(x: int) -> int:
+    # splitmix64 finalizer; the C core uses the same constants.
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _hash(hi: int, lo: int, tag: int) -> int:
+    return _mix(hi ^ _mix(lo ^ ((tag * 0x9E3779B97F4A7C15) & _M64)))
+
+
+def _local_minute(now: float) -> int:
+    tm = time.localtime(int(math.floor(now)))
+    return tm.tm_hour * 60 + tm.tm_min
+
+
+class LimitState:
+    """Limit state for every service of a policy; see the module rules."""
+
+    def __init__(self, max_sources: int = 65536, v6_prefix: int = 64, max_services: int = 1024):
+        if not 1 <= max_services <= MAX_SERVICES:
+            raise ValueError(f"max_services must be 1..{MAX_SERVICES}")
+        if not 0 <= v6_prefix <= 128:
+            raise ValueError("v6_prefix must be 0..128")
+        if max_sources < WAYS:
+            raise ValueError(f"max_sources must be at least {WAYS}")
+        groups = 1
+        while groups * WAYS < max_sources:
+            groups <<= 1
+        self._groups = groups
+        self.capacity = groups * WAYS
+        self.v6_prefix = v6_prefix
+        self.max_services = max_services
+        n = self.capacity
+        self._hi = [0] * n
+        self._lo = [0] * n
+        self._last = [0] * n
+        self._val = [0] * n
+        self._tag = [0] * n
+        self._names: dict[str, int] = {}
+        s = max_services
+        self._cps_max = [50] * s
+        self._cps_wait = [10] * s
+        self._count = [0] * s
+        self._window = [0] * s
+        self._off_until = [0.0] * s
+        self._cps_trips = [0] * s
+        self._instances = [UNLIMITED] * s
+        self._per_source = [UNLIMITED] * s
+        self._max_load = [0.0] * s
+        self._times: list[bytearray | None] = [None] * s
+        self._rate_fx = [0.0] * s
+        self._burst_fx = [0] * s
+        self._active = [0] * s
+        self._refusals = [[0] * _NREASONS for _ in range(s)]
+        self._leases: dict[int, tuple[int, int, int, bool]] = {}
+        self._next_lease = 1
+        self.evictions = 0
+        self.tracked_sources = 0
+        self.lease_overflows = 0
+
+    # -- services -------------------------------------------------------
+    def slot(self, name: str) -> int:
+        """The slot of service ``name``, allocated on first use."""
+        s = self._names.get(name)
+        if s is None:
+            s = len(self._names)
+            if s >= self.max_services:
+                raise ValueError(f"more than {self.max_services} services")
+            self._names[name] = s
+        return s
+
+    def slots(self) -> dict[str, int]:
+        return dict(self._names)
+
+    def configure(self, slot: int, cps_max: int = 50, cps_wait: int = 10,
+                  instances: int = UNLIMITED, per_source: int = UNLIMITED,
+                  max_load: float = 0.0, times=None, rate: float = 0.0,
+                  burst: float = 0.0) -> None:
+        """Set a service's limits; its counters and leases are kept."""
+        self._check_slot(slot)
+        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
+            raise ValueError("cps values must be 0..2**32-1")
+        if instances < -1 or per_source < -1:
+            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
+        if max_load < 0 or rate < 0 or burst < 0:
+            raise ValueError("max_load, rate and burst must not be negative")
+        if burst * FX > 0xFFFFFFFF:
+            raise ValueError("burst must be below 65536")
+        if rate > 0 and burst < 1:
+            raise ValueError("a rate needs a burst of at least 1")
+        bitmap = None
+        if times is not None:
+            bitmap = bytearray(1440)
+            for start, end in times:
+                if not (0 <= start <= end < 1440):
+                    raise ValueError(f"bad time interval {start}-{end}")
+                for m in range(start, end + 1):
+                    bitmap[m] = 1
+        self._cps_max[slot] = int(cps_max)
+        self._cps_wait[slot] = int(cps_wait)
+        self._instances[slot] = int(instances)
+        self._per_source[slot] = int(per_source)
+        self._max_load[slot] = float(max_load)
+        self._times[slot] = bitmap
+        self._rate_fx[slot] = float(rate) * FX
+        self._burst_fx[slot] = int(burst * FX)
+
+    def _check_slot(self, slot: int) -> None:
+        if not 0 <= slot < self.max_services:
+            raise ValueError(f"slot {slot} out of range")
+
+    # -- the table ------------------------------------------------------
+    def _find(self, hi: int, lo: int, tag: int) -> int:
+        base = (_hash(hi, lo, tag) & (self._groups - 1)) * WAYS
+        for i in range(base, base + WAYS):
+            if self._tag[i] == tag and self._hi[i] == hi and self._lo[i] == lo:
+                return i
+        return -1
+
+    def _insert(self, hi: int, lo: int, tag: int, now_us: int) -> int:
+        """Index of a fresh entry for the key, evicting if needed; -1 if pinned full."""
+        base = (_hash(hi, lo, tag) & (self._groups - 1)) * WAYS
+        victim = -1
+        for i in range(base, base + WAYS):
+            t = self._tag[i]
+            if t == 0:
+                victim = i
+                break
+            if t & _KIND_BUCKET and (victim < 0 or self._last[i] < self._last[victim]):
+                victim = i
+        if victim < 0:
+            return -1
+        if self._tag[victim]:
+            self.evictions += 1
+        else:
+            self.tracked_sources += 1
+        self._hi[victim] = hi
+        self._lo[victim] = lo
+        self._tag[victim] = tag
+        self._last[victim] = now_us
+        self._val[victim] = 0
+        return victim
+
+    def _bucket_key(self, hi: int, lo: int) -> tuple[int, int]:
+        if hi == 0 and (lo >> 32) == _V4MAPPED_LO_TOP:
+            return hi, lo
+        p = self.v6_prefix
+        if p >= 128:
+            return hi, lo
+        if p <= 64:
+            return hi & (((1 << p) - 1) << (64 - p)), 0
+        return hi, lo & (((1 << (p - 64)) - 1) << (128 - p))
+
+    # -- checks ---------------------------------------------------------
+    def check(self, slot: int, source: bytes, now: float, load: float = 0.0,
+              minute: int = -1) -> int:
+        """One connection attempt at ``now``; a reason code (``OK`` = 0)."""
+        self._check_slot(slot)
+        raw = bytes(source)
+        if len(raw) != 16:
+            raise ValueError("source must be 16 bytes (see pack_source)")
+        if minute < 0:
+            minute = _local_minute(now)
+        elif minute >= 1440:
+            raise ValueError("minute must be 0..1439")
+        hi = int.from_bytes(raw[:8], "big")
+        lo = int.from_bytes(raw[8:], "big")
+        r = self._check(slot, hi, lo, now, int(now * 1000000.0), load, minute)
+        self._refusals[slot][r] += 1
+        return r
+
+    def check_batch(self, sources, slots, now: float, load: float, out, minute: int = -1) -> int:
+        """Check ``n`` requests: ``sources`` n*16 bytes, ``slots`` int32[n];
+        writes a reason code per request into ``out`` (uint8[n]); returns the
+        number of requests granted."""
+        src = memoryview(sources).cast("B")
+        sl = memoryview(slots).cast("B").cast("i")
+        res = memoryview(out).cast("B")
+        n = len(sl)
+        if len(src) != 16 * n or len(res) < n:
+            raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
+        for i in range(n):
+            self._check_slot(sl[i])
+        if minute < 0:
+            minute = _local_minute(now)
+        elif minute >= 1440:
+            raise ValueError("minute must be 0..1439")
+        now_us = int(now * 1000000.0)
+        granted = 0
+        for i in range(n):
+            hi = int.from_bytes(src[16 * i:16 * i + 8], "big")
+            lo = int.from_bytes(src[16 * i + 8:16 * i + 16], "big")
+            r = self._check(sl[i], hi, lo, now, now_us, load, minute)
+            self._refusals[sl[i]][r] += 1
+            res[i] = r
+            granted += r == OK
+        return granted
+
+    def _check(self, s: int, hi: int, lo: int, now: float, now_us: int, load: float,
+               minute: int) -> int:
+        # a. cps (C.7); while "the socket is closed" nothing is counted.
+        if now < self._off_until[s]:
+            return CPS
+        cmax = self._cps_max[s]
+        if cmax != 0:
+            now_s = int(math.floor(now))
+            diff = now_s - self._window[s]
+            if self._count[s] == 0:
+                self._count[s] = 1
+                self._window[s] = now_s
+            elif diff < cmax:
+                self._count[s] += 1
+                if diff <= 0:
+                    diff = 1
+                if self._count[s] // diff > cmax:
+                    self._off_until[s] = now + self._cps_wait[s]
+                    self._cps_trips[s] += 1
+                    return CPS
+            else:
+                self._window[s] = now_s
+                self._count[s] = 1
+        # b. max_load: refused when the 1-minute load >= max_load.
+        ml = self._max_load[s]
+        if ml != 0.0 and load >= ml:
+            return LOAD
+        # c. access_times: local minute inside an inclusive interval.
+        bm = self._times[s]
+        if bm is not None and not bm[minute]:
+            return TIME
+        # d. instances: live leases of the service.
+        lim = self._instances[s]
+        if lim >= 0 and self._active[s] >= lim:
+            return SERVICE_LIMIT
+        # e. per_source: live leases of the service from this address.
+        lim = self._per_source[s]
+        if lim >= 0:
+            i = self._find(hi, lo, _USED | s)
+            held = self._val[i] if i >= 0 else 0
+            if held >= lim:
+                return PER_SOURCE_LIMIT
+        # token bucket (not in xinetd): refill, then spend one token.
+        rate = self._rate_fx[s]
+        if rate > 0.0:
+            bhi, blo = self._bucket_key(hi, lo)
+            tag = _USED | _KIND_BUCKET | s
+            burst = self._burst_fx[s]
+            i = self._find(bhi, blo, tag)
+            if i < 0:
+                i = self._insert(bhi, blo, tag, now_us)
+                if i < 0:
+                    return OK           # every way holds leases: not rate limited
+                self._val[i] = burst
+            else:
+                elapsed = now_us - self._last[i]
+                if elapsed > 0:
+                    t = self._val[i] + elapsed * rate / 1000000.0
+                    if t >= burst:
+                        self._val[i] = burst
+                        self._last[i] = now_us
+                    else:
+                        add = int(t) - self._val[i]
+                        if add > 0:
+                            self._val[i] += add
+                            self._last[i] = now_us
+            if self._val[i] >= FX:
+                self._val[i] -= FX
+            else:
+                return RATE
+        return OK
+
+    def cps_active(self, slot: int, now: float) -> bool:
+        """False while a cps trip keeps the service "closed"."""
+        self._check_slot(slot)
+        return not now < self._off_until[slot]
+
+    def cps_state(self, slot: int) -> tuple[int, int, float]:
+        """(count, window_start, off_until) of the service's cps counter."""
+        self._check_slot(slot)
+        return self._count[slot], self._window[slot], self._off_until[slot]
+
+    # -- leases ---------------------------------------------------------
+    def take_lease(self, slot: int, source: bytes) -> int:
+        """Count a granted connection toward instances and per_source."""
+        self._check_slot(slot)
+        raw = bytes(source)
+        if len(raw) != 16:
+            raise ValueError("source must be 16 bytes (see pack_source)")
+        hi = int.from_bytes(raw[:8], "big")
+        lo = int.from_bytes(raw[8:], "big")
+        tag = _USED | slot
+        i = self._find(hi, lo, tag)
+        if i < 0:
+            i = self._insert(hi, lo, tag, 0)
+        tracked = i >= 0
+        if tracked:
+            self._val[i] += 1
+        else:
+            self.lease_overflows += 1
+        self._active[slot] += 1
+        lease = self._next_lease
+        self._next_lease += 1
+        self._leases[lease] = (slot, hi, lo, tracked)
+        return lease
+
+    def release(self, lease: int) -> bool:
+        """Give a lease back; False when it is unknown (or released twice)."""
+        rec = self._leases.pop(lease, None)
+        if rec is None:
+            return False
+        slot, hi, lo, tracked = rec
+        self._active[slot] -= 1
+        if tracked:
+            i = self._find(hi, lo, _USED | slot)
+            if i >= 0:
+                self._val[i] -= 1
+                if self._val[i] <= 0:
+                    self._tag[i] = 0
+                    self._val[i] = 0
+                    self.tracked_sources -= 1
+        return True
+
+    def held(self, slot: int, source: bytes) -> int:
+        """Live leases of ``slot`` from ``source`` (what per_source compares)."""
+        self._check_slot(slot)
+        raw = bytes(source)
+        i = self._find(int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"),
+                       _USED | slot)
+        return self._val[i] if i >= 0 else 0
+
+    # -- counters for the metrics collector --------------------------------
+    def active_leases(self, slot: int) -> int:
+        self._check_slot(slot)
+        return self._active[slot]
+
+    def refusals(self, slot: int, reason: int) -> int:
+        """Checks of ``slot`` that ended with ``reason`` (``OK`` counts grants)."""
+        self._check_slot(slot)
+        return self._refusals[slot][reason]
+
+    def cps_trips(self, slot: int) -> int:
+        self._check_slot(slot)
+        return self._cps_trips[slot]
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the source table (what a flood of sources can fill)."""
+        return self.capacity * ENTRY_BYTES
+
+    @property
+    def leases_outstanding(self) -> int:
+        return len(self._leases)

@@ -1,0 +1,137 @@
+"""``acl match --xinetd CONF``: what xinetd would decide for a client.
+
+    acl match --xinetd CONF [--hosts FILE] SERVICE IP
+    acl match --xinetd CONF [--hosts FILE] [--limits] [--now T] --batch
+
+SERVICE is the xinetd service *id*; IP is the client as the service's socket
+would see it (``::ffff:a.b.c.d`` for an IPv4 client of an IPv6 service; a
+plain IPv4 address is mapped the same way).  Each answer is ``allow`` or
+``deny`` then the reason xinetd would log (``address``, ``time``, ...).
+
+By default only only_from/no_access are consulted: a query consumes no cps
+count, takes no lease.  ``--limits`` runs every request through the limits as
+well (cps counted, max_load against /proc/loadavg, access_times against the
+clock or ``--now``), as one xinetd would see that sequence of connections.
+``--hosts FILE`` answers name lookups from a hosts file instead of the system
+resolver.  Exit codes: 0 allow (batch: done), 1 deny, 100 bad input, 111
+unreadable file.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from acl.errors import RuleSyntaxError
+from acl.model import Request, Verdict
+
+USAGE = ("usage: acl match --xinetd CONF [--hosts FILE] [--limits] [--now T] "
+         "(--batch | SERVICE IP)")
+
+
+def _fatal(msg: str, code: int) -> int:
+    print(f"acl match: fatal: {msg}", file=sys.stderr)
+    return code
+
+
+def _parse_args(argv: list[str]):
+    opts = {"conf": None, "hosts": None, "batch": False, "limits": False, "now": None,
+            "quiet": False}
+    rest = []
+    it = iter(argv)
+    for a in it:
+        name, eq, val = a.partition("=")
+        if name in ("--xinetd", "--hosts", "--now"):
+            if not eq:
+                val = next(it, None)
+                if val is None:
+                    raise ValueError(f"{name} needs a value")
+            key = name[2:] if name != "--xinetd" else "conf"
+            opts[key] = val
+        elif a == "--batch":
+            opts["batch"] = True
+        elif a == "--limits":
+            opts["limits"] = True
+        elif a in ("-q", "--quiet"):
+            opts["quiet"] = True
+        elif a.startswith("--"):
+            raise ValueError(f"unknown option {a}")
+        else:
+            rest.append(a)
+    if opts["now"] is not None:
+        opts["now"] = float(opts["now"])
+    return opts, rest
+
+
+def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str, int]:
+    req = Request(service=service, client=ip)
+    d = layer.check(req, now) if limits else layer.check_address(req)
+    if d is None:
+        return "deny unknown_service", 1
+    word = "allow" if d.verdict is not Verdict.DENY else "deny"
+    return f"{word} {d.reason.log_text}", 0 if d.allowed else 1
+
+
+def main(argv: list[str]) -> int:
+    try:
+        opts, rest = _parse_args(argv)
+    except ValueError as exc:
+        print(f"acl match: {exc}\n{USAGE}", file=sys.stderr)
+        return 100
+    if not opts["conf"]:
+        print(USAGE, file=sys.stderr)
+        return 100
+    from acl.compile.xinetd import XinetdLayer, load_xinetd
+    from acl.parse.xinetd_resolve import HostsResolver, SystemResolver
+
+    resolver = SystemResolver()
+    if opts["hosts"]:
+        try:
+            with open(opts["hosts"], encoding="utf-8", errors="replace") as f:
+                resolver = HostsResolver(f.read())
+        except OSError as exc:
+            return _fatal(f"cannot read {opts['hosts']}: {exc.strerror}", 111)
+    try:
+        policy, diags = load_xinetd(opts["conf"], resolver)
+    except RuleSyntaxError as exc:
+        for d in exc.diagnostics:
+            print(f"acl match: {d}", file=sys.stderr)
+        return 111 if exc.line == 0 else 100
+    if not opts["quiet"]:
+        for d in diags:
+            print(f"acl match: {d}", file=sys.stderr)
+    layer = XinetdLayer(policy, resolver=resolver)
+    fixed_now = opts["now"]
+    if opts["batch"]:
+        if rest:
+            print(USAGE, file=sys.stderr)
+            return 100
+        out = sys.stdout
+        for lineno, line in enumerate(sys.stdin, 1):
+            words = line.split()
+            if not words or words[0].startswith("#"):
+                continue
+            if len(words) != 2:
+                print(f"acl match: stdin:{lineno}: expected SERVICE IP", file=sys.stderr)
+                out.write("deny error\n")
+                continue
+            now = fixed_now if fixed_now is not None else time.time()
+            try:
+                text, _ = _answer(layer, words[0], words[1], opts["limits"], now)
+            except ValueError:
+                print(f"acl match: stdin:{lineno}: not an address: {words[1]}",
+                      file=sys.stderr)
+                text = "deny error"
+            out.write(text + "\n")
+        out.flush()
+        return 0
+    if len(rest) != 2:
+        print(USAGE, file=sys.stderr)
+        return 100
+    now = fixed_now if fixed_now is not None else time.time()
+    try:
+        text, code = _answer(layer, rest[0], rest[1], opts["limits"], now)
+    except ValueError:
+        return _fatal(f"not an address: {rest[1]}", 100)
+    print(text)
+    return code

@@ -1,0 +1,104 @@
+"""``acl query``: ask a running ``acl serve``.
+
+    acl query [--socket PATH] [--lease] [--host NAME] [--user NAME]
+              [--port N] [--server ADDR] [--server-port N] SERVICE CLIENT
+    acl query --admin PATH reload|stats|dump
+
+Prints ``allow``/``deny``/``delegate`` with the reason, the deciding rule,
+the environment and options.  Exit status: 0 granted, 1 denied, 100 bad
+arguments, 111 the sidecar cannot be reached or answered with an error.
+The default socket is ``$ACL_SOCKET``, else ``/run/acl/query.sock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+
+from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY
+
+PROG = "acl query"
+
+
+def format_decision(service: str, client: str, d) -> str:
+    parts = [f"{d.verdict.name.lower()} {service} {client}: {d.reason.log_text}"]
+    if d.location:
+        parts.append(f"rule {d.location}")
+    for name, value in d.env:
+        parts.append(f"env {name}={value}" if value is not None else f"env -{name}")
+    for name, value in d.options:
+        parts.append(f"option {name}{' ' + value if value else ''}")
+    if d.lease:
+        parts.append(f"lease {d.lease}")
+    return "\n  ".join(parts)
+
+
+def admin(path: str, command: str) -> int:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(path)
+            s.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        print(f"{PROG}: fatal: cannot reach {path}: {exc}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        print(f"{PROG}: fatal: no answer from {path}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    print(json.dumps(reply, indent=2, sort_keys=True))
+    return EXIT_OK if reply.get("ok") else EXIT_TEMPORARY
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description="ask a running acl serve")
+    p.add_argument("--socket", "-s", default=os.environ.get("ACL_SOCKET", "/run/acl/query.sock"))
+    p.add_argument("--admin", help="admin socket: run COMMAND (reload, stats, dump)")
+    p.add_argument("--lease", action="store_true", help="take a lease (held until exit)")
+    p.add_argument("--host", help="client host name, when known")
+    p.add_argument("--user", help="remote user (ident), when known")
+    p.add_argument("--port", type=int, default=0, help="client port")
+    p.add_argument("--server", help="server (local) address")
+    p.add_argument("--server-port", type=int, default=0)
+    p.add_argument("words", nargs="+", metavar="SERVICE CLIENT | COMMAND")
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
+    if args.admin:
+        return admin(args.admin, " ".join(args.words))
+    if len(args.words) != 2:
+        print(f"{PROG}: usage: acl query [options] SERVICE CLIENT", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from acl.client import Client
+    from acl.errors import ProtocolError
+    from acl.model import Request
+
+    service, client = args.words
+    try:
+        req = Request(service, client, args.port, args.server, args.server_port,
+                      args.host, args.user, args.lease)
+        from acl.wire.binary import decide_payload
+
+        decide_payload(req)                # validate before connecting
+    except ValueError as exc:
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        with Client(args.socket) as c:
+            d = c.decide(req)
+    except (OSError, ProtocolError) as exc:
+        print(f"{PROG}: fatal: {args.socket}: {exc}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    print(format_decision(service, client, d))
+    return EXIT_OK if d.allowed else EXIT_NO

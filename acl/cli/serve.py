@@ -1,0 +1,105 @@
+"""``acl serve``: run the decision service (issue 6; docs/configuration.md).
+
+    acl serve [--config policy.toml] [--query PATH] [--policy-socket PATH]
+              [--admin PATH] [--metrics HOST:PORT] [--allow-pure] [--check]
+
+With no ``--config`` the example policy shipped in the package runs, with its
+sockets in a private runtime directory, and the command prints where it
+listens and one command that queries it.  The pure-Python twin is refused
+unless ``--allow-pure`` says a slow sidecar is what you want.  ``--check``
+loads the policy, prints what it found, and exits (0 good, 100 bad).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import sys
+
+from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY
+from acl.errors import AclError, PolicyError, RuleSyntaxError
+
+PROG = "acl serve"
+
+
+def runtime_dir() -> str:
+    base = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(base, "acl") if base else f"/tmp/acl-{os.getuid()}"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=PROG, description="run the acl decision service")
+    p.add_argument("--config", "-c", help="policy TOML file (default: the shipped example)")
+    p.add_argument("--query", help="binary protocol socket path (overrides the file)")
+    p.add_argument("--policy-socket", help="Postfix policy socket path (overrides the file)")
+    p.add_argument("--admin", help="admin socket path (overrides the file)")
+    p.add_argument("--metrics", help="metrics HOST:PORT ('' disables; overrides the file)")
+    p.add_argument("--allow-pure", action="store_true",
+                   help="run even when only the slow pure-Python core is available")
+    p.add_argument("--check", action="store_true", help="load the policy, report, exit")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    from acl import core
+    from acl.engine import KERNEL, Engine
+    from acl.policy import load_policy
+
+    compiled = core.IMPLEMENTATION == "compiled" and KERNEL == "compiled"
+    if not compiled and not args.allow_pure and not args.check:
+        print(f"{PROG}: fatal: the compiled core is not available (core: "
+              f"{core.IMPLEMENTATION}, engine: {KERNEL}); build it, or pass --allow-pure "
+              "to run the slow pure-Python twin", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        policy = load_policy(args.config)
+    except (RuleSyntaxError, PolicyError) as exc:
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for d in policy.diagnostics:
+        print(f"{PROG}: {d}", file=sys.stderr)
+    sockets = policy.sockets
+    if args.config is None:              # the example: private paths, loopback metrics
+        rd = runtime_dir()
+        sockets = dataclasses.replace(sockets, query=os.path.join(rd, "query.sock"),
+                                      policy=os.path.join(rd, "policy.sock"),
+                                      admin=os.path.join(rd, "admin.sock"),
+                                      admin_uids=tuple({*sockets.admin_uids, os.getuid()}))
+    for name, value in (("query", args.query), ("policy", args.policy_socket),
+                        ("admin", args.admin)):
+        if value is not None:
+            sockets = dataclasses.replace(sockets, **{name: os.path.abspath(value) if value else ""})
+    policy.sockets = sockets
+    if args.metrics is not None:
+        policy.metrics_listen = args.metrics
+    if args.check:
+        print(f"{PROG}: {policy.path}: {len(policy.sources)} sources, services "
+              f"{', '.join(policy.services()) or '(none)'}")
+        return EXIT_OK
+    engine = Engine(policy)
+    from acl.serve.server import Server
+
+    server = Server(engine, compiled=compiled)
+    try:
+        addrs = server.bind()
+    except (OSError, AclError) as exc:
+        print(f"{PROG}: fatal: cannot listen: {exc}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    for name, where in addrs.items():
+        print(f"{PROG}: {name} on {where}", file=sys.stderr)
+    if "query" in addrs and not addrs["query"].startswith("fd:"):
+        example = "sshd 192.0.2.10" if args.config is None else "SERVICE CLIENT-ADDRESS"
+        print(f"{PROG}: try: acl query --socket {addrs['query']} {example}", file=sys.stderr)
+    try:
+        server.drop_privileges()
+    except (OSError, KeyError) as exc:
+        print(f"{PROG}: fatal: cannot drop privileges: {exc}", file=sys.stderr)
+        return EXIT_TEMPORARY
+    print(f"{PROG}: ready ({'compiled' if compiled else 'pure'} core)", file=sys.stderr,
+          flush=True)
+    asyncio.run(server.serve())
+    print(f"{PROG}: stopped", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,363 @@
+"""hosts.allow + hosts.deny -> one layer: prefix tables plus a residual program.
+
+Theory of operation (spec A.1, D.1.1):
+
+* libwrap's answer is the *first* matching line of hosts.allow, then of
+  hosts.deny, else grant.  Rules are numbered in that order (allow lines
+  first), so the answer is the matching rule with the lowest number.
+* A rule is *pure* when its daemon list is plain names or ``ALL`` and its
+  client list is address-shaped patterns (exact dotted quads, ``a.b.c.``
+  textual prefixes, contiguous ``net/mask``, ``[v6]``, ``[v6]/len``, ``ALL``,
+  ``/files`` of those), neither with ``EXCEPT``.  For a client whose address
+  is in the form a socket prints, a pure rule matches exactly when one of its
+  prefixes covers the address; so pure rules go into per-daemon
+  :class:`acl.core.PrefixTable` s (first-match: the lowest rule number).
+* Every other rule (host names, ``.domain``, globs, ``LOCAL``, ``KNOWN``,
+  ``EXCEPT``, ``user@``, ``daemon@host``, ports, non-contiguous masks...) is
+  *residual*: kept in rule order and interpreted, but only the residual rules
+  numbered below the best pure candidate are tried, and the scan stops at the
+  first that matches.  The cost of a decision therefore does not grow with
+  the number of pure rules.
+* Clients not in socket form (``unknown``, ``010.0.0.1`` typed into
+  ``acl match``, scoped IPv6, 255.255.255.255) take the interpreter over all
+  rules: textual patterns then mean what libwrap's string compares mean.
+* The deciding rule's options decide the verdict (A.8): ``allow``/``deny``/
+  ``twist`` last, or an option error (deny).  A hosts.deny that ends in an
+  error (no final newline, line too long, unreadable) denies every client no
+  earlier rule matched (A.1.5).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from acl.core import PrefixTable
+from acl.errors import Diagnostic, RuleSyntaxError, Severity
+from acl.model import GRANT_BY_DEFAULT, Decision, Location, Reason, Request, Verdict
+from acl.parse.hosts_access import HostsRule, HostsTable, read_hosts
+from acl.parse.hosts_options import setenv_name_ok
+from acl.parse.hosts_patterns import (
+    AllWord,
+    Exact,
+    ascii_lower,
+    hostname_known,
+    strip_mapped,
+)
+
+UNKNOWN = "unknown"
+_NONE4 = 0xFFFFFFFF
+_OK_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+class HostView:
+    """One endpoint as libwrap's ``host_info``: address now, name on demand."""
+
+    __slots__ = ("addr", "_name", "_resolver", "_now", "looked_up")
+
+    def __init__(self, addr: str, name: str | None, resolver, now: float):
+        self.addr = addr
+        self._name = name
+        self._resolver = resolver
+        self._now = now
+        self.looked_up = name is not None
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self.looked_up = True
+            if self._resolver is None or self.addr == UNKNOWN:
+                self._name = UNKNOWN
+            else:
+                self._name = self._resolver.hostname(self.addr, self._now)
+        return self._name
+
+    def innetgr(self, group: str, name: str) -> bool:
+        if self._resolver is None:
+            return False
+        return self._resolver.innetgr(group, name)
+
+    def info(self) -> str:
+        """``eval_hostinfo``: the name if already looked up and known, else the address."""
+        if self.looked_up and hostname_known(self.name):
+            return self.name
+        return self.addr
+
+
+class Query:
+    """What a rule is matched against: daemon, client, server, user."""
+
+    __slots__ = ("daemon", "client", "server", "server_sin", "server_port", "user",
+                 "client_port", "pid")
+
+    def __init__(self, daemon: str, client: HostView, server: HostView, *, server_sin: bool,
+                 server_port: int = 0, user: str = UNKNOWN, client_port: int = 0, pid: int = 0):
+        self.daemon = daemon
+        self.client = client
+        self.server = server
+        self.server_sin = server_sin
+        self.server_port = server_port
+        self.user = user
+        self.client_port = client_port
+        self.pid = pid
+
+    @classmethod
+    def from_request(cls, request: Request, resolver, now: float) -> Query:
+        client = HostView(request.client or UNKNOWN, request.host, resolver, now)
+        if request.server:
+            server = HostView(request.server, None, resolver, now)
+        else:
+            server = HostView(UNKNOWN, UNKNOWN, None, now)
+        return cls(request.service, client, server, server_sin=bool(request.server),
+                   server_port=request.server_port, user=request.user or UNKNOWN,
+                   client_port=request.client_port)
+
+
+def percent_expand(text: str, q: Query) -> str:
+    """``percent_x``: %a %A %c %d %h %H %n %N %p %r %R %s %u %% (A.9), lazily, left to right."""
+    out = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "%" and i + 1 < n:
+            code = text[i + 1]
+            i += 2
+            if code == "a":
+                val = q.client.addr
+            elif code == "A":
+                val = q.server.addr
+            elif code == "c":
+                info = q.client.info()
+                val = f"{q.user}@{info}" if ascii_lower(q.user) != UNKNOWN else info
+            elif code == "d":
+                val = q.daemon
+            elif code == "h":
+                val = q.client.info()
+            elif code == "H":
+                val = q.server.info()
+            elif code == "n":
+                val = q.client.name
+            elif code == "N":
+                val = q.server.name
+            elif code == "p":
+                val = str(q.pid)
+            elif code == "r":
+                val = str(q.client_port)
+            elif code == "R":
+                val = str(q.server_port)
+            elif code == "s":
+                host = q.server.info()
+                val = q.daemon if ascii_lower(host) == UNKNOWN else f"{q.daemon}@{host}"
+            elif code == "u":
+                val = q.user
+            elif code == "%":
+                val = "%"
+            else:
+                val = ""
+            out.append("".join(c if c in _OK_CHARS else "_" for c in val))
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def _fast_key(client: str) -> tuple[int, int] | None:
+    """(4, int) / (6, int) for an address in the form a socket prints, else None."""
+    try:
+        v = int.from_bytes(socket.inet_pton(socket.AF_INET, client), "big")
+        return None if v == _NONE4 else (4, v)
+    except (OSError, ValueError):
+        pass
+    if client[:7].lower() == "::ffff:" and "." in client:
+        try:
+            v = int.from_bytes(socket.inet_pton(socket.AF_INET, client[7:]), "big")
+            return None if v == _NONE4 else (4, v)
+        except (OSError, ValueError):
+            return None
+    if "%" in client:
+        return None
+    try:
+        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, client), "big")
+    except (OSError, ValueError):
+        return None
+
+
+def pure_shape(rule: HostsRule):
+    """``(daemon keys, prefixes)`` when ``rule`` is pure, else None.
+
+    daemon keys: lower-cased names, or ``{None}`` for ALL.
+    """
+    d, c = rule.daemons, rule.clients
+    if d.tail is not None or c.tail is not None or not d.head or not c.head:
+        return None
+    keys: set = set()
+    for tok in d.head:
+        if tok.host is not None:
+            return None
+        if isinstance(tok.daemon, AllWord):
+            keys = {None}
+            break
+        if not isinstance(tok.daemon, Exact):
+            return None
+        keys.add(tok.daemon.text)
+    prefixes = []
+    for tok in c.head:
+        if tok.user is not None:
+            return None
+        p = tok.host.prefixes()
+        if p is None:
+            return None
+        prefixes.extend(p)
+    return keys, prefixes
+
+
+def never_matches(rule: HostsRule) -> bool:
+    return not rule.daemons.head or not rule.clients.head
+
+
+class HostsAccessLayer:
+    """The compiled pair of files: implements :class:`acl.model.Layer`."""
+
+    name = "hosts_access"
+
+    def __init__(self, allow: HostsTable, deny: HostsTable, resolver=None):
+        self.allow = allow
+        self.deny = deny
+        self.resolver = resolver
+        self.rules: list[HostsRule] = list(allow.rules) + list(deny.rules)
+        self.n_allow = len(allow.rules)
+        self.decisions = [self._static_decision(i, r) for i, r in enumerate(self.rules)]
+        self.dynamic = [bool(r.options.check_setenv) for r in self.rules]
+        self.pure: list[bool] = [False] * len(self.rules)
+        self.shapes: list = [None] * len(self.rules)
+        residual = []
+        entries: dict = {}
+        for i, rule in enumerate(self.rules):
+            if never_matches(rule):
+                continue
+            shape = pure_shape(rule)
+            self.shapes[i] = shape
+            if shape is None:
+                residual.append(i)
+                continue
+            self.pure[i] = True
+            keys, prefixes = shape
+            for key in keys:
+                fam4, fam6 = entries.setdefault(key, ([], []))
+                for fam, net, length in prefixes:
+                    (fam4 if fam == 4 else fam6).append((net, length, i))
+        self.residual = residual
+        self._tables = {}
+        for key, (e4, e6) in entries.items():
+            self._tables[key] = (PrefixTable(4, e4) if e4 else None,
+                                 PrefixTable(6, e6) if e6 else None)
+        self._all = self._tables.get(None, (None, None))
+        if deny.stop is not None:
+            d = deny.stop
+            self.error_decision = Decision(Verdict.DENY, Reason.LIBWRAP, Location(d.path, d.line))
+        else:
+            self.error_decision = GRANT_BY_DEFAULT
+
+    @property
+    def files(self) -> list[str]:
+        """Every file the decisions depend on (reload when one changes)."""
+        return [self.allow.path, self.deny.path] + sorted(
+            set(self.allow.pattern_files) | set(self.deny.pattern_files))
+
+    def _static_decision(self, index: int, rule: HostsRule) -> Decision:
+        in_allow = index < self.n_allow
+        opts = rule.options
+        verdict = Verdict.ALLOW if in_allow else Verdict.DENY
+        if opts.error is not None:
+            verdict = Verdict.DENY
+        elif opts.final == "allow":
+            verdict = Verdict.ALLOW
+        elif opts.final == "deny":
+            verdict = Verdict.DENY
+        elif opts.final == "twist":
+            verdict = Verdict.DELEGATE
+        reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
+        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
+
+    # -- deciding -----------------------------------------------------------
+    def check(self, request: Request, now: float) -> Decision:
+        index = self.first_match(request.client or UNKNOWN, request.service,
+                                 lambda: Query.from_request(request, self.resolver, now))
+        return self._decision(index, lambda: Query.from_request(request, self.resolver, now))
+
+    def decide(self, q: Query) -> tuple[int | None, Decision]:
+        """Decide for a ready-made :class:`Query` (acl match uses this)."""
+        index = self.first_match(q.client.addr, q.daemon, lambda: q)
+        return index, self._decision(index, lambda: q)
+
+    def first_match(self, client: str, daemon: str, make_query) -> int | None:
+        """The lowest-numbered matching rule, or None."""
+        key = _fast_key(client)
+        if key is None:
+            q = make_query()
+            for i, rule in enumerate(self.rules):
+                if rule.matches(q):
+                    return i
+            return None
+        fam, value = key
+        best = -1
+        slot = 0 if fam == 4 else 1
+        t = self._all[slot]
+        if t is not None:
+            best = t.first_match(value)
+        named = self._tables.get(ascii_lower(strip_mapped(daemon)))
+        if named is not None and named[slot] is not None:
+            v = named[slot].first_match(value)
+            if v >= 0 and (best < 0 or v < best):
+                best = v
+        if self.residual:
+            q = None
+            for i in self.residual:
+                if best >= 0 and i >= best:
+                    break
+                if q is None:
+                    q = make_query()
+                if self.rules[i].matches(q):
+                    return i
+        return best if best >= 0 else None
+
+    def _decision(self, index: int | None, make_query) -> Decision:
+        if index is None:
+            return self.error_decision
+        if not self.dynamic[index]:
+            return self.decisions[index]
+        # setenv with %: its expanded name decides whether it fails (deny).
+        rule = self.rules[index]
+        q = make_query()
+        ran = rule.options.ran
+        for pos in rule.options.check_setenv:
+            if not setenv_name_ok(percent_expand(ran[pos].value, q)):
+                return Decision(Verdict.DENY, Reason.LIBWRAP, Location(rule.path, rule.line),
+                                options=tuple(o.item for o in ran[:pos]))
+        return self.decisions[index]
+
+
+def load_hosts_access(allow_path: str, deny_path: str, resolver=None, *,
+                      strict: bool = False, dry_run: bool = False
+                      ) -> tuple[HostsAccessLayer, list[Diagnostic]]:
+    """Read both files and compile them.
+
+    Returns the layer and every diagnostic (``file:line:column: message``).
+    Evaluation reproduces what libwrap does with a bad file; with
+    ``strict=True`` any error-severity diagnostic raises
+    :class:`~acl.errors.RuleSyntaxError` instead (for reloads that must not
+    take a broken file).  ``dry_run=True`` reproduces tcpdmatch's option
+    handling (the inverted ``user``/``group`` check of Debian's patch).
+    """
+    allow = read_hosts(allow_path, dry_run=dry_run)
+    deny = read_hosts(deny_path, dry_run=dry_run)
+    diags = allow.diagnostics + deny.diagnostics
+    errors = [d for d in diags if d.severity is Severity.ERROR]
+    if strict and errors:
+        raise RuleSyntaxError.from_diagnostic(errors[0], tuple(errors[1:]))
+    return HostsAccessLayer(allow, deny, resolver), diags
+
+
+def default_paths() -> tuple[str, str]:
+    root = os.environ.get("ACL_HOSTS_DIR", "/etc")
+    return os.path.join(root, "hosts.allow"), os.path.join(root, "hosts.deny")

@@ -1,0 +1,320 @@
+"""xinetd configuration -> the ``xinetd`` layer: address lists and limits.
+
+Theory of operation (spec C.4-C.8; ARCHITECTURE.md "Decisions", "Leases"):
+
+* :func:`load_xinetd` reads a configuration exactly as xinetd would keep or
+  drop its services and returns ``(policy, diagnostics)``; it raises
+  :class:`~acl.errors.RuleSyntaxError` where xinetd would refuse to start.
+* :class:`XinetdLayer` answers for the services of one policy, in xinetd's
+  order: **cps -> max_load -> access_times -> instances -> per_source**
+  (the limits core), then the per-source token bucket (acl's addition),
+  then **only_from / no_access**.  ``check`` counts cps as xinetd does
+  (refused addresses count too) but takes no lease.
+* Address lists are *presence* tests, never "most specific" (spec C.5)::
+
+      na = no_access present and some entry matches
+      of = only_from present and some entry matches
+      deny if na; deny if only_from present and not of; else allow
+
+  Numeric entries go to prefix tables (``acl.core.PrefixTable``, any hit
+  counts); names and ``.domain`` entries are matched on the client's reverse
+  name (the request's ``host`` when given, else the resolver), IPv6 /128
+  entries never match, IPv4 entries also match v4-mapped clients, IPv6
+  entries only match IPv6 (incl. mapped) clients.
+* Limit state lives in an ``acl.core.limits.LimitState`` that the engine
+  hands from one layer to the next on reload, so counters and leases survive.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+from dataclasses import dataclass, field
+
+from acl.core import PrefixTable
+from acl.core import limits as _limits
+from acl.errors import Diagnostic
+from acl.model import Decision, Location, Reason, Request, Verdict
+from acl.parse.xinetd import XEntry, XinetdConfig, parse_xinetd, parse_xinetd_text
+from acl.parse.xinetd_resolve import SystemResolver
+
+__all__ = ["load_xinetd", "load_xinetd_text", "XinetdPolicy", "XinetdService", "AddressList",
+           "XinetdLayer", "read_loadavg"]
+
+_V4_MAPPED = 0xFFFF << 32
+
+
+def read_loadavg(path: str = "/proc/loadavg") -> float:
+    """The 1-minute load average, as xinetd's ``xgetloadavg`` reads it."""
+    with open(path, encoding="ascii") as f:
+        return float(f.read().split()[0])
+
+
+class AddressList:
+    """One ``only_from`` or ``no_access`` list, compiled for presence tests."""
+
+    def __init__(self, entries):
+        self.entries = tuple(entries)
+        v4, v6 = [], []
+        self.names: list[tuple[str, str]] = []     # (kind, lowered name)
+        for i, e in enumerate(self.entries):
+            if e.kind == "v4":
+                v4.append((e.addr & e.mask, 32 - (~e.mask & 0xFFFFFFFF).bit_length(), i))
+            elif e.kind == "v6":
+                v6.append((e.addr, 128, i))
+            elif e.kind == "v6net":
+                n = e.mask
+                v6.append((e.addr & ((((1 << n) - 1) << (128 - n)) if n else 0), n, i))
+            elif e.kind in ("host", "domain"):
+                self.names.append((e.kind, e.name.lower()))
+            # "never" entries (IPv6 /128 and wider) match nothing.
+        self.v4 = PrefixTable(4, v4) if v4 else None
+        self.v6 = PrefixTable(6, v6) if v6 else None
+
+    def matches(self, client: int, family: int, name_of) -> bool:
+        """``client`` as an int of ``family`` (4, or 6 for AF_INET6 clients,
+        mapped ones included); ``name_of()`` gives the reverse name or None."""
+        if family == 4:
+            if self.v4 is not None and self.v4.first_match(client) >= 0:
+                return True
+        else:
+            if self.v6 is not None and self.v6.first_match(client) >= 0:
+                return True
+            if self.v4 is not None and client >> 32 == 0xFFFF:
+                if self.v4.first_match(client & 0xFFFFFFFF) >= 0:
+                    return True
+        if self.names:
+            name = name_of()
+            if name:
+                low = name.lower()
+                for kind, pat in self.names:
+                    if kind == "host":
+                        if low == pat:
+                            return True
+                    else:
+                        # addr.c: the *first* occurrence must end the name
+                        at = low.find(pat)
+                        if at >= 0 and at + len(pat) == len(low):
+                            return True
+        return False
+
+
+@dataclass
+class XinetdService:
+    """What the layer needs about one kept service."""
+
+    id: str
+    name: str
+    location: Location
+    family: int                      # 4 or 6: the listening socket's family
+    only_from: AddressList | None
+    no_access: AddressList | None
+    cps: tuple[int, int]
+    instances: int
+    per_source: int
+    max_load: float
+    access_times: tuple[tuple[int, int], ...] | None
+    wait: bool
+    port: int | None
+    protocol: str | None
+    socket_type: str | None
+    bind: str | None
+    server: str | None
+    libwrap: bool                    # the libwrap check runs (no NOLIBWRAP)
+    libwrap_name: str | None         # daemon name libwrap sees (spec C.10)
+    banner: str | None
+    banner_success: str | None
+    banner_fail: str | None
+    entry: XEntry = field(repr=False)
+
+
+@dataclass
+class XinetdPolicy:
+    path: str
+    services: dict[str, XinetdService]
+    config: XinetdConfig = field(repr=False)
+
+
+def _libwrap_name(e: XEntry) -> str | None:
+    p = e.parsed
+    if "libwrap" in p:
+        return p["libwrap"]
+    if "redirect" in p or "INTERNAL" in e.types:
+        return e.name
+    if "NAMEINARGS" in e.flags:
+        args = p.get("server_args")
+        return os.path.basename(args[0]) if args else None
+    if p.get("server") is None:
+        return e.id
+    return os.path.basename(p["server"])
+
+
+def _compile(config: XinetdConfig) -> XinetdPolicy:
+    services = {}
+    for e in config.services:
+        p = e.parsed
+        of = p.get("only_from")
+        na = p.get("no_access")
+        times = p.get("access_times")
+        services[e.id] = XinetdService(
+            id=e.id, name=e.name, location=Location(e.path, e.line),
+            family=6 if "IPv6" in e.flags else 4,
+            only_from=None if of is None else AddressList(of),
+            no_access=None if na is None else AddressList(na),
+            cps=tuple(p.get("cps", (50, 10))),
+            instances=p.get("instances", -1), per_source=p.get("per_source", -1),
+            max_load=p.get("max_load", 0.0),
+            access_times=None if times is None else tuple(times),
+            wait=bool(p.get("wait")), port=p.get("port"), protocol=p.get("protocol"),
+            socket_type=p.get("socket_type"), bind=p.get("bind"), server=p.get("server"),
+            libwrap="NOLIBWRAP" not in e.flags, libwrap_name=_libwrap_name(e),
+            banner=p.get("banner"), banner_success=p.get("banner_success"),
+            banner_fail=p.get("banner_fail"), entry=e)
+    return XinetdPolicy(config.path, services, config)
+
+
+def load_xinetd(path: str, resolver=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    """Read an xinetd configuration; services kept/dropped as xinetd does."""
+    config = parse_xinetd(path, resolver)
+    return _compile(config), list(config.diagnostics)
+
+
+def load_xinetd_text(text: str, path: str = "<xinetd.conf>",
+                     resolver=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    config = parse_xinetd_text(text, path, resolver)
+    return _compile(config), list(config.diagnostics)
+
+
+def _client(text: str, family: int) -> tuple[int, int]:
+    """(address int, family) of a client as the service's socket sees it."""
+    ip = ipaddress.ip_address(text)
+    if ip.version == 4:
+        return (int(ip), 4) if family == 4 else (_V4_MAPPED | int(ip), 6)
+    if family == 4 and ip.ipv4_mapped is not None:
+        return int(ip.ipv4_mapped), 4
+    return int(ip), 6
+
+
+def _packed(addr: int, family: int) -> bytes:
+    return (addr | _V4_MAPPED).to_bytes(16, "big") if family == 4 else addr.to_bytes(16, "big")
+
+
+_REASONS = {_limits.CPS: Reason.CPS, _limits.LOAD: Reason.LOAD, _limits.TIME: Reason.TIME,
+            _limits.SERVICE_LIMIT: Reason.SERVICE_LIMIT,
+            _limits.PER_SOURCE_LIMIT: Reason.PER_SOURCE_LIMIT, _limits.RATE: Reason.RATE}
+
+
+class XinetdLayer:
+    """The ``xinetd`` layer of one policy over limit state that outlives it."""
+
+    name = "xinetd"
+
+    def __init__(self, policy: XinetdPolicy, state=None, loadavg=None, resolver=None,
+                 rate: dict | None = None, max_sources: int = 65536, v6_prefix: int = 64):
+        """``rate`` maps a service id (or ``"*"``) to ``(rate per second,
+        burst)`` for the per-source token bucket; ``loadavg()`` returns the
+        1-minute load (default: /proc/loadavg), read only for services with
+        ``max_load``."""
+        self.policy = policy
+        self.state = state if state is not None else _limits.LimitState(
+            max_sources=max_sources, v6_prefix=v6_prefix)
+        self._loadavg = loadavg if loadavg is not None else read_loadavg
+        self._resolver = resolver if resolver is not None else SystemResolver()
+        self._slots: dict[str, int] = {}
+        rate = rate or {}
+        for sid, svc in policy.services.items():
+            slot = self.state.slot(sid)
+            self._slots[sid] = slot
+            r, b = rate.get(sid, rate.get("*", (0.0, 0.0)))
+            self.state.configure(slot, cps_max=svc.cps[0], cps_wait=svc.cps[1],
+                                 instances=svc.instances, per_source=svc.per_source,
+                                 max_load=svc.max_load, times=svc.access_times,
+                                 rate=r, burst=b)
+
+    # -- the Layer protocol ----------------------------------------------
+    def check(self, request: Request, now: float) -> Decision | None:
+        svc = self.policy.services.get(request.service)
+        if svc is None:
+            return None
+        try:
+            addr, fam = _client(request.client, svc.family)
+        except ValueError:
+            return Decision(Verdict.DENY, Reason.ERROR, svc.location)
+        load = self._loadavg() if svc.max_load else 0.0
+        r = self.state.check(self._slots[svc.id], _packed(addr, fam), now, load)
+        if r != _limits.OK:
+            return Decision(Verdict.DENY, _REASONS[r], svc.location)
+        return self._address(svc, addr, fam, request)
+
+    def check_address(self, request: Request) -> Decision | None:
+        """only_from/no_access alone: no limit is consulted or counted."""
+        svc = self.policy.services.get(request.service)
+        if svc is None:
+            return None
+        try:
+            addr, fam = _client(request.client, svc.family)
+        except ValueError:
+            return Decision(Verdict.DENY, Reason.ERROR, svc.location)
+        return self._address(svc, addr, fam, request)
+
+    def _address(self, svc: XinetdService, addr: int, fam: int, request: Request) -> Decision:
+        cache = []
+
+        def name_of():
+            if not cache:
+                if request.host:
+                    cache.append(request.host)
+                else:
+                    # a v4-mapped client is looked up as the IPv6 address it
+                    # is (live xinetd: /etc/hosts IPv4 lines give it no name)
+                    text = str(ipaddress.IPv6Address(addr) if fam == 6
+                               else ipaddress.IPv4Address(addr))
+                    cache.append(self._resolver.reverse(text))
+            return cache[0]
+
+        na = svc.no_access is not None and svc.no_access.matches(addr, fam, name_of)
+        of = svc.only_from is not None and svc.only_from.matches(addr, fam, name_of)
+        if na or (svc.only_from is not None and not of):
+            return Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
+        return Decision(Verdict.ALLOW, Reason.OK, svc.location)
+
+    # -- leases ------------------------------------------------------------
+    def take_lease(self, request: Request, now: float) -> int:
+        """Count a granted connection toward instances and per_source."""
+        svc = self.policy.services.get(request.service)
+        slot = self._slots[svc.id] if svc is not None else self.state.slot(request.service)
+        family = svc.family if svc is not None else 6
+        addr, fam = _client(request.client, family)
+        return self.state.take_lease(slot, _packed(addr, fam))
+
+    def release(self, lease_id: int) -> bool:
+        return self.state.release(lease_id)
+
+    # -- for the metrics collector ----------------------------------------
+    def counters(self) -> dict:
+        """Plain ints: table size, evictions, and per service trips/leases."""
+        st = self.state
+        out = {"evictions": int(st.evictions), "tracked_sources": int(st.tracked_sources),
+               "table_capacity": int(st.capacity), "table_bytes": int(st.memory_bytes),
+               "lease_overflows": int(st.lease_overflows), "services": {}}
+        for sid, slot in self._slots.items():
+            out["services"][sid] = {
+                "active_leases": int(st.active_leases(slot)),
+                "cps_trips": int(st.cps_trips(slot)),
+                **{reason.log_text: int(st.refusals(slot, code))
+                   for code, reason in _REASONS.items()},
+            }
+        return out
+
+    def cps_active(self, service: str, now: float) -> bool:
+        """False while cps keeps ``service`` switched off (socket closed)."""
+        return self.state.cps_active(self._slots[service], now)
+
+
+def local_minute(now: float) -> int:
+    """Local minute of the day for ``now`` (what access_times compares)."""
+    import time as _time
+
+    tm = _time.localtime(int(math.floor(now)))
+    return tm.tm_hour * 60 + tm.tm_min

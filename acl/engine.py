@@ -1,0 +1,369 @@
+"""The engine: the running policy, its limit state, and ``decide()``.
+
+Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
+
+* An :class:`Engine` is long-lived.  It holds one :class:`acl.policy.Policy`
+  (layers bound to services, compiled) in ``self._policy`` and replaces it on
+  reload by **one reference assignment**: a decision running in the event
+  loop sees either the old policy or the new one, never a mix.  Front doors
+  hold the engine, never a policy.
+* Order of layers for one service, fixed whatever order the TOML file lists
+  them in::
+
+      rate ([limits], engine-owned) -> xinetd (cps, max_load, access_times,
+      instances, per_source, only_from/no_access) -> tcprules -> hosts_access
+
+  The first layer that answers DENY decides.  ``None`` means "no opinion".
+  When no layer is bound to the service at all the answer is DENY
+  ``unknown_service``.  A grant carries the tcprules environment and the
+  hosts_options of the rules that decided, and is DELEGATE when the
+  hosts_access rule says ``twist``; its location is that of the last layer
+  that gave one (hosts_access, else tcprules, else xinetd).
+* Leases: a granted request with ``lease=True`` takes slots through the
+  xinetd layer's ``take_lease`` (when one is bound to the service) and gets an
+  engine lease id, unique for the engine's life; ``release(id)`` gives the
+  slots back.  Which connection may release which lease is the front door's
+  business (it releases on disconnect).  Leases live in the engine, so they
+  survive reloads; the xinetd layer keeps its limit state across reloads
+  (``XinetdLayer(policy, state=old_state)``).
+* Counters are plain ints and dicts bumped per decision and read by
+  :mod:`acl.metrics` at scrape time.  The compiled batch path
+  (``acl._engine.BatchPlan``) keeps its own per-action counters; they are
+  added in by :meth:`Engine.counters` and folded in when a plan is replaced.
+* The per-source rate table (``[limits] rate/burst/sources/ipv6_prefix``)
+  belongs to the engine, is shared by the Python path and the batch path,
+  and survives reloads unless its capacity changes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+import time
+from bisect import bisect_left
+from dataclasses import replace
+from pathlib import Path
+
+from acl.errors import PolicyError
+from acl.model import Decision, Reason, Request, Verdict
+
+if os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0"):
+    from acl import _engine_py as _kernel
+    KERNEL = "pure"
+else:
+    try:
+        from acl import _engine as _kernel  # type: ignore[no-redef]
+        KERNEL = "compiled"
+    except ImportError:
+        from acl import _engine_py as _kernel  # type: ignore[no-redef]
+        KERNEL = "pure"
+
+#: Which reason is which limit (metric ``acl_limit_trips_total{limit}``).
+LIMIT_OF_REASON = {
+    Reason.CPS: "cps",
+    Reason.PER_SOURCE_LIMIT: "per_source",
+    Reason.SERVICE_LIMIT: "instances",
+    Reason.LOAD: "load",
+    Reason.TIME: "time",
+    Reason.RATE: "rate",
+}
+#: Histogram buckets of ``acl_decision_latency_seconds``.
+LATENCY_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3,
+                   2.5e-3, 1e-2, 0.1, 1.0)
+#: Services not named by the policy are counted under this label, so a client
+#: cannot grow the metrics without bound by inventing service names.
+UNKNOWN_SERVICE_LABEL = "_unknown"
+
+RATE_DENY = Decision(Verdict.DENY, Reason.RATE)
+UNKNOWN = Decision(Verdict.DENY, Reason.UNKNOWN_SERVICE)
+
+
+def client_packed(client: str) -> bytes:
+    return ipaddress.ip_address(client).packed
+
+
+def merge_grants(decisions: list[Decision]) -> Decision:
+    """Every layer granted (or had no opinion): the combined grant."""
+    env: tuple = ()
+    options: tuple = ()
+    location = None
+    verdict = Verdict.ALLOW
+    for d in decisions:
+        if d.env:
+            env = env + tuple(d.env)
+        if d.options:
+            options = options + tuple(d.options)
+        if d.location is not None:
+            location = d.location
+        if d.verdict is Verdict.DELEGATE:
+            verdict = Verdict.DELEGATE
+    return Decision(verdict, Reason.OK, location, env, options)
+
+
+class Engine:
+    """See the module's theory of operation."""
+
+    def __init__(self, policy) -> None:
+        from acl.policy import Policy
+
+        if not isinstance(policy, Policy):
+            raise PolicyError("Engine needs an acl.policy.Policy (use Engine.from_path)")
+        self._lock = threading.Lock()      # serialises reloads, never decisions
+        self.decisions: dict[tuple[str, int, int], int] = {}
+        self.limit_trips: dict[tuple[str, str], int] = {}
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.reloads = {"success": 0, "failure": 0}
+        self.last_reload_success = 1
+        self.last_reload_error = ""
+        self._leases: dict[int, tuple[object, int, str]] = {}
+        self.leases_by_service: dict[str, int] = {}
+        self._next_lease = 1
+        self._sources = None
+        self._current = None
+        self._install(policy)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike | None) -> Engine:
+        from acl.policy import load_policy
+
+        return cls(load_policy(path))
+
+    # -- policy --------------------------------------------------------
+    @property
+    def policy(self):
+        return self._current[0]
+
+    @property
+    def _policy(self):
+        return self._current[0]
+
+    @property
+    def plan(self):
+        """The compiled batch plan of the running policy, or None."""
+        return self._current[1]
+
+    def _build(self, policy):
+        lim = policy.limits
+        sources = self._sources
+        if sources is None or sources.capacity < lim.sources:
+            sources = _kernel.SourceTable(lim.sources)
+        plan = None
+        if KERNEL == "compiled":
+            from acl.fastpath import build_plan
+
+            plan = build_plan(policy, sources)
+        return policy, plan, sources
+
+    def _install(self, policy) -> None:
+        self.commit(self._build(policy), count=False)
+
+    def prepare(self, policy_or_path=None):
+        """Read and compile a policy (any thread; the running one is untouched).
+        Raises, and counts a failed reload, when it cannot be used."""
+        from acl.policy import Policy, load_policy
+
+        with self._lock:
+            try:
+                if isinstance(policy_or_path, Policy):
+                    new = policy_or_path
+                else:
+                    path = policy_or_path if policy_or_path is not None else self._policy.path
+                    new = load_policy(path, previous=self._policy)
+                return self._build(new)
+            except Exception as exc:
+                self.reloads["failure"] += 1
+                self.last_reload_success = 0
+                self.last_reload_error = str(exc)
+                raise
+
+    def commit(self, prepared, *, count: bool = True) -> None:
+        """Swap in what :meth:`prepare` made (call from the serving thread)."""
+        policy, plan, sources = prepared
+        old = self._current[1] if self._current is not None else None
+        self._sources = sources
+        self._current = (policy, plan)     # the swap: one reference assignment
+        if old is not None and old is not plan:
+            self._fold(old)
+        if count:
+            self.reloads["success"] += 1
+            self.last_reload_success = 1
+            self.last_reload_error = ""
+
+    def _fold(self, plan) -> None:
+        """Keep a replaced plan's counts (counters survive reloads)."""
+        for (service, verdict, reason), n in plan.counts().items():
+            self._count(service, verdict, reason, n)
+            limit = LIMIT_OF_REASON.get(Reason(reason))
+            if limit is not None and verdict == 0:
+                k = (service, limit)
+                self.limit_trips[k] = self.limit_trips.get(k, 0) + n
+        counts, total = plan.latency()
+        for i, n in enumerate(counts):
+            self.latency_counts[i] += n
+        self.latency_sum += total
+
+    def reload(self, policy_or_path=None) -> None:
+        """Load and swap; on any error keep the running policy and raise."""
+        self.commit(self.prepare(policy_or_path))
+
+    def describe(self) -> dict:
+        """The running policy, for ``dump``."""
+        from acl.metrics import rule_counts
+
+        pol, plan = self._current
+        return {
+            "path": str(pol.path) if pol.path else None,
+            "loaded_at": pol.loaded_at,
+            "sources": [{"type": s.kind, "files": [str(f) for f in s.files],
+                         "services": sorted(s.services) if s.services is not None else ["*"],
+                         "rules": rule_counts(s.layer),
+                         "diagnostics": [str(d) for d in s.diagnostics]}
+                        for s in pol.sources],
+            "limits": {"sources": pol.limits.sources, "ipv6_prefix": pol.limits.ipv6_prefix,
+                       "rate": pol.limits.rate, "burst": pol.limits.burst},
+            "batch_services": plan.services if plan is not None else [],
+            "kernel": KERNEL,
+        }
+
+    # -- decisions -----------------------------------------------------
+    def decide(self, request: Request, now: float) -> Decision:
+        t0 = time.perf_counter()
+        decision = self._decide(self._policy, request, now)
+        self._observe(time.perf_counter() - t0, 1)
+        return decision
+
+    def decide_many(self, requests, now: float) -> list[Decision]:
+        policy = self._policy
+        t0 = time.perf_counter()
+        out = [self._decide(policy, r, now) for r in requests]
+        if out:
+            self._observe((time.perf_counter() - t0) / len(out), len(out))
+        return out
+
+    def _decide(self, policy, request: Request, now: float) -> Decision:
+        layers = policy.layers_for(request.service)
+        if not layers:
+            self._count(UNKNOWN_SERVICE_LABEL, 0, int(Reason.UNKNOWN_SERVICE), 1)
+            return UNKNOWN
+        service = request.service
+        lim = policy.limits
+        if lim.rate > 0:
+            try:
+                key = _kernel.source_key(client_packed(request.client), lim.ipv6_prefix)
+            except ValueError:
+                key = None
+            if key is not None and not self._sources.take(key, now, lim.rate, lim.burst):
+                return self._refuse(service, RATE_DENY)
+        grants = []
+        xinetd = None
+        for layer, daemon in layers:
+            d = layer.check(request if daemon is None else replace(request, service=daemon), now)
+            if getattr(layer, "name", "") == "xinetd":
+                xinetd = layer
+            if d is None:
+                continue
+            if d.verdict is Verdict.DENY:
+                return self._refuse(service, d)
+            grants.append(d)
+        decision = merge_grants(grants)
+        if request.lease:
+            decision = self._lease(decision, request, now, xinetd)
+        self._count(service, int(decision.verdict), int(decision.reason), 1)
+        return decision
+
+    def _refuse(self, service: str, d: Decision) -> Decision:
+        self._count(service, int(d.verdict), int(d.reason), 1)
+        limit = LIMIT_OF_REASON.get(d.reason)
+        if limit is not None:
+            k = (service, limit)
+            self.limit_trips[k] = self.limit_trips.get(k, 0) + 1
+        return d
+
+    def _count(self, service: str, verdict: int, reason: int, n: int) -> None:
+        k = (service, verdict, reason)
+        self.decisions[k] = self.decisions.get(k, 0) + n
+
+    def _observe(self, seconds: float, n: int) -> None:
+        self.latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += n
+        self.latency_sum += seconds * n
+
+    # -- leases --------------------------------------------------------
+    def _lease(self, decision: Decision, request: Request, now: float, xinetd) -> Decision:
+        inner = 0
+        if xinetd is not None and hasattr(xinetd, "take_lease"):
+            inner = xinetd.take_lease(request, now)
+        lease_id = self._next_lease
+        self._next_lease += 1
+        self._leases[lease_id] = (xinetd, inner, request.service)
+        self.leases_by_service[request.service] = self.leases_by_service.get(request.service, 0) + 1
+        return Decision(decision.verdict, decision.reason, decision.location, decision.env,
+                        decision.options, lease_id)
+
+    def release(self, lease_id: int) -> bool:
+        entry = self._leases.pop(lease_id, None)
+        if entry is None:
+            return False
+        layer, inner, service = entry
+        if layer is not None and inner and hasattr(layer, "release"):
+            layer.release(inner)
+        self.leases_by_service[service] -= 1
+        return True
+
+    @property
+    def leases_active(self) -> int:
+        return len(self._leases)
+
+    # -- for metrics / admin -------------------------------------------
+    def _layer_tables(self):
+        for s in self._policy.sources:
+            fn = getattr(s.layer, "counters", None)
+            if fn is not None and s.kind == "xinetd":
+                yield fn()
+
+    @property
+    def sources_tracked(self) -> int:
+        """Engine rate table plus the xinetd limit tables."""
+        return self._sources.tracked + sum(int(c.get("tracked_sources", 0))
+                                           for c in self._layer_tables())
+
+    @property
+    def sources_evictions(self) -> int:
+        return self._sources.evictions + sum(int(c.get("evictions", 0))
+                                             for c in self._layer_tables())
+
+    def counters(self) -> dict:
+        """A snapshot of every counter, the batch plan's included."""
+        decisions = dict(self.decisions)
+        trips = dict(self.limit_trips)
+        plan = self._current[1]
+        if plan is not None:
+            for (service, verdict, reason), n in plan.counts().items():
+                k = (service, verdict, reason)
+                decisions[k] = decisions.get(k, 0) + n
+                limit = LIMIT_OF_REASON.get(Reason(reason))
+                if limit is not None and verdict == 0:
+                    trips[(service, limit)] = trips.get((service, limit), 0) + n
+        lat = list(self.latency_counts)
+        lat_sum = self.latency_sum
+        if plan is not None:
+            pc, ps = plan.latency()
+            lat = [a + b for a, b in zip(lat, pc, strict=True)]
+            lat_sum += ps
+        return {
+            "decisions": decisions,
+            "limit_trips": trips,
+            "latency_buckets": LATENCY_BUCKETS,
+            "latency_counts": lat,
+            "latency_sum": lat_sum,
+            "reloads": dict(self.reloads),
+            "last_reload": self._policy.loaded_at,
+            "last_reload_success": self.last_reload_success,
+            "leases": dict(self.leases_by_service),
+            "sources_tracked": self.sources_tracked,
+            "sources_evictions": self.sources_evictions,
+        }
+
+    def watched_files(self) -> list[Path]:
+        return list(self._policy.files)

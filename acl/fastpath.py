@@ -1,0 +1,293 @@
+"""Build the compiled batch plan (``acl._engine.BatchPlan``) from a policy.
+
+Rules of this file:
+
+* A layer takes part in the batch path only through an **address view**: for
+  one service, its answer as a function of the client address alone
+  (:class:`AddressView`: prefixes with values, a match discipline, the
+  Decision each value stands for, and the answer when nothing covers).  A
+  layer gives one through ``layer.address_view(service)`` or through an
+  adapter in :func:`view_of`; ``None`` means "my answer depends on more than
+  the address here" (names, ident, time, limits...) and the whole service is
+  left to Python.
+* For each service every bound layer must give a view.  The views are turned
+  into disjoint address ranges (leaf pushing: the answer of every address of
+  a range is the same), the ranges of all layers are overlaid, and each
+  overlaid range gets the Decision :func:`acl.engine.merge_grants` and the
+  first-refusal rule give -- exactly what ``Engine.decide`` computes, so the
+  plan cannot disagree with the Python path.  Each distinct (service,
+  Decision) becomes one pre-encoded DECISION payload.
+* IPv4-mapped IPv6 clients and leases always go to Python (see _engine.pyx).
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+
+from acl.model import Decision, Location, Reason, Verdict
+from acl.wire.binary import decision_payload
+
+_BITS = {4: 32, 6: 128}
+
+
+@dataclass
+class AddressView:
+    """A layer's answer for one service as a function of the client address."""
+
+    v4: list = field(default_factory=list)      # (network int, length, value)
+    v6: list = field(default_factory=list)
+    first_match: bool = False                   # lowest value wins, else longest prefix
+    decisions: list = field(default_factory=list)   # value -> Decision | None
+    default: Decision | None = None             # when no prefix covers
+    uses_host: bool = False                     # a request with a host name goes to Python
+    uses_user: bool = False                     # ... one with a remote user too
+    forced_v4: list = field(default_factory=list)   # (network, length): always Python
+
+
+#: A range whose answer only Python can give (e.g. a rule whose options
+#: expand ``%`` at decision time).
+RESIDUAL = Decision(Verdict.DENY, Reason.ERROR, Location("<residual>", 0))
+
+
+def view_of(layer, service: str) -> AddressView | None:
+    """The layer's address view for ``service``, or None (see the rules)."""
+    fn = getattr(layer, "address_view", None)
+    if fn is not None:
+        return fn(service)
+    adapter = _ADAPTERS.get(type(layer).__name__)
+    if adapter is not None:
+        return adapter(layer, service)
+    return None
+
+
+def _hosts_access_view(layer, service: str) -> AddressView | None:
+    """acl.compile.tcpw.HostsAccessLayer: its pure rules are per-daemon
+    first-match prefix tables; any residual rule (names, EXCEPT, patterns a
+    prefix cannot say) makes the service Python's.  255.255.255.255 is not
+    "in socket form" for that layer (it runs its interpreter), so it is
+    forced residual here."""
+    from acl.parse.hosts_patterns import ascii_lower, strip_mapped
+
+    if layer.residual:
+        return None
+    view = AddressView(first_match=True, default=layer.error_decision)
+    tables = [layer._all, layer._tables.get(ascii_lower(strip_mapped(service)), (None, None))]
+    for t4, t6 in tables:
+        if t4 is not None:
+            view.v4.extend(t4.entries())
+        if t6 is not None:
+            view.v6.extend(t6.entries())
+    view.decisions = [RESIDUAL if dyn else d
+                      for d, dyn in zip(layer.decisions, layer.dynamic, strict=True)]
+    view.forced_v4 = [(0xFFFFFFFF, 32)]
+    return view
+
+
+def _hosts_access_names(layer) -> list[str]:
+    return [k for k in layer._tables if k is not None]
+
+
+def _tcprules_view(layer, service: str) -> AddressView | None:
+    """acl.compile.tcprules.TcprulesLayer: without host or info, tcpserver's
+    probe order for an IPv4 client is the exact address, then the /24, /16,
+    /8 prefixes, then the empty key -- a most-specific lookup.  A host or
+    info key makes requests carrying a host or user Python's; an IPv6 key
+    (textual prefixes) makes IPv6 clients Python's."""
+    import ipaddress
+
+    keys = layer._decisions
+    view = AddressView(first_match=False, default=keys.get("", None))
+    if view.default is None:
+        from acl.compile.tcprules import NO_MATCH
+
+        view.default = NO_MATCH
+    v6_keys = False
+    for k, d in keys.items():
+        if "@" in k:
+            view.uses_user = True
+            continue
+        if k.startswith("="):
+            view.uses_host = True
+            continue
+        if ":" in k:
+            v6_keys = True
+            continue
+        if not k:
+            continue
+        parts = k[:-1].split(".") if k.endswith(".") else k.split(".")
+        if not all(p.isdigit() and str(int(p)) == p and int(p) < 256 for p in parts):
+            continue                      # never equal to what tcpserver prints
+        if k.endswith("."):
+            if not 1 <= len(parts) <= 3:
+                continue
+            octets = [int(p) for p in parts] + [0] * (4 - len(parts))
+            length = 8 * len(parts)
+        else:
+            if len(parts) != 4:
+                continue
+            octets = [int(p) for p in parts]
+            length = 32
+        view.decisions.append(d)
+        view.v4.append((int(ipaddress.IPv4Address(bytes(octets))), length,
+                        len(view.decisions) - 1))
+    if not layer.use_host:
+        view.uses_host = False
+    if v6_keys:
+        view.decisions.append(RESIDUAL)
+        view.v6.append((0, 0, len(view.decisions) - 1))
+    return view
+
+
+_ADAPTERS = {
+    "HostsAccessLayer": _hosts_access_view,
+    "TcprulesLayer": _tcprules_view,
+}
+_NAMES = {
+    "HostsAccessLayer": _hosts_access_names,
+}
+
+
+def ranges(entries, bits: int, first_match: bool) -> list[tuple[int, int]]:
+    """Prefixes -> disjoint ranges ``(start, value)``, sorted, starting at 0;
+    value -1 where nothing covers."""
+    items = sorted(((net, net | ((1 << (bits - ln)) - 1), ln, v) for net, ln, v in entries),
+                   key=lambda t: (t[0], t[2]))
+    out: list[tuple[int, int]] = [(0, -1)]
+
+    def emit(pos: int, val: int) -> None:
+        while out and out[-1][0] == pos:
+            out.pop()
+        if not out or out[-1][1] != val:
+            out.append((pos, val))
+
+    stack: list[tuple[int, int, int]] = []        # (start, end, effective value)
+    top = 1 << bits
+    for start, end, _ln, val in items:
+        while stack and stack[-1][1] < start:
+            e = stack.pop()
+            if e[1] + 1 < top:
+                emit(e[1] + 1, stack[-1][2] if stack else -1)
+        if stack:
+            parent = stack[-1]
+            if first_match or (parent[0] == start and parent[1] == end):
+                val = min(parent[2], val)
+        stack.append((start, end, val))
+        emit(start, val)
+    while stack:
+        e = stack.pop()
+        if e[1] + 1 < top:
+            emit(e[1] + 1, stack[-1][2] if stack else -1)
+    return out
+
+
+def _overlay(per_view: list[list[tuple[int, object]]]) -> list[tuple[int, tuple]]:
+    """Range lists of several views -> ranges of value tuples."""
+    if len(per_view) == 1:
+        return [(s, (v,)) for s, v in per_view[0]]
+    starts = sorted({s for r in per_view for s, _ in r})
+    idx = [0] * len(per_view)
+    out = []
+    for s in starts:
+        vals = []
+        for k, r in enumerate(per_view):
+            while idx[k] + 1 < len(r) and r[idx[k] + 1][0] <= s:
+                idx[k] += 1
+            vals.append(r[idx[k]][1])
+        out.append((s, tuple(vals)))
+    return out
+
+
+def combine(decisions) -> Decision | None:
+    """The engine's rule over one request's layer answers (engine.py)."""
+    from acl.engine import UNKNOWN, merge_grants
+
+    if not decisions:
+        return UNKNOWN
+    grants = []
+    for d in decisions:
+        if d is None:
+            continue
+        if d is RESIDUAL:
+            return RESIDUAL
+        if d.verdict is Verdict.DENY:
+            return d
+        grants.append(d)
+    return merge_grants(grants)
+
+
+def _service_names(policy) -> list[str]:
+    names = set()
+    for s in policy.sources:
+        if s.services is not None:
+            names.update(s.services)
+        lister = getattr(s.layer, "service_names", None)
+        if lister is None and type(s.layer).__name__ in _NAMES:
+            names.update(_NAMES[type(s.layer).__name__](s.layer))
+        elif lister is not None:
+            names.update(lister())
+    return sorted(n for n in names if 1 <= len(n.encode()) <= 255)
+
+
+def build_plan(policy, sources):
+    """The BatchPlan for ``policy`` (None when no service can use one)."""
+    from acl import _engine
+    from acl.engine import RATE_DENY
+
+    services = []
+    actions: list[tuple[bytes, tuple]] = []
+    action_ids: dict[tuple, int] = {}
+
+    def action(service: str, d: Decision) -> int:
+        key = (service, d)
+        a = action_ids.get(key)
+        if a is None:
+            a = action_ids[key] = len(actions)
+            actions.append((decision_payload(d), (service, int(d.verdict), int(d.reason))))
+        return a
+
+    lim = policy.limits
+    for name in _service_names(policy):
+        layers = policy.layers_for(name)
+        if not layers:
+            continue
+        views = [view_of(layer, daemon or name) for layer, daemon in layers]
+        if any(v is None for v in views):
+            continue
+        tables = {}
+        flags = (1 if any(v.uses_host for v in views) else 0) | (
+            2 if any(v.uses_user for v in views) else 0)
+        for fam in (4, 6):
+            per_view = []
+            for v in views:
+                r = ranges(v.v4 if fam == 4 else v.v6, _BITS[fam], v.first_match)
+                per_view.append([(s, v.default if val < 0 else v.decisions[val]) for s, val in r])
+                if fam == 4 and v.forced_v4:
+                    r = ranges([(n, ln, 0) for n, ln in v.forced_v4], 32, False)
+                    per_view.insert(0, [(s, None if val < 0 else RESIDUAL) for s, val in r])
+            starts = array("I") if fam == 4 else (array("Q"), array("Q"))
+            acts = array("i")
+            for s, vals in _overlay(per_view):
+                d = combine(list(vals))
+                if d is RESIDUAL:
+                    if fam == 4:
+                        starts.append(s)
+                    else:
+                        starts[0].append(s >> 64)
+                        starts[1].append(s & ((1 << 64) - 1))
+                    acts.append(-1)
+                    continue
+                if fam == 4:
+                    starts.append(s)
+                else:
+                    starts[0].append(s >> 64)
+                    starts[1].append(s & ((1 << 64) - 1))
+                acts.append(action(name, d))
+            tables[fam] = (starts, acts)
+        rate_action = action(name, RATE_DENY) if lim.rate > 0 else -1
+        (s4, a4), ((h6, l6), a6) = tables[4], tables[6]
+        services.append((name.encode(), s4, a4, h6, l6, a6, lim.rate, lim.burst, rate_action,
+                         flags))
+    if not services:
+        return None
+    return _engine.BatchPlan(services, actions, sources, lim.ipv6_prefix)

@@ -1,0 +1,284 @@
+"""hosts.allow / hosts.deny files -> rules, read exactly the way libwrap reads them.
+
+Rules of this file (spec A.1.5, A.2, A.3; libwrap ``table_match``, ``xgets``):
+
+* Physical lines are read with a 2048-byte buffer (``fgets`` + ``strlen``, so
+  a NUL byte cuts the rest of its chunk).  Backslash-newline joins the next
+  physical line with **no** space.  The line number of a rule is libwrap's
+  counter after its last physical line (what tcpdmatch prints).
+* A logical line that does not end in a newline -- the last line of a file
+  without one, or a line of 2047+ characters -- is an **error that stops the
+  file**: in hosts.allow the remaining rules are gone, in hosts.deny every
+  client not matched earlier is denied.  :attr:`HostsTable.stop` records it.
+* ``#`` in column 1 is a comment (after joining, so a comment ending in ``\\``
+  eats the next line); blank lines are skipped; a line without a ``:``
+  outside brackets is skipped with a warning.
+* Fields: ``daemons : clients [: options]``, split at the first two colons
+  outside ``[...]``.  Lists are split on runs of space, tab, CR, LF and comma.
+* ``a b EXCEPT c EXCEPT d`` is ``(a or b) and not (c and not d)``: a list is
+  its head (tokens before the first EXCEPT) and the list after it.
+* A file that is missing (ENOENT) or a directory is empty; any other read
+  error is an error of that table (libwrap: "cannot open").
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from acl.errors import Diagnostic, Severity
+from acl.parse.hosts_options import OptionProgram, compile_options
+from acl.parse.hosts_patterns import (
+    ClientToken,
+    DaemonToken,
+    ascii_lower,
+    client_token,
+    daemon_token,
+    split_at,
+)
+
+BUFLEN = 2048
+SEPARATORS = ", \t\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    text: str
+    offset: int     # in the logical line
+
+
+@dataclass(frozen=True, slots=True)
+class PatternList:
+    """``head EXCEPT tail``; ``tail`` None when there is no EXCEPT."""
+
+    head: tuple
+    tail: PatternList | None = None
+
+    def match(self, q) -> bool:
+        for tok in self.head:
+            if tok.match(q):
+                return self.tail is None or not self.tail.match(q)
+        return False
+
+    def tokens(self):
+        yield from self.head
+        if self.tail is not None:
+            yield from self.tail.tokens()
+
+
+EMPTY_LIST = PatternList(())
+
+
+def build_list(tokens: list, make) -> PatternList:
+    """Right-associative EXCEPT (A.3): split at the first EXCEPT, recurse."""
+    for i, tok in enumerate(tokens):
+        if ascii_lower(tok.text) == "except":
+            return PatternList(tuple(make(t.text) for t in tokens[:i]),
+                               build_list(tokens[i + 1:], make))
+    return PatternList(tuple(make(t.text) for t in tokens))
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalLine:
+    """One logical line and where each piece of it came from."""
+
+    text: str
+    starts: tuple[int, ...]     # logical offsets where a physical piece begins
+    lines: tuple[int, ...]      # physical line of each piece
+    cols: tuple[int, ...]       # column (1-based) where each piece begins
+    line: int                   # libwrap's line counter after this line
+
+    def where(self, offset: int) -> tuple[int, int]:
+        i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
+        return self.lines[i], self.cols[i] + offset - self.starts[i]
+
+
+@dataclass(frozen=True, slots=True)
+class HostsRule:
+    path: str
+    line: int                   # libwrap's line number (tcpdmatch "matched")
+    first_line: int
+    daemon_tokens: tuple[Token, ...]
+    client_tokens: tuple[Token, ...]
+    daemons: PatternList
+    clients: PatternList
+    options_text: str | None    # raw third field (newline included), or None
+    options: OptionProgram
+    source: LogicalLine
+
+    def matches(self, q) -> bool:
+        return self.daemons.match(q) and self.clients.match(q)
+
+    def where(self, offset: int) -> tuple[int, int]:
+        return self.source.where(offset)
+
+
+@dataclass(slots=True)
+class HostsTable:
+    """One parsed file: its rules in order, and how libwrap's scan of it ends."""
+
+    path: str
+    rules: list[HostsRule] = field(default_factory=list)
+    #: the error that stops the scan (too long / no newline / unreadable)
+    stop: Diagnostic | None = None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    missing: bool = False
+    #: every ``/file`` pattern path read while parsing (for reload watching)
+    pattern_files: list[str] = field(default_factory=list)
+
+
+def logical_lines(data: bytes):
+    """Emulate ``xgets`` over ``data``.
+
+    Yields ``LogicalLine``; a line that does not end in ``\\n`` is the last.
+    """
+    nl = [i for i, b in enumerate(data) if b == 10]
+    pos = 0
+    counter = 0
+    n = len(data)
+
+    def phys(offset: int) -> tuple[int, int]:
+        k = bisect.bisect_left(nl, offset)     # newlines before offset
+        line_start = nl[k - 1] + 1 if k else 0
+        return k + 1, offset - line_start + 1
+
+    while pos < n:
+        pieces: list[bytes] = []
+        starts: list[int] = []
+        lines: list[int] = []
+        cols: list[int] = []
+        room = BUFLEN
+        length = 0
+        ended = False
+        while pos < n:
+            maxn = room - 1
+            end = data.find(b"\n", pos, pos + maxn)
+            chunk = data[pos:pos + maxn] if end < 0 else data[pos:end + 1]
+            chunk_pos = pos
+            pos += len(chunk)
+            cut = chunk.find(b"\0")
+            got = len(chunk) if cut < 0 else cut
+            keep = got
+            if got >= 1 and chunk[got - 1] == 10:
+                counter += 1
+                if got >= 2 and chunk[got - 2] == 92:
+                    keep = got - 2
+                else:
+                    ended = True
+            if keep:
+                ln, col = phys(chunk_pos)
+                starts.append(length)
+                lines.append(ln)
+                cols.append(col)
+                pieces.append(chunk[:keep])
+                length += keep
+            if ended:
+                break
+            room -= keep
+            if room == 1:
+                break
+        if not pieces:
+            if ended:
+                continue
+            return
+        text = b"".join(pieces).decode("latin-1")
+        yield LogicalLine(text, tuple(starts), tuple(lines), tuple(cols), counter)
+        if not text.endswith("\n"):
+            return
+
+
+def strtok(text: str, base: int = 0) -> list[Token]:
+    """Split on runs of SEPARATORS, keeping each token's offset."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        while i < n and text[i] in SEPARATORS:
+            i += 1
+        j = i
+        while j < n and text[j] not in SEPARATORS:
+            j += 1
+        if j > i:
+            out.append(Token(text[i:j], base + i))
+        i = j
+    return out
+
+
+def read_pattern_file(path: str) -> str | None:
+    """Contents of a ``/file`` pattern, or None when it cannot be opened."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("latin-1")
+    except OSError:
+        return None
+
+
+def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
+                read_file=read_pattern_file) -> HostsTable:
+    """Parse one table.  ``data`` None means the file does not exist."""
+    table = HostsTable(path)
+    if data is None:
+        table.missing = True
+        return table
+    seen_files: list[str] = []
+
+    def reader(p: str):
+        seen_files.append(p)
+        return read_file(p) if read_file is not None else None
+
+    def diag(line: int, col: int, msg: str, sev=Severity.ERROR):
+        table.diagnostics.append(Diagnostic(path, line, col, msg, sev))
+
+    for ll in logical_lines(data):
+        text = ll.text
+        if not text.endswith("\n"):
+            line, col = ll.where(len(text))
+            msg = ("line too long (2047 characters or more): this and every later rule is ignored"
+                   if len(text) >= BUFLEN - 1 else
+                   "missing newline at end of file: this and every later rule is ignored")
+            d = Diagnostic(path, line, col, msg)
+            table.stop = d
+            table.diagnostics.append(d)
+            break
+        if text[0] == "#" or text.strip(" \t\r\n") == "":
+            continue
+        first = split_at(text, ":")
+        if first is None:
+            diag(ll.line, ll.where(0)[1], 'missing ":" separator: line ignored')
+            continue
+        daemon_text, rest = first
+        second = split_at(rest, ":")
+        client_text, options_text = (rest, None) if second is None else second
+        client_base = len(daemon_text) + 1
+        options_base = client_base + len(client_text) + 1
+        d_toks = strtok(daemon_text, 0)
+        c_toks = strtok(client_text, client_base)
+        options = compile_options(options_text, dry_run=dry_run)
+        rule = HostsRule(
+            path=path, line=ll.line, first_line=ll.lines[0],
+            daemon_tokens=tuple(d_toks), client_tokens=tuple(c_toks),
+            daemons=build_list(d_toks, lambda t: daemon_token(t, reader)),
+            clients=build_list(c_toks, lambda t: client_token(t, reader)),
+            options_text=options_text, options=options, source=ll)
+        if options.error is not None:
+            line, col = ll.where(options_base + options.error_offset)
+            diag(line, col, f"{options.error} (the connection is denied)")
+        table.rules.append(rule)
+    table.pattern_files = sorted(set(seen_files))
+    return table
+
+
+def read_hosts(path: str, *, dry_run: bool = False, read_file=read_pattern_file) -> HostsTable:
+    """Read and parse ``path`` the way libwrap opens it (A.1.3, A.1.5)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return parse_hosts(path, None)
+    except IsADirectoryError:
+        data = b""          # fopen succeeds, the first fgets fails: empty
+    except OSError as exc:
+        table = HostsTable(path)
+        d = Diagnostic(path, 0, 0, f"cannot open: {exc.strerror or exc}")
+        table.stop = d
+        table.diagnostics.append(d)
+        return table
+    return parse_hosts(path, data, dry_run=dry_run, read_file=read_file)

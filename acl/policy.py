@@ -1,0 +1,341 @@
+"""The policy configuration (TOML, docs/configuration.md) -> a :class:`Policy`.
+
+Rules of this file:
+
+* Paths in the TOML file are relative to the TOML file.  No ``path`` means
+  the example policy shipped in the package (``acl/examples/policy.toml``).
+* Each ``[[source]]`` becomes one layer through its language's loader
+  (``acl.compile.tcpw``/``tcprules``/``xinetd``); a rule file that cannot be
+  used raises :class:`acl.errors.RuleSyntaxError` (``file:line:column``), a
+  configuration that names something impossible raises
+  :class:`acl.errors.PolicyError` naming the TOML file and the key.  Nothing
+  here decides anything: :mod:`acl.engine` applies the layers.
+* ``Policy.layers_for(service)`` returns the layers bound to a service in the
+  engine's fixed order -- xinetd, tcprules, hosts_access -- whatever order the
+  file lists them in.  A source binds to the services in its ``services``
+  list (``"*"``: every service); an xinetd source binds to the service ids
+  its configuration defines.
+* A reload passes the running policy as ``previous`` so the xinetd layer
+  keeps its limit state (cps windows, instances, per_source counts).
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from acl.errors import PolicyError, RuleSyntaxError
+
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
+ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
+KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run"}
+
+
+@dataclass(frozen=True)
+class Sockets:
+    query: str = "/run/acl/query.sock"
+    policy: str = ""
+    policy_service: str = "smtpd"
+    admin: str = ""
+    mode: int = 0o660
+    group: str = ""
+    admin_uids: tuple[int, ...] = (0,)
+    admin_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    sources: int = 1 << 20
+    ipv6_prefix: int = 64
+    rate: float = 0.0
+    burst: float = 0.0
+
+
+@dataclass(frozen=True)
+class Run:
+    user: str = ""
+    group: str = ""
+    chroot: str = ""
+    watch: bool = True
+
+
+@dataclass
+class Source:
+    """One ``[[source]]``: its layer and the services it binds to."""
+
+    kind: str                        # xinetd | tcprules | hosts_access
+    layer: object
+    services: frozenset[str] | None  # None: every service
+    files: tuple[Path, ...]
+    diagnostics: tuple = ()
+    state: object = None             # xinetd limit state, handed to the next policy
+
+
+@dataclass
+class Policy:
+    path: Path | None
+    sources: list[Source]
+    sockets: Sockets = field(default_factory=Sockets)
+    metrics_listen: str = ""
+    limits: Limits = field(default_factory=Limits)
+    run: Run = field(default_factory=Run)
+    nfqueue: dict = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
+        self._cache: dict[str, tuple] = {}
+
+    @property
+    def files(self) -> list[Path]:
+        out = [self.path] if self.path else []
+        for s in self.sources:
+            out.extend(s.files)
+        return out
+
+    @property
+    def diagnostics(self) -> list:
+        return [d for s in self.sources for d in s.diagnostics]
+
+    def services(self) -> list[str]:
+        """Service names the policy names explicitly ("*" when any goes)."""
+        names: set[str] = set()
+        for s in self.sources:
+            if s.services is None:
+                names.add("*")
+            else:
+                names.update(s.services)
+        return sorted(names)
+
+    def layers_for(self, service: str) -> tuple:
+        """``((layer, daemon name or None), ...)``: ``None`` asks the layer with
+        the request as it is; a name asks hosts_access with that daemon name
+        (an xinetd service's libwrap name, spec C.10)."""
+        hit = self._cache.get(service)
+        if hit is not None:
+            return hit
+        wrap = libwrap_name(self, service)
+        layers = []
+        for s in self.sources:
+            if not _binds(s, service):
+                continue
+            if s.kind == "hosts_access" and wrap is not None:
+                if wrap is False:
+                    continue                 # NOLIBWRAP
+                layers.append((s.layer, wrap if wrap != service else None))
+            else:
+                layers.append((s.layer, None))
+        layers = tuple(layers)
+        if len(self._cache) < 4096:      # clients may invent names: stay bounded
+            self._cache[service] = layers
+        return layers
+
+
+def _binds(source: Source, service: str) -> bool:
+    if source.services is not None:
+        return service in source.services
+    knows = getattr(source.layer, "knows", None)
+    if knows is not None:
+        return bool(knows(service))
+    defined = getattr(getattr(source.layer, "policy", None), "services", None)
+    if isinstance(defined, dict):            # the xinetd layer: its service ids
+        return service in defined
+    return True
+
+
+def libwrap_name(policy: Policy, service: str) -> str | None | bool:
+    """The daemon name hosts_access sees for ``service`` (spec C.10): the
+    xinetd service's libwrap name when an xinetd source defines it, False
+    when that service has ``flags = NOLIBWRAP``, None when no xinetd source
+    defines it (the request's service name is used as is)."""
+    for s in policy.sources:
+        if s.kind != "xinetd":
+            continue
+        defined = getattr(getattr(s.layer, "policy", None), "services", None)
+        svc = defined.get(service) if isinstance(defined, dict) else None
+        if svc is not None:
+            if not getattr(svc, "libwrap", True):
+                return False
+            return getattr(svc, "libwrap_name", None) or service
+    return None
+
+
+# -- loading ------------------------------------------------------------------
+def _err(path, where: str, what: str) -> PolicyError:
+    return PolicyError(f"{path}: {where}: {what}")
+
+
+def _get(table: dict, key: str, kind, default, path, where: str):
+    value = table.get(key, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _err(path, f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _services(src: dict, path, where: str) -> frozenset[str] | None:
+    names = src.get("services", ["*"])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise _err(path, f"{where}.services", "expected a list of service names")
+    return None if "*" in names else frozenset(names)
+
+
+def _file(base: Path, src: dict, key: str, path, where: str) -> Path:
+    name = src.get(key)
+    if not isinstance(name, str) or not name:
+        raise _err(path, f"{where}.{key}", "a file name is required")
+    return (base / name).resolve()
+
+
+def _previous_state(previous: Policy | None, kind: str, index: int):
+    if previous is None:
+        return None
+    same = [s for s in previous.sources if s.kind == kind]
+    return same[index].state if index < len(same) else None
+
+
+def _load_source(src: dict, base: Path, path, where: str, previous, index: int) -> Source:
+    kind = src.get("type")
+    if kind == "hosts_access":
+        from acl.compile.tcpw import load_hosts_access
+
+        allow = _file(base, src, "allow", path, where)
+        deny = _file(base, src, "deny", path, where)
+        layer, diags = load_hosts_access(str(allow), str(deny))
+        return Source(kind, layer, _services(src, path, where), (allow, deny), tuple(diags))
+    if kind == "tcprules":
+        from acl.compile.tcprules import load_tcprules
+
+        f = _file(base, src, "file", path, where)
+        kwargs = {}
+        if "mapped_as_v4" in src:
+            kwargs["mapped_as_v4"] = _get(src, "mapped_as_v4", bool, True, path, where)
+        layer = load_tcprules(str(f), **kwargs)
+        return Source(kind, layer, _services(src, path, where), (f,))
+    if kind == "xinetd":
+        from acl.compile.xinetd import XinetdLayer, load_xinetd
+
+        f = _file(base, src, "file", path, where)
+        xpolicy, diags = load_xinetd(str(f))
+        state = _previous_state(previous, "xinetd", index)
+        layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg)
+        services = _services(src, path, where) if "services" in src else None
+        return Source(kind, layer, services, (f,), tuple(diags),
+                      state=getattr(layer, "state", None))
+    raise _err(path, f"{where}.type", f"unknown source type {kind!r} "
+               "(hosts_access, tcprules or xinetd)")
+
+
+def _loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+def _mode(value, path) -> int:
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 8)
+    except ValueError:
+        raise _err(path, "sockets.mode", f"not an octal mode: {value!r}") from None
+
+
+def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
+    if not isinstance(values, list):
+        raise _err(path, where, "expected a list of ids or names")
+    out = []
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool):
+            out.append(v)
+        elif isinstance(v, str):
+            try:
+                out.append(lookup(v))
+            except KeyError:
+                raise _err(path, where, f"no such user or group {v!r}") from None
+        else:
+            raise _err(path, where, f"not an id: {v!r}")
+    return tuple(out)
+
+
+def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | None = None) -> Policy:
+    """Read the TOML file (or the shipped example) and load every source."""
+    toml_path = Path(path).resolve() if path else EXAMPLE
+    try:
+        with open(toml_path, "rb") as f:
+            conf = tomllib.load(f)
+    except OSError as exc:
+        raise PolicyError(f"{toml_path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{toml_path}: {exc}") from exc
+    unknown = set(conf) - KNOWN_SECTIONS
+    if unknown:
+        raise _err(toml_path, sorted(unknown)[0], "unknown section")
+    base = toml_path.parent
+
+    s = conf.get("sockets", {})
+    sockets = Sockets(
+        query=str(base / s["query"]) if s.get("query") else "",
+        policy=str(base / s["policy"]) if s.get("policy") else "",
+        policy_service=_get(s, "policy_service", str, "smtpd", toml_path, "sockets"),
+        admin=str(base / s["admin"]) if s.get("admin") else "",
+        mode=_mode(s.get("mode", "0660"), toml_path),
+        group=_get(s, "group", str, "", toml_path, "sockets"),
+        admin_uids=_ids(s.get("admin_uids", [0]), lambda n: pwd.getpwnam(n).pw_uid,
+                        toml_path, "sockets.admin_uids"),
+        admin_gids=_ids(s.get("admin_gids", []), lambda n: grp.getgrnam(n).gr_gid,
+                        toml_path, "sockets.admin_gids"),
+    )
+    m = conf.get("metrics", {})
+    metrics_listen = _get(m, "listen", str, "", toml_path, "metrics")
+    lt = conf.get("limits", {})
+    limits = Limits(
+        sources=_get(lt, "sources", int, 1 << 20, toml_path, "limits"),
+        ipv6_prefix=_get(lt, "ipv6_prefix", int, 64, toml_path, "limits"),
+        rate=_get(lt, "rate", float, 0.0, toml_path, "limits"),
+        burst=_get(lt, "burst", float, 0.0, toml_path, "limits"),
+    )
+    if not 1 <= limits.sources <= 1 << 26:
+        raise _err(toml_path, "limits.sources", "must be 1 .. 67108864")
+    if not 0 <= limits.ipv6_prefix <= 128:
+        raise _err(toml_path, "limits.ipv6_prefix", "must be 0 .. 128")
+    if limits.rate < 0 or limits.burst < 0:
+        raise _err(toml_path, "limits", "rate and burst must be >= 0")
+    r = conf.get("run", {})
+    run = Run(
+        user=_get(r, "user", str, "", toml_path, "run"),
+        group=_get(r, "group", str, "", toml_path, "run"),
+        chroot=_get(r, "chroot", str, "", toml_path, "run"),
+        watch=_get(r, "watch", bool, True, toml_path, "run"),
+    )
+    nfq = conf.get("nfqueue", {})
+    if not isinstance(nfq, dict):
+        raise _err(toml_path, "nfqueue", "expected a table")
+
+    raw_sources = conf.get("source", [])
+    if not isinstance(raw_sources, list):
+        raise _err(toml_path, "source", "expected [[source]] tables")
+    sources = []
+    seen: dict[str, int] = {}
+    for i, src in enumerate(raw_sources):
+        where = f"source[{i}]"
+        if not isinstance(src, dict):
+            raise _err(toml_path, where, "expected a table")
+        kind = src.get("type", "")
+        index = seen.get(kind, 0)
+        seen[kind] = index + 1
+        try:
+            sources.append(_load_source(src, base, toml_path, where, previous, index))
+        except (RuleSyntaxError, PolicyError):
+            raise
+        except FileNotFoundError as exc:
+            raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc
+        except OSError as exc:
+            raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq))

@@ -1,0 +1,219 @@
+"""Client host names for hosts_access rules: pluggable lookups, libwrap's double check, a TTL cache.
+
+Rules of this file (spec A.6; libwrap ``socket.c`` ``sock_hostname``):
+
+* A v4-mapped address (``::ffff:a.b.c.d``) is looked up as IPv4.
+* No PTR name                                   -> ``"unknown"``.
+* The PTR name parses as a numeric address of the client's family
+  (``getaddrinfo(AI_NUMERICHOST)``)             -> ``"paranoid"``.
+* The forward lookup of that name fails         -> ``"paranoid"``.
+* The forward canonical name differs from the PTR name (ignoring ASCII case)
+  and the PTR name is not ``localhost``        -> ``"paranoid"``.
+* The client address is not among the forward addresses -> ``"paranoid"``.
+* Otherwise the PTR name, as the PTR gave it.
+
+A *backend* answers two questions: ``reverse(family, packed) -> name | None``
+and ``forward(name, family) -> (canonical name, [packed, ...]) | None``
+(``family`` 0 means both, then items are ``(family, packed)``).
+:class:`SystemBackend` asks the C library (so ``/etc/nsswitch.conf`` rules);
+:class:`HostsFileBackend` reads a private hosts file the way glibc's ``files``
+module does, so tests never touch DNS.
+
+:class:`Resolver` caches verified names per address for ``ttl`` seconds
+(``negative_ttl`` for "unknown"), at most ``max_entries`` of them, evicting
+the least recently used.  Time is an argument (``now``), never read here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import socket
+from collections import OrderedDict
+
+UNKNOWN = "unknown"
+PARANOID = "paranoid"
+
+_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _lower(s: str) -> str:
+    return s.translate(_LOWER)
+
+
+def numeric_address(text: str) -> tuple[int, bytes] | None:
+    """``(family, packed)`` of a numeric address as a socket prints it."""
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return fam, socket.inet_pton(fam, text.split("%", 1)[0] if fam == socket.AF_INET6 else text)
+        except (OSError, ValueError, UnicodeError):
+            continue
+    return None
+
+
+def is_numeric_name(name: str, family: int) -> bool:
+    """Whether ``getaddrinfo(name, AI_NUMERICHOST)`` accepts it for ``family``."""
+    if not name or "\0" in name:
+        return False
+    try:
+        socket.getaddrinfo(name.encode("latin-1", "replace"), None, family,
+                           socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+        return True
+    except (OSError, ValueError, UnicodeError):
+        return False
+
+
+class HostsFileBackend:
+    """glibc ``files`` semantics over a private hosts file.
+
+    * reverse: the first line holding the address; its first name.
+    * forward: every line naming the host (canonical name or alias, ASCII
+      case ignored) in file order; the canonical name is that of the first.
+    """
+
+    def __init__(self, path: str | None = None, text: str | None = None,
+                 netgroups: dict[str, set[str]] | None = None):
+        if text is None:
+            with open(path, encoding="latin-1") as f:
+                text = f.read()
+        self.entries: list[tuple[int, bytes, list[str]]] = []
+        for raw in text.splitlines():
+            line = raw.split("#", 1)[0].split()
+            if len(line) < 2:
+                continue
+            addr = numeric_address(line[0])
+            if addr is None or "%" in line[0]:
+                continue
+            self.entries.append((addr[0], addr[1], line[1:]))
+        self.netgroups = netgroups or {}
+
+    def reverse(self, family: int, packed: bytes) -> str | None:
+        for fam, addr, names in self.entries:
+            if fam == family and addr == packed:
+                return names[0]
+        return None
+
+    def forward(self, name: str, family: int):
+        low = _lower(name)
+        canon = None
+        found = []
+        for fam, addr, names in self.entries:
+            if family and fam != family:
+                continue
+            if any(_lower(n) == low for n in names):
+                if canon is None:
+                    canon = names[0]
+                item = addr if family else (fam, addr)
+                if item not in found:
+                    found.append(item)
+        return None if canon is None else (canon, found)
+
+    def innetgr(self, group: str, host: str) -> bool:
+        return host in self.netgroups.get(group, ())
+
+
+class SystemBackend:
+    """The C library's resolver (``getnameinfo``/``getaddrinfo``, nsswitch)."""
+
+    def __init__(self):
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        self._innetgr = getattr(libc, "innetgr", None)
+        if self._innetgr is not None:
+            self._innetgr.argtypes = [ctypes.c_char_p] * 4
+            self._innetgr.restype = ctypes.c_int
+
+    def reverse(self, family: int, packed: bytes) -> str | None:
+        text = socket.inet_ntop(family, packed)
+        try:
+            name, _ = socket.getnameinfo((text, 0), socket.NI_NAMEREQD)
+        except (OSError, UnicodeError):
+            return None
+        return name
+
+    def forward(self, name: str, family: int):
+        try:
+            infos = socket.getaddrinfo(name.encode("latin-1", "replace"), None, family,
+                                       socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+        except (OSError, ValueError, UnicodeError):
+            return None
+        if not infos:
+            return None
+        canon = infos[0][3] or None
+        found = []
+        for fam, _, _, _, sa in infos:
+            if fam not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            packed = socket.inet_pton(fam, sa[0].split("%", 1)[0])
+            item = packed if family else (fam, packed)
+            if item not in found:
+                found.append(item)
+        return (canon or "", found)
+
+    def innetgr(self, group: str, host: str) -> bool:
+        if self._innetgr is None:
+            return False
+        return bool(self._innetgr(group.encode("latin-1", "replace"),
+                                  host.encode("latin-1", "replace"), None, None))
+
+
+class Resolver:
+    """Verified host names per address, cached with a bounded TTL cache."""
+
+    def __init__(self, backend=None, *, ttl: float = 300.0, negative_ttl: float = 60.0,
+                 max_entries: int = 10000):
+        self.backend = backend if backend is not None else SystemBackend()
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self.lookups = 0        # backend double checks done (cache misses)
+        self.evictions = 0
+
+    def hostname(self, addr: str, now: float = 0.0) -> str:
+        """The verified name of ``addr``, or "unknown" / "paranoid"."""
+        hit = self._cache.get(addr)
+        if hit is not None and hit[0] > now:
+            self._cache.move_to_end(addr)
+            return hit[1]
+        name = self.verify(addr)
+        ttl = self.negative_ttl if name == UNKNOWN else self.ttl
+        self._cache[addr] = (now + ttl, name)
+        self._cache.move_to_end(addr)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+            self.evictions += 1
+        return name
+
+    def verify(self, addr: str) -> str:
+        """libwrap's double check, uncached (see the module rules)."""
+        self.lookups += 1
+        parsed = numeric_address(addr)
+        if parsed is None:
+            return UNKNOWN
+        family, packed = parsed
+        if family == socket.AF_INET6 and packed[:12] == b"\0" * 10 + b"\xff\xff":
+            family, packed = socket.AF_INET, packed[12:]
+        name = self.backend.reverse(family, packed)
+        if not name:
+            return UNKNOWN
+        if is_numeric_name(name, family):
+            return PARANOID
+        fwd = self.backend.forward(name, family)
+        if fwd is None:
+            return PARANOID
+        canon, addrs = fwd
+        if _lower(canon or "") != _lower(name) and _lower(name) != "localhost":
+            return PARANOID
+        if packed not in addrs:
+            return PARANOID
+        return name
+
+    def addresses(self, name: str) -> list[str]:
+        """Forward lookup of a client name given on a command line (both families)."""
+        fwd = self.backend.forward(name, 0)
+        if fwd is None:
+            return []
+        return [socket.inet_ntop(fam, packed) for fam, packed in fwd[1]]
+
+    def innetgr(self, group: str, host: str) -> bool:
+        return self.backend.innetgr(group, host)

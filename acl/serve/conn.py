@@ -1,0 +1,232 @@
+"""One client connection per protocol: binary, Postfix text, admin.
+
+Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
+
+* Everything read at once is answered at once, in request order, in one
+  write.  Binary frames go first through the compiled batch plan
+  (``engine.plan.run``), which stops at any frame it cannot answer; that one
+  frame is decoded and decided in Python and the plan resumes after it.
+* Backpressure: when the transport's write buffer passes ``HIGH_WATER`` the
+  connection stops reading (``pause_reading``) until the client drains it.
+  What a client can make the server hold is therefore bounded by one
+  read, one partial frame (< 64 KiB, enforced by the codec) and the write
+  buffer -- a client that never reads stops being read.
+* Leases belong to the connection that took them: RELEASE of a lease taken
+  elsewhere answers "no such lease"; closing the connection releases every
+  lease it still holds.
+* A frame the codec calls fatal (bad length) gets an ERROR frame and the
+  connection is closed; any other bad frame gets an ERROR reply and the
+  connection goes on.  Other clients never notice.
+* Admin connections are accepted only from the uids/gids the policy names,
+  checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
+  line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+import time
+
+from acl.wire import binary as wb
+from acl.wire import postfix as wp
+
+HIGH_WATER = 1 << 20
+LOW_WATER = 1 << 18
+ADMIN_MAX_LINE = 1024
+
+
+class _Base(asyncio.Protocol):
+    protocol = ""
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.engine = server.engine
+        self.transport = None
+        self._paused = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        self.server.connected(self)
+
+    def connection_lost(self, exc) -> None:
+        self.server.disconnected(self)
+
+    # write side full: stop reading until it drains
+    def pause_writing(self) -> None:
+        self._paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def error(self, code: int) -> None:
+        self.server.protocol_error(self.protocol, code)
+
+
+class BinaryConnection(_Base):
+    protocol = "binary"
+
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        self.buf = bytearray()
+        self.leases: set[int] = set()
+        self.compiled = server.compiled
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        now = time.time()
+        out = []
+        pos = 0
+        plan = self.engine.plan
+        engine = self.engine
+        while True:
+            if plan is not None:
+                pos, chunk, status = plan.run(buf, pos, now)
+                if chunk:
+                    out.append(chunk)
+                if status == 0:
+                    break
+                if status == 2:
+                    continue
+            event, pos = wb.next_event(buf, pos)
+            if event is None:
+                break
+            if type(event) is wb.Decide:
+                d = engine.decide(event.request, now)
+                if d.lease:
+                    self.leases.add(d.lease)
+                out.append(wb.encode_decision(event.request_id, d))
+            elif type(event) is wb.Release:
+                ok = event.lease_id in self.leases and engine.release(event.lease_id)
+                if ok:
+                    self.leases.discard(event.lease_id)
+                out.append(wb.encode_released(event.request_id, ok))
+            elif type(event) is wb.Ping:
+                out.append(wb.encode_pong(event.request_id, self.compiled))
+            else:
+                self.error(event.code)
+                out.append(wb.encode_error(event.request_id, event.code, event.text))
+                if event.fatal:
+                    buf.clear()
+                    self.transport.write(b"".join(out))
+                    self.transport.close()
+                    return
+        if pos:
+            del buf[:pos]
+        if out:
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def connection_lost(self, exc) -> None:
+        for lease in self.leases:
+            self.engine.release(lease)
+        self.leases.clear()
+        super().connection_lost(exc)
+
+
+class PostfixConnection(_Base):
+    protocol = "postfix"
+
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        self.decoder = wp.PostfixDecoder(server.policy_service)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        out = []
+        close = False
+        for item in self.decoder.feed(data):
+            if isinstance(item, wp.BadRequest):
+                self.error(item.code)
+                out.append(wp.encode_error(item))
+                close = close or item.fatal
+            else:
+                out.append(wp.encode(self.engine.decide(item, now)))
+        if out:
+            self.transport.write(b"".join(out))
+        if close:
+            self.transport.close()
+
+
+def peer_credentials(sock) -> tuple[int, int, int]:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
+class AdminConnection(_Base):
+    protocol = "admin"
+
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        self.buf = bytearray()
+        self.allowed = False
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        try:
+            _pid, uid, gid = peer_credentials(sock)
+        except OSError:
+            uid = gid = -1
+        self.allowed = self.server.admin_allowed(uid, gid)
+        if not self.allowed:
+            transport.write(json.dumps({"ok": False, "error": f"uid {uid} gid {gid} "
+                                        "is not allowed on the admin socket"}).encode() + b"\n")
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.allowed:
+            return
+        self.buf += data
+        while True:
+            nl = self.buf.find(b"\n")
+            if nl < 0:
+                if len(self.buf) > ADMIN_MAX_LINE:
+                    self.transport.close()
+                return
+            line = bytes(self.buf[:nl]).decode("utf-8", "replace").strip()
+            del self.buf[:nl + 1]
+            asyncio.ensure_future(self._answer(line))
+
+    async def _answer(self, line: str) -> None:
+        try:
+            reply = await self.server.admin_command(line)
+        except Exception as exc:          # the admin gets the message, the server goes on
+            reply = {"ok": False, "error": str(exc)}
+        if not self.transport.is_closing():
+            self.transport.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+
+
+class MetricsConnection(_Base):
+    """GET /metrics, one request per connection (Prometheus text format)."""
+
+    protocol = "metrics"
+
+    def __init__(self, server) -> None:
+        super().__init__(server)
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf and b"\n\n" not in self.buf:
+            if len(self.buf) > 8192:
+                self.transport.close()
+            return
+        first = bytes(self.buf.split(b"\n", 1)[0]).decode("latin-1").split()
+        if len(first) >= 2 and first[0] in ("GET", "HEAD") and first[1].split("?")[0] == "/metrics":
+            body, ctype = self.server.metrics_body()
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+            self.transport.write(head + (body if first[0] == "GET" else b""))
+        else:
+            body = b"acl: only /metrics is served here\n"
+            self.transport.write(b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n"
+                                 b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+                                 + body)
+        self.transport.close()

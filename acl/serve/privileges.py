@@ -1,0 +1,47 @@
+"""Give up root once every socket is bound: optional chroot, then group, then user.
+
+The order matters: ``chroot`` needs root; supplementary groups and the gid
+must be set while still root; ``setuid`` last, after which nothing can be
+taken back.  A name that does not exist is an error, never a silent "stay
+root".
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+
+
+def resolve(user: str, group: str) -> tuple[int | None, int | None]:
+    uid = gid = None
+    if user:
+        pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if group:
+        gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
+    return uid, gid
+
+
+def drop(user: str = "", group: str = "", chroot: str = "") -> tuple[int, int]:
+    """Drop to ``user``/``group`` (optionally inside ``chroot``); returns the
+    (uid, gid) now in effect."""
+    uid, gid = resolve(user, group)      # look names up before chroot hides /etc
+    if chroot:
+        os.chroot(chroot)
+        os.chdir("/")
+    if gid is not None:
+        os.setgroups([gid])
+        os.setresgid(gid, gid, gid)
+    if uid is not None:
+        os.setresuid(uid, uid, uid)
+    return os.getuid(), os.getgid()
+
+
+def rebase(path: str, chroot: str) -> str:
+    """A path as seen from inside ``chroot`` (unchanged when not under it)."""
+    if not chroot or not path:
+        return path
+    root = os.path.abspath(chroot).rstrip("/") + "/"
+    full = os.path.abspath(path)
+    return "/" + full[len(root):] if full.startswith(root) else path

@@ -1,0 +1,304 @@
+"""The running sidecar: sockets, signals, reloads, life cycle.
+
+Theory of operation:
+
+* Start: load the policy, build the engine, then get every listening socket
+  -- from systemd (``LISTEN_FDS``) when it passed them, else bind them
+  ourselves (query, optional Postfix policy, optional admin Unix sockets,
+  optional metrics TCP address) and set the query/policy sockets' mode and
+  group -- then drop privileges (``[run] user/group/chroot``), then serve and
+  tell systemd ``READY=1``.  Binding first is what lets an unprivileged
+  server own sockets in root-only directories.
+* Reload: SIGHUP, the admin command ``reload``, or a change to a watched file
+  (polled once a second; the policy file and every rule file it names).
+  Reading and compiling run in a worker thread (``Engine.prepare``) while the
+  loop keeps answering; the swap (``Engine.commit``) is one assignment made
+  in the loop.  A failure keeps the running policy, is counted, is logged as
+  ``file:line:column: message`` and is the admin's answer.  Only one reload
+  runs at a time; triggers during one make exactly one more.
+* Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
+  client (their leases are released), remove the socket files we made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import signal
+import socket
+import stat
+import sys
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from acl.errors import AclError
+from acl.metrics import AclCollector, make_registry
+from acl.serve import conn, privileges, systemd
+
+LISTEN_BACKLOG = 4096
+
+
+def log(msg: str) -> None:
+    print(f"acl serve: {msg}", file=sys.stderr, flush=True)
+
+
+def _bind_unix(path: str) -> socket.socket:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)              # a stale socket from an earlier run
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(LISTEN_BACKLOG)
+    return s
+
+
+def _bind_tcp(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, int(port)))
+    s.listen(128)
+    return s
+
+
+class Server:
+    def __init__(self, engine, *, compiled: bool, log_fn=log) -> None:
+        self.engine = engine
+        self.compiled = compiled
+        self.log = log_fn
+        pol = engine.policy
+        self.sockets = pol.sockets          # as bound at start; reloads change rules only
+        self.policy_service = pol.sockets.policy_service
+        self.clients = {"binary": 0, "postfix": 0}
+        self.protocol_errors: dict[tuple[str, int], int] = {}
+        self.registry = make_registry()
+        self.collector = AclCollector(engine, self, "compiled" if compiled else "pure")
+        self.registry.register(self.collector)
+        self._conns: set = set()
+        self._servers: list = []
+        self._made_paths: list[str] = []
+        self._sockets: dict[str, socket.socket] = {}
+        self._reloading: asyncio.Task | None = None
+        self._again = False
+        self._stop: asyncio.Event | None = None
+        self._watch_state: dict = {}
+        self.chroot = ""
+        self.addresses: dict[str, str] = {}
+
+    # -- bookkeeping used by connections -------------------------------
+    def connected(self, c) -> None:
+        self._conns.add(c)
+        if c.protocol in self.clients:
+            self.clients[c.protocol] += 1
+
+    def disconnected(self, c) -> None:
+        self._conns.discard(c)
+        if c.protocol in self.clients:
+            self.clients[c.protocol] -= 1
+
+    def protocol_error(self, protocol: str, code: int) -> None:
+        k = (protocol, code)
+        self.protocol_errors[k] = self.protocol_errors.get(k, 0) + 1
+
+    def admin_allowed(self, uid: int, gid: int) -> bool:
+        s = self.sockets
+        return uid in s.admin_uids or gid in s.admin_gids
+
+    def metrics_body(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def add_front_door(self, door) -> None:
+        """Hook for other front doors (NFQUEUE): their metrics join ours."""
+        self.collector.add_front_door(door)
+
+    # -- sockets -------------------------------------------------------
+    def bind(self) -> dict[str, str]:
+        """Take systemd's sockets or bind our own; returns name -> address."""
+        got = systemd.listen_fds()
+        s = self.sockets
+        wanted = {"query": s.query, "policy": s.policy, "admin": s.admin}
+        for name, path in wanted.items():
+            if name in got:
+                self._sockets[name] = got[name]
+                self.addresses[name] = f"fd:{got[name].fileno()} (systemd)"
+            elif path:
+                sock = _bind_unix(path)
+                self._made_paths.append(path)
+                self._sockets[name] = sock
+                self.addresses[name] = path
+                if name == "admin":
+                    os.chmod(path, 0o666)     # SO_PEERCRED decides who may talk
+                else:
+                    os.chmod(path, s.mode)
+                    if s.group:
+                        os.chown(path, -1, grp.getgrnam(s.group).gr_gid)
+        listen = self.engine.policy.metrics_listen
+        if "metrics" in got:
+            self._sockets["metrics"] = got["metrics"]
+            self.addresses["metrics"] = f"fd:{got['metrics'].fileno()} (systemd)"
+        elif listen:
+            sock = _bind_tcp(listen)
+            self._sockets["metrics"] = sock
+            host, port = sock.getsockname()[:2]
+            self.addresses["metrics"] = f"http://{host}:{port}/metrics"
+        if "query" not in self._sockets and "policy" not in self._sockets:
+            raise AclError("no query or policy socket configured")
+        return dict(self.addresses)
+
+    def drop_privileges(self) -> None:
+        r = self.engine.policy.run
+        if r.user or r.group or r.chroot:
+            uid, gid = privileges.drop(r.user, r.group, r.chroot)
+            self.chroot = r.chroot
+            self.log(f"running as uid {uid} gid {gid}" + (f" in {r.chroot}" if r.chroot else ""))
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        factories = {
+            "query": lambda: conn.BinaryConnection(self),
+            "policy": lambda: conn.PostfixConnection(self),
+            "admin": lambda: conn.AdminConnection(self),
+            "metrics": lambda: conn.MetricsConnection(self),
+        }
+        for name, sock in self._sockets.items():
+            sock.setblocking(False)
+            if sock.family == socket.AF_UNIX:
+                srv = await loop.create_unix_server(factories[name], sock=sock,
+                                                    backlog=LISTEN_BACKLOG)
+            else:
+                srv = await loop.create_server(factories[name], sock=sock)
+            self._servers.append(srv)
+
+    # -- reload --------------------------------------------------------
+    def request_reload(self, why: str) -> None:
+        if self._reloading is not None and not self._reloading.done():
+            self._again = True
+            return
+        self._reloading = asyncio.ensure_future(self._reload(why))
+
+    async def _reload(self, why: str) -> dict:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._again = False
+            systemd.notify(systemd.reloading_text())
+            t0 = time.perf_counter()
+            path = privileges.rebase(str(self.engine.policy.path or ""), self.chroot) or None
+            try:
+                prepared = await loop.run_in_executor(None, self.engine.prepare, path)
+            except Exception as exc:
+                systemd.notify("READY=1")
+                self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
+                result = {"ok": False, "error": str(exc)}
+            else:
+                self.engine.commit(prepared)
+                systemd.notify("READY=1")
+                ms = (time.perf_counter() - t0) * 1000
+                self.log(f"reloaded ({why}) in {ms:.1f} ms")
+                result = {"ok": True, "seconds": ms / 1000}
+            self._watch_state = self._stat_files()
+            if not self._again:
+                return result
+            why = "again"
+
+    async def reload_now(self, why: str) -> dict:
+        while self._reloading is not None and not self._reloading.done():
+            await asyncio.wait([self._reloading])
+        self._reloading = asyncio.ensure_future(self._reload(why))
+        return await self._reloading
+
+    def _stat_files(self) -> dict:
+        out = {}
+        for p in self.engine.watched_files():
+            p = privileges.rebase(str(p), self.chroot)
+            try:
+                st = os.stat(p)
+                out[p] = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                out[p] = None
+        return out
+
+    async def _watch(self, interval: float) -> None:
+        self._watch_state = self._stat_files()
+        while True:
+            await asyncio.sleep(interval)
+            if not self.engine.policy.run.watch:
+                continue
+            now = self._stat_files()
+            if now != self._watch_state:
+                self._watch_state = now
+                self.request_reload("file changed")
+
+    # -- admin ---------------------------------------------------------
+    async def admin_command(self, line: str) -> dict:
+        cmd = line.split()[0].lower() if line.split() else ""
+        if cmd == "reload":
+            return await self.reload_now("admin")
+        if cmd == "stats":
+            c = self.engine.counters()
+            return {
+                "ok": True,
+                "core": "compiled" if self.compiled else "pure",
+                "decisions": [[s, v, r, n] for (s, v, r), n in sorted(c["decisions"].items())],
+                "limit_trips": [[s, lim, n] for (s, lim), n in sorted(c["limit_trips"].items())],
+                "reloads": c["reloads"],
+                "last_reload": c["last_reload"],
+                "last_reload_error": self.engine.last_reload_error,
+                "leases": c["leases"],
+                "sources_tracked": c["sources_tracked"],
+                "clients": self.clients,
+                "protocol_errors": [[p, code, n] for (p, code), n
+                                    in sorted(self.protocol_errors.items())],
+            }
+        if cmd == "dump":
+            return {"ok": True, "policy": self.engine.describe()}
+        return {"ok": False, "error": f"unknown command {cmd!r} (reload, stats, dump)"}
+
+    # -- life cycle ----------------------------------------------------
+    async def serve(self, *, watch_interval: float = 1.0, ready=None) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+        watcher = asyncio.ensure_future(self._watch(watch_interval))
+        systemd.notify("READY=1")
+        if ready is not None:
+            ready()
+        try:
+            await self._stop.wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            watcher.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    async def close(self) -> None:
+        for srv in self._servers:
+            srv.close()
+        for c in list(self._conns):
+            if c.transport is not None:
+                c.transport.abort()
+        for srv in self._servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), 2)
+            except TimeoutError:
+                pass
+        await asyncio.sleep(0)
+        for path in self._made_paths:
+            try:
+                os.unlink(privileges.rebase(path, self.chroot))
+            except OSError:
+                pass

@@ -1,0 +1,339 @@
+"""Sans-IO codec of the binary protocol, version 1 (docs/protocol.md).
+
+Rules of this file:
+
+* ``BinaryDecoder.feed(data)`` takes any bytes (a whole read, or one byte at a
+  time) and returns the complete frames in them as events, in order; the
+  result is the same however the input is split.  It owns no socket and no
+  clock.
+* A frame whose ``length`` is < 8 or whose total size (4 + length) exceeds
+  65536 cannot be skipped safely: the decoder returns a *fatal*
+  :class:`BadFrame` (code 4, request id 0) and ignores everything after it.
+  Any other bad frame (version, type, flags, payload) is one non-fatal
+  :class:`BadFrame` with that frame's request id; decoding goes on.
+* The decoder never holds more than one incomplete frame (< 65536 bytes), so
+  what a client can make the server buffer is bounded by this codec.
+* Encoders return whole frames (length prefix included).
+
+Frame: ``u32 length | u8 version | u8 type | u16 flags | u32 request_id |
+payload`` -- all little-endian.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from acl.model import Decision, Location, Reason, Request, Verdict
+
+VERSION = 1
+MAX_FRAME = 65536            # 4-byte length field included
+MIN_LENGTH = 8
+
+T_DECIDE, T_RELEASE, T_PING = 0x01, 0x02, 0x03
+T_DECISION, T_RELEASED, T_PONG, T_ERROR = 0x81, 0x82, 0x83, 0xFF
+F_LEASE = 0x0001
+
+E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD = 1, 2, 3, 4, 5
+ERROR_TEXT = {
+    E_VERSION: "unsupported version",
+    E_TYPE: "unknown type",
+    E_PAYLOAD: "malformed payload",
+    E_SIZE: "frame too large or too short",
+    E_OVERLOAD: "server overloaded",
+}
+
+_HEAD = struct.Struct("<IBBHI")           # length, version, type, flags, request_id
+_DECIDE_FIXED = struct.Struct("<BBHHBBBB")
+_DECISION_FIXED = struct.Struct("<BBHQHH")
+_ERROR_FIXED = struct.Struct("<HH")
+_ADDR_LEN = {4: 4, 6: 16}
+
+
+# -- events ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Decide:
+    request_id: int
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    request_id: int
+    lease_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class BadFrame:
+    request_id: int
+    code: int
+    text: str
+    fatal: bool = False
+
+
+Event = Decide | Release | Ping | BadFrame
+
+
+def _addr_text(family: int, raw: bytes) -> str:
+    if family == 4:
+        return str(ipaddress.IPv4Address(raw))
+    return str(ipaddress.IPv6Address(raw))
+
+
+def decode_decide(payload: bytes | memoryview, flags: int) -> Request:
+    """The DECIDE payload -> Request, or ValueError saying what is wrong."""
+    if len(payload) < _DECIDE_FIXED.size:
+        raise ValueError("short DECIDE payload")
+    cf, sf, cport, sport, slen, hlen, ulen, reserved = _DECIDE_FIXED.unpack_from(payload, 0)
+    if cf not in (4, 6):
+        raise ValueError(f"client_family {cf} is not 4 or 6")
+    if sf not in (0, 4, 6):
+        raise ValueError(f"server_family {sf} is not 0, 4 or 6")
+    if slen == 0:
+        raise ValueError("empty service name")
+    if reserved:
+        raise ValueError("reserved byte is not 0")
+    ca, sa = _ADDR_LEN[cf], _ADDR_LEN.get(sf, 0)
+    need = _DECIDE_FIXED.size + ca + sa + slen + hlen + ulen
+    if len(payload) != need:
+        raise ValueError(f"DECIDE payload is {len(payload)} bytes, fields say {need}")
+    pos = _DECIDE_FIXED.size
+    client = _addr_text(cf, bytes(payload[pos:pos + ca]))
+    pos += ca
+    server = _addr_text(sf, bytes(payload[pos:pos + sa])) if sa else None
+    pos += sa
+    try:
+        service = bytes(payload[pos:pos + slen]).decode()
+        pos += slen
+        host = bytes(payload[pos:pos + hlen]).decode() if hlen else None
+        pos += hlen
+        user = bytes(payload[pos:pos + ulen]).decode() if ulen else None
+    except UnicodeDecodeError as exc:
+        raise ValueError("service, host or user is not UTF-8") from exc
+    return Request(service, client, cport, server, sport, host, user, bool(flags & F_LEASE))
+
+
+def next_event(buf, pos: int) -> tuple[Event | None, int]:
+    """Decode the frame at ``buf[pos:]``: ``(event, next_pos)``, or
+    ``(None, pos)`` when the frame is not complete yet.  A fatal
+    :class:`BadFrame` means nothing after it can be read."""
+    if len(buf) - pos < 4:
+        return None, pos
+    (length,) = struct.unpack_from("<I", buf, pos)
+    if length < MIN_LENGTH or length + 4 > MAX_FRAME:
+        return BadFrame(0, E_SIZE, ERROR_TEXT[E_SIZE], fatal=True), len(buf)
+    if len(buf) - pos < 4 + length:
+        return None, pos
+    _, version, ftype, flags, rid = _HEAD.unpack_from(buf, pos)
+    with memoryview(buf) as view:
+        payload = bytes(view[pos + 12:pos + 4 + length])
+    return _event(version, ftype, flags, rid, payload), pos + 4 + length
+
+
+def _event(version: int, ftype: int, flags: int, rid: int, payload: bytes) -> Event:
+    if version != VERSION:
+        return BadFrame(rid, E_VERSION, f"unsupported version {version}")
+    if ftype == T_DECIDE:
+        if flags & ~F_LEASE:
+            return BadFrame(rid, E_PAYLOAD, "unknown DECIDE flags")
+        try:
+            return Decide(rid, decode_decide(payload, flags))
+        except ValueError as exc:
+            return BadFrame(rid, E_PAYLOAD, str(exc))
+    if ftype == T_RELEASE:
+        if flags or len(payload) != 8:
+            return BadFrame(rid, E_PAYLOAD, "RELEASE takes no flags and a u64 lease id")
+        return Release(rid, struct.unpack("<Q", payload)[0])
+    if ftype == T_PING:
+        if flags or len(payload):
+            return BadFrame(rid, E_PAYLOAD, "PING takes no flags and no payload")
+        return Ping(rid)
+    return BadFrame(rid, E_TYPE, f"unknown type 0x{ftype:02x}")
+
+
+class BinaryDecoder:
+    """Bytes in, events out (see the module rules)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.dead = False        # a fatal frame was seen: ignore the rest
+
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self.dead:
+            return []
+        self._buf += data
+        events: list[Event] = []
+        pos = 0
+        while True:
+            event, pos = next_event(self._buf, pos)
+            if event is None:
+                break
+            events.append(event)
+            if isinstance(event, BadFrame) and event.fatal:
+                self.dead = True
+                self._buf = bytearray()
+                return events
+        del self._buf[:pos]
+        return events
+
+
+# -- encoders ---------------------------------------------------------------
+def frame(ftype: int, request_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
+    if len(payload) + 12 > MAX_FRAME:
+        raise ValueError("frame too large")
+    return _HEAD.pack(8 + len(payload), VERSION, ftype, flags, request_id) + payload
+
+
+def _u16_text(text: str, what: str) -> bytes:
+    raw = text.encode()
+    if len(raw) > 0xFFFF:
+        raise ValueError(f"{what} longer than 65535 bytes")
+    return raw
+
+
+def decision_payload(decision: Decision) -> bytes:
+    loc = _u16_text(str(decision.location) if decision.location else "", "location")
+    parts = [_DECISION_FIXED.pack(int(decision.verdict), int(decision.reason), len(loc),
+                                  decision.lease, len(decision.env), len(decision.options)), loc]
+    for name, value in decision.env:
+        n = _u16_text(name, "env name")
+        v = _u16_text(value or "", "env value")
+        parts.append(struct.pack("<BHH", 0 if value is not None else 1, len(n), len(v)) + n + v)
+    for name, value in decision.options:
+        n = _u16_text(name, "option name")
+        v = _u16_text(value, "option value")
+        parts.append(struct.pack("<HH", len(n), len(v)) + n + v)
+    return b"".join(parts)
+
+
+def encode_decision(request_id: int, decision: Decision) -> bytes:
+    return frame(T_DECISION, request_id, decision_payload(decision))
+
+
+def encode_released(request_id: int, released: bool) -> bytes:
+    return frame(T_RELEASED, request_id, b"\x00" if released else b"\x01")
+
+
+def encode_pong(request_id: int, compiled: bool) -> bytes:
+    return frame(T_PONG, request_id, b"\x01" if compiled else b"\x00")
+
+
+def encode_error(request_id: int, code: int, text: str = "") -> bytes:
+    raw = (text or ERROR_TEXT.get(code, "error")).encode()[:1024]
+    return frame(T_ERROR, request_id, _ERROR_FIXED.pack(code, len(raw)) + raw)
+
+
+# -- the client side ----------------------------------------------------------
+def _pack_addr(text: str) -> tuple[int, bytes]:
+    ip = ipaddress.ip_address(text)
+    return ip.version, ip.packed
+
+
+def decide_payload(request: Request) -> bytes:
+    cf, ca = _pack_addr(request.client)
+    sf, sa = _pack_addr(request.server) if request.server else (0, b"")
+    service = request.service.encode()
+    host = (request.host or "").encode()
+    user = (request.user or "").encode()
+    if not 1 <= len(service) <= 255 or len(host) > 255 or len(user) > 255:
+        raise ValueError("service must be 1..255 bytes, host and user at most 255")
+    return (_DECIDE_FIXED.pack(cf, sf, request.client_port, request.server_port,
+                               len(service), len(host), len(user), 0)
+            + ca + sa + service + host + user)
+
+
+def encode_decide(request_id: int, request: Request) -> bytes:
+    return frame(T_DECIDE, request_id, decide_payload(request), F_LEASE if request.lease else 0)
+
+
+def encode_release(request_id: int, lease_id: int) -> bytes:
+    return frame(T_RELEASE, request_id, struct.pack("<Q", lease_id))
+
+
+def encode_ping(request_id: int) -> bytes:
+    return frame(T_PING, request_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One server frame as the client sees it."""
+
+    type: int
+    request_id: int
+    decision: Decision | None = None
+    released: bool | None = None
+    core: int | None = None
+    code: int | None = None
+    text: str = ""
+
+
+def decode_decision(payload) -> Decision:
+    verdict, reason, loc_len, lease, n_env, n_opt = _DECISION_FIXED.unpack_from(payload, 0)
+    pos = _DECISION_FIXED.size
+    loc_text = bytes(payload[pos:pos + loc_len]).decode()
+    pos += loc_len
+    location = None
+    if loc_text:
+        path, _, line = loc_text.rpartition(":")
+        location = Location(path, int(line)) if line.isdigit() else Location(loc_text, 0)
+    env = []
+    for _ in range(n_env):
+        op, nl, vl = struct.unpack_from("<BHH", payload, pos)
+        pos += 5
+        name = bytes(payload[pos:pos + nl]).decode()
+        value = bytes(payload[pos + nl:pos + nl + vl]).decode()
+        pos += nl + vl
+        env.append((name, value if op == 0 else None))
+    options = []
+    for _ in range(n_opt):
+        nl, vl = struct.unpack_from("<HH", payload, pos)
+        pos += 4
+        options.append((bytes(payload[pos:pos + nl]).decode(),
+                        bytes(payload[pos + nl:pos + nl + vl]).decode()))
+        pos += nl + vl
+    return Decision(Verdict(verdict), Reason(reason), location, tuple(env), tuple(options), lease)
+
+
+class ReplyDecoder:
+    """Client side: bytes in, :class:`Reply` objects out."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Reply]:
+        self._buf += data
+        out = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 4:
+            (length,) = struct.unpack_from("<I", buf, pos)
+            if length < MIN_LENGTH or length + 4 > MAX_FRAME:
+                raise ValueError(f"server sent a frame of length {length}")
+            if len(buf) - pos < 4 + length:
+                break
+            _, version, ftype, _flags, rid = _HEAD.unpack_from(buf, pos)
+            payload = bytes(buf[pos + 12:pos + 4 + length])
+            pos += 4 + length
+            if ftype == T_DECISION:
+                out.append(Reply(ftype, rid, decision=decode_decision(payload)))
+            elif ftype == T_RELEASED:
+                out.append(Reply(ftype, rid, released=payload[:1] == b"\x00"))
+            elif ftype == T_PONG:
+                out.append(Reply(ftype, rid, core=payload[0] if payload else None))
+            elif ftype == T_ERROR:
+                code, tl = _ERROR_FIXED.unpack_from(payload, 0)
+                out.append(Reply(ftype, rid, code=code, text=payload[4:4 + tl].decode("utf-8", "replace")))
+            else:
+                raise ValueError(f"server sent unknown frame type 0x{ftype:02x}")
+        if pos:
+            del buf[:pos]
+        return out

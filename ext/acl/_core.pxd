@@ -1,0 +1,78 @@
+# cython: language_level=3
+# C declarations of the prefix core; behaviour and its rules live in _core.pyx.
+# Other modules may cimport PrefixTable and call find4/find6 without the GIL.
+# This file is published: change it only by adding.
+
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+
+cdef extern from *:
+    """
+    typedef unsigned __int128 acl_u128;
+    #define ACL_LEAF_TAG 0x80000000u
+    """
+    # Top slots with this bit set hold a leaf index, otherwise a node index.
+    const unsigned int LEAF_TAG "ACL_LEAF_TAG"
+    # Really 128 bits wide (GCC/Clang); Cython only needs "an unsigned integer"
+    # to emit plain C operators.  Never let Cython convert it to or from a
+    # Python int: split it into two uint64_t halves instead.
+    ctypedef unsigned long long acl_u128
+
+cdef struct Pair:
+    int32_t first       # lowest value among prefixes covering the leaf, -1 if none
+    int32_t specific    # value of the longest prefix covering the leaf, -1 if none
+
+cdef struct Node:
+    uint64_t vector     # bit s set: slot s descends into a child node
+    uint64_t leafvec    # bit s set: slot s is a leaf starting a new run of equal leaves
+    uint32_t base0      # index in Trie.leaves of this node's first leaf
+    uint32_t base1      # index in Trie.nodes of this node's first child
+
+cdef struct Trie:
+    uint32_t *top       # 2**dp direct-pointing slots: node index, or LEAF_TAG | leaf index
+    Node *nodes         # every node; the children of one node are contiguous
+    Pair *leaves        # every leaf; the leaves of one node are contiguous
+    uint32_t n_nodes    # nodes in use
+    uint32_t n_leaves   # leaves in use
+    uint32_t cap_nodes  # nodes allocated
+    uint32_t cap_leaves  # leaves allocated
+    int dp              # address bits resolved by `top` (the first stride)
+    int bits            # address width: 32 or 128
+
+# One entry while a table is being built (sorted, then split into columns).
+cdef struct E4:
+    uint32_t net        # network, host order
+    int32_t value       # rule index
+    uint8_t length      # prefix length
+
+cdef struct E6:
+    acl_u128 net        # network
+    int32_t value       # rule index
+    uint8_t length      # prefix length
+
+
+cdef class PrefixTable:
+    cdef readonly int family    # 4 or 6
+    cdef int bits               # 32 or 128
+    cdef Trie trie              # leaf-pushed compressed trie answering both disciplines
+    cdef Py_ssize_t n           # distinct prefixes held
+    cdef uint32_t *nets4        # sorted networks (IPv4 tables; NULL otherwise)
+    cdef acl_u128 *nets6        # sorted networks (IPv6 tables; NULL otherwise)
+    cdef uint8_t *lens          # prefix lengths, parallel to the networks
+    cdef int32_t *vals          # values (rule indexes), parallel to the networks
+    cdef uint64_t present[3]    # bit L set: some prefix has length L (0..128)
+
+    # The leaf for an address: .first and .specific, -1 when nothing covers.
+    # IPv4 tables only / IPv6 tables only (hi, lo: the address's two halves).
+    cdef const Pair *find4(self, uint32_t addr) noexcept nogil
+    cdef const Pair *find6(self, uint64_t hi, uint64_t lo) noexcept nogil
+
+    # Private to _core.pyx.
+    cdef int _setup(self, int family) except -1
+    cdef int _take4(self, E4 *e, Py_ssize_t count) except -1
+    cdef int _take6(self, E6 *e, Py_ssize_t count) except -1
+    cdef int _alloc_columns(self, Py_ssize_t m) except -1
+    cdef int _finish(self, int rc) except -1
+    cdef int _built(self) except -1
+    cdef int _prefix(self, network, length, uint32_t *a4, acl_u128 *a6) except -1
+    cdef list _rows(self, Py_ssize_t lo, Py_ssize_t hi)
+    cdef object _batch(self, object packed, object out, bint specific)

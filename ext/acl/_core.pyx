@@ -1,0 +1,1001 @@
+# cython: language_level=3
+"""Compiled prefix core: IPv4/IPv6 prefix tables answering two disciplines.
+
+Its API is ``acl/_core_py.py``'s, name for name and error for error; that twin's
+module docstring is the contract and the oracle.  Rules of this file:
+
+* A table holds prefixes of ONE family.  Entries are (network, length, value),
+  value a rule index 0 .. MAX_VALUE.  Host bits set past ``length`` are a
+  ValueError (the core never masks).  A prefix given twice keeps its lowest
+  value.
+* first match = the lowest value among all prefixes covering an address (TCP
+  Wrappers' file order); most specific = the value of the longest covering
+  prefix (xinetd, tcprules).  -1 when nothing covers.
+* IPv4-mapped IPv6 addresses: the table is family-strict.  ``::ffff:a.b.c.d``
+  is an IPv6 address, it is never looked up in an IPv4 table and matches only
+  IPv6 prefixes that cover it (``::ffff:0:0/96``, ``::/0``...).  Mapping a
+  client to IPv4 is the rule language's decision (``unmap_v4``).
+* Addresses: str, int, packed bytes (4/16, network order) and ipaddress
+  objects.  The common forms are parsed here without a Python call; anything
+  else, and every invalid input, goes to the twin's ``parse_address`` so both
+  cores accept and reject exactly the same things with the same messages.
+
+Data structure (one per table, built once, immutable):
+
+* The sorted, de-duplicated entries (networks, lengths, values as parallel C
+  arrays) answer exact / covering / covered_by / entries by binary search.
+* A leaf-pushed multibit trie answers lookups.  Every leaf carries a Pair
+  (first, specific) valid for every address below it, so one walk serves
+  both disciplines.  The first ``dp`` bits (16 for big tables) index a direct
+  array ``top``; below it nodes consume 6 bits (the last one fewer).  Nodes
+  are compressed as in Poptrie (Asai & Ohara, SIGCOMM 2015): a 64-bit
+  ``vector`` marks slots that have a child, a 64-bit ``leafvec`` marks where
+  a run of equal leaves starts, children and leaves of one node are stored
+  contiguously, and popcount turns a slot number into an array index.
+* Lookups (``trie_find``) take the Trie struct and a C integer, are
+  ``noexcept nogil`` and never allocate.  The batch loops call the same
+  inline function over a packed buffer; the per-address methods are thin
+  wrappers that parse and call it once.
+* Build (``build_trie``): sort the entries by (network, length) -- then every
+  entry that overlaps an earlier one lies inside it -- and paint each node's
+  slots in that order: ``specific`` is overwritten, ``first`` keeps the
+  minimum.  Slots holding longer prefixes recurse with their painted Pair as
+  the inherited default.  Linear in entries plus nodes after the sort.
+"""
+
+from cpython.array cimport array, clone
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.string cimport memchr, memcpy
+
+import ipaddress
+
+from acl import _core_py as _py
+
+from acl._core_py import MAX_VALUE, unmap_v4
+
+__all__ = ["PrefixTable", "parse_address", "unmap_v4", "MAX_VALUE"]
+
+cdef extern from "<arpa/inet.h>" nogil:
+    int inet_pton(int af, const char *src, void *dst)
+
+cdef extern from "<sys/socket.h>":
+    int AF_INET
+    int AF_INET6
+
+cdef extern from "<endian.h>" nogil:
+    uint32_t be32toh(uint32_t)
+    uint64_t be64toh(uint64_t)
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object)
+    const char *PyUnicode_AsUTF8AndSize(object, Py_ssize_t *) except NULL
+
+cdef extern from *:
+    int popcount64 "__builtin_popcountll"(unsigned long long) nogil
+
+ctypedef fused addr_t:
+    uint32_t
+    acl_u128
+
+cdef object IPv4Address = ipaddress.IPv4Address
+cdef object IPv6Address = ipaddress.IPv6Address
+cdef array INT_ARRAY = array("i")
+cdef uint64_t LOW64 = 0xFFFFFFFFFFFFFFFF
+
+# Tables with at least this many prefixes get a 2**16-slot top array
+# (256 KiB); smaller ones a 2**8-slot one, so small rule sets stay small.
+cdef Py_ssize_t BIG_TABLE = 4096
+
+
+# -- addresses ----------------------------------------------------------
+
+cdef inline acl_u128 load128(const unsigned char *p) noexcept nogil:
+    cdef uint64_t hi, lo
+    memcpy(&hi, p, 8)
+    memcpy(&lo, p + 8, 8)
+    return ((<acl_u128>be64toh(hi)) << 64) | be64toh(lo)
+
+
+cdef inline acl_u128 int_to_u128(object x):
+    return ((<acl_u128>(<uint64_t>(x >> 64))) << 64) | <uint64_t>(x & LOW64)
+
+
+cdef inline object u128_to_int(acl_u128 x):
+    return ((<object>(<uint64_t>(x >> 64))) << 64) | <object>(<uint64_t>x)
+
+
+cdef int parse4(object addr, uint32_t *out) except -1:
+    """``addr`` as a host-order IPv4 address (the twin decides all odd cases)."""
+    cdef Py_ssize_t size
+    cdef const char *s
+    cdef char buf[16]
+    cdef uint32_t raw
+    cdef object t = type(addr)
+    if t is str:
+        if PyUnicode_IS_ASCII(addr):
+            s = PyUnicode_AsUTF8AndSize(addr, &size)
+            if 7 <= size <= 15 and memchr(s, 0, size) == NULL:
+                memcpy(buf, s, size)
+                buf[size] = 0
+                if inet_pton(AF_INET, buf, &raw) == 1:
+                    out[0] = be32toh(raw)
+                    return 0
+    elif t is int:
+        if 0 <= addr <= 0xFFFFFFFF:
+            out[0] = <uint32_t>addr
+            return 0
+    elif t is bytes:
+        if len(<bytes>addr) == 4:
+            memcpy(&raw, <const char *>addr, 4)
+            out[0] = be32toh(raw)
+            return 0
+    elif t is IPv4Address:
+        out[0] = <uint32_t>addr._ip
+        return 0
+    out[0] = <uint32_t>_py.parse_address(addr, 4)
+    return 0
+
+
+cdef int parse6(object addr, acl_u128 *out) except -1:
+    """``addr`` as an IPv6 address (the twin decides all odd cases)."""
+    cdef Py_ssize_t size
+    cdef const char *s
+    cdef char buf[48]
+    cdef unsigned char raw[16]
+    cdef object t = type(addr)
+    if t is str:
+        if PyUnicode_IS_ASCII(addr):
+            s = PyUnicode_AsUTF8AndSize(addr, &size)
+            if 2 <= size <= 45 and memchr(s, 0, size) == NULL:
+                memcpy(buf, s, size)
+                buf[size] = 0
+                if inet_pton(AF_INET6, buf, raw) == 1:
+                    out[0] = load128(raw)
+                    return 0
+    elif t is int:
+        if 0 <= addr and not (addr >> 128):
+            out[0] = int_to_u128(addr)
+            return 0
+    elif t is bytes:
+        if len(<bytes>addr) == 16:
+            out[0] = load128(<const unsigned char *><const char *>addr)
+            return 0
+    elif t is IPv6Address:
+        out[0] = int_to_u128(addr._ip)
+        return 0
+    out[0] = int_to_u128(_py.parse_address(addr, 6))
+    return 0
+
+
+def parse_address(addr, family):
+    """Return ``addr`` as an int of the given family, or raise ValueError."""
+    cdef uint32_t a4
+    cdef acl_u128 a6
+    if type(family) is int and family == 4:
+        parse4(addr, &a4)
+        return a4
+    if type(family) is int and family == 6:
+        parse6(addr, &a6)
+        return u128_to_int(a6)
+    return _py.parse_address(addr, family)
+
+
+cdef inline addr_t prefix_mask(addr_t zero, int length) noexcept nogil:
+    """The netmask of ``length`` bits in the type of ``zero``."""
+    cdef addr_t ones = ~zero
+    if length == 0:
+        return zero
+    if addr_t is uint32_t:
+        return ones << (32 - length)
+    else:
+        return ones << (128 - length)
+
+
+# -- lookup: the hot path ----------------------------------------------
+
+cdef inline const Pair *trie_find(const Trie *t, addr_t a) noexcept nogil:
+    """The leaf covering ``a``: walk top, then 6-bit nodes, popcount to index."""
+    cdef int width, d, k
+    cdef uint32_t e, v
+    cdef uint64_t upto
+    cdef const Node *nd
+    if addr_t is uint32_t:
+        width = 32
+    else:
+        width = 128
+    e = t.top[<uint32_t>(a >> (width - t.dp))]
+    if e & LEAF_TAG:
+        return &t.leaves[e & ~(<uint32_t>LEAF_TAG)]
+    nd = &t.nodes[e]
+    d = t.dp
+    while True:
+        k = width - d
+        if k > 6:
+            k = 6
+        v = (<uint32_t>(a >> (width - d - k))) & ((<uint32_t>1 << k) - 1)
+        upto = ((<uint64_t>2) << v) - 1   # slots 0..v; wraps to all ones for v = 63
+        if (nd.vector >> v) & 1:
+            nd = &t.nodes[nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1]
+            d += k
+        else:
+            return &t.leaves[nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1]
+
+
+# Batch lookups interleave LANES independent walks (AMAC: Kocberber et al.,
+# VLDB 2015): each step of a lane prefetches the memory its next step reads,
+# then the loop moves to the next lane, so up to LANES cache misses are in
+# flight instead of one.  A lane that reaches its leaf takes the next address.
+cdef enum:
+    LANES = 16
+    AT_NODE = 1      # lane's node is prefetched
+    AT_LEAF = 2      # lane's leaf is prefetched
+    IDLE = 3         # no addresses left for this lane
+
+
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void *) nogil
+
+
+cdef inline addr_t load_addr(const unsigned char *p, addr_t zero) noexcept nogil:
+    cdef uint32_t raw
+    if addr_t is uint32_t:
+        memcpy(&raw, p, 4)
+        return be32toh(raw)
+    else:
+        return load128(p)
+
+
+cdef inline void start(const Trie *t, addr_t a, uint32_t *cur, int *depth,
+                       int *state) noexcept nogil:
+    """Read a lane's top slot (the top array is small enough to stay cached)
+    and prefetch what comes next."""
+    cdef int width
+    cdef uint32_t e
+    if addr_t is uint32_t:
+        width = 32
+    else:
+        width = 128
+    e = t.top[<uint32_t>(a >> (width - t.dp))]
+    if e & LEAF_TAG:
+        cur[0] = e & ~(<uint32_t>LEAF_TAG)
+        prefetch(&t.leaves[cur[0]])
+        state[0] = AT_LEAF
+    else:
+        cur[0] = e
+        depth[0] = t.dp
+        prefetch(&t.nodes[e])
+        state[0] = AT_NODE
+
+
+cdef void batch_find(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
+                     bint specific, addr_t zero) noexcept nogil:
+    """o[i] = the first or specific value for the i-th packed address of p."""
+    cdef addr_t addr[LANES]
+    cdef uint32_t cur[LANES]
+    cdef int depth[LANES]
+    cdef int state[LANES]
+    cdef Py_ssize_t slot[LANES]
+    cdef Py_ssize_t nxt = 0
+    cdef int width, step, j, k, busy = 0
+    cdef uint32_t v
+    cdef uint64_t upto
+    cdef const Node *nd
+    cdef const Pair *leaf
+    if addr_t is uint32_t:
+        width = 32
+        step = 4
+    else:
+        width = 128
+        step = 16
+    for j in range(LANES):
+        if nxt < n:
+            addr[j] = load_addr(p + nxt * step, zero)
+            slot[j] = nxt
+            nxt += 1
+            start(t, addr[j], &cur[j], &depth[j], &state[j])
+            busy += 1
+        else:
+            state[j] = IDLE
+    while busy:
+        for j in range(LANES):
+            if state[j] == AT_NODE:
+                nd = &t.nodes[cur[j]]
+                k = width - depth[j]
+                if k > 6:
+                    k = 6
+                v = (<uint32_t>(addr[j] >> (width - depth[j] - k))) & ((<uint32_t>1 << k) - 1)
+                upto = ((<uint64_t>2) << v) - 1
+                if (nd.vector >> v) & 1:
+                    cur[j] = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
+                    depth[j] += k
+                    prefetch(&t.nodes[cur[j]])
+                else:
+                    cur[j] = nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1
+                    prefetch(&t.leaves[cur[j]])
+                    state[j] = AT_LEAF
+            elif state[j] == AT_LEAF:
+                leaf = &t.leaves[cur[j]]
+                o[slot[j]] = leaf.specific if specific else leaf.first
+                if nxt < n:
+                    addr[j] = load_addr(p + nxt * step, zero)
+                    slot[j] = nxt
+                    nxt += 1
+                    start(t, addr[j], &cur[j], &depth[j], &state[j])
+                else:
+                    state[j] = IDLE
+                    busy -= 1
+
+
+# -- build ----------------------------------------------------------------
+
+cdef inline void paint(Pair *p, int32_t value) noexcept nogil:
+    # Entries arrive sorted, so a later overlapping entry is a longer one.
+    p.specific = value
+    if p.first < 0 or value < p.first:
+        p.first = value
+
+
+cdef inline bint same(Pair a, Pair b) noexcept nogil:
+    return a.first == b.first and a.specific == b.specific
+
+
+cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
+    cdef uint64_t cap
+    cdef Node *p
+    if <uint64_t>t.n_nodes + extra > t.cap_nodes:
+        cap = max(<uint64_t>t.cap_nodes * 2, <uint64_t>t.n_nodes + extra, 64)
+        if cap >= LEAF_TAG:
+            return -1
+        p = <Node *>realloc(t.nodes, cap * sizeof(Node))
+        if p == NULL:
+            return -1
+        t.nodes = p
+        t.cap_nodes = <uint32_t>cap
+    return 0
+
+
+cdef int add_leaf(Trie *t, Pair leaf) noexcept nogil:
+    cdef uint64_t cap
+    cdef Pair *p
+    if t.n_leaves == t.cap_leaves:
+        cap = max(<uint64_t>t.cap_leaves * 2, 64)
+        if cap >= LEAF_TAG:
+            return -1
+        p = <Pair *>realloc(t.leaves, cap * sizeof(Pair))
+        if p == NULL:
+            return -1
+        t.leaves = p
+        t.cap_leaves = <uint32_t>cap
+    t.leaves[t.n_leaves] = leaf
+    t.n_leaves += 1
+    return 0
+
+
+cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint8_t *lens,
+                    const int32_t *vals, size_t lo, size_t hi, Pair inherited) noexcept nogil:
+    """Fill node ``idx`` at depth ``d`` from entries [lo, hi): all longer than
+    ``d`` and inside this node.  ``inherited``: the Pair of its parent slot."""
+    cdef Pair slots[64]
+    cdef size_t gstart[64]
+    cdef size_t gend[64]
+    cdef int width, k, nslots, length, shift
+    cdef uint32_t s, j, end, base0, base1, c
+    cdef uint64_t vector = 0, leafvec = 0
+    cdef size_t i, g
+    cdef Pair last
+    cdef bint have_last = False
+    if addr_t is uint32_t:
+        width = 32
+    else:
+        width = 128
+    k = width - d
+    if k > 6:
+        k = 6
+    nslots = 1 << k
+    shift = width - d - k
+    for j in range(<uint32_t>nslots):
+        slots[j] = inherited
+    i = lo
+    while i < hi:
+        length = lens[i]
+        s = (<uint32_t>(nets[i] >> shift)) & <uint32_t>(nslots - 1)
+        if length <= d + k:
+            end = s + (<uint32_t>1 << (d + k - length))
+            for j in range(s, end):
+                paint(&slots[j], vals[i])
+            i += 1
+        else:
+            # Every entry after it in this slot is longer too (sorted order).
+            g = i + 1
+            while g < hi and ((<uint32_t>(nets[g] >> shift)) & <uint32_t>(nslots - 1)) == s:
+                g += 1
+            vector |= (<uint64_t>1) << s
+            gstart[s] = i
+            gend[s] = g
+            i = g
+    base0 = t.n_leaves
+    for j in range(<uint32_t>nslots):
+        if (vector >> j) & 1:
+            continue
+        if not have_last or not same(slots[j], last):
+            leafvec |= (<uint64_t>1) << j
+            if add_leaf(t, slots[j]) < 0:
+                return -1
+            last = slots[j]
+            have_last = True
+    c = <uint32_t>popcount64(vector)
+    if grow_nodes(t, c) < 0:
+        return -1
+    base1 = t.n_nodes
+    t.n_nodes += c
+    t.nodes[idx].vector = vector
+    t.nodes[idx].leafvec = leafvec
+    t.nodes[idx].base0 = base0
+    t.nodes[idx].base1 = base1
+    c = 0
+    for j in range(<uint32_t>nslots):
+        if (vector >> j) & 1:
+            if build_node(t, base1 + c, d + k, nets, lens, vals,
+                          gstart[j], gend[j], slots[j]) < 0:
+                return -1
+            c += 1
+    return 0
+
+
+cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int32_t *vals,
+                    size_t n, int dp) noexcept nogil:
+    """Build ``t`` from sorted, de-duplicated entries; -1 when out of memory."""
+    cdef int width, length
+    cdef uint32_t ntop, s, j, end, node
+    cdef size_t i, g
+    cdef Pair *painted
+    cdef uint8_t *child
+    cdef Pair last
+    cdef bint have_last = False
+    cdef int rc = -1
+    if addr_t is uint32_t:
+        width = 32
+    else:
+        width = 128
+    ntop = (<uint32_t>1) << dp
+    t.dp = dp
+    t.bits = width
+    t.top = <uint32_t *>malloc(ntop * sizeof(uint32_t))
+    painted = <Pair *>malloc(ntop * sizeof(Pair))
+    child = <uint8_t *>malloc(ntop)
+    if t.top == NULL or painted == NULL or child == NULL:
+        free(painted)
+        free(child)
+        return -1
+    for j in range(ntop):
+        painted[j].first = -1
+        painted[j].specific = -1
+        child[j] = 0
+    i = 0
+    while i < n:
+        length = lens[i]
+        s = <uint32_t>(nets[i] >> (width - dp))
+        if length <= dp:
+            end = s + (<uint32_t>1 << (dp - length))
+            for j in range(s, end):
+                paint(&painted[j], vals[i])
+            i += 1
+        else:
+            # All covering entries are painted already: recurse right away.
+            g = i + 1
+            while g < n and <uint32_t>(nets[g] >> (width - dp)) == s:
+                g += 1
+            if grow_nodes(t, 1) < 0:
+                break
+            node = t.n_nodes
+            t.n_nodes += 1
+            t.top[s] = node
+            child[s] = 1
+            if build_node(t, node, dp, nets, lens, vals, i, g, painted[s]) < 0:
+                break
+            i = g
+    else:
+        rc = 0
+        for j in range(ntop):
+            if child[j]:
+                continue
+            if not have_last or not same(painted[j], last):
+                if add_leaf(t, painted[j]) < 0:
+                    rc = -1
+                    break
+                last = painted[j]
+                have_last = True
+            t.top[j] = LEAF_TAG | (t.n_leaves - 1)
+    free(painted)
+    free(child)
+    return rc
+
+
+cdef void trie_free(Trie *t) noexcept nogil:
+    free(t.top)
+    free(t.nodes)
+    free(t.leaves)
+    t.top = NULL
+    t.nodes = NULL
+    t.leaves = NULL
+
+
+# -- entries: sort, de-duplicate, search -----------------------------------
+
+cdef int cmp4(const void *pa, const void *pb) noexcept nogil:
+    cdef const E4 *a = <const E4 *>pa
+    cdef const E4 *b = <const E4 *>pb
+    if a.net != b.net:
+        return -1 if a.net < b.net else 1
+    return <int>a.length - <int>b.length
+
+
+cdef int cmp6(const void *pa, const void *pb) noexcept nogil:
+    cdef const E6 *a = <const E6 *>pa
+    cdef const E6 *b = <const E6 *>pb
+    if a.net != b.net:
+        return -1 if a.net < b.net else 1
+    return <int>a.length - <int>b.length
+
+
+cdef Py_ssize_t lower_bound(const addr_t *nets, const uint8_t *lens, Py_ssize_t n,
+                            addr_t net, int length) noexcept nogil:
+    """First index whose (network, length) is not below (net, length)."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if nets[mid] < net or (nets[mid] == net and lens[mid] < length):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef Py_ssize_t upper_net(const addr_t *nets, Py_ssize_t n, addr_t net) noexcept nogil:
+    """First index whose network is above ``net``."""
+    cdef Py_ssize_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if nets[mid] <= net:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+# Kinds of the first bad entry found by the C loops of from_arrays.
+cdef enum:
+    BAD_NONE = 0
+    BAD_LENGTH = 1
+    BAD_VALUE = 2
+    BAD_HOST = 3
+
+
+cdef enum:
+    MAX_VALUE_C = 2147483646   # == MAX_VALUE
+
+
+cdef int check_entry(int bits, int length, int32_t value) noexcept nogil:
+    if length > bits:
+        return BAD_LENGTH
+    if value < 0 or value > MAX_VALUE_C:
+        return BAD_VALUE
+    return BAD_NONE
+
+
+cdef class PrefixTable:
+    """Prefixes of one family, each with a rule index; see the module rules."""
+
+    def __cinit__(self):
+        self.family = 0
+        self.bits = 0
+        self.n = 0
+
+    def __dealloc__(self):
+        trie_free(&self.trie)
+        free(self.nets4)
+        free(self.nets6)
+        free(self.lens)
+        free(self.vals)
+
+    def __init__(self, family, entries=()):
+        cdef Py_ssize_t count, i
+        cdef uint32_t a4
+        cdef acl_u128 a6
+        cdef E4 *e4 = NULL
+        cdef E6 *e6 = NULL
+        family = _py._check_family(family)
+        bits = 32 if family == 4 else 128
+        rows = []
+        for net, length, value in entries:
+            if family == 4:
+                parse4(net, &a4)
+                net = a4
+            else:
+                parse6(net, &a6)
+                net = u128_to_int(a6)
+            length = _py._check_length(length, family)
+            value = _py._check_value(value)
+            if _py._host_bits(net, length, bits):
+                raise _py._host_bits_error(family, net, length)
+            rows.append((net, length, value))
+        count = len(rows)
+        try:
+            if family == 4:
+                e4 = <E4 *>malloc(max(count, 1) * sizeof(E4))
+                if e4 == NULL:
+                    raise MemoryError()
+                for i in range(count):
+                    e4[i].net = rows[i][0]
+                    e4[i].length = rows[i][1]
+                    e4[i].value = rows[i][2]
+                self._setup(4)
+                self._take4(e4, count)
+            else:
+                e6 = <E6 *>malloc(max(count, 1) * sizeof(E6))
+                if e6 == NULL:
+                    raise MemoryError()
+                for i in range(count):
+                    e6[i].net = int_to_u128(rows[i][0])
+                    e6[i].length = rows[i][1]
+                    e6[i].value = rows[i][2]
+                self._setup(6)
+                self._take6(e6, count)
+        finally:
+            free(e4)
+            free(e6)
+
+    @classmethod
+    def from_arrays(cls, family, networks, lengths, values):
+        """Build from packed arrays: ``networks`` 4/16 bytes per entry (network
+        order), ``lengths`` one byte per entry, ``values`` int32 per entry."""
+        cdef PrefixTable table = cls.__new__(cls)
+        cdef Py_buffer bn, bl, bv
+        cdef Py_ssize_t count, i, bad_at = -1
+        cdef int bad = BAD_NONE, width
+        cdef const unsigned char *pn
+        cdef const uint8_t *pl
+        cdef const int32_t *pv
+        cdef uint32_t raw
+        cdef E4 *e4 = NULL
+        cdef E6 *e6 = NULL
+        family = _py._check_family(family)
+        width = 4 if family == 4 else 16
+        nets = memoryview(networks).cast("B")
+        lens = memoryview(lengths).cast("B")
+        vals = memoryview(values).cast("B").cast("i")
+        count = len(lens)
+        if len(nets) != count * width or len(vals) != count:
+            raise ValueError("networks, lengths and values disagree in length")
+        vals = vals.cast("B")
+        table._setup(family)
+        PyObject_GetBuffer(nets, &bn, PyBUF_SIMPLE)
+        PyObject_GetBuffer(lens, &bl, PyBUF_SIMPLE)
+        PyObject_GetBuffer(vals, &bv, PyBUF_SIMPLE)
+        pn = <const unsigned char *>bn.buf
+        pl = <const uint8_t *>bl.buf
+        pv = <const int32_t *>bv.buf
+        try:
+            if family == 4:
+                e4 = <E4 *>malloc(max(count, 1) * sizeof(E4))
+                if e4 == NULL:
+                    raise MemoryError()
+                with nogil:
+                    for i in range(count):
+                        memcpy(&raw, pn + 4 * i, 4)
+                        e4[i].net = be32toh(raw)
+                        e4[i].length = pl[i]
+                        memcpy(&e4[i].value, pv + i, 4)
+                        bad = check_entry(32, e4[i].length, e4[i].value)
+                        if bad == BAD_NONE and e4[i].net & ~prefix_mask(<uint32_t>0, pl[i]):
+                            bad = BAD_HOST
+                        if bad != BAD_NONE:
+                            bad_at = i
+                            break
+            else:
+                e6 = <E6 *>malloc(max(count, 1) * sizeof(E6))
+                if e6 == NULL:
+                    raise MemoryError()
+                with nogil:
+                    for i in range(count):
+                        e6[i].net = load128(pn + 16 * i)
+                        e6[i].length = pl[i]
+                        memcpy(&e6[i].value, pv + i, 4)
+                        bad = check_entry(128, e6[i].length, e6[i].value)
+                        if bad == BAD_NONE and e6[i].net & ~prefix_mask(<acl_u128>0, pl[i]):
+                            bad = BAD_HOST
+                        if bad != BAD_NONE:
+                            bad_at = i
+                            break
+            if bad_at >= 0:
+                # Let the twin's checks word the error, for the same entry.
+                if family == 4:
+                    net, length, value = e4[bad_at].net, e4[bad_at].length, e4[bad_at].value
+                else:
+                    net, length, value = (u128_to_int(e6[bad_at].net), e6[bad_at].length,
+                                          e6[bad_at].value)
+                length = _py._check_length(length, family)
+                _py._check_value(value)
+                raise _py._host_bits_error(family, net, length)
+            if family == 4:
+                table._take4(e4, count)
+            else:
+                table._take6(e6, count)
+        finally:
+            PyBuffer_Release(&bn)
+            PyBuffer_Release(&bl)
+            PyBuffer_Release(&bv)
+            free(e4)
+            free(e6)
+        return table
+
+    cdef int _setup(self, int family) except -1:
+        if self.bits:
+            raise RuntimeError("PrefixTable is already built")
+        self.family = family
+        self.bits = 32 if family == 4 else 128
+        return 0
+
+    cdef int _take4(self, E4 *e, Py_ssize_t count) except -1:
+        """Sort and de-duplicate ``e`` (in place), keep it, build the trie."""
+        cdef Py_ssize_t i, m = 0
+        cdef int rc
+        cdef bint ordered = True
+        with nogil:
+            for i in range(1, count):
+                if cmp4(&e[i - 1], &e[i]) >= 0:
+                    ordered = False
+                    break
+            if not ordered:
+                qsort(e, count, sizeof(E4), cmp4)
+            for i in range(count):
+                if m and e[m - 1].net == e[i].net and e[m - 1].length == e[i].length:
+                    if e[i].value < e[m - 1].value:
+                        e[m - 1].value = e[i].value
+                else:
+                    e[m] = e[i]
+                    m += 1
+        self.nets4 = <uint32_t *>malloc(max(m, 1) * sizeof(uint32_t))
+        self._alloc_columns(m)
+        with nogil:
+            for i in range(m):
+                self.nets4[i] = e[i].net
+                self.lens[i] = e[i].length
+                self.vals[i] = e[i].value
+                self.present[e[i].length >> 6] |= (<uint64_t>1) << (e[i].length & 63)
+            rc = build_trie(&self.trie, self.nets4, self.lens, self.vals, m,
+                            16 if m >= BIG_TABLE else 8)
+        self.n = m
+        return self._finish(rc)
+
+    cdef int _take6(self, E6 *e, Py_ssize_t count) except -1:
+        """Sort and de-duplicate ``e`` (in place), keep it, build the trie."""
+        cdef Py_ssize_t i, m = 0
+        cdef int rc
+        cdef bint ordered = True
+        with nogil:
+            for i in range(1, count):
+                if cmp6(&e[i - 1], &e[i]) >= 0:
+                    ordered = False
+                    break
+            if not ordered:
+                qsort(e, count, sizeof(E6), cmp6)
+            for i in range(count):
+                if m and e[m - 1].net == e[i].net and e[m - 1].length == e[i].length:
+                    if e[i].value < e[m - 1].value:
+                        e[m - 1].value = e[i].value
+                else:
+                    e[m] = e[i]
+                    m += 1
+        self.nets6 = <acl_u128 *>malloc(max(m, 1) * sizeof(acl_u128))
+        self._alloc_columns(m)
+        with nogil:
+            for i in range(m):
+                self.nets6[i] = e[i].net
+                self.lens[i] = e[i].length
+                self.vals[i] = e[i].value
+                self.present[e[i].length >> 6] |= (<uint64_t>1) << (e[i].length & 63)
+            rc = build_trie(&self.trie, self.nets6, self.lens, self.vals, m,
+                            16 if m >= BIG_TABLE else 8)
+        self.n = m
+        return self._finish(rc)
+
+    cdef int _alloc_columns(self, Py_ssize_t m) except -1:
+        self.lens = <uint8_t *>malloc(max(m, 1))
+        self.vals = <int32_t *>malloc(max(m, 1) * sizeof(int32_t))
+        if self.lens == NULL or self.vals == NULL or (self.nets4 == NULL and self.nets6 == NULL):
+            raise MemoryError()
+        return 0
+
+    cdef int _finish(self, int rc) except -1:
+        """Give back the slack of the growing arrays; report a failed build."""
+        cdef void *p
+        if rc < 0:
+            raise MemoryError("prefix table too large")
+        if self.trie.n_nodes and self.trie.n_nodes < self.trie.cap_nodes:
+            p = realloc(self.trie.nodes, self.trie.n_nodes * sizeof(Node))
+            if p != NULL:
+                self.trie.nodes = <Node *>p
+                self.trie.cap_nodes = self.trie.n_nodes
+        if self.trie.n_leaves < self.trie.cap_leaves:
+            p = realloc(self.trie.leaves, self.trie.n_leaves * sizeof(Pair))
+            if p != NULL:
+                self.trie.leaves = <Pair *>p
+                self.trie.cap_leaves = self.trie.n_leaves
+        return 0
+
+    # -- for other compiled modules ----------------------------------------
+    cdef const Pair *find4(self, uint32_t addr) noexcept nogil:
+        return trie_find(&self.trie, addr)
+
+    cdef const Pair *find6(self, uint64_t hi, uint64_t lo) noexcept nogil:
+        return trie_find(&self.trie, ((<acl_u128>hi) << 64) | lo)
+
+    # -- size -----------------------------------------------------------------
+    def __len__(self):
+        return self.n
+
+    @property
+    def nbytes(self):
+        """Bytes of C memory held: trie (top, nodes, leaves) and entry columns."""
+        cdef size_t width = 4 if self.family == 4 else 16
+        if not self.bits:
+            return 0
+        return (((<size_t>1) << self.trie.dp) * sizeof(uint32_t)
+                + <size_t>self.trie.cap_nodes * sizeof(Node)
+                + <size_t>self.trie.cap_leaves * sizeof(Pair)
+                + <size_t>self.n * (width + sizeof(uint8_t) + sizeof(int32_t)))
+
+    def __repr__(self):
+        return f"<acl._core.PrefixTable IPv{self.family} {self.n} prefixes>"
+
+    # -- single lookups -------------------------------------------------------
+    def first_match(self, addr):
+        cdef uint32_t a4
+        cdef acl_u128 a6
+        if self.bits == 32:
+            parse4(addr, &a4)
+            return trie_find(&self.trie, a4).first
+        self._built()
+        parse6(addr, &a6)
+        return trie_find(&self.trie, a6).first
+
+    def most_specific(self, addr):
+        cdef uint32_t a4
+        cdef acl_u128 a6
+        if self.bits == 32:
+            parse4(addr, &a4)
+            return trie_find(&self.trie, a4).specific
+        self._built()
+        parse6(addr, &a6)
+        return trie_find(&self.trie, a6).specific
+
+    cdef int _built(self) except -1:
+        if not self.bits:
+            raise ValueError("PrefixTable was never built")
+        return 0
+
+    def exact(self, network, length):
+        """The value of exactly ``network/length``, or -1."""
+        cdef Py_ssize_t i
+        cdef uint32_t a4
+        cdef acl_u128 a6
+        cdef int ln = self._prefix(network, length, &a4, &a6)
+        if self.bits == 32:
+            i = lower_bound(self.nets4, self.lens, self.n, a4, ln)
+            if i < self.n and self.nets4[i] == a4 and self.lens[i] == ln:
+                return self.vals[i]
+        else:
+            i = lower_bound(self.nets6, self.lens, self.n, a6, ln)
+            if i < self.n and self.nets6[i] == a6 and self.lens[i] == ln:
+                return self.vals[i]
+        return -1
+
+    cdef int _prefix(self, network, length, uint32_t *a4, acl_u128 *a6) except -1:
+        """A query prefix, checked like an entry; returns its length."""
+        self._built()
+        if self.bits == 32:
+            parse4(network, a4)
+            net = a4[0]
+        else:
+            parse6(network, a6)
+            net = u128_to_int(a6[0])
+        length = _py._check_length(length, self.family)
+        if _py._host_bits(net, length, self.bits):
+            raise _py._host_bits_error(self.family, net, length)
+        return length
+
+    def covering(self, addr):
+        """Every prefix covering ``addr``: ``(network, length, value)``, shortest first."""
+        cdef uint32_t a4, m4
+        cdef acl_u128 a6, m6
+        cdef int ln
+        cdef Py_ssize_t i
+        out = []
+        self._built()
+        if self.bits == 32:
+            parse4(addr, &a4)
+        else:
+            parse6(addr, &a6)
+        for ln in range(self.bits + 1):
+            if not (self.present[ln >> 6] >> (ln & 63)) & 1:
+                continue
+            if self.bits == 32:
+                m4 = a4 & prefix_mask(<uint32_t>0, ln)
+                i = lower_bound(self.nets4, self.lens, self.n, m4, ln)
+                if i < self.n and self.nets4[i] == m4 and self.lens[i] == ln:
+                    out.append((m4, ln, self.vals[i]))
+            else:
+                m6 = a6 & prefix_mask(<acl_u128>0, ln)
+                i = lower_bound(self.nets6, self.lens, self.n, m6, ln)
+                if i < self.n and self.nets6[i] == m6 and self.lens[i] == ln:
+                    out.append((u128_to_int(m6), ln, self.vals[i]))
+        return out
+
+    def covered_by(self, network, length):
+        """Every prefix inside ``network/length`` (itself included), sorted by
+        (network, length)."""
+        cdef uint32_t a4
+        cdef acl_u128 a6
+        cdef int ln = self._prefix(network, length, &a4, &a6)
+        cdef Py_ssize_t lo, hi
+        if self.bits == 32:
+            lo = lower_bound(self.nets4, self.lens, self.n, a4, ln)
+            hi = upper_net(self.nets4, self.n, a4 | ~prefix_mask(<uint32_t>0, ln))
+        else:
+            lo = lower_bound(self.nets6, self.lens, self.n, a6, ln)
+            hi = upper_net(self.nets6, self.n, a6 | ~prefix_mask(<acl_u128>0, ln))
+        return self._rows(lo, hi)
+
+    def entries(self):
+        """All entries, sorted by (network, length)."""
+        self._built()
+        return self._rows(0, self.n)
+
+    cdef list _rows(self, Py_ssize_t lo, Py_ssize_t hi):
+        cdef Py_ssize_t i
+        if self.bits == 32:
+            return [(self.nets4[i], self.lens[i], self.vals[i]) for i in range(lo, hi)]
+        return [(u128_to_int(self.nets6[i]), self.lens[i], self.vals[i]) for i in range(lo, hi)]
+
+    # -- batch lookups --------------------------------------------------------
+    def first_match_batch(self, packed, out=None):
+        return self._batch(packed, out, False)
+
+    def most_specific_batch(self, packed, out=None):
+        return self._batch(packed, out, True)
+
+    cdef object _batch(self, object packed, object out, bint specific):
+        cdef Py_ssize_t width, n
+        cdef Py_buffer src, dst
+        self._built()
+        width = self.bits // 8
+        raw = memoryview(packed).cast("B")
+        if len(raw) % width:
+            raise ValueError(f"packed buffer length is not a multiple of {width}")
+        n = len(raw) // width
+        if out is None:
+            out = clone(INT_ARRAY, n, False)
+        res = memoryview(out).cast("B")
+        if len(res.cast("i")) < n:
+            raise ValueError("output buffer too small")
+        if res.readonly:
+            raise TypeError("output buffer is read-only")
+        PyObject_GetBuffer(raw, &src, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(res, &dst, PyBUF_WRITABLE)
+            try:
+                with nogil:
+                    if width == 4:
+                        batch_find(&self.trie, <const unsigned char *>src.buf,
+                                   <int32_t *>dst.buf, n, specific, <uint32_t>0)
+                    else:
+                        batch_find(&self.trie, <const unsigned char *>src.buf,
+                                   <int32_t *>dst.buf, n, specific, <acl_u128>0)
+            finally:
+                PyBuffer_Release(&dst)
+        finally:
+            PyBuffer_Release(&src)
+        return out

@@ -1,0 +1,59 @@
+# Declarations of the engine's batch path; behaviour and rules in _engine.pyx.
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+
+
+cdef struct SvcPlan:
+    const unsigned char *name     # service name bytes (owned by a Python bytes)
+    int name_len
+    const uint32_t *v4_starts     # sorted range starts covering 0 .. 2**32-1
+    const int32_t *v4_actions     # action per range; -1 = residual (Python decides)
+    Py_ssize_t n4
+    const uint64_t *v6_hi         # sorted range starts, high 64 bits
+    const uint64_t *v6_lo         # ... low 64 bits
+    const int32_t *v6_actions
+    Py_ssize_t n6
+    int rate_on                   # apply the per-source token bucket first
+    int32_t rate_action           # action of a refusal by rate
+    double rate                   # tokens per second
+    double burst                  # bucket size
+    int flags                     # 1: a host name needs Python; 2: a remote user does
+
+
+cdef struct ActionC:
+    Py_ssize_t off                # DECISION payload in the blob
+    Py_ssize_t size
+
+
+cdef class SourceTable:
+    cdef unsigned char *_keys     # capacity * 16 bytes
+    cdef unsigned char *_used     # capacity flags
+    cdef double *_tokens          # bucket contents
+    cdef double *_last            # when each bucket was last refilled
+    cdef readonly Py_ssize_t capacity
+    cdef readonly Py_ssize_t tracked
+    cdef readonly unsigned long long evictions
+
+    cdef bint _take(self, const unsigned char *key, double now, double rate,
+                    double burst) noexcept nogil
+
+
+cdef class BatchPlan:
+    cdef SvcPlan *_svc            # one per service the plan can decide
+    cdef int _nsvc
+    cdef ActionC *_act            # one per distinct (service, decision)
+    cdef int _nact
+    cdef const unsigned char *_blob   # every action's encoded payload
+    cdef Py_ssize_t _max_action   # largest payload
+    cdef uint64_t *_counts        # decisions per action
+    cdef list _keep               # the Python buffers the pointers point into
+    cdef list _labels             # per action: (service, verdict, reason)
+    cdef SourceTable _sources
+    cdef int _v6_prefix
+    cdef unsigned char *_out      # reply buffer, reused between runs
+    cdef Py_ssize_t _out_cap
+    cdef uint64_t _lat[15]        # latency histogram (engine.LATENCY_BUCKETS + Inf)
+    cdef double _lat_sum
+    cdef readonly uint64_t residual   # frames handed back to Python
+
+    cdef int _loop(self, const unsigned char *buf, Py_ssize_t n, Py_ssize_t *ppos,
+                   double now, Py_ssize_t *pw, int *pdecided) noexcept nogil

@@ -1,0 +1,472 @@
+# cython: language_level=3
+"""The engine's batch path: a read buffer of binary frames in, replies out.
+
+Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
+
+* ``BatchPlan.run(buf, pos, now)`` walks the frames in ``buf[pos:]`` in one
+  ``nogil`` loop.  A frame it can answer -- a version 1 DECIDE without the
+  LEASE flag, for a service of the plan, from a client whose address decides
+  the service's layers (the plan's range tables) -- is decoded, decided
+  (per-source token bucket, then a range lookup) and encoded into the reply
+  buffer.  At the first frame it cannot answer it stops and returns that
+  frame's offset with status 1: Python decides that one frame (acl.wire and
+  Engine.decide) and calls ``run`` again, so replies keep the request order.
+  Status 0: everything complete was answered (``pos`` is where an incomplete
+  frame starts); status 2: the reply buffer is full, call again.
+* The plan never decides differently from the Python path: a range's action
+  is the encoded Decision the Python layers give for every address of the
+  range, and anything a range table cannot know (a lease, a mapped IPv4
+  client, a host or user name that is not ASCII, an unknown service, an
+  action of -1) goes to Python.  The order inside a frame's decision is the
+  engine's: rate first, then the layers; the lookup is done before the
+  bucket so a frame sent to Python has not spent a token.
+* ``SourceTable`` is the compiled twin of ``acl._engine_py.SourceTable``
+  (same hash, same probing, same eviction, same float arithmetic).
+* Counters are plain C integers read by the engine at scrape time.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+__all__ = ["SourceTable", "BatchPlan", "source_key", "PROBES", "LATENCY_BOUNDS"]
+
+PROBES = 8
+DEF C_PROBES = 8
+DEF NLAT = 14
+cdef double[NLAT] _BOUNDS = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4,
+                             5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0]
+LATENCY_BOUNDS = tuple(_BOUNDS[i] for i in range(NLAT))
+cdef unsigned char _MAPPED[12]
+memset(_MAPPED, 0, 10)
+_MAPPED[10] = 0xFF
+_MAPPED[11] = 0xFF
+
+
+def source_key(packed, int ipv6_prefix=64):
+    """4 or 16 packed bytes -> the 16-byte source key (twin: _engine_py)."""
+    cdef bytes raw = bytes(packed)
+    cdef unsigned char key[16]
+    if len(raw) == 4:
+        memcpy(key, _MAPPED, 12)
+        memcpy(key + 12, <const unsigned char *>raw, 4)
+        return PyBytes_FromStringAndSize(<char *>key, 16)
+    if len(raw) != 16:
+        raise ValueError("packed address must be 4 or 16 bytes")
+    memcpy(key, <const unsigned char *>raw, 16)
+    if memcmp(key, _MAPPED, 12) != 0:
+        _mask(key, ipv6_prefix)
+    return PyBytes_FromStringAndSize(<char *>key, 16)
+
+
+cdef inline void _mask(unsigned char *key, int prefix) noexcept nogil:
+    cdef int i
+    cdef int bits
+    if prefix >= 128:
+        return
+    for i in range(16):
+        bits = prefix - 8 * i
+        if bits >= 8:
+            continue
+        if bits <= 0:
+            key[i] = 0
+        else:
+            key[i] &= <unsigned char>(0xFF << (8 - bits))
+
+
+cdef inline uint64_t _fnv(const unsigned char *key) noexcept nogil:
+    cdef uint64_t h = 0xCBF29CE484222325ULL
+    cdef int i
+    for i in range(16):
+        h = (h ^ key[i]) * 0x100000001B3ULL
+    return h
+
+
+cdef inline double _now_mono() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef class SourceTable:
+    """Bounded per-source token buckets (rules: acl/_engine_py.py)."""
+
+    def __cinit__(self, Py_ssize_t capacity):
+        cdef Py_ssize_t cap = 16
+        while cap < capacity:
+            cap <<= 1
+        self.capacity = cap
+        self._keys = <unsigned char *>calloc(cap, 16)
+        self._used = <unsigned char *>calloc(cap, 1)
+        self._tokens = <double *>calloc(cap, sizeof(double))
+        self._last = <double *>calloc(cap, sizeof(double))
+        if not (self._keys and self._used and self._tokens and self._last):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self._keys)
+        free(self._used)
+        free(self._tokens)
+        free(self._last)
+
+    def take(self, key, double now, double rate, double burst):
+        """One request from source ``key`` (16 bytes): True if it may pass."""
+        cdef bytes raw = bytes(key)
+        if len(raw) != 16:
+            raise ValueError("source key must be 16 bytes")
+        return self._take(<const unsigned char *>raw, now, rate, burst)
+
+    cdef bint _take(self, const unsigned char *key, double now, double rate,
+                    double burst) noexcept nogil:
+        cdef uint64_t mask = <uint64_t>self.capacity - 1
+        cdef uint64_t h = _fnv(key)
+        cdef Py_ssize_t slot = -1
+        cdef Py_ssize_t free_slot = -1
+        cdef Py_ssize_t oldest = -1
+        cdef Py_ssize_t j
+        cdef int i
+        cdef double elapsed, tokens
+        if burst <= 0:
+            burst = rate if rate > 1.0 else 1.0
+        for i in range(C_PROBES):
+            j = <Py_ssize_t>((h + <uint64_t>i) & mask)
+            if self._used[j]:
+                if memcmp(self._keys + 16 * j, key, 16) == 0:
+                    slot = j
+                    break
+                if oldest < 0 or self._last[j] < self._last[oldest]:
+                    oldest = j
+            elif free_slot < 0:
+                free_slot = j
+        if slot < 0:
+            if free_slot >= 0:
+                slot = free_slot
+                self.tracked += 1
+            else:
+                slot = oldest
+                self.evictions += 1
+            memcpy(self._keys + 16 * slot, key, 16)
+            self._used[slot] = 1
+            self._tokens[slot] = burst
+            self._last[slot] = now
+        else:
+            elapsed = now - self._last[slot]
+            if elapsed > 0:
+                tokens = self._tokens[slot] + elapsed * rate
+                self._tokens[slot] = tokens if tokens < burst else burst
+                self._last[slot] = now
+        if self._tokens[slot] >= 1.0:
+            self._tokens[slot] -= 1.0
+            return True
+        return False
+
+
+cdef inline uint32_t _le32(const unsigned char *p) noexcept nogil:
+    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _be64(const unsigned char *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef inline bint _ascii(const unsigned char *p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i] >= 0x80:
+            return False
+    return True
+
+
+cdef class BatchPlan:
+    """Range tables and encoded answers for the address-decidable services."""
+
+    def __cinit__(self):
+        self._svc = NULL
+        self._act = NULL
+        self._counts = NULL
+        self._out = NULL
+
+    def __init__(self, list services, list actions, SourceTable sources, int v6_prefix=64):
+        """``services``: (name bytes, v4 starts array('I'), v4 actions array('i'),
+        v6 hi array('Q'), v6 lo array('Q'), v6 actions array('i'), rate, burst,
+        rate action, flags); ``actions``: (payload bytes, label).  Rate 0 = off."""
+        cdef int i
+        cdef Py_ssize_t off = 0
+        cdef const uint32_t[::1] v4s
+        cdef const int32_t[::1] v4a
+        cdef const uint64_t[::1] v6h
+        cdef const uint64_t[::1] v6l
+        cdef const int32_t[::1] v6a
+        self._keep = []
+        self._labels = []
+        self._sources = sources
+        self._v6_prefix = v6_prefix
+        self._nsvc = len(services)
+        self._nact = len(actions)
+        self._svc = <SvcPlan *>calloc(max(self._nsvc, 1), sizeof(SvcPlan))
+        self._act = <ActionC *>calloc(max(self._nact, 1), sizeof(ActionC))
+        self._counts = <uint64_t *>calloc(max(self._nact, 1), sizeof(uint64_t))
+        if not (self._svc and self._act and self._counts):
+            raise MemoryError()
+        blob = b"".join([a[0] for a in actions])
+        self._keep.append(blob)
+        self._blob = <const unsigned char *>(<bytes>blob)
+        self._max_action = 0
+        for i in range(self._nact):
+            payload, label = actions[i]
+            self._act[i].off = off
+            self._act[i].size = len(payload)
+            off += len(payload)
+            if len(payload) > self._max_action:
+                self._max_action = len(payload)
+            self._labels.append(tuple(label))
+        for i in range(self._nsvc):
+            name, s4, a4, h6, l6, a6, rate, burst, rate_action, flags = services[i]
+            name = bytes(name)
+            if not 1 <= len(name) <= 255:
+                raise ValueError("service name must be 1..255 bytes")
+            v4s = s4
+            v4a = a4
+            v6h = h6
+            v6l = l6
+            v6a = a6
+            if v4s.shape[0] < 1 or v4s.shape[0] != v4a.shape[0] or v4s[0] != 0:
+                raise ValueError("v4 ranges must start at 0 and match their actions")
+            if (v6h.shape[0] < 1 or v6h.shape[0] != v6l.shape[0]
+                    or v6h.shape[0] != v6a.shape[0] or v6h[0] != 0 or v6l[0] != 0):
+                raise ValueError("v6 ranges must start at :: and match their actions")
+            self._check_actions(v4a)
+            self._check_actions(v6a)
+            self._keep.extend([name, s4, a4, h6, l6, a6])
+            self._svc[i].name = <const unsigned char *>(<bytes>name)
+            self._svc[i].name_len = len(name)
+            self._svc[i].v4_starts = &v4s[0]
+            self._svc[i].v4_actions = &v4a[0]
+            self._svc[i].n4 = v4s.shape[0]
+            self._svc[i].v6_hi = &v6h[0]
+            self._svc[i].v6_lo = &v6l[0]
+            self._svc[i].v6_actions = &v6a[0]
+            self._svc[i].n6 = v6h.shape[0]
+            self._svc[i].rate_on = rate > 0
+            self._svc[i].rate = rate
+            self._svc[i].burst = burst
+            self._svc[i].rate_action = rate_action
+            self._svc[i].flags = flags
+            if rate > 0 and not 0 <= rate_action < self._nact:
+                raise ValueError("rate action out of range")
+        self._out_cap = 1 << 18
+        while self._out_cap < 64 * (self._max_action + 12):
+            self._out_cap <<= 1
+        self._out = <unsigned char *>malloc(self._out_cap)
+        if self._out == NULL:
+            raise MemoryError()
+
+    def _check_actions(self, const int32_t[::1] acts):
+        cdef Py_ssize_t k
+        for k in range(acts.shape[0]):
+            if acts[k] < -1 or acts[k] >= self._nact:
+                raise ValueError("action index out of range")
+
+    def __dealloc__(self):
+        free(self._svc)
+        free(self._act)
+        free(self._counts)
+        free(self._out)
+
+    @property
+    def services(self):
+        return [(<bytes>self._svc[i].name[:self._svc[i].name_len]).decode()
+                for i in range(self._nsvc)]
+
+    def counts(self):
+        """Decisions made by this plan: {(service, verdict, reason): n}."""
+        out = {}
+        for i in range(self._nact):
+            if self._counts[i]:
+                k = self._labels[i]
+                out[k] = out.get(k, 0) + self._counts[i]
+        return out
+
+    def latency(self):
+        """(counts per bucket incl. +Inf, sum of seconds)."""
+        return [self._lat[i] for i in range(NLAT + 1)], self._lat_sum
+
+    def run(self, buf, Py_ssize_t pos, double now):
+        """Answer the frames of ``buf[pos:]``: (next pos, replies, status)."""
+        cdef const unsigned char[::1] view = buf
+        cdef Py_ssize_t n = view.shape[0]
+        cdef Py_ssize_t w = 0
+        cdef int status = 0
+        cdef int decided = 0
+        cdef double t0, dt
+        cdef int b
+        if pos < 0 or pos > n:
+            raise ValueError("pos out of range")
+        if n == pos:
+            return pos, b"", 0
+        with nogil:
+            t0 = _now_mono()
+            status = self._loop(&view[0], n, &pos, now, &w, &decided)
+            if decided:
+                dt = (_now_mono() - t0) / decided
+                b = 0
+                while b < NLAT and dt > _BOUNDS[b]:
+                    b += 1
+                self._lat[b] += decided
+                self._lat_sum += dt * decided
+        if status == 1:
+            self.residual += 1
+        return pos, PyBytes_FromStringAndSize(<char *>self._out, w), status
+
+    cdef int _loop(self, const unsigned char *buf, Py_ssize_t n, Py_ssize_t *ppos,
+                   double now, Py_ssize_t *pw, int *pdecided) noexcept nogil:
+        cdef Py_ssize_t pos = ppos[0]
+        cdef Py_ssize_t w = pw[0]
+        cdef uint32_t length, rlen
+        cdef const unsigned char *f
+        cdef const unsigned char *p
+        cdef Py_ssize_t plen, need, ca, sa
+        cdef int cf, sf, slen, hlen, ulen, s, status
+        cdef int32_t act
+        cdef SvcPlan *sv
+        cdef unsigned char key[16]
+        cdef uint32_t a4
+        cdef uint64_t ah, al
+        cdef Py_ssize_t lo, hi, mid
+        cdef ActionC *ac
+        status = 0
+        while True:
+            if n - pos < 4:
+                break
+            f = buf + pos
+            length = _le32(f)
+            if length < 8 or length > 65532:
+                status = 1
+                break
+            if n - pos < 4 + <Py_ssize_t>length:
+                break
+            # version 1, DECIDE, no flags (LEASE and unknown bits go to Python)
+            if f[4] != 1 or f[5] != 0x01 or f[6] != 0 or f[7] != 0:
+                status = 1
+                break
+            p = f + 12
+            plen = length - 8
+            if plen < 10:
+                status = 1
+                break
+            cf = p[0]
+            sf = p[1]
+            slen = p[6]
+            hlen = p[7]
+            ulen = p[8]
+            if cf == 4:
+                ca = 4
+            elif cf == 6:
+                ca = 16
+            else:
+                status = 1
+                break
+            if sf == 0:
+                sa = 0
+            elif sf == 4:
+                sa = 4
+            elif sf == 6:
+                sa = 16
+            else:
+                status = 1
+                break
+            need = 10 + ca + sa + slen + hlen + ulen
+            if p[9] != 0 or slen == 0 or need != plen:
+                status = 1
+                break
+            if not _ascii(p + 10 + ca + sa + slen, hlen + ulen):
+                status = 1
+                break
+            sv = NULL
+            for s in range(self._nsvc):
+                if (self._svc[s].name_len == slen
+                        and memcmp(self._svc[s].name, p + 10 + ca + sa, slen) == 0):
+                    sv = &self._svc[s]
+                    break
+            if sv == NULL or (sv.flags & 1 and hlen) or (sv.flags & 2 and ulen):
+                status = 1
+                break
+            # the range lookup: last start <= address
+            if ca == 4:
+                a4 = ((<uint32_t>p[10] << 24) | (<uint32_t>p[11] << 16)
+                      | (<uint32_t>p[12] << 8) | p[13])
+                lo = 0
+                hi = sv.n4
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if sv.v4_starts[mid] <= a4:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                act = sv.v4_actions[lo - 1]
+            else:
+                if memcmp(p + 10, _MAPPED, 12) == 0:
+                    status = 1
+                    break
+                ah = _be64(p + 10)
+                al = _be64(p + 18)
+                lo = 0
+                hi = sv.n6
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if sv.v6_hi[mid] < ah or (sv.v6_hi[mid] == ah and sv.v6_lo[mid] <= al):
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                act = sv.v6_actions[lo - 1]
+            if act < 0:
+                status = 1
+                break
+            if self._out_cap - w < self._max_action + 12:
+                status = 2
+                break
+            if sv.rate_on:
+                if ca == 4:
+                    memcpy(key, _MAPPED, 12)
+                    memcpy(key + 12, p + 10, 4)
+                else:
+                    memcpy(key, p + 10, 16)
+                    _mask(key, self._v6_prefix)
+                if not self._sources._take(key, now, sv.rate, sv.burst):
+                    act = sv.rate_action
+            ac = &self._act[act]
+            # DECISION frame: length, version, type, flags, the request's id
+            rlen = <uint32_t>(8 + ac.size)
+            self._out[w] = rlen & 0xFF
+            self._out[w + 1] = (rlen >> 8) & 0xFF
+            self._out[w + 2] = (rlen >> 16) & 0xFF
+            self._out[w + 3] = (rlen >> 24) & 0xFF
+            self._out[w + 4] = 1
+            self._out[w + 5] = 0x81
+            self._out[w + 6] = 0
+            self._out[w + 7] = 0
+            memcpy(self._out + w + 8, f + 8, 4)
+            memcpy(self._out + w + 12, self._blob + ac.off, ac.size)
+            w += 12 + ac.size
+            self._counts[act] += 1
+            pdecided[0] += 1
+            pos += 4 + length
+        ppos[0] = pos
+        pw[0] = w
+        return status
+
+    def grow(self, Py_ssize_t cap):
+        """Make the reply buffer at least ``cap`` bytes."""
+        cdef unsigned char *p
+        if cap > self._out_cap:
+            p = <unsigned char *>realloc(self._out, cap)
+            if p == NULL:
+                raise MemoryError()
+            self._out = p
+            self._out_cap = cap

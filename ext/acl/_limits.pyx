@@ -1,0 +1,513 @@
+# cython: language_level=3
+"""Limits core: xinetd's cps, max_load, access_times, instances, per_source,
+plus per-source token buckets, over a bounded source table.
+
+The rules are the twin's (``acl/_limits_py.py`` docstring); this file must
+answer exactly as the twin does.  In short:
+
+* check order (spec C.6, parent side): cps -> max_load -> access_times ->
+  instances -> per_source, then the token bucket; reason codes equal
+  ``acl.model.Reason``.
+* cps (spec C.7): fixed window of ``cps_max`` whole seconds, averaged from
+  its start with integer division; a trip refuses and closes the service for
+  ``cps_wait`` seconds; counters are not reset.
+* the source table is set-associative: ``WAYS`` entries per 128-byte group,
+  eviction of the least recently refilled bucket entry, lease entries pinned.
+* the clock is an argument; nothing here reads time, allocates on the check
+  path, or holds the GIL inside the batch loop.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.math cimport floor
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free
+from libc.string cimport memset
+
+import socket
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    cdef struct tm:
+        int tm_min
+        int tm_hour
+    tm *localtime_r(const time_t *timep, tm *result)
+
+cdef extern from *:
+    """
+    #define ACL_PREFETCH(p) __builtin_prefetch((const void *)(p), 1, 1)
+    static inline uint64_t acl_load_be64(const unsigned char *p) {
+        return ((uint64_t)p[0] << 56) | ((uint64_t)p[1] << 48) | ((uint64_t)p[2] << 40)
+             | ((uint64_t)p[3] << 32) | ((uint64_t)p[4] << 24) | ((uint64_t)p[5] << 16)
+             | ((uint64_t)p[6] << 8) | (uint64_t)p[7];
+    }
+    """
+    void ACL_PREFETCH(const void *p) noexcept nogil
+    uint64_t acl_load_be64(const unsigned char *p) noexcept nogil
+
+__all__ = [
+    "LimitState", "pack_source",
+    "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "FX", "MAX_SERVICES",
+]
+
+OK = 0
+TIME = 2
+SERVICE_LIMIT = 3
+PER_SOURCE_LIMIT = 4
+LOAD = 5
+CPS = 6
+RATE = 9
+UNLIMITED = -1
+WAYS = 4
+ENTRY_BYTES = sizeof(Entry)
+FX = 65536
+MAX_SERVICES = 32768
+
+cdef enum:
+    C_WAYS = 4
+    PREFETCH_AHEAD = 8
+cdef uint32_t C_FX = 65536
+cdef uint32_t USED = 1u << 31
+cdef uint32_t KIND_BUCKET = 1u << 30
+cdef uint64_t V4MAPPED_TOP = 0xFFFF
+
+
+def pack_source(addr):
+    """A client address as the 16 bytes the core keys on (IPv4 -> mapped)."""
+    if isinstance(addr, (bytes, bytearray, memoryview)):
+        raw = bytes(addr)
+        if len(raw) == 4:
+            return b"\0" * 10 + b"\xff\xff" + raw
+        if len(raw) == 16:
+            return raw
+        raise ValueError(f"packed source must be 4 or 16 bytes, got {len(raw)}")
+    if not isinstance(addr, str):
+        if type(addr).__name__ in ("IPv4Address", "IPv6Address"):
+            addr = str(addr)
+        else:
+            raise TypeError(f"cannot use {type(addr).__name__} as a source address")
+    try:
+        if ":" in addr:
+            return socket.inet_pton(socket.AF_INET6, addr)
+        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, addr)
+    except OSError as exc:
+        raise ValueError(f"not a numeric address: {addr!r}") from exc
+
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    x = (x ^ (x >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    x = (x ^ (x >> 27)) * <uint64_t>0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+cdef inline uint64_t _hash(uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
+    return _mix(hi ^ _mix(lo ^ (<uint64_t>tag * <uint64_t>0x9E3779B97F4A7C15)))
+
+
+cdef int _local_minute(double now) noexcept nogil:
+    cdef time_t t = <time_t>floor(now)
+    cdef tm result
+    if localtime_r(&t, &result) == NULL:
+        return 0
+    return result.tm_hour * 60 + result.tm_min
+
+
+cdef class LimitState:
+    """Limit state for every service of a policy; see the module rules."""
+
+    def __cinit__(self, int max_sources=65536, int v6_prefix=64, int max_services=1024):
+        cdef uint64_t groups = 1
+        cdef void *mem = NULL
+        if max_services < 1 or max_services > MAX_SERVICES:
+            raise ValueError(f"max_services must be 1..{MAX_SERVICES}")
+        if v6_prefix < 0 or v6_prefix > 128:
+            raise ValueError("v6_prefix must be 0..128")
+        if max_sources < C_WAYS:
+            raise ValueError(f"max_sources must be at least {C_WAYS}")
+        while groups * C_WAYS < <uint64_t>max_sources:
+            groups <<= 1
+        if posix_memalign(&mem, 128, groups * C_WAYS * sizeof(Entry)) != 0:
+            raise MemoryError()
+        memset(mem, 0, groups * C_WAYS * sizeof(Entry))
+        self._table = <Entry *>mem
+        self._gmask = groups - 1
+        self.capacity = <int>(groups * C_WAYS)
+        self.v6_prefix = v6_prefix
+        self.max_services = max_services
+        if v6_prefix >= 128:
+            self._pmask_hi = <uint64_t>-1
+            self._pmask_lo = <uint64_t>-1
+        elif v6_prefix > 64:
+            self._pmask_hi = <uint64_t>-1
+            self._pmask_lo = (((<uint64_t>1) << (v6_prefix - 64)) - 1) << (128 - v6_prefix)
+        elif v6_prefix == 64:
+            self._pmask_hi = <uint64_t>-1
+            self._pmask_lo = 0
+        elif v6_prefix == 0:
+            self._pmask_hi = 0
+            self._pmask_lo = 0
+        else:
+            self._pmask_hi = (((<uint64_t>1) << v6_prefix) - 1) << (64 - v6_prefix)
+            self._pmask_lo = 0
+        mem = NULL
+        if posix_memalign(&mem, 64, max_services * sizeof(Service)) != 0:
+            raise MemoryError()
+        memset(mem, 0, max_services * sizeof(Service))
+        self._svc = <Service *>mem
+        cdef int s
+        for s in range(max_services):
+            self._svc[s].cps_max = 50
+            self._svc[s].cps_wait = 10
+            self._svc[s].instances = -1
+            self._svc[s].per_source = -1
+        self._names = {}
+        self._leases = {}
+        self._next_lease = 1
+
+    def __dealloc__(self):
+        free(self._table)
+        free(self._svc)
+
+    # -- services -------------------------------------------------------
+    def slot(self, str name):
+        """The slot of service ``name``, allocated on first use."""
+        s = self._names.get(name)
+        if s is None:
+            s = len(self._names)
+            if s >= self.max_services:
+                raise ValueError(f"more than {self.max_services} services")
+            self._names[name] = s
+        return s
+
+    def slots(self):
+        return dict(self._names)
+
+    def configure(self, int slot, cps_max=50, cps_wait=10, instances=UNLIMITED,
+                  per_source=UNLIMITED, max_load=0.0, times=None, rate=0.0, burst=0.0):
+        """Set a service's limits; its counters and leases are kept."""
+        self._check_slot(slot)
+        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
+            raise ValueError("cps values must be 0..2**32-1")
+        if instances < -1 or per_source < -1:
+            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
+        if max_load < 0 or rate < 0 or burst < 0:
+            raise ValueError("max_load, rate and burst must not be negative")
+        if burst * FX > 0xFFFFFFFF:
+            raise ValueError("burst must be below 65536")
+        if rate > 0 and burst < 1:
+            raise ValueError("a rate needs a burst of at least 1")
+        cdef uint64_t bits[23]
+        cdef int m
+        memset(bits, 0, sizeof(bits))
+        if times is not None:
+            for start, end in times:
+                if not (0 <= start <= end < 1440):
+                    raise ValueError(f"bad time interval {start}-{end}")
+                for m in range(start, end + 1):
+                    bits[m >> 6] |= (<uint64_t>1) << (m & 63)
+        cdef Service *sv = &self._svc[slot]
+        sv.cps_max = <uint32_t>int(cps_max)
+        sv.cps_wait = <uint32_t>int(cps_wait)
+        sv.instances = int(instances)
+        sv.per_source = int(per_source)
+        sv.max_load = float(max_load)
+        sv.has_times = times is not None
+        for m in range(23):
+            sv.times[m] = bits[m]
+        sv.rate_fx = float(rate) * FX
+        sv.burst_fx = <uint32_t>int(burst * FX)
+
+    cdef int _check_slot(self, int slot) except -1:
+        if slot < 0 or slot >= self.max_services:
+            raise ValueError(f"slot {slot} out of range")
+        return 0
+
+    # -- the table ------------------------------------------------------
+    cdef int _find(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
+        cdef uint64_t base = (_hash(hi, lo, tag) & self._gmask) * C_WAYS
+        cdef uint64_t i
+        cdef Entry *e
+        for i in range(base, base + C_WAYS):
+            e = &self._table[i]
+            if e.tag == tag and e.hi == hi and e.lo == lo:
+                return <int>i
+        return -1
+
+    cdef int _insert(self, uint64_t hi, uint64_t lo, uint32_t tag,
+                     int64_t now_us) noexcept nogil:
+        cdef uint64_t base = (_hash(hi, lo, tag) & self._gmask) * C_WAYS
+        cdef int64_t victim = -1
+        cdef uint64_t i
+        cdef uint32_t t
+        for i in range(base, base + C_WAYS):
+            t = self._table[i].tag
+            if t == 0:
+                victim = <int64_t>i
+                break
+            if (t & KIND_BUCKET) and (
+                    victim < 0 or self._table[i].last_us < self._table[victim].last_us):
+                victim = <int64_t>i
+        if victim < 0:
+            return -1
+        cdef Entry *e = &self._table[victim]
+        if e.tag:
+            self.evictions += 1
+        else:
+            self.tracked_sources += 1
+        e.hi = hi
+        e.lo = lo
+        e.tag = tag
+        e.last_us = now_us
+        e.value = 0
+        return <int>victim
+
+    # -- checks ---------------------------------------------------------
+    cdef int _check(self, int s, uint64_t hi, uint64_t lo, double now,
+                    int64_t now_us, double load, int minute) noexcept nogil:
+        cdef Service *sv = &self._svc[s]
+        cdef int64_t now_s, diff, elapsed, add
+        cdef int i
+        cdef uint64_t bhi, blo
+        cdef uint32_t tag
+        cdef Entry *e
+        cdef double t
+        # a. cps (C.7); while "the socket is closed" nothing is counted.
+        if now < sv.off_until:
+            return 6
+        if sv.cps_max != 0:
+            now_s = <int64_t>floor(now)
+            diff = now_s - sv.window
+            if sv.count == 0:
+                sv.count = 1
+                sv.window = now_s
+            elif diff < <int64_t>sv.cps_max:
+                sv.count += 1
+                if diff <= 0:
+                    diff = 1
+                if sv.count // <uint64_t>diff > sv.cps_max:
+                    sv.off_until = now + sv.cps_wait
+                    sv.cps_trips += 1
+                    return 6
+            else:
+                sv.window = now_s
+                sv.count = 1
+        # b. max_load: refused when the 1-minute load >= max_load.
+        if sv.max_load != 0.0 and load >= sv.max_load:
+            return 5
+        # c. access_times: local minute inside an inclusive interval.
+        if sv.has_times and not ((sv.times[minute >> 6] >> (minute & 63)) & 1):
+            return 2
+        # d. instances: live leases of the service.
+        if sv.instances >= 0 and sv.active >= sv.instances:
+            return 3
+        # e. per_source: live leases of the service from this address.
+        if sv.per_source >= 0:
+            i = self._find(hi, lo, USED | <uint32_t>s)
+            if i >= 0 and self._table[i].value >= <uint32_t>sv.per_source:
+                return 4
+            if i < 0 and sv.per_source == 0:
+                return 4
+        # token bucket (not in xinetd): refill, then spend one token.
+        if sv.rate_fx > 0.0:
+            if hi == 0 and (lo >> 32) == V4MAPPED_TOP:
+                bhi = hi
+                blo = lo
+            else:
+                bhi = hi & self._pmask_hi
+                blo = lo & self._pmask_lo
+            tag = USED | KIND_BUCKET | <uint32_t>s
+            i = self._find(bhi, blo, tag)
+            if i < 0:
+                i = self._insert(bhi, blo, tag, now_us)
+                if i < 0:
+                    return 0
+                self._table[i].value = sv.burst_fx
+            else:
+                e = &self._table[i]
+                elapsed = now_us - e.last_us
+                if elapsed > 0:
+                    t = e.value + (<double>elapsed * sv.rate_fx) / 1000000.0
+                    if t >= sv.burst_fx:
+                        e.value = sv.burst_fx
+                        e.last_us = now_us
+                    else:
+                        add = <int64_t>t - <int64_t>e.value
+                        if add > 0:
+                            e.value += <uint32_t>add
+                            e.last_us = now_us
+            e = &self._table[i]
+            if e.value >= C_FX:
+                e.value -= C_FX
+            else:
+                return 9
+        return 0
+
+    def check(self, int slot, const unsigned char[::1] source, double now, double load=0.0,
+              int minute=-1):
+        """One connection attempt at ``now``; a reason code (``OK`` = 0)."""
+        self._check_slot(slot)
+        if source.shape[0] != 16:
+            raise ValueError("source must be 16 bytes (see pack_source)")
+        if minute < 0:
+            minute = _local_minute(now)
+        elif minute >= 1440:
+            raise ValueError("minute must be 0..1439")
+        cdef int r = self._check(slot, acl_load_be64(&source[0]), acl_load_be64(&source[8]),
+                                 now, <int64_t>(now * 1000000.0), load, minute)
+        self._svc[slot].refusals[r] += 1
+        return r
+
+    def check_batch(self, sources, slots, double now, double load, out, int minute=-1):
+        """Check ``n`` requests: ``sources`` n*16 bytes, ``slots`` int32[n];
+        writes a reason code per request into ``out`` (uint8[n]); returns the
+        number of requests granted."""
+        cdef Py_buffer src_buf, slot_buf, out_buf
+        PyObject_GetBuffer(sources, &src_buf, PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(slots, &slot_buf, PyBUF_SIMPLE)
+            try:
+                PyObject_GetBuffer(out, &out_buf, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                try:
+                    return self._batch(<const unsigned char *>src_buf.buf, src_buf.len,
+                                       <const int *>slot_buf.buf, slot_buf.len,
+                                       <unsigned char *>out_buf.buf, out_buf.len,
+                                       now, load, minute)
+                finally:
+                    PyBuffer_Release(&out_buf)
+            finally:
+                PyBuffer_Release(&slot_buf)
+        finally:
+            PyBuffer_Release(&src_buf)
+
+    cdef Py_ssize_t _batch(self, const unsigned char *src, Py_ssize_t src_len,
+                           const int *sl, Py_ssize_t sl_len, unsigned char *res,
+                           Py_ssize_t res_len, double now, double load,
+                           int minute) except -1:
+        cdef Py_ssize_t n = sl_len // 4
+        cdef Py_ssize_t i, j, granted = 0
+        cdef int r, s
+        cdef int64_t now_us = <int64_t>(now * 1000000.0)
+        cdef uint64_t hi, lo
+        cdef Service *sv
+        if sl_len % 4 or src_len != 16 * n or res_len < n:
+            raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
+        for i in range(n):
+            if sl[i] < 0 or sl[i] >= self.max_services:
+                raise ValueError(f"slot {sl[i]} out of range")
+        if minute < 0:
+            minute = _local_minute(now)
+        elif minute >= 1440:
+            raise ValueError("minute must be 0..1439")
+        with nogil:
+            for i in range(n):
+                j = i + PREFETCH_AHEAD
+                if j < n:
+                    # pull the group the item PREFETCH_AHEAD ahead will touch
+                    s = sl[j]
+                    sv = &self._svc[s]
+                    hi = acl_load_be64(&src[16 * j])
+                    lo = acl_load_be64(&src[16 * j + 8])
+                    if sv.per_source >= 0:
+                        ACL_PREFETCH(&self._table[
+                            (_hash(hi, lo, USED | <uint32_t>s) & self._gmask) * C_WAYS])
+                    if sv.rate_fx > 0.0:
+                        if not (hi == 0 and (lo >> 32) == V4MAPPED_TOP):
+                            hi = hi & self._pmask_hi
+                            lo = lo & self._pmask_lo
+                        ACL_PREFETCH(&self._table[
+                            (_hash(hi, lo, USED | KIND_BUCKET | <uint32_t>s) & self._gmask)
+                            * C_WAYS])
+                s = sl[i]
+                r = self._check(s, acl_load_be64(&src[16 * i]), acl_load_be64(&src[16 * i + 8]),
+                                now, now_us, load, minute)
+                self._svc[s].refusals[r] += 1
+                res[i] = <uint8_t>r
+                if r == 0:
+                    granted += 1
+        return granted
+
+    def cps_active(self, int slot, double now):
+        """False while a cps trip keeps the service "closed"."""
+        self._check_slot(slot)
+        return not now < self._svc[slot].off_until
+
+    def cps_state(self, int slot):
+        """(count, window_start, off_until) of the service's cps counter."""
+        self._check_slot(slot)
+        sv = &self._svc[slot]
+        return int(sv.count), int(sv.window), float(sv.off_until)
+
+    # -- leases ---------------------------------------------------------
+    def take_lease(self, int slot, const unsigned char[::1] source):
+        """Count a granted connection toward instances and per_source."""
+        self._check_slot(slot)
+        if source.shape[0] != 16:
+            raise ValueError("source must be 16 bytes (see pack_source)")
+        cdef uint64_t hi = acl_load_be64(&source[0])
+        cdef uint64_t lo = acl_load_be64(&source[8])
+        cdef uint32_t tag = USED | <uint32_t>slot
+        cdef int i = self._find(hi, lo, tag)
+        if i < 0:
+            i = self._insert(hi, lo, tag, 0)
+        tracked = i >= 0
+        if tracked:
+            self._table[i].value += 1
+        else:
+            self.lease_overflows += 1
+        self._svc[slot].active += 1
+        lease = self._next_lease
+        self._next_lease += 1
+        self._leases[lease] = (slot, hi, lo, tracked)
+        return lease
+
+    def release(self, lease):
+        """Give a lease back; False when it is unknown (or released twice)."""
+        rec = self._leases.pop(lease, None)
+        if rec is None:
+            return False
+        slot, hi, lo, tracked = rec
+        self._svc[<int>slot].active -= 1
+        cdef int i
+        if tracked:
+            i = self._find(hi, lo, USED | <uint32_t>slot)
+            if i >= 0:
+                self._table[i].value -= 1
+                if self._table[i].value == 0:
+                    self._table[i].tag = 0
+                    self.tracked_sources -= 1
+        return True
+
+    def held(self, int slot, const unsigned char[::1] source):
+        """Live leases of ``slot`` from ``source`` (what per_source compares)."""
+        self._check_slot(slot)
+        cdef int i = self._find(acl_load_be64(&source[0]), acl_load_be64(&source[8]),
+                                USED | <uint32_t>slot)
+        return int(self._table[i].value) if i >= 0 else 0
+
+    # -- counters for the metrics collector --------------------------------
+    def active_leases(self, int slot):
+        self._check_slot(slot)
+        return int(self._svc[slot].active)
+
+    def refusals(self, int slot, int reason):
+        """Checks of ``slot`` that ended with ``reason`` (``OK`` counts grants)."""
+        self._check_slot(slot)
+        if reason < 0 or reason >= 10:
+            raise IndexError("reason out of range")
+        return int(self._svc[slot].refusals[reason])
+
+    def cps_trips(self, int slot):
+        self._check_slot(slot)
+        return int(self._svc[slot].cps_trips)
+
+    @property
+    def memory_bytes(self):
+        """Bytes of the source table (what a flood of sources can fill)."""
+        return self.capacity * sizeof(Entry)
+
+    @property
+    def leases_outstanding(self):
+        return len(self._leases)

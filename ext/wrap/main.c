@@ -1,0 +1,287 @@
+/* acl-wrap: ask the acl sidecar, then become the real server or refuse.
+ *
+ * Two ways to call it (docs/acl-wrap.md):
+ *
+ *   tcpd mode      argv[0] is the real server, exactly as tcpd is used:
+ *                  xinetd `server = .../acl-wrap` + NAMEINARGS +
+ *                  `server_args = /usr/sbin/in.echod -x`, or systemd's
+ *                  `ExecStart=@.../acl-wrap /usr/sbin/in.echod`.  The service
+ *                  name is basename(argv[0]); a relative argv[0] is looked up
+ *                  in ACL_WRAP_DAEMON_DIR (default /usr/sbin), as tcpd's
+ *                  REAL_DAEMON_DIR.  Settings come from the environment.
+ *   explicit mode  basename(argv[0]) is "acl-wrap":
+ *                  acl-wrap [-s socket] [-n service] [-t ms] [-o|-c] server [args]
+ *                  (inetd.conf, tcpserver, systemd ExecStart).  The service
+ *                  name is -n, else basename(server); server is found on PATH.
+ *
+ * Settings: -s / ACL_WRAP_SOCKET (default /run/acl/query.sock),
+ * -n / ACL_WRAP_SERVICE, -t / ACL_WRAP_TIMEOUT in milliseconds (default
+ * 2000), -o / -c / ACL_WRAP_FAIL=open|closed (default closed).  Options win
+ * over the environment.
+ *
+ * The order of things, and why:
+ * 1. Read both endpoints from fd 0 (peer.c).  Nothing else about the client
+ *    is known: no name lookup happens unless a % expansion asks for one.
+ * 2. One DECIDE with LEASE on a fresh connection to the sidecar, under the
+ *    timeout (proto.c).  Unreachable, too slow, or an answer that is not a
+ *    well-formed DECISION: fail closed (refuse, exit 111) or, if so
+ *    configured, fail open (run the server with no lease); both are logged.
+ * 3. Refused: run the rule's options except twist (banners reach the
+ *    client, spawn runs), log "refused connect from" as tcpd does, drop a
+ *    refused datagram, exit 1.
+ * 4. Granted: UCSPI variables (PROTO, TCPREMOTEIP, ...), then the tcprules
+ *    environment in rule order, then the options in rule order (twist
+ *    replaces us there), log "connect from", and exec the real server with
+ *    the sidecar connection still open (FD_CLOEXEC cleared), so the lease
+ *    is held exactly as long as the server -- and its children -- live.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include "wrap.h"
+
+#define DEFAULT_SOCKET "/run/acl/query.sock"
+#define DEFAULT_TIMEOUT_MS 2000
+#define DEFAULT_DAEMON_DIR "/usr/sbin"
+#define REQUEST_ID 1
+
+int wrap_log_facility = LOG_DAEMON;
+
+static const char *base(const char *path)
+{
+    const char *s = strrchr(path, '/');
+    return s ? s + 1 : path;
+}
+
+/* Usage problems go to syslog, and to stderr only when stderr is not a
+ * socket (under inetd it is the client's connection). */
+static void complain(const char *fmt, const char *arg)
+{
+    struct stat st;
+    syslog(LOG_ERR, fmt, arg);
+    if (fstat(2, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+        fprintf(stderr, "acl-wrap: fatal: ");
+        fprintf(stderr, fmt, arg);
+        fputc('\n', stderr);
+    }
+}
+
+static void usage(const char *why)
+{
+    complain("%s", why);
+    complain("%s", "usage: acl-wrap [-s socket] [-n service] [-t ms] [-o|-c] server [args...]");
+    exit(EXIT_USAGE);
+}
+
+static int parse_timeout(const char *s)
+{
+    char *end;
+    long v;
+    errno = 0;
+    v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < 1 || v > 600000)
+        return -1;
+    return (int)v;
+}
+
+static int parse_fail(const char *s)
+{
+    if (strcmp(s, "open") == 0)
+        return 1;
+    if (strcmp(s, "closed") == 0)
+        return 0;
+    return -1;
+}
+
+static void set_ucspi_env(const struct conn *c)
+{
+    const struct endpoint *cl = &c->client;
+    int v6 = cl->family == AF_INET6 &&
+             !(cl->addr[10] == 0xff && cl->addr[11] == 0xff &&
+               memcmp(cl->addr, "\0\0\0\0\0\0\0\0\0\0", 10) == 0);
+    const char *p = c->dgram ? "UDP" : "TCP";
+    char name[32], val[64];
+    int six;
+
+    snprintf(val, sizeof val, "%s%s", p, v6 ? "6" : "");
+    setenv("PROTO", val, 1);
+    for (six = 0; six < 2; six++) {
+        const char *pre = six ? "6" : "";
+        ucspi_ip(&c->client, six, val, sizeof val);
+        snprintf(name, sizeof name, "%s%sREMOTEIP", p, pre);
+        setenv(name, val, 1);
+        snprintf(name, sizeof name, "%s%sREMOTEPORT", p, pre);
+        snprintf(val, sizeof val, "%u", c->client.port);
+        setenv(name, val, 1);
+        if (c->server.known) {
+            ucspi_ip(&c->server, six, val, sizeof val);
+            snprintf(name, sizeof name, "%s%sLOCALIP", p, pre);
+            setenv(name, val, 1);
+            snprintf(name, sizeof name, "%s%sLOCALPORT", p, pre);
+            snprintf(val, sizeof val, "%u", c->server.port);
+            setenv(name, val, 1);
+        }
+    }
+}
+
+static void forget_settings(void)
+{
+    unsetenv("ACL_WRAP_SOCKET");
+    unsetenv("ACL_WRAP_SERVICE");
+    unsetenv("ACL_WRAP_TIMEOUT");
+    unsetenv("ACL_WRAP_FAIL");
+    unsetenv("ACL_WRAP_DAEMON_DIR");
+}
+
+static void refuse(struct conn *c, int priority, int code)
+{
+    syslog(priority, "refused connect from %s (%s)", endpoint_info(&c->client), c->client.text);
+    if (c->dgram)
+        consume_datagram(0);
+    exit(code);
+}
+
+int main(int argc, char **argv)
+{
+    const char *prog = argc > 0 ? base(argv[0]) : "acl-wrap";
+    const char *sock = getenv("ACL_WRAP_SOCKET"), *service = getenv("ACL_WRAP_SERVICE");
+    const char *env_timeout = getenv("ACL_WRAP_TIMEOUT"), *env_fail = getenv("ACL_WRAP_FAIL");
+    const char *server_path;
+    char **server_argv, pathbuf[4096], err[512];
+    unsigned char req[600], *reply = NULL;
+    size_t reqlen, replylen = 0, i;
+    int timeout_ms = DEFAULT_TIMEOUT_MS, fail_open = 0, search_path, lease_fd = -1, ok;
+    struct conn c;
+    struct decision d;
+    struct run_state st;
+
+    openlog("acl-wrap", LOG_PID, wrap_log_facility);
+    if (!sock || !*sock)
+        sock = DEFAULT_SOCKET;
+    if (env_timeout && *env_timeout && (timeout_ms = parse_timeout(env_timeout)) < 0)
+        usage("ACL_WRAP_TIMEOUT must be milliseconds, 1..600000");
+    if (env_fail && *env_fail && (fail_open = parse_fail(env_fail)) < 0)
+        usage("ACL_WRAP_FAIL must be open or closed");
+
+    if (argc < 1)
+        usage("no arguments at all");
+    if (strcmp(prog, "acl-wrap") == 0) {
+        int opt;
+        while ((opt = getopt(argc, argv, "+s:n:t:och")) != -1) {
+            switch (opt) {
+            case 's': sock = optarg; break;
+            case 'n': service = optarg; break;
+            case 't':
+                if ((timeout_ms = parse_timeout(optarg)) < 0)
+                    usage("-t takes milliseconds, 1..600000");
+                break;
+            case 'o': fail_open = 1; break;
+            case 'c': fail_open = 0; break;
+            default: usage("bad option");
+            }
+        }
+        if (optind >= argc)
+            usage("no server to run");
+        server_path = argv[optind];
+        server_argv = argv + optind;
+        search_path = 1;
+        if (!service || !*service)
+            service = base(server_path);
+    } else {
+        const char *dir = getenv("ACL_WRAP_DAEMON_DIR");
+        if (strchr(argv[0], '/')) {
+            server_path = argv[0];
+        } else {
+            if ((size_t)snprintf(pathbuf, sizeof pathbuf, "%s/%s",
+                                 dir && *dir ? dir : DEFAULT_DAEMON_DIR, argv[0])
+                >= sizeof pathbuf)
+                usage("server path too long");
+            server_path = pathbuf;
+        }
+        argv[0] = (char *)prog;     /* the server sees its basename, as under tcpd */
+        server_argv = argv;
+        search_path = 0;
+        if (!service || !*service)
+            service = prog;
+    }
+    if (strlen(service) > 255)
+        usage("service name longer than 255 bytes");
+    c.daemon = service;
+    closelog();
+    openlog(service, LOG_PID, wrap_log_facility);
+
+    if (read_endpoints(0, &c, timeout_ms, err, sizeof err) < 0) {
+        complain("%s", err);
+        exit(EXIT_USAGE);
+    }
+    memset(&st, 0, sizeof st);
+    st.conn = &c;
+    st.lease_fd = -1;
+
+    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1);
+    ok = reqlen > 0 &&
+         ask_sidecar(sock, timeout_ms, req, reqlen, &reply, &replylen, &lease_fd,
+                     err, sizeof err) == 0 &&
+         decode_decision(reply, replylen, REQUEST_ID, &d, err, sizeof err) == 0;
+    if (!ok) {
+        if (reqlen == 0)
+            snprintf(err, sizeof err, "cannot encode the request");
+        if (lease_fd >= 0)
+            close(lease_fd);
+        if (!fail_open) {
+            syslog(LOG_ERR, "error: cannot ask the sidecar at %s: %s; failing closed", sock, err);
+            refuse(&c, wrap_log_facility | LOG_WARNING, EXIT_TEMPORARY);
+        }
+        syslog(LOG_WARNING, "warning: cannot ask the sidecar at %s: %s; failing open", sock, err);
+        memset(&d, 0, sizeof d);
+        d.verdict = VERDICT_ALLOW;
+        d.location = "";
+        lease_fd = -1;
+    }
+    st.lease_fd = d.lease ? lease_fd : -1;
+    st.lease = d.lease;
+    if (!d.lease && lease_fd >= 0)
+        close(lease_fd);       /* nothing held: do not hand the server a socket */
+
+    if (d.verdict == VERDICT_DENY) {
+        st.granted = 0;
+        st.log_priority = wrap_log_facility | LOG_WARNING;
+        (void)run_options(&st, &d);
+        syslog(st.log_priority, "refused by acl: %s%s%s", reason_text(d.reason),
+               *d.location ? " at " : "", d.location);
+        refuse(&c, st.log_priority, EXIT_REFUSED);
+    }
+
+    st.granted = 1;
+    st.log_priority = wrap_log_facility | LOG_INFO;
+    set_ucspi_env(&c);
+    for (i = 0; i < d.env_count; i++) {
+        if (d.env[i].op == 0)
+            setenv(d.env[i].name, d.env[i].value, 1);
+        else
+            unsetenv(d.env[i].name);
+    }
+    if (run_options(&st, &d) < 0)
+        refuse(&c, wrap_log_facility | LOG_WARNING, EXIT_REFUSED);
+    if (d.verdict == VERDICT_DELEGATE) {
+        /* twist execs inside run_options; reaching here means it was absent */
+        syslog(LOG_ERR, "error: decision says delegate but carries no twist");
+        refuse(&c, wrap_log_facility | LOG_WARNING, EXIT_REFUSED);
+    }
+    syslog(st.log_priority, "connect from %s (%s)", endpoint_info(&c.client), c.client.text);
+    forget_settings();
+    carry_lease(st.lease_fd, st.lease);
+    if (search_path)
+        execvp(server_path, server_argv);
+    else
+        execv(server_path, server_argv);
+    syslog(LOG_ERR, "error: cannot execute %s: %m", server_path);
+    return EXIT_TEMPORARY;
+}

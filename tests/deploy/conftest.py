@@ -1,0 +1,61 @@
+"""Fixtures of the deploy area: loopback ports 47000-47999 only.
+
+Each test module takes its own slice of the range (listed here so two
+modules never share a port when pytest-xdist or a developer runs them at
+once), and every helper that starts a daemon stops it by its Popen PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+#: Port slices (half-open) inside the area's 47000-48000.
+SLICES = {
+    "audit_proc": (47000, 47100),
+    "audit_policy": (47100, 47200),
+    "daemontools": (47200, 47300),
+    "prometheus": (47300, 47400),
+}
+
+
+def free_ports(area: str, count: int, kind: str = "tcp") -> list[int]:
+    """``count`` ports of an area's slice that are free on 127.0.0.1 and ::1 now."""
+    import socket
+
+    lo, hi = SLICES[area]
+    found = []
+    for port in range(lo, hi):
+        ok = True
+        for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            for typ in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                s = socket.socket(fam, typ)
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    ok = False
+                finally:
+                    s.close()
+        if ok:
+            found.append(port)
+            if len(found) == count:
+                return found
+    pytest.skip(f"no {count} free ports in {lo}-{hi}")
+
+
+def acl_entry_point() -> str:
+    """The installed ``acl`` console script (not a pyenv shim)."""
+    beside = Path(sys.executable).with_name("acl")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("acl")
+    if found is None:
+        pytest.skip("the acl entry point is not installed (pip install -e .)")
+    return os.path.realpath(found)

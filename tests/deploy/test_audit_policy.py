@@ -1,0 +1,230 @@
+"""``acl audit`` against real listeners and a real policy.
+
+The policy is a TOML file with a hosts_access source (loaded by acl.policy,
+decided by acl.engine); listeners are opened by the test.  Two settings:
+
+* the host's own network namespace, listeners on 127.0.0.1 and ::1 only
+  (loopback-bound sockets are never open to the world);
+* a network namespace the test makes (``unshare --net``), where binding the
+  wildcard address exposes nothing outside it, to show the "open to
+  everyone" flag on sockets the world could reach.
+
+Expected sample outcomes follow from hosts.allow/hosts.deny semantics for
+numeric patterns (first match in allow grants, then deny, else grant).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from acl.cli import audit as cli
+
+from .conftest import ROOT, free_ports
+
+pytest.importorskip("acl.compile.tcpw", reason="hosts_access loader not built yet")
+
+
+def write_policy(tmp_path, nfq_ports: dict[int, str]) -> str:
+    (tmp_path / "hosts.allow").write_text(
+        "alpha: 127.0.0.1 [::1] 10.0.0.0/255.0.0.0\n"
+        "beta: ALL\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    ports = ", ".join(f'{p} = "{s}"' for p, s in nfq_ports.items())
+    (tmp_path / "policy.toml").write_text(textwrap.dedent(f"""\
+        [sockets]
+        query = "query.sock"
+
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        services = ["alpha", "beta"]
+
+        [nfqueue]
+        queues = [0]
+        ports = {{ {ports} }}
+        """))
+    return str(tmp_path / "policy.toml")
+
+
+def outcomes(listener: dict) -> dict[str, str]:
+    return {s["client"]: s["outcome"] for s in listener["samples"]}
+
+
+def run_main(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def loopback_listeners():
+    """alpha: tcp 127.0.0.1; beta: tcp ::1 (NFQUEUE-mapped); none: tcp 127.0.0.1;
+    alpha: udp 127.0.0.1."""
+    p_alpha, p_beta, p_none, p_udp = free_ports("audit_policy", 4)
+    socks = []
+    try:
+        for fam, host, port, typ in (
+            (socket.AF_INET, "127.0.0.1", p_alpha, socket.SOCK_STREAM),
+            (socket.AF_INET6, "::1", p_beta, socket.SOCK_STREAM),
+            (socket.AF_INET, "127.0.0.1", p_none, socket.SOCK_STREAM),
+            (socket.AF_INET, "127.0.0.1", p_udp, socket.SOCK_DGRAM),
+        ):
+            s = socket.socket(fam, typ)
+            s.bind((host, port))
+            if typ == socket.SOCK_STREAM:
+                s.listen(4)
+            socks.append(s)
+        yield {"alpha": p_alpha, "beta": p_beta, "none": p_none, "udp": p_udp}
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_loopback_listeners_json(tmp_path, capsys, loopback_listeners):
+    p = loopback_listeners
+    config = write_policy(tmp_path, {p["beta"]: "beta"})
+    argv = ["--config", config, "--json", "--service", f"{p['alpha']}=alpha",
+            "--service", f"{p['udp']}=alpha"]
+    for port in p.values():
+        argv += ["--port", str(port)]
+    code, out, err = run_main(argv, capsys)
+    assert err == ""
+    doc = json.loads(out)
+    got = {(x["proto"], x["port"]): x for x in doc["listeners"]}
+    assert set(got) == {("tcp", p["alpha"]), ("tcp", p["beta"]), ("tcp", p["none"]),
+                        ("udp", p["udp"])}
+    for x in got.values():
+        assert os.getpid() in [proc["pid"] for proc in x["processes"]]
+
+    alpha = got[("tcp", p["alpha"])]
+    assert alpha["address"] == "127.0.0.1"
+    assert (alpha["service"], alpha["layers"], alpha["enforced_by"]) == \
+        ("alpha", ["hosts_access"], "daemon must ask")
+    o = outcomes(alpha)
+    # A 127.0.0.1-bound socket: reachable from IPv4 loopback only.
+    assert o == {"127.0.0.1": "allow", "::1": "unreachable",
+                 "10.11.12.13": "unreachable", "172.16.5.4": "unreachable",
+                 "192.168.1.10": "unreachable", "fd00::10": "unreachable",
+                 "198.51.100.23": "unreachable", "203.0.113.77": "unreachable",
+                 "2001:db8::23": "unreachable"}
+    assert alpha["samples"][0]["location"].endswith("hosts.allow:1")
+
+    beta = got[("tcp", p["beta"])]
+    assert (beta["service"], beta["layers"], beta["enforced_by"]) == \
+        ("beta", ["nfqueue", "hosts_access"], "nfqueue")
+    assert outcomes(beta)["::1"] == "allow"
+
+    none = got[("tcp", p["none"])]
+    assert (none["service"], none["layers"], none["enforced_by"]) == (None, [], "none")
+    assert outcomes(none)["127.0.0.1"] == "no policy"
+
+    udp = got[("udp", p["udp"])]
+    assert (udp["service"], udp["layers"]) == ("alpha", ["hosts_access"])
+    # Loopback-bound: nothing here is open to everyone, so exit 0.
+    assert not any(x["open_to_everyone"] for x in got.values())
+    assert code == 0
+
+
+def test_loopback_listeners_table(tmp_path, capsys, loopback_listeners):
+    p = loopback_listeners
+    config = write_policy(tmp_path, {p["beta"]: "beta"})
+    code, out, _ = run_main(["--config", config, "--service", f"{p['alpha']}=alpha",
+                             "--port", str(p["alpha"]), "--port", str(p["none"])], capsys)
+    lines = out.splitlines()
+    assert lines[0].split()[:5] == ["PROTO", "LISTEN", "PROCESS", "SERVICE", "LAYERS"]
+    row_alpha = next(x for x in lines if f"127.0.0.1:{p['alpha']}" in x).split()
+    assert row_alpha[3:9] == ["alpha", "hosts_access", "daemon", "must", "ask", "allow"]
+    row_none = next(x for x in lines if f"127.0.0.1:{p['none']}" in x).split()
+    assert row_none[3:6] == ["-", "-", "none"]
+    assert "OPEN TO EVERYONE" not in out
+    assert lines[-1] == f"policy: {config}; 2 listening sockets, 0 open to everyone"
+    assert code == 0
+
+
+def test_bad_arguments_and_bad_policy(tmp_path, capsys):
+    code, _, err = run_main(["--service", "notaport"], capsys)
+    assert code == 100 and "PORT=NAME" in err
+    (tmp_path / "policy.toml").write_text("[[source]]\ntype = \"nonsense\"\n")
+    code, _, err = run_main(["--config", str(tmp_path / "policy.toml")], capsys)
+    assert code == 100 and "nonsense" in err
+    code, _, err = run_main(["--config", str(tmp_path / "missing.toml")], capsys)
+    assert code == 100 and "missing.toml" in err
+
+
+# -- the world's view, inside a private network namespace ---------------------
+
+NETNS_SCRIPT = r"""
+import json, socket, subprocess, sys
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+spec = json.loads(sys.argv[1])
+socks = []
+for fam, host, port, kind in spec["listen"]:
+    s = socket.socket(socket.AF_INET6 if fam == 6 else socket.AF_INET,
+                      socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    s.bind((host, port))
+    if kind == "tcp":
+        s.listen(4)
+    socks.append(s)
+from acl.cli import audit
+sys.exit(audit.main(spec["argv"]))
+"""
+
+
+def run_in_netns(spec):
+    try:
+        return subprocess.run(["unshare", "--net", sys.executable, "-c", NETNS_SCRIPT,
+                               json.dumps(spec)], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT)
+    except FileNotFoundError:
+        pytest.skip("unshare not installed")
+
+
+def test_open_to_everyone_in_a_private_netns(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("unshare --net needs root")
+    # Ports inside the namespace collide with nothing outside it, but stay
+    # in the area's range anyway.
+    p_alpha, p_beta, p_gamma, p_local, p_udp = range(47150, 47155)
+    config = write_policy(tmp_path, {p_beta: "beta"})
+    spec = {
+        "listen": [(4, "0.0.0.0", p_alpha, "tcp"), (6, "::", p_beta, "tcp"),
+                   (4, "0.0.0.0", p_gamma, "tcp"), (4, "127.0.0.1", p_local, "tcp"),
+                   (4, "0.0.0.0", p_udp, "udp")],
+        "argv": ["--config", config, "--json", "--service", f"{p_alpha}=alpha",
+                 "--service", f"{p_udp}=alpha"],
+    }
+    out = run_in_netns(spec)
+    if out.returncode not in (0, 1):
+        if "Operation not permitted" in out.stderr:
+            pytest.skip(f"cannot make a network namespace here: {out.stderr.strip()}")
+        raise AssertionError(out.stderr)
+    doc = json.loads(out.stdout)
+    got = {(x["proto"], x["port"]): x for x in doc["listeners"]}
+    # The namespace holds our five sockets and nothing else.
+    assert set(got) == {("tcp", p_alpha), ("tcp", p_beta), ("tcp", p_gamma),
+                        ("tcp", p_local), ("udp", p_udp)}
+    flagged = {k[1] for k, x in got.items() if x["open_to_everyone"]}
+    # beta: hosts.allow grants ALL; gamma: no policy at all; both on wildcards.
+    assert flagged == {p_beta, p_gamma}
+    assert out.returncode == 1          # findings
+    a = outcomes(got[("tcp", p_alpha)])
+    assert a == {"127.0.0.1": "allow", "::1": "unreachable", "10.11.12.13": "allow",
+                 "172.16.5.4": "deny", "192.168.1.10": "deny", "fd00::10": "unreachable",
+                 "198.51.100.23": "deny", "203.0.113.77": "deny",
+                 "2001:db8::23": "unreachable"}
+    b = got[("tcp", p_beta)]
+    assert b["enforced_by"] == "nfqueue"
+    # A dual-stack [::] socket is reachable by every sample, v4 and v6.
+    assert set(outcomes(b).values()) == {"allow"}
+    g = outcomes(got[("tcp", p_gamma)])
+    assert g["198.51.100.23"] == "no policy" and g["::1"] == "unreachable"
+    assert not got[("tcp", p_local)]["open_to_everyone"]
+    assert outcomes(got[("udp", p_udp)]) == a

@@ -1,0 +1,167 @@
+"""The NFQUEUE front door without a kernel: records in, verdict codes out.
+
+The engine is the real one (tests/nfq/policies.py); packets are built by the
+codec's builder and laid out exactly as ``acl._nfq`` lays out a batch.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acl import nfq
+from acl.errors import PolicyError
+from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
+from acl.wire.packet import UDP, build
+
+from .policies import engine_denying
+
+ROOT = Path(__file__).resolve().parents[2]
+STRIDE = 16 + 128
+
+
+def records(packets, marks=None):
+    """Lay packets out as acl._nfq's fixed-stride batch records."""
+    out = bytearray()
+    for i, pkt in enumerate(packets):
+        cap = pkt[:128]
+        mark = marks[i] if marks else 0
+        out += nfq.RECORD.pack(i + 1, 0x0800, len(cap), mark, len(pkt)) + cap
+        out += bytes(STRIDE - nfq.RECORD_HEADER - len(cap))
+    return bytes(out)
+
+
+def door(reject="drop", rate=0.0, burst=0.0, **extra):
+    table = {"queues": [7], "ports": {"22": "sshd", "7": "echo", "10.9.9.9:2222": "sshd"},
+             "reject": reject, **extra}
+    engine = engine_denying(["10.66.0.0/16", "fd00:66::/32"], rate=rate, burst=burst)
+    return NfqueueFrontDoor(engine, NfqueueConfig.from_table(table), clock=lambda: 1000.0)
+
+
+def test_denied_sources_drop_allowed_accept_unmapped_accept():
+    d = door()
+    pkts = [build("10.66.1.1", "10.9.9.9", 40000, 22), build("10.5.1.1", "10.9.9.9", 40001, 22),
+            build("fd00:66::1", "fd00::9", 40002, 7, UDP), build("fd00:5::1", "fd00::9", 1, 7, UDP),
+            build("10.66.1.1", "10.9.9.9", 40003, 8080)]
+    codes = d.decide_records(7, records(pkts), len(pkts), STRIDE)
+    assert list(codes) == [nfq.DROP, nfq.ACCEPT, nfq.DROP, nfq.ACCEPT, nfq.ACCEPT]
+    assert d.packets == {7: 5}
+    assert d.unmapped == 1
+    assert d.verdicts == {("sshd", "deny", "address"): 1, ("sshd", "allow", "ok"): 1,
+                          ("echo", "deny", "address"): 1, ("echo", "allow", "ok"): 1}
+
+
+def test_reset_mode_answers_reject_and_a_marked_packet_coming_back_is_dropped():
+    d = door(reject="reset")
+    pkts = [build("10.66.1.1", "10.9.9.9", 1, 22), build("10.66.1.1", "10.9.9.9", 1, 22)]
+    codes = d.decide_records(7, records(pkts, marks=[0, d.config.reject_mark]), 2, STRIDE)
+    assert list(codes) == [nfq.REJECT, nfq.DROP]
+    assert d.looped == 1
+
+
+def test_address_specific_port_names_its_service():
+    d = door()
+    assert d.service_for(bytes([10, 9, 9, 9]), 2222) == "sshd"
+    assert d.service_for(bytes([10, 9, 9, 8]), 2222) is None
+    assert d.service_for(bytes([10, 9, 9, 8]), 22) == "sshd"
+
+
+def test_per_source_rate_limit_trips_and_recovers():
+    now = [1000.0]
+    d = door(rate=1.0, burst=2.0)
+    d.clock = lambda: now[0]
+    pkts = [build("10.5.5.5", "10.9.9.9", 40000 + i, 22) for i in range(4)]
+    assert list(d.decide_records(7, records(pkts), 4, STRIDE)) == [1, 1, 0, 0]
+    assert d.verdicts[("sshd", "deny", "rate")] == 2
+    now[0] += 1.0
+    assert list(d.decide_records(7, records(pkts[:2]), 2, STRIDE)) == [1, 0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=140), min_size=1, max_size=20), st.sampled_from(["drop", "accept"]))
+def test_fuzz_malformed_packets_get_the_default_verdict_and_are_counted(blobs, malformed):
+    """Garbage in a batch: each undecodable packet counted, given the default, no crash."""
+    d = door(malformed=malformed)
+    good = build("10.5.5.5", "10.9.9.9", 40000, 22)
+    pkts = [*blobs, good]
+    codes = d.decide_records(7, records(pkts), len(pkts), STRIDE)
+    assert codes[-1] == nfq.ACCEPT
+    from acl.wire.packet import PacketError, decode
+    bad = 0
+    for blob, code in zip(blobs, codes, strict=False):
+        try:
+            decode(blob[:128], wire_length=len(blob))
+        except PacketError:
+            bad += 1
+            assert code == (nfq.DROP if malformed == "drop" else nfq.ACCEPT)
+    assert d.decode_errors == bad
+    assert sum(d.decode_error_codes.values()) == bad
+
+
+class ExplodingEngine:
+    """An engine whose batch call fails and whose single call fails for one client."""
+
+    def __init__(self, real):
+        self.real = real
+
+    def decide_many(self, requests, now):
+        raise RuntimeError("batch path broken")
+
+    def decide(self, request, now):
+        if request.client == "10.7.7.7":
+            raise RuntimeError("this one is broken")
+        return self.real.decide(request, now)
+
+
+def test_engine_failures_fall_back_one_by_one_and_never_stop_the_door():
+    d = door()
+    d.engine = ExplodingEngine(d.engine)
+    pkts = [build("10.7.7.7", "10.9.9.9", 1, 22), build("10.5.5.5", "10.9.9.9", 1, 22)]
+    assert list(d.decide_records(7, records(pkts), 2, STRIDE)) == [nfq.DROP, nfq.ACCEPT]
+    assert d.engine_errors == 1
+    assert d.verdicts[("sshd", "deny", "error")] == 1
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({"ports": {}}, "ports must map"),
+    ({"ports": {"0": "x"}}, "out of range"),
+    ({"ports": {"ssh": "x"}}, "not a number"),
+    ({"ports": {"fd00::1:22": "x"}}, r"\[ADDR\]:PORT"),
+    ({"ports": {"10.0.0.300:22": "x"}}, "not a numeric address"),
+    ({"ports": {"22": "x"}, "queues": [70000]}, "queues"),
+    ({"ports": {"22": "x"}, "reject": "icmp"}, "reject must be"),
+    ({"ports": {"22": "x"}, "bogus": 1}, "unknown key 'bogus'"),
+    ({"ports": {"22": "x"}, "copy_range": 10}, "copy_range"),
+])
+def test_bad_configuration_is_a_policy_error_naming_the_key(table, message):
+    with pytest.raises(PolicyError, match=message):
+        NfqueueConfig.from_table(table, path="p.toml")
+
+
+def test_ipv6_address_ports_are_bracketed():
+    cfg = NfqueueConfig.from_table({"ports": {"[fd00::1]:22": "sshd", "53": "dns"}})
+    assert cfg.addr_ports == {(bytes.fromhex("fd00" + "00" * 13 + "01"), 22): "sshd"}
+    assert cfg.ports == {53: "dns"}
+
+
+def test_metric_families_are_the_documented_names():
+    d = door()
+    pkts = [build("10.66.1.1", "10.9.9.9", 1, 22), b"\x00garbage"]
+    d.decide_records(7, records(pkts), 2, STRIDE)
+    fams = {f.name: f for f in d.metric_families()}
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    documented = {m for m in re.findall(r"`(acl_nfqueue_\w+)`", text)}
+    exported = {n + ("_total" if f.type == "counter" else "") for n, f in fams.items()}
+    assert exported == documented
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in fams.values() for s in f.samples}
+    assert samples[("acl_nfqueue_packets_total", (("queue", "7"),))] == 2
+    assert samples[("acl_nfqueue_decode_errors_total", ())] == 1
+    assert samples[("acl_nfqueue_verdicts_total",
+                    (("reason", "address"), ("service", "sshd"), ("verdict", "deny")))] == 1
+    assert samples[("acl_nfqueue_batch_size_count", ())] == 1
+    assert samples[("acl_nfqueue_batch_size_sum", ())] == 2

@@ -1,0 +1,206 @@
+"""Fixtures of the decision-service tests: policies in temp dirs, a live
+``acl serve`` subprocess on Unix sockets, helpers for raw frames.
+
+Live servers bind only Unix sockets in the test's temp dir and, for metrics,
+loopback ports of this area (tests/conftest.py PORTS["serve"]: 44000-44999).
+Every server is started by Popen and stopped by its PID in a finally.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from acl.wire import binary as wb
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+
+HOSTS_ALLOW = """\
+sshd: 127.0.0.1 [::1] 192.0.2.0/255.255.255.0 [2001:db8::]/32
+smtpd: 127.0.0.1 127.0.0.2 192.0.2.0/255.255.255.0
+echo: ALL
+"""
+HOSTS_DENY = "ALL: ALL\n"
+TCPRULES = """\
+127.0.0.1:allow,RELAYCLIENT=""
+192.0.2.66:deny
+192.0.2.:allow,GREETDELAY="5"
+:allow
+"""
+XINETD = """\
+defaults
+{
+	instances	= 50
+}
+
+service echo
+{
+	id		= echo-stream
+	type		= INTERNAL
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= root
+	flags		= IPv4
+	only_from	= 127.0.0.0/8 192.0.2.0/24
+	per_source	= 2
+	instances	= 3
+	cps		= 0 0
+}
+"""
+
+
+def policy_toml(d: Path, *, metrics: str = "", extra: str = "", policy_socket: bool = True,
+                admin_uids: str = "[0]", rate: float = 0, burst: float = 0,
+                run: str = "") -> Path:
+    (d / "hosts.allow").write_text(HOSTS_ALLOW)
+    (d / "hosts.deny").write_text(HOSTS_DENY)
+    (d / "tcp.smtpd").write_text(TCPRULES)
+    (d / "xinetd.conf").write_text(XINETD)
+    text = f"""
+[sockets]
+query = "query.sock"
+{'policy = "policy.sock"' if policy_socket else ''}
+policy_service = "smtpd"
+admin = "admin.sock"
+mode = "0666"
+admin_uids = {admin_uids}
+
+[metrics]
+listen = "{metrics}"
+
+[limits]
+sources = 4096
+rate = {rate}
+burst = {burst}
+
+[[source]]
+type = "xinetd"
+file = "xinetd.conf"
+
+[[source]]
+type = "tcprules"
+file = "tcp.smtpd"
+services = ["smtpd"]
+
+[[source]]
+type = "hosts_access"
+allow = "hosts.allow"
+deny = "hosts.deny"
+services = ["*"]
+
+[run]
+watch = true
+{run}
+{extra}
+"""
+    p = d / "policy.toml"
+    p.write_text(text)
+    return p
+
+
+class Live:
+    """A running ``acl serve`` subprocess."""
+
+    def __init__(self, proc: subprocess.Popen, d: Path, log: Path):
+        self.proc = proc
+        self.dir = d
+        self.log = log
+        self.query = str(d / "query.sock")
+        self.policy = str(d / "policy.sock")
+        self.admin = str(d / "admin.sock")
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def wait_for(pred, timeout: float = 15, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_server(d: Path, config: Path, *, env=None, args=(), pass_fds=(), prefix=(),
+                 wait_path: str | None = "query.sock", preexec=None) -> Live:
+    log = d / "serve.log"
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    cmd = [*prefix, sys.executable, "-m", "acl", "serve", "--config", str(config), *args]
+    out = open(log, "wb")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env,
+                            pass_fds=pass_fds, cwd=str(d), preexec_fn=preexec)
+    out.close()
+    live = Live(proc, d, log)
+    try:
+        wait_for(lambda: proc.poll() is not None or "ready" in live.text(), 30, "acl serve ready")
+        if proc.poll() is not None:
+            raise AssertionError(f"acl serve exited {proc.returncode}:\n{live.text()}")
+        if wait_path:
+            wait_for(lambda: os.path.exists(d / wait_path), 10, wait_path)
+    except BaseException:
+        live.stop()
+        raise
+    return live
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A fresh server on the test policy (no metrics listener)."""
+    live = start_server(tmp_path, policy_toml(tmp_path))
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def connect(path: str, timeout: float = 10) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    return s
+
+
+def read_replies(sock: socket.socket, n: int, dec: wb.ReplyDecoder | None = None) -> list:
+    dec = dec or wb.ReplyDecoder()
+    out = []
+    while len(out) < n:
+        data = sock.recv(1 << 16)
+        if not data:
+            break
+        out.extend(dec.feed(data))
+    return out
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)

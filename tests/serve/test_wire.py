@@ -1,0 +1,167 @@
+"""The sans-IO codecs: round trips, any split of the input, and the fuzz
+invariant "events or a clean error, never an exception"."""
+
+from __future__ import annotations
+
+import struct
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acl.model import Decision, Location, Reason, Request, Verdict
+from acl.wire import binary as wb
+from acl.wire import postfix as wp
+
+v4 = st.ip_addresses(v=4).map(str)
+v6 = st.ip_addresses(v=6).map(str)
+name = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=40)
+requests = st.builds(
+    Request,
+    service=name,
+    client=v4 | v6,
+    client_port=st.integers(0, 65535),
+    server=st.none() | v4 | v6,
+    server_port=st.integers(0, 65535),
+    host=st.none() | name,
+    user=st.none() | name,
+    lease=st.booleans(),
+)
+decisions = st.builds(
+    Decision,
+    verdict=st.sampled_from(list(Verdict)),
+    reason=st.sampled_from(list(Reason)),
+    location=st.none() | st.builds(Location, st.text(min_size=1, max_size=30).filter(
+        lambda t: ":" not in t), st.integers(1, 10**6)),
+    env=st.lists(st.tuples(name, st.none() | st.text(max_size=30)), max_size=4).map(tuple),
+    options=st.lists(st.tuples(name, st.text(max_size=30)), max_size=4).map(tuple),
+    lease=st.integers(0, 2**64 - 1),
+)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), requests), min_size=1, max_size=20))
+def test_decide_frames_round_trip_whole_and_byte_by_byte(items):
+    blob = b"".join(wb.encode_decide(rid, r) for rid, r in items)
+    whole = wb.BinaryDecoder().feed(blob)
+    dec = wb.BinaryDecoder()
+    split = [e for i in range(len(blob)) for e in dec.feed(blob[i:i + 1])]
+    want = [wb.Decide(rid, r) for rid, r in items]
+    assert whole == want
+    assert split == want
+    assert dec.buffered() == 0
+
+
+@given(decisions, st.integers(0, 2**32 - 1))
+def test_decision_round_trip(d, rid):
+    (rep,) = wb.ReplyDecoder().feed(wb.encode_decision(rid, d))
+    assert rep.request_id == rid and rep.type == wb.T_DECISION
+    assert rep.decision == d
+
+
+def test_release_ping_and_replies():
+    dec = wb.BinaryDecoder()
+    ev = dec.feed(wb.encode_release(7, 2**64 - 1) + wb.encode_ping(8))
+    assert ev == [wb.Release(7, 2**64 - 1), wb.Ping(8)]
+    reps = wb.ReplyDecoder().feed(wb.encode_released(7, True) + wb.encode_released(9, False)
+                                  + wb.encode_pong(8, True) + wb.encode_error(3, wb.E_TYPE))
+    assert [(r.type, r.request_id) for r in reps] == [(0x82, 7), (0x82, 9), (0x83, 8), (0xFF, 3)]
+    assert reps[0].released is True and reps[1].released is False and reps[2].core == 1
+    assert reps[3].code == wb.E_TYPE and reps[3].text == "unknown type"
+
+
+def test_decide_payload_layout_is_the_documented_one():
+    r = Request("sshd", "192.0.2.1", 1234, "198.51.100.2", 22, "h", "u", lease=True)
+    f = wb.encode_decide(0x01020304, r)
+    length, ver, typ, flags, rid = struct.unpack_from("<IBBHI", f)
+    assert (length, ver, typ, flags, rid) == (len(f) - 4, 1, 1, 1, 0x01020304)
+    p = f[12:]
+    assert p[:10] == bytes([4, 4]) + struct.pack("<HH", 1234, 22) + bytes([4, 1, 1, 0])
+    assert p[10:14] == bytes([192, 0, 2, 1]) and p[14:18] == bytes([198, 51, 100, 2])
+    assert p[18:] == b"sshdhu"
+
+
+def test_bad_frames_are_errors_with_their_id_and_decoding_goes_on():
+    good = wb.encode_ping(1)
+    bad_version = bytearray(wb.encode_ping(2))
+    bad_version[4] = 9
+    bad_type = wb.frame(0x44, 3)
+    bad_payload = wb.frame(wb.T_DECIDE, 4, b"\x05" + b"\x00" * 20)
+    bad_flags = wb.frame(wb.T_PING, 5, flags=0x8000)
+    ev = wb.BinaryDecoder().feed(bytes(bad_version) + bad_type + bad_payload + bad_flags + good)
+    assert [(type(e).__name__, e.request_id, getattr(e, "code", None)) for e in ev] == [
+        ("BadFrame", 2, wb.E_VERSION), ("BadFrame", 3, wb.E_TYPE),
+        ("BadFrame", 4, wb.E_PAYLOAD), ("BadFrame", 5, wb.E_PAYLOAD), ("Ping", 1, None)]
+    assert not any(e.fatal for e in ev if isinstance(e, wb.BadFrame))
+
+
+def test_oversized_and_undersized_frames_are_fatal():
+    for length in (0, 7, 65533, 2**32 - 1):
+        dec = wb.BinaryDecoder()
+        ev = dec.feed(struct.pack("<I", length) + b"x" * 20 + wb.encode_ping(1))
+        assert ev == [wb.BadFrame(0, wb.E_SIZE, wb.ERROR_TEXT[wb.E_SIZE], fatal=True)]
+        assert dec.dead and dec.feed(wb.encode_ping(2)) == []
+    # the largest legal frame is still read
+    big = wb.frame(wb.T_DECIDE, 1, b"\x00" * (65536 - 12))
+    (ev,) = wb.BinaryDecoder().feed(big)
+    assert isinstance(ev, wb.BadFrame) and ev.code == wb.E_PAYLOAD and not ev.fatal
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=400), st.integers(1, 50))
+def test_random_bytes_never_raise_and_split_does_not_matter(blob, step):
+    whole = wb.BinaryDecoder().feed(blob)
+    dec = wb.BinaryDecoder()
+    parts = [e for i in range(0, len(blob), step) for e in dec.feed(blob[i:i + step])]
+    assert whole == parts
+    assert all(isinstance(e, (wb.Decide, wb.Release, wb.Ping, wb.BadFrame)) for e in whole)
+
+
+# -- Postfix --------------------------------------------------------------------
+def pf(**attrs) -> bytes:
+    return b"".join(f"{k}={v}\n".encode() for k, v in attrs.items()) + b"\n"
+
+
+def test_postfix_requests_and_replies():
+    blob = (pf(request="smtpd_access_policy", protocol_state="RCPT", client_address="192.0.2.7",
+               client_name="mail.example.org", client_port="4567", server_address="127.0.0.1",
+               server_port="25")
+            + pf(client_address="2001:db8::1", client_name="unknown", reverse_client_name="x.test",
+                 service="submission"))
+    dec = wp.PostfixDecoder("smtpd")
+    got = dec.feed(blob)
+    assert got == [
+        Request("smtpd", "192.0.2.7", 4567, "127.0.0.1", 25, "mail.example.org"),
+        Request("submission", "2001:db8::1", 0, None, 0, None),
+    ]
+    split = wp.PostfixDecoder("smtpd")
+    assert [r for i in range(len(blob)) for r in split.feed(blob[i:i + 1])] == got
+    crlf = wp.PostfixDecoder().feed(blob.replace(b"\n", b"\r\n"))
+    assert crlf == got
+    assert wp.encode(Decision(Verdict.ALLOW)) == b"action=DUNNO\n\n"
+    assert wp.encode(Decision(Verdict.DENY, Reason.LIBWRAP, Location("/x/hosts.deny", 3))) == \
+        b"action=REJECT Access denied: libwrap (/x/hosts.deny:3)\n\n"
+    assert wp.encode(Decision(Verdict.DENY, Reason.RATE)).startswith(b"action=DEFER_IF_PERMIT ")
+
+
+def test_postfix_bad_requests():
+    dec = wp.PostfixDecoder()
+    got = dec.feed(pf(client_address="not-an-ip") + b"garbage line\nclient_address=1.2.3.4\n\n"
+                   + pf(client_address="192.0.2.1"))
+    assert [type(g).__name__ for g in got] == ["BadRequest", "BadRequest", "Request"]
+    assert not any(getattr(g, "fatal", False) for g in got)
+    dec = wp.PostfixDecoder()
+    got = dec.feed(b"client_address=" + b"1" * 5000)
+    assert len(got) == 1 and got[0].fatal and dec.dead and dec.buffered() == 0
+    dec = wp.PostfixDecoder()
+    got = dec.feed(b"a=b\n" * 300)
+    assert got[-1].fatal
+    reply = wp.encode_error(got[-1])
+    assert reply.startswith(b"action=DEFER_IF_PERMIT") and reply.endswith(b"\n\n")
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300), st.integers(1, 40))
+def test_postfix_random_bytes_never_raise(blob, step):
+    whole = wp.PostfixDecoder().feed(blob)
+    dec = wp.PostfixDecoder()
+    parts = [e for i in range(0, len(blob), step) for e in dec.feed(blob[i:i + step])]
+    assert whole == parts

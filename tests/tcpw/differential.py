@@ -1,0 +1,66 @@
+"""Compare acl's decisions with the real tcpdmatch on generated cases."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from acl.cli.match_tcpw import LookupError_, explain
+from acl.compile.tcpw import HostsAccessLayer
+from acl.parse.hosts_access import parse_hosts
+from acl.resolve import HostsFileBackend, Resolver
+
+from . import gen
+from .tcpdmatch import run_batch
+
+
+def ours(case: gen.Case, workdir: Path):
+    resolver = Resolver(HostsFileBackend(text=gen.HOSTS))
+    allow = parse_hosts(str(workdir / "hosts.allow"), case.allow, dry_run=True)
+    deny = parse_hosts(str(workdir / "hosts.deny"), case.deny, dry_run=True)
+    layer = HostsAccessLayer(allow, deny, resolver)
+    out = []
+    for d, c in case.queries:
+        try:
+            outcomes = explain(layer, resolver, d, c)
+        except LookupError_:
+            outcomes = []
+        out.append(outcomes)
+    return out
+
+
+def compare(case: gen.Case, workdir: Path, shim: str) -> list[str]:
+    """Every disagreement for one case, as readable text (empty: none)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for path, body in case.files.items():
+        Path(path).write_text(body, encoding="latin-1")
+    mine = ours(case, workdir)
+    real = run_batch(workdir, shim, case.allow, case.deny, gen.HOSTS, case.queries)
+    bad = []
+    for (d, c), outs, ans in zip(case.queries, mine, real, strict=True):
+        words = tuple(o.word for o in outs)
+        matched = tuple((os.path.basename(o.decision.location.path), o.decision.location.line)
+                        for o in outs if o.index is not None)
+        if words != ans.verdicts or matched != ans.matched:
+            bad.append(f"seed {case.seed}: {d} {c}: acl {words} {matched} "
+                       f"!= tcpdmatch {ans.verdicts} {ans.matched}\n"
+                       f"allow={case.allow!r}\ndeny={case.deny!r}\nfiles={case.files!r}\n{ans.text}")
+    return bad
+
+
+def run_many(seeds, tmp: Path, shim: str, rules=(1, 12), queries=170, workers=2):
+    """Generate and compare one case per seed; returns (queries asked, disagreements)."""
+    def one(seed):
+        workdir = tmp / f"case{seed}"
+        g = gen.Gen(seed, str(workdir))
+        r = g.r
+        case = g.case(r.randint(*rules), r.randint(*rules), queries)
+        return len(case.queries), compare(case, workdir, shim)
+
+    total, bad = 0, []
+    with ThreadPoolExecutor(workers) as pool:
+        for n, b in pool.map(one, seeds):
+            total += n
+            bad.extend(b)
+    return total, bad

@@ -1,0 +1,64 @@
+"""Fixtures of the acl-wrap tests (tests/wrap).
+
+* ``wrap_bin``: the acl-wrap binary under test -- the installed one when it
+  is at least as new as ext/wrap, else a fresh -Werror build of the sources.
+* ``short_tmp``: a short temp dir (Unix socket paths must fit in 108 bytes).
+* ``port``: a fresh loopback port from this area's range, 45000-45999
+  (tests/conftest.py PORTS["wrap"]); each test module takes its own block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PORTS
+from tests.wrap import harness
+
+#: Port blocks inside PORTS["wrap"], one per module (bench uses 45900+).
+BLOCKS = {
+    "test_wrap_unit": 45000,
+    "test_expand_vs_tcpd": 45150,
+    "test_live_xinetd": 45200,
+    "test_live_inetd": 45300,
+    "test_live_tcpserver": 45400,
+    "test_live_systemd": 45500,
+    "test_live_failmodes": 45600,
+}
+_counters: dict[str, itertools.count] = {}
+
+
+def needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare -m, bind mounts)")
+
+
+@pytest.fixture(scope="session")
+def wrap_bin(tmp_path_factory) -> Path:
+    return harness.wrap_binary(tmp_path_factory.mktemp("wrapbin"))
+
+
+@pytest.fixture
+def short_tmp():
+    d = Path(tempfile.mkdtemp(prefix="aw."))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def port(request) -> int:
+    mod = request.module.__name__.rsplit(".", 1)[-1]
+    base = BLOCKS[mod]
+    n = next(_counters.setdefault(mod, itertools.count()))
+    p = base + n % 100
+    lo, hi = PORTS["wrap"]
+    assert lo <= p < hi
+    return p

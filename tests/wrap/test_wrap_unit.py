@@ -1,0 +1,381 @@
+"""acl-wrap against a scripted stand-in sidecar, handed connections the way
+inetd hands them (fds 0-2 = the accepted socket).
+
+What the real ``acl serve`` cannot be made to do on demand -- answer with a
+chosen decision, garbage, an ERROR frame, or not at all -- is scripted here;
+the live tests (test_live_*.py) use the real sidecar for allow/deny/env/
+per_source.  Requests are decoded by the project's codec (acl.wire.binary),
+so the C encoder is checked against it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import socket
+import struct
+import subprocess
+import time
+
+import pytest
+
+from acl.model import Reason, Verdict
+from acl.wire import binary
+from tests.wrap import harness
+from tests.wrap.conftest import needs_root
+
+PATH_ENV = {"PATH": "/usr/bin:/bin"}
+
+
+@pytest.fixture
+def echo_server(short_tmp):
+    return harness.write_exe(short_tmp / "echo-env", harness.ECHO_SERVER)
+
+
+@pytest.fixture
+def sidecar(short_tmp):
+    made = []
+
+    def make(respond):
+        s = harness.FakeSidecar(short_tmp / f"side{len(made)}.sock", respond)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def always(frame):
+    return lambda ev: frame if isinstance(ev, binary.Decide) else None
+
+
+def wrap(wrap_bin, sock, *server, opts=()):
+    return [str(wrap_bin), "-s", str(sock), *opts, *server]
+
+
+# -- grant ------------------------------------------------------------------------
+def test_grant_sends_decide_with_lease_and_applies_env(wrap_bin, sidecar, echo_server, port):
+    side = sidecar(always(harness.decision(
+        1, env=[("RULEVAR", "from tcprules"), ("GONE", None)],
+        options=[("setenv", "FOO bar baz %a"), ("keepalive", "")], lease=77)))
+    env = dict(PATH_ENV, GONE="still here", ACL_WRAP_TIMEOUT="3000")
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server), opts=["-n", "echo"]),
+                        "127.0.0.5", port, env=env)
+    report = h.read_until(b"READY\n")
+    got, fds = harness.parse_report(report)
+    # the request, as the sidecar's own codec reads it
+    (req,) = side.requests
+    r = req.request
+    assert (r.service, r.client, r.server, r.server_port, r.lease) == (
+        "echo", "127.0.0.5", "127.0.0.1", port, True)
+    assert r.client_port == h.client.getsockname()[1]
+    assert (r.host, r.user) == (None, None)
+    # UCSPI variables, tcprules env in order, hosts_options setenv
+    assert got["PROTO"] == "TCP"
+    assert got["TCPREMOTEIP"] == "127.0.0.5"
+    assert got["TCPREMOTEPORT"] == str(h.client.getsockname()[1])
+    assert (got["TCPLOCALIP"], got["TCPLOCALPORT"]) == ("127.0.0.1", str(port))
+    assert got["TCP6REMOTEIP"] == "::ffff:127.0.0.5"
+    assert got["RULEVAR"] == "from tcprules"
+    assert "GONE" not in got
+    assert got["FOO"] == "bar baz 127.0.0.5"
+    assert "ACL_WRAP_TIMEOUT" not in got          # our settings are not passed on
+    # the lease: its socket crossed exec, and the server's life is its life
+    assert got["ACL_LEASE_ID"] == "77"
+    assert fds[int(got["ACL_LEASE_FD"])].startswith("socket:")
+    side.wait_open(1)
+    h.client.sendall(b"ping\n")
+    assert h.client.recv(100) == b"ping\n"
+    assert side.open == 1
+    assert h.finish() == 0
+    side.wait_open(0)
+    assert side.closed == 1
+
+
+def test_no_lease_means_no_sidecar_socket_in_the_server(wrap_bin, sidecar, echo_server, port):
+    side = sidecar(always(harness.decision(1, lease=0)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.5", port,
+                        env=PATH_ENV)
+    got, fds = harness.parse_report(h.read_until(b"READY\n"))
+    assert "ACL_LEASE_FD" not in got
+    assert not [t for t in fds.values() if t.startswith("socket:")][2:]  # only fds 0-2
+    side.wait_open(0)
+    h.finish()
+
+
+def test_tcpd_mode_service_from_argv0(wrap_bin, sidecar, echo_server, port, short_tmp):
+    side = sidecar(always(harness.decision(1)))
+    env = dict(PATH_ENV, ACL_WRAP_SOCKET=side.path, ACL_WRAP_DAEMON_DIR=str(short_tmp))
+    # relative argv[0]: looked up in ACL_WRAP_DAEMON_DIR, like tcpd's REAL_DAEMON_DIR
+    h = harness.Handoff([echo_server.name], "127.0.0.5", port, env=env,
+                        executable=str(wrap_bin))
+    assert b"READY" in h.read_until(b"READY\n")
+    h.finish()
+    # absolute argv[0]
+    h = harness.Handoff([str(echo_server), "x"], "127.0.0.5", port, env=env,
+                        executable=str(wrap_bin))
+    assert b"READY" in h.read_until(b"READY\n")
+    h.finish()
+    assert [ev.request.service for ev in side.requests] == ["echo-env", "echo-env"]
+    # ACL_WRAP_SERVICE names the service when argv[0] cannot (xinetd env =)
+    env["ACL_WRAP_SERVICE"] = "echo"
+    h = harness.Handoff([str(echo_server)], "127.0.0.5", port, env=env,
+                        executable=str(wrap_bin))
+    got, _ = harness.parse_report(h.read_until(b"READY\n"))
+    h.finish()
+    assert side.requests[-1].request.service == "echo"
+    assert "ACL_WRAP_SERVICE" not in got
+
+
+def test_ipv6_client(wrap_bin, sidecar, echo_server, port):
+    side = sidecar(always(harness.decision(1)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "::1", port,
+                        env=PATH_ENV, family=socket.AF_INET6, listen="::1")
+    got, _ = harness.parse_report(h.read_until(b"READY\n"))
+    h.finish()
+    r = side.requests[0].request
+    assert (r.client, r.server) == ("::1", "::1")
+    assert (got["PROTO"], got["TCPREMOTEIP"], got["TCPLOCALIP"]) == ("TCP6", "::1", "::1")
+
+
+def test_v4_client_of_a_v6_socket_is_sent_mapped(wrap_bin, sidecar, echo_server, port):
+    side = sidecar(always(harness.decision(1)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.9", port,
+                        env=PATH_ENV, family=socket.AF_INET6, listen="::")
+    got, _ = harness.parse_report(h.read_until(b"READY\n"))
+    h.finish()
+    r = side.requests[0].request
+    # docs/protocol.md: "exactly as the accepting socket saw it"
+    assert ipaddress.ip_address(r.client) == ipaddress.ip_address("::ffff:127.0.0.9")
+    # tcpserver's variables convert mapped addresses to IPv4 (spec B.4)
+    assert (got["PROTO"], got["TCPREMOTEIP"], got["TCP6REMOTEIP"]) == (
+        "TCP", "127.0.0.9", "::ffff:127.0.0.9")
+
+
+def test_udp_grant_and_refusal(wrap_bin, sidecar, short_tmp, port):
+    server = harness.write_exe(short_tmp / "udp-srv", harness.UDP_SERVER)
+    side = sidecar(always(harness.decision(1, lease=5)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(server), opts=["-n", "echo-udp"]),
+                        "127.0.0.10", port, env=PATH_ENV, dgram=True, payload=b"hello")
+    reply, _ = h.client.recvfrom(4096)
+    assert h.finish() == 0
+    assert reply.startswith(b"GOT hello PROTO=UDP UDPREMOTEIP=127.0.0.10 ")
+    assert b"ACL_LEASE_ID=5" in reply
+    r = side.requests[0].request
+    assert (r.service, r.client, r.client_port) == ("echo-udp", "127.0.0.10",
+                                                    h.client.getsockname()[1])
+    # refused: the datagram is consumed, nothing answers
+    side2 = sidecar(always(harness.decision(0, Reason.ADDRESS)))
+    h = harness.Handoff(wrap(wrap_bin, side2.path, str(server)), "127.0.0.11", port,
+                        env=PATH_ENV, dgram=True, payload=b"hello")
+    assert h.proc.wait(10) == 1
+    with pytest.raises(BlockingIOError):
+        h.listener.recv(10, socket.MSG_DONTWAIT)
+    h.finish()
+
+
+# -- refusals, options ---------------------------------------------------------------
+def test_refusal_banner_spawn_and_syslog(wrap_bin, sidecar, echo_server, port, short_tmp):
+    needs_root()
+    banners = short_tmp / "banners"
+    banners.mkdir()
+    (banners / "echo").write_text("Go away %a from %d\nbye\n")
+    spawned = short_tmp / "spawned"
+    side = sidecar(always(harness.decision(
+        0, Reason.LIBWRAP, ("/etc/hosts.deny", 3),
+        options=[("spawn", f"echo spawned %a %d > {spawned}"), ("banners", str(banners)),
+                 ("twist", "/bin/echo never")])))
+    sink = harness.SyslogSink(short_tmp / "log.sock")
+    try:
+        argv = harness.ns_command(short_tmp, str(wrap_bin), str(wrap_bin),
+                                  ["-s", side.path, "-n", "echo", str(echo_server)],
+                                  log_sock=sink.path)
+        h = harness.Handoff(argv, "127.0.0.6", port, env=PATH_ENV)
+        data = h.read_all()
+        assert h.finish() == 1
+        assert data == b"Go away 127.0.0.6 from echo\r\nbye\r\n"   # no READY, no twist
+        assert spawned.read_text() == "spawned 127.0.0.6 echo\n"
+        pri, text = sink.wait_for("refused connect from")
+        # tcpd's line, facility daemon, level warning (Debian tcpd does the same)
+        assert pri == 3 * 8 + 4
+        assert text.split(": ", 1)[1] == "refused connect from 127.0.0.6 (127.0.0.6)"
+        assert text.split(":", 1)[0].startswith("echo[")
+        _, why = sink.wait_for("refused by acl")
+        assert why.endswith("refused by acl: libwrap at /etc/hosts.deny:3")
+    finally:
+        sink.close()
+
+
+def test_grant_logs_like_tcpd_and_severity_option(wrap_bin, sidecar, echo_server, port,
+                                                  short_tmp):
+    needs_root()
+    side = sidecar(always(harness.decision(1, options=[("severity", "local3.notice")])))
+    sink = harness.SyslogSink(short_tmp / "log.sock")
+    try:
+        argv = harness.ns_command(short_tmp, str(wrap_bin), str(wrap_bin),
+                                  ["-s", side.path, "-n", "echo", str(echo_server)],
+                                  log_sock=sink.path)
+        h = harness.Handoff(argv, "127.0.0.12", port, env=PATH_ENV)
+        assert b"READY" in h.read_until(b"READY\n")
+        h.finish()
+        pri, text = sink.wait_for("connect from")
+        assert pri == 19 * 8 + 5                       # local3.notice
+        assert text.endswith("connect from 127.0.0.12 (127.0.0.12)")
+    finally:
+        sink.close()
+
+
+def test_twist_replaces_the_server_and_keeps_the_lease(wrap_bin, sidecar, echo_server, port):
+    side = sidecar(always(harness.decision(
+        2, options=[("twist", "echo twisted %a %d lease=$ACL_LEASE_ID; sleep 0.3")], lease=9)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server), opts=["-n", "svc"]),
+                        "127.0.0.8", port, env=PATH_ENV)
+    side.wait_open(1)
+    assert h.read_all() == b"twisted 127.0.0.8 svc lease=9\n"
+    assert h.finish() == 0
+    side.wait_open(0)
+
+
+def test_delegate_without_twist_is_refused(wrap_bin, sidecar, echo_server, port):
+    side = sidecar(always(harness.decision(2)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.8", port,
+                        env=PATH_ENV)
+    assert h.read_all() == b""
+    assert h.finish() == 1
+
+
+@pytest.mark.parametrize("option", [("aclexec", "/bin/true"), ("frobnicate", ""),
+                                    ("umask", "999"), ("severity", "nosuch"),
+                                    ("setenv", "")])
+def test_option_errors_refuse(wrap_bin, sidecar, echo_server, port, option):
+    side = sidecar(always(harness.decision(1, options=[option])))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.8", port,
+                        env=PATH_ENV)
+    assert h.read_all() == b""
+    assert h.finish() == 1
+
+
+# -- the sidecar missing, silent, or talking nonsense -------------------------------
+def test_unreachable_fails_closed_by_default_and_open_when_asked(wrap_bin, echo_server, port,
+                                                                 short_tmp):
+    needs_root()
+    sink = harness.SyslogSink(short_tmp / "log.sock")
+    try:
+        missing = short_tmp / "nobody-here.sock"
+        argv = harness.ns_command(short_tmp, str(wrap_bin), str(wrap_bin),
+                                  ["-s", str(missing), "-n", "echo", str(echo_server)],
+                                  log_sock=sink.path)
+        h = harness.Handoff(argv, "127.0.0.5", port, env=PATH_ENV)
+        assert h.read_all() == b""
+        assert h.finish() == 111
+        _, text = sink.wait_for("failing closed")
+        assert str(missing) in text
+        env = dict(PATH_ENV, ACL_WRAP_FAIL="open")
+        h = harness.Handoff(argv, "127.0.0.5", port, env=env)
+        got, fds = harness.parse_report(h.read_until(b"READY\n"))
+        assert h.finish() == 0
+        assert got["TCPREMOTEIP"] == "127.0.0.5" and "ACL_LEASE_FD" not in got
+        sink.wait_for("failing open")
+        # -c on the command line beats ACL_WRAP_FAIL=open in the environment
+        argv_c = argv[:-1] + ["-c", argv[-1]]
+        h = harness.Handoff(argv_c, "127.0.0.5", port, env=env)
+        assert h.read_all() == b""
+        assert h.finish() == 111
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("mode,expect", [("-c", 111), ("-o", 0)])
+def test_too_slow_sidecar_hits_the_timeout(wrap_bin, sidecar, echo_server, port, mode, expect):
+    side = sidecar(lambda ev: 5.0)            # reads the request, never answers
+    t0 = time.monotonic()
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server), opts=["-t", "300", mode]),
+                        "127.0.0.5", port, env=PATH_ENV)
+    data = h.read_until(b"READY\n") if expect == 0 else h.read_all()
+    took = time.monotonic() - t0
+    assert h.finish() == expect
+    assert (b"READY" in data) == (expect == 0)
+    assert took < 4.0, "acl-wrap waited for the sidecar instead of giving up"
+    assert len(side.requests) == 1
+
+
+def _garbage_cases(seed: int, n: int) -> list[bytes]:
+    """Generated bad replies: random bytes, bad headers, ERROR frames, valid
+    DECISIONs truncated, extended, or with a wrong id/version/type."""
+    rnd = random.Random(seed)
+    good = harness.decision(1, env=[("A", "b")], options=[("setenv", "X y")], lease=3)
+    cases = [
+        b"", b"\x00", struct.pack("<I", 4) + b"\x01\x81\x00\x00",
+        struct.pack("<I", 70000) + b"\x01" * 20,
+        binary.encode_error(1, 3, "malformed payload"),
+        binary.encode_error(0, 4),
+        binary.frame(binary.T_PONG, 1, b"\x01"),
+        binary.frame(binary.T_DECISION, 2, good[12:]),      # someone else's id
+        good[:4] + b"\x02" + good[5:],                      # version 2
+        good[:-1], good + b"\x00",
+        struct.pack("<I", len(good) - 4 + 1) + good[4:] + b"!",  # trailing byte
+        binary.frame(binary.T_DECISION, 1, b"\x07" + good[13:]),  # verdict 7
+        binary.frame(binary.T_DECISION, 1, good[12:24] + b"\xff\xff" + good[26:]),
+    ]
+    for _ in range(n):
+        kind = rnd.randrange(3)
+        if kind == 0:
+            cases.append(bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 64))))
+        elif kind == 1:
+            body = bytes(rnd.randrange(256) for _ in range(rnd.randrange(0, 40)))
+            cases.append(binary.frame(binary.T_DECISION, 1, body))
+        else:
+            b = bytearray(good)
+            for _ in range(rnd.randrange(1, 4)):
+                i = rnd.randrange(12, len(b))
+                b[i] = rnd.randrange(256)
+            cases.append(bytes(b))
+    return cases
+
+
+def test_garbage_never_crashes_and_fails_closed(wrap_bin, sidecar, echo_server, port):
+    """Every generated reply ends in a clean decision or in fail-closed --
+    never a signal, never the server run on a reply that is not a grant."""
+    for i, reply in enumerate(_garbage_cases(seed=7, n=45)):
+        side = sidecar(lambda ev, reply=reply: reply if reply else None)
+        h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server), opts=["-t", "1000"]),
+                            "127.0.0.5", port, env=PATH_ENV)
+        h.client.settimeout(5)
+        try:
+            first = h.client.recv(4096)
+        except TimeoutError:
+            first = b"<timeout>"
+        rc = h.finish()
+        assert rc >= 0, f"case {i} {reply!r}: killed by signal {-rc}"
+        try:
+            parsed = binary.ReplyDecoder().feed(reply)
+        except (ValueError, struct.error, UnicodeDecodeError):
+            parsed = []
+        legit = (len(parsed) == 1 and parsed[0].type == binary.T_DECISION
+                 and parsed[0].request_id == 1 and binary.frame(
+                     binary.T_DECISION, 1, binary.decision_payload(parsed[0].decision)) == reply)
+        if first.startswith(b"ENV "):
+            assert legit and parsed[0].decision.verdict is not Verdict.DENY, (i, reply)
+        else:
+            assert rc in (1, 111), (i, reply, rc)
+            if not legit:
+                assert rc == 111, (i, reply, rc)
+        side.close()
+
+
+# -- usage ---------------------------------------------------------------------------
+def test_stdin_not_a_socket_is_a_usage_error(wrap_bin, echo_server):
+    res = subprocess.run([str(wrap_bin), "-s", "/nonexistent", str(echo_server)],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10)
+    assert res.returncode == 100
+    assert "not a socket" in res.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["-t", "0", "x"], ["-t", "abc", "x"], ["-q", "x"],
+                                  ["-n", "a" * 300, "x"]])
+def test_bad_arguments(wrap_bin, args):
+    res = subprocess.run([str(wrap_bin), *args], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=10)
+    assert res.returncode == 100, res
+    assert res.stderr.startswith("acl-wrap: fatal: ")

@@ -1,0 +1,145 @@
+"""Run the real xinetd (Debian 2.3.15.3) on loopback for differential tests.
+
+Isolation, as in the spec's verify/xinetd_live.py: xinetd runs in the
+foreground (``-dontfork``) inside ``unshare -m`` with a private /etc/hosts,
+/etc/nsswitch.conf (``hosts: files``) and empty hosts.allow/hosts.deny bound
+over the real ones, so nothing leaves the machine and no system file
+changes.  Services bind 127.0.0.1 / ::1 / ::ffff:127.0.0.1 on ports
+43000-43999 only (tests.conftest.PORTS["xinetd"]); clients bind 127.x.y.z.
+The daemon is stopped by its PID (the Popen handle) and the directory removed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+HOSTS = """127.0.0.1 localhost
+127.0.0.2 two.example.com two
+127.0.0.3 three.example.com
+127.0.0.4 four.other.org
+127.0.0.5 Five.EXAMPLE.com
+127.1.2.3 x.example.com.example.com
+::1 ip6-localhost
+"""
+NETWORKS = "loopnet 127.0.0.0\nlooptwo 127.2\n"
+
+
+def require_live():
+    if os.geteuid() != 0:
+        pytest.skip("live xinetd tests need root (unshare -m, bind mounts)")
+    for tool in ("xinetd", "unshare"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+
+
+class Xinetd:
+    """One real xinetd on a generated configuration."""
+
+    def __init__(self, conf_text: str, services: int, tmp: str | None = None):
+        self.dir = tmp or tempfile.mkdtemp(prefix="acl-xinetd.")
+        self.conf = os.path.join(self.dir, "xinetd.conf")
+        self.log = os.path.join(self.dir, "daemon.log")
+        self.hosts = os.path.join(self.dir, "hosts")
+        self.services = services
+        with open(self.conf, "w") as f:
+            f.write(conf_text)
+        for name, text in (("hosts", HOSTS), ("networks", NETWORKS),
+                           ("nss", "hosts: files\nnetworks: files\n"),
+                           ("hosts.allow", ""), ("hosts.deny", "")):
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write(text)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        d = self.dir
+        script = (f"mount --bind {d}/hosts /etc/hosts && "
+                  f"mount --bind {d}/networks /etc/networks && "
+                  f"mount --bind {d}/nss /etc/nsswitch.conf && "
+                  f"mount --bind {d}/hosts.allow /etc/hosts.allow && "
+                  f"mount --bind {d}/hosts.deny /etc/hosts.deny && "
+                  f"exec xinetd -dontfork -filelog {d}/daemon.log -f {d}/xinetd.conf "
+                  f"-pidfile {d}/pid")
+        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"xinetd exited: {self.proc.stdout.read()!r}\n{self.log_text()}")
+            if "Started working" in self.log_text():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"xinetd did not start:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(timeout=10)
+            self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def probe(port: int, src: str, dst: str = "127.0.0.1", timeout: float = 3.0) -> str:
+    """Connect from ``src``; "ok" (server ran), "closed" (accepted, closed
+    without data: a refusal) or "refused" (no listening socket)."""
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.bind((src, 0))
+        try:
+            s.connect((dst, port))
+        except ConnectionRefusedError:
+            return "refused"
+        data = b""
+        while True:
+            try:
+                b = s.recv(256)
+            except ConnectionResetError:
+                break
+            if not b:
+                break
+            data += b
+        return "ok" if data.strip() == b"ok" else "closed" if not data else "data:" + repr(data)
+    finally:
+        s.close()
+
+
+class Held:
+    """A connection to a /bin/cat service, kept open to hold a server."""
+
+    def __init__(self, port: int, src: str, timeout: float = 3.0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.bind((src, 0))
+        self.result = "refused"
+        try:
+            self.sock.connect(("127.0.0.1", port))
+        except ConnectionRefusedError:
+            self.sock.close()
+            return
+        try:
+            self.sock.sendall(b"ping\n")
+            got = self.sock.recv(64)
+        except (ConnectionResetError, BrokenPipeError, TimeoutError):
+            got = b""
+        self.result = "ok" if got == b"ping\n" else "closed"
+        if self.result != "ok":
+            self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
