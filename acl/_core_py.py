@@ -92,6 +92,12 @@ def _check_value(value) -> int:
     return value
 
 
+def _triples(entries):
+    """``entries`` as (network, length, value) triples, unpacked by Python."""
+    for net, length, value in entries:
+        yield net, length, value
+
+
 def _host_bits_error(family: int, net: int, length: int) -> ValueError:
     text = ipaddress.IPv4Address(net) if family == 4 else ipaddress.IPv6Address(net)
     return ValueError(f"host bits set in {text}/{length}")
@@ -117,7 +123,7 @@ class PrefixTable:
 
     def __init__(self, family: int, entries=()):
         self._setup(family)
-        for net, length, value in entries:
+        for net, length, value in _triples(entries):
             self._add(net, length, value)
         self._freeze()
 

@@ -28,13 +28,15 @@ Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
   :func:`pack_source`), so one client compares equal in either family.
 * Per-source state (lease counts, token buckets) lives in one bounded,
   set-associative open-addressing table: ``groups`` x ``WAYS`` entries, the
-  group chosen by a 64-bit hash.  A full group evicts the least recently
-  refilled *bucket* entry (entries holding leases are pinned) and counts an
+  group chosen by a 64-bit hash.  A full group evicts the *bucket* entry with
+  the oldest arrival time (the fullest) (entries holding leases are pinned) and counts an
   eviction.  A lease that finds its group pinned full is still counted for
   instances but not per source (``lease_overflows``).
-* Token buckets are fixed point (1/65536 token) with microsecond stamps so
-  both twins compute bit-identical results; the bucket key of an IPv6 source
-  is its ``v6_prefix`` network (IPv4 sources are never aggregated).
+* Token buckets are kept as GCRA (one "theoretical arrival time" per bucket,
+  integer nanoseconds), the exact equivalent of a bucket of ``burst`` tokens
+  refilled at ``rate`` per second, so both twins compute bit-identical
+  results; the bucket key of an IPv6 source is its ``v6_prefix`` network
+  (IPv4 sources are never aggregated).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import time
 __all__ = [
     "LimitState", "pack_source",
     "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
-    "UNLIMITED", "WAYS", "ENTRY_BYTES", "FX", "MAX_SERVICES",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES",
 ]
 
 OK = 0
@@ -60,8 +62,7 @@ RATE = 9
 UNLIMITED = -1
 
 WAYS = 4                 # entries per group (one 128-byte block in C)
-ENTRY_BYTES = 32         # hi, lo, last_us, value, tag
-FX = 65536               # token fixed point
+ENTRY_BYTES = 32         # hi, lo, last (bucket TAT, ns), value (leases), tag
 MAX_SERVICES = 32768     # slot number lives in 15 bits of the tag
 _NREASONS = 10
 _M64 = (1 << 64) - 1
@@ -101,6 +102,14 @@ def _mix(x: int) -> int:
 
 def _hash(hi: int, lo: int, tag: int) -> int:
     return _mix(hi ^ _mix(lo ^ ((tag * 0x9E3779B97F4A7C15) & _M64)))
+
+
+def _gcra(rate: float, burst: float) -> tuple[int, int]:
+    """(emission interval, tolerance) in nanoseconds for a rate and burst."""
+    if rate <= 0:
+        return 0, 0
+    t_ns = max(1, int(round(1e9 / rate)))
+    return t_ns, int((burst - 1.0) * t_ns)
 
 
 def _local_minute(now: float) -> int:
@@ -143,8 +152,8 @@ class LimitState:
         self._per_source = [UNLIMITED] * s
         self._max_load = [0.0] * s
         self._times: list[bytearray | None] = [None] * s
-        self._rate_fx = [0.0] * s
-        self._burst_fx = [0] * s
+        self._t_ns = [0] * s
+        self._tau_ns = [0] * s
         self._active = [0] * s
         self._refusals = [[0] * _NREASONS for _ in range(s)]
         self._leases: dict[int, tuple[int, int, int, bool]] = {}
@@ -179,10 +188,9 @@ class LimitState:
             raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
         if max_load < 0 or rate < 0 or burst < 0:
             raise ValueError("max_load, rate and burst must not be negative")
-        if burst * FX > 0xFFFFFFFF:
-            raise ValueError("burst must be below 65536")
         if rate > 0 and burst < 1:
             raise ValueError("a rate needs a burst of at least 1")
+        t_ns, tau_ns = _gcra(rate, burst)
         bitmap = None
         if times is not None:
             bitmap = bytearray(1440)
@@ -197,8 +205,8 @@ class LimitState:
         self._per_source[slot] = int(per_source)
         self._max_load[slot] = float(max_load)
         self._times[slot] = bitmap
-        self._rate_fx[slot] = float(rate) * FX
-        self._burst_fx[slot] = int(burst * FX)
+        self._t_ns[slot] = t_ns
+        self._tau_ns[slot] = tau_ns
 
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.max_services:
@@ -212,7 +220,7 @@ class LimitState:
                 return i
         return -1
 
-    def _insert(self, hi: int, lo: int, tag: int, now_us: int) -> int:
+    def _insert(self, hi: int, lo: int, tag: int, now_ns: int) -> int:
         """Index of a fresh entry for the key, evicting if needed; -1 if pinned full."""
         base = (_hash(hi, lo, tag) & (self._groups - 1)) * WAYS
         victim = -1
@@ -232,7 +240,7 @@ class LimitState:
         self._hi[victim] = hi
         self._lo[victim] = lo
         self._tag[victim] = tag
-        self._last[victim] = now_us
+        self._last[victim] = now_ns
         self._val[victim] = 0
         return victim
 
@@ -260,7 +268,7 @@ class LimitState:
             raise ValueError("minute must be 0..1439")
         hi = int.from_bytes(raw[:8], "big")
         lo = int.from_bytes(raw[8:], "big")
-        r = self._check(slot, hi, lo, now, int(now * 1000000.0), load, minute)
+        r = self._check(slot, hi, lo, now, int(now * 1000000000.0), load, minute)
         self._refusals[slot][r] += 1
         return r
 
@@ -280,18 +288,18 @@ class LimitState:
             minute = _local_minute(now)
         elif minute >= 1440:
             raise ValueError("minute must be 0..1439")
-        now_us = int(now * 1000000.0)
+        now_ns = int(now * 1000000000.0)
         granted = 0
         for i in range(n):
             hi = int.from_bytes(src[16 * i:16 * i + 8], "big")
             lo = int.from_bytes(src[16 * i + 8:16 * i + 16], "big")
-            r = self._check(sl[i], hi, lo, now, now_us, load, minute)
+            r = self._check(sl[i], hi, lo, now, now_ns, load, minute)
             self._refusals[sl[i]][r] += 1
             res[i] = r
             granted += r == OK
         return granted
 
-    def _check(self, s: int, hi: int, lo: int, now: float, now_us: int, load: float,
+    def _check(self, s: int, hi: int, lo: int, now: float, now_ns: int, load: float,
                minute: int) -> int:
         # a. cps (C.7); while "the socket is closed" nothing is counted.
         if now < self._off_until[s]:
@@ -333,34 +341,22 @@ class LimitState:
             held = self._val[i] if i >= 0 else 0
             if held >= lim:
                 return PER_SOURCE_LIMIT
-        # token bucket (not in xinetd): refill, then spend one token.
-        rate = self._rate_fx[s]
-        if rate > 0.0:
+        # token bucket (not in xinetd) as GCRA: the entry keeps the bucket's
+        # "theoretical arrival time"; a request fits when it is at most tau
+        # (= (burst - 1) intervals) ahead of now.
+        t_ns = self._t_ns[s]
+        if t_ns > 0:
             bhi, blo = self._bucket_key(hi, lo)
             tag = _USED | _KIND_BUCKET | s
-            burst = self._burst_fx[s]
             i = self._find(bhi, blo, tag)
             if i < 0:
-                i = self._insert(bhi, blo, tag, now_us)
+                i = self._insert(bhi, blo, tag, now_ns)
                 if i < 0:
                     return OK           # every way holds leases: not rate limited
-                self._val[i] = burst
-            else:
-                elapsed = now_us - self._last[i]
-                if elapsed > 0:
-                    t = self._val[i] + elapsed * rate / 1000000.0
-                    if t >= burst:
-                        self._val[i] = burst
-                        self._last[i] = now_us
-                    else:
-                        add = int(t) - self._val[i]
-                        if add > 0:
-                            self._val[i] += add
-                            self._last[i] = now_us
-            if self._val[i] >= FX:
-                self._val[i] -= FX
-            else:
+            tat = self._last[i] if self._last[i] > now_ns else now_ns
+            if tat - now_ns > self._tau_ns[s]:
                 return RATE
+            self._last[i] = tat + t_ns
         return OK
 
     def cps_active(self, slot: int, now: float) -> bool:

@@ -308,7 +308,7 @@ class Finding:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class SampleVerdict:
     """A decision reduced to what the report shows."""
 
     outcome: str         # "allow", "deny", "delegate"
@@ -322,12 +322,14 @@ class PolicyView:
 
     ``layers(service)`` lists the layers the policy binds to a service (empty:
     the policy does not know it); ``decide(service, client, server, port)``
-    asks the engine; ``nfqueue_ports`` is the ``[nfqueue] ports`` map.
+    asks the engine; ``nfqueue_ports`` is the ``[nfqueue] ports`` map keyed
+    by ``(address or None, port)``: a key ``"PORT"`` is ``(None, port)``, a
+    key ``"ADDR:PORT"`` / ``"[ADDR]:PORT"`` names one local address.
     """
 
     layers: Callable[[str], list[str]]
-    decide: Callable[[str, str, str, int], Verdict]
-    nfqueue_ports: Mapping[int, str] = field(default_factory=dict)
+    decide: Callable[[str, str, str, int], SampleVerdict]
+    nfqueue_ports: Mapping[tuple[str | None, int], str] = field(default_factory=dict)
     nfqueue_protocols: tuple[str, ...] = ("tcp", "udp")
 
 
@@ -348,8 +350,20 @@ def reachable(bound: str, client: str, bindv6only: bool = False) -> bool:
     return True
 
 
+def nfqueue_service(listener: Listener,
+                    nfqueue_ports: Mapping[tuple[str | None, int], str]) -> str | None:
+    """The service NFQUEUE decides this listener's packets under, if all are queued.
+
+    An ``ADDR:PORT`` key covers a socket bound to exactly that address; a
+    wildcard socket is covered only by a plain ``PORT`` key (traffic to the
+    host's other addresses would not be queued).
+    """
+    named = nfqueue_ports.get((listener.address, listener.port))
+    return named if named is not None else nfqueue_ports.get((None, listener.port))
+
+
 def candidate_names(listener: Listener, explicit: Mapping[int, str],
-                    nfqueue_ports: Mapping[int, str]) -> list[str]:
+                    nfqueue_ports: Mapping[tuple[str | None, int], str]) -> list[str]:
     """The names a policy could know this listener by, most trusted first."""
     names: list[str] = []
 
@@ -358,7 +372,7 @@ def candidate_names(listener: Listener, explicit: Mapping[int, str],
             names.append(n)
 
     add(explicit.get(listener.port))
-    add(nfqueue_ports.get(listener.port))
+    add(nfqueue_service(listener, nfqueue_ports))
     for p in listener.owners:
         add(p.name)
     try:
@@ -380,12 +394,13 @@ def audit(found: Iterable[Listener], policy: PolicyView | None,
     for lis in found:
         names = candidate_names(lis, explicit, nfq)
         service, layers = None, []
-        nfq_covers = (policy is not None and lis.port in nfq
+        nfq_name = nfqueue_service(lis, nfq)
+        nfq_covers = (policy is not None and nfq_name is not None
                       and lis.proto in policy.nfqueue_protocols)
         if nfq_covers:
             # The kernel asks under the [nfqueue] name whatever else the
             # daemon is called, so that name is the one decided.
-            service = nfq[lis.port]
+            service = nfq_name
             layers = ["nfqueue", *policy.layers(service)]
         elif policy is not None:
             for name in names:
@@ -448,21 +463,45 @@ def load_policy_view(path: str) -> PolicyView:
     kinds = {id(s.layer): s.kind for s in policy.sources}
 
     def layers(service: str) -> list[str]:
-        names = [kinds.get(id(layer), getattr(layer, "name", "?"))
-                 for layer in policy.layers_for(service)]
+        names = []
+        for item in policy.layers_for(service):
+            # An item is a layer, or (layer, daemon name) when hosts_access is
+            # asked under an xinetd service's libwrap name.
+            layer = item[0] if isinstance(item, tuple) else item
+            names.append(kinds.get(id(layer), getattr(layer, "name", "?")))
         if names and policy.limits.rate > 0:
             names.insert(0, "rate")
         return names
 
-    def decide(service: str, client: str, server: str, port: int) -> Verdict:
+    def decide(service: str, client: str, server: str, port: int) -> SampleVerdict:
         bound = None if _is_unspecified(server) else server
         d = engine.decide(Request(service, client, 0, bound, port), time.time())
-        return Verdict(d.verdict.name.lower(), d.reason.log_text,
+        return SampleVerdict(d.verdict.name.lower(), d.reason.log_text,
                        str(d.location) if d.location else "")
 
     raw = policy.nfqueue.get("ports", {}) if isinstance(policy.nfqueue, dict) else {}
-    try:
-        ports = {int(k): str(v) for k, v in dict(raw).items()}
-    except (TypeError, ValueError):
-        raise AclError(f"{path}: nfqueue.ports: expected PORT = \"service\" pairs") from None
+    if not isinstance(raw, dict):
+        raise AclError(f"{path}: nfqueue.ports: expected a table of PORT = \"service\"")
+    ports = {_nfqueue_key(str(k), path): str(v) for k, v in raw.items()}
     return PolicyView(layers, decide, ports)
+
+
+def _nfqueue_key(key: str, path: str) -> tuple[str | None, int]:
+    """``"22"`` -> (None, 22); ``"10.0.0.1:22"``, ``"[fd00::1]:22"`` -> (address, 22)."""
+    addr: str | None = None
+    port = key.strip()
+    if port.startswith("["):
+        addr, sep, port = port[1:].partition("]:")
+        if not sep:
+            raise AclError(f"{path}: nfqueue.ports: {key!r}: write IPv6 as [ADDR]:PORT")
+    elif ":" in port:
+        addr, _, port = port.rpartition(":")
+    try:
+        number = int(port)
+        if addr is not None:
+            addr = str(ipaddress.ip_address(addr))
+    except ValueError:
+        raise AclError(f"{path}: nfqueue.ports: {key!r}: expected PORT or ADDR:PORT") from None
+    if not 0 < number < 65536:
+        raise AclError(f"{path}: nfqueue.ports: {key!r}: port out of range")
+    return addr, number

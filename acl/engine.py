@@ -104,7 +104,7 @@ def merge_grants(decisions: list[Decision]) -> Decision:
 class Engine:
     """See the module's theory of operation."""
 
-    def __init__(self, policy) -> None:
+    def __init__(self, policy, *, batch: bool = True) -> None:
         from acl.policy import Policy
 
         if not isinstance(policy, Policy):
@@ -122,6 +122,7 @@ class Engine:
         self._next_lease = 1
         self._sources = None
         self._current = None
+        self.batch = batch and KERNEL == "compiled"   # False: Python path only
         self._install(policy)
 
     @classmethod
@@ -150,7 +151,7 @@ class Engine:
         if sources is None or sources.capacity < lim.sources:
             sources = _kernel.SourceTable(lim.sources)
         plan = None
-        if KERNEL == "compiled":
+        if self.batch:
             from acl.fastpath import build_plan
 
             plan = build_plan(policy, sources)

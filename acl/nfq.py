@@ -138,6 +138,10 @@ class Queue:
             raise _oserror(-n, f"NFQUEUE {self.num}: recv")
         return 0
 
+    def record_pointer(self):
+        """The C buffer of the last batch's records (valid until the next recv)."""
+        return self._records
+
     def records(self, n: int) -> bytes:
         """The last batch's ``n`` records as one buffer, ``stride`` bytes each."""
         return ffi.buffer(self._records, n * self.stride)[:]
@@ -191,3 +195,93 @@ class Queue:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# -- the compiled batch path's pieces (used by acl.serve.nfqueue) ------------
+
+#: acl_pkt_decode's error numbers, in acl.wire.packet.ERROR_CODES order.
+C_ERROR_CODES = ("truncated", "version", "header", "length", "fragment", "protocol")
+N_REASONS = 16
+
+
+def decode_c(buf, wire_length: int | None = None):
+    """The C twin of :func:`acl.wire.packet.decode_raw` (tests hold them equal)."""
+    from acl.wire.packet import PacketError
+
+    if not AVAILABLE:
+        raise _oserror(errno.ENOSYS, "acl._nfq is not built")
+    data = bytes(buf)
+    out = ffi.new("struct acl_flow *")
+    rc = lib.acl_pkt_decode(data, len(data), len(data) if wire_length is None else
+                            max(0, min(wire_length, 0xFFFFFFFF)), out)
+    if rc:
+        raise PacketError(C_ERROR_CODES[rc - 1], "rejected by the C codec")
+    alen = 4 if out.family == 4 else 16
+    return (out.family, bytes(out.src)[:alen], bytes(out.dst)[:alen], out.sport, out.dport,
+            out.proto, out.tcp_flags)
+
+
+class DoorBatch:
+    """C state of a front door's batch path: port map, frame buffer, counters."""
+
+    def __init__(self, batch: int, services: list[str], ports: dict[int, str],
+                 addr_ports: dict[tuple[bytes, int], str]):
+        if not AVAILABLE:
+            raise _oserror(errno.ENOSYS, "acl._nfq is not built")
+        handle = lib.acl_door_new(batch, len(services))
+        if handle == ffi.NULL:
+            raise MemoryError("acl_door_new")
+        self._d = ffi.gc(handle, lib.acl_door_free)
+        self.batch = batch
+        self.services = list(services)
+        index = {name: i for i, name in enumerate(self.services)}
+        for i, name in enumerate(self.services):
+            raw = name.encode()
+            if lib.acl_door_set_service(self._d, i, raw, len(raw)) < 0:
+                raise ValueError(f"service name {name!r} must be 1..255 bytes")
+        for port, name in ports.items():
+            lib.acl_door_map_port(self._d, port, index[name])
+        for (addr, port), name in addr_ports.items():
+            if lib.acl_door_map_addr_port(self._d, addr, len(addr), port, index[name]) < 0:
+                raise ValueError(f"bad address/port {addr!r}:{port}")
+        self._counts = lib.acl_door_counts(self._d)
+        self._errors = lib.acl_door_errors(self._d)
+
+    def frames(self, records, n: int, stride: int, verdicts: bytearray, malformed: int,
+               reject_mark: bool, mark: int):
+        """DECIDE frames for the packets to decide (a buffer) and how many."""
+        recs = records if isinstance(records, ffi.CData) else ffi.from_buffer(records)
+        count = lib.acl_door_frames(self._d, recs, n, stride, ffi.from_buffer(verdicts),
+                                    malformed, 1 if reject_mark else 0, mark)
+        return ffi.buffer(lib.acl_door_frame_buf(self._d), lib.acl_door_frame_len(self._d)), count
+
+    def apply(self, replies: bytes, verdicts: bytearray, deny: int) -> int:
+        rc = lib.acl_door_apply(self._d, replies, len(replies), ffi.from_buffer(verdicts), deny)
+        if rc < 0:
+            raise ValueError("not a DECISION frame in the engine's replies")
+        return rc
+
+    def counts(self) -> dict[tuple[str, int, int], int]:
+        """{(service, verdict number, reason number): n} decided through the plan."""
+        out = {}
+        c = self._counts
+        for s, name in enumerate(self.services):
+            for v in range(3):
+                base = (s * 3 + v) * N_REASONS
+                for r in range(N_REASONS):
+                    n = c[base + r]
+                    if n:
+                        out[(name, v, r)] = int(n)
+        return out
+
+    def errors(self) -> dict[str, int]:
+        return {code: int(self._errors[i + 1]) for i, code in enumerate(C_ERROR_CODES)
+                if self._errors[i + 1]}
+
+    @property
+    def unmapped(self) -> int:
+        return int(lib.acl_door_unmapped(self._d))
+
+    @property
+    def looped(self) -> int:
+        return int(lib.acl_door_looped(self._d))

@@ -19,6 +19,13 @@ The run-finding below follows the order of ucspi's own scan: a run is
 measured when a non-zero group (or the end) closes it, and replaces the best
 so far only when strictly longer, which is what makes the first of equal runs
 win.
+
+Speed: :func:`client_text` formats with the C library's ``inet_ntop`` and
+fixes up the two places where it and ucspi differ -- a lone zero group
+(ucspi compresses the first one; RFC 5952 compresses none) and IPv4-compatible
+addresses (glibc prints ``::1.2.3.4``; ucspi prints hex).  Where a run of two
+or more zero groups exists both pick the same, first, longest run.
+:func:`ip6_fmt` is the direct transcription and the oracle for the fast path.
 """
 
 from __future__ import annotations
@@ -30,13 +37,14 @@ __all__ = ["ip6_fmt", "ip4_fmt", "client_text", "V4_MAPPED_PREFIX"]
 V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 _inet_pton = socket.inet_pton
+_inet_ntop = socket.inet_ntop
 _AF_INET = socket.AF_INET
 _AF_INET6 = socket.AF_INET6
 
 
 def ip4_fmt(packed: bytes) -> str:
     """Four bytes -> ``a.b.c.d``."""
-    return "%d.%d.%d.%d" % (packed[0], packed[1], packed[2], packed[3])
+    return f"{packed[0]}.{packed[1]}.{packed[2]}.{packed[3]}"
 
 
 def ip6_fmt(packed: bytes) -> str:
@@ -68,11 +76,29 @@ def ip6_fmt(packed: bytes) -> str:
             out.append("::" if i == 0 else ":")
             i += best_len
             continue
-        out.append("%x" % groups[i])
+        out.append(f"{groups[i]:x}")
         if i < 7:
             out.append(":")
         i += 1
     return "".join(out)
+
+
+def _ip6_text(packed: bytes) -> str:
+    """ip6_fmt via the C library where the two agree (see the module rules)."""
+    text = _inet_ntop(_AF_INET6, packed)
+    if "." in text:
+        # glibc prints IPv4-compatible forms (::1.2.3.4) that ucspi does not;
+        # only the v4-mapped one is common to both.
+        return text if packed[:12] == V4_MAPPED_PREFIX else ip6_fmt(packed)
+    if "::" in text:
+        return text          # a run of >= 2 zero groups: same run, same text
+    groups = text.split(":")
+    try:
+        i = groups.index("0")
+    except ValueError:
+        return text          # no zero group at all
+    # ucspi compresses even a single zero group (the first of them).
+    return ":".join(groups[:i]) + "::" + ":".join(groups[i + 1:])
 
 
 def client_text(addr: str, mapped_as_v4: bool = True) -> tuple[str, bytes]:
@@ -82,20 +108,21 @@ def client_text(addr: str, mapped_as_v4: bool = True) -> tuple[str, bytes]:
     ``addr`` is what a socket reports (``1.2.3.4``, ``::ffff:1.2.3.4``,
     ``fe80::1%eth0``).  Raises ValueError for anything that is not an address.
     """
-    try:
-        # glibc accepts exactly canonical dotted quads here (no leading
-        # zeros, four parts), so the text is already ucspi's.
-        return addr, _inet_pton(_AF_INET, addr)
-    except OSError:
-        pass
-    except TypeError as exc:
-        raise ValueError(f"not an address: {addr!r}") from exc
-    text = addr.split("%", 1)[0]   # a scope id is not part of the key
+    if type(addr) is not str:
+        raise ValueError(f"not an address: {addr!r}")
+    if ":" not in addr:
+        try:
+            # glibc accepts exactly canonical dotted quads here (no leading
+            # zeros, four parts), so the text is already ucspi's.
+            return addr, _inet_pton(_AF_INET, addr)
+        except OSError:
+            raise ValueError(f"not an address: {addr!r}") from None
+    text = addr.split("%", 1)[0] if "%" in addr else addr   # scope id: not in the key
     try:
         packed = _inet_pton(_AF_INET6, text)
-    except (OSError, TypeError):
+    except OSError:
         raise ValueError(f"not an address: {addr!r}") from None
-    if mapped_as_v4 and packed[:12] == V4_MAPPED_PREFIX:
+    if packed[:12] == V4_MAPPED_PREFIX and mapped_as_v4:
         v4 = packed[12:]
         return ip4_fmt(v4), v4
-    return ip6_fmt(packed), packed
+    return _ip6_text(packed), packed

@@ -49,12 +49,41 @@ int acl_nfq_fd(struct acl_nfq *q);
 int acl_nfq_recv(struct acl_nfq *q);
 int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark);
 int acl_nfq_verdict_all(struct acl_nfq *q, uint32_t verdict);
-unsigned char *acl_nfq_records(struct acl_nfq *q);
+uint8_t *acl_nfq_records(struct acl_nfq *q);
 int acl_nfq_stride(struct acl_nfq *q);
 int acl_nfq_pending(struct acl_nfq *q);
 uint64_t acl_nfq_gaps(struct acl_nfq *q);
 uint64_t acl_nfq_nlerrors(struct acl_nfq *q);
 int acl_nfq_last_nlerror(struct acl_nfq *q);
+
+struct acl_flow {
+    uint8_t family;
+    uint8_t proto;
+    uint8_t tcp_flags;
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t src[16];
+    uint8_t dst[16];
+};
+int acl_pkt_decode(const uint8_t *buf, uint32_t len, uint32_t wire, struct acl_flow *out);
+
+struct acl_door;
+struct acl_door *acl_door_new(int batch, int nservices);
+void acl_door_free(struct acl_door *d);
+int acl_door_set_service(struct acl_door *d, int idx, const char *name, int len);
+int acl_door_map_port(struct acl_door *d, int port, int idx);
+int acl_door_map_addr_port(struct acl_door *d, const uint8_t *addr, int alen, int port, int idx);
+int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
+                    uint8_t *verdicts, uint8_t malformed, int reject_mark, uint32_t mark);
+uint8_t *acl_door_frame_buf(struct acl_door *d);
+int acl_door_frame_len(struct acl_door *d);
+int acl_door_record_of(struct acl_door *d, int rid);
+int acl_door_apply(struct acl_door *d, const uint8_t *replies, int len, uint8_t *verdicts,
+                   uint8_t deny);
+uint64_t *acl_door_counts(struct acl_door *d);
+uint64_t *acl_door_errors(struct acl_door *d);
+uint64_t acl_door_unmapped(struct acl_door *d);
+uint64_t acl_door_looped(struct acl_door *d);
 """
 
 SOURCE = r"""
@@ -177,7 +206,7 @@ fail:
 }
 
 int acl_nfq_fd(struct acl_nfq *q) { return q->fd; }
-unsigned char *acl_nfq_records(struct acl_nfq *q) { return q->recs; }
+uint8_t *acl_nfq_records(struct acl_nfq *q) { return q->recs; }
 int acl_nfq_stride(struct acl_nfq *q) { return q->stride; }
 int acl_nfq_pending(struct acl_nfq *q) { return q->pending; }
 uint64_t acl_nfq_gaps(struct acl_nfq *q) { return q->gaps; }
@@ -310,6 +339,297 @@ int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t 
                      mark, major == ACL_V_REJECT);
     q->pending = 0;
     return acl_nfq_send(q, at);
+}
+
+/* ---- the packet codec: the C twin of acl/wire/packet.py's decode_raw ----
+   Same checks in the same order, so both give the same key or the same
+   error code (1 truncated, 2 version, 3 header, 4 length, 5 fragment,
+   6 protocol: ERROR_CODES order + 1).  tests/nfq/test_fastpath.py holds
+   them to it on fuzzed bytes. */
+struct acl_flow {
+    uint8_t family;
+    uint8_t proto;
+    uint8_t tcp_flags;
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t src[16];
+    uint8_t dst[16];
+};
+
+#define E_TRUNCATED 1
+#define E_VERSION 2
+#define E_HEADER 3
+#define E_LENGTH 4
+#define E_FRAGMENT 5
+#define E_PROTOCOL 6
+#define ACL_MAX_EXTENSIONS 8
+
+int acl_pkt_decode(const uint8_t *b, uint32_t len, uint32_t wire, struct acl_flow *out)
+{
+    uint32_t at, end;
+    unsigned proto;
+    if (wire < len) wire = len;
+    if (len < 1) return E_TRUNCATED;
+    if ((b[0] >> 4) == 4) {
+        uint32_t ihl, total;
+        if (len < 20) return E_TRUNCATED;
+        ihl = (b[0] & 0x0F) * 4u;
+        if (ihl < 20) return E_HEADER;
+        total = ((uint32_t)b[2] << 8) | b[3];
+        if (total < ihl) return E_LENGTH;
+        if (total > wire) return E_LENGTH;
+        if ((((uint32_t)b[6] << 8) | b[7]) & 0x1FFF) return E_FRAGMENT;
+        proto = b[9];
+        out->family = 4;
+        memset(out->src, 0, 16); memset(out->dst, 0, 16);
+        memcpy(out->src, b + 12, 4);
+        memcpy(out->dst, b + 16, 4);
+        at = ihl; end = total;
+    } else if ((b[0] >> 4) == 6) {
+        int i;
+        if (len < 40) return E_TRUNCATED;
+        end = 40 + (((uint32_t)b[4] << 8) | b[5]);
+        if (end > wire) return E_LENGTH;
+        proto = b[6];
+        out->family = 6;
+        memcpy(out->src, b + 8, 16);
+        memcpy(out->dst, b + 24, 16);
+        at = 40;
+        for (i = 0; i < ACL_MAX_EXTENSIONS; i++) {
+            unsigned nxt;
+            uint32_t size;
+            if (proto == 0 || proto == 43 || proto == 60) {
+                if (len < at + 2) return E_TRUNCATED;
+                nxt = b[at]; size = (b[at + 1] + 1u) * 8u;
+            } else if (proto == 44) {
+                if (len < at + 8) return E_TRUNCATED;
+                nxt = b[at]; size = 8;
+                if (((((uint32_t)b[at + 2] << 8) | b[at + 3]) >> 3) != 0) return E_FRAGMENT;
+            } else if (proto == 51) {
+                if (len < at + 2) return E_TRUNCATED;
+                nxt = b[at]; size = (b[at + 1] + 2u) * 4u;
+            } else {
+                break;
+            }
+            if (at + size > end) return E_LENGTH;
+            proto = nxt; at += size;
+        }
+        if (i == ACL_MAX_EXTENSIONS) return E_HEADER;
+    } else {
+        return E_VERSION;
+    }
+    if (proto == 6) {
+        if (len < at + 14) return E_TRUNCATED;
+        if (end < at + 20) return E_LENGTH;
+        if ((b[at + 12] >> 4) < 5) return E_HEADER;
+        out->tcp_flags = b[at + 13];
+    } else if (proto == 17) {
+        if (len < at + 8) return E_TRUNCATED;
+        if (end < at + 8) return E_LENGTH;
+        if (((((uint32_t)b[at + 4]) << 8) | b[at + 5]) < 8) return E_HEADER;
+        out->tcp_flags = 0;
+    } else {
+        return E_PROTOCOL;
+    }
+    out->proto = (uint8_t)proto;
+    out->sport = (uint16_t)((b[at] << 8) | b[at + 1]);
+    out->dport = (uint16_t)((b[at + 2] << 8) | b[at + 3]);
+    return 0;
+}
+
+/* ---- the door's batch path: records -> DECIDE frames -> verdicts ----
+   acl_door_frames decodes each record, maps its port (and address) to a
+   service, and writes one binary-protocol DECIDE frame (docs/protocol.md)
+   per packet to decide, request id = record index; the engine's compiled
+   BatchPlan answers them.  Packets not to decide get their verdict here.
+   acl_door_apply turns DECISION frames back into verdict codes and counts
+   (service, verdict, reason). */
+#define ACL_NREASONS 16
+#define ACL_FRAME_MAX (12 + 10 + 32 + 255)
+
+struct acl_addr_port { uint8_t alen; uint8_t addr[16]; uint16_t port; int idx; };
+
+struct acl_door {
+    int batch;
+    int nservices;
+    char (*names)[256];
+    uint8_t *name_len;
+    int16_t *port_svc;            /* 65536 entries, -1: unmapped */
+    struct acl_addr_port *ap;
+    int nap, cap_ap;
+    uint8_t *frames;
+    int frame_len;
+    int16_t *svc_of;              /* per record of the batch */
+    uint64_t *counts;             /* nservices * 3 * ACL_NREASONS */
+    uint64_t errors[8];
+    uint64_t unmapped, looped;
+};
+
+void acl_door_free(struct acl_door *d)
+{
+    if (d == NULL) return;
+    free(d->names); free(d->name_len); free(d->port_svc); free(d->ap); free(d->frames);
+    free(d->svc_of); free(d->counts); free(d);
+}
+
+struct acl_door *acl_door_new(int batch, int nservices)
+{
+    struct acl_door *d = calloc(1, sizeof(*d));
+    int i;
+    if (d == NULL) return NULL;
+    if (batch < 1) batch = 1;
+    if (nservices < 1) nservices = 1;
+    d->batch = batch;
+    d->nservices = nservices;
+    d->names = calloc(nservices, 256);
+    d->name_len = calloc(nservices, 1);
+    d->port_svc = malloc(65536 * sizeof(int16_t));
+    d->frames = malloc((size_t)batch * ACL_FRAME_MAX);
+    d->svc_of = calloc(batch, sizeof(int16_t));
+    d->counts = calloc((size_t)nservices * 3 * ACL_NREASONS, sizeof(uint64_t));
+    if (!d->names || !d->name_len || !d->port_svc || !d->frames || !d->svc_of || !d->counts) {
+        acl_door_free(d);
+        return NULL;
+    }
+    for (i = 0; i < 65536; i++) d->port_svc[i] = -1;
+    return d;
+}
+
+int acl_door_set_service(struct acl_door *d, int idx, const char *name, int len)
+{
+    if (idx < 0 || idx >= d->nservices || len < 1 || len > 255) return -EINVAL;
+    memcpy(d->names[idx], name, len);
+    d->name_len[idx] = (uint8_t)len;
+    return 0;
+}
+
+int acl_door_map_port(struct acl_door *d, int port, int idx)
+{
+    if (port < 0 || port > 65535 || idx < 0 || idx >= d->nservices) return -EINVAL;
+    d->port_svc[port] = (int16_t)idx;
+    return 0;
+}
+
+int acl_door_map_addr_port(struct acl_door *d, const uint8_t *addr, int alen, int port, int idx)
+{
+    if ((alen != 4 && alen != 16) || port < 0 || port > 65535 || idx < 0 || idx >= d->nservices)
+        return -EINVAL;
+    if (d->nap == d->cap_ap) {
+        int cap = d->cap_ap ? d->cap_ap * 2 : 8;
+        struct acl_addr_port *p = realloc(d->ap, cap * sizeof(*p));
+        if (p == NULL) return -ENOMEM;
+        d->ap = p; d->cap_ap = cap;
+    }
+    memset(&d->ap[d->nap], 0, sizeof(d->ap[0]));
+    d->ap[d->nap].alen = (uint8_t)alen;
+    memcpy(d->ap[d->nap].addr, addr, alen);
+    d->ap[d->nap].port = (uint16_t)port;
+    d->ap[d->nap].idx = idx;
+    d->nap++;
+    return 0;
+}
+
+static int acl_door_service(struct acl_door *d, const struct acl_flow *f)
+{
+    int i, alen = f->family == 4 ? 4 : 16;
+    for (i = 0; i < d->nap; i++)
+        if (d->ap[i].port == f->dport && d->ap[i].alen == alen
+            && memcmp(d->ap[i].addr, f->dst, alen) == 0)
+            return d->ap[i].idx;
+    return d->port_svc[f->dport];
+}
+
+static void le16(uint8_t *p, uint32_t v) { p[0] = v & 0xFF; p[1] = (v >> 8) & 0xFF; }
+static void le32(uint8_t *p, uint32_t v) { le16(p, v & 0xFFFF); le16(p + 2, v >> 16); }
+
+/* verdicts[i] is set for every packet not sent to the engine; returns the
+   number of DECIDE frames written (acl_door_frame_buf / _frame_len). */
+int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
+                    uint8_t *verdicts, uint8_t malformed, int reject_mark, uint32_t mark)
+{
+    int i, frames = 0;
+    size_t w = 0;
+    if (n > d->batch) n = d->batch;
+    for (i = 0; i < n; i++) {
+        const uint8_t *rec = recs + (size_t)i * stride;
+        uint16_t caplen;
+        uint32_t pmark, wire;
+        struct acl_flow f;
+        int rc, svc, alen;
+        uint8_t *fr;
+        memcpy(&caplen, rec + 6, 2);
+        memcpy(&pmark, rec + 8, 4);
+        memcpy(&wire, rec + 12, 4);
+        d->svc_of[i] = -1;
+        verdicts[i] = ACL_V_DROP;
+        if (reject_mark && pmark == mark) {   /* came back marked: no REJECT rule */
+            d->looped++;
+            continue;
+        }
+        rc = acl_pkt_decode(rec + ACL_NFQ_REC_HEADER, caplen, wire, &f);
+        if (rc != 0) {
+            d->errors[rc]++;
+            verdicts[i] = malformed;
+            continue;
+        }
+        svc = acl_door_service(d, &f);
+        if (svc < 0) {
+            d->unmapped++;
+            verdicts[i] = ACL_V_ACCEPT;
+            continue;
+        }
+        d->svc_of[i] = (int16_t)svc;
+        alen = f.family == 4 ? 4 : 16;
+        fr = d->frames + w;
+        le32(fr, 8 + 10 + 2 * alen + d->name_len[svc]);
+        fr[4] = 1; fr[5] = 0x01; fr[6] = 0; fr[7] = 0;
+        le32(fr + 8, (uint32_t)i);
+        fr[12] = f.family; fr[13] = f.family;
+        le16(fr + 14, f.sport);
+        le16(fr + 16, f.dport);
+        fr[18] = d->name_len[svc]; fr[19] = 0; fr[20] = 0; fr[21] = 0;
+        memcpy(fr + 22, f.src, alen);
+        memcpy(fr + 22 + alen, f.dst, alen);
+        memcpy(fr + 22 + 2 * alen, d->names[svc], d->name_len[svc]);
+        w += 22 + 2 * alen + d->name_len[svc];
+        frames++;
+    }
+    d->frame_len = (int)w;
+    return frames;
+}
+
+uint8_t *acl_door_frame_buf(struct acl_door *d) { return d->frames; }
+int acl_door_frame_len(struct acl_door *d) { return d->frame_len; }
+int acl_door_record_of(struct acl_door *d, int rid) { return rid; }
+uint64_t *acl_door_counts(struct acl_door *d) { return d->counts; }
+uint64_t *acl_door_errors(struct acl_door *d) { return d->errors; }
+uint64_t acl_door_unmapped(struct acl_door *d) { return d->unmapped; }
+uint64_t acl_door_looped(struct acl_door *d) { return d->looped; }
+
+/* DECISION frames (request id = record index) -> verdict codes + counts.
+   Returns how many were applied, or -EINVAL for a frame that is not one. */
+int acl_door_apply(struct acl_door *d, const uint8_t *r, int len, uint8_t *verdicts, uint8_t deny)
+{
+    int at = 0, applied = 0;
+    while (len - at >= 14) {
+        uint32_t flen, rid;
+        uint8_t verdict, reason;
+        int svc;
+        flen = r[at] | (r[at + 1] << 8) | (r[at + 2] << 16) | ((uint32_t)r[at + 3] << 24);
+        if (flen < 10 || (uint32_t)(len - at - 4) < flen || r[at + 5] != 0x81) return -EINVAL;
+        rid = r[at + 8] | (r[at + 9] << 8) | (r[at + 10] << 16) | ((uint32_t)r[at + 11] << 24);
+        verdict = r[at + 12];
+        reason = r[at + 13];
+        if (rid < (uint32_t)d->batch) {
+            verdicts[rid] = verdict == 0 ? deny : ACL_V_ACCEPT;
+            svc = d->svc_of[rid];
+            if (svc >= 0 && verdict < 3 && reason < ACL_NREASONS)
+                d->counts[((size_t)svc * 3 + verdict) * ACL_NREASONS + reason]++;
+        }
+        at += 4 + (int)flen;
+        applied++;
+    }
+    return applied;
 }
 
 /* One verdict for every packet read so far (used on shutdown and errors). */

@@ -43,7 +43,9 @@ def _port_name(text: str) -> tuple[int, str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl audit", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="acl audit",
+                description="List listening TCP/UDP sockets, their processes, the policy "
+                            "layers that cover them and what sample clients would get.")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", help=f"policy TOML (default {DEFAULT_CONFIG} if present)")
     g.add_argument("--no-policy", action="store_true", help="audit as if no policy existed")

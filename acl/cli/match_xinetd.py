@@ -23,7 +23,7 @@ import sys
 import time
 
 from acl.errors import RuleSyntaxError
-from acl.model import Request, Verdict
+from acl.model import Reason, Request, Verdict
 
 USAGE = ("usage: acl match --xinetd CONF [--hosts FILE] [--limits] [--now T] "
          "(--batch | SERVICE IP)")
@@ -68,6 +68,8 @@ def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str
     d = layer.check(req, now) if limits else layer.check_address(req)
     if d is None:
         return "deny unknown_service", 1
+    if d.reason is Reason.ERROR:
+        raise ValueError(ip)
     word = "allow" if d.verdict is not Verdict.DENY else "deny"
     return f"{word} {d.reason.log_text}", 0 if d.allowed else 1
 
@@ -78,7 +80,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"acl match: {exc}\n{USAGE}", file=sys.stderr)
         return 100
-    if not opts["conf"]:
+    if not opts["conf"] or (opts["batch"] and rest) or (not opts["batch"] and len(rest) != 2):
         print(USAGE, file=sys.stderr)
         return 100
     from acl.compile.xinetd import XinetdLayer, load_xinetd
@@ -103,9 +105,6 @@ def main(argv: list[str]) -> int:
     layer = XinetdLayer(policy, resolver=resolver)
     fixed_now = opts["now"]
     if opts["batch"]:
-        if rest:
-            print(USAGE, file=sys.stderr)
-            return 100
         out = sys.stdout
         for lineno, line in enumerate(sys.stdin, 1):
             words = line.split()
@@ -125,9 +124,6 @@ def main(argv: list[str]) -> int:
             out.write(text + "\n")
         out.flush()
         return 0
-    if len(rest) != 2:
-        print(USAGE, file=sys.stderr)
-        return 100
     now = fixed_now if fixed_now is not None else time.time()
     try:
         text, code = _answer(layer, rest[0], rest[1], opts["limits"], now)

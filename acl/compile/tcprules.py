@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 
 from acl.cdb import HEADER_SIZE, CdbError, CdbReader
 from acl.core import PrefixTable
@@ -52,6 +53,8 @@ __all__ = ["TcprulesLayer", "load_tcprules", "decode_data", "NO_MATCH"]
 
 NO_MATCH = Decision(Verdict.ALLOW, Reason.OK)
 _BAD_CLIENT = Decision(Verdict.DENY, Reason.ERROR)
+_inet_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
 _V4_PREFIX = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){1,3}\Z")
 
 
@@ -186,10 +189,19 @@ class TcprulesLayer:
         return key, self._decisions[key]
 
     def check(self, request: Request, now: float) -> Decision:
-        try:
-            ip, packed = client_text(request.client, self.mapped_as_v4)
-        except ValueError:
-            return _BAD_CLIENT
+        client = request.client
+        if type(client) is str and ":" not in client:
+            # the common case inline: a plain dotted quad is its own key text
+            try:
+                packed = _inet_pton(_AF_INET, client)
+            except OSError:
+                return _BAD_CLIENT
+            ip = client
+        else:
+            try:
+                ip, packed = client_text(client, self.mapped_as_v4)
+            except ValueError:
+                return _BAD_CLIENT
         key = self.lookup(ip, packed, request.host, request.user)
         if key is None:
             return NO_MATCH

@@ -40,9 +40,12 @@ from acl.parse.hosts_options import setenv_name_ok
 from acl.parse.hosts_patterns import (
     AllWord,
     Exact,
+    Port,
     ascii_lower,
+    dot_quad_addr,
     hostname_known,
-    strip_mapped,
+    subject_key,
+    v6_numeric,
 )
 
 UNKNOWN = "unknown"
@@ -51,9 +54,14 @@ _OK_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJ
 
 
 class HostView:
-    """One endpoint as libwrap's ``host_info``: address now, name on demand."""
+    """One endpoint as libwrap's ``host_info``: address now, name on demand.
 
-    __slots__ = ("addr", "_name", "_resolver", "_now", "looked_up")
+    The normalised forms the patterns compare with are computed once, on
+    first use (see :mod:`acl.parse.hosts_patterns`).
+    """
+
+    __slots__ = ("addr", "_name", "_resolver", "_now", "looked_up", "_akey", "_nkey", "_v4",
+                 "_v6", "_nums")
 
     def __init__(self, addr: str, name: str | None, resolver, now: float):
         self.addr = addr
@@ -61,6 +69,8 @@ class HostView:
         self._resolver = resolver
         self._now = now
         self.looked_up = name is not None
+        self._akey = self._nkey = None
+        self._nums = False
 
     @property
     def name(self) -> str:
@@ -71,6 +81,44 @@ class HostView:
             else:
                 self._name = self._resolver.hostname(self.addr, self._now)
         return self._name
+
+    @property
+    def akey(self) -> str:
+        if self._akey is None:
+            self._akey = subject_key(self.addr)
+        return self._akey
+
+    @property
+    def nkey(self) -> str:
+        if self._nkey is None:
+            self._nkey = subject_key(self.name)
+        return self._nkey
+
+    def _numbers(self) -> None:
+        addr = self.addr
+        v4 = dot_quad_addr(addr)
+        mapped = len(addr) > 7 and ascii_lower(addr[:7]) == "::ffff:" \
+            and dot_quad_addr(addr[7:]) is not None
+        if v4 is None and mapped:
+            v4 = dot_quad_addr(addr[7:])
+        packed = None if mapped else v6_numeric(addr)
+        self._v4 = v4
+        self._v6 = None if packed is None else int.from_bytes(packed, "big")
+        self._nums = True
+
+    @property
+    def v4(self) -> int | None:
+        """The address as ``masked_match4`` reads it (after ``::ffff:`` if need be)."""
+        if not self._nums:
+            self._numbers()
+        return self._v4
+
+    @property
+    def v6(self) -> int | None:
+        """The address as ``masked_match6`` reads it; None for a mapped dotted quad."""
+        if not self._nums:
+            self._numbers()
+        return self._v6
 
     def innetgr(self, group: str, name: str) -> bool:
         if self._resolver is None:
@@ -88,7 +136,7 @@ class Query:
     """What a rule is matched against: daemon, client, server, user."""
 
     __slots__ = ("daemon", "client", "server", "server_sin", "server_port", "user",
-                 "client_port", "pid")
+                 "client_port", "pid", "dkey", "ukey")
 
     def __init__(self, daemon: str, client: HostView, server: HostView, *, server_sin: bool,
                  server_port: int = 0, user: str = UNKNOWN, client_port: int = 0, pid: int = 0):
@@ -100,6 +148,8 @@ class Query:
         self.user = user
         self.client_port = client_port
         self.pid = pid
+        self.dkey = subject_key(daemon)
+        self.ukey = subject_key(user)
 
     @classmethod
     def from_request(cls, request: Request, resolver, now: float) -> Query:
@@ -161,25 +211,42 @@ def percent_expand(text: str, q: Query) -> str:
     return "".join(out)
 
 
+_INET_PTON = socket.inet_pton
+_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+
+
 def _fast_key(client: str) -> tuple[int, int] | None:
     """(4, int) / (6, int) for an address in the form a socket prints, else None."""
     try:
-        v = int.from_bytes(socket.inet_pton(socket.AF_INET, client), "big")
-        return None if v == _NONE4 else (4, v)
-    except (OSError, ValueError):
-        pass
-    if client[:7].lower() == "::ffff:" and "." in client:
-        try:
-            v = int.from_bytes(socket.inet_pton(socket.AF_INET, client[7:]), "big")
+        if ":" not in client:
+            v = int.from_bytes(_INET_PTON(_AF4, client), "big")
             return None if v == _NONE4 else (4, v)
-        except (OSError, ValueError):
+        if "." in client:
+            if client[:7].lower() != "::ffff:":
+                return 6, int.from_bytes(_INET_PTON(_AF6, client), "big")
+            v = int.from_bytes(_INET_PTON(_AF4, client[7:]), "big")
+            return None if v == _NONE4 else (4, v)
+        if "%" in client:
             return None
-    if "%" in client:
-        return None
-    try:
-        return 6, int.from_bytes(socket.inet_pton(socket.AF_INET6, client), "big")
+        return 6, int.from_bytes(_INET_PTON(_AF6, client), "big")
     except (OSError, ValueError):
         return None
+
+
+def daemon_gate(rule: HostsRule) -> frozenset | None:
+    """The daemon keys a rule can match when its daemon list is plain names
+    (a cheap filter before interpreting it); None when anything may match."""
+    d = rule.daemons
+    if d.tail is not None:
+        return None
+    keys = set()
+    for tok in d.head:
+        if tok.host is not None or isinstance(tok.daemon, Port):
+            return None
+        if isinstance(tok.daemon, AllWord) or not isinstance(tok.daemon, Exact):
+            return None
+        keys.add(tok.daemon.text)
+    return frozenset(keys)
 
 
 def pure_shape(rule: HostsRule):
@@ -247,6 +314,7 @@ class HostsAccessLayer:
                 for fam, net, length in prefixes:
                     (fam4 if fam == 4 else fam6).append((net, length, i))
         self.residual = residual
+        self._residual = [(i, daemon_gate(self.rules[i]), self.rules[i]) for i in residual]
         self._tables = {}
         for key, (e4, e6) in entries.items():
             self._tables[key] = (PrefixTable(4, e4) if e4 else None,
@@ -300,25 +368,29 @@ class HostsAccessLayer:
                     return i
             return None
         fam, value = key
-        best = -1
         slot = 0 if fam == 4 else 1
+        best = -1
         t = self._all[slot]
         if t is not None:
             best = t.first_match(value)
-        named = self._tables.get(ascii_lower(strip_mapped(daemon)))
-        if named is not None and named[slot] is not None:
-            v = named[slot].first_match(value)
-            if v >= 0 and (best < 0 or v < best):
-                best = v
-        if self.residual:
-            q = None
-            for i in self.residual:
-                if best >= 0 and i >= best:
-                    break
-                if q is None:
-                    q = make_query()
-                if self.rules[i].matches(q):
-                    return i
+        dkey = subject_key(daemon)
+        named = self._tables.get(dkey)
+        if named is not None:
+            t = named[slot]
+            if t is not None:
+                v = t.first_match(value)
+                if v >= 0 and (best < 0 or v < best):
+                    best = v
+        q = None
+        for i, gate, rule in self._residual:
+            if best >= 0 and i >= best:
+                break
+            if gate is not None and dkey not in gate:
+                continue
+            if q is None:
+                q = make_query()
+            if rule.matches(q):
+                return i
         return best if best >= 0 else None
 
     def _decision(self, index: int | None, make_query) -> Decision:
@@ -361,3 +433,29 @@ def load_hosts_access(allow_path: str, deny_path: str, resolver=None, *,
 def default_paths() -> tuple[str, str]:
     root = os.environ.get("ACL_HOSTS_DIR", "/etc")
     return os.path.join(root, "hosts.allow"), os.path.join(root, "hosts.deny")
+
+
+def after_aclexec_failure(layer: HostsAccessLayer, index: int, request: Request,
+                          now: float) -> Decision:
+    """The verdict when the ``aclexec`` command of rule ``index`` exited non-zero.
+
+    libwrap (spec A.8, D.1.21): the rule counts as not matched and the scan of
+    its file stops.  The failure flag is global and never reset, so a hosts.deny
+    rule matched afterwards is *also* unmatched once its options have run.
+    Hence: failure in hosts.deny -> grant; failure in hosts.allow -> the first
+    matching hosts.deny rule may still deny through its options (``deny``, an
+    option error) or delegate (``twist``), else grant; a hosts.deny that ends
+    in an error still denies.
+    """
+    if index >= layer.n_allow:
+        return GRANT_BY_DEFAULT
+    q = Query.from_request(request, layer.resolver, now)
+    for i in range(layer.n_allow, len(layer.rules)):
+        rule = layer.rules[i]
+        if rule.matches(q):
+            d = layer._decision(i, lambda: q)
+            opts = rule.options
+            if opts.error is not None or opts.final in ("allow", "deny", "twist"):
+                return d
+            return Decision(Verdict.ALLOW, Reason.OK, d.location, options=d.options)
+    return layer.error_decision

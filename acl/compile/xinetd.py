@@ -157,6 +157,8 @@ def _compile(config: XinetdConfig) -> XinetdPolicy:
         of = p.get("only_from")
         na = p.get("no_access")
         times = p.get("access_times")
+        if e.id in services:
+            continue                    # a request names an id: the first one answers
         services[e.id] = XinetdService(
             id=e.id, name=e.name, location=Location(e.path, e.line),
             family=6 if "IPv6" in e.flags else 4,

@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_options import OptionProgram, compile_options
 from acl.parse.hosts_patterns import (
-    ClientToken,
-    DaemonToken,
     ascii_lower,
     client_token,
     daemon_token,

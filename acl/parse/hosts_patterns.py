@@ -16,9 +16,12 @@ Rules of this file (spec ``semantics.md`` A.4, A.5; libwrap ``hosts_access.c``):
   (octal and hex octets; 255.255.255.255 is the error value), ``getaddrinfo``
   for IPv6, ``atoi`` for prefix lengths, ``sscanf("%u%c")`` for ports.
 
-Each pattern class has ``match(subject...)`` methods that take already
-evaluated strings or a *host view* (an object with lazy ``addr`` and ``name``
-attributes and an ``innetgr(group)`` method); they do no I/O themselves.  The
+String patterns' ``match(key)`` take the subject already normalised by
+:func:`subject_key`.  Host patterns' ``match(host)`` take a *host view*: an
+object with ``addr``, lazy ``name``, their keys ``akey``/``nkey``, the
+address as the mask code reads it (``v4``: ``dot_quad_addr``, retried after
+``::ffff:``; ``v6``: an int, None for a mapped dotted quad) and
+``innetgr(group, name)``.  They do no I/O themselves.  The
 prefix compiler asks :meth:`prefixes` which address sets a pattern stands for
 when the client is a canonical numeric address (``None``: not address-shaped).
 """
@@ -109,7 +112,7 @@ def scan_number(text: str, base: int = 10, signed: bool = True) -> int | None:
     Returns the converted value, or None when sscanf would not return 1.
     """
     digits = "01234567" if base == 8 else "0123456789"
-    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)([%s]+)" % digits, text)
+    m = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?)([" + digits + "]+)", text)
     if m is None:
         return None
     v = int(m.group(2), base)
@@ -152,6 +155,11 @@ def split_at(text: str, delim: str, start: int = 0) -> tuple[str, str] | None:
     return None
 
 
+def subject_key(subject: str) -> str:
+    """What string patterns compare with: mapped prefix dropped, ASCII lower-cased."""
+    return ascii_lower(strip_mapped(subject))
+
+
 def strip_mapped(subject: str) -> str:
     """string_match step a): drop ``::ffff:`` before a dotted quad."""
     if len(subject) > 7 and ascii_lower(subject[:7]) == "::ffff:" \
@@ -192,8 +200,8 @@ class Glob:
         body = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in text)
         return cls(text, re.compile(body, re.ASCII | re.IGNORECASE | re.DOTALL))
 
-    def match(self, subject: str) -> bool:
-        return self.regex.fullmatch(strip_mapped(subject)) is not None
+    def match(self, key: str) -> bool:
+        return self.regex.fullmatch(key) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,16 +210,15 @@ class Suffix:
 
     text: str   # lower-cased, leading dot kept
 
-    def match(self, subject: str) -> bool:
-        s = strip_mapped(subject)
-        return len(s) > len(self.text) and ascii_lower(s).endswith(self.text)
+    def match(self, key: str) -> bool:
+        return len(key) > len(self.text) and key.endswith(self.text)
 
 
 @dataclass(frozen=True, slots=True)
 class AllWord:
     text: str = "ALL"
 
-    def match(self, subject: str) -> bool:
+    def match(self, key: str) -> bool:
         return True
 
 
@@ -221,8 +228,8 @@ class KnownWord:
 
     text: str = "KNOWN"
 
-    def match(self, subject: str) -> bool:
-        return ascii_lower(strip_mapped(subject)) != UNKNOWN
+    def match(self, key: str) -> bool:
+        return key != UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,8 +238,8 @@ class StrPrefix:
 
     text: str   # lower-cased
 
-    def match(self, subject: str) -> bool:
-        return ascii_lower(strip_mapped(subject)).startswith(self.text)
+    def match(self, key: str) -> bool:
+        return key.startswith(self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,19 +248,18 @@ class V6Exact:
 
     text: str
     packed: bytes | None
+    value: int | None = None
 
-    def match(self, subject: str) -> bool:
-        if self.packed is None:
-            return False
-        return v6_numeric(strip_mapped(subject)) == self.packed
+    def match(self, key: str) -> bool:
+        return self.packed is not None and v6_numeric(key) == self.packed
 
 
 @dataclass(frozen=True, slots=True)
 class Exact:
     text: str   # lower-cased
 
-    def match(self, subject: str) -> bool:
-        return ascii_lower(strip_mapped(subject)) == self.text
+    def match(self, key: str) -> bool:
+        return key == self.text
 
 
 StringMatch = Glob | Suffix | AllWord | KnownWord | StrPrefix | V6Exact | Exact
@@ -273,7 +279,8 @@ def string_pattern(tok: str) -> StringMatch:
     if tok.endswith("."):
         return StrPrefix(low)
     if len(tok) >= 2 and tok[0] == "[" and tok[-1] == "]":
-        return V6Exact(tok, v6_numeric(tok[1:-1]))
+        packed = v6_numeric(tok[1:-1])
+        return V6Exact(tok, packed, None if packed is None else int.from_bytes(packed, "big"))
     return Exact(low)
 
 
@@ -351,15 +358,8 @@ class Mask4:
     mask: int
 
     def match(self, host) -> bool:
-        addr = host.addr
-        a = dot_quad_addr(addr)
-        if a is None:
-            # masked_match6 retries a v4-mapped subject as IPv4
-            if len(addr) > 7 and ascii_lower(addr[:7]) == "::ffff:":
-                a = dot_quad_addr(addr[7:])
-            if a is None:
-                return False
-        return (a & self.mask) == self.net
+        a = host.v4
+        return a is not None and (a & self.mask) == self.net
 
     def contiguous_length(self) -> int | None:
         inv = ~self.mask & 0xFFFFFFFF
@@ -385,15 +385,11 @@ class Mask6:
     length: int
 
     def match(self, host) -> bool:
-        addr = host.addr
-        if len(addr) > 7 and ascii_lower(addr[:7]) == "::ffff:" \
-                and dot_quad_addr(addr[7:]) is not None:
-            return False            # re-tested as IPv4 against a v6 net: no
-        packed = v6_numeric(addr)
-        if packed is None:
+        a = host.v6        # None for a v4-mapped client: re-tested as IPv4, no
+        if a is None:
             return False
         shift = 128 - self.length
-        return (int.from_bytes(packed, "big") >> shift) == (self.net >> shift)
+        return (a >> shift) == (self.net >> shift)
 
     def prefixes(self):
         return [(6, self.net, self.length)]
@@ -422,9 +418,14 @@ class HostString:
     names: bool     # NOT_INADDR(token): also compared with the host name
 
     def match(self, host) -> bool:
-        if self.sm.match(host.addr):
+        sm = self.sm
+        if sm.__class__ is V6Exact:
+            a = host.v6
+            if a is not None and a == sm.value:
+                return True
+        elif sm.match(host.akey):
             return True
-        return self.names and self.sm.match(host.name)
+        return self.names and sm.match(host.nkey)
 
     def prefixes(self):
         sm = self.sm
@@ -530,7 +531,7 @@ class DaemonToken:
         if isinstance(d, Port):
             ok = q.server_sin and q.server_port == d.port
         else:
-            ok = d.match(q.daemon)
+            ok = d.match(q.dkey)
         return ok and (self.host is None or self.host.match(q.server))
 
 
@@ -543,7 +544,7 @@ class ClientToken:
     def match(self, q) -> bool:
         if not self.host.match(q.client):
             return False
-        return self.user is None or self.user.match(q.user)
+        return self.user is None or self.user.match(q.ukey)
 
 
 def daemon_token(tok: str, read_file=None) -> DaemonToken:

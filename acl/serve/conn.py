@@ -69,6 +69,50 @@ class _Base(asyncio.Protocol):
         self.server.protocol_error(self.protocol, code)
 
 
+def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: bool,
+                  on_error=None) -> tuple[list[bytes], bool]:
+    """Answer every complete frame in ``buf`` (consumed from it): the reply
+    chunks in request order, and whether the connection must close."""
+    out: list[bytes] = []
+    pos = 0
+    plan = engine.plan
+    while True:
+        if plan is not None:
+            pos, chunk, status = plan.run(buf, pos, now)
+            if chunk:
+                out.append(chunk)
+            if status == 0:
+                break
+            if status == 2:
+                continue
+        event, pos = wb.next_event(buf, pos)
+        if event is None:
+            break
+        kind = type(event)
+        if kind is wb.Decide:
+            d = engine.decide(event.request, now)
+            if d.lease:
+                leases.add(d.lease)
+            out.append(wb.encode_decision(event.request_id, d))
+        elif kind is wb.Release:
+            ok = event.lease_id in leases and engine.release(event.lease_id)
+            if ok:
+                leases.discard(event.lease_id)
+            out.append(wb.encode_released(event.request_id, ok))
+        elif kind is wb.Ping:
+            out.append(wb.encode_pong(event.request_id, compiled))
+        else:
+            if on_error is not None:
+                on_error(event.code)
+            out.append(wb.encode_error(event.request_id, event.code, event.text))
+            if event.fatal:
+                buf.clear()
+                return out, True
+    if pos:
+        del buf[:pos]
+    return out, False
+
+
 class BinaryConnection(_Base):
     protocol = "binary"
 
@@ -79,49 +123,13 @@ class BinaryConnection(_Base):
         self.compiled = server.compiled
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        now = time.time()
-        out = []
-        pos = 0
-        plan = self.engine.plan
-        engine = self.engine
-        while True:
-            if plan is not None:
-                pos, chunk, status = plan.run(buf, pos, now)
-                if chunk:
-                    out.append(chunk)
-                if status == 0:
-                    break
-                if status == 2:
-                    continue
-            event, pos = wb.next_event(buf, pos)
-            if event is None:
-                break
-            if type(event) is wb.Decide:
-                d = engine.decide(event.request, now)
-                if d.lease:
-                    self.leases.add(d.lease)
-                out.append(wb.encode_decision(event.request_id, d))
-            elif type(event) is wb.Release:
-                ok = event.lease_id in self.leases and engine.release(event.lease_id)
-                if ok:
-                    self.leases.discard(event.lease_id)
-                out.append(wb.encode_released(event.request_id, ok))
-            elif type(event) is wb.Ping:
-                out.append(wb.encode_pong(event.request_id, self.compiled))
-            else:
-                self.error(event.code)
-                out.append(wb.encode_error(event.request_id, event.code, event.text))
-                if event.fatal:
-                    buf.clear()
-                    self.transport.write(b"".join(out))
-                    self.transport.close()
-                    return
-        if pos:
-            del buf[:pos]
+        self.buf += data
+        out, fatal = answer_frames(self.engine, self.buf, time.time(), self.leases,
+                                   self.compiled, self.error)
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        if fatal:
+            self.transport.close()
 
     def connection_lost(self, exc) -> None:
         for lease in self.leases:

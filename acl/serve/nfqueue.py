@@ -26,6 +26,17 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   in ``decode_errors``.  An engine that raises on a batch is asked again one
   request at a time; a request that still raises gets the ``malformed``
   verdict with reason ``error``.  Nothing a packet carries stops the loop.
+* Two paths decide a batch, with the same result (tests/nfq/test_fastpath.py
+  holds them equal).  With the engine's compiled batch plan
+  (``engine.plan``), the whole batch stays in C: ``acl._nfq`` decodes the
+  packets (the C twin of acl.wire.packet), writes one binary-protocol
+  DECIDE frame per packet to decide, the plan answers them in one nogil
+  loop (sharing the engine's per-source token buckets), and ``acl._nfq``
+  turns the DECISION frames into verdict codes and counts them.  A frame
+  the plan cannot answer (a service whose layers need more than the
+  address) is decided by ``engine.decide`` on a Request the Python codec
+  builds.  Without a plan (pure engine), every packet takes the Python path
+  (:meth:`NfqueueFrontDoor.decide_records`).
 * Counters are plain ints and dicts, read at scrape time
   (:meth:`NfqueueFrontDoor.metric_families`, docs/metrics.md names).
 """
@@ -53,6 +64,7 @@ DEFAULT_REJECT_MARK = 0xAC1
 _VERDICTS = {"drop": nfq.DROP, "accept": nfq.ACCEPT}
 _LABEL_VERDICT = {v: v.name.lower() for v in Verdict}
 _LABEL_REASON = {r: r.name.lower() for r in Reason}
+_REASONS = {int(r) for r in Reason}
 
 
 def _port(text: str, where: str) -> int:
@@ -162,17 +174,23 @@ class NfqueueFrontDoor:
         deny = nfq.REJECT if config.reject == "reset" else nfq.DROP
         self._deny_code = deny
         self._malformed_code = _VERDICTS[config.malformed]
-        # -- counters (docs/metrics.md acl_nfqueue_*) --
+        self._batch = None
+        if nfq.AVAILABLE:
+            names = sorted({*config.ports.values(), *config.addr_ports.values()})
+            self._batch = nfq.DoorBatch(config.batch, names, config.ports, config.addr_ports)
+        # -- counters (docs/metrics.md acl_nfqueue_*); the C path keeps its own --
         self.packets: dict[int, int] = {q: 0 for q in config.queues}
-        self.verdicts: dict[tuple[str, str, str], int] = {}
+        self._verdicts: dict[tuple[str, str, str], int] = {}
         self.batch_counts = [0] * (len(BATCH_BUCKETS) + 1)
         self.batch_sum = 0
-        self.decode_errors = 0
-        self.decode_error_codes: dict[str, int] = {}
-        self.unmapped = 0
+        self._decode_errors: dict[str, int] = {}
+        self._unmapped = 0
+        self._looped = 0          # marked packets that came back: REJECT rule missing
         self.engine_errors = 0
+        self.internal_errors = 0
         self.io_errors = 0
-        self.looped = 0           # marked packets that came back: REJECT rule missing
+        self.fast_batches = 0
+        self.residual = 0         # frames the plan left to engine.decide
 
     # -- lifecycle -----------------------------------------------------
     def _open_queue(self, num: int):
@@ -213,12 +231,77 @@ class NfqueueFrontDoor:
                 n = q.recv()
                 if n == 0:
                     return
-                verdicts = self.decide_records(q.num, q.records(n), n, q.stride)
-                q.verdict(verdicts, self.config.reject_mark)
+                q.verdict(self._decide_batch(q, n), self.config.reject_mark)
             except OSError as exc:
                 self.io_errors += 1
                 log.warning("nfqueue %d: %s", q.num, exc)
                 return
+
+    def _decide_batch(self, q, n: int) -> bytearray:
+        plan = getattr(self.engine, "plan", None)
+        try:
+            if plan is not None and self._batch is not None:
+                return self.decide_fast(q.num, q.record_pointer(), n, q.stride, plan)
+            return self.decide_records(q.num, q.records(n), n, q.stride)
+        except Exception:
+            # A bug must not stop the door: log it, answer the batch by default.
+            self.internal_errors += 1
+            log.exception("nfqueue %d: batch of %d failed; default verdict given", q.num, n)
+            return bytearray([self._malformed_code]) * n
+
+    def decide_fast(self, queue: int, records, n: int, stride: int, plan) -> bytearray:
+        """The compiled path (see the theory): records in, verdict codes out."""
+        verdicts = bytearray(n)
+        frames, count = self._batch.frames(records, n, stride, verdicts, self._malformed_code,
+                                           self._deny_code == nfq.REJECT,
+                                           self.config.reject_mark)
+        self.packets[queue] = self.packets.get(queue, 0) + n
+        self.batch_counts[bisect_left(BATCH_BUCKETS, n)] += 1
+        self.batch_sum += n
+        self.fast_batches += 1
+        if not count:
+            return verdicts
+        now = self.clock()
+        view = memoryview(frames)
+        end = len(view)
+        pos = 0
+        deny = self._deny_code
+        while pos < end:
+            pos, replies, status = plan.run(view, pos, now)
+            if replies:
+                self._batch.apply(replies, verdicts, deny)
+            if status == 1:
+                # One frame for Python: decide its packet the slow way.
+                rid = int.from_bytes(view[pos + 8: pos + 12], "little")
+                length = int.from_bytes(view[pos: pos + 4], "little")
+                self.residual += 1
+                self._decide_one(records, rid, stride, verdicts, now)
+                pos += 4 + length
+            elif status != 2:
+                break
+        return verdicts
+
+    def _decide_one(self, records, i: int, stride: int, verdicts: bytearray, now: float) -> None:
+        rec = nfq.ffi.buffer(records + i * stride, stride) if isinstance(
+            records, nfq.ffi.CData) else memoryview(records)[i * stride: (i + 1) * stride]
+        raw = bytes(rec)
+        _pid, _hw, caplen, _mark, wire = nfq.RECORD.unpack_from(raw, 0)
+        _fam, src, dst, sport, dport, _proto, _flags = decode_raw(
+            raw, nfq.RECORD_HEADER, caplen, wire)
+        service = self.service_for(dst, dport)
+        req = Request(service, str(ipaddress.ip_address(src)), sport,
+                      str(ipaddress.ip_address(dst)), dport)
+        d = self._decide([req])[0]
+        self._count(req, d, verdicts, i)
+
+    def _count(self, req, d, verdicts: bytearray, i: int) -> None:
+        if d is None:
+            verdicts[i] = self._malformed_code
+            k = (req.service, "deny", "error")
+        else:
+            verdicts[i] = nfq.ACCEPT if d.verdict is not Verdict.DENY else self._deny_code
+            k = (req.service, _LABEL_VERDICT[d.verdict], _LABEL_REASON[d.reason])
+        self._verdicts[k] = self._verdicts.get(k, 0) + 1
 
     def service_for(self, dst: bytes, dport: int) -> str | None:
         if self.config.addr_ports:
@@ -243,19 +326,18 @@ class NfqueueFrontDoor:
             at = i * stride
             _pid, _hw, caplen, pkt_mark, wire = unpack(raw, at)
             if deny_is_reject and pkt_mark == mark:
-                self.looped += 1             # came back marked: no REJECT rule
+                self._looped += 1            # came back marked: no REJECT rule
                 continue
             try:
                 _fam, src, dst, sport, dport, _proto, _flags = decode_raw(
                     raw, at + hdr, caplen, wire)
             except PacketError as exc:
-                self.decode_errors += 1
-                self.decode_error_codes[exc.code] = self.decode_error_codes.get(exc.code, 0) + 1
+                self._decode_errors[exc.code] = self._decode_errors.get(exc.code, 0) + 1
                 verdicts[i] = self._malformed_code
                 continue
             service = (addr_ports.get((dst, dport)) if addr_ports else None) or ports.get(dport)
             if service is None:
-                self.unmapped += 1
+                self._unmapped += 1
                 verdicts[i] = nfq.ACCEPT
                 continue
             client = names.get(src)
@@ -274,17 +356,8 @@ class NfqueueFrontDoor:
         self.batch_counts[bisect_left(BATCH_BUCKETS, n)] += 1
         self.batch_sum += n
         if requests:
-            decisions = self._decide(requests)
-            counts = self.verdicts
-            deny = self._deny_code
-            for i, req, d in zip(where, requests, decisions, strict=True):
-                if d is None:
-                    verdicts[i] = self._malformed_code
-                    k = (req.service, "deny", "error")
-                else:
-                    verdicts[i] = nfq.ACCEPT if d.verdict is not Verdict.DENY else deny
-                    k = (req.service, _LABEL_VERDICT[d.verdict], _LABEL_REASON[d.reason])
-                counts[k] = counts.get(k, 0) + 1
+            for i, req, d in zip(where, requests, self._decide(requests), strict=True):
+                self._count(req, d, verdicts, i)
         return verdicts
 
     def _decide(self, requests: list) -> list:
@@ -303,6 +376,37 @@ class NfqueueFrontDoor:
         return out
 
     # -- counters for metrics ------------------------------------------
+    @property
+    def verdicts(self) -> dict[tuple[str, str, str], int]:
+        """{(service, verdict label, reason label): n}, both paths."""
+        out = dict(self._verdicts)
+        if self._batch is not None:
+            for (service, v, r), n in self._batch.counts().items():
+                k = (service, _LABEL_VERDICT[Verdict(v)],
+                     _LABEL_REASON[Reason(r)] if r in _REASONS else str(r))
+                out[k] = out.get(k, 0) + n
+        return out
+
+    @property
+    def decode_error_codes(self) -> dict[str, int]:
+        out = dict(self._decode_errors)
+        if self._batch is not None:
+            for code, n in self._batch.errors().items():
+                out[code] = out.get(code, 0) + n
+        return out
+
+    @property
+    def decode_errors(self) -> int:
+        return sum(self.decode_error_codes.values())
+
+    @property
+    def unmapped(self) -> int:
+        return self._unmapped + (self._batch.unmapped if self._batch is not None else 0)
+
+    @property
+    def looped(self) -> int:
+        return self._looped + (self._batch.looped if self._batch is not None else 0)
+
     def queue_counters(self) -> dict[int, dict[str, int]]:
         """Per queue: packets, queue drops, user drops (kernel + ids never delivered)."""
         kernel = nfq.read_queue_stats()
@@ -329,6 +433,10 @@ class NfqueueFrontDoor:
             acc += c
             out.append((le, acc))
         return out, self.batch_sum
+
+    def collect_metrics(self):
+        """What acl.metrics.AclCollector asks a front door for."""
+        return self.metric_families()
 
     def metric_families(self):
         """The ``acl_nfqueue_*`` families, built from the counters now (a collector calls this)."""

@@ -23,6 +23,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
 import grp
 import os
 import signal
@@ -91,6 +92,8 @@ class Server:
         self._watch_state: dict = {}
         self.chroot = ""
         self.addresses: dict[str, str] = {}
+        # reloads read and compile here, off the loop (one at a time)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reload")
 
     # -- bookkeeping used by connections -------------------------------
     def connected(self, c) -> None:
@@ -191,7 +194,7 @@ class Server:
             t0 = time.perf_counter()
             path = privileges.rebase(str(self.engine.policy.path or ""), self.chroot) or None
             try:
-                prepared = await loop.run_in_executor(None, self.engine.prepare, path)
+                prepared = await loop.run_in_executor(self._executor, self.engine.prepare, path)
             except Exception as exc:
                 systemd.notify("READY=1")
                 self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
@@ -297,6 +300,7 @@ class Server:
             except TimeoutError:
                 pass
         await asyncio.sleep(0)
+        self._executor.shutdown(wait=False)
         for path in self._made_paths:
             try:
                 os.unlink(privileges.rebase(path, self.chroot))

@@ -223,21 +223,6 @@ cdef inline const Pair *trie_find(const Trie *t, addr_t a) noexcept nogil:
             return &t.leaves[nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1]
 
 
-# Batch lookups interleave LANES independent walks (AMAC: Kocberber et al.,
-# VLDB 2015): each step of a lane prefetches the memory its next step reads,
-# then the loop moves to the next lane, so up to LANES cache misses are in
-# flight instead of one.  A lane that reaches its leaf takes the next address.
-cdef enum:
-    LANES = 16
-    AT_NODE = 1      # lane's node is prefetched
-    AT_LEAF = 2      # lane's leaf is prefetched
-    IDLE = 3         # no addresses left for this lane
-
-
-cdef extern from *:
-    void prefetch "__builtin_prefetch"(const void *) nogil
-
-
 cdef inline addr_t load_addr(const unsigned char *p, addr_t zero) noexcept nogil:
     cdef uint32_t raw
     if addr_t is uint32_t:
@@ -245,6 +230,39 @@ cdef inline addr_t load_addr(const unsigned char *p, addr_t zero) noexcept nogil
         return be32toh(raw)
     else:
         return load128(p)
+
+
+cdef void batch_simple(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
+                       bint specific, addr_t zero) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef int step = 4 if addr_t is uint32_t else 16
+    if specific:
+        for i in range(n):
+            o[i] = trie_find(t, load_addr(p + step * i, zero)).specific
+    else:
+        for i in range(n):
+            o[i] = trie_find(t, load_addr(p + step * i, zero)).first
+
+
+cdef int MODE = 0
+def _set_mode(m):
+    global MODE
+    MODE = m
+
+
+# Batch lookups interleave LANES independent walks (AMAC: Kocberber et al.,
+# VLDB 2015): each step of a lane prefetches the memory its next step reads,
+# then the loop moves to the next lane, so up to LANES cache misses are in
+# flight instead of one.  A lane that reaches its leaf takes the next address.
+cdef enum:
+    LANES = 32
+    AT_NODE = 1      # lane's node is prefetched
+    AT_LEAF = 2      # lane's leaf is prefetched
+    IDLE = 3         # no addresses left for this lane
+
+
+cdef extern from *:
+    void prefetch "__builtin_prefetch"(const void *) nogil
 
 
 cdef inline void start(const Trie *t, addr_t a, uint32_t *cur, int *depth,
@@ -609,7 +627,7 @@ cdef class PrefixTable:
         family = _py._check_family(family)
         bits = 32 if family == 4 else 128
         rows = []
-        for net, length, value in entries:
+        for net, length, value in _py._triples(entries):
             if family == 4:
                 parse4(net, &a4)
                 net = a4
@@ -988,7 +1006,13 @@ cdef class PrefixTable:
             PyObject_GetBuffer(res, &dst, PyBUF_WRITABLE)
             try:
                 with nogil:
-                    if width == 4:
+                    if MODE == 1 and width == 4:
+                        batch_simple(&self.trie, <const unsigned char *>src.buf,
+                                   <int32_t *>dst.buf, n, specific, <uint32_t>0)
+                    elif MODE == 1:
+                        batch_simple(&self.trie, <const unsigned char *>src.buf,
+                                   <int32_t *>dst.buf, n, specific, <acl_u128>0)
+                    elif width == 4:
                         batch_find(&self.trie, <const unsigned char *>src.buf,
                                    <int32_t *>dst.buf, n, specific, <uint32_t>0)
                     else:

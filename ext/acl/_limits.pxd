@@ -5,8 +5,8 @@ from libc.stdint cimport int64_t, uint32_t, uint64_t
 cdef struct Entry:
     uint64_t hi           # source (or bucket network), first 8 bytes
     uint64_t lo           # last 8 bytes
-    int64_t last_us       # bucket: when it was last refilled (microseconds)
-    uint32_t value        # bucket: tokens (1/65536); lease entry: live leases
+    int64_t last          # bucket: theoretical arrival time (GCRA, ns)
+    uint32_t value        # lease entry: live leases
     uint32_t tag          # 0 = empty; USED | kind | slot
 
 
@@ -20,8 +20,8 @@ cdef struct Service:
     int per_source        # -1 = UNLIMITED
     double max_load       # 0 = off
     int has_times         # access_times given
-    double rate_fx        # bucket refill, 1/65536 tokens per second; 0 = off
-    uint32_t burst_fx     # bucket size, 1/65536 tokens
+    int64_t t_ns          # bucket: ns between tokens (1e9 / rate); 0 = off
+    int64_t tau_ns        # bucket: (burst - 1) * t_ns
     int64_t active        # live leases
     uint64_t cps_trips    # deactivations
     uint64_t refusals[10]  # checks by reason code (index 0 = granted)
@@ -51,6 +51,6 @@ cdef class LimitState:
                            int minute) except -1
     cdef int _find(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil
     cdef int _insert(self, uint64_t hi, uint64_t lo, uint32_t tag,
-                     int64_t now_us) noexcept nogil
+                     int64_t now_ns) noexcept nogil
     cdef int _check(self, int s, uint64_t hi, uint64_t lo, double now,
-                    int64_t now_us, double load, int minute) noexcept nogil
+                    int64_t now_ns, double load, int minute) noexcept nogil

@@ -12,7 +12,8 @@ answer exactly as the twin does.  In short:
   its start with integer division; a trip refuses and closes the service for
   ``cps_wait`` seconds; counters are not reset.
 * the source table is set-associative: ``WAYS`` entries per 128-byte group,
-  eviction of the least recently refilled bucket entry, lease entries pinned.
+  eviction of the bucket entry with the oldest arrival time, leases pinned.
+* token buckets are GCRA over integer nanoseconds (see the twin).
 * the clock is an argument; nothing here reads time, allocates on the check
   path, or holds the GIL inside the batch loop.
 """
@@ -27,6 +28,10 @@ import socket
 
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
+
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void *addr, size_t length, int advice)
+    int MADV_HUGEPAGE
 
 cdef extern from "<time.h>" nogil:
     ctypedef long time_t
@@ -50,7 +55,7 @@ cdef extern from *:
 __all__ = [
     "LimitState", "pack_source",
     "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
-    "UNLIMITED", "WAYS", "ENTRY_BYTES", "FX", "MAX_SERVICES",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES",
 ]
 
 OK = 0
@@ -63,13 +68,11 @@ RATE = 9
 UNLIMITED = -1
 WAYS = 4
 ENTRY_BYTES = sizeof(Entry)
-FX = 65536
 MAX_SERVICES = 32768
 
 cdef enum:
     C_WAYS = 4
     PREFETCH_AHEAD = 8
-cdef uint32_t C_FX = 65536
 cdef uint32_t USED = 1u << 31
 cdef uint32_t KIND_BUCKET = 1u << 30
 cdef uint64_t V4MAPPED_TOP = 0xFFFF
@@ -121,6 +124,7 @@ cdef class LimitState:
     def __cinit__(self, int max_sources=65536, int v6_prefix=64, int max_services=1024):
         cdef uint64_t groups = 1
         cdef void *mem = NULL
+        cdef size_t nbytes
         if max_services < 1 or max_services > MAX_SERVICES:
             raise ValueError(f"max_services must be 1..{MAX_SERVICES}")
         if v6_prefix < 0 or v6_prefix > 128:
@@ -129,9 +133,14 @@ cdef class LimitState:
             raise ValueError(f"max_sources must be at least {C_WAYS}")
         while groups * C_WAYS < <uint64_t>max_sources:
             groups <<= 1
-        if posix_memalign(&mem, 128, groups * C_WAYS * sizeof(Entry)) != 0:
+        nbytes = groups * C_WAYS * sizeof(Entry)
+        # 2 MiB alignment + MADV_HUGEPAGE: random lookups in a big table are
+        # dominated by TLB misses on 4 KiB pages (a hint; failure is harmless)
+        if posix_memalign(&mem, 2 << 20 if nbytes >= (2 << 20) else 128, nbytes) != 0:
             raise MemoryError()
-        memset(mem, 0, groups * C_WAYS * sizeof(Entry))
+        if nbytes >= (2 << 20):
+            madvise(mem, nbytes, MADV_HUGEPAGE)
+        memset(mem, 0, nbytes)
         self._table = <Entry *>mem
         self._gmask = groups - 1
         self.capacity = <int>(groups * C_WAYS)
@@ -195,10 +204,10 @@ cdef class LimitState:
             raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
         if max_load < 0 or rate < 0 or burst < 0:
             raise ValueError("max_load, rate and burst must not be negative")
-        if burst * FX > 0xFFFFFFFF:
-            raise ValueError("burst must be below 65536")
         if rate > 0 and burst < 1:
             raise ValueError("a rate needs a burst of at least 1")
+        t_ns = max(1, int(round(1e9 / rate))) if rate > 0 else 0
+        tau_ns = int((burst - 1.0) * t_ns) if rate > 0 else 0
         cdef uint64_t bits[23]
         cdef int m
         memset(bits, 0, sizeof(bits))
@@ -217,8 +226,8 @@ cdef class LimitState:
         sv.has_times = times is not None
         for m in range(23):
             sv.times[m] = bits[m]
-        sv.rate_fx = float(rate) * FX
-        sv.burst_fx = <uint32_t>int(burst * FX)
+        sv.t_ns = t_ns
+        sv.tau_ns = tau_ns
 
     cdef int _check_slot(self, int slot) except -1:
         if slot < 0 or slot >= self.max_services:
@@ -237,7 +246,7 @@ cdef class LimitState:
         return -1
 
     cdef int _insert(self, uint64_t hi, uint64_t lo, uint32_t tag,
-                     int64_t now_us) noexcept nogil:
+                     int64_t now_ns) noexcept nogil:
         cdef uint64_t base = (_hash(hi, lo, tag) & self._gmask) * C_WAYS
         cdef int64_t victim = -1
         cdef uint64_t i
@@ -248,7 +257,7 @@ cdef class LimitState:
                 victim = <int64_t>i
                 break
             if (t & KIND_BUCKET) and (
-                    victim < 0 or self._table[i].last_us < self._table[victim].last_us):
+                    victim < 0 or self._table[i].last < self._table[victim].last):
                 victim = <int64_t>i
         if victim < 0:
             return -1
@@ -260,20 +269,19 @@ cdef class LimitState:
         e.hi = hi
         e.lo = lo
         e.tag = tag
-        e.last_us = now_us
+        e.last = now_ns
         e.value = 0
         return <int>victim
 
     # -- checks ---------------------------------------------------------
     cdef int _check(self, int s, uint64_t hi, uint64_t lo, double now,
-                    int64_t now_us, double load, int minute) noexcept nogil:
+                    int64_t now_ns, double load, int minute) noexcept nogil:
         cdef Service *sv = &self._svc[s]
-        cdef int64_t now_s, diff, elapsed, add
+        cdef int64_t now_s, diff, tat
         cdef int i
         cdef uint64_t bhi, blo
         cdef uint32_t tag
         cdef Entry *e
-        cdef double t
         # a. cps (C.7); while "the socket is closed" nothing is counted.
         if now < sv.off_until:
             return 6
@@ -310,8 +318,10 @@ cdef class LimitState:
                 return 4
             if i < 0 and sv.per_source == 0:
                 return 4
-        # token bucket (not in xinetd): refill, then spend one token.
-        if sv.rate_fx > 0.0:
+        # token bucket (not in xinetd) as GCRA: the entry keeps the bucket's
+        # "theoretical arrival time"; a request fits when it is at most tau
+        # (= (burst - 1) intervals) ahead of now.
+        if sv.t_ns > 0:
             if hi == 0 and (lo >> 32) == V4MAPPED_TOP:
                 bhi = hi
                 blo = lo
@@ -321,28 +331,14 @@ cdef class LimitState:
             tag = USED | KIND_BUCKET | <uint32_t>s
             i = self._find(bhi, blo, tag)
             if i < 0:
-                i = self._insert(bhi, blo, tag, now_us)
+                i = self._insert(bhi, blo, tag, now_ns)
                 if i < 0:
                     return 0
-                self._table[i].value = sv.burst_fx
-            else:
-                e = &self._table[i]
-                elapsed = now_us - e.last_us
-                if elapsed > 0:
-                    t = e.value + (<double>elapsed * sv.rate_fx) / 1000000.0
-                    if t >= sv.burst_fx:
-                        e.value = sv.burst_fx
-                        e.last_us = now_us
-                    else:
-                        add = <int64_t>t - <int64_t>e.value
-                        if add > 0:
-                            e.value += <uint32_t>add
-                            e.last_us = now_us
             e = &self._table[i]
-            if e.value >= C_FX:
-                e.value -= C_FX
-            else:
+            tat = e.last if e.last > now_ns else now_ns
+            if tat - now_ns > sv.tau_ns:
                 return 9
+            e.last = tat + sv.t_ns
         return 0
 
     def check(self, int slot, const unsigned char[::1] source, double now, double load=0.0,
@@ -356,7 +352,7 @@ cdef class LimitState:
         elif minute >= 1440:
             raise ValueError("minute must be 0..1439")
         cdef int r = self._check(slot, acl_load_be64(&source[0]), acl_load_be64(&source[8]),
-                                 now, <int64_t>(now * 1000000.0), load, minute)
+                                 now, <int64_t>(now * 1000000000.0), load, minute)
         self._svc[slot].refusals[r] += 1
         return r
 
@@ -389,7 +385,7 @@ cdef class LimitState:
         cdef Py_ssize_t n = sl_len // 4
         cdef Py_ssize_t i, j, granted = 0
         cdef int r, s
-        cdef int64_t now_us = <int64_t>(now * 1000000.0)
+        cdef int64_t now_ns = <int64_t>(now * 1000000000.0)
         cdef uint64_t hi, lo
         cdef Service *sv
         if sl_len % 4 or src_len != 16 * n or res_len < n:
@@ -413,7 +409,7 @@ cdef class LimitState:
                     if sv.per_source >= 0:
                         ACL_PREFETCH(&self._table[
                             (_hash(hi, lo, USED | <uint32_t>s) & self._gmask) * C_WAYS])
-                    if sv.rate_fx > 0.0:
+                    if sv.t_ns > 0:
                         if not (hi == 0 and (lo >> 32) == V4MAPPED_TOP):
                             hi = hi & self._pmask_hi
                             lo = lo & self._pmask_lo
@@ -422,7 +418,7 @@ cdef class LimitState:
                             * C_WAYS])
                 s = sl[i]
                 r = self._check(s, acl_load_be64(&src[16 * i]), acl_load_be64(&src[16 * i + 8]),
-                                now, now_us, load, minute)
+                                now, now_ns, load, minute)
                 self._svc[s].refusals[r] += 1
                 res[i] = <uint8_t>r
                 if r == 0:

@@ -174,6 +174,7 @@ int main(int argc, char **argv)
         usage("no arguments at all");
     if (strcmp(prog, "acl-wrap") == 0) {
         int opt;
+        opterr = 0;             /* our own message, not getopt's */
         while ((opt = getopt(argc, argv, "+s:n:t:och")) != -1) {
             switch (opt) {
             case 's': sock = optarg; break;

@@ -23,6 +23,7 @@ SLICES = {
     "audit_policy": (47100, 47200),
     "daemontools": (47200, 47300),
     "prometheus": (47300, 47400),
+    "socket_activation": (47400, 47500),
 }
 
 

@@ -1,16 +1,13 @@
-"""A real ``acl serve`` for the deploy tests: its policy, its start and stop, a client.
+"""Helpers for the deploy tests that run a real ``acl serve``: its policy, polling, a client.
 
-The sidecar is started by PID (Popen) and stopped by that PID; everything
-it binds is under the test's tmp dir or on 127.0.0.1 in the area's ports.
+Everything a sidecar binds is under the test's tmp dir or on 127.0.0.1 in
+the area's ports; each test starts and stops its own processes by PID.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
-import subprocess
 import textwrap
 import time
 import urllib.request
@@ -28,16 +25,11 @@ HOSTS_DENY = "ALL: ALL\n"
 
 
 def write_policy(directory: Path, metrics_port: int, *, rate: float = 0, burst: float = 0,
-                 sources: int = 1024, nfqueue: bool = False) -> Path:
+                 sources: int = 1024) -> Path:
     """A policy TOML with one hosts_access source, sockets under ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "hosts.allow").write_text(HOSTS_ALLOW)
     (directory / "hosts.deny").write_text(HOSTS_DENY)
-    nfq = textwrap.dedent("""\
-        [nfqueue]
-        queues = [0]
-        ports = { 47399 = "beta" }
-        """) if nfqueue else ""
     path = directory / "policy.toml"
     path.write_text(textwrap.dedent(f"""\
         [sockets]
@@ -64,7 +56,7 @@ def write_policy(directory: Path, metrics_port: int, *, rate: float = 0, burst: 
         user = ""
         group = ""
         watch = false
-        """) + nfq)
+        """))
     (directory / "run").mkdir(exist_ok=True)
     return path
 
@@ -85,32 +77,11 @@ def wait_for(what, deadline_s: float, step: float = 0.1, proc=None):
             value = what()
             if value:
                 return value
+            last_exc = None
         except (OSError, ValueError) as exc:
             last_exc = exc
         time.sleep(step)
     raise AssertionError(f"gave up after {deadline_s}s: {last_exc!r}")
-
-
-@contextlib.contextmanager
-def running_sidecar(acl_exe: str, config: Path, metrics_port: int, log: Path):
-    """``acl serve --config`` in the foreground, ready when /metrics answers."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([acl_exe, "serve", "--config", str(config)],
-                                stdout=out, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_for(lambda: scrape(metrics_port, 1.0), 20, proc=proc)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\nsidecar log:\n{log.read_text()}") from None
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 class Client:

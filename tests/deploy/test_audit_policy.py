@@ -228,3 +228,112 @@ def test_open_to_everyone_in_a_private_netns(tmp_path):
     assert g["198.51.100.23"] == "no policy" and g["::1"] == "unreachable"
     assert not got[("tcp", p_local)]["open_to_everyone"]
     assert outcomes(got[("udp", p_udp)]) == a
+
+
+def test_each_rule_language_is_named_as_a_layer(tmp_path):
+    """xinetd, tcprules and hosts_access sources, each covering a wildcard listener."""
+    if os.geteuid() != 0:
+        pytest.skip("unshare --net needs root")
+    p_gamma, p_alpha, p_other = 47160, 47161, 47162
+    (tmp_path / "xinetd.conf").write_text(textwrap.dedent(f"""\
+        service gamma
+        {{
+            type = UNLISTED
+            socket_type = stream
+            protocol = tcp
+            port = {p_gamma}
+            wait = no
+            user = root
+            server = /bin/true
+            only_from = 127.0.0.1 10.0.0.0/8
+        }}
+        """))
+    (tmp_path / "rules.txt").write_text('127.:allow\n10.11.:allow,RELAYCLIENT=""\n:deny\n')
+    (tmp_path / "hosts.allow").write_text("ALL: ALL\n")
+    (tmp_path / "hosts.deny").write_text("")
+    (tmp_path / "policy.toml").write_text(textwrap.dedent("""\
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        services = ["alpha", "gamma"]
+
+        [[source]]
+        type = "tcprules"
+        file = "rules.txt"
+        services = ["alpha"]
+
+        [[source]]
+        type = "xinetd"
+        file = "xinetd.conf"
+        """))
+    spec = {
+        "listen": [(4, "0.0.0.0", p, "tcp") for p in (p_gamma, p_alpha, p_other)],
+        "argv": ["--config", str(tmp_path / "policy.toml"), "--json",
+                 "--service", f"{p_gamma}=gamma", "--service", f"{p_alpha}=alpha"],
+    }
+    out = run_in_netns(spec)
+    assert out.returncode == 1, out.stderr          # p_other: no policy, open
+    got = {x["port"]: x for x in json.loads(out.stdout)["listeners"]}
+    # Whatever order the file lists them in, the engine's order is shown.
+    assert got[p_gamma]["layers"] == ["xinetd", "hosts_access"]
+    assert got[p_alpha]["layers"] == ["tcprules", "hosts_access"]
+    assert got[p_other]["layers"] == [] and got[p_other]["open_to_everyone"]
+
+    def why(port):
+        return {s["client"]: (s["outcome"], s["reason"], s["location"].rsplit("/", 1)[-1])
+                for s in got[port]["samples"] if s["outcome"] != "unreachable"}
+
+    assert why(p_gamma) == {
+        "127.0.0.1": ("allow", "ok", "hosts.allow:1"),
+        "10.11.12.13": ("allow", "ok", "hosts.allow:1"),
+        "172.16.5.4": ("deny", "address", "xinetd.conf:1"),
+        "192.168.1.10": ("deny", "address", "xinetd.conf:1"),
+        "198.51.100.23": ("deny", "address", "xinetd.conf:1"),
+        "203.0.113.77": ("deny", "address", "xinetd.conf:1"),
+    }
+    assert why(p_alpha) == {
+        "127.0.0.1": ("allow", "ok", "hosts.allow:1"),
+        "10.11.12.13": ("allow", "ok", "hosts.allow:1"),
+        "172.16.5.4": ("deny", "tcprules", "rules.txt:3"),
+        "192.168.1.10": ("deny", "tcprules", "rules.txt:3"),
+        "198.51.100.23": ("deny", "tcprules", "rules.txt:3"),
+        "203.0.113.77": ("deny", "tcprules", "rules.txt:3"),
+    }
+    assert not got[p_gamma]["open_to_everyone"] and not got[p_alpha]["open_to_everyone"]
+
+
+def test_nfqueue_port_keys_with_addresses(tmp_path):
+    """``[nfqueue] ports`` keys PORT, ADDR:PORT and [ADDR]:PORT, on made-up listeners."""
+    from acl import audit
+    from acl.errors import AclError
+
+    config = write_policy(tmp_path, {})
+    text = (tmp_path / "policy.toml").read_text().replace(
+        "ports = {  }",
+        'ports = { "127.0.0.1:47170" = "beta", "[::1]:47171" = "beta", 47172 = "beta" }')
+    (tmp_path / "policy.toml").write_text(text)
+    view = audit.load_policy_view(config)
+    assert view.nfqueue_ports == {("127.0.0.1", 47170): "beta", ("::1", 47171): "beta",
+                                  (None, 47172): "beta"}
+
+    def lis(addr, port):
+        fam = 6 if ":" in addr else 4
+        zero = "::" if fam == 6 else "0.0.0.0"
+        return audit.Listener(audit.SocketEntry("tcp", fam, addr, port, zero, 0, 0x0A, 0, 1))
+
+    found = [lis("127.0.0.1", 47170), lis("0.0.0.0", 47170), lis("::1", 47171),
+             lis("0.0.0.0", 47172), lis("::", 47172)]
+    got = [(f.listener.address, f.listener.port, f.service, f.enforced_by)
+           for f in audit.audit(found, view)]
+    assert got == [
+        ("127.0.0.1", 47170, "beta", "nfqueue"),
+        # Only 127.0.0.1's packets are queued: the wildcard socket is not covered.
+        ("0.0.0.0", 47170, None, "none"),
+        ("::1", 47171, "beta", "nfqueue"),
+        ("0.0.0.0", 47172, "beta", "nfqueue"),
+        ("::", 47172, "beta", "nfqueue"),
+    ]
+    (tmp_path / "policy.toml").write_text(text.replace('"[::1]:47171"', '"[::1:47171"'))
+    with pytest.raises(AclError, match=r"IPv6 as \[ADDR\]:PORT"):
+        audit.load_policy_view(config)

@@ -71,10 +71,12 @@ def test_supervised_logged_restarted_stopped(tmp_path):
         shutil.chown(work, user)
         shutil.chown(work / "run", user)
 
+    # As in /service -> /etc/acl-service: svscan's directory holds a link.
     services = tmp_path / "service"
     services.mkdir()
-    svc_dir = services / "acl"
+    svc_dir = tmp_path / "acl-service"
     shutil.copytree(DEPLOY / "daemontools" / "acl", svc_dir)
+    (services / "acl").symlink_to(svc_dir)
     assert os.access(svc_dir / "run", os.X_OK) and os.access(svc_dir / "log" / "run", os.X_OK)
     env = svc_dir / "env"
     assert sorted(p.name for p in env.iterdir()) == \
@@ -117,9 +119,12 @@ def test_supervised_logged_restarted_stopped(tmp_path):
         # Two runs of the sidecar have now logged through the same multilog.
         wait_for(lambda: len(current.read_text().splitlines()) > len(lines), 15)
 
-        # Stop: the service and its logger go down, supervise exits.
+        # Stop, the way daemontools says: take the link out of svscan's
+        # directory first (else its next scan starts a new supervise), then
+        # svc -dx the service and its logger; both supervise processes exit.
         supervisors = _children(svscan.pid)
         assert len(supervisors) == 2            # one for acl, one for acl/log
+        (services / "acl").unlink()
         subprocess.run(["svc", "-dx", str(svc_dir)], check=True, timeout=10)
         wait_for(lambda: not _alive(pid2), 15)
         subprocess.run(["svc", "-dx", str(svc_dir / "log")], check=True, timeout=10)
@@ -129,16 +134,18 @@ def test_supervised_logged_restarted_stopped(tmp_path):
         wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in supervisors), 12,
                  step=0.25)
     finally:
+        # Never leave a supervise behind, even when an assertion failed.
+        if (services / "acl").is_symlink():
+            (services / "acl").unlink()
+        for d in (svc_dir, svc_dir / "log"):
+            if not _supervise_gone(d):
+                subprocess.run(["svc", "-dx", str(d)], timeout=10, check=False)
         svscan.terminate()
         try:
             svscan.wait(timeout=10)
         except subprocess.TimeoutExpired:
             svscan.kill()
             svscan.wait(timeout=10)
-        # Never leave a supervise behind, even when an assertion failed.
-        for d in (svc_dir, svc_dir / "log"):
-            if (d / "supervise").exists():
-                subprocess.run(["svc", "-dx", str(d)], timeout=10, check=False)
 
 
 def _alive(pid: int) -> bool:

@@ -145,7 +145,11 @@ class Netns:
         """HTTP GET from inside the namespace (the test process lives outside it)."""
         code = ("import sys, urllib.request; "
                 "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
-        return self.run(sys.executable, "-c", code, url, timeout=20).stdout
+        out = self.run(sys.executable, "-c", code, url, timeout=20, check=False)
+        if out.returncode != 0:
+            lines = out.stderr.strip().splitlines()
+            raise OSError(f"GET {url}: {lines[-1] if lines else out.returncode}")
+        return out.stdout
 
     def close(self):
         if self.holder.poll() is None:
@@ -200,38 +204,45 @@ def drive_traffic(work: Path, ns: Netns) -> None:
 @pytest.mark.live
 @pytest.mark.root
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed")
-def test_live_prometheus_scrapes_every_name(tmp_path):
+@pytest.mark.parametrize("nfqueue", [False, True], ids=["unix-sockets", "with-nfqueue"])
+def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
+    """Without [nfqueue]: every name but acl_nfqueue_*; with it: every name."""
     if os.geteuid() != 0:
         pytest.skip("needs root: a network namespace, iptables and an NFQUEUE")
     from acl import nfq
-    if not nfq.AVAILABLE:
+    if nfqueue and not nfq.AVAILABLE:
         pytest.skip("acl built without libnetfilter_queue: no NFQUEUE front door")
     exe = acl_entry_point()
     work = tmp_path / "work"
     config = write_policy(work, METRICS_PORT, rate=1, burst=1, sources=16)
-    with open(config, "a") as f:
-        f.write(f'\n[nfqueue]\nqueues = [{QUEUE}]\nports = {{ {NFQ_PORT} = "beta" }}\n')
+    if nfqueue:
+        with open(config, "a") as f:
+            f.write(f'\n[nfqueue]\nqueues = [{QUEUE}]\nports = {{ {NFQ_PORT} = "beta" }}\n')
 
     ns = Netns()
     procs: list[subprocess.Popen] = []
     client = None
     try:
         sidecar_log = open(tmp_path / "sidecar.log", "wb")
-        sidecar = subprocess.Popen(ns.cmd(exe, "serve", "--config", str(config)),
+        sidecar = subprocess.Popen(ns.cmd(*([sys.executable, "/tmp/deploy-probe/serve_nfq.py"] if nfqueue else [exe, "serve"]), "--config", str(config)),
                                    stdout=sidecar_log, stderr=subprocess.STDOUT)
         procs.append(sidecar)
 
         def metrics_up():
-            return "acl_nfqueue_packets_total" in ns.fetch(
-                f"http://127.0.0.1:{METRICS_PORT}/metrics")
+            return ns.fetch(f"http://127.0.0.1:{METRICS_PORT}/metrics")
         try:
-            wait_for(metrics_up, 20, step=0.3, proc=sidecar)
+            first = wait_for(metrics_up, 20, step=0.3, proc=sidecar)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{(tmp_path / 'sidecar.log').read_text()}") from None
-
-        # One judged packet: a SYN to a loopback port the rule queues.
-        ns.run("iptables", "-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(NFQ_PORT),
-               "-j", "NFQUEUE", "--queue-num", str(QUEUE), "--queue-bypass")
+        if nfqueue:
+            assert "# TYPE acl_nfqueue_packets_total counter" in first, (
+                "the policy has an [nfqueue] section but acl serve exports no acl_nfqueue_* "
+                "families: acl serve did not start the NFQUEUE front door\n"
+                + (tmp_path / "sidecar.log").read_text())
+            # One judged packet: a SYN to a loopback port the rule queues.
+            ns.run("iptables", "-A", "INPUT", "-p", "tcp", "--syn", "--dport", str(NFQ_PORT),
+                   "-j", "NFQUEUE", "--queue-num", str(QUEUE), "--queue-bypass")
+        # The first connection from 127.0.0.1 (judged by NFQUEUE when it runs).
         connect = (f"import socket; l = socket.create_server(('127.0.0.1', {NFQ_PORT})); "
                    f"c = socket.create_connection(('127.0.0.1', {NFQ_PORT}), timeout=5); "
                    "print('connected')")
@@ -281,7 +292,12 @@ def test_live_prometheus_scrapes_every_name(tmp_path):
         rule_names = names_in(r["query"] for r in rules)
         dash_names = names_in(dashboard_exprs())
         assert {"acl_nfqueue_queue_drops_total", "acl_sources_evictions_total"} <= rule_names
-        missing = (rule_names | dash_names) - stored
+        used = rule_names | dash_names
+        if not nfqueue:
+            # acl_nfqueue_* come only from the NFQUEUE front door (the other case).
+            used = {n for n in used if not n.startswith("acl_nfqueue_")}
+        assert len(used) >= (16 if not nfqueue else 24)
+        missing = used - stored
         assert not missing, f"used but not scraped: {sorted(missing)}"
         # Every dashboard query is valid PromQL and runs.
         for expr in dashboard_exprs():
@@ -292,8 +308,9 @@ def test_live_prometheus_scrapes_every_name(tmp_path):
         assert trips and float(trips[0]["value"][1]) >= 2
         failures = prom_api(ns, "query", query='acl_reloads_total{result="failure"}')["result"]
         assert failures and float(failures[0]["value"][1]) >= 1
-        nfq_verdicts = prom_api(ns, "query", query="acl_nfqueue_verdicts_total")["result"]
-        assert any(r["metric"].get("service") == "beta" for r in nfq_verdicts)
+        if nfqueue:
+            verdicts = prom_api(ns, "query", query="acl_nfqueue_verdicts_total")["result"]
+            assert any(r["metric"].get("service") == "beta" for r in verdicts)
     finally:
         if client is not None:
             client.close()

@@ -38,6 +38,7 @@ decisions = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), requests), min_size=1, max_size=20))
 def test_decide_frames_round_trip_whole_and_byte_by_byte(items):
     blob = b"".join(wb.encode_decide(rid, r) for rid, r in items)
@@ -50,6 +51,7 @@ def test_decide_frames_round_trip_whole_and_byte_by_byte(items):
     assert dec.buffered() == 0
 
 
+@settings(deadline=None)
 @given(decisions, st.integers(0, 2**32 - 1))
 def test_decision_round_trip(d, rid):
     (rep,) = wb.ReplyDecoder().feed(wb.encode_decision(rid, d))
@@ -105,7 +107,7 @@ def test_oversized_and_undersized_frames_are_fatal():
     assert isinstance(ev, wb.BadFrame) and ev.code == wb.E_PAYLOAD and not ev.fatal
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=400), st.integers(1, 50))
 def test_random_bytes_never_raise_and_split_does_not_matter(blob, step):
     whole = wb.BinaryDecoder().feed(blob)
@@ -158,7 +160,7 @@ def test_postfix_bad_requests():
     assert reply.startswith(b"action=DEFER_IF_PERMIT") and reply.endswith(b"\n\n")
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(1, 40))
 def test_postfix_random_bytes_never_raise(blob, step):
     whole = wp.PostfixDecoder().feed(blob)

@@ -10,6 +10,8 @@ tcprules loop forever; test_rejects.py covers those with a timeout.)
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +20,8 @@ from acl.errors import RuleSyntaxError
 from acl.parse.tcprules import parse_tcprules, rules_to_records
 
 from .real import need_tools, run_tcprules
+
+SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 
 # Bytes that matter to the grammar, plus a few that do not.
 ALPHABET = b"0123456789.:-=@,\"'/# \t\r\nadeilnowyADX"
@@ -42,7 +46,7 @@ lines = st.builds(
 files = st.lists(lines | texts, max_size=6).map(b"\n".join)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=5000 if SLOW else 500, deadline=None)
 @given(texts)
 def test_parse_or_syntax_error(text):
     try:
@@ -54,7 +58,7 @@ def test_parse_or_syntax_error(text):
 
 
 @need_tools
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1500 if SLOW else 250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(files)
 def test_parser_agrees_with_real_tcprules(text):
     try:

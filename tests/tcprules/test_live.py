@@ -2,7 +2,7 @@
 
 tcpserver (ucspi-tcp-ipv6) listens on 127.0.0.1 on a port in 42000-42999
 with ``-H -R -l 0`` (no DNS, no ident: nothing leaves the machine) and runs
-a tiny shell program that prints a marker and its environment.  Clients bind
+``env``, which prints its environment.  Clients bind
 to many 127.x.y.z sources.  For every client, tcpserver's behaviour -- closed
 without output (deny) or the program's environment (allow, with the rule's
 variables set) -- must be what acl's layer decides for that client, with
@@ -31,8 +31,10 @@ pytestmark = [pytest.mark.live,
               pytest.mark.skipif(TCPSERVER is None, reason="tcpserver not installed")]
 
 PORTS = range(42000, 43000)
-MARK = b"ACL-LIVE-OK"
-PROGRAM = ["sh", "-c", "echo ACL-LIVE-OK; env"]
+MARK = b"TCPLOCALPORT="
+# env itself, not a shell: a shell would drop variables like "F,G" whose
+# names are not identifiers before printing.
+PROGRAM = ["env"]
 OCT = [0, 1, 2, 3, 5, 9, 10, 77, 200, 255]
 NAMES = ["X", "WHO", "F,G", "TCPREMOTEIP", "PROTO", "A_1"]
 
@@ -108,7 +110,7 @@ def _connect(src: str, port: int) -> bytes:
 
 def _env(output: bytes) -> dict[str, str]:
     env = {}
-    for line in output.decode().splitlines()[1:]:
+    for line in output.decode().splitlines():
         name, eq, value = line.partition("=")
         if eq:
             env[name] = value
@@ -150,7 +152,7 @@ def test_tcpserver_obeys_acl_written_cdb(seed, tmp_path, servers):
                 assert got == b"", where
                 checked["deny"] += 1
                 continue
-            assert got.startswith(MARK), where
+            assert MARK in got, where
             env = _env(got)
             for name, value in dict(d.env).items():
                 assert env.get(name) == value, (name, where)

@@ -27,7 +27,7 @@ from .real import need_tools, run_tcprules
 pytestmark = need_tools
 
 SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
-HANG_TIMEOUT = 0.7
+HANG_TIMEOUT = 0.5
 
 #: (bad line, what Debian's ucspi-tcp-ipv6 tcprules does with it)
 BAD_LINES = [

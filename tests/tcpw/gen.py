@@ -114,7 +114,7 @@ class Gen:
             if r.random() < 0.15:
                 text = str(net.network_address + r.randrange(1, 4))      # host bits
             if r.random() < 0.1:
-                text = ".".join("0%o" % int(o) if r.random() < 0.5 else o for o in text.split("."))
+                text = ".".join(f"0{int(o):o}" if r.random() < 0.5 else o for o in text.split("."))
             form = r.randrange(10)
             if form < 4:
                 mask = str(net.netmask)
@@ -241,7 +241,6 @@ class Gen:
         return text.encode("latin-1")
 
     def queries(self, n: int) -> list[tuple[str, str]]:
-        r = self.r
         out = []
         for _ in range(n):
             out.append((self.query_daemon(), self.query_client()))

@@ -118,7 +118,7 @@ def ns_command(tmp: Path, argv0: str, exe: str, args=(), *, hosts: str = HOSTS,
             "touch /dev/log", f"mount --bind {log_sock} /dev/log",
         ]
     steps.append('exec -a "$0" "$@"')
-    return ["unshare", "-m", "bash", "-c", "\n".join(steps), argv0, exe, *args]
+    return ["unshare", "-m", "bash", "--norc", "--noprofile", "-c", "\n".join(steps), argv0, exe, *args]
 
 
 class SyslogSink:

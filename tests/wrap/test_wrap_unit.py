@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import re
 import socket
 import struct
 import subprocess
@@ -159,12 +160,12 @@ def test_udp_grant_and_refusal(wrap_bin, sidecar, short_tmp, port):
     h = harness.Handoff(wrap(wrap_bin, side.path, str(server), opts=["-n", "echo-udp"]),
                         "127.0.0.10", port, env=PATH_ENV, dgram=True, payload=b"hello")
     reply, _ = h.client.recvfrom(4096)
+    cport = h.client.getsockname()[1]
     assert h.finish() == 0
     assert reply.startswith(b"GOT hello PROTO=UDP UDPREMOTEIP=127.0.0.10 ")
     assert b"ACL_LEASE_ID=5" in reply
     r = side.requests[0].request
-    assert (r.service, r.client, r.client_port) == ("echo-udp", "127.0.0.10",
-                                                    h.client.getsockname()[1])
+    assert (r.service, r.client, r.client_port) == ("echo-udp", "127.0.0.10", cport)
     # refused: the datagram is consumed, nothing answers
     side2 = sidecar(always(harness.decision(0, Reason.ADDRESS)))
     h = harness.Handoff(wrap(wrap_bin, side2.path, str(server)), "127.0.0.11", port,
@@ -199,8 +200,9 @@ def test_refusal_banner_spawn_and_syslog(wrap_bin, sidecar, echo_server, port, s
         pri, text = sink.wait_for("refused connect from")
         # tcpd's line, facility daemon, level warning (Debian tcpd does the same)
         assert pri == 3 * 8 + 4
-        assert text.split(": ", 1)[1] == "refused connect from 127.0.0.6 (127.0.0.6)"
-        assert text.split(":", 1)[0].startswith("echo[")
+        m = re.search(r" (\S+)\[(\d+)\]: (.*)$", text)
+        assert m and m.group(1) == "echo"
+        assert m.group(3) == "refused connect from 127.0.0.6 (127.0.0.6)"
         _, why = sink.wait_for("refused by acl")
         assert why.endswith("refused by acl: libwrap at /etc/hosts.deny:3")
     finally:
@@ -334,6 +336,42 @@ def _garbage_cases(seed: int, n: int) -> list[bytes]:
     return cases
 
 
+def structural_decision(reply: bytes) -> int | None:
+    """Oracle written from docs/protocol.md alone: the verdict of the first
+    frame if it is a well-formed DECISION for request 1, else None.  Reason
+    numbers are not checked (new ones may be appended)."""
+    if len(reply) < 4:
+        return None
+    (length,) = struct.unpack_from("<I", reply)
+    if not 8 <= length <= 65532 or len(reply) < 4 + length:
+        return None
+    f = reply[:4 + length]
+    version, ftype, _flags, rid = struct.unpack_from("<BBHI", f, 4)
+    if (version, ftype, rid) != (1, 0x81, 1) or len(f) < 28:
+        return None
+    verdict, _reason, loc_len, _lease, n_env, n_opt = struct.unpack_from("<BBHQHH", f, 12)
+    pos = 28 + loc_len
+    if verdict > 2 or pos > len(f) or b"\0" in f[28:pos]:
+        return None
+    for _ in range(n_env):
+        if pos + 5 > len(f):
+            return None
+        op, nl, vl = struct.unpack_from("<BHH", f, pos)
+        name, value = f[pos + 5:pos + 5 + nl], f[pos + 5 + nl:pos + 5 + nl + vl]
+        pos += 5 + nl + vl
+        if op > 1 or not name or b"=" in name or b"\0" in name + value or pos > len(f):
+            return None
+    for _ in range(n_opt):
+        if pos + 4 > len(f):
+            return None
+        nl, vl = struct.unpack_from("<HH", f, pos)
+        name, value = f[pos + 4:pos + 4 + nl], f[pos + 4 + nl:pos + 4 + nl + vl]
+        pos += 4 + nl + vl
+        if not name or b"\0" in name + value or pos > len(f):
+            return None
+    return verdict if pos == len(f) else None
+
+
 def test_garbage_never_crashes_and_fails_closed(wrap_bin, sidecar, echo_server, port):
     """Every generated reply ends in a clean decision or in fail-closed --
     never a signal, never the server run on a reply that is not a grant."""
@@ -347,17 +385,13 @@ def test_garbage_never_crashes_and_fails_closed(wrap_bin, sidecar, echo_server, 
         except TimeoutError:
             first = b"<timeout>"
         rc = h.finish()
-        assert rc >= 0, f"case {i} {reply!r}: killed by signal {-rc}"
-        try:
-            parsed = binary.ReplyDecoder().feed(reply)
-        except (ValueError, struct.error, UnicodeDecodeError):
-            parsed = []
-        legit = (len(parsed) == 1 and parsed[0].type == binary.T_DECISION
-                 and parsed[0].request_id == 1 and binary.frame(
-                     binary.T_DECISION, 1, binary.decision_payload(parsed[0].decision)) == reply)
+        verdict = structural_decision(reply)
+        legit = verdict is not None
         if first.startswith(b"ENV "):
-            assert legit and parsed[0].decision.verdict is not Verdict.DENY, (i, reply)
+            # the server ran (it may die of SIGPIPE when we hang up: not ours)
+            assert legit and verdict != Verdict.DENY, (i, reply)
         else:
+            assert rc >= 0, f"case {i} {reply!r}: killed by signal {-rc}"
             assert rc in (1, 111), (i, reply, rc)
             if not legit:
                 assert rc == 111, (i, reply, rc)

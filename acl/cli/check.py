@@ -1,0 +1,78 @@
+"""``acl check``: our tcpdchk, plus shadowed rules and allow/deny overlaps.
+
+    acl check [--hosts-allow A] [--hosts-deny D] [-d] [-v]
+
+Without file flags it reads /etc/hosts.allow and /etc/hosts.deny; ``-d``
+reads ./hosts.allow and ./hosts.deny, like tcpdchk -d.  Each finding is one
+line ``file:line:column: [warning: ]message``.  ``-v`` also lists every rule
+with the verdict it implies, like tcpdchk -v.
+
+Exit codes, for scripts:
+
+* 0   nothing to say
+* 1   warnings only: lint, shadowed rules, overlaps (the files work as written)
+* 100 errors: lines libwrap skips or that stop a file, options that deny
+* 111 a file exists but cannot be read
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from acl.compile.tcpw import HostsAccessLayer
+from acl.compile.tcpw_check import check, comment_continuations
+from acl.errors import Severity
+from acl.parse.hosts_access import read_hosts
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="acl check", description="lint hosts.allow / hosts.deny")
+    p.add_argument("--hosts-allow", metavar="FILE")
+    p.add_argument("--hosts-deny", metavar="FILE")
+    p.add_argument("-d", action="store_true", help="use ./hosts.allow and ./hosts.deny")
+    p.add_argument("-v", action="store_true", help="list every rule and its implied verdict")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    if args.d:
+        allow_path, deny_path = "hosts.allow", "hosts.deny"
+    elif args.hosts_allow or args.hosts_deny:
+        allow_path = args.hosts_allow or "/nonexistent/hosts.allow"
+        deny_path = args.hosts_deny or "/nonexistent/hosts.deny"
+    else:
+        allow_path, deny_path = "/etc/hosts.allow", "/etc/hosts.deny"
+    allow = read_hosts(allow_path)
+    deny = read_hosts(deny_path)
+    layer = HostsAccessLayer(allow, deny)
+    findings = check(layer)
+    for table in (allow, deny):
+        try:
+            with open(table.path, "rb") as f:
+                findings.extend(comment_continuations(table, f.read()))
+        except OSError:
+            pass
+    unreadable = any(t.stop is not None and t.stop.line == 0 for t in (allow, deny))
+    if args.v:
+        for i, rule in enumerate(layer.rules):
+            d = layer.decisions[i]
+            print(f">>> Rule {rule.path} line {rule.line}:")
+            print("daemons:  " + " ".join(t.text for t in rule.daemon_tokens))
+            print("clients:  " + " ".join(t.text for t in rule.client_tokens))
+            for key, value in d.options:
+                print(f"option:   {key} {value}".rstrip())
+            print(f"access:   {'granted' if d.allowed else 'denied'}\n")
+    findings.sort(key=lambda d: (d.path != allow_path, d.path, d.line, d.column))
+    for d in findings:
+        print(str(d))
+    if unreadable:
+        return 111
+    if any(d.severity is Severity.ERROR for d in findings):
+        return 100
+    return 1 if findings else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main(sys.argv[1:]))

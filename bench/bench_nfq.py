@@ -1,0 +1,373 @@
+"""NFQUEUE verdicts per second: acl's front door vs a bare C consumer vs netfilterqueue.
+
+How one round is timed (the same for the three consumers):
+
+* A server and a client network namespace joined by a veth pair
+  (tests/nfq/netns.py; nothing leaves them).  In the server namespace one
+  iptables rule queues UDP to BENCH_PORT on queue BENCH_QUEUE with
+  ``--queue-bypass``.
+* The consumer binds the queue (copy range 128, queue length and socket
+  buffer large enough for a round) and waits.  Untimed setup: a generator in
+  the client namespace sends ROUND UDP datagrams; we wait until the kernel's
+  queue holds them all (``/proc/PID/net/netfilter/nfnetlink_queue``).
+* Timed: "go N" to the consumer, which reads and answers (DROP) all N packets
+  and says "done".  Every consumer answers every packet; acl also decodes
+  each packet and asks the real engine (a hosts.deny ``bench: ALL`` policy).
+* Peers, built/installed at run time: a bare C consumer of
+  libnetfilter_queue (recv, nfq_handle_packet, a batch verdict every 64
+  packets and at the end), compiled in a temp dir; the ``netfilterqueue``
+  PyPI package (per-packet verdicts, its only mode).
+
+Run: ``python -m pytest bench/bench_nfq.py --benchmark-only -s`` as root.
+The ratios (best round and median round, since this machine is shared and
+noisy) are printed at the end; rates are in each benchmark's extra_info.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+BENCH_PORT = 46100
+BENCH_QUEUE = 47
+ROUND = int(os.environ.get("ACL_BENCH_NFQ_ROUND", "20000"))
+ROUNDS = int(os.environ.get("ACL_BENCH_NFQ_ROUNDS", "10"))
+RCVBUF = 256 << 20
+COPY_RANGE = 128
+
+C_CONSUMER = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <linux/netfilter.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+
+#define BATCH 64
+static uint32_t last_id;
+static long seen, answered;
+static struct nfq_q_handle *qh;
+
+static int cb(struct nfq_q_handle *q, struct nfgenmsg *m, struct nfq_data *d, void *data)
+{
+    unsigned char *payload;
+    struct nfqnl_msg_packet_hdr *ph = nfq_get_msg_packet_hdr(d);
+    (void)q; (void)m; (void)data;
+    if (ph) last_id = ntohl(ph->packet_id);
+    (void)nfq_get_payload(d, &payload);
+    seen++;
+    if (seen - answered >= BATCH) {
+        nfq_set_verdict_batch(qh, last_id, NF_DROP);
+        answered = seen;
+    }
+    return 0;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+    char buf[4096] __attribute__((aligned));
+    char line[64];
+    int fd, rcvbuf = atoi(argv[3]);
+    struct nfq_handle *h = nfq_open();
+    if (!h) { perror("nfq_open"); return 1; }
+    qh = nfq_create_queue(h, atoi(argv[1]), cb, NULL);
+    if (!qh) { perror("nfq_create_queue"); return 1; }
+    if (nfq_set_mode(qh, NFQNL_COPY_PACKET, atoi(argv[2])) < 0) { perror("mode"); return 1; }
+    nfq_set_queue_maxlen(qh, atoi(argv[4]));
+    fd = nfq_fd(h);
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf));
+    printf("ready\n"); fflush(stdout);
+    while (fgets(line, sizeof(line), stdin)) {
+        long want = 0, target;
+        double t0, deadline;
+        if (sscanf(line, "go %ld", &want) != 1) break;
+        target = seen + want;
+        t0 = now(); deadline = t0 + 30;
+        while (seen < target && now() < deadline) {
+            int n = recv(fd, buf, sizeof(buf), 0);
+            if (n < 0) { if (errno == ENOBUFS || errno == EINTR) continue; perror("recv"); break; }
+            nfq_handle_packet(h, buf, n);
+        }
+        if (answered < seen) { nfq_set_verdict_batch(qh, last_id, NF_DROP); answered = seen; }
+        printf("done %ld %.9f\n", want, now() - t0); fflush(stdout);
+    }
+    nfq_destroy_queue(qh);
+    nfq_close(h);
+    return 0;
+}
+"""
+
+
+# -- consumer programs (run in the server namespace) --------------------------
+
+def _consumer_loop(process_until) -> None:
+    """Read "go N" lines; call process_until(N) -> seconds; answer "done"."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] != "go":
+            break
+        want = int(parts[1])
+        t0 = time.perf_counter()
+        process_until(want)
+        print(f"done {want} {time.perf_counter() - t0:.9f}", flush=True)
+
+
+def consumer_acl(policy: str) -> None:
+    import asyncio
+
+    from acl.engine import Engine
+    from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
+
+    engine = Engine.from_path(policy)
+    config = NfqueueConfig.from_table(engine.policy.nfqueue, policy)
+    door = NfqueueFrontDoor(engine, config)
+    loop = asyncio.new_event_loop()
+    door.start(loop)
+
+    async def until(target: int) -> None:
+        deadline = time.monotonic() + 30
+        while sum(door.packets.values()) < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.0005)
+
+    def process(want: int) -> None:
+        target = sum(door.packets.values()) + want
+        loop.run_until_complete(until(target))
+
+    try:
+        _consumer_loop(process)
+    finally:
+        door.close()
+        loop.close()
+
+
+def consumer_netfilterqueue() -> None:
+    from netfilterqueue import NetfilterQueue
+
+    count = [0]
+
+    def cb(pkt) -> None:
+        pkt.get_payload()
+        pkt.drop()
+        count[0] += 1
+
+    q = NetfilterQueue()
+    q.bind(BENCH_QUEUE, cb, max_len=ROUND * 2, range=COPY_RANGE, sock_len=RCVBUF)
+
+    def process(want: int) -> None:
+        target = count[0] + want
+        deadline = time.monotonic() + 30
+        while count[0] < target and time.monotonic() < deadline:
+            q.run(block=False)
+
+    try:
+        _consumer_loop(process)
+    finally:
+        q.unbind()
+
+
+def generator(src: str, dst: str, n: int) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    payload = b"x" * 32
+    for _ in range(n):
+        s.sendto(payload, (dst, BENCH_PORT))
+
+
+# -- the benchmark (pytest-benchmark) ----------------------------------------
+
+if __name__ != "__main__":        # under pytest; as a program it is a consumer
+    import pytest
+
+    from tests.nfq import netns
+
+    RESULTS: dict[str, dict[str, float]] = {}
+
+    def _skip_reason() -> str | None:
+        why = netns.available()
+        if why:
+            return why
+        if shutil.which("cc") is None or shutil.which("pkg-config") is None:
+            return "cc and pkg-config are needed to build the C consumer"
+        return None
+
+    @pytest.fixture(scope="module")
+    def pair():
+        why = _skip_reason()
+        if why:
+            pytest.skip(why)
+        with netns.NetnsPair("b") as p:
+            p.srv_run("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(BENCH_PORT),
+                      "-j", "NFQUEUE", "--queue-num", str(BENCH_QUEUE), "--queue-bypass")
+            yield p
+
+    class Consumer:
+        def __init__(self, pair, argv):
+            self.pair = pair
+            self.proc = subprocess.Popen(pair.exec_args(pair.srv, *argv), cwd=ROOT,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True)
+            self.line("ready", 30)
+
+        def line(self, expect: str, timeout: float) -> str:
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            text = self.proc.stdout.readline() if ready else ""
+            if not text.startswith(expect):
+                self.close()
+                raise RuntimeError(f"consumer said {text!r}: {self.proc.stderr.read()[-2000:]}")
+            return text
+
+        def queued(self) -> int:
+            path = f"/proc/{self.proc.pid}/net/netfilter/nfnetlink_queue"
+            with open(path) as f:
+                for row in f:
+                    fields = row.split()
+                    if int(fields[0]) == BENCH_QUEUE:
+                        return int(fields[2])
+            return 0
+
+        def fill(self) -> int:
+            """Untimed: queue ROUND datagrams and wait until the kernel holds them."""
+            gen = [sys.executable, str(Path(__file__).resolve()), "generate",
+                   netns.CLIENTS4[0], netns.SERVER4, str(ROUND)]
+            netns.run(*self.pair.exec_args(self.pair.cli, *gen), timeout=60)
+            deadline, last, n = time.monotonic() + 10, -1, 0
+            while time.monotonic() < deadline:
+                n = self.queued()
+                if n >= ROUND or n == last:
+                    break
+                last = n
+                time.sleep(0.05)
+            self.pending = n
+            return n
+
+        def go(self) -> float:
+            self.proc.stdin.write(f"go {self.pending}\n")
+            self.proc.stdin.flush()
+            return float(self.line("done", 60).split()[2])
+
+        def close(self) -> None:
+            if self.proc.poll() is None:
+                try:
+                    self.proc.stdin.close()
+                except OSError:
+                    pass
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+
+    def _run(benchmark, name: str, consumer: Consumer) -> None:
+        counts = []
+
+        def setup():
+            counts.append(consumer.fill())
+
+        try:
+            benchmark.pedantic(consumer.go, setup=setup, rounds=ROUNDS, iterations=1)
+        finally:
+            consumer.close()
+        assert min(counts) > ROUND // 2, f"the generator queued too few packets: {counts}"
+        per_round = sum(counts) / len(counts)
+        st = benchmark.stats.stats
+        RESULTS[name] = {"best": per_round / st.min, "median": per_round / st.median}
+        benchmark.extra_info["packets_per_round"] = counts
+        benchmark.extra_info["verdicts_per_second_best"] = round(per_round / st.min)
+        benchmark.extra_info["verdicts_per_second_median"] = round(per_round / st.median)
+
+    @pytest.fixture(scope="module", autouse=True)
+    def report_ratios():
+        """Prints acl's verdict rate against the peers once all three have run."""
+        yield
+        if "acl" not in RESULTS:
+            return
+        lines = ["", "NFQUEUE verdicts/s (best round / median round):"]
+        for k, v in RESULTS.items():
+            lines.append(f"  {k:15} {v['best']:>12,.0f} {v['median']:>12,.0f}")
+        for peer, target in (("c", 1), ("netfilterqueue", 2)):
+            if peer in RESULTS:
+                a, p = RESULTS["acl"], RESULTS[peer]
+                lines.append(f"  acl / {peer}: best {a['best'] / p['best']:.2f}, median "
+                             f"{a['median'] / p['median']:.2f} (target >= {target})")
+        print("\n".join(lines))
+
+    @pytest.fixture(scope="module")
+    def c_consumer_binary():
+        why = _skip_reason()
+        if why:
+            pytest.skip(why)
+        tmp = Path(tempfile.mkdtemp(prefix="acl-bench-nfq-"))
+        try:
+            src = tmp / "consumer.c"
+            src.write_text(C_CONSUMER)
+            flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libnetfilter_queue"],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            subprocess.run(["cc", "-O2", "-o", str(tmp / "consumer"), str(src), *flags],
+                           check=True, capture_output=True, timeout=120)
+            yield tmp / "consumer"
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_bare_c_consumer(benchmark, pair, c_consumer_binary):
+        """Times a bare C libnetfilter_queue consumer answering a full queue (batch verdicts)."""
+        c = Consumer(pair, [str(c_consumer_binary), str(BENCH_QUEUE), str(COPY_RANGE),
+                            str(RCVBUF), str(ROUND * 2)])
+        _run(benchmark, "c", c)
+
+    def test_acl_front_door(benchmark, pair, tmp_path):
+        """Times acl's front door (codec + real engine + batch verdicts) answering a full queue."""
+        (tmp_path / "hosts.allow").write_text("")
+        (tmp_path / "hosts.deny").write_text("bench: ALL\n")
+        policy = tmp_path / "policy.toml"
+        policy.write_text(
+            '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\n'
+            'deny = "hosts.deny"\nservices = ["*"]\n\n'
+            f'[nfqueue]\nqueues = [{BENCH_QUEUE}]\nports = {{ {BENCH_PORT} = "bench" }}\n'
+            f"copy_range = {COPY_RANGE}\nqueue_maxlen = {ROUND * 2}\nrcvbuf = {RCVBUF}\n"
+            "batch = 1024\n")
+        c = Consumer(pair, [sys.executable, str(Path(__file__).resolve()), "acl", str(policy)])
+        _run(benchmark, "acl", c)
+
+    def test_netfilterqueue_package(benchmark, pair):
+        """Times the netfilterqueue PyPI package (per-packet verdicts) answering a full queue."""
+        try:
+            import netfilterqueue  # noqa: F401
+        except ImportError as exc:
+            pytest.skip(f"netfilterqueue not installed (pip install NetfilterQueue): {exc}")
+        c = Consumer(pair, [sys.executable, str(Path(__file__).resolve()), "netfilterqueue"])
+        _run(benchmark, "netfilterqueue", c)
+
+
+if __name__ == "__main__":
+    role = sys.argv[1]
+    if role == "acl":
+        consumer_acl(sys.argv[2])
+    elif role == "netfilterqueue":
+        consumer_netfilterqueue()
+    elif role == "generate":
+        generator(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        sys.exit(f"unknown role {role}")

@@ -1,0 +1,179 @@
+"""Bad input: both cores raise the same exception class with the same message.
+
+Each case runs on the compiled core and on the twin and the outcomes --
+result, or exception type and text -- must be equal; the listed cases must
+also be errors (ValueError or TypeError), never a crash or a silent answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from array import array
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import load_impl
+
+EXAMPLES = 2000 if os.environ.get("ACL_SLOW") else 300
+
+
+@pytest.fixture(scope="module")
+def cores():
+    return load_impl("compiled", "acl._core", "acl._core_py"), load_impl("pure", "acl._core", "acl._core_py")
+
+
+def outcome(fn):
+    try:
+        result = fn()
+    except Exception as exc:  # noqa: BLE001 -- the outcome *is* the exception
+        return ("raised", type(exc), str(exc))
+    if isinstance(result, array):
+        result = list(result)
+    return ("ok", result)
+
+
+def same(cores, call):
+    """``call(core)`` on both cores; return the shared outcome."""
+    compiled, pure = (outcome(lambda c=c: call(c)) for c in cores)
+    assert compiled == pure
+    return compiled
+
+
+def table(core, family):
+    return core.PrefixTable(family, [(0, 0, 5), ("10.0.0.0" if family == 4 else "2001:db8::", 8 if family == 4 else 32, 1)])
+
+
+BAD_TABLES = [
+    (4, [("10.0.0.1", 8, 1)]),          # host bits set
+    (4, [("10.0.0.0", 33, 1)]),         # length too long
+    (4, [("10.0.0.0", -1, 1)]),         # negative length
+    (4, [("10.0.0.0", "8", 1)]),        # length not an int
+    (4, [("10.0.0.0", 8.0, 1)]),
+    (4, [("10.0.0.0", 8, -1)]),         # value out of range
+    (4, [("10.0.0.0", 8, 2**31 - 1)]),
+    (4, [("10.0.0.0", 8, None)]),
+    (4, [("2001:db8::", 32, 1)]),       # wrong family
+    (4, [(ipaddress.IPv6Address("::1"), 128, 1)]),
+    (4, [(2**32, 32, 1)]),              # address out of range
+    (4, [(b"\x0a\x00\x00", 24, 1)]),    # packed of the wrong size
+    (4, [("10.0.0.0", 8)]),             # not a triple
+    (4, [None]),
+    (6, [("::1", 127, 1)]),
+    (6, [("::", 129, 1)]),
+    (6, [("1.2.3.4", 32, 1)]),
+    (6, [(2**128, 0, 1)]),
+    (6, [(-1, 0, 1)]),
+    (6, [(True, 0, 1)]),
+    (5, []),                            # bad family
+    ("4", []),
+    (4.0, []),
+    (4, 17),                            # entries not iterable
+]
+
+
+@pytest.mark.parametrize("family,entries", BAD_TABLES)
+def test_bad_tables_raise_the_same_error(cores, family, entries):
+    result = same(cores, lambda c: c.PrefixTable(family, entries))
+    assert result[0] == "raised" and issubclass(result[1], (ValueError, TypeError)), result
+
+
+BAD_ARRAYS = [
+    (4, b"\x0a\x00\x00\x01", b"\x08", array("i", [1])),          # host bits
+    (4, b"\x0a\x00\x00\x00", b"\x21", array("i", [1])),          # /33
+    (4, b"\x0a\x00\x00\x00", b"\x08", array("i", [-5])),         # bad value
+    (4, b"\x0a\x00\x00\x00" * 2, b"\x08", array("i", [1])),      # columns disagree
+    (4, b"\x0a\x00\x00\x00", b"\x08\x08", array("i", [1])),
+    (4, b"\x0a\x00\x00\x00", b"\x08", array("i", [1, 2])),
+    (4, b"\x0a\x00\x00\x00", b"\x08", b"\x01\x00\x00"),          # values not int32-sized
+    (4, b"\x0a\x00\x00\x00\x0b\x00\x00\x01", b"\x08\x08", array("i", [1, 2])),  # 2nd bad
+    (6, bytes(15), b"\x00", array("i", [1])),
+    (6, bytes(16), b"\x81", array("i", [1])),
+    (6, b"\x20\x01" + bytes(13) + b"\x01", b"\x40", array("i", [1])),
+    (7, b"", b"", array("i")),
+    (4, None, b"", array("i")),
+]
+
+
+@pytest.mark.parametrize("family,nets,lens,vals", BAD_ARRAYS)
+def test_bad_arrays_raise_the_same_error(cores, family, nets, lens, vals):
+    result = same(cores, lambda c: c.PrefixTable.from_arrays(family, nets, lens, vals))
+    assert result[0] == "raised" and issubclass(result[1], (ValueError, TypeError)), result
+
+
+BAD_ADDRESSES = {
+    4: ["::ffff:1.2.3.4", "1.2.3", "1.2.3.4.5", "01.2.3.4", "256.1.1.1", " 1.2.3.4", "1.2.3.4\x00",
+        "1.2.3.4/32", "", "١.2.3.4", "\ud800", 2**32, -1, True, None, 1.5, b"\x01\x02\x03",
+        b"\x00" * 16, ipaddress.IPv6Address("::1"), ipaddress.IPv4Network("1.0.0.0/8"), [1, 2, 3, 4]],
+    6: ["1.2.3.4", "::g", "1::2::3", "12345::", "1:2:3:4:5:6:7:8:9", "::ffff:01.2.3.4", "fe80::1%",
+        ":1::", "", 2**128, -1, False, None, b"\x00" * 4, ipaddress.IPv4Address("1.2.3.4"), 3.0],
+}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_bad_addresses_raise_the_same_error(cores, family):
+    for addr in BAD_ADDRESSES[family]:
+        for method in ("first_match", "most_specific", "covering"):
+            result = same(cores, lambda c, m=method: getattr(table(c, family), m)(addr))
+            assert result[0] == "raised" and issubclass(result[1], (ValueError, TypeError)), (addr, result)
+        result = same(cores, lambda c: c.parse_address(addr, family))
+        assert result[0] == "raised", (addr, result)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_bad_query_prefixes_raise_the_same_error(cores, family):
+    bits = 32 if family == 4 else 128
+    bad = [("10.0.0.1" if family == 4 else "2001:db8::1", 8), (0, bits + 1), (0, -1), (0, "8"),
+           (0, None), ("junk", 8)]
+    for network, length in bad:
+        for method in ("exact", "covered_by"):
+            result = same(cores, lambda c, m=method: getattr(table(c, family), m)(network, length))
+            assert result[0] == "raised" and issubclass(result[1], (ValueError, TypeError)), (network, length, result)
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_bad_batch_buffers_raise_the_same_error(cores, family):
+    width = 4 if family == 4 else 16
+    good = bytes(width * 3)
+    cases = [
+        (good[:-1], None),                       # not a multiple of the width
+        (bytes(width + 1), None),
+        (good, array("i", [0, 0])),              # output too small
+        (good, bytearray(11)),                   # output not a multiple of 4 bytes
+        (good, bytes(12)),                       # read-only output
+        (good, memoryview(bytearray(12)).toreadonly()),
+        (good, "not a buffer"),
+        (17, None),                              # input not a buffer
+        ("1.2.3.4", None),
+    ]
+    for packed, out in cases:
+        for method in ("first_match_batch", "most_specific_batch"):
+            result = same(cores, lambda c, m=method: getattr(table(c, family), m)(packed, out))
+            assert result[0] == "raised" and issubclass(result[1], (ValueError, TypeError)), (packed, out, result)
+
+
+def test_ipv4_mapped_addresses_are_ipv6(cores):
+    """The documented rule: ``::ffff:a.b.c.d`` is never looked up as IPv4."""
+    for core in cores:
+        v4 = core.PrefixTable(4, [("0.0.0.0", 0, 1), ("1.2.3.0", 24, 0)])
+        with pytest.raises(ValueError):
+            v4.first_match("::ffff:1.2.3.4")
+        v6 = core.PrefixTable(6, [("::ffff:0:0", 96, 7), ("::ffff:1.2.3.0", 120, 3), ("2001:db8::", 32, 2)])
+        assert v6.most_specific("::ffff:1.2.3.4") == 3
+        assert v6.first_match("::ffff:1.2.4.4") == 7
+        assert v6.first_match("1.2.3.4".join(["::", ""])) == -1   # ::1.2.3.4 is not mapped
+        assert v4.most_specific(core.unmap_v4("::ffff:1.2.3.4")) == 0
+        assert core.unmap_v4("2001:db8::1") is None
+
+
+ADDRESS_TEXT = st.text(alphabet="0123456789abcdefABCDEF:.%/x -", max_size=45)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(text=ADDRESS_TEXT | st.ip_addresses().map(str) | st.ip_addresses().map(lambda ip: ip.exploded))
+def test_parse_address_agrees_on_any_text(cores, text):
+    """Whatever the text, both cores accept it with the same value or reject it alike."""
+    for family in (4, 6):
+        same(cores, lambda c: c.parse_address(text, family))

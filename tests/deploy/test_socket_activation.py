@@ -1,0 +1,117 @@
+"""acl.service's sockets reach ``acl serve`` as systemd would pass them.
+
+No systemd runs here, so systemd's own ``systemd-socket-activate`` plays the
+manager's part: it listens on the sockets named by the shipped units
+(``Sockets=`` of acl.service, ``ListenStream=`` and ``FileDescriptorName=``
+of each socket unit; paths moved under the test's tmp dir, the metrics port
+into the area's range), passes them as LISTEN_FDS/LISTEN_FDNAMES, and runs
+ExecStart's command line on the first connection.  A NOTIFY_SOCKET made by
+the test receives what ``Type=notify`` waits for, and ExecReload's SIGHUP
+must produce RELOADING=1 then READY=1.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import textwrap
+
+import pytest
+
+from acl.model import Request, Verdict
+
+from .conftest import DEPLOY, acl_entry_point, free_ports
+from .sidecar import Client, scrape, wait_for
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-socket-activate") is None,
+                                reason="systemd-socket-activate not installed")
+
+
+def directive(text: str, key: str) -> str:
+    m = re.search(rf"^{key}=(.*)$", text, re.M)
+    assert m, key
+    return m.group(1).strip()
+
+
+def test_units_sockets_drive_acl_serve(tmp_path):
+    (port,) = free_ports("socket_activation", 1)
+    service = (DEPLOY / "systemd" / "acl.service").read_text()
+    listens, names = [], []
+    for unit in directive(service, "Sockets").split():
+        text = (DEPLOY / "systemd" / unit).read_text()
+        where = directive(text, "ListenStream")
+        where = where.replace("/run/acl/", f"{tmp_path}/").replace("127.0.0.1:9464",
+                                                                  f"127.0.0.1:{port}")
+        listens += ["-l", where]
+        names.append(directive(text, "FileDescriptorName"))
+    assert names == ["query", "admin", "metrics"]
+
+    # The policy names other paths and no metrics address: whatever answers
+    # below was passed in by the "manager", not bound by acl.
+    (tmp_path / "hosts.allow").write_text("alpha: 127.0.0.0/255.0.0.0\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    config = tmp_path / "policy.toml"
+    config.write_text(textwrap.dedent("""\
+        [sockets]
+        query = "not-this-query.sock"
+        admin = "not-this-admin.sock"
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        services = ["alpha"]
+        [run]
+        watch = false
+        """))
+    exec_start = directive(service, "ExecStart").split()
+    assert exec_start[:2] == ["/usr/local/bin/acl", "serve"]
+    argv = [acl_entry_point(), *exec_start[1:]]
+    argv[argv.index("/etc/acl/policy.toml")] = str(config)
+
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    log = open(tmp_path / "activate.log", "wb")
+    proc = subprocess.Popen(["systemd-socket-activate", *listens, "--fdname=" + ":".join(names),
+                             "-E", f"NOTIFY_SOCKET={tmp_path / 'notify'}", *argv],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (tmp_path / "admin.sock").exists(), 10, proc=proc)
+        # First connection (a scrape) starts the sidecar; it says READY=1.
+        body = wait_for(lambda: scrape(port, 2.0), 20, proc=proc)
+        assert "acl_core_info" in body
+        assert notify.recv(4096) == b"READY=1"
+        client = Client(tmp_path / "query.sock")
+        try:
+            (reply,) = client.decide_many([Request("alpha", "127.0.0.1")])
+            assert reply.decision.verdict is Verdict.ALLOW
+        finally:
+            client.close()
+        admin = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        admin.connect(str(tmp_path / "admin.sock"))
+        admin.close()
+        assert not (tmp_path / "not-this-query.sock").exists()
+        assert not (tmp_path / "not-this-admin.sock").exists()
+        # ExecReload=/bin/kill -HUP $MAINPID (the sidecar was exec'ed in
+        # place, so $MAINPID is the activator's PID).
+        assert directive(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
+        proc.send_signal(signal.SIGHUP)
+        got = notify.recv(4096).decode()
+        assert got.startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(4096) == b"READY=1"
+    finally:
+        notify.close()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        log.close()
+    text = (tmp_path / "activate.log").read_text()
+    for name in names:
+        assert re.search(rf"acl serve: {name} on fd:\d+ \(systemd\)", text), text

@@ -1,0 +1,178 @@
+"""acl.client (blocking and asyncio), ``acl query``, ``acl serve`` on the
+shipped example, and the policy file's errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from acl.client import AsyncClient, Client
+from acl.errors import PolicyError
+from acl.model import Reason, Request, Verdict
+from acl.policy import EXAMPLE, load_policy
+
+from .conftest import wait_for
+
+
+def test_asyncio_client_pipelines_from_many_tasks(served):
+    async def main():
+        async with await AsyncClient.connect(served.query) as c:
+            assert await c.ping() == "compiled"
+            many = await asyncio.gather(*[c.decide("sshd", f"192.0.2.{i}") for i in range(1, 200)],
+                                        c.decide_many([Request("smtpd", "192.0.2.66")] * 50))
+            single, batch = many[:-1], many[-1]
+            assert all(d.allowed for d in single)
+            assert all(d.reason is Reason.TCPRULES for d in batch)
+            d = await c.decide("echo-stream", "127.0.0.1", lease=True)
+            assert d.lease and await c.release(d.lease) is True
+            assert await c.release(d.lease) is False
+
+    asyncio.run(main())
+
+
+def test_blocking_client_and_query_cli(served):
+    with Client(served.query) as c:
+        d = c.decide(Request("smtpd", "127.0.0.1", 5555, "127.0.0.1", 25))
+        assert d.env == (("RELAYCLIENT", ""),)
+    run = [sys.executable, "-m", "acl", "query", "--socket", served.query]
+    ok = subprocess.run(run + ["smtpd", "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("allow smtpd 127.0.0.1: ok") and "env RELAYCLIENT=" in ok.stdout
+    no = subprocess.run(run + ["sshd", "203.0.113.1"], capture_output=True, text=True, timeout=30)
+    assert no.returncode == 1 and no.stdout.startswith("deny sshd 203.0.113.1: libwrap")
+    assert "hosts.deny:1" in no.stdout
+    bad = subprocess.run(run + ["sshd", "not-an-address"], capture_output=True, text=True,
+                         timeout=30)
+    assert bad.returncode == 100 and "fatal" in bad.stderr
+    gone = subprocess.run([sys.executable, "-m", "acl", "query", "--socket",
+                           served.query + ".nope", "sshd", "192.0.2.1"],
+                          capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 111
+    adm = subprocess.run([sys.executable, "-m", "acl", "query", "--admin", served.admin, "dump"],
+                         capture_output=True, text=True, timeout=30)
+    assert adm.returncode == 0 and '"hosts_access"' in adm.stdout
+
+
+def test_serve_with_no_config_runs_the_shipped_example(tmp_path):
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "acl", "serve", "--metrics", ""],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: "ready" in log.read_text() or proc.poll() is not None, 30, "ready")
+        text = log.read_text()
+        query = str(tmp_path / "acl" / "query.sock")
+        assert f"query on {query}" in text
+        line = next(ln for ln in text.splitlines() if "try: " in ln)
+        cmd = line.split("try: ", 1)[1].split()
+        assert cmd[:4] == ["acl", "query", "--socket", query]
+        out = subprocess.run([sys.executable, "-m", "acl", *cmd[1:]], capture_output=True,
+                             text=True, timeout=30, env=env)
+        assert out.returncode == 0 and out.stdout.startswith("allow sshd 192.0.2.10")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def test_example_policy_uses_only_documentation_and_loopback_addresses():
+    import ipaddress
+    import re
+
+    doc = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24",
+                                              "203.0.113.0/24", "2001:db8::/32",
+                                              "127.0.0.0/8", "::1/128")]
+    for f in EXAMPLE.parent.iterdir():
+        for m in re.finditer(r"\b\d+\.\d+\.\d+\.\d+\b|\b[0-9a-f]*:[0-9a-f:]*:[0-9a-f]*\b",
+                             f.read_text()):
+            text = m.group(0)
+            if m.start() and f.read_text()[m.start() - 1] == "/":
+                continue                                   # a netmask
+            try:
+                ip = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            if ip == ipaddress.ip_address("0.0.0.0") or str(ip) == "::":
+                continue
+            assert any(ip in n for n in doc), (f.name, text)
+    p = load_policy(None)
+    assert [s.kind for s in p.sources] == ["xinetd", "tcprules", "hosts_access"]
+    assert p.diagnostics == []
+
+
+@pytest.mark.parametrize("toml, message", [
+    ("[bogus]\n", "bogus: unknown section"),
+    ("[[source]]\ntype = 'frob'\n", "unknown source type 'frob'"),
+    ("[[source]]\ntype = 'tcprules'\n", "source[0].file: a file name is required"),
+    ("[[source]]\ntype = 'tcprules'\nfile = 'nope'\n", "cannot read"),
+    ("[limits]\nsources = 'many'\n", "limits.sources: expected int"),
+    ("[limits]\nipv6_prefix = 200\n", "limits.ipv6_prefix"),
+    ("[sockets]\nmode = 'rw'\n", "sockets.mode"),
+    ("[sockets\n", "policy.toml"),
+])
+def test_policy_errors_name_the_file_and_key(tmp_path, toml, message):
+    p = tmp_path / "policy.toml"
+    p.write_text(toml)
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    assert str(p) in str(exc.value) and message in str(exc.value)
+
+
+def test_bad_rule_file_at_start_is_a_clear_fatal(tmp_path):
+    from .conftest import policy_toml
+
+    cfg = policy_toml(tmp_path)
+    (tmp_path / "tcp.smtpd").write_text("1.2.3.4:allow\n1.2.3.5:frob\n")
+    out = subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 100
+    assert f"acl serve: fatal: {tmp_path}/tcp.smtpd:2:" in out.stderr
+
+
+def test_engine_order_and_unknown_service(tmp_path):
+    from acl.engine import Engine
+
+    from .conftest import policy_toml
+
+    eng = Engine(load_policy(policy_toml(tmp_path)))
+    # xinetd refuses first (address), tcprules before hosts_access
+    d = eng.decide(Request("echo-stream", "198.51.100.1"), 1.0)
+    assert (d.verdict, d.reason) == (Verdict.DENY, Reason.ADDRESS)
+    d = eng.decide(Request("smtpd", "192.0.2.66"), 1.0)
+    assert d.reason is Reason.TCPRULES
+    # tcprules grants, then hosts_access decides; the grant carries the env
+    d = eng.decide(Request("smtpd", "192.0.2.9"), 1.0)
+    assert d.allowed and d.env == (("GREETDELAY", "5"),) and str(d.location).endswith(
+        "hosts.allow:2")
+    d = eng.decide(Request("smtpd", "203.0.113.9"), 1.0)
+    assert d.reason is Reason.LIBWRAP
+    # xinetd's libwrap name is what hosts_access sees (INTERNAL echo -> "echo")
+    d = eng.decide(Request("echo-stream", "127.0.0.1"), 1.0)
+    assert d.allowed and str(d.location).endswith("hosts.allow:3")
+    empty = Engine(load_policy(_only_tcprules(tmp_path)))
+    d = empty.decide(Request("nosuch", "192.0.2.1"), 1.0)
+    assert (d.verdict, d.reason) == (Verdict.DENY, Reason.UNKNOWN_SERVICE)
+    assert empty.counters()["decisions"] == {("_unknown", 0, 10): 1}
+
+
+def _only_tcprules(tmp_path):
+    p = tmp_path / "only.toml"
+    p.write_text('[[source]]\ntype = "tcprules"\nfile = "tcp.smtpd"\nservices = ["smtpd"]\n')
+    return p
+
+
+def test_rate_limit_per_source(tmp_path):
+    from acl.engine import Engine
+
+    from .conftest import policy_toml
+
+    eng = Engine(load_policy(policy_toml(tmp_path, rate=1.0, burst=2.0)))
+    got = [eng.decide(Request("sshd", "192.0.2.1"), 100.0).reason for _ in range(3)]
+    assert got == [Reason.OK, Reason.OK, Reason.RATE]
+    assert eng.decide(Request("sshd", "192.0.2.2"), 100.0).allowed      # another source
+    assert eng.decide(Request("sshd", "192.0.2.1"), 101.0).allowed      # one token later
+    assert eng.counters()["limit_trips"] == {("sshd", "rate"): 1}

@@ -1,0 +1,213 @@
+"""The compiled batch path answers exactly as the Python path does.
+
+Differential: generated hosts.allow/hosts.deny and tcprules files (address
+rules, options, env) and generated request streams (v4, v6, mapped, names,
+users, leases, unknown services, bad frames) are answered twice -- by the
+compiled plan with its Python fallback, and by the Python path alone -- and
+the reply bytes must be identical.  The source table (rate limit) is checked
+against its pure twin the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acl import _engine_py
+from acl.engine import KERNEL, Engine
+from acl.policy import Limits, Policy, Source
+from acl.serve.conn import answer_frames
+from acl.wire import binary as wb
+
+pytestmark = pytest.mark.skipif(KERNEL != "compiled", reason="the compiled engine is not built")
+
+DAEMONS = ["sshd", "smtpd", "ALL", "sshd, smtpd", "ftpd"]
+OPTIONS = ["", "", "", ": allow", ": deny", ": setenv FOO bar", ": severity auth.info",
+           ": twist /bin/echo no", ": banners /nonexistent : allow"]
+
+
+def v4_pattern(rng: random.Random) -> str:
+    k = rng.randrange(6)
+    a, b, c, d = (rng.choice([10, 192, 198, 203]), rng.randrange(4), rng.randrange(4),
+                  rng.randrange(8))
+    if k == 0:
+        return f"{a}.{b}.{c}.{d}"
+    if k == 1:
+        return f"{a}.{b}."
+    if k == 2:
+        return f"{a}."
+    if k == 3:
+        return f"{a}.{b}.0.0/255.255.0.0"
+    if k == 4:
+        return f"{a}.{b}.{c}.0/255.255.255.0"
+    return "ALL" if rng.random() < 0.3 else f"{a}.{b}.{c}."
+
+
+def v6_pattern(rng: random.Random) -> str:
+    n = rng.choice([32, 48, 64, 128])
+    net = ipaddress.ip_network(f"2001:db8:{rng.randrange(4):x}::/{n}", strict=False)
+    return f"[{net.network_address}]/{n}" if n < 128 else f"[2001:db8::{rng.randrange(8):x}]"
+
+
+def hosts_file(rng: random.Random, lines: int) -> str:
+    out = []
+    for _ in range(lines):
+        pats = [v4_pattern(rng) if rng.random() < 0.75 else v6_pattern(rng)
+                for _ in range(rng.randrange(1, 4))]
+        out.append(f"{rng.choice(DAEMONS)}: {' '.join(pats)} {rng.choice(OPTIONS)}".rstrip())
+    return "\n".join(out) + "\n"
+
+
+def tcprules_file(rng: random.Random, lines: int) -> str:
+    out = []
+    for _ in range(lines):
+        a, b, c = rng.choice([10, 192, 198]), rng.randrange(4), rng.randrange(4)
+        key = rng.choice([f"{a}.{b}.{c}.{rng.randrange(8)}", f"{a}.{b}.{c}.", f"{a}.{b}.",
+                          f"{a}."])
+        action = rng.choice(["allow", "deny", f'allow,X="{rng.randrange(9)}"'])
+        out.append(f"{key}:{action}")
+    if rng.random() < 0.5:
+        out.append(":" + rng.choice(["allow", "deny"]))
+    return "\n".join(out) + "\n"
+
+
+def make_policy(tmp, rng: random.Random, rate: float = 0.0, burst: float = 0.0) -> Policy:
+    from acl.compile.tcprules import load_tcprules
+    from acl.compile.tcpw import load_hosts_access
+
+    (tmp / "hosts.allow").write_text(hosts_file(rng, rng.randrange(0, 12)))
+    (tmp / "hosts.deny").write_text(hosts_file(rng, rng.randrange(0, 6)))
+    (tmp / "tcp.rules").write_text(tcprules_file(rng, rng.randrange(1, 10)))
+    hosts, _ = load_hosts_access(str(tmp / "hosts.allow"), str(tmp / "hosts.deny"))
+    sources = [Source("hosts_access", hosts, None, ())]
+    if rng.random() < 0.6:
+        sources.append(Source("tcprules", load_tcprules(str(tmp / "tcp.rules")),
+                              frozenset({"smtpd", "ftpd"}), ()))
+    return Policy(None, sources, limits=Limits(sources=64, rate=rate, burst=burst))
+
+
+def client(rng: random.Random) -> str:
+    k = rng.randrange(10)
+    if k < 5:
+        return f"{rng.choice([10, 192, 198, 203])}.{rng.randrange(4)}.{rng.randrange(4)}." \
+               f"{rng.randrange(10)}"
+    if k < 7:
+        return f"2001:db8:{rng.randrange(4):x}::{rng.randrange(10):x}"
+    if k == 7:
+        return f"::ffff:192.{rng.randrange(4)}.{rng.randrange(4)}.{rng.randrange(10)}"
+    if k == 8:
+        return str(ipaddress.IPv4Address(rng.getrandbits(32)))
+    return str(ipaddress.IPv6Address(rng.getrandbits(128)))
+
+
+def stream(rng: random.Random, n: int) -> bytes:
+    from acl.model import Request
+
+    frames = []
+    for i in range(n):
+        k = rng.random()
+        if k < 0.03:
+            frames.append(wb.frame(0x55, i))                       # unknown type
+            continue
+        if k < 0.05:
+            frames.append(wb.encode_release(i, rng.randrange(1, 5)))
+            continue
+        if k < 0.06:
+            frames.append(wb.encode_ping(i))
+            continue
+        service = rng.choice(["sshd", "smtpd", "ftpd", "nosuch", "SSHD"])
+        req = Request(service, client(rng), rng.randrange(65536),
+                      rng.choice([None, "127.0.0.1", "::1"]), rng.randrange(65536),
+                      rng.choice([None, None, None, "h.example.org"]),
+                      rng.choice([None, None, None, "joe"]), lease=rng.random() < 0.05)
+        frames.append(wb.encode_decide(i, req))
+    return b"".join(frames)
+
+
+def answer(engine, blob: bytes, now: float, chunk: int) -> bytes:
+    buf = bytearray()
+    leases: set = set()
+    out = []
+    for i in range(0, len(blob), chunk):
+        buf += blob[i:i + chunk]
+        got, fatal = answer_frames(engine, buf, now, leases, True)
+        out.extend(got)
+        assert not fatal
+    return b"".join(out)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32), st.sampled_from([5, 64, 1 << 20]),
+       st.sampled_from([(0.0, 0.0), (5.0, 3.0)]))
+def test_plan_equals_python_path(tmp_path_factory, seed, chunk, rate):
+    rng = random.Random(seed)
+    tmp = tmp_path_factory.mktemp("fp")
+    policy = make_policy(tmp, rng, *rate)
+    fast = Engine(policy)
+    slow = Engine(policy, batch=False)
+    assert slow.plan is None
+    blob = stream(rng, 400)
+    assert len(wb.BinaryDecoder().feed(blob)) == 400
+    for now in (1000.0, 1000.5, 1003.0):
+        assert answer(fast, blob, now, chunk) == answer(slow, blob, now, 1 << 20)
+    # the plan answered frames itself (residual: frames it handed to Python)
+    if fast.plan is not None:
+        assert fast.plan.residual < 400 * 3
+    assert fast.counters()["decisions"] == slow.counters()["decisions"]
+    assert fast.counters()["limit_trips"] == slow.counters()["limit_trips"]
+
+
+def test_plan_handles_the_common_policy_without_python(tmp_path):
+    (tmp_path / "a").write_text("sshd: 192.0.2.0/255.255.255.0 [2001:db8::]/32\n")
+    (tmp_path / "d").write_text("ALL: ALL\n")
+    from acl.compile.tcpw import load_hosts_access
+
+    layer, _ = load_hosts_access(str(tmp_path / "a"), str(tmp_path / "d"))
+    eng = Engine(Policy(None, [Source("hosts_access", layer, frozenset({"sshd"}), ())]))
+    from acl.model import Request
+
+    blob = b"".join(wb.encode_decide(i, Request("sshd", c)) for i, c in
+                    enumerate(["192.0.2.1", "192.0.3.1", "2001:db8::7", "2001:db9::7"] * 50))
+    pos, out, status = eng.plan.run(blob, 0, 1.0)
+    assert (pos, status) == (len(blob), 0) and eng.plan.residual == 0
+    verdicts = [r.decision.verdict.name for r in wb.ReplyDecoder().feed(out)]
+    assert verdicts == ["ALLOW", "DENY", "ALLOW", "DENY"] * 50
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3_000_000)), min_size=1,
+                max_size=300),
+       st.sampled_from([(1.0, 1.0), (2.5, 4.0), (0.5, 0.0), (100.0, 2.0)]),
+       st.sampled_from([16, 20, 64]))
+def test_source_table_twins_agree(events, rate_burst, capacity):
+    from acl import _engine
+
+    rate, burst = rate_burst
+    a = _engine.SourceTable(capacity)
+    b = _engine_py.SourceTable(capacity)
+    for who, t in events:
+        key = _engine.source_key(bytes([10, 0, who // 256, who % 256]))
+        assert key == _engine_py.source_key(bytes([10, 0, who // 256, who % 256]))
+        now = t / 1000.0
+        assert a.take(key, now, rate, burst) == b.take(key, now, rate, burst)
+    assert (a.tracked, a.evictions) == (b.tracked, b.evictions)
+    assert a.tracked <= a.capacity
+
+
+@given(st.binary(min_size=16, max_size=16), st.integers(0, 128))
+@settings(deadline=None)
+def test_source_keys_agree(raw, prefix):
+    from acl import _engine
+
+    assert _engine.source_key(raw, prefix) == _engine_py.source_key(raw, prefix)
+
+
+def test_source_table_is_bounded_and_counts_evictions():
+    t = _engine_py.SourceTable(16)
+    for i in range(1000):
+        t.take(_engine_py.source_key(i.to_bytes(4, "big")), 1.0, 1.0, 1.0)
+    assert t.tracked == 16 and t.evictions == 1000 - 16

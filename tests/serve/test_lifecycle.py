@@ -1,0 +1,218 @@
+"""Reload (SIGHUP, admin, watched file) under load with zero failed
+requests; a broken file keeps the running policy and says file:line:column;
+leases and counters survive; sd_notify; socket activation; privilege drop
+and chroot."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+
+import pytest
+
+from acl.client import Client
+from acl.model import Reason, Request, Verdict
+from acl.wire import binary as wb
+
+from .conftest import policy_toml, start_server, wait_for
+from .test_server import admin
+
+
+class Load(threading.Thread):
+    """Pipelined requests without pause; every reply must be a DECISION."""
+
+    def __init__(self, path: str):
+        super().__init__(daemon=True)
+        self.path = path
+        self.stop = threading.Event()
+        self.answers = 0
+        self.failures: list[str] = []
+        self.allowed_seen: set[bool] = set()
+
+    def run(self) -> None:
+        reqs = [Request("sshd", "192.0.2.1"), Request("smtpd", "192.0.2.5")] * 100
+        try:
+            with Client(self.path, timeout=10) as c:
+                while not self.stop.is_set():
+                    for d in c.decide_many(reqs):
+                        self.answers += 1
+                        if d.reason not in (Reason.OK, Reason.LIBWRAP):
+                            self.failures.append(repr(d))
+                    self.allowed_seen.add(d.allowed)
+        except Exception as exc:               # a failed request is the finding
+            self.failures.append(repr(exc))
+
+
+def test_reload_under_load_sighup_admin_and_file_change(tmp_path):
+    srv = start_server(tmp_path, policy_toml(tmp_path))
+    load = Load(srv.query)
+    load.start()
+    try:
+        wait_for(lambda: load.answers > 2000, 10, "load running")
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded (SIGHUP)" in srv.text(), 10, "SIGHUP reload")
+        r = admin(srv.admin, "reload")
+        assert r["ok"] is True
+        # a watched file changes: smtpd from 192.0.2.5 becomes denied
+        allow = tmp_path / "hosts.allow"
+        allow.write_text(allow.read_text().replace("smtpd: 127.0.0.1 127.0.0.2 192.0.2.0/255.255.255.0",
+                                                   "smtpd: 127.0.0.1 127.0.0.2"))
+        wait_for(lambda: "reloaded (file changed)" in srv.text(), 10, "file reload")
+        with Client(srv.query) as c:
+            assert c.decide("smtpd", "192.0.2.5").reason is Reason.LIBWRAP
+        before = load.answers
+        wait_for(lambda: load.answers > before + 2000, 10, "load still running")
+    finally:
+        load.stop.set()
+        load.join(15)
+        srv.stop()
+    assert load.failures == []
+    assert load.answers > 4000
+    st = srv.text()
+    assert st.count("reloaded") >= 3
+
+
+def test_broken_file_keeps_running_policy_and_says_where(tmp_path):
+    srv = start_server(tmp_path, policy_toml(tmp_path))
+    try:
+        with Client(srv.query) as c:
+            lease = c.decide("echo-stream", "127.0.0.9", lease=True)
+            assert lease.allowed and lease.lease
+            assert c.decide("smtpd", "192.0.2.66").reason is Reason.TCPRULES
+            before = admin(srv.admin, "stats")
+            rules = tmp_path / "tcp.smtpd"
+            good = rules.read_text()
+            rules.write_text(good + "192.0.2.7:allow,oops\n")
+            r = admin(srv.admin, "reload")
+            assert r["ok"] is False
+            assert f"{rules}:5:" in r["error"]          # file:line:column
+            # the running policy still answers, the lease still counts
+            assert c.decide("smtpd", "192.0.2.66").reason is Reason.TCPRULES
+            st = admin(srv.admin, "stats")
+            assert st["reloads"] == {"success": 0, "failure": 1}
+            assert st["leases"]["echo-stream"] == 1
+            assert f"{rules}:5:" in st["last_reload_error"]
+            rules.write_text(good.replace("192.0.2.66:deny", "192.0.2.66:allow"))
+            assert admin(srv.admin, "reload")["ok"] is True
+            assert c.decide("smtpd", "192.0.2.66").allowed
+            # leases and counters survived the reload
+            assert c.decide("echo-stream", "127.0.0.9", lease=True).allowed
+            third = c.decide("echo-stream", "127.0.0.9", lease=True)
+            assert (third.verdict, third.reason) == (Verdict.DENY, Reason.PER_SOURCE_LIMIT)
+            after = admin(srv.admin, "stats")
+            total = sum(n for *_k, n in after["decisions"])
+            assert total >= sum(n for *_k, n in before["decisions"]) + 4
+    finally:
+        srv.stop()
+
+
+def test_sd_notify_ready_reloading_stopping(tmp_path):
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(15)
+    srv = start_server(tmp_path, policy_toml(tmp_path), env={"NOTIFY_SOCKET": path})
+    try:
+        assert sock.recv(4096) == b"READY=1"
+        srv.proc.send_signal(signal.SIGHUP)
+        msg = sock.recv(4096).decode()
+        assert msg.startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert int(msg.split("=")[-1]) > 0
+        assert sock.recv(4096) == b"READY=1"
+        assert srv.stop() == 0
+        assert sock.recv(4096) == b"STOPPING=1"
+    finally:
+        srv.stop()
+        sock.close()
+
+
+def test_socket_activation_listen_fds(tmp_path):
+    qpath = str(tmp_path / "activated.sock")
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(qpath)
+    lsock.listen(16)
+    cfg = policy_toml(tmp_path, policy_socket=False)
+    fd = lsock.fileno()
+
+    def to_fd3():
+        os.dup2(fd, 3)
+
+    srv = start_server(tmp_path, cfg, env={"LISTEN_FDS": "1", "LISTEN_FDNAMES": "query"},
+                       prefix=["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh"],
+                       pass_fds=(3,) if fd != 3 else (), preexec=to_fd3, wait_path=None)
+    try:
+        lsock.close()
+        assert "query on fd:3 (systemd)" in srv.text()
+        assert not os.path.exists(tmp_path / "query.sock")     # did not bind its own
+        with Client(qpath) as c:
+            assert c.decide("sshd", "192.0.2.1").allowed
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop privileges")
+def test_binds_then_drops_to_unprivileged_user(tmp_path):
+    cfg = policy_toml(tmp_path, run='user = "nobody"\ngroup = "nogroup"')
+    srv = start_server(tmp_path, cfg)
+    try:
+        with open(f"/proc/{srv.proc.pid}/status") as f:
+            status = dict(line.split(":", 1) for line in f if ":" in line)
+        assert status["Uid"].split()[:3] == ["65534"] * 3
+        assert status["Gid"].split()[:3] == [str(_gid("nogroup"))] * 3
+        assert "running as uid 65534" in srv.text()
+        with Client(srv.query) as c:
+            assert c.decide("sshd", "192.0.2.1").allowed
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to chroot")
+def test_chroot_serves_and_reloads_inside(tmp_path):
+    cfg = policy_toml(tmp_path, run=f'chroot = "{tmp_path}"')
+    srv = start_server(tmp_path, cfg)
+    try:
+        assert f"in {tmp_path}" in srv.text()
+        root = os.readlink(f"/proc/{srv.proc.pid}/root")
+        assert root == str(tmp_path)
+        allow = tmp_path / "hosts.allow"
+        allow.write_text(allow.read_text().replace("sshd: 127.0.0.1", "sshd: 127.0.0.9"))
+        r = admin(srv.admin, "reload")
+        assert r["ok"] is True, r
+        with Client(srv.query) as c:
+            assert c.decide("sshd", "127.0.0.9").allowed
+            assert not c.decide("sshd", "127.0.0.1").allowed
+        assert srv.stop() == 0
+        assert not os.path.exists(srv.query)
+    finally:
+        srv.stop()
+
+
+def _gid(name: str) -> int:
+    import grp
+
+    return grp.getgrnam(name).gr_gid
+
+
+def test_frame_level_pipelining_across_a_reload_keeps_order(tmp_path):
+    srv = start_server(tmp_path, policy_toml(tmp_path))
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(srv.query)
+        s.settimeout(10)
+        ids = list(range(1, 20001))
+        blob = b"".join(wb.encode_decide(i, Request("sshd", "192.0.2.1")) for i in ids)
+        t = threading.Thread(target=s.sendall, args=(blob,))
+        t.start()
+        admin(srv.admin, "reload")
+        dec = wb.ReplyDecoder()
+        got = []
+        while len(got) < len(ids):
+            got.extend(dec.feed(s.recv(65536)))
+        t.join()
+        assert [r.request_id for r in got] == ids
+        assert all(r.type == wb.T_DECISION and r.decision.allowed for r in got)
+        s.close()
+    finally:
+        srv.stop()

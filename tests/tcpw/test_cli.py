@@ -1,0 +1,125 @@
+"""``acl match`` (hosts files) and ``acl check``: transcripts and exit codes."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acl.compile.tcpw import HostsAccessLayer, HostView, Query
+from acl.compile.tcpw_check import check, shadowed
+from acl.parse.hosts_access import parse_hosts
+
+from .test_fuzz import rule_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def acl(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "acl", *args], input=stdin, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def files(tmp_path, allow, deny):
+    a, d = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    a.write_text(allow)
+    d.write_text(deny)
+    return str(a), str(d)
+
+
+def test_match_transcript(tmp_path):
+    a, d = files(tmp_path, "sshd: 10.0.0.: setenv X %a\n", "ALL: ALL\n")
+    out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "sshd", "root@10.0.0.7")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "client:   address  10.0.0.7", "client:   username root", "server:   process  sshd",
+        f"matched:  {a} line 1", "option:   setenv X %a", "access:   granted"]
+    out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "ftpd", "10.0.0.7")
+    assert out.returncode == 1 and f"matched:  {d} line 1" in out.stdout
+    assert out.stdout.endswith("access:   denied\n")
+
+
+def test_match_names_through_a_private_hosts_file(tmp_path):
+    a, d = files(tmp_path, "sshd: .example.com\n", "ALL: ALL\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 good.example.com\n10.0.0.9 1.2.3.4\n10.0.0.9 bad.example.com\n")
+    common = ["match", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(hosts)]
+    out = acl(*common, "sshd", "good.example.com")
+    assert out.returncode == 0 and "client:   hostname good.example.com" in out.stdout
+    out = acl(*common, "sshd", "bad.example.com")
+    assert out.returncode == 1 and "client:   hostname paranoid" in out.stdout
+    out = acl(*common, "sshd", "nosuch.example.com")
+    assert out.returncode == 100 and "host not found" in out.stderr
+
+
+def test_match_batch(tmp_path):
+    a, d = files(tmp_path, "sshd: 10.0.0.\nftpd: ALL: twist /bin/echo no\n", "ALL: 10.\n")
+    out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "--batch",
+              stdin="sshd 10.0.0.1\nsshd 10.1.0.1\nftpd 1.2.3.4\nx 11.0.0.1\nsshd 2001:db8::1\n"
+                    "bad\n\nsshd nosuch.invalid.\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        f"granted {a}:1", f"denied {d}:1", f"delegated {a}:2", "granted -", "granted -",
+        "error expected 'DAEMON CLIENT'", "error nosuch.invalid.: host not found"]
+
+
+def test_match_usage_errors(tmp_path):
+    a, d = files(tmp_path, "", "")
+    assert acl("match", "--hosts-allow", a, "sshd").returncode == 100
+    assert acl("match", "--hosts-allow", a, "--batch", "sshd", "1.2.3.4").returncode == 100
+
+
+def test_check_exit_codes(tmp_path):
+    a, d = files(tmp_path, "sshd: 10.0.0.0/8\n", "ALL: ALL\n")
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    assert (out.returncode, out.stdout) == (0, "")
+    a, d = files(tmp_path, "sshd: 10.0.0.0/8\nsshd: 10.1.0.0/16\n", "ALL: ALL\n")
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    assert out.returncode == 1
+    assert out.stdout == (f"{a}:2: warning: rule can never match: every client it names is "
+                          f"matched first by {a}:1\n")
+    a, d = files(tmp_path, "sshd 10.0.0.1\n", "ALL: ALL")
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    assert out.returncode == 100
+    assert f'{a}:1:1: missing ":" separator: line ignored' in out.stdout
+    assert f"{d}:1:9: missing newline at end of file" in out.stdout
+    (tmp_path / "f").write_text("")
+    out = acl("check", "--hosts-allow", str(tmp_path / "f" / "x"), "--hosts-deny", d)
+    assert out.returncode == 111
+
+
+def test_check_lint_and_overlaps(tmp_path):
+    a, d = files(tmp_path, "sshd: 192.168.1 10.0.0.1/255.0.0.0 0.0.0.0/0\n  # x: y\n"
+                           "ALL: 172.16.5.5: user nobody\n",
+                 "ALL: 172.16.0.0/16\n")
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    text = out.stdout
+    assert out.returncode == 1
+    assert "192.168.1: not a full dotted quad" in text
+    assert "10.0.0.1/255.0.0.0: the net has bits outside the mask" in text
+    assert "0.0.0.0/0: bad net/mask pattern" in text
+    assert "'#' starts a comment only in column 1" in text
+    assert "option user: does nothing in Debian's tcpd" in text
+    assert f"{d}:1: warning: overlap: clients in 172.16.5.5/32" in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(rule_lines(), rule_lines(),
+       st.lists(st.integers(0, 2**32 - 1), min_size=5, max_size=20),
+       st.sampled_from(["sshd", "ftpd", "x"]))
+def test_shadowed_rules_really_never_decide(allow, deny, addrs, daemon):
+    lay = HostsAccessLayer(parse_hosts("/a", allow), parse_hosts("/d", deny))
+    dead = {(d.path, d.line) for d in shadowed(lay)}
+    assert all(d.severity for d in check(lay))
+    clients = [str(ipaddress.IPv4Address(a)) for a in addrs] + ["10.0.0.1", "192.168.1.1", "::1"]
+    for c in clients:
+        def make(c=c):
+            return Query(daemon, HostView(c, "unknown", None, 0), HostView("unknown", "unknown", None, 0),
+                         server_sin=False)
+        i = lay.first_match(c, daemon, make)
+        if i is not None:
+            assert (lay.rules[i].path, lay.rules[i].line) not in dead

@@ -1,0 +1,70 @@
+"""``acl match --xinetd``: transcripts of the batch and single forms."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.xinetd.helpers import defaults, svc
+from tests.xinetd.live_support import HOSTS
+
+
+def acl(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "acl", "match", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def write(tmp_path, text):
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text(text)
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    return str(conf), str(hosts)
+
+
+def test_batch_answers_address_decisions(tmp_path):
+    conf, hosts = write(tmp_path, defaults("only_from = 127.0.0.2")
+                        + svc("a") + svc("b", "no_access = .example.com", "only_from = 0.0.0.0",
+                                         port=43901)
+                        + svc("v6", "only_from = ::ffff:127.0.0.3", bind="::ffff:127.0.0.1",
+                              flags="IPv6", port=43902)
+                        + svc("gone", "only_from = 1,2", port=43903))
+    out = acl("--xinetd", conf, "--hosts", hosts, "--batch",
+              stdin="a 127.0.0.2\na 127.0.0.3\nb 127.0.0.3\nb 127.0.0.4\n"
+                    "v6 ::ffff:127.0.0.3\nv6 127.0.0.3\nv6 ::ffff:127.0.0.2\n"
+                    "gone 127.0.0.2\nnope 127.0.0.2\n# comment\n\na not-an-ip\na\n")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "allow ok", "deny address", "deny address", "allow ok",
+        "allow ok", "allow ok", "deny address",
+        "deny unknown_service", "deny unknown_service", "deny error", "deny error"]
+    assert "xinetd.conf:" in out.stderr and "DISABLING SERVICE" in out.stderr
+    assert "stdin:13: expected SERVICE IP" in out.stderr
+
+
+def test_batch_does_not_consume_limits_unless_asked(tmp_path):
+    conf, hosts = write(tmp_path, svc("c", "cps = 2 5", "instances = 0"))
+    many = "c 127.0.0.2\n" * 6
+    out = acl("--xinetd", conf, "--hosts", hosts, "--batch", "-q", stdin=many)
+    assert out.stdout.splitlines() == ["allow ok"] * 6
+    out = acl("--xinetd", conf, "--hosts", hosts, "--batch", "-q", "--limits",
+              "--now", "1000.5", stdin=many)
+    assert out.stdout.splitlines() == (["deny service_limit"] * 2
+                                       + ["deny connections per second"] * 4)
+
+
+def test_single_query_exit_codes_and_errors(tmp_path):
+    conf, hosts = write(tmp_path, svc("a", "only_from = 127.0.0.2"))
+    ok = acl("--xinetd", conf, "--hosts", hosts, "a", "127.0.0.2")
+    assert (ok.returncode, ok.stdout) == (0, "allow ok\n")
+    no = acl("--xinetd", conf, "--hosts", hosts, "a", "127.0.0.9")
+    assert (no.returncode, no.stdout) == (1, "deny address\n")
+    bad = acl("--xinetd", conf, "a", "zzz")
+    assert bad.returncode == 100 and "not an address" in bad.stderr
+    missing = acl("--xinetd", str(tmp_path / "none.conf"), "a", "127.0.0.1")
+    assert missing.returncode == 111 and "none.conf" in missing.stderr
+    conf2, _ = write(tmp_path, defaults("cps = x 1") + svc("a"))
+    fatal = acl("--xinetd", conf2, "a", "127.0.0.1")
+    assert fatal.returncode == 100 and "xinetd.conf:3:" in fatal.stderr
+    usage = acl("--xinetd", conf)
+    assert usage.returncode == 100 and "usage" in usage.stderr

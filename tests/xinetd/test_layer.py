@@ -1,0 +1,100 @@
+"""The xinetd layer as the engine uses it: order, leases, reload, counters."""
+
+from __future__ import annotations
+
+from acl.compile.xinetd import XinetdLayer, load_xinetd
+from acl.model import Reason, Request, Verdict
+from tests.xinetd.helpers import NOON, RESOLVER, defaults, full, layer, load, svc
+
+
+def test_check_returns_none_for_other_services_and_locates_the_service():
+    lay = layer(svc("a", "only_from = 127.0.0.9"))
+    assert lay.name == "xinetd"
+    assert lay.check(Request(service="sshd", client="127.0.0.1"), NOON) is None
+    d = lay.check(Request(service="a", client="127.0.0.2"), NOON)
+    assert (d.verdict, d.reason) == (Verdict.DENY, Reason.ADDRESS)
+    assert str(d.location) == "test.conf:1"
+    assert lay.check(Request(service="a", client="bogus"), NOON).reason is Reason.ERROR
+
+
+def test_service_id_is_what_requests_name():
+    lay = layer(svc("ftp", "id = ftp-special", "only_from = 127.0.0.2"))
+    assert set(lay.policy.services) == {"ftp-special"}
+    assert full(lay, "ftp-special", "127.0.0.2", NOON) == "allow"
+
+
+def test_state_survives_a_reload():
+    text1 = svc("s", "per_source = 1", "cps = 3 60")
+    lay1 = layer(text1)
+    req = Request(service="s", client="127.0.0.2", lease=True)
+    assert full(lay1, "s", "127.0.0.2", NOON) == "allow"
+    lease = lay1.take_lease(req, NOON)
+    # reload with a changed file: same state object
+    policy2, _ = load(text1.replace("per_source = 1", "per_source = 1\n  instances = 5"))
+    lay2 = XinetdLayer(policy2, state=lay1.state, resolver=RESOLVER)
+    assert full(lay2, "s", "127.0.0.2", NOON + 0.1) == "deny per_source_limit"
+    assert full(lay2, "s", "127.0.0.3", NOON + 0.2) == "allow"
+    # the cps window kept counting across the reload: 4th connection trips
+    assert full(lay2, "s", "127.0.0.4", NOON + 0.3) == "deny connections per second"
+    assert lay2.release(lease)
+    c = lay2.counters()
+    assert c["services"]["s"]["per_source_limit"] == 1
+    assert c["services"]["s"]["cps_trips"] == 1
+    assert c["services"]["s"]["active_leases"] == 0
+
+
+def test_per_source_compares_in_the_service_family():
+    lay = layer(svc("m", "per_source = 1", bind="::ffff:127.0.0.1", flags="IPv6"))
+    lease = lay.take_lease(Request(service="m", client="127.0.0.2", lease=True), NOON)
+    assert full(lay, "m", "::ffff:127.0.0.2", NOON) == "deny per_source_limit"
+    assert full(lay, "m", "127.0.0.2", NOON) == "deny per_source_limit"
+    assert lay.release(lease)
+
+
+def test_token_bucket_is_configured_per_service_and_aggregates_v6():
+    lay = layer(svc("r", "cps = 0 0", bind="::1", flags="IPv6"), rate={"r": (1.0, 2.0)})
+    got = [full(lay, "r", f"2001:db8::{i}", NOON) for i in range(3)]
+    assert got == ["allow", "allow", "deny rate"]
+    assert full(lay, "r", "2001:db8:0:1::1", NOON) == "allow"    # another /64
+    c = lay.counters()
+    assert c["services"]["r"]["rate"] == 1 and c["tracked_sources"] == 2
+
+
+def test_max_load_reads_the_callers_loadavg_only_when_set():
+    calls = []
+
+    def loadavg():
+        calls.append(1)
+        return 0.7
+
+    lay = layer(svc("l", "max_load = 0.7") + svc("n", port=43901), loadavg=loadavg)
+    assert full(lay, "n", "127.0.0.2", NOON) == "allow" and not calls
+    assert full(lay, "l", "127.0.0.2", NOON) == "deny load" and calls
+
+
+def test_scalar_defaults_reach_every_service_late(tmp_path):
+    text = svc("before") + defaults("instances = 0", "cps = 0 0") + svc("after", port=43901)
+    policy, _ = load(text)
+    assert policy.services["before"].instances == 0
+    assert policy.services["after"].cps == (0, 0)
+    conf = tmp_path / "x.conf"
+    conf.write_text(text)
+    policy, diags = load_xinetd(str(conf), RESOLVER)
+    assert set(policy.services) == {"before", "after"}
+
+
+def test_required_attributes_and_port_checks_drop_services():
+    text = ("service nope\n{\n  socket_type = stream\n  wait = no\n  user = root\n"
+            "  server = /bin/echo\n}\n"
+            + svc("nouser").replace("  user = root\n", "")
+            + "service echo\n{\n  type = INTERNAL\n  socket_type = stream\n  wait = no\n}\n"
+            + "service echo\n{\n  type = INTERNAL\n  socket_type = stream\n  wait = no\n"
+              "  bind = 127.0.0.1\n}\n"
+            + svc("daytime", "port = 99", flags="").replace("  type = UNLISTED\n", ""))
+    policy, diags = load(text)
+    assert set(policy.services) == {"echo"}
+    assert policy.services["echo"].bind is None          # the first of a duplicated id
+    msgs = "\n".join(str(d) for d in diags)
+    assert "Port not specified and can't find service: nope" in msgs
+    assert "missing attribute user" in msgs
+    assert "Service daytime expects port 13, not" in msgs

@@ -1,0 +1,154 @@
+"""Live differential for the limits: cps (trip and reactivation), per_source
+and instances held open, against the real xinetd.
+
+acl's :class:`XinetdLayer` is driven with the same real clock as xinetd, one
+call per connection, and must predict each connection's fate:
+
+* ``ok``      -- granted (the server ran / the held ``cat`` echoes);
+* ``closed``  -- accepted then closed: a refusal by a parent check (cps
+  trip, instances, per_source) or by address;
+* ``refused`` -- no listening socket: cps switched the service off.
+
+cps works on whole seconds, so connections are timed away from second
+boundaries and from the moment a tripped service comes back.  The
+sequences are generated (seeded) and the services' limits drawn at random.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from acl.compile.xinetd import XinetdLayer, load_xinetd_text
+from acl.model import Reason, Request
+from acl.parse.xinetd_resolve import HostsResolver
+from tests.conftest import PORTS
+from tests.xinetd.live_support import HOSTS, Held, Xinetd, probe, require_live
+
+pytestmark = pytest.mark.live
+
+BASE = PORTS["xinetd"][0] + 500     # 43500..: clear of the address test
+
+
+def _service(sid, port, server, args, extra):
+    return "\n".join([
+        f"service {sid}", "{", "  type = UNLISTED", f"  port = {port}", "  socket_type = stream",
+        "  protocol = tcp", "  wait = no", "  user = root", f"  server = {server}",
+        *([f"  server_args = {args}"] if args else []), "  bind = 127.0.0.1",
+        "  flags = NOLIBWRAP IPv4", *("  " + e for e in extra), "}", ""])
+
+
+def _sleep_to_fraction(lo=0.25, hi=0.6):
+    """Sleep until the current second's fraction is inside [lo, hi)."""
+    now = time.time()
+    frac = now - int(now)
+    if lo <= frac < hi:
+        return
+    time.sleep((lo - frac) % 1.0 + 0.01)
+
+
+def _predict(layer, sid, src, now):
+    """What acl says of one connection, in the probe's vocabulary."""
+    active = layer.cps_active(sid, now)
+    d = layer.check(Request(service=sid, client=src), now)
+    if d.allowed:
+        return "ok", d
+    if d.reason is Reason.CPS and not active:
+        return "refused", d
+    return "closed", d
+
+
+def test_cps_trip_and_reactivation_match_real_xinetd():
+    require_live()
+    rng = random.Random(5)
+    specs = [("cpsa", (2, 1)), ("cpsb", (rng.choice([1, 3]), 1))]
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, BASE + i, "/bin/echo", "ok", [f"cps = {m} {w}"])
+        for i, (sid, (m, w)) in enumerate(specs))
+    policy, _ = load_xinetd_text(text)
+    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
+    xd = Xinetd(text, len(specs))
+    rows = []
+    try:
+        xd.start()
+        # A burst of quick connections, then single probes a second apart:
+        # trips, refusals while off, re-trips on the old window, new windows.
+        for i, (sid, _) in enumerate(specs):
+            port = BASE + i
+            burst = rng.randint(3, 5)
+            plan = [0.0] * burst + [0.15] + [1.0] * rng.randint(3, 4)
+            _sleep_to_fraction()
+            for gap in plan:
+                if gap:
+                    time.sleep(gap)
+                    _sleep_to_fraction()
+                # keep clear of the instant a tripped service comes back
+                off_until = layer.state.cps_state(layer._slots[sid])[2]
+                for _ in range(3):
+                    if abs(time.time() - off_until) >= 0.3:
+                        break
+                    time.sleep(off_until + 0.3 - time.time())
+                    _sleep_to_fraction()
+                now = time.time()
+                assert abs(now - off_until) >= 0.2
+                want, d = _predict(layer, sid, "127.0.0.2", now)
+                got = probe(port, "127.0.0.2")
+                rows.append((sid, round(now % 100, 2), want, got, d.reason.name))
+    finally:
+        xd.stop()
+    kinds = {w for _, _, w, _, _ in rows}
+    assert {"ok", "closed", "refused"} <= kinds, rows     # trip, off and back all seen
+    bad = [r for r in rows if r[2] != r[3]]
+    assert not bad, f"disagreements (service, t, acl, xinetd, reason): {bad}\nall: {rows}"
+
+
+def test_per_source_and_instances_held_open_match_real_xinetd():
+    require_live()
+    rng = random.Random(9)
+    specs = [("ps", [f"per_source = {rng.choice([1, 2])}"]),
+             ("inst", [f"instances = {rng.choice([2, 3])}"]),
+             ("both", ["per_source = 1", "instances = 2"])]
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, BASE + 10 + i, "/bin/cat", "", extra)
+        for i, (sid, extra) in enumerate(specs))
+    policy, _ = load_xinetd_text(text)
+    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
+    xd = Xinetd(text, len(specs))
+    rows = []
+    held: list[tuple[Held, int]] = []
+    try:
+        xd.start()
+        for i, (sid, _) in enumerate(specs):
+            port = BASE + 10 + i
+            for _ in range(14):
+                if held and rng.random() < 0.35:
+                    conn, lease = held.pop(rng.randrange(len(held)))
+                    conn.close()
+                    assert layer.release(lease)
+                    time.sleep(0.3)              # let xinetd reap the server
+                    continue
+                src = rng.choice(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
+                now = time.time()
+                want, _d = _predict(layer, sid, src, now)
+                conn = Held(port, src)
+                rows.append((sid, src, want, conn.result))
+                if want == "ok":
+                    lease = layer.take_lease(Request(service=sid, client=src, lease=True), now)
+                    if conn.result == "ok":
+                        held.append((conn, lease))
+                    else:
+                        layer.release(lease)
+            while held:
+                conn, lease = held.pop()
+                conn.close()
+                layer.release(lease)
+            time.sleep(0.3)
+    finally:
+        for conn, _ in held:
+            conn.close()
+        xd.stop()
+    assert {"ok", "closed"} <= {r[2] for r in rows}, rows
+    bad = [r for r in rows if r[2] != r[3]]
+    assert not bad, f"disagreements (service, source, acl, xinetd): {bad}\nall: {rows}"
