@@ -6,7 +6,8 @@ Rules (shared with the compiled ``SourceTable``):
   mapped client of an IPv6 socket is the same source), an IPv6 client is
   masked to the configured prefix length (``[limits] ipv6_prefix``).
 * The table is bounded: ``capacity`` rounded up to a power of two (at least
-  16) slots, open addressing, FNV-1a 64 of the 16 bytes picks the first slot,
+  16) slots, open addressing, a splitmix64 mix of the two 64-bit halves
+  (``mix(hi ^ mix(lo))``, big-endian) picks the first slot,
   at most ``PROBES`` slots are probed.  A new source takes the first empty
   probed slot; when all are taken, the probed entry seen least recently is
   evicted (the first one on a tie) and ``evictions`` counts it.  A flood of
@@ -22,8 +23,6 @@ from __future__ import annotations
 __all__ = ["SourceTable", "source_key", "PROBES"]
 
 PROBES = 8
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
 _M64 = (1 << 64) - 1
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
 
@@ -39,11 +38,15 @@ def source_key(packed: bytes, ipv6_prefix: int = 64) -> bytes:
     return (n & mask).to_bytes(16, "big")
 
 
-def _fnv(key: bytes) -> int:
-    h = _FNV_OFFSET
-    for b in key:
-        h = ((h ^ b) * _FNV_PRIME) & _M64
-    return h
+def _mix(x: int) -> int:
+    # splitmix64's finalizer; the compiled twin uses the same constants
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def _hash(key: bytes) -> int:
+    return _mix(int.from_bytes(key[:8], "big") ^ _mix(int.from_bytes(key[8:], "big")))
 
 
 class SourceTable:
@@ -63,7 +66,7 @@ class SourceTable:
         if burst <= 0:
             burst = rate if rate > 1.0 else 1.0
         mask = self.capacity - 1
-        h = _fnv(key)
+        h = _hash(key)
         slot = -1
         free = -1
         oldest = -1

@@ -336,7 +336,9 @@ class LimitState:
             return SERVICE_LIMIT
         # e. per_source: live leases of the service from this address.
         lim = self._per_source[s]
-        if lim >= 0:
+        # a source holds at most the service's live leases: below the limit
+        # there, no source can be at it, and the table need not be read.
+        if lim >= 0 and self._active[s] >= lim:
             i = self._find(hi, lo, _USED | s)
             held = self._val[i] if i >= 0 else 0
             if held >= lim:

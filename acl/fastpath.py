@@ -181,23 +181,6 @@ def ranges(entries, bits: int, first_match: bool) -> list[tuple[int, int]]:
     return out
 
 
-def _overlay(per_view: list[list[tuple[int, object]]]) -> list[tuple[int, tuple]]:
-    """Range lists of several views -> ranges of value tuples."""
-    if len(per_view) == 1:
-        return [(s, (v,)) for s, v in per_view[0]]
-    starts = sorted({s for r in per_view for s, _ in r})
-    idx = [0] * len(per_view)
-    out = []
-    for s in starts:
-        vals = []
-        for k, r in enumerate(per_view):
-            while idx[k] + 1 < len(r) and r[idx[k] + 1][0] <= s:
-                idx[k] += 1
-            vals.append(r[idx[k]][1])
-        out.append((s, tuple(vals)))
-    return out
-
-
 def combine(decisions) -> Decision | None:
     """The engine's rule over one request's layer answers (engine.py)."""
     from acl.engine import UNKNOWN, merge_grants
@@ -229,6 +212,58 @@ def _service_names(policy) -> list[str]:
     return sorted(n for n in names if 1 <= len(n.encode()) <= 255)
 
 
+def _view_ranges(entries, bits: int, first_match: bool):
+    """(starts, values) of one view; IPv4 goes through the compiled builder."""
+    if bits == 32 and entries:
+        from acl import _engine
+
+        nets = array("I", [e[0] for e in entries])
+        lens = array("B", [e[1] for e in entries])
+        vals = array("i", [e[2] for e in entries])
+        return _engine.ranges4(nets, lens, vals, first_match)
+    r = ranges(entries, bits, first_match)
+    return [s for s, _ in r], [v for _, v in r]
+
+
+def _family_table(views, fam: int, action_for):
+    """Overlay the views of one family; (starts, actions) with -1 = residual."""
+    bits = _BITS[fam]
+    per_view = []                  # (starts, values, value -> Decision)
+    for v in views:
+        if fam == 4 and v.forced_v4:
+            fs, fv = _view_ranges([(n, ln, 0) for n, ln in v.forced_v4], bits, False)
+            per_view.append((fs, fv, lambda val: RESIDUAL if val >= 0 else None))
+        starts, vals = _view_ranges(v.v4 if fam == 4 else v.v6, bits, v.first_match)
+        per_view.append((starts, vals, (lambda view: lambda val: view.default if val < 0
+                                        else view.decisions[val])(v)))
+    if len(per_view) == 1:
+        starts, codes = per_view[0][0], per_view[0][1]
+        combos = {c: (c,) for c in set(codes)}
+    else:
+        starts = sorted({s for pv in per_view for s in pv[0]})
+        idx = [0] * len(per_view)
+        code_of: dict[tuple, int] = {}
+        codes = []
+        for s in starts:
+            key = []
+            for k, pv in enumerate(per_view):
+                st = pv[0]
+                while idx[k] + 1 < len(st) and st[idx[k] + 1] <= s:
+                    idx[k] += 1
+                key.append(pv[1][idx[k]])
+            codes.append(code_of.setdefault(tuple(key), len(code_of)))
+        combos = {c: k for k, c in code_of.items()}
+    action_of = {}
+    for code, key in combos.items():
+        d = combine([pv[2](val) for pv, val in zip(per_view, key, strict=True)])
+        action_of[code] = -1 if d is RESIDUAL else action_for(d)
+    acts = array("i", [action_of[c] for c in codes])
+    if fam == 4:
+        return array("I", starts), acts
+    return (array("Q", [s >> 64 for s in starts]),
+            array("Q", [s & ((1 << 64) - 1) for s in starts])), acts
+
+
 def build_plan(policy, sources):
     """The BatchPlan for ``policy`` (None when no service can use one)."""
     from acl import _engine
@@ -238,14 +273,6 @@ def build_plan(policy, sources):
     actions: list[tuple[bytes, tuple]] = []
     action_ids: dict[tuple, int] = {}
 
-    def action(service: str, d: Decision) -> int:
-        key = (service, d)
-        a = action_ids.get(key)
-        if a is None:
-            a = action_ids[key] = len(actions)
-            actions.append((decision_payload(d), (service, int(d.verdict), int(d.reason))))
-        return a
-
     lim = policy.limits
     for name in _service_names(policy):
         layers = policy.layers_for(name)
@@ -254,38 +281,20 @@ def build_plan(policy, sources):
         views = [view_of(layer, daemon or name) for layer, daemon in layers]
         if any(v is None for v in views):
             continue
-        tables = {}
+
+        def action(d: Decision, name=name) -> int:
+            key = (name, d)
+            a = action_ids.get(key)
+            if a is None:
+                a = action_ids[key] = len(actions)
+                actions.append((decision_payload(d), (name, int(d.verdict), int(d.reason))))
+            return a
+
         flags = (1 if any(v.uses_host for v in views) else 0) | (
             2 if any(v.uses_user for v in views) else 0)
-        for fam in (4, 6):
-            per_view = []
-            for v in views:
-                r = ranges(v.v4 if fam == 4 else v.v6, _BITS[fam], v.first_match)
-                per_view.append([(s, v.default if val < 0 else v.decisions[val]) for s, val in r])
-                if fam == 4 and v.forced_v4:
-                    r = ranges([(n, ln, 0) for n, ln in v.forced_v4], 32, False)
-                    per_view.insert(0, [(s, None if val < 0 else RESIDUAL) for s, val in r])
-            starts = array("I") if fam == 4 else (array("Q"), array("Q"))
-            acts = array("i")
-            for s, vals in _overlay(per_view):
-                d = combine(list(vals))
-                if d is RESIDUAL:
-                    if fam == 4:
-                        starts.append(s)
-                    else:
-                        starts[0].append(s >> 64)
-                        starts[1].append(s & ((1 << 64) - 1))
-                    acts.append(-1)
-                    continue
-                if fam == 4:
-                    starts.append(s)
-                else:
-                    starts[0].append(s >> 64)
-                    starts[1].append(s & ((1 << 64) - 1))
-                acts.append(action(name, d))
-            tables[fam] = (starts, acts)
-        rate_action = action(name, RATE_DENY) if lim.rate > 0 else -1
-        (s4, a4), ((h6, l6), a6) = tables[4], tables[6]
+        s4, a4 = _family_table(views, 4, action)
+        (h6, l6), a6 = _family_table(views, 6, action)
+        rate_action = action(RATE_DENY) if lim.rate > 0 else -1
         services.append((name.encode(), s4, a4, h6, l6, a6, lim.rate, lim.burst, rate_action,
                          flags))
     if not services:

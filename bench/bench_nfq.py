@@ -3,16 +3,20 @@
 How one round is timed (the same for the three consumers):
 
 * A server and a client network namespace joined by a veth pair
-  (tests/nfq/netns.py; nothing leaves them).  In the server namespace one
-  iptables rule queues UDP to BENCH_PORT on queue BENCH_QUEUE with
-  ``--queue-bypass``.
+  (tests/nfq/netns.py; nothing leaves them).  In the server namespace
+  iptables rules queue UDP to one port per consumer on one queue per
+  consumer (QUEUES), with ``--queue-bypass``; all three consumers are bound
+  at once so that their rounds interleave and machine load falls on all.
 * The consumer binds the queue (copy range 128, queue length and socket
   buffer large enough for a round) and waits.  Untimed setup: a generator in
   the client namespace sends ROUND UDP datagrams; we wait until the kernel's
   queue holds them all (``/proc/PID/net/netfilter/nfnetlink_queue``).
 * Timed: "go N" to the consumer, which reads and answers (DROP) all N packets
-  and says "done".  Every consumer answers every packet; acl also decodes
-  each packet and asks the real engine (a hosts.deny ``bench: ALL`` policy).
+  and says "done" with the seconds its own clock saw.  Every consumer
+  answers every packet; acl also decodes each packet and asks the real
+  engine (a hosts.deny ``bench: ALL`` policy).  Per round: the C consumer,
+  then netfilterqueue (in pytest-benchmark's untimed setup), then acl (the
+  timed function); the ratios compare the consumers' own clocks.
 * Peers, built/installed at run time: a bare C consumer of
   libnetfilter_queue (recv, nfq_handle_packet, a batch verdict every 64
   packets and at the end), compiled in a temp dir; the ``netfilterqueue``
@@ -121,7 +125,7 @@ int main(int argc, char **argv)
 # -- consumer programs (run in the server namespace) --------------------------
 
 def _consumer_loop(process_until) -> None:
-    """Read "go N" lines; call process_until(N) -> seconds; answer "done"."""
+    """Read "go N" lines; call process_until(N); answer "done N seconds"."""
     print("ready", flush=True)
     for line in sys.stdin:
         parts = line.split()
@@ -161,7 +165,7 @@ def consumer_acl(policy: str) -> None:
         loop.close()
 
 
-def consumer_netfilterqueue() -> None:
+def consumer_netfilterqueue(queue: int) -> None:
     from netfilterqueue import NetfilterQueue
 
     count = [0]
@@ -172,7 +176,7 @@ def consumer_netfilterqueue() -> None:
         count[0] += 1
 
     q = NetfilterQueue()
-    q.bind(BENCH_QUEUE, cb, max_len=ROUND * 2, range=COPY_RANGE, sock_len=RCVBUF)
+    q.bind(queue, cb, max_len=ROUND * 2, range=COPY_RANGE, sock_len=RCVBUF)
 
     def process(want: int) -> None:
         target = count[0] + want
@@ -186,17 +190,21 @@ def consumer_netfilterqueue() -> None:
         q.unbind()
 
 
-def generator(src: str, dst: str, n: int) -> None:
+def generator(src: str, dst: str, port: int, n: int) -> None:
     import socket
 
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind((src, 0))
     payload = b"x" * 32
     for _ in range(n):
-        s.sendto(payload, (dst, BENCH_PORT))
+        s.sendto(payload, (dst, port))
 
 
 # -- the benchmark (pytest-benchmark) ----------------------------------------
+
+#: Each consumer has its own queue and UDP port, so all can be bound at once.
+QUEUES = {"c": (BENCH_QUEUE, BENCH_PORT), "acl": (BENCH_QUEUE + 1, BENCH_PORT + 1),
+          "netfilterqueue": (BENCH_QUEUE + 2, BENCH_PORT + 2)}
 
 if __name__ != "__main__":        # under pytest; as a program it is a consumer
     import pytest
@@ -219,13 +227,16 @@ if __name__ != "__main__":        # under pytest; as a program it is a consumer
         if why:
             pytest.skip(why)
         with netns.NetnsPair("b") as p:
-            p.srv_run("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(BENCH_PORT),
-                      "-j", "NFQUEUE", "--queue-num", str(BENCH_QUEUE), "--queue-bypass")
+            for queue, port in QUEUES.values():
+                p.srv_run("iptables", "-A", "INPUT", "-p", "udp", "--dport", str(port),
+                          "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass")
             yield p
 
     class Consumer:
-        def __init__(self, pair, argv):
+        def __init__(self, pair, name, argv):
             self.pair = pair
+            self.queue, self.port = QUEUES[name]
+            self.pending = 0
             self.proc = subprocess.Popen(pair.exec_args(pair.srv, *argv), cwd=ROOT,
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)
@@ -244,14 +255,14 @@ if __name__ != "__main__":        # under pytest; as a program it is a consumer
             with open(path) as f:
                 for row in f:
                     fields = row.split()
-                    if int(fields[0]) == BENCH_QUEUE:
+                    if int(fields[0]) == self.queue:
                         return int(fields[2])
             return 0
 
         def fill(self) -> int:
             """Untimed: queue ROUND datagrams and wait until the kernel holds them."""
             gen = [sys.executable, str(Path(__file__).resolve()), "generate",
-                   netns.CLIENTS4[0], netns.SERVER4, str(ROUND)]
+                   netns.CLIENTS4[0], netns.SERVER4, str(self.port), str(ROUND)]
             netns.run(*self.pair.exec_args(self.pair.cli, *gen), timeout=60)
             deadline, last, n = time.monotonic() + 10, -1, 0
             while time.monotonic() < deadline:
@@ -264,6 +275,7 @@ if __name__ != "__main__":        # under pytest; as a program it is a consumer
             return n
 
         def go(self) -> float:
+            """Timed: the consumer answers every queued packet; its own clock."""
             self.proc.stdin.write(f"go {self.pending}\n")
             self.proc.stdin.flush()
             return float(self.line("done", 60).split()[2])
@@ -280,39 +292,10 @@ if __name__ != "__main__":        # under pytest; as a program it is a consumer
                     self.proc.kill()
                     self.proc.wait(5)
 
-    def _run(benchmark, name: str, consumer: Consumer) -> None:
-        counts = []
-
-        def setup():
-            counts.append(consumer.fill())
-
-        try:
-            benchmark.pedantic(consumer.go, setup=setup, rounds=ROUNDS, iterations=1)
-        finally:
-            consumer.close()
-        assert min(counts) > ROUND // 2, f"the generator queued too few packets: {counts}"
-        per_round = sum(counts) / len(counts)
-        st = benchmark.stats.stats
-        RESULTS[name] = {"best": per_round / st.min, "median": per_round / st.median}
-        benchmark.extra_info["packets_per_round"] = counts
-        benchmark.extra_info["verdicts_per_second_best"] = round(per_round / st.min)
-        benchmark.extra_info["verdicts_per_second_median"] = round(per_round / st.median)
-
-    @pytest.fixture(scope="module", autouse=True)
-    def report_ratios():
-        """Prints acl's verdict rate against the peers once all three have run."""
-        yield
-        if "acl" not in RESULTS:
-            return
-        lines = ["", "NFQUEUE verdicts/s (best round / median round):"]
-        for k, v in RESULTS.items():
-            lines.append(f"  {k:15} {v['best']:>12,.0f} {v['median']:>12,.0f}")
-        for peer, target in (("c", 1), ("netfilterqueue", 2)):
-            if peer in RESULTS:
-                a, p = RESULTS["acl"], RESULTS[peer]
-                lines.append(f"  acl / {peer}: best {a['best'] / p['best']:.2f}, median "
-                             f"{a['median'] / p['median']:.2f} (target >= {target})")
-        print("\n".join(lines))
+    def _record(name: str, counts: list[int], seconds: list[float]) -> dict:
+        rates = sorted(c / t for c, t in zip(counts, seconds, strict=True))
+        RESULTS[name] = {"best": rates[-1], "median": rates[len(rates) // 2]}
+        return RESULTS[name]
 
     @pytest.fixture(scope="module")
     def c_consumer_binary():
@@ -331,34 +314,93 @@ if __name__ != "__main__":        # under pytest; as a program it is a consumer
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def test_bare_c_consumer(benchmark, pair, c_consumer_binary):
-        """Times a bare C libnetfilter_queue consumer answering a full queue (batch verdicts)."""
-        c = Consumer(pair, [str(c_consumer_binary), str(BENCH_QUEUE), str(COPY_RANGE),
-                            str(RCVBUF), str(ROUND * 2)])
-        _run(benchmark, "c", c)
-
-    def test_acl_front_door(benchmark, pair, tmp_path):
-        """Times acl's front door (codec + real engine + batch verdicts) answering a full queue."""
-        (tmp_path / "hosts.allow").write_text("")
-        (tmp_path / "hosts.deny").write_text("bench: ALL\n")
-        policy = tmp_path / "policy.toml"
+    @pytest.fixture(scope="module")
+    def acl_policy(tmp_path_factory):
+        tmp = tmp_path_factory.mktemp("bench-nfq")
+        (tmp / "hosts.allow").write_text("")
+        (tmp / "hosts.deny").write_text("bench: ALL\n")
+        queue, port = QUEUES["acl"]
+        policy = tmp / "policy.toml"
         policy.write_text(
             '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\n'
             'deny = "hosts.deny"\nservices = ["*"]\n\n'
-            f'[nfqueue]\nqueues = [{BENCH_QUEUE}]\nports = {{ {BENCH_PORT} = "bench" }}\n'
+            f'[nfqueue]\nqueues = [{queue}]\nports = {{ {port} = "bench" }}\n'
             f"copy_range = {COPY_RANGE}\nqueue_maxlen = {ROUND * 2}\nrcvbuf = {RCVBUF}\n"
             "batch = 1024\n")
-        c = Consumer(pair, [sys.executable, str(Path(__file__).resolve()), "acl", str(policy)])
-        _run(benchmark, "acl", c)
+        return policy
 
-    def test_netfilterqueue_package(benchmark, pair):
-        """Times the netfilterqueue PyPI package (per-packet verdicts) answering a full queue."""
+    def _consumers(pair, c_binary, policy) -> dict:
+        me = str(Path(__file__).resolve())
+        made = {}
         try:
-            import netfilterqueue  # noqa: F401
-        except ImportError as exc:
-            pytest.skip(f"netfilterqueue not installed (pip install NetfilterQueue): {exc}")
-        c = Consumer(pair, [sys.executable, str(Path(__file__).resolve()), "netfilterqueue"])
-        _run(benchmark, "netfilterqueue", c)
+            made["c"] = Consumer(pair, "c", [str(c_binary), str(QUEUES["c"][0]), str(COPY_RANGE),
+                                             str(RCVBUF), str(ROUND * 2)])
+            made["acl"] = Consumer(pair, "acl", [sys.executable, me, "acl", str(policy)])
+            try:
+                import netfilterqueue  # noqa: F401
+            except ImportError:
+                pass
+            else:
+                made["netfilterqueue"] = Consumer(
+                    pair, "netfilterqueue",
+                    [sys.executable, me, "netfilterqueue", str(QUEUES["netfilterqueue"][0])])
+        except BaseException:
+            for c in made.values():
+                c.close()
+            raise
+        return made
+
+    def test_acl_front_door_interleaved_with_peers(benchmark, pair, c_consumer_binary, acl_policy):
+        """Times acl's front door answering a full queue; the peers run the same round just before."""
+        consumers = _consumers(pair, c_consumer_binary, acl_policy)
+        counts = {k: [] for k in consumers}
+        seconds = {k: [] for k in consumers}
+        acl = consumers["acl"]
+
+        def setup():
+            # Untimed by pytest-benchmark: fill every queue, run the peers'
+            # rounds (each timed by its own clock), then acl's round is timed.
+            for name, c in consumers.items():
+                counts[name].append(c.fill())
+            for name, c in consumers.items():
+                if name != "acl":
+                    seconds[name].append(c.go())
+
+        def timed():
+            seconds["acl"].append(acl.go())
+
+        try:
+            benchmark.pedantic(timed, setup=setup, rounds=ROUNDS, iterations=1)
+        finally:
+            for c in consumers.values():
+                c.close()
+        for name in consumers:
+            assert min(counts[name]) > ROUND // 2, f"{name}: too few packets queued: {counts}"
+            rec = _record(name, counts[name], seconds[name])
+            benchmark.extra_info[f"{name}_verdicts_per_second_best"] = round(rec["best"])
+            benchmark.extra_info[f"{name}_verdicts_per_second_median"] = round(rec["median"])
+        for peer in ("c", "netfilterqueue"):
+            if peer in RESULTS:
+                benchmark.extra_info[f"acl_over_{peer}_median"] = round(
+                    RESULTS["acl"]["median"] / RESULTS[peer]["median"], 2)
+
+    @pytest.fixture(scope="module", autouse=True)
+    def report_ratios():
+        """Prints acl's verdict rate against the peers once all have run."""
+        yield
+        if "acl" not in RESULTS:
+            return
+        lines = ["", "NFQUEUE verdicts/s, interleaved rounds (best round / median round):"]
+        for k, v in RESULTS.items():
+            lines.append(f"  {k:15} {v['best']:>12,.0f} {v['median']:>12,.0f}")
+        for peer, target in (("c", 1), ("netfilterqueue", 2)):
+            if peer in RESULTS:
+                a, p = RESULTS["acl"], RESULTS[peer]
+                lines.append(f"  acl / {peer}: best {a['best'] / p['best']:.2f}, median "
+                             f"{a['median'] / p['median']:.2f} (target >= {target})")
+            else:
+                lines.append(f"  {peer}: not measured (not installed?)")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
@@ -366,8 +408,8 @@ if __name__ == "__main__":
     if role == "acl":
         consumer_acl(sys.argv[2])
     elif role == "netfilterqueue":
-        consumer_netfilterqueue()
+        consumer_netfilterqueue(int(sys.argv[2]))
     elif role == "generate":
-        generator(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        generator(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:
         sys.exit(f"unknown role {role}")

@@ -15,8 +15,9 @@ What is compared (the same run, the same files, the same queries):
 * **acl**: ``HostsAccessLayer.check`` on the same files, compiled once.
 
 Before timing, both must agree on every query.  Each benchmark times one
-pass over its queries; the per-decision cost and the acl/libwrap ratio per
-size are printed at the end and kept in ``extra_info``.
+pass over its queries; the per-decision cost (fastest pass / queries) and
+the libwrap/acl ratio per size are printed at the end and kept in
+``extra_info``.
 
 Run: ``python -m pytest bench/bench_tcpw.py --benchmark-only -s``.
 """
@@ -158,7 +159,8 @@ def test_acl_decision(benchmark, n, libwrap):
             check(req, 0.0)
 
     benchmark.pedantic(run, rounds=20 if n < 100_000 else 10, iterations=1, warmup_rounds=1)
-    per = benchmark.stats.stats.mean / len(requests)
+    # the minimum: the machine is shared, the fastest pass is the least disturbed
+    per = benchmark.stats.stats.min / len(requests)
     _RESULTS[("acl", n)] = per
     benchmark.extra_info.update(per_decision_us=per * 1e6, core=IMPLEMENTATION)
 
@@ -176,7 +178,7 @@ def test_libwrap_hosts_ctl(benchmark, n, libwrap):
             ctl(d, c)
 
     benchmark.pedantic(run, rounds=5 if n < 100_000 else 2, iterations=1)
-    per = benchmark.stats.stats.mean / len(sample)
+    per = benchmark.stats.stats.min / len(sample)
     _RESULTS[("libwrap", n)] = per
     benchmark.extra_info.update(per_decision_us=per * 1e6)
     acl = _RESULTS.get(("acl", n))

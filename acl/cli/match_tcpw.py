@@ -32,9 +32,8 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from acl.compile.tcpw import HostsAccessLayer, HostView, Query
+from acl.compile.tcpw import HostsAccessLayer, HostView, Query, load_hosts_access
 from acl.model import Decision, Verdict
-from acl.parse.hosts_access import read_hosts
 from acl.parse.hosts_patterns import (
     UNKNOWN,
     dot_quad_addr,
@@ -155,10 +154,10 @@ def _report(o: Outcome) -> str:
 def build(args) -> tuple[HostsAccessLayer, Resolver, list]:
     backend = HostsFileBackend(args.hosts_file) if args.hosts_file else None
     resolver = Resolver(backend)
-    dry = not args.tcpd
-    allow = read_hosts(args.hosts_allow or "/nonexistent/hosts.allow", dry_run=dry)
-    deny = read_hosts(args.hosts_deny or "/nonexistent/hosts.deny", dry_run=dry)
-    return HostsAccessLayer(allow, deny, resolver), resolver, allow.diagnostics + deny.diagnostics
+    layer, diags = load_hosts_access(args.hosts_allow or "/nonexistent/hosts.allow",
+                                     args.hosts_deny or "/nonexistent/hosts.deny",
+                                     resolver, dry_run=not args.tcpd)
+    return layer, resolver, diags
 
 
 def parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ key present decides, whatever line it came from (spec D.2.1):
    first, then ``=``
 6. the empty key
 
-No key found: allowed, no environment.  ``ip`` is the client in ucspi text
+No key found: allowed, no environment, no location.  A client that is not
+a numeric address is denied with ``Reason.ERROR``.  ``ip`` is the client in ucspi text
 (:mod:`acl.ucspi_addr`): v4-mapped clients become dotted IPv4 unless the
 layer is built with ``mapped_as_v4=False`` (tcpserver ``-6``).  A layer built
 with ``use_host=False`` (tcpserver ``-H``) never has a host, so tries no
@@ -89,8 +90,10 @@ class TcprulesLayer:
     name = "tcprules"
 
     def __init__(self, records, *, mapped_as_v4: bool = True, use_host: bool = True,
-                 source: str = ""):
-        """``records``: ``(key bytes, data bytes, Location)`` in cdb order."""
+                 source: str = "", prefix_table=None):
+        """``records``: ``(key bytes, data bytes, Location)`` in cdb order.
+        ``prefix_table``: the PrefixTable class to use (tests pass the
+        compiled core's and its pure twin's); default ``acl.core``'s."""
         self.mapped_as_v4 = mapped_as_v4
         self.use_host = use_host
         self.source = source
@@ -121,7 +124,7 @@ class TcprulesLayer:
                 length = 8 * len(octets)
                 net = int.from_bytes(bytes(octets + [0] * (4 - len(octets))), "big")
                 entries.append((net, length, i))
-            self._v4 = PrefixTable(4, entries)
+            self._v4 = (prefix_table or PrefixTable)(4, entries)
 
     def __len__(self) -> int:
         return len(self._decisions)
@@ -156,12 +159,17 @@ class TcprulesLayer:
                 if v >= 0:
                     return self._v4_keys[v]
         elif self._has_prefix:
+            # each ':' or '.' from the right ends a prefix (the whole text
+            # too, when it ends in ':' as "::" does)
             i = len(ip)
-            while i:
-                c = ip[i - 1]
-                if (c == ":" or c == ".") and ip[:i] in t:
-                    return ip[:i]
-                i -= 1
+            while True:
+                j = max(ip.rfind(":", 0, i), ip.rfind(".", 0, i))
+                if j < 0:
+                    break
+                k = ip[:j + 1]
+                if k in t:
+                    return k
+                i = j
         # 5. =.domain suffixes longest first, then =
         if host is not None and self._has_host:
             i = host.find(".")
@@ -235,6 +243,8 @@ def layer_from_text(text: bytes, path: str = "<rules>", **options) -> TcprulesLa
 
 
 def layer_from_cdb(blob: bytes, path: str = "<cdb>", **options) -> TcprulesLayer:
+    """A cdb has no line numbers: a decision's location is ``PATH[KEY]``
+    with line 0, naming the key that decided."""
     reader = CdbReader(blob)
     mapping = reader.mapping()          # validates: CdbError if broken
     records = [(k, d, Location(f"{path}[{_text(k)}]", 0)) for k, d in mapping.items()]

@@ -29,9 +29,12 @@ Theory of operation (spec A.1, D.1.1):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import socket
 
+from acl.compile.tcpw_residual import rule_fn
 from acl.core import PrefixTable
 from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.model import GRANT_BY_DEFAULT, Decision, Location, Reason, Request, Verdict
@@ -149,7 +152,7 @@ class Query:
         self.client_port = client_port
         self.pid = pid
         self.dkey = subject_key(daemon)
-        self.ukey = subject_key(user)
+        self.ukey = UNKNOWN if user is UNKNOWN else subject_key(user)
 
     @classmethod
     def from_request(cls, request: Request, resolver, now: float) -> Query:
@@ -314,7 +317,8 @@ class HostsAccessLayer:
                 for fam, net, length in prefixes:
                     (fam4 if fam == 4 else fam6).append((net, length, i))
         self.residual = residual
-        self._residual = [(i, daemon_gate(self.rules[i]), self.rules[i]) for i in residual]
+        self._residual = [(i, daemon_gate(self.rules[i]), rule_fn(self.rules[i])) for i in residual]
+        self._fns = None            # every rule as a closure, built on first need
         self._tables = {}
         for key, (e4, e6) in entries.items():
             self._tables[key] = (PrefixTable(4, e4) if e4 else None,
@@ -363,8 +367,10 @@ class HostsAccessLayer:
         key = _fast_key(client)
         if key is None:
             q = make_query()
-            for i, rule in enumerate(self.rules):
-                if rule.matches(q):
+            if self._fns is None:
+                self._fns = [rule_fn(r) for r in self.rules]
+            for i, fn in enumerate(self._fns):
+                if fn(q):
                     return i
             return None
         fam, value = key
@@ -382,14 +388,14 @@ class HostsAccessLayer:
                 if v >= 0 and (best < 0 or v < best):
                     best = v
         q = None
-        for i, gate, rule in self._residual:
+        for i, gate, fn in self._residual:
             if best >= 0 and i >= best:
                 break
             if gate is not None and dkey not in gate:
                 continue
             if q is None:
                 q = make_query()
-            if rule.matches(q):
+            if fn(q):
                 return i
         return best if best >= 0 else None
 
@@ -421,13 +427,27 @@ def load_hosts_access(allow_path: str, deny_path: str, resolver=None, *,
     take a broken file).  ``dry_run=True`` reproduces tcpdmatch's option
     handling (the inverted ``user``/``group`` check of Debian's patch).
     """
-    allow = read_hosts(allow_path, dry_run=dry_run)
-    deny = read_hosts(deny_path, dry_run=dry_run)
-    diags = allow.diagnostics + deny.diagnostics
-    errors = [d for d in diags if d.severity is Severity.ERROR]
-    if strict and errors:
-        raise RuleSyntaxError.from_diagnostic(errors[0], tuple(errors[1:]))
-    return HostsAccessLayer(allow, deny, resolver), diags
+    with no_gc():
+        allow = read_hosts(allow_path, dry_run=dry_run)
+        deny = read_hosts(deny_path, dry_run=dry_run)
+        diags = allow.diagnostics + deny.diagnostics
+        errors = [d for d in diags if d.severity is Severity.ERROR]
+        if strict and errors:
+            raise RuleSyntaxError.from_diagnostic(errors[0], tuple(errors[1:]))
+        return HostsAccessLayer(allow, deny, resolver), diags
+
+
+@contextlib.contextmanager
+def no_gc():
+    """Building 100,000 rules makes millions of objects that all survive; the
+    cyclic collector would rescan them again and again for nothing."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def default_paths() -> tuple[str, str]:

@@ -23,6 +23,7 @@ verdict on host names would need the resolver's answers, which change.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 from acl.compile.tcpw import HostsAccessLayer
@@ -43,6 +44,7 @@ from acl.parse.hosts_patterns import (
     V6Exact,
     ascii_lower,
     not_inaddr,
+    split_at,
 )
 
 W = Severity.WARNING
@@ -123,6 +125,31 @@ def _lint_host(rule: HostsRule, where, pat, out: list) -> None:
             warn(f"{tok}: leading zero: prefixes are compared as text")
 
 
+def _lint_user(rule: HostsRule, where, text: str, out: list) -> None:
+    """tcpdchk's ``check_user``."""
+    low = ascii_lower(text)
+    msg = None
+    if text.startswith("@"):
+        msg = f'{text}: user name begins with "@"'
+    elif text.startswith("/"):
+        msg = f'{text}: user name begins with "/"'
+    elif text.startswith("."):
+        msg = f"{text}: user name begins with dot"
+    elif text.endswith("."):
+        msg = f"{text}: user name ends in dot"
+    elif low == "fail":
+        msg = "FAIL is no longer recognized"
+    elif low in RESERVED and low not in ("all", "unknown", "known"):
+        msg = f"{text}: user name may be reserved word"
+    if msg:
+        out.append(Diagnostic(rule.path, *where, msg, W))
+
+
+def _words(tokens):
+    """The raw tokens that are patterns (EXCEPT is an operator)."""
+    return [t for t in tokens if ascii_lower(t.text) != "except"]
+
+
 def lint_rule(rule: HostsRule) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     _lint_list(rule, rule.daemon_tokens, "daemon", out)
@@ -135,7 +162,7 @@ def lint_rule(rule: HostsRule) -> list[Diagnostic]:
     if re.search(r"(?<![\[\w.:])[0-9a-fA-F]*::", head.replace("[", " [")) and "[" not in raw:
         out.append(Diagnostic(rule.path, rule.line, 0,
                               "'::' outside brackets splits the fields: write IPv6 as [addr]", W))
-    for tok, dt in zip(rule.daemon_tokens, rule.daemons.tokens(), strict=False):
+    for tok, dt in zip(_words(rule.daemon_tokens), rule.daemons.tokens(), strict=True):
         where = rule.where(tok.offset)
         d = dt.daemon
         text = d.text if isinstance(d, Port) else dt.text.split("@", 1)[0]
@@ -145,6 +172,14 @@ def lint_rule(rule: HostsRule) -> list[Diagnostic]:
                 out.append(Diagnostic(rule.path, *where, f"{text}: daemon name begins with \"@\"", W))
             elif text.startswith("/"):
                 out.append(Diagnostic(rule.path, *where, f"{text}: daemon name begins with \"/\"", W))
+            elif text.startswith("."):
+                out.append(Diagnostic(rule.path, *where,
+                                      f"{text}: daemon name begins with dot (a suffix pattern)", W))
+            elif text.endswith("."):
+                out.append(Diagnostic(rule.path, *where,
+                                      f"{text}: daemon name ends in dot (a prefix pattern)", W))
+            elif low == "fail":
+                out.append(Diagnostic(rule.path, *where, "FAIL is no longer recognized", W))
             elif low in RESERVED and low not in ("all", "unknown"):
                 out.append(Diagnostic(rule.path, *where,
                                       f"{text}: daemon name may be reserved word", W))
@@ -154,13 +189,18 @@ def lint_rule(rule: HostsRule) -> list[Diagnostic]:
                                       f"{dt.text}: empty host after '@': never matches", W))
             else:
                 _lint_host(rule, where, dt.host, out)
-    for tok, ct in zip(rule.client_tokens, rule.clients.tokens(), strict=False):
+    for tok, ct in zip(_words(rule.client_tokens), rule.clients.tokens(), strict=True):
         where = rule.where(tok.offset)
         _lint_host(rule, where, ct.host, out)
+        if ct.user is not None:
+            _lint_user(rule, where, split_at(ct.text, "@", 1)[0], out)
         if isinstance(ct.host, HostFile):
             for sub in ct.host.patterns or ():
                 _lint_host(rule, where, sub, out)
     for opt in rule.options.ran:
+        if opt.keyword == "banners" and not os.path.isdir(opt.value):
+            out.append(Diagnostic(rule.path, rule.line, 0,
+                                  f"option banners: {opt.value}: no such directory", W))
         if opt.keyword in ("user", "group"):
             out.append(Diagnostic(rule.path, rule.line, 0,
                                   f"option {opt.keyword}: does nothing in Debian's tcpd, "

@@ -24,6 +24,7 @@ Rules of this file (spec A.1.5, A.2, A.3; libwrap ``table_match``, ``xgets``):
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass, field
 
 from acl.errors import Diagnostic, Severity
@@ -185,19 +186,12 @@ def logical_lines(data: bytes):
             return
 
 
+_WORD = re.compile(r"[^, \t\r\n]+")
+
+
 def strtok(text: str, base: int = 0) -> list[Token]:
-    """Split on runs of SEPARATORS, keeping each token's offset."""
-    out, i, n = [], 0, len(text)
-    while i < n:
-        while i < n and text[i] in SEPARATORS:
-            i += 1
-        j = i
-        while j < n and text[j] not in SEPARATORS:
-            j += 1
-        if j > i:
-            out.append(Token(text[i:j], base + i))
-        i = j
-    return out
+    """Split on runs of SEPARATORS (``strtok``), keeping each token's offset."""
+    return [Token(m.group(), base + m.start()) for m in _WORD.finditer(text)]
 
 
 def read_pattern_file(path: str) -> str | None:

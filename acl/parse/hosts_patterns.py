@@ -43,7 +43,7 @@ PARANOID = "paranoid"
 
 def ascii_lower(s: str) -> str:
     """``strcasecmp`` folding: ASCII letters only."""
-    return s.translate(_LOWER)
+    return s.lower() if s.isascii() else s.translate(_LOWER)
 
 
 def streq(a: str, b: str) -> bool:
@@ -143,6 +143,9 @@ def split_at(text: str, delim: str, start: int = 0) -> tuple[str, str] | None:
     negative and hides every later delimiter, exactly as in C.  The search
     starts at ``start`` (``split_at(tok + 1, '@')``).
     """
+    if "[" not in text and "]" not in text:
+        i = text.find(delim, start)
+        return None if i < 0 else (text[:i], text[i + 1:])
     depth = 0
     for i in range(start, len(text)):
         c = text[i]
@@ -155,14 +158,26 @@ def split_at(text: str, delim: str, start: int = 0) -> tuple[str, str] | None:
     return None
 
 
+_KEYS: dict[str, str] = {}
+
+
 def subject_key(subject: str) -> str:
-    """What string patterns compare with: mapped prefix dropped, ASCII lower-cased."""
-    return ascii_lower(strip_mapped(subject))
+    """What string patterns compare with: mapped prefix dropped, ASCII lower-cased.
+
+    Memoised for the few strings that repeat (daemon and user names).
+    """
+    key = _KEYS.get(subject)
+    if key is None:
+        key = ascii_lower(strip_mapped(subject))
+        if len(_KEYS) >= 4096:
+            _KEYS.clear()
+        _KEYS[subject] = key
+    return key
 
 
 def strip_mapped(subject: str) -> str:
     """string_match step a): drop ``::ffff:`` before a dotted quad."""
-    if len(subject) > 7 and ascii_lower(subject[:7]) == "::ffff:" \
+    if subject[:1] == ":" and len(subject) > 7 and ascii_lower(subject[:7]) == "::ffff:" \
             and dot_quad_addr(subject[7:]) is not None:
         return subject[7:]
     return subject

@@ -10,7 +10,8 @@ Rules of this file (each quoted beside the code below):
 * ``ADDRESS:INSTRUCTIONS``: the address ends at the **first colon directly
   followed by** ``deny`` **or** ``allow`` (the IPv6 build's rule; it is what
   makes ``::1:allow`` work).  When no such colon exists the real IPv6
-  tcprules loops forever; acl reports the line instead.
+  tcprules loops forever (or, on a last line without LF, may exit 100
+  after comparing bytes past the line's end); acl reports the line instead.
 * INSTRUCTIONS: ``allow`` or ``deny``, then any number of ``,NAME=qVALUEq``
   where ``q`` is whatever byte follows the ``=`` and the value runs to its
   next occurrence.  NAME is everything between the comma and the first ``=``.

@@ -87,6 +87,12 @@ cdef uint64_t LOW64 = 0xFFFFFFFFFFFFFFFF
 # Tables with at least this many prefixes get a 2**16-slot top array
 # (256 KiB); smaller ones a 2**8-slot one, so small rule sets stay small.
 cdef Py_ssize_t BIG_TABLE = 4096
+cdef int BIG_DP = 16
+
+
+def _set_dp(dp):
+    global BIG_DP
+    BIG_DP = dp
 
 
 # -- addresses ----------------------------------------------------------
@@ -784,7 +790,7 @@ cdef class PrefixTable:
                 self.vals[i] = e[i].value
                 self.present[e[i].length >> 6] |= (<uint64_t>1) << (e[i].length & 63)
             rc = build_trie(&self.trie, self.nets4, self.lens, self.vals, m,
-                            16 if m >= BIG_TABLE else 8)
+                            BIG_DP if m >= BIG_TABLE else 8)
         self.n = m
         return self._finish(rc)
 
@@ -816,7 +822,7 @@ cdef class PrefixTable:
                 self.vals[i] = e[i].value
                 self.present[e[i].length >> 6] |= (<uint64_t>1) << (e[i].length & 63)
             rc = build_trie(&self.trie, self.nets6, self.lens, self.vals, m,
-                            16 if m >= BIG_TABLE else 8)
+                            BIG_DP if m >= BIG_TABLE else 8)
         self.n = m
         return self._finish(rc)
 

@@ -24,11 +24,15 @@ cdef struct ActionC:
     Py_ssize_t size
 
 
+cdef struct Slot:                 # 32 bytes: two per cache line
+    uint64_t hi                   # source key, first 8 bytes (big-endian)
+    uint64_t lo                   # ... last 8 bytes
+    double tokens                 # bucket contents; < 0: the slot is empty
+    double last                   # when the bucket was last refilled
+
+
 cdef class SourceTable:
-    cdef unsigned char *_keys     # capacity * 16 bytes
-    cdef unsigned char *_used     # capacity flags
-    cdef double *_tokens          # bucket contents
-    cdef double *_last            # when each bucket was last refilled
+    cdef Slot *_slots             # capacity slots
     cdef readonly Py_ssize_t capacity
     cdef readonly Py_ssize_t tracked
     cdef readonly unsigned long long evictions

@@ -27,11 +27,11 @@ Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-__all__ = ["SourceTable", "BatchPlan", "source_key", "PROBES", "LATENCY_BOUNDS"]
+__all__ = ["SourceTable", "BatchPlan", "source_key", "ranges4", "PROBES", "LATENCY_BOUNDS"]
 
 PROBES = 8
 DEF C_PROBES = 8
@@ -76,12 +76,18 @@ cdef inline void _mask(unsigned char *key, int prefix) noexcept nogil:
             key[i] &= <unsigned char>(0xFF << (8 - bits))
 
 
-cdef inline uint64_t _fnv(const unsigned char *key) noexcept nogil:
-    cdef uint64_t h = 0xCBF29CE484222325ULL
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL
+    return x ^ (x >> 31)
+
+
+cdef inline uint64_t _be64(const unsigned char *p) noexcept nogil:
+    cdef uint64_t v = 0
     cdef int i
-    for i in range(16):
-        h = (h ^ key[i]) * 0x100000001B3ULL
-    return h
+    for i in range(8):
+        v = (v << 8) | p[i]
+    return v
 
 
 cdef inline double _now_mono() noexcept nogil:
@@ -95,21 +101,21 @@ cdef class SourceTable:
 
     def __cinit__(self, Py_ssize_t capacity):
         cdef Py_ssize_t cap = 16
+        cdef Py_ssize_t i
         while cap < capacity:
             cap <<= 1
         self.capacity = cap
-        self._keys = <unsigned char *>calloc(cap, 16)
-        self._used = <unsigned char *>calloc(cap, 1)
-        self._tokens = <double *>calloc(cap, sizeof(double))
-        self._last = <double *>calloc(cap, sizeof(double))
-        if not (self._keys and self._used and self._tokens and self._last):
+        self._slots = <Slot *>malloc(cap * sizeof(Slot))
+        if self._slots == NULL:
             raise MemoryError()
+        for i in range(cap):
+            self._slots[i].hi = 0
+            self._slots[i].lo = 0
+            self._slots[i].tokens = -1.0
+            self._slots[i].last = 0.0
 
     def __dealloc__(self):
-        free(self._keys)
-        free(self._used)
-        free(self._tokens)
-        free(self._last)
+        free(self._slots)
 
     def take(self, key, double now, double rate, double burst):
         """One request from source ``key`` (16 bytes): True if it may pass."""
@@ -121,7 +127,11 @@ cdef class SourceTable:
     cdef bint _take(self, const unsigned char *key, double now, double rate,
                     double burst) noexcept nogil:
         cdef uint64_t mask = <uint64_t>self.capacity - 1
-        cdef uint64_t h = _fnv(key)
+        cdef uint64_t hi = _be64(key)
+        cdef uint64_t lo = _be64(key + 8)
+        cdef uint64_t h = _mix(hi ^ _mix(lo))
+        cdef Slot *slots = self._slots
+        cdef Slot *sl
         cdef Py_ssize_t slot = -1
         cdef Py_ssize_t free_slot = -1
         cdef Py_ssize_t oldest = -1
@@ -132,11 +142,12 @@ cdef class SourceTable:
             burst = rate if rate > 1.0 else 1.0
         for i in range(C_PROBES):
             j = <Py_ssize_t>((h + <uint64_t>i) & mask)
-            if self._used[j]:
-                if memcmp(self._keys + 16 * j, key, 16) == 0:
+            sl = &slots[j]
+            if sl.tokens >= 0:
+                if sl.hi == hi and sl.lo == lo:
                     slot = j
                     break
-                if oldest < 0 or self._last[j] < self._last[oldest]:
+                if oldest < 0 or sl.last < slots[oldest].last:
                     oldest = j
             elif free_slot < 0:
                 free_slot = j
@@ -147,32 +158,26 @@ cdef class SourceTable:
             else:
                 slot = oldest
                 self.evictions += 1
-            memcpy(self._keys + 16 * slot, key, 16)
-            self._used[slot] = 1
-            self._tokens[slot] = burst
-            self._last[slot] = now
+            sl = &slots[slot]
+            sl.hi = hi
+            sl.lo = lo
+            sl.tokens = burst
+            sl.last = now
         else:
-            elapsed = now - self._last[slot]
+            sl = &slots[slot]
+            elapsed = now - sl.last
             if elapsed > 0:
-                tokens = self._tokens[slot] + elapsed * rate
-                self._tokens[slot] = tokens if tokens < burst else burst
-                self._last[slot] = now
-        if self._tokens[slot] >= 1.0:
-            self._tokens[slot] -= 1.0
+                tokens = sl.tokens + elapsed * rate
+                sl.tokens = tokens if tokens < burst else burst
+                sl.last = now
+        if sl.tokens >= 1.0:
+            sl.tokens -= 1.0
             return True
         return False
 
 
 cdef inline uint32_t _le32(const unsigned char *p) noexcept nogil:
     return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline uint64_t _be64(const unsigned char *p) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(8):
-        v = (v << 8) | p[i]
-    return v
 
 
 cdef inline bint _ascii(const unsigned char *p, Py_ssize_t n) noexcept nogil:
@@ -470,3 +475,108 @@ cdef class BatchPlan:
                 raise MemoryError()
             self._out = p
             self._out_cap = cap
+
+
+# -- building range tables (acl/fastpath.py calls this for IPv4) -------------
+cdef struct PEnt:
+    uint64_t start
+    uint64_t end
+    int32_t length
+    int32_t val
+
+
+cdef int _cmp_pent(const void *a, const void *b) noexcept nogil:
+    cdef const PEnt *x = <const PEnt *>a
+    cdef const PEnt *y = <const PEnt *>b
+    if x.start != y.start:
+        return -1 if x.start < y.start else 1
+    if x.length != y.length:
+        return -1 if x.length < y.length else 1
+    if x.val != y.val:
+        return -1 if x.val < y.val else 1
+    return 0
+
+
+cdef inline void _emit(uint64_t *os, int32_t *ov, Py_ssize_t *pm, uint64_t pos,
+                       int32_t val) noexcept nogil:
+    cdef Py_ssize_t m = pm[0]
+    while m > 0 and os[m - 1] == pos:
+        m -= 1
+    if m == 0 or ov[m - 1] != val:
+        os[m] = pos
+        ov[m] = val
+        m += 1
+    pm[0] = m
+
+
+def ranges4(const uint32_t[::1] nets, const unsigned char[::1] lens, const int32_t[::1] vals,
+            bint first_match):
+    """IPv4 prefixes -> disjoint ranges, as ``acl.fastpath.ranges`` computes
+    them: (starts array('I'), values array('i')), value -1 where nothing
+    covers; ``first_match``: the lowest covering value, else the value of the
+    longest covering prefix (the lowest on a duplicate)."""
+    from array import array
+
+    cdef Py_ssize_t n = nets.shape[0]
+    cdef Py_ssize_t i, m = 0, sp = 0
+    cdef PEnt *ents
+    cdef uint64_t *os
+    cdef int32_t *ov
+    cdef PEnt stack[34]
+    cdef uint64_t top = 1ULL << 32
+    cdef int32_t val
+    cdef PEnt e
+    if lens.shape[0] != n or vals.shape[0] != n:
+        raise ValueError("nets, lens and vals differ in length")
+    for i in range(n):
+        if lens[i] > 32:
+            raise ValueError("IPv4 prefix length above 32")
+    ents = <PEnt *>malloc((n + 1) * sizeof(PEnt))
+    os = <uint64_t *>malloc((2 * n + 2) * sizeof(uint64_t))
+    ov = <int32_t *>malloc((2 * n + 2) * sizeof(int32_t))
+    if ents == NULL or os == NULL or ov == NULL:
+        free(ents)
+        free(os)
+        free(ov)
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in range(n):
+                ents[i].start = nets[i]
+                ents[i].end = <uint64_t>nets[i] | ((1ULL << (32 - lens[i])) - 1)
+                ents[i].length = lens[i]
+                ents[i].val = vals[i]
+            qsort(ents, n, sizeof(PEnt), _cmp_pent)
+            os[0] = 0
+            ov[0] = -1
+            m = 1
+            for i in range(n):
+                e = ents[i]
+                while sp > 0 and stack[sp - 1].end < e.start:
+                    sp -= 1
+                    if stack[sp].end + 1 < top:
+                        _emit(os, ov, &m, stack[sp].end + 1, stack[sp - 1].val if sp else -1)
+                val = e.val
+                if sp > 0:
+                    if first_match or (stack[sp - 1].start == e.start
+                                       and stack[sp - 1].end == e.end):
+                        if stack[sp - 1].val < val:
+                            val = stack[sp - 1].val
+                e.val = val
+                stack[sp] = e
+                sp += 1
+                _emit(os, ov, &m, e.start, val)
+            while sp > 0:
+                sp -= 1
+                if stack[sp].end + 1 < top:
+                    _emit(os, ov, &m, stack[sp].end + 1, stack[sp - 1].val if sp else -1)
+        starts = array("I", [0]) * m
+        values = array("i", [0]) * m
+        for i in range(m):
+            starts[i] = <uint32_t>os[i]
+            values[i] = ov[i]
+        return starts, values
+    finally:
+        free(ents)
+        free(os)
+        free(ov)

@@ -72,7 +72,7 @@ MAX_SERVICES = 32768
 
 cdef enum:
     C_WAYS = 4
-    PREFETCH_AHEAD = 8
+    PREFETCH_AHEAD = 32
 cdef uint32_t USED = 1u << 31
 cdef uint32_t KIND_BUCKET = 1u << 30
 cdef uint64_t V4MAPPED_TOP = 0xFFFF
@@ -312,7 +312,9 @@ cdef class LimitState:
         if sv.instances >= 0 and sv.active >= sv.instances:
             return 3
         # e. per_source: live leases of the service from this address.
-        if sv.per_source >= 0:
+        # a source holds at most the service's live leases: below the limit
+        # there, no source can be at it, and the table need not be read.
+        if sv.per_source >= 0 and sv.active >= sv.per_source:
             i = self._find(hi, lo, USED | <uint32_t>s)
             if i >= 0 and self._table[i].value >= <uint32_t>sv.per_source:
                 return 4
@@ -383,8 +385,9 @@ cdef class LimitState:
                            Py_ssize_t res_len, double now, double load,
                            int minute) except -1:
         cdef Py_ssize_t n = sl_len // 4
-        cdef Py_ssize_t i, j, granted = 0
+        cdef Py_ssize_t i, j, blk, end, granted = 0
         cdef int r, s
+        cdef Entry *e
         cdef int64_t now_ns = <int64_t>(now * 1000000000.0)
         cdef uint64_t hi, lo
         cdef Service *sv
@@ -398,31 +401,37 @@ cdef class LimitState:
         elif minute >= 1440:
             raise ValueError("minute must be 0..1439")
         with nogil:
-            for i in range(n):
-                j = i + PREFETCH_AHEAD
-                if j < n:
-                    # pull the group the item PREFETCH_AHEAD ahead will touch
+            # Blocks of PREFETCH_AHEAD: first ask for every group the block
+            # will touch (so the misses overlap), then run the checks.
+            blk = 0
+            while blk < n:
+                end = blk + PREFETCH_AHEAD if blk + PREFETCH_AHEAD < n else n
+                for j in range(blk, end):
                     s = sl[j]
                     sv = &self._svc[s]
                     hi = acl_load_be64(&src[16 * j])
                     lo = acl_load_be64(&src[16 * j + 8])
-                    if sv.per_source >= 0:
+                    if sv.per_source >= 0 and sv.active >= sv.per_source:
                         ACL_PREFETCH(&self._table[
                             (_hash(hi, lo, USED | <uint32_t>s) & self._gmask) * C_WAYS])
                     if sv.t_ns > 0:
                         if not (hi == 0 and (lo >> 32) == V4MAPPED_TOP):
                             hi = hi & self._pmask_hi
                             lo = lo & self._pmask_lo
-                        ACL_PREFETCH(&self._table[
+                        e = &self._table[
                             (_hash(hi, lo, USED | KIND_BUCKET | <uint32_t>s) & self._gmask)
-                            * C_WAYS])
-                s = sl[i]
-                r = self._check(s, acl_load_be64(&src[16 * i]), acl_load_be64(&src[16 * i + 8]),
-                                now, now_ns, load, minute)
-                self._svc[s].refusals[r] += 1
-                res[i] = <uint8_t>r
-                if r == 0:
-                    granted += 1
+                            * C_WAYS]
+                        ACL_PREFETCH(e)
+                        ACL_PREFETCH(<char *>e + 64)
+                for i in range(blk, end):
+                    s = sl[i]
+                    r = self._check(s, acl_load_be64(&src[16 * i]),
+                                    acl_load_be64(&src[16 * i + 8]), now, now_ns, load, minute)
+                    self._svc[s].refusals[r] += 1
+                    res[i] = <uint8_t>r
+                    if r == 0:
+                        granted += 1
+                blk = end
         return granted
 
     def cps_active(self, int slot, double now):

@@ -153,6 +153,7 @@ int main(int argc, char **argv)
     const char *prog = argc > 0 ? base(argv[0]) : "acl-wrap";
     const char *sock = getenv("ACL_WRAP_SOCKET"), *service = getenv("ACL_WRAP_SERVICE");
     const char *env_timeout = getenv("ACL_WRAP_TIMEOUT"), *env_fail = getenv("ACL_WRAP_FAIL");
+    const char *dir = getenv("ACL_WRAP_DAEMON_DIR");
     const char *server_path;
     char **server_argv, pathbuf[4096], err[512];
     unsigned char req[600], *reply = NULL;
@@ -163,6 +164,14 @@ int main(int argc, char **argv)
     struct run_state st;
 
     openlog("acl-wrap", LOG_PID, wrap_log_facility);
+    /* Our settings are ours: copy them, then keep them from the server,
+     * the twisted command and spawned commands alike. */
+    sock = sock ? strdup(sock) : NULL;
+    service = service ? strdup(service) : NULL;
+    env_timeout = env_timeout ? strdup(env_timeout) : NULL;
+    env_fail = env_fail ? strdup(env_fail) : NULL;
+    dir = dir ? strdup(dir) : NULL;
+    forget_settings();
     if (!sock || !*sock)
         sock = DEFAULT_SOCKET;
     if (env_timeout && *env_timeout && (timeout_ms = parse_timeout(env_timeout)) < 0)
@@ -196,7 +205,6 @@ int main(int argc, char **argv)
         if (!service || !*service)
             service = base(server_path);
     } else {
-        const char *dir = getenv("ACL_WRAP_DAEMON_DIR");
         if (strchr(argv[0], '/')) {
             server_path = argv[0];
         } else {
@@ -277,7 +285,6 @@ int main(int argc, char **argv)
         refuse(&c, wrap_log_facility | LOG_WARNING, EXIT_REFUSED);
     }
     syslog(st.log_priority, "connect from %s (%s)", endpoint_info(&c.client), c.client.text);
-    forget_settings();
     carry_lease(st.lease_fd, st.lease);
     if (search_path)
         execvp(server_path, server_argv);

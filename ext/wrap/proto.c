@@ -296,6 +296,17 @@ int ask_sidecar(const char *path, int timeout_ms, const unsigned char *req, size
         snprintf(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
+    if (fd < 3) {
+        /* a super-server left 0-2 partly closed: keep the lease clear of
+         * the descriptors twist and the server use for the client */
+        int high = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        close(fd);
+        if (high < 0) {
+            snprintf(err, errlen, "fcntl: %s", strerror(errno));
+            return -1;
+        }
+        fd = high;
+    }
     while (connect(fd, (struct sockaddr *)&sun, sizeof sun) < 0) {
         if (errno == EINTR)
             continue;

@@ -100,7 +100,7 @@ class Client:
         while len(got) < replies:
             chunk = self.sock.recv(65536)
             if not chunk:
-                break
+                raise ConnectionError(f"sidecar closed after {len(got)} of {replies} replies")
             got.extend(self.decoder.feed(chunk))
         return got
 

@@ -61,7 +61,7 @@ def rows(addr):
                               st.integers(0, 2**31), st.integers(0, 2**40)), max_size=20)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(family=st.sampled_from([4, 6]), data=st.data(),
        byteorder=st.sampled_from(["little", "big"]), proto=st.sampled_from(["tcp", "udp"]))
 def test_generated_tables_parse_back(family, data, byteorder, proto):
@@ -175,10 +175,12 @@ def test_forked_child_is_a_second_owner(own_sockets):
 
 
 _SS_LINE = re.compile(r"^(tcp|udp)\s+\S+\s+\d+\s+\d+\s+(\S+):(\d+|\*)\s+\S+.*\bino:(\d+)")
+_SS_PID = re.compile(r"pid=(\d+)")
 
 
-def _ss() -> set[tuple[str, str, int, int]]:
-    out = subprocess.run(["ss", "-H", "-l", "-t", "-u", "-n", "-e"], capture_output=True,
+def _ss(owners: dict | None = None) -> set[tuple[str, str, int, int]]:
+    """ss's listening sockets; ``owners`` (if given) gets inode -> PIDs from -p."""
+    out = subprocess.run(["ss", "-H", "-l", "-t", "-u", "-n", "-e", "-p"], capture_output=True,
                          text=True, timeout=20, check=True).stdout
     got = set()
     for line in out.splitlines():
@@ -189,6 +191,8 @@ def _ss() -> set[tuple[str, str, int, int]]:
         addr = addr.strip("[]").split("%")[0]
         addr = {"*": "0.0.0.0"}.get(addr, addr)
         got.add((proto, addr, int(port_), int(inode)))
+        if owners is not None:
+            owners[int(inode)] = {int(p) for p in _SS_PID.findall(line)}
     return got
 
 
@@ -201,9 +205,10 @@ def test_same_listeners_as_ss(own_sockets):
     must be in ours; what we saw must be in one of them.
     """
     for _attempt in range(5):
-        before = _ss()
-        ours = {(lis.proto, lis.address, lis.port, lis.entry.inode)
-                for lis in audit.read_listeners()}
+        ss_owners: dict[int, set[int]] = {}
+        before = _ss(ss_owners)
+        found = audit.read_listeners()
+        ours = {(lis.proto, lis.address, lis.port, lis.entry.inode) for lis in found}
         after = _ss()
         if (before & after) <= ours and ours <= (before | after):
             break
@@ -215,3 +220,8 @@ def test_same_listeners_as_ss(own_sockets):
         assert key in before and key in ours and key in after
     assert (before & after) <= ours, (before & after) - ours
     assert ours <= (before | after), ours - (before | after)
+    # Owners: for our own sockets, the same PIDs as ss -p names.
+    by_inode = {lis.entry.inode: lis for lis in found}
+    for *_, s in opened:
+        inode = os.fstat(s.fileno()).st_ino
+        assert {p.pid for p in by_inode[inode].owners} == ss_owners[inode] == {os.getpid()}

@@ -1,8 +1,8 @@
 """deploy/prometheus and deploy/grafana against promtool, a real Prometheus and a live sidecar.
 
 * ``promtool check config`` / ``check rules`` on the shipped files, and
-  ``promtool test rules`` (tests/deploy/acl-rules.test.yml): each alert fires
-  on a series made to trip it and stays quiet on one made not to.
+  ``promtool test rules`` (tests/deploy/acl-rules*.test.yml): each alert
+  fires on a series made to trip it and stays quiet on one made not to.
 * The live test.  Every ``acl_nfqueue_*`` series exists only while the
   NFQUEUE front door runs (the sidecar exports those families from the
   front door's counters), and ``acl_nfqueue_verdicts_total`` only once a
@@ -97,10 +97,20 @@ def test_promtool_checks_config_and_rules(tmp_path):
 @pytest.mark.skipif(promtool_missing, reason="promtool not installed")
 def test_alerts_fire_when_they_should(tmp_path):
     shutil.copy(RULES, tmp_path)
-    shutil.copy(HERE / "acl-rules.test.yml", tmp_path)
-    out = subprocess.run(["promtool", "test", "rules", "acl-rules.test.yml"], cwd=tmp_path,
+    tests = ["acl-rules.test.yml", "acl-rules-surge.test.yml"]
+    for t in tests:
+        shutil.copy(HERE / t, tmp_path)
+    out = subprocess.run(["promtool", "test", "rules", *tests], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("SUCCESS") == 2, out.stdout
+    # Every alert of the shipped file has a test.
+    text = RULES.read_text()
+    alerts = set(re.findall(r"^\s+- alert: (\w+)$", text, re.M))
+    tested = set()
+    for t in tests:
+        tested |= set(re.findall(r"alertname: (\w+)", (HERE / t).read_text()))
+    assert len(alerts) == 5 and alerts == tested, alerts ^ tested
 
 
 def test_dashboard_names_are_the_documented_ones():
@@ -143,13 +153,17 @@ class Netns:
 
     def fetch(self, url: str) -> str:
         """HTTP GET from inside the namespace (the test process lives outside it)."""
-        code = ("import sys, urllib.request; "
-                "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())")
-        out = self.run(sys.executable, "-c", code, url, timeout=20, check=False)
+        return self.fetch_many([url])[0]
+
+    def fetch_many(self, urls: list[str]) -> list[str]:
+        """Several GETs in one process started inside the namespace."""
+        code = ("import json, sys, urllib.request; json.dump([urllib.request.urlopen(u, "
+                "timeout=5).read().decode() for u in sys.argv[1:]], sys.stdout)")
+        out = self.run(sys.executable, "-c", code, *urls, timeout=60, check=False)
         if out.returncode != 0:
             lines = out.stderr.strip().splitlines()
-            raise OSError(f"GET {url}: {lines[-1] if lines else out.returncode}")
-        return out.stdout
+            raise OSError(f"GET {urls[0]}...: {lines[-1] if lines else out.returncode}")
+        return json.loads(out.stdout)
 
     def close(self):
         if self.holder.poll() is None:
@@ -224,7 +238,7 @@ def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
     client = None
     try:
         sidecar_log = open(tmp_path / "sidecar.log", "wb")
-        sidecar = subprocess.Popen(ns.cmd(*([sys.executable, "/tmp/deploy-probe/serve_nfq.py"] if nfqueue else [exe, "serve"]), "--config", str(config)),
+        sidecar = subprocess.Popen(ns.cmd(exe, "serve", "--config", str(config)),
                                    stdout=sidecar_log, stderr=subprocess.STDOUT)
         procs.append(sidecar)
 
@@ -300,9 +314,12 @@ def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
         missing = used - stored
         assert not missing, f"used but not scraped: {sorted(missing)}"
         # Every dashboard query is valid PromQL and runs.
-        for expr in dashboard_exprs():
-            q = expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
-            prom_api(ns, "query", query=q)
+        base = f"http://127.0.0.1:{PROM_PORT}/api/v1/query?"
+        queries = [e.replace("$__rate_interval", "1m").replace("$instance", ".*")
+                   for e in dashboard_exprs()]
+        answers = ns.fetch_many([base + urllib.parse.urlencode({"query": q}) for q in queries])
+        for q, answer in zip(queries, answers, strict=True):
+            assert json.loads(answer)["status"] == "success", q
         # The traffic really landed in the series the alerts watch.
         trips = prom_api(ns, "query", query='acl_limit_trips_total{limit="rate"}')["result"]
         assert trips and float(trips[0]["value"][1]) >= 2

@@ -140,6 +140,10 @@ def door(args) -> int:
             "unmapped": front.unmapped,
             "looped": front.looped,
             "io_errors": front.io_errors,
+            "internal_errors": front.internal_errors,
+            "fast_batches": front.fast_batches,
+            "residual": front.residual,
+            "compiled_plan": engine.plan is not None,
             "queues": front.queue_counters(),
             "metrics": sorted({f.name for f in front.metric_families()}),
         }

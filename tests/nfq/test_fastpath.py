@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,9 @@ from acl.wire.packet import TCP, UDP, PacketError, build, decode_raw
 from .policies import write_policy
 from .test_frontdoor import STRIDE, records
 from .test_packet import ext_headers, with_extensions
+
+#: ACL_SLOW=1 runs five times the examples.
+SCALE = 5 if os.environ.get("ACL_SLOW") else 1
 
 if not nfq.AVAILABLE:
     pytest.skip("acl._nfq not built", allow_module_level=True)
@@ -39,14 +43,14 @@ def both(data: bytes, wire=None):
     return out
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=800 * SCALE, deadline=None)
 @given(st.binary(max_size=120), st.one_of(st.none(), st.integers(0, 70000)))
 def test_c_codec_equals_python_codec_on_any_bytes(data, wire):
     py, c = both(data, wire)
     assert py == c
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=250 * SCALE, deadline=None)
 @given(st.sampled_from(["10.1.2.3", "fd00::5"]), st.integers(0, 65535), st.integers(0, 65535),
        st.sampled_from([TCP, UDP]), ext_headers, st.data())
 def test_c_codec_equals_python_codec_on_cut_and_mutated_packets(src, sport, dport, proto, exts,
@@ -96,7 +100,7 @@ packets = st.one_of(
     st.binary(max_size=60))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=30 * SCALE, deadline=None)
 @given(st.lists(st.lists(packets, min_size=1, max_size=40), min_size=1, max_size=4),
        st.sampled_from(["drop", "reset"]))
 def test_fast_path_decides_as_the_python_path(tmp_path_factory, batches, reject):

@@ -6,6 +6,7 @@ codec's builder and laid out exactly as ``acl._nfq`` lays out a batch.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,9 @@ from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
 from acl.wire.packet import UDP, build
 
 from .policies import engine_denying
+
+#: ACL_SLOW=1 runs five times the examples.
+SCALE = 5 if os.environ.get("ACL_SLOW") else 1
 
 ROOT = Path(__file__).resolve().parents[2]
 STRIDE = 16 + 128
@@ -81,7 +85,7 @@ def test_per_source_rate_limit_trips_and_recovers():
     assert list(d.decide_records(7, records(pkts[:2]), 2, STRIDE)) == [1, 0]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=50 * SCALE, deadline=None)
 @given(st.lists(st.binary(max_size=140), min_size=1, max_size=20), st.sampled_from(["drop", "accept"]))
 def test_fuzz_malformed_packets_get_the_default_verdict_and_are_counted(blobs, malformed):
     """Garbage in a batch: each undecodable packet counted, given the default, no crash."""

@@ -7,6 +7,7 @@ never anything else; for well-formed packets it says what dpkt says.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import pytest
@@ -15,6 +16,9 @@ from hypothesis import strategies as st
 
 from acl.wire import packet
 from acl.wire.packet import TCP, UDP, PacketError, build, decode, decode_raw
+
+#: ACL_SLOW=1 runs five times the examples.
+SCALE = 5 if os.environ.get("ACL_SLOW") else 1
 
 dpkt = pytest.importorskip("dpkt", reason="dpkt is the codec's oracle (pip install dpkt)")
 
@@ -73,7 +77,7 @@ def oracle(pkt: bytes):
             proto)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(st.one_of(st.tuples(v4, v4), st.tuples(v6, v6)), ports, ports, protos, payloads)
 def test_well_formed_packets_decode_as_dpkt_reads_them(addrs, sport, dport, proto, payload):
     pkt = build(addrs[0], addrs[1], sport, dport, proto, payload)
@@ -83,7 +87,7 @@ def test_well_formed_packets_decode_as_dpkt_reads_them(addrs, sport, dport, prot
     assert key.syn == (proto == TCP)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(v6, v6, ports, ports, protos, ext_headers)
 def test_ipv6_extension_chains_decode_as_dpkt_reads_them(src, dst, sport, dport, proto, exts):
     # dpkt 1.9.8 misreads a Fragment header that comes first and is followed by
@@ -153,13 +157,13 @@ def _only_codec_errors(data: bytes, **kw):
     return key
 
 
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=800 * SCALE, deadline=None)
 @given(st.binary(max_size=200))
 def test_fuzz_any_bytes_decode_or_raise_packet_error(data):
     _only_codec_errors(data)
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(st.tuples(v4, v4), st.tuples(v6, v6)), ports, ports, protos, ext_headers,
        st.data())
 def test_fuzz_truncated_and_mutated_packets_never_crash(addrs, sport, dport, proto, exts, data):
@@ -181,7 +185,7 @@ def test_fuzz_truncated_and_mutated_packets_never_crash(addrs, sport, dport, pro
     _only_codec_errors(bytes(mutated), wire_length=data.draw(st.integers(0, 70000)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=150 * SCALE, deadline=None)
 @given(st.binary(max_size=120), st.integers(-5, 130), st.integers(-5, 130))
 def test_fuzz_offsets_and_lengths_out_of_range_are_packet_errors(data, offset, length):
     """Any (offset, length) window: a key or PacketError, nothing else."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from acl.cli.match_tcpw import LookupError_, explain
 from acl.compile.tcpw import HostsAccessLayer
+from acl.model import Request
 from acl.parse.hosts_access import parse_hosts
 from acl.resolve import HostsFileBackend, Resolver
 
@@ -27,6 +28,12 @@ def ours(case: gen.Case, workdir: Path):
         except LookupError_:
             outcomes = []
         out.append(outcomes)
+        for o in outcomes:
+            # the engine's entry point must say the same as acl match's
+            q = o.query
+            req = Request(q.daemon, q.client.addr, server=q.server.addr if q.server_sin else None,
+                          server_port=q.server_port, host=q.client.name, user=q.user)
+            assert layer.check(req, 0.0) == o.decision, (d, c)
     return out
 
 

@@ -88,3 +88,36 @@ def run_batch(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
     return [RealAnswer(tuple(_ACCESS.findall(b)),
                        tuple((f, int(n)) for f, n in _MATCHED.findall(b)), b)
             for b in blocks]
+
+
+_CHK_SCRIPT = r"""
+set -u
+mount --bind "$1/_hosts" /etc/hosts || exit 97
+mount --bind "$1/_nss" /etc/nsswitch.conf || exit 98
+cd "$1" || exit 96
+LD_PRELOAD="$2" tcpdchk -d 2>&1
+exit 0
+"""
+
+
+def run_tcpdchk(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
+                hosts: str, timeout: float = 60) -> list[tuple[str, int, str]]:
+    """tcpdchk -d's warnings and errors: (file, line, message)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name, data in (("hosts.allow", allow), ("hosts.deny", deny)):
+        p = workdir / name
+        if data is None:
+            p.unlink(missing_ok=True)
+        else:
+            p.write_bytes(data)
+    (workdir / "_hosts").write_text(hosts)
+    (workdir / "_nss").write_text(NSSWITCH)
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", _CHK_SCRIPT, "sh", str(workdir), shim],
+                          capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tcpdchk failed ({proc.returncode}): {proc.stderr!r}")
+    out = []
+    for m in re.finditer(r"^(?:warning|error): (\S+), line (\d+): (.*)$",
+                         proc.stdout.decode("latin-1"), re.M):
+        out.append((m.group(1), int(m.group(2)), m.group(3)))
+    return out

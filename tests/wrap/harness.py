@@ -184,7 +184,7 @@ class FakeSidecar:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.path)
         self.listener.listen(64)
-        self.listener.settimeout(0.2)
+        self.listener.settimeout(0.05)
         self._stop = False
         self._threads: list[threading.Thread] = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -207,7 +207,7 @@ class FakeSidecar:
 
     def _serve(self, conn: socket.socket) -> None:
         dec = binary.BinaryDecoder()
-        conn.settimeout(0.2)
+        conn.settimeout(0.05)
         try:
             while not self._stop:
                 try:

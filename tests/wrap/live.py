@@ -223,7 +223,7 @@ class SuperServer:
             assert "\n127.0.0.1:7\t" in text
             conf = self.dir / "inetd.conf"
             conf.write_text(text.replace("\n127.0.0.1:7\t", f"\n127.0.0.1:{p}\t"))
-            return [INETD, "-d", "-E", str(conf)]
+            return [INETD, "-d", str(conf)]   # no -E: its environment laundering stays on
         if self.kind == "tcpserver":
             text = deploy_text("tcpserver/run", **sub)
             assert " 127.0.0.1 7 " in text

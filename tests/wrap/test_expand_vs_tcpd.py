@@ -62,7 +62,7 @@ def nsdir(tmp_path_factory):
     return tmp_path_factory.mktemp("expand")
 
 
-@settings(max_examples=15, deadline=None,
+@settings(max_examples=10, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(alphabet=NAME_CHARS, min_size=1, max_size=40))
 @example(name=f"x;touch${{IFS}}{MARK}")

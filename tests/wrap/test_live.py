@@ -147,6 +147,11 @@ def test_allow_deny_env_and_per_source(kind, superserver):
         check_allowed(src, port, kind, ss).close()
     for src, why in live.DENIED.items():
         check_refused(src, port, kind, why)
+    # logged as tcpd logs them (syslog reaches the test through /dev/log)
+    for src in live.ALLOWED:
+        ss.sink.wait_for(f"]: connect from {src} ({src})")
+    for src in live.DENIED:
+        ss.sink.wait_for(f"]: refused connect from {src} ({src})")
     # per_source = 2: two held connections fill the source's slots ...
     held = [check_allowed("127.0.0.7", port, kind) for _ in range(2)]
     check_refused("127.0.0.7", port, kind, "per_source = 2 reached")

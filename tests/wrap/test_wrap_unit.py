@@ -290,7 +290,7 @@ def test_unreachable_fails_closed_by_default_and_open_when_asked(wrap_bin, echo_
 
 @pytest.mark.parametrize("mode,expect", [("-c", 111), ("-o", 0)])
 def test_too_slow_sidecar_hits_the_timeout(wrap_bin, sidecar, echo_server, port, mode, expect):
-    side = sidecar(lambda ev: 5.0)            # reads the request, never answers
+    side = sidecar(lambda ev: 1.5)            # reads the request, answers nothing for 1.5 s
     t0 = time.monotonic()
     h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server), opts=["-t", "300", mode]),
                         "127.0.0.5", port, env=PATH_ENV)
@@ -375,8 +375,10 @@ def structural_decision(reply: bytes) -> int | None:
 def test_garbage_never_crashes_and_fails_closed(wrap_bin, sidecar, echo_server, port):
     """Every generated reply ends in a clean decision or in fail-closed --
     never a signal, never the server run on a reply that is not a grant."""
+    current = [b""]
+    side = sidecar(lambda ev: current[0] or None)
     for i, reply in enumerate(_garbage_cases(seed=7, n=45)):
-        side = sidecar(lambda ev, reply=reply: reply if reply else None)
+        current[0] = reply
         h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server), opts=["-t", "1000"]),
                             "127.0.0.5", port, env=PATH_ENV)
         h.client.settimeout(5)
@@ -395,7 +397,7 @@ def test_garbage_never_crashes_and_fails_closed(wrap_bin, sidecar, echo_server, 
             assert rc in (1, 111), (i, reply, rc)
             if not legit:
                 assert rc == 111, (i, reply, rc)
-        side.close()
+        side.wait_open(0)
 
 
 # -- usage ---------------------------------------------------------------------------

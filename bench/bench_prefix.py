@@ -1,0 +1,377 @@
+"""Prefix core: lookups, build time and memory against pytricia and py-radix.
+
+Run (not part of the default ``pytest`` run, whose testpaths is ``tests``)::
+
+    python -m pytest bench/bench_prefix.py --benchmark-only -q
+
+Data sets (built outside the timed code, deterministic):
+
+* ``routing v4 100k``: routing-table shaped -- about 55% /24, 35% /16-/23,
+  the rest /8-/15 and /25-/32; a third of the /24s nest inside a shorter
+  prefix of the set, as in a BGP table.
+* ``routing v6 50k``: about 50% /48, 20% /32, the rest /29-/64, in 2000::/4,
+  a third nested.
+* ``geoip v4`` / ``geoip v6``: Debian tor-geoipdb ranges as CIDRs (~560k /
+  ~595k, see tests/core/geoip.py); skipped when the package is absent.
+
+Lookup addresses: 80% inside a random prefix of the set, 20% uniformly
+random (IPv6: random inside 2000::/4), the same addresses for every peer.
+Single lookups loop over 20,000 of them per round (the loop's cost is in
+every peer's number alike); batch lookups take 1,000,000 packed addresses
+per call.  Each timing is the best round; the ratio tables printed at the
+end (bench/conftest.py) compare against ``pytricia get(str)``.
+
+Memory is measured in a fresh subprocess per structure: RSS growth across
+the build (VmRSS from /proc/self/status, inputs prepared before the first
+reading), tracemalloc's count of Python-allocator memory (pytricia and
+py-radix keep their trees in C malloc, which tracemalloc does not see), and
+for acl its own exact byte count ``PrefixTable.nbytes``.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from acl import core  # noqa: E402
+from tests.core import geoip  # noqa: E402
+
+pytricia = pytest.importorskip("pytricia")
+radix = pytest.importorskip("radix")
+
+LOOKUPS = "prefix core: lookups"
+BUILD = "prefix core: build"
+MEMORY = "prefix core: memory"
+SINGLE = 20_000
+BATCH = 1_000_000
+
+
+@dataclass
+class Data:
+    name: str
+    family: int
+    prefixes: list[tuple[int, int]]       # (network int, length)
+
+    @property
+    def bits(self) -> int:
+        return 32 if self.family == 4 else 128
+
+    @property
+    def width(self) -> int:
+        return self.bits // 8
+
+    @functools.cached_property
+    def columns(self):
+        nets = b"".join(n.to_bytes(self.width, "big") for n, _ in self.prefixes)
+        return nets, bytes(ln for _, ln in self.prefixes), array("i", range(len(self.prefixes)))
+
+    @functools.cached_property
+    def strings(self) -> list[str]:
+        make = ipaddress.IPv4Address if self.family == 4 else ipaddress.IPv6Address
+        return [f"{make(n)}/{ln}" for n, ln in self.prefixes]
+
+    @functools.cached_property
+    def triples(self):
+        return [(n, ln, i) for i, (n, ln) in enumerate(self.prefixes)]
+
+    @functools.cached_property
+    def addresses(self) -> list[int]:
+        rng = random.Random(7)
+        out = []
+        for _ in range(BATCH):
+            if rng.random() < 0.8:
+                n, ln = self.prefixes[rng.randrange(len(self.prefixes))]
+                out.append(n | rng.getrandbits(self.bits - ln) if ln < self.bits else n)
+            elif self.family == 4:
+                out.append(rng.getrandbits(32))
+            else:
+                out.append((2 << 124) | rng.getrandbits(124))
+        return out
+
+    @functools.cached_property
+    def packed(self) -> bytes:
+        return b"".join(a.to_bytes(self.width, "big") for a in self.addresses)
+
+    @functools.cached_property
+    def single_bytes(self) -> list[bytes]:
+        return [a.to_bytes(self.width, "big") for a in self.addresses[:SINGLE]]
+
+    @functools.cached_property
+    def single_str(self) -> list[str]:
+        make = ipaddress.IPv4Address if self.family == 4 else ipaddress.IPv6Address
+        return [str(make(a)) for a in self.addresses[:SINGLE]]
+
+
+def routing(family: int, count: int, seed: int) -> list[tuple[int, int]]:
+    """A routing-table shaped prefix set (see the module docstring)."""
+    rng = random.Random(seed)
+    bits = 32 if family == 4 else 128
+    if family == 4:
+        shapes = [(24, 55), (23, 8), (22, 9), (21, 5), (20, 5), (19, 3), (18, 2), (17, 1),
+                  (16, 4), (15, 1), (14, 1), (12, 1), (8, 1), (25, 1), (28, 1), (32, 2)]
+    else:
+        shapes = [(48, 50), (32, 20), (29, 3), (30, 1), (31, 1), (36, 4), (40, 5), (44, 6),
+                  (46, 3), (47, 2), (56, 2), (64, 3)]
+    lengths = [ln for ln, _ in shapes]
+    weights = [w for _, w in shapes]
+    seen: set[tuple[int, int]] = set()
+    out: list[tuple[int, int]] = []
+    while len(out) < count:
+        ln = rng.choices(lengths, weights)[0]
+        if out and rng.random() < 0.33:
+            # Nest inside an earlier, shorter prefix.
+            n, pl = out[rng.randrange(len(out))]
+            if pl >= ln:
+                continue
+            net = n | rng.getrandbits(bits - pl)
+        elif family == 4:
+            net = (rng.randrange(1, 224) << 24) | rng.getrandbits(24)
+        else:
+            net = (0x2 << 124) | (rng.randrange(0x001, 0xC10) << 112) | rng.getrandbits(112)
+        net &= ((1 << ln) - 1) << (bits - ln)
+        if (net, ln) not in seen:
+            seen.add((net, ln))
+            out.append((net, ln))
+    return out
+
+
+@functools.cache
+def dataset(name: str) -> Data:
+    if name == "routing v4 100k":
+        return Data(name, 4, routing(4, 100_000, 4))
+    if name == "routing v6 50k":
+        return Data(name, 6, routing(6, 50_000, 6))
+    if name == "routing v4 1M":
+        return Data(name, 4, routing(4, 1_000_000, 41))
+    if name == "routing v6 1M":
+        return Data(name, 6, routing(6, 1_000_000, 61))
+    family = 4 if name.endswith("v4") else 6
+    if geoip.missing():
+        pytest.skip(f"tor-geoipdb not installed ({', '.join(geoip.missing())})")
+    return Data(name, family, list(geoip.prefixes(family)))
+
+
+SETS = ["routing v4 100k", "routing v6 50k", "geoip v4", "geoip v6"]
+
+
+@pytest.fixture(scope="module", params=SETS)
+def data(request, ratios) -> Data:
+    ratios.baseline(LOOKUPS, "pytricia get(str)")
+    ratios.baseline(BUILD, "pytricia")
+    return dataset(request.param)
+
+
+@functools.cache
+def acl_table(name: str):
+    d = dataset(name)
+    return core.PrefixTable.from_arrays(d.family, *d.columns)
+
+
+@functools.cache
+def pytricia_tree(name: str):
+    d = dataset(name)
+    tree = pytricia.PyTricia(d.bits)
+    for i, s in enumerate(d.strings):
+        tree[s] = i
+    return tree
+
+
+@functools.cache
+def radix_tree(name: str):
+    d = dataset(name)
+    tree = radix.Radix()
+    for i, s in enumerate(d.strings):
+        tree.add(s).data["v"] = i
+    return tree
+
+
+def loop(fn, keys):
+    def run():
+        for k in keys:
+            fn(k)
+    return run
+
+
+# -- single lookups ----------------------------------------------------------
+
+def test_pytricia_get_str(benchmark, data, ratios):
+    """Times pytricia .get() on 20,000 address strings."""
+    benchmark.pedantic(loop(pytricia_tree(data.name).get, data.single_str), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, "pytricia get(str)", benchmark, SINGLE)
+
+
+def test_pytricia_get_bytes(benchmark, data, ratios):
+    """Times pytricia .get() on 20,000 packed addresses."""
+    benchmark.pedantic(loop(pytricia_tree(data.name).get, data.single_bytes), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, "pytricia get(bytes)", benchmark, SINGLE)
+
+
+def test_radix_search_best_str(benchmark, data, ratios):
+    """Times py-radix .search_best() on 20,000 address strings."""
+    benchmark.pedantic(loop(radix_tree(data.name).search_best, data.single_str), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, "py-radix search_best(str)", benchmark, SINGLE)
+
+
+@pytest.mark.parametrize("method", ["most_specific", "first_match"])
+def test_acl_single_str(benchmark, data, ratios, method):
+    """Times acl most_specific()/first_match() on 20,000 address strings."""
+    fn = getattr(acl_table(data.name), method)
+    benchmark.pedantic(loop(fn, data.single_str), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, f"acl {method}(str)", benchmark, SINGLE)
+
+
+def test_acl_single_bytes(benchmark, data, ratios):
+    """Times acl most_specific() on 20,000 packed addresses."""
+    fn = acl_table(data.name).most_specific
+    benchmark.pedantic(loop(fn, data.single_bytes), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, "acl most_specific(bytes)", benchmark, SINGLE)
+
+
+# -- batch lookups -----------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["most_specific_batch", "first_match_batch"])
+def test_acl_batch(benchmark, data, ratios, method):
+    """Times one acl batch call over 1,000,000 packed addresses into a reused buffer."""
+    fn = getattr(acl_table(data.name), method)
+    packed = data.packed
+    out = array("i", bytes(4 * BATCH))
+    benchmark.pedantic(fn, args=(packed, out), rounds=10, warmup_rounds=1)
+    sec = ratios.timed(LOOKUPS, data.name, f"acl {method}", benchmark, BATCH)
+    benchmark.extra_info["million lookups/s"] = round(1e-6 / sec, 1)
+
+
+# -- build -------------------------------------------------------------------
+
+def test_build_pytricia(benchmark, data, ratios):
+    """Times building a pytricia tree from prefix strings."""
+    d = data
+
+    def build():
+        tree = pytricia.PyTricia(d.bits)
+        for i, s in enumerate(d.strings):
+            tree[s] = i
+    benchmark.pedantic(build, rounds=3)
+    ratios.timed(BUILD, d.name, "pytricia", benchmark, 1)
+
+
+def test_build_radix(benchmark, data, ratios):
+    """Times building a py-radix tree from prefix strings."""
+    d = data
+
+    def build():
+        tree = radix.Radix()
+        for i, s in enumerate(d.strings):
+            tree.add(s).data["v"] = i
+    benchmark.pedantic(build, rounds=3)
+    ratios.timed(BUILD, d.name, "py-radix", benchmark, 1)
+
+
+def test_build_acl_arrays(benchmark, data, ratios):
+    """Times PrefixTable.from_arrays on packed columns."""
+    benchmark.pedantic(core.PrefixTable.from_arrays, args=(data.family, *data.columns), rounds=5)
+    ratios.timed(BUILD, data.name, "acl from_arrays", benchmark, 1)
+
+
+def test_build_acl_tuples(benchmark, data, ratios):
+    """Times PrefixTable(family, [(network int, length, value), ...])."""
+    benchmark.pedantic(core.PrefixTable, args=(data.family, data.triples), rounds=3)
+    ratios.timed(BUILD, data.name, "acl PrefixTable(tuples)", benchmark, 1)
+
+
+@pytest.mark.parametrize("name", ["routing v4 1M", "routing v6 1M"])
+def test_build_one_million(benchmark, ratios, name):
+    """Times from_arrays on 1,000,000 routing-shaped prefixes (target: < 1 s)."""
+    d = dataset(name)
+    nets, lens, vals = d.columns
+    # Shuffled order: the build must sort.
+    order = list(range(len(d.prefixes)))
+    random.Random(1).shuffle(order)
+    w = d.width
+    nets = b"".join(nets[i * w:(i + 1) * w] for i in order)
+    lens = bytes(lens[i] for i in order)
+    vals = array("i", (vals[i] for i in order))
+    benchmark.pedantic(core.PrefixTable.from_arrays, args=(d.family, nets, lens, vals), rounds=3)
+    ratios.timed(BUILD, name, "acl from_arrays", benchmark, 1)
+    ratios.note(MEMORY, name, "acl nbytes", f"{acl_table(name).nbytes / 1e6:.1f} MB")
+
+
+# -- memory ------------------------------------------------------------------
+
+MEASURE = r"""
+import json, sys, tracemalloc
+family, path, impl = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+blob = open(path, "rb").read()
+width = 4 if family == 4 else 16
+n = len(blob) // (width + 1)
+nets, lens = blob[:n * width], blob[n * width:]
+import ipaddress
+from array import array
+make = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+if impl in ("pytricia", "py-radix"):
+    keys = [f"{make(nets[i * width:(i + 1) * width])}/{lens[i]}" for i in range(n)]
+    import pytricia, radix
+else:
+    vals = array("i", range(n))
+    from acl import core
+
+def rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+
+tracemalloc.start()
+before = rss()
+if impl == "pytricia":
+    t = pytricia.PyTricia(32 if family == 4 else 128)
+    for i, k in enumerate(keys):
+        t[k] = i
+elif impl == "py-radix":
+    t = radix.Radix()
+    for i, k in enumerate(keys):
+        t.add(k).data["v"] = i
+else:
+    t = core.PrefixTable.from_arrays(family, nets, lens, vals)
+after = rss()
+traced = tracemalloc.get_traced_memory()[0]
+print(json.dumps({"rss": after - before, "traced": traced,
+                  "nbytes": getattr(t, "nbytes", None), "len": len(t)}))
+"""
+
+
+@pytest.mark.parametrize("impl", ["pytricia", "py-radix", "acl"])
+def test_memory(benchmark, data, ratios, impl):
+    """Times a fresh subprocess building one structure; reports its memory growth."""
+    with tempfile.NamedTemporaryFile(suffix=".prefixes") as f:
+        nets, lens, _ = data.columns
+        f.write(nets + lens)
+        f.flush()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        result = {}
+
+        def measure():
+            out = subprocess.run([sys.executable, "-c", MEASURE, str(data.family), f.name, impl],
+                                 capture_output=True, text=True, check=True, env=env, timeout=600)
+            result.update(json.loads(out.stdout))
+        benchmark.pedantic(measure, rounds=1)
+    text = f"{result['rss'] / 1e6:.1f} MB RSS, {result['traced'] / 1e6:.1f} MB traced"
+    if result["nbytes"] is not None:
+        text += f", nbytes {result['nbytes'] / 1e6:.1f} MB"
+    ratios.note(MEMORY, data.name, impl, text)
+    benchmark.extra_info.update(result)
+    assert result["len"] == len(data.prefixes)

@@ -1,0 +1,365 @@
+"""Decision service benchmarks (issue 6), each measured beside its floor.
+
+The floor is a bare C echo server on the same kind of socket (a Unix stream
+socket, one epoll loop, written below and compiled at run time in a temp
+dir): it answers every byte it reads by writing it back, so it is what any
+server on this socket costs with zero work per request.
+
+* pipelined decisions per second: one client writes N DECIDE frames without
+  waiting while it reads the replies (acl) / the echoes (C);
+* sequential round trips: one frame, wait for its answer, repeat; p50/p99;
+* in-process batch decisions: ``BatchPlan.run`` over a buffer of frames (the
+  compiled batch path without any socket);
+* reload of a large prefix policy under load: time until the new policy
+  answers, with zero failed requests meanwhile (``ACL_BENCH_PREFIXES``, by
+  default 1,000,000).
+
+Run: ``python -m pytest bench/bench_serve.py --benchmark-only -s``.
+Each test prints one line of numbers and stores them in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from acl.model import Request
+from acl.wire import binary as wb
+
+ROOT = Path(__file__).resolve().parent.parent
+N_PIPELINED = int(os.environ.get("ACL_BENCH_PIPELINED", "400000"))
+N_RTT = int(os.environ.get("ACL_BENCH_RTT", "20000"))
+N_PREFIXES = int(os.environ.get("ACL_BENCH_PREFIXES", "1000000"))
+
+ECHO_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+/* A bare echo server on a Unix stream socket: the floor for acl serve. */
+int main(int argc, char **argv) {
+    int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    struct sockaddr_un sa = {0};
+    sa.sun_family = AF_UNIX;
+    strncpy(sa.sun_path, argv[1], sizeof sa.sun_path - 1);
+    unlink(argv[1]);
+    if (bind(ls, (struct sockaddr *)&sa, sizeof sa) || listen(ls, 4096)) { perror("bind"); return 1; }
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = ls}, evs[256];
+    epoll_ctl(ep, EPOLL_CTL_ADD, ls, &ev);
+    static char buf[1 << 18];
+    puts("ready"); fflush(stdout);
+    for (;;) {
+        int n = epoll_wait(ep, evs, 256, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = evs[i].data.fd;
+            if (fd == ls) {
+                int c;
+                while ((c = accept4(ls, NULL, NULL, 0)) >= 0) {  /* blocking: write waits */
+                    struct epoll_event ce = {.events = EPOLLIN, .data.fd = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, c, &ce);
+                }
+                continue;
+            }
+            ssize_t r = read(fd, buf, sizeof buf);
+            if (r <= 0) { close(fd); continue; }
+            ssize_t off = 0;
+            while (off < r) {
+                ssize_t w = write(fd, buf + off, r - off);
+                if (w < 0) { close(fd); break; }
+                off += w;
+            }
+        }
+    }
+}
+"""
+
+
+def _bench_policy(d: Path, prefixes: int = 1000, rate: bool = True) -> Path:
+    """An address-and-limits policy: sshd allowed from ``prefixes`` /28s,
+    everything else denied, a per-source token bucket that never runs dry."""
+    write_prefix_files(d, prefixes)
+    p = d / "policy.toml"
+    p.write_text(f"""
+[sockets]
+query = "query.sock"
+admin = "admin.sock"
+admin_uids = [{os.getuid()}]
+[limits]
+sources = 65536
+rate = {1e9 if rate else 0}
+burst = {1e9 if rate else 0}
+[[source]]
+type = "hosts_access"
+allow = "hosts.allow"
+deny = "hosts.deny"
+services = ["sshd"]
+[run]
+watch = false
+""")
+    return p
+
+
+def write_prefix_files(d: Path, n: int, shift: int = 0) -> None:
+    lines = []
+    per = 50
+    for j in range(0, n, per):          # libwrap reads lines of < 2 KiB
+        pats = []
+        for i in range(j, min(n, j + per)):
+            k = i + shift
+            a, b, c, e = 10 + (k >> 20), (k >> 12) & 0xFF, (k >> 4) & 0xFF, (k & 0xF) * 16
+            pats.append(f"{a}.{b}.{c}.{e}/255.255.255.240")
+        lines.append("sshd: " + " ".join(pats) + "\n")
+    (d / "hosts.allow").write_text("".join(lines))
+    (d / "hosts.deny").write_text("ALL: ALL\n")
+
+
+def _requests(n: int) -> list[Request]:
+    out = []
+    for i in range(n):
+        k = (i * 7919) % 2000
+        a, b, c, e = 10 + (k >> 20), (k >> 12) & 0xFF, (k >> 4) & 0xFF, (k & 0xF) * 16 + 3
+        client = f"{a}.{b}.{c}.{e}" if i % 4 else f"203.0.113.{i % 250}"
+        out.append(Request("sshd", client, 40000 + i % 20000))
+    return out
+
+
+@pytest.fixture(scope="module")
+def echo_path():
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler for the echo floor")
+    d = Path(tempfile.mkdtemp(prefix="acl-bench-echo-"))
+    (d / "echo.c").write_text(ECHO_C)
+    subprocess.run([cc, "-O2", "-o", str(d / "echo"), str(d / "echo.c")], check=True)
+    path = str(d / "echo.sock")
+    proc = subprocess.Popen([str(d / "echo"), path], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        yield path
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def start_acl(d: Path, cfg: Path) -> subprocess.Popen:
+    log = open(d / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "acl", "serve", "--config", str(cfg)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(d))
+    log.close()
+    deadline = time.monotonic() + 300
+    while "ready" not in (d / "serve.log").read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((d / "serve.log").read_text())
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.fixture(scope="module")
+def acl_path():
+    d = Path(tempfile.mkdtemp(prefix="acl-bench-serve-"))
+    proc = start_acl(d, _bench_policy(d))
+    try:
+        yield str(d / "query.sock")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+def pipelined(path: str, blob: bytes, frames: int) -> float:
+    """Write ``blob`` (``frames`` frames) while reading as many reply frames;
+    returns seconds."""
+    s = _connect(path)
+    t0 = time.perf_counter()
+    w = threading.Thread(target=s.sendall, args=(blob,))
+    w.start()
+    got = 0
+    buf = bytearray()
+    unpack = struct.Struct("<I").unpack_from
+    while got < frames:
+        data = s.recv(1 << 20)
+        if not data:
+            raise RuntimeError("server closed")
+        buf += data
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            ln = unpack(buf, pos)[0] + 4
+            if n - pos < ln:
+                break
+            pos += ln
+            got += 1
+        del buf[:pos]
+    dt = time.perf_counter() - t0
+    w.join()
+    s.close()
+    return dt
+
+
+def round_trips(path: str, frame: bytes, n: int) -> list[float]:
+    s = _connect(path)
+    lat = []
+    clock = time.perf_counter_ns
+    for _ in range(n):
+        t0 = clock()
+        s.sendall(frame)
+        need = 4
+        data = s.recv(65536)
+        while len(data) < need or len(data) < 4 + struct.unpack_from("<I", data)[0]:
+            data += s.recv(65536)
+        lat.append((clock() - t0) / 1e3)
+    s.close()
+    return lat
+
+
+def test_pipelined_decisions_per_second(benchmark, acl_path, echo_path):
+    """Times N pipelined DECIDE frames answered by acl serve (echo floor measured alongside)."""
+    reqs = _requests(N_PIPELINED)
+    blob = b"".join(wb.encode_decide(i, r) for i, r in enumerate(reqs))
+    echo_s = min(pipelined(echo_path, blob, N_PIPELINED) for _ in range(3))
+    acl_s = benchmark.pedantic(pipelined, args=(acl_path, blob, N_PIPELINED), rounds=3,
+                               iterations=1)
+    acl_s = benchmark.stats.stats.min
+    info = {"frames": N_PIPELINED, "acl_per_s": N_PIPELINED / acl_s,
+            "echo_per_s": N_PIPELINED / echo_s, "ratio_echo_over_acl": acl_s / echo_s}
+    benchmark.extra_info.update(info)
+    print(f"\npipelined: acl {info['acl_per_s']:,.0f} decisions/s, C echo "
+          f"{info['echo_per_s']:,.0f} frames/s, acl takes {info['ratio_echo_over_acl']:.2f}x "
+          "the echo's time")
+
+
+def test_sequential_round_trip_latency(benchmark, acl_path, echo_path):
+    """Times N sequential DECIDE round trips to acl serve (echo floor measured alongside)."""
+    frame = wb.encode_decide(1, _requests(2)[1])
+    round_trips(echo_path, frame, 500)
+    round_trips(acl_path, frame, 500)
+    echo = round_trips(echo_path, frame, N_RTT)
+    lat: list[float] = []
+    benchmark.pedantic(lambda: lat.extend(round_trips(acl_path, frame, N_RTT)), rounds=1,
+                       iterations=1)
+
+    def pct(xs, p):
+        return statistics.quantiles(xs, n=100)[p - 1]
+
+    info = {"acl_p50_us": pct(lat, 50), "acl_p99_us": pct(lat, 99),
+            "echo_p50_us": pct(echo, 50), "echo_p99_us": pct(echo, 99)}
+    info["p50_ratio"] = info["acl_p50_us"] / info["echo_p50_us"]
+    info["p99_ratio"] = info["acl_p99_us"] / info["echo_p99_us"]
+    benchmark.extra_info.update(info)
+    print(f"\nround trip: acl p50 {info['acl_p50_us']:.1f} us p99 {info['acl_p99_us']:.1f} us; "
+          f"C echo p50 {info['echo_p50_us']:.1f} us p99 {info['echo_p99_us']:.1f} us; "
+          f"ratio p50 {info['p50_ratio']:.2f}x p99 {info['p99_ratio']:.2f}x")
+
+
+def test_in_process_batch_decisions(benchmark, tmp_path):
+    """Times BatchPlan.run over 1M DECIDE frames (address-and-limits policy, in process)."""
+    from acl.engine import KERNEL, Engine
+    from acl.policy import load_policy
+
+    if KERNEL != "compiled":
+        pytest.skip("the compiled engine is not built")
+    eng = Engine(load_policy(_bench_policy(tmp_path, prefixes=1000)))
+    plan = eng.plan
+    n = 1_000_000
+    reqs = _requests(4000)
+    one = b"".join(wb.encode_decide(i, r) for i, r in enumerate(reqs))
+    blob = one * (n // len(reqs))
+
+    def run():
+        pos, total = 0, 0
+        while True:
+            pos, out, status = plan.run(blob, pos, 1000.0)
+            total += len(out)
+            if status == 0:
+                return total
+            assert status == 2, status
+
+    benchmark.pedantic(run, rounds=5, iterations=1)
+    best = benchmark.stats.stats.min
+    assert plan.residual == 0
+    benchmark.extra_info.update({"frames": n, "decisions_per_s": n / best})
+    print(f"\nin-process batch: {n / best:,.0f} decisions/s (one core)")
+
+
+def test_reload_large_prefix_policy_under_load(benchmark, tmp_path):
+    """Times a reload of an N-prefix hosts.allow via the admin socket while clients keep asking."""
+    cfg = _bench_policy(tmp_path, prefixes=N_PREFIXES, rate=False)
+    proc = start_acl(tmp_path, cfg)
+    failures: list[str] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def load():
+        from acl.client import Client
+
+        reqs = _requests(200)
+        try:
+            with Client(str(tmp_path / "query.sock"), timeout=120) as c:
+                while not stop.is_set():
+                    for d in c.decide_many(reqs):
+                        answered[0] += 1
+                        if d.reason.name not in ("OK", "LIBWRAP"):
+                            failures.append(repr(d))
+        except Exception as exc:
+            failures.append(repr(exc))
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    try:
+        write_prefix_files(tmp_path, N_PREFIXES, shift=1)     # a new policy, same size
+
+        def reload():
+            s = _connect(str(tmp_path / "admin.sock"))
+            s.settimeout(600)
+            s.sendall(b"reload\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                data += s.recv(65536)
+            s.close()
+            return data
+
+        before = answered[0]
+        t0 = time.perf_counter()
+        reply = benchmark.pedantic(reload, rounds=1, iterations=1)
+        dt = time.perf_counter() - t0
+        during = answered[0] - before
+        assert b'"ok": true' in reply, reply
+    finally:
+        stop.set()
+        t.join(120)
+        proc.terminate()
+        proc.wait(60)
+    import json
+
+    server_s = json.loads(reply)["seconds"]
+    assert failures == []
+    benchmark.extra_info.update({"prefixes": N_PREFIXES, "reload_s": dt,
+                                 "server_reload_s": server_s, "answered_during": during,
+                                 "failed": len(failures)})
+    print(f"\nreload of {N_PREFIXES:,} prefixes: {dt:.2f} s ({server_s:.2f} s in the server); "
+          f"{during:,} requests answered meanwhile, {len(failures)} failed")
