@@ -141,6 +141,8 @@ class LimitState:
         self._val = [0] * n
         self._tag = [0] * n
         self._names: dict[str, int] = {}
+        #: layer state that must survive reloads (the xinetd sensor list)
+        self.extra: dict = {}
         s = max_services
         self._cps_max = [50] * s
         self._cps_wait = [10] * s

@@ -30,8 +30,8 @@ its root as an argument.
 *What "covered" means.*  A listener is matched to service names, the names
 the policy could know it by, in this order: an explicit mapping given by
 the operator (``--service PORT=NAME``), the ``[nfqueue] ports`` map (the
-kernel asks the sidecar before the daemon ever sees the packet), the
-owning processes' command names (tcpd's daemon name is the server's
+kernel asks the sidecar before the daemon ever sees the packet), the port
+an xinetd source gives a service id, the owning processes' command names (tcpd's daemon name is the server's
 basename), and the ``/etc/services`` name of the port (xinetd service ids
 are usually that name).  The first of these names the policy binds is the
 service audited.  Only the NFQUEUE front door is *enforced* without the
@@ -331,6 +331,9 @@ class PolicyView:
     decide: Callable[[str, str, str, int], SampleVerdict]
     nfqueue_ports: Mapping[tuple[str | None, int], str] = field(default_factory=dict)
     nfqueue_protocols: tuple[str, ...] = ("tcp", "udp")
+    #: (proto, port) -> service id, for services whose port the policy itself
+    #: states (an xinetd source's ``port`` / service name).
+    service_ports: Mapping[tuple[str, int], str] = field(default_factory=dict)
 
 
 def reachable(bound: str, client: str, bindv6only: bool = False) -> bool:
@@ -363,7 +366,8 @@ def nfqueue_service(listener: Listener,
 
 
 def candidate_names(listener: Listener, explicit: Mapping[int, str],
-                    nfqueue_ports: Mapping[tuple[str | None, int], str]) -> list[str]:
+                    nfqueue_ports: Mapping[tuple[str | None, int], str],
+                    service_ports: Mapping[tuple[str, int], str] | None = None) -> list[str]:
     """The names a policy could know this listener by, most trusted first."""
     names: list[str] = []
 
@@ -373,6 +377,7 @@ def candidate_names(listener: Listener, explicit: Mapping[int, str],
 
     add(explicit.get(listener.port))
     add(nfqueue_service(listener, nfqueue_ports))
+    add((service_ports or {}).get((listener.proto, listener.port)))
     for p in listener.owners:
         add(p.name)
     try:
@@ -392,7 +397,7 @@ def audit(found: Iterable[Listener], policy: PolicyView | None,
     nfq = dict(policy.nfqueue_ports) if policy else {}
     out = []
     for lis in found:
-        names = candidate_names(lis, explicit, nfq)
+        names = candidate_names(lis, explicit, nfq, policy.service_ports if policy else None)
         service, layers = None, []
         nfq_name = nfqueue_service(lis, nfq)
         nfq_covers = (policy is not None and nfq_name is not None
@@ -483,7 +488,30 @@ def load_policy_view(path: str) -> PolicyView:
     if not isinstance(raw, dict):
         raise AclError(f"{path}: nfqueue.ports: expected a table of PORT = \"service\"")
     ports = {_nfqueue_key(str(k), path): str(v) for k, v in raw.items()}
-    return PolicyView(layers, decide, ports)
+    return PolicyView(layers, decide, ports, service_ports=_xinetd_ports(policy))
+
+
+def _xinetd_ports(policy) -> dict[tuple[str, int], str]:
+    """(proto, port) -> service id of each xinetd service the policy read.
+
+    xinetd takes a service's port from ``port``, else from /etc/services by
+    the service name; its protocol from ``protocol``, else from the socket
+    type (spec C: xinetd attributes).
+    """
+    out: dict[tuple[str, int], str] = {}
+    for source in policy.sources:
+        if source.kind != "xinetd":
+            continue
+        for sid, svc in source.layer.policy.services.items():
+            proto = svc.protocol or ("udp" if svc.socket_type == "dgram" else "tcp")
+            port = svc.port
+            if port is None:
+                try:
+                    port = socket.getservbyname(svc.name, proto)
+                except OSError:
+                    continue
+            out.setdefault((proto, int(port)), sid)
+    return out
 
 
 def _nfqueue_key(key: str, path: str) -> tuple[str | None, int]:

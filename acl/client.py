@@ -47,7 +47,7 @@ class _Common:
 class Client(_Common):
     """Blocking client over a Unix socket."""
 
-    def __init__(self, path: str, timeout: float | None = 5.0) -> None:
+    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
         self.path = path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)

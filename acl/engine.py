@@ -117,6 +117,7 @@ class Engine:
         self.reloads = {"success": 0, "failure": 0}
         self.last_reload_success = 1
         self.last_reload_error = ""
+        self.last_prepare: dict[str, float] = {}
         self._leases: dict[int, tuple[object, int, str]] = {}
         self.leases_by_service: dict[str, int] = {}
         self._next_lease = 1
@@ -167,12 +168,16 @@ class Engine:
 
         with self._lock:
             try:
+                t0 = time.perf_counter()
                 if isinstance(policy_or_path, Policy):
                     new = policy_or_path
                 else:
                     path = policy_or_path if policy_or_path is not None else self._policy.path
                     new = load_policy(path, previous=self._policy)
-                return self._build(new)
+                t1 = time.perf_counter()
+                built = self._build(new)
+                self.last_prepare = {"load_s": t1 - t0, "plan_s": time.perf_counter() - t1}
+                return built
             except Exception as exc:
                 self.reloads["failure"] += 1
                 self.last_reload_success = 0

@@ -72,12 +72,18 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
     if layer.residual:
         return None
     view = AddressView(first_match=True, default=layer.error_decision)
-    tables = [layer._all, layer._tables.get(ascii_lower(strip_mapped(service)), (None, None))]
-    for t4, t6 in tables:
-        if t4 is not None:
-            view.v4.extend(t4.entries())
-        if t6 is not None:
-            view.v6.extend(t6.entries())
+    # the pure rules' shapes are what the layer's prefix tables were built
+    # from: (daemon keys, [(family, network, length)]), keys {None} = ALL
+    key = ascii_lower(strip_mapped(service))
+    v4, v6 = view.v4, view.v6
+    for i, shape in enumerate(layer.shapes):
+        if shape is None or not layer.pure[i]:
+            continue
+        keys, prefixes = shape
+        if None not in keys and key not in keys:
+            continue
+        for fam, net, length in prefixes:
+            (v4 if fam == 4 else v6).append((net, length, i))
     view.decisions = [RESIDUAL if dyn else d
                       for d, dyn in zip(layer.decisions, layer.dynamic, strict=True)]
     view.forced_v4 = [(0xFFFFFFFF, 32)]
@@ -229,8 +235,10 @@ def _family_table(views, fam: int, action_for):
     """Overlay the views of one family; (starts, actions) with -1 = residual."""
     bits = _BITS[fam]
     per_view = []                  # (starts, values, value -> Decision)
+    top_only = fam == 4 and all(v.forced_v4 in ([], [(0xFFFFFFFF, 32)]) for v in views)
+    force_top = top_only and any(v.forced_v4 for v in views)
     for v in views:
-        if fam == 4 and v.forced_v4:
+        if fam == 4 and v.forced_v4 and not top_only:
             fs, fv = _view_ranges([(n, ln, 0) for n, ln in v.forced_v4], bits, False)
             per_view.append((fs, fv, lambda val: RESIDUAL if val >= 0 else None))
         starts, vals = _view_ranges(v.v4 if fam == 4 else v.v6, bits, v.first_match)
@@ -259,7 +267,14 @@ def _family_table(views, fam: int, action_for):
         action_of[code] = -1 if d is RESIDUAL else action_for(d)
     acts = array("i", [action_of[c] for c in codes])
     if fam == 4:
-        return array("I", starts), acts
+        starts = array("I", starts)
+        if force_top:              # 255.255.255.255 alone goes to Python
+            if starts[-1] == 0xFFFFFFFF:
+                acts[-1] = -1
+            else:
+                starts.append(0xFFFFFFFF)
+                acts.append(-1)
+        return starts, acts
     return (array("Q", [s >> 64 for s in starts]),
             array("Q", [s & ((1 << 64) - 1) for s in starts])), acts
 

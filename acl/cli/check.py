@@ -26,8 +26,16 @@ from acl.errors import Severity
 from acl.parse.hosts_access import read_hosts
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 100 (acl's "bad input"), not argparse's 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(100, f"acl check: fatal: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="acl check", description="lint hosts.allow / hosts.deny")
+    p = _Parser(prog="acl check", description="lint hosts.allow / hosts.deny")
     p.add_argument("--hosts-allow", metavar="FILE")
     p.add_argument("--hosts-deny", metavar="FILE")
     p.add_argument("-d", action="store_true", help="use ./hosts.allow and ./hosts.deny")

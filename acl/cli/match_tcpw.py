@@ -47,7 +47,7 @@ from acl.resolve import HostsFileBackend, Resolver
 VERDICT_WORD = {Verdict.ALLOW: "granted", Verdict.DENY: "denied", Verdict.DELEGATE: "delegated"}
 
 
-class LookupError_(Exception):
+class HostNotFound(Exception):
     """A host named on the command line cannot be resolved."""
 
 
@@ -97,9 +97,9 @@ def explain(layer: HostsAccessLayer, resolver: Resolver, daemon_arg: str, client
     if not not_inaddr(server) or hostname_known(server):
         addrs = _find_addresses(server, resolver)
         if not addrs:
-            raise LookupError_(f"{server}: host not found")
+            raise HostNotFound(f"{server}: host not found")
         if len(addrs) > 1:
-            raise LookupError_(f"{server} has more than one address")
+            raise HostNotFound(f"{server} has more than one address")
         sview = HostView(addrs[0], resolver.hostname(addrs[0], now), resolver, now)
         sin = True
     else:
@@ -113,7 +113,7 @@ def explain(layer: HostsAccessLayer, resolver: Resolver, daemon_arg: str, client
     else:
         addrs = _find_addresses(client, resolver)
         if not addrs:
-            raise LookupError_(f"{client}: host not found")
+            raise HostNotFound(f"{client}: host not found")
         views = []
         for a in addrs:
             v = HostView(a, None, resolver, now)
@@ -160,8 +160,16 @@ def build(args) -> tuple[HostsAccessLayer, Resolver, list]:
     return layer, resolver, diags
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 100 (acl's "bad input"), not argparse's 2."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(100, f"acl match: fatal: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="acl match", description="explain a hosts.allow/hosts.deny decision")
+    p = _Parser(prog="acl match", description="explain a hosts.allow/hosts.deny decision")
     p.add_argument("--hosts-allow", metavar="FILE", help="hosts.allow (absent: empty)")
     p.add_argument("--hosts-deny", metavar="FILE", help="hosts.deny (absent: empty)")
     p.add_argument("--hosts-file", metavar="FILE",
@@ -195,7 +203,7 @@ def main(argv: list[str]) -> int:
         return _batch(layer, resolver)
     try:
         outcomes = explain(layer, resolver, args.daemon, args.client)
-    except LookupError_ as exc:
+    except HostNotFound as exc:
         print(f"acl match: fatal: {exc}", file=sys.stderr)
         return 100
     print("\n\n".join(_report(o) for o in outcomes))
@@ -213,7 +221,7 @@ def _batch(layer: HostsAccessLayer, resolver: Resolver) -> int:
             continue
         try:
             outcomes = explain(layer, resolver, words[0], words[1])
-        except LookupError_ as exc:
+        except HostNotFound as exc:
             out.write(f"error {exc}\n")
             continue
         out.write(" ; ".join(f"{o.word} {o.where}" for o in outcomes) + "\n")

@@ -93,13 +93,15 @@ def main(argv: list[str]) -> int:
     if "query" in addrs and not addrs["query"].startswith("fd:"):
         example = "sshd 192.0.2.10" if args.config is None else "SERVICE CLIENT-ADDRESS"
         print(f"{PROG}: try: acl query --socket {addrs['query']} {example}", file=sys.stderr)
+
+    def ready() -> None:
+        print(f"{PROG}: ready ({'compiled' if compiled else 'pure'} core)", file=sys.stderr,
+              flush=True)
+
     try:
-        server.drop_privileges()
-    except (OSError, KeyError) as exc:
-        print(f"{PROG}: fatal: cannot drop privileges: {exc}", file=sys.stderr)
+        asyncio.run(server.serve(ready=ready))
+    except (OSError, KeyError, AclError) as exc:
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY
-    print(f"{PROG}: ready ({'compiled' if compiled else 'pure'} core)", file=sys.stderr,
-          flush=True)
-    asyncio.run(server.serve())
     print(f"{PROG}: stopped", file=sys.stderr)
     return EXIT_OK

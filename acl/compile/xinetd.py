@@ -37,18 +37,36 @@ from acl.core import limits as _limits
 from acl.errors import Diagnostic
 from acl.model import Decision, Location, Reason, Request, Verdict
 from acl.parse.xinetd import XEntry, XinetdConfig, parse_xinetd, parse_xinetd_text
+from acl.parse.xinetd_addr import parse_value
 from acl.parse.xinetd_resolve import SystemResolver
 
 __all__ = ["load_xinetd", "load_xinetd_text", "XinetdPolicy", "XinetdService", "AddressList",
            "XinetdLayer", "read_loadavg"]
 
 _V4_MAPPED = 0xFFFF << 32
+_MAX_SENSOR = 10240      # sensor.c MAX_GLOBAL_NO_ACCESS
 
 
 def read_loadavg(path: str = "/proc/loadavg") -> float:
     """The 1-minute load average, as xinetd's ``xgetloadavg`` reads it."""
     with open(path, encoding="ascii") as f:
         return float(f.read().split()[0])
+
+
+def _entry_matches(e, addr: int, fam: int) -> bool:
+    """addr.c addrlist_match for one numeric entry."""
+    if e.kind == "v4":
+        if fam == 4:
+            return addr & e.mask == e.addr & e.mask
+        return addr >> 32 == 0xFFFF and (addr & 0xFFFFFFFF) & e.mask == e.addr & e.mask
+    if fam != 6:
+        return False
+    if e.kind == "v6":
+        return addr == e.addr
+    if e.kind == "v6net":
+        m = (((1 << e.mask) - 1) << (128 - e.mask)) if e.mask else 0
+        return addr & m == e.addr & m
+    return False
 
 
 class AddressList:
@@ -126,7 +144,9 @@ class XinetdService:
     banner: str | None
     banner_success: str | None
     banner_fail: str | None
-    entry: XEntry = field(repr=False)
+    sensor: bool = False             # flags = SENSOR (spec C.5)
+    deny_time: int = 0               # minutes; -1 FOREVER, 0 only logs
+    entry: XEntry = field(repr=False, default=None)
 
 
 @dataclass
@@ -172,7 +192,8 @@ def _compile(config: XinetdConfig) -> XinetdPolicy:
             socket_type=p.get("socket_type"), bind=p.get("bind"), server=p.get("server"),
             libwrap="NOLIBWRAP" not in e.flags, libwrap_name=_libwrap_name(e),
             banner=p.get("banner"), banner_success=p.get("banner_success"),
-            banner_fail=p.get("banner_fail"), entry=e)
+            banner_fail=p.get("banner_fail"), sensor="SENSOR" in e.flags,
+            deny_time=p.get("deny_time", 0), entry=e)
     return XinetdPolicy(config.path, services, config)
 
 
@@ -247,7 +268,45 @@ class XinetdLayer:
         r = self.state.check(self._slots[svc.id], _packed(addr, fam), now, load)
         if r != _limits.OK:
             return Decision(Verdict.DENY, _REASONS[r], svc.location)
+        # child side (spec C.6 4a): the SENSOR list, then only_from/no_access
+        if svc.sensor:
+            self._sensor_add(svc, addr, fam, now)
+            return Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
+        if self._sensor_hit(addr, fam, now):
+            return Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
         return self._address(svc, addr, fam, request)
+
+    # -- SENSOR (sensor.c) -------------------------------------------------
+    def _sensor_list(self) -> list:
+        """[(AddrEntry, expires or None)], kept in the state across reloads."""
+        return self.state.extra.setdefault("xinetd_sensor", [])
+
+    def _sensor_add(self, svc: XinetdService, addr: int, fam: int, now: float) -> None:
+        # deny_time 0 only logs; the address is added as xinetd adds it: its
+        # text through the numeric parser (so trailing zero octets widen it).
+        if svc.deny_time == 0:
+            return
+        lst = self._sensor_list()
+        expires = None if svc.deny_time == -1 else math.floor(now) + 60 * svc.deny_time
+        for i, (entry, old) in enumerate(lst):
+            if _entry_matches(entry, addr, fam):
+                if old is not None and (expires is None or expires > old):
+                    lst[i] = (entry, expires)
+                return
+        if len(lst) >= _MAX_SENSOR:
+            return
+        text = str(ipaddress.IPv6Address(addr) if fam == 6 else ipaddress.IPv4Address(addr))
+        got = parse_value(text, None)
+        if got:
+            lst.append((got[0], expires))
+
+    def _sensor_hit(self, addr: int, fam: int, now: float) -> bool:
+        lst = self.state.extra.get("xinetd_sensor")
+        if not lst:
+            return False
+        if now is not None:
+            lst[:] = [(e, t) for e, t in lst if t is None or t > now]
+        return any(_entry_matches(e, addr, fam) for e, _ in lst)
 
     def check_address(self, request: Request) -> Decision | None:
         """only_from/no_access alone: no limit is consulted or counted."""
@@ -258,6 +317,8 @@ class XinetdLayer:
             addr, fam = _client(request.client, svc.family)
         except ValueError:
             return Decision(Verdict.DENY, Reason.ERROR, svc.location)
+        if svc.sensor or self._sensor_hit(addr, fam, None):
+            return Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
         return self._address(svc, addr, fam, request)
 
     def _address(self, svc: XinetdService, addr: int, fam: int, request: Request) -> Decision:

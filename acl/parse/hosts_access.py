@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_options import OptionProgram, compile_options
 from acl.parse.hosts_patterns import (
+    DaemonToken,
     ascii_lower,
     client_token,
     daemon_token,
@@ -216,6 +217,15 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         seen_files.append(p)
         return read_file(p) if read_file is not None else None
 
+    daemons_seen: dict[str, DaemonToken] = {}
+
+    def daemon_of(text: str) -> DaemonToken:
+        # daemon tokens repeat on almost every line; they are immutable
+        tok = daemons_seen.get(text)
+        if tok is None:
+            tok = daemons_seen[text] = daemon_token(text, reader)
+        return tok
+
     def diag(line: int, col: int, msg: str, sev=Severity.ERROR):
         table.diagnostics.append(Diagnostic(path, line, col, msg, sev))
 
@@ -247,7 +257,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         rule = HostsRule(
             path=path, line=ll.line, first_line=ll.lines[0],
             daemon_tokens=tuple(d_toks), client_tokens=tuple(c_toks),
-            daemons=build_list(d_toks, lambda t: daemon_token(t, reader)),
+            daemons=build_list(d_toks, daemon_of),
             clients=build_list(c_toks, lambda t: client_token(t, reader)),
             options_text=options_text, options=options, source=ll)
         if options.error is not None:

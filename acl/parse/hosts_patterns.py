@@ -46,10 +46,6 @@ def ascii_lower(s: str) -> str:
     return s.lower() if s.isascii() else s.translate(_LOWER)
 
 
-def streq(a: str, b: str) -> bool:
-    return a.translate(_LOWER) == b.translate(_LOWER)
-
-
 def hostname_known(name: str) -> bool:
     """``HOSTNAME_KNOWN``: neither "unknown" nor "paranoid" (any case)."""
     n = ascii_lower(name)
@@ -489,7 +485,8 @@ def host_pattern(tok: str, read_file=None, depth: int = 0) -> HostPattern:
         if text is None:
             return HostFile(tok, None)
         # fscanf("%s"): runs of non-isspace characters; no comments.
-        subs = tuple(host_pattern(t, read_file, depth + 1) for t in text.split())
+        subs = tuple(host_pattern(t, read_file, depth + 1)
+                     for t in re.split(r"[ \t\n\v\f\r]+", text) if t)
         return HostFile(tok, subs)
     low = ascii_lower(tok)
     if low == "known":

@@ -124,11 +124,27 @@ class _Ctx:
 
     def note(self, msg, value=None):
         path, line, text = self.where
-        col = text.find(value) + 1 if value else 0
-        self.diag(path, line, max(col, 0), msg, warn=True)
+        self.diag(path, line, _value_column(text, value) if value else 0, msg, warn=True)
 
     def resolver_addresses(self, name, family):
         return self.resolver.addresses(name, family)
+
+
+def _value_column(text: str, value: str) -> int:
+    """1-based column of ``value`` as a whole blank-separated word after the
+    operator (0 when not found)."""
+    start = text.find("=") + 1
+    i = start
+    while i <= len(text):
+        j = text.find(value, i)
+        if j < 0:
+            return 0
+        before = text[j - 1] if j > start else " "
+        after = text[j + len(value)] if j + len(value) < len(text) else " "
+        if before in " \t" and after in " \t":
+            return j + 1
+        i = j + 1
+    return 0
 
 
 def _split_values(text: str) -> list[str]:

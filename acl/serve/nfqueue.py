@@ -39,6 +39,10 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   (:meth:`NfqueueFrontDoor.decide_records`).
 * Counters are plain ints and dicts, read at scrape time
   (:meth:`NfqueueFrontDoor.metric_families`, docs/metrics.md names).
+* ``acl serve`` starts the door with :func:`start_for_server` on its running
+  loop.  Binding a queue and every verdict need CAP_NET_ADMIN: the process
+  must keep it after dropping privileges.  The port map is read at start; a
+  reload changes the rules the engine applies, not the queues or the map.
 """
 
 from __future__ import annotations
@@ -465,3 +469,22 @@ class NfqueueFrontDoor:
                                      "malformed packets (default verdict given)")
         errors.add_metric([], self.decode_errors)
         return [packets, verdicts, hist, qdrops, udrops, errors]
+
+
+def start_for_server(server, loop: asyncio.AbstractEventLoop | None = None):
+    """Start the front door for an ``acl.serve.server.Server`` if its policy has ``[nfqueue]``.
+
+    Call it on the server's running loop, after binding (queues need
+    CAP_NET_ADMIN for as long as they are used); it registers the door's
+    metrics with the server's collector.  Returns the door (close it on
+    stop) or None when the policy has no ``[nfqueue]`` table.  Raises
+    PolicyError for a bad table, OSError when a queue cannot be bound.
+    """
+    policy = server.engine.policy
+    table = getattr(policy, "nfqueue", None)
+    if not table:
+        return None
+    door = NfqueueFrontDoor(server.engine, NfqueueConfig.from_table(table, policy.path))
+    door.start(loop)
+    server.add_front_door(door)
+    return door

@@ -203,8 +203,10 @@ class Server:
                 self.engine.commit(prepared)
                 systemd.notify("READY=1")
                 ms = (time.perf_counter() - t0) * 1000
-                self.log(f"reloaded ({why}) in {ms:.1f} ms")
-                result = {"ok": True, "seconds": ms / 1000}
+                parts = ", ".join(f"{k[:-2]} {v * 1000:.1f} ms"
+                                  for k, v in self.engine.last_prepare.items())
+                self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts})")
+                result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare}
             self._watch_state = self._stat_files()
             if not self._again:
                 return result
@@ -268,6 +270,13 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self.start()
+        self._doors = self._start_doors(loop)
+        try:
+            self.drop_privileges()      # everything is bound: now give up root
+        except BaseException:
+            self._close_doors()
+            await self.close()
+            raise
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
@@ -282,7 +291,29 @@ class Server:
             watcher.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            self._close_doors()
             await self.close()
+
+    def _start_doors(self, loop) -> list:
+        """Front doors other than the sockets: NFQUEUE when ``[nfqueue]`` is set
+        (acl/serve/nfqueue.py; it registers its metrics through add_front_door)."""
+        if not getattr(self.engine.policy, "nfqueue", None):
+            return []
+        from acl.serve.nfqueue import start_for_server
+
+        door = start_for_server(self, loop)
+        if door is None:
+            return []
+        self.log(f"nfqueue on queues {', '.join(map(str, door.config.queues))}")
+        return [door]
+
+    def _close_doors(self) -> None:
+        for door in getattr(self, "_doors", []):
+            try:
+                door.close()
+            except Exception as exc:          # stopping anyway: say so, go on
+                self.log(f"closing a front door: {exc}")
+        self._doors = []
 
     def stop(self) -> None:
         if self._stop is not None:

@@ -184,7 +184,7 @@ def decode(buf, offset: int = 0, length: int | None = None,
     return FlowKey(family, address_text(src), address_text(dst), sport, dport, proto, flags)
 
 
-# -- building packets (tests, benchmarks, the deploy self-check) -------------
+# -- building packets (tests and benchmarks) ---------------------------------
 
 def _sum16(data: bytes) -> int:
     if len(data) % 2:

@@ -74,6 +74,7 @@ cdef extern from "Python.h":
 
 cdef extern from *:
     int popcount64 "__builtin_popcountll"(unsigned long long) nogil
+    int ctz64 "__builtin_ctzll"(unsigned long long) nogil
 
 ctypedef fused addr_t:
     uint32_t
@@ -87,12 +88,10 @@ cdef uint64_t LOW64 = 0xFFFFFFFFFFFFFFFF
 # Tables with at least this many prefixes get a 2**16-slot top array
 # (256 KiB); smaller ones a 2**8-slot one, so small rule sets stay small.
 cdef Py_ssize_t BIG_TABLE = 4096
-cdef int BIG_DP = 16
-
-
-def _set_dp(dp):
-    global BIG_DP
-    BIG_DP = dp
+# Their top array resolves 18 bits for IPv4 (so a /24 is one node below it,
+# as in Poptrie), 16 for IPv6 (1 MiB and 256 KiB).
+cdef int BIG_DP4 = 18
+cdef int BIG_DP6 = 16
 
 
 # -- addresses ----------------------------------------------------------
@@ -229,37 +228,13 @@ cdef inline const Pair *trie_find(const Trie *t, addr_t a) noexcept nogil:
             return &t.leaves[nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1]
 
 
-cdef inline addr_t load_addr(const unsigned char *p, addr_t zero) noexcept nogil:
-    cdef uint32_t raw
-    if addr_t is uint32_t:
-        memcpy(&raw, p, 4)
-        return be32toh(raw)
-    else:
-        return load128(p)
-
-
-cdef void batch_simple(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
-                       bint specific, addr_t zero) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef int step = 4 if addr_t is uint32_t else 16
-    if specific:
-        for i in range(n):
-            o[i] = trie_find(t, load_addr(p + step * i, zero)).specific
-    else:
-        for i in range(n):
-            o[i] = trie_find(t, load_addr(p + step * i, zero)).first
-
-
-cdef int MODE = 0
-def _set_mode(m):
-    global MODE
-    MODE = m
-
-
-# Batch lookups interleave LANES independent walks (AMAC: Kocberber et al.,
-# VLDB 2015): each step of a lane prefetches the memory its next step reads,
-# then the loop moves to the next lane, so up to LANES cache misses are in
-# flight instead of one.  A lane that reaches its leaf takes the next address.
+# Batch lookups keep LANES independent walks in flight so that their cache
+# misses overlap instead of queueing: every step prefetches what the lane's
+# next step reads, then moves on to another lane.  IPv4 (at most three node
+# levels) walks groups of LANES addresses level by level (group prefetching);
+# IPv6, whose depths vary more, refills a lane as soon as its walk ends
+# (AMAC, Kocberber et al., VLDB 2015).  Both measured on this machine's
+# tables; see bench/README.md.
 cdef enum:
     LANES = 32
     AT_NODE = 1      # lane's node is prefetched
@@ -269,6 +244,81 @@ cdef enum:
 
 cdef extern from *:
     void prefetch "__builtin_prefetch"(const void *) nogil
+
+
+cdef inline addr_t load_addr(const unsigned char *p, addr_t zero) noexcept nogil:
+    cdef uint32_t raw
+    if addr_t is uint32_t:
+        memcpy(&raw, p, 4)
+        return be32toh(raw)
+    else:
+        return load128(p)
+
+
+cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
+                      bint specific, addr_t zero) noexcept nogil:
+    """o[i] = the first or specific value for the i-th packed address of p:
+    LANES addresses at a time, level by level, prefetching each level's reads."""
+    cdef addr_t addr[LANES]
+    cdef uint32_t cur[LANES]
+    cdef uint8_t leaf[LANES]
+    cdef Py_ssize_t base, m, j
+    cdef int width, step, d, k, walking
+    cdef uint32_t e, v
+    cdef uint64_t upto
+    cdef const Node *nd
+    if addr_t is uint32_t:
+        width = 32
+        step = 4
+    else:
+        width = 128
+        step = 16
+    base = 0
+    while base < n:
+        m = n - base
+        if m > LANES:
+            m = LANES
+        walking = 0
+        for j in range(m):
+            addr[j] = load_addr(p + (base + j) * step, zero)
+            e = t.top[<uint32_t>(addr[j] >> (width - t.dp))]
+            if e & LEAF_TAG:
+                cur[j] = e & ~(<uint32_t>LEAF_TAG)
+                leaf[j] = 1
+                prefetch(&t.leaves[cur[j]])
+            else:
+                cur[j] = e
+                leaf[j] = 0
+                walking = 1
+                prefetch(&t.nodes[e])
+        d = t.dp
+        while walking:
+            walking = 0
+            k = width - d
+            if k > 6:
+                k = 6
+            for j in range(m):
+                if leaf[j]:
+                    continue
+                nd = &t.nodes[cur[j]]
+                v = (<uint32_t>(addr[j] >> (width - d - k))) & ((<uint32_t>1 << k) - 1)
+                upto = ((<uint64_t>2) << v) - 1
+                if (nd.vector >> v) & 1:
+                    cur[j] = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
+                    prefetch(&t.nodes[cur[j]])
+                    walking = 1
+                else:
+                    cur[j] = nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1
+                    prefetch(&t.leaves[cur[j]])
+                    leaf[j] = 1
+            d += k
+        if specific:
+            for j in range(m):
+                o[base + j] = t.leaves[cur[j]].specific
+        else:
+            for j in range(m):
+                o[base + j] = t.leaves[cur[j]].first
+        base += m
 
 
 cdef inline void start(const Trie *t, addr_t a, uint32_t *cur, int *depth,
@@ -406,10 +456,10 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
     cdef size_t gend[64]
     cdef int width, k, nslots, length, shift
     cdef uint32_t s, j, end, base0, base1, c
-    cdef uint64_t vector = 0, leafvec = 0
+    cdef uint64_t vector = 0, leafvec = 0, full, rest
     cdef size_t i, g
     cdef Pair last
-    cdef bint have_last = False
+    cdef bint have_last = False, painted = False
     if addr_t is uint32_t:
         width = 32
     else:
@@ -419,13 +469,17 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
         k = 6
     nslots = 1 << k
     shift = width - d - k
-    for j in range(<uint32_t>nslots):
-        slots[j] = inherited
     i = lo
     while i < hi:
         length = lens[i]
         s = (<uint32_t>(nets[i] >> shift)) & <uint32_t>(nslots - 1)
         if length <= d + k:
+            if not painted:
+                # Slots are filled on the first paint: a node on a bare path
+                # (only longer prefixes below it) never touches them.
+                for j in range(<uint32_t>nslots):
+                    slots[j] = inherited
+                painted = True
             end = s + (<uint32_t>1 << (d + k - length))
             for j in range(s, end):
                 paint(&slots[j], vals[i])
@@ -440,15 +494,23 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
             gend[s] = g
             i = g
     base0 = t.n_leaves
-    for j in range(<uint32_t>nslots):
-        if (vector >> j) & 1:
-            continue
-        if not have_last or not same(slots[j], last):
-            leafvec |= (<uint64_t>1) << j
-            if add_leaf(t, slots[j]) < 0:
+    full = (~(<uint64_t>0)) >> (64 - nslots)     # a bit for every slot
+    if not painted:
+        # Every leaf slot holds `inherited`: one run, starting at the first.
+        if vector != full:
+            leafvec = (<uint64_t>1) << ctz64(~vector)
+            if add_leaf(t, inherited) < 0:
                 return -1
-            last = slots[j]
-            have_last = True
+    else:
+        for j in range(<uint32_t>nslots):
+            if (vector >> j) & 1:
+                continue
+            if not have_last or not same(slots[j], last):
+                leafvec |= (<uint64_t>1) << j
+                if add_leaf(t, slots[j]) < 0:
+                    return -1
+                last = slots[j]
+                have_last = True
     c = <uint32_t>popcount64(vector)
     if grow_nodes(t, c) < 0:
         return -1
@@ -459,12 +521,14 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
     t.nodes[idx].base0 = base0
     t.nodes[idx].base1 = base1
     c = 0
-    for j in range(<uint32_t>nslots):
-        if (vector >> j) & 1:
-            if build_node(t, base1 + c, d + k, nets, lens, vals,
-                          gstart[j], gend[j], slots[j]) < 0:
-                return -1
-            c += 1
+    rest = vector
+    while rest:
+        j = <uint32_t>ctz64(rest)
+        rest &= rest - 1
+        if build_node(t, base1 + c, d + k, nets, lens, vals, gstart[j], gend[j],
+                      slots[j] if painted else inherited) < 0:
+            return -1
+        c += 1
     return 0
 
 
@@ -790,7 +854,7 @@ cdef class PrefixTable:
                 self.vals[i] = e[i].value
                 self.present[e[i].length >> 6] |= (<uint64_t>1) << (e[i].length & 63)
             rc = build_trie(&self.trie, self.nets4, self.lens, self.vals, m,
-                            BIG_DP if m >= BIG_TABLE else 8)
+                            BIG_DP4 if m >= BIG_TABLE else 8)
         self.n = m
         return self._finish(rc)
 
@@ -822,7 +886,7 @@ cdef class PrefixTable:
                 self.vals[i] = e[i].value
                 self.present[e[i].length >> 6] |= (<uint64_t>1) << (e[i].length & 63)
             rc = build_trie(&self.trie, self.nets6, self.lens, self.vals, m,
-                            BIG_DP if m >= BIG_TABLE else 8)
+                            BIG_DP6 if m >= BIG_TABLE else 8)
         self.n = m
         return self._finish(rc)
 
@@ -1012,15 +1076,9 @@ cdef class PrefixTable:
             PyObject_GetBuffer(res, &dst, PyBUF_WRITABLE)
             try:
                 with nogil:
-                    if MODE == 1 and width == 4:
-                        batch_simple(&self.trie, <const unsigned char *>src.buf,
-                                   <int32_t *>dst.buf, n, specific, <uint32_t>0)
-                    elif MODE == 1:
-                        batch_simple(&self.trie, <const unsigned char *>src.buf,
-                                   <int32_t *>dst.buf, n, specific, <acl_u128>0)
-                    elif width == 4:
-                        batch_find(&self.trie, <const unsigned char *>src.buf,
-                                   <int32_t *>dst.buf, n, specific, <uint32_t>0)
+                    if width == 4:
+                        batch_group(&self.trie, <const unsigned char *>src.buf,
+                                    <int32_t *>dst.buf, n, specific, <uint32_t>0)
                     else:
                         batch_find(&self.trie, <const unsigned char *>src.buf,
                                    <int32_t *>dst.buf, n, specific, <acl_u128>0)

@@ -41,6 +41,7 @@ cdef class LimitState:
     cdef readonly int64_t tracked_sources
     cdef readonly uint64_t lease_overflows
     cdef dict _names             # service name -> slot
+    cdef public dict extra       # layer state that must survive reloads (sensor list)
     cdef dict _leases            # lease id -> (slot, hi, lo, tracked)
     cdef uint64_t _next_lease
 

@@ -173,6 +173,7 @@ cdef class LimitState:
             self._svc[s].instances = -1
             self._svc[s].per_source = -1
         self._names = {}
+        self.extra = {}
         self._leases = {}
         self._next_lease = 1
 

@@ -67,8 +67,13 @@ static int parse_int(const char *s, int base, long lo, long hi, long *out)
 
 static void close_from(int lowfd)
 {
-    long max = sysconf(_SC_OPEN_MAX);
+    long max;
     int fd;
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    if (close_range((unsigned)lowfd, ~0U, 0) == 0)
+        return;
+#endif
+    max = sysconf(_SC_OPEN_MAX);
     if (max < 0 || max > 65536)
         max = 65536;
     for (fd = lowfd; fd < max; fd++)

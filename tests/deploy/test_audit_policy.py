@@ -269,13 +269,16 @@ def test_each_rule_language_is_named_as_a_layer(tmp_path):
         """))
     spec = {
         "listen": [(4, "0.0.0.0", p, "tcp") for p in (p_gamma, p_alpha, p_other)],
+        # gamma is found by the port its xinetd entry names; alpha is named.
         "argv": ["--config", str(tmp_path / "policy.toml"), "--json",
-                 "--service", f"{p_gamma}=gamma", "--service", f"{p_alpha}=alpha"],
+                 "--service", f"{p_alpha}=alpha"],
     }
     out = run_in_netns(spec)
     assert out.returncode == 1, out.stderr          # p_other: no policy, open
     got = {x["port"]: x for x in json.loads(out.stdout)["listeners"]}
     # Whatever order the file lists them in, the engine's order is shown.
+    assert got[p_gamma]["service"] == "gamma"
+    assert got[p_gamma]["candidate_names"][0] == "gamma"
     assert got[p_gamma]["layers"] == ["xinetd", "hosts_access"]
     assert got[p_alpha]["layers"] == ["tcprules", "hosts_access"]
     assert got[p_other]["layers"] == [] and got[p_other]["open_to_everyone"]

@@ -2,7 +2,8 @@
 
     server --tcp PORT --udp PORT --seconds S     TCP: greet and close; UDP: echo
     client 'JSON attempts'                       print JSON results
-    door --policy TOML --dump PATH               the NFQUEUE front door on the real engine
+    door --policy TOML --dump PATH               acl serve's Server with the NFQUEUE front door
+    binding --queue N --port P                   acl.nfq.Queue driven on loopback
 
 Every loop here is bounded by a deadline; every program exits on SIGTERM.
 """
@@ -116,21 +117,22 @@ def client(args) -> int:
 
 
 def door(args) -> int:
-    from acl.engine import Engine
-    from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
+    """acl serve's Server on the policy, with the NFQUEUE front door started
+    the way acl serve starts it (acl.serve.nfqueue.start_for_server)."""
+    from acl.engine import KERNEL, Engine
+    from acl.policy import load_policy
+    from acl.serve.nfqueue import start_for_server
+    from acl.serve.server import Server
 
-    engine = Engine.from_path(args.policy)
-    config = NfqueueConfig.from_table(engine.policy.nfqueue, engine.policy.path)
-    front = NfqueueFrontDoor(engine, config)
+    engine = Engine(load_policy(args.policy))
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
 
     async def main():
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        front.start(loop)
-        print("ready", flush=True)
+        front = start_for_server(server)
         try:
-            await asyncio.wait_for(stop.wait(), args.seconds)
+            await asyncio.wait_for(
+                server.serve(ready=lambda: print("ready", flush=True)), args.seconds)
         except TimeoutError:
             pass
         counters = {
@@ -145,13 +147,68 @@ def door(args) -> int:
             "residual": front.residual,
             "compiled_plan": engine.plan is not None,
             "queues": front.queue_counters(),
-            "metrics": sorted({f.name for f in front.metric_families()}),
+            "metrics": server.metrics_body()[0].decode(),
         }
         front.close()
         with open(args.dump, "w") as f:
             json.dump(counters, f)
 
     asyncio.run(main())
+    return 0
+
+
+def binding(args) -> int:
+    """Drive acl.nfq.Queue on loopback in this namespace; print what happened as JSON."""
+    import errno as e
+
+    from acl import nfq
+    from acl.wire.packet import decode
+
+    out = {}
+    port = args.port
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", port))
+    rx.setblocking(False)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    q = nfq.Queue(args.queue, batch=8, copy_range=64, maxlen=100)
+    try:
+        nfq.Queue(args.queue)
+    except OSError as exc:
+        out["second_bind"] = exc.errno
+    for i in range(12):
+        tx.sendto(b"d%02d" % i, ("127.0.0.1", port))
+    time.sleep(0.2)
+    n1 = q.recv()                    # a batch is at most `batch` packets
+    recs = list(q.iter_records(n1))
+    out["first_batch"] = n1
+    out["ids"] = [r[0] for r in recs]
+    out["keys"] = sorted({(k.src, k.dport, k.proto) for k in
+                          (decode(r[4], wire_length=r[3]) for r in recs)})
+    q.verdict(bytes([nfq.ACCEPT if i % 2 == 0 else nfq.DROP for i in range(n1)]))
+    n2 = q.recv()
+    out["second_batch"] = n2
+    q.verdict([nfq.ACCEPT] * n2)
+    out["third_batch"] = q.recv()
+    time.sleep(0.2)
+    got = []
+    for _ in range(100):
+        try:
+            got.append(rx.recv(64).decode())
+        except BlockingIOError:
+            break
+    out["delivered"] = got
+    st = q.stats()
+    out["stats"] = [st.queue, st.queue_total, st.copy_range, st.id_sequence]
+    out["gaps"] = q.gaps
+    out["nlerrors"] = q.netlink_errors
+    q.close()
+    q.close()                          # twice is fine
+    try:
+        q.recv()
+    except OSError as exc:
+        out["closed"] = exc.errno == e.EBADF
+    out["unbound"] = nfq.read_queue_stats().get(args.queue) is None
+    print(json.dumps(out), flush=True)
     return 0
 
 
@@ -170,8 +227,11 @@ def main(argv=None) -> int:
     d.add_argument("--policy", required=True)
     d.add_argument("--dump", required=True)
     d.add_argument("--seconds", type=float, default=120)
+    b = sub.add_parser("binding")
+    b.add_argument("--queue", type=int, required=True)
+    b.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
-    return {"server": server, "client": client, "door": door}[args.cmd](args)
+    return {"server": server, "client": client, "door": door, "binding": binding}[args.cmd](args)
 
 
 if __name__ == "__main__":

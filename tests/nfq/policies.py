@@ -61,6 +61,7 @@ def write_policy(tmp: Path, allow: str, deny: str, *, rate=0.0, burst=0.0,
     (tmp / "hosts.deny").write_text(deny)
     toml = tmp / "policy.toml"
     toml.write_text(
+        '[sockets]\nquery = "query.sock"\n\n'
         f"[limits]\nrate = {float(rate)}\nburst = {float(burst)}\n\n"
         '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\ndeny = "hosts.deny"\n'
         'services = ["*"]\n\n' + nfqueue)

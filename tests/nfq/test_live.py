@@ -143,6 +143,11 @@ def test_denied_clients_cannot_connect_allowed_can_ipv4_and_ipv6(ns, door):
     assert counters["internal_errors"] == 0
     if counters["compiled_plan"]:        # prefix-only rules: decided in the compiled path
         assert counters["fast_batches"] > 0 and counters["residual"] == 0
+    metrics = counters["metrics"]            # acl serve's /metrics text
+    assert 'acl_nfqueue_verdicts_total{reason="ok",service="echo",verdict="allow"} 4.0' in metrics
+    for name in ("acl_nfqueue_batch_size_bucket", "acl_nfqueue_user_drops_total",
+                 "acl_nfqueue_decode_errors_total 0.0", "acl_decisions_total"):
+        assert name in metrics
 
 
 def test_reset_mode_refuses_at_once_with_tcp_reset_and_icmp(ns, door):
@@ -193,7 +198,8 @@ def test_xinetd_cps_limit_trips_and_recovers(ns, tmp_path):
     # connections in a second switch the service off for 2 seconds.
     (tmp_path / "xinetd.conf").write_text(XINETD_CPS)
     policy = tmp_path / "policy.toml"
-    policy.write_text('[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n\n'
+    policy.write_text('[sockets]\nquery = "query.sock"\n\n'
+                      '[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n\n'
                       + nfqueue_table(reject="reset"))
     d = Door(ns, policy, tmp_path / "counters.json")
     try:
@@ -236,4 +242,7 @@ def test_queue_overflow_fails_open_or_is_counted(ns, door, fail_open):
         assert got.count("ok") == 0, got
         assert q["queue_drops"] == 12, q
     assert counters["packets"][str(QUEUE)] == 4
-    assert "acl_nfqueue_queue_drops" in counters["metrics"]
+    # exported by acl serve's metrics collector, as scraped
+    assert f'acl_nfqueue_packets_total{{queue="{QUEUE}"}} 4.0' in counters["metrics"]
+    assert (f'acl_nfqueue_queue_drops_total{{queue="{QUEUE}"}} '
+            f'{q["queue_drops"]}.0') in counters["metrics"]

@@ -211,3 +211,43 @@ def test_source_table_is_bounded_and_counts_evictions():
     for i in range(1000):
         t.take(_engine_py.source_key(i.to_bytes(4, "big")), 1.0, 1.0, 1.0)
     assert t.tracked == 16 and t.evictions == 1000 - 16
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 50)),
+                max_size=40),
+       st.booleans())
+def test_compiled_range_builder_equals_the_python_one(entries, first_match):
+    from array import array
+
+    from acl import _engine
+    from acl.fastpath import ranges
+
+    entries = [(n & (((1 << ln) - 1) << (32 - ln)), ln, v) for n, ln, v in entries]
+    want = ranges(entries, 32, first_match)
+    starts, vals = _engine.ranges4(array("I", [e[0] for e in entries]),
+                                   array("B", [e[1] for e in entries]),
+                                   array("i", [e[2] for e in entries]), first_match)
+    assert list(zip(starts, vals, strict=True)) == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 50)),
+                max_size=30),
+       st.booleans(), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=50))
+def test_ranges_answer_like_the_prefix_core(entries, first_match, probes):
+    """The leaf-pushed ranges give, for any address, what the prefix core's
+    first_match / most_specific lookups give."""
+    from bisect import bisect_right
+
+    from acl._core_py import PrefixTable
+    from acl.fastpath import ranges
+
+    entries = [(n & (((1 << ln) - 1) << (32 - ln)), ln, v) for n, ln, v in entries]
+    table = PrefixTable(4, entries)
+    r = ranges(entries, 32, first_match)
+    starts = [s for s, _ in r]
+    for a in probes + [e[0] for e in entries]:
+        got = r[bisect_right(starts, a) - 1][1]
+        want = table.first_match(a) if first_match else table.most_specific(a)
+        assert got == want, (a, got, want)

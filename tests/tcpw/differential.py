@@ -6,7 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from acl.cli.match_tcpw import LookupError_, explain
+from acl.cli.match_tcpw import HostNotFound, explain
 from acl.compile.tcpw import HostsAccessLayer
 from acl.model import Request
 from acl.parse.hosts_access import parse_hosts
@@ -25,7 +25,7 @@ def ours(case: gen.Case, workdir: Path):
     for d, c in case.queries:
         try:
             outcomes = explain(layer, resolver, d, c)
-        except LookupError_:
+        except HostNotFound:
             outcomes = []
         out.append(outcomes)
         for o in outcomes:

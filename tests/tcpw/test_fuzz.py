@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import acl.compile.tcpw as tcpw
 from acl.compile.tcpw import HostsAccessLayer, HostView, Query, load_hosts_access
+from acl.compile.tcpw_check import check
 from acl.errors import RuleSyntaxError
 from acl.parse.hosts_access import parse_hosts
 from acl.resolve import HostsFileBackend, Resolver
@@ -36,6 +37,8 @@ def test_parse_or_raise_the_syntax_error_nothing_else(tmp_path, data):
     for client in ("10.0.0.1", "::1", "unknown", "::ffff:192.168.1.7"):
         d = lay.check(tcpw.Request("sshd", client), 0.0)
         assert d.verdict in (0, 1, 2)
+    for finding in check(lay):          # acl check never fails on what parses
+        assert str(finding).startswith("/f/hosts.")
     allow = tmp_path / "hosts.allow"
     allow.write_bytes(data)
     try:

@@ -218,6 +218,11 @@ def test_d1_17_case_insensitive_except_netgroups():
                                netgroups={"ops": {"good.example.com"}})
     r = Resolver(backend)
     assert r.innetgr("ops", "good.example.com") and not r.innetgr("OPS", "good.example.com")
+    from acl.compile.tcpw import HostsAccessLayer
+    from acl.parse.hosts_access import parse_hosts
+    for rules, want in (("ALL: @ops\n", Verdict.ALLOW), ("ALL: @OPS\n", Verdict.DENY)):
+        lay = HostsAccessLayer(parse_hosts("/a", rules.encode()), parse_hosts("/d", A.encode()), r)
+        assert lay.check(Request("sshd", "10.0.0.1"), 0).verdict is want
 
 
 def test_d1_18_expansions_depend_on_lookup_order():

@@ -415,3 +415,17 @@ def test_bad_arguments(wrap_bin, args):
                          capture_output=True, text=True, timeout=10)
     assert res.returncode == 100, res
     assert res.stderr.startswith("acl-wrap: fatal: ")
+
+
+def test_spawn_gets_neither_client_nor_lease(wrap_bin, sidecar, echo_server, port, short_tmp):
+    out = short_tmp / "fds"
+    side = sidecar(always(harness.decision(1, options=[
+        ("spawn", f'for f in /proc/$$/fd/*; do readlink "$f"; done > {out}')], lease=4)))
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.13", port,
+                        env=PATH_ENV)
+    got, fds = harness.parse_report(h.read_until(b"READY\n"))
+    h.finish()
+    targets = out.read_text().split()
+    assert "socket:" not in out.read_text(), targets       # no client, no sidecar
+    assert targets[0] == targets[2] == "/dev/null"          # stdin, stderr (stdout is > out)
+    assert got["ACL_LEASE_ID"] == "4"                        # while the server has the lease

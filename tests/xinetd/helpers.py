@@ -23,11 +23,13 @@ def svc(name: str, *lines: str, port: int = 43900, bind: str | None = "127.0.0.1
     if flags:
         body.append(f"flags = {flags}")
     body += list(lines)
-    return "service %s\n{\n%s\n}\n" % (name, "\n".join("  " + b for b in body))
+    inner = "\n".join("  " + b for b in body)
+    return f"service {name}\n{{\n{inner}\n}}\n"
 
 
 def defaults(*lines: str) -> str:
-    return "defaults\n{\n%s\n}\n" % "\n".join("  " + b for b in lines)
+    inner = "\n".join("  " + b for b in lines)
+    return f"defaults\n{{\n{inner}\n}}\n"
 
 
 def load(text: str):

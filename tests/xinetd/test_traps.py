@@ -285,3 +285,39 @@ def test_d3_19_includedir_skips_and_list_defaults_reach_later_services(tmp_path)
     assert policy.services["early"].only_from is None        # defaults came after it
     assert policy.services["a"].only_from is not None
     assert policy.services["a"].location.path == os.path.join(str(inc), "a")
+
+
+def test_d3_16_enabled_revives_a_service_a_bad_value_disabled():
+    # live-verified (test_live_address): parse.c marks such a service disabled
+    # but keeps it; remove_disabled_services re-enables what ``enabled`` names.
+    text = (defaults("enabled = a b c d")
+            + svc("a", "cps = x 1") + svc("b", "only_from = 127.0.0.2 1,2", port=43901)
+            + svc("c", "per_source = zz", "disable = yes", port=43902)
+            + svc("d", "only_from = 1,2", "disable = no", port=43903))
+    policy, _ = load(text)
+    assert set(policy.services) == {"a", "b", "d"}
+    assert policy.services["a"].cps == (50, 10)               # the bad cps never counted
+    lay = layer(text)
+    assert addr(lay, "b", "127.0.0.2") == "allow"             # added before the comma
+    assert addr(lay, "b", "127.0.0.3") == "deny address"
+    assert addr(lay, "d", "127.0.0.3") == "deny address"      # present, empty
+
+
+def test_sensor_service_denies_and_blocks_the_address_everywhere():
+    text = (svc("trap", "deny_time = 2", flags="SENSOR", port=43910).replace(
+                "  server = /bin/echo\n", "")
+            + svc("real", port=43911) + svc("other", port=43912))
+    lay = layer(text)
+    assert lay.policy.services["trap"].sensor
+    assert full(lay, "real", "127.0.0.7", NOON) == "allow"
+    assert full(lay, "trap", "127.0.0.7", NOON) == "deny address"
+    assert full(lay, "real", "127.0.0.7", NOON + 1) == "deny address"
+    assert full(lay, "other", "127.0.0.7", NOON + 119) == "deny address"
+    assert full(lay, "real", "127.0.0.8", NOON + 2) == "allow"
+    assert full(lay, "real", "127.0.0.7", NOON + 121) == "allow"      # 2 minutes later
+    # the list lives in the limit state: it survives a reload
+    lay.check(Request(service="trap", client="127.0.0.9"), NOON + 200)
+    from acl.compile.xinetd import XinetdLayer
+    from tests.xinetd.helpers import RESOLVER
+    lay2 = XinetdLayer(lay.policy, state=lay.state, resolver=RESOLVER)
+    assert full(lay2, "real", "127.0.0.9", NOON + 201) == "deny address"
