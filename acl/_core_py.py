@@ -93,8 +93,9 @@ def _check_value(value) -> int:
 
 
 def _triples(entries):
-    """``entries`` as (network, length, value) triples, unpacked by Python."""
-    for net, length, value in entries:
+    """``entries`` as (network, length, value) triples, unpacked by Python, so
+    a malformed entry fails with Python's own message in both cores."""
+    for net, length, value in entries:  # noqa: UP028 -- the unpacking is the point
         yield net, length, value
 
 

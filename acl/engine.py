@@ -37,11 +37,13 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import os
 import threading
 import time
 from bisect import bisect_left
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,6 +79,20 @@ UNKNOWN_SERVICE_LABEL = "_unknown"
 
 RATE_DENY = Decision(Verdict.DENY, Reason.RATE)
 UNKNOWN = Decision(Verdict.DENY, Reason.UNKNOWN_SERVICE)
+
+
+@contextmanager
+def _no_gc():
+    """Reading and compiling a big policy makes millions of small acyclic
+    objects; collecting during that only rescans them (a 1 M-prefix
+    hosts.allow compiles in about half the time without it)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def client_packed(client: str) -> bytes:
@@ -159,14 +175,16 @@ class Engine:
         return policy, plan, sources
 
     def _install(self, policy) -> None:
-        self.commit(self._build(policy), count=False)
+        with _no_gc():
+            built = self._build(policy)
+        self.commit(built, count=False)
 
     def prepare(self, policy_or_path=None):
         """Read and compile a policy (any thread; the running one is untouched).
         Raises, and counts a failed reload, when it cannot be used."""
         from acl.policy import Policy, load_policy
 
-        with self._lock:
+        with self._lock, _no_gc():
             try:
                 t0 = time.perf_counter()
                 if isinstance(policy_or_path, Policy):
@@ -190,6 +208,10 @@ class Engine:
         old = self._current[1] if self._current is not None else None
         self._sources = sources
         self._current = (policy, plan)     # the swap: one reference assignment
+        # The policy is millions of acyclic objects that live until the next
+        # reload: keep the cyclic collector from rescanning them (they are
+        # still freed by reference counting when replaced).
+        gc.freeze()
         if old is not None and old is not plan:
             self._fold(old)
         if count:

@@ -22,6 +22,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import gc
 from array import array
 from dataclasses import dataclass, field
 
@@ -281,6 +282,18 @@ def _family_table(views, fam: int, action_for):
 
 def build_plan(policy, sources):
     """The BatchPlan for ``policy`` (None when no service can use one)."""
+    # Millions of small tuples and no cycles: the cyclic collector would only
+    # rescan the (large) policy again and again while they are made.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _build_plan(policy, sources)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _build_plan(policy, sources):
     from acl import _engine
     from acl.engine import RATE_DENY
 

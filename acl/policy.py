@@ -29,7 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acl.errors import PolicyError, RuleSyntaxError
+from acl.errors import AclError, PolicyError, RuleSyntaxError
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
@@ -334,8 +334,8 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
             sources.append(_load_source(src, base, toml_path, where, previous, index))
         except (RuleSyntaxError, PolicyError):
             raise
-        except FileNotFoundError as exc:
-            raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc
         except OSError as exc:
             raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc
+        except (AclError, ValueError) as exc:     # e.g. a broken cdb: say which source
+            raise _err(toml_path, where, f"{type(exc).__name__}: {exc}") from exc
     return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq))

@@ -349,8 +349,9 @@ else:
     t = core.PrefixTable.from_arrays(family, nets, lens, vals)
 after = rss()
 traced = tracemalloc.get_traced_memory()[0]
+size = len(t.prefixes()) if impl == "py-radix" else len(t)
 print(json.dumps({"rss": after - before, "traced": traced,
-                  "nbytes": getattr(t, "nbytes", None), "len": len(t)}))
+                  "nbytes": getattr(t, "nbytes", None), "len": size}))
 """
 
 

@@ -34,7 +34,7 @@ import gc
 import os
 import socket
 
-from acl.compile.tcpw_residual import rule_fn
+from acl.compile.tcpw_residual import needs_a_name, rule_fn
 from acl.core import PrefixTable
 from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.model import GRANT_BY_DEFAULT, Decision, Location, Reason, Request, Verdict
@@ -52,7 +52,6 @@ from acl.parse.hosts_patterns import (
 )
 
 UNKNOWN = "unknown"
-_NONE4 = 0xFFFFFFFF
 _OK_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
@@ -142,7 +141,8 @@ class Query:
                  "client_port", "pid", "dkey", "ukey")
 
     def __init__(self, daemon: str, client: HostView, server: HostView, *, server_sin: bool,
-                 server_port: int = 0, user: str = UNKNOWN, client_port: int = 0, pid: int = 0):
+                 server_port: int = 0, user: str = UNKNOWN, client_port: int = 0, pid: int = 0,
+                 dkey: str | None = None):
         self.daemon = daemon
         self.client = client
         self.server = server
@@ -151,19 +151,19 @@ class Query:
         self.user = user
         self.client_port = client_port
         self.pid = pid
-        self.dkey = subject_key(daemon)
+        self.dkey = subject_key(daemon) if dkey is None else dkey
         self.ukey = UNKNOWN if user is UNKNOWN else subject_key(user)
 
     @classmethod
-    def from_request(cls, request: Request, resolver, now: float) -> Query:
+    def from_request(cls, request: Request, resolver, now: float, dkey: str | None = None) -> Query:
         client = HostView(request.client or UNKNOWN, request.host, resolver, now)
         if request.server:
-            server = HostView(request.server, None, resolver, now)
-        else:
-            server = HostView(UNKNOWN, UNKNOWN, None, now)
-        return cls(request.service, client, server, server_sin=bool(request.server),
-                   server_port=request.server_port, user=request.user or UNKNOWN,
-                   client_port=request.client_port)
+            return cls(request.service, client, HostView(request.server, None, resolver, now),
+                       server_sin=True, server_port=request.server_port,
+                       user=request.user or UNKNOWN, client_port=request.client_port, dkey=dkey)
+        return cls(request.service, client, HostView(UNKNOWN, UNKNOWN, None, now),
+                   server_sin=False, server_port=request.server_port,
+                   user=request.user or UNKNOWN, client_port=request.client_port, dkey=dkey)
 
 
 def percent_expand(text: str, q: Query) -> str:
@@ -215,25 +215,24 @@ def percent_expand(text: str, q: Query) -> str:
 
 
 _INET_PTON = socket.inet_pton
-_AF4, _AF6 = socket.AF_INET, socket.AF_INET6
+_AFS = (socket.AF_INET, socket.AF_INET6)
+_BROADCAST = "255.255.255.255"
+INVALID = -2
 
 
-def _fast_key(client: str) -> tuple[int, int] | None:
-    """(4, int) / (6, int) for an address in the form a socket prints, else None."""
-    try:
-        if ":" not in client:
-            v = int.from_bytes(_INET_PTON(_AF4, client), "big")
-            return None if v == _NONE4 else (4, v)
-        if "." in client:
-            if client[:7].lower() != "::ffff:":
-                return 6, int.from_bytes(_INET_PTON(_AF6, client), "big")
-            v = int.from_bytes(_INET_PTON(_AF4, client[7:]), "big")
-            return None if v == _NONE4 else (4, v)
-        if "%" in client:
-            return None
-        return 6, int.from_bytes(_INET_PTON(_AF6, client), "big")
-    except (OSError, ValueError):
+def _socket_form(client: str) -> tuple[int, str] | None:
+    """``(slot, text)``: slot 0 for IPv4 (a v4-mapped client as its dotted
+    quad), 1 for IPv6, when ``client`` may be an address in the form a socket
+    prints it; None when it certainly is not.  The prefix core parses the
+    text (strictly, like ``inet_pton``) and rejects what is not."""
+    if "%" in client:
         return None
+    if ":" not in client:
+        return None if client == _BROADCAST else (0, client)
+    if "." in client and client[:7].lower() == "::ffff:":
+        rest = client[7:]
+        return None if rest == _BROADCAST else (0, rest)
+    return 1, client
 
 
 def daemon_gate(rule: HostsRule) -> frozenset | None:
@@ -317,7 +316,9 @@ class HostsAccessLayer:
                 for fam, net, length in prefixes:
                     (fam4 if fam == 4 else fam6).append((net, length, i))
         self.residual = residual
-        self._residual = [(i, daemon_gate(self.rules[i]), rule_fn(self.rules[i])) for i in residual]
+        self._residual = [(i, daemon_gate(self.rules[i]), rule_fn(self.rules[i]),
+                           resolver is None and needs_a_name(self.rules[i]))
+                          for i in residual]
         self._fns = None            # every rule as a closure, built on first need
         self._tables = {}
         for key, (e4, e6) in entries.items():
@@ -353,9 +354,61 @@ class HostsAccessLayer:
 
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:
-        index = self.first_match(request.client or UNKNOWN, request.service,
-                                 lambda: Query.from_request(request, self.resolver, now))
-        return self._decision(index, lambda: Query.from_request(request, self.resolver, now))
+        """The :class:`acl.model.Layer` entry point (see the module rules)."""
+        form = _socket_form(request.client or UNKNOWN)
+        dkey = subject_key(request.service)
+        best = INVALID if form is None else self._pure_best(form, dkey)
+        if best == INVALID:
+            q = Query.from_request(request, self.resolver, now)
+            return self._decision(self._scan_all(q), lambda: q)
+        q = None
+        nameless = request.host is None
+        for i, gate, fn, name_only in self._residual:
+            if best >= 0 and i >= best:
+                break
+            if gate is not None and dkey not in gate:
+                continue
+            if name_only and nameless:
+                continue
+            if q is None:
+                q = Query.from_request(request, self.resolver, now, dkey)
+            if fn(q):
+                best = i
+                break
+        if best < 0:
+            return self.error_decision
+        if not self.dynamic[best]:
+            return self.decisions[best]
+        return self._decision(best, lambda: q or Query.from_request(request, self.resolver, now))
+
+    def _pure_best(self, form: tuple[int, str], dkey: str) -> int:
+        """The lowest pure rule covering the address for this daemon; -1 for
+        none; INVALID when the text is not an address in socket form."""
+        slot, text = form
+        t_all = self._all[slot]
+        named = self._tables.get(dkey)
+        t_named = None if named is None else named[slot]
+        try:
+            if t_all is None and t_named is None:
+                _INET_PTON(_AFS[slot], text)        # only to know the form
+                return -1
+            best = -1 if t_all is None else t_all.first_match(text)
+            if t_named is not None:
+                v = t_named.first_match(text)
+                if v >= 0 and (best < 0 or v < best):
+                    best = v
+            return best
+        except (ValueError, OSError, UnicodeError):
+            return INVALID
+
+    def _scan_all(self, q: Query) -> int | None:
+        """Every rule in order: for clients not in socket form."""
+        if self._fns is None:
+            self._fns = [rule_fn(r) for r in self.rules]
+        for i, fn in enumerate(self._fns):
+            if fn(q):
+                return i
+        return None
 
     def decide(self, q: Query) -> tuple[int | None, Decision]:
         """Decide for a ready-made :class:`Query` (acl match uses this)."""
@@ -364,31 +417,13 @@ class HostsAccessLayer:
 
     def first_match(self, client: str, daemon: str, make_query) -> int | None:
         """The lowest-numbered matching rule, or None."""
-        key = _fast_key(client)
-        if key is None:
-            q = make_query()
-            if self._fns is None:
-                self._fns = [rule_fn(r) for r in self.rules]
-            for i, fn in enumerate(self._fns):
-                if fn(q):
-                    return i
-            return None
-        fam, value = key
-        slot = 0 if fam == 4 else 1
-        best = -1
-        t = self._all[slot]
-        if t is not None:
-            best = t.first_match(value)
+        form = _socket_form(client)
         dkey = subject_key(daemon)
-        named = self._tables.get(dkey)
-        if named is not None:
-            t = named[slot]
-            if t is not None:
-                v = t.first_match(value)
-                if v >= 0 and (best < 0 or v < best):
-                    best = v
+        best = INVALID if form is None else self._pure_best(form, dkey)
+        if best == INVALID:
+            return self._scan_all(make_query())
         q = None
-        for i, gate, fn in self._residual:
+        for i, gate, fn, _ in self._residual:
             if best >= 0 and i >= best:
                 break
             if gate is not None and dkey not in gate:

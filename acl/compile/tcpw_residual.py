@@ -20,15 +20,24 @@ from __future__ import annotations
 
 from acl.parse.hosts_access import HostsRule, PatternList
 from acl.parse.hosts_patterns import (
+    UNKNOWN,
     AllWord,
     ClientToken,
     DaemonToken,
     Exact,
+    Glob,
+    HostFile,
+    HostKnown,
+    HostLocal,
     HostString,
+    Netgroup,
     Port,
     StrPrefix,
     Suffix,
 )
+
+#: every character an address in socket form can hold (v4, v6, mapped)
+_ADDRESS_CHARS = frozenset("0123456789abcdef:.")
 
 
 def ALWAYS(q) -> bool:  # noqa: N802 - a constant-like marker function
@@ -56,6 +65,16 @@ def _string_fn(sm, attr: str):
 
 def _host_fn(pat, side: str):
     """A host pattern against the client or the server end."""
+    if side == "client" and isinstance(pat, HostLocal):
+        def local(q):
+            n = q.client.nkey
+            return n != "unknown" and n != "paranoid" and "." not in n
+        return local
+    if side == "client" and isinstance(pat, HostKnown):
+        def known(q):
+            n = q.client.nkey
+            return n != "unknown" and n != "paranoid" and q.client.akey != "unknown"
+        return known
     if isinstance(pat, HostString):
         sm = pat.sm
         if isinstance(sm, AllWord):
@@ -146,3 +165,34 @@ def rule_fn(rule: HostsRule):
     if c is ALWAYS:
         return d
     return lambda q: d(q) and c(q)
+
+
+def _only_names(pat) -> bool:
+    """True when ``pat`` can match a client only through a *known* name:
+    never a socket-form address, never the name "unknown"."""
+    if isinstance(pat, (HostLocal, HostKnown, Netgroup)):
+        return True
+    if isinstance(pat, HostFile):
+        return bool(pat.patterns) and all(_only_names(p) for p in pat.patterns)
+    if isinstance(pat, HostString) and pat.names:
+        sm = pat.sm
+        if isinstance(sm, (Exact, Suffix, StrPrefix)):
+            literal = sm.text
+        elif isinstance(sm, Glob):
+            literal = sm.text.replace("*", "").replace("?", "")
+        else:
+            return False
+        literal = literal.lower()
+        return any(c not in _ADDRESS_CHARS for c in literal) and not sm.match(UNKNOWN)
+    return False
+
+
+def needs_a_name(rule: HostsRule) -> bool:
+    """Whether ``rule`` can only match a socket-form client whose name is known.
+
+    With no resolver and no name from the caller the name is "unknown", so
+    such a rule is skipped without being interpreted (netgroups then see
+    "unknown" too and match nothing: there is no resolver to ask).
+    """
+    head = rule.clients.head
+    return bool(head) and all(_only_names(t.host) for t in head)

@@ -111,22 +111,48 @@ cdef inline object u128_to_int(acl_u128 x):
     return ((<object>(<uint64_t>(x >> 64))) << 64) | <object>(<uint64_t>x)
 
 
+cdef bint dotted_quad(const char *s, Py_ssize_t n, uint32_t *out) noexcept nogil:
+    """Strict dotted quad as ``ipaddress`` reads it: four decimal octets
+    0..255, no leading zeros, nothing else.  False means "let the twin judge"."""
+    cdef Py_ssize_t i
+    cdef uint32_t acc = 0, value = 0
+    cdef int dots = 0, digits = 0
+    cdef char c
+    if n < 7 or n > 15:
+        return False
+    for i in range(n):
+        c = s[i]
+        if c >= 48 and c <= 57:    # '0'..'9'
+            if digits and value == 0:
+                return False        # leading zero
+            value = value * 10 + <uint32_t>(c - 48)
+            digits += 1
+            if value > 255:
+                return False
+        elif c == 46 and digits and dots < 3:    # '.'
+            acc = (acc << 8) | value
+            value = 0
+            digits = 0
+            dots += 1
+        else:
+            return False
+    if dots != 3 or not digits:
+        return False
+    out[0] = (acc << 8) | value
+    return True
+
+
 cdef int parse4(object addr, uint32_t *out) except -1:
     """``addr`` as a host-order IPv4 address (the twin decides all odd cases)."""
     cdef Py_ssize_t size
     cdef const char *s
-    cdef char buf[16]
     cdef uint32_t raw
     cdef object t = type(addr)
     if t is str:
         if PyUnicode_IS_ASCII(addr):
             s = PyUnicode_AsUTF8AndSize(addr, &size)
-            if 7 <= size <= 15 and memchr(s, 0, size) == NULL:
-                memcpy(buf, s, size)
-                buf[size] = 0
-                if inet_pton(AF_INET, buf, &raw) == 1:
-                    out[0] = be32toh(raw)
-                    return 0
+            if dotted_quad(s, size, out):
+                return 0
     elif t is int:
         if 0 <= addr <= 0xFFFFFFFF:
             out[0] = <uint32_t>addr

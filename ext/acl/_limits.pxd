@@ -29,7 +29,7 @@ cdef struct Service:
 
 
 cdef class LimitState:
-    cdef Entry *_table           # groups * WAYS entries, 128-byte aligned
+    cdef Entry *_table           # groups * WAYS entries, 64-byte aligned
     cdef uint64_t _gmask         # groups - 1
     cdef Service *_svc           # max_services records
     cdef readonly int capacity   # entries in the table

@@ -11,7 +11,8 @@ answer exactly as the twin does.  In short:
 * cps (spec C.7): fixed window of ``cps_max`` whole seconds, averaged from
   its start with integer division; a trip refuses and closes the service for
   ``cps_wait`` seconds; counters are not reset.
-* the source table is set-associative: ``WAYS`` entries per 128-byte group,
+* the source table is set-associative: ``WAYS`` (2) entries per 64-byte group
+  (one cache line: a check reads one line),
   eviction of the bucket entry with the oldest arrival time, leases pinned.
 * token buckets are GCRA over integer nanoseconds (see the twin).
 * the clock is an argument; nothing here reads time, allocates on the check
@@ -66,12 +67,12 @@ LOAD = 5
 CPS = 6
 RATE = 9
 UNLIMITED = -1
-WAYS = 4
+WAYS = 2
 ENTRY_BYTES = sizeof(Entry)
 MAX_SERVICES = 32768
 
 cdef enum:
-    C_WAYS = 4
+    C_WAYS = 2
     PREFETCH_AHEAD = 32
 cdef uint32_t USED = 1u << 31
 cdef uint32_t KIND_BUCKET = 1u << 30
@@ -136,7 +137,7 @@ cdef class LimitState:
         nbytes = groups * C_WAYS * sizeof(Entry)
         # 2 MiB alignment + MADV_HUGEPAGE: random lookups in a big table are
         # dominated by TLB misses on 4 KiB pages (a hint; failure is harmless)
-        if posix_memalign(&mem, 2 << 20 if nbytes >= (2 << 20) else 128, nbytes) != 0:
+        if posix_memalign(&mem, 2 << 20 if nbytes >= (2 << 20) else 64, nbytes) != 0:
             raise MemoryError()
         if nbytes >= (2 << 20):
             madvise(mem, nbytes, MADV_HUGEPAGE)
@@ -423,7 +424,6 @@ cdef class LimitState:
                             (_hash(hi, lo, USED | KIND_BUCKET | <uint32_t>s) & self._gmask)
                             * C_WAYS]
                         ACL_PREFETCH(e)
-                        ACL_PREFETCH(<char *>e + 64)
                 for i in range(blk, end):
                     s = sl[i]
                     r = self._check(s, acl_load_be64(&src[16 * i]),

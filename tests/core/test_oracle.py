@@ -97,7 +97,7 @@ def test_every_address_form_gives_the_same_answer(core, family, data):
         assert len({table.most_specific(f) for f in forms}) == 1
         assert {core.parse_address(f, family) for f in forms} == {a}
     # Prefix networks in every form too.
-    for n, ln, v in entries:
+    for n, ln, _ in entries:
         assert table.exact(str(make(n)), ln) == table.exact(make(n).packed, ln) == table.exact(n, ln)
 
 
@@ -134,7 +134,7 @@ def test_large_random_table_against_the_twin(core, family):
     rng = random.Random(family)
     bits = BITS[family]
     entries = []
-    for i in range(6000):
+    for _ in range(6000):
         ln = rng.choice([0, 1, 8, 12, 16, 17, 20, 22, 23, 24, 28, 29, 32] if family == 4 else
                         [0, 3, 16, 22, 28, 32, 34, 40, 47, 48, 52, 64, 100, 127, 128])
         net = (rng.getrandbits(bits) & ~((1 << (bits - 8)) - 1) | rng.getrandbits(bits - 8)

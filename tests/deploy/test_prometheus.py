@@ -18,8 +18,9 @@
   metric name the alert rules (as Prometheus loaded them) and the dashboard
   use must be among the series names Prometheus scraped, every rule must
   evaluate with health "ok", and every dashboard query must be accepted.
-  Without root (no namespace, no NFQUEUE) the live test is skipped, never
-  weakened.
+  The same run without ``[nfqueue]`` checks every other name, so a build
+  without libnetfilter_queue (where the NFQUEUE case skips) still checks
+  them.  Without root (no namespace) the live tests skip, never weaken.
 """
 
 from __future__ import annotations

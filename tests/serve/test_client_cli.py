@@ -176,3 +176,12 @@ def test_rate_limit_per_source(tmp_path):
     assert eng.decide(Request("sshd", "192.0.2.2"), 100.0).allowed      # another source
     assert eng.decide(Request("sshd", "192.0.2.1"), 101.0).allowed      # one token later
     assert eng.counters()["limit_trips"] == {("sshd", "rate"): 1}
+
+
+def test_broken_cdb_is_a_policy_error_naming_the_source(tmp_path):
+    (tmp_path / "rules.cdb").write_bytes(b"\x00" * 100)
+    p = tmp_path / "policy.toml"
+    p.write_text('[[source]]\ntype = "tcprules"\nfile = "rules.cdb"\nservices = ["smtpd"]\n')
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    assert f"{p}: source[0]: CdbError" in str(exc.value)

@@ -101,3 +101,37 @@ def test_compiled_layer_equals_interpreter(monkeypatch, core):
                 assert fast == slow, (allow, deny, daemon, client, server)
 
     check()
+
+
+NAME_TOKENS = ["good.example.com", ".example.com", "www.", "LOCAL", "KNOWN", "*.lan", "@grp",
+               "unknown", ".nown", "*nown", "x*", "10.0.0.*", "ab::", "[::1]", "ALL"]
+
+
+def test_check_without_a_name_source_equals_interpreter(monkeypatch, core):
+    """``check`` skips name-only rules when no name can exist; nothing else changes."""
+    monkeypatch.setattr(tcpw, "PrefixTable", core.PrefixTable)
+    tokens = st.sampled_from(CLIENT_TOKENS + NAME_TOKENS)
+
+    @st.composite
+    def files(draw):
+        lines = []
+        for _ in range(draw(st.integers(1, 10))):
+            c = draw(st.lists(tokens, min_size=1, max_size=3))
+            if draw(st.booleans()):
+                c += ["EXCEPT"] + draw(st.lists(tokens, max_size=2))
+            lines.append(f"{draw(st.sampled_from(DAEMON_TOKENS))}: {' '.join(c)}\n")
+        return "".join(lines).encode()
+
+    @settings(max_examples=100, deadline=None)
+    @given(files(), files(), st.lists(st.tuples(st.sampled_from(["sshd", "ftpd"]), CLIENTS),
+                                      min_size=1, max_size=15))
+    def run(allow, deny, queries):
+        lay = HostsAccessLayer(parse_hosts("/a", allow), parse_hosts("/d", deny), None)
+        for daemon, client in queries:
+            q = Query(daemon, HostView(client, None, None, 0), HostView("unknown", "unknown", None, 0),
+                      server_sin=False)
+            slow = next((i for i, r in enumerate(lay.rules) if r.matches(q)), None)
+            want = lay.error_decision if slow is None else lay.decisions[slow]
+            assert lay.check(tcpw.Request(daemon, client), 0.0) == want, (allow, deny, daemon, client)
+
+    run()

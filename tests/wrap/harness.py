@@ -51,7 +51,8 @@ import os, socket
 s = socket.socket(fileno=0)
 data, peer = s.recvfrom(4096)
 env = " ".join("%s=%s" % (k, os.environ.get(k, "")) for k in
-               ("PROTO", "UDPREMOTEIP", "UDPREMOTEPORT", "UDPLOCALPORT", "ACL_LEASE_ID"))
+               ("PROTO", "UDPREMOTEIP", "UDPREMOTEPORT", "UDPLOCALPORT", "ACL_LEASE_ID",
+                "HAVAR"))
 s.sendto(b"GOT " + data + b" " + env.encode(), peer)
 """
 

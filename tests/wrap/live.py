@@ -63,6 +63,7 @@ RULES = """\
 HOSTS_ALLOW = """\
 echo: ALL EXCEPT 127.0.0.5: setenv HAVAR from hosts.allow for %a
 hostile: ALL: spawn echo spawned %n > {dir}/spawned: twist /bin/echo twisted n=%n h=%h
+echo-udp: 127.0.0.2: setenv HAVAR udp %a
 """
 HOSTS_DENY = "ALL: ALL\n"
 

@@ -209,3 +209,71 @@ def test_hostile_host_name_in_spawn_and_twist(sidecar, wrap_bin, workdir):
     assert out == f"twisted n={safe} h={safe}\n".encode()
     assert (sidecar.dir / "spawned").read_text() == f"spawned {safe}\n"
     assert not mark.exists()
+
+
+def test_udp_under_xinetd(sidecar, wrap_bin, workdir):
+    """A ``wait = yes`` UDP service: xinetd hands acl-wrap the listening
+    datagram socket; acl-wrap peeks at the sender, asks the real sidecar,
+    and either execs the server (which reads the datagram) or consumes the
+    datagram so xinetd can go on.  (An in-test stanza: deploy/ ships TCP
+    echo only, and cat cannot answer datagrams.)"""
+    if not have("xinetd"):
+        pytest.skip("xinetd is not installed")
+    d = workdir / "udp"
+    d.mkdir()
+    server = harness.write_exe(d / "udp-srv", harness.UDP_SERVER)
+    port = BASE + 398
+    (d / "xinetd.conf").write_text(f"""service echo-udp
+{{
+	type		= UNLISTED
+	port		= {port}
+	socket_type	= dgram
+	protocol	= udp
+	wait		= yes
+	user		= root
+	bind		= 127.0.0.1
+	flags		= NAMEINARGS NOLIBWRAP
+	server		= {wrap_bin}
+	server_args	= {server}
+	env		= ACL_WRAP_SOCKET={sidecar.sock} ACL_WRAP_SERVICE=echo-udp
+}}
+""")
+    sink = harness.SyslogSink(d / "log.sock")
+    argv = harness.ns_command(d, "xinetd", "xinetd",
+                              ["-dontfork", "-f", str(d / "xinetd.conf"), "-pidfile",
+                               str(d / "pid"), "-filelog", str(d / "xinetd.log")],
+                              log_sock=sink.path)
+    import subprocess
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def ask(src: str, payload: bytes) -> bytes | None:
+            c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            c.bind((src, 0))
+            c.settimeout(3)
+            c.sendto(payload, ("127.0.0.1", port))
+            try:
+                return c.recv(4096)
+            except TimeoutError:
+                return None
+            finally:
+                c.close()
+
+        time.sleep(1.0)                       # no listening state to poll for UDP
+        got = ask("127.0.0.2", b"one")
+        logs = [t for _, t in sink.messages]
+        if (d / "xinetd.log").exists():
+            logs.append((d / "xinetd.log").read_text())
+        assert got is not None, logs
+        assert got.startswith(b"GOT one PROTO=UDP UDPREMOTEIP=127.0.0.2 ")
+        assert b"HAVAR=udp 127.0.0.2" in got and b"ACL_LEASE_ID=0" not in got
+        assert ask("127.0.0.9", b"two") is None          # refused by hosts.deny
+        time.sleep(1)
+        print([t for _, t in sink.messages], (d / "xinetd.log").read_text())
+        print(subprocess.run(["ps", "-ef", "--forest"], capture_output=True, text=True).stdout[-3000:])
+        sink.wait_for("refused connect from 127.0.0.9 (127.0.0.9)")
+        got = ask("127.0.0.2", b"three")                 # the refused datagram was consumed
+        assert got is not None and got.startswith(b"GOT three ")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        sink.close()

@@ -98,3 +98,29 @@ def test_required_attributes_and_port_checks_drop_services():
     assert "Port not specified and can't find service: nope" in msgs
     assert "missing attribute user" in msgs
     assert "Service daytime expects port 13, not" in msgs
+
+
+def test_debian_shipped_configuration_loads(tmp_path):
+    """The package's own /etc/xinetd.conf + xinetd.d (every service enabled)."""
+    import shutil
+    from pathlib import Path
+
+    src = Path("/etc/xinetd.d")
+    if not src.is_dir() or not Path("/etc/xinetd.conf").is_file():
+        import pytest
+
+        pytest.skip("xinetd's configuration files are not installed")
+    inc = tmp_path / "xinetd.d"
+    shutil.copytree(src, inc)
+    for f in inc.iterdir():
+        f.write_text(f.read_text().replace("disable\t\t= yes", "disable = no")
+                     .replace("disable = yes", "disable = no"))
+    conf = tmp_path / "xinetd.conf"
+    conf.write_text(Path("/etc/xinetd.conf").read_text().replace("/etc/xinetd.d", str(inc)))
+    policy, diags = load_xinetd(str(conf), RESOLVER)
+    errors = [str(d) for d in diags if d.severity == "error"]
+    assert not errors, errors
+    kept = set(policy.services)
+    assert {"echo-stream", "echo-dgram", "daytime-stream", "time-dgram"} <= kept, kept
+    assert all(s.libwrap_name == s.name for s in policy.services.values()
+               if "INTERNAL" in s.entry.types)

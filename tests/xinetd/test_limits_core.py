@@ -170,4 +170,4 @@ def test_bad_arguments_are_value_errors(limits):
     with pytest.raises(ValueError):
         limits.pack_source("not-an-ip")
     with pytest.raises(ValueError):
-        limits.LimitState(max_sources=2)
+        limits.LimitState(max_sources=1)
