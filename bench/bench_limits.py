@@ -55,14 +55,16 @@ _RESULTS: dict[str, float] = {}
 
 def _sources(n: int, start: int = 0) -> bytes:
     """n distinct IPv4-mapped sources, packed 16 bytes each."""
-    import numpy as np
-
-    buf = np.zeros((n, 16), dtype=np.uint8)
-    buf[:, 10] = 0xFF
-    buf[:, 11] = 0xFF
-    ids = np.arange(start, start + n, dtype=np.uint32).byteswap()   # big-endian
-    buf[:, 12:16] = ids.view(np.uint8).reshape(n, 4)
-    return buf.tobytes()
+    buf = bytearray(16 * n)
+    buf[10::16] = b"\xff" * n
+    buf[11::16] = b"\xff" * n
+    ids = array.array("I", range(start, start + n))
+    if sys.byteorder == "little":
+        ids.byteswap()                                  # to network order
+    raw = ids.tobytes()
+    for k in range(4):
+        buf[12 + k::16] = raw[k::4]
+    return bytes(buf)
 
 
 def _slots(n: int) -> array.array:

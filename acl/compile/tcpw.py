@@ -12,12 +12,17 @@ Theory of operation (spec A.1, D.1.1):
   is in the form a socket prints, a pure rule matches exactly when one of its
   prefixes covers the address; so pure rules go into per-daemon
   :class:`acl.core.PrefixTable` s (first-match: the lowest rule number).
+  Each daemon's table also holds the ``ALL`` rules, so a decision is one
+  lookup (two when that copy would be too big).
 * Every other rule (host names, ``.domain``, globs, ``LOCAL``, ``KNOWN``,
   ``EXCEPT``, ``user@``, ``daemon@host``, ports, non-contiguous masks...) is
   *residual*: kept in rule order and interpreted, but only the residual rules
   numbered below the best pure candidate are tried, and the scan stops at the
   first that matches.  The cost of a decision therefore does not grow with
-  the number of pure rules.
+  the number of pure rules.  With no resolver and no name from the caller
+  the client's name is "unknown", so residual rules that can only match a
+  known name (``.domain``, host names, ``LOCAL``, ``KNOWN``...) are left out
+  of that scan (:func:`acl.compile.tcpw_residual.needs_a_name`).
 * Clients not in socket form (``unknown``, ``010.0.0.1`` typed into
   ``acl match``, scoped IPv6, 255.255.255.255) take the interpreter over all
   rules: textual patterns then mean what libwrap's string compares mean.
@@ -325,6 +330,17 @@ class HostsAccessLayer:
             self._tables[key] = (PrefixTable(4, e4) if e4 else None,
                                  PrefixTable(6, e6) if e6 else None)
         self._all = self._tables.get(None, (None, None))
+        # One lookup per decision: each daemon's table also holds the ALL
+        # rules, unless that would copy too much (then two lookups).
+        all4, all6 = entries.get(None, ([], []))
+        named = [(k, e) for k, e in entries.items() if k is not None]
+        self._merged: dict = {}
+        if sum(len(e4) + len(e6) + len(all4) + len(all6) for _, (e4, e6) in named) <= 4_000_000:
+            for key, (e4, e6) in named:
+                m4, m6 = e4 + all4, e6 + all6
+                self._merged[key] = (PrefixTable(4, m4) if m4 else None,
+                                     PrefixTable(6, m6) if m6 else None)
+        self._residual_nameless = [r for r in self._residual if not r[3]]
         if deny.stop is not None:
             d = deny.stop
             self.error_decision = Decision(Verdict.DENY, Reason.LIBWRAP, Location(d.path, d.line))
@@ -362,13 +378,13 @@ class HostsAccessLayer:
             q = Query.from_request(request, self.resolver, now)
             return self._decision(self._scan_all(q), lambda: q)
         q = None
-        nameless = request.host is None
-        for i, gate, fn, name_only in self._residual:
+        # without a name from the caller and no resolver, rules that need a
+        # known name cannot match: they are left out of the scan
+        for i, gate, fn, _ in (self._residual_nameless if request.host is None
+                               else self._residual):
             if best >= 0 and i >= best:
                 break
             if gate is not None and dkey not in gate:
-                continue
-            if name_only and nameless:
                 continue
             if q is None:
                 q = Query.from_request(request, self.resolver, now, dkey)
@@ -385,6 +401,16 @@ class HostsAccessLayer:
         """The lowest pure rule covering the address for this daemon; -1 for
         none; INVALID when the text is not an address in socket form."""
         slot, text = form
+        merged = self._merged.get(dkey)
+        if merged is not None:
+            t = merged[slot]
+            try:
+                if t is None:
+                    _INET_PTON(_AFS[slot], text)
+                    return -1
+                return t.first_match(text)
+            except (ValueError, OSError, UnicodeError):
+                return INVALID
         t_all = self._all[slot]
         named = self._tables.get(dkey)
         t_named = None if named is None else named[slot]

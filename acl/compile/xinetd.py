@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import socket
 from dataclasses import dataclass, field
 
 from acl.core import PrefixTable
@@ -76,6 +77,7 @@ class AddressList:
         self.entries = tuple(entries)
         v4, v6 = [], []
         self.names: list[tuple[str, str]] = []     # (kind, lowered name)
+        self.name_index: list[int] = []
         for i, e in enumerate(self.entries):
             if e.kind == "v4":
                 v4.append((e.addr & e.mask, 32 - (~e.mask & 0xFFFFFFFF).bit_length(), i))
@@ -86,6 +88,7 @@ class AddressList:
                 v6.append((e.addr & ((((1 << n) - 1) << (128 - n)) if n else 0), n, i))
             elif e.kind in ("host", "domain"):
                 self.names.append((e.kind, e.name.lower()))
+                self.name_index.append(i)
             # "never" entries (IPv6 /128 and wider) match nothing.
         self.v4 = PrefixTable(4, v4) if v4 else None
         self.v6 = PrefixTable(6, v6) if v6 else None
@@ -93,29 +96,40 @@ class AddressList:
     def matches(self, client: int, family: int, name_of) -> bool:
         """``client`` as an int of ``family`` (4, or 6 for AF_INET6 clients,
         mapped ones included); ``name_of()`` gives the reverse name or None."""
+        return self.match(client, family, name_of) is not None
+
+    def match(self, client: int, family: int, name_of):
+        """The first entry (in list order among those a table holds) that
+        covers the client, or None.  Only presence decides (spec C.5); the
+        entry is returned to say where it is written."""
         if family == 4:
-            if self.v4 is not None and self.v4.first_match(client) >= 0:
-                return True
+            if self.v4 is not None:
+                i = self.v4.first_match(client)
+                if i >= 0:
+                    return self.entries[i]
         else:
-            if self.v6 is not None and self.v6.first_match(client) >= 0:
-                return True
+            if self.v6 is not None:
+                i = self.v6.first_match(client)
+                if i >= 0:
+                    return self.entries[i]
             if self.v4 is not None and client >> 32 == 0xFFFF:
-                if self.v4.first_match(client & 0xFFFFFFFF) >= 0:
-                    return True
+                i = self.v4.first_match(client & 0xFFFFFFFF)
+                if i >= 0:
+                    return self.entries[i]
         if self.names:
             name = name_of()
             if name:
                 low = name.lower()
-                for kind, pat in self.names:
+                for idx, (kind, pat) in zip(self.name_index, self.names, strict=True):
                     if kind == "host":
                         if low == pat:
-                            return True
+                            return self.entries[idx]
                     else:
                         # addr.c: the *first* occurrence must end the name
                         at = low.find(pat)
                         if at >= 0 and at + len(pat) == len(low):
-                            return True
-        return False
+                            return self.entries[idx]
+        return None
 
 
 @dataclass
@@ -209,14 +223,25 @@ def load_xinetd_text(text: str, path: str = "<xinetd.conf>",
     return _compile(config), list(config.diagnostics)
 
 
+def _where(entry, svc: XinetdService) -> Location:
+    """The line of the list value that decided, else the service."""
+    if entry is not None and entry.line:
+        return Location(entry.path, entry.line)
+    return svc.location
+
+
 def _client(text: str, family: int) -> tuple[int, int]:
     """(address int, family) of a client as the service's socket sees it."""
-    ip = ipaddress.ip_address(text)
-    if ip.version == 4:
-        return (int(ip), 4) if family == 4 else (_V4_MAPPED | int(ip), 6)
-    if family == 4 and ip.ipv4_mapped is not None:
-        return int(ip.ipv4_mapped), 4
-    return int(ip), 6
+    try:
+        if ":" in text:
+            n = int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
+            if family == 4 and n >> 32 == 0xFFFF:
+                return n & 0xFFFFFFFF, 4
+            return n, 6
+        n = int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+    except (OSError, TypeError) as exc:
+        raise ValueError(f"not a numeric address: {text!r}") from exc
+    return (n, 4) if family == 4 else (_V4_MAPPED | n, 6)
 
 
 def _packed(addr: int, family: int) -> bytes:
@@ -336,11 +361,13 @@ class XinetdLayer:
                     cache.append(self._resolver.reverse(text))
             return cache[0]
 
-        na = svc.no_access is not None and svc.no_access.matches(addr, fam, name_of)
-        of = svc.only_from is not None and svc.only_from.matches(addr, fam, name_of)
-        if na or (svc.only_from is not None and not of):
+        na = svc.no_access.match(addr, fam, name_of) if svc.no_access is not None else None
+        of = svc.only_from.match(addr, fam, name_of) if svc.only_from is not None else None
+        if na is not None:
+            return Decision(Verdict.DENY, Reason.ADDRESS, _where(na, svc))
+        if svc.only_from is not None and of is None:
             return Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
-        return Decision(Verdict.ALLOW, Reason.OK, svc.location)
+        return Decision(Verdict.ALLOW, Reason.OK, _where(of, svc) if of else svc.location)
 
     # -- leases ------------------------------------------------------------
     def take_lease(self, request: Request, now: float) -> int:
@@ -374,10 +401,3 @@ class XinetdLayer:
         """False while cps keeps ``service`` switched off (socket closed)."""
         return self.state.cps_active(self._slots[service], now)
 
-
-def local_minute(now: float) -> int:
-    """Local minute of the day for ``now`` (what access_times compares)."""
-    import time as _time
-
-    tm = _time.localtime(int(math.floor(now)))
-    return tm.tm_hour * 60 + tm.tm_min

@@ -50,6 +50,8 @@ class AddrEntry:
     mask: int = 0          # v4: the 32-bit mask; v6net: the prefix length
     name: str = ""
     text: str = ""
+    path: str = ""         # where the value is written (set by the reader)
+    line: int = 0
 
     def same_as(self, other: AddrEntry) -> bool:
         """xinetd's ``-=`` identity (addr.c ``xremove``): same name text

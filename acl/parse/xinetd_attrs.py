@@ -18,6 +18,7 @@ every attribute stay in ``entry.raw`` so a configuration round-trips.
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import os
 import pwd
@@ -289,7 +290,9 @@ def p_addresses(attr):
             if got is None:
                 ctx.note(f"failed to parse {v}", value=v)
                 continue
+            path, line, _ = ctx.where
             for e in got:
+                e = dataclasses.replace(e, path=path, line=line)
                 if op == "+=":
                     cur.append(e)
                 else:

@@ -123,8 +123,19 @@ class BinaryConnection(_Base):
         self.compiled = server.compiled
 
     def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if not self.buf:
+            # The common read: whole frames the plan answers all of -- no copy.
+            plan = self.engine.plan
+            if plan is not None:
+                pos, chunk, status = plan.run(data, 0, now)
+                if chunk:
+                    self.transport.write(chunk)     # replies so far, in order
+                if status == 0 and pos == len(data):
+                    return
+                data = data[pos:]
         self.buf += data
-        out, fatal = answer_frames(self.engine, self.buf, time.time(), self.leases,
+        out, fatal = answer_frames(self.engine, self.buf, now, self.leases,
                                    self.compiled, self.error)
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])

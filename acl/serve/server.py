@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
 import grp
 import os
+import resource
 import signal
 import socket
 import stat
@@ -67,6 +68,21 @@ def _bind_tcp(listen: str) -> socket.socket:
     s.bind((host, int(port)))
     s.listen(128)
     return s
+
+
+def raise_nofile() -> int:
+    """One descriptor per client: take the whole hard limit (default soft
+    limits of 1024 would cap the clients served)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (OSError, ValueError):
+            pass
+    return soft
 
 
 class Server:
@@ -124,6 +140,7 @@ class Server:
     # -- sockets -------------------------------------------------------
     def bind(self) -> dict[str, str]:
         """Take systemd's sockets or bind our own; returns name -> address."""
+        raise_nofile()
         got = systemd.listen_fds()
         s = self.sockets
         wanted = {"query": s.query, "policy": s.policy, "admin": s.admin}

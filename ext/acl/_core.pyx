@@ -226,32 +226,53 @@ cdef inline addr_t prefix_mask(addr_t zero, int length) noexcept nogil:
 
 # -- lookup: the hot path ----------------------------------------------
 
-cdef inline const Pair *trie_find(const Trie *t, addr_t a) noexcept nogil:
-    """The leaf covering ``a``: walk top, then 6-bit nodes, popcount to index."""
-    cdef int width, d, k
-    cdef uint32_t e, v
-    cdef uint64_t upto
-    cdef const Node *nd
+cdef inline int stride(addr_t a, int d) noexcept nogil:
+    """Bits consumed by a node at depth ``d``: 6, fewer at the very end."""
+    cdef int width
     if addr_t is uint32_t:
         width = 32
     else:
         width = 128
-    e = t.top[<uint32_t>(a >> (width - t.dp))]
+    return 6 if width - d > 6 else width - d
+
+
+cdef inline uint32_t top_slot(const Trie *t, addr_t a) noexcept nogil:
+    """Index of ``a``'s slot in ``t.top``."""
+    if addr_t is uint32_t:
+        return <uint32_t>(a >> (32 - t.dp))
+    else:
+        return <uint32_t>(a >> (128 - t.dp))
+
+
+cdef inline bint descend(const Node *nd, addr_t a, int d, int k, uint32_t *index) noexcept nogil:
+    """One node step, the only one every lookup takes: True and the child's
+    index in t.nodes, or False and the leaf's index in t.leaves."""
+    cdef uint32_t v
+    cdef uint64_t upto
+    if addr_t is uint32_t:
+        v = (a >> (32 - d - k)) & ((<uint32_t>1 << k) - 1)
+    else:
+        v = (<uint32_t>(a >> (128 - d - k))) & ((<uint32_t>1 << k) - 1)
+    upto = ((<uint64_t>2) << v) - 1   # slots 0..v; wraps to all ones for v = 63
+    if (nd.vector >> v) & 1:
+        index[0] = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
+        return True
+    index[0] = nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1
+    return False
+
+
+cdef inline const Pair *trie_find(const Trie *t, addr_t a) noexcept nogil:
+    """The leaf covering ``a``: its top slot, then node steps to a leaf."""
+    cdef int d, k
+    cdef uint32_t e = t.top[top_slot(t, a)]
     if e & LEAF_TAG:
         return &t.leaves[e & ~(<uint32_t>LEAF_TAG)]
-    nd = &t.nodes[e]
     d = t.dp
     while True:
-        k = width - d
-        if k > 6:
-            k = 6
-        v = (<uint32_t>(a >> (width - d - k))) & ((<uint32_t>1 << k) - 1)
-        upto = ((<uint64_t>2) << v) - 1   # slots 0..v; wraps to all ones for v = 63
-        if (nd.vector >> v) & 1:
-            nd = &t.nodes[nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1]
-            d += k
-        else:
-            return &t.leaves[nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1]
+        k = stride(a, d)
+        if not descend(&t.nodes[e], a, d, k, &e):
+            return &t.leaves[e]
+        d += k
 
 
 # Batch lookups keep LANES independent walks in flight so that their cache
@@ -289,15 +310,11 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef uint32_t cur[LANES]
     cdef uint8_t leaf[LANES]
     cdef Py_ssize_t base, m, j
-    cdef int width, step, d, k, walking
-    cdef uint32_t e, v
-    cdef uint64_t upto
-    cdef const Node *nd
+    cdef int step, d, k, walking
+    cdef uint32_t e
     if addr_t is uint32_t:
-        width = 32
         step = 4
     else:
-        width = 128
         step = 16
     base = 0
     while base < n:
@@ -307,7 +324,10 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
         walking = 0
         for j in range(m):
             addr[j] = load_addr(p + (base + j) * step, zero)
-            e = t.top[<uint32_t>(addr[j] >> (width - t.dp))]
+            cur[j] = top_slot(t, addr[j])
+            prefetch(&t.top[cur[j]])
+        for j in range(m):
+            e = t.top[cur[j]]
             if e & LEAF_TAG:
                 cur[j] = e & ~(<uint32_t>LEAF_TAG)
                 leaf[j] = 1
@@ -320,21 +340,14 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
         d = t.dp
         while walking:
             walking = 0
-            k = width - d
-            if k > 6:
-                k = 6
+            k = stride(zero, d)
             for j in range(m):
                 if leaf[j]:
                     continue
-                nd = &t.nodes[cur[j]]
-                v = (<uint32_t>(addr[j] >> (width - d - k))) & ((<uint32_t>1 << k) - 1)
-                upto = ((<uint64_t>2) << v) - 1
-                if (nd.vector >> v) & 1:
-                    cur[j] = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
+                if descend(&t.nodes[cur[j]], addr[j], d, k, &cur[j]):
                     prefetch(&t.nodes[cur[j]])
                     walking = 1
                 else:
-                    cur[j] = nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1
                     prefetch(&t.leaves[cur[j]])
                     leaf[j] = 1
             d += k
@@ -351,13 +364,7 @@ cdef inline void start(const Trie *t, addr_t a, uint32_t *cur, int *depth,
                        int *state) noexcept nogil:
     """Read a lane's top slot (the top array is small enough to stay cached)
     and prefetch what comes next."""
-    cdef int width
-    cdef uint32_t e
-    if addr_t is uint32_t:
-        width = 32
-    else:
-        width = 128
-    e = t.top[<uint32_t>(a >> (width - t.dp))]
+    cdef uint32_t e = t.top[top_slot(t, a)]
     if e & LEAF_TAG:
         cur[0] = e & ~(<uint32_t>LEAF_TAG)
         prefetch(&t.leaves[cur[0]])
@@ -378,16 +385,11 @@ cdef void batch_find(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize
     cdef int state[LANES]
     cdef Py_ssize_t slot[LANES]
     cdef Py_ssize_t nxt = 0
-    cdef int width, step, j, k, busy = 0
-    cdef uint32_t v
-    cdef uint64_t upto
-    cdef const Node *nd
+    cdef int step, j, k, busy = 0
     cdef const Pair *leaf
     if addr_t is uint32_t:
-        width = 32
         step = 4
     else:
-        width = 128
         step = 16
     for j in range(LANES):
         if nxt < n:
@@ -401,18 +403,11 @@ cdef void batch_find(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize
     while busy:
         for j in range(LANES):
             if state[j] == AT_NODE:
-                nd = &t.nodes[cur[j]]
-                k = width - depth[j]
-                if k > 6:
-                    k = 6
-                v = (<uint32_t>(addr[j] >> (width - depth[j] - k))) & ((<uint32_t>1 << k) - 1)
-                upto = ((<uint64_t>2) << v) - 1
-                if (nd.vector >> v) & 1:
-                    cur[j] = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
+                k = stride(zero, depth[j])
+                if descend(&t.nodes[cur[j]], addr[j], depth[j], k, &cur[j]):
                     depth[j] += k
                     prefetch(&t.nodes[cur[j]])
                 else:
-                    cur[j] = nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1
                     prefetch(&t.leaves[cur[j]])
                     state[j] = AT_LEAF
             elif state[j] == AT_LEAF:

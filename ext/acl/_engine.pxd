@@ -17,6 +17,8 @@ cdef struct SvcPlan:
     double rate                   # tokens per second
     double burst                  # bucket size
     int flags                     # 1: a host name needs Python; 2: a remote user does
+    int limit_slot                # slot in the xinetd LimitState; -1: no xinetd limits
+    int32_t limit_actions[10]     # action per limits reason code (0 unused)
 
 
 cdef struct ActionC:
@@ -58,6 +60,17 @@ cdef class BatchPlan:
     cdef uint64_t _lat[15]        # latency histogram (engine.LATENCY_BUCKETS + Inf)
     cdef double _lat_sum
     cdef readonly uint64_t residual   # frames handed back to Python
+    cdef object _limits           # the xinetd layer's LimitState (check_batch), or None
+    cdef Py_ssize_t *_fr_off      # pass A -> pass B: frame offsets in the buffer
+    cdef int32_t *_fr_act         # ... their actions before the limits
+    cdef int *_fr_svc             # ... their service
+    cdef int *_fr_lim             # ... index of their limits check, -1: none
+    cdef object _lim_src          # bytearray: 16-byte sources of the limits checks
+    cdef object _lim_slot         # array('i'): their LimitState slots
+    cdef object _lim_out          # bytearray: their reason codes
 
-    cdef int _loop(self, const unsigned char *buf, Py_ssize_t n, Py_ssize_t *ppos,
-                   double now, Py_ssize_t *pw, int *pdecided) noexcept nogil
+    cdef int _scan(self, const unsigned char *buf, Py_ssize_t n, Py_ssize_t *ppos,
+                   double now, Py_ssize_t *pnf, Py_ssize_t *pnl,
+                   unsigned char *lsrc, int *lslot) noexcept nogil
+    cdef Py_ssize_t _emit(self, const unsigned char *buf, Py_ssize_t nf,
+                          const unsigned char *lout) noexcept nogil

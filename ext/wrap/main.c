@@ -194,6 +194,8 @@ int main(int argc, char **argv)
                 break;
             case 'o': fail_open = 1; break;
             case 'c': fail_open = 0; break;
+            case 'h': usage("acl-wrap asks the acl sidecar, then runs server or refuses");
+                break;
             default: usage("bad option");
             }
         }
@@ -205,6 +207,8 @@ int main(int argc, char **argv)
         if (!service || !*service)
             service = base(server_path);
     } else {
+        if (!*prog)     /* xinetd: flags = NAMEINARGS must come before server_args */
+            usage("empty argv[0]: no server to run (xinetd: put flags before server_args)");
         if (strchr(argv[0], '/')) {
             server_path = argv[0];
         } else {

@@ -251,3 +251,66 @@ def test_ranges_answer_like_the_prefix_core(entries, first_match, probes):
         got = r[bisect_right(starts, a) - 1][1]
         want = table.first_match(a) if first_match else table.most_specific(a)
         assert got == want, (a, got, want)
+
+
+class _Transport:
+    """Collects what the connection writes (the socket is not under test here)."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, b):
+        self.data += b
+
+    def close(self):
+        self.closed = True
+
+    def set_write_buffer_limits(self, **kw):
+        pass
+
+
+class _Server:
+    def __init__(self, engine):
+        self.engine = engine
+        self.compiled = True
+        self.errors = []
+
+    def connected(self, c):
+        pass
+
+    def disconnected(self, c):
+        pass
+
+    def protocol_error(self, proto, code):
+        self.errors.append(code)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32), st.lists(st.integers(1, 400), min_size=1, max_size=30))
+def test_connection_reads_answer_like_the_python_path(tmp_path_factory, seed, cuts):
+    """BinaryConnection.data_received (with its no-copy shortcut) gives the
+    bytes the Python path gives, however the stream is cut into reads."""
+    import time as _time
+
+    from acl.serve.conn import BinaryConnection
+
+    rng = random.Random(seed)
+    policy = make_policy(tmp_path_factory.mktemp("conn"), rng)
+    fast, slow = Engine(policy), Engine(policy, batch=False)
+    blob = stream(rng, 300)
+    conn = BinaryConnection(_Server(fast))
+    conn.connection_made(_Transport())
+    now = 5000.0
+    real_time = _time.time
+    _time.time = lambda: now            # both paths must see the same clock
+    try:
+        pos = 0
+        for cut in cuts * (len(blob) // sum(cuts) + 1):
+            if pos >= len(blob):
+                break
+            conn.data_received(blob[pos:pos + cut])
+            pos += cut
+    finally:
+        _time.time = real_time
+    assert bytes(conn.transport.data) == answer(slow, blob, now, 1 << 20)

@@ -56,6 +56,11 @@ def admin(path: str, command: str) -> dict:
 
 
 def test_binary_decisions_with_reasons_locations_env(live):
+    try:
+        import uvloop  # noqa: F401
+        assert "(compiled core, uvloop loop)" in live.text()
+    except ImportError:
+        assert "(compiled core, asyncio loop)" in live.text()
     with Client(live.query) as c:
         assert c.ping() == "compiled"
         d = c.decide("sshd", "192.0.2.9")
@@ -221,7 +226,25 @@ def test_client_that_never_reads_is_not_buffered_without_bound(live):
     assert replies_held > 0
 
 
-def test_five_thousand_concurrent_clients(live):
+@pytest.fixture
+def low_nofile_server(tmp_path):
+    """A server started with a soft RLIMIT_NOFILE of 1024: it must raise its own."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 5200:
+        pytest.skip("the hard RLIMIT_NOFILE is below 5200")
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    srv = start_server(tmp_path, policy_toml(tmp_path), preexec=low)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_five_thousand_concurrent_clients(low_nofile_server):
+    live = low_nofile_server
     want = 5000 + 200
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < want:
@@ -318,10 +341,17 @@ def test_pure_twin_refused_unless_allowed(tmp_path):
     out = subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg)],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 100 and "--allow-pure" in out.stderr
-    srv = start_server(tmp_path, cfg, env={"ACL_NO_EXTENSIONS": "1"}, args=["--allow-pure"])
+    # also the one server on asyncio's own loop (the others run on uvloop when installed)
+    srv = start_server(tmp_path, cfg, env={"ACL_NO_EXTENSIONS": "1", "ACL_NO_UVLOOP": "1"},
+                       args=["--allow-pure"])
     try:
+        assert "(pure core, asyncio loop)" in srv.text()
         with Client(srv.query) as c:
             assert c.ping() == "pure"
             assert c.decide("sshd", "192.0.2.1").allowed
+            assert c.decide("echo-stream", "127.0.0.1", lease=True).lease
+        assert admin(srv.admin, "stats")["core"] == "pure"
+        wait_for(lambda: admin(srv.admin, "stats")["leases"] == {"echo-stream": 0}, 15,
+                 "lease released on disconnect")
     finally:
         srv.stop()

@@ -155,11 +155,12 @@ class Gen:
         if k < 37 and depth == 0:
             user = r.choice(["root", "ALL", "KNOWN", "UNKNOWN", "r*t", "bob", "ROOT"])
             return f"{user}@{self.host_token(1)}"
-        if k < 39 and depth == 0:
+        if k < 39 and depth < 2:
             path = f"{self.file_dir}/list{len(self.files)}"
+            self.files[path] = ""
             if r.random() < 0.15:
                 return path + ".missing"
-            body = " ".join(self.host_token(1) for _ in range(r.randint(1, 4)))
+            body = " ".join(self.host_token(depth + 1) for _ in range(r.randint(1, 4)))
             if r.random() < 0.3:
                 body = "# EXCEPT " + body + "\n2001:db8::10\n"
             self.files[path] = body + "\n"

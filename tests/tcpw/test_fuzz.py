@@ -99,6 +99,9 @@ def test_compiled_layer_equals_interpreter(monkeypatch, core):
                 q = make()
                 slow = next((i for i, r in enumerate(lay.rules) if r.matches(q)), None)
                 assert fast == slow, (allow, deny, daemon, client, server)
+                merged, lay._merged = lay._merged, {}     # the two-lookup path too
+                assert lay.first_match(client, daemon, make) == slow
+                lay._merged = merged
 
     check()
 

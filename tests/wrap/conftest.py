@@ -20,15 +20,11 @@ import pytest
 from tests.conftest import PORTS
 from tests.wrap import harness
 
-#: Port blocks inside PORTS["wrap"], one per module (bench uses 45900+).
+#: Port blocks inside PORTS["wrap"] for modules using the ``port`` fixture.
+#: Fixed users: test_expand_vs_tcpd 45150, test_live 45200-45599 (100 per
+#: super-server) and 45600-45602, bench/bench_wrap.py 45900-45902.
 BLOCKS = {
     "test_wrap_unit": 45000,
-    "test_expand_vs_tcpd": 45150,
-    "test_live_xinetd": 45200,
-    "test_live_inetd": 45300,
-    "test_live_tcpserver": 45400,
-    "test_live_systemd": 45500,
-    "test_live_failmodes": 45600,
 }
 _counters: dict[str, itertools.count] = {}
 

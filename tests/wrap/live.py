@@ -6,9 +6,10 @@ The policy (one service, ``echo``, all three rule languages):
 * xinetd: ``only_from = 127.0.0.0/8``, ``no_access = 127.0.0.66``,
   ``per_source = 2`` -> 127.0.0.66 refused (address), a third connection
   from one source refused (per_source_limit) while two stay open.
-* tcprules: ``127.0.0.4:deny`` and ``127.0.0.:allow,RULEVAR="..."``.
+* tcprules: ``127.0.0.4:deny`` and ``127.:allow,RULEVAR="..."``.
 * hosts.allow ``hostile: ALL: spawn ...: twist ...`` with %n, for the
-  shell-metacharacter host name test.
+  shell-metacharacter host name test; ``bannered: ALL: banners DIR: deny``
+  for the refusal banner; ``echo-udp`` for the UDP test.
 * hosts.allow (``libwrap = echo`` names the daemon; else it would be the
   server's basename, spec C.10) ``echo: ALL EXCEPT 127.0.0.5: setenv HAVAR ...``; hosts.deny
   ``ALL: ALL`` -> 127.0.0.5 refused (libwrap), the others get HAVAR.
@@ -56,7 +57,7 @@ service echo
 
 RULES = """\
 127.0.0.4:deny
-127.0.0.:allow,RULEVAR="tcprules says hi"
+127.:allow,RULEVAR="tcprules says hi"
 :allow
 """
 
@@ -64,6 +65,7 @@ HOSTS_ALLOW = """\
 echo: ALL EXCEPT 127.0.0.5: setenv HAVAR from hosts.allow for %a
 hostile: ALL: spawn echo spawned %n > {dir}/spawned: twist /bin/echo twisted n=%n h=%h
 echo-udp: 127.0.0.2: setenv HAVAR udp %a
+bannered: ALL: banners {dir}/banners: deny
 """
 HOSTS_DENY = "ALL: ALL\n"
 
@@ -77,6 +79,8 @@ def write_policy(d: Path) -> Path:
     (d / "xinetd.conf").write_text(XINETD_CONF)
     (d / "rules.txt").write_text(RULES)
     (d / "hosts.allow").write_text(HOSTS_ALLOW.format(dir=d))
+    (d / "banners").mkdir(exist_ok=True)
+    (d / "banners" / "bannered").write_text("Not for you, %a.\nSee %d policy.\n")
     (d / "hosts.deny").write_text(HOSTS_DENY)
     toml = d / "policy.toml"
     toml.write_text(f"""\
@@ -126,8 +130,11 @@ class Sidecar:
 
     def start(self) -> Sidecar:
         self.log = open(self.dir / "serve.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "acl", "serve", "--config",
-                                      str(self.config)], stdout=self.log, stderr=self.log,
+        # --allow-pure: these tests are about acl-wrap; the compiled core is
+        # used whenever it is there (and tests/run requires it anyway)
+        self.proc = subprocess.Popen([sys.executable, "-m", "acl", "serve", "--allow-pure",
+                                      "--config", str(self.config)],
+                                     stdout=self.log, stderr=self.log,
                                      cwd=str(self.dir))
         end = time.monotonic() + 30
         while time.monotonic() < end:

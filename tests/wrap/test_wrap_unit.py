@@ -417,6 +417,14 @@ def test_bad_arguments(wrap_bin, args):
     assert res.stderr.startswith("acl-wrap: fatal: ")
 
 
+def test_empty_argv0_names_the_xinetd_trap(wrap_bin):
+    """xinetd with NAMEINARGS after server_args runs us with argv[0] = ""."""
+    res = subprocess.run([""], executable=str(wrap_bin), stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, timeout=10)
+    assert res.returncode == 100
+    assert "put flags before server_args" in res.stderr
+
+
 def test_spawn_gets_neither_client_nor_lease(wrap_bin, sidecar, echo_server, port, short_tmp):
     out = short_tmp / "fds"
     side = sidecar(always(harness.decision(1, options=[

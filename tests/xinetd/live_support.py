@@ -77,6 +77,22 @@ class Xinetd:
             time.sleep(0.05)
         raise RuntimeError(f"xinetd did not start:\n{self.log_text()}")
 
+    def children(self) -> int:
+        """Servers xinetd has running (its child processes, not yet reaped)."""
+        pid = self.proc.pid if self.proc is not None else 0
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                return len(f.read().split())
+        except OSError:
+            return 0
+
+    def wait_children(self, at_most: int, timeout: float = 5.0) -> None:
+        """Wait (bounded) until xinetd has reaped down to ``at_most`` servers."""
+        deadline = time.monotonic() + timeout
+        while self.children() > at_most and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.05)      # the reap and xinetd's own count happen together
+
     def log_text(self) -> str:
         try:
             with open(self.log, errors="replace") as f:

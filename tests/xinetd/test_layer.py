@@ -124,3 +124,19 @@ def test_debian_shipped_configuration_loads(tmp_path):
     assert {"echo-stream", "echo-dgram", "daytime-stream", "time-dgram"} <= kept, kept
     assert all(s.libwrap_name == s.name for s in policy.services.values()
                if "INTERNAL" in s.entry.types)
+
+
+def test_decisions_point_at_the_list_value_that_decided():
+    text = defaults("no_access = 127.0.0.66") + svc(
+        "a", "only_from = 127.0.0.0 .example.com", "no_access += 127.0.0.9")
+    lay = layer(text)
+    where = {c: str(lay.check_address(Request(service="a", client=c)).location)
+             for c in ("127.0.0.66", "127.0.0.9", "127.0.0.2", "10.0.0.1", "10.1.1.1")}
+    lines = text.splitlines()
+    assert lines[2].strip() == "no_access = 127.0.0.66" and where["127.0.0.66"] == "test.conf:3"
+    n = next(i for i, t in enumerate(lines, 1) if "no_access +=" in t)
+    o = next(i for i, t in enumerate(lines, 1) if "only_from =" in t)
+    assert where["127.0.0.9"] == f"test.conf:{n}"
+    assert where["127.0.0.2"] == f"test.conf:{o}"            # granted by this line
+    s = next(i for i, t in enumerate(lines, 1) if t.startswith("service a"))
+    assert where["10.0.0.1"] == f"test.conf:{s}"             # no entry matched: the service

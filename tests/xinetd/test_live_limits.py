@@ -127,7 +127,7 @@ def test_per_source_and_instances_held_open_match_real_xinetd():
                     conn, lease = held.pop(rng.randrange(len(held)))
                     conn.close()
                     assert layer.release(lease)
-                    time.sleep(0.3)              # let xinetd reap the server
+                    xd.wait_children(len(held))  # let xinetd reap the server
                     continue
                 src = rng.choice(["127.0.0.2", "127.0.0.3", "127.0.0.4"])
                 now = time.time()
@@ -144,7 +144,7 @@ def test_per_source_and_instances_held_open_match_real_xinetd():
                 conn, lease = held.pop()
                 conn.close()
                 layer.release(lease)
-            time.sleep(0.3)
+            xd.wait_children(0)
     finally:
         for conn, _ in held:
             conn.close()
@@ -152,3 +152,34 @@ def test_per_source_and_instances_held_open_match_real_xinetd():
     assert {"ok", "closed"} <= {r[2] for r in rows}, rows
     bad = [r for r in rows if r[2] != r[3]]
     assert not bad, f"disagreements (service, source, acl, xinetd): {bad}\nall: {rows}"
+
+
+def test_max_load_and_access_times_match_real_xinetd():
+    """Parent checks b and c against the real load average and local clock."""
+    require_live()
+    hour = time.localtime().tm_hour
+    far = (hour + 12) % 24
+    specs = [("loadlow", ["max_load = 0.001"]), ("loadhigh", ["max_load = 999"]),
+             ("closed", [f"access_times = {far}:00-{far}:30"]),
+             ("open", ["access_times = 0:00-23:59"]),
+             ("both", ["max_load = 0.001", f"access_times = {far}:00-{far}:30"])]
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, BASE + 20 + i, "/bin/echo", "ok", extra)
+        for i, (sid, extra) in enumerate(specs))
+    policy, _ = load_xinetd_text(text)
+    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
+    xd = Xinetd(text, len(specs))
+    rows = []
+    try:
+        xd.start()
+        for i, (sid, _) in enumerate(specs):
+            want, d = _predict(layer, sid, "127.0.0.2", time.time())
+            rows.append((sid, want, probe(BASE + 20 + i, "127.0.0.2"), d.reason.name))
+    finally:
+        xd.stop()
+    assert [r[1] for r in rows] == [r[2] for r in rows], rows
+    from acl.compile.xinetd import read_loadavg
+
+    if read_loadavg() >= 0.01:                     # an idle machine may show 0.00
+        assert rows[-1][3] == "LOAD"               # load is checked before time
+        assert {r[3] for r in rows} == {"OK", "LOAD", "TIME"}
