@@ -235,6 +235,7 @@ def compile_options(text: str | None, dry_run: bool = False) -> OptionProgram:
     checks: list[int] = []
     for i, (field, offset) in enumerate(fields):
         key, value = split_option(field)
+        offset += len(field) - len(field.lstrip(_ISSPACE))     # point at the keyword
         last = i == len(fields) - 1
         err = None
         low = ascii_lower(key)

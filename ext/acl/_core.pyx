@@ -32,10 +32,12 @@ Data structure (one per table, built once, immutable):
   ``vector`` marks slots that have a child, a 64-bit ``leafvec`` marks where
   a run of equal leaves starts, children and leaves of one node are stored
   contiguously, and popcount turns a slot number into an array index.
-* Lookups (``trie_find``) take the Trie struct and a C integer, are
-  ``noexcept nogil`` and never allocate.  The batch loops call the same
-  inline function over a packed buffer; the per-address methods are thin
-  wrappers that parse and call it once.
+* Every lookup is the same inline steps on C structs and C integers --
+  ``top_slot``, then ``descend`` once per node -- ``noexcept nogil``, never
+  allocating.  ``trie_find`` chains them for one address, and the
+  per-address methods are thin wrappers around it (parse, call, return an
+  int).  The batch methods run the same steps for LANES addresses at a time
+  over a packed buffer, in one nogil loop with no Python object per address.
 * Build (``build_trie``): sort the entries by (network, length) -- then every
   entry that overlaps an earlier one lies inside it -- and paint each node's
   slots in that order: ``specific`` is overwritten, ``first`` keeps the

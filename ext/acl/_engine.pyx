@@ -25,6 +25,8 @@ Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
 * Counters are plain C integers read by the engine at scrape time.
 """
 
+from array import array
+
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
@@ -36,6 +38,7 @@ __all__ = ["SourceTable", "BatchPlan", "source_key", "ranges4", "PROBES", "LATEN
 PROBES = 8
 DEF C_PROBES = 8
 DEF NLAT = 14
+DEF MAXF = 4096                   # frames per pass (the limits scratch arrays)
 cdef double[NLAT] _BOUNDS = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4,
                              5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0]
 LATENCY_BOUNDS = tuple(_BOUNDS[i] for i in range(NLAT))
@@ -196,12 +199,19 @@ cdef class BatchPlan:
         self._act = NULL
         self._counts = NULL
         self._out = NULL
+        self._fr_off = NULL
+        self._fr_act = NULL
+        self._fr_svc = NULL
+        self._fr_lim = NULL
 
-    def __init__(self, list services, list actions, SourceTable sources, int v6_prefix=64):
+    def __init__(self, list services, list actions, SourceTable sources, int v6_prefix=64,
+                 limits=None):
         """``services``: (name bytes, v4 starts array('I'), v4 actions array('i'),
         v6 hi array('Q'), v6 lo array('Q'), v6 actions array('i'), rate, burst,
-        rate action, flags); ``actions``: (payload bytes, label).  Rate 0 = off."""
-        cdef int i
+        rate action, flags, limits slot, {limits reason: action});
+        ``actions``: (payload bytes, label).  Rate 0 = off; limits slot -1 = no
+        xinetd limits; ``limits``: the LimitState those slots are in."""
+        cdef int i, k
         cdef Py_ssize_t off = 0
         cdef const uint32_t[::1] v4s
         cdef const int32_t[::1] v4a
@@ -232,7 +242,8 @@ cdef class BatchPlan:
                 self._max_action = len(payload)
             self._labels.append(tuple(label))
         for i in range(self._nsvc):
-            name, s4, a4, h6, l6, a6, rate, burst, rate_action, flags = services[i]
+            (name, s4, a4, h6, l6, a6, rate, burst, rate_action, flags, limit_slot,
+             limit_actions) = services[i]
             name = bytes(name)
             if not 1 <= len(name) <= 255:
                 raise ValueError("service name must be 1..255 bytes")
@@ -263,14 +274,29 @@ cdef class BatchPlan:
             self._svc[i].burst = burst
             self._svc[i].rate_action = rate_action
             self._svc[i].flags = flags
+            self._svc[i].limit_slot = limit_slot
+            for k in range(10):
+                self._svc[i].limit_actions[k] = limit_actions.get(k, -1)
+                if not -1 <= self._svc[i].limit_actions[k] < self._nact:
+                    raise ValueError("limits action out of range")
+            if limit_slot >= 0 and limits is None:
+                raise ValueError("a limits slot needs a LimitState")
             if rate > 0 and not 0 <= rate_action < self._nact:
                 raise ValueError("rate action out of range")
         self._out_cap = 1 << 18
         while self._out_cap < 64 * (self._max_action + 12):
             self._out_cap <<= 1
         self._out = <unsigned char *>malloc(self._out_cap)
-        if self._out == NULL:
+        self._fr_off = <Py_ssize_t *>malloc(MAXF * sizeof(Py_ssize_t))
+        self._fr_act = <int32_t *>malloc(MAXF * sizeof(int32_t))
+        self._fr_svc = <int *>malloc(MAXF * sizeof(int))
+        self._fr_lim = <int *>malloc(MAXF * sizeof(int))
+        if not (self._out and self._fr_off and self._fr_act and self._fr_svc and self._fr_lim):
             raise MemoryError()
+        self._limits = limits
+        self._lim_src = bytearray(16 * MAXF)
+        self._lim_slot = array("i", [0]) * MAXF
+        self._lim_out = bytearray(MAXF)
 
     def _check_actions(self, const int32_t[::1] acts):
         cdef Py_ssize_t k
@@ -283,6 +309,10 @@ cdef class BatchPlan:
         free(self._act)
         free(self._counts)
         free(self._out)
+        free(self._fr_off)
+        free(self._fr_act)
+        free(self._fr_svc)
+        free(self._fr_lim)
 
     @property
     def services(self):
@@ -307,45 +337,64 @@ cdef class BatchPlan:
         cdef const unsigned char[::1] view = buf
         cdef Py_ssize_t n = view.shape[0]
         cdef Py_ssize_t w = 0
+        cdef Py_ssize_t nf = 0
+        cdef Py_ssize_t nl = 0
         cdef int status = 0
-        cdef int decided = 0
         cdef double t0, dt
         cdef int b
+        cdef unsigned char[::1] lsrc = self._lim_src
+        cdef int[::1] lslot = self._lim_slot
+        cdef unsigned char[::1] lout = self._lim_out
         if pos < 0 or pos > n:
             raise ValueError("pos out of range")
         if n == pos:
             return pos, b"", 0
+        t0 = _now_mono()
         with nogil:
-            t0 = _now_mono()
-            status = self._loop(&view[0], n, &pos, now, &w, &decided)
-            if decided:
-                dt = (_now_mono() - t0) / decided
+            status = self._scan(&view[0], n, &pos, now, &nf, &nl, &lsrc[0], &lslot[0])
+        if nl:
+            # xinetd's parent checks for the frames that reached them, in
+            # frame order, in one call of the limits core
+            self._limits.check_batch(memoryview(self._lim_src)[:16 * nl],
+                                     memoryview(self._lim_slot)[:nl], now, 0.0,
+                                     memoryview(self._lim_out)[:nl])
+        with nogil:
+            w = self._emit(&view[0], nf, &lout[0])
+            if nf:
+                dt = (_now_mono() - t0) / nf
                 b = 0
                 while b < NLAT and dt > _BOUNDS[b]:
                     b += 1
-                self._lat[b] += decided
-                self._lat_sum += dt * decided
+                self._lat[b] += nf
+                self._lat_sum += dt * nf
         if status == 1:
             self.residual += 1
         return pos, PyBytes_FromStringAndSize(<char *>self._out, w), status
 
-    cdef int _loop(self, const unsigned char *buf, Py_ssize_t n, Py_ssize_t *ppos,
-                   double now, Py_ssize_t *pw, int *pdecided) noexcept nogil:
+    cdef int _scan(self, const unsigned char *buf, Py_ssize_t n, Py_ssize_t *ppos,
+                   double now, Py_ssize_t *pnf, Py_ssize_t *pnl,
+                   unsigned char *lsrc, int *lslot) noexcept nogil:
+        """Pass A: decode and look up frames, spend rate tokens, queue the
+        limits checks; stop at the first frame for Python (status 1), at an
+        incomplete frame (0), or when the reply buffer would be full (2)."""
         cdef Py_ssize_t pos = ppos[0]
-        cdef Py_ssize_t w = pw[0]
-        cdef uint32_t length, rlen
+        cdef Py_ssize_t nf = 0
+        cdef Py_ssize_t nl = 0
+        cdef uint32_t length
         cdef const unsigned char *f
         cdef const unsigned char *p
         cdef Py_ssize_t plen, need, ca, sa
-        cdef int cf, sf, slen, hlen, ulen, s, status
+        cdef int cf, sf, slen, hlen, ulen, s, si, status
         cdef int32_t act
         cdef SvcPlan *sv
         cdef unsigned char key[16]
         cdef uint32_t a4
         cdef uint64_t ah, al
         cdef Py_ssize_t lo, hi, mid
-        cdef ActionC *ac
+        cdef Py_ssize_t room = self._out_cap // (self._max_action + 12)
         status = 0
+        if room > MAXF:
+            room = MAXF
         while True:
             if n - pos < 4:
                 break
@@ -394,10 +443,12 @@ cdef class BatchPlan:
                 status = 1
                 break
             sv = NULL
+            si = -1
             for s in range(self._nsvc):
                 if (self._svc[s].name_len == slen
                         and memcmp(self._svc[s].name, p + 10 + ca + sa, slen) == 0):
                     sv = &self._svc[s]
+                    si = s
                     break
             if sv == NULL or (sv.flags & 1 and hlen) or (sv.flags & 2 and ulen):
                 status = 1
@@ -433,19 +484,61 @@ cdef class BatchPlan:
             if act < 0:
                 status = 1
                 break
-            if self._out_cap - w < self._max_action + 12:
+            if nf >= room:
                 status = 2
                 break
+            # the engine's rate first, then xinetd's parent checks (pass B)
+            self._fr_lim[nf] = -1
+            if ca == 4:
+                memcpy(key, _MAPPED, 12)
+                memcpy(key + 12, p + 10, 4)
+            else:
+                memcpy(key, p + 10, 16)
             if sv.rate_on:
-                if ca == 4:
-                    memcpy(key, _MAPPED, 12)
-                    memcpy(key + 12, p + 10, 4)
-                else:
-                    memcpy(key, p + 10, 16)
+                if ca == 16:
                     _mask(key, self._v6_prefix)
                 if not self._sources._take(key, now, sv.rate, sv.burst):
                     act = sv.rate_action
+                elif sv.limit_slot >= 0:
+                    if ca == 16:
+                        memcpy(key, p + 10, 16)
+                    self._fr_lim[nf] = <int>nl
+            elif sv.limit_slot >= 0:
+                self._fr_lim[nf] = <int>nl
+            if self._fr_lim[nf] >= 0:
+                memcpy(lsrc + 16 * nl, key, 16)
+                lslot[nl] = sv.limit_slot
+                nl += 1
+            self._fr_off[nf] = pos
+            self._fr_act[nf] = act
+            self._fr_svc[nf] = si
+            nf += 1
+            pos += 4 + length
+        ppos[0] = pos
+        pnf[0] = nf
+        pnl[0] = nl
+        return status
+
+    cdef Py_ssize_t _emit(self, const unsigned char *buf, Py_ssize_t nf,
+                          const unsigned char *lout) noexcept nogil:
+        """Pass B: the limits' answers replace the address answer; encode."""
+        cdef Py_ssize_t i, w = 0
+        cdef int32_t act
+        cdef int j, r
+        cdef uint32_t rlen
+        cdef ActionC *ac
+        cdef const unsigned char *f
+        for i in range(nf):
+            act = self._fr_act[i]
+            j = self._fr_lim[i]
+            if j >= 0:
+                r = lout[j]
+                if r != 0:
+                    act = self._svc[self._fr_svc[i]].limit_actions[r if r < 10 else 0]
+                    if act < 0:                  # a code we have no answer for
+                        act = self._fr_act[i]
             ac = &self._act[act]
+            f = buf + self._fr_off[i]
             # DECISION frame: length, version, type, flags, the request's id
             rlen = <uint32_t>(8 + ac.size)
             self._out[w] = rlen & 0xFF
@@ -460,11 +553,7 @@ cdef class BatchPlan:
             memcpy(self._out + w + 12, self._blob + ac.off, ac.size)
             w += 12 + ac.size
             self._counts[act] += 1
-            pdecided[0] += 1
-            pos += 4 + length
-        ppos[0] = pos
-        pw[0] = w
-        return status
+        return w
 
     def grow(self, Py_ssize_t cap):
         """Make the reply buffer at least ``cap`` bytes."""
@@ -497,8 +586,8 @@ cdef int _cmp_pent(const void *a, const void *b) noexcept nogil:
     return 0
 
 
-cdef inline void _emit(uint64_t *os, int32_t *ov, Py_ssize_t *pm, uint64_t pos,
-                       int32_t val) noexcept nogil:
+cdef inline void _push_range(uint64_t *os, int32_t *ov, Py_ssize_t *pm, uint64_t pos,
+                             int32_t val) noexcept nogil:
     cdef Py_ssize_t m = pm[0]
     while m > 0 and os[m - 1] == pos:
         m -= 1
@@ -555,7 +644,8 @@ def ranges4(const uint32_t[::1] nets, const unsigned char[::1] lens, const int32
                 while sp > 0 and stack[sp - 1].end < e.start:
                     sp -= 1
                     if stack[sp].end + 1 < top:
-                        _emit(os, ov, &m, stack[sp].end + 1, stack[sp - 1].val if sp else -1)
+                        _push_range(os, ov, &m, stack[sp].end + 1,
+                                    stack[sp - 1].val if sp else -1)
                 val = e.val
                 if sp > 0:
                     if first_match or (stack[sp - 1].start == e.start
@@ -565,11 +655,12 @@ def ranges4(const uint32_t[::1] nets, const unsigned char[::1] lens, const int32
                 e.val = val
                 stack[sp] = e
                 sp += 1
-                _emit(os, ov, &m, e.start, val)
+                _push_range(os, ov, &m, e.start, val)
             while sp > 0:
                 sp -= 1
                 if stack[sp].end + 1 < top:
-                    _emit(os, ov, &m, stack[sp].end + 1, stack[sp - 1].val if sp else -1)
+                    _push_range(os, ov, &m, stack[sp].end + 1,
+                                stack[sp - 1].val if sp else -1)
         starts = array("I", [0]) * m
         values = array("i", [0]) * m
         for i in range(m):

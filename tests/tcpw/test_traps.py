@@ -303,3 +303,24 @@ def test_unreadable_deny_file_denies(tmp_path):
     lay, diags = load_hosts_access(str(tmp_path / "missing"), str(bad))
     assert lay.check(Request("sshd", "1.2.3.4"), 0).verdict is Verdict.DENY
     assert diags and "cannot open" in diags[0].message
+
+
+def test_strict_loading_refuses_what_libwrap_would_skip(tmp_path):
+    from acl.compile.tcpw import load_hosts_access
+    from acl.errors import RuleSyntaxError
+    allow, deny = tmp_path / "hosts.allow", tmp_path / "hosts.deny"
+    allow.write_text("sshd: 10.\nsshd ALL\nALL: ALL: bogus\n")
+    deny.write_text("ALL: ALL")
+    lay, diags = load_hosts_access(str(allow), str(deny))
+    assert [str(d) for d in diags] == [
+        f'{allow}:2:1: missing ":" separator: line ignored',
+        f'{allow}:3:11: bad option name: "bogus" (the connection is denied)',
+        f"{deny}:1:9: missing newline at end of file: this and every later rule is ignored"]
+    assert lay.check(Request("sshd", "10.1.1.1"), 0).verdict is Verdict.ALLOW
+    try:
+        load_hosts_access(str(allow), str(deny), strict=True)
+    except RuleSyntaxError as exc:
+        assert (exc.path, exc.line, exc.column) == (str(allow), 2, 1)
+        assert len(exc.diagnostics) == 3
+    else:
+        raise AssertionError("strict loading accepted a broken file")
