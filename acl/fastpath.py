@@ -44,6 +44,8 @@ class AddressView:
     uses_host: bool = False                     # a request with a host name goes to Python
     uses_user: bool = False                     # ... one with a remote user too
     forced_v4: list = field(default_factory=list)   # (network, length): always Python
+    ranges4: list | None = None                 # ready-made (start, value) ranges, or None
+    ranges6: list | None = None
 
 
 #: A range whose answer only Python can give (e.g. a rule whose options
@@ -146,12 +148,72 @@ def _tcprules_view(layer, service: str) -> AddressView | None:
     return view
 
 
+def _xinetd_view(layer, service: str) -> AddressView | None:
+    """acl.compile.xinetd.XinetdLayer for an IPv4 service (``flags = IPv4``)
+    without ``max_load`` and without names in its lists: only_from/no_access
+    are presence tests (spec C.5: deny on a no_access hit, deny when
+    only_from is present and misses, else grant), turned into ranges here;
+    the parent checks (cps, access_times, instances, per_source, the layer's
+    bucket) run in the limits core for the frames that reach them
+    (:func:`limits_of`).  A service the layer does not define has no opinion."""
+    svc = layer.policy.services.get(service)
+    if svc is None:
+        return AddressView(default=None)
+    if svc.family != 4 or svc.max_load:
+        return None
+    lists = [svc.no_access, svc.only_from]
+    if any(lst is not None and lst.names for lst in lists):
+        return None
+    deny = Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
+    grant = Decision(Verdict.ALLOW, Reason.OK, svc.location)
+    view = AddressView(decisions=[deny, grant])
+    for fam, bits in ((4, 32), (6, 128)):
+        hits = []
+        for lst in lists:
+            table = None if lst is None else (lst.v4 if fam == 4 else lst.v6)
+            entries = [] if table is None else [(n, ln, 0) for n, ln, _v in table.entries()]
+            r = ranges(entries, bits, False)
+            hits.append(([s for s, _ in r], [v >= 0 for _, v in r]))
+        starts = sorted({x for h in hits for x in h[0]})
+        out = []
+        idx = [0, 0]
+        for x in starts:
+            got = []
+            for k, (st, hv) in enumerate(hits):
+                while idx[k] + 1 < len(st) and st[idx[k] + 1] <= x:
+                    idx[k] += 1
+                got.append(hv[idx[k]])
+            na, of = got
+            refused = na or (svc.only_from is not None and not of)
+            out.append((x, 0 if refused else 1))
+        if fam == 4:
+            view.ranges4 = out
+        else:
+            view.ranges6 = out
+    return view
+
+
+def limits_of(layer, service: str):
+    """``(LimitState, slot, {reason code: Decision})`` of an xinetd service
+    whose parent checks the batch path runs, else None."""
+    svc = layer.policy.services.get(service)
+    state = getattr(layer, "state", None)
+    if svc is None or state is None or not hasattr(state, "check_batch"):
+        return None
+    refusals = {int(r): Decision(Verdict.DENY, r, svc.location)
+                for r in (Reason.TIME, Reason.SERVICE_LIMIT, Reason.PER_SOURCE_LIMIT,
+                          Reason.LOAD, Reason.CPS, Reason.RATE)}
+    return state, state.slot(svc.id), refusals
+
+
 _ADAPTERS = {
     "HostsAccessLayer": _hosts_access_view,
     "TcprulesLayer": _tcprules_view,
+    "XinetdLayer": _xinetd_view,
 }
 _NAMES = {
     "HostsAccessLayer": _hosts_access_names,
+    "XinetdLayer": lambda layer: list(layer.policy.services),
 }
 
 
@@ -242,7 +304,11 @@ def _family_table(views, fam: int, action_for):
         if fam == 4 and v.forced_v4 and not top_only:
             fs, fv = _view_ranges([(n, ln, 0) for n, ln in v.forced_v4], bits, False)
             per_view.append((fs, fv, lambda val: RESIDUAL if val >= 0 else None))
-        starts, vals = _view_ranges(v.v4 if fam == 4 else v.v6, bits, v.first_match)
+        ready = v.ranges4 if fam == 4 else v.ranges6
+        if ready is not None:
+            starts, vals = [x for x, _ in ready], [y for _, y in ready]
+        else:
+            starts, vals = _view_ranges(v.v4 if fam == 4 else v.v6, bits, v.first_match)
         per_view.append((starts, vals, (lambda view: lambda val: view.default if val < 0
                                         else view.decisions[val])(v)))
     if len(per_view) == 1:
@@ -302,6 +368,7 @@ def _build_plan(policy, sources):
     action_ids: dict[tuple, int] = {}
 
     lim = policy.limits
+    limits_state = None
     for name in _service_names(policy):
         layers = policy.layers_for(name)
         if not layers:
@@ -320,11 +387,24 @@ def _build_plan(policy, sources):
 
         flags = (1 if any(v.uses_host for v in views) else 0) | (
             2 if any(v.uses_user for v in views) else 0)
+        slot, limit_actions = -1, {}
+        xinetd = [layer for layer, _d in layers if type(layer).__name__ == "XinetdLayer"]
+        if xinetd:
+            lim_info = limits_of(xinetd[0], name)
+            if lim_info is not None:
+                state, slot, refusals = lim_info
+                if limits_state is None:
+                    limits_state = state
+                if state is not limits_state:
+                    continue                 # one LimitState per plan
+                limit_actions = {code: action(d) for code, d in refusals.items()}
+            elif xinetd[0].policy.services.get(name) is not None:
+                continue
         s4, a4 = _family_table(views, 4, action)
         (h6, l6), a6 = _family_table(views, 6, action)
         rate_action = action(RATE_DENY) if lim.rate > 0 else -1
         services.append((name.encode(), s4, a4, h6, l6, a6, lim.rate, lim.burst, rate_action,
-                         flags))
+                         flags, slot, limit_actions))
     if not services:
         return None
-    return _engine.BatchPlan(services, actions, sources, lim.ipv6_prefix)
+    return _engine.BatchPlan(services, actions, sources, lim.ipv6_prefix, limits_state)

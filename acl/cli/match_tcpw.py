@@ -199,6 +199,9 @@ def main(argv: list[str]) -> int:
     if not args.quiet:
         for d in diags:
             print(f"warning: {d}", file=sys.stderr)
+    if any(t.stop is not None and t.stop.line == 0 for t in (layer.allow, layer.deny)):
+        print("acl match: fatal: a rule file cannot be read", file=sys.stderr)
+        return 111
     if args.batch:
         return _batch(layer, resolver)
     try:

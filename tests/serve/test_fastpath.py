@@ -314,3 +314,88 @@ def test_connection_reads_answer_like_the_python_path(tmp_path_factory, seed, cu
     finally:
         _time.time = real_time
     assert bytes(conn.transport.data) == answer(slow, blob, now, 1 << 20)
+
+
+def xinetd_conf(rng: random.Random, n: int) -> tuple[str, list[str]]:
+    out, ids = ["defaults\n{\n\tinstances\t= 40\n}\n"], []
+    builtins = ["echo", "daytime", "discard", "chargen", "time"]
+    for k in range(n):
+        name = builtins[k % len(builtins)]
+        sid = f"{name}-{k}"
+        ids.append(sid)
+        attrs = [("type", "INTERNAL UNLISTED"), ("id", sid), ("socket_type", "stream"),
+                 ("protocol", "tcp"), ("wait", "no"), ("user", "root"), ("port", str(4000 + k)),
+                 ("flags", "IPv4")]
+        if rng.random() < 0.7:
+            attrs.append(("only_from", " ".join(v4_cidr(rng) for _ in range(rng.randrange(1, 4)))))
+        if rng.random() < 0.5:
+            attrs.append(("no_access", " ".join(v4_cidr(rng) for _ in range(rng.randrange(1, 3)))))
+        attrs.append(("cps", rng.choice(["0 0", "3 2", "5 1", "50 10"])))
+        if rng.random() < 0.5:
+            attrs.append(("per_source", str(rng.randrange(0, 3))))
+        if rng.random() < 0.5:
+            attrs.append(("instances", str(rng.randrange(0, 4))))
+        if rng.random() < 0.2:
+            attrs.append(("access_times", rng.choice(["00:00-23:59", "02:00-02:01"])))
+        body = "".join(f"\t{a}\t= {v}\n" for a, v in attrs)
+        out.append(f"service {name}\n{{\n{body}}}\n")
+    return "".join(out), ids
+
+
+def v4_cidr(rng: random.Random) -> str:
+    ln = rng.choice([8, 16, 24, 32])
+    a, b, c, d = rng.choice([10, 192, 198]), rng.randrange(4), rng.randrange(4), rng.randrange(10)
+    return f"{a}.{b}.{c}.{d}/{ln}" if ln != 32 else f"{a}.{b}.{c}.{d}"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32))
+def test_plan_with_xinetd_limits_equals_python_path(tmp_path_factory, seed):
+    """xinetd services: address lists as ranges, cps/instances/per_source/
+    access_times through the limits core's check_batch -- same bytes as the
+    Python path, leases (taken in Python) included."""
+    from acl.model import Request
+    from acl.policy import load_policy
+
+    rng = random.Random(seed)
+    d = tmp_path_factory.mktemp("xi")
+    conf, ids = xinetd_conf(rng, rng.randrange(1, 4))
+    (d / "xinetd.conf").write_text(conf)
+    (d / "hosts.allow").write_text("ALL: 10.0.0.0/255.0.0.0 192.0.0.0/255.0.0.0\n")
+    (d / "hosts.deny").write_text("ALL: ALL\n")
+    rate = rng.choice([0, 0, 3])
+    (d / "policy.toml").write_text(f"""
+[limits]
+rate = {rate}
+burst = {rate}
+[[source]]
+type = "xinetd"
+file = "xinetd.conf"
+[[source]]
+type = "hosts_access"
+allow = "hosts.allow"
+deny = "hosts.deny"
+""")
+    fast = Engine(load_policy(d / "policy.toml"))
+    slow = Engine(load_policy(d / "policy.toml"), batch=False)
+    assert fast.plan is not None and set(ids) <= set(fast.plan.services)
+    frames = []
+    for i in range(300):
+        r = rng.random()
+        if r < 0.05:
+            frames.append(wb.encode_release(i, rng.randrange(1, 30)))
+            continue
+        client = f"{rng.choice([10, 192, 198])}.{rng.randrange(4)}.{rng.randrange(4)}." \
+                 f"{rng.randrange(10)}" if rng.random() < 0.85 else \
+                 f"2001:db8::{rng.randrange(9):x}"
+        frames.append(wb.encode_decide(i, Request(rng.choice(ids + ["nosuch"]), client,
+                                                  lease=rng.random() < 0.15)))
+    blob = b"".join(frames)
+    residual = 0
+    for now in (1000.0, 1000.4, 1001.2, 1003.5, 1010.0):
+        assert answer(fast, blob, now, rng.choice([7, 300, 1 << 20])) == \
+            answer(slow, blob, now, 1 << 20)
+        residual = fast.plan.residual
+    assert residual < 5 * 300
+    assert fast.counters()["decisions"] == slow.counters()["decisions"]
+    assert fast.counters()["limit_trips"] == slow.counters()["limit_trips"]

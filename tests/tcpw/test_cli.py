@@ -71,6 +71,7 @@ def test_match_usage_errors(tmp_path):
     a, d = files(tmp_path, "", "")
     assert acl("match", "--hosts-allow", a, "sshd").returncode == 100
     assert acl("match", "--hosts-allow", a, "--batch", "sshd", "1.2.3.4").returncode == 100
+    assert acl("match", "--hosts-allow", a + "/x", "sshd", "1.2.3.4").returncode == 111
 
 
 def test_check_exit_codes(tmp_path):
