@@ -95,6 +95,17 @@ def _no_gc():
             gc.enable()
 
 
+def _same_layers(a, b) -> bool:
+    """True when policy ``b`` has the very layer objects of ``a`` (kept by
+    acl.policy because their files did not change), bound the same way, and
+    the same limits -- then ``a``'s batch plan answers for ``b`` too.  xinetd
+    layers are rebuilt on every reload, so a policy with one never matches."""
+    if a.limits != b.limits or len(a.sources) != len(b.sources):
+        return False
+    return all(x.layer is y.layer and x.services == y.services and x.kind == y.kind
+               and x.kind != "xinetd" for x, y in zip(a.sources, b.sources, strict=True))
+
+
 def client_packed(client: str) -> bytes:
     return ipaddress.ip_address(client).packed
 
@@ -138,6 +149,7 @@ class Engine:
         self.leases_by_service: dict[str, int] = {}
         self._next_lease = 1
         self._sources = None
+        self._plan_cache: dict = {}        # per service tables, kept across reloads
         self._current = None
         self.batch = batch and KERNEL == "compiled"   # False: Python path only
         self._install(policy)
@@ -171,7 +183,12 @@ class Engine:
         if self.batch:
             from acl.fastpath import build_plan
 
-            plan = build_plan(policy, sources)
+            old = self._current
+            if (old is not None and old[1] is not None and sources is self._sources
+                    and _same_layers(old[0], policy)):
+                plan = old[1]              # nothing it was built from changed
+            else:
+                plan = build_plan(policy, sources, self._plan_cache)
         return policy, plan, sources
 
     def _install(self, policy) -> None:

@@ -17,6 +17,11 @@ Rules of this file:
   first-refusal rule give -- exactly what ``Engine.decide`` computes, so the
   plan cannot disagree with the Python path.  Each distinct (service,
   Decision) becomes one pre-encoded DECISION payload.
+* An xinetd service joins with its address lists as ranges and its slot in
+  the xinetd layer's LimitState (:func:`limits_of`): the plan runs the
+  parent checks through the limits core's ``check_batch``.  Services with
+  ``max_load``, names in their lists, SENSOR, or an IPv6 socket stay
+  Python's.
 * IPv4-mapped IPv6 clients and leases always go to Python (see _engine.pyx).
 """
 
@@ -150,30 +155,49 @@ def _tcprules_view(layer, service: str) -> AddressView | None:
 
 def _xinetd_view(layer, service: str) -> AddressView | None:
     """acl.compile.xinetd.XinetdLayer for an IPv4 service (``flags = IPv4``)
-    without ``max_load`` and without names in its lists: only_from/no_access
-    are presence tests (spec C.5: deny on a no_access hit, deny when
-    only_from is present and misses, else grant), turned into ranges here;
-    the parent checks (cps, access_times, instances, per_source, the layer's
-    bucket) run in the limits core for the frames that reach them
-    (:func:`limits_of`).  A service the layer does not define has no opinion."""
-    svc = layer.policy.services.get(service)
+    without ``max_load``, without names in its lists and with no SENSOR
+    anywhere: only_from/no_access are presence tests (spec C.5: deny on a
+    no_access hit, deny when only_from is present and misses, else grant),
+    the deciding location is the first covering entry of the list (list
+    order), else the service; the parent checks (cps, access_times,
+    instances, per_source, the layer's bucket) run in the limits core for the
+    frames that reach them (:func:`limits_of`).  A service the layer does not
+    define has no opinion."""
+    services = layer.policy.services
+    svc = services.get(service)
     if svc is None:
         return AddressView(default=None)
     if svc.family != 4 or svc.max_load:
         return None
+    if any(getattr(s, "sensor", False) for s in services.values()):
+        return None
+    extra = getattr(getattr(layer, "state", None), "extra", None)
+    if isinstance(extra, dict) and extra.get("xinetd_sensor"):
+        return None
     lists = [svc.no_access, svc.only_from]
     if any(lst is not None and lst.names for lst in lists):
         return None
-    deny = Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
-    grant = Decision(Verdict.ALLOW, Reason.OK, svc.location)
-    view = AddressView(decisions=[deny, grant])
+
+    def where(entry) -> Location:
+        line = getattr(entry, "line", 0)
+        return Location(entry.path, line) if line else svc.location
+
+    decisions: list[Decision] = []
+    index: dict[Decision, int] = {}
+
+    def value(d: Decision) -> int:
+        if d not in index:
+            index[d] = len(decisions)
+            decisions.append(d)
+        return index[d]
+
+    view = AddressView(decisions=decisions)
     for fam, bits in ((4, 32), (6, 128)):
-        hits = []
+        hits = []                          # per list: (starts, first covering entry index)
         for lst in lists:
             table = None if lst is None else (lst.v4 if fam == 4 else lst.v6)
-            entries = [] if table is None else [(n, ln, 0) for n, ln, _v in table.entries()]
-            r = ranges(entries, bits, False)
-            hits.append(([s for s, _ in r], [v >= 0 for _, v in r]))
+            r = ranges([] if table is None else table.entries(), bits, True)
+            hits.append(([x for x, _ in r], [v for _, v in r]))
         starts = sorted({x for h in hits for x in h[0]})
         out = []
         idx = [0, 0]
@@ -184,8 +208,14 @@ def _xinetd_view(layer, service: str) -> AddressView | None:
                     idx[k] += 1
                 got.append(hv[idx[k]])
             na, of = got
-            refused = na or (svc.only_from is not None and not of)
-            out.append((x, 0 if refused else 1))
+            if na >= 0:
+                d = Decision(Verdict.DENY, Reason.ADDRESS, where(svc.no_access.entries[na]))
+            elif svc.only_from is not None and of < 0:
+                d = Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
+            else:
+                d = Decision(Verdict.ALLOW, Reason.OK,
+                             where(svc.only_from.entries[of]) if of >= 0 else svc.location)
+            out.append((x, value(d)))
         if fam == 4:
             view.ranges4 = out
         else:
@@ -346,65 +376,96 @@ def _family_table(views, fam: int, action_for):
             array("Q", [s & ((1 << 64) - 1) for s in starts])), acts
 
 
-def build_plan(policy, sources):
-    """The BatchPlan for ``policy`` (None when no service can use one)."""
+def build_plan(policy, sources, cache: dict | None = None):
+    """The BatchPlan for ``policy`` (None when no service can use one).
+
+    ``cache`` (the engine's, kept across reloads) maps a service to the
+    tables built for it last time and the layer objects they came from; a
+    service whose layers are the very same objects (acl.policy keeps a layer
+    whose files did not change) reuses its tables instead of building them
+    again.  xinetd services are always rebuilt (their lists may change while
+    their limit state is handed over)."""
     # Millions of small tuples and no cycles: the cyclic collector would only
     # rescan the (large) policy again and again while they are made.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _build_plan(policy, sources)
+        return _build_plan(policy, sources, cache if cache is not None else {})
     finally:
         if enabled:
             gc.enable()
 
 
-def _build_plan(policy, sources):
+def _build_plan(policy, sources, cache: dict):
     from acl import _engine
     from acl.engine import RATE_DENY
 
     services = []
     actions: list[tuple[bytes, tuple]] = []
-    action_ids: dict[tuple, int] = {}
-
     lim = policy.limits
     limits_state = None
+    fresh: dict = {}
     for name in _service_names(policy):
         layers = policy.layers_for(name)
         if not layers:
             continue
-        views = [view_of(layer, daemon or name) for layer, daemon in layers]
-        if any(v is None for v in views):
-            continue
-
-        def action(d: Decision, name=name) -> int:
-            key = (name, d)
-            a = action_ids.get(key)
-            if a is None:
-                a = action_ids[key] = len(actions)
-                actions.append((decision_payload(d), (name, int(d.verdict), int(d.reason))))
-            return a
-
-        flags = (1 if any(v.uses_host for v in views) else 0) | (
-            2 if any(v.uses_user for v in views) else 0)
-        slot, limit_actions = -1, {}
-        xinetd = [layer for layer, _d in layers if type(layer).__name__ == "XinetdLayer"]
-        if xinetd:
-            lim_info = limits_of(xinetd[0], name)
-            if lim_info is not None:
-                state, slot, refusals = lim_info
-                if limits_state is None:
-                    limits_state = state
-                if state is not limits_state:
-                    continue                 # one LimitState per plan
-                limit_actions = {code: action(d) for code, d in refusals.items()}
-            elif xinetd[0].policy.services.get(name) is not None:
+        key = (tuple((layer, daemon) for layer, daemon in layers), lim)
+        hit = cache.get(name)
+        if hit is not None and len(hit[0][0]) == len(key[0]) and hit[0][1] == lim and all(
+                a[0] is b[0] and a[1] == b[1] for a, b in zip(hit[0][0], key[0], strict=True)):
+            entry = hit[1]
+        else:
+            entry = _service_tables(name, layers, lim, RATE_DENY)
+            if entry is None:
                 continue
-        s4, a4 = _family_table(views, 4, action)
-        (h6, l6), a6 = _family_table(views, 6, action)
-        rate_action = action(RATE_DENY) if lim.rate > 0 else -1
-        services.append((name.encode(), s4, a4, h6, l6, a6, lim.rate, lim.burst, rate_action,
-                         flags, slot, limit_actions))
+        (s4, a4, h6, l6, a6, local, rate_local, flags, slot, limit_local, state) = entry
+        if slot >= 0:
+            if limits_state is None:
+                limits_state = state
+            if state is not limits_state:
+                continue                     # one LimitState per plan
+        elif not any(type(layer).__name__ == "XinetdLayer" for layer, _d in layers):
+            fresh[name] = (key, entry)
+        base = len(actions)
+        actions.extend(local)
+        services.append((name.encode(), s4, a4, h6, l6, a6, lim.rate, lim.burst,
+                         rate_local + base if rate_local >= 0 else -1, flags, slot,
+                         {code: a + base for code, a in limit_local.items()}, base))
+    cache.clear()
+    cache.update(fresh)
     if not services:
         return None
     return _engine.BatchPlan(services, actions, sources, lim.ipv6_prefix, limits_state)
+
+
+def _service_tables(name: str, layers, lim, rate_deny):
+    """One service's range tables and its actions (indices local to it), or
+    None when a layer cannot give a view."""
+    views = [view_of(layer, daemon or name) for layer, daemon in layers]
+    if any(v is None for v in views):
+        return None
+    local: list[tuple[bytes, tuple]] = []
+    ids: dict[Decision, int] = {}
+
+    def action(d: Decision) -> int:
+        a = ids.get(d)
+        if a is None:
+            a = ids[d] = len(local)
+            local.append((decision_payload(d), (name, int(d.verdict), int(d.reason))))
+        return a
+
+    flags = (1 if any(v.uses_host for v in views) else 0) | (
+        2 if any(v.uses_user for v in views) else 0)
+    slot, limit_local, state = -1, {}, None
+    xinetd = [layer for layer, _d in layers if type(layer).__name__ == "XinetdLayer"]
+    if xinetd:
+        info = limits_of(xinetd[0], name)
+        if info is not None:
+            state, slot, refusals = info
+            limit_local = {code: action(d) for code, d in refusals.items()}
+        elif xinetd[0].policy.services.get(name) is not None:
+            return None
+    s4, a4 = _family_table(views, 4, action)
+    (h6, l6), a6 = _family_table(views, 6, action)
+    rate_local = action(rate_deny) if lim.rate > 0 else -1
+    return (s4, a4, h6, l6, a6, local, rate_local, flags, slot, limit_local, state)

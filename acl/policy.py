@@ -22,6 +22,7 @@ Rules of this file:
 from __future__ import annotations
 
 import grp
+import hashlib
 import os
 import pwd
 import time
@@ -74,6 +75,8 @@ class Source:
     files: tuple[Path, ...]
     diagnostics: tuple = ()
     state: object = None             # xinetd limit state, handed to the next policy
+    key: tuple = ()                  # what was asked for (type, paths, options)
+    signature: bytes = b""           # hash of every file the layer was read from
 
 
 @dataclass
@@ -209,8 +212,16 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int) 
 
         allow = _file(base, src, "allow", path, where)
         deny = _file(base, src, "deny", path, where)
+        key = (kind, str(allow), str(deny))
+        services = _services(src, path, where)
+        same = _unchanged(previous, key)
+        if same is not None:
+            return Source(kind, same.layer, services, same.files, same.diagnostics,
+                          key=key, signature=same.signature)
         layer, diags = load_hosts_access(str(allow), str(deny))
-        return Source(kind, layer, _services(src, path, where), (allow, deny), tuple(diags))
+        files = tuple(Path(f) for f in getattr(layer, "files", (allow, deny)))
+        return Source(kind, layer, services, files, tuple(diags), key=key,
+                      signature=_signature(files))
     if kind == "tcprules":
         from acl.compile.tcprules import load_tcprules
 
@@ -218,8 +229,14 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int) 
         kwargs = {}
         if "mapped_as_v4" in src:
             kwargs["mapped_as_v4"] = _get(src, "mapped_as_v4", bool, True, path, where)
+        key = (kind, str(f), tuple(sorted(kwargs.items())))
+        services = _services(src, path, where)
+        same = _unchanged(previous, key)
+        if same is not None:
+            return Source(kind, same.layer, services, same.files, key=key,
+                          signature=same.signature)
         layer = load_tcprules(str(f), **kwargs)
-        return Source(kind, layer, _services(src, path, where), (f,))
+        return Source(kind, layer, services, (f,), key=key, signature=_signature((f,)))
     if kind == "xinetd":
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
@@ -232,6 +249,33 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int) 
                       state=getattr(layer, "state", None))
     raise _err(path, f"{where}.type", f"unknown source type {kind!r} "
                "(hosts_access, tcprules or xinetd)")
+
+
+def _signature(files) -> bytes:
+    """SHA-256 over the names and contents of a layer's files."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+    return h.digest()
+
+
+def _unchanged(previous: Policy | None, key: tuple) -> Source | None:
+    """The running policy's source for ``key`` when none of its files changed:
+    a reload then keeps its compiled layer instead of reading it again (a
+    hosts_access or tcprules layer holds no state, so this is safe; xinetd
+    layers are always rebuilt around their surviving limit state)."""
+    if previous is None or not key:
+        return None
+    for s in previous.sources:
+        if s.key == key and s.signature:
+            try:
+                if _signature(s.files) == s.signature:
+                    return s
+            except OSError:
+                return None
+    return None
 
 
 def _loadavg() -> float:

@@ -21,11 +21,12 @@ every peer's number alike); batch lookups take 1,000,000 packed addresses
 per call.  Each timing is the best round; the ratio tables printed at the
 end (bench/conftest.py) compare against ``pytricia get(str)``.
 
-Memory is measured in a fresh subprocess per structure: RSS growth across
+Memory is measured in fresh subprocesses per structure: RSS growth across
 the build (VmRSS from /proc/self/status, inputs prepared before the first
-reading), tracemalloc's count of Python-allocator memory (pytricia and
-py-radix keep their trees in C malloc, which tracemalloc does not see), and
-for acl its own exact byte count ``PrefixTable.nbytes``.
+reading), then -- in a second run, since tracemalloc's bookkeeping inflates
+RSS -- tracemalloc's count of Python-allocator memory (pytricia and py-radix
+keep their trees in C malloc, which tracemalloc does not see; acl keeps
+everything there), and for acl its own byte count ``PrefixTable.nbytes``.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ def test_build_one_million(benchmark, ratios, name):
 
 MEASURE = r"""
 import json, sys, tracemalloc
-family, path, impl = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+family, path, impl, trace = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4] == "traced"
 blob = open(path, "rb").read()
 width = 4 if family == 4 else 16
 n = len(blob) // (width + 1)
@@ -335,7 +336,9 @@ def rss():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
 
-tracemalloc.start()
+# tracemalloc's own bookkeeping would inflate RSS: one run for each figure.
+if trace:
+    tracemalloc.start()
 before = rss()
 if impl == "pytricia":
     t = pytricia.PyTricia(32 if family == 4 else 128)
@@ -348,7 +351,7 @@ elif impl == "py-radix":
 else:
     t = core.PrefixTable.from_arrays(family, nets, lens, vals)
 after = rss()
-traced = tracemalloc.get_traced_memory()[0]
+traced = tracemalloc.get_traced_memory()[0] if trace else None
 size = len(t.prefixes()) if impl == "py-radix" else len(t)
 print(json.dumps({"rss": after - before, "traced": traced,
                   "nbytes": getattr(t, "nbytes", None), "len": size}))
@@ -365,10 +368,14 @@ def test_memory(benchmark, data, ratios, impl):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         result = {}
 
-        def measure():
-            out = subprocess.run([sys.executable, "-c", MEASURE, str(data.family), f.name, impl],
+        def run(mode):
+            out = subprocess.run([sys.executable, "-c", MEASURE, str(data.family), f.name, impl, mode],
                                  capture_output=True, text=True, check=True, env=env, timeout=600)
-            result.update(json.loads(out.stdout))
+            return json.loads(out.stdout)
+
+        def measure():
+            result.update(run("rss"))
+            result["traced"] = run("traced")["traced"]
         benchmark.pedantic(measure, rounds=1)
     text = f"{result['rss'] / 1e6:.1f} MB RSS, {result['traced'] / 1e6:.1f} MB traced"
     if result["nbytes"] is not None:

@@ -18,10 +18,10 @@ if command -v apt-get >/dev/null 2>&1; then
 fi
 
 if python3 -m pip install -q --disable-pip-version-check --dry-run --no-deps . >/dev/null 2>&1; then
-    python3 -m pip install -q --disable-pip-version-check .
+    python3 -m pip install -q --disable-pip-version-check '.[fast]'
 else
     python3 -m venv /opt/acl
-    /opt/acl/bin/pip install -q --disable-pip-version-check .
+    /opt/acl/bin/pip install -q --disable-pip-version-check '.[fast]'
     for cmd in acl acl-wrap; do
         [ -e "/opt/acl/bin/$cmd" ] && ln -sf "/opt/acl/bin/$cmd" "/usr/local/bin/$cmd"
     done

@@ -99,6 +99,7 @@ class Server:
         self.collector = AclCollector(engine, self, "compiled" if compiled else "pure")
         self.registry.register(self.collector)
         self._conns: set = set()
+        self.front_doors: list = []       # doors registered by add_front_door
         self._servers: list = []
         self._made_paths: list[str] = []
         self._sockets: dict[str, socket.socket] = {}
@@ -135,6 +136,7 @@ class Server:
 
     def add_front_door(self, door) -> None:
         """Hook for other front doors (NFQUEUE): their metrics join ours."""
+        self.front_doors.append(door)
         self.collector.add_front_door(door)
 
     # -- sockets -------------------------------------------------------
@@ -315,6 +317,8 @@ class Server:
         """Front doors other than the sockets: NFQUEUE when ``[nfqueue]`` is set
         (acl/serve/nfqueue.py; it registers its metrics through add_front_door)."""
         if not getattr(self.engine.policy, "nfqueue", None):
+            return []
+        if self.front_doors:              # the caller started them already
             return []
         from acl.serve.nfqueue import start_for_server
 

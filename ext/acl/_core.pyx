@@ -26,8 +26,9 @@ Data structure (one per table, built once, immutable):
   arrays) answer exact / covering / covered_by / entries by binary search.
 * A leaf-pushed multibit trie answers lookups.  Every leaf carries a Pair
   (first, specific) valid for every address below it, so one walk serves
-  both disciplines.  The first ``dp`` bits (16 for big tables) index a direct
-  array ``top``; below it nodes consume 6 bits (the last one fewer).  Nodes
+  both disciplines.  The first ``dp`` bits (tables of 4096+ prefixes: 18
+  for IPv4, 16 for IPv6; smaller ones 8) index a direct array ``top``;
+  below it nodes consume 6 bits (the last one fewer).  Nodes
   are compressed as in Poptrie (Asai & Ohara, SIGCOMM 2015): a 64-bit
   ``vector`` marks slots that have a child, a 64-bit ``leafvec`` marks where
   a run of equal leaves starts, children and leaves of one node are stored
@@ -43,6 +44,8 @@ Data structure (one per table, built once, immutable):
   slots in that order: ``specific`` is overwritten, ``first`` keeps the
   minimum.  Slots holding longer prefixes recurse with their painted Pair as
   the inherited default.  Linear in entries plus nodes after the sort.
+  Arrays of 1 MiB or more then move to 2 MiB-aligned memory advised for
+  transparent huge pages (fewer TLB misses on random lookups).
 """
 
 from cpython.array cimport array, clone
@@ -624,6 +627,40 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     return rc
 
 
+cdef extern from "<sys/mman.h>" nogil:
+    int madvise(void *addr, size_t length, int advice)
+    int MADV_HUGEPAGE
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
+
+cdef enum:
+    HUGE_PAGE = 2 << 20         # x86-64 and arm64 transparent huge pages
+    HUGE_FROM = 1 << 20         # arrays this big move to huge pages
+
+
+cdef size_t huge_size(size_t size) noexcept nogil:
+    """Bytes actually held by an array of ``size`` bytes after on_huge_pages."""
+    if size < HUGE_FROM:
+        return size
+    return (size + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
+
+
+cdef void *on_huge_pages(void *old, size_t size) noexcept nogil:
+    """A copy of a large array on 2 MiB-aligned memory the kernel may back
+    with huge pages: random lookups in a table of many MB otherwise miss the
+    TLB at every level.  Returns ``old`` unchanged if small or on failure."""
+    cdef void *p = NULL
+    if size < HUGE_FROM or old == NULL:
+        return old
+    if posix_memalign(&p, HUGE_PAGE, huge_size(size)) != 0:
+        return old
+    madvise(p, huge_size(size), MADV_HUGEPAGE)    # advice only; failure is harmless
+    memcpy(p, old, size)
+    free(old)
+    return p
+
+
 cdef void trie_free(Trie *t) noexcept nogil:
     free(t.top)
     free(t.nodes)
@@ -935,6 +972,11 @@ cdef class PrefixTable:
             if p != NULL:
                 self.trie.leaves = <Pair *>p
                 self.trie.cap_leaves = self.trie.n_leaves
+        self.trie.top = <uint32_t *>on_huge_pages(
+            self.trie.top, ((<size_t>1) << self.trie.dp) * sizeof(uint32_t))
+        self.trie.nodes = <Node *>on_huge_pages(self.trie.nodes, self.trie.cap_nodes * sizeof(Node))
+        self.trie.leaves = <Pair *>on_huge_pages(self.trie.leaves,
+                                                 self.trie.cap_leaves * sizeof(Pair))
         return 0
 
     # -- for other compiled modules ----------------------------------------
@@ -954,9 +996,9 @@ cdef class PrefixTable:
         cdef size_t width = 4 if self.family == 4 else 16
         if not self.bits:
             return 0
-        return (((<size_t>1) << self.trie.dp) * sizeof(uint32_t)
-                + <size_t>self.trie.cap_nodes * sizeof(Node)
-                + <size_t>self.trie.cap_leaves * sizeof(Pair)
+        return (huge_size(((<size_t>1) << self.trie.dp) * sizeof(uint32_t))
+                + huge_size(<size_t>self.trie.cap_nodes * sizeof(Node))
+                + huge_size(<size_t>self.trie.cap_leaves * sizeof(Pair))
                 + <size_t>self.n * (width + sizeof(uint8_t) + sizeof(int32_t)))
 
     def __repr__(self):

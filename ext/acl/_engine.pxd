@@ -17,6 +17,7 @@ cdef struct SvcPlan:
     double rate                   # tokens per second
     double burst                  # bucket size
     int flags                     # 1: a host name needs Python; 2: a remote user does
+    int32_t act_base              # the range tables hold actions relative to this
     int limit_slot                # slot in the xinetd LimitState; -1: no xinetd limits
     int32_t limit_actions[10]     # action per limits reason code (0 unused)
 

@@ -3,13 +3,19 @@
 
 Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
 
-* ``BatchPlan.run(buf, pos, now)`` walks the frames in ``buf[pos:]`` in one
-  ``nogil`` loop.  A frame it can answer -- a version 1 DECIDE without the
+* ``BatchPlan.run(buf, pos, now)`` walks the frames in ``buf[pos:]`` in
+  ``nogil`` loops.  A frame it can answer -- a version 1 DECIDE without the
   LEASE flag, for a service of the plan, from a client whose address decides
   the service's layers (the plan's range tables) -- is decoded, decided
-  (per-source token bucket, then a range lookup) and encoded into the reply
-  buffer.  At the first frame it cannot answer it stops and returns that
-  frame's offset with status 1: Python decides that one frame (acl.wire and
+  (per-source token bucket, then xinetd's parent checks, then a range
+  lookup) and encoded into the reply buffer.  Pass A (nogil) decodes, looks
+  up and spends tokens; the frames of xinetd services that passed the bucket
+  go, in frame order, through ONE ``LimitState.check_batch`` call of the
+  limits core (cps, access_times, instances, per_source -- the same calls
+  the Python path makes one by one, so the same counting); pass B (nogil)
+  lets a limits refusal replace the address answer and encodes.  At the
+  first frame it cannot answer it stops and returns that frame's offset
+  with status 1: Python decides that one frame (acl.wire and
   Engine.decide) and calls ``run`` again, so replies keep the request order.
   Status 0: everything complete was answered (``pos`` is where an incomplete
   frame starts); status 2: the reply buffer is full, call again.
@@ -208,7 +214,9 @@ cdef class BatchPlan:
                  limits=None):
         """``services``: (name bytes, v4 starts array('I'), v4 actions array('i'),
         v6 hi array('Q'), v6 lo array('Q'), v6 actions array('i'), rate, burst,
-        rate action, flags, limits slot, {limits reason: action});
+        rate action, flags, limits slot, {limits reason: action}, action base):
+        the range tables' actions are relative to the base (so a service's
+        tables can be kept from one plan to the next), the others absolute;
         ``actions``: (payload bytes, label).  Rate 0 = off; limits slot -1 = no
         xinetd limits; ``limits``: the LimitState those slots are in."""
         cdef int i, k
@@ -243,7 +251,7 @@ cdef class BatchPlan:
             self._labels.append(tuple(label))
         for i in range(self._nsvc):
             (name, s4, a4, h6, l6, a6, rate, burst, rate_action, flags, limit_slot,
-             limit_actions) = services[i]
+             limit_actions, act_base) = services[i]
             name = bytes(name)
             if not 1 <= len(name) <= 255:
                 raise ValueError("service name must be 1..255 bytes")
@@ -257,8 +265,8 @@ cdef class BatchPlan:
             if (v6h.shape[0] < 1 or v6h.shape[0] != v6l.shape[0]
                     or v6h.shape[0] != v6a.shape[0] or v6h[0] != 0 or v6l[0] != 0):
                 raise ValueError("v6 ranges must start at :: and match their actions")
-            self._check_actions(v4a)
-            self._check_actions(v6a)
+            self._check_actions(v4a, act_base)
+            self._check_actions(v6a, act_base)
             self._keep.extend([name, s4, a4, h6, l6, a6])
             self._svc[i].name = <const unsigned char *>(<bytes>name)
             self._svc[i].name_len = len(name)
@@ -274,6 +282,7 @@ cdef class BatchPlan:
             self._svc[i].burst = burst
             self._svc[i].rate_action = rate_action
             self._svc[i].flags = flags
+            self._svc[i].act_base = act_base
             self._svc[i].limit_slot = limit_slot
             for k in range(10):
                 self._svc[i].limit_actions[k] = limit_actions.get(k, -1)
@@ -298,10 +307,10 @@ cdef class BatchPlan:
         self._lim_slot = array("i", [0]) * MAXF
         self._lim_out = bytearray(MAXF)
 
-    def _check_actions(self, const int32_t[::1] acts):
+    def _check_actions(self, const int32_t[::1] acts, int base):
         cdef Py_ssize_t k
         for k in range(acts.shape[0]):
-            if acts[k] < -1 or acts[k] >= self._nact:
+            if acts[k] < -1 or (acts[k] >= 0 and not 0 <= base + acts[k] < self._nact):
                 raise ValueError("action index out of range")
 
     def __dealloc__(self):
@@ -484,6 +493,7 @@ cdef class BatchPlan:
             if act < 0:
                 status = 1
                 break
+            act += sv.act_base
             if nf >= room:
                 status = 2
                 break

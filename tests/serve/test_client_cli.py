@@ -185,3 +185,81 @@ def test_broken_cdb_is_a_policy_error_naming_the_source(tmp_path):
     with pytest.raises(PolicyError) as exc:
         load_policy(p)
     assert f"{p}: source[0]: CdbError" in str(exc.value)
+
+
+def test_reload_keeps_layers_whose_files_did_not_change(tmp_path):
+    from acl.engine import Engine
+
+    from .conftest import policy_toml
+
+    cfg = policy_toml(tmp_path)
+    (tmp_path / "hosts.allow").write_text("sshd: " + str(tmp_path / "nets") + "\n"
+                                          + (tmp_path / "hosts.allow").read_text())
+    (tmp_path / "nets").write_text("198.51.100.0/255.255.255.0\n")
+    eng = Engine(load_policy(cfg))
+    kinds = {s.kind: s for s in eng.policy.sources}
+    assert tmp_path / "nets" in kinds["hosts_access"].files        # watched too
+    plan = eng.plan
+    eng.reload()
+    again = {s.kind: s for s in eng.policy.sources}
+    assert again["hosts_access"].layer is kinds["hosts_access"].layer
+    assert again["tcprules"].layer is kinds["tcprules"].layer
+    assert again["xinetd"].layer is not kinds["xinetd"].layer      # rebuilt around its state
+    assert again["xinetd"].state is kinds["xinetd"].state
+    assert eng.plan is not plan
+    # a file a pattern names changes: that layer is read again
+    assert eng.decide(Request("sshd", "198.51.100.7"), 1.0).allowed
+    (tmp_path / "nets").write_text("203.0.113.0/255.255.255.0\n")
+    eng.reload()
+    assert eng.policy.sources[2].layer is not again["hosts_access"].layer
+    assert not eng.decide(Request("sshd", "198.51.100.7"), 1.0).allowed
+    assert eng.decide(Request("sshd", "203.0.113.7"), 1.0).allowed
+
+
+def test_reload_reuses_the_plan_when_nothing_it_uses_changed(tmp_path):
+    from acl.engine import Engine
+
+    (tmp_path / "a").write_text("sshd: 192.0.2.0/255.255.255.0\n")
+    (tmp_path / "d").write_text("ALL: ALL\n")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[[source]]\ntype = "hosts_access"\nallow = "a"\ndeny = "d"\n'
+                   'services = ["sshd"]\n')
+    eng = Engine(load_policy(cfg))
+    plan = eng.plan
+    from acl.wire import binary as wb
+
+    eng.plan.run(wb.encode_decide(1, Request("sshd", "192.0.2.1")) * 3, 0, 1.0)
+    eng.reload()
+    assert eng.plan is plan
+    assert eng.counters()["decisions"] == {("sshd", 1, 0): 3}
+    (tmp_path / "a").write_text("sshd: 198.51.100.0/255.255.255.0\n")
+    eng.reload()
+    assert eng.plan is not plan
+    assert eng.counters()["decisions"] == {("sshd", 1, 0): 3}      # folded, not lost
+    assert not eng.decide(Request("sshd", "192.0.2.1"), 1.0).allowed
+
+
+def test_reload_rebuilds_only_the_services_whose_layers_changed(tmp_path):
+    from acl.engine import Engine
+
+    (tmp_path / "a").write_text("sshd, smtpd: 192.0.2.0/255.255.255.0\n")
+    (tmp_path / "d").write_text("ALL: ALL\n")
+    (tmp_path / "r").write_text("192.0.2.66:deny\n:allow\n")
+    cfg = tmp_path / "p.toml"
+    cfg.write_text('[[source]]\ntype = "hosts_access"\nallow = "a"\ndeny = "d"\n'
+                   'services = ["sshd", "smtpd"]\n'
+                   '[[source]]\ntype = "tcprules"\nfile = "r"\nservices = ["smtpd"]\n')
+    eng = Engine(load_policy(cfg))
+    sshd, smtpd = eng._plan_cache["sshd"][1], eng._plan_cache["smtpd"][1]
+    (tmp_path / "r").write_text("192.0.2.67:deny\n:allow\n")
+    eng.reload()
+    assert eng._plan_cache["sshd"][1] is sshd            # kept: its layer did not change
+    assert eng._plan_cache["smtpd"][1] is not smtpd      # rebuilt: tcprules changed
+    from acl.wire import binary as wb
+
+    blob = b"".join(wb.encode_decide(i, Request(s, c)) for i, (s, c) in enumerate(
+        [("sshd", "192.0.2.66"), ("smtpd", "192.0.2.66"), ("smtpd", "192.0.2.67"),
+         ("sshd", "198.51.100.1")]))
+    pos, out, status = eng.plan.run(blob, 0, 1.0)
+    assert status == 0 and eng.plan.residual == 0
+    assert [r.decision.allowed for r in wb.ReplyDecoder().feed(out)] == [True, True, False, False]

@@ -399,3 +399,26 @@ deny = "hosts.deny"
     assert residual < 5 * 300
     assert fast.counters()["decisions"] == slow.counters()["decisions"]
     assert fast.counters()["limit_trips"] == slow.counters()["limit_trips"]
+
+
+def test_xinetd_cps_trips_inside_the_batch_path(tmp_path):
+    from acl.model import Request
+    from acl.policy import load_policy
+
+    (tmp_path / "xinetd.conf").write_text(
+        "service echo\n{\n\ttype = INTERNAL\n\tid = echo-stream\n\tsocket_type = stream\n"
+        "\tprotocol = tcp\n\twait = no\n\tuser = root\n\tflags = IPv4\n"
+        "\tonly_from = 192.0.2.0/24\n\tcps = 3 2\n}\n")
+    (tmp_path / "p.toml").write_text('[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
+    eng = Engine(load_policy(tmp_path / "p.toml"))
+    blob = b"".join(wb.encode_decide(i, Request("echo-stream", c)) for i, c in
+                    enumerate(["192.0.2.1", "198.51.100.1", "192.0.2.2", "192.0.2.3",
+                               "192.0.2.4", "192.0.2.5"]))
+    pos, out, status = eng.plan.run(blob, 0, 100.0)
+    assert (pos, status, eng.plan.residual) == (len(blob), 0, 0)
+    got = [(r.decision.verdict.name, r.decision.reason.name)
+           for r in wb.ReplyDecoder().feed(out)]
+    # the refused address counts toward cps too (spec C.7); the 4th trips it
+    assert got == [("ALLOW", "OK"), ("DENY", "ADDRESS"), ("ALLOW", "OK"),
+                   ("DENY", "CPS"), ("DENY", "CPS"), ("DENY", "CPS")]
+    assert eng.counters()["limit_trips"] == {("echo-stream", "cps"): 3}
