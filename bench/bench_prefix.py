@@ -243,6 +243,26 @@ def test_acl_single_bytes(benchmark, data, ratios):
     ratios.timed(LOOKUPS, data.name, "acl most_specific(bytes)", benchmark, SINGLE)
 
 
+HOT = "prefix core: single call, one address repeated (cache-hot)"
+HOT_CALLS = {
+    "pytricia get(str)": lambda d: (pytricia_tree(d.name).get, d.single_str[0]),
+    "pytricia get(bytes)": lambda d: (pytricia_tree(d.name).get, d.single_bytes[0]),
+    "acl most_specific(str)": lambda d: (acl_table(d.name).most_specific, d.single_str[0]),
+    "acl most_specific(bytes)": lambda d: (acl_table(d.name).most_specific, d.single_bytes[0]),
+    "builtin len(str) (call floor)": lambda d: (len, d.single_str[0]),
+}
+
+
+@pytest.mark.parametrize("impl", list(HOT_CALLS))
+def test_hot_single(benchmark, ratios, impl):
+    """Times 20,000 calls on one address: the per-call cost without cache misses."""
+    d = dataset("routing v4 100k")
+    fn, key = HOT_CALLS[impl](d)
+    benchmark.pedantic(loop(fn, [key] * SINGLE), rounds=10, warmup_rounds=1)
+    ratios.baseline(HOT, "pytricia get(str)")
+    ratios.timed(HOT, d.name, impl, benchmark, SINGLE)
+
+
 # -- batch lookups -----------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["most_specific_batch", "first_match_batch"])
