@@ -43,6 +43,7 @@ N_RTT = int(os.environ.get("ACL_BENCH_RTT", "20000"))
 N_PREFIXES = int(os.environ.get("ACL_BENCH_PREFIXES", "1000000"))
 
 ECHO_C = r"""
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
