@@ -1,44 +1,43 @@
-"""The one switch between the compiled core and its pure-Python twin.
+"""The one switch between the compiled core and its pure-Python twins.
 
-``ACL_NO_EXTENSIONS=1`` forces the twin.  Otherwise the compiled modules are
-used when they import; only ``ImportError`` falls back, so a compiled core that
+``ACL_NO_EXTENSIONS=1`` forces the twins.  Otherwise each compiled module is
+used when it imports; only ``ImportError`` falls back, so a compiled core that
 is present but broken fails loudly instead of silently running slow.
-``IMPLEMENTATION`` says which one runs ("compiled" or "pure").
+
+What it picks, and how to ask which one runs:
+
+* the prefix core (``PrefixTable`` ...), re-exported here:
+  ``acl._core`` or ``acl._core_py``; ``IMPLEMENTATION``;
+* ``limits`` (cps, per_source/instances leases, token buckets, the bounded
+  source table): ``acl._limits`` or ``acl._limits_py``;
+  ``LIMITS_IMPLEMENTATION``;
+* ``engine_kernel`` (the engine's source table and batch plan):
+  ``acl._engine`` or ``acl._engine_py``; ``ENGINE_IMPLEMENTATION``.
+
+Each says "compiled" or "pure".
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 
-if os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0"):
-    from acl._core_py import *  # noqa: F403
-    from acl._core_py import __all__  # noqa: F401
+FORCE_PURE = os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0")
 
-    IMPLEMENTATION = "pure"
-else:
-    try:
-        from acl._core import *  # noqa: F403
-        from acl._core import __all__  # noqa: F401
 
-        IMPLEMENTATION = "compiled"
-    except ImportError:
-        from acl._core_py import *  # noqa: F403
-        from acl._core_py import __all__  # noqa: F401
+def _pick(compiled: str, pure: str):
+    """Import ``compiled`` unless forced pure; fall back on ImportError only."""
+    if not FORCE_PURE:
+        try:
+            return importlib.import_module(compiled), "compiled"
+        except ImportError:
+            pass
+    return importlib.import_module(pure), "pure"
 
-        IMPLEMENTATION = "pure"
 
-# The limits core (cps, per_source/instances leases, token buckets) follows
-# the same switch: ``limits`` is ``acl._limits`` or its twin ``acl._limits_py``.
-if os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0"):
-    from acl import _limits_py as limits  # noqa: F401
+_prefix, IMPLEMENTATION = _pick("acl._core", "acl._core_py")
+__all__ = list(_prefix.__all__)
+globals().update({name: getattr(_prefix, name) for name in __all__})
 
-    LIMITS_IMPLEMENTATION = "pure"
-else:
-    try:
-        from acl import _limits as limits  # noqa: F401
-
-        LIMITS_IMPLEMENTATION = "compiled"
-    except ImportError:
-        from acl import _limits_py as limits  # noqa: F401
-
-        LIMITS_IMPLEMENTATION = "pure"
+limits, LIMITS_IMPLEMENTATION = _pick("acl._limits", "acl._limits_py")
+engine_kernel, ENGINE_IMPLEMENTATION = _pick("acl._engine", "acl._engine_py")

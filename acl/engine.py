@@ -47,19 +47,13 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
+from acl.core import ENGINE_IMPLEMENTATION, engine_kernel
 from acl.errors import PolicyError
 from acl.model import Decision, Reason, Request, Verdict
 
-if os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0"):
-    from acl import _engine_py as _kernel
-    KERNEL = "pure"
-else:
-    try:
-        from acl import _engine as _kernel  # type: ignore[no-redef]
-        KERNEL = "compiled"
-    except ImportError:
-        from acl import _engine_py as _kernel  # type: ignore[no-redef]
-        KERNEL = "pure"
+# The compiled batch kernel or its twin, chosen by the one switch in acl.core.
+_kernel = engine_kernel
+KERNEL = ENGINE_IMPLEMENTATION
 
 #: Which reason is which limit (metric ``acl_limit_trips_total{limit}``).
 LIMIT_OF_REASON = {
