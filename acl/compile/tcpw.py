@@ -48,7 +48,6 @@ from acl.parse.hosts_options import setenv_name_ok
 from acl.parse.hosts_patterns import (
     AllWord,
     Exact,
-    Port,
     ascii_lower,
     dot_quad_addr,
     hostname_known,
@@ -240,20 +239,44 @@ def _socket_form(client: str) -> tuple[int, str] | None:
     return 1, client
 
 
+def daemon_keys(daemons) -> set | None:
+    """The lower-cased daemon names a list without EXCEPT matches, ``{None}``
+    for ALL; None when it holds anything else (``@host`` parts, ports,
+    wildcards, KNOWN...), which only interpretation can answer."""
+    keys: set = set()
+    for tok in daemons.head:
+        if tok.host is not None:
+            return None
+        if isinstance(tok.daemon, AllWord):
+            return {None}
+        if not isinstance(tok.daemon, Exact):
+            return None
+        keys.add(tok.daemon.text)
+    return keys
+
+
+def client_prefixes(clients, *, users: bool) -> list | None:
+    """The address prefixes covering every client a list's head can match, or
+    None when a pattern is not address-shaped.  ``users=False`` refuses
+    ``user@host`` tokens (their ident part is not a prefix question)."""
+    prefixes = []
+    for tok in clients.head:
+        if tok.user is not None and not users:
+            return None
+        p = tok.host.prefixes()
+        if p is None:
+            return None
+        prefixes.extend(p)
+    return prefixes
+
+
 def daemon_gate(rule: HostsRule) -> frozenset | None:
     """The daemon keys a rule can match when its daemon list is plain names
     (a cheap filter before interpreting it); None when anything may match."""
-    d = rule.daemons
-    if d.tail is not None:
+    if rule.daemons.tail is not None:
         return None
-    keys = set()
-    for tok in d.head:
-        if tok.host is not None or isinstance(tok.daemon, Port):
-            return None
-        if isinstance(tok.daemon, AllWord) or not isinstance(tok.daemon, Exact):
-            return None
-        keys.add(tok.daemon.text)
-    return frozenset(keys)
+    keys = daemon_keys(rule.daemons)
+    return None if keys is None or None in keys else frozenset(keys)
 
 
 def pure_shape(rule: HostsRule):
@@ -264,25 +287,9 @@ def pure_shape(rule: HostsRule):
     d, c = rule.daemons, rule.clients
     if d.tail is not None or c.tail is not None or not d.head or not c.head:
         return None
-    keys: set = set()
-    for tok in d.head:
-        if tok.host is not None:
-            return None
-        if isinstance(tok.daemon, AllWord):
-            keys = {None}
-            break
-        if not isinstance(tok.daemon, Exact):
-            return None
-        keys.add(tok.daemon.text)
-    prefixes = []
-    for tok in c.head:
-        if tok.user is not None:
-            return None
-        p = tok.host.prefixes()
-        if p is None:
-            return None
-        prefixes.extend(p)
-    return keys, prefixes
+    keys = daemon_keys(d)
+    prefixes = None if keys is None else client_prefixes(c, users=False)
+    return None if prefixes is None else (keys, prefixes)
 
 
 def never_matches(rule: HostsRule) -> bool:

@@ -26,7 +26,7 @@ import ipaddress
 import os
 import re
 
-from acl.compile.tcpw import HostsAccessLayer
+from acl.compile.tcpw import HostsAccessLayer, client_prefixes, daemon_keys
 from acl.core import PrefixTable
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_access import HostsRule, HostsTable
@@ -217,23 +217,9 @@ def head_shape(rule: HostsRule):
     d, c = rule.daemons, rule.clients
     if d.tail is not None or not d.head or not c.head:
         return None
-    keys: set = set()
-    for tok in d.head:
-        if tok.host is not None or isinstance(tok.daemon, Port):
-            return None
-        if isinstance(tok.daemon, AllWord):
-            keys = {None}
-            break
-        if not isinstance(tok.daemon, Exact):
-            return None
-        keys.add(tok.daemon.text)
-    prefixes = []
-    for tok in c.head:
-        p = tok.host.prefixes()
-        if p is None:
-            return None
-        prefixes.extend(p)
-    return keys, prefixes
+    keys = daemon_keys(d)
+    prefixes = None if keys is None else client_prefixes(c, users=True)
+    return None if prefixes is None else (keys, prefixes)
 
 
 def _tables(layer: HostsAccessLayer, indices) -> dict:
