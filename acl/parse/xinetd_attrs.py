@@ -124,30 +124,25 @@ def p_yes_no(attr):
     return parse
 
 
-def p_user(entry, values, op, ctx):
-    u = values[0]
-    if u.isdigit() and u.isascii() or u == "":
-        if c_strtoul_full(u) is None:
-            raise AttrFail(f"Error parsing user as a number: {u}")
-    else:
-        try:
-            pwd.getpwnam(u)
-        except KeyError as exc:
-            raise AttrFail(f"Unknown user: {u}") from exc
-    entry.parsed["user"] = u
+def _account_parser(attr: str, lookup):
+    """``user``/``group``: a number (read as strtoul reads it) or a name the
+    system knows (``lookup`` raises KeyError for an unknown one)."""
+    def parse(entry, values, op, ctx):
+        name = values[0]
+        if name.isdigit() and name.isascii() or name == "":
+            if c_strtoul_full(name) is None:
+                raise AttrFail(f"Error parsing {attr} as a number: {name}")
+        else:
+            try:
+                lookup(name)
+            except KeyError as exc:
+                raise AttrFail(f"Unknown {attr}: {name}") from exc
+        entry.parsed[attr] = name
+    return parse
 
 
-def p_group(entry, values, op, ctx):
-    g = values[0]
-    if g.isdigit() and g.isascii() or g == "":
-        if c_strtoul_full(g) is None:
-            raise AttrFail(f"Error parsing group as a number: {g}")
-    else:
-        try:
-            grp.getgrnam(g)
-        except KeyError as exc:
-            raise AttrFail(f"Unknown group: {g}") from exc
-    entry.parsed["group"] = g
+p_user = _account_parser("user", pwd.getpwnam)
+p_group = _account_parser("group", grp.getgrnam)
 
 
 def p_server(entry, values, op, ctx):

@@ -37,6 +37,21 @@ def _expected(answer: str) -> str:
     return "?" + answer
 
 
+def acl_outcomes(tmp_path, text: str, rows) -> list:
+    """What ``acl match --xinetd --batch`` predicts for each (service, source)
+    of ``rows``, in the shape of a live probe row."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    conf = tmp_path / "x.conf"
+    conf.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-m", "acl", "match", "--xinetd", str(conf), "--hosts", str(hosts),
+         "--batch", "-q"], input="".join(f"{s} {c}\n" for s, c, _ in rows),
+        capture_output=True, text=True, timeout=60)
+    return [(s, c, _expected(a)) for (s, c, _), a in zip(rows, out.stdout.splitlines(),
+                                                         strict=True)]
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_address_decisions_match_real_xinetd(seed, tmp_path):
     _differential(seed, SEEDS.index(seed) % 4, tmp_path)
@@ -111,17 +126,7 @@ def test_enabled_and_disabling_edges_match_real_xinetd(tmp_path):
                 for i, sid in enumerate("abcdefg") for src in ("127.0.0.2", "127.0.1.2")]
     finally:
         xd.stop()
-    hosts = tmp_path / "hosts"
-    hosts.write_text(HOSTS)
-    conf = tmp_path / "x.conf"
-    conf.write_text(text)
-    out = subprocess.run(
-        [sys.executable, "-m", "acl", "match", "--xinetd", str(conf), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{s} {c}\n" for s, c, _ in rows),
-        capture_output=True, text=True, timeout=60)
-    got = [(s, c, _expected(a)) for (s, c, _), a in zip(rows, out.stdout.splitlines(),
-                                                       strict=True)]
-    assert got == rows
+    assert acl_outcomes(tmp_path, text, rows) == rows
     assert {r[2] for r in rows} == {"ok", "closed", "refused"}
 
 
@@ -190,17 +195,7 @@ def test_include_includedir_and_defaults_order_match_real_xinetd(tmp_path):
                 for src in ("127.0.0.2", "127.0.0.3")]
     finally:
         xd.stop()
-    hosts = tmp_path / "hosts"
-    hosts.write_text(HOSTS)
-    conf = tmp_path / "x.conf"
-    conf.write_text(text)
-    out = subprocess.run(
-        [sys.executable, "-m", "acl", "match", "--xinetd", str(conf), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{s} {c}\n" for s, c, _ in rows),
-        capture_output=True, text=True, timeout=60)
-    got = [(s, c, _expected(a)) for (s, c, _), a in zip(rows, out.stdout.splitlines(),
-                                                       strict=True)]
-    assert got == rows
+    assert acl_outcomes(tmp_path, text, rows) == rows
     assert {r[2] for r in rows} == {"ok", "closed", "refused"}
 
 
