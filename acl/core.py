@@ -12,7 +12,10 @@ What it picks, and how to ask which one runs:
   source table): ``acl._limits`` or ``acl._limits_py``;
   ``LIMITS_IMPLEMENTATION``;
 * ``engine_kernel`` (the engine's source table and batch plan):
-  ``acl._engine`` or ``acl._engine_py``; ``ENGINE_IMPLEMENTATION``.
+  ``acl._engine`` or ``acl._engine_py``; ``ENGINE_IMPLEMENTATION``;
+* ``hosts_scan`` (hosts.allow client lists of plain IPv4 patterns straight to
+  packed prefixes): ``acl._hosts_scan`` or ``acl._hosts_scan_py``;
+  ``HOSTS_SCAN_IMPLEMENTATION``.
 
 Each says "compiled" or "pure".
 """
@@ -41,3 +44,4 @@ globals().update({name: getattr(_prefix, name) for name in __all__})
 
 limits, LIMITS_IMPLEMENTATION = _pick("acl._limits", "acl._limits_py")
 engine_kernel, ENGINE_IMPLEMENTATION = _pick("acl._engine", "acl._engine_py")
+hosts_scan, HOSTS_SCAN_IMPLEMENTATION = _pick("acl._hosts_scan", "acl._hosts_scan_py")

@@ -31,6 +31,7 @@ import gc
 from array import array
 from dataclasses import dataclass, field
 
+from acl.engine import UNKNOWN, merge_grants
 from acl.model import Decision, Location, Reason, Verdict
 from acl.wire.binary import decision_payload
 
@@ -49,6 +50,7 @@ class AddressView:
     uses_host: bool = False                     # a request with a host name goes to Python
     uses_user: bool = False                     # ... one with a remote user too
     forced_v4: list = field(default_factory=list)   # (network, length): always Python
+    v4_columns: tuple | None = None             # (nets 'I', lengths 'B', values 'i') instead of v4
     ranges4: list | None = None                 # ready-made (start, value) ranges, or None
     ranges6: list | None = None
 
@@ -80,18 +82,11 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
     if layer.residual:
         return None
     view = AddressView(first_match=True, default=layer.error_decision)
-    # the pure rules' shapes are what the layer's prefix tables were built
-    # from: (daemon keys, [(family, network, length)]), keys {None} = ALL
-    key = ascii_lower(strip_mapped(service))
-    v4, v6 = view.v4, view.v6
-    for i, shape in enumerate(layer.shapes):
-        if shape is None or not layer.pure[i]:
-            continue
-        keys, prefixes = shape
-        if None not in keys and key not in keys:
-            continue
-        for fam, net, length in prefixes:
-            (v4 if fam == 4 else v6).append((net, length, i))
+    # the layer's pure rules per daemon key, its own and the ALL ones: what
+    # its prefix tables were built from (value = rule number)
+    nets, lens, vals, v6 = layer.prefix_columns(ascii_lower(strip_mapped(service)))
+    view.v4_columns = (nets, lens, vals)
+    view.v6 = v6
     view.decisions = [RESIDUAL if dyn else d
                       for d, dyn in zip(layer.decisions, layer.dynamic, strict=True)]
     view.forced_v4 = [(0xFFFFFFFF, 32)]
@@ -99,7 +94,7 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
 
 
 def _hosts_access_names(layer) -> list[str]:
-    return [k for k in layer._tables if k is not None]
+    return layer.daemon_names()
 
 
 def _tcprules_view(layer, service: str) -> AddressView | None:
@@ -282,8 +277,6 @@ def ranges(entries, bits: int, first_match: bool) -> list[tuple[int, int]]:
 
 def combine(decisions) -> Decision | None:
     """The engine's rule over one request's layer answers (engine.py)."""
-    from acl.engine import UNKNOWN, merge_grants
-
     if not decisions:
         return UNKNOWN
     grants = []
@@ -337,10 +330,27 @@ def _family_table(views, fam: int, action_for):
         ready = v.ranges4 if fam == 4 else v.ranges6
         if ready is not None:
             starts, vals = [x for x, _ in ready], [y for _, y in ready]
+        elif fam == 4 and v.v4_columns is not None:
+            from acl import _engine
+
+            starts, vals = _engine.ranges4(*v.v4_columns, v.first_match)
         else:
             starts, vals = _view_ranges(v.v4 if fam == 4 else v.v6, bits, v.first_match)
         per_view.append((starts, vals, (lambda view: lambda val: view.default if val < 0
                                         else view.decisions[val])(v)))
+    if len(per_view) == 1 and fam == 4 and isinstance(per_view[0][1], array):
+        # one view from the compiled range builder (a million ranges and
+        # more): its values to actions through a table, in C
+        from acl import _engine
+
+        starts, codes = per_view[0][0], per_view[0][1]
+        table = array("i", [-1]) * (max(codes) + 2)
+        answer = per_view[0][2]
+        for val in set(codes):
+            d = combine([answer(val)])
+            table[val + 1] = -1 if d is RESIDUAL else action_for(d)
+        acts = _engine.remap_values(codes, table)
+        return _v4_tail(array("I", starts), acts, force_top)
     if len(per_view) == 1:
         starts, codes = per_view[0][0], per_view[0][1]
         combos = {c: (c,) for c in set(codes)}
@@ -364,16 +374,21 @@ def _family_table(views, fam: int, action_for):
         action_of[code] = -1 if d is RESIDUAL else action_for(d)
     acts = array("i", [action_of[c] for c in codes])
     if fam == 4:
-        starts = array("I", starts)
-        if force_top:              # 255.255.255.255 alone goes to Python
-            if starts[-1] == 0xFFFFFFFF:
-                acts[-1] = -1
-            else:
-                starts.append(0xFFFFFFFF)
-                acts.append(-1)
-        return starts, acts
+        return _v4_tail(array("I", starts), acts, force_top)
     return (array("Q", [s >> 64 for s in starts]),
             array("Q", [s & ((1 << 64) - 1) for s in starts])), acts
+
+
+def _v4_tail(starts: array, acts: array, force_top: bool):
+    """The IPv4 table as BatchPlan takes it; with ``force_top``,
+    255.255.255.255 alone goes to Python."""
+    if force_top:
+        if starts[-1] == 0xFFFFFFFF:
+            acts[-1] = -1
+        else:
+            starts.append(0xFFFFFFFF)
+            acts.append(-1)
+    return starts, acts
 
 
 def build_plan(policy, sources, cache: dict | None = None):

@@ -50,7 +50,7 @@ def _hosts_access_counts(layer) -> dict[str, int]:
         if shape is None:
             _bump(out, "name")
             continue
-        for fam in sorted({f for f, _n, _l in shape[1]}):
+        for fam in sorted(shape[1].families()):
             _bump(out, "ipv4" if fam == 4 else "ipv6")
     return out
 

@@ -77,6 +77,7 @@ class Source:
     state: object = None             # xinetd limit state, handed to the next policy
     key: tuple = ()                  # what was asked for (type, paths, options)
     signature: bytes = b""           # hash of every file the layer was read from
+    stamps: tuple = ()               # (size, mtime_ns, inode) of each file, when signed
 
 
 @dataclass
@@ -217,11 +218,11 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int) 
         same = _unchanged(previous, key)
         if same is not None:
             return Source(kind, same.layer, services, same.files, same.diagnostics,
-                          key=key, signature=same.signature)
+                          key=key, signature=same.signature, stamps=same.stamps)
         layer, diags = load_hosts_access(str(allow), str(deny))
         files = tuple(Path(f) for f in getattr(layer, "files", (allow, deny)))
         return Source(kind, layer, services, files, tuple(diags), key=key,
-                      signature=_signature(files))
+                      stamps=_stamps(files), signature=_signature(files))
     if kind == "tcprules":
         from acl.compile.tcprules import load_tcprules
 
@@ -234,9 +235,10 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int) 
         same = _unchanged(previous, key)
         if same is not None:
             return Source(kind, same.layer, services, same.files, key=key,
-                          signature=same.signature)
+                          signature=same.signature, stamps=same.stamps)
         layer = load_tcprules(str(f), **kwargs)
-        return Source(kind, layer, services, (f,), key=key, signature=_signature((f,)))
+        return Source(kind, layer, services, (f,), key=key, stamps=_stamps((f,)),
+                      signature=_signature((f,)))
     if kind == "xinetd":
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
@@ -261,6 +263,20 @@ def _signature(files) -> bytes:
     return h.digest()
 
 
+def _stamps(files) -> tuple:
+    """What ``stat`` says of each file: when it differs, the file changed
+    (the signature is only read to confirm that an equal stamp means equal
+    contents, so a hundred-megabyte rule file that changed is not hashed)."""
+    out = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def _unchanged(previous: Policy | None, key: tuple) -> Source | None:
     """The running policy's source for ``key`` when none of its files changed:
     a reload then keeps its compiled layer instead of reading it again (a
@@ -270,6 +286,8 @@ def _unchanged(previous: Policy | None, key: tuple) -> Source | None:
         return None
     for s in previous.sources:
         if s.key == key and s.signature:
+            if s.stamps and _stamps(s.files) != s.stamps:
+                return None
             try:
                 if _signature(s.files) == s.signature:
                     return s

@@ -38,6 +38,8 @@ import contextlib
 import gc
 import os
 import socket
+import sys
+from array import array
 
 from acl.compile.tcpw_residual import needs_a_name, rule_fn
 from acl.core import PrefixTable
@@ -54,6 +56,7 @@ from acl.parse.hosts_patterns import (
     subject_key,
     v6_numeric,
 )
+from acl.parse.hosts_prefixes import RulePrefixes
 
 UNKNOWN = "unknown"
 _OK_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -279,21 +282,60 @@ def daemon_gate(rule: HostsRule) -> frozenset | None:
     return None if keys is None or None in keys else frozenset(keys)
 
 
-def pure_shape(rule: HostsRule):
-    """``(daemon keys, prefixes)`` when ``rule`` is pure, else None.
+def pure_shape(rule: HostsRule, keys_of: dict | None = None):
+    """``(daemon keys, RulePrefixes)`` when ``rule`` is pure, else None.
 
-    daemon keys: lower-cased names, or ``{None}`` for ALL.
+    daemon keys: lower-cased names, or ``{None}`` for ALL.  A client list the
+    parser's fast lane read is prefixes already (and never has EXCEPT).
+    ``keys_of`` caches daemon keys by daemon list (the parser shares one
+    list object among the lines that write the same daemon field).
     """
-    d, c = rule.daemons, rule.clients
-    if d.tail is not None or c.tail is not None or not d.head or not c.head:
+    d = rule.daemons
+    if d.tail is not None or not d.head:
+        return None
+    if rule.scanned is not None:
+        if keys_of is None:
+            keys = daemon_keys(d)
+        else:
+            got = keys_of.get(id(d))
+            if got is None:
+                got = keys_of[id(d)] = (d, daemon_keys(d))     # d kept: its id stays its
+            keys = got[1]
+        return None if keys is None else (keys, rule.scanned)
+    c = rule.clients
+    if c.tail is not None or not c.head:
         return None
     keys = daemon_keys(d)
     prefixes = None if keys is None else client_prefixes(c, users=False)
-    return None if prefixes is None else (keys, prefixes)
+    return None if prefixes is None else (keys, RulePrefixes.from_tuples(prefixes))
+
+
+_NO_ENTRIES = (array("I"), array("B"), array("i"), [])
+
+
+def _joined(first, then) -> tuple:
+    """Two keys' entries as one.  ALL rules go first: they are few and often
+    0.0.0.0/0, so a file written in address order stays in order and the
+    table builders can skip their sort."""
+    return tuple(a + b for a, b in zip(first, then, strict=True))
+
+
+def _tables_of(cols) -> tuple:
+    """(v4, v6) first-match tables from one key's entries (None where empty)."""
+    nets, lens, vals, e6 = cols
+    t4 = None
+    if nets:
+        packed = array("I", nets)
+        if sys.byteorder == "little":
+            packed.byteswap()            # from_arrays reads network order
+        t4 = PrefixTable.from_arrays(4, packed, lens, vals)
+    return t4, (PrefixTable(6, e6) if e6 else None)
 
 
 def never_matches(rule: HostsRule) -> bool:
-    return not rule.daemons.head or not rule.clients.head
+    if not rule.daemons.head:
+        return True
+    return rule.scanned is None and not rule.clients.head
 
 
 class HostsAccessLayer:
@@ -312,11 +354,14 @@ class HostsAccessLayer:
         self.pure: list[bool] = [False] * len(self.rules)
         self.shapes: list = [None] * len(self.rules)
         residual = []
+        # per daemon key (None = ALL): IPv4 columns (nets, lengths, rule
+        # numbers) and IPv6 (network, length, rule number) triples
         entries: dict = {}
+        keys_of: dict = {}
         for i, rule in enumerate(self.rules):
             if never_matches(rule):
                 continue
-            shape = pure_shape(rule)
+            shape = pure_shape(rule, keys_of)
             self.shapes[i] = shape
             if shape is None:
                 residual.append(i)
@@ -324,35 +369,57 @@ class HostsAccessLayer:
             self.pure[i] = True
             keys, prefixes = shape
             for key in keys:
-                fam4, fam6 = entries.setdefault(key, ([], []))
-                for fam, net, length in prefixes:
-                    (fam4 if fam == 4 else fam6).append((net, length, i))
+                cols = entries.get(key)
+                if cols is None:
+                    cols = entries[key] = (array("I"), array("B"), array("i"), [])
+                nets, lens, vals, e6 = cols
+                if prefixes.nets4:
+                    nets.extend(prefixes.nets4)
+                    lens.extend(prefixes.lens4)
+                    vals.extend(array("i", [i]) * len(prefixes.nets4))
+                if prefixes.v6:
+                    e6.extend((net, length, i) for net, length in prefixes.v6)
         self.residual = residual
         self._residual = [(i, daemon_gate(self.rules[i]), rule_fn(self.rules[i]),
                            resolver is None and needs_a_name(self.rules[i]))
                           for i in residual]
         self._fns = None            # every rule as a closure, built on first need
-        self._tables = {}
-        for key, (e4, e6) in entries.items():
-            self._tables[key] = (PrefixTable(4, e4) if e4 else None,
-                                 PrefixTable(6, e6) if e6 else None)
-        self._all = self._tables.get(None, (None, None))
+        self._entries = entries
+        self._tables: dict = {}     # per key, built on first need (see _table)
+        self._all = self._table(None)
         # One lookup per decision: each daemon's table also holds the ALL
         # rules, unless that would copy too much (then two lookups).
-        all4, all6 = entries.get(None, ([], []))
+        all_cols = entries.get(None, _NO_ENTRIES)
         named = [(k, e) for k, e in entries.items() if k is not None]
         self._merged: dict = {}
-        if sum(len(e4) + len(e6) + len(all4) + len(all6) for _, (e4, e6) in named) <= 4_000_000:
-            for key, (e4, e6) in named:
-                m4, m6 = e4 + all4, e6 + all6
-                self._merged[key] = (PrefixTable(4, m4) if m4 else None,
-                                     PrefixTable(6, m6) if m6 else None)
+        if sum(len(e[2]) + len(e[3]) + len(all_cols[2]) + len(all_cols[3])
+               for _, e in named) <= 4_000_000:
+            for key, cols in named:
+                self._merged[key] = _tables_of(_joined(all_cols, cols))
         self._residual_nameless = [r for r in self._residual if not r[3]]
         if deny.stop is not None:
             d = deny.stop
             self.error_decision = Decision(Verdict.DENY, Reason.LIBWRAP, Location(d.path, d.line))
         else:
             self.error_decision = GRANT_BY_DEFAULT
+
+    def _table(self, key) -> tuple:
+        """(v4, v6) prefix tables of the rules for daemon key ``key`` alone
+        (None: the ALL rules); (None, None) when there are none."""
+        got = self._tables.get(key)
+        if got is None:
+            got = self._tables[key] = _tables_of(self._entries.get(key, _NO_ENTRIES))
+        return got
+
+    def prefix_columns(self, key: str) -> tuple:
+        """``(nets, lengths, rule numbers, v6 triples)`` of the pure rules a
+        daemon key sees: its own and the ALL ones (see ``__init__``)."""
+        return _joined(self._entries.get(None, _NO_ENTRIES),
+                       self._entries.get(key, _NO_ENTRIES))
+
+    def daemon_names(self) -> list[str]:
+        """The daemon names some pure rule names (lower-cased)."""
+        return [k for k in self._entries if k is not None]
 
     @property
     def files(self) -> list[str]:
@@ -419,7 +486,7 @@ class HostsAccessLayer:
             except (ValueError, OSError, UnicodeError):
                 return INVALID
         t_all = self._all[slot]
-        named = self._tables.get(dkey)
+        named = self._table(dkey) if dkey in self._entries else None
         t_named = None if named is None else named[slot]
         try:
             if t_all is None and t_named is None:

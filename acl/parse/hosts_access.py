@@ -26,9 +26,11 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+from acl.core import hosts_scan
 from acl.errors import Diagnostic, Severity
-from acl.parse.hosts_options import OptionProgram, compile_options
+from acl.parse.hosts_options import NO_OPTIONS, OptionProgram, compile_options
 from acl.parse.hosts_patterns import (
     DaemonToken,
     ascii_lower,
@@ -36,6 +38,7 @@ from acl.parse.hosts_patterns import (
     daemon_token,
     split_at,
 )
+from acl.parse.hosts_prefixes import RulePrefixes
 
 BUFLEN = 2048
 SEPARATORS = ", \t\r\n"
@@ -78,9 +81,9 @@ def build_list(tokens: list, make) -> PatternList:
     return PatternList(tuple(make(t.text) for t in tokens))
 
 
-@dataclass(frozen=True, slots=True)
-class LogicalLine:
-    """One logical line and where each piece of it came from."""
+class LogicalLine(NamedTuple):
+    """One logical line and where each piece of it came from (a tuple: a
+    file of a million lines makes one each)."""
 
     text: str
     starts: tuple[int, ...]     # logical offsets where a physical piece begins
@@ -93,18 +96,51 @@ class LogicalLine:
         return self.lines[i], self.cols[i] + offset - self.starts[i]
 
 
-@dataclass(frozen=True, slots=True)
 class HostsRule:
-    path: str
-    line: int                   # libwrap's line number (tcpdmatch "matched")
-    first_line: int
-    daemon_tokens: tuple[Token, ...]
-    client_tokens: tuple[Token, ...]
-    daemons: PatternList
-    clients: PatternList
-    options_text: str | None    # raw third field (newline included), or None
-    options: OptionProgram
-    source: LogicalLine
+    """One rule: where it is, its daemon list, its client list, its options.
+
+    ``scanned`` is set when the client list is only plain IPv4 patterns and
+    was read by the fast lane (:mod:`acl.core` ``hosts_scan``): then it holds
+    the rule's prefixes, and the client tokens and patterns, which only the
+    interpreter and ``acl check`` need, are made on first use.
+    """
+
+    __slots__ = ("path", "line", "first_line", "daemon_tokens", "daemons", "options_text",
+                 "options", "source", "scanned", "_client_text", "_client_base",
+                 "_client_tokens", "_clients")
+
+    def __init__(self, *, path: str, line: int, first_line: int,
+                 daemon_tokens: tuple[Token, ...], daemons: PatternList,
+                 options_text: str | None, options: OptionProgram, source: LogicalLine,
+                 client_tokens: tuple[Token, ...] | None = None,
+                 clients: PatternList | None = None, client_text: str = "",
+                 client_base: int = 0, scanned: RulePrefixes | None = None) -> None:
+        self.path = path
+        self.line = line                # libwrap's line number (tcpdmatch "matched")
+        self.first_line = first_line
+        self.daemon_tokens = daemon_tokens
+        self.daemons = daemons
+        self.options_text = options_text    # raw third field (newline included), or None
+        self.options = options
+        self.source = source
+        self.scanned = scanned
+        self._client_text = client_text
+        self._client_base = client_base
+        self._client_tokens = client_tokens
+        self._clients = clients
+
+    @property
+    def client_tokens(self) -> tuple[Token, ...]:
+        if self._client_tokens is None:
+            self._client_tokens = tuple(strtok(self._client_text, self._client_base))
+        return self._client_tokens
+
+    @property
+    def clients(self) -> PatternList:
+        if self._clients is None:
+            # scanned lists hold no /file patterns: nothing to read
+            self._clients = build_list(list(self.client_tokens), lambda t: client_token(t))
+        return self._clients
 
     def matches(self, q) -> bool:
         return self.daemons.match(q) and self.clients.match(q)
@@ -127,22 +163,32 @@ class HostsTable:
     pattern_files: list[str] = field(default_factory=list)
 
 
-def logical_lines(data: bytes):
+def logical_lines(data: bytes, *, fast: bool = True):
     """Emulate ``xgets`` over ``data``.
 
     Yields ``LogicalLine``; a line that does not end in ``\\n`` is the last.
+    ``fast=False`` takes the general path for every line (the tests compare).
     """
-    nl = [i for i, b in enumerate(data) if b == 10]
     pos = 0
     counter = 0
     n = len(data)
-
-    def phys(offset: int) -> tuple[int, int]:
-        k = bisect.bisect_left(nl, offset)     # newlines before offset
-        line_start = nl[k - 1] + 1 if k else 0
-        return k + 1, offset - line_start + 1
+    # Physical position of ``pos``: every newline of ``data`` ends a chunk
+    # (a chunk stops at the first newline), so counting them chunk by chunk
+    # keeps the line number and the offset where that line starts.
+    phys_line, line_start = 1, 0
+    # a NUL anywhere: every line takes the general path (fgets cuts at it)
+    general_only = not fast or b"\0" in data
 
     while pos < n:
+        end = data.find(b"\n", pos, pos + BUFLEN - 1)
+        if end > pos and not general_only and data[end - 1] != 92:
+            # the usual line: one chunk, no NUL, no backslash-newline
+            counter += 1
+            yield LogicalLine(data[pos:end + 1].decode("latin-1"), (0,), (phys_line,), (1,),
+                              counter)
+            pos = line_start = end + 1
+            phys_line += 1
+            continue
         pieces: list[bytes] = []
         starts: list[int] = []
         lines: list[int] = []
@@ -166,12 +212,14 @@ def logical_lines(data: bytes):
                 else:
                     ended = True
             if keep:
-                ln, col = phys(chunk_pos)
                 starts.append(length)
-                lines.append(ln)
-                cols.append(col)
+                lines.append(phys_line)
+                cols.append(chunk_pos - line_start + 1)
                 pieces.append(chunk[:keep])
                 length += keep
+            if end >= 0:
+                phys_line += 1
+                line_start = pos
             if ended:
                 break
             room -= keep
@@ -218,6 +266,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         return read_file(p) if read_file is not None else None
 
     daemons_seen: dict[str, DaemonToken] = {}
+    daemon_lists: dict[str, tuple] = {}
 
     def daemon_of(text: str) -> DaemonToken:
         # daemon tokens repeat on almost every line; they are immutable
@@ -240,7 +289,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
             table.stop = d
             table.diagnostics.append(d)
             break
-        if text[0] == "#" or text.strip(" \t\r\n") == "":
+        if text[0] == "#" or (text[0] in " \t\r\n" and text.strip(" \t\r\n") == ""):
             continue
         first = split_at(text, ":")
         if first is None:
@@ -251,15 +300,28 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         client_text, options_text = (rest, None) if second is None else second
         client_base = len(daemon_text) + 1
         options_base = client_base + len(client_text) + 1
-        d_toks = strtok(daemon_text, 0)
-        c_toks = strtok(client_text, client_base)
-        options = compile_options(options_text, dry_run=dry_run)
-        rule = HostsRule(
-            path=path, line=ll.line, first_line=ll.lines[0],
-            daemon_tokens=tuple(d_toks), client_tokens=tuple(c_toks),
-            daemons=build_list(d_toks, daemon_of),
-            clients=build_list(c_toks, lambda t: client_token(t, reader)),
-            options_text=options_text, options=options, source=ll)
+        daemon_list = daemon_lists.get(daemon_text)
+        if daemon_list is None:
+            # (tokens, list): the same daemon field repeats on most lines
+            d_toks = strtok(daemon_text, 0)
+            daemon_list = daemon_lists[daemon_text] = (tuple(d_toks),
+                                                       build_list(d_toks, daemon_of))
+        options = (NO_OPTIONS if options_text is None
+                   else compile_options(options_text, dry_run=dry_run))
+        columns = hosts_scan.v4_client_prefixes(client_text)
+        if columns is not None:
+            rule = HostsRule(path=path, line=ll.line, first_line=ll.lines[0],
+                             daemon_tokens=daemon_list[0], daemons=daemon_list[1],
+                             options_text=options_text, options=options, source=ll,
+                             client_text=client_text, client_base=client_base,
+                             scanned=RulePrefixes(*columns))
+        else:
+            c_toks = strtok(client_text, client_base)
+            rule = HostsRule(path=path, line=ll.line, first_line=ll.lines[0],
+                             daemon_tokens=daemon_list[0], daemons=daemon_list[1],
+                             options_text=options_text, options=options, source=ll,
+                             client_tokens=tuple(c_toks),
+                             clients=build_list(c_toks, lambda t: client_token(t, reader)))
         if options.error is not None:
             line, col = ll.where(options_base + options.error_offset)
             diag(line, col, f"{options.error} (the connection is denied)")

@@ -625,6 +625,8 @@ def ranges4(const uint32_t[::1] nets, const unsigned char[::1] lens, const int32
     cdef uint64_t top = 1ULL << 32
     cdef int32_t val
     cdef PEnt e
+    cdef uint32_t[::1] out_s
+    cdef int32_t[::1] out_v
     if lens.shape[0] != n or vals.shape[0] != n:
         raise ValueError("nets, lens and vals differ in length")
     for i in range(n):
@@ -645,7 +647,11 @@ def ranges4(const uint32_t[::1] nets, const unsigned char[::1] lens, const int32
                 ents[i].end = <uint64_t>nets[i] | ((1ULL << (32 - lens[i])) - 1)
                 ents[i].length = lens[i]
                 ents[i].val = vals[i]
-            qsort(ents, n, sizeof(PEnt), _cmp_pent)
+            for i in range(1, n):
+                if _cmp_pent(&ents[i - 1], &ents[i]) > 0:
+                    # files are often written in address order: sort only when not
+                    qsort(ents, n, sizeof(PEnt), _cmp_pent)
+                    break
             os[0] = 0
             ov[0] = -1
             m = 1
@@ -673,11 +679,33 @@ def ranges4(const uint32_t[::1] nets, const unsigned char[::1] lens, const int32
                                 stack[sp - 1].val if sp else -1)
         starts = array("I", [0]) * m
         values = array("i", [0]) * m
-        for i in range(m):
-            starts[i] = <uint32_t>os[i]
-            values[i] = ov[i]
+        out_s = starts
+        out_v = values
+        with nogil:
+            for i in range(m):
+                out_s[i] = <uint32_t>os[i]
+                out_v[i] = ov[i]
         return starts, values
     finally:
         free(ents)
         free(os)
         free(ov)
+
+
+def remap_values(const int32_t[::1] values, const int32_t[::1] table):
+    """``array('i')`` of ``table[v + 1]`` for each v of ``values`` (v >= -1):
+    a range table's values turned into actions in one pass."""
+    from array import array
+
+    cdef Py_ssize_t i, n = values.shape[0], size = table.shape[0]
+    cdef int32_t v
+    for i in range(n):
+        v = values[i]
+        if v < -1 or v + 1 >= size:
+            raise ValueError(f"value {v} has no entry in the table")
+    out = array("i", [0]) * n
+    cdef int32_t[::1] o = out
+    with nogil:
+        for i in range(n):
+            o[i] = table[values[i] + 1]
+    return out

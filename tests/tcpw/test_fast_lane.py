@@ -1,0 +1,206 @@
+"""The hosts.allow reader's fast lane against its full parser.
+
+A client list of plain IPv4 patterns goes straight to packed prefixes
+(``acl.core.hosts_scan``: ``ext/acl/_hosts_scan.pyx`` and its twin), and the
+usual line skips the general ``xgets`` emulation.  Both must change nothing
+but the time: the scanner's answer is the full parser's prefixes whenever it
+gives one, on generated client lists; whole generated files read with and
+without the fast lane give the same rules, the same tables and the same
+answers; and the two ``xgets`` paths give the same logical lines, whose
+recorded physical positions hold their text.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import acl.parse.hosts_access as hosts_access
+from acl.compile.tcpw import HostsAccessLayer, client_prefixes, pure_shape
+from acl.model import Request
+from acl.parse.hosts_access import build_list, logical_lines, parse_hosts, strtok
+from acl.parse.hosts_patterns import client_token
+from acl.parse.hosts_prefixes import RulePrefixes
+from tests.conftest import load_impl
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def scan(request):
+    return load_impl(request.param, "acl._hosts_scan", "acl._hosts_scan_py")
+
+
+# -- one client list ------------------------------------------------------------
+
+def _octet(draw) -> str:
+    # mostly canonical octets; now and then one above 255 or with a leading zero
+    odd = draw(st.integers(0, 19))
+    v = draw(st.integers(256, 999) if odd == 19 else st.integers(0, 255))
+    return "0" + str(v) if odd == 18 else str(v)
+
+
+@st.composite
+def v4_token(draw) -> str:
+    kind = draw(st.sampled_from(["quad", "quad", "prefix", "mask", "mask", "bits", "bits", "odd"]))
+    if kind == "odd":
+        return draw(st.sampled_from([
+            "ALL", "EXCEPT", "except", "[::1]", "[2001:db8::]/32", "@group", "/etc/hosts.list",
+            "root@10.0.0.1", ".example.com", "10.0.0.*", "é", "1.2.3", "1.2.3.4.", "1..2.",
+            "10.0.0.0/", "10.0.0.0/8junk", "10.0.0.0/1.2.3", "LOCAL", "KNOWN", "255.255.255.255",
+            "10.0.0.0/255.255.255.255", "0x10.0.0.1", "1.2.3.4/-8", "1.2.3.4/+8"]))
+    quad = ".".join(_octet(draw) for _ in range(4))
+    if kind == "quad":
+        return quad
+    if kind == "prefix":
+        return ".".join(_octet(draw) for _ in range(draw(st.integers(1, 3)))) + "."
+    if kind == "bits":
+        bits = draw(st.integers(0, 40))
+        return f"{quad}/{draw(st.sampled_from([str(bits), str(bits), '0' + str(bits)]))}"
+    length = draw(st.integers(0, 32))
+    mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+    if draw(st.integers(0, 5)) == 0:
+        mask ^= 1 << draw(st.integers(0, 31))            # not contiguous
+    text = ".".join(str((mask >> s) & 0xFF) for s in (24, 16, 8, 0))
+    if draw(st.booleans()):
+        # a net inside its mask, so that most tokens do match something
+        net = ".".join(quad.split(".")[:length // 8] + ["0"] * (4 - length // 8))
+        quad = net if all(p == str(int(p)) for p in net.split(".")) else quad
+    return f"{quad}/{text}"
+
+
+client_field = st.lists(
+    st.tuples(v4_token(), st.sampled_from([" ", ",", "\t", " , ", "\r", "  "])),
+    min_size=0, max_size=5).map(lambda xs: " " + "".join(t + sep for t, sep in xs))
+
+
+def full_parser_prefixes(text: str):
+    """What the full parser makes of a client field: RulePrefixes for a pure
+    list (no EXCEPT, every token address-shaped), else None."""
+    toks = strtok(text)
+    lst = build_list(toks, client_token)
+    if lst.tail is not None or not lst.head:
+        return None
+    got = client_prefixes(lst, users=False)
+    return None if got is None else RulePrefixes.from_tuples(got)
+
+
+@settings(max_examples=600, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])   # scan is a module
+@given(text=client_field)
+def test_scanner_answers_only_what_the_full_parser_says(scan, text):
+    got = scan.v4_client_prefixes(text)
+    if got is None:
+        return
+    want = full_parser_prefixes(text)
+    assert want is not None, f"scanner answered for {text!r}, which is not a pure list"
+    assert RulePrefixes(*got) == want, text
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=client_field)
+def test_compiled_scanner_and_twin_agree(text):
+    compiled = load_impl("compiled", "acl._hosts_scan", "acl._hosts_scan_py")
+    pure = load_impl("pure", "acl._hosts_scan", "acl._hosts_scan_py")
+    assert compiled.v4_client_prefixes(text) == pure.v4_client_prefixes(text)
+
+
+def test_scanner_takes_the_common_shapes_and_leaves_the_rest(scan):
+    """The shapes a file of a million prefixes is written in are all taken."""
+    got = scan.v4_client_prefixes(
+        " 10.0.0.0/255.255.255.240, 192.168.1. 10.1.0.0/16\t203.0.113.7 10.0.0.1/24\n")
+    assert got is not None
+    assert list(got[0]) == [0x0A000000, 0xC0A80100, 0x0A010000, 0xCB007107]
+    assert list(got[1]) == [28, 24, 16, 32]         # 10.0.0.1/24: host bits, never matches
+    for text in (" 10.0.0.1 EXCEPT 10.0.0.2", " ALL", "", " \t", " 010.0.0.1",
+                 " 10.0.0.0/255.0.255.0", " user@10.0.0.1", " [::1]"):
+        assert scan.v4_client_prefixes(text) is None, text
+
+
+# -- whole files ------------------------------------------------------------------
+
+def random_file(rng: random.Random, lines: int) -> bytes:
+    """Lines of plain prefixes (the fast lane) among lines it must leave alone."""
+    out = []
+    for n in range(lines):
+        daemons = rng.choice(["sshd", "ALL", "sshd, ftpd", "in.ftpd", "sshd EXCEPT ftpd",
+                              "sshd@127.0.0.1"])
+        pats = []
+        for _ in range(rng.randrange(1, 12)):
+            a, b, c = rng.randrange(256), rng.randrange(256), rng.randrange(256)
+            pats.append(rng.choice([
+                f"{a}.{b}.{c}.{rng.randrange(256)}", f"{a}.{b}.", f"{a}.{b}.{c}.0/24",
+                f"{a}.{b}.0.0/255.255.0.0", f"{a}.{b}.{c}.{rng.randrange(256)}/28",
+                f"{a}.{b}.{c}.0/255.255.255.{rng.choice([0, 128, 240, 5])}",
+                f"{a}.{b}.{c}.0/{rng.randrange(0, 40)}"]))
+        if rng.random() < 0.15:
+            pats.insert(rng.randrange(len(pats) + 1), rng.choice(
+                ["EXCEPT", "LOCAL", ".example.com", "[::1]/128", "010.0.0.1", "ALL"]))
+        line = f"{daemons}: {rng.choice([' ', ', ', chr(9)]).join(pats)}"
+        if rng.random() < 0.3:
+            line += rng.choice([": allow", ": deny", ": spawn /bin/true", ": bogus"])
+        if rng.random() < 0.05:
+            line = "# " + line
+        if rng.random() < 0.05:
+            line = line.replace(" ", " \\\n", 1)         # a continued line
+        out.append(line + "\n")
+        if n % 17 == 0:
+            out.append("\n")
+    return "".join(out).encode()
+
+
+class NoScan:
+    """Stands in for acl.core.hosts_scan: every line to the full parser."""
+
+    @staticmethod
+    def v4_client_prefixes(text):
+        return None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_files_read_with_and_without_the_fast_lane_agree(monkeypatch, seed):
+    rng = random.Random(seed)
+    allow, deny = random_file(rng, 300), random_file(rng, 100)
+    fast = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
+                            parse_hosts("/f/hosts.deny", deny))
+    monkeypatch.setattr(hosts_access, "hosts_scan", NoScan)
+    full = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
+                            parse_hosts("/f/hosts.deny", deny))
+    assert len(fast.rules) == len(full.rules) > 300
+    scanned = sum(r.scanned is not None for r in fast.rules)
+    assert scanned > len(fast.rules) // 2             # the fast lane did the work
+    assert all(r.scanned is None for r in full.rules)
+    for a, b in zip(fast.rules, full.rules, strict=True):
+        assert (a.line, a.first_line, a.source, a.options_text) == \
+            (b.line, b.first_line, b.source, b.options_text)
+        assert [(t.text, t.offset) for t in a.client_tokens] == \
+            [(t.text, t.offset) for t in b.client_tokens]
+        assert pure_shape(a) == pure_shape(b)
+        assert a.clients == b.clients                  # made on first use, the same
+    assert fast.pure == full.pure and fast.residual == full.residual
+    for _ in range(3000):
+        client = ".".join(str(rng.choice([rng.randrange(256), 0, 10, 192])) for _ in range(4))
+        daemon = rng.choice(["sshd", "ftpd", "in.ftpd", "telnetd"])
+        request = Request(daemon, client)
+        assert fast.check(request, 0.0) == full.check(request, 0.0), request
+
+
+# -- logical lines --------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["sshd: 10.0.0.1", "a", "\\", "\n", "\\\n", "\r", " ", "#",
+                                 "x" * 700, "ALL: ALL", ":"]), max_size=30))
+def test_fast_and_general_logical_lines_agree(pieces):
+    data = "".join(pieces).encode()
+    fast = list(logical_lines(data))
+    general = list(logical_lines(data, fast=False))
+    assert fast == general
+    starts = [0] + [i + 1 for i, b in enumerate(data) if b == 10]
+    for ll in general:
+        ends = list(ll.starts[1:]) + [len(ll.text)]
+        for start, end, line, col in zip(ll.starts, ends, ll.lines, ll.cols, strict=True):
+            at = starts[line - 1] + col - 1
+            assert data[at:at + end - start] == ll.text[start:end].encode("latin-1")
+            assert bisect.bisect_right(starts, at) == line
