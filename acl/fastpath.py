@@ -347,7 +347,9 @@ def _family_table(views, fam: int, action_for):
         table = array("i", [-1]) * (max(codes) + 2)
         answer = per_view[0][2]
         for val in set(codes):
-            d = combine([answer(val)])
+            d = answer(val)
+            if d is None or (d is not RESIDUAL and d.verdict is not Verdict.DENY):
+                d = combine([d])             # a grant: what the engine makes of it
             table[val + 1] = -1 if d is RESIDUAL else action_for(d)
         acts = _engine.remap_values(codes, table)
         return _v4_tail(array("I", starts), acts, force_top)

@@ -12,7 +12,8 @@ server on this socket costs with zero work per request.
   compiled batch path without any socket);
 * reload of a large prefix policy under load: time until the new policy
   answers, with zero failed requests meanwhile (``ACL_BENCH_PREFIXES``, by
-  default 1,000,000).
+  default 1,000,000, written ``ACL_BENCH_PER_LINE`` to a hosts.allow line,
+  by default 50: libwrap reads lines of under 2 KiB).
 
 Run: ``python -m pytest bench/bench_serve.py --benchmark-only -s``.
 Each test prints one line of numbers and stores them in ``extra_info``.
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 N_PIPELINED = int(os.environ.get("ACL_BENCH_PIPELINED", "400000"))
 N_RTT = int(os.environ.get("ACL_BENCH_RTT", "20000"))
 N_PREFIXES = int(os.environ.get("ACL_BENCH_PREFIXES", "1000000"))
+PER_LINE = int(os.environ.get("ACL_BENCH_PER_LINE", "50"))
 
 ECHO_C = r"""
 #define _GNU_SOURCE
@@ -140,7 +142,7 @@ watch = false
 
 def write_prefix_files(d: Path, n: int, shift: int = 0) -> None:
     lines = []
-    per = 50
+    per = PER_LINE
     for j in range(0, n, per):          # libwrap reads lines of < 2 KiB
         pats = []
         for i in range(j, min(n, j + per)):
@@ -436,12 +438,12 @@ def test_reload_large_prefix_policy_under_load(benchmark, tmp_path):
         proc.wait(60)
     assert failures == []
     benchmark.extra_info.update({
-        "prefixes": N_PREFIXES, "failed": len(failures),
+        "prefixes": N_PREFIXES, "per_line": PER_LINE, "failed": len(failures),
         "small_change_reload_s": small_s, "small_change_answered_during": small_during,
         "small_change_plan_s": small.get("plan_s"), "small_change_load_s": small.get("load_s"),
         "prefix_file_reload_s": big_s, "prefix_file_answered_during": big_during,
         "prefix_file_load_s": big.get("load_s"), "prefix_file_plan_s": big.get("plan_s")})
-    print(f"\nreload, {N_PREFIXES:,}-prefix policy, a small file changed: {small_s:.3f} s "
+    print(f"\nreload, {N_PREFIXES:,}-prefix policy ({PER_LINE} per line), a small file changed: {small_s:.3f} s "
           f"(rule files {small.get('load_s', 0):.3f} s, plan {small.get('plan_s', 0):.3f} s); "
           f"the prefix file changed: {big_s:.2f} s (rule files {big.get('load_s', 0):.2f} s, "
           f"plan {big.get('plan_s', 0):.2f} s); {small_during + big_during:,} requests "

@@ -42,7 +42,7 @@ import sys
 from array import array
 
 from acl.compile.tcpw_residual import needs_a_name, rule_fn
-from acl.core import PrefixTable
+from acl.core import PrefixTable, hosts_scan
 from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.model import GRANT_BY_DEFAULT, Decision, Location, Reason, Request, Verdict
 from acl.parse.hosts_access import HostsRule, HostsTable, read_hosts
@@ -440,7 +440,8 @@ class HostsAccessLayer:
         elif opts.final == "twist":
             verdict = Verdict.DELEGATE
         reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
-        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
+        return Decision(verdict, reason, Location(rule.path, rule.line),
+                        options=opts.items if opts.ran else ())
 
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:
@@ -563,8 +564,9 @@ def load_hosts_access(allow_path: str, deny_path: str, resolver=None, *,
     handling (the inverted ``user``/``group`` check of Debian's patch).
     """
     with no_gc():
-        allow = read_hosts(allow_path, dry_run=dry_run)
-        deny = read_hosts(deny_path, dry_run=dry_run)
+        scan = hosts_scan.v4_client_prefixes
+        allow = read_hosts(allow_path, dry_run=dry_run, scan_clients=scan)
+        deny = read_hosts(deny_path, dry_run=dry_run, scan_clients=scan)
         diags = allow.diagnostics + deny.diagnostics
         errors = [d for d in diags if d.severity is Severity.ERROR]
         if strict and errors:

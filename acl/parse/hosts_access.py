@@ -28,7 +28,6 @@ import re
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from acl.core import hosts_scan
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_options import NO_OPTIONS, OptionProgram, compile_options
 from acl.parse.hosts_patterns import (
@@ -100,7 +99,7 @@ class HostsRule:
     """One rule: where it is, its daemon list, its client list, its options.
 
     ``scanned`` is set when the client list is only plain IPv4 patterns and
-    was read by the fast lane (:mod:`acl.core` ``hosts_scan``): then it holds
+    was read by the fast lane (``scan_clients`` of :func:`parse_hosts`): then it holds
     the rule's prefixes, and the client tokens and patterns, which only the
     interpreter and ``acl check`` need, are made on first use.
     """
@@ -253,8 +252,13 @@ def read_pattern_file(path: str) -> str | None:
 
 
 def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
-                read_file=read_pattern_file) -> HostsTable:
-    """Parse one table.  ``data`` None means the file does not exist."""
+                read_file=read_pattern_file, scan_clients=None) -> HostsTable:
+    """Parse one table.  ``data`` None means the file does not exist.
+
+    ``scan_clients(client field) -> (nets, lengths) | None`` is the fast lane
+    (``acl.core.hosts_scan.v4_client_prefixes``, handed in by the compiler:
+    this layer does not reach into the core); a None from it, or no
+    ``scan_clients``, means the full parser reads the list."""
     table = HostsTable(path)
     if data is None:
         table.missing = True
@@ -308,7 +312,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
                                                        build_list(d_toks, daemon_of))
         options = (NO_OPTIONS if options_text is None
                    else compile_options(options_text, dry_run=dry_run))
-        columns = hosts_scan.v4_client_prefixes(client_text)
+        columns = None if scan_clients is None else scan_clients(client_text)
         if columns is not None:
             rule = HostsRule(path=path, line=ll.line, first_line=ll.lines[0],
                              daemon_tokens=daemon_list[0], daemons=daemon_list[1],
@@ -330,8 +334,10 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
     return table
 
 
-def read_hosts(path: str, *, dry_run: bool = False, read_file=read_pattern_file) -> HostsTable:
-    """Read and parse ``path`` the way libwrap opens it (A.1.3, A.1.5)."""
+def read_hosts(path: str, *, dry_run: bool = False, read_file=read_pattern_file,
+               scan_clients=None) -> HostsTable:
+    """Read and parse ``path`` the way libwrap opens it (A.1.3, A.1.5);
+    ``scan_clients`` as for :func:`parse_hosts`."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -345,4 +351,5 @@ def read_hosts(path: str, *, dry_run: bool = False, read_file=read_pattern_file)
         table.stop = d
         table.diagnostics.append(d)
         return table
-    return parse_hosts(path, data, dry_run=dry_run, read_file=read_file)
+    return parse_hosts(path, data, dry_run=dry_run, read_file=read_file,
+                       scan_clients=scan_clients)

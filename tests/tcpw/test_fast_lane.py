@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import acl.parse.hosts_access as hosts_access
 from acl.compile.tcpw import HostsAccessLayer, client_prefixes, pure_shape
+from acl.core import hosts_scan
 from acl.model import Request
 from acl.parse.hosts_access import build_list, logical_lines, parse_hosts, strtok
 from acl.parse.hosts_patterns import client_token
@@ -151,21 +151,13 @@ def random_file(rng: random.Random, lines: int) -> bytes:
     return "".join(out).encode()
 
 
-class NoScan:
-    """Stands in for acl.core.hosts_scan: every line to the full parser."""
-
-    @staticmethod
-    def v4_client_prefixes(text):
-        return None
-
-
 @pytest.mark.parametrize("seed", range(6))
-def test_files_read_with_and_without_the_fast_lane_agree(monkeypatch, seed):
+def test_files_read_with_and_without_the_fast_lane_agree(seed):
     rng = random.Random(seed)
     allow, deny = random_file(rng, 300), random_file(rng, 100)
-    fast = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
-                            parse_hosts("/f/hosts.deny", deny))
-    monkeypatch.setattr(hosts_access, "hosts_scan", NoScan)
+    scan = hosts_scan.v4_client_prefixes
+    fast = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow, scan_clients=scan),
+                            parse_hosts("/f/hosts.deny", deny, scan_clients=scan))
     full = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
                             parse_hosts("/f/hosts.deny", deny))
     assert len(fast.rules) == len(full.rules) > 300
