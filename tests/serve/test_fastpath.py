@@ -231,6 +231,60 @@ def test_compiled_range_builder_equals_the_python_one(entries, first_match):
     assert list(zip(starts, vals, strict=True)) == want
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_range_builder_sorts_big_shuffled_sets(seed):
+    """Above 4,096 prefixes an unsorted input takes the radix sort: nested,
+    duplicated and shuffled prefixes still give the Python builder's ranges."""
+    import random
+    from array import array
+
+    from acl import _engine
+    from acl.fastpath import ranges
+
+    rng = random.Random(seed)
+    entries = []
+    for _ in range(rng.randrange(5000, 12000)):
+        ln = rng.choice([0, 8, 16, 20, 24, 24, 28, 32, rng.randrange(33)])
+        net = (rng.choice([0x0A000000, 0xC0A80000, rng.getrandbits(32)])
+               | rng.getrandbits(16)) & ((((1 << ln) - 1) << (32 - ln)) & 0xFFFFFFFF)
+        entries.append((net, ln, rng.randrange(3000)))
+    entries += rng.sample(entries, 500)                  # exact duplicates
+    # one prefix named by a hundred rules: more than the 34-deep nesting stack
+    entries += [(0x0A000000, 8, rng.randrange(3000)) for _ in range(100)]
+    rng.shuffle(entries)
+    for first_match in (True, False):
+        starts, vals = _engine.ranges4(array("I", [e[0] for e in entries]),
+                                       array("B", [e[1] for e in entries]),
+                                       array("i", [e[2] for e in entries]), first_match)
+        assert list(zip(starts, vals, strict=True)) == ranges(entries, 32, first_match)
+
+
+def test_remap_values_maps_through_the_table_and_refuses_strays():
+    from array import array
+
+    from acl import _engine
+
+    got = _engine.remap_values(array("i", [-1, 0, 2, 2, 1]), array("i", [7, 8, 9, 10]))
+    assert list(got) == [7, 8, 10, 10, 9]
+    with pytest.raises(ValueError):
+        _engine.remap_values(array("i", [3]), array("i", [7, 8, 9, 10]))
+
+
+@pytest.mark.parametrize("first_match", [True, False])
+def test_a_prefix_repeated_by_many_rules_stays_one_range(first_match):
+    """A small (qsort) input with the same prefix in 200 rules."""
+    from array import array
+
+    from acl import _engine
+    from acl.fastpath import ranges
+
+    entries = [(0x0A000000, 8, 500 - i) for i in range(200)] + [(0x0A010000, 16, 7)]
+    starts, vals = _engine.ranges4(array("I", [e[0] for e in entries]),
+                                   array("B", [e[1] for e in entries]),
+                                   array("i", [e[2] for e in entries]), first_match)
+    assert list(zip(starts, vals, strict=True)) == ranges(entries, 32, first_match)
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 50)),
                 max_size=30),
