@@ -32,7 +32,7 @@ Rules of this file:
 from cpython cimport array
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcpy
 
 import array as _array
 
@@ -44,8 +44,13 @@ cdef array.array LENS = _array.array("B")
 cdef uint32_t ALL_ONES = 0xFFFFFFFF    # 255.255.255.255, INADDR_NONE to libwrap
 
 
+cdef bint SEP[256]     # space, tab, CR, LF, comma
+for _c in (32, 9, 13, 10, 44):
+    SEP[_c] = True
+
+
 cdef inline bint is_sep(char c) noexcept nogil:
-    return c == 32 or c == 9 or c == 13 or c == 10 or c == 44
+    return SEP[<unsigned char>c]
 
 
 cdef inline Py_ssize_t octet(const char *s, Py_ssize_t j, Py_ssize_t end,
@@ -67,8 +72,8 @@ cdef inline Py_ssize_t octet(const char *s, Py_ssize_t j, Py_ssize_t end,
     return j
 
 
-cdef Py_ssize_t dotted(const char *s, Py_ssize_t j, Py_ssize_t end, uint32_t *value,
-                       int *count) noexcept nogil:
+cdef inline Py_ssize_t dotted(const char *s, Py_ssize_t j, Py_ssize_t end, uint32_t *value,
+                              int *count) noexcept nogil:
     """Canonical octets joined by dots, at most four, maybe one dot after
     the last: the index after them (``count`` octets in ``value``), or -1.
     A trailing dot shows as s[result - 1] == '.'."""
@@ -101,6 +106,14 @@ cdef struct MaskMemo:
     int kind                    # 1: a mask, 0: never matches, -1: not ours
     uint32_t mask
     int bits
+
+
+cdef inline bint same_text(const char *a, const char *b, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        if a[k] != b[k]:
+            return False
+    return True
 
 
 cdef int mask_of(const char *s, Py_ssize_t j, Py_ssize_t end, uint32_t *mask_out,
@@ -159,7 +172,7 @@ cdef int token(const char *s, Py_ssize_t i, Py_ssize_t end, uint32_t *net,
     if s[j] != 47:                   # '/'
         return -1
     j += 1
-    if memo.size == end - j and memcmp(memo.text, s + j, end - j) == 0:
+    if memo.size == end - j and same_text(memo.text, s + j, end - j):
         kind, mask, bits = memo.kind, memo.mask, memo.bits
     else:
         kind = mask_of(s, j, end, &mask, &bits)
