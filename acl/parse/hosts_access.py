@@ -19,6 +19,12 @@ Rules of this file (spec A.1.5, A.2, A.3; libwrap ``table_match``, ``xgets``):
   its head (tokens before the first EXCEPT) and the list after it.
 * A file that is missing (ENOENT) or a directory is empty; any other read
   error is an error of that table (libwrap: "cannot open").
+* Speed, without a change of meaning (``tests/tcpw/test_fast_lane.py``): a
+  file of a million prefixes is 20,000 lines of 50 patterns.  The usual line
+  (one chunk, no NUL, no backslash-newline) skips the general ``xgets``
+  loop, and when the compiler hands in ``scan_clients``, a client list made
+  only of plain IPv4 patterns becomes packed prefixes (``HostsRule.scanned``)
+  with no token objects; every other list goes through the full parser.
 """
 
 from __future__ import annotations
