@@ -21,6 +21,8 @@ Rules (shared with the compiled core):
   address (``::ffff:a.b.c.d``) is an IPv6 address here and matches only IPv6
   prefixes such as ``::ffff:0:0/96``.  Whether a mapped client should be
   looked up as IPv4 is the rule language's call (use :func:`unmap_v4`).
+* :meth:`PrefixTable.first_match` and :meth:`PrefixTable.most_specific` take
+  the address positionally only (the compiled ones are one-argument C calls).
 * Batch lookups take a buffer of packed addresses (4 or 16 bytes each,
   network order) and fill a writable buffer of int32 results.
 * Bad input raises the same exception class with the same message in both
@@ -191,7 +193,7 @@ class PrefixTable:
         return sum(len(b) for b in self._by_len.values())
 
     # -- single lookups -------------------------------------------------
-    def first_match(self, addr) -> int:
+    def first_match(self, addr, /) -> int:
         a = parse_address(addr, self.family)
         best = -1
         for length in self._lengths_desc:
@@ -200,7 +202,7 @@ class PrefixTable:
                 best = v
         return best
 
-    def most_specific(self, addr) -> int:
+    def most_specific(self, addr, /) -> int:
         a = parse_address(addr, self.family)
         for length in self._lengths_desc:
             v = self._by_len[length].get(a & self._mask(length))

@@ -18,8 +18,13 @@ Lookup addresses: 80% inside a random prefix of the set, 20% uniformly
 random (IPv6: random inside 2000::/4), the same addresses for every peer.
 Single lookups loop over 20,000 of them per round (the loop's cost is in
 every peer's number alike); batch lookups take 1,000,000 packed addresses
-per call.  Each timing is the best round; the ratio tables printed at the
-end (bench/conftest.py) compare against ``pytricia get(str)``.
+per call.  The "1-prefix table (call floor)" rows run acl's loop on the same
+keys against a table whose walk is one cached read: the call and the parse
+without the trie's cache misses, so the gap to the real row is what the walk
+costs in memory latency.  The "walk only" rows time the same walks from C
+(a probe module built at run time), one at a time: that latency without
+any interpreter.  Each timing is the best round; the ratio tables
+printed at the end (bench/conftest.py) compare against ``pytricia get(str)``.
 
 Memory is measured in fresh subprocesses per structure: RSS growth across
 the build (VmRSS from /proc/self/status, inputs prepared before the first
@@ -108,14 +113,20 @@ class Data:
     def packed(self) -> bytes:
         return b"".join(a.to_bytes(self.width, "big") for a in self.addresses)
 
+    # Single-call keys are listed in memory order (sorted by id): the
+    # addresses stay in random order, but the loop walks its key objects as
+    # they lie in memory.  Otherwise the objects land wherever the set's
+    # generator freed memory -- for the routing v6 set, scattered: reading
+    # each key then cost ~200 ns of cache misses in every peer's loop (even
+    # ``len``), which measures the allocator, not the lookup.
     @functools.cached_property
     def single_bytes(self) -> list[bytes]:
-        return [a.to_bytes(self.width, "big") for a in self.addresses[:SINGLE]]
+        return sorted((a.to_bytes(self.width, "big") for a in self.addresses[:SINGLE]), key=id)
 
     @functools.cached_property
     def single_str(self) -> list[str]:
         make = ipaddress.IPv4Address if self.family == 4 else ipaddress.IPv6Address
-        return [str(make(a)) for a in self.addresses[:SINGLE]]
+        return sorted((str(make(a)) for a in self.addresses[:SINGLE]), key=id)
 
 
 def routing(family: int, count: int, seed: int) -> list[tuple[int, int]]:
@@ -241,6 +252,94 @@ def test_acl_single_bytes(benchmark, data, ratios):
     fn = acl_table(data.name).most_specific
     benchmark.pedantic(loop(fn, data.single_bytes), rounds=10, warmup_rounds=1)
     ratios.timed(LOOKUPS, data.name, "acl most_specific(bytes)", benchmark, SINGLE)
+
+
+@functools.cache
+def one_prefix_table(name: str):
+    d = dataset(name)
+    return core.PrefixTable(d.family, [(0, 0, 1)])
+
+
+@pytest.mark.parametrize("key", ["str", "bytes"])
+def test_acl_single_call_floor(benchmark, data, ratios, key):
+    """Times acl most_specific() on the same 20,000 keys against a 1-prefix table (no trie misses)."""
+    fn = one_prefix_table(data.name).most_specific
+    keys = data.single_str if key == "str" else data.single_bytes
+    benchmark.pedantic(loop(fn, keys), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, f"acl most_specific({key}), 1-prefix table (call floor)", benchmark, SINGLE)
+
+
+# The trie walk alone, from C: each address is nudged by the previous answer
+# (by zero, but the compiler cannot know), so walks cannot overlap as they
+# do in batch calls -- the memory latency one single call pays, without
+# Python.  Built at run time against the installed core's .pxd.
+WALK_PYX = r"""
+# cython: language_level=3
+from acl._core cimport Pair, PrefixTable
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cdef extern from "<endian.h>" nogil:
+    uint32_t be32toh(uint32_t)
+    uint64_t be64toh(uint64_t)
+
+def chain(PrefixTable table, packed):
+    cdef Py_buffer b
+    cdef Py_ssize_t i, n
+    cdef const unsigned char *p
+    cdef uint32_t raw
+    cdef uint64_t hi, lo
+    cdef int32_t last = 0
+    PyObject_GetBuffer(packed, &b, PyBUF_SIMPLE)
+    p = <const unsigned char *>b.buf
+    with nogil:
+        if table.family == 4:
+            for i in range(b.len // 4):
+                memcpy(&raw, p + 4 * i, 4)
+                last = table.find4(be32toh(raw) + <uint32_t>(last == -7)).specific
+        else:
+            for i in range(b.len // 16):
+                memcpy(&hi, p + 16 * i, 8)
+                memcpy(&lo, p + 16 * i + 8, 8)
+                last = table.find6(be64toh(hi), be64toh(lo) + <uint64_t>(last == -7)).specific
+    PyBuffer_Release(&b)
+    return last
+"""
+
+
+@functools.cache
+def walk_module():
+    try:
+        from Cython.Build import cythonize
+        from setuptools import Distribution, Extension
+    except ImportError as exc:
+        pytest.skip(f"Cython/setuptools needed to build the walk probe: {exc}")
+    if core.IMPLEMENTATION != "compiled":
+        pytest.skip("the walk probe needs the compiled core")
+    tmp = Path(tempfile.mkdtemp(prefix="acl-bench-walk-"))
+    (tmp / "acl_walk_probe.pyx").write_text(WALK_PYX)
+    ext = Extension("acl_walk_probe", [str(tmp / "acl_walk_probe.pyx")], extra_compile_args=["-O3"])
+    dist = Distribution({"ext_modules": cythonize([ext], include_path=[str(ROOT / "ext")], quiet=True)})
+    cmd = dist.get_command_obj("build_ext")
+    cmd.build_lib = cmd.build_temp = str(tmp)
+    cmd.ensure_finalized()
+    cmd.run()
+    import importlib.util
+    built = next(tmp.glob("acl_walk_probe*.so"))
+    spec = importlib.util.spec_from_file_location("acl_walk_probe", built)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_acl_walk_latency(benchmark, data, ratios):
+    """Times 20,000 trie walks from C, each waiting for the previous one (no Python)."""
+    chain = walk_module().chain
+    table = acl_table(data.name)
+    packed = b"".join(data.single_bytes)
+    benchmark.pedantic(chain, args=(table, packed), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, "acl walk only, one at a time (C, no call)", benchmark, SINGLE)
 
 
 HOT = "prefix core: single call, one address repeated (cache-hot)"

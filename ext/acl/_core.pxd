@@ -37,6 +37,7 @@ cdef struct Trie:
     uint32_t cap_leaves  # leaves allocated
     int dp              # address bits resolved by `top` (the first stride)
     int bits            # address width: 32 or 128
+    uint32_t mapped     # which of top/nodes/leaves live in their own mmap (huge pages)
 
 # One entry while a table is being built (sorted, then split into columns).
 cdef struct E4:
