@@ -21,6 +21,7 @@ Each test prints one line of numbers and stores them in ``extra_info``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -408,8 +409,12 @@ def test_reload_large_prefix_policy_under_load(benchmark, tmp_path):
         s.close()
         return data
 
-    import json
-
+    # (0) the prefix file changes while nobody asks: the reload's own cost
+    write_prefix_files(tmp_path, N_PREFIXES, shift=2)
+    t0 = time.perf_counter()
+    idle = json.loads(reload())
+    idle_s = time.perf_counter() - t0
+    assert idle["ok"] is True, idle
     t = threading.Thread(target=load, daemon=True)
     t.start()
     try:
@@ -442,9 +447,11 @@ def test_reload_large_prefix_policy_under_load(benchmark, tmp_path):
         "small_change_reload_s": small_s, "small_change_answered_during": small_during,
         "small_change_plan_s": small.get("plan_s"), "small_change_load_s": small.get("load_s"),
         "prefix_file_reload_s": big_s, "prefix_file_answered_during": big_during,
-        "prefix_file_load_s": big.get("load_s"), "prefix_file_plan_s": big.get("plan_s")})
+        "prefix_file_load_s": big.get("load_s"), "prefix_file_plan_s": big.get("plan_s"),
+        "prefix_file_reload_idle_s": idle_s})
     print(f"\nreload, {N_PREFIXES:,}-prefix policy ({PER_LINE} per line), a small file changed: {small_s:.3f} s "
           f"(rule files {small.get('load_s', 0):.3f} s, plan {small.get('plan_s', 0):.3f} s); "
           f"the prefix file changed: {big_s:.2f} s (rule files {big.get('load_s', 0):.2f} s, "
           f"plan {big.get('plan_s', 0):.2f} s); {small_during + big_during:,} requests "
-          f"answered meanwhile, {len(failures)} failed")
+          f"answered meanwhile, {len(failures)} failed; the prefix file changed with no "
+          f"client asking: {idle_s:.2f} s")
