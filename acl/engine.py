@@ -84,6 +84,10 @@ def _no_gc():
     gc.disable()
     try:
         yield
+        # What was made lives until the next reload: out of the collector's
+        # reach before it runs again, or its first pass would walk it all.
+        # (Not after a failure: that garbage may hold cycles to collect.)
+        gc.freeze()
     finally:
         if enabled:
             gc.enable()
