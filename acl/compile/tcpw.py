@@ -299,7 +299,7 @@ def pure_shape(rule: HostsRule, keys_of: dict | None = None):
         else:
             got = keys_of.get(id(d))
             if got is None:
-                got = keys_of[id(d)] = (d, daemon_keys(d))     # d kept: its id stays its
+                got = keys_of[id(d)] = (d, daemon_keys(d))     # holding d keeps its id unique
             keys = got[1]
         return None if keys is None else (keys, rule.scanned)
     c = rule.clients
@@ -396,6 +396,9 @@ class HostsAccessLayer:
                for _, e in named) <= 4_000_000:
             for key, cols in named:
                 self._merged[key] = _tables_of(_joined(all_cols, cols))
+        else:
+            for key, _cols in named:     # two lookups: build them now, not on a request
+                self._table(key)
         self._residual_nameless = [r for r in self._residual if not r[3]]
         if deny.stop is not None:
             d = deny.stop
