@@ -392,10 +392,12 @@ class HostsAccessLayer:
         all_cols = entries.get(None, _NO_ENTRIES)
         named = [(k, e) for k, e in entries.items() if k is not None]
         self._merged: dict = {}
+        self._joined: dict = {}     # the merged tables' columns (the engine reads them too)
         if sum(len(e[2]) + len(e[3]) + len(all_cols[2]) + len(all_cols[3])
                for _, e in named) <= 4_000_000:
             for key, cols in named:
-                self._merged[key] = _tables_of(_joined(all_cols, cols))
+                self._joined[key] = joined = _joined(all_cols, cols)
+                self._merged[key] = _tables_of(joined)
         else:
             for key, _cols in named:     # two lookups: build them now, not on a request
                 self._table(key)
@@ -417,8 +419,11 @@ class HostsAccessLayer:
     def prefix_columns(self, key: str) -> tuple:
         """``(nets, lengths, rule numbers, v6 triples)`` of the pure rules a
         daemon key sees: its own and the ALL ones (see ``__init__``)."""
-        return _joined(self._entries.get(None, _NO_ENTRIES),
-                       self._entries.get(key, _NO_ENTRIES))
+        got = self._joined.get(key)
+        if got is None:
+            got = _joined(self._entries.get(None, _NO_ENTRIES),
+                          self._entries.get(key, _NO_ENTRIES))
+        return got
 
     def daemon_names(self) -> list[str]:
         """The daemon names some pure rule names (lower-cased)."""
