@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from tests.sidecar import Live, start_server
 from tests.wrap.harness import ROOT, SyslogSink, ns_command
 
 DEPLOY = ROOT / "deploy"
@@ -120,49 +120,27 @@ watch = false
 
 
 class Sidecar:
-    """``acl serve --config policy.toml`` as a child process."""
+    """``acl serve --config policy.toml`` as a child process (tests/sidecar.py)."""
 
     def __init__(self, d: Path) -> None:
         self.dir = d
         self.config = write_policy(d)
         self.sock = d / "query.sock"
-        self.proc: subprocess.Popen | None = None
+        self.live: Live | None = None
 
     def start(self) -> Sidecar:
-        self.log = open(self.dir / "serve.log", "ab")
         # --allow-pure: these tests are about acl-wrap; the compiled core is
         # used whenever it is there (and tests/run requires it anyway)
-        self.proc = subprocess.Popen([sys.executable, "-m", "acl", "serve", "--allow-pure",
-                                      "--config", str(self.config)],
-                                     stdout=self.log, stderr=self.log,
-                                     cwd=str(self.dir))
-        end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError("acl serve exited: " + self.log_text())
-            if self.sock.exists():
-                try:
-                    from acl.client import Client
-                    with Client(str(self.sock), timeout=2) as c:
-                        c.ping()
-                    return self
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        raise RuntimeError("acl serve did not come up: " + self.log_text())
+        self.live = start_server(self.dir, self.config, args=("--allow-pure",))
+        return self
 
     def log_text(self) -> str:
         return (self.dir / "serve.log").read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
 
 
 def deploy_text(relpath: str, *, port: int, wrap: Path, server: Path) -> str:
