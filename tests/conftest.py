@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import subprocess
 
 import pytest
 
@@ -26,6 +28,20 @@ PORTS = {
 }
 
 REQUIRE_COMPILED = os.environ.get("ACL_REQUIRE_COMPILED", "") not in ("", "0")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
+                 timeout: float = 10) -> int | None:
+    """Stop a child the test started, by its handle: ``sig``, then SIGKILL
+    if it has not exited within ``timeout``.  Its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    return proc.returncode
 
 
 def load_impl(kind: str, compiled: str, pure: str):

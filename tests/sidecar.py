@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import stop_process
+
 
 class Live:
     """A running ``acl serve`` subprocess."""
@@ -30,14 +32,7 @@ class Live:
         return self.log.read_text()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
 
 def wait_for(pred, timeout: float = 15, what: str = "condition"):

@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import textwrap
 import time
 
 import pytest
+
+from tests.conftest import stop_process
 
 from .conftest import DEPLOY, acl_entry_point
 
@@ -84,13 +85,7 @@ def run_with_caps(tmp_path, caps: list[str], nfqueue: bool) -> tuple[str, int | 
             time.sleep(0.1)
         code = proc.poll()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc)
     return log.read_text(), code
 
 

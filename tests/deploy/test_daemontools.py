@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_process
+
 from .conftest import DEPLOY, acl_entry_point, free_ports
 from .sidecar import Client, scrape, wait_for, write_policy
 
@@ -140,12 +142,7 @@ def test_supervised_logged_restarted_stopped(tmp_path):
         for d in (svc_dir, svc_dir / "log"):
             if not _supervise_gone(d):
                 subprocess.run(["svc", "-dx", str(d)], timeout=10, check=False)
-        svscan.terminate()
-        try:
-            svscan.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            svscan.kill()
-            svscan.wait(timeout=10)
+        stop_process(svscan)
 
 
 def _alive(pid: int) -> bool:

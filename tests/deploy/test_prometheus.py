@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 
 from acl.model import Request, Verdict
+from tests.conftest import stop_process
 
 from .conftest import DEPLOY, acl_entry_point
 from .sidecar import Client, wait_for, write_policy
@@ -170,16 +171,6 @@ class Netns:
         if self.holder.poll() is None:
             self.holder.kill()
         self.holder.wait(timeout=10)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def prom_api(ns: Netns, path: str, **params):
@@ -333,5 +324,5 @@ def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
         if client is not None:
             client.close()
         for p in reversed(procs):
-            stop(p)
+            stop_process(p)
         ns.close()

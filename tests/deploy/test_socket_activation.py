@@ -22,6 +22,7 @@ import textwrap
 import pytest
 
 from acl.model import Request, Verdict
+from tests.conftest import stop_process
 
 from .conftest import DEPLOY, acl_entry_point, free_ports
 from .sidecar import Client, scrape, wait_for
@@ -104,13 +105,7 @@ def test_units_sockets_drive_acl_serve(tmp_path):
         assert notify.recv(4096) == b"READY=1"
     finally:
         notify.close()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc)
         log.close()
     text = (tmp_path / "activate.log").read_text()
     for name in names:

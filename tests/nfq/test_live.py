@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from tests.conftest import stop_process
+
 from . import netns
 from .netns import CLIENTS4, CLIENTS6, SERVER4, SERVER6, NetnsPair
 from .policies import write_policy
@@ -55,13 +57,8 @@ def wait_ready(proc: subprocess.Popen, what: str, timeout: float = 20.0) -> None
 
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        proc.send_signal(signal.SIGCONT)       # a test may have paused it
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import pytest
 
 from acl.client import Client
 from acl.wire import binary as wb
+from tests.conftest import stop_process
 
 from .conftest import policy_toml, start_server, wait_for
 
@@ -137,9 +138,4 @@ scrape_configs:
         body = json.loads(_get(f"http://127.0.0.1:{PROM_PORT}/api/v1/query?query={q}"))
         assert body["data"]["result"][0]["value"][1] == "1"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, timeout=15)

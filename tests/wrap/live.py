@@ -28,6 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.conftest import stop_process
 from tests.sidecar import Live, start_server
 from tests.wrap.harness import ROOT, SyslogSink, ns_command
 
@@ -254,13 +255,8 @@ class SuperServer:
         return "\n".join(text for _, text in self.sink.messages)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
         self.sink.close()
         end = time.monotonic() + 5
