@@ -165,6 +165,19 @@ def _requests(n: int) -> list[Request]:
     return out
 
 
+def _serve_until_done(argv: list[str], path: str, d: Path):
+    """Run an echo floor that prints "ready"; yield its socket path; then
+    stop it by its handle and remove its directory."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"ready"
+        yield path
+    finally:
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def echo_path():
     cc = shutil.which("cc") or shutil.which("gcc")
@@ -174,14 +187,7 @@ def echo_path():
     (d / "echo.c").write_text(ECHO_C)
     subprocess.run([cc, "-O2", "-o", str(d / "echo"), str(d / "echo.c")], check=True)
     path = str(d / "echo.sock")
-    proc = subprocess.Popen([str(d / "echo"), path], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline().strip() == b"ready"
-        yield path
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(d, ignore_errors=True)
+    yield from _serve_until_done([str(d / "echo"), path], path, d)
 
 
 @pytest.fixture(scope="module")
@@ -189,14 +195,7 @@ def py_echo_path():
     """A bare asyncio echo server: what the event loop alone costs acl serve."""
     d = Path(tempfile.mkdtemp(prefix="acl-bench-pyecho-"))
     path = str(d / "pyecho.sock")
-    proc = subprocess.Popen([sys.executable, "-c", PY_ECHO, path], stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline().strip() == b"ready"
-        yield path
-    finally:
-        proc.kill()
-        proc.wait()
-        shutil.rmtree(d, ignore_errors=True)
+    yield from _serve_until_done([sys.executable, "-c", PY_ECHO, path], path, d)
 
 
 def start_acl(d: Path, cfg: Path) -> subprocess.Popen:

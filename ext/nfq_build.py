@@ -29,6 +29,19 @@ import subprocess
 
 from cffi import FFI
 
+# One declaration for cffi's cdef and for the C source.
+FLOW_STRUCT = """\
+struct acl_flow {
+    uint8_t family;
+    uint8_t proto;
+    uint8_t tcp_flags;
+    uint16_t sport;
+    uint16_t dport;
+    uint8_t src[16];
+    uint8_t dst[16];
+};
+"""
+
 CDEF = r"""
 #define NF_DROP ...
 #define NF_ACCEPT ...
@@ -56,15 +69,7 @@ uint64_t acl_nfq_gaps(struct acl_nfq *q);
 uint64_t acl_nfq_nlerrors(struct acl_nfq *q);
 int acl_nfq_last_nlerror(struct acl_nfq *q);
 
-struct acl_flow {
-    uint8_t family;
-    uint8_t proto;
-    uint8_t tcp_flags;
-    uint16_t sport;
-    uint16_t dport;
-    uint8_t src[16];
-    uint8_t dst[16];
-};
+@FLOW@
 int acl_pkt_decode(const uint8_t *buf, uint32_t len, uint32_t wire, struct acl_flow *out);
 
 struct acl_door;
@@ -85,6 +90,8 @@ uint64_t *acl_door_errors(struct acl_door *d);
 uint64_t acl_door_unmapped(struct acl_door *d);
 uint64_t acl_door_looped(struct acl_door *d);
 """
+
+CDEF = CDEF.replace("@FLOW@\n", FLOW_STRUCT)
 
 SOURCE = r"""
 #ifndef _GNU_SOURCE
@@ -346,15 +353,7 @@ int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t 
    error code (1 truncated, 2 version, 3 header, 4 length, 5 fragment,
    6 protocol: ERROR_CODES order + 1).  tests/nfq/test_fastpath.py holds
    them to it on fuzzed bytes. */
-struct acl_flow {
-    uint8_t family;
-    uint8_t proto;
-    uint8_t tcp_flags;
-    uint16_t sport;
-    uint16_t dport;
-    uint8_t src[16];
-    uint8_t dst[16];
-};
+@FLOW@
 
 #define E_TRUNCATED 1
 #define E_VERSION 2
@@ -642,6 +641,7 @@ int acl_nfq_verdict_all(struct acl_nfq *q, uint32_t verdict)
     return acl_nfq_send(q, at);
 }
 """
+SOURCE = SOURCE.replace("@FLOW@\n", FLOW_STRUCT)
 
 
 def _pkg_config(*args: str) -> list[str]:

@@ -65,9 +65,8 @@ _ACCESS = re.compile(r"^access:\s+(\S+)", re.M)
 _MATCHED = re.compile(r"matched:\s+(\S+) line (\d+)")
 
 
-def run_batch(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
-              hosts: str, queries: list[tuple[str, str]], timeout: float = 120) -> list[RealAnswer]:
-    """Write the files into ``workdir`` and ask tcpdmatch every query."""
+def _write_files(workdir: Path, allow: bytes | None, deny: bytes | None, hosts: str) -> None:
+    """The rule files (None: absent) and the private hosts/nsswitch files."""
     workdir.mkdir(parents=True, exist_ok=True)
     for name, data in (("hosts.allow", allow), ("hosts.deny", deny)):
         p = workdir / name
@@ -77,6 +76,12 @@ def run_batch(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
             p.write_bytes(data)
     (workdir / "_hosts").write_text(hosts)
     (workdir / "_nss").write_text(NSSWITCH)
+
+
+def run_batch(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
+              hosts: str, queries: list[tuple[str, str]], timeout: float = 120) -> list[RealAnswer]:
+    """Write the files into ``workdir`` and ask tcpdmatch every query."""
+    _write_files(workdir, allow, deny, hosts)
     (workdir / "_queries").write_text("".join(f"{d} {c}\n" for d, c in queries))
     proc = subprocess.run(["unshare", "-m", "sh", "-c", _SCRIPT, "sh", str(workdir), shim],
                           capture_output=True, timeout=timeout)
@@ -103,15 +108,7 @@ exit 0
 def run_tcpdchk(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
                 hosts: str, timeout: float = 60) -> list[tuple[str, int, str]]:
     """tcpdchk -d's warnings and errors: (file, line, message)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    for name, data in (("hosts.allow", allow), ("hosts.deny", deny)):
-        p = workdir / name
-        if data is None:
-            p.unlink(missing_ok=True)
-        else:
-            p.write_bytes(data)
-    (workdir / "_hosts").write_text(hosts)
-    (workdir / "_nss").write_text(NSSWITCH)
+    _write_files(workdir, allow, deny, hosts)
     proc = subprocess.run(["unshare", "-m", "sh", "-c", _CHK_SCRIPT, "sh", str(workdir), shim],
                           capture_output=True, timeout=timeout)
     if proc.returncode != 0:
