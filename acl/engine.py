@@ -84,9 +84,10 @@ def _no_gc():
     gc.disable()
     try:
         yield
-        # What was made lives until the next reload: out of the collector's
-        # reach before it runs again, or its first pass would walk it all.
-        # (Not after a failure: that garbage may hold cycles to collect.)
+        # What was made is mostly acyclic and lives until the next reload:
+        # out of the collector's reach before it runs again, or every pass
+        # would walk it all (it is still freed by reference counting when
+        # replaced).  Not after a failure: that garbage may hold cycles.
         gc.freeze()
     finally:
         if enabled:
@@ -228,10 +229,6 @@ class Engine:
         old = self._current[1] if self._current is not None else None
         self._sources = sources
         self._current = (policy, plan)     # the swap: one reference assignment
-        # The policy is millions of acyclic objects that live until the next
-        # reload: keep the cyclic collector from rescanning them (they are
-        # still freed by reference counting when replaced).
-        gc.freeze()
         if old is not None and old is not plan:
             self._fold(old)
         if count:

@@ -319,6 +319,8 @@ def _view_ranges(entries, bits: int, first_match: bool):
 
 def _family_table(views, fam: int, action_for):
     """Overlay the views of one family; (starts, actions) with -1 = residual."""
+    from acl import _engine  # the batch plan exists only with the compiled kernel
+
     bits = _BITS[fam]
     per_view = []                  # (starts, values, value -> Decision)
     top_only = fam == 4 and all(v.forced_v4 in ([], [(0xFFFFFFFF, 32)]) for v in views)
@@ -331,28 +333,11 @@ def _family_table(views, fam: int, action_for):
         if ready is not None:
             starts, vals = [x for x, _ in ready], [y for _, y in ready]
         elif fam == 4 and v.v4_columns is not None:
-            from acl import _engine
-
             starts, vals = _engine.ranges4(*v.v4_columns, v.first_match)
         else:
             starts, vals = _view_ranges(v.v4 if fam == 4 else v.v6, bits, v.first_match)
         per_view.append((starts, vals, (lambda view: lambda val: view.default if val < 0
                                         else view.decisions[val])(v)))
-    if len(per_view) == 1 and fam == 4 and isinstance(per_view[0][1], array):
-        # one view from the compiled range builder (a million ranges and
-        # more): its values to actions through a table, in C
-        from acl import _engine
-
-        starts, codes = per_view[0][0], per_view[0][1]
-        table = array("i", [-1]) * (max(codes) + 2)
-        answer = per_view[0][2]
-        for val in set(codes):
-            d = answer(val)
-            if d is None or (d is not RESIDUAL and d.verdict is not Verdict.DENY):
-                d = combine([d])             # a grant: what the engine makes of it
-            table[val + 1] = -1 if d is RESIDUAL else action_for(d)
-        acts = _engine.remap_values(codes, table)
-        return _v4_tail(array("I", starts), acts, force_top)
     if len(per_view) == 1:
         starts, codes = per_view[0][0], per_view[0][1]
         combos = {c: (c,) for c in set(codes)}
@@ -370,11 +355,13 @@ def _family_table(views, fam: int, action_for):
                 key.append(pv[1][idx[k]])
             codes.append(code_of.setdefault(tuple(key), len(code_of)))
         combos = {c: k for k, c in code_of.items()}
-    action_of = {}
+    # codes (a view's values, -1 = uncovered, or overlay combinations) to
+    # actions through a table, in C: a million ranges are one pass
+    table = array("i", [-1]) * (max(codes) + 2)
     for code, key in combos.items():
         d = combine([pv[2](val) for pv, val in zip(per_view, key, strict=True)])
-        action_of[code] = -1 if d is RESIDUAL else action_for(d)
-    acts = array("i", [action_of[c] for c in codes])
+        table[code + 1] = -1 if d is RESIDUAL else action_for(d)
+    acts = _engine.remap_values(codes if isinstance(codes, array) else array("i", codes), table)
     if fam == 4:
         return _v4_tail(array("I", starts), acts, force_top)
     return (array("Q", [s >> 64 for s in starts]),

@@ -375,6 +375,22 @@ def test_in_process_batch_decisions(benchmark, tmp_path, policy):
     print(f"\nin-process batch ({policy}): {n / best:,.0f} decisions/s (one core)")
 
 
+def _libwrap_one_connection_s(d: Path) -> float | None:
+    """Seconds of one libwrap ``hosts_ctl`` on ``d``'s files; None without libwrap."""
+    from bench_tcpw import LibWrap
+
+    try:
+        lw = LibWrap()
+    except OSError:
+        return None
+    lw.use(str(d / "hosts.allow"), str(d / "hosts.deny"))
+    t0 = time.perf_counter()
+    granted = lw.ctl(b"sshd", b"203.0.113.5")
+    elapsed = time.perf_counter() - t0
+    assert granted == 0                   # hosts.deny ALL: ALL, after every pattern
+    return elapsed
+
+
 def test_reload_large_prefix_policy_under_load(benchmark, tmp_path):
     """Times admin reloads of an N-prefix policy while a client keeps asking: after a small
     file changed (the N-prefix layer is kept) and after the N-prefix file itself changed."""
@@ -441,16 +457,23 @@ def test_reload_large_prefix_policy_under_load(benchmark, tmp_path):
         proc.terminate()
         proc.wait(60)
     assert failures == []
+    # The peer: tcpd has no reload, it reads both files on every connection.
+    # One libwrap hosts_ctl on the same files, for a client no rule names
+    # (every pattern is compared, as for most connections to a blocklist).
+    peer_s = _libwrap_one_connection_s(tmp_path)
     benchmark.extra_info.update({
         "prefixes": N_PREFIXES, "per_line": PER_LINE, "failed": len(failures),
         "small_change_reload_s": small_s, "small_change_answered_during": small_during,
         "small_change_plan_s": small.get("plan_s"), "small_change_load_s": small.get("load_s"),
         "prefix_file_reload_s": big_s, "prefix_file_answered_during": big_during,
         "prefix_file_load_s": big.get("load_s"), "prefix_file_plan_s": big.get("plan_s"),
-        "prefix_file_reload_idle_s": idle_s})
+        "prefix_file_reload_idle_s": idle_s, "libwrap_one_connection_s": peer_s})
     print(f"\nreload, {N_PREFIXES:,}-prefix policy ({PER_LINE} per line), a small file changed: {small_s:.3f} s "
           f"(rule files {small.get('load_s', 0):.3f} s, plan {small.get('plan_s', 0):.3f} s); "
           f"the prefix file changed: {big_s:.2f} s (rule files {big.get('load_s', 0):.2f} s, "
           f"plan {big.get('plan_s', 0):.2f} s); {small_during + big_during:,} requests "
           f"answered meanwhile, {len(failures)} failed; the prefix file changed with no "
           f"client asking: {idle_s:.2f} s")
+    if peer_s is not None:
+        print(f"peer: libwrap reads the same files for one connection in {peer_s:.2f} s "
+              f"(acl's whole reload under load: {big_s / peer_s:.2f}x one tcpd connection)")

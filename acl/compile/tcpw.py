@@ -448,8 +448,7 @@ class HostsAccessLayer:
         elif opts.final == "twist":
             verdict = Verdict.DELEGATE
         reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
-        return Decision(verdict, reason, Location(rule.path, rule.line),
-                        options=opts.items if opts.ran else ())
+        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
 
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:

@@ -85,7 +85,8 @@ class OptionProgram:
 
     @property
     def items(self) -> tuple[tuple[str, str], ...]:
-        return tuple(o.item for o in self.ran)
+        # most rules have no options: no generator for them (one per rule on load)
+        return tuple(o.item for o in self.ran) if self.ran else ()
 
 
 NO_OPTIONS = OptionProgram(())

@@ -202,10 +202,6 @@ def _u16_text(text: str, what: str) -> bytes:
 
 def decision_payload(decision: Decision) -> bytes:
     loc = _u16_text(str(decision.location) if decision.location else "", "location")
-    if not decision.env and not decision.options:
-        # the usual answer (a reload of a big policy encodes one per rule)
-        return _DECISION_FIXED.pack(int(decision.verdict), int(decision.reason), len(loc),
-                                    decision.lease, 0, 0) + loc
     parts = [_DECISION_FIXED.pack(int(decision.verdict), int(decision.reason), len(loc),
                                   decision.lease, len(decision.env), len(decision.options)), loc]
     for name, value in decision.env:
