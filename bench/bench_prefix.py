@@ -426,8 +426,24 @@ def test_build_one_million(benchmark, ratios, name):
     lens = bytes(lens[i] for i in order)
     vals = array("i", (vals[i] for i in order))
     benchmark.pedantic(core.PrefixTable.from_arrays, args=(d.family, nets, lens, vals), rounds=3)
+    ratios.baseline(BUILD, "pytricia")
     ratios.timed(BUILD, name, "acl from_arrays", benchmark, 1)
     ratios.note(MEMORY, name, "acl nbytes", f"{acl_table(name).nbytes / 1e6:.1f} MB")
+
+
+@pytest.mark.parametrize("name", ["routing v4 1M", "routing v6 1M"])
+def test_build_one_million_pytricia(benchmark, ratios, name):
+    """Times pytricia building the same 1,000,000 prefixes (the peer of the row above)."""
+    d = dataset(name)
+    strings = d.strings
+
+    def build():
+        tree = pytricia.PyTricia(d.bits)
+        for i, s in enumerate(strings):
+            tree[s] = i
+    benchmark.pedantic(build, rounds=1)
+    ratios.baseline(BUILD, "pytricia")
+    ratios.timed(BUILD, name, "pytricia", benchmark, 1)
 
 
 # -- memory ------------------------------------------------------------------
