@@ -26,6 +26,12 @@ cdef struct Node:
     uint64_t leafvec    # bit s set: slot s is a leaf starting a new run of equal leaves
     uint32_t base0      # index in Trie.leaves of this node's first leaf
     uint32_t base1      # index in Trie.nodes of this node's first child
+    # Path compression: the `skip` (0..32) address bits that every prefix below
+    # this node shares, checked before its slots; an address that differs
+    # there gets Trie.leaves[base0 - 1], the Pair covering the whole node.
+    uint32_t skipval
+    uint8_t skip
+    uint8_t stride      # address bits this node's slots resolve, after the skip (1..6)
 
 cdef struct Trie:
     uint32_t *top       # 2**dp direct-pointing slots: node index, or LEAF_TAG | leaf index
@@ -38,6 +44,7 @@ cdef struct Trie:
     int dp              # address bits resolved by `top` (the first stride)
     int bits            # address width: 32 or 128
     uint32_t mapped     # which of top/nodes/leaves live in their own mmap (huge pages)
+    uint8_t compressed  # nodes skip the bits their whole subtree shares (Node.skip)
 
 # One entry while a table is being built (sorted, then split into columns).
 cdef struct E4:

@@ -36,17 +36,25 @@ Data structure (one per table, built once, immutable):
   ``vector`` marks slots that have a child, a 64-bit ``leafvec`` marks where
   a run of equal leaves starts, children and leaves of one node are stored
   contiguously, and popcount turns a slot number into an array index.
-* Every lookup is the same inline steps on C structs and C integers --
-  ``top_slot``, then ``descend`` once per node -- ``noexcept nogil``, never
-  allocating.  ``trie_find`` chains them for one address, and the
-  per-address methods are thin wrappers around it (parse, call, return an
+* Path compression, for tables where it pays (``bare_paths_pay``: sparse
+  ones, such as IPv6 routing tables, where most prefixes sit alone at the end
+  of a long path): a node first skips up to 32 bits that every prefix below
+  it shares, compared in one step (``skip``, ``skipval``); an address that
+  differs there gets the node's default leaf.  A lone /48 under a top slot is
+  then one node, not five.  Dense tables are built without, and their batch
+  walks skip the check.
+* Every lookup is the same inline steps on C structs and C integers -- the
+  top slot, then ``skip_differs`` and ``descend`` once per node -- ``noexcept
+  nogil``, never allocating.  ``trie_find`` chains them for one address, and
+  the per-address methods are thin wrappers around it (parse, call, return an
   int).  The batch methods run the same steps for LANES addresses at a time
   over a packed buffer, in one nogil loop with no Python object per address.
 * Build (``build_trie``): sort the entries by (network, length) -- then every
   entry that overlaps an earlier one lies inside it -- and paint each node's
   slots in that order: ``specific`` is overwritten, ``first`` keeps the
   minimum.  Slots holding longer prefixes recurse with their painted Pair as
-  the inherited default.  Linear in entries plus nodes after the sort.
+  the inherited default; a compressed node starts below the bits its
+  entries share, up to its shortest entry.  Linear in entries plus nodes after the sort.
   Arrays of 1 MiB or more then move to fresh 2 MiB-aligned mappings advised
   for transparent huge pages (fewer TLB misses on random lookups).
 """
@@ -87,6 +95,8 @@ cdef extern from "Python.h":
 cdef extern from *:
     int popcount64 "__builtin_popcountll"(unsigned long long) nogil
     int ctz64 "__builtin_ctzll"(unsigned long long) nogil
+    int clz64 "__builtin_clzll"(unsigned long long) nogil
+    int clz32 "__builtin_clz"(unsigned int) nogil
 
 ctypedef fused addr_t:
     uint32_t
@@ -408,37 +418,40 @@ cdef inline addr_t prefix_mask(addr_t zero, int length) noexcept nogil:
 
 
 # -- lookup: the hot path ----------------------------------------------
+#
+# A walk reads its address through a 128-bit window (hi, lo) that shifts left
+# as bits are used, so the next unread bit is always hi's top bit.  A node
+# uses at most MAX_SKIP + 6 bits, so its skipped bits and its slot number are
+# shifts of hi alone, and IPv4 walks are the same code (the address is hi's
+# top 32 bits, lo stays 0).  No step needs to know its depth: each node
+# carries its own skip and stride.
 
-cdef inline int stride(addr_t a, int d) noexcept nogil:
-    """Bits consumed by a node at depth ``d``: 6, fewer at the very end."""
-    cdef int width
-    if addr_t is uint32_t:
-        width = 32
-    else:
-        width = 128
-    return 6 if width - d > 6 else width - d
-
-
-cdef inline uint32_t top_slot(const Trie *t, addr_t a) noexcept nogil:
-    """Index of ``a``'s slot in ``t.top``."""
-    if addr_t is uint32_t:
-        return <uint32_t>(a >> (32 - t.dp))
-    else:
-        return <uint32_t>(a >> (128 - t.dp))
+cdef inline void window_shift(uint64_t *hi, uint64_t *lo, int n) noexcept nogil:
+    """Drop the window's first ``n`` (1..63) bits."""
+    hi[0] = (hi[0] << n) | (lo[0] >> (64 - n))
+    lo[0] <<= n
 
 
-cdef inline uint32_t descend(const Node *nd, addr_t a, int d, int k,
-                             uint32_t *index) noexcept nogil:
-    """One node step, the only one every lookup takes: 1 and the child's
-    index in t.nodes, or 0 and the leaf's index in t.leaves.  Branch-free:
-    whether a random address goes on to a child is a coin toss that a branch
-    predictor loses, and the batch walks below lose it once per lane and level."""
-    cdef uint32_t v, bit, child, leaf
+cdef inline uint32_t skip_differs(const Node *nd, uint64_t hi) noexcept nogil:
+    """1 if the window's first ``nd.skip`` bits are not the node's ``skipval``
+    (0 when it skips nothing: two shifts, since a shift by 64 is undefined)."""
+    return ((hi >> 1) >> (63 - nd.skip)) != nd.skipval
+
+
+cdef inline uint32_t slot_of(const Node *nd, uint64_t hi) noexcept nogil:
+    """The slot of node ``nd`` that the window ``hi`` at the node falls in:
+    the ``stride`` bits after the skipped ones."""
+    return <uint32_t>((hi << nd.skip) >> (64 - nd.stride))
+
+
+cdef inline uint32_t descend(const Node *nd, uint32_t v, uint32_t *index) noexcept nogil:
+    """One node step, the only one every lookup takes, at slot ``v``: 1 and
+    the child's index in t.nodes, or 0 and the leaf's index in t.leaves.
+    Branch-free: whether a random address goes on to a child is a coin toss
+    that a branch predictor loses, and the batch walks below lose it once per
+    lane and level."""
+    cdef uint32_t bit, child, leaf
     cdef uint64_t upto
-    if addr_t is uint32_t:
-        v = (a >> (32 - d - k)) & ((<uint32_t>1 << k) - 1)
-    else:
-        v = (<uint32_t>(a >> (128 - d - k))) & ((<uint32_t>1 << k) - 1)
     upto = ((<uint64_t>2) << v) - 1   # slots 0..v; wraps to all ones for v = 63
     bit = <uint32_t>((nd.vector >> v) & 1)
     child = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
@@ -447,18 +460,30 @@ cdef inline uint32_t descend(const Node *nd, addr_t a, int d, int k,
     return bit
 
 
-cdef inline const Pair *trie_find(const Trie *t, addr_t a) noexcept nogil:
-    """The leaf covering ``a``: its top slot, then node steps to a leaf."""
-    cdef int d, k
-    cdef uint32_t e = t.top[top_slot(t, a)]
+cdef inline const Pair *trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexcept nogil:
+    """The leaf covering the address (hi, lo): its top slot, then node steps to
+    a leaf.  An address that differs from a node's skipped bits lies beside
+    every prefix below the node: its answer is the node's default leaf."""
+    cdef const Node *nd
+    cdef uint32_t e = t.top[hi >> (64 - t.dp)]
     if e & LEAF_TAG:
         return &t.leaves[e & ~(<uint32_t>LEAF_TAG)]
-    d = t.dp
+    window_shift(&hi, &lo, t.dp)
     while True:
-        k = stride(a, d)
-        if not descend(&t.nodes[e], a, d, k, &e):
+        nd = &t.nodes[e]
+        if skip_differs(nd, hi):
+            return &t.leaves[nd.base0 - 1]
+        if not descend(nd, slot_of(nd, hi), &e):
             return &t.leaves[e]
-        d += k
+        window_shift(&hi, &lo, nd.skip + nd.stride)
+
+
+cdef inline const Pair *find_v4(const Trie *t, uint32_t a) noexcept nogil:
+    return trie_find(t, (<uint64_t>a) << 32, 0)
+
+
+cdef inline const Pair *find_v6(const Trie *t, acl_u128 a) noexcept nogil:
+    return trie_find(t, <uint64_t>(a >> 64), <uint64_t>a)
 
 
 # Batch lookups keep LANES independent walks in flight so that their cache
@@ -476,13 +501,19 @@ cdef extern from *:
     void prefetch "__builtin_prefetch"(const void *) nogil
 
 
-cdef inline addr_t load_addr(const unsigned char *p, addr_t zero) noexcept nogil:
+cdef inline void load_window(const unsigned char *p, addr_t zero, uint64_t *hi,
+                             uint64_t *lo) noexcept nogil:
+    """The packed address at p (network order) as a walk's window."""
     cdef uint32_t raw
     if addr_t is uint32_t:
         memcpy(&raw, p, 4)
-        return be32toh(raw)
+        hi[0] = (<uint64_t>be32toh(raw)) << 32
+        lo[0] = 0
     else:
-        return load128(p)
+        memcpy(hi, p, 8)
+        memcpy(lo, p + 8, 8)
+        hi[0] = be64toh(hi[0])
+        lo[0] = be64toh(lo[0])
 
 
 cdef inline const void *next_line(const Trie *t, uint32_t at_node, uint32_t index) noexcept nogil:
@@ -493,8 +524,22 @@ cdef inline const void *next_line(const Trie *t, uint32_t at_node, uint32_t inde
                           | ((<size_t>t.leaves + index * sizeof(Pair)) & ~mask))
 
 
+# Two compiled variants of the batch walk (a fused tag type): tables built
+# without path compression skip the skip check, which is most of a dense
+# table's per-step cost.
+cdef struct Plain:
+    char unused
+
+cdef struct Skipping:
+    char unused
+
+ctypedef fused walk_t:
+    Plain
+    Skipping
+
+
 cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
-                      bint specific, addr_t zero) noexcept nogil:
+                      bint specific, addr_t zero, walk_t kind) noexcept nogil:
     """o[i] = the first or specific value for the i-th packed address of p:
     LANES addresses at a time, level by level, prefetching each level's reads.
     Each level visits only the lanes still at a node, listed in ``walk``; the
@@ -502,12 +547,16 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     bit), so lanes of mixed depths cost no mispredictions (measured: on the
     tor-geoipdb IPv4 table, skipping finished lanes with an ``if`` made the
     walk 2x slower than on the same addresses grouped by depth)."""
-    cdef addr_t addr[LANES]
+    cdef uint64_t hi[LANES]
+    cdef uint64_t lo[LANES]
     cdef uint32_t cur[LANES]
     cdef uint8_t walk[LANES]
     cdef Py_ssize_t base, m, j, q, walking, still
-    cdef int step, d, k
-    cdef uint32_t e, at_node
+    cdef int step, used, d, k, shift, dp = t.dp, width = t.bits
+    cdef uint32_t v, mask
+    cdef uint32_t e, at_node, differ
+    cdef uint64_t h
+    cdef const Node *nd
     if addr_t is uint32_t:
         step = 4
     else:
@@ -518,28 +567,55 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
         if m > LANES:
             m = LANES
         for j in range(m):
-            addr[j] = load_addr(p + (base + j) * step, zero)
-            prefetch(&t.top[top_slot(t, addr[j])])
+            load_window(p + (base + j) * step, zero, &hi[j], &lo[j])
+            prefetch(&t.top[hi[j] >> (64 - dp)])
         walking = 0
         for j in range(m):
-            e = t.top[top_slot(t, addr[j])]
+            e = t.top[hi[j] >> (64 - dp)]
             at_node = (e >> 31) ^ 1      # LEAF_TAG is bit 31
             cur[j] = e & ~(<uint32_t>LEAF_TAG)
             prefetch(next_line(t, at_node, cur[j]))
+            window_shift(&hi[j], &lo[j], dp)
             walk[walking] = <uint8_t>j
             walking += at_node
-        d = t.dp
+        d = dp
         while walking:
-            k = stride(zero, d)
+            # Without skips the lanes stay in step: this level's stride is
+            # every node's, and the window need not move (its bits
+            # d - dp .. d - dp + k are this level's slot).
+            k = width - d
+            if k > 6:
+                k = 6
+            d += k
+            shift = 128 - (d - dp)
+            mask = (<uint32_t>1 << k) - 1
             still = 0
             for q in range(walking):
                 j = walk[q]
-                at_node = descend(&t.nodes[cur[j]], addr[j], d, k, &cur[j])
+                nd = &t.nodes[cur[j]]
+                h = hi[j]
+                if walk_t is Skipping:
+                    # trie_find's steps without its branch: a lane whose
+                    # skipped bits differ stops at the node's default leaf.
+                    differ = <uint32_t>0 - skip_differs(nd, h)
+                    at_node = descend(nd, slot_of(nd, h), &e) & ~differ
+                    cur[j] = (e & ~differ) | ((nd.base0 - 1) & differ)
+                    used = nd.skip + nd.stride
+                    if addr_t is uint32_t:
+                        hi[j] = h << used
+                    else:
+                        hi[j] = (h << used) | (lo[j] >> (64 - used))
+                        lo[j] <<= used
+                else:
+                    if addr_t is uint32_t:
+                        v = <uint32_t>(h >> (shift - 64)) & mask
+                    else:
+                        v = <uint32_t>(((<acl_u128>h << 64) | lo[j]) >> shift) & mask
+                    at_node = descend(nd, v, &cur[j])
                 prefetch(next_line(t, at_node, cur[j]))
                 walk[still] = <uint8_t>j
                 still += at_node
             walking = still
-            d += k
         if specific:
             for j in range(m):
                 o[base + j] = t.leaves[cur[j]].specific
@@ -549,7 +625,42 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
         base += m
 
 
+cdef void batch_walk(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
+                     bint specific, addr_t zero) noexcept nogil:
+    """batch_group, in the variant for how ``t`` was built."""
+    cdef Plain plain
+    cdef Skipping skipping
+    plain.unused = 0
+    skipping.unused = 0
+    if t.compressed:
+        batch_group(t, p, o, n, specific, zero, skipping)
+    else:
+        batch_group(t, p, o, n, specific, zero, plain)
+
+
 # -- build ----------------------------------------------------------------
+
+cdef inline uint32_t net_bits(addr_t a, int d, int n) noexcept nogil:
+    """The ``n`` (0..MAX_SKIP) bits of ``a`` from bit ``d`` on, as an integer;
+    0 for n = 0.  Needs 0 < d and d + n <= the address width."""
+    if addr_t is uint32_t:
+        return <uint32_t>((<uint64_t>a >> (32 - d - n)) & (((<uint64_t>1) << n) - 1))
+    else:
+        return <uint32_t>(<uint64_t>(a >> (128 - d - n)) & (((<uint64_t>1) << n) - 1))
+
+
+cdef inline int common_bits(addr_t x, addr_t y) noexcept nogil:
+    """How many leading bits ``x`` and ``y`` share."""
+    cdef uint64_t hi, lo
+    if addr_t is uint32_t:
+        return 32 if x == y else clz32(x ^ y)
+    else:
+        hi = <uint64_t>((x ^ y) >> 64)
+        lo = <uint64_t>(x ^ y)
+        if hi:
+            return clz64(hi)
+        return 128 if lo == 0 else 64 + clz64(lo)
+
 
 cdef inline void paint(Pair *p, int32_t value) noexcept nogil:
     # Entries arrive sorted, so a later overlapping entry is a longer one.
@@ -560,6 +671,13 @@ cdef inline void paint(Pair *p, int32_t value) noexcept nogil:
 
 cdef inline bint same(Pair a, Pair b) noexcept nogil:
     return a.first == b.first and a.specific == b.specific
+
+
+# The most bits one node skips (Node.skipval is 32 bits wide); a longer bare
+# path takes a node with one child every MAX_SKIP + 6 bits.
+cdef enum:
+    MAX_SKIP = 32
+    BARE_SHARE = 8      # see bare_paths_pay
 
 
 cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
@@ -607,10 +725,31 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
     cdef size_t i, g
     cdef Pair last
     cdef bint have_last = False, painted = False
+    cdef int skip
     if addr_t is uint32_t:
         width = 32
     else:
         width = 128
+    # Path compression: the bits every entry shares, up to the shortest
+    # entry's length, are checked once instead of walked six at a time.  The
+    # shortest entry is the first whenever it is that short: a prefix covering
+    # all the shared bits holds the lowest network of the group (sorted order).
+    skip = 0
+    if t.compressed:
+        skip = common_bits(nets[lo], nets[hi - 1])
+        if skip > lens[lo] - 1:
+            skip = lens[lo] - 1
+        skip -= d
+        if skip > MAX_SKIP:
+            skip = MAX_SKIP
+    t.nodes[idx].skip = <uint8_t>skip
+    t.nodes[idx].skipval = net_bits(nets[lo], d, skip)
+    if skip:
+        # The answer for an address that differs in the skipped bits: what
+        # covers this whole node, kept just before the node's own leaves.
+        if add_leaf(t, inherited) < 0:
+            return -1
+        d += skip
     k = width - d
     if k > 6:
         k = 6
@@ -667,6 +806,7 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
     t.nodes[idx].leafvec = leafvec
     t.nodes[idx].base0 = base0
     t.nodes[idx].base1 = base1
+    t.nodes[idx].stride = <uint8_t>k
     c = 0
     rest = vector
     while rest:
@@ -677,6 +817,31 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
             return -1
         c += 1
     return 0
+
+
+cdef bint bare_paths_pay(const addr_t *nets, const uint8_t *lens, size_t n, int dp) noexcept nogil:
+    """Whether path compression pays for these sorted entries: when at least
+    one in BARE_SHARE ends a bare path (no other entry beside it) of more
+    than one node's bits below the top array.  Skipping costs every node
+    step a check, which batch walks feel on dense tables (tor-geoipdb: no
+    entry qualifies, and the check made batches ~20% slower); on sparse
+    ones (IPv6 routing: 84% qualify) it removes half the node steps.  An
+    entry's closest neighbours in sorted order are the ones it shares the
+    most bits with, so one pass over adjacent pairs finds each bare path."""
+    cdef size_t i, bare = 0
+    cdef int alone, c
+    for i in range(n):
+        alone = dp
+        if i > 0:
+            c = common_bits(nets[i - 1], nets[i]) + 1
+            if c > alone:
+                alone = c
+        if i + 1 < n:
+            c = common_bits(nets[i], nets[i + 1]) + 1
+            if c > alone:
+                alone = c
+        bare += lens[i] - alone > 6
+    return bare * BARE_SHARE >= n and bare > 0
 
 
 cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int32_t *vals,
@@ -697,6 +862,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     ntop = (<uint32_t>1) << dp
     t.dp = dp
     t.bits = width
+    t.compressed = bare_paths_pay(nets, lens, n, dp)
     t.top = <uint32_t *>malloc(ntop * sizeof(uint32_t))
     painted = <Pair *>malloc(ntop * sizeof(Pair))
     child = <uint8_t *>malloc(ntop)
@@ -1131,10 +1297,10 @@ cdef class PrefixTable:
 
     # -- for other compiled modules ----------------------------------------
     cdef const Pair *find4(self, uint32_t addr) noexcept nogil:
-        return trie_find(&self.trie, addr)
+        return find_v4(&self.trie, addr)
 
     cdef const Pair *find6(self, uint64_t hi, uint64_t lo) noexcept nogil:
-        return trie_find(&self.trie, ((<acl_u128>hi) << 64) | lo)
+        return trie_find(&self.trie, hi, lo)
 
     # -- size -----------------------------------------------------------------
     def __len__(self):
@@ -1161,10 +1327,10 @@ cdef class PrefixTable:
         cdef acl_u128 a6
         if self.bits == 32:
             parse4(addr, &a4)
-            return trie_find(&self.trie, a4).first
+            return find_v4(&self.trie, a4).first
         self._built()
         parse6(addr, &a6)
-        return trie_find(&self.trie, a6).first
+        return find_v6(&self.trie, a6).first
 
     @cython.always_allow_keywords(False)
     def most_specific(self, addr):
@@ -1172,10 +1338,10 @@ cdef class PrefixTable:
         cdef acl_u128 a6
         if self.bits == 32:
             parse4(addr, &a4)
-            return trie_find(&self.trie, a4).specific
+            return find_v4(&self.trie, a4).specific
         self._built()
         parse6(addr, &a6)
-        return trie_find(&self.trie, a6).specific
+        return find_v6(&self.trie, a6).specific
 
     cdef int _built(self) except -1:
         if not self.bits:
@@ -1294,13 +1460,24 @@ cdef class PrefixTable:
             try:
                 with nogil:
                     if width == 4:
-                        batch_group(&self.trie, <const unsigned char *>src.buf,
-                                    <int32_t *>dst.buf, n, specific, <uint32_t>0)
+                        batch_walk(&self.trie, <const unsigned char *>src.buf,
+                                   <int32_t *>dst.buf, n, specific, <uint32_t>0)
                     else:
-                        batch_group(&self.trie, <const unsigned char *>src.buf,
-                                    <int32_t *>dst.buf, n, specific, <acl_u128>0)
+                        batch_walk(&self.trie, <const unsigned char *>src.buf,
+                                   <int32_t *>dst.buf, n, specific, <acl_u128>0)
             finally:
                 PyBuffer_Release(&dst)
         finally:
             PyBuffer_Release(&src)
         return out
+
+
+def _trie_shape(PrefixTable table):
+    """The compiled trie's shape, for tests and benchmarks (not API; the twin
+    has no trie): its node and leaf counts, top array bits, whether it was
+    built path-compressed, and how many nodes skip bits."""
+    cdef uint32_t i, skipping = 0
+    for i in range(table.trie.n_nodes):
+        skipping += table.trie.nodes[i].skip > 0
+    return {"nodes": table.trie.n_nodes, "leaves": table.trie.n_leaves, "top_bits": table.trie.dp,
+            "compressed": bool(table.trie.compressed), "skipping_nodes": skipping}
