@@ -22,16 +22,20 @@ cdef struct Pair:
     int32_t specific    # value of the longest prefix covering the leaf, -1 if none
 
 cdef struct Node:
+    # 64 bytes, one cache line (the nodes array is 64-byte aligned).
     uint64_t vector     # bit s set: slot s descends into a child node
     uint64_t leafvec    # bit s set: slot s is a leaf starting a new run of equal leaves
-    uint32_t base0      # index in Trie.leaves of this node's first leaf
+    uint32_t base0      # index in Trie.leaves of this node's 4th leaf (the first 3: near)
     uint32_t base1      # index in Trie.nodes of this node's first child
     # Path compression: the `skip` (0..32) address bits that every prefix below
     # this node shares, checked before its slots; an address that differs
-    # there gets Trie.leaves[base0 - 1], the Pair covering the whole node.
+    # there gets near[0], the Pair covering the whole node.
     uint32_t skipval
     uint8_t skip
     uint8_t stride      # address bits this node's slots resolve, after the skip (1..6)
+    uint8_t spare1
+    uint8_t spare2
+    Pair near[4]        # near[0]: the skip's answer; near[1..3]: the node's first 3 leaves
 
 cdef struct Trie:
     uint32_t *top       # 2**dp direct-pointing slots: node index, or LEAF_TAG | leaf index

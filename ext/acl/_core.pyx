@@ -35,7 +35,10 @@ Data structure (one per table, built once, immutable):
   are compressed as in Poptrie (Asai & Ohara, SIGCOMM 2015): a 64-bit
   ``vector`` marks slots that have a child, a 64-bit ``leafvec`` marks where
   a run of equal leaves starts, children and leaves of one node are stored
-  contiguously, and popcount turns a slot number into an array index.
+  contiguously, and popcount turns a slot number into an array index.  A
+  node is one 64-byte cache line that also holds its first three leaves, so
+  a walk ending at a node with few leaves (most, in routing tables) reads
+  one line less.
 * Path compression, for tables where it pays (``bare_paths_pay``: sparse
   ones, such as IPv6 routing tables, where most prefixes sit alone at the end
   of a long path): a node first skips up to 32 bits that every prefix below
@@ -64,6 +67,7 @@ from cpython.array cimport array, clone
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
+from posix.stdlib cimport posix_memalign
 from libc.string cimport memchr, memcpy, memset
 
 import ipaddress
@@ -113,6 +117,16 @@ cdef Py_ssize_t BIG_TABLE = 4096
 # Their top array resolves 18 bits (1 MiB, as in Poptrie): an IPv4 /24 is
 # one node below it, an IPv6 /48 five.  Measured against 16 on the bench sets.
 cdef int BIG_DP = 18
+
+cdef enum:
+    # The most bits one node skips (Node.skipval is 32 bits wide); a longer
+    # bare path takes a node with one child every MAX_SKIP + 6 bits.
+    MAX_SKIP = 32
+    # Leaves a node keeps in its own cache line (Node.near[1..3]).
+    NEAR_LEAVES = 3
+    # Path compression pays when one entry in BARE_SHARE ends a bare path
+    # (see bare_paths_pay).
+    BARE_SHARE = 8
 
 
 # -- addresses ----------------------------------------------------------
@@ -444,27 +458,34 @@ cdef inline uint32_t slot_of(const Node *nd, uint64_t hi) noexcept nogil:
     return <uint32_t>((hi << nd.skip) >> (64 - nd.stride))
 
 
-cdef inline uint32_t descend(const Node *nd, uint32_t v, uint32_t *index) noexcept nogil:
-    """One node step, the only one every lookup takes, at slot ``v``: 1 and
-    the child's index in t.nodes, or 0 and the leaf's index in t.leaves.
-    Branch-free: whether a random address goes on to a child is a coin toss
-    that a branch predictor loses, and the batch walks below lose it once per
-    lane and level."""
-    cdef uint32_t bit, child, leaf
-    cdef uint64_t upto
-    upto = ((<uint64_t>2) << v) - 1   # slots 0..v; wraps to all ones for v = 63
-    bit = <uint32_t>((nd.vector >> v) & 1)
-    child = nd.base1 + <uint32_t>popcount64(nd.vector & upto) - 1
-    leaf = nd.base0 + <uint32_t>popcount64(nd.leafvec & upto) - 1
-    index[0] = leaf ^ ((child ^ leaf) & (0u - bit))
-    return bit
+cdef inline uint32_t has_child(const Node *nd, uint32_t v) noexcept nogil:
+    """1 if slot ``v`` of ``nd`` descends into a child, 0 if it is a leaf."""
+    return <uint32_t>((nd.vector >> v) & 1)
+
+
+cdef inline uint32_t child_of(const Node *nd, uint32_t v) noexcept nogil:
+    """Index in t.nodes of slot ``v``'s child (junk if the slot is a leaf)."""
+    return nd.base1 + <uint32_t>popcount64(nd.vector & (((<uint64_t>2) << v) - 1)) - 1
+
+
+cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v) noexcept nogil:
+    """The Pair of slot ``v`` of ``nd`` (junk if the slot has a child): one of
+    the node's first NEAR_LEAVES leaves, in its own cache line, or a later one
+    in t.leaves.  Picked without a branch, in integer arithmetic, since the
+    unused address may lie outside both arrays."""
+    cdef uint32_t i = <uint32_t>popcount64(nd.leafvec & (((<uint64_t>2) << v) - 1)) - 1
+    cdef size_t near = <size_t>0 - <size_t>(i < NEAR_LEAVES)
+    cdef size_t inside = <size_t>&nd.near[1] + i * sizeof(Pair)
+    cdef size_t outside = <size_t>t.leaves + (nd.base0 + i - NEAR_LEAVES) * sizeof(Pair)
+    return <const Pair *>((inside & near) | (outside & ~near))
 
 
 cdef inline const Pair *trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexcept nogil:
     """The leaf covering the address (hi, lo): its top slot, then node steps to
     a leaf.  An address that differs from a node's skipped bits lies beside
-    every prefix below the node: its answer is the node's default leaf."""
+    every prefix below the node: its answer is the node's near[0]."""
     cdef const Node *nd
+    cdef uint32_t v
     cdef uint32_t e = t.top[hi >> (64 - t.dp)]
     if e & LEAF_TAG:
         return &t.leaves[e & ~(<uint32_t>LEAF_TAG)]
@@ -472,9 +493,11 @@ cdef inline const Pair *trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexc
     while True:
         nd = &t.nodes[e]
         if skip_differs(nd, hi):
-            return &t.leaves[nd.base0 - 1]
-        if not descend(nd, slot_of(nd, hi), &e):
-            return &t.leaves[e]
+            return &nd.near[0]
+        v = slot_of(nd, hi)
+        if not has_child(nd, v):
+            return leaf_of(t, nd, v)
+        e = child_of(nd, v)
         window_shift(&hi, &lo, nd.skip + nd.stride)
 
 
@@ -516,12 +539,10 @@ cdef inline void load_window(const unsigned char *p, addr_t zero, uint64_t *hi,
         lo[0] = be64toh(lo[0])
 
 
-cdef inline const void *next_line(const Trie *t, uint32_t at_node, uint32_t index) noexcept nogil:
-    """&t.nodes[index] if at_node (1) else &t.leaves[index], without a branch."""
-    cdef size_t mask = <size_t>0 - at_node
-    # Integer arithmetic: the unused address may lie past its array.
-    return <const void *>(((<size_t>t.nodes + index * sizeof(Node)) & mask)
-                          | ((<size_t>t.leaves + index * sizeof(Pair)) & ~mask))
+cdef inline const void *pick(uint32_t first, const void *a, const void *b) noexcept nogil:
+    """``a`` if first (1) else ``b``, without a branch."""
+    cdef size_t mask = <size_t>0 - first
+    return <const void *>((<size_t>a & mask) | (<size_t>b & ~mask))
 
 
 # Two compiled variants of the batch walk (a fused tag type): tables built
@@ -550,11 +571,11 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef uint64_t hi[LANES]
     cdef uint64_t lo[LANES]
     cdef uint32_t cur[LANES]
+    cdef const Pair *res[LANES]
     cdef uint8_t walk[LANES]
     cdef Py_ssize_t base, m, j, q, walking, still
     cdef int step, used, d, k, shift, dp = t.dp, width = t.bits
-    cdef uint32_t v, mask
-    cdef uint32_t e, at_node, differ
+    cdef uint32_t v, mask, e, at_node, differ
     cdef uint64_t h
     cdef const Node *nd
     if addr_t is uint32_t:
@@ -574,7 +595,8 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
             e = t.top[hi[j] >> (64 - dp)]
             at_node = (e >> 31) ^ 1      # LEAF_TAG is bit 31
             cur[j] = e & ~(<uint32_t>LEAF_TAG)
-            prefetch(next_line(t, at_node, cur[j]))
+            res[j] = &t.leaves[cur[j]]
+            prefetch(pick(at_node, &t.nodes[cur[j]], res[j]))
             window_shift(&hi[j], &lo[j], dp)
             walk[walking] = <uint8_t>j
             walking += at_node
@@ -595,11 +617,12 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                 nd = &t.nodes[cur[j]]
                 h = hi[j]
                 if walk_t is Skipping:
-                    # trie_find's steps without its branch: a lane whose
-                    # skipped bits differ stops at the node's default leaf.
-                    differ = <uint32_t>0 - skip_differs(nd, h)
-                    at_node = descend(nd, slot_of(nd, h), &e) & ~differ
-                    cur[j] = (e & ~differ) | ((nd.base0 - 1) & differ)
+                    # trie_find's steps without its branches: a lane whose
+                    # skipped bits differ stops at the node's near[0].
+                    differ = skip_differs(nd, h)
+                    v = slot_of(nd, h)
+                    at_node = has_child(nd, v) & (differ ^ 1)
+                    res[j] = <const Pair *>pick(differ, &nd.near[0], leaf_of(t, nd, v))
                     used = nd.skip + nd.stride
                     if addr_t is uint32_t:
                         hi[j] = h << used
@@ -611,17 +634,19 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                         v = <uint32_t>(h >> (shift - 64)) & mask
                     else:
                         v = <uint32_t>(((<acl_u128>h << 64) | lo[j]) >> shift) & mask
-                    at_node = descend(nd, v, &cur[j])
-                prefetch(next_line(t, at_node, cur[j]))
+                    at_node = has_child(nd, v)
+                    res[j] = leaf_of(t, nd, v)
+                cur[j] = child_of(nd, v)
+                prefetch(pick(at_node, &t.nodes[cur[j]], res[j]))
                 walk[still] = <uint8_t>j
                 still += at_node
             walking = still
         if specific:
             for j in range(m):
-                o[base + j] = t.leaves[cur[j]].specific
+                o[base + j] = res[j].specific
         else:
             for j in range(m):
-                o[base + j] = t.leaves[cur[j]].first
+                o[base + j] = res[j].first
         base += m
 
 
@@ -673,25 +698,28 @@ cdef inline bint same(Pair a, Pair b) noexcept nogil:
     return a.first == b.first and a.specific == b.specific
 
 
-# The most bits one node skips (Node.skipval is 32 bits wide); a longer bare
-# path takes a node with one child every MAX_SKIP + 6 bits.
-cdef enum:
-    MAX_SKIP = 32
-    BARE_SHARE = 8      # see bare_paths_pay
-
-
 cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
     cdef uint64_t cap
-    cdef Node *p
     if <uint64_t>t.n_nodes + extra > t.cap_nodes:
         cap = max(<uint64_t>t.cap_nodes * 2, <uint64_t>t.n_nodes + extra, 64)
         if cap >= LEAF_TAG:
             return -1
-        p = <Node *>realloc(t.nodes, cap * sizeof(Node))
-        if p == NULL:
+        if resize_nodes(t, <uint32_t>cap) < 0:
             return -1
-        t.nodes = p
-        t.cap_nodes = <uint32_t>cap
+    return 0
+
+
+cdef int resize_nodes(Trie *t, uint32_t cap) noexcept nogil:
+    """Move the nodes to a 64-byte aligned array of ``cap`` (>= n_nodes), so
+    that each node is one cache line (realloc only promises 16 bytes)."""
+    cdef void *p
+    if posix_memalign(&p, 64, <size_t>cap * sizeof(Node)) != 0:
+        return -1
+    if t.n_nodes:
+        memcpy(p, t.nodes, <size_t>t.n_nodes * sizeof(Node))
+    free(t.nodes)
+    t.nodes = <Node *>p
+    t.cap_nodes = cap
     return 0
 
 
@@ -724,6 +752,8 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
     cdef uint64_t vector = 0, leafvec = 0, full, rest
     cdef size_t i, g
     cdef Pair last
+    cdef Pair runs[64]
+    cdef uint32_t nruns
     cdef bint have_last = False, painted = False
     cdef int skip
     if addr_t is uint32_t:
@@ -744,12 +774,10 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
             skip = MAX_SKIP
     t.nodes[idx].skip = <uint8_t>skip
     t.nodes[idx].skipval = net_bits(nets[lo], d, skip)
-    if skip:
-        # The answer for an address that differs in the skipped bits: what
-        # covers this whole node, kept just before the node's own leaves.
-        if add_leaf(t, inherited) < 0:
-            return -1
-        d += skip
+    # What an address that differs in the skipped bits gets: what covers
+    # this whole node.
+    t.nodes[idx].near[0] = inherited
+    d += skip
     k = width - d
     if k > 6:
         k = 6
@@ -779,24 +807,31 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
             gstart[s] = i
             gend[s] = g
             i = g
-    base0 = t.n_leaves
     full = (~(<uint64_t>0)) >> (64 - nslots)     # a bit for every slot
+    nruns = 0
     if not painted:
         # Every leaf slot holds `inherited`: one run, starting at the first.
         if vector != full:
             leafvec = (<uint64_t>1) << ctz64(~vector)
-            if add_leaf(t, inherited) < 0:
-                return -1
+            runs[0] = inherited
+            nruns = 1
     else:
         for j in range(<uint32_t>nslots):
             if (vector >> j) & 1:
                 continue
             if not have_last or not same(slots[j], last):
                 leafvec |= (<uint64_t>1) << j
-                if add_leaf(t, slots[j]) < 0:
-                    return -1
+                runs[nruns] = slots[j]
+                nruns += 1
                 last = slots[j]
                 have_last = True
+    # A node keeps its first leaves in its own cache line: a walk that ends
+    # there reads one line less (most walks, in routing tables, where a node
+    # rarely has more).
+    base0 = t.n_leaves
+    for j in range(NEAR_LEAVES, nruns):
+        if add_leaf(t, runs[j]) < 0:
+            return -1
     c = <uint32_t>popcount64(vector)
     if grow_nodes(t, c) < 0:
         return -1
@@ -807,6 +842,8 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
     t.nodes[idx].base0 = base0
     t.nodes[idx].base1 = base1
     t.nodes[idx].stride = <uint8_t>k
+    for j in range(min(nruns, NEAR_LEAVES)):
+        t.nodes[idx].near[1 + j] = runs[j]
     c = 0
     rest = vector
     while rest:
@@ -1277,10 +1314,7 @@ cdef class PrefixTable:
         if rc < 0:
             raise MemoryError("prefix table too large")
         if self.trie.n_nodes and self.trie.n_nodes < self.trie.cap_nodes:
-            p = realloc(self.trie.nodes, self.trie.n_nodes * sizeof(Node))
-            if p != NULL:
-                self.trie.nodes = <Node *>p
-                self.trie.cap_nodes = self.trie.n_nodes
+            resize_nodes(&self.trie, self.trie.n_nodes)     # keeps the old array if it fails
         if self.trie.n_leaves < self.trie.cap_leaves:
             p = realloc(self.trie.leaves, self.trie.n_leaves * sizeof(Pair))
             if p != NULL:
