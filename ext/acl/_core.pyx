@@ -711,16 +711,22 @@ cdef inline bint same(Pair a, Pair b) noexcept nogil:
 
 cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
     cdef uint64_t cap
+    cdef Node *p
     if <uint64_t>t.n_nodes + extra > t.cap_nodes:
         cap = max(<uint64_t>t.cap_nodes * 2, <uint64_t>t.n_nodes + extra, 64)
         if cap >= LEAF_TAG:
             return -1
-        if resize_nodes(t, <uint32_t>cap) < 0:
+        # realloc while building (it can grow in place); the finished array
+        # is moved to aligned memory (``_finish``).
+        p = <Node *>realloc(t.nodes, cap * sizeof(Node))
+        if p == NULL:
             return -1
+        t.nodes = p
+        t.cap_nodes = <uint32_t>cap
     return 0
 
 
-cdef int resize_nodes(Trie *t, uint32_t cap) noexcept nogil:
+cdef int aligned_nodes(Trie *t, uint32_t cap) noexcept nogil:
     """Move the nodes to a 64-byte aligned array of ``cap`` (>= n_nodes), so
     that each node is one cache line (realloc only promises 16 bytes)."""
     cdef void *p
@@ -1324,8 +1330,13 @@ cdef class PrefixTable:
         cdef void *p
         if rc < 0:
             raise MemoryError("prefix table too large")
-        if self.trie.n_nodes and self.trie.n_nodes < self.trie.cap_nodes:
-            resize_nodes(&self.trie, self.trie.n_nodes)     # keeps the old array if it fails
+        # Nodes end on 64-byte aligned memory: a big array on its own huge
+        # pages below, a small one copied here (either keeps the old array
+        # if it fails: slower lookups, same answers).
+        if <size_t>self.trie.n_nodes * sizeof(Node) >= HUGE_FROM:
+            self.trie.cap_nodes = self.trie.n_nodes     # what on_huge_pages copies
+        elif self.trie.n_nodes:
+            aligned_nodes(&self.trie, self.trie.n_nodes)
         if self.trie.n_leaves < self.trie.cap_leaves:
             p = realloc(self.trie.leaves, self.trie.n_leaves * sizeof(Pair))
             if p != NULL:
@@ -1520,9 +1531,11 @@ cdef class PrefixTable:
 def _trie_shape(PrefixTable table):
     """The compiled trie's shape, for tests and benchmarks (not API; the twin
     has no trie): its node and leaf counts, top array bits, whether it was
-    built path-compressed, and how many nodes skip bits."""
+    built path-compressed, how many nodes skip bits, and whether each node is
+    one cache line."""
     cdef uint32_t i, skipping = 0
     for i in range(table.trie.n_nodes):
         skipping += table.trie.nodes[i].skip > 0
     return {"nodes": table.trie.n_nodes, "leaves": table.trie.n_leaves, "top_bits": table.trie.dp,
-            "compressed": bool(table.trie.compressed), "skipping_nodes": skipping}
+            "compressed": bool(table.trie.compressed), "skipping_nodes": skipping,
+            "node_bytes": sizeof(Node), "nodes_aligned": <size_t>table.trie.nodes % 64 == 0}

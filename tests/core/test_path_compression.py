@@ -74,6 +74,7 @@ def test_sparse_tables_are_compressed_and_agree(compiled, family, count):
     table = compiled.PrefixTable(family, entries)
     shape = compiled._trie_shape(table)
     assert shape["compressed"] and shape["skipping_nodes"] > len(entries) // 4, shape
+    assert shape["node_bytes"] == 64 and shape["nodes_aligned"], shape   # one cache line each
     check_against_twin(table, _core_py.PrefixTable(family, entries), family, probes(family, entries, rng))
 
 
@@ -92,6 +93,7 @@ def test_dense_tables_are_not_compressed_and_agree(compiled, family):
     table = compiled.PrefixTable(family, entries)
     shape = compiled._trie_shape(table)
     assert not shape["compressed"] and shape["skipping_nodes"] == 0, shape
+    assert shape["nodes_aligned"], shape
     check_against_twin(table, _core_py.PrefixTable(family, entries), family, probes(family, entries, rng))
 
 
