@@ -342,6 +342,42 @@ def test_acl_walk_latency(benchmark, data, ratios):
     ratios.timed(LOOKUPS, data.name, "acl walk only, one at a time (C, no call)", benchmark, SINGLE)
 
 
+PAIRED = "prefix core: single calls, peers taking turns (paired rounds)"
+PAIRED_ROUNDS = 15
+
+
+def test_single_paired(benchmark, data, ratios):
+    """pytricia get(str) and acl most_specific(str) / (bytes) over the same
+    20,000 keys, round by round in turn, so a change in the shared machine's
+    memory latency (which moves acl's times by up to 3x between runs, and
+    pytricia's far less) falls on every peer alike.  Reports each peer's
+    best round and the median of the per-round ratios."""
+    import statistics
+    import time
+
+    peers = {"pytricia get(str)": (pytricia_tree(data.name).get, data.single_str),
+             "acl most_specific(str)": (acl_table(data.name).most_specific, data.single_str),
+             "acl most_specific(bytes)": (acl_table(data.name).most_specific, data.single_bytes)}
+    rounds: dict[str, list[float]] = {name: [] for name in peers}
+
+    def one_round():
+        for name, (fn, keys) in peers.items():
+            start = time.process_time()
+            for k in keys:
+                fn(k)
+            rounds[name].append((time.process_time() - start) / len(keys))
+
+    benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, warmup_rounds=1)
+    ratios.baseline(PAIRED, "pytricia get(str)")
+    for name, times in rounds.items():
+        ratios.time(PAIRED, data.name, name, min(times[1:]))
+    base = rounds["pytricia get(str)"][1:]
+    for name in list(peers)[1:]:
+        per_round = sorted(b / t for b, t in zip(base, rounds[name][1:]))
+        ratios.note(PAIRED + ", median of per-round ratios", data.name, name,
+                    f"{statistics.median(per_round):.1f}x (rounds: {per_round[0]:.1f}-{per_round[-1]:.1f}x)")
+
+
 HOT = "prefix core: single call, one address repeated (cache-hot)"
 HOT_CALLS = {
     "pytricia get(str)": lambda d: (pytricia_tree(d.name).get, d.single_str[0]),
