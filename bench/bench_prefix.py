@@ -373,7 +373,7 @@ def test_single_paired(benchmark, data, ratios):
         ratios.time(PAIRED, data.name, name, min(times[1:]))
     base = rounds["pytricia get(str)"][1:]
     for name in list(peers)[1:]:
-        per_round = sorted(b / t for b, t in zip(base, rounds[name][1:]))
+        per_round = sorted(b / t for b, t in zip(base, rounds[name][1:], strict=True))
         ratios.note(PAIRED + ", median of per-round ratios", data.name, name,
                     f"{statistics.median(per_round):.1f}x (rounds: {per_round[0]:.1f}-{per_round[-1]:.1f}x)")
 
