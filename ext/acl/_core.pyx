@@ -43,14 +43,16 @@ Data structure (one per table, built once, immutable):
   ones, such as IPv6 routing tables, where most prefixes sit alone at the end
   of a long path): a node first skips up to 32 bits that every prefix below
   it shares, compared in one step (``skip``, ``skipval``); an address that
-  differs there gets the node's default leaf.  A lone /48 under a top slot is
+  differs there gets the Pair covering the node.  A lone /48 under a top slot is
   then one node, not five.  Dense tables are built without, and their batch
   walks skip the check.
 * Every lookup is the same inline steps on C structs and C integers -- the
-  top slot, then ``skip_differs`` and ``descend`` once per node -- ``noexcept
-  nogil``, never allocating.  ``trie_find`` chains them for one address, and
-  the per-address methods are thin wrappers around it (parse, call, return an
-  int).  The batch methods run the same steps for LANES addresses at a time
+  top slot, then per node ``skip_differs``, ``slot_of`` and ``has_child``,
+  ending with ``child_of`` or ``leaf_of`` -- ``noexcept nogil``, never
+  allocating; the batch walk takes them without a branch (whether a random
+  address goes on to a child is a coin toss a branch predictor loses).
+  ``trie_find`` chains them for one address, and the per-address methods
+  are thin wrappers around it (parse, call, return an int).  The batch methods run the same steps for LANES addresses at a time
   over a packed buffer, in one nogil loop with no Python object per address.
 * Build (``build_trie``): sort the entries by (network, length) -- then every
   entry that overlaps an earlier one lies inside it -- and paint each node's
