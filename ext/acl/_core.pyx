@@ -52,8 +52,9 @@ Data structure (one per table, built once, immutable):
   allocating; the batch walk takes them without a branch (whether a random
   address goes on to a child is a coin toss a branch predictor loses).
   ``trie_find`` chains them for one address, and the per-address methods
-  are thin wrappers around it (parse, call, return an int).  The batch methods run the same steps for LANES addresses at a time
-  over a packed buffer, in one nogil loop with no Python object per address.
+  are thin wrappers around it (parse, call, return an int).  The batch
+  methods run the same steps for LANES addresses at a time over a packed
+  buffer, in one nogil loop with no Python object per address.
 * Build (``build_trie``): sort the entries by (network, length) -- then every
   entry that overlaps an earlier one lies inside it -- and paint each node's
   slots in that order: ``specific`` is overwritten, ``first`` keeps the
