@@ -617,15 +617,17 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
             walking += at_node
         d = dp
         while walking:
-            # Without skips the lanes stay in step: this level's stride is
-            # every node's, and the window need not move (its bits
-            # d - dp .. d - dp + k are this level's slot).
-            k = width - d
-            if k > 6:
-                k = 6
-            d += k
-            shift = 128 - (d - dp)
-            mask = (<uint32_t>1 << k) - 1
+            if walk_t is Plain:
+                # Without skips the lanes stay in step: this level's stride
+                # is every node's, and the window need not move (its bits
+                # d - dp .. d - dp + k are this level's slot).  With skips
+                # each lane's node says what it uses.
+                k = width - d
+                if k > 6:
+                    k = 6
+                d += k
+                shift = 128 - (d - dp)
+                mask = (<uint32_t>1 << k) - 1
             still = 0
             for q in range(walking):
                 j = walk[q]
