@@ -41,9 +41,11 @@ import ipaddress
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from array import array
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,9 +358,6 @@ def test_single_paired(benchmark, data, ratios):
     ran right after pytricia's walk over its large heap measured ~2x slower,
     whichever acl key type that was).  Reports each peer's best round and the
     median of the per-round ratios."""
-    import statistics
-    import time
-
     peers = {"pytricia get(str)": (pytricia_tree(data.name).get, data.single_str),
              "acl most_specific(str)": (acl_table(data.name).most_specific, data.single_str),
              "acl most_specific(bytes)": (acl_table(data.name).most_specific, data.single_bytes)}
