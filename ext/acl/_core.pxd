@@ -12,10 +12,7 @@ from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 cdef extern from *:
     """
     typedef unsigned __int128 acl_u128;
-    #define ACL_LEAF_TAG 0x80000000u
     """
-    # Top slots with this bit set hold a leaf index, otherwise a node index.
-    const unsigned int LEAF_TAG "ACL_LEAF_TAG"
     # Really 128 bits wide (GCC/Clang); Cython only needs "an unsigned integer"
     # to emit plain C operators.  Never let Cython convert it to or from a
     # Python int: split it into two uint64_t halves instead.
@@ -41,17 +38,26 @@ cdef struct Node:
     uint8_t spare2
     Pair near[4]        # near[0]: the skip's answer; near[1..3]: the node's first 3 leaves
 
+cdef struct TopWord:
+    # 64 slots of the top level, a node of 2**dp slots (Trie.dp bits): its
+    # bit vectors in words, with the counts before each word.
+    uint64_t vector         # bit b: slot 64w + b has a top node
+    uint64_t leafvec        # bit b: slot 64w + b is a leaf starting a new run of equal leaves
+    uint32_t nodes_before   # top nodes of the slots before this word
+    uint32_t leaves_before  # runs started in the slots before this word
+
 cdef struct Trie:
-    uint32_t *top       # 2**dp direct-pointing slots: node index, or LEAF_TAG | leaf index
-    Node *nodes         # every node; the children of one node are contiguous
+    TopWord *top        # 2**dp / 64 words
+    Node *nodes         # top nodes first, in slot order; the children of a node are contiguous
     Pair *leaves        # every leaf; the leaves of one node are contiguous
+    uint32_t top_leaves  # index in leaves of the top level's first leaf
     uint32_t n_nodes    # nodes in use
     uint32_t n_leaves   # leaves in use
     uint32_t cap_nodes  # nodes allocated
     uint32_t cap_leaves  # leaves allocated
-    int dp              # address bits resolved by `top` (the first stride)
+    int dp              # address bits that pick a top node
     int bits            # address width: 32 or 128
-    uint32_t mapped     # which of top/nodes/leaves live in their own mmap (huge pages)
+    uint32_t mapped     # which of nodes/leaves live in their own mmap (huge pages)
     uint8_t compressed  # nodes skip the bits their whole subtree shares (Node.skip)
 
 # One entry while a table is being built (sorted, then split into columns).

@@ -17,11 +17,13 @@ module docstring is the contract and the oracle.  Rules of this file:
   client to IPv4 is the rule language's decision (``unmap_v4``).
 * Addresses: str, int, packed bytes (4/16, network order) and ipaddress
   objects.  The common forms are parsed here without a Python call (a
-  branch-free dotted-quad reader, a hex-group IPv6 reader, inet_pton for the
-  other IPv6 spellings); anything else, and every invalid input, goes to the
-  twin's ``parse_address`` so both cores accept and reject exactly the same
-  things with the same messages.  The single lookups are one-argument C
-  methods (METH_O: no keyword parsing), the twin's are positional-only.
+  branch-free dotted-quad reader in ``textaddr.h``, a hex-group IPv6 reader,
+  inet_pton for the other IPv6 spellings); anything else, and every invalid
+  input, goes to the twin's ``parse_address`` so both cores accept and reject
+  exactly the same things with the same messages.  The single lookups are
+  one-argument builtin methods (METH_O, ``binding=False``: CPython calls them
+  by its own fast path, with no keyword parsing and no function object of
+  Cython's in between); the twin's are positional-only.
 
 Data structure (one per table, built once, immutable):
 
@@ -29,16 +31,20 @@ Data structure (one per table, built once, immutable):
   arrays) answer exact / covering / covered_by / entries by binary search.
 * A leaf-pushed multibit trie answers lookups.  Every leaf carries a Pair
   (first, specific) valid for every address below it, so one walk serves
-  both disciplines.  The first ``dp`` bits (18 for tables of 4096+
-  prefixes, 8 for smaller ones) index a direct array ``top``;
-  below it nodes consume 6 bits (the last one fewer).  Nodes
-  are compressed as in Poptrie (Asai & Ohara, SIGCOMM 2015): a 64-bit
-  ``vector`` marks slots that have a child, a 64-bit ``leafvec`` marks where
-  a run of equal leaves starts, children and leaves of one node are stored
-  contiguously, and popcount turns a slot number into an array index.  A
-  node is one 64-byte cache line that also holds its first three leaves, so
-  a walk ending at a node with few leaves (most, in routing tables) reads
-  one line less.
+  both disciplines.  Nodes are compressed as in Poptrie (Asai & Ohara,
+  SIGCOMM 2015): a 64-bit ``vector`` marks slots that have a child, a
+  64-bit ``leafvec`` marks where a run of equal leaves starts, children and
+  leaves of one node are stored contiguously, and popcount turns a slot
+  number into an array index.  A node is one 64-byte cache line that also
+  holds its first three leaves, so a walk ending at a node with few leaves
+  (most, in routing tables) reads one line less.
+* The top level is one node of 2**dp slots (dp = 18 for tables of 4096+
+  prefixes, 8 for smaller ones) compressed the same way, its bit vectors
+  cut into ``TopWord``s that carry the counts before them: 96 KiB that stay
+  cached, where Poptrie's direct array of 2**18 indexes is 1 MiB that a
+  random lookup mostly misses.  A slot's top node (the first nodes, in slot
+  order) is then one cache miss away, not two.  Below, nodes consume 6 bits
+  (the last one fewer).
 * Path compression, for tables where it pays (``bare_paths_pay``: sparse
   ones, such as IPv6 routing tables, where most prefixes sit alone at the end
   of a long path): a node first skips up to 32 bits that every prefix below
@@ -67,9 +73,10 @@ Data structure (one per table, built once, immutable):
 
 cimport cython
 from cpython.array cimport array, clone
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, qsort, realloc
+from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from posix.stdlib cimport posix_memalign
 from libc.string cimport memchr, memcpy, memset
 
@@ -116,12 +123,13 @@ cdef object IPv6Address = ipaddress.IPv6Address
 cdef array INT_ARRAY = array("i")
 cdef uint64_t LOW64 = 0xFFFFFFFFFFFFFFFF
 
-# Tables with at least this many prefixes get a 2**16-slot top array
-# (256 KiB); smaller ones a 2**8-slot one, so small rule sets stay small.
+# Tables with at least this many prefixes get 2**18 top nodes (16 MiB);
+# smaller ones 2**8 (16 KiB), so small rule sets stay small.
 cdef Py_ssize_t BIG_TABLE = 4096
-# Their top array resolves 18 bits (1 MiB, as in Poptrie): an IPv4 /24 is
-# one node below it, an IPv6 /48 five (one, alone in a path-compressed table).
-# Measured against 16 on the bench sets, before and after path compression.
+# The top nodes of a big table sit below its first 18 bits, as Poptrie's
+# top array does: an IPv4 /24 ends in its top node, an IPv6 /48 four nodes
+# below it (one, alone in a path-compressed table).  Measured against 16 on
+# the bench sets, before and after path compression.
 cdef int BIG_DP = 18
 
 cdef enum:
@@ -133,6 +141,8 @@ cdef enum:
     # Path compression pays when one entry in BARE_SHARE ends a bare path
     # (see bare_paths_pay).
     BARE_SHARE = 8
+    # Node and leaf indexes are uint32_t; arrays stop growing at this many.
+    MAX_INDEX = 0x7FFFFFFF
 
 
 # -- addresses ----------------------------------------------------------
@@ -152,95 +162,10 @@ cdef inline object u128_to_int(acl_u128 x):
     return ((<object>(<uint64_t>(x >> 64))) << 64) | <object>(<uint64_t>x)
 
 
-cdef extern from *:
-    """
-    /* Copy the n (7..15) characters at s, then zeros, to buf (24 bytes), and set
-       bit i of *dots / *digits when character i is '.' / a decimal digit.
-       s[7] must be readable (text passed with its NUL).  Two 8-byte loads, no
-       length-dependent copy; the masks come from the loaded words themselves,
-       since re-reading buf as 16 bytes right after two 8-byte stores stalls
-       (measured: a quarter of a call). */
-    #include <endian.h>
-    #include <stdint.h>
-    #include <string.h>
-    #if defined(__SSE2__)
-    #include <emmintrin.h>
-    #endif
-    static inline void acl_quad_load(const char *s, size_t n, char *buf,
-                                     uint32_t *dots, uint32_t *digits) {
-        uint64_t lo, hi;
-        size_t n8 = n < 8 ? 8 : n;
-        memcpy(&lo, s, 8);
-        memcpy(&hi, s + n8 - 8, 8);
-        hi = le64toh(hi);
-        hi = (hi >> (8 * (16 - n8) - 1)) >> 1;    /* s[8..n) at bytes 0..n-9 */
-        hi = htole64(hi);
-        memcpy(buf, &lo, 8);
-        memcpy(buf + 8, &hi, 8);
-        memset(buf + 16, 0, 8);
-    #if defined(__SSE2__)
-        __m128i v = _mm_set_epi64x((long long)hi, (long long)lo);
-        __m128i d = _mm_sub_epi8(v, _mm_set1_epi8('0'));
-        *dots = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8('.')));
-        *digits = (uint32_t)_mm_movemask_epi8(
-            _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));  /* d <= 9 */
-    #else
-        uint32_t a = 0, b = 0;
-        for (int i = 0; i < 16; i++) {
-            unsigned char c = (unsigned char)buf[i];
-            a |= (uint32_t)(c == '.') << i;
-            b |= (uint32_t)((unsigned char)(c - '0') < 10) << i;
-        }
-        *dots = a;
-        *digits = b;
-    #endif
-    }
-    """
-    void quad_load "acl_quad_load"(const char *s, size_t n, char *buf, uint32_t *dots,
-                                   uint32_t *digits) nogil
-
-
-cdef inline uint32_t octet(const char *d, uint32_t length, uint32_t *bad) noexcept nogil:
-    """The decimal octet of ``length`` characters at ``d`` (which may read 3);
-    sets ``bad`` unless it is 1..3 digits, 0..255, without a leading zero."""
-    cdef uint32_t x = <uint8_t>d[0] - 48, y = <uint8_t>d[1] - 48, z = <uint8_t>d[2] - 48
-    cdef uint32_t value = ((length == 1) * x + (length == 2) * (x * 10 + y)
-                           + (length == 3) * (x * 100 + y * 10 + z))
-    bad[0] |= (length - 1 > 2) | ((length > 1) & (x == 0)) | (value > 255)
-    return value
-
-
-cdef bint dotted_quad(const char *s, Py_ssize_t n, uint32_t *out) noexcept nogil:
-    """Strict dotted quad as ``ipaddress`` reads it: four decimal octets
-    0..255, no leading zeros, nothing else.  False means "let the twin judge".
-    ``s``: ``n`` characters, then a NUL.
-
-    Without data-dependent branches: random addresses have octets of random
-    widths, and a digit-by-digit loop mispredicted its way to ~60 ns a call
-    (measured, routing bench set).  Instead: masks of where the dots and the
-    digits are, octet bounds from the dots' positions, every check OR-ed into
-    one flag."""
-    cdef char buf[24]
-    cdef uint32_t dots, digits, bad, e0, e1, e2, rest, value
-    if n < 7 or n > 15:
-        return False
-    quad_load(s, <size_t>n, buf, &dots, &digits)
-    bad = ((dots | digits) != ((<uint32_t>1 << n) - 1)) | (popcount64(dots) != 3)
-    e0 = <uint32_t>ctz64(dots | 0x10000)
-    rest = dots & (dots - 1)
-    e1 = <uint32_t>ctz64(rest | 0x10000)
-    rest &= rest - 1
-    e2 = <uint32_t>ctz64(rest | 0x10000)
-    if e2 > 15:         # fewer than three dots: the offsets below would be junk
-        return False
-    value = octet(buf, e0, &bad) << 24
-    value |= octet(buf + e0 + 1, e1 - e0 - 1, &bad) << 16
-    value |= octet(buf + e1 + 1, e2 - e1 - 1, &bad) << 8
-    value |= octet(buf + e2 + 1, <uint32_t>n - e2 - 1, &bad)
-    if bad:
-        return False
-    out[0] = value
-    return True
+cdef extern from "textaddr.h" nogil:
+    # The strict dotted quad, host order (0: let the twin judge); see the
+    # header for its rules.
+    bint dotted_quad "acl_dotted_quad"(const char *s, size_t n, uint32_t *out)
 
 
 cdef extern from *:
@@ -360,26 +285,29 @@ cdef bint hex_groups(const char *s, Py_ssize_t n, acl_u128 *out) noexcept nogil:
     return True
 
 
-cdef int parse4(object addr, uint32_t *out) except -1:
-    """``addr`` as a host-order IPv4 address (the twin decides all odd cases)."""
-    cdef Py_ssize_t size
-    cdef const char *s
+cdef inline int parse4(object addr, uint32_t *out) except -1:
+    """``addr`` as a host-order IPv4 address.  Inline, for the single
+    lookups: text and packed bytes are read here, everything else (and every
+    text this cannot read) in ``parse4_other``."""
     cdef uint32_t raw
+    if type(addr) is str:
+        if PyUnicode_IS_COMPACT_ASCII(addr) and dotted_quad(
+                PyUnicode_DATA(addr), <size_t>PyUnicode_GET_LENGTH(addr), out):
+            return 0
+    elif type(addr) is bytes:
+        if PyBytes_GET_SIZE(addr) == 4:
+            memcpy(&raw, PyBytes_AS_STRING(addr), 4)
+            out[0] = be32toh(raw)
+            return 0
+    return parse4_other(addr, out)
+
+
+cdef int parse4_other(object addr, uint32_t *out) except -1:
+    """parse4's other cases: ints, IPv4Address, and the twin for the rest."""
     cdef object t = type(addr)
-    if t is str:
-        if PyUnicode_IS_COMPACT_ASCII(addr):
-            s = PyUnicode_DATA(addr)
-            size = PyUnicode_GET_LENGTH(addr)
-            if dotted_quad(s, size, out):
-                return 0
-    elif t is int:
+    if t is int:
         if 0 <= addr <= 0xFFFFFFFF:
             out[0] = <uint32_t>addr
-            return 0
-    elif t is bytes:
-        if len(<bytes>addr) == 4:
-            memcpy(&raw, <const char *>addr, 4)
-            out[0] = be32toh(raw)
             return 0
     elif t is IPv4Address:
         out[0] = <uint32_t>addr._ip
@@ -412,8 +340,8 @@ cdef int parse6(object addr, acl_u128 *out) except -1:
             out[0] = int_to_u128(addr)
             return 0
     elif t is bytes:
-        if len(<bytes>addr) == 16:
-            out[0] = load128(<const unsigned char *><const char *>addr)
+        if PyBytes_GET_SIZE(addr) == 16:
+            out[0] = load128(<const unsigned char *>PyBytes_AS_STRING(addr))
             return 0
     elif t is IPv6Address:
         out[0] = int_to_u128(addr._ip)
@@ -495,25 +423,44 @@ cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v) noexc
     return <const Pair *>((inside & near) | (outside & ~near))
 
 
+cdef inline uint64_t upto(uint32_t v) noexcept nogil:
+    """Bits 0..v (v = 0..63) set: the slots up to and including slot v."""
+    return ((<uint64_t>2) << v) - 1
+
+
+cdef inline uint32_t top_node_of(const TopWord *w, uint32_t b) noexcept nogil:
+    """Index in t.nodes of the top node of slot ``b`` of word ``w`` (junk if
+    the slot is a leaf): the top nodes lie first, in slot order."""
+    return w.nodes_before + <uint32_t>popcount64(w.vector & upto(b)) - 1
+
+
+cdef inline size_t top_leaf_at(const Trie *t, const TopWord *w, uint32_t b) noexcept nogil:
+    """Address of the leaf of slot ``b`` of word ``w`` (junk if the slot has a
+    top node: integer arithmetic, since it may then lie outside t.leaves)."""
+    return <size_t>t.leaves + (t.top_leaves + w.leaves_before
+                               + <uint32_t>popcount64(w.leafvec & upto(b)) - 1) * sizeof(Pair)
+
+
 cdef inline const Pair *trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexcept nogil:
     """The leaf covering the address (hi, lo): its top slot, then node steps to
     a leaf.  An address that differs from a node's skipped bits lies beside
     every prefix below the node: its answer is the node's near[0]."""
+    cdef uint32_t s = <uint32_t>(hi >> (64 - t.dp))
+    cdef const TopWord *w = &t.top[s >> 6]
+    cdef uint32_t v = s & 63
     cdef const Node *nd
-    cdef uint32_t v
-    cdef uint32_t e = t.top[hi >> (64 - t.dp)]
-    if e & LEAF_TAG:
-        return &t.leaves[e & ~(<uint32_t>LEAF_TAG)]
+    if not (w.vector >> v) & 1:
+        return <const Pair *>top_leaf_at(t, w, v)
+    nd = &t.nodes[top_node_of(w, v)]
     window_shift(&hi, &lo, t.dp)
     while True:
-        nd = &t.nodes[e]
         if skip_differs(nd, hi):
             return &nd.near[0]
         v = slot_of(nd, hi)
         if not has_child(nd, v):
             return leaf_of(t, nd, v)
-        e = child_of(nd, v)
         window_shift(&hi, &lo, nd.skip + nd.stride)
+        nd = &t.nodes[child_of(nd, v)]
 
 
 cdef inline const Pair *find_v4(const Trie *t, uint32_t a) noexcept nogil:
@@ -590,9 +537,10 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef uint8_t walk[LANES]
     cdef Py_ssize_t base, m, j, q, walking, still
     cdef int step, used, d, k, shift, dp = t.dp, width = t.bits
-    cdef uint32_t v, mask, e, at_node, differ
+    cdef uint32_t v, mask, at_node, differ
     cdef uint64_t h
     cdef const Node *nd
+    cdef const TopWord *w
     if addr_t is uint32_t:
         step = 4
     else:
@@ -602,15 +550,16 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
         m = n - base
         if m > LANES:
             m = LANES
-        for j in range(m):
-            load_window(p + (base + j) * step, zero, &hi[j], &lo[j])
-            prefetch(&t.top[hi[j] >> (64 - dp)])
         walking = 0
         for j in range(m):
-            e = t.top[hi[j] >> (64 - dp)]
-            at_node = (e >> 31) ^ 1      # LEAF_TAG is bit 31
-            cur[j] = e & ~(<uint32_t>LEAF_TAG)
-            res[j] = &t.leaves[cur[j]]
+            # The top words (a few KiB to 96 KiB) stay cached: read, not prefetched.
+            load_window(p + (base + j) * step, zero, &hi[j], &lo[j])
+            v = <uint32_t>(hi[j] >> (64 - dp))
+            w = &t.top[v >> 6]
+            v &= 63
+            at_node = <uint32_t>(w.vector >> v) & 1
+            cur[j] = top_node_of(w, v)
+            res[j] = <const Pair *>top_leaf_at(t, w, v)
             prefetch(pick(at_node, &t.nodes[cur[j]], res[j]))
             window_shift(&hi[j], &lo[j], dp)
             walk[walking] = <uint8_t>j
@@ -720,7 +669,7 @@ cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
     cdef Node *p
     if <uint64_t>t.n_nodes + extra > t.cap_nodes:
         cap = max(<uint64_t>t.cap_nodes * 2, <uint64_t>t.n_nodes + extra, 64)
-        if cap >= LEAF_TAG:
+        if cap > MAX_INDEX:
             return -1
         # realloc while building (it can grow in place); the finished array
         # is moved to aligned memory (``_finish``).
@@ -751,7 +700,7 @@ cdef int add_leaf(Trie *t, Pair leaf) noexcept nogil:
     cdef Pair *p
     if t.n_leaves == t.cap_leaves:
         cap = max(<uint64_t>t.cap_leaves * 2, 64)
-        if cap >= LEAF_TAG:
+        if cap > MAX_INDEX:
             return -1
         p = <Pair *>realloc(t.leaves, cap * sizeof(Pair))
         if p == NULL:
@@ -906,14 +855,22 @@ cdef bint bare_paths_pay(const addr_t *nets, const uint8_t *lens, size_t n, int 
 
 cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int32_t *vals,
                     size_t n, int dp) noexcept nogil:
-    """Build ``t`` from sorted, de-duplicated entries; -1 when out of memory."""
+    """Build ``t`` from sorted, de-duplicated entries; -1 when out of memory.
+
+    The top level is one wide node of 2**dp slots, built like the others:
+    slots are painted with the entries of at most dp bits, a slot holding
+    longer entries gets a top node (the first nodes, in slot order), and
+    each run of equal painted leaves is one leaf.  Its bit vectors are cut
+    into TopWords with the counts before each word, so that a slot's node or
+    leaf index is a count plus a popcount."""
     cdef int width, length
-    cdef uint32_t ntop, s, j, end, node
+    cdef uint32_t ntop, s, j, end, top_nodes = 0, nodes_before = 0, leaves_before = 0
     cdef size_t i, g
     cdef Pair *painted
     cdef uint8_t *child
     cdef Pair last
     cdef bint have_last = False
+    cdef TopWord *w
     cdef int rc = -1
     if addr_t is uint32_t:
         width = 32
@@ -923,9 +880,9 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     t.dp = dp
     t.bits = width
     t.compressed = bare_paths_pay(nets, lens, n, dp)
-    t.top = <uint32_t *>malloc(ntop * sizeof(uint32_t))
+    t.top = <TopWord *>calloc(ntop >> 6, sizeof(TopWord))
     painted = <Pair *>malloc(ntop * sizeof(Pair))
-    child = <uint8_t *>malloc(ntop)
+    child = <uint8_t *>calloc(ntop, 1)
     if t.top == NULL or painted == NULL or child == NULL:
         free(painted)
         free(child)
@@ -933,7 +890,19 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     for j in range(ntop):
         painted[j].first = -1
         painted[j].specific = -1
-        child[j] = 0
+    # The top nodes come first: count the slots holding longer entries (in
+    # sorted order, the entries of one slot are adjacent).
+    for i in range(n):
+        if lens[i] > dp:
+            s = <uint32_t>(nets[i] >> (width - dp))
+            top_nodes += not child[s]
+            child[s] = 1
+    if grow_nodes(t, top_nodes) < 0:
+        free(painted)
+        free(child)
+        return -1
+    t.n_nodes = top_nodes
+    top_nodes = 0
     i = 0
     while i < n:
         length = lens[i]
@@ -948,27 +917,29 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
             g = i + 1
             while g < n and <uint32_t>(nets[g] >> (width - dp)) == s:
                 g += 1
-            if grow_nodes(t, 1) < 0:
+            if build_node(t, top_nodes, dp, nets, lens, vals, i, g, painted[s]) < 0:
                 break
-            node = t.n_nodes
-            t.n_nodes += 1
-            t.top[s] = node
-            child[s] = 1
-            if build_node(t, node, dp, nets, lens, vals, i, g, painted[s]) < 0:
-                break
+            top_nodes += 1
             i = g
     else:
         rc = 0
+        t.top_leaves = t.n_leaves
         for j in range(ntop):
+            w = &t.top[j >> 6]
+            if (j & 63) == 0:
+                w.nodes_before = nodes_before
+                w.leaves_before = leaves_before
             if child[j]:
-                continue
-            if not have_last or not same(painted[j], last):
+                w.vector |= (<uint64_t>1) << (j & 63)
+                nodes_before += 1
+            elif not have_last or not same(painted[j], last):
                 if add_leaf(t, painted[j]) < 0:
                     rc = -1
                     break
+                w.leafvec |= (<uint64_t>1) << (j & 63)
+                leaves_before += 1
                 last = painted[j]
                 have_last = True
-            t.top[j] = LEAF_TAG | (t.n_leaves - 1)
     free(painted)
     free(child)
     return rc
@@ -984,9 +955,8 @@ cdef extern from "<sys/mman.h>" nogil:
 cdef enum:
     HUGE_PAGE = 2 << 20         # x86-64 and arm64 transparent huge pages
     HUGE_FROM = 1 << 20         # arrays this big move to huge pages
-    MAPPED_TOP = 1              # bits of Trie.mapped
-    MAPPED_NODES = 2
-    MAPPED_LEAVES = 4
+    MAPPED_NODES = 1            # bits of Trie.mapped
+    MAPPED_LEAVES = 2
 
 
 cdef size_t huge_size(size_t size) noexcept nogil:
@@ -1035,10 +1005,10 @@ cdef void release(void *p, size_t size, uint32_t mapped, uint32_t bit) noexcept 
 
 
 cdef void trie_free(Trie *t) noexcept nogil:
-    release(t.top, ((<size_t>1) << t.dp) * sizeof(uint32_t), t.mapped, MAPPED_TOP)
+    free(t.top)
+    t.top = NULL
     release(t.nodes, <size_t>t.cap_nodes * sizeof(Node), t.mapped, MAPPED_NODES)
     release(t.leaves, <size_t>t.cap_leaves * sizeof(Pair), t.mapped, MAPPED_LEAVES)
-    t.top = NULL
     t.nodes = NULL
     t.leaves = NULL
     t.mapped = 0
@@ -1348,9 +1318,6 @@ cdef class PrefixTable:
             if p != NULL:
                 self.trie.leaves = <Pair *>p
                 self.trie.cap_leaves = self.trie.n_leaves
-        self.trie.top = <uint32_t *>on_huge_pages(
-            self.trie.top, ((<size_t>1) << self.trie.dp) * sizeof(uint32_t),
-            &self.trie.mapped, MAPPED_TOP)
         self.trie.nodes = <Node *>on_huge_pages(
             self.trie.nodes, self.trie.cap_nodes * sizeof(Node), &self.trie.mapped, MAPPED_NODES)
         self.trie.leaves = <Pair *>on_huge_pages(
@@ -1374,7 +1341,7 @@ cdef class PrefixTable:
         cdef size_t width = 4 if self.family == 4 else 16
         if not self.bits:
             return 0
-        return (huge_size(((<size_t>1) << self.trie.dp) * sizeof(uint32_t))
+        return (((<size_t>1) << self.trie.dp) // 64 * sizeof(TopWord)
                 + huge_size(<size_t>self.trie.cap_nodes * sizeof(Node))
                 + huge_size(<size_t>self.trie.cap_leaves * sizeof(Pair))
                 + <size_t>self.n * (width + sizeof(uint8_t) + sizeof(int32_t)))
@@ -1383,6 +1350,7 @@ cdef class PrefixTable:
         return f"<acl._core.PrefixTable IPv{self.family} {self.n} prefixes>"
 
     # -- single lookups -------------------------------------------------------
+    @cython.binding(False)
     @cython.always_allow_keywords(False)
     def first_match(self, addr):
         cdef uint32_t a4
@@ -1394,6 +1362,7 @@ cdef class PrefixTable:
         parse6(addr, &a6)
         return find_v6(&self.trie, a6).first
 
+    @cython.binding(False)
     @cython.always_allow_keywords(False)
     def most_specific(self, addr):
         cdef uint32_t a4
