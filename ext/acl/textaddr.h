@@ -1,4 +1,5 @@
-/* Text addresses read without a Python call: the strict dotted quad.
+/* Text addresses read without a Python call: the strict dotted quad, and
+ * IPv6 made of hex groups with at most one "::".
  *
  * Rules of this file:
  *
@@ -6,16 +7,19 @@
  *   return 0 ("let someone else judge"): the caller then falls back to the
  *   twin's parse_address, which raises the twin's errors.  A reader here may
  *   refuse more than ipaddress does, never accept more.
- * - The text is n characters followed by a NUL (a Python str's data), and
- *   nothing here reads past that NUL except within 8 bytes of the start.
+ * - The text is n characters followed by a NUL (a Python str's data).  The
+ *   dotted quad reads nothing past the NUL except within 8 bytes of the
+ *   start; the IPv6 reader reads 48 bytes in place only when they lie in the
+ *   text's own page (what follows the text there is ignored), else a copy.
  * - No data-dependent branches on the characters: random client addresses
- *   have octets of random widths, and a digit-by-digit loop mispredicts its
- *   way to ~60 ns a call (measured on the routing bench set).  Checks are
- *   bit masks of where the dots and the digits are, OR-ed into one flag.
- * - Two implementations of the octet arithmetic: SSSE3 (shuffle the digits
- *   into four 32-bit lanes, one multiply-add) and portable 32-bit SWAR.  Both
- *   are compiled and compared by tests/core/test_textaddr.py; the extension
- *   build picks SSSE3 on x86-64 (setup.py's CFLAGS).
+ *   have fields of random widths, and a character loop mispredicts its way
+ *   to ~60 ns a call (measured on the routing bench set).  Checks are bit
+ *   masks of where the separators and the digits are, OR-ed into one flag.
+ * - Two implementations of the digit arithmetic: SSSE3 (shuffle each
+ *   field's digits into a lane of their own, then multiply-adds) and portable
+ *   scalar code.  Both are compiled and compared by
+ *   tests/core/test_textaddr.py; the extension build picks SSSE3 on x86-64
+ *   (setup.py's CFLAGS).
  *
  * Python.h is not needed: the functions take a char pointer and a length.
  */
@@ -150,6 +154,168 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
         if ((a | b | c | d) > 255)
             return 0;
         *out = (a << 24) | (b << 16) | (c << 8) | d;
+    }
+#endif
+    return 1;
+}
+
+/* Bit i of *colons / *hexes: byte i of the 48 at text is ':' / a hex digit. */
+static inline void acl_hex_masks(const unsigned char *text, uint64_t *colons, uint64_t *hexes)
+{
+    uint64_t c = 0, h = 0;
+#if defined(__SSE2__) && !defined(ACL_TEXTADDR_PORTABLE)
+    for (int k = 0; k < 3; k++) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(text + 16 * k));
+        __m128i d = _mm_sub_epi8(v, _mm_set1_epi8('0'));
+        __m128i a = _mm_sub_epi8(_mm_or_si128(v, _mm_set1_epi8(0x20)), _mm_set1_epi8('a'));
+        __m128i isd = _mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d);
+        __m128i isa = _mm_cmpeq_epi8(_mm_min_epu8(a, _mm_set1_epi8(5)), a);
+        __m128i isc = _mm_cmpeq_epi8(v, _mm_set1_epi8(':'));
+        c |= (uint64_t)(uint32_t)_mm_movemask_epi8(isc) << (16 * k);
+        h |= (uint64_t)(uint32_t)_mm_movemask_epi8(_mm_or_si128(isd, isa)) << (16 * k);
+    }
+#else
+    for (int i = 0; i < 48; i++) {
+        unsigned char x = text[i];
+        int digit = (unsigned char)(x - '0') < 10;
+        int letter = (unsigned char)((x | 0x20) - 'a') < 6;
+        c |= (uint64_t)(x == ':') << i;
+        h |= (uint64_t)(digit | letter) << i;
+    }
+#endif
+    *colons = c;
+    *hexes = h;
+}
+
+#if !defined(ACL_QUAD_SSSE3)
+/* The 16-bit value of the four characters at d read as hex digits (junk
+ * nibbles for any that is not one; callers shift those away).  In one
+ * register: each byte's low nibble, plus 9 for letters (bit 6: 'A'-'F' and
+ * 'a'-'f' end in 1..6), then the four nibbles side by side. */
+static inline uint32_t acl_hex4(const unsigned char *d)
+{
+    uint32_t w;
+    memcpy(&w, d, 4);
+    w = le32toh(w);
+    w = ((w & 0x0F0F0F0Fu) + 9 * ((w >> 6) & 0x01010101u)) & 0x0F0F0F0Fu;
+    w = __builtin_bswap32(w);                   /* first character highest */
+    w = ((w >> 4) | w) & 0x00FF00FFu;
+    return (w | (w >> 8)) & 0xFFFFu;
+}
+#endif
+
+/* IPv6 text made only of 1-4 digit hex groups and colons, with at most one
+ * "::" standing for one or more zero groups -- what str() of an IPv6Address
+ * gives outside the embedded-IPv4 forms -- into *out; 0 for anything else
+ * (the caller tries inet_pton, then the twin). */
+static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out)
+{
+    unsigned char copy[48];
+    const unsigned char *text;
+    uint64_t colons, hexes, full, gap, starts, lasts, run;
+    int count, before;
+    if (n < 2 || n > 39)
+        return 0;
+    if (((uintptr_t)s & 4095) <= 4096 - 48) {
+        text = (const unsigned char *)s;        /* 48 bytes inside s's page */
+    } else {
+        memset(copy, 0, sizeof(copy));
+        memcpy(copy, s, n);
+        text = copy;
+    }
+    acl_hex_masks(text, &colons, &hexes);
+    full = (1ull << n) - 1;
+    colons &= full;
+    hexes &= full;
+    gap = colons & (colons >> 1);                /* bit i: "::" at i */
+    starts = hexes & ~(hexes << 1);              /* bit i: a group starts at i */
+    lasts = hexes & ~(hexes >> 1);               /* bit i: a group's last digit */
+    run = hexes & (hexes << 1) & (hexes << 2) & (hexes << 3) & (hexes << 4);
+    if ((colons | hexes) != full || (gap & (gap - 1)) || run   /* two "::", ":::", 5 digits */
+        || ((colons & 1) && !(gap & 1))                        /* a lone leading ':' */
+        || ((colons >> (n - 1) & 1) && !(gap >> (n - 2) & 1))) /* a lone trailing one */
+        return 0;
+    count = __builtin_popcountll(starts);
+    if ((gap == 0 && count != 8) || (gap != 0 && count > 7))
+        return 0;
+    /* Groups left of the "::" keep their places, the others move right. */
+    before = gap ? __builtin_popcountll(starts & (gap - 1)) : count;
+#if defined(ACL_QUAD_SSSE3)
+    {
+        /* Output group g (lane g of two vectors of four 32-bit lanes) gathers
+         * the nibbles at its last digit - 3 .. its last digit; indexes before
+         * the group's first digit, and every index of a zero group (last
+         * digit 0x83: all negative), have their high bit set, so the
+         * shuffles write 0.  A shuffle reads one 16-byte chunk: each chunk's
+         * pass drops indexes outside it, and the three passes are OR-ed.
+         * The groups' first and last digits are found in text order (byte k
+         * of first/last: group k), then moved to their output groups: those
+         * after the "::" move right by the zero groups it stands for. */
+        uint64_t first = 0, last = 0, st = starts, la = lasts;
+        const __m128i off = _mm_setr_epi8(-3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0);
+        const __m128i fifteen = _mm_set1_epi8(15);
+        const __m128i g = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __m128i nib[3], half[2], bytes, firsts, lasts8, after, zero, src;
+        uint64_t hi, lo;
+        int zeros = 8 - count;
+        for (int sh = 0; st; sh += 8) {
+            first |= (uint64_t)__builtin_ctzll(st) << sh;
+            last |= (uint64_t)__builtin_ctzll(la) << sh;
+            st &= st - 1;
+            la &= la - 1;
+        }
+        after = _mm_cmpgt_epi8(g, _mm_set1_epi8((char)(before + zeros - 1)));   /* g >= before + zeros */
+        zero = _mm_andnot_si128(after, _mm_cmpgt_epi8(g, _mm_set1_epi8((char)(before - 1))));
+        src = _mm_sub_epi8(g, _mm_and_si128(after, _mm_set1_epi8((char)zeros)));
+        firsts = _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)first), src);
+        lasts8 = _mm_or_si128(_mm_andnot_si128(zero, _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)last), src)),
+                              _mm_and_si128(zero, _mm_set1_epi8((char)0x83)));
+        for (int k = 0; k < 3; k++) {
+            __m128i c = _mm_loadu_si128((const __m128i *)(text + 16 * k));
+            nib[k] = _mm_add_epi8(_mm_and_si128(c, _mm_set1_epi8(0x0F)),
+                                  _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('9')), _mm_set1_epi8(9)));
+        }
+        for (int h = 0; h < 2; h++) {
+            const __m128i spread = _mm_add_epi8(_mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                                _mm_set1_epi8((char)(4 * h)));
+            __m128i idx = _mm_add_epi8(_mm_shuffle_epi8(lasts8, spread), off);
+            __m128i begin = _mm_shuffle_epi8(firsts, spread);
+            __m128i r = _mm_setzero_si128();
+            idx = _mm_or_si128(idx, _mm_cmpgt_epi8(begin, idx));
+            for (int k = 0; k < 3; k++) {
+                __m128i ik = _mm_sub_epi8(idx, _mm_set1_epi8((char)(16 * k)));
+                ik = _mm_or_si128(ik, _mm_cmpgt_epi8(ik, fifteen));
+                r = _mm_or_si128(r, _mm_shuffle_epi8(nib[k], ik));
+            }
+            /* nibbles n0 n1 n2 n3 -> n0n1, n2n3 -> the group's 16 bits */
+            r = _mm_maddubs_epi16(r, _mm_setr_epi8(16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1));
+            half[h] = _mm_madd_epi16(r, _mm_setr_epi16(256, 1, 256, 1, 256, 1, 256, 1));
+        }
+        /* the eight groups, big-endian, in network order */
+        bytes = _mm_or_si128(
+            _mm_shuffle_epi8(half[0], _mm_setr_epi8(1, 0, 5, 4, 9, 8, 13, 12, -1, -1, -1, -1, -1, -1, -1, -1)),
+            _mm_shuffle_epi8(half[1], _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 1, 0, 5, 4, 9, 8, 13, 12)));
+        hi = be64toh((uint64_t)_mm_cvtsi128_si64(bytes));
+        lo = be64toh((uint64_t)_mm_cvtsi128_si64(_mm_srli_si128(bytes, 8)));
+        *out = ((unsigned __int128)hi << 64) | lo;
+    }
+#else
+    {
+        unsigned __int128 acc = 0, low;
+        uint64_t st = starts;
+        while (st) {
+            int p = __builtin_ctzll(st);
+            int length = __builtin_ctzll(~(hexes >> p));      /* 1..4 digits */
+            st &= st - 1;
+            acc = (acc << 16) | (acl_hex4(text + p) >> (16 - 4 * length));
+        }
+        if (gap && before && count > before) {
+            low = acc & (((unsigned __int128)1 << (16 * (count - before))) - 1);
+            acc = ((acc >> (16 * (count - before))) << (16 * (8 - before))) | low;
+        } else if (gap && before) {
+            acc <<= 16 * (8 - before);                         /* "x:y::" */
+        }
+        *out = acc;
     }
 #endif
     return 1;
