@@ -36,10 +36,10 @@ HERE = Path(__file__).resolve().parent
 NO_EXTENSIONS = os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0")
 CFLAGS = ["-O3", "-fno-strict-aliasing"]
 if platform.machine() in ("x86_64", "AMD64"):
-    # The prefix core's trie walk is popcount-bound, and its dotted-quad reader
-    # shuffles bytes (SSSE3): both in every x86-64 CPU since 2008-2011 (the
-    # x86-64-v2 level, which RHEL 9 requires).  Elsewhere the readers' portable
-    # code runs.
+    # The prefix core's trie walk is popcount-bound, and its address text
+    # readers shuffle bytes (SSSE3): both in every Intel CPU since 2008 and
+    # AMD one since 2011 (the x86-64-v2 level, which RHEL 9 requires).
+    # Elsewhere textaddr.h's portable code runs.
     CFLAGS += ["-mpopcnt", "-mssse3"]
 
 
