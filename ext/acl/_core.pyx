@@ -39,12 +39,12 @@ Data structure (one per table, built once, immutable):
   holds its first three leaves, so a walk ending at a node with few leaves
   (most, in routing tables) reads one line less.
 * The top level is one node of 2**dp slots (dp = 18 for tables of 4096+
-  prefixes, 8 for smaller ones) compressed the same way, its bit vectors
-  cut into ``TopWord``s that carry the counts before them: 96 KiB that stay
-  cached, where Poptrie's direct array of 2**18 indexes is 1 MiB that a
-  random lookup mostly misses.  A slot's top node (the first nodes, in slot
-  order) is then one cache miss away, not two.  Below, nodes consume 6 bits
-  (the last one fewer).
+  prefixes, 20 if they are path-compressed, 8 for smaller ones) compressed
+  the same way, its bit vectors cut into ``TopWord``s that carry the counts
+  before them: 96 KiB that stay cached, where Poptrie's direct array of
+  2**18 indexes is 1 MiB that a random lookup mostly misses.  A slot's top
+  node (the first nodes, in slot order) is then one cache miss away, not
+  two.  Below, nodes consume 6 bits (the last one fewer).
 * Path compression, for tables where it pays (``bare_paths_pay``: sparse
   ones, such as IPv6 routing tables, where most prefixes sit alone at the end
   of a long path): a node first skips up to 32 bits that every prefix below
@@ -53,7 +53,8 @@ Data structure (one per table, built once, immutable):
   then one node, not five.  Dense tables are built without, and their batch
   walks skip the check.
 * Every lookup is the same inline steps on C structs and C integers -- the
-  top slot, then per node ``skip_differs``, ``slot_of`` and ``has_child``,
+  top word (``top_node_of`` or ``top_leaf_at``), then per
+  node ``skip_differs``, ``slot_of`` and ``has_child``,
   ending with ``child_of`` or ``leaf_of`` -- ``noexcept nogil``, never
   allocating; the batch walk takes them without a branch (whether a random
   address goes on to a child is a coin toss a branch predictor loses).
@@ -66,7 +67,8 @@ Data structure (one per table, built once, immutable):
   slots in that order: ``specific`` is overwritten, ``first`` keeps the
   minimum.  Slots holding longer prefixes recurse with their painted Pair as
   the inherited default; a compressed node starts below the bits its
-  entries share, up to its shortest entry.  Linear in entries plus nodes after the sort.
+  entries share, up to its shortest entry.  Linear in entries plus nodes
+  after the sort.
   Arrays of 1 MiB or more then move to fresh 2 MiB-aligned mappings advised
   for transparent huge pages (fewer TLB misses on random lookups).
 """
