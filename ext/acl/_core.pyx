@@ -99,9 +99,7 @@ cdef extern from "<sys/socket.h>":
 
 cdef extern from "<endian.h>" nogil:
     uint32_t be32toh(uint32_t)
-    uint32_t le32toh(uint32_t)
     uint64_t be64toh(uint64_t)
-    uint32_t bswap32 "__builtin_bswap32"(uint32_t)
 
 cdef extern from "Python.h":
     # A compact ASCII str keeps its characters, then a NUL, right after its
