@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.core.test_parsers import mutate, v6_spellings
+
 cffi = pytest.importorskip("cffi")
 
 HEADER_DIR = Path(__file__).resolve().parents[2] / "ext" / "acl"
@@ -112,20 +114,6 @@ def quads(rng: random.Random, count: int):
         yield ".".join(map(str, octets))
 
 
-def mutate(text: str, rng: random.Random) -> str:
-    chars = list(text)
-    for _ in range(rng.choice([1, 1, 2])):
-        pos = rng.randrange(len(chars) + 1)
-        op = rng.random()
-        if op < 0.4:
-            chars.insert(pos, rng.choice("0123456789..x \x00:/"))
-        elif op < 0.7 and chars:
-            del chars[min(pos, len(chars) - 1)]
-        elif chars:
-            chars[min(pos, len(chars) - 1)] = rng.choice("0123456789..x \x00:/")
-    return "".join(chars)
-
-
 def test_valid_quads_of_every_width(reader):
     rng = random.Random(1)
     texts = list(quads(rng, 20000)) + ["0.0.0.0", "255.255.255.255", "1.2.3.4", "100.200.250.255"]
@@ -137,7 +125,7 @@ def test_quad_near_misses(reader):
     """Mutations of valid quads, plus the classic traps: leading zeros,
     octets over 255, four digits, empty octets, a dot first or last."""
     rng = random.Random(2)
-    texts = [mutate(t, rng) for t in quads(rng, 40000)]
+    texts = [mutate(t, rng, "0123456789..x \x00:/") for t in quads(rng, 40000)]
     texts += ["01.2.3.4", "1.2.3.04", "1.2.3.00", "256.1.1.1", "1.1.1.256", "999.1.1.1", "1000.1.1.1",
               "1.2.3", "1..2.3", ".1.2.3", "1.2.3.", "1.2.3.4.", "1.2.3.4.5", "1.2.3.4 ", " 1.2.3.4",
               "0.0.0.0.0", "1.2.3.4\x00", "a.b.c.d", "1.2.3.-4", "1.2.3.+4", "", "1.2.3.4/8"]
@@ -148,28 +136,23 @@ def test_quad_near_misses(reader):
 
 
 def v6_texts(rng: random.Random, count: int):
-    """IPv6 texts of hex groups: "::" at every zero run it may stand for (or
-    none), groups with and without leading zeros, either case."""
-    for _ in range(count):
+    """``count`` IPv6 texts of hex groups: values with zero runs of random
+    places and lengths, each in test_parsers' spellings ("::" at any zero
+    run or none, groups with and without leading zeros, either case)."""
+    texts = []
+    while len(texts) < count:
         value = rng.getrandbits(128)
-        for _ in range(rng.choice([0, 1, 2, 3])):        # zero runs of random places and lengths
+        for _ in range(rng.choice([0, 1, 2, 3])):
             at, length = rng.randrange(8), rng.randrange(1, 9)
             for g in range(at, min(8, at + length)):
                 value &= ~(0xFFFF << (16 * (7 - g)))
-        groups = [(value >> (16 * (7 - i))) & 0xFFFF for i in range(8)]
-        texts = [format(g, "x").zfill(rng.choice([1, 1, 2, 3, 4])) for g in groups]
-        runs = [(i, j) for i in range(8) for j in range(i + 1, 9) if all(g == 0 for g in groups[i:j])]
-        if runs and rng.random() < 0.8:
-            i, j = rng.choice(runs)
-            text = ":".join(texts[:i]) + "::" + ":".join(texts[j:])
-        else:
-            text = ":".join(texts)
-        yield text.upper() if rng.random() < 0.2 else text
+        texts += v6_spellings(value, rng)
+    return texts[:count]
 
 
 def test_v6_hex_groups_of_every_shape(reader):
     rng = random.Random(3)
-    texts = list(v6_texts(rng, 15000)) + ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8",
+    texts = v6_texts(rng, 15000) + ["::", "::1", "1::", "1:2:3:4:5:6:7::", "::2:3:4:5:6:7:8",
                                           "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "0:0:0:0:0:0:0:0"]
     wrong = [t for t in texts if reader.v6(t) != oracle(t, 6)]
     assert not wrong, wrong[:10]
@@ -181,7 +164,7 @@ def test_v6_near_misses(reader):
     """Mutations of those (a text with '.', '%' or a space goes elsewhere
     in the core, so for those the reader must only not accept wrongly)."""
     rng = random.Random(4)
-    texts = [mutate_v6(t, rng) for t in v6_texts(rng, 30000)]
+    texts = [mutate(t, rng, "0aF::g. %\x00") for t in v6_texts(rng, 30000)]
     texts += [":", ":::", "1:::2", "1::2::3", ":1::", "::1:", "1:2:3:4:5:6:7:8::", "::1:2:3:4:5:6:7:8",
               "1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8:9", "12345::", "g::", "1:2:3:4:5:6:1.2.3.4", "::%eth0"]
     accepted = sum(oracle(t, 6) is not None for t in texts)
@@ -190,17 +173,3 @@ def test_v6_near_misses(reader):
         got, want = reader.v6(t), oracle(t, 6)
         if got is not None or set(t) <= set("0123456789abcdefABCDEF:"):
             assert got == want, t
-
-
-def mutate_v6(text: str, rng: random.Random) -> str:
-    chars = list(text)
-    for _ in range(rng.choice([1, 1, 2])):
-        pos = rng.randrange(len(chars) + 1)
-        op = rng.random()
-        if op < 0.4:
-            chars.insert(pos, rng.choice("0aF::g. %\x00"))
-        elif op < 0.7 and chars:
-            del chars[min(pos, len(chars) - 1)]
-        elif chars:
-            chars[min(pos, len(chars) - 1)] = rng.choice("09afAF::g.")
-    return "".join(chars)
