@@ -295,9 +295,14 @@ cdef inline uint32_t has_child(const Node *nd, uint32_t v) noexcept nogil:
     return <uint32_t>((nd.vector >> v) & 1)
 
 
+cdef inline uint64_t upto(uint32_t v) noexcept nogil:
+    """Bits 0..v (v = 0..63) set: the slots up to and including slot v."""
+    return ((<uint64_t>2) << v) - 1
+
+
 cdef inline uint32_t child_of(const Node *nd, uint32_t v) noexcept nogil:
     """Index in t.nodes of slot ``v``'s child (junk if the slot is a leaf)."""
-    return nd.base1 + <uint32_t>popcount64(nd.vector & (((<uint64_t>2) << v) - 1)) - 1
+    return nd.base1 + <uint32_t>popcount64(nd.vector & upto(v)) - 1
 
 
 cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v) noexcept nogil:
@@ -305,16 +310,11 @@ cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v) noexc
     the node's first NEAR_LEAVES leaves, in its own cache line, or a later one
     in t.leaves.  Picked without a branch, in integer arithmetic, since the
     unused address may lie outside both arrays."""
-    cdef uint32_t i = <uint32_t>popcount64(nd.leafvec & (((<uint64_t>2) << v) - 1)) - 1
+    cdef uint32_t i = <uint32_t>popcount64(nd.leafvec & upto(v)) - 1
     cdef size_t near = <size_t>0 - <size_t>(i < NEAR_LEAVES)
     cdef size_t inside = <size_t>&nd.near[1] + i * sizeof(Pair)
     cdef size_t outside = <size_t>t.leaves + (nd.base0 + i - NEAR_LEAVES) * sizeof(Pair)
     return <const Pair *>((inside & near) | (outside & ~near))
-
-
-cdef inline uint64_t upto(uint32_t v) noexcept nogil:
-    """Bits 0..v (v = 0..63) set: the slots up to and including slot v."""
-    return ((<uint64_t>2) << v) - 1
 
 
 cdef inline uint32_t top_node_of(const TopWord *w, uint32_t b) noexcept nogil:
