@@ -11,10 +11,11 @@
  *   dotted quad reads nothing past the NUL except within 8 bytes of the
  *   start; the IPv6 reader reads 48 bytes in place only when they lie in the
  *   text's own page (what follows the text there is ignored), else a copy.
- * - No data-dependent branches on the characters: random client addresses
- *   have fields of random widths, and a character loop mispredicts its way
- *   to ~60 ns a call (measured on the routing bench set).  Checks are bit
- *   masks of where the separators and the digits are, OR-ed into one flag.
+ * - No branch on each character: random client addresses have fields of
+ *   random widths, and a character loop mispredicts its way to ~60 ns a
+ *   call (measured on the routing bench set).  Checks are bit masks of where
+ *   the separators and the digits are, OR-ed into one flag; the one loop
+ *   left (IPv6's, once per group) branches once per group.
  * - Two implementations of the digit arithmetic: SSSE3 (shuffle each
  *   field's digits into a lane of their own, then multiply-adds) and portable
  *   scalar code.  Both are compiled and compared by
@@ -35,7 +36,7 @@
 #endif
 #if defined(__SSSE3__) && !defined(ACL_TEXTADDR_PORTABLE)
 #include <tmmintrin.h>
-#define ACL_QUAD_SSSE3 1
+#define ACL_TEXTADDR_SSSE3 1
 #endif
 
 /* The text's first 16 bytes as two little-endian words, characters past n
@@ -76,7 +77,7 @@ static inline void acl_quad_masks(uint64_t lo, uint64_t hi, uint32_t *dots, uint
 #endif
 }
 
-#if !defined(ACL_QUAD_SSSE3)
+#if !defined(ACL_TEXTADDR_SSSE3)
 /* The value of a 1..3 digit octet starting at w's low byte (the text's next
  * characters above it).  The digits move to the top of the word behind a
  * zero, then two multiply-adds: pairs (d0*10 + d1 in each 16-bit half), then
@@ -117,7 +118,7 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
     e1 = (uint32_t)__builtin_ctz(rest);
     rest &= rest - 1;
     e2 = (uint32_t)__builtin_ctz(rest);
-#if defined(ACL_QUAD_SSSE3)
+#if defined(ACL_TEXTADDR_SSSE3)
     {
         /* Lane k (bytes 4k..4k+3) gathers octet k's last three characters
          * (indexes end-3 .. end-1, end = the dot or n after it) and a zero;
@@ -187,7 +188,7 @@ static inline void acl_hex_masks(const unsigned char *text, uint64_t *colons, ui
     *hexes = h;
 }
 
-#if !defined(ACL_QUAD_SSSE3)
+#if !defined(ACL_TEXTADDR_SSSE3)
 /* The 16-bit value of the four characters at d read as hex digits (junk
  * nibbles for any that is not one; callers shift those away).  In one
  * register: each byte's low nibble, plus 9 for letters (bit 6: 'A'-'F' and
@@ -240,7 +241,7 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
         return 0;
     /* Groups left of the "::" keep their places, the others move right. */
     before = gap ? __builtin_popcountll(starts & (gap - 1)) : count;
-#if defined(ACL_QUAD_SSSE3)
+#if defined(ACL_TEXTADDR_SSSE3)
     {
         /* Output group g (lane g of two vectors of four 32-bit lanes) gathers
          * the nibbles at its last digit - 3 .. its last digit; indexes before
