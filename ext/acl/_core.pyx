@@ -720,7 +720,7 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
 cdef bint bare_paths_pay(const addr_t *nets, const uint8_t *lens, size_t n, int dp) noexcept nogil:
     """Whether path compression pays for these sorted entries: when at least
     one in BARE_SHARE ends a bare path (no other entry beside it) of more
-    than one node's bits below the top array.  Skipping costs every node
+    than one node's bits below the top level.  Skipping costs every node
     step a check, which batch walks feel on dense tables (tor-geoipdb: no
     entry qualifies, and the check made batches ~20% slower); on sparse
     ones (IPv6 routing: 84% qualify) it removes half the node steps.  An
@@ -1396,7 +1396,7 @@ cdef class PrefixTable:
 
 def _trie_shape(PrefixTable table):
     """The compiled trie's shape, for tests and benchmarks (not API; the twin
-    has no trie): its node and leaf counts, top array bits, whether it was
+    has no trie): its node and leaf counts, top level bits, whether it was
     built path-compressed, how many nodes skip bits, and whether each node is
     one cache line."""
     cdef uint32_t i, skipping = 0

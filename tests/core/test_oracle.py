@@ -126,7 +126,7 @@ def test_batch_into_caller_buffers(core, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_large_random_table_against_the_twin(core, family):
-    """Thousands of prefixes (so the 2**16 top array is used) against the twin."""
+    """Thousands of prefixes (so the big top level, 18 or 20 bits, is used) against the twin."""
     import random
 
     from acl import _core_py

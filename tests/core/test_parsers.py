@@ -159,7 +159,7 @@ def test_single_lookups_take_the_address_positionally(cores):
 @given(data=st.data())
 def test_batch_mixes_depths_across_groups(cores, family, data):
     """Hundreds of addresses per call -- several groups of lanes -- that end
-    at the top array, at shallow and at the deepest nodes, in random order."""
+    at the top level, at shallow and at the deepest nodes, in random order."""
     compiled, _ = cores
     entries = data.draw(prefix_sets(family, max_size=60))
     bits = BITS[family]
