@@ -109,11 +109,12 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object)
 
 cdef extern from *:
-    # Choose between two addresses without a branch (whether a walk goes on
-    # is a coin toss a branch predictor loses).  GCC turns a plain ternary
-    # into a branch here, which made batches ~30% slower, and the mask form
-    # ((a & m) | (b & ~m)) costs three instructions more than a cmov on every
-    # step: with the cmov, batches gained 5-15% on the bench sets.
+    # acl_select(first, a, b): ``a`` if first (1) else ``b``, without a
+    # branch (whether a walk goes on is a coin toss a branch predictor
+    # loses).  GCC turns a plain ternary into a branch here, which made
+    # batches ~30% slower, and the mask form ((a & m) | (b & ~m)) costs
+    # three instructions more than a cmov on every step: with the cmov,
+    # batches gained 5-15% on the bench sets.
     """
     static inline const void *acl_select(uint32_t first, const void *a, const void *b)
     {
@@ -408,11 +409,6 @@ cdef inline void load_window(const unsigned char *p, addr_t zero, uint64_t *hi,
         lo[0] = be64toh(lo[0])
 
 
-cdef inline const void *pick(uint32_t first, const void *a, const void *b) noexcept nogil:
-    """``a`` if first (1) else ``b``, without a branch (``acl_select``)."""
-    return acl_select(first, a, b)
-
-
 # Two compiled variants of the batch walk (a fused tag type): tables built
 # without path compression skip the skip check, which is most of a dense
 # table's per-step cost.
@@ -466,7 +462,7 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
             at_node = <uint32_t>(w.vector >> v) & 1
             cur[j] = top_node_of(w, v)
             res[j] = <const Pair *>top_leaf_at(t, w, v)
-            prefetch(pick(at_node, &t.nodes[cur[j]], res[j]))
+            prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
             window_shift(&hi[j], &lo[j], dp)
             walk[walking] = <uint8_t>j
             walking += at_node
@@ -494,7 +490,7 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                     differ = skip_differs(nd, h)
                     v = slot_of(nd, h)
                     at_node = has_child(nd, v) & (differ ^ 1)
-                    res[j] = <const Pair *>pick(differ, &nd.near[0], leaf_of(t, nd, v))
+                    res[j] = <const Pair *>acl_select(differ, &nd.near[0], leaf_of(t, nd, v))
                     used = nd.skip + nd.stride
                     if addr_t is uint32_t:
                         hi[j] = h << used
@@ -509,7 +505,7 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                     at_node = has_child(nd, v)
                     res[j] = leaf_of(t, nd, v)
                 cur[j] = child_of(nd, v)
-                prefetch(pick(at_node, &t.nodes[cur[j]], res[j]))
+                prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
                 walk[still] = <uint8_t>j
                 still += at_node
             walking = still
