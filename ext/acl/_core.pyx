@@ -192,6 +192,9 @@ cdef extern from "textaddr.h" nogil:
     # one "::" (0: someone else judges); see the header for their rules.
     bint dotted_quad "acl_dotted_quad"(const char *s, size_t n, uint32_t *out)
     bint hex_groups "acl_hex_groups"(const char *s, size_t n, acl_u128 *out)
+    void acl_textaddr_init()
+
+acl_textaddr_init()     # the readers' tables, once, before any lookup
 
 
 cdef inline int parse4(object addr, uint32_t *out) except -1:

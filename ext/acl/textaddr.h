@@ -7,17 +7,22 @@
  *   return 0 ("let someone else judge"): the caller then falls back to the
  *   twin's parse_address, which raises the twin's errors.  A reader here may
  *   refuse more than ipaddress does, never accept more.
- * - The text is n characters followed by a NUL (a Python str's data).  The
- *   dotted quad reads nothing past the NUL except within 8 bytes of the
- *   start; the IPv6 reader reads 48 bytes in place only when they lie in the
- *   text's own page (what follows the text there is ignored), else a copy.
+ * - The text is n characters followed by a NUL (a Python str's data).  A
+ *   reader loads a fixed width in place (16 bytes for the SSSE3 dotted quad,
+ *   48 for IPv6) only when those bytes lie in the text's own page, else from
+ *   a copy; what follows the text is ignored.  The portable dotted quad reads
+ *   nothing past the NUL except within 8 bytes of the start.
+ * - acl_textaddr_init() runs once before the first read (the extension
+ *   module calls it when it is imported): it fills the SSSE3 dotted quad's
+ *   table, and does nothing in the portable build.
  * - No branch on each character: random client addresses have fields of
  *   random widths, and a character loop mispredicts its way to ~60 ns a
  *   call (measured on the routing bench set).  Checks are bit masks of where
  *   the separators and the digits are, OR-ed into one flag; the one loop
  *   left (IPv6's, once per group) branches once per group.
  * - Two implementations of the digit arithmetic: SSSE3 (shuffle each
- *   field's digits into a lane of their own, then multiply-adds) and portable
+ *   field's digits into a lane of their own, then multiply-adds; the dotted
+ *   quad finds its shuffle in a table, by where its dots are) and portable
  *   scalar code.  Both are compiled and compared by
  *   tests/core/test_textaddr.py; the extension build picks SSSE3 on x86-64
  *   (setup.py's CFLAGS).
@@ -92,6 +97,96 @@ static inline uint32_t acl_octet_swar(uint32_t w, uint32_t len)
 }
 #endif
 
+#if defined(ACL_TEXTADDR_SSSE3)
+/* The SSSE3 dotted quad's table.  A text's shape -- where its three dots
+ * are, and its length -- is one 16-bit key: bit i set for a dot at i, and
+ * bit n.  Of the 81 valid shapes (octets of 1-3 digits), each has its own
+ * slot at (key * ACL_QUAD_HASH) >> 24: a multiplier found by search so that
+ * no two shapes share a slot.  A slot holds the shuffle that gathers each
+ * octet's last three characters into a 32-bit lane (hundreds, tens, units,
+ * 0; 0x80, which shuffles in a 0, where the octet is shorter), and the key
+ * of the shape that owns it: a text whose key differs is not a dotted quad.
+ * Looking the shuffle up keeps the read to one chain of ~30 cycles: finding
+ * the dots one by one (ctz) and building the shuffle from them took ~50,
+ * and a single lookup waits for the address before it can walk. */
+#define ACL_QUAD_HASH 0xe07bdb9fu
+static uint8_t acl_quad_gather[256][16] __attribute__((aligned(16)));
+static uint16_t acl_quad_owner[256];
+static const uint8_t acl_quad_ones[32] = {
+    255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255};
+
+static void acl_textaddr_init(void)
+{
+    for (int shape = 0; shape < 81; shape++) {
+        int width[4] = {shape % 3 + 1, shape / 3 % 3 + 1, shape / 9 % 3 + 1, shape / 27 + 1};
+        int begin[4], at = 0;
+        uint32_t key = 0, slot;
+        for (int k = 0; k < 4; k++) {
+            begin[k] = at;
+            at += width[k];
+            if (k < 3)
+                key |= 1u << at++;                      /* the dot after octet k */
+        }
+        key |= 1u << at;                                /* the length */
+        slot = (key * ACL_QUAD_HASH) >> 24;
+        acl_quad_owner[slot] = (uint16_t)key;
+        for (int k = 0; k < 4; k++) {
+            int end = begin[k] + width[k];
+            for (int j = 0; j < 3; j++)
+                acl_quad_gather[slot][4 * k + j] = end - 3 + j >= begin[k] ? (uint8_t)(end - 3 + j) : 0x80;
+            acl_quad_gather[slot][4 * k + 3] = 0x80;
+        }
+    }
+}
+
+/* Strict dotted quad (four decimal octets 0..255, no leading zeros, nothing
+ * else) from the n characters at s, host order in *out; 0 when the text is
+ * anything else. */
+static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
+{
+    unsigned char copy[16];
+    __m128i x, d, value;
+    uint32_t dots, digits, zeros, key, slot, full, starts, bad;
+    if (n < 7 || n > 15)
+        return 0;
+    if (((uintptr_t)s & 4095) <= 4096 - 16) {
+        x = _mm_loadu_si128((const __m128i *)s);        /* 16 bytes inside s's page */
+    } else {
+        memset(copy, 0, sizeof(copy));
+        memcpy(copy, s, n);
+        x = _mm_loadu_si128((const __m128i *)copy);
+    }
+    x = _mm_and_si128(x, _mm_loadu_si128((const __m128i *)(acl_quad_ones + 16 - n)));  /* n bytes */
+    d = _mm_sub_epi8(x, _mm_set1_epi8('0'));
+    dots = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('.')));
+    digits = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
+    zeros = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('0')));
+    key = dots | (1u << n);
+    slot = (key * ACL_QUAD_HASH) >> 24;
+    value = _mm_madd_epi16(
+        _mm_maddubs_epi16(_mm_shuffle_epi8(d, _mm_load_si128((const __m128i *)acl_quad_gather[slot])),
+                          _mm_setr_epi8(100, 10, 1, 0, 100, 10, 1, 0, 100, 10, 1, 0, 100, 10, 1, 0)),
+        _mm_set1_epi16(1));
+    full = (1u << n) - 1;
+    starts = ((dots << 1) | 1) & full;                  /* where each octet begins */
+    bad = (acl_quad_owner[slot] != key)                 /* three dots, octets of 1-3 digits */
+        | ((dots | digits) != full)                     /* the rest digits */
+        | ((zeros & starts & (digits >> 1)) != 0)       /* no leading zero */
+        | (_mm_movemask_epi8(_mm_cmpgt_epi32(value, _mm_set1_epi32(255))) != 0);
+    if (bad)
+        return 0;
+    /* lane 0 is the first octet, the highest byte of the address */
+    *out = (uint32_t)_mm_cvtsi128_si32(_mm_shuffle_epi8(
+        value, _mm_setr_epi8(12, 8, 4, 0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1)));
+    return 1;
+}
+
+#else
+
+static void acl_textaddr_init(void)
+{
+}
+
 /* Strict dotted quad (four decimal octets 0..255, no leading zeros, nothing
  * else) from the n characters at s, host order in *out; 0 when the text is
  * anything else. */
@@ -118,34 +213,6 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
     e1 = (uint32_t)__builtin_ctz(rest);
     rest &= rest - 1;
     e2 = (uint32_t)__builtin_ctz(rest);
-#if defined(ACL_TEXTADDR_SSSE3)
-    {
-        /* Lane k (bytes 4k..4k+3) gathers octet k's last three characters
-         * (indexes end-3 .. end-1, end = the dot or n after it) and a zero;
-         * an index before the octet's start, or the fourth, has its high bit
-         * set, which makes the shuffle write 0.  The lane is then
-         * hundreds/tens/units: one multiply-add by (100, 10, 1, 0). */
-        uint32_t ends = e0 | (e1 << 8) | (e2 << 16) | ((uint32_t)n << 24);
-        uint32_t begins = (ends << 8) + 0x01010100u;   /* 0, e0+1, e1+1, e2+1 */
-        const __m128i spread = _mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-        __m128i end = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)ends), spread);
-        __m128i begin = _mm_shuffle_epi8(_mm_cvtsi32_si128((int)begins), spread);
-        __m128i idx = _mm_add_epi8(end, _mm_setr_epi8(-3, -2, -1, -128, -3, -2, -1, -128,
-                                                      -3, -2, -1, -128, -3, -2, -1, -128));
-        __m128i text = _mm_set_epi64x((long long)hi, (long long)lo);
-        __m128i digit, value;
-        idx = _mm_or_si128(idx, _mm_cmpgt_epi8(begin, idx));
-        digit = _mm_shuffle_epi8(_mm_sub_epi8(text, _mm_set1_epi8('0')), idx);
-        value = _mm_madd_epi16(_mm_maddubs_epi16(digit, _mm_setr_epi8(100, 10, 1, 0, 100, 10, 1, 0,
-                                                                      100, 10, 1, 0, 100, 10, 1, 0)),
-                               _mm_set1_epi16(1));
-        if (_mm_movemask_epi8(_mm_cmpgt_epi32(value, _mm_set1_epi32(255))))
-            return 0;
-        /* lane 0 is the first octet, the highest byte of the address */
-        *out = (uint32_t)_mm_cvtsi128_si32(_mm_shuffle_epi8(
-            value, _mm_setr_epi8(12, 8, 4, 0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1)));
-    }
-#else
     {
         unsigned __int128 v = ((unsigned __int128)hi << 64) | lo;
         uint32_t a = acl_octet_swar((uint32_t)lo, e0);
@@ -156,9 +223,9 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
             return 0;
         *out = (a << 24) | (b << 16) | (c << 8) | d;
     }
-#endif
     return 1;
 }
+#endif
 
 /* Bit i of *colons / *hexes: byte i of the 48 at text is ':' / a hex digit. */
 static inline void acl_hex_masks(const unsigned char *text, uint64_t *colons, uint64_t *hexes)
