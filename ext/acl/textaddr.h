@@ -112,6 +112,8 @@ static inline uint32_t acl_octet_swar(uint32_t w, uint32_t len)
 #define ACL_QUAD_HASH 0xe07bdb9fu
 static uint8_t acl_quad_gather[256][16] __attribute__((aligned(16)));
 static uint16_t acl_quad_owner[256];
+/* 16 bytes of 0xFF, then 16 zeros: 16 bytes loaded from acl_quad_ones + 16 - n
+ * are the mask of a text's first n bytes. */
 static const uint8_t acl_quad_ones[32] = {
     255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255};
 
