@@ -44,58 +44,6 @@
 #define ACL_TEXTADDR_SSSE3 1
 #endif
 
-/* The text's first 16 bytes as two little-endian words, characters past n
- * zeroed; n is 7..15 and s[7] readable.  Two 8-byte loads, no copy of a
- * variable length (that costs a call). */
-static inline void acl_quad_words(const char *s, size_t n, uint64_t *lo, uint64_t *hi)
-{
-    size_t n8 = n < 8 ? 8 : n;
-    memcpy(lo, s, 8);
-    memcpy(hi, s + n8 - 8, 8);
-    *lo = le64toh(*lo);
-    *hi = le64toh(*hi);
-    *hi = (*hi >> (8 * (16 - n8) - 1)) >> 1;    /* s[8..n) at bytes 0..n-9 */
-}
-
-/* Bit i of *dots / *digits / *zeros: character i is '.' / a decimal digit /
- * '0' (bits past the text are 0: its bytes were zeroed). */
-static inline void acl_quad_masks(uint64_t lo, uint64_t hi, uint32_t *dots, uint32_t *digits,
-                                  uint32_t *zeros)
-{
-#if defined(__SSE2__) && !defined(ACL_TEXTADDR_PORTABLE)
-    __m128i x = _mm_set_epi64x((long long)hi, (long long)lo);
-    __m128i d = _mm_sub_epi8(x, _mm_set1_epi8('0'));
-    *dots = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('.')));
-    *digits = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
-    *zeros = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('0')));
-#else
-    uint32_t a = 0, b = 0, z = 0;
-    for (int i = 0; i < 16; i++) {
-        unsigned char c = (unsigned char)((i < 8 ? lo >> (8 * i) : hi >> (8 * (i - 8))) & 0xFF);
-        a |= (uint32_t)(c == '.') << i;
-        b |= (uint32_t)((unsigned char)(c - '0') < 10) << i;
-        z |= (uint32_t)(c == '0') << i;
-    }
-    *dots = a;
-    *digits = b;
-    *zeros = z;
-#endif
-}
-
-#if !defined(ACL_TEXTADDR_SSSE3)
-/* The value of a 1..3 digit octet starting at w's low byte (the text's next
- * characters above it).  The digits move to the top of the word behind a
- * zero, then two multiply-adds: pairs (d0*10 + d1 in each 16-bit half), then
- * the halves.  A non-digit above the octet borrows only upward, into bytes
- * the shift drops. */
-static inline uint32_t acl_octet_swar(uint32_t w, uint32_t len)
-{
-    w -= 0x30303030u;
-    w <<= 8 * ((4 - len) & 3);
-    w = (w * 10 + (w >> 8)) & 0x00FF00FFu;
-    return (w * 100 + (w >> 16)) & 0xFFFFu;
-}
-#endif
 
 #if defined(ACL_TEXTADDR_SSSE3)
 /* The SSSE3 dotted quad's table.  A text's shape -- where its three dots
@@ -184,6 +132,60 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
 }
 
 #else
+
+/* The scalar dotted quad and its helpers (the SSSE3 reader above loads and
+ * classifies its 16 bytes itself). */
+
+/* The text's first 16 bytes as two little-endian words, characters past n
+ * zeroed; n is 7..15 and s[7] readable.  Two 8-byte loads, no copy of a
+ * variable length (that costs a call). */
+static inline void acl_quad_words(const char *s, size_t n, uint64_t *lo, uint64_t *hi)
+{
+    size_t n8 = n < 8 ? 8 : n;
+    memcpy(lo, s, 8);
+    memcpy(hi, s + n8 - 8, 8);
+    *lo = le64toh(*lo);
+    *hi = le64toh(*hi);
+    *hi = (*hi >> (8 * (16 - n8) - 1)) >> 1;    /* s[8..n) at bytes 0..n-9 */
+}
+
+/* Bit i of *dots / *digits / *zeros: character i is '.' / a decimal digit /
+ * '0' (bits past the text are 0: its bytes were zeroed). */
+static inline void acl_quad_masks(uint64_t lo, uint64_t hi, uint32_t *dots, uint32_t *digits,
+                                  uint32_t *zeros)
+{
+#if defined(__SSE2__) && !defined(ACL_TEXTADDR_PORTABLE)
+    __m128i x = _mm_set_epi64x((long long)hi, (long long)lo);
+    __m128i d = _mm_sub_epi8(x, _mm_set1_epi8('0'));
+    *dots = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('.')));
+    *digits = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(d, _mm_set1_epi8(9)), d));
+    *zeros = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('0')));
+#else
+    uint32_t a = 0, b = 0, z = 0;
+    for (int i = 0; i < 16; i++) {
+        unsigned char c = (unsigned char)((i < 8 ? lo >> (8 * i) : hi >> (8 * (i - 8))) & 0xFF);
+        a |= (uint32_t)(c == '.') << i;
+        b |= (uint32_t)((unsigned char)(c - '0') < 10) << i;
+        z |= (uint32_t)(c == '0') << i;
+    }
+    *dots = a;
+    *digits = b;
+    *zeros = z;
+#endif
+}
+
+/* The value of a 1..3 digit octet starting at w's low byte (the text's next
+ * characters above it).  The digits move to the top of the word behind a
+ * zero, then two multiply-adds: pairs (d0*10 + d1 in each 16-bit half), then
+ * the halves.  A non-digit above the octet borrows only upward, into bytes
+ * the shift drops. */
+static inline uint32_t acl_octet_swar(uint32_t w, uint32_t len)
+{
+    w -= 0x30303030u;
+    w <<= 8 * ((4 - len) & 3);
+    w = (w * 10 + (w >> 8)) & 0x00FF00FFu;
+    return (w * 100 + (w >> 16)) & 0xFFFFu;
+}
 
 static void acl_textaddr_init(void)
 {
@@ -282,7 +284,7 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
 {
     unsigned char copy[48];
     const unsigned char *text;
-    uint64_t colons, hexes, full, gap, starts, lasts, run;
+    uint64_t colons, hexes, full, gap, starts, run;
     int count, before;
     if (n < 2 || n > 39)
         return 0;
@@ -299,7 +301,6 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
     hexes &= full;
     gap = colons & (colons >> 1);                /* bit i: "::" at i */
     starts = hexes & ~(hexes << 1);              /* bit i: a group starts at i */
-    lasts = hexes & ~(hexes >> 1);               /* bit i: a group's last digit */
     run = hexes & (hexes << 1) & (hexes << 2) & (hexes << 3) & (hexes << 4);
     if ((colons | hexes) != full || (gap & (gap - 1)) || run   /* two "::", ":::", 5 digits */
         || ((colons & 1) && !(gap & 1))                        /* a lone leading ':' */
@@ -321,7 +322,7 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
          * The groups' first and last digits are found in text order (byte k
          * of first/last: group k), then moved to their output groups: those
          * after the "::" move right by the zero groups it stands for. */
-        uint64_t first = 0, last = 0, st = starts, la = lasts;
+        uint64_t first = 0, last = 0, st = starts, la = hexes & ~(hexes >> 1);  /* last digits */
         const __m128i off = _mm_setr_epi8(-3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0);
         const __m128i fifteen = _mm_set1_epi8(15);
         const __m128i g = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
