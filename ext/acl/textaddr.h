@@ -82,8 +82,10 @@ static void acl_textaddr_init(void)
         acl_quad_owner[slot] = (uint16_t)key;
         for (int k = 0; k < 4; k++) {
             int end = begin[k] + width[k];
-            for (int j = 0; j < 3; j++)
-                acl_quad_gather[slot][4 * k + j] = end - 3 + j >= begin[k] ? (uint8_t)(end - 3 + j) : 0x80;
+            for (int j = 0; j < 3; j++) {
+                int at_j = end - 3 + j;                 /* hundreds, tens, units */
+                acl_quad_gather[slot][4 * k + j] = at_j >= begin[k] ? (uint8_t)at_j : 0x80;
+            }
             acl_quad_gather[slot][4 * k + 3] = 0x80;
         }
     }
@@ -113,10 +115,10 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
     zeros = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('0')));
     key = dots | (1u << n);
     slot = (key * ACL_QUAD_HASH) >> 24;
-    value = _mm_madd_epi16(
-        _mm_maddubs_epi16(_mm_shuffle_epi8(d, _mm_load_si128((const __m128i *)acl_quad_gather[slot])),
-                          _mm_setr_epi8(100, 10, 1, 0, 100, 10, 1, 0, 100, 10, 1, 0, 100, 10, 1, 0)),
-        _mm_set1_epi16(1));
+    value = _mm_shuffle_epi8(d, _mm_load_si128((const __m128i *)acl_quad_gather[slot]));
+    value = _mm_maddubs_epi16(value, _mm_setr_epi8(100, 10, 1, 0, 100, 10, 1, 0,
+                                                   100, 10, 1, 0, 100, 10, 1, 0));
+    value = _mm_madd_epi16(value, _mm_set1_epi16(1));
     full = (1u << n) - 1;
     starts = ((dots << 1) | 1) & full;                  /* where each octet begins */
     bad = (acl_quad_owner[slot] != key)                 /* three dots, octets of 1-3 digits */
@@ -322,7 +324,8 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
          * The groups' first and last digits are found in text order (byte k
          * of first/last: group k), then moved to their output groups: those
          * after the "::" move right by the zero groups it stands for. */
-        uint64_t first = 0, last = 0, st = starts, la = hexes & ~(hexes >> 1);  /* last digits */
+        uint64_t la = hexes & ~(hexes >> 1);    /* bit i: a group's last digit */
+        uint64_t first = 0, last = 0, st = starts;
         const __m128i off = _mm_setr_epi8(-3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0);
         const __m128i fifteen = _mm_set1_epi8(15);
         const __m128i g = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
