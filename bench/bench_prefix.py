@@ -23,7 +23,10 @@ keys against a table whose walk is one cached read: the call and the parse
 without the trie's cache misses, so the gap to the real row is what the walk
 costs in memory latency.  The "walk only" rows time the same walks from C
 (a probe module built at run time), one at a time: that latency without
-any interpreter.  Each timing is the best round; the ratio tables
+any interpreter.  The "text read + walk" rows add the core's text reader,
+reading each text from the bench's str key objects or from one buffer, in
+rounds taken in turn: what reading the caller's objects costs, apart from
+the parse.  Each timing is the best round; the ratio tables
 printed at the end (bench/conftest.py) compare against ``pytricia get(str)``.
 
 Memory is measured in fresh subprocesses per structure: RSS growth across
@@ -40,6 +43,7 @@ import functools
 import ipaddress
 import json
 import os
+import platform
 import random
 import statistics
 import subprocess
@@ -274,10 +278,15 @@ def test_acl_single_call_floor(benchmark, data, ratios, key):
 # The trie walk alone, from C: each address is nudged by the previous answer
 # (by zero, but the compiler cannot know), so walks cannot overlap as they
 # do in batch calls -- the memory latency one single call pays, without
-# Python.  Built at run time against the installed core's .pxd.
+# Python.  ``chain_keys`` and ``chain_texts`` add the core's text reader
+# (textaddr.h, as the core compiles it): each text is read only after the
+# previous answer, from the bench's str key objects or from the same texts
+# copied into one buffer 64 bytes apart -- what reading the caller's objects
+# costs, apart from the parse.  Built at run time against the installed
+# core's .pxd.
 WALK_PYX = r"""
 # cython: language_level=3
-from acl._core cimport Pair, PrefixTable
+from acl._core cimport Pair, PrefixTable, acl_u128
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -285,6 +294,45 @@ from libc.string cimport memcpy
 cdef extern from "<endian.h>" nogil:
     uint32_t be32toh(uint32_t)
     uint64_t be64toh(uint64_t)
+
+cdef extern from "textaddr.h" nogil:
+    int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
+    int acl_hex_groups(const char *s, size_t n, acl_u128 *out)
+    void acl_textaddr_init()
+
+cdef extern from "Python.h":
+    const char *PyUnicode_DATA(object)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+
+acl_textaddr_init()
+
+cdef inline int32_t read_walk(PrefixTable table, const char *s, size_t n) noexcept nogil:
+    cdef uint32_t a4
+    cdef acl_u128 a6
+    if table.family == 4:
+        if not acl_dotted_quad(s, n, &a4):
+            return -2
+        return table.find4(a4).specific
+    if not acl_hex_groups(s, n, &a6):
+        return -2
+    return table.find6(<uint64_t>(a6 >> 64), <uint64_t>a6).specific
+
+def chain_keys(PrefixTable table, list keys):
+    cdef Py_ssize_t i
+    cdef int32_t last = 0
+    for i in range(len(keys)):
+        k = keys[i]
+        last = read_walk(table, PyUnicode_DATA(k) + <int>(last == -7), PyUnicode_GET_LENGTH(k))
+    return last
+
+def chain_texts(PrefixTable table, bytes texts, bytes lengths):
+    cdef const char *p = texts
+    cdef const unsigned char *n = lengths
+    cdef Py_ssize_t i
+    cdef int32_t last = 0
+    for i in range(len(lengths)):
+        last = read_walk(table, p + 64 * i + <int>(last == -7), n[i])
+    return last
 
 def chain(PrefixTable table, packed):
     cdef Py_buffer b
@@ -321,7 +369,11 @@ def walk_module():
         pytest.skip("the walk probe needs the compiled core")
     tmp = Path(tempfile.mkdtemp(prefix="acl-bench-walk-"))
     (tmp / "acl_walk_probe.pyx").write_text(WALK_PYX)
-    ext = Extension("acl_walk_probe", [str(tmp / "acl_walk_probe.pyx")], extra_compile_args=["-O3"])
+    flags = ["-O3"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        flags += ["-mpopcnt", "-mssse3"]       # as setup.py builds the core
+    ext = Extension("acl_walk_probe", [str(tmp / "acl_walk_probe.pyx")],
+                    include_dirs=[str(ROOT / "ext" / "acl")], extra_compile_args=flags)
     dist = Distribution({"ext_modules": cythonize([ext], include_path=[str(ROOT / "ext")], quiet=True)})
     cmd = dist.get_command_obj("build_ext")
     cmd.build_lib = cmd.build_temp = str(tmp)
@@ -381,6 +433,44 @@ def test_single_paired(benchmark, data, ratios):
         per_round = sorted(b / t for b, t in zip(base, rounds[name][1:], strict=True))
         ratios.note(PAIRED + ", median of per-round ratios", data.name, name,
                     f"{statistics.median(per_round):.1f}x (rounds: {per_round[0]:.1f}-{per_round[-1]:.1f}x)")
+
+
+TEXT_READ = "prefix core: text read + walk from C, one at a time (rounds in turn)"
+
+
+def test_acl_text_read_latency(benchmark, data, ratios):
+    """Times 20,000 text reads and walks from C, each waiting for the
+    previous answer, in four forms taking turns round by round (this
+    machine's memory latency moves within minutes): the texts read from the
+    bench's str key objects or from one buffer, 64 bytes apart, against the
+    real table or a one-prefix one.  Reports each form's best round and the
+    median per-round cost of reading the str objects instead of the buffer."""
+    probe = walk_module()
+    texts = b"".join(k.encode().ljust(64, b"\0") for k in data.single_str)
+    lengths = bytes(len(k) for k in data.single_str)
+    forms = {}
+    for table, t in (("real", acl_table(data.name)), ("1-prefix", one_prefix_table(data.name))):
+        forms[f"str keys, {table} table"] = (probe.chain_keys, (t, data.single_str))
+        forms[f"one buffer, {table} table"] = (probe.chain_texts, (t, texts, lengths))
+    for fn, args in forms.values():
+        assert fn(*args) != -2          # every text was read
+    rounds: dict[str, list[float]] = {name: [] for name in forms}
+
+    def one_round():
+        for name, (fn, args) in forms.items():
+            start = time.process_time()
+            fn(*args)
+            rounds[name].append((time.process_time() - start) / SINGLE)
+
+    benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, warmup_rounds=1)
+    for name, times in rounds.items():
+        ratios.time(TEXT_READ, data.name, name, min(times[1:]))
+    for table in ("real", "1-prefix"):
+        extra = sorted(a - b for a, b in zip(rounds[f"str keys, {table} table"][1:],
+                                             rounds[f"one buffer, {table} table"][1:], strict=True))
+        ratios.note(TEXT_READ + ", str objects minus one buffer, ns per lookup", data.name, f"{table} table",
+                    f"median {statistics.median(extra) * 1e9:+.0f} (rounds {extra[0] * 1e9:+.0f} to "
+                    f"{extra[-1] * 1e9:+.0f})")
 
 
 HOT = "prefix core: single call, one address repeated (cache-hot)"
