@@ -9,6 +9,9 @@ then one- and two-character mutations of them.  The header's rule is that an
 accepted text is what ``ipaddress`` accepts, with the same value.  Its
 dotted-quad reader accepts every dotted quad, and its IPv6 reader every text
 of hex groups and colons, so acceptance must match ``ipaddress`` there too.
+Valid texts are also read at the end of a page whose next page is
+unreadable, placed so that a reader loading its fixed width in place where
+it should copy crashes the test.
 """
 
 from __future__ import annotations
