@@ -797,8 +797,8 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     for j in range(ntop):
         painted[j].first = -1
         painted[j].specific = -1
-    # The top nodes come first: count the slots holding longer entries (in
-    # sorted order, the entries of one slot are adjacent).
+    # The top nodes come first, in slot order: count the slots holding
+    # longer entries, so that the top nodes' children are added after them.
     for i in range(n):
         if lens[i] > dp:
             s = <uint32_t>(nets[i] >> (width - dp))

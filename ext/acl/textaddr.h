@@ -45,6 +45,20 @@
 #endif
 
 
+/* Where to read the text's first `width` bytes from: s itself when they lie
+ * in s's page (what follows the text there is ignored), else `copy` (width
+ * bytes), filled with the n characters and zeros.  A copy of a variable
+ * length costs a call, so the readers take it only near a page's end. */
+static inline const unsigned char *acl_text_in_page(const char *s, size_t n, unsigned char *copy,
+                                                   size_t width)
+{
+    if (((uintptr_t)s & 4095) <= 4096 - width)
+        return (const unsigned char *)s;
+    memset(copy, 0, width);
+    memcpy(copy, s, n);
+    return copy;
+}
+
 #if defined(ACL_TEXTADDR_SSSE3)
 /* The SSSE3 dotted quad's table.  A text's shape -- where its three dots
  * are, and its length -- is one 16-bit key: bit i set for a dot at i, and
@@ -101,13 +115,7 @@ static inline int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
     uint32_t dots, digits, zeros, key, slot, full, starts, bad;
     if (n < 7 || n > 15)
         return 0;
-    if (((uintptr_t)s & 4095) <= 4096 - 16) {
-        x = _mm_loadu_si128((const __m128i *)s);        /* 16 bytes inside s's page */
-    } else {
-        memset(copy, 0, sizeof(copy));
-        memcpy(copy, s, n);
-        x = _mm_loadu_si128((const __m128i *)copy);
-    }
+    x = _mm_loadu_si128((const __m128i *)acl_text_in_page(s, n, copy, sizeof(copy)));
     x = _mm_and_si128(x, _mm_loadu_si128((const __m128i *)(acl_quad_ones + 16 - n)));  /* n bytes */
     d = _mm_sub_epi8(x, _mm_set1_epi8('0'));
     dots = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8('.')));
@@ -290,13 +298,7 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
     int count, before;
     if (n < 2 || n > 39)
         return 0;
-    if (((uintptr_t)s & 4095) <= 4096 - 48) {
-        text = (const unsigned char *)s;        /* 48 bytes inside s's page */
-    } else {
-        memset(copy, 0, sizeof(copy));
-        memcpy(copy, s, n);
-        text = copy;
-    }
+    text = acl_text_in_page(s, n, copy, sizeof(copy));
     acl_hex_masks(text, &colons, &hexes);
     full = (1ull << n) - 1;
     colons &= full;
