@@ -39,9 +39,11 @@ everything there), and for acl its own byte count ``PrefixTable.nbytes``.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import ipaddress
 import json
+import mmap
 import os
 import platform
 import random
@@ -287,7 +289,7 @@ def test_acl_single_call_floor(benchmark, data, ratios, key):
 WALK_PYX = r"""
 # cython: language_level=3
 from acl._core cimport Pair, PrefixTable, acl_u128
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
@@ -299,6 +301,44 @@ cdef extern from "textaddr.h" nogil:
     int acl_dotted_quad(const char *s, size_t n, uint32_t *out)
     int acl_hex_groups(const char *s, size_t n, acl_u128 *out)
     void acl_textaddr_init()
+
+cdef extern from *:
+    '''
+    #include <time.h>
+    /* A random cycle through the buffer's lines (Sattolo's shuffle), walked
+     * once to warm what fits in the caches, then ``hops`` loads each waiting
+     * for the one before; the empty asm keeps the compiler from moving or
+     * dropping them. */
+    static double probe_chase(char *base, size_t lines, long hops)
+    {
+        unsigned long long x = 0x9E3779B97F4A7C15ull;
+        struct timespec t0, t1;
+        char *p = base;
+        for (size_t i = 0; i < lines; i++)
+            *(char **)(base + 64 * i) = base + 64 * i;
+        for (size_t i = lines - 1; i > 0; i--) {
+            size_t j;
+            char *tmp;
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            j = (size_t)(x % i);
+            tmp = *(char **)(base + 64 * i);
+            *(char **)(base + 64 * i) = *(char **)(base + 64 * j);
+            *(char **)(base + 64 * j) = tmp;
+        }
+        for (size_t i = 0; i < lines; i++) {
+            p = *(char **)p;
+            __asm__ volatile("" : "+r"(p));
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        for (long i = 0; i < hops; i++) {
+            p = *(char **)p;
+            __asm__ volatile("" : "+r"(p));
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / hops;
+    }
+    '''
+    double probe_chase(char *base, size_t lines, long hops) nogil
 
 cdef extern from "Python.h":
     const char *PyUnicode_DATA(object)
@@ -355,6 +395,18 @@ def chain(PrefixTable table, packed):
                 last = table.find6(be64toh(hi), be64toh(lo) + <uint64_t>(last == -7)).specific
     PyBuffer_Release(&b)
     return last
+
+def chase(buf, Py_ssize_t hops):
+    # ns per load of a chain of ``hops`` dependent loads, each to a random
+    # cache line of the writable buffer ``buf``: the machine's memory
+    # latency at that working set.
+    cdef Py_buffer b
+    cdef double ns
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    with nogil:
+        ns = probe_chase(<char *>b.buf, <size_t>b.len // 64, hops)
+    PyBuffer_Release(&b)
+    return ns
 """
 
 
@@ -400,22 +452,54 @@ PAIRED = "prefix core: single calls, peers taking turns (paired rounds)"
 PAIRED_ROUNDS = 15
 
 
+def huge_buffer(size: int):
+    """A writable ``size``-byte buffer on 2 MiB boundaries, advised for huge
+    pages as the core's trie arrays are (so the chase below measures cache
+    misses, not TLB misses)."""
+    huge = 2 << 20
+    m = mmap.mmap(-1, size + huge)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    offset = -address % huge
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        m.madvise(mmap.MADV_HUGEPAGE, offset, size)
+    return m, memoryview(m)[offset:offset + size]
+
+
+# Working sets for the memory-latency chase run in every paired round: one
+# that fits this machine's share of the L3 (measured ~20 ns a load up to
+# 4 MiB) and one that does not (~120-170 ns from 8 MiB on, and moving).
+CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
+CHASE_HOPS = 100_000
+
+
 def test_single_paired(benchmark, data, ratios):
-    """pytricia get(str) and acl most_specific(str) / (bytes) over the same
-    20,000 keys, round by round in turn, so a change in the shared machine's
-    memory latency (which moves acl's times by up to 3x between runs, and
-    pytricia's far less) falls on every peer alike.  In its turn each peer
-    runs the loop twice and the second pass is timed: its own steady state,
-    as in the unpaired rows, not the cache the previous peer left (whoever
-    ran right after pytricia's walk over its large heap measured ~2x slower,
-    whichever acl key type that was).  Reports each peer's best round and the
-    median of the per-round ratios."""
-    peers = {"pytricia get(str)": (pytricia_tree(data.name).get, data.single_str),
-             "acl most_specific(str)": (acl_table(data.name).most_specific, data.single_str),
-             "acl most_specific(bytes)": (acl_table(data.name).most_specific, data.single_bytes)}
+    """pytricia get(str) / get(bytes) and acl most_specific(str) / (bytes)
+    over the same 20,000 keys, round by round in turn, so a change in the
+    shared machine's memory latency (which moves acl's times by up to 3x
+    between runs, and pytricia's far less) falls on every peer alike.  In its
+    turn each peer runs the loop twice and the second pass is timed: its own
+    steady state, as in the unpaired rows, not the cache the previous peer
+    left (whoever ran right after pytricia's walk over its large heap
+    measured ~2x slower, whichever acl key type that was).  Each round also
+    times a chain of dependent loads at two working sets, so the report says
+    what the machine's memory latency was during these very rounds.
+    Reports each peer's best round and the median of the per-round ratios,
+    each acl key type against pytricia given the same keys (and packed acl
+    keys against pytricia's text ones, the comparison earlier sessions
+    reported)."""
+    pt, acl = pytricia_tree(data.name).get, acl_table(data.name).most_specific
+    peers = {"pytricia get(str)": (pt, data.single_str),
+             "pytricia get(bytes)": (pt, data.single_bytes),
+             "acl most_specific(str)": (acl, data.single_str),
+             "acl most_specific(bytes)": (acl, data.single_bytes)}
     rounds: dict[str, list[float]] = {name: [] for name in peers}
+    chase = walk_module().chase
+    buffers = {size: huge_buffer(nbytes) for size, nbytes in CHASE_SIZES.items()}
+    latency: dict[str, list[float]] = {size: [] for size in CHASE_SIZES}
 
     def one_round():
+        for size, (_, view) in buffers.items():
+            latency[size].append(chase(view, CHASE_HOPS))
         for name, (fn, keys) in peers.items():
             for k in keys:      # the untimed pass
                 fn(k)
@@ -424,15 +508,25 @@ def test_single_paired(benchmark, data, ratios):
                 fn(k)
             rounds[name].append((time.process_time() - start) / len(keys))
 
-    benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, warmup_rounds=1)
+    try:
+        benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, warmup_rounds=1)
+    finally:
+        for m, view in buffers.values():
+            view.release()
+            m.close()
     ratios.baseline(PAIRED, "pytricia get(str)")
     for name, times in rounds.items():
         ratios.time(PAIRED, data.name, name, min(times[1:]))
-    base = rounds["pytricia get(str)"][1:]
-    for name in list(peers)[1:]:
-        per_round = sorted(b / t for b, t in zip(base, rounds[name][1:], strict=True))
-        ratios.note(PAIRED + ", median of per-round ratios", data.name, name,
+    for acl_peer, pt_peer in (("acl most_specific(str)", "pytricia get(str)"),
+                              ("acl most_specific(bytes)", "pytricia get(bytes)"),
+                              ("acl most_specific(bytes)", "pytricia get(str)")):
+        per_round = sorted(b / t for b, t in zip(rounds[pt_peer][1:], rounds[acl_peer][1:], strict=True))
+        ratios.note(PAIRED + ", median of per-round ratios", data.name, f"{acl_peer} vs {pt_peer}",
                     f"{statistics.median(per_round):.1f}x (rounds: {per_round[0]:.1f}-{per_round[-1]:.1f}x)")
+    for size, ns in latency.items():
+        ns = sorted(ns[1:])
+        ratios.note(PAIRED + ", the same rounds: ns per dependent load", data.name, f"{size} working set",
+                    f"median {statistics.median(ns):.0f} (rounds {ns[0]:.0f}-{ns[-1]:.0f})")
 
 
 TEXT_READ = "prefix core: text read + walk from C, one at a time (rounds in turn)"

@@ -39,7 +39,7 @@ Data structure (one per table, built once, immutable):
   holds its first three leaves, so a walk ending at a node with few leaves
   (most, in routing tables) reads one line less.
 * The top level is one node of 2**dp slots (dp = 18 for tables of 4096+
-  prefixes, 20 if they are path-compressed, 8 for smaller ones) compressed
+  prefixes, 22 if they are path-compressed, 8 for smaller ones) compressed
   the same way, its bit vectors cut into ``TopWord``s that carry the counts
   before them: 96 KiB that stay cached, where Poptrie's direct array of
   2**18 indexes is 1 MiB that a random lookup mostly misses.  A slot's top
@@ -151,11 +151,16 @@ cdef Py_ssize_t BIG_TABLE = 4096
 # below it (one, alone in a path-compressed table).  Measured against 16 on
 # the bench sets, before and after path compression.
 cdef int BIG_DP = 18
-# Big path-compressed tables (sparse ones) take 20 (384 KiB of top words):
-# on the IPv6 routing bench set, batches +20% and single calls +3-5% in an
-# A/B in one process.  On the dense sets 20 was no better: geoip v4 single
-# calls 8-10% slower, routing v4 and geoip v6 within noise.
-cdef int SPARSE_DP = 20
+# Big path-compressed tables (sparse ones) take 22 (1.5 MiB of top words,
+# of which a lookup touches the words of the slots in use).  On the IPv6
+# routing bench set, most of whose /48s sit alone in their top slot at 20
+# bits while 47% of lookups still met a node with two or three unrelated
+# ones: against 20, batches +11-15% and single calls +15-30%; 21 was half
+# way, 24 no better for single calls and worse for batches (A/Bs in one
+# process).  20 had beaten 18 by 20% on batches.  On the dense sets 20 was
+# no better than 18: geoip v4 single calls 8-10% slower, routing v4 and
+# geoip v6 within noise.
+cdef int SPARSE_DP = 22
 
 cdef enum:
     # The most bits one node skips (Node.skipval is 32 bits wide); a longer

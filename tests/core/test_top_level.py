@@ -1,6 +1,6 @@
 """The compiled trie's top level, against the twin.
 
-The top level is one wide node of 2**dp slots (8, 18, or 20 bits), its
+The top level is one wide node of 2**dp slots (8, 18, or 22 bits), its
 bit vectors cut into 64-slot words that carry the counts of top nodes and
 leaf runs before them (``TopWord`` in ``ext/acl/_core.pxd``).  A slot's node
 or leaf index is a word's count plus a popcount, so what can go wrong is at
@@ -96,12 +96,12 @@ def test_big_top_level(compiled, family):
 
 
 def test_sparse_big_top_level(compiled):
-    """A big path-compressed table takes 20 top bits; edges as above."""
-    rng = random.Random(20)
-    entries = sparse_entries(6, rng, 6000) + edge_entries(6, 20, rng)
+    """A big path-compressed table takes 22 top bits; edges as above."""
+    rng = random.Random(22)
+    entries = sparse_entries(6, rng, 6000) + edge_entries(6, 22, rng)
     table = compiled.PrefixTable(6, entries)
     shape = compiled._trie_shape(table)
-    assert shape["top_bits"] == 20 and shape["compressed"], shape
-    probes = slot_probes(6, 20, entries, rng)
+    assert shape["top_bits"] == 22 and shape["compressed"], shape
+    probes = slot_probes(6, 22, entries, rng)
     probes += [net | (rng.getrandbits(128) & ~mask(128, ln)) for net, ln, _ in entries[:3000]]
     check_against_twin(table, _core_py.PrefixTable(6, entries), 6, probes)
