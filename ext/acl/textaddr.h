@@ -13,17 +13,21 @@
  *   a copy; what follows the text is ignored.  The portable dotted quad reads
  *   nothing past the NUL except within 8 bytes of the start.
  * - acl_textaddr_init() runs once before the first read (the extension
- *   module calls it when it is imported): it fills the SSSE3 dotted quad's
- *   table, and does nothing in the portable build.
+ *   module calls it when it is imported): it fills the SSSE3 readers'
+ *   tables, and does nothing in the portable build.
  * - No branch on each character: random client addresses have fields of
  *   random widths, and a character loop mispredicts its way to ~60 ns a
  *   call (measured on the routing bench set).  Checks are bit masks of where
  *   the separators and the digits are, OR-ed into one flag; the one loop
  *   left (IPv6's, once per group) branches once per group.
  * - Two implementations of the digit arithmetic: SSSE3 (shuffle each
- *   field's digits into a lane of their own, then multiply-adds; the dotted
- *   quad finds its shuffle in a table, by where its dots are) and portable
- *   scalar code.  Both are compiled and compared by
+ *   field's digits into a lane of their own, then multiply-adds) and
+ *   portable scalar code.  A single lookup waits for its address before it
+ *   can walk, so the SSSE3 readers are built for latency: the dotted quad,
+ *   and IPv6 texts of eight groups (no "::"), find their shuffles in tables
+ *   by where their separators are (4 KiB and 40 KiB), the 39-character full
+ *   form uses fixed ones, and only texts with a "::" find their groups one
+ *   by one.  Both implementations are compiled and compared by
  *   tests/core/test_textaddr.py; the extension build picks SSSE3 on x86-64
  *   (setup.py's CFLAGS).
  *
@@ -79,8 +83,45 @@ static uint16_t acl_quad_owner[256];
 static const uint8_t acl_quad_ones[32] = {
     255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255};
 
+/* The SSSE3 IPv6 reader's table, for texts of eight groups and no "::" --
+ * what str() gives for most client addresses (SLAAC and privacy ones).
+ * Such a text is two halves of four groups of 1-4 digits, each half ending
+ * in a separator (the fourth colon, or the text's end); a half has one of
+ * 256 shapes, keyed like the quad's: bit i set for a separator at i,
+ * counted from the half's start.  (key * ACL_HEX_HASH) >> 53 gives each
+ * shape its own slot of 2048 (a multiplier found by search, as no 9- or
+ * 10-bit one turned up).  A slot holds the shuffle that gathers the half's
+ * 16 nibbles, four per group right-aligned (0x80, a zero, before a short
+ * group's digits), and the key of the shape that owns it.  Both halves are
+ * looked up at once: ~27 ns a read where finding the groups one by one
+ * takes ~45 (C harness, each read waiting for the previous one). */
+#define ACL_HEX_HASH 0x9522ff10ad855ffdull
+static int8_t acl_hex_gather[2048][16] __attribute__((aligned(16)));
+static uint32_t acl_hex_owner[2048];
+
+static void acl_hex_init(void)
+{
+    for (int shape = 0; shape < 256; shape++) {
+        uint64_t key = 0;
+        unsigned slot;
+        int8_t gather[16];
+        int at = 0;
+        for (int k = 0; k < 4; k++) {
+            int width = 1 + ((shape >> (2 * k)) & 3);
+            for (int j = 0; j < 4; j++)                 /* the group's last digit last */
+                gather[4 * k + j] = j < 4 - width ? (int8_t)0x80 : (int8_t)(at + j - (4 - width));
+            at += width;
+            key |= 1ull << at++;                        /* the separator after group k */
+        }
+        slot = (unsigned)((key * ACL_HEX_HASH) >> 53);
+        acl_hex_owner[slot] = (uint32_t)key;
+        memcpy(acl_hex_gather[slot], gather, sizeof(gather));
+    }
+}
+
 static void acl_textaddr_init(void)
 {
+    acl_hex_init();
     for (int shape = 0; shape < 81; shape++) {
         int width[4] = {shape % 3 + 1, shape / 3 % 3 + 1, shape / 9 % 3 + 1, shape / 27 + 1};
         int begin[4], at = 0;
@@ -286,6 +327,87 @@ static inline uint32_t acl_hex4(const unsigned char *d)
 }
 #endif
 
+#if defined(ACL_TEXTADDR_SSSE3)
+/* Each byte's hex value, for bytes that are hex digits (junk for others):
+ * its low nibble, plus 9 above '9' ('A'-'F' and 'a'-'f' end in 1..6). */
+static inline __m128i acl_hex_nibbles(__m128i c)
+{
+    return _mm_add_epi8(_mm_and_si128(c, _mm_set1_epi8(0x0F)),
+                        _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('9')), _mm_set1_epi8(9)));
+}
+
+/* Bytes of the 48 nibbles nib[0..2] at the indexes idx (0..47; negative:
+ * 0).  A shuffle reads one 16-byte chunk, so each chunk's pass drops the
+ * indexes outside it, and the three passes are OR-ed. */
+static inline __m128i acl_hex_pick(const __m128i nib[3], __m128i idx)
+{
+    __m128i r = _mm_setzero_si128();
+    for (int k = 0; k < 3; k++) {
+        __m128i ik = _mm_sub_epi8(idx, _mm_set1_epi8((char)(16 * k)));
+        ik = _mm_or_si128(ik, _mm_cmpgt_epi8(ik, _mm_set1_epi8(15)));
+        r = _mm_or_si128(r, _mm_shuffle_epi8(nib[k], ik));
+    }
+    return r;
+}
+
+/* 32 nibbles, four per group in group order, as the address's 16 bytes in
+ * network order: each pair of nibbles is a byte. */
+static inline unsigned __int128 acl_hex_bytes(__m128i first16, __m128i last16)
+{
+    const __m128i pair = _mm_setr_epi8(16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1);
+    __m128i bytes = _mm_packus_epi16(_mm_maddubs_epi16(first16, pair), _mm_maddubs_epi16(last16, pair));
+    return ((unsigned __int128)be64toh((uint64_t)_mm_cvtsi128_si64(bytes)) << 64)
+           | be64toh((uint64_t)_mm_cvtsi128_si64(_mm_srli_si128(bytes, 8)));
+}
+
+/* The full form (39 characters: eight groups of four digits), read with
+ * fixed shuffles before anything else is known about the text: the
+ * address does not wait for the checks, which a predicted branch resolves
+ * later.  0 if the 39 characters are anything else. */
+static inline int acl_hex_full(const unsigned char *text, unsigned __int128 *out)
+{
+    const uint64_t full = (1ull << 39) - 1, colons_at = 0x421084210ull;  /* 4, 9, ..., 34 */
+    __m128i nib[3];
+    uint64_t colons, hexes;
+    for (int k = 0; k < 3; k++)
+        nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
+    *out = acl_hex_bytes(
+        _mm_or_si128(_mm_shuffle_epi8(nib[0], _mm_setr_epi8(0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, -1, -1, -1)),
+                     _mm_shuffle_epi8(nib[1], _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2))),
+        _mm_or_si128(_mm_shuffle_epi8(nib[1], _mm_setr_epi8(4, 5, 6, 7, 9, 10, 11, 12, 14, 15, -1, -1, -1, -1, -1, -1)),
+                     _mm_shuffle_epi8(nib[2], _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 3, 4, 5, 6))));
+    acl_hex_masks(text, &colons, &hexes);
+    return (colons & full) == colons_at && (hexes & full) == (full & ~colons_at);
+}
+
+/* Eight groups of 1-4 digits and seven colons (the caller checked the
+ * count, and that all else is hex digits) in n characters: each half's
+ * shuffle from acl_hex_gather.  0 if a half has no valid shape (a group of
+ * 0 or 5+ digits). */
+static inline int acl_hex_eight(const unsigned char *text, size_t n, uint64_t colons,
+                                unsigned __int128 *out)
+{
+    uint64_t c = colons & (colons - 1), first_half, second_half;
+    unsigned first_slot, second_slot;
+    int middle;
+    __m128i nib[3];
+    c &= c - 1;
+    c &= c - 1;
+    middle = __builtin_ctzll(c);                        /* the fourth colon */
+    first_half = colons & ((2ull << middle) - 1);
+    second_half = (colons | (1ull << n)) >> (middle + 1);
+    first_slot = (unsigned)((first_half * ACL_HEX_HASH) >> 53);
+    second_slot = (unsigned)((second_half * ACL_HEX_HASH) >> 53);
+    for (int k = 0; k < 3; k++)
+        nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
+    *out = acl_hex_bytes(
+        acl_hex_pick(nib, _mm_load_si128((const __m128i *)acl_hex_gather[first_slot])),
+        acl_hex_pick(nib, _mm_add_epi8(_mm_load_si128((const __m128i *)acl_hex_gather[second_slot]),
+                                       _mm_set1_epi8((char)(middle + 1)))));
+    return acl_hex_owner[first_slot] == first_half && acl_hex_owner[second_slot] == second_half;
+}
+#endif
+
 /* IPv6 text made only of 1-4 digit hex groups and colons, with at most one
  * "::" standing for one or more zero groups -- what str() of an IPv6Address
  * gives outside the embedded-IPv4 forms -- into *out; 0 for anything else
@@ -299,10 +421,18 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
     if (n < 2 || n > 39)
         return 0;
     text = acl_text_in_page(s, n, copy, sizeof(copy));
+#if defined(ACL_TEXTADDR_SSSE3)
+    if (n == 39 && acl_hex_full(text, out))
+        return 1;
+#endif
     acl_hex_masks(text, &colons, &hexes);
     full = (1ull << n) - 1;
     colons &= full;
     hexes &= full;
+#if defined(ACL_TEXTADDR_SSSE3)
+    if (__builtin_popcountll(colons) == 7 && (colons | hexes) == full && acl_hex_eight(text, n, colons, out))
+        return 1;
+#endif
     gap = colons & (colons >> 1);                /* bit i: "::" at i */
     starts = hexes & ~(hexes << 1);              /* bit i: a group starts at i */
     run = hexes & (hexes << 1) & (hexes << 2) & (hexes << 3) & (hexes << 4);
@@ -317,22 +447,19 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
     before = gap ? __builtin_popcountll(starts & (gap - 1)) : count;
 #if defined(ACL_TEXTADDR_SSSE3)
     {
-        /* Output group g (lane g of two vectors of four 32-bit lanes) gathers
-         * the nibbles at its last digit - 3 .. its last digit; indexes before
-         * the group's first digit, and every index of a zero group (last
-         * digit 0x83: all negative), have their high bit set, so the
-         * shuffles write 0.  A shuffle reads one 16-byte chunk: each chunk's
-         * pass drops indexes outside it, and the three passes are OR-ed.
+        /* Texts with a "::" (eight groups were read above).  Output group g
+         * (nibbles 4g..4g+3 of two vectors of 16) gathers the characters at
+         * its last digit - 3 .. its last digit; indexes before the group's
+         * first digit, and every index of a zero group (last digit 0x83:
+         * all negative), have their high bit set, so acl_hex_pick writes 0.
          * The groups' first and last digits are found in text order (byte k
          * of first/last: group k), then moved to their output groups: those
          * after the "::" move right by the zero groups it stands for. */
         uint64_t la = hexes & ~(hexes >> 1);    /* bit i: a group's last digit */
         uint64_t first = 0, last = 0, st = starts;
         const __m128i off = _mm_setr_epi8(-3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0);
-        const __m128i fifteen = _mm_set1_epi8(15);
         const __m128i g = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        __m128i nib[3], half[2], bytes, firsts, lasts8, after, zero, src;
-        uint64_t hi, lo;
+        __m128i nib[3], idx[2], firsts, lasts8, after, zero, src;
         int zeros = 8 - count;
         for (int sh = 0; st; sh += 8) {
             first |= (uint64_t)__builtin_ctzll(st) << sh;
@@ -346,34 +473,15 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
         firsts = _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)first), src);
         lasts8 = _mm_or_si128(_mm_andnot_si128(zero, _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)last), src)),
                               _mm_and_si128(zero, _mm_set1_epi8((char)0x83)));
-        for (int k = 0; k < 3; k++) {
-            __m128i c = _mm_loadu_si128((const __m128i *)(text + 16 * k));
-            nib[k] = _mm_add_epi8(_mm_and_si128(c, _mm_set1_epi8(0x0F)),
-                                  _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('9')), _mm_set1_epi8(9)));
-        }
-        for (int h = 0; h < 2; h++) {
+        for (int k = 0; k < 3; k++)
+            nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
+        for (int h = 0; h < 2; h++) {       /* groups 0-3, then 4-7 */
             const __m128i spread = _mm_add_epi8(_mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
                                                 _mm_set1_epi8((char)(4 * h)));
-            __m128i idx = _mm_add_epi8(_mm_shuffle_epi8(lasts8, spread), off);
-            __m128i begin = _mm_shuffle_epi8(firsts, spread);
-            __m128i r = _mm_setzero_si128();
-            idx = _mm_or_si128(idx, _mm_cmpgt_epi8(begin, idx));
-            for (int k = 0; k < 3; k++) {
-                __m128i ik = _mm_sub_epi8(idx, _mm_set1_epi8((char)(16 * k)));
-                ik = _mm_or_si128(ik, _mm_cmpgt_epi8(ik, fifteen));
-                r = _mm_or_si128(r, _mm_shuffle_epi8(nib[k], ik));
-            }
-            /* nibbles n0 n1 n2 n3 -> n0n1, n2n3 -> the group's 16 bits */
-            r = _mm_maddubs_epi16(r, _mm_setr_epi8(16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1, 16, 1));
-            half[h] = _mm_madd_epi16(r, _mm_setr_epi16(256, 1, 256, 1, 256, 1, 256, 1));
+            idx[h] = _mm_add_epi8(_mm_shuffle_epi8(lasts8, spread), off);
+            idx[h] = _mm_or_si128(idx[h], _mm_cmpgt_epi8(_mm_shuffle_epi8(firsts, spread), idx[h]));
         }
-        /* the eight groups, big-endian, in network order */
-        bytes = _mm_or_si128(
-            _mm_shuffle_epi8(half[0], _mm_setr_epi8(1, 0, 5, 4, 9, 8, 13, 12, -1, -1, -1, -1, -1, -1, -1, -1)),
-            _mm_shuffle_epi8(half[1], _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, 1, 0, 5, 4, 9, 8, 13, 12)));
-        hi = be64toh((uint64_t)_mm_cvtsi128_si64(bytes));
-        lo = be64toh((uint64_t)_mm_cvtsi128_si64(_mm_srli_si128(bytes, 8)));
-        *out = ((unsigned __int128)hi << 64) | lo;
+        *out = acl_hex_bytes(acl_hex_pick(nib, idx[0]), acl_hex_pick(nib, idx[1]));
     }
 #else
     {

@@ -9,6 +9,8 @@ then one- and two-character mutations of them.  The header's rule is that an
 accepted text is what ``ipaddress`` accepts, with the same value.  Its
 dotted-quad reader accepts every dotted quad, and its IPv6 reader every text
 of hex groups and colons, so acceptance must match ``ipaddress`` there too.
+Eight-group IPv6 texts are read every way their group widths can combine,
+since the SSSE3 reader looks each half's shape up in a table.
 Valid texts are also read at the end of a page whose next page is
 unreadable, placed so that a reader loading its fixed width in place where
 it should copy crashes the test.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import itertools
 import mmap
 import platform
 import random
@@ -34,6 +37,7 @@ CDEF = """
 void acl_textaddr_init(void);
 int acl_dotted_quad(const char *s, size_t n, uint32_t *out);
 int read_hex_groups(const char *s, size_t n, uint8_t *out);
+int read_without_search(const char *s, size_t n, uint8_t *out);
 """
 # cffi has no 128-bit integers: the test hands the address back as 16 bytes.
 SOURCE = """
@@ -45,6 +49,33 @@ static int read_hex_groups(const char *s, size_t n, uint8_t *out) {
     for (int i = 15; i >= 0; i--, v >>= 8)
         out[i] = (uint8_t)v;
     return 1;
+}
+/* The SSSE3 reader's ways to an eight-group text that do not search for its
+ * groups: 1 if the full-form reader took it, 2 if the tables did, 0 if
+ * neither (-1: a build without them). */
+static int read_without_search(const char *s, size_t n, uint8_t *out) {
+#if defined(ACL_TEXTADDR_SSSE3)
+    unsigned char copy[48];
+    const unsigned char *text = acl_text_in_page(s, n, copy, sizeof(copy));
+    uint64_t colons, hexes;
+    unsigned __int128 v;
+    int way = 0;
+    if (n == 39 && acl_hex_full(text, &v)) {
+        way = 1;
+    } else {
+        acl_hex_masks(text, &colons, &hexes);
+        if (n < 64 && acl_hex_eight(text, n, colons & ((1ull << n) - 1), &v))
+            way = 2;
+    }
+    if (!way)
+        return 0;
+    for (int i = 15; i >= 0; i--, v >>= 8)
+        out[i] = (uint8_t)v;
+    return way;
+#else
+    (void)s; (void)n; (void)out;
+    return -1;
+#endif
 }
 """
 
@@ -197,6 +228,64 @@ def test_v6_near_misses(reader):
     texts = [mutate(t, rng, "0aF::g. %\x00") for t in v6_texts(rng, 30000)]
     texts += [":", ":::", "1:::2", "1::2::3", ":1::", "::1:", "1:2:3:4:5:6:7:8::", "::1:2:3:4:5:6:7:8",
               "1:2:3:4:5:6:7", "1:2:3:4:5:6:7:8:9", "12345::", "g::", "1:2:3:4:5:6:1.2.3.4", "::%eth0"]
+    accepted = sum(oracle(t, 6) is not None for t in texts)
+    assert 3000 < accepted < len(texts) - 3000, accepted
+    for t in texts:
+        got, want = reader.v6(t), oracle(t, 6)
+        if got is not None or set(t) <= set("0123456789abcdefABCDEF:"):
+            assert got == want, t
+
+
+def eight_groups(rng: random.Random):
+    """A text of eight hex groups for every one of the 4**8 combinations of
+    group widths (1-4 digits; leading zeros allowed, either case): every
+    shape of both halves the SSSE3 reader looks up, in every pairing."""
+    for widths in itertools.product(range(1, 5), repeat=8):
+        groups = ["".join(rng.choice("0123456789abcdefABCDEF") for _ in range(w)) for w in widths]
+        yield ":".join(groups)
+
+
+def test_v6_eight_groups_of_every_width(reader):
+    rng = random.Random(5)
+    texts = list(eight_groups(rng))
+    wrong = [t for t in texts if reader.v6(t) != oracle(t, 6)]
+    assert not wrong, wrong[:10]
+    full = [t for t in texts if len(t) == 39]
+    wrong = [t for t in full[:2000] + texts[::50] if reader.v6(t, before=len(t) + 1) != oracle(t, 6)]
+    wrong += [t for t in full[:2000] + texts[::50] if reader.v6(t, before=47) != oracle(t, 6)]
+    assert not wrong, wrong[:10]
+
+
+def test_v6_eight_groups_take_no_search(reader):
+    """Every eight-group text is read by the full-form reader (39
+    characters) or the tables, not by the search for groups behind them,
+    which would give the same answers ~20 ns later: a table that missed
+    shapes would pass every test above."""
+    if reader.lib.read_without_search(b"", 0, reader.out6) == -1:
+        pytest.skip("this build has no tables (portable)")
+    rng = random.Random(7)
+    wrong = []
+    for t in eight_groups(rng):
+        raw = t.encode()
+        way = reader.lib.read_without_search(raw, len(raw), reader.out6)
+        got = int.from_bytes(bytes(reader.ffi.buffer(reader.out6)), "big")
+        if way != (1 if len(t) == 39 else 2) or got != oracle(t, 6):
+            wrong.append((t, way))
+    assert not wrong, wrong[:10]
+
+
+def test_v6_eight_group_near_misses(reader):
+    """Texts one step from eight groups: a group of 0 or 5 digits, a colon
+    moved, a non-hex character, one group more or less -- and the full
+    form's 39 characters with one of them wrong."""
+    rng = random.Random(6)
+    texts = [mutate(t, rng, "0aF:g. ") for t in itertools.islice(eight_groups(rng), 0, None, 3)]
+    full = "2001:0db8:85a3:08d3:1319:8a2e:0370:7344"
+    for i in range(len(full)):
+        for c in "0:g ":
+            texts.append(full[:i] + c + full[i + 1:])
+    texts += ["12345:1:2:3:4:5:6:7", "1:2:3:4:5:6:7:12345", "1:2:3:4::5:6:7", ":1:2:3:4:5:6:7",
+              "1:2:3:4:5:6:7:", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "1:2:3:4:5:6:78901:2"]
     accepted = sum(oracle(t, 6) is not None for t in texts)
     assert 3000 < accepted < len(texts) - 3000, accepted
     for t in texts:
