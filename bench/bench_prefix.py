@@ -448,7 +448,7 @@ def test_acl_walk_latency(benchmark, data, ratios):
     ratios.timed(LOOKUPS, data.name, "acl walk only, one at a time (C, no call)", benchmark, SINGLE)
 
 
-PAIRED = "prefix core: single calls, peers taking turns (paired rounds)"
+PAIRED = "prefix core: single and batch calls, peers taking turns (paired rounds)"
 PAIRED_ROUNDS = 15
 # In its turn a peer first runs its loop WARM_PASSES times untimed, then
 # TIMED_PASSES times timed, and its best timed pass counts.  After
@@ -482,26 +482,29 @@ CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
 CHASE_HOPS = 100_000
 
 
-def test_single_paired(benchmark, data, ratios):
-    """pytricia get(str) / get(bytes) and acl most_specific(str) / (bytes)
-    over the same 20,000 keys, round by round in turn, so a change in the
-    shared machine's memory latency (which moves acl's times by up to 3x
-    between runs, and pytricia's far less) falls on every peer alike.  In its
-    turn each peer runs the loop WARM_PASSES times, then its best of
-    TIMED_PASSES timed passes counts: its own steady state, as in the
-    unpaired rows, not the cache the previous peer left (see WARM_PASSES).
-    Each round also
-    times a chain of dependent loads at two working sets, so the report says
-    what the machine's memory latency was during these very rounds.
-    Reports each peer's best round and the median of the per-round ratios,
-    each acl key type against pytricia given the same keys (and packed acl
-    keys against pytricia's text ones, the comparison earlier sessions
-    reported)."""
-    pt, acl = pytricia_tree(data.name).get, acl_table(data.name).most_specific
-    peers = {"pytricia get(str)": (pt, data.single_str),
-             "pytricia get(bytes)": (pt, data.single_bytes),
-             "acl most_specific(str)": (acl, data.single_str),
-             "acl most_specific(bytes)": (acl, data.single_bytes)}
+def test_paired(benchmark, data, ratios):
+    """pytricia get(str) / get(bytes), acl most_specific(str) / (bytes) over
+    the same 20,000 keys, and acl's batch call over the 1,000,000 packed
+    addresses, round by round in turn, so a change in the shared machine's
+    memory latency (which moves acl's times by up to 3x between runs, and
+    pytricia's far less) falls on every peer alike.  In its turn each peer
+    runs WARM_PASSES passes, then its best of TIMED_PASSES timed passes
+    counts: its own steady state, as in the unpaired rows, not the cache the
+    previous peer left (see WARM_PASSES).  Each round also times a chain of
+    dependent loads at two working sets, so the report says what the
+    machine's memory latency was during these very rounds.  Reports each
+    peer's best round and the median of the per-round ratios: each acl key
+    type against pytricia given the same keys (and packed acl keys against
+    pytricia's text ones, the comparison earlier sessions reported), and
+    the batch call against pytricia's text keys, as the batch rows do."""
+    pt, acl = pytricia_tree(data.name).get, acl_table(data.name)
+    out = array("i", bytes(4 * BATCH))
+    # name -> (one pass, lookups in it)
+    peers = {"pytricia get(str)": (loop(pt, data.single_str), SINGLE),
+             "pytricia get(bytes)": (loop(pt, data.single_bytes), SINGLE),
+             "acl most_specific(str)": (loop(acl.most_specific, data.single_str), SINGLE),
+             "acl most_specific(bytes)": (loop(acl.most_specific, data.single_bytes), SINGLE),
+             "acl most_specific_batch": (functools.partial(acl.most_specific_batch, data.packed, out), BATCH)}
     rounds: dict[str, list[float]] = {name: [] for name in peers}
     chase = walk_module().chase
     buffers = {size: huge_buffer(nbytes) for size, nbytes in CHASE_SIZES.items()}
@@ -510,17 +513,15 @@ def test_single_paired(benchmark, data, ratios):
     def one_round():
         for size, (_, view) in buffers.items():
             latency[size].append(chase(view, CHASE_HOPS))
-        for name, (fn, keys) in peers.items():
+        for name, (one_pass, lookups) in peers.items():
             for _ in range(WARM_PASSES):
-                for k in keys:
-                    fn(k)
+                one_pass()
             best = float("inf")
             for _ in range(TIMED_PASSES):
                 start = time.process_time()
-                for k in keys:
-                    fn(k)
+                one_pass()
                 best = min(best, time.process_time() - start)
-            rounds[name].append(best / len(keys))
+            rounds[name].append(best / lookups)
 
     try:
         benchmark.pedantic(one_round, rounds=PAIRED_ROUNDS, warmup_rounds=1)
@@ -533,10 +534,14 @@ def test_single_paired(benchmark, data, ratios):
         ratios.time(PAIRED, data.name, name, min(times[1:]))
     for acl_peer, pt_peer in (("acl most_specific(str)", "pytricia get(str)"),
                               ("acl most_specific(bytes)", "pytricia get(bytes)"),
-                              ("acl most_specific(bytes)", "pytricia get(str)")):
+                              ("acl most_specific(bytes)", "pytricia get(str)"),
+                              ("acl most_specific_batch", "pytricia get(str)")):
         per_round = sorted(b / t for b, t in zip(rounds[pt_peer][1:], rounds[acl_peer][1:], strict=True))
         ratios.note(PAIRED + ", median of per-round ratios", data.name, f"{acl_peer} vs {pt_peer}",
                     f"{statistics.median(per_round):.1f}x (rounds: {per_round[0]:.1f}-{per_round[-1]:.1f}x)")
+    batch = sorted(1e-6 / t for t in rounds["acl most_specific_batch"][1:])
+    ratios.note(PAIRED + ", median of per-round ratios", data.name, "acl most_specific_batch, M lookups/s",
+                f"{statistics.median(batch):.1f} (rounds: {batch[0]:.1f}-{batch[-1]:.1f})")
     for size, ns in latency.items():
         ns = sorted(ns[1:])
         ratios.note(PAIRED + ", the same rounds: ns per dependent load", data.name, f"{size} working set",
