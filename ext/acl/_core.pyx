@@ -152,14 +152,16 @@ cdef Py_ssize_t BIG_TABLE = 4096
 # the bench sets, before and after path compression.
 cdef int BIG_DP = 18
 # Big path-compressed tables (sparse ones) take 22 (1.5 MiB of top words,
-# of which a lookup touches the words of the slots in use).  On the IPv6
-# routing bench set, most of whose /48s sit alone in their top slot at 20
-# bits while 47% of lookups still met a node with two or three unrelated
-# ones: against 20, batches +11-15% and single calls +15-30%; 21 was half
-# way, 24 no better for single calls and worse for batches (A/Bs in one
-# process).  20 had beaten 18 by 20% on batches.  On the dense sets 20 was
-# no better than 18: geoip v4 single calls 8-10% slower, routing v4 and
-# geoip v6 within noise.
+# of which lookups touch the words of the slots in use).  On the IPv6
+# routing bench set at 20 bits, 47% of lookups went through a top node
+# holding two or three unrelated /48s, two nodes deep; at 22, 22% (mean
+# cache lines past the top level 1.41 -> 1.10).  Against 20: batches +11-15%,
+# single calls +15-30%; 21 was half way, 24 no better for single calls and
+# worse for batches (A/Bs in one process).  It costs that set 1.2 MB (5.6
+# -> 6.8 MB) and a 1M-prefix IPv6 build 0.04 s.  20 had beaten 18 by 20%
+# on batches.  On the dense sets 20 was no better than 18: geoip v4 single
+# calls 8-10% slower, routing v4 and geoip v6 within noise (and 21 or 24
+# for dense IPv6 tables, tried later, within noise on geoip v6).
 cdef int SPARSE_DP = 22
 
 cdef enum:

@@ -88,14 +88,18 @@ static const uint8_t acl_quad_ones[32] = {
  * Such a text is two halves of four groups of 1-4 digits, each half ending
  * in a separator (the fourth colon, or the text's end); a half has one of
  * 256 shapes, keyed like the quad's: bit i set for a separator at i,
- * counted from the half's start.  (key * ACL_HEX_HASH) >> 53 gives each
- * shape its own slot of 2048 (a multiplier found by search, as no 9- or
- * 10-bit one turned up).  A slot holds the shuffle that gathers the half's
- * 16 nibbles, four per group right-aligned (0x80, a zero, before a short
- * group's digits), and the key of the shape that owns it.  Both halves are
- * looked up at once: ~27 ns a read where finding the groups one by one
- * takes ~45 (C harness, each read waiting for the previous one). */
+ * counted from the half's start.  ACL_HEX_SLOT gives each shape its own
+ * slot of 2048 (a multiplier found by search, as no 9- or 10-bit one turned
+ * up).  A slot holds the shuffle that gathers the half's 16 nibbles, four
+ * per group right-aligned (0x80, a zero, before a short group's digits),
+ * and the key of the shape that owns it.  Both halves are looked up at
+ * once.  With the full form's fixed shuffles (acl_hex_full), a read took 21
+ * ns where finding the groups one by one took 43, on the routing bench
+ * set's keys (64% full form), and 28 against 43 on client-like ones (60%
+ * eight groups, the rest with a "::", which take as long as before); C
+ * harness, each read waiting for the previous one. */
 #define ACL_HEX_HASH 0x9522ff10ad855ffdull
+#define ACL_HEX_SLOT(key) ((unsigned)(((key) * ACL_HEX_HASH) >> (64 - 11)))
 static int8_t acl_hex_gather[2048][16] __attribute__((aligned(16)));
 static uint32_t acl_hex_owner[2048];
 
@@ -113,7 +117,7 @@ static void acl_hex_init(void)
             at += width;
             key |= 1ull << at++;                        /* the separator after group k */
         }
-        slot = (unsigned)((key * ACL_HEX_HASH) >> 53);
+        slot = ACL_HEX_SLOT(key);
         acl_hex_owner[slot] = (uint32_t)key;
         memcpy(acl_hex_gather[slot], gather, sizeof(gather));
     }
@@ -396,8 +400,8 @@ static inline int acl_hex_eight(const unsigned char *text, size_t n, uint64_t co
     middle = __builtin_ctzll(c);                        /* the fourth colon */
     first_half = colons & ((2ull << middle) - 1);
     second_half = (colons | (1ull << n)) >> (middle + 1);
-    first_slot = (unsigned)((first_half * ACL_HEX_HASH) >> 53);
-    second_slot = (unsigned)((second_half * ACL_HEX_HASH) >> 53);
+    first_slot = ACL_HEX_SLOT(first_half);
+    second_slot = ACL_HEX_SLOT(second_half);
     for (int k = 0; k < 3; k++)
         nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
     *out = acl_hex_bytes(
