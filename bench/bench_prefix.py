@@ -26,8 +26,12 @@ costs in memory latency.  The "walk only" rows time the same walks from C
 any interpreter.  The "text read + walk" rows add the core's text reader,
 reading each text from the bench's str key objects or from one buffer, in
 rounds taken in turn: what reading the caller's objects costs, apart from
-the parse.  Each timing is the best round; the ratio tables
-printed at the end (bench/conftest.py) compare against ``pytricia get(str)``.
+the parse.  The paired rounds (``test_paired``) time pytricia's and acl's
+single calls and acl's batch call in turn, with a chain of dependent loads
+(``chase``) at 2 and 16 MiB in each round for the machine's memory latency
+at the time: the issue-2 ratios come from there.  Each timing is the best
+round; the ratio tables printed at the end (bench/conftest.py) compare
+against ``pytricia get(str)``.
 
 Memory is measured in fresh subprocesses per structure: RSS growth across
 the build (VmRSS from /proc/self/status, inputs prepared before the first
