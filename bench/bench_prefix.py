@@ -51,6 +51,7 @@ import mmap
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -440,6 +441,7 @@ def walk_module():
     spec = importlib.util.spec_from_file_location("acl_walk_probe", built)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    shutil.rmtree(tmp, ignore_errors=True)      # the loaded module stays mapped
     return module
 
 
