@@ -41,8 +41,10 @@ Data structure (one per table, built once, immutable):
 * The top level is one node of 2**dp slots (dp = 18 for tables of 4096+
   prefixes, 22 if they are path-compressed, 8 for smaller ones) compressed
   the same way, its bit vectors cut into ``TopWord``s that carry the counts
-  before them: 96 KiB that stay cached, where Poptrie's direct array of
-  2**18 indexes is 1 MiB that a random lookup mostly misses.  A slot's top
+  before them: at 18 bits, 96 KiB that stay cached, where Poptrie's direct
+  array of 2**18 indexes is 1 MiB that a random lookup mostly misses (at
+  22, 1.5 MiB, of which a sparse table's lookups touch the words of the few
+  slots in use).  A slot's top
   node (the first nodes, in slot order) is then one cache miss away, not
   two.  Below, nodes consume 6 bits (the last one fewer).
 * Path compression, for tables where it pays (``bare_paths_pay``: sparse

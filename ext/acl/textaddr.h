@@ -332,12 +332,16 @@ static inline uint32_t acl_hex4(const unsigned char *d)
 #endif
 
 #if defined(ACL_TEXTADDR_SSSE3)
-/* Each byte's hex value, for bytes that are hex digits (junk for others):
- * its low nibble, plus 9 above '9' ('A'-'F' and 'a'-'f' end in 1..6). */
-static inline __m128i acl_hex_nibbles(__m128i c)
+/* The hex value of each of the 48 bytes at text, in three vectors (junk
+ * for bytes that are not hex digits): its low nibble, plus 9 above '9'
+ * ('A'-'F' and 'a'-'f' end in 1..6). */
+static inline void acl_hex_nibbles(const unsigned char *text, __m128i nib[3])
 {
-    return _mm_add_epi8(_mm_and_si128(c, _mm_set1_epi8(0x0F)),
-                        _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('9')), _mm_set1_epi8(9)));
+    for (int k = 0; k < 3; k++) {
+        __m128i c = _mm_loadu_si128((const __m128i *)(text + 16 * k));
+        nib[k] = _mm_add_epi8(_mm_and_si128(c, _mm_set1_epi8(0x0F)),
+                              _mm_and_si128(_mm_cmpgt_epi8(c, _mm_set1_epi8('9')), _mm_set1_epi8(9)));
+    }
 }
 
 /* Bytes of the 48 nibbles nib[0..2] at the indexes idx (0..47; negative:
@@ -364,37 +368,34 @@ static inline unsigned __int128 acl_hex_bytes(__m128i first16, __m128i last16)
            | be64toh((uint64_t)_mm_cvtsi128_si64(_mm_srli_si128(bytes, 8)));
 }
 
-/* The full form (39 characters: eight groups of four digits), read with
- * fixed shuffles before anything else is known about the text: the
- * address does not wait for the checks, which a predicted branch resolves
- * later.  0 if the 39 characters are anything else. */
-static inline int acl_hex_full(const unsigned char *text, unsigned __int128 *out)
+/* The full form (39 characters: eight groups of four digits; colons and
+ * hexes are the text's masks, cut to its 39 characters), read with fixed
+ * shuffles: the address depends on nothing but the nibbles, so it does not
+ * wait for the checks, which a predicted branch resolves later.  0 if the
+ * 39 characters are anything else. */
+static inline int acl_hex_full(const __m128i nib[3], uint64_t colons, uint64_t hexes,
+                               unsigned __int128 *out)
 {
     const uint64_t full = (1ull << 39) - 1, colons_at = 0x421084210ull;  /* 4, 9, ..., 34 */
-    __m128i nib[3];
-    uint64_t colons, hexes;
-    for (int k = 0; k < 3; k++)
-        nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
     *out = acl_hex_bytes(
         _mm_or_si128(_mm_shuffle_epi8(nib[0], _mm_setr_epi8(0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 12, 13, 15, -1, -1, -1)),
                      _mm_shuffle_epi8(nib[1], _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2))),
         _mm_or_si128(_mm_shuffle_epi8(nib[1], _mm_setr_epi8(4, 5, 6, 7, 9, 10, 11, 12, 14, 15, -1, -1, -1, -1, -1, -1)),
                      _mm_shuffle_epi8(nib[2], _mm_setr_epi8(-1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 3, 4, 5, 6))));
-    acl_hex_masks(text, &colons, &hexes);
-    return (colons & full) == colons_at && (hexes & full) == (full & ~colons_at);
+    return colons == colons_at && hexes == (full & ~colons_at);
 }
 
 /* Eight groups of 1-4 digits and seven colons (the caller checked the
- * count, and that all else is hex digits) in n characters: each half's
+ * count, and that all else is hex digits) in n characters, from their
+ * nibbles and colon mask: each half's
  * shuffle from acl_hex_gather.  0 if a half has no valid shape (a group of
  * 0 or 5+ digits). */
-static inline int acl_hex_eight(const unsigned char *text, size_t n, uint64_t colons,
+static inline int acl_hex_eight(const __m128i nib[3], size_t n, uint64_t colons,
                                 unsigned __int128 *out)
 {
     uint64_t c = colons & (colons - 1), first_half, second_half;
     unsigned first_slot, second_slot;
     int middle;
-    __m128i nib[3];
     c &= c - 1;
     c &= c - 1;
     middle = __builtin_ctzll(c);                        /* the fourth colon */
@@ -402,8 +403,6 @@ static inline int acl_hex_eight(const unsigned char *text, size_t n, uint64_t co
     second_half = (colons | (1ull << n)) >> (middle + 1);
     first_slot = ACL_HEX_SLOT(first_half);
     second_slot = ACL_HEX_SLOT(second_half);
-    for (int k = 0; k < 3; k++)
-        nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
     *out = acl_hex_bytes(
         acl_hex_pick(nib, _mm_load_si128((const __m128i *)acl_hex_gather[first_slot])),
         acl_hex_pick(nib, _mm_add_epi8(_mm_load_si128((const __m128i *)acl_hex_gather[second_slot]),
@@ -422,19 +421,21 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
     const unsigned char *text;
     uint64_t colons, hexes, full, gap, starts, run;
     int count, before;
+#if defined(ACL_TEXTADDR_SSSE3)
+    __m128i nib[3];
+#endif
     if (n < 2 || n > 39)
         return 0;
     text = acl_text_in_page(s, n, copy, sizeof(copy));
-#if defined(ACL_TEXTADDR_SSSE3)
-    if (n == 39 && acl_hex_full(text, out))
-        return 1;
-#endif
     acl_hex_masks(text, &colons, &hexes);
     full = (1ull << n) - 1;
     colons &= full;
     hexes &= full;
 #if defined(ACL_TEXTADDR_SSSE3)
-    if (__builtin_popcountll(colons) == 7 && (colons | hexes) == full && acl_hex_eight(text, n, colons, out))
+    acl_hex_nibbles(text, nib);
+    if (n == 39 && acl_hex_full(nib, colons, hexes, out))
+        return 1;
+    if (__builtin_popcountll(colons) == 7 && (colons | hexes) == full && acl_hex_eight(nib, n, colons, out))
         return 1;
 #endif
     gap = colons & (colons >> 1);                /* bit i: "::" at i */
@@ -463,7 +464,7 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
         uint64_t first = 0, last = 0, st = starts;
         const __m128i off = _mm_setr_epi8(-3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0, -3, -2, -1, 0);
         const __m128i g = _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        __m128i nib[3], idx[2], firsts, lasts8, after, zero, src;
+        __m128i idx[2], firsts, lasts8, after, zero, src;
         int zeros = 8 - count;
         for (int sh = 0; st; sh += 8) {
             first |= (uint64_t)__builtin_ctzll(st) << sh;
@@ -477,8 +478,6 @@ static inline int acl_hex_groups(const char *s, size_t n, unsigned __int128 *out
         firsts = _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)first), src);
         lasts8 = _mm_or_si128(_mm_andnot_si128(zero, _mm_shuffle_epi8(_mm_cvtsi64_si128((long long)last), src)),
                               _mm_and_si128(zero, _mm_set1_epi8((char)0x83)));
-        for (int k = 0; k < 3; k++)
-            nib[k] = acl_hex_nibbles(_mm_loadu_si128((const __m128i *)(text + 16 * k)));
         for (int h = 0; h < 2; h++) {       /* groups 0-3, then 4-7 */
             const __m128i spread = _mm_add_epi8(_mm_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
                                                 _mm_set1_epi8((char)(4 * h)));
