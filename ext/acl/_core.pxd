@@ -8,6 +8,7 @@
 # three leaves, and Trie.top when the top level became words.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from cpython.object cimport PyObject
 
 cdef extern from *:
     """
@@ -82,6 +83,7 @@ cdef class PrefixTable:
     cdef uint8_t *lens          # prefix lengths, parallel to the networks
     cdef int32_t *vals          # values (rule indexes), parallel to the networks
     cdef uint64_t present[3]    # bit L set: some prefix has length L (0..128)
+    cdef PyObject *answer       # the int single lookups hand out again (answer.h)
 
     # The leaf for an address: .first and .specific, -1 when nothing covers.
     # IPv4 tables only / IPv6 tables only (hi, lo: the address's two halves).

@@ -79,6 +79,8 @@ cimport cython
 from cpython.array cimport array, clone
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_XDECREF
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from posix.stdlib cimport posix_memalign
@@ -194,6 +196,17 @@ cdef inline acl_u128 int_to_u128(object x):
 
 cdef inline object u128_to_int(acl_u128 x):
     return ((<object>(<uint64_t>(x >> 64))) << 64) | <object>(<uint64_t>x)
+
+
+cdef extern from "answer.h":
+    # A new reference to the int ``v``, rewriting the table's kept one when
+    # no one else holds it (see the header's rules).
+    object answer_int "acl_answer_int"(PyObject **cache, int32_t v)
+    bint ACL_ANSWER_REUSES
+
+# Whether single lookups on this build hand their answer ints out again
+# (CPython 3.11-3.14 with a GIL); the tests check it where it should be.
+ANSWER_REUSES = ACL_ANSWER_REUSES
 
 
 cdef extern from "textaddr.h" nogil:
@@ -1002,6 +1015,7 @@ cdef class PrefixTable:
         self.n = 0
 
     def __dealloc__(self):
+        Py_XDECREF(self.answer)
         trie_free(&self.trie)
         free(self.nets4)
         free(self.nets6)
@@ -1273,10 +1287,10 @@ cdef class PrefixTable:
         cdef acl_u128 a6
         if self.bits == 32:
             parse4(addr, &a4)
-            return find_v4(&self.trie, a4).first
+            return answer_int(&self.answer, find_v4(&self.trie, a4).first)
         self._built()
         parse6(addr, &a6)
-        return find_v6(&self.trie, a6).first
+        return answer_int(&self.answer, find_v6(&self.trie, a6).first)
 
     @cython.binding(False)
     @cython.always_allow_keywords(False)
@@ -1285,10 +1299,10 @@ cdef class PrefixTable:
         cdef acl_u128 a6
         if self.bits == 32:
             parse4(addr, &a4)
-            return find_v4(&self.trie, a4).specific
+            return answer_int(&self.answer, find_v4(&self.trie, a4).specific)
         self._built()
         parse6(addr, &a6)
-        return find_v6(&self.trie, a6).specific
+        return answer_int(&self.answer, find_v6(&self.trie, a6).specific)
 
     cdef int _built(self) except -1:
         if not self.bits:
