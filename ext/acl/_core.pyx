@@ -250,8 +250,25 @@ cdef int parse4_other(object addr, uint32_t *out) except -1:
     return 0
 
 
-cdef int parse6(object addr, acl_u128 *out) except -1:
-    """``addr`` as an IPv6 address (the twin decides all odd cases)."""
+cdef inline int parse6(object addr, acl_u128 *out) except -1:
+    """``addr`` as an IPv6 address.  Inline, for the single lookups, as
+    parse4 is: text of hex groups and packed bytes are read here,
+    everything else in ``parse6_other``."""
+    if type(addr) is str:
+        if PyUnicode_IS_COMPACT_ASCII(addr) and hex_groups(
+                PyUnicode_DATA(addr), <size_t>PyUnicode_GET_LENGTH(addr), out):
+            return 0
+    elif type(addr) is bytes:
+        if PyBytes_GET_SIZE(addr) == 16:
+            out[0] = load128(<const unsigned char *>PyBytes_AS_STRING(addr))
+            return 0
+    return parse6_other(addr, out)
+
+
+cdef int parse6_other(object addr, acl_u128 *out) except -1:
+    """parse6's other cases: texts with an embedded IPv4 address (inet_pton),
+    ints, IPv6Address, and the twin for the rest (it decides all odd
+    cases)."""
     cdef Py_ssize_t size
     cdef const char *s
     cdef char buf[48]
@@ -261,8 +278,6 @@ cdef int parse6(object addr, acl_u128 *out) except -1:
         if PyUnicode_IS_COMPACT_ASCII(addr):
             s = PyUnicode_DATA(addr)
             size = PyUnicode_GET_LENGTH(addr)
-            if hex_groups(s, <size_t>size, out):
-                return 0
             if 2 <= size <= 45 and memchr(s, 0, size) == NULL:
                 memcpy(buf, s, size)
                 buf[size] = 0
@@ -272,10 +287,6 @@ cdef int parse6(object addr, acl_u128 *out) except -1:
     elif t is int:
         if 0 <= addr and not (addr >> 128):
             out[0] = int_to_u128(addr)
-            return 0
-    elif t is bytes:
-        if PyBytes_GET_SIZE(addr) == 16:
-            out[0] = load128(<const unsigned char *>PyBytes_AS_STRING(addr))
             return 0
     elif t is IPv6Address:
         out[0] = int_to_u128(addr._ip)
@@ -1288,7 +1299,8 @@ cdef class PrefixTable:
         if self.bits == 32:
             parse4(addr, &a4)
             return answer_int(&self.answer, find_v4(&self.trie, a4).first)
-        self._built()
+        if self.bits != 128:
+            self._built()       # raises; a call on every lookup costs ~10 instructions
         parse6(addr, &a6)
         return answer_int(&self.answer, find_v6(&self.trie, a6).first)
 
@@ -1300,7 +1312,8 @@ cdef class PrefixTable:
         if self.bits == 32:
             parse4(addr, &a4)
             return answer_int(&self.answer, find_v4(&self.trie, a4).specific)
-        self._built()
+        if self.bits != 128:
+            self._built()       # raises; a call on every lookup costs ~10 instructions
         parse6(addr, &a6)
         return answer_int(&self.answer, find_v6(&self.trie, a6).specific)
 
