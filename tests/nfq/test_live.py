@@ -227,8 +227,8 @@ def test_queue_overflow_fails_open_or_is_counted(ns, door, fail_open):
     try:
         # A client of its own per mode: the deploy rules queue only NEW
         # flows, and the fail-open run's passing flows stay in the module
-        # namespace's conntrack table; a fail-closed packet that drew one of
-        # their source ports matched ESTABLISHED and passed without the
+        # namespace's conntrack table: a fail-closed packet that drew one of
+        # their source ports would match ESTABLISHED and pass without the
         # queue: the likely cause of one 'ok' of 16 in a CI run.
         client = CLIENTS4[6] if fail_open else CLIENTS4[9]
         tries = [["udp", client, SERVER4, UDP_PORT]] * 16
