@@ -1020,6 +1020,21 @@ cdef int check_entry(int bits, int length, int32_t value) noexcept nogil:
     return BAD_NONE
 
 
+cdef inline const Pair *single_leaf(PrefixTable table, object addr) except NULL:
+    """The leaf a single lookup (first_match, most_specific) answers from:
+    the address read inline, then one walk.  Inline, so that neither the
+    parse nor a check of the table costs a call."""
+    cdef uint32_t a4
+    cdef acl_u128 a6
+    if table.bits == 32:
+        parse4(addr, &a4)
+        return find_v4(&table.trie, a4)
+    if table.bits != 128:
+        table._built()      # raises (through the vtable: only off the hot path)
+    parse6(addr, &a6)
+    return find_v6(&table.trie, a6)
+
+
 cdef class PrefixTable:
     """Prefixes of one family, each with a rule index; see the module rules."""
 
@@ -1297,28 +1312,12 @@ cdef class PrefixTable:
     @cython.binding(False)
     @cython.always_allow_keywords(False)
     def first_match(self, addr):
-        cdef uint32_t a4
-        cdef acl_u128 a6
-        if self.bits == 32:
-            parse4(addr, &a4)
-            return answer_int(&self.answer, find_v4(&self.trie, a4).first)
-        if self.bits != 128:
-            self._built()       # raises; a call on every lookup costs ~10 instructions
-        parse6(addr, &a6)
-        return answer_int(&self.answer, find_v6(&self.trie, a6).first)
+        return answer_int(&self.answer, single_leaf(self, addr).first)
 
     @cython.binding(False)
     @cython.always_allow_keywords(False)
     def most_specific(self, addr):
-        cdef uint32_t a4
-        cdef acl_u128 a6
-        if self.bits == 32:
-            parse4(addr, &a4)
-            return answer_int(&self.answer, find_v4(&self.trie, a4).specific)
-        if self.bits != 128:
-            self._built()       # raises; a call on every lookup costs ~10 instructions
-        parse6(addr, &a6)
-        return answer_int(&self.answer, find_v6(&self.trie, a6).specific)
+        return answer_int(&self.answer, single_leaf(self, addr).specific)
 
     cdef int _built(self) except -1:
         if not self.bits:
