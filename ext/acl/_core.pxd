@@ -5,7 +5,8 @@
 # use (PrefixTable, find4/find6, Pair).  Node, TopWord and Trie are the
 # trie's own layout, read only by _core.pyx (and by bench probes built with
 # it); their fields may change, as base0 did when nodes took in their first
-# three leaves, and Trie.top when the top level became words.
+# three leaves, Trie.top when the top level became words, and Trie.wide
+# when dense IPv6 tables took WideNodes.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
@@ -39,6 +40,20 @@ cdef struct Node:
     uint8_t spare2
     Pair near[4]        # near[0]: the skip's answer; near[1..3]: the node's first 3 leaves
 
+cdef struct WideNode:
+    # 128 bytes, two adjacent cache lines fetched together (the array is
+    # 128-byte aligned): the nodes of dense IPv6 tables (Trie.wide).  Each
+    # resolves one byte of the address (256 slots; the top level's bits are
+    # a multiple of 8), so a /48 lies four node steps below the top, where
+    # 6-bit Nodes took five.  No skip: a wide trie is never path-compressed.
+    uint64_t vector[4]      # bit b of word w: slot 64w + b descends into a child node
+    uint64_t leafvec[4]     # bit b of word w: slot 64w + b starts a new run of equal leaves
+    uint32_t base0          # index in Trie.leaves of this node's 7th leaf (the first 6: near)
+    uint32_t base1          # index in the nodes of this node's first child
+    uint8_t children_before[4]  # [w]: children of the slots before word w ([0] = 0)
+    uint8_t runs_before[4]      # [w]: leaf runs started in the slots before word w
+    Pair near[6]            # the node's first 6 leaves
+
 cdef struct TopWord:
     # 64 slots of the top level, a node of 2**dp slots (Trie.dp bits): its
     # bit vectors in words, with the counts before each word.
@@ -49,7 +64,9 @@ cdef struct TopWord:
 
 cdef struct Trie:
     TopWord *top        # 2**dp / 64 words
-    Node *nodes         # top nodes first, in slot order; the children of a node are contiguous
+    # Top nodes first, in slot order; the children of a node are contiguous.
+    # WideNodes, cast, in a wide trie.
+    Node *nodes
     Pair *leaves        # every leaf; the leaves of one node are contiguous
     uint32_t top_leaves  # index in leaves of the top level's first leaf
     uint32_t n_nodes    # nodes in use
@@ -60,6 +77,7 @@ cdef struct Trie:
     int bits            # address width: 32 or 128
     uint32_t mapped     # which of nodes/leaves live in their own mmap (huge pages)
     uint8_t compressed  # nodes skip the bits their whole subtree shares (Node.skip)
+    uint8_t wide        # the nodes are WideNodes (dense IPv6 tables)
 
 # One entry while a table is being built (sorted, then split into columns).
 cdef struct E4:

@@ -41,8 +41,15 @@ Data structure (one per table, built once, immutable):
   number into an array index.  A node is one 64-byte cache line that also
   holds its first three leaves, so a walk ending at a node with few leaves
   (most, in routing tables) reads one line less.
+* Dense IPv6 tables (tor-geoipdb: many short ranges down to /64 and
+  beyond) are walks of many serial cache misses.  Their tries are ``wide``:
+  ``WideNode``s of two adjacent lines, fetched together, each resolving one
+  byte of the address (four 64-bit words per bit vector, with the counts
+  before each word, as the top level's words carry) and holding six
+  leaves.  On the geoip v6 bench set a lookup reads 3.34 nodes and 0.55
+  lines of leaves past the top level, where 6-bit Nodes read 4.19 and 0.46.
 * The top level is one node of 2**dp slots (dp = 18 for tables of 4096+
-  prefixes, 22 if they are path-compressed, 8 for smaller ones) compressed
+  prefixes, 22 if they are path-compressed, 16 if wide, 8 for smaller ones) compressed
   the same way, its bit vectors cut into ``TopWord``s that carry the counts
   before them: at 18 bits, 96 KiB that stay cached, where Poptrie's direct
   array of 2**18 indexes is 1 MiB that a random lookup mostly misses (at
@@ -170,6 +177,15 @@ cdef int BIG_DP = 18
 # calls 8-10% slower, routing v4 and geoip v6 within noise (and 21 or 24
 # for dense IPv6 tables, tried later, within noise on geoip v6).
 cdef int SPARSE_DP = 22
+# Big wide tries (dense IPv6 tables) take 16.  A wide trie's top bits must
+# be a multiple of 8 (16 here, 8 for small tables): every node then resolves
+# one byte of the address, and a /32 ends in the second node, a /48 in the
+# fourth, a /64 in the sixth.  Against 18 bits (wide nodes at 18, 26, ...:
+# as many steps to a /48), on the geoip v6 bench set: single calls within
+# noise in two one-process A/Bs (text 9.8 / 9.6x and 9.4 / 9.6x pytricia,
+# packed 13.5 / 12.3x and 12.2 / 12.0x), top words 24 KiB instead of 96,
+# the table 23.0 MB instead of 27.3.
+cdef int WIDE_DP = 16
 
 cdef enum:
     # The most bits one node skips (Node.skipval is 32 bits wide); a longer
@@ -182,6 +198,24 @@ cdef enum:
     BARE_SHARE = 8
     # Node and leaf indexes are uint32_t; arrays stop growing at this many.
     MAX_INDEX = 0x7FFFFFFF
+    # Leaves a wide node keeps in its own lines (WideNode.near).
+    WIDE_NEAR_LEAVES = 6
+
+
+cdef inline size_t node_size(const Trie *t) noexcept nogil:
+    """Bytes of one of ``t``'s nodes: a Node, or a WideNode in a wide trie."""
+    return sizeof(WideNode) if t.wide else sizeof(Node)
+
+
+cdef inline int node_stride(const Trie *t) noexcept nogil:
+    """Address bits a node below the top level resolves, but the last of a
+    path (after its skip, in a compressed trie)."""
+    return 8 if t.wide else 6
+
+
+cdef inline WideNode *wide_nodes(const Trie *t) noexcept nogil:
+    """``t``'s nodes, in a wide trie."""
+    return <WideNode *>t.nodes
 
 
 # -- addresses ----------------------------------------------------------
@@ -388,6 +422,46 @@ cdef inline size_t top_leaf_at(const Trie *t, const TopWord *w, uint32_t b) noex
                                + <uint32_t>popcount64(w.leafvec & upto(b)) - 1) * sizeof(Pair)
 
 
+# A wide node's steps: those of a Node, on the word of its 4 that holds the
+# slot, plus the count of the words before.
+
+cdef inline uint32_t wide_has_child(const WideNode *nd, uint32_t v) noexcept nogil:
+    """1 if slot ``v`` (0..255) of ``nd`` descends into a child, 0 if it is a leaf."""
+    return <uint32_t>((nd.vector[v >> 6] >> (v & 63)) & 1)
+
+
+cdef inline uint32_t wide_child_of(const WideNode *nd, uint32_t v) noexcept nogil:
+    """Index in the nodes of slot ``v``'s child (junk if the slot is a leaf)."""
+    return (nd.base1 + nd.children_before[v >> 6]
+            + <uint32_t>popcount64(nd.vector[v >> 6] & upto(v & 63)) - 1)
+
+
+cdef inline const Pair *wide_leaf_of(const Trie *t, const WideNode *nd, uint32_t v) noexcept nogil:
+    """The Pair of slot ``v`` of ``nd`` (junk if the slot has a child): one of
+    the node's first WIDE_NEAR_LEAVES leaves, or a later one in t.leaves; as
+    leaf_of.  A run may start in an earlier word: then the word's popcount
+    is 0 and the count before it names that run."""
+    cdef uint32_t i = (nd.runs_before[v >> 6]
+                       + <uint32_t>popcount64(nd.leafvec[v >> 6] & upto(v & 63)) - 1)
+    cdef size_t inside = <size_t>&nd.near[0] + i * sizeof(Pair)
+    cdef size_t outside = <size_t>t.leaves + (nd.base0 + i - WIDE_NEAR_LEAVES) * sizeof(Pair)
+    return <const Pair *>acl_select(i < WIDE_NEAR_LEAVES, <const void *>inside,
+                                    <const void *>outside)
+
+
+cdef inline const Pair *wide_walk(const Trie *t, const WideNode *nd, uint64_t hi,
+                                  uint64_t lo) noexcept nogil:
+    """trie_find's node steps in a wide trie, from ``nd`` (the window starts
+    there): each node's slot is the window's next byte."""
+    cdef uint32_t v
+    while True:
+        v = <uint32_t>(hi >> 56)
+        if not wide_has_child(nd, v):
+            return wide_leaf_of(t, nd, v)
+        window_shift(&hi, &lo, 8)
+        nd = &wide_nodes(t)[wide_child_of(nd, v)]
+
+
 cdef inline const Pair *trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexcept nogil:
     """The leaf covering the address (hi, lo): its top slot, then node steps to
     a leaf.  An address that differs from a node's skipped bits lies beside
@@ -398,8 +472,10 @@ cdef inline const Pair *trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexc
     cdef const Node *nd
     if not (w.vector >> v) & 1:
         return <const Pair *>top_leaf_at(t, w, v)
-    nd = &t.nodes[top_node_of(w, v)]
     window_shift(&hi, &lo, t.dp)
+    if t.wide:
+        return wide_walk(t, &wide_nodes(t)[top_node_of(w, v)], hi, lo)
+    nd = &t.nodes[top_node_of(w, v)]
     while True:
         if skip_differs(nd, hi):
             return &nd.near[0]
@@ -433,6 +509,12 @@ cdef extern from *:
     void prefetch "__builtin_prefetch"(const void *) nogil
 
 
+cdef inline void prefetch_wide(const void *p) noexcept nogil:
+    """Prefetch a wide node's two lines (or a leaf's line, and the next)."""
+    prefetch(p)
+    prefetch(<const char *>p + 64)
+
+
 cdef inline void load_window(const unsigned char *p, addr_t zero, uint64_t *hi,
                              uint64_t *lo) noexcept nogil:
     """The packed address at p (network order) as a walk's window."""
@@ -448,18 +530,22 @@ cdef inline void load_window(const unsigned char *p, addr_t zero, uint64_t *hi,
         lo[0] = be64toh(lo[0])
 
 
-# Two compiled variants of the batch walk (a fused tag type): tables built
+# Three compiled variants of the batch walk (a fused tag type): tables built
 # without path compression skip the skip check, which is most of a dense
-# table's per-step cost.
+# table's per-step cost, and wide tries step through WideNodes.
 cdef struct Plain:
     char unused
 
 cdef struct Skipping:
     char unused
 
+cdef struct Wide:
+    char unused
+
 ctypedef fused walk_t:
     Plain
     Skipping
+    Wide
 
 
 cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
@@ -481,6 +567,7 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef uint32_t v, mask, at_node, differ
     cdef uint64_t h
     cdef const Node *nd
+    cdef const WideNode *wn
     cdef const TopWord *w
     if addr_t is uint32_t:
         step = 4
@@ -501,27 +588,31 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
             at_node = <uint32_t>(w.vector >> v) & 1
             cur[j] = top_node_of(w, v)
             res[j] = <const Pair *>top_leaf_at(t, w, v)
-            prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
+            if walk_t is Wide:
+                prefetch_wide(acl_select(at_node, &wide_nodes(t)[cur[j]], res[j]))
+            else:
+                prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
             window_shift(&hi[j], &lo[j], dp)
             walk[walking] = <uint8_t>j
             walking += at_node
         d = dp
         while walking:
-            if walk_t is Plain:
+            if walk_t is not Skipping:
                 # Without skips the lanes stay in step: this level's stride
                 # is every node's, and the window need not move (its bits
                 # d - dp .. d - dp + k are this level's slot).  With skips
                 # each lane's node says what it uses.
                 k = width - d
-                if k > 6:
-                    k = 6
+                if k > node_stride(t):
+                    k = node_stride(t)
                 d += k
                 shift = 128 - (d - dp)
                 mask = (<uint32_t>1 << k) - 1
             still = 0
             for q in range(walking):
                 j = walk[q]
-                nd = &t.nodes[cur[j]]
+                if walk_t is not Wide:
+                    nd = &t.nodes[cur[j]]
                 h = hi[j]
                 if walk_t is Skipping:
                     # trie_find's steps without its branches: a lane whose
@@ -541,10 +632,18 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                         v = <uint32_t>(h >> (shift - 64)) & mask
                     else:
                         v = <uint32_t>(((<acl_u128>h << 64) | lo[j]) >> shift) & mask
-                    at_node = has_child(nd, v)
-                    res[j] = leaf_of(t, nd, v)
-                cur[j] = child_of(nd, v)
-                prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
+                if walk_t is Wide:
+                    wn = &wide_nodes(t)[cur[j]]
+                    at_node = wide_has_child(wn, v)
+                    res[j] = wide_leaf_of(t, wn, v)
+                    cur[j] = wide_child_of(wn, v)
+                    prefetch_wide(acl_select(at_node, &wide_nodes(t)[cur[j]], res[j]))
+                else:
+                    if walk_t is Plain:
+                        at_node = has_child(nd, v)
+                        res[j] = leaf_of(t, nd, v)
+                    cur[j] = child_of(nd, v)
+                    prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
                 walk[still] = <uint8_t>j
                 still += at_node
             walking = still
@@ -562,10 +661,14 @@ cdef void batch_walk(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize
     """batch_group, in the variant for how ``t`` was built."""
     cdef Plain plain
     cdef Skipping skipping
+    cdef Wide wide
     plain.unused = 0
     skipping.unused = 0
+    wide.unused = 0
     if t.compressed:
         batch_group(t, p, o, n, specific, zero, skipping)
+    elif t.wide:
+        batch_group(t, p, o, n, specific, zero, wide)
     else:
         batch_group(t, p, o, n, specific, zero, plain)
 
@@ -614,7 +717,7 @@ cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
             return -1
         # realloc while building (it can grow in place); the finished array
         # is moved to aligned memory (``_finish``).
-        p = <Node *>realloc(t.nodes, cap * sizeof(Node))
+        p = <Node *>realloc(t.nodes, cap * node_size(t))
         if p == NULL:
             return -1
         t.nodes = p
@@ -623,13 +726,14 @@ cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
 
 
 cdef int aligned_nodes(Trie *t, uint32_t cap) noexcept nogil:
-    """Move the nodes to a 64-byte aligned array of ``cap`` (>= n_nodes), so
-    that each node is one cache line (realloc only promises 16 bytes)."""
+    """Move the nodes to an array of ``cap`` (>= n_nodes) aligned to their
+    size, so that each node is one cache line, or one aligned pair of lines
+    (realloc only promises 16 bytes)."""
     cdef void *p
-    if posix_memalign(&p, 64, <size_t>cap * sizeof(Node)) != 0:
+    if posix_memalign(&p, node_size(t), <size_t>cap * node_size(t)) != 0:
         return -1
     if t.n_nodes:
-        memcpy(p, t.nodes, <size_t>t.n_nodes * sizeof(Node))
+        memcpy(p, t.nodes, <size_t>t.n_nodes * node_size(t))
     free(t.nodes)
     t.nodes = <Node *>p
     t.cap_nodes = cap
@@ -653,22 +757,32 @@ cdef int add_leaf(Trie *t, Pair leaf) noexcept nogil:
     return 0
 
 
-cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint8_t *lens,
-                    const int32_t *vals, size_t lo, size_t hi, Pair inherited) noexcept nogil:
+cdef struct Slots:
+    # One node's slots while build_node fills it: one per depth, in an array
+    # build_trie allocates (256 slots of a wide node are 8 KiB, too much for
+    # every frame of a deep recursion's stack).
+    Pair slot[256]          # the Pair each leaf slot gets
+    size_t gstart[256]      # entries [gstart, gend) lie below a child slot
+    size_t gend[256]
+    Pair runs[256]          # the node's leaves: one per run of equal slots
+    uint64_t vector[4]      # bit b of word w: slot 64w + b has a child
+    uint64_t leafvec[4]     # bit b of word w: slot 64w + b starts a run
+
+
+cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
+                    const uint8_t *lens, const int32_t *vals, size_t lo, size_t hi,
+                    Pair inherited) noexcept nogil:
     """Fill node ``idx`` at depth ``d`` from entries [lo, hi): all longer than
-    ``d`` and inside this node.  ``inherited``: the Pair of its parent slot."""
-    cdef Pair slots[64]
-    cdef size_t gstart[64]
-    cdef size_t gend[64]
-    cdef int width, k, nslots, length, shift
-    cdef uint32_t s, j, end, base0, base1, c
-    cdef uint64_t vector = 0, leafvec = 0, full, rest
+    ``d`` and inside this node.  ``inherited``: the Pair of its parent slot.
+    ``f``: this depth's Slots (its children use f + 1)."""
+    cdef int width, k, nslots, length, shift, skip, near, w
+    cdef uint32_t s, j, end, base0, base1, c, nruns
+    cdef uint64_t rest
     cdef size_t i, g
     cdef Pair last
-    cdef Pair runs[64]
-    cdef uint32_t nruns
     cdef bint have_last = False, painted = False
-    cdef int skip
+    cdef Node *nd
+    cdef WideNode *wn
     if addr_t is uint32_t:
         width = 32
     else:
@@ -685,17 +799,21 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
         skip -= d
         if skip > MAX_SKIP:
             skip = MAX_SKIP
-    t.nodes[idx].skip = <uint8_t>skip
-    t.nodes[idx].skipval = net_bits(nets[lo], d, skip)
-    # What an address that differs in the skipped bits gets: what covers
-    # this whole node.
-    t.nodes[idx].near[0] = inherited
+    if not t.wide:
+        t.nodes[idx].skip = <uint8_t>skip
+        t.nodes[idx].skipval = net_bits(nets[lo], d, skip)
+        # What an address that differs in the skipped bits gets: what covers
+        # this whole node.
+        t.nodes[idx].near[0] = inherited
     d += skip
     k = width - d
-    if k > 6:
-        k = 6
+    if k > node_stride(t):
+        k = node_stride(t)
     nslots = 1 << k
     shift = width - d - k
+    for j in range(4):
+        f.vector[j] = 0
+        f.leafvec[j] = 0
     i = lo
     while i < hi:
         length = lens[i]
@@ -705,67 +823,90 @@ cdef int build_node(Trie *t, uint32_t idx, int d, const addr_t *nets, const uint
                 # Slots are filled on the first paint: a node on a bare path
                 # (only longer prefixes below it) never touches them.
                 for j in range(<uint32_t>nslots):
-                    slots[j] = inherited
+                    f.slot[j] = inherited
                 painted = True
             end = s + (<uint32_t>1 << (d + k - length))
             for j in range(s, end):
-                paint(&slots[j], vals[i])
+                paint(&f.slot[j], vals[i])
             i += 1
         else:
             # Every entry after it in this slot is longer too (sorted order).
             g = i + 1
             while g < hi and ((<uint32_t>(nets[g] >> shift)) & <uint32_t>(nslots - 1)) == s:
                 g += 1
-            vector |= (<uint64_t>1) << s
-            gstart[s] = i
-            gend[s] = g
+            f.vector[s >> 6] |= (<uint64_t>1) << (s & 63)
+            f.gstart[s] = i
+            f.gend[s] = g
             i = g
-    full = (~(<uint64_t>0)) >> (64 - nslots)     # a bit for every slot
     nruns = 0
     if not painted:
-        # Every leaf slot holds `inherited`: one run, starting at the first.
-        if vector != full:
-            leafvec = (<uint64_t>1) << ctz64(~vector)
-            runs[0] = inherited
+        # Every leaf slot holds `inherited`: one run, from the first of them.
+        j = 0
+        while j < <uint32_t>nslots and (f.vector[j >> 6] >> (j & 63)) & 1:
+            j += 1
+        if j < <uint32_t>nslots:
+            f.leafvec[j >> 6] = (<uint64_t>1) << (j & 63)
+            f.runs[0] = inherited
             nruns = 1
     else:
         for j in range(<uint32_t>nslots):
-            if (vector >> j) & 1:
+            if (f.vector[j >> 6] >> (j & 63)) & 1:
                 continue
-            if not have_last or not same(slots[j], last):
-                leafvec |= (<uint64_t>1) << j
-                runs[nruns] = slots[j]
+            if not have_last or not same(f.slot[j], last):
+                f.leafvec[j >> 6] |= (<uint64_t>1) << (j & 63)
+                f.runs[nruns] = f.slot[j]
                 nruns += 1
-                last = slots[j]
+                last = f.slot[j]
                 have_last = True
-    # A node keeps its first leaves in its own cache line: a walk that ends
-    # there reads one line less (most walks, in routing tables, where a node
-    # rarely has more).
+    # A node keeps its first leaves in its own cache line(s): a walk that
+    # ends there reads one line less (most walks, in routing tables, where a
+    # node rarely has more).
+    near = WIDE_NEAR_LEAVES if t.wide else NEAR_LEAVES
     base0 = t.n_leaves
-    for j in range(NEAR_LEAVES, nruns):
-        if add_leaf(t, runs[j]) < 0:
+    for j in range(<uint32_t>near, nruns):
+        if add_leaf(t, f.runs[j]) < 0:
             return -1
-    c = <uint32_t>popcount64(vector)
+    c = 0
+    for j in range(4):
+        c += <uint32_t>popcount64(f.vector[j])
     if grow_nodes(t, c) < 0:
         return -1
     base1 = t.n_nodes
     t.n_nodes += c
-    t.nodes[idx].vector = vector
-    t.nodes[idx].leafvec = leafvec
-    t.nodes[idx].base0 = base0
-    t.nodes[idx].base1 = base1
-    t.nodes[idx].stride = <uint8_t>k
-    for j in range(min(nruns, NEAR_LEAVES)):
-        t.nodes[idx].near[1 + j] = runs[j]
+    if t.wide:
+        wn = &wide_nodes(t)[idx]
+        c = 0
+        nruns = 0
+        for j in range(4):
+            wn.vector[j] = f.vector[j]
+            wn.leafvec[j] = f.leafvec[j]
+            wn.children_before[j] = <uint8_t>c
+            wn.runs_before[j] = <uint8_t>nruns
+            c += <uint32_t>popcount64(f.vector[j])
+            nruns += <uint32_t>popcount64(f.leafvec[j])
+        wn.base0 = base0
+        wn.base1 = base1
+        for j in range(min(nruns, <uint32_t>WIDE_NEAR_LEAVES)):
+            wn.near[j] = f.runs[j]
+    else:
+        nd = &t.nodes[idx]
+        nd.vector = f.vector[0]
+        nd.leafvec = f.leafvec[0]
+        nd.base0 = base0
+        nd.base1 = base1
+        nd.stride = <uint8_t>k
+        for j in range(min(nruns, NEAR_LEAVES)):
+            nd.near[1 + j] = f.runs[j]
     c = 0
-    rest = vector
-    while rest:
-        j = <uint32_t>ctz64(rest)
-        rest &= rest - 1
-        if build_node(t, base1 + c, d + k, nets, lens, vals, gstart[j], gend[j],
-                      slots[j] if painted else inherited) < 0:
-            return -1
-        c += 1
+    for w in range(4):
+        rest = f.vector[w]
+        while rest:
+            j = <uint32_t>(64 * w + ctz64(rest))
+            rest &= rest - 1
+            if build_node(t, f + 1, base1 + c, d + k, nets, lens, vals, f.gstart[j], f.gend[j],
+                          f.slot[j] if painted else inherited) < 0:
+                return -1
+            c += 1
     return 0
 
 
@@ -812,6 +953,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     cdef Pair last
     cdef bint have_last = False
     cdef TopWord *w
+    cdef Slots *frames
     cdef int rc = -1
     if addr_t is uint32_t:
         width = 32
@@ -820,15 +962,24 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     t.compressed = bare_paths_pay(nets, lens, n, dp)
     if t.compressed and dp == BIG_DP:
         dp = SPARSE_DP
+    # Dense IPv6 tables take wide nodes; dense IPv4 ones keep 6-bit Nodes
+    # (their walks are one or two nodes deep already).
+    t.wide = width == 128 and not t.compressed
+    if t.wide and dp == BIG_DP:
+        dp = WIDE_DP
     ntop = (<uint32_t>1) << dp
     t.dp = dp
     t.bits = width
     t.top = <TopWord *>calloc(ntop >> 6, sizeof(TopWord))
     painted = <Pair *>malloc(ntop * sizeof(Pair))
     child = <uint8_t *>calloc(ntop, 1)
-    if t.top == NULL or painted == NULL or child == NULL:
+    # One Slots per node depth: every node consumes at least node_stride(t)
+    # bits but a path's last.
+    frames = <Slots *>malloc(((width - dp) // node_stride(t) + 2) * sizeof(Slots))
+    if t.top == NULL or painted == NULL or child == NULL or frames == NULL:
         free(painted)
         free(child)
+        free(frames)
         return -1
     for j in range(ntop):
         painted[j].first = -1
@@ -843,6 +994,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     if grow_nodes(t, top_nodes) < 0:
         free(painted)
         free(child)
+        free(frames)
         return -1
     t.n_nodes = top_nodes
     top_nodes = 0
@@ -860,7 +1012,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
             g = i + 1
             while g < n and <uint32_t>(nets[g] >> (width - dp)) == s:
                 g += 1
-            if build_node(t, top_nodes, dp, nets, lens, vals, i, g, painted[s]) < 0:
+            if build_node(t, frames, top_nodes, dp, nets, lens, vals, i, g, painted[s]) < 0:
                 break
             top_nodes += 1
             i = g
@@ -885,6 +1037,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
                 have_last = True
     free(painted)
     free(child)
+    free(frames)
     return rc
 
 
@@ -950,7 +1103,7 @@ cdef void release(void *p, size_t size, uint32_t mapped, uint32_t bit) noexcept 
 cdef void trie_free(Trie *t) noexcept nogil:
     free(t.top)
     t.top = NULL
-    release(t.nodes, <size_t>t.cap_nodes * sizeof(Node), t.mapped, MAPPED_NODES)
+    release(t.nodes, <size_t>t.cap_nodes * node_size(t), t.mapped, MAPPED_NODES)
     release(t.leaves, <size_t>t.cap_leaves * sizeof(Pair), t.mapped, MAPPED_LEAVES)
     t.nodes = NULL
     t.leaves = NULL
@@ -1268,7 +1421,7 @@ cdef class PrefixTable:
         # Nodes end on 64-byte aligned memory: a big array on its own huge
         # pages below, a small one copied here (either keeps the old array
         # if it fails: slower lookups, same answers).
-        if <size_t>self.trie.n_nodes * sizeof(Node) >= HUGE_FROM:
+        if <size_t>self.trie.n_nodes * node_size(&self.trie) >= HUGE_FROM:
             self.trie.cap_nodes = self.trie.n_nodes     # what on_huge_pages copies
         elif self.trie.n_nodes:
             aligned_nodes(&self.trie, self.trie.n_nodes)
@@ -1278,7 +1431,8 @@ cdef class PrefixTable:
                 self.trie.leaves = <Pair *>p
                 self.trie.cap_leaves = self.trie.n_leaves
         self.trie.nodes = <Node *>on_huge_pages(
-            self.trie.nodes, self.trie.cap_nodes * sizeof(Node), &self.trie.mapped, MAPPED_NODES)
+            self.trie.nodes, self.trie.cap_nodes * node_size(&self.trie), &self.trie.mapped,
+            MAPPED_NODES)
         self.trie.leaves = <Pair *>on_huge_pages(
             self.trie.leaves, self.trie.cap_leaves * sizeof(Pair), &self.trie.mapped, MAPPED_LEAVES)
         return 0
@@ -1301,7 +1455,7 @@ cdef class PrefixTable:
         if not self.bits:
             return 0
         return (((<size_t>1) << self.trie.dp) // 64 * sizeof(TopWord)
-                + huge_size(<size_t>self.trie.cap_nodes * sizeof(Node))
+                + huge_size(<size_t>self.trie.cap_nodes * node_size(&self.trie))
                 + huge_size(<size_t>self.trie.cap_leaves * sizeof(Pair))
                 + <size_t>self.n * (width + sizeof(uint8_t) + sizeof(int32_t)))
 
@@ -1454,8 +1608,11 @@ def _trie_shape(PrefixTable table):
     built path-compressed, how many nodes skip bits, and whether each node is
     one cache line."""
     cdef uint32_t i, skipping = 0
-    for i in range(table.trie.n_nodes):
-        skipping += table.trie.nodes[i].skip > 0
+    cdef size_t size = node_size(&table.trie)
+    if not table.trie.wide:
+        for i in range(table.trie.n_nodes):
+            skipping += table.trie.nodes[i].skip > 0
     return {"nodes": table.trie.n_nodes, "leaves": table.trie.n_leaves, "top_bits": table.trie.dp,
             "compressed": bool(table.trie.compressed), "skipping_nodes": skipping,
-            "node_bytes": sizeof(Node), "nodes_aligned": <size_t>table.trie.nodes % 64 == 0}
+            "wide": bool(table.trie.wide), "node_bytes": size,
+            "nodes_aligned": <size_t>table.trie.nodes % size == 0}

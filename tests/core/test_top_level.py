@@ -1,6 +1,6 @@
 """The compiled trie's top level, against the twin.
 
-The top level is one wide node of 2**dp slots (8, 18, or 22 bits), its
+The top level is one wide node of 2**dp slots (8, 16, 18, or 22 bits), its
 bit vectors cut into 64-slot words that carry the counts of top nodes and
 leaf runs before them (``TopWord`` in ``ext/acl/_core.pxd``).  A slot's node
 or leaf index is a word's count plus a popcount, so what can go wrong is at
@@ -79,20 +79,22 @@ def test_small_top_level(compiled, family):
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_big_top_level(compiled, family):
-    """4096+ prefixes: the 18-bit top level.  The filler is a dense block of
-    /32s (IPv6: /64s) inside one slot far from the edges, so the table is not
-    path-compressed."""
+    """4096+ prefixes: the 18-bit top level (IPv6: 16 bits, over wide nodes).
+    The filler is a dense block of /32s (IPv6: /64s) inside one slot far
+    from the edges, so the table is not path-compressed."""
     rng = random.Random(10 + family)
     bits = BITS[family]
-    entries = edge_entries(family, 18, rng)
+    top_bits = 18 if family == 4 else 16
+    entries = edge_entries(family, top_bits, rng)
     block = (0x5A5A5 << (bits - 20))
     width = 32 if family == 4 else 64
     entries += [(block | (i << (bits - width)), width, rng.randrange(1000)) for i in range(4200)]
     table = compiled.PrefixTable(family, entries)
     shape = compiled._trie_shape(table)
-    assert shape["top_bits"] == 18 and not shape["compressed"], shape
+    assert shape["top_bits"] == top_bits and not shape["compressed"], shape
+    assert shape["wide"] == (family == 6), shape
     check_against_twin(table, _core_py.PrefixTable(family, entries), family,
-                       slot_probes(family, 18, entries, rng))
+                       slot_probes(family, top_bits, entries, rng))
 
 
 def test_sparse_big_top_level(compiled):
