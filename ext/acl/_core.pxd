@@ -2,7 +2,7 @@
 # C declarations of the prefix core; behaviour and its rules live in _core.pyx.
 # Other modules may cimport PrefixTable and call find4/find6 without the GIL.
 # This file is published: change it only by adding -- for what other modules
-# use (PrefixTable, find4/find6, Pair).  Node, TopWord and Trie are the
+# use (PrefixTable, find4/find6, Pair).  Node, WideNode, TopWord and Trie are the
 # trie's own layout, read only by _core.pyx (and by bench probes built with
 # it); their fields may change, as base0 did when nodes took in their first
 # three leaves, Trie.top when the top level became words, and Trie.wide
