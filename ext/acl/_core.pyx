@@ -56,7 +56,7 @@ Data structure (one per table, built once, immutable):
   22, 1.5 MiB, of which a sparse table's lookups touch the words of the few
   slots in use).  A slot's top
   node (the first nodes, in slot order) is then one cache miss away, not
-  two.  Below, nodes consume 6 bits (the last one fewer).
+  two.  Below, Nodes consume 6 bits (the last one fewer), WideNodes 8.
 * Path compression, for tables where it pays (``bare_paths_pay``: sparse
   ones, such as IPv6 routing tables, where most prefixes sit alone at the end
   of a long path): a node first skips up to 32 bits that every prefix below
@@ -67,7 +67,9 @@ Data structure (one per table, built once, immutable):
 * Every lookup is the same inline steps on C structs and C integers -- the
   top word (``top_node_of`` or ``top_leaf_at``), then per
   node ``skip_differs``, ``slot_of`` and ``has_child``,
-  ending with ``child_of`` or ``leaf_of`` -- ``noexcept nogil``, never
+  ending with ``child_of`` or ``leaf_of`` (in a wide trie ``wide_has_child``,
+  ``wide_child_of``, ``wide_leaf_of``, the slot being the address's next
+  byte) -- ``noexcept nogil``, never
   allocating; the batch walk takes them without a branch (whether a random
   address goes on to a child is a coin toss a branch predictor loses).
   ``trie_find`` chains them for one address, and the per-address methods
