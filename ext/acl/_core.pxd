@@ -5,8 +5,9 @@
 # use (PrefixTable, find4/find6, Pair).  Node, WideNode, TopWord and Trie are the
 # trie's own layout, read only by _core.pyx (and by bench probes built with
 # it); their fields may change, as base0 did when nodes took in their first
-# three leaves, Trie.top when the top level became words, and Trie.wide
-# when dense IPv6 tables took WideNodes.
+# three leaves, Trie.top when the top level became words, Trie.wide when
+# dense IPv6 tables took WideNodes, and Trie.leaf_shift when tries whose
+# two disciplines agree everywhere took int32_t leaves.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
@@ -38,7 +39,9 @@ cdef struct Node:
     uint8_t stride      # address bits this node's slots resolve, after the skip (1..6)
     uint8_t spare1
     uint8_t spare2
-    Pair near[4]        # near[0]: the skip's answer; near[1..3]: the node's first 3 leaves
+    # near[0]: the skip's answer; near[1..3]: the node's first 3 leaves (as
+    # int32_t leaves: [0] the skip's answer, [1..7] the first 7; Trie.leaf_shift)
+    Pair near[4]
 
 cdef struct WideNode:
     # 128 bytes, two adjacent cache lines fetched together (the array is
@@ -52,7 +55,7 @@ cdef struct WideNode:
     uint32_t base1          # index in the nodes of this node's first child
     uint8_t children_before[4]  # [w]: children of the slots before word w ([0] = 0)
     uint8_t runs_before[4]      # [w]: leaf runs started in the slots before word w
-    Pair near[6]            # the node's first 6 leaves
+    Pair near[6]            # the node's first 6 leaves (int32_t leaves: 12; Trie.leaf_shift)
 
 cdef struct TopWord:
     # 64 slots of the top level, a node of 2**dp slots (Trie.dp bits): its
@@ -78,6 +81,16 @@ cdef struct Trie:
     uint32_t mapped     # which of nodes/leaves live in their own mmap (huge pages)
     uint8_t compressed  # nodes skip the bits their whole subtree shares (Node.skip)
     uint8_t wide        # the nodes are WideNodes (dense IPv6 tables)
+    # How a leaf is stored.  A Pair (leaf_shift 3) in general; one int32_t
+    # (leaf_shift 2) in a trie where every leaf's first equals its specific
+    # (no prefix lies inside another of higher value: tor-geoipdb's ranges,
+    # blocklists): there, `leaves` holds int32_t values, the near leaves of
+    # a Node / WideNode are int32_t too (7 after the skip's answer / 12), and
+    # a leaf pointer points at one int32_t.  A leaf's value for a discipline
+    # is the int32_t at index 0 (first) or specific_index (1, or 0).
+    uint8_t leaf_shift      # log2 of a leaf's bytes: 3 (Pair) or 2 (int32_t)
+    uint8_t near_leaves     # leaves a node keeps in its own lines: 3 / 6, or 7 / 12
+    uint8_t specific_index  # int32_t index of `specific` in a leaf: 1, or 0
 
 # One entry while a table is being built (sorted, then split into columns).
 cdef struct E4:
@@ -105,8 +118,10 @@ cdef class PrefixTable:
 
     # The leaf for an address: .first and .specific, -1 when nothing covers.
     # IPv4 tables only / IPv6 tables only (hi, lo: the address's two halves).
-    cdef const Pair *find4(self, uint32_t addr) noexcept nogil
-    cdef const Pair *find6(self, uint64_t hi, uint64_t lo) noexcept nogil
+    # By value since the ninth session (a trie of int32_t leaves has no
+    # Pair to point at); no other module called them yet.
+    cdef Pair find4(self, uint32_t addr) noexcept nogil
+    cdef Pair find6(self, uint64_t hi, uint64_t lo) noexcept nogil
 
     # Private to _core.pyx.
     cdef int _setup(self, int family) except -1
