@@ -81,16 +81,13 @@ cdef struct Trie:
     uint32_t mapped     # which of nodes/leaves live in their own mmap (huge pages)
     uint8_t compressed  # nodes skip the bits their whole subtree shares (Node.skip)
     uint8_t wide        # the nodes are WideNodes (dense IPv6 tables)
-    # How a leaf is stored.  A Pair (leaf_shift 3) in general; one int32_t
-    # (leaf_shift 2) in a trie where every leaf's first equals its specific
+    # How a leaf is stored: log2 of its bytes.  3: a Pair, in general.  2:
+    # one int32_t, in a trie where every leaf's first equals its specific
     # (no prefix lies inside another of higher value: tor-geoipdb's ranges,
-    # blocklists): there, `leaves` holds int32_t values, the near leaves of
-    # a Node / WideNode are int32_t too (7 after the skip's answer / 12), and
-    # a leaf pointer points at one int32_t.  A leaf's value for a discipline
-    # is the int32_t at index 0 (first) or specific_index (1, or 0).
-    uint8_t leaf_shift      # log2 of a leaf's bytes: 3 (Pair) or 2 (int32_t)
-    uint8_t near_leaves     # leaves a node keeps in its own lines: 3 / 6, or 7 / 12
-    uint8_t specific_index  # int32_t index of `specific` in a leaf: 1, or 0
+    # blocklists); there `leaves` holds int32_t values, the near leaves of a
+    # Node / WideNode are int32_t too (7 after the skip's answer / 12), and
+    # a leaf pointer points at one int32_t, both disciplines' value.
+    uint8_t leaf_shift
 
 # One entry while a table is being built (sorted, then split into columns).
 cdef struct E4:

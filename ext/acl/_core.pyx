@@ -240,6 +240,13 @@ cdef inline size_t leaf_bytes(const Trie *t) noexcept nogil:
     return (<size_t>1) << t.leaf_shift
 
 
+cdef inline uint32_t near_leaves(const Trie *t) noexcept nogil:
+    """Leaves each of ``t``'s nodes keeps in its own lines."""
+    if t.leaf_shift == 3:
+        return WIDE_NEAR_LEAVES if t.wide else NEAR_LEAVES
+    return WIDE_NEAR_VALUES if t.wide else NEAR_VALUES
+
+
 # -- addresses ----------------------------------------------------------
 
 cdef inline acl_u128 load128(const unsigned char *p) noexcept nogil:
@@ -421,9 +428,10 @@ cdef inline uint32_t child_of(const Node *nd, uint32_t v) noexcept nogil:
 
 
 # A leaf step takes how ``t`` stores its leaves as two arguments: ``shift``
-# (t.leaf_shift) and ``near`` (t.near_leaves).  Single walks pass t's fields;
-# the batch walk passes constants of its compiled variant, since loading
-# and shifting by them in its inner loop cost IPv4 batches 5-10%.
+# (t.leaf_shift) and ``near`` (near_leaves(t)), passed as constants: the
+# single walk branches once on t.leaf_shift, the batch walk has a compiled
+# variant for each (reading them from the trie in its inner loop cost IPv4
+# batches 5-10%).
 
 cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v, int shift,
                                 uint32_t near) noexcept nogil:
@@ -619,15 +627,16 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef Py_ssize_t base, m, j, q, walking, still
     cdef int step, used, d, k, shift, dp = t.dp, width = t.bits
     cdef uint32_t v, mask, at_node, differ
-    cdef uint32_t value_index = t.specific_index if specific else 0    # see Trie.leaf_shift
     cdef int leaf_shift
-    cdef uint32_t near
+    cdef uint32_t near, value_index     # value_index: of the int32_t to read in a leaf
     if leaves_t is PairLeaves:
         leaf_shift = 3
         near = WIDE_NEAR_LEAVES if walk_t is Wide else NEAR_LEAVES
+        value_index = 1 if specific else 0
     else:
         leaf_shift = 2
         near = WIDE_NEAR_VALUES if walk_t is Wide else NEAR_VALUES
+        value_index = 0
     cdef uint64_t h
     cdef const Node *nd
     cdef const WideNode *wn
@@ -719,29 +728,31 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
 cdef void batch_walk(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
                      bint specific, addr_t zero) noexcept nogil:
     """batch_group, in the variant for how ``t`` was built."""
-    cdef Plain plain
-    cdef Skipping skipping
-    cdef Wide wide
     cdef PairLeaves pairs
     cdef ValueLeaves values
-    plain.unused = 0
-    skipping.unused = 0
-    wide.unused = 0
     pairs.unused = 0
     values.unused = 0
     if t.leaf_shift == 3:
-        if t.compressed:
-            batch_group(t, p, o, n, specific, zero, skipping, pairs)
-        elif t.wide:
-            batch_group(t, p, o, n, specific, zero, wide, pairs)
-        else:
-            batch_group(t, p, o, n, specific, zero, plain, pairs)
-    elif t.compressed:
-        batch_group(t, p, o, n, specific, zero, skipping, values)
-    elif t.wide:
-        batch_group(t, p, o, n, specific, zero, wide, values)
+        batch_nodes(t, p, o, n, specific, zero, pairs)
     else:
-        batch_group(t, p, o, n, specific, zero, plain, values)
+        batch_nodes(t, p, o, n, specific, zero, values)
+
+
+cdef void batch_nodes(const Trie *t, const unsigned char *p, int32_t *o, Py_ssize_t n,
+                      bint specific, addr_t zero, leaves_t stored) noexcept nogil:
+    """batch_walk, for the kind of nodes ``t`` has."""
+    cdef Plain plain
+    cdef Skipping skipping
+    cdef Wide wide
+    plain.unused = 0
+    skipping.unused = 0
+    wide.unused = 0
+    if t.compressed:
+        batch_group(t, p, o, n, specific, zero, skipping, stored)
+    elif t.wide:
+        batch_group(t, p, o, n, specific, zero, wide, stored)
+    else:
+        batch_group(t, p, o, n, specific, zero, plain, stored)
 
 
 # -- build ----------------------------------------------------------------
@@ -1031,14 +1042,12 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     else:
         width = 128
     t.leaf_shift = 3        # Pairs while building; leaves_to_values may change that
-    t.specific_index = 1
     t.compressed = bare_paths_pay(nets, lens, n, dp)
     if t.compressed and dp == BIG_DP:
         dp = SPARSE_DP
     # Dense IPv6 tables take wide nodes; dense IPv4 ones keep 6-bit Nodes
     # (their walks are one or two nodes deep already).
     t.wide = width == 128 and not t.compressed
-    t.near_leaves = WIDE_NEAR_LEAVES if t.wide else NEAR_LEAVES
     if t.wide and dp == BIG_DP:
         dp = WIDE_DP
     ntop = (<uint32_t>1) << dp
@@ -1149,7 +1158,7 @@ cdef bint leaves_agree(const Trie *t) noexcept nogil:
         if not t.wide and t.nodes[e].near[0].first != t.nodes[e].near[0].specific:
             return False
         p = near_pairs(t, e)
-        near = min(node_runs(t, e), <uint32_t>t.near_leaves)
+        near = min(node_runs(t, e), near_leaves(t))
         for j in range(near):
             if p[j].first != p[j].specific:
                 return False
@@ -1169,7 +1178,7 @@ cdef int leaves_to_values(Trie *t) noexcept nogil:
     cdef int32_t runs[256]
     cdef int32_t *near32
     cdef const Pair *pairs
-    cdef uint32_t e, j, nruns, n = 0, old_near = t.near_leaves, near, top_leaves
+    cdef uint32_t e, j, nruns, n = 0, old_near = near_leaves(t), near, top_leaves
     if values == NULL:
         return -1
     near = WIDE_NEAR_VALUES if t.wide else NEAR_VALUES
@@ -1206,8 +1215,6 @@ cdef int leaves_to_values(Trie *t) noexcept nogil:
     t.n_leaves = t.cap_leaves = n
     t.top_leaves = top_leaves
     t.leaf_shift = 2
-    t.near_leaves = <uint8_t>near
-    t.specific_index = 0
     return 0
 
 
@@ -1790,5 +1797,5 @@ def _trie_shape(PrefixTable table):
     return {"nodes": table.trie.n_nodes, "leaves": table.trie.n_leaves, "top_bits": table.trie.dp,
             "compressed": bool(table.trie.compressed), "skipping_nodes": skipping,
             "wide": bool(table.trie.wide), "node_bytes": size,
-            "leaf_bytes": leaf_bytes(&table.trie), "near_leaves": table.trie.near_leaves,
+            "leaf_bytes": leaf_bytes(&table.trie), "near_leaves": near_leaves(&table.trie),
             "nodes_aligned": <size_t>table.trie.nodes % size == 0}
