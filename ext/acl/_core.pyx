@@ -240,11 +240,18 @@ cdef inline size_t leaf_bytes(const Trie *t) noexcept nogil:
     return (<size_t>1) << t.leaf_shift
 
 
+cdef inline uint32_t near_count(int leaf_shift, bint wide) noexcept nogil:
+    """Leaves a node keeps in its own lines, for a way of storing leaves
+    (Trie.leaf_shift) and a kind of node.  The walks call it with constant
+    arguments, so it folds away."""
+    if leaf_shift == 3:
+        return WIDE_NEAR_LEAVES if wide else NEAR_LEAVES
+    return WIDE_NEAR_VALUES if wide else NEAR_VALUES
+
+
 cdef inline uint32_t near_leaves(const Trie *t) noexcept nogil:
     """Leaves each of ``t``'s nodes keeps in its own lines."""
-    if t.leaf_shift == 3:
-        return WIDE_NEAR_LEAVES if t.wide else NEAR_LEAVES
-    return WIDE_NEAR_VALUES if t.wide else NEAR_VALUES
+    return near_count(t.leaf_shift, t.wide)
 
 
 # -- addresses ----------------------------------------------------------
@@ -428,10 +435,10 @@ cdef inline uint32_t child_of(const Node *nd, uint32_t v) noexcept nogil:
 
 
 # A leaf step takes how ``t`` stores its leaves as two arguments: ``shift``
-# (t.leaf_shift) and ``near`` (near_leaves(t)), passed as constants: the
-# single walk branches once on t.leaf_shift, the batch walk has a compiled
-# variant for each (reading them from the trie in its inner loop cost IPv4
-# batches 5-10%).
+# (t.leaf_shift) and ``near`` (near_count), passed as constants: the single
+# walk branches once on t.leaf_shift, the batch walk has a compiled variant
+# for each (reading them from the trie in its inner loop cost IPv4 batches
+# 5-10%).
 
 cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v, int shift,
                                 uint32_t near) noexcept nogil:
@@ -488,14 +495,14 @@ cdef inline const Pair *wide_leaf_of(const Trie *t, const WideNode *nd, uint32_t
 
 
 cdef inline const Pair *wide_walk(const Trie *t, const WideNode *nd, uint64_t hi,
-                                  uint64_t lo, int leaf_shift, uint32_t wide_near) noexcept nogil:
+                                  uint64_t lo, int leaf_shift) noexcept nogil:
     """trie_walk's node steps in a wide trie, from ``nd`` (the window starts
     there): each node's slot is the window's next byte."""
     cdef uint32_t v
     while True:
         v = <uint32_t>(hi >> 56)
         if not wide_has_child(nd, v):
-            return wide_leaf_of(t, nd, v, leaf_shift, wide_near)
+            return wide_leaf_of(t, nd, v, leaf_shift, near_count(leaf_shift, True))
         window_shift(&hi, &lo, 8)
         nd = &wide_nodes(t)[wide_child_of(nd, v)]
 
@@ -506,14 +513,14 @@ cdef inline Pair trie_find(const Trie *t, uint64_t hi, uint64_t lo) noexcept nog
     table takes alike)."""
     cdef Pair both
     if t.leaf_shift == 3:
-        return trie_walk(t, hi, lo, 3, NEAR_LEAVES, WIDE_NEAR_LEAVES)[0]
-    both.first = (<const int32_t *>trie_walk(t, hi, lo, 2, NEAR_VALUES, WIDE_NEAR_VALUES))[0]
+        return trie_walk(t, hi, lo, 3)[0]
+    both.first = (<const int32_t *>trie_walk(t, hi, lo, 2))[0]
     both.specific = both.first
     return both
 
 
-cdef inline const Pair *trie_walk(const Trie *t, uint64_t hi, uint64_t lo, int leaf_shift,
-                                  uint32_t near, uint32_t wide_near) noexcept nogil:
+cdef inline const Pair *trie_walk(const Trie *t, uint64_t hi, uint64_t lo,
+                                  int leaf_shift) noexcept nogil:
     """The leaf covering the address (hi, lo): its top slot, then node steps to
     a leaf.  An address that differs from a node's skipped bits lies beside
     every prefix below the node: its answer is the node's near[0]."""
@@ -525,14 +532,14 @@ cdef inline const Pair *trie_walk(const Trie *t, uint64_t hi, uint64_t lo, int l
         return <const Pair *>top_leaf_at(t, w, v, leaf_shift)
     window_shift(&hi, &lo, t.dp)
     if t.wide:
-        return wide_walk(t, &wide_nodes(t)[top_node_of(w, v)], hi, lo, leaf_shift, wide_near)
+        return wide_walk(t, &wide_nodes(t)[top_node_of(w, v)], hi, lo, leaf_shift)
     nd = &t.nodes[top_node_of(w, v)]
     while True:
         if skip_differs(nd, hi):
             return &nd.near[0]
         v = slot_of(nd, hi)
         if not has_child(nd, v):
-            return leaf_of(t, nd, v, leaf_shift, near)
+            return leaf_of(t, nd, v, leaf_shift, near_count(leaf_shift, False))
         window_shift(&hi, &lo, nd.skip + nd.stride)
         nd = &t.nodes[child_of(nd, v)]
 
@@ -627,16 +634,11 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef Py_ssize_t base, m, j, q, walking, still
     cdef int step, used, d, k, shift, dp = t.dp, width = t.bits
     cdef uint32_t v, mask, at_node, differ
-    cdef int leaf_shift
-    cdef uint32_t near, value_index     # value_index: of the int32_t to read in a leaf
-    if leaves_t is PairLeaves:
-        leaf_shift = 3
-        near = WIDE_NEAR_LEAVES if walk_t is Wide else NEAR_LEAVES
-        value_index = 1 if specific else 0
-    else:
-        leaf_shift = 2
-        near = WIDE_NEAR_VALUES if walk_t is Wide else NEAR_VALUES
-        value_index = 0
+    cdef int leaf_shift = 3 if leaves_t is PairLeaves else 2
+    cdef uint32_t near = near_count(leaf_shift, walk_t is Wide)
+    cdef int stride = 8 if walk_t is Wide else 6        # node_stride(t), as a constant
+    # Which int32_t of a leaf to read: a Pair's second for `specific`.
+    cdef uint32_t value_index = 1 if leaves_t is PairLeaves and specific else 0
     cdef uint64_t h
     cdef const Node *nd
     cdef const WideNode *wn
@@ -675,8 +677,8 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                 # d - dp .. d - dp + k are this level's slot).  With skips
                 # each lane's node says what it uses.
                 k = width - d
-                if k > node_stride(t):
-                    k = node_stride(t)
+                if k > stride:
+                    k = stride
                 d += k
                 shift = 128 - (d - dp)
                 mask = (<uint32_t>1 << k) - 1
@@ -943,7 +945,7 @@ cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
     # A node keeps its first leaves in its own cache line(s): a walk that
     # ends there reads one line less (most walks, in routing tables, where a
     # node rarely has more).
-    near = WIDE_NEAR_LEAVES if t.wide else NEAR_LEAVES
+    near = near_count(3, t.wide)     # the build makes Pairs (see leaves_to_values)
     base0 = t.n_leaves
     for j in range(<uint32_t>near, nruns):
         if add_leaf(t, f.runs[j]) < 0:
@@ -968,7 +970,7 @@ cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
             nruns += <uint32_t>popcount64(f.leafvec[j])
         wn.base0 = base0
         wn.base1 = base1
-        for j in range(min(nruns, <uint32_t>WIDE_NEAR_LEAVES)):
+        for j in range(min(nruns, <uint32_t>near)):
             wn.near[j] = f.runs[j]
     else:
         nd = &t.nodes[idx]
@@ -977,7 +979,7 @@ cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
         nd.base0 = base0
         nd.base1 = base1
         nd.stride = <uint8_t>k
-        for j in range(min(nruns, NEAR_LEAVES)):
+        for j in range(min(nruns, <uint32_t>near)):
             nd.near[1 + j] = f.runs[j]
     c = 0
     for w in range(4):
@@ -1181,7 +1183,7 @@ cdef int leaves_to_values(Trie *t) noexcept nogil:
     cdef uint32_t e, j, nruns, n = 0, old_near = near_leaves(t), near, top_leaves
     if values == NULL:
         return -1
-    near = WIDE_NEAR_VALUES if t.wide else NEAR_VALUES
+    near = near_count(2, t.wide)
     for e in range(t.n_nodes):
         nruns = node_runs(t, e)
         pairs = near_pairs(t, e)
@@ -1196,9 +1198,9 @@ cdef int leaves_to_values(Trie *t) noexcept nogil:
             near32 = <int32_t *>&wide_nodes(t)[e].near[0]
             wide_nodes(t)[e].base0 = n
         else:
-            near32 = <int32_t *>&t.nodes[e].near[0]
-            near32[0] = t.nodes[e].near[0].first        # the skip's answer
-            near32 += 1
+            # near32[0], the skip's answer, is in place already: it is the
+            # first int32_t of the Pair it was.
+            near32 = <int32_t *>&t.nodes[e].near[0] + 1
             t.nodes[e].base0 = n
         for j in range(nruns):
             if j < near:
@@ -1598,7 +1600,7 @@ cdef class PrefixTable:
         cdef void *p
         if rc < 0:
             raise MemoryError("prefix table too large")
-        # Nodes end on 64-byte aligned memory: a big array on its own huge
+        # Nodes end on memory aligned to their size: a big array on its own huge
         # pages below, a small one copied here (either keeps the old array
         # if it fails: slower lookups, same answers).
         if <size_t>self.trie.n_nodes * node_size(&self.trie) >= HUGE_FROM:
