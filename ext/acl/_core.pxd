@@ -2,12 +2,13 @@
 # C declarations of the prefix core; behaviour and its rules live in _core.pyx.
 # Other modules may cimport PrefixTable and call find4/find6 without the GIL.
 # This file is published: change it only by adding -- for what other modules
-# use (PrefixTable, find4/find6, Pair).  Node, WideNode, TopWord and Trie are the
+# use (PrefixTable, find4/find6, Pair).  Node, WideNode, TopWord, Lone and Trie are the
 # trie's own layout, read only by _core.pyx (and by bench probes built with
 # it); their fields may change, as base0 did when nodes took in their first
 # three leaves, Trie.top when the top level became words, Trie.wide when
-# dense IPv6 tables took WideNodes, and Trie.leaf_shift when tries whose
-# two disciplines agree everywhere took int32_t leaves.
+# dense IPv6 tables took WideNodes, Trie.leaf_shift when tries whose
+# two disciplines agree everywhere took int32_t leaves, and TopWord when
+# lone prefixes under the top level of path-compressed tries took Lones.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
@@ -59,15 +60,27 @@ cdef struct WideNode:
 
 cdef struct TopWord:
     # 64 slots of the top level, a node of 2**dp slots (Trie.dp bits): its
-    # bit vectors in words, with the counts before each word.
-    uint64_t vector         # bit b: slot 64w + b has a top node
+    # bit vectors in words, with the counts before each word.  A slot whose
+    # bits are set in both vectors holds a Lone (path-compressed tries).
+    uint64_t vector         # bit b: slot 64w + b has a top node (or a Lone)
     uint64_t leafvec        # bit b: slot 64w + b is a leaf starting a new run of equal leaves
-    uint32_t nodes_before   # top nodes of the slots before this word
+    # Index in Trie.nodes of this word's first top node: each word's top
+    # nodes, in slot order, then its Lones, four to a Node's place.
+    uint32_t nodes_before
     uint32_t leaves_before  # runs started in the slots before this word
+
+cdef struct Lone:
+    # 16 bytes: a top slot of a path-compressed trie whose subtree is one
+    # prefix (an IPv6 /48 alone under its top slot), in place of the Node
+    # that would hold it, four to a cache line.
+    uint32_t key        # the prefix's bits below the top level, then a 1 bit, left-aligned
+    int32_t value       # its value
+    Pair outside        # what covers the slot: the answer outside the prefix
 
 cdef struct Trie:
     TopWord *top        # 2**dp / 64 words
-    # Top nodes first, in slot order; the children of a node are contiguous.
+    # Top nodes first: word by word, its top nodes in slot order, then its
+    # Lones (four to a Node's place); the children of a node are contiguous.
     # WideNodes, cast, in a wide trie.
     Node *nodes
     Pair *leaves        # every leaf; the leaves of one node are contiguous
