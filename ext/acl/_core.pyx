@@ -492,6 +492,11 @@ cdef inline size_t top_leaf_at(const Trie *t, const TopWord *w, uint32_t b, int 
                                << shift)
 
 
+cdef inline uint32_t lone_places(uint32_t lones) noexcept nogil:
+    """Node places that a word's ``lones`` Lones take after its top nodes."""
+    return (lones + 3) // 4
+
+
 cdef inline const Lone *lone_of(const Trie *t, const TopWord *w, uint32_t b) noexcept nogil:
     """The Lone of slot ``b`` of word ``w`` (junk if the slot is anything
     else): after the word's top nodes, in slot order."""
@@ -1367,11 +1372,12 @@ cdef int pack_lone_tops(Trie *t) noexcept nogil:
         w = &t.top[i]
         full = lones = 0
         for e in range(top_old, top_old + <uint32_t>popcount64(w.vector)):
+            # Decided here, filled in place below (lone_from again).
             is_lone[e] = lone_from(t, &t.nodes[e], &lone)
             lones += is_lone[e]
             full += not is_lone[e]
         top_old += <uint32_t>popcount64(w.vector)
-        top_new += full + (lones + 3) // 4
+        top_new += full + lone_places(lones)
         all_lones += lones
     if all_lones == 0:
         free(is_lone)
@@ -1398,11 +1404,11 @@ cdef int pack_lone_tops(Trie *t) noexcept nogil:
                 w.leafvec |= rest & (~rest + 1)
             else:
                 nodes[at] = t.nodes[e]
-                nodes[at].base1 += top_new - top_old
+                nodes[at].base1 += top_new - top_old    # unsigned: wraps when the room shrank
                 at += 1
             e += 1
             rest &= rest - 1
-        at += (lones + 3) // 4
+        at += lone_places(lones)
     for e in range(top_old, t.n_nodes):
         nodes[top_new + e - top_old] = t.nodes[e]
         nodes[top_new + e - top_old].base1 += top_new - top_old
@@ -1999,7 +2005,7 @@ def _trie_shape(PrefixTable table):
             skipping += not t.wide and t.nodes[at].skip > 0
             at += 1
             rest &= rest - 1
-        at += (<uint32_t>popcount64(t.top[i].vector & t.top[i].leafvec) + 3) // 4
+        at += lone_places(<uint32_t>popcount64(t.top[i].vector & t.top[i].leafvec))
     for e in range(at, t.n_nodes):
         nodes += 1
         skipping += not t.wide and t.nodes[e].skip > 0
