@@ -476,6 +476,11 @@ cdef inline uint64_t top_nodes(const TopWord *w, bint lones) noexcept nogil:
     return w.vector & ~w.leafvec if lones else w.vector
 
 
+cdef inline uint64_t top_lones(const TopWord *w) noexcept nogil:
+    """Bit b set: slot 64w + b holds a Lone."""
+    return w.vector & w.leafvec
+
+
 cdef inline uint32_t top_node_of(const TopWord *w, uint32_t b, bint lones) noexcept nogil:
     """Index in t.nodes of the top node of slot ``b`` of word ``w`` (junk if
     the slot is a leaf or a Lone): the word's top nodes, in slot order."""
@@ -502,7 +507,7 @@ cdef inline const Lone *lone_of(const Trie *t, const TopWord *w, uint32_t b) noe
     else): after the word's top nodes, in slot order."""
     cdef size_t first = <size_t>w.nodes_before + <uint32_t>popcount64(top_nodes(w, True))
     return <const Lone *>(<size_t>t.nodes + first * sizeof(Node)
-                          + (<size_t>popcount64(w.vector & w.leafvec & upto(b)) - 1) * sizeof(Lone))
+                          + (<size_t>popcount64(top_lones(w) & upto(b)) - 1) * sizeof(Lone))
 
 
 cdef inline Pair lone_answer(const Lone *p, uint64_t hi) noexcept nogil:
@@ -590,7 +595,7 @@ cdef inline const Pair *trie_walk(const Trie *t, uint64_t hi, uint64_t lo, int l
     if not (w.vector >> v) & 1:
         return <const Pair *>top_leaf_at(t, w, v, leaf_shift, True)
     window_shift(&hi, &lo, t.dp)
-    if (w.leafvec >> v) & 1:
+    if (w.leafvec >> v) & 1:       # with the vector bit, checked above: a Lone
         own[0] = lone_answer(lone_of(t, w, v), hi)
         return own
     if t.wide:
@@ -733,7 +738,7 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
             if walk_t is Wide:
                 prefetch_wide(acl_select(at_node, &wide_nodes(t)[cur[j]], res[j]))
             elif walk_t is Skipping:
-                is_lone = <uint32_t>((w.vector & w.leafvec) >> v) & 1
+                is_lone = <uint32_t>(top_lones(w) >> v) & 1
                 lone[j] = lone_of(t, w, v)
                 res[j] = <const Pair *>acl_select(is_lone, &own[j], res[j])
                 prefetch(acl_select(at_node, &t.nodes[cur[j]],
@@ -1997,15 +2002,15 @@ def _trie_shape(PrefixTable table):
     cdef uint64_t rest
     cdef size_t size = node_size(t)
     for i in range((<uint32_t>1 << t.dp) >> 6):
-        lones += <uint32_t>popcount64(t.top[i].vector & t.top[i].leafvec)
-        rest = t.top[i].vector & ~t.top[i].leafvec
+        lones += <uint32_t>popcount64(top_lones(&t.top[i]))
+        rest = top_nodes(&t.top[i], True)
         at = t.top[i].nodes_before
         while rest:
             nodes += 1
             skipping += not t.wide and t.nodes[at].skip > 0
             at += 1
             rest &= rest - 1
-        at += lone_places(<uint32_t>popcount64(t.top[i].vector & t.top[i].leafvec))
+        at += lone_places(<uint32_t>popcount64(top_lones(&t.top[i])))
     for e in range(at, t.n_nodes):
         nodes += 1
         skipping += not t.wide and t.nodes[e].skip > 0
