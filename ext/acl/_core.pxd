@@ -7,8 +7,9 @@
 # it); their fields may change, as base0 did when nodes took in their first
 # three leaves, Trie.top when the top level became words, Trie.wide when
 # dense IPv6 tables took WideNodes, Trie.leaf_shift when tries whose
-# two disciplines agree everywhere took int32_t leaves, and TopWord when
-# lone prefixes under the top level of path-compressed tries took Lones.
+# two disciplines agree everywhere took int32_t leaves, TopWord when
+# lone prefixes under the top level of path-compressed tries took Lones, and
+# Trie.lones when dense tries took them too.
 
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
@@ -64,23 +65,25 @@ cdef struct TopWord:
     # bits are set in both vectors holds a Lone (path-compressed tries).
     uint64_t vector         # bit b: slot 64w + b has a top node (or a Lone)
     uint64_t leafvec        # bit b: slot 64w + b is a leaf starting a new run of equal leaves
-    # Index in Trie.nodes of this word's first top node: each word's top
-    # nodes, in slot order, then its Lones, four to a Node's place.
+    # Index in Trie.nodes of this word's first top node: each word's Lones
+    # (in slot order, four to a Node's place) end there, then its top nodes
+    # follow, in slot order.
     uint32_t nodes_before
     uint32_t leaves_before  # runs started in the slots before this word
 
 cdef struct Lone:
-    # 16 bytes: a top slot of a path-compressed trie whose subtree is one
-    # prefix (an IPv6 /48 alone under its top slot), in place of the Node
-    # that would hold it, four to a cache line.
+    # 16 bytes: a top slot whose subtree is one prefix (an IPv6 /48 alone
+    # under its top slot, an IPv4 /24), in place of the Node that would
+    # hold it, four to a cache line.
     uint32_t key        # the prefix's bits below the top level, then a 1 bit, left-aligned
     int32_t value       # its value
     Pair outside        # what covers the slot: the answer outside the prefix
 
 cdef struct Trie:
     TopWord *top        # 2**dp / 64 words
-    # Top nodes first: word by word, its top nodes in slot order, then its
-    # Lones (four to a Node's place); the children of a node are contiguous.
+    # Top nodes first: word by word, its Lones (four to a Node's place)
+    # then its top nodes, each in slot order; the children of a node are
+    # contiguous.
     # WideNodes, cast, in a wide trie.
     Node *nodes
     Pair *leaves        # every leaf; the leaves of one node are contiguous
@@ -94,6 +97,7 @@ cdef struct Trie:
     uint32_t mapped     # which of nodes/leaves live in their own mmap (huge pages)
     uint8_t compressed  # nodes skip the bits their whole subtree shares (Node.skip)
     uint8_t wide        # the nodes are WideNodes (dense IPv6 tables)
+    uint8_t lones       # some top slots hold Lones (pack_lone_tops)
     # How a leaf is stored: log2 of its bytes.  3: a Pair, in general.  2:
     # one int32_t, in a trie where every leaf's first equals its specific
     # (no prefix lies inside another of higher value: tor-geoipdb's ranges,

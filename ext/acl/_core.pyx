@@ -75,18 +75,27 @@ Data structure (one per table, built once, immutable):
   differs there gets the Pair covering the node.  A lone /48 under a top slot is
   then one node, not five.  Dense tables are built without, and their batch
   walks skip the check.
-* Lones (``pack_lone_tops``, path-compressed tries only): a top node that
-  holds one prefix alone -- most of an IPv6 routing table's, a /48 under
-  its 22-bit slot -- answers with 16 bytes: the prefix's bits below the top
-  level (up to 31, ended by a marker bit), its value, and the Pair
-  covering the slot.  Four share the cache line such a node took alone, so
-  a random lookup's line is more often one a recent lookup brought in: on
-  the routing v6 bench set, 29,060 of its 38,874 top nodes become Lones,
-  the nodes' bytes fall from 3.25 to 1.99 MiB, and the bench's 20,000
-  lookups (half of them ending at a Lone) touch 14,696 node lines instead
-  of 17,402.  A Lone's slot has
-  its bit set in both of its TopWord's vectors (a combination no other slot
-  uses), and a word's Lones follow its top nodes.
+* Lones (``pack_lone_tops``; not in wide tries): a top node that holds one
+  prefix alone -- most of a routing table's: an IPv6 /48 under its 22-bit
+  slot, an IPv4 /24 under its 18-bit one -- answers with 16 bytes: the
+  prefix's bits below the top level (up to 31, ended by a marker bit), its
+  value, and the Pair covering the slot.  Four share the cache line such a
+  node took alone, so a random lookup's line is more often one a recent
+  lookup brought in:
+
+  ========================  ==============  ==============
+  bench set                 routing v6      routing v4
+  ========================  ==============  ==============
+  top nodes become Lones    29,060/38,874   49,230/68,549
+  nodes' MiB                3.25 -> 1.99    4.65 -> 2.48
+  node lines the bench's    17,402 ->       15,337 ->
+  20,000 lookups touch      14,696          13,629
+  ========================  ==============  ==============
+
+  A Lone's slot has its bit set in both of its TopWord's vectors (a
+  combination no other slot uses), and a word's Lones end where its top
+  nodes start.  Tries with few (geoip v4: 30 of 21,380) are built without,
+  since the batch walk's Lone work costs every lane (LONES_PAY_FROM).
 * Every lookup is the same inline steps on C structs and C integers -- the
   top word (``top_node_of`` or ``top_leaf_at``), then per
   node ``skip_differs``, ``slot_of`` and ``has_child``,
@@ -466,10 +475,10 @@ cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v, int s
 
 
 # A top slot is a leaf (its bit in leafvec alone), a top node (in vector
-# alone) or a Lone (in both; path-compressed tries only).  With ``lones``
-# each count masks out the other kinds; the batch walks of the tries that
-# have none pass a constant False, and the masks fold away (they cost
-# routing v4 batches 5-13%).
+# alone) or a Lone (in both; Trie.lones).  With ``lones`` each count masks
+# out the other kinds; the batch walks of the tries that have none pass a
+# constant False, and the masks fold away (they cost geoip v4 batches
+# 7-10%).
 
 cdef inline uint64_t top_nodes(const TopWord *w, bint lones) noexcept nogil:
     """Bit b set: slot 64w + b has a top node (not a Lone)."""
@@ -498,16 +507,17 @@ cdef inline size_t top_leaf_at(const Trie *t, const TopWord *w, uint32_t b, int 
 
 
 cdef inline uint32_t lone_places(uint32_t lones) noexcept nogil:
-    """Node places that a word's ``lones`` Lones take after its top nodes."""
+    """Node places that a word's ``lones`` Lones take before its top nodes."""
     return (lones + 3) // 4
 
 
 cdef inline const Lone *lone_of(const Trie *t, const TopWord *w, uint32_t b) noexcept nogil:
     """The Lone of slot ``b`` of word ``w`` (junk if the slot is anything
-    else): after the word's top nodes, in slot order."""
-    cdef size_t first = <size_t>w.nodes_before + <uint32_t>popcount64(top_nodes(w, True))
-    return <const Lone *>(<size_t>t.nodes + first * sizeof(Node)
-                          + (<size_t>popcount64(top_lones(w) & upto(b)) - 1) * sizeof(Lone))
+    else): the word's Lones end where its first top node starts, in slot
+    order, so slot b's is as many Lones back as the word has from slot b
+    on -- one popcount, not two."""
+    return <const Lone *>(<size_t>&t.nodes[w.nodes_before]
+                          - <size_t>popcount64(top_lones(w) >> b) * sizeof(Lone))
 
 
 cdef inline Pair lone_answer(const Lone *p, uint64_t hi) noexcept nogil:
@@ -524,6 +534,18 @@ cdef inline Pair lone_answer(const Lone *p, uint64_t hi) noexcept nogil:
     answer.first = (lower & inside) | (p.outside.first & ~inside)
     answer.specific = (p.value & inside) | (p.outside.specific & ~inside)
     return answer
+
+
+cdef inline int32_t lone_value(const Lone *p, uint64_t hi, uint32_t value_index) noexcept nogil:
+    """One discipline's value of lone_answer (``value_index`` 1: specific,
+    0: first), as the batch walks read a leaf's; lone_answer's steps, less
+    the other discipline's (a batch's Lones are most of its lanes in
+    routing tables)."""
+    cdef int32_t lower, inside = -<int32_t>((((<uint32_t>(hi >> 32)) ^ p.key) >> ctz32(p.key)) <= 1)
+    if value_index:
+        return (p.value & inside) | (p.outside.specific & ~inside)
+    lower = <int32_t>min(<uint32_t>p.value, <uint32_t>p.outside.first)
+    return (lower & inside) | (p.outside.first & ~inside)
 
 
 # A wide node's steps: those of a Node, on the word of its 4 that holds the
@@ -655,10 +677,16 @@ cdef inline void load_window(const unsigned char *p, addr_t zero, uint64_t *hi,
         lo[0] = be64toh(lo[0])
 
 
-# Three compiled variants of the batch walk (a fused tag type): tables built
+# Four compiled variants of the batch walk (a fused tag type): tables built
 # without path compression skip the skip check, which is most of a dense
-# table's per-step cost, and wide tries step through WideNodes.
+# table's per-step cost, and wide tries step through WideNodes.  Of those
+# without, the ones with Lones (Trie.lones) have their own: the Lone work in
+# the top step cost geoip v4's batches, which have none, 25%.  Compressed
+# tries are taken to have Lones.
 cdef struct Plain:
+    char unused
+
+cdef struct PlainLones:
     char unused
 
 cdef struct Skipping:
@@ -669,6 +697,7 @@ cdef struct Wide:
 
 ctypedef fused walk_t:
     Plain
+    PlainLones
     Skipping
     Wide
 
@@ -698,16 +727,17 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
     cdef uint32_t cur[LANES]
     cdef const Pair *res[LANES]
     cdef uint8_t walk[LANES]
-    # Lanes whose top slot is a Lone (path-compressed tries): answered after
-    # the level loop, by which time their prefetched Lones have arrived.
-    cdef const Lone *lone[LANES]
-    cdef Pair own[LANES]
+    # Lanes whose top slot is a Lone (listed in lonely; res[j] points at
+    # the Lone): answered last, by which time their prefetched Lones have
+    # arrived.
     cdef uint8_t lonely[LANES]
-    cdef Py_ssize_t base, m, j, q, walking, still, lones
+    cdef Py_ssize_t lone_lanes
+    cdef Py_ssize_t base, m, j, q, walking, still
     cdef int step, used, d, k, shift, dp = t.dp, width = t.bits
     cdef uint32_t v, mask, at_node, differ, is_lone
     cdef int leaf_shift = 3 if leaves_t is PairLeaves else 2
     cdef uint32_t near = near_count(leaf_shift, walk_t is Wide)
+    cdef bint lones = walk_t is PlainLones or walk_t is Skipping       # a constant
     cdef int stride = 8 if walk_t is Wide else 6        # node_stride(t), as a constant
     # Which int32_t of a leaf to read: a Pair's second for `specific`.
     cdef uint32_t value_index = 1 if leaves_t is PairLeaves and specific else 0
@@ -725,27 +755,24 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
         if m > LANES:
             m = LANES
         walking = 0
-        lones = 0
+        lone_lanes = 0
         for j in range(m):
             # The top words (a few KiB to 96 KiB) stay cached: read, not prefetched.
             load_window(p + (base + j) * step, zero, &hi[j], &lo[j])
             v = <uint32_t>(hi[j] >> (64 - dp))
             w = &t.top[v >> 6]
             v &= 63
-            at_node = <uint32_t>(top_nodes(w, walk_t is Skipping) >> v) & 1
-            cur[j] = top_node_of(w, v, walk_t is Skipping)
-            res[j] = <const Pair *>top_leaf_at(t, w, v, leaf_shift, walk_t is Skipping)
+            at_node = <uint32_t>(top_nodes(w, lones) >> v) & 1
+            cur[j] = top_node_of(w, v, lones)
+            res[j] = <const Pair *>top_leaf_at(t, w, v, leaf_shift, lones)
             if walk_t is Wide:
                 prefetch_wide(acl_select(at_node, &wide_nodes(t)[cur[j]], res[j]))
-            elif walk_t is Skipping:
-                is_lone = <uint32_t>(top_lones(w) >> v) & 1
-                lone[j] = lone_of(t, w, v)
-                res[j] = <const Pair *>acl_select(is_lone, &own[j], res[j])
-                prefetch(acl_select(at_node, &t.nodes[cur[j]],
-                                    acl_select(is_lone, lone[j], res[j])))
-                lonely[lones] = <uint8_t>j
-                lones += is_lone
             else:
+                if lones:
+                    is_lone = <uint32_t>(top_lones(w) >> v) & 1
+                    res[j] = <const Pair *>acl_select(is_lone, lone_of(t, w, v), res[j])
+                    lonely[lone_lanes] = <uint8_t>j
+                    lone_lanes += is_lone
                 prefetch(acl_select(at_node, &t.nodes[cur[j]], res[j]))
             window_shift(&hi[j], &lo[j], dp)
             walk[walking] = <uint8_t>j
@@ -795,7 +822,7 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                     cur[j] = wide_child_of(wn, v)
                     prefetch_wide(acl_select(at_node, &wide_nodes(t)[cur[j]], res[j]))
                 else:
-                    if walk_t is Plain:
+                    if walk_t is Plain or walk_t is PlainLones:
                         at_node = has_child(nd, v)
                         res[j] = leaf_of(t, nd, v, leaf_shift, near)
                     cur[j] = child_of(nd, v)
@@ -803,12 +830,11 @@ cdef void batch_group(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                 walk[still] = <uint8_t>j
                 still += at_node
             walking = still
-        if walk_t is Skipping:
-            for q in range(lones):
-                j = lonely[q]
-                own[j] = lone_answer(lone[j], hi[j])
         for j in range(m):
             o[base + j] = (<const int32_t *>res[j])[value_index]
+        for q in range(lone_lanes if lones else 0):    # over the junk just read from their Lones
+            j = lonely[q]
+            o[base + j] = lone_value(<const Lone *>res[j], hi[j], value_index)
         base += m
 
 
@@ -829,15 +855,19 @@ cdef void batch_nodes(const Trie *t, const unsigned char *p, int32_t *o, Py_ssiz
                       bint specific, addr_t zero, leaves_t stored) noexcept nogil:
     """batch_walk, for the kind of nodes ``t`` has."""
     cdef Plain plain
+    cdef PlainLones plain_lones
     cdef Skipping skipping
     cdef Wide wide
     plain.unused = 0
+    plain_lones.unused = 0
     skipping.unused = 0
     wide.unused = 0
     if t.compressed:
         batch_group(t, p, o, n, specific, zero, skipping, stored)
     elif t.wide:
         batch_group(t, p, o, n, specific, zero, wide, stored)
+    elif t.lones:
+        batch_group(t, p, o, n, specific, zero, plain_lones, stored)
     else:
         batch_group(t, p, o, n, specific, zero, plain, stored)
 
@@ -1135,6 +1165,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     # Dense IPv6 tables take wide nodes; dense IPv4 ones keep 6-bit Nodes
     # (their walks are one or two nodes deep already).
     t.wide = width == 128 and not t.compressed
+    t.lones = False     # pack_lone_tops may change that
     if t.wide and dp == BIG_DP:
         dp = WIDE_DP
     ntop = (<uint32_t>1) << dp
@@ -1210,7 +1241,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     free(frames)
     if rc == 0 and leaves_agree(t):
         rc = leaves_to_values(t)
-    if rc == 0 and t.compressed:
+    if rc == 0 and not t.wide:
         rc = pack_lone_tops(t)
     return rc
 
@@ -1309,34 +1340,41 @@ cdef int leaves_to_values(Trie *t) noexcept nogil:
 
 cdef bint lone_from(const Trie *t, const Node *nd, Lone *lone) noexcept nogil:
     """Whether Node ``nd``, a top node, answers as a Lone does (then fill
-    ``lone``): no children, two runs -- what covers it (its skip's answer)
-    and, on an aligned block of its slots, that painted with one value --
-    and at most 31 bits from the top level to the block's end."""
-    cdef Pair outside, inside, other, painted
+    ``lone``): no children, and its runs what covers it (its skip's answer)
+    but for one aligned block of its slots, that painted with one value --
+    two runs, or three with the block between -- and at most 31 bits from
+    the top level to the block's end."""
+    cdef Pair outside, inside, painted
+    cdef Pair runs[3]
     cdef const int32_t *near32
-    cdef uint32_t second, start, size, prefix_bits, slots = (<uint32_t>1) << nd.stride
-    cdef int block_bits, length
-    if nd.vector or popcount64(nd.leafvec) != 2:
+    cdef uint32_t start, end, size, prefix_bits, slots = (<uint32_t>1) << nd.stride
+    cdef uint64_t later = nd.leafvec & (nd.leafvec - 1)     # the runs after the first
+    cdef int block_bits, length, i, nruns = popcount64(nd.leafvec)
+    if nd.vector or nruns < 2 or nruns > 3:
         return False
     if t.leaf_shift == 3:
         outside = nd.near[0]
-        inside = nd.near[1]
-        other = nd.near[2]
+        for i in range(nruns):
+            runs[i] = nd.near[1 + i]
     else:
         near32 = <const int32_t *>&nd.near[0]
         outside.first = outside.specific = near32[0]
-        inside.first = inside.specific = near32[1]
-        other.first = other.specific = near32[2]
-    second = <uint32_t>ctz64(nd.leafvec & (nd.leafvec - 1))   # where the second run starts
-    if same(inside, outside):
-        inside = other
-        start = second
-        size = slots - second
-    elif same(other, outside):
+        for i in range(nruns):
+            runs[i].first = runs[i].specific = near32[1 + i]
+    if same(runs[0], outside):
+        # [outside, block] or [outside, block, outside]
+        if nruns == 3 and not same(runs[2], outside):
+            return False
+        inside = runs[1]
+        start = <uint32_t>ctz64(later)
+        end = <uint32_t>ctz64(later & (later - 1)) if nruns == 3 else slots
+    elif nruns == 2 and same(runs[1], outside):
+        inside = runs[0]
         start = 0
-        size = second
+        end = <uint32_t>ctz64(later)
     else:
         return False
+    size = end - start
     if size & (size - 1) or start % size:
         return False
     block_bits = ctz32(size)
@@ -1354,13 +1392,24 @@ cdef bint lone_from(const Trie *t, const Node *nd, Lone *lone) noexcept nogil:
     return True
 
 
+# Lones pay for the batch walk's Lone work (13 instructions a lookup on
+# routing v4, 93 -> 106 by callgrind; its batches 9-15% slower) only where
+# many lookups end at one: they are built when at least 1 in LONES_PAY_FROM
+# top nodes becomes one (routing v4: 49,230 of 68,549; routing v6: 29,060
+# of 38,874; geoip v4 would get 30 of 21,380).
+cdef enum:
+    LONES_PAY_FROM = 4
+
+
 cdef int pack_lone_tops(Trie *t) noexcept nogil:
     """Put a Lone in place of each top node that answers as one (lone_from):
-    in an IPv6 routing table, most top nodes hold one /48 each, and four
-    Lones share the cache line each of them took alone (the bench set's
-    lookups touch a sixth fewer lines).  Each word's top nodes stay in slot
-    order, its Lones follow them, four to a Node's place; the other nodes
-    keep their order, moved by the change in the top nodes' room.  -1 when
+    in a routing table, most top nodes hold one prefix each (an IPv6 /48,
+    an IPv4 /24), and four Lones share the cache line each of them took
+    alone (the bench sets' lookups touch 11-16% fewer node lines).  Each
+    word's Lones, in slot order, end where its top nodes (in slot order)
+    start, four to a Node's place (lone_of); the other nodes keep their
+    order, moved by the change in the top nodes' room.  Left undone unless
+    a quarter of the top nodes would be Lones (LONES_PAY_FROM).  -1 when
     out of memory (``t`` is then unchanged)."""
     cdef uint32_t words = ((<uint32_t>1) << t.dp) >> 6, top_old = 0, top_new = 0, at, full, lones
     cdef uint32_t all_lones = 0
@@ -1384,7 +1433,7 @@ cdef int pack_lone_tops(Trie *t) noexcept nogil:
         top_old += <uint32_t>popcount64(w.vector)
         top_new += full + lone_places(lones)
         all_lones += lones
-    if all_lones == 0:
+    if all_lones == 0 or all_lones < top_old // LONES_PAY_FROM:
         free(is_lone)
         return 0
     n = top_new + t.n_nodes - top_old
@@ -1395,17 +1444,17 @@ cdef int pack_lone_tops(Trie *t) noexcept nogil:
     e = at = 0
     for i in range(words):
         w = &t.top[i]
-        w.nodes_before = at
-        full = 0
-        for k in range(e, e + <uint32_t>popcount64(w.vector)):
-            full += not is_lone[k]
-        packed = <Lone *>&nodes[at + full]
-        rest = w.vector
         lones = 0
+        for k in range(e, e + <uint32_t>popcount64(w.vector)):
+            lones += is_lone[k]
+        at += lone_places(lones)
+        w.nodes_before = at
+        packed = <Lone *>&nodes[at] - lones
+        rest = w.vector
         while rest:
             if is_lone[e]:
-                lone_from(t, &t.nodes[e], &packed[lones])
-                lones += 1
+                lone_from(t, &t.nodes[e], packed)
+                packed += 1
                 w.leafvec |= rest & (~rest + 1)
             else:
                 nodes[at] = t.nodes[e]
@@ -1413,7 +1462,6 @@ cdef int pack_lone_tops(Trie *t) noexcept nogil:
                 at += 1
             e += 1
             rest &= rest - 1
-        at += lone_places(lones)
     for e in range(top_old, t.n_nodes):
         nodes[top_new + e - top_old] = t.nodes[e]
         nodes[top_new + e - top_old].base1 += top_new - top_old
@@ -1422,6 +1470,7 @@ cdef int pack_lone_tops(Trie *t) noexcept nogil:
     t.mapped &= ~MAPPED_NODES
     t.nodes = nodes
     t.n_nodes = t.cap_nodes = n
+    t.lones = True
     return 0
 
 
@@ -2010,7 +2059,6 @@ def _trie_shape(PrefixTable table):
             skipping += not t.wide and t.nodes[at].skip > 0
             at += 1
             rest &= rest - 1
-        at += lone_places(<uint32_t>popcount64(top_lones(&t.top[i])))
     for e in range(at, t.n_nodes):
         nodes += 1
         skipping += not t.wide and t.nodes[e].skip > 0

@@ -1,16 +1,19 @@
-"""Lones: top slots of a path-compressed trie that hold one prefix alone.
+"""Lones: top slots that hold one prefix alone.
 
-In a sparse table (IPv6 routing: most /48s alone under their top slot) the
-compiled trie puts a 16-byte ``Lone`` in place of the Node such a slot would
-get -- the prefix's bits below the top level, its value, and what covers the
-slot -- four to a cache line (``pack_lone_tops`` in ``ext/acl/_core.pyx``).
+In a routing table (IPv6: most /48s alone under their 22-bit top slot;
+IPv4: most /24s alone under their 18-bit one) the compiled trie puts a
+16-byte ``Lone`` in place of the Node such a slot would get -- the prefix's
+bits below the top level, its value, and what covers the slot -- four to a
+cache line (``pack_lone_tops`` in ``ext/acl/_core.pyx``), in path-compressed
+tries and in dense ones, when at least a quarter of the top nodes qualify.
 What it can get wrong: which slots qualify (one prefix, at most 31 bits below
-the top level), the key's last bit, the painted answer inside (the value,
-and the lower of the two firsts), the answer outside, the places of a word's
-Lones after its top nodes, the nodes moved behind them (their children's
-indexes), the top level's leaves around Lone slots, and the batch walk's
-separate pass over Lone lanes.  Every lookup, single and batch, is compared
-with the twin.
+the top level; its block at the start, the end or the middle of the node's
+slots), the key's last bit, the painted answer inside (the value, and the
+lower of the two firsts), the answer outside, the places of a word's Lones
+before its top nodes, the nodes moved behind them (their children's
+indexes), the top level's leaves around Lone slots, the quarter, and the
+batch walk's separate pass over Lone lanes (its own variant in a dense
+trie).  Every lookup, single and batch, is compared with the twin.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from tests.core.strategies import BITS, mask
 from tests.core.test_path_compression import check_against_twin, probes
 
 # Top level bits of the compiled trie (see _core.pyx): 8 below 4096
-# prefixes, 22 for a big path-compressed table.
-SMALL_TOP, SPARSE_TOP = 8, 22
+# prefixes, 22 for a big path-compressed table, 18 for a big dense one.
+SMALL_TOP, SPARSE_TOP, DENSE_TOP = 8, 22, 18
 
 
 @pytest.fixture(scope="module")
@@ -143,24 +146,25 @@ def test_lones_in_a_trie_of_int32_leaves(compiled):
 
 
 @st.composite
-def small_sparse_sets(draw):
-    """IPv4 prefixes of /16-/32 under distinct /8s (8 top bits: a small
-    table) over covers of /0-/8.  A slot holds one prefix, or two, or a
-    prefix split into its two halves of one value: then the whole prefix
-    has one Pair, different from what painting the halves' value over the
-    cover gives when the split prefix's value is lower (not a Lone).
-    Path-compressed unless most slots' prefixes share their first bits (the
-    shrunk examples)."""
+def small_sets(draw, shortest: int = 16, longest: int = 32):
+    """IPv4 prefixes of /``shortest``-/``longest`` under distinct /8s (8 top
+    bits: a small table) over covers of /0-/8.  A slot holds one prefix, or
+    two, or a prefix split into its two halves of one value: then the whole
+    prefix has one Pair, different from what painting the halves' value
+    over the cover gives when the split prefix's value is lower (not a
+    Lone).  Of /16-/32: path-compressed unless most slots' prefixes share
+    their first bits (the shrunk examples); of /9-/14, within one node of
+    the top level, never."""
     values = st.integers(0, 50) | st.integers(0, 2**31 - 2)
     slots = draw(st.lists(st.integers(0, 255), min_size=1, max_size=40, unique=True))
     entries = []
     for slot in slots:
         kind = draw(st.sampled_from(["one", "one", "two", "split"]))
-        length = draw(st.integers(16, 31 if kind == "split" else 32))
+        length = draw(st.integers(shortest, longest - 1 if kind == "split" else longest))
         net = (slot << 24 | draw(st.integers(0, (1 << 24) - 1))) & mask(32, length)
         entries.append((net, length, draw(values)))
         if kind == "two":
-            other = draw(st.integers(16, 32))
+            other = draw(st.integers(shortest, longest))
             entries.append(((slot << 24 | draw(st.integers(0, (1 << 24) - 1))) & mask(32, other), other, draw(values)))
         elif kind == "split":
             half = draw(values)
@@ -171,22 +175,24 @@ def small_sparse_sets(draw):
     return entries
 
 
-def lone_bounds(entries, top: int) -> tuple[int, int]:
+def lone_bounds(entries, top: int, deepest: int) -> tuple[int, int]:
     """How many IPv4 top slots (of ``top`` bits) must hold a Lone, and how
-    many may.  Must: one distinct prefix below the top level, whose painted
-    Pair differs from what covers the slot (else its node has one run and
-    answers as a leaf would).  May: any slot with prefixes below the top
-    level (two prefixes may still answer as one)."""
+    many may.  Must: one distinct prefix below the top level, at most
+    ``deepest`` bits below it (31 in a path-compressed trie, whose nodes
+    skip to it; one node's 6 in a dense one), whose painted Pair differs
+    from what covers the slot (else its node has one run and answers as a
+    leaf would).  May: any slot with prefixes below the top level (two
+    prefixes may still answer as one)."""
     kept: dict[tuple[int, int], int] = {}
     for net, length, value in entries:
         kept[net, length] = min(value, kept.get((net, length), value))
-    below: dict[int, list[int]] = {}
+    below: dict[int, list[tuple[int, int]]] = {}
     for (net, length), value in kept.items():
         if length > top:
-            below.setdefault(net >> (32 - top), []).append(value)
+            below.setdefault(net >> (32 - top), []).append((value, length))
     must = 0
     for slot, values in below.items():
-        if len(values) != 1:
+        if len(values) != 1 or values[0][1] - top > deepest:
             continue
         covers = [(length, value) for (net, length), value in kept.items()
                   if length <= top and (slot << (32 - top)) & mask(32, length) == net]
@@ -194,20 +200,23 @@ def lone_bounds(entries, top: int) -> tuple[int, int]:
         specific = max(covers)[1] if covers else -1
         # Painting changes nothing when the cover already has this value
         # as its specific one and a first no higher.
-        must += not (specific == values[0] and 0 <= first <= values[0])
+        value = values[0][0]
+        must += not (specific == value and 0 <= first <= value)
     return must, len(below)
 
 
 @settings(max_examples=200, deadline=None)
-@given(entries=small_sparse_sets(), seed=st.integers(0, 2**32 - 1))
-def test_small_sparse_tables_against_the_twin(compiled, entries, seed):
+@given(entries=small_sets() | small_sets(9, 14), seed=st.integers(0, 2**32 - 1))
+def test_small_tables_against_the_twin(compiled, entries, seed):
     table, shape = build(compiled, 4, entries)
     assert shape["top_bits"] == SMALL_TOP, shape
-    if shape["compressed"]:
-        must, may = lone_bounds(entries, SMALL_TOP)
+    must, may = lone_bounds(entries, SMALL_TOP, 31 if shape["compressed"] else 6)
+    # Built when at least a quarter of the top nodes (``may`` of them)
+    # would be Lones; when built, every one that can be is one.
+    if must >= may // 4:
         assert must <= shape["lone_tops"] <= may, (must, may, shape)
     else:
-        assert shape["lone_tops"] == 0, shape    # only a compressed trie's top nodes skip
+        assert shape["lone_tops"] in (0, *range(must, may + 1)), (must, may, shape)
     addrs = probes(4, entries, random.Random(seed)) + bit_flips(4, entries, SMALL_TOP)
     check_against_twin(table, _core_py.PrefixTable(4, entries), 4, addrs)
 
@@ -230,3 +239,51 @@ def test_a_prefix_split_into_halves_of_another_value_is_not_a_lone(compiled):
     assert [table.most_specific(a) for a in inside] == [5, 5, 5]
     addrs = inside + probes(6, split, rng) + probes(6, entries[:500], rng)
     check_against_twin(table, _core_py.PrefixTable(6, entries + split), 6, addrs)
+
+
+def dense_entries(rng: random.Random, lone: int, paired: int):
+    """IPv4 prefixes of /19-/24 under distinct 18-bit top slots, over /8-/18
+    covers (routing v4's shape, too dense to be path-compressed): ``lone``
+    slots hold one prefix -- its block at the start, the end or the middle
+    of its node's 64 slots -- and ``paired`` slots hold two /24s of
+    different values, never a Lone."""
+    slots = rng.sample(range(1 << DENSE_TOP), lone + paired)
+    below = 32 - DENSE_TOP
+    entries = []
+    for slot in slots[:lone]:
+        length = rng.randrange(DENSE_TOP + 1, 25)
+        entries.append((((slot << below) | rng.getrandbits(below)) & mask(32, length), length, rng.randrange(100, 1000)))
+    for slot in slots[lone:]:
+        for place in rng.sample(range(64), 2):
+            entries.append(((slot << below) | place << 8, 24, rng.randrange(100, 1000)))
+    for _ in range((lone + paired) // 5):
+        cover = rng.randrange(8, DENSE_TOP + 1)
+        value = rng.choice([rng.randrange(0, 100), rng.randrange(1000, 2000)])
+        entries.append((rng.getrandbits(32) & mask(32, cover), cover, value))
+    return entries
+
+
+def test_a_dense_table_keeps_its_lone_prefixes_in_lones(compiled):
+    """8,000 /19-/24s alone under their 18-bit top slots, among covers: every
+    one a Lone, in a trie built without path compression."""
+    rng = random.Random(24)
+    entries = dense_entries(rng, 8000, 0)
+    table, shape = build(compiled, 4, entries)
+    assert not shape["compressed"] and shape["top_bits"] == DENSE_TOP, shape
+    assert shape["lone_tops"] == 8000 and shape["nodes"] == 0, shape
+    addrs = probes(4, entries, rng) + bit_flips(4, entries, DENSE_TOP)
+    check_against_twin(table, _core_py.PrefixTable(4, entries), 4, addrs)
+
+
+@pytest.mark.parametrize(("lone", "lones"), [(1000, 0), (1400, 1400)])
+def test_lones_are_built_when_a_quarter_of_the_top_nodes_would_be(compiled, lone, lones):
+    """4,000 top nodes holding two /24s each, and 1,000 lone /24s (under a
+    quarter of the 5,000 top nodes: no Lones, the dense batch walk without
+    their work) or 1,400 (over a quarter of 5,400: all Lones)."""
+    rng = random.Random(lone)
+    entries = dense_entries(rng, lone, 4000)
+    table, shape = build(compiled, 4, entries)
+    assert not shape["compressed"] and shape["lone_tops"] == lones, shape
+    assert shape["nodes"] == 4000 + lone - lones, shape
+    addrs = probes(4, entries, rng) + bit_flips(4, entries, DENSE_TOP)
+    check_against_twin(table, _core_py.PrefixTable(4, entries), 4, addrs)
