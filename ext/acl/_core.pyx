@@ -478,7 +478,7 @@ cdef inline const Pair *leaf_of(const Trie *t, const Node *nd, uint32_t v, int s
 # alone) or a Lone (in both; Trie.lones).  With ``lones`` each count masks
 # out the other kinds; the batch walks of the tries that have none pass a
 # constant False, and the masks fold away (they cost geoip v4 batches
-# 7-10%).
+# 5-10%).
 
 cdef inline uint64_t top_nodes(const TopWord *w, bint lones) noexcept nogil:
     """Bit b set: slot 64w + b has a top node (not a Lone)."""
@@ -527,7 +527,7 @@ cdef inline Pair lone_answer(const Lone *p, uint64_t hi) noexcept nogil:
     just what covers the slot.  The key's lowest set bit marks where its
     prefix ends; shifted down to it, the window's bits agree with the key's
     when at most that marker bit differs.  Picked without a branch (inside
-    or outside is a coin toss), so batch walks take it too."""
+    or outside is a coin toss), as lone_value, the batch walks' form, does."""
     cdef Pair answer
     cdef int32_t lower = <int32_t>min(<uint32_t>p.value, <uint32_t>p.outside.first)
     cdef int32_t inside = -<int32_t>((((<uint32_t>(hi >> 32)) ^ p.key) >> ctz32(p.key)) <= 1)
