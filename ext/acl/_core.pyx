@@ -520,32 +520,30 @@ cdef inline const Lone *lone_of(const Trie *t, const TopWord *w, uint32_t b) noe
                           - <size_t>popcount64(top_lones(w) >> b) * sizeof(Lone))
 
 
-cdef inline Pair lone_answer(const Lone *p, uint64_t hi) noexcept nogil:
-    """What Lone ``p`` answers for the window ``hi`` below the top level:
-    its prefix painted over what covers the slot (paint(), as the build
-    does: the value, and the lower of the two firsts, -1 being none), or
-    just what covers the slot.  The key's lowest set bit marks where its
-    prefix ends; shifted down to it, the window's bits agree with the key's
-    when at most that marker bit differs.  Picked without a branch (inside
-    or outside is a coin toss), as lone_value, the batch walks' form, does."""
-    cdef Pair answer
-    cdef int32_t lower = <int32_t>min(<uint32_t>p.value, <uint32_t>p.outside.first)
-    cdef int32_t inside = -<int32_t>((((<uint32_t>(hi >> 32)) ^ p.key) >> ctz32(p.key)) <= 1)
-    answer.first = (lower & inside) | (p.outside.first & ~inside)
-    answer.specific = (p.value & inside) | (p.outside.specific & ~inside)
-    return answer
-
-
 cdef inline int32_t lone_value(const Lone *p, uint64_t hi, uint32_t value_index) noexcept nogil:
-    """One discipline's value of lone_answer (``value_index`` 1: specific,
-    0: first), as the batch walks read a leaf's; lone_answer's steps, less
-    the other discipline's (a batch's Lones are most of its lanes in
-    routing tables)."""
+    """What Lone ``p`` answers for the window ``hi`` below the top level, in
+    one discipline (``value_index`` 1: specific, 0: first, as a leaf's
+    int32_t is read): its prefix painted over what covers the slot
+    (paint(), as the build does: the value, and the lower of the two
+    firsts, -1 being none), or just what covers the slot.  The key's lowest
+    set bit marks where its prefix ends; shifted down to it, the window's
+    bits agree with the key's when at most that marker bit differs.  Picked
+    without a branch: inside or outside is a coin toss.  The batch walks
+    read one discipline (their Lone lanes are most lanes in routing
+    tables), the single walk both (lone_answer)."""
     cdef int32_t lower, inside = -<int32_t>((((<uint32_t>(hi >> 32)) ^ p.key) >> ctz32(p.key)) <= 1)
     if value_index:
         return (p.value & inside) | (p.outside.specific & ~inside)
     lower = <int32_t>min(<uint32_t>p.value, <uint32_t>p.outside.first)
     return (lower & inside) | (p.outside.first & ~inside)
+
+
+cdef inline Pair lone_answer(const Lone *p, uint64_t hi) noexcept nogil:
+    """Both disciplines' lone_value (the compiler shares their inside test)."""
+    cdef Pair answer
+    answer.first = lone_value(p, hi, 0)
+    answer.specific = lone_value(p, hi, 1)
+    return answer
 
 
 # A wide node's steps: those of a Node, on the word of its 4 that holds the
