@@ -62,7 +62,7 @@ cdef struct WideNode:
 cdef struct TopWord:
     # 64 slots of the top level, a node of 2**dp slots (Trie.dp bits): its
     # bit vectors in words, with the counts before each word.  A slot whose
-    # bits are set in both vectors holds a Lone (path-compressed tries).
+    # bits are set in both vectors holds a Lone (Trie.lones).
     uint64_t vector         # bit b: slot 64w + b has a top node (or a Lone)
     uint64_t leafvec        # bit b: slot 64w + b is a leaf starting a new run of equal leaves
     # Index in Trie.nodes of this word's first top node: each word's Lones
