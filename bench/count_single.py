@@ -28,9 +28,10 @@ Rules of the count:
   beyond.  The simulated L1s are cachegrind's defaults (the host's).
 - Cachegrind has no prefetcher: the key objects, which the loop reads in
   memory order, count as misses here though hardware streams them in.
-  The ``len`` row shows that part (about 1.9 a call); the "walk" column
-  subtracts the one-prefix row's misses from acl's and the len row's
-  from pytricia's, leaving each lookup's own reads into its structure.
+  The ``len`` row shows that part (about 1.9 a call); the last column
+  ("the lookup's own") subtracts the one-prefix row's misses from acl's
+  and the len row's from pytricia's, leaving each lookup's own reads into
+  its structure.
 - PYTHONHASHSEED=0, so both runs of a peer build the same dicts.
 """
 
@@ -41,28 +42,27 @@ import os
 import subprocess
 import sys
 import tempfile
-from array import array
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import bench.bench_prefix as bp  # noqa: E402
+
 PEERS = ("pytricia", "acl", "acl 1-prefix", "len")
 DEFAULT = [("routing v4 100k", "str"), ("routing v6 50k", "bytes")]
 
 
 def child(name: str, kind: str, peer: str, passes: int) -> None:
     """Inside valgrind: build the peer, then run its loop ``passes`` times."""
-    sys.path.insert(0, str(ROOT))
-    import bench.bench_prefix as bp
-    from acl import core
-
     d = bp.dataset(name)
     if peer == "pytricia":
         fn = bp.pytricia_tree(name).get
     elif peer == "acl":
         fn = bp.acl_table(name).most_specific
     elif peer == "acl 1-prefix":
-        fn = core.PrefixTable.from_arrays(d.family, bytes(d.width), bytes([0]),
-                                          array("i", [0])).most_specific
+        fn = bp.one_prefix_table(name).most_specific
     else:
         fn = len
     keys = d.single_str if kind == "str" else d.single_bytes
@@ -109,8 +109,6 @@ def totals(out: str) -> dict[str, int]:
 
 def per_call(name: str, kind: str, peer: str, ll: str) -> tuple[float, float]:
     """Instructions and data reads past L2 for one call of the loop."""
-    import bench.bench_prefix as bp
-
     with tempfile.TemporaryDirectory() as tmp:
         outs = {passes: os.path.join(tmp, f"cg.{passes}") for passes in (1, 4)}
         runs = [start(name, kind, peer, passes, ll, out) for passes, out in outs.items()]
@@ -132,7 +130,6 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=["str", "bytes"])
     parser.add_argument("--peers", nargs="+", choices=PEERS, default=list(PEERS))
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))
     if args.sets or args.kinds:
         cases = [(s, k) for s in (args.sets or [s for s, _ in DEFAULT])
                  for k in (args.kinds or ["str", "bytes"])]
@@ -144,26 +141,24 @@ def main() -> None:
     print("|---|---|---|---:|---:|---:|")
     for name, kind in cases:
         got = {peer: per_call(name, kind, peer, ll) for peer in args.peers}
+        mine = {peer: own(got, peer) for peer in args.peers}
         for peer in args.peers:
             ins, reads = got[peer]
-            print(f"| {name} | {kind} | {peer} | {ins:.0f} | {reads:.2f} | {own(got, peer)} |", flush=True)
+            shown = "" if mine[peer] is None else f"{mine[peer]:.2f}"
+            print(f"| {name} | {kind} | {peer} | {ins:.0f} | {reads:.2f} | {shown} |", flush=True)
         if "pytricia" in got and "acl" in got:
+            theirs, ours = mine["pytricia"], mine["acl"]
+            own_ratio = f"{theirs / ours:.1f}x" if theirs is not None and ours is not None else ""
             print(f"| {name} | {kind} | pytricia / acl | {got['pytricia'][0] / got['acl'][0]:.2f}x | "
-                  f"{got['pytricia'][1] / got['acl'][1]:.2f}x | {ratio_of_own(got)} |", flush=True)
+                  f"{got['pytricia'][1] / got['acl'][1]:.2f}x | {own_ratio} |", flush=True)
 
 
-def own(got: dict[str, tuple[float, float]], peer: str) -> str:
+def own(got: dict[str, tuple[float, float]], peer: str) -> float | None:
     """A lookup's own reads past L2: its loop's, less those of the loop
-    without its structure (acl: the one-prefix table; pytricia: len)."""
+    without its structure (acl: the one-prefix table; pytricia: len);
+    None when that loop was not counted."""
     base = {"acl": "acl 1-prefix", "pytricia": "len"}.get(peer)
-    if base not in got:
-        return ""
-    return f"{got[peer][1] - got[base][1]:.2f}"
-
-
-def ratio_of_own(got: dict[str, tuple[float, float]]) -> str:
-    mine, theirs = own(got, "acl"), own(got, "pytricia")
-    return f"{float(theirs) / float(mine):.1f}x" if mine and theirs else ""
+    return got[peer][1] - got[base][1] if base in got else None
 
 
 if __name__ == "__main__":
