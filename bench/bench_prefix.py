@@ -21,7 +21,8 @@ every peer's number alike); batch lookups take 1,000,000 packed addresses
 per call.  The "1-prefix table (call floor)" rows run acl's loop on the same
 keys against a table whose walk is one cached read: the call and the parse
 without the trie's cache misses, so the gap to the real row is what the walk
-costs in memory latency.  The "walk only" rows time the same walks from C
+costs in memory latency; the "loop floor" rows call the builtin len on the
+same keys in the same loop.  The "walk only" rows time the same walks from C
 (a probe module built at run time), one at a time: that latency without
 any interpreter.  The "text read + walk" rows add the core's text reader,
 reading each text from the bench's str key objects or from one buffer, in
@@ -280,6 +281,15 @@ def test_acl_single_call_floor(benchmark, data, ratios, key):
     keys = data.single_str if key == "str" else data.single_bytes
     benchmark.pedantic(loop(fn, keys), rounds=10, warmup_rounds=1)
     ratios.timed(LOOKUPS, data.name, f"acl most_specific({key}), 1-prefix table (call floor)", benchmark, SINGLE)
+
+
+@pytest.mark.parametrize("key", ["str", "bytes"])
+def test_loop_floor(benchmark, data, ratios, key):
+    """Times builtin len() on the same 20,000 keys in the same loop: the
+    loop and a builtin call, below which no single lookup can go."""
+    keys = data.single_str if key == "str" else data.single_bytes
+    benchmark.pedantic(loop(len, keys), rounds=10, warmup_rounds=1)
+    ratios.timed(LOOKUPS, data.name, f"builtin len({key}) (loop floor)", benchmark, SINGLE)
 
 
 # The trie walk alone, from C: each address is nudged by the previous answer
