@@ -520,8 +520,15 @@ def huge_buffer(size: int):
 
 # Working sets for the memory-latency chase run in every paired round: one
 # that fits this machine's share of the L3 (measured ~20 ns a load up to
-# 4 MiB) and one that does not (~120-170 ns from 8 MiB on, and moving).
+# 4 MiB) and one that does not (~120-170 ns from 8 MiB on, and moving); and
+# one of the size of acl's table (TABLE_CHASE, rounded up to 2 MiB).  Our
+# share of the shared L3 moves: for minutes at a time a 6 MiB working set
+# costs ~150 ns a load while a 2 MiB one still costs ~18, and then acl's
+# routing v4 table (5.3 MiB) no longer stays cached and its single calls
+# take 1.5-3x their usual time (fifteenth session, bench/README.md).  The
+# table-sized chase shows when that happens.
 CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
+TABLE_CHASE = "acl's table size"
 CHASE_HOPS = 100_000
 
 # What bounds a single call's ratio in the paired rounds: pytricia's time
@@ -572,8 +579,10 @@ def test_paired(benchmark, data, ratios):
     # statistic ("span", "first 3", "settled") -> peer -> its best pass of each round, per lookup
     rounds = {stat: {name: [] for name in peers} for stat in ("span", "first 3", "settled")}
     chase = walk_module().chase
-    buffers = {size: huge_buffer(nbytes) for size, nbytes in CHASE_SIZES.items()}
-    latency: dict[str, list[float]] = {size: [] for size in CHASE_SIZES}
+    huge = 2 << 20
+    sizes = {**CHASE_SIZES, TABLE_CHASE: -(-acl.nbytes // huge) * huge}
+    buffers = {size: huge_buffer(nbytes) for size, nbytes in sizes.items()}
+    latency: dict[str, list[float]] = {size: [] for size in sizes}
 
     def turn(one_pass) -> dict[str, float]:
         """One peer's turn: its passes until every statistic has its window."""
@@ -631,8 +640,9 @@ def test_paired(benchmark, data, ratios):
                 f"{statistics.median(batch):.1f} (rounds: {batch[0]:.1f}-{batch[-1]:.1f})")
     for size, ns in latency.items():
         ns = sorted(ns[1:])
+        mib = f", {sizes[size] >> 20} MiB" if size == TABLE_CHASE else ""
         ratios.note(PAIRED + ", the same rounds: ns per dependent load", data.name, f"{size} working set",
-                    f"median {statistics.median(ns):.0f} (rounds {ns[0]:.0f}-{ns[-1]:.0f})")
+                    f"median {statistics.median(ns):.0f} (rounds {ns[0]:.0f}-{ns[-1]:.0f}){mib}")
     l3_load = [ns * 1e-9 for ns in latency[CEILING_LOAD][1:]]
     for kind in ("str", "bytes"):
         bounds = [floor + load for floor, load in zip(rounds["span"][f"len({kind})"][1:], l3_load, strict=True)]

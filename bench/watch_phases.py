@@ -1,0 +1,117 @@
+"""Watch the machine's memory phases and acl's single calls together, step
+by step, for a while: what the paired rounds' medians hide.
+
+Run::
+
+    python bench/watch_phases.py                          # routing v4, 8 minutes
+    python bench/watch_phases.py --set "geoip v6" --seconds 120 --out steps.jsonl
+
+Each step (~0.3 s) writes one JSON line: the ns per load of a dependent
+chase over 2 MiB, 6 MiB (about the size of acl's routing v4 table) and
+16 MiB; then ns per call of acl ``most_specific`` on the bench's 20,000
+str and bytes keys and of builtin ``len`` on the str keys (each the best
+of the last 3 passes after ~0.06 s of passes, so acl's lines are back in
+the caches), and of one pytricia ``get(str)`` pass.  At the end it prints,
+grouped by the 6 MiB chase, the medians of each, and how many steps fell
+below 10x pytricia.
+
+Why: on this shared machine our share of the L3 moves.  For minutes at a
+time a 6 MiB working set costs a DRAM load while a 2 MiB one stays at an
+L3 hit; acl's table then stops staying cached, and its single calls take
+1.5-3x their usual time while pytricia's take ~1.3x (bench/README.md,
+Prefix core, Fifteenth session).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import bench.bench_prefix as bench  # noqa: E402
+
+CHASE_MIB = (2, 6, 16)
+CHASE_HOPS = 50_000
+WARM_SECONDS = 0.06         # a peer's passes per step, before its best of the last 3
+MAX_PASSES = 100
+GROUPS = ((0, 30), (30, 100), (100, 10_000))    # by the 6 MiB chase, ns per load
+
+
+def best_pass(one_pass) -> float:
+    """ns per call: the best of the last 3 passes after WARM_SECONDS of passes."""
+    passes: list[float] = []
+    while sum(passes) < WARM_SECONDS and len(passes) < MAX_PASSES:
+        start = time.process_time()
+        one_pass()
+        passes.append(time.process_time() - start)
+    return min(passes[-3:]) / bench.SINGLE * 1e9
+
+
+def watch(name: str, seconds: float, out) -> list[dict]:
+    data = bench.dataset(name)
+    table = bench.acl_table(name)
+    chase = bench.walk_module().chase
+    buffers = {mib: bench.huge_buffer(mib << 20) for mib in CHASE_MIB}
+    peers = {"acl str": bench.loop(table.most_specific, data.single_str),
+             "acl bytes": bench.loop(table.most_specific, data.single_bytes),
+             "len str": bench.loop(len, data.single_str)}
+    pytricia_pass = bench.loop(bench.pytricia_tree(name).get, data.single_str)
+    steps = []
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            step = {"t": round(time.time(), 2)}
+            for mib, (_, view) in buffers.items():
+                step[f"chase {mib} MiB"] = round(chase(view, CHASE_HOPS), 1)
+            for peer, one_pass in peers.items():
+                step[peer] = round(best_pass(one_pass), 1)
+            start = time.process_time()
+            pytricia_pass()
+            step["pytricia str"] = round((time.process_time() - start) / bench.SINGLE * 1e9, 1)
+            steps.append(step)
+            out.write(json.dumps(step) + "\n")
+            out.flush()
+    finally:
+        for m, view in buffers.values():
+            view.release()
+            m.close()
+    return steps
+
+
+def report(steps: list[dict]) -> None:
+    ratio = [s["pytricia str"] / s["acl str"] for s in steps]
+    print(f"{len(steps)} steps; acl str vs pytricia str: median {statistics.median(ratio):.1f}x, "
+          f"below 10x in {sum(r < 10 for r in ratio)}, lowest {min(ratio):.1f}x")
+    for low, high in GROUPS:
+        group = [s for s in steps if low <= s["chase 6 MiB"] < high]
+        if not group:
+            continue
+        medians = ", ".join(f"{key} {statistics.median(s[key] for s in group):.0f}"
+                            for key in ("chase 2 MiB", "acl str", "acl bytes", "len str", "pytricia str"))
+        below = sum(s["pytricia str"] / s["acl str"] < 10 for s in group)
+        print(f"6 MiB chase {low}-{high} ns: {len(group)} steps; medians (ns): {medians}; below 10x: {below}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--set", default="routing v4 100k", help="a bench data set (default: routing v4 100k)")
+    parser.add_argument("--seconds", type=float, default=480)
+    parser.add_argument("--out", default="-", help="JSON lines, one per step (default: stdout)")
+    args = parser.parse_args()
+    if args.out == "-":
+        steps = watch(args.set, args.seconds, sys.stdout)
+    else:
+        with open(args.out, "w") as out:
+            steps = watch(args.set, args.seconds, out)
+    report(steps)
+
+
+if __name__ == "__main__":
+    main()
