@@ -520,13 +520,14 @@ def huge_buffer(size: int):
 
 # Working sets for the memory-latency chase run in every paired round: one
 # that fits this machine's share of the L3 (measured ~20 ns a load up to
-# 4 MiB) and one that does not (~120-170 ns from 8 MiB on, and moving); and
-# one of the size of acl's table (TABLE_CHASE, rounded up to 2 MiB).  Our
-# share of the shared L3 moves: for minutes at a time a 6 MiB working set
-# costs ~150 ns a load while a 2 MiB one still costs ~18, and then acl's
-# routing v4 table (5.3 MiB) no longer stays cached and its single calls
-# take 1.5-3x their usual time (fifteenth session, bench/README.md).  The
-# table-sized chase shows when that happens.
+# 4 MiB), one that does not (~120-170 ns from 8 MiB on, and moving), and
+# one of the size of acl's table (TABLE_CHASE: PrefixTable.nbytes rounded
+# up to 2 MiB; the walk reads part of it).  Our share of the shared L3
+# moves: for minutes at a time a 6 MiB working set costs ~150 ns a load
+# while a 2 MiB one still costs ~18, and then acl's routing v4 table
+# (5.3 MiB) no longer stays cached and its single calls take 1.5-3x their
+# usual time (fifteenth session, bench/README.md).  The table-sized chase
+# shows when that happens.
 CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
 TABLE_CHASE = "acl's table size"
 CHASE_HOPS = 100_000
