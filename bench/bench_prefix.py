@@ -29,12 +29,13 @@ reading each text from the bench's str key objects or from one buffer, in
 rounds taken in turn: what reading the caller's objects costs, apart from
 the parse.  The paired rounds (``test_paired``) time pytricia's and acl's
 single calls and acl's batch call in turn, with a chain of dependent loads
-(``chase``) at 2 and 16 MiB in each round for the machine's memory latency
-at the time: the issue-2 ratios come from there.  Builtin len on the same
-keys takes its turn too, for the ceiling rows (see CEILING): the best
-ratio any single call that pays the loop and one L3 load could reach.  Each timing is the best
-round; the ratio tables printed at the end (bench/conftest.py) compare
-against ``pytricia get(str)``.
+(``chase``) at 2 MiB, 16 MiB and the size of acl's table in each round for
+the machine's memory latency at the time: the issue-2 ratios come from
+there.  Builtin len on the same keys takes its turn too, for the ceiling
+rows (see CEILING): the best ratio any single call that pays the loop and
+one L3 load could reach.  Each timing is the best round; the ratio tables
+printed at the end (bench/conftest.py) compare against ``pytricia
+get(str)``.
 
 Memory is measured in fresh subprocesses per structure: RSS growth across
 the build (VmRSS from /proc/self/status, inputs prepared before the first
@@ -540,7 +541,8 @@ CHASE_HOPS = 100_000
 # (~1.3 MB) through this machine's 512 KiB L2, and answering 20,000 random
 # addresses out of 50,000-600,000 prefixes touches more distinct lines than
 # the L2 keeps between one pass and the next.  Where this ceiling is below
-# 10x, no single-call design could meet issue 2's 10x in that round.  Also
+# 10x, no single-call design whose table stays in the L3 could meet issue
+# 2's 10x in that round.  Also
 # reported: acl's share of the ceiling, the bound over acl's own time (100%:
 # a call that costs the loop and one L3 load, nothing more).
 CEILING = "prefix core: the same rounds: ceiling of a single call's ratio, median of per-round ratios"
@@ -559,7 +561,7 @@ def test_paired(benchmark, data, ratios):
     WARM_PASSES passes, the best of the first TIMED_PASSES after them, and
     the best of TIMED_PASSES passes once the peer has run SETTLE_SPAN
     seconds -- its own steady state, not the cache the previous peer left.
-    Each round also times a chain of dependent loads at two working sets,
+    Each round also times a chain of dependent loads at three working sets,
     so the report says what the machine's memory latency was during these
     very rounds.  Reports each peer's best round (span) and, for each
     statistic, the median of the per-round ratios: each acl key type
