@@ -506,14 +506,16 @@ SETTLE_SPAN = 0.1
 MAX_PASSES = 250            # the loop's bound (acl's str passes take ~2 ms)
 
 
+HUGE_PAGE = 2 << 20
+
+
 def huge_buffer(size: int):
     """A writable ``size``-byte buffer on 2 MiB boundaries, advised for huge
     pages as the core's trie arrays are (so the chase below measures cache
     misses, not TLB misses)."""
-    huge = 2 << 20
-    m = mmap.mmap(-1, size + huge)
+    m = mmap.mmap(-1, size + HUGE_PAGE)
     address = ctypes.addressof(ctypes.c_char.from_buffer(m))
-    offset = -address % huge
+    offset = -address % HUGE_PAGE
     if hasattr(mmap, "MADV_HUGEPAGE"):
         m.madvise(mmap.MADV_HUGEPAGE, offset, size)
     return m, memoryview(m)[offset:offset + size]
@@ -533,6 +535,12 @@ CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
 TABLE_CHASE = "acl's table size"
 CHASE_HOPS = 100_000
 
+
+def table_chase_bytes(table) -> int:
+    """TABLE_CHASE's working set for ``table``: its nbytes, rounded up to
+    whole huge pages."""
+    return -(-table.nbytes // HUGE_PAGE) * HUGE_PAGE
+
 # What bounds a single call's ratio in the paired rounds: pytricia's time
 # over the least any single lookup could take in the same round -- the
 # loop's own cost (builtin len on the same keys, a peer in the rounds) plus
@@ -542,9 +550,9 @@ CHASE_HOPS = 100_000
 # addresses out of 50,000-600,000 prefixes touches more distinct lines than
 # the L2 keeps between one pass and the next.  Where this ceiling is below
 # 10x, no single-call design whose table stays in the L3 could meet issue
-# 2's 10x in that round.  Also
-# reported: acl's share of the ceiling, the bound over acl's own time (100%:
-# a call that costs the loop and one L3 load, nothing more).
+# 2's 10x in that round.  Also reported: acl's share of the ceiling, the
+# bound over acl's own time (100%: a call that costs the loop and one L3
+# load, nothing more).
 CEILING = "prefix core: the same rounds: ceiling of a single call's ratio, median of per-round ratios"
 CEILING_LOAD = "2 MiB"
 
@@ -582,8 +590,7 @@ def test_paired(benchmark, data, ratios):
     # statistic ("span", "first 3", "settled") -> peer -> its best pass of each round, per lookup
     rounds = {stat: {name: [] for name in peers} for stat in ("span", "first 3", "settled")}
     chase = walk_module().chase
-    huge = 2 << 20
-    sizes = {**CHASE_SIZES, TABLE_CHASE: -(-acl.nbytes // huge) * huge}
+    sizes = {**CHASE_SIZES, TABLE_CHASE: table_chase_bytes(acl)}
     buffers = {size: huge_buffer(nbytes) for size, nbytes in sizes.items()}
     latency: dict[str, list[float]] = {size: [] for size in sizes}
 

@@ -7,17 +7,17 @@ Run::
     python bench/watch_phases.py --set "geoip v6" --seconds 120 --out steps.jsonl
 
 Each step (~0.3 s) writes one JSON line: the ns per load of a dependent
-chase over 2 MiB, 6 MiB (about the size of acl's routing v4 table) and
-16 MiB; then ns per call of acl ``most_specific`` on the bench's 20,000
+chase over 2 MiB, over the size of acl's table (bench_prefix's
+table_chase_bytes: 6 MiB for routing v4) and over 16 MiB; then ns per call of acl ``most_specific`` on the bench's 20,000
 str and bytes keys and of builtin ``len`` on the str keys (each the best
 of the last 3 passes after ~0.06 s of passes, so acl's lines are back in
 the caches), and of one pytricia ``get(str)`` pass.  At the end it prints,
-grouped by the 6 MiB chase, the medians of each, and how many steps fell
-below 10x pytricia.
+grouped by the table-sized chase, the medians of each, and how many steps
+fell below 10x pytricia.
 
 Why: on this shared machine our share of the L3 moves.  For minutes at a
 time a 6 MiB working set costs a DRAM load while a 2 MiB one stays at an
-L3 hit; acl's table then stops staying cached, and its single calls take
+L3 hit; acl's routing v4 table (5.3 MiB) then stops staying cached, and its single calls take
 1.5-3x their usual time while pytricia's take ~1.3x (bench/README.md,
 Prefix core, Fifteenth session).
 """
@@ -37,11 +37,11 @@ if str(ROOT) not in sys.path:
 
 import bench.bench_prefix as bench  # noqa: E402
 
-CHASE_MIB = (2, 6, 16)
 CHASE_HOPS = 50_000
 WARM_SECONDS = 0.06         # a peer's passes per step, before its best of the last 3
 MAX_PASSES = 100
-GROUPS = ((0, 30), (30, 100), (100, 10_000))    # by the 6 MiB chase, ns per load
+GROUPS = ((0, 30), (30, 100), (100, 10_000))    # by the table-sized chase, ns per load
+TABLE = "chase table size"
 
 
 def best_pass(one_pass) -> float:
@@ -58,7 +58,8 @@ def watch(name: str, seconds: float, out) -> list[dict]:
     data = bench.dataset(name)
     table = bench.acl_table(name)
     chase = bench.walk_module().chase
-    buffers = {mib: bench.huge_buffer(mib << 20) for mib in CHASE_MIB}
+    sizes = {"chase 2 MiB": 2 << 20, TABLE: bench.table_chase_bytes(table), "chase 16 MiB": 16 << 20}
+    buffers = {key: bench.huge_buffer(nbytes) for key, nbytes in sizes.items()}
     peers = {"acl str": bench.loop(table.most_specific, data.single_str),
              "acl bytes": bench.loop(table.most_specific, data.single_bytes),
              "len str": bench.loop(len, data.single_str)}
@@ -68,8 +69,8 @@ def watch(name: str, seconds: float, out) -> list[dict]:
     try:
         while time.monotonic() < end:
             step = {"t": round(time.time(), 2)}
-            for mib, (_, view) in buffers.items():
-                step[f"chase {mib} MiB"] = round(chase(view, CHASE_HOPS), 1)
+            for key, (_, view) in buffers.items():
+                step[key] = round(chase(view, CHASE_HOPS), 1)
             for peer, one_pass in peers.items():
                 step[peer] = round(best_pass(one_pass), 1)
             start = time.process_time()
@@ -90,13 +91,13 @@ def report(steps: list[dict]) -> None:
     print(f"{len(steps)} steps; acl str vs pytricia str: median {statistics.median(ratio):.1f}x, "
           f"below 10x in {sum(r < 10 for r in ratio)}, lowest {min(ratio):.1f}x")
     for low, high in GROUPS:
-        group = [s for s in steps if low <= s["chase 6 MiB"] < high]
+        group = [s for s in steps if low <= s[TABLE] < high]
         if not group:
             continue
         medians = ", ".join(f"{key} {statistics.median(s[key] for s in group):.0f}"
                             for key in ("chase 2 MiB", "acl str", "acl bytes", "len str", "pytricia str"))
         below = sum(s["pytricia str"] / s["acl str"] < 10 for s in group)
-        print(f"6 MiB chase {low}-{high} ns: {len(group)} steps; medians (ns): {medians}; below 10x: {below}")
+        print(f"table-sized chase {low}-{high} ns: {len(group)} steps; medians (ns): {medians}; below 10x: {below}")
 
 
 def main() -> None:
