@@ -55,6 +55,7 @@ import mmap
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -179,12 +180,23 @@ def routing(family: int, count: int, seed: int) -> list[tuple[int, int]]:
     return out
 
 
+# "routing v4 first 25000": the first 25,000 prefixes of "routing v4 100k"
+# (the generator is sequential, so a smaller count with the same seed gives
+# the same first prefixes), its keys drawn alike.  For bench/watch_phases.py
+# --counts: how acl's and pytricia's calls move with the table's size.
+FIRST = re.compile(r"routing v(4|6) first (\d+)")
+ROUTING_SEEDS = {4: 4, 6: 6}
+
+
 @functools.cache
 def dataset(name: str) -> Data:
+    if first := FIRST.fullmatch(name):
+        family = int(first[1])
+        return Data(name, family, routing(family, int(first[2]), ROUTING_SEEDS[family]))
     if name == "routing v4 100k":
-        return Data(name, 4, routing(4, 100_000, 4))
+        return Data(name, 4, routing(4, 100_000, ROUTING_SEEDS[4]))
     if name == "routing v6 50k":
-        return Data(name, 6, routing(6, 50_000, 6))
+        return Data(name, 6, routing(6, 50_000, ROUTING_SEEDS[6]))
     if name == "routing v4 1M":
         return Data(name, 4, routing(4, 1_000_000, 41))
     if name == "routing v6 1M":

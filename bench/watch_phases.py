@@ -15,6 +15,12 @@ the caches), and of one pytricia ``get(str)`` pass.  At the end it prints,
 grouped by the table-sized chase, the medians of each, and how many steps
 fell below 10x pytricia.
 
+With ``--counts 50000,25000`` (routing sets only) each step also times
+acl ``most_specific(str)`` and pytricia ``get(str)`` on tables of the
+first 50,000 and 25,000 prefixes of the same set (bench_prefix's "routing
+v4 first N"), so that the report shows how each side's calls move with
+the table's size in the same phases.
+
 Why: on this shared machine our share of the L3 moves.  For minutes at a
 time a 6 MiB working set costs a DRAM load while a 2 MiB one stays at an
 L3 hit; acl's routing v4 table (5.3 MiB) then stops staying cached, and its single calls take
@@ -29,6 +35,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +61,25 @@ def best_pass(one_pass) -> float:
     return min(passes[-3:]) / bench.SINGLE * 1e9
 
 
-def watch(name: str, seconds: float, out) -> list[dict]:
+def smaller_sets(name: str, counts: list[int]) -> list[str]:
+    """Names of the smaller tables ``--counts`` asks for."""
+    if counts and not name.startswith("routing v"):
+        raise SystemExit(f"--counts needs a routing set, not {name!r}")
+    family = " ".join(name.split()[:2])      # "routing v4"
+    return [f"{family} first {count}" for count in counts]
+
+
+def size_peers(names: Sequence[str]) -> dict:
+    """acl's and pytricia's str passes on each smaller table, by step key."""
+    peers = {}
+    for small in names:
+        keys = bench.dataset(small).single_str
+        peers[f"acl str @{small}"] = bench.loop(bench.acl_table(small).most_specific, keys)
+        peers[f"pytricia str @{small}"] = bench.loop(bench.pytricia_tree(small).get, keys)
+    return peers
+
+
+def watch(name: str, seconds: float, out, smaller: Sequence[str] = ()) -> list[dict]:
     data = bench.dataset(name)
     table = bench.acl_table(name)
     chase = bench.walk_module().chase
@@ -64,6 +89,9 @@ def watch(name: str, seconds: float, out) -> list[dict]:
              "acl bytes": bench.loop(table.most_specific, data.single_bytes),
              "len str": bench.loop(len, data.single_str)}
     pytricia_pass = bench.loop(bench.pytricia_tree(name).get, data.single_str)
+    # Both sides take their best of the last 3 passes here: these rows are
+    # read against each other, not against the one-pass pytricia column.
+    peers.update(size_peers(smaller))
     steps = []
     end = time.monotonic() + seconds
     try:
@@ -86,7 +114,7 @@ def watch(name: str, seconds: float, out) -> list[dict]:
     return steps
 
 
-def report(steps: list[dict]) -> None:
+def report(steps: list[dict], smaller: Sequence[str] = ()) -> None:
     ratio = [s["pytricia str"] / s["acl str"] for s in steps]
     print(f"{len(steps)} steps; acl str vs pytricia str: median {statistics.median(ratio):.1f}x, "
           f"below 10x in {sum(r < 10 for r in ratio)}, lowest {min(ratio):.1f}x")
@@ -98,6 +126,14 @@ def report(steps: list[dict]) -> None:
                             for key in ("chase 2 MiB", "acl str", "acl bytes", "len str", "pytricia str"))
         below = sum(s["pytricia str"] / s["acl str"] < 10 for s in group)
         print(f"table-sized chase {low}-{high} ns: {len(group)} steps; medians (ns): {medians}; below 10x: {below}")
+        for small in smaller:
+            acl = statistics.median(s[f"acl str @{small}"] for s in group)
+            tricia = statistics.median(s[f"pytricia str @{small}"] for s in group)
+            ratio = statistics.median(s[f"pytricia str @{small}"] / s[f"acl str @{small}"]
+                                      for s in group)
+            mib = bench.acl_table(small).nbytes / 2**20
+            print(f"    {small} ({mib:.1f} MiB): medians (ns): acl str {acl:.0f}, "
+                  f"pytricia str {tricia:.0f}; ratio {ratio:.1f}x")
 
 
 def main() -> None:
@@ -105,13 +141,17 @@ def main() -> None:
     parser.add_argument("--set", default="routing v4 100k", help="a bench data set (default: routing v4 100k)")
     parser.add_argument("--seconds", type=float, default=480)
     parser.add_argument("--out", default="-", help="JSON lines, one per step (default: stdout)")
+    parser.add_argument("--counts", default="",
+                        help="comma-separated prefix counts: smaller tables of the same "
+                             "routing set")
     args = parser.parse_args()
+    smaller = smaller_sets(args.set, [int(c) for c in args.counts.split(",") if c])
     if args.out == "-":
-        steps = watch(args.set, args.seconds, sys.stdout)
+        steps = watch(args.set, args.seconds, sys.stdout, smaller)
     else:
         with open(args.out, "w") as out:
-            steps = watch(args.set, args.seconds, out)
-    report(steps)
+            steps = watch(args.set, args.seconds, out, smaller)
+    report(steps, smaller)
 
 
 if __name__ == "__main__":
