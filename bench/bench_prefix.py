@@ -184,8 +184,17 @@ def routing(family: int, count: int, seed: int) -> list[tuple[int, int]]:
 # (the generator is sequential, so a smaller count with the same seed gives
 # the same first prefixes), its keys drawn alike.  For bench/watch_phases.py
 # --counts: how acl's and pytricia's calls move with the table's size.
+# Only the two bench routing sets have them (the 1M sets use other seeds).
 FIRST = re.compile(r"routing v(4|6) first (\d+)")
 ROUTING_SEEDS = {4: 4, 6: 6}
+ROUTING_SETS = {"routing v4 100k": 4, "routing v6 50k": 6}     # name -> family
+
+
+def first_of(name: str, count: int) -> str:
+    """The name of the data set of ``name``'s first ``count`` prefixes."""
+    if name not in ROUTING_SETS:
+        raise ValueError(f"only {' and '.join(ROUTING_SETS)} have smaller sets, not {name!r}")
+    return f"routing v{ROUTING_SETS[name]} first {count}"
 
 
 @functools.cache

@@ -7,9 +7,9 @@ Run::
     python bench/watch_phases.py --set "geoip v6" --seconds 120 --out steps.jsonl
 
 Each step (~0.3 s) writes one JSON line: the ns per load of a dependent
-chase over 2 MiB, over the size of acl's table (bench_prefix's
-table_chase_bytes: 6 MiB for routing v4) and over 16 MiB; then ns per call of acl ``most_specific`` on the bench's 20,000
-str and bytes keys and of builtin ``len`` on the str keys (each the best
+chase over bench_prefix's CHASE_SIZES (2 and 16 MiB) and over the size of
+acl's table (table_chase_bytes: 6 MiB for routing v4); then ns per call
+of acl ``most_specific`` on the bench's 20,000 str and bytes keys and of builtin ``len`` on the str keys (each the best
 of the last 3 passes after ~0.06 s of passes, so acl's lines are back in
 the caches), and of one pytricia ``get(str)`` pass.  At the end it prints,
 grouped by the table-sized chase, the medians of each, and how many steps
@@ -17,14 +17,14 @@ fell below 10x pytricia.
 
 With ``--counts 50000,25000`` (routing sets only) each step also times
 acl ``most_specific(str)`` and pytricia ``get(str)`` on tables of the
-first 50,000 and 25,000 prefixes of the same set (bench_prefix's "routing
-v4 first N"), so that the report shows how each side's calls move with
+first 50,000 and 25,000 prefixes of the same set (bench_prefix's
+first_of), so that the report shows how each side's calls move with
 the table's size in the same phases.
 
 Why: on this shared machine our share of the L3 moves.  For minutes at a
 time a 6 MiB working set costs a DRAM load while a 2 MiB one stays at an
-L3 hit; acl's routing v4 table (5.3 MiB) then stops staying cached, and its single calls take
-1.5-3x their usual time while pytricia's take ~1.3x (bench/README.md,
+L3 hit; acl's routing v4 table (5.3 MiB) then stops staying cached, and
+its single calls take 1.5-3x their usual time while pytricia's take ~1.3x (bench/README.md,
 Prefix core, Fifteenth session).
 """
 
@@ -63,10 +63,10 @@ def best_pass(one_pass) -> float:
 
 def smaller_sets(name: str, counts: list[int]) -> list[str]:
     """Names of the smaller tables ``--counts`` asks for."""
-    if counts and not name.startswith("routing v"):
-        raise SystemExit(f"--counts needs a routing set, not {name!r}")
-    family = " ".join(name.split()[:2])      # "routing v4"
-    return [f"{family} first {count}" for count in counts]
+    try:
+        return [bench.first_of(name, count) for count in counts]
+    except ValueError as exc:
+        raise SystemExit(f"--counts: {exc}") from None
 
 
 def size_peers(names: Sequence[str]) -> dict:
@@ -83,7 +83,8 @@ def watch(name: str, seconds: float, out, smaller: Sequence[str] = ()) -> list[d
     data = bench.dataset(name)
     table = bench.acl_table(name)
     chase = bench.walk_module().chase
-    sizes = {"chase 2 MiB": 2 << 20, TABLE: bench.table_chase_bytes(table), "chase 16 MiB": 16 << 20}
+    sizes = {f"chase {size}": nbytes for size, nbytes in bench.CHASE_SIZES.items()}
+    sizes[TABLE] = bench.table_chase_bytes(table)
     buffers = {key: bench.huge_buffer(nbytes) for key, nbytes in sizes.items()}
     peers = {"acl str": bench.loop(table.most_specific, data.single_str),
              "acl bytes": bench.loop(table.most_specific, data.single_bytes),
