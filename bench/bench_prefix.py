@@ -550,7 +550,7 @@ def huge_buffer(size: int):
 # moves: for minutes at a time a 6 MiB working set costs ~150 ns a load
 # while a 2 MiB one still costs ~18, and then acl's routing v4 table
 # (5.3 MiB) no longer stays cached and its single calls take 1.5-3x their
-# usual time (fifteenth session, bench/README.md).  The table-sized chase
+# usual time (fifteenth session, bench/prefix-history.md).  The table-sized chase
 # shows when that happens.
 CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
 TABLE_CHASE = "acl's table size"

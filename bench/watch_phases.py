@@ -24,8 +24,8 @@ the table's size in the same phases.
 Why: on this shared machine our share of the L3 moves.  For minutes at a
 time a 6 MiB working set costs a DRAM load while a 2 MiB one stays at an
 L3 hit; acl's routing v4 table (5.3 MiB) then stops staying cached, and
-its single calls take 1.5-3x their usual time while pytricia's take ~1.3x (bench/README.md,
-Prefix core, Fifteenth session).
+its single calls take 1.5-3x their usual time while pytricia's take ~1.3x
+(bench/prefix-history.md, fifteenth session).
 """
 
 from __future__ import annotations

@@ -645,7 +645,8 @@ cdef inline Pair find_v6(const Trie *t, acl_u128 a) noexcept nogil:
 # the next level.  On this machine that beat refilling each lane as soon as
 # its walk ends (AMAC, Kocberber et al., VLDB 2015) for IPv6 too, once the
 # level loop stopped branching on each lane's state (1.3-1.7x on the IPv6
-# bench sets), and 64 lanes beat 32 for IPv6 and tied for IPv4; see bench/README.md.
+# bench sets), and 64 lanes beat 32 for IPv6 and tied for IPv4 (bench/prefix-history.md,
+# second session).
 cdef enum:
     LANES = 64
 
