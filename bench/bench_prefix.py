@@ -180,36 +180,35 @@ def routing(family: int, count: int, seed: int) -> list[tuple[int, int]]:
     return out
 
 
+# The synthetic routing sets: name -> (family, prefix count, generator seed).
+ROUTING = {"routing v4 100k": (4, 100_000, 4), "routing v6 50k": (6, 50_000, 6),
+           "routing v4 1M": (4, 1_000_000, 41), "routing v6 1M": (6, 1_000_000, 61)}
+
 # "routing v4 first 25000": the first 25,000 prefixes of "routing v4 100k"
 # (the generator is sequential, so a smaller count with the same seed gives
 # the same first prefixes), its keys drawn alike.  For bench/watch_phases.py
 # --counts: how acl's and pytricia's calls move with the table's size.
 # Only the two bench routing sets have them (the 1M sets use other seeds).
 FIRST = re.compile(r"routing v(4|6) first (\d+)")
-ROUTING_SEEDS = {4: 4, 6: 6}
-ROUTING_SETS = {"routing v4 100k": 4, "routing v6 50k": 6}     # name -> family
+FIRST_OF = {4: "routing v4 100k", 6: "routing v6 50k"}     # family -> the set they start
 
 
 def first_of(name: str, count: int) -> str:
     """The name of the data set of ``name``'s first ``count`` prefixes."""
-    if name not in ROUTING_SETS:
-        raise ValueError(f"only {' and '.join(ROUTING_SETS)} have smaller sets, not {name!r}")
-    return f"routing v{ROUTING_SETS[name]} first {count}"
+    if name not in FIRST_OF.values():
+        raise ValueError(f"only {' and '.join(FIRST_OF.values())} have smaller sets, not {name!r}")
+    return f"routing v{ROUTING[name][0]} first {count}"
 
 
 @functools.cache
 def dataset(name: str) -> Data:
     if first := FIRST.fullmatch(name):
         family = int(first[1])
-        return Data(name, family, routing(family, int(first[2]), ROUTING_SEEDS[family]))
-    if name == "routing v4 100k":
-        return Data(name, 4, routing(4, 100_000, ROUTING_SEEDS[4]))
-    if name == "routing v6 50k":
-        return Data(name, 6, routing(6, 50_000, ROUTING_SEEDS[6]))
-    if name == "routing v4 1M":
-        return Data(name, 4, routing(4, 1_000_000, 41))
-    if name == "routing v6 1M":
-        return Data(name, 6, routing(6, 1_000_000, 61))
+        seed = ROUTING[FIRST_OF[family]][2]
+        return Data(name, family, routing(family, int(first[2]), seed))
+    if name in ROUTING:
+        family, count, seed = ROUTING[name]
+        return Data(name, family, routing(family, count, seed))
     family = 4 if name.endswith("v4") else 6
     if geoip.missing():
         pytest.skip(f"tor-geoipdb not installed ({', '.join(geoip.missing())})")
@@ -550,8 +549,8 @@ def huge_buffer(size: int):
 # moves: for minutes at a time a 6 MiB working set costs ~150 ns a load
 # while a 2 MiB one still costs ~18, and then acl's routing v4 table
 # (5.3 MiB) no longer stays cached and its single calls take 1.5-3x their
-# usual time (fifteenth session, bench/prefix-history.md).  The table-sized chase
-# shows when that happens.
+# usual time (fifteenth session, bench/prefix-history.md).  The table-sized
+# chase shows when that happens.
 CHASE_SIZES = {"2 MiB": 2 << 20, "16 MiB": 16 << 20}
 TABLE_CHASE = "acl's table size"
 CHASE_HOPS = 100_000

@@ -9,9 +9,10 @@ Run::
 Each step (~0.3 s) writes one JSON line: the ns per load of a dependent
 chase over bench_prefix's CHASE_SIZES (2 and 16 MiB) and over the size of
 acl's table (table_chase_bytes: 6 MiB for routing v4); then ns per call
-of acl ``most_specific`` on the bench's 20,000 str and bytes keys and of builtin ``len`` on the str keys (each the best
-of the last 3 passes after ~0.06 s of passes, so acl's lines are back in
-the caches), and of one pytricia ``get(str)`` pass.  At the end it prints,
+of acl ``most_specific`` on the bench's 20,000 str and bytes keys and of
+builtin ``len`` on the str keys (each the best of the last 3 passes after
+~0.06 s of passes, so acl's lines are back in the caches), and of one
+pytricia ``get(str)`` pass.  At the end it prints,
 grouped by the table-sized chase, the medians of each, and how many steps
 fell below 10x pytricia.
 
