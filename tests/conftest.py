@@ -5,6 +5,9 @@
   compiled core that fails to import is a failure, not a silent skip.
 * Live tests bind only to loopback; each area owns a port range so suites
   and developers running at once do not collide (see PORTS).
+* The long differential runs (``ACL_SLOW=1``) draw their generated files from
+  fixed seed ranges, shifted by ``ACL_SEED_BASE`` (see SLOW_SEED_BASE) so a
+  run can explore cases no earlier run has seen and still be repeated.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ PORTS = {
     "nfq": (46000, 47000),
     "deploy": (47000, 48000),
 }
+
+#: Added to the first seed of every ACL_SLOW differential range (default 0:
+#: the ranges the suite has always used).
+SLOW_SEED_BASE = int(os.environ.get("ACL_SEED_BASE", "0"))
 
 REQUIRE_COMPILED = os.environ.get("ACL_REQUIRE_COMPILED", "") not in ("", "0")
 

@@ -10,7 +10,8 @@ For every generated file:
 tcprulescheck does no v4-mapped conversion (spec B.4), so the layers are
 built with ``mapped_as_v4=False`` here; the conversion is checked live
 against tcpserver in ``test_live.py``.  Default run: 200 files, 20,000
-queries; ``ACL_SLOW=1`` adds 800 more files (80,000 queries).
+queries; ``ACL_SLOW=1`` adds 800 more files (80,000 queries), from seed
+10,000 + ``ACL_SEED_BASE``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from acl.compile.tcprules import layer_from_cdb, layer_from_text
 from acl.model import Request, Verdict
 from acl.parse.tcprules import parse_tcprules, rules_to_records
 
+from tests.conftest import SLOW_SEED_BASE
+
 from .gen import Pools, random_query, random_rules
 from .real import check_many, need_tools, parse_check, run_tcprules
 
@@ -36,7 +39,7 @@ SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 FILES = 200
 QUERIES_PER_FILE = 100
 CLI_FILES = 6
-SLOW_FILES = range(10_000, 10_800)
+SLOW_FILES = range(10_000 + SLOW_SEED_BASE, 10_800 + SLOW_SEED_BASE)
 
 
 def _acl_answer(layer, q):
