@@ -27,7 +27,6 @@ from acl.cdb import make_cdb
 from acl.compile.tcprules import layer_from_cdb, layer_from_text
 from acl.model import Request, Verdict
 from acl.parse.tcprules import parse_tcprules, rules_to_records
-
 from tests.conftest import SLOW_SEED_BASE
 
 from .gen import Pools, random_query, random_rules
