@@ -30,6 +30,11 @@ PORTS = {
     "deploy": (47000, 48000),
 }
 
+#: ACL_SLOW=1 (any value but empty or "0") asks the long runs: more generated
+#: cases, examples and queries.  Every test reads it from here, so "0" means
+#: the same everywhere.
+SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
+
 #: Added to the first seed of every ACL_SLOW differential range (default 0:
 #: the ranges the suite has always used).
 SLOW_SEED_BASE = int(os.environ.get("ACL_SEED_BASE", "0"))

@@ -8,16 +8,15 @@ also be errors (ValueError or TypeError), never a crash or a silent answer.
 from __future__ import annotations
 
 import ipaddress
-import os
 from array import array
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import load_impl
+from tests.conftest import SLOW, load_impl
 
-EXAMPLES = 2000 if os.environ.get("ACL_SLOW") else 300
+EXAMPLES = 2000 if SLOW else 300
 
 
 @pytest.fixture(scope="module")

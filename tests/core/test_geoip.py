@@ -13,19 +13,18 @@ and batch); the pure twin answers a sample (it is an oracle, not fast).
 
 from __future__ import annotations
 
-import os
 import random
 from array import array
 
 import pytest
 
-from tests.conftest import REQUIRE_COMPILED, load_impl
+from tests.conftest import REQUIRE_COMPILED, SLOW, load_impl
 from tests.core import geoip
 
 pytricia = pytest.importorskip("pytricia")
 
 ADDRESSES = 1_000_000
-TWIN_SAMPLE = 20_000 if os.environ.get("ACL_SLOW") else 3_000
+TWIN_SAMPLE = 20_000 if SLOW else 3_000
 AGGREGATE = {4: 8, 6: 20}
 
 

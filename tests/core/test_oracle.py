@@ -8,19 +8,19 @@ built by ``from_arrays`` answers exactly like one built from tuples.
 from __future__ import annotations
 
 import ipaddress
-import os
 from array import array
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import SLOW
 from tests.core.oracle import Oracle
 from tests.core.strategies import BITS, addresses, mask, prefix_sets
 
 FAMILIES = [4, 6]
 # ACL_SLOW=1 runs ten times the examples.
-EXAMPLES = 400 if os.environ.get("ACL_SLOW") else 40
+EXAMPLES = 400 if SLOW else 40
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -18,7 +18,6 @@ one call, over more addresses than one group of lanes.
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import sys
 
@@ -26,12 +25,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import load_impl
+from tests.conftest import SLOW, load_impl
 from tests.core.oracle import Oracle
 from tests.core.strategies import BITS, addresses, mask, prefix_sets
 from tests.core.test_errors import outcome, same
 
-EXAMPLES = 3000 if os.environ.get("ACL_SLOW") else 400
+EXAMPLES = 3000 if SLOW else 400
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 
 import pytest
 from hypothesis import given, settings
@@ -20,13 +19,14 @@ from hypothesis import strategies as st
 from acl import nfq
 from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
 from acl.wire.packet import TCP, UDP, PacketError, build, decode_raw
+from tests.conftest import SLOW
 
 from .policies import write_policy
 from .test_frontdoor import STRIDE, records
 from .test_packet import ext_headers, with_extensions
 
 #: ACL_SLOW=1 runs five times the examples.
-SCALE = 5 if os.environ.get("ACL_SLOW") else 1
+SCALE = 5 if SLOW else 1
 
 if not nfq.AVAILABLE:
     pytest.skip("acl._nfq not built", allow_module_level=True)

@@ -6,7 +6,6 @@ codec's builder and laid out exactly as ``acl._nfq`` lays out a batch.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -18,11 +17,12 @@ from acl import nfq
 from acl.errors import PolicyError
 from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
 from acl.wire.packet import UDP, build
+from tests.conftest import SLOW
 
 from .policies import engine_denying
 
 #: ACL_SLOW=1 runs five times the examples.
-SCALE = 5 if os.environ.get("ACL_SLOW") else 1
+SCALE = 5 if SLOW else 1
 
 ROOT = Path(__file__).resolve().parents[2]
 STRIDE = 16 + 128

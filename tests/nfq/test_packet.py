@@ -7,7 +7,6 @@ never anything else; for well-formed packets it says what dpkt says.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 
 import pytest
@@ -16,9 +15,10 @@ from hypothesis import strategies as st
 
 from acl.wire import packet
 from acl.wire.packet import TCP, UDP, PacketError, build, decode, decode_raw
+from tests.conftest import SLOW
 
 #: ACL_SLOW=1 runs five times the examples.
-SCALE = 5 if os.environ.get("ACL_SLOW") else 1
+SCALE = 5 if SLOW else 1
 
 try:
     import dpkt

@@ -16,7 +16,6 @@ queries; ``ACL_SLOW=1`` adds 800 more files (80,000 queries), from seed
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -27,14 +26,13 @@ from acl.cdb import make_cdb
 from acl.compile.tcprules import layer_from_cdb, layer_from_text
 from acl.model import Request, Verdict
 from acl.parse.tcprules import parse_tcprules, rules_to_records
-from tests.conftest import SLOW_SEED_BASE
+from tests.conftest import SLOW, SLOW_SEED_BASE
 
 from .gen import Pools, random_query, random_rules
 from .real import check_many, need_tools, parse_check, run_tcprules
 
 pytestmark = need_tools
 
-SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 FILES = 200
 QUERIES_PER_FILE = 100
 CLI_FILES = 6

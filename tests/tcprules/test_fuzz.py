@@ -10,18 +10,15 @@ tcprules loop forever; test_rejects.py covers those with a timeout.)
 
 from __future__ import annotations
 
-import os
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from acl.cdb import make_cdb
 from acl.errors import RuleSyntaxError
 from acl.parse.tcprules import parse_tcprules, rules_to_records
+from tests.conftest import SLOW
 
 from .real import need_tools, run_tcprules
-
-SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 
 # Bytes that matter to the grammar, plus a few that do not.
 ALPHABET = b"0123456789.:-=@,\"'/# \t\r\nadeilnowyADX"

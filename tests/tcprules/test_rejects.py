@@ -11,7 +11,6 @@ ours compile with the real tool and that our line alone makes it hang.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys
@@ -20,13 +19,13 @@ import pytest
 
 from acl.errors import RuleSyntaxError
 from acl.parse.tcprules import parse_tcprules
+from tests.conftest import SLOW
 
 from .gen import Pools, random_rules
 from .real import need_tools, run_tcprules
 
 pytestmark = need_tools
 
-SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 HANG_TIMEOUT = 0.5
 
 #: (bad line, what Debian's ucspi-tcp-ipv6 tcprules does with it)

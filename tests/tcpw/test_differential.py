@@ -14,12 +14,11 @@ import os
 
 import pytest
 
-from tests.conftest import SLOW_SEED_BASE
+from tests.conftest import SLOW, SLOW_SEED_BASE
 
 from .differential import run_many
 from .tcpdmatch import build_shim, unavailable
 
-SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 PER_CASE = 170
 
 

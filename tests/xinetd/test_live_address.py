@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PORTS, SLOW_SEED_BASE
+from tests.conftest import PORTS, SLOW, SLOW_SEED_BASE
 from tests.xinetd import gen
 from tests.xinetd.live_support import HOSTS, Xinetd, probe, require_live
 
@@ -203,7 +203,7 @@ SLOW_SEEDS = list(range(100 + SLOW_SEED_BASE, 108 + SLOW_SEED_BASE))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("ACL_SLOW"), reason="long run: set ACL_SLOW=1")
+@pytest.mark.skipif(not SLOW, reason="long run: set ACL_SLOW=1")
 @pytest.mark.parametrize("seed", SLOW_SEEDS)
 def test_address_decisions_many_seeds(seed, tmp_path):
     """More generated configurations (ACL_SLOW=1)."""
