@@ -22,6 +22,7 @@ payload`` -- all little-endian.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 from dataclasses import dataclass
 
@@ -81,9 +82,10 @@ Event = Decide | Release | Ping | BadFrame
 
 
 def _addr_text(family: int, raw: bytes) -> str:
-    if family == 4:
-        return str(ipaddress.IPv4Address(raw))
-    return str(ipaddress.IPv6Address(raw))
+    # inet_ntop, as the socket would print it: a v4-mapped client reads
+    # ``::ffff:a.b.c.d``, the form the rule languages match (``ipaddress``
+    # before Python 3.13 writes ``::ffff:7f00:2``, which no IPv4 rule matches)
+    return socket.inet_ntop(socket.AF_INET if family == 4 else socket.AF_INET6, raw)
 
 
 def decode_decide(payload: bytes | memoryview, flags: int) -> Request:

@@ -51,9 +51,14 @@ def _address(text: str | None) -> str | None:
     if not text:
         return None
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        ip = ipaddress.ip_address(text.strip("[]"))
     except ValueError:
         return None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        # the socket form (``::ffff:a.b.c.d``) that the rule languages match;
+        # ``str`` before Python 3.13 writes ``::ffff:7f00:2``
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
 
 
 class PostfixDecoder:

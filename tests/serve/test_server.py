@@ -120,6 +120,36 @@ def test_postfix_text_protocol(live):
     s.close()
 
 
+def test_mapped_clients_are_decided_as_their_ipv4_address(live):
+    """An IPv4 client of an IPv6 socket arrives as ``::ffff:a.b.c.d`` (binary:
+    family 6; Postfix: that text).  hosts_access and tcprules (tcpserver's
+    default) decide it as the IPv4 address (spec A.6, B.4), on both
+    protocols -- the decoders once wrote it ``::ffff:7f00:1``, which no IPv4
+    rule matched."""
+    rng = random.Random(11)
+    clients = ["127.0.0.1", "127.0.0.2", "192.0.2.66", "192.0.2.5", "192.0.3.1",
+               "203.0.113.9"] + [f"192.0.{rng.randrange(1, 4)}.{rng.randrange(256)}"
+                                 for _ in range(60)]
+    with Client(live.query) as c:
+        for service in ("sshd", "smtpd"):
+            plain = c.decide_many([Request(service, a) for a in clients])
+            mapped = c.decide_many([Request(service, "::ffff:" + a) for a in clients])
+            assert [(d.verdict, d.reason, d.location, d.env) for d in mapped] == \
+                [(d.verdict, d.reason, d.location, d.env) for d in plain], service
+        assert c.decide("sshd", "::ffff:127.0.0.1").allowed
+        assert not c.decide("smtpd", "::ffff:192.0.2.66").allowed
+    s = connect(live.policy)
+    s.sendall(b"request=smtpd_access_policy\nclient_address=::ffff:192.0.2.66\n\n"
+              b"request=smtpd_access_policy\nclient_address=::FFFF:127.0.0.1\n\n")
+    data = b""
+    while data.count(b"\n\n") < 2:
+        data += s.recv(4096)
+    replies = data.split(b"\n\n")[:2]
+    assert replies[0].startswith(b"action=REJECT ") and b"tcprules" in replies[0]
+    assert replies[1] == b"action=DUNNO"
+    s.close()
+
+
 def test_leases_released_by_message_and_on_disconnect(live):
     # echo-stream: per_source = 2, instances = 3
     a = Client(live.query)
