@@ -50,6 +50,7 @@ from pathlib import Path
 from acl.core import ENGINE_IMPLEMENTATION, engine_kernel
 from acl.errors import PolicyError
 from acl.model import Decision, Reason, Request, Verdict
+from acl.names import NeedName
 
 # The compiled batch kernel or its twin, chosen by the one switch in acl.core.
 _kernel = engine_kernel
@@ -286,6 +287,33 @@ class Engine:
         if out:
             self._observe((time.perf_counter() - t0) / len(out), len(out))
         return out
+
+    def name_lookups(self, request: Request, now: float) -> list[tuple[str, str]]:
+        """The uncached names deciding ``request`` would read, as ``(kind,
+        address)`` for :class:`acl.names.NameService` (see its rules).  A probe:
+        the hosts_access layers' ``check`` and the xinetd layers'
+        ``check_address`` change no state.  Empty when names are off, when the
+        caller sent the client's name, or when all that is needed is cached."""
+        policy = self._policy
+        names = policy.name_service
+        if names is None or request.host:
+            return []
+        wanted = []
+        names.probing = True
+        try:
+            for layer, daemon in policy.layers_for(request.service):
+                req = request if daemon is None else replace(request, service=daemon)
+                try:
+                    if getattr(layer, "name", "") == "xinetd":
+                        layer.check_address(req)
+                    elif getattr(layer, "resolver", None) is names:
+                        layer.check(req, now)
+                except NeedName as need:
+                    if (need.kind, need.addr) not in wanted:
+                        wanted.append((need.kind, need.addr))
+        finally:
+            names.probing = False
+        return wanted
 
     def _decide(self, policy, request: Request, now: float) -> Decision:
         layers = policy.layers_for(request.service)

@@ -16,7 +16,14 @@ Rules of this file:
   list (``"*"``: every service); an xinetd source binds to the service ids
   its configuration defines.
 * A reload passes the running policy as ``previous`` so the xinetd layer
-  keeps its limit state (cps windows, instances, per_source counts).
+  keeps its limit state (cps windows, instances, per_source counts), and the
+  name cache (:mod:`acl.names`) is kept while ``[names]`` and its hosts file
+  stay the same.
+* ``[names]`` decides where client names come from when a rule needs one
+  and the caller sent none: the system resolver (default), a private hosts
+  file, or nowhere (``lookup = false``: every such client is "unknown", as
+  before a lookup is made).  xinetd's host names in address lists are
+  resolved at load time by the same choice (spec C.3).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from acl.errors import AclError, PolicyError, RuleSyntaxError
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
-KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run"}
+KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run", "names"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,22 @@ class Run:
     watch: bool = True
 
 
+@dataclass(frozen=True)
+class Names:
+    lookup: bool = True
+    hosts_file: str = ""          # absolute; "" = the system resolver
+    ttl: float = 300.0
+    negative_ttl: float = 60.0
+    cache: int = 10000
+
+
+class _NoNames:
+    """The xinetd layer's resolver when ``lookup = false``: no name, ever."""
+
+    def reverse(self, addr: str) -> None:
+        return None
+
+
 @dataclass
 class Source:
     """One ``[[source]]``: its layer and the services it binds to."""
@@ -90,6 +113,9 @@ class Policy:
     run: Run = field(default_factory=Run)
     nfqueue: dict = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
+    names: Names = field(default_factory=Names)
+    name_service: object = None      # acl.names.NameService, None when lookup = false
+    names_key: tuple = ()            # (Names, hosts file signature): when to keep the cache
 
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
@@ -98,6 +124,8 @@ class Policy:
     @property
     def files(self) -> list[Path]:
         out = [self.path] if self.path else []
+        if self.names.hosts_file:
+            out.append(Path(self.names.hosts_file))
         for s in self.sources:
             out.extend(s.files)
         return out
@@ -206,20 +234,50 @@ def _previous_state(previous: Policy | None, kind: str, index: int):
     return same[index].state if index < len(same) else None
 
 
-def _load_source(src: dict, base: Path, path, where: str, previous, index: int) -> Source:
+def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, tuple]:
+    """The policy's :class:`acl.names.NameService` (the running one while its
+    configuration and hosts file are unchanged) and the key saying so."""
+    if not names.lookup:
+        return None, (names,)
+    sig = b""
+    if names.hosts_file:
+        try:
+            sig = _signature((names.hosts_file,))
+        except OSError as exc:
+            raise _err(path, "names.hosts_file", f"cannot read: {exc.strerror}") from exc
+    key = (names, sig)
+    if previous is not None and previous.names_key == key and previous.name_service is not None:
+        return previous.name_service, key
+    from acl.names import NameService
+    from acl.parse.xinetd_resolve import HostsResolver, SystemResolver
+    from acl.resolve import HostsFileBackend, Resolver, SystemBackend
+
+    if names.hosts_file:
+        with open(names.hosts_file, encoding="latin-1") as f:
+            text = f.read()
+        backend, reverse = HostsFileBackend(text=text), HostsResolver(text)
+    else:
+        backend, reverse = SystemBackend(), SystemResolver()
+    service = NameService(Resolver(backend), reverse, ttl=names.ttl,
+                          negative_ttl=names.negative_ttl, max_entries=names.cache)
+    return service, key
+
+
+def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
+                 names=None, names_key: tuple = ()) -> Source:
     kind = src.get("type")
     if kind == "hosts_access":
         from acl.compile.tcpw import load_hosts_access
 
         allow = _file(base, src, "allow", path, where)
         deny = _file(base, src, "deny", path, where)
-        key = (kind, str(allow), str(deny))
+        key = (kind, str(allow), str(deny), names_key)
         services = _services(src, path, where)
         same = _unchanged(previous, key)
         if same is not None:
             return Source(kind, same.layer, services, same.files, same.diagnostics,
                           key=key, signature=same.signature, stamps=same.stamps)
-        layer, diags = load_hosts_access(str(allow), str(deny))
+        layer, diags = load_hosts_access(str(allow), str(deny), names)
         files = tuple(Path(f) for f in getattr(layer, "files", (allow, deny)))
         return Source(kind, layer, services, files, tuple(diags), key=key,
                       stamps=_stamps(files), signature=_signature(files))
@@ -243,9 +301,10 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int) 
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
         f = _file(base, src, "file", path, where)
-        xpolicy, diags = load_xinetd(str(f))
+        xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend)
         state = _previous_state(previous, "xinetd", index)
-        layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg)
+        layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
+                            resolver=_NoNames() if names is None else names)
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, (f,), tuple(diags),
                       state=getattr(layer, "state", None))
@@ -379,6 +438,20 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     nfq = conf.get("nfqueue", {})
     if not isinstance(nfq, dict):
         raise _err(toml_path, "nfqueue", "expected a table")
+    nm = conf.get("names", {})
+    if not isinstance(nm, dict):
+        raise _err(toml_path, "names", "expected a table")
+    hosts_file = _get(nm, "hosts_file", str, "", toml_path, "names")
+    names = Names(
+        lookup=_get(nm, "lookup", bool, True, toml_path, "names"),
+        hosts_file=str((base / hosts_file).resolve()) if hosts_file else "",
+        ttl=_get(nm, "ttl", float, 300.0, toml_path, "names"),
+        negative_ttl=_get(nm, "negative_ttl", float, 60.0, toml_path, "names"),
+        cache=_get(nm, "cache", int, 10000, toml_path, "names"),
+    )
+    if names.ttl < 0 or names.negative_ttl < 0 or not 1 <= names.cache <= 1 << 24:
+        raise _err(toml_path, "names", "ttl and negative_ttl must be >= 0, cache 1 .. 16777216")
+    name_service, names_key = _name_service(names, previous, toml_path)
 
     raw_sources = conf.get("source", [])
     if not isinstance(raw_sources, list):
@@ -393,11 +466,13 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         index = seen.get(kind, 0)
         seen[kind] = index + 1
         try:
-            sources.append(_load_source(src, base, toml_path, where, previous, index))
+            sources.append(_load_source(src, base, toml_path, where, previous, index,
+                                        name_service, names_key))
         except (RuleSyntaxError, PolicyError):
             raise
         except OSError as exc:
             raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc
         except (AclError, ValueError) as exc:     # e.g. a broken cdb: say which source
             raise _err(toml_path, where, f"{type(exc).__name__}: {exc}") from exc
-    return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq))
+    return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
+                  names=names, name_service=name_service, names_key=names_key)

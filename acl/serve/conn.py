@@ -17,6 +17,14 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
 * A frame the codec calls fatal (bad length) gets an ERROR frame and the
   connection is closed; any other bad frame gets an ERROR reply and the
   connection goes on.  Other clients never notice.
+* Client names (acl/names.py): before a request is decided in Python, the
+  engine says which uncached names its decision would read.  The
+  connection then stops where it is -- replies so far are written, reading
+  pauses, the request and everything after it wait -- until the server has
+  looked them up in a worker thread, and goes on in order.  Other
+  connections are answered meanwhile.  After ``NAME_ROUNDS`` rounds for one
+  request (a reload, or a full cache, can drop what was fetched) it is
+  decided anyway.
 * Admin connections are accepted only from the uids/gids the policy names,
   checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
   line.
@@ -25,6 +33,7 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import socket
 import struct
@@ -36,6 +45,7 @@ from acl.wire import postfix as wp
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 ADMIN_MAX_LINE = 1024
+NAME_ROUNDS = 3
 
 
 class _Base(asyncio.Protocol):
@@ -46,6 +56,33 @@ class _Base(asyncio.Protocol):
         self.engine = server.engine
         self.transport = None
         self._paused = False
+        self._waiting = False           # for names: reading paused, input held
+        self._rounds = 0
+
+    def names_wanted(self, request, now: float):
+        """The names to look up before ``request`` is decided, or None."""
+        if self._rounds >= NAME_ROUNDS:
+            self._rounds = 0
+            return None
+        wanted = self.engine.name_lookups(request, now)
+        self._rounds = self._rounds + 1 if wanted else 0
+        return wanted or None
+
+    def wait_for_names(self, wanted) -> None:
+        self._waiting = True
+        self.transport.pause_reading()
+        self.server.look_up_names(wanted).add_done_callback(self._names_ready)
+
+    def _names_ready(self, _fut) -> None:
+        self._waiting = False
+        if self.transport.is_closing():
+            return
+        if not self._paused:
+            self.transport.resume_reading()
+        self.go_on(time.time())
+
+    def go_on(self, now: float) -> None:
+        """Answer what is held (subclasses)."""
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -62,7 +99,7 @@ class _Base(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if not self.transport.is_closing():
+        if not self.transport.is_closing() and not self._waiting:
             self.transport.resume_reading()
 
     def error(self, code: int) -> None:
@@ -70,9 +107,11 @@ class _Base(asyncio.Protocol):
 
 
 def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: bool,
-                  on_error=None) -> tuple[list[bytes], bool]:
+                  on_error=None, names_wanted=None) -> tuple[list[bytes], bool, list | None]:
     """Answer every complete frame in ``buf`` (consumed from it): the reply
-    chunks in request order, and whether the connection must close."""
+    chunks in request order, whether the connection must close, and the
+    names to look up before the first frame left in ``buf`` (``names_wanted(request,
+    now)`` says; None when all were answered)."""
     out: list[bytes] = []
     pos = 0
     plan = engine.plan
@@ -85,11 +124,16 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
                 break
             if status == 2:
                 continue
+        start = pos
         event, pos = wb.next_event(buf, pos)
         if event is None:
             break
         kind = type(event)
         if kind is wb.Decide:
+            wanted = names_wanted(event.request, now) if names_wanted is not None else None
+            if wanted:
+                del buf[:start]
+                return out, False, wanted
             d = engine.decide(event.request, now)
             if d.lease:
                 leases.add(d.lease)
@@ -107,10 +151,10 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
             out.append(wb.encode_error(event.request_id, event.code, event.text))
             if event.fatal:
                 buf.clear()
-                return out, True
+                return out, True, None
     if pos:
         del buf[:pos]
-    return out, False
+    return out, False, None
 
 
 class BinaryConnection(_Base):
@@ -124,6 +168,9 @@ class BinaryConnection(_Base):
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
+        if self._waiting:               # read before the pause took hold: hold it
+            self.buf += data
+            return
         if not self.buf:
             # The common read: whole frames the plan answers all of -- no copy.
             plan = self.engine.plan
@@ -135,12 +182,17 @@ class BinaryConnection(_Base):
                     return
                 data = data[pos:]
         self.buf += data
-        out, fatal = answer_frames(self.engine, self.buf, now, self.leases,
-                                   self.compiled, self.error)
+        self.go_on(now)
+
+    def go_on(self, now: float) -> None:
+        out, fatal, wanted = answer_frames(self.engine, self.buf, now, self.leases,
+                                           self.compiled, self.error, self.names_wanted)
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
         if fatal:
             self.transport.close()
+        elif wanted:
+            self.wait_for_names(wanted)
 
     def connection_lost(self, exc) -> None:
         for lease in self.leases:
@@ -155,22 +207,37 @@ class PostfixConnection(_Base):
     def __init__(self, server) -> None:
         super().__init__(server)
         self.decoder = wp.PostfixDecoder(server.policy_service)
+        self.held: collections.deque = collections.deque()   # decoded, not yet answered
 
     def data_received(self, data: bytes) -> None:
-        now = time.time()
+        self.held.extend(self.decoder.feed(data))
+        if not self._waiting:
+            self.go_on(time.time())
+
+    def go_on(self, now: float) -> None:
         out = []
         close = False
-        for item in self.decoder.feed(data):
+        wanted = None
+        held = self.held
+        while held and not close:
+            item = held[0]
             if isinstance(item, wp.BadRequest):
                 self.error(item.code)
                 out.append(wp.encode_error(item))
-                close = close or item.fatal
+                close = item.fatal
             else:
+                wanted = self.names_wanted(item, now)
+                if wanted:
+                    break
                 out.append(wp.encode(self.engine.decide(item, now)))
+            held.popleft()
         if out:
             self.transport.write(b"".join(out))
         if close:
+            held.clear()
             self.transport.close()
+        elif wanted:
+            self.wait_for_names(wanted)
 
 
 def peer_credentials(sock) -> tuple[int, int, int]:

@@ -40,6 +40,8 @@ from acl.metrics import AclCollector, make_registry
 from acl.serve import conn, privileges, systemd
 
 LISTEN_BACKLOG = 4096
+#: Worker threads for client name lookups: a slow DNS server holds one each.
+NAME_THREADS = 8
 
 
 def log(msg: str) -> None:
@@ -111,6 +113,10 @@ class Server:
         self.addresses: dict[str, str] = {}
         # reloads read and compile here, off the loop (one at a time)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reload")
+        # client name lookups (acl.names): blocking C library calls, made here
+        self._name_executor = concurrent.futures.ThreadPoolExecutor(
+            NAME_THREADS, thread_name_prefix="names")
+        self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
 
     # -- bookkeeping used by connections -------------------------------
     def connected(self, c) -> None:
@@ -130,6 +136,31 @@ class Server:
     def admin_allowed(self, uid: int, gid: int) -> bool:
         s = self.sockets
         return uid in s.admin_uids or gid in s.admin_gids
+
+    def look_up_names(self, wanted) -> asyncio.Future:
+        """A future done once every ``(kind, address)`` of ``wanted`` has been
+        looked up in a worker thread and cached (one lookup per item however
+        many connections wait for it).  A lookup that raises is not cached:
+        the decision then looks up in line."""
+        loop = asyncio.get_running_loop()
+        names = self.engine.policy.name_service
+        waits = []
+        for item in wanted:
+            fut = self._name_pending.get(item)
+            if fut is None:
+                fut = loop.run_in_executor(self._name_executor, names.lookup, *item)
+                self._name_pending[item] = fut
+                # registered first, so the answer is cached before any waiter resumes
+                fut.add_done_callback(lambda f, item=item: self._name_done(names, item, f))
+            waits.append(fut)
+        return asyncio.gather(*waits, return_exceptions=True)
+
+    def _name_done(self, names, item, fut) -> None:
+        self._name_pending.pop(item, None)
+        if not fut.cancelled() and fut.exception() is None:
+            names.store(item[0], item[1], fut.result())
+        elif not fut.cancelled():
+            self.log(f"name lookup {item[0]} {item[1]}: {fut.exception()}")
 
     def metrics_body(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -353,6 +384,7 @@ class Server:
                 pass
         await asyncio.sleep(0)
         self._executor.shutdown(wait=False)
+        self._name_executor.shutdown(wait=False, cancel_futures=True)
         for path in self._made_paths:
             try:
                 os.unlink(privileges.rebase(path, self.chroot))

@@ -134,7 +134,7 @@ def answer(engine, blob: bytes, now: float, chunk: int) -> bytes:
     out = []
     for i in range(0, len(blob), chunk):
         buf += blob[i:i + chunk]
-        got, fatal = answer_frames(engine, buf, now, leases, True)
+        got, fatal, _ = answer_frames(engine, buf, now, leases, True)
         out.extend(got)
         assert not fatal
     return b"".join(out)

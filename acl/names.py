@@ -1,0 +1,117 @@
+"""Client host names for the rule layers: one cache, and lookups kept off the event loop.
+
+Rules of this file:
+
+* Two kinds of name, as the two rule languages ask for them:
+
+  - ``VERIFIED``: libwrap's double-checked name (:meth:`acl.resolve.Resolver.verify`,
+    spec A.6): the name, ``"unknown"`` or ``"paranoid"``.  hosts_access
+    layers read it through :meth:`NameService.hostname`.
+  - ``PTR``: xinetd's reverse lookup, with no forward confirmation (spec C.4):
+    the name, or None.  xinetd layers read it through :meth:`NameService.reverse`.
+
+* Answers are cached per ``(kind, address text)`` for ``ttl`` seconds
+  (``negative_ttl`` when there is no name), at most ``max_entries`` of them,
+  the least recently used evicted first.
+* A lookup is a blocking C library call (it may ask DNS).  ``acl serve``
+  never makes one on its event loop: before a request is decided in Python,
+  the connection asks :meth:`acl.engine.Engine.name_lookups` which uncached
+  names the decision would read.  That runs the layers' side-effect-free
+  address checks with the service in *probe* mode, where a cache miss raises
+  :class:`NeedName` instead of looking up.  The connection then runs
+  :meth:`lookup` in a worker thread, hands the answer to :meth:`store` on
+  the loop thread, and only then decides.  Outside ``acl serve`` (tests,
+  scripts) nothing probes, and a miss looks up at once.
+* Netgroups (``@group``) are asked of the backend at match time, uncached:
+  NIS has no portable way to ask ahead.
+* Time comes from the ``clock`` given (``time.time`` in ``acl serve``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+from acl.resolve import UNKNOWN, Resolver
+
+VERIFIED = "verified"
+PTR = "ptr"
+
+
+class NeedName(Exception):
+    """Raised in probe mode: deciding needs a name that is not cached."""
+
+    def __init__(self, kind: str, addr: str):
+        super().__init__(f"{kind} name of {addr} not cached")
+        self.kind = kind
+        self.addr = addr
+
+
+class NameService:
+    """Cached client names for hosts_access (verified) and xinetd (PTR) layers."""
+
+    def __init__(self, resolver: Resolver, reverse_backend, *, ttl: float = 300.0,
+                 negative_ttl: float = 60.0, max_entries: int = 10000, clock=time.time):
+        self.resolver = resolver              # libwrap's double check (uncached use)
+        self.reverse_backend = reverse_backend  # xinetd's: .reverse(text) -> name | None
+        self.ttl = ttl
+        self.negative_ttl = negative_ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self.probing = False
+        self._cache: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
+        self.lookups: dict[str, int] = {VERIFIED: 0, PTR: 0}
+        self.evictions = 0
+
+    # -- what the layers call ------------------------------------------------
+    def hostname(self, addr: str, now: float | None = None) -> str:
+        """The verified name of ``addr`` (hosts_access's ``HostView``)."""
+        return self._get(VERIFIED, addr)
+
+    def reverse(self, addr: str) -> str | None:
+        """The PTR name of ``addr``, None when there is none (the xinetd layer)."""
+        return self._get(PTR, addr)
+
+    def innetgr(self, group: str, host: str) -> bool:
+        return self.resolver.innetgr(group, host)
+
+    def _get(self, kind: str, addr: str):
+        hit, name = self.cached(kind, addr)
+        if hit:
+            return name
+        if self.probing:
+            raise NeedName(kind, addr)
+        name = self.lookup(kind, addr)
+        self.store(kind, addr, name)
+        return name
+
+    # -- what acl serve calls --------------------------------------------------
+    def cached(self, kind: str, addr: str) -> tuple[bool, str | None]:
+        """``(True, answer)`` when a fresh answer is cached, else ``(False, None)``."""
+        key = (kind, addr)
+        hit = self._cache.get(key)
+        if hit is None or hit[0] <= self.clock():
+            return False, None
+        self._cache.move_to_end(key)
+        return True, hit[1]
+
+    def lookup(self, kind: str, addr: str) -> str | None:
+        """The backend's answer, uncached: safe to call from a worker thread."""
+        if kind == VERIFIED:
+            return self.resolver.verify(addr)
+        return self.reverse_backend.reverse(addr)
+
+    def store(self, kind: str, addr: str, name: str | None) -> None:
+        """Cache an answer :meth:`lookup` gave (call on the loop thread)."""
+        self.lookups[kind] += 1
+        none = name is None or (kind == VERIFIED and name == UNKNOWN)
+        key = (kind, addr)
+        self._cache[key] = (self.clock() + (self.negative_ttl if none else self.ttl), name)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+            self.evictions += 1
+
+    @property
+    def entries(self) -> int:
+        return len(self._cache)

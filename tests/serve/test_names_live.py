@@ -1,0 +1,171 @@
+"""Client names in ``acl serve``: a caller that sends no name (acl-wrap never
+does) gets the decision libwrap makes after its own lookups.
+
+The live server answers from ``[names] hosts_file`` (no DNS); the real
+``tcpdmatch -d`` answers from the same hosts file bind-mounted over
+/etc/hosts (tests/tcpw/tcpdmatch.py).  Generated hosts.allow/hosts.deny
+pairs (tests/tcpw/gen.py: host names, ``.domain``, KNOWN, UNKNOWN,
+PARANOID, LOCAL, globs, EXCEPT...) are loaded by admin reloads, and every
+query whose client is an address in socket form is asked of both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from acl.client import Client
+from acl.compile.tcpw import load_hosts_access
+from acl.model import Request, Verdict
+from acl.resolve import HostsFileBackend
+from tests.tcpw import gen
+from tests.tcpw.tcpdmatch import build_shim, run_batch, unavailable
+
+from .conftest import connect, start_server
+
+SEEDS = range(30_000, 30_030)
+WORD = {Verdict.ALLOW: "granted", Verdict.DENY: "denied", Verdict.DELEGATE: "delegated"}
+
+
+def _socket_form(text: str) -> bool:
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            return socket.inet_ntop(fam, socket.inet_pton(fam, text)) == text
+        except OSError:
+            continue
+    return False
+
+
+HOSTS = HostsFileBackend(text=gen.HOSTS)
+
+
+def _named(addr: str) -> bool:
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(fam, addr)
+        except OSError:
+            continue
+        if fam == socket.AF_INET6 and packed[:12] == bytes(10) + b"\xff\xff":
+            fam, packed = socket.AF_INET, packed[12:]
+        return HOSTS.reverse(fam, packed) is not None
+    return False
+
+
+def _policy(d: Path, case_dir: str) -> None:
+    (d / "policy.toml").write_text(f"""
+[sockets]
+query = "query.sock"
+admin = "admin.sock"
+mode = "0600"
+admin_uids = [{os.getuid()}]
+
+[names]
+hosts_file = "hosts"
+
+[[source]]
+type = "hosts_access"
+allow = "{case_dir}/hosts.allow"
+deny = "{case_dir}/hosts.deny"
+services = ["*"]
+
+[run]
+watch = false
+""")
+
+
+def _reload(live) -> bool:
+    """True when the server took the new files; False when a ``/file``
+    pattern file they name does not exist (acl serve refuses such a policy,
+    where libwrap would read the pattern as matching nothing)."""
+    with connect(live.admin, 60) as s:
+        s.sendall(b"reload\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            assert chunk, "admin closed without an answer"
+            data += chunk
+    reply = json.loads(data)
+    if not reply.get("ok") and "cannot read" in reply.get("error", ""):
+        return False
+    assert reply.get("ok"), reply
+    return True
+
+
+@pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))
+def test_served_names_agree_with_tcpdmatch(tmp_path):
+    shim = build_shim(tmp_path)
+    (tmp_path / "hosts").write_text(gen.HOSTS)
+    (tmp_path / "empty").mkdir()
+    for name in ("hosts.allow", "hosts.deny"):
+        (tmp_path / "empty" / name).write_text("")
+    _policy(tmp_path, "empty")
+    live = start_server(tmp_path, tmp_path / "policy.toml")
+    asked = by_name = 0
+    bad = []
+    try:
+        for seed in SEEDS:
+            workdir = tmp_path / f"case{seed}"
+            g = gen.Gen(seed, str(workdir))
+            case = g.case(g.r.randint(1, 12), g.r.randint(1, 12), 170)
+            workdir.mkdir()
+            for path, body in case.files.items():
+                Path(path).write_text(body, encoding="latin-1")
+            for name, body in (("hosts.allow", case.allow), ("hosts.deny", case.deny)):
+                # a missing file is an empty one to libwrap; acl serve wants it there
+                (workdir / name).write_bytes(body or b"")
+            # tcpdmatch never looks a numeric client up (spec A.10): it is
+            # asked by name -- then it resolves the name and double-checks
+            # the address, as tcpd does -- and acl serve by that address.
+            # Addresses without a name are asked of both as they are.
+            queries, addrs = [], []
+            for d, c in case.queries:
+                if "@" in d or "@" in c or d.startswith("/"):
+                    continue            # (tcpdmatch's own daemon@host and /path forms)
+                if c in gen.NAMES:
+                    fwd = HOSTS.forward(c, 0)
+                    if fwd is None or len(fwd[1]) != 1:
+                        continue
+                    fam, packed = fwd[1][0]
+                    queries.append((d, c))
+                    addrs.append(socket.inet_ntop(fam, packed))
+                elif _socket_form(c) and not _named(c):
+                    queries.append((d, c))
+                    addrs.append(c)
+            if not queries:
+                continue
+            _policy(tmp_path, workdir.name)
+            if not _reload(live):
+                continue
+            real = run_batch(workdir, shim, case.allow, case.deny, gen.HOSTS, queries)
+            with Client(live.query) as c:
+                served = c.decide_many([Request(d, a) for (d, _), a in zip(queries, addrs, strict=True)])
+            # what the same files decide when no name is ever known
+            nameless, _ = load_hosts_access(str(workdir / "hosts.allow"),
+                                            str(workdir / "hosts.deny"))
+            # rules with options: tcpdmatch runs them dry (spec A.10), tcpd
+            # and acl serve for real, so their answers may rightly differ
+            with_options = {(os.path.basename(r.path), r.line) for r in nameless.rules
+                            if r.options_text is not None}
+            for (d, _), a, got, ans in zip(queries, addrs, served, real, strict=True):
+                if ans.matched and ans.matched[0] in with_options:
+                    continue
+                asked += 1
+                where = (os.path.basename(got.location.path), got.location.line) \
+                    if got.location is not None else None
+                if (WORD[got.verdict],) != ans.verdicts or \
+                        (ans.matched and where != ans.matched[0]):
+                    bad.append(f"seed {seed}: {d} {a}: served {WORD[got.verdict]} {where} "
+                               f"!= tcpdmatch {ans.verdicts} {ans.matched}\n"
+                               f"allow={case.allow!r}\ndeny={case.deny!r}")
+                if nameless.check(Request(d, a), 0.0).verdict != got.verdict:
+                    by_name += 1
+    finally:
+        live.stop()
+    assert not bad, "\n".join(bad[:5])
+    assert asked >= 1500, asked
+    # the names mattered: without them these decisions would differ
+    assert by_name >= 10, by_name
