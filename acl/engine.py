@@ -229,6 +229,7 @@ class Engine:
         policy, plan, sources = prepared
         old = self._current[1] if self._current is not None else None
         self._sources = sources
+        self._labels = self._labels_of(policy)
         self._current = (policy, plan)     # the swap: one reference assignment
         if old is not None and old is not plan:
             self._fold(old)
@@ -237,13 +238,19 @@ class Engine:
             self.last_reload_success = 1
             self.last_reload_error = ""
 
+    @staticmethod
+    def _labels_of(policy) -> frozenset[str]:
+        from acl.fastpath import service_names
+
+        return frozenset(service_names(policy))
+
     def _fold(self, plan) -> None:
         """Keep a replaced plan's counts (counters survive reloads)."""
         for (service, verdict, reason), n in plan.counts().items():
             self._count(service, verdict, reason, n)
             limit = LIMIT_OF_REASON.get(Reason(reason))
             if limit is not None and verdict == 0:
-                k = (service, limit)
+                k = (self.label(service), limit)
                 self.limit_trips[k] = self.limit_trips.get(k, 0) + n
         counts, total = plan.latency()
         for i, n in enumerate(counts):
@@ -350,12 +357,20 @@ class Engine:
         self._count(service, int(d.verdict), int(d.reason), 1)
         limit = LIMIT_OF_REASON.get(d.reason)
         if limit is not None:
-            k = (service, limit)
+            k = (self.label(service), limit)
             self.limit_trips[k] = self.limit_trips.get(k, 0) + 1
         return d
 
+    def label(self, service: str) -> str:
+        """The metrics label of ``service``: the name itself when the running
+        policy names it (a source's ``services`` list, a hosts_access daemon
+        name, an xinetd id), else ``UNKNOWN_SERVICE_LABEL`` -- so a client
+        sending made-up names under ``services = ["*"]`` cannot grow the
+        series without bound."""
+        return service if service in self._labels else UNKNOWN_SERVICE_LABEL
+
     def _count(self, service: str, verdict: int, reason: int, n: int) -> None:
-        k = (service, verdict, reason)
+        k = (self.label(service), verdict, reason)
         self.decisions[k] = self.decisions.get(k, 0) + n
 
     def _observe(self, seconds: float, n: int) -> None:
@@ -369,8 +384,9 @@ class Engine:
             inner = xinetd.take_lease(request, now)
         lease_id = self._next_lease
         self._next_lease += 1
-        self._leases[lease_id] = (xinetd, inner, request.service)
-        self.leases_by_service[request.service] = self.leases_by_service.get(request.service, 0) + 1
+        service = self.label(request.service)
+        self._leases[lease_id] = (xinetd, inner, service)
+        self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
         return Decision(decision.verdict, decision.reason, decision.location, decision.env,
                         decision.options, lease_id)
 

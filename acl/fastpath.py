@@ -291,7 +291,8 @@ def combine(decisions) -> Decision | None:
     return merge_grants(grants)
 
 
-def _service_names(policy) -> list[str]:
+def service_names(policy) -> list[str]:
+    """The services the policy names (the plan's and the metrics' labels)."""
     names = set()
     for s in policy.sources:
         if s.services is not None:
@@ -409,7 +410,7 @@ def _build_plan(policy, sources, cache: dict):
     lim = policy.limits
     limits_state = None
     fresh: dict = {}
-    for name in _service_names(policy):
+    for name in service_names(policy):
         layers = policy.layers_for(name)
         if not layers:
             continue

@@ -32,6 +32,7 @@ import grp
 import hashlib
 import os
 import pwd
+import socket
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -359,6 +360,21 @@ def _loadavg() -> float:
     return os.getloadavg()[0]
 
 
+def listen_problem(listen: str) -> str | None:
+    """What is wrong with a metrics ``ADDRESS:PORT`` ("" = off), or None."""
+    if not listen:
+        return None
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        socket.inet_pton(fam, host)
+        ok = bool(sep) and port.isdigit() and 0 < int(port) < 65536
+    except (OSError, ValueError):
+        ok = False
+    return None if ok else f"expected ADDRESS:PORT (127.0.0.1:9464, [::1]:9464), got {listen!r}"
+
+
 def _mode(value, path) -> int:
     if isinstance(value, int):
         return value
@@ -415,6 +431,13 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     )
     m = conf.get("metrics", {})
     metrics_listen = _get(m, "listen", str, "", toml_path, "metrics")
+    problem = listen_problem(metrics_listen)
+    if problem:
+        raise _err(toml_path, "metrics.listen", problem)
+    # user and group names: checked at start, not on reload (a chroot may
+    # hide /etc then, and sockets and privileges are not changed by a reload)
+    if sockets.group and previous is None:
+        _ids([sockets.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "sockets.group")
     lt = conf.get("limits", {})
     limits = Limits(
         sources=_get(lt, "sources", int, 1 << 20, toml_path, "limits"),
@@ -435,6 +458,10 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         chroot=_get(r, "chroot", str, "", toml_path, "run"),
         watch=_get(r, "watch", bool, True, toml_path, "run"),
     )
+    if run.user and previous is None:
+        _ids([run.user], lambda n: pwd.getpwnam(n).pw_uid, toml_path, "run.user")
+    if run.group and previous is None:
+        _ids([run.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "run.group")
     nfq = conf.get("nfqueue", {})
     if not isinstance(nfq, dict):
         raise _err(toml_path, "nfqueue", "expected a table")

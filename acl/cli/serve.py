@@ -89,6 +89,12 @@ def main(argv: list[str]) -> int:
             sockets = dataclasses.replace(sockets, **{name: os.path.abspath(value) if value else ""})
     policy.sockets = sockets
     if args.metrics is not None:
+        from acl.policy import listen_problem
+
+        problem = listen_problem(args.metrics)
+        if problem:
+            print(f"{PROG}: fatal: --metrics: {problem}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         policy.metrics_listen = args.metrics
     if args.check:
         print(f"{PROG}: {policy.path}: {len(policy.sources)} sources, services "

@@ -46,6 +46,7 @@ HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 ADMIN_MAX_LINE = 1024
 NAME_ROUNDS = 3
+METRICS_IDLE = 10.0          # seconds a metrics connection may take to ask
 
 
 class _Base(asyncio.Protocol):
@@ -297,6 +298,18 @@ class MetricsConnection(_Base):
     def __init__(self, server) -> None:
         super().__init__(server)
         self.buf = bytearray()
+        self._timer = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        # any local user can reach this TCP port: one that connects and waits
+        # must not hold a descriptor for long (Prometheus asks at once)
+        self._timer = asyncio.get_running_loop().call_later(METRICS_IDLE, transport.abort)
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data

@@ -263,3 +263,52 @@ def test_reload_rebuilds_only_the_services_whose_layers_changed(tmp_path):
     pos, out, status = eng.plan.run(blob, 0, 1.0)
     assert status == 0 and eng.plan.residual == 0
     assert [r.decision.allowed for r in wb.ReplyDecoder().feed(out)] == [True, True, False, False]
+
+
+def test_made_up_service_names_do_not_grow_the_metrics(tmp_path):
+    """Under ``services = ["*"]`` every name is decided (by the ALL rules),
+    but only the names the policy itself uses become label values: a client
+    sending 2,000 invented names adds one series per verdict, ``_unknown``."""
+    from acl.engine import Engine
+
+    from .conftest import policy_toml
+
+    eng = Engine(load_policy(policy_toml(tmp_path)))
+    named = {"sshd", "smtpd", "echo", "echo-stream"}
+    for i in range(2000):
+        d = eng.decide(Request(f"made-up-{i}", "192.0.2.9", lease=True), 1.0)
+        assert (d.verdict, d.reason) == (Verdict.DENY, Reason.LIBWRAP)   # hosts.deny ALL: ALL
+    for service in named:
+        eng.decide(Request(service, "192.0.2.9"), 1.0)
+    c = eng.counters()
+    labels = {k[0] for k in c["decisions"]}
+    assert labels == named | {"_unknown"}, labels
+    assert c["decisions"][("_unknown", int(Verdict.DENY), int(Reason.LIBWRAP))] == 2000
+    assert set(c["leases"]) <= named | {"_unknown"}
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('[metrics]\nlisten = "localhost"\n', "metrics.listen: expected ADDRESS:PORT"),
+    ('[metrics]\nlisten = "127.0.0.1:99999"\n', "metrics.listen: expected ADDRESS:PORT"),
+    ('[sockets]\ngroup = "no-such-group-acl"\n', "sockets.group: no such user or group"),
+    ('[run]\nuser = "no-such-user-acl"\n', "run.user: no such user or group"),
+    ('[run]\ngroup = "no-such-group-acl"\n', "run.group: no such user or group"),
+])
+def test_impossible_settings_are_refused_at_load_and_by_check(tmp_path, toml, message):
+    """What cannot work is said at load time (and by ``acl serve --check``),
+    with exit 100, not found at bind time with a traceback or a 111."""
+    p = tmp_path / "bad.toml"
+    p.write_text(toml)
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    assert message in str(exc.value)
+    out = subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(p), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 100 and message in out.stderr, out
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_metrics_override_is_a_usage_error(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "acl", "serve", "--metrics", "nonsense", "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 100 and "--metrics: expected ADDRESS:PORT" in out.stderr, out

@@ -139,3 +139,34 @@ scrape_configs:
         assert body["data"]["result"][0]["value"][1] == "1"
     finally:
         stop_process(proc, timeout=15)
+
+
+def test_idle_metrics_connections_are_closed(metrics_server):
+    """Any local user reaches the metrics port: connections that never ask
+    are closed after METRICS_IDLE seconds, so they cannot pile up and take
+    the descriptors the query socket needs."""
+    import socket
+    import time
+
+    from acl.serve.conn import METRICS_IDLE
+
+    idle = []
+    try:
+        for i in range(20):
+            s = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5,
+                                         source_address=(f"127.0.9.{i + 1}", 0))
+            idle.append(s)
+        t0 = time.monotonic()
+        for s in idle:
+            s.settimeout(METRICS_IDLE + 10)
+            try:
+                assert s.recv(1) == b""            # closed by the server
+            except ConnectionResetError:
+                pass
+        waited = time.monotonic() - t0
+        assert waited < METRICS_IDLE + 10, waited
+    finally:
+        for s in idle:
+            s.close()
+    # and a real scrape is still answered
+    assert b"# TYPE acl_reloads_total counter" in _get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
