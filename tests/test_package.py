@@ -45,6 +45,13 @@ def test_unknown_command_is_a_usage_error():
     assert "unknown command" in out.stderr
 
 
+@pytest.mark.parametrize("command", ["audit", "check", "compile", "match", "query", "serve"])
+def test_every_command_answers_help_on_stdout_with_success(command):
+    out = run(sys.executable, "-m", "acl", command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage" in out.stdout.lower(), out.stdout
+
+
 def test_ruff_is_clean():
     ruff = shutil.which("ruff")
     if ruff is None and not os.environ.get("ACL_REQUIRE_COMPILED"):

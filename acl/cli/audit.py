@@ -116,7 +116,9 @@ def main(argv: list[str]) -> int:
         try:
             policy = audit.load_policy_view(config)
         except (AclError, OSError, ValueError) as exc:
-            print(f"acl audit: fatal: {config}: {exc}", file=sys.stderr)
+            msg = str(exc)          # policy errors name the file already
+            print(f"acl audit: fatal: {msg if msg.startswith(str(config)) else f'{config}: {msg}'}",
+                  file=sys.stderr)
             return EXIT_BAD_INPUT
     try:
         found = audit.read_listeners(args.proc)

@@ -38,7 +38,10 @@ def _reason(exc: OSError) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or any(a in ("-h", "--help") for a in argv):
+    if argv in (["-h"], ["--help"]):       # asked for: stdout, success
+        print("usage: acl compile rules.cdb rules.tmp < rules.txt")
+        return 0
+    if len(argv) != 2:
         print(f"{PROG}: usage: acl compile rules.cdb rules.tmp < rules.txt", file=sys.stderr)
         return EXIT_BAD
     fn, fntemp = argv

@@ -24,14 +24,17 @@ def _names_flag(argv: list[str], flags: tuple[str, ...]) -> bool:
     return any(a == f or a.startswith(f + "=") for a in argv for f in flags)
 
 
+USAGE = ("usage: acl match --hosts-allow A --hosts-deny D [--batch] DAEMON[@HOST] CLIENT\n"
+         "       acl match --tcprules FILE [--batch] [IP [host=NAME] [info=USER]]\n"
+         "       acl match --xinetd CONF [--batch] [SERVICE IP]")
+
+
 def main(argv: list[str]) -> int:
     chosen = [mod for flags, mod in _LANGUAGES if _names_flag(argv, flags)]
+    if not chosen and argv in (["-h"], ["--help"]):
+        print(USAGE)                  # asked for: stdout, success
+        return 0
     if len(chosen) != 1:
-        print(
-            "usage: acl match --hosts-allow A --hosts-deny D [--batch] DAEMON[@HOST] CLIENT\n"
-            "       acl match --tcprules FILE [--batch] [IP [host=NAME] [info=USER]]\n"
-            "       acl match --xinetd CONF [--batch] [SERVICE IP]",
-            file=sys.stderr,
-        )
+        print(USAGE, file=sys.stderr)
         return 100
     return importlib.import_module(chosen[0]).main(argv)
