@@ -7,6 +7,7 @@
 #   under Debian's own python3 (PEP 668 "externally managed") it goes into a
 #   virtual environment at /opt/acl and the commands are linked into
 #   /usr/local/bin.  Either way `acl` and `acl-wrap` end up on PATH.
+# * docs/*.md go to /usr/share/doc/acl (the units' Documentation= lines).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -27,4 +28,7 @@ else
     done
 fi
 hash -r 2>/dev/null || true
+# the guides the systemd units' Documentation= lines point at
+install -d /usr/share/doc/acl
+install -m 0644 docs/*.md /usr/share/doc/acl/
 acl --version
