@@ -116,3 +116,17 @@ def test_security_rating_reacts_to_the_sandbox(units):
     unit.write_text(text.replace(sandbox, ""))
     bare, _ = exposure(unit)
     assert bare > hardened + 3.0
+
+
+def test_documentation_lines_name_installed_guides():
+    """Every ``Documentation=file:/usr/share/doc/acl/X`` is a guide in docs/
+    that deploy/install.sh installs there."""
+    install = (DEPLOY / "install.sh").read_text()
+    assert "install -m 0644 docs/*.md /usr/share/doc/acl/" in install
+    seen = 0
+    for unit in sorted((DEPLOY / "systemd").iterdir()):
+        for m in re.finditer(r"^Documentation=file:/usr/share/doc/acl/(\S+)$",
+                             unit.read_text(), re.M):
+            assert (ROOT / "docs" / m.group(1)).is_file(), (unit.name, m.group(1))
+            seen += 1
+    assert seen >= 6
