@@ -182,6 +182,15 @@ class AclCollector:
         yield pe
         yield cl
 
+        names = getattr(self.engine.policy, "name_service", None)
+        nl = CounterMetricFamily("acl_name_lookups", "Client name lookups made (cache misses)",
+                                 labels=["kind"])
+        for kind in ("verified", "ptr"):
+            nl.add_metric([kind], names.lookups[kind] if names is not None else 0)
+        yield nl
+        yield GaugeMetricFamily("acl_name_cache_entries", "Client names cached",
+                                value=names.entries if names is not None else 0)
+
         info = InfoMetricFamily("acl_core", "Which core runs")
         info.add_metric([], {"implementation": self.implementation, "version": __version__})
         yield info
