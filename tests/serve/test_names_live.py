@@ -169,3 +169,47 @@ def test_served_names_agree_with_tcpdmatch(tmp_path):
     assert asked >= 1500, asked
     # the names mattered: without them these decisions would differ
     assert by_name >= 10, by_name
+
+
+def test_a_slow_lookup_holds_only_its_own_connection(tmp_path):
+    """A lookup runs off the event loop: while one connection waits for a
+    name (a hosts file of 400,000 lines makes each lookup slow, with no DNS),
+    another connection is answered, and the waiting connection's pipelined
+    requests still come back in order."""
+    lines = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} h{i}.example.net" for i in range(400_000)]
+    lines.append("192.0.2.77 slow.example.org")
+    (tmp_path / "hosts").write_text("\n".join(lines) + "\n")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "hosts.allow").write_text("sshd: .example.org\nfast: 192.0.2.0/24\n")
+    (tmp_path / "rules" / "hosts.deny").write_text("ALL: ALL\n")
+    _policy(tmp_path, "rules")
+    live = start_server(tmp_path, tmp_path / "policy.toml")
+    try:
+        from acl.wire import binary as wb
+
+        from .conftest import read_replies
+
+        slow = connect(live.query)
+        # two requests in one write: the first needs a name, the second not
+        slow.sendall(wb.encode_decide(1, Request("sshd", "192.0.2.77"))
+                     + wb.encode_decide(2, Request("fast", "192.0.2.5")))
+        with Client(live.query) as other:
+            d = other.decide("fast", "192.0.2.6")        # answered meanwhile
+            assert d.allowed
+        slow.setblocking(False)
+        try:
+            early = slow.recv(65536)
+        except BlockingIOError:
+            early = b""
+        # nothing came back yet on the waiting connection, not even #2
+        assert early == b"", early
+        slow.setblocking(True)
+        slow.settimeout(120)
+        replies = read_replies(slow, 2)
+        assert [r.request_id for r in replies] == [1, 2]
+        assert replies[0].decision.allowed and str(replies[0].decision.location).endswith(
+            "hosts.allow:1")
+        assert replies[1].decision.allowed
+        slow.close()
+    finally:
+        live.stop()
