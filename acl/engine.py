@@ -313,8 +313,8 @@ class Engine:
                 try:
                     if getattr(layer, "name", "") == "xinetd":
                         layer.check_address(req)
-                    elif getattr(layer, "resolver", None) is names:
-                        layer.check(req, now)
+                    elif getattr(layer, "resolver", None) is names and layer.residual:
+                        layer.check(req, now)      # (only residual rules read names)
                 except NeedName as need:
                     if (need.kind, need.addr) not in wanted:
                         wanted.append((need.kind, need.addr))
