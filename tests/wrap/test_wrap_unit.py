@@ -3,7 +3,7 @@ inetd hands them (fds 0-2 = the accepted socket).
 
 What the real ``acl serve`` cannot be made to do on demand -- answer with a
 chosen decision, garbage, an ERROR frame, or not at all -- is scripted here;
-the live tests (test_live_*.py) use the real sidecar for allow/deny/env/
+the live tests (test_live.py) use the real sidecar for allow/deny/env/
 per_source.  Requests are decoded by the project's codec (acl.wire.binary),
 so the C encoder is checked against it.
 """
