@@ -5,10 +5,15 @@
  *   tcpd mode      argv[0] is the real server, exactly as tcpd is used:
  *                  xinetd `server = .../acl-wrap` + NAMEINARGS +
  *                  `server_args = /usr/sbin/in.echod -x`, or systemd's
- *                  `ExecStart=@.../acl-wrap /usr/sbin/in.echod`.  The service
- *                  name is basename(argv[0]); a relative argv[0] is looked up
- *                  in ACL_WRAP_DAEMON_DIR (default /usr/sbin), as tcpd's
- *                  REAL_DAEMON_DIR.  Settings come from the environment.
+ *                  `ExecStart=@.../acl-wrap /usr/sbin/in.echod`.  As in
+ *                  tcpd: an absolute argv[0] is run as it is and cut to its
+ *                  basename, which is the service name and the server's
+ *                  argv[0]; any other argv[0] -- `in.echod` or `sub/in.echod`
+ *                  alike -- is run as ACL_WRAP_DAEMON_DIR/argv[0] (default
+ *                  /usr/sbin, tcpd's REAL_DAEMON_DIR) and is, whole, the
+ *                  service name and the server's argv[0].  Never relative to
+ *                  our cwd: a super-server's cwd is no configuration.
+ *                  Settings come from the environment.
  *   explicit mode  basename(argv[0]) is "acl-wrap":
  *                  acl-wrap [-s socket] [-n service] [-t ms] [-o|-c] server [args]
  *                  (inetd.conf, tcpserver, systemd ExecStart).  The service
@@ -209,8 +214,10 @@ int main(int argc, char **argv)
     } else {
         if (!*prog)     /* xinetd: flags = NAMEINARGS must come before server_args */
             usage("empty argv[0]: no server to run (xinetd: put flags before server_args)");
-        if (strchr(argv[0], '/')) {
+        /* tcpd tells the two kinds apart by the first byte only */
+        if (argv[0][0] == '/') {
             server_path = argv[0];
+            argv[0] = (char *)prog;
         } else {
             if ((size_t)snprintf(pathbuf, sizeof pathbuf, "%s/%s",
                                  dir && *dir ? dir : DEFAULT_DAEMON_DIR, argv[0])
@@ -218,11 +225,10 @@ int main(int argc, char **argv)
                 usage("server path too long");
             server_path = pathbuf;
         }
-        argv[0] = (char *)prog;     /* the server sees its basename, as under tcpd */
         server_argv = argv;
         search_path = 0;
         if (!service || !*service)
-            service = prog;
+            service = argv[0];
     }
     if (strlen(service) > 255)
         usage("service name longer than 255 bytes");

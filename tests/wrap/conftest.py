@@ -25,6 +25,7 @@ from tests.wrap import harness
 #: super-server) and 45600-45602, bench/bench_wrap.py 45900-45902.
 BLOCKS = {
     "test_wrap_unit": 45000,
+    "test_vs_tcpd": 45700,
 }
 _counters: dict[str, itertools.count] = {}
 
