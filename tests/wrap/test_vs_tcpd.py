@@ -1,4 +1,5 @@
-"""acl-wrap against Debian's real tcpd: daemon naming.
+"""acl-wrap against Debian's real tcpd: daemon naming, option limits, the
+twist log line.
 
 Each case runs both programs in one private mount namespace
 (harness.ns_command) with the same client setup: tcpd reads the rule's
@@ -33,6 +34,21 @@ TCPD = "/usr/sbin/tcpd"
 PATH_ENV = {"PATH": "/usr/bin:/bin"}
 #: log lines after which tcpd only sleeps and exits
 TERMINAL = ("refused connect from", "expansion too long")
+
+# The server for the option cases: what the options changed, then READY and
+# exit.  (Its environment, minus what only acl-wrap sets, is compared.)
+REPORT = """#!/bin/sh
+# report for tests/wrap/test_vs_tcpd.py
+echo "NICE $(nice)"
+echo "UMASK $(umask)"
+python3 -c 'import os, socket, struct
+s = socket.socket(fileno=os.dup(0))
+print("LINGER %d %d" % struct.unpack("ii", s.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)))'
+env | sort | sed 's/^/ENV /'
+echo READY
+"""
+ONLY_WRAP_SETS = re.compile(r"(PROTO|(TCP|UDP)6?[A-Z]+|ACL_LEASE_(FD|ID))")
+
 
 @dataclass
 class Run:
@@ -113,6 +129,13 @@ def both(nsdir: Path, wrap_bin: Path, argv0: str, options: list[tuple[str, str]]
         os.unlink(side.path)
 
 
+def comparable(r: Run) -> bytes:
+    """The client's bytes without the variables only acl-wrap sets."""
+    return b"\n".join(line for line in r.data.split(b"\n")
+                      if not (line.startswith(b"ENV ") and ONLY_WRAP_SETS.fullmatch(
+                          line[4:].split(b"=")[0].decode())))
+
+
 @pytest.fixture(scope="module")
 def nsdir(tmp_path_factory):
     needs_root()
@@ -120,6 +143,7 @@ def nsdir(tmp_path_factory):
         pytest.skip("Debian's tcpd is not installed")
     d = Path(tmp_path_factory.mktemp("vs_tcpd"))
     d.chmod(0o755)
+    harness.write_exe(d / "report", REPORT)
     os.symlink("/bin/sh", d / "sh")
     return d
 
@@ -150,3 +174,49 @@ def test_relative_argv0_with_a_slash_is_named_and_run_as_tcpd_does(nsdir, wrap_b
     assert reqs[0].request.service == argv0           # the name the policy sees
     assert w.line("connect from")[:2] == t.line("connect from")[:2]       # priority, ident
 
+
+# -- D4: option values and buffer sizes -------------------------------------------------
+def fill(n: int) -> str:
+    """Text that %-expands to ``n`` bytes for a client at SRC."""
+    k, r = divmod(n, len(SRC))
+    return "%a" * k + "y" * r
+
+
+# case: (options, banner file text or None, whether tcpd runs the server --
+# checked, so that each case is known to probe what its name says)
+LIMITS = {
+    "nice 50 (nice(2) clamps)": ([("nice", "50")], None, True),
+    "nice -50": ([("nice", "-50")], None, True),
+    "nice without a value": ([("nice", "")], None, True),
+    "nice 5x": ([("nice", "5x")], None, False),
+    "linger 2000000": ([("linger", "2000000")], None, True),
+    "linger -1": ([("linger", "-1")], None, False),
+    "umask 027": ([("umask", "027")], None, True),
+    "umask 1000": ([("umask", "1000")], None, False),
+    # setenv expands "NAME VALUE" as a whole: 8190 bytes fit, 8191 do not
+    "setenv expanding to 8190": ([("setenv", "LONG " + fill(8190 - 5))], None, True),
+    "setenv expanding to 8191": ([("setenv", "LONG " + fill(8191 - 5))], None, False),
+    "setenv expanding to 4500": ([("setenv", "LONG " + fill(4500 - 5))], None, True),
+    "setenv with a 300-byte name": ([("setenv", "N" * 300 + " v")], None, True),
+    "setenv with = in the name": ([("setenv", "A=B v")], None, False),
+    # a banner line with its CRLF expands to at most 16382 bytes
+    "banner line expanding to 16382": (None, fill(16382 - 2) + "\n", True),
+    "banner line expanding to 16383": (None, fill(16383 - 2) + "\n", False),
+    "banner line of 5000 bytes": (None, "%a" + "x" * 5000 + "\n", True),
+    # lines are read in pieces of 8190 bytes: a %a cut in two stays text
+    "banner %a across the 8190-byte piece": (None, "x" * 8189 + "%a\nend %a\n", True),
+    "banner line of 20000 bytes": (None, "%a " + "x" * 20000 + "\nend %a\n", True),
+}
+
+
+@pytest.mark.parametrize("case", LIMITS)
+def test_option_limits_match_tcpd(nsdir, wrap_bin, port, sink, case):
+    options, text, tcpd_runs = LIMITS[case]
+    if text is not None:
+        d = nsdir / f"banners{list(LIMITS).index(case)}"
+        d.mkdir(exist_ok=True)
+        (d / "report").write_text(text)
+        options = [("banners", str(d))]
+    t, w, _ = both(nsdir, wrap_bin, str(nsdir / "report"), options, port, sink)
+    assert t.ran == tcpd_runs, t.log
+    assert (w.ran, comparable(w)) == (t.ran, comparable(t)), (t.log, w.log)
