@@ -243,6 +243,7 @@ int main(int argc, char **argv)
     memset(&st, 0, sizeof st);
     st.conn = &c;
     st.lease_fd = -1;
+    st.deny_priority = wrap_log_facility | LOG_WARNING;
 
     reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1);
     ok = reqlen > 0 &&

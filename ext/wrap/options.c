@@ -28,7 +28,10 @@
  *   there, whose LF becomes CRLF before the piece is expanded on its own
  *   into 2 * TCPD_BUFSIZ bytes.  So a % cut by a piece boundary stays text,
  *   and the CRLF counts toward the limit.
- * - `severity [facility.]level` changes the priority of the verdict line.
+ * - `severity [facility.]level` changes the priority of the verdict line
+ *   and of a later twist line.  tcpd logs "twist HOST to CMD" at the
+ *   priority of its refusals (warning) even on a grant, and severity sets
+ *   both of its priorities.
  * - `keepalive`, `linger secs`, `nice [n]`, `umask octal` act on this
  *   process or the client socket and so reach the real server.
  * - `rfc931`, `user`, `group`: accepted and ignored (no ident lookups;
@@ -227,7 +230,7 @@ static int set_severity(struct run_state *st, const char *value)
     }
     if (lookup_name(v, n, 1, &level) < 0)
         return -1;
-    st->log_priority = facility | level;
+    st->log_priority = st->deny_priority = facility | level;
     return 0;
 }
 
@@ -252,7 +255,7 @@ void carry_lease(int lease_fd, uint64_t lease)
 static void do_twist(struct run_state *st, const char *cmd)
 {
     carry_lease(st->lease_fd, st->lease);
-    syslog(st->log_priority, "twist %s to %s", endpoint_info(&st->conn->client), cmd);
+    syslog(st->deny_priority, "twist %s to %s", endpoint_info(&st->conn->client), cmd);
     dup2(0, 1);
     dup2(0, 2);
     execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);

@@ -220,3 +220,23 @@ def test_option_limits_match_tcpd(nsdir, wrap_bin, port, sink, case):
     t, w, _ = both(nsdir, wrap_bin, str(nsdir / "report"), options, port, sink)
     assert t.ran == tcpd_runs, t.log
     assert (w.ran, comparable(w)) == (t.ran, comparable(t)), (t.log, w.log)
+
+
+# -- D5: the twist log line ----------------------------------------------------------
+TWIST = ("twist", "/bin/echo twisted %a %d")
+
+
+@pytest.mark.parametrize("options", [
+    [TWIST],
+    [("severity", "local3.crit"), TWIST],
+    [("severity", "notice"), TWIST],
+], ids=["plain", "after severity local3.crit", "after severity notice"])
+def test_twist_is_logged_as_tcpd_logs_it(nsdir, wrap_bin, port, sink, options):
+    """tcpd logs "twist HOST to CMD" at its refusal priority (daemon.warning
+    unless a severity option came first).  The stand-in DELEGATEs, as the
+    real sidecar does for a rule ending in twist."""
+    argv0 = str(nsdir / "report")
+    t, w, _ = both(nsdir, wrap_bin, argv0, options, port, sink, verdict=2)
+    assert t.data == f"twisted {SRC} report\n".encode(), t
+    assert w.data == t.data
+    assert w.line("twist ") == t.line("twist ")     # priority, ident, text
