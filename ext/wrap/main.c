@@ -34,11 +34,15 @@
  * 3. Refused: run the rule's options except twist (banners reach the
  *    client, spawn runs), log "refused connect from" as tcpd does, drop a
  *    refused datagram, exit 1.
- * 4. Granted: UCSPI variables (PROTO, TCPREMOTEIP, ...), then the tcprules
- *    environment in rule order, then the options in rule order (twist
- *    replaces us there), log "connect from", and exec the real server with
- *    the sidecar connection still open (FD_CLOEXEC cleared), so the lease
- *    is held exactly as long as the server -- and its children -- live.
+ * 4. Granted: UCSPI variables (PROTO, TCPREMOTEIP, ...) -- unless a UCSPI
+ *    server (tcpserver) already set them for this very connection: then
+ *    the server sees them as that server set them (tcpserver -6 says TCP6
+ *    and ::ffff:a.b.c.d, and that is not ours to rewrite) -- then the
+ *    tcprules environment in rule order, then the options in rule order
+ *    (twist replaces us there), log "connect from", and exec the real
+ *    server with the sidecar connection still open (FD_CLOEXEC cleared), so
+ *    the lease is held exactly as long as the server -- and its children
+ *    -- live.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -105,6 +109,32 @@ static int parse_fail(const char *s)
     return -1;
 }
 
+/* Did a UCSPI server set PROTO and the variables for *this* connection?
+ * tcpserver always sets PROTO (TCP, or TCP6 for an IPv6 socket) and
+ * TCPREMOTEPORT / TCPLOCALPORT.  The ports must be this connection's, so
+ * variables inherited from elsewhere (a super-server started from a
+ * tcpserver session) are not taken for a description. */
+static int ucspi_described(const struct conn *c)
+{
+    const char *p = c->dgram ? "UDP" : "TCP", *proto = getenv("PROTO"), *v;
+    char name[32], port[16];
+
+    if (!proto || strncmp(proto, p, 3) != 0 || (proto[3] && strcmp(proto + 3, "6") != 0))
+        return 0;
+    snprintf(name, sizeof name, "%sREMOTEPORT", p);
+    snprintf(port, sizeof port, "%u", c->client.port);
+    if (!(v = getenv(name)) || strcmp(v, port) != 0)
+        return 0;
+    if (c->server.known) {
+        snprintf(name, sizeof name, "%sLOCALPORT", p);
+        snprintf(port, sizeof port, "%u", c->server.port);
+        if (!(v = getenv(name)) || strcmp(v, port) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* The UCSPI variables, as tcpserver would set them -- unless it did. */
 static void set_ucspi_env(const struct conn *c)
 {
     const struct endpoint *cl = &c->client;
@@ -115,6 +145,8 @@ static void set_ucspi_env(const struct conn *c)
     char name[32], val[64];
     int six;
 
+    if (ucspi_described(c))
+        return;
     snprintf(val, sizeof val, "%s%s", p, v6 ? "6" : "");
     setenv("PROTO", val, 1);
     for (six = 0; six < 2; six++) {
