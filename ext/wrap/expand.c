@@ -12,8 +12,11 @@
  *   The literal text around the expansions is the operator's rule text.
  * - An unknown %x logs a warning and expands to nothing; a `%` at the very
  *   end is kept as it is.
- * - A result longer than the buffer is an error (tcpd refuses the
- *   connection too): a cut-down command is never run.
+ * - `cap` is the buffer's size, and at most cap - 2 bytes of result fit,
+ *   one fewer than the buffer could hold: that is tcpd's limit, and rules
+ *   are written against tcpd's limits.  A longer result is an error that
+ *   refuses the connection (tcpd ends without running the server): a
+ *   cut-down command is never run.
  * - %u is "unknown": acl-wrap does no RFC 931 (ident) lookups.
  */
 #define _GNU_SOURCE
@@ -48,7 +51,7 @@ int percent_expand(struct conn *c, const char *in, char *out, size_t cap)
     size_t o = 0;
     char tmp[NAME_MAX_LEN + 320];
 
-    if (cap == 0)
+    if (cap < 2)
         return -1;
     out[0] = 0;
     while (*in) {
@@ -95,7 +98,7 @@ int percent_expand(struct conn *c, const char *in, char *out, size_t cap)
         }
         vlen = strlen(val);
     append:
-        if (o + vlen >= cap) {
+        if (o + vlen > cap - 2) {
             syslog(LOG_WARNING, "warning: percent expansion too long: %.30s...", out);
             return -1;
         }

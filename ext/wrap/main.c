@@ -5,10 +5,15 @@
  *   tcpd mode      argv[0] is the real server, exactly as tcpd is used:
  *                  xinetd `server = .../acl-wrap` + NAMEINARGS +
  *                  `server_args = /usr/sbin/in.echod -x`, or systemd's
- *                  `ExecStart=@.../acl-wrap /usr/sbin/in.echod`.  The service
- *                  name is basename(argv[0]); a relative argv[0] is looked up
- *                  in ACL_WRAP_DAEMON_DIR (default /usr/sbin), as tcpd's
- *                  REAL_DAEMON_DIR.  Settings come from the environment.
+ *                  `ExecStart=@.../acl-wrap /usr/sbin/in.echod`.  As in
+ *                  tcpd: an absolute argv[0] is run as it is and cut to its
+ *                  basename, which is the service name and the server's
+ *                  argv[0]; any other argv[0] -- `in.echod` or `sub/in.echod`
+ *                  alike -- is run as ACL_WRAP_DAEMON_DIR/argv[0] (default
+ *                  /usr/sbin, tcpd's REAL_DAEMON_DIR) and is, whole, the
+ *                  service name and the server's argv[0].  Never relative to
+ *                  our cwd: a super-server's cwd is no configuration.
+ *                  Settings come from the environment.
  *   explicit mode  basename(argv[0]) is "acl-wrap":
  *                  acl-wrap [-s socket] [-n service] [-t ms] [-o|-c] server [args]
  *                  (inetd.conf, tcpserver, systemd ExecStart).  The service
@@ -29,11 +34,15 @@
  * 3. Refused: run the rule's options except twist (banners reach the
  *    client, spawn runs), log "refused connect from" as tcpd does, drop a
  *    refused datagram, exit 1.
- * 4. Granted: UCSPI variables (PROTO, TCPREMOTEIP, ...), then the tcprules
- *    environment in rule order, then the options in rule order (twist
- *    replaces us there), log "connect from", and exec the real server with
- *    the sidecar connection still open (FD_CLOEXEC cleared), so the lease
- *    is held exactly as long as the server -- and its children -- live.
+ * 4. Granted: UCSPI variables (PROTO, TCPREMOTEIP, ...) -- unless a UCSPI
+ *    server (tcpserver) already set them for this very connection: then
+ *    the server sees them as that server set them (tcpserver -6 says TCP6
+ *    and ::ffff:a.b.c.d, and that is not ours to rewrite) -- then the
+ *    tcprules environment in rule order, then the options in rule order
+ *    (twist replaces us there), log "connect from", and exec the real
+ *    server with the sidecar connection still open (FD_CLOEXEC cleared), so
+ *    the lease is held exactly as long as the server -- and its children
+ *    -- live.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -100,6 +109,32 @@ static int parse_fail(const char *s)
     return -1;
 }
 
+/* Did a UCSPI server set PROTO and the variables for *this* connection?
+ * tcpserver always sets PROTO (TCP, or TCP6 for an IPv6 socket) and
+ * TCPREMOTEPORT / TCPLOCALPORT.  The ports must be this connection's, so
+ * variables inherited from elsewhere (a super-server started from a
+ * tcpserver session) are not taken for a description. */
+static int ucspi_described(const struct conn *c)
+{
+    const char *p = c->dgram ? "UDP" : "TCP", *proto = getenv("PROTO"), *v;
+    char name[32], port[16];
+
+    if (!proto || strncmp(proto, p, 3) != 0 || (proto[3] && strcmp(proto + 3, "6") != 0))
+        return 0;
+    snprintf(name, sizeof name, "%sREMOTEPORT", p);
+    snprintf(port, sizeof port, "%u", c->client.port);
+    if (!(v = getenv(name)) || strcmp(v, port) != 0)
+        return 0;
+    if (c->server.known) {
+        snprintf(name, sizeof name, "%sLOCALPORT", p);
+        snprintf(port, sizeof port, "%u", c->server.port);
+        if (!(v = getenv(name)) || strcmp(v, port) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* The UCSPI variables, as tcpserver would set them -- unless it did. */
 static void set_ucspi_env(const struct conn *c)
 {
     const struct endpoint *cl = &c->client;
@@ -110,6 +145,8 @@ static void set_ucspi_env(const struct conn *c)
     char name[32], val[64];
     int six;
 
+    if (ucspi_described(c))
+        return;
     snprintf(val, sizeof val, "%s%s", p, v6 ? "6" : "");
     setenv("PROTO", val, 1);
     for (six = 0; six < 2; six++) {
@@ -209,8 +246,10 @@ int main(int argc, char **argv)
     } else {
         if (!*prog)     /* xinetd: flags = NAMEINARGS must come before server_args */
             usage("empty argv[0]: no server to run (xinetd: put flags before server_args)");
-        if (strchr(argv[0], '/')) {
+        /* tcpd tells the two kinds apart by the first byte only */
+        if (argv[0][0] == '/') {
             server_path = argv[0];
+            argv[0] = (char *)prog;
         } else {
             if ((size_t)snprintf(pathbuf, sizeof pathbuf, "%s/%s",
                                  dir && *dir ? dir : DEFAULT_DAEMON_DIR, argv[0])
@@ -218,11 +257,10 @@ int main(int argc, char **argv)
                 usage("server path too long");
             server_path = pathbuf;
         }
-        argv[0] = (char *)prog;     /* the server sees its basename, as under tcpd */
         server_argv = argv;
         search_path = 0;
         if (!service || !*service)
-            service = prog;
+            service = argv[0];
     }
     if (strlen(service) > 255)
         usage("service name longer than 255 bytes");
@@ -237,6 +275,7 @@ int main(int argc, char **argv)
     memset(&st, 0, sizeof st);
     st.conn = &c;
     st.lease_fd = -1;
+    st.deny_priority = wrap_log_facility | LOG_WARNING;
 
     reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1);
     ok = reqlen > 0 &&

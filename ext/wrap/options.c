@@ -6,16 +6,32 @@
  *   applied `allow`/`deny` to the verdict and rejected rules with option
  *   errors; an option name this program does not know is still an error,
  *   and an error refuses the connection (tcpd: "any error denies").
+ * - Buffer sizes and number syntax are tcpd's (Debian 7.6.q on glibc), no
+ *   tighter and no looser: a value expands into TCPD_BUFSIZ bytes (at most
+ *   TCPD_BUFSIZ - 2 fit, expand.c); numbers are read as sscanf "%d%c"
+ *   ("%o%c" for umask) reads them -- one number and nothing after it, any
+ *   int, nice(2) and the kernel clamping what they must.  A rule tcpd takes
+ *   is taken here, and one tcpd refuses is refused
+ *   (tests/wrap/test_vs_tcpd.py asks tcpd).
  * - `spawn cmd`: %-expand, fork `/bin/sh -c cmd` with stdin/stdout/stderr
  *   on /dev/null and no other descriptor, wait for it; the verdict stands.
  * - `twist cmd`: %-expand, put the client socket on fds 0-2 and replace
  *   this process by `/bin/sh -c cmd`.  The lease descriptor goes along, so
  *   a twisted command holds its slot like a real server.  On a refusal
  *   twist is not run (the sidecar said no; nothing replaces the refusal).
- * - `setenv name value`: value %-expanded, internal blanks kept.
- * - `banners /dir`: copy /dir/<daemon> to the client, each line
- *   %-expanded, LF sent as CRLF; a missing file is ignored.  Not on UDP.
- * - `severity [facility.]level` changes the priority of the verdict line.
+ * - `setenv name value`: "name value" %-expanded as a whole, trimmed, then
+ *   split at its first blank; both parts trimmed, internal blanks kept.  An
+ *   empty name or one with `=` is an error (setenv(3) says EINVAL).
+ * - `banners /dir`: copy /dir/<daemon> to the client, %-expanded, LF sent
+ *   as CRLF; a missing file is ignored.  Not on UDP.  Read as tcpd reads it:
+ *   in pieces of at most TCPD_BUFSIZ - 2 bytes, each ending at a LF or
+ *   there, whose LF becomes CRLF before the piece is expanded on its own
+ *   into 2 * TCPD_BUFSIZ bytes.  So a % cut by a piece boundary stays text,
+ *   and the CRLF counts toward the limit.
+ * - `severity [facility.]level` changes the priority of the verdict line
+ *   and of a later twist line.  tcpd logs "twist HOST to CMD" at the
+ *   priority of its refusals (warning) even on a grant, and severity sets
+ *   both of its priorities.
  * - `keepalive`, `linger secs`, `nice [n]`, `umask octal` act on this
  *   process or the client socket and so reach the real server.
  * - `rfc931`, `user`, `group`: accepted and ignored (no ident lookups;
@@ -41,7 +57,9 @@
 
 #include "wrap.h"
 
-#define CMD_MAX 4096
+/* glibc's BUFSIZ, which sizes tcpd's buffers; spelled out because other
+ * C libraries have other BUFSIZs (musl: 1024), and the limits are tcpd's. */
+#define TCPD_BUFSIZ 8192
 
 static const char *skip_blank(const char *s)
 {
@@ -52,17 +70,24 @@ static const char *skip_blank(const char *s)
 
 static int has_value(const struct item *o) { return *skip_blank(o->value) != 0; }
 
-static int parse_int(const char *s, int base, long lo, long hi, long *out)
+/* One number and nothing after it, as tcpd reads option values. */
+static int scan_int(const char *s, int *out)
+{
+    char junk;
+    return sscanf(s, "%d%c", out, &junk) == 1 ? 0 : -1;
+}
+
+/* isspace() trimmed at both ends, in place (tcpd trims option values so). */
+static char *trim(char *s)
 {
     char *end;
-    long v;
-    errno = 0;
-    v = strtol(s, &end, base);
-    end = (char *)skip_blank(end);
-    if (errno || end == s || *end || v < lo || v > hi)
-        return -1;
-    *out = v;
-    return 0;
+    while (isspace((unsigned char)*s))
+        s++;
+    end = s + strlen(s);
+    while (end > s && isspace((unsigned char)end[-1]))
+        end--;
+    *end = 0;
+    return s;
 }
 
 static void close_from(int lowfd)
@@ -117,7 +142,7 @@ static int do_spawn(struct conn *c, const char *cmd)
 
 static int do_banners(struct conn *c, const char *dir)
 {
-    char path[4096], line[CMD_MAX], out[CMD_MAX + 2];
+    char path[TCPD_BUFSIZ], line[TCPD_BUFSIZ], out[2 * TCPD_BUFSIZ];
     FILE *f;
 
     if (c->dgram)
@@ -134,21 +159,16 @@ static int do_banners(struct conn *c, const char *dir)
             syslog(LOG_WARNING, "warning: banners: %s: %m", path);
         return 0;
     }
-    while (fgets(line, sizeof line, f)) {
-        size_t n;
+    /* pieces of at most sizeof line - 2 bytes: room for the CR */
+    while (fgets(line, sizeof line - 1, f)) {
         char *nl = strchr(line, '\n');
         if (nl)
-            *nl = 0;
-        if (percent_expand(c, line, out, sizeof out - 2) < 0) {
+            strcpy(nl, "\r\n");
+        if (percent_expand(c, line, out, sizeof out) < 0) {
             fclose(f);
             return -1;
         }
-        n = strlen(out);
-        if (nl) {
-            out[n++] = '\r';
-            out[n++] = '\n';
-        }
-        if (send(0, out, n, MSG_NOSIGNAL) < 0)
+        if (send(0, out, strlen(out), MSG_NOSIGNAL) < 0)
             break;                  /* the client went away; the verdict stands */
     }
     fclose(f);
@@ -157,31 +177,15 @@ static int do_banners(struct conn *c, const char *dir)
 
 static int set_env(struct conn *c, const char *value)
 {
-    char buf[CMD_MAX], name[256];
-    const char *v = skip_blank(value), *end;
-    size_t n;
+    char buf[TCPD_BUFSIZ], *name, *val;
 
-    if (percent_expand(c, v, buf, sizeof buf) < 0)
+    if (percent_expand(c, value, buf, sizeof buf) < 0)
         return -1;
-    v = buf;
-    end = v + strcspn(v, " \t");
-    n = (size_t)(end - v);
-    if (n == 0 || n >= sizeof name)
-        return -1;
-    memcpy(name, v, n);
-    name[n] = 0;
-    if (strchr(name, '='))
-        return -1;
-    v = skip_blank(end);
-    n = strlen(v);
-    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
-        n--;
-    {
-        char val[CMD_MAX];
-        memcpy(val, v, n);
-        val[n] = 0;
-        return setenv(name, val, 1);
-    }
+    name = trim(buf);
+    val = name + strcspn(name, " \t\r\n");
+    if (*val)
+        *val++ = 0;
+    return setenv(trim(name), trim(val), 1);   /* EINVAL: empty name, '=' */
 }
 
 static const struct { const char *name; int value; } LEVELS[] = {
@@ -226,7 +230,7 @@ static int set_severity(struct run_state *st, const char *value)
     }
     if (lookup_name(v, n, 1, &level) < 0)
         return -1;
-    st->log_priority = facility | level;
+    st->log_priority = st->deny_priority = facility | level;
     return 0;
 }
 
@@ -251,7 +255,7 @@ void carry_lease(int lease_fd, uint64_t lease)
 static void do_twist(struct run_state *st, const char *cmd)
 {
     carry_lease(st->lease_fd, st->lease);
-    syslog(st->log_priority, "twist %s to %s", endpoint_info(&st->conn->client), cmd);
+    syslog(st->deny_priority, "twist %s to %s", endpoint_info(&st->conn->client), cmd);
     dup2(0, 1);
     dup2(0, 2);
     execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
@@ -262,13 +266,15 @@ static void do_twist(struct run_state *st, const char *cmd)
 int run_options(struct run_state *st, const struct decision *d)
 {
     size_t i;
-    char cmd[CMD_MAX];
+    char cmd[TCPD_BUFSIZ];
     struct conn *c = st->conn;
 
     for (i = 0; i < d->option_count; i++) {
         const struct item *o = &d->options[i];
         const char *name = o->name, *value = skip_blank(o->value);
-        long n;
+        int n;
+        unsigned mask;
+        char junk;
 
         if (strcasecmp(name, "spawn") == 0 || strcasecmp(name, "twist") == 0) {
             if (!has_value(o) || percent_expand(c, value, cmd, sizeof cmd) < 0)
@@ -296,23 +302,23 @@ int run_options(struct run_state *st, const struct decision *d)
                 setsockopt(0, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on);
         } else if (strcasecmp(name, "linger") == 0) {
             struct linger l;
-            if (parse_int(value, 10, 0, 1000000, &n) < 0)
+            if (scan_int(value, &n) < 0 || n < 0)
                 goto bad;
             l.l_onoff = n != 0;
-            l.l_linger = (int)n;
+            l.l_linger = n;
             if (!c->dgram)
                 setsockopt(0, SOL_SOCKET, SO_LINGER, &l, sizeof l);
         } else if (strcasecmp(name, "nice") == 0) {
             n = 10;
-            if (*value && parse_int(value, 10, -40, 40, &n) < 0)
+            if (*value && scan_int(value, &n) < 0)
                 goto bad;
             errno = 0;
-            if (nice((int)n) == -1 && errno)
-                syslog(LOG_WARNING, "warning: nice %ld: %m", n);
+            if (nice(n) == -1 && errno)
+                syslog(LOG_WARNING, "warning: nice %d: %m", n);
         } else if (strcasecmp(name, "umask") == 0) {
-            if (parse_int(value, 8, 0, 0777, &n) < 0)
+            if (sscanf(value, "%o%c", &mask, &junk) != 1 || (mask & 0777) != mask)
                 goto bad;
-            umask((mode_t)n);
+            umask((mode_t)mask);
         } else if (strcasecmp(name, "rfc931") == 0 || strcasecmp(name, "user") == 0 ||
                    strcasecmp(name, "group") == 0 || strcasecmp(name, "allow") == 0 ||
                    strcasecmp(name, "deny") == 0) {

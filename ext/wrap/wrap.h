@@ -93,6 +93,7 @@ struct run_state {
     int lease_fd;                   /* -1: no lease to carry across exec */
     uint64_t lease;
     int log_priority;               /* facility | level for the verdict line */
+    int deny_priority;              /* ... for the twist line: tcpd's deny_severity */
 };
 int run_options(struct run_state *st, const struct decision *d);
 void carry_lease(int lease_fd, uint64_t lease);

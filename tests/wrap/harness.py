@@ -256,7 +256,7 @@ class Handoff:
 
     def __init__(self, argv, src: str, port: int, *, env=None, family=socket.AF_INET,
                  listen: str = "127.0.0.1", dgram: bool = False, payload: bytes = b"hi\n",
-                 executable=None):
+                 executable=None, cwd=None):
         kind = socket.SOCK_DGRAM if dgram else socket.SOCK_STREAM
         ls = socket.socket(family, kind)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -277,7 +277,7 @@ class Handoff:
             conn, _ = ls.accept()
         self.proc = subprocess.Popen(argv, stdin=conn.fileno(), stdout=conn.fileno(),
                                      stderr=conn.fileno(), close_fds=True, env=env,
-                                     executable=executable)
+                                     executable=executable, cwd=cwd)
         #: the UDP socket stays here too, to see whether a datagram was left
         self.listener = ls if dgram else None
         if not dgram:

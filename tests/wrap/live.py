@@ -179,6 +179,17 @@ def listening(port: int) -> bool:
     return False
 
 
+def listening_any(port: int) -> bool:
+    """Is something listening on ``port``, IPv4 or IPv6 (mapped included)?"""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                parts = line.split()
+                if parts[1].endswith(f":{port:04X}") and parts[3] == "0A":
+                    return True
+    return False
+
+
 def _unit_value(text: str, key: str) -> list[str]:
     return [line.split("=", 1)[1].strip() for line in text.splitlines()
             if line.startswith(key + "=")]

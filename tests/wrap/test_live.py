@@ -15,11 +15,13 @@ tests/wrap/live.py.  Shown for every super-server:
 * with the sidecar stopped: closed by default, open with ACL_WRAP_FAIL=open.
 
 Also here: a host name full of shell syntax in the real sidecar's spawn and
-twist, and a UDP (``wait = yes``) service under xinetd.
+twist, a UDP (``wait = yes``) service under xinetd, and tcpserver's own
+variables (``-6`` too) reaching the server as tcpserver set them.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 import subprocess
@@ -28,13 +30,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_process
 from tests.wrap import harness, live
 from tests.wrap.conftest import needs_root
 
 pytestmark = pytest.mark.live
 
 BASE = 45200          # 45200-45599 in PORTS["wrap"]: 100 per super-server
-EXTRA = 45600         # 45600-45602: the single-port tests below
+EXTRA = 45600         # 45600-45606: the single-port tests below
 
 
 def have(kind: str) -> bool:
@@ -296,3 +299,55 @@ def test_refusal_sends_the_banner(sidecar, wrap_bin, workdir):
     out = h.read_all()
     assert h.finish() == 1
     assert out == b"Not for you, 127.0.0.9.\r\nSee bannered policy.\r\n"
+
+
+UCSPI_NAME = re.compile(r"PROTO|TCP6?[A-Z]+")
+
+
+@pytest.mark.parametrize("flags,listen,ports", [
+    ((), "127.0.0.1", (EXTRA + 3, EXTRA + 4)),
+    (("-6",), "::ffff:127.0.0.1", (EXTRA + 5, EXTRA + 6)),
+], ids=["tcpserver", "tcpserver -6"])
+def test_tcpserver_variables_reach_the_server_as_set(sidecar, wrap_bin, echo_server, workdir,
+                                                     flags, listen, ports):
+    """Behind tcpserver, the server sees tcpserver's PROTO, TCP* and TCP6*
+    variables as tcpserver set them: the same connection (127.0.0.2 to
+    127.0.0.1) to the server run by tcpserver directly and through
+    acl-wrap.  (``-6`` sets PROTO=TCP6 and mapped TCPREMOTEIP/TCPLOCALIP,
+    which acl-wrap must not rewrite to TCP and dotted quads.)"""
+    if not have("tcpserver"):
+        pytest.skip("tcpserver is not installed")
+    seen = []
+    for port, prog in zip(ports, ([str(echo_server)],
+                                  [str(wrap_bin), "-n", "echo", str(echo_server)]),
+                          strict=True):
+        d = workdir / f"tcpserver-vars-{port}"
+        d.mkdir()
+        sink = harness.SyslogSink(d / "log.sock")
+        argv = harness.ns_command(d, "tcpserver", "tcpserver",
+                                  [*flags, "-H", "-R", "-l", "0", listen, str(port), *prog],
+                                  log_sock=sink.path)
+        proc = subprocess.Popen(argv, env=live.env_for(sidecar.sock),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + 10
+            while time.monotonic() < end and not live.listening_any(port):
+                assert proc.poll() is None, "tcpserver exited"
+                time.sleep(0.05)
+            s, data = open_session("127.0.0.2", port)
+            cport = s.getsockname()[1]
+            s.close()
+        finally:
+            stop_process(proc)
+            sink.close()
+        assert b"READY\n" in data, data
+        env, _ = harness.parse_report(data)
+        ucspi = {k: v for k, v in env.items() if UCSPI_NAME.fullmatch(k)}
+        for k in ("TCPREMOTEPORT", "TCP6REMOTEPORT"):
+            assert ucspi.pop(k) == str(cport)
+        for k in ("TCPLOCALPORT", "TCP6LOCALPORT"):
+            assert ucspi.pop(k) == str(port)
+        seen.append(ucspi)
+    direct, wrapped = seen
+    assert direct["PROTO"] == ("TCP6" if flags else "TCP")      # tcpserver as described
+    assert wrapped == direct

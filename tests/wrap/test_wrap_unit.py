@@ -3,7 +3,7 @@ inetd hands them (fds 0-2 = the accepted socket).
 
 What the real ``acl serve`` cannot be made to do on demand -- answer with a
 chosen decision, garbage, an ERROR frame, or not at all -- is scripted here;
-the live tests (test_live_*.py) use the real sidecar for allow/deny/env/
+the live tests (test_live.py) use the real sidecar for allow/deny/env/
 per_source.  Requests are decoded by the project's codec (acl.wire.binary),
 so the C encoder is checked against it.
 """
@@ -152,6 +152,23 @@ def test_v4_client_of_a_v6_socket_is_sent_mapped(wrap_bin, sidecar, echo_server,
     # tcpserver's variables convert mapped addresses to IPv4 (spec B.4)
     assert (got["PROTO"], got["TCPREMOTEIP"], got["TCP6REMOTEIP"]) == (
         "TCP", "127.0.0.9", "::ffff:127.0.0.9")
+
+
+def test_ucspi_variables_of_another_connection_are_replaced(wrap_bin, sidecar, echo_server,
+                                                            port):
+    """Variables a UCSPI server set for *this* connection are left alone
+    (test_live.py, under tcpserver); ones inherited from elsewhere -- other
+    ports -- are not a description, and acl-wrap sets its own."""
+    side = sidecar(always(harness.decision(1)))
+    stale = {"PROTO": "TCP6", "TCPREMOTEIP": "::ffff:10.1.2.3", "TCPREMOTEPORT": "1",
+             "TCPLOCALIP": "::ffff:10.1.2.4", "TCPLOCALPORT": str(port)}
+    h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.13", port,
+                        env=dict(PATH_ENV, **stale))
+    got, _ = harness.parse_report(h.read_until(b"READY\n"))
+    cport = h.client.getsockname()[1]
+    h.finish()
+    assert (got["PROTO"], got["TCPREMOTEIP"], got["TCPREMOTEPORT"], got["TCPLOCALIP"]) == (
+        "TCP", "127.0.0.13", str(cport), "127.0.0.1")
 
 
 def test_udp_grant_and_refusal(wrap_bin, sidecar, short_tmp, port):
