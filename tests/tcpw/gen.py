@@ -163,6 +163,10 @@ class Gen:
             body = " ".join(self.host_token(depth + 1) for _ in range(r.randint(1, 4)))
             if r.random() < 0.3:
                 body = "# EXCEPT " + body + "\n2001:db8::10\n"
+            if r.random() < 0.15:
+                # a NUL byte ends fscanf's token as a C string
+                cut = r.randrange(len(body) + 1)
+                body = body[:cut] + "\0" + r.choice(["junk", "", "*", "10.0.0.1"]) + body[cut:]
             self.files[path] = body + "\n"
             return path
         return r.choice(["@nosuchgroup", "192.168.1", "012.0.0.1", "10.0.0.01", "1.2.3.4.5"])
