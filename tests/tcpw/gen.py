@@ -57,6 +57,18 @@ OPTIONS_BAD = ["bogus", "allow yes", "umask 999", "umask 0x1", "severity bogus",
                "(/usr/sbin/safe_finger -l @%h | mail root) &", "keepalive 1", "spawn"]
 
 
+def _address_only(client: str) -> bool:
+    """tcpdmatch sets no client socket address for this client argument: a
+    dotted quad (not 255.255.255.255, inet_addr's error value), an IPv6
+    literal, or unknown/paranoid."""
+    if client.lower() in ("unknown", "paranoid"):
+        return True
+    try:
+        return ipaddress.ip_address(client) != ipaddress.ip_address("255.255.255.255")
+    except ValueError:
+        return False
+
+
 @dataclass
 class Case:
     seed: int
@@ -292,7 +304,12 @@ class Gen:
         else:
             c = self.near()
         if r.random() < 0.08:
-            c = r.choice(["root", "bob", "ROOT", "unknown"]) + "@" + c
+            user = r.choice(["root", "bob", "ROOT", "unknown", ""])
+            if not user and not _address_only(c):
+                # an empty user is looked up (ident, RFC 931) when tcpdmatch
+                # has both socket addresses: never ask that of the network
+                user = "unknown"
+            c = user + "@" + c
         return c
 
     def case(self, nrules_allow: int, nrules_deny: int, nqueries: int) -> Case:

@@ -10,6 +10,8 @@ from acl.resolve import PARANOID, UNKNOWN, HostsFileBackend, Resolver
 
 from .helpers import layer, verdict, where
 
+VERDICT = {Verdict.ALLOW: "granted", Verdict.DENY: "denied"}
+
 A = "ALL: ALL\n"
 
 
@@ -225,6 +227,18 @@ def test_d1_16_user_part_only_after_host_matches():
     # the sidecar never does ident: no user given means "unknown"
     assert verdict("ALL: KNOWN@ALL\n", A, "sshd", "1.2.3.4") == "denied"
     assert verdict("ALL: ALL@ALL\n", A, "sshd", "1.2.3.4") == "granted"
+
+
+@pytest.mark.parametrize("rules,word", [("sshd: KNOWN@ALL\n", "denied"),
+                                         ("sshd: UNKNOWN@ALL\n", "granted")])
+def test_empty_user_is_unknown(rules, word):
+    """eval_user takes an empty user for "not looked up": tcpdmatch -d sshd
+    @10.0.0.1 reports it unknown; the engine reads Request.user "" alike."""
+    assert verdict(rules, A, "sshd", "@10.0.0.1") == word
+    assert verdict(rules, A, "sshd", "@::1") == word
+    lay = layer(rules, A)
+    for user in ("", None):
+        assert VERDICT[lay.check(Request("sshd", "10.0.0.1", user=user), 0).verdict] == word
 
 
 def test_d1_17_case_insensitive_except_netgroups():
