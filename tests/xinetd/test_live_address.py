@@ -199,6 +199,41 @@ def test_include_includedir_and_defaults_order_match_real_xinetd(tmp_path):
     assert {r[2] for r in rows} == {"ok", "closed", "refused"}
 
 
+def _ok_server(text: str) -> str:
+    return text.replace("  server = /bin/echo\n", "  server = /bin/echo\n  server_args = ok\n")
+
+
+def test_cr_in_files_and_includes_matches_real_xinetd(tmp_path):
+    """xinetd ends lines at LF only, in the main file, ``include`` and
+    ``includedir``: ``127.0.0.2\r`` fails to parse (nobody is let in) and
+    a CRLF service has bad values, so it is disabled (spec C.1)."""
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 500
+    inc = tmp_path / "xinetd.d"
+    inc.mkdir()
+    crlf = {"inc": base + 1, "dir": base + 2}
+    (tmp_path / "more.conf").write_bytes(
+        _ok_server(svc("inc", port=crlf["inc"])).replace("\n", "\r\n").encode())
+    (inc / "dir").write_bytes(
+        _ok_server(svc("dir", port=crlf["dir"])).replace("\n", "\r\n").encode())
+    text = _ok_server(svc("cr", "only_from = 127.0.0.2\r", port=base)
+                      + svc("lf", "only_from = 127.0.0.2", port=base + 3)
+                      + f"include {tmp_path / 'more.conf'}\n" + f"includedir {inc}\n")
+    xd = Xinetd(text, 4)
+    try:
+        xd.start()
+        rows = [(sid, src, probe(port, src))
+                for sid, port in (("cr", base), ("lf", base + 3), *crlf.items())
+                for src in ("127.0.0.2", "127.0.0.3")]
+    finally:
+        xd.stop()
+    assert acl_outcomes(tmp_path, text, rows) == rows
+    assert {r[2] for r in rows} == {"ok", "closed", "refused"}
+
+
 SLOW_SEEDS = list(range(100 + SLOW_SEED_BASE, 108 + SLOW_SEED_BASE))
 
 

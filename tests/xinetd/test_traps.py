@@ -321,3 +321,27 @@ def test_sensor_service_denies_and_blocks_the_address_everywhere():
     from tests.xinetd.helpers import RESOLVER
     lay2 = XinetdLayer(lay.policy, state=lay.state, resolver=RESOLVER)
     assert full(lay2, "real", "127.0.0.9", NOON + 201) == "deny address"
+
+
+def test_a_cr_stays_in_lines_read_from_files(tmp_path):
+    """xinetd ends a line at LF only, in the main file and in what it
+    includes: ``127.0.0.2\\r`` fails to parse (the list is present, empty)
+    and a CRLF service has bad values (``NOLIBWRAP\\r``), so it is gone."""
+    from acl.compile.xinetd import XinetdLayer, load_xinetd
+    from tests.xinetd.helpers import RESOLVER
+    inc = tmp_path / "xinetd.d"
+    inc.mkdir()
+    (inc / "d").write_bytes(svc("incdir", port=43902).replace("\n", "\r\n").encode())
+    (tmp_path / "more").write_bytes(svc("inc", port=43901).replace("\n", "\r\n").encode())
+    main = tmp_path / "xinetd.conf"
+    main.write_bytes((svc("cr", "only_from = 127.0.0.2\r") + f"include {tmp_path / 'more'}\n"
+                      + f"includedir {inc}\n" + svc("lf", port=43903)).encode())
+    policy, diags = load_xinetd(str(main), RESOLVER)
+    assert set(policy.services) == {"cr", "lf"}
+    lay = XinetdLayer(policy, resolver=RESOLVER)
+    assert addr(lay, "cr", "127.0.0.2") == "deny address"
+    assert addr(lay, "lf", "127.0.0.2") == "allow"
+    shown = [str(d) for d in diags]
+    assert f"{main}:12:15: warning: failed to parse 127.0.0.2\\r" in shown
+    assert any(s.startswith(f"{tmp_path / 'more'}:11:3: Bad service flag: NOLIBWRAP\\r;")
+               for s in shown)
