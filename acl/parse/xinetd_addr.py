@@ -5,7 +5,8 @@ facts come from xinetd 2.3.15.3 ``addr.c`` and were checked live (C.11).
 A value is offered to five readers in order; the first that accepts it wins:
 
 1. numeric   -- no ``/`` or ``{``; IPv6 when it holds ``:`` (exact match,
-   ``::`` only matches ``::``), else IPv4 in ``inet_aton`` syntax (``127.1``,
+   ``::`` only matches ``::``; ``%scope``: a number, or an interface name on
+   a link-local address only), else IPv4 in ``inet_aton`` syntax (``127.1``,
    octal, hex) whose *trailing zero octets are wildcards* (``10.0.0.0`` =
    /8, ``0.0.0.0`` = every IPv4 client);
 2. host name -- ``.dom.ain`` (not only digits and dots) is a domain suffix;
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
+
+from acl.parse.hosts_patterns import v6_numeric
 
 __all__ = ["AddrEntry", "AddrError", "parse_value", "inet_aton_exact", "c_strtoul"]
 
@@ -124,19 +127,13 @@ def _v4_trailing_mask(addr: int) -> int:
 
 
 def _inet_pton6(text: str) -> int | None:
-    if "%" in text:
-        text, _, scope = text.partition("%")
-        if not scope:
-            return None
-        if not scope.isdigit():
-            try:
-                socket.if_nametoindex(scope)
-            except OSError:
-                return None
-    try:
-        return int.from_bytes(socket.inet_pton(socket.AF_INET6, text), "big")
-    except (OSError, ValueError):
-        return None
+    # numeric_addr / explicit_mask: getaddrinfo(AF_INET6, AI_NUMERICHOST).
+    # glibc takes a "%scope" that is a number (< 2**32) on any address, but
+    # an interface name only on link-local (and link/node-local multicast)
+    # addresses: ``::1%lo`` fails to parse, ``fe80::1%lo`` and ``::1%1``
+    # parse (live xinetd agreed).  The scope is then ignored.
+    packed = v6_numeric(text)
+    return None if packed is None else int.from_bytes(packed, "big")
 
 
 def _numeric(value: str) -> AddrEntry | None:

@@ -234,6 +234,38 @@ def test_cr_in_files_and_includes_matches_real_xinetd(tmp_path):
     assert {r[2] for r in rows} == {"ok", "closed", "refused"}
 
 
+#: (only_from value, mapped?) -- a %scope is a number (< 2**32) on any
+#: address, an interface name on link-local addresses only (glibc's numeric
+#: getaddrinfo, which xinetd calls); an IPv6 /N from 129 to 640 starts and
+#: matches nothing
+V6_VALUES = [("::1%lo", False), ("::1%1", False), ("::1%4294967296", False),
+             ("::%lo/0", False), ("::%1/0", False), ("fe80::%lo/0", False),
+             ("::ffff:127.0.0.2%lo", True), ("::ffff:127.0.0.2%1", True),
+             ("::/129", False), ("::/600", False)]
+
+
+def test_v6_scope_ids_and_wide_masks_match_real_xinetd(tmp_path):
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 510
+    text = "".join(
+        _ok_server(svc(f"v{i}", f"only_from = {value}", port=base + i, flags="IPv6 NOLIBWRAP",
+                       bind="::ffff:127.0.0.1" if mapped else "::1"))
+        for i, (value, mapped) in enumerate(V6_VALUES))
+    xd = Xinetd(text, len(V6_VALUES))
+    try:
+        xd.start()
+        rows = [(f"v{i}", "::ffff:127.0.0.2", probe(base + i, "127.0.0.2")) if mapped
+                else (f"v{i}", "::1", probe(base + i, "::1", "::1"))
+                for i, (_value, mapped) in enumerate(V6_VALUES)]
+    finally:
+        xd.stop()
+    assert acl_outcomes(tmp_path, text, rows) == rows
+    assert {r[2] for r in rows} == {"ok", "closed"}
+
+
 SLOW_SEEDS = list(range(100 + SLOW_SEED_BASE, 108 + SLOW_SEED_BASE))
 
 

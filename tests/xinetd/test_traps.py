@@ -345,3 +345,23 @@ def test_a_cr_stays_in_lines_read_from_files(tmp_path):
     assert f"{main}:12:15: warning: failed to parse 127.0.0.2\\r" in shown
     assert any(s.startswith(f"{tmp_path / 'more'}:11:3: Bad service flag: NOLIBWRAP\\r;")
                for s in shown)
+
+
+@pytest.mark.parametrize("value,client,want", [
+    ("::1%lo", "::1", "deny address"),                 # a name: link-local only
+    ("::1%1", "::1", "allow"),                         # a number: any address
+    ("::1%99", "::1", "allow"),
+    ("::1%4294967296", "::1", "deny address"),         # over 32 bits
+    ("::1%+1", "::1", "deny address"),
+    ("::%lo/0", "::1", "deny address"),
+    ("::%1/0", "::1", "allow"),
+    ("fe80::%lo/0", "::1", "allow"),
+    ("::ffff:127.0.0.2%lo", "::ffff:127.0.0.2", "deny address"),
+    ("::ffff:127.0.0.2%1", "::ffff:127.0.0.2", "allow"),
+])
+def test_v6_scope_ids_parse_as_numeric_getaddrinfo_does(value, client, want):
+    """glibc's getaddrinfo(AI_NUMERICHOST) takes an interface name after %
+    only on link-local addresses (live xinetd: "failed to parse ::1%lo")."""
+    bind = "::ffff:127.0.0.1" if "ffff" in value else "::1"
+    lay = layer(svc("s", f"only_from = {value}", bind=bind, flags="IPv6"))
+    assert addr(lay, "s", client) == want
