@@ -266,6 +266,34 @@ def test_v6_scope_ids_and_wide_masks_match_real_xinetd(tmp_path):
     assert {r[2] for r in rows} == {"ok", "closed"}
 
 
+@pytest.mark.parametrize("mask,does", [("129", "starts"), ("1000", "aborts at start"),
+                                       ("-1", "hangs at start")])
+def test_v6_mask_overrun_warning_says_what_real_xinetd_does(mask, does):
+    """Each tier of the warning for an IPv6 /N over 128, against a real
+    xinetd given only that service; a hang is waited for 2 s, then the
+    daemon is killed by its PID (Xinetd.stop)."""
+    require_live()
+    from acl.compile.xinetd import load_xinetd_text
+    from tests.xinetd.helpers import RESOLVER, svc
+
+    lo, _ = PORTS["xinetd"]
+    port = lo + 530 + ["129", "1000", "-1"].index(mask)
+    text = svc("w", f"only_from = ::1/{mask}", port=port, bind="::1", flags="IPv6 NOLIBWRAP")
+    _, diags = load_xinetd_text(text, "w.conf", RESOLVER)
+    warned = [d.message for d in diags if "over 128" in d.message]
+    assert len(warned) == 1 and f"and {does}" in warned[0]
+    xd = Xinetd(text, 1)
+    try:
+        xd.start(timeout=2.0)
+        seen = "starts"
+    except RuntimeError as exc:
+        seen = ("aborts at start" if "stack smashing detected" in str(exc)
+                else "hangs at start" if "did not start" in str(exc) else str(exc))
+    finally:
+        xd.stop()
+    assert seen == does
+
+
 SLOW_SEEDS = list(range(100 + SLOW_SEED_BASE, 108 + SLOW_SEED_BASE))
 
 

@@ -365,3 +365,24 @@ def test_v6_scope_ids_parse_as_numeric_getaddrinfo_does(value, client, want):
     bind = "::ffff:127.0.0.1" if "ffff" in value else "::1"
     lay = layer(svc("s", f"only_from = {value}", bind=bind, flags="IPv6"))
     assert addr(lay, "s", client) == want
+
+
+def test_v6_mask_over_128_warns_what_the_real_xinetd_does():
+    """xinetd writes an IPv6 /N over 128 past its buffer: a warning at the
+    value says whether it then starts, aborts or hangs (live-verified in
+    test_live_address); acl keeps the entry, matching nothing."""
+    text = (svc("h", "only_from = ::ffff:127.0.0.2/-1", bind="::1", flags="IPv6")
+            + svc("a", "no_access = ::1/1000 ::1/129", port=43901)
+            + svc("ok", "only_from = ::1/128 127.0.0.1/-1", port=43902))
+    policy, diags = load(text)
+    head = "IPv6 mask /{} is over 128: xinetd 2.3.15.3 writes it past its 16-byte buffer and "
+    assert [str(d) for d in diags if "over 128" in d.message] == [
+        "test.conf:12:15: warning: ::ffff:127.0.0.2/-1: " + head.format(4294967295)
+        + 'hangs at start (never "Started working"): no service runs',
+        "test.conf:25:15: warning: ::1/1000: " + head.format(1000)
+        + 'aborts at start ("stack smashing detected"): no service runs',
+        "test.conf:25:24: warning: ::1/129: " + head.format(129)
+        + "starts; the entry matches nothing"]
+    lay = layer(text)
+    assert addr(lay, "h", "::ffff:127.0.0.2") == "deny address"
+    assert addr(lay, "ok", "127.0.0.1") == "allow"
