@@ -6,7 +6,11 @@ How the arguments are read (spec A.10; tcpdmatch's ``main``):
   one address; the server port is then 0 (so the port pattern ``0`` matches).
   Without ``@HOST`` the server is unknown and port patterns never match.
   A daemon given as ``/path/name`` is reduced to ``name``.
-* ``USER@`` sets the ident user name; otherwise it is "unknown".
+* ``USER@`` sets the ident user name; otherwise it is "unknown".  An empty
+  USER (``@CLIENT``) is "unknown" too: libwrap's ``eval_user`` takes an empty
+  name for "not looked up yet", as the engine takes ``Request.user == ""``.
+  (For a resolved CLIENT and a ``DAEMON@HOST``, tcpdmatch would then try an
+  ident lookup at the client; acl asks nobody and keeps "unknown".)
 * A numeric CLIENT (a dotted quad as ``inet_addr`` reads it, or an IPv6
   literal) sets only the address, as typed: the name is "unknown", as if the
   lookup failed.  ``unknown``/``paranoid`` set only the name.  Anything else
@@ -93,6 +97,8 @@ def explain(layer: HostsAccessLayer, resolver: Resolver, daemon_arg: str, client
         daemon = daemon.rsplit("/", 1)[1]
     cparts = split_at(client_arg, "@")
     user, client = (UNKNOWN, client_arg) if cparts is None else cparts
+    if not user:
+        user = UNKNOWN
 
     if not not_inaddr(server) or hostname_known(server):
         addrs = _find_addresses(server, resolver)

@@ -236,7 +236,12 @@ def compile_options(text: str | None, dry_run: bool = False) -> OptionProgram:
     checks: list[int] = []
     for i, (field, offset) in enumerate(fields):
         key, value = split_option(field)
-        offset += len(field) - len(field.lstrip(_ISSPACE))     # point at the keyword
+        lead = len(field) - len(field.lstrip(_ISSPACE))         # point at the keyword
+        if lead == len(field):
+            # a blank field (a rule ending in ":"): point at the end of its
+            # text, where the line's LF or CR LF starts, not past them
+            lead = len(field.rstrip("\r\n"))
+        offset += lead
         last = i == len(fields) - 1
         err = None
         low = ascii_lower(key)

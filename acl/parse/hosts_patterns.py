@@ -484,9 +484,14 @@ def host_pattern(tok: str, read_file=None, depth: int = 0) -> HostPattern:
         text = read_file(tok) if (read_file is not None and depth < MAX_FILE_DEPTH) else None
         if text is None:
             return HostFile(tok, None)
-        # fscanf("%s"): runs of non-isspace characters; no comments.
+        # hostfile_match: fscanf("%s") reads runs of non-isspace characters
+        # (no comments), NUL included, but each is then a C string: it ends
+        # at its first NUL ("10.0.0.1\0junk" is 10.0.0.1).  A run that
+        # starts with NUL is the empty pattern, which matched nothing in
+        # tcpdmatch; it is left out.
         subs = tuple(host_pattern(t, read_file, depth + 1)
-                     for t in re.split(r"[ \t\n\v\f\r]+", text) if t)
+                     for t in (w.split("\0", 1)[0]
+                               for w in re.split(r"[ \t\n\v\f\r]+", text)) if t)
         return HostFile(tok, subs)
     low = ascii_lower(tok)
     if low == "known":

@@ -5,7 +5,9 @@ Rules of this file (from ``parse.c``, ``parsesup.c``, ``includedir.c``,
 
 * A line whose first non-blank character is ``#`` is a comment; there are no
   trailing comments (``# x`` after values are *values*).  Values are split on
-  blanks and tabs only.
+  blanks and tabs only.  Lines end at LF: a CR stays in the line, so in a
+  CRLF file the last value of each line ends in CR (``127.0.0.2\r`` fails
+  to parse, ``NOLIBWRAP\r`` is a bad flag).
 * Entries: ``service NAME`` / ``defaults`` followed by a line holding only
   ``{``, attributes, a line holding only ``}``; ``include FILE``,
   ``includedir DIR`` (names with ``.`` or ending in ``~`` skipped, regular
@@ -119,7 +121,7 @@ class _Ctx:
         self.where = ("", 0, "")          # path, line, line text (for note())
 
     def diag(self, path, line, col, msg, warn=False):
-        self.diags.append(Diagnostic(path, line, col, msg,
+        self.diags.append(Diagnostic(path, line, col, _visible(msg),
                                      Severity.WARNING if warn else Severity.ERROR))
 
     def note(self, msg, value=None):
@@ -128,6 +130,15 @@ class _Ctx:
 
     def resolver_addresses(self, name, family):
         return self.resolver.addresses(name, family)
+
+
+#: control characters in a message (a CRLF file's values end in CR) shown as
+#: escapes, so a terminal does not overwrite the message with what follows
+_VISIBLE = {c: f"\\x{c:02x}" for c in range(32) if c != 9} | {13: "\\r", 10: "\\n"}
+
+
+def _visible(msg: str) -> str:
+    return msg.translate(_VISIBLE)
 
 
 def _value_column(text: str, value: str) -> int:
@@ -290,7 +301,7 @@ def _attribute(ctx, entry, table, name, op, values, path, lineno, col) -> None:
         if entry.is_defaults:
             raise RuleSyntaxError(
                 path, lineno, col,
-                f"{exc}; error parsing attribute {name} in defaults: xinetd exits",
+                _visible(f"{exc}; error parsing attribute {name} in defaults: xinetd exits"),
                 tuple(ctx.diags)) from None
         ctx.diag(path, lineno, col, f"{exc}; Error parsing attribute {name} - DISABLING SERVICE")
         entry.disabled = True
@@ -312,8 +323,10 @@ def _copy_early_defaults(entry: XEntry, defaults: XEntry) -> None:
 
 
 def _read_file(path: str, ctx: _Ctx, top: bool) -> None:
+    # newline="": xinetd reads bytes and ends a line at LF only, so a CR is
+    # part of the line (a CRLF file's last value on each line ends in CR).
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
             text = f.read()
     except OSError as exc:
         if top:

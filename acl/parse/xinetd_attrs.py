@@ -25,7 +25,7 @@ import pwd
 import re
 import socket
 
-from acl.parse.xinetd_addr import AddrError, inet_aton_exact, parse_value
+from acl.parse.xinetd_addr import AddrError, inet_aton_exact, parse_value, v6_mask_overrun
 
 __all__ = ["AttrFail", "SERVICE_ATTRS", "DEFAULT_ATTRS", "FLAGS", "TYPES", "c_strtol"]
 
@@ -287,6 +287,9 @@ def p_addresses(attr):
                 continue
             path, line, _ = ctx.where
             for e in got:
+                overrun = v6_mask_overrun(e)
+                if overrun:
+                    ctx.note(f"{v}: {overrun}", value=v)
                 e = dataclasses.replace(e, path=path, line=line)
                 if op == "+=":
                     cur.append(e)

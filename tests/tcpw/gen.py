@@ -57,6 +57,18 @@ OPTIONS_BAD = ["bogus", "allow yes", "umask 999", "umask 0x1", "severity bogus",
                "(/usr/sbin/safe_finger -l @%h | mail root) &", "keepalive 1", "spawn"]
 
 
+def _address_only(client: str) -> bool:
+    """tcpdmatch sets no client socket address for this client argument: a
+    dotted quad (not 255.255.255.255, inet_addr's error value), an IPv6
+    literal, or unknown/paranoid."""
+    if client.lower() in ("unknown", "paranoid"):
+        return True
+    try:
+        return ipaddress.ip_address(client) != ipaddress.ip_address("255.255.255.255")
+    except ValueError:
+        return False
+
+
 @dataclass
 class Case:
     seed: int
@@ -163,6 +175,10 @@ class Gen:
             body = " ".join(self.host_token(depth + 1) for _ in range(r.randint(1, 4)))
             if r.random() < 0.3:
                 body = "# EXCEPT " + body + "\n2001:db8::10\n"
+            if r.random() < 0.15:
+                # a NUL byte ends fscanf's token as a C string
+                cut = r.randrange(len(body) + 1)
+                body = body[:cut] + "\0" + r.choice(["junk", "", "*", "10.0.0.1"]) + body[cut:]
             self.files[path] = body + "\n"
             return path
         return r.choice(["@nosuchgroup", "192.168.1", "012.0.0.1", "10.0.0.01", "1.2.3.4.5"])
@@ -288,7 +304,12 @@ class Gen:
         else:
             c = self.near()
         if r.random() < 0.08:
-            c = r.choice(["root", "bob", "ROOT", "unknown"]) + "@" + c
+            user = r.choice(["root", "bob", "ROOT", "unknown", ""])
+            if not user and not _address_only(c):
+                # an empty user is looked up (ident, RFC 931) when tcpdmatch
+                # has both socket addresses: never ask that of the network
+                user = "unknown"
+            c = user + "@" + c
         return c
 
     def case(self, nrules_allow: int, nrules_deny: int, nqueries: int) -> Case:

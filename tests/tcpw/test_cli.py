@@ -93,6 +93,19 @@ def test_check_exit_codes(tmp_path):
     assert out.returncode == 111
 
 
+def test_check_column_of_a_missing_option_name_is_on_the_line(tmp_path):
+    """A rule ending in ":" lacks an option name where its LF or CR LF
+    starts; the column points there, not past the end of the line."""
+    for eol in ("\n", "\r\n"):
+        a, d = files(tmp_path, "", "")
+        Path(d).write_bytes(f"ALL: 1.2.3.4{eol}sshd: x:{eol}sshd: x: {eol}".encode())
+        out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+        assert out.returncode == 100
+        assert out.stdout.splitlines() == [
+            f"{d}:2:9: missing option name (the connection is denied)",
+            f"{d}:3:10: missing option name (the connection is denied)"], repr(eol)
+
+
 def test_check_lint_and_overlaps(tmp_path):
     a, d = files(tmp_path, "sshd: 192.168.1 10.0.0.1/255.0.0.0 0.0.0.0/0\n  # x: y\n"
                            "ALL: 172.16.5.5: user nobody\n",

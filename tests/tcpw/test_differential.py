@@ -2,8 +2,9 @@
 
 Default run: 120 generated hosts.allow/hosts.deny pairs x 170 queries
 (20,400 queries) -- IPv4, IPv6, v4-mapped, names through a private
-/etc/hosts, every pattern and option form, comments, continuations, bad
-lines, near-miss addresses at mask boundaries -- zero disagreements allowed.
+/etc/hosts, every pattern and option form (NUL bytes in ``/file`` lists
+too), comments, continuations, bad lines, empty ``@client`` users,
+near-miss addresses at mask boundaries -- zero disagreements allowed.
 ``ACL_SLOW=1`` asks ``ACL_TCPW_QUERIES`` queries (default 1,000,000), from
 seed 100,000 + ``ACL_SEED_BASE``.
 """

@@ -10,6 +10,8 @@ from acl.resolve import PARANOID, UNKNOWN, HostsFileBackend, Resolver
 
 from .helpers import layer, verdict, where
 
+VERDICT = {Verdict.ALLOW: "granted", Verdict.DENY: "denied"}
+
 A = "ALL: ALL\n"
 
 
@@ -172,6 +174,22 @@ def test_d1_14_ipv6(tmp_path):
     assert verdict(f"ALL: {listing}\n", A, "sshd", "2001:DB8:0::1") == "denied"
 
 
+def test_file_pattern_tokens_end_at_a_nul_byte(tmp_path):
+    """hostfile_match reads fscanf("%s") tokens into C strings: a NUL ends
+    the pattern, a token starting with NUL matches nothing, and a NUL cuts a
+    nested file's path (the real tcpdmatch -d answered these four alike)."""
+    nested = tmp_path / "nested"
+    nested.write_bytes(b"10.0.0.7\n")
+    listing = tmp_path / "list"
+    listing.write_bytes(b"10.0.0.1\0junk\t\0" + b"10.0.0.2 10.0.0.3\0\n"
+                        + str(nested).encode() + b"\0.x\n")
+    rules = f"ALL: {listing}\n"
+    assert where(rules, A, "sshd", "10.0.0.1") == "granted /rules/hosts.allow:1"
+    assert verdict(rules, A, "sshd", "10.0.0.2") == "denied"
+    assert verdict(rules, A, "sshd", "10.0.0.3") == "granted"
+    assert verdict(rules, A, "sshd", "10.0.0.7") == "granted"
+
+
 def test_d1_15_numeric_daemon_is_the_local_port():
     assert verdict("0: ALL\n", A, "sshd@127.0.0.1", "1.2.3.4") == "granted"
     assert verdict("22: ALL\n", A, "sshd@127.0.0.1", "1.2.3.4") == "denied"
@@ -209,6 +227,18 @@ def test_d1_16_user_part_only_after_host_matches():
     # the sidecar never does ident: no user given means "unknown"
     assert verdict("ALL: KNOWN@ALL\n", A, "sshd", "1.2.3.4") == "denied"
     assert verdict("ALL: ALL@ALL\n", A, "sshd", "1.2.3.4") == "granted"
+
+
+@pytest.mark.parametrize("rules,word", [("sshd: KNOWN@ALL\n", "denied"),
+                                         ("sshd: UNKNOWN@ALL\n", "granted")])
+def test_empty_user_is_unknown(rules, word):
+    """eval_user takes an empty user for "not looked up": tcpdmatch -d sshd
+    @10.0.0.1 reports it unknown; the engine reads Request.user "" alike."""
+    assert verdict(rules, A, "sshd", "@10.0.0.1") == word
+    assert verdict(rules, A, "sshd", "@::1") == word
+    lay = layer(rules, A)
+    for user in ("", None):
+        assert VERDICT[lay.check(Request("sshd", "10.0.0.1", user=user), 0).verdict] == word
 
 
 def test_d1_17_case_insensitive_except_netgroups():

@@ -199,6 +199,101 @@ def test_include_includedir_and_defaults_order_match_real_xinetd(tmp_path):
     assert {r[2] for r in rows} == {"ok", "closed", "refused"}
 
 
+def _ok_server(text: str) -> str:
+    return text.replace("  server = /bin/echo\n", "  server = /bin/echo\n  server_args = ok\n")
+
+
+def test_cr_in_files_and_includes_matches_real_xinetd(tmp_path):
+    """xinetd ends lines at LF only, in the main file, ``include`` and
+    ``includedir``: ``127.0.0.2\r`` fails to parse (nobody is let in) and
+    a CRLF service has bad values, so it is disabled (spec C.1)."""
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 500
+    inc = tmp_path / "xinetd.d"
+    inc.mkdir()
+    crlf = {"inc": base + 1, "dir": base + 2}
+    (tmp_path / "more.conf").write_bytes(
+        _ok_server(svc("inc", port=crlf["inc"])).replace("\n", "\r\n").encode())
+    (inc / "dir").write_bytes(
+        _ok_server(svc("dir", port=crlf["dir"])).replace("\n", "\r\n").encode())
+    text = _ok_server(svc("cr", "only_from = 127.0.0.2\r", port=base)
+                      + svc("lf", "only_from = 127.0.0.2", port=base + 3)
+                      + f"include {tmp_path / 'more.conf'}\n" + f"includedir {inc}\n")
+    xd = Xinetd(text, 4)
+    try:
+        xd.start()
+        rows = [(sid, src, probe(port, src))
+                for sid, port in (("cr", base), ("lf", base + 3), *crlf.items())
+                for src in ("127.0.0.2", "127.0.0.3")]
+    finally:
+        xd.stop()
+    assert acl_outcomes(tmp_path, text, rows) == rows
+    assert {r[2] for r in rows} == {"ok", "closed", "refused"}
+
+
+#: (only_from value, mapped?) -- a %scope is a number (< 2**32) on any
+#: address, an interface name on link-local addresses only (glibc's numeric
+#: getaddrinfo, which xinetd calls); an IPv6 /N from 129 to 640 starts and
+#: matches nothing
+V6_VALUES = [("::1%lo", False), ("::1%1", False), ("::1%4294967296", False),
+             ("::%lo/0", False), ("::%1/0", False), ("fe80::%lo/0", False),
+             ("::ffff:127.0.0.2%lo", True), ("::ffff:127.0.0.2%1", True),
+             ("::/129", False), ("::/600", False)]
+
+
+def test_v6_scope_ids_and_wide_masks_match_real_xinetd(tmp_path):
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 510
+    text = "".join(
+        _ok_server(svc(f"v{i}", f"only_from = {value}", port=base + i, flags="IPv6 NOLIBWRAP",
+                       bind="::ffff:127.0.0.1" if mapped else "::1"))
+        for i, (value, mapped) in enumerate(V6_VALUES))
+    xd = Xinetd(text, len(V6_VALUES))
+    try:
+        xd.start()
+        rows = [(f"v{i}", "::ffff:127.0.0.2", probe(base + i, "127.0.0.2")) if mapped
+                else (f"v{i}", "::1", probe(base + i, "::1", "::1"))
+                for i, (_value, mapped) in enumerate(V6_VALUES)]
+    finally:
+        xd.stop()
+    assert acl_outcomes(tmp_path, text, rows) == rows
+    assert {r[2] for r in rows} == {"ok", "closed"}
+
+
+@pytest.mark.parametrize("mask,does", [("129", "starts"), ("1000", "aborts at start"),
+                                       ("-1", "hangs at start")])
+def test_v6_mask_overrun_warning_says_what_real_xinetd_does(mask, does):
+    """Each tier of the warning for an IPv6 /N over 128, against a real
+    xinetd given only that service; a hang is waited for 2 s, then the
+    daemon is killed by its PID (Xinetd.stop)."""
+    require_live()
+    from acl.compile.xinetd import load_xinetd_text
+    from tests.xinetd.helpers import RESOLVER, svc
+
+    lo, _ = PORTS["xinetd"]
+    port = lo + 530 + ["129", "1000", "-1"].index(mask)
+    text = svc("w", f"only_from = ::1/{mask}", port=port, bind="::1", flags="IPv6 NOLIBWRAP")
+    _, diags = load_xinetd_text(text, "w.conf", RESOLVER)
+    warned = [d.message for d in diags if "over 128" in d.message]
+    assert len(warned) == 1 and f"and {does}" in warned[0]
+    xd = Xinetd(text, 1)
+    try:
+        xd.start(timeout=2.0)
+        seen = "starts"
+    except RuntimeError as exc:
+        seen = ("aborts at start" if "stack smashing detected" in str(exc)
+                else "hangs at start" if "did not start" in str(exc) else str(exc))
+    finally:
+        xd.stop()
+    assert seen == does
+
+
 SLOW_SEEDS = list(range(100 + SLOW_SEED_BASE, 108 + SLOW_SEED_BASE))
 
 

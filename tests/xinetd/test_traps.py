@@ -321,3 +321,68 @@ def test_sensor_service_denies_and_blocks_the_address_everywhere():
     from tests.xinetd.helpers import RESOLVER
     lay2 = XinetdLayer(lay.policy, state=lay.state, resolver=RESOLVER)
     assert full(lay2, "real", "127.0.0.9", NOON + 201) == "deny address"
+
+
+def test_a_cr_stays_in_lines_read_from_files(tmp_path):
+    """xinetd ends a line at LF only, in the main file and in what it
+    includes: ``127.0.0.2\\r`` fails to parse (the list is present, empty)
+    and a CRLF service has bad values (``NOLIBWRAP\\r``), so it is gone."""
+    from acl.compile.xinetd import XinetdLayer, load_xinetd
+    from tests.xinetd.helpers import RESOLVER
+    inc = tmp_path / "xinetd.d"
+    inc.mkdir()
+    (inc / "d").write_bytes(svc("incdir", port=43902).replace("\n", "\r\n").encode())
+    (tmp_path / "more").write_bytes(svc("inc", port=43901).replace("\n", "\r\n").encode())
+    main = tmp_path / "xinetd.conf"
+    main.write_bytes((svc("cr", "only_from = 127.0.0.2\r") + f"include {tmp_path / 'more'}\n"
+                      + f"includedir {inc}\n" + svc("lf", port=43903)).encode())
+    policy, diags = load_xinetd(str(main), RESOLVER)
+    assert set(policy.services) == {"cr", "lf"}
+    lay = XinetdLayer(policy, resolver=RESOLVER)
+    assert addr(lay, "cr", "127.0.0.2") == "deny address"
+    assert addr(lay, "lf", "127.0.0.2") == "allow"
+    shown = [str(d) for d in diags]
+    assert f"{main}:12:15: warning: failed to parse 127.0.0.2\\r" in shown
+    assert any(s.startswith(f"{tmp_path / 'more'}:11:3: Bad service flag: NOLIBWRAP\\r;")
+               for s in shown)
+
+
+@pytest.mark.parametrize("value,client,want", [
+    ("::1%lo", "::1", "deny address"),                 # a name: link-local only
+    ("::1%1", "::1", "allow"),                         # a number: any address
+    ("::1%99", "::1", "allow"),
+    ("::1%4294967296", "::1", "deny address"),         # over 32 bits
+    ("::1%+1", "::1", "deny address"),
+    ("::%lo/0", "::1", "deny address"),
+    ("::%1/0", "::1", "allow"),
+    ("fe80::%lo/0", "::1", "allow"),
+    ("::ffff:127.0.0.2%lo", "::ffff:127.0.0.2", "deny address"),
+    ("::ffff:127.0.0.2%1", "::ffff:127.0.0.2", "allow"),
+])
+def test_v6_scope_ids_parse_as_numeric_getaddrinfo_does(value, client, want):
+    """glibc's getaddrinfo(AI_NUMERICHOST) takes an interface name after %
+    only on link-local addresses (live xinetd: "failed to parse ::1%lo")."""
+    bind = "::ffff:127.0.0.1" if "ffff" in value else "::1"
+    lay = layer(svc("s", f"only_from = {value}", bind=bind, flags="IPv6"))
+    assert addr(lay, "s", client) == want
+
+
+def test_v6_mask_over_128_warns_what_the_real_xinetd_does():
+    """xinetd writes an IPv6 /N over 128 past its buffer: a warning at the
+    value says whether it then starts, aborts or hangs (live-verified in
+    test_live_address); acl keeps the entry, matching nothing."""
+    text = (svc("h", "only_from = ::ffff:127.0.0.2/-1", bind="::1", flags="IPv6")
+            + svc("a", "no_access = ::1/1000 ::1/129", port=43901)
+            + svc("ok", "only_from = ::1/128 127.0.0.1/-1", port=43902))
+    policy, diags = load(text)
+    head = "IPv6 mask /{} is over 128: xinetd 2.3.15.3 writes it past its 16-byte buffer and "
+    assert [str(d) for d in diags if "over 128" in d.message] == [
+        "test.conf:12:15: warning: ::ffff:127.0.0.2/-1: " + head.format(4294967295)
+        + 'hangs at start (never "Started working"): no service runs',
+        "test.conf:25:15: warning: ::1/1000: " + head.format(1000)
+        + 'aborts at start ("stack smashing detected"): no service runs',
+        "test.conf:25:24: warning: ::1/129: " + head.format(129)
+        + "starts; the entry matches nothing"]
+    lay = layer(text)
+    assert addr(lay, "h", "::ffff:127.0.0.2") == "deny address"
+    assert addr(lay, "ok", "127.0.0.1") == "allow"
