@@ -22,7 +22,8 @@ from tests.wrap import harness
 
 #: Port blocks inside PORTS["wrap"] for modules using the ``port`` fixture.
 #: Fixed users: test_expand_vs_tcpd 45150, test_live 45200-45599 (100 per
-#: super-server) and 45600-45606, bench/bench_wrap.py 45900-45902.
+#: super-server) and 45600-45606, test_live_vs_tcpd 45800-45802,
+#: bench/bench_wrap.py 45900-45902.
 BLOCKS = {
     "test_wrap_unit": 45000,
     "test_vs_tcpd": 45700,

@@ -9,7 +9,9 @@ Rules of this file:
 * ``ns_command`` runs a program inside ``unshare -m`` with a private
   /etc/hosts (``hosts: files``), hosts.allow/deny and a tmpfs /dev whose
   ``/dev/log`` is a bind mount of a socket the test listens on, so real
-  ``syslog(3)`` calls land in the test and no real file is touched.
+  ``syslog(3)`` calls land in the test and no real file is touched.  With
+  ``host_conf`` it binds a private /etc/host.conf too (glibc's ``multi``
+  decides how many lines of /etc/hosts a forward lookup returns).
 * The stand-in sidecar (``FakeSidecar``) is only for the cases the real
   ``acl serve`` cannot produce on demand: garbage, errors, silence, and a
   decision chosen by the test.  It decodes requests with the project's own
@@ -98,7 +100,8 @@ HOSTS = "127.0.0.1 localhost\n::1 ip6-localhost\n"
 
 
 def ns_command(tmp: Path, argv0: str, exe: str, args=(), *, hosts: str = HOSTS,
-               allow: str = "", deny: str = "", log_sock: Path | None = None) -> list[str]:
+               allow: str = "", deny: str = "", log_sock: Path | None = None,
+               host_conf: str | None = None) -> list[str]:
     """argv that runs ``exe`` (with ``argv[0] = argv0``) in a private mount
     namespace; see the module rules."""
     ns = tmp / "ns"
@@ -107,8 +110,12 @@ def ns_command(tmp: Path, argv0: str, exe: str, args=(), *, hosts: str = HOSTS,
     (ns / "nsswitch.conf").write_text("hosts: files\nnetworks: files\n")
     (ns / "hosts.allow").write_text(allow)
     (ns / "hosts.deny").write_text(deny)
+    names = ["hosts", "nsswitch.conf", "hosts.allow", "hosts.deny"]
+    if host_conf is not None:
+        (ns / "host.conf").write_text(host_conf)
+        names.append("host.conf")
     steps = ["set -e"]
-    for name in ("hosts", "nsswitch.conf", "hosts.allow", "hosts.deny"):
+    for name in names:
         steps.append(f"mount --bind {ns}/{name} /etc/{name}")
     if log_sock is not None:
         steps += [
