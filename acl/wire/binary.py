@@ -25,6 +25,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from acl.errors import ProtocolError
 from acl.model import Decision, Location, Reason, Request, Verdict
 
 VERSION = 1
@@ -277,10 +278,19 @@ class Reply:
 
 
 def decode_decision(payload) -> Decision:
+    """A DECISION payload -> Decision; ValueError (or struct.error) when a
+    length runs past the payload or bytes are left over."""
     verdict, reason, loc_len, lease, n_env, n_opt = _DECISION_FIXED.unpack_from(payload, 0)
     pos = _DECISION_FIXED.size
-    loc_text = bytes(payload[pos:pos + loc_len]).decode()
-    pos += loc_len
+
+    def text(n: int) -> str:
+        nonlocal pos
+        if pos + n > len(payload):
+            raise ValueError("a length runs past the DECISION payload")
+        pos += n
+        return bytes(payload[pos - n:pos]).decode()
+
+    loc_text = text(loc_len)
     location = None
     if loc_text:
         path, _, line = loc_text.rpartition(":")
@@ -289,22 +299,22 @@ def decode_decision(payload) -> Decision:
     for _ in range(n_env):
         op, nl, vl = struct.unpack_from("<BHH", payload, pos)
         pos += 5
-        name = bytes(payload[pos:pos + nl]).decode()
-        value = bytes(payload[pos + nl:pos + nl + vl]).decode()
-        pos += nl + vl
+        name, value = text(nl), text(vl)
         env.append((name, value if op == 0 else None))
     options = []
     for _ in range(n_opt):
         nl, vl = struct.unpack_from("<HH", payload, pos)
         pos += 4
-        options.append((bytes(payload[pos:pos + nl]).decode(),
-                        bytes(payload[pos + nl:pos + nl + vl]).decode()))
-        pos += nl + vl
+        options.append((text(nl), text(vl)))
+    if pos != len(payload):
+        raise ValueError(f"{len(payload) - pos} bytes after the DECISION payload's items")
     return Decision(Verdict(verdict), Reason(reason), location, tuple(env), tuple(options), lease)
 
 
 class ReplyDecoder:
-    """Client side: bytes in, :class:`Reply` objects out."""
+    """Client side: bytes in, :class:`Reply` objects out.  Bytes that are not
+    a valid reply raise :class:`~acl.errors.ProtocolError` (and nothing
+    else): the server is not usable."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -317,23 +327,34 @@ class ReplyDecoder:
         while len(buf) - pos >= 4:
             (length,) = struct.unpack_from("<I", buf, pos)
             if length < MIN_LENGTH or length + 4 > MAX_FRAME:
-                raise ValueError(f"server sent a frame of length {length}")
+                raise ProtocolError(f"server sent a frame of length {length}")
             if len(buf) - pos < 4 + length:
                 break
             _, version, ftype, _flags, rid = _HEAD.unpack_from(buf, pos)
             payload = bytes(buf[pos + 12:pos + 4 + length])
             pos += 4 + length
-            if ftype == T_DECISION:
-                out.append(Reply(ftype, rid, decision=decode_decision(payload)))
-            elif ftype == T_RELEASED:
-                out.append(Reply(ftype, rid, released=payload[:1] == b"\x00"))
-            elif ftype == T_PONG:
-                out.append(Reply(ftype, rid, core=payload[0] if payload else None))
-            elif ftype == T_ERROR:
-                code, tl = _ERROR_FIXED.unpack_from(payload, 0)
-                out.append(Reply(ftype, rid, code=code, text=payload[4:4 + tl].decode("utf-8", "replace")))
-            else:
-                raise ValueError(f"server sent unknown frame type 0x{ftype:02x}")
+            if version != VERSION:
+                raise ProtocolError(f"server sent a frame of version {version}")
+            try:
+                out.append(_reply(ftype, rid, payload))
+            except (ValueError, struct.error, IndexError) as exc:
+                raise ProtocolError(f"server sent a malformed frame of type 0x{ftype:02x}: "
+                                    f"{exc}") from None
         if pos:
             del buf[:pos]
         return out
+
+
+def _reply(ftype: int, rid: int, payload: bytes) -> Reply:
+    """One server frame -> Reply; ValueError, struct.error or IndexError when
+    its payload does not say what its type needs."""
+    if ftype == T_DECISION:
+        return Reply(ftype, rid, decision=decode_decision(payload))
+    if ftype == T_RELEASED:
+        return Reply(ftype, rid, released=payload[:1] == b"\x00")
+    if ftype == T_PONG:
+        return Reply(ftype, rid, core=payload[0] if payload else None)
+    if ftype == T_ERROR:
+        code, tl = _ERROR_FIXED.unpack_from(payload, 0)
+        return Reply(ftype, rid, code=code, text=payload[4:4 + tl].decode("utf-8", "replace"))
+    raise ValueError(f"unknown frame type 0x{ftype:02x}")

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from acl.errors import ProtocolError
 from acl.model import Decision, Location, Reason, Request, Verdict
 from acl.wire import binary as wb
 from acl.wire import postfix as wp
@@ -115,6 +117,39 @@ def test_random_bytes_never_raise_and_split_does_not_matter(blob, step):
     parts = [e for i in range(0, len(blob), step) for e in dec.feed(blob[i:i + step])]
     assert whole == parts
     assert all(isinstance(e, (wb.Decide, wb.Release, wb.Ping, wb.BadFrame)) for e in whole)
+
+
+def _mangled_replies(rng_bytes: bytes, good: bytes) -> bytes:
+    """``good`` with some payload bytes replaced (a header stays readable)."""
+    b = bytearray(good)
+    for i in range(0, len(rng_bytes) - 1, 2):
+        b[12 + rng_bytes[i] % (len(b) - 12)] = rng_bytes[i + 1]
+    return bytes(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.binary(min_size=2, max_size=12), decisions)
+def test_reply_decoder_gives_replies_or_protocol_error_never_anything_else(blob, noise, d):
+    """The client's invariant: a server's bytes are replies, or ProtocolError."""
+    for data in (blob, _mangled_replies(noise, wb.encode_decision(1, d)),
+                 _mangled_replies(noise, wb.encode_error(2, wb.E_TYPE)),
+                 struct.pack("<I", len(blob) + 8) + b"\x01\x81\x00\x00\x01\x00\x00\x00" + blob):
+        try:
+            reps = wb.ReplyDecoder().feed(data)
+        except ProtocolError:
+            continue
+        assert all(isinstance(r, wb.Reply) for r in reps)
+
+
+def test_reply_decoder_refuses_truncated_and_overlong_decisions():
+    d = Decision(Verdict.ALLOW, Reason.OK, Location("/x/tcp.smtpd", 1), (("A", "abc"),))
+    good = wb.encode_decision(1, d)
+    short = struct.pack("<I", len(good) - 5) + good[4:-1]      # the value loses a byte
+    long = struct.pack("<I", len(good) - 3) + good[4:] + b"\x00"
+    for bad in (short, long, b"\x03\x00\x00\x00abc", wb.frame(0x44, 1),
+                wb.frame(wb.T_ERROR, 1, b"\x01")):
+        with pytest.raises(ProtocolError):
+            wb.ReplyDecoder().feed(bad)
 
 
 # -- Postfix --------------------------------------------------------------------
