@@ -17,6 +17,10 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
 * A frame the codec calls fatal (bad length) gets an ERROR frame and the
   connection is closed; any other bad frame gets an ERROR reply and the
   connection goes on.  Other clients never notice.
+* A decision too large to send (acl/wire/binary.py ``MAX_DECISION_FRAME``)
+  is answered ERROR 6 with the request's id, any lease it took is given
+  back, and the connection goes on; the batch plan leaves every decision
+  over 64 KiB to this path (acl/fastpath.py), so both agree.
 * Admin connections are accepted only from the uids/gids the policy names,
   checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
   line.
@@ -91,9 +95,19 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
         kind = type(event)
         if kind is wb.Decide:
             d = engine.decide(event.request, now)
+            try:
+                reply = wb.encode_decision(event.request_id, d)
+            except ValueError as exc:        # the decision cannot be sent
+                if d.lease:
+                    engine.release(d.lease)  # nobody would ever know its id
+                if on_error is not None:
+                    on_error(wb.E_DECISION_SIZE)
+                out.append(wb.encode_error(event.request_id, wb.E_DECISION_SIZE,
+                                           f"{wb.ERROR_TEXT[wb.E_DECISION_SIZE]}: {exc}"))
+                continue
             if d.lease:
                 leases.add(d.lease)
-            out.append(wb.encode_decision(event.request_id, d))
+            out.append(reply)
         elif kind is wb.Release:
             ok = event.lease_id in leases and engine.release(event.lease_id)
             if ok:

@@ -13,7 +13,14 @@ Rules of this file:
   :class:`BadFrame` with that frame's request id; decoding goes on.
 * The decoder never holds more than one incomplete frame (< 65536 bytes), so
   what a client can make the server buffer is bounded by this codec.
-* Encoders return whole frames (length prefix included).
+* Encoders return whole frames (length prefix included).  Every frame is at
+  most ``MAX_FRAME`` bytes except DECISION (server to client), which may be
+  up to ``MAX_DECISION_FRAME``: a tcprules environment or a rule's options
+  can be far longer than a request, and what bounds them in the end is
+  execve's limit, not ours.  A Decision that does not fit even that (or has
+  a name or value over 65535 bytes, the u16 fields) makes
+  ``encode_decision`` raise ValueError; the server answers ERROR
+  ``E_DECISION_SIZE`` for that request instead (acl/serve/conn.py).
 
 Frame: ``u32 length | u8 version | u8 type | u16 flags | u32 request_id |
 payload`` -- all little-endian.
@@ -29,20 +36,22 @@ from acl.errors import ProtocolError
 from acl.model import Decision, Location, Reason, Request, Verdict
 
 VERSION = 1
-MAX_FRAME = 65536            # 4-byte length field included
+MAX_FRAME = 65536            # 4-byte length field included; every frame but DECISION
+MAX_DECISION_FRAME = 1 << 20   # DECISION frames (server -> client), same count
 MIN_LENGTH = 8
 
 T_DECIDE, T_RELEASE, T_PING = 0x01, 0x02, 0x03
 T_DECISION, T_RELEASED, T_PONG, T_ERROR = 0x81, 0x82, 0x83, 0xFF
 F_LEASE = 0x0001
 
-E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD = 1, 2, 3, 4, 5
+E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD, E_DECISION_SIZE = 1, 2, 3, 4, 5, 6
 ERROR_TEXT = {
     E_VERSION: "unsupported version",
     E_TYPE: "unknown type",
     E_PAYLOAD: "malformed payload",
     E_SIZE: "frame too large or too short",
     E_OVERLOAD: "server overloaded",
+    E_DECISION_SIZE: "decision too large to send",
 }
 
 _HEAD = struct.Struct("<IBBHI")           # length, version, type, flags, request_id
@@ -188,9 +197,10 @@ class BinaryDecoder:
 
 
 # -- encoders ---------------------------------------------------------------
-def frame(ftype: int, request_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
-    if len(payload) + 12 > MAX_FRAME:
-        raise ValueError("frame too large")
+def frame(ftype: int, request_id: int, payload: bytes = b"", flags: int = 0,
+          limit: int = MAX_FRAME) -> bytes:
+    if len(payload) + 12 > limit:
+        raise ValueError(f"frame of {len(payload) + 12} bytes, more than {limit}")
     return _HEAD.pack(8 + len(payload), VERSION, ftype, flags, request_id) + payload
 
 
@@ -217,7 +227,8 @@ def decision_payload(decision: Decision) -> bytes:
 
 
 def encode_decision(request_id: int, decision: Decision) -> bytes:
-    return frame(T_DECISION, request_id, decision_payload(decision))
+    """The DECISION frame, or ValueError when the decision cannot be sent."""
+    return frame(T_DECISION, request_id, decision_payload(decision), limit=MAX_DECISION_FRAME)
 
 
 def encode_released(request_id: int, released: bool) -> bytes:
@@ -326,7 +337,9 @@ class ReplyDecoder:
         pos = 0
         while len(buf) - pos >= 4:
             (length,) = struct.unpack_from("<I", buf, pos)
-            if length < MIN_LENGTH or length + 4 > MAX_FRAME:
+            if length < MIN_LENGTH or length + 4 > MAX_DECISION_FRAME or (
+                    length + 4 > MAX_FRAME and len(buf) - pos >= 6
+                    and buf[pos + 5] != T_DECISION):
                 raise ProtocolError(f"server sent a frame of length {length}")
             if len(buf) - pos < 4 + length:
                 break
