@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -150,6 +152,51 @@ def test_socket_activation_listen_fds(tmp_path):
             assert c.decide("sshd", "192.0.2.1").allowed
     finally:
         srv.stop()
+
+
+def _serve_once(cfg, *args) -> subprocess.CompletedProcess:
+    """``acl serve`` expected to exit at once (it must not get to serving)."""
+    return subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=30, cwd=str(cfg.parent))
+
+
+def test_second_instance_refuses_live_sockets_and_replaces_stale_ones(tmp_path):
+    """A second ``acl serve`` on the same config leaves the first untouched;
+    socket files a killed server left behind are taken over."""
+    cfg = policy_toml(tmp_path)
+    srv = start_server(tmp_path, cfg)
+    try:
+        before = {p: os.stat(p).st_ino for p in (srv.query, srv.policy, srv.admin)}
+        second = _serve_once(cfg)
+        assert second.returncode == 111, second.stderr
+        assert (f"acl serve: fatal: cannot listen: {srv.query}: a server is answering on "
+                "this socket") in second.stderr
+        assert {p: os.stat(p).st_ino for p in before} == before
+        with Client(srv.query) as c:
+            assert c.decide("sshd", "192.0.2.1").allowed
+        assert admin(srv.admin, "stats")["ok"] is True
+        srv.stop(signal.SIGKILL)                 # leaves its socket files behind
+        assert all(os.path.exists(p) for p in before)
+        srv = start_server(tmp_path, cfg)        # stale: connect is refused, replace them
+        with Client(srv.query) as c:
+            assert c.decide("sshd", "192.0.2.1").allowed
+    finally:
+        srv.stop()
+
+
+def test_failed_start_removes_the_sockets_it_made(tmp_path):
+    """The metrics port is taken: exit 111 and no socket file is left."""
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", 44401))
+    taken.listen(1)
+    try:
+        out = _serve_once(policy_toml(tmp_path, metrics="127.0.0.1:44401"))
+    finally:
+        taken.close()
+    assert out.returncode == 111, out.stderr
+    assert "cannot listen" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_socket()) == []
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop privileges")
