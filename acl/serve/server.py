@@ -20,8 +20,11 @@ Theory of operation:
   Reading and compiling run in a worker thread (``Engine.prepare``) while the
   loop keeps answering; the swap (``Engine.commit``) is one assignment made
   in the loop.  A failure keeps the running policy, is counted, is logged as
-  ``file:line:column: message`` and is the admin's answer.  Only one reload
-  runs at a time; triggers during one make exactly one more.
+  ``file:line:column: message`` and is the admin's answer.  A success logs
+  the new policy's diagnostics (rules the real tool would skip or disable)
+  one a line, as startup does, before ``reloaded``, and returns them in the
+  admin's answer (``"diagnostics"``).  Only one reload runs at a time;
+  triggers during one make exactly one more.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
   client (their leases are released), remove the socket files we made.
 """
@@ -273,8 +276,14 @@ class Server:
                 ms = (time.perf_counter() - t0) * 1000
                 parts = ", ".join(f"{k[:-2]} {v * 1000:.1f} ms"
                                   for k, v in self.engine.last_prepare.items())
-                self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts})")
-                result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare}
+                diagnostics = [str(d) for d in self.engine.policy.diagnostics]
+                for d in diagnostics:
+                    self.log(d)
+                n = len(diagnostics)
+                more = f", {n} diagnostic{'s' if n > 1 else ''}" if n else ""
+                self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts}{more})")
+                result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare,
+                          "diagnostics": diagnostics}
             self._watch_state = self._stat_files()
             if not self._again:
                 return result

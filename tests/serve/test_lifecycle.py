@@ -110,6 +110,28 @@ def test_broken_file_keeps_running_policy_and_says_where(tmp_path):
         srv.stop()
 
 
+def test_reload_logs_and_answers_the_new_policy_diagnostics(tmp_path):
+    """A rule xinetd would disable loads with a diagnostic: a reload says so
+    in the log (as startup does) and in the admin's answer."""
+    srv = start_server(tmp_path, policy_toml(tmp_path))
+    try:
+        assert admin(srv.admin, "reload")["diagnostics"] == []
+        x = tmp_path / "xinetd.conf"
+        text = x.read_text()
+        x.write_text(text + "service foo\n{\n\tid = foo\n\tinstances 5\n}\n")
+        where = f"{x}:{len(text.splitlines()) + 4}:1: Bad operator for attribute: instances"
+        r = admin(srv.admin, "reload")
+        assert r["ok"] is True and r["diagnostics"] == [where]
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded (SIGHUP)" in srv.text(), 10, "SIGHUP reload")
+        lines = srv.text().splitlines()
+        sighup = next(i for i, ln in enumerate(lines) if "reloaded (SIGHUP)" in ln)
+        assert lines[sighup - 1] == f"acl serve: {where}"
+        assert lines[sighup].endswith(", 1 diagnostic)")
+    finally:
+        srv.stop()
+
+
 def test_sd_notify_ready_reloading_stopping(tmp_path):
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
