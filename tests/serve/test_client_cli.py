@@ -4,11 +4,13 @@ shipped example, and the policy file's errors."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
@@ -106,6 +108,49 @@ def test_query_on_a_bad_reply_says_fatal_and_exits_111(tmp_path, reply):
     assert out.returncode == 111, out.stderr
     assert out.stderr.startswith(f"acl query: fatal: {side.path}: server sent ")
     assert "Traceback" not in out.stderr
+
+
+def test_admin_prints_the_refusal_even_when_its_command_cannot_be_sent(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The admin socket answers a uid it does not serve and closes at once
+    (docs/protocol.md).  A command written after that close fails (EPIPE);
+    ``acl query --admin`` must still print the answer, not 'Broken pipe'."""
+    from acl.cli import query
+
+    refusal = {"ok": False, "error": "uid 65534 gid 65534 is not allowed on the admin socket"}
+    path = str(tmp_path / "admin.sock")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(path)
+    ls.listen(1)
+    ls.settimeout(30)
+    closed = threading.Event()
+
+    def refuse():
+        conn, _ = ls.accept()
+        conn.sendall(json.dumps(refusal).encode() + b"\n")
+        conn.close()
+        closed.set()
+
+    class LateSocket(socket.socket):
+        """Sends only once the server has answered and closed: the order
+        that makes the send fail, every time."""
+
+        def sendall(self, data, *args):
+            assert closed.wait(30)
+            return super().sendall(data, *args)
+
+    monkeypatch.setattr(query, "socket", types.SimpleNamespace(
+        socket=LateSocket, AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM))
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+    try:
+        rc = query.admin(path, "stats")
+    finally:
+        t.join(15)
+        ls.close()
+    out, err = capsys.readouterr()
+    assert rc == 111 and err == ""
+    assert json.loads(out) == refusal
 
 
 def test_serve_with_no_config_runs_the_shipped_example(tmp_path):
