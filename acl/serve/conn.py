@@ -23,12 +23,15 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   over 64 KiB to this path (acl/fastpath.py), so both agree.
 * Admin connections are accepted only from the uids/gids the policy names,
   checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
-  line.
+  line.  A connection's commands run one after another, in the order they
+  came, so answers come back in command order (a ``reload`` is slower than
+  a ``stats`` sent after it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import socket
 import struct
@@ -199,6 +202,8 @@ class AdminConnection(_Base):
         super().__init__(server)
         self.buf = bytearray()
         self.allowed = False
+        self._lines: collections.deque[str] = collections.deque()   # not yet answered
+        self._worker: asyncio.Future | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -225,15 +230,19 @@ class AdminConnection(_Base):
                 return
             line = bytes(self.buf[:nl]).decode("utf-8", "replace").strip()
             del self.buf[:nl + 1]
-            asyncio.ensure_future(self._answer(line))
+            self._lines.append(line)
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.ensure_future(self._answer_in_order())
 
-    async def _answer(self, line: str) -> None:
-        try:
-            reply = await self.server.admin_command(line)
-        except Exception as exc:          # the admin gets the message, the server goes on
-            reply = {"ok": False, "error": str(exc)}
-        if not self.transport.is_closing():
-            self.transport.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+    async def _answer_in_order(self) -> None:
+        while self._lines:
+            line = self._lines.popleft()
+            try:
+                reply = await self.server.admin_command(line)
+            except Exception as exc:          # the admin gets the message, the server goes on
+                reply = {"ok": False, "error": str(exc)}
+            if not self.transport.is_closing():
+                self.transport.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
 
 
 class MetricsConnection(_Base):

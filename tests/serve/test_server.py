@@ -281,6 +281,22 @@ def test_admin_stats_dump_and_peer_credentials(live):
     assert admin(live.admin, "frobnicate")["ok"] is False
 
 
+def test_admin_answers_pipelined_commands_in_command_order(live):
+    """reload (slow: a worker thread) then stats then a bogus command, in one
+    write: three answers, in that order."""
+    with connect(live.admin, 30) as s:
+        s.sendall(b"reload\nstats\nbogus\n")
+        data = b""
+        while data.count(b"\n") < 3:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    answers = [json.loads(line) for line in data.splitlines()]
+    assert answers[0]["ok"] is True and "seconds" in answers[0]
+    assert answers[1]["ok"] is True and answers[1]["core"] == "compiled"
+    assert answers[2] == {"ok": False, "error": "unknown command 'bogus' (reload, stats, dump)"}
+
+
 def test_admin_refuses_uids_not_named(tmp_path):
     """uid 65534 is not in admin_uids = [0]: refused by SO_PEERCRED."""
     if os.getuid() != 0:
