@@ -10,6 +10,7 @@ asked to be strict raises :class:`RuleSyntaxError` instead.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,8 +57,23 @@ class RuleSyntaxError(AclError):
         return cls(d.path, d.line, d.column, d.message, (d, *more))
 
 
+#: How tomllib's TOMLDecodeError says where: "MESSAGE (at line L, column C)".
+_TOML_WHERE = re.compile(r"(?P<path>.+?): (?P<message>.+) \(at line (?P<line>\d+), "
+                         r"column (?P<column>\d+)\)", re.DOTALL)
+
+
 class PolicyError(AclError):
-    """The policy configuration (TOML) names something impossible."""
+    """The policy configuration (TOML) names something impossible.
+
+    A syntax error the TOML parser reports as ``PATH: MESSAGE (at line L,
+    column C)`` is given as ``PATH:L:C: MESSAGE``, the form of every other
+    error in a file (acl.policy wraps tomllib's error as ``PATH: error``)."""
+
+    def __init__(self, *args) -> None:
+        m = _TOML_WHERE.fullmatch(args[0]) if args and isinstance(args[0], str) else None
+        if m is not None:
+            args = (f"{m['path']}:{m['line']}:{m['column']}: {m['message']}", *args[1:])
+        super().__init__(*args)
 
 
 class ProtocolError(AclError):

@@ -208,7 +208,7 @@ def test_example_policy_uses_only_documentation_and_loopback_addresses():
     ("[limits]\nsources = 'many'\n", "limits.sources: expected int"),
     ("[limits]\nipv6_prefix = 200\n", "limits.ipv6_prefix"),
     ("[sockets]\nmode = 'rw'\n", "sockets.mode"),
-    ("[sockets\n", "policy.toml"),
+    ("[sockets\n", "policy.toml:1:9: Expected ']' at the end of a table declaration"),
 ])
 def test_policy_errors_name_the_file_and_key(tmp_path, toml, message):
     p = tmp_path / "policy.toml"

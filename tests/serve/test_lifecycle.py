@@ -110,6 +110,26 @@ def test_broken_file_keeps_running_policy_and_says_where(tmp_path):
         srv.stop()
 
 
+def test_toml_syntax_error_on_reload_says_file_line_column(tmp_path):
+    """policy.toml:L:C: message, like every other error -- in the admin's
+    answer, in stats and in the log -- not tomllib's '(at line L, column C)'."""
+    cfg = policy_toml(tmp_path)
+    srv = start_server(tmp_path, cfg)
+    try:
+        text = cfg.read_text()
+        cfg.write_text(text + "[limits]\n")            # a second [limits] table
+        want = f"{cfg}:{len(text.splitlines()) + 1}:8: Cannot declare ('limits',) twice"
+        r = admin(srv.admin, "reload")
+        assert r == {"ok": False, "error": want}
+        assert admin(srv.admin, "stats")["last_reload_error"] == want
+        assert f"failed, keeping the running policy: {want}\n" in srv.text()
+    finally:
+        srv.stop()
+    start = subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=30)
+    assert (start.returncode, start.stderr) == (100, f"acl serve: fatal: {want}\n")
+
+
 def test_reload_logs_and_answers_the_new_policy_diagnostics(tmp_path):
     """A rule xinetd would disable loads with a diagnostic: a reload says so
     in the log (as startup does) and in the admin's answer."""
