@@ -117,6 +117,14 @@ def test_postfix_text_protocol(live):
         data += s.recv(4096)
     assert data.startswith(b"action=DEFER_IF_PERMIT acl: bad policy request")
     assert data.endswith(b"action=DUNNO\n\n")
+    # a request= acl does not know is never granted, and the connection goes on
+    s.sendall(b"request=junk_policy\nclient_address=127.0.0.1\n\n"
+              b"request=smtpd_access_policy\nclient_address=127.0.0.1\n\n")
+    data = b""
+    while data.count(b"\n\n") < 2:
+        data += s.recv(4096)
+    assert data == (b"action=DEFER_IF_PERMIT acl: bad policy request: request='junk_policy' "
+                    b"is not smtpd_access_policy\n\naction=DUNNO\n\n")
     s.close()
 
 

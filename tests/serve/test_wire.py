@@ -195,6 +195,20 @@ def test_postfix_bad_requests():
     assert reply.startswith(b"action=DEFER_IF_PERMIT") and reply.endswith(b"\n\n")
 
 
+def test_postfix_request_other_than_smtpd_access_policy_is_a_bad_request():
+    """docs/protocol.md: ``request`` absent or smtpd_access_policy is decided;
+    any other value is answered as a bad request and the connection goes on."""
+    dec = wp.PostfixDecoder()
+    got = dec.feed(pf(request="smtpd_access_policy", client_address="192.0.2.1")
+                   + pf(request="junk_policy", client_address="192.0.2.1")
+                   + pf(request="", client_address="192.0.2.1")
+                   + pf(client_address="192.0.2.1"))
+    assert [type(g).__name__ for g in got] == ["Request", "BadRequest", "BadRequest", "Request"]
+    assert not got[1].fatal and not dec.dead
+    assert wp.encode_error(got[1]) == (b"action=DEFER_IF_PERMIT acl: bad policy request: "
+                                       b"request='junk_policy' is not smtpd_access_policy\n\n")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300), st.integers(1, 40))
 def test_postfix_random_bytes_never_raise(blob, step):
