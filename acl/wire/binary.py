@@ -50,7 +50,7 @@ ERROR_TEXT = {
     E_TYPE: "unknown type",
     E_PAYLOAD: "malformed payload",
     E_SIZE: "frame too large or too short",
-    E_OVERLOAD: "server overloaded",
+    E_OVERLOAD: "server overloaded",          # reserved, never sent: backpressure instead
     E_DECISION_SIZE: "decision too large to send",
 }
 

@@ -3,7 +3,9 @@ invariant "events or a clean error, never an exception"."""
 
 from __future__ import annotations
 
+import re
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -150,6 +152,17 @@ def test_reply_decoder_refuses_truncated_and_overlong_decisions():
                 wb.frame(wb.T_ERROR, 1, b"\x01")):
         with pytest.raises(ProtocolError):
             wb.ReplyDecoder().feed(bad)
+
+
+def test_error_codes_are_the_documented_ones():
+    """docs/protocol.md's ERROR table has a row for every code acl.wire.binary
+    knows, and says which one the server never sends (backpressure instead)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    table = doc.split("### ERROR codes", 1)[1].split("\n## ", 1)[0]
+    rows = {int(code): text for code, text in re.findall(r"^\| (\d+) \| (.+) \|$", table, re.M)}
+    assert set(rows) == set(wb.ERROR_TEXT)
+    assert "never sent" in rows[wb.E_OVERLOAD]
+    assert [c for c, text in rows.items() if "never sent" in text] == [wb.E_OVERLOAD]
 
 
 # -- Postfix --------------------------------------------------------------------
