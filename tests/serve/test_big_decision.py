@@ -124,8 +124,9 @@ def test_live_big_decisions_and_the_connection_goes_on(big_server):
 def test_real_acl_wrap_runs_the_server_with_the_80_kb_environment(big_server, tmp_path):
     from tests.wrap import harness
 
-    (tmp_path / "wrapbin").mkdir()
-    wrap_bin = harness.wrap_binary(tmp_path / "wrapbin")
+    # this checkout's sources, whatever acl-wrap is installed (an older one
+    # would refuse the 80 KB frame)
+    wrap_bin = harness.build_wrap(tmp_path)
     echo = harness.write_exe(tmp_path / "echo-env", harness.ECHO_SERVER)
     argv = [str(wrap_bin), "-s", big_server.query, "-n", "smtpd", str(echo)]
     h = harness.Handoff(argv, "127.0.0.2", WRAP_PORT, env={"PATH": "/usr/bin:/bin"})
