@@ -61,4 +61,5 @@ class PolicyError(AclError):
 
 
 class ProtocolError(AclError):
-    """A client sent bytes that are not a valid request."""
+    """A peer sent bytes that are not valid in its protocol (a client's
+    request, or a server's reply as acl.client reads it)."""

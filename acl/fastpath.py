@@ -23,6 +23,10 @@ Rules of this file:
   ``max_load``, names in their lists, SENSOR, or an IPv6 socket stay
   Python's.
 * IPv4-mapped IPv6 clients and leases always go to Python (see _engine.pyx).
+* So does a range whose Decision's DECISION frame would pass 64 KiB
+  (``MAX_FRAME``; a long tcprules environment, say) or cannot be encoded at
+  all: the Python path sends it (DECISION frames may be larger) or answers
+  ERROR 6, and the plan's reply buffer stays sized for ordinary answers.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 
 from acl.engine import UNKNOWN, merge_grants
 from acl.model import Decision, Location, Reason, Verdict
-from acl.wire.binary import decision_payload
+from acl.wire.binary import MAX_FRAME, decision_payload
 
 _BITS = {4: 32, 6: 128}
 
@@ -453,10 +457,18 @@ def _service_tables(name: str, layers, lim, rate_deny):
     ids: dict[Decision, int] = {}
 
     def action(d: Decision) -> int:
+        """The action of ``d``, or -1 (Python's) when its frame is too big."""
         a = ids.get(d)
         if a is None:
-            a = ids[d] = len(local)
-            local.append((decision_payload(d), (name, int(d.verdict), int(d.reason))))
+            try:
+                payload = decision_payload(d)
+            except ValueError:               # a field over 65535 bytes: ERROR 6
+                payload = None
+            if payload is None or 12 + len(payload) > MAX_FRAME:
+                a = ids[d] = -1
+            else:
+                a = ids[d] = len(local)
+                local.append((payload, (name, int(d.verdict), int(d.reason))))
         return a
 
     flags = (1 if any(v.uses_host for v in views) else 0) | (
@@ -468,9 +480,13 @@ def _service_tables(name: str, layers, lim, rate_deny):
         if info is not None:
             state, slot, refusals = info
             limit_local = {code: action(d) for code, d in refusals.items()}
+            if -1 in limit_local.values():   # (refusals carry no env: never)
+                return None
         elif xinetd[0].policy.services.get(name) is not None:
             return None
     s4, a4 = _family_table(views, 4, action)
     (h6, l6), a6 = _family_table(views, 6, action)
     rate_local = action(rate_deny) if lim.rate > 0 else -1
+    if lim.rate > 0 and rate_local < 0:
+        return None
     return (s4, a4, h6, l6, a6, local, rate_local, flags, slot, limit_local, state)

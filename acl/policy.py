@@ -32,6 +32,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import socket
 import time
 import tomllib
@@ -410,7 +411,11 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     except OSError as exc:
         raise PolicyError(f"{toml_path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{toml_path}: {exc}") from exc
+        # tomllib says "MESSAGE (at line L, column C)": give it as every
+        # other error in a file is given, PATH:L:C: MESSAGE
+        m = re.fullmatch(r"(.+) \(at line (\d+), column (\d+)\)", str(exc), re.DOTALL)
+        where = f"{toml_path}:{m[2]}:{m[3]}: {m[1]}" if m else f"{toml_path}: {exc}"
+        raise PolicyError(where) from exc
     unknown = set(conf) - KNOWN_SECTIONS
     if unknown:
         raise _err(toml_path, sorted(unknown)[0], "unknown section")

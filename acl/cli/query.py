@@ -37,17 +37,30 @@ def format_decision(service: str, client: str, d) -> str:
 
 
 def admin(path: str, command: str) -> int:
+    """Send one command, print the JSON answer.  The server may answer and
+    close before reading (a uid it does not serve): a failed send is then
+    followed by reading that answer, which is what the user needs to see."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(30)
             s.connect(path)
-            s.sendall(command.encode() + b"\n")
+            try:
+                s.sendall(command.encode() + b"\n")
+                unsent = None
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                unsent = exc
             data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                data += chunk
+            try:
+                while not data.endswith(b"\n"):
+                    chunk = s.recv(1 << 16)
+                    if not chunk:
+                        break
+                    data += chunk
+            except ConnectionResetError:
+                if not data:
+                    raise
+            if unsent is not None and not data:
+                raise unsent
     except OSError as exc:
         print(f"{PROG}: fatal: cannot reach {path}: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY

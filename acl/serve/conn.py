@@ -25,9 +25,15 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   connections are answered meanwhile.  After ``NAME_ROUNDS`` rounds for one
   request (a reload, or a full cache, can drop what was fetched) it is
   decided anyway.
+* A decision too large to send (acl/wire/binary.py ``MAX_DECISION_FRAME``)
+  is answered ERROR 6 with the request's id, any lease it took is given
+  back, and the connection goes on; the batch plan leaves every decision
+  over 64 KiB to this path (acl/fastpath.py), so both agree.
 * Admin connections are accepted only from the uids/gids the policy names,
   checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
-  line.
+  line.  A connection's commands run one after another, in the order they
+  came, so answers come back in command order (a ``reload`` is slower than
+  a ``stats`` sent after it).
 """
 
 from __future__ import annotations
@@ -136,9 +142,19 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
                 del buf[:start]
                 return out, False, wanted
             d = engine.decide(event.request, now)
+            try:
+                reply = wb.encode_decision(event.request_id, d)
+            except ValueError as exc:        # the decision cannot be sent
+                if d.lease:
+                    engine.release(d.lease)  # nobody would ever know its id
+                if on_error is not None:
+                    on_error(wb.E_DECISION_SIZE)
+                out.append(wb.encode_error(event.request_id, wb.E_DECISION_SIZE,
+                                           f"{wb.ERROR_TEXT[wb.E_DECISION_SIZE]}: {exc}"))
+                continue
             if d.lease:
                 leases.add(d.lease)
-            out.append(wb.encode_decision(event.request_id, d))
+            out.append(reply)
         elif kind is wb.Release:
             ok = event.lease_id in leases and engine.release(event.lease_id)
             if ok:
@@ -253,6 +269,8 @@ class AdminConnection(_Base):
         super().__init__(server)
         self.buf = bytearray()
         self.allowed = False
+        self._lines: collections.deque[str] = collections.deque()   # not yet answered
+        self._worker: asyncio.Future | None = None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -279,15 +297,19 @@ class AdminConnection(_Base):
                 return
             line = bytes(self.buf[:nl]).decode("utf-8", "replace").strip()
             del self.buf[:nl + 1]
-            asyncio.ensure_future(self._answer(line))
+            self._lines.append(line)
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.ensure_future(self._answer_in_order())
 
-    async def _answer(self, line: str) -> None:
-        try:
-            reply = await self.server.admin_command(line)
-        except Exception as exc:          # the admin gets the message, the server goes on
-            reply = {"ok": False, "error": str(exc)}
-        if not self.transport.is_closing():
-            self.transport.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+    async def _answer_in_order(self) -> None:
+        while self._lines:
+            line = self._lines.popleft()
+            try:
+                reply = await self.server.admin_command(line)
+            except Exception as exc:          # the admin gets the message, the server goes on
+                reply = {"ok": False, "error": str(exc)}
+            if not self.transport.is_closing():
+                self.transport.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
 
 
 class MetricsConnection(_Base):

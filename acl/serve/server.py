@@ -9,13 +9,22 @@ Theory of operation:
   group -- then drop privileges (``[run] user/group/chroot``), then serve and
   tell systemd ``READY=1``.  Binding first is what lets an unprivileged
   server own sockets in root-only directories.
+* A socket path is taken over only when nothing answers on it: we connect
+  first; a live server (another ``acl serve`` on the same config) makes us
+  refuse to start, a refused connect means a stale file from a run that
+  did not clean up, which is replaced.  When any bind fails, every socket
+  bound so far is closed and its file removed: a failed start leaves
+  nothing behind and touches nothing a running server owns.
 * Reload: SIGHUP, the admin command ``reload``, or a change to a watched file
   (polled once a second; the policy file and every rule file it names).
   Reading and compiling run in a worker thread (``Engine.prepare``) while the
   loop keeps answering; the swap (``Engine.commit``) is one assignment made
   in the loop.  A failure keeps the running policy, is counted, is logged as
-  ``file:line:column: message`` and is the admin's answer.  Only one reload
-  runs at a time; triggers during one make exactly one more.
+  ``file:line:column: message`` and is the admin's answer.  A success logs
+  the new policy's diagnostics (rules the real tool would skip or disable)
+  one a line, as startup does, before ``reloaded``, and returns them in the
+  admin's answer (``"diagnostics"``).  Only one reload runs at a time;
+  triggers during one make exactly one more.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
   client (their leases are released), remove the socket files we made.
 """
@@ -48,12 +57,38 @@ def log(msg: str) -> None:
     print(f"acl serve: {msg}", file=sys.stderr, flush=True)
 
 
+def _answers(path: str) -> bool:
+    """Whether a server accepts connections on the Unix socket ``path``
+    (False: a stale file -- ECONNREFUSED -- or none; OSError: cannot tell)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)             # a full backlog is EAGAIN, not a wait
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        probe.close()
+    return True
+
+
 def _bind_unix(path: str) -> socket.socket:
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)              # a stale socket from an earlier run
+        st = os.lstat(path)
     except FileNotFoundError:
         pass
+    else:
+        if stat.S_ISSOCK(st.st_mode):
+            try:
+                live = _answers(path)
+            except OSError as exc:
+                raise AclError(f"{path}: cannot tell whether a server answers there: "
+                               f"{exc.strerror}") from None
+            if live:
+                raise AclError(f"{path}: a server is answering on this socket "
+                               "(is acl serve already running?)")
+            os.unlink(path)              # a stale socket from an earlier run
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
@@ -172,7 +207,24 @@ class Server:
 
     # -- sockets -------------------------------------------------------
     def bind(self) -> dict[str, str]:
-        """Take systemd's sockets or bind our own; returns name -> address."""
+        """Take systemd's sockets or bind our own; returns name -> address.
+        On failure nothing we bound is left open or on disk."""
+        try:
+            return self._bind()
+        except BaseException:
+            for sock in self._sockets.values():
+                sock.close()
+            for path in self._made_paths:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+            self._sockets.clear()
+            self._made_paths.clear()
+            self.addresses.clear()
+            raise
+
+    def _bind(self) -> dict[str, str]:
         raise_nofile()
         got = systemd.listen_fds()
         s = self.sockets
@@ -255,8 +307,14 @@ class Server:
                 ms = (time.perf_counter() - t0) * 1000
                 parts = ", ".join(f"{k[:-2]} {v * 1000:.1f} ms"
                                   for k, v in self.engine.last_prepare.items())
-                self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts})")
-                result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare}
+                diagnostics = [str(d) for d in self.engine.policy.diagnostics]
+                for d in diagnostics:
+                    self.log(d)
+                n = len(diagnostics)
+                more = f", {n} diagnostic{'s' if n > 1 else ''}" if n else ""
+                self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts}{more})")
+                result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare,
+                          "diagnostics": diagnostics}
             self._watch_state = self._stat_files()
             if not self._again:
                 return result

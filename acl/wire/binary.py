@@ -13,7 +13,14 @@ Rules of this file:
   :class:`BadFrame` with that frame's request id; decoding goes on.
 * The decoder never holds more than one incomplete frame (< 65536 bytes), so
   what a client can make the server buffer is bounded by this codec.
-* Encoders return whole frames (length prefix included).
+* Encoders return whole frames (length prefix included).  Every frame is at
+  most ``MAX_FRAME`` bytes except DECISION (server to client), which may be
+  up to ``MAX_DECISION_FRAME``: a tcprules environment or a rule's options
+  can be far longer than a request, and what bounds them in the end is
+  execve's limit, not ours.  A Decision that does not fit even that (or has
+  a name or value over 65535 bytes, the u16 fields) makes
+  ``encode_decision`` raise ValueError; the server answers ERROR
+  ``E_DECISION_SIZE`` for that request instead (acl/serve/conn.py).
 
 Frame: ``u32 length | u8 version | u8 type | u16 flags | u32 request_id |
 payload`` -- all little-endian.
@@ -26,23 +33,26 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from acl.errors import ProtocolError
 from acl.model import Decision, Location, Reason, Request, Verdict
 
 VERSION = 1
-MAX_FRAME = 65536            # 4-byte length field included
+MAX_FRAME = 65536            # 4-byte length field included; every frame but DECISION
+MAX_DECISION_FRAME = 1 << 20   # DECISION frames (server -> client), same count
 MIN_LENGTH = 8
 
 T_DECIDE, T_RELEASE, T_PING = 0x01, 0x02, 0x03
 T_DECISION, T_RELEASED, T_PONG, T_ERROR = 0x81, 0x82, 0x83, 0xFF
 F_LEASE = 0x0001
 
-E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD = 1, 2, 3, 4, 5
+E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD, E_DECISION_SIZE = 1, 2, 3, 4, 5, 6
 ERROR_TEXT = {
     E_VERSION: "unsupported version",
     E_TYPE: "unknown type",
     E_PAYLOAD: "malformed payload",
     E_SIZE: "frame too large or too short",
-    E_OVERLOAD: "server overloaded",
+    E_OVERLOAD: "server overloaded",          # reserved, never sent: backpressure instead
+    E_DECISION_SIZE: "decision too large to send",
 }
 
 _HEAD = struct.Struct("<IBBHI")           # length, version, type, flags, request_id
@@ -189,9 +199,10 @@ class BinaryDecoder:
 
 
 # -- encoders ---------------------------------------------------------------
-def frame(ftype: int, request_id: int, payload: bytes = b"", flags: int = 0) -> bytes:
-    if len(payload) + 12 > MAX_FRAME:
-        raise ValueError("frame too large")
+def frame(ftype: int, request_id: int, payload: bytes = b"", flags: int = 0,
+          limit: int = MAX_FRAME) -> bytes:
+    if len(payload) + 12 > limit:
+        raise ValueError(f"frame of {len(payload) + 12} bytes, more than {limit}")
     return _HEAD.pack(8 + len(payload), VERSION, ftype, flags, request_id) + payload
 
 
@@ -218,7 +229,8 @@ def decision_payload(decision: Decision) -> bytes:
 
 
 def encode_decision(request_id: int, decision: Decision) -> bytes:
-    return frame(T_DECISION, request_id, decision_payload(decision))
+    """The DECISION frame, or ValueError when the decision cannot be sent."""
+    return frame(T_DECISION, request_id, decision_payload(decision), limit=MAX_DECISION_FRAME)
 
 
 def encode_released(request_id: int, released: bool) -> bytes:
@@ -279,10 +291,19 @@ class Reply:
 
 
 def decode_decision(payload) -> Decision:
+    """A DECISION payload -> Decision; ValueError (or struct.error) when a
+    length runs past the payload or bytes are left over."""
     verdict, reason, loc_len, lease, n_env, n_opt = _DECISION_FIXED.unpack_from(payload, 0)
     pos = _DECISION_FIXED.size
-    loc_text = bytes(payload[pos:pos + loc_len]).decode()
-    pos += loc_len
+
+    def text(n: int) -> str:
+        nonlocal pos
+        if pos + n > len(payload):
+            raise ValueError("a length runs past the DECISION payload")
+        pos += n
+        return bytes(payload[pos - n:pos]).decode()
+
+    loc_text = text(loc_len)
     location = None
     if loc_text:
         path, _, line = loc_text.rpartition(":")
@@ -291,22 +312,22 @@ def decode_decision(payload) -> Decision:
     for _ in range(n_env):
         op, nl, vl = struct.unpack_from("<BHH", payload, pos)
         pos += 5
-        name = bytes(payload[pos:pos + nl]).decode()
-        value = bytes(payload[pos + nl:pos + nl + vl]).decode()
-        pos += nl + vl
+        name, value = text(nl), text(vl)
         env.append((name, value if op == 0 else None))
     options = []
     for _ in range(n_opt):
         nl, vl = struct.unpack_from("<HH", payload, pos)
         pos += 4
-        options.append((bytes(payload[pos:pos + nl]).decode(),
-                        bytes(payload[pos + nl:pos + nl + vl]).decode()))
-        pos += nl + vl
+        options.append((text(nl), text(vl)))
+    if pos != len(payload):
+        raise ValueError(f"{len(payload) - pos} bytes after the DECISION payload's items")
     return Decision(Verdict(verdict), Reason(reason), location, tuple(env), tuple(options), lease)
 
 
 class ReplyDecoder:
-    """Client side: bytes in, :class:`Reply` objects out."""
+    """Client side: bytes in, :class:`Reply` objects out.  Bytes that are not
+    a valid reply raise :class:`~acl.errors.ProtocolError` (and nothing
+    else): the server is not usable."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -318,24 +339,37 @@ class ReplyDecoder:
         pos = 0
         while len(buf) - pos >= 4:
             (length,) = struct.unpack_from("<I", buf, pos)
-            if length < MIN_LENGTH or length + 4 > MAX_FRAME:
-                raise ValueError(f"server sent a frame of length {length}")
+            if length < MIN_LENGTH or length + 4 > MAX_DECISION_FRAME or (
+                    length + 4 > MAX_FRAME and len(buf) - pos >= 6
+                    and buf[pos + 5] != T_DECISION):
+                raise ProtocolError(f"server sent a frame of length {length}")
             if len(buf) - pos < 4 + length:
                 break
             _, version, ftype, _flags, rid = _HEAD.unpack_from(buf, pos)
             payload = bytes(buf[pos + 12:pos + 4 + length])
             pos += 4 + length
-            if ftype == T_DECISION:
-                out.append(Reply(ftype, rid, decision=decode_decision(payload)))
-            elif ftype == T_RELEASED:
-                out.append(Reply(ftype, rid, released=payload[:1] == b"\x00"))
-            elif ftype == T_PONG:
-                out.append(Reply(ftype, rid, core=payload[0] if payload else None))
-            elif ftype == T_ERROR:
-                code, tl = _ERROR_FIXED.unpack_from(payload, 0)
-                out.append(Reply(ftype, rid, code=code, text=payload[4:4 + tl].decode("utf-8", "replace")))
-            else:
-                raise ValueError(f"server sent unknown frame type 0x{ftype:02x}")
+            if version != VERSION:
+                raise ProtocolError(f"server sent a frame of version {version}")
+            try:
+                out.append(_reply(ftype, rid, payload))
+            except (ValueError, struct.error, IndexError) as exc:
+                raise ProtocolError(f"server sent a malformed frame of type 0x{ftype:02x}: "
+                                    f"{exc}") from None
         if pos:
             del buf[:pos]
         return out
+
+
+def _reply(ftype: int, rid: int, payload: bytes) -> Reply:
+    """One server frame -> Reply; ValueError, struct.error or IndexError when
+    its payload does not say what its type needs."""
+    if ftype == T_DECISION:
+        return Reply(ftype, rid, decision=decode_decision(payload))
+    if ftype == T_RELEASED:
+        return Reply(ftype, rid, released=payload[:1] == b"\x00")
+    if ftype == T_PONG:
+        return Reply(ftype, rid, core=payload[0] if payload else None)
+    if ftype == T_ERROR:
+        code, tl = _ERROR_FIXED.unpack_from(payload, 0)
+        return Reply(ftype, rid, code=code, text=payload[4:4 + tl].decode("utf-8", "replace"))
+    raise ValueError(f"unknown frame type 0x{ftype:02x}")

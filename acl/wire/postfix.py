@@ -5,9 +5,13 @@ Rules of this file:
 * A request is ``name=value`` lines, each ended by LF (a CR before it is
   dropped), and the request is ended by an empty line.  ``feed`` returns the
   complete requests seen so far, in order, however the bytes are split.
-* Attributes acl reads: ``client_address``, ``client_name`` (``unknown`` means
-  not known), ``reverse_client_name``, ``server_address``, ``server_port``,
-  ``client_port``, ``service``.  Everything else Postfix sends is ignored.
+* Attributes acl reads: ``request``, ``client_address``, ``client_name``
+  (``unknown`` means not known), ``reverse_client_name``, ``server_address``,
+  ``server_port``, ``client_port``, ``service``.  Everything else Postfix
+  sends is ignored.  ``request`` (SMTPD_POLICY_README: "request=
+  smtpd_access_policy") may be absent; present with any other value it makes
+  the request a non-fatal :class:`BadRequest` -- acl cannot answer a
+  question it does not know, and a grant must never come from one.
 * Bounded input: a line longer than ``MAX_LINE`` bytes or a request of more
   than ``MAX_ATTRS`` lines is a *fatal* :class:`BadRequest` (the connection is
   answered once and closed), so a client cannot make the server buffer
@@ -122,6 +126,9 @@ class PostfixDecoder:
         self._attrs, self._bad, self._lines = {}, None, 0
         if bad:
             return BadRequest(E_MALFORMED, bad)
+        kind = attrs.get("request")
+        if kind is not None and kind != "smtpd_access_policy":
+            return BadRequest(E_MALFORMED, f"request={kind[:40]!r} is not smtpd_access_policy")
         client = _address(attrs.get("client_address"))
         if client is None:
             return BadRequest(E_MALFORMED, "no usable client_address")

@@ -23,9 +23,13 @@ Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
   is the encoded Decision the Python layers give for every address of the
   range, and anything a range table cannot know (a lease, a mapped IPv4
   client, a host or user name that is not ASCII, an unknown service, an
-  action of -1) goes to Python.  The order inside a frame's decision is the
-  engine's: rate first, then the layers; the lookup is done before the
-  bucket so a frame sent to Python has not spent a token.
+  action of -1) goes to Python.  So does an answer whose DECISION frame
+  would pass 64 KiB (acl/fastpath.py leaves it out; ``__init__`` refuses
+  one): the reply buffer is sized for 64 answers of the largest action, and
+  Python sends the big ones or answers ERROR 6.  The order inside a
+  frame's decision is the engine's: rate first, then the layers; the
+  lookup is done before the bucket so a frame sent to Python has not spent
+  a token.
 * ``SourceTable`` is the compiled twin of ``acl._engine_py.SourceTable``
   (same hash, same probing, same eviction, same float arithmetic).
 * Counters are plain C integers read by the engine at scrape time.
@@ -243,6 +247,8 @@ cdef class BatchPlan:
         self._max_action = 0
         for i in range(self._nact):
             payload, label = actions[i]
+            if len(payload) + 12 > 65536:
+                raise ValueError("an action's DECISION frame passes 64 KiB (Python's to send)")
             self._act[i].off = off
             self._act[i].size = len(payload)
             off += len(payload)

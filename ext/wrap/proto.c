@@ -1,7 +1,8 @@
 /* The binary protocol, version 1 (docs/protocol.md), client side.
  *
- * Frame: u32 length (bytes after this field, 8..65532), u8 version (1),
- * u8 type, u16 flags, u32 request_id, payload.  Little-endian throughout.
+ * Frame: u32 length (bytes after this field, 8..65532; a DECISION up to
+ * 1 MiB - 4, for long tcprules environments), u8 version (1), u8 type,
+ * u16 flags, u32 request_id, payload.  Little-endian throughout.
  *
  * acl-wrap sends one DECIDE (0x01, flag LEASE = bit 0) and reads exactly one
  * frame back.  Anything other than a well-formed DECISION (0x81) echoing our
@@ -33,6 +34,7 @@
 #define T_ERROR 0xFF
 #define FLAG_LEASE 0x0001
 #define FRAME_MAX 65536             /* whole frame, length field included */
+#define DECISION_MAX (1 << 20)      /* a DECISION frame, the same way */
 #define ITEMS_MAX 4096
 
 static void put16(unsigned char *p, unsigned v) { p[0] = v & 0xff; p[1] = (v >> 8) & 0xff; }
@@ -128,7 +130,8 @@ int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
     size_t i;
 
     memset(d, 0, sizeof *d);
-    if (len < 12 || get32(frame) != len - 4) {
+    if (len < 12 || get32(frame) != len - 4 || len > DECISION_MAX ||
+        (len > FRAME_MAX && frame[5] != T_DECISION)) {
         snprintf(err, errlen, "bad frame length");
         return -1;
     }
@@ -343,7 +346,7 @@ int ask_sidecar(const char *path, int timeout_ms, const unsigned char *req, size
         return -1;
     }
     len = get32(head);
-    if (len < 8 || len + 4 > FRAME_MAX) {
+    if (len < 8 || len > DECISION_MAX - 4) {   /* decode_decision checks the type's bound */
         snprintf(err, errlen, "reply frame length %zu out of range", len);
         close(fd);
         return -1;

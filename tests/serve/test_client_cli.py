@@ -4,9 +4,13 @@ shipped example, and the policy file's errors."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import types
 
 import pytest
 
@@ -14,6 +18,7 @@ from acl.client import AsyncClient, Client
 from acl.errors import PolicyError
 from acl.model import Reason, Request, Verdict
 from acl.policy import EXAMPLE, load_policy
+from acl.wire import binary as wb
 
 from .conftest import wait_for
 
@@ -55,6 +60,97 @@ def test_blocking_client_and_query_cli(served):
     adm = subprocess.run([sys.executable, "-m", "acl", "query", "--admin", served.admin, "dump"],
                          capture_output=True, text=True, timeout=30)
     assert adm.returncode == 0 and '"hosts_access"' in adm.stdout
+
+
+class OneReply:
+    """A stand-in server on a Unix socket in a temp dir: reads one request on
+    one connection, writes ``reply``, closes; a thread the test joins."""
+
+    def __init__(self, path: str, reply: bytes) -> None:
+        self.path = path
+        self.reply = reply
+        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ls.bind(path)
+        self.ls.listen(1)
+        self.ls.settimeout(30)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            conn, _ = self.ls.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(10)
+            conn.recv(65536)
+            conn.sendall(self.reply)
+
+    def close(self) -> None:
+        self.ls.close()
+        self.thread.join(15)
+
+
+@pytest.mark.parametrize("reply", [
+    b"\xff\xff\xff\xff" + b"x" * 8,                           # a length no frame has
+    wb.frame(0x44, 1),                                         # a type no reply has
+    wb.frame(wb.T_DECISION, 1, b"\x01\x00\x09\x00" + b"\x00" * 12),  # location past the end
+])
+def test_query_on_a_bad_reply_says_fatal_and_exits_111(tmp_path, reply):
+    """A reply that is not a frame is 'the sidecar is not usable' (111), never
+    a traceback and never 1 (which means denied)."""
+    side = OneReply(str(tmp_path / "bad.sock"), reply)
+    try:
+        out = subprocess.run([sys.executable, "-m", "acl", "query", "--socket", side.path,
+                              "smtpd", "127.0.0.1"], capture_output=True, text=True, timeout=30)
+    finally:
+        side.close()
+    assert out.returncode == 111, out.stderr
+    assert out.stderr.startswith(f"acl query: fatal: {side.path}: server sent ")
+    assert "Traceback" not in out.stderr
+
+
+def test_admin_prints_the_refusal_even_when_its_command_cannot_be_sent(tmp_path, monkeypatch,
+                                                                       capsys):
+    """The admin socket answers a uid it does not serve and closes at once
+    (docs/protocol.md).  A command written after that close fails (EPIPE);
+    ``acl query --admin`` must still print the answer, not 'Broken pipe'."""
+    from acl.cli import query
+
+    refusal = {"ok": False, "error": "uid 65534 gid 65534 is not allowed on the admin socket"}
+    path = str(tmp_path / "admin.sock")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(path)
+    ls.listen(1)
+    ls.settimeout(30)
+    closed = threading.Event()
+
+    def refuse():
+        conn, _ = ls.accept()
+        conn.sendall(json.dumps(refusal).encode() + b"\n")
+        conn.close()
+        closed.set()
+
+    class LateSocket(socket.socket):
+        """Sends only once the server has answered and closed: the order
+        that makes the send fail, every time."""
+
+        def sendall(self, data, *args):
+            assert closed.wait(30)
+            return super().sendall(data, *args)
+
+    monkeypatch.setattr(query, "socket", types.SimpleNamespace(
+        socket=LateSocket, AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM))
+    t = threading.Thread(target=refuse, daemon=True)
+    t.start()
+    try:
+        rc = query.admin(path, "stats")
+    finally:
+        t.join(15)
+        ls.close()
+    out, err = capsys.readouterr()
+    assert rc == 111 and err == ""
+    assert json.loads(out) == refusal
 
 
 def test_serve_with_no_config_runs_the_shipped_example(tmp_path):
@@ -112,7 +208,7 @@ def test_example_policy_uses_only_documentation_and_loopback_addresses():
     ("[limits]\nsources = 'many'\n", "limits.sources: expected int"),
     ("[limits]\nipv6_prefix = 200\n", "limits.ipv6_prefix"),
     ("[sockets]\nmode = 'rw'\n", "sockets.mode"),
-    ("[sockets\n", "policy.toml"),
+    ("[sockets\n", "policy.toml:1:9: Expected ']' at the end of a table declaration"),
 ])
 def test_policy_errors_name_the_file_and_key(tmp_path, toml, message):
     p = tmp_path / "policy.toml"

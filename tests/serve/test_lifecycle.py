@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -108,6 +110,48 @@ def test_broken_file_keeps_running_policy_and_says_where(tmp_path):
         srv.stop()
 
 
+def test_toml_syntax_error_on_reload_says_file_line_column(tmp_path):
+    """policy.toml:L:C: message, like every other error -- in the admin's
+    answer, in stats and in the log -- not tomllib's '(at line L, column C)'."""
+    cfg = policy_toml(tmp_path)
+    srv = start_server(tmp_path, cfg)
+    try:
+        text = cfg.read_text()
+        cfg.write_text(text + "[limits]\n")            # a second [limits] table
+        want = f"{cfg}:{len(text.splitlines()) + 1}:8: Cannot declare ('limits',) twice"
+        r = admin(srv.admin, "reload")
+        assert r == {"ok": False, "error": want}
+        assert admin(srv.admin, "stats")["last_reload_error"] == want
+        assert f"failed, keeping the running policy: {want}\n" in srv.text()
+    finally:
+        srv.stop()
+    start = subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=30)
+    assert (start.returncode, start.stderr) == (100, f"acl serve: fatal: {want}\n")
+
+
+def test_reload_logs_and_answers_the_new_policy_diagnostics(tmp_path):
+    """A rule xinetd would disable loads with a diagnostic: a reload says so
+    in the log (as startup does) and in the admin's answer."""
+    srv = start_server(tmp_path, policy_toml(tmp_path))
+    try:
+        assert admin(srv.admin, "reload")["diagnostics"] == []
+        x = tmp_path / "xinetd.conf"
+        text = x.read_text()
+        x.write_text(text + "service foo\n{\n\tid = foo\n\tinstances 5\n}\n")
+        where = f"{x}:{len(text.splitlines()) + 4}:1: Bad operator for attribute: instances"
+        r = admin(srv.admin, "reload")
+        assert r["ok"] is True and r["diagnostics"] == [where]
+        srv.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "reloaded (SIGHUP)" in srv.text(), 10, "SIGHUP reload")
+        lines = srv.text().splitlines()
+        sighup = next(i for i, ln in enumerate(lines) if "reloaded (SIGHUP)" in ln)
+        assert lines[sighup - 1] == f"acl serve: {where}"
+        assert lines[sighup].endswith(", 1 diagnostic)")
+    finally:
+        srv.stop()
+
+
 def test_sd_notify_ready_reloading_stopping(tmp_path):
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -150,6 +194,51 @@ def test_socket_activation_listen_fds(tmp_path):
             assert c.decide("sshd", "192.0.2.1").allowed
     finally:
         srv.stop()
+
+
+def _serve_once(cfg, *args) -> subprocess.CompletedProcess:
+    """``acl serve`` expected to exit at once (it must not get to serving)."""
+    return subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg), *args],
+                          capture_output=True, text=True, timeout=30, cwd=str(cfg.parent))
+
+
+def test_second_instance_refuses_live_sockets_and_replaces_stale_ones(tmp_path):
+    """A second ``acl serve`` on the same config leaves the first untouched;
+    socket files a killed server left behind are taken over."""
+    cfg = policy_toml(tmp_path)
+    srv = start_server(tmp_path, cfg)
+    try:
+        before = {p: os.stat(p).st_ino for p in (srv.query, srv.policy, srv.admin)}
+        second = _serve_once(cfg)
+        assert second.returncode == 111, second.stderr
+        assert (f"acl serve: fatal: cannot listen: {srv.query}: a server is answering on "
+                "this socket") in second.stderr
+        assert {p: os.stat(p).st_ino for p in before} == before
+        with Client(srv.query) as c:
+            assert c.decide("sshd", "192.0.2.1").allowed
+        assert admin(srv.admin, "stats")["ok"] is True
+        srv.stop(signal.SIGKILL)                 # leaves its socket files behind
+        assert all(os.path.exists(p) for p in before)
+        srv = start_server(tmp_path, cfg)        # stale: connect is refused, replace them
+        with Client(srv.query) as c:
+            assert c.decide("sshd", "192.0.2.1").allowed
+    finally:
+        srv.stop()
+
+
+def test_failed_start_removes_the_sockets_it_made(tmp_path):
+    """The metrics port is taken: exit 111 and no socket file is left."""
+    taken = socket.socket()
+    taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    taken.bind(("127.0.0.1", 44401))
+    taken.listen(1)
+    try:
+        out = _serve_once(policy_toml(tmp_path, metrics="127.0.0.1:44401"))
+    finally:
+        taken.close()
+    assert out.returncode == 111, out.stderr
+    assert "cannot listen" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_socket()) == []
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop privileges")

@@ -117,6 +117,14 @@ def test_postfix_text_protocol(live):
         data += s.recv(4096)
     assert data.startswith(b"action=DEFER_IF_PERMIT acl: bad policy request")
     assert data.endswith(b"action=DUNNO\n\n")
+    # a request= acl does not know is never granted, and the connection goes on
+    s.sendall(b"request=junk_policy\nclient_address=127.0.0.1\n\n"
+              b"request=smtpd_access_policy\nclient_address=127.0.0.1\n\n")
+    data = b""
+    while data.count(b"\n\n") < 2:
+        data += s.recv(4096)
+    assert data == (b"action=DEFER_IF_PERMIT acl: bad policy request: request='junk_policy' "
+                    b"is not smtpd_access_policy\n\naction=DUNNO\n\n")
     s.close()
 
 
@@ -309,6 +317,22 @@ def test_admin_stats_dump_and_peer_credentials(live):
     dump = admin(live.admin, "dump")
     assert [s["type"] for s in dump["policy"]["sources"]] == ["xinetd", "tcprules", "hosts_access"]
     assert admin(live.admin, "frobnicate")["ok"] is False
+
+
+def test_admin_answers_pipelined_commands_in_command_order(live):
+    """reload (slow: a worker thread) then stats then a bogus command, in one
+    write: three answers, in that order."""
+    with connect(live.admin, 30) as s:
+        s.sendall(b"reload\nstats\nbogus\n")
+        data = b""
+        while data.count(b"\n") < 3:
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    answers = [json.loads(line) for line in data.splitlines()]
+    assert answers[0]["ok"] is True and "seconds" in answers[0]
+    assert answers[1]["ok"] is True and answers[1]["core"] == "compiled"
+    assert answers[2] == {"ok": False, "error": "unknown command 'bogus' (reload, stats, dump)"}
 
 
 def test_admin_refuses_uids_not_named(tmp_path):

@@ -3,12 +3,16 @@ invariant "events or a clean error, never an exception"."""
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from acl.errors import ProtocolError
 from acl.model import Decision, Location, Reason, Request, Verdict
 from acl.wire import binary as wb
 from acl.wire import postfix as wp
@@ -119,6 +123,50 @@ def test_random_bytes_never_raise_and_split_does_not_matter(blob, step):
     assert all(isinstance(e, (wb.Decide, wb.Release, wb.Ping, wb.BadFrame)) for e in whole)
 
 
+def _mangled_replies(rng_bytes: bytes, good: bytes) -> bytes:
+    """``good`` with some payload bytes replaced (a header stays readable)."""
+    b = bytearray(good)
+    for i in range(0, len(rng_bytes) - 1, 2):
+        b[12 + rng_bytes[i] % (len(b) - 12)] = rng_bytes[i + 1]
+    return bytes(b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.binary(min_size=2, max_size=12), decisions)
+def test_reply_decoder_gives_replies_or_protocol_error_never_anything_else(blob, noise, d):
+    """The client's invariant: a server's bytes are replies, or ProtocolError."""
+    for data in (blob, _mangled_replies(noise, wb.encode_decision(1, d)),
+                 _mangled_replies(noise, wb.encode_error(2, wb.E_TYPE)),
+                 struct.pack("<I", len(blob) + 8) + b"\x01\x81\x00\x00\x01\x00\x00\x00" + blob):
+        try:
+            reps = wb.ReplyDecoder().feed(data)
+        except ProtocolError:
+            continue
+        assert all(isinstance(r, wb.Reply) for r in reps)
+
+
+def test_reply_decoder_refuses_truncated_and_overlong_decisions():
+    d = Decision(Verdict.ALLOW, Reason.OK, Location("/x/tcp.smtpd", 1), (("A", "abc"),))
+    good = wb.encode_decision(1, d)
+    short = struct.pack("<I", len(good) - 5) + good[4:-1]      # the value loses a byte
+    long = struct.pack("<I", len(good) - 3) + good[4:] + b"\x00"
+    for bad in (short, long, b"\x03\x00\x00\x00abc", wb.frame(0x44, 1),
+                wb.frame(wb.T_ERROR, 1, b"\x01")):
+        with pytest.raises(ProtocolError):
+            wb.ReplyDecoder().feed(bad)
+
+
+def test_error_codes_are_the_documented_ones():
+    """docs/protocol.md's ERROR table has a row for every code acl.wire.binary
+    knows, and says which one the server never sends (backpressure instead)."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    table = doc.split("### ERROR codes", 1)[1].split("\n## ", 1)[0]
+    rows = {int(code): text for code, text in re.findall(r"^\| (\d+) \| (.+) \|$", table, re.M)}
+    assert set(rows) == set(wb.ERROR_TEXT)
+    assert "never sent" in rows[wb.E_OVERLOAD]
+    assert [c for c, text in rows.items() if "never sent" in text] == [wb.E_OVERLOAD]
+
+
 # -- Postfix --------------------------------------------------------------------
 def pf(**attrs) -> bytes:
     return b"".join(f"{k}={v}\n".encode() for k, v in attrs.items()) + b"\n"
@@ -160,6 +208,20 @@ def test_postfix_bad_requests():
     assert got[-1].fatal
     reply = wp.encode_error(got[-1])
     assert reply.startswith(b"action=DEFER_IF_PERMIT") and reply.endswith(b"\n\n")
+
+
+def test_postfix_request_other_than_smtpd_access_policy_is_a_bad_request():
+    """docs/protocol.md: ``request`` absent or smtpd_access_policy is decided;
+    any other value is answered as a bad request and the connection goes on."""
+    dec = wp.PostfixDecoder()
+    got = dec.feed(pf(request="smtpd_access_policy", client_address="192.0.2.1")
+                   + pf(request="junk_policy", client_address="192.0.2.1")
+                   + pf(request="", client_address="192.0.2.1")
+                   + pf(client_address="192.0.2.1"))
+    assert [type(g).__name__ for g in got] == ["Request", "BadRequest", "BadRequest", "Request"]
+    assert not got[1].fatal and not dec.dead
+    assert wp.encode_error(got[1]) == (b"action=DEFER_IF_PERMIT acl: bad policy request: "
+                                       b"request='junk_policy' is not smtpd_access_policy\n\n")
 
 
 @settings(max_examples=300, deadline=None)

@@ -360,7 +360,7 @@ def structural_decision(reply: bytes) -> int | None:
     if len(reply) < 4:
         return None
     (length,) = struct.unpack_from("<I", reply)
-    if not 8 <= length <= 65532 or len(reply) < 4 + length:
+    if not 8 <= length <= (1 << 20) - 4 or len(reply) < 4 + length:
         return None
     f = reply[:4 + length]
     version, ftype, _flags, rid = struct.unpack_from("<BBHI", f, 4)
