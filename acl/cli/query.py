@@ -88,6 +88,10 @@ def main(argv: list[str]) -> int:
         args = p.parse_args(argv)
     except SystemExit as exc:
         return EXIT_OK if exc.code == 0 else EXIT_BAD_INPUT
+    for flag, value in (("--port", args.port), ("--server-port", args.server_port)):
+        if not 0 <= value <= 65535:
+            print(f"{PROG}: {flag} {value}: a port is 0 .. 65535", file=sys.stderr)
+            return EXIT_BAD_INPUT
     if args.admin:
         return admin(args.admin, " ".join(args.words))
     if len(args.words) != 2:

@@ -153,7 +153,10 @@ def encode(decision: Decision) -> bytes:
     """The reply to one request (one action line and the empty line)."""
     if decision.allowed:
         return b"action=DUNNO\n\n"
-    where = f" ({decision.location})" if decision.location else ""
+    # Postfix hands this text to the SMTP client: the rule's file name and
+    # line help whoever reads the logs, its directory is nobody else's business
+    loc = decision.location
+    where = f" ({loc.path.rpartition('/')[2]}:{loc.line})" if loc else ""
     text = _clean(f"Access denied: {decision.reason.log_text}{where}")
     verb = "DEFER_IF_PERMIT" if decision.reason in _TEMPORARY else "REJECT"
     return f"action={verb} {text}\n\n".encode()

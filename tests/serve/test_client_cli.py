@@ -408,3 +408,13 @@ def test_bad_metrics_override_is_a_usage_error(tmp_path):
     out = subprocess.run([sys.executable, "-m", "acl", "serve", "--metrics", "nonsense", "--check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 100 and "--metrics: expected ADDRESS:PORT" in out.stderr, out
+
+
+@pytest.mark.parametrize("flag, value", [("--port", "99999"), ("--port", "-1"),
+                                         ("--server-port", "70000")])
+def test_query_port_out_of_range_is_a_usage_error(flag, value):
+    out = subprocess.run([sys.executable, "-m", "acl", "query", "--socket", "/nonexistent.sock",
+                          flag, value, "sshd", "192.0.2.1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 100, out
+    assert "a port is 0 .. 65535" in out.stderr and "Traceback" not in out.stderr

@@ -190,7 +190,7 @@ def test_postfix_requests_and_replies():
     assert crlf == got
     assert wp.encode(Decision(Verdict.ALLOW)) == b"action=DUNNO\n\n"
     assert wp.encode(Decision(Verdict.DENY, Reason.LIBWRAP, Location("/x/hosts.deny", 3))) == \
-        b"action=REJECT Access denied: libwrap (/x/hosts.deny:3)\n\n"
+        b"action=REJECT Access denied: libwrap (hosts.deny:3)\n\n"
     assert wp.encode(Decision(Verdict.DENY, Reason.RATE)).startswith(b"action=DEFER_IF_PERMIT ")
 
 
