@@ -32,6 +32,9 @@ import socket
 from collections import OrderedDict
 
 UNKNOWN = "unknown"
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+_V6_LOOPBACK = b"\0" * 15 + b"\1"
+_V4_LOOPBACK = b"\x7f\0\0\1"
 PARANOID = "paranoid"
 
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -69,6 +72,10 @@ class HostsFileBackend:
     * reverse: the first line holding the address; its first name.
     * forward: every line naming the host (canonical name or alias, ASCII
       case ignored) in file order; the canonical name is that of the first.
+    * An IPv4 question (``family`` AF_INET) also reads IPv6 lines as glibc's
+      files module does for AF_INET: ``::ffff:a.b.c.d`` as a.b.c.d and
+      ``::1`` as 127.0.0.1 (other IPv6 lines are skipped).  A question for
+      both families (0) or for IPv6 reads every line as written.
     """
 
     def __init__(self, path: str | None = None, text: str | None = None,
@@ -87,8 +94,18 @@ class HostsFileBackend:
             self.entries.append((addr[0], addr[1], line[1:]))
         self.netgroups = netgroups or {}
 
-    def reverse(self, family: int, packed: bytes) -> str | None:
+    def _as(self, family: int):
+        """``(fam, addr, names)`` of each line as a question for ``family`` reads it."""
         for fam, addr, names in self.entries:
+            if family == socket.AF_INET and fam == socket.AF_INET6:
+                if addr[:12] == _V4_MAPPED:
+                    fam, addr = socket.AF_INET, addr[12:]
+                elif addr == _V6_LOOPBACK:
+                    fam, addr = socket.AF_INET, _V4_LOOPBACK
+            yield fam, addr, names
+
+    def reverse(self, family: int, packed: bytes) -> str | None:
+        for fam, addr, names in self._as(family):
             if fam == family and addr == packed:
                 return names[0]
         return None
@@ -97,7 +114,7 @@ class HostsFileBackend:
         low = _lower(name)
         canon = None
         found = []
-        for fam, addr, names in self.entries:
+        for fam, addr, names in self._as(family):
             if family and fam != family:
                 continue
             if any(_lower(n) == low for n in names):

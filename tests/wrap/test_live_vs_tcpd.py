@@ -329,9 +329,6 @@ def test_name_rules_decide_as_tcpd(workdir, wrap_bin, sink):
 V6_LINES_HOSTS = "::1\tlocalhost ip6-localhost\n::ffff:127.0.3.1\tmapped.lab.test\n"
 
 
-@pytest.mark.xfail(strict=True, reason="acl.resolve.HostsFileBackend answers IPv4 "
-                   "lookups from IPv4 lines only; glibc's files module (tcpd) also from "
-                   "::ffff:a.b.c.d and ::1 lines")
 def test_hosts_file_ipv6_lines_name_ipv4_clients_as_tcpd(workdir, wrap_bin, sink):
     """A hosts file naming 127.0.0.1 only on its ``::1`` line and 127.0.3.1
     only as ``::ffff:127.0.3.1``: tcpd (glibc) names both clients, so must
