@@ -91,6 +91,11 @@ class HostsResolver:
                 continue
             addr = str(ip)
             self._by_addr.setdefault(addr, words[1])
+            # glibc's files module, asked about an IPv4 address, also reads
+            # ::ffff:a.b.c.d lines as a.b.c.d and ::1 lines as 127.0.0.1
+            if ip.version == 6 and (ip.ipv4_mapped is not None or ip.is_loopback):
+                v4 = ip.ipv4_mapped or ipaddress.IPv4Address("127.0.0.1")
+                self._by_addr.setdefault(str(v4), words[1])
             for w in words[1:]:
                 self._by_name.setdefault(w.lower(), []).append(addr)
         self._nets: dict[str, int] = {}
