@@ -309,12 +309,14 @@ class Engine:
         names.probing = True
         try:
             for layer, daemon in policy.layers_for(request.service):
-                req = request if daemon is None else replace(request, service=daemon)
                 try:
                     if getattr(layer, "name", "") == "xinetd":
-                        layer.check_address(req)
+                        if layer.reads_names(request.service):
+                            layer.check_address(request)
                     elif getattr(layer, "resolver", None) is names and layer.residual:
-                        layer.check(req, now)      # (only residual rules read names)
+                        # (only residual rules read names)
+                        layer.check(request if daemon is None else
+                                    replace(request, service=daemon), now)
                 except NeedName as need:
                     if (need.kind, need.addr) not in wanted:
                         wanted.append((need.kind, need.addr))

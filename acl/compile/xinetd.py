@@ -333,6 +333,13 @@ class XinetdLayer:
             lst[:] = [(e, t) for e, t in lst if t is None or t > now]
         return any(_entry_matches(e, addr, fam) for e, _ in lst)
 
+    def reads_names(self, service: str) -> bool:
+        """Whether deciding ``service`` can read the client's name (a host or
+        ``.domain`` entry in its only_from/no_access)."""
+        svc = self.policy.services.get(service)
+        return svc is not None and any(lst is not None and lst.names
+                                       for lst in (svc.only_from, svc.no_access))
+
     def check_address(self, request: Request) -> Decision | None:
         """only_from/no_access alone: no limit is consulted or counted."""
         svc = self.policy.services.get(request.service)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -213,3 +215,70 @@ def test_a_slow_lookup_holds_only_its_own_connection(tmp_path):
         slow.close()
     finally:
         live.stop()
+
+
+XINETD_NAMES = """\
+service named
+{
+	id		= named-stream
+	type		= UNLISTED
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= root
+	server		= /bin/cat
+	port		= 44990
+	bind		= 127.0.0.1
+	only_from	= .lab.test solo.other.test 127.0.5.0/24
+	no_access	= bad.lab.test
+}
+"""
+XINETD_HOSTS = """\
+127.0.1.1 one.lab.test
+127.0.1.2 bad.lab.test
+127.0.1.3 solo.other.test
+127.0.1.4 Two.LAB.test
+127.0.1.5 lab.test
+::1 ip6-localhost
+::ffff:127.0.1.6 mapped.lab.test
+"""
+
+
+def test_served_xinetd_names_agree_with_acl_match(tmp_path):
+    """xinetd's host and ``.domain`` entries read the client's reverse name
+    (spec C.4, no forward check).  The live server, looking names up itself
+    from ``[names] hosts_file``, decides as ``acl match --xinetd --hosts``
+    with the same file -- the matcher the live-xinetd differential tests hold
+    to the real xinetd -- and the names change decisions."""
+    (tmp_path / "hosts").write_text(XINETD_HOSTS)
+    (tmp_path / "xinetd.conf").write_text(XINETD_NAMES)
+    (tmp_path / "policy.toml").write_text(f"""
+[sockets]
+query = "query.sock"
+admin = "admin.sock"
+mode = "0600"
+admin_uids = [{os.getuid()}]
+
+[names]
+hosts_file = "hosts"
+
+[[source]]
+type = "xinetd"
+file = "xinetd.conf"
+""")
+    clients = [f"127.0.1.{i}" for i in range(1, 9)] + ["127.0.5.9", "127.0.6.1"]
+    live = start_server(tmp_path, tmp_path / "policy.toml")
+    try:
+        with Client(live.query) as c:
+            served = c.decide_many([Request("named-stream", a) for a in clients])
+    finally:
+        live.stop()
+    batch = "".join(f"named-stream {a}\n" for a in clients)
+    out = subprocess.run([sys.executable, "-m", "acl", "match", "--xinetd",
+                          str(tmp_path / "xinetd.conf"), "--hosts", str(tmp_path / "hosts"),
+                          "--batch"], input=batch, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    words = [line.split()[0] for line in out.stdout.splitlines()]
+    assert words == [("allow" if d.allowed else "deny") for d in served], (words, served)
+    # by name: one.lab.test and Two.LAB.test in, bad.lab.test out, lab.test not a match
+    assert [d.allowed for d in served[:5]] == [True, False, True, True, False]
