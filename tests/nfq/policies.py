@@ -59,9 +59,13 @@ def write_policy(tmp: Path, allow: str, deny: str, *, rate=0.0, burst=0.0,
     """A policy TOML with real hosts.allow/hosts.deny files; returns its path."""
     (tmp / "hosts.allow").write_text(allow)
     (tmp / "hosts.deny").write_text(deny)
+    # libwrap reads a client's name even for some address patterns (EXCEPT
+    # lists): answer from a private file, so no lookup ever asks DNS
+    (tmp / "hosts").write_text("127.0.0.1\tlocalhost\n")
     toml = tmp / "policy.toml"
     toml.write_text(
         '[sockets]\nquery = "query.sock"\n\n'
+        '[names]\nhosts_file = "hosts"\n\n'
         f"[limits]\nrate = {float(rate)}\nburst = {float(burst)}\n\n"
         '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\ndeny = "hosts.deny"\n'
         'services = ["*"]\n\n' + nfqueue)

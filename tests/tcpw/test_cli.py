@@ -58,7 +58,9 @@ def test_match_names_through_a_private_hosts_file(tmp_path):
 
 def test_match_batch(tmp_path):
     a, d = files(tmp_path, "sshd: 10.0.0.\nftpd: ALL: twist /bin/echo no\n", "ALL: 10.\n")
-    out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "--batch",
+    hosts = tmp_path / "hosts"      # names answered here: never DNS
+    hosts.write_text("127.0.0.1 localhost\n")
+    out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "--batch", "--hosts-file", str(hosts),
               stdin="sshd 10.0.0.1\nsshd 10.1.0.1\nftpd 1.2.3.4\nx 11.0.0.1\nsshd 2001:db8::1\n"
                     "bad\n\nsshd nosuch.invalid.\n")
     assert out.returncode == 0, out.stderr
