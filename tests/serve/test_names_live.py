@@ -282,3 +282,29 @@ file = "xinetd.conf"
     assert words == [("allow" if d.allowed else "deny") for d in served], (words, served)
     # by name: one.lab.test and Two.LAB.test in, bad.lab.test out, lab.test not a match
     assert [d.allowed for d in served[:5]] == [True, False, True, True, False]
+
+
+def test_an_edited_hosts_file_is_read_again(tmp_path):
+    """``[names] hosts_file`` is watched like a rule file: editing it reloads
+    the policy with a fresh name cache, so a renamed client is decided by
+    its new name (bounded wait for the once-a-second watcher)."""
+    import time
+
+    from .conftest import wait_for
+
+    (tmp_path / "hosts").write_text("127.0.1.1 a.other.test\n")
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "hosts.allow").write_text("sshd: .lab.test\n")
+    (tmp_path / "rules" / "hosts.deny").write_text("ALL: ALL\n")
+    _policy(tmp_path, "rules")
+    text = (tmp_path / "policy.toml").read_text().replace("watch = false", "watch = true")
+    (tmp_path / "policy.toml").write_text(text)
+    live = start_server(tmp_path, tmp_path / "policy.toml")
+    try:
+        with Client(live.query) as c:
+            assert not c.decide("sshd", "127.0.1.1").allowed      # a.other.test
+            time.sleep(1.1)                 # a new mtime second for the watcher
+            (tmp_path / "hosts").write_text("127.0.1.1 a.lab.test\n")
+            wait_for(lambda: c.decide("sshd", "127.0.1.1").allowed, 15, "the new name")
+    finally:
+        live.stop()
