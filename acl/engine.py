@@ -229,7 +229,7 @@ class Engine:
         policy, plan, sources = prepared
         old = self._current[1] if self._current is not None else None
         self._sources = sources
-        self._labels = self._labels_of(policy)
+        self._labels = policy.named_services()
         self._current = (policy, plan)     # the swap: one reference assignment
         if old is not None and old is not plan:
             self._fold(old)
@@ -237,12 +237,6 @@ class Engine:
             self.reloads["success"] += 1
             self.last_reload_success = 1
             self.last_reload_error = ""
-
-    @staticmethod
-    def _labels_of(policy) -> frozenset[str]:
-        from acl.fastpath import service_names
-
-        return frozenset(service_names(policy))
 
     def _fold(self, plan) -> None:
         """Keep a replaced plan's counts (counters survive reloads)."""

@@ -97,10 +97,6 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
     return view
 
 
-def _hosts_access_names(layer) -> list[str]:
-    return layer.daemon_names()
-
-
 def _tcprules_view(layer, service: str) -> AddressView | None:
     """acl.compile.tcprules.TcprulesLayer: without host or info, tcpserver's
     probe order for an IPv4 client is the exact address, then the /24, /16,
@@ -240,10 +236,6 @@ _ADAPTERS = {
     "TcprulesLayer": _tcprules_view,
     "XinetdLayer": _xinetd_view,
 }
-_NAMES = {
-    "HostsAccessLayer": _hosts_access_names,
-    "XinetdLayer": lambda layer: list(layer.policy.services),
-}
 
 
 def ranges(entries, bits: int, first_match: bool) -> list[tuple[int, int]]:
@@ -293,20 +285,6 @@ def combine(decisions) -> Decision | None:
             return d
         grants.append(d)
     return merge_grants(grants)
-
-
-def service_names(policy) -> list[str]:
-    """The services the policy names (the plan's and the metrics' labels)."""
-    names = set()
-    for s in policy.sources:
-        if s.services is not None:
-            names.update(s.services)
-        lister = getattr(s.layer, "service_names", None)
-        if lister is None and type(s.layer).__name__ in _NAMES:
-            names.update(_NAMES[type(s.layer).__name__](s.layer))
-        elif lister is not None:
-            names.update(lister())
-    return sorted(n for n in names if 1 <= len(n.encode()) <= 255)
 
 
 def _view_ranges(entries, bits: int, first_match: bool):
@@ -414,7 +392,7 @@ def _build_plan(policy, sources, cache: dict):
     lim = policy.limits
     limits_state = None
     fresh: dict = {}
-    for name in service_names(policy):
+    for name in sorted(policy.named_services()):
         layers = policy.layers_for(name)
         if not layers:
             continue

@@ -122,6 +122,7 @@ class Policy:
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
         self._cache: dict[str, tuple] = {}
+        self._named: frozenset[str] | None = None
 
     @property
     def files(self) -> list[Path]:
@@ -135,6 +136,25 @@ class Policy:
     @property
     def diagnostics(self) -> list:
         return [d for s in self.sources for d in s.diagnostics]
+
+    def named_services(self) -> frozenset[str]:
+        """Every service name the policy itself writes: a source's
+        ``services`` list, a daemon name in hosts.allow/hosts.deny, an xinetd
+        service id (1..255 bytes).  The batch plan is built for these, and
+        they are the only ``service`` label values of the metrics."""
+        if self._named is None:
+            names: set[str] = set()
+            for s in self.sources:
+                if s.services is not None:
+                    names.update(s.services)
+                daemons = getattr(s.layer, "daemon_names", None)
+                if daemons is not None:
+                    names.update(daemons())
+                defined = getattr(getattr(s.layer, "policy", None), "services", None)
+                if isinstance(defined, dict):      # the xinetd layer: its service ids
+                    names.update(defined)
+            self._named = frozenset(n for n in names if 1 <= len(n.encode()) <= 255)
+        return self._named
 
     def services(self) -> list[str]:
         """Service names the policy names explicitly ("*" when any goes)."""

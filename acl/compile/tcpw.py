@@ -426,8 +426,13 @@ class HostsAccessLayer:
         return got
 
     def daemon_names(self) -> list[str]:
-        """The daemon names some pure rule names (lower-cased)."""
-        return [k for k in self._entries if k is not None]
+        """The daemon names some rule names (lower-cased): the pure rules'
+        keys and the plain names of residual rules' daemon lists."""
+        names = {k for k in self._entries if k is not None}
+        for _, gate, _, _ in self._residual:
+            if gate is not None:
+                names.update(gate)
+        return sorted(names)
 
     @property
     def files(self) -> list[str]:
