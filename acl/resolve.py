@@ -208,7 +208,7 @@ class Resolver:
         if parsed is None:
             return UNKNOWN
         family, packed = parsed
-        if family == socket.AF_INET6 and packed[:12] == b"\0" * 10 + b"\xff\xff":
+        if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
             family, packed = socket.AF_INET, packed[12:]
         name = self.backend.reverse(family, packed)
         if not name:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+from acl.resolve import HostsFileBackend, numeric_address
+
 __all__ = ["SystemResolver", "HostsResolver", "inet_network"]
 
 
@@ -80,7 +82,10 @@ class HostsResolver:
 
     def __init__(self, hosts: str = "", networks: str = ""):
         self._by_name: dict[str, list[str]] = {}
-        self._by_addr: dict[str, str] = {}
+        # reverse lookups read the lines as glibc's files module does, which
+        # acl.resolve already knows (first line wins; an IPv4 question reads
+        # ::ffff:a.b.c.d and ::1 lines as IPv4)
+        self._lines = HostsFileBackend(text=hosts)
         for line in hosts.splitlines():
             words = line.split("#", 1)[0].split()
             if len(words) < 2:
@@ -90,12 +95,6 @@ class HostsResolver:
             except ValueError:
                 continue
             addr = str(ip)
-            self._by_addr.setdefault(addr, words[1])
-            # glibc's files module, asked about an IPv4 address, also reads
-            # ::ffff:a.b.c.d lines as a.b.c.d and ::1 lines as 127.0.0.1
-            if ip.version == 6 and (ip.ipv4_mapped is not None or ip.is_loopback):
-                v4 = ip.ipv4_mapped or ipaddress.IPv4Address("127.0.0.1")
-                self._by_addr.setdefault(str(v4), words[1])
             for w in words[1:]:
                 self._by_name.setdefault(w.lower(), []).append(addr)
         self._nets: dict[str, int] = {}
@@ -125,13 +124,10 @@ class HostsResolver:
         return out
 
     def reverse(self, addr: str) -> str | None:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            return None
+        parsed = numeric_address(addr)
         # No unmapping: glibc's files backend looks ::ffff:a.b.c.d up as an
         # IPv6 address, which an IPv4 line of /etc/hosts does not name.
-        return self._by_addr.get(str(ip))
+        return None if parsed is None else self._lines.reverse(*parsed)
 
     def network(self, name: str) -> int | None:
         return self._nets.get(name)
