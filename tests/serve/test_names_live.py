@@ -57,7 +57,15 @@ def _named(addr: str) -> bool:
     return False
 
 
-def _policy(d: Path, case_dir: str) -> None:
+def _policy(d: Path, case_dir: str, *, source: str = "", watch: bool = False) -> None:
+    """A policy answering names from ``d/hosts``: one hosts_access source over
+    ``case_dir``'s files, unless ``source`` gives other [[source]] tables."""
+    source = source or f"""[[source]]
+type = "hosts_access"
+allow = "{case_dir}/hosts.allow"
+deny = "{case_dir}/hosts.deny"
+services = ["*"]
+"""
     (d / "policy.toml").write_text(f"""
 [sockets]
 query = "query.sock"
@@ -68,14 +76,9 @@ admin_uids = [{os.getuid()}]
 [names]
 hosts_file = "hosts"
 
-[[source]]
-type = "hosts_access"
-allow = "{case_dir}/hosts.allow"
-deny = "{case_dir}/hosts.deny"
-services = ["*"]
-
+{source}
 [run]
-watch = false
+watch = {"true" if watch else "false"}
 """)
 
 
@@ -252,20 +255,7 @@ def test_served_xinetd_names_agree_with_acl_match(tmp_path):
     to the real xinetd -- and the names change decisions."""
     (tmp_path / "hosts").write_text(XINETD_HOSTS)
     (tmp_path / "xinetd.conf").write_text(XINETD_NAMES)
-    (tmp_path / "policy.toml").write_text(f"""
-[sockets]
-query = "query.sock"
-admin = "admin.sock"
-mode = "0600"
-admin_uids = [{os.getuid()}]
-
-[names]
-hosts_file = "hosts"
-
-[[source]]
-type = "xinetd"
-file = "xinetd.conf"
-""")
+    _policy(tmp_path, "", source='[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
     clients = [f"127.0.1.{i}" for i in range(1, 9)] + ["127.0.5.9", "127.0.6.1"]
     live = start_server(tmp_path, tmp_path / "policy.toml")
     try:
@@ -296,9 +286,7 @@ def test_an_edited_hosts_file_is_read_again(tmp_path):
     (tmp_path / "rules").mkdir()
     (tmp_path / "rules" / "hosts.allow").write_text("sshd: .lab.test\n")
     (tmp_path / "rules" / "hosts.deny").write_text("ALL: ALL\n")
-    _policy(tmp_path, "rules")
-    text = (tmp_path / "policy.toml").read_text().replace("watch = false", "watch = true")
-    (tmp_path / "policy.toml").write_text(text)
+    _policy(tmp_path, "rules", watch=True)
     live = start_server(tmp_path, tmp_path / "policy.toml")
     try:
         with Client(live.query) as c:
