@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-BENCH_PORT = 46100
+BENCH_PORT = 26100
 BENCH_QUEUE = 47
 ROUND = int(os.environ.get("ACL_BENCH_NFQ_ROUND", "20000"))
 ROUNDS = int(os.environ.get("ACL_BENCH_NFQ_ROUNDS", "10"))

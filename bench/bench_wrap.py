@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 
 from tests.wrap import harness, live  # noqa: E402
 
-PORTS = {"plain": 45900, "tcpd": 45901, "acl-wrap": 45902}
+PORTS = {"plain": 25900, "tcpd": 25901, "acl-wrap": 25902}
 CLIENT = "127.0.0.2"
 ALLOW = "echo: 127.0.0.0/255.0.0.0\n"
 DENY = "ALL: ALL\n"

@@ -19,15 +19,18 @@ import subprocess
 
 import pytest
 
-#: Loopback TCP port ranges, one per test area (half-open).
+#: Loopback TCP port ranges, one per test area (half-open).  They sit below
+#: Linux's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
+#: default), so that no client socket the tests or anything else opens can
+#: be handed a port a live test is about to listen on.
 PORTS = {
-    "tcpw": (41000, 42000),
-    "tcprules": (42000, 43000),
-    "xinetd": (43000, 44000),
-    "serve": (44000, 45000),
-    "wrap": (45000, 46000),
-    "nfq": (46000, 47000),
-    "deploy": (47000, 48000),
+    "tcpw": (21000, 22000),
+    "tcprules": (22000, 23000),
+    "xinetd": (23000, 24000),
+    "serve": (24000, 25000),
+    "wrap": (25000, 26000),
+    "nfq": (26000, 27000),
+    "deploy": (27000, 28000),
 }
 
 #: ACL_SLOW=1 (any value but empty or "0") asks the long runs: more generated

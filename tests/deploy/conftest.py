@@ -1,4 +1,4 @@
-"""Fixtures of the deploy area: loopback ports 47000-47999 only.
+"""Fixtures of the deploy area: loopback ports 27000-27999 only.
 
 Each test module takes its own slice of the range (listed here so two
 modules never share a port when pytest-xdist or a developer runs them at
@@ -17,13 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
-#: Port slices (half-open) inside the area's 47000-48000.
+#: Port slices (half-open) inside the area's 27000-28000.
 SLICES = {
-    "audit_proc": (47000, 47100),
-    "audit_policy": (47100, 47200),
-    "daemontools": (47200, 47300),
-    "prometheus": (47300, 47400),
-    "socket_activation": (47400, 47500),
+    "audit_proc": (27000, 27100),
+    "audit_policy": (27100, 27200),
+    "daemontools": (27200, 27300),
+    "prometheus": (27300, 27400),
+    "socket_activation": (27400, 27500),
 }
 
 

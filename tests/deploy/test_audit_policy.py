@@ -192,7 +192,7 @@ def test_open_to_everyone_in_a_private_netns(tmp_path):
         pytest.skip("unshare --net needs root")
     # Ports inside the namespace collide with nothing outside it, but stay
     # in the area's range anyway.
-    p_alpha, p_beta, p_gamma, p_local, p_udp = range(47150, 47155)
+    p_alpha, p_beta, p_gamma, p_local, p_udp = range(27150, 27155)
     config = write_policy(tmp_path, {p_beta: "beta"})
     spec = {
         "listen": [(4, "0.0.0.0", p_alpha, "tcp"), (6, "::", p_beta, "tcp"),
@@ -234,7 +234,7 @@ def test_each_rule_language_is_named_as_a_layer(tmp_path):
     """xinetd, tcprules and hosts_access sources, each covering a wildcard listener."""
     if os.geteuid() != 0:
         pytest.skip("unshare --net needs root")
-    p_gamma, p_alpha, p_other = 47160, 47161, 47162
+    p_gamma, p_alpha, p_other = 27160, 27161, 27162
     (tmp_path / "xinetd.conf").write_text(textwrap.dedent(f"""\
         service gamma
         {{
@@ -314,29 +314,29 @@ def test_nfqueue_port_keys_with_addresses(tmp_path):
     config = write_policy(tmp_path, {})
     text = (tmp_path / "policy.toml").read_text().replace(
         "ports = {  }",
-        'ports = { "127.0.0.1:47170" = "beta", "[::1]:47171" = "beta", 47172 = "beta" }')
+        'ports = { "127.0.0.1:27170" = "beta", "[::1]:27171" = "beta", 27172 = "beta" }')
     (tmp_path / "policy.toml").write_text(text)
     view = audit.load_policy_view(config)
-    assert view.nfqueue_ports == {("127.0.0.1", 47170): "beta", ("::1", 47171): "beta",
-                                  (None, 47172): "beta"}
+    assert view.nfqueue_ports == {("127.0.0.1", 27170): "beta", ("::1", 27171): "beta",
+                                  (None, 27172): "beta"}
 
     def lis(addr, port):
         fam = 6 if ":" in addr else 4
         zero = "::" if fam == 6 else "0.0.0.0"
         return audit.Listener(audit.SocketEntry("tcp", fam, addr, port, zero, 0, 0x0A, 0, 1))
 
-    found = [lis("127.0.0.1", 47170), lis("0.0.0.0", 47170), lis("::1", 47171),
-             lis("0.0.0.0", 47172), lis("::", 47172)]
+    found = [lis("127.0.0.1", 27170), lis("0.0.0.0", 27170), lis("::1", 27171),
+             lis("0.0.0.0", 27172), lis("::", 27172)]
     got = [(f.listener.address, f.listener.port, f.service, f.enforced_by)
            for f in audit.audit(found, view)]
     assert got == [
-        ("127.0.0.1", 47170, "beta", "nfqueue"),
+        ("127.0.0.1", 27170, "beta", "nfqueue"),
         # Only 127.0.0.1's packets are queued: the wildcard socket is not covered.
-        ("0.0.0.0", 47170, None, "none"),
-        ("::1", 47171, "beta", "nfqueue"),
-        ("0.0.0.0", 47172, "beta", "nfqueue"),
-        ("::", 47172, "beta", "nfqueue"),
+        ("0.0.0.0", 27170, None, "none"),
+        ("::1", 27171, "beta", "nfqueue"),
+        ("0.0.0.0", 27172, "beta", "nfqueue"),
+        ("::", 27172, "beta", "nfqueue"),
     ]
-    (tmp_path / "policy.toml").write_text(text.replace('"[::1]:47171"', '"[::1:47171"'))
+    (tmp_path / "policy.toml").write_text(text.replace('"[::1]:27171"', '"[::1:27171"'))
     with pytest.raises(AclError, match=r"IPv6 as \[ADDR\]:PORT"):
         audit.load_policy_view(config)

@@ -61,7 +61,7 @@ def policy(tmp_path, nfqueue: bool):
         watch = false
         """)
     if nfqueue:
-        text += '[nfqueue]\nqueues = [7]\nports = { 47303 = "beta" }\n'
+        text += '[nfqueue]\nqueues = [7]\nports = { 27303 = "beta" }\n'
     (tmp_path / "policy.toml").write_text(text)
     return tmp_path / "policy.toml"
 

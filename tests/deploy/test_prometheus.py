@@ -54,7 +54,7 @@ METRICS_DOC = DEPLOY.parent / "docs" / "metrics.md"
 NAME = re.compile(r"\b(acl_[a-z0-9_]+|up)\b(?!\s*\()")
 
 # Ports inside the test's own network namespace (still in the area's range).
-METRICS_PORT, PROM_PORT, NFQ_PORT = 47301, 47302, 47303
+METRICS_PORT, PROM_PORT, NFQ_PORT = 27301, 27302, 27303
 QUEUE = 7
 
 promtool_missing = shutil.which("promtool") is None

@@ -23,7 +23,7 @@ if WHY:
     pytest.skip(WHY, allow_module_level=True)
 
 QUEUE = 48
-PORT = 46200
+PORT = 26200
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ WHY = netns.available()
 if WHY:
     pytest.skip(WHY, allow_module_level=True)
 
-TCP_PORT = 46022
-UDP_PORT = 46053
+TCP_PORT = 26022
+UDP_PORT = 26053
 QUEUE = 46
 
 

@@ -2,7 +2,7 @@
 ``acl serve`` subprocess on Unix sockets, helpers for raw frames.
 
 Live servers bind only Unix sockets in the test's temp dir and, for metrics,
-loopback ports of this area (tests/conftest.py PORTS["serve"]: 44000-44999).
+loopback ports of this area (tests/conftest.py PORTS["serve"]: 24000-24999).
 Every server is started by Popen and stopped by its PID in a finally.
 """
 

@@ -6,7 +6,7 @@ through the real acl-wrap; one that cannot be sent at all (a value over
 lease it took is given back.
 
 The live server binds only Unix sockets in the test's temp dir; acl-wrap's
-hand-off listens on 127.0.0.1:44400 (PORTS["serve"]) and its client is
+hand-off listens on 127.0.0.1:24400 (PORTS["serve"]) and its client is
 bound to 127.0.0.2.
 """
 
@@ -28,7 +28,7 @@ from .conftest import policy_toml, start_server
 
 A, B = "a" * 40000, "b" * 40000        # 80 KB of environment: tcpserver execs it
 HUGE = "c" * 70000                     # one value longer than a u16 can say
-WRAP_PORT = 44400
+WRAP_PORT = 24400
 
 
 def big_policy(d):

@@ -230,10 +230,10 @@ def test_failed_start_removes_the_sockets_it_made(tmp_path):
     """The metrics port is taken: exit 111 and no socket file is left."""
     taken = socket.socket()
     taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    taken.bind(("127.0.0.1", 44401))
+    taken.bind(("127.0.0.1", 24401))
     taken.listen(1)
     try:
-        out = _serve_once(policy_toml(tmp_path, metrics="127.0.0.1:44401"))
+        out = _serve_once(policy_toml(tmp_path, metrics="127.0.0.1:24401"))
     finally:
         taken.close()
     assert out.returncode == 111, out.stderr

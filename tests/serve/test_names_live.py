@@ -230,7 +230,7 @@ service named
 	wait		= no
 	user		= root
 	server		= /bin/cat
-	port		= 44990
+	port		= 24990
 	bind		= 127.0.0.1
 	only_from	= .lab.test solo.other.test 127.0.5.0/24
 	no_access	= bad.lab.test

@@ -1,7 +1,7 @@
 """A real Postfix (Debian's) asks ``acl serve`` through check_policy_service.
 
 A private Postfix instance (its own config_directory, queue and data
-directories in a temp dir, smtpd on 127.0.0.1:44250 only) is started with
+directories in a temp dir, smtpd on 127.0.0.1:24250 only) is started with
 ``postfix -c DIR start`` after ``postfix -c DIR check`` and stopped with
 ``postfix -c DIR stop``.  An SMTP client bound to 127.0.0.66 (denied by
 hosts.deny through the sidecar) is refused; one bound to 127.0.0.1 is
@@ -22,7 +22,7 @@ import pytest
 from .conftest import policy_toml, start_server, wait_for
 
 pytestmark = pytest.mark.live
-SMTP_PORT = 44250
+SMTP_PORT = 24250
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 
 

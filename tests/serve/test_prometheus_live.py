@@ -21,8 +21,8 @@ from tests.conftest import stop_process
 from .conftest import policy_toml, start_server, wait_for
 
 pytestmark = pytest.mark.live
-METRICS_PORT = 44301
-PROM_PORT = 44302
+METRICS_PORT = 24301
+PROM_PORT = 24302
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 
 

@@ -1,6 +1,6 @@
 """The real tcpserver reading a cdb that *acl* wrote, on loopback.
 
-tcpserver (ucspi-tcp-ipv6) listens on 127.0.0.1 on a port in 42000-42999
+tcpserver (ucspi-tcp-ipv6) listens on 127.0.0.1 on a port in 22000-22999
 with ``-H -R -l 0`` (no DNS, no ident: nothing leaves the machine) and runs
 ``env``, which prints its environment.  Clients bind
 to many 127.x.y.z sources.  For every client, tcpserver's behaviour -- closed
@@ -30,7 +30,7 @@ from .real import TCPSERVER
 pytestmark = [pytest.mark.live,
               pytest.mark.skipif(TCPSERVER is None, reason="tcpserver not installed")]
 
-PORTS = range(42000, 43000)
+PORTS = range(22000, 23000)
 MARK = b"TCPLOCALPORT="
 # env itself, not a shell: a shell would drop variables like "F,G" whose
 # names are not identifiers before printing.
@@ -65,7 +65,7 @@ def _free_port(start: int) -> int:
             except OSError:
                 continue
             return port
-    raise RuntimeError("no free port in 42000-42999")
+    raise RuntimeError("no free port in 22000-22999")
 
 
 def _start(cdb: str, minus6: bool, port_hint: int):
@@ -141,7 +141,7 @@ def test_tcpserver_obeys_acl_written_cdb(seed, tmp_path, servers):
     checked = {"allow": 0, "deny": 0}
     for minus6 in (False, True):
         layer = load_tcprules(cdb, mapped_as_v4=not minus6, use_host=False)
-        p, port = _start(str(cdb), minus6, 42000 + 97 * seed + (500 if minus6 else 0))
+        p, port = _start(str(cdb), minus6, 22000 + 97 * seed + (500 if minus6 else 0))
         servers.append(p)
         for src in sources + ["127.0.0.1", "127.254.254.254"]:
             # tcpserver's socket is IPv6: the client arrives v4-mapped

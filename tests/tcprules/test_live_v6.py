@@ -73,7 +73,7 @@ def test_ipv6_clients_in_a_namespace(seed, tmp_path):
                          input=text, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     probe = Path(__file__).with_name("netns_probe.py")
-    port = 42900 + seed
+    port = 22900 + seed
     res = subprocess.run(["unshare", "-n", sys.executable, str(probe), TCPSERVER, str(cdb),
                           str(port), *addrs], capture_output=True, timeout=120)
     if res.returncode != 0 and b"unshare" in res.stderr:

@@ -3,7 +3,7 @@
 * ``wrap_bin``: the acl-wrap binary under test -- the installed one when it
   is at least as new as ext/wrap, else a fresh -Werror build of the sources.
 * ``short_tmp``: a short temp dir (Unix socket paths must fit in 108 bytes).
-* ``port``: a fresh loopback port from this area's range, 45000-45999
+* ``port``: a fresh loopback port from this area's range, 25000-25999
   (tests/conftest.py PORTS["wrap"]); each test module takes its own block.
 """
 
@@ -21,12 +21,12 @@ from tests.conftest import PORTS
 from tests.wrap import harness
 
 #: Port blocks inside PORTS["wrap"] for modules using the ``port`` fixture.
-#: Fixed users: test_expand_vs_tcpd 45150, test_live 45200-45599 (100 per
-#: super-server) and 45600-45606, test_live_vs_tcpd 45800-45802,
-#: bench/bench_wrap.py 45900-45902.
+#: Fixed users: test_expand_vs_tcpd 25150, test_live 25200-25599 (100 per
+#: super-server) and 25600-25606, test_live_vs_tcpd 25800-25802,
+#: bench/bench_wrap.py 25900-25902.
 BLOCKS = {
-    "test_wrap_unit": 45000,
-    "test_vs_tcpd": 45700,
+    "test_wrap_unit": 25000,
+    "test_vs_tcpd": 25700,
 }
 _counters: dict[str, itertools.count] = {}
 

@@ -4,7 +4,7 @@ a syslog sink, a scripted stand-in sidecar, and an inetd-style hand-off.
 Rules of this file:
 
 * Everything binds loopback only; TCP ports come from the wrap area's range
-  45000-45999 (tests/conftest.py PORTS["wrap"]), sub-ranges per module.
+  25000-25999 (tests/conftest.py PORTS["wrap"]), sub-ranges per module.
 * Processes are started with Popen and stopped through their handles.
 * ``ns_command`` runs a program inside ``unshare -m`` with a private
   /etc/hosts (``hosts: files``), hosts.allow/deny and a tmpfs /dev whose

@@ -29,7 +29,7 @@ TEMPLATE = ("/bin/echo a=%a A=%A c=%c d=%d h1=%h n=%n h2=%h c2=%c H=%H N=%N s=%s
 HOSTILE_SRC = "127.0.0.66"
 # printable ASCII a hosts file can carry in a name: no blanks, no comment sign
 NAME_CHARS = "".join(c for c in string.printable if c not in string.whitespace + "#")
-PORT = 45150
+PORT = 25150
 MARK = Path("/tmp/acl-wrap-test-PWNED")
 
 

@@ -36,8 +36,8 @@ from tests.wrap.conftest import needs_root
 
 pytestmark = pytest.mark.live
 
-BASE = 45200          # 45200-45599 in PORTS["wrap"]: 100 per super-server
-EXTRA = 45600         # 45600-45606: the single-port tests below
+BASE = 25200          # 25200-25599 in PORTS["wrap"]: 100 per super-server
+EXTRA = 25600         # 25600-25606: the single-port tests below
 
 
 def have(kind: str) -> bool:

@@ -36,7 +36,7 @@ Names (``test_name_rules_decide_as_tcpd``):
 
 Mapped clients (``test_mapped_client_decides_as_ipv4``): see its docstring.
 
-Ports: 45800-45802 (tests/wrap/conftest.py).  Loopback only; every process
+Ports: 25800-25802 (tests/wrap/conftest.py).  Loopback only; every process
 is started here and stopped by its handle or PID.
 """
 
@@ -63,8 +63,8 @@ from tests.wrap.conftest import needs_root
 pytestmark = pytest.mark.live
 
 TCPD = "/usr/sbin/tcpd"
-NAMES_PORT = 45800
-MAPPED_PORTS = {"tcpd": 45801, "acl-wrap": 45802}
+NAMES_PORT = 25800
+MAPPED_PORTS = {"tcpd": 25801, "acl-wrap": 25802}
 PATH_ENV = {"PATH": "/usr/bin:/bin"}
 HOST_CONF = "multi on\n"
 

@@ -14,7 +14,7 @@ RESOLVER = HostsResolver(HOSTS, NETWORKS)
 NOON = time.mktime((2026, 1, 15, 12, 0, 30, 0, 0, -1))
 
 
-def svc(name: str, *lines: str, port: int = 43900, bind: str | None = "127.0.0.1",
+def svc(name: str, *lines: str, port: int = 23900, bind: str | None = "127.0.0.1",
         flags: str = "NOLIBWRAP", server: str = "/bin/echo") -> str:
     body = ["type = UNLISTED", f"port = {port}", "socket_type = stream", "protocol = tcp",
             "wait = no", "user = root", f"server = {server}"]

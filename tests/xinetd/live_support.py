@@ -5,7 +5,7 @@ foreground (``-dontfork``) inside ``unshare -m`` with a private /etc/hosts,
 /etc/nsswitch.conf (``hosts: files``) and empty hosts.allow/hosts.deny bound
 over the real ones, so nothing leaves the machine and no system file
 changes.  Services bind 127.0.0.1 / ::1 / ::ffff:127.0.0.1 on ports
-43000-43999 only (tests.conftest.PORTS["xinetd"]); clients bind 127.x.y.z.
+23000-23999 only (tests.conftest.PORTS["xinetd"]); clients bind 127.x.y.z.
 The daemon is stopped by its PID (the Popen handle) and the directory removed.
 """
 

@@ -25,10 +25,10 @@ def write(tmp_path, text):
 def test_batch_answers_address_decisions(tmp_path):
     conf, hosts = write(tmp_path, defaults("only_from = 127.0.0.2")
                         + svc("a") + svc("b", "no_access = .example.com", "only_from = 0.0.0.0",
-                                         port=43901)
+                                         port=23901)
                         + svc("v6", "only_from = ::ffff:127.0.0.3", bind="::ffff:127.0.0.1",
-                              flags="IPv6", port=43902)
-                        + svc("gone", "only_from = 1,2", port=43903))
+                              flags="IPv6", port=23902)
+                        + svc("gone", "only_from = 1,2", port=23903))
     out = acl("--xinetd", conf, "--hosts", hosts, "--batch",
               stdin="a 127.0.0.2\na 127.0.0.3\nb 127.0.0.3\nb 127.0.0.4\n"
                     "v6 ::ffff:127.0.0.3\nv6 127.0.0.3\nv6 ::ffff:127.0.0.2\n"

@@ -67,13 +67,13 @@ def test_max_load_reads_the_callers_loadavg_only_when_set():
         calls.append(1)
         return 0.7
 
-    lay = layer(svc("l", "max_load = 0.7") + svc("n", port=43901), loadavg=loadavg)
+    lay = layer(svc("l", "max_load = 0.7") + svc("n", port=23901), loadavg=loadavg)
     assert full(lay, "n", "127.0.0.2", NOON) == "allow" and not calls
     assert full(lay, "l", "127.0.0.2", NOON) == "deny load" and calls
 
 
 def test_scalar_defaults_reach_every_service_late(tmp_path):
-    text = svc("before") + defaults("instances = 0", "cps = 0 0") + svc("after", port=43901)
+    text = svc("before") + defaults("instances = 0", "cps = 0 0") + svc("after", port=23901)
     policy, _ = load(text)
     assert policy.services["before"].instances == 0
     assert policy.services["after"].cps == (0, 0)

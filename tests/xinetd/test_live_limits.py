@@ -29,7 +29,7 @@ from tests.xinetd.live_support import HOSTS, Held, Xinetd, probe, require_live
 
 pytestmark = pytest.mark.live
 
-BASE = PORTS["xinetd"][0] + 500     # 43500..: clear of the address test
+BASE = PORTS["xinetd"][0] + 500     # 23500..: clear of the address test
 
 
 def _service(sid, port, server, args, extra):

@@ -25,7 +25,7 @@ ATTRS = ["only_from", "no_access", "cps", "instances", "per_source", "max_load",
 VALUES = (V4_VALUES + V6_VALUES + DISABLING +
           ["UNLIMITED", "yes", "no", "YES", "maybe", "0", "-1", "10", "2", "0.5", "stream",
            "dgram", "tcp", "udp", "root", "/bin/echo", "IPv4", "IPv6", "NOLIBWRAP", "BOGUS",
-           "UNLISTED", "INTERNAL", "8:00-17:00", "22:00-02:00", "24:00-25:00", "43123",
+           "UNLISTED", "INTERNAL", "8:00-17:00", "22:00-02:00", "24:00-25:00", "23123",
            "127.0.0.1", "::1", "FILE", "SYSLOG", "daemon", "A=b", "PATH", "{", "}", "#", "="])
 OPS = ["=", "+=", "-=", "==", "+", ""]
 
@@ -50,7 +50,7 @@ def structured(draw):
     if draw(st.booleans()):
         out += ["defaults", "{", *draw(st.lists(line, max_size=4)), "}"]
     for i in range(draw(st.integers(1, 4))):
-        body = REQUIRED + [f"port = {43800 + i}"] + draw(st.lists(line, max_size=6))
+        body = REQUIRED + [f"port = {23800 + i}"] + draw(st.lists(line, max_size=6))
         out += [f"service s{i}", "{", *draw(st.permutations(body)), "}"]
     return out
 

@@ -13,8 +13,8 @@ from tests.xinetd.helpers import NOON, addr, defaults, full, layer, load, svc
 
 def test_d3_1_both_lists_match_denies_whatever_the_specificity():
     lay = layer(svc("a", "only_from = 127.0.0.2", "no_access = 127.0.0.0/8")
-                + svc("b", "only_from = 127.0.0.0", "no_access = 127.0.0.2", port=43901)
-                + svc("c", "only_from = 127.0.0.5", "no_access = 127.0.0.5", port=43902))
+                + svc("b", "only_from = 127.0.0.0", "no_access = 127.0.0.2", port=23901)
+                + svc("c", "only_from = 127.0.0.5", "no_access = 127.0.0.5", port=23902))
     assert addr(lay, "a", "127.0.0.2") == "deny address"
     assert addr(lay, "a", "127.0.0.3") == "deny address"
     assert addr(lay, "b", "127.0.0.2") == "deny address"
@@ -24,10 +24,10 @@ def test_d3_1_both_lists_match_denies_whatever_the_specificity():
 
 def test_d3_2_empty_only_from_means_nobody_absent_means_everybody():
     lay = layer(svc("empty", "only_from =")
-                + svc("unparsed", "only_from = nosuch.invalid", port=43901)
-                + svc("absent", port=43902)
-                + svc("noaccess_empty", "no_access =", port=43903)
-                + svc("minus_only", "only_from -= 127.0.0.9", port=43904))
+                + svc("unparsed", "only_from = nosuch.invalid", port=23901)
+                + svc("absent", port=23902)
+                + svc("noaccess_empty", "no_access =", port=23903)
+                + svc("minus_only", "only_from -= 127.0.0.9", port=23904))
     assert addr(lay, "empty", "127.0.0.1") == "deny address"
     assert addr(lay, "unparsed", "127.0.0.1") == "deny address"
     assert addr(lay, "absent", "127.0.0.1") == "allow"
@@ -58,12 +58,12 @@ def test_d3_3_trailing_zero_octets_inet_aton_forms(value, inside, outside):
 
 def test_d3_4_cidr_unaligned_zero_v6_128_and_unspecified():
     lay = layer(svc("u", "only_from = 127.0.0.7/29")
-                + svc("z", "only_from = 0.0.0.0/0", port=43901)
-                + svc("h", "only_from = 127.0.0.5/40", port=43902)
-                + svc("v128", "only_from = ::1/128", bind="::1", flags="IPv6", port=43903)
-                + svc("vany", "only_from = ::/0", bind="::1", flags="IPv6", port=43904)
-                + svc("vunsp", "only_from = ::", bind="::1", flags="IPv6", port=43905)
-                + svc("vexact", "only_from = ::1", bind="::1", flags="IPv6", port=43906))
+                + svc("z", "only_from = 0.0.0.0/0", port=23901)
+                + svc("h", "only_from = 127.0.0.5/40", port=23902)
+                + svc("v128", "only_from = ::1/128", bind="::1", flags="IPv6", port=23903)
+                + svc("vany", "only_from = ::/0", bind="::1", flags="IPv6", port=23904)
+                + svc("vunsp", "only_from = ::", bind="::1", flags="IPv6", port=23905)
+                + svc("vexact", "only_from = ::1", bind="::1", flags="IPv6", port=23906))
     assert addr(lay, "u", "127.0.0.1") == "allow"
     assert addr(lay, "u", "127.0.0.8") == "deny address"
     assert addr(lay, "z", "127.3.3.3") == "allow"
@@ -78,13 +78,13 @@ def test_d3_4_cidr_unaligned_zero_v6_128_and_unspecified():
 
 def test_d3_5_factorized_widths_blanks_and_commas():
     lay = layer(svc("h", "only_from = 127.0.0.{2,3}")
-                + svc("n16", "only_from = 127.{0,5}", port=43901)
-                + svc("n24", "only_from = 128.138.{1,2}", port=43902)
-                + svc("n8", "only_from = {127}", port=43903)
-                + svc("blank", "only_from = 127.0.0.{2, 3}", port=43904)
-                + svc("comma", "only_from = 127.0.0.2,127.0.0.3", port=43905)
-                + svc("dots", "only_from = 127..0.{1}", port=43906)
-                + svc("big", "only_from = 127.0.0.{258}", port=43907))
+                + svc("n16", "only_from = 127.{0,5}", port=23901)
+                + svc("n24", "only_from = 128.138.{1,2}", port=23902)
+                + svc("n8", "only_from = {127}", port=23903)
+                + svc("blank", "only_from = 127.0.0.{2, 3}", port=23904)
+                + svc("comma", "only_from = 127.0.0.2,127.0.0.3", port=23905)
+                + svc("dots", "only_from = 127..0.{1}", port=23906)
+                + svc("big", "only_from = 127.0.0.{258}", port=23907))
     assert addr(lay, "h", "127.0.0.2") == "allow"
     assert addr(lay, "h", "127.0.0.4") == "deny address"
     assert addr(lay, "n16", "127.0.9.9") == "allow"
@@ -109,9 +109,9 @@ def test_d3_6_trailing_comment_words_are_values_and_can_grant():
 
 def test_d3_7_names_resolve_at_load_and_match_by_reverse_name_only():
     lay = layer(svc("host", "only_from = two.example.com")
-                + svc("dom", "only_from = .example.com", port=43901)
-                + svc("bare", "only_from = example.com", port=43902)
-                + svc("case", "only_from = TWO.EXAMPLE.COM", port=43903))
+                + svc("dom", "only_from = .example.com", port=23901)
+                + svc("bare", "only_from = example.com", port=23902)
+                + svc("case", "only_from = TWO.EXAMPLE.COM", port=23903))
     assert addr(lay, "host", "127.0.0.2") == "allow"
     assert addr(lay, "host", "127.0.0.3") == "deny address"
     assert addr(lay, "dom", "127.0.0.3") == "allow"
@@ -129,11 +129,11 @@ def test_d3_7_names_resolve_at_load_and_match_by_reverse_name_only():
 def test_d3_8_families_mapped_clients_and_the_dual_stack_default():
     lay = layer(svc("m4", "only_from = 127.0.0.2", bind="::ffff:127.0.0.1", flags="IPv6")
                 + svc("m6", "only_from = ::ffff:0:0/96", bind="::ffff:127.0.0.1",
-                      flags="IPv6", port=43901)
-                + svc("v4svc", "only_from = ::1", port=43902)
-                + svc("v4svc6net", "only_from = ::ffff:0:0/96", port=43903)
+                      flags="IPv6", port=23901)
+                + svc("v4svc", "only_from = ::1", port=23902)
+                + svc("v4svc6net", "only_from = ::ffff:0:0/96", port=23903)
                 + svc("dual", "only_from = ::ffff:127.0.0.0/104", bind=None, flags="",
-                      port=43904))
+                      port=23904))
     assert addr(lay, "m4", "::ffff:127.0.0.2") == "allow"
     assert addr(lay, "m4", "127.0.0.2") == "allow"           # mapped for the socket
     assert addr(lay, "m4", "::ffff:127.0.0.3") == "deny address"
@@ -148,10 +148,10 @@ def test_d3_8_families_mapped_clients_and_the_dual_stack_default():
 def test_d3_9_defaults_equals_accumulates_service_operators():
     text = (defaults("only_from = 127.0.0.2", "only_from = 127.0.0.66")
             + svc("inherit")
-            + svc("plus", "only_from += 127.0.0.3", port=43901)
-            + svc("set", "only_from = 127.0.0.4", port=43902)
-            + svc("minus_other", "only_from -= 127.0.0.0/8", port=43903)
-            + svc("twice", "only_from = 127.0.0.2", "only_from = 127.0.0.3", port=43904))
+            + svc("plus", "only_from += 127.0.0.3", port=23901)
+            + svc("set", "only_from = 127.0.0.4", port=23902)
+            + svc("minus_other", "only_from -= 127.0.0.0/8", port=23903)
+            + svc("twice", "only_from = 127.0.0.2", "only_from = 127.0.0.3", port=23904))
     lay = layer(text)
     assert addr(lay, "inherit", "127.0.0.2") == "allow"
     assert addr(lay, "inherit", "127.0.0.66") == "allow"    # defaults '=' was '+='
@@ -178,7 +178,7 @@ def test_d3_10_scalars_first_wins_and_wrong_counts_are_ignored():
 
 
 def test_d3_11_cps_default_fixed_window_counts_refused_addresses():
-    lay = layer(svc("s", "only_from = 127.0.0.9") + svc("t", port=43901))
+    lay = layer(svc("s", "only_from = 127.0.0.9") + svc("t", port=23901))
     now = NOON
     answers = [full(lay, "s", "127.0.0.2", now + 0.01 * i) for i in range(52)]
     assert answers[:50] == ["deny address"] * 50          # counted although refused
@@ -192,7 +192,7 @@ def test_d3_11_cps_default_fixed_window_counts_refused_addresses():
 
 def test_d3_12_parent_checks_come_before_the_address_check():
     lay = layer(svc("s", "only_from = 127.0.0.9", "instances = 0")
-                + svc("t", "only_from = 127.0.0.9", "max_load = 0.5", port=43901),
+                + svc("t", "only_from = 127.0.0.9", "max_load = 0.5", port=23901),
                 loadavg=lambda: 3.0)
     assert full(lay, "s", "127.0.0.2", NOON) == "deny service_limit"
     assert full(lay, "t", "127.0.0.2", NOON) == "deny load"
@@ -200,8 +200,8 @@ def test_d3_12_parent_checks_come_before_the_address_check():
 
 def test_d3_13_access_times_local_inclusive_minutes_no_wrap():
     lay = layer(svc("open", "access_times = 11:00-12:00")
-                + svc("closed", "access_times = 0:00-11:59 12:01-23:59", port=43901)
-                + svc("wrap", "access_times = 22:00-02:00", port=43902))
+                + svc("closed", "access_times = 0:00-11:59 12:01-23:59", port=23901)
+                + svc("wrap", "access_times = 22:00-02:00", port=23902))
     assert full(lay, "open", "127.0.0.2", NOON) == "allow"        # 12:00 inclusive
     assert full(lay, "closed", "127.0.0.2", NOON) == "deny time"
     assert full(lay, "closed", "127.0.0.2", NOON + 60) == "allow"  # 12:01
@@ -213,8 +213,8 @@ def test_d3_13_access_times_local_inclusive_minutes_no_wrap():
 
 
 def test_d3_14_zero_limits_refuse_and_per_source_counts_live_leases():
-    lay = layer(svc("i0", "instances = 0") + svc("p0", "per_source = 0", port=43901)
-                + svc("p1", "per_source = 1", port=43902))
+    lay = layer(svc("i0", "instances = 0") + svc("p0", "per_source = 0", port=23901)
+                + svc("p1", "per_source = 1", port=23902))
     assert full(lay, "i0", "127.0.0.2", NOON) == "deny service_limit"
     assert full(lay, "p0", "127.0.0.2", NOON) == "deny per_source_limit"
     req = Request(service="p1", client="127.0.0.2", lease=True)
@@ -228,7 +228,7 @@ def test_d3_14_zero_limits_refuse_and_per_source_counts_live_leases():
 
 
 def test_d3_15_bad_value_disables_the_service_only_defaults_is_fatal():
-    policy, diags = load(svc("bad", "cps = x 1") + svc("good", port=43901))
+    policy, diags = load(svc("bad", "cps = x 1") + svc("good", port=23901))
     assert "bad" not in policy.services and "good" in policy.services
     assert any("DISABLING SERVICE" in str(d) and str(d).startswith("test.conf:")
                for d in diags)
@@ -239,13 +239,13 @@ def test_d3_15_bad_value_disables_the_service_only_defaults_is_fatal():
 
 def test_d3_16_disable_happens_before_enabled_and_case_is_ignored():
     text = (defaults("enabled = A b")
-            + svc("a", "DISABLE = YES") + svc("b", "ONLY_FROM = 127.0.0.2", port=43901)
-            + svc("c", port=43902))
+            + svc("a", "DISABLE = YES") + svc("b", "ONLY_FROM = 127.0.0.2", port=23901)
+            + svc("c", port=23902))
     policy, _ = load(text)
     assert set(policy.services) == {"b"}
     lay = layer(text)
     assert addr(lay, "b", "127.0.0.3") == "deny address"
-    policy, _ = load(defaults("disabled = c") + svc("c") + svc("d", port=43901))
+    policy, _ = load(defaults("disabled = c") + svc("c") + svc("d", port=23901))
     assert set(policy.services) == {"d"}
 
 
@@ -258,8 +258,8 @@ def test_d3_17_banners_are_kept_and_inherited(tmp_path):
 
 def test_d3_18_libwrap_daemon_name():
     text = (svc("e", flags="")
-            + svc("n", "server_args = /usr/sbin/in.ftpd -l", flags="NAMEINARGS", port=43901)
-            + svc("w", "libwrap = custom", flags="", port=43902)
+            + svc("n", "server_args = /usr/sbin/in.ftpd -l", flags="NAMEINARGS", port=23901)
+            + svc("w", "libwrap = custom", flags="", port=23902)
             + "service echo\n{\n  type = INTERNAL\n  socket_type = stream\n  wait = no\n}\n")
     p = load(text)[0].services
     assert p["e"].libwrap_name == "echo" and p["e"].libwrap
@@ -272,9 +272,9 @@ def test_d3_18_libwrap_daemon_name():
 def test_d3_19_includedir_skips_and_list_defaults_reach_later_services(tmp_path):
     inc = tmp_path / "xinetd.d"
     inc.mkdir()
-    (inc / "a").write_text(svc("a", port=43901))
-    (inc / "b.conf").write_text(svc("b", port=43902))
-    (inc / "c~").write_text(svc("c", port=43903))
+    (inc / "a").write_text(svc("a", port=23901))
+    (inc / "b.conf").write_text(svc("b", port=23902))
+    (inc / "c~").write_text(svc("c", port=23903))
     (inc / "d").mkdir()
     main = tmp_path / "xinetd.conf"
     main.write_text(svc("early") + defaults("only_from = 127.0.0.2") + f"includedir {inc}\n")
@@ -291,9 +291,9 @@ def test_d3_16_enabled_revives_a_service_a_bad_value_disabled():
     # live-verified (test_live_address): parse.c marks such a service disabled
     # but keeps it; remove_disabled_services re-enables what ``enabled`` names.
     text = (defaults("enabled = a b c d")
-            + svc("a", "cps = x 1") + svc("b", "only_from = 127.0.0.2 1,2", port=43901)
-            + svc("c", "per_source = zz", "disable = yes", port=43902)
-            + svc("d", "only_from = 1,2", "disable = no", port=43903))
+            + svc("a", "cps = x 1") + svc("b", "only_from = 127.0.0.2 1,2", port=23901)
+            + svc("c", "per_source = zz", "disable = yes", port=23902)
+            + svc("d", "only_from = 1,2", "disable = no", port=23903))
     policy, _ = load(text)
     assert set(policy.services) == {"a", "b", "d"}
     assert policy.services["a"].cps == (50, 10)               # the bad cps never counted
@@ -304,9 +304,9 @@ def test_d3_16_enabled_revives_a_service_a_bad_value_disabled():
 
 
 def test_sensor_service_denies_and_blocks_the_address_everywhere():
-    text = (svc("trap", "deny_time = 2", flags="SENSOR", port=43910).replace(
+    text = (svc("trap", "deny_time = 2", flags="SENSOR", port=23910).replace(
                 "  server = /bin/echo\n", "")
-            + svc("real", port=43911) + svc("other", port=43912))
+            + svc("real", port=23911) + svc("other", port=23912))
     lay = layer(text)
     assert lay.policy.services["trap"].sensor
     assert full(lay, "real", "127.0.0.7", NOON) == "allow"
@@ -331,11 +331,11 @@ def test_a_cr_stays_in_lines_read_from_files(tmp_path):
     from tests.xinetd.helpers import RESOLVER
     inc = tmp_path / "xinetd.d"
     inc.mkdir()
-    (inc / "d").write_bytes(svc("incdir", port=43902).replace("\n", "\r\n").encode())
-    (tmp_path / "more").write_bytes(svc("inc", port=43901).replace("\n", "\r\n").encode())
+    (inc / "d").write_bytes(svc("incdir", port=23902).replace("\n", "\r\n").encode())
+    (tmp_path / "more").write_bytes(svc("inc", port=23901).replace("\n", "\r\n").encode())
     main = tmp_path / "xinetd.conf"
     main.write_bytes((svc("cr", "only_from = 127.0.0.2\r") + f"include {tmp_path / 'more'}\n"
-                      + f"includedir {inc}\n" + svc("lf", port=43903)).encode())
+                      + f"includedir {inc}\n" + svc("lf", port=23903)).encode())
     policy, diags = load_xinetd(str(main), RESOLVER)
     assert set(policy.services) == {"cr", "lf"}
     lay = XinetdLayer(policy, resolver=RESOLVER)
@@ -372,8 +372,8 @@ def test_v6_mask_over_128_warns_what_the_real_xinetd_does():
     value says whether it then starts, aborts or hangs (live-verified in
     test_live_address); acl keeps the entry, matching nothing."""
     text = (svc("h", "only_from = ::ffff:127.0.0.2/-1", bind="::1", flags="IPv6")
-            + svc("a", "no_access = ::1/1000 ::1/129", port=43901)
-            + svc("ok", "only_from = ::1/128 127.0.0.1/-1", port=43902))
+            + svc("a", "no_access = ::1/1000 ::1/129", port=23901)
+            + svc("ok", "only_from = ::1/128 127.0.0.1/-1", port=23902))
     policy, diags = load(text)
     head = "IPv6 mask /{} is over 128: xinetd 2.3.15.3 writes it past its 16-byte buffer and "
     assert [str(d) for d in diags if "over 128" in d.message] == [
