@@ -15,7 +15,10 @@ Rules of this module:
   per record of the last batch (:data:`DROP`, :data:`ACCEPT`, :data:`REJECT`)
   and sends them in a single ``sendmsg`` (see ``ext/nfq_build.py``).
   :data:`REJECT` is ``NF_REPEAT`` with a mark, for a firewall REJECT rule to
-  answer (docs/nfqueue.md).
+  answer (docs/nfqueue.md).  :data:`HOLD` leaves a packet unanswered; the
+  caller answers it later with :meth:`Queue.verdict_one`, and until then
+  passes the lowest held id to every :meth:`Queue.verdict` (a batch verdict
+  must not reach it: see ``ext/nfq_build.py``).
 * ``fail_open`` sets ``NFQA_CFG_F_FAIL_OPEN``: when the queue or our socket
   is full the kernel accepts the packet instead of dropping it.
 """
@@ -39,6 +42,9 @@ AVAILABLE = lib is not None
 DROP = 0
 ACCEPT = 1
 REJECT = 2
+#: No verdict with the batch: the packet is held and answered later by
+#: :meth:`Queue.verdict_one` (a client name being looked up).
+HOLD = 3
 
 #: Record header: id, hw_protocol, caplen, mark, wire length (native order).
 RECORD = struct.Struct("=IHHII")
@@ -154,12 +160,20 @@ class Queue:
             pid, hw, caplen, mark, wire = RECORD.unpack_from(raw, at)
             yield pid, hw, mark, wire, raw[at + RECORD_HEADER: at + RECORD_HEADER + caplen]
 
-    def verdict(self, verdicts, mark: int = 0) -> None:
-        """Answer the last batch: ``verdicts[i]`` (a byte code) for its i-th packet."""
+    def verdict(self, verdicts, mark: int = 0, held_from: int = 0) -> None:
+        """Answer the last batch: ``verdicts[i]`` (a byte code) for its i-th
+        packet.  ``held_from``: the lowest packet id still held (0: none)."""
         self._check()
         n = len(verdicts)
         rc = lib.acl_nfq_verdict(self._h, ffi.from_buffer(bytes(verdicts) if isinstance(
-            verdicts, list) else verdicts), n, mark)
+            verdicts, list) else verdicts), n, mark, held_from)
+        if rc < 0:
+            raise _oserror(-rc, f"NFQUEUE {self.num}: verdict")
+
+    def verdict_one(self, packet_id: int, code: int, mark: int = 0) -> None:
+        """Answer one held packet by its id."""
+        self._check()
+        rc = lib.acl_nfq_verdict_one(self._h, packet_id, code, mark)
         if rc < 0:
             raise _oserror(-rc, f"NFQUEUE {self.num}: verdict")
 

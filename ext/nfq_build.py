@@ -16,6 +16,10 @@ Rules of this file:
   the batch's most common one, then a single NFQNL_MSG_VERDICT_BATCH for the
   rest (the kernel applies a batch verdict to every queued id <= the one
   given; ids reach us in order, so those are exactly the packets we read).
+* A packet may be *held* (waiting for a client name lookup, off the loop):
+  it gets no verdict with its batch and one of its own later
+  (``acl_nfq_verdict_one``).  While any is held, no batch verdict may reach
+  its id, so the packets from the lowest held id up are answered one by one.
   The messages are built with the library's ``nfq_nlmsg_*`` helpers.
 * Nothing here allocates per packet; the context owns every buffer.
 * A gap in the ids of one queue is a packet the kernel could not hand us
@@ -52,6 +56,7 @@ CDEF = r"""
 #define ACL_V_DROP ...
 #define ACL_V_ACCEPT ...
 #define ACL_V_REJECT ...
+#define ACL_V_HOLD ...
 
 struct acl_nfq;
 
@@ -60,7 +65,9 @@ struct acl_nfq *acl_nfq_open(uint16_t queue, uint32_t range, uint32_t maxlen,
 void acl_nfq_close(struct acl_nfq *q);
 int acl_nfq_fd(struct acl_nfq *q);
 int acl_nfq_recv(struct acl_nfq *q);
-int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark);
+int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark,
+                    uint32_t held_from);
+int acl_nfq_verdict_one(struct acl_nfq *q, uint32_t id, uint8_t code, uint32_t mark);
 int acl_nfq_verdict_all(struct acl_nfq *q, uint32_t verdict);
 uint8_t *acl_nfq_records(struct acl_nfq *q);
 int acl_nfq_stride(struct acl_nfq *q);
@@ -114,6 +121,7 @@ SOURCE = r"""
 #define ACL_V_DROP 0
 #define ACL_V_ACCEPT 1
 #define ACL_V_REJECT 2     /* NF_REPEAT with the reject mark: a REJECT rule answers */
+#define ACL_V_HOLD 3       /* no verdict now: acl_nfq_verdict_one answers it later */
 
 #define ACL_NFQ_SLOT_EXTRA 512   /* netlink + nfqueue attribute overhead per datagram */
 #define ACL_NFQ_VERDICT_MSG 64   /* bytes one verdict message takes, mark included */
@@ -318,8 +326,13 @@ static uint32_t acl_nf_verdict(uint8_t code)
 }
 
 /* Answer the n packets of the last batch (verdicts[i] for the i-th record);
-   one sendto.  Returns 0 or -errno. */
-int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark)
+   one sendto.  A packet coded ACL_V_HOLD gets no verdict now.  held_from is
+   the lowest id still held (this batch's or an earlier one's; 0: none): the
+   batch verdict, which the kernel applies to every queued id <= its own,
+   must stay below it, so packets from there up are answered one by one.
+   Returns 0 or -errno. */
+int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark,
+                    uint32_t held_from)
 {
     int count[3] = {0, 0, 0};
     int i, major = 0;
@@ -328,23 +341,34 @@ int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t 
     if (n > q->pending) n = q->pending;
     if (n <= 0) return 0;
     for (i = 0; i < n; i++) {
-        uint8_t c = verdicts[i] > ACL_V_REJECT ? ACL_V_DROP : verdicts[i];
-        count[c]++;
+        uint8_t c = verdicts[i] > ACL_V_HOLD ? ACL_V_DROP : verdicts[i];
+        if (c != ACL_V_HOLD) count[c]++;
     }
     for (i = 1; i < 3; i++)
         if (count[i] > count[major]) major = i;
     for (i = 0; i < n; i++) {
-        uint8_t c = verdicts[i] > ACL_V_REJECT ? ACL_V_DROP : verdicts[i];
-        if (c == major) {
+        uint8_t c = verdicts[i] > ACL_V_HOLD ? ACL_V_DROP : verdicts[i];
+        if (c == ACL_V_HOLD) continue;
+        if (c == major && (held_from == 0 || q->ids[i] < held_from)) {
             if (q->ids[i] > major_id) major_id = q->ids[i];
             continue;
         }
         at = acl_nfq_put(q, at, NFQNL_MSG_VERDICT, q->ids[i], acl_nf_verdict(c), mark,
                          c == ACL_V_REJECT);
     }
-    at = acl_nfq_put(q, at, NFQNL_MSG_VERDICT_BATCH, major_id, acl_nf_verdict((uint8_t)major),
-                     mark, major == ACL_V_REJECT);
+    if (major_id != 0)
+        at = acl_nfq_put(q, at, NFQNL_MSG_VERDICT_BATCH, major_id,
+                         acl_nf_verdict((uint8_t)major), mark, major == ACL_V_REJECT);
     q->pending = 0;
+    return at ? acl_nfq_send(q, at) : 0;
+}
+
+/* The verdict of one held packet, by id.  Returns 0 or -errno. */
+int acl_nfq_verdict_one(struct acl_nfq *q, uint32_t id, uint8_t code, uint32_t mark)
+{
+    uint8_t c = code > ACL_V_REJECT ? ACL_V_DROP : code;
+    size_t at = acl_nfq_put(q, 0, NFQNL_MSG_VERDICT, id, acl_nf_verdict(c), mark,
+                            c == ACL_V_REJECT);
     return acl_nfq_send(q, at);
 }
 

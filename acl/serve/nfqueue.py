@@ -37,6 +37,15 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   address) is decided by ``engine.decide`` on a Request the Python codec
   builds.  Without a plan (pure engine), every packet takes the Python path
   (:meth:`NfqueueFrontDoor.decide_records`).
+* A packet whose decision needs a client name that is not cached (hosts_access
+  name rules, xinetd host names: acl.names) is *held*: it gets no verdict
+  with its batch (``nfq.HOLD``), the server looks the name up in a worker
+  thread (:meth:`acl.serve.server.Server.look_up_names`, the same one the
+  Unix sockets use), and the packet is decided and answered alone when the
+  answer is cached.  So a slow resolver delays only the packets that need
+  it; the loop, the Unix sockets and other packets go on.  Held packets sit
+  in the kernel's queue, so ``queue_maxlen`` bounds them.  Without a server
+  (``look_up`` unset) names are looked up in line, as the engine does.
 * Counters are plain ints and dicts, read at scrape time
   (:meth:`NfqueueFrontDoor.metric_families`, docs/metrics.md names).
 * ``acl serve`` starts the door with :func:`start_for_server` on its running
@@ -195,6 +204,10 @@ class NfqueueFrontDoor:
         self.io_errors = 0
         self.fast_batches = 0
         self.residual = 0         # frames the plan left to engine.decide
+        # -- held packets (see the theory) --
+        self.look_up = None       # Server.look_up_names, set by start_for_server
+        self._held: dict[int, dict[int, Request]] = {}   # queue -> {packet id: request}
+        self.held_total = 0       # packets ever held
 
     # -- lifecycle -----------------------------------------------------
     def _open_queue(self, num: int):
@@ -227,6 +240,7 @@ class NfqueueFrontDoor:
             q.close()
         self.queues = []
         self._loop = None
+        self._held.clear()        # the kernel drops them with the queue
 
     # -- the hot path --------------------------------------------------
     def _on_readable(self, q) -> None:
@@ -235,7 +249,9 @@ class NfqueueFrontDoor:
                 n = q.recv()
                 if n == 0:
                     return
-                q.verdict(self._decide_batch(q, n), self.config.reject_mark)
+                verdicts = self._decide_batch(q, n)
+                held = self._held.get(q.num)
+                q.verdict(verdicts, self.config.reject_mark, min(held) if held else 0)
             except OSError as exc:
                 self.io_errors += 1
                 log.warning("nfqueue %d: %s", q.num, exc)
@@ -248,9 +264,11 @@ class NfqueueFrontDoor:
                 return self.decide_fast(q.num, q.record_pointer(), n, q.stride, plan)
             return self.decide_records(q.num, q.records(n), n, q.stride)
         except Exception:
-            # A bug must not stop the door: log it, answer the batch by default.
+            # A bug must not stop the door: log it, answer the batch by default
+            # (packets it held are answered with it: none stays held).
             self.internal_errors += 1
             log.exception("nfqueue %d: batch of %d failed; default verdict given", q.num, n)
+            self._held.pop(q.num, None)
             return bytearray([self._malformed_code]) * n
 
     def decide_fast(self, queue: int, records, n: int, stride: int, plan) -> bytearray:
@@ -279,24 +297,70 @@ class NfqueueFrontDoor:
                 rid = int.from_bytes(view[pos + 8: pos + 12], "little")
                 length = int.from_bytes(view[pos: pos + 4], "little")
                 self.residual += 1
-                self._decide_one(records, rid, stride, verdicts, now)
+                self._decide_one(queue, records, rid, stride, verdicts, now)
                 pos += 4 + length
             elif status != 2:
                 break
         return verdicts
 
-    def _decide_one(self, records, i: int, stride: int, verdicts: bytearray, now: float) -> None:
+    def _decide_one(self, queue: int, records, i: int, stride: int, verdicts: bytearray,
+                    now: float) -> None:
         rec = nfq.ffi.buffer(records + i * stride, stride) if isinstance(
             records, nfq.ffi.CData) else memoryview(records)[i * stride: (i + 1) * stride]
         raw = bytes(rec)
-        _pid, _hw, caplen, _mark, wire = nfq.RECORD.unpack_from(raw, 0)
+        pid, _hw, caplen, _mark, wire = nfq.RECORD.unpack_from(raw, 0)
         _fam, src, dst, sport, dport, _proto, _flags = decode_raw(
             raw, nfq.RECORD_HEADER, caplen, wire)
         service = self.service_for(dst, dport)
         req = Request(service, str(ipaddress.ip_address(src)), sport,
                       str(ipaddress.ip_address(dst)), dport)
+        if self._hold_for_names(queue, pid, req, now):
+            verdicts[i] = nfq.HOLD
+            return
         d = self._decide([req])[0]
         self._count(req, d, verdicts, i)
+
+    # -- held packets ----------------------------------------------------
+    def _hold_for_names(self, queue: int, pid: int, req: Request, now: float) -> bool:
+        """Hold the packet if deciding it needs names not cached; True if held."""
+        if self.look_up is None:
+            return False
+        try:
+            wanted = self.engine.name_lookups(req, now)
+        except Exception:
+            log.exception("nfqueue: probing %s for names failed", req.client)
+            return False
+        if not wanted:
+            return False
+        self._held.setdefault(queue, {})[pid] = req
+        self.held_total += 1
+        self.look_up(wanted).add_done_callback(
+            lambda _fut: self._release(queue, pid))
+        return True
+
+    def _release(self, queue: int, pid: int) -> None:
+        """The names of a held packet are looked up: decide it and answer it."""
+        held = self._held.get(queue)
+        req = held.pop(pid, None) if held else None
+        if req is None:
+            return                      # its queue was closed meanwhile
+        if not held:
+            del self._held[queue]
+        q = next((q for q in self.queues if q.num == queue), None)
+        if q is None:
+            return
+        code = bytearray(1)
+        self._count(req, self._decide([req])[0], code, 0)
+        try:
+            q.verdict_one(pid, code[0], self.config.reject_mark)
+        except OSError as exc:
+            self.io_errors += 1
+            log.warning("nfqueue %d: %s", queue, exc)
+
+    @property
+    def held(self) -> int:
+        """Packets waiting now for a client name lookup."""
+        return sum(len(h) for h in self._held.values())
 
     def _count(self, req, d, verdicts: bytearray, i: int) -> None:
         if d is None:
@@ -326,9 +390,11 @@ class NfqueueFrontDoor:
         hdr = nfq.RECORD_HEADER
         mark = self.config.reject_mark
         deny_is_reject = self._deny_code == nfq.REJECT
+        hold = self.look_up is not None and self.engine.policy.name_service is not None
+        now = self.clock()
         for i in range(n):
             at = i * stride
-            _pid, _hw, caplen, pkt_mark, wire = unpack(raw, at)
+            pid, _hw, caplen, pkt_mark, wire = unpack(raw, at)
             if deny_is_reject and pkt_mark == mark:
                 self._looped += 1            # came back marked: no REJECT rule
                 continue
@@ -354,7 +420,11 @@ class NfqueueFrontDoor:
             if server is None:
                 server = str(ipaddress.ip_address(dst))
                 names[dst] = server
-            requests.append(Request(service, client, sport, server, dport))
+            req = Request(service, client, sport, server, dport)
+            if hold and self._hold_for_names(queue, pid, req, now):
+                verdicts[i] = nfq.HOLD
+                continue
+            requests.append(req)
             where.append(i)
         self.packets[queue] = self.packets.get(queue, 0) + n
         self.batch_counts[bisect_left(BATCH_BUCKETS, n)] += 1
@@ -444,7 +514,11 @@ class NfqueueFrontDoor:
 
     def metric_families(self):
         """The ``acl_nfqueue_*`` families, built from the counters now (a collector calls this)."""
-        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         per_queue = self.queue_counters()
         packets = CounterMetricFamily("acl_nfqueue_packets", "packets read from NFQUEUE",
@@ -468,7 +542,10 @@ class NfqueueFrontDoor:
         errors = CounterMetricFamily("acl_nfqueue_decode_errors",
                                      "malformed packets (default verdict given)")
         errors.add_metric([], self.decode_errors)
-        return [packets, verdicts, hist, qdrops, udrops, errors]
+        held = GaugeMetricFamily("acl_nfqueue_held_packets",
+                                 "packets waiting for a client name lookup")
+        held.add_metric([], self.held)
+        return [packets, verdicts, hist, qdrops, udrops, errors, held]
 
 
 def start_for_server(server, loop: asyncio.AbstractEventLoop | None = None):
@@ -485,6 +562,7 @@ def start_for_server(server, loop: asyncio.AbstractEventLoop | None = None):
     if not table:
         return None
     door = NfqueueFrontDoor(server.engine, NfqueueConfig.from_table(table, policy.path))
+    door.look_up = server.look_up_names
     door.start(loop)
     server.add_front_door(door)
     return door

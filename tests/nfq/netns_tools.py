@@ -145,6 +145,8 @@ def door(args) -> int:
             "internal_errors": front.internal_errors,
             "fast_batches": front.fast_batches,
             "residual": front.residual,
+            "held_total": front.held_total,
+            "held": front.held,
             "compiled_plan": engine.plan is not None,
             "queues": front.queue_counters(),
             "metrics": server.metrics_body()[0].decode(),
