@@ -76,12 +76,58 @@ class QueueStats:
 
 
 def read_queue_stats(path: str = PROC_QUEUES) -> dict[int, QueueStats]:
-    """All queues bound in this network namespace, by number ({} if none)."""
+    """All queues bound in this network namespace, by number ({} if none).
+    PermissionError when the caller may not read the file (it is root's,
+    0440): see :class:`QueueStatsFile`."""
     try:
         with open(path) as f:
             text = f.read()
     except FileNotFoundError:
         return {}
+    return parse_queue_stats(text)
+
+
+class QueueStatsFile:
+    """The kernel's queue counters, from a file opened once and read again.
+
+    The file is root's and mode 0440, and /proc checks that when it is opened,
+    not when it is read: ``acl serve`` opens it while still root (before
+    ``[run] user`` takes effect) and so keeps reading it afterwards.  A process
+    that never was root (systemd ``User=`` with ambient CAP_NET_ADMIN) cannot:
+    :meth:`read` then returns None and :attr:`error` says why.
+    """
+
+    def __init__(self, path: str = PROC_QUEUES):
+        self.path = path
+        self.error: OSError | None = None
+        self._f = None
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._f = open(self.path, "rb")  # noqa: SIM115 (kept open on purpose)
+            self.error = None
+        except FileNotFoundError:
+            self._f = None                    # no queue bound in this namespace yet
+        except OSError as exc:
+            self._f = None
+            self.error = exc
+
+    def read(self) -> dict[int, QueueStats] | None:
+        if self._f is None:
+            self._open()
+            if self._f is None:
+                return None if self.error is not None else {}
+        self._f.seek(0)
+        return parse_queue_stats(self._f.read().decode("ascii", "replace"))
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def parse_queue_stats(text: str) -> dict[int, QueueStats]:
     stats = {}
     for line in text.splitlines():
         fields = line.split()
@@ -179,10 +225,19 @@ class Queue:
 
     def accept_all(self) -> None:
         """Accept every packet read and not yet answered."""
+        self.verdict_all(ACCEPT)
+
+    def verdict_all(self, code: int) -> None:
+        """One verdict code for every packet read and not yet answered."""
         self._check()
-        rc = lib.acl_nfq_verdict_all(self._h, lib.NF_ACCEPT)
+        rc = lib.acl_nfq_verdict_all(self._h, lib.NF_ACCEPT if code == ACCEPT else lib.NF_DROP)
         if rc < 0:
             raise _oserror(-rc, f"NFQUEUE {self.num}: verdict")
+
+    @property
+    def last_netlink_error(self) -> int:
+        """The errno of the last verdict the kernel refused (0: none)."""
+        return 0 if self._h is None else int(lib.acl_nfq_last_nlerror(self._h))
 
     @property
     def gaps(self) -> int:

@@ -46,6 +46,15 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   it; the loop, the Unix sockets and other packets go on.  Held packets sit
   in the kernel's queue, so ``queue_maxlen`` bounds them.  Without a server
   (``look_up`` unset) names are looked up in line, as the engine does.
+* A verdict the kernel refuses (EPERM once CAP_NET_ADMIN is gone, say)
+  comes back later as a netlink error: counted per queue and logged (at
+  most every ``WARN_EVERY`` seconds), since the packets it leaves waiting
+  fill the queue and then fail open or are dropped.  A batch whose verdict
+  cannot be sent at all gets the ``malformed`` verdict for everything read.
+* The kernel's own counters (``/proc/net/netfilter/nfnetlink_queue``) are
+  read through a file opened at start, while still root
+  (:class:`acl.nfq.QueueStatsFile`); if it cannot be opened they are left
+  out and that is logged once.
 * Counters are plain ints and dicts, read at scrape time
   (:meth:`NfqueueFrontDoor.metric_families`, docs/metrics.md names).
 * ``acl serve`` starts the door with :func:`start_for_server` on its running
@@ -59,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -71,6 +81,8 @@ from acl.wire.packet import PacketError, decode_raw
 log = logging.getLogger("acl.serve.nfqueue")
 
 MAX_BATCHES_PER_WAKEUP = 16
+#: Seconds between two log lines about verdicts the kernel refused.
+WARN_EVERY = 10.0
 #: Buckets of ``acl_nfqueue_batch_size``.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 DEFAULT_REJECT_MARK = 0xAC1
@@ -208,6 +220,10 @@ class NfqueueFrontDoor:
         self.look_up = None       # Server.look_up_names, set by start_for_server
         self._held: dict[int, dict[int, Request]] = {}   # queue -> {packet id: request}
         self.held_total = 0       # packets ever held
+        self._stats_file = None   # nfq.QueueStatsFile, opened by start()
+        self._stats_warned = False
+        self._nlerrors_seen: dict[int, int] = {}
+        self._nlerrors_logged_at: dict[int, float] = {}
 
     # -- lifecycle -----------------------------------------------------
     def _open_queue(self, num: int):
@@ -218,6 +234,7 @@ class NfqueueFrontDoor:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Bind every queue and watch its fd on ``loop``; OSError if one cannot be bound."""
         loop = loop or asyncio.get_running_loop()
+        self._stats_file = nfq.QueueStatsFile()
         try:
             for num in self.config.queues:
                 q = self._queue_factory(num)
@@ -241,21 +258,55 @@ class NfqueueFrontDoor:
         self.queues = []
         self._loop = None
         self._held.clear()        # the kernel drops them with the queue
+        if self._stats_file is not None:
+            self._stats_file.close()
+            self._stats_file = None
 
     # -- the hot path --------------------------------------------------
     def _on_readable(self, q) -> None:
-        for _ in range(MAX_BATCHES_PER_WAKEUP):
-            try:
-                n = q.recv()
-                if n == 0:
+        try:
+            for _ in range(MAX_BATCHES_PER_WAKEUP):
+                try:
+                    n = q.recv()
+                    if n == 0:
+                        return
+                    verdicts = self._decide_batch(q, n)
+                    held = self._held.get(q.num)
+                    q.verdict(verdicts, self.config.reject_mark, min(held) if held else 0)
+                except OSError as exc:
+                    self.io_errors += 1
+                    log.warning("nfqueue %d: %s", q.num, exc)
                     return
-                verdicts = self._decide_batch(q, n)
-                held = self._held.get(q.num)
-                q.verdict(verdicts, self.config.reject_mark, min(held) if held else 0)
-            except OSError as exc:
-                self.io_errors += 1
-                log.warning("nfqueue %d: %s", q.num, exc)
-                return
+                except Exception:
+                    # A bug must not leave a batch unanswered until the queue fills.
+                    self.internal_errors += 1
+                    log.exception("nfqueue %d: answering a batch failed; default verdict given",
+                                  q.num)
+                    self._held.pop(q.num, None)
+                    try:
+                        q.verdict_all(self._malformed_code)
+                    except OSError as exc:
+                        self.io_errors += 1
+                        log.warning("nfqueue %d: %s", q.num, exc)
+                    return
+        finally:
+            self._check_refused(q)
+
+    def _check_refused(self, q) -> None:
+        """Log verdicts the kernel refused since the last look (see the theory)."""
+        n = q.netlink_errors
+        seen = self._nlerrors_seen.get(q.num, 0)     # the count the last log line gave
+        if n == seen:
+            return
+        now = time.monotonic()
+        if now - self._nlerrors_logged_at.get(q.num, -WARN_EVERY) >= WARN_EVERY:
+            self._nlerrors_logged_at[q.num] = now
+            self._nlerrors_seen[q.num] = n
+            code = q.last_netlink_error
+            log.error("nfqueue %d: the kernel refused %d verdict(s) (%d in all; last: %s); "
+                      "unanswered packets fill the queue, then %s", q.num, n - seen, n,
+                      os.strerror(code) if code else "?",
+                      "pass (fail_open)" if self.config.fail_open else "are dropped")
 
     def _decide_batch(self, q, n: int) -> bytearray:
         plan = getattr(self.engine, "plan", None)
@@ -481,9 +532,20 @@ class NfqueueFrontDoor:
     def looped(self) -> int:
         return self._looped + (self._batch.looped if self._batch is not None else 0)
 
+    def _kernel_stats(self) -> dict:
+        reader = self._stats_file
+        kernel = reader.read() if reader is not None else nfq.read_queue_stats()
+        if kernel is None:
+            if not self._stats_warned:
+                self._stats_warned = True
+                log.warning("nfqueue: cannot read %s (%s): the kernel's queue counters "
+                            "are left out", reader.path, reader.error)
+            return {}
+        return kernel
+
     def queue_counters(self) -> dict[int, dict[str, int]]:
         """Per queue: packets, queue drops, user drops (kernel + ids never delivered)."""
-        kernel = nfq.read_queue_stats()
+        kernel = self._kernel_stats()
         out = {}
         for num in self.config.queues:
             q = next((q for q in self.queues if q.num == num), None)
@@ -496,7 +558,8 @@ class NfqueueFrontDoor:
                 # the id gap: the larger of the two, never their sum.
                 "user_drops": max(st.user_dropped if st else 0, gaps),
                 "overruns": q.overruns if q is not None else 0,
-                "waiting": st.queue_total if st else 0,
+                "waiting": st.queue_total if st else None,
+                "refused_verdicts": q.netlink_errors if q is not None else 0,
             }
         return out
 
@@ -527,10 +590,28 @@ class NfqueueFrontDoor:
                                      "packets the kernel dropped (queue full)", labels=["queue"])
         udrops = CounterMetricFamily("acl_nfqueue_user_drops",
                                      "packets lost in netlink (socket buffer)", labels=["queue"])
+        waiting = GaugeMetricFamily("acl_nfqueue_waiting",
+                                    "packets in the queue waiting for a verdict now",
+                                    labels=["queue"])
+        refused = CounterMetricFamily("acl_nfqueue_refused_verdicts",
+                                      "verdicts the kernel refused", labels=["queue"])
         for num, c in sorted(per_queue.items()):
             packets.add_metric([str(num)], c["packets"])
             qdrops.add_metric([str(num)], c["queue_drops"])
             udrops.add_metric([str(num)], c["user_drops"])
+            refused.add_metric([str(num)], c["refused_verdicts"])
+            if c["waiting"] is not None:
+                waiting.add_metric([str(num)], c["waiting"])
+        maxlen = GaugeMetricFamily("acl_nfqueue_queue_maxlen",
+                                   "packets a queue holds before it fails open or drops")
+        maxlen.add_metric([], self.config.queue_maxlen)
+        unmapped = CounterMetricFamily("acl_nfqueue_unmapped",
+                                       "packets to no mapped port (accepted)")
+        unmapped.add_metric([], self.unmapped)
+        looped = CounterMetricFamily("acl_nfqueue_looped",
+                                     "refused packets back with the reject mark: no REJECT "
+                                     "rule answered them (dropped)")
+        looped.add_metric([], self.looped)
         verdicts = CounterMetricFamily("acl_nfqueue_verdicts", "verdicts given to packets",
                                        labels=["service", "verdict", "reason"])
         for (service, verdict, reason), n in sorted(self.verdicts.items()):
@@ -545,7 +626,8 @@ class NfqueueFrontDoor:
         held = GaugeMetricFamily("acl_nfqueue_held_packets",
                                  "packets waiting for a client name lookup")
         held.add_metric([], self.held)
-        return [packets, verdicts, hist, qdrops, udrops, errors, held]
+        return [packets, verdicts, hist, qdrops, udrops, errors, held, waiting, maxlen, refused,
+                unmapped, looped]
 
 
 def start_for_server(server, loop: asyncio.AbstractEventLoop | None = None):

@@ -2,6 +2,7 @@
 
     server --tcp PORT --udp PORT --seconds S     TCP: greet and close; UDP: echo
     client 'JSON attempts'                       print JSON results
+    flow SRC DST PORT --count N --gap S          N datagrams from one UDP socket (one flow)
     door --policy TOML --dump PATH               acl serve's Server with the NFQUEUE front door
     binding --queue N --port P                   acl.nfq.Queue driven on loopback
 
@@ -116,6 +117,18 @@ def client(args) -> int:
     return 0
 
 
+def flow(args) -> int:
+    """One UDP flow: ``count`` datagrams from one socket, ``gap`` apart; the
+    replies are not read (a one-way flow, as syslog or statsd send)."""
+    with socket.socket(_family(args.src), socket.SOCK_DGRAM) as s:
+        s.bind((args.src, 0))
+        for i in range(args.count):
+            s.sendto(b"one-way %d" % i, (args.dst, args.port))
+            time.sleep(args.gap)
+    print("sent", flush=True)
+    return 0
+
+
 def door(args) -> int:
     """acl serve's Server on the policy, with the NFQUEUE front door started
     the way acl serve starts it (acl.serve.nfqueue.start_for_server)."""
@@ -225,6 +238,12 @@ def main(argv=None) -> int:
     c.add_argument("attempts")
     c.add_argument("--timeout", type=float, default=1.0)
     c.add_argument("--gap", type=float, default=0.0)
+    f = sub.add_parser("flow")
+    f.add_argument("src")
+    f.add_argument("dst")
+    f.add_argument("port", type=int)
+    f.add_argument("--count", type=int, default=10)
+    f.add_argument("--gap", type=float, default=0.1)
     d = sub.add_parser("door")
     d.add_argument("--policy", required=True)
     d.add_argument("--dump", required=True)
@@ -233,7 +252,8 @@ def main(argv=None) -> int:
     b.add_argument("--queue", type=int, required=True)
     b.add_argument("--port", type=int, required=True)
     args = p.parse_args(argv)
-    return {"server": server, "client": client, "door": door, "binding": binding}[args.cmd](args)
+    return {"server": server, "client": client, "flow": flow, "door": door,
+            "binding": binding}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def test_iptables_rules_queue_only_new_connections_with_bypass_and_delete_cleanl
     assert len(queue) == 2
     for r in queue:
         assert "--queue-bypass" in r and "--ctstate NEW" in r and "--queue-num 3" in r
+        assert "! --ctstatus CONFIRMED" in r
     assert any("--tcp-flags FIN,SYN,RST,ACK SYN" in r and "22,5432" in r for r in queue)
     reject = [r for r in rules.splitlines() if "REJECT" in r]
     assert any("tcp-reset" in r for r in reject)
@@ -63,6 +64,31 @@ def test_iptables_rules_queue_only_new_connections_with_bypass_and_delete_cleanl
     assert "-A INPUT -j ACL_NFQ" in rules.splitlines()
     assert script(netns, "iptables", "delete").returncode == 0
     assert saved(netns, tool) == before
+
+
+def test_long_port_lists_are_split_and_a_second_add_changes_nothing(netns):
+    # multiport takes 15 slots (a range counts two): 20 ports and a range
+    # need two rules per protocol family.
+    ports = ",".join(str(p) for p in range(1000, 1020)) + ",2000:2100"
+    out = script(netns, "iptables", "add", ACL_NFQ_TCP=ports)
+    assert out.returncode == 0, out.stderr
+    after = {tool: saved(netns, tool) for tool in ("iptables", "ip6tables")}
+    for rules in after.values():
+        tcp = [r for r in rules.splitlines() if "NFQUEUE" in r and "-p tcp" in r]
+        assert len(tcp) == 2
+        listed = ",".join(r.split("--dports ")[1].split()[0] for r in tcp)
+        assert listed == ports
+    again = script(netns, "iptables", "add", ACL_NFQ_TCP=ports)
+    assert again.returncode == 1 and "exists already" in again.stderr
+    assert {tool: saved(netns, tool) for tool in after} == after
+    assert script(netns, "iptables", "delete").returncode == 0
+
+
+def test_a_rule_the_kernel_refuses_leaves_nothing_behind(netns):
+    before = {tool: saved(netns, tool) for tool in ("iptables", "ip6tables")}
+    out = script(netns, "iptables", "add", ACL_NFQ_UDP="53,70000")
+    assert out.returncode != 0
+    assert {tool: saved(netns, tool) for tool in before} == before
 
 
 def test_queue_balance_for_several_queues(netns):
@@ -91,7 +117,9 @@ def test_nft_rules_parse_and_load_where_the_kernel_has_nft_queue(netns):
         errors = [line for line in out.stderr.splitlines() if "Error" in line]
         assert errors and all("Could not process rule" in e for e in errors), out.stderr
         assert out.stderr.count("queue num") == len(errors)
-        without = "\n".join(line for line in text.splitlines() if "queue num" not in line)
+        # the same rules, matches and all, with the queue statement swapped
+        without = text.replace("queue num 3 bypass", "accept")
+        assert "queue num" not in without
         out = run("ip", "netns", "exec", netns, "nft", "-c", "-f", "-", input=without,
                   check=False)
     assert out.returncode == 0, out.stderr

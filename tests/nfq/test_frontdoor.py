@@ -6,7 +6,11 @@ codec's builder and laid out exactly as ``acl._nfq`` lays out a batch.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +19,7 @@ from hypothesis import strategies as st
 
 from acl import nfq
 from acl.errors import PolicyError
+from acl.serve import nfqueue as door_module
 from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
 from acl.wire.packet import UDP, build
 from tests.conftest import SLOW
@@ -169,3 +174,63 @@ def test_metric_families_are_the_documented_names():
                     (("reason", "address"), ("service", "sshd"), ("verdict", "deny")))] == 1
     assert samples[("acl_nfqueue_batch_size_count", ())] == 1
     assert samples[("acl_nfqueue_batch_size_sum", ())] == 2
+
+
+def test_kernel_counters_that_cannot_be_read_are_left_out_and_logged_once(caplog):
+    d = door()
+    d._stats_file = nfq.QueueStatsFile("/")      # a directory: open() fails as for EACCES
+    assert d._stats_file.read() is None and d._stats_file.error is not None
+    with caplog.at_level("WARNING", logger="acl.serve.nfqueue"):
+        for _ in range(3):
+            fams = {f.name: f for f in d.metric_families()}
+    assert fams["acl_nfqueue_waiting"].samples == []
+    assert [s.value for s in fams["acl_nfqueue_queue_maxlen"].samples] == [4096]
+    warned = [r for r in caplog.records if "queue counters are left out" in r.getMessage()]
+    assert len(warned) == 1
+
+
+def test_the_stats_file_opened_as_root_is_still_read_after_the_uid_changes(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the point is what happens after leaving it")
+    # The kernel's file is root's, mode 0440; a stand-in with the same mode.
+    path = tmp_path / "nfnetlink_queue"
+    path.write_text("  7  123     2 2   128     0     0       45  1\n")
+    path.chmod(0o440)
+    tmp_path.chmod(0o755)
+    code = (f"import os; from acl import nfq; kept = nfq.QueueStatsFile({str(path)!r}); "
+            "os.setresgid(65534, 65534, 65534); os.setresuid(65534, 65534, 65534); "
+            f"fresh = nfq.QueueStatsFile({str(path)!r}); "
+            "print(kept.read()[7].queue_total, fresh.read(), type(fresh.error).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["2", "None", "PermissionError"], out.stderr
+
+
+class RefusingQueue:
+    """What a bound queue reports once the kernel refuses its verdicts."""
+
+    num = 7
+
+    def __init__(self):
+        self.netlink_errors = 0
+        self.last_netlink_error = 0
+
+    def recv(self):
+        return 0
+
+
+def test_refused_verdicts_are_counted_and_logged_at_most_every_few_seconds(caplog, monkeypatch):
+    d = door()
+    q = RefusingQueue()
+    clock = [1000.0]
+    monkeypatch.setattr(door_module.time, "monotonic", lambda: clock[0])
+    with caplog.at_level("ERROR", logger="acl.serve.nfqueue"):
+        for _ in range(5):
+            q.netlink_errors += 3
+            q.last_netlink_error = errno.EPERM
+            d._on_readable(q)
+            clock[0] += door_module.WARN_EVERY / 2
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 3, logged            # at 0, WARN_EVERY and 2 * WARN_EVERY
+    assert "refused 3 verdict(s) (3 in all; last: Operation not permitted)" in logged[0]
+    assert "refused 6 verdict(s) (9 in all" in logged[1]

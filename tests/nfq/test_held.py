@@ -48,6 +48,7 @@ class BatchQueue:
         self.batch_verdicts: list[tuple[list[int], int]] = []   # (codes, held_from)
         self.single_verdicts: list[tuple[int, int]] = []        # (packet id, code)
         self.gaps = self.overruns = 0          # what the metrics read
+        self.netlink_errors = self.last_netlink_error = 0
 
     def feed(self, packets) -> list[int]:
         """Queue a batch; the ids the packets get."""

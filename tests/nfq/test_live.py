@@ -31,12 +31,13 @@ if WHY:
 
 TCP_PORT = 26022
 UDP_PORT = 26053
+SINK_PORT = 26054        # queued by the rules, no one listening: one-way UDP flows
 QUEUE = 46
 
 
 def nfqueue_table(**extra) -> str:
     lines = ["[nfqueue]", f"queues = [{QUEUE}]",
-             f'ports = {{ {TCP_PORT} = "echo", {UDP_PORT} = "echo" }}']
+             f'ports = {{ {TCP_PORT} = "echo", {UDP_PORT} = "echo", {SINK_PORT} = "echo" }}']
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 
@@ -65,7 +66,7 @@ def stop(proc: subprocess.Popen) -> None:
 def ns():
     with NetnsPair() as pair:
         pair.rules("add", ACL_NFQ_QUEUES=str(QUEUE), ACL_NFQ_TCP=str(TCP_PORT),
-                   ACL_NFQ_UDP=str(UDP_PORT))
+                   ACL_NFQ_UDP=f"{UDP_PORT},{SINK_PORT}")
         srv = subprocess.Popen(pair.python(pair.srv, "tests.nfq.netns_tools", "server",
                                            "--tcp", str(TCP_PORT), "--udp", str(UDP_PORT),
                                            "--seconds", "300"),
@@ -209,6 +210,24 @@ def test_a_packet_held_for_its_name_gets_its_own_verdict(ns, tmp_path):
     verdicts = {(s, v, r): n for s, v, r, n in counters["verdicts"]}
     assert verdicts[("echo", "allow", "ok")] >= 8       # a held SYN may be sent again
     assert counters["internal_errors"] == 0 and counters["io_errors"] == 0
+
+
+def test_a_one_way_udp_flow_is_asked_once_a_refused_one_each_time(ns, door):
+    # A one-way UDP flow (syslog, statsd) stays conntrack NEW until a reply
+    # that never comes: the deploy rules must still queue only its first
+    # datagram once it is accepted.  A refused flow is never confirmed, so
+    # each of its datagrams is asked again (and refused).
+    d = door(f"echo: {CLIENTS4[14]}\n", "ALL: ALL\n")
+    for src in (CLIENTS4[14], CLIENTS4[15]):
+        netns.run(*ns.python(ns.cli, "tests.nfq.netns_tools", "flow", src, SERVER4,
+                             str(SINK_PORT), "--count", "6", "--gap", "0.05"),
+                  cwd=netns.ROOT, timeout=30)
+    time.sleep(0.3)
+    counters = d.stop()
+    verdicts = {(s, v, r): n for s, v, r, n in counters["verdicts"]}
+    assert verdicts[("echo", "allow", "ok")] == 1, verdicts
+    assert verdicts[("echo", "deny", "libwrap")] == 6, verdicts
+    assert counters["packets"][str(QUEUE)] == 7
 
 
 XINETD_CPS = f"""service echo
