@@ -16,6 +16,10 @@ clock or ``--now``), as one xinetd would see that sequence of connections.
 resolver.  Exit codes: 0 allow (batch: done), 1 deny, 100 bad input, 111
 unreadable file.
 
+Why address-only by default: a one-shot explainer cannot see what makes a
+limit trip in the running service (its connection counts, the moment of the
+real connection), so a limit verdict from it would be a guess; the address
+verdict is the policy's answer and the same every time it is asked.
 """
 
 from __future__ import annotations
