@@ -86,7 +86,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, usage=USAGE, description="ask a running acl serve")
     p.add_argument("--socket", "-s", metavar="PATH",
                    default=os.environ.get("ACL_SOCKET", DEFAULT_SOCKET),
-                   help=f"the sidecar's query socket (default: {DEFAULT_SOCKET})")
+                   help=f"the sidecar's query socket (default: $ACL_SOCKET, else "
+                        f"{DEFAULT_SOCKET})")
     p.add_argument("--admin", metavar="PATH",
                    help="admin socket: run COMMAND (reload, stats, dump)")
     p.add_argument("--lease", action="store_true", help="take a lease (held until exit)")
