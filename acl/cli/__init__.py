@@ -4,11 +4,22 @@ Each command module has ``main(argv: list[str]) -> int``.  Exit codes follow
 djb's manners: 0 success, 1 "denied"/findings where a command answers a
 question, 100 bad input (a rule file or argument that is wrong), 111
 temporary failure (cannot read, cannot reach the sidecar).
+
+A reader that stops early (``acl check -v | head``) is not an error of
+ours: every command then exits 141 in silence, the status a shell shows
+for the C tools acl stands in for (tcpdchk, tcprulescheck: killed by
+SIGPIPE, 128 + 13).  Python ignores SIGPIPE, so the write raises
+BrokenPipeError instead; ``main`` catches it once, for every command, and
+points stdout at /dev/null so the interpreter's last flush is quiet too.
+Commands catch their own socket errors, so one that reaches ``main`` is
+stdout's.  (Help printed by argparse itself is the exception: argparse
+drops the write error and exits 0, equally silent.)
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -25,6 +36,7 @@ EXIT_NO = 1
 EXIT_USAGE = 100
 EXIT_BAD_INPUT = 100
 EXIT_TEMPORARY = 111
+EXIT_PIPE = 128 + 13      # 141: stdout's reader went away (SIGPIPE's shell status)
 
 
 def version_text() -> str:
@@ -41,7 +53,19 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        try:
+            return _run(list(sys.argv[1:] if argv is None else argv))
+        finally:                  # also after argparse's SystemExit (--help)
+            sys.stdout.flush()    # here, where a closed pipe can still be caught
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_PIPE
+
+
+def _run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         return EXIT_OK if argv else EXIT_USAGE

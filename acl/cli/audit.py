@@ -42,7 +42,7 @@ def _port_name(text: str) -> tuple[int, str]:
     return int(port), name
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="acl audit",
                 description="List listening TCP/UDP sockets, their processes, the policy "
                             "layers that cover them and what sample clients would get.")
@@ -105,7 +105,7 @@ def render_table(findings: list[audit.Finding], policy_name: str) -> str:
 
 def main(argv: list[str]) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     config = args.config

@@ -38,7 +38,7 @@ def _reason(exc: OSError) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if argv in (["-h"], ["--help"]):       # asked for: stdout, success
+    if "-h" in argv or "--help" in argv:   # asked for, anywhere: stdout, success
         print("usage: acl compile rules.cdb rules.tmp < rules.txt")
         return 0
     if len(argv) != 2:

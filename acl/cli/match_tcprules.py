@@ -44,13 +44,20 @@ class _Parser(argparse.ArgumentParser):
         raise _Usage(message)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl match", add_help=False)
-    p.add_argument("--tcprules", required=True, metavar="FILE")
-    p.add_argument("--batch", action="store_true")
-    p.add_argument("-6", dest="no_unmap", action="store_true")
-    p.add_argument("-H", dest="no_host", action="store_true")
-    p.add_argument("query", nargs="*")
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="acl match", description="what tcpserver would do with a client, "
+                "like tcprulescheck",
+                usage="%(prog)s [-h] --tcprules FILE [-6] [-H]\n"
+                      "                 (--batch | IP [host=NAME] [info=USER])")
+    p.add_argument("--tcprules", required=True, metavar="FILE",
+                   help="tcprules text, or the cdb built from it")
+    p.add_argument("--batch", action="store_true",
+                   help="read 'IP [host=NAME] [info=USER]' lines from stdin")
+    p.add_argument("-6", dest="no_unmap", action="store_true",
+                   help="keep v4-mapped clients as IPv6 (tcpserver -6)")
+    p.add_argument("-H", dest="no_host", action="store_true",
+                   help="never use the host name: no '=' key is tried (tcpserver -H)")
+    p.add_argument("query", nargs="*", metavar="IP [host=NAME] [info=USER]")
     return p
 
 
@@ -123,15 +130,14 @@ def _batch(layer) -> int:
 
 def main(argv: list[str]) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = parser().parse_args(argv)
         if args.batch and args.query:
             raise _Usage("--batch reads queries from stdin; give none on the command line")
         if not args.batch and not args.query:
             raise _Usage("give IP [host=NAME] [info=USER], or --batch")
         request = None if args.batch else parse_query(args.query)
     except (_Usage, ValueError) as exc:
-        print(f"{PROG}: usage: acl match --tcprules FILE [-6] [-H] [--batch] "
-              f"[IP [host=NAME] [info=USER]]: {exc}", file=sys.stderr)
+        print(f"{PROG}: fatal: {exc}\n{parser().format_usage().rstrip()}", file=sys.stderr)
         return 100
     try:
         layer = load_tcprules(args.tcprules, mapped_as_v4=not args.no_unmap,

@@ -1,7 +1,7 @@
 """``acl match --xinetd CONF``: what xinetd would decide for a client.
 
-    acl match --xinetd CONF [--hosts FILE] SERVICE IP
-    acl match --xinetd CONF [--hosts FILE] [--limits] [--now T] --batch
+    acl match --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q] SERVICE IP
+    acl match --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q] --batch
 
 SERVICE is the xinetd service *id*; IP is the client as the service's socket
 would see it (``::ffff:a.b.c.d`` for an IPv4 client of an IPv6 service; a
@@ -15,18 +15,52 @@ clock or ``--now``), as one xinetd would see that sequence of connections.
 ``--hosts FILE`` answers name lookups from a hosts file instead of the system
 resolver.  Exit codes: 0 allow (batch: done), 1 deny, 100 bad input, 111
 unreadable file.
+
+Why address-only by default: a one-shot explainer cannot see what makes a
+limit trip in the running service (its connection counts, the moment of the
+real connection), so a limit verdict from it would be a guess; the address
+verdict is the policy's answer and the same every time it is asked.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
 from acl.errors import RuleSyntaxError
 from acl.model import Reason, Request, Verdict
 
-USAGE = ("usage: acl match --xinetd CONF [--hosts FILE] [--limits] [--now T] "
-         "(--batch | SERVICE IP)")
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are acl's "bad input" (100), reported by ``main``."""
+
+    def error(self, message):
+        raise _Usage(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="acl match", description="what xinetd would decide for a client "
+                "(by default only_from/no_access only; --limits adds the limits)",
+                usage="%(prog)s [-h] --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q]\n"
+                      "                 (--batch | SERVICE IP)")
+    p.add_argument("--xinetd", required=True, metavar="CONF", help="xinetd.conf (includedir "
+                   "is followed as xinetd does)")
+    p.add_argument("--hosts", metavar="FILE",
+                   help="answer name lookups from this hosts file, not the system resolver")
+    p.add_argument("--limits", action="store_true",
+                   help="also run each query through cps, max_load and access_times, as one "
+                        "xinetd would see that sequence of connections")
+    p.add_argument("--now", type=float, metavar="T",
+                   help="with --limits: the time (Unix seconds) access_times and cps see")
+    p.add_argument("--batch", action="store_true", help="read 'SERVICE IP' lines from stdin")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print file warnings")
+    p.add_argument("query", nargs="*", metavar="SERVICE IP")
+    return p
 
 
 def _fatal(msg: str, code: int) -> int:
@@ -35,32 +69,14 @@ def _fatal(msg: str, code: int) -> int:
 
 
 def _parse_args(argv: list[str]):
-    opts = {"conf": None, "hosts": None, "batch": False, "limits": False, "now": None,
-            "quiet": False}
-    rest = []
-    it = iter(argv)
-    for a in it:
-        name, eq, val = a.partition("=")
-        if name in ("--xinetd", "--hosts", "--now"):
-            if not eq:
-                val = next(it, None)
-                if val is None:
-                    raise ValueError(f"{name} needs a value")
-            key = name[2:] if name != "--xinetd" else "conf"
-            opts[key] = val
-        elif a == "--batch":
-            opts["batch"] = True
-        elif a == "--limits":
-            opts["limits"] = True
-        elif a in ("-q", "--quiet"):
-            opts["quiet"] = True
-        elif a.startswith("--"):
-            raise ValueError(f"unknown option {a}")
-        else:
-            rest.append(a)
-    if opts["now"] is not None:
-        opts["now"] = float(opts["now"])
-    return opts, rest
+    args = parser().parse_intermixed_args(argv)
+    if args.batch and args.query:
+        raise _Usage("--batch reads queries from stdin; give none on the command line")
+    if not args.batch and len(args.query) != 2:
+        raise _Usage("give SERVICE IP, or --batch")
+    opts = {"conf": args.xinetd, "hosts": args.hosts, "batch": args.batch,
+            "limits": args.limits, "now": args.now, "quiet": args.quiet}
+    return opts, args.query
 
 
 def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str, int]:
@@ -77,11 +93,8 @@ def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str
 def main(argv: list[str]) -> int:
     try:
         opts, rest = _parse_args(argv)
-    except ValueError as exc:
-        print(f"acl match: {exc}\n{USAGE}", file=sys.stderr)
-        return 100
-    if not opts["conf"] or (opts["batch"] and rest) or (not opts["batch"] and len(rest) != 2):
-        print(USAGE, file=sys.stderr)
+    except _Usage as exc:
+        print(f"acl match: fatal: {exc}\n{parser().format_usage().rstrip()}", file=sys.stderr)
         return 100
     from acl.compile.xinetd import XinetdLayer, load_xinetd
     from acl.parse.xinetd_resolve import HostsResolver, SystemResolver

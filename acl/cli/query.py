@@ -73,17 +73,37 @@ def admin(path: str, command: str) -> int:
     return EXIT_OK if reply.get("ok") else EXIT_TEMPORARY
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description="ask a running acl serve")
-    p.add_argument("--socket", "-s", default=os.environ.get("ACL_SOCKET", "/run/acl/query.sock"))
-    p.add_argument("--admin", help="admin socket: run COMMAND (reload, stats, dump)")
+DEFAULT_SOCKET = "/run/acl/query.sock"
+
+# One decision per run: the words are SERVICE CLIENT, or one admin COMMAND.
+# (argparse would write the words as repeatable, which they are not.)
+USAGE = ("%(prog)s [-h] [-s PATH] [--lease] [--host NAME] [--user NAME] [--port N]\n"
+         "                 [--server ADDR] [--server-port N] SERVICE CLIENT\n"
+         "       %(prog)s --admin PATH reload|stats|dump")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, usage=USAGE, description="ask a running acl serve")
+    p.add_argument("--socket", "-s", metavar="PATH",
+                   default=os.environ.get("ACL_SOCKET", DEFAULT_SOCKET),
+                   help=f"the sidecar's query socket (default: $ACL_SOCKET, else "
+                        f"{DEFAULT_SOCKET})")
+    p.add_argument("--admin", metavar="PATH",
+                   help="admin socket: run COMMAND (reload, stats, dump)")
     p.add_argument("--lease", action="store_true", help="take a lease (held until exit)")
-    p.add_argument("--host", help="client host name, when known")
-    p.add_argument("--user", help="remote user (ident), when known")
-    p.add_argument("--port", type=int, default=0, help="client port")
-    p.add_argument("--server", help="server (local) address")
-    p.add_argument("--server-port", type=int, default=0)
-    p.add_argument("words", nargs="+", metavar="SERVICE CLIENT | COMMAND")
+    p.add_argument("--host", metavar="NAME", help="client host name, when known")
+    p.add_argument("--user", metavar="NAME", help="remote user (ident), when known")
+    p.add_argument("--port", type=int, default=0, metavar="N", help="client port")
+    p.add_argument("--server", metavar="ADDR", help="server (local) address")
+    p.add_argument("--server-port", type=int, default=0, metavar="N", help="server port")
+    p.add_argument("words", nargs="+", metavar="SERVICE CLIENT | COMMAND",
+                   help="what to ask: a service and a client address, or, with --admin, "
+                        "one command")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    p = parser()
     try:
         args = p.parse_args(argv)
     except SystemExit as exc:
@@ -95,7 +115,8 @@ def main(argv: list[str]) -> int:
     if args.admin:
         return admin(args.admin, " ".join(args.words))
     if len(args.words) != 2:
-        print(f"{PROG}: usage: acl query [options] SERVICE CLIENT", file=sys.stderr)
+        print(f"{PROG}: fatal: give one SERVICE CLIENT pair\n{p.format_usage().rstrip()}",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     from acl.client import Client
     from acl.errors import ProtocolError

@@ -44,7 +44,7 @@ def event_loop_runner() -> tuple[asyncio.Runner, str]:
     return asyncio.Runner(), "asyncio"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description="run the acl decision service")
     p.add_argument("--config", "-c", help="policy TOML file (default: the shipped example)")
     p.add_argument("--query", help="binary protocol socket path (overrides the file)")
@@ -54,11 +54,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--allow-pure", action="store_true",
                    help="run even when only the slow pure-Python core is available")
     p.add_argument("--check", action="store_true", help="load the policy, report, exit")
-    return p.parse_args(argv)
+    return p
+
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+    args = parser().parse_args(argv)
     from acl import core
     from acl.engine import KERNEL, Engine
     from acl.policy import load_policy

@@ -1,0 +1,228 @@
+"""The ``acl`` command line as a whole: help that names every option the
+parsers have and no other, ``--help`` anywhere, usage lines that are true,
+docs that name only options that exist, and quiet exits when stdout's
+reader goes away early.
+
+The option lists come from the commands' own argparse parsers, so adding an
+option without it reaching the help (or the docs naming one that is gone)
+fails here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from acl.cli import COMMANDS, EXIT_PIPE
+from tests.xinetd.helpers import svc
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTION = re.compile(r"(?<![\w.=-])(--?[A-Za-z0-9][\w-]*)")
+
+
+def acl(*args, stdin="", env=None):
+    return subprocess.run([sys.executable, "-m", "acl", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+
+
+def parsers_of(command: str) -> list[argparse.ArgumentParser]:
+    module = importlib.import_module(f"acl.cli.{command}")
+    if command == "match":
+        return module.parsers()
+    if command == "compile":            # tcprules' manners: two paths, no options
+        return []
+    return [module.parser()]
+
+
+def options_of(p: argparse.ArgumentParser) -> list[list[str]]:
+    return [a.option_strings for a in p._actions
+            if a.option_strings and a.help is not argparse.SUPPRESS]
+
+
+def known_options(command: str) -> set[str]:
+    return {o for p in parsers_of(command) for a in p._actions for o in a.option_strings}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_help_names_every_option_and_no_other(command):
+    out = acl(command, "--help")
+    assert out.returncode == 0, out.stderr
+    for p in parsers_of(command):
+        for strings in options_of(p):
+            for s in strings:
+                assert re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", out.stdout), \
+                    f"acl {command} --help does not name {s}"
+    named = set(OPTION.findall(out.stdout))
+    assert named <= known_options(command) | {"-h", "--help"}, named - known_options(command)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_usage_lines_name_every_option(command):
+    """A hand-written usage (query's, match's) must keep up with its parser."""
+    for p in parsers_of(command):
+        usage = p.format_usage()
+        for strings in options_of(p):
+            assert any(re.search(rf"(?<![\w-]){re.escape(s)}(?![\w-])", usage)
+                       for s in strings), f"{usage!r} lacks {strings}"
+
+
+def test_usage_lines_do_not_promise_repeated_queries():
+    """Each of these takes one query (or --batch); argparse's own rendering
+    of their words ends in '...', which says the opposite."""
+    for command in ("query", "match"):
+        for p in parsers_of(command):
+            assert "..." not in p.format_usage(), p.format_usage()
+    two = acl("query", "--socket", "/nonexistent/q.sock", "sshd", "192.0.2.1",
+              "sshd", "192.0.2.2")
+    assert two.returncode == 100 and "usage: acl query" in two.stderr, two.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["match", "--tcprules", "rules.txt", "--help"],
+    ["match", "--xinetd", "xinetd.conf", "--help"],
+    ["match", "--hosts-allow", "hosts.allow", "--help"],
+    ["match", "--batch", "-h"],
+    ["match", "--help", "--tcprules", "rules.txt", "1.2.3.4"],
+    ["compile", "rules.cdb", "rules.tmp", "--help"],
+    ["check", "-v", "--help"],
+    ["audit", "--json", "--help"],
+    ["query", "sshd", "192.0.2.1", "--help"],
+    ["serve", "--check", "--help"],
+])
+def test_help_anywhere_on_the_line_is_help(argv):
+    out = acl(*argv)
+    assert (out.returncode, out.stderr) == (0, ""), out.stderr
+    assert out.stdout.startswith(("usage: ", "acl match: explain")), out.stdout
+
+
+def test_match_help_without_a_language_shows_all_three():
+    out = acl("match", "--help")
+    assert out.returncode == 0, out.stderr
+    for p in parsers_of("match"):
+        assert p.format_help() in out.stdout
+
+
+# -- docs ---------------------------------------------------------------------
+
+def _doc_texts():
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        yield path.name, path.read_text()
+    for path in sorted((ROOT / "acl" / "cli").glob("*.py")):
+        yield path.name, ast.get_docstring(ast.parse(path.read_text())) or ""
+
+
+def documented_commands():
+    """Every ``acl COMMAND ...`` written in README.md, docs/*.md and the CLI's
+    docstrings: in backquotes, or a line of a fenced block."""
+    found = []
+    for name, text in _doc_texts():
+        fenced = re.findall(r"^```.*?\n(.*?)^```", text, re.S | re.M)
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+        pieces = re.findall(r"`+([^`]+)`+", prose) + [ln for b in fenced for ln in b.splitlines()]
+        pieces += [ln for ln in text.splitlines() if ln.strip().startswith("acl ")]
+        for piece in pieces:
+            piece = " ".join(piece.split())
+            for m in re.finditer(r"(?:^|[;&|(] *)acl (\w+)((?: [^;&|#]*)?)", piece):
+                if m.group(1) in COMMANDS:
+                    found.append((name, m.group(1), m.group(0)))
+    return found
+
+
+def test_docs_name_only_options_that_exist():
+    found = documented_commands()
+    assert any(cmd == "query" for _n, cmd, _t in found)     # the scan sees the docs
+    wrong = [(name, text, opt) for name, cmd, text in found
+             for opt in OPTION.findall(text) if opt not in known_options(cmd)]
+    assert not wrong, wrong
+
+
+def test_readme_says_xinetd_limits_need_the_flag():
+    """`acl match --xinetd` answers only_from/no_access unless --limits is
+    given (tests/xinetd/test_cli.py pins that); the README must say so."""
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines()
+               if line.startswith("| `acl match --xinetd"))
+    assert "--limits" in row, row
+
+
+def test_acl_socket_is_documented_and_honoured():
+    out = acl("query", "--help")
+    assert "$ACL_SOCKET" in out.stdout
+    assert "ACL_SOCKET" in (ROOT / "README.md").read_text()
+    env = dict(os.environ, ACL_SOCKET="/nonexistent/acl-socket-test.sock")
+    gone = acl("query", "sshd", "192.0.2.1", env=env)
+    assert gone.returncode == 111 and "/nonexistent/acl-socket-test.sock" in gone.stderr
+
+
+# -- a reader that goes away ----------------------------------------------------
+
+@pytest.fixture
+def rules(tmp_path):
+    allow = tmp_path / "hosts.allow"
+    allow.write_text("".join(f"sshd{i}: 10.{i % 250}.{i // 250}.1\n" for i in range(3000)))
+    deny = tmp_path / "hosts.deny"
+    deny.write_text("ALL: ALL\n")
+    tcprules = tmp_path / "rules.txt"
+    tcprules.write_text("10.:allow,X=\"1\"\n:deny\n")
+    xinetd = tmp_path / "xinetd.conf"
+    xinetd.write_text(svc("a", "only_from = 127.0.0.2"))
+    return {"allow": str(allow), "deny": str(deny), "tcprules": str(tcprules),
+            "xinetd": str(xinetd)}
+
+
+PIPED = {
+    "check -v": (["check", "-v", "--hosts-allow", "{allow}", "--hosts-deny", "{deny}"], ""),
+    "audit --json": (["audit", "--no-policy", "--json"], ""),
+    "audit": (["audit", "--no-policy"], ""),
+    "match tcpw": (["match", "--hosts-allow", "{allow}", "--hosts-deny", "{deny}",
+                    "sshd7", "10.7.0.1"], ""),
+    "match tcpw --batch": (["match", "--hosts-allow", "{allow}", "--hosts-deny", "{deny}",
+                            "--batch"], "sshd 10.0.0.1\n" * 20000),
+    "match tcprules": (["match", "--tcprules", "{tcprules}", "10.0.0.1"], ""),
+    "match tcprules --batch": (["match", "--tcprules", "{tcprules}", "--batch"],
+                               "10.0.0.1\n" * 20000),
+    "match xinetd --batch": (["match", "--xinetd", "{xinetd}", "-q", "--batch"],
+                             "a 127.0.0.2\n" * 20000),
+    "serve --check": (["serve", "--check"], ""),
+    "match --help": (["match", "--help"], ""),
+    "--version": (["--version"], ""),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PIPED))
+def test_a_closed_stdout_ends_the_command_quietly(rules, name, tmp_path):
+    """stdout is a pipe nobody reads any more: the first write fails, every
+    time.  The command exits 141 and says nothing (no traceback, no
+    'Exception ignored')."""
+    argv, stdin = PIPED[name]
+    argv = [a.format(**rules) for a in argv]
+    r, w = os.pipe()
+    os.close(r)
+    err = tmp_path / "stderr"
+    with open(err, "w") as ef:
+        proc = subprocess.run([sys.executable, "-m", "acl", *argv], input=stdin.encode(),
+                              stdout=w, stderr=ef, timeout=120, cwd=ROOT)
+    os.close(w)
+    stderr = err.read_text()
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert "Broken pipe" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert proc.returncode == EXIT_PIPE, (proc.returncode, stderr)
+
+
+def test_head_closing_the_pipe_mid_output(rules):
+    """The audit's own repro: `acl check -v | head -1` -- output larger than a
+    pipe holds, the reader gone after one line."""
+    cmd = (f"{sys.executable} -m acl check -v --hosts-allow {rules['allow']} "
+           f"--hosts-deny {rules['deny']} | head -1; echo \"status ${{PIPESTATUS[0]}}\"")
+    out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120,
+                         cwd=ROOT)
+    assert out.stdout.splitlines() == [f">>> Rule {rules['allow']} line 1:", "status 141"], \
+        out.stdout + out.stderr
+    assert out.stderr == "", out.stderr
