@@ -15,6 +15,12 @@ Rules of this file:
   file lists them in.  A source binds to the services in its ``services``
   list (``"*"``: every service); an xinetd source binds to the service ids
   its configuration defines.
+* hosts_access for an xinetd service id is asked under the daemon name
+  :func:`libwrap_name` gives: xinetd's libwrap name (spec C.10), or, with
+  ``flags = NOLIBWRAP``, the name acl-wrap asks with when acl-wrap is the
+  service's server (its request is then the hosts_access check, as tcpd's
+  is in the classic xinetd + tcpd + NOLIBWRAP stanza); NOLIBWRAP with any
+  other server skips hosts_access.
 * A reload passes the running policy as ``previous`` so the xinetd layer
   keeps its limit state (cps windows, instances, per_source counts), and the
   name cache (:mod:`acl.names`) is kept while ``[names]`` and its hosts file
@@ -180,7 +186,7 @@ class Policy:
                 continue
             if s.kind == "hosts_access" and wrap is not None:
                 if wrap is False:
-                    continue                 # NOLIBWRAP
+                    continue                 # NOLIBWRAP, and no acl-wrap asking
                 layers.append((s.layer, wrap if wrap != service else None))
             else:
                 layers.append((s.layer, None))
@@ -203,10 +209,13 @@ def _binds(source: Source, service: str) -> bool:
 
 
 def libwrap_name(policy: Policy, service: str) -> str | None | bool:
-    """The daemon name hosts_access sees for ``service`` (spec C.10): the
-    xinetd service's libwrap name when an xinetd source defines it, False
-    when that service has ``flags = NOLIBWRAP``, None when no xinetd source
-    defines it (the request's service name is used as is)."""
+    """The daemon name hosts_access sees for ``service``, None when no xinetd
+    source defines it (the request's service name is used as is).  For an
+    xinetd service (spec C.10): its libwrap name while xinetd's own libwrap
+    check runs; with ``flags = NOLIBWRAP``, the name acl-wrap asks with when
+    acl-wrap is the service's ``server`` -- that request *is* the service's
+    hosts_access check, as tcpd's is under xinetd with NOLIBWRAP -- and
+    False for any other server (nobody asks hosts_access)."""
     for s in policy.sources:
         if s.kind != "xinetd":
             continue
@@ -214,7 +223,7 @@ def libwrap_name(policy: Policy, service: str) -> str | None | bool:
         svc = defined.get(service) if isinstance(defined, dict) else None
         if svc is not None:
             if not getattr(svc, "libwrap", True):
-                return False
+                return getattr(svc, "wrapper_name", None) or False
             return getattr(svc, "libwrap_name", None) or service
     return None
 
