@@ -163,13 +163,16 @@ class Policy:
         return self._named
 
     def services(self) -> list[str]:
-        """Service names the policy names explicitly ("*" when any goes)."""
+        """The service names the policy's sources bind ("*" when one binds any
+        service), as ``layers_for`` binds them: an xinetd source without
+        ``services`` binds its service ids, not every name."""
         names: set[str] = set()
         for s in self.sources:
-            if s.services is None:
+            bound = bound_services(s)
+            if bound is None:
                 names.add("*")
             else:
-                names.update(s.services)
+                names.update(bound)
         return sorted(names)
 
     def layers_for(self, service: str) -> tuple:
@@ -194,6 +197,16 @@ class Policy:
         if len(self._cache) < 4096:      # clients may invent names: stay bounded
             self._cache[service] = layers
         return layers
+
+
+def bound_services(source: Source) -> frozenset[str] | None:
+    """The service names ``source`` binds (see :func:`_binds`); None: any."""
+    if source.services is not None:
+        return source.services
+    defined = getattr(getattr(source.layer, "policy", None), "services", None)
+    if isinstance(defined, dict):            # the xinetd layer: its service ids
+        return frozenset(defined)
+    return None
 
 
 def _binds(source: Source, service: str) -> bool:
