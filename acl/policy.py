@@ -50,6 +50,23 @@ from acl.errors import AclError, PolicyError, RuleSyntaxError
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
 KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run", "names"}
+#: The keys of each table (docs/configuration.md); any other key is an error,
+#: so a misspelt one cannot silently leave a default in force.  ``[nfqueue]``
+#: is checked by the front door's own reader (acl.serve.nfqueue).
+TABLE_KEYS = {
+    "sockets": ("query", "policy", "policy_service", "admin", "mode", "group", "admin_uids",
+                "admin_gids"),
+    "metrics": ("listen",),
+    "limits": ("sources", "ipv6_prefix", "rate", "burst"),
+    "run": ("user", "group", "chroot", "watch"),
+    "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache"),
+}
+#: The keys of a ``[[source]]`` table, by its type.
+SOURCE_KEYS = {
+    "hosts_access": ("type", "allow", "deny", "services"),
+    "tcprules": ("type", "file", "services", "mapped_as_v4"),
+    "xinetd": ("type", "file", "services"),
+}
 
 
 @dataclass(frozen=True)
@@ -246,6 +263,21 @@ def _err(path, where: str, what: str) -> PolicyError:
     return PolicyError(f"{path}: {where}: {what}")
 
 
+def _table(conf: dict, name: str, path) -> dict:
+    """``[name]`` (empty when absent), refusing a non-table and unknown keys."""
+    table = conf.get(name, {})
+    if not isinstance(table, dict):
+        raise _err(path, f"[{name}]", "expected a table")
+    _known_keys(table, TABLE_KEYS[name], path, f"[{name}]")
+    return table
+
+
+def _known_keys(table: dict, known, path, where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise _err(path, where, f"unknown key {key!r} (known: {', '.join(known)})")
+
+
 def _get(table: dict, key: str, kind, default, path, where: str):
     value = table.get(key, default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -308,8 +340,10 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
 
 
 def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
-                 names=None, names_key: tuple = ()) -> Source:
+                 names=None, names_key: tuple = (), system=None) -> Source:
     kind = src.get("type")
+    if kind in SOURCE_KEYS:
+        _known_keys(src, SOURCE_KEYS[kind], path, f"{where} ({kind})")
     if kind == "hosts_access":
         from acl.compile.tcpw import load_hosts_access
 
@@ -463,12 +497,13 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, sorted(unknown)[0], "unknown section")
     base = toml_path.parent
 
-    s = conf.get("sockets", {})
+    s = _table(conf, "sockets", toml_path)
+    paths = {k: _get(s, k, str, "", toml_path, "sockets") for k in ("query", "policy", "admin")}
     sockets = Sockets(
-        query=str(base / s["query"]) if s.get("query") else "",
-        policy=str(base / s["policy"]) if s.get("policy") else "",
+        query=str(base / paths["query"]) if paths["query"] else "",
+        policy=str(base / paths["policy"]) if paths["policy"] else "",
         policy_service=_get(s, "policy_service", str, "smtpd", toml_path, "sockets"),
-        admin=str(base / s["admin"]) if s.get("admin") else "",
+        admin=str(base / paths["admin"]) if paths["admin"] else "",
         mode=_mode(s.get("mode", "0660"), toml_path),
         group=_get(s, "group", str, "", toml_path, "sockets"),
         admin_uids=_ids(s.get("admin_uids", [0]), lambda n: pwd.getpwnam(n).pw_uid,
@@ -476,7 +511,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         admin_gids=_ids(s.get("admin_gids", []), lambda n: grp.getgrnam(n).gr_gid,
                         toml_path, "sockets.admin_gids"),
     )
-    m = conf.get("metrics", {})
+    m = _table(conf, "metrics", toml_path)
     metrics_listen = _get(m, "listen", str, "", toml_path, "metrics")
     problem = listen_problem(metrics_listen)
     if problem:
@@ -485,7 +520,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     # hide /etc then, and sockets and privileges are not changed by a reload)
     if sockets.group and previous is None:
         _ids([sockets.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "sockets.group")
-    lt = conf.get("limits", {})
+    lt = _table(conf, "limits", toml_path)
     limits = Limits(
         sources=_get(lt, "sources", int, 1 << 20, toml_path, "limits"),
         ipv6_prefix=_get(lt, "ipv6_prefix", int, 64, toml_path, "limits"),
@@ -498,7 +533,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, "limits.ipv6_prefix", "must be 0 .. 128")
     if limits.rate < 0 or limits.burst < 0:
         raise _err(toml_path, "limits", "rate and burst must be >= 0")
-    r = conf.get("run", {})
+    r = _table(conf, "run", toml_path)
     run = Run(
         user=_get(r, "user", str, "", toml_path, "run"),
         group=_get(r, "group", str, "", toml_path, "run"),
@@ -511,10 +546,14 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         _ids([run.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "run.group")
     nfq = conf.get("nfqueue", {})
     if not isinstance(nfq, dict):
-        raise _err(toml_path, "nfqueue", "expected a table")
-    nm = conf.get("names", {})
-    if not isinstance(nm, dict):
-        raise _err(toml_path, "names", "expected a table")
+        raise _err(toml_path, "[nfqueue]", "expected a table")
+    if nfq:
+        # checked here, so that --check, a start and a reload refuse a bad
+        # table alike (the door reads it again when it starts)
+        from acl.serve.nfqueue import NfqueueConfig
+
+        NfqueueConfig.from_table(nfq, toml_path)
+    nm = _table(conf, "names", toml_path)
     hosts_file = _get(nm, "hosts_file", str, "", toml_path, "names")
     names = Names(
         lookup=_get(nm, "lookup", bool, True, toml_path, "names"),
