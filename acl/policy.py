@@ -30,6 +30,11 @@ Rules of this file:
   file, or nowhere (``lookup = false``: every such client is "unknown", as
   before a lookup is made).  xinetd's host names in address lists are
   resolved at load time by the same choice (spec C.3).
+* xinetd's other questions to the system (``protocol``, ``user``,
+  ``group``, ``server``, /etc/services) go through one
+  :class:`acl.parse.xinetd_system.SystemLookups` handed from policy to
+  policy, so a reload inside ``[run] chroot`` keeps the answers the first
+  load got outside it.
 """
 
 from __future__ import annotations
@@ -141,6 +146,7 @@ class Policy:
     names: Names = field(default_factory=Names)
     name_service: object = None      # acl.names.NameService, None when lookup = false
     names_key: tuple = ()            # (Names, hosts file signature): when to keep the cache
+    xinetd_system: object = None     # acl.parse.xinetd_system.SystemLookups, kept on reload
 
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
@@ -379,7 +385,8 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
         f = _file(base, src, "file", path, where)
-        xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend)
+        xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend,
+                                     system)
         state = _previous_state(previous, "xinetd", index)
         layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
                             resolver=_NoNames() if names is None else names)
@@ -566,6 +573,12 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, "names", "ttl and negative_ttl must be >= 0, cache 1 .. 16777216")
     name_service, names_key = _name_service(names, previous, toml_path)
 
+    # xinetd's questions to the system (protocols, users, groups, servers,
+    # /etc/services): answered after a chroot as they were before it
+    from acl.parse.xinetd_system import SystemLookups
+
+    system = getattr(previous, "xinetd_system", None) or SystemLookups()
+
     raw_sources = conf.get("source", [])
     if not isinstance(raw_sources, list):
         raise _err(toml_path, "source", "expected [[source]] tables")
@@ -580,7 +593,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         seen[kind] = index + 1
         try:
             sources.append(_load_source(src, base, toml_path, where, previous, index,
-                                        name_service, names_key))
+                                        name_service, names_key, system))
         except (RuleSyntaxError, PolicyError):
             raise
         except OSError as exc:
@@ -588,4 +601,5 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         except (AclError, ValueError) as exc:     # e.g. a broken cdb: say which source
             raise _err(toml_path, where, f"{type(exc).__name__}: {exc}") from exc
     return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
-                  names=names, name_service=name_service, names_key=names_key)
+                  names=names, name_service=name_service, names_key=names_key,
+                  xinetd_system=system)

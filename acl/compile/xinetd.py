@@ -261,15 +261,17 @@ def _compile(config: XinetdConfig) -> XinetdPolicy:
     return XinetdPolicy(config.path, services, config)
 
 
-def load_xinetd(path: str, resolver=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
-    """Read an xinetd configuration; services kept/dropped as xinetd does."""
-    config = parse_xinetd(path, resolver)
+def load_xinetd(path: str, resolver=None,
+                system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    """Read an xinetd configuration; services kept/dropped as xinetd does
+    (``system``: acl.parse.xinetd_system.SystemLookups, kept across reloads)."""
+    config = parse_xinetd(path, resolver, system)
     return _compile(config), list(config.diagnostics)
 
 
-def load_xinetd_text(text: str, path: str = "<xinetd.conf>",
-                     resolver=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
-    config = parse_xinetd_text(text, path, resolver)
+def load_xinetd_text(text: str, path: str = "<xinetd.conf>", resolver=None,
+                     system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    config = parse_xinetd_text(text, path, resolver, system)
     return _compile(config), list(config.diagnostics)
 
 
