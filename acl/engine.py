@@ -258,13 +258,18 @@ class Engine:
     def describe(self) -> dict:
         """The running policy, for ``dump``."""
         from acl.metrics import rule_counts
+        from acl.policy import bound_services
+
+        def services(source) -> list[str]:
+            bound = bound_services(source)      # an xinetd source: its ids, not "*"
+            return ["*"] if bound is None else sorted(bound)
 
         pol, plan = self._current
         return {
             "path": str(pol.path) if pol.path else None,
             "loaded_at": pol.loaded_at,
             "sources": [{"type": s.kind, "files": [str(f) for f in s.files],
-                         "services": sorted(s.services) if s.services is not None else ["*"],
+                         "services": services(s),
                          "rules": rule_counts(s.layer),
                          "diagnostics": [str(d) for d in s.diagnostics]}
                         for s in pol.sources],

@@ -15,6 +15,12 @@ Rules of this file:
   file lists them in.  A source binds to the services in its ``services``
   list (``"*"``: every service); an xinetd source binds to the service ids
   its configuration defines.
+* hosts_access for an xinetd service id is asked under the daemon name
+  :func:`libwrap_name` gives: xinetd's libwrap name (spec C.10), or, with
+  ``flags = NOLIBWRAP``, the name acl-wrap asks with when acl-wrap is the
+  service's server (its request is then the hosts_access check, as tcpd's
+  is in the classic xinetd + tcpd + NOLIBWRAP stanza); NOLIBWRAP with any
+  other server skips hosts_access.
 * A reload passes the running policy as ``previous`` so the xinetd layer
   keeps its limit state (cps windows, instances, per_source counts), and the
   name cache (:mod:`acl.names`) is kept while ``[names]`` and its hosts file
@@ -24,6 +30,11 @@ Rules of this file:
   file, or nowhere (``lookup = false``: every such client is "unknown", as
   before a lookup is made).  xinetd's host names in address lists are
   resolved at load time by the same choice (spec C.3).
+* xinetd's other questions to the system (``protocol``, ``user``,
+  ``group``, ``server``, /etc/services) go through one
+  :class:`acl.parse.xinetd_system.SystemLookups` handed from policy to
+  policy, so a reload inside ``[run] chroot`` keeps the answers the first
+  load got outside it.
 """
 
 from __future__ import annotations
@@ -44,6 +55,23 @@ from acl.errors import AclError, PolicyError, RuleSyntaxError
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
 KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run", "names"}
+#: The keys of each table (docs/configuration.md); any other key is an error,
+#: so a misspelt one cannot silently leave a default in force.  ``[nfqueue]``
+#: is checked by the front door's own reader (acl.serve.nfqueue).
+TABLE_KEYS = {
+    "sockets": ("query", "policy", "policy_service", "admin", "mode", "group", "admin_uids",
+                "admin_gids"),
+    "metrics": ("listen",),
+    "limits": ("sources", "ipv6_prefix", "rate", "burst"),
+    "run": ("user", "group", "chroot", "watch"),
+    "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache"),
+}
+#: The keys of a ``[[source]]`` table, by its type.
+SOURCE_KEYS = {
+    "hosts_access": ("type", "allow", "deny", "services"),
+    "tcprules": ("type", "file", "services", "mapped_as_v4"),
+    "xinetd": ("type", "file", "services"),
+}
 
 
 @dataclass(frozen=True)
@@ -118,6 +146,7 @@ class Policy:
     names: Names = field(default_factory=Names)
     name_service: object = None      # acl.names.NameService, None when lookup = false
     names_key: tuple = ()            # (Names, hosts file signature): when to keep the cache
+    xinetd_system: object = None     # acl.parse.xinetd_system.SystemLookups, kept on reload
 
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
@@ -157,13 +186,16 @@ class Policy:
         return self._named
 
     def services(self) -> list[str]:
-        """Service names the policy names explicitly ("*" when any goes)."""
+        """The service names the policy's sources bind ("*" when one binds any
+        service), as ``layers_for`` binds them: an xinetd source without
+        ``services`` binds its service ids, not every name."""
         names: set[str] = set()
         for s in self.sources:
-            if s.services is None:
+            bound = bound_services(s)
+            if bound is None:
                 names.add("*")
             else:
-                names.update(s.services)
+                names.update(bound)
         return sorted(names)
 
     def layers_for(self, service: str) -> tuple:
@@ -180,7 +212,7 @@ class Policy:
                 continue
             if s.kind == "hosts_access" and wrap is not None:
                 if wrap is False:
-                    continue                 # NOLIBWRAP
+                    continue                 # NOLIBWRAP, and no acl-wrap asking
                 layers.append((s.layer, wrap if wrap != service else None))
             else:
                 layers.append((s.layer, None))
@@ -188,6 +220,16 @@ class Policy:
         if len(self._cache) < 4096:      # clients may invent names: stay bounded
             self._cache[service] = layers
         return layers
+
+
+def bound_services(source: Source) -> frozenset[str] | None:
+    """The service names ``source`` binds (see :func:`_binds`); None: any."""
+    if source.services is not None:
+        return source.services
+    defined = getattr(getattr(source.layer, "policy", None), "services", None)
+    if isinstance(defined, dict):            # the xinetd layer: its service ids
+        return frozenset(defined)
+    return None
 
 
 def _binds(source: Source, service: str) -> bool:
@@ -203,10 +245,13 @@ def _binds(source: Source, service: str) -> bool:
 
 
 def libwrap_name(policy: Policy, service: str) -> str | None | bool:
-    """The daemon name hosts_access sees for ``service`` (spec C.10): the
-    xinetd service's libwrap name when an xinetd source defines it, False
-    when that service has ``flags = NOLIBWRAP``, None when no xinetd source
-    defines it (the request's service name is used as is)."""
+    """The daemon name hosts_access sees for ``service``, None when no xinetd
+    source defines it (the request's service name is used as is).  For an
+    xinetd service (spec C.10): its libwrap name while xinetd's own libwrap
+    check runs; with ``flags = NOLIBWRAP``, the name acl-wrap asks with when
+    acl-wrap is the service's ``server`` -- that request *is* the service's
+    hosts_access check, as tcpd's is under xinetd with NOLIBWRAP -- and
+    False for any other server (nobody asks hosts_access)."""
     for s in policy.sources:
         if s.kind != "xinetd":
             continue
@@ -214,7 +259,7 @@ def libwrap_name(policy: Policy, service: str) -> str | None | bool:
         svc = defined.get(service) if isinstance(defined, dict) else None
         if svc is not None:
             if not getattr(svc, "libwrap", True):
-                return False
+                return getattr(svc, "wrapper_name", None) or False
             return getattr(svc, "libwrap_name", None) or service
     return None
 
@@ -222,6 +267,21 @@ def libwrap_name(policy: Policy, service: str) -> str | None | bool:
 # -- loading ------------------------------------------------------------------
 def _err(path, where: str, what: str) -> PolicyError:
     return PolicyError(f"{path}: {where}: {what}")
+
+
+def _table(conf: dict, name: str, path) -> dict:
+    """``[name]`` (empty when absent), refusing a non-table and unknown keys."""
+    table = conf.get(name, {})
+    if not isinstance(table, dict):
+        raise _err(path, f"[{name}]", "expected a table")
+    _known_keys(table, TABLE_KEYS[name], path, f"[{name}]")
+    return table
+
+
+def _known_keys(table: dict, known, path, where: str) -> None:
+    for key in table:
+        if key not in known:
+            raise _err(path, where, f"unknown key {key!r} (known: {', '.join(known)})")
 
 
 def _get(table: dict, key: str, kind, default, path, where: str):
@@ -286,8 +346,10 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
 
 
 def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
-                 names=None, names_key: tuple = ()) -> Source:
+                 names=None, names_key: tuple = (), system=None) -> Source:
     kind = src.get("type")
+    if kind in SOURCE_KEYS:
+        _known_keys(src, SOURCE_KEYS[kind], path, f"{where} ({kind})")
     if kind == "hosts_access":
         from acl.compile.tcpw import load_hosts_access
 
@@ -323,7 +385,8 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
         f = _file(base, src, "file", path, where)
-        xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend)
+        xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend,
+                                     system)
         state = _previous_state(previous, "xinetd", index)
         layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
                             resolver=_NoNames() if names is None else names)
@@ -441,12 +504,13 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, sorted(unknown)[0], "unknown section")
     base = toml_path.parent
 
-    s = conf.get("sockets", {})
+    s = _table(conf, "sockets", toml_path)
+    paths = {k: _get(s, k, str, "", toml_path, "sockets") for k in ("query", "policy", "admin")}
     sockets = Sockets(
-        query=str(base / s["query"]) if s.get("query") else "",
-        policy=str(base / s["policy"]) if s.get("policy") else "",
+        query=str(base / paths["query"]) if paths["query"] else "",
+        policy=str(base / paths["policy"]) if paths["policy"] else "",
         policy_service=_get(s, "policy_service", str, "smtpd", toml_path, "sockets"),
-        admin=str(base / s["admin"]) if s.get("admin") else "",
+        admin=str(base / paths["admin"]) if paths["admin"] else "",
         mode=_mode(s.get("mode", "0660"), toml_path),
         group=_get(s, "group", str, "", toml_path, "sockets"),
         admin_uids=_ids(s.get("admin_uids", [0]), lambda n: pwd.getpwnam(n).pw_uid,
@@ -454,7 +518,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         admin_gids=_ids(s.get("admin_gids", []), lambda n: grp.getgrnam(n).gr_gid,
                         toml_path, "sockets.admin_gids"),
     )
-    m = conf.get("metrics", {})
+    m = _table(conf, "metrics", toml_path)
     metrics_listen = _get(m, "listen", str, "", toml_path, "metrics")
     problem = listen_problem(metrics_listen)
     if problem:
@@ -463,7 +527,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     # hide /etc then, and sockets and privileges are not changed by a reload)
     if sockets.group and previous is None:
         _ids([sockets.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "sockets.group")
-    lt = conf.get("limits", {})
+    lt = _table(conf, "limits", toml_path)
     limits = Limits(
         sources=_get(lt, "sources", int, 1 << 20, toml_path, "limits"),
         ipv6_prefix=_get(lt, "ipv6_prefix", int, 64, toml_path, "limits"),
@@ -476,7 +540,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, "limits.ipv6_prefix", "must be 0 .. 128")
     if limits.rate < 0 or limits.burst < 0:
         raise _err(toml_path, "limits", "rate and burst must be >= 0")
-    r = conf.get("run", {})
+    r = _table(conf, "run", toml_path)
     run = Run(
         user=_get(r, "user", str, "", toml_path, "run"),
         group=_get(r, "group", str, "", toml_path, "run"),
@@ -489,10 +553,14 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         _ids([run.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "run.group")
     nfq = conf.get("nfqueue", {})
     if not isinstance(nfq, dict):
-        raise _err(toml_path, "nfqueue", "expected a table")
-    nm = conf.get("names", {})
-    if not isinstance(nm, dict):
-        raise _err(toml_path, "names", "expected a table")
+        raise _err(toml_path, "[nfqueue]", "expected a table")
+    if nfq:
+        # checked here, so that --check, a start and a reload refuse a bad
+        # table alike (the door reads it again when it starts)
+        from acl.serve.nfqueue import NfqueueConfig
+
+        NfqueueConfig.from_table(nfq, toml_path)
+    nm = _table(conf, "names", toml_path)
     hosts_file = _get(nm, "hosts_file", str, "", toml_path, "names")
     names = Names(
         lookup=_get(nm, "lookup", bool, True, toml_path, "names"),
@@ -504,6 +572,12 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     if names.ttl < 0 or names.negative_ttl < 0 or not 1 <= names.cache <= 1 << 24:
         raise _err(toml_path, "names", "ttl and negative_ttl must be >= 0, cache 1 .. 16777216")
     name_service, names_key = _name_service(names, previous, toml_path)
+
+    # xinetd's questions to the system (protocols, users, groups, servers,
+    # /etc/services): answered after a chroot as they were before it
+    from acl.parse.xinetd_system import SystemLookups
+
+    system = getattr(previous, "xinetd_system", None) or SystemLookups()
 
     raw_sources = conf.get("source", [])
     if not isinstance(raw_sources, list):
@@ -519,7 +593,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         seen[kind] = index + 1
         try:
             sources.append(_load_source(src, base, toml_path, where, previous, index,
-                                        name_service, names_key))
+                                        name_service, names_key, system))
         except (RuleSyntaxError, PolicyError):
             raise
         except OSError as exc:
@@ -527,4 +601,5 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         except (AclError, ValueError) as exc:     # e.g. a broken cdb: say which source
             raise _err(toml_path, where, f"{type(exc).__name__}: {exc}") from exc
     return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
-                  names=names, name_service=name_service, names_key=names_key)
+                  names=names, name_service=name_service, names_key=names_key,
+                  xinetd_system=system)

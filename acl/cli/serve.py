@@ -125,7 +125,10 @@ def main(argv: list[str]) -> int:
     try:
         with runner:
             runner.run(server.serve(ready=ready))
-    except (OSError, KeyError, AclError) as exc:
+    except (RuleSyntaxError, PolicyError) as exc:    # the policy: load_policy checks it first
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, KeyError, AclError) as exc:     # the host: a queue, a user, a chroot
         print(f"{PROG}: fatal: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY
     print(f"{PROG}: stopped", file=sys.stderr)

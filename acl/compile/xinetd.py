@@ -155,6 +155,7 @@ class XinetdService:
     server: str | None
     libwrap: bool                    # the libwrap check runs (no NOLIBWRAP)
     libwrap_name: str | None         # daemon name libwrap sees (spec C.10)
+    wrapper_name: str | None         # server is acl-wrap: the name it asks the sidecar with
     banner: str | None
     banner_success: str | None
     banner_fail: str | None
@@ -184,6 +185,54 @@ def _libwrap_name(e: XEntry) -> str | None:
     return os.path.basename(p["server"])
 
 
+#: The tcpd-style wrapper that asks this sidecar (ext/wrap, docs/acl-wrap.md).
+WRAPPER = "acl-wrap"
+
+
+def _wrapper_name(e: XEntry) -> str | None:
+    """The service name ``acl-wrap`` asks the sidecar with when it is this
+    service's ``server`` (by basename), else None.  ext/wrap/main.c: a
+    non-empty ``ACL_WRAP_SERVICE`` (here: the service's ``env``), else in
+    explicit mode (argv[0]'s basename is acl-wrap) ``-n NAME`` or the
+    basename of the server it runs, else (tcpd mode) argv[0] -- its basename
+    when it is absolute.  xinetd's argv is ``server_args`` with NAMEINARGS,
+    else the basename of ``server`` followed by ``server_args``."""
+    p = e.parsed
+    server = p.get("server")
+    if not server or os.path.basename(server) != WRAPPER or "redirect" in p \
+            or "INTERNAL" in e.types:
+        return None
+    for item in reversed(p.get("env", ())):         # putenv in order: the last wins
+        name, _, value = item.partition("=")
+        if name == "ACL_WRAP_SERVICE":
+            if value:
+                return value
+            break
+    args = list(p.get("server_args", ()))
+    argv = args if "NAMEINARGS" in e.flags else [os.path.basename(server), *args]
+    if not argv or not argv[0]:
+        return None                                  # acl-wrap refuses to run (exit 100)
+    if os.path.basename(argv[0]) != WRAPPER:         # tcpd mode
+        return os.path.basename(argv[0]) if argv[0].startswith("/") else argv[0]
+    name, i = None, 1                                # explicit mode: getopt "+s:n:t:och"
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        if argv[i] == "--":
+            i += 1
+            break
+        word, i = argv[i], i + 1
+        for j in range(1, len(word)):                # "-oc", "-nNAME", "-on NAME"
+            if word[j] in "snt":
+                value = word[j + 1:]
+                if not value and i < len(argv):
+                    value, i = argv[i], i + 1
+                if word[j] == "n":
+                    name = value
+                break
+    if name:
+        return name
+    return os.path.basename(argv[i]) if i < len(argv) else None
+
+
 def _compile(config: XinetdConfig) -> XinetdPolicy:
     services = {}
     for e in config.services:
@@ -205,21 +254,24 @@ def _compile(config: XinetdConfig) -> XinetdPolicy:
             wait=bool(p.get("wait")), port=p.get("port"), protocol=p.get("protocol"),
             socket_type=p.get("socket_type"), bind=p.get("bind"), server=p.get("server"),
             libwrap="NOLIBWRAP" not in e.flags, libwrap_name=_libwrap_name(e),
+            wrapper_name=_wrapper_name(e),
             banner=p.get("banner"), banner_success=p.get("banner_success"),
             banner_fail=p.get("banner_fail"), sensor="SENSOR" in e.flags,
             deny_time=p.get("deny_time", 0), entry=e)
     return XinetdPolicy(config.path, services, config)
 
 
-def load_xinetd(path: str, resolver=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
-    """Read an xinetd configuration; services kept/dropped as xinetd does."""
-    config = parse_xinetd(path, resolver)
+def load_xinetd(path: str, resolver=None,
+                system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    """Read an xinetd configuration; services kept/dropped as xinetd does
+    (``system``: acl.parse.xinetd_system.SystemLookups, kept across reloads)."""
+    config = parse_xinetd(path, resolver, system)
     return _compile(config), list(config.diagnostics)
 
 
-def load_xinetd_text(text: str, path: str = "<xinetd.conf>",
-                     resolver=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
-    config = parse_xinetd_text(text, path, resolver)
+def load_xinetd_text(text: str, path: str = "<xinetd.conf>", resolver=None,
+                     system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    config = parse_xinetd_text(text, path, resolver, system)
     return _compile(config), list(config.diagnostics)
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.parse.xinetd_attrs import DEFAULT_ATTRS, SERVICE_ATTRS, AttrFail
 from acl.parse.xinetd_resolve import SystemResolver
+from acl.parse.xinetd_system import SystemLookups
 
 __all__ = ["XEntry", "XinetdConfig", "parse_xinetd", "parse_xinetd_text"]
 
@@ -110,8 +111,10 @@ class XinetdConfig:
 
 
 class _Ctx:
-    def __init__(self, resolver, max_depth: int = 16):
+    def __init__(self, resolver, max_depth: int = 16, system=None):
         self.resolver = resolver if resolver is not None else SystemResolver()
+        #: protocols, users, groups, servers, /etc/services (xinetd_system)
+        self.system = system if system is not None else SystemLookups()
         self.diags: list[Diagnostic] = []
         self.defaults: XEntry | None = None
         self.entries: list[XEntry] = []
@@ -498,9 +501,8 @@ def _fill(ctx: _Ctx, s: XEntry) -> str | None:
             return f"Unlisted service: {s.name} must have a port entry"
         if "protocol" not in s.specified:
             return f"Port not specified for service: {s.name} and no protocol given"
-        try:
-            p["port"] = socket.getservbyname(s.name, p["protocol"])
-        except OSError:
+        p["port"] = ctx.system.port(s.name, p["protocol"])
+        if p["port"] is None:
             return (f"Port not specified and can't find service: {s.name} "
                     "with getservbyname")
         s.specified.add("port")
@@ -545,9 +547,8 @@ def _check(ctx: _Ctx, s: XEntry, earlier: list[XEntry]) -> str | None:
     if "RPC" not in types and "UNLISTED" not in types:
         if "protocol" not in s.specified:
             return f"A protocol or a socket_type must be specified for service: {s.name}."
-        try:
-            port = socket.getservbyname(s.name, p["protocol"])
-        except OSError:
+        port = ctx.system.port(s.name, p["protocol"])
+        if port is None:
             return ("service/protocol combination not in /etc/services: "
                     f"{s.name}/{p['protocol']}")
         if "port" in s.specified and p["port"] != port:
@@ -596,18 +597,21 @@ def _finish(ctx: _Ctx, path: str) -> XinetdConfig:
     return XinetdConfig(path, ctx.defaults, final, ctx.dropped, ctx.diags)
 
 
-def parse_xinetd(path: str, resolver=None) -> XinetdConfig:
+def parse_xinetd(path: str, resolver=None, system=None) -> XinetdConfig:
     """Read ``path`` (and what it includes).  Raises RuleSyntaxError when
-    xinetd itself would refuse to start (unreadable file, bad defaults)."""
-    ctx = _Ctx(resolver)
+    xinetd itself would refuse to start (unreadable file, bad defaults).
+    ``system`` answers the system questions (acl.parse.xinetd_system; a
+    fresh one when None)."""
+    ctx = _Ctx(resolver, system=system)
     ctx.defaults = XEntry("defaults", path, 0, is_defaults=True)
     _read_file(path, ctx, top=True)
     return _finish(ctx, path)
 
 
-def parse_xinetd_text(text: str, path: str = "<xinetd.conf>", resolver=None) -> XinetdConfig:
+def parse_xinetd_text(text: str, path: str = "<xinetd.conf>", resolver=None,
+                      system=None) -> XinetdConfig:
     """Like :func:`parse_xinetd` for text already in memory."""
-    ctx = _Ctx(resolver)
+    ctx = _Ctx(resolver, system=system)
     ctx.defaults = XEntry("defaults", path, 0, is_defaults=True)
     _parse_text(path, text, ctx)
     return _finish(ctx, path)

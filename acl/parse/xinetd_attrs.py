@@ -19,9 +19,6 @@ every attribute stay in ``entry.raw`` so a configuration round-trips.
 from __future__ import annotations
 
 import dataclasses
-import grp
-import os
-import pwd
 import re
 import socket
 
@@ -106,10 +103,8 @@ def p_socket_type(entry, values, op, ctx):
 
 
 def p_protocol(entry, values, op, ctx):
-    try:
-        socket.getprotobyname(values[0])
-    except OSError as exc:
-        raise AttrFail(f"Protocol {values[0]} not in /etc/protocols") from exc
+    if not ctx.system.protocol(values[0]):
+        raise AttrFail(f"Protocol {values[0]} not in /etc/protocols")
     entry.parsed["protocol"] = values[0]
 
 
@@ -124,30 +119,27 @@ def p_yes_no(attr):
     return parse
 
 
-def _account_parser(attr: str, lookup):
+def _account_parser(attr: str):
     """``user``/``group``: a number (read as strtoul reads it) or a name the
-    system knows (``lookup`` raises KeyError for an unknown one)."""
+    system knows (``ctx.system``: acl.parse.xinetd_system)."""
     def parse(entry, values, op, ctx):
         name = values[0]
         if name.isdigit() and name.isascii() or name == "":
             if c_strtoul_full(name) is None:
                 raise AttrFail(f"Error parsing {attr} as a number: {name}")
-        else:
-            try:
-                lookup(name)
-            except KeyError as exc:
-                raise AttrFail(f"Unknown {attr}: {name}") from exc
+        elif not getattr(ctx.system, attr)(name):
+            raise AttrFail(f"Unknown {attr}: {name}")
         entry.parsed[attr] = name
     return parse
 
 
-p_user = _account_parser("user", pwd.getpwnam)
-p_group = _account_parser("group", grp.getgrnam)
+p_user = _account_parser("user")
+p_group = _account_parser("group")
 
 
 def p_server(entry, values, op, ctx):
     s = values[0]
-    if not os.access(s, os.X_OK):
+    if not ctx.system.executable(s):
         raise AttrFail(f"Server {s} is not executable")
     entry.parsed["server"] = s
 
@@ -318,10 +310,9 @@ def p_max_load(entry, values, op, ctx):
 def p_redirect(entry, values, op, ctx):
     port = c_strtol(values[1])
     if port is None or port <= 0:
-        try:
-            port = socket.getservbyname(values[1], "tcp")
-        except OSError as exc:
-            raise AttrFail("port number invalid") from exc
+        port = ctx.system.port(values[1], "tcp")
+        if port is None:
+            raise AttrFail("port number invalid")
     if port >= 65536:
         raise AttrFail("port number too large")
     fam = socket.AF_INET6 if ":" in values[0] else socket.AF_INET

@@ -14,7 +14,8 @@ Theory of operation:
   refuse to start, a refused connect means a stale file from a run that
   did not clean up, which is replaced.  When any bind fails, every socket
   bound so far is closed and its file removed: a failed start leaves
-  nothing behind and touches nothing a running server owns.
+  nothing behind and touches nothing a running server owns; so does a
+  failure after binding (starting the NFQUEUE door, dropping privileges).
 * Reload: SIGHUP, the admin command ``reload``, or a change to a watched file
   (polled once a second; the policy file and every rule file it names).
   Reading and compiling run in a worker thread (``Engine.prepare``) while the
@@ -377,11 +378,13 @@ class Server:
     async def serve(self, *, watch_interval: float = 1.0, ready=None) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        await self.start()
-        self._doors = self._start_doors(loop)
         try:
+            await self.start()
+            self._doors = self._start_doors(loop)
             self.drop_privileges()      # everything is bound: now give up root
         except BaseException:
+            # a start that fails after binding (a queue that cannot be bound,
+            # a user that cannot be taken) leaves no socket file behind
             self._close_doors()
             await self.close()
             raise

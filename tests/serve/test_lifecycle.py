@@ -278,6 +278,53 @@ def test_chroot_serves_and_reloads_inside(tmp_path):
         srv.stop()
 
 
+XINETD_MORE = """
+service ftp
+{
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= nobody
+	group		= nogroup
+	server		= /bin/cat
+	flags		= IPv4
+	no_access	= 192.0.2.66
+	cps		= 0 0
+}
+"""
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to chroot")
+def test_chroot_reload_keeps_xinetd_services(tmp_path):
+    """Inside ``[run] chroot`` there is no /etc/protocols, /etc/services,
+    /etc/passwd or /bin/cat: a reload must still keep every xinetd service
+    the first load kept (protocol, user, group, server and the port from
+    /etc/services answered as they were before the chroot), not disable
+    them all and report success."""
+    cfg = policy_toml(tmp_path, run=f'chroot = "{tmp_path}"')
+    with open(tmp_path / "xinetd.conf", "a") as f:
+        f.write(XINETD_MORE)
+    srv = start_server(tmp_path, cfg)
+    try:
+        def answers():
+            with Client(srv.query) as c:
+                return [(d.verdict, d.reason) for d in (
+                    c.decide("echo-stream", "127.0.0.1"), c.decide("echo-stream", "198.51.100.1"),
+                    c.decide("ftp", "192.0.2.1"), c.decide("ftp", "192.0.2.66"))]
+
+        before = answers()
+        assert before == [(Verdict.ALLOW, Reason.OK), (Verdict.DENY, Reason.ADDRESS),
+                          (Verdict.DENY, Reason.LIBWRAP), (Verdict.DENY, Reason.ADDRESS)]
+        dump = admin(srv.admin, "dump")["policy"]["sources"][0]
+        r = admin(srv.admin, "reload")
+        assert r["ok"] is True and r["diagnostics"] == [], r
+        assert answers() == before
+        assert admin(srv.admin, "dump")["policy"]["sources"][0]["rules"] == dump["rules"]
+        assert "DISABLING" not in srv.text()
+    finally:
+        srv.stop()
+
+
 def _gid(name: str) -> int:
     import grp
 

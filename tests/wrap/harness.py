@@ -11,7 +11,9 @@ Rules of this file:
   ``/dev/log`` is a bind mount of a socket the test listens on, so real
   ``syslog(3)`` calls land in the test and no real file is touched.  With
   ``host_conf`` it binds a private /etc/host.conf too (glibc's ``multi``
-  decides how many lines of /etc/hosts a forward lookup returns).
+  decides how many lines of /etc/hosts a forward lookup returns).  With
+  ``net`` it also runs in ``unshare -n`` (its own loopback, up): its ports
+  cannot meet anyone else's, and clients reach it through ``nsenter``.
 * The stand-in sidecar (``FakeSidecar``) is only for the cases the real
   ``acl serve`` cannot produce on demand: garbage, errors, silence, and a
   decision chosen by the test.  It decodes requests with the project's own
@@ -101,9 +103,10 @@ HOSTS = "127.0.0.1 localhost\n::1 ip6-localhost\n"
 
 def ns_command(tmp: Path, argv0: str, exe: str, args=(), *, hosts: str = HOSTS,
                allow: str = "", deny: str = "", log_sock: Path | None = None,
-               host_conf: str | None = None) -> list[str]:
+               host_conf: str | None = None, net: bool = False) -> list[str]:
     """argv that runs ``exe`` (with ``argv[0] = argv0``) in a private mount
-    namespace; see the module rules."""
+    namespace -- and, with ``net``, a private network namespace whose only
+    interface is its own loopback -- see the module rules."""
     ns = tmp / "ns"
     ns.mkdir(exist_ok=True)
     (ns / "hosts").write_text(hosts)
@@ -114,7 +117,7 @@ def ns_command(tmp: Path, argv0: str, exe: str, args=(), *, hosts: str = HOSTS,
     if host_conf is not None:
         (ns / "host.conf").write_text(host_conf)
         names.append("host.conf")
-    steps = ["set -e"]
+    steps = ["set -e"] + (["ip link set lo up"] if net else [])
     for name in names:
         steps.append(f"mount --bind {ns}/{name} /etc/{name}")
     if log_sock is not None:
@@ -126,7 +129,7 @@ def ns_command(tmp: Path, argv0: str, exe: str, args=(), *, hosts: str = HOSTS,
             "touch /dev/log", f"mount --bind {log_sock} /dev/log",
         ]
     steps.append('exec -a "$0" "$@"')
-    return ["unshare", "-m", "bash", "--norc", "--noprofile", "-c", "\n".join(steps), argv0, exe, *args]
+    return ["unshare", "-m", *(["-n"] if net else []), "bash", "--norc", "--noprofile", "-c", "\n".join(steps), argv0, exe, *args]
 
 
 class SyslogSink:

@@ -269,6 +269,37 @@ def test_d3_18_libwrap_daemon_name():
     assert not load(svc("x"))[0].services["x"].libwrap      # NOLIBWRAP
 
 
+def test_d3_18_acl_wrap_server_is_named_as_acl_wrap_asks(tmp_path):
+    """A service whose server is acl-wrap (by basename) records the name
+    acl-wrap asks the sidecar with (ext/wrap/main.c): ACL_WRAP_SERVICE from
+    ``env`` (the last one), else -n in explicit mode, else the server's
+    name; tcpd mode names it by argv[0].  Other servers record none."""
+    wrap = tmp_path / "acl-wrap"
+    wrap.write_text("#!/bin/sh\n")
+    wrap.chmod(0o755)
+    w = str(wrap)
+    cases = {
+        "env": ("flags = NAMEINARGS NOLIBWRAP", "server_args = /bin/cat",
+                "env = ACL_WRAP_SERVICE=x ACL_WRAP_SERVICE=env"),
+        "tcpd": ("flags = NAMEINARGS NOLIBWRAP", "server_args = /usr/sbin/in.ftpd -l"),
+        "rel": ("flags = NAMEINARGS NOLIBWRAP", "server_args = sub/in.ftpd"),
+        "emptyenv": ("flags = NAMEINARGS NOLIBWRAP", "server_args = /bin/cat",
+                     "env = ACL_WRAP_SERVICE="),
+        "opt": ("flags = NOLIBWRAP", "server_args = -o -n named /bin/cat"),
+        "glued": ("flags = NOLIBWRAP", "server_args = -t 500 -onglued /bin/cat"),
+        "plain": ("flags = NOLIBWRAP", "server_args = -s /run/q.sock /usr/bin/in.x"),
+        "nameinargs": ("flags = NAMEINARGS NOLIBWRAP",
+                       "server_args = acl-wrap -n nia /bin/cat"),
+    }
+    text = "".join(svc(name, *lines, flags="", server=w, port=23901 + i)
+                   for i, (name, lines) in enumerate(cases.items()))
+    text += svc("cat", port=23950, server="/bin/cat")
+    got = {k: v.wrapper_name for k, v in load(text)[0].services.items()}
+    assert got == {"env": "env", "tcpd": "in.ftpd", "rel": "sub/in.ftpd", "emptyenv": "cat",
+                   "opt": "named", "glued": "glued", "plain": "in.x", "nameinargs": "nia",
+                   "cat": None}
+
+
 def test_d3_19_includedir_skips_and_list_defaults_reach_later_services(tmp_path):
     inc = tmp_path / "xinetd.d"
     inc.mkdir()

@@ -1,0 +1,241 @@
+"""The policy file's tables as load_policy reads them: every known table
+refuses an unknown key (a misspelt ``services`` or ``user`` must not leave a
+default in force), ``[nfqueue]`` is checked at load (``--check``, start and
+reload alike), a start that fails after binding leaves no socket file and
+says 111, the services ``--check`` and ``dump`` report are the ones served,
+and hosts_access applies to an xinetd NOLIBWRAP service whose server is
+acl-wrap (the live form: tests/wrap/test_xinetd_same_file.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from acl.engine import Engine
+from acl.errors import PolicyError
+from acl.model import Reason, Request, Verdict
+from acl.policy import EXAMPLE, load_policy
+
+from .conftest import policy_toml, start_server
+from .test_server import admin
+
+ACL = [sys.executable, "-m", "acl"]
+
+
+def _files(d):
+    (d / "hosts.allow").write_text("ALL: ALL\n")
+    (d / "hosts.deny").write_text("")
+    (d / "tcp.smtpd").write_text("203.0.113.:deny\n:allow\n")
+
+
+BASE = """\
+[sockets]
+query = "query.sock"
+[[source]]
+type = "tcprules"
+file = "tcp.smtpd"
+services = ["smtpd"]
+[[source]]
+type = "hosts_access"
+allow = "hosts.allow"
+deny = "hosts.deny"
+"""
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("[run]\nusr = 'nobody'\n", "[run]: unknown key 'usr'"),
+    ("[sockets2]\n", "sockets2: unknown section"),
+    ("[metrics]\nlisten = ''\nlsten = '127.0.0.1:1'\n", "[metrics]: unknown key 'lsten'"),
+    ("[limits]\nrates = 5\n", "[limits]: unknown key 'rates'"),
+    ("[names]\nhosts = 'h'\n", "[names]: unknown key 'hosts'"),
+    ("[run]\nwatch = false\nchroot_dir = '/'\n", "[run]: unknown key 'chroot_dir'"),
+    ("[nfqueue]\nports = { 22 = 'sshd' }\nqueue = 1\n", "[nfqueue]: unknown key 'queue'"),
+    ("[[source]]\ntype = 'tcprules'\nfile = 'tcp.smtpd'\nservice = ['smtpd']\n",
+     "source[2] (tcprules): unknown key 'service'"),
+    ("[[source]]\ntype = 'hosts_access'\nallow = 'hosts.allow'\ndeny = 'hosts.deny'\n"
+     "file = 'x'\n", "source[2] (hosts_access): unknown key 'file'"),
+    ("[[source]]\ntype = 'xinetd'\nfile = 'x'\nmapped_as_v4 = true\n",
+     "source[2] (xinetd): unknown key 'mapped_as_v4'"),
+    ("run = 3\n", "[run]: expected a table"),
+])
+def test_unknown_keys_are_refused(tmp_path, extra, message):
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE + extra if extra.startswith("[") else extra + BASE)  # top-level keys first
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    assert str(exc.value).startswith(f"{p}: ") and message in str(exc.value), exc.value
+
+
+def test_misspelt_services_fails_check_instead_of_binding_every_service(tmp_path):
+    """The audit's case: ``service = [...]`` bound the tcprules source to
+    every service (sshd refused by it), ``usr`` kept root; --check said 0."""
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE.replace('services = ["smtpd"]', 'service = ["smtpd"]'))
+    out = subprocess.run([*ACL, "serve", "--config", str(p), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 100
+    assert f"fatal: {p}: source[0] (tcprules): unknown key 'service' (known: type, file, " \
+           "services, mapped_as_v4)" in out.stderr
+
+
+def test_every_shipped_policy_and_test_policy_still_loads(tmp_path):
+    load_policy(EXAMPLE)
+    load_policy(policy_toml(tmp_path))
+
+
+BAD_NFQ = BASE + """\
+[nfqueue]
+queues = [0]
+ports = { 22 = "sshd" }
+reject = "rst"
+"""
+
+
+def test_bad_nfqueue_table_fails_check_and_start_with_100(tmp_path):
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BAD_NFQ)
+    want = f"acl serve: fatal: {p}: [nfqueue]: reject must be one of drop, reset"
+    for args in (["--check"], ["--metrics", ""]):
+        out = subprocess.run([*ACL, "serve", "--config", str(p), *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 100 and want in out.stderr, out
+        assert not (tmp_path / "query.sock").exists()
+
+
+def test_reload_with_a_bad_nfqueue_table_keeps_the_running_policy(tmp_path):
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE)
+    eng = Engine(load_policy(p))
+    running = eng.policy
+    p.write_text(BAD_NFQ)
+    with pytest.raises(PolicyError, match=r"\[nfqueue\]: reject"):
+        eng.reload(p)
+    assert eng.policy is running
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv")
+                    or not shutil.which("unshare"),
+                    reason="needs root, setpriv and unshare")
+def test_queue_that_cannot_be_bound_exits_111_and_removes_the_sockets(tmp_path):
+    """A runtime failure after binding (NFQUEUE needs CAP_NET_ADMIN, taken
+    from the bounding set here; in a private network namespace, so no
+    queue of the host is ever touched): exit 111, no socket file left."""
+    pytest.importorskip("acl._nfq")
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE.replace('query = "query.sock"', 'query = "query.sock"\nadmin = "admin.sock"')
+                 + '[nfqueue]\nqueues = [0]\nports = { 22 = "sshd" }\n')
+    out = subprocess.run(["unshare", "-n", "setpriv", "--bounding-set=-net_admin",
+                          "--inh-caps=-net_admin", *ACL, "serve", "--config", str(p),
+                          "--metrics", ""],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 111, out
+    assert "acl serve: fatal: " in out.stderr and "NFQUEUE 0" in out.stderr, out.stderr
+    assert f"query on {tmp_path}/query.sock" in out.stderr     # it had bound ...
+    assert not (tmp_path / "query.sock").exists()               # ... and cleaned up
+    assert not (tmp_path / "admin.sock").exists()
+
+
+XINETD_ONLY = """\
+[sockets]
+query = "query.sock"
+admin = "admin.sock"
+mode = "0666"
+[[source]]
+type = "xinetd"
+file = "xinetd.conf"
+"""
+
+
+def test_xinetd_only_policy_reports_its_service_ids(tmp_path):
+    policy_toml(tmp_path)                         # writes xinetd.conf (id echo-stream)
+    p = tmp_path / "x.toml"
+    p.write_text(XINETD_ONLY)
+    out = subprocess.run([*ACL, "serve", "--config", str(p), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.endswith("1 sources, services echo-stream\n"), out
+    eng = Engine(load_policy(p))
+    assert eng.describe()["sources"][0]["services"] == ["echo-stream"]
+    assert eng.decide(Request("sshd", "127.0.0.1"), 1.0).reason is Reason.UNKNOWN_SERVICE
+    srv = start_server(tmp_path, p, args=("--metrics", ""))
+    try:
+        dump = admin(str(tmp_path / "admin.sock"), "dump")
+        assert dump["policy"]["sources"][0]["services"] == ["echo-stream"]
+    finally:
+        srv.stop()
+
+
+def _xinetd_policy(d, stanza_flags: str, server: str, extra: str = "") -> Engine:
+    (d / "xinetd.conf").write_text(f"""\
+service echo
+{{
+	type		= UNLISTED
+	port		= 7
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= root
+	flags		= {stanza_flags}
+	server		= {server}
+	server_args	= /bin/cat
+{extra}}}
+""")
+    (d / "hosts.allow").write_text("cat: 127.0.0.6: deny\n")
+    (d / "hosts.deny").write_text("ALL: 127.0.0.5\n")
+    p = d / "policy.toml"
+    p.write_text('[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n'
+                 '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\n'
+                 'deny = "hosts.deny"\n')
+    return Engine(load_policy(p))
+
+
+def _answer(eng, client):
+    d = eng.decide(Request("echo", client), 1.0)
+    return d.verdict, d.reason
+
+
+@pytest.fixture
+def acl_wrap(tmp_path):
+    w = tmp_path / "bin" / "acl-wrap"
+    w.parent.mkdir()
+    w.write_text("#!/bin/sh\n")
+    w.chmod(0o755)
+    return str(w)
+
+
+def test_nolibwrap_acl_wrap_service_is_asked_under_the_wrapper_name(tmp_path, acl_wrap):
+    """The guide's stanza: hosts.deny ``ALL: 127.0.0.5`` refuses 127.0.0.5,
+    under the name acl-wrap asks with (ACL_WRAP_SERVICE=echo: the id, so
+    hosts.allow's ``cat:`` line is not read)."""
+    eng = _xinetd_policy(tmp_path, "NAMEINARGS NOLIBWRAP", acl_wrap,
+                         "\tenv\t\t= ACL_WRAP_SERVICE=echo\n")
+    assert _answer(eng, "127.0.0.5") == (Verdict.DENY, Reason.LIBWRAP)
+    assert _answer(eng, "127.0.0.6") == (Verdict.ALLOW, Reason.OK)
+
+
+def test_nolibwrap_acl_wrap_without_a_service_name_is_asked_as_the_server(tmp_path, acl_wrap):
+    """No ACL_WRAP_SERVICE: acl-wrap in tcpd mode asks as ``cat``."""
+    eng = _xinetd_policy(tmp_path, "NAMEINARGS NOLIBWRAP", acl_wrap)
+    assert _answer(eng, "127.0.0.5") == (Verdict.DENY, Reason.LIBWRAP)
+    assert _answer(eng, "127.0.0.6") == (Verdict.DENY, Reason.LIBWRAP)
+
+
+def test_nolibwrap_with_another_server_still_skips_hosts_access(tmp_path):
+    eng = _xinetd_policy(tmp_path, "NOLIBWRAP", "/bin/cat")
+    assert _answer(eng, "127.0.0.5") == (Verdict.ALLOW, Reason.OK)
+
+
+def test_libwrap_on_keeps_xinetds_own_daemon_name(tmp_path, acl_wrap):
+    """Without NOLIBWRAP xinetd itself asks libwrap, as ``cat`` (the
+    basename of the first server_args word with NAMEINARGS, spec C.10)."""
+    eng = _xinetd_policy(tmp_path, "NAMEINARGS", acl_wrap, "\tenv\t\t= ACL_WRAP_SERVICE=echo\n")
+    assert _answer(eng, "127.0.0.6") == (Verdict.DENY, Reason.LIBWRAP)
