@@ -59,7 +59,8 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   (:meth:`NfqueueFrontDoor.metric_families`, docs/metrics.md names).
 * ``acl serve`` starts the door with :func:`start_for_server` on its running
   loop.  Binding a queue and every verdict need CAP_NET_ADMIN: the process
-  must keep it after dropping privileges.  The port map is read at start; a
+  keeps it alone when ``[run] user`` drops privileges
+  (Server.drop_privileges, acl/serve/capabilities.py).  The port map is read at start; a
   reload changes the rules the engine applies, not the queues or the map.
 """
 

@@ -4,6 +4,10 @@ The order matters: ``chroot`` needs root; supplementary groups and the gid
 must be set while still root; ``setuid`` last, after which nothing can be
 taken back.  A name that does not exist is an error, never a silent "stay
 root".
+
+``setuid`` away from root empties the capability sets.  Capabilities named
+in ``keep`` (the NFQUEUE door's CAP_NET_ADMIN: the kernel checks it on every
+verdict) survive it, and only they: acl/serve/capabilities.py.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+
+from acl.errors import AclError
+from acl.serve import capabilities
 
 
 def resolve(user: str, group: str) -> tuple[int | None, int | None]:
@@ -23,9 +30,11 @@ def resolve(user: str, group: str) -> tuple[int | None, int | None]:
     return uid, gid
 
 
-def drop(user: str = "", group: str = "", chroot: str = "") -> tuple[int, int]:
-    """Drop to ``user``/``group`` (optionally inside ``chroot``); returns the
-    (uid, gid) now in effect."""
+def drop(user: str = "", group: str = "", chroot: str = "",
+         keep: tuple[int, ...] = ()) -> tuple[int, int]:
+    """Drop to ``user``/``group`` (optionally inside ``chroot``), keeping the
+    capabilities ``keep`` across a user change; returns the (uid, gid) now in
+    effect."""
     uid, gid = resolve(user, group)      # look names up before chroot hides /etc
     if chroot:
         os.chroot(chroot)
@@ -34,7 +43,17 @@ def drop(user: str = "", group: str = "", chroot: str = "") -> tuple[int, int]:
         os.setgroups([gid])
         os.setresgid(gid, gid, gid)
     if uid is not None:
-        os.setresuid(uid, uid, uid)
+        try:
+            if keep:
+                capabilities.before_setuid(keep)
+            os.setresuid(uid, uid, uid)
+            if keep:
+                capabilities.after_setuid(keep)
+        except OSError as exc:
+            if not keep:
+                raise
+            raise AclError(f"[run] user {user!r}: cannot keep {capabilities.names(keep)} "
+                           f"across the user change: {exc}") from None
     return os.getuid(), os.getgid()
 
 

@@ -6,8 +6,9 @@ Theory of operation:
   -- from systemd (``LISTEN_FDS``) when it passed them, else bind them
   ourselves (query, optional Postfix policy, optional admin Unix sockets,
   optional metrics TCP address) and set the query/policy sockets' mode and
-  group -- then drop privileges (``[run] user/group/chroot``), then serve and
-  tell systemd ``READY=1``.  Binding first is what lets an unprivileged
+  group -- then drop privileges (``[run] user/group/chroot``; with
+  ``[nfqueue]`` CAP_NET_ADMIN alone survives, and must), then serve and tell
+  systemd ``READY=1``.  Binding first is what lets an unprivileged
   server own sockets in root-only directories.
 * A socket path is taken over only when nothing answers on it: we connect
   first; a live server (another ``acl serve`` on the same config) makes us
@@ -47,7 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError
 from acl.metrics import AclCollector, make_registry
-from acl.serve import conn, privileges, systemd
+from acl.serve import capabilities, conn, privileges, systemd
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups: a slow DNS server holds one each.
@@ -259,11 +260,23 @@ class Server:
         return dict(self.addresses)
 
     def drop_privileges(self) -> None:
+        """``[run]``.  With ``[nfqueue]`` CAP_NET_ADMIN is kept across the user
+        change -- the kernel checks it on every verdict, and a verdict it
+        refuses leaves the connection hanging -- and checked afterwards: a
+        door that could not answer is a fatal start, never a silent one."""
         r = self.engine.policy.run
-        if r.user or r.group or r.chroot:
-            uid, gid = privileges.drop(r.user, r.group, r.chroot)
-            self.chroot = r.chroot
-            self.log(f"running as uid {uid} gid {gid}" + (f" in {r.chroot}" if r.chroot else ""))
+        if not (r.user or r.group or r.chroot):
+            return
+        nfqueue = bool(getattr(self.engine.policy, "nfqueue", None))
+        keep = (capabilities.CAP_NET_ADMIN,) if nfqueue else ()
+        uid, gid = privileges.drop(r.user, r.group, r.chroot, keep=keep)
+        self.chroot = r.chroot
+        if nfqueue and not capabilities.effective(capabilities.CAP_NET_ADMIN):
+            raise AclError(f"[run] user {r.user!r}: CAP_NET_ADMIN is not effective after "
+                           "dropping privileges; the NFQUEUE front door could not send "
+                           "verdicts (every queued connection would hang)")
+        self.log(f"running as uid {uid} gid {gid}" + (f" in {r.chroot}" if r.chroot else "")
+                 + (", keeping CAP_NET_ADMIN only" if keep and r.user else ""))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

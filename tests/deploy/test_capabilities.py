@@ -11,17 +11,25 @@ it binds is private:
 * the empty set with an ``[nfqueue]`` policy: binding the queue is refused
   (EPERM), so CAP_NET_ADMIN is needed, not merely granted.
 
-The process stays uid 0 (Python lives under /root here), so this shows the
-capabilities, not the user switch; ``User=acl`` is shown by the daemontools
-test's setuidgid where the machine allows it.
+Under setpriv the process stays uid 0, so those show the capabilities, not
+the user switch.  ``[run] user`` is shown live: acl serve started as root
+with ``user = "nobody"`` and ``[nfqueue]`` keeps CAP_NET_ADMIN alone across
+the switch (it already imported what it runs, so Python living under /root
+does not matter), its NFQUEUE door lets an allowed client in and keeps a
+denied one out, and when the capability cannot be kept it refuses to start
+(111) instead of leaving every queued connection hanging.  A door that has
+lost the capability logs the refused verdicts (tests/deploy/nfq_refused.py).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import time
 
@@ -29,7 +37,8 @@ import pytest
 
 from tests.conftest import stop_process
 
-from .conftest import DEPLOY, acl_entry_point
+from .conftest import DEPLOY, ROOT, acl_entry_point
+from .netns import Netns
 
 pytestmark = [
     pytest.mark.root,
@@ -107,3 +116,162 @@ def test_nfqueue_needs_that_capability(tmp_path):
     text, code = run_with_caps(tmp_path, [], nfqueue=True)
     assert code == 111, text
     assert "cannot bind NFQUEUE 7: Operation not permitted" in text, text
+
+
+# -- [run] user with [nfqueue], live ------------------------------------------
+
+#: Inside the test's own network namespace, where nothing else listens.
+NFQ_PORT = 33501
+QUEUE = 7
+RULES_SCRIPT = DEPLOY / "nfqueue" / "acl-nfqueue-rules"
+#: A listener on NFQ_PORT and one connection from each source address; prints
+#: {source: connected?}.  127.0.0.2 is as local as 127.0.0.1 on lo.
+CONNECT = """
+import json, socket, sys
+port = int(sys.argv[1])
+listener = socket.create_server(("127.0.0.1", port))
+out = {}
+for src in sys.argv[2:]:
+    c = socket.socket()
+    c.settimeout(3)
+    c.bind((src, 0))
+    try:
+        c.connect(("127.0.0.1", port))
+        out[src] = True
+    except OSError:
+        out[src] = False
+    c.close()
+print(json.dumps(out))
+"""
+
+
+def live_nfqueue_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: a network namespace, iptables and an NFQUEUE")
+    from acl import nfq
+    if not nfq.AVAILABLE:
+        pytest.skip("acl built without libnetfilter_queue: no NFQUEUE front door")
+    if shutil.which("iptables") is None or shutil.which("nsenter") is None:
+        pytest.skip("iptables/nsenter not installed")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody")
+
+
+def run_user_policy(tmp_path):
+    (tmp_path / "hosts.allow").write_text("beta: 127.0.0.1\n")
+    (tmp_path / "hosts.deny").write_text("beta: ALL\n")
+    (tmp_path / "policy.toml").write_text(textwrap.dedent(f"""\
+        [sockets]
+        query = "query.sock"
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        services = ["beta"]
+        [nfqueue]
+        queues = [{QUEUE}]
+        ports = {{ {NFQ_PORT} = "beta" }}
+        [run]
+        user = "nobody"
+        watch = false
+        """))
+    return tmp_path / "policy.toml"
+
+
+def start_in(ns: Netns, argv: list[str], log) -> tuple[subprocess.Popen, str, int | None]:
+    """Start ``argv`` in ``ns``; its log once ready (or its exit)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(ns.cmd(*argv), stdout=out, stderr=subprocess.STDOUT)
+    end = time.monotonic() + 20
+    while time.monotonic() < end and proc.poll() is None:
+        if "acl serve: ready" in log.read_text():
+            break
+        time.sleep(0.1)
+    return proc, log.read_text(), proc.poll()
+
+
+def add_rules(ns: Netns) -> None:
+    env = dict(os.environ, ACL_NFQ_QUEUES=str(QUEUE), ACL_NFQ_TCP=str(NFQ_PORT))
+    subprocess.run(ns.cmd("sh", str(RULES_SCRIPT), "iptables", "add"), env=env, check=True,
+                   capture_output=True, timeout=30)
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    text = open(f"/proc/{pid}/status").read()
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+@pytest.mark.live
+def test_run_user_keeps_only_net_admin_and_the_door_answers(tmp_path):
+    live_nfqueue_skip()
+    config = run_user_policy(tmp_path)
+    ns = Netns()
+    proc = None
+    try:
+        proc, text, code = start_in(ns, [acl_entry_point(), "serve", "--config", str(config)],
+                                    tmp_path / "serve.log")
+        assert code is None and "acl serve: ready" in text, text
+        add_rules(ns)
+        out = ns.run(sys.executable, "-c", CONNECT, str(NFQ_PORT), "127.0.0.1", "127.0.0.2")
+        got = json.loads(out.stdout)
+        st = status_fields(proc.pid)
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        ns.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert got == {"127.0.0.1": True, "127.0.0.2": False}, text
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert st["Uid"].split() == [str(nobody)] * 4
+    net_admin = f"{1 << 12:016x}"
+    assert (st["CapEff"], st["CapPrm"], st["CapBnd"]) == (net_admin,) * 3, st
+    assert (st["CapInh"], st["CapAmb"]) == ("0" * 16,) * 2, st
+    assert "keeping CAP_NET_ADMIN only" in text and "refused" not in text, text
+
+
+@pytest.mark.live
+def test_run_user_refuses_to_start_when_the_capability_cannot_be_kept(tmp_path):
+    """keep_caps locked off (setpriv): no silent hang, a fatal start naming the capability."""
+    live_nfqueue_skip()
+    if shutil.which("setpriv") is None:
+        pytest.skip("util-linux setpriv not installed")
+    config = run_user_policy(tmp_path)
+    ns = Netns()
+    proc = None
+    try:
+        proc, text, code = start_in(ns, ["setpriv", "--securebits", "+keep_caps_locked",
+                                         acl_entry_point(), "serve", "--config", str(config)],
+                                    tmp_path / "serve.log")
+    finally:
+        if proc is not None:
+            stop_process(proc)
+        ns.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert code == 111, text
+    assert ("acl serve: fatal: [run] user 'nobody': cannot keep CAP_NET_ADMIN across the "
+            "user change") in text, text
+    assert "ready" not in text
+
+
+@pytest.mark.live
+def test_a_door_without_the_capability_logs_the_refused_verdicts(tmp_path):
+    live_nfqueue_skip()
+    ns = Netns()
+    try:
+        add_rules(ns)
+        out = subprocess.run(ns.cmd(sys.executable, "-m", "tests.deploy.nfq_refused",
+                                    "--dir", str(tmp_path), "--queue", str(QUEUE),
+                                    "--port", str(NFQ_PORT), "--seconds", "3"),
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        ns.close()
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["connected"] is False
+    # Logged (the first at once), naming the errno; and counted.
+    assert got["logged"], got
+    assert got["logged"][0].startswith(f"nfqueue {QUEUE}: the kernel refused "), got
+    assert "last: Operation not permitted" in got["logged"][0], got
+    assert got["refused"] >= 1, got

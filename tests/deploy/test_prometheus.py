@@ -41,6 +41,7 @@ from acl.model import Request, Verdict
 from tests.conftest import stop_process
 
 from .conftest import DEPLOY, acl_entry_point
+from .netns import Netns
 from .sidecar import Client, wait_for, write_policy
 
 HERE = Path(__file__).resolve().parent
@@ -130,47 +131,6 @@ def test_dashboard_names_are_the_documented_ones():
 
 
 # -- live -----------------------------------------------------------------------
-
-
-class Netns:
-    """A network namespace held open by a process we started (and kill by PID)."""
-
-    def __init__(self):
-        self.holder = subprocess.Popen(
-            ["unshare", "--net", "--", "sh", "-c", "ip link set lo up && echo up && exec sleep 600"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.holder.stdout.readline()
-        if line.strip() != "up":
-            err = self.holder.stderr.read() if self.holder.poll() is not None else ""
-            self.close()
-            pytest.skip(f"cannot make a network namespace: {err.strip() or line!r}")
-        self.path = f"/proc/{self.holder.pid}/ns/net"
-
-    def cmd(self, *argv) -> list[str]:
-        return ["nsenter", f"--net={self.path}", "--", *argv]
-
-    def run(self, *argv, timeout=30, check=True):
-        return subprocess.run(self.cmd(*argv), capture_output=True, text=True,
-                              timeout=timeout, check=check)
-
-    def fetch(self, url: str) -> str:
-        """HTTP GET from inside the namespace (the test process lives outside it)."""
-        return self.fetch_many([url])[0]
-
-    def fetch_many(self, urls: list[str]) -> list[str]:
-        """Several GETs in one process started inside the namespace."""
-        code = ("import json, sys, urllib.request; json.dump([urllib.request.urlopen(u, "
-                "timeout=5).read().decode() for u in sys.argv[1:]], sys.stdout)")
-        out = self.run(sys.executable, "-c", code, *urls, timeout=60, check=False)
-        if out.returncode != 0:
-            lines = out.stderr.strip().splitlines()
-            raise OSError(f"GET {urls[0]}...: {lines[-1] if lines else out.returncode}")
-        return json.loads(out.stdout)
-
-    def close(self):
-        if self.holder.poll() is None:
-            self.holder.kill()
-        self.holder.wait(timeout=10)
 
 
 def prom_api(ns: Netns, path: str, **params):
