@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
+import errno
 import grp
 import os
 import resource
@@ -107,6 +108,18 @@ def _bind_tcp(listen: str) -> socket.socket:
     s.bind((host, int(port)))
     s.listen(128)
     return s
+
+
+def _bind_error(name: str, where: str, exc: OSError) -> AclError:
+    """A bind that failed, named by socket and path (the bare OSError names
+    neither).  A directory acl may not write -- acl.service's ProtectSystem=
+    makes /run read-only to it -- is a socket systemd must make and pass."""
+    why = exc.strerror or str(exc)
+    hint = ""
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and name != "metrics":
+        hint = (f" (under systemd, let a socket unit make it and pass it as "
+                f"FileDescriptorName={name}: deploy/systemd/acl*.socket)")
+    return AclError(f"{name} socket {where}: {why}{hint}")
 
 
 def raise_nofile() -> int:
@@ -236,7 +249,10 @@ class Server:
                 self._sockets[name] = got[name]
                 self.addresses[name] = f"fd:{got[name].fileno()} (systemd)"
             elif path:
-                sock = _bind_unix(path)
+                try:
+                    sock = _bind_unix(path)
+                except OSError as exc:
+                    raise _bind_error(name, path, exc) from None
                 self._made_paths.append(path)
                 self._sockets[name] = sock
                 self.addresses[name] = path
@@ -251,7 +267,10 @@ class Server:
             self._sockets["metrics"] = got["metrics"]
             self.addresses["metrics"] = f"fd:{got['metrics'].fileno()} (systemd)"
         elif listen:
-            sock = _bind_tcp(listen)
+            try:
+                sock = _bind_tcp(listen)
+            except OSError as exc:
+                raise _bind_error("metrics", listen, exc) from None
             self._sockets["metrics"] = sock
             host, port = sock.getsockname()[:2]
             self.addresses["metrics"] = f"http://{host}:{port}/metrics"

@@ -13,6 +13,7 @@ must produce RELOADING=1 then READY=1.
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -37,33 +38,62 @@ def directive(text: str, key: str) -> str:
     return m.group(1).strip()
 
 
+def passed_env() -> list[str]:
+    """systemd-socket-activate hands the program only the variables it is
+    given: pass PYTHONPATH on, so the acl under test is the one that runs."""
+    import os
+
+    path = os.environ.get("PYTHONPATH")
+    return ["-E", f"PYTHONPATH={path}"] if path else []
+
+
+def postfix_ask(path, client: str) -> str:
+    """One policy delegation request, as smtpd sends it; the action line."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(f"request=smtpd_access_policy\nprotocol_state=RCPT\n"
+                  f"client_address={client}\nclient_name=unknown\n\n".encode())
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().splitlines()[0]
+
+
 def test_units_sockets_drive_acl_serve(tmp_path):
     (port,) = free_ports("socket_activation", 1)
     service = (DEPLOY / "systemd" / "acl.service").read_text()
     listens, names = [], []
-    for unit in directive(service, "Sockets").split():
+    # Sockets= and the optional Postfix socket (passed through its Service=).
+    for unit in [*directive(service, "Sockets").split(), "acl-policy.socket"]:
         text = (DEPLOY / "systemd" / unit).read_text()
+        assert directive(text, "Service") == "acl.service"
         where = directive(text, "ListenStream")
-        where = where.replace("/run/acl/", f"{tmp_path}/").replace("127.0.0.1:9464",
-                                                                  f"127.0.0.1:{port}")
+        where = (where.replace("/run/acl/", f"{tmp_path}/")
+                 .replace("/var/spool/postfix/acl/", f"{tmp_path}/")
+                 .replace("127.0.0.1:9464", f"127.0.0.1:{port}"))
         listens += ["-l", where]
         names.append(directive(text, "FileDescriptorName"))
-    assert names == ["query", "admin", "metrics"]
+    assert names == ["query", "admin", "metrics", "policy"]
 
     # The policy names other paths and no metrics address: whatever answers
     # below was passed in by the "manager", not bound by acl.
-    (tmp_path / "hosts.allow").write_text("alpha: 127.0.0.0/255.0.0.0\n")
+    (tmp_path / "hosts.allow").write_text("alpha, smtpd: 127.0.0.0/255.0.0.0\n")
     (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
     config = tmp_path / "policy.toml"
     config.write_text(textwrap.dedent("""\
         [sockets]
         query = "not-this-query.sock"
         admin = "not-this-admin.sock"
+        policy = "not-this-policy.sock"
         [[source]]
         type = "hosts_access"
         allow = "hosts.allow"
         deny = "hosts.deny"
-        services = ["alpha"]
+        services = ["alpha", "smtpd"]
         [run]
         watch = false
         """))
@@ -77,7 +107,8 @@ def test_units_sockets_drive_acl_serve(tmp_path):
     notify.settimeout(20)
     log = open(tmp_path / "activate.log", "wb")
     proc = subprocess.Popen(["systemd-socket-activate", *listens, "--fdname=" + ":".join(names),
-                             "-E", f"NOTIFY_SOCKET={tmp_path / 'notify'}", *argv],
+                             "-E", f"NOTIFY_SOCKET={tmp_path / 'notify'}", *passed_env(),
+                             *argv],
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: (tmp_path / "admin.sock").exists(), 10, proc=proc)
@@ -94,8 +125,11 @@ def test_units_sockets_drive_acl_serve(tmp_path):
         admin = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         admin.connect(str(tmp_path / "admin.sock"))
         admin.close()
-        assert not (tmp_path / "not-this-query.sock").exists()
-        assert not (tmp_path / "not-this-admin.sock").exists()
+        # Postfix's question on the passed policy socket (policy_service "smtpd").
+        assert postfix_ask(tmp_path / "policy.sock", "127.0.0.1") == "action=DUNNO"
+        assert postfix_ask(tmp_path / "policy.sock", "192.0.2.1").startswith("action=REJECT ")
+        for name in ("query", "admin", "policy"):
+            assert not (tmp_path / f"not-this-{name}.sock").exists()
         # ExecReload=/bin/kill -HUP $MAINPID (the sidecar was exec'ed in
         # place, so $MAINPID is the activator's PID).
         assert directive(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
@@ -110,3 +144,47 @@ def test_units_sockets_drive_acl_serve(tmp_path):
     text = (tmp_path / "activate.log").read_text()
     for name in names:
         assert re.search(rf"acl serve: {name} on fd:\d+ \(systemd\)", text), text
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="util-linux unshare not installed")
+def test_a_socket_it_cannot_bind_is_named_with_its_path(tmp_path):
+    """What acl.service without acl-policy.socket did: the policy socket's
+    directory is read-only (as ProtectSystem=strict makes /run and /var), the
+    other sockets are passed.  The fatal line names the socket and its path."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace")
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "hosts.allow").write_text("smtpd: 127.0.0.1\n")
+    (tmp_path / "hosts.deny").write_text("")
+    config = tmp_path / "policy.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [sockets]
+        query = "{run}/query.sock"
+        policy = "{run}/policy.sock"
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        [run]
+        watch = false
+        """))
+    script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
+              f"exec systemd-socket-activate -l {tmp_path}/q.sock --fdname=query "
+              f"{shlex.join(passed_env())} {acl_entry_point()} serve --config {config}")
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "q.sock").exists(), 10, proc=proc)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(tmp_path / "q.sock"))     # starts acl serve
+            out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 111, out
+    assert (f"acl serve: fatal: cannot listen: policy socket {run}/policy.sock: "
+            "Read-only file system (under systemd, let a socket unit make it and pass it "
+            "as FileDescriptorName=policy") in out, out

@@ -20,8 +20,8 @@ import pytest
 
 from .conftest import DEPLOY, ROOT, acl_entry_point
 
-UNITS = ("acl.socket", "acl-admin.socket", "acl-metrics.socket", "acl.service",
-         "acl-nfqueue.service")
+UNITS = ("acl.socket", "acl-admin.socket", "acl-metrics.socket", "acl-policy.socket",
+         "acl.service", "acl-nfqueue.service")
 SHIPPED_EXEC = "/usr/local/bin/acl"
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -99,12 +99,17 @@ def test_sockets_are_passed_by_the_names_acl_serve_reads(units):
     service = (units / "acl.service").read_text()
     listed = re.search(r"^Sockets=(.*)$", service, re.M).group(1).split()
     assert sorted(listed) == ["acl-admin.socket", "acl-metrics.socket", "acl.socket"]
+    # Every socket unit naming Service=acl.service is passed to it (systemd
+    # passes the sockets that trigger a service); acl-policy.socket is one,
+    # kept out of Sockets= (which would pull it in) because it is optional.
+    passed = sorted(u for u in UNITS if u.endswith(".socket") and re.search(
+        r"^Service=acl.service$", (units / u).read_text(), re.M))
+    assert passed == sorted([*listed, "acl-policy.socket"])
     names = set()
-    for sock in listed:
+    for sock in passed:
         text = (units / sock).read_text()
-        assert re.search(r"^Service=acl.service$", text, re.M)
         names.add(re.search(r"^FileDescriptorName=(\w+)$", text, re.M).group(1))
-    assert names == {"query", "admin", "metrics"} and names <= set(sd.ORDER)
+    assert names == {"query", "policy", "admin", "metrics"} and names <= set(sd.ORDER)
 
 
 def test_security_rating_reacts_to_the_sandbox(units):
