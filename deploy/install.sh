@@ -8,6 +8,8 @@
 #   virtual environment at /opt/acl and the commands are linked into
 #   /usr/local/bin.  Either way `acl` and `acl-wrap` end up on PATH.
 # * docs/*.md go to /usr/share/doc/acl (the units' Documentation= lines).
+# * deploy/nfqueue/acl-nfqueue-rules goes to /usr/local/sbin, the path
+#   docs/operator-guide.md (section 6) and docs/nfqueue.md call it by.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -31,4 +33,6 @@ hash -r 2>/dev/null || true
 # the guides the systemd units' Documentation= lines point at
 install -d /usr/share/doc/acl
 install -m 0644 docs/*.md /usr/share/doc/acl/
+# the NFQUEUE firewall rules (root's tool: sbin)
+install -m 0755 deploy/nfqueue/acl-nfqueue-rules /usr/local/sbin/acl-nfqueue-rules
 acl --version
