@@ -98,6 +98,22 @@ def test_promtool_checks_config_and_rules(tmp_path):
 
 
 @pytest.mark.skipif(promtool_missing, reason="promtool not installed")
+def test_config_says_what_the_metrics_default_is(tmp_path):
+    """No [metrics] listen: no endpoint.  The comment must not promise one."""
+    from acl.policy import load_policy
+
+    (tmp_path / "hosts.allow").write_text("")
+    (tmp_path / "hosts.deny").write_text("")
+    (tmp_path / "policy.toml").write_text(
+        '[sockets]\nquery = "q.sock"\n[[source]]\ntype = "hosts_access"\n'
+        'allow = "hosts.allow"\ndeny = "hosts.deny"\n')
+    assert load_policy(tmp_path / "policy.toml").metrics_listen == ""
+    comment = " ".join(line.lstrip("# ") for line in CONFIG.read_text().splitlines()
+                       if line.startswith("#"))
+    assert "by default" not in comment
+    assert "off unless set" in comment
+
+
 def test_alerts_fire_when_they_should(tmp_path):
     shutil.copy(RULES, tmp_path)
     tests = ["acl-rules.test.yml", "acl-rules-surge.test.yml"]
