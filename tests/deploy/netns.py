@@ -49,3 +49,22 @@ class Netns:
         if self.holder.poll() is None:
             self.holder.kill()
         self.holder.wait(timeout=10)
+
+
+#: The veth link ``link`` makes: the server's address, then the client's.
+#: (Loopback will not do for NFQUEUE: a local packet's conntrack entry is
+#: confirmed on its way out, before INPUT, and the deploy rules queue only
+#: unconfirmed NEW flows.)
+SERVER_ADDR = "10.213.9.1"
+CLIENT_ADDRS = ("10.213.9.10", "10.213.9.11")
+
+
+def link(server: Netns, client: Netns) -> None:
+    """A veth pair between two namespaces the test made, with the addresses above."""
+    server.run("ip", "link", "add", "aclsrv", "type", "veth", "peer", "name", "aclcli",
+               "netns", str(client.holder.pid))
+    server.run("ip", "addr", "add", f"{SERVER_ADDR}/24", "dev", "aclsrv")
+    for addr in CLIENT_ADDRS:
+        client.run("ip", "addr", "add", f"{addr}/24", "dev", "aclcli")
+    server.run("ip", "link", "set", "aclsrv", "up")
+    client.run("ip", "link", "set", "aclcli", "up")

@@ -1,11 +1,12 @@
 """An NFQUEUE door that loses CAP_NET_ADMIN after binding (``python -m tests.deploy.nfq_refused``).
 
-Run as root inside the test's network namespace, with an NFQUEUE rule for
+Run as root inside the test's server namespace, with an NFQUEUE rule for
 ``--port`` to ``--queue`` already in place.  Binds the queue, then empties
 every capability set of its only thread (what a ``[run] user`` drop did
-before it kept CAP_NET_ADMIN), listens on 127.0.0.1:PORT and connects to it:
-the kernel refuses the verdict.  Prints JSON: whether the connection got
-through, and what the door logged.  Bounded by ``--seconds``.
+before it kept CAP_NET_ADMIN), listens on ADDR:PORT, prints ``ready`` and
+serves ``--seconds`` while the test connects from its client namespace: the
+kernel refuses the verdicts.  Then prints JSON: what the door logged, and
+the refused verdicts it counted.
 """
 
 from __future__ import annotations
@@ -33,24 +34,17 @@ class Keep(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-async def scenario(args, door: NfqueueFrontDoor) -> tuple[bool, int]:
-    """(connected?, verdicts the kernel refused)."""
+async def scenario(args, door: NfqueueFrontDoor) -> int:
+    """Serve ``--seconds`` without the capability; the verdicts the kernel refused."""
     loop = asyncio.get_running_loop()
     door.start(loop)
     capabilities._set(0, 0, 0)          # this thread sends the verdicts
-    listener = socket.create_server(("127.0.0.1", args.port))
-    client = socket.socket()
-    client.setblocking(False)
+    listener = socket.create_server((args.addr, args.port))
+    print("ready", flush=True)
     try:
-        await asyncio.wait_for(loop.sock_connect(client, ("127.0.0.1", args.port)),
-                               args.seconds)
-        connected = True
-    except TimeoutError:
-        connected = False
-    try:
-        return connected, door.queue_counters()[args.queue]["refused_verdicts"]
+        await asyncio.sleep(args.seconds)
+        return door.queue_counters()[args.queue]["refused_verdicts"]
     finally:
-        client.close()
         listener.close()
         door.close()
 
@@ -59,6 +53,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
     ap.add_argument("--queue", type=int, required=True)
+    ap.add_argument("--addr", required=True)
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args(argv)
@@ -72,9 +67,8 @@ def main(argv: list[str]) -> int:
     logging.getLogger("acl.serve.nfqueue").addHandler(keep)
     door = NfqueueFrontDoor(Engine(load_policy(d / "policy.toml")), NfqueueConfig.from_table(
         {"queues": [args.queue], "ports": {str(args.port): "beta"}}))
-    connected, refused = asyncio.run(scenario(args, door))
-    print(json.dumps({"connected": connected, "logged": keep.lines, "refused": refused}),
-          flush=True)
+    refused = asyncio.run(scenario(args, door))
+    print(json.dumps({"logged": keep.lines, "refused": refused}), flush=True)
     return 0
 
 

@@ -38,7 +38,7 @@ import pytest
 from tests.conftest import stop_process
 
 from .conftest import DEPLOY, ROOT, acl_entry_point
-from .netns import Netns
+from .netns import CLIENT_ADDRS, SERVER_ADDR, Netns, link
 
 pytestmark = [
     pytest.mark.root,
@@ -120,34 +120,36 @@ def test_nfqueue_needs_that_capability(tmp_path):
 
 # -- [run] user with [nfqueue], live ------------------------------------------
 
-#: Inside the test's own network namespace, where nothing else listens.
+#: Inside the test's own network namespaces, where nothing else listens.
 NFQ_PORT = 33501
 QUEUE = 7
 RULES_SCRIPT = DEPLOY / "nfqueue" / "acl-nfqueue-rules"
-#: A listener on NFQ_PORT and one connection from each source address; prints
-#: {source: connected?}.  127.0.0.2 is as local as 127.0.0.1 on lo.
+ALLOWED, DENIED = CLIENT_ADDRS
+#: One connection to SERVER:PORT from each source address; prints
+#: {source: connected?}.
 CONNECT = """
 import json, socket, sys
-port = int(sys.argv[1])
-listener = socket.create_server(("127.0.0.1", port))
+server, port = sys.argv[1], int(sys.argv[2])
 out = {}
-for src in sys.argv[2:]:
+for src in sys.argv[3:]:
     c = socket.socket()
     c.settimeout(3)
     c.bind((src, 0))
     try:
-        c.connect(("127.0.0.1", port))
+        c.connect((server, port))
         out[src] = True
     except OSError:
         out[src] = False
     c.close()
 print(json.dumps(out))
 """
+LISTEN = ("import socket, sys, time; s = socket.create_server((sys.argv[1], int(sys.argv[2]))); "
+          "print('up', flush=True); time.sleep(120)")
 
 
 def live_nfqueue_skip() -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root: a network namespace, iptables and an NFQUEUE")
+        pytest.skip("needs root: network namespaces, iptables and an NFQUEUE")
     from acl import nfq
     if not nfq.AVAILABLE:
         pytest.skip("acl built without libnetfilter_queue: no NFQUEUE front door")
@@ -160,7 +162,7 @@ def live_nfqueue_skip() -> None:
 
 
 def run_user_policy(tmp_path):
-    (tmp_path / "hosts.allow").write_text("beta: 127.0.0.1\n")
+    (tmp_path / "hosts.allow").write_text(f"beta: {ALLOWED}\n")
     (tmp_path / "hosts.deny").write_text("beta: ALL\n")
     (tmp_path / "policy.toml").write_text(textwrap.dedent(f"""\
         [sockets]
@@ -198,6 +200,13 @@ def add_rules(ns: Netns) -> None:
                    capture_output=True, timeout=30)
 
 
+def listen_in(ns: Netns) -> subprocess.Popen:
+    proc = subprocess.Popen(ns.cmd(sys.executable, "-c", LISTEN, SERVER_ADDR, str(NFQ_PORT)),
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "up"
+    return proc
+
+
 def status_fields(pid: int) -> dict[str, str]:
     text = open(f"/proc/{pid}/status").read()
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
@@ -207,22 +216,26 @@ def status_fields(pid: int) -> dict[str, str]:
 def test_run_user_keeps_only_net_admin_and_the_door_answers(tmp_path):
     live_nfqueue_skip()
     config = run_user_policy(tmp_path)
-    ns = Netns()
-    proc = None
+    srv, cli = Netns(), Netns()
+    procs = []
     try:
-        proc, text, code = start_in(ns, [acl_entry_point(), "serve", "--config", str(config)],
+        link(srv, cli)
+        proc, text, code = start_in(srv, [acl_entry_point(), "serve", "--config", str(config)],
                                     tmp_path / "serve.log")
+        procs.append(proc)
         assert code is None and "acl serve: ready" in text, text
-        add_rules(ns)
-        out = ns.run(sys.executable, "-c", CONNECT, str(NFQ_PORT), "127.0.0.1", "127.0.0.2")
+        add_rules(srv)
+        procs.append(listen_in(srv))
+        out = cli.run(sys.executable, "-c", CONNECT, SERVER_ADDR, str(NFQ_PORT), ALLOWED, DENIED)
         got = json.loads(out.stdout)
         st = status_fields(proc.pid)
     finally:
-        if proc is not None:
-            stop_process(proc)
-        ns.close()
+        for p in procs:
+            stop_process(p)
+        cli.close()
+        srv.close()
     text = (tmp_path / "serve.log").read_text()
-    assert got == {"127.0.0.1": True, "127.0.0.2": False}, text
+    assert got == {ALLOWED: True, DENIED: False}, text
     nobody = pwd.getpwnam("nobody").pw_uid
     assert st["Uid"].split() == [str(nobody)] * 4
     net_admin = f"{1 << 12:016x}"
@@ -258,18 +271,26 @@ def test_run_user_refuses_to_start_when_the_capability_cannot_be_kept(tmp_path):
 @pytest.mark.live
 def test_a_door_without_the_capability_logs_the_refused_verdicts(tmp_path):
     live_nfqueue_skip()
-    ns = Netns()
+    srv, cli = Netns(), Netns()
+    door = None
     try:
-        add_rules(ns)
-        out = subprocess.run(ns.cmd(sys.executable, "-m", "tests.deploy.nfq_refused",
-                                    "--dir", str(tmp_path), "--queue", str(QUEUE),
-                                    "--port", str(NFQ_PORT), "--seconds", "3"),
-                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+        link(srv, cli)
+        add_rules(srv)
+        door = subprocess.Popen(srv.cmd(sys.executable, "-m", "tests.deploy.nfq_refused",
+                                        "--dir", str(tmp_path), "--queue", str(QUEUE),
+                                        "--addr", SERVER_ADDR, "--port", str(NFQ_PORT),
+                                        "--seconds", "5"),
+                                cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert door.stdout.readline().strip() == "ready"
+        out = cli.run(sys.executable, "-c", CONNECT, SERVER_ADDR, str(NFQ_PORT), ALLOWED)
+        assert json.loads(out.stdout) == {ALLOWED: False}
+        got = json.loads(door.stdout.readline())
+        door.wait(timeout=30)
     finally:
-        ns.close()
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
-    assert got["connected"] is False
+        if door is not None:
+            stop_process(door)
+        cli.close()
+        srv.close()
     # Logged (the first at once), naming the errno; and counted.
     assert got["logged"], got
     assert got["logged"][0].startswith(f"nfqueue {QUEUE}: the kernel refused "), got
