@@ -51,10 +51,8 @@ class Netns:
         self.holder.wait(timeout=10)
 
 
-#: The veth link ``link`` makes: the server's address, then the client's.
-#: (Loopback will not do for NFQUEUE: a local packet's conntrack entry is
-#: confirmed on its way out, before INPUT, and the deploy rules queue only
-#: unconfirmed NEW flows.)
+#: The veth link ``link`` makes: the server's address, then the client's
+#: (a client in another namespace, as the daemons' real clients are).
 SERVER_ADDR = "10.213.9.1"
 CLIENT_ADDRS = ("10.213.9.10", "10.213.9.11")
 

@@ -39,8 +39,13 @@ def script(ns, backend, action, **extra):
                check=False)
 
 
-def saved(ns, tool):
-    return run("ip", "netns", "exec", ns, tool, "-S").stdout
+def saved(ns, tool, table="filter"):
+    return run("ip", "netns", "exec", ns, tool, "-t", table, "-S").stdout
+
+
+def everything(ns):
+    return {(tool, table): saved(ns, tool, table)
+            for tool in ("iptables", "ip6tables") for table in ("filter", "security")}
 
 
 @pytest.mark.parametrize("tool", ["iptables", "ip6tables"])
@@ -53,17 +58,23 @@ def test_iptables_rules_queue_only_new_connections_with_bypass_and_delete_cleanl
     assert len(queue) == 2
     for r in queue:
         assert "--queue-bypass" in r and "--ctstate NEW" in r and "--queue-num 3" in r
-        assert "! --ctstatus CONFIRMED" in r
+        assert "-m connmark ! --mark 0x10000000/0x10000000" in r
     assert any("--tcp-flags FIN,SYN,RST,ACK SYN" in r and "22,5432" in r for r in queue)
     reject = [r for r in rules.splitlines() if "REJECT" in r]
     assert any("tcp-reset" in r for r in reject)
     # the mark rules come before the queue rules in the chain
     chain = [r for r in rules.splitlines() if r.startswith("-A ACL_NFQ")]
-    assert max(i for i, r in enumerate(chain) if "mark" in r) < min(
+    assert max(i for i, r in enumerate(chain) if "-m mark" in r) < min(
         i for i, r in enumerate(chain) if "NFQUEUE" in r)
     assert "-A INPUT -j ACL_NFQ" in rules.splitlines()
+    # the flows let in get the "seen" bit after the filter table
+    seen = saved(netns, tool, "security").splitlines()
+    assert "-A INPUT -j ACL_NFQ_SEEN" in seen
+    marks = [r for r in seen if "CONNMARK" in r]
+    assert len(marks) == 2 and all("--ctstate NEW" in r for r in marks)
     assert script(netns, "iptables", "delete").returncode == 0
     assert saved(netns, tool) == before
+    assert "ACL_NFQ" not in saved(netns, tool, "security")
 
 
 def test_long_port_lists_are_split_and_a_second_add_changes_nothing(netns):
@@ -72,23 +83,25 @@ def test_long_port_lists_are_split_and_a_second_add_changes_nothing(netns):
     ports = ",".join(str(p) for p in range(1000, 1020)) + ",2000:2100"
     out = script(netns, "iptables", "add", ACL_NFQ_TCP=ports)
     assert out.returncode == 0, out.stderr
-    after = {tool: saved(netns, tool) for tool in ("iptables", "ip6tables")}
-    for rules in after.values():
+    after = everything(netns)
+    for (_tool, table), rules in after.items():
+        if table != "filter":
+            continue
         tcp = [r for r in rules.splitlines() if "NFQUEUE" in r and "-p tcp" in r]
         assert len(tcp) == 2
         listed = ",".join(r.split("--dports ")[1].split()[0] for r in tcp)
         assert listed == ports
     again = script(netns, "iptables", "add", ACL_NFQ_TCP=ports)
     assert again.returncode == 1 and "exists already" in again.stderr
-    assert {tool: saved(netns, tool) for tool in after} == after
+    assert everything(netns) == after
     assert script(netns, "iptables", "delete").returncode == 0
 
 
 def test_a_rule_the_kernel_refuses_leaves_nothing_behind(netns):
-    before = {tool: saved(netns, tool) for tool in ("iptables", "ip6tables")}
+    before = everything(netns)
     out = script(netns, "iptables", "add", ACL_NFQ_UDP="53,70000")
     assert out.returncode != 0
-    assert {tool: saved(netns, tool) for tool in before} == before
+    assert everything(netns) == before
 
 
 def test_queue_balance_for_several_queues(netns):

@@ -215,19 +215,27 @@ def test_a_packet_held_for_its_name_gets_its_own_verdict(ns, tmp_path):
 def test_a_one_way_udp_flow_is_asked_once_a_refused_one_each_time(ns, door):
     # A one-way UDP flow (syslog, statsd) stays conntrack NEW until a reply
     # that never comes: the deploy rules must still queue only its first
-    # datagram once it is accepted.  A refused flow is never confirmed, so
-    # each of its datagrams is asked again (and refused).
-    d = door(f"echo: {CLIENTS4[14]}\n", "ALL: ALL\n")
-    for src in (CLIENTS4[14], CLIENTS4[15]):
-        netns.run(*ns.python(ns.cli, "tests.nfq.netns_tools", "flow", src, SERVER4,
+    # datagram once it is accepted.  A refused flow never gets the rules'
+    # "seen" mark, so each of its datagrams is asked again (and refused).
+    # The same over loopback inside the server's namespace, where conntrack
+    # entries are confirmed before INPUT: local clients are judged too.
+    d = door(f"echo: {CLIENTS4[14]} 127.0.0.1\n", "ALL: ALL\n")
+    flows = [(ns.cli, CLIENTS4[14], SERVER4), (ns.cli, CLIENTS4[15], SERVER4),
+             (ns.srv, "127.0.0.1", "127.0.0.1"), (ns.srv, "127.0.0.2", "127.0.0.1")]
+    for where, src, dst in flows:
+        netns.run(*ns.python(where, "tests.nfq.netns_tools", "flow", src, dst,
                              str(SINK_PORT), "--count", "6", "--gap", "0.05"),
                   cwd=netns.ROOT, timeout=30)
+    local = netns.run(*ns.python(ns.srv, "tests.nfq.netns_tools", "client", json.dumps(
+        [["tcp", "127.0.0.1", "127.0.0.1", TCP_PORT], ["tcp", "127.0.0.3", "127.0.0.1", TCP_PORT]]),
+        "--timeout", "2"), cwd=netns.ROOT, timeout=30)
+    assert json.loads(local.stdout) == ["ok", "timeout"]
     time.sleep(0.3)
     counters = d.stop()
     verdicts = {(s, v, r): n for s, v, r, n in counters["verdicts"]}
-    assert verdicts[("echo", "allow", "ok")] == 1, verdicts
-    assert verdicts[("echo", "deny", "libwrap")] == 6, verdicts
-    assert counters["packets"][str(QUEUE)] == 7
+    assert verdicts[("echo", "allow", "ok")] == 3, verdicts      # two flows, one connection
+    assert verdicts[("echo", "deny", "libwrap")] >= 13, verdicts  # 6 + 6 + the SYN (and resends)
+    assert counters["packets"][str(QUEUE)] == 3 + verdicts[("echo", "deny", "libwrap")]
 
 
 XINETD_CPS = f"""service echo
