@@ -24,7 +24,22 @@ Rules (shared with the compiled core):
 * :meth:`PrefixTable.first_match` and :meth:`PrefixTable.most_specific` take
   the address positionally only (the compiled ones are one-argument C calls).
 * Batch lookups take a buffer of packed addresses (4 or 16 bytes each,
-  network order) and fill a writable buffer of int32 results.
+  network order) and fill a writable buffer of int32 results: items of 4
+  bytes in native order, formats ``i``, ``=i``, ``<i`` on little-endian
+  hosts (ctypes' ``c_int32``), ``l`` where a long is 4 bytes...
+  (:data:`INT32_FORMATS`).  Any other item type (``array('l')`` of 8-byte
+  longs, ``'h'``, ``'f'``, a ``bytearray``) is a ``TypeError`` naming its
+  format, never filled with int32s that mean something else there.
+* A table is built once, by ``__init__`` or :meth:`PrefixTable.from_arrays`:
+  ``__init__`` on a built table is a ``RuntimeError`` ("already built"), as
+  it is on one that another thread is building ("being built"); a table
+  whose build failed (``MemoryError``, "out of memory") is back to never
+  built and may be built again.  Lookups and queries on a table that is not
+  built -- never, not yet, or not since a failed build -- raise
+  ``ValueError`` ("PrefixTable is not built").  ``family`` is read-only, as
+  are the methods; a table takes no other attributes.
+* Tables are not pickled or copied (``TypeError``): build another from
+  :meth:`PrefixTable.entries`.
 * Bad input raises the same exception class with the same message in both
   cores: ``family`` not 4/6, a length or value that is not an int
   (``TypeError``) or out of range, host bits set -- also in the prefix given
@@ -38,6 +53,7 @@ from __future__ import annotations
 import ipaddress
 import operator
 import sys
+import threading
 from array import array
 
 __all__ = ["PrefixTable", "parse_address", "unmap_v4", "MAX_VALUE"]
@@ -45,6 +61,25 @@ __all__ = ["PrefixTable", "parse_address", "unmap_v4", "MAX_VALUE"]
 MAX_VALUE = 2**31 - 2
 _BITS = {4: 32, 6: 128}
 _V4_MAPPED = 0xFFFF << 32
+
+#: Item formats (struct syntax) of an int32 output buffer, given itemsize 4:
+#: native ``i`` / ``l``, standard-size ``=``, and the host's own byte order
+#: spelled out (``<`` here on little-endian hosts; ``>``, ``!`` on big-endian
+#: ones).  ``l`` and ``@l`` are 8 bytes on LP64 hosts, where the itemsize
+#: check turns them away.
+INT32_FORMATS = frozenset(
+    order + code
+    for order in ("", "@", "=", *(("<",) if sys.byteorder == "little" else (">", "!")))
+    for code in "il"
+)
+
+# Messages both cores raise (the compiled one imports them).
+NOT_BUILT = "PrefixTable is not built"
+NO_PICKLE = "cannot pickle 'PrefixTable' object: build another from its entries()"
+
+# Makes a build's check-and-claim of a table one step (the compiled core's
+# GIL-held C code does it in one step anyway).
+_CLAIM = threading.Lock()
 
 
 def parse_address(addr, family: int) -> int:
@@ -110,6 +145,26 @@ def _host_bits(net: int, length: int, bits: int) -> int:
     return net & ((1 << (bits - length)) - 1)
 
 
+def _entry(family: int, net, length, value) -> tuple[int, int, int]:
+    """One entry, checked: (network int, length, value), or the error."""
+    net = parse_address(net, family)
+    length = _check_length(length, family)
+    value = _check_value(value)
+    if _host_bits(net, length, _BITS[family]):
+        raise _host_bits_error(family, net, length)
+    return net, length, value
+
+
+def _check_int32(out) -> None:
+    """A batch's output buffer must hold int32 items: any other item type
+    would be filled with numbers that mean something else there.  Both
+    cores check it first, before the table's state and ``packed``."""
+    view = memoryview(out)
+    if view.itemsize != 4 or view.format not in INT32_FORMATS:
+        raise TypeError(f"output buffer must hold int32 items (format 'i'), "
+                        f"not format {view.format!r} of {view.itemsize} bytes")
+
+
 def unmap_v4(addr) -> str | None:
     """``'::ffff:1.2.3.4'`` -> ``'1.2.3.4'``; anything else -> None."""
     try:
@@ -124,58 +179,97 @@ def unmap_v4(addr) -> str | None:
 class PrefixTable:
     """Prefixes of one family, each with a rule index; see the module rules."""
 
+    # The compiled core's fields, and no others (a cdef class takes no new
+    # attributes).  ``_bits`` is 0 until a build has succeeded: the built
+    # mark every lookup tests, as the compiled core's ``bits``.
+    __slots__ = ("_family", "_width", "_bits", "_by_len", "_lengths_desc")
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._clear()
+        return self
+
     def __init__(self, family: int, entries=()):
+        family = _check_family(family)
+        rows = [_entry(family, net, length, value) for net, length, value in _triples(entries)]
         self._setup(family)
-        for net, length, value in _triples(entries):
-            self._add(net, length, value)
-        self._freeze()
+        try:
+            for net, length, value in rows:
+                self._insert(net, length, value)
+            self._freeze()
+        except BaseException:
+            self._clear()       # never built: __init__ may be tried again
+            raise
 
     @classmethod
     def from_arrays(cls, family: int, networks, lengths, values) -> PrefixTable:
         """Build from packed arrays: ``networks`` 4/16 bytes per entry (network
         order), ``lengths`` one byte per entry, ``values`` int32 per entry."""
         table = cls.__new__(cls)
-        table._setup(family)
-        width = table._bits // 8
+        family = _check_family(family)
+        width = _BITS[family] // 8
         nets = memoryview(networks).cast("B")
         lens = memoryview(lengths).cast("B")
         vals = memoryview(values).cast("B").cast("i")
         count = len(lens)
         if len(nets) != count * width or len(vals) != count:
             raise ValueError("networks, lengths and values disagree in length")
+        table._setup(family)
         for i in range(count):
             net = int.from_bytes(nets[i * width:(i + 1) * width], "big")
-            table._add(net, lens[i], vals[i])
+            table._insert(*_entry(family, net, lens[i], vals[i]))
         table._freeze()
         return table
 
-    def _setup(self, family) -> None:
-        self.family = _check_family(family)
-        self._bits = _BITS[family]
+    @property
+    def family(self) -> int:
+        """4 or 6 (0 before a build starts)."""
+        return self._family
+
+    def _clear(self) -> None:
+        """The never-built state."""
+        self._family = 0
+        self._width = 0
+        self._bits = 0
         # length -> {network int: value}
         self._by_len: dict[int, dict[int, int]] = {}
+        self._lengths_desc: list[int] = []
 
-    def _add(self, net, length: int, value: int) -> None:
-        net = parse_address(net, self.family)
-        length = _check_length(length, self.family)
-        value = _check_value(value)
-        if _host_bits(net, length, self._bits):
-            raise _host_bits_error(self.family, net, length)
+    def _setup(self, family: int) -> None:
+        """Claim the table for a build; ``_bits`` stays 0 until ``_freeze``."""
+        with _CLAIM:
+            if self._bits:
+                raise RuntimeError("PrefixTable is already built")
+            if self._family:
+                raise RuntimeError("PrefixTable is being built")
+            self._family = family
+        self._width = _BITS[family]
+
+    def _insert(self, net: int, length: int, value: int) -> None:
         bucket = self._by_len.setdefault(length, {})
         old = bucket.get(net)
         if old is None or value < old:
             bucket[net] = value
 
+    def __reduce_ex__(self, protocol):
+        raise TypeError(NO_PICKLE)
+
+    def __repr__(self) -> str:
+        return f"<acl._core_py.PrefixTable IPv{self._family} {len(self)} prefixes>"
+
     def _prefix(self, network, length) -> tuple[int, int]:
         """A query prefix, checked like an entry."""
-        net = parse_address(network, self.family)
-        length = _check_length(length, self.family)
+        if not self._bits:
+            raise ValueError(NOT_BUILT)
+        net = parse_address(network, self._family)
+        length = _check_length(length, self._family)
         if _host_bits(net, length, self._bits):
-            raise _host_bits_error(self.family, net, length)
+            raise _host_bits_error(self._family, net, length)
         return net, length
 
     def _freeze(self) -> None:
         self._lengths_desc = sorted(self._by_len, reverse=True)
+        self._bits = self._width        # built: lookups may run
 
     def _mask(self, length: int) -> int:
         return ((1 << length) - 1) << (self._bits - length)
@@ -183,6 +277,8 @@ class PrefixTable:
     @property
     def nbytes(self) -> int:
         """Memory held by the table: here the dicts and the ints they hold."""
+        if not self._bits:
+            return 0
         total = sys.getsizeof(self._by_len)
         for bucket in self._by_len.values():
             total += sys.getsizeof(bucket)
@@ -190,11 +286,15 @@ class PrefixTable:
         return total
 
     def __len__(self) -> int:
+        if not self._bits:
+            return 0
         return sum(len(b) for b in self._by_len.values())
 
     # -- single lookups -------------------------------------------------
     def first_match(self, addr, /) -> int:
-        a = parse_address(addr, self.family)
+        if not self._bits:
+            raise ValueError(NOT_BUILT)
+        a = parse_address(addr, self._family)
         best = -1
         for length in self._lengths_desc:
             v = self._by_len[length].get(a & self._mask(length))
@@ -203,7 +303,9 @@ class PrefixTable:
         return best
 
     def most_specific(self, addr, /) -> int:
-        a = parse_address(addr, self.family)
+        if not self._bits:
+            raise ValueError(NOT_BUILT)
+        a = parse_address(addr, self._family)
         for length in self._lengths_desc:
             v = self._by_len[length].get(a & self._mask(length))
             if v is not None:
@@ -217,7 +319,9 @@ class PrefixTable:
 
     def covering(self, addr) -> list[tuple[int, int, int]]:
         """Every prefix covering ``addr``: ``(network, length, value)``, shortest first."""
-        a = parse_address(addr, self.family)
+        if not self._bits:
+            raise ValueError(NOT_BUILT)
+        a = parse_address(addr, self._family)
         out = []
         for length in reversed(self._lengths_desc):
             net = a & self._mask(length)
@@ -251,6 +355,10 @@ class PrefixTable:
         return self._batch(packed, out, self.most_specific)
 
     def _batch(self, packed, out, fn):
+        if out is not None:
+            _check_int32(out)
+        if not self._bits:
+            raise ValueError(NOT_BUILT)
         width = self._bits // 8
         raw = memoryview(packed).cast("B")
         if len(raw) % width:

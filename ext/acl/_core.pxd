@@ -119,8 +119,11 @@ cdef struct E6:
 
 
 cdef class PrefixTable:
-    cdef readonly int family    # 4 or 6
-    cdef int bits               # 32 or 128
+    cdef readonly int family    # 4 or 6 from the start of a build (0 before, and after one fails)
+    # 32 or 128, set only when a build has succeeded: 0 while the table is
+    # being built, never built, or its build failed.  The one field lookups
+    # test, so none of them ever walks a trie that is not all there.
+    cdef int bits
     cdef Trie trie              # leaf-pushed compressed trie answering both disciplines
     cdef Py_ssize_t n           # distinct prefixes held
     cdef uint32_t *nets4        # sorted networks (IPv4 tables; NULL otherwise)
@@ -147,3 +150,4 @@ cdef class PrefixTable:
     cdef int _prefix(self, network, length, uint32_t *a4, acl_u128 *a6) except -1
     cdef list _rows(self, Py_ssize_t lo, Py_ssize_t hi)
     cdef object _batch(self, object packed, object out, bint specific)
+    cdef void _clear(self) noexcept   # last: the vtable slots above keep their places

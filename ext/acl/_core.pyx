@@ -117,6 +117,15 @@ Data structure (one per table, built once, immutable):
   after the sort.
   Arrays of 1 MiB or more then move to fresh 2 MiB-aligned mappings advised
   for transparent huge pages (fewer TLB misses on random lookups).
+* Built once.  ``_setup`` claims the table (``family``), the sort and build
+  run without the GIL, and ``_finish`` sets ``bits`` last: ``bits`` is the
+  built mark, the one field a lookup already tests to pick its walk, so a
+  table never built, still being built by another thread, or whose build
+  failed raises ``ValueError`` at no cost to the lookups of a built one.  A
+  second ``__init__`` is a ``RuntimeError`` (already built / being built);
+  a failed build (``MemoryError``: "out of memory", or "too large" past
+  MAX_INDEX nodes or leaves) frees what it made (``_clear``) and leaves the
+  table as never built.
 """
 
 cimport cython
@@ -128,13 +137,16 @@ from cpython.ref cimport Py_XDECREF
 from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from posix.stdlib cimport posix_memalign
-from libc.string cimport memchr, memcpy
+from libc.string cimport memchr, memcpy, memset
 
 import ipaddress
 
 from acl import _core_py as _py
 
 from acl._core_py import MAX_VALUE, unmap_v4
+
+cdef str OUT_OF_MEMORY = "out of memory building the prefix table"
+cdef object check_int32 = _py._check_int32
 
 __all__ = ["PrefixTable", "parse_address", "unmap_v4", "MAX_VALUE"]
 
@@ -233,6 +245,10 @@ cdef enum:
     BARE_SHARE = 8
     # Node and leaf indexes are uint32_t; arrays stop growing at this many.
     MAX_INDEX = 0x7FFFFFFF
+    # What a failed build step returns (build_trie and the steps it calls):
+    # malloc said no, or the trie would pass MAX_INDEX nodes or leaves.
+    NO_MEMORY = -1
+    TOO_LARGE = -2
     # Leaves a wide node keeps in its own lines (WideNode.near).
     WIDE_NEAR_LEAVES = 6
     # The same, in a trie of int32_t leaves (Trie.leaf_shift): a Node's
@@ -912,12 +928,12 @@ cdef int grow_nodes(Trie *t, uint32_t extra) noexcept nogil:
     if <uint64_t>t.n_nodes + extra > t.cap_nodes:
         cap = max(<uint64_t>t.cap_nodes * 2, <uint64_t>t.n_nodes + extra, 64)
         if cap > MAX_INDEX:
-            return -1
+            return TOO_LARGE
         # realloc while building (it can grow in place); the finished array
         # is moved to aligned memory (``_finish``).
         p = <Node *>realloc(t.nodes, cap * node_size(t))
         if p == NULL:
-            return -1
+            return NO_MEMORY
         t.nodes = p
         t.cap_nodes = <uint32_t>cap
     return 0
@@ -944,10 +960,10 @@ cdef int add_leaf(Trie *t, Pair leaf) noexcept nogil:
     if t.n_leaves == t.cap_leaves:
         cap = max(<uint64_t>t.cap_leaves * 2, 64)
         if cap > MAX_INDEX:
-            return -1
+            return TOO_LARGE
         p = <Pair *>realloc(t.leaves, cap * sizeof(Pair))
         if p == NULL:
-            return -1
+            return NO_MEMORY
         t.leaves = p
         t.cap_leaves = <uint32_t>cap
     t.leaves[t.n_leaves] = leaf
@@ -972,8 +988,9 @@ cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
                     Pair inherited) noexcept nogil:
     """Fill node ``idx`` at depth ``d`` from entries [lo, hi): all longer than
     ``d`` and inside this node.  ``inherited``: the Pair of its parent slot.
-    ``f``: this depth's Slots (its children use f + 1)."""
-    cdef int width, k, nslots, length, shift, skip, near, w
+    ``f``: this depth's Slots (its children use f + 1).  0, or NO_MEMORY or
+    TOO_LARGE."""
+    cdef int width, k, nslots, length, shift, skip, near, w, rc
     cdef uint32_t s, j, end, base0, base1, c, nruns
     cdef uint64_t rest
     cdef size_t i, g
@@ -1062,13 +1079,15 @@ cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
     near = near_count(3, t.wide)     # the build makes Pairs (see leaves_to_values)
     base0 = t.n_leaves
     for j in range(<uint32_t>near, nruns):
-        if add_leaf(t, f.runs[j]) < 0:
-            return -1
+        rc = add_leaf(t, f.runs[j])
+        if rc < 0:
+            return rc
     c = 0
     for j in range(4):
         c += <uint32_t>popcount64(f.vector[j])
-    if grow_nodes(t, c) < 0:
-        return -1
+    rc = grow_nodes(t, c)
+    if rc < 0:
+        return rc
     base1 = t.n_nodes
     t.n_nodes += c
     if t.wide:
@@ -1101,9 +1120,10 @@ cdef int build_node(Trie *t, Slots *f, uint32_t idx, int d, const addr_t *nets,
         while rest:
             j = <uint32_t>(64 * w + ctz64(rest))
             rest &= rest - 1
-            if build_node(t, f + 1, base1 + c, d + k, nets, lens, vals, f.gstart[j], f.gend[j],
-                          f.slot[j] if painted else inherited) < 0:
-                return -1
+            rc = build_node(t, f + 1, base1 + c, d + k, nets, lens, vals, f.gstart[j], f.gend[j],
+                            f.slot[j] if painted else inherited)
+            if rc < 0:
+                return rc
             c += 1
     return 0
 
@@ -1135,7 +1155,8 @@ cdef bint bare_paths_pay(const addr_t *nets, const uint8_t *lens, size_t n, int 
 
 cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int32_t *vals,
                     size_t n, int dp) noexcept nogil:
-    """Build ``t`` from sorted, de-duplicated entries; -1 when out of memory.
+    """Build ``t`` from sorted, de-duplicated entries: 0, or NO_MEMORY or
+    TOO_LARGE (``t`` then holds what it had allocated; trie_free frees it).
 
     The top level is one wide node of 2**dp slots, built like the others:
     slots are painted with the entries of at most dp bits, a slot holding
@@ -1152,7 +1173,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
     cdef bint have_last = False
     cdef TopWord *w
     cdef Slots *frames
-    cdef int rc = -1
+    cdef int rc = NO_MEMORY
     if addr_t is uint32_t:
         width = 32
     else:
@@ -1180,7 +1201,7 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
         free(painted)
         free(child)
         free(frames)
-        return -1
+        return NO_MEMORY
     for j in range(ntop):
         painted[j].first = -1
         painted[j].specific = -1
@@ -1191,11 +1212,12 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
             s = <uint32_t>(nets[i] >> (width - dp))
             top_nodes += not child[s]
             child[s] = 1
-    if grow_nodes(t, top_nodes) < 0:
+    rc = grow_nodes(t, top_nodes)
+    if rc < 0:
         free(painted)
         free(child)
         free(frames)
-        return -1
+        return rc
     t.n_nodes = top_nodes
     top_nodes = 0
     i = 0
@@ -1212,7 +1234,8 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
             g = i + 1
             while g < n and <uint32_t>(nets[g] >> (width - dp)) == s:
                 g += 1
-            if build_node(t, frames, top_nodes, dp, nets, lens, vals, i, g, painted[s]) < 0:
+            rc = build_node(t, frames, top_nodes, dp, nets, lens, vals, i, g, painted[s])
+            if rc < 0:
                 break
             top_nodes += 1
             i = g
@@ -1228,8 +1251,8 @@ cdef int build_trie(Trie *t, const addr_t *nets, const uint8_t *lens, const int3
                 w.vector |= (<uint64_t>1) << (j & 63)
                 nodes_before += 1
             elif not have_last or not same(painted[j], last):
-                if add_leaf(t, painted[j]) < 0:
-                    rc = -1
+                rc = add_leaf(t, painted[j])
+                if rc < 0:
                     break
                 w.leafvec |= (<uint64_t>1) << (j & 63)
                 leaves_before += 1
@@ -1665,23 +1688,28 @@ cdef class PrefixTable:
             if family == 4:
                 e4 = <E4 *>malloc(max(count, 1) * sizeof(E4))
                 if e4 == NULL:
-                    raise MemoryError()
+                    raise MemoryError(OUT_OF_MEMORY)
                 for i in range(count):
                     e4[i].net = rows[i][0]
                     e4[i].length = rows[i][1]
                     e4[i].value = rows[i][2]
-                self._setup(4)
-                self._take4(e4, count)
             else:
                 e6 = <E6 *>malloc(max(count, 1) * sizeof(E6))
                 if e6 == NULL:
-                    raise MemoryError()
+                    raise MemoryError(OUT_OF_MEMORY)
                 for i in range(count):
                     e6[i].net = int_to_u128(rows[i][0])
                     e6[i].length = rows[i][1]
                     e6[i].value = rows[i][2]
-                self._setup(6)
-                self._take6(e6, count)
+            self._setup(family)
+            try:
+                if family == 4:
+                    self._take4(e4, count)
+                else:
+                    self._take6(e6, count)
+            except BaseException:
+                self._clear()       # never built: __init__ may be tried again
+                raise
         finally:
             free(e4)
             free(e6)
@@ -1720,7 +1748,7 @@ cdef class PrefixTable:
             if family == 4:
                 e4 = <E4 *>malloc(max(count, 1) * sizeof(E4))
                 if e4 == NULL:
-                    raise MemoryError()
+                    raise MemoryError(OUT_OF_MEMORY)
                 with nogil:
                     for i in range(count):
                         memcpy(&raw, pn + 4 * i, 4)
@@ -1736,7 +1764,7 @@ cdef class PrefixTable:
             else:
                 e6 = <E6 *>malloc(max(count, 1) * sizeof(E6))
                 if e6 == NULL:
-                    raise MemoryError()
+                    raise MemoryError(OUT_OF_MEMORY)
                 with nogil:
                     for i in range(count):
                         e6[i].net = load128(pn + 16 * i)
@@ -1771,11 +1799,32 @@ cdef class PrefixTable:
         return table
 
     cdef int _setup(self, int family) except -1:
+        """Claim the table for a build (the GIL makes check and claim one
+        step).  ``bits`` stays 0 until ``_finish``."""
         if self.bits:
             raise RuntimeError("PrefixTable is already built")
+        if self.family:
+            raise RuntimeError("PrefixTable is being built")
         self.family = family
-        self.bits = 32 if family == 4 else 128
         return 0
+
+    cdef void _clear(self) noexcept:
+        """After a failed build: free what it allocated and go back to the
+        never-built state, so that ``__init__`` can run again."""
+        trie_free(&self.trie)
+        memset(&self.trie, 0, sizeof(Trie))
+        free(self.nets4)
+        free(self.nets6)
+        free(self.lens)
+        free(self.vals)
+        self.nets4 = NULL
+        self.nets6 = NULL
+        self.lens = NULL
+        self.vals = NULL
+        memset(self.present, 0, sizeof(self.present))
+        self.n = 0
+        self.bits = 0
+        self.family = 0
 
     cdef int _take4(self, E4 *e, Py_ssize_t count) except -1:
         """Sort and de-duplicate ``e`` (in place), keep it, build the trie."""
@@ -1845,14 +1894,17 @@ cdef class PrefixTable:
         self.lens = <uint8_t *>malloc(max(m, 1))
         self.vals = <int32_t *>malloc(max(m, 1) * sizeof(int32_t))
         if self.lens == NULL or self.vals == NULL or (self.nets4 == NULL and self.nets6 == NULL):
-            raise MemoryError()
+            raise MemoryError(OUT_OF_MEMORY)
         return 0
 
     cdef int _finish(self, int rc) except -1:
-        """Give back the slack of the growing arrays; report a failed build."""
+        """Give back the slack of the growing arrays and mark the table
+        built (``bits``, last); report a failed build."""
         cdef void *p
-        if rc < 0:
+        if rc == TOO_LARGE:
             raise MemoryError("prefix table too large")
+        if rc < 0:
+            raise MemoryError(OUT_OF_MEMORY)
         # Nodes end on memory aligned to their size: a big array on its own huge
         # pages below, a small one copied here (either keeps the old array
         # if it fails: slower lookups, same answers).
@@ -1871,6 +1923,7 @@ cdef class PrefixTable:
         self.trie.leaves = <Pair *>on_huge_pages(
             self.trie.leaves, self.trie.cap_leaves * leaf_bytes(&self.trie), &self.trie.mapped,
             MAPPED_LEAVES)
+        self.bits = self.trie.bits      # now lookups may walk it
         return 0
 
     # -- for other compiled modules ----------------------------------------
@@ -1898,6 +1951,11 @@ cdef class PrefixTable:
     def __repr__(self):
         return f"<acl._core.PrefixTable IPv{self.family} {self.n} prefixes>"
 
+    def __reduce_ex__(self, protocol):
+        # The twin's rule (no pickle, no copy), in words of its own rather
+        # than Cython's about __cinit__.
+        raise TypeError(_py.NO_PICKLE)
+
     # -- single lookups -------------------------------------------------------
     @cython.binding(False)
     @cython.always_allow_keywords(False)
@@ -1911,7 +1969,7 @@ cdef class PrefixTable:
 
     cdef int _built(self) except -1:
         if not self.bits:
-            raise ValueError("PrefixTable was never built")
+            raise ValueError(_py.NOT_BUILT)
         return 0
 
     def exact(self, network, length):
@@ -1998,10 +2056,18 @@ cdef class PrefixTable:
         return [(u128_to_int(self.nets6[i]), self.lens[i], self.vals[i]) for i in range(lo, hi)]
 
     # -- batch lookups --------------------------------------------------------
+    # The loop writes int32_t, so ``out`` must hold int32 items; the twin's
+    # check, first, as the twin makes it.  Here, not in _batch: GCC compiles
+    # the batch loops inlined into _batch differently as soon as its code
+    # changes (measured: 1-2% slower batches).
     def first_match_batch(self, packed, out=None):
+        if out is not None:
+            check_int32(out)
         return self._batch(packed, out, False)
 
     def most_specific_batch(self, packed, out=None):
+        if out is not None:
+            check_int32(out)
         return self._batch(packed, out, True)
 
     cdef object _batch(self, object packed, object out, bint specific):

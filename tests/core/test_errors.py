@@ -7,7 +7,11 @@ also be errors (ValueError or TypeError), never a crash or a silent answer.
 
 from __future__ import annotations
 
+import copy
+import ctypes
 import ipaddress
+import pickle
+import sys
 from array import array
 
 import pytest
@@ -141,6 +145,7 @@ def test_bad_batch_buffers_raise_the_same_error(cores, family):
         (bytes(width + 1), None),
         (good, array("i", [0, 0])),              # output too small
         (good, bytearray(11)),                   # output not a multiple of 4 bytes
+        (good, bytearray(12)),                   # output of bytes, not int32s
         (good, bytes(12)),                       # read-only output
         (good, memoryview(bytearray(12)).toreadonly()),
         (good, "not a buffer"),
@@ -151,6 +156,74 @@ def test_bad_batch_buffers_raise_the_same_error(cores, family):
         for method in ("first_match_batch", "most_specific_batch"):
             result = same(cores, lambda c, m=method, p=packed, o=out: getattr(table(c, family), m)(p, o))
             assert result[0] == "raised" and issubclass(result[1], (ValueError, TypeError)), (packed, out, result)
+
+
+# Output buffers whose items are not int32: each used to be accepted, cast
+# to bytes, and filled with int32s that read as other numbers there.
+OTHER_ORDER_INT32 = ctypes.c_int32.__ctype_be__ if sys.byteorder == "little" else ctypes.c_int32.__ctype_le__
+NOT_INT32 = {
+    "l": lambda: array("l", [0] * 3),       # 8-byte longs (LP64)
+    "q": lambda: array("q", [0] * 3),
+    "h": lambda: array("h", [0] * 6),       # as many bytes as 3 int32s
+    "H": lambda: array("H", [0] * 6),
+    "f": lambda: array("f", [0.0] * 3),     # 4 bytes, but floats
+    "I": lambda: array("I", [0] * 3),       # 4 bytes, but unsigned
+    "b": lambda: array("b", [0] * 12),
+    "B": lambda: memoryview(bytearray(12)),
+    "other byte order": lambda: (OTHER_ORDER_INT32 * 3)(),
+}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("make", NOT_INT32.values(), ids=NOT_INT32.keys())
+def test_batch_output_items_must_be_int32(cores, family, make):
+    width = 4 if family == 4 else 16
+    out = make()
+    fmt = memoryview(out).format
+    for method in ("first_match_batch", "most_specific_batch"):
+        result = same(cores, lambda c, m=method: getattr(table(c, family), m)(bytes(3 * width), out))
+        assert result[:2] == ("raised", TypeError) and repr(fmt) in result[2], result
+
+
+# Output buffers of int32 items, in the spellings other libraries give them.
+INT32 = [
+    lambda: array("i", [7] * 3),
+    lambda: memoryview(array("i", [7] * 3)),
+    lambda: memoryview(bytearray(12)).cast("i"),
+    lambda: (ctypes.c_int32 * 3)(),                        # format "<i" on little-endian hosts
+    lambda: memoryview(bytearray(12)).cast("B").cast("l") if array("l").itemsize == 4 else array("i", [0] * 3),
+]
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("make", INT32)
+def test_batch_output_of_int32_items_is_filled(cores, family, make):
+    width = 4 if family == 4 else 16
+    for core in cores:
+        out = make()
+        assert core.PrefixTable(family, [(0, 1, 3)]).first_match_batch(bytes(width) + b"\xff" * width, out) is out
+        assert list(memoryview(out).cast("B").cast("i"))[:2] == [3, -1]
+
+
+# -- the table object itself ---------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [pickle.dumps, copy.copy, copy.deepcopy], ids=["pickle", "copy", "deepcopy"])
+def test_tables_are_not_pickled_or_copied(cores, how):
+    result = same(cores, lambda c: how(table(c, 4)))
+    assert result[:2] == ("raised", TypeError), result
+
+
+@pytest.mark.parametrize("name", ["family", "first_match", "nbytes", "other"])
+def test_table_attributes_cannot_be_set(cores, name):
+    """``family`` is read-only in both cores, as are the methods, and a table
+    takes no new attributes (the messages name each core's own class)."""
+    results = []
+    for core in cores:
+        t = table(core, 4)
+        results.append(outcome(lambda t=t: setattr(t, name, 6))[:2])
+        assert t.family == 4 and t.first_match("10.1.2.3") == 1
+    assert results == [("raised", AttributeError)] * 2, results
 
 
 def test_ipv4_mapped_addresses_are_ipv6(cores):

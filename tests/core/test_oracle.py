@@ -109,7 +109,7 @@ def test_batch_into_caller_buffers(core, family):
     addrs = [0, 1 << (bits - 1), (1 << bits) - 1, (1 << bits) - 2]
     buf = packed(family, addrs)
     want_first, want_specific = [9, 3, 1, 3], [9, 3, 1, 3]
-    for out in (array("i", [7] * 6), bytearray(24), memoryview(bytearray(16))):
+    for out in (array("i", [7] * 6), memoryview(bytearray(24)).cast("i"), memoryview(array("i", [0] * 4))):
         assert table.first_match_batch(buf, out) is out
         assert list(memoryview(out).cast("B").cast("i"))[:4] == want_first
         table.most_specific_batch(memoryview(buf), out)
