@@ -15,7 +15,9 @@ Rules (shared with the compiled ``SourceTable``):
 * Each entry is a token bucket: a new source starts with ``burst`` tokens;
   tokens grow by ``rate`` per second of ``now`` up to ``burst``; a request
   takes one token or is refused.  ``burst <= 0`` means ``max(1, rate)``.
-  Time only moves forward: an older ``now`` adds nothing.
+  An older ``now`` (the wall clock stepped back) adds nothing and becomes
+  the bucket's time, so refilling goes on from there instead of waiting for
+  the clock to catch up.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ class SourceTable:
                 tokens = self._tokens[slot] + elapsed * rate
                 self._tokens[slot] = tokens if tokens < burst else burst
                 self._last[slot] = now
+            elif elapsed < 0:
+                self._last[slot] = now     # clock stepped back: no refill, no lock-out
         if self._tokens[slot] >= 1.0:
             self._tokens[slot] -= 1.0
             return True

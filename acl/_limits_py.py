@@ -18,22 +18,37 @@ Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
   xinetd does, whatever later layers decide; it takes no lease.
 * cps (C.7): ``count``/``window_start`` in whole seconds; ``count == 0`` opens
   a window; inside a window of ``cps_max`` seconds ``count += 1`` and the
-  service trips when ``count // max(elapsed, 1) > cps_max``; past the window
+  service trips when ``count // elapsed > cps_max``, an ``elapsed`` of 0
+  counting as 1 and a negative one (the clock stepped back) never tripping,
+  as in xinetd's ``svc_allowed``; past the window
   it restarts at 1.  A trip refuses the connection and "closes the socket"
   for ``cps_wait`` real seconds (every check in that time is refused without
   being counted); the counters are *not* reset.  ``cps_max == 0`` is off.
 * instances / per_source count live **leases** (:meth:`take_lease`,
   :meth:`release`).  -1 means UNLIMITED; 0 refuses everything.
+* Services come and go: :meth:`retire` (called when a new policy is swapped
+  in) frees the slots of names the policy no longer has -- except a slot
+  that still holds leases, which is freed by a later ``retire`` once they
+  are released, so a lease of a gone service never touches a reused slot.
+  A freed slot is reset (counters, cps window, buckets) and reused lowest
+  first.  At most ``max_services`` names (:data:`MAX_SERVICES`) are live.
 * Sources are 16-byte addresses (IPv4 as ``::ffff:a.b.c.d``, see
   :func:`pack_source`), so one client compares equal in either family.
 * Per-source state (lease counts, token buckets) lives in one bounded,
   set-associative open-addressing table: ``groups`` x ``WAYS`` (2) entries,
-  the group chosen by a 64-bit hash; a group is one 64-byte cache line, so a
+  the group chosen by a 64-bit hash keyed with a per-process random secret
+  (``key``; tests pass a fixed one), so addresses that share a group cannot
+  be computed offline; a group is one 64-byte cache line, so a
   check costs one line (4 ways measured 2-3x slower with 1M sources).  A
   full group evicts its *bucket* entry with the oldest arrival time (the
   fullest bucket; entries holding leases are pinned) and counts an eviction.
-  A lease that finds its group pinned full is still counted for
-  instances but not per source (``lease_overflows``).
+* A lease whose group is pinned full goes to the **overflow area**, an exact
+  map of at most ``overflow_capacity`` (``capacity // 16``, at least 16)
+  sources (``lease_overflows`` counts them), so per_source and instances stay
+  exact as in xinetd.  When even that is full, a service with per_source
+  refuses a source it could not count (``PER_SOURCE_LIMIT``, fail closed;
+  ``overflow_full`` counts the refusals and the leases of other services
+  counted for instances only).
 * Token buckets are kept as GCRA (one "theoretical arrival time" per bucket,
   integer nanoseconds), the exact equivalent of a bucket of ``burst`` tokens
   refilled at ``rate`` per second, so both twins compute bit-identical
@@ -43,15 +58,17 @@ Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import math
+import os
 import socket
 import time
 
 __all__ = [
     "LimitState", "pack_source",
     "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
-    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES", "MAX_LIMITS_KEY",
 ]
 
 OK = 0
@@ -72,6 +89,10 @@ _USED = 1 << 31
 _KIND_BUCKET = 1 << 30
 _V4MAPPED_HI = 0x0000000000000000
 _V4MAPPED_LO_TOP = 0x0000FFFF
+_SLOT_BITS = 0x7FFF
+MAX_LIMITS_KEY = (1 << 128) - 1
+#: this process's hash key (each twin draws its own; a ``key`` argument wins)
+_PROCESS_KEY = int.from_bytes(os.urandom(16), "big")
 
 
 def pack_source(addr) -> bytes:
@@ -102,8 +123,9 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _hash(hi: int, lo: int, tag: int) -> int:
-    return _mix(hi ^ _mix(lo ^ ((tag * 0x9E3779B97F4A7C15) & _M64)))
+def _hash(hi: int, lo: int, tag: int, k0: int = 0, k1: int = 0) -> int:
+    # keyed: without (k0, k1) colliding addresses cannot be worked out offline
+    return _mix(hi ^ k1 ^ _mix(lo ^ k0 ^ ((tag * 0x9E3779B97F4A7C15) & _M64)))
 
 
 def _gcra(rate: float, burst: float) -> tuple[int, int]:
@@ -122,13 +144,19 @@ def _local_minute(now: float) -> int:
 class LimitState:
     """Limit state for every service of a policy; see the module rules."""
 
-    def __init__(self, max_sources: int = 65536, v6_prefix: int = 64, max_services: int = 1024):
+    def __init__(self, max_sources: int = 65536, v6_prefix: int = 64,
+                 max_services: int = MAX_SERVICES, key: int | None = None):
         if not 1 <= max_services <= MAX_SERVICES:
             raise ValueError(f"max_services must be 1..{MAX_SERVICES}")
         if not 0 <= v6_prefix <= 128:
             raise ValueError("v6_prefix must be 0..128")
         if max_sources < WAYS:
             raise ValueError(f"max_sources must be at least {WAYS}")
+        if key is None:
+            key = _PROCESS_KEY
+        if not 0 <= key <= MAX_LIMITS_KEY:
+            raise ValueError("key must be 0 .. 2**128-1")
+        self._k0, self._k1 = key & _M64, key >> 64
         groups = 1
         while groups * WAYS < max_sources:
             groups <<= 1
@@ -143,42 +171,105 @@ class LimitState:
         self._val = [0] * n
         self._tag = [0] * n
         self._names: dict[str, int] = {}
+        self._free: list[int] = []          # freed slots (a heap: lowest reused first)
+        self._top = 0                       # slots ever handed out by slot()
         #: layer state that must survive reloads (the xinetd sensor list)
         self.extra: dict = {}
-        s = max_services
-        self._cps_max = [50] * s
-        self._cps_wait = [10] * s
-        self._count = [0] * s
-        self._window = [0] * s
-        self._off_until = [0.0] * s
-        self._cps_trips = [0] * s
-        self._instances = [UNLIMITED] * s
-        self._per_source = [UNLIMITED] * s
-        self._max_load = [0.0] * s
-        self._times: list[bytearray | None] = [None] * s
-        self._t_ns = [0] * s
-        self._tau_ns = [0] * s
-        self._active = [0] * s
-        self._refusals = [[0] * _NREASONS for _ in range(s)]
+        # service records grow with the highest slot touched (the compiled
+        # core allocates them in chunks the same way)
+        self._cps_max: list[int] = []
+        self._cps_wait: list[int] = []
+        self._count: list[int] = []
+        self._window: list[int] = []
+        self._off_until: list[float] = []
+        self._cps_trips: list[int] = []
+        self._instances: list[int] = []
+        self._per_source: list[int] = []
+        self._max_load: list[float] = []
+        self._times: list[bytearray | None] = []
+        self._t_ns: list[int] = []
+        self._tau_ns: list[int] = []
+        self._active: list[int] = []
+        self._refusals: list[list[int]] = []
         self._leases: dict[int, tuple[int, int, int, bool]] = {}
         self._next_lease = 1
         self.evictions = 0
         self.tracked_sources = 0
         self.lease_overflows = 0
+        self.overflow_full = 0
+        #: the overflow area: (tag, hi, lo) -> live leases, exact and bounded
+        self._ovf: dict[tuple[int, int, int], int] = {}
+        self.overflow_capacity = max(16, self.capacity // 16)
+
+    @property
+    def overflow_entries(self) -> int:
+        """Sources whose leases are counted in the overflow area now."""
+        return len(self._ovf)
+
+    def _grow(self, upto: int) -> None:
+        while len(self._cps_max) <= upto:
+            self._cps_max.append(50)
+            self._cps_wait.append(10)
+            self._count.append(0)
+            self._window.append(0)
+            self._off_until.append(0.0)
+            self._cps_trips.append(0)
+            self._instances.append(UNLIMITED)
+            self._per_source.append(UNLIMITED)
+            self._max_load.append(0.0)
+            self._times.append(None)
+            self._t_ns.append(0)
+            self._tau_ns.append(0)
+            self._active.append(0)
+            self._refusals.append([0] * _NREASONS)
+
+    def _reset(self, s: int) -> None:
+        self._cps_max[s], self._cps_wait[s], self._count[s], self._window[s] = 50, 10, 0, 0
+        self._off_until[s], self._cps_trips[s] = 0.0, 0
+        self._instances[s] = self._per_source[s] = UNLIMITED
+        self._max_load[s], self._times[s], self._t_ns[s], self._tau_ns[s] = 0.0, None, 0, 0
+        self._active[s] = 0
+        self._refusals[s] = [0] * _NREASONS
 
     # -- services -------------------------------------------------------
     def slot(self, name: str) -> int:
         """The slot of service ``name``, allocated on first use."""
         s = self._names.get(name)
         if s is None:
-            s = len(self._names)
-            if s >= self.max_services:
+            if self._free:
+                s = heapq.heappop(self._free)
+            elif self._top < self.max_services:
+                s = self._top
+                self._top += 1
+            else:
                 raise ValueError(f"more than {self.max_services} services")
+            self._check_slot(s)
             self._names[name] = s
         return s
 
     def slots(self) -> dict[str, int]:
         return dict(self._names)
+
+    def retire(self, keep) -> list[str]:
+        """Free the slots of every name not in ``keep`` that holds no lease
+        (a slot with leases waits for a later call); the names freed."""
+        gone = [n for n, s in self._names.items() if n not in keep and self._active[s] == 0]
+        if not gone:
+            return gone
+        dead = set()
+        for n in gone:
+            s = self._names.pop(n)
+            dead.add(s)
+            self._reset(s)
+            heapq.heappush(self._free, s)
+        for i, t in enumerate(self._tag):       # their token buckets go too
+            if t and t & _SLOT_BITS in dead:
+                self._tag[i] = 0
+                self._val[i] = 0
+                self.tracked_sources -= 1
+        for k in [k for k in self._ovf if k[0] & _SLOT_BITS in dead]:
+            del self._ovf[k]
+        return gone
 
     def configure(self, slot: int, cps_max: int = 50, cps_wait: int = 10,
                   instances: int = UNLIMITED, per_source: int = UNLIMITED,
@@ -186,21 +277,12 @@ class LimitState:
                   burst: float = 0.0) -> None:
         """Set a service's limits; its counters and leases are kept."""
         self._check_slot(slot)
-        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
-            raise ValueError("cps values must be 0..2**32-1")
-        if instances < -1 or per_source < -1:
-            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
-        if max_load < 0 or rate < 0 or burst < 0:
-            raise ValueError("max_load, rate and burst must not be negative")
-        if rate > 0 and burst < 1:
-            raise ValueError("a rate needs a burst of at least 1")
+        self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns, tau_ns = _gcra(rate, burst)
         bitmap = None
         if times is not None:
             bitmap = bytearray(1440)
             for start, end in times:
-                if not (0 <= start <= end < 1440):
-                    raise ValueError(f"bad time interval {start}-{end}")
                 for m in range(start, end + 1):
                     bitmap[m] = 1
         self._cps_max[slot] = int(cps_max)
@@ -212,13 +294,33 @@ class LimitState:
         self._t_ns[slot] = t_ns
         self._tau_ns[slot] = tau_ns
 
+    @staticmethod
+    def validate(cps_max: int = 50, cps_wait: int = 10, instances: int = UNLIMITED,
+                 per_source: int = UNLIMITED, max_load: float = 0.0, times=None,
+                 rate: float = 0.0, burst: float = 0.0) -> None:
+        """Raise ValueError when :meth:`configure` would; change nothing.  A
+        negative ``max_load`` is allowed: xinetd then refuses for load always."""
+        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
+            raise ValueError("cps values must be 0..2**32-1")
+        if instances < -1 or per_source < -1:
+            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
+        if rate < 0 or burst < 0:
+            raise ValueError("rate and burst must not be negative")
+        if rate > 0 and burst < 1:
+            raise ValueError("a rate needs a burst of at least 1")
+        for start, end in times or ():
+            if not (0 <= start <= end < 1440):
+                raise ValueError(f"bad time interval {start}-{end}")
+
     def _check_slot(self, slot: int) -> None:
         if not 0 <= slot < self.max_services:
             raise ValueError(f"slot {slot} out of range")
+        if slot >= len(self._cps_max):
+            self._grow(slot)
 
     # -- the table ------------------------------------------------------
     def _find(self, hi: int, lo: int, tag: int) -> int:
-        base = (_hash(hi, lo, tag) & (self._groups - 1)) * WAYS
+        base = (_hash(hi, lo, tag, self._k0, self._k1) & (self._groups - 1)) * WAYS
         for i in range(base, base + WAYS):
             if self._tag[i] == tag and self._hi[i] == hi and self._lo[i] == lo:
                 return i
@@ -226,7 +328,7 @@ class LimitState:
 
     def _insert(self, hi: int, lo: int, tag: int, now_ns: int) -> int:
         """Index of a fresh entry for the key, evicting if needed; -1 if pinned full."""
-        base = (_hash(hi, lo, tag) & (self._groups - 1)) * WAYS
+        base = (_hash(hi, lo, tag, self._k0, self._k1) & (self._groups - 1)) * WAYS
         victim = -1
         for i in range(base, base + WAYS):
             t = self._tag[i]
@@ -247,6 +349,18 @@ class LimitState:
         self._last[victim] = now_ns
         self._val[victim] = 0
         return victim
+
+    def _pinned(self, hi: int, lo: int, tag: int) -> bool:
+        """True when the key's group has no empty and no bucket entry."""
+        base = (_hash(hi, lo, tag, self._k0, self._k1) & (self._groups - 1)) * WAYS
+        return all(self._tag[i] and not self._tag[i] & _KIND_BUCKET
+                   for i in range(base, base + WAYS))
+
+    def _held(self, hi: int, lo: int, tag: int) -> int:
+        i = self._find(hi, lo, tag)
+        if i >= 0:
+            return self._val[i]
+        return self._ovf.get((tag, hi, lo), 0) if self._ovf else 0
 
     def _bucket_key(self, hi: int, lo: int) -> tuple[int, int]:
         if hi == 0 and (lo >> 32) == _V4MAPPED_LO_TOP:
@@ -317,9 +431,11 @@ class LimitState:
                 self._window[s] = now_s
             elif diff < cmax:
                 self._count[s] += 1
-                if diff <= 0:
+                if diff == 0:
                     diff = 1
-                if self._count[s] // diff > cmax:
+                # a negative diff (the clock stepped back) never trips: xinetd
+                # maps only 0 to 1, and its signed division gives <= 0
+                if diff > 0 and self._count[s] // diff > cmax:
                     self._off_until[s] = now + self._cps_wait[s]
                     self._cps_trips[s] += 1
                     return CPS
@@ -342,9 +458,21 @@ class LimitState:
         lim = self._per_source[s]
         # a source holds at most the service's live leases: below the limit
         # there, no source can be at it, and the table need not be read.
-        if lim >= 0 and self._active[s] >= lim:
-            i = self._find(hi, lo, _USED | s)
-            held = self._val[i] if i >= 0 else 0
+        # When the overflow area is full, a source that holds nothing and
+        # whose group is pinned could not be counted: refused (fail closed).
+        full = len(self._ovf) >= self.overflow_capacity
+        if lim >= 0 and (self._active[s] >= lim or full):
+            tag = _USED | s
+            i = self._find(hi, lo, tag)
+            if i >= 0:
+                held = self._val[i]
+            else:
+                held = self._ovf.get((tag, hi, lo), -1) if self._ovf else -1
+                if held < 0:
+                    if full and self._pinned(hi, lo, tag):
+                        self.overflow_full += 1
+                        return PER_SOURCE_LIMIT
+                    held = 0
             if held >= lim:
                 return PER_SOURCE_LIMIT
         # token bucket (not in xinetd) as GCRA: the entry keeps the bucket's
@@ -386,13 +514,20 @@ class LimitState:
         lo = int.from_bytes(raw[8:], "big")
         tag = _USED | slot
         i = self._find(hi, lo, tag)
-        if i < 0:
+        okey = (tag, hi, lo)
+        if i < 0 and okey not in self._ovf:
             i = self._insert(hi, lo, tag, 0)
-        tracked = i >= 0
-        if tracked:
+        tracked = True
+        if i >= 0:
             self._val[i] += 1
-        else:
+        elif okey in self._ovf:
+            self._ovf[okey] += 1
+        elif len(self._ovf) < self.overflow_capacity:
+            self._ovf[okey] = 1
             self.lease_overflows += 1
+        else:
+            tracked = False                 # counted for instances only
+            self.overflow_full += 1
         self._active[slot] += 1
         lease = self._next_lease
         self._next_lease += 1
@@ -407,22 +542,26 @@ class LimitState:
         slot, hi, lo, tracked = rec
         self._active[slot] -= 1
         if tracked:
-            i = self._find(hi, lo, _USED | slot)
+            tag = _USED | slot
+            i = self._find(hi, lo, tag)
             if i >= 0:
                 self._val[i] -= 1
                 if self._val[i] <= 0:
                     self._tag[i] = 0
                     self._val[i] = 0
                     self.tracked_sources -= 1
+            elif (tag, hi, lo) in self._ovf:
+                self._ovf[tag, hi, lo] -= 1
+                if self._ovf[tag, hi, lo] <= 0:
+                    del self._ovf[tag, hi, lo]
         return True
 
     def held(self, slot: int, source: bytes) -> int:
         """Live leases of ``slot`` from ``source`` (what per_source compares)."""
         self._check_slot(slot)
         raw = bytes(source)
-        i = self._find(int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"),
-                       _USED | slot)
-        return self._val[i] if i >= 0 else 0
+        return self._held(int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"),
+                          _USED | slot)
 
     # -- counters for the metrics collector --------------------------------
     def active_leases(self, slot: int) -> int:

@@ -26,6 +26,12 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
   business (it releases on disconnect).  Leases live in the engine, so they
   survive reloads; the xinetd layer keeps its limit state across reloads
   (``XinetdLayer(policy, state=old_state)``).
+* A prepared policy changes nothing until :meth:`Engine.commit`: there, on
+  the serving thread and just before the swap, every xinetd layer of the new
+  policy puts its limits in force (``activate``) and each limit state frees
+  the slots of services the new policy no longer has (``retire``; a slot
+  holding leases waits until a later commit).  A discarded prepared policy
+  leaves the running limits as they were.
 * Counters are plain ints and dicts bumped per decision and read by
   :mod:`acl.metrics` at scrape time.  The compiled batch path
   (``acl._engine.BatchPlan``) keeps its own per-action counters; they are
@@ -104,6 +110,18 @@ def _same_layers(a, b) -> bool:
         return False
     return all(x.layer is y.layer and x.services == y.services and x.kind == y.kind
                and x.kind != "xinetd" for x, y in zip(a.sources, b.sources, strict=True))
+
+
+def _activate(policy) -> None:
+    """The new policy's xinetd limits in force, gone services' slots freed."""
+    keep: dict[int, tuple[object, set]] = {}
+    for s in policy.sources:
+        activate = getattr(s.layer, "activate", None)
+        if activate is not None:
+            state, names = activate()
+            keep.setdefault(id(state), (state, set()))[1].update(names)
+    for state, names in keep.values():
+        state.retire(names)
 
 
 def client_packed(client: str) -> bytes:
@@ -228,6 +246,7 @@ class Engine:
         """Swap in what :meth:`prepare` made (call from the serving thread)."""
         policy, plan, sources = prepared
         old = self._current[1] if self._current is not None else None
+        _activate(policy)
         self._sources = sources
         self._labels = policy.named_services()
         self._current = (policy, plan)     # the swap: one reference assignment
@@ -423,6 +442,17 @@ class Engine:
         return self._sources.evictions + sum(int(c.get("evictions", 0))
                                              for c in self._layer_tables())
 
+    def lease_overflow(self) -> dict[str, int]:
+        """The xinetd tables' overflow areas: ``entries`` (sources there now),
+        ``overflows`` (leases sent there: their group was pinned full) and
+        ``full`` (per_source refusals or uncounted leases: it was full too)."""
+        out = {"entries": 0, "overflows": 0, "full": 0}
+        for c in self._layer_tables():
+            out["entries"] += int(c.get("overflow_entries", 0))
+            out["overflows"] += int(c.get("lease_overflows", 0))
+            out["full"] += int(c.get("overflow_full", 0))
+        return out
+
     def counters(self) -> dict:
         """A snapshot of every counter, the batch plan's included."""
         decisions = dict(self.decisions)
@@ -453,6 +483,7 @@ class Engine:
             "leases": dict(self.leases_by_service),
             "sources_tracked": self.sources_tracked,
             "sources_evictions": self.sources_evictions,
+            "lease_overflow": self.lease_overflow(),
         }
 
     def watched_files(self) -> list[Path]:

@@ -163,6 +163,16 @@ class AclCollector:
         yield CounterMetricFamily("acl_sources_evictions",
                                   "Entries evicted from the per-source table",
                                   value=c["sources_evictions"])
+        ov = c["lease_overflow"]
+        yield GaugeMetricFamily("acl_lease_overflow_entries",
+                                "Sources whose leases are counted in the overflow area",
+                                value=ov["entries"])
+        yield CounterMetricFamily("acl_lease_overflows",
+                                  "Leases counted in the overflow area (table group full)",
+                                  value=ov["overflows"])
+        yield CounterMetricFamily("acl_lease_overflow_full",
+                                  "per_source refusals and leases counted for instances only: "
+                                  "the overflow area was full", value=ov["full"])
 
         t = CounterMetricFamily("acl_limit_trips", "Refusals by a limit",
                                 labels=["service", "limit"])

@@ -21,8 +21,11 @@ Rules of this file:
   service's server (its request is then the hosts_access check, as tcpd's
   is in the classic xinetd + tcpd + NOLIBWRAP stanza); NOLIBWRAP with any
   other server skips hosts_access.
-* A reload passes the running policy as ``previous`` so the xinetd layer
-  keeps its limit state (cps windows, instances, per_source counts), and the
+* A reload passes the running policy as ``previous`` so each xinetd layer
+  keeps its limit state (cps windows, instances, per_source counts) -- the
+  state of the running source read from the same file, whatever its place
+  in the list -- and the new limits apply only when the engine swaps the
+  policy in (``XinetdLayer.activate``); the
   name cache (:mod:`acl.names`) is kept while ``[names]`` and its hosts file
   stay the same.
 * ``[names]`` decides where client names come from when a rule needs one
@@ -309,11 +312,20 @@ def _file(base: Path, src: dict, key: str, path, where: str) -> Path:
     return (base / name).resolve()
 
 
-def _previous_state(previous: Policy | None, kind: str, index: int):
+def _previous_state(previous: Policy | None, kind: str, file: Path):
+    """The limit state of the running policy's ``kind`` source read from the
+    same file (resolved path), so reordering or inserting sources hands each
+    one its own counters and leases; None (fresh state) for a new file.  A
+    path the first load saw outside ``[run] chroot`` matches the same file
+    seen from inside it."""
     if previous is None:
         return None
-    same = [s for s in previous.sources if s.kind == kind]
-    return same[index].state if index < len(same) else None
+    root = os.path.abspath(previous.run.chroot).rstrip("/") if previous.run.chroot else ""
+    for want in (str(file), root + str(file) if root else None):
+        for s in previous.sources:
+            if s.kind == kind and s.state is not None and s.files and str(s.files[0]) == want:
+                return s.state
+    return None
 
 
 def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, tuple]:
@@ -346,7 +358,8 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
 
 
 def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
-                 names=None, names_key: tuple = (), system=None) -> Source:
+                 names=None, names_key: tuple = (), system=None,
+                 limits: Limits | None = None) -> Source:
     kind = src.get("type")
     if kind in SOURCE_KEYS:
         _known_keys(src, SOURCE_KEYS[kind], path, f"{where} ({kind})")
@@ -387,9 +400,13 @@ def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
         f = _file(base, src, "file", path, where)
         xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend,
                                      system)
-        state = _previous_state(previous, "xinetd", index)
+        state = _previous_state(previous, "xinetd", f)
+        lim = limits or Limits()
+        # a new source's table has [limits] sources entries; a handed-over
+        # one keeps its size (and its leases) until acl serve restarts
         layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
-                            resolver=_NoNames() if names is None else names)
+                            resolver=_NoNames() if names is None else names,
+                            max_sources=lim.sources, v6_prefix=lim.ipv6_prefix)
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, (f,), tuple(diags),
                       state=getattr(layer, "state", None))
@@ -593,7 +610,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         seen[kind] = index + 1
         try:
             sources.append(_load_source(src, base, toml_path, where, previous, index,
-                                        name_service, names_key, system))
+                                        name_service, names_key, system, limits=limits))
         except (RuleSyntaxError, PolicyError):
             raise
         except OSError as exc:

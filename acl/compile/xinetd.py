@@ -23,6 +23,13 @@ Theory of operation (spec C.4-C.8; ARCHITECTURE.md "Decisions", "Leases"):
   entries only match IPv6 (incl. mapped) clients.
 * Limit state lives in an ``acl.core.limits.LimitState`` that the engine
   hands from one layer to the next on reload, so counters and leases survive.
+  A layer built around a state it was handed (a reload being prepared, off
+  the loop thread) only reserves slots and checks its configuration; its
+  limits are put in force by :meth:`XinetdLayer.activate`, which the engine
+  calls when it swaps the policy in -- so a reload that fails later, or is
+  never committed, changes no limit.  A layer with a state of its own
+  activates itself.  ``activate`` returns the names to keep; the engine then
+  retires the other slots (``LimitState.retire``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import dataclass, field
 
 from acl.core import PrefixTable
 from acl.core import limits as _limits
-from acl.errors import Diagnostic
+from acl.errors import Diagnostic, PolicyError
 from acl.model import Decision, Location, Reason, Request, Verdict
 from acl.parse.xinetd import XEntry, XinetdConfig, parse_xinetd, parse_xinetd_text
 from acl.parse.xinetd_addr import parse_value
@@ -317,20 +324,37 @@ class XinetdLayer:
         1-minute load (default: /proc/loadavg), read only for services with
         ``max_load``."""
         self.policy = policy
-        self.state = state if state is not None else _limits.LimitState(
-            max_sources=max_sources, v6_prefix=v6_prefix)
+        own = state is None
+        self.state = _limits.LimitState(max_sources=max_sources,
+                                        v6_prefix=v6_prefix) if own else state
         self._loadavg = loadavg if loadavg is not None else read_loadavg
         self._resolver = resolver if resolver is not None else SystemResolver()
         self._slots: dict[str, int] = {}
+        self._config: dict[int, dict] = {}
         rate = rate or {}
         for sid, svc in policy.services.items():
-            slot = self.state.slot(sid)
-            self._slots[sid] = slot
             r, b = rate.get(sid, rate.get("*", (0.0, 0.0)))
-            self.state.configure(slot, cps_max=svc.cps[0], cps_wait=svc.cps[1],
-                                 instances=svc.instances, per_source=svc.per_source,
-                                 max_load=svc.max_load, times=svc.access_times,
-                                 rate=r, burst=b)
+            cfg = {"cps_max": svc.cps[0], "cps_wait": svc.cps[1], "instances": svc.instances,
+                   "per_source": svc.per_source, "max_load": svc.max_load,
+                   "times": svc.access_times, "rate": r, "burst": b}
+            self.state.validate(**cfg)
+            try:
+                slot = self.state.slot(sid)
+            except ValueError as exc:
+                raise PolicyError(f"{policy.path}: too many xinetd services: acl keeps the "
+                                  f"limits of {self.state.max_services} at most, the running "
+                                  f"policy's included ({exc})") from None
+            self._slots[sid] = slot
+            self._config[slot] = cfg
+        if own:
+            self.activate()
+
+    def activate(self):
+        """Put this layer's limits in force (the engine calls it at the swap,
+        on the loop thread); ``(state, names of its services)``."""
+        for slot, cfg in self._config.items():
+            self.state.configure(slot, **cfg)
+        return self.state, set(self._slots)
 
     # -- the Layer protocol ----------------------------------------------
     def check(self, request: Request, now: float) -> Decision | None:
@@ -446,7 +470,9 @@ class XinetdLayer:
         st = self.state
         out = {"evictions": int(st.evictions), "tracked_sources": int(st.tracked_sources),
                "table_capacity": int(st.capacity), "table_bytes": int(st.memory_bytes),
-               "lease_overflows": int(st.lease_overflows), "services": {}}
+               "lease_overflows": int(st.lease_overflows),
+               "overflow_entries": int(st.overflow_entries),
+               "overflow_full": int(st.overflow_full), "services": {}}
         for sid, slot in self._slots.items():
             out["services"][sid] = {
                 "active_leases": int(st.active_leases(slot)),

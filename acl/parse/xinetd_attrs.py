@@ -43,6 +43,26 @@ _FLOAT_RE = re.compile(
     r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN]))")
 
 
+# glibc's scanf %lf also reads C99 hex floats: "0x" then hex digits with an
+# optional point (a lone point is read as 0: "0x." is 0), then an optional
+# binary exponent ("p" with no digits after it is left unread); "0x" with
+# neither digit nor point is no number at all.
+_HEX_FLOAT_RE = re.compile(
+    r"[ \t\n\v\f\r]*([+-]?)0[xX](?:([0-9a-fA-F]*)(\.?)([0-9a-fA-F]*))(?:[pP]([+-]?[0-9]+))?")
+
+
+def c_scanf_double(text: str) -> float | None:
+    """glibc ``sscanf(text, "%lf")``: the longest leading number, or None."""
+    h = _HEX_FLOAT_RE.match(text)
+    if h is not None:
+        sign, whole, point, frac, exp = h.groups()
+        if not (whole or point or frac):
+            return None
+        return float.fromhex(f"{sign}0x{whole or '0'}.{frac or '0'}p{exp or '0'}")
+    m = _FLOAT_RE.match(text)
+    return None if m is None else float(m[1])
+
+
 def c_strtol(text: str) -> int | None:
     """xinetd ``parse_base10``: strtol (base 10, trailing blanks allowed),
     the result stored in a C int (it wraps)."""
@@ -297,11 +317,11 @@ def p_banner(attr):
 
 
 def p_max_load(entry, values, op, ctx):
-    # sscanf("%lf"): the longest leading number; anything after is ignored.
-    m = _FLOAT_RE.match(values[0])
-    if m is None:
+    # sscanf("%lf"): the longest leading number (hex floats too); anything
+    # after is ignored.
+    v = c_scanf_double(values[0])
+    if v is None:
         raise AttrFail("error reading max_load argument")
-    v = float(m[1])
     if v == 0:
         raise AttrFail("error parsing max_load argument")
     entry.parsed["max_load"] = v

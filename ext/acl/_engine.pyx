@@ -183,6 +183,10 @@ cdef class SourceTable:
                 tokens = sl.tokens + elapsed * rate
                 sl.tokens = tokens if tokens < burst else burst
                 sl.last = now
+            elif elapsed < 0:
+                # the clock stepped back: refill from the new time on (no
+                # refill now, and no lock-out for the length of the step)
+                sl.last = now
         if sl.tokens >= 1.0:
             sl.tokens -= 1.0
             return True

@@ -31,7 +31,15 @@ cdef struct Service:
 cdef class LimitState:
     cdef Entry *_table           # groups * WAYS entries, 64-byte aligned
     cdef uint64_t _gmask         # groups - 1
-    cdef Service *_svc           # max_services records
+    cdef uint64_t _k0, _k1       # the hash key (per process unless given)
+    cdef Service *_chunks[128]   # service records, 256 a chunk, made on first use
+    cdef Entry *_ovf             # overflow area: linear probing, 2 x capacity slots
+    cdef uint64_t _omask         # its size - 1
+    cdef readonly int overflow_capacity  # sources it may hold
+    cdef readonly int64_t overflow_entries
+    cdef readonly uint64_t overflow_full  # refusals/untracked leases: even it was full
+    cdef list _free              # freed slots (a heap: lowest reused first)
+    cdef int _top                # slots ever handed out by slot()
     cdef readonly int capacity   # entries in the table
     cdef readonly int v6_prefix  # bucket aggregation of IPv6 sources
     cdef readonly int max_services
@@ -46,6 +54,11 @@ cdef class LimitState:
     cdef uint64_t _next_lease
 
     cdef int _check_slot(self, int slot) except -1
+    cdef void _reset(self, int s) noexcept
+    cdef int _ofind(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil
+    cdef int _oinsert(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil
+    cdef void _odelete(self, int i) noexcept nogil
+    cdef bint _pinned(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil
     cdef Py_ssize_t _batch(self, const unsigned char *src, Py_ssize_t src_len,
                            const int *sl, Py_ssize_t sl_len, unsigned char *res,
                            Py_ssize_t res_len, double now, double load,

@@ -12,8 +12,14 @@ answer exactly as the twin does.  In short:
   its start with integer division; a trip refuses and closes the service for
   ``cps_wait`` seconds; counters are not reset.
 * the source table is set-associative: ``WAYS`` (2) entries per 64-byte group
-  (one cache line: a check reads one line),
-  eviction of the bucket entry with the oldest arrival time, leases pinned.
+  (one cache line: a check reads one line), the group picked by a hash keyed
+  with a per-process secret (``key``), eviction of the bucket entry with the
+  oldest arrival time, leases pinned; a lease whose group is pinned full
+  goes to the exact, bounded overflow area (linear probing, backward-shift
+  deletion); when that is full too, per_source fails closed.
+* service records live in chunks of 256, allocated the first time a slot in
+  them is touched (with the GIL, never in the batch loop), so the cap
+  (``MAX_SERVICES``) costs nothing until used; ``retire`` frees slots.
 * token buckets are GCRA over integer nanoseconds (see the twin).
 * the clock is an argument; nothing here reads time, allocates on the check
   path, or holds the GIL inside the batch loop.
@@ -22,9 +28,11 @@ answer exactly as the twin does.  In short:
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 from libc.math cimport floor
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
-from libc.stdlib cimport free
+from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
+import heapq
+import os
 import socket
 
 cdef extern from "<stdlib.h>" nogil:
@@ -56,7 +64,7 @@ cdef extern from *:
 __all__ = [
     "LimitState", "pack_source",
     "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
-    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES", "MAX_LIMITS_KEY",
 ]
 
 OK = 0
@@ -70,13 +78,19 @@ UNLIMITED = -1
 WAYS = 2
 ENTRY_BYTES = sizeof(Entry)
 MAX_SERVICES = 32768
+MAX_LIMITS_KEY = (1 << 128) - 1
+# this process's hash key (each twin draws its own; a ``key`` argument wins)
+_PROCESS_KEY = int.from_bytes(os.urandom(16), "big")
 
 cdef enum:
     C_WAYS = 2
     PREFETCH_AHEAD = 32
+    CHUNK_SHIFT = 8
+    CHUNK = 256
 cdef uint32_t USED = 1u << 31
 cdef uint32_t KIND_BUCKET = 1u << 30
 cdef uint64_t V4MAPPED_TOP = 0xFFFF
+cdef uint32_t SLOT_BITS = 0x7FFF
 
 
 def pack_source(addr):
@@ -107,8 +121,22 @@ cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
     return x ^ (x >> 31)
 
 
-cdef inline uint64_t _hash(uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
-    return _mix(hi ^ _mix(lo ^ (<uint64_t>tag * <uint64_t>0x9E3779B97F4A7C15)))
+cdef inline uint64_t _hash(uint64_t hi, uint64_t lo, uint32_t tag, uint64_t k0,
+                           uint64_t k1) noexcept nogil:
+    # keyed: without (k0, k1) colliding addresses cannot be worked out offline
+    return _mix(hi ^ k1 ^ _mix(lo ^ k0 ^ (<uint64_t>tag * <uint64_t>0x9E3779B97F4A7C15)))
+
+
+cdef inline Service *_svc_at(Service **chunks, int s) noexcept nogil:
+    return &chunks[s >> CHUNK_SHIFT][s & (CHUNK - 1)]
+
+
+cdef void _default_service(Service *sv) noexcept nogil:
+    memset(sv, 0, sizeof(Service))
+    sv.cps_max = 50
+    sv.cps_wait = 10
+    sv.instances = -1
+    sv.per_source = -1
 
 
 cdef int _local_minute(double now) noexcept nogil:
@@ -122,7 +150,8 @@ cdef int _local_minute(double now) noexcept nogil:
 cdef class LimitState:
     """Limit state for every service of a policy; see the module rules."""
 
-    def __cinit__(self, int max_sources=65536, int v6_prefix=64, int max_services=1024):
+    def __cinit__(self, int max_sources=65536, int v6_prefix=64, int max_services=MAX_SERVICES,
+                  key=None):
         cdef uint64_t groups = 1
         cdef void *mem = NULL
         cdef size_t nbytes
@@ -132,6 +161,12 @@ cdef class LimitState:
             raise ValueError("v6_prefix must be 0..128")
         if max_sources < C_WAYS:
             raise ValueError(f"max_sources must be at least {C_WAYS}")
+        if key is None:
+            key = _PROCESS_KEY
+        if not 0 <= key <= MAX_LIMITS_KEY:
+            raise ValueError("key must be 0 .. 2**128-1")
+        self._k0 = <uint64_t>(key & 0xFFFFFFFFFFFFFFFF)
+        self._k1 = <uint64_t>(key >> 64)
         while groups * C_WAYS < <uint64_t>max_sources:
             groups <<= 1
         nbytes = groups * C_WAYS * sizeof(Entry)
@@ -162,52 +197,85 @@ cdef class LimitState:
         else:
             self._pmask_hi = (((<uint64_t>1) << v6_prefix) - 1) << (64 - v6_prefix)
             self._pmask_lo = 0
-        mem = NULL
-        if posix_memalign(&mem, 64, max_services * sizeof(Service)) != 0:
+        self.overflow_capacity = max(16, self.capacity // 16)
+        cdef uint64_t osize = 1
+        while osize < 2 * <uint64_t>self.overflow_capacity:
+            osize <<= 1
+        self._ovf = <Entry *>calloc(osize, sizeof(Entry))
+        if self._ovf == NULL:
             raise MemoryError()
-        memset(mem, 0, max_services * sizeof(Service))
-        self._svc = <Service *>mem
-        cdef int s
-        for s in range(max_services):
-            self._svc[s].cps_max = 50
-            self._svc[s].cps_wait = 10
-            self._svc[s].instances = -1
-            self._svc[s].per_source = -1
+        self._omask = osize - 1
+        self._free = []
         self._names = {}
         self.extra = {}
         self._leases = {}
         self._next_lease = 1
 
     def __dealloc__(self):
+        cdef int c
         free(self._table)
-        free(self._svc)
+        free(self._ovf)
+        for c in range(MAX_SERVICES >> CHUNK_SHIFT):
+            free(self._chunks[c])
 
     # -- services -------------------------------------------------------
     def slot(self, str name):
         """The slot of service ``name``, allocated on first use."""
         s = self._names.get(name)
         if s is None:
-            s = len(self._names)
-            if s >= self.max_services:
+            if self._free:
+                s = heapq.heappop(self._free)
+            elif self._top < self.max_services:
+                s = self._top
+                self._top += 1
+            else:
                 raise ValueError(f"more than {self.max_services} services")
+            self._check_slot(s)
             self._names[name] = s
         return s
 
     def slots(self):
         return dict(self._names)
 
+    cdef void _reset(self, int s) noexcept:
+        _default_service(_svc_at(self._chunks, s))
+
+    def retire(self, keep):
+        """Free the slots of every name not in ``keep`` that holds no lease
+        (a slot with leases waits for a later call); the names freed."""
+        gone = [n for n, s in self._names.items()
+                if n not in keep and _svc_at(self._chunks, <int>s).active == 0]
+        if not gone:
+            return gone
+        cdef unsigned char dead[32768]
+        memset(dead, 0, sizeof(dead))
+        for n in gone:
+            s = self._names.pop(n)
+            dead[<int>s] = 1
+            self._reset(<int>s)
+            heapq.heappush(self._free, s)
+        cdef uint64_t i
+        cdef uint32_t t
+        for i in range(<uint64_t>self.capacity):       # their token buckets go too
+            t = self._table[i].tag
+            if t and dead[t & SLOT_BITS]:
+                self._table[i].tag = 0
+                self._table[i].value = 0
+                self.tracked_sources -= 1
+        i = 0
+        while i <= self._omask:
+            t = self._ovf[i].tag
+            if t and dead[t & SLOT_BITS]:
+                self._odelete(<int>i)          # shifts a later entry into i
+            else:
+                i += 1
+        return gone
+
     def configure(self, int slot, cps_max=50, cps_wait=10, instances=UNLIMITED,
                   per_source=UNLIMITED, max_load=0.0, times=None, rate=0.0, burst=0.0):
         """Set a service's limits; its counters and leases are kept."""
         self._check_slot(slot)
-        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
-            raise ValueError("cps values must be 0..2**32-1")
-        if instances < -1 or per_source < -1:
-            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
-        if max_load < 0 or rate < 0 or burst < 0:
-            raise ValueError("max_load, rate and burst must not be negative")
-        if rate > 0 and burst < 1:
-            raise ValueError("a rate needs a burst of at least 1")
+        self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns = max(1, int(round(1e9 / rate))) if rate > 0 else 0
         tau_ns = int((burst - 1.0) * t_ns) if rate > 0 else 0
         cdef uint64_t bits[23]
@@ -215,11 +283,9 @@ cdef class LimitState:
         memset(bits, 0, sizeof(bits))
         if times is not None:
             for start, end in times:
-                if not (0 <= start <= end < 1440):
-                    raise ValueError(f"bad time interval {start}-{end}")
                 for m in range(start, end + 1):
                     bits[m >> 6] |= (<uint64_t>1) << (m & 63)
-        cdef Service *sv = &self._svc[slot]
+        cdef Service *sv = _svc_at(self._chunks, slot)
         sv.cps_max = <uint32_t>int(cps_max)
         sv.cps_wait = <uint32_t>int(cps_wait)
         sv.instances = int(instances)
@@ -231,14 +297,41 @@ cdef class LimitState:
         sv.t_ns = t_ns
         sv.tau_ns = tau_ns
 
+    @staticmethod
+    def validate(cps_max=50, cps_wait=10, instances=UNLIMITED, per_source=UNLIMITED,
+                 max_load=0.0, times=None, rate=0.0, burst=0.0):
+        """Raise ValueError when :meth:`configure` would; change nothing.  A
+        negative ``max_load`` is allowed: xinetd then refuses for load always."""
+        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
+            raise ValueError("cps values must be 0..2**32-1")
+        if instances < -1 or per_source < -1:
+            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
+        if rate < 0 or burst < 0:
+            raise ValueError("rate and burst must not be negative")
+        if rate > 0 and burst < 1:
+            raise ValueError("a rate needs a burst of at least 1")
+        for start, end in times or ():
+            if not (0 <= start <= end < 1440):
+                raise ValueError(f"bad time interval {start}-{end}")
+
     cdef int _check_slot(self, int slot) except -1:
+        cdef int c, k
+        cdef Service *chunk
         if slot < 0 or slot >= self.max_services:
             raise ValueError(f"slot {slot} out of range")
+        c = slot >> CHUNK_SHIFT
+        if self._chunks[c] == NULL:
+            chunk = <Service *>calloc(CHUNK, sizeof(Service))
+            if chunk == NULL:
+                raise MemoryError()
+            for k in range(CHUNK):
+                _default_service(&chunk[k])
+            self._chunks[c] = chunk
         return 0
 
     # -- the table ------------------------------------------------------
     cdef int _find(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
-        cdef uint64_t base = (_hash(hi, lo, tag) & self._gmask) * C_WAYS
+        cdef uint64_t base = (_hash(hi, lo, tag, self._k0, self._k1) & self._gmask) * C_WAYS
         cdef uint64_t i
         cdef Entry *e
         for i in range(base, base + C_WAYS):
@@ -249,7 +342,7 @@ cdef class LimitState:
 
     cdef int _insert(self, uint64_t hi, uint64_t lo, uint32_t tag,
                      int64_t now_ns) noexcept nogil:
-        cdef uint64_t base = (_hash(hi, lo, tag) & self._gmask) * C_WAYS
+        cdef uint64_t base = (_hash(hi, lo, tag, self._k0, self._k1) & self._gmask) * C_WAYS
         cdef int64_t victim = -1
         cdef uint64_t i
         cdef uint32_t t
@@ -275,12 +368,72 @@ cdef class LimitState:
         e.value = 0
         return <int>victim
 
+    cdef bint _pinned(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
+        """True when the key's group has no empty and no bucket entry."""
+        cdef uint64_t base = (_hash(hi, lo, tag, self._k0, self._k1) & self._gmask) * C_WAYS
+        cdef uint64_t i
+        for i in range(base, base + C_WAYS):
+            if self._table[i].tag == 0 or (self._table[i].tag & KIND_BUCKET):
+                return False
+        return True
+
+    # -- the overflow area (leases whose group is pinned full) ------------
+    cdef int _ofind(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
+        if self.overflow_entries == 0:
+            return -1
+        cdef uint64_t i = (_hash(hi, lo, tag, self._k0, self._k1) >> 32) & self._omask
+        cdef Entry *e
+        while True:
+            e = &self._ovf[i]
+            if e.tag == 0:
+                return -1
+            if e.tag == tag and e.hi == hi and e.lo == lo:
+                return <int>i
+            i = (i + 1) & self._omask
+
+    cdef int _oinsert(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil:
+        if self.overflow_entries >= self.overflow_capacity:
+            return -1
+        cdef uint64_t i = (_hash(hi, lo, tag, self._k0, self._k1) >> 32) & self._omask
+        while self._ovf[i].tag != 0:
+            i = (i + 1) & self._omask
+        self._ovf[i].hi = hi
+        self._ovf[i].lo = lo
+        self._ovf[i].tag = tag
+        self._ovf[i].value = 0
+        self._ovf[i].last = 0
+        self.overflow_entries += 1
+        return <int>i
+
+    cdef void _odelete(self, int at) noexcept nogil:
+        # backward-shift deletion: every entry after the hole that may live
+        # there (its home is not cyclically in (hole, j]) moves back.
+        cdef uint64_t hole = <uint64_t>at, j = <uint64_t>at, home
+        cdef Entry *e
+        while True:
+            j = (j + 1) & self._omask
+            e = &self._ovf[j]
+            if e.tag == 0:
+                break
+            home = (_hash(e.hi, e.lo, e.tag, self._k0, self._k1) >> 32) & self._omask
+            if hole <= j:
+                if hole < home <= j:
+                    continue
+            elif home > hole or home <= j:
+                continue
+            self._ovf[hole] = e[0]
+            hole = j
+        self._ovf[hole].tag = 0
+        self._ovf[hole].value = 0
+        self.overflow_entries -= 1
+
     # -- checks ---------------------------------------------------------
     cdef int _check(self, int s, uint64_t hi, uint64_t lo, double now,
                     int64_t now_ns, double load, int minute) noexcept nogil:
-        cdef Service *sv = &self._svc[s]
+        cdef Service *sv = _svc_at(self._chunks, s)
         cdef int64_t now_s, diff, tat
         cdef int i
+        cdef bint full
         cdef uint64_t bhi, blo
         cdef uint32_t tag
         cdef Entry *e
@@ -295,9 +448,11 @@ cdef class LimitState:
                 sv.window = now_s
             elif diff < <int64_t>sv.cps_max:
                 sv.count += 1
-                if diff <= 0:
+                if diff == 0:
                     diff = 1
-                if sv.count // <uint64_t>diff > sv.cps_max:
+                # a negative diff (the clock stepped back) never trips: xinetd
+                # maps only 0 to 1, and its signed division gives <= 0
+                if diff > 0 and sv.count // <uint64_t>diff > sv.cps_max:
                     sv.off_until = now + sv.cps_wait
                     sv.cps_trips += 1
                     return 6
@@ -316,12 +471,25 @@ cdef class LimitState:
         # e. per_source: live leases of the service from this address.
         # a source holds at most the service's live leases: below the limit
         # there, no source can be at it, and the table need not be read.
-        if sv.per_source >= 0 and sv.active >= sv.per_source:
-            i = self._find(hi, lo, USED | <uint32_t>s)
-            if i >= 0 and self._table[i].value >= <uint32_t>sv.per_source:
-                return 4
-            if i < 0 and sv.per_source == 0:
-                return 4
+        # When the overflow area is full, a source that holds nothing and
+        # whose group is pinned could not be counted: refused (fail closed).
+        full = self.overflow_entries >= self.overflow_capacity
+        if sv.per_source >= 0 and (sv.active >= sv.per_source or full):
+            tag = USED | <uint32_t>s
+            i = self._find(hi, lo, tag)
+            if i >= 0:
+                if self._table[i].value >= <uint32_t>sv.per_source:
+                    return 4
+            else:
+                i = self._ofind(hi, lo, tag)
+                if i >= 0:
+                    if self._ovf[i].value >= <uint32_t>sv.per_source:
+                        return 4
+                elif full and self._pinned(hi, lo, tag):
+                    self.overflow_full += 1
+                    return 4
+                elif sv.per_source == 0:
+                    return 4
         # token bucket (not in xinetd) as GCRA: the entry keeps the bucket's
         # "theoretical arrival time"; a request fits when it is at most tau
         # (= (burst - 1) intervals) ahead of now.
@@ -357,7 +525,7 @@ cdef class LimitState:
             raise ValueError("minute must be 0..1439")
         cdef int r = self._check(slot, acl_load_be64(&source[0]), acl_load_be64(&source[8]),
                                  now, <int64_t>(now * 1000000000.0), load, minute)
-        self._svc[slot].refusals[r] += 1
+        _svc_at(self._chunks, slot).refusals[r] += 1
         return r
 
     def check_batch(self, sources, slots, double now, double load, out, int minute=-1):
@@ -396,8 +564,7 @@ cdef class LimitState:
         if sl_len % 4 or src_len != 16 * n or res_len < n:
             raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
         for i in range(n):
-            if sl[i] < 0 or sl[i] >= self.max_services:
-                raise ValueError(f"slot {sl[i]} out of range")
+            self._check_slot(sl[i])
         if minute < 0:
             minute = _local_minute(now)
         elif minute >= 1440:
@@ -410,25 +577,26 @@ cdef class LimitState:
                 end = blk + PREFETCH_AHEAD if blk + PREFETCH_AHEAD < n else n
                 for j in range(blk, end):
                     s = sl[j]
-                    sv = &self._svc[s]
+                    sv = _svc_at(self._chunks, s)
                     hi = acl_load_be64(&src[16 * j])
                     lo = acl_load_be64(&src[16 * j + 8])
                     if sv.per_source >= 0 and sv.active >= sv.per_source:
                         ACL_PREFETCH(&self._table[
-                            (_hash(hi, lo, USED | <uint32_t>s) & self._gmask) * C_WAYS])
+                            (_hash(hi, lo, USED | <uint32_t>s, self._k0, self._k1)
+                             & self._gmask) * C_WAYS])
                     if sv.t_ns > 0:
                         if not (hi == 0 and (lo >> 32) == V4MAPPED_TOP):
                             hi = hi & self._pmask_hi
                             lo = lo & self._pmask_lo
                         e = &self._table[
-                            (_hash(hi, lo, USED | KIND_BUCKET | <uint32_t>s) & self._gmask)
-                            * C_WAYS]
+                            (_hash(hi, lo, USED | KIND_BUCKET | <uint32_t>s, self._k0,
+                                   self._k1) & self._gmask) * C_WAYS]
                         ACL_PREFETCH(e)
                 for i in range(blk, end):
                     s = sl[i]
                     r = self._check(s, acl_load_be64(&src[16 * i]),
                                     acl_load_be64(&src[16 * i + 8]), now, now_ns, load, minute)
-                    self._svc[s].refusals[r] += 1
+                    _svc_at(self._chunks, s).refusals[r] += 1
                     res[i] = <uint8_t>r
                     if r == 0:
                         granted += 1
@@ -438,12 +606,12 @@ cdef class LimitState:
     def cps_active(self, int slot, double now):
         """False while a cps trip keeps the service "closed"."""
         self._check_slot(slot)
-        return not now < self._svc[slot].off_until
+        return not now < _svc_at(self._chunks, slot).off_until
 
     def cps_state(self, int slot):
         """(count, window_start, off_until) of the service's cps counter."""
         self._check_slot(slot)
-        sv = &self._svc[slot]
+        sv = _svc_at(self._chunks, slot)
         return int(sv.count), int(sv.window), float(sv.off_until)
 
     # -- leases ---------------------------------------------------------
@@ -456,14 +624,25 @@ cdef class LimitState:
         cdef uint64_t lo = acl_load_be64(&source[8])
         cdef uint32_t tag = USED | <uint32_t>slot
         cdef int i = self._find(hi, lo, tag)
+        cdef int o = -1
         if i < 0:
-            i = self._insert(hi, lo, tag, 0)
-        tracked = i >= 0
-        if tracked:
+            o = self._ofind(hi, lo, tag)
+            if o < 0:
+                i = self._insert(hi, lo, tag, 0)
+        tracked = True
+        if i >= 0:
             self._table[i].value += 1
         else:
-            self.lease_overflows += 1
-        self._svc[slot].active += 1
+            if o < 0:
+                o = self._oinsert(hi, lo, tag)
+                if o >= 0:
+                    self.lease_overflows += 1
+            if o >= 0:
+                self._ovf[o].value += 1
+            else:
+                tracked = False             # counted for instances only
+                self.overflow_full += 1
+        _svc_at(self._chunks, slot).active += 1
         lease = self._next_lease
         self._next_lease += 1
         self._leases[lease] = (slot, hi, lo, tracked)
@@ -475,39 +654,51 @@ cdef class LimitState:
         if rec is None:
             return False
         slot, hi, lo, tracked = rec
-        self._svc[<int>slot].active -= 1
+        _svc_at(self._chunks, <int>slot).active -= 1
         cdef int i
+        cdef uint32_t tag = USED | <uint32_t>slot
         if tracked:
-            i = self._find(hi, lo, USED | <uint32_t>slot)
+            i = self._find(hi, lo, tag)
             if i >= 0:
                 self._table[i].value -= 1
                 if self._table[i].value == 0:
                     self._table[i].tag = 0
                     self.tracked_sources -= 1
+            else:
+                i = self._ofind(hi, lo, tag)
+                if i >= 0:
+                    self._ovf[i].value -= 1
+                    if self._ovf[i].value == 0:
+                        self._odelete(i)
         return True
 
     def held(self, int slot, const unsigned char[::1] source):
         """Live leases of ``slot`` from ``source`` (what per_source compares)."""
         self._check_slot(slot)
-        cdef int i = self._find(acl_load_be64(&source[0]), acl_load_be64(&source[8]),
-                                USED | <uint32_t>slot)
-        return int(self._table[i].value) if i >= 0 else 0
+        cdef uint64_t hi = acl_load_be64(&source[0])
+        cdef uint64_t lo = acl_load_be64(&source[8])
+        cdef uint32_t tag = USED | <uint32_t>slot
+        cdef int i = self._find(hi, lo, tag)
+        if i >= 0:
+            return int(self._table[i].value)
+        i = self._ofind(hi, lo, tag)
+        return int(self._ovf[i].value) if i >= 0 else 0
 
     # -- counters for the metrics collector --------------------------------
     def active_leases(self, int slot):
         self._check_slot(slot)
-        return int(self._svc[slot].active)
+        return int(_svc_at(self._chunks, slot).active)
 
     def refusals(self, int slot, int reason):
         """Checks of ``slot`` that ended with ``reason`` (``OK`` counts grants)."""
         self._check_slot(slot)
         if reason < 0 or reason >= 10:
             raise IndexError("reason out of range")
-        return int(self._svc[slot].refusals[reason])
+        return int(_svc_at(self._chunks, slot).refusals[reason])
 
     def cps_trips(self, int slot):
         self._check_slot(slot)
-        return int(self._svc[slot].cps_trips)
+        return int(_svc_at(self._chunks, slot).cps_trips)
 
     @property
     def memory_bytes(self):

@@ -213,6 +213,24 @@ def test_source_table_is_bounded_and_counts_evictions():
     assert t.tracked == 16 and t.evictions == 1000 - 16
 
 
+@pytest.mark.parametrize("kind", ["compiled", "pure"])
+def test_source_table_refills_after_the_clock_steps_back(kind):
+    # an NTP step or `date` moves the clock back an hour: the bucket is not
+    # refilled by the step, and refills again from the new time on (it was
+    # refused for the whole hour)
+    from tests.conftest import load_impl
+
+    mod = load_impl(kind, "acl._engine", "acl._engine_py")
+    t = mod.SourceTable(16)
+    key = mod.source_key(bytes([127, 0, 0, 2]))
+    T = 1_700_000_000.0
+    assert [t.take(key, T, 1.0, 2.0) for _ in range(3)] == [True, True, False]
+    assert not t.take(key, T - 3600, 1.0, 2.0)          # the step adds nothing
+    assert not t.take(key, T - 3600 + 0.5, 1.0, 2.0)
+    assert t.take(key, T - 3600 + 1.0, 1.0, 2.0)        # a second later: a token
+    assert [t.take(key, T - 3600 + 3.0, 1.0, 2.0) for _ in range(3)] == [True, True, False]
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 32), st.integers(0, 50)),
                 max_size=40),

@@ -68,3 +68,18 @@ def test_single_query_exit_codes_and_errors(tmp_path):
     assert fatal.returncode == 100 and "xinetd.conf:3:" in fatal.stderr
     usage = acl("--xinetd", conf)
     assert usage.returncode == 100 and "usage" in usage.stderr
+
+
+def test_max_load_as_xinetd_reads_it(tmp_path):
+    # xinetd keeps max_load = -1 (every client refused for load) and reads
+    # hex floats with sscanf: 0x10 is 16, 0x0.0001p0 is 1.5e-5
+    conf, hosts = write(tmp_path, svc("neg", "max_load = -1")
+                        + svc("hex", "max_load = 0x10", port=23901)
+                        + svc("tiny", "max_load = 0x0.0001p0", port=23902))
+    out = acl("--xinetd", conf, "--hosts", hosts, "--batch", "--limits",
+              stdin="neg 127.0.0.2\nhex 127.0.0.2\ntiny 127.0.0.2\n")
+    assert out.returncode == 0, out.stderr
+    load = float(open("/proc/loadavg").read().split()[0])
+    assert out.stdout.splitlines() == [
+        "deny load", "deny load" if load >= 16 else "allow ok",
+        "deny load" if load >= 2 ** -16 else "allow ok"]

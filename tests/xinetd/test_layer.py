@@ -32,6 +32,7 @@ def test_state_survives_a_reload():
     # reload with a changed file: same state object
     policy2, _ = load(text1.replace("per_source = 1", "per_source = 1\n  instances = 5"))
     lay2 = XinetdLayer(policy2, state=lay1.state, resolver=RESOLVER)
+    lay2.activate()                  # what the engine does at the swap
     assert full(lay2, "s", "127.0.0.2", NOON + 0.1) == "deny per_source_limit"
     assert full(lay2, "s", "127.0.0.3", NOON + 0.2) == "allow"
     # the cps window kept counting across the reload: 4th connection trips

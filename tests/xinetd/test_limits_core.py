@@ -154,7 +154,7 @@ def test_batch_equals_single_checks(limits):
     with pytest.raises(ValueError):
         st2.check_batch(b"\0" * 15, array.array("i", [0]), 9.0, 0.0, bytearray(1))
     with pytest.raises(ValueError):
-        st2.check_batch(b"\0" * 16, array.array("i", [9999]), 9.0, 0.0, bytearray(1))
+        st2.check_batch(b"\0" * 16, array.array("i", [99999]), 9.0, 0.0, bytearray(1))
 
 
 def test_bad_arguments_are_value_errors(limits):
@@ -171,3 +171,138 @@ def test_bad_arguments_are_value_errors(limits):
         limits.pack_source("not-an-ip")
     with pytest.raises(ValueError):
         limits.LimitState(max_sources=1)
+
+
+# -- a group pinned full of other sources' leases (the overflow area) -------
+
+KEY = 0x0123456789ABCDEF_FEDCBA9876543210
+
+
+def _colliders(limits, st, slot, target, n, key=KEY):
+    """``n`` IPv4 sources that share ``target``'s group under ``key`` (worked
+    out with the twin's hash, which the compiled core must equal)."""
+    import acl._limits_py as pure
+
+    groups = st.capacity // limits.WAYS
+
+    def group(ip):
+        lo = int.from_bytes(limits.pack_source(ip)[8:], "big")
+        return pure._hash(0, lo, pure._USED | slot, key & pure._M64, key >> 64) & (groups - 1)
+
+    g, out = group(target), []
+    for i in range(1, 1 << 20):
+        ip = f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}"
+        if ip != target and group(ip) == g:
+            out.append(ip)
+            if len(out) == n:
+                return out
+    raise AssertionError("no colliders")
+
+
+def test_per_source_stays_exact_when_the_group_is_pinned_full(limits):
+    st = limits.LimitState(max_sources=1024, key=KEY)
+    s = st.slot("echo")
+    st.configure(s, cps_max=0, per_source=1)
+    target = "127.0.0.2"
+    for ip in _colliders(limits, st, s, target, 2):
+        assert st.check(s, limits.pack_source(ip), 1.0) == limits.OK
+        st.take_lease(s, limits.pack_source(ip))
+    src = limits.pack_source(target)
+    assert st.check(s, src, 1.0) == limits.OK
+    lease = st.take_lease(s, src)
+    assert st.lease_overflows == 1 and st.overflow_entries == 1 and st.held(s, src) == 1
+    assert [st.check(s, src, 1.0) for _ in range(3)] == [limits.PER_SOURCE_LIMIT] * 3
+    assert st.release(lease) and st.overflow_entries == 0 and st.held(s, src) == 0
+    assert st.check(s, src, 1.0) == limits.OK
+
+
+def test_the_hash_is_keyed(limits):
+    # sources that collide under one key do not under another, and a state
+    # made without a key uses this process's secret, not a fixed one
+    st = limits.LimitState(max_sources=1 << 16, key=0)
+    s = st.slot("echo")
+    a, b = _colliders(limits, st, s, "127.0.0.2", 2, key=0)
+
+    def same_group(state):
+        state.configure(state.slot("echo"), cps_max=0)
+        for ip in ("127.0.0.2", a, b):
+            state.take_lease(s, limits.pack_source(ip))
+        return state.lease_overflows == 1
+
+    assert same_group(limits.LimitState(max_sources=1 << 16, key=0))
+    assert not same_group(limits.LimitState(max_sources=1 << 16, key=KEY))
+    assert not same_group(limits.LimitState(max_sources=1 << 16))
+    with pytest.raises(ValueError):
+        limits.LimitState(key=-1)
+
+
+def test_a_full_overflow_area_fails_closed_for_per_source(limits):
+    # one group of 2 and an overflow area of 16: the 19th source cannot be
+    # counted, so a per_source service refuses it; an unlimited one counts
+    # its lease for instances only
+    st = limits.LimitState(max_sources=2, key=KEY)
+    s, u = st.slot("ps"), st.slot("free")
+    st.configure(s, cps_max=0, per_source=2, instances=100)
+    st.configure(u, cps_max=0)
+    assert st.capacity == 2 and st.overflow_capacity == 16
+    srcs = [limits.pack_source(f"127.0.1.{i}") for i in range(19)]
+    for src in srcs[:18]:
+        assert st.check(s, src, 1.0) == limits.OK
+        st.take_lease(s, src)
+    assert st.overflow_entries == 16 and st.lease_overflows == 16
+    assert st.check(s, srcs[18], 1.0) == limits.PER_SOURCE_LIMIT
+    assert st.check(s, srcs[3], 1.0) == limits.OK          # counted: 1 of 2
+    assert st.overflow_full == 1
+    assert st.check(u, srcs[18], 1.0) == limits.OK
+    st.take_lease(u, srcs[18])
+    assert st.overflow_full == 2 and st.active_leases(u) == 1 and st.held(u, srcs[18]) == 0
+
+
+# -- service slots come and go ------------------------------------------------
+
+def test_retire_frees_slots_without_leases_and_resets_them(limits):
+    st = limits.LimitState(max_sources=64, max_services=3, key=KEY)
+    a, b, c = st.slot("a"), st.slot("b"), st.slot("c")
+    st.configure(a, cps_max=2, cps_wait=5, rate=1.0, burst=1.0)
+    src = limits.pack_source("127.0.0.2")
+    assert [st.check(a, src, 1.1) for _ in range(3)] == [0, limits.RATE, limits.CPS]
+    lease = st.take_lease(b, src)
+    with pytest.raises(ValueError, match="more than 3 services"):
+        st.slot("d")
+    assert st.retire({"c"}) == ["a"]          # b holds a lease: kept
+    assert st.slots() == {"b": b, "c": c} and st.tracked_sources == 1
+    d = st.slot("d")
+    assert d == a
+    assert st.cps_state(d) == (0, 0, 0.0) and st.cps_trips(d) == 0
+    assert st.refusals(d, limits.CPS) == 0 and st.check(d, src, 1.2) == limits.OK
+    assert st.retire({"c", "d"}) == [] and "b" in st.slots()
+    assert st.release(lease) and st.active_leases(b) == 0
+    assert st.retire({"c", "d"}) == ["b"] and st.tracked_sources == 0
+    assert st.slot("e") == b
+
+
+def test_services_grow_to_max_services(limits):
+    st = limits.LimitState(max_sources=64)
+    assert st.max_services == limits.MAX_SERVICES
+    slots = [st.slot(f"s{i}") for i in range(3000)]
+    assert slots == list(range(3000))
+    st.configure(slots[-1], instances=0)
+    assert st.check(slots[-1], limits.pack_source("127.0.0.2"), 1.0) == limits.SERVICE_LIMIT
+
+
+# -- xinetd's own arithmetic --------------------------------------------------
+
+def test_cps_never_trips_while_the_clock_is_behind_the_window(limits):
+    # svc_allowed: time_diff = now - start; only 0 becomes 1, so a negative
+    # difference (wall clock stepped back) gives count / diff <= 0: no trip
+    st, s = state(limits, cps_max=2, cps_wait=1)
+    assert run(st, s, [1000.5], limits=limits) == [limits.OK]
+    assert run(st, s, [900.5 + i * 0.01 for i in range(20)], limits=limits) == [limits.OK] * 20
+    assert st.cps_state(s)[:2] == (21, 1000)
+    assert st.cps_trips(s) == 0
+
+
+def test_negative_max_load_refuses_every_client(limits):
+    # xinetd keeps max_load = -1 and refuses for load whatever the load is
+    st, s = state(limits, cps_max=0, max_load=-1.0)
+    assert run(st, s, [1.0, 2.0], limits=limits, load=0.0) == [limits.LOAD] * 2

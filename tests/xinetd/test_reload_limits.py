@@ -1,0 +1,164 @@
+"""Reloads and the xinetd limit state, through the engine and acl.policy, on
+both limits twins: a failed or discarded reload changes no limit, each source
+keeps its own state whatever its place, slots of gone services are freed
+(never under a held lease), and the table is sized by ``[limits] sources``."""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import pytest
+
+from acl.engine import Engine
+from acl.errors import PolicyError
+from acl.model import Reason, Request, Verdict
+from acl.policy import load_policy
+
+NOW = 1e9
+TOML = "[run]\nwatch = false\n[limits]\nsources = 1024\n"
+
+
+def service(sid, *extra, port=34100):
+    return "\n".join([f"service {sid}", "{", "  type = UNLISTED", f"  port = {port}",
+                      "  socket_type = stream", "  protocol = tcp", "  wait = no",
+                      "  user = root", "  server = /bin/cat", "  bind = 127.0.0.1",
+                      "  flags = NOLIBWRAP IPv4", *("  " + e for e in extra), "}", ""])
+
+
+def xsource(name):
+    return f'[[source]]\ntype = "xinetd"\nfile = "{name}"\n'
+
+
+@pytest.fixture
+def make(limits, monkeypatch, tmp_path):
+    """``make(toml, **files)``: write the files, an Engine on them (Python
+    path) whose xinetd layers use the ``limits`` twin; ``make.dir``."""
+    monkeypatch.setattr("acl.compile.xinetd._limits", limits)
+
+    def write(toml=None, **files):
+        for name, text in files.items():
+            (tmp_path / name.replace("_", ".")).write_text(text)
+        if toml is not None:
+            (tmp_path / "policy.toml").write_text(toml)
+
+    def build(toml, **files):
+        write(toml, **files)
+        return Engine(load_policy(tmp_path / "policy.toml"), batch=False)
+
+    build.write = write
+    return build
+
+
+def ask(eng, sid, client, lease=True):
+    d = eng.decide(Request(service=sid, client=client, lease=lease), NOW)
+    return d.verdict, d.reason, d.lease
+
+
+def test_a_failed_reload_changes_no_limit(make):
+    eng = make(TOML + xsource("x.conf")
+               + '[[source]]\ntype = "tcprules"\nfile = "rules.txt"\nservices = ["echo"]\n',
+               x_conf=service("echo", "per_source = 1", "instances = 10"),
+               rules_txt="127.:allow\n")
+    assert ask(eng, "echo", "127.0.0.2")[0] is Verdict.ALLOW
+    assert ask(eng, "echo", "127.0.0.2")[1] is Reason.PER_SOURCE_LIMIT
+    # the new xinetd file would refuse everyone, but rules.txt is broken
+    make.write(x_conf=service("echo", "per_source = 0", "instances = 0"),
+               rules_txt="127.:bogus\n")
+    with pytest.raises(Exception, match="rules.txt:1"):
+        eng.reload()
+    assert ask(eng, "echo", "127.0.0.3")[0] is Verdict.ALLOW
+    # a reload prepared and never committed changes nothing either
+    make.write(rules_txt="127.:allow\n")
+    prepared = eng.prepare()
+    assert ask(eng, "echo", "127.0.0.4")[0] is Verdict.ALLOW
+    eng.commit(prepared)
+    assert ask(eng, "echo", "127.0.0.5")[1] is Reason.SERVICE_LIMIT
+
+
+def test_reordered_sources_keep_their_own_state(make):
+    files = {"a_conf": service("a", "per_source = 1"),
+             "b_conf": service("b", "per_source = 1", port=34101)}
+    eng = make(TOML + xsource("a.conf") + xsource("b.conf"), **files)
+    first = ask(eng, "a", "127.0.0.2")
+    assert first[0] is Verdict.ALLOW
+    states = {s.files[0].name: s.state for s in eng.policy.sources}
+    make.write(TOML + xsource("c.conf") + xsource("b.conf") + xsource("a.conf"),
+               c_conf=service("c", port=34102))
+    eng.reload()
+    after = {s.files[0].name: s.state for s in eng.policy.sources}
+    assert after["a.conf"] is states["a.conf"] and after["b.conf"] is states["b.conf"]
+    assert after["c.conf"] is not states["a.conf"] and after["c.conf"] is not states["b.conf"]
+    assert ask(eng, "a", "127.0.0.2")[1] is Reason.PER_SOURCE_LIMIT
+    assert ask(eng, "b", "127.0.0.2")[0] is Verdict.ALLOW
+    assert eng.release(first[2])
+    assert ask(eng, "a", "127.0.0.2")[0] is Verdict.ALLOW
+
+
+def test_renamed_services_free_their_slots_but_not_under_a_lease(make):
+    eng = make(TOML + xsource("x.conf"),
+               x_conf="".join(service(f"old{i}", "instances = 1", port=34110 + i)
+                              for i in range(3)))
+    held = ask(eng, "old0", "127.0.0.2")
+    state = eng.policy.sources[0].state
+    make.write(x_conf="".join(service(f"new{i}", "instances = 1", port=34110 + i)
+                              for i in range(3)))
+    eng.reload()
+    assert set(state.slots()) == {"old0", "new0", "new1", "new2"}
+    assert ask(eng, "new0", "127.0.0.3")[0] is Verdict.ALLOW
+    # the gone service's lease ends: no slot of the running services moves
+    assert eng.release(held[2])
+    assert ask(eng, "new0", "127.0.0.4")[1] is Reason.SERVICE_LIMIT
+    make.write(x_conf="".join(service(f"new{i}", "instances = 1", port=34110 + i)
+                              for i in range(4)))
+    eng.reload()
+    assert set(state.slots()) == {"new0", "new1", "new2", "new3"}
+    assert state.active_leases(state.slots()["new3"]) == 0
+    assert ask(eng, "new3", "127.0.0.2")[0] is Verdict.ALLOW
+    assert ask(eng, "new0", "127.0.0.5")[1] is Reason.SERVICE_LIMIT
+
+
+def test_renaming_more_than_half_the_cap_reloads(make, limits, monkeypatch):
+    small = types.SimpleNamespace(**vars(limits))
+    small.LimitState = functools.partial(limits.LimitState, max_services=4)
+    monkeypatch.setattr("acl.compile.xinetd._limits", small)
+    eng = make(TOML + xsource("x.conf"),
+               x_conf="".join(service(f"a{i}", port=34110 + i) for i in range(3)))
+    make.write(x_conf="".join(service(f"b{i}", port=34110 + i) for i in range(3)))
+    with pytest.raises(PolicyError, match=r"x\.conf: too many xinetd services.* 4 at most"):
+        eng.reload()                  # 3 running + 3 new: over the cap
+    assert ask(eng, "a0", "127.0.0.2", lease=False)[0] is Verdict.ALLOW
+    make.write(x_conf="".join(service(f"b{i}", port=34110 + i) for i in range(1)))
+    eng.reload()
+    make.write(x_conf="".join(service(f"c{i}", port=34110 + i) for i in range(3)))
+    eng.reload()                      # b0 only was running: 1 + 3 fit
+    assert ask(eng, "c2", "127.0.0.2")[0] is Verdict.ALLOW
+
+
+def test_the_xinetd_table_is_sized_by_limits_sources(make):
+    eng = make(TOML.replace("1024", "4096") + xsource("x.conf"), x_conf=service("s"))
+    assert eng.policy.sources[0].state.capacity == 4096
+
+
+def test_lease_overflows_are_exported(make):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from acl.metrics import AclCollector
+
+    eng = make(TOML.replace("1024", "2") + xsource("x.conf"), x_conf=service("s", "per_source = 1"))
+    assert eng.policy.sources[0].state.capacity == 2
+    for i in range(19):                 # 2 in the one group, 16 overflow, 1 refused
+        ask(eng, "s", f"127.0.3.{i}")
+    reg = CollectorRegistry()
+    reg.register(AclCollector(eng))
+    text = generate_latest(reg).decode()
+    assert "acl_lease_overflow_entries 16.0" in text
+    assert "acl_lease_overflows_total 16.0" in text
+    assert "acl_lease_overflow_full_total 1.0" in text
+
+
+def test_negative_max_load_loads_and_refuses_for_load(make):
+    eng = make(TOML + xsource("x.conf"),
+               x_conf=service("neg", "max_load = -1") + service("good", port=34101))
+    assert ask(eng, "neg", "127.0.0.2")[1] is Reason.LOAD
+    assert ask(eng, "good", "127.0.0.2")[0] is Verdict.ALLOW
