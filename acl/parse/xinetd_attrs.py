@@ -19,6 +19,7 @@ every attribute stay in ``entry.raw`` so a configuration round-trips.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import socket
 
@@ -58,7 +59,10 @@ def c_scanf_double(text: str) -> float | None:
         sign, whole, point, frac, exp = h.groups()
         if not (whole or point or frac):
             return None
-        return float.fromhex(f"{sign}0x{whole or '0'}.{frac or '0'}p{exp or '0'}")
+        try:
+            return float.fromhex(f"{sign}0x{whole or '0'}.{frac or '0'}p{exp or '0'}")
+        except OverflowError:                 # glibc: HUGE_VAL with ERANGE
+            return -math.inf if sign == "-" else math.inf
     m = _FLOAT_RE.match(text)
     return None if m is None else float(m[1])
 
