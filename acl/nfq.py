@@ -17,7 +17,7 @@ Rules of this module:
   :data:`REJECT` is ``NF_REPEAT`` with a mark, for a firewall REJECT rule to
   answer (docs/nfqueue.md).  :data:`HOLD` leaves a packet unanswered; the
   caller answers it later with :meth:`Queue.verdict_one`, and until then
-  passes the lowest held id to every :meth:`Queue.verdict` (a batch verdict
+  passes the oldest held id to every :meth:`Queue.verdict` (a batch verdict
   must not reach it: see ``ext/nfq_build.py``).
 * ``fail_open`` sets ``NFQA_CFG_F_FAIL_OPEN``: when the queue or our socket
   is full the kernel accepts the packet instead of dropping it.
@@ -206,9 +206,9 @@ class Queue:
             pid, hw, caplen, mark, wire = RECORD.unpack_from(raw, at)
             yield pid, hw, mark, wire, raw[at + RECORD_HEADER: at + RECORD_HEADER + caplen]
 
-    def verdict(self, verdicts, mark: int = 0, held_from: int = 0) -> None:
+    def verdict(self, verdicts, mark: int = 0, held_from: int = -1) -> None:
         """Answer the last batch: ``verdicts[i]`` (a byte code) for its i-th
-        packet.  ``held_from``: the lowest packet id still held (0: none)."""
+        packet.  ``held_from``: the oldest packet id still held (-1: none)."""
         self._check()
         n = len(verdicts)
         rc = lib.acl_nfq_verdict(self._h, ffi.from_buffer(bytes(verdicts) if isinstance(

@@ -19,7 +19,7 @@ Rules of this file:
 * A packet may be *held* (waiting for a client name lookup, off the loop):
   it gets no verdict with its batch and one of its own later
   (``acl_nfq_verdict_one``).  While any is held, no batch verdict may reach
-  its id, so the packets from the lowest held id up are answered one by one.
+  its id, so the packets from the oldest held id on are answered one by one.
   The messages are built with the library's ``nfq_nlmsg_*`` helpers.
 * Nothing here allocates per packet; the context owns every buffer.
 * A gap in the ids of one queue is a packet the kernel could not hand us
@@ -66,7 +66,7 @@ void acl_nfq_close(struct acl_nfq *q);
 int acl_nfq_fd(struct acl_nfq *q);
 int acl_nfq_recv(struct acl_nfq *q);
 int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark,
-                    uint32_t held_from);
+                    int64_t held_from);
 int acl_nfq_verdict_one(struct acl_nfq *q, uint32_t id, uint8_t code, uint32_t mark);
 int acl_nfq_verdict_all(struct acl_nfq *q, uint32_t verdict);
 uint8_t *acl_nfq_records(struct acl_nfq *q);
@@ -327,16 +327,18 @@ static uint32_t acl_nf_verdict(uint8_t code)
 
 /* Answer the n packets of the last batch (verdicts[i] for the i-th record);
    one sendto.  A packet coded ACL_V_HOLD gets no verdict now.  held_from is
-   the lowest id still held (this batch's or an earlier one's; 0: none): the
-   batch verdict, which the kernel applies to every queued id <= its own,
-   must stay below it, so packets from there up are answered one by one.
+   the oldest id still held (this batch's or an earlier one's; -1: none): the
+   batch verdict, which the kernel applies to every queued id up to its own,
+   must stay before it, so packets from there on are answered one by one.
+   Ids are serial numbers that wrap at 2^32, compared as the kernel does.
    Returns 0 or -errno. */
 int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t mark,
-                    uint32_t held_from)
+                    int64_t held_from)
 {
     int count[3] = {0, 0, 0};
     int i, major = 0;
     uint32_t major_id = 0;
+    int have_major = 0;
     size_t at = 0;
     if (n > q->pending) n = q->pending;
     if (n <= 0) return 0;
@@ -349,14 +351,16 @@ int acl_nfq_verdict(struct acl_nfq *q, const uint8_t *verdicts, int n, uint32_t 
     for (i = 0; i < n; i++) {
         uint8_t c = verdicts[i] > ACL_V_HOLD ? ACL_V_DROP : verdicts[i];
         if (c == ACL_V_HOLD) continue;
-        if (c == major && (held_from == 0 || q->ids[i] < held_from)) {
-            if (q->ids[i] > major_id) major_id = q->ids[i];
+        /* ids are serial numbers (they wrap at 2^32): "before" as the kernel says it */
+        if (c == major && (held_from < 0 || (int32_t)(q->ids[i] - (uint32_t)held_from) < 0)) {
+            major_id = q->ids[i];          /* records are in arrival order: the latest */
+            have_major = 1;
             continue;
         }
         at = acl_nfq_put(q, at, NFQNL_MSG_VERDICT, q->ids[i], acl_nf_verdict(c), mark,
                          c == ACL_V_REJECT);
     }
-    if (major_id != 0)
+    if (have_major)
         at = acl_nfq_put(q, at, NFQNL_MSG_VERDICT_BATCH, major_id,
                          acl_nf_verdict((uint8_t)major), mark, major == ACL_V_REJECT);
     q->pending = 0;

@@ -72,11 +72,14 @@ import logging
 import os
 import time
 from bisect import bisect_left
-from dataclasses import dataclass, field
 
 from acl import nfq
-from acl.errors import PolicyError
 from acl.model import Reason, Request, Verdict
+from acl.nfqueue_config import (  # noqa: F401  (the door's configuration; importers use it from here too)
+    DEFAULT_REJECT_MARK,
+    NfqueueConfig,
+    parse_port_key,
+)
 from acl.wire.packet import PacketError, decode_raw
 
 log = logging.getLogger("acl.serve.nfqueue")
@@ -86,102 +89,10 @@ MAX_BATCHES_PER_WAKEUP = 16
 WARN_EVERY = 10.0
 #: Buckets of ``acl_nfqueue_batch_size``.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-DEFAULT_REJECT_MARK = 0xAC1
 _VERDICTS = {"drop": nfq.DROP, "accept": nfq.ACCEPT}
 _LABEL_VERDICT = {v: v.name.lower() for v in Verdict}
 _LABEL_REASON = {r: r.name.lower() for r in Reason}
 _REASONS = {int(r) for r in Reason}
-
-
-def _port(text: str, where: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise PolicyError(f"{where}: port {text!r} is not a number") from None
-    if not 1 <= port <= 65535:
-        raise PolicyError(f"{where}: port {port} out of range 1..65535")
-    return port
-
-
-def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
-    """``"22"`` -> (None, 22); ``"10.0.0.1:22"``, ``"[fd00::1]:22"`` -> (packed, 22)."""
-    key = str(key).strip()
-    if key.startswith("["):
-        addr, sep, port = key[1:].partition("]:")
-        if not sep:
-            raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
-    elif key.count(":") > 1:
-        raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
-    elif ":" in key:
-        addr, _, port = key.rpartition(":")
-    else:
-        return None, _port(key, where)
-    try:
-        packed = ipaddress.ip_address(addr).packed
-    except ValueError:
-        raise PolicyError(f"{where}: {addr!r} is not a numeric address") from None
-    return packed, _port(port, where)
-
-
-@dataclass
-class NfqueueConfig:
-    """The ``[nfqueue]`` table (docs/configuration.md, docs/nfqueue.md)."""
-
-    queues: tuple[int, ...] = (0,)
-    ports: dict[int, str] = field(default_factory=dict)
-    addr_ports: dict[tuple[bytes, int], str] = field(default_factory=dict)
-    reject: str = "drop"                 # "drop" | "reset"
-    reject_mark: int = DEFAULT_REJECT_MARK
-    malformed: str = "drop"              # verdict for undecodable packets
-    copy_range: int = 128
-    queue_maxlen: int = 4096
-    fail_open: bool = True
-    batch: int = 256
-    rcvbuf: int = 8 << 20
-
-    @classmethod
-    def from_table(cls, table: dict, path: object = "policy") -> NfqueueConfig:
-        where = f"{path}: [nfqueue]"
-        known = {"queues", "ports", "reject", "reject_mark", "malformed", "copy_range",
-                 "queue_maxlen", "fail_open", "batch", "rcvbuf"}
-        for key in table:
-            if key not in known:
-                raise PolicyError(f"{where}: unknown key {key!r}")
-        cfg = cls()
-        queues = table.get("queues", [0])
-        if isinstance(queues, int):
-            queues = [queues]
-        if not queues or not all(isinstance(q, int) and 0 <= q <= 65535 for q in queues):
-            raise PolicyError(f"{where}: queues must be a list of numbers 0..65535")
-        cfg.queues = tuple(dict.fromkeys(queues))
-        ports = table.get("ports", {})
-        if not isinstance(ports, dict) or not ports:
-            raise PolicyError(f"{where}: ports must map PORT (or ADDR:PORT) to a service name")
-        for key, service in ports.items():
-            if not isinstance(service, str) or not service:
-                raise PolicyError(f"{where}: ports.{key}: service must be a non-empty string")
-            addr, port = parse_port_key(key, f"{where} ports")
-            if addr is None:
-                cfg.ports[port] = service
-            else:
-                cfg.addr_ports[(addr, port)] = service
-        for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
-            value = table.get(key, getattr(cfg, key))
-            if value not in allowed:
-                raise PolicyError(f"{where}: {key} must be one of {', '.join(allowed)}")
-            setattr(cfg, key, value)
-        for key, lo, hi in (("reject_mark", 1, 0xFFFFFFFF), ("copy_range", 64, 65535),
-                            ("queue_maxlen", 1, 1 << 24), ("batch", 1, 4096),
-                            ("rcvbuf", 0, 1 << 30)):
-            value = table.get(key, getattr(cfg, key))
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise PolicyError(f"{where}: {key} must be a number {lo}..{hi}")
-            setattr(cfg, key, value)
-        fail_open = table.get("fail_open", True)
-        if not isinstance(fail_open, bool):
-            raise PolicyError(f"{where}: fail_open must be true or false")
-        cfg.fail_open = fail_open
-        return cfg
 
 
 class NfqueueFrontDoor:
@@ -221,6 +132,8 @@ class NfqueueFrontDoor:
         self.look_up = None       # Server.look_up_names, set by start_for_server
         self._held: dict[int, dict[int, Request]] = {}   # queue -> {packet id: request}
         self.held_total = 0       # packets ever held
+        self.held_batches = 0     # batch verdicts sent while a packet was held
+        self.monotonic = time.monotonic   # for the pacing of log lines
         self._stats_file = None   # nfq.QueueStatsFile, opened by start()
         self._stats_warned = False
         self._nlerrors_seen: dict[int, int] = {}
@@ -235,7 +148,6 @@ class NfqueueFrontDoor:
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Bind every queue and watch its fd on ``loop``; OSError if one cannot be bound."""
         loop = loop or asyncio.get_running_loop()
-        self._stats_file = nfq.QueueStatsFile()
         try:
             for num in self.config.queues:
                 q = self._queue_factory(num)
@@ -244,6 +156,8 @@ class NfqueueFrontDoor:
         except BaseException:
             self.close()
             raise
+        # after binding: the file exists once the first queue loaded the module
+        self._stats_file = nfq.QueueStatsFile()
         self._loop = loop
         log.info("nfqueue: bound queues %s", ", ".join(map(str, self.config.queues)))
 
@@ -269,29 +183,41 @@ class NfqueueFrontDoor:
             for _ in range(MAX_BATCHES_PER_WAKEUP):
                 try:
                     n = q.recv()
-                    if n == 0:
-                        return
-                    verdicts = self._decide_batch(q, n)
-                    held = self._held.get(q.num)
-                    q.verdict(verdicts, self.config.reject_mark, min(held) if held else 0)
                 except OSError as exc:
                     self.io_errors += 1
                     log.warning("nfqueue %d: %s", q.num, exc)
                     return
-                except Exception:
-                    # A bug must not leave a batch unanswered until the queue fills.
-                    self.internal_errors += 1
-                    log.exception("nfqueue %d: answering a batch failed; default verdict given",
-                                  q.num)
-                    self._held.pop(q.num, None)
-                    try:
-                        q.verdict_all(self._malformed_code)
-                    except OSError as exc:
+                if n == 0:
+                    return
+                try:
+                    verdicts = self._decide_batch(q, n)
+                    held = self._held.get(q.num)
+                    # the oldest held id (ids are in arrival order; they wrap at 2**32)
+                    q.verdict(verdicts, self.config.reject_mark, next(iter(held)) if held else -1)
+                    if held:
+                        self.held_batches += 1
+                except Exception as exc:
+                    # Unanswered, the batch would wait for the next batch verdict and get
+                    # that batch's answer: answer it (and anything held) by default now.
+                    if isinstance(exc, OSError):
                         self.io_errors += 1
                         log.warning("nfqueue %d: %s", q.num, exc)
+                    else:
+                        self.internal_errors += 1
+                        log.exception("nfqueue %d: answering a batch failed", q.num)
+                    self._answer_all_by_default(q)
                     return
         finally:
             self._check_refused(q)
+
+    def _answer_all_by_default(self, q) -> None:
+        """The ``malformed`` verdict for every packet of ``q`` read and unanswered."""
+        self._held.pop(q.num, None)
+        try:
+            q.verdict_all(self._malformed_code)
+        except OSError as exc:
+            self.io_errors += 1
+            log.warning("nfqueue %d: %s", q.num, exc)
 
     def _check_refused(self, q) -> None:
         """Log verdicts the kernel refused since the last look (see the theory)."""
@@ -299,7 +225,7 @@ class NfqueueFrontDoor:
         seen = self._nlerrors_seen.get(q.num, 0)     # the count the last log line gave
         if n == seen:
             return
-        now = time.monotonic()
+        now = self.monotonic()
         if now - self._nlerrors_logged_at.get(q.num, -WARN_EVERY) >= WARN_EVERY:
             self._nlerrors_logged_at[q.num] = now
             self._nlerrors_seen[q.num] = n

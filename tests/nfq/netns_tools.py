@@ -159,6 +159,7 @@ def door(args) -> int:
             "fast_batches": front.fast_batches,
             "residual": front.residual,
             "held_total": front.held_total,
+            "held_batches": front.held_batches,
             "held": front.held,
             "compiled_plan": engine.plan is not None,
             "queues": front.queue_counters(),

@@ -219,11 +219,11 @@ class RefusingQueue:
         return 0
 
 
-def test_refused_verdicts_are_counted_and_logged_at_most_every_few_seconds(caplog, monkeypatch):
+def test_refused_verdicts_are_counted_and_logged_at_most_every_few_seconds(caplog):
     d = door()
     q = RefusingQueue()
     clock = [1000.0]
-    monkeypatch.setattr(door_module.time, "monotonic", lambda: clock[0])
+    d.monotonic = lambda: clock[0]
     with caplog.at_level("ERROR", logger="acl.serve.nfqueue"):
         for _ in range(5):
             q.netlink_errors += 3
@@ -234,3 +234,42 @@ def test_refused_verdicts_are_counted_and_logged_at_most_every_few_seconds(caplo
     assert len(logged) == 3, logged            # at 0, WARN_EVERY and 2 * WARN_EVERY
     assert "refused 3 verdict(s) (3 in all; last: Operation not permitted)" in logged[0]
     assert "refused 6 verdict(s) (9 in all" in logged[1]
+
+
+class UnsendableQueue:
+    """A queue whose batch verdict cannot be sent (say ENOBUFS)."""
+
+    num = 7
+    stride = STRIDE
+    netlink_errors = last_netlink_error = 0
+
+    def __init__(self, raw: bytes, n: int):
+        self.raw, self.n = raw, n
+        self.answered_all: list[int] = []
+
+    def recv(self):
+        n, self.n = self.n, 0
+        return n
+
+    def records(self, n):
+        return self.raw
+
+    def record_pointer(self):
+        return self.raw
+
+    def verdict(self, verdicts, mark=0, held_from=-1):
+        raise OSError(errno.ENOBUFS, "NFQUEUE 7: verdict: No buffer space available")
+
+    def verdict_all(self, code):
+        self.answered_all.append(code)
+
+
+@pytest.mark.parametrize("malformed", ["drop", "accept"])
+def test_a_batch_whose_verdict_cannot_be_sent_is_answered_by_default_at_once(malformed):
+    # Left unanswered, it would get the next batch verdict's answer.
+    d = door(malformed=malformed)
+    pkts = [build("10.66.1.1", "10.9.9.9", 1, 22), build("10.5.1.1", "10.9.9.9", 2, 22)]
+    q = UnsendableQueue(records(pkts), 2)
+    d._on_readable(q)
+    assert q.answered_all == [nfq.DROP if malformed == "drop" else nfq.ACCEPT]
+    assert d.io_errors == 1

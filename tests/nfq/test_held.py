@@ -82,7 +82,7 @@ class BatchQueue:
     def records(self, n: int) -> bytes:
         return self._current
 
-    def verdict(self, verdicts, mark: int = 0, held_from: int = 0) -> None:
+    def verdict(self, verdicts, mark: int = 0, held_from: int = -1) -> None:
         self.batch_verdicts.append((list(verdicts), held_from))
 
     def verdict_one(self, packet_id: int, code: int, mark: int = 0) -> None:
@@ -182,7 +182,7 @@ def test_a_packet_waiting_for_its_name_holds_no_one_else(tmp_path, path):
             # 4. Cached now: the same clients are answered with their batch.
             queue.feed([pkt(NAMED_GOOD, 40002), pkt(NAMED_BAD, 40003)])
             await until(lambda: len(queue.batch_verdicts) == 3, "the third batch's verdicts")
-            assert queue.batch_verdicts[2] == ([nfq.ACCEPT, nfq.DROP], 0)
+            assert queue.batch_verdicts[2] == ([nfq.ACCEPT, nfq.DROP], -1)
             verdicts = door.verdicts
             assert verdicts[("echo", "allow", "ok")] == 4
             assert sum(n for (s, v, _r), n in verdicts.items() if v == "deny") == 2

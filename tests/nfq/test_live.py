@@ -181,14 +181,14 @@ def test_per_source_rate_limit_trips_and_recovers(ns, door):
 
 
 def test_a_packet_held_for_its_name_gets_its_own_verdict(ns, tmp_path):
-    # Names come from a hosts file long enough that each lookup takes a good
-    # part of a second (no DNS).  The name clients' SYNs are held while their
-    # names are looked up; the address client's are answered meanwhile, and
-    # their batch verdicts must not reach the held ids: the "bad" client
-    # would then be let in.
+    # Names come from a hosts file long enough that each lookup takes the
+    # better part of a second (no DNS).  The name clients' SYNs are held while
+    # their names are looked up; the address client's are answered meanwhile
+    # (held_batches says that happened), and their batch verdicts must not
+    # reach the held ids: the "bad" client would then be let in.
     good4, good6, bad4, by_addr = CLIENTS4[12], CLIENTS6[12], CLIENTS4[13], CLIENTS4[11]
     filler = "".join(f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} h{i}.filler.example\n"
-                     for i in range(300_000))
+                     for i in range(600_000))
     (tmp_path / "hosts").write_text(filler + f"{good4} c12.good.example\n"
                                     f"{good6} c12v6.good.example\n{bad4} c13.bad.example\n")
     (tmp_path / "hosts.allow").write_text(f"echo: {by_addr}\necho: .good.example\n")
@@ -202,11 +202,12 @@ def test_a_packet_held_for_its_name_gets_its_own_verdict(ns, tmp_path):
         tries = ([["tcp", bad4, SERVER4, TCP_PORT], ["tcp", good4, SERVER4, TCP_PORT],
                   ["tcp", good6, SERVER6, TCP_PORT]]
                  + [["tcp", by_addr, SERVER4, TCP_PORT]] * 6)
-        got = attempt(ns, tries, timeout=4.0, gap=0.05)
+        got = attempt(ns, tries, timeout=10.0, gap=0.05)
     finally:
         counters = d.stop()
     assert got == ["timeout"] + ["ok"] * 8, list(zip(tries, got, strict=True))
     assert counters["held_total"] >= 3 and counters["held"] == 0, counters
+    assert counters["held_batches"] >= 1, counters
     verdicts = {(s, v, r): n for s, v, r, n in counters["verdicts"]}
     assert verdicts[("echo", "allow", "ok")] >= 8       # a held SYN may be sent again
     assert counters["internal_errors"] == 0 and counters["io_errors"] == 0
