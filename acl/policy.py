@@ -54,13 +54,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from acl.errors import AclError, PolicyError, RuleSyntaxError
+from acl.nfqueue_config import NfqueueConfig
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
 KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run", "names"}
 #: The keys of each table (docs/configuration.md); any other key is an error,
 #: so a misspelt one cannot silently leave a default in force.  ``[nfqueue]``
-#: is checked by the front door's own reader (acl.serve.nfqueue).
+#: is checked by its own reader (acl.nfqueue_config).
 TABLE_KEYS = {
     "sockets": ("query", "policy", "policy_service", "admin", "mode", "group", "admin_uids",
                 "admin_gids"),
@@ -236,11 +237,9 @@ def bound_services(source: Source) -> frozenset[str] | None:
 
 
 def _binds(source: Source, service: str) -> bool:
+    """:func:`bound_services` as a test of one name (without building a set)."""
     if source.services is not None:
         return service in source.services
-    knows = getattr(source.layer, "knows", None)
-    if knows is not None:
-        return bool(knows(service))
     defined = getattr(getattr(source.layer, "policy", None), "services", None)
     if isinstance(defined, dict):            # the xinetd layer: its service ids
         return service in defined
@@ -328,6 +327,20 @@ def _previous_state(previous: Policy | None, kind: str, file: Path):
     return None
 
 
+def _one_xinetd_source_per_file(sources: list[Source], path) -> None:
+    """An xinetd file's limit state (counters, leases) is handed to the next
+    policy by the file (:func:`_previous_state`): two sources reading one
+    file would share it.  One source per file; its ``services`` says which
+    of the file's services it binds."""
+    first: dict[str, int] = {}
+    for i, s in enumerate(sources):
+        if s.kind == "xinetd" and s.files:
+            j = first.setdefault(str(s.files[0]), i)
+            if j != i:
+                raise _err(path, f"source[{i}]", f"{s.files[0]} is read by source[{j}] "
+                           "already: one xinetd source per file (list its services there)")
+
+
 def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, tuple]:
     """The policy's :class:`acl.names.NameService` (the running one while its
     configuration and hosts file are unchanged) and the key saying so."""
@@ -357,7 +370,7 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
     return service, key
 
 
-def _load_source(src: dict, base: Path, path, where: str, previous, index: int,
+def _load_source(src: dict, base: Path, path, where: str, previous,
                  names=None, names_key: tuple = (), system=None,
                  limits: Limits | None = None) -> Source:
     kind = src.get("type")
@@ -574,8 +587,6 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     if nfq:
         # checked here, so that --check, a start and a reload refuse a bad
         # table alike (the door reads it again when it starts)
-        from acl.serve.nfqueue import NfqueueConfig
-
         NfqueueConfig.from_table(nfq, toml_path)
     nm = _table(conf, "names", toml_path)
     hosts_file = _get(nm, "hosts_file", str, "", toml_path, "names")
@@ -600,16 +611,12 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     if not isinstance(raw_sources, list):
         raise _err(toml_path, "source", "expected [[source]] tables")
     sources = []
-    seen: dict[str, int] = {}
     for i, src in enumerate(raw_sources):
         where = f"source[{i}]"
         if not isinstance(src, dict):
             raise _err(toml_path, where, "expected a table")
-        kind = src.get("type", "")
-        index = seen.get(kind, 0)
-        seen[kind] = index + 1
         try:
-            sources.append(_load_source(src, base, toml_path, where, previous, index,
+            sources.append(_load_source(src, base, toml_path, where, previous,
                                         name_service, names_key, system, limits=limits))
         except (RuleSyntaxError, PolicyError):
             raise
@@ -617,6 +624,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
             raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc
         except (AclError, ValueError) as exc:     # e.g. a broken cdb: say which source
             raise _err(toml_path, where, f"{type(exc).__name__}: {exc}") from exc
+    _one_xinetd_source_per_file(sources, toml_path)
     return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
                   names=names, name_service=name_service, names_key=names_key,
                   xinetd_system=system)

@@ -1,0 +1,107 @@
+"""The ``[nfqueue]`` table of a policy: queues, the port -> service map, verdict options.
+
+A policy-layer reader (no socket, no event loop, no cffi), so that
+``acl.policy.load_policy`` checks the table when the policy is read --
+``acl serve --check``, startup and every reload -- and the NFQUEUE front
+door (acl.serve.nfqueue) builds its configuration from the same code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from acl.errors import PolicyError
+
+DEFAULT_REJECT_MARK = 0xAC1
+
+
+def _port(text: str, where: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise PolicyError(f"{where}: port {text!r} is not a number") from None
+    if not 1 <= port <= 65535:
+        raise PolicyError(f"{where}: port {port} out of range 1..65535")
+    return port
+
+
+def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
+    """``"22"`` -> (None, 22); ``"10.0.0.1:22"``, ``"[fd00::1]:22"`` -> (packed, 22)."""
+    key = str(key).strip()
+    if key.startswith("["):
+        addr, sep, port = key[1:].partition("]:")
+        if not sep:
+            raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
+    elif key.count(":") > 1:
+        raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
+    elif ":" in key:
+        addr, _, port = key.rpartition(":")
+    else:
+        return None, _port(key, where)
+    try:
+        packed = ipaddress.ip_address(addr).packed
+    except ValueError:
+        raise PolicyError(f"{where}: {addr!r} is not a numeric address") from None
+    return packed, _port(port, where)
+
+
+@dataclass
+class NfqueueConfig:
+    """The ``[nfqueue]`` table (docs/configuration.md, docs/nfqueue.md)."""
+
+    queues: tuple[int, ...] = (0,)
+    ports: dict[int, str] = field(default_factory=dict)
+    addr_ports: dict[tuple[bytes, int], str] = field(default_factory=dict)
+    reject: str = "drop"                 # "drop" | "reset"
+    reject_mark: int = DEFAULT_REJECT_MARK
+    malformed: str = "drop"              # verdict for undecodable packets
+    copy_range: int = 128
+    queue_maxlen: int = 4096
+    fail_open: bool = True
+    batch: int = 256
+    rcvbuf: int = 8 << 20
+
+    @classmethod
+    def from_table(cls, table: dict, path: object = "policy") -> NfqueueConfig:
+        where = f"{path}: [nfqueue]"
+        known = {"queues", "ports", "reject", "reject_mark", "malformed", "copy_range",
+                 "queue_maxlen", "fail_open", "batch", "rcvbuf"}
+        for key in table:
+            if key not in known:
+                raise PolicyError(f"{where}: unknown key {key!r}")
+        cfg = cls()
+        queues = table.get("queues", [0])
+        if isinstance(queues, int):
+            queues = [queues]
+        if not queues or not all(isinstance(q, int) and 0 <= q <= 65535 for q in queues):
+            raise PolicyError(f"{where}: queues must be a list of numbers 0..65535")
+        cfg.queues = tuple(dict.fromkeys(queues))
+        ports = table.get("ports", {})
+        if not isinstance(ports, dict) or not ports:
+            raise PolicyError(f"{where}: ports must map PORT (or ADDR:PORT) to a service name")
+        for key, service in ports.items():
+            if not isinstance(service, str) or not service:
+                raise PolicyError(f"{where}: ports.{key}: service must be a non-empty string")
+            addr, port = parse_port_key(key, f"{where} ports")
+            if addr is None:
+                cfg.ports[port] = service
+            else:
+                cfg.addr_ports[(addr, port)] = service
+        for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
+            value = table.get(key, getattr(cfg, key))
+            if value not in allowed:
+                raise PolicyError(f"{where}: {key} must be one of {', '.join(allowed)}")
+            setattr(cfg, key, value)
+        for key, lo, hi in (("reject_mark", 1, 0xFFFFFFFF), ("copy_range", 64, 65535),
+                            ("queue_maxlen", 1, 1 << 24), ("batch", 1, 4096),
+                            ("rcvbuf", 0, 1 << 30)):
+            value = table.get(key, getattr(cfg, key))
+            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+                raise PolicyError(f"{where}: {key} must be a number {lo}..{hi}")
+            setattr(cfg, key, value)
+        fail_open = table.get("fail_open", True)
+        if not isinstance(fail_open, bool):
+            raise PolicyError(f"{where}: fail_open must be true or false")
+        cfg.fail_open = fail_open
+        return cfg
