@@ -198,29 +198,30 @@ WRAPPER = "acl-wrap"
 
 def _wrapper_name(e: XEntry) -> str | None:
     """The service name ``acl-wrap`` asks the sidecar with when it is this
-    service's ``server`` (by basename), else None.  ext/wrap/main.c: a
-    non-empty ``ACL_WRAP_SERVICE`` (here: the service's ``env``), else in
-    explicit mode (argv[0]'s basename is acl-wrap) ``-n NAME`` or the
-    basename of the server it runs, else (tcpd mode) argv[0] -- its basename
-    when it is absolute.  xinetd's argv is ``server_args`` with NAMEINARGS,
-    else the basename of ``server`` followed by ``server_args``."""
+    service's ``server`` (by basename), else None.  As ext/wrap/main.c picks
+    it: ``ACL_WRAP_SERVICE`` (here: the service's ``env``) is read first; in
+    explicit mode (argv[0]'s basename is acl-wrap) ``-n NAME`` replaces it;
+    an empty result is then the basename of the server it runs, or (tcpd
+    mode) argv[0] -- its basename when it is absolute.  xinetd's argv is
+    ``server_args`` with NAMEINARGS, else the basename of ``server``
+    followed by ``server_args``."""
     p = e.parsed
     server = p.get("server")
     if not server or os.path.basename(server) != WRAPPER or "redirect" in p \
             or "INTERNAL" in e.types:
         return None
+    env_name = ""
     for item in reversed(p.get("env", ())):         # putenv in order: the last wins
         name, _, value = item.partition("=")
         if name == "ACL_WRAP_SERVICE":
-            if value:
-                return value
+            env_name = value
             break
     args = list(p.get("server_args", ()))
     argv = args if "NAMEINARGS" in e.flags else [os.path.basename(server), *args]
     if not argv or not argv[0]:
         return None                                  # acl-wrap refuses to run (exit 100)
     if os.path.basename(argv[0]) != WRAPPER:         # tcpd mode
-        return os.path.basename(argv[0]) if argv[0].startswith("/") else argv[0]
+        return env_name or (os.path.basename(argv[0]) if argv[0].startswith("/") else argv[0])
     name, i = None, 1                                # explicit mode: getopt "+s:n:t:och"
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
         if argv[i] == "--":
@@ -235,6 +236,8 @@ def _wrapper_name(e: XEntry) -> str | None:
                 if word[j] == "n":
                     name = value
                 break
+    if name is None:
+        name = env_name                              # no -n: the environment's
     if name:
         return name
     return os.path.basename(argv[i]) if i < len(argv) else None
@@ -465,14 +468,19 @@ class XinetdLayer:
         return self.state.release(lease_id)
 
     # -- for the metrics collector ----------------------------------------
-    def counters(self) -> dict:
-        """Plain ints: table size, evictions, and per service trips/leases."""
+    def table_counters(self) -> dict:
+        """Plain ints of the per-source table alone (cheap: read at every scrape)."""
         st = self.state
-        out = {"evictions": int(st.evictions), "tracked_sources": int(st.tracked_sources),
-               "table_capacity": int(st.capacity), "table_bytes": int(st.memory_bytes),
-               "lease_overflows": int(st.lease_overflows),
-               "overflow_entries": int(st.overflow_entries),
-               "overflow_full": int(st.overflow_full), "services": {}}
+        return {"evictions": int(st.evictions), "tracked_sources": int(st.tracked_sources),
+                "table_capacity": int(st.capacity), "table_bytes": int(st.memory_bytes),
+                "lease_overflows": int(st.lease_overflows),
+                "overflow_entries": int(st.overflow_entries),
+                "overflow_full": int(st.overflow_full)}
+
+    def counters(self) -> dict:
+        """Plain ints: :meth:`table_counters`, and per service trips/leases."""
+        st = self.state
+        out = {**self.table_counters(), "services": {}}
         for sid, slot in self._slots.items():
             out["services"][sid] = {
                 "active_leases": int(st.active_leases(slot)),

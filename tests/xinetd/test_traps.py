@@ -271,9 +271,10 @@ def test_d3_18_libwrap_daemon_name():
 
 def test_d3_18_acl_wrap_server_is_named_as_acl_wrap_asks(tmp_path):
     """A service whose server is acl-wrap (by basename) records the name
-    acl-wrap asks the sidecar with (ext/wrap/main.c): ACL_WRAP_SERVICE from
-    ``env`` (the last one), else -n in explicit mode, else the server's
-    name; tcpd mode names it by argv[0].  Other servers record none."""
+    acl-wrap asks the sidecar with (ext/wrap/main.c): -n in explicit mode,
+    else ACL_WRAP_SERVICE from ``env`` (the last one), else the server's
+    name; tcpd mode: ACL_WRAP_SERVICE, else argv[0].  Other servers record
+    none."""
     wrap = tmp_path / "acl-wrap"
     wrap.write_text("#!/bin/sh\n")
     wrap.chmod(0o755)
@@ -290,6 +291,11 @@ def test_d3_18_acl_wrap_server_is_named_as_acl_wrap_asks(tmp_path):
         "plain": ("flags = NOLIBWRAP", "server_args = -s /run/q.sock /usr/bin/in.x"),
         "nameinargs": ("flags = NAMEINARGS NOLIBWRAP",
                        "server_args = acl-wrap -n nia /bin/cat"),
+        # -n is read after the environment, so it wins
+        "optenv": ("flags = NOLIBWRAP", "server_args = -n fromopt /bin/cat",
+                   "env = ACL_WRAP_SERVICE=fromenv"),
+        "tcpdenv": ("flags = NAMEINARGS NOLIBWRAP", "server_args = /usr/sbin/in.ftpd",
+                    "env = ACL_WRAP_SERVICE=tcpdenv"),
     }
     text = "".join(svc(name, *lines, flags="", server=w, port=23901 + i)
                    for i, (name, lines) in enumerate(cases.items()))
@@ -297,7 +303,7 @@ def test_d3_18_acl_wrap_server_is_named_as_acl_wrap_asks(tmp_path):
     got = {k: v.wrapper_name for k, v in load(text)[0].services.items()}
     assert got == {"env": "env", "tcpd": "in.ftpd", "rel": "sub/in.ftpd", "emptyenv": "cat",
                    "opt": "named", "glued": "glued", "plain": "in.x", "nameinargs": "nia",
-                   "cat": None}
+                   "optenv": "fromopt", "tcpdenv": "tcpdenv", "cat": None}
 
 
 def test_d3_19_includedir_skips_and_list_defaults_reach_later_services(tmp_path):
