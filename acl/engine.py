@@ -426,9 +426,14 @@ class Engine:
 
     # -- for metrics / admin -------------------------------------------
     def _layer_tables(self):
+        """Each xinetd limit table's counters, once (two sources reading the
+        same file share one table: acl.policy hands state over by file)."""
+        seen = set()
         for s in self._policy.sources:
-            fn = getattr(s.layer, "counters", None)
-            if fn is not None and s.kind == "xinetd":
+            fn = getattr(s.layer, "table_counters", None)
+            state = getattr(s.layer, "state", None)
+            if fn is not None and s.kind == "xinetd" and id(state) not in seen:
+                seen.add(id(state))
                 yield fn()
 
     @property
@@ -444,7 +449,7 @@ class Engine:
 
     def lease_overflow(self) -> dict[str, int]:
         """The xinetd tables' overflow areas: ``entries`` (sources there now),
-        ``overflows`` (leases sent there: their group was pinned full) and
+        ``overflows`` (sources moved there: their group was pinned full) and
         ``full`` (per_source refusals or uncounted leases: it was full too)."""
         out = {"entries": 0, "overflows": 0, "full": 0}
         for c in self._layer_tables():
