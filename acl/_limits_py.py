@@ -469,8 +469,8 @@ class LimitState:
             else:
                 held = self._ovf.get((tag, hi, lo), -1) if self._ovf else -1
                 if held < 0:
-                    if full and self._pinned(hi, lo, tag):
-                        self.overflow_full += 1
+                    if lim > 0 and full and self._pinned(hi, lo, tag):
+                        self.overflow_full += 1         # (per_source = 0 refuses anyway)
                         return PER_SOURCE_LIMIT
                     held = 0
             if held >= lim:

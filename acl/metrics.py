@@ -168,7 +168,7 @@ class AclCollector:
                                 "Sources whose leases are counted in the overflow area",
                                 value=ov["entries"])
         yield CounterMetricFamily("acl_lease_overflows",
-                                  "Leases counted in the overflow area (table group full)",
+                                  "Sources moved to the overflow area (table group full)",
                                   value=ov["overflows"])
         yield CounterMetricFamily("acl_lease_overflow_full",
                                   "per_source refusals and leases counted for instances only: "

@@ -485,10 +485,10 @@ cdef class LimitState:
                 if i >= 0:
                     if self._ovf[i].value >= <uint32_t>sv.per_source:
                         return 4
+                elif sv.per_source == 0:         # refused anyway: not the area's doing
+                    return 4
                 elif full and self._pinned(hi, lo, tag):
                     self.overflow_full += 1
-                    return 4
-                elif sv.per_source == 0:
                     return 4
         # token bucket (not in xinetd) as GCRA: the entry keeps the bucket's
         # "theoretical arrival time"; a request fits when it is at most tau

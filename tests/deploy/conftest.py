@@ -24,6 +24,8 @@ SLICES = {
     "daemontools": (27200, 27300),
     "prometheus": (27300, 27400),
     "socket_activation": (27400, 27500),
+    "capabilities": (27500, 27502),      # test_capabilities NFQ_PORT, in its own namespaces
+    "postfix_policy": (27502, 27503),    # test_postfix_policy SMTP_PORT, likewise
 }
 
 

@@ -121,7 +121,7 @@ def test_nfqueue_needs_that_capability(tmp_path):
 # -- [run] user with [nfqueue], live ------------------------------------------
 
 #: Inside the test's own network namespaces, where nothing else listens.
-NFQ_PORT = 33501
+NFQ_PORT = 27501
 QUEUE = 7
 RULES_SCRIPT = DEPLOY / "nfqueue" / "acl-nfqueue-rules"
 ALLOWED, DENIED = CLIENT_ADDRS

@@ -38,7 +38,7 @@ POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 GUIDE = ROOT / "docs" / "operator-guide.md"
 UNIT = DEPLOY / "systemd" / "acl-policy.socket"
 #: Inside the test's own network namespace, where nothing else listens.
-SMTP_PORT = 33502
+SMTP_PORT = 27502
 DEBIAN_QUEUE = "/var/spool/postfix/"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(POSTCONF), reason="postfix not installed")

@@ -256,6 +256,11 @@ def test_a_full_overflow_area_fails_closed_for_per_source(limits):
     assert st.check(u, srcs[18], 1.0) == limits.OK
     st.take_lease(u, srcs[18])
     assert st.overflow_full == 2 and st.active_leases(u) == 1 and st.held(u, srcs[18]) == 0
+    # per_source = 0 refuses every client anyway: not counted as the area's doing
+    z = st.slot("zero")
+    st.configure(z, cps_max=0, per_source=0)
+    assert st.check(z, srcs[18], 1.0) == limits.PER_SOURCE_LIMIT
+    assert st.overflow_full == 2
 
 
 # -- service slots come and go ------------------------------------------------

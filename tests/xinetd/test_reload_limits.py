@@ -19,7 +19,7 @@ NOW = 1e9
 TOML = "[run]\nwatch = false\n[limits]\nsources = 1024\n"
 
 
-def service(sid, *extra, port=34100):
+def service(sid, *extra, port=23100):
     return "\n".join([f"service {sid}", "{", "  type = UNLISTED", f"  port = {port}",
                       "  socket_type = stream", "  protocol = tcp", "  wait = no",
                       "  user = root", "  server = /bin/cat", "  bind = 127.0.0.1",
@@ -78,13 +78,13 @@ def test_a_failed_reload_changes_no_limit(make):
 
 def test_reordered_sources_keep_their_own_state(make):
     files = {"a_conf": service("a", "per_source = 1"),
-             "b_conf": service("b", "per_source = 1", port=34101)}
+             "b_conf": service("b", "per_source = 1", port=23101)}
     eng = make(TOML + xsource("a.conf") + xsource("b.conf"), **files)
     first = ask(eng, "a", "127.0.0.2")
     assert first[0] is Verdict.ALLOW
     states = {s.files[0].name: s.state for s in eng.policy.sources}
     make.write(TOML + xsource("c.conf") + xsource("b.conf") + xsource("a.conf"),
-               c_conf=service("c", port=34102))
+               c_conf=service("c", port=23102))
     eng.reload()
     after = {s.files[0].name: s.state for s in eng.policy.sources}
     assert after["a.conf"] is states["a.conf"] and after["b.conf"] is states["b.conf"]
@@ -97,11 +97,11 @@ def test_reordered_sources_keep_their_own_state(make):
 
 def test_renamed_services_free_their_slots_but_not_under_a_lease(make):
     eng = make(TOML + xsource("x.conf"),
-               x_conf="".join(service(f"old{i}", "instances = 1", port=34110 + i)
+               x_conf="".join(service(f"old{i}", "instances = 1", port=23110 + i)
                               for i in range(3)))
     held = ask(eng, "old0", "127.0.0.2")
     state = eng.policy.sources[0].state
-    make.write(x_conf="".join(service(f"new{i}", "instances = 1", port=34110 + i)
+    make.write(x_conf="".join(service(f"new{i}", "instances = 1", port=23110 + i)
                               for i in range(3)))
     eng.reload()
     assert set(state.slots()) == {"old0", "new0", "new1", "new2"}
@@ -109,7 +109,7 @@ def test_renamed_services_free_their_slots_but_not_under_a_lease(make):
     # the gone service's lease ends: no slot of the running services moves
     assert eng.release(held[2])
     assert ask(eng, "new0", "127.0.0.4")[1] is Reason.SERVICE_LIMIT
-    make.write(x_conf="".join(service(f"new{i}", "instances = 1", port=34110 + i)
+    make.write(x_conf="".join(service(f"new{i}", "instances = 1", port=23110 + i)
                               for i in range(4)))
     eng.reload()
     assert set(state.slots()) == {"new0", "new1", "new2", "new3"}
@@ -123,14 +123,14 @@ def test_renaming_more_than_half_the_cap_reloads(make, limits, monkeypatch):
     small.LimitState = functools.partial(limits.LimitState, max_services=4)
     monkeypatch.setattr("acl.compile.xinetd._limits", small)
     eng = make(TOML + xsource("x.conf"),
-               x_conf="".join(service(f"a{i}", port=34110 + i) for i in range(3)))
-    make.write(x_conf="".join(service(f"b{i}", port=34110 + i) for i in range(3)))
+               x_conf="".join(service(f"a{i}", port=23110 + i) for i in range(3)))
+    make.write(x_conf="".join(service(f"b{i}", port=23110 + i) for i in range(3)))
     with pytest.raises(PolicyError, match=r"x\.conf: too many xinetd services.* 4 at most"):
         eng.reload()                  # 3 running + 3 new: over the cap
     assert ask(eng, "a0", "127.0.0.2", lease=False)[0] is Verdict.ALLOW
-    make.write(x_conf="".join(service(f"b{i}", port=34110 + i) for i in range(1)))
+    make.write(x_conf="".join(service(f"b{i}", port=23110 + i) for i in range(1)))
     eng.reload()
-    make.write(x_conf="".join(service(f"c{i}", port=34110 + i) for i in range(3)))
+    make.write(x_conf="".join(service(f"c{i}", port=23110 + i) for i in range(3)))
     eng.reload()                      # b0 only was running: 1 + 3 fit
     assert ask(eng, "c2", "127.0.0.2")[0] is Verdict.ALLOW
 
@@ -159,6 +159,12 @@ def test_lease_overflows_are_exported(make):
 
 def test_negative_max_load_loads_and_refuses_for_load(make):
     eng = make(TOML + xsource("x.conf"),
-               x_conf=service("neg", "max_load = -1") + service("good", port=34101))
+               x_conf=service("neg", "max_load = -1") + service("good", port=23101))
     assert ask(eng, "neg", "127.0.0.2")[1] is Reason.LOAD
     assert ask(eng, "good", "127.0.0.2")[0] is Verdict.ALLOW
+
+
+def test_two_sources_cannot_read_one_xinetd_file(make, tmp_path):
+    # Their limit state is handed over by file: they would share it.
+    with pytest.raises(PolicyError, match=r"source\[1\]: .*x\.conf is read by source\[0\]"):
+        make(TOML + xsource("x.conf") + xsource("./x.conf"), x_conf=service("a"))
