@@ -32,6 +32,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,9 +56,15 @@ def caps_of(unit: str) -> list[str]:
     return [c.removeprefix("CAP_").lower() for c in bounding]
 
 
-def policy(tmp_path, nfqueue: bool):
-    (tmp_path / "hosts.allow").write_text("beta: ALL\n")
-    (tmp_path / "hosts.deny").write_text("")
+#: The [nfqueue] body of the capability tests (the queue is bound, the port never used).
+NFQ_TABLE = 'queues = [7]\nports = { 27303 = "beta" }\n'
+
+
+def policy(tmp_path, nfqueue: str = "", run: str = "", allow: str = "beta: ALL\n",
+           deny: str = "") -> Path:
+    """hosts_access for service beta, then an ``[nfqueue]`` and a ``[run]`` body."""
+    (tmp_path / "hosts.allow").write_text(allow)
+    (tmp_path / "hosts.deny").write_text(deny)
     text = textwrap.dedent("""\
         [sockets]
         query = "query.sock"
@@ -66,11 +73,10 @@ def policy(tmp_path, nfqueue: bool):
         allow = "hosts.allow"
         deny = "hosts.deny"
         services = ["beta"]
-        [run]
-        watch = false
         """)
     if nfqueue:
-        text += '[nfqueue]\nqueues = [7]\nports = { 27303 = "beta" }\n'
+        text += "[nfqueue]\n" + nfqueue
+    text += "[run]\nwatch = false\n" + run
     (tmp_path / "policy.toml").write_text(text)
     return tmp_path / "policy.toml"
 
@@ -82,7 +88,7 @@ def run_with_caps(tmp_path, caps: list[str], nfqueue: bool) -> tuple[str, int | 
     keep = "".join(f",+{c}" for c in caps)
     argv = ["unshare", "--net", "setpriv", "--no-new-privs", f"--bounding-set=-all{keep}",
             f"--inh-caps=-all{keep}", f"--ambient-caps=-all{keep}",
-            acl_entry_point(), "serve", "--config", str(policy(tmp_path, nfqueue))]
+            acl_entry_point(), "serve", "--config", str(policy(tmp_path, NFQ_TABLE if nfqueue else ""))]
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
@@ -162,24 +168,8 @@ def live_nfqueue_skip() -> None:
 
 
 def run_user_policy(tmp_path):
-    (tmp_path / "hosts.allow").write_text(f"beta: {ALLOWED}\n")
-    (tmp_path / "hosts.deny").write_text("beta: ALL\n")
-    (tmp_path / "policy.toml").write_text(textwrap.dedent(f"""\
-        [sockets]
-        query = "query.sock"
-        [[source]]
-        type = "hosts_access"
-        allow = "hosts.allow"
-        deny = "hosts.deny"
-        services = ["beta"]
-        [nfqueue]
-        queues = [{QUEUE}]
-        ports = {{ {NFQ_PORT} = "beta" }}
-        [run]
-        user = "nobody"
-        watch = false
-        """))
-    return tmp_path / "policy.toml"
+    return policy(tmp_path, nfqueue=f'queues = [{QUEUE}]\nports = {{ {NFQ_PORT} = "beta" }}\n',
+                  run='user = "nobody"\n', allow=f"beta: {ALLOWED}\n", deny="beta: ALL\n")
 
 
 def start_in(ns: Netns, argv: list[str], log) -> tuple[subprocess.Popen, str, int | None]:
