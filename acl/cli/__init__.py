@@ -18,6 +18,7 @@ drops the write error and exits 0, equally silent.)
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
@@ -37,6 +38,18 @@ EXIT_USAGE = 100
 EXIT_BAD_INPUT = 100
 EXIT_TEMPORARY = 111
 EXIT_PIPE = 128 + 13      # 141: stdout's reader went away (SIGPIPE's shell status)
+
+
+class UsageError(Exception):
+    """A command line the command cannot use: its ``main`` says so with the
+    usage and returns EXIT_USAGE (acl's "bad input", not argparse's 2)."""
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse whose usage errors raise :class:`UsageError` for ``main``."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def version_text() -> str:

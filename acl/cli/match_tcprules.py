@@ -28,6 +28,7 @@ import argparse
 import sys
 
 from acl.cdb import CdbError
+from acl.cli import UsageError, UsageParser
 from acl.compile.tcprules import load_tcprules
 from acl.errors import RuleSyntaxError
 from acl.model import Request, Verdict
@@ -35,17 +36,8 @@ from acl.model import Request, Verdict
 PROG = "acl match"
 
 
-class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _Usage(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl match", description="what tcpserver would do with a client, "
+    p = UsageParser(prog="acl match", description="what tcpserver would do with a client, "
                 "like tcprulescheck",
                 usage="%(prog)s [-h] --tcprules FILE [-6] [-H]\n"
                       "                 (--batch | IP [host=NAME] [info=USER])")
@@ -132,11 +124,11 @@ def main(argv: list[str]) -> int:
     try:
         args = parser().parse_args(argv)
         if args.batch and args.query:
-            raise _Usage("--batch reads queries from stdin; give none on the command line")
+            raise UsageError("--batch reads queries from stdin; give none on the command line")
         if not args.batch and not args.query:
-            raise _Usage("give IP [host=NAME] [info=USER], or --batch")
+            raise UsageError("give IP [host=NAME] [info=USER], or --batch")
         request = None if args.batch else parse_query(args.query)
-    except (_Usage, ValueError) as exc:
+    except (UsageError, ValueError) as exc:
         print(f"{PROG}: fatal: {exc}\n{parser().format_usage().rstrip()}", file=sys.stderr)
         return 100
     try:

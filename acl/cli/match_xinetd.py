@@ -28,23 +28,13 @@ import argparse
 import sys
 import time
 
+from acl.cli import UsageError, UsageParser
 from acl.errors import RuleSyntaxError
 from acl.model import Reason, Request, Verdict
 
 
-class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are acl's "bad input" (100), reported by ``main``."""
-
-    def error(self, message):
-        raise _Usage(message)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl match", description="what xinetd would decide for a client "
+    p = UsageParser(prog="acl match", description="what xinetd would decide for a client "
                 "(by default only_from/no_access only; --limits adds the limits)",
                 usage="%(prog)s [-h] --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q]\n"
                       "                 (--batch | SERVICE IP)")
@@ -71,9 +61,9 @@ def _fatal(msg: str, code: int) -> int:
 def _parse_args(argv: list[str]):
     args = parser().parse_intermixed_args(argv)
     if args.batch and args.query:
-        raise _Usage("--batch reads queries from stdin; give none on the command line")
+        raise UsageError("--batch reads queries from stdin; give none on the command line")
     if not args.batch and len(args.query) != 2:
-        raise _Usage("give SERVICE IP, or --batch")
+        raise UsageError("give SERVICE IP, or --batch")
     opts = {"conf": args.xinetd, "hosts": args.hosts, "batch": args.batch,
             "limits": args.limits, "now": args.now, "quiet": args.quiet}
     return opts, args.query
@@ -93,7 +83,7 @@ def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str
 def main(argv: list[str]) -> int:
     try:
         opts, rest = _parse_args(argv)
-    except _Usage as exc:
+    except UsageError as exc:
         print(f"acl match: fatal: {exc}\n{parser().format_usage().rstrip()}", file=sys.stderr)
         return 100
     from acl.compile.xinetd import XinetdLayer, load_xinetd
