@@ -147,10 +147,9 @@ static int do_banners(struct conn *c, const char *dir)
 
     if (c->dgram)
         return 0;
-    if (strchr(c->daemon, '/')) {
-        syslog(LOG_WARNING, "warning: banners: daemon name contains '/'");
-        return 0;
-    }
+    /* The daemon name may hold '/' (a relative argv[0] in tcpd mode, or
+     * -n): tcpd joins it to the directory as it is, and so do we.  It
+     * comes from the admin's configuration, never from the client. */
     if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, c->daemon) >= sizeof path)
         return 0;
     f = fopen(path, "re");

@@ -222,6 +222,31 @@ def test_option_limits_match_tcpd(nsdir, wrap_bin, port, sink, case):
     assert (w.ran, comparable(w)) == (t.ran, comparable(t)), (t.log, w.log)
 
 
+def test_banner_of_a_daemon_name_with_a_slash_is_sent_as_tcpd_sends_it(nsdir, wrap_bin,
+                                                                      port, sink):
+    """A relative argv[0] such as ``sub/echo`` is the daemon name as a whole,
+    and tcpd's banners option opens DIR/sub/echo.  The rule refuses, so no
+    server runs (argv[0] names no program)."""
+    d = nsdir / "banners-slash"
+    (d / "sub").mkdir(parents=True, exist_ok=True)
+    (d / "sub" / "echo").write_text("Banner for %d: go away %a\n")
+    argv0 = "sub/echo"
+    tcpd = harness.ns_command(nsdir, argv0, TCPD, allow=f"ALL: ALL: banners {d}: deny\n",
+                              log_sock=sink.path)
+    t = run(tcpd, port, sink, PATH_ENV)
+    side = harness.FakeSidecar(nsdir / "side.sock", lambda ev: harness.decision(
+        0, options=[("banners", str(d))]))
+    try:
+        wrap = harness.ns_command(nsdir, argv0, str(wrap_bin), log_sock=sink.path)
+        w = run(wrap, port, sink, dict(PATH_ENV, ACL_WRAP_SOCKET=side.path))
+    finally:
+        side.close()
+        os.unlink(side.path)
+    assert t.data == f"Banner for sub/echo: go away {SRC}\r\n".encode(), t.log
+    assert w.data == t.data, w.log
+    assert w.line("refused connect from")[:2] == t.line("refused connect from")[:2]
+
+
 # -- D5: the twist log line ----------------------------------------------------------
 TWIST = ("twist", "/bin/echo twisted %a %d")
 
