@@ -195,7 +195,7 @@ int main(int argc, char **argv)
     char **server_argv, pathbuf[4096], err[512];
     unsigned char req[600], *reply = NULL;
     size_t reqlen, replylen = 0, i;
-    int timeout_ms = DEFAULT_TIMEOUT_MS, fail_open = 0, search_path, lease_fd = -1, ok;
+    int timeout_ms = DEFAULT_TIMEOUT_MS, fail_open = 0, search_path, lease_fd = -1, ok, rc;
     struct conn c;
     struct decision d;
     struct run_state st;
@@ -268,8 +268,11 @@ int main(int argc, char **argv)
     closelog();
     openlog(service, LOG_PID, wrap_log_facility);
 
-    if (read_endpoints(0, &c, timeout_ms, err, sizeof err) < 0) {
+    rc = read_endpoints(0, &c, timeout_ms, err, sizeof err);
+    if (rc < 0) {
         complain("%s", err);
+        if (rc == READ_LISTENING)
+            sleep(LISTENING_PAUSE_S);   /* the connection stays queued: slow the restarts */
         exit(EXIT_USAGE);
     }
     memset(&st, 0, sizeof st);

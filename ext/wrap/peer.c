@@ -6,6 +6,10 @@
  *   `wait` UDP services hand over the unconnected listening socket): the
  *   peer is the sender of the first queued datagram, read with MSG_PEEK so
  *   the real server still receives it (tcpd does the same).
+ * - A listening stream socket (a `wait = yes` stream service) has no client:
+ *   READ_LISTENING.  tcpd judges such a start as client "unknown"; the
+ *   sidecar's protocol carries addresses only, so we refuse it, and main()
+ *   pauses first so the super-server does not restart us in a tight loop.
  * - The client address is kept exactly as the socket saw it: an IPv4 client
  *   of an IPv6 socket stays ::ffff:a.b.c.d (docs/protocol.md, DECIDE).
  * - Host names (spec A.6) are looked up only when a % expansion asks for
@@ -90,6 +94,14 @@ int read_endpoints(int fd, struct conn *c, int timeout_ms, char *err, size_t err
     len = sizeof sa;
     memset(&sa, 0, sizeof sa);
     if (getpeername(fd, (struct sockaddr *)&sa, &len) < 0) {
+        int listening = 0;
+        socklen_t ll = sizeof listening;
+        if (!c->dgram && errno == ENOTCONN &&
+            getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &ll) == 0 && listening) {
+            snprintf(err, errlen, "standard input is a listening socket (a stream service "
+                     "with wait = yes): there is no client to judge; use wait = no");
+            return READ_LISTENING;
+        }
         if (!c->dgram || errno != ENOTCONN) {
             snprintf(err, errlen, "cannot read the peer address: %s", strerror(errno));
             return -1;

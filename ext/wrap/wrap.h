@@ -67,6 +67,8 @@ struct decision {
 enum { VERDICT_DENY = 0, VERDICT_ALLOW = 1, VERDICT_DELEGATE = 2 };
 
 /* peer.c */
+#define READ_LISTENING (-2)          /* read_endpoints: fd 0 is a listening socket */
+#define LISTENING_PAUSE_S 5          /* tcpd's pause before it exits on a refusal */
 int read_endpoints(int fd, struct conn *c, int timeout_ms, char *err, size_t errlen);
 void consume_datagram(int fd);
 void ucspi_ip(const struct endpoint *e, int v6form, char *out, size_t outlen);

@@ -425,6 +425,29 @@ def test_stdin_not_a_socket_is_a_usage_error(wrap_bin, echo_server):
     assert "not a socket" in res.stderr
 
 
+def test_listening_socket_is_refused_after_a_pause(wrap_bin, echo_server, port):
+    """A stream service with wait = yes hands over the listening socket.
+    There is no client to ask about; acl-wrap says so and pauses before it
+    exits (as tcpd pauses on a refusal), so the super-server, which starts
+    it again while the connection stays queued, does not spin."""
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", port))
+        lsock.listen(1)
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            proc = subprocess.Popen([str(wrap_bin), "-s", "/nonexistent", str(echo_server)],
+                                    stdin=lsock.fileno(), stderr=subprocess.PIPE, text=True)
+            try:
+                with pytest.raises(subprocess.TimeoutExpired):
+                    proc.wait(timeout=1)        # still pausing
+                _, err = proc.communicate(timeout=15)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    assert proc.returncode == 100
+    assert "listening socket (a stream service with wait = yes)" in err
+
+
 @pytest.mark.parametrize("args", [[], ["-t", "0", "x"], ["-t", "abc", "x"], ["-q", "x"],
                                   ["-n", "a" * 300, "x"]])
 def test_bad_arguments(wrap_bin, args):
