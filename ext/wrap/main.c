@@ -28,7 +28,12 @@
  * 1. Read both endpoints from fd 0 (peer.c).  Nothing else about the client
  *    is known: no name lookup happens unless a % expansion asks for one.
  * 2. One DECIDE with LEASE on a fresh connection to the sidecar, under the
- *    timeout (proto.c).  Unreachable, too slow, or an answer that is not a
+ *    timeout (proto.c).  Under a UCSPI server that described this very
+ *    connection (ucspi_described), the names it computed with the flags the
+ *    admin chose -- TCPREMOTEHOST (-h/-H, -p), TCPREMOTEINFO (-r/-R) -- go
+ *    with it, flagged UCSPI: they are what `tcpserver -x` would look up, and
+ *    the sidecar gives them to tcprules rules only (never taken for a
+ *    verified name).  Unreachable, too slow, or an answer that is not a
  *    well-formed DECISION: fail closed (refuse, exit 111) or, if so
  *    configured, fail open (run the server with no lease); both are logged.
  * 3. Refused: run the rule's options except twist (banners reach the
@@ -110,10 +115,11 @@ static int parse_fail(const char *s)
 }
 
 /* Did a UCSPI server set PROTO and the variables for *this* connection?
- * tcpserver always sets PROTO (TCP, or TCP6 for an IPv6 socket) and
- * TCPREMOTEPORT / TCPLOCALPORT.  The ports must be this connection's, so
- * variables inherited from elsewhere (a super-server started from a
- * tcpserver session) are not taken for a description. */
+ * tcpserver always sets PROTO (TCP, or TCP6 for an IPv6 socket),
+ * TCPREMOTEIP and TCPREMOTEPORT / TCPLOCALPORT.  The client's address and
+ * the ports must be this connection's, so variables inherited from
+ * elsewhere (a super-server started from a tcpserver session) are not taken
+ * for a description. */
 static int ucspi_described(const struct conn *c)
 {
     const char *p = c->dgram ? "UDP" : "TCP", *proto = getenv("PROTO"), *v;
@@ -125,6 +131,9 @@ static int ucspi_described(const struct conn *c)
     snprintf(port, sizeof port, "%u", c->client.port);
     if (!(v = getenv(name)) || strcmp(v, port) != 0)
         return 0;
+    snprintf(name, sizeof name, "%sREMOTEIP", p);
+    if (!(v = getenv(name)) || !endpoint_is(&c->client, v))
+        return 0;
     if (c->server.known) {
         snprintf(name, sizeof name, "%sLOCALPORT", p);
         snprintf(port, sizeof port, "%u", c->server.port);
@@ -132,6 +141,36 @@ static int ucspi_described(const struct conn *c)
             return 0;
     }
     return 1;
+}
+
+/* The client's names as the UCSPI server that described this connection
+ * set them: TCPREMOTEHOST (unset or empty: none) and TCPREMOTEINFO (unset:
+ * none; empty: an ident ERROR reply, which `@ip` rules match).  One longer
+ * than the protocol's 255 bytes is left out and logged: a longer DNS name
+ * cannot be, and a remote identd (the client's own) that sends one could
+ * as well have sent any other name. */
+static void ucspi_names(const struct conn *c, struct names *n)
+{
+    const char *p = c->dgram ? "UDP" : "TCP";
+    char name[32];
+
+    n->host = n->info = NULL;
+    if (!ucspi_described(c))
+        return;
+    snprintf(name, sizeof name, "%sREMOTEHOST", p);
+    n->host = getenv(name);
+    if (n->host && !*n->host)
+        n->host = NULL;
+    snprintf(name, sizeof name, "%sREMOTEINFO", p);
+    n->info = getenv(name);
+    if (n->host && strlen(n->host) > 255) {
+        syslog(LOG_WARNING, "warning: %sREMOTEHOST longer than 255 bytes: not sent", p);
+        n->host = NULL;
+    }
+    if (n->info && strlen(n->info) > 255) {
+        syslog(LOG_WARNING, "warning: %sREMOTEINFO longer than 255 bytes: not sent", p);
+        n->info = NULL;
+    }
 }
 
 /* The UCSPI variables, as tcpserver would set them -- unless it did. */
@@ -193,10 +232,11 @@ int main(int argc, char **argv)
     const char *dir = getenv("ACL_WRAP_DAEMON_DIR");
     const char *server_path;
     char **server_argv, pathbuf[4096], err[512];
-    unsigned char req[600], *reply = NULL;
+    unsigned char req[1024], *reply = NULL;
     size_t reqlen, replylen = 0, i;
     int timeout_ms = DEFAULT_TIMEOUT_MS, fail_open = 0, search_path, lease_fd = -1, ok, rc;
     struct conn c;
+    struct names names;
     struct decision d;
     struct run_state st;
 
@@ -280,7 +320,8 @@ int main(int argc, char **argv)
     st.lease_fd = -1;
     st.deny_priority = wrap_log_facility | LOG_WARNING;
 
-    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1);
+    ucspi_names(&c, &names);
+    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1, &names);
     ok = reqlen > 0 &&
          ask_sidecar(sock, timeout_ms, req, reqlen, &reply, &replylen, &lease_fd,
                      err, sizeof err) == 0 &&
