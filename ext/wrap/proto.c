@@ -203,7 +203,9 @@ int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
         d->env[i].op = h[0];
         nl = get16(h + 1);
         vl = get16(h + 3);
-        if (h[0] > 1 || nl == 0 || take(&c, nl, &s) < 0 || !(d->env[i].name = copy_text(s, nl)))
+        /* an empty name is tcprules' `="x"`: set only (main.c apply_env) */
+        if (h[0] > 1 || (nl == 0 && h[0] != 0) || take(&c, nl, &s) < 0 ||
+            !(d->env[i].name = copy_text(s, nl)))
             goto malformed;
         if (strchr(d->env[i].name, '='))
             goto malformed;

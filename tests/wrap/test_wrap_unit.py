@@ -244,6 +244,23 @@ def test_a_sidecar_without_ucspi_refuses_the_flag_and_acl_wrap_fails_closed(
     h.finish()
 
 
+def test_empty_env_name_is_set_as_tcpserver_sets_it(wrap_bin, sidecar, echo_server, port):
+    """tcprules `="x"` (an empty name): "=x" in the server's environment, as
+    tcpserver's pathexec puts it (test_live_env_vs_tcpserver.py); only a set
+    can have an empty name -- an unset of one is a malformed decision."""
+    side = sidecar(always(harness.decision(1, env=[("", "x"), ("Z", "z")])))
+    h = harness.Handoff(wrap(wrap_bin, side.path, "/usr/bin/env"), "127.0.0.5", port,
+                        env=PATH_ENV)
+    lines = h.read_all().split(b"\n")
+    assert h.finish() == 0
+    assert b"=x" in lines and b"Z=z" in lines
+    side = sidecar(always(harness.decision(1, env=[("", None)])))
+    h = harness.Handoff(wrap(wrap_bin, side.path, "/usr/bin/env"), "127.0.0.5", port,
+                        env=PATH_ENV)
+    assert h.read_all() == b""
+    assert h.finish() == 111
+
+
 def test_udp_grant_and_refusal(wrap_bin, sidecar, short_tmp, port):
     server = harness.write_exe(short_tmp / "udp-srv", harness.UDP_SERVER)
     side = sidecar(always(harness.decision(1, lease=5)))
