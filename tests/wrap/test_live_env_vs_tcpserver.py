@@ -15,7 +15,6 @@ lease acl-wrap carries).  Ports 25617-25618 (tests/wrap/conftest.py).
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
