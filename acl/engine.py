@@ -19,6 +19,12 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
   hosts_options of the rules that decided, and is DELEGATE when the
   hosts_access rule says ``twist``; its location is that of the last layer
   that gave one (hosts_access, else tcprules, else xinetd).
+* Names from a UCSPI server (``Request.ucspi_names``, DECIDE flag UCSPI):
+  the host and user are tcpserver's TCPREMOTEHOST / TCPREMOTEINFO, what its
+  own ``-x`` lookup would use -- the tcprules layers get them.  They are not
+  a double-checked name, so every other layer gets the request without them
+  (:func:`names_for`) and the sidecar's own lookups serve it, exactly as for
+  a request that carries no name.
 * Leases: a granted request with ``lease=True`` takes slots through the
   xinetd layer's ``take_lease`` (when one is bound to the service) and gets an
   engine lease id, unique for the engine's life; ``release(id)`` gives the
@@ -126,6 +132,13 @@ def _activate(policy) -> None:
 
 def client_packed(client: str) -> bytes:
     return ipaddress.ip_address(client).packed
+
+
+def names_for(request: Request) -> Request:
+    """What the layers other than tcprules see of ``request`` (module rules)."""
+    if request.ucspi_names:
+        return replace(request, host=None, user=None, ucspi_names=False)
+    return request
 
 
 def merge_grants(decisions: list[Decision]) -> Decision:
@@ -318,9 +331,11 @@ class Engine:
         address)`` for :class:`acl.names.NameService` (see its rules).  A probe:
         the hosts_access layers' ``check`` and the xinetd layers'
         ``check_address`` change no state.  Empty when names are off, when the
-        caller sent the client's name, or when all that is needed is cached."""
+        caller sent the client's name, or when all that is needed is cached.
+        A UCSPI server's name is not one (module rules)."""
         policy = self._policy
         names = policy.name_service
+        request = names_for(request)
         if names is None or request.host:
             return []
         wanted = []
@@ -358,9 +373,12 @@ class Engine:
                 return self._refuse(service, RATE_DENY)
         grants = []
         xinetd = None
+        plain = names_for(request)
         for layer, daemon in layers:
-            d = layer.check(request if daemon is None else replace(request, service=daemon), now)
-            if getattr(layer, "name", "") == "xinetd":
+            kind = getattr(layer, "name", "")
+            r = request if kind == "tcprules" else plain
+            d = layer.check(r if daemon is None else replace(r, service=daemon), now)
+            if kind == "xinetd":
                 xinetd = layer
             if d is None:
                 continue

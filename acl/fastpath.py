@@ -22,7 +22,8 @@ Rules of this file:
   parent checks through the limits core's ``check_batch``.  Services with
   ``max_load``, names in their lists, SENSOR, or an IPv6 socket stay
   Python's.
-* IPv4-mapped IPv6 clients and leases always go to Python (see _engine.pyx).
+* IPv4-mapped IPv6 clients, leases and any other DECIDE flag (UCSPI names:
+  acl/engine.py) always go to Python (see _engine.pyx).
 * So does a range whose Decision's DECISION frame would pass 64 KiB
   (``MAX_FRAME``; a long tcprules environment, say) or cannot be encoded at
   all: the Python path sends it (DECISION frames may be larger) or answers

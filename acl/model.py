@@ -91,6 +91,12 @@ class Request:
     host: str | None = None      # client host name, when the caller knows it
     user: str | None = None      # remote user (RFC 931 ident), when known
     lease: bool = False          # take per_source/instances slots on grant
+    #: host and user are a UCSPI server's TCPREMOTEHOST / TCPREMOTEINFO
+    #: (DECIDE flag UCSPI): what tcpserver's own rules lookup would use, so
+    #: the tcprules layers use them; they are not a verified name, so the
+    #: hosts_access and xinetd layers decide as if neither were sent.
+    #: ``user == ""`` is an empty TCPREMOTEINFO (an ident ERROR reply).
+    ucspi_names: bool = False
 
 
 #: An environment change: (name, value), or (name, None) to unset.

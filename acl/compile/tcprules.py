@@ -12,6 +12,11 @@ key present decides, whatever line it came from (spec D.2.1):
    first, then ``=``
 6. the empty key
 
+``host`` and ``info`` are the request's ``host`` and ``user``: under a UCSPI
+server, acl-wrap sends its TCPREMOTEHOST and TCPREMOTEINFO (DECIDE flag
+UCSPI), which are what ``tcpserver -x`` looks up with; ``info == ""`` (an
+ident ERROR reply) tries ``@ip``, ``info is None`` no ``@`` key at all.
+
 No key found: allowed, no environment, no location.  A client that is not
 a numeric address is denied with ``Reason.ERROR``.  ``ip`` is the client in ucspi text
 (:mod:`acl.ucspi_addr`): v4-mapped clients become dotted IPv4 unless the

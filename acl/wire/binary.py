@@ -13,6 +13,10 @@ Rules of this file:
   :class:`BadFrame` with that frame's request id; decoding goes on.
 * The decoder never holds more than one incomplete frame (< 65536 bytes), so
   what a client can make the server buffer is bounded by this codec.
+* DECIDE flags: LEASE, UCSPI (host and user are a UCSPI server's
+  TCPREMOTEHOST / TCPREMOTEINFO, ``Request.ucspi_names``) and INFO (that
+  TCPREMOTEINFO is set, maybe empty); any other bit is a bad frame, as
+  UCSPI and INFO are for a sidecar older than them.
 * Encoders return whole frames (length prefix included).  Every frame is at
   most ``MAX_FRAME`` bytes except DECISION (server to client), which may be
   up to ``MAX_DECISION_FRAME``: a tcprules environment or a rule's options
@@ -44,6 +48,10 @@ MIN_LENGTH = 8
 T_DECIDE, T_RELEASE, T_PING = 0x01, 0x02, 0x03
 T_DECISION, T_RELEASED, T_PONG, T_ERROR = 0x81, 0x82, 0x83, 0xFF
 F_LEASE = 0x0001
+#: DECIDE: host and user are the UCSPI server's TCPREMOTEHOST/TCPREMOTEINFO
+#: (Request.ucspi_names); INFO: TCPREMOTEINFO is set, even when user_len = 0
+F_UCSPI, F_INFO = 0x0002, 0x0004
+DECIDE_FLAGS = F_LEASE | F_UCSPI | F_INFO
 
 E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD, E_DECISION_SIZE = 1, 2, 3, 4, 5, 6
 ERROR_TEXT = {
@@ -99,7 +107,15 @@ def _addr_text(family: int, raw: bytes) -> str:
 
 
 def decode_decide(payload: bytes | memoryview, flags: int) -> Request:
-    """The DECIDE payload -> Request, or ValueError saying what is wrong."""
+    """The DECIDE payload -> Request, or ValueError saying what is wrong.
+
+    With ``F_UCSPI`` host and user are TCPREMOTEHOST and TCPREMOTEINFO as a
+    UCSPI server set them: host_len = 0 is no host, the user is set exactly
+    when ``F_INFO`` is (an empty TCPREMOTEINFO is user ""), and both are
+    read as the tcprules layer reads its keys (UTF-8, other bytes kept by
+    surrogateescape: a remote identd's bytes must not turn the request into
+    an error).  ``F_INFO`` without ``F_UCSPI``, or a user without ``F_INFO``,
+    is malformed."""
     if len(payload) < _DECIDE_FIXED.size:
         raise ValueError("short DECIDE payload")
     cf, sf, cport, sport, slen, hlen, ulen, reserved = _DECIDE_FIXED.unpack_from(payload, 0)
@@ -111,6 +127,11 @@ def decode_decide(payload: bytes | memoryview, flags: int) -> Request:
         raise ValueError("empty service name")
     if reserved:
         raise ValueError("reserved byte is not 0")
+    ucspi = bool(flags & F_UCSPI)
+    if flags & F_INFO and not ucspi:
+        raise ValueError("flag INFO without flag UCSPI")
+    if ucspi and ulen and not flags & F_INFO:
+        raise ValueError("flag UCSPI with a user but without flag INFO")
     ca, sa = _ADDR_LEN[cf], _ADDR_LEN.get(sf, 0)
     need = _DECIDE_FIXED.size + ca + sa + slen + hlen + ulen
     if len(payload) != need:
@@ -120,15 +141,18 @@ def decode_decide(payload: bytes | memoryview, flags: int) -> Request:
     pos += ca
     server = _addr_text(sf, bytes(payload[pos:pos + sa])) if sa else None
     pos += sa
+    names = "surrogateescape" if ucspi else "strict"
     try:
         service = bytes(payload[pos:pos + slen]).decode()
         pos += slen
-        host = bytes(payload[pos:pos + hlen]).decode() if hlen else None
+        host = bytes(payload[pos:pos + hlen]).decode("utf-8", names) if hlen else None
         pos += hlen
-        user = bytes(payload[pos:pos + ulen]).decode() if ulen else None
+        user = (bytes(payload[pos:pos + ulen]).decode("utf-8", names)
+                if ulen or flags & F_INFO else None)
     except UnicodeDecodeError as exc:
         raise ValueError("service, host or user is not UTF-8") from exc
-    return Request(service, client, cport, server, sport, host, user, bool(flags & F_LEASE))
+    return Request(service, client, cport, server, sport, host, user, bool(flags & F_LEASE),
+                   ucspi)
 
 
 def next_event(buf, pos: int) -> tuple[Event | None, int]:
@@ -152,7 +176,7 @@ def _event(version: int, ftype: int, flags: int, rid: int, payload: bytes) -> Ev
     if version != VERSION:
         return BadFrame(rid, E_VERSION, f"unsupported version {version}")
     if ftype == T_DECIDE:
-        if flags & ~F_LEASE:
+        if flags & ~DECIDE_FLAGS:
             return BadFrame(rid, E_PAYLOAD, "unknown DECIDE flags")
         try:
             return Decide(rid, decode_decide(payload, flags))
@@ -256,8 +280,9 @@ def decide_payload(request: Request) -> bytes:
     cf, ca = _pack_addr(request.client)
     sf, sa = _pack_addr(request.server) if request.server else (0, b"")
     service = request.service.encode()
-    host = (request.host or "").encode()
-    user = (request.user or "").encode()
+    names = "surrogateescape" if request.ucspi_names else "strict"
+    host = (request.host or "").encode("utf-8", names)
+    user = (request.user or "").encode("utf-8", names)
     if not 1 <= len(service) <= 255 or len(host) > 255 or len(user) > 255:
         raise ValueError("service must be 1..255 bytes, host and user at most 255")
     return (_DECIDE_FIXED.pack(cf, sf, request.client_port, request.server_port,
@@ -265,8 +290,15 @@ def decide_payload(request: Request) -> bytes:
             + ca + sa + service + host + user)
 
 
+def decide_flags(request: Request) -> int:
+    flags = F_LEASE if request.lease else 0
+    if request.ucspi_names:
+        flags |= F_UCSPI | (F_INFO if request.user is not None else 0)
+    return flags
+
+
 def encode_decide(request_id: int, request: Request) -> bytes:
-    return frame(T_DECIDE, request_id, decide_payload(request), F_LEASE if request.lease else 0)
+    return frame(T_DECIDE, request_id, decide_payload(request), decide_flags(request))
 
 
 def encode_release(request_id: int, lease_id: int) -> bytes:

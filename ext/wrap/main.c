@@ -17,7 +17,11 @@
  *   explicit mode  basename(argv[0]) is "acl-wrap":
  *                  acl-wrap [-s socket] [-n service] [-t ms] [-o|-c] server [args]
  *                  (inetd.conf, tcpserver, systemd ExecStart).  The service
- *                  name is -n, else basename(server); server is found on PATH.
+ *                  name is -n, else basename(server); server is found on the
+ *                  PATH acl-wrap was started with -- never on a PATH the
+ *                  rule's environment sets, which is the server's (as
+ *                  tcpserver's pathexec: its own PATH searches, the rule's
+ *                  is passed on).
  *
  * Settings: -s / ACL_WRAP_SOCKET (default /run/acl/query.sock),
  * -n / ACL_WRAP_SERVICE, -t / ACL_WRAP_TIMEOUT in milliseconds (default
@@ -28,7 +32,12 @@
  * 1. Read both endpoints from fd 0 (peer.c).  Nothing else about the client
  *    is known: no name lookup happens unless a % expansion asks for one.
  * 2. One DECIDE with LEASE on a fresh connection to the sidecar, under the
- *    timeout (proto.c).  Unreachable, too slow, or an answer that is not a
+ *    timeout (proto.c).  Under a UCSPI server that described this very
+ *    connection (ucspi_described), the names it computed with the flags the
+ *    admin chose -- TCPREMOTEHOST (-h/-H, -p), TCPREMOTEINFO (-r/-R) -- go
+ *    with it, flagged UCSPI: they are what `tcpserver -x` would look up, and
+ *    the sidecar gives them to tcprules rules only (never taken for a
+ *    verified name).  Unreachable, too slow, or an answer that is not a
  *    well-formed DECISION: fail closed (refuse, exit 111) or, if so
  *    configured, fail open (run the server with no lease); both are logged.
  * 3. Refused: run the rule's options except twist (banners reach the
@@ -38,7 +47,9 @@
  *    server (tcpserver) already set them for this very connection: then
  *    the server sees them as that server set them (tcpserver -6 says TCP6
  *    and ::ffff:a.b.c.d, and that is not ours to rewrite) -- then the
- *    tcprules environment in rule order, then the options in rule order
+ *    tcprules environment in rule order (an empty name, tcprules `="x"`,
+ *    puts "=x" in the environment as tcpserver's pathexec does), then the
+ *    options in rule order
  *    (twist replaces us there), log "connect from", and exec the real
  *    server with the sidecar connection still open (FD_CLOEXEC cleared), so
  *    the lease is held exactly as long as the server -- and its children
@@ -110,10 +121,11 @@ static int parse_fail(const char *s)
 }
 
 /* Did a UCSPI server set PROTO and the variables for *this* connection?
- * tcpserver always sets PROTO (TCP, or TCP6 for an IPv6 socket) and
- * TCPREMOTEPORT / TCPLOCALPORT.  The ports must be this connection's, so
- * variables inherited from elsewhere (a super-server started from a
- * tcpserver session) are not taken for a description. */
+ * tcpserver always sets PROTO (TCP, or TCP6 for an IPv6 socket),
+ * TCPREMOTEIP and TCPREMOTEPORT / TCPLOCALPORT.  The client's address and
+ * the ports must be this connection's, so variables inherited from
+ * elsewhere (a super-server started from a tcpserver session) are not taken
+ * for a description. */
 static int ucspi_described(const struct conn *c)
 {
     const char *p = c->dgram ? "UDP" : "TCP", *proto = getenv("PROTO"), *v;
@@ -125,6 +137,9 @@ static int ucspi_described(const struct conn *c)
     snprintf(port, sizeof port, "%u", c->client.port);
     if (!(v = getenv(name)) || strcmp(v, port) != 0)
         return 0;
+    snprintf(name, sizeof name, "%sREMOTEIP", p);
+    if (!(v = getenv(name)) || !endpoint_is(&c->client, v))
+        return 0;
     if (c->server.known) {
         snprintf(name, sizeof name, "%sLOCALPORT", p);
         snprintf(port, sizeof port, "%u", c->server.port);
@@ -132,6 +147,78 @@ static int ucspi_described(const struct conn *c)
             return 0;
     }
     return 1;
+}
+
+/* The client's names as the UCSPI server that described this connection
+ * set them: TCPREMOTEHOST (unset or empty: none) and TCPREMOTEINFO (unset:
+ * none; empty: an ident ERROR reply, which `@ip` rules match).  One longer
+ * than the protocol's 255 bytes is left out and logged: a longer DNS name
+ * cannot be, and a remote identd (the client's own) that sends one could
+ * as well have sent any other name. */
+static void ucspi_names(const struct conn *c, struct names *n)
+{
+    const char *p = c->dgram ? "UDP" : "TCP";
+    char name[32];
+
+    n->host = n->info = NULL;
+    if (!ucspi_described(c))
+        return;
+    snprintf(name, sizeof name, "%sREMOTEHOST", p);
+    n->host = getenv(name);
+    if (n->host && !*n->host)
+        n->host = NULL;
+    snprintf(name, sizeof name, "%sREMOTEINFO", p);
+    n->info = getenv(name);
+    if (n->host && strlen(n->host) > 255) {
+        syslog(LOG_WARNING, "warning: %sREMOTEHOST longer than 255 bytes: not sent", p);
+        n->host = NULL;
+    }
+    if (n->info && strlen(n->info) > 255) {
+        syslog(LOG_WARNING, "warning: %sREMOTEINFO longer than 255 bytes: not sent", p);
+        n->info = NULL;
+    }
+}
+
+/* One environment item of the decision.  An empty name (tcprules `="x"`)
+ * cannot go through setenv; tcpserver's pathexec puts "=x" in the server's
+ * environment, replacing an entry that starts with '=', and so does putenv. */
+static void apply_env(const struct item *e)
+{
+    char *s;
+    if (*e->name) {
+        if (e->op == 0)
+            setenv(e->name, e->value, 1);
+        else
+            unsetenv(e->name);
+        return;
+    }
+    if (e->op == 0 && asprintf(&s, "=%s", e->value) >= 0)
+        putenv(s);                      /* environ keeps s: not freed */
+}
+
+/* Exec the server: the final environment is the server's, but a name
+ * without '/' is searched on the PATH we were started with (`path`, NULL if
+ * unset), not on a PATH the rule set -- as tcpserver's pathexec does.
+ * execvpe searches the caller's PATH, not envp's (execvpe(3)). */
+static void exec_server(const char *file, char **argv, int search, const char *path)
+{
+    size_t n = 0;
+    char **envp;
+
+    if (!search) {
+        execv(file, argv);
+        return;
+    }
+    while (environ[n])
+        n++;
+    if (!(envp = malloc((n + 1) * sizeof *envp)))
+        return;
+    memcpy(envp, environ, (n + 1) * sizeof *envp);
+    if (path)
+        setenv("PATH", path, 1);
+    else
+        unsetenv("PATH");
+    execvpe(file, argv, envp);
 }
 
 /* The UCSPI variables, as tcpserver would set them -- unless it did. */
@@ -190,13 +277,14 @@ int main(int argc, char **argv)
     const char *prog = argc > 0 ? base(argv[0]) : "acl-wrap";
     const char *sock = getenv("ACL_WRAP_SOCKET"), *service = getenv("ACL_WRAP_SERVICE");
     const char *env_timeout = getenv("ACL_WRAP_TIMEOUT"), *env_fail = getenv("ACL_WRAP_FAIL");
-    const char *dir = getenv("ACL_WRAP_DAEMON_DIR");
+    const char *dir = getenv("ACL_WRAP_DAEMON_DIR"), *path = getenv("PATH");
     const char *server_path;
     char **server_argv, pathbuf[4096], err[512];
-    unsigned char req[600], *reply = NULL;
+    unsigned char req[1024], *reply = NULL;
     size_t reqlen, replylen = 0, i;
     int timeout_ms = DEFAULT_TIMEOUT_MS, fail_open = 0, search_path, lease_fd = -1, ok, rc;
     struct conn c;
+    struct names names;
     struct decision d;
     struct run_state st;
 
@@ -208,6 +296,7 @@ int main(int argc, char **argv)
     env_timeout = env_timeout ? strdup(env_timeout) : NULL;
     env_fail = env_fail ? strdup(env_fail) : NULL;
     dir = dir ? strdup(dir) : NULL;
+    path = path ? strdup(path) : NULL;      /* the rule's PATH is not ours */
     forget_settings();
     if (!sock || !*sock)
         sock = DEFAULT_SOCKET;
@@ -280,7 +369,8 @@ int main(int argc, char **argv)
     st.lease_fd = -1;
     st.deny_priority = wrap_log_facility | LOG_WARNING;
 
-    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1);
+    ucspi_names(&c, &names);
+    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1, &names);
     ok = reqlen > 0 &&
          ask_sidecar(sock, timeout_ms, req, reqlen, &reply, &replylen, &lease_fd,
                      err, sizeof err) == 0 &&
@@ -317,12 +407,8 @@ int main(int argc, char **argv)
     st.granted = 1;
     st.log_priority = wrap_log_facility | LOG_INFO;
     set_ucspi_env(&c);
-    for (i = 0; i < d.env_count; i++) {
-        if (d.env[i].op == 0)
-            setenv(d.env[i].name, d.env[i].value, 1);
-        else
-            unsetenv(d.env[i].name);
-    }
+    for (i = 0; i < d.env_count; i++)
+        apply_env(&d.env[i]);
     if (run_options(&st, &d) < 0)
         refuse(&c, wrap_log_facility | LOG_WARNING, EXIT_REFUSED);
     if (d.verdict == VERDICT_DELEGATE) {
@@ -332,10 +418,7 @@ int main(int argc, char **argv)
     }
     syslog(st.log_priority, "connect from %s (%s)", endpoint_info(&c.client), c.client.text);
     carry_lease(st.lease_fd, st.lease);
-    if (search_path)
-        execvp(server_path, server_argv);
-    else
-        execv(server_path, server_argv);
+    exec_server(server_path, server_argv, search_path, path);
     syslog(LOG_ERR, "error: cannot execute %s: %m", server_path);
     return EXIT_TEMPORARY;
 }

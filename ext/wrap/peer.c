@@ -179,6 +179,30 @@ static void ip6_ucspi(const unsigned char *a, char *out, size_t outlen)
     }
 }
 
+/* Is `text` (a UCSPI server's TCPREMOTEIP, either form) this endpoint's
+ * address?  Compared as addresses, not as text; a "%scope" is ignored. */
+int endpoint_is(const struct endpoint *e, const char *text)
+{
+    unsigned char a[16];
+    char t[64];
+    size_t n = strcspn(text, "%");
+
+    if (!e->known || n >= sizeof t)
+        return 0;
+    memcpy(t, text, n);
+    t[n] = 0;
+    if (inet_pton(AF_INET, t, a) == 1) {
+        if (e->family == AF_INET)
+            return memcmp(e->addr, a, 4) == 0;
+        return is_mapped(e) && memcmp(e->addr + 12, a, 4) == 0;
+    }
+    if (inet_pton(AF_INET6, t, a) != 1)
+        return 0;
+    if (e->family == AF_INET)
+        return memcmp(a, MAPPED_PREFIX, 12) == 0 && memcmp(a + 12, e->addr, 4) == 0;
+    return memcmp(e->addr, a, 16) == 0;
+}
+
 /* UCSPI text of an endpoint: v6form=0 gives TCPREMOTEIP (mapped -> dotted),
  * v6form=1 gives TCP6REMOTEIP (IPv4 -> ::ffff:a.b.c.d). */
 void ucspi_ip(const struct endpoint *e, int v6form, char *out, size_t outlen)

@@ -5,7 +5,12 @@
  * u16 flags, u32 request_id, payload.  Little-endian throughout.
  *
  * acl-wrap sends one DECIDE (0x01, flag LEASE = bit 0) and reads exactly one
- * frame back.  Anything other than a well-formed DECISION (0x81) echoing our
+ * frame back.  Under a UCSPI server that named the client (struct names:
+ * TCPREMOTEHOST / TCPREMOTEINFO of this connection) the DECIDE also has flag
+ * UCSPI (bit 1), the host in host_len and, when TCPREMOTEINFO is set (even
+ * to ""), flag INFO (bit 2) and the info in user_len.  Without either name
+ * no flag is sent: host_len = user_len = 0 means the same to the sidecar,
+ * and an older sidecar, which refuses the flags, keeps working there.  Anything other than a well-formed DECISION (0x81) echoing our
  * request id -- an ERROR (0xFF) frame, a short read, a bad length, a count
  * that runs past the payload, trailing bytes, a NUL inside a name -- is
  * "the sidecar is not usable", and the caller applies its fail mode.  No
@@ -33,6 +38,8 @@
 #define T_DECISION 0x81
 #define T_ERROR 0xFF
 #define FLAG_LEASE 0x0001
+#define FLAG_UCSPI 0x0002
+#define FLAG_INFO 0x0004
 #define FRAME_MAX 65536             /* whole frame, length field included */
 #define DECISION_MAX (1 << 20)      /* a DECISION frame, the same way */
 #define ITEMS_MAX 4096
@@ -59,21 +66,25 @@ static int wire_family(const struct endpoint *e)
 }
 
 size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
-                     uint32_t request_id, int lease)
+                     uint32_t request_id, int lease, const struct names *n)
 {
     size_t slen = strlen(c->daemon), o = 12, alen, need;
+    size_t hlen = n && n->host ? strlen(n->host) : 0, ulen = n && n->info ? strlen(n->info) : 0;
     int cf = wire_family(&c->client), sf = wire_family(&c->server);
+    unsigned flags = lease ? FLAG_LEASE : 0;
 
-    if (slen < 1 || slen > 255 || cf == 0)
+    if (slen < 1 || slen > 255 || cf == 0 || hlen > 255 || ulen > 255)
         return 0;
+    if (n && (n->host || n->info))
+        flags |= FLAG_UCSPI | (n->info ? FLAG_INFO : 0);
     alen = cf == 4 ? 4 : 16;
-    need = 12 + 10 + alen + (sf == 0 ? 0 : sf == 4 ? 4 : 16) + slen;
+    need = 12 + 10 + alen + (sf == 0 ? 0 : sf == 4 ? 4 : 16) + slen + hlen + ulen;
     if (need > cap)
         return 0;
     put32(buf, (uint32_t)(need - 4));
     buf[4] = 1;
     buf[5] = T_DECIDE;
-    put16(buf + 6, lease ? FLAG_LEASE : 0);
+    put16(buf + 6, flags);
     put32(buf + 8, request_id);
     buf[o++] = (unsigned char)cf;
     buf[o++] = (unsigned char)sf;
@@ -82,8 +93,8 @@ size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
     put16(buf + o, sf ? c->server.port : 0);
     o += 2;
     buf[o++] = (unsigned char)slen;
-    buf[o++] = 0;       /* host_len: the caller does not know the name */
-    buf[o++] = 0;       /* user_len: no ident */
+    buf[o++] = (unsigned char)hlen;     /* 0: no name known (the sidecar looks) */
+    buf[o++] = (unsigned char)ulen;     /* 0: no ident, or "" with FLAG_INFO */
     buf[o++] = 0;       /* reserved */
     memcpy(buf + o, c->client.addr, alen);
     o += alen;
@@ -92,7 +103,13 @@ size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
         o += sf == 4 ? 4 : 16;
     }
     memcpy(buf + o, c->daemon, slen);
-    return o + slen;
+    o += slen;
+    if (hlen)
+        memcpy(buf + o, n->host, hlen);
+    o += hlen;
+    if (ulen)
+        memcpy(buf + o, n->info, ulen);
+    return o + ulen;
 }
 
 /* A bounded reader over the payload. */
@@ -186,7 +203,9 @@ int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
         d->env[i].op = h[0];
         nl = get16(h + 1);
         vl = get16(h + 3);
-        if (h[0] > 1 || nl == 0 || take(&c, nl, &s) < 0 || !(d->env[i].name = copy_text(s, nl)))
+        /* an empty name is tcprules' `="x"`: set only (main.c apply_env) */
+        if (h[0] > 1 || (nl == 0 && h[0] != 0) || take(&c, nl, &s) < 0 ||
+            !(d->env[i].name = copy_text(s, nl)))
             goto malformed;
         if (strchr(d->env[i].name, '='))
             goto malformed;

@@ -48,6 +48,13 @@ struct conn {
     const char *daemon;             /* service name sent to the sidecar, %d */
 };
 
+/* What a UCSPI server (tcpserver) named this connection's client: its
+ * TCPREMOTEHOST and TCPREMOTEINFO, NULL when unset (main.c ucspi_names). */
+struct names {
+    const char *host;
+    const char *info;               /* "" is set-but-empty (an ident ERROR) */
+};
+
 /* One environment or option item of a DECISION, NUL-terminated copies. */
 struct item {
     int op;                         /* env: 0 set, 1 unset; options: unused */
@@ -72,12 +79,13 @@ enum { VERDICT_DENY = 0, VERDICT_ALLOW = 1, VERDICT_DELEGATE = 2 };
 int read_endpoints(int fd, struct conn *c, int timeout_ms, char *err, size_t errlen);
 void consume_datagram(int fd);
 void ucspi_ip(const struct endpoint *e, int v6form, char *out, size_t outlen);
+int endpoint_is(const struct endpoint *e, const char *text);
 const char *endpoint_name(struct endpoint *e);
 const char *endpoint_info(struct endpoint *e);
 
 /* proto.c */
 size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
-                     uint32_t request_id, int lease);
+                     uint32_t request_id, int lease, const struct names *n);
 int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
                     struct decision *d, char *err, size_t errlen);
 int ask_sidecar(const char *path, int timeout_ms, const unsigned char *req, size_t reqlen,

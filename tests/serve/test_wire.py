@@ -31,6 +31,7 @@ requests = st.builds(
     host=st.none() | name,
     user=st.none() | name,
     lease=st.booleans(),
+    ucspi_names=st.booleans(),
 )
 decisions = st.builds(
     Decision,
@@ -85,6 +86,51 @@ def test_decide_payload_layout_is_the_documented_one():
     assert p[:10] == bytes([4, 4]) + struct.pack("<HH", 1234, 22) + bytes([4, 1, 1, 0])
     assert p[10:14] == bytes([192, 0, 2, 1]) and p[14:18] == bytes([198, 51, 100, 2])
     assert p[18:] == b"sshdhu"
+
+
+def test_ucspi_names_flag_layout_and_round_trip():
+    """DECIDE flag UCSPI (bit 1): host and user are TCPREMOTEHOST and
+    TCPREMOTEINFO; flag INFO (bit 2) says TCPREMOTEINFO is set, even empty."""
+    r = Request("smtpd", "192.0.2.1", 1234, None, 0, "h.example.com", "", lease=True,
+                ucspi_names=True)
+    f = wb.encode_decide(9, r)
+    assert struct.unpack_from("<H", f, 6)[0] == wb.F_LEASE | wb.F_UCSPI | wb.F_INFO == 7
+    assert f[12 + 7:12 + 9] == bytes([13, 0])            # host_len, user_len
+    assert f.endswith(b"smtpdh.example.com")
+    cases = [r, Request("smtpd", "192.0.2.1", host=None, user=None, ucspi_names=True),
+             Request("smtpd", "::1", host=None, user="joe", ucspi_names=True),
+             Request("smtpd", "::1", host="h", user=None, ucspi_names=True)]
+    blob = b"".join(wb.encode_decide(i, c) for i, c in enumerate(cases))
+    assert wb.BinaryDecoder().feed(blob) == [wb.Decide(i, c) for i, c in enumerate(cases)]
+    # names without the flag: an empty user cannot be said, and is none
+    plain = wb.BinaryDecoder().feed(wb.encode_decide(1, Request("s", "192.0.2.1", user="")))
+    assert plain[0].request.user is None and plain[0].request.ucspi_names is False
+
+
+def test_ucspi_names_are_read_as_the_tcprules_keys_are():
+    """A remote identd's bytes need not be UTF-8: read with surrogateescape
+    (the tcprules layer's reading of its keys), never an error."""
+    r = Request("smtpd", "192.0.2.1", user="caf\udce9", ucspi_names=True)
+    f = wb.encode_decide(3, r)
+    assert f.endswith(b"caf\xe9")
+    assert wb.BinaryDecoder().feed(f) == [wb.Decide(3, r)]
+    # without the flag such bytes are still a malformed payload
+    bad = bytearray(f)
+    bad[6] = wb.F_LEASE
+    (ev,) = wb.BinaryDecoder().feed(bytes(bad))
+    assert isinstance(ev, wb.BadFrame) and ev.code == wb.E_PAYLOAD
+
+
+@pytest.mark.parametrize("flags, why", [
+    (wb.F_INFO, "INFO without UCSPI"),
+    (wb.F_UCSPI, "a user without INFO"),
+    (0x0008, "an unknown bit: what a sidecar without UCSPI answers for bit 1"),
+])
+def test_bad_decide_flags_are_errors(flags, why):
+    f = bytearray(wb.encode_decide(4, Request("smtpd", "192.0.2.1", user="joe")))
+    f[6:8] = struct.pack("<H", flags)
+    (ev,) = wb.BinaryDecoder().feed(bytes(f))
+    assert isinstance(ev, wb.BadFrame) and (ev.request_id, ev.code) == (4, wb.E_PAYLOAD), why
 
 
 def test_bad_frames_are_errors_with_their_id_and_decoding_goes_on():

@@ -171,6 +171,96 @@ def test_ucspi_variables_of_another_connection_are_replaced(wrap_bin, sidecar, e
         "TCP", "127.0.0.13", str(cport), "127.0.0.1")
 
 
+# A stand-in UCSPI server: describes the connection on fd 0 in tcpserver's
+# variables (SHIM_IP, when set, claims another client address), then execs.
+UCSPI_SHIM = """#!/usr/bin/python3
+import os, socket, sys
+s = socket.socket(fileno=0)
+peer, me = s.getpeername(), s.getsockname()
+s.detach()
+os.environ.update(PROTO="TCP", TCPREMOTEIP=os.environ.pop("SHIM_IP", peer[0]),
+                  TCPREMOTEPORT=str(peer[1]), TCPLOCALPORT=str(me[1]))
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+LONG = "x" * 256
+
+
+@pytest.mark.parametrize("names, sent", [
+    ({"TCPREMOTEHOST": "h.example.com", "TCPREMOTEINFO": ""}, ("h.example.com", "", True)),
+    ({"TCPREMOTEHOST": "h.example.com"}, ("h.example.com", None, True)),
+    ({"TCPREMOTEINFO": "joe"}, (None, "joe", True)),
+    ({}, (None, None, False)),                                      # -H -R: nothing to send
+    ({"TCPREMOTEHOST": ""}, (None, None, False)),
+    ({"TCPREMOTEHOST": LONG, "TCPREMOTEINFO": "joe"}, (None, "joe", True)),
+    ({"TCPREMOTEHOST": "h", "TCPREMOTEINFO": LONG}, ("h", None, True)),
+    ({"TCPREMOTEHOST": "h", "TCPREMOTEINFO": "joe", "SHIM_IP": "127.0.0.99"},
+     (None, None, False)),                                          # another connection's
+], ids=["host+empty-info", "host", "info", "none", "empty-host", "long-host", "long-info",
+        "other-client"])
+def test_ucspi_names_of_this_connection_are_sent_flagged(wrap_bin, sidecar, echo_server, port,
+                                                          short_tmp, names, sent):
+    """Under a UCSPI server that described this connection, TCPREMOTEHOST and
+    TCPREMOTEINFO go in the DECIDE with flag UCSPI (INFO when TCPREMOTEINFO
+    is set, even empty); never a name of another connection, nor one the
+    protocol's 255 bytes cannot carry."""
+    side = sidecar(always(harness.decision(1)))
+    shim = harness.write_exe(short_tmp / "ucspi-shim", UCSPI_SHIM)
+    h = harness.Handoff([str(shim), *wrap(wrap_bin, side.path, str(echo_server))], "127.0.0.13",
+                        port, env=dict(PATH_ENV, **names))
+    got, _ = harness.parse_report(h.read_until(b"READY\n"))
+    h.finish()
+    (req,) = side.requests
+    r = req.request
+    assert (r.host, r.user, r.ucspi_names) == sent
+    flags = struct.unpack_from("<H", side.raw[0], 6)[0]
+    assert flags == binary.F_LEASE | (binary.F_UCSPI if sent[2] else 0) | (
+        binary.F_INFO if sent[1] is not None else 0)
+    assert got["TCPREMOTEIP"] == "127.0.0.13"
+
+
+def test_a_sidecar_without_ucspi_refuses_the_flag_and_acl_wrap_fails_closed(
+        wrap_bin, sidecar, echo_server, port, short_tmp):
+    """A sidecar older than flag UCSPI answers ERROR 3 to it (acl.wire.binary
+    did, for any bit but LEASE): acl-wrap then fails closed, or open when
+    told -- it never runs the server on names that were not judged.  Without
+    names (tcpserver -H -R) no flag is sent, and the old sidecar serves."""
+    def old(ev):
+        if ev.request.ucspi_names:
+            return binary.encode_error(ev.request_id, binary.E_PAYLOAD, "unknown DECIDE flags")
+        return harness.decision(1)
+
+    side = sidecar(old)
+    shim = harness.write_exe(short_tmp / "ucspi-shim", UCSPI_SHIM)
+    argv = [str(shim), *wrap(wrap_bin, side.path, str(echo_server))]
+    named = dict(PATH_ENV, TCPREMOTEHOST="h.example.com")
+    h = harness.Handoff(argv, "127.0.0.13", port, env=named)
+    assert h.read_all() == b""
+    assert h.finish() == 111
+    h = harness.Handoff(argv, "127.0.0.13", port, env=dict(named, ACL_WRAP_FAIL="open"))
+    assert b"READY" in h.read_until(b"READY\n")
+    h.finish()
+    h = harness.Handoff(argv, "127.0.0.13", port, env=PATH_ENV)
+    assert b"READY" in h.read_until(b"READY\n")
+    h.finish()
+
+
+def test_empty_env_name_is_set_as_tcpserver_sets_it(wrap_bin, sidecar, echo_server, port):
+    """tcprules `="x"` (an empty name): "=x" in the server's environment, as
+    tcpserver's pathexec puts it (test_live_env_vs_tcpserver.py); only a set
+    can have an empty name -- an unset of one is a malformed decision."""
+    side = sidecar(always(harness.decision(1, env=[("", "x"), ("Z", "z")])))
+    h = harness.Handoff(wrap(wrap_bin, side.path, "/usr/bin/env"), "127.0.0.5", port,
+                        env=PATH_ENV)
+    lines = h.read_all().split(b"\n")
+    assert h.finish() == 0
+    assert b"=x" in lines and b"Z=z" in lines
+    side = sidecar(always(harness.decision(1, env=[("", None)])))
+    h = harness.Handoff(wrap(wrap_bin, side.path, "/usr/bin/env"), "127.0.0.5", port,
+                        env=PATH_ENV)
+    assert h.read_all() == b""
+    assert h.finish() == 111
+
+
 def test_udp_grant_and_refusal(wrap_bin, sidecar, short_tmp, port):
     server = harness.write_exe(short_tmp / "udp-srv", harness.UDP_SERVER)
     side = sidecar(always(harness.decision(1, lease=5)))
