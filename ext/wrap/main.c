@@ -244,6 +244,14 @@ static void set_ucspi_env(const struct conn *c)
         snprintf(name, sizeof name, "%s%sREMOTEPORT", p, pre);
         snprintf(val, sizeof val, "%u", c->client.port);
         setenv(name, val, 1);
+        /* no lookups here: names inherited from another connection go, as
+         * tcpserver unsets what it has no value for */
+        snprintf(name, sizeof name, "%s%sREMOTEHOST", p, pre);
+        unsetenv(name);
+        snprintf(name, sizeof name, "%s%sREMOTEINFO", p, pre);
+        unsetenv(name);
+        snprintf(name, sizeof name, "%s%sLOCALHOST", p, pre);
+        unsetenv(name);
         if (c->server.known) {
             ucspi_ip(&c->server, six, val, sizeof val);
             snprintf(name, sizeof name, "%s%sLOCALIP", p, pre);

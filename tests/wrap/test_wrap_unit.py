@@ -161,7 +161,9 @@ def test_ucspi_variables_of_another_connection_are_replaced(wrap_bin, sidecar, e
     ports -- are not a description, and acl-wrap sets its own."""
     side = sidecar(always(harness.decision(1)))
     stale = {"PROTO": "TCP6", "TCPREMOTEIP": "::ffff:10.1.2.3", "TCPREMOTEPORT": "1",
-             "TCPLOCALIP": "::ffff:10.1.2.4", "TCPLOCALPORT": str(port)}
+             "TCPLOCALIP": "::ffff:10.1.2.4", "TCPLOCALPORT": str(port),
+             "TCPREMOTEHOST": "stale.example", "TCPREMOTEINFO": "stale",
+             "TCPLOCALHOST": "stale.local", "TCP6REMOTEHOST": "stale6.example"}
     h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.13", port,
                         env=dict(PATH_ENV, **stale))
     got, _ = harness.parse_report(h.read_until(b"READY\n"))
@@ -169,6 +171,9 @@ def test_ucspi_variables_of_another_connection_are_replaced(wrap_bin, sidecar, e
     h.finish()
     assert (got["PROTO"], got["TCPREMOTEIP"], got["TCPREMOTEPORT"], got["TCPLOCALIP"]) == (
         "TCP", "127.0.0.13", str(cport), "127.0.0.1")
+    # names we did not look up are unset, as tcpserver -H -R -l 0 leaves them
+    # (it unsets what it has no value for); the stale ones must not pass
+    assert not {"TCPREMOTEHOST", "TCPREMOTEINFO", "TCPLOCALHOST", "TCP6REMOTEHOST"} & set(got)
 
 
 # A stand-in UCSPI server: describes the connection on fd 0 in tcpserver's
