@@ -56,16 +56,25 @@ def _ours(origin: str | None) -> bool:
     return where == _HERE or os.path.realpath(where) == os.path.realpath(_HERE)
 
 
+def own_extension(name: str):
+    """Import the compiled module ``name`` (``acl._core`` ...) when it lives
+    in this package's directory; ImportError when it is absent or another
+    tree's (then it is never executed).  acl.nfq loads ``acl._nfq`` so too."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not _ours(spec.origin):
+        raise ImportError(f"{name} is not built in {_HERE}", name=name)
+    module = importlib.import_module(name)
+    if not _ours(getattr(module, "__file__", None)):
+        raise ImportError(f"{name} is not built in {_HERE}", name=name)
+    return module
+
+
 def _pick(compiled: str, pure: str):
     """Import ``compiled`` unless forced pure, or absent, or not ours (see
     the rules above); fall back on ImportError only."""
     if not FORCE_PURE:
         try:
-            spec = importlib.util.find_spec(compiled)
-            if spec is not None and _ours(spec.origin):
-                module = importlib.import_module(compiled)
-                if _ours(getattr(module, "__file__", None)):
-                    return module, "compiled"
+            return own_extension(compiled), "compiled"
         except ImportError:
             pass
     return importlib.import_module(pure), "pure"
