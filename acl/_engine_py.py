@@ -18,19 +18,34 @@ Rules (shared with the compiled ``SourceTable``):
   An older ``now`` (the wall clock stepped back) adds nothing and becomes
   the bucket's time, so refilling goes on from there instead of waiting for
   the clock to catch up.
+* Out-of-range input is refused the same way by both twins, before anything
+  changes: a packed address that is not 4 or 16 bytes, an ``ipv6_prefix``
+  outside 0..128, a key that is not 16 bytes (``ValueError``); a ``now``
+  that is not finite or more than ``MAX_NOW`` seconds from the epoch, a
+  ``rate`` or ``burst`` that is negative or not finite (``ValueError``,
+  the same message).  Within those bounds a bucket's tokens stay finite and
+  not negative, which the compiled table's "tokens < 0: empty slot" needs.
 """
 
 from __future__ import annotations
 
-__all__ = ["SourceTable", "source_key", "PROBES"]
+__all__ = ["SourceTable", "source_key", "PROBES", "MAX_NOW"]
 
 PROBES = 8
+#: the largest ``now`` (seconds, either side of the epoch) ``take`` accepts
+MAX_NOW = float(1 << 32)
 _M64 = (1 << 64) - 1
 _MAPPED = b"\x00" * 10 + b"\xff\xff"
+_INF = float("inf")
 
 
 def source_key(packed: bytes, ipv6_prefix: int = 64) -> bytes:
     """4 or 16 packed bytes -> the 16-byte source key (see the rules)."""
+    packed = bytes(packed)
+    if not 0 <= ipv6_prefix <= 128:
+        raise ValueError("ipv6_prefix must be 0..128")
+    if len(packed) not in (4, 16):
+        raise ValueError("packed address must be 4 or 16 bytes")
     if len(packed) == 4:
         return _MAPPED + packed
     if packed[:12] == _MAPPED or ipv6_prefix >= 128:
@@ -38,6 +53,15 @@ def source_key(packed: bytes, ipv6_prefix: int = 64) -> bytes:
     n = int.from_bytes(packed, "big")
     mask = ((1 << ipv6_prefix) - 1) << (128 - ipv6_prefix) if ipv6_prefix > 0 else 0
     return (n & mask).to_bytes(16, "big")
+
+
+def _check_take(now: float, rate: float, burst: float) -> None:
+    """ValueError unless ``now``, ``rate`` and ``burst`` are in range (the rules)."""
+    if not -MAX_NOW <= now <= MAX_NOW:      # "in range": NaN fails it too
+        raise ValueError(f"now must be a finite time within {MAX_NOW:.0f} s of the epoch, "
+                         f"got {now!r}")
+    if not (0 <= rate < _INF and 0 <= burst < _INF):
+        raise ValueError("rate and burst must be finite and not negative")
 
 
 def _mix(x: int) -> int:
@@ -65,6 +89,10 @@ class SourceTable:
 
     def take(self, key: bytes, now: float, rate: float, burst: float) -> bool:
         """One request from source ``key`` at ``now``: True if it may pass."""
+        key = bytes(key)
+        if len(key) != 16:
+            raise ValueError("source key must be 16 bytes")
+        _check_take(now, rate, burst)
         if burst <= 0:
             burst = rate if rate > 1.0 else 1.0
         mask = self.capacity - 1

@@ -63,7 +63,10 @@ def _token(tok: str) -> tuple[int, int] | None | bool:
 
 def v4_client_prefixes(text: str):
     """``(nets array('I'), lengths array('B'))`` for a client field made only
-    of the shapes the ``.pyx`` names, else None."""
+    of the shapes the ``.pyx`` names, else None; TypeError for a non-str."""
+    if not isinstance(text, str):
+        raise TypeError(f"Argument 'text' has incorrect type (expected str, got "
+                        f"{type(text).__name__})")
     if not text.isascii():
         return None
     tokens = [t for t in _SEPARATORS.split(text) if t]

@@ -54,6 +54,18 @@ Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
   refilled at ``rate`` per second, so both twins compute bit-identical
   results; the bucket key of an IPv6 source is its ``v6_prefix`` network
   (IPv4 sources are never aggregated).
+* Every value is checked against the C type that holds it before anything
+  changes (:meth:`validate`, the ``now`` of a check), so the compiled core
+  never casts an out-of-range number (undefined in C) and both twins refuse
+  the same calls with the same exception: ``ValueError`` with the same
+  message for a value out of range, ``TypeError`` for a wrong type.
+  cps values are uint32, instances/per_source int32; a bucket's interval and
+  tolerance are int64 nanoseconds, bounded so that ``now`` in ns plus both
+  cannot overflow: ``rate`` is 0 or positive, ``burst / rate`` (the time a
+  bucket takes to fill) at most ``MAX_BUCKET_NS``; ``now`` is finite and at
+  most ``MAX_NOW`` seconds from the epoch either way (year 2106).
+  ``max_load`` is any float, as xinetd's ``sscanf("%f")`` takes it (NaN
+  never refuses, as in xinetd).
 """
 
 from __future__ import annotations
@@ -61,6 +73,7 @@ from __future__ import annotations
 import heapq
 import ipaddress
 import math
+import operator
 import os
 import socket
 import time
@@ -68,7 +81,8 @@ import time
 __all__ = [
     "LimitState", "pack_source",
     "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
-    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES", "MAX_LIMITS_KEY",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES", "MAX_LIMITS_KEY", "MAX_NOW",
+    "MAX_BUCKET_NS",
 ]
 
 OK = 0
@@ -91,6 +105,14 @@ _V4MAPPED_HI = 0x0000000000000000
 _V4MAPPED_LO_TOP = 0x0000FFFF
 _SLOT_BITS = 0x7FFF
 MAX_LIMITS_KEY = (1 << 128) - 1
+#: the largest ``now`` (seconds, either side of the epoch) a check takes
+MAX_NOW = float(1 << 32)
+#: the longest a bucket may take to fill (interval + tolerance), in ns
+MAX_BUCKET_NS = 1 << 62
+_INT32_MAX = (1 << 31) - 1
+#: the most entries a source table may be asked for (its capacity is an int)
+MAX_SOURCES = 1 << 30
+_UINT32_MAX = (1 << 32) - 1
 #: this process's hash key (each twin draws its own; a ``key`` argument wins)
 _PROCESS_KEY = int.from_bytes(os.urandom(16), "big")
 
@@ -128,6 +150,16 @@ def _hash(hi: int, lo: int, tag: int, k0: int = 0, k1: int = 0) -> int:
     return _mix(hi ^ k1 ^ _mix(lo ^ k0 ^ ((tag * 0x9E3779B97F4A7C15) & _M64)))
 
 
+def _check_now(now: float) -> float:
+    """``now`` as a float, or ValueError when it is not a finite time within
+    ``MAX_NOW`` seconds of the epoch (NaN included)."""
+    now = float(now)
+    if not -MAX_NOW <= now <= MAX_NOW:
+        raise ValueError(f"now must be a finite time within {MAX_NOW:.0f} s of the epoch, "
+                         f"got {now!r}")
+    return now
+
+
 def _gcra(rate: float, burst: float) -> tuple[int, int]:
     """(emission interval, tolerance) in nanoseconds for a rate and burst."""
     if rate <= 0:
@@ -150,8 +182,8 @@ class LimitState:
             raise ValueError(f"max_services must be 1..{MAX_SERVICES}")
         if not 0 <= v6_prefix <= 128:
             raise ValueError("v6_prefix must be 0..128")
-        if max_sources < WAYS:
-            raise ValueError(f"max_sources must be at least {WAYS}")
+        if not WAYS <= max_sources <= MAX_SOURCES:
+            raise ValueError(f"max_sources must be {WAYS}..{MAX_SOURCES}")
         if key is None:
             key = _PROCESS_KEY
         if not 0 <= key <= MAX_LIMITS_KEY:
@@ -234,6 +266,8 @@ class LimitState:
     # -- services -------------------------------------------------------
     def slot(self, name: str) -> int:
         """The slot of service ``name``, allocated on first use."""
+        if not isinstance(name, str):
+            raise TypeError(f"a service name is a str, not {type(name).__name__}")
         s = self._names.get(name)
         if s is None:
             if self._free:
@@ -300,16 +334,24 @@ class LimitState:
                  rate: float = 0.0, burst: float = 0.0) -> None:
         """Raise ValueError when :meth:`configure` would; change nothing.  A
         negative ``max_load`` is allowed: xinetd then refuses for load always."""
-        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
+        # written as "in range" tests, so that NaN fails them too
+        if not (0 <= cps_max <= _UINT32_MAX and 0 <= cps_wait <= _UINT32_MAX):
             raise ValueError("cps values must be 0..2**32-1")
-        if instances < -1 or per_source < -1:
-            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
-        if rate < 0 or burst < 0:
-            raise ValueError("rate and burst must not be negative")
-        if rate > 0 and burst < 1:
-            raise ValueError("a rate needs a burst of at least 1")
+        if not (-1 <= instances <= _INT32_MAX and -1 <= per_source <= _INT32_MAX):
+            raise ValueError("instances/per_source must be 0..2**31-1, or -1 for UNLIMITED")
+        float(max_load)                     # any float, as xinetd's sscanf("%f")
+        if not (0 <= rate < math.inf and 0 <= burst < math.inf):
+            raise ValueError("rate and burst must be finite and not negative")
+        if rate > 0:
+            if burst < 1:
+                raise ValueError("a rate needs a burst of at least 1")
+            # the float test first: 1e9 / rate may not even fit an int
+            if (burst if burst > 1 else 1) * (1e9 / rate) > MAX_BUCKET_NS or sum(
+                    _gcra(rate, burst)) > MAX_BUCKET_NS:
+                raise ValueError("burst / rate must be at most 2**62 ns (a bucket that "
+                                 "fills in under 146 years)")
         for start, end in times or ():
-            if not (0 <= start <= end < 1440):
+            if not (0 <= operator.index(start) <= operator.index(end) < 1440):
                 raise ValueError(f"bad time interval {start}-{end}")
 
     def _check_slot(self, slot: int) -> None:
@@ -380,6 +422,7 @@ class LimitState:
         raw = bytes(source)
         if len(raw) != 16:
             raise ValueError("source must be 16 bytes (see pack_source)")
+        now = _check_now(now)
         if minute < 0:
             minute = _local_minute(now)
         elif minute >= 1440:
@@ -395,13 +438,19 @@ class LimitState:
         writes a reason code per request into ``out`` (uint8[n]); returns the
         number of requests granted."""
         src = memoryview(sources).cast("B")
-        sl = memoryview(slots).cast("B").cast("i")
+        sl = memoryview(slots).cast("B")
+        if len(sl) % 4:
+            raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
+        sl = sl.cast("i")
         res = memoryview(out).cast("B")
+        if res.readonly:
+            raise TypeError("out must be a writable buffer")
         n = len(sl)
         if len(src) != 16 * n or len(res) < n:
             raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
         for i in range(n):
             self._check_slot(sl[i])
+        now = _check_now(now)
         if minute < 0:
             minute = _local_minute(now)
         elif minute >= 1440:
@@ -571,6 +620,8 @@ class LimitState:
     def refusals(self, slot: int, reason: int) -> int:
         """Checks of ``slot`` that ended with ``reason`` (``OK`` counts grants)."""
         self._check_slot(slot)
+        if not 0 <= reason < _NREASONS:
+            raise ValueError(f"reason must be 0..{_NREASONS - 1}")
         return self._refusals[slot][reason]
 
     def cps_trips(self, slot: int) -> int:

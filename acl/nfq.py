@@ -32,7 +32,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 try:
-    from acl._nfq import ffi, lib
+    # only this package's own build (acl.core's rules: never another acl
+    # tree's binding that the import system happens to offer)
+    from acl.core import own_extension
+
+    _binding = own_extension("acl._nfq")
+    ffi, lib = _binding.ffi, _binding.lib
 except ImportError:  # built without libnetfilter_queue
     ffi = lib = None
 

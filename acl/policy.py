@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import grp
 import hashlib
+import math
 import os
 import pwd
 import re
@@ -268,7 +269,42 @@ def libwrap_name(policy: Policy, service: str) -> str | None | bool:
 
 # -- loading ------------------------------------------------------------------
 def _err(path, where: str, what: str) -> PolicyError:
-    return PolicyError(f"{path}: {where}: {what}")
+    """``PATH:LINE:COLUMN: table.key: what`` when ``where`` names a key of a
+    ``[table]`` the file spells out (tomllib keeps no positions: the file is
+    read again, on this error path only), else ``PATH: where: what``."""
+    at = _locate(path, where)
+    return PolicyError(f"{path}:{at[0]}:{at[1]}: {where}: {what}" if at
+                       else f"{path}: {where}: {what}")
+
+
+_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(?:#.*)?$")
+_ASSIGN = re.compile(r"(\s*)([A-Za-z0-9_-]+)\s*=\s*")
+
+
+def _locate(path, where: str) -> tuple[int, int] | None:
+    """(line, column) of the value of ``table.key`` in the TOML file: a
+    ``key =`` line under a ``[table]`` header; None when it is not written
+    that way (an inline table, a dotted key) or the file cannot be read."""
+    table, dot, key = where.partition(".")
+    if not dot or not table.isidentifier() or not key.isidentifier():
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except (OSError, TypeError):
+        return None
+    current = None
+    for n, line in enumerate(lines, 1):
+        h = _HEADER.match(line)
+        if h:
+            current = h[1]
+        elif line.lstrip().startswith("[["):
+            current = None
+        elif current == table:
+            m = _ASSIGN.match(line)
+            if m and m[2] == key:
+                return n, m.end() + 1
+    return None
 
 
 def _table(conf: dict, name: str, path) -> dict:
@@ -292,6 +328,10 @@ def _get(table: dict, key: str, kind, default, path, where: str):
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise _err(path, f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    # TOML spells nan and inf; no float of a policy means either, and a NaN
+    # passes every "< 0" test (burst = nan refused every client)
+    if kind is float and not math.isfinite(value):
+        raise _err(path, f"{where}.{key}", f"expected a finite number, got {value!r}")
     return value
 
 
@@ -415,11 +455,13 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                                      system)
         state = _previous_state(previous, "xinetd", f)
         lim = limits or Limits()
-        # a new source's table has [limits] sources entries; a handed-over
-        # one keeps its size (and its leases) until acl serve restarts
+        # a new source's table has [limits] sources entries (rounded up to
+        # whole groups: at least WAYS, 2, as the engine's is at least 16); a
+        # handed-over one keeps its size (and its leases) until acl serve
+        # restarts
         layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
                             resolver=_NoNames() if names is None else names,
-                            max_sources=lim.sources, v6_prefix=lim.ipv6_prefix)
+                            max_sources=max(lim.sources, 2), v6_prefix=lim.ipv6_prefix)
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, (f,), tuple(diags),
                       state=getattr(layer, "state", None))
@@ -568,8 +610,9 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, "limits.sources", "must be 1 .. 67108864")
     if not 0 <= limits.ipv6_prefix <= 128:
         raise _err(toml_path, "limits.ipv6_prefix", "must be 0 .. 128")
-    if limits.rate < 0 or limits.burst < 0:
-        raise _err(toml_path, "limits", "rate and burst must be >= 0")
+    for key in ("rate", "burst"):
+        if getattr(limits, key) < 0:
+            raise _err(toml_path, f"limits.{key}", "must be >= 0")
     r = _table(conf, "run", toml_path)
     run = Run(
         user=_get(r, "user", str, "", toml_path, "run"),
@@ -586,8 +629,16 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         raise _err(toml_path, "[nfqueue]", "expected a table")
     if nfq:
         # checked here, so that --check, a start and a reload refuse a bad
-        # table alike (the door reads it again when it starts)
+        # table alike (the door reads it again when it starts) -- and a
+        # table this build cannot serve: a start would bind, then exit 111
+        # (ENOSYS), which systemd's Restart=on-failure repeats forever
         NfqueueConfig.from_table(nfq, toml_path)
+        from acl import nfq as nfq_binding
+
+        if not nfq_binding.AVAILABLE:
+            raise _err(toml_path, "[nfqueue]", "this acl was built without the NFQUEUE "
+                       "binding (acl._nfq: libnetfilter_queue and its headers were not "
+                       "found, or a pure install); remove [nfqueue] or rebuild acl")
     nm = _table(conf, "names", toml_path)
     hosts_file = _get(nm, "hosts_file", str, "", toml_path, "names")
     names = Names(

@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(*args, env=None):
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+def run(*args, env=None, cwd=ROOT):
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=60, cwd=cwd)
 
 
 def test_version_names_the_core():
@@ -69,3 +69,71 @@ def test_cython_lint_is_clean():
         pytest.skip("no Cython sources yet")
     out = run(tool or "cython-lint", "--max-line-length", "100", *sources)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# -- which tree's compiled modules count (acl.core's rules) --------------------
+CORE_MODULES = ("_core", "_limits", "_engine", "_hosts_scan")
+
+
+def _built(name: str) -> Path:
+    hits = sorted((ROOT / "acl").glob(f"{name}.*.so"))
+    if not hits:
+        if os.environ.get("ACL_REQUIRE_COMPILED"):
+            pytest.fail(f"acl/{name}.*.so not built")
+        pytest.skip(f"acl/{name}.*.so not built")
+    return hits[0]
+
+
+def _tree(tmp_path: Path, with_so: tuple[str, ...]) -> Path:
+    """A copy of the package in ``tmp_path`` with only the named extensions
+    built: a partial build, or (none) a pure install."""
+    dest = tmp_path / "acl"
+    shutil.copytree(ROOT / "acl", dest, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for name in with_so:
+        shutil.copy2(_built(name), dest)
+    return tmp_path
+
+
+def test_a_compiled_module_of_another_tree_is_not_used(tmp_path):
+    """A pure install first on the path, and behind it an import finder that
+    answers ``acl.*`` from this tree (what the system site-packages' editable
+    finder does in a --system-site-packages venv): the other tree's .so
+    files must not run in the pure install."""
+    for name in CORE_MODULES:
+        _built(name)
+    top = _tree(tmp_path, ())
+    code = f"""
+import importlib.util, sys
+class Elsewhere:            # the editable finder of another acl tree
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.startswith("acl._"):
+            import glob
+            hits = glob.glob({str(ROOT / 'acl')!r} + "/" + name[4:] + ".*.so")
+            if hits:
+                return importlib.util.spec_from_file_location(name, hits[0])
+        return None
+sys.meta_path.append(Elsewhere)
+import acl.core as c
+print(c.BUILD, c.PURE_PARTS, c.limits.__name__)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("ACL_NO_EXTENSIONS", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(top)
+    out = run(sys.executable, "-c", code, env=env, cwd=top)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "pure", out.stdout
+    assert "acl._limits_py" in out.stdout
+
+
+def test_a_partial_build_says_so_and_serve_refuses_it(tmp_path):
+    """Every extension but acl._limits built: not "compiled" anywhere, and
+    acl serve wants --allow-pure for it as for a pure core."""
+    top = _tree(tmp_path, ("_core", "_engine", "_hosts_scan"))
+    env = {k: v for k, v in os.environ.items() if k not in ("ACL_NO_EXTENSIONS", "PYTHONPATH")}
+    env["PYTHONPATH"] = str(top)
+    out = run(sys.executable, "-m", "acl", "--version", env=env, cwd=top)
+    assert out.returncode == 0, out.stderr
+    assert "(mixed core, pure: limits)" in out.stdout, out.stdout
+    out = run(sys.executable, "-m", "acl", "serve", "--metrics", "", env=env, cwd=top)
+    assert out.returncode == 100, out.stderr
+    assert "(mixed core, pure: limits)" in out.stderr and "--allow-pure" in out.stderr

@@ -54,9 +54,9 @@ class UsageParser(argparse.ArgumentParser):
 
 def version_text() -> str:
     from acl import __version__
-    from acl.core import IMPLEMENTATION
+    from acl.core import CORE_TEXT
 
-    return f"acl {__version__} ({IMPLEMENTATION} core)"
+    return f"acl {__version__} ({CORE_TEXT})"
 
 
 def usage() -> str:

@@ -12,6 +12,9 @@ By default only only_from/no_access are consulted: a query consumes no cps
 count, takes no lease.  ``--limits`` runs every request through the limits as
 well (cps counted, max_load against /proc/loadavg, access_times against the
 clock or ``--now``), as one xinetd would see that sequence of connections.
+``--now`` is Unix seconds, a finite number the limits core can hold (within
+2**32 s of the epoch); anything else (``nan``, ``inf``, ``1e19``) is a usage
+error, exit 100.
 ``--hosts FILE`` answers name lookups from a hosts file instead of the system
 resolver.  Exit codes: 0 allow (batch: done), 1 deny, 100 bad input, 111
 unreadable file.
@@ -45,12 +48,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--limits", action="store_true",
                    help="also run each query through cps, max_load and access_times, as one "
                         "xinetd would see that sequence of connections")
-    p.add_argument("--now", type=float, metavar="T",
+    p.add_argument("--now", type=_now, metavar="T",
                    help="with --limits: the time (Unix seconds) access_times and cps see")
     p.add_argument("--batch", action="store_true", help="read 'SERVICE IP' lines from stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print file warnings")
     p.add_argument("query", nargs="*", metavar="SERVICE IP")
     return p
+
+
+def _now(text: str) -> float:
+    """``--now T``: a time the limits core takes (acl._limits_py: MAX_NOW)."""
+    from acl.core import limits
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not -limits.MAX_NOW <= value <= limits.MAX_NOW:      # NaN fails it too
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a time: Unix seconds, finite and within "
+            f"{limits.MAX_NOW:.0f} s of the epoch")
+    return value
+
+
+class _NotAnAddress(Exception):
+    """The layer answered ERROR for the client: it is not an address."""
 
 
 def _fatal(msg: str, code: int) -> int:
@@ -75,7 +97,7 @@ def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str
     if d is None:
         return "deny unknown_service", 1
     if d.reason is Reason.ERROR:
-        raise ValueError(ip)
+        raise _NotAnAddress(ip)
     word = "allow" if d.verdict is not Verdict.DENY else "deny"
     return f"{word} {d.reason.log_text}", 0 if d.allowed else 1
 
@@ -120,7 +142,7 @@ def main(argv: list[str]) -> int:
             now = fixed_now if fixed_now is not None else time.time()
             try:
                 text, _ = _answer(layer, words[0], words[1], opts["limits"], now)
-            except ValueError:
+            except _NotAnAddress:
                 print(f"acl match: stdin:{lineno}: not an address: {words[1]}",
                       file=sys.stderr)
                 text = "deny error"
@@ -130,7 +152,7 @@ def main(argv: list[str]) -> int:
     now = fixed_now if fixed_now is not None else time.time()
     try:
         text, code = _answer(layer, rest[0], rest[1], opts["limits"], now)
-    except ValueError:
+    except _NotAnAddress:
         return _fatal(f"not an address: {rest[1]}", 100)
     print(text)
     return code

@@ -6,7 +6,8 @@
 With no ``--config`` the example policy shipped in the package runs, with its
 sockets in a private runtime directory, and the command prints where it
 listens and one command that queries it.  The pure-Python twin is refused
-unless ``--allow-pure`` says a slow sidecar is what you want.  The event loop
+unless ``--allow-pure`` says a slow sidecar is what you want -- and so is a
+partial build, where some core modules run their twin (acl.core: BUILD).  The event loop
 is uvloop's when installed (``ACL_NO_UVLOOP=1``: asyncio's).  ``--check``
 loads the policy, prints what it found, and exits (0 good, 100 bad).
 """
@@ -64,11 +65,13 @@ def main(argv: list[str]) -> int:
     from acl.engine import KERNEL, Engine
     from acl.policy import load_policy
 
-    compiled = core.IMPLEMENTATION == "compiled" and KERNEL == "compiled"
+    # "compiled" means every core module (acl.core): a partial build runs
+    # the missing parts on their slow twins, and is refused as a pure one is
+    compiled = core.COMPILED and KERNEL == "compiled"
     if not compiled and not args.allow_pure and not args.check:
-        print(f"{PROG}: fatal: the compiled core is not available (core: "
-              f"{core.IMPLEMENTATION}, engine: {KERNEL}); build it, or pass --allow-pure "
-              "to run the slow pure-Python twin", file=sys.stderr)
+        print(f"{PROG}: fatal: the compiled core is not available ({core.CORE_TEXT}); "
+              "build it, or pass --allow-pure to run the slow pure-Python twin",
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         policy = load_policy(args.config)
@@ -104,7 +107,8 @@ def main(argv: list[str]) -> int:
     engine = Engine(policy)
     from acl.serve.server import Server
 
-    server = Server(engine, compiled=compiled)
+    server = Server(engine, compiled=compiled, build=core.BUILD,
+                    pure_parts=core.PURE_PARTS)
     try:
         addrs = server.bind()
     except (OSError, AclError) as exc:
@@ -119,7 +123,7 @@ def main(argv: list[str]) -> int:
     runner, loop_name = event_loop_runner()
 
     def ready() -> None:
-        print(f"{PROG}: ready ({'compiled' if compiled else 'pure'} core, {loop_name} loop)",
+        print(f"{PROG}: ready ({core.CORE_TEXT}, {loop_name} loop)",
               file=sys.stderr, flush=True)
 
     try:

@@ -138,9 +138,14 @@ def raise_nofile() -> int:
 
 
 class Server:
-    def __init__(self, engine, *, compiled: bool, log_fn=log) -> None:
+    def __init__(self, engine, *, compiled: bool, build: str | None = None,
+                 pure_parts: tuple[str, ...] = (), log_fn=log) -> None:
         self.engine = engine
-        self.compiled = compiled
+        self.compiled = compiled        # every core module compiled (PONG says so)
+        # what stats and acl_core_info report: acl.core.BUILD ("compiled",
+        # "pure", "mixed") and PURE_PARTS; from ``compiled`` when not given
+        self.build = build or ("compiled" if compiled else "pure")
+        self.pure_parts = tuple(pure_parts)
         self.log = log_fn
         pol = engine.policy
         self.sockets = pol.sockets          # as bound at start; reloads change rules only
@@ -148,7 +153,7 @@ class Server:
         self.clients = {"binary": 0, "postfix": 0}
         self.protocol_errors: dict[tuple[str, int], int] = {}
         self.registry = make_registry()
-        self.collector = AclCollector(engine, self, "compiled" if compiled else "pure")
+        self.collector = AclCollector(engine, self, self.build)
         self.registry.register(self.collector)
         self._conns: set = set()
         self.front_doors: list = []       # doors registered by add_front_door
@@ -390,7 +395,8 @@ class Server:
             c = self.engine.counters()
             return {
                 "ok": True,
-                "core": "compiled" if self.compiled else "pure",
+                "core": self.build,
+                "pure_parts": list(self.pure_parts),
                 "decisions": [[s, v, r, n] for (s, v, r), n in sorted(c["decisions"].items())],
                 "limit_trips": [[s, lim, n] for (s, lim), n in sorted(c["limit_trips"].items())],
                 "reloads": c["reloads"],

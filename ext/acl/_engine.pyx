@@ -31,7 +31,11 @@ Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
   lookup is done before the bucket so a frame sent to Python has not spent
   a token.
 * ``SourceTable`` is the compiled twin of ``acl._engine_py.SourceTable``
-  (same hash, same probing, same eviction, same float arithmetic).
+  (same hash, same probing, same eviction, same float arithmetic, the same
+  refusals of out-of-range input).  A slot is empty while its ``tokens`` is
+  negative: ``take`` refuses the ``now``/``rate``/``burst`` (NaN, infinite,
+  negative) that could make a live bucket's tokens NaN or negative, and the
+  plan's rate and burst come from a policy that refused them already.
 * Counters are plain C integers read by the engine at scrape time.
 """
 
@@ -39,13 +43,17 @@ from array import array
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.math cimport INFINITY
 from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-__all__ = ["SourceTable", "BatchPlan", "source_key", "ranges4", "PROBES", "LATENCY_BOUNDS"]
+__all__ = ["SourceTable", "BatchPlan", "source_key", "ranges4", "PROBES", "LATENCY_BOUNDS",
+           "MAX_NOW"]
 
 PROBES = 8
+MAX_NOW = float(1 << 32)          # the largest |now| (s) take accepts (the twin's)
+DEF C_MAX_NOW = 4294967296.0
 DEF C_PROBES = 8
 DEF NLAT = 14
 DEF MAXF = 4096                   # frames per pass (the limits scratch arrays)
@@ -58,10 +66,12 @@ _MAPPED[10] = 0xFF
 _MAPPED[11] = 0xFF
 
 
-def source_key(packed, int ipv6_prefix=64):
+def source_key(packed, ipv6_prefix=64):
     """4 or 16 packed bytes -> the 16-byte source key (twin: _engine_py)."""
     cdef bytes raw = bytes(packed)
     cdef unsigned char key[16]
+    if not 0 <= ipv6_prefix <= 128:
+        raise ValueError("ipv6_prefix must be 0..128")
     if len(raw) == 4:
         memcpy(key, _MAPPED, 12)
         memcpy(key + 12, <const unsigned char *>raw, 4)
@@ -70,7 +80,7 @@ def source_key(packed, int ipv6_prefix=64):
         raise ValueError("packed address must be 4 or 16 bytes")
     memcpy(key, <const unsigned char *>raw, 16)
     if memcmp(key, _MAPPED, 12) != 0:
-        _mask(key, ipv6_prefix)
+        _mask(key, <int>ipv6_prefix)
     return PyBytes_FromStringAndSize(<char *>key, 16)
 
 
@@ -135,6 +145,12 @@ cdef class SourceTable:
         cdef bytes raw = bytes(key)
         if len(raw) != 16:
             raise ValueError("source key must be 16 bytes")
+        # the twin's _check_take ("in range" tests: NaN fails them too)
+        if not (-C_MAX_NOW <= now <= C_MAX_NOW):
+            raise ValueError(f"now must be a finite time within {MAX_NOW:.0f} s of the epoch, "
+                             f"got {now!r}")
+        if not (0 <= rate < INFINITY and 0 <= burst < INFINITY):
+            raise ValueError("rate and burst must be finite and not negative")
         return self._take(<const unsigned char *>raw, now, rate, burst)
 
     cdef bint _take(self, const unsigned char *key, double now, double rate,

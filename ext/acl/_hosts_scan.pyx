@@ -189,9 +189,10 @@ cdef int token(const char *s, Py_ssize_t i, Py_ssize_t end, uint32_t *net,
     return 1
 
 
-def v4_client_prefixes(str text):
+def v4_client_prefixes(str text not None):
     """``(nets array('I'), lengths array('B'))`` for a client field made only
-    of the shapes in this file's rules, else None."""
+    of the shapes in this file's rules, else None; TypeError for a non-str
+    (None included), as the twin."""
     cdef Py_ssize_t size, i = 0, start, count = 0, cap
     cdef const char *s
     cdef array.array nets, lens

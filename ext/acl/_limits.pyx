@@ -23,15 +23,20 @@ answer exactly as the twin does.  In short:
 * token buckets are GCRA over integer nanoseconds (see the twin).
 * the clock is an argument; nothing here reads time, allocates on the check
   path, or holds the GIL inside the batch loop.
+* every value is checked against its C field before anything changes
+  (``validate``, the ``now`` of a check; the twin's rules say the bounds), so
+  no cast here is out of range, and a call this file refuses the twin
+  refuses with the same exception (and message, for ValueError).
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
-from libc.math cimport floor
+from libc.math cimport floor, INFINITY
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memset
 
 import heapq
+import operator
 import os
 import socket
 
@@ -64,7 +69,8 @@ cdef extern from *:
 __all__ = [
     "LimitState", "pack_source",
     "OK", "TIME", "SERVICE_LIMIT", "PER_SOURCE_LIMIT", "LOAD", "CPS", "RATE",
-    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES", "MAX_LIMITS_KEY",
+    "UNLIMITED", "WAYS", "ENTRY_BYTES", "MAX_SERVICES", "MAX_LIMITS_KEY", "MAX_NOW",
+    "MAX_BUCKET_NS",
 ]
 
 OK = 0
@@ -79,6 +85,12 @@ WAYS = 2
 ENTRY_BYTES = sizeof(Entry)
 MAX_SERVICES = 32768
 MAX_LIMITS_KEY = (1 << 128) - 1
+MAX_NOW = float(1 << 32)          # |now| (s): now in ns, plus a bucket, fits int64
+MAX_BUCKET_NS = 1 << 62           # a bucket's interval + tolerance (ns)
+DEF C_MAX_NOW = 4294967296.0
+_INT32_MAX = (1 << 31) - 1
+MAX_SOURCES = 1 << 30             # the most entries a table may be asked for
+_UINT32_MAX = (1 << 32) - 1
 # this process's hash key (each twin draws its own; a ``key`` argument wins)
 _PROCESS_KEY = int.from_bytes(os.urandom(16), "big")
 
@@ -139,6 +151,22 @@ cdef void _default_service(Service *sv) noexcept nogil:
     sv.per_source = -1
 
 
+def _gcra(rate, burst):
+    """(emission interval, tolerance) in ns for a rate and burst (the twin's)."""
+    if rate <= 0:
+        return 0, 0
+    t_ns = max(1, int(round(1e9 / rate)))
+    return t_ns, int((burst - 1.0) * t_ns)
+
+
+cdef int _check_now(double now) except -1:
+    # the twin's _check_now: "in range" so that NaN fails it too
+    if not (-C_MAX_NOW <= now <= C_MAX_NOW):
+        raise ValueError(f"now must be a finite time within {MAX_NOW:.0f} s of the epoch, "
+                         f"got {now!r}")
+    return 0
+
+
 cdef int _local_minute(double now) noexcept nogil:
     cdef time_t t = <time_t>floor(now)
     cdef tm result
@@ -150,24 +178,30 @@ cdef int _local_minute(double now) noexcept nogil:
 cdef class LimitState:
     """Limit state for every service of a policy; see the module rules."""
 
-    def __cinit__(self, int max_sources=65536, int v6_prefix=64, int max_services=MAX_SERVICES,
+    def __cinit__(self, max_sources=65536, v6_prefix=64, max_services=MAX_SERVICES,
                   key=None):
+        # untyped, so that a value out of range is the twin's ValueError,
+        # not an OverflowError of the conversion
         cdef uint64_t groups = 1
         cdef void *mem = NULL
         cdef size_t nbytes
+        cdef int c_prefix
+        cdef uint64_t c_sources
+        cdef int c_services
         if max_services < 1 or max_services > MAX_SERVICES:
             raise ValueError(f"max_services must be 1..{MAX_SERVICES}")
         if v6_prefix < 0 or v6_prefix > 128:
             raise ValueError("v6_prefix must be 0..128")
-        if max_sources < C_WAYS:
-            raise ValueError(f"max_sources must be at least {C_WAYS}")
+        if not C_WAYS <= max_sources <= MAX_SOURCES:
+            raise ValueError(f"max_sources must be {C_WAYS}..{MAX_SOURCES}")
         if key is None:
             key = _PROCESS_KEY
         if not 0 <= key <= MAX_LIMITS_KEY:
             raise ValueError("key must be 0 .. 2**128-1")
+        c_prefix, c_sources, c_services = v6_prefix, max_sources, max_services
         self._k0 = <uint64_t>(key & 0xFFFFFFFFFFFFFFFF)
         self._k1 = <uint64_t>(key >> 64)
-        while groups * C_WAYS < <uint64_t>max_sources:
+        while groups * C_WAYS < c_sources:
             groups <<= 1
         nbytes = groups * C_WAYS * sizeof(Entry)
         # 2 MiB alignment + MADV_HUGEPAGE: random lookups in a big table are
@@ -180,22 +214,22 @@ cdef class LimitState:
         self._table = <Entry *>mem
         self._gmask = groups - 1
         self.capacity = <int>(groups * C_WAYS)
-        self.v6_prefix = v6_prefix
-        self.max_services = max_services
-        if v6_prefix >= 128:
+        self.v6_prefix = c_prefix
+        self.max_services = c_services
+        if c_prefix >= 128:
             self._pmask_hi = <uint64_t>-1
             self._pmask_lo = <uint64_t>-1
-        elif v6_prefix > 64:
+        elif c_prefix > 64:
             self._pmask_hi = <uint64_t>-1
-            self._pmask_lo = (((<uint64_t>1) << (v6_prefix - 64)) - 1) << (128 - v6_prefix)
-        elif v6_prefix == 64:
+            self._pmask_lo = (((<uint64_t>1) << (c_prefix - 64)) - 1) << (128 - c_prefix)
+        elif c_prefix == 64:
             self._pmask_hi = <uint64_t>-1
             self._pmask_lo = 0
-        elif v6_prefix == 0:
+        elif c_prefix == 0:
             self._pmask_hi = 0
             self._pmask_lo = 0
         else:
-            self._pmask_hi = (((<uint64_t>1) << v6_prefix) - 1) << (64 - v6_prefix)
+            self._pmask_hi = (((<uint64_t>1) << c_prefix) - 1) << (64 - c_prefix)
             self._pmask_lo = 0
         self.overflow_capacity = max(16, self.capacity // 16)
         cdef uint64_t osize = 1
@@ -219,8 +253,10 @@ cdef class LimitState:
             free(self._chunks[c])
 
     # -- services -------------------------------------------------------
-    def slot(self, str name):
+    def slot(self, name):
         """The slot of service ``name``, allocated on first use."""
+        if not isinstance(name, str):
+            raise TypeError(f"a service name is a str, not {type(name).__name__}")
         s = self._names.get(name)
         if s is None:
             if self._free:
@@ -276,8 +312,7 @@ cdef class LimitState:
         """Set a service's limits; its counters and leases are kept."""
         self._check_slot(slot)
         self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
-        t_ns = max(1, int(round(1e9 / rate))) if rate > 0 else 0
-        tau_ns = int((burst - 1.0) * t_ns) if rate > 0 else 0
+        t_ns, tau_ns = _gcra(rate, burst)
         cdef uint64_t bits[23]
         cdef int m
         memset(bits, 0, sizeof(bits))
@@ -302,16 +337,24 @@ cdef class LimitState:
                  max_load=0.0, times=None, rate=0.0, burst=0.0):
         """Raise ValueError when :meth:`configure` would; change nothing.  A
         negative ``max_load`` is allowed: xinetd then refuses for load always."""
-        if cps_max < 0 or cps_wait < 0 or cps_max > 0xFFFFFFFF or cps_wait > 0xFFFFFFFF:
+        # written as "in range" tests, so that NaN fails them too
+        if not (0 <= cps_max <= _UINT32_MAX and 0 <= cps_wait <= _UINT32_MAX):
             raise ValueError("cps values must be 0..2**32-1")
-        if instances < -1 or per_source < -1:
-            raise ValueError("instances/per_source must be >= 0, or -1 for UNLIMITED")
-        if rate < 0 or burst < 0:
-            raise ValueError("rate and burst must not be negative")
-        if rate > 0 and burst < 1:
-            raise ValueError("a rate needs a burst of at least 1")
+        if not (-1 <= instances <= _INT32_MAX and -1 <= per_source <= _INT32_MAX):
+            raise ValueError("instances/per_source must be 0..2**31-1, or -1 for UNLIMITED")
+        float(max_load)                     # any float, as xinetd's sscanf("%f")
+        if not (0 <= rate < INFINITY and 0 <= burst < INFINITY):
+            raise ValueError("rate and burst must be finite and not negative")
+        if rate > 0:
+            if burst < 1:
+                raise ValueError("a rate needs a burst of at least 1")
+            # the float test first: 1e9 / rate may not even fit an int
+            if (burst if burst > 1 else 1) * (1e9 / rate) > MAX_BUCKET_NS or sum(
+                    _gcra(rate, burst)) > MAX_BUCKET_NS:
+                raise ValueError("burst / rate must be at most 2**62 ns (a bucket that "
+                                 "fills in under 146 years)")
         for start, end in times or ():
-            if not (0 <= start <= end < 1440):
+            if not (0 <= operator.index(start) <= operator.index(end) < 1440):
                 raise ValueError(f"bad time interval {start}-{end}")
 
     cdef int _check_slot(self, int slot) except -1:
@@ -519,6 +562,7 @@ cdef class LimitState:
         self._check_slot(slot)
         if source.shape[0] != 16:
             raise ValueError("source must be 16 bytes (see pack_source)")
+        _check_now(now)
         if minute < 0:
             minute = _local_minute(now)
         elif minute >= 1440:
@@ -537,7 +581,10 @@ cdef class LimitState:
         try:
             PyObject_GetBuffer(slots, &slot_buf, PyBUF_SIMPLE)
             try:
-                PyObject_GetBuffer(out, &out_buf, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                try:
+                    PyObject_GetBuffer(out, &out_buf, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                except BufferError:
+                    raise TypeError("out must be a writable buffer") from None
                 try:
                     return self._batch(<const unsigned char *>src_buf.buf, src_buf.len,
                                        <const int *>slot_buf.buf, slot_buf.len,
@@ -558,13 +605,15 @@ cdef class LimitState:
         cdef Py_ssize_t i, j, blk, end, granted = 0
         cdef int r, s
         cdef Entry *e
-        cdef int64_t now_ns = <int64_t>(now * 1000000000.0)
+        cdef int64_t now_ns
         cdef uint64_t hi, lo
         cdef Service *sv
         if sl_len % 4 or src_len != 16 * n or res_len < n:
             raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
         for i in range(n):
             self._check_slot(sl[i])
+        _check_now(now)                     # before the cast: NaN in C is undefined
+        now_ns = <int64_t>(now * 1000000000.0)
         if minute < 0:
             minute = _local_minute(now)
         elif minute >= 1440:
@@ -693,7 +742,7 @@ cdef class LimitState:
         """Checks of ``slot`` that ended with ``reason`` (``OK`` counts grants)."""
         self._check_slot(slot)
         if reason < 0 or reason >= 10:
-            raise IndexError("reason out of range")
+            raise ValueError("reason must be 0..9")
         return int(_svc_at(self._chunks, slot).refusals[reason])
 
     def cps_trips(self, int slot):

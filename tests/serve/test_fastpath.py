@@ -206,6 +206,51 @@ def test_source_keys_agree(raw, prefix):
     assert _engine.source_key(raw, prefix) == _engine_py.source_key(raw, prefix)
 
 
+NAN, INF = float("nan"), float("inf")
+KEY = b"\0" * 10 + b"\xff\xff" + bytes([192, 0, 2, 1])
+ENGINE_OUT_OF_RANGE = {
+    "source_key b''": lambda m, t: m.source_key(b"", 64),
+    "source_key b'' /128": lambda m, t: m.source_key(b"", 128),
+    "source_key 5 bytes": lambda m, t: m.source_key(b"12345", 64),
+    "source_key 17 bytes": lambda m, t: m.source_key(b"\1" * 17, 64),
+    "source_key prefix -1": lambda m, t: m.source_key(b"\x20" * 16, -1),
+    "source_key prefix 129": lambda m, t: m.source_key(b"\x20" * 16, 129),
+    "source_key prefix 2**31": lambda m, t: m.source_key(b"\x20" * 16, 2**31),
+    "source_key None": lambda m, t: m.source_key(None, 64),
+    "take 1-byte key": lambda m, t: t.take(b"x", 1.0, 1.0, 1.0),
+    "take None key": lambda m, t: t.take(None, 1.0, 1.0, 1.0),
+    "take burst nan": lambda m, t: t.take(KEY, 1.0, 5.0, NAN),
+    "take rate nan": lambda m, t: t.take(KEY, 1.0, NAN, 1.0),
+    "take rate inf": lambda m, t: t.take(KEY, 1.0, INF, 1.0),
+    "take rate -1": lambda m, t: t.take(KEY, 1.0, -1.0, 1.0),
+    "take burst -1": lambda m, t: t.take(KEY, 1.0, 1.0, -1.0),
+    "take now nan": lambda m, t: t.take(KEY, NAN, 1.0, 1.0),
+    "take now inf": lambda m, t: t.take(KEY, INF, 1.0, 1.0),
+    "take now 1e19": lambda m, t: t.take(KEY, 1e19, 1.0, 1.0),
+}
+
+
+@pytest.mark.parametrize("case", ENGINE_OUT_OF_RANGE)
+def test_out_of_range_input_is_refused_alike(case):
+    """The audit's table: source_key of a wrong length or take of a short
+    key answered in the twin and raised in the compiled core; a NaN burst
+    made the compiled table see its bucket as an empty slot and insert the
+    source again on every request (acl_sources_tracked grew without bound).
+    Both refuse each case, with the same exception (and message)."""
+    from acl import _engine
+    from tests.xinetd.test_limits_twins import outcome
+
+    call = ENGINE_OUT_OF_RANGE[case]
+    tables = _engine.SourceTable(16), _engine_py.SourceTable(16)
+    got = outcome(lambda: call(_engine, tables[0]))
+    assert got == outcome(lambda: call(_engine_py, tables[1])), case
+    assert got[0] != "ok", got
+    for t in tables:              # the refusal left nothing behind
+        assert t.tracked == 0
+        assert [t.take(KEY, 1000.0 + i, 5.0, 2.0) for i in range(4)] == [True] * 4
+        assert t.tracked == 1
+
+
 def test_source_table_is_bounded_and_counts_evictions():
     t = _engine_py.SourceTable(16)
     for i in range(1000):

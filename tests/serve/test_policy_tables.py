@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -239,3 +240,102 @@ def test_libwrap_on_keeps_xinetds_own_daemon_name(tmp_path, acl_wrap):
     basename of the first server_args word with NAMEINARGS, spec C.10)."""
     eng = _xinetd_policy(tmp_path, "NAMEINARGS", acl_wrap, "\tenv\t\t= ACL_WRAP_SERVICE=echo\n")
     assert _answer(eng, "127.0.0.6") == (Verdict.DENY, Reason.LIBWRAP)
+
+
+# -- floats TOML spells nan / inf ----------------------------------------------
+@pytest.mark.parametrize("table, key, value, line, column", [
+    ("limits", "burst", "nan", 12, 9),
+    ("limits", "burst", "inf", 12, 9),
+    ("limits", "rate", "nan", 12, 8),
+    ("limits", "rate", "-inf", 12, 8),
+    ("names", "ttl", "nan", 12, 7),
+    ("names", "negative_ttl", "+inf", 12, 16),
+])
+def test_a_float_that_is_not_finite_is_refused_where_it_is_written(tmp_path, table, key, value,
+                                                                   line, column):
+    """``burst = nan`` passed --check (``nan < 0`` is False) and then refused
+    every client, the compiled source table growing by one entry a request;
+    ``rate = nan`` switched rate limiting off.  Now --check, a start and a
+    reload refuse it, naming PATH:LINE:COLUMN and the key."""
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE + f"[{table}]\n{key} = {value}\n")
+    want = f"{p}:{line}:{column}: {table}.{key}: expected a finite number, got {float(value)!r}"
+    for args in (["--check"], ["--metrics", ""]):
+        out = subprocess.run([*ACL, "serve", "--config", str(p), *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 100 and f"acl serve: fatal: {want}" in out.stderr, out
+        assert not (tmp_path / "query.sock").exists()
+    p.write_text(BASE)
+    eng = Engine(load_policy(p))
+    running = eng.policy
+    p.write_text(BASE + f"[{table}]\n{key} = {value}\n")
+    with pytest.raises(PolicyError) as exc:
+        eng.reload(p)
+    assert str(exc.value) == want and eng.policy is running
+
+
+def test_a_negative_rate_names_its_key(tmp_path):
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE + "[limits]\nrate = 5\nburst = -1\n")
+    with pytest.raises(PolicyError, match=r"policy\.toml:13:9: limits\.burst: must be >= 0"):
+        load_policy(p)
+
+
+def test_one_source_entry_is_a_valid_size_with_an_xinetd_source(tmp_path):
+    """``[limits] sources`` is documented 1 .. 67108864; with an xinetd
+    source 1 failed (the xinetd table's least is one group of 2)."""
+    p = policy_toml(tmp_path)
+    p.write_text(p.read_text().replace("sources = 4096", "sources = 1"))
+    pol = load_policy(p)
+    assert pol.limits.sources == 1
+    eng = Engine(pol)
+    assert eng.decide(Request("echo-stream", "127.0.0.1"), 1000.0).allowed
+
+
+# -- [nfqueue] on a build without the binding -----------------------------------
+NFQ = BASE + '[nfqueue]\nqueues = [0]\nports = { 22 = "sshd" }\n'
+
+
+def test_nfqueue_without_the_binding_is_refused_when_the_policy_loads(tmp_path, monkeypatch):
+    """A pure install (or one built without libnetfilter_queue) passed
+    --check with [nfqueue], bound its sockets, then exited 111 -- which
+    systemd restarts forever.  The load refuses it; a reload keeps the
+    running policy."""
+    from acl import nfq
+
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(BASE)
+    eng = Engine(load_policy(p))
+    running = eng.policy
+    monkeypatch.setattr(nfq, "AVAILABLE", False)
+    p.write_text(NFQ)
+    with pytest.raises(PolicyError, match=r"\[nfqueue\]: this acl was built without the "
+                                          r"NFQUEUE binding"):
+        eng.reload(p)
+    assert eng.policy is running
+    monkeypatch.setattr(nfq, "AVAILABLE", True)
+    if nfq.lib is not None:
+        load_policy(p)                # with the binding: the same table loads
+
+
+def test_nfqueue_in_a_pure_install_fails_check_and_start_with_100(tmp_path):
+    """The same, as the pure install meets it: a copy of the package
+    without its extensions, --check and a start exit 100 (systemd's
+    RestartPreventExitStatus), before binding anything."""
+    top = tmp_path / "pure"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "acl", top / "acl",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    _files(tmp_path)
+    p = tmp_path / "policy.toml"
+    p.write_text(NFQ)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(top)
+    for args in (["--check"], ["--allow-pure", "--metrics", ""]):
+        out = subprocess.run([*ACL, "serve", "--config", str(p), *args], cwd=top,
+                             capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 100, out
+        assert f"acl serve: fatal: {p}: [nfqueue]: this acl was built without" in out.stderr
+        assert not (tmp_path / "query.sock").exists()

@@ -107,6 +107,18 @@ def test_compiled_scanner_and_twin_agree(text):
     assert compiled.v4_client_prefixes(text) == pure.v4_client_prefixes(text)
 
 
+@pytest.mark.parametrize("value", [None, b"1.2.3.4", 1234, ["1.2.3.4"]])
+def test_compiled_scanner_and_twin_refuse_a_non_str_alike(value):
+    """v4_client_prefixes(None): the compiled scanner answered None, the twin
+    raised AttributeError; both raise TypeError now."""
+    from tests.xinetd.test_limits_twins import outcome
+
+    compiled = load_impl("compiled", "acl._hosts_scan", "acl._hosts_scan_py")
+    pure = load_impl("pure", "acl._hosts_scan", "acl._hosts_scan_py")
+    got = outcome(lambda: compiled.v4_client_prefixes(value))
+    assert got == outcome(lambda: pure.v4_client_prefixes(value)) and got[0] == "TypeError"
+
+
 def test_scanner_takes_the_common_shapes_and_leaves_the_rest(scan):
     """The shapes a file of a million prefixes is written in are all taken."""
     got = scan.v4_client_prefixes(

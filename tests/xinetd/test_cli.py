@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.xinetd.helpers import defaults, svc
 from tests.xinetd.live_support import HOSTS
 
 
-def acl(*args, stdin=""):
+def acl(*args, stdin="", env=None):
     return subprocess.run([sys.executable, "-m", "acl", "match", *args], input=stdin,
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def write(tmp_path, text):
@@ -83,3 +87,28 @@ def test_max_load_as_xinetd_reads_it(tmp_path):
     assert out.stdout.splitlines() == [
         "deny load", "deny load" if load >= 16 else "allow ok",
         "deny load" if load >= 2 ** -16 else "allow ok"]
+
+
+@pytest.mark.parametrize("core", ["compiled", "pure"])
+def test_now_the_limits_core_cannot_hold_is_a_usage_error(tmp_path, core):
+    """--now nan/inf/1e19 reached the cores: the compiled one cast it to
+    int64/time_t (undefined; localtime_r failed and the minute became 0, so
+    access_times 00:00-00:30 allowed), the pure one raised, reported as
+    "not an address".  Now both refuse it as a usage error, and a time in
+    range still answers as xinetd would (TZ=UTC: 00:15 inside, 01:00 not)."""
+    env = {"TZ": "UTC", "ACL_NO_EXTENSIONS": "1" if core == "pure" else "0"}
+    conf, hosts = write(tmp_path, svc("t", "access_times = 00:00-00:30"))
+    for bad in ("nan", "inf", "-inf", "1e19", "-1e19", "4294967297"):
+        out = acl("--xinetd", conf, "--hosts", hosts, "--limits", "--now", bad, "t",
+                  "127.0.0.2", env=env)
+        assert out.returncode == 100, (bad, out)
+        assert "argument --now:" in out.stderr and "usage:" in out.stderr, out.stderr
+        assert "not an address" not in out.stderr and "Traceback" not in out.stderr
+        out = acl("--xinetd", conf, "--hosts", hosts, "--limits", "--now", bad, "--batch",
+                  stdin="t 127.0.0.2\n", env=env)
+        assert out.returncode == 100 and out.stdout == "", (bad, out)
+    day = 86400 * 20000
+    for now, want in ((day + 15 * 60, "allow ok"), (day + 3600, "deny time")):
+        out = acl("--xinetd", conf, "--hosts", hosts, "--limits", "--now", str(now), "t",
+                  "127.0.0.2", env=env)
+        assert out.stdout == want + "\n", (now, out)

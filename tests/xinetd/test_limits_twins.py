@@ -99,3 +99,92 @@ def test_twin_api_matches_compiled_api():
 @pytest.mark.parametrize("addr", ["127.0.0.1", "::1", "::ffff:10.1.2.3", "2001:db8::1"])
 def test_pack_source_agrees(addr):
     assert _compiled().pack_source(addr) == pure.pack_source(addr)
+
+
+# -- out-of-range input: refused alike, before anything changes ---------------
+def outcome(call):
+    """What a call gives: its value, or the exception type -- and for a
+    ValueError (the caller's value) its message too, which must match."""
+    try:
+        return "ok", call()
+    except ValueError as exc:
+        return "ValueError", str(exc)
+    except Exception as exc:  # noqa: BLE001 -- the type is what is compared
+        return type(exc).__name__, None
+
+
+def _state(mod):
+    st = mod.LimitState(16, key=1)
+    st.slot("a")
+    return st
+
+
+NAN, INF = float("nan"), float("inf")
+SRC = b"\0" * 10 + b"\xff\xff" + bytes([192, 0, 2, 1])
+OUT_OF_RANGE = {
+    "instances 2**31": lambda st: st.configure(0, instances=2**31),
+    "per_source 2**31": lambda st: st.configure(0, per_source=2**31),
+    "instances -2": lambda st: st.configure(0, instances=-2),
+    "instances nan": lambda st: st.configure(0, instances=NAN),
+    "cps_max 2**32": lambda st: st.configure(0, cps_max=2**32),
+    "cps_wait nan": lambda st: st.configure(0, cps_wait=NAN),
+    "rate 1e-10": lambda st: st.configure(0, rate=1e-10, burst=1),
+    "rate 1e-300": lambda st: st.configure(0, rate=1e-300, burst=1),
+    "burst 1e12": lambda st: st.configure(0, rate=1.0, burst=1e12),
+    "rate nan": lambda st: st.configure(0, rate=NAN, burst=1),
+    "rate inf": lambda st: st.configure(0, rate=INF, burst=1),
+    "burst nan": lambda st: st.configure(0, rate=1.0, burst=NAN),
+    "burst inf, rate 0": lambda st: st.configure(0, rate=0.0, burst=INF),
+    "rate -1": lambda st: st.configure(0, rate=-1.0, burst=1),
+    "burst 0.5": lambda st: st.configure(0, rate=1.0, burst=0.5),
+    "max_load nan (xinetd's sscanf takes it)": lambda st: st.configure(0, max_load=NAN),
+    "times float": lambda st: st.configure(0, times=[(0.5, 3)]),
+    "times 1440": lambda st: st.configure(0, times=[(0, 1440)]),
+    "check now nan": lambda st: st.check(0, SRC, NAN, 0.0, -1),
+    "check now inf": lambda st: st.check(0, SRC, INF, 0.0, 0),
+    "check now -inf": lambda st: st.check(0, SRC, -INF, 0.0, 0),
+    "check now 1e19": lambda st: st.check(0, SRC, 1e19, 0.0, -1),
+    "check now 2**32 + 1": lambda st: st.check(0, SRC, 2.0**32 + 1, 0.0, 0),
+    "check now 2**32": lambda st: st.check(0, SRC, 2.0**32, 0.0, 0),
+    "check now -2**32": lambda st: st.check(0, SRC, -(2.0**32), 0.0, 0),
+    "batch now nan": lambda st: st.check_batch(SRC, array.array("i", [0]), NAN, 0.0,
+                                               bytearray(1), 0),
+    "batch out read-only": lambda st: st.check_batch(SRC, array.array("i", [0]), 1.0, 0.0,
+                                                     b"\0", 0),
+    "refusals -1": lambda st: st.refusals(0, -1),
+    "refusals 10": lambda st: st.refusals(0, 10),
+    "slot of an int": lambda st: st.slot(5),
+    "batch slots 3 bytes": lambda st: st.check_batch(SRC, b"\0\0\0", 1.0, 0.0, bytearray(1), 0),
+    "max_sources 2**31": lambda st: type(st)(max_sources=2**31),
+    "v6_prefix 2**31": lambda st: type(st)(v6_prefix=2**31),
+    "max_services 2**31": lambda st: type(st)(max_services=2**31),
+}
+
+
+@pytest.mark.parametrize("case", OUT_OF_RANGE)
+def test_out_of_range_input_is_refused_alike(case):
+    """The audit's table: the compiled core raised OverflowError (or cast
+    NaN to int64: undefined) where the twin accepted, or the reverse."""
+    call = OUT_OF_RANGE[case]
+    c_state, p_state = _state(_compiled()), _state(pure)
+    got = outcome(lambda: call(c_state))
+    assert got == outcome(lambda: call(p_state)), case
+    # and a refusal changed nothing: the same check answers the same after it
+    if got[0] != "ok":
+        assert (_drive_one(c_state), c_state.tracked_sources) == (
+            _drive_one(p_state), p_state.tracked_sources)
+
+
+def _drive_one(st):
+    return [st.check(0, SRC, 1000.0, 0.0, 0) for _ in range(3)], [
+        st.refusals(0, r) for r in range(10)]
+
+
+IN_RANGE = {"check now 2**32", "check now -2**32", "max_load nan (xinetd's sscanf takes it)"}
+
+
+@pytest.mark.parametrize("case", [c for c in OUT_OF_RANGE if c not in IN_RANGE])
+def test_out_of_range_cases_are_refusals(case):
+    """Every case of the table but the in-range ones (2**32 exactly, a
+    max_load xinetd takes) is refused, by either twin."""
+    assert outcome(lambda: OUT_OF_RANGE[case](_state(pure)))[0] != "ok"
