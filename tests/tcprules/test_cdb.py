@@ -11,18 +11,20 @@ import os
 import random
 import struct
 import time
+from pathlib import Path
 
 import cdblib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import acl
 from acl.cdb import HEADER_SIZE, CdbError, CdbReader, cdb_hash, make_cdb
-from acl.compile.tcprules import layer_from_cdb, load_tcprules
+from acl.compile.tcprules import layer_from_cdb, load_tcprules, looks_like_cdb
 from acl.model import Request
 
-from .gen import colliding_keys
-from .real import check_many, need_tools, parse_check, run_tcprules
+from .gen import Pools, colliding_keys, random_rules
+from .real import check_many, check_many_raw, need_tools, parse_check, run_tcprules
 
 keys = st.binary(max_size=12)
 records = st.lists(st.tuples(st.sampled_from([b"", b"a", b"1.2.", b"k"]) | keys,
@@ -300,3 +302,41 @@ def test_loader_detects_cdb_by_content(tmp_path):
     t = tmp_path / "rules.txt"
     t.write_bytes(b"1.2.3.4:deny\n")
     assert not load_tcprules(t).check(Request("s", "1.2.3.4"), 0).allowed
+
+
+@need_tools
+def test_cut_cdb_without_cdb_name_is_a_broken_cdb(tmp_path):
+    """Every cut of a tcprules-built cdb from 16 bytes on that tcprulescheck
+    cannot read is refused as a cdb (CdbError), whatever its name -- never
+    read as rules text.  (Under 16 bytes there is no header chain to go by.)"""
+    real = run_tcprules(b"".join(b"10.%d.:allow,N=\"%d\"\n" % (i, i) for i in range(40))
+                        + b"127.0.0.2:allow\n:deny\n")
+    assert real.status == "ok"
+    cuts = sorted(set(range(16, 2048, 97)) | set(range(2048, len(real.cdb), 7)))
+    paths = []
+    for n in cuts:
+        p = tmp_path / f"cut{n}"
+        p.write_bytes(real.cdb[:n])
+        paths.append(p)
+    outs = check_many_raw([os.fspath(p) for p in paths], "127.0.0.2")
+    refused = 0
+    for p, (code, out) in zip(paths, outs, strict=True):
+        if code == 0:
+            continue                      # tcprulescheck's probes missed the cut
+        assert b"protocol error" in out, out
+        refused += 1
+        with pytest.raises(CdbError):
+            load_tcprules(p)
+    assert refused > len(cuts) / 2
+
+
+def test_rules_text_is_never_taken_for_a_cdb(tmp_path):
+    """Generated rules files and the example load as text, however long."""
+    for seed in range(300):
+        rnd = random.Random(seed)
+        text, _n = random_rules(rnd, Pools(rnd), lines=rnd.choice([3, 40, 200]))
+        assert not looks_like_cdb("rules", text), text[:80]
+    example = Path(acl.__file__).parent / "examples" / "tcp.smtpd"
+    assert not looks_like_cdb("tcp.smtpd", example.read_bytes())
+    for n in range(0, 60, 7):
+        assert looks_like_cdb("rules", make_cdb([(b"k%d" % i, b"D\0") for i in range(n)]))
