@@ -117,6 +117,8 @@ class _OneDecision:
 @pytest.mark.parametrize("decision, code, text", [
     (Decision(Verdict.ALLOW, env=(("C", "c" * 70000),)), wb.E_DECISION_SIZE,
      "decision too large to send: env value longer than 65535 bytes"),
+    (Decision(Verdict.ALLOW, env=(("A", ""),) * 65536), wb.E_DECISION_SIZE,
+     "decision too large to send: more than 65535 env or option items"),
     (Decision(Verdict.ALLOW, env=(("A", "\ud800"),)), wb.E_DECISION_ENCODING,
      "decision cannot be encoded: 'utf-8' codec can't encode character '\\ud800'"),
 ])
