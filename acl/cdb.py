@@ -24,17 +24,33 @@ Reader rules (the file may be truncated, hostile or simply not a cdb):
   A table that does not fit in the file is refused before probing it (djb's
   reader might find a key in its first slots; ours calls the file broken),
   which also bounds the probes by the file size.
-* :meth:`CdbReader.validate` walks the whole file once and raises
-  :class:`CdbError` for any table or slot that points outside it, so a loader
+* :meth:`CdbReader.validate` walks every table once and raises
+  :class:`CdbError` for any table or slot that points outside the file, and
+  for slots whose records overlap (cdb_make never writes that), so a loader
   that validated first can never meet a bad offset later.  It is stricter than
   tcpserver, which only fails a connection whose probe meets the bad spot.
-* Nothing loops more than (file size / 8) + 256 times per call.
+* :meth:`CdbReader.mapping` answers :meth:`find` for every key at once, in one
+  walk per table: calling ``find`` per key is quadratic when many keys share
+  a hash (2**n of them are easy to make, and tcprules accepts them).  Walking
+  a table from just after an empty slot, the probe for a key starting at
+  walk index ``a`` returns its first slot ``b >= a`` unless an empty slot lies
+  between; in a table with no empty slot it wraps to the key's first slot.
+  So the answer is the first duplicate in probe order, as ``cdb_find`` gives.
+* Bounds, for the whole load (``validate`` then ``mapping``): each reads
+  every slot of the 256 tables once and each distinct record header once.
+  A table must fit in the file, so that is at most 2 x 257 x (file size / 8)
+  reads, and about 2 x (file size / 8) when the tables do not overlap (any
+  file cdb_make wrote) -- however many keys share a hash.  Each record's key
+  is hashed once and records do not overlap, so hashing reads at most the
+  file size.  ``find`` makes at most ``slots`` probes.  ``reads`` counts slot
+  and record-header reads, so tests can check these bounds.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from bisect import bisect_left
 
 from acl.errors import AclError
 
@@ -123,6 +139,7 @@ class CdbReader:
             raise CdbError("file larger than 4 GiB is not a cdb")
         self._data = bytes(data)
         self._size = len(self._data)
+        self.reads = 0      # slots and record headers read so far (tests bound it)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> CdbReader:
@@ -155,6 +172,7 @@ class CdbReader:
         end = (hpos + (hslots << 3)) & _U32
         klen = len(key)
         for _ in range(hslots):          # cdb_findnext: loop < hslots
+            self.reads += 1
             sh, pos = self._u32pair(kpos)
             if not pos:
                 return None
@@ -162,6 +180,7 @@ class CdbReader:
             if kpos == end:
                 kpos = hpos
             if sh == h:
+                self.reads += 1
                 rk, rd = self._u32pair(pos)
                 if rk == klen and self._read((pos + 8) & _U32, klen) == key:
                     return self._read((pos + 8 + klen) & _U32, rd)
@@ -169,10 +188,13 @@ class CdbReader:
 
     def validate(self) -> None:
         """Raise CdbError unless every table and every slot's record lies
-        inside the file."""
+        inside the file and no two of the records the slots point to overlap
+        (cdb_make never writes overlapping records; refusing them keeps the
+        key bytes :meth:`mapping` hashes within the file size)."""
         if self._size < HEADER_SIZE:
             raise CdbError(f"file has {self._size} bytes, shorter than the "
                            f"{HEADER_SIZE}-byte cdb header")
+        ends: dict[int, int] = {}          # record position -> end of its data
         for i in range(256):
             hpos, hslots = self._u32pair(8 * i)
             if not hslots:
@@ -180,37 +202,27 @@ class CdbReader:
             if hpos < HEADER_SIZE or hpos + 8 * hslots > self._size:
                 raise CdbError(f"hash table {i} ({hslots} slots at {hpos}) lies "
                                f"outside the {self._size}-byte file")
-            for s in range(hslots):
-                _h, pos = _pair.unpack_from(self._data, hpos + 8 * s)
-                if not pos:
+            self.reads += hslots
+            for s, (_h, pos) in enumerate(_pair.iter_unpack(
+                    memoryview(self._data)[hpos:hpos + 8 * hslots])):
+                if not pos or pos in ends:
                     continue
                 if pos < HEADER_SIZE or pos + 8 > self._size:
                     raise CdbError(f"slot {s} of table {i} points to {pos}, "
                                    "outside the records")
+                self.reads += 1
                 klen, dlen = _pair.unpack_from(self._data, pos)
-                if pos + 8 + klen + dlen > self._size:
+                end = pos + 8 + klen + dlen
+                if end > self._size:
                     raise CdbError(f"record at {pos} (key {klen} + data {dlen} "
                                    "bytes) runs past the end of the file")
-
-    def keys(self) -> list[bytes]:
-        """Every key some lookup can reach, each once, in hash-table order.
-
-        A slot is reachable only if it sits in table ``hash & 255`` and its
-        stored hash is the hash of the key it points to.  Call
-        :meth:`validate` first: this trusts the offsets.
-        """
-        seen: dict[bytes, None] = {}
-        for i in range(256):
-            hpos, hslots = _pair.unpack_from(self._data, 8 * i)
-            for s in range(hslots):
-                h, pos = _pair.unpack_from(self._data, hpos + 8 * s)
-                if not pos or (h & 255) != i:
-                    continue
-                klen, _dlen = _pair.unpack_from(self._data, pos)
-                key = self._data[pos + 8:pos + 8 + klen]
-                if cdb_hash(key) == h:
-                    seen.setdefault(key, None)
-        return list(seen)
+                ends[pos] = end
+        last = 0
+        for pos in sorted(ends):
+            if pos < last:
+                raise CdbError(f"record at {pos} overlaps the record before it "
+                               "(no cdb_make writes that)")
+            last = ends[pos]
 
     def records(self) -> list[tuple[bytes, bytes]]:
         """The records in file order, walking from offset 2048 to the lowest
@@ -229,12 +241,57 @@ class CdbReader:
         return out
 
     def mapping(self) -> dict[bytes, bytes]:
-        """key -> data exactly as :meth:`find` answers for every reachable
-        key (validates first, so it never meets a bad offset)."""
+        """key -> data exactly as :meth:`find` answers, for every key some
+        lookup can find, computed in one pass over each table (see the
+        module rules; validates first, so it never meets a bad offset)."""
         self.validate()
-        out = {}
-        for key in self.keys():
-            data = self.find(key)
-            if data is not None:
-                out[key] = data
+        data = self._data
+        keyed: dict[int, tuple[bytes, int, int]] = {}   # record pos -> key, hash, data length
+        out: dict[bytes, bytes] = {}
+        for i in range(256):
+            hpos, hslots = _pair.unpack_from(data, 8 * i)
+            if not hslots:
+                continue
+            slots = list(_pair.iter_unpack(memoryview(data)[hpos:hpos + 8 * hslots]))
+            self.reads += hslots
+            # Walk the table once, starting just after an empty slot if there
+            # is one: then no probe crosses the end of the walk, and a probe
+            # from walk index a finds the first slot b >= a of its key in the
+            # same run (runs end at empty slots).  With no empty slot a probe
+            # visits every slot once, wrapping.
+            empty = next((s for s, (_h, pos) in enumerate(slots) if not pos), None)
+            rot = 0 if empty is None else empty + 1
+            run_of = [0] * hslots             # walk index -> run number, -1 if empty
+            seen: dict[bytes, list[int]] = {}  # key -> walk indexes of its slots
+            run = 0
+            for w in range(hslots):
+                h, pos = slots[(rot + w) % hslots]
+                if not pos:
+                    run += 1
+                    run_of[w] = -1
+                    continue
+                run_of[w] = run
+                if (h & 255) != i:
+                    continue                  # no key hashing to h is looked up here
+                kh = keyed.get(pos)
+                if kh is None:
+                    self.reads += 1
+                    klen, dlen = _pair.unpack_from(data, pos)
+                    key = data[pos + 8:pos + 8 + klen]
+                    kh = keyed[pos] = (key, cdb_hash(key), dlen)
+                if kh[1] == h:
+                    seen.setdefault(kh[0], []).append(w)
+            for key, walk in seen.items():
+                h = slots[(rot + walk[0]) % hslots][0]       # == cdb_hash(key)
+                start = ((h >> 8) % hslots - rot) % hslots   # walk index of the first probe
+                j = bisect_left(walk, start)
+                if empty is None:
+                    w = walk[j] if j < len(walk) else walk[0]
+                elif j < len(walk) and run_of[start] >= 0 and run_of[walk[j]] == run_of[start]:
+                    w = walk[j]
+                else:
+                    continue                  # the probe meets an empty slot first
+                pos = slots[(rot + w) % hslots][1]
+                start = pos + 8 + len(key)
+                out[key] = data[start:start + keyed[pos][2]]
         return out

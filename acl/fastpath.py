@@ -27,7 +27,8 @@ Rules of this file:
 * So does a range whose Decision's DECISION frame would pass 64 KiB
   (``MAX_FRAME``; a long tcprules environment, say) or cannot be encoded at
   all: the Python path sends it (DECISION frames may be larger) or answers
-  ERROR 6, and the plan's reply buffer stays sized for ordinary answers.
+  ERROR 6 (too large) or 7 (not encodable), and the plan's reply buffer
+  stays sized for ordinary answers.
 """
 
 from __future__ import annotations
@@ -441,7 +442,7 @@ def _service_tables(name: str, layers, lim, rate_deny):
         if a is None:
             try:
                 payload = decision_payload(d)
-            except ValueError:               # a field over 65535 bytes: ERROR 6
+            except ValueError:               # too large or not encodable: ERROR 6 or 7
                 payload = None
             if payload is None or 12 + len(payload) > MAX_FRAME:
                 a = ids[d] = -1

@@ -138,5 +138,8 @@ def main(argv: list[str]) -> int:
     except (OSError, ProtocolError) as exc:
         print(f"{PROG}: fatal: {args.socket}: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY
-    print(format_decision(service, client, d))
+    # env values are the rule file's bytes (docs/protocol.md): print them as such
+    sys.stdout.buffer.write((format_decision(service, client, d) + "\n")
+                            .encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
     return EXIT_OK if d.allowed else EXIT_NO

@@ -45,9 +45,11 @@ is ignored, bytes after the last NUL are ignored.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import socket
+import struct
 
 from acl.cdb import HEADER_SIZE, CdbError, CdbReader
 from acl.core import PrefixTable
@@ -61,6 +63,7 @@ NO_MATCH = Decision(Verdict.ALLOW, Reason.OK)
 _BAD_CLIENT = Decision(Verdict.DENY, Reason.ERROR)
 _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
+_pair = struct.Struct("<II")
 _V4_PREFIX = re.compile(r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){1,3}\Z")
 
 
@@ -228,9 +231,30 @@ class TcprulesLayer:
 # -- loading ---------------------------------------------------------------
 
 def looks_like_cdb(path: str, blob: bytes) -> bool:
-    """A ``.cdb`` name, or a header of a cdb that fits the file and no rules
-    text would have (NUL bytes, tables past the header)."""
+    """Whether to read the file as a cdb (then its damage is reported as a
+    cdb's, as tcprulescheck says "protocol error"), not as rules text.
+
+    Rule -- any one of these, in order:
+
+    1. the name ends in ``.cdb``;
+    2. the header pairs the file holds (at least two, up to the full 256) are
+       chained as ``cdb_make`` writes them: table ``i + 1`` starts where table
+       ``i`` ends (``pos[i+1] == pos[i] + 8 * slots[i]``) and the first lies
+       past the 2048-byte header.  Every cdb tcprules or ``acl compile``
+       writes has this shape, so a truncated or damaged one is still known;
+       for rules text each link is a 32-bit equation its bytes would have to
+       meet by chance;
+    3. a complete header with NUL bytes (rules text has none in practice)
+       whose tables and records all lie inside the file: a cdb some other
+       writer laid out differently.
+
+    Everything else is rules text.
+    """
     if str(path).endswith(".cdb"):
+        return True
+    pairs = [_pair.unpack_from(blob, 8 * i) for i in range(min(len(blob), HEADER_SIZE) // 8)]
+    if (len(pairs) >= 2 and pairs[0][0] >= HEADER_SIZE
+            and all(b[0] == a[0] + 8 * a[1] for a, b in itertools.pairwise(pairs))):
         return True
     if len(blob) < HEADER_SIZE or b"\0" not in blob[:HEADER_SIZE]:
         return False

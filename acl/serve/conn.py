@@ -144,13 +144,15 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
             d = engine.decide(event.request, now)
             try:
                 reply = wb.encode_decision(event.request_id, d)
-            except ValueError as exc:        # the decision cannot be sent
+            except (wb.TooLarge, UnicodeEncodeError) as exc:   # cannot be sent
                 if d.lease:
                     engine.release(d.lease)  # nobody would ever know its id
+                code = (wb.E_DECISION_SIZE if isinstance(exc, wb.TooLarge)
+                        else wb.E_DECISION_ENCODING)
                 if on_error is not None:
-                    on_error(wb.E_DECISION_SIZE)
-                out.append(wb.encode_error(event.request_id, wb.E_DECISION_SIZE,
-                                           f"{wb.ERROR_TEXT[wb.E_DECISION_SIZE]}: {exc}"))
+                    on_error(code)
+                out.append(wb.encode_error(event.request_id, code,
+                                           f"{wb.ERROR_TEXT[code]}: {exc}"))
                 continue
             if d.lease:
                 leases.add(d.lease)

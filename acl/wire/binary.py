@@ -23,8 +23,16 @@ Rules of this file:
   can be far longer than a request, and what bounds them in the end is
   execve's limit, not ours.  A Decision that does not fit even that (or has
   a name or value over 65535 bytes, the u16 fields) makes
-  ``encode_decision`` raise ValueError; the server answers ERROR
-  ``E_DECISION_SIZE`` for that request instead (acl/serve/conn.py).
+  ``encode_decision`` raise :class:`TooLarge`; the server answers
+  ERROR ``E_DECISION_SIZE`` for that request instead (acl/serve/conn.py).
+* A decision's text travels as the bytes it was read from.  Rule files need
+  not be UTF-8 (tcprules and tcpserver pass an env value's bytes through):
+  the compilers decode them with ``surrogateescape`` and
+  ``decision_payload`` encodes the same way, so a Latin-1 ``caf\xe9`` leaves
+  as the four bytes it was; ``decode_decision`` reverses it.  Only a str that
+  no bytes decode to (a lone surrogate outside U+DC80..U+DCFF, which no rule
+  file yields) cannot be encoded: UnicodeEncodeError, answered ERROR
+  ``E_DECISION_ENCODING`` -- never reported as "too large".
 
 Frame: ``u32 length | u8 version | u8 type | u16 flags | u32 request_id |
 payload`` -- all little-endian.
@@ -54,6 +62,7 @@ F_UCSPI, F_INFO = 0x0002, 0x0004
 DECIDE_FLAGS = F_LEASE | F_UCSPI | F_INFO
 
 E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD, E_DECISION_SIZE = 1, 2, 3, 4, 5, 6
+E_DECISION_ENCODING = 7
 ERROR_TEXT = {
     E_VERSION: "unsupported version",
     E_TYPE: "unknown type",
@@ -61,6 +70,7 @@ ERROR_TEXT = {
     E_SIZE: "frame too large or too short",
     E_OVERLOAD: "server overloaded",          # reserved, never sent: backpressure instead
     E_DECISION_SIZE: "decision too large to send",
+    E_DECISION_ENCODING: "decision cannot be encoded",
 }
 
 _HEAD = struct.Struct("<IBBHI")           # length, version, type, flags, request_id
@@ -223,21 +233,27 @@ class BinaryDecoder:
 
 
 # -- encoders ---------------------------------------------------------------
+class TooLarge(ValueError):
+    """A frame, or a u16 length field, too small for what it must carry."""
+
+
 def frame(ftype: int, request_id: int, payload: bytes = b"", flags: int = 0,
           limit: int = MAX_FRAME) -> bytes:
     if len(payload) + 12 > limit:
-        raise ValueError(f"frame of {len(payload) + 12} bytes, more than {limit}")
+        raise TooLarge(f"frame of {len(payload) + 12} bytes, more than {limit}")
     return _HEAD.pack(8 + len(payload), VERSION, ftype, flags, request_id) + payload
 
 
 def _u16_text(text: str, what: str) -> bytes:
-    raw = text.encode()
+    raw = text.encode("utf-8", "surrogateescape")     # the rule file's bytes
     if len(raw) > 0xFFFF:
-        raise ValueError(f"{what} longer than 65535 bytes")
+        raise TooLarge(f"{what} longer than 65535 bytes")
     return raw
 
 
 def decision_payload(decision: Decision) -> bytes:
+    if len(decision.env) > 0xFFFF or len(decision.options) > 0xFFFF:
+        raise TooLarge("more than 65535 env or option items")
     loc = _u16_text(str(decision.location) if decision.location else "", "location")
     parts = [_DECISION_FIXED.pack(int(decision.verdict), int(decision.reason), len(loc),
                                   decision.lease, len(decision.env), len(decision.options)), loc]
@@ -253,7 +269,8 @@ def decision_payload(decision: Decision) -> bytes:
 
 
 def encode_decision(request_id: int, decision: Decision) -> bytes:
-    """The DECISION frame, or ValueError when the decision cannot be sent."""
+    """The DECISION frame; TooLarge when it does not fit, and
+    UnicodeEncodeError for text no bytes decode to (see the module rules)."""
     return frame(T_DECISION, request_id, decision_payload(decision), limit=MAX_DECISION_FRAME)
 
 
@@ -266,7 +283,7 @@ def encode_pong(request_id: int, compiled: bool) -> bytes:
 
 
 def encode_error(request_id: int, code: int, text: str = "") -> bytes:
-    raw = (text or ERROR_TEXT.get(code, "error")).encode()[:1024]
+    raw = (text or ERROR_TEXT.get(code, "error")).encode("utf-8", "backslashreplace")[:1024]
     return frame(T_ERROR, request_id, _ERROR_FIXED.pack(code, len(raw)) + raw)
 
 
@@ -333,7 +350,7 @@ def decode_decision(payload) -> Decision:
         if pos + n > len(payload):
             raise ValueError("a length runs past the DECISION payload")
         pos += n
-        return bytes(payload[pos - n:pos]).decode()
+        return bytes(payload[pos - n:pos]).decode("utf-8", "surrogateescape")
 
     loc_text = text(loc_len)
     location = None

@@ -170,3 +170,42 @@ def random_query(r: random.Random, p: Pools) -> tuple[str, str | None, str | Non
             host = host.upper()
     info = r.choice(USERS) if r.random() < 0.35 else None
     return ip, host, info
+
+
+# -- keys that all share one cdb hash ----------------------------------------
+
+_BLOCK_CHARS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _djb_step(h: int, block: bytes) -> int:
+    for b in block:
+        h = ((h * 33) & 0xFFFFFFFF) ^ b
+    return h
+
+
+def _colliding_blocks(state: int) -> tuple[bytes, bytes, int]:
+    """Two distinct two-letter blocks that take djb's hash from ``state`` to
+    the same value (xor only touches the low byte, so pairs are common)."""
+    seen: dict[int, bytes] = {}
+    for a in _BLOCK_CHARS:
+        for b in _BLOCK_CHARS:
+            block = bytes((a, b))
+            h = _djb_step(state, block)
+            if h in seen:
+                return seen[h], block, h
+            seen[h] = block
+    raise AssertionError(f"no colliding pair of blocks from state {state:#x}")
+
+
+def colliding_keys(n: int) -> tuple[list[bytes], int]:
+    """``2**n`` distinct letter keys with one cdb hash, and that hash: a chain
+    of ``n`` colliding block pairs, every combination of choices."""
+    state = 5381
+    pairs = []
+    for _ in range(n):
+        a, b, state = _colliding_blocks(state)
+        pairs.append((a, b))
+    keys = [b""]
+    for a, b in pairs:
+        keys = [k + a for k in keys] + [k + b for k in keys]
+    return keys, state

@@ -54,12 +54,8 @@ def run_tcprules(text: bytes, timeout: float = 5.0) -> TcprulesRun:
             return TcprulesRun("ok", f.read(), err, 0)
 
 
-def _check_one(cdb_path: str, ip: str, host: str | None, info: str | None) -> bytes:
-    env = {b"TCPREMOTEIP": ip.encode("utf-8", "surrogateescape")}
-    if host is not None:
-        env[b"TCPREMOTEHOST"] = host.encode("utf-8", "surrogateescape")
-    if info is not None:
-        env[b"TCPREMOTEINFO"] = info.encode("utf-8", "surrogateescape")
+def _run_check(cdb_path: str, env: dict[bytes, bytes]) -> tuple[int, bytes]:
+    """tcprulescheck's exit code and output (stdout and stderr together)."""
     r, w = os.pipe()
     try:
         pid = os.posix_spawn(TCPRULESCHECK, [TCPRULESCHECK, cdb_path], env,
@@ -77,9 +73,18 @@ def _check_one(cdb_path: str, ip: str, host: str | None, info: str | None) -> by
     finally:
         os.close(r)
         _pid, status = os.waitpid(pid, 0)
-    out = b"".join(chunks)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"tcprulescheck failed ({status}): {out!r}")
+    return os.waitstatus_to_exitcode(status), b"".join(chunks)
+
+
+def _check_one(cdb_path: str, ip: str, host: str | None, info: str | None) -> bytes:
+    env = {b"TCPREMOTEIP": ip.encode("utf-8", "surrogateescape")}
+    if host is not None:
+        env[b"TCPREMOTEHOST"] = host.encode("utf-8", "surrogateescape")
+    if info is not None:
+        env[b"TCPREMOTEINFO"] = info.encode("utf-8", "surrogateescape")
+    code, out = _run_check(cdb_path, env)
+    if code != 0:
+        raise RuntimeError(f"tcprulescheck failed ({code}): {out!r}")
     return out
 
 
@@ -87,6 +92,14 @@ def check_many(cdb_path: str, queries, workers: int = 3) -> list[bytes]:
     """tcprulescheck's output for each ``(ip, host, info)``."""
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda q: _check_one(cdb_path, *q), queries))
+
+
+def check_many_raw(cdb_paths, ip: str, workers: int = 3) -> list[tuple[int, bytes]]:
+    """``(exit code, output)`` of tcprulescheck for ``ip`` on each file,
+    failures included."""
+    env = {b"TCPREMOTEIP": ip.encode()}
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(lambda p: _run_check(p, env), cdb_paths))
 
 
 def parse_check(out: bytes) -> tuple[bytes | None, bool, list[bytes]]:

@@ -7,19 +7,24 @@ exception, never an endless loop.
 
 from __future__ import annotations
 
+import os
+import random
 import struct
 import time
+from pathlib import Path
 
 import cdblib
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import acl
 from acl.cdb import HEADER_SIZE, CdbError, CdbReader, cdb_hash, make_cdb
-from acl.compile.tcprules import layer_from_cdb, load_tcprules
+from acl.compile.tcprules import layer_from_cdb, load_tcprules, looks_like_cdb
 from acl.model import Request
 
-from .real import need_tools, run_tcprules
+from .gen import Pools, colliding_keys, random_rules
+from .real import check_many, check_many_raw, need_tools, parse_check, run_tcprules
 
 keys = st.binary(max_size=12)
 records = st.lists(st.tuples(st.sampled_from([b"", b"a", b"1.2.", b"k"]) | keys,
@@ -134,6 +139,119 @@ def test_full_table_of_wrong_hashes_terminates():
     assert _bounded(lambda: layer_from_cdb(bytes(blob))).check(Request("s", "1.2.3.4"), 0).allowed
 
 
+def test_full_table_load_is_linear_and_answers_as_find():
+    """A hand-made table with no empty slot holding 128 keys of one hash in
+    reverse order: each find() walks round the table to its key, the load
+    reads each slot and record a bounded number of times -- and agrees."""
+    keys, h = colliding_keys(7)
+    recs = [(k, b"+N=%d\0" % i) for i, k in enumerate(keys)]
+    blob = bytearray(make_cdb(recs))
+    pos, slots = HEADER_SIZE, []
+    for k, d in recs:
+        slots.append(struct.pack("<II", h, pos))
+        pos += 8 + len(k) + len(d)
+    blob[pos:] = b"".join(reversed(slots))
+    for i in range(256):
+        _table(blob, i, pos, len(slots) if i == h & 255 else 0)
+    reader = CdbReader(bytes(blob))
+    mapping = reader.mapping()
+    assert reader.reads <= 4 * len(keys)
+    finds = CdbReader(bytes(blob))
+    assert mapping == {k: finds.find(k) for k in keys} == dict(recs)
+    assert finds.reads > len(keys) ** 2 / 4          # what one find() per key costs
+
+
+@need_tools
+def test_colliding_keys_load_in_linear_reads(tmp_path):
+    """2**10 distinct keys with one djb hash, built by the real tcprules:
+    find() walks their shared probe run, so one find() per key was quadratic.
+    The load reads each slot and record a bounded number of times, and still
+    answers as tcprulescheck does: first duplicate wins, a colliding key that
+    is absent is absent."""
+    keys, _h = colliding_keys(10)
+    r = random.Random(1)
+    absent = set(r.sample(keys, 24))
+    present = [k for k in keys if k not in absent]
+    dups = r.sample(present, 24)
+    text = b"".join(k + b':allow,N="%d"\n' % i for i, k in enumerate(present))
+    text += b"".join(k + b":deny\n" for k in dups)
+    real = run_tcprules(text)
+    assert real.status == "ok", real.stderr
+    records = len(present) + len(dups)
+
+    reader = CdbReader(real.cdb)
+    mapping = reader.mapping()
+    assert len(mapping) == len(present)
+    # validate + mapping: 2 slots per record, each table slot read twice and
+    # each record header twice; one find() per key would be ~records**2 / 4.
+    assert reader.reads <= 8 * records
+
+    path = tmp_path / "coll.cdb"
+    path.write_bytes(real.cdb)
+    layer = load_tcprules(path)
+    sample = r.sample(present, 24) + dups[:12] + sorted(absent)[:12]
+    outs = check_many(os.fspath(path), [(k.decode(), None, None) for k in sample])
+    for k, out in zip(sample, outs, strict=True):
+        key, deny, env = parse_check(out)
+        data = mapping.get(k)
+        if key is None:
+            assert k in absent and data is None
+            continue
+        assert key == k and data is not None
+        assert deny is False
+        assert data == b"+" + env[0] + b"\0"
+        assert layer.data_for(k.decode()) == data
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mapping_is_find_for_hand_made_tables(data):
+    """Tables no cdb_make writes -- slots in any order, runs and empty slots
+    anywhere, full tables, duplicate and wrong-hash slots: the one-walk
+    mapping still equals find() for every key a slot names."""
+    recs = data.draw(st.lists(st.tuples(st.sampled_from([b"", b"a", b"aa", b"b", b"ab"]),
+                                        st.binary(min_size=1, max_size=2)),
+                              min_size=1, max_size=10))
+    blob = bytearray(make_cdb(recs))
+    where, pos = [], HEADER_SIZE
+    for k, d in recs:
+        where.append(pos)
+        pos += 8 + len(k) + len(d)
+    tables = {cdb_hash(k) & 255 for k, _d in recs}
+    for i in range(256):
+        _table(blob, i, len(blob), 0)
+    for i in sorted(tables):
+        slots = data.draw(st.lists(st.none() | st.tuples(st.integers(0, len(recs) - 1),
+                                                         st.booleans()),
+                                   min_size=1, max_size=8))
+        _table(blob, i, len(blob), len(slots))
+        for slot in slots:
+            if slot is None:
+                blob += struct.pack("<II", 0, 0)
+            else:
+                r, wrong = slot
+                blob += struct.pack("<II", cdb_hash(recs[r][0]) ^ (wrong << 8), where[r])
+    reader = CdbReader(bytes(blob))
+    found = {k: reader.find(k) for k, _d in recs}
+    assert reader.mapping() == {k: v for k, v in found.items() if v is not None}
+
+
+def test_overlapping_records_are_an_error():
+    """Slots pointing into each other's records would make the load hash the
+    same bytes again and again (quadratic); cdb_make never writes that."""
+    n = 400
+    body = struct.pack("<II", 0, 0) * (n + 4)      # filler records read as (0, 0)
+    rpos = HEADER_SIZE
+    blob = bytearray(HEADER_SIZE) + struct.pack("<II", 8 * n, 0) + body
+    slots = b"".join(struct.pack("<II", 1 | (s << 8), rpos + 8 * (s % 2))
+                     for s in range(2))
+    tpos = len(blob)
+    blob += slots
+    _table(blob, 1, tpos, 2)
+    with pytest.raises(CdbError, match="overlaps"):
+        CdbReader(bytes(blob)).mapping()
+
+
 def test_slot_pointing_outside_is_an_error():
     blob = bytearray(make_cdb([(b"1.2.3.4", b"D\0")]))
     h = cdb_hash(b"1.2.3.4")
@@ -184,3 +302,41 @@ def test_loader_detects_cdb_by_content(tmp_path):
     t = tmp_path / "rules.txt"
     t.write_bytes(b"1.2.3.4:deny\n")
     assert not load_tcprules(t).check(Request("s", "1.2.3.4"), 0).allowed
+
+
+@need_tools
+def test_cut_cdb_without_cdb_name_is_a_broken_cdb(tmp_path):
+    """Every cut of a tcprules-built cdb from 16 bytes on that tcprulescheck
+    cannot read is refused as a cdb (CdbError), whatever its name -- never
+    read as rules text.  (Under 16 bytes there is no header chain to go by.)"""
+    real = run_tcprules(b"".join(b"10.%d.:allow,N=\"%d\"\n" % (i, i) for i in range(40))
+                        + b"127.0.0.2:allow\n:deny\n")
+    assert real.status == "ok"
+    cuts = sorted(set(range(16, 2048, 97)) | set(range(2048, len(real.cdb), 7)))
+    paths = []
+    for n in cuts:
+        p = tmp_path / f"cut{n}"
+        p.write_bytes(real.cdb[:n])
+        paths.append(p)
+    outs = check_many_raw([os.fspath(p) for p in paths], "127.0.0.2")
+    refused = 0
+    for p, (code, out) in zip(paths, outs, strict=True):
+        if code == 0:
+            continue                      # tcprulescheck's probes missed the cut
+        assert b"protocol error" in out, out
+        refused += 1
+        with pytest.raises(CdbError):
+            load_tcprules(p)
+    assert refused > len(cuts) / 2
+
+
+def test_rules_text_is_never_taken_for_a_cdb(tmp_path):
+    """Generated rules files and the example load as text, however long."""
+    for seed in range(300):
+        rnd = random.Random(seed)
+        text, _n = random_rules(rnd, Pools(rnd), lines=rnd.choice([3, 40, 200]))
+        assert not looks_like_cdb("rules", text), text[:80]
+    example = Path(acl.__file__).parent / "examples" / "tcp.smtpd"
+    assert not looks_like_cdb("tcp.smtpd", example.read_bytes())
+    for n in range(0, 60, 7):
+        assert looks_like_cdb("rules", make_cdb([(b"k%d" % i, b"D\0") for i in range(n)]))
