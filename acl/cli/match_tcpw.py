@@ -215,7 +215,11 @@ def main(argv: list[str]) -> int:
     except HostNotFound as exc:
         print(f"acl match: fatal: {exc}", file=sys.stderr)
         return 100
-    print("\n\n".join(_report(o) for o in outcomes))
+    # an option's value is the file's bytes (surrogateescape), as tcpdmatch prints it
+    sys.stdout.flush()
+    sys.stdout.buffer.write(("\n\n".join(_report(o) for o in outcomes) + "\n")
+                            .encode("utf-8", "surrogateescape"))
+    sys.stdout.buffer.flush()
     return 1 if any(o.decision.verdict is Verdict.DENY for o in outcomes) else 0
 
 

@@ -64,7 +64,14 @@ class Option:
 
     @property
     def item(self) -> tuple[str, str]:
-        return (self.keyword, self.value or "")
+        """(keyword, value) as a decision carries them: the file is read as
+        Latin-1 (one char per byte, as libwrap matches), a decision's text
+        is the file's bytes under surrogateescape (acl.wire.binary), so a
+        byte such as 0xE9 leaves as 0xE9, as libwrap hands it on."""
+        v = self.value or ""
+        if not v.isascii():
+            v = v.encode("latin-1").decode("utf-8", "surrogateescape")
+        return (self.keyword, v)
 
 
 @dataclass(frozen=True, slots=True)

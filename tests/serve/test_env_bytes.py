@@ -142,3 +142,24 @@ def test_decision_text_round_trips_as_bytes():
     assert b"LAT1caf\xe9" in f and b"N\xffv" in f and b"U\xc3\xa9" in f and b"\xe9.cdb" in f
     (rep,) = wb.ReplyDecoder().feed(f)
     assert rep.decision == d
+
+
+def test_hosts_options_reach_the_client_as_the_file_has_them(tmp_path):
+    """libwrap hands an option's value on as the file's bytes (a ``setenv``
+    value, a ``banners`` directory): a byte such as 0xE9 must leave the
+    sidecar as 0xE9, not as its UTF-8 spelling C3 A9."""
+    cfg = policy_toml(tmp_path)
+    rule = b"sshd: 198.51.100.7: setenv LAT1 caf\xe9: banners /srv/b\xe9n: spawn echo \xff\n"
+    (tmp_path / "hosts.allow").write_bytes(rule + (tmp_path / "hosts.allow").read_bytes())
+    live = start_server(tmp_path, cfg)
+    try:
+        with Client(live.query) as c:
+            for lease in (False, True):                  # the plan's path, then Python's
+                d = c.decide(Request("sshd", "198.51.100.7", lease=lease))
+                assert d.verdict is Verdict.ALLOW
+                assert [(_se(k), _se(v)) for k, v in d.options] == [
+                    (b"setenv", b"LAT1 caf\xe9"), (b"banners", b"/srv/b\xe9n"),
+                    (b"spawn", b"echo \xff")]
+    finally:
+        live.stop()
+    assert "Traceback" not in live.text()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +17,7 @@ from acl.compile.tcpw import HostsAccessLayer, HostView, Query
 from acl.compile.tcpw_check import check, shadowed
 from acl.parse.hosts_access import parse_hosts
 
+from .tcpdmatch import build_shim
 from .test_fuzz import rule_lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +45,27 @@ def test_match_transcript(tmp_path):
     out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "ftpd", "10.0.0.7")
     assert out.returncode == 1 and f"matched:  {d} line 1" in out.stdout
     assert out.stdout.endswith("access:   denied\n")
+
+
+def test_match_prints_option_bytes_as_tcpdmatch_does(tmp_path):
+    """An option's value is printed as the file's bytes (tcpdmatch prints
+    them as they are), whatever the locale's error handler."""
+    if shutil.which("tcpdmatch") is None or shutil.which("gcc") is None:
+        pytest.skip("tcpdmatch (Debian tcpd) or gcc not installed")
+    (tmp_path / "hosts.allow").write_bytes(b"sshd: 198.51.100.7: setenv LAT1 caf\xe9\n")
+    (tmp_path / "hosts.deny").write_bytes(b"")
+    # the shim shows libwrap's matched:/option: lines (tests/tcpw/tcpdmatch.py)
+    real = subprocess.run(["tcpdmatch", "-d", "sshd", "198.51.100.7"], cwd=tmp_path,
+                          capture_output=True, timeout=60,
+                          env=dict(os.environ, LD_PRELOAD=build_shim(tmp_path)))
+    want = [ln for ln in real.stdout.splitlines() if ln.startswith(b"option:")]
+    assert want == [b"option:   setenv LAT1 caf\xe9"], real.stdout
+    out = subprocess.run([sys.executable, "-m", "acl", "match", "--hosts-allow", "hosts.allow",
+                          "--hosts-deny", "hosts.deny", "sshd", "198.51.100.7"], cwd=tmp_path,
+                         capture_output=True, timeout=60,
+                         env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert out.returncode == 0, out.stderr
+    assert [ln for ln in out.stdout.splitlines() if ln.startswith(b"option:")] == want
 
 
 def test_match_names_through_a_private_hosts_file(tmp_path):
