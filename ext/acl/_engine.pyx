@@ -41,6 +41,7 @@ Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
 
 from array import array
 
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.math cimport INFINITY
@@ -57,6 +58,7 @@ DEF C_MAX_NOW = 4294967296.0
 DEF C_PROBES = 8
 DEF NLAT = 14
 DEF MAXF = 4096                   # frames per pass (the limits scratch arrays)
+DEF RUN_NOGIL_BYTES = 65536       # run() lets the GIL go for reads this long or longer
 cdef double[NLAT] _BOUNDS = [1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4,
                              5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0]
 LATENCY_BOUNDS = tuple(_BOUNDS[i] for i in range(NLAT))
@@ -332,6 +334,12 @@ cdef class BatchPlan:
         self._lim_src = bytearray(16 * MAXF)
         self._lim_slot = array("i", [0]) * MAXF
         self._lim_out = bytearray(MAXF)
+        cdef unsigned char[::1] lsrc = self._lim_src
+        cdef int[::1] lslot = self._lim_slot
+        cdef unsigned char[::1] lout = self._lim_out
+        self._lsrc_p = &lsrc[0]
+        self._lslot_p = &lslot[0]
+        self._lout_p = &lout[0]
 
     def _check_actions(self, const int32_t[::1] acts, int base):
         cdef Py_ssize_t k
@@ -368,33 +376,50 @@ cdef class BatchPlan:
         return [self._lat[i] for i in range(NLAT + 1)], self._lat_sum
 
     def run(self, buf, Py_ssize_t pos, double now):
-        """Answer the frames of ``buf[pos:]``: (next pos, replies, status)."""
-        cdef const unsigned char[::1] view = buf
-        cdef Py_ssize_t n = view.shape[0]
+        """Answer the frames of ``buf[pos:]``: (next pos, replies, status).
+
+        ``buf`` is any C-contiguous bytes-like object.  Its buffer is taken
+        with PyBUF_SIMPLE (a typed memoryview's format checks cost more than
+        the decision of one frame), and the GIL is let go only for reads of
+        at least RUN_NOGIL_BYTES: for one frame the release and retake cost
+        more than the scan."""
+        cdef Py_buffer view
+        cdef const unsigned char *data
+        cdef Py_ssize_t n
         cdef Py_ssize_t w = 0
         cdef Py_ssize_t nf = 0
         cdef Py_ssize_t nl = 0
         cdef int status = 0
         cdef double t0, dt
         cdef int b
-        cdef unsigned char[::1] lsrc = self._lim_src
-        cdef int[::1] lslot = self._lim_slot
-        cdef unsigned char[::1] lout = self._lim_out
-        if pos < 0 or pos > n:
-            raise ValueError("pos out of range")
-        if n == pos:
-            return pos, b"", 0
-        t0 = _now_mono()
-        with nogil:
-            status = self._scan(&view[0], n, &pos, now, &nf, &nl, &lsrc[0], &lslot[0])
-        if nl:
-            # xinetd's parent checks for the frames that reached them, in
-            # frame order, in one call of the limits core
-            self._limits.check_batch(memoryview(self._lim_src)[:16 * nl],
-                                     memoryview(self._lim_slot)[:nl], now, 0.0,
-                                     memoryview(self._lim_out)[:nl])
-        with nogil:
-            w = self._emit(&view[0], nf, &lout[0])
+        cdef bint release
+        PyObject_GetBuffer(buf, &view, PyBUF_SIMPLE)
+        try:
+            data = <const unsigned char *>view.buf
+            n = view.len
+            if pos < 0 or pos > n:
+                raise ValueError("pos out of range")
+            if n == pos:
+                return pos, b"", 0
+            release = n - pos >= RUN_NOGIL_BYTES
+            t0 = _now_mono()
+            if release:
+                with nogil:
+                    status = self._scan(data, n, &pos, now, &nf, &nl, self._lsrc_p,
+                                        self._lslot_p)
+            else:
+                status = self._scan(data, n, &pos, now, &nf, &nl, self._lsrc_p, self._lslot_p)
+            if nl:
+                # xinetd's parent checks for the frames that reached them, in
+                # frame order, in one call of the limits core
+                self._limits.check_batch(memoryview(self._lim_src)[:16 * nl],
+                                         memoryview(self._lim_slot)[:nl], now, 0.0,
+                                         memoryview(self._lim_out)[:nl])
+            if release:
+                with nogil:
+                    w = self._emit(data, nf, self._lout_p)
+            else:
+                w = self._emit(data, nf, self._lout_p)
             if nf:
                 dt = (_now_mono() - t0) / nf
                 b = 0
@@ -402,6 +427,8 @@ cdef class BatchPlan:
                     b += 1
                 self._lat[b] += nf
                 self._lat_sum += dt * nf
+        finally:
+            PyBuffer_Release(&view)
         if status == 1:
             self.residual += 1
         return pos, PyBytes_FromStringAndSize(<char *>self._out, w), status

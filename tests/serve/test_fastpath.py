@@ -178,6 +178,47 @@ def test_plan_handles_the_common_policy_without_python(tmp_path):
     assert verdicts == ["ALLOW", "DENY", "ALLOW", "DENY"] * 50
 
 
+def test_plan_reads_any_contiguous_buffer_the_same(tmp_path):
+    """run() takes bytes, bytearray and memoryview alike, short reads (the
+    GIL kept) and reads past RUN_NOGIL_BYTES (the GIL let go) alike; a
+    buffer that is not contiguous is refused, not misread."""
+    (tmp_path / "a").write_text("sshd: 192.0.2.0/255.255.255.0 [2001:db8::]/32\n")
+    (tmp_path / "d").write_text("ALL: ALL\n")
+    from acl.compile.tcpw import load_hosts_access
+    from acl.model import Request
+
+    layer, _ = load_hosts_access(str(tmp_path / "a"), str(tmp_path / "d"))
+    eng = Engine(Policy(None, [Source("hosts_access", layer, frozenset({"sshd"}), ())]))
+    one = [wb.encode_decide(i, Request("sshd", c)) for i, c in
+           enumerate(["192.0.2.1", "192.0.3.1", "2001:db8::7", "2001:db9::7"])]
+    short = b"".join(one)
+    long = short * 2000                  # ~100 KB: past RUN_NOGIL_BYTES (64 KiB)
+    assert len(long) > 1 << 16
+    def run_all(buf):
+        """Every pass run() needs (a pass stops when its reply buffer is full)."""
+        pos, out = 0, []
+        for _ in range(100):
+            pos, chunk, status = eng.plan.run(buf, pos, 1.0)
+            out.append(chunk)
+            if pos == len(buf) or status != 2:
+                return pos, b"".join(out), status
+        raise AssertionError("run() made no progress")
+
+    for blob in (short, long):
+        want = run_all(blob)
+        assert want[0] == len(blob) and want[2] == 0
+        assert len(wb.ReplyDecoder().feed(want[1])) == len(blob) // len(short) * 4
+        for kind in (bytearray, memoryview):
+            assert run_all(kind(blob)) == want
+        cut = len(one[0]) + 5                       # a frame and a half: stop after one
+        first_reply = eng.plan.run(one[0], 0, 1.0)[1]
+        assert eng.plan.run(blob[:cut], 0, 1.0) == (len(one[0]), first_reply, 0)
+    with pytest.raises(BufferError):
+        eng.plan.run(memoryview(long)[::2], 0, 1.0)
+    with pytest.raises(ValueError):
+        eng.plan.run(short, len(short) + 1, 1.0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3_000_000)), min_size=1,
                 max_size=300),
