@@ -204,8 +204,10 @@ def test_plain_c_probe_peer(benchmark, tmp_path):
     benchmark.extra_info["c_probes_per_s"] = rate
     if "batch" in _RESULTS:
         benchmark.extra_info["core_over_c_probe"] = _RESULTS["batch"] / rate
+    ratio = (f"core batch / C = {_RESULTS['batch'] / rate:.2f}" if "batch" in _RESULTS
+             else "core batch not run")
     print(f"\nplain C probe of a {entries * 32 / 2**20:.0f} MiB table: {rate / 1e6:.1f} M/s; "
-          f"core batch / C = {_RESULTS.get('batch', 0) / rate:.2f}")
+          f"{ratio}")
 
 
 def test_single_checks_compiled_per_call(benchmark, million):
@@ -246,10 +248,14 @@ def test_twin_batch_peer(benchmark, million):
     if "batch" in _RESULTS:
         ratio = _RESULTS["batch"] / rate
         benchmark.extra_info["compiled_batch_over_twin"] = ratio
+        def m_per_s(key, digits):
+            # a case deselected or skipped in this run says so, not "0.0"
+            return f"{_RESULTS[key] / 1e6:.{digits}f} M/s" if key in _RESULTS else "not run"
+
         print(f"\nlimits: compiled batch {_RESULTS['batch'] / 1e6:.1f} M/s, "
-              f"compiled per-call {_RESULTS.get('single', 0) / 1e6:.2f} M/s, "
+              f"compiled per-call {m_per_s('single', 2)}, "
               f"twin {rate / 1e3:.0f} k/s -> batch/twin x{ratio:,.0f}; hot set "
-              f"{_RESULTS.get('hot', 0) / 1e6:.1f} M/s")
+              f"{m_per_s('hot', 1)}")
 
 
 def test_flood_10m_sources_stays_bounded(benchmark):

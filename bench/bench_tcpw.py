@@ -24,9 +24,11 @@ Run: ``python -m pytest bench/bench_tcpw.py --benchmark-only -s``.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ipaddress
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +48,8 @@ QUERIES = 400
 DAEMONS = ["sshd", "ftpd", "in.telnetd", "imapd"]
 _RESULTS: dict[tuple[str, int], float] = {}
 _TMP = Path(tempfile.mkdtemp(prefix="bench-tcpw."))
+# the generated files go when the process ends (bench_serve imports this module too)
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 
 
 def _files(n: int, seed: int = 7):
