@@ -19,6 +19,12 @@ Theory of operation:
   failure after binding (starting the NFQUEUE door, dropping privileges).
 * Reload: SIGHUP, the admin command ``reload``, or a change to a watched file
   (polled once a second; the policy file and every rule file it names).
+  The watcher compares each file with its stamp taken BEFORE the running
+  policy read it (``Policy.stamps``; after a failed reload, the stat taken
+  before that attempt), never with one taken after: a file changed while a
+  reload reads it, or between the read and the swap, differs at the next
+  poll and is read again -- a slow writer's file is reloaded until it
+  settles.  The watcher does not poll while a reload runs.
   Reading and compiling run in a worker thread (``Engine.prepare``) while the
   loop keeps answering; the swap (``Engine.commit``) is one assignment made
   in the loop.  A failure keeps the running policy, is counted, is logged as
@@ -333,12 +339,14 @@ class Server:
             systemd.notify(systemd.reloading_text())
             t0 = time.perf_counter()
             path = privileges.rebase(str(self.engine.policy.path or ""), self.chroot) or None
+            before = self._stat_files()       # what a failed attempt is compared with
             try:
                 prepared = await loop.run_in_executor(self._executor, self.engine.prepare, path)
             except Exception as exc:
                 systemd.notify("READY=1")
                 self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
                 result = {"ok": False, "error": str(exc)}
+                self._watch_state = before
             else:
                 self.engine.commit(prepared)
                 systemd.notify("READY=1")
@@ -353,7 +361,7 @@ class Server:
                 self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts}{more})")
                 result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare,
                           "diagnostics": diagnostics}
-            self._watch_state = self._stat_files()
+                self._watch_state = self._baseline()
             if not self._again:
                 return result
             why = "again"
@@ -365,22 +373,23 @@ class Server:
         return await self._reloading
 
     def _stat_files(self) -> dict:
-        out = {}
-        for p in self.engine.watched_files():
-            p = privileges.rebase(str(p), self.chroot)
-            try:
-                st = os.stat(p)
-                out[p] = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                out[p] = None
-        return out
+        """The watched files as they are now."""
+        return {p: self.engine.file_stamp(p) for p in
+                (privileges.rebase(str(f), self.chroot) for f in self.engine.watched_files())}
+
+    def _baseline(self) -> dict:
+        """The running policy's files as they were before it read them."""
+        return {privileges.rebase(p, self.chroot): st
+                for p, st in self.engine.watched_stamps().items()}
 
     async def _watch(self, interval: float) -> None:
-        self._watch_state = self._stat_files()
+        self._watch_state = self._baseline()
         while True:
             await asyncio.sleep(interval)
             if not self.engine.policy.run.watch:
                 continue
+            if self._reloading is not None and not self._reloading.done():
+                continue                      # it sets the baseline when it ends
             now = self._stat_files()
             if now != self._watch_state:
                 self._watch_state = now
