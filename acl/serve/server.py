@@ -10,6 +10,10 @@ Theory of operation:
   ``[nfqueue]`` CAP_NET_ADMIN alone survives, and must), then serve and tell
   systemd ``READY=1``.  Binding first is what lets an unprivileged
   server own sockets in root-only directories.
+* Accepting is ours (acl/serve/accept.py), on asyncio's loop and uvloop's
+  alike: the kernel backlog is ``LISTEN_BACKLOG``; running out of
+  descriptors pauses that socket for a second, is counted
+  (``acl_accept_errors_total``) and logged at most once a minute.
 * A socket path is taken over only when nothing answers on it: we connect
   first; a live server (another ``acl serve`` on the same config) makes us
   refuse to start, a refused connect means a stale file from a run that
@@ -55,7 +59,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError
 from acl.metrics import AclCollector, make_registry
-from acl.serve import capabilities, conn, privileges, systemd
+from acl.serve import accept, capabilities, conn, privileges, systemd
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups: a slow DNS server holds one each.
@@ -158,6 +162,7 @@ class Server:
         self.policy_service = pol.sockets.policy_service
         self.clients = {"binary": 0, "postfix": 0}
         self.protocol_errors: dict[tuple[str, int], int] = {}
+        self.accept_stats = accept.AcceptStats()    # accepts that ran out of descriptors
         self.registry = make_registry()
         self.collector = AclCollector(engine, self, self.build)
         self.registry.register(self.collector)
@@ -316,14 +321,11 @@ class Server:
             "admin": lambda: conn.AdminConnection(self),
             "metrics": lambda: conn.MetricsConnection(self),
         }
+        # our own accept loop, on either event loop (acl/serve/accept.py says
+        # why): the sockets keep the kernel backlog they were listened with
         for name, sock in self._sockets.items():
-            sock.setblocking(False)
-            if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(factories[name], sock=sock,
-                                                    backlog=LISTEN_BACKLOG)
-            else:
-                srv = await loop.create_server(factories[name], sock=sock)
-            self._servers.append(srv)
+            self._servers.append(accept.Acceptor(loop, name, sock, factories[name],
+                                                 self.accept_stats, self.log))
 
     # -- reload --------------------------------------------------------
     def request_reload(self, why: str) -> None:
@@ -416,6 +418,8 @@ class Server:
                 "clients": self.clients,
                 "protocol_errors": [[p, code, n] for (p, code), n
                                     in sorted(self.protocol_errors.items())],
+                "accept_errors": [[s, code, n] for (s, code), n
+                                  in sorted(self.accept_stats.errors.items())],
             }
         if cmd == "dump":
             return {"ok": True, "policy": self.engine.describe()}
@@ -482,14 +486,12 @@ class Server:
     async def close(self) -> None:
         for srv in self._servers:
             srv.close()
+        self._servers.clear()
+        for sock in self._sockets.values():
+            sock.close()
         for c in list(self._conns):
             if c.transport is not None:
                 c.transport.abort()
-        for srv in self._servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 2)
-            except TimeoutError:
-                pass
         await asyncio.sleep(0)
         self._executor.shutdown(wait=False)
         self._name_executor.shutdown(wait=False, cancel_futures=True)

@@ -267,7 +267,7 @@ def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
                           20, step=0.5)
         rules = groups[0]["rules"]
         assert sorted(r["name"] for r in rules) == [
-            "AclLimitTripsSurging", "AclNfqueueDrops", "AclNfqueueFull",
+            "AclLimitTripsSurging", "AclNfqueueDrops", "AclNfqueueFull", "AclOutOfDescriptors",
             "AclNfqueueVerdictsRefused", "AclReloadFailing", "AclSidecarDown",
             "AclSourcesEvicting"]
         for r in rules:
