@@ -522,4 +522,4 @@ class Engine:
         """A file's stamp as it is now, comparable with :meth:`watched_stamps`."""
         from acl.policy import stamp
 
-        return stamp(path, racy=False)
+        return stamp(path)

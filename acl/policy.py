@@ -42,10 +42,11 @@ Rules of this file:
   (:func:`_stamps`): a file that changes while it is read then differs from
   its stamp, so ``acl serve``'s watcher (``Policy.stamps``) reloads again
   and a reload does not keep the layer read from the half-written file
-  (:func:`_unchanged`).  A stamp whose mtime is younger than
-  ``RACY_NS`` is "racy" and matches nothing: a same-size rewrite within the
-  file system's timestamp tick would not show in the stamp (git's racy-git
-  rule), so the next reload reads such a file again.  The files a hosts.allow
+  (:func:`_unchanged`, which also compares the signature taken before
+  reading).  For the watcher, a stamp whose mtime is less than ``RACY_NS``
+  before the load began is "racy" and matches nothing: a same-size rewrite
+  within the file system's timestamp tick would not show in the stamp (git's
+  racy-git rule), so the watcher reloads such a file once more.  The files a hosts.allow
   ``/path`` pattern names are only known once it is read; they are stamped
   just after.
 """
@@ -167,6 +168,7 @@ class Policy:
     names_key: tuple = ()            # (Names, hosts file signature): when to keep the cache
     xinetd_system: object = None     # acl.parse.xinetd_system.SystemLookups, kept on reload
     file_stamps: dict = field(default_factory=dict)  # str(file) -> stamp taken before reading
+    stamped_ns: int = field(default_factory=time.time_ns)   # when the load began
 
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
@@ -186,11 +188,17 @@ class Policy:
     def stamps(self) -> dict[str, object]:
         """Each of :attr:`files` -> its stamp taken before it was read (what
         a watcher compares against: any later change differs).  A policy not
-        made by :func:`load_policy` has none: its files are stamped now."""
+        made by :func:`load_policy` has none: its files are stamped now.  A
+        racy stamp (module rules) is ``RACY``, which matches no stat."""
         out = dict(self.file_stamps)
         for s in self.sources:
             out.update(zip(map(str, s.files), s.stamps, strict=False))  # () if unstamped
-        return {str(f): out[str(f)] if str(f) in out else stamp(f) for f in self.files}
+        # modified from just before the load to its end; a future mtime
+        # (touch -d) is not racy, or every poll would reload
+        since, until = self.stamped_ns - RACY_NS, int(self.loaded_at * 1e9) + RACY_NS
+        return {str(f): RACY if st and since <= st[1] <= until else st
+                for f in self.files
+                for st in [out[str(f)] if str(f) in out else stamp(f)]}
 
     @property
     def diagnostics(self) -> list:
@@ -515,16 +523,13 @@ def _signature(files) -> bytes:
     return h.digest()
 
 
-def stamp(path, *, racy: bool = True):
-    """What ``stat`` says of a file -- ``(size, mtime_ns, inode)``, None when
-    there is none -- or ``RACY`` when ``racy`` and it was modified too
-    recently for its stamp to show a further change (module rules)."""
+def stamp(path):
+    """What ``stat`` says of a file: ``(size, mtime_ns, inode)``, None when
+    there is none."""
     try:
         st = os.stat(path)
     except OSError:
         return None
-    if racy and 0 <= time.time_ns() - st.st_mtime_ns < RACY_NS:
-        return RACY
     return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
@@ -544,8 +549,9 @@ def _unchanged(previous: Policy | None, key: tuple) -> Source | None:
         return None
     for s in previous.sources:
         if s.key == key and s.signature:
-            if s.stamps and (RACY in s.stamps
-                             or tuple(stamp(f, racy=False) for f in s.files) != s.stamps):
+            # (an equal stamp is confirmed by the signature, so a racy one
+            # -- module rules -- is no danger here)
+            if s.stamps and _stamps(s.files) != s.stamps:
                 return None
             try:
                 if _signature(s.files) == s.signature:
@@ -603,6 +609,7 @@ def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
 def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | None = None) -> Policy:
     """Read the TOML file (or the shipped example) and load every source."""
     toml_path = Path(path).resolve() if path else EXAMPLE
+    stamped_ns = time.time_ns()
     file_stamps = {str(toml_path): stamp(toml_path)}       # before reading (module rules)
     try:
         with open(toml_path, "rb") as f:
@@ -724,4 +731,5 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     _one_xinetd_source_per_file(sources, toml_path)
     return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
                   names=names, name_service=name_service, names_key=names_key,
-                  xinetd_system=system, file_stamps=file_stamps)
+                  xinetd_system=system, file_stamps=file_stamps,
+                  stamped_ns=stamped_ns)

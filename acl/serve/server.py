@@ -206,8 +206,9 @@ class Server:
     def look_up_names(self, wanted) -> asyncio.Future:
         """A future done once every ``(kind, address)`` of ``wanted`` has been
         looked up in a worker thread and cached (one lookup per item however
-        many connections wait for it).  A lookup that raises is not cached:
-        the decision then looks up in line."""
+        many connections wait for it); its result maps each item to its
+        answer, for the decision to read under ``NameService.answers`` (a
+        lookup that raised is left out, and is not cached)."""
         loop = asyncio.get_running_loop()
         names = self.engine.policy.name_service
         waits = []
@@ -219,7 +220,20 @@ class Server:
                 # registered first, so the answer is cached before any waiter resumes
                 fut.add_done_callback(lambda f, item=item: self._name_done(names, item, f))
             waits.append(fut)
-        return asyncio.gather(*waits, return_exceptions=True)
+        wanted = list(wanted)
+        out = loop.create_future()
+
+        def done(g) -> None:
+            if out.done():
+                return
+            if g.cancelled():
+                out.cancel()
+                return
+            out.set_result({item: r for item, r in zip(wanted, g.result(), strict=True)
+                            if not isinstance(r, BaseException)})
+
+        asyncio.gather(*waits, return_exceptions=True).add_done_callback(done)
+        return out
 
     def _name_done(self, names, item, fut) -> None:
         self._name_pending.pop(item, None)

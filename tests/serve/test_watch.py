@@ -107,3 +107,18 @@ def test_an_edit_between_the_read_and_the_swap_makes_another_reload(tmp_path):
             await asyncio.wait_for(serving, WAIT)
 
     asyncio.run(scenario())
+
+
+def test_racy_and_future_stamps(tmp_path):
+    """A file modified just before it was read is compared as "changed" once
+    (a same-size rewrite in the same tick would not show); one modified long
+    ago, or dated in the future, is compared by its stamp (else every poll
+    would reload it)."""
+    toml = write_policy(tmp_path)
+    rules = tmp_path / "tcp.smtpd"
+    assert load_policy(toml).stamps[str(rules)] == Engine.file_stamp(rules)
+    rules.write_text(OLD)                            # just now
+    assert load_policy(toml).stamps[str(rules)] != Engine.file_stamp(rules)
+    future = time.time() + 3600
+    os.utime(rules, (future, future))
+    assert load_policy(toml).stamps[str(rules)] == Engine.file_stamp(rules)
