@@ -38,7 +38,9 @@ Theory of operation:
   admin's answer (``"diagnostics"``).  Only one reload runs at a time;
   triggers during one make exactly one more.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
-  client (their leases are released), remove the socket files we made.
+  client (their leases are released), remove the socket files we made, and
+  exit at once: a name lookup or reload compile still running is abandoned
+  (its threads are daemon threads, acl/serve/workers.py).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError
 from acl.metrics import AclCollector, make_registry
-from acl.serve import accept, capabilities, conn, privileges, systemd
+from acl.serve import accept, capabilities, conn, privileges, systemd, workers
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups: a slow DNS server holds one each.
@@ -178,10 +180,10 @@ class Server:
         self.chroot = ""
         self.addresses: dict[str, str] = {}
         # reloads read and compile here, off the loop (one at a time)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reload")
+        # (daemon threads: a stop never waits for them; acl/serve/workers.py)
+        self._executor = workers.DaemonPool(1, "reload")
         # client name lookups (acl.names): blocking C library calls, made here
-        self._name_executor = concurrent.futures.ThreadPoolExecutor(
-            NAME_THREADS, thread_name_prefix="names")
+        self._name_executor = workers.DaemonPool(NAME_THREADS, "names")
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
 
     # -- bookkeeping used by connections -------------------------------
