@@ -442,7 +442,8 @@ class Server:
         return {"ok": False, "error": f"unknown command {cmd!r} (reload, stats, dump)"}
 
     # -- life cycle ----------------------------------------------------
-    async def serve(self, *, watch_interval: float = 1.0, ready=None) -> None:
+    async def serve(self, *, watch_interval: float = 1.0, ready=None,
+                    pending_reload=None) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
@@ -458,6 +459,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+        if pending_reload is not None and pending_reload():   # a SIGHUP while starting
+            self.request_reload("SIGHUP during start-up")
         watcher = asyncio.ensure_future(self._watch(watch_interval))
         systemd.notify("READY=1")
         if ready is not None:
