@@ -511,3 +511,15 @@ class Engine:
 
     def watched_files(self) -> list[Path]:
         return list(self._policy.files)
+
+    def watched_stamps(self) -> dict:
+        """Each watched file's stamp taken before the running policy read it
+        (acl.policy: ``Policy.stamps``)."""
+        return self._policy.stamps
+
+    @staticmethod
+    def file_stamp(path):
+        """A file's stamp as it is now, comparable with :meth:`watched_stamps`."""
+        from acl.policy import stamp
+
+        return stamp(path)

@@ -191,6 +191,13 @@ class AclCollector:
                 cl.add_metric([proto], n)
         yield pe
         yield cl
+        ae = CounterMetricFamily("acl_accept_errors", "accept() wake-ups that failed for lack "
+                                 "of descriptors (retried a second later)",
+                                 labels=["socket", "errno"])
+        if self.server is not None:
+            for (sock, code), n in sorted(self.server.accept_stats.errors.items()):
+                ae.add_metric([sock, code], n)
+        yield ae
 
         names = getattr(self.engine.policy, "name_service", None)
         nl = CounterMetricFamily("acl_name_lookups", "Client name lookups made (cache misses)",

@@ -12,7 +12,9 @@ Rules of this file:
 
 * Answers are cached per ``(kind, address text)`` for ``ttl`` seconds
   (``negative_ttl`` when there is no name), at most ``max_entries`` of them,
-  the least recently used evicted first.
+  the least recently used evicted first.  ``ttl = 0`` caches nothing across
+  requests, as libwrap (which looks up per connection): the answer fetched
+  for a request is still the one its decision reads (below).
 * A lookup is a blocking C library call (it may ask DNS).  ``acl serve``
   never makes one on its event loop: before a request is decided in Python,
   the connection asks :meth:`acl.engine.Engine.name_lookups` which uncached
@@ -20,8 +22,13 @@ Rules of this file:
   address checks with the service in *probe* mode, where a cache miss raises
   :class:`NeedName` instead of looking up.  The connection then runs
   :meth:`lookup` in a worker thread, hands the answer to :meth:`store` on
-  the loop thread, and only then decides.  Outside ``acl serve`` (tests,
-  scripts) nothing probes, and a miss looks up at once.
+  the loop thread, and decides under :meth:`answers` with the answers it
+  fetched: they are read first, whatever the cache holds by then (expired
+  at once with ttl 0, evicted, or a new cache after a reload), and a name
+  still missing there -- its lookup raised -- is "no name" (``unknown``,
+  as libwrap when the resolver fails), never a lookup on the loop.
+  Outside ``acl serve`` (tests, scripts) nothing probes, and a miss looks up
+  at once.
 * Netgroups (``@group``) are asked of the backend at match time, uncached:
   NIS has no portable way to ask ahead.
 * Time comes from the ``clock`` given (``time.time`` in ``acl serve``).
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 
 from acl.resolve import UNKNOWN, Resolver
 
@@ -59,6 +67,7 @@ class NameService:
         self.max_entries = max_entries
         self.clock = clock
         self.probing = False
+        self._given: dict | None = None       # inside answers(): fetched for this request
         self._cache: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
         self.lookups: dict[str, int] = {VERIFIED: 0, PTR: 0}
         self.evictions = 0
@@ -76,16 +85,38 @@ class NameService:
         return self.resolver.innetgr(group, host)
 
     def _get(self, kind: str, addr: str):
+        if self._given is not None:
+            key = (kind, addr)
+            if key in self._given:
+                return self._given[key]
         hit, name = self.cached(kind, addr)
         if hit:
             return name
         if self.probing:
             raise NeedName(kind, addr)
+        if self._given is not None:
+            return self.no_name(kind)         # fetched and failed: never in line
         name = self.lookup(kind, addr)
         self.store(kind, addr, name)
         return name
 
     # -- what acl serve calls --------------------------------------------------
+    @contextmanager
+    def answers(self, given: dict):
+        """Decide with ``given`` (``(kind, addr) -> answer``, fetched for the
+        request) read before the cache, and no lookup in line (module rules)."""
+        outer = self._given
+        self._given = given
+        try:
+            yield
+        finally:
+            self._given = outer
+
+    @staticmethod
+    def no_name(kind: str) -> str | None:
+        """The answer when there is no name: libwrap's ``unknown``, xinetd's None."""
+        return UNKNOWN if kind == VERIFIED else None
+
     def cached(self, kind: str, addr: str) -> tuple[bool, str | None]:
         """``(True, answer)`` when a fresh answer is cached, else ``(False, None)``."""
         key = (kind, addr)

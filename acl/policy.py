@@ -38,6 +38,17 @@ Rules of this file:
   :class:`acl.parse.xinetd_system.SystemLookups` handed from policy to
   policy, so a reload inside ``[run] chroot`` keeps the answers the first
   load got outside it.
+* Every file is stamped (size, mtime, inode) BEFORE it is read, never after
+  (:func:`_stamps`): a file that changes while it is read then differs from
+  its stamp, so ``acl serve``'s watcher (``Policy.stamps``) reloads again
+  and a reload does not keep the layer read from the half-written file
+  (:func:`_unchanged`, which also compares the signature taken before
+  reading).  For the watcher, a stamp whose mtime is less than ``RACY_NS``
+  before the load began is "racy" and matches nothing: a same-size rewrite
+  within the file system's timestamp tick would not show in the stamp (git's
+  racy-git rule), so the watcher reloads such a file once more.  The files a hosts.allow
+  ``/path`` pattern names are only known once it is read; they are stamped
+  just after.
 """
 
 from __future__ import annotations
@@ -58,6 +69,10 @@ from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.nfqueue_config import NfqueueConfig
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
+#: A file modified less than this long before it was stamped may change again
+#: without its stamp changing (timestamp ticks are a jiffy, up to 10 ms).
+RACY_NS = 50_000_000
+RACY = "racy"                        # a stamp that matches no stat
 ORDER = {"xinetd": 0, "tcprules": 1, "hosts_access": 2}
 KNOWN_SECTIONS = {"sockets", "metrics", "limits", "source", "nfqueue", "run", "names"}
 #: The keys of each table (docs/configuration.md); any other key is an error,
@@ -135,7 +150,7 @@ class Source:
     state: object = None             # xinetd limit state, handed to the next policy
     key: tuple = ()                  # what was asked for (type, paths, options)
     signature: bytes = b""           # hash of every file the layer was read from
-    stamps: tuple = ()               # (size, mtime_ns, inode) of each file, when signed
+    stamps: tuple = ()               # (size, mtime_ns, inode) of each file, taken before reading
 
 
 @dataclass
@@ -152,6 +167,8 @@ class Policy:
     name_service: object = None      # acl.names.NameService, None when lookup = false
     names_key: tuple = ()            # (Names, hosts file signature): when to keep the cache
     xinetd_system: object = None     # acl.parse.xinetd_system.SystemLookups, kept on reload
+    file_stamps: dict = field(default_factory=dict)  # str(file) -> stamp taken before reading
+    stamped_ns: int = field(default_factory=time.time_ns)   # when the load began
 
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
@@ -166,6 +183,22 @@ class Policy:
         for s in self.sources:
             out.extend(s.files)
         return out
+
+    @property
+    def stamps(self) -> dict[str, object]:
+        """Each of :attr:`files` -> its stamp taken before it was read (what
+        a watcher compares against: any later change differs).  A policy not
+        made by :func:`load_policy` has none: its files are stamped now.  A
+        racy stamp (module rules) is ``RACY``, which matches no stat."""
+        out = dict(self.file_stamps)
+        for s in self.sources:
+            out.update(zip(map(str, s.files), s.stamps, strict=False))  # () if unstamped
+        # modified from just before the load to its end; a future mtime
+        # (touch -d) is not racy, or every poll would reload
+        since, until = self.stamped_ns - RACY_NS, int(self.loaded_at * 1e9) + RACY_NS
+        return {str(f): RACY if st and since <= st[1] <= until else st
+                for f in self.files
+                for st in [out[str(f)] if str(f) in out else stamp(f)]}
 
     @property
     def diagnostics(self) -> list:
@@ -427,10 +460,15 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         if same is not None:
             return Source(kind, same.layer, services, same.files, same.diagnostics,
                           key=key, signature=same.signature, stamps=same.stamps)
+        h, stamps = hashlib.sha256(), _stamps((allow, deny))   # before reading
+        _hash_files(h, (allow, deny))
         layer, diags = load_hosts_access(str(allow), str(deny), names)
         files = tuple(Path(f) for f in getattr(layer, "files", (allow, deny)))
+        extra = files[2:]                 # /path pattern files: known only now
+        stamps += _stamps(extra)
+        _hash_files(h, extra)
         return Source(kind, layer, services, files, tuple(diags), key=key,
-                      stamps=_stamps(files), signature=_signature(files))
+                      stamps=stamps, signature=h.digest())
     if kind == "tcprules":
         from acl.compile.tcprules import load_tcprules
 
@@ -444,13 +482,15 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         if same is not None:
             return Source(kind, same.layer, services, same.files, key=key,
                           signature=same.signature, stamps=same.stamps)
+        stamps, signature = _stamps((f,)), _signature((f,))    # before reading
         layer = load_tcprules(str(f), **kwargs)
-        return Source(kind, layer, services, (f,), key=key, stamps=_stamps((f,)),
-                      signature=_signature((f,)))
+        return Source(kind, layer, services, (f,), key=key, stamps=stamps,
+                      signature=signature)
     if kind == "xinetd":
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
         f = _file(base, src, "file", path, where)
+        stamps = _stamps((f,))            # before reading (the watcher's; never reused)
         xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend,
                                      system)
         state = _previous_state(previous, "xinetd", f)
@@ -464,33 +504,40 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                             max_sources=max(lim.sources, 2), v6_prefix=lim.ipv6_prefix)
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, (f,), tuple(diags),
-                      state=getattr(layer, "state", None))
+                      state=getattr(layer, "state", None), stamps=stamps)
     raise _err(path, f"{where}.type", f"unknown source type {kind!r} "
                "(hosts_access, tcprules or xinetd)")
+
+
+def _hash_files(h, files) -> None:
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+        with open(f, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
 
 
 def _signature(files) -> bytes:
     """SHA-256 over the names and contents of a layer's files."""
     h = hashlib.sha256()
-    for f in files:
-        h.update(str(f).encode() + b"\0")
-        with open(f, "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
+    _hash_files(h, files)
     return h.digest()
 
 
+def stamp(path):
+    """What ``stat`` says of a file: ``(size, mtime_ns, inode)``, None when
+    there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def _stamps(files) -> tuple:
-    """What ``stat`` says of each file: when it differs, the file changed
-    (the signature is only read to confirm that an equal stamp means equal
+    """Each file's :func:`stamp`: when it differs, the file changed (the
+    signature is only read to confirm that an equal stamp means equal
     contents, so a hundred-megabyte rule file that changed is not hashed)."""
-    out = []
-    for f in files:
-        try:
-            st = os.stat(f)
-            out.append((st.st_size, st.st_mtime_ns, st.st_ino))
-        except OSError:
-            out.append(None)
-    return tuple(out)
+    return tuple(stamp(f) for f in files)
 
 
 def _unchanged(previous: Policy | None, key: tuple) -> Source | None:
@@ -502,6 +549,8 @@ def _unchanged(previous: Policy | None, key: tuple) -> Source | None:
         return None
     for s in previous.sources:
         if s.key == key and s.signature:
+            # (an equal stamp is confirmed by the signature, so a racy one
+            # -- module rules -- is no danger here)
             if s.stamps and _stamps(s.files) != s.stamps:
                 return None
             try:
@@ -560,6 +609,8 @@ def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
 def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | None = None) -> Policy:
     """Read the TOML file (or the shipped example) and load every source."""
     toml_path = Path(path).resolve() if path else EXAMPLE
+    stamped_ns = time.time_ns()
+    file_stamps = {str(toml_path): stamp(toml_path)}       # before reading (module rules)
     try:
         with open(toml_path, "rb") as f:
             conf = tomllib.load(f)
@@ -650,6 +701,8 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     )
     if names.ttl < 0 or names.negative_ttl < 0 or not 1 <= names.cache <= 1 << 24:
         raise _err(toml_path, "names", "ttl and negative_ttl must be >= 0, cache 1 .. 16777216")
+    if names.hosts_file:
+        file_stamps[names.hosts_file] = stamp(names.hosts_file)
     name_service, names_key = _name_service(names, previous, toml_path)
 
     # xinetd's questions to the system (protocols, users, groups, servers,
@@ -678,4 +731,5 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     _one_xinetd_source_per_file(sources, toml_path)
     return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
                   names=names, name_service=name_service, names_key=names_key,
-                  xinetd_system=system)
+                  xinetd_system=system, file_stamps=file_stamps,
+                  stamped_ns=stamped_ns)

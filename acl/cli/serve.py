@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import signal
 import sys
 
 from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY
@@ -73,6 +74,12 @@ def main(argv: list[str]) -> int:
               "build it, or pass --allow-pure to run the slow pure-Python twin",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    # SIGHUP's default action kills: until Server.serve takes the signal over,
+    # one is remembered and answered by a reload once serving (a unit's
+    # ExecReload= or a logrotate hook may send it at any time)
+    hup: list[int] = []
+    if not args.check:
+        signal.signal(signal.SIGHUP, lambda signum, frame: hup.append(signum))
     try:
         policy = load_policy(args.config)
     except (RuleSyntaxError, PolicyError) as exc:
@@ -128,7 +135,7 @@ def main(argv: list[str]) -> int:
 
     try:
         with runner:
-            runner.run(server.serve(ready=ready))
+            runner.run(server.serve(ready=ready, pending_reload=lambda: bool(hup)))
     except (RuleSyntaxError, PolicyError) as exc:    # the policy: load_policy checks it first
         print(f"{PROG}: fatal: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

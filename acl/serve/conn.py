@@ -21,10 +21,11 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   engine says which uncached names its decision would read.  The
   connection then stops where it is -- replies so far are written, reading
   pauses, the request and everything after it wait -- until the server has
-  looked them up in a worker thread, and goes on in order.  Other
-  connections are answered meanwhile.  After ``NAME_ROUNDS`` rounds for one
-  request (a reload, or a full cache, can drop what was fetched) it is
-  decided anyway.
+  looked them up in a worker thread, and goes on in order, deciding with the
+  answers fetched (``NameService.answers``: read before the cache, so a ttl
+  of 0, an eviction or a reload cannot lose them; never a lookup on the
+  loop).  Other connections are answered meanwhile.  After ``NAME_ROUNDS``
+  rounds for one request it is decided anyway.
 * A decision too large to send (acl/wire/binary.py ``MAX_DECISION_FRAME``)
   is answered ERROR 6 with the request's id, any lease it took is given
   back, and the connection goes on; the batch plan leaves every decision
@@ -80,13 +81,18 @@ class _Base(asyncio.Protocol):
         self.transport.pause_reading()
         self.server.look_up_names(wanted).add_done_callback(self._names_ready)
 
-    def _names_ready(self, _fut) -> None:
+    def _names_ready(self, fut) -> None:
         self._waiting = False
         if self.transport.is_closing():
             return
         if not self._paused:
             self.transport.resume_reading()
-        self.go_on(time.time())
+        names = self.engine.policy.name_service
+        if names is None or fut.cancelled():
+            self.go_on(time.time())
+            return
+        with names.answers(fut.result()):     # what was fetched for this request
+            self.go_on(time.time())
 
     def go_on(self, now: float) -> None:
         """Answer what is held (subclasses)."""

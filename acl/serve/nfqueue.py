@@ -41,8 +41,8 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   name rules, xinetd host names: acl.names) is *held*: it gets no verdict
   with its batch (``nfq.HOLD``), the server looks the name up in a worker
   thread (:meth:`acl.serve.server.Server.look_up_names`, the same one the
-  Unix sockets use), and the packet is decided and answered alone when the
-  answer is cached.  So a slow resolver delays only the packets that need
+  Unix sockets use), and the packet is decided and answered alone with the
+  answer fetched (``NameService.answers``; the cache may have dropped it).  So a slow resolver delays only the packets that need
   it; the loop, the Unix sockets and other packets go on.  Held packets sit
   in the kernel's queue, so ``queue_maxlen`` bounds them.  Without a server
   (``look_up`` unset) names are looked up in line, as the engine does.
@@ -313,10 +313,10 @@ class NfqueueFrontDoor:
         self._held.setdefault(queue, {})[pid] = req
         self.held_total += 1
         self.look_up(wanted).add_done_callback(
-            lambda _fut: self._release(queue, pid))
+            lambda fut: self._release(queue, pid, fut))
         return True
 
-    def _release(self, queue: int, pid: int) -> None:
+    def _release(self, queue: int, pid: int, fut=None) -> None:
         """The names of a held packet are looked up: decide it and answer it."""
         held = self._held.get(queue)
         req = held.pop(pid, None) if held else None
@@ -328,7 +328,13 @@ class NfqueueFrontDoor:
         if q is None:
             return
         code = bytearray(1)
-        self._count(req, self._decide([req])[0], code, 0)
+        names = self.engine.policy.name_service
+        if names is None or fut is None or fut.cancelled() or not isinstance(fut.result(), dict):
+            d = self._decide([req])[0]
+        else:
+            with names.answers(fut.result()):     # what was fetched for this packet
+                d = self._decide([req])[0]
+        self._count(req, d, code, 0)
         try:
             q.verdict_one(pid, code[0], self.config.reject_mark)
         except OSError as exc:

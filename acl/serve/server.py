@@ -10,6 +10,10 @@ Theory of operation:
   ``[nfqueue]`` CAP_NET_ADMIN alone survives, and must), then serve and tell
   systemd ``READY=1``.  Binding first is what lets an unprivileged
   server own sockets in root-only directories.
+* Accepting is ours (acl/serve/accept.py), on asyncio's loop and uvloop's
+  alike: the kernel backlog is ``LISTEN_BACKLOG``; running out of
+  descriptors pauses that socket for a second, is counted
+  (``acl_accept_errors_total``) and logged at most once a minute.
 * A socket path is taken over only when nothing answers on it: we connect
   first; a live server (another ``acl serve`` on the same config) makes us
   refuse to start, a refused connect means a stale file from a run that
@@ -19,6 +23,12 @@ Theory of operation:
   failure after binding (starting the NFQUEUE door, dropping privileges).
 * Reload: SIGHUP, the admin command ``reload``, or a change to a watched file
   (polled once a second; the policy file and every rule file it names).
+  The watcher compares each file with its stamp taken BEFORE the running
+  policy read it (``Policy.stamps``; after a failed reload, the stat taken
+  before that attempt), never with one taken after: a file changed while a
+  reload reads it, or between the read and the swap, differs at the next
+  poll and is read again -- a slow writer's file is reloaded until it
+  settles.  The watcher does not poll while a reload runs.
   Reading and compiling run in a worker thread (``Engine.prepare``) while the
   loop keeps answering; the swap (``Engine.commit``) is one assignment made
   in the loop.  A failure keeps the running policy, is counted, is logged as
@@ -28,7 +38,9 @@ Theory of operation:
   admin's answer (``"diagnostics"``).  Only one reload runs at a time;
   triggers during one make exactly one more.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
-  client (their leases are released), remove the socket files we made.
+  client (their leases are released), remove the socket files we made, and
+  exit at once: a name lookup or reload compile still running is abandoned
+  (its threads are daemon threads, acl/serve/workers.py).
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError
 from acl.metrics import AclCollector, make_registry
-from acl.serve import capabilities, conn, privileges, systemd
+from acl.serve import accept, capabilities, conn, privileges, systemd, workers
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups: a slow DNS server holds one each.
@@ -152,6 +164,7 @@ class Server:
         self.policy_service = pol.sockets.policy_service
         self.clients = {"binary": 0, "postfix": 0}
         self.protocol_errors: dict[tuple[str, int], int] = {}
+        self.accept_stats = accept.AcceptStats()    # accepts that ran out of descriptors
         self.registry = make_registry()
         self.collector = AclCollector(engine, self, self.build)
         self.registry.register(self.collector)
@@ -167,10 +180,10 @@ class Server:
         self.chroot = ""
         self.addresses: dict[str, str] = {}
         # reloads read and compile here, off the loop (one at a time)
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reload")
+        # (daemon threads: a stop never waits for them; acl/serve/workers.py)
+        self._executor = workers.DaemonPool(1, "reload")
         # client name lookups (acl.names): blocking C library calls, made here
-        self._name_executor = concurrent.futures.ThreadPoolExecutor(
-            NAME_THREADS, thread_name_prefix="names")
+        self._name_executor = workers.DaemonPool(NAME_THREADS, "names")
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
 
     # -- bookkeeping used by connections -------------------------------
@@ -195,8 +208,9 @@ class Server:
     def look_up_names(self, wanted) -> asyncio.Future:
         """A future done once every ``(kind, address)`` of ``wanted`` has been
         looked up in a worker thread and cached (one lookup per item however
-        many connections wait for it).  A lookup that raises is not cached:
-        the decision then looks up in line."""
+        many connections wait for it); its result maps each item to its
+        answer, for the decision to read under ``NameService.answers`` (a
+        lookup that raised is left out, and is not cached)."""
         loop = asyncio.get_running_loop()
         names = self.engine.policy.name_service
         waits = []
@@ -208,7 +222,20 @@ class Server:
                 # registered first, so the answer is cached before any waiter resumes
                 fut.add_done_callback(lambda f, item=item: self._name_done(names, item, f))
             waits.append(fut)
-        return asyncio.gather(*waits, return_exceptions=True)
+        wanted = list(wanted)
+        out = loop.create_future()
+
+        def done(g) -> None:
+            if out.done():
+                return
+            if g.cancelled():
+                out.cancel()
+                return
+            out.set_result({item: r for item, r in zip(wanted, g.result(), strict=True)
+                            if not isinstance(r, BaseException)})
+
+        asyncio.gather(*waits, return_exceptions=True).add_done_callback(done)
+        return out
 
     def _name_done(self, names, item, fut) -> None:
         self._name_pending.pop(item, None)
@@ -310,14 +337,11 @@ class Server:
             "admin": lambda: conn.AdminConnection(self),
             "metrics": lambda: conn.MetricsConnection(self),
         }
+        # our own accept loop, on either event loop (acl/serve/accept.py says
+        # why): the sockets keep the kernel backlog they were listened with
         for name, sock in self._sockets.items():
-            sock.setblocking(False)
-            if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(factories[name], sock=sock,
-                                                    backlog=LISTEN_BACKLOG)
-            else:
-                srv = await loop.create_server(factories[name], sock=sock)
-            self._servers.append(srv)
+            self._servers.append(accept.Acceptor(loop, name, sock, factories[name],
+                                                 self.accept_stats, self.log))
 
     # -- reload --------------------------------------------------------
     def request_reload(self, why: str) -> None:
@@ -333,12 +357,14 @@ class Server:
             systemd.notify(systemd.reloading_text())
             t0 = time.perf_counter()
             path = privileges.rebase(str(self.engine.policy.path or ""), self.chroot) or None
+            before = self._stat_files()       # what a failed attempt is compared with
             try:
                 prepared = await loop.run_in_executor(self._executor, self.engine.prepare, path)
             except Exception as exc:
                 systemd.notify("READY=1")
                 self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
                 result = {"ok": False, "error": str(exc)}
+                self._watch_state = before
             else:
                 self.engine.commit(prepared)
                 systemd.notify("READY=1")
@@ -353,7 +379,7 @@ class Server:
                 self.log(f"reloaded ({why}) in {ms:.1f} ms ({parts}{more})")
                 result = {"ok": True, "seconds": ms / 1000, **self.engine.last_prepare,
                           "diagnostics": diagnostics}
-            self._watch_state = self._stat_files()
+                self._watch_state = self._baseline()
             if not self._again:
                 return result
             why = "again"
@@ -365,22 +391,23 @@ class Server:
         return await self._reloading
 
     def _stat_files(self) -> dict:
-        out = {}
-        for p in self.engine.watched_files():
-            p = privileges.rebase(str(p), self.chroot)
-            try:
-                st = os.stat(p)
-                out[p] = (st.st_mtime_ns, st.st_size, st.st_ino)
-            except OSError:
-                out[p] = None
-        return out
+        """The watched files as they are now."""
+        return {p: self.engine.file_stamp(p) for p in
+                (privileges.rebase(str(f), self.chroot) for f in self.engine.watched_files())}
+
+    def _baseline(self) -> dict:
+        """The running policy's files as they were before it read them."""
+        return {privileges.rebase(p, self.chroot): st
+                for p, st in self.engine.watched_stamps().items()}
 
     async def _watch(self, interval: float) -> None:
-        self._watch_state = self._stat_files()
+        self._watch_state = self._baseline()
         while True:
             await asyncio.sleep(interval)
             if not self.engine.policy.run.watch:
                 continue
+            if self._reloading is not None and not self._reloading.done():
+                continue                      # it sets the baseline when it ends
             now = self._stat_files()
             if now != self._watch_state:
                 self._watch_state = now
@@ -407,13 +434,16 @@ class Server:
                 "clients": self.clients,
                 "protocol_errors": [[p, code, n] for (p, code), n
                                     in sorted(self.protocol_errors.items())],
+                "accept_errors": [[s, code, n] for (s, code), n
+                                  in sorted(self.accept_stats.errors.items())],
             }
         if cmd == "dump":
             return {"ok": True, "policy": self.engine.describe()}
         return {"ok": False, "error": f"unknown command {cmd!r} (reload, stats, dump)"}
 
     # -- life cycle ----------------------------------------------------
-    async def serve(self, *, watch_interval: float = 1.0, ready=None) -> None:
+    async def serve(self, *, watch_interval: float = 1.0, ready=None,
+                    pending_reload=None) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
@@ -429,6 +459,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload, "SIGHUP")
+        if pending_reload is not None and pending_reload():   # a SIGHUP while starting
+            self.request_reload("SIGHUP during start-up")
         watcher = asyncio.ensure_future(self._watch(watch_interval))
         systemd.notify("READY=1")
         if ready is not None:
@@ -473,14 +505,12 @@ class Server:
     async def close(self) -> None:
         for srv in self._servers:
             srv.close()
+        self._servers.clear()
+        for sock in self._sockets.values():
+            sock.close()
         for c in list(self._conns):
             if c.transport is not None:
                 c.transport.abort()
-        for srv in self._servers:
-            try:
-                await asyncio.wait_for(srv.wait_closed(), 2)
-            except TimeoutError:
-                pass
         await asyncio.sleep(0)
         self._executor.shutdown(wait=False)
         self._name_executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,118 @@
+"""Accepting connections: one loop of ours, whatever event loop runs.
+
+Rules of this file:
+
+* The listening sockets are ours (listened on with the server's big kernel
+  backlog); the event loop is only asked to wake us when one is readable.
+  Neither loop's own accept is used, because neither handles running out of
+  descriptors acceptably: CPython 3.11's ``_accept_connection`` goes on
+  calling ``accept()`` ``backlog`` times per wake-up after EMFILE, logging a
+  traceback and arming a retry timer each time (with a 4096 backlog: 100%
+  CPU and hundreds of MB of log); libuv (uvloop) silently accepts and closes
+  every waiting client.
+* Per wake-up at most ``ACCEPT_BATCH`` connections are accepted; each is
+  handed to ``loop.connect_accepted_socket`` with the socket's protocol
+  factory.
+* Out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM): stop reading that
+  socket, count it (``errors``: one per failed wake-up, keyed by errno
+  name), log one line -- then at most one per ``LOG_EVERY`` seconds, with
+  how many failed meanwhile -- and try again ``RETRY`` seconds later.  The
+  clients wait in the kernel's backlog meanwhile; nobody is dropped by us.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+ACCEPT_BATCH = 64
+RETRY = 1.0            # seconds before accepting again after running out
+LOG_EVERY = 60.0       # seconds between two "out of descriptors" lines
+EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Acceptor:
+    """Accepts on ``sock`` and hands each connection a protocol from ``factory``."""
+
+    def __init__(self, loop, name: str, sock: socket.socket, factory, stats, log) -> None:
+        self.loop = loop
+        self.name = name                # query, policy, admin, metrics
+        self.sock = sock
+        self.factory = factory
+        self.stats = stats              # AcceptStats shared by every socket
+        self.log = log
+        self._timer = None
+        self._closed = False
+        self._tasks: set = set()
+        stats.errors.setdefault((name, "EMFILE"), 0)   # scraped from the start, as 0
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._ready)
+
+    def _ready(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in EXHAUSTED:
+                    self.log(f"{self.name} socket: accept: {exc.strerror or exc}")
+                    return
+                self._exhausted(exc)
+                return
+            conn.setblocking(False)
+            task = self.loop.create_task(
+                self.loop.connect_accepted_socket(self.factory, sock=conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._connected)
+
+    def _connected(self, task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log(f"{self.name} socket: a connection could not be set up: "
+                     f"{task.exception()}")
+
+    def _exhausted(self, exc: OSError) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.stats.failed(self.name, exc, self.log, self.loop.time())
+        self._timer = self.loop.call_later(RETRY, self._resume)
+
+    def _resume(self) -> None:
+        self._timer = None
+        if not self._closed:
+            self.loop.add_reader(self.sock.fileno(), self._ready)
+
+    def close(self) -> None:
+        """Stop accepting (the socket itself is closed by its owner)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            self.loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):    # already closed
+            pass
+
+
+class AcceptStats:
+    """Failed accepts for the metrics, and the rate limit of their log line."""
+
+    def __init__(self) -> None:
+        self.errors: dict[tuple[str, str], int] = {}   # (socket, errno name) -> wake-ups
+        self._last_log: float | None = None
+        self._unlogged = 0
+
+    def failed(self, name: str, exc: OSError, log, now: float) -> None:
+        code = errno.errorcode.get(exc.errno, str(exc.errno))
+        k = (name, code)
+        self.errors[k] = self.errors.get(k, 0) + 1
+        if self._last_log is not None and now - self._last_log < LOG_EVERY:
+            self._unlogged += 1
+            return
+        more = (f" ({self._unlogged} more since the last line)" if self._unlogged else "")
+        log(f"{name} socket: accept: {code} ({exc.strerror}): out of descriptors, "
+            f"new clients wait in the backlog; retrying every {RETRY:g} s, "
+            f"logging at most every {LOG_EVERY:g} s{more}")
+        self._last_log = now
+        self._unlogged = 0

@@ -1,0 +1,84 @@
+"""``[names] ttl = 0`` / ``negative_ttl = 0``: no caching across requests,
+and still one lookup per request, in a worker thread, whose answer that
+request's decision reads (acl/names.py rules).  The lookup waits on an Event,
+so the test says when an answer arrives (as tests/nfq/test_held.py does)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from acl.client import AsyncClient
+from acl.engine import KERNEL, Engine
+from acl.model import Verdict
+from acl.policy import load_policy
+from acl.serve.server import Server
+
+NAMED, UNNAMED = "10.2.2.2", "10.3.3.3"
+WAIT = 10.0
+
+
+def write_policy(d: Path, key: str) -> Path:
+    (d / "hosts.allow").write_text("sshd: 127.0.0.1\necho: .good.example\necho: unknown\n")
+    (d / "hosts.deny").write_text("ALL: ALL\n")
+    (d / "hosts").write_text(f"{NAMED}\tc2.good.example\n")
+    toml = d / "policy.toml"
+    toml.write_text(f'[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
+                    f'{key} = 0\n\n[[source]]\ntype = "hosts_access"\n'
+                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
+    return toml
+
+
+@pytest.mark.parametrize("key, client", [("ttl", NAMED), ("negative_ttl", UNNAMED)])
+def test_a_zero_ttl_answer_is_used_by_its_request_never_looked_up_on_the_loop(
+        tmp_path, key, client):
+    engine = Engine(load_policy(write_policy(tmp_path, key)))
+    names = engine.policy.name_service
+    gate = threading.Event()
+    lookup = names.lookup
+    threads: list[str] = []
+
+    def gated_lookup(kind, addr):
+        threads.append(threading.current_thread().name)
+        assert gate.wait(WAIT), "the test never opened the gate"
+        return lookup(kind, addr)
+
+    names.lookup = gated_lookup
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
+
+    async def scenario():
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+            named = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+            other = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+            try:
+                asking = asyncio.ensure_future(named.decide("echo", client))
+                while not threads:
+                    await asyncio.sleep(0.01)
+                # the lookup waits: another client is answered meanwhile
+                d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
+                assert d.verdict is Verdict.ALLOW
+                gate.set()
+                d = await asyncio.wait_for(asking, WAIT)
+                # echo: .good.example (the named client), echo: unknown (the other)
+                assert d.verdict is Verdict.ALLOW
+            finally:
+                await named.close()
+                await other.close()
+        finally:
+            server.stop()
+            await asyncio.wait_for(serving, WAIT)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()
+    assert threads and all(t.startswith("names") for t in threads), threads
+    assert len(threads) == 1, threads           # one lookup for the one request
+    assert names.entries == 1 and names.cached("verified", client) == (False, None)
