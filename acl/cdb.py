@@ -53,6 +53,7 @@ import struct
 from bisect import bisect_left
 
 from acl.errors import AclError
+from acl.rulefiles import read_bytes
 
 __all__ = ["CdbError", "CdbWriter", "CdbReader", "cdb_hash", "make_cdb", "HEADER_SIZE"]
 
@@ -143,8 +144,7 @@ class CdbReader:
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> CdbReader:
-        with open(path, "rb") as f:
-            return cls(f.read())
+        return cls(read_bytes(path))
 
     # -- djb's cdb_read: a read that does not fit is a format error --------
     def _read(self, pos: int, length: int) -> bytes:

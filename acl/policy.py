@@ -67,6 +67,7 @@ from pathlib import Path
 
 from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.nfqueue_config import NfqueueConfig
+from acl.rulefiles import read_bytes
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 #: A file modified less than this long before it was stamped may change again
@@ -322,8 +323,7 @@ def _locate(path, where: str) -> tuple[int, int] | None:
     if not dot or not table.isidentifier() or not key.isidentifier():
         return None
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            lines = f.read().splitlines()
+        lines = read_bytes(path).decode("utf-8", "replace").splitlines()
     except (OSError, TypeError):
         return None
     current = None
@@ -433,8 +433,7 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
     from acl.resolve import HostsFileBackend, Resolver, SystemBackend
 
     if names.hosts_file:
-        with open(names.hosts_file, encoding="latin-1") as f:
-            text = f.read()
+        text = read_bytes(names.hosts_file).decode("latin-1")
         backend, reverse = HostsFileBackend(text=text), HostsResolver(text)
     else:
         backend, reverse = SystemBackend(), SystemResolver()
@@ -512,8 +511,7 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
 def _hash_files(h, files) -> None:
     for f in files:
         h.update(str(f).encode() + b"\0")
-        with open(f, "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
+        h.update(hashlib.sha256(read_bytes(f)).digest())
 
 
 def _signature(files) -> bytes:
@@ -612,8 +610,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     stamped_ns = time.time_ns()
     file_stamps = {str(toml_path): stamp(toml_path)}       # before reading (module rules)
     try:
-        with open(toml_path, "rb") as f:
-            conf = tomllib.load(f)
+        conf = tomllib.loads(read_bytes(toml_path).decode("utf-8"))
     except OSError as exc:
         raise PolicyError(f"{toml_path}: cannot read: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:

@@ -55,6 +55,7 @@ from acl.cdb import HEADER_SIZE, CdbError, CdbReader
 from acl.core import PrefixTable
 from acl.model import Decision, Location, Reason, Request, Verdict
 from acl.parse.tcprules import parse_tcprules, rules_to_records
+from acl.rulefiles import read_bytes
 from acl.ucspi_addr import client_text
 
 __all__ = ["TcprulesLayer", "load_tcprules", "decode_data", "NO_MATCH"]
@@ -289,8 +290,7 @@ def load_tcprules(path: str | os.PathLike, *, mapped_as_v4: bool = True, use_hos
     CdbError for a broken cdb, OSError when the file cannot be read.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        blob = f.read()
+    blob = read_bytes(path)
     options = {"mapped_as_v4": mapped_as_v4, "use_host": use_host}
     if fmt is None:
         fmt = "cdb" if looks_like_cdb(path, blob) else "text"

@@ -44,6 +44,7 @@ from acl.parse.hosts_patterns import (
     split_at,
 )
 from acl.parse.hosts_prefixes import RulePrefixes
+from acl.rulefiles import read_bytes
 
 BUFLEN = 2048
 SEPARATORS = ", \t\r\n"
@@ -251,8 +252,7 @@ def strtok(text: str, base: int = 0) -> list[Token]:
 def read_pattern_file(path: str) -> str | None:
     """Contents of a ``/file`` pattern, or None when it cannot be opened."""
     try:
-        with open(path, "rb") as f:
-            return f.read().decode("latin-1")
+        return read_bytes(path).decode("latin-1")
     except OSError:
         return None
 
@@ -345,8 +345,7 @@ def read_hosts(path: str, *, dry_run: bool = False, read_file=read_pattern_file,
     """Read and parse ``path`` the way libwrap opens it (A.1.3, A.1.5);
     ``scan_clients`` as for :func:`parse_hosts`."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_bytes(path)
     except FileNotFoundError:
         return parse_hosts(path, None)
     except IsADirectoryError:

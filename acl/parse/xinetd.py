@@ -43,6 +43,7 @@ from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.parse.xinetd_attrs import DEFAULT_ATTRS, SERVICE_ATTRS, AttrFail
 from acl.parse.xinetd_resolve import SystemResolver
 from acl.parse.xinetd_system import SystemLookups
+from acl.rulefiles import read_bytes
 
 __all__ = ["XEntry", "XinetdConfig", "parse_xinetd", "parse_xinetd_text"]
 
@@ -329,8 +330,7 @@ def _read_file(path: str, ctx: _Ctx, top: bool) -> None:
     # newline="": xinetd reads bytes and ends a line at LF only, so a CR is
     # part of the line (a CRLF file's last value on each line ends in CR).
     try:
-        with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-            text = f.read()
+        text = read_bytes(path).decode("utf-8", "surrogateescape")
     except OSError as exc:
         if top:
             raise RuleSyntaxError(path, 0, 0, f"cannot read configuration: {exc.strerror}") \
