@@ -62,7 +62,7 @@ from pathlib import Path
 from acl.core import ENGINE_IMPLEMENTATION, engine_kernel
 from acl.errors import PolicyError
 from acl.model import Decision, Reason, Request, Verdict
-from acl.names import NeedName
+from acl.names import NeedName, Wanted
 
 # The compiled batch kernel or its twin, chosen by the one switch in acl.core.
 _kernel = engine_kernel
@@ -326,33 +326,40 @@ class Engine:
             self._observe((time.perf_counter() - t0) / len(out), len(out))
         return out
 
-    def name_lookups(self, request: Request, now: float) -> list[tuple[str, str]]:
-        """The uncached names deciding ``request`` would read, as ``(kind,
-        address)`` for :class:`acl.names.NameService` (see its rules).  A probe:
-        the hosts_access layers' ``check`` and the xinetd layers'
-        ``check_address`` change no state.  Empty when names are off, when the
-        caller sent the client's name, or when all that is needed is cached.
-        A UCSPI server's name is not one (module rules)."""
+    def name_lookups(self, request: Request, now: float) -> Wanted:
+        """The uncached answers deciding ``request`` would read, as items for
+        :class:`acl.names.NameService` (``(kind, address)``, ``(NETGROUP,
+        group, host)``; see its rules), in a :class:`acl.names.Wanted` that
+        carries ``request``.  A probe: the hosts_access layers' ``check`` and
+        the xinetd layers' ``check_address`` change no state.  Empty when
+        names are off or all that is needed is cached (or given, inside
+        ``NameService.answers``).  A client name the caller sent is not
+        looked up, but a netgroup asked of it is.  A UCSPI server's name is
+        not one (module rules)."""
         policy = self._policy
         names = policy.name_service
+        original = request
         request = names_for(request)
-        if names is None or request.host:
-            return []
-        wanted = []
+        wanted = Wanted((), original, now)
+        if names is None:
+            return wanted
+        named = bool(request.host)
         names.probing = True
         try:
             for layer, daemon in policy.layers_for(request.service):
                 try:
                     if getattr(layer, "name", "") == "xinetd":
-                        if layer.reads_names(request.service):
+                        if not named and layer.reads_names(request.service):
                             layer.check_address(request)
-                    elif getattr(layer, "resolver", None) is names and layer.residual:
-                        # (only residual rules read names)
+                    elif (getattr(layer, "resolver", None) is names and layer.residual
+                          and (not named or layer.netgroups)):
+                        # (only residual rules read names; with the caller's
+                        # name, only netgroups are left to ask)
                         layer.check(request if daemon is None else
                                     replace(request, service=daemon), now)
                 except NeedName as need:
-                    if (need.kind, need.addr) not in wanted:
-                        wanted.append((need.kind, need.addr))
+                    if need.key not in wanted:
+                        wanted.append(need.key)
         finally:
             names.probing = False
         return wanted

@@ -29,8 +29,16 @@ Rules of this file:
   as libwrap when the resolver fails), never a lookup on the loop.
   Outside ``acl serve`` (tests, scripts) nothing probes, and a miss looks up
   at once.
-* Netgroups (``@group``) are asked of the backend at match time, uncached:
-  NIS has no portable way to ask ahead.
+* Netgroups (``@group``, libwrap's ``innetgr(group, host name)`` at match
+  time) are a third kind, ``NETGROUP``, keyed ``(NETGROUP, group, host)``:
+  the same probe (:class:`NeedName`), worker thread, :meth:`answers` and
+  cache (``ttl`` for a member, ``negative_ttl`` for a non-member; ttl 0 asks
+  the backend once per request, as libwrap does), since ``innetgr`` is a
+  blocking NIS/LDAP call too.  A netgroup is asked of the client's *name*,
+  so one request may need its name first and a netgroup after:
+  :class:`Wanted` carries the request, and the server asks the engine
+  again once a round of answers is in (acl/serve/server.py
+  ``look_up_names``).
 * Time comes from the ``clock`` given (``time.time`` in ``acl serve``).
 """
 
@@ -44,15 +52,30 @@ from acl.resolve import UNKNOWN, Resolver
 
 VERIFIED = "verified"
 PTR = "ptr"
+NETGROUP = "netgroup"
 
 
 class NeedName(Exception):
-    """Raised in probe mode: deciding needs a name that is not cached."""
+    """Raised in probe mode: deciding needs an answer that is not cached.
+    ``key`` is the item to look up: ``(kind, address)``, or ``(NETGROUP,
+    group, host)``."""
 
-    def __init__(self, kind: str, addr: str):
-        super().__init__(f"{kind} name of {addr} not cached")
+    def __init__(self, kind: str, addr: str, *more: str):
+        super().__init__(f"{kind} answer for {' '.join((addr, *more))} not cached")
         self.kind = kind
         self.addr = addr
+        self.key = (kind, addr, *more)
+
+
+class Wanted(list):
+    """The items one request needs looked up (:meth:`acl.engine.Engine.name_lookups`),
+    with the request and its time, so that whoever looks them up can ask the
+    engine again with the answers in (a netgroup needs the name first)."""
+
+    def __init__(self, items=(), request=None, now: float = 0.0):
+        super().__init__(items)
+        self.request = request
+        self.now = now
 
 
 class NameService:
@@ -68,8 +91,8 @@ class NameService:
         self.clock = clock
         self.probing = False
         self._given: dict | None = None       # inside answers(): fetched for this request
-        self._cache: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
-        self.lookups: dict[str, int] = {VERIFIED: 0, PTR: 0}
+        self._cache: OrderedDict[tuple, tuple[float, str | bool | None]] = OrderedDict()
+        self.lookups: dict[str, int] = {VERIFIED: 0, PTR: 0, NETGROUP: 0}
         self.evictions = 0
 
     # -- what the layers call ------------------------------------------------
@@ -82,22 +105,23 @@ class NameService:
         return self._get(PTR, addr)
 
     def innetgr(self, group: str, host: str) -> bool:
-        return self.resolver.innetgr(group, host)
+        """libwrap's ``innetgr(group, host)`` (hosts_access ``@group``)."""
+        return bool(self._get(NETGROUP, group, host))
 
-    def _get(self, kind: str, addr: str):
+    def _get(self, kind: str, *key: str):
         if self._given is not None:
-            key = (kind, addr)
-            if key in self._given:
-                return self._given[key]
-        hit, name = self.cached(kind, addr)
+            item = (kind, *key)
+            if item in self._given:
+                return self._given[item]
+        hit, name = self.cached(kind, *key)
         if hit:
             return name
         if self.probing:
-            raise NeedName(kind, addr)
+            raise NeedName(kind, *key)
         if self._given is not None:
             return self.no_name(kind)         # fetched and failed: never in line
-        name = self.lookup(kind, addr)
-        self.store(kind, addr, name)
+        name = self.lookup(kind, *key)
+        self.store(kind, *key, name)
         return name
 
     # -- what acl serve calls --------------------------------------------------
@@ -114,29 +138,37 @@ class NameService:
 
     @staticmethod
     def no_name(kind: str) -> str | None:
-        """The answer when there is no name: libwrap's ``unknown``, xinetd's None."""
+        """The answer when there is none: libwrap's ``unknown``, xinetd's None,
+        not in the netgroup (libwrap's ``innetgr`` when NIS fails)."""
+        if kind == NETGROUP:
+            return False
         return UNKNOWN if kind == VERIFIED else None
 
-    def cached(self, kind: str, addr: str) -> tuple[bool, str | None]:
+    def cached(self, kind: str, *key: str) -> tuple[bool, str | bool | None]:
         """``(True, answer)`` when a fresh answer is cached, else ``(False, None)``."""
-        key = (kind, addr)
+        key = (kind, *key)
         hit = self._cache.get(key)
         if hit is None or hit[0] <= self.clock():
             return False, None
         self._cache.move_to_end(key)
         return True, hit[1]
 
-    def lookup(self, kind: str, addr: str) -> str | None:
-        """The backend's answer, uncached: safe to call from a worker thread."""
+    def lookup(self, kind: str, *key: str) -> str | bool | None:
+        """The backend's answer for ``(kind, *key)``, uncached: safe to call
+        from a worker thread."""
         if kind == VERIFIED:
-            return self.resolver.verify(addr)
-        return self.reverse_backend.reverse(addr)
+            return self.resolver.verify(*key)
+        if kind == NETGROUP:
+            return self.resolver.innetgr(*key)
+        return self.reverse_backend.reverse(*key)
 
-    def store(self, kind: str, addr: str, name: str | None) -> None:
-        """Cache an answer :meth:`lookup` gave (call on the loop thread)."""
+    def store(self, kind: str, *key_answer) -> None:
+        """Cache the answer :meth:`lookup` gave for ``(kind, *key)``: called as
+        ``store(kind, *key, answer)``, on the loop thread."""
+        *rest, name = key_answer
         self.lookups[kind] += 1
-        none = name is None or (kind == VERIFIED and name == UNKNOWN)
-        key = (kind, addr)
+        none = name is None or name is False or (kind == VERIFIED and name == UNKNOWN)
+        key = (kind, *rest)
         self._cache[key] = (self.clock() + (self.negative_ttl if none else self.ttl), name)
         self._cache.move_to_end(key)
         while len(self._cache) > self.max_entries:

@@ -41,7 +41,7 @@ import socket
 import sys
 from array import array
 
-from acl.compile.tcpw_residual import needs_a_name, rule_fn
+from acl.compile.tcpw_residual import needs_a_name, rule_fn, uses_netgroups
 from acl.core import PrefixTable, hosts_scan
 from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.model import GRANT_BY_DEFAULT, Decision, Location, Reason, Request, Verdict
@@ -380,6 +380,9 @@ class HostsAccessLayer:
                 if prefixes.v6:
                     e6.extend((net, length, i) for net, length in prefixes.v6)
         self.residual = residual
+        # whether a decision may ask innetgr (the engine probes for it even
+        # when the caller sent the client's name: acl/names.py)
+        self.netgroups = any(uses_netgroups(self.rules[i]) for i in residual)
         self._residual = [(i, daemon_gate(self.rules[i]), rule_fn(self.rules[i]),
                            resolver is None and needs_a_name(self.rules[i]))
                           for i in residual]

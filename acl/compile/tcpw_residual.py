@@ -196,3 +196,18 @@ def needs_a_name(rule: HostsRule) -> bool:
     """
     head = rule.clients.head
     return bool(head) and all(_only_names(t.host) for t in head)
+
+
+def _netgroup_in(pat) -> bool:
+    if isinstance(pat, Netgroup):
+        return True
+    if isinstance(pat, HostFile):
+        return any(_netgroup_in(p) for p in pat.patterns or ())
+    return False
+
+
+def uses_netgroups(rule: HostsRule) -> bool:
+    """Whether matching ``rule`` may ask ``innetgr`` (``@group`` in its client
+    list, or after ``daemon@`` in its daemon list, or in a ``/file`` there)."""
+    return (any(t.host is not None and _netgroup_in(t.host) for t in rule.daemons.tokens())
+            or any(_netgroup_in(t.host) for t in rule.clients.tokens()))

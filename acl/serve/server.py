@@ -66,6 +66,9 @@ from acl.serve import accept, capabilities, conn, privileges, systemd, workers
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups: a slow DNS server holds one each.
 NAME_THREADS = 8
+#: rounds of lookups for one request (look_up_names): its name, then each
+#: netgroup the rules ask of it in turn
+NAME_ROUNDS = 16
 
 
 def log(msg: str) -> None:
@@ -206,43 +209,75 @@ class Server:
         return uid in s.admin_uids or gid in s.admin_gids
 
     def look_up_names(self, wanted) -> asyncio.Future:
-        """A future done once every ``(kind, address)`` of ``wanted`` has been
-        looked up in a worker thread and cached (one lookup per item however
-        many connections wait for it); its result maps each item to its
-        answer, for the decision to read under ``NameService.answers`` (a
-        lookup that raised is left out, and is not cached)."""
+        """A future done once every item of ``wanted`` (``(kind, address)``,
+        ``(NETGROUP, group, host)``) has been looked up in a worker thread
+        and cached (one lookup per item however many connections wait for
+        it); its result maps each item to its answer, for the decision to
+        read under ``NameService.answers`` (a lookup that raised is left out,
+        and is not cached).  When ``wanted`` carries its request
+        (:class:`acl.names.Wanted`), the engine is asked again with the
+        answers in, and what it still wants is looked up too, for at most
+        ``NAME_ROUNDS`` rounds: a netgroup is asked of the client's name,
+        so it shows only once the name is in."""
         loop = asyncio.get_running_loop()
-        names = self.engine.policy.name_service
-        waits = []
-        for item in wanted:
-            fut = self._name_pending.get(item)
-            if fut is None:
-                fut = loop.run_in_executor(self._name_executor, names.lookup, *item)
-                self._name_pending[item] = fut
-                # registered first, so the answer is cached before any waiter resumes
-                fut.add_done_callback(lambda f, item=item: self._name_done(names, item, f))
-            waits.append(fut)
-        wanted = list(wanted)
+        request = getattr(wanted, "request", None)
+        got: dict = {}
+        tried: set = set()
+        rounds = 0
         out = loop.create_future()
 
-        def done(g) -> None:
+        def start(items) -> None:
+            items = [item for item in items if item not in tried]
+            if not items:
+                out.set_result(got)
+                return
+            tried.update(items)
+            waits = [self._look_up(loop, item) for item in items]
+            asyncio.gather(*waits, return_exceptions=True).add_done_callback(
+                lambda g: finished(items, g))
+
+        def finished(items, g) -> None:
+            nonlocal rounds
             if out.done():
                 return
             if g.cancelled():
                 out.cancel()
                 return
-            out.set_result({item: r for item, r in zip(wanted, g.result(), strict=True)
-                            if not isinstance(r, BaseException)})
+            got.update({item: r for item, r in zip(items, g.result(), strict=True)
+                        if not isinstance(r, BaseException)})
+            rounds += 1
+            names = self.engine.policy.name_service
+            if request is None or names is None or rounds >= NAME_ROUNDS:
+                out.set_result(got)
+                return
+            try:
+                with names.answers(got):
+                    more = self.engine.name_lookups(request, wanted.now)
+            except Exception as exc:      # decided with what is in
+                self.log(f"name lookups for {request.client}: {exc!r}")
+                more = ()
+            start(more)
 
-        asyncio.gather(*waits, return_exceptions=True).add_done_callback(done)
+        start(wanted)
         return out
+
+    def _look_up(self, loop, item) -> asyncio.Future:
+        """``item``'s lookup in a names thread, shared by all who wait for it."""
+        fut = self._name_pending.get(item)
+        if fut is None:
+            names = self.engine.policy.name_service
+            fut = loop.run_in_executor(self._name_executor, names.lookup, *item)
+            self._name_pending[item] = fut
+            # registered first, so the answer is cached before any waiter resumes
+            fut.add_done_callback(lambda f: self._name_done(names, item, f))
+        return fut
 
     def _name_done(self, names, item, fut) -> None:
         self._name_pending.pop(item, None)
         if not fut.cancelled() and fut.exception() is None:
-            names.store(item[0], item[1], fut.result())
+            names.store(*item, fut.result())
         elif not fut.cancelled():
-            self.log(f"name lookup {item[0]} {item[1]}: {fut.exception()}")
+            self.log(f"name lookup {' '.join(item)}: {fut.exception()}")
 
     def metrics_body(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

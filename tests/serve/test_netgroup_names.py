@@ -1,0 +1,101 @@
+"""``@group`` in hosts.allow: ``innetgr`` (NIS, LDAP: it may be slow) is asked
+in a names worker thread, never on the event loop, once per request, and the
+decision reads the answer fetched (acl/names.py rules).  The netgroup backend
+waits on an Event, so the test says when an answer arrives (as
+tests/serve/test_names_ttl0.py does for names): while it has not, another
+client must be answered.
+
+The netgroup is asked of the client's verified name, so a client whose name
+is not cached needs two rounds (name, then netgroup); a caller that sends
+the name needs only the netgroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from acl.client import AsyncClient
+from acl.engine import KERNEL, Engine
+from acl.model import Verdict
+from acl.policy import load_policy
+from acl.serve.server import Server
+
+MEMBER, OTHER = "10.2.2.2", "10.3.3.3"
+WAIT = 10.0
+
+
+def write_policy(d: Path, ttl: str) -> Path:
+    (d / "hosts.allow").write_text("sshd: 127.0.0.1\necho: @ops\n")
+    (d / "hosts.deny").write_text("ALL: ALL\n")
+    (d / "hosts").write_text(f"{MEMBER}\tc2.good.example\n{OTHER}\tc3.good.example\n")
+    toml = d / "policy.toml"
+    toml.write_text(f'[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
+                    f'{ttl}\n\n[[source]]\ntype = "hosts_access"\n'
+                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
+    return toml
+
+
+@pytest.mark.parametrize("ttl", ["", "ttl = 0\nnegative_ttl = 0"])
+@pytest.mark.parametrize("client, host, verdict", [
+    (MEMBER, None, Verdict.ALLOW),                  # name looked up, then the netgroup
+    (OTHER, None, Verdict.DENY),
+    (OTHER, "c2.good.example", Verdict.ALLOW),      # the caller's name is the one asked
+])
+def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, host, verdict):
+    engine = Engine(load_policy(write_policy(tmp_path, ttl)))
+    names = engine.policy.name_service
+    backend = names.resolver.backend
+    backend.netgroups = {"ops": {"c2.good.example"}}
+    gate = threading.Event()
+    asked = backend.innetgr
+    calls: list[tuple[str, str, str]] = []
+
+    def gated_innetgr(group, name):
+        calls.append((threading.current_thread().name, group, name))
+        assert gate.wait(WAIT), "the test never opened the gate"
+        return asked(group, name)
+
+    backend.innetgr = gated_innetgr
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
+    kw = {} if host is None else {"host": host}
+
+    async def scenario():
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+            asker = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+            other = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+            try:
+                asking = asyncio.ensure_future(asker.decide("echo", client, **kw))
+                while not calls:
+                    await asyncio.sleep(0.01)
+                # innetgr waits: another client is answered meanwhile
+                d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
+                assert d.verdict is Verdict.ALLOW
+                assert not asking.done()
+                gate.set()
+                d = await asyncio.wait_for(asking, WAIT)
+                assert d.verdict is verdict, d
+            finally:
+                await asker.close()
+                await other.close()
+        finally:
+            server.stop()
+            await asyncio.wait_for(serving, WAIT)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()
+    asked_name = host or {MEMBER: "c2.good.example", OTHER: "c3.good.example"}[client]
+    assert [c[1:] for c in calls] == [("ops", asked_name)], calls     # once per request
+    assert all(c[0].startswith("names") for c in calls), calls
+    assert names.lookups["netgroup"] == 1
+    assert names.cached("netgroup", "ops", asked_name) == (
+        (False, None) if ttl else (True, verdict is Verdict.ALLOW))
