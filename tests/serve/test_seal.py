@@ -133,7 +133,7 @@ def test_a_sealed_connection_flooding_without_reading_is_held_back(live):
             sent += s.send(batch)
     except (TimeoutError, BlockingIOError):
         pass
-    # the server stopped reading long before the ~3 GB of errors were owed
+    # the server stopped reading long before the ~260 MB of errors were owed
     assert sent < 400 * len(batch)
     with open(f"/proc/{live.proc.pid}/status") as f:
         rss_kb = int(next(ln for ln in f if ln.startswith("VmRSS")).split()[1])
