@@ -17,6 +17,19 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
 * A frame the codec calls fatal (bad length) gets an ERROR frame and the
   connection is closed; any other bad frame gets an ERROR reply and the
   connection goes on.  Other clients never notice.
+* Sealing (DECIDE flag SEAL; acl-wrap sets it with LEASE, because the
+  connection then crosses exec into the server and everything it forks):
+  once that DECIDE is answered the connection is *sealed* for good.  It
+  acts on RELEASE frames only (the leases it holds, as before); every other
+  frame -- DECIDE, PING, a bad frame -- is answered ERROR 8 and not acted
+  on, and the connection stays open: closing it would end the lease, and
+  whoever inherited the descriptor must not be able to end it with garbage.
+  A frame with a bad length (fatal elsewhere) gets one ERROR 8; after it
+  the stream cannot be framed, so the connection reads and drops everything
+  until it is closed ("deaf"), still holding its leases.  A sealed
+  connection never reaches the batch plan.  Its replies are bounded like
+  any connection's: by backpressure (below), never by dropping replies --
+  every frame still gets exactly one, in order.
 * Client names (acl/names.py): before a request is decided in Python, the
   engine says which uncached names its decision would read.  The
   connection then stops where it is -- replies so far are written, reading
@@ -119,16 +132,44 @@ class _Base(asyncio.Protocol):
         self.server.protocol_error(self.protocol, code)
 
 
+SEALED, DEAF = 1, 2           # BinaryConnection.sealed, after 0 (open)
+
+
 def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: bool,
-                  on_error=None, names_wanted=None) -> tuple[list[bytes], bool, list | None]:
+                  on_error=None, names_wanted=None, sealed: int = 0,
+                  on_seal=None) -> tuple[list[bytes], bool, list | None]:
     """Answer every complete frame in ``buf`` (consumed from it): the reply
     chunks in request order, whether the connection must close, and the
     names to look up before the first frame left in ``buf`` (``names_wanted(request,
-    now)`` says; None when all were answered)."""
+    now)`` says; None when all were answered).  ``sealed`` is the
+    connection's state (0, SEALED, DEAF: the module rules); ``on_seal(state)``
+    hears when it changes -- the frames after the change, in the same
+    ``buf``, are already answered the sealed way."""
     out: list[bytes] = []
     pos = 0
     plan = engine.plan
     while True:
+        if sealed:
+            if sealed == DEAF:
+                pos = len(buf)
+                break
+            event, pos = wb.next_event(buf, pos)
+            if event is None:
+                break
+            if type(event) is wb.Release:
+                ok = event.lease_id in leases and engine.release(event.lease_id)
+                if ok:
+                    leases.discard(event.lease_id)
+                out.append(wb.encode_released(event.request_id, ok))
+                continue
+            if on_error is not None:
+                on_error(wb.E_SEALED)
+            out.append(wb.encode_error(event.request_id, wb.E_SEALED, "connection sealed"))
+            if isinstance(event, wb.BadFrame) and event.fatal:
+                sealed = DEAF
+                if on_seal is not None:
+                    on_seal(DEAF)
+            continue
         if plan is not None:
             pos, chunk, status = plan.run(buf, pos, now)
             if chunk:
@@ -159,10 +200,14 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
                     on_error(code)
                 out.append(wb.encode_error(event.request_id, code,
                                            f"{wb.ERROR_TEXT[code]}: {exc}"))
-                continue
-            if d.lease:
-                leases.add(d.lease)
-            out.append(reply)
+            else:
+                if d.lease:
+                    leases.add(d.lease)
+                out.append(reply)
+            if event.seal:          # answered, either way: sealed from the next frame on
+                sealed = SEALED
+                if on_seal is not None:
+                    on_seal(SEALED)
         elif kind is wb.Release:
             ok = event.lease_id in leases and engine.release(event.lease_id)
             if ok:
@@ -190,13 +235,19 @@ class BinaryConnection(_Base):
         self.buf = bytearray()
         self.leases: set[int] = set()
         self.compiled = server.compiled
+        self.sealed = 0                 # SEALED, DEAF: the module rules
+
+    def _seal(self, state: int) -> None:
+        self.sealed = state
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
         if self._waiting:               # read before the pause took hold: hold it
             self.buf += data
             return
-        if not self.buf:
+        if self.sealed == DEAF:         # unframeable: drop, keep the leases
+            return
+        if not self.buf and not self.sealed:   # a sealed connection never reaches the plan
             # The common read: whole frames the plan answers all of -- no copy.
             plan = self.engine.plan
             if plan is not None:
@@ -211,7 +262,8 @@ class BinaryConnection(_Base):
 
     def go_on(self, now: float) -> None:
         out, fatal, wanted = answer_frames(self.engine, self.buf, now, self.leases,
-                                           self.compiled, self.error, self.names_wanted)
+                                           self.compiled, self.error, self.names_wanted,
+                                           self.sealed, self._seal)
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
         if fatal:

@@ -14,9 +14,12 @@ Rules of this file:
 * The decoder never holds more than one incomplete frame (< 65536 bytes), so
   what a client can make the server buffer is bounded by this codec.
 * DECIDE flags: LEASE, UCSPI (host and user are a UCSPI server's
-  TCPREMOTEHOST / TCPREMOTEINFO, ``Request.ucspi_names``) and INFO (that
-  TCPREMOTEINFO is set, maybe empty); any other bit is a bad frame, as
-  UCSPI and INFO are for a sidecar older than them.
+  TCPREMOTEHOST / TCPREMOTEINFO, ``Request.ucspi_names``), INFO (that
+  TCPREMOTEINFO is set, maybe empty) and SEAL (``Decide.seal``: once this
+  request is answered the connection only releases its own leases -- what
+  that means is acl/serve/conn.py's business, not the codec's); any other
+  bit is a bad frame, as UCSPI, INFO and SEAL are for a sidecar older than
+  them.
 * Encoders return whole frames (length prefix included).  Every frame is at
   most ``MAX_FRAME`` bytes except DECISION (server to client), which may be
   up to ``MAX_DECISION_FRAME``: a tcprules environment or a rule's options
@@ -59,10 +62,13 @@ F_LEASE = 0x0001
 #: DECIDE: host and user are the UCSPI server's TCPREMOTEHOST/TCPREMOTEINFO
 #: (Request.ucspi_names); INFO: TCPREMOTEINFO is set, even when user_len = 0
 F_UCSPI, F_INFO = 0x0002, 0x0004
-DECIDE_FLAGS = F_LEASE | F_UCSPI | F_INFO
+#: DECIDE: after answering it, the connection acts on nothing but RELEASE of
+#: its own leases (acl-wrap sets it: the connection then crosses exec)
+F_SEAL = 0x0008
+DECIDE_FLAGS = F_LEASE | F_UCSPI | F_INFO | F_SEAL
 
 E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD, E_DECISION_SIZE = 1, 2, 3, 4, 5, 6
-E_DECISION_ENCODING = 7
+E_DECISION_ENCODING, E_SEALED = 7, 8
 ERROR_TEXT = {
     E_VERSION: "unsupported version",
     E_TYPE: "unknown type",
@@ -71,6 +77,7 @@ ERROR_TEXT = {
     E_OVERLOAD: "server overloaded",          # reserved, never sent: backpressure instead
     E_DECISION_SIZE: "decision too large to send",
     E_DECISION_ENCODING: "decision cannot be encoded",
+    E_SEALED: "connection sealed: only RELEASE of its own leases is taken",
 }
 
 _HEAD = struct.Struct("<IBBHI")           # length, version, type, flags, request_id
@@ -85,6 +92,7 @@ _ADDR_LEN = {4: 4, 6: 16}
 class Decide:
     request_id: int
     request: Request
+    seal: bool = False          # flag SEAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +197,7 @@ def _event(version: int, ftype: int, flags: int, rid: int, payload: bytes) -> Ev
         if flags & ~DECIDE_FLAGS:
             return BadFrame(rid, E_PAYLOAD, "unknown DECIDE flags")
         try:
-            return Decide(rid, decode_decide(payload, flags))
+            return Decide(rid, decode_decide(payload, flags), bool(flags & F_SEAL))
         except ValueError as exc:
             return BadFrame(rid, E_PAYLOAD, str(exc))
     if ftype == T_RELEASE:
@@ -314,8 +322,9 @@ def decide_flags(request: Request) -> int:
     return flags
 
 
-def encode_decide(request_id: int, request: Request) -> bytes:
-    return frame(T_DECIDE, request_id, decide_payload(request), decide_flags(request))
+def encode_decide(request_id: int, request: Request, seal: bool = False) -> bytes:
+    flags = decide_flags(request) | (F_SEAL if seal else 0)
+    return frame(T_DECIDE, request_id, decide_payload(request), flags)
 
 
 def encode_release(request_id: int, lease_id: int) -> bytes:

@@ -31,8 +31,9 @@
  * The order of things, and why:
  * 1. Read both endpoints from fd 0 (peer.c).  Nothing else about the client
  *    is known: no name lookup happens unless a % expansion asks for one.
- * 2. One DECIDE with LEASE on a fresh connection to the sidecar, under the
- *    timeout (proto.c).  Under a UCSPI server that described this very
+ * 2. One DECIDE with LEASE and SEAL on a fresh connection to the sidecar,
+ *    under the timeout (proto.c); SEAL: after its answer that connection,
+ *    which the server and its children inherit, only releases its lease.  Under a UCSPI server that described this very
  *    connection (ucspi_described), the names it computed with the flags the
  *    admin chose -- TCPREMOTEHOST (-h/-H, -p), TCPREMOTEINFO (-r/-R) -- go
  *    with it, flagged UCSPI: they are what `tcpserver -x` would look up, and
@@ -378,7 +379,7 @@ int main(int argc, char **argv)
     st.deny_priority = wrap_log_facility | LOG_WARNING;
 
     ucspi_names(&c, &names);
-    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1, &names);
+    reqlen = encode_decide(req, sizeof req, &c, REQUEST_ID, 1, &names);   /* LEASE, SEAL */
     ok = reqlen > 0 &&
          ask_sidecar(sock, timeout_ms, req, reqlen, &reply, &replylen, &lease_fd,
                      err, sizeof err) == 0 &&

@@ -4,13 +4,19 @@
  * 1 MiB - 4, for long tcprules environments), u8 version (1), u8 type,
  * u16 flags, u32 request_id, payload.  Little-endian throughout.
  *
- * acl-wrap sends one DECIDE (0x01, flag LEASE = bit 0) and reads exactly one
- * frame back.  Under a UCSPI server that named the client (struct names:
- * TCPREMOTEHOST / TCPREMOTEINFO of this connection) the DECIDE also has flag
- * UCSPI (bit 1), the host in host_len and, when TCPREMOTEINFO is set (even
- * to ""), flag INFO (bit 2) and the info in user_len.  Without either name
- * no flag is sent: host_len = user_len = 0 means the same to the sidecar,
- * and an older sidecar, which refuses the flags, keeps working there.  Anything other than a well-formed DECISION (0x81) echoing our
+ * acl-wrap sends one DECIDE (0x01, flags LEASE = bit 0 and SEAL = bit 3)
+ * and reads exactly one frame back.  SEAL because this connection crosses
+ * exec into the server and everything it forks (a login shell, say): once
+ * the sidecar has answered, the connection takes nothing but RELEASE of its
+ * own lease, so whoever inherits it cannot ask for other addresses' slots.
+ * A sidecar older than SEAL refuses the flag (ERROR 3) and the fail mode
+ * applies: acl-wrap and the sidecar are upgraded together.  Under a UCSPI
+ * server that named the client (struct names: TCPREMOTEHOST / TCPREMOTEINFO
+ * of this connection) the DECIDE also has flag UCSPI (bit 1), the host in
+ * host_len and, when TCPREMOTEINFO is set (even to ""), flag INFO (bit 2)
+ * and the info in user_len; without either name neither flag is sent
+ * (host_len = user_len = 0 means the same to the sidecar).  Anything other
+ * than a well-formed DECISION (0x81) echoing our
  * request id -- an ERROR (0xFF) frame, a short read, a bad length, a count
  * that runs past the payload, trailing bytes, a NUL inside a name -- is
  * "the sidecar is not usable", and the caller applies its fail mode.  No
@@ -40,6 +46,7 @@
 #define FLAG_LEASE 0x0001
 #define FLAG_UCSPI 0x0002
 #define FLAG_INFO 0x0004
+#define FLAG_SEAL 0x0008
 #define FRAME_MAX 65536             /* whole frame, length field included */
 #define DECISION_MAX (1 << 20)      /* a DECISION frame, the same way */
 #define ITEMS_MAX 4096
@@ -71,7 +78,7 @@ size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
     size_t slen = strlen(c->daemon), o = 12, alen, need;
     size_t hlen = n && n->host ? strlen(n->host) : 0, ulen = n && n->info ? strlen(n->info) : 0;
     int cf = wire_family(&c->client), sf = wire_family(&c->server);
-    unsigned flags = lease ? FLAG_LEASE : 0;
+    unsigned flags = lease ? FLAG_LEASE | FLAG_SEAL : 0;   /* the lease's connection crosses exec */
 
     if (slen < 1 || slen > 255 || cf == 0 || hlen > 255 || ulen > 255)
         return 0;

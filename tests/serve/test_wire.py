@@ -107,6 +107,19 @@ def test_ucspi_names_flag_layout_and_round_trip():
     assert plain[0].request.user is None and plain[0].request.ucspi_names is False
 
 
+def test_seal_flag_layout_and_round_trip():
+    """DECIDE flag SEAL (bit 3) travels as asked, decodes to ``Decide.seal``,
+    and goes with the other flags (acl-wrap sends it with LEASE)."""
+    r = Request("echo", "127.0.0.5", lease=True)
+    f = wb.encode_decide(7, r, seal=True)
+    assert struct.unpack_from("<H", f, 6)[0] == wb.F_LEASE | wb.F_SEAL == 9
+    u = Request("smtpd", "::1", host="h", user="", ucspi_names=True, lease=True)
+    blob = f + wb.encode_decide(8, u, seal=True) + wb.encode_decide(9, r)
+    assert wb.BinaryDecoder().feed(blob) == [wb.Decide(7, r, True), wb.Decide(8, u, True),
+                                             wb.Decide(9, r, False)]
+    assert struct.unpack_from("<H", wb.encode_decide(8, u, seal=True), 6)[0] == 15
+
+
 def test_ucspi_names_are_read_as_the_tcprules_keys_are():
     """A remote identd's bytes need not be UTF-8: read with surrogateescape
     (the tcprules layer's reading of its keys), never an error."""
@@ -124,7 +137,7 @@ def test_ucspi_names_are_read_as_the_tcprules_keys_are():
 @pytest.mark.parametrize("flags, why", [
     (wb.F_INFO, "INFO without UCSPI"),
     (wb.F_UCSPI, "a user without INFO"),
-    (0x0008, "an unknown bit: what a sidecar without UCSPI answers for bit 1"),
+    (0x0010, "an unknown bit: what a sidecar without UCSPI answers for bit 1"),
 ])
 def test_bad_decide_flags_are_errors(flags, why):
     f = bytearray(wb.encode_decide(4, Request("smtpd", "192.0.2.1", user="joe")))

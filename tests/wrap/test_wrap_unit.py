@@ -218,19 +218,20 @@ def test_ucspi_names_of_this_connection_are_sent_flagged(wrap_bin, sidecar, echo
     r = req.request
     assert (r.host, r.user, r.ucspi_names) == sent
     flags = struct.unpack_from("<H", side.raw[0], 6)[0]
-    assert flags == binary.F_LEASE | (binary.F_UCSPI if sent[2] else 0) | (
+    assert flags == binary.F_LEASE | binary.F_SEAL | (binary.F_UCSPI if sent[2] else 0) | (
         binary.F_INFO if sent[1] is not None else 0)
     assert got["TCPREMOTEIP"] == "127.0.0.13"
 
 
-def test_a_sidecar_without_ucspi_refuses_the_flag_and_acl_wrap_fails_closed(
+def test_a_sidecar_without_ucspi_or_seal_refuses_the_flags_and_acl_wrap_fails_closed(
         wrap_bin, sidecar, echo_server, port, short_tmp):
     """A sidecar older than flag UCSPI answers ERROR 3 to it (acl.wire.binary
     did, for any bit but LEASE): acl-wrap then fails closed, or open when
-    told -- it never runs the server on names that were not judged.  Without
-    names (tcpserver -H -R) no flag is sent, and the old sidecar serves."""
+    told -- it never runs the server on names that were not judged.  One
+    older than SEAL, which acl-wrap always sends, does the same to every
+    request: with or without names, closed by default, open when told."""
     def old(ev):
-        if ev.request.ucspi_names:
+        if ev.request.ucspi_names or ev.seal:
             return binary.encode_error(ev.request_id, binary.E_PAYLOAD, "unknown DECIDE flags")
         return harness.decision(1)
 
@@ -245,6 +246,9 @@ def test_a_sidecar_without_ucspi_refuses_the_flag_and_acl_wrap_fails_closed(
     assert b"READY" in h.read_until(b"READY\n")
     h.finish()
     h = harness.Handoff(argv, "127.0.0.13", port, env=PATH_ENV)
+    assert h.read_all() == b""
+    assert h.finish() == 111
+    h = harness.Handoff(argv, "127.0.0.13", port, env=dict(PATH_ENV, ACL_WRAP_FAIL="open"))
     assert b"READY" in h.read_until(b"READY\n")
     h.finish()
 
