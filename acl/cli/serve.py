@@ -113,11 +113,15 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
     engine = Engine(policy)
     from acl.serve.server import Server
+    from acl.serve.systemd import PassedSocketError
 
     server = Server(engine, compiled=compiled, build=core.BUILD,
                     pure_parts=core.PURE_PARTS)
     try:
         addrs = server.bind()
+    except PassedSocketError as exc:                 # a unit to fix: retrying cannot help
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (OSError, AclError) as exc:
         print(f"{PROG}: fatal: cannot listen: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY

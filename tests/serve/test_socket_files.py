@@ -1,8 +1,10 @@
-"""The socket files ``acl serve`` makes: their mode, as the policy gives it.
+"""The socket files ``acl serve`` makes: their mode, as the policy gives it;
+and the roles of sockets passed by systemd.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import pytest
 
 from acl.errors import PolicyError
 from acl.policy import load_policy
+from acl.serve import systemd
 
 from .conftest import policy_toml
 
@@ -40,3 +43,25 @@ def test_octal_modes_are_taken(tmp_path, written):
     cfg = policy_toml(tmp_path)
     cfg.write_text(cfg.read_text().replace('mode = "0666"', f"mode = {written}"))
     assert load_policy(cfg).sockets.mode == 0o600
+
+
+@pytest.mark.parametrize("names, count, roles", [
+    ([], 2, ["query", "policy"]),                               # LISTEN_FDNAMES unset
+    (["unknown", "unknown", "unknown"], 3, ["query", "policy", "admin"]),
+    (["admin", "query"], 2, ["admin", "query"]),
+    (["metrics"], 1, ["metrics"]),
+])
+def test_passed_sockets_get_roles_by_name_or_all_by_order(names, count, roles):
+    assert systemd._roles(names, count) == roles
+
+
+@pytest.mark.parametrize("names, count, message", [
+    (["query", "acl.socket"], 2, "fd 4 is named 'acl.socket'"),
+    (["query", "unknown"], 2, "fd 4 is named 'unknown'"),       # a name lost among real ones
+    (["query"], 2, "fd 4 is named '(nothing)'"),
+    (["query", "query"], 2, "fd 4: a second socket named 'query'"),
+    ([], 5, "5 sockets passed without names"),
+])
+def test_passed_sockets_with_names_that_do_not_say_their_role_are_refused(names, count, message):
+    with pytest.raises(systemd.PassedSocketError, match=re.escape(message)):
+        systemd._roles(names, count)
