@@ -1,20 +1,111 @@
-"""The socket files ``acl serve`` makes: their mode, as the policy gives it;
-and the roles of sockets passed by systemd.
+"""The socket files ``acl serve`` makes: where (a runtime directory that must
+be ours), with which mode (born with it: no chmod by a path someone could
+swap); and the roles of sockets passed by systemd.
+
+The root-only tests pre-create directories as uid 65534, the attacker of
+the audit's repro (another local user who made /tmp/acl-0 first).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import subprocess
 import sys
 
 import pytest
 
+from acl.engine import KERNEL, Engine
 from acl.errors import PolicyError
 from acl.policy import load_policy
+from acl.serve import server as server_mod
 from acl.serve import systemd
+from acl.serve.server import Server
 
 from .conftest import policy_toml
+
+NOBODY = 65534
+root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root (chown to another user)")
+
+
+def _serve_example(runtime: str) -> subprocess.CompletedProcess:
+    """``acl serve`` with no --config (the quick start): its sockets go to
+    $XDG_RUNTIME_DIR/acl.  Expected to exit at once."""
+    env = {k: v for k, v in os.environ.items() if k != "RUNTIME_DIRECTORY"}
+    env["XDG_RUNTIME_DIR"] = runtime
+    return subprocess.run([sys.executable, "-m", "acl", "serve", "--metrics", ""],
+                          capture_output=True, text=True, timeout=30, env=env, cwd=runtime)
+
+
+@root_only
+def test_a_runtime_dir_another_user_made_is_refused(tmp_path):
+    rd = tmp_path / "acl"
+    rd.mkdir()
+    os.chmod(rd, 0o777)
+    os.chown(rd, NOBODY, NOBODY)
+    out = _serve_example(str(tmp_path))
+    assert out.returncode == 111, out.stderr
+    assert (f"acl serve: fatal: cannot listen: {rd}: owned by uid {NOBODY}, not by us "
+            "(uid 0): a runtime directory must be ours alone") in out.stderr
+    assert os.listdir(rd) == []                 # nothing made in it
+
+
+@pytest.mark.parametrize("kind", ["symlink", "group-writable"])
+def test_a_runtime_dir_that_is_not_private_is_refused(tmp_path, kind):
+    real = tmp_path / "elsewhere"
+    real.mkdir()
+    rd = tmp_path / "acl"
+    if kind == "symlink":
+        rd.symlink_to(real)
+        why = "not a directory (a symlink?)"
+    else:
+        rd.mkdir()
+        os.chmod(rd, 0o775)
+        why = "writable by others (mode 0775)"
+    out = _serve_example(str(tmp_path))
+    assert out.returncode == 111, out.stderr
+    assert f"cannot listen: {rd}: {why}" in out.stderr
+    assert os.listdir(real) == []
+
+
+@root_only
+def test_sockets_are_born_with_their_mode_never_chmodded_by_path(tmp_path, monkeypatch):
+    """A chmod or a symlink-following chown after bind is what the owner of
+    the directory could redirect (the audit's race): none may happen."""
+    cfg = policy_toml(tmp_path)
+    text = cfg.read_text().replace('mode = "0666"', 'mode = "0640"\ngroup = "nogroup"')
+    cfg.write_text(text)
+    srv = Server(Engine(load_policy(cfg)), compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    calls = []
+    real_chown = os.chown
+
+    def no_chmod(path, *a, **kw):
+        raise AssertionError(f"chmod by path: {path}")
+
+    def chown(path, uid, gid, *, follow_symlinks=True, **kw):
+        calls.append((path, follow_symlinks))
+        return real_chown(path, uid, gid, follow_symlinks=follow_symlinks, **kw)
+
+    monkeypatch.setattr(server_mod.os, "chmod", no_chmod)
+    monkeypatch.setattr(server_mod.os, "chown", chown)
+    old = os.umask(0o022)                     # would clear group/other write bits
+    try:
+        srv.bind()
+        assert os.umask(0o022) == 0o022       # put back after each bind
+    finally:
+        os.umask(old)
+    try:
+        modes = {n: stat.S_IMODE(os.lstat(tmp_path / f"{n}.sock").st_mode)
+                 for n in ("query", "policy", "admin")}
+        assert modes == {"query": 0o640, "policy": 0o640, "admin": 0o666}
+        assert sorted(calls) == [(str(tmp_path / "policy.sock"), False),
+                                 (str(tmp_path / "query.sock"), False)]
+    finally:
+        for s in srv._sockets.values():
+            s.close()
+        for p in srv._made_paths:
+            os.unlink(p)
 
 
 @pytest.mark.parametrize("written, message", [
