@@ -40,7 +40,8 @@ Theory of operation:
   triggers during one make exactly one more.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
   client (their leases are released), remove the socket files we made, and
-  exit at once: a name lookup or reload compile still running is abandoned
+  exit at once (files a dropped user may not remove are named in one log
+  line; the next start replaces them): a name lookup or reload compile still running is abandoned
   (its threads are daemon threads, acl/serve/workers.py).
 """
 
@@ -527,8 +528,17 @@ class Server:
         await asyncio.sleep(0)
         self._executor.shutdown(wait=False)
         self._name_executor.shutdown(wait=False, cancel_futures=True)
+        # after [run] user the directory is often not ours to write (a
+        # descriptor of it kept from before the drop would not help: unlink
+        # checks write permission on the directory, however it is reached):
+        # say which files stay, the next start replaces them
+        left = []
         for path in self._made_paths:
             try:
                 os.unlink(privileges.rebase(path, self.chroot))
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError as exc:
+                left.append(f"{path} ({exc.strerror})")
+        if left:
+            self.log(f"socket files not removed: {', '.join(left)}")

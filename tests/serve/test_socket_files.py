@@ -1,6 +1,6 @@
 """The socket files ``acl serve`` makes: where (a runtime directory that must
 be ours), with which mode (born with it: no chmod by a path someone could
-swap); and the roles of sockets passed by systemd.
+swap), and what is said when they cannot be removed on stop.
 
 The root-only tests pre-create directories as uid 65534, the attacker of
 the audit's repro (another local user who made /tmp/acl-0 first).
@@ -23,7 +23,7 @@ from acl.serve import server as server_mod
 from acl.serve import systemd
 from acl.serve.server import Server
 
-from .conftest import policy_toml
+from .conftest import policy_toml, start_server
 
 NOBODY = 65534
 root_only = pytest.mark.skipif(os.getuid() != 0, reason="needs root (chown to another user)")
@@ -134,6 +134,18 @@ def test_octal_modes_are_taken(tmp_path, written):
     cfg = policy_toml(tmp_path)
     cfg.write_text(cfg.read_text().replace('mode = "0666"', f"mode = {written}"))
     assert load_policy(cfg).sockets.mode == 0o600
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop privileges")
+def test_socket_files_a_dropped_user_cannot_remove_are_named_on_stop(tmp_path):
+    cfg = policy_toml(tmp_path, run='user = "nobody"\ngroup = "nogroup"')
+    srv = start_server(tmp_path, cfg)
+    try:
+        assert srv.stop() == 0
+        names = [f"{tmp_path}/{n}.sock (Permission denied)" for n in ("query", "policy", "admin")]
+        assert f"acl serve: socket files not removed: {', '.join(names)}" in srv.text()
+    finally:
+        srv.stop()
 
 
 @pytest.mark.parametrize("names, count, roles", [
