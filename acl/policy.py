@@ -579,12 +579,48 @@ def listen_problem(listen: str) -> str | None:
 
 
 def _mode(value, path) -> int:
+    """``[sockets] mode``: permission bits, 0..0o777 -- a string of octal
+    digits ("0660") or a TOML octal integer (0o660).  A TOML integer written
+    in decimal is refused: ``mode = 600`` reads as six hundred (0o1130), not
+    what it looks like; setuid, setgid and sticky bits mean nothing on a
+    socket, so a value above 0o777 is a mistake too."""
+    where = "sockets.mode"
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _err(path, where, f"not an octal mode: {value!r}")
     if isinstance(value, int):
-        return value
+        text = _value_text(path, where)
+        if text is not None and re.match(r"[+]?[0-9_]+(?![0-9a-zA-Z_])", text) and value > 7:
+            digits = text.lstrip("+").replace("_", "")
+            raise _err(path, where, f"{digits} is a decimal integer (mode {value:04o}), "
+                       f"not an octal mode: write \"0{digits}\" or 0o{digits}"
+                       if set(digits) <= set("01234567") else
+                       f"{digits} is a decimal integer: write the mode in octal, "
+                       "as \"0660\" or 0o660")
+        mode = value
+    else:
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise _err(path, where, f"not an octal mode: {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        shown = f"{value!r}" if isinstance(value, str) else f"{mode:#o}"
+        raise _err(path, where, f"{shown} is outside 0000..0777 (setuid, setgid and "
+                   "sticky bits mean nothing on a socket)")
+    return mode
+
+
+def _value_text(path, where: str) -> str | None:
+    """The TOML source text of ``table.key``'s value, from its position
+    (None when :func:`_locate` cannot find it)."""
+    at = _locate(path, where)
+    if at is None:
+        return None
     try:
-        return int(str(value), 8)
-    except ValueError:
-        raise _err(path, "sockets.mode", f"not an octal mode: {value!r}") from None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            line = f.read().splitlines()[at[0] - 1]
+    except (OSError, IndexError):
+        return None
+    return line[at[1] - 1:]
 
 
 def _ids(values, lookup, path, where: str) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import os
 import signal
+import stat
 import sys
 
 from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY
@@ -30,6 +31,36 @@ PROG = "acl serve"
 def runtime_dir() -> str:
     base = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR")
     return os.path.join(base, "acl") if base else f"/tmp/acl-{os.getuid()}"
+
+
+def own_runtime_dir(path: str) -> None:
+    """Make the example's socket directory, or accept it only if it is ours.
+
+    The XDG Base Directory Specification on $XDG_RUNTIME_DIR: "The directory
+    MUST be owned by the user, and he MUST be the only one having read and
+    write access to it."  Ours is made 0755, not 0700: the query socket is
+    for other local users to reach.  What counts is that nobody else can
+    create, rename or replace an entry in it -- /tmp/acl-$UID may have been
+    made by another user first, who could then swap a socket file for a
+    symlink between our bind and anything done to the path.  So an existing
+    one must be a real directory (lstat: not a symlink), owned by our
+    effective uid, not writable by group or others; else AclError."""
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    why = ""
+    if not stat.S_ISDIR(st.st_mode):
+        why = "not a directory (a symlink?)"
+    elif st.st_uid != os.geteuid():
+        why = f"owned by uid {st.st_uid}, not by us (uid {os.geteuid()})"
+    elif st.st_mode & 0o022:
+        why = f"writable by others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if why:
+        raise AclError(f"{path}: {why}: a runtime directory must be ours alone "
+                       "(XDG Base Directory Specification); remove it, or set "
+                       "XDG_RUNTIME_DIR, or pass --config with socket paths")
 
 
 def event_loop_runner() -> tuple[asyncio.Runner, str]:
@@ -111,13 +142,26 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: {policy.path}: {len(policy.sources)} sources, services "
               f"{', '.join(policy.services()) or '(none)'}")
         return EXIT_OK
+    if args.config is None:
+        # the host, not the input, is wrong: exit 111 as for every other
+        # reason the sockets cannot be made (the same command works once
+        # the directory is removed)
+        try:
+            own_runtime_dir(rd)
+        except (OSError, AclError) as exc:
+            print(f"{PROG}: fatal: cannot listen: {exc}", file=sys.stderr)
+            return EXIT_TEMPORARY
     engine = Engine(policy)
     from acl.serve.server import Server
+    from acl.serve.systemd import PassedSocketError
 
     server = Server(engine, compiled=compiled, build=core.BUILD,
                     pure_parts=core.PURE_PARTS)
     try:
         addrs = server.bind()
+    except PassedSocketError as exc:                 # a unit to fix: retrying cannot help
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (OSError, AclError) as exc:
         print(f"{PROG}: fatal: cannot listen: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY

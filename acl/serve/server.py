@@ -5,8 +5,9 @@ Theory of operation:
 * Start: load the policy, build the engine, then get every listening socket
   -- from systemd (``LISTEN_FDS``) when it passed them, else bind them
   ourselves (query, optional Postfix policy, optional admin Unix sockets,
-  optional metrics TCP address) and set the query/policy sockets' mode and
-  group -- then drop privileges (``[run] user/group/chroot``; with
+  optional metrics TCP address), each socket file made with its mode by
+  bind(2) itself under a matching umask and given its group by lchown --
+  never a chmod or chown by a path that follows a symlink -- then drop privileges (``[run] user/group/chroot``; with
   ``[nfqueue]`` CAP_NET_ADMIN alone survives, and must), then serve and tell
   systemd ``READY=1``.  Binding first is what lets an unprivileged
   server own sockets in root-only directories.
@@ -39,7 +40,8 @@ Theory of operation:
   triggers during one make exactly one more.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
   client (their leases are released), remove the socket files we made, and
-  exit at once: a name lookup or reload compile still running is abandoned
+  exit at once (files a dropped user may not remove are named in one log
+  line; the next start replaces them): a name lookup or reload compile still running is abandoned
   (its threads are daemon threads, acl/serve/workers.py).
 """
 
@@ -91,7 +93,8 @@ def _answers(path: str) -> bool:
     return True
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, mode: int) -> socket.socket:
+    """A listening Unix socket at ``path``, made with permissions ``mode``."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -109,7 +112,19 @@ def _bind_unix(path: str) -> socket.socket:
             os.unlink(path)              # a stale socket from an earlier run
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.bind(path)
+    # the file is born with its mode: bind(2) makes it 0777 & ~umask.  A
+    # chmod by path afterwards would follow whatever the directory's owner
+    # put there meanwhile (a symlink to /etc/shadow, chmodded by root), and
+    # Linux has no lchmod.  umask is process-wide: bind runs before any
+    # thread of ours starts (the executors start theirs on first use).
+    old = os.umask(0o777 & ~mode)
+    try:
+        s.bind(path)
+    except BaseException:
+        s.close()
+        raise
+    finally:
+        os.umask(old)
     s.listen(LISTEN_BACKLOG)
     return s
 
@@ -316,19 +331,18 @@ class Server:
                 self._sockets[name] = got[name]
                 self.addresses[name] = f"fd:{got[name].fileno()} (systemd)"
             elif path:
+                # admin: 0666, SO_PEERCRED decides who may talk
+                mode = 0o666 if name == "admin" else s.mode
                 try:
-                    sock = _bind_unix(path)
+                    sock = _bind_unix(path, mode)
                 except OSError as exc:
                     raise _bind_error(name, path, exc) from None
                 self._made_paths.append(path)
                 self._sockets[name] = sock
                 self.addresses[name] = path
-                if name == "admin":
-                    os.chmod(path, 0o666)     # SO_PEERCRED decides who may talk
-                else:
-                    os.chmod(path, s.mode)
-                    if s.group:
-                        os.chown(path, -1, grp.getgrnam(s.group).gr_gid)
+                if name != "admin" and s.group:
+                    # lchown: a symlink swapped in gets the group, not its target
+                    os.chown(path, -1, grp.getgrnam(s.group).gr_gid, follow_symlinks=False)
         listen = self.engine.policy.metrics_listen
         if "metrics" in got:
             self._sockets["metrics"] = got["metrics"]
@@ -549,8 +563,17 @@ class Server:
         await asyncio.sleep(0)
         self._executor.shutdown(wait=False)
         self._name_executor.shutdown(wait=False, cancel_futures=True)
+        # after [run] user the directory is often not ours to write (a
+        # descriptor of it kept from before the drop would not help: unlink
+        # checks write permission on the directory, however it is reached):
+        # say which files stay, the next start replaces them
+        left = []
         for path in self._made_paths:
             try:
                 os.unlink(privileges.rebase(path, self.chroot))
-            except OSError:
+            except FileNotFoundError:
                 pass
+            except OSError as exc:
+                left.append(f"{path} ({exc.strerror})")
+        if left:
+            self.log(f"socket files not removed: {', '.join(left)}")

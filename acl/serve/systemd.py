@@ -6,8 +6,22 @@
   does nothing; a send that fails is ignored (systemd may be gone).
 * ``listen_fds()``: the sockets systemd passed (``LISTEN_PID`` must be this
   process, ``LISTEN_FDS`` of them from fd 3), keyed by their
-  ``LISTEN_FDNAMES`` entry; unnamed ones get the next of ``ORDER``.  The
-  variables are removed so children do not inherit them.
+  ``LISTEN_FDNAMES`` entry.  The variables are removed so children do not
+  inherit them.
+
+Names (sd_listen_fds_with_names(3)): systemd names each fd by the socket
+unit's ``FileDescriptorName=``, else by the unit's own name
+(``acl-metrics-remote.socket``); "unknown" stands for a name it does not
+have.  A socket is trusted with a role only by name:
+
+* every name must be one of ``ORDER``, each at most once -- any other name
+  (a unit's name, "unknown" beside real names, a missing entry) refuses the
+  start (:class:`PassedSocketError`), never guesses: a TCP socket meant for a
+  remote Prometheus would otherwise become the Postfix policy socket;
+* with no names at all (``LISTEN_FDNAMES`` unset, as older activators and
+  ``systemd-socket-activate`` without ``--fdname`` pass them, or every entry
+  empty or "unknown") the fds take the roles of ``ORDER`` in turn, the
+  positional order docs/configuration.md promises; more than four is refused.
 """
 
 from __future__ import annotations
@@ -16,8 +30,15 @@ import os
 import socket
 import time
 
+from acl.errors import AclError
+
 SD_LISTEN_FDS_START = 3
 ORDER = ("query", "policy", "admin", "metrics")
+
+
+class PassedSocketError(AclError):
+    """The passed sockets' names do not say which role each one has: a unit
+    to fix, not a condition to wait out (``acl serve`` exits 100)."""
 
 
 def notify(text: str, env=None) -> bool:
@@ -54,15 +75,35 @@ def listen_fds(unset: bool = True) -> dict[str, socket.socket]:
             env.pop(k, None)
     if pid != os.getpid() or count <= 0:
         return {}
-    given = names.split(":") if names else []
+    roles = _roles(names.split(":") if names else [], count)
     out: dict[str, socket.socket] = {}
-    spare = [n for n in ORDER]
-    for i in range(count):
+    for i, name in enumerate(roles):
         fd = SD_LISTEN_FDS_START + i
         os.set_inheritable(fd, False)
-        sock = socket.socket(fileno=fd)
-        name = given[i] if i < len(given) and given[i] not in ("", "unknown") else ""
-        if name not in ORDER:
-            name = next((n for n in spare if n not in out), f"fd{fd}")
-        out[name] = sock
+        out[name] = socket.socket(fileno=fd)
     return out
+
+
+def _roles(given: list[str], count: int) -> list[str]:
+    """The role of each of ``count`` passed fds, from their names (the rules
+    at the top of this file)."""
+    if all(n in ("", "unknown") for n in given):
+        if count > len(ORDER):
+            raise PassedSocketError(
+                f"{count} sockets passed without names (LISTEN_FDNAMES); at most "
+                f"{len(ORDER)} can take the roles {', '.join(ORDER)} in that order: "
+                "name them with FileDescriptorName=")
+        return list(ORDER[:count])
+    given = given[:count] + [""] * (count - len(given))
+    seen: set[str] = set()
+    for i, name in enumerate(given):
+        fd = SD_LISTEN_FDS_START + i
+        if name not in ORDER:
+            raise PassedSocketError(
+                f"passed socket fd {fd} is named {name or '(nothing)'!r}, not one of "
+                f"{', '.join(ORDER)}: set FileDescriptorName= in its socket unit "
+                "(acl takes a passed socket's role from its name only)")
+        if name in seen:
+            raise PassedSocketError(f"passed socket fd {fd}: a second socket named {name!r}")
+        seen.add(name)
+    return given

@@ -188,3 +188,74 @@ def test_a_socket_it_cannot_bind_is_named_with_its_path(tmp_path):
     assert (f"acl serve: fatal: cannot listen: policy socket {run}/policy.sock: "
             "Read-only file system (under systemd, let a socket unit make it and pass it "
             "as FileDescriptorName=policy") in out, out
+
+
+def _activate(tmp_path, listens: list[str], fdnames: str | None, config) -> subprocess.Popen:
+    """systemd-socket-activate listening on ``listens``, naming them
+    ``fdnames`` (None: no --fdname, so no LISTEN_FDNAMES at all), running
+    ``acl serve --config`` on the first connection."""
+    names = [f"--fdname={fdnames}"] if fdnames is not None else []
+    return subprocess.Popen(["systemd-socket-activate", *listens, *names, *passed_env(),
+                             acl_entry_point(), "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _config(tmp_path):
+    (tmp_path / "hosts.allow").write_text("smtpd: 127.0.0.1\nsshd: 127.0.0.1\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    config = tmp_path / "policy.toml"
+    config.write_text(textwrap.dedent("""\
+        [sockets]
+        query = "not-this-query.sock"
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        [run]
+        watch = false
+        """))
+    return config
+
+
+def test_a_passed_socket_with_a_name_acl_does_not_know_is_refused(tmp_path):
+    """The audit's unit acl-metrics-remote.socket without FileDescriptorName=
+    (systemd names the fd after the unit): it used to become the Postfix
+    policy socket, on TCP.  Now the start is refused, naming it."""
+    (port,) = free_ports("socket_activation", 1)
+    proc = _activate(tmp_path, ["-l", f"{tmp_path}/q.sock", "-l", f"{tmp_path}/a.sock",
+                                "-l", f"127.0.0.1:{port}"],
+                     "query:admin:acl-metrics-remote.socket", _config(tmp_path))
+    try:
+        wait_for(lambda: (tmp_path / "q.sock").exists(), 10, proc=proc)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(tmp_path / "q.sock"))     # starts acl serve
+            out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    assert proc.returncode == 100, out
+    assert ("acl serve: fatal: passed socket fd 5 is named 'acl-metrics-remote.socket', "
+            "not one of query, policy, admin, metrics: set FileDescriptorName=") in out, out
+    assert " on fd:" not in out                    # nothing was served
+    assert not (tmp_path / "not-this-query.sock").exists()
+
+
+def test_sockets_passed_without_names_take_the_documented_order(tmp_path):
+    """No LISTEN_FDNAMES at all (systemd-socket-activate without --fdname):
+    query, policy, admin, metrics in turn (docs/configuration.md)."""
+    proc = _activate(tmp_path, ["-l", f"{tmp_path}/q.sock", "-l", f"{tmp_path}/p.sock"],
+                     None, _config(tmp_path))
+    try:
+        wait_for(lambda: (tmp_path / "p.sock").exists(), 10, proc=proc)
+        assert postfix_ask(tmp_path / "p.sock", "127.0.0.1") == "action=DUNNO"
+        client = Client(tmp_path / "q.sock")
+        try:
+            (reply,) = client.decide_many([Request("sshd", "127.0.0.1")])
+            assert reply.decision.verdict is Verdict.ALLOW
+        finally:
+            client.close()
+    finally:
+        stop_process(proc)
+        out = proc.stdout.read()
+    assert re.search(r"acl serve: query on fd:3 \(systemd\)", out), out
+    assert re.search(r"acl serve: policy on fd:4 \(systemd\)", out), out
+    assert not (tmp_path / "not-this-query.sock").exists()
