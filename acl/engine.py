@@ -338,11 +338,10 @@ class Engine:
         not one (module rules)."""
         policy = self._policy
         names = policy.name_service
-        original = request
-        request = names_for(request)
-        wanted = Wanted((), original, now)
-        if names is None:
+        wanted = Wanted((), request, now)
+        if names is None:       # the usual case: nothing more on the request path
             return wanted
+        request = names_for(request)
         named = bool(request.host)
         names.probing = True
         try:

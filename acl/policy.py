@@ -616,8 +616,7 @@ def _value_text(path, where: str) -> str | None:
     if at is None:
         return None
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            line = f.read().splitlines()[at[0] - 1]
+        line = read_bytes(path).decode("utf-8", "replace").splitlines()[at[0] - 1]
     except (OSError, IndexError):
         return None
     return line[at[1] - 1:]

@@ -30,15 +30,12 @@ class NotRegularFile(OSError):
     """A policy file that is not a regular file (nor a directory)."""
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode):
-        return "a character device"
-    if stat.S_ISBLK(mode):
-        return "a block device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
+def _not_regular(mode: int) -> str:
+    """What to say of a file of ``mode`` that is neither regular nor a directory."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return f"{kind}, not a regular file"
     return "not a regular file"
 
 
@@ -50,16 +47,9 @@ def read_bytes(path: str | os.PathLike) -> bytes:
         if stat.S_ISDIR(mode):
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
         if not stat.S_ISREG(mode):
-            kind = _kind(mode)
-            raise NotRegularFile(errno.EINVAL, f"{kind}, not a regular file"
-                                 if kind != "not a regular file" else kind, os.fspath(path))
+            raise NotRegularFile(errno.EINVAL, _not_regular(mode), os.fspath(path))
         with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     finally:
         os.close(fd)
 
-
-def read_text(path: str | os.PathLike, encoding: str = "utf-8",
-              errors: str = "strict") -> str:
-    """:func:`read_bytes`, decoded."""
-    return read_bytes(path).decode(encoding, errors)

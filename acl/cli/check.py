@@ -24,6 +24,7 @@ from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
 from acl.errors import Severity
 from acl.parse.hosts_access import read_hosts
+from acl.rulefiles import read_bytes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,9 +59,8 @@ def main(argv: list[str]) -> int:
     findings = check(layer)
     for table in (allow, deny):
         try:
-            with open(table.path, "rb") as f:
-                findings.extend(comment_continuations(table, f.read()))
-        except OSError:
+            findings.extend(comment_continuations(table, read_bytes(table.path)))
+        except OSError:         # read_hosts has reported it (a FIFO, a device...)
             pass
     unreadable = any(t.stop is not None and t.stop.line == 0 for t in (allow, deny))
     if args.v:

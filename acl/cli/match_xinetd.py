@@ -110,12 +110,12 @@ def main(argv: list[str]) -> int:
         return 100
     from acl.compile.xinetd import XinetdLayer, load_xinetd
     from acl.parse.xinetd_resolve import HostsResolver, SystemResolver
+    from acl.rulefiles import read_bytes
 
     resolver = SystemResolver()
     if opts["hosts"]:
         try:
-            with open(opts["hosts"], encoding="utf-8", errors="replace") as f:
-                resolver = HostsResolver(f.read())
+            resolver = HostsResolver(read_bytes(opts["hosts"]).decode("utf-8", "replace"))
         except OSError as exc:
             return _fatal(f"cannot read {opts['hosts']}: {exc.strerror}", 111)
     try:

@@ -37,7 +37,7 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   looked them up in a worker thread, and goes on in order, deciding with the
   answers fetched (``NameService.answers``: read before the cache, so a ttl
   of 0, an eviction or a reload cannot lose them; never a lookup on the
-  loop).  Other connections are answered meanwhile.  After ``NAME_ROUNDS``
+  loop).  Other connections are answered meanwhile.  After ``CONN_NAME_ROUNDS``
   rounds for one request it is decided anyway.
 * A decision too large to send (acl/wire/binary.py ``MAX_DECISION_FRAME``)
   is answered ERROR 6 with the request's id, any lease it took is given
@@ -65,7 +65,7 @@ from acl.wire import postfix as wp
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 ADMIN_MAX_LINE = 1024
-NAME_ROUNDS = 3
+CONN_NAME_ROUNDS = 3    # rounds one request waits here (server.NAME_ROUNDS: per lookup)
 METRICS_IDLE = 10.0          # seconds a metrics connection may take to ask
 
 
@@ -82,7 +82,7 @@ class _Base(asyncio.Protocol):
 
     def names_wanted(self, request, now: float):
         """The names to look up before ``request`` is decided, or None."""
-        if self._rounds >= NAME_ROUNDS:
+        if self._rounds >= CONN_NAME_ROUNDS:
             self._rounds = 0
             return None
         wanted = self.engine.name_lookups(request, now)
@@ -135,6 +135,14 @@ class _Base(asyncio.Protocol):
 SEALED, DEAF = 1, 2           # BinaryConnection.sealed, after 0 (open)
 
 
+def _release(engine, leases: set, event) -> bytes:
+    """RELEASED for ``event``: only a lease this connection holds is given back."""
+    ok = event.lease_id in leases and engine.release(event.lease_id)
+    if ok:
+        leases.discard(event.lease_id)
+    return wb.encode_released(event.request_id, ok)
+
+
 def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: bool,
                   on_error=None, names_wanted=None, sealed: int = 0,
                   on_seal=None) -> tuple[list[bytes], bool, list | None]:
@@ -157,10 +165,7 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
             if event is None:
                 break
             if type(event) is wb.Release:
-                ok = event.lease_id in leases and engine.release(event.lease_id)
-                if ok:
-                    leases.discard(event.lease_id)
-                out.append(wb.encode_released(event.request_id, ok))
+                out.append(_release(engine, leases, event))
                 continue
             if on_error is not None:
                 on_error(wb.E_SEALED)
@@ -209,10 +214,7 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
                 if on_seal is not None:
                     on_seal(SEALED)
         elif kind is wb.Release:
-            ok = event.lease_id in leases and engine.release(event.lease_id)
-            if ok:
-                leases.discard(event.lease_id)
-            out.append(wb.encode_released(event.request_id, ok))
+            out.append(_release(engine, leases, event))
         elif kind is wb.Ping:
             out.append(wb.encode_pong(event.request_id, compiled))
         else:

@@ -4,8 +4,9 @@
 Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
 
 * ``BatchPlan.run(buf, pos, now)`` walks the frames in ``buf[pos:]`` in
-  ``nogil`` loops.  A frame it can answer -- a version 1 DECIDE without
-  flags (LEASE, UCSPI, INFO), for a service of the plan, from a client whose address decides
+  loops that let the GIL go for reads of ``RUN_NOGIL_BYTES`` or more.  A
+  frame it can answer -- a version 1 DECIDE without flags (any flag: LEASE,
+  UCSPI, INFO, SEAL), for a service of the plan, from a client whose address decides
   the service's layers (the plan's range tables) -- is decoded, decided
   (per-source token bucket, then xinetd's parent checks, then a range
   lookup) and encoded into the reply buffer.  Pass A (nogil) decodes, looks

@@ -72,3 +72,15 @@ def test_a_reload_that_meets_a_fifo_keeps_the_running_policy(example):
     with pytest.raises(PolicyError, match="a FIFO, not a regular file"):
         eng.reload(p)
     assert eng.policy is running
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
+def test_acl_check_reports_a_hosts_file_that_is_not_regular(example, target):
+    """``acl check`` reads hosts.allow twice (rules, then comment
+    continuations): neither read may block on a FIFO or read /dev/zero."""
+    path = str(example / target) if target == "fifo" else target
+    out = subprocess.run([*ACL, "check", "--hosts-allow", path, "--hosts-deny",
+                          str(example / "hosts.deny")], capture_output=True, text=True,
+                         timeout=60)
+    assert "not a regular file" in out.stdout + out.stderr, out
+    assert "Traceback" not in out.stderr
