@@ -55,7 +55,7 @@ import os
 import threading
 import time
 from bisect import bisect_left
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -325,6 +325,16 @@ class Engine:
         if out:
             self._observe((time.perf_counter() - t0) / len(out), len(out))
         return out
+
+    def with_fetched(self, fut):
+        """A context to decide in with the answers ``fut`` (a done
+        ``Server.look_up_names`` future, or None) fetched for the request:
+        read before the names cache (``NameService.answers``).  Nothing to
+        read when names are off, or the lookup was cancelled."""
+        names = self._policy.name_service
+        if names is None or fut is None or fut.cancelled():
+            return nullcontext()
+        return names.answers(fut.result())
 
     def name_lookups(self, request: Request, now: float) -> Wanted:
         """The uncached answers deciding ``request`` would read, as items for

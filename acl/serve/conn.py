@@ -100,11 +100,7 @@ class _Base(asyncio.Protocol):
             return
         if not self._paused:
             self.transport.resume_reading()
-        names = self.engine.policy.name_service
-        if names is None or fut.cancelled():
-            self.go_on(time.time())
-            return
-        with names.answers(fut.result()):     # what was fetched for this request
+        with self.engine.with_fetched(fut):     # what was fetched for this request
             self.go_on(time.time())
 
     def go_on(self, now: float) -> None:

@@ -328,12 +328,8 @@ class NfqueueFrontDoor:
         if q is None:
             return
         code = bytearray(1)
-        names = self.engine.policy.name_service
-        if names is None or fut is None or fut.cancelled() or not isinstance(fut.result(), dict):
+        with self.engine.with_fetched(fut):     # what was fetched for this packet
             d = self._decide([req])[0]
-        else:
-            with names.answers(fut.result()):     # what was fetched for this packet
-                d = self._decide([req])[0]
         self._count(req, d, code, 0)
         try:
             q.verdict_one(pid, code[0], self.config.reject_mark)

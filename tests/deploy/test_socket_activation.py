@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -177,17 +178,24 @@ def test_a_socket_it_cannot_bind_is_named_with_its_path(tmp_path):
               f"{shlex.join(passed_env())} {acl_entry_point()} serve --config {config}")
     proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(lambda: (tmp_path / "q.sock").exists(), 10, proc=proc)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(tmp_path / "q.sock"))     # starts acl serve
-            out, _ = proc.communicate(timeout=30)
-    finally:
-        stop_process(proc)
+    out = _output_of_first_start(proc, tmp_path / "q.sock")
     assert proc.returncode == 111, out
     assert (f"acl serve: fatal: cannot listen: policy socket {run}/policy.sock: "
             "Read-only file system (under systemd, let a socket unit make it and pass it "
             "as FileDescriptorName=policy") in out, out
+
+
+def _output_of_first_start(proc: subprocess.Popen, listen: Path) -> str:
+    """Connect to ``listen`` once it exists (which starts ``acl serve``) and
+    return what the run printed by the time it exits (it is stopped anyway)."""
+    try:
+        wait_for(listen.exists, 10, proc=proc)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(listen))
+            out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    return out
 
 
 def _activate(tmp_path, listens: list[str], fdnames: str | None, config) -> subprocess.Popen:
@@ -225,13 +233,7 @@ def test_a_passed_socket_with_a_name_acl_does_not_know_is_refused(tmp_path):
     proc = _activate(tmp_path, ["-l", f"{tmp_path}/q.sock", "-l", f"{tmp_path}/a.sock",
                                 "-l", f"127.0.0.1:{port}"],
                      "query:admin:acl-metrics-remote.socket", _config(tmp_path))
-    try:
-        wait_for(lambda: (tmp_path / "q.sock").exists(), 10, proc=proc)
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(tmp_path / "q.sock"))     # starts acl serve
-            out, _ = proc.communicate(timeout=30)
-    finally:
-        stop_process(proc)
+    out = _output_of_first_start(proc, tmp_path / "q.sock")
     assert proc.returncode == 100, out
     assert ("acl serve: fatal: passed socket fd 5 is named 'acl-metrics-remote.socket', "
             "not one of query, policy, admin, metrics: set FileDescriptorName=") in out, out
