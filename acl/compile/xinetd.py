@@ -310,11 +310,12 @@ def _compile(config: XinetdConfig) -> tuple[XinetdPolicy, list[Diagnostic]]:
     return policy, diags
 
 
-def load_xinetd(path: str, resolver=None,
-                system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+def load_xinetd(path: str, resolver=None, system=None,
+                stamp=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
     """Read an xinetd configuration; services kept/dropped as xinetd does
-    (``system``: acl.parse.xinetd_system.SystemLookups, kept across reloads)."""
-    config = parse_xinetd(path, resolver, system)
+    (``system``: acl.parse.xinetd_system.SystemLookups, kept across reloads;
+    ``stamp``: see parse_xinetd -- the files read are ``policy.config.files``)."""
+    config = parse_xinetd(path, resolver, system, stamp)
     policy, diags = _compile(config)
     return policy, list(config.diagnostics) + diags
 

@@ -103,6 +103,10 @@ class XinetdConfig:
     services: list[XEntry]
     dropped: list[XEntry]
     diagnostics: list[Diagnostic]
+    #: every file read and directory listed (``include``, ``includedir``;
+    #: ones that could not be opened too), top file first, each with the
+    #: stamp taken just before it was read (None without a ``stamp``)
+    files: list[tuple[str, object]] = field(default_factory=list)
 
     def service(self, ident: str) -> XEntry | None:
         for s in self.services:
@@ -112,7 +116,10 @@ class XinetdConfig:
 
 
 class _Ctx:
-    def __init__(self, resolver, max_depth: int = 16, system=None):
+    def __init__(self, resolver, max_depth: int = 16, system=None, stamp=None):
+        #: stamp(path) before each file is read / directory listed
+        self.stamp = stamp or (lambda path: None)
+        self.files: list[tuple[str, object]] = []
         self.resolver = resolver if resolver is not None else SystemResolver()
         #: protocols, users, groups, servers, /etc/services (xinetd_system)
         self.system = system if system is not None else SystemLookups()
@@ -426,6 +433,7 @@ def _copy_early_defaults(entry: XEntry, defaults: XEntry) -> None:
 def _read_file(path: str, ctx: _Ctx, top: bool) -> None:
     # xinetd reads bytes and ends a line at LF only, so a CR is part of the
     # line (a CRLF file's last value on each line ends in CR).
+    ctx.files.append((path, ctx.stamp(path)))
     try:
         data = read_bytes(path)
     except OSError as exc:
@@ -503,6 +511,8 @@ def _include(path: str, ctx: _Ctx) -> None:
 
 
 def _includedir(path: str, ctx: _Ctx) -> None:
+    # the directory itself is watched: its stamp changes when a file is added
+    ctx.files.append((path, ctx.stamp(path)))
     try:
         names = os.listdir(path)
     except OSError:
@@ -692,15 +702,16 @@ def _finish(ctx: _Ctx, path: str) -> XinetdConfig:
             _drop(ctx, s, f"{s.path}:{s.line}: {why}")
             continue
         final.append(s)
-    return XinetdConfig(path, ctx.defaults, final, ctx.dropped, ctx.diags)
+    return XinetdConfig(path, ctx.defaults, final, ctx.dropped, ctx.diags, ctx.files)
 
 
-def parse_xinetd(path: str, resolver=None, system=None) -> XinetdConfig:
+def parse_xinetd(path: str, resolver=None, system=None, stamp=None) -> XinetdConfig:
     """Read ``path`` (and what it includes).  Raises RuleSyntaxError when
     xinetd itself would refuse to start (unreadable file, bad defaults).
     ``system`` answers the system questions (acl.parse.xinetd_system; a
-    fresh one when None)."""
-    ctx = _Ctx(resolver, system=system)
+    fresh one when None); ``stamp(path)`` is called just before each file
+    is read and each directory listed (``XinetdConfig.files``)."""
+    ctx = _Ctx(resolver, system=system, stamp=stamp)
     ctx.defaults = XEntry("defaults", path, 0, is_defaults=True)
     _read_file(path, ctx, top=True)
     return _finish(ctx, path)
