@@ -689,6 +689,28 @@ def _check(ctx: _Ctx, s: XEntry, earlier: list[XEntry]) -> str | None:
     missing = [n for n in need if n not in s.specified]
     if missing:
         return f"Service {s.id} missing attribute {' '.join(missing)} - DISABLING"
+    return _cannot_start(s)
+
+
+def _cannot_start(s: XEntry) -> str | None:
+    """Services xinetd reads and keeps but whose socket it cannot make
+    (service.c svc_activate: socket() or bind() fails, the service is
+    deactivated), so acl drops them too (deny unknown_service).  A stream
+    socket with protocol udp (or dgram with tcp): socket() always fails.
+    flags IPv6 with an IPv4 bind address: xinetd binds its IPv6 socket to
+    the IPv4 address read as an IPv6 one, bytes past it included, so the
+    result depends on its memory -- live, "bind failed (errno 99)" in one
+    configuration and a socket bound to :: in another; acl fails closed."""
+    p = s.parsed
+    st, proto = p.get("socket_type"), (p.get("protocol") or "").lower()
+    if (st, proto) in (("stream", "udp"), ("dgram", "tcp")):
+        return (f"Service {s.name}: socket_type {st} with protocol {proto}: xinetd cannot "
+                "create its socket and never serves it")
+    bind = p.get("bind")
+    if bind is not None and "IPv6" in s.flags and ":" not in bind:
+        return (f"Service {s.name}: flags IPv6 with the IPv4 bind address {bind}: xinetd "
+                "binds a garbage address (it may fail to start the service or listen "
+                "elsewhere); acl drops it (write bind = ::ffff:" + bind + ")")
     return None
 
 

@@ -171,3 +171,23 @@ def test_services_sharing_an_id_each_keep_their_lists_and_limits():
     assert ask("127.0.0.2", "127.0.0.1", now=1000.0) == "allow"
     assert ask("127.0.0.2", "127.0.0.1", now=1000.1) == "deny connections per second"
     assert ask("127.0.0.3", "127.0.0.10", now=1000.2) == "allow"
+
+
+def test_services_xinetd_cannot_make_a_socket_for_are_dropped():
+    """stream + udp: socket() fails (live: "socket creation failed (errno
+    93)", test_live_address.py); flags IPv6 with an IPv4 bind: xinetd binds
+    a garbage address (live: "bind failed (errno 99)" in one configuration,
+    a socket on :: in another); both are dropped, the reason at the service."""
+    policy, diags = load(svc("su", "protocol = udp").replace("  protocol = tcp\n", "")
+                         + svc("dt", port=23901).replace("socket_type = stream",
+                                                         "socket_type = dgram")
+                         .replace("wait = no", "wait = yes")
+                         + svc("v6", port=23902, flags="IPv6 NOLIBWRAP")
+                         + svc("v6m", port=23903, flags="IPv6 NOLIBWRAP",
+                               bind="::ffff:127.0.0.1")
+                         + svc("ok", port=23904))
+    assert set(policy.services) == {"v6m", "ok"}
+    text = "\n".join(map(str, diags))
+    assert "test.conf:1: Service su: socket_type stream with protocol udp" in text
+    assert "Service dt: socket_type dgram with protocol tcp" in text
+    assert "Service v6: flags IPv6 with the IPv4 bind address 127.0.0.1" in text

@@ -337,3 +337,23 @@ def test_services_sharing_an_id_match_real_xinetd(tmp_path):
         capture_output=True, text=True, timeout=60)
     assert [_expected(a) for a in out.stdout.splitlines()] == observed
     assert observed.count("ok") == 4 and observed.count("closed") == 4
+
+
+def test_services_without_a_socket_match_real_xinetd(tmp_path):
+    """socket_type stream with protocol udp: xinetd reads the service, cannot
+    create its socket and never serves it; acl drops it (unknown service)."""
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 610
+    text = _ok_server(svc("su", port=base).replace("protocol = tcp", "protocol = udp")
+                      + svc("ok", port=base + 1))
+    xd = Xinetd(text, 2)
+    try:
+        xd.start()
+        rows = [(sid, "127.0.0.2", probe(base + i, "127.0.0.2")) for i, sid in enumerate(["su", "ok"])]
+    finally:
+        xd.stop()
+    assert acl_outcomes(tmp_path, text, rows) == rows
+    assert [r[2] for r in rows] == ["refused", "ok"]
