@@ -502,7 +502,8 @@ def _xinetd_ports(policy) -> dict[tuple[str, int], str]:
     for source in policy.sources:
         if source.kind != "xinetd":
             continue
-        for sid, svc in source.layer.policy.services.items():
+        for svc in source.layer.policy.entries():
+            sid = svc.id
             proto = svc.protocol or ("udp" if svc.socket_type == "dgram" else "tcp")
             port = svc.port
             if port is None:

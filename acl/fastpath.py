@@ -164,6 +164,8 @@ def _xinetd_view(layer, service: str) -> AddressView | None:
     svc = services.get(service)
     if svc is None:
         return AddressView(default=None)
+    if service in getattr(layer.policy, "shared", {}):
+        return None                        # picked by the server address: the layer's path
     if svc.family != 4 or svc.max_load:
         return None
     if any(getattr(s, "sensor", False) for s in services.values()):
@@ -225,7 +227,8 @@ def limits_of(layer, service: str):
     whose parent checks the batch path runs, else None."""
     svc = layer.policy.services.get(service)
     state = getattr(layer, "state", None)
-    if svc is None or state is None or not hasattr(state, "check_batch"):
+    if svc is None or state is None or not hasattr(state, "check_batch") \
+            or service in getattr(layer.policy, "shared", {}):
         return None
     refusals = {int(r): Decision(Verdict.DENY, r, svc.location)
                 for r in (Reason.TIME, Reason.SERVICE_LIMIT, Reason.PER_SOURCE_LIMIT,

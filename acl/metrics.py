@@ -69,7 +69,7 @@ def _tcprules_counts(layer) -> dict[str, int]:
 
 def _xinetd_counts(layer) -> dict[str, int]:
     out: dict[str, int] = {}
-    for svc in layer.policy.services.values():
+    for svc in layer.policy.entries():
         for lst in (svc.only_from, svc.no_access):
             for e in (lst.entries if lst is not None else ()):
                 _bump(out, {"v4": "ipv4", "v6": "ipv6", "v6net": "ipv6"}.get(e.kind, "name"))

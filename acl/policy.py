@@ -489,9 +489,14 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         from acl.compile.xinetd import XinetdLayer, load_xinetd
 
         f = _file(base, src, "file", path, where)
-        stamps = _stamps((f,))            # before reading (the watcher's; never reused)
+        # each file (include, includedir: the directory too, so a file added
+        # there reloads) stamped just before xinetd's reader reads it; the
+        # watcher's, never reused
         xpolicy, diags = load_xinetd(str(f), None if names is None else names.reverse_backend,
-                                     system)
+                                     system, stamp)
+        read = xpolicy.config.files
+        files = (f, *(Path(p) for p, _ in read[1:]))
+        stamps = tuple(st for _, st in read)
         state = _previous_state(previous, "xinetd", f)
         lim = limits or Limits()
         # a new source's table has [limits] sources entries (rounded up to
@@ -502,7 +507,7 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                             resolver=_NoNames() if names is None else names,
                             max_sources=max(lim.sources, 2), v6_prefix=lim.ipv6_prefix)
         services = _services(src, path, where) if "services" in src else None
-        return Source(kind, layer, services, (f,), tuple(diags),
+        return Source(kind, layer, services, files, tuple(diags),
                       state=getattr(layer, "state", None), stamps=stamps)
     raise _err(path, f"{where}.type", f"unknown source type {kind!r} "
                "(hosts_access, tcprules or xinetd)")

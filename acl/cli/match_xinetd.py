@@ -1,11 +1,14 @@
 """``acl match --xinetd CONF``: what xinetd would decide for a client.
 
-    acl match --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q] SERVICE IP
+    acl match --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q] SERVICE IP [SERVER]
     acl match --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q] --batch
 
 SERVICE is the xinetd service *id*; IP is the client as the service's socket
 would see it (``::ffff:a.b.c.d`` for an IPv4 client of an IPv6 service; a
-plain IPv4 address is mapped the same way).  Each answer is ``allow`` or
+plain IPv4 address is mapped the same way).  SERVER, the local address the
+client connected to, picks among services that share an id (xinetd keeps
+them when their bind addresses differ); without it such an id is refused.
+Batch lines are ``SERVICE IP [SERVER]``.  Each answer is ``allow`` or
 ``deny`` then the reason xinetd would log (``address``, ``time``, ...).
 
 By default only only_from/no_access are consulted: a query consumes no cps
@@ -40,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p = UsageParser(prog="acl match", description="what xinetd would decide for a client "
                 "(by default only_from/no_access only; --limits adds the limits)",
                 usage="%(prog)s [-h] --xinetd CONF [--hosts FILE] [--limits [--now T]] [-q]\n"
-                      "                 (--batch | SERVICE IP)")
+                      "                 (--batch | SERVICE IP [SERVER])")
     p.add_argument("--xinetd", required=True, metavar="CONF", help="xinetd.conf (includedir "
                    "is followed as xinetd does)")
     p.add_argument("--hosts", metavar="FILE",
@@ -50,9 +53,10 @@ def parser() -> argparse.ArgumentParser:
                         "xinetd would see that sequence of connections")
     p.add_argument("--now", type=_now, metavar="T",
                    help="with --limits: the time (Unix seconds) access_times and cps see")
-    p.add_argument("--batch", action="store_true", help="read 'SERVICE IP' lines from stdin")
+    p.add_argument("--batch", action="store_true",
+                   help="read 'SERVICE IP [SERVER]' lines from stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print file warnings")
-    p.add_argument("query", nargs="*", metavar="SERVICE IP")
+    p.add_argument("query", nargs="*", metavar="SERVICE IP [SERVER]")
     return p
 
 
@@ -84,15 +88,16 @@ def _parse_args(argv: list[str]):
     args = parser().parse_intermixed_args(argv)
     if args.batch and args.query:
         raise UsageError("--batch reads queries from stdin; give none on the command line")
-    if not args.batch and len(args.query) != 2:
-        raise UsageError("give SERVICE IP, or --batch")
+    if not args.batch and len(args.query) not in (2, 3):
+        raise UsageError("give SERVICE IP [SERVER], or --batch")
     opts = {"conf": args.xinetd, "hosts": args.hosts, "batch": args.batch,
             "limits": args.limits, "now": args.now, "quiet": args.quiet}
     return opts, args.query
 
 
-def _answer(layer, service: str, ip: str, limits: bool, now: float) -> tuple[str, int]:
-    req = Request(service=service, client=ip)
+def _answer(layer, service: str, ip: str, limits: bool, now: float,
+            server: str | None = None) -> tuple[str, int]:
+    req = Request(service=service, client=ip, server=server)
     d = layer.check(req, now) if limits else layer.check_address(req)
     if d is None:
         return "deny unknown_service", 1
@@ -135,13 +140,15 @@ def main(argv: list[str]) -> int:
             words = line.split()
             if not words or words[0].startswith("#"):
                 continue
-            if len(words) != 2:
-                print(f"acl match: stdin:{lineno}: expected SERVICE IP", file=sys.stderr)
+            if len(words) not in (2, 3):
+                print(f"acl match: stdin:{lineno}: expected SERVICE IP [SERVER]",
+                      file=sys.stderr)
                 out.write("deny error\n")
                 continue
             now = fixed_now if fixed_now is not None else time.time()
             try:
-                text, _ = _answer(layer, words[0], words[1], opts["limits"], now)
+                text, _ = _answer(layer, words[0], words[1], opts["limits"], now,
+                                  words[2] if len(words) == 3 else None)
             except _NotAnAddress:
                 print(f"acl match: stdin:{lineno}: not an address: {words[1]}",
                       file=sys.stderr)
@@ -151,7 +158,8 @@ def main(argv: list[str]) -> int:
         return 0
     now = fixed_now if fixed_now is not None else time.time()
     try:
-        text, code = _answer(layer, rest[0], rest[1], opts["limits"], now)
+        text, code = _answer(layer, rest[0], rest[1], opts["limits"], now,
+                             rest[2] if len(rest) == 3 else None)
     except _NotAnAddress:
         return _fatal(f"not an address: {rest[1]}", 100)
     print(text)

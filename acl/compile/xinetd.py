@@ -30,6 +30,16 @@ Theory of operation (spec C.4-C.8; ARCHITECTURE.md "Decisions", "Leases"):
   never committed, changes no limit.  A layer with a state of its own
   activates itself.  ``activate`` returns the names to keep; the engine then
   retires the other slots (``LimitState.retire``).
+* Services sharing an id (spec C.2: xinetd keeps a repeated id when bind
+  address, port or protocol differ): each entry keeps its own lists and its
+  own limit slot (named ``id`` for the first, ``"id bind port protocol"`` for
+  the others).  A request goes to the entry whose ``bind`` is the request's
+  server address (an entry without ``bind`` takes any; a bound one is
+  preferred, as the kernel prefers it) and, when the request names a server
+  port, whose port it is.  A request more than one entry could take (no
+  server address, or one that tells them not apart), or none, is refused
+  (``address``) at the first entry's line: acl cannot know which of
+  xinetd's sockets it came through.  A warning at load says so.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from dataclasses import dataclass, field
 
 from acl.core import PrefixTable
 from acl.core import limits as _limits
-from acl.errors import Diagnostic, PolicyError
+from acl.errors import Diagnostic, PolicyError, Severity
 from acl.model import Decision, Location, Reason, Request, Verdict
 from acl.parse.xinetd import XEntry, XinetdConfig, parse_xinetd, parse_xinetd_text
 from acl.parse.xinetd_addr import parse_value
@@ -169,13 +179,25 @@ class XinetdService:
     sensor: bool = False             # flags = SENSOR (spec C.5)
     deny_time: int = 0               # minutes; -1 FOREVER, 0 only logs
     entry: XEntry = field(repr=False, default=None)
+    key: str = ""                    # its limit slot's name ("" = the id)
 
 
 @dataclass
 class XinetdPolicy:
     path: str
+    #: id -> the (first) service of that id
     services: dict[str, XinetdService]
     config: XinetdConfig = field(repr=False)
+    #: id -> every service of that id, in file order, for ids xinetd keeps
+    #: more than once (different bind address, port or protocol)
+    shared: dict[str, tuple[XinetdService, ...]] = field(default_factory=dict)
+
+    def entries(self) -> list[XinetdService]:
+        """Every kept service, those sharing an id included."""
+        out = []
+        for sid, svc in self.services.items():
+            out.extend(self.shared.get(sid, (svc,)))
+        return out
 
 
 def _libwrap_name(e: XEntry) -> str | None:
@@ -243,16 +265,15 @@ def _wrapper_name(e: XEntry) -> str | None:
     return os.path.basename(argv[i]) if i < len(argv) else None
 
 
-def _compile(config: XinetdConfig) -> XinetdPolicy:
-    services = {}
+def _compile(config: XinetdConfig) -> tuple[XinetdPolicy, list[Diagnostic]]:
+    services: dict[str, XinetdService] = {}
+    shared: dict[str, list[XinetdService]] = {}
     for e in config.services:
         p = e.parsed
         of = p.get("only_from")
         na = p.get("no_access")
         times = p.get("access_times")
-        if e.id in services:
-            continue                    # a request names an id: the first one answers
-        services[e.id] = XinetdService(
+        svc = XinetdService(
             id=e.id, name=e.name, location=Location(e.path, e.line),
             family=6 if "IPv6" in e.flags else 4,
             only_from=None if of is None else AddressList(of),
@@ -268,21 +289,42 @@ def _compile(config: XinetdConfig) -> XinetdPolicy:
             banner=p.get("banner"), banner_success=p.get("banner_success"),
             banner_fail=p.get("banner_fail"), sensor="SENSOR" in e.flags,
             deny_time=p.get("deny_time", 0), entry=e)
-    return XinetdPolicy(config.path, services, config)
+        if e.id in services:
+            svc.key = f"{e.id} {svc.bind or '*'} {svc.port} {(svc.protocol or '').lower()}"
+            shared.setdefault(e.id, [services[e.id]]).append(svc)
+        else:
+            svc.key = e.id
+            services[e.id] = svc
+    diags = []
+    for sid, group in shared.items():
+        first = group[0]
+        where = ", ".join(f"{s.location.path}:{s.location.line}" for s in group)
+        diags.append(Diagnostic(
+            first.location.path, first.location.line, 0,
+            f"service id {sid} is kept {len(group)} times ({where}: bind address, port or "
+            "protocol differ); acl decides a request by the one whose bind address (and "
+            "port) is the request's server address, and refuses a request that names "
+            "none of them or could go to more than one", Severity.WARNING))
+    policy = XinetdPolicy(config.path, services, config,
+                          {sid: tuple(g) for sid, g in shared.items()})
+    return policy, diags
 
 
-def load_xinetd(path: str, resolver=None,
-                system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
+def load_xinetd(path: str, resolver=None, system=None,
+                stamp=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
     """Read an xinetd configuration; services kept/dropped as xinetd does
-    (``system``: acl.parse.xinetd_system.SystemLookups, kept across reloads)."""
-    config = parse_xinetd(path, resolver, system)
-    return _compile(config), list(config.diagnostics)
+    (``system``: acl.parse.xinetd_system.SystemLookups, kept across reloads;
+    ``stamp``: see parse_xinetd -- the files read are ``policy.config.files``)."""
+    config = parse_xinetd(path, resolver, system, stamp)
+    policy, diags = _compile(config)
+    return policy, list(config.diagnostics) + diags
 
 
 def load_xinetd_text(text: str, path: str = "<xinetd.conf>", resolver=None,
                      system=None) -> tuple[XinetdPolicy, list[Diagnostic]]:
     config = parse_xinetd_text(text, path, resolver, system)
-    return _compile(config), list(config.diagnostics)
+    policy, diags = _compile(config)
+    return policy, list(config.diagnostics) + diags
 
 
 def _where(entry, svc: XinetdService) -> Location:
@@ -304,6 +346,19 @@ def _client(text: str, family: int) -> tuple[int, int]:
     except (OSError, TypeError) as exc:
         raise ValueError(f"not a numeric address: {text!r}") from exc
     return (n, 4) if family == 4 else (_V4_MAPPED | n, 6)
+
+
+def _server_key(text: str | None) -> bytes | None:
+    """A server (or bind) address as 16 bytes, IPv4 as v4-mapped; None when
+    absent or not numeric."""
+    if not text:
+        return None
+    try:
+        if ":" in text:
+            return socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
+        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
+    except OSError:
+        return None
 
 
 def _packed(addr: int, family: int) -> bytes:
@@ -335,19 +390,20 @@ class XinetdLayer:
         self._slots: dict[str, int] = {}
         self._config: dict[int, dict] = {}
         rate = rate or {}
-        for sid, svc in policy.services.items():
+        for svc in policy.entries():
+            sid = svc.id
             r, b = rate.get(sid, rate.get("*", (0.0, 0.0)))
             cfg = {"cps_max": svc.cps[0], "cps_wait": svc.cps[1], "instances": svc.instances,
                    "per_source": svc.per_source, "max_load": svc.max_load,
                    "times": svc.access_times, "rate": r, "burst": b}
             self.state.validate(**cfg)
             try:
-                slot = self.state.slot(sid)
+                slot = self.state.slot(svc.key or sid)
             except ValueError as exc:
                 raise PolicyError(f"{policy.path}: too many xinetd services: acl keeps the "
                                   f"limits of {self.state.max_services} at most, the running "
                                   f"policy's included ({exc})") from None
-            self._slots[sid] = slot
+            self._slots[svc.key or sid] = slot
             self._config[slot] = cfg
         if own:
             self.activate()
@@ -359,17 +415,36 @@ class XinetdLayer:
             self.state.configure(slot, **cfg)
         return self.state, set(self._slots)
 
+    # -- which service a request goes to ----------------------------------
+    def _service(self, request: Request) -> XinetdService | Decision | None:
+        """The service of the request's id; for an id kept more than once,
+        the one the request's server address (and port) picks, or a refusal
+        when that does not pick exactly one (module docstring)."""
+        svc = self.policy.services.get(request.service)
+        group = self.policy.shared.get(request.service) if svc is not None else None
+        if not group:
+            return svc
+        server = _server_key(request.server)
+        picked = [s for s in group if not request.server_port or s.port is None
+                  or s.port == request.server_port]
+        if server is not None:
+            bound = [s for s in picked if s.bind is not None and _server_key(s.bind) == server]
+            picked = bound or [s for s in picked if s.bind is None]
+        if len(picked) == 1:
+            return picked[0]
+        return Decision(Verdict.DENY, Reason.ADDRESS, svc.location)
+
     # -- the Layer protocol ----------------------------------------------
     def check(self, request: Request, now: float) -> Decision | None:
-        svc = self.policy.services.get(request.service)
-        if svc is None:
-            return None
+        svc = self._service(request)
+        if svc is None or isinstance(svc, Decision):
+            return svc
         try:
             addr, fam = _client(request.client, svc.family)
         except ValueError:
             return Decision(Verdict.DENY, Reason.ERROR, svc.location)
         load = self._loadavg() if svc.max_load else 0.0
-        r = self.state.check(self._slots[svc.id], _packed(addr, fam), now, load)
+        r = self.state.check(self._slots[svc.key or svc.id], _packed(addr, fam), now, load)
         if r != _limits.OK:
             return Decision(Verdict.DENY, _REASONS[r], svc.location)
         # child side (spec C.6 4a): the SENSOR list, then only_from/no_access
@@ -417,13 +492,14 @@ class XinetdLayer:
         ``.domain`` entry in its only_from/no_access)."""
         svc = self.policy.services.get(service)
         return svc is not None and any(lst is not None and lst.names
-                                       for lst in (svc.only_from, svc.no_access))
+                                       for s in self.policy.shared.get(service, (svc,))
+                                       for lst in (s.only_from, s.no_access))
 
     def check_address(self, request: Request) -> Decision | None:
         """only_from/no_access alone: no limit is consulted or counted."""
-        svc = self.policy.services.get(request.service)
-        if svc is None:
-            return None
+        svc = self._service(request)
+        if svc is None or isinstance(svc, Decision):
+            return svc
         try:
             addr, fam = _client(request.client, svc.family)
         except ValueError:
@@ -458,8 +534,11 @@ class XinetdLayer:
     # -- leases ------------------------------------------------------------
     def take_lease(self, request: Request, now: float) -> int:
         """Count a granted connection toward instances and per_source."""
-        svc = self.policy.services.get(request.service)
-        slot = self._slots[svc.id] if svc is not None else self.state.slot(request.service)
+        svc = self._service(request)
+        if isinstance(svc, Decision):
+            svc = None
+        slot = self._slots[svc.key or svc.id] if svc is not None \
+            else self.state.slot(request.service)
         family = svc.family if svc is not None else 6
         addr, fam = _client(request.client, family)
         return self.state.take_lease(slot, _packed(addr, fam))

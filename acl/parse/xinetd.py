@@ -103,6 +103,10 @@ class XinetdConfig:
     services: list[XEntry]
     dropped: list[XEntry]
     diagnostics: list[Diagnostic]
+    #: every file read and directory listed (``include``, ``includedir``;
+    #: ones that could not be opened too), top file first, each with the
+    #: stamp taken just before it was read (None without a ``stamp``)
+    files: list[tuple[str, object]] = field(default_factory=list)
 
     def service(self, ident: str) -> XEntry | None:
         for s in self.services:
@@ -112,7 +116,10 @@ class XinetdConfig:
 
 
 class _Ctx:
-    def __init__(self, resolver, max_depth: int = 16, system=None):
+    def __init__(self, resolver, max_depth: int = 16, system=None, stamp=None):
+        #: stamp(path) before each file is read / directory listed
+        self.stamp = stamp or (lambda path: None)
+        self.files: list[tuple[str, object]] = []
         self.resolver = resolver if resolver is not None else SystemResolver()
         #: protocols, users, groups, servers, /etc/services (xinetd_system)
         self.system = system if system is not None else SystemLookups()
@@ -122,15 +129,16 @@ class _Ctx:
         self.dropped: list[XEntry] = []
         self.depth = 0
         self.max_depth = max_depth
-        self.where = ("", 0, "")          # path, line, line text (for note())
+        self.where = ("", 0, "", 0)       # path, line, line text, col0 (for note())
 
     def diag(self, path, line, col, msg, warn=False):
         self.diags.append(Diagnostic(path, line, col, _visible(msg),
                                      Severity.WARNING if warn else Severity.ERROR))
 
     def note(self, msg, value=None):
-        path, line, text = self.where
-        self.diag(path, line, _value_column(text, value) if value else 0, msg, warn=True)
+        path, line, text, col0 = self.where
+        col = _value_column(text, value) if value else 0
+        self.diag(path, line, col0 + col if col else 0, msg, warn=True)
 
     def resolver_addresses(self, name, family):
         return self.resolver.addresses(name, family)
@@ -167,41 +175,135 @@ def _split_values(text: str) -> list[str]:
     return [v for v in text.replace("\t", " ").split(" ") if v]
 
 
+#: C ``isspace`` in the C locale (xinetd never calls setlocale): what the
+#: reader skips around names and operators.  Python's ``str.isspace`` and
+#: ``str.split()`` also take U+00A0, U+001C..U+001F and the other Unicode
+#: blanks, which xinetd reads as ordinary characters.
+C_SPACE = " \t\n\v\f\r"
+
+
 def _only_char(line: str, ch: str) -> bool:
     # parsesup.c line_has_only_1_char: exactly one ch, everything else blank.
     seen = False
     for c in line:
         if c == ch and not seen:
             seen = True
-        elif not c.isspace():
+        elif c not in C_SPACE:
             return False
     return seen
 
 
-class _Lines:
-    """parsesup.c next_line: skip blank and ``#`` lines, count lines."""
+def _page_unit() -> int:
+    """siosup.c try_memory_mapping: the map unit (2 pages, at least
+    SIO_BUFFER_SIZE 8192 when that is a multiple of it) -- the size of the
+    buffer Srdline reads a configuration file in."""
+    import mmap
 
-    def __init__(self, path: str, text: str):
+    unit = mmap.PAGESIZE * 2
+    if unit < 8192:
+        unit = 8192 if unit and 8192 % unit == 0 else mmap.PAGESIZE
+    return unit
+
+
+SIO_UNIT = _page_unit()
+
+
+def sio_lines(data: bytes, unit: int = SIO_UNIT):
+    """The lines xinetd's ``Srdline`` returns for a regular file, as
+    ``(start offset, bytes)``.
+
+    sio.c Srdline keeps the unread rest of the current ``unit``-byte block,
+    reads the next block behind it and looks for LF there; when that block
+    has none either, the line ends *one byte before the block's end* (that
+    byte is overwritten by the terminating NUL and lost) and the next call
+    starts at the following block.  So a line of up to ``unit - 1`` bytes is
+    always whole; a longer one is cut when it does not end within the block
+    after the one it starts in (at most ``2 * unit - 1`` bytes, fewer the
+    later in its block it starts).  At end of file the rest is a line."""
+    n = len(data)
+    nextb = end = 0
+    while True:
+        if end > nextb:
+            nl = data.find(b"\n", nextb, end)
+            if nl >= 0:
+                yield nextb, data[nextb:nl]
+                nextb = nl + 1
+                continue
+        start = nextb
+        got = min(unit, n - end)
+        if got <= 0:
+            if end == nextb:
+                return
+            yield start, data[start:end]
+            nextb = end
+            continue
+        nl = data.find(b"\n", end, end + got)
+        end += got
+        if nl >= 0:
+            yield start, data[start:nl]
+            nextb = nl + 1
+        elif got < unit:                         # short read: end of file
+            yield start, data[start:end]
+            nextb = end
+        else:                                    # the block's last byte is lost
+            yield start, data[start:end - 1]
+            nextb = end
+
+
+class _Lines:
+    """parsesup.c next_line over sio.c Srdline: lines as xinetd's reader
+    returns them (cut as :func:`sio_lines` says, each ending at its first
+    NUL: the parser sees a C string), blank and ``#`` lines skipped.
+
+    Each line keeps the number of the file line it starts on, and ``col0``
+    the characters before it on that line (0 unless a long line was cut)."""
+
+    def __init__(self, path: str, data: bytes, ctx: _Ctx | None = None):
         self.path = path
-        self.lines = text.split("\n")
-        if self.lines and self.lines[-1] == "":
-            self.lines.pop()
+        self.lines: list[str] = []
+        self.where: list[tuple[int, int]] = []       # (file line, col0)
+        lineno, line_start = 1, 0
+        for start, raw in sio_lines(data):
+            while line_start < start:                # count the LFs before this piece
+                nl = data.find(b"\n", line_start, start)
+                if nl < 0:
+                    break
+                lineno, line_start = lineno + 1, nl + 1
+            col0 = len(data[line_start:start].decode("utf-8", "surrogateescape"))
+            full_end = data.find(b"\n", start)
+            if full_end < 0:
+                full_end = len(data)
+            if start + len(raw) < full_end and ctx is not None:
+                cut = col0 + len(raw.decode("utf-8", "surrogateescape")) + 1
+                ctx.diag(path, lineno, cut,
+                         f"line longer than xinetd's reader takes here: xinetd ends it at "
+                         f"column {cut} (drops that byte) and reads the rest as a new line; "
+                         f"lines of up to {SIO_UNIT - 1} bytes are always read whole",
+                         warn=True)
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raw = raw[:nul]
+            self.lines.append(raw.decode("utf-8", "surrogateescape"))
+            self.where.append((lineno, col0))
         self.i = 0
+        self.col0 = 0
+        self.last_line = lineno if data else 0
 
     def next(self) -> tuple[int, str] | None:
         while self.i < len(self.lines):
             line = self.lines[self.i]
+            lineno, self.col0 = self.where[self.i]
             self.i += 1
-            stripped = line.lstrip(" \t\n\v\f\r")
+            stripped = line.lstrip(C_SPACE)
             if stripped and not stripped.startswith("#"):
-                return self.i, line
+                return lineno, line
         return None
 
     def skip_entry(self, ctx: _Ctx) -> None:
         while True:
             got = self.next()
             if got is None:
-                ctx.diag(self.path, len(self.lines), 0, "missing } in last service entry",
+                ctx.diag(self.path, self.last_line, 0, "missing } in last service entry",
                          warn=True)
                 return
             if _only_char(got[1], "}"):
@@ -209,25 +311,26 @@ class _Lines:
 
 
 def _get_attr_op(line: str):
-    """parsesup.c get_attr_op: (name, op, rest, name column) or an error text."""
+    """parsesup.c get_attr_op: (name, op, rest, name column), or (error text,
+    column of the character it stopped at)."""
     i = 0
-    while i < len(line) and line[i].isspace():
+    while i < len(line) and line[i] in C_SPACE:
         i += 1
     if i == len(line):
-        return "Empty line"
+        return "Empty line", i + 1
     start = i
-    while i < len(line) and not line[i].isspace() and line[i] != "=":
+    while i < len(line) and line[i] not in C_SPACE and line[i] != "=":
         i += 1
     name = line[start:i]
     if i == len(line):
-        return f"Nothing after attribute: {name}"
+        return f"Nothing after attribute: {name}", i + 1
     if line[i] == "=":
-        return f"Attribute {name} needs a space before operator"
+        return f"Attribute {name} needs a space before operator", i + 1
     i += 1
-    while i < len(line) and line[i].isspace():
+    while i < len(line) and line[i] in C_SPACE:
         i += 1
     if i == len(line):
-        return f"Nothing after attribute: {name}"
+        return f"Nothing after attribute: {name}", i + 1
     c = line[i]
     if c == "=":
         op = "="
@@ -235,7 +338,7 @@ def _get_attr_op(line: str):
         op = c + "="
         i += 1
     else:
-        return f"Bad operator for attribute: {name}"
+        return f"Bad operator for attribute: {name}", i + 1
     return name, op, line[i + 1:], start + 1
 
 
@@ -245,19 +348,20 @@ def _parse_entry(lines: _Lines, ctx: _Ctx, entry: XEntry) -> bool:
     while True:
         got = lines.next()
         if got is None:
-            ctx.diag(lines.path, len(lines.lines), 0, "incomplete entry")
+            ctx.diag(lines.path, lines.last_line, 0, "incomplete entry")
             return False
         lineno, text = got
         if _only_char(text, "}"):
             return True
         r = _get_attr_op(text)
-        if isinstance(r, str):
-            ctx.diag(lines.path, lineno, 1, r)
+        if len(r) == 2:                          # (message, column)
+            ctx.diag(lines.path, lineno, lines.col0 + r[1], r[0])
             return False
         name, op, rest, col = r
+        col += lines.col0
         values = _split_values(rest)
         entry.raw.append((name, op, tuple(values), lines.path, lineno))
-        ctx.where = (lines.path, lineno, text)
+        ctx.where = (lines.path, lineno, text, lines.col0)
         _attribute(ctx, entry, table, name, op, values, lines.path, lineno, col)
         # parse.c: once "disable" leaves the entry disabled, stop reading it
         # (whatever happened to that line, and whatever disabled the entry).
@@ -327,33 +431,35 @@ def _copy_early_defaults(entry: XEntry, defaults: XEntry) -> None:
 
 
 def _read_file(path: str, ctx: _Ctx, top: bool) -> None:
-    # newline="": xinetd reads bytes and ends a line at LF only, so a CR is
-    # part of the line (a CRLF file's last value on each line ends in CR).
+    # xinetd reads bytes and ends a line at LF only, so a CR is part of the
+    # line (a CRLF file's last value on each line ends in CR).
+    ctx.files.append((path, ctx.stamp(path)))
     try:
-        text = read_bytes(path).decode("utf-8", "surrogateescape")
+        data = read_bytes(path)
     except OSError as exc:
         if top:
             raise RuleSyntaxError(path, 0, 0, f"cannot read configuration: {exc.strerror}") \
                 from None
         ctx.diag(path, 0, 0, f"Unable to open included configuration file: {path}")
         return
-    _parse_text(path, text, ctx)
+    _parse_text(path, data, ctx)
 
 
-def _parse_text(path: str, text: str, ctx: _Ctx) -> None:
+def _parse_text(path: str, data: bytes, ctx: _Ctx) -> None:
     """parse.c parse_conf_file."""
-    lines = _Lines(path, text)
+    lines = _Lines(path, data, ctx)
     found_defaults = False
     while True:
         got = lines.next()
         if got is None:
             return
         lineno, line = got
+        col = lines.col0 + len(line) - len(line.lstrip(C_SPACE)) + 1   # the first word
         words = _split_values(line)
         kw = words[0].lower() if words else ""
         if kw in ("service", "include", "includedir"):
             if len(words) < 2:
-                ctx.diag(path, lineno, 1, "service name missing")
+                ctx.diag(path, lineno, col, "service name missing")
                 lines.skip_entry(ctx)
                 continue
             if kw == "include":
@@ -363,7 +469,7 @@ def _parse_text(path: str, text: str, ctx: _Ctx) -> None:
                 _includedir(words[1], ctx)
                 continue
         elif kw != "defaults":
-            ctx.diag(path, lineno, 1, "missing service keyword")
+            ctx.diag(path, lineno, col, "missing service keyword")
             lines.skip_entry(ctx)
             continue
         brace = lines.next()
@@ -405,6 +511,8 @@ def _include(path: str, ctx: _Ctx) -> None:
 
 
 def _includedir(path: str, ctx: _Ctx) -> None:
+    # the directory itself is watched: its stamp changes when a file is added
+    ctx.files.append((path, ctx.stamp(path)))
     try:
         names = os.listdir(path)
     except OSError:
@@ -581,6 +689,28 @@ def _check(ctx: _Ctx, s: XEntry, earlier: list[XEntry]) -> str | None:
     missing = [n for n in need if n not in s.specified]
     if missing:
         return f"Service {s.id} missing attribute {' '.join(missing)} - DISABLING"
+    return _cannot_start(s)
+
+
+def _cannot_start(s: XEntry) -> str | None:
+    """Services xinetd reads and keeps but whose socket it cannot make
+    (service.c svc_activate: socket() or bind() fails, the service is
+    deactivated), so acl drops them too (deny unknown_service).  A stream
+    socket with protocol udp (or dgram with tcp): socket() always fails.
+    flags IPv6 with an IPv4 bind address: xinetd binds its IPv6 socket to
+    the IPv4 address read as an IPv6 one, bytes past it included, so the
+    result depends on its memory -- live, "bind failed (errno 99)" in one
+    configuration and a socket bound to :: in another; acl fails closed."""
+    p = s.parsed
+    st, proto = p.get("socket_type"), (p.get("protocol") or "").lower()
+    if (st, proto) in (("stream", "udp"), ("dgram", "tcp")):
+        return (f"Service {s.name}: socket_type {st} with protocol {proto}: xinetd cannot "
+                "create its socket and never serves it")
+    bind = p.get("bind")
+    if bind is not None and "IPv6" in s.flags and ":" not in bind:
+        return (f"Service {s.name}: flags IPv6 with the IPv4 bind address {bind}: xinetd "
+                "binds a garbage address (it may fail to start the service or listen "
+                "elsewhere); acl drops it (write bind = ::ffff:" + bind + ")")
     return None
 
 
@@ -594,15 +724,16 @@ def _finish(ctx: _Ctx, path: str) -> XinetdConfig:
             _drop(ctx, s, f"{s.path}:{s.line}: {why}")
             continue
         final.append(s)
-    return XinetdConfig(path, ctx.defaults, final, ctx.dropped, ctx.diags)
+    return XinetdConfig(path, ctx.defaults, final, ctx.dropped, ctx.diags, ctx.files)
 
 
-def parse_xinetd(path: str, resolver=None, system=None) -> XinetdConfig:
+def parse_xinetd(path: str, resolver=None, system=None, stamp=None) -> XinetdConfig:
     """Read ``path`` (and what it includes).  Raises RuleSyntaxError when
     xinetd itself would refuse to start (unreadable file, bad defaults).
     ``system`` answers the system questions (acl.parse.xinetd_system; a
-    fresh one when None)."""
-    ctx = _Ctx(resolver, system=system)
+    fresh one when None); ``stamp(path)`` is called just before each file
+    is read and each directory listed (``XinetdConfig.files``)."""
+    ctx = _Ctx(resolver, system=system, stamp=stamp)
     ctx.defaults = XEntry("defaults", path, 0, is_defaults=True)
     _read_file(path, ctx, top=True)
     return _finish(ctx, path)
@@ -613,5 +744,5 @@ def parse_xinetd_text(text: str, path: str = "<xinetd.conf>", resolver=None,
     """Like :func:`parse_xinetd` for text already in memory."""
     ctx = _Ctx(resolver, system=system)
     ctx.defaults = XEntry("defaults", path, 0, is_defaults=True)
-    _parse_text(path, text, ctx)
+    _parse_text(path, text.encode("utf-8", "surrogateescape"), ctx)
     return _finish(ctx, path)

@@ -81,6 +81,23 @@ def c_strtol(text: str) -> int | None:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
+_OCT_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-7]+)[ \t\n\v\f\r]*\Z")
+
+
+def c_strtol_base8(text: str) -> int | None:
+    """util.c ``parse_int(text, 8, -1)``: strtol base 8 with trailing blanks
+    allowed, the long stored in a C int (it wraps)."""
+    m = _OCT_RE.match(text)
+    if m is None:
+        return None
+    neg = m[1] == "-"
+    mag = int(m[2], 8)
+    if mag > (1 << 63) - (0 if neg else 1):
+        return None                           # ERANGE
+    v = (-mag if neg else mag) & 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
 def c_strtoul_full(text: str) -> int | None:
     """xinetd ``parse_ubase10``: strtoull, then stored in an unsigned int."""
     m = _INT_RE.match(text)
@@ -301,7 +318,7 @@ def p_addresses(attr):
             if got is None:
                 ctx.note(f"failed to parse {v}", value=v)
                 continue
-            path, line, _ = ctx.where
+            path, line = ctx.where[:2]
             for e in got:
                 overrun = v6_mask_overrun(e)
                 if overrun:
@@ -439,11 +456,11 @@ def p_deny_time(entry, values, op, ctx):
 
 
 def p_umask(entry, values, op, ctx):
-    try:
-        n = int(values[0].strip(), 8)
-    except ValueError as exc:
-        raise AttrFail("umask argument is invalid.") from exc
-    if not 0 <= n <= 0o777:
+    # util.c parse_int(str, 8, -1): strtol base 8 (C blanks before, after),
+    # the long stored in an int -- not Python's int(), which also takes
+    # "0o22", "0_22", Unicode digits and Unicode blanks.
+    n = c_strtol_base8(values[0])
+    if n is None or not 0 <= n <= 0o777:
         raise AttrFail("umask argument is invalid.")
     entry.parsed["umask"] = n
 
@@ -454,7 +471,7 @@ def p_rlimit(attr):
         if _eq(v, "UNLIMITED"):
             entry.parsed[attr] = UNLIMITED
             return
-        body = v.rstrip()
+        body = v.rstrip(" \t\n\v\f\r")        # get_limit: C isspace only
         mult = 1
         if attr != "rlimit_cpu" and body[-1:] in ("k", "K", "m", "M"):
             mult = 1024 if body[-1] in "kK" else 1024 * 1024

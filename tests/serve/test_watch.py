@@ -122,3 +122,64 @@ def test_racy_and_future_stamps(tmp_path):
     future = time.time() + 3600
     os.utime(rules, (future, future))
     assert load_policy(toml).stamps[str(rules)] == Engine.file_stamp(rules)
+
+
+XSVC = ("service {name}\n{{\n  type = UNLISTED\n  port = {port}\n  socket_type = stream\n"
+        "  protocol = tcp\n  wait = no\n  user = root\n  server = /bin/true\n"
+        "  only_from = {only}\n}}\n")
+
+
+def _old(*paths: Path) -> None:
+    old = time.time() - 60               # not racy: written long ago
+    for p in paths:
+        os.utime(p, (old, old))
+
+
+def test_xinetd_files_read_through_includedir_and_include_are_watched(tmp_path):
+    """A service in /etc/xinetd.d/NAME is watched as the top file is; so is
+    the directory (a file added there reloads) and an ``include``d file."""
+    d = tmp_path / "xd"
+    d.mkdir()
+    (d / "wsvc").write_text(XSVC.format(name="wsvc", port=24900, only="127.0.0.2"))
+    (tmp_path / "more.conf").write_text(XSVC.format(name="isvc", port=24901, only="127.0.0.2"))
+    (tmp_path / "xinetd.conf").write_text(f"defaults\n{{\n}}\nincludedir {d}\n"
+                                          f"include {tmp_path / 'more.conf'}\n")
+    toml = tmp_path / "policy.toml"
+    toml.write_text('[sockets]\nquery = "query.sock"\n\n[[source]]\ntype = "xinetd"\n'
+                    'file = "xinetd.conf"\n\n[run]\nwatch = true\n')
+    _old(d / "wsvc", tmp_path / "more.conf", tmp_path / "xinetd.conf", toml, d)
+    policy = load_policy(toml)
+    for f in (d, d / "wsvc", tmp_path / "more.conf"):
+        assert str(f) in policy.stamps and policy.stamps[str(f)] == Engine.file_stamp(f)
+    engine = Engine(policy)
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+
+    def ask(service):
+        return engine.decide(Request(service, "127.0.0.3"), time.time()).verdict
+
+    async def until(cond, what):
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while not cond():
+            assert asyncio.get_running_loop().time() < deadline, what
+            await asyncio.sleep(0.02)
+
+    async def scenario():
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(watch_interval=0.02, ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+            assert ask("wsvc") is Verdict.DENY and ask("isvc") is Verdict.DENY
+            (d / "wsvc.tmp").write_text(XSVC.format(name="wsvc", port=24900, only="127.0.0.3"))
+            os.replace(d / "wsvc.tmp", d / "wsvc")           # an edit in xinetd.d
+            await until(lambda: ask("wsvc") is Verdict.ALLOW, "xinetd.d/wsvc edit not loaded")
+            (d / "new").write_text(XSVC.format(name="nsvc", port=24902, only="127.0.0.3"))
+            await until(lambda: "nsvc" in engine.policy.services(),
+                        "file added to includedir not loaded")
+            (tmp_path / "more.conf").write_text(
+                XSVC.format(name="isvc", port=24901, only="127.0.0.3 "))
+            await until(lambda: ask("isvc") is Verdict.ALLOW, "included file edit not loaded")
+        finally:
+            server.stop()
+            await asyncio.wait_for(serving, WAIT)
+
+    asyncio.run(scenario())

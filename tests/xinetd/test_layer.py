@@ -141,3 +141,53 @@ def test_decisions_point_at_the_list_value_that_decided():
     assert where["127.0.0.2"] == f"test.conf:{o}"            # granted by this line
     s = next(i for i, t in enumerate(lines, 1) if t.startswith("service a"))
     assert where["10.0.0.1"] == f"test.conf:{s}"             # no entry matched: the service
+
+
+def test_services_sharing_an_id_each_keep_their_lists_and_limits():
+    """An id xinetd keeps twice (bind differs) is picked by the request's
+    server address; each entry has its own cps slot; a request that does not
+    pick one entry is refused, and the load says so."""
+    text = (svc("d", "only_from = 127.0.0.2", "cps = 1 60")
+            + svc("d", "only_from = 127.0.0.3", bind="127.0.0.10")
+            + svc("d", "only_from = 127.0.0.4", bind=None, port=23901, flags="IPv4 NOLIBWRAP"))
+    policy, diags = load(text)
+    assert any("service id d is kept 3 times" in str(d) for d in diags)
+    lay = XinetdLayer(policy, resolver=RESOLVER)
+
+    def ask(client, server=None, port=0, now=None):
+        req = Request(service="d", client=client, server=server, server_port=port)
+        d = lay.check_address(req) if now is None else lay.check(req, now)
+        return "allow" if d.allowed else f"deny {d.reason.log_text}"
+
+    assert ask("127.0.0.2", "127.0.0.1") == "allow"
+    assert ask("127.0.0.3", "127.0.0.1") == "deny address"
+    assert ask("127.0.0.3", "127.0.0.10") == "allow"
+    assert ask("127.0.0.2", "::ffff:127.0.0.10") == "deny address"
+    assert ask("127.0.0.4", "127.0.0.1", 23901) == "allow"        # the port picks
+    assert ask("127.0.0.4", "127.0.0.9") == "allow"               # only the unbound one
+    assert ask("127.0.0.2") == "deny address"                     # no server: ambiguous
+    assert ask("127.0.0.4", "127.0.0.1") == "deny address"        # bound one wins, no .4
+    # cps 1 60 trips the 127.0.0.1 entry only
+    assert ask("127.0.0.2", "127.0.0.1", now=1000.0) == "allow"
+    assert ask("127.0.0.2", "127.0.0.1", now=1000.1) == "deny connections per second"
+    assert ask("127.0.0.3", "127.0.0.10", now=1000.2) == "allow"
+
+
+def test_services_xinetd_cannot_make_a_socket_for_are_dropped():
+    """stream + udp: socket() fails (live: "socket creation failed (errno
+    93)", test_live_address.py); flags IPv6 with an IPv4 bind: xinetd binds
+    a garbage address (live: "bind failed (errno 99)" in one configuration,
+    a socket on :: in another); both are dropped, the reason at the service."""
+    policy, diags = load(svc("su", "protocol = udp").replace("  protocol = tcp\n", "")
+                         + svc("dt", port=23901).replace("socket_type = stream",
+                                                         "socket_type = dgram")
+                         .replace("wait = no", "wait = yes")
+                         + svc("v6", port=23902, flags="IPv6 NOLIBWRAP")
+                         + svc("v6m", port=23903, flags="IPv6 NOLIBWRAP",
+                               bind="::ffff:127.0.0.1")
+                         + svc("ok", port=23904))
+    assert set(policy.services) == {"v6m", "ok"}
+    text = "\n".join(map(str, diags))
+    assert "test.conf:1: Service su: socket_type stream with protocol udp" in text
+    assert "Service dt: socket_type dgram with protocol tcp" in text
+    assert "Service v6: flags IPv6 with the IPv4 bind address 127.0.0.1" in text

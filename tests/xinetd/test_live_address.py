@@ -303,3 +303,57 @@ SLOW_SEEDS = list(range(100 + SLOW_SEED_BASE, 108 + SLOW_SEED_BASE))
 def test_address_decisions_many_seeds(seed, tmp_path):
     """More generated configurations (ACL_SLOW=1)."""
     _differential(seed, SLOW_SEEDS.index(seed) % 4, tmp_path)
+
+
+def test_services_sharing_an_id_match_real_xinetd(tmp_path):
+    """xinetd keeps a repeated id on another bind address (spec C.2): each
+    address is decided by its own service's lists; acl is told which one by
+    the server address (``acl match ... SERVICE IP SERVER``)."""
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 600
+    text = _ok_server(svc("dupb", "only_from = 127.0.0.2", port=base)
+                      + svc("dupb", "only_from = 127.0.0.3", port=base, bind="127.0.0.10")
+                      + svc("dupc", "only_from = 127.0.0.2", "id = same", port=base + 1)
+                      + svc("dupc", "only_from = 127.0.0.3", "id = same", port=base + 1,
+                            bind="127.0.0.10"))
+    xd = Xinetd(text, 4)
+    try:
+        xd.start()
+        plan = [(sid, port, dst, src) for sid, port in (("dupb", base), ("same", base + 1))
+                for dst in ("127.0.0.1", "127.0.0.10") for src in ("127.0.0.2", "127.0.0.3")]
+        observed = [probe(port, src, dst) for _, port, dst, src in plan]
+    finally:
+        xd.stop()
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    conf = tmp_path / "x.conf"
+    conf.write_text(text)
+    out = subprocess.run(
+        [sys.executable, "-m", "acl", "match", "--xinetd", str(conf), "--hosts", str(hosts),
+         "--batch", "-q"], input="".join(f"{sid} {src} {dst}\n" for sid, _, dst, src in plan),
+        capture_output=True, text=True, timeout=60)
+    assert [_expected(a) for a in out.stdout.splitlines()] == observed
+    assert observed.count("ok") == 4 and observed.count("closed") == 4
+
+
+def test_services_without_a_socket_match_real_xinetd(tmp_path):
+    """socket_type stream with protocol udp: xinetd reads the service, cannot
+    create its socket and never serves it; acl drops it (unknown service)."""
+    require_live()
+    from tests.xinetd.helpers import svc
+
+    lo, _ = PORTS["xinetd"]
+    base = lo + 610
+    text = _ok_server(svc("su", port=base).replace("protocol = tcp", "protocol = udp")
+                      + svc("ok", port=base + 1))
+    xd = Xinetd(text, 2)
+    try:
+        xd.start()
+        rows = [(sid, "127.0.0.2", probe(base + i, "127.0.0.2")) for i, sid in enumerate(["su", "ok"])]
+    finally:
+        xd.stop()
+    assert acl_outcomes(tmp_path, text, rows) == rows
+    assert [r[2] for r in rows] == ["refused", "ok"]
