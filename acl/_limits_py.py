@@ -355,7 +355,7 @@ class LimitState:
                 raise ValueError(f"bad time interval {start}-{end}")
 
     def _check_slot(self, slot: int) -> None:
-        if not 0 <= slot < self.max_services:
+        if not 0 <= operator.index(slot) < self.max_services:
             raise ValueError(f"slot {slot} out of range")
         if slot >= len(self._cps_max):
             self._grow(slot)

@@ -7,7 +7,13 @@ server on this socket costs with zero work per request.
 
 * pipelined decisions per second: one client writes N DECIDE frames without
   waiting while it reads the replies (acl) / the echoes (C);
-* sequential round trips: one frame, wait for its answer, repeat; p50/p99;
+* sequential round trips: one frame, wait for its answer, repeat; p50/p99.
+  First as the scheduler places the processes ("free"), then with the
+  client and both servers pinned alike ("same CPU": all three on one CPU;
+  "other CPU": the servers on a second one).  On a VM a wake-up across
+  CPUs costs an interrupt (several us), and where the scheduler puts a
+  server is a coin it tosses per process, not a property of the server:
+  the pinned runs compare the two servers' own costs under one placement;
 * in-process batch decisions: ``BatchPlan.run`` over a buffer of frames (the
   compiled batch path without any socket);
 * reload of a large prefix policy under load: time until the new policy
@@ -318,11 +324,69 @@ def test_sequential_round_trip_latency(benchmark, acl_path, echo_path, py_echo_p
             "asyncio_echo_p50_us": pct(pyecho, 50), "asyncio_echo_p99_us": pct(pyecho, 99)}
     info["p50_ratio"] = info["acl_p50_us"] / info["echo_p50_us"]
     info["p99_ratio"] = info["acl_p99_us"] / info["echo_p99_us"]
-    benchmark.extra_info.update(info)
-    print(f"\nround trip: acl p50 {info['acl_p50_us']:.1f} us p99 {info['acl_p99_us']:.1f} us; "
+    print(f"\nround trip (free): acl p50 {info['acl_p50_us']:.1f} us p99 {info['acl_p99_us']:.1f} us; "
           f"C echo p50 {info['echo_p50_us']:.1f} us p99 {info['echo_p99_us']:.1f} us; "
           f"ratio p50 {info['p50_ratio']:.2f}x p99 {info['p99_ratio']:.2f}x; bare asyncio echo "
           f"p50 {info['asyncio_echo_p50_us']:.1f} us p99 {info['asyncio_echo_p99_us']:.1f} us")
+    for place, (acl_lat, echo_lat) in placed_round_trips(acl_path, echo_path, frame).items():
+        key = place.replace(" ", "_")
+        p50, e50 = pct(acl_lat, 50), pct(echo_lat, 50)
+        p99, e99 = pct(acl_lat, 99), pct(echo_lat, 99)
+        info.update({f"{key}_acl_p50_us": p50, f"{key}_echo_p50_us": e50,
+                     f"{key}_p50_ratio": p50 / e50, f"{key}_p99_ratio": p99 / e99})
+        print(f"round trip ({place}): acl p50 {p50:.1f} us p99 {p99:.1f} us; C echo p50 "
+              f"{e50:.1f} us p99 {e99:.1f} us; ratio p50 {p50 / e50:.2f}x p99 {p99 / e99:.2f}x")
+    benchmark.extra_info.update(info)
+
+
+def server_pid(path: str) -> int:
+    """The PID of the process listening on ``path`` (SO_PEERCRED of a
+    connection: the credentials the listener had when it called listen)."""
+    s = _connect(path)
+    try:
+        cred = s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    finally:
+        s.close()
+    return struct.unpack("3i", cred)[0]
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` (0: this process) onto ``cpus``."""
+    tasks = os.listdir(f"/proc/{pid or os.getpid()}/task")
+    for tid in tasks:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:      # a thread that ended meanwhile
+            pass
+
+
+def placed_round_trips(acl_path: str, echo_path: str, frame: bytes,
+                       block: int = 500) -> dict[str, tuple[list[float], list[float]]]:
+    """Round trips to acl and to the C echo with this process and both
+    servers pinned alike: "same CPU" (all on one), and with two CPUs allowed
+    "other CPU" (the servers on a second).  Affinities are put back after."""
+    cpus = sorted(os.sched_getaffinity(0))
+    places = {"same CPU": ({cpus[0]}, {cpus[0]})}
+    if len(cpus) > 1:
+        places["other CPU"] = ({cpus[0]}, {cpus[1]})
+    pids = [server_pid(acl_path), server_pid(echo_path)]
+    before = {pid: os.sched_getaffinity(pid) for pid in [0, *pids]}
+    out = {}
+    try:
+        for place, (client, server) in places.items():
+            _pin(0, client)
+            for pid in pids:
+                _pin(pid, server)
+            acl_lat: list[float] = []
+            echo_lat: list[float] = []
+            for _ in range(max(1, N_RTT // 2 // block)):
+                echo_lat.extend(round_trips(echo_path, frame, block))
+                acl_lat.extend(round_trips(acl_path, frame, block))
+            out[place] = (acl_lat, echo_lat)
+    finally:
+        for pid, cpus_before in before.items():
+            _pin(pid, cpus_before)
+    return out
 
 
 def _xinetd_policy(d: Path) -> Path:

@@ -52,6 +52,15 @@ class UsageParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class FatalUsageParser(argparse.ArgumentParser):
+    """argparse for commands whose usage errors end the program at once: the
+    usage, then ``PROG: fatal: MESSAGE``, exit EXIT_BAD_INPUT (not argparse's 2)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: fatal: {message}\n")
+
+
 def version_text() -> str:
     from acl import __version__
     from acl.core import CORE_TEXT

@@ -22,17 +22,10 @@ import os
 import sys
 
 from acl import audit
-from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY
+from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY, FatalUsageParser
 from acl.errors import AclError
 
 DEFAULT_CONFIG = "/etc/acl/policy.toml"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # usage errors exit 100, not argparse's 2
-        self.print_usage(sys.stderr)
-        print(f"acl audit: fatal: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def _port_name(text: str) -> tuple[int, str]:
@@ -43,7 +36,7 @@ def _port_name(text: str) -> tuple[int, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl audit",
+    p = FatalUsageParser(prog="acl audit",
                 description="List listening TCP/UDP sockets, their processes, the policy "
                             "layers that cover them and what sample clients would get.")
     g = p.add_mutually_exclusive_group()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from acl.cli import FatalUsageParser
 from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
 from acl.errors import Severity
@@ -27,16 +28,8 @@ from acl.parse.hosts_access import read_hosts
 from acl.rulefiles import read_bytes
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 100 (acl's "bad input"), not argparse's 2."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(100, f"acl check: fatal: {message}\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl check", description="lint hosts.allow / hosts.deny")
+    p = FatalUsageParser(prog="acl check", description="lint hosts.allow / hosts.deny")
     p.add_argument("--hosts-allow", metavar="FILE")
     p.add_argument("--hosts-deny", metavar="FILE")
     p.add_argument("-d", action="store_true", help="use ./hosts.allow and ./hosts.deny")

@@ -36,6 +36,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from acl.cli import FatalUsageParser
 from acl.compile.tcpw import HostsAccessLayer, HostView, Query, load_hosts_access
 from acl.model import Decision, Verdict
 from acl.parse.hosts_patterns import (
@@ -166,16 +167,8 @@ def build(args) -> tuple[HostsAccessLayer, Resolver, list]:
     return layer, resolver, diags
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 100 (acl's "bad input"), not argparse's 2."""
-
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        self.exit(100, f"acl match: fatal: {message}\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="acl match", description="explain a hosts.allow/hosts.deny decision")
+    p = FatalUsageParser(prog="acl match", description="explain a hosts.allow/hosts.deny decision")
     p.add_argument("--hosts-allow", metavar="FILE", help="hosts.allow (absent: empty)")
     p.add_argument("--hosts-deny", metavar="FILE", help="hosts.deny (absent: empty)")
     p.add_argument("--hosts-file", metavar="FILE",

@@ -53,6 +53,7 @@ cdef class LimitState:
     cdef dict _leases            # lease id -> (slot, hi, lo, tracked)
     cdef uint64_t _next_lease
 
+    cdef int _slot(self, object arg) except -1
     cdef int _check_slot(self, int slot) except -1
     cdef void _reset(self, int s) noexcept
     cdef int _ofind(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil

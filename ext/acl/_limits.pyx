@@ -307,10 +307,10 @@ cdef class LimitState:
                 i += 1
         return gone
 
-    def configure(self, int slot, cps_max=50, cps_wait=10, instances=UNLIMITED,
+    def configure(self, slot_arg, cps_max=50, cps_wait=10, instances=UNLIMITED,
                   per_source=UNLIMITED, max_load=0.0, times=None, rate=0.0, burst=0.0):
         """Set a service's limits; its counters and leases are kept."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns, tau_ns = _gcra(rate, burst)
         cdef uint64_t bits[23]
@@ -356,6 +356,16 @@ cdef class LimitState:
         for start, end in times or ():
             if not (0 <= operator.index(start) <= operator.index(end) < 1440):
                 raise ValueError(f"bad time interval {start}-{end}")
+
+    cdef int _slot(self, object arg) except -1:
+        """A slot number from the caller, checked as the twin checks it: any
+        integer (``operator.index``: TypeError otherwise), ValueError when out
+        of range -- never C's OverflowError or a float cut to an int."""
+        cdef object s = operator.index(arg)
+        if not 0 <= s < self.max_services:
+            raise ValueError(f"slot {s} out of range")
+        self._check_slot(<int>s)
+        return <int>s
 
     cdef int _check_slot(self, int slot) except -1:
         cdef int c, k
@@ -556,10 +566,10 @@ cdef class LimitState:
             e.last = tat + sv.t_ns
         return 0
 
-    def check(self, int slot, const unsigned char[::1] source, double now, double load=0.0,
+    def check(self, slot_arg, const unsigned char[::1] source, double now, double load=0.0,
               int minute=-1):
         """One connection attempt at ``now``; a reason code (``OK`` = 0)."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         if source.shape[0] != 16:
             raise ValueError("source must be 16 bytes (see pack_source)")
         _check_now(now)
@@ -652,21 +662,21 @@ cdef class LimitState:
                 blk = end
         return granted
 
-    def cps_active(self, int slot, double now):
+    def cps_active(self, slot_arg, double now):
         """False while a cps trip keeps the service "closed"."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         return not now < _svc_at(self._chunks, slot).off_until
 
-    def cps_state(self, int slot):
+    def cps_state(self, slot_arg):
         """(count, window_start, off_until) of the service's cps counter."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         sv = _svc_at(self._chunks, slot)
         return int(sv.count), int(sv.window), float(sv.off_until)
 
     # -- leases ---------------------------------------------------------
-    def take_lease(self, int slot, const unsigned char[::1] source):
+    def take_lease(self, slot_arg, const unsigned char[::1] source):
         """Count a granted connection toward instances and per_source."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         if source.shape[0] != 16:
             raise ValueError("source must be 16 bytes (see pack_source)")
         cdef uint64_t hi = acl_load_be64(&source[0])
@@ -721,9 +731,9 @@ cdef class LimitState:
                         self._odelete(i)
         return True
 
-    def held(self, int slot, const unsigned char[::1] source):
+    def held(self, slot_arg, const unsigned char[::1] source):
         """Live leases of ``slot`` from ``source`` (what per_source compares)."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         cdef uint64_t hi = acl_load_be64(&source[0])
         cdef uint64_t lo = acl_load_be64(&source[8])
         cdef uint32_t tag = USED | <uint32_t>slot
@@ -734,19 +744,19 @@ cdef class LimitState:
         return int(self._ovf[i].value) if i >= 0 else 0
 
     # -- counters for the metrics collector --------------------------------
-    def active_leases(self, int slot):
-        self._check_slot(slot)
+    def active_leases(self, slot_arg):
+        cdef int slot = self._slot(slot_arg)
         return int(_svc_at(self._chunks, slot).active)
 
-    def refusals(self, int slot, int reason):
+    def refusals(self, slot_arg, int reason):
         """Checks of ``slot`` that ended with ``reason`` (``OK`` counts grants)."""
-        self._check_slot(slot)
+        cdef int slot = self._slot(slot_arg)
         if reason < 0 or reason >= 10:
             raise ValueError("reason must be 0..9")
         return int(_svc_at(self._chunks, slot).refusals[reason])
 
-    def cps_trips(self, int slot):
-        self._check_slot(slot)
+    def cps_trips(self, slot_arg):
+        cdef int slot = self._slot(slot_arg)
         return int(_svc_at(self._chunks, slot).cps_trips)
 
     @property
