@@ -313,3 +313,21 @@ def test_out_of_range_numbers_are_value_errors_and_send_nothing(served):
                 c.decide("sshd", "192.0.2.1", **kw)
         assert c.release((1 << 64) - 1) is False                # still in step
         assert c.decide("sshd", "192.0.2.1", client_port=65535).allowed
+
+
+def test_request_ids_wrap_around_in_step(served):
+    """Ids are u32 and a batch's are consecutive: one that crosses 2**32
+    is matched across the wrap (0xFFFFFFFE, 0xFFFFFFFF, 0, 1, ...)."""
+    reqs = [Request("sshd", a) for a in ("192.0.2.1", "203.0.113.1")] * 3
+    with Client(served.query, timeout=WAIT) as c:
+        c._next_id = 0xFFFFFFFE
+        assert [d.allowed for d in c.decide_many(reqs)] == [True, False] * 3
+        assert c.ping() == "compiled"
+
+    async def main():
+        async with await AsyncClient.connect(served.query, timeout=WAIT) as a:
+            a._next_id = 0xFFFFFFFF
+            assert [d.allowed for d in await a.decide_many(reqs)] == [True, False] * 3
+            assert await a.ping() == "compiled"
+
+    asyncio.run(main())
