@@ -1,13 +1,18 @@
 """``acl query``: ask a running ``acl serve``.
 
-    acl query [--socket PATH] [--lease] [--host NAME] [--user NAME]
+    acl query [--socket PATH] [--timeout S] [--lease] [--host NAME] [--user NAME]
               [--port N] [--server ADDR] [--server-port N] SERVICE CLIENT
     acl query --admin PATH reload|stats|dump
 
 Prints ``allow``/``deny``/``delegate`` with the reason, the deciding rule,
-the environment and options.  Exit status: 0 granted, 1 denied, 100 bad
-arguments, 111 the sidecar cannot be reached or answered with an error.
-The default socket is ``$ACL_SOCKET``, else ``/run/acl/query.sock``.
+the environment and options.  The default socket is ``$ACL_SOCKET`` (unset
+or empty: ``/run/acl/query.sock``).
+
+Exit status: 0 granted (``--admin``: the command worked), 1 denied, 100 bad
+input -- arguments, a socket path too long to be one, an admin command the
+server does not take, a reload refused because the policy does not load --
+and 111 when the sidecar cannot be reached, does not answer within the
+timeout (10 s), or answers with an error of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +26,11 @@ import sys
 from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY
 
 PROG = "acl query"
+#: acl.serve.server.ADMIN_COMMANDS (not imported: it would load the server)
+ADMIN_COMMANDS = ("reload", "stats", "dump")
+DEFAULT_TIMEOUT = 10.0
+#: sun_path holds 108 bytes, its NUL included
+MAX_SOCKET_PATH = 107
 
 
 def format_decision(service: str, client: str, d) -> str:
@@ -36,13 +46,24 @@ def format_decision(service: str, client: str, d) -> str:
     return "\n  ".join(parts)
 
 
-def admin(path: str, command: str) -> int:
+def socket_path_error(path: str) -> str | None:
+    """Why ``path`` cannot name a Unix socket, or None."""
+    n = len(os.fsencode(path))
+    if n > MAX_SOCKET_PATH:
+        return f"a Unix socket path is at most {MAX_SOCKET_PATH} bytes, this one is {n}"
+    return None
+
+
+def admin(path: str, command: str, timeout: float = DEFAULT_TIMEOUT) -> int:
     """Send one command, print the JSON answer.  The server may answer and
     close before reading (a uid it does not serve): a failed send is then
-    followed by reading that answer, which is what the user needs to see."""
+    followed by reading that answer, which is what the user needs to see.
+    Exit status: 0 ok; 100 a refusal whose ``cause`` is the command or the
+    policy (bad input); 111 any other refusal (a uid not served) and no
+    answer."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
+            s.settimeout(timeout)
             s.connect(path)
             try:
                 s.sendall(command.encode() + b"\n")
@@ -61,33 +82,43 @@ def admin(path: str, command: str) -> int:
                     raise
             if unsent is not None and not data:
                 raise unsent
+    except TimeoutError:
+        print(f"{PROG}: fatal: {path}: no answer within {timeout:g} s: is it the admin "
+              f"socket?", file=sys.stderr)
+        return EXIT_TEMPORARY
     except OSError as exc:
         print(f"{PROG}: fatal: cannot reach {path}: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY
     try:
         reply = json.loads(data)
+        if not isinstance(reply, dict):
+            raise ValueError(reply)
     except ValueError:
-        print(f"{PROG}: fatal: no answer from {path}", file=sys.stderr)
+        print(f"{PROG}: fatal: no answer from {path}: is it the admin socket?", file=sys.stderr)
         return EXIT_TEMPORARY
     print(json.dumps(reply, indent=2, sort_keys=True))
-    return EXIT_OK if reply.get("ok") else EXIT_TEMPORARY
+    if reply.get("ok"):
+        return EXIT_OK
+    return EXIT_BAD_INPUT if reply.get("cause") in ("command", "policy") else EXIT_TEMPORARY
 
 
 DEFAULT_SOCKET = "/run/acl/query.sock"
 
 # One decision per run: the words are SERVICE CLIENT, or one admin COMMAND.
 # (argparse would write the words as repeatable, which they are not.)
-USAGE = ("%(prog)s [-h] [-s PATH] [--lease] [--host NAME] [--user NAME] [--port N]\n"
-         "                 [--server ADDR] [--server-port N] SERVICE CLIENT\n"
-         "       %(prog)s --admin PATH reload|stats|dump")
+USAGE = ("%(prog)s [-h] [-s PATH] [--timeout S] [--lease] [--host NAME] [--user NAME]\n"
+         "                 [--port N] [--server ADDR] [--server-port N] SERVICE CLIENT\n"
+         "       %(prog)s [--timeout S] --admin PATH reload|stats|dump")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, usage=USAGE, description="ask a running acl serve")
     p.add_argument("--socket", "-s", metavar="PATH",
-                   default=os.environ.get("ACL_SOCKET", DEFAULT_SOCKET),
+                   default=os.environ.get("ACL_SOCKET") or DEFAULT_SOCKET,
                    help=f"the sidecar's query socket (default: $ACL_SOCKET, else "
                         f"{DEFAULT_SOCKET})")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT:g})")
     p.add_argument("--admin", metavar="PATH",
                    help="admin socket: run COMMAND (reload, stats, dump)")
     p.add_argument("--lease", action="store_true", help="take a lease (held until exit)")
@@ -112,13 +143,25 @@ def main(argv: list[str]) -> int:
         if not 0 <= value <= 65535:
             print(f"{PROG}: {flag} {value}: a port is 0 .. 65535", file=sys.stderr)
             return EXIT_BAD_INPUT
+    if not args.timeout > 0:
+        print(f"{PROG}: --timeout {args.timeout}: seconds, more than 0", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    path = args.admin or args.socket
+    why = socket_path_error(path)
+    if why:
+        print(f"{PROG}: fatal: {path}: {why}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if args.admin:
-        return admin(args.admin, " ".join(args.words))
+        if len(args.words) != 1 or args.words[0].lower() not in ADMIN_COMMANDS:
+            print(f"{PROG}: fatal: --admin takes one command: {' | '.join(ADMIN_COMMANDS)}, "
+                  f"not {' '.join(args.words)!r}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        return admin(args.admin, args.words[0], args.timeout)
     if len(args.words) != 2:
         print(f"{PROG}: fatal: give one SERVICE CLIENT pair\n{p.format_usage().rstrip()}",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    from acl.client import Client
+    from acl.client import Client, ServerError
     from acl.errors import ProtocolError
     from acl.model import Request
 
@@ -133,10 +176,17 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: fatal: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
-        with Client(args.socket) as c:
+        with Client(args.socket, timeout=args.timeout) as c:
             d = c.decide(req)
+    except TimeoutError:
+        # the policy (Postfix) and admin sockets wait for a line that never comes
+        print(f"{PROG}: fatal: {args.socket}: no answer in the binary protocol within "
+              f"{args.timeout:g} s: is it the query socket?", file=sys.stderr)
+        return EXIT_TEMPORARY
     except (OSError, ProtocolError) as exc:
-        print(f"{PROG}: fatal: {args.socket}: {exc}", file=sys.stderr)
+        hint = ("" if isinstance(exc, (OSError, ServerError))
+                else ": is it the query socket?")      # bytes that are no reply at all
+        print(f"{PROG}: fatal: {args.socket}: {exc}{hint}", file=sys.stderr)
         return EXIT_TEMPORARY
     # env values are the rule file's bytes (docs/protocol.md): print them as such
     sys.stdout.buffer.write((format_decision(service, client, d) + "\n")

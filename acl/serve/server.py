@@ -61,7 +61,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from acl.errors import AclError
+from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
 from acl.serve import accept, capabilities, conn, privileges, systemd, workers
 
@@ -71,6 +71,9 @@ NAME_THREADS = 8
 #: rounds of lookups for one request (look_up_names): its name, then each
 #: netgroup the rules ask of it in turn
 NAME_ROUNDS = 16
+#: the admin socket's commands, each a line of one word (acl query --admin
+#: checks a command against this before sending it)
+ADMIN_COMMANDS = ("reload", "stats", "dump")
 
 
 def log(msg: str) -> None:
@@ -413,6 +416,8 @@ class Server:
                 systemd.notify("READY=1")
                 self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
                 result = {"ok": False, "error": str(exc)}
+                if isinstance(exc, (PolicyError, RuleSyntaxError)):
+                    result["cause"] = "policy"       # acl query --admin: bad input, 100
                 self._watch_state = before
             else:
                 self.engine.commit(prepared)
@@ -464,7 +469,15 @@ class Server:
 
     # -- admin ---------------------------------------------------------
     async def admin_command(self, line: str) -> dict:
-        cmd = line.split()[0].lower() if line.split() else ""
+        """One admin line -> its answer.  A line that is no command -- an
+        unknown word, or a command with words it does not take -- is
+        ``{"ok": false, "cause": "command", ...}``, and a reload refused for
+        the policy's sake ``"cause": "policy"`` (docs/protocol.md)."""
+        words = line.split()
+        cmd = words[0].lower() if words else ""
+        if cmd in ADMIN_COMMANDS and len(words) > 1:
+            return {"ok": False, "cause": "command",
+                    "error": f"{cmd} takes no arguments, got {' '.join(words[1:])!r}"}
         if cmd == "reload":
             return await self.reload_now("admin")
         if cmd == "stats":
@@ -488,7 +501,8 @@ class Server:
             }
         if cmd == "dump":
             return {"ok": True, "policy": self.engine.describe()}
-        return {"ok": False, "error": f"unknown command {cmd!r} (reload, stats, dump)"}
+        return {"ok": False, "cause": "command",
+                "error": f"unknown command {cmd!r} ({', '.join(ADMIN_COMMANDS)})"}
 
     # -- life cycle ----------------------------------------------------
     async def serve(self, *, watch_interval: float = 1.0, ready=None,

@@ -310,6 +310,9 @@ def decide_payload(request: Request) -> bytes:
     user = (request.user or "").encode("utf-8", names)
     if not 1 <= len(service) <= 255 or len(host) > 255 or len(user) > 255:
         raise ValueError("service must be 1..255 bytes, host and user at most 255")
+    if not (0 <= request.client_port <= 0xFFFF and 0 <= request.server_port <= 0xFFFF):
+        raise ValueError(f"client_port {request.client_port}, server_port "
+                         f"{request.server_port}: a port is 0 .. 65535")
     return (_DECIDE_FIXED.pack(cf, sf, request.client_port, request.server_port,
                                len(service), len(host), len(user), 0)
             + ca + sa + service + host + user)
@@ -328,6 +331,8 @@ def encode_decide(request_id: int, request: Request, seal: bool = False) -> byte
 
 
 def encode_release(request_id: int, lease_id: int) -> bytes:
+    if not 0 <= lease_id <= 0xFFFFFFFFFFFFFFFF:
+        raise ValueError(f"lease id {lease_id}: a lease id is 0 .. 2**64-1")
     return frame(T_RELEASE, request_id, struct.pack("<Q", lease_id))
 
 

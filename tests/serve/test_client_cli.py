@@ -425,3 +425,75 @@ def test_query_port_out_of_range_is_a_usage_error(flag, value):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 100, out
     assert "a port is 0 .. 65535" in out.stderr and "Traceback" not in out.stderr
+
+
+def _query(*args, env=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "acl", "query", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def test_admin_exit_status_tells_bad_input_from_failure(tmp_path):
+    """acl.cli's rules: 100 bad input -- a command the server does not take,
+    a reload refused because the policy does not load -- and 111 only for
+    not reaching or not being answered by the sidecar."""
+    from .conftest import policy_toml, start_server
+
+    srv = start_server(tmp_path, policy_toml(tmp_path, admin_uids=f"[{os.getuid()}]"))
+    try:
+        for words in (["relaod"], ["stats", "extra", "words"], ["dump", "x"]):
+            out = _query("--admin", srv.admin, *words)
+            assert out.returncode == 100, out
+            assert "--admin takes one command: reload | stats | dump" in out.stderr
+        # the server itself refuses a command line with words it does not take
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(srv.admin)
+            s.sendall(b"stats extra\nbogus\n")
+            data = b""
+            while data.count(b"\n") < 2:
+                chunk = s.recv(65536)
+                assert chunk, data
+                data += chunk
+        assert [json.loads(line) for line in data.splitlines()] == [
+            {"ok": False, "cause": "command", "error": "stats takes no arguments, got 'extra'"},
+            {"ok": False, "cause": "command",
+             "error": "unknown command 'bogus' (reload, stats, dump)"}]
+        rules = tmp_path / "tcp.smtpd"
+        good = rules.read_text()
+        rules.write_text("1.2.3.4:allow\n1.2.3.5:frob\n")
+        out = _query("--admin", srv.admin, "reload")
+        assert out.returncode == 100, out
+        reply = json.loads(out.stdout)
+        assert reply["cause"] == "policy" and f"{rules}:2:" in reply["error"]
+        rules.write_text(good)
+        assert _query("--admin", srv.admin, "RELOAD").returncode == 0
+    finally:
+        srv.stop()
+    gone = _query("--admin", srv.admin, "stats")
+    assert gone.returncode == 111 and "cannot reach" in gone.stderr
+
+
+def test_query_names_the_socket_it_could_not_use(served, tmp_path):
+    """The policy (Postfix) socket waits for a line that never comes: after
+    --timeout, say which socket acl query expected.  An empty ACL_SOCKET is
+    the default socket, as an unset one is; a path no Unix socket can have
+    is bad input."""
+    out = _query("--socket", served.policy, "--timeout", "0.5", "sshd", "127.0.0.1", timeout=30)
+    assert out.returncode == 111, out
+    assert out.stderr == (f"acl query: fatal: {served.policy}: no answer in the binary "
+                          f"protocol within 0.5 s: is it the query socket?\n")
+    from acl.cli.query import ADMIN_COMMANDS, DEFAULT_SOCKET
+    from acl.serve.server import ADMIN_COMMANDS as SERVED
+
+    assert ADMIN_COMMANDS == SERVED
+    if not os.path.exists(DEFAULT_SOCKET):
+        env = dict(os.environ, ACL_SOCKET="")
+        out = _query("sshd", "127.0.0.1", env=env)
+        assert out.returncode == 111 and out.stderr.startswith(
+            f"acl query: fatal: {DEFAULT_SOCKET}: "), out
+    long = str(tmp_path / ("x" * 120))
+    for args in (["--socket", long, "sshd", "127.0.0.1"], ["--admin", long, "stats"]):
+        out = _query(*args)
+        assert out.returncode == 100, out
+        assert "a Unix socket path is at most 107 bytes, this one is" in out.stderr
+    assert _query("--timeout", "0", "sshd", "127.0.0.1").returncode == 100

@@ -120,7 +120,7 @@ def test_toml_syntax_error_on_reload_says_file_line_column(tmp_path):
         cfg.write_text(text + "[limits]\n")            # a second [limits] table
         want = f"{cfg}:{len(text.splitlines()) + 1}:8: Cannot declare ('limits',) twice"
         r = admin(srv.admin, "reload")
-        assert r == {"ok": False, "error": want}
+        assert r == {"ok": False, "cause": "policy", "error": want}
         assert admin(srv.admin, "stats")["last_reload_error"] == want
         assert f"failed, keeping the running policy: {want}\n" in srv.text()
     finally:

@@ -332,7 +332,8 @@ def test_admin_answers_pipelined_commands_in_command_order(live):
     answers = [json.loads(line) for line in data.splitlines()]
     assert answers[0]["ok"] is True and "seconds" in answers[0]
     assert answers[1]["ok"] is True and answers[1]["core"] == "compiled"
-    assert answers[2] == {"ok": False, "error": "unknown command 'bogus' (reload, stats, dump)"}
+    assert answers[2] == {"ok": False, "cause": "command",
+                          "error": "unknown command 'bogus' (reload, stats, dump)"}
 
 
 def test_admin_refuses_uids_not_named(tmp_path):
