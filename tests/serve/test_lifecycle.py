@@ -139,7 +139,8 @@ def test_reload_logs_and_answers_the_new_policy_diagnostics(tmp_path):
         x = tmp_path / "xinetd.conf"
         text = x.read_text()
         x.write_text(text + "service foo\n{\n\tid = foo\n\tinstances 5\n}\n")
-        where = f"{x}:{len(text.splitlines()) + 4}:1: Bad operator for attribute: instances"
+        # column 12: where xinetd's reader looked for the operator ("5")
+        where = f"{x}:{len(text.splitlines()) + 4}:12: Bad operator for attribute: instances"
         r = admin(srv.admin, "reload")
         assert r["ok"] is True and r["diagnostics"] == [where]
         srv.proc.send_signal(signal.SIGHUP)
