@@ -7,6 +7,9 @@ The live Postfix runs of the same behaviour are in test_postfix_live.py.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from acl.engine import Engine
@@ -189,3 +192,26 @@ def test_reload_applies_a_new_policy_service(tmp_path):
         s2.close()
     finally:
         live.stop()
+
+
+# -- 3. per_source and instances never count Postfix requests: say so ------------------
+XINETD_LEASES = XINETD_CPS.format(cps=0).replace("\tcps\t\t= 0 30\n",
+                                                 "\tper_source\t= 1\n\tinstances\t= 2\n")
+
+
+@pytest.mark.parametrize("policy_socket", [True, False])
+def test_check_warns_that_per_source_and_instances_do_not_limit_postfix(tmp_path,
+                                                                        policy_socket):
+    cfg = policy_toml(tmp_path, policy_socket=policy_socket)
+    (tmp_path / "xinetd.conf").write_text(XINETD_LEASES)
+    out = subprocess.run([sys.executable, "-m", "acl", "serve", "--check", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    warning = (f"acl serve: {tmp_path}/xinetd.conf:1: warning: service smtpd: per_source = 1 "
+               "and instances = 2: no limit on Postfix policy requests")
+    assert (warning in out.stderr) is policy_socket, out.stderr
+    # a Postfix request is not refused by them: it takes no lease
+    engine = Engine.from_path(cfg)
+    sessions = Sessions()
+    for port in range(40001, 40005):
+        assert sessions.decide(engine, asked(port), 1_000_000.0 + port).allowed
