@@ -38,6 +38,13 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
   the slots of services the new policy no longer has (``retire``; a slot
   holding leases waits until a later commit).  A discarded prepared policy
   leaves the running limits as they were.
+* A later request of a connection already decided (the Postfix door asks at
+  every RCPT of one SMTP session; acl/serve/sessions.py) is decided by
+  :meth:`Engine.decide_again`: no limit is consulted or counted -- neither
+  ``[limits]`` rate nor the xinetd limits (the layer's ``check_address``
+  alone) -- so cps and rate count connections.  The first request's
+  refusal by a limit (:func:`limit_refusal`) is repeated instead; the
+  address layers are asked again (a reload may have changed them).
 * Counters are plain ints and dicts bumped per decision and read by
   :mod:`acl.metrics` at scrape time.  The compiled batch path
   (``acl._engine.BatchPlan``) keeps its own per-action counters; they are
@@ -128,6 +135,12 @@ def _activate(policy) -> None:
             keep.setdefault(id(state), (state, set()))[1].update(names)
     for state, names in keep.values():
         state.retire(names)
+
+
+def limit_refusal(decision: Decision) -> bool:
+    """Whether ``decision`` is a refusal by a limit (cps, rate, max_load,
+    access_times, instances, per_source): a connection's, not its address's."""
+    return not decision.allowed and decision.reason in LIMIT_OF_REASON
 
 
 def client_packed(client: str) -> bytes:
@@ -318,6 +331,22 @@ class Engine:
         self._observe(time.perf_counter() - t0, 1)
         return decision
 
+    def decide_again(self, request: Request, now: float,
+                     refused: Decision | None = None) -> Decision:
+        """Decide a later request of a connection whose first request was
+        decided (and counted) already: ``refused``, that first request's
+        refusal by a limit, is repeated; else every layer but the limits
+        decides (module rules).  Nothing is counted for cps or rate."""
+        t0 = time.perf_counter()
+        policy = self._policy
+        if refused is not None and policy.layers_for(request.service):
+            self._count(request.service, int(refused.verdict), int(refused.reason), 1)
+            decision = refused
+        else:
+            decision = self._decide(policy, request, now, again=True)
+        self._observe(time.perf_counter() - t0, 1)
+        return decision
+
     def decide_many(self, requests, now: float) -> list[Decision]:
         policy = self._policy
         t0 = time.perf_counter()
@@ -373,14 +402,14 @@ class Engine:
             names.probing = False
         return wanted
 
-    def _decide(self, policy, request: Request, now: float) -> Decision:
+    def _decide(self, policy, request: Request, now: float, again: bool = False) -> Decision:
         layers = policy.layers_for(request.service)
         if not layers:
             self._count(UNKNOWN_SERVICE_LABEL, 0, int(Reason.UNKNOWN_SERVICE), 1)
             return UNKNOWN
         service = request.service
         lim = policy.limits
-        if lim.rate > 0:
+        if lim.rate > 0 and not again:
             try:
                 key = _kernel.source_key(client_packed(request.client), lim.ipv6_prefix)
             except ValueError:
@@ -393,9 +422,12 @@ class Engine:
         for layer, daemon in layers:
             kind = getattr(layer, "name", "")
             r = request if kind == "tcprules" else plain
-            d = layer.check(r if daemon is None else replace(r, service=daemon), now)
             if kind == "xinetd":
                 xinetd = layer
+            if again and kind == "xinetd":      # its address lists alone: no limit counted
+                d = layer.check_address(r)
+            else:
+                d = layer.check(r if daemon is None else replace(r, service=daemon), now)
             if d is None:
                 continue
             if d.verdict is Verdict.DENY:

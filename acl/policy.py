@@ -33,6 +33,10 @@ Rules of this file:
   file, or nowhere (``lookup = false``: every such client is "unknown", as
   before a lookup is made).  xinetd's host names in address lists are
   resolved at load time by the same choice (spec C.3).
+* The Postfix door (``[sockets] policy``) takes no lease -- it cannot know
+  when an SMTP session ends -- so per_source and instances of its
+  ``policy_service`` count nothing it asks: the load warns
+  (:func:`postfix_door_warnings`, among ``Policy.diagnostics``).
 * xinetd's other questions to the system (``protocol``, ``user``,
   ``group``, ``server``, /etc/services) go through one
   :class:`acl.parse.xinetd_system.SystemLookups` handed from policy to
@@ -65,7 +69,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from acl.errors import AclError, PolicyError, RuleSyntaxError
+from acl.errors import AclError, Diagnostic, PolicyError, RuleSyntaxError, Severity
 from acl.nfqueue_config import NfqueueConfig
 from acl.rulefiles import read_bytes
 
@@ -170,6 +174,7 @@ class Policy:
     xinetd_system: object = None     # acl.parse.xinetd_system.SystemLookups, kept on reload
     file_stamps: dict = field(default_factory=dict)  # str(file) -> stamp taken before reading
     stamped_ns: int = field(default_factory=time.time_ns)   # when the load began
+    warnings: tuple = ()             # about the policy as a whole (postfix_door_warnings)
 
     def __post_init__(self) -> None:
         self.sources.sort(key=lambda s: ORDER.get(s.kind, 9))
@@ -203,7 +208,7 @@ class Policy:
 
     @property
     def diagnostics(self) -> list:
-        return [d for s in self.sources for d in s.diagnostics]
+        return [d for s in self.sources for d in s.diagnostics] + list(self.warnings)
 
     def named_services(self) -> frozenset[str]:
         """Every service name the policy itself writes: a source's
@@ -766,7 +771,34 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         except (AclError, ValueError) as exc:     # e.g. a broken cdb: say which source
             raise _err(toml_path, where, f"{type(exc).__name__}: {exc}") from exc
     _one_xinetd_source_per_file(sources, toml_path)
-    return Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
-                  names=names, name_service=name_service, names_key=names_key,
-                  xinetd_system=system, file_stamps=file_stamps,
-                  stamped_ns=stamped_ns)
+    policy = Policy(toml_path, sources, sockets, metrics_listen, limits, run, dict(nfq),
+                    names=names, name_service=name_service, names_key=names_key,
+                    xinetd_system=system, file_stamps=file_stamps,
+                    stamped_ns=stamped_ns)
+    if sockets.policy:
+        policy.warnings = postfix_door_warnings(policy)
+    return policy
+
+
+def postfix_door_warnings(policy: Policy) -> tuple:
+    """A warning for each xinetd service bound to ``policy_service`` with
+    per_source or instances: Postfix policy requests take no lease, so those
+    limits never count them (docs/protocol.md, "Text protocol")."""
+    service = policy.sockets.policy_service
+    out = []
+    for layer, _daemon in policy.layers_for(service):
+        if getattr(layer, "name", "") != "xinetd":
+            continue
+        svc = layer.policy.services.get(service)
+        if svc is None:
+            continue
+        limits = [f"{k} = {v}" for k, v in (("per_source", svc.per_source),
+                                            ("instances", svc.instances)) if v >= 0]
+        if limits:
+            out.append(Diagnostic(svc.location.path, svc.location.line, 0,
+                                  f"service {service}: {' and '.join(limits)}: no limit on "
+                                  "Postfix policy requests ([sockets] policy_service): it "
+                                  "counts leases, which that door never takes (cps, rate, "
+                                  "max_load, access_times and the address rules apply)",
+                                  Severity.WARNING))
+    return tuple(out)

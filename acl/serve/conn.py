@@ -43,6 +43,11 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   is answered ERROR 6 with the request's id, any lease it took is given
   back, and the connection goes on; the batch plan leaves every decision
   over 64 KiB to this path (acl/fastpath.py), so both agree.
+* Postfix requests (acl/wire/postfix.py) are decided through the server's
+  session memory (acl/serve/sessions.py): the first request of an SMTP
+  session is counted for cps and rate, its later ones are not.  The service
+  of a request without ``service`` is the running policy's
+  ``policy_service``, read before each read (a reload may change it).
 * Admin connections are accepted only from the uids/gids the policy names,
   checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
   line.  A connection's commands run one after another, in the order they
@@ -285,6 +290,7 @@ class PostfixConnection(_Base):
         self.held: collections.deque = collections.deque()   # decoded, not yet answered
 
     def data_received(self, data: bytes) -> None:
+        self.decoder.default_service = self.server.policy_service   # a reload may change it
         self.held.extend(self.decoder.feed(data))
         if not self._waiting:
             self.go_on(time.time())
@@ -301,10 +307,11 @@ class PostfixConnection(_Base):
                 out.append(wp.encode_error(item))
                 close = item.fatal
             else:
-                wanted = self.names_wanted(item, now)
+                wanted = self.names_wanted(item.request, now)
                 if wanted:
                     break
-                out.append(wp.encode(self.engine.decide(item, now)))
+                # one SMTP session counts once for cps and rate (acl/serve/sessions.py)
+                out.append(wp.encode(self.server.postfix_sessions.decide(self.engine, item, now)))
             held.popleft()
         if out:
             self.transport.write(b"".join(out))

@@ -63,7 +63,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
-from acl.serve import accept, capabilities, conn, privileges, systemd, workers
+from acl.serve import accept, capabilities, conn, privileges, sessions, systemd, workers
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups: a slow DNS server holds one each.
@@ -182,8 +182,10 @@ class Server:
         self.log = log_fn
         pol = engine.policy
         self.sockets = pol.sockets          # as bound at start; reloads change rules only
-        self.policy_service = pol.sockets.policy_service
         self.clients = {"binary": 0, "postfix": 0}
+        # the SMTP sessions the Postfix door has counted (every policy
+        # connection's; kept across reloads)
+        self.postfix_sessions = sessions.Sessions()
         self.protocol_errors: dict[tuple[str, int], int] = {}
         self.accept_stats = accept.AcceptStats()    # accepts that ran out of descriptors
         self.registry = make_registry()
@@ -206,6 +208,13 @@ class Server:
         # client name lookups (acl.names): blocking C library calls, made here
         self._name_executor = workers.DaemonPool(NAME_THREADS, "names")
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
+
+    @property
+    def policy_service(self) -> str:
+        """The Postfix door's service, as the running policy names it: no
+        socket changes with it, so a reload applies it to every request read
+        after the swap (PostfixConnection reads it before each read)."""
+        return self.engine.policy.sockets.policy_service
 
     # -- bookkeeping used by connections -------------------------------
     def connected(self, c) -> None:
@@ -420,7 +429,10 @@ class Server:
                     result["cause"] = "policy"       # acl query --admin: bad input, 100
                 self._watch_state = before
             else:
+                service = self.policy_service
                 self.engine.commit(prepared)
+                if self.policy_service != service:
+                    self.log(f"policy_service is now {self.policy_service!r} (was {service!r})")
                 systemd.notify("READY=1")
                 ms = (time.perf_counter() - t0) * 1000
                 parts = ", ".join(f"{k[:-2]} {v * 1000:.1f} ms"

@@ -5,22 +5,39 @@ Rules of this file:
 * A request is ``name=value`` lines, each ended by LF (a CR before it is
   dropped), and the request is ended by an empty line.  ``feed`` returns the
   complete requests seen so far, in order, however the bytes are split.
-* Attributes acl reads: ``request``, ``client_address``, ``client_name``
-  (``unknown`` means not known), ``reverse_client_name``, ``server_address``,
-  ``server_port``, ``client_port``, ``service``.  Everything else Postfix
-  sends is ignored.  ``request`` (SMTPD_POLICY_README: "request=
-  smtpd_access_policy") may be absent; present with any other value it makes
-  the request a non-fatal :class:`BadRequest` -- acl cannot answer a
-  question it does not know, and a grant must never come from one.
+* Attributes acl reads (:data:`READ`): ``request``, ``client_address``,
+  ``client_name`` (``unknown`` means not known), ``reverse_client_name``,
+  ``server_address``, ``server_port``, ``client_port``, ``service``, and
+  for the session memory (acl/serve/sessions.py) ``protocol_state`` and
+  ``instance``, handed over beside the request (:class:`Asked`).  Only
+  their values are decoded (UTF-8; one that is not makes the request a
+  non-fatal :class:`BadRequest`).  Everything else Postfix sends is skipped
+  undecoded, whatever its bytes: with ``smtputf8_enable = no`` Postfix
+  passes an 8-bit ``sender`` or ``recipient`` through as it came, and that
+  client must be answered as any other.
+* ``request`` (SMTPD_POLICY_README: "request=smtpd_access_policy") may be
+  absent; present with any other value it makes the request a non-fatal
+  :class:`BadRequest` -- acl cannot answer a question it does not know, and
+  a grant must never come from one.
+* The service is the ``service`` attribute, else ``default_service`` as it
+  is when the request's empty line is read (the connection sets it from the
+  running policy before each read, so a reload that changes it applies to
+  every request read after it).
 * Bounded input: a line longer than ``MAX_LINE`` bytes or a request of more
   than ``MAX_ATTRS`` lines is a *fatal* :class:`BadRequest` (the connection is
   answered once and closed), so a client cannot make the server buffer
   without bound.  A request without a usable ``client_address`` or with a
   line lacking ``=`` is a non-fatal :class:`BadRequest`: it gets an answer
   and the connection goes on.
-* Replies: ``action=DUNNO`` on a grant (Postfix's other restrictions then
-  decide), ``action=REJECT text`` on a refusal, ``action=DEFER_IF_PERMIT text``
-  on a refusal by a rate or concurrency limit (try again later).
+* Replies (:func:`encode`): ``action=DUNNO`` on a grant (Postfix's other
+  restrictions then decide); ``action=DEFER_IF_PERMIT text`` on a refusal by
+  a limit that passes (cps, rate, max_load, instances, per_source: try again
+  later); ``action=REJECT text`` on any other refusal -- and on a grant that
+  is a ``twist`` (DELEGATE): twist replaces the server, so the client never
+  reaches it, and Postfix cannot run the command (acl never runs one).  Every
+  other hosts_options item of a grant (``spawn``, ``banners``, ``setenv``...)
+  is for a server acl-wrap starts: the answer stays DUNNO and none is acted
+  on.
 """
 
 from __future__ import annotations
@@ -28,10 +45,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from acl.model import Decision, Reason, Request
+from acl.model import Decision, Reason, Request, Verdict
 
 MAX_LINE = 4096
 MAX_ATTRS = 256
+#: The attributes acl reads (their names are ASCII); every other is skipped undecoded.
+READ = frozenset({b"request", b"client_address", b"client_name", b"reverse_client_name",
+                  b"server_address", b"server_port", b"client_port", b"service",
+                  b"protocol_state", b"instance"})
 
 _TEMPORARY = frozenset({Reason.CPS, Reason.SERVICE_LIMIT, Reason.PER_SOURCE_LIMIT,
                         Reason.LOAD, Reason.RATE})
@@ -43,6 +64,16 @@ class BadRequest:
     code: int
     text: str
     fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """One decodable policy request: what to decide, and what tells its SMTP
+    session apart (``protocol_state``, ``instance``: "" when not sent)."""
+
+    request: Request
+    state: str = ""
+    instance: str = ""
 
 
 def _port(text: str | None) -> int:
@@ -66,7 +97,7 @@ def _address(text: str | None) -> str | None:
 
 
 class PostfixDecoder:
-    """Bytes in, :class:`Request` or :class:`BadRequest` out."""
+    """Bytes in, :class:`Asked` or :class:`BadRequest` out."""
 
     def __init__(self, default_service: str = "smtpd") -> None:
         self.default_service = default_service
@@ -79,11 +110,11 @@ class PostfixDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Request | BadRequest]:
+    def feed(self, data: bytes) -> list[Asked | BadRequest]:
         if self.dead:
             return []
         self._buf += data
-        out: list[Request | BadRequest] = []
+        out: list[Asked | BadRequest] = []
         buf = self._buf
         start = 0
         while True:
@@ -106,10 +137,12 @@ class PostfixDecoder:
             if not eq or not name:
                 self._bad = self._bad or f"attribute line without '=': {line[:40]!r}"
                 continue
+            if name not in READ:
+                continue                # sender, recipient, ...: never read, never decoded
             try:
                 self._attrs[name.decode("ascii")] = value.decode("utf-8")
             except UnicodeDecodeError:
-                self._bad = self._bad or "attribute is not UTF-8"
+                self._bad = self._bad or f"{name.decode('ascii')} is not UTF-8"
         del buf[:start]
         if len(buf) > MAX_LINE:
             return self._fatal(out, "line too long")
@@ -121,7 +154,7 @@ class PostfixDecoder:
         out.append(BadRequest(E_TOO_LONG, text, fatal=True))
         return out
 
-    def _finish(self) -> Request | BadRequest:
+    def _finish(self) -> Asked | BadRequest:
         attrs, bad = self._attrs, self._bad
         self._attrs, self._bad, self._lines = {}, None, 0
         if bad:
@@ -135,14 +168,14 @@ class PostfixDecoder:
         name = attrs.get("client_name") or attrs.get("reverse_client_name")
         if name == "unknown" or not name:
             name = None
-        return Request(
+        return Asked(Request(
             service=attrs.get("service") or self.default_service,
             client=client,
             client_port=_port(attrs.get("client_port")),
             server=_address(attrs.get("server_address")),
             server_port=_port(attrs.get("server_port")),
             host=name,
-        )
+        ), attrs.get("protocol_state", ""), attrs.get("instance", ""))
 
 
 def _clean(text: str) -> str:
@@ -151,14 +184,16 @@ def _clean(text: str) -> str:
 
 def encode(decision: Decision) -> bytes:
     """The reply to one request (one action line and the empty line)."""
-    if decision.allowed:
+    twist = decision.verdict is Verdict.DELEGATE
+    if decision.allowed and not twist:
         return b"action=DUNNO\n\n"
     # Postfix hands this text to the SMTP client: the rule's file name and
     # line help whoever reads the logs, its directory is nobody else's business
     loc = decision.location
     where = f" ({loc.path.rpartition('/')[2]}:{loc.line})" if loc else ""
-    text = _clean(f"Access denied: {decision.reason.log_text}{where}")
-    verb = "DEFER_IF_PERMIT" if decision.reason in _TEMPORARY else "REJECT"
+    why = "twist (the rule replaces the server)" if twist else decision.reason.log_text
+    text = _clean(f"Access denied: {why}{where}")
+    verb = "DEFER_IF_PERMIT" if decision.reason in _TEMPORARY else "REJECT"   # twist: OK
     return f"action={verb} {text}\n\n".encode()
 
 

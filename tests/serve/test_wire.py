@@ -240,8 +240,9 @@ def test_postfix_requests_and_replies():
     dec = wp.PostfixDecoder("smtpd")
     got = dec.feed(blob)
     assert got == [
-        Request("smtpd", "192.0.2.7", 4567, "127.0.0.1", 25, "mail.example.org"),
-        Request("submission", "2001:db8::1", 0, None, 0, None),
+        wp.Asked(Request("smtpd", "192.0.2.7", 4567, "127.0.0.1", 25, "mail.example.org"),
+                 "RCPT"),
+        wp.Asked(Request("submission", "2001:db8::1", 0, None, 0, None)),
     ]
     split = wp.PostfixDecoder("smtpd")
     assert [r for i in range(len(blob)) for r in split.feed(blob[i:i + 1])] == got
@@ -257,7 +258,7 @@ def test_postfix_bad_requests():
     dec = wp.PostfixDecoder()
     got = dec.feed(pf(client_address="not-an-ip") + b"garbage line\nclient_address=1.2.3.4\n\n"
                    + pf(client_address="192.0.2.1"))
-    assert [type(g).__name__ for g in got] == ["BadRequest", "BadRequest", "Request"]
+    assert [type(g).__name__ for g in got] == ["BadRequest", "BadRequest", "Asked"]
     assert not any(getattr(g, "fatal", False) for g in got)
     dec = wp.PostfixDecoder()
     got = dec.feed(b"client_address=" + b"1" * 5000)
@@ -277,7 +278,7 @@ def test_postfix_request_other_than_smtpd_access_policy_is_a_bad_request():
                    + pf(request="junk_policy", client_address="192.0.2.1")
                    + pf(request="", client_address="192.0.2.1")
                    + pf(client_address="192.0.2.1"))
-    assert [type(g).__name__ for g in got] == ["Request", "BadRequest", "BadRequest", "Request"]
+    assert [type(g).__name__ for g in got] == ["Asked", "BadRequest", "BadRequest", "Asked"]
     assert not got[1].fatal and not dec.dead
     assert wp.encode_error(got[1]) == (b"action=DEFER_IF_PERMIT acl: bad policy request: "
                                        b"request='junk_policy' is not smtpd_access_policy\n\n")
