@@ -26,6 +26,11 @@ Theory of operation (spec A.1, D.1.1):
 * Clients not in socket form (``unknown``, ``010.0.0.1`` typed into
   ``acl match``, scoped IPv6, 255.255.255.255) take the interpreter over all
   rules: textual patterns then mean what libwrap's string compares mean.
+* libwrap keeps the daemon name, the client and server names and the remote
+  user in ``STRING_LENGTH`` (128) byte buffers (``request_set``,
+  ``sock_hostname``: ``STRN_CPY``), so each is cut to ``NAME_LIMIT`` (127)
+  characters before any rule reads it: a rule naming the whole longer name
+  never matches, one naming its first 127 characters does.
 * The deciding rule's options decide the verdict (A.8): ``allow``/``deny``/
   ``twist`` last, or an option error (deny).  A hosts.deny that ends in an
   error (no final newline, line too long, unreadable) denies every client no
@@ -40,6 +45,7 @@ import os
 import socket
 import sys
 from array import array
+from dataclasses import replace
 
 from acl.compile.tcpw_residual import needs_a_name, rule_fn, uses_netgroups
 from acl.core import PrefixTable, hosts_scan
@@ -57,6 +63,7 @@ from acl.parse.hosts_patterns import (
     v6_numeric,
 )
 from acl.parse.hosts_prefixes import RulePrefixes
+from acl.resolve import NAME_LIMIT
 
 UNKNOWN = "unknown"
 _OK_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -74,7 +81,9 @@ class HostView:
 
     def __init__(self, addr: str, name: str | None, resolver, now: float):
         self.addr = addr
-        self._name = name
+        # a name given (caller, tcpdmatch argument) is cut as libwrap's
+        # request_set cuts it; a looked-up one is cut by the resolver
+        self._name = name if name is None or len(name) <= NAME_LIMIT else name[:NAME_LIMIT]
         self._resolver = resolver
         self._now = now
         self.looked_up = name is not None
@@ -150,6 +159,10 @@ class Query:
     def __init__(self, daemon: str, client: HostView, server: HostView, *, server_sin: bool,
                  server_port: int = 0, user: str = UNKNOWN, client_port: int = 0, pid: int = 0,
                  dkey: str | None = None):
+        if len(daemon) > NAME_LIMIT:         # libwrap's request_set (module rules)
+            daemon, dkey = daemon[:NAME_LIMIT], None
+        if len(user) > NAME_LIMIT:
+            user = user[:NAME_LIMIT]
         self.daemon = daemon
         self.client = client
         self.server = server
@@ -461,6 +474,8 @@ class HostsAccessLayer:
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:
         """The :class:`acl.model.Layer` entry point (see the module rules)."""
+        if len(request.service) > NAME_LIMIT:   # libwrap's request_set (module rules)
+            request = replace(request, service=request.service[:NAME_LIMIT])
         form = _socket_form(request.client or UNKNOWN)
         dkey = subject_key(request.service)
         best = INVALID if form is None else self._pure_best(form, dkey)

@@ -28,6 +28,8 @@
 #define EXIT_TEMPORARY 111
 
 #define NAME_MAX_LEN 1025            /* NI_MAXHOST */
+/* The longest host name libwrap keeps (tcpd.h STRING_LENGTH 128, less the NUL). */
+#define WRAP_NAME_LIMIT 127
 
 /* One end of the connection handed to us on fd 0. */
 struct endpoint {
