@@ -481,7 +481,7 @@ class HostsAccessLayer:
         best = INVALID if form is None else self._pure_best(form, dkey)
         if best == INVALID:
             q = Query.from_request(request, self.resolver, now)
-            return self._decision(self._scan_all(q), lambda: q)
+            return self._named(self._decision(self._scan_all(q), lambda: q), q)
         q = None
         # without a name from the caller and no resolver, rules that need a
         # known name cannot match: they are left out of the scan
@@ -497,10 +497,25 @@ class HostsAccessLayer:
                 best = i
                 break
         if best < 0:
-            return self.error_decision
+            return self._named(self.error_decision, q)
         if not self.dynamic[best]:
-            return self.decisions[best]
-        return self._decision(best, lambda: q or Query.from_request(request, self.resolver, now))
+            return self._named(self.decisions[best], q)
+        if q is None:
+            q = Query.from_request(request, self.resolver, now)
+        return self._named(self._decision(best, lambda: q), q)
+
+    def _named(self, d: Decision, q: Query | None) -> Decision:
+        """``d`` carrying the names deciding looked up (``Decision.client_name``
+        / ``server_name``): libwrap's %h, %c, %H, %s and its "connect from"
+        line show a name a rule made it look up.  None when no rule asked, or
+        there is no resolver (then no name was really looked up)."""
+        if q is None or self.resolver is None:
+            return d
+        client = q.client.name if q.client.looked_up else None
+        server = q.server.name if q.server_sin and q.server.looked_up else None
+        if client is None and server is None:
+            return d
+        return replace(d, client_name=client, server_name=server)
 
     def _pure_best(self, form: tuple[int, str], dkey: str) -> int:
         """The lowest pure rule covering the address for this daemon; -1 for

@@ -310,6 +310,16 @@ static void look_up(struct endpoint *e)
         snprintf(e->name, sizeof e->name, "%s", host);
 }
 
+/* A name the sidecar looked up while deciding: as if we had (tcpd looks a
+ * name up once, and every later % expansion and log line shows it). */
+void endpoint_set_name(struct endpoint *e, const char *name)
+{
+    if (!e->known)
+        return;
+    e->looked_up = 1;
+    snprintf(e->name, sizeof e->name, "%s", name);
+}
+
 /* %n: forces the lookup. */
 const char *endpoint_name(struct endpoint *e)
 {
