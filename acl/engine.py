@@ -165,6 +165,7 @@ def merge_grants(decisions: list[Decision]) -> Decision:
     options: tuple = ()
     location = None
     verdict = Verdict.ALLOW
+    client_name = server_name = None
     for d in decisions:
         if d.env:
             env = env + tuple(d.env)
@@ -174,7 +175,11 @@ def merge_grants(decisions: list[Decision]) -> Decision:
             location = d.location
         if d.verdict is Verdict.DELEGATE:
             verdict = Verdict.DELEGATE
-    return Decision(verdict, Reason.OK, location, env, options)
+        if d.client_name is not None:
+            client_name = d.client_name
+        if d.server_name is not None:
+            server_name = d.server_name
+    return Decision(verdict, Reason.OK, location, env, options, 0, client_name, server_name)
 
 
 class Engine:
@@ -473,8 +478,7 @@ class Engine:
         service = self.label(request.service)
         self._leases[lease_id] = (xinetd, inner, service)
         self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
-        return Decision(decision.verdict, decision.reason, decision.location, decision.env,
-                        decision.options, lease_id)
+        return replace(decision, lease=lease_id)
 
     def release(self, lease_id: int) -> bool:
         entry = self._leases.pop(lease_id, None)

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from acl.engine import UNKNOWN, merge_grants
 from acl.model import Decision, Location, Reason, Verdict
+from acl.resolve import NAME_LIMIT
 from acl.wire.binary import MAX_FRAME, decision_payload
 
 _BITS = {4: 32, 6: 128}
@@ -85,8 +86,8 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
     forced residual here."""
     from acl.parse.hosts_patterns import ascii_lower, strip_mapped
 
-    if layer.residual:
-        return None
+    if layer.residual or len(service) > NAME_LIMIT:
+        return None             # (a longer daemon name is cut first: the layer's rules)
     view = AddressView(first_match=True, default=layer.error_decision)
     # the layer's pure rules per daemon key, its own and the ALL ones: what
     # its prefix tables were built from (value = rule number)

@@ -113,6 +113,13 @@ class Decision:
     env: tuple[EnvItem, ...] = ()
     options: tuple[OptionItem, ...] = ()
     lease: int = 0               # 0: no lease taken
+    #: the client's and the server's verified names (libwrap's: the name,
+    #: "unknown" or "paranoid") when deciding looked them up, as a hosts_access
+    #: rule reading them does; None when the decision never asked.  The
+    #: caller's %h/%c/%H/%s and log lines show a name libwrap looked up
+    #: while matching (DECIDE flag NAMES, docs/protocol.md).
+    client_name: str | None = None
+    server_name: str | None = None
 
     @property
     def allowed(self) -> bool:

@@ -66,7 +66,7 @@ import re
 import socket
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from acl.errors import AclError, Diagnostic, PolicyError, RuleSyntaxError, Severity
@@ -89,7 +89,8 @@ TABLE_KEYS = {
     "metrics": ("listen",),
     "limits": ("sources", "ipv6_prefix", "rate", "burst"),
     "run": ("user", "group", "chroot", "watch"),
-    "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache"),
+    "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache", "threads", "per_network",
+              "deadline"),
 }
 #: The keys of a ``[[source]]`` table, by its type.
 SOURCE_KEYS = {
@@ -134,6 +135,10 @@ class Names:
     ttl: float = 300.0
     negative_ttl: float = 60.0
     cache: int = 10000
+    # how lookups are run (acl/serve/lookups.py), not what they answer
+    threads: int = 64             # worker threads at most
+    per_network: int = 4          # lookups running at once per client /24 or /64
+    deadline: float = 1.5         # seconds a request waits for names; 0: no limit
 
 
 class _NoNames:
@@ -422,15 +427,17 @@ def _one_xinetd_source_per_file(sources: list[Source], path) -> None:
 def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, tuple]:
     """The policy's :class:`acl.names.NameService` (the running one while its
     configuration and hosts file are unchanged) and the key saying so."""
+    # (how lookups are run -- threads, per_network, deadline -- changes no answer)
+    names_what = replace(names, threads=0, per_network=0, deadline=0.0)
     if not names.lookup:
-        return None, (names,)
+        return None, (names_what,)
     sig = b""
     if names.hosts_file:
         try:
             sig = _signature((names.hosts_file,))
         except OSError as exc:
             raise _err(path, "names.hosts_file", f"cannot read: {exc.strerror}") from exc
-    key = (names, sig)
+    key = (names_what, sig)
     if previous is not None and previous.names_key == key and previous.name_service is not None:
         return previous.name_service, key
     from acl.names import NameService
@@ -740,9 +747,16 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         ttl=_get(nm, "ttl", float, 300.0, toml_path, "names"),
         negative_ttl=_get(nm, "negative_ttl", float, 60.0, toml_path, "names"),
         cache=_get(nm, "cache", int, 10000, toml_path, "names"),
+        threads=_get(nm, "threads", int, 64, toml_path, "names"),
+        per_network=_get(nm, "per_network", int, 4, toml_path, "names"),
+        deadline=_get(nm, "deadline", float, 1.5, toml_path, "names"),
     )
     if names.ttl < 0 or names.negative_ttl < 0 or not 1 <= names.cache <= 1 << 24:
         raise _err(toml_path, "names", "ttl and negative_ttl must be >= 0, cache 1 .. 16777216")
+    if not 1 <= names.threads <= 1024 or not 1 <= names.per_network <= 1024 \
+            or not 0 <= names.deadline <= 600:
+        raise _err(toml_path, "names", "threads and per_network must be 1 .. 1024, "
+                   "deadline 0 .. 600 seconds")
     if names.hosts_file:
         file_stamps[names.hosts_file] = stamp(names.hosts_file)
     name_service, names_key = _name_service(names, previous, toml_path)

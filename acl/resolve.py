@@ -4,7 +4,12 @@ Rules of this file (spec A.6; libwrap ``socket.c`` ``sock_hostname``):
 
 * A v4-mapped address (``::ffff:a.b.c.d``) is looked up as IPv4.
 * No PTR name                                   -> ``"unknown"``.
-* The PTR name parses as a numeric address of the client's family
+* The PTR name is cut to ``NAME_LIMIT`` (127) characters: libwrap copies it
+  into its ``host_info`` name, a ``STRING_LENGTH`` (128) byte buffer
+  (``STRN_CPY``), and every check below reads the cut name.  A longer PTR
+  name therefore fails its forward lookup (``"paranoid"``) unless the cut
+  name itself resolves back to the address.
+* The (cut) PTR name parses as a numeric address of the client's family
   (``getaddrinfo(AI_NUMERICHOST)``)             -> ``"paranoid"``.
 * The forward lookup of that name fails         -> ``"paranoid"``.
 * The forward canonical name differs from the PTR name (ignoring ASCII case)
@@ -36,6 +41,9 @@ _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\0" * 15 + b"\1"
 _V4_LOOPBACK = b"\x7f\0\0\1"
 PARANOID = "paranoid"
+#: The longest name libwrap keeps: ``char name[STRING_LENGTH]`` (tcpd.h, 128)
+#: holds 127 characters and the NUL (socket.c ``sock_hostname``, STRN_CPY).
+NAME_LIMIT = 127
 
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -213,6 +221,7 @@ class Resolver:
         name = self.backend.reverse(family, packed)
         if not name:
             return UNKNOWN
+        name = name[:NAME_LIMIT]        # libwrap's buffer (module rules)
         if is_numeric_name(name, family):
             return PARANOID
         fwd = self.backend.forward(name, family)

@@ -26,6 +26,11 @@ Theory of operation (spec A.1, D.1.1):
 * Clients not in socket form (``unknown``, ``010.0.0.1`` typed into
   ``acl match``, scoped IPv6, 255.255.255.255) take the interpreter over all
   rules: textual patterns then mean what libwrap's string compares mean.
+* libwrap keeps the daemon name, the client and server names and the remote
+  user in ``STRING_LENGTH`` (128) byte buffers (``request_set``,
+  ``sock_hostname``: ``STRN_CPY``), so each is cut to ``NAME_LIMIT`` (127)
+  characters before any rule reads it: a rule naming the whole longer name
+  never matches, one naming its first 127 characters does.
 * The deciding rule's options decide the verdict (A.8): ``allow``/``deny``/
   ``twist`` last, or an option error (deny).  A hosts.deny that ends in an
   error (no final newline, line too long, unreadable) denies every client no
@@ -40,6 +45,7 @@ import os
 import socket
 import sys
 from array import array
+from dataclasses import replace
 
 from acl.compile.tcpw_residual import needs_a_name, rule_fn, uses_netgroups
 from acl.core import PrefixTable, hosts_scan
@@ -57,6 +63,7 @@ from acl.parse.hosts_patterns import (
     v6_numeric,
 )
 from acl.parse.hosts_prefixes import RulePrefixes
+from acl.resolve import NAME_LIMIT
 
 UNKNOWN = "unknown"
 _OK_CHARS = frozenset("1234567890!@%-_=+:,./abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -74,7 +81,9 @@ class HostView:
 
     def __init__(self, addr: str, name: str | None, resolver, now: float):
         self.addr = addr
-        self._name = name
+        # a name given (caller, tcpdmatch argument) is cut as libwrap's
+        # request_set cuts it; a looked-up one is cut by the resolver
+        self._name = name if name is None or len(name) <= NAME_LIMIT else name[:NAME_LIMIT]
         self._resolver = resolver
         self._now = now
         self.looked_up = name is not None
@@ -150,6 +159,10 @@ class Query:
     def __init__(self, daemon: str, client: HostView, server: HostView, *, server_sin: bool,
                  server_port: int = 0, user: str = UNKNOWN, client_port: int = 0, pid: int = 0,
                  dkey: str | None = None):
+        if len(daemon) > NAME_LIMIT:         # libwrap's request_set (module rules)
+            daemon, dkey = daemon[:NAME_LIMIT], None
+        if len(user) > NAME_LIMIT:
+            user = user[:NAME_LIMIT]
         self.daemon = daemon
         self.client = client
         self.server = server
@@ -461,12 +474,14 @@ class HostsAccessLayer:
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:
         """The :class:`acl.model.Layer` entry point (see the module rules)."""
+        if len(request.service) > NAME_LIMIT:   # libwrap's request_set (module rules)
+            request = replace(request, service=request.service[:NAME_LIMIT])
         form = _socket_form(request.client or UNKNOWN)
         dkey = subject_key(request.service)
         best = INVALID if form is None else self._pure_best(form, dkey)
         if best == INVALID:
             q = Query.from_request(request, self.resolver, now)
-            return self._decision(self._scan_all(q), lambda: q)
+            return self._named(self._decision(self._scan_all(q), lambda: q), q)
         q = None
         # without a name from the caller and no resolver, rules that need a
         # known name cannot match: they are left out of the scan
@@ -482,10 +497,25 @@ class HostsAccessLayer:
                 best = i
                 break
         if best < 0:
-            return self.error_decision
+            return self._named(self.error_decision, q)
         if not self.dynamic[best]:
-            return self.decisions[best]
-        return self._decision(best, lambda: q or Query.from_request(request, self.resolver, now))
+            return self._named(self.decisions[best], q)
+        if q is None:
+            q = Query.from_request(request, self.resolver, now)
+        return self._named(self._decision(best, lambda: q), q)
+
+    def _named(self, d: Decision, q: Query | None) -> Decision:
+        """``d`` carrying the names deciding looked up (``Decision.client_name``
+        / ``server_name``): libwrap's %h, %c, %H, %s and its "connect from"
+        line show a name a rule made it look up.  None when no rule asked, or
+        there is no resolver (then no name was really looked up)."""
+        if q is None or self.resolver is None:
+            return d
+        client = q.client.name if q.client.looked_up else None
+        server = q.server.name if q.server_sin and q.server.looked_up else None
+        if client is None and server is None:
+            return d
+        return replace(d, client_name=client, server_name=server)
 
     def _pure_best(self, form: tuple[int, str], dkey: str) -> int:
         """The lowest pure rule covering the address for this daemon; -1 for

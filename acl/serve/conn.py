@@ -196,7 +196,7 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
                 return out, False, wanted
             d = engine.decide(event.request, now)
             try:
-                reply = wb.encode_decision(event.request_id, d)
+                reply = wb.encode_decision(event.request_id, d, event.names)
             except (wb.TooLarge, UnicodeEncodeError) as exc:   # cannot be sent
                 if d.lease:
                     engine.release(d.lease)  # nobody would ever know its id

@@ -63,10 +63,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
-from acl.serve import accept, capabilities, conn, privileges, sessions, systemd, workers
+from acl.serve import accept, capabilities, conn, lookups, privileges, sessions, systemd, workers
 
 LISTEN_BACKLOG = 4096
-#: Worker threads for client name lookups: a slow DNS server holds one each.
+#: Worker threads for client name lookups when no policy is loaded yet: a
+#: slow DNS server holds one each, so the pool grows (up to ``[names]
+#: threads``) when every thread is busy (acl/serve/lookups.py).
 NAME_THREADS = 8
 #: rounds of lookups for one request (look_up_names): its name, then each
 #: netgroup the rules ask of it in turn
@@ -206,8 +208,12 @@ class Server:
         # (daemon threads: a stop never waits for them; acl/serve/workers.py)
         self._executor = workers.DaemonPool(1, "reload")
         # client name lookups (acl.names): blocking C library calls, made here
-        self._name_executor = workers.DaemonPool(NAME_THREADS, "names")
+        cfg = pol.names
+        self._name_executor = workers.DaemonPool(cfg.threads, "names")
+        # at most [names] per_network lookups per client network at once
+        self._lookups = lookups.LookupScheduler(self._name_executor, cfg.per_network)
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
+        self.lookups_expired = 0        # requests decided at the [names] deadline
 
     @property
     def policy_service(self) -> str:
@@ -245,13 +251,36 @@ class Server:
         (:class:`acl.names.Wanted`), the engine is asked again with the
         answers in, and what it still wants is looked up too, for at most
         ``NAME_ROUNDS`` rounds: a netgroup is asked of the client's name,
-        so it shows only once the name is in."""
+        so it shows only once the name is in.
+
+        ``[names] deadline`` seconds after the call the future is done
+        whatever is still running: each item not answered by then is given
+        as "no name" (``NameService.no_name``: ``unknown``, as libwrap when
+        its resolver gives up), so the request is decided at once and is not
+        probed again for it; the lookup goes on in its thread and is cached
+        when it ends (acl/serve/lookups.py)."""
         loop = asyncio.get_running_loop()
         request = getattr(wanted, "request", None)
+        net = lookups.network_of(request.client) if request is not None else None
         got: dict = {}
         tried: set = set()
         rounds = 0
         out = loop.create_future()
+        deadline = self.engine.policy.names.deadline
+        if deadline > 0:
+            timer = loop.call_later(deadline, lambda: expire())
+            out.add_done_callback(lambda _f: timer.cancel())
+
+        def expire() -> None:
+            if out.done():
+                return
+            self.lookups_expired += 1
+            from acl.names import NameService
+
+            for item in tried:
+                if item not in got:
+                    got[item] = NameService.no_name(item[0])
+            out.set_result(got)
 
         def start(items) -> None:
             items = [item for item in items if item not in tried]
@@ -259,7 +288,7 @@ class Server:
                 out.set_result(got)
                 return
             tried.update(items)
-            waits = [self._look_up(loop, item) for item in items]
+            waits = [self._look_up(loop, item, net) for item in items]
             asyncio.gather(*waits, return_exceptions=True).add_done_callback(
                 lambda g: finished(items, g))
 
@@ -288,12 +317,19 @@ class Server:
         start(wanted)
         return out
 
-    def _look_up(self, loop, item) -> asyncio.Future:
-        """``item``'s lookup in a names thread, shared by all who wait for it."""
+    def _look_up(self, loop, item, net=None) -> asyncio.Future:
+        """``item``'s lookup in a names thread, shared by all who wait for it,
+        counted against client network ``net`` (that of the item's address
+        when None)."""
         fut = self._name_pending.get(item)
         if fut is None:
-            names = self.engine.policy.name_service
-            fut = loop.run_in_executor(self._name_executor, names.lookup, *item)
+            policy = self.engine.policy
+            names, cfg = policy.name_service, policy.names
+            self._name_executor.resize(cfg.threads)        # a reload may change them
+            self._lookups.per_network = cfg.per_network
+            if net is None:
+                net = lookups.network_of(item[1])
+            fut = self._lookups.run(loop, net, names.lookup, *item)
             self._name_pending[item] = fut
             # registered first, so the answer is cached before any waiter resumes
             fut.add_done_callback(lambda f: self._name_done(names, item, f))
@@ -303,7 +339,7 @@ class Server:
         self._name_pending.pop(item, None)
         if not fut.cancelled() and fut.exception() is None:
             names.store(*item, fut.result())
-        elif not fut.cancelled():
+        elif not fut.cancelled() and not isinstance(fut.exception(), lookups.LookupShed):
             self.log(f"name lookup {' '.join(item)}: {fut.exception()}")
 
     def metrics_body(self) -> tuple[bytes, str]:

@@ -12,8 +12,12 @@ Rules of this file:
   flushed, exit handlers run, exit status kept) and abandons them.  That is
   chosen over ``os._exit`` after the close, which would skip every other
   exit handler and buffered output.
-* ``submit`` starts a thread per call until there are ``threads``; futures
-  not started at ``shutdown(cancel_futures=True)`` are cancelled.
+* ``submit`` starts a thread only when no thread is idle (every one is
+  running a task, or fewer are idle than tasks wait), until there are
+  ``threads``; ``threads`` may be raised or lowered later (``resize``: the
+  name pool follows ``[names] threads`` across reloads; threads already
+  started stay).  Futures not started at ``shutdown(cancel_futures=True)``
+  are cancelled.
 """
 
 from __future__ import annotations
@@ -31,6 +35,20 @@ class DaemonPool(concurrent.futures.Executor):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._shutdown = False
+        self._busy = 0                  # threads running a task (under _lock)
+        self._waiting = 0               # tasks queued, not yet taken (under _lock)
+
+    def resize(self, threads: int) -> None:
+        with self._lock:
+            self._max = threads
+
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    @property
+    def busy(self) -> int:
+        return self._busy
 
     def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
         with self._lock:
@@ -38,7 +56,9 @@ class DaemonPool(concurrent.futures.Executor):
                 raise RuntimeError("cannot schedule new futures after shutdown")
             fut: concurrent.futures.Future = concurrent.futures.Future()
             self._queue.put((fut, fn, args, kwargs))
-            if len(self._threads) < self._max:
+            self._waiting += 1
+            idle = len(self._threads) - self._busy
+            if self._waiting > idle and len(self._threads) < self._max:
                 t = threading.Thread(target=self._work, daemon=True,
                                      name=f"{self._name}_{len(self._threads)}")
                 t.start()
@@ -50,15 +70,22 @@ class DaemonPool(concurrent.futures.Executor):
             item = self._queue.get()
             if item is None:
                 return
-            fut, fn, args, kwargs = item
-            if not fut.set_running_or_notify_cancel():
-                continue
+            with self._lock:
+                self._waiting -= 1
+                self._busy += 1
             try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:       # the future carries it to the caller
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+                fut, fn, args, kwargs = item
+                if not fut.set_running_or_notify_cancel():
+                    continue
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:       # the future carries it to the caller
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

@@ -17,9 +17,11 @@ Rules of this file:
   TCPREMOTEHOST / TCPREMOTEINFO, ``Request.ucspi_names``), INFO (that
   TCPREMOTEINFO is set, maybe empty) and SEAL (``Decide.seal``: once this
   request is answered the connection only releases its own leases -- what
-  that means is acl/serve/conn.py's business, not the codec's); any other
-  bit is a bad frame, as UCSPI, INFO and SEAL are for a sidecar older than
-  them.
+  that means is acl/serve/conn.py's business, not the codec's) and NAMES
+  (``Decide.names``: the DECISION carries the client's and server's names
+  deciding looked up, ``names_section``, and says so by its own flag
+  NAMES); any other bit is a bad frame, as UCSPI, INFO, SEAL and NAMES are
+  for a sidecar older than them.
 * Encoders return whole frames (length prefix included).  Every frame is at
   most ``MAX_FRAME`` bytes except DECISION (server to client), which may be
   up to ``MAX_DECISION_FRAME``: a tcprules environment or a rule's options
@@ -65,7 +67,11 @@ F_UCSPI, F_INFO = 0x0002, 0x0004
 #: DECIDE: after answering it, the connection acts on nothing but RELEASE of
 #: its own leases (acl-wrap sets it: the connection then crosses exec)
 F_SEAL = 0x0008
-DECIDE_FLAGS = F_LEASE | F_UCSPI | F_INFO | F_SEAL
+#: DECIDE: the reply carries the names deciding looked up (acl-wrap sets it);
+#: DECISION: it does (a names section follows the option items)
+F_NAMES = 0x0010
+DECIDE_FLAGS = F_LEASE | F_UCSPI | F_INFO | F_SEAL | F_NAMES
+R_NAMES = 0x0001
 
 E_VERSION, E_TYPE, E_PAYLOAD, E_SIZE, E_OVERLOAD, E_DECISION_SIZE = 1, 2, 3, 4, 5, 6
 E_DECISION_ENCODING, E_SEALED = 7, 8
@@ -93,6 +99,7 @@ class Decide:
     request_id: int
     request: Request
     seal: bool = False          # flag SEAL
+    names: bool = False         # flag NAMES: answer with the names section
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +204,8 @@ def _event(version: int, ftype: int, flags: int, rid: int, payload: bytes) -> Ev
         if flags & ~DECIDE_FLAGS:
             return BadFrame(rid, E_PAYLOAD, "unknown DECIDE flags")
         try:
-            return Decide(rid, decode_decide(payload, flags), bool(flags & F_SEAL))
+            return Decide(rid, decode_decide(payload, flags), bool(flags & F_SEAL),
+                          bool(flags & F_NAMES))
         except ValueError as exc:
             return BadFrame(rid, E_PAYLOAD, str(exc))
     if ftype == T_RELEASE:
@@ -259,6 +267,21 @@ def _u16_text(text: str, what: str) -> bytes:
     return raw
 
 
+def names_section(decision: Decision) -> bytes:
+    """The DECISION's names section (flag NAMES): ``u8 which`` (bit 0 the
+    client's name was looked up, bit 1 the server's), then ``u16 len`` and
+    the bytes of each, client first (a name not looked up has length 0)."""
+    parts = []
+    which = 0
+    for bit, name in ((1, decision.client_name), (2, decision.server_name)):
+        raw = b""
+        if name is not None:
+            which |= bit
+            raw = _u16_text(name, "host name")
+        parts.append(struct.pack("<H", len(raw)) + raw)
+    return bytes([which]) + b"".join(parts)
+
+
 def decision_payload(decision: Decision) -> bytes:
     if len(decision.env) > 0xFFFF or len(decision.options) > 0xFFFF:
         raise TooLarge("more than 65535 env or option items")
@@ -276,9 +299,13 @@ def decision_payload(decision: Decision) -> bytes:
     return b"".join(parts)
 
 
-def encode_decision(request_id: int, decision: Decision) -> bytes:
-    """The DECISION frame; TooLarge when it does not fit, and
+def encode_decision(request_id: int, decision: Decision, names: bool = False) -> bytes:
+    """The DECISION frame -- with the names section when ``names`` (the
+    DECIDE asked, flag NAMES); TooLarge when it does not fit, and
     UnicodeEncodeError for text no bytes decode to (see the module rules)."""
+    if names:
+        return frame(T_DECISION, request_id, decision_payload(decision) + names_section(decision),
+                     R_NAMES, limit=MAX_DECISION_FRAME)
     return frame(T_DECISION, request_id, decision_payload(decision), limit=MAX_DECISION_FRAME)
 
 
@@ -325,8 +352,9 @@ def decide_flags(request: Request) -> int:
     return flags
 
 
-def encode_decide(request_id: int, request: Request, seal: bool = False) -> bytes:
-    flags = decide_flags(request) | (F_SEAL if seal else 0)
+def encode_decide(request_id: int, request: Request, seal: bool = False,
+                  names: bool = False) -> bytes:
+    flags = decide_flags(request) | (F_SEAL if seal else 0) | (F_NAMES if names else 0)
     return frame(T_DECIDE, request_id, decide_payload(request), flags)
 
 
@@ -353,9 +381,10 @@ class Reply:
     text: str = ""
 
 
-def decode_decision(payload) -> Decision:
-    """A DECISION payload -> Decision; ValueError (or struct.error) when a
-    length runs past the payload or bytes are left over."""
+def decode_decision(payload, names: bool = False) -> Decision:
+    """A DECISION payload -> Decision (with its names section when ``names``:
+    the frame's flag NAMES); ValueError (or struct.error) when a length runs
+    past the payload or bytes are left over."""
     verdict, reason, loc_len, lease, n_env, n_opt = _DECISION_FIXED.unpack_from(payload, 0)
     pos = _DECISION_FIXED.size
 
@@ -382,9 +411,22 @@ def decode_decision(payload) -> Decision:
         nl, vl = struct.unpack_from("<HH", payload, pos)
         pos += 4
         options.append((text(nl), text(vl)))
+    looked_up: list = [None, None]
+    if names:
+        which = payload[pos]
+        pos += 1
+        for i in (0, 1):
+            (nl,) = struct.unpack_from("<H", payload, pos)
+            pos += 2
+            name = text(nl)
+            if which & (1 << i):
+                looked_up[i] = name
+            elif nl:
+                raise ValueError("a name that was not looked up has a length")
     if pos != len(payload):
         raise ValueError(f"{len(payload) - pos} bytes after the DECISION payload's items")
-    return Decision(Verdict(verdict), Reason(reason), location, tuple(env), tuple(options), lease)
+    return Decision(Verdict(verdict), Reason(reason), location, tuple(env), tuple(options), lease,
+                    *looked_up)
 
 
 class ReplyDecoder:
@@ -408,13 +450,13 @@ class ReplyDecoder:
                 raise ProtocolError(f"server sent a frame of length {length}")
             if len(buf) - pos < 4 + length:
                 break
-            _, version, ftype, _flags, rid = _HEAD.unpack_from(buf, pos)
+            _, version, ftype, flags, rid = _HEAD.unpack_from(buf, pos)
             payload = bytes(buf[pos + 12:pos + 4 + length])
             pos += 4 + length
             if version != VERSION:
                 raise ProtocolError(f"server sent a frame of version {version}")
             try:
-                out.append(_reply(ftype, rid, payload))
+                out.append(_reply(ftype, rid, payload, flags))
             except (ValueError, struct.error, IndexError) as exc:
                 raise ProtocolError(f"server sent a malformed frame of type 0x{ftype:02x}: "
                                     f"{exc}") from None
@@ -423,11 +465,13 @@ class ReplyDecoder:
         return out
 
 
-def _reply(ftype: int, rid: int, payload: bytes) -> Reply:
+def _reply(ftype: int, rid: int, payload: bytes, flags: int = 0) -> Reply:
     """One server frame -> Reply; ValueError, struct.error or IndexError when
     its payload does not say what its type needs."""
     if ftype == T_DECISION:
-        return Reply(ftype, rid, decision=decode_decision(payload))
+        if flags & ~R_NAMES:
+            raise ValueError("unknown DECISION flags")
+        return Reply(ftype, rid, decision=decode_decision(payload, bool(flags & R_NAMES)))
     if ftype == T_RELEASED:
         return Reply(ftype, rid, released=payload[:1] == b"\x00")
     if ftype == T_PONG:

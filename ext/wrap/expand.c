@@ -3,7 +3,9 @@
  * Rules:
  * - Left to right and lazy: %n looks the client name up; %h gives that name
  *   only if a lookup already happened and the name is known, else the
- *   address.  So `%h %n` and `%n %h` differ, as they do in tcpd.
+ *   address.  So `%h %n` and `%n %h` differ, as they do in tcpd.  A lookup
+ *   the sidecar made while deciding (the DECISION's names section, main.c)
+ *   has "already happened", as tcpd's own lookup while matching has.
  * - Every *expanded value* has each byte outside A-Za-z0-9 and !@%-_=+:,./
  *   replaced by `_`.  That is what keeps a client-controlled host name such
  *   as `x;rm${IFS}-rf` from reaching /bin/sh as shell syntax: after the

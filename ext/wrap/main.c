@@ -30,7 +30,10 @@
  *
  * The order of things, and why:
  * 1. Read both endpoints from fd 0 (peer.c).  Nothing else about the client
- *    is known: no name lookup happens unless a % expansion asks for one.
+ *    is known: we look no name up unless a % expansion asks for one -- but
+ *    a name the sidecar looked up while deciding (DECIDE flag NAMES, as
+ *    tcpd looks one up while matching) is taken as looked up: %h, %c, %H,
+ *    %s and the log lines then show it, and %n does not look again.
  * 2. One DECIDE with LEASE and SEAL on a fresh connection to the sidecar,
  *    under the timeout (proto.c); SEAL: after its answer that connection,
  *    which the server and its children inherit, only releases its lease.  Under a UCSPI server that described this very
@@ -399,6 +402,12 @@ int main(int argc, char **argv)
         d.location = "";
         lease_fd = -1;
     }
+    /* names the rules made the sidecar look up count as looked up here:
+     * tcpd's %h, %c, %H, %s and "connect from" show them */
+    if (ok && d.client_name)
+        endpoint_set_name(&c.client, d.client_name);
+    if (ok && d.server_name)
+        endpoint_set_name(&c.server, d.server_name);
     st.lease_fd = d.lease ? lease_fd : -1;
     st.lease = d.lease;
     if (!d.lease && lease_fd >= 0)

@@ -16,7 +16,11 @@
  *   them: PTR -> name; no PTR -> "unknown"; a numeric PTR name, a failing
  *   forward lookup, a canonical name that differs (ignoring case) and is not
  *   "localhost", or an address missing from the forward answer ->
- *   "paranoid".  A v4-mapped address is looked up as IPv4.
+ *   "paranoid".  A v4-mapped address is looked up as IPv4.  As libwrap's
+ *   sock_hostname: the PTR name is first cut to 127 bytes (its host_info
+ *   name is a STRING_LENGTH = 128 byte buffer) and every check reads the
+ *   cut name; "numeric" is what getaddrinfo(AI_NUMERICHOST) accepts for the
+ *   client's family, which takes inet_aton forms such as 127.0.274 too.
  * - UCSPI text forms (spec B.4): IPv4 dotted; IPv6 lower-case hex without
  *   leading zeros, the longest run of zero groups compressed even when it is
  *   one group long (first run wins a tie), ::ffff:a.b.c.d printed dotted.
@@ -250,7 +254,6 @@ static void look_up(struct endpoint *e)
     struct sockaddr_storage q;
     socklen_t qlen = e->salen;
     char host[NI_MAXHOST];
-    unsigned char probe[16];
     struct addrinfo hints, *res = NULL, *r;
     int fam, found = 0;
 
@@ -270,9 +273,17 @@ static void look_up(struct endpoint *e)
     }
     if (getnameinfo((struct sockaddr *)&q, qlen, host, sizeof host, NULL, 0, NI_NAMEREQD) != 0)
         return;                                   /* no PTR: unknown */
+    host[WRAP_NAME_LIMIT] = 0;                    /* libwrap's 128-byte name buffer */
     snprintf(e->name, sizeof e->name, "paranoid");
-    if (inet_pton(AF_INET, host, probe) == 1 || inet_pton(AF_INET6, host, probe) == 1)
-        return;                                   /* numeric PTR name */
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = fam;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST;
+    if (getaddrinfo(host, NULL, &hints, &res) == 0) {
+        freeaddrinfo(res);                        /* numeric PTR name ("non-FQDN"), */
+        return;                                   /* inet_aton forms (127.0.274) too */
+    }
+    res = NULL;
     memset(&hints, 0, sizeof hints);
     hints.ai_family = fam;
     hints.ai_socktype = SOCK_STREAM;
@@ -297,6 +308,16 @@ static void look_up(struct endpoint *e)
     freeaddrinfo(res);
     if (found)
         snprintf(e->name, sizeof e->name, "%s", host);
+}
+
+/* A name the sidecar looked up while deciding: as if we had (tcpd looks a
+ * name up once, and every later % expansion and log line shows it). */
+void endpoint_set_name(struct endpoint *e, const char *name)
+{
+    if (!e->known)
+        return;
+    e->looked_up = 1;
+    snprintf(e->name, sizeof e->name, "%s", name);
 }
 
 /* %n: forces the lookup. */

@@ -15,7 +15,13 @@
  * of this connection) the DECIDE also has flag UCSPI (bit 1), the host in
  * host_len and, when TCPREMOTEINFO is set (even to ""), flag INFO (bit 2)
  * and the info in user_len; without either name neither flag is sent
- * (host_len = user_len = 0 means the same to the sidecar).  Anything other
+ * (host_len = user_len = 0 means the same to the sidecar).  Every DECIDE
+ * has flag NAMES (bit 4): the DECISION then says, in a section after its
+ * options, which of the client's and the server's names the rules made
+ * the sidecar look up, and what they were -- tcpd's %h/%c/%H/%s and its
+ * "connect from" line show a name looked up while matching (main.c).  A
+ * DECISION without that section (flag NAMES clear) means nothing was looked
+ * up.  Anything other
  * than a well-formed DECISION (0x81) echoing our
  * request id -- an ERROR (0xFF) frame, a short read, a bad length, a count
  * that runs past the payload, trailing bytes, a NUL inside a name -- is
@@ -47,6 +53,8 @@
 #define FLAG_UCSPI 0x0002
 #define FLAG_INFO 0x0004
 #define FLAG_SEAL 0x0008
+#define FLAG_NAMES 0x0010           /* DECIDE: tell us the names deciding looked up */
+#define REPLY_NAMES 0x0001          /* DECISION: ... and here they are */
 #define FRAME_MAX 65536             /* whole frame, length field included */
 #define DECISION_MAX (1 << 20)      /* a DECISION frame, the same way */
 #define ITEMS_MAX 4096
@@ -79,6 +87,8 @@ size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
     size_t hlen = n && n->host ? strlen(n->host) : 0, ulen = n && n->info ? strlen(n->info) : 0;
     int cf = wire_family(&c->client), sf = wire_family(&c->server);
     unsigned flags = lease ? FLAG_LEASE | FLAG_SEAL : 0;   /* the lease's connection crosses exec */
+
+    flags |= FLAG_NAMES;
 
     if (slen < 1 || slen > 255 || cf == 0 || hlen > 255 || ulen > 255)
         return 0;
@@ -229,6 +239,28 @@ int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
             goto malformed;
         if (take(&c, vl, &s) < 0 || !(d->options[i].value = copy_text(s, vl)))
             goto malformed;
+    }
+    if (get16(frame + 6) & ~REPLY_NAMES)
+        goto malformed;
+    if (get16(frame + 6) & REPLY_NAMES) {
+        unsigned which, k, nl;
+        if (take(&c, 1, &h) < 0 || (which = h[0]) > 3)
+            goto malformed;
+        for (k = 0; k < 2; k++) {
+            char **name = k == 0 ? &d->client_name : &d->server_name;
+            if (take(&c, 2, &h) < 0)
+                goto malformed;
+            nl = get16(h);
+            if (!(which & (1u << k))) {
+                if (nl)
+                    goto malformed;
+                continue;
+            }
+            /* a looked-up name is never empty: "unknown" or "paranoid" at least */
+            if (nl == 0 || nl >= NAME_MAX_LEN || take(&c, nl, &s) < 0 ||
+                !(*name = copy_text(s, nl)))
+                goto malformed;
+        }
     }
     if (c.p != c.end)
         goto malformed;

@@ -28,6 +28,8 @@
 #define EXIT_TEMPORARY 111
 
 #define NAME_MAX_LEN 1025            /* NI_MAXHOST */
+/* The longest host name libwrap keeps (tcpd.h STRING_LENGTH 128, less the NUL). */
+#define WRAP_NAME_LIMIT 127
 
 /* One end of the connection handed to us on fd 0. */
 struct endpoint {
@@ -69,6 +71,8 @@ struct decision {
     uint64_t lease;
     size_t env_count, option_count;
     struct item *env, *options;
+    char *client_name;              /* names deciding looked up (verified, "unknown", */
+    char *server_name;              /* "paranoid"); NULL: not looked up */
 };
 
 enum { VERDICT_DENY = 0, VERDICT_ALLOW = 1, VERDICT_DELEGATE = 2 };
@@ -82,6 +86,7 @@ void ucspi_ip(const struct endpoint *e, int v6form, char *out, size_t outlen);
 int endpoint_is(const struct endpoint *e, const char *text);
 const char *endpoint_name(struct endpoint *e);
 const char *endpoint_info(struct endpoint *e);
+void endpoint_set_name(struct endpoint *e, const char *name);
 
 /* proto.c */
 size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,

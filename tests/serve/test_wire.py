@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import socket
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,34 @@ def test_seal_flag_layout_and_round_trip():
     assert struct.unpack_from("<H", wb.encode_decide(8, u, seal=True), 6)[0] == 15
 
 
+def test_names_flag_and_the_decision_names_section():
+    """DECIDE flag NAMES (bit 4) decodes to ``Decide.names``; the DECISION
+    answering it has its own flag NAMES and a section after the options: u8
+    which (bit 0 client, bit 1 server), then u16 length and bytes of each
+    name.  Without the flag the DECISION is byte for byte what it was."""
+    r = Request("sshd", "192.0.2.1", lease=True)
+    f = wb.encode_decide(5, r, seal=True, names=True)
+    assert struct.unpack_from("<H", f, 6)[0] == wb.F_LEASE | wb.F_SEAL | wb.F_NAMES == 0x19
+    assert wb.BinaryDecoder().feed(f) == [wb.Decide(5, r, True, True)]
+    d = Decision(Verdict.DELEGATE, Reason.OK, Location("/etc/hosts.allow", 3),
+                 options=(("twist", "echo %h"),), client_name="alpha.lab.test")
+    plain = wb.encode_decision(5, d)
+    named = wb.encode_decision(5, d, names=True)
+    assert plain == wb.encode_decision(5, replace(d, client_name=None))
+    assert struct.unpack_from("<H", named, 6)[0] == wb.R_NAMES
+    assert named[12:] == plain[12:] + b"\x01\x0e\x00alpha.lab.test\x00\x00"
+    (got,) = wb.ReplyDecoder().feed(named)
+    assert got.decision == d
+    both = replace(d, client_name="paranoid", server_name="localhost")
+    assert wb.ReplyDecoder().feed(wb.encode_decision(6, both, names=True))[0].decision == both
+    none = replace(d, client_name=None)
+    assert wb.encode_decision(7, none, names=True)[-5:] == b"\x00\x00\x00\x00\x00"
+    assert wb.ReplyDecoder().feed(wb.encode_decision(7, none, names=True))[0].decision == none
+    # the plain reply read as if it had the section: malformed
+    with pytest.raises(ProtocolError):
+        wb.ReplyDecoder().feed(plain[:6] + struct.pack("<H", wb.R_NAMES) + plain[8:])
+
+
 def test_ucspi_names_are_read_as_the_tcprules_keys_are():
     """A remote identd's bytes need not be UTF-8: read with surrogateescape
     (the tcprules layer's reading of its keys), never an error."""
@@ -137,7 +166,7 @@ def test_ucspi_names_are_read_as_the_tcprules_keys_are():
 @pytest.mark.parametrize("flags, why", [
     (wb.F_INFO, "INFO without UCSPI"),
     (wb.F_UCSPI, "a user without INFO"),
-    (0x0010, "an unknown bit: what a sidecar without UCSPI answers for bit 1"),
+    (0x0020, "an unknown bit: what a sidecar without UCSPI answers for bit 1"),
 ])
 def test_bad_decide_flags_are_errors(flags, why):
     f = bytearray(wb.encode_decide(4, Request("smtpd", "192.0.2.1", user="joe")))

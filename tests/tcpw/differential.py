@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from acl.cli.match_tcpw import HostNotFound, explain
@@ -33,7 +34,9 @@ def ours(case: gen.Case, workdir: Path):
             q = o.query
             req = Request(q.daemon, q.client.addr, server=q.server.addr if q.server_sin else None,
                           server_port=q.server_port, host=q.client.name, user=q.user)
-            assert layer.check(req, 0.0) == o.decision, (d, c)
+            # (which names it looked up is acl-wrap's business: not compared)
+            got = replace(layer.check(req, 0.0), client_name=None, server_name=None)
+            assert got == o.decision, (d, c)
     return out
 
 

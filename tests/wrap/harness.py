@@ -342,13 +342,18 @@ def parse_report(data: bytes) -> tuple[dict[str, str], dict[int, str]]:
     return env, fds
 
 
-def decision(verdict=1, reason=0, location=None, env=(), options=(), lease=0) -> bytes:
-    """A DECISION frame body for request id 1, encoded by the project's codec."""
+def decision(verdict=1, reason=0, location=None, env=(), options=(), lease=0,
+             names=None) -> bytes:
+    """A DECISION frame body for request id 1, encoded by the project's codec;
+    ``names`` = (client name, server name) adds the names section (flag
+    NAMES; None for a name not looked up)."""
     from acl.model import Decision, Location, Reason, Verdict
 
     loc = Location(*location) if location else None
+    looked_up = names if names is not None else (None, None)
     return binary.encode_decision(1, Decision(Verdict(verdict), Reason(reason), loc,
-                                              tuple(env), tuple(options), lease))
+                                              tuple(env), tuple(options), lease, *looked_up),
+                                  names=names is not None)
 
 
 def python() -> str:

@@ -70,6 +70,10 @@ def nsdir(tmp_path_factory):
 @example(name=f"x;touch${{IFS}}{MARK}")
 @example(name=f"`touch${{IFS}}{MARK}`$(touch${{IFS}}{MARK})|&<>\"'\\*?[]~!{{}}")
 @example(name="good.example.com")
+@example(name="127.0.274")              # inet_aton form: numeric to libwrap, so paranoid
+@example(name="0x7f.1")
+@example(name="a" * 60 + "." + "b" * 60 + ".lab.test")     # 130: cut to 127, paranoid
+@example(name="c" * 60 + "." + "d" * 57 + ".lab.test")     # 127: kept
 def test_expansions_match_tcpd(nsdir, wrap_bin, name):
     got_tcpd, got_wrap = both(nsdir, wrap_bin, name)
     assert got_tcpd.startswith(b"a=127.0.0.66 "), got_tcpd     # tcpd really ran the twist

@@ -27,6 +27,9 @@ Names (``test_name_rules_decide_as_tcpd``):
 * A second sidecar with ``lookup = false`` (every such client "unknown")
   changes the answer for some client of every rule set: the answers above
   were decided by names.
+* Long names: libwrap cuts a PTR name to 127 characters before its double
+  check, so a longer one is paranoid (its cut form does not resolve) and
+  one of 127 is kept.
 * PARANOID with a files-only resolver: glibc's files module returns every
   line naming a host (``multi on``, Debian's host.conf), so a forward lookup
   always gives the PTR line's own address back.  The paranoid clients are
@@ -78,6 +81,8 @@ HOSTS = """\
 127.0.1.7	127.0.9.9
 127.0.1.8	Mixed.LAB.Test
 127.0.2.1	delta.lab.test
+127.0.1.10	aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.lab.test
+127.0.1.24	cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc.ddddddddddddddddddddddddddddddddddddddddddddddddddddddddd.lab.test
 """
 
 #: client -> its source address (and what HOSTS makes of it)
@@ -90,6 +95,8 @@ CLIENTS = {
     "numeric": "127.0.1.7",     # PTR 127.0.9.9, a numeric name: paranoid
     "mixed": "127.0.1.8",       # Mixed.LAB.Test: rules match names ignoring case
     "delta": "127.0.2.1",       # delta.lab.test, outside 127.0.1.0/24
+    "long130": "127.0.1.10",    # a 130-character name: libwrap cuts it to 127, paranoid
+    "long127": "127.0.1.24",    # 127 characters: kept
 }
 
 #: rule set (its daemon name) -> (hosts.allow lines, hosts.deny lines)
@@ -108,13 +115,13 @@ RULES = {
 EVERYONE = set(CLIENTS)
 EXPECT = {
     "by-name": {"alpha", "beta"},
-    "by-domain": {"alpha", "mixed", "delta"},
-    "by-known": {"alpha", "beta", "gamma", "mixed", "delta"},
+    "by-domain": {"alpha", "mixed", "delta", "long127"},
+    "by-known": {"alpha", "beta", "gamma", "mixed", "delta", "long127"},
     "by-unknown": EVERYONE - {"nobody"},
     "by-local": {"beta"},
-    "by-paranoid": EVERYONE - {"sly", "numeric"},
-    "except-name": {"mixed", "delta"},
-    "except-addr": {"alpha", "beta", "nobody", "sly", "numeric", "mixed"},
+    "by-paranoid": EVERYONE - {"sly", "numeric", "long130"},
+    "except-name": {"mixed", "delta", "long127"},
+    "except-addr": {"alpha", "beta", "nobody", "sly", "numeric", "mixed", "long130", "long127"},
 }
 
 # The sidecar's namespaces: no network (a DNS query has nowhere to go), and
@@ -222,6 +229,15 @@ def attempt(argv: list[str], src: str, sink: harness.SyslogSink, env: dict[str, 
     ran, False when the program logged ``refusal``; anything else fails.
     (tcpd sleeps 5 s after a refusal: its process, our child, is killed
     once the line is logged.)"""
+    data, _lines = session(argv, src, sink, env, refusal)
+    return data == b"READY\n"
+
+
+def session(argv: list[str], src: str, sink: harness.SyslogSink, env: dict[str, str],
+            refusal: str) -> tuple[bytes, list[str]]:
+    """:func:`attempt`'s exchange: what the client read (a server or a twist
+    wrote it) and what the program logged.  Nothing read means a refusal,
+    which must have been logged."""
     since = len(sink.messages)
     h = harness.Handoff(argv, src, NAMES_PORT, env=env)
     pid = h.proc.pid            # unshare and bash exec: this is tcpd / acl-wrap
@@ -246,14 +262,19 @@ def attempt(argv: list[str], src: str, sink: harness.SyslogSink, env: dict[str, 
     if not closed and h.proc.poll() is None:
         h.proc.kill()
     h.finish()
-    if data == b"READY\n":
-        return True
+    if data:
+        # its last lines may come after the client saw the output
+        end = time.monotonic() + 2
+        while not any("connect from" in t or t.startswith("twist ")
+                      for t in lines_of(sink, pid, since)) and time.monotonic() < end:
+            time.sleep(0.005)
+        return data, lines_of(sink, pid, since)
     # acl-wrap closes first, then its lines arrive
     end = time.monotonic() + 2
     while not refused() and time.monotonic() < end:
         time.sleep(0.005)
-    assert data == b"" and refused(), (argv[-1], src, data, lines_of(sink, pid, since))
-    return False
+    assert refused(), (argv[-1], src, data, lines_of(sink, pid, since))
+    return data, lines_of(sink, pid, since)
 
 
 def rule_files(rules: dict[str, tuple[str, str]]) -> tuple[str, str]:
@@ -339,6 +360,73 @@ def test_hosts_file_ipv6_lines_name_ipv4_clients_as_tcpd(workdir, wrap_bin, sink
                               {"lookup": 'hosts_file = "{hosts_file}"'})
     assert all(tcpd.values()), tcpd             # tcpd names both (glibc as described)
     assert wrap["lookup"] == tcpd
+
+
+#: HOSTS and a PTR name in inet_aton form (numeric to libwrap: paranoid)
+EXPAND_HOSTS = HOSTS + "127.0.1.18\t127.0.274\n"
+EXPAND_CLIENTS = {"alpha": "127.0.1.1", "nobody": "127.0.1.4", "sly": "127.0.1.6",
+                  "long130": "127.0.1.10", "inet_aton": "127.0.1.18"}
+TWIST = "twist /bin/echo h=%h c=%c n=%n h2=%h"
+#: rules that make libwrap look the client's (or the server's) name up while
+#: matching -- or not -- then expand it, or log it
+EXPAND_RULES = {
+    "x-domain": (f"x-domain: .lab.test 127.0.1.: {TWIST}", ""),       # a name pattern first
+    "x-addr": (f"x-addr: 127.0.1. .lab.test: {TWIST}", ""),          # the address matches first
+    "x-prior": (f"x-prior: nomatch.example\nx-prior: ALL: {TWIST}", ""),  # an earlier name rule
+    "x-known": (f"x-known: KNOWN UNKNOWN PARANOID: {TWIST}", ""),
+    "x-server": ("x-server@LOCAL: ALL: twist /bin/echo H=%H s=%s N=%N H2=%H c=%c", ""),
+    "x-log": ("x-log: .lab.test", "x-log: ALL"),                    # only the log line shows it
+}
+
+
+def test_names_looked_up_while_matching_expand_as_tcpd(workdir, wrap_bin, sink):
+    """tcpd looks a name up once, when a rule needs it, and from then on
+    %h, %c, %H, %s and its "connect from" / "refused connect from" / "twist"
+    lines show it (spec A.9: "only if it was already looked up").  The
+    sidecar makes those lookups for acl-wrap, and tells it which (DECIDE flag
+    NAMES): the output of every twist and every such log line must be
+    tcpd's, byte for byte -- after a name rule, an address rule that matched
+    before the name was needed, an earlier rule that did not match, a
+    server-side rule, and for paranoid, unknown, too long and inet_aton-form
+    names."""
+    allow, deny = rule_files(EXPAND_RULES)
+    hosts_file = workdir / "expand.hosts"
+    hosts_file.write_text(EXPAND_HOSTS)
+    servers = workdir / "servers"
+    servers.mkdir(exist_ok=True)
+
+    def run(exe: str, env: dict[str, str], refusal: str) -> dict:
+        got = {}
+        for name in EXPAND_RULES:
+            server = harness.write_exe(servers / name, "#!/bin/sh\necho READY\n")
+            for client, src in EXPAND_CLIENTS.items():
+                argv = harness.ns_command(workdir, str(server), exe, hosts=EXPAND_HOSTS,
+                                          allow=allow, deny=deny, log_sock=sink.path,
+                                          host_conf=HOST_CONF)
+                data, lines = session(argv, src, sink, env, refusal)
+                said = tuple(t for t in lines if re.match(r"(refused )?connect from |twist ", t))
+                got[name, client] = (data, said)
+        return got
+
+    tcpd = run(TCPD, PATH_ENV, "refused connect from")
+    side = start_sidecar(workdir / "sidecar-expand", allow, deny, f'hosts_file = "{hosts_file}"')
+    try:
+        wrap = run(str(wrap_bin), dict(PATH_ENV, ACL_WRAP_SOCKET=side.query), "refused by acl")
+    finally:
+        side.stop()
+    assert "Traceback" not in side.text(), side.text()
+    differ = {k: (tcpd[k], wrap[k]) for k in tcpd if tcpd[k] != wrap[k]}
+    assert not differ, "\n".join(f"{k}: tcpd {a}\n{' ' * len(str(k))}  acl  {b}"
+                                  for k, (a, b) in differ.items())
+    # the cases probe what they say
+    assert tcpd["x-domain", "alpha"][0] == (b"h=alpha.lab.test c=alpha.lab.test "
+                                            b"n=alpha.lab.test h2=alpha.lab.test\n")
+    assert tcpd["x-addr", "alpha"][0].startswith(b"h=127.0.1.1 c=127.0.1.1 n=alpha.lab.test")
+    assert tcpd["x-prior", "alpha"][0].startswith(b"h=alpha.lab.test ")
+    assert tcpd["x-server", "alpha"][0].startswith(b"H=localhost s=x-server@localhost ")
+    assert "connect from alpha.lab.test (127.0.1.1)" in tcpd["x-log", "alpha"][1]
+    assert b"n=paranoid" in tcpd["x-known", "long130"][0]
+    assert b"n=paranoid" in tcpd["x-known", "inet_aton"][0]
 
 
 # -- mapped clients -------------------------------------------------------------------------

@@ -218,8 +218,8 @@ def test_ucspi_names_of_this_connection_are_sent_flagged(wrap_bin, sidecar, echo
     r = req.request
     assert (r.host, r.user, r.ucspi_names) == sent
     flags = struct.unpack_from("<H", side.raw[0], 6)[0]
-    assert flags == binary.F_LEASE | binary.F_SEAL | (binary.F_UCSPI if sent[2] else 0) | (
-        binary.F_INFO if sent[1] is not None else 0)
+    assert flags == binary.F_LEASE | binary.F_SEAL | binary.F_NAMES | (
+        binary.F_UCSPI if sent[2] else 0) | (binary.F_INFO if sent[1] is not None else 0)
     assert got["TCPREMOTEIP"] == "127.0.0.13"
 
 
@@ -353,6 +353,58 @@ def test_twist_replaces_the_server_and_keeps_the_lease(wrap_bin, sidecar, echo_s
     assert h.read_all() == b"twisted 127.0.0.8 svc lease=9\n"
     assert h.finish() == 0
     side.wait_open(0)
+
+
+@pytest.mark.parametrize("names, out", [
+    (("far.example", None), b"h=far.example c=far.example n=far.example H=127.0.0.1 "
+                            b"s=svc@127.0.0.1 N=localhost H2=localhost"),
+    (("paranoid", "loopy.example"), b"h=127.0.0.8 c=127.0.0.8 n=paranoid H=loopy.example "
+                                    b"s=svc@loopy.example N=loopy.example H2=loopy.example"),
+    (("unknown", None), b"h=127.0.0.8 c=127.0.0.8 n=unknown H=127.0.0.1 "
+                        b"s=svc@127.0.0.1 N=localhost H2=localhost"),
+    (None, b"h=127.0.0.8 c=127.0.0.8 n=localhost H=127.0.0.1 "      # nothing looked up:
+           b"s=svc@127.0.0.1 N=localhost H2=localhost"),            # our own %n lookup
+], ids=["client", "paranoid+server", "unknown", "none"])
+def test_names_the_decision_looked_up_count_as_looked_up(wrap_bin, sidecar, echo_server, port,
+                                                        short_tmp, names, out):
+    """The DECISION's names section (DECIDE flag NAMES) says which names the
+    sidecar's rules looked up: %h, %c, %H, %s then show them as tcpd shows a
+    name looked up while matching -- "unknown" and "paranoid" as the
+    address -- and %n/%N do not look again.  Run in a mount namespace whose
+    /etc/hosts names 127.0.0.8 and 127.0.0.1 localhost, so a lookup of our
+    own would say so."""
+    needs_root()
+    side = sidecar(always(harness.decision(2, options=[(
+        "twist", "/bin/echo h=%h c=%c n=%n H=%H s=%s N=%N H2=%H")], names=names)))
+    argv = harness.ns_command(short_tmp, str(echo_server), str(wrap_bin),
+                              hosts="127.0.0.1 localhost\n127.0.0.8 localhost\n")
+    h = harness.Handoff(argv, "127.0.0.8", port, env=dict(PATH_ENV, ACL_WRAP_SOCKET=side.path,
+                                                          ACL_WRAP_SERVICE="svc"))
+    assert h.read_all() == out + b"\n"
+    h.finish()
+
+
+def test_a_bad_names_section_fails_closed(wrap_bin, sidecar, echo_server, port):
+    """A names section that is not well-formed -- an unknown flag bit, a name
+    marked "not looked up" that has bytes, an empty looked-up name, bytes
+    after it -- is a malformed DECISION: fail closed."""
+    good = harness.decision(1, names=("a.example", None))
+    body = bytearray(good[12:])
+    bad = [
+        binary.frame(binary.T_DECISION, 1, bytes(body), flags=0x0002),
+        binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x00\x01\x00x\x00\x00",
+                     flags=binary.R_NAMES),
+        binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x01\x00\x00\x00\x00",
+                     flags=binary.R_NAMES),
+        binary.frame(binary.T_DECISION, 1, bytes(body) + b"!", flags=binary.R_NAMES),
+        binary.frame(binary.T_DECISION, 1, bytes(body), flags=0),   # a section nobody announced
+    ]
+    for reply in bad:
+        side = sidecar(always(reply))
+        h = harness.Handoff(wrap(wrap_bin, side.path, str(echo_server)), "127.0.0.8", port,
+                            env=PATH_ENV)
+        assert h.read_all() == b""
+        assert h.finish() == 111
 
 
 def test_delegate_without_twist_is_refused(wrap_bin, sidecar, echo_server, port):
