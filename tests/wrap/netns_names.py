@@ -12,8 +12,8 @@ tcpserver), ``flag_sets`` (tcpserver flag lists), ``rules``, ``names``
 ``clients``.
 
 Brings ``lo`` up; answers DNS on 127.0.0.1:53 (tcpserver's resolver reads
-DNSCACHEIP) and ident on port 113 from threads; starts ``acl serve`` on the
-policy (tcprules source for ``smtpd``, the rules compiled by the real
+DNSCACHEIP; tests/serve/fake_dns.py) and ident on port 113 (a thread);
+starts ``acl serve`` on the policy (tcprules source for ``smtpd``, the rules compiled by the real
 ``tcprules``); then for each flag set a real ``tcpserver FLAGS -x rules.cdb``
 and ``tcpserver FLAGS ... acl-wrap -n smtpd`` running ``env``, and one
 ``tcpserver ... acl-wrap -n guarded``.  Every client connects once to each
@@ -28,37 +28,36 @@ import json
 import os
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 
 
-def dns(names: dict, forward: dict) -> None:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 53))
-    while True:
-        q, addr = s.recvfrom(512)
-        i, labels = 12, []
-        while q[i]:
-            labels.append(q[i + 1:i + 1 + q[i]].decode())
-            i += 1 + q[i]
-        qtype = struct.unpack_from(">H", q, i + 1)[0]
-        question = q[12:i + 5]
-        rtype, rdata = 0, None
-        if labels[-2:] == ["in-addr", "arpa"] and qtype == 12:
-            name = names.get(".".join(reversed(labels[:4])))
-            if name:
-                rtype = 12
-                rdata = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
-        elif qtype == 1 and ".".join(labels) in forward:
-            rtype, rdata = 1, socket.inet_aton(forward[".".join(labels)])
-        if rdata is None:
-            s.sendto(q[:2] + b"\x81\x83\x00\x01\x00\x00\x00\x00\x00\x00" + question, addr)
-            continue
-        ans = b"\xc0\x0c" + struct.pack(">HHIH", rtype, 1, 60, len(rdata)) + rdata
-        s.sendto(q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + ans, addr)
+def start_dns(d: str, names: dict, forward: dict) -> subprocess.Popen:
+    """tests/serve/fake_dns.py on 127.0.0.1:53 with these records; returns
+    once it answers (a bounded wait)."""
+    with open(f"{d}/dns.json", "w") as f:
+        json.dump({"ptr": names, "a": forward, "drop": []}, f)
+    fake = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "serve", "fake_dns.py")
+    p = subprocess.Popen([sys.executable, fake, f"{d}/dns.json"], stdin=subprocess.DEVNULL)
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.settimeout(0.1)
+    query = b"\0\1\1\0\0\1\0\0\0\0\0\0" + b"\5probe\0" + b"\0\1\0\1"
+    try:
+        for _ in range(100):
+            probe.sendto(query, ("127.0.0.1", 53))
+            try:
+                probe.recv(512)
+                return p
+            except OSError:             # not bound yet: refused, or no answer yet
+                time.sleep(0.05)
+    finally:
+        probe.close()
+    p.kill()
+    p.wait()
+    raise RuntimeError("the fake DNS server never answered")
 
 
 def identd(users: dict) -> None:
@@ -115,8 +114,7 @@ def main(argv: list[str]) -> int:
         cfg = json.load(f)
     d = cfg["dir"]
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    for target, args in ((dns, (cfg["names"], cfg["forward"])), (identd, (cfg["ident"],))):
-        threading.Thread(target=target, args=args, daemon=True).start()
+    threading.Thread(target=identd, args=(cfg["ident"],), daemon=True).start()
     with open(f"{d}/rules.txt", "w") as f:
         f.write(cfg["rules"])
     subprocess.run(["tcprules", f"{d}/rules.cdb", f"{d}/rules.tmp"], input=cfg["rules"].encode(),
@@ -150,7 +148,7 @@ watch = false
 """)
     env = dict(os.environ, DNSCACHEIP="127.0.0.1", ACL_WRAP_SOCKET=f"{d}/query.sock",
                PYTHONPATH=cfg["root"])
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen] = [start_dns(d, cfg["names"], cfg["forward"])]
 
     def start(args: list[str], marker: bytes) -> None:
         p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

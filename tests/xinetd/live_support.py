@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -159,3 +160,40 @@ class Held:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def expected_outcome(answer: str) -> str:
+    if answer == "allow ok":
+        return "ok"
+    if answer == "deny address":
+        return "closed"
+    if answer == "deny unknown_service":
+        return "refused"
+    return "?" + answer
+
+
+def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str]) -> list[str]:
+    """``acl match --xinetd CONF --batch`` (the test's hosts file) on
+    ``lines`` ("SERVICE CLIENT [SERVER]"): one live-probe outcome per line."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(HOSTS)
+    path = tmp_path / "x.conf"
+    if isinstance(conf, bytes):
+        path.write_bytes(conf)
+    else:
+        path.write_text(conf)
+    out = subprocess.run(
+        [sys.executable, "-m", "acl", "match", "--xinetd", str(path), "--hosts", str(hosts),
+         "--batch", "-q"], input="".join(f"{line}\n" for line in lines),
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    answers = out.stdout.splitlines()
+    assert len(answers) == len(lines), out.stdout
+    return [expected_outcome(a) for a in answers]
+
+
+def acl_outcomes(tmp_path, text: str | bytes, rows) -> list:
+    """What ``acl match --xinetd --batch`` predicts for each (service, source)
+    of ``rows``, in the shape of a live probe row."""
+    got = acl_match_batch(tmp_path, text, [f"{s} {c}" for s, c, _ in rows])
+    return [(s, c, a) for (s, c, _), a in zip(rows, got, strict=True)]

@@ -19,7 +19,15 @@ import pytest
 
 from tests.conftest import PORTS, SLOW, SLOW_SEED_BASE
 from tests.xinetd import gen
-from tests.xinetd.live_support import HOSTS, Xinetd, probe, require_live
+from tests.xinetd.live_support import (
+    HOSTS,
+    Xinetd,
+    acl_match_batch,
+    acl_outcomes,
+    expected_outcome,
+    probe,
+    require_live,
+)
 
 pytestmark = pytest.mark.live
 
@@ -27,29 +35,6 @@ SEEDS = [int(s) for s in os.environ.get("ACL_XINETD_SEEDS", "11,12").split(",")]
 SERVICES_PER_CONFIG = 40
 
 
-def _expected(answer: str) -> str:
-    if answer == "allow ok":
-        return "ok"
-    if answer == "deny address":
-        return "closed"
-    if answer == "deny unknown_service":
-        return "refused"
-    return "?" + answer
-
-
-def acl_outcomes(tmp_path, text: str, rows) -> list:
-    """What ``acl match --xinetd --batch`` predicts for each (service, source)
-    of ``rows``, in the shape of a live probe row."""
-    hosts = tmp_path / "hosts"
-    hosts.write_text(HOSTS)
-    conf = tmp_path / "x.conf"
-    conf.write_text(text)
-    out = subprocess.run(
-        [sys.executable, "-m", "acl", "match", "--xinetd", str(conf), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{s} {c}\n" for s, c, _ in rows),
-        capture_output=True, text=True, timeout=60)
-    return [(s, c, _expected(a)) for (s, c, _), a in zip(rows, out.stdout.splitlines(),
-                                                         strict=True)]
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -89,7 +74,7 @@ def _differential(seed, block, tmp_path):
         assert len(answers) == len(queries)
         disagreements = [
             (q, obs, ans) for q, obs, ans in zip(queries, observed, answers, strict=True)
-            if obs != _expected(ans)
+            if obs != expected_outcome(ans)
         ]
         # the generated input must exercise all three outcomes
         assert {"ok", "closed"} <= set(observed), observed
@@ -327,15 +312,8 @@ def test_services_sharing_an_id_match_real_xinetd(tmp_path):
         observed = [probe(port, src, dst) for _, port, dst, src in plan]
     finally:
         xd.stop()
-    hosts = tmp_path / "hosts"
-    hosts.write_text(HOSTS)
-    conf = tmp_path / "x.conf"
-    conf.write_text(text)
-    out = subprocess.run(
-        [sys.executable, "-m", "acl", "match", "--xinetd", str(conf), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{sid} {src} {dst}\n" for sid, _, dst, src in plan),
-        capture_output=True, text=True, timeout=60)
-    assert [_expected(a) for a in out.stdout.splitlines()] == observed
+    assert acl_match_batch(tmp_path, text,
+                           [f"{sid} {src} {dst}" for sid, _, dst, src in plan]) == observed
     assert observed.count("ok") == 4 and observed.count("closed") == 4
 
 

@@ -14,23 +14,15 @@ equal ``acl match --xinetd``'s answer.  Ports: PORTS["xinetd"] + 700..799.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from tests.conftest import PORTS
 from tests.xinetd.helpers import svc
-from tests.xinetd.live_support import HOSTS, Xinetd, probe, require_live
+from tests.xinetd.live_support import Xinetd, acl_outcomes, probe, require_live
 
 pytestmark = pytest.mark.live
 
 BASE = PORTS["xinetd"][0] + 700
-
-
-def _expected(answer: str) -> str:
-    return {"allow ok": "ok", "deny address": "closed",
-            "deny unknown_service": "refused"}.get(answer, "?" + answer)
 
 
 def _service(name: str, port: int, *lines: str) -> str:
@@ -57,17 +49,7 @@ def _run(tmp_path, conf: bytes, services: list[str]) -> list[tuple]:
                 for i, sid in enumerate(services) for src in ("127.0.0.2", "127.0.0.3")]
     finally:
         xd.stop()
-    hosts = tmp_path / "hosts"
-    hosts.write_text(HOSTS)
-    path = tmp_path / "x.conf"
-    path.write_bytes(conf)
-    out = subprocess.run(
-        [sys.executable, "-m", "acl", "match", "--xinetd", str(path), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{s} {c}\n" for s, c, _ in rows),
-        capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    acl = [(s, c, _expected(a)) for (s, c, _), a in zip(rows, out.stdout.splitlines(),
-                                                         strict=True)]
+    acl = acl_outcomes(tmp_path, conf, rows)
     assert acl == rows
     return rows
 
