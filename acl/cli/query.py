@@ -24,10 +24,9 @@ import socket
 import sys
 
 from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY
+from acl.wire.admin import ADMIN_COMMANDS
 
 PROG = "acl query"
-#: acl.serve.server.ADMIN_COMMANDS (not imported: it would load the server)
-ADMIN_COMMANDS = ("reload", "stats", "dump")
 DEFAULT_TIMEOUT = 10.0
 #: sun_path holds 108 bytes, its NUL included
 MAX_SOCKET_PATH = 107
