@@ -177,8 +177,7 @@ class _Common:
         b = _Batch(first, len(leases))
         b.replies = None
         self._given_up += 1
-        return b"".join(wb.encode_release((first + i) & _MASK, lease)
-                        for i, lease in enumerate(leases)), b
+        return _release_frames(leases)(first), b
 
     @staticmethod
     def _answers(replies: list[wb.Reply], ftype: int) -> list:

@@ -61,6 +61,16 @@ class FatalUsageParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: fatal: {message}\n")
 
 
+def write_out(text: str) -> None:
+    """Write ``text`` to stdout as the bytes it was read from: rule files need
+    not be UTF-8 (a tcprules env value, a hosts_options value are held decoded
+    with surrogateescape), and the tools acl stands in for print such bytes as
+    they are, whatever the locale.  What ``print`` holds is flushed first."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", "surrogateescape"))
+    sys.stdout.flush()
+
+
 def version_text() -> str:
     from acl import __version__
     from acl.core import CORE_TEXT

@@ -28,7 +28,7 @@ import argparse
 import sys
 
 from acl.cdb import CdbError
-from acl.cli import UsageError, UsageParser
+from acl.cli import UsageError, UsageParser, write_out
 from acl.compile.tcprules import load_tcprules
 from acl.errors import RuleSyntaxError
 from acl.model import Request, Verdict
@@ -150,6 +150,5 @@ def main(argv: list[str]) -> int:
     if code == 100:
         print(f"{PROG}: fatal: not an IP address: {request.client!r}", file=sys.stderr)
         return 100
-    sys.stdout.buffer.write(_out(text))
-    sys.stdout.flush()
+    write_out(text)
     return code

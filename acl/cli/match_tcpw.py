@@ -36,7 +36,7 @@ import socket
 import sys
 from dataclasses import dataclass
 
-from acl.cli import FatalUsageParser
+from acl.cli import FatalUsageParser, write_out
 from acl.compile.tcpw import HostsAccessLayer, HostView, Query, load_hosts_access
 from acl.model import Decision, Verdict
 from acl.parse.hosts_patterns import (
@@ -208,11 +208,7 @@ def main(argv: list[str]) -> int:
     except HostNotFound as exc:
         print(f"acl match: fatal: {exc}", file=sys.stderr)
         return 100
-    # an option's value is the file's bytes (surrogateescape), as tcpdmatch prints it
-    sys.stdout.flush()
-    sys.stdout.buffer.write(("\n\n".join(_report(o) for o in outcomes) + "\n")
-                            .encode("utf-8", "surrogateescape"))
-    sys.stdout.buffer.flush()
+    write_out("\n\n".join(_report(o) for o in outcomes) + "\n")   # options as tcpdmatch
     return 1 if any(o.decision.verdict is Verdict.DENY for o in outcomes) else 0
 
 

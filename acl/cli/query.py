@@ -23,11 +23,10 @@ import os
 import socket
 import sys
 
-from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY
+from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY, write_out
+from acl.wire.admin import ADMIN_COMMANDS
 
 PROG = "acl query"
-#: acl.serve.server.ADMIN_COMMANDS (not imported: it would load the server)
-ADMIN_COMMANDS = ("reload", "stats", "dump")
 DEFAULT_TIMEOUT = 10.0
 #: sun_path holds 108 bytes, its NUL included
 MAX_SOCKET_PATH = 107
@@ -188,8 +187,5 @@ def main(argv: list[str]) -> int:
                 else ": is it the query socket?")      # bytes that are no reply at all
         print(f"{PROG}: fatal: {args.socket}: {exc}{hint}", file=sys.stderr)
         return EXIT_TEMPORARY
-    # env values are the rule file's bytes (docs/protocol.md): print them as such
-    sys.stdout.buffer.write((format_decision(service, client, d) + "\n")
-                            .encode("utf-8", "surrogateescape"))
-    sys.stdout.flush()
+    write_out(format_decision(service, client, d) + "\n")    # env values: the file's bytes
     return EXIT_OK if d.allowed else EXIT_NO

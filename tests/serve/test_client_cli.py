@@ -21,6 +21,8 @@ from acl.policy import EXAMPLE, load_policy
 from acl.wire import binary as wb
 
 from .conftest import wait_for
+from .test_client_robust import StandIn
+from .test_server import admin
 
 
 def test_asyncio_client_pipelines_from_many_tasks(served):
@@ -62,35 +64,6 @@ def test_blocking_client_and_query_cli(served):
     assert adm.returncode == 0 and '"hosts_access"' in adm.stdout
 
 
-class OneReply:
-    """A stand-in server on a Unix socket in a temp dir: reads one request on
-    one connection, writes ``reply``, closes; a thread the test joins."""
-
-    def __init__(self, path: str, reply: bytes) -> None:
-        self.path = path
-        self.reply = reply
-        self.ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.ls.bind(path)
-        self.ls.listen(1)
-        self.ls.settimeout(30)
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        try:
-            conn, _ = self.ls.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(10)
-            conn.recv(65536)
-            conn.sendall(self.reply)
-
-    def close(self) -> None:
-        self.ls.close()
-        self.thread.join(15)
-
-
 @pytest.mark.parametrize("reply", [
     b"\xff\xff\xff\xff" + b"x" * 8,                           # a length no frame has
     wb.frame(0x44, 1),                                         # a type no reply has
@@ -99,7 +72,11 @@ class OneReply:
 def test_query_on_a_bad_reply_says_fatal_and_exits_111(tmp_path, reply):
     """A reply that is not a frame is 'the sidecar is not usable' (111), never
     a traceback and never 1 (which means denied)."""
-    side = OneReply(str(tmp_path / "bad.sock"), reply)
+    def one_reply(conn, events):
+        events(1)
+        conn.sendall(reply)
+
+    side = StandIn(str(tmp_path / "bad.sock"), one_reply)
     try:
         out = subprocess.run([sys.executable, "-m", "acl", "query", "--socket", side.path,
                               "smtpd", "127.0.0.1"], capture_output=True, text=True, timeout=30)
@@ -445,19 +422,11 @@ def test_admin_exit_status_tells_bad_input_from_failure(tmp_path):
             assert out.returncode == 100, out
             assert "--admin takes one command: reload | stats | dump" in out.stderr
         # the server itself refuses a command line with words it does not take
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(srv.admin)
-            s.sendall(b"stats extra\nbogus\n")
-            data = b""
-            while data.count(b"\n") < 2:
-                chunk = s.recv(65536)
-                assert chunk, data
-                data += chunk
-        assert [json.loads(line) for line in data.splitlines()] == [
-            {"ok": False, "cause": "command", "error": "stats takes no arguments, got 'extra'"},
-            {"ok": False, "cause": "command",
-             "error": "unknown command 'bogus' (reload, stats, dump)"}]
+        assert admin(srv.admin, "stats extra") == {
+            "ok": False, "cause": "command", "error": "stats takes no arguments, got 'extra'"}
+        assert admin(srv.admin, "bogus") == {
+            "ok": False, "cause": "command",
+            "error": "unknown command 'bogus' (reload, stats, dump)"}
         rules = tmp_path / "tcp.smtpd"
         good = rules.read_text()
         rules.write_text("1.2.3.4:allow\n1.2.3.5:frob\n")

@@ -159,7 +159,7 @@ def test_what_starts_a_new_session(tmp_path):
     assert count() == 1           # (counted: in a new cps window, the last one is over)
 
 
-def test_the_session_memory_is_bounded(cps_engine):
+def test_the_session_memory_is_bounded():
     sessions = Sessions(max_sessions=4)
     for port in range(40001, 40011):
         sessions.remember(asked(port).request, "", Decision(Verdict.ALLOW), 1.0)
