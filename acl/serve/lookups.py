@@ -64,7 +64,6 @@ class LookupScheduler:
         self._running: dict = {}          # network -> lookups running
         self._queued: dict = {}           # network -> deque of (future, fn, args)
         self.waiting = 0                  # lookups queued in all
-        self.shed = 0                     # lookups refused: a queue was full
 
     def run(self, loop, net, fn, *args) -> asyncio.Future:
         """A future for ``fn(*args)`` run in the pool when ``net`` has room."""
@@ -74,7 +73,6 @@ class LookupScheduler:
             return out
         q = self._queued.get(net)
         if (q is not None and len(q) >= QUEUE_PER_NETWORK) or self.waiting >= QUEUED_MAX:
-            self.shed += 1
             out.set_exception(LookupShed("too many lookups waiting"))
             return out
         if q is None:
@@ -110,7 +108,3 @@ class LookupScheduler:
             out.set_exception(f.exception())
         else:
             out.set_result(f.result())
-
-    @property
-    def running(self) -> int:
-        return sum(self._running.values())

@@ -213,7 +213,6 @@ class Server:
         # at most [names] per_network lookups per client network at once
         self._lookups = lookups.LookupScheduler(self._name_executor, cfg.per_network)
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
-        self.lookups_expired = 0        # requests decided at the [names] deadline
 
     @property
     def policy_service(self) -> str:
@@ -274,7 +273,6 @@ class Server:
         def expire() -> None:
             if out.done():
                 return
-            self.lookups_expired += 1
             from acl.names import NameService
 
             for item in tried:
