@@ -370,21 +370,21 @@ class Engine:
             return nullcontext()
         return names.answers(fut.result())
 
-    def name_lookups(self, request: Request, now: float) -> Wanted:
+    def name_lookups(self, request: Request, now: float) -> Wanted | list:
         """The uncached answers deciding ``request`` would read, as items for
         :class:`acl.names.NameService` (``(kind, address)``, ``(NETGROUP,
         group, host)``; see its rules), in a :class:`acl.names.Wanted` that
         carries ``request``.  A probe: the hosts_access layers' ``check`` and
         the xinetd layers' ``check_address`` change no state.  Empty when
-        names are off or all that is needed is cached (or given, inside
-        ``NameService.answers``).  A client name the caller sent is not
-        looked up, but a netgroup asked of it is.  A UCSPI server's name is
-        not one (module rules)."""
+        names are off (a plain ``[]``) or all that is needed is cached (or
+        given, inside ``NameService.answers``).  A client name the caller
+        sent is not looked up, but a netgroup asked of it is.  A UCSPI
+        server's name is not one (module rules)."""
         policy = self._policy
         names = policy.name_service
-        wanted = Wanted((), request, now)
         if names is None:       # the usual case: nothing more on the request path
-            return wanted
+            return []
+        wanted = Wanted((), request, now)
         request = names_for(request)
         named = bool(request.host)
         names.probing = True

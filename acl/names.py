@@ -25,7 +25,7 @@ Rules of this file:
   the loop thread, and decides under :meth:`answers` with the answers it
   fetched: they are read first, whatever the cache holds by then (expired
   at once with ttl 0, evicted, or a new cache after a reload), and a name
-  still missing there -- its lookup raised -- is "no name" (``unknown``,
+  still missing there (no round looked it up) is "no name" (``unknown``,
   as libwrap when the resolver fails), never a lookup on the loop.
   Outside ``acl serve`` (tests, scripts) nothing probes, and a miss looks up
   at once.

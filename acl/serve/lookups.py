@@ -29,8 +29,9 @@ Rules of this file (docs/configuration.md ``[names]``):
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
+
+from acl.resolve import numeric_address
 
 #: lookups one network may have waiting for a thread
 QUEUE_PER_NETWORK = 256
@@ -45,15 +46,13 @@ class LookupShed(Exception):
 def network_of(addr: str) -> bytes | str:
     """The client network a lookup is counted against (see the rules);
     anything that is not an address counts as its own network."""
-    for fam in (socket.AF_INET, socket.AF_INET6):
-        try:
-            packed = socket.inet_pton(fam, addr.split("%", 1)[0])
-        except (OSError, ValueError, UnicodeError):
-            continue
-        if fam == socket.AF_INET6 and packed[:12] == b"\0" * 10 + b"\xff\xff":
-            packed = packed[12:]
-        return packed[:3] if len(packed) == 4 else packed[:8]
-    return addr
+    parsed = numeric_address(addr)
+    if parsed is None:
+        return addr
+    packed = parsed[1]
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":
+        packed = packed[12:]
+    return packed[:3] if len(packed) == 4 else packed[:8]
 
 
 class LookupScheduler:
@@ -65,7 +64,6 @@ class LookupScheduler:
         self._running: dict = {}          # network -> lookups running
         self._queued: dict = {}           # network -> deque of (future, fn, args)
         self.waiting = 0                  # lookups queued in all
-        self.shed = 0                     # lookups refused: a queue was full
 
     def run(self, loop, net, fn, *args) -> asyncio.Future:
         """A future for ``fn(*args)`` run in the pool when ``net`` has room."""
@@ -75,7 +73,6 @@ class LookupScheduler:
             return out
         q = self._queued.get(net)
         if (q is not None and len(q) >= QUEUE_PER_NETWORK) or self.waiting >= QUEUED_MAX:
-            self.shed += 1
             out.set_exception(LookupShed("too many lookups waiting"))
             return out
         if q is None:
@@ -111,7 +108,3 @@ class LookupScheduler:
             out.set_exception(f.exception())
         else:
             out.set_result(f.result())
-
-    @property
-    def running(self) -> int:
-        return sum(self._running.values())

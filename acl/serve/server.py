@@ -63,6 +63,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
+from acl.names import NameService
 from acl.serve import accept, capabilities, conn, lookups, privileges, sessions, systemd, workers
 
 LISTEN_BACKLOG = 4096
@@ -213,7 +214,6 @@ class Server:
         # at most [names] per_network lookups per client network at once
         self._lookups = lookups.LookupScheduler(self._name_executor, cfg.per_network)
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
-        self.lookups_expired = 0        # requests decided at the [names] deadline
 
     @property
     def policy_service(self) -> str:
@@ -246,8 +246,9 @@ class Server:
         ``(NETGROUP, group, host)``) has been looked up in a worker thread
         and cached (one lookup per item however many connections wait for
         it); its result maps each item to its answer, for the decision to
-        read under ``NameService.answers`` (a lookup that raised is left out,
-        and is not cached).  When ``wanted`` carries its request
+        read under ``NameService.answers`` (a lookup that raised -- a full
+        queue's ``LookupShed`` too -- is given as "no name", below, and is
+        not cached).  When ``wanted`` carries its request
         (:class:`acl.names.Wanted`), the engine is asked again with the
         answers in, and what it still wants is looked up too, for at most
         ``NAME_ROUNDS`` rounds: a netgroup is asked of the client's name,
@@ -274,9 +275,6 @@ class Server:
         def expire() -> None:
             if out.done():
                 return
-            self.lookups_expired += 1
-            from acl.names import NameService
-
             for item in tried:
                 if item not in got:
                     got[item] = NameService.no_name(item[0])
@@ -299,8 +297,10 @@ class Server:
             if g.cancelled():
                 out.cancel()
                 return
-            got.update({item: r for item, r in zip(items, g.result(), strict=True)
-                        if not isinstance(r, BaseException)})
+            # a failed lookup is "no name" for this request (as when the
+            # deadline passes): given, so no probe asks for it again
+            got.update({item: NameService.no_name(item[0]) if isinstance(r, BaseException)
+                        else r for item, r in zip(items, g.result(), strict=True)})
             rounds += 1
             names = self.engine.policy.name_service
             if request is None or names is None or rounds >= NAME_ROUNDS:

@@ -42,14 +42,6 @@ class DaemonPool(concurrent.futures.Executor):
         with self._lock:
             self._max = threads
 
-    @property
-    def threads(self) -> int:
-        return len(self._threads)
-
-    @property
-    def busy(self) -> int:
-        return self._busy
-
     def submit(self, fn, /, *args, **kwargs) -> concurrent.futures.Future:
         with self._lock:
             if self._shutdown:

@@ -82,3 +82,40 @@ def test_a_zero_ttl_answer_is_used_by_its_request_never_looked_up_on_the_loop(
     assert threads and all(t.startswith("names") for t in threads), threads
     assert len(threads) == 1, threads           # one lookup for the one request
     assert names.entries == 1 and names.cached("verified", client) == (False, None)
+
+
+def test_a_lookup_that_raises_is_made_once_and_reads_as_unknown(tmp_path):
+    """A failed lookup (a resolver error, a full queue's LookupShed) is "no
+    name" for the request that asked: not asked again by the connection's
+    next round (acl/serve/server.py ``look_up_names``)."""
+    engine = Engine(load_policy(write_policy(tmp_path, "ttl")))
+    names = engine.policy.name_service
+    calls: list[tuple] = []
+
+    def failing_lookup(*item):
+        calls.append(item)
+        raise OSError("resolver broke")
+
+    names.lookup = failing_lookup
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
+
+    async def scenario():
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+            c = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+            try:
+                # echo: unknown -- what a name that could not be looked up is
+                d = await asyncio.wait_for(c.decide("echo", NAMED), WAIT)
+                assert d.verdict is Verdict.ALLOW
+            finally:
+                await c.close()
+        finally:
+            server.stop()
+            await asyncio.wait_for(serving, WAIT)
+
+    asyncio.run(scenario())
+    assert calls == [("verified", NAMED)]
+    assert names.cached("verified", NAMED) == (False, None)      # a failure is not cached

@@ -15,23 +15,12 @@ import socket
 import struct
 import time
 
-import pytest
-
 from acl.client import Client
 from acl.model import Reason, Request, Verdict
 from acl.wire import binary as wb
 
-from .conftest import connect, policy_toml, read_replies, start_server, wait_for
+from .conftest import connect, read_replies, wait_for
 from .test_server import admin
-
-
-@pytest.fixture
-def live(tmp_path):
-    srv = start_server(tmp_path, policy_toml(tmp_path))
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def leases(srv) -> int:
@@ -58,8 +47,8 @@ def still_open(s: socket.socket) -> bool:
         s.settimeout(10)
 
 
-def test_sealed_connection_answers_error_and_takes_no_slot(live):
-    s, lease = sealed(live)
+def test_sealed_connection_answers_error_and_takes_no_slot(served):
+    s, lease = sealed(served)
     forged = [wb.encode_decide(10 + i, Request("echo-stream", "127.0.0.9", lease=True))
               for i in range(3)]
     # one frame a read (the no-copy shortcut of data_received), then a batch
@@ -78,8 +67,8 @@ def test_sealed_connection_answers_error_and_takes_no_slot(live):
         (wb.T_RELEASED, 24, None)]
     assert reps[-1].released is False
     # nothing was taken: the sealed lease alone; 127.0.0.9 gets its two
-    assert leases(live) == 1
-    with Client(live.query) as other:
+    assert leases(served) == 1
+    with Client(served.query) as other:
         assert other.decide("echo-stream", "127.0.0.9", lease=True).allowed
         assert other.decide("echo-stream", "127.0.0.9", lease=True).allowed
         full = other.decide("echo-stream", "127.0.0.10", lease=True)
@@ -93,36 +82,36 @@ def test_sealed_connection_answers_error_and_takes_no_slot(live):
     s.close()
 
 
-def test_frames_after_the_sealing_decide_in_the_same_write_are_sealed(live):
-    s = connect(live.query)
+def test_frames_after_the_sealing_decide_in_the_same_write_are_sealed(served):
+    s = connect(served.query)
     s.sendall(wb.encode_decide(1, Request("echo-stream", "127.0.0.5", lease=True), seal=True)
               + wb.encode_decide(2, Request("echo-stream", "127.0.0.9", lease=True))
               + wb.encode_decide(3, Request("sshd", "127.0.0.1")))
     reps = read_replies(s, 3)
     assert reps[0].type == wb.T_DECISION and reps[0].decision.lease
     assert [(r.type, r.code) for r in reps[1:]] == [(wb.T_ERROR, wb.E_SEALED)] * 2
-    assert leases(live) == 1
+    assert leases(served) == 1
     s.close()
 
 
-def test_garbage_neither_closes_a_sealed_connection_nor_ends_its_lease(live):
-    s, lease = sealed(live)
+def test_garbage_neither_closes_a_sealed_connection_nor_ends_its_lease(served):
+    s, lease = sealed(served)
     s.sendall(struct.pack("<I", 3) + b"\x01\x01" + b"\x00" * 64)    # no length can skip it
     (rep,) = read_replies(s, 1)
     assert (rep.type, rep.request_id, rep.code) == (wb.T_ERROR, 0, wb.E_SEALED)
     s.sendall(wb.encode_release(5, lease) + b"\xff" * 5000)        # after it: dropped
     assert still_open(s)
-    assert leases(live) == 1
-    with Client(live.query) as other:     # per_source 2: the sealed lease still counts
+    assert leases(served) == 1
+    with Client(served.query) as other:     # per_source 2: the sealed lease still counts
         assert other.decide("echo-stream", "127.0.0.5", lease=True).allowed
         full = other.decide("echo-stream", "127.0.0.5", lease=True)
         assert (full.verdict, full.reason) == (Verdict.DENY, Reason.PER_SOURCE_LIMIT)
     s.close()                              # the lease ends with the connection
-    wait_for(lambda: leases(live) == 0, 15, "lease released on close")
+    wait_for(lambda: leases(served) == 0, 15, "lease released on close")
 
 
-def test_a_sealed_connection_flooding_without_reading_is_held_back(live):
-    s, _ = sealed(live)
+def test_a_sealed_connection_flooding_without_reading_is_held_back(served):
+    s, _ = sealed(served)
     s.settimeout(0.5)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     batch = wb.encode_ping(9) * 20000            # 240 KB: every frame answered ERROR 8
@@ -135,11 +124,11 @@ def test_a_sealed_connection_flooding_without_reading_is_held_back(live):
         pass
     # the server stopped reading long before the ~260 MB of errors were owed
     assert sent < 400 * len(batch)
-    with open(f"/proc/{live.proc.pid}/status") as f:
+    with open(f"/proc/{served.proc.pid}/status") as f:
         rss_kb = int(next(ln for ln in f if ln.startswith("VmRSS")).split()[1])
     assert rss_kb * 1024 < 400 * 2**20
-    with Client(live.query) as other:
+    with Client(served.query) as other:
         assert other.decide("sshd", "192.0.2.1").allowed
-    assert leases(live) == 1                     # held back, not hung up on
+    assert leases(served) == 1                     # held back, not hung up on
     s.close()
-    wait_for(lambda: leases(live) == 0, 15, "lease released on close")
+    wait_for(lambda: leases(served) == 0, 15, "lease released on close")
