@@ -354,10 +354,8 @@ def _server_key(text: str | None) -> bytes | None:
     if not text:
         return None
     try:
-        if ":" in text:
-            return socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
-        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
-    except OSError:
+        return _limits.pack_source(text.split("%", 1)[0] if ":" in text else text)
+    except ValueError:
         return None
 
 
