@@ -325,8 +325,8 @@ _HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(?:#.*)?$")
 _ASSIGN = re.compile(r"(\s*)([A-Za-z0-9_-]+)\s*=\s*")
 
 
-def _locate(path, where: str) -> tuple[int, int] | None:
-    """(line, column) of the value of ``table.key`` in the TOML file: a
+def _locate(path, where: str) -> tuple[int, int, str] | None:
+    """(line, column, line text) of the value of ``table.key`` in the TOML file: a
     ``key =`` line under a ``[table]`` header; None when it is not written
     that way (an inline table, a dotted key) or the file cannot be read."""
     table, dot, key = where.partition(".")
@@ -346,7 +346,7 @@ def _locate(path, where: str) -> tuple[int, int] | None:
         elif current == table:
             m = _ASSIGN.match(line)
             if m and m[2] == key:
-                return n, m.end() + 1
+                return n, m.end() + 1, line
     return None
 
 
@@ -630,13 +630,7 @@ def _value_text(path, where: str) -> str | None:
     """The TOML source text of ``table.key``'s value, from its position
     (None when :func:`_locate` cannot find it)."""
     at = _locate(path, where)
-    if at is None:
-        return None
-    try:
-        line = read_bytes(path).decode("utf-8", "replace").splitlines()[at[0] - 1]
-    except (OSError, IndexError):
-        return None
-    return line[at[1] - 1:]
+    return None if at is None else at[2][at[1] - 1:]
 
 
 def _ids(values, lookup, path, where: str) -> tuple[int, ...]:

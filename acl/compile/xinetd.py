@@ -179,7 +179,7 @@ class XinetdService:
     sensor: bool = False             # flags = SENSOR (spec C.5)
     deny_time: int = 0               # minutes; -1 FOREVER, 0 only logs
     entry: XEntry = field(repr=False, default=None)
-    key: str = ""                    # its limit slot's name ("" = the id)
+    key: str = ""                    # its limit slot's name (set by _compile)
 
 
 @dataclass
@@ -354,10 +354,8 @@ def _server_key(text: str | None) -> bytes | None:
     if not text:
         return None
     try:
-        if ":" in text:
-            return socket.inet_pton(socket.AF_INET6, text.split("%", 1)[0])
-        return b"\0" * 10 + b"\xff\xff" + socket.inet_pton(socket.AF_INET, text)
-    except OSError:
+        return _limits.pack_source(text.split("%", 1)[0] if ":" in text else text)
+    except ValueError:
         return None
 
 
@@ -391,19 +389,18 @@ class XinetdLayer:
         self._config: dict[int, dict] = {}
         rate = rate or {}
         for svc in policy.entries():
-            sid = svc.id
-            r, b = rate.get(sid, rate.get("*", (0.0, 0.0)))
+            r, b = rate.get(svc.id, rate.get("*", (0.0, 0.0)))
             cfg = {"cps_max": svc.cps[0], "cps_wait": svc.cps[1], "instances": svc.instances,
                    "per_source": svc.per_source, "max_load": svc.max_load,
                    "times": svc.access_times, "rate": r, "burst": b}
             self.state.validate(**cfg)
             try:
-                slot = self.state.slot(svc.key or sid)
+                slot = self.state.slot(svc.key)
             except ValueError as exc:
                 raise PolicyError(f"{policy.path}: too many xinetd services: acl keeps the "
                                   f"limits of {self.state.max_services} at most, the running "
                                   f"policy's included ({exc})") from None
-            self._slots[svc.key or sid] = slot
+            self._slots[svc.key] = slot
             self._config[slot] = cfg
         if own:
             self.activate()
@@ -444,7 +441,7 @@ class XinetdLayer:
         except ValueError:
             return Decision(Verdict.DENY, Reason.ERROR, svc.location)
         load = self._loadavg() if svc.max_load else 0.0
-        r = self.state.check(self._slots[svc.key or svc.id], _packed(addr, fam), now, load)
+        r = self.state.check(self._slots[svc.key], _packed(addr, fam), now, load)
         if r != _limits.OK:
             return Decision(Verdict.DENY, _REASONS[r], svc.location)
         # child side (spec C.6 4a): the SENSOR list, then only_from/no_access
@@ -537,7 +534,7 @@ class XinetdLayer:
         svc = self._service(request)
         if isinstance(svc, Decision):
             svc = None
-        slot = self._slots[svc.key or svc.id] if svc is not None \
+        slot = self._slots[svc.key] if svc is not None \
             else self.state.slot(request.service)
         family = svc.family if svc is not None else 6
         addr, fam = _client(request.client, family)

@@ -39,6 +39,7 @@ def _eq(a: str, b: str) -> bool:
 
 
 _INT_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-9]+)[ \t\n\v\f\r]*\Z")
+_OCT_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-7]+)[ \t\n\v\f\r]*\Z")
 _FLOAT_RE = re.compile(
     r"[ \t\n\v\f\r]*([+-]?(?:[0-9]+\.?[0-9]*(?:[eE][+-]?[0-9]+)?|\.[0-9]+(?:[eE][+-]?[0-9]+)?"
     r"|[iI][nN][fF](?:[iI][nN][iI][tT][yY])?|[nN][aA][nN]))")
@@ -67,31 +68,15 @@ def c_scanf_double(text: str) -> float | None:
     return None if m is None else float(m[1])
 
 
-def c_strtol(text: str) -> int | None:
-    """xinetd ``parse_base10``: strtol (base 10, trailing blanks allowed),
-    the result stored in a C int (it wraps)."""
-    m = _INT_RE.match(text)
+def c_strtol(text: str, base: int = 10) -> int | None:
+    """xinetd ``parse_base10`` (and, base 8, util.c ``parse_int(text, 8,
+    -1)``): strtol with trailing blanks allowed, the result stored in a C int
+    (it wraps)."""
+    m = (_INT_RE if base == 10 else _OCT_RE).match(text)
     if m is None:
         return None
     neg = m[1] == "-"
-    mag = int(m[2])
-    if mag > (1 << 63) - (0 if neg else 1):
-        return None                           # ERANGE
-    v = (-mag if neg else mag) & 0xFFFFFFFF
-    return v - (1 << 32) if v >= 1 << 31 else v
-
-
-_OCT_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)([0-7]+)[ \t\n\v\f\r]*\Z")
-
-
-def c_strtol_base8(text: str) -> int | None:
-    """util.c ``parse_int(text, 8, -1)``: strtol base 8 with trailing blanks
-    allowed, the long stored in a C int (it wraps)."""
-    m = _OCT_RE.match(text)
-    if m is None:
-        return None
-    neg = m[1] == "-"
-    mag = int(m[2], 8)
+    mag = int(m[2], base)
     if mag > (1 << 63) - (0 if neg else 1):
         return None                           # ERANGE
     v = (-mag if neg else mag) & 0xFFFFFFFF
@@ -459,7 +444,7 @@ def p_umask(entry, values, op, ctx):
     # util.c parse_int(str, 8, -1): strtol base 8 (C blanks before, after),
     # the long stored in an int -- not Python's int(), which also takes
     # "0o22", "0_22", Unicode digits and Unicode blanks.
-    n = c_strtol_base8(values[0])
+    n = c_strtol(values[0], 8)
     if n is None or not 0 <= n <= 0o777:
         raise AttrFail("umask argument is invalid.")
     entry.parsed["umask"] = n

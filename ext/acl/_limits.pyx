@@ -30,6 +30,8 @@ answer exactly as the twin does.  In short:
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.number cimport PyNumber_Index
 from libc.math cimport floor, INFINITY
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
@@ -361,11 +363,13 @@ cdef class LimitState:
         """A slot number from the caller, checked as the twin checks it: any
         integer (``operator.index``: TypeError otherwise), ValueError when out
         of range -- never C's OverflowError or a float cut to an int."""
-        cdef object s = operator.index(arg)
-        if not 0 <= s < self.max_services:
+        cdef int overflow = 0
+        cdef object s = PyNumber_Index(arg)       # operator.index, called in C
+        cdef long long v = PyLong_AsLongLongAndOverflow(s, &overflow)
+        if overflow or not 0 <= v < self.max_services:
             raise ValueError(f"slot {s} out of range")
-        self._check_slot(<int>s)
-        return <int>s
+        self._check_slot(<int>v)
+        return <int>v
 
     cdef int _check_slot(self, int slot) except -1:
         cdef int c, k

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from acl.ucspi_addr import _ip6_text, ip6_fmt
 
-from .real import TCPRULES, TCPRULESCHECK, need_tools
+from .real import TCPRULES, check_many_raw, need_tools, run_tcprules
 
 RULES = b'1.2.3.4:allow,A="x y",B=/2/\n1.2.:deny\n::1:allow,V="v6"\n=h.example.com:deny\n'
 
@@ -79,14 +79,12 @@ def test_match_reads_cdb_and_reports_broken_files(tmp_path, rules):
 def test_match_truncated_cdb_without_cdb_name(tmp_path):
     """A cut tcprules cdb named without .cdb is still a broken cdb, as
     tcprulescheck says ("protocol error"), not a rules text with a bad line."""
-    cdb = tmp_path / "r.cdb"
-    subprocess.run([TCPRULES, str(cdb), str(tmp_path / "r.tmp")],
-                   input=b"127.0.0.2:allow\n:deny\n", check=True)
+    real = run_tcprules(b"127.0.0.2:allow\n:deny\n")
+    assert real.status == "ok", real.stderr
     cut = tmp_path / "trunc_noext"
-    cut.write_bytes(cdb.read_bytes()[:2060])
-    real = subprocess.run([TCPRULESCHECK, str(cut)], env={"TCPREMOTEIP": "127.0.0.2"},
-                          capture_output=True, timeout=10)
-    assert real.returncode == 111 and b"protocol error" in real.stderr
+    cut.write_bytes(real.cdb[:2060])
+    [(code, said)] = check_many_raw([str(cut)], "127.0.0.2")
+    assert code == 111 and b"protocol error" in said
     out = acl("match", "--tcprules", str(cut), "127.0.0.2")
     assert out.returncode == 100
     assert out.stderr == (f"acl match: fatal: {cut}: hash table 5 (2 slots at 2075) lies "
