@@ -391,7 +391,7 @@ def test_a_bad_names_section_fails_closed(wrap_bin, sidecar, echo_server, port):
     good = harness.decision(1, names=("a.example", None))
     body = bytearray(good[12:])
     bad = [
-        binary.frame(binary.T_DECISION, 1, bytes(body), flags=0x0002),
+        binary.frame(binary.T_DECISION, 1, bytes(body), flags=binary.R_NAMES | 0x0002),
         binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x00\x01\x00x\x00\x00",
                      flags=binary.R_NAMES),
         binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x01\x00\x00\x00\x00",
