@@ -238,19 +238,13 @@ def test_a_sidecar_without_ucspi_or_seal_refuses_the_flags_and_acl_wrap_fails_cl
     side = sidecar(old)
     shim = harness.write_exe(short_tmp / "ucspi-shim", UCSPI_SHIM)
     argv = [str(shim), *wrap(wrap_bin, side.path, str(echo_server))]
-    named = dict(PATH_ENV, TCPREMOTEHOST="h.example.com")
-    h = harness.Handoff(argv, "127.0.0.13", port, env=named)
-    assert h.read_all() == b""
-    assert h.finish() == 111
-    h = harness.Handoff(argv, "127.0.0.13", port, env=dict(named, ACL_WRAP_FAIL="open"))
-    assert b"READY" in h.read_until(b"READY\n")
-    h.finish()
-    h = harness.Handoff(argv, "127.0.0.13", port, env=PATH_ENV)
-    assert h.read_all() == b""
-    assert h.finish() == 111
-    h = harness.Handoff(argv, "127.0.0.13", port, env=dict(PATH_ENV, ACL_WRAP_FAIL="open"))
-    assert b"READY" in h.read_until(b"READY\n")
-    h.finish()
+    for env in (dict(PATH_ENV, TCPREMOTEHOST="h.example.com"), PATH_ENV):   # named, or not
+        h = harness.Handoff(argv, "127.0.0.13", port, env=env)
+        assert h.read_all() == b""
+        assert h.finish() == 111
+        h = harness.Handoff(argv, "127.0.0.13", port, env=dict(env, ACL_WRAP_FAIL="open"))
+        assert b"READY" in h.read_until(b"READY\n")
+        h.finish()
 
 
 def test_empty_env_name_is_set_as_tcpserver_sets_it(wrap_bin, sidecar, echo_server, port):
@@ -391,7 +385,7 @@ def test_a_bad_names_section_fails_closed(wrap_bin, sidecar, echo_server, port):
     good = harness.decision(1, names=("a.example", None))
     body = bytearray(good[12:])
     bad = [
-        binary.frame(binary.T_DECISION, 1, bytes(body), flags=0x0002),
+        binary.frame(binary.T_DECISION, 1, bytes(body), flags=binary.R_NAMES | 0x0002),
         binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x00\x01\x00x\x00\x00",
                      flags=binary.R_NAMES),
         binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x01\x00\x00\x00\x00",
