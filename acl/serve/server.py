@@ -65,6 +65,7 @@ from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
 from acl.names import NameService
 from acl.serve import accept, capabilities, conn, lookups, privileges, sessions, systemd, workers
+from acl.wire.admin import ADMIN_COMMANDS
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups when no policy is loaded yet: a
@@ -74,9 +75,6 @@ NAME_THREADS = 8
 #: rounds of lookups for one request (look_up_names): its name, then each
 #: netgroup the rules ask of it in turn
 NAME_ROUNDS = 16
-#: the admin socket's commands, each a line of one word (acl query --admin
-#: checks a command against this before sending it)
-ADMIN_COMMANDS = ("reload", "stats", "dump")
 
 
 def log(msg: str) -> None:
