@@ -797,16 +797,18 @@ def postfix_door_warnings(policy: Policy) -> tuple:
     for layer, _daemon in policy.layers_for(service):
         if getattr(layer, "name", "") != "xinetd":
             continue
-        svc = layer.policy.services.get(service)
-        if svc is None:
+        first = layer.policy.services.get(service)
+        if first is None:
             continue
-        limits = [f"{k} = {v}" for k, v in (("per_source", svc.per_source),
-                                            ("instances", svc.instances)) if v >= 0]
-        if limits:
-            out.append(Diagnostic(svc.location.path, svc.location.line, 0,
-                                  f"service {service}: {' and '.join(limits)}: no limit on "
-                                  "Postfix policy requests ([sockets] policy_service): it "
-                                  "counts leases, which that door never takes (cps, rate, "
-                                  "max_load, access_times and the address rules apply)",
-                                  Severity.WARNING))
+        # every entry xinetd keeps under the id (shared ids: acl/compile/xinetd.py)
+        for svc in layer.policy.shared.get(service, (first,)):
+            limits = [f"{k} = {v}" for k, v in (("per_source", svc.per_source),
+                                                ("instances", svc.instances)) if v >= 0]
+            if limits:
+                out.append(Diagnostic(svc.location.path, svc.location.line, 0,
+                                      f"service {service}: {' and '.join(limits)}: no limit on "
+                                      "Postfix policy requests ([sockets] policy_service): it "
+                                      "counts leases, which that door never takes (cps, rate, "
+                                      "max_load, access_times and the address rules apply)",
+                                      Severity.WARNING))
     return tuple(out)

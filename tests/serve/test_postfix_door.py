@@ -215,3 +215,16 @@ def test_check_warns_that_per_source_and_instances_do_not_limit_postfix(tmp_path
     sessions = Sessions()
     for port in range(40001, 40005):
         assert sessions.decide(engine, asked(port), 1_000_000.0 + port).allowed
+
+
+def test_the_warning_covers_every_service_sharing_the_id(tmp_path):
+    """xinetd keeps an id twice when the bind address differs: a limit on the
+    second entry is no more applied to Postfix than one on the first."""
+    from acl.policy import load_policy, postfix_door_warnings
+
+    cfg = policy_toml(tmp_path, policy_socket=True)
+    plain = XINETD_CPS.format(cps=0).replace("\tcps\t\t= 0 30\n", "\tbind\t\t= 127.0.0.1\n")
+    limited = XINETD_LEASES.replace("\tflags", "\tbind\t\t= 127.0.0.2\n\tflags")
+    (tmp_path / "xinetd.conf").write_text(plain + limited)
+    lines = [d.line for d in postfix_door_warnings(load_policy(cfg))]
+    assert lines == [plain.count("\n") + 1]
