@@ -207,6 +207,27 @@ class AclCollector:
         yield nl
         yield GaugeMetricFamily("acl_name_cache_entries", "Client names cached",
                                 value=names.entries if names is not None else 0)
+        nu = CounterMetricFamily("acl_name_lookups_unanswered",
+                                 "Names a decision went without (decided as unknown)",
+                                 labels=["why"])
+        unanswered = self.server.names_unanswered if self.server is not None else {}
+        for why in ("deadline", "shed", "error"):
+            nu.add_metric([why], unanswered.get(why, 0))
+        yield nu
+        sched = self.server.lookup_scheduler if self.server is not None else None
+        yield GaugeMetricFamily("acl_name_lookups_running", "Name lookups running in threads",
+                                value=sched.running if sched is not None else 0)
+        yield GaugeMetricFamily("acl_name_lookups_waiting",
+                                "Name lookups queued for a thread (per client network)",
+                                value=sched.waiting if sched is not None else 0)
+
+        sessions = self.server.postfix_sessions if self.server is not None else None
+        yield GaugeMetricFamily("acl_postfix_sessions",
+                                "SMTP sessions the Postfix door remembers",
+                                value=len(sessions) if sessions is not None else 0)
+        yield CounterMetricFamily("acl_postfix_sessions_forgotten",
+                                  "Sessions dropped for room before they went idle",
+                                  value=sessions.forgotten if sessions is not None else 0)
 
         info = InfoMetricFamily("acl_core", "Which core runs")
         info.add_metric([], {"implementation": self.implementation, "version": __version__})

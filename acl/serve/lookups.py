@@ -65,6 +65,11 @@ class LookupScheduler:
         self._queued: dict = {}           # network -> deque of (future, fn, args)
         self.waiting = 0                  # lookups queued in all
 
+    @property
+    def running(self) -> int:
+        """Lookups running in the pool now (acl_name_lookups_running)."""
+        return sum(self._running.values())
+
     def run(self, loop, net, fn, *args) -> asyncio.Future:
         """A future for ``fn(*args)`` run in the pool when ``net`` has room."""
         out = loop.create_future()

@@ -210,8 +210,11 @@ class Server:
         cfg = pol.names
         self._name_executor = workers.DaemonPool(cfg.threads, "names")
         # at most [names] per_network lookups per client network at once
-        self._lookups = lookups.LookupScheduler(self._name_executor, cfg.per_network)
+        self.lookup_scheduler = lookups.LookupScheduler(self._name_executor, cfg.per_network)
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}
+        # names a decision went without (acl_name_lookups_unanswered_total):
+        # counted per request and item, as the decision saw it
+        self.names_unanswered = {"shed": 0, "deadline": 0, "error": 0}
 
     @property
     def policy_service(self) -> str:
@@ -276,6 +279,7 @@ class Server:
             for item in tried:
                 if item not in got:
                     got[item] = NameService.no_name(item[0])
+                    self.names_unanswered["deadline"] += 1
             out.set_result(got)
 
         def start(items) -> None:
@@ -297,8 +301,12 @@ class Server:
                 return
             # a failed lookup is "no name" for this request (as when the
             # deadline passes): given, so no probe asks for it again
-            got.update({item: NameService.no_name(item[0]) if isinstance(r, BaseException)
-                        else r for item, r in zip(items, g.result(), strict=True)})
+            for item, r in zip(items, g.result(), strict=True):
+                if isinstance(r, BaseException):
+                    why = "shed" if isinstance(r, lookups.LookupShed) else "error"
+                    self.names_unanswered[why] += 1
+                    r = NameService.no_name(item[0])
+                got[item] = r
             rounds += 1
             names = self.engine.policy.name_service
             if request is None or names is None or rounds >= NAME_ROUNDS:
@@ -324,10 +332,10 @@ class Server:
             policy = self.engine.policy
             names, cfg = policy.name_service, policy.names
             self._name_executor.resize(cfg.threads)        # a reload may change them
-            self._lookups.per_network = cfg.per_network
+            self.lookup_scheduler.per_network = cfg.per_network
             if net is None:
                 net = lookups.network_of(item[1])
-            fut = self._lookups.run(loop, net, names.lookup, *item)
+            fut = self.lookup_scheduler.run(loop, net, names.lookup, *item)
             self._name_pending[item] = fut
             # registered first, so the answer is cached before any waiter resumes
             fut.add_done_callback(lambda f: self._name_done(names, item, f))

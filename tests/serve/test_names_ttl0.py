@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,7 +60,9 @@ def test_a_zero_ttl_answer_is_used_by_its_request_never_looked_up_on_the_loop(
             other = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
             try:
                 asking = asyncio.ensure_future(named.decide("echo", client))
+                give_up = time.monotonic() + WAIT
                 while not threads:
+                    assert time.monotonic() < give_up, "the lookup never started"
                     await asyncio.sleep(0.01)
                 # the lookup waits: another client is answered meanwhile
                 d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
@@ -119,3 +122,5 @@ def test_a_lookup_that_raises_is_made_once_and_reads_as_unknown(tmp_path):
     asyncio.run(scenario())
     assert calls == [("verified", NAMED)]
     assert names.cached("verified", NAMED) == (False, None)      # a failure is not cached
+    # and it is counted as a name the decision went without (docs/metrics.md)
+    assert server.names_unanswered == {"deadline": 0, "shed": 0, "error": 1}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,7 +74,9 @@ def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, 
             other = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
             try:
                 asking = asyncio.ensure_future(asker.decide("echo", client, **kw))
+                give_up = time.monotonic() + WAIT
                 while not calls:
+                    assert time.monotonic() < give_up, "the lookup never started"
                     await asyncio.sleep(0.01)
                 # innetgr waits: another client is answered meanwhile
                 d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
