@@ -19,10 +19,15 @@ Rules of this file (spec A.6; libwrap ``socket.c`` ``sock_hostname``):
 
 A *backend* answers two questions: ``reverse(family, packed) -> name | None``
 and ``forward(name, family) -> (canonical name, [packed, ...]) | None``
-(``family`` 0 means both, then items are ``(family, packed)``).
+(``family`` 0 means both, then items are ``(family, packed)``); for
+``@group`` also ``innetgr(group, host)`` and ``netgroup_has_members(group)``.
 :class:`SystemBackend` asks the C library (so ``/etc/nsswitch.conf`` rules);
 :class:`HostsFileBackend` reads a private hosts file the way glibc's ``files``
 module does, so tests never touch DNS.
+
+:func:`double_check` runs the check once and says which step failed, in
+the terms of libwrap's warnings (``acl check`` repeats them, as tcpdchk
+does); :meth:`Resolver.verify` keeps only its answer.
 
 :class:`Resolver` caches verified names per address for ``ttl`` seconds
 (``negative_ttl`` for "unknown"), at most ``max_entries`` of them, evicting
@@ -34,7 +39,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import socket
+import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 UNKNOWN = "unknown"
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
@@ -44,6 +51,8 @@ PARANOID = "paranoid"
 #: The longest name libwrap keeps: ``char name[STRING_LENGTH]`` (tcpd.h, 128)
 #: holds 127 characters and the NUL (socket.c ``sock_hostname``, STRN_CPY).
 NAME_LIMIT = 127
+
+_NETGRENT_LOCK = threading.Lock()
 
 _LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -72,6 +81,46 @@ def is_numeric_name(name: str, family: int) -> bool:
         return True
     except (OSError, ValueError, UnicodeError):
         return False
+
+
+class DoubleCheck(NamedTuple):
+    """One run of libwrap's double check (``sock_hostname``) for one address.
+
+    ``failure`` names the step that made the name "paranoid", or is None:
+
+    * ``"numeric"``   -- the PTR name parses as an address ("host name/name
+      mismatch: reverse lookup results in non-FQDN")
+    * ``"forward"``   -- the PTR name does not resolve ("can't verify hostname")
+    * ``"canonical"`` -- its official name is another ("host name/name mismatch")
+    * ``"address"``   -- its addresses do not hold this one ("host name/address
+      mismatch")
+    """
+
+    name: str               # the verified name, or UNKNOWN / PARANOID
+    ptr: str | None = None  # the PTR name (cut to NAME_LIMIT), when there was one
+    failure: str | None = None
+    canonical: str | None = None    # the forward lookup's official name
+
+
+def double_check(backend, family: int, packed: bytes) -> DoubleCheck:
+    """libwrap's double check of one address (see the module rules)."""
+    if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
+        family, packed = socket.AF_INET, packed[12:]
+    name = backend.reverse(family, packed)
+    if not name:
+        return DoubleCheck(UNKNOWN)
+    name = name[:NAME_LIMIT]        # libwrap's buffer (module rules)
+    if is_numeric_name(name, family):
+        return DoubleCheck(PARANOID, name, "numeric")
+    fwd = backend.forward(name, family)
+    if fwd is None:
+        return DoubleCheck(PARANOID, name, "forward")
+    canon, addrs = fwd
+    if _lower(canon or "") != _lower(name) and _lower(name) != "localhost":
+        return DoubleCheck(PARANOID, name, "canonical", canon or "")
+    if packed not in addrs:
+        return DoubleCheck(PARANOID, name, "address", canon or "")
+    return DoubleCheck(name, name)
 
 
 class HostsFileBackend:
@@ -136,6 +185,9 @@ class HostsFileBackend:
     def innetgr(self, group: str, host: str) -> bool:
         return host in self.netgroups.get(group, ())
 
+    def netgroup_has_members(self, group: str) -> bool:
+        return bool(self.netgroups.get(group))
+
 
 class SystemBackend:
     """The C library's resolver (``getnameinfo``/``getaddrinfo``, nsswitch)."""
@@ -146,6 +198,12 @@ class SystemBackend:
         if self._innetgr is not None:
             self._innetgr.argtypes = [ctypes.c_char_p] * 4
             self._innetgr.restype = ctypes.c_int
+        self._netgrent = [getattr(libc, f, None) for f in
+                          ("setnetgrent", "getnetgrent", "endnetgrent")]
+        if None not in self._netgrent:
+            self._netgrent[0].argtypes = [ctypes.c_char_p]
+            self._netgrent[1].argtypes = [ctypes.POINTER(ctypes.c_char_p)] * 3
+            self._netgrent[1].restype = ctypes.c_int
 
     def reverse(self, family: int, packed: bytes) -> str | None:
         text = socket.inet_ntop(family, packed)
@@ -179,6 +237,21 @@ class SystemBackend:
             return False
         return bool(self._innetgr(group.encode("latin-1", "replace"),
                                   host.encode("latin-1", "replace"), None, None))
+
+    def netgroup_has_members(self, group: str) -> bool:
+        """Whether ``getnetgrent`` yields a first member of ``group`` (tcpdchk's
+        test for "unknown or empty netgroup")."""
+        if None in self._netgrent:
+            return False
+        start, get, end = self._netgrent
+        host, user, domain = ctypes.c_char_p(), ctypes.c_char_p(), ctypes.c_char_p()
+        # the C library keeps one netgroup walk per process
+        with _NETGRENT_LOCK:
+            start(group.encode("latin-1", "replace"))
+            try:
+                return get(ctypes.byref(host), ctypes.byref(user), ctypes.byref(domain)) != 0
+            finally:
+                end()
 
 
 class Resolver:
@@ -215,24 +288,7 @@ class Resolver:
         parsed = numeric_address(addr)
         if parsed is None:
             return UNKNOWN
-        family, packed = parsed
-        if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
-            family, packed = socket.AF_INET, packed[12:]
-        name = self.backend.reverse(family, packed)
-        if not name:
-            return UNKNOWN
-        name = name[:NAME_LIMIT]        # libwrap's buffer (module rules)
-        if is_numeric_name(name, family):
-            return PARANOID
-        fwd = self.backend.forward(name, family)
-        if fwd is None:
-            return PARANOID
-        canon, addrs = fwd
-        if _lower(canon or "") != _lower(name) and _lower(name) != "localhost":
-            return PARANOID
-        if packed not in addrs:
-            return PARANOID
-        return name
+        return double_check(self.backend, *parsed).name
 
     def addresses(self, name: str) -> list[str]:
         """Forward lookup of a client name given on a command line (both families)."""

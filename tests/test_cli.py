@@ -178,7 +178,8 @@ def rules(tmp_path):
 
 
 PIPED = {
-    "check -v": (["check", "-v", "--hosts-allow", "{allow}", "--hosts-deny", "{deny}"], ""),
+    "check -v": (["check", "-v", "--no-names", "--hosts-allow", "{allow}", "--hosts-deny",
+                  "{deny}"], ""),
     "audit --json": (["audit", "--no-policy", "--json"], ""),
     "audit": (["audit", "--no-policy"], ""),
     "match tcpw": (["match", "--hosts-allow", "{allow}", "--hosts-deny", "{deny}",
@@ -219,7 +220,7 @@ def test_a_closed_stdout_ends_the_command_quietly(rules, name, tmp_path):
 def test_head_closing_the_pipe_mid_output(rules):
     """The audit's own repro: `acl check -v | head -1` -- output larger than a
     pipe holds, the reader gone after one line."""
-    cmd = (f"{sys.executable} -m acl check -v --hosts-allow {rules['allow']} "
+    cmd = (f"{sys.executable} -m acl check -v --no-names --hosts-allow {rules['allow']} "
            f"--hosts-deny {rules['deny']} | head -1; echo \"status ${{PIPESTATUS[0]}}\"")
     out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120,
                          cwd=ROOT)

@@ -1,16 +1,27 @@
 """``acl check``: our tcpdchk, plus shadowed rules and allow/deny overlaps.
 
     acl check [--hosts-allow A] [--hosts-deny D] [-d] [-v]
+              [--no-names] [--names-timeout SECONDS]
 
 Without file flags it reads /etc/hosts.allow and /etc/hosts.deny; ``-d``
 reads ./hosts.allow and ./hosts.deny, like tcpdchk -d.  Each finding is one
 line ``file:line:column: [warning: ]message``.  ``-v`` also lists every rule
 with the verdict it implies, like tcpdchk -v.
 
+Like tcpdchk, it asks the name service about the hosts the rules name
+(acl/compile/tcpw_names.py): names that do not resolve, aliases, addresses
+without a name or whose name fails libwrap's double check, a daemon@host
+with several addresses, unknown netgroups -- in the rule files and in the
+``/file`` patterns they name.  ``--no-names`` skips that (a machine without
+DNS, or a check that must not touch the network); ``--names-timeout`` bounds
+the time all those lookups may take together (default 10 s): what has no
+answer by then is reported as not checked.
+
 Exit codes, for scripts:
 
 * 0   nothing to say
-* 1   warnings only: lint, shadowed rules, overlaps (the files work as written)
+* 1   warnings only: lint, name checks, shadowed rules, overlaps (the files
+      work as written)
 * 100 errors: lines libwrap skips or that stop a file, options that deny
 * 111 a file exists but cannot be read
 """
@@ -23,6 +34,7 @@ import sys
 from acl.cli import FatalUsageParser
 from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
+from acl.compile.tcpw_names import DEFAULT_TIMEOUT, NameLookups, name_findings
 from acl.errors import Severity
 from acl.parse.hosts_access import read_hosts
 from acl.rulefiles import read_bytes
@@ -34,7 +46,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts-deny", metavar="FILE")
     p.add_argument("-d", action="store_true", help="use ./hosts.allow and ./hosts.deny")
     p.add_argument("-v", action="store_true", help="list every rule and its implied verdict")
+    p.add_argument("--no-names", action="store_true",
+                   help="look no host name, address or netgroup up (tcpdchk's name checks)")
+    p.add_argument("--names-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_TIMEOUT,
+                   help="time all name lookups may take together (default: %(default)g)")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds in (0, 3600]")
+    return value
 
 
 def main(argv: list[str]) -> int:
@@ -50,6 +76,8 @@ def main(argv: list[str]) -> int:
     deny = read_hosts(deny_path)
     layer = HostsAccessLayer(allow, deny)
     findings = check(layer)
+    if not args.no_names:
+        findings.extend(name_findings(layer, NameLookups(timeout=args.names_timeout)))
     for table in (allow, deny):
         try:
             findings.extend(comment_continuations(table, read_bytes(table.path)))

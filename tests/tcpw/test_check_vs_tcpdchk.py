@@ -4,8 +4,11 @@ For generated file pairs, every tcpdchk warning about the rule files
 themselves (bad net/mask, names ending in a dot, numbers beginning with one,
 empty lists, suspicious daemon and user names, missing colons, option
 errors, a missing newline) must have an ``acl check`` finding on the same
-line.  Warnings about DNS, inetd.conf and the insides of ``/file`` patterns
-are tcpdchk's environment checks and are left out.
+line.  Warnings about inetd.conf and the insides of ``/file`` patterns are
+tcpdchk's environment checks and are left out; those about names (DNS,
+/etc/hosts, netgroups) are acl check's name checks, which this test does not
+run: test_names_vs_tcpdchk.py compares them, in a namespace whose names the
+test answers.
 """
 
 from __future__ import annotations

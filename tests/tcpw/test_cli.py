@@ -101,22 +101,27 @@ def test_match_usage_errors(tmp_path):
     assert acl("match", "--hosts-allow", a + "/x", "sshd", "1.2.3.4").returncode == 111
 
 
+# The acl check runs here ask the name service nothing (--no-names): their
+# addresses would go to the machine's real DNS.  The name checks are
+# test_names_vs_tcpdchk.py's, in a namespace whose names the test answers.
+
+
 def test_check_exit_codes(tmp_path):
     a, d = files(tmp_path, "sshd: 10.0.0.0/8\n", "ALL: ALL\n")
-    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    out = acl("check", "--no-names", "--hosts-allow", a, "--hosts-deny", d)
     assert (out.returncode, out.stdout) == (0, "")
     a, d = files(tmp_path, "sshd: 10.0.0.0/8\nsshd: 10.1.0.0/16\n", "ALL: ALL\n")
-    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    out = acl("check", "--no-names", "--hosts-allow", a, "--hosts-deny", d)
     assert out.returncode == 1
     assert out.stdout == (f"{a}:2: warning: rule can never match: every client it names is "
                           f"matched first by {a}:1\n")
     a, d = files(tmp_path, "sshd 10.0.0.1\n", "ALL: ALL")
-    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    out = acl("check", "--no-names", "--hosts-allow", a, "--hosts-deny", d)
     assert out.returncode == 100
     assert f'{a}:1:1: missing ":" separator: line ignored' in out.stdout
     assert f"{d}:1:9: missing newline at end of file" in out.stdout
     (tmp_path / "f").write_text("")
-    out = acl("check", "--hosts-allow", str(tmp_path / "f" / "x"), "--hosts-deny", d)
+    out = acl("check", "--no-names", "--hosts-allow", str(tmp_path / "f" / "x"), "--hosts-deny", d)
     assert out.returncode == 111
 
 
@@ -126,7 +131,7 @@ def test_check_column_of_a_missing_option_name_is_on_the_line(tmp_path):
     for eol in ("\n", "\r\n"):
         a, d = files(tmp_path, "", "")
         Path(d).write_bytes(f"ALL: 1.2.3.4{eol}sshd: x:{eol}sshd: x: {eol}".encode())
-        out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+        out = acl("check", "--no-names", "--hosts-allow", a, "--hosts-deny", d)
         assert out.returncode == 100
         assert out.stdout.splitlines() == [
             f"{d}:2:9: missing option name (the connection is denied)",
@@ -137,7 +142,7 @@ def test_check_lint_and_overlaps(tmp_path):
     a, d = files(tmp_path, "sshd: 192.168.1 10.0.0.1/255.0.0.0 0.0.0.0/0\n  # x: y\n"
                            "ALL: 172.16.5.5: user nobody\n",
                  "ALL: 172.16.0.0/16\n")
-    out = acl("check", "--hosts-allow", a, "--hosts-deny", d)
+    out = acl("check", "--no-names", "--hosts-allow", a, "--hosts-deny", d)
     text = out.stdout
     assert out.returncode == 1
     assert "192.168.1: not a full dotted quad" in text
