@@ -60,6 +60,12 @@ class PolicyError(AclError):
     """The policy configuration (TOML) names something impossible."""
 
 
+class SandboxError(AclError):
+    """The process may never do what its policy needs (a service manager's
+    sandbox forbids it, not a passing state of the host): retrying cannot
+    help, so ``acl serve`` exits 100, which acl.service does not restart."""
+
+
 class ProtocolError(AclError):
     """A peer sent bytes that are not valid in its protocol (a client's
     request, or a server's reply as acl.client reads it)."""

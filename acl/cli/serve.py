@@ -23,7 +23,7 @@ import stat
 import sys
 
 from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY
-from acl.errors import AclError, PolicyError, RuleSyntaxError
+from acl.errors import AclError, PolicyError, RuleSyntaxError, SandboxError
 
 PROG = "acl serve"
 
@@ -181,6 +181,9 @@ def main(argv: list[str]) -> int:
         with runner:
             runner.run(server.serve(ready=ready, pending_reload=lambda: bool(hup)))
     except (RuleSyntaxError, PolicyError) as exc:    # the policy: load_policy checks it first
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SandboxError as exc:                      # the unit: retrying cannot help
         print(f"{PROG}: fatal: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (OSError, KeyError, AclError) as exc:     # the host: a queue, a user, a chroot

@@ -67,6 +67,7 @@ Theory of operation (docs/nfqueue.md has the operator's view):
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -74,6 +75,7 @@ import time
 from bisect import bisect_left
 
 from acl import nfq
+from acl.errors import SandboxError
 from acl.model import Reason, Request, Verdict
 from acl.nfqueue_config import (  # noqa: F401  (the door's configuration; importers use it from here too)
     DEFAULT_REJECT_MARK,
@@ -146,13 +148,24 @@ class NfqueueFrontDoor:
                          fail_open=c.fail_open, rcvbuf=c.rcvbuf, batch=c.batch)
 
     def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        """Bind every queue and watch its fd on ``loop``; OSError if one cannot be bound."""
+        """Bind every queue and watch its fd on ``loop``; OSError if one cannot
+        be bound, SandboxError if no netlink socket may be opened at all
+        (EAFNOSUPPORT: an address-family filter such as acl.service's
+        RestrictAddressFamilies=AF_UNIX; restarting would never help)."""
         loop = loop or asyncio.get_running_loop()
         try:
             for num in self.config.queues:
                 q = self._queue_factory(num)
                 self.queues.append(q)
                 loop.add_reader(q.fileno(), self._on_readable, q)
+        except OSError as exc:
+            self.close()
+            if exc.errno != errno.EAFNOSUPPORT:
+                raise
+            raise SandboxError(
+                f"{exc.strerror}: this process may not open netlink sockets (under "
+                "systemd, a policy with [nfqueue] runs in acl-nfqueue.service; "
+                "acl.service allows AF_UNIX only)") from None
         except BaseException:
             self.close()
             raise

@@ -21,7 +21,7 @@ import pytest
 from .conftest import DEPLOY, ROOT, acl_entry_point
 
 UNITS = ("acl.socket", "acl-admin.socket", "acl-metrics.socket", "acl-policy.socket",
-         "acl.service", "acl-nfqueue.service")
+         "acl-nfqueue-policy.socket", "acl.service", "acl-nfqueue.service")
 SHIPPED_EXEC = "/usr/local/bin/acl"
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
@@ -135,3 +135,38 @@ def test_documentation_lines_name_installed_guides():
             assert (ROOT / "docs" / m.group(1)).is_file(), (unit.name, m.group(1))
             seen += 1
     assert seen >= 6
+
+
+def test_the_nfqueue_policy_socket_is_the_policy_socket_passed_elsewhere():
+    """acl-nfqueue-policy.socket makes the same socket as acl-policy.socket
+    for acl-nfqueue.service, and the two can never run together, nor can
+    acl-policy.socket run beside acl-nfqueue.service (it would start
+    acl.service, which stops acl-nfqueue.service: tests/deploy/test_systemd_live.py)."""
+    def socket_section(name):
+        text = (DEPLOY / "systemd" / name).read_text()
+        return dict(re.findall(r"^(\w+)=(.*)$", text[text.index("[Socket]"):], re.M))
+
+    plain, twin = socket_section("acl-policy.socket"), socket_section("acl-nfqueue-policy.socket")
+    assert (plain.pop("Service"), twin.pop("Service")) == ("acl.service", "acl-nfqueue.service")
+    assert plain == twin
+    conflicts = {name: re.search(r"^Conflicts=(.*)$", (DEPLOY / "systemd" / name).read_text(),
+                                 re.M).group(1).split()
+                 for name in ("acl-nfqueue-policy.socket", "acl-nfqueue.service")}
+    assert "acl-policy.socket" in conflicts["acl-nfqueue-policy.socket"]
+    assert "acl-policy.socket" in conflicts["acl-nfqueue.service"]
+
+
+def test_the_guides_install_steps_are_the_unit_headers():
+    """The commands tests/deploy/test_systemd_live.py runs from the guide
+    (section 2) are the ones acl.service's header lists under "Install:"."""
+    from .live_systemd import guide_commands
+
+    header = (DEPLOY / "systemd" / "acl.service").read_text()
+    steps = [ln[1:].split("  #")[0].strip() for ln in header.splitlines()
+             if ln.startswith("#   ")]
+    commands = guide_commands()
+    assert [c.split()[0] for c in commands] == ["useradd", "install", "cp", "systemctl",
+                                                "systemctl"]
+    for line in commands:
+        if not line.startswith("cp "):            # the header says that one in words
+            assert line in steps, line
