@@ -4,10 +4,10 @@ Rules of this file:
 
 * One boot = ``unshare --pid --fork --mount --mount-proc --net --uts --cgroup
   --propagation private``, started by a shell that first moved itself into
-  a fresh cgroup2 group ``s24b-<pid>-<random>`` below its own.  Inside,
+  a fresh cgroup2 group ``acl-live-<pid>-<random>`` below its own.  Inside,
   cgroup2 is mounted at /sys/fs/cgroup, so systemd sees a unified hierarchy
   rooted at that group and never touches the host's cgroups (here a v1
-  hybrid).  ``container=s24b`` tells it it is a container, so it leaves the
+  hybrid).  ``container=acl-live`` tells it it is a container, so it leaves the
   clock, host name, sysctls and kernel modules alone; the UTS and network
   namespaces are its own anyway.
 * Nothing it writes reaches the host: /run, /tmp, /var/tmp, /var/log,
@@ -21,7 +21,7 @@ Rules of this file:
   enable --now).  Nothing of the units is overridden.
 * What is not the shipped layout, and why:
   - /usr/local/bin/acl is a launcher script: THIS checkout, run by the test
-    run's Python, both bind-mounted read-only under /opt/s24b.  Their real
+    run's Python, both bind-mounted read-only under /opt/acl-live.  Their real
     homes (/tmp, /root) are what PrivateTmp= and ProtectHome= hide from the
     service (a Python under /root, mode 0700, is unusable to user acl
     anyway).  It ``exec``s, so MainPID is the sidecar (NotifyAccess=main).
@@ -64,8 +64,8 @@ SYSTEMD = "/lib/systemd/systemd"
 GUIDE = ROOT / "docs" / "operator-guide.md"
 UNIT_DIR = DEPLOY / "systemd"
 #: Where the checkout appears inside (the guide's ``cp deploy/...`` runs there).
-SRC = "/opt/s24b/src"
-BOOT_TARGET = "s24b.target"
+SRC = "/opt/acl-live/src"
+BOOT_TARGET = "acl-live.target"
 
 #: What systemd starts at boot: the journal (acl's log, acl-wrap's syslog).
 TARGET = """\
@@ -78,8 +78,8 @@ LAUNCHER = """\
 #!/bin/sh
 # /usr/local/bin/acl of the live systemd test: this checkout, run by the
 # test run's Python, both mounted where acl.service's sandbox can see them.
-export LD_LIBRARY_PATH=/opt/s24b/python/lib PYTHONPATH={src} PYTHONDONTWRITEBYTECODE=1
-exec /opt/s24b/python/{python} -m acl "$@"
+export LD_LIBRARY_PATH=/opt/acl-live/python/lib PYTHONPATH={src} PYTHONDONTWRITEBYTECODE=1
+exec /opt/acl-live/python/{python} -m acl "$@"
 """
 
 
@@ -144,30 +144,30 @@ def inner_script(stage: Path, console: str) -> str:
         set -eu
         ip link set lo up
         mount -t cgroup2 cgroup2 /sys/fs/cgroup
-        mount -t tmpfs -o mode=0755 s24b-run /run
-        mount -t tmpfs -o mode=0755 s24b-opt /opt
-        mkdir -p /opt/s24b/python {SRC} /opt/s24b/etc-upper /opt/s24b/etc-work
-        mount --bind {q(str(prefix))} /opt/s24b/python
-        mount -o remount,bind,ro /opt/s24b/python
+        mount -t tmpfs -o mode=0755 acl-live-run /run
+        mount -t tmpfs -o mode=0755 acl-live-opt /opt
+        mkdir -p /opt/acl-live/python {SRC} /opt/acl-live/etc-upper /opt/acl-live/etc-work
+        mount --bind {q(str(prefix))} /opt/acl-live/python
+        mount -o remount,bind,ro /opt/acl-live/python
         mount --bind {q(str(ROOT))} {SRC}
         mount -o remount,bind,ro {SRC}
-        mount -t overlay s24b-etc \\
-            -o lowerdir=/etc,upperdir=/opt/s24b/etc-upper,workdir=/opt/s24b/etc-work /etc
-        mount -t tmpfs -o mode=0755 s24b-units /etc/systemd/system
+        mount -t overlay acl-live-etc \\
+            -o lowerdir=/etc,upperdir=/opt/acl-live/etc-upper,workdir=/opt/acl-live/etc-work /etc
+        mount -t tmpfs -o mode=0755 acl-live-units /etc/systemd/system
         mkdir -p /etc/systemd/system.conf.d
-        printf '[Manager]\\nDefaultLimitNOFILE=1024:{hard}\\n' > /etc/systemd/system.conf.d/s24b.conf
+        printf '[Manager]\\nDefaultLimitNOFILE=1024:{hard}\\n' > /etc/systemd/system.conf.d/acl-live.conf
         cp {q(str(stage / BOOT_TARGET))} /etc/systemd/system/
-        mount -t tmpfs -o mode=0755 s24b-bin /usr/local/bin
+        mount -t tmpfs -o mode=0755 acl-live-bin /usr/local/bin
         install -m 0755 {q(str(stage / "acl"))} /usr/local/bin/acl
         install -m 0755 {q(str(stage / "acl-wrap"))} /usr/local/bin/acl-wrap
-        mount -t tmpfs -o mode=0755 s24b-log /var/log
-        mount -t tmpfs -o mode=1777 s24b-vartmp /var/tmp
-        mount -t tmpfs -o mode=0755 s24b-spool /var/spool
+        mount -t tmpfs -o mode=0755 acl-live-log /var/log
+        mount -t tmpfs -o mode=1777 acl-live-vartmp /var/tmp
+        mount -t tmpfs -o mode=0755 acl-live-spool /var/spool
         mkdir -m 0755 /var/spool/postfix
         # last: the stage itself lives under /tmp
-        mount -t tmpfs -o mode=1777 s24b-tmp /tmp
+        mount -t tmpfs -o mode=1777 acl-live-tmp /tmp
         mount --bind {q(console)} /dev/console
-        exec env container=s24b {SYSTEMD} --system --unit={BOOT_TARGET} \\
+        exec env container=acl-live {SYSTEMD} --system --unit={BOOT_TARGET} \\
             --log-target=console --show-status=no
         """)
 
@@ -187,7 +187,7 @@ class LiveSystemd:
 
     def __init__(self, stage: Path):
         self.stage = stage
-        self.token = f"s24b-{os.getpid()}-{secrets.token_hex(3)}"
+        self.token = f"acl-live-{os.getpid()}-{secrets.token_hex(3)}"
         self.pid: int | None = None           # systemd, as the host sees it
         self.proc: subprocess.Popen | None = None
         self.cgroup: Path | None = None
