@@ -8,10 +8,20 @@ root".
 ``setuid`` away from root empties the capability sets.  Capabilities named
 in ``keep`` (the NFQUEUE door's CAP_NET_ADMIN: the kernel checks it on every
 verdict) survive it, and only they: acl/serve/capabilities.py.
+
+Before a ``chroot``, libgcc_s is loaded: glibc loads it on demand to unwind
+a thread that ends by ``pthread_exit`` -- as CPython ends daemon threads
+(the reload and name-lookup pools) at interpreter exit -- and inside the
+new root the file is usually missing, so glibc printed "libgcc_s.so.1 must
+be installed for pthread_exit to work" and aborted: ``acl serve`` stopped
+by SIGABRT instead of exit 0.  Once loaded, glibc finds it by its soname
+without the file system.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import grp
 import os
 import pwd
@@ -30,6 +40,19 @@ def resolve(user: str, group: str) -> tuple[int | None, int | None]:
     return uid, gid
 
 
+_UNWINDER = []       # the loaded libgcc_s, kept referenced for the process's life
+
+
+def _load_unwinder() -> None:
+    """Load libgcc_s while the real root is visible (module rules)."""
+    if _UNWINDER:
+        return
+    try:
+        _UNWINDER.append(ctypes.CDLL(ctypes.util.find_library("gcc_s") or "libgcc_s.so.1"))
+    except OSError:          # a C library that unwinds without it (musl, static)
+        pass
+
+
 def drop(user: str = "", group: str = "", chroot: str = "",
          keep: tuple[int, ...] = ()) -> tuple[int, int]:
     """Drop to ``user``/``group`` (optionally inside ``chroot``), keeping the
@@ -37,6 +60,7 @@ def drop(user: str = "", group: str = "", chroot: str = "",
     effect."""
     uid, gid = resolve(user, group)      # look names up before chroot hides /etc
     if chroot:
+        _load_unwinder()
         os.chroot(chroot)
         os.chdir("/")
     if gid is not None:
