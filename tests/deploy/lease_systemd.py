@@ -78,8 +78,11 @@ Wants={UNIT}
 
 
 def unit_text(extra: str = "", notify: bool = True) -> str:
-    """The unit under test: Type=notify, the fd store, Restart=on-failure."""
-    kind = "Type=notify\nNotifyAccess=main\n" if notify else "Type=simple\n"
+    """The unit under test: Type=notify, the fd store, Restart=on-failure;
+    without ``notify``, Type=simple and no store (systemd 252 turns
+    NotifyAccess=none into main when FileDescriptorStoreMax= is set)."""
+    kind = ("Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax=16\n" if notify
+            else "Type=simple\nNotifyAccess=none\n")
     return textwrap.dedent(f"""\
         [Unit]
         Description=acl serve under test (lease store)
@@ -89,7 +92,6 @@ def unit_text(extra: str = "", notify: bool = True) -> str:
         """) + kind + textwrap.dedent("""\
         ExecStart=/usr/local/bin/acl serve --config /etc/acl/policy.toml
         ExecReload=/bin/kill -HUP $MAINPID
-        FileDescriptorStoreMax=16
         Restart=on-failure
         RestartSec=100ms
         StandardOutput=append:/var/log/acl.log
