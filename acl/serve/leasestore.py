@@ -24,9 +24,10 @@ Rules of this file (docs/protocol.md "Leases", docs/configuration.md
   id, its connection's number, and what taking it again needs: service,
   client address, server address and port).  Records are written with
   plain stores into the mapping -- no system call -- and made valid last
-  (the ``VALID`` byte; a CRC-32 covers the rest but the state byte), and a
-  record is invalidated first when it is freed, so a crash mid-write loses
-  at most the record being written.  A record that is set but wrong (bad
+  (the ``VALID`` byte; a CRC-32 covers the kind and the body, the state
+  byte alone is rewritten in place, one store), and a record is
+  invalidated first when it is freed, so a crash mid-write loses at most
+  the record being written.  A record that is set but wrong (bad
   CRC, bad field) is dropped and counted when read.
 * Bounds: at most N connections and N leases are kept (the journal holds
   2 N records).  A lease past that is granted as before but *not kept*: a
@@ -81,7 +82,10 @@ HEADER = 64
 RECORD = 320
 VALID = 0xA5                     # the byte a record is made valid with, last
 KIND_CONN, KIND_LEASE = 1, 2
-STATES = (0, 1, 2)               # open, SEALED, DEAF (acl/serve/conn.py)
+#: a connection's state (0 open, SEALED, DEAF: acl/serve/conn.py) is kept as
+#: STATE_BASE + state: a zeroed byte reads as no state at all
+STATE_BASE = 0x10
+STATES = (0, 1, 2)
 #: seconds a stop gives kept connections to answer and flush what they read
 HANDOVER_S = 2.0
 UNKEPT_LOG_EVERY = 60.0
@@ -97,6 +101,11 @@ _TOP = struct.Struct("<BBBxI")
 # client port, service length, reserved, client, server, service
 _BODY = struct.Struct("<QQBBHHBx16s16s255s")
 assert _TOP.size + _BODY.size <= RECORD
+_PAD = bytes(RECORD - _TOP.size - _BODY.size)
+
+
+def _crc(kind: int, body: bytes) -> int:
+    return zlib.crc32(body, kind)
 
 
 class JournalError(ValueError):
@@ -151,9 +160,10 @@ def read_journal(buf) -> Contents:
         if valid == 0:
             continue
         body = bytes(buf[off + _TOP.size:off + RECORD])
-        if valid != VALID or zlib.crc32(body) != crc:
+        if valid != VALID or _crc(kind, body) != crc:
             out.bad += 1
             continue
+        state -= STATE_BASE
         conn, lease, cfam, sfam, sport, cport, slen, caddr, saddr, svc = \
             _BODY.unpack_from(body, 0)
         if conn == 0:
@@ -192,25 +202,28 @@ class Journal:
         self.leases: dict[int, int] = {}       # lease id -> record index
         self.by_conn: dict[int, set[int]] = {}  # connection number -> its lease ids
         buf[:journal_size(self.capacity)] = bytes(journal_size(self.capacity))
-        _HEAD.pack_into(buf, 0, MAGIC, VERSION, RECORD, self.capacity, generation)
+        buf[:_HEAD.size] = _HEAD.pack(MAGIC, VERSION, RECORD, self.capacity, generation)
 
     def _write(self, kind: int, state: int, conn: int, lease: int = 0,
                request: Request | None = None) -> int:
+        """Fill a free record and make it valid, last.  Slice assignments
+        only, in this order: body, then kind/state/CRC, then the valid byte
+        (what a crash between any two of them leaves is read as before)."""
         i = self._free.pop()
         off = HEADER + i * RECORD
-        body = bytearray(_BODY.size)
         if request is None:
-            _BODY.pack_into(body, 0, conn, 0, 0, 0, 0, 0, 0, b"", b"", b"")
+            body = _BODY.pack(conn, 0, 0, 0, 0, 0, 0, b"", b"", b"")
         else:
             cfam, caddr = _pack_addr(request.client)
             sfam, saddr = _pack_addr(request.server)
             svc = request.service.encode("utf-8", "surrogateescape")
-            _BODY.pack_into(body, 0, conn, lease, cfam, sfam, request.server_port,
-                            request.client_port, len(svc), caddr, saddr, svc)
+            body = _BODY.pack(conn, lease, cfam, sfam, request.server_port,
+                              request.client_port, len(svc), caddr, saddr, svc)
+        body += _PAD
         buf = self.buf
-        body = bytes(body) + bytes(RECORD - _TOP.size - _BODY.size)
         buf[off + _TOP.size:off + RECORD] = body
-        _TOP.pack_into(buf, off, 0, kind, state, zlib.crc32(body))
+        buf[off + 1:off + _TOP.size] = _TOP.pack(0, kind, STATE_BASE + state,
+                                                 _crc(kind, body))[1:]
         buf[off] = VALID                       # valid last
         return i
 
@@ -229,7 +242,7 @@ class Journal:
         """One byte, outside the CRC: sealing a connection is one store."""
         i = self.conns.get(conn)
         if i is not None:
-            self.buf[HEADER + i * RECORD + 2] = state
+            self.buf[HEADER + i * RECORD + 2] = STATE_BASE + state
 
     @staticmethod
     def storable(request: Request) -> bool:

@@ -91,23 +91,32 @@ def listen_fds(unset: bool = True, stored: dict[str, int] | None = None
             env.pop(k, None)
     if pid != os.getpid() or count <= 0:
         return {}
-    given = names.split(":") if names else []
+    sockets, found = split_stored(names.split(":") if names else [], count)
+    for i in range(count):
+        os.set_inheritable(SD_LISTEN_FDS_START + i, False)
+    for name, fd in found.items():
+        if stored is not None:
+            stored[name] = fd
+        else:
+            os.close(fd)
+    if not sockets:
+        return {}
+    roles = _roles([n for _, n in sockets], len(sockets), [fd for fd, _ in sockets])
+    return {role: socket.socket(fileno=fd) for (fd, _), role in zip(sockets, roles, strict=True)}
+
+
+def split_stored(given: list[str], count: int) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """``count`` passed fds named ``given``: the sockets, (fd, name) in
+    order, and the fd store's descriptors, name -> fd (``STORE_NAME``)."""
     given = given[:count] + [""] * (count - len(given))
-    fds = []
+    sockets, stored = [], {}
     for i, name in enumerate(given):
         fd = SD_LISTEN_FDS_START + i
-        os.set_inheritable(fd, False)
-        if STORE_NAME.match(name):
-            if stored is not None:
-                stored[name] = fd
-            else:
-                os.close(fd)
+        if STORE_NAME.match(name) and name not in stored:
+            stored[name] = fd
         else:
-            fds.append((fd, name))
-    if not fds:
-        return {}
-    roles = _roles([n for _, n in fds], len(fds), [fd for fd, _ in fds])
-    return {name: socket.socket(fileno=fd) for (fd, _), name in zip(fds, roles, strict=True)}
+            sockets.append((fd, name))
+    return sockets, stored
 
 
 def _roles(given: list[str], count: int, fds: list[int] | None = None) -> list[str]:
