@@ -31,7 +31,7 @@ import time
 import pytest
 
 from acl.client import Client
-from acl.model import Reason
+from acl.model import Reason, Request
 
 from . import lease_systemd as ls
 
@@ -421,3 +421,68 @@ def test_a_damaged_journal_does_not_stop_the_start(boot):
     finally:
         for h in holders:
             h.close()
+
+
+class Raw:
+    """A binary-protocol connection spoken frame by frame (acl.wire.binary)."""
+
+    def __init__(self, b: ls.Boot) -> None:
+        from acl.wire import binary as wb
+
+        self.wb = wb
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(20)
+        self.sock.connect(str(b.path("/run/acl/query.sock")))
+        self.dec = wb.ReplyDecoder()
+
+    def reply(self):
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            got = self.dec.feed(data)
+            if got:
+                return got[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_frame_sent_while_acl_is_down_is_answered_by_the_next(boot):
+    """Frames the old acl did not read stay in the kept connection for the
+    next one (here: sent while the old one is stopped, then restarted)."""
+    c = Raw(boot)
+    try:
+        c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+        first = c.reply()
+        assert first.decision.lease > 0
+        pid = main_pid(boot)
+        boot.run("kill", "-STOP", str(pid))
+        c.sock.sendall(c.wb.encode_decide(2, Request("multi", "127.0.0.21", lease=True)))
+        boot.systemctl("restart", ls.UNIT)          # SIGTERM, then SIGCONT
+        wait_active(boot, other_than=pid)
+        second = c.reply()
+        assert second.request_id == 2 and second.decision.lease > first.decision.lease
+        assert admin(boot, "stats")["leases"] == {"multi": 2}
+    finally:
+        c.close()
+
+
+def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
+    """The next acl could not frame the rest: the connection is closed at
+    the stop, and its leases end (leasestore.py, "Stop")."""
+    c = Raw(boot)
+    try:
+        c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+        assert c.reply().decision.lease > 0
+        frame = c.wb.encode_decide(2, Request("multi", "127.0.0.21", lease=True))
+        c.sock.sendall(frame[:len(frame) // 2])
+        boot.wait_for(lambda: admin(boot, "stats")["clients"]["binary"] == 1, 10)
+        time.sleep(0.3)                             # read into acl's buffer
+        boot.systemctl("restart", ls.UNIT)
+        wait_active(boot)
+        assert c.reply() is None                    # the end of the connection
+        assert admin(boot, "stats")["leases"] == {}
+        assert "1 closed (part of a frame or a reply pending)" in boot.acl_log()
+    finally:
+        c.close()
