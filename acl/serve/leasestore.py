@@ -456,7 +456,7 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
                        if n.startswith(JOURNAL_PREFIX)), reverse=True)
     contents = Contents()
     source = None
-    for gen, name in journals:
+    for _gen, name in journals:
         try:
             contents = _read_passed_journal(stored[name])
         except (JournalError, OSError, ValueError) as exc:

@@ -68,8 +68,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
 from acl.names import NameService
-from acl.serve import (accept, capabilities, conn, leasestore, lookups, privileges, sessions,
-                       systemd, workers)
+from acl.serve import (
+    accept,
+    capabilities,
+    conn,
+    leasestore,
+    lookups,
+    privileges,
+    sessions,
+    systemd,
+    workers,
+)
 from acl.wire.admin import ADMIN_COMMANDS
 
 LISTEN_BACKLOG = 4096

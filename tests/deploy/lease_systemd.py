@@ -83,7 +83,7 @@ def unit_text(extra: str = "", notify: bool = True) -> str:
     NotifyAccess=none into main when FileDescriptorStoreMax= is set)."""
     kind = ("Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax=16\n" if notify
             else "Type=simple\nNotifyAccess=none\n")
-    return textwrap.dedent(f"""\
+    return textwrap.dedent("""\
         [Unit]
         Description=acl serve under test (lease store)
         DefaultDependencies=no

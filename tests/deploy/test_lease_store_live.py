@@ -22,7 +22,6 @@ import json
 import os
 import re
 import select
-import signal
 import socket
 import subprocess
 import textwrap

@@ -11,7 +11,6 @@ import array
 import os
 import random
 import socket
-import textwrap
 
 import pytest
 from hypothesis import given, settings
@@ -248,20 +247,10 @@ def test_keep_leases_is_checked_where_it_is_written(tmp_path, value, error):
 
 
 # -- adoption at start ------------------------------------------------------------
-XINETD = textwrap.dedent("""\
-    service echo
-    {
-    	type = UNLISTED
-    	port = 7
-    	socket_type = stream
-    	protocol = tcp
-    	wait = no
-    	user = root
-    	server = /bin/cat
-    	instances = 2
-    	per_source = 1
-    }
-    """)
+XINETD = "".join(f"{line}\n" for line in (
+    "service echo", "{", "type = UNLISTED", "port = 7", "socket_type = stream",
+    "protocol = tcp", "wait = no", "user = root", "server = /bin/cat", "instances = 2",
+    "per_source = 1", "}"))
 
 
 class FakeManager:
