@@ -385,7 +385,7 @@ def test_a_damaged_journal_does_not_stop_the_start(boot):
     """Garbage in a record: that record is dropped and logged; a journal
     with a garbage header: unusable, logged, every kept connection closed;
     acl serves either way."""
-    from acl.serve import leasestore as st
+    from acl.serve import lease_journal as lj
 
     first = Holder(boot, "127.0.0.8")
     holders = [first]
@@ -396,9 +396,9 @@ def test_a_damaged_journal_does_not_stop_the_start(boot):
         assert second.lease() > 0
         path, _size = journal_map(boot)
         with open(path, "r+b") as f:
-            data = f.read(st.HEADER + 4 * st.RECORD)
-            leases = [i for i in range(4) if data[st.HEADER + i * st.RECORD + 1] == st.KIND_LEASE]
-            f.seek(st.HEADER + leases[1] * st.RECORD + 40)
+            data = f.read(lj.HEADER + 4 * lj.RECORD)
+            leases = [i for i in range(4) if data[lj.HEADER + i * lj.RECORD + 1] == lj.KIND_LEASE]
+            f.seek(lj.HEADER + leases[1] * lj.RECORD + 40)
             f.write(b"\xde\xad\xbe\xef")        # the second lease's record, torn
         boot.systemctl("restart", ls.UNIT)
         wait_active(boot)

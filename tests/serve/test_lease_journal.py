@@ -20,6 +20,7 @@ from acl.engine import Engine
 from acl.errors import PolicyError
 from acl.model import Request
 from acl.policy import load_policy
+from acl.serve import lease_journal as lj
 from acl.serve import leasestore as ls
 from acl.serve import systemd
 
@@ -32,12 +33,12 @@ REQUESTS = [
 ]
 
 
-def fresh(keep: int = 8, generation: int = 1) -> ls.Journal:
-    return ls.Journal(bytearray(ls.journal_size(2 * keep)), keep, generation)
+def fresh(keep: int = 8, generation: int = 1) -> lj.Journal:
+    return lj.Journal(bytearray(lj.journal_size(2 * keep)), keep, generation)
 
 
-def contents(j: ls.Journal) -> ls.Contents:
-    return ls.read_journal(bytes(j.buf))
+def contents(j: lj.Journal) -> lj.Contents:
+    return lj.read_journal(bytes(j.buf))
 
 
 def test_records_read_back_as_written():
@@ -103,7 +104,7 @@ def _apply(size: int, ops) -> bytes:
     return bytes(data)
 
 
-def _state(c: ls.Contents):
+def _state(c: lj.Contents):
     return c.conns, c.leases, c.bad
 
 
@@ -125,9 +126,9 @@ def test_a_crash_at_any_store_leaves_the_journal_before_or_after_the_change():
     records of it dropped or written, never a torn or different record (a
     record is valid last, invalid first)."""
     rng = random.Random(24)
-    buf = Recording(ls.journal_size(2 * 6))
-    j = ls.Journal(buf, 6, 1)
-    states = [_state(ls.read_journal(bytes(buf.data)))]
+    buf = Recording(lj.journal_size(2 * 6))
+    j = lj.Journal(buf, 6, 1)
+    states = [_state(lj.read_journal(bytes(buf.data)))]
     marks = [len(buf.ops)]
     conns: list[int] = []
     leases: dict[int, int] = {}
@@ -152,13 +153,13 @@ def test_a_crash_at_any_store_leaves_the_journal_before_or_after_the_change():
         elif conns:
             j.set_state(rng.choice(conns), rng.choice((1, 2)))
         next_id += 1
-        states.append(_state(ls.read_journal(bytes(buf.data))))
+        states.append(_state(lj.read_journal(bytes(buf.data))))
         marks.append(len(buf.ops))
     size = len(buf)
     for n in range(1, len(states)):
         before, after = states[n - 1], states[n]
         for k in range(marks[n - 1], marks[n] + 1):
-            got = _state(ls.read_journal(_apply(size, buf.ops[:k])))
+            got = _state(lj.read_journal(_apply(size, buf.ops[:k])))
             assert _between(got, before, after), (n, k, got, before, after)
     assert all(s[2] == 0 for s in states)
 
@@ -173,9 +174,9 @@ def test_a_damaged_record_is_dropped_and_counted_never_read_as_another():
     for _ in range(400):
         data = bytearray(j.buf)
         rec = rng.randrange(1 + len(REQUESTS))
-        at = ls.HEADER + rec * ls.RECORD + rng.choice([1, 2, 3, 4, *range(8, ls.RECORD)])
+        at = lj.HEADER + rec * lj.RECORD + rng.choice([1, 2, 3, 4, *range(8, lj.RECORD)])
         data[at] ^= rng.randrange(1, 256)
-        got = ls.read_journal(bytes(data))
+        got = lj.read_journal(bytes(data))
         kept = {k: v for k, v in got.leases.items()}
         # every record read is one that was written, unchanged
         assert all(good.leases.get(k) == v for k, v in kept.items())
@@ -188,25 +189,25 @@ def test_a_damaged_record_is_dropped_and_counted_never_read_as_another():
     (lambda b: b[:10], "shorter than its header"),
     (lambda b: b"X" + b[1:], "no journal header"),
     (lambda b: b[:8] + (2).to_bytes(4, "little") + b[12:], "version 2"),
-    (lambda b: b[:ls.HEADER + 100], "shorter than 16 records"),
+    (lambda b: b[:lj.HEADER + 100], "shorter than 16 records"),
 ])
 def test_a_journal_whose_header_does_not_read_is_refused_whole(damage, message):
     j = fresh()
     j.add_connection(1, 0)
-    with pytest.raises(ls.JournalError, match=message):
-        ls.read_journal(damage(bytes(j.buf)))
+    with pytest.raises(lj.JournalError, match=message):
+        lj.read_journal(damage(bytes(j.buf)))
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.binary(min_size=0, max_size=ls.HEADER + 4 * ls.RECORD), st.integers(0, 4))
+@given(st.binary(min_size=0, max_size=lj.HEADER + 4 * lj.RECORD), st.integers(0, 4))
 def test_garbage_reads_as_a_journal_error_or_as_dropped_records(junk, capacity):
     """Parse it or raise JournalError, never anything else; a valid header
     over garbage records yields only records that check."""
-    head = ls._HEAD.pack(ls.MAGIC, ls.VERSION, ls.RECORD, capacity, 1)
+    head = lj._HEAD.pack(lj.MAGIC, lj.VERSION, lj.RECORD, capacity, 1)
     for data in (junk, head + junk[len(head):]):
         try:
-            got = ls.read_journal(data)
-        except ls.JournalError:
+            got = lj.read_journal(data)
+        except lj.JournalError:
             continue
         assert got.bad + len(got.conns) + len(got.leases) <= capacity
 
@@ -336,7 +337,7 @@ def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, en
         assert texts.index(new[0][0]) < texts.index(
             "FDSTOREREMOVE=1\nFDNAME=acl-lease-journal-4")       # new in, then old out
         jfd = new[0][1][0]
-        got = ls.read_journal(os.pread(jfd, os.fstat(jfd).st_size, 0))
+        got = lj.read_journal(os.pread(jfd, os.fstat(jfd).st_size, 0))
         assert got.generation == 5 and got.conns == {5: 1}
         assert got.leases == {5: (5, r1), 6: (5, r2)}
         assert store.stats()["dropped_records"] == 2          # lease 7's and 31's
@@ -364,7 +365,7 @@ def test_an_unusable_journal_closes_every_kept_connection(tmp_path, engine):
     mgr = FakeManager(tmp_path / "notify")
     a, peer = socket.socketpair()
     fd = os.memfd_create("junk")
-    os.write(fd, os.urandom(ls.HEADER + ls.RECORD))
+    os.write(fd, os.urandom(lj.HEADER + lj.RECORD))
     logged: list[str] = []
     eng = engine()
     try:
