@@ -128,9 +128,11 @@ def python_prefix() -> tuple[Path, str]:
     return prefix, str(exe.relative_to(prefix))
 
 
-def inner_script(stage: Path, console: str) -> str:
+def inner_script(stage: Path, console: str, users=()) -> str:
     prefix, _ = python_prefix()
     q = shlex.quote
+    users = "\n".join(f"useradd --system --no-create-home --shell /usr/sbin/nologin {q(u)}"
+                      for u in users)
     masks = "\n".join(f"ln -s /dev/null /etc/systemd/system/{m}" for m in MASKED)
     return f"""\
 #!/bin/sh
@@ -151,9 +153,10 @@ mount -t tmpfs -o mode=0755 s24d-bin /usr/local/bin
 mount -t tmpfs -o mode=0755 s24d-log /var/log
 mount -t tmpfs -o mode=1777 s24d-vartmp /var/tmp
 {masks}
+{users}
 install -d -m 0755 /etc/acl
 cp {q(str(stage / "etc-acl"))}/* /etc/acl/
-cp {q(str(stage / UNIT))} {q(str(stage / TARGET))} /etc/systemd/system/
+cp -r {q(str(stage / "units"))}/. /etc/systemd/system/
 install -m 0755 {q(str(stage / "acl"))} /usr/local/bin/acl
 install -m 0755 {q(str(stage / "acl-wrap"))} /usr/local/bin/acl-wrap
 # last: the stage itself lives under /tmp
@@ -167,7 +170,12 @@ exec env container=s24d {SYSTEMD} --system --unit={TARGET} --log-target=console 
 class Boot:
     """One boot (the rules above).  ``stage`` is a directory of the host."""
 
-    def __init__(self, stage: Path, policy_files: dict[str, str], unit: str) -> None:
+    def __init__(self, stage: Path, policy_files: dict[str, str], unit: str,
+                 units: dict[str, str] | None = None, users=()) -> None:
+        """``unit``: UNIT's text; ``units``: more files for
+        /etc/systemd/system (``name`` or ``name.d/drop-in.conf``);
+        ``users``: system users made inside (/etc is an overlay)."""
+        self.users = tuple(users)
         from tests.wrap.harness import build_wrap
 
         self.stage = stage
@@ -181,8 +189,9 @@ class Boot:
         (stage / "etc-acl").mkdir(parents=True, exist_ok=True)
         for name, text in policy_files.items():
             (stage / "etc-acl" / name).write_text(text)
-        (stage / UNIT).write_text(unit)
-        (stage / TARGET).write_text(BOOT_TARGET)
+        for name, text in {UNIT: unit, TARGET: BOOT_TARGET, **(units or {})}.items():
+            (stage / "units" / name).parent.mkdir(parents=True, exist_ok=True)
+            (stage / "units" / name).write_text(text)
         (stage / "acl").write_text(LAUNCHER.format(python=python_prefix()[1]))
         build_wrap(stage)
 
@@ -191,7 +200,7 @@ class Boot:
         self._pty = (master, slave)
         self._reader = threading.Thread(target=self._drain, args=(master,), daemon=True)
         self._reader.start()
-        (self.stage / "inner.sh").write_text(inner_script(self.stage, os.ttyname(slave)))
+        (self.stage / "inner.sh").write_text(inner_script(self.stage, os.ttyname(slave), self.users))
         self.cgroup = cgroup2_root() / self.token
         self.cgroup.mkdir()
         outer = (f"echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))} && exec unshare "
@@ -295,7 +304,10 @@ class Boot:
         return self.run("systemctl", "--no-pager", *args, check=check, timeout=60)
 
     def show(self, *props: str) -> dict[str, str]:
-        out = self.systemctl("show", UNIT, *[f"--property={p}" for p in props])
+        return self.show_unit(UNIT, *props)
+
+    def show_unit(self, unit: str, *props: str) -> dict[str, str]:
+        out = self.systemctl("show", unit, *[f"--property={p}" for p in props])
         return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
     def path(self, inside: str) -> Path:

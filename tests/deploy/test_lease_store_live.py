@@ -485,3 +485,52 @@ def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
         assert "1 closed (part of a frame or a reply pending)" in boot.acl_log()
     finally:
         c.close()
+
+
+def test_the_shipped_unit_with_a_drop_in_keeps_leases(tmp_path):
+    """deploy/systemd/acl.service and its sockets as shipped (sandbox, User=acl,
+    socket activation), plus the one line the store needs in a drop-in
+    (docs/configuration.md): restart and kill -9 keep acl-wrap's lease."""
+    why = ls.missing_tools()
+    if why:
+        pytest.skip(why)
+    shipped = ls.ROOT / "deploy" / "systemd"
+    sockets = ("acl.socket", "acl-admin.socket", "acl-metrics.socket")
+    no_deps = "[Unit]\nDefaultDependencies=no\n"      # sysinit.target is masked here
+    units = {u: (shipped / u).read_text() for u in ("acl.service", *sockets)}
+    units["acl.service.d/keep-leases.conf"] = no_deps + "[Service]\nFileDescriptorStoreMax=10\n"
+    units.update({f"{u}.d/boot.conf": no_deps for u in sockets})
+    idle = no_deps + "[Service]\nType=oneshot\nExecStart=/bin/true\n"
+    files = {"policy.toml": policy(8), "xinetd.conf": XINETD, "server.py": SERVER,
+             "holder.py": HOLDER}
+    b = ls.Boot(tmp_path / "stage", files, idle, units, users=("acl",))
+    holders = []
+
+    def active(other: int = 0) -> int:
+        p = b.show_unit("acl.service", "ActiveState", "MainPID")
+        pid = int(p["MainPID"])
+        return pid if p["ActiveState"] == "active" and pid != other else 0
+
+    try:
+        b.boot()
+        b.systemctl("start", *sockets, "acl.service")
+        pid = b.wait_for(active, 30, why=b.tail())
+        first = Holder(b, "127.0.0.8")
+        holders.append(first)
+        assert first.lease() > 0
+        b.systemctl("restart", "acl.service")
+        pid = b.wait_for(lambda: active(pid), 30, why=b.tail())
+        holders.append(Holder(b, "127.0.0.9"))
+        assert holders[-1].lease() == 0, "instances 1 forgotten by the restart"
+        b.run("kill", "-9", str(pid))
+        b.wait_for(lambda: active(pid), 30, why=b.tail())
+        holders.append(Holder(b, "127.0.0.10"))
+        assert holders[-1].lease() == 0, "instances 1 forgotten by the crash"
+        first.say("release")
+        assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
+        holders.append(Holder(b, "127.0.0.11"))
+        assert holders[-1].lease() > 0
+    finally:
+        for h in holders:
+            h.close()
+        b.teardown()
