@@ -210,6 +210,7 @@ class Server:
         # systemd's fd store for leases (leasestore.py); None: off
         self.lease_store: leasestore.LeaseStore | None = None
         self._adopted: list[leasestore.Adopted] = []
+        self._keep_leases = 0                 # [run] keep_leases as read at start
         self.front_doors: list = []       # doors registered by add_front_door
         self._servers: list = []
         self._made_paths: list[str] = []
@@ -402,7 +403,7 @@ class Server:
 
     def _open_store(self, stored: dict[str, int]) -> None:
         """The lease store, and the connections it kept to serve again."""
-        keep = self.engine.policy.run.keep_leases
+        keep = self._keep_leases = self.engine.policy.run.keep_leases
         try:
             self.lease_store, self._adopted = leasestore.open_store(
                 keep, stored, self.engine, self.log)
@@ -522,9 +523,14 @@ class Server:
                 self._watch_state = before
             else:
                 service = self.policy_service
+                keep = self.engine.policy.run.keep_leases
                 self.engine.commit(prepared)
                 if self.policy_service != service:
                     self.log(f"policy_service is now {self.policy_service!r} (was {service!r})")
+                now_keep = self.engine.policy.run.keep_leases
+                if now_keep != keep and now_keep != self._keep_leases:
+                    self.log(f"[run] keep_leases = {now_keep} takes effect at the next start "
+                             f"(running with {self._keep_leases})")
                 systemd.notify("READY=1")
                 ms = (time.perf_counter() - t0) * 1000
                 parts = ", ".join(f"{k[:-2]} {v * 1000:.1f} ms"

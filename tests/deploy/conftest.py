@@ -26,6 +26,7 @@ SLICES = {
     "socket_activation": (27400, 27500),
     "capabilities": (27500, 27502),      # test_capabilities NFQ_PORT, in its own namespaces
     "postfix_policy": (27502, 27503),    # test_postfix_policy SMTP_PORT, likewise
+    "lease_store": (27503, 27504),       # test_lease_store_live PORT, in a booted systemd's
 }
 
 

@@ -397,3 +397,23 @@ def test_off_the_store_closes_what_systemd_passed(tmp_path, engine, keep, env):
         assert any("1 descriptors systemd kept were closed" in s for s in logged)
     finally:
         peer.close()
+
+
+def test_acl_serve_without_systemd_says_it_keeps_nothing_and_a_reload_waits(tmp_path):
+    """keep_leases without NOTIFY_SOCKET: one line, and serving as before; a
+    reload that changes the value says it waits for the next start."""
+    from tests.serve.conftest import policy_toml
+    from tests.serve.test_server import admin
+    from tests.sidecar import start_server
+
+    cfg = policy_toml(tmp_path, run="keep_leases = 4")
+    srv = start_server(tmp_path, cfg, env={"NOTIFY_SOCKET": ""})
+    try:
+        assert "[run] keep_leases: not run by systemd (no NOTIFY_SOCKET)" in srv.text()
+        assert admin(srv.admin, "stats")["lease_store"] is None
+        cfg.write_text(cfg.read_text().replace("keep_leases = 4", "keep_leases = 9"))
+        assert admin(srv.admin, "reload")["ok"] is True
+        assert ("[run] keep_leases = 9 takes effect at the next start (running with 4)"
+                in srv.text())
+    finally:
+        srv.stop()
