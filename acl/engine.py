@@ -31,7 +31,11 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
   slots back.  Which connection may release which lease is the front door's
   business (it releases on disconnect).  Leases live in the engine, so they
   survive reloads; the xinetd layer keeps its limit state across reloads
-  (``XinetdLayer(policy, state=old_state)``).
+  (``XinetdLayer(policy, state=old_state)``).  Across a restart they live
+  only when the server kept them (acl/serve/leasestore.py): it gives each
+  back with :meth:`Engine.adopt_lease` before serving -- the same id, the
+  same slots, no limit consulted -- and new ids continue past every id it
+  saw (:meth:`Engine.lease_ids_from`).
 * A prepared policy changes nothing until :meth:`Engine.commit`: there, on
   the serving thread and just before the swap, every xinetd layer of the new
   policy puts its limits in force (``activate``) and each limit state frees
@@ -479,6 +483,31 @@ class Engine:
         self._leases[lease_id] = (xinetd, inner, service)
         self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
         return replace(decision, lease=lease_id)
+
+    def adopt_lease(self, lease_id: int, request: Request, now: float) -> None:
+        """Count again lease ``lease_id`` that ``request`` took before a
+        restart: its slots are taken *without* a limit check, through the
+        xinetd layer ``_decide`` would use.  A service the running policy
+        does not bind keeps its lease (to be released) counted toward no
+        limit -- what a reload that drops a service leaves of its leases."""
+        if lease_id <= 0 or lease_id in self._leases:
+            raise ValueError(f"lease {lease_id} cannot be adopted (taken or not an id)")
+        xinetd = None
+        for layer, _daemon in self._policy.layers_for(request.service):
+            if getattr(layer, "name", "") == "xinetd":
+                xinetd = layer
+        inner = 0
+        if xinetd is not None and hasattr(xinetd, "take_lease"):
+            inner = xinetd.take_lease(request, now)
+        service = self.label(request.service)
+        self._leases[lease_id] = (xinetd, inner, service)
+        self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
+        self.lease_ids_from(lease_id + 1)
+
+    def lease_ids_from(self, first: int) -> None:
+        """New lease ids are ``first`` or more (ids seen before a restart
+        are never handed out again)."""
+        self._next_lease = max(self._next_lease, first)
 
     def release(self, lease_id: int) -> bool:
         entry = self._leases.pop(lease_id, None)

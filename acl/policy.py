@@ -88,10 +88,12 @@ TABLE_KEYS = {
                 "admin_gids"),
     "metrics": ("listen",),
     "limits": ("sources", "ipv6_prefix", "rate", "burst"),
-    "run": ("user", "group", "chroot", "watch"),
+    "run": ("user", "group", "chroot", "watch", "keep_leases"),
     "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache", "threads", "per_network",
               "deadline"),
 }
+#: The most ``[run] keep_leases`` (acl/serve/leasestore.py MAX_KEEP).
+MAX_KEEP_LEASES = 65536
 #: The keys of a ``[[source]]`` table, by its type.
 SOURCE_KEYS = {
     "hosts_access": ("type", "allow", "deny", "services"),
@@ -126,6 +128,7 @@ class Run:
     group: str = ""
     chroot: str = ""
     watch: bool = True
+    keep_leases: int = 0          # connections (and leases) kept across a restart; 0: off
 
 
 @dataclass(frozen=True)
@@ -713,7 +716,10 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         group=_get(r, "group", str, "", toml_path, "run"),
         chroot=_get(r, "chroot", str, "", toml_path, "run"),
         watch=_get(r, "watch", bool, True, toml_path, "run"),
+        keep_leases=_get(r, "keep_leases", int, 0, toml_path, "run"),
     )
+    if not 0 <= run.keep_leases <= MAX_KEEP_LEASES:
+        raise _err(toml_path, "run.keep_leases", f"must be 0 .. {MAX_KEEP_LEASES}")
     if run.user and previous is None:
         _ids([run.user], lambda n: pwd.getpwnam(n).pw_uid, toml_path, "run.user")
     if run.group and previous is None:

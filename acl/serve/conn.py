@@ -30,6 +30,14 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   connection never reaches the batch plan.  Its replies are bounded like
   any connection's: by backpressure (below), never by dropping replies --
   every frame still gets exactly one, in order.
+* Leases kept across a restart (``[run] keep_leases``,
+  acl/serve/leasestore.py): a connection's first lease puts it in
+  systemd's fd store (``kept``: its number there) and every lease it takes
+  or gives back, and its sealing, is written in the journal -- before the
+  reply is written, so no client hears of a lease a crash could lose.  It
+  leaves the store when it ends.  A connection adopted at start begins in
+  the state it had, holding its leases.  Without the store none of this
+  runs (``on_lease``/``on_release`` are None).
 * Client names (acl/names.py): before a request is decided in Python, the
   engine says which uncached names its decision would read.  The
   connection then stops where it is -- replies so far are written, reading
@@ -83,6 +91,7 @@ class _Base(asyncio.Protocol):
         self.transport = None
         self._paused = False
         self._waiting = False           # for names: reading paused, input held
+        self._stopped = False           # stopping: never read again
         self._rounds = 0
 
     def names_wanted(self, request, now: float):
@@ -103,7 +112,7 @@ class _Base(asyncio.Protocol):
         self._waiting = False
         if self.transport.is_closing():
             return
-        if not self._paused:
+        if not self._paused and not self._stopped:
             self.transport.resume_reading()
         with self.engine.with_fetched(fut):     # what was fetched for this request
             self.go_on(time.time())
@@ -126,8 +135,14 @@ class _Base(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if not self.transport.is_closing() and not self._waiting:
+        if not self.transport.is_closing() and not self._waiting and not self._stopped:
             self.transport.resume_reading()
+
+    def stop_reading(self) -> None:
+        """For good (a stop hands the connection over: leasestore.py)."""
+        self._stopped = True
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def error(self, code: int) -> None:
         self.server.protocol_error(self.protocol, code)
@@ -136,24 +151,30 @@ class _Base(asyncio.Protocol):
 SEALED, DEAF = 1, 2           # BinaryConnection.sealed, after 0 (open)
 
 
-def _release(engine, leases: set, event) -> bytes:
+def _release(engine, leases: set, event, on_release=None) -> bytes:
     """RELEASED for ``event``: only a lease this connection holds is given back."""
     ok = event.lease_id in leases and engine.release(event.lease_id)
     if ok:
         leases.discard(event.lease_id)
+        if on_release is not None:
+            on_release(event.lease_id)
     return wb.encode_released(event.request_id, ok)
 
 
 def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: bool,
                   on_error=None, names_wanted=None, sealed: int = 0,
-                  on_seal=None) -> tuple[list[bytes], bool, list | None]:
+                  on_seal=None, on_lease=None,
+                  on_release=None) -> tuple[list[bytes], bool, list | None]:
     """Answer every complete frame in ``buf`` (consumed from it): the reply
     chunks in request order, whether the connection must close, and the
     names to look up before the first frame left in ``buf`` (``names_wanted(request,
     now)`` says; None when all were answered).  ``sealed`` is the
     connection's state (0, SEALED, DEAF: the module rules); ``on_seal(state)``
     hears when it changes -- the frames after the change, in the same
-    ``buf``, are already answered the sealed way."""
+    ``buf``, are already answered the sealed way.  ``on_lease(id, request,
+    state)`` hears of each lease taken (``state``: the connection's, as of
+    its reply) and ``on_release(id)`` of each given back by RELEASE, both
+    before any reply is written."""
     out: list[bytes] = []
     pos = 0
     plan = engine.plan
@@ -166,7 +187,7 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
             if event is None:
                 break
             if type(event) is wb.Release:
-                out.append(_release(engine, leases, event))
+                out.append(_release(engine, leases, event, on_release))
                 continue
             if on_error is not None:
                 on_error(wb.E_SEALED)
@@ -209,13 +230,15 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
             else:
                 if d.lease:
                     leases.add(d.lease)
+                    if on_lease is not None:
+                        on_lease(d.lease, event.request, SEALED if event.seal else 0)
                 out.append(reply)
             if event.seal:          # answered, either way: sealed from the next frame on
                 sealed = SEALED
                 if on_seal is not None:
                     on_seal(SEALED)
         elif kind is wb.Release:
-            out.append(_release(engine, leases, event))
+            out.append(_release(engine, leases, event, on_release))
         elif kind is wb.Ping:
             out.append(wb.encode_pong(event.request_id, compiled))
         else:
@@ -233,15 +256,34 @@ def answer_frames(engine, buf: bytearray, now: float, leases: set, compiled: boo
 class BinaryConnection(_Base):
     protocol = "binary"
 
-    def __init__(self, server) -> None:
+    def __init__(self, server, adopted=None) -> None:
         super().__init__(server)
         self.buf = bytearray()
         self.leases: set[int] = set()
         self.compiled = server.compiled
         self.sealed = 0                 # SEALED, DEAF: the module rules
+        self.kept = 0                   # its number in the lease store; 0: not kept
+        self.store = getattr(server, "lease_store", None)   # None: off (or a stand-in server)
+        self._on_lease = self._on_release = None
+        if self.store is not None:
+            self._on_lease, self._on_release = self._leased, self.store.released
+        if adopted is not None:         # leasestore.Adopted, counted again already
+            self.kept, self.sealed = adopted.number, adopted.state
+            self.leases = set(adopted.leases)
 
     def _seal(self, state: int) -> None:
         self.sealed = state
+        if self.kept:
+            self.store.set_state(self.kept, state)
+
+    def _leased(self, lease: int, request, state: int) -> None:
+        """A lease taken: into the store's journal (the connection into the
+        store at its first)."""
+        if not self.kept:
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None and self.store.keep(lease, sock.fileno(), state or self.sealed):
+                self.kept = lease
+        self.store.add_lease(self.kept, lease, request)
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -266,7 +308,8 @@ class BinaryConnection(_Base):
     def go_on(self, now: float) -> None:
         out, fatal, wanted = answer_frames(self.engine, self.buf, now, self.leases,
                                            self.compiled, self.error, self.names_wanted,
-                                           self.sealed, self._seal)
+                                           self.sealed, self._seal, self._on_lease,
+                                           self._on_release)
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])
         if fatal:
@@ -275,10 +318,18 @@ class BinaryConnection(_Base):
             self.wait_for_names(wanted)
 
     def connection_lost(self, exc) -> None:
+        if self.kept and not self.store.frozen:
+            self.store.forget(self.kept)
         for lease in self.leases:
             self.engine.release(lease)
         self.leases.clear()
         super().connection_lost(exc)
+
+    def handed_over(self) -> bool:
+        """Stopping, reading stopped: whether everything read is answered
+        (no part of a frame held, no name awaited) -- then it can be left
+        to the store as it is."""
+        return not self._waiting and (not self.buf or self.sealed == DEAF)
 
 
 class PostfixConnection(_Base):

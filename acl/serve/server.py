@@ -38,6 +38,10 @@ Theory of operation:
   one a line, as startup does, before ``reloaded``, and returns them in the
   admin's answer (``"diagnostics"``).  Only one reload runs at a time;
   triggers during one make exactly one more.
+* Leases across a restart (``[run] keep_leases``, systemd's fd store):
+  acl/serve/leasestore.py.  At start the connections systemd kept are
+  adopted (their leases counted again) before anything is accepted; at a
+  stop they are handed over (``_hand_over``) before the rest is closed.
 * Stop: SIGTERM or SIGINT -> ``STOPPING=1``, stop listening, close every
   client (their leases are released), remove the socket files we made, and
   exit at once (files a dropped user may not remove are named in one log
@@ -64,7 +68,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from acl.errors import AclError, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
 from acl.names import NameService
-from acl.serve import accept, capabilities, conn, lookups, privileges, sessions, systemd, workers
+from acl.serve import (
+    accept,
+    capabilities,
+    conn,
+    leasestore,
+    lookups,
+    privileges,
+    sessions,
+    systemd,
+    workers,
+)
 from acl.wire.admin import ADMIN_COMMANDS
 
 LISTEN_BACKLOG = 4096
@@ -193,6 +207,10 @@ class Server:
         self.collector = AclCollector(engine, self, self.build)
         self.registry.register(self.collector)
         self._conns: set = set()
+        # systemd's fd store for leases (leasestore.py); None: off
+        self.lease_store: leasestore.LeaseStore | None = None
+        self._adopted: list[leasestore.Adopted] = []
+        self._keep_leases = 0                 # [run] keep_leases as read at start
         self.front_doors: list = []       # doors registered by add_front_door
         self._servers: list = []
         self._made_paths: list[str] = []
@@ -360,9 +378,17 @@ class Server:
     def bind(self) -> dict[str, str]:
         """Take systemd's sockets or bind our own; returns name -> address.
         On failure nothing we bound is left open or on disk."""
+        stored: dict[str, int] = {}
         try:
-            return self._bind()
+            addresses = self._bind(stored)
+            self._open_store(stored)
+            return addresses
         except BaseException:
+            for fd in stored.values():
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             for sock in self._sockets.values():
                 sock.close()
             for path in self._made_paths:
@@ -375,9 +401,21 @@ class Server:
             self.addresses.clear()
             raise
 
-    def _bind(self) -> dict[str, str]:
+    def _open_store(self, stored: dict[str, int]) -> None:
+        """The lease store, and the connections it kept to serve again."""
+        keep = self._keep_leases = self.engine.policy.run.keep_leases
+        try:
+            self.lease_store, self._adopted = leasestore.open_store(
+                keep, stored, self.engine, self.log)
+        except OSError as exc:        # acl still serves, as without the store
+            self.log(f"lease store: cannot start it ({exc}): leases are not kept "
+                     "across a restart")
+            leasestore.discard(stored, self.log, "the store could not start")
+        stored.clear()
+
+    def _bind(self, stored: dict[str, int]) -> dict[str, str]:
         raise_nofile()
-        got = systemd.listen_fds()
+        got = systemd.listen_fds(stored=stored)
         s = self.sockets
         wanted = {"query": s.query, "policy": s.policy, "admin": s.admin}
         for name, path in wanted.items():
@@ -440,6 +478,19 @@ class Server:
             "admin": lambda: conn.AdminConnection(self),
             "metrics": lambda: conn.MetricsConnection(self),
         }
+        # connections systemd kept (leasestore.py) are served before any new one
+        adopted, self._adopted = self._adopted, []
+        for a in adopted:
+            a.sock.setblocking(False)
+            try:
+                await loop.connect_accepted_socket(
+                    lambda a=a: conn.BinaryConnection(self, adopted=a), sock=a.sock)
+            except OSError as exc:
+                self.log(f"lease store: kept connection {a.number} cannot be served: {exc}")
+                for lease in a.leases:
+                    self.engine.release(lease)
+                self.lease_store.forget(a.number)
+                a.sock.close()
         # our own accept loop, on either event loop (acl/serve/accept.py says
         # why): the sockets keep the kernel backlog they were listened with
         for name, sock in self._sockets.items():
@@ -472,9 +523,14 @@ class Server:
                 self._watch_state = before
             else:
                 service = self.policy_service
+                keep = self.engine.policy.run.keep_leases
                 self.engine.commit(prepared)
                 if self.policy_service != service:
                     self.log(f"policy_service is now {self.policy_service!r} (was {service!r})")
+                now_keep = self.engine.policy.run.keep_leases
+                if now_keep != keep and now_keep != self._keep_leases:
+                    self.log(f"[run] keep_leases = {now_keep} takes effect at the next start "
+                             f"(running with {self._keep_leases})")
                 systemd.notify("READY=1")
                 ms = (time.perf_counter() - t0) * 1000
                 parts = ", ".join(f"{k[:-2]} {v * 1000:.1f} ms"
@@ -552,6 +608,8 @@ class Server:
                                     in sorted(self.protocol_errors.items())],
                 "accept_errors": [[s, code, n] for (s, code), n
                                   in sorted(self.accept_stats.errors.items())],
+                "lease_store": (self.lease_store.stats() if self.lease_store is not None
+                                else None),
             }
         if cmd == "dump":
             return {"ok": True, "policy": self.engine.describe()}
@@ -589,8 +647,44 @@ class Server:
             watcher.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.lease_store is not None:
+                await self._hand_over()
             self._close_doors()
             await self.close()
+
+    async def _hand_over(self, bound: float = leasestore.HANDOVER_S) -> None:
+        """Stopping with the lease store: each kept connection stops reading,
+        answers what it read and flushes it, and is closed -- left in
+        systemd's store for the next start; one that cannot be handed over
+        whole within ``bound`` seconds leaves the store (leasestore.py)."""
+        store = self.lease_store
+        store.frozen = True               # no connection joins or leaves the store now
+        for srv in self._servers:         # and no new one comes in
+            srv.close()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + bound
+        kept = [c for c in self._conns if getattr(c, "kept", 0) and c.transport is not None]
+        for c in kept:
+            c.stop_reading()
+        while any(c._waiting for c in kept) and loop.time() < end:
+            await asyncio.sleep(0.01)      # a name lookup under way: let it answer
+        closing = []
+        for c in kept:
+            if c.handed_over():
+                c.transport.close()       # after what is buffered is written
+                closing.append(c)
+            else:
+                store.forget(c.kept)
+                c.transport.abort()
+        while any(c in self._conns for c in closing) and loop.time() < end:
+            await asyncio.sleep(0.01)
+        left = [c for c in closing if c in self._conns]
+        for c in left:                    # its client does not read its replies
+            store.forget(c.kept)
+            c.transport.abort()
+        n = len(kept) - len(closing) + len(left)
+        self.log(f"lease store: {len(kept) - n} connections handed over to systemd"
+                 + (f", {n} closed (part of a frame or a reply pending)" if n else ""))
 
     def _start_doors(self, loop) -> list:
         """Front doors other than the sockets: NFQUEUE when ``[nfqueue]`` is set

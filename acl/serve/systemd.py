@@ -7,12 +7,20 @@
 * ``listen_fds()``: the sockets systemd passed (``LISTEN_PID`` must be this
   process, ``LISTEN_FDS`` of them from fd 3), keyed by their
   ``LISTEN_FDNAMES`` entry.  The variables are removed so children do not
-  inherit them.
+  inherit them.  Descriptors systemd kept for us in its file descriptor
+  store (``FDSTORE=1``: acl/serve/leasestore.py) come back among them under
+  the names we gave them (``STORE_NAME``: ``acl-lease-conn-N``,
+  ``acl-lease-journal-N`` -- never a unit's name, which has a dot); they
+  are no socket role, and go to the caller's ``stored`` dict instead.
+* ``FdStoreLink``: a datagram socket connected to ``$NOTIFY_SOCKET`` once,
+  at start (before a chroot could hide the path), that sends notifications
+  carrying descriptors (``FDSTORE=1``) in one ``sendmsg`` each.
 
 Names (sd_listen_fds_with_names(3)): systemd names each fd by the socket
 unit's ``FileDescriptorName=``, else by the unit's own name
 (``acl-metrics-remote.socket``); "unknown" stands for a name it does not
-have.  A socket is trusted with a role only by name:
+have.  A socket is trusted with a role only by name (the fd store's
+names set apart first):
 
 * every name must be one of ``ORDER``, each at most once -- any other name
   (a unit's name, "unknown" beside real names, a missing entry) refuses the
@@ -26,7 +34,9 @@ have.  A socket is trusted with a role only by name:
 
 from __future__ import annotations
 
+import array
 import os
+import re
 import socket
 import time
 
@@ -34,6 +44,9 @@ from acl.errors import AclError
 
 SD_LISTEN_FDS_START = 3
 ORDER = ("query", "policy", "admin", "metrics")
+#: The names acl gives the descriptors it hands to systemd's fd store
+#: (acl/serve/leasestore.py): no socket role, and no unit name (no dot).
+STORE_NAME = re.compile(r"acl-lease-(conn|journal)-[0-9]{1,20}\Z")
 
 
 class PassedSocketError(AclError):
@@ -62,7 +75,10 @@ def reloading_text() -> str:
     return f"RELOADING=1\nMONOTONIC_USEC={usec}"
 
 
-def listen_fds(unset: bool = True) -> dict[str, socket.socket]:
+def listen_fds(unset: bool = True, stored: dict[str, int] | None = None
+               ) -> dict[str, socket.socket]:
+    """The passed sockets by role; ``stored`` (when given) gets the fd
+    store's descriptors, name -> fd (without it they are closed)."""
     env = os.environ
     try:
         pid = int(env.get("LISTEN_PID", "0"))
@@ -75,18 +91,37 @@ def listen_fds(unset: bool = True) -> dict[str, socket.socket]:
             env.pop(k, None)
     if pid != os.getpid() or count <= 0:
         return {}
-    roles = _roles(names.split(":") if names else [], count)
-    out: dict[str, socket.socket] = {}
-    for i, name in enumerate(roles):
+    sockets, found = split_stored(names.split(":") if names else [], count)
+    for i in range(count):
+        os.set_inheritable(SD_LISTEN_FDS_START + i, False)
+    for name, fd in found.items():
+        if stored is not None:
+            stored[name] = fd
+        else:
+            os.close(fd)
+    if not sockets:
+        return {}
+    roles = _roles([n for _, n in sockets], len(sockets), [fd for fd, _ in sockets])
+    return {role: socket.socket(fileno=fd) for (fd, _), role in zip(sockets, roles, strict=True)}
+
+
+def split_stored(given: list[str], count: int) -> tuple[list[tuple[int, str]], dict[str, int]]:
+    """``count`` passed fds named ``given``: the sockets, (fd, name) in
+    order, and the fd store's descriptors, name -> fd (``STORE_NAME``)."""
+    given = given[:count] + [""] * (count - len(given))
+    sockets, stored = [], {}
+    for i, name in enumerate(given):
         fd = SD_LISTEN_FDS_START + i
-        os.set_inheritable(fd, False)
-        out[name] = socket.socket(fileno=fd)
-    return out
+        if STORE_NAME.match(name) and name not in stored:
+            stored[name] = fd
+        else:
+            sockets.append((fd, name))
+    return sockets, stored
 
 
-def _roles(given: list[str], count: int) -> list[str]:
-    """The role of each of ``count`` passed fds, from their names (the rules
-    at the top of this file)."""
+def _roles(given: list[str], count: int, fds: list[int] | None = None) -> list[str]:
+    """The role of each of ``count`` passed fds (numbered ``fds``, else from
+    3 on), from their names (the rules at the top of this file)."""
     if all(n in ("", "unknown") for n in given):
         if count > len(ORDER):
             raise PassedSocketError(
@@ -97,7 +132,7 @@ def _roles(given: list[str], count: int) -> list[str]:
     given = given[:count] + [""] * (count - len(given))
     seen: set[str] = set()
     for i, name in enumerate(given):
-        fd = SD_LISTEN_FDS_START + i
+        fd = fds[i] if fds is not None else SD_LISTEN_FDS_START + i
         if name not in ORDER:
             raise PassedSocketError(
                 f"passed socket fd {fd} is named {name or '(nothing)'!r}, not one of "
@@ -107,3 +142,46 @@ def _roles(given: list[str], count: int) -> list[str]:
             raise PassedSocketError(f"passed socket fd {fd}: a second socket named {name!r}")
         seen.add(name)
     return given
+
+
+class FdStoreLink:
+    """Notifications that carry descriptors, to systemd's fd store
+    (sd_notify(3) ``FDSTORE=1``, ``FDNAME=``, ``FDSTOREREMOVE=1``).  The
+    socket is connected once, here; each send is one ``sendmsg``."""
+
+    def __init__(self, env=None) -> None:
+        env = os.environ if env is None else env
+        where = env.get("NOTIFY_SOCKET", "")
+        if not where:
+            raise OSError("NOTIFY_SOCKET is not set")
+        if where.startswith("@"):
+            where = "\0" + where[1:]
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            self.sock.connect(where)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def store(self, name: str, fd: int) -> bool:
+        """Hand systemd a duplicate of ``fd`` named ``name``; False when the
+        message could not be sent at once (never waits)."""
+        fds = array.array("i", [fd])
+        try:
+            self.sock.sendmsg([f"FDSTORE=1\nFDNAME={name}".encode()],
+                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
+                              socket.MSG_DONTWAIT)
+        except OSError:
+            return False
+        return True
+
+    def remove(self, name: str) -> bool:
+        """Have systemd close every stored descriptor named ``name``."""
+        try:
+            self.sock.send(f"FDSTOREREMOVE=1\nFDNAME={name}".encode())
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()

@@ -27,6 +27,7 @@ SLICES = {
     "capabilities": (27500, 27502),      # test_capabilities NFQ_PORT, in its own namespaces
     "postfix_policy": (27502, 27503),    # test_postfix_policy SMTP_PORT, likewise
     "systemd_live": (27503, 27504),      # test_systemd_live NFQ_PORT, in its systemd's namespaces
+    "lease_store": (27504, 27505),       # test_lease_store_live PORT, in a booted systemd's
 }
 
 

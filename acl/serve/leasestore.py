@@ -1,0 +1,338 @@
+"""Leases that outlive a restart or a crash of ``acl serve``: systemd's fd store.
+
+Rules of this file (docs/protocol.md "Leases", docs/configuration.md
+``[run] keep_leases``; sd_notify(3) ``FDSTORE=1``, systemd.service(5)
+``FileDescriptorStoreMax=``):
+
+* Off unless asked: only with ``[run] keep_leases = N`` (N > 0) and
+  ``$NOTIFY_SOCKET`` set.  Otherwise nothing here runs, and descriptors a
+  store passed back anyway are closed and removed from it.
+* A binary connection is *kept* when it takes its first lease: a
+  duplicate of it goes to systemd's store under ``acl-lease-conn-<n>``, n
+  being that lease's id (ids never repeat, across restarts too, so neither
+  do names).  systemd holds it while acl is down -- the kernel keeps the
+  connection open, and the server process acl-wrap handed it to never
+  notices.  It leaves the store (``FDSTOREREMOVE``) when the connection
+  ends; systemd also drops a stored descriptor by itself on POLLHUP (the
+  peer closed), and drops the whole store when the unit is stopped with no
+  job queued (stop, then start: nothing is kept; restart and
+  ``Restart=on-failure`` keep it).
+* What each kept connection holds is written in the **journal**
+  (acl/serve/lease_journal.py: the format, and why a crash mid-write loses
+  at most one record): a memfd, in the store too
+  (``acl-lease-journal-<generation>``), mapped shared.  A record is a
+  connection (its number, whether it is sealed or deaf) or a lease (its
+  id, its connection's number, and what taking it again needs: service,
+  client address, server address and port), written with plain stores
+  into the mapping: no system call per lease.  The memfd is sealed at its
+  size, so no holder can shrink it under a mapping.
+* Bounds: at most N connections and N leases are kept (the journal holds
+  2 N records).  A lease past that is granted as before but *not kept*: a
+  restart forgets it (``unkept``, logged at most once a minute), and so is
+  every lease of a connection that could not be kept (N connections kept,
+  or systemd's socket busy).  systemd itself keeps at most
+  ``FileDescriptorStoreMax=`` descriptors and cannot tell us that number:
+  set it to N + 2 (the journal, and the next start's new journal).
+* Start (:func:`open_store`, before anything is accepted): the newest
+  journal that reads is used (older ones are removed from the store); each
+  stored connection that is still open and has a connection record is
+  *adopted* -- a live binary connection again, sealed or deaf as it was,
+  holding its leases under their ids -- and its leases are counted again
+  with :meth:`acl.engine.Engine.adopt_lease` (no limit check).  A stored
+  connection already closed, or without a record, is closed and removed; a
+  lease record without its connection is dropped.  Then a new journal (one
+  generation up) is filled with what was adopted and stored, and the old
+  one removed: a crash at any point leaves a journal the next start reads.
+* Stop (SIGTERM): the journal is frozen (connections closing while acl
+  exits do not leave the store), every kept connection stops reading, what
+  it had read is answered and flushed -- within ``HANDOVER_S`` -- and its
+  descriptor is closed, left to systemd.  One that holds part of a frame,
+  or waits for a name lookup or for its client to read past the bound,
+  cannot be handed over whole: it is removed from the store and closed
+  (its client sees the end of the connection; its leases end).
+* Crash: nothing runs.  Frames read but not yet answered are lost -- their
+  client never gets a reply -- and part of a frame read is lost with them,
+  so the next ``acl serve`` reads that connection from the middle of a
+  frame: a bad frame (ERROR, closed; a sealed connection: ERROR 8, deaf,
+  lease held).  A lease is written before its DECIDE is answered: a crash
+  in between keeps a lease its client never heard of, until it closes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import mmap
+import os
+import select
+import socket
+import stat
+import time
+from dataclasses import dataclass
+
+from acl.model import Request
+from acl.serve.lease_journal import (
+    HEADER,
+    Contents,
+    Journal,
+    JournalError,
+    journal_size,
+    read_journal,
+)
+
+#: seconds a stop gives kept connections to answer and flush what they read
+HANDOVER_S = 2.0
+UNKEPT_LOG_EVERY = 60.0
+
+CONN_PREFIX = "acl-lease-conn-"
+JOURNAL_PREFIX = "acl-lease-journal-"
+
+
+def _peer_gone(fd: int) -> bool:
+    """A stored connection whose peer closed (POLLHUP), or that failed."""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLRDHUP)
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+               for _, ev in p.poll(0))
+
+
+def _is_stream_unix(fd: int) -> bool:
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return False
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        return s.family == socket.AF_UNIX and s.type == socket.SOCK_STREAM
+    finally:
+        s.close()
+
+
+def _number(name: str, prefix: str) -> int:
+    return int(name[len(prefix):]) if name.startswith(prefix) else 0
+
+
+@dataclass
+class Adopted:
+    """A stored connection adopted at start."""
+
+    sock: socket.socket
+    number: int
+    state: int
+    leases: set[int]
+
+
+class LeaseStore:
+    """The running server's side of the store (the file's rules)."""
+
+    def __init__(self, link, journal: Journal, log) -> None:
+        self.link = link               # acl.serve.systemd.FdStoreLink
+        self.journal = journal
+        self.log = log
+        self.frozen = False            # stopping: closing connections stay stored
+        # counts (admin stats "lease_store")
+        self.adopted_connections = 0
+        self.adopted_leases = 0
+        self.dropped_records = 0
+        self.closed_at_start = 0
+        self.unkept = 0
+        self._unkept_logged: float | None = None
+        self._unkept_since = 0
+
+    # -- a connection's life -------------------------------------------
+    def keep(self, number: int, fd: int, state: int) -> bool:
+        """Store connection ``fd`` as ``number`` (its first lease's id)."""
+        j = self.journal
+        if self.frozen or len(j.conns) >= j.keep:
+            return False
+        if not j.add_connection(number, state):
+            return False
+        if not self.link.store(CONN_PREFIX + str(number), fd):
+            j.drop_connection(number)
+            return False
+        return True
+
+    def add_lease(self, number: int, lease: int, request: Request) -> bool:
+        if number and self.journal.add_lease(number, lease, request):
+            return True
+        self.not_kept(lease)
+        return False
+
+    def not_kept(self, lease: int) -> None:
+        self.unkept += 1
+        now = time.monotonic()
+        if self._unkept_logged is not None and now - self._unkept_logged < UNKEPT_LOG_EVERY:
+            self._unkept_since += 1
+            return
+        j = self.journal
+        more = f" ({self._unkept_since} more since the last line)" if self._unkept_since else ""
+        self.log(f"lease {lease} is not kept across a restart: {len(j.conns)} of "
+                 f"{j.keep} connections and {len(j.leases)} of {j.keep} leases kept "
+                 f"([run] keep_leases){more}")
+        self._unkept_logged = now
+        self._unkept_since = 0
+
+    def released(self, lease: int) -> None:
+        self.journal.drop_lease(lease)
+
+    def set_state(self, number: int, state: int) -> None:
+        self.journal.set_state(number, state)
+
+    def forget(self, number: int) -> None:
+        """The connection ended (or cannot be handed over): out of the
+        journal and out of the store."""
+        self.journal.drop_connection(number)
+        if not self.link.remove(CONN_PREFIX + str(number)):
+            self.log(f"lease store: cannot remove {CONN_PREFIX}{number} from systemd's "
+                     "store (the connection stays open until acl restarts)")
+
+    def stats(self) -> dict:
+        j = self.journal
+        return {"keep": j.keep, "connections": len(j.conns), "leases": len(j.leases),
+                "unkept": self.unkept, "adopted_connections": self.adopted_connections,
+                "adopted_leases": self.adopted_leases,
+                "dropped_records": self.dropped_records,
+                "closed_at_start": self.closed_at_start, "generation": j.generation}
+
+
+def _read_passed_journal(fd: int) -> Contents:
+    size = os.fstat(fd).st_size
+    if size < HEADER:
+        raise JournalError(f"{size} bytes, shorter than its header")
+    with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+        return read_journal(m)
+
+
+def _new_journal(keep: int, generation: int):
+    """A sealed memfd of the journal's size, mapped: (fd, mapping)."""
+    size = journal_size(2 * keep)
+    fd = os.memfd_create("acl-leases", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        # nobody holding it (systemd, us) can shrink it under a mapping
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS,
+                    fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL)
+        m = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, m
+
+
+def discard(stored: dict[str, int], log, why: str, env=None) -> None:
+    """The store is off: close what it passed and empty it."""
+    if not stored:
+        return
+    link = None
+    try:
+        from acl.serve.systemd import FdStoreLink
+
+        link = FdStoreLink(env)
+    except OSError:
+        pass
+    for name, fd in stored.items():
+        os.close(fd)
+        if link is not None:
+            link.remove(name)
+    if link is not None:
+        link.close()
+    log(f"lease store: {len(stored)} descriptors systemd kept were closed ({why}); "
+        "their leases are forgotten")
+
+
+def open_store(keep: int, stored: dict[str, int], engine, log,
+               env=None) -> tuple[LeaseStore | None, list[Adopted]]:
+    """Start the store (the file's rules): the store, and the connections
+    to serve again.  ``stored`` is name -> fd of what systemd passed (its
+    descriptors are closed or adopted here)."""
+    from acl.serve.systemd import FdStoreLink
+
+    env = os.environ if env is None else env
+    if keep <= 0:
+        discard(stored, log, "[run] keep_leases is 0", env)
+        return None, []
+    if not env.get("NOTIFY_SOCKET"):
+        log("[run] keep_leases: not run by systemd (no NOTIFY_SOCKET): leases are "
+            "not kept across a restart")
+        discard(stored, log, "no NOTIFY_SOCKET", env)
+        return None, []
+    link = FdStoreLink(env)
+    # the newest journal that reads
+    journals = sorted(((_number(n, JOURNAL_PREFIX), n) for n in stored
+                       if n.startswith(JOURNAL_PREFIX)), reverse=True)
+    contents = Contents()
+    source = None
+    for _gen, name in journals:
+        try:
+            contents = _read_passed_journal(stored[name])
+        except (JournalError, OSError, ValueError) as exc:
+            log(f"lease store: journal {name} is unusable: {exc}")
+            continue
+        source = name
+        break
+    highest = max([n for n, _ in journals] + [contents.generation, 0])
+    conns = {_number(n, CONN_PREFIX): (n, fd) for n, fd in stored.items()
+             if n.startswith(CONN_PREFIX)}
+    adopted: list[Adopted] = []
+    closed = 0
+    for number, (name, fd) in sorted(conns.items()):
+        why = ""
+        if not _is_stream_unix(fd):
+            why = "not a stream socket"
+        elif _peer_gone(fd):
+            why = "its client had closed it"
+        elif number not in contents.conns:
+            why = "no record of it in the journal"
+        if why:
+            log(f"lease store: kept connection {number} closed: {why}")
+            os.close(fd)
+            link.remove(name)
+            closed += 1
+            continue
+        adopted.append(Adopted(socket.socket(fileno=fd), number, contents.conns[number], set()))
+    live = {a.number: a for a in adopted}
+    dropped = contents.bad
+    now = time.time()
+    for lease, (number, request) in sorted(contents.leases.items()):
+        a = live.get(number)
+        if a is None:
+            dropped += 1
+            continue
+        try:
+            engine.adopt_lease(lease, request, now)
+        except (ValueError, KeyError, OverflowError) as exc:
+            log(f"lease store: lease {lease} ({request.service} {request.client}) "
+                f"not counted again: {exc}")
+            dropped += 1
+            continue
+        a.leases.add(lease)
+    seen = [*contents.conns, *contents.leases, *conns]
+    engine.lease_ids_from(max(seen, default=0) + 1)
+    # the new journal: what was adopted, one generation up; then the old out
+    need = max(keep, len(adopted), sum(len(a.leases) for a in adopted))
+    fd, m = _new_journal(need, highest + 1)
+    journal = Journal(m, need, highest + 1)
+    for a in adopted:
+        journal.add_connection(a.number, a.state)
+        for lease in sorted(a.leases):
+            journal.add_lease(a.number, lease, contents.leases[lease][1])
+    journal.keep = keep          # room made for what was adopted; new ones: keep
+    name = JOURNAL_PREFIX + str(highest + 1)
+    ok = link.store(name, fd)
+    os.close(fd)
+    if not ok:
+        log(f"lease store: systemd did not take the journal {name}: leases are not "
+            "kept across a restart")
+    for old in journals:
+        os.close(stored[old[1]])
+        link.remove(old[1])
+    store = LeaseStore(link, journal, log)
+    store.adopted_connections = len(adopted)
+    store.adopted_leases = sum(len(a.leases) for a in adopted)
+    store.dropped_records = dropped
+    store.closed_at_start = closed
+    if stored or dropped:
+        log(f"lease store: adopted {len(adopted)} connections holding "
+            f"{store.adopted_leases} leases (journal {source or 'none'}); dropped "
+            f"{dropped} records ({contents.bad} bad), closed {closed} connections")
+    return store, adopted

@@ -1,0 +1,536 @@
+"""Leases survive a restart and a crash of ``acl serve`` under a real systemd
+(``[run] keep_leases``, systemd's fd store: acl/serve/leasestore.py).
+
+One boot per test (tests/deploy/lease_systemd.py: its SAFETY rules), the
+unit under test ``acl-lease.service`` (Type=notify, NotifyAccess=main,
+FileDescriptorStoreMax=16, Restart=on-failure) running this checkout's
+``acl serve`` on POLICY: xinetd services ``echo`` (instances 1,
+per_source 1) and ``multi`` (instances 3).  acl-wrap is real: a *holder*
+(HOLDER, run inside the boot's namespaces) connects a client from its
+address to itself on 127.0.0.1:PORT and starts ``acl-wrap -n echo SERVER``
+on that connection, exactly as inetd does; SERVER reports its lease and,
+when told, sends RELEASE of its ``ACL_LEASE_ID`` on ``ACL_LEASE_FD``
+(docs/acl-wrap.md, the early release) or exits.
+
+PORT (27504) is listened on inside the boot's own network namespace only
+(tests/deploy/conftest.py SLICES).  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import socket
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from acl.client import Client
+from acl.model import Reason, Request
+
+from . import lease_systemd as ls
+
+PORT = 27504
+
+XINETD = """\
+service echo
+{
+	type		= UNLISTED
+	port		= 7
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= root
+	server		= /bin/cat
+	instances	= 1
+	per_source	= 1
+	cps		= 10000 1
+}
+service multi
+{
+	type		= UNLISTED
+	port		= 8
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= root
+	server		= /bin/cat
+	instances	= 3
+	cps		= 10000 1
+}
+"""
+
+
+def policy(keep: int) -> str:
+    return textwrap.dedent(f"""\
+        [sockets]
+        query = "/run/acl/query.sock"
+        admin = "/run/acl/admin.sock"
+        mode = "0666"
+        admin_uids = [0]
+
+        [metrics]
+        listen = ""
+
+        [limits]
+        sources = 4096
+
+        [[source]]
+        type = "xinetd"
+        file = "xinetd.conf"
+
+        [run]
+        watch = false
+        keep_leases = {keep}
+        """)
+
+
+#: What acl-wrap runs: says its lease, then obeys its client's lines.
+SERVER = """\
+import os, socket, struct, sys
+sys.path.insert(0, "/opt/s24d/src")
+from acl.wire import binary as wb
+print("LEASE", os.environ.get("ACL_LEASE_ID", "0"), flush=True)
+for line in sys.stdin:
+    if line.strip() == "release":
+        s = socket.socket(fileno=int(os.environ["ACL_LEASE_FD"]))
+        s.settimeout(10)
+        s.sendall(wb.encode_release(7, int(os.environ["ACL_LEASE_ID"])))
+        dec = wb.ReplyDecoder()
+        got = []
+        while not got:
+            got = dec.feed(s.recv(4096))
+        s.detach()
+        print("RELEASED", got[0].released, flush=True)
+    elif line.strip() == "exit":
+        break
+"""
+
+#: inetd in miniature: one connection from argv[1] handed to acl-wrap; the
+#: test talks to the client end through this process's stdin and stdout.
+HOLDER = """\
+import os, socket, subprocess, sys, threading
+src, port, service = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port)); ls.listen(1)
+c = socket.socket(); c.bind((src, 0)); c.connect(("127.0.0.1", port))
+conn, _ = ls.accept(); ls.close()
+env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/s24d/python/lib",
+       "ACL_WRAP_SOCKET": "/run/acl/query.sock", "ACL_WRAP_TIMEOUT": "5000"}
+p = subprocess.Popen(["/usr/local/bin/acl-wrap", "-n", service, sys.executable,
+                      "/etc/acl/server.py"], stdin=conn, stdout=conn, stderr=conn,
+                     env=env, close_fds=True)
+conn.close()
+print("STARTED", flush=True)
+def pump():
+    f = c.makefile("rb")
+    for line in f:
+        sys.stdout.write("FROM " + line.decode(errors="replace")); sys.stdout.flush()
+    print("EOF", flush=True)
+threading.Thread(target=pump, daemon=True).start()
+for line in sys.stdin:
+    c.sendall(line.encode())
+    if line.strip() == "exit":
+        break
+print("EXIT", p.wait(timeout=20), flush=True)
+"""
+
+
+class Holder:
+    """One acl-wrap'd connection from ``src`` (HOLDER) inside the boot."""
+
+    def __init__(self, boot: ls.Boot, src: str, service: str = "echo") -> None:
+        py = ls.python_prefix()[1]
+        self.proc = subprocess.Popen(
+            boot.cmd("env", "LD_LIBRARY_PATH=/opt/s24d/python/lib", f"/opt/s24d/python/{py}",
+                     "/etc/acl/holder.py", src, str(PORT), service),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines: list[str] = []
+
+    def read_until(self, pattern: str, deadline_s: float = 20) -> str:
+        """The first line (from now on) matching ``pattern``."""
+        end = time.monotonic() + deadline_s
+        rx = re.compile(pattern)
+        buf = b""
+        while time.monotonic() < end:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if not ready:
+                continue
+            chunk = os.read(self.proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                text = line.decode(errors="replace")
+                self.lines.append(text)
+                if rx.search(text):
+                    return text
+        raise AssertionError(f"no line matching {pattern!r} in {self.lines!r}")
+
+    def say(self, line: str) -> None:
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def lease(self) -> int:
+        """The lease id the server got, or 0 when acl-wrap refused (it exits)."""
+        got = self.read_until(r"^(FROM LEASE \d+|EOF)$")
+        return int(got.split()[-1]) if got.startswith("FROM") else 0
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.say("exit")
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def boot_with(tmp_path, keep: int = 8, unit_extra: str = "", notify: bool = True) -> ls.Boot:
+    why = ls.missing_tools()
+    if why:
+        pytest.skip(why)
+    files = {"policy.toml": policy(keep), "xinetd.conf": XINETD, "server.py": SERVER,
+             "holder.py": HOLDER}
+    b = ls.Boot(tmp_path / "stage", files, ls.unit_text(unit_extra, notify))
+    try:
+        b.boot()
+        b.systemctl("start", ls.UNIT)
+        wait_active(b)
+    except BaseException:
+        b.teardown()
+        raise
+    return b
+
+
+def main_pid(b: ls.Boot) -> int:
+    return int(b.show("MainPID")["MainPID"])
+
+
+def wait_active(b: ls.Boot, other_than: int = 0) -> int:
+    def up():
+        p = b.show("ActiveState", "MainPID")
+        pid = int(p["MainPID"])
+        return pid if p["ActiveState"] == "active" and pid and pid != other_than else 0
+    pid = b.wait_for(up, 30, why=f"for {ls.UNIT} to be active{b.tail()}\n{b.acl_log()}")
+    b.wait_for(lambda: b.path("/run/acl/query.sock").exists(), 10, why="query socket")
+    return pid
+
+
+def crash(b: ls.Boot) -> None:
+    """kill -9 the sidecar; Restart=on-failure brings it back."""
+    pid = main_pid(b)
+    b.run("kill", "-9", str(pid))
+    wait_active(b, other_than=pid)
+
+
+def admin(b: ls.Boot, command: str) -> dict:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(b.path("/run/acl/admin.sock")))
+        s.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return json.loads(data)
+
+
+@pytest.fixture
+def boot(tmp_path):
+    b = boot_with(tmp_path)
+    yield b
+    b.teardown()
+
+
+def test_the_wrapped_servers_lease_survives_restart_and_crash(boot):
+    """instances = 1 stays counted across ``systemctl restart`` and a kill -9;
+    the adopted connection's end releases it."""
+    first = Holder(boot, "127.0.0.8")
+    holders = [first]
+    try:
+        lease = first.lease()
+        assert lease > 0
+        boot.systemctl("restart", ls.UNIT)
+        wait_active(boot)
+        second = Holder(boot, "127.0.0.9")
+        holders.append(second)
+        assert second.lease() == 0, "instances 1 was forgotten by the restart"
+        first.say("exit")                      # the server ends: its connection with it
+        first.read_until(r"^EXIT ")
+        third = Holder(boot, "127.0.0.10")
+        holders.append(third)
+        third_lease = third.lease()
+        assert third_lease > lease             # ids go on past the adopted ones
+        crash(boot)
+        fourth = Holder(boot, "127.0.0.11")
+        holders.append(fourth)
+        assert fourth.lease() == 0, "instances 1 was forgotten by the crash"
+        third.say("exit")
+        third.read_until(r"^EXIT ")
+        fifth = Holder(boot, "127.0.0.12")
+        holders.append(fifth)
+        assert fifth.lease() > third_lease
+        log = boot.acl_log()
+        assert log.count("lease store: adopted 1 connections holding 1 leases") == 2, log
+    finally:
+        for h in holders:
+            h.close()
+
+
+def admin_text(b: ls.Boot) -> str:
+    return json.dumps(admin(b, "stats"))
+
+
+def test_the_server_releases_its_lease_after_a_restart(boot):
+    """RELEASE of ACL_LEASE_ID on the adopted, sealed connection: RELEASED ok,
+    and the slot is free at once (docs/acl-wrap.md early release)."""
+    first = Holder(boot, "127.0.0.8")
+    holders = [first]
+    try:
+        assert first.lease() > 0
+        boot.systemctl("restart", ls.UNIT)
+        wait_active(boot)
+        first.say("release")
+        assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
+        second = Holder(boot, "127.0.0.9")
+        holders.append(second)
+        assert second.lease() > 0
+        # the adopted connection is still sealed: a second RELEASE is "no such lease"
+        first.say("release")
+        assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED False"
+    finally:
+        for h in holders:
+            h.close()
+
+
+def test_a_binary_client_keeps_its_connection_and_leases(boot):
+    """acl.client holding three leases of ``multi`` (instances 3) goes on
+    on the same connection across a restart; the leases stay counted."""
+    sock = str(boot.path("/run/acl/query.sock"))
+    with Client(sock, timeout=10) as c:
+        held = [c.decide("multi", f"127.0.0.{20 + i}", lease=True) for i in range(3)]
+        assert all(d.allowed and d.lease for d in held)
+        boot.systemctl("restart", ls.UNIT)
+        wait_active(boot)
+        stats = admin(boot, "stats")
+        assert stats["leases"] == {"multi": 3}, stats
+        assert stats["lease_store"]["adopted_leases"] == 3, stats
+        # the same connection answers, and instances 3 is still full
+        full = c.decide("multi", "127.0.0.30", lease=True)
+        assert not full.allowed and full.reason is Reason.SERVICE_LIMIT
+        with Client(sock, timeout=10) as other:
+            assert other.decide("multi", "127.0.0.31", lease=True).reason is \
+                Reason.SERVICE_LIMIT
+        assert c.release(held[0].lease) is True
+        again = c.decide("multi", "127.0.0.30", lease=True)
+        assert again.allowed and again.lease > max(d.lease for d in held)
+        crash(boot)
+        assert admin(boot, "stats")["leases"] == {"multi": 3}
+        assert c.release(again.lease) is True
+    # the client closed: systemd drops the stored descriptor, acl the leases
+    boot.wait_for(lambda: admin(boot, "stats")["leases"].get("multi", 0) == 0, 10,
+                  why="leases released when the adopted connection closed")
+
+
+@pytest.mark.parametrize("how", ["keep_leases = 0", "no NOTIFY_SOCKET"])
+def test_without_the_setting_a_restart_forgets_the_lease(tmp_path, how):
+    """As before the store: off unless asked, and only under systemd's notify."""
+    if how == "keep_leases = 0":
+        b = boot_with(tmp_path, keep=0)
+    else:
+        b = boot_with(tmp_path, notify=False)
+    holders = []
+    try:
+        first = Holder(b, "127.0.0.8")
+        holders.append(first)
+        assert first.lease() > 0
+        pid = main_pid(b)
+        b.systemctl("restart", ls.UNIT)
+        wait_active(b, other_than=pid)
+        second = Holder(b, "127.0.0.9")
+        holders.append(second)
+        assert second.lease() > 0, "the lease survived without the store"
+        if how == "no NOTIFY_SOCKET":
+            assert "not run by systemd (no NOTIFY_SOCKET)" in b.acl_log()
+    finally:
+        for h in holders:
+            h.close()
+        b.teardown()
+
+
+def journal_map(b: ls.Boot) -> tuple[str, int]:
+    """The running sidecar's journal mapping: (map_files path, size)."""
+    pid = main_pid(b)
+    for line in b.path(f"/proc/{pid}/maps").read_text().splitlines():
+        if "memfd:acl-leases" in line:
+            span = line.split()[0]
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            return str(b.path(f"/proc/{pid}/map_files/{span}")), hi - lo
+    raise AssertionError("no journal mapping")
+
+
+def test_a_damaged_journal_does_not_stop_the_start(boot):
+    """Garbage in a record: that record is dropped and logged; a journal
+    with a garbage header: unusable, logged, every kept connection closed;
+    acl serves either way."""
+    from acl.serve import lease_journal as lj
+
+    first = Holder(boot, "127.0.0.8")
+    holders = [first]
+    try:
+        assert first.lease() > 0
+        second = Holder(boot, "127.0.0.9", "multi")
+        holders.append(second)
+        assert second.lease() > 0
+        path, _size = journal_map(boot)
+        with open(path, "r+b") as f:
+            data = f.read(lj.HEADER + 4 * lj.RECORD)
+            leases = [i for i in range(4) if data[lj.HEADER + i * lj.RECORD + 1] == lj.KIND_LEASE]
+            f.seek(lj.HEADER + leases[1] * lj.RECORD + 40)
+            f.write(b"\xde\xad\xbe\xef")        # the second lease's record, torn
+        boot.systemctl("restart", ls.UNIT)
+        wait_active(boot)
+        log = boot.acl_log()
+        assert "dropped 1 records (1 bad)" in log, log
+        stats = admin(boot, "stats")
+        assert stats["leases"] == {"echo": 1}, stats
+        path, size = journal_map(boot)
+        with open(path, "r+b") as f:
+            f.write(os.urandom(64))             # the header
+        crash(boot)
+        log = boot.acl_log()
+        assert re.search(r"journal acl-lease-journal-\d+ is unusable: no journal header", log)
+        assert "kept connection" in log and "no record of it in the journal" in log
+        assert admin(boot, "stats")["leases"] == {}
+        third = Holder(boot, "127.0.0.10")
+        holders.append(third)
+        assert third.lease() > 0
+    finally:
+        for h in holders:
+            h.close()
+
+
+class Raw:
+    """A binary-protocol connection spoken frame by frame (acl.wire.binary)."""
+
+    def __init__(self, b: ls.Boot) -> None:
+        from acl.wire import binary as wb
+
+        self.wb = wb
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(20)
+        self.sock.connect(str(b.path("/run/acl/query.sock")))
+        self.dec = wb.ReplyDecoder()
+
+    def reply(self):
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            got = self.dec.feed(data)
+            if got:
+                return got[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_frame_sent_while_acl_is_down_is_answered_by_the_next(boot):
+    """Frames the old acl did not read stay in the kept connection for the
+    next one (here: sent while the old one is stopped, then restarted)."""
+    c = Raw(boot)
+    try:
+        c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+        first = c.reply()
+        assert first.decision.lease > 0
+        pid = main_pid(boot)
+        boot.run("kill", "-STOP", str(pid))
+        c.sock.sendall(c.wb.encode_decide(2, Request("multi", "127.0.0.21", lease=True)))
+        boot.systemctl("restart", ls.UNIT)          # SIGTERM, then SIGCONT
+        wait_active(boot, other_than=pid)
+        second = c.reply()
+        assert second.request_id == 2 and second.decision.lease > first.decision.lease
+        assert admin(boot, "stats")["leases"] == {"multi": 2}
+    finally:
+        c.close()
+
+
+def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
+    """The next acl could not frame the rest: the connection is closed at
+    the stop, and its leases end (leasestore.py, "Stop")."""
+    c = Raw(boot)
+    try:
+        c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+        assert c.reply().decision.lease > 0
+        frame = c.wb.encode_decide(2, Request("multi", "127.0.0.21", lease=True))
+        c.sock.sendall(frame[:len(frame) // 2])
+        boot.wait_for(lambda: admin(boot, "stats")["clients"]["binary"] == 1, 10)
+        time.sleep(0.3)                             # read into acl's buffer
+        boot.systemctl("restart", ls.UNIT)
+        wait_active(boot)
+        assert c.reply() is None                    # the end of the connection
+        assert admin(boot, "stats")["leases"] == {}
+        assert "1 closed (part of a frame or a reply pending)" in boot.acl_log()
+    finally:
+        c.close()
+
+
+def test_the_shipped_unit_with_a_drop_in_keeps_leases(tmp_path):
+    """deploy/systemd/acl.service and its sockets as shipped (sandbox, User=acl,
+    socket activation), plus the one line the store needs in a drop-in
+    (docs/configuration.md): restart and kill -9 keep acl-wrap's lease."""
+    why = ls.missing_tools()
+    if why:
+        pytest.skip(why)
+    shipped = ls.ROOT / "deploy" / "systemd"
+    sockets = ("acl.socket", "acl-admin.socket", "acl-metrics.socket")
+    no_deps = "[Unit]\nDefaultDependencies=no\n"      # sysinit.target is masked here
+    units = {u: (shipped / u).read_text() for u in ("acl.service", *sockets)}
+    units["acl.service.d/keep-leases.conf"] = no_deps + "[Service]\nFileDescriptorStoreMax=10\n"
+    units.update({f"{u}.d/boot.conf": no_deps for u in sockets})
+    idle = no_deps + "[Service]\nType=oneshot\nExecStart=/bin/true\n"
+    files = {"policy.toml": policy(8), "xinetd.conf": XINETD, "server.py": SERVER,
+             "holder.py": HOLDER}
+    b = ls.Boot(tmp_path / "stage", files, idle, units, users=("acl",))
+    holders = []
+
+    def active(other: int = 0) -> int:
+        p = b.show_unit("acl.service", "ActiveState", "MainPID")
+        pid = int(p["MainPID"])
+        return pid if p["ActiveState"] == "active" and pid != other else 0
+
+    try:
+        b.boot()
+        b.systemctl("start", *sockets, "acl.service")
+        pid = b.wait_for(active, 30, why=b.tail())
+        first = Holder(b, "127.0.0.8")
+        holders.append(first)
+        assert first.lease() > 0
+        b.systemctl("restart", "acl.service")
+        pid = b.wait_for(lambda: active(pid), 30, why=b.tail())
+        holders.append(Holder(b, "127.0.0.9"))
+        assert holders[-1].lease() == 0, "instances 1 forgotten by the restart"
+        b.run("kill", "-9", str(pid))
+        b.wait_for(lambda: active(pid), 30, why=b.tail())
+        holders.append(Holder(b, "127.0.0.10"))
+        assert holders[-1].lease() == 0, "instances 1 forgotten by the crash"
+        first.say("release")
+        assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
+        holders.append(Holder(b, "127.0.0.11"))
+        assert holders[-1].lease() > 0
+    finally:
+        for h in holders:
+            h.close()
+        b.teardown()

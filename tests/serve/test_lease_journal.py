@@ -1,0 +1,419 @@
+"""The lease store without systemd (acl/serve/leasestore.py): the journal's
+format, what a crash at any store leaves of it, damaged journals, the fd
+store's names among passed sockets, ``[run] keep_leases``, and adoption at
+start over real connections, with a datagram socket standing in for
+systemd's notify socket (the live store: tests/deploy/test_lease_store_live.py).
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+import socket
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from acl.engine import Engine
+from acl.errors import PolicyError
+from acl.model import Request
+from acl.policy import load_policy
+from acl.serve import lease_journal as lj
+from acl.serve import leasestore as ls
+from acl.serve import systemd
+
+REQUESTS = [
+    Request("echo", "127.0.0.8", 40000, "127.0.0.1", 7, lease=True),
+    Request("echo", "::ffff:192.0.2.9", 1, "::1", 65535, lease=True),
+    Request("sshd", "2001:db8::1", 0, None, 0, lease=True),
+    Request("caf\xe9-\u2603", "10.0.0.1", 5, "10.0.0.2", 22, lease=True),
+    Request("s" * 255, "192.0.2.1", 2, None, 0, lease=True),
+]
+
+
+def fresh(keep: int = 8, generation: int = 1) -> lj.Journal:
+    return lj.Journal(bytearray(lj.journal_size(2 * keep)), keep, generation)
+
+
+def contents(j: lj.Journal) -> lj.Contents:
+    return lj.read_journal(bytes(j.buf))
+
+
+def test_records_read_back_as_written():
+    j = fresh(generation=7)
+    assert j.add_connection(5, 0) and j.add_connection(9, 1)
+    for i, r in enumerate(REQUESTS):
+        assert j.add_lease(5 if i % 2 else 9, 100 + i, r)
+    j.set_state(5, 2)
+    got = contents(j)
+    assert got.generation == 7 and got.bad == 0
+    assert got.conns == {5: 2, 9: 1}
+    assert got.leases == {100 + i: (5 if i % 2 else 9, r) for i, r in enumerate(REQUESTS)}
+
+
+def test_dropping_frees_records_and_a_connection_takes_its_leases_along():
+    j = fresh(keep=2)
+    assert j.add_connection(1, 0) and j.add_connection(2, 0)
+    assert not j.add_connection(3, 0)                  # keep = 2 connections
+    assert j.add_lease(1, 10, REQUESTS[0]) and j.add_lease(1, 11, REQUESTS[1])
+    assert not j.add_lease(2, 12, REQUESTS[2])         # and 2 leases
+    j.drop_lease(10)
+    assert j.add_lease(2, 12, REQUESTS[2])
+    j.drop_connection(1)
+    got = contents(j)
+    assert got.conns == {2: 0} and set(got.leases) == {12}
+    assert j.add_connection(3, 1) and j.add_lease(3, 13, REQUESTS[3])
+    assert set(contents(j).leases) == {12, 13}
+    assert not j.add_lease(99, 14, REQUESTS[0])        # no such connection
+
+
+def test_a_lease_that_does_not_fit_a_record_is_not_kept():
+    j = fresh()
+    j.add_connection(1, 0)
+    assert not j.add_lease(1, 2, Request("echo", "host.example", lease=True))
+    assert not j.add_lease(1, 3, Request("s" * 256, "127.0.0.1", lease=True))
+    assert not j.add_lease(1, 4, Request("", "127.0.0.1", lease=True))
+    assert contents(j).leases == {}
+
+
+class Recording:
+    """A buffer that records every store into it (the journal only stores
+    by slice or index assignment)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.ops: list = []
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value) -> None:
+        self.ops.append((key, value))
+        self.data[key] = value
+
+
+def _apply(size: int, ops) -> bytes:
+    data = bytearray(size)
+    for key, value in ops:
+        data[key] = value
+    return bytes(data)
+
+
+def _state(c: lj.Contents):
+    return c.conns, c.leases, c.bad
+
+
+def _between(got, before, after) -> bool:
+    """``got`` holds what ``before`` and ``after`` share, and each other
+    record it holds is as one of them has it (no torn, no made-up record)."""
+    for g, b, a in zip(got[:2], before[:2], after[:2], strict=True):
+        for k in b.keys() & a.keys():
+            if b[k] == a[k] and g.get(k) != b[k]:
+                return False
+        if any(v not in (b.get(k), a.get(k)) for k, v in g.items()):
+            return False
+    return got[2] == 0
+
+
+def test_a_crash_at_any_store_leaves_the_journal_before_or_after_the_change():
+    """Replay every prefix of the stores a run of changes made: each reads
+    as the journal before the change under way, after it, or part way --
+    records of it dropped or written, never a torn or different record (a
+    record is valid last, invalid first)."""
+    rng = random.Random(24)
+    buf = Recording(lj.journal_size(2 * 6))
+    j = lj.Journal(buf, 6, 1)
+    states = [_state(lj.read_journal(bytes(buf.data)))]
+    marks = [len(buf.ops)]
+    conns: list[int] = []
+    leases: dict[int, int] = {}
+    next_id = 1
+    for _ in range(120):
+        op = rng.random()
+        if op < 0.3 and len(conns) < 6:
+            conns.append(next_id)
+            j.add_connection(next_id, rng.choice((0, 1)))
+        elif op < 0.6 and conns and len(leases) < 6:
+            c = rng.choice(conns)
+            leases[next_id] = c
+            j.add_lease(c, next_id, rng.choice(REQUESTS))
+        elif op < 0.75 and leases:
+            lease = rng.choice(sorted(leases))
+            del leases[lease]
+            j.drop_lease(lease)
+        elif op < 0.85 and conns:
+            c = conns.pop(rng.randrange(len(conns)))
+            leases = {k: v for k, v in leases.items() if v != c}
+            j.drop_connection(c)
+        elif conns:
+            j.set_state(rng.choice(conns), rng.choice((1, 2)))
+        next_id += 1
+        states.append(_state(lj.read_journal(bytes(buf.data))))
+        marks.append(len(buf.ops))
+    size = len(buf)
+    for n in range(1, len(states)):
+        before, after = states[n - 1], states[n]
+        for k in range(marks[n - 1], marks[n] + 1):
+            got = _state(lj.read_journal(_apply(size, buf.ops[:k])))
+            assert _between(got, before, after), (n, k, got, before, after)
+    assert all(s[2] == 0 for s in states)
+
+
+def test_a_damaged_record_is_dropped_and_counted_never_read_as_another():
+    j = fresh()
+    j.add_connection(1, 1)
+    for i, r in enumerate(REQUESTS):
+        j.add_lease(1, 10 + i, r)
+    good = contents(j)
+    rng = random.Random(7)
+    for _ in range(400):
+        data = bytearray(j.buf)
+        rec = rng.randrange(1 + len(REQUESTS))
+        at = lj.HEADER + rec * lj.RECORD + rng.choice([1, 2, 3, 4, *range(8, lj.RECORD)])
+        data[at] ^= rng.randrange(1, 256)
+        got = lj.read_journal(bytes(data))
+        kept = {k: v for k, v in got.leases.items()}
+        # every record read is one that was written, unchanged
+        assert all(good.leases.get(k) == v for k, v in kept.items())
+        assert all(good.conns.get(k) in (v, None) for k, v in got.conns.items())
+        lost = (len(good.leases) - len(kept)) + (len(good.conns) - len(got.conns))
+        assert lost == got.bad <= 1
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:10], "shorter than its header"),
+    (lambda b: b"X" + b[1:], "no journal header"),
+    (lambda b: b[:8] + (2).to_bytes(4, "little") + b[12:], "version 2"),
+    (lambda b: b[:lj.HEADER + 100], "shorter than 16 records"),
+])
+def test_a_journal_whose_header_does_not_read_is_refused_whole(damage, message):
+    j = fresh()
+    j.add_connection(1, 0)
+    with pytest.raises(lj.JournalError, match=message):
+        lj.read_journal(damage(bytes(j.buf)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=lj.HEADER + 4 * lj.RECORD), st.integers(0, 4))
+def test_garbage_reads_as_a_journal_error_or_as_dropped_records(junk, capacity):
+    """Parse it or raise JournalError, never anything else; a valid header
+    over garbage records yields only records that check."""
+    head = lj._HEAD.pack(lj.MAGIC, lj.VERSION, lj.RECORD, capacity, 1)
+    for data in (junk, head + junk[len(head):]):
+        try:
+            got = lj.read_journal(data)
+        except lj.JournalError:
+            continue
+        assert got.bad + len(got.conns) + len(got.leases) <= capacity
+
+
+# -- names of passed descriptors ----------------------------------------------
+def test_the_stores_names_are_set_apart_from_socket_roles():
+    socks, stored = systemd.split_stored(
+        ["acl-lease-conn-12", "query", "acl-lease-journal-3", "admin"], 4)
+    assert socks == [(4, "query"), (6, "admin")]
+    assert stored == {"acl-lease-conn-12": 3, "acl-lease-journal-3": 5}
+    assert systemd._roles(["query", "admin"], 2, [4, 6]) == ["query", "admin"]
+
+
+@pytest.mark.parametrize("name", ["acl-lease-conn-1.socket", "acl-lease-conn-", "acl-leases",
+                                  "acl-lease-other-1", "acl-lease-conn-1x"])
+def test_a_unit_name_is_no_store_name_and_still_refused(name):
+    socks, stored = systemd.split_stored(["query", name], 2)
+    assert stored == {}
+    with pytest.raises(systemd.PassedSocketError, match=f"fd 4 is named '{name}'"):
+        systemd._roles([n for _, n in socks], len(socks), [fd for fd, _ in socks])
+
+
+# -- [run] keep_leases ----------------------------------------------------------
+@pytest.mark.parametrize("value, error", [
+    ("8", None), ("0", None), ("65536", None),
+    ("-1", "run.keep_leases: must be 0 .. 65536"),
+    ("65537", "run.keep_leases: must be 0 .. 65536"),
+    ('"8"', "run.keep_leases: expected int"),
+    ("true", "run.keep_leases: expected int"),
+])
+def test_keep_leases_is_checked_where_it_is_written(tmp_path, value, error):
+    (tmp_path / "policy.toml").write_text(f"[run]\nwatch = false\nkeep_leases = {value}\n")
+    if error is None:
+        assert load_policy(tmp_path / "policy.toml").run.keep_leases == int(value)
+        return
+    with pytest.raises(PolicyError, match=rf"policy.toml:3:15: {error}"):
+        load_policy(tmp_path / "policy.toml")
+
+
+# -- adoption at start ------------------------------------------------------------
+XINETD = "".join(f"{line}\n" for line in (
+    "service echo", "{", "type = UNLISTED", "port = 7", "socket_type = stream",
+    "protocol = tcp", "wait = no", "user = root", "server = /bin/cat", "instances = 2",
+    "per_source = 1", "}"))
+
+
+class FakeManager:
+    """The notify socket's other end: what systemd would be told and given."""
+
+    def __init__(self, path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.env = {"NOTIFY_SOCKET": str(path)}
+
+    def messages(self) -> list[tuple[str, list[int]]]:
+        out = []
+        while True:
+            try:
+                msg, anc, _flags, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(64))
+            except BlockingIOError:
+                return out
+            fds = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            out.append((msg.decode(), list(fds)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    (tmp_path / "xinetd.conf").write_text(XINETD)
+    (tmp_path / "policy.toml").write_text(
+        '[run]\nwatch = false\n[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
+    return lambda: Engine(load_policy(tmp_path / "policy.toml"), batch=False)
+
+
+def _journal_fd(entries) -> int:
+    """A memfd holding the journal ``entries`` describe: [(conn, state, [(lease, request)])]."""
+    j = fresh(keep=8, generation=4)
+    for conn, state, leases in entries:
+        j.add_connection(conn, state)
+        for lease, request in leases:
+            j.add_lease(conn, lease, request)
+    fd = os.memfd_create("test-journal")
+    os.write(fd, bytes(j.buf))
+    return fd
+
+
+def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, engine):
+    """A live stored connection with its record is adopted with its state
+    and leases (counted again: instances 2 is full); one whose client left,
+    one without a record, and a lease record without its connection are
+    dropped and removed from the store; the old journal is replaced by a
+    new generation; new lease ids continue past every id seen."""
+    mgr = FakeManager(tmp_path / "notify")
+    live, live_peer = socket.socketpair()
+    gone, gone_peer = socket.socketpair()
+    norec, norec_peer = socket.socketpair()
+    gone_peer.close()
+    r1 = Request("echo", "127.0.0.8", 1, "127.0.0.1", 7, lease=True)
+    r2 = Request("echo", "127.0.0.9", 1, "127.0.0.1", 7, lease=True)
+    stored = {"acl-lease-conn-5": live.detach(), "acl-lease-conn-7": gone.detach(),
+              "acl-lease-conn-40": norec.detach(),
+              "acl-lease-journal-4": _journal_fd([(5, 1, [(5, r1), (6, r2)]),
+                                                  (7, 0, [(7, r1)]),
+                                                  (30, 0, [(31, r2)])])}
+    eng = engine()
+    logged: list[str] = []
+    try:
+        store, adopted = ls.open_store(8, stored, eng, logged.append, mgr.env)
+        assert [(a.number, a.state, a.leases) for a in adopted] == [(5, 1, {5, 6})]
+        assert eng.leases_active == 2
+        assert eng.decide(Request("echo", "127.0.0.10", lease=True), 1e9).reason.name == \
+            "SERVICE_LIMIT"
+        assert eng.release(6) and eng.decide(Request("echo", "127.0.0.10", lease=True),
+                                             1e9).lease == 41
+        msgs = mgr.messages()
+        texts = [m for m, _ in msgs]
+        assert "FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-7" in texts
+        assert "FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-40" in texts
+        new = [(m, fds) for m, fds in msgs if m.startswith("FDSTORE=1\n")]
+        assert [m for m, _ in new] == ["FDSTORE=1\nFDNAME=acl-lease-journal-5"]
+        assert texts.index(new[0][0]) < texts.index(
+            "FDSTOREREMOVE=1\nFDNAME=acl-lease-journal-4")       # new in, then old out
+        jfd = new[0][1][0]
+        got = lj.read_journal(os.pread(jfd, os.fstat(jfd).st_size, 0))
+        assert got.generation == 5 and got.conns == {5: 1}
+        assert got.leases == {5: (5, r1), 6: (5, r2)}
+        assert store.stats()["dropped_records"] == 2          # lease 7's and 31's
+        assert store.closed_at_start == 2
+        assert any("kept connection 7 closed: its client had closed it" in s for s in logged)
+        assert any("kept connection 40 closed: no record of it in the journal" in s
+                   for s in logged)
+        for _, fds in msgs:
+            for fd in fds:
+                os.close(fd)
+        # the adopted socket is the very connection
+        adopted[0].sock.sendall(b"x")
+        assert live_peer.recv(1) == b"x"
+        norec_peer.settimeout(5)
+        assert norec_peer.recv(1) == b""                      # closed: its client sees it
+    finally:
+        for a in locals().get("adopted", []):
+            a.sock.close()
+        for s in (live_peer, norec_peer):
+            s.close()
+        mgr.close()
+
+
+def test_an_unusable_journal_closes_every_kept_connection(tmp_path, engine):
+    mgr = FakeManager(tmp_path / "notify")
+    a, peer = socket.socketpair()
+    fd = os.memfd_create("junk")
+    os.write(fd, os.urandom(lj.HEADER + lj.RECORD))
+    logged: list[str] = []
+    eng = engine()
+    try:
+        store, adopted = ls.open_store(8, {"acl-lease-conn-3": a.detach(),
+                                           "acl-lease-journal-9": fd}, eng, logged.append,
+                                       mgr.env)
+        assert adopted == [] and eng.leases_active == 0
+        assert any("journal acl-lease-journal-9 is unusable: no journal header" in s
+                   for s in logged)
+        assert store.journal.generation == 10                 # past the unusable one
+        assert peer.recv(1) == b""                            # its client sees the end
+        for _, fds in mgr.messages():
+            for f in fds:
+                os.close(f)
+    finally:
+        peer.close()
+        mgr.close()
+
+
+@pytest.mark.parametrize("keep, env", [(0, {"NOTIFY_SOCKET": "x"}), (8, {})])
+def test_off_the_store_closes_what_systemd_passed(tmp_path, engine, keep, env):
+    a, peer = socket.socketpair()
+    logged: list[str] = []
+    try:
+        store, adopted = ls.open_store(keep, {"acl-lease-conn-3": a.detach()}, engine(),
+                                       logged.append, env)
+        assert store is None and adopted == []
+        assert peer.recv(1) == b""
+        assert any("1 descriptors systemd kept were closed" in s for s in logged)
+    finally:
+        peer.close()
+
+
+def test_acl_serve_without_systemd_says_it_keeps_nothing_and_a_reload_waits(tmp_path):
+    """keep_leases without NOTIFY_SOCKET: one line, and serving as before; a
+    reload that changes the value says it waits for the next start."""
+    from tests.serve.conftest import policy_toml
+    from tests.serve.test_server import admin
+    from tests.sidecar import start_server
+
+    cfg = policy_toml(tmp_path, run="keep_leases = 4")
+    srv = start_server(tmp_path, cfg, env={"NOTIFY_SOCKET": ""})
+    try:
+        assert "[run] keep_leases: not run by systemd (no NOTIFY_SOCKET)" in srv.text()
+        assert admin(srv.admin, "stats")["lease_store"] is None
+        cfg.write_text(cfg.read_text().replace("keep_leases = 4", "keep_leases = 9"))
+        assert admin(srv.admin, "reload")["ok"] is True
+        assert ("[run] keep_leases = 9 takes effect at the next start (running with 4)"
+                in srv.text())
+    finally:
+        srv.stop()
