@@ -487,10 +487,11 @@ def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
         c.close()
 
 
-def test_the_shipped_unit_with_a_drop_in_keeps_leases(tmp_path):
+def test_the_shipped_unit_keeps_leases(tmp_path):
     """deploy/systemd/acl.service and its sockets as shipped (sandbox, User=acl,
-    socket activation), plus the one line the store needs in a drop-in
-    (docs/configuration.md): restart and kill -9 keep acl-wrap's lease."""
+    socket activation, FileDescriptorStoreMax=) with keep_leases in the
+    policy: restart and kill -9 keep acl-wrap's lease.  (The drop-ins only
+    cut the boot's default dependencies: sysinit.target is masked here.)"""
     why = ls.missing_tools()
     if why:
         pytest.skip(why)
@@ -498,8 +499,7 @@ def test_the_shipped_unit_with_a_drop_in_keeps_leases(tmp_path):
     sockets = ("acl.socket", "acl-admin.socket", "acl-metrics.socket")
     no_deps = "[Unit]\nDefaultDependencies=no\n"      # sysinit.target is masked here
     units = {u: (shipped / u).read_text() for u in ("acl.service", *sockets)}
-    units["acl.service.d/keep-leases.conf"] = no_deps + "[Service]\nFileDescriptorStoreMax=10\n"
-    units.update({f"{u}.d/boot.conf": no_deps for u in sockets})
+    units.update({f"{u}.d/boot.conf": no_deps for u in ("acl.service", *sockets)})
     idle = no_deps + "[Service]\nType=oneshot\nExecStart=/bin/true\n"
     files = {"policy.toml": policy(8), "xinetd.conf": XINETD, "server.py": SERVER,
              "holder.py": HOLDER}
