@@ -221,6 +221,26 @@ class AclCollector:
                                 "Name lookups queued for a thread (per client network)",
                                 value=sched.waiting if sched is not None else 0)
 
+        store = getattr(self.server, "lease_store", None)
+        st = store.stats() if store is not None else {}
+        kept = GaugeMetricFamily("acl_lease_store_kept",
+                                 "Kept across a restart now ([run] keep_leases)",
+                                 labels=["kind"])
+        adopted = GaugeMetricFamily("acl_lease_store_adopted",
+                                    "Adopted from systemd's fd store at this start",
+                                    labels=["kind"])
+        for kind in ("connections", "leases"):
+            kept.add_metric([kind], st.get(kind, 0))
+            adopted.add_metric([kind], st.get(f"adopted_{kind}", 0))
+        yield kept
+        yield adopted
+        yield CounterMetricFamily("acl_lease_store_unkept",
+                                  "Leases granted but not kept: the store was full",
+                                  value=st.get("unkept", 0))
+        yield GaugeMetricFamily("acl_lease_store_dropped_records",
+                                "Journal records dropped at this start (damaged or orphaned)",
+                                value=st.get("dropped_records", 0))
+
         sessions = self.server.postfix_sessions if self.server is not None else None
         yield GaugeMetricFamily("acl_postfix_sessions",
                                 "SMTP sessions the Postfix door remembers",

@@ -94,7 +94,7 @@ def test_promtool_checks_config_and_rules(tmp_path):
     out = subprocess.run(["promtool", "check", "rules", "acl-rules.yml"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "9 rules found" in out.stdout
+    assert "10 rules found" in out.stdout
 
 
 @pytest.mark.skipif(promtool_missing, reason="promtool not installed")
@@ -129,13 +129,13 @@ def test_alerts_fire_when_they_should(tmp_path):
     tested = set()
     for t in tests:
         tested |= set(re.findall(r"alertname: (\w+)", (HERE / t).read_text()))
-    assert len(alerts) == 9 and alerts == tested, alerts ^ tested
+    assert len(alerts) == 10 and alerts == tested, alerts ^ tested
 
 
 def test_dashboard_names_are_the_documented_ones():
     used = {family_of(n) for n in names_in(dashboard_exprs())} - {"up"}
     documented = documented_families()
-    assert len(documented) == 36
+    assert len(documented) == 40
     assert used <= documented, used - documented
     # The dashboard shows every documented family somewhere.
     assert used == documented, documented - used
@@ -267,7 +267,7 @@ def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
                           20, step=0.5)
         rules = groups[0]["rules"]
         assert sorted(r["name"] for r in rules) == [
-            "AclLimitTripsSurging", "AclNamesUnanswered", "AclNfqueueDrops", "AclNfqueueFull",
+            "AclLeasesUnkept", "AclLimitTripsSurging", "AclNamesUnanswered", "AclNfqueueDrops", "AclNfqueueFull",
             "AclNfqueueVerdictsRefused", "AclOutOfDescriptors", "AclReloadFailing", "AclSidecarDown",
             "AclSourcesEvicting"]
         for r in rules:

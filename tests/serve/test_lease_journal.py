@@ -23,6 +23,7 @@ from acl.policy import load_policy
 from acl.serve import lease_journal as lj
 from acl.serve import leasestore as ls
 from acl.serve import systemd
+from acl.serve.server import Server
 
 REQUESTS = [
     Request("echo", "127.0.0.8", 40000, "127.0.0.1", 7, lease=True),
@@ -342,6 +343,17 @@ def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, en
         assert got.leases == {5: (5, r1), 6: (5, r2)}
         assert store.stats()["dropped_records"] == 2          # lease 7's and 31's
         assert store.closed_at_start == 2
+        # and as Prometheus reads it (docs/metrics.md)
+        server = Server(eng, compiled=False, log_fn=logged.append)
+        server.lease_store = store
+        body = server.metrics_body()[0].decode()
+        for line in ('acl_lease_store_adopted{kind="connections"} 1.0',
+                     'acl_lease_store_adopted{kind="leases"} 2.0',
+                     'acl_lease_store_kept{kind="connections"} 1.0',
+                     # 2: lease 6 was released in the engine alone, not by its connection
+                     'acl_lease_store_kept{kind="leases"} 2.0',
+                     "acl_lease_store_dropped_records 2.0", "acl_lease_store_unkept_total 0.0"):
+            assert line in body, line
         assert any("kept connection 7 closed: its client had closed it" in s for s in logged)
         assert any("kept connection 40 closed: no record of it in the journal" in s
                    for s in logged)
