@@ -160,16 +160,24 @@ def python_prefix() -> tuple[Path, str]:
     return prefix, str(exe.relative_to(prefix))
 
 
+def mount_table(mountinfo: str) -> list[tuple[str, str, list[str], str]]:
+    """A /proc/PID/mountinfo as (device, mount point, per-mount flags, fs type)."""
+    table = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        point = codecs.decode(fields[4], "unicode_escape")     # "\040" is a space
+        table.append((fields[2], point, fields[5].split(","), fields[fields.index("-") + 1]))
+    return table
+
+
 def read_only_host() -> str:
     """Shell lines that make every mount this process sees read-only in the
     new mount namespace (its /proc is a fresh one, left writable)."""
     lines = []
-    for entry in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = entry.split()
-        point = codecs.decode(fields[4], "unicode_escape")     # "\040" is a space
+    for _, point, flags, _ in mount_table(Path("/proc/self/mountinfo").read_text()):
         if point == "/proc" or point.startswith("/proc/"):
             continue
-        keep = [f for f in fields[5].split(",") if f in ("nosuid", "nodev", "noexec")]
+        keep = [f for f in flags if f in ("nosuid", "nodev", "noexec")]
         line = f"mount -o {','.join(['remount', 'bind', 'ro', *keep])} {shlex.quote(point)}"
         if line not in lines:
             lines.append(line)
