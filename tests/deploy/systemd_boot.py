@@ -198,6 +198,7 @@ def inner_script(stage: Path, console: str, early_boot: bool) -> str:
 # PID 1 of the new namespaces until it execs systemd (systemd_boot.py)
 set -eu
 ip link set lo up
+# SAFETY: what the namespace starts with, read-only; the kernel's tunables too
 {read_only_host()}
 mount --bind /proc/sys /proc/sys
 mount -o remount,bind,ro /proc/sys
@@ -207,6 +208,7 @@ if [ -e /proc/sysrq-trigger ]; then
     mount --bind /proc/sysrq-trigger /proc/sysrq-trigger
     mount -o remount,bind,ro /proc/sysrq-trigger
 fi
+# the boot's own: its cgroup, and tmpfs where it writes
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t tmpfs -o mode=0755 acl-live-run /run
 mount -t tmpfs -o mode=0755 acl-live-opt /opt
@@ -229,6 +231,7 @@ mount -t tmpfs -o mode=0755 acl-live-log /var/log
 mount -t tmpfs -o mode=1777 acl-live-vartmp /var/tmp
 mount -t tmpfs -o mode=0755 acl-live-spool /var/spool
 mkdir -m 0755 /var/spool/postfix
+# /dev: the console is kept aside first (the host's devpts is hidden below ours)
 touch /opt/acl-live/console
 mount --bind {q(console)} /opt/acl-live/console
 mount -t tmpfs -o mode=0755 acl-live-dev /dev
@@ -288,7 +291,8 @@ class SystemdBoot:
         self._console = (master, slave)
         self._reader = threading.Thread(target=self._drain, args=(master,), daemon=True)
         self._reader.start()
-        (self.stage / "inner.sh").write_text(inner_script(self.stage, os.ttyname(slave), self.early_boot))
+        script = inner_script(self.stage, os.ttyname(slave), self.early_boot)
+        (self.stage / "inner.sh").write_text(script)
         self.cgroup = own_cgroup2() / self.token
         self.cgroup.mkdir()
         outer = (f"echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))} && exec unshare "
