@@ -8,6 +8,7 @@ once), and every helper that starts a daemon stops it by its Popen PID.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
+GUIDE = ROOT / "docs" / "operator-guide.md"
 
 #: Port slices (half-open) inside the area's 27000-28000.
 SLICES = {
@@ -64,3 +66,11 @@ def acl_entry_point() -> str:
     if found is None:
         pytest.skip("the acl entry point is not installed (pip install -e .)")
     return os.path.realpath(found)
+
+
+def guide_commands() -> list[str]:
+    """The first ``sh`` block of the operator guide's "2. Under systemd"."""
+    text = GUIDE.read_text()
+    section = text[text.index("## 2. Under systemd"):]
+    block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]

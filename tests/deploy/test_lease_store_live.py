@@ -1,7 +1,8 @@
 """Leases survive a restart and a crash of ``acl serve`` under a real systemd
 (``[run] keep_leases``, systemd's fd store: acl/serve/leasestore.py).
 
-One boot per test (tests/deploy/lease_systemd.py: its SAFETY rules), the
+One boot per test (tests/deploy/systemd_boot.py, its early boot masked:
+the units set DefaultDependencies=no and log to /var/log/acl.log), the
 unit under test ``acl-lease.service`` (Type=notify, NotifyAccess=main,
 FileDescriptorStoreMax=16, Restart=on-failure) running this checkout's
 ``acl serve`` on POLICY: xinetd services ``echo`` (instances 1,
@@ -18,6 +19,7 @@ PORT (27504) is listened on inside the boot's own network namespace only
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -32,9 +34,13 @@ import pytest
 from acl.client import Client
 from acl.model import Reason, Request
 
-from . import lease_systemd as ls
+from .conftest import DEPLOY
+from .systemd_boot import PYTHON, SystemdBoot, booted, wait_until
+
+pytestmark = [pytest.mark.root, pytest.mark.live]
 
 PORT = 27504
+UNIT = "acl-lease.service"
 
 XINETD = """\
 service echo
@@ -89,10 +95,32 @@ def policy(keep: int) -> str:
         """)
 
 
-#: What acl-wrap runs: says its lease, then obeys its client's lines.
+def unit_text(notify: bool = True) -> str:
+    """The unit under test: Type=notify, the fd store, Restart=on-failure;
+    without ``notify``, Type=simple and no store (systemd 252 turns
+    NotifyAccess=none into main when FileDescriptorStoreMax= is set)."""
+    kind = ("Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax=16\n" if notify
+            else "Type=simple\nNotifyAccess=none\n")
+    return textwrap.dedent("""\
+        [Unit]
+        Description=acl serve under test (lease store)
+        DefaultDependencies=no
+
+        [Service]
+        """) + kind + textwrap.dedent("""\
+        ExecStart=/usr/local/bin/acl serve --config /etc/acl/policy.toml
+        ExecReload=/bin/kill -HUP $MAINPID
+        Restart=on-failure
+        RestartSec=100ms
+        StandardOutput=append:/var/log/acl.log
+        StandardError=append:/var/log/acl.log
+        """)
+
+
+#: What acl-wrap runs (with this checkout on its path): says its lease, then
+#: obeys its client's lines.
 SERVER = """\
 import os, socket, struct, sys
-sys.path.insert(0, "/opt/s24d/src")
 from acl.wire import binary as wb
 print("LEASE", os.environ.get("ACL_LEASE_ID", "0"), flush=True)
 for line in sys.stdin:
@@ -114,17 +142,16 @@ for line in sys.stdin:
 #: test talks to the client end through this process's stdin and stdout.
 HOLDER = """\
 import os, socket, subprocess, sys, threading
-src, port, service = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+src, port, service, python = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 ls = socket.socket()
 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind(("127.0.0.1", port)); ls.listen(1)
 c = socket.socket(); c.bind((src, 0)); c.connect(("127.0.0.1", port))
 conn, _ = ls.accept(); ls.close()
-env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/s24d/python/lib",
-       "ACL_WRAP_SOCKET": "/run/acl/query.sock", "ACL_WRAP_TIMEOUT": "5000"}
-p = subprocess.Popen(["/usr/local/bin/acl-wrap", "-n", service, sys.executable,
-                      "/etc/acl/server.py"], stdin=conn, stdout=conn, stderr=conn,
-                     env=env, close_fds=True)
+env = {"PATH": "/usr/bin:/bin", "ACL_WRAP_SOCKET": "/run/acl/query.sock",
+       "ACL_WRAP_TIMEOUT": "5000"}
+p = subprocess.Popen(["/usr/local/bin/acl-wrap", "-n", service, python, "/etc/acl/server.py"],
+                     stdin=conn, stdout=conn, stderr=conn, env=env, close_fds=True)
 conn.close()
 print("STARTED", flush=True)
 def pump():
@@ -144,11 +171,9 @@ print("EXIT", p.wait(timeout=20), flush=True)
 class Holder:
     """One acl-wrap'd connection from ``src`` (HOLDER) inside the boot."""
 
-    def __init__(self, boot: ls.Boot, src: str, service: str = "echo") -> None:
-        py = ls.python_prefix()[1]
+    def __init__(self, boot: SystemdBoot, src: str, service: str = "echo") -> None:
         self.proc = subprocess.Popen(
-            boot.cmd("env", "LD_LIBRARY_PATH=/opt/s24d/python/lib", f"/opt/s24d/python/{py}",
-                     "/etc/acl/holder.py", src, str(PORT), service),
+            boot.cmd(PYTHON, "/etc/acl/holder.py", src, str(PORT), service, PYTHON),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []
 
@@ -195,45 +220,52 @@ class Holder:
                 self.proc.wait(timeout=10)
 
 
-def boot_with(tmp_path, keep: int = 8, unit_extra: str = "", notify: bool = True) -> ls.Boot:
-    why = ls.missing_tools()
-    if why:
-        pytest.skip(why)
-    files = {"policy.toml": policy(keep), "xinetd.conf": XINETD, "server.py": SERVER,
-             "holder.py": HOLDER}
-    b = ls.Boot(tmp_path / "stage", files, ls.unit_text(unit_extra, notify))
-    try:
-        b.boot()
-        b.systemctl("start", ls.UNIT)
+def put_files(b: SystemdBoot, keep: int = 8) -> None:
+    b.put({"policy.toml": policy(keep), "xinetd.conf": XINETD, "server.py": SERVER,
+           "holder.py": HOLDER})
+
+
+@contextlib.contextmanager
+def boot_with(tmp_path, keep: int = 8, notify: bool = True):
+    """A boot running UNIT on ``policy(keep)``."""
+    with booted(tmp_path / "stage", early_boot=False) as b:
+        put_files(b, keep)
+        b.put({UNIT: unit_text(notify)}, "/etc/systemd/system")
+        b.systemctl("daemon-reload")
+        b.systemctl("start", UNIT)
         wait_active(b)
-    except BaseException:
-        b.teardown()
-        raise
-    return b
+        yield b
 
 
-def main_pid(b: ls.Boot) -> int:
-    return int(b.show("MainPID")["MainPID"])
+def acl_log(b: SystemdBoot) -> str:
+    try:
+        return b.path("/var/log/acl.log").read_text(errors="replace")
+    except OSError:
+        return ""
 
 
-def wait_active(b: ls.Boot, other_than: int = 0) -> int:
+def main_pid(b: SystemdBoot) -> int:
+    return int(b.show(UNIT, "MainPID")["MainPID"])
+
+
+def wait_active(b: SystemdBoot, other_than: int = 0) -> int:
     def up():
-        p = b.show("ActiveState", "MainPID")
+        p = b.show(UNIT, "ActiveState", "MainPID")
         pid = int(p["MainPID"])
         return pid if p["ActiveState"] == "active" and pid and pid != other_than else 0
-    pid = b.wait_for(up, 30, why=f"for {ls.UNIT} to be active{b.tail()}\n{b.acl_log()}")
-    b.wait_for(lambda: b.path("/run/acl/query.sock").exists(), 10, why="query socket")
+    pid = wait_until(up, 30, why=f"{UNIT} to be active{b.log_tail()}\n{acl_log(b)}")
+    wait_until(lambda: b.path("/run/acl/query.sock").exists(), 10, why="the query socket")
     return pid
 
 
-def crash(b: ls.Boot) -> None:
+def crash(b: SystemdBoot) -> None:
     """kill -9 the sidecar; Restart=on-failure brings it back."""
     pid = main_pid(b)
     b.run("kill", "-9", str(pid))
     wait_active(b, other_than=pid)
 
 
-def admin(b: ls.Boot, command: str) -> dict:
+def admin(b: SystemdBoot, command: str) -> dict:
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(str(b.path("/run/acl/admin.sock")))
@@ -249,9 +281,8 @@ def admin(b: ls.Boot, command: str) -> dict:
 
 @pytest.fixture
 def boot(tmp_path):
-    b = boot_with(tmp_path)
-    yield b
-    b.teardown()
+    with boot_with(tmp_path) as b:
+        yield b
 
 
 def test_the_wrapped_servers_lease_survives_restart_and_crash(boot):
@@ -262,7 +293,7 @@ def test_the_wrapped_servers_lease_survives_restart_and_crash(boot):
     try:
         lease = first.lease()
         assert lease > 0
-        boot.systemctl("restart", ls.UNIT)
+        boot.systemctl("restart", UNIT)
         wait_active(boot)
         second = Holder(boot, "127.0.0.9")
         holders.append(second)
@@ -282,14 +313,14 @@ def test_the_wrapped_servers_lease_survives_restart_and_crash(boot):
         fifth = Holder(boot, "127.0.0.12")
         holders.append(fifth)
         assert fifth.lease() > third_lease
-        log = boot.acl_log()
+        log = acl_log(boot)
         assert log.count("lease store: adopted 1 connections holding 1 leases") == 2, log
     finally:
         for h in holders:
             h.close()
 
 
-def admin_text(b: ls.Boot) -> str:
+def admin_text(b: SystemdBoot) -> str:
     return json.dumps(admin(b, "stats"))
 
 
@@ -300,7 +331,7 @@ def test_the_server_releases_its_lease_after_a_restart(boot):
     holders = [first]
     try:
         assert first.lease() > 0
-        boot.systemctl("restart", ls.UNIT)
+        boot.systemctl("restart", UNIT)
         wait_active(boot)
         first.say("release")
         assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
@@ -322,7 +353,7 @@ def test_a_binary_client_keeps_its_connection_and_leases(boot):
     with Client(sock, timeout=10) as c:
         held = [c.decide("multi", f"127.0.0.{20 + i}", lease=True) for i in range(3)]
         assert all(d.allowed and d.lease for d in held)
-        boot.systemctl("restart", ls.UNIT)
+        boot.systemctl("restart", UNIT)
         wait_active(boot)
         stats = admin(boot, "stats")
         assert stats["leases"] == {"multi": 3}, stats
@@ -340,37 +371,34 @@ def test_a_binary_client_keeps_its_connection_and_leases(boot):
         assert admin(boot, "stats")["leases"] == {"multi": 3}
         assert c.release(again.lease) is True
     # the client closed: systemd drops the stored descriptor, acl the leases
-    boot.wait_for(lambda: admin(boot, "stats")["leases"].get("multi", 0) == 0, 10,
-                  why="leases released when the adopted connection closed")
+    wait_until(lambda: admin(boot, "stats")["leases"].get("multi", 0) == 0, 10,
+               why="the leases released when the adopted connection closed")
 
 
 @pytest.mark.parametrize("how", ["keep_leases = 0", "no NOTIFY_SOCKET"])
 def test_without_the_setting_a_restart_forgets_the_lease(tmp_path, how):
     """As before the store: off unless asked, and only under systemd's notify."""
-    if how == "keep_leases = 0":
-        b = boot_with(tmp_path, keep=0)
-    else:
-        b = boot_with(tmp_path, notify=False)
+    setting = {"keep": 0} if how == "keep_leases = 0" else {"notify": False}
     holders = []
-    try:
-        first = Holder(b, "127.0.0.8")
-        holders.append(first)
-        assert first.lease() > 0
-        pid = main_pid(b)
-        b.systemctl("restart", ls.UNIT)
-        wait_active(b, other_than=pid)
-        second = Holder(b, "127.0.0.9")
-        holders.append(second)
-        assert second.lease() > 0, "the lease survived without the store"
-        if how == "no NOTIFY_SOCKET":
-            assert "not run by systemd (no NOTIFY_SOCKET)" in b.acl_log()
-    finally:
-        for h in holders:
-            h.close()
-        b.teardown()
+    with boot_with(tmp_path, **setting) as b:
+        try:
+            first = Holder(b, "127.0.0.8")
+            holders.append(first)
+            assert first.lease() > 0
+            pid = main_pid(b)
+            b.systemctl("restart", UNIT)
+            wait_active(b, other_than=pid)
+            second = Holder(b, "127.0.0.9")
+            holders.append(second)
+            assert second.lease() > 0, "the lease survived without the store"
+            if how == "no NOTIFY_SOCKET":
+                assert "not run by systemd (no NOTIFY_SOCKET)" in acl_log(b)
+        finally:
+            for h in holders:
+                h.close()
 
 
-def journal_map(b: ls.Boot) -> tuple[str, int]:
+def journal_map(b: SystemdBoot) -> tuple[str, int]:
     """The running sidecar's journal mapping: (map_files path, size)."""
     pid = main_pid(b)
     for line in b.path(f"/proc/{pid}/maps").read_text().splitlines():
@@ -400,9 +428,9 @@ def test_a_damaged_journal_does_not_stop_the_start(boot):
             leases = [i for i in range(4) if data[lj.HEADER + i * lj.RECORD + 1] == lj.KIND_LEASE]
             f.seek(lj.HEADER + leases[1] * lj.RECORD + 40)
             f.write(b"\xde\xad\xbe\xef")        # the second lease's record, torn
-        boot.systemctl("restart", ls.UNIT)
+        boot.systemctl("restart", UNIT)
         wait_active(boot)
-        log = boot.acl_log()
+        log = acl_log(boot)
         assert "dropped 1 records (1 bad)" in log, log
         stats = admin(boot, "stats")
         assert stats["leases"] == {"echo": 1}, stats
@@ -410,7 +438,7 @@ def test_a_damaged_journal_does_not_stop_the_start(boot):
         with open(path, "r+b") as f:
             f.write(os.urandom(64))             # the header
         crash(boot)
-        log = boot.acl_log()
+        log = acl_log(boot)
         assert re.search(r"journal acl-lease-journal-\d+ is unusable: no journal header", log)
         assert "kept connection" in log and "no record of it in the journal" in log
         assert admin(boot, "stats")["leases"] == {}
@@ -425,7 +453,7 @@ def test_a_damaged_journal_does_not_stop_the_start(boot):
 class Raw:
     """A binary-protocol connection spoken frame by frame (acl.wire.binary)."""
 
-    def __init__(self, b: ls.Boot) -> None:
+    def __init__(self, b: SystemdBoot) -> None:
         from acl.wire import binary as wb
 
         self.wb = wb
@@ -458,7 +486,7 @@ def test_a_frame_sent_while_acl_is_down_is_answered_by_the_next(boot):
         pid = main_pid(boot)
         boot.run("kill", "-STOP", str(pid))
         c.sock.sendall(c.wb.encode_decide(2, Request("multi", "127.0.0.21", lease=True)))
-        boot.systemctl("restart", ls.UNIT)          # SIGTERM, then SIGCONT
+        boot.systemctl("restart", UNIT)          # SIGTERM, then SIGCONT
         wait_active(boot, other_than=pid)
         second = c.reply()
         assert second.request_id == 2 and second.decision.lease > first.decision.lease
@@ -476,13 +504,14 @@ def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
         assert c.reply().decision.lease > 0
         frame = c.wb.encode_decide(2, Request("multi", "127.0.0.21", lease=True))
         c.sock.sendall(frame[:len(frame) // 2])
-        boot.wait_for(lambda: admin(boot, "stats")["clients"]["binary"] == 1, 10)
+        wait_until(lambda: admin(boot, "stats")["clients"]["binary"] == 1, 10,
+                   why="acl to count the binary client")
         time.sleep(0.3)                             # read into acl's buffer
-        boot.systemctl("restart", ls.UNIT)
+        boot.systemctl("restart", UNIT)
         wait_active(boot)
         assert c.reply() is None                    # the end of the connection
         assert admin(boot, "stats")["leases"] == {}
-        assert "1 closed (part of a frame or a reply pending)" in boot.acl_log()
+        assert "1 closed (part of a frame or a reply pending)" in acl_log(boot)
     finally:
         c.close()
 
@@ -491,46 +520,41 @@ def test_the_shipped_unit_keeps_leases(tmp_path):
     """deploy/systemd/acl.service and its sockets as shipped (sandbox, User=acl,
     socket activation, FileDescriptorStoreMax=) with keep_leases in the
     policy: restart and kill -9 keep acl-wrap's lease.  (The drop-ins only
-    cut the boot's default dependencies: sysinit.target is masked here.)"""
-    why = ls.missing_tools()
-    if why:
-        pytest.skip(why)
-    shipped = ls.ROOT / "deploy" / "systemd"
+    cut the default dependencies: the early boot is masked here.)"""
     sockets = ("acl.socket", "acl-admin.socket", "acl-metrics.socket")
-    no_deps = "[Unit]\nDefaultDependencies=no\n"      # sysinit.target is masked here
-    units = {u: (shipped / u).read_text() for u in ("acl.service", *sockets)}
+    no_deps = "[Unit]\nDefaultDependencies=no\n"
+    units = {u: (DEPLOY / "systemd" / u).read_text() for u in ("acl.service", *sockets)}
     units.update({f"{u}.d/boot.conf": no_deps for u in ("acl.service", *sockets)})
-    idle = no_deps + "[Service]\nType=oneshot\nExecStart=/bin/true\n"
-    files = {"policy.toml": policy(8), "xinetd.conf": XINETD, "server.py": SERVER,
-             "holder.py": HOLDER}
-    b = ls.Boot(tmp_path / "stage", files, idle, units, users=("acl",))
     holders = []
+    with booted(tmp_path / "stage", early_boot=False) as b:
 
-    def active(other: int = 0) -> int:
-        p = b.show_unit("acl.service", "ActiveState", "MainPID")
-        pid = int(p["MainPID"])
-        return pid if p["ActiveState"] == "active" and pid != other else 0
+        def active(other: int = 0) -> int:
+            p = b.show("acl.service", "ActiveState", "MainPID")
+            pid = int(p["MainPID"])
+            return pid if p["ActiveState"] == "active" and pid != other else 0
 
-    try:
-        b.boot()
-        b.systemctl("start", *sockets, "acl.service")
-        pid = b.wait_for(active, 30, why=b.tail())
-        first = Holder(b, "127.0.0.8")
-        holders.append(first)
-        assert first.lease() > 0
-        b.systemctl("restart", "acl.service")
-        pid = b.wait_for(lambda: active(pid), 30, why=b.tail())
-        holders.append(Holder(b, "127.0.0.9"))
-        assert holders[-1].lease() == 0, "instances 1 forgotten by the restart"
-        b.run("kill", "-9", str(pid))
-        b.wait_for(lambda: active(pid), 30, why=b.tail())
-        holders.append(Holder(b, "127.0.0.10"))
-        assert holders[-1].lease() == 0, "instances 1 forgotten by the crash"
-        first.say("release")
-        assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
-        holders.append(Holder(b, "127.0.0.11"))
-        assert holders[-1].lease() > 0
-    finally:
-        for h in holders:
-            h.close()
-        b.teardown()
+        try:
+            b.run("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "acl")
+            put_files(b)
+            b.put(units, "/etc/systemd/system")
+            b.systemctl("daemon-reload")
+            b.systemctl("start", *sockets, "acl.service")
+            pid = wait_until(active, 30, why=f"acl.service to be active{b.log_tail()}")
+            first = Holder(b, "127.0.0.8")
+            holders.append(first)
+            assert first.lease() > 0
+            b.systemctl("restart", "acl.service")
+            pid = wait_until(lambda: active(pid), 30, why=f"a new acl.service{b.log_tail()}")
+            holders.append(Holder(b, "127.0.0.9"))
+            assert holders[-1].lease() == 0, "instances 1 forgotten by the restart"
+            b.run("kill", "-9", str(pid))
+            wait_until(lambda: active(pid), 30, why=f"acl.service restarted{b.log_tail()}")
+            holders.append(Holder(b, "127.0.0.10"))
+            assert holders[-1].lease() == 0, "instances 1 forgotten by the crash"
+            first.say("release")
+            assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
+            holders.append(Holder(b, "127.0.0.11"))
+            assert holders[-1].lease() > 0
+        finally:
+            for h in holders:
+                h.close()

@@ -1,8 +1,8 @@
 """The shipped units under a real systemd: what an admin does, and what follows.
 
-One systemd boots for the whole module (tests/deploy/live_systemd.py: its
-own PID, mount, network, UTS and cgroup namespaces), installed as the
-operator guide's section 2 says.  Before each test the baseline is put
+One systemd boots for the whole module (tests/deploy/systemd_boot.py: its
+own namespaces, the host read-only), installed as the operator guide's
+section 2 says, the units copied byte for byte, nothing of them overridden.  Before each test the baseline is put
 back: the test policy in /etc/acl, acl.service stopped, its three sockets
 listening, every other acl unit stopped.  Clients reach the Unix sockets
 through /proc/<systemd>/root and TCP inside the namespace (``nsenter``).
@@ -15,19 +15,22 @@ import grp
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from acl import core
 from acl.model import Reason, Request, Verdict
 
-from .conftest import DEPLOY, ROOT, SLICES
-from .live_systemd import GUIDE, SRC, CannotBoot, LiveSystemd, missing_tools, required, wait_until
+from . import systemd_boot
+from .conftest import DEPLOY, GUIDE, ROOT, SLICES, guide_commands
 from .sidecar import Client
+from .systemd_boot import SRC, wait_until
 from .test_socket_activation import postfix_ask
 
 pytestmark = [pytest.mark.root, pytest.mark.live]
@@ -81,23 +84,21 @@ def unit_value(unit: str, key: str) -> str:
 # -- the boot ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def booted(tmp_path_factory):
-    reason = missing_tools()
-    if reason:
-        if required():
-            pytest.fail(f"no live systemd: {reason}")
-        pytest.skip(reason)
-    live = LiveSystemd(tmp_path_factory.mktemp("systemd"))
-    try:
-        try:
-            live.boot()
-        except CannotBoot as exc:
-            if required():
-                pytest.fail(f"systemd cannot boot here: {exc}")
-            pytest.skip(f"systemd cannot boot here: {exc}")
-        live.install_as_the_guide_says()
-        yield live
-    finally:
-        live.teardown()
+    with systemd_boot.booted(tmp_path_factory.mktemp("systemd")) as boot:
+        install_as_the_guide_says(boot)
+        yield boot
+
+
+def install_as_the_guide_says(boot) -> None:
+    """Run the guide's section-2 commands inside (``cp deploy/...`` from the
+    checkout), then copy the other shipped units beside them."""
+    for line in guide_commands():
+        boot.run("sh", "-c", f"cd {SRC} && {line}")
+    for unit in sorted(UNITS.iterdir()):
+        dest = boot.path(f"/etc/systemd/system/{unit.name}")
+        if not dest.exists():
+            shutil.copyfile(unit, dest)
+    boot.systemctl("daemon-reload")
 
 
 def present(live, unit: str) -> bool:
@@ -182,6 +183,34 @@ def with_postfix(policy: str) -> str:
 
 def ask_postfix(live, client: str) -> str:
     return postfix_ask(live.path("/var/spool/postfix/acl/policy.sock"), client)
+
+
+# -- the boot itself ---------------------------------------------------------
+def test_no_file_system_of_the_host_is_writable_inside(booted):
+    """systemd_boot.py's SAFETY rules, after the early boot ran (tmpfiles,
+    sysctl.d, binfmt.d): each file system of the host that a path inside
+    reaches is mounted read-only there (but the boot's own cgroup); the
+    kernel's tunables are read-only but for the boot's own network; the
+    kernel-wide binfmt_misc is not mounted; no module loading, raw I/O or
+    clock setting in systemd's bounding set."""
+    host = {dev for dev, *_ in systemd_boot.mount_table(Path("/proc/self/mountinfo").read_text())}
+    inside = systemd_boot.mount_table(booted.proc_file(1, "mountinfo"))
+    for dev, point, flags, fstype in inside:
+        if dev not in host or (point, fstype) == ("/sys/fs/cgroup", "cgroup2"):
+            continue
+        try:
+            st = os.stat(booted.path(point))
+        except OSError:
+            continue                            # under a mount of the boot
+        if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" == dev:
+            assert "ro" in flags, (point, fstype, flags)
+    flags = {point: flags for _, point, flags, _ in inside}
+    assert "ro" in flags["/proc/sys"] and "rw" in flags["/proc/sys/net"]
+    binfmt = booted.show("proc-sys-fs-binfmt_misc.automount", "ConditionResult")
+    assert binfmt == {"ConditionResult": "no"}
+    bounding = int(status(booted, 1)["CapBnd"], 16)
+    for cap in (16, 17, 25):                    # CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_TIME
+        assert not bounding & (1 << cap), cap
 
 
 # -- socket activation, the sandbox, the sockets ----------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEPLOY, ROOT, acl_entry_point
+from .conftest import DEPLOY, ROOT, acl_entry_point, guide_commands
 
 UNITS = ("acl.socket", "acl-admin.socket", "acl-metrics.socket", "acl-policy.socket",
          "acl-nfqueue-policy.socket", "acl.service", "acl-nfqueue.service")
@@ -159,8 +159,6 @@ def test_the_nfqueue_policy_socket_is_the_policy_socket_passed_elsewhere():
 def test_the_guides_install_steps_are_the_unit_headers():
     """The commands tests/deploy/test_systemd_live.py runs from the guide
     (section 2) are the ones acl.service's header lists under "Install:"."""
-    from .live_systemd import guide_commands
-
     header = (DEPLOY / "systemd" / "acl.service").read_text()
     steps = [ln[1:].split("  #")[0].strip() for ln in header.splitlines()
              if ln.startswith("#   ")]
