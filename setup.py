@@ -19,6 +19,12 @@ Rules of this file:
 * ``ext/nfq_build.py`` (cffi, against libnetfilter_queue via pkg-config) is
   built only when the system library is present; without it acl still
   installs and the NFQUEUE front door reports itself unavailable.
+* ``ACL_SANITIZE=address,undefined`` (any ``-fsanitize=`` list) builds every
+  native part -- the Cython extensions, the NFQUEUE binding and acl-wrap --
+  instrumented, at -O1 with frame pointers and debug information, for the
+  sanitizer runs of tests/README.md.  Unset or empty: the normal build.  An
+  instrumented extension needs the sanitizer's runtime loaded before Python
+  starts (LD_PRELOAD; see tests/README.md): never install such a build.
 """
 
 import os
@@ -35,6 +41,11 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 NO_EXTENSIONS = os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0")
 CFLAGS = ["-O3", "-fno-strict-aliasing"]
+SANITIZE = os.environ.get("ACL_SANITIZE", "")
+# Later flags win: -O1 replaces -O3 (and the wrap's -O2).  ext/nfq_build.py
+# reads the same variable for the NFQUEUE binding.
+SANITIZE_FLAGS = ([f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g", "-O1"]
+                  if SANITIZE else [])
 if platform.machine() in ("x86_64", "AMD64"):
     # The prefix core's trie walk is popcount-bound, and its address text
     # readers shuffle bytes (SSSE3): both in every Intel CPU since 2008 and
@@ -55,7 +66,8 @@ def cython_extensions():
                 name,
                 [str(pyx.relative_to(HERE))],
                 include_dirs=["ext/acl"],
-                extra_compile_args=CFLAGS,
+                extra_compile_args=CFLAGS + SANITIZE_FLAGS,
+                extra_link_args=SANITIZE_FLAGS,
             )
         )
     return exts
@@ -138,7 +150,8 @@ class BuildScriptsWithWrap(_BuildScripts):
             self.mkpath(self.build_dir)
             out = os.path.join(self.build_dir, "acl-wrap")
             sources = sorted(str(p) for p in (HERE / "ext" / "wrap").glob("*.c"))
-            cmd = shlex.split(os.environ.get("CC") or "cc") + WRAP_CFLAGS + ["-o", out] + sources
+            cmd = (shlex.split(os.environ.get("CC") or "cc") + WRAP_CFLAGS + SANITIZE_FLAGS
+                   + ["-o", out] + sources)
             print("acl: building acl-wrap:", " ".join(cmd), file=sys.stderr)
             subprocess.run(cmd, check=True)
             os.chmod(out, 0o755)

@@ -609,6 +609,8 @@ class LimitState:
         """Live leases of ``slot`` from ``source`` (what per_source compares)."""
         self._check_slot(slot)
         raw = bytes(source)
+        if len(raw) != 16:
+            raise ValueError("source must be 16 bytes (see pack_source)")
         return self._held(int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:], "big"),
                           _USED | slot)
 

@@ -28,6 +28,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 
@@ -679,6 +680,12 @@ def _pkg_config(*args: str) -> list[str]:
     return shlex.split(out)
 
 
+def _sanitize_flags() -> list[str]:
+    """setup.py's ACL_SANITIZE build, for this module too (setup.py's rules)."""
+    sanitize = os.environ.get("ACL_SANITIZE", "")
+    return [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"] if sanitize else []
+
+
 def _builder() -> FFI:
     ffi = FFI()
     ffi.cdef(CDEF)
@@ -688,7 +695,9 @@ def _builder() -> FFI:
         "acl._nfq",
         SOURCE,
         include_dirs=[f[2:] for f in cflags if f.startswith("-I")],
-        extra_compile_args=["-O2", *[f for f in cflags if not f.startswith("-I")]],
+        extra_compile_args=["-O2", *[f for f in cflags if not f.startswith("-I")],
+                            *_sanitize_flags()],
+        extra_link_args=_sanitize_flags(),
         libraries=[f[2:] for f in libs if f.startswith("-l")],
         library_dirs=[f[2:] for f in libs if f.startswith("-L")],
     )

@@ -50,6 +50,9 @@ from libc.stdlib cimport calloc, free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
 __all__ = ["SourceTable", "BatchPlan", "source_key", "ranges4", "PROBES", "LATENCY_BOUNDS",
            "MAX_NOW"]
 
@@ -128,8 +131,16 @@ cdef class SourceTable:
     def __cinit__(self, Py_ssize_t capacity):
         cdef Py_ssize_t cap = 16
         cdef Py_ssize_t i
+        # the twin's refusals: past 2**62 its table of 2**63 slots is an
+        # OverflowError, and one no memory holds a MemoryError (here the
+        # doubling would overflow, and cap * sizeof(Slot) wrap to a small
+        # allocation that the loop below then writes past)
+        if capacity > (<Py_ssize_t>1 << 62):
+            raise OverflowError("cannot fit 'int' into an index-sized integer")
         while cap < capacity:
             cap <<= 1
+        if <size_t>cap > PY_SSIZE_T_MAX // sizeof(Slot):
+            raise MemoryError()
         self.capacity = cap
         self._slots = <Slot *>malloc(cap * sizeof(Slot))
         if self._slots == NULL:
@@ -237,8 +248,8 @@ cdef class BatchPlan:
         self._fr_svc = NULL
         self._fr_lim = NULL
 
-    def __init__(self, list services, list actions, SourceTable sources, int v6_prefix=64,
-                 limits=None):
+    def __init__(self, list services, list actions, SourceTable sources not None,
+                 int v6_prefix=64, limits=None):
         """``services``: (name bytes, v4 starts array('I'), v4 actions array('i'),
         v6 hi array('Q'), v6 lo array('Q'), v6 actions array('i'), rate, burst,
         rate action, flags, limits slot, {limits reason: action}, action base):

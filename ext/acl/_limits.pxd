@@ -61,7 +61,7 @@ cdef class LimitState:
     cdef void _odelete(self, int i) noexcept nogil
     cdef bint _pinned(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil
     cdef Py_ssize_t _batch(self, const unsigned char *src, Py_ssize_t src_len,
-                           const int *sl, Py_ssize_t sl_len, unsigned char *res,
+                           const unsigned char *sl, Py_ssize_t sl_len, unsigned char *res,
                            Py_ssize_t res_len, double now, double load,
                            int minute) except -1
     cdef int _find(self, uint64_t hi, uint64_t lo, uint32_t tag) noexcept nogil

@@ -35,7 +35,7 @@ from cpython.number cimport PyNumber_Index
 from libc.math cimport floor, INFINITY
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import heapq
 import operator
@@ -67,6 +67,14 @@ cdef extern from *:
     """
     void ACL_PREFETCH(const void *p) noexcept nogil
     uint64_t acl_load_be64(const unsigned char *p) noexcept nogil
+
+
+cdef inline int _int_at(const unsigned char *p, Py_ssize_t i) noexcept nogil:
+    """The i-th int of a caller's buffer, which need not be aligned for
+    ints (a memoryview slice of bytes): memcpy, one plain load on x86."""
+    cdef int v
+    memcpy(&v, p + 4 * i, 4)
+    return v
 
 __all__ = [
     "LimitState", "pack_source",
@@ -601,7 +609,7 @@ cdef class LimitState:
                     raise TypeError("out must be a writable buffer") from None
                 try:
                     return self._batch(<const unsigned char *>src_buf.buf, src_buf.len,
-                                       <const int *>slot_buf.buf, slot_buf.len,
+                                       <const unsigned char *>slot_buf.buf, slot_buf.len,
                                        <unsigned char *>out_buf.buf, out_buf.len,
                                        now, load, minute)
                 finally:
@@ -612,7 +620,7 @@ cdef class LimitState:
             PyBuffer_Release(&src_buf)
 
     cdef Py_ssize_t _batch(self, const unsigned char *src, Py_ssize_t src_len,
-                           const int *sl, Py_ssize_t sl_len, unsigned char *res,
+                           const unsigned char *sl, Py_ssize_t sl_len, unsigned char *res,
                            Py_ssize_t res_len, double now, double load,
                            int minute) except -1:
         cdef Py_ssize_t n = sl_len // 4
@@ -625,7 +633,7 @@ cdef class LimitState:
         if sl_len % 4 or src_len != 16 * n or res_len < n:
             raise ValueError("sources must hold 16 bytes per slot and out one byte per slot")
         for i in range(n):
-            self._check_slot(sl[i])
+            self._check_slot(_int_at(sl, i))
         _check_now(now)                     # before the cast: NaN in C is undefined
         now_ns = <int64_t>(now * 1000000000.0)
         if minute < 0:
@@ -639,7 +647,7 @@ cdef class LimitState:
             while blk < n:
                 end = blk + PREFETCH_AHEAD if blk + PREFETCH_AHEAD < n else n
                 for j in range(blk, end):
-                    s = sl[j]
+                    s = _int_at(sl, j)
                     sv = _svc_at(self._chunks, s)
                     hi = acl_load_be64(&src[16 * j])
                     lo = acl_load_be64(&src[16 * j + 8])
@@ -656,7 +664,7 @@ cdef class LimitState:
                                    self._k1) & self._gmask) * C_WAYS]
                         ACL_PREFETCH(e)
                 for i in range(blk, end):
-                    s = sl[i]
+                    s = _int_at(sl, i)
                     r = self._check(s, acl_load_be64(&src[16 * i]),
                                     acl_load_be64(&src[16 * i + 8]), now, now_ns, load, minute)
                     _svc_at(self._chunks, s).refusals[r] += 1
@@ -738,6 +746,8 @@ cdef class LimitState:
     def held(self, slot_arg, const unsigned char[::1] source):
         """Live leases of ``slot`` from ``source`` (what per_source compares)."""
         cdef int slot = self._slot(slot_arg)
+        if source.shape[0] != 16:
+            raise ValueError("source must be 16 bytes (see pack_source)")
         cdef uint64_t hi = acl_load_be64(&source[0])
         cdef uint64_t lo = acl_load_be64(&source[8])
         cdef uint32_t tag = USED | <uint32_t>slot

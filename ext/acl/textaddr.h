@@ -12,6 +12,10 @@
  *   48 for IPv6) only when those bytes lie in the text's own page, else from
  *   a copy; what follows the text is ignored.  The portable dotted quad reads
  *   nothing past the NUL except within 8 bytes of the start.
+ * - Built with AddressSanitizer, the readers always copy: a load past the
+ *   end of a string, harmless inside its page, is what ASan reports, and
+ *   copying exactly n bytes lets it check that the text is n bytes long.
+ *   The normal build compiles to the same code as without this rule.
  * - acl_textaddr_init() runs once before the first read (the extension
  *   module calls it when it is imported): it fills the SSSE3 readers'
  *   tables, and does nothing in the portable build.
@@ -49,15 +53,26 @@
 #endif
 
 
+#if defined(__SANITIZE_ADDRESS__)
+#define ACL_TEXT_ALWAYS_COPY 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ACL_TEXT_ALWAYS_COPY 1
+#endif
+#endif
+
 /* Where to read the text's first `width` bytes from: s itself when they lie
  * in s's page (what follows the text there is ignored), else `copy` (width
  * bytes), filled with the n characters and zeros.  A copy of a variable
- * length costs a call, so the readers take it only near a page's end. */
+ * length costs a call, so the readers take it only near a page's end (and
+ * always under ASan: the rules above). */
 static inline const unsigned char *acl_text_in_page(const char *s, size_t n, unsigned char *copy,
                                                    size_t width)
 {
+#if !defined(ACL_TEXT_ALWAYS_COPY)
     if (((uintptr_t)s & 4095) <= 4096 - width)
         return (const unsigned char *)s;
+#endif
     memset(copy, 0, width);
     memcpy(copy, s, n);
     return copy;

@@ -223,6 +223,11 @@ static void exec_server(const char *file, char **argv, int search, const char *p
     else
         unsetenv("PATH");
     execvpe(file, argv, envp);
+    {
+        int saved = errno;      /* the caller logs why exec failed */
+        free(envp);
+        errno = saved;
+    }
 }
 
 /* The UCSPI variables, as tcpserver would set them -- unless it did. */
@@ -276,6 +281,18 @@ static void forget_settings(void)
     unsetenv("ACL_WRAP_DAEMON_DIR");
 }
 
+/* The settings from our environment that are used after it is cleared
+ * (forget_settings): copies, kept until exec, so a static holds them. */
+static struct {
+    char *socket, *service, *daemon_dir, *path;
+} started;
+
+static char *copy_env(const char *name)
+{
+    const char *v = getenv(name);
+    return v ? strdup(v) : NULL;
+}
+
 static void refuse(struct conn *c, int priority, int code)
 {
     syslog(priority, "refused connect from %s (%s)", endpoint_info(&c->client), c->client.text);
@@ -287,10 +304,8 @@ static void refuse(struct conn *c, int priority, int code)
 int main(int argc, char **argv)
 {
     const char *prog = argc > 0 ? base(argv[0]) : "acl-wrap";
-    const char *sock = getenv("ACL_WRAP_SOCKET"), *service = getenv("ACL_WRAP_SERVICE");
     const char *env_timeout = getenv("ACL_WRAP_TIMEOUT"), *env_fail = getenv("ACL_WRAP_FAIL");
-    const char *dir = getenv("ACL_WRAP_DAEMON_DIR"), *path = getenv("PATH");
-    const char *server_path;
+    const char *sock, *service, *dir, *path, *server_path;
     char **server_argv, pathbuf[4096], err[512];
     unsigned char req[1024], *reply = NULL;
     size_t reqlen, replylen = 0, i;
@@ -301,21 +316,21 @@ int main(int argc, char **argv)
     struct run_state st;
 
     openlog("acl-wrap", LOG_PID, wrap_log_facility);
-    /* Our settings are ours: copy them, then keep them from the server,
-     * the twisted command and spawned commands alike. */
-    sock = sock ? strdup(sock) : NULL;
-    service = service ? strdup(service) : NULL;
-    env_timeout = env_timeout ? strdup(env_timeout) : NULL;
-    env_fail = env_fail ? strdup(env_fail) : NULL;
-    dir = dir ? strdup(dir) : NULL;
-    path = path ? strdup(path) : NULL;      /* the rule's PATH is not ours */
-    forget_settings();
-    if (!sock || !*sock)
-        sock = DEFAULT_SOCKET;
+    /* Our settings are ours: read or copy them, then keep them from the
+     * server, the twisted command and spawned commands alike. */
     if (env_timeout && *env_timeout && (timeout_ms = parse_timeout(env_timeout)) < 0)
         usage("ACL_WRAP_TIMEOUT must be milliseconds, 1..600000");
     if (env_fail && *env_fail && (fail_open = parse_fail(env_fail)) < 0)
         usage("ACL_WRAP_FAIL must be open or closed");
+    started.socket = copy_env("ACL_WRAP_SOCKET");
+    started.service = copy_env("ACL_WRAP_SERVICE");
+    started.daemon_dir = copy_env("ACL_WRAP_DAEMON_DIR");
+    started.path = copy_env("PATH");        /* the rule's PATH is not ours */
+    forget_settings();
+    sock = started.socket && *started.socket ? started.socket : DEFAULT_SOCKET;
+    service = started.service;
+    dir = started.daemon_dir;
+    path = started.path;
 
     if (argc < 1)
         usage("no arguments at all");
@@ -387,6 +402,7 @@ int main(int argc, char **argv)
          ask_sidecar(sock, timeout_ms, req, reqlen, &reply, &replylen, &lease_fd,
                      err, sizeof err) == 0 &&
          decode_decision(reply, replylen, REQUEST_ID, &d, err, sizeof err) == 0;
+    free(reply);                /* the decision holds copies of what it needs */
     if (!ok) {
         if (reqlen == 0)
             snprintf(err, sizeof err, "cannot encode the request");
@@ -438,5 +454,7 @@ int main(int argc, char **argv)
     carry_lease(st.lease_fd, st.lease);
     exec_server(server_path, server_argv, search_path, path);
     syslog(LOG_ERR, "error: cannot execute %s: %m", server_path);
+    if (ok)
+        free_decision(&d);
     return EXIT_TEMPORARY;
 }

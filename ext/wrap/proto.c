@@ -156,6 +156,27 @@ static char *copy_text(const unsigned char *s, size_t n)
     return t;
 }
 
+/* Everything a decision holds, freed; *d zeroed (decode_decision on a
+ * failure: what it had copied half way). */
+void free_decision(struct decision *d)
+{
+    size_t i;
+    for (i = 0; d->env && i < d->env_count; i++) {
+        free(d->env[i].name);
+        free(d->env[i].value);
+    }
+    for (i = 0; d->options && i < d->option_count; i++) {
+        free(d->options[i].name);
+        free(d->options[i].value);
+    }
+    free(d->env);
+    free(d->options);
+    free(d->location);
+    free(d->client_name);
+    free(d->server_name);
+    memset(d, 0, sizeof *d);
+}
+
 int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
                     struct decision *d, char *err, size_t errlen)
 {
@@ -266,6 +287,7 @@ int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
         goto malformed;
     return 0;
 malformed:
+    free_decision(d);
     snprintf(err, errlen, "malformed DECISION payload");
     return -1;
 }

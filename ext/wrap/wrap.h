@@ -91,8 +91,10 @@ void endpoint_set_name(struct endpoint *e, const char *name);
 /* proto.c */
 size_t encode_decide(unsigned char *buf, size_t cap, const struct conn *c,
                      uint32_t request_id, int lease, const struct names *n);
+/* 0 and *d filled (its strings are copies), or -1, err set and *d empty */
 int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
                     struct decision *d, char *err, size_t errlen);
+void free_decision(struct decision *d);
 int ask_sidecar(const char *path, int timeout_ms, const unsigned char *req, size_t reqlen,
                 unsigned char **reply, size_t *replylen, int *fd_out,
                 char *err, size_t errlen);

@@ -13,7 +13,10 @@ Eight-group IPv6 texts are read every way their group widths can combine,
 since the SSSE3 reader looks each half's shape up in a table.
 Valid texts are also read at the end of a page whose next page is
 unreadable, placed so that a reader loading its fixed width in place where
-it should copy crashes the test.
+it should copy crashes the test -- and so are texts of any bytes and every
+length up to 80, at every distance from that page's end up to both
+readers' widths.  Under ACL_SANITIZE (setup.py) both builds are also
+instrumented (tests/README.md, sanitizer runs).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import ctypes
 import ipaddress
 import itertools
 import mmap
+import os
 import platform
 import random
 from pathlib import Path
@@ -80,11 +84,16 @@ static int read_without_search(const char *s, size_t n, uint8_t *out) {
 """
 
 
+SANITIZE = os.environ.get("ACL_SANITIZE", "")
+SANITIZE_FLAGS = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"] if SANITIZE else []
+
+
 def build(tmp: Path, name: str, flags: list[str]):
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     ffi.set_source(name, SOURCE, include_dirs=[str(HEADER_DIR)],
-                   extra_compile_args=["-O2", *flags])
+                   extra_compile_args=["-O2", *flags, *SANITIZE_FLAGS],
+                   extra_link_args=SANITIZE_FLAGS)
     ffi.compile(tmpdir=str(tmp))
     import importlib.util
     spec = importlib.util.spec_from_file_location(name, next(tmp.glob(f"{name}*.so")))
@@ -295,3 +304,42 @@ def test_v6_eight_group_near_misses(reader):
     texts += ["12345:1:2:3:4:5:6:7", "1:2:3:4:5:6:7:12345", "1:2:3:4::5:6:7", ":1:2:3:4:5:6:7",
               "1:2:3:4:5:6:7:", "1:2:3:4:5:6:7:8:9", "1:2:3:4:5:6:7", "1:2:3:4:5:6:78901:2"]
     check_v6_near_misses(reader, texts)
+
+
+def any_texts(rng: random.Random, length: int, count: int) -> list[bytes]:
+    """``count`` texts of ``length`` bytes: any bytes, digits and
+    separators, and near-valid addresses (a valid one of about that length,
+    cut or padded, then mutated)."""
+    out = []
+    for i in range(count):
+        k = i % 4
+        if k == 0:
+            raw = bytes(rng.randrange(256) for _ in range(length))
+        elif k == 1:
+            raw = bytes(rng.choice(b"0123456789.:abcdefABCDEF") for _ in range(length))
+        else:
+            text = next(quads(rng, 1)) if k == 2 else v6_texts(rng, 1)[0]
+            text = mutate(text, rng, "0123456789.:aF\x00\xff ") if rng.random() < 0.7 else text
+            raw = (text.encode("latin-1") * (length // max(len(text), 1) + 1))[:length]
+        out.append(raw)
+    return out
+
+
+def test_any_text_at_every_distance_from_an_unreadable_page(reader):
+    """Texts of every length 0..80 (the readers take 7..15 and 2..39
+    characters; the rest must be refused without a read), each placed at
+    every distance from the unreadable page that its NUL allows, up to 64:
+    the answers are those read where cffi puts the text, and the oracle's
+    where the readers' rules say so; nothing is read past the page."""
+    rng = random.Random(8)
+    for length in range(81):
+        for raw in any_texts(rng, length, 12):
+            text = raw.decode("latin-1")
+            quad, v6 = reader.quad(text), reader.v6(text)
+            if quad is not None:
+                assert quad == oracle(text), text
+            if v6 is not None:
+                assert v6 == oracle(text, 6), text
+            for before in range(length + 1, max(length + 1, 64) + 1):
+                assert (reader.quad(text, before=before), reader.v6(text, before=before)) == (
+                    quad, v6), (text, before)

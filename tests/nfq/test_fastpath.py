@@ -144,3 +144,71 @@ def test_a_frame_the_plan_cannot_answer_is_decided_by_the_engine(tmp_path):
     assert got == slow.decide_records(5, records(pkts), 3, STRIDE)
     assert fast.residual == 1
     assert fast.verdicts == slow.verdicts
+
+
+def test_c_codec_and_door_read_nothing_past_their_buffers():
+    """The C codec on any bytes, and the door's reply reader on any bytes,
+    each buffer ending where an unreadable page begins (a read past it
+    crashes the test without ASan): the codec answers as decode_raw does;
+    the reply reader takes frames or refuses, writing only the verdicts of
+    records of its batch (request id < batch), in a verdict buffer that
+    ends at a page too.  (Its replies come from the engine's plan, which
+    echoes the door's own request ids; here they are any bytes.)"""
+    import errno
+    import random
+    import struct
+
+    from tests.serve.test_batch_fuzz import GuardedPages
+
+    rng = random.Random(21)
+    guard = GuardedPages(2)
+    verdict_guard = GuardedPages(1)
+    door = nfq.DoorBatch(8, ["echo"], {7: "echo"}, {})
+    lib, ffi = nfq.lib, nfq.ffi
+    try:
+        for i in range(3000 * SCALE):
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(90)))
+            if i % 2:
+                src = rng.choice(["10.1.2.3", "fd00::5"])
+                pkt = build(src, "10.9.9.9" if "." in src else "fd00::9", rng.randrange(65536),
+                            rng.randrange(65536), rng.choice([TCP, UDP]), b"p" * rng.randrange(8))
+                data = bytearray(pkt[:rng.randrange(len(pkt) + 1)])
+                for _ in range(rng.randrange(3)):
+                    if data:
+                        data[rng.randrange(len(data))] = rng.randrange(256)
+                data = bytes(data)
+            view = guard.at_end(data)
+            wire = rng.choice([len(data), len(data) + rng.randrange(100)])
+            out = ffi.new("struct acl_flow *")
+            rc = lib.acl_pkt_decode(ffi.from_buffer(view), len(data), wire, out)
+            try:
+                want = decode_raw(data, 0, len(data), wire)
+            except PacketError as exc:
+                want = exc.code
+            if rc:
+                assert nfq.C_ERROR_CODES[rc - 1] == want, data
+            else:
+                alen = 4 if out.family == 4 else 16
+                assert (out.family, bytes(out.src)[:alen], bytes(out.dst)[:alen], out.sport,
+                        out.dport, out.proto, out.tcp_flags) == want, data
+            del view
+            # the reply reader: DECISION-like frames, damaged, and any bytes
+            replies = bytearray()
+            for _ in range(rng.randrange(4)):
+                payload = bytes(rng.randrange(256) for _ in range(rng.randrange(2, 20)))
+                replies += struct.pack("<IBBHI", 8 + len(payload), 1, 0x81, 0, rng.randrange(12))
+                replies += payload
+            if replies and rng.random() < 0.5:
+                replies[rng.randrange(len(replies))] = rng.randrange(256)
+            replies = bytes(replies[:rng.randrange(len(replies) + 1)])
+            if rng.random() < 0.2:
+                replies = bytes(rng.randrange(256) for _ in range(rng.randrange(40)))
+            rview = guard.at_end(replies)
+            verdicts = verdict_guard.at_end(bytes(8))
+            rc = lib.acl_door_apply(door._d, ffi.from_buffer(rview), len(replies),
+                                    ffi.from_buffer(verdicts), 2)
+            assert rc >= 0 or rc == -errno.EINVAL, rc
+            del rview, verdicts
+    finally:
+        guard.map.close()
+        verdict_guard.map.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -290,6 +291,43 @@ def test_out_of_range_input_is_refused_alike(case):
         assert t.tracked == 0
         assert [t.take(KEY, 1000.0 + i, 5.0, 2.0) for i in range(4)] == [True] * 4
         assert t.tracked == 1
+
+
+def test_a_source_table_no_memory_holds_is_refused_alike():
+    """SourceTable(2**59) multiplied its slot count into a byte size that
+    wrapped to 0, got a tiny allocation and wrote 2**59 slots into it (ASan:
+    heap-buffer-overflow in __cinit__); past 2**62 its doubling overflowed
+    and never ended.  Both twins refuse such capacities: MemoryError, and
+    OverflowError past 2**62 (the twin's table of 2**63 slots).  The
+    compiled core is asked in a child process, which the old one killed or
+    hung."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.xinetd.test_limits_twins import outcome
+
+    sizes = [2**56 + 1, 2**59, 2**62, 2**62 + 1, 2**63 - 1]
+    script = ("import json\nfrom acl._engine import SourceTable\n"
+              "from tests.xinetd.test_limits_twins import outcome\n"
+              f"print(json.dumps([outcome(lambda: SourceTable(c))[0] for c in {sizes}]))\n")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), *sys.path]))
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=60, env=env, cwd=root)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert json.loads(child.stdout) == [outcome(lambda c=c: _engine_py.SourceTable(c))[0]
+                                        for c in sizes] == ["MemoryError"] * 3 + ["OverflowError"] * 2
+
+
+def test_a_batch_plan_needs_a_source_table():
+    """A plan built with None for its SourceTable crashed (NULL call) at the
+    first frame of a rate-limited service: it is refused when built."""
+    from acl import _engine
+
+    with pytest.raises(TypeError):
+        _engine.BatchPlan([], [], None)
 
 
 def test_source_table_is_bounded_and_counts_evictions():

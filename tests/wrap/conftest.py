@@ -5,6 +5,8 @@
 * ``short_tmp``: a short temp dir (Unix socket paths must fit in 108 bytes).
 * ``port``: a fresh loopback port from this area's range, 25000-25999
   (tests/conftest.py PORTS["wrap"]); each test module takes its own block.
+* Under ACL_SANITIZE (harness rules) a test during which acl-wrap wrote a
+  sanitizer report fails with the report, whatever else it checked.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from tests.wrap import harness
 #: super-server) and 25600-25606, test_live_ucspi_names 25610-25616 (in a
 #: network namespace of its own), test_live_env_vs_tcpserver 25617-25618,
 #: test_live_seal 25630,
+#: test_fuzz 25640,
 #: test_live_vs_tcpd 25800-25802,
 #: bench/bench_wrap.py 25900-25902.
 BLOCKS = {
     "test_wrap_unit": 25000,
+    "test_fuzz": 25640,
     "test_vs_tcpd": 25700,
 }
 _counters: dict[str, itertools.count] = {}
@@ -37,6 +41,19 @@ _counters: dict[str, itertools.count] = {}
 def needs_root():
     if os.geteuid() != 0:
         pytest.skip("needs root (unshare -m, bind mounts)")
+
+
+@pytest.fixture(autouse=True)
+def no_sanitizer_reports():
+    if not harness.SANITIZE:
+        yield
+        return
+    before = set(harness.sanitizer_reports())
+    yield
+    new = [p for p in harness.sanitizer_reports() if p not in before]
+    if new:
+        pytest.fail("acl-wrap's sanitizer reported:\n"
+                    + "\n".join(p.read_text(errors="replace")[:4000] for p in new), pytrace=False)
 
 
 @pytest.fixture(scope="session")

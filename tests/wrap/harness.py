@@ -14,6 +14,14 @@ Rules of this file:
   decides how many lines of /etc/hosts a forward lookup returns).  With
   ``net`` it also runs in ``unshare -n`` (its own loopback, up): its ports
   cannot meet anyone else's, and clients reach it through ``nsenter``.
+* With ``ACL_SANITIZE`` set (setup.py's rules; tests/README.md, sanitizer
+  runs) the acl-wrap under test is always a fresh build with those
+  sanitizers and leak checks on.  Its reports go to files named by
+  ``ACL_SANITIZE_LOG`` (a path prefix: ASan/UBSan's ``log_path``; default
+  the build directory), compiled in as the sanitizers' default options:
+  xinetd and systemd start it with an environment of their own, and under a
+  super-server its stderr is the client's socket.  ``sanitizer_reports``
+  reads them.
 * The stand-in sidecar (``FakeSidecar``) is only for the cases the real
   ``acl serve`` cannot produce on demand: garbage, errors, silence, and a
   decision chosen by the test.  It decodes requests with the project's own
@@ -28,6 +36,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -37,6 +46,14 @@ from acl.wire import binary
 ROOT = Path(__file__).resolve().parents[2]
 WRAP_SOURCES = sorted((ROOT / "ext" / "wrap").glob("*.[ch]"))
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2"]
+SANITIZE = os.environ.get("ACL_SANITIZE", "")
+# The sanitizers' defaults for a sanitized acl-wrap (ASAN_OPTIONS and
+# UBSAN_OPTIONS, where they reach it, still win): see the module rules.
+SANITIZER_DEFAULTS = """
+const char *__asan_default_options(void) { return "detect_leaks=1:log_path=@LOG@.asan"; }
+const char *__ubsan_default_options(void)
+{ return "print_stacktrace=1:halt_on_error=1:log_path=@LOG@.ubsan"; }
+"""
 
 # The echo server used behind every super-server: it reports its
 # environment and open descriptors, says READY, then echoes.
@@ -70,11 +87,33 @@ def installed_wrap() -> Path | None:
     return Path(found) if found else None
 
 
+def sanitizer_log() -> str:
+    """The path prefix of a sanitized acl-wrap's reports (module rules)."""
+    return os.environ.get("ACL_SANITIZE_LOG") or str(Path(tempfile.gettempdir()) / "acl-wrap-sanitizer")
+
+
+def sanitizer_reports() -> list[Path]:
+    """The report files a sanitized acl-wrap has written so far.  Files
+    with no report in them are left out: a process the test kills while its
+    leak check runs (tcpd-style refusals are killed once logged) leaves an
+    empty file, or only LeakSanitizer's "Unable to get registers" line."""
+    prefix = Path(sanitizer_log())
+    return sorted(p for p in prefix.parent.glob(prefix.name + ".*")
+                  if any(m in p.read_text(errors="replace")
+                         for m in ("ERROR: ", "runtime error:")))
+
+
 def build_wrap(outdir: Path) -> Path:
-    """Compile the current sources (tests must test the code as it is now)."""
+    """Compile the current sources (tests must test the code as it is now);
+    under ACL_SANITIZE, instrumented (module rules)."""
     out = outdir / "acl-wrap"
     srcs = [str(p) for p in WRAP_SOURCES if p.suffix == ".c"]
-    res = subprocess.run(["cc", *CFLAGS, "-Werror", "-o", str(out), *srcs],
+    extra = []
+    if SANITIZE:
+        defaults = outdir / "sanitizer_defaults.c"
+        defaults.write_text(SANITIZER_DEFAULTS.replace("@LOG@", sanitizer_log()))
+        extra = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g", "-O1", str(defaults)]
+    res = subprocess.run(["cc", *CFLAGS, "-Werror", "-o", str(out), *srcs, *extra],
                          capture_output=True, text=True, timeout=120)
     if res.returncode:
         raise RuntimeError("acl-wrap does not build cleanly:\n" + res.stderr)
@@ -83,10 +122,10 @@ def build_wrap(outdir: Path) -> Path:
 
 def wrap_binary(outdir: Path) -> Path:
     """The installed acl-wrap if it is at least as new as every source, else
-    a fresh build of the sources in ``outdir``."""
+    a fresh build of the sources in ``outdir`` (always, under ACL_SANITIZE)."""
     inst = installed_wrap()
     newest = max(p.stat().st_mtime for p in WRAP_SOURCES)
-    if inst is not None and inst.stat().st_mtime >= newest:
+    if inst is not None and inst.stat().st_mtime >= newest and not SANITIZE:
         return inst
     return build_wrap(outdir)
 
@@ -177,10 +216,11 @@ class SyslogSink:
 
 # -- the stand-in sidecar ------------------------------------------------------
 class FakeSidecar:
-    """Answers each DECIDE with ``respond(request_event) -> bytes | float | None``.
+    """Answers each DECIDE with ``respond(request_event) -> bytes | tuple | float | None``.
 
-    bytes: sent as the reply; float: sleep that long, then send nothing;
-    None: close the connection at once.  Connections stay open until the
+    bytes: sent as the reply; (bytes,): sent, then the connection closed;
+    float: sleep that long, then send nothing; None: close the connection
+    at once.  Connections stay open until the
     client closes them, and their closing is recorded (that is the lease's
     lifetime)."""
 
@@ -237,6 +277,9 @@ class FakeSidecar:
                     if isinstance(out, float):
                         time.sleep(out)
                         continue
+                    if isinstance(out, tuple):
+                        conn.sendall(out[0])
+                        return
                     conn.sendall(out)
         except OSError:
             pass

@@ -58,8 +58,13 @@ def _drive(mod, configs, ops, v6_prefix, key=0):
             out.append(stt.release(leases.pop(minute % len(leases))))
         elif op == "batch":
             buf = bytearray(3)
-            g = stt.check_batch(raw * 3, array.array("i", [s, (s + 1) % 3, s]), now, load,
-                                buf, minute)
+            slots3 = array.array("i", [s, (s + 1) % 3, s])
+            if minute % 2:
+                # a buffer whose ints are not aligned for ints (a slice of
+                # bytes at an odd offset): the core must not load them as
+                # ints (UBSan: misaligned load)
+                slots3 = memoryview(b"\0" + slots3.tobytes())[1:]
+            g = stt.check_batch(raw * 3, slots3, now, load, buf, minute)
             out.append((g, bytes(buf)))
         elif op == "retire":
             # a reload without service s: freed unless it holds leases, then
@@ -161,6 +166,9 @@ OUT_OF_RANGE = {
     "check slot -1": lambda st: st.check(-1, SRC, 1.0, 0.0, 0),
     "take_lease slot 0.0": lambda st: st.take_lease(0.0, SRC),
     "held slot 2**40": lambda st: st.held(2**40, SRC),
+    "held source 4 bytes": lambda st: st.held(0, SRC[12:]),
+    "held source b''": lambda st: st.held(0, b""),
+    "held source 17 bytes": lambda st: st.held(0, SRC + b"\0"),
     "cps_state slot '0'": lambda st: st.cps_state("0"),
     "active_leases slot 2**31": lambda st: st.active_leases(2**31),
     "refusals slot 2**31": lambda st: st.refusals(2**31, 0),
