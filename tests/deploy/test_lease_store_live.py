@@ -33,6 +33,7 @@ import pytest
 
 from acl.client import Client
 from acl.model import Reason, Request
+from tests.serve.test_server import admin as admin_at
 
 from .conftest import DEPLOY
 from .systemd_boot import PYTHON, SystemdBoot, booted, wait_until
@@ -266,17 +267,7 @@ def crash(b: SystemdBoot) -> None:
 
 
 def admin(b: SystemdBoot, command: str) -> dict:
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(10)
-        s.connect(str(b.path("/run/acl/admin.sock")))
-        s.sendall(command.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return json.loads(data)
+    return admin_at(str(b.path("/run/acl/admin.sock")), command)
 
 
 @pytest.fixture
