@@ -21,10 +21,8 @@ instrumented (tests/README.md, sanitizer runs).
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import itertools
-import mmap
 import os
 import platform
 import random
@@ -33,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.test_parsers import mutate, v6_spellings
+from tests.guard_pages import GuardedPages
 
 cffi = pytest.importorskip("cffi")
 
@@ -121,15 +120,10 @@ class Reader:
         self.ffi, self.lib = ffi, lib
         self.out4 = ffi.new("uint32_t *")
         self.out6 = ffi.new("uint8_t[16]")
-        # Two pages, the second unreadable: a reader that loads past the
+        # A page, then an unreadable one: a reader that loads past the
         # text's page crashes the test instead of reading what lies there.
-        self.pages = mmap.mmap(-1, 2 * 4096)
-        start = ctypes.addressof(ctypes.c_char.from_buffer(self.pages))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if libc.mprotect(start + 4096, 4096, 0) != 0:    # PROT_NONE
-            raise OSError(ctypes.get_errno(), "mprotect")
-        self.page_end = start + 4096
+        self.pages = GuardedPages(1)
+        self.page_end = self.pages.start + self.pages.size
 
     def text(self, raw: bytes, before: int | None):
         """``raw`` and a NUL, placed so that the text starts ``before`` bytes

@@ -22,10 +22,11 @@ Rules of this file (read them before changing the boot):
     bounding set, so the units that need them skip themselves, as in a
     container.  binfmt_misc (global to the kernel: systemd-binfmt flushes
     its rules) is not mounted, as /proc/sys is read-only.
-* Namespaces: ``unshare --pid --fork --mount --mount-proc --net --uts --ipc
-  --cgroup --propagation private``, run by a shell that first moved itself
-  into a fresh cgroup2 group ``acl-live-<pid>-<random>`` below its own;
-  cgroup2 is mounted inside, so systemd manages that group only.
+* Namespaces: ``unshare --pid --fork --kill-child --mount --mount-proc --net
+  --uts --ipc --cgroup --propagation private``, run by a shell that first
+  moved itself into a fresh cgroup2 group ``acl-live-<pid>-<random>``
+  below its own; cgroup2 is mounted inside, so systemd manages that group
+  only.
   ``container=acl-live`` keeps it off the host name and the console's
   settings.  Its network has only loopback; ``net()`` enters it.
 * Two kinds of boot.  ``early_boot=True``: sysinit.target, tmpfiles,
@@ -45,7 +46,10 @@ Rules of this file (read them before changing the boot):
   ``console.log`` (else its log would go to the host's console).
 * Teardown: SIGKILL to systemd's PID, ours by construction (as PID 1 it
   ignores SIGTERM); that ends the whole PID namespace and with it the
-  mounts.  Then the emptied cgroup group is removed.  It runs even when a
+  mounts.  Before systemd is found (a boot that gives up early), it kills
+  ``unshare``, and ``--kill-child`` has the kernel kill the namespaces' first
+  process with it (else that one would live on, and could still exec
+  systemd).  Then the emptied cgroup group is removed.  It runs even when a
   test failed.  Every wait here is bounded.
 * The test process reaches files and Unix sockets inside through
   ``/proc/<systemd>/root`` (``path``); commands run inside with ``nsenter``.
@@ -296,7 +300,7 @@ class SystemdBoot:
         self.cgroup = own_cgroup2() / self.token
         self.cgroup.mkdir()
         outer = (f"echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))} && exec unshare "
-                 "--pid --fork --mount --mount-proc --net --uts --ipc --cgroup "
+                 "--pid --fork --kill-child --mount --mount-proc --net --uts --ipc --cgroup "
                  f"--propagation private sh {shlex.quote(str(self.stage / 'inner.sh'))}")
         self.proc = subprocess.Popen(["sh", "-c", outer], stdin=subprocess.DEVNULL,
                                      stdout=slave, stderr=slave)
@@ -355,7 +359,7 @@ class SystemdBoot:
                 pass
         if self.proc is not None:
             if self.pid is None and self.proc.poll() is None:
-                self.proc.kill()              # still the shell, before systemd
+                self.proc.kill()              # unshare; --kill-child ends what it forked
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

@@ -213,6 +213,41 @@ def test_no_file_system_of_the_host_is_writable_inside(booted):
         assert not bounding & (1 << cap), cap
 
 
+def test_a_boot_that_never_becomes_systemd_leaves_nothing_running(tmp_path, monkeypatch):
+    """The namespaces' first process is stuck before it execs systemd (here
+    it sleeps instead: no systemd starts): the boot gives up, and its
+    teardown ends that process too, not only ``unshare`` -- else it would
+    hold the namespaces and their mounts, and could still exec systemd with
+    no one left to stop it."""
+    why = systemd_boot.missing_tools()
+    if why:
+        pytest.skip(why)
+    monkeypatch.setattr(systemd_boot, "inner_script",
+                        lambda stage, console, early_boot: "#!/bin/sh\nexec sleep 60\n")
+    boot = systemd_boot.SystemdBoot(tmp_path / "stage")
+    first = None
+    try:
+        with pytest.raises(systemd_boot.CannotBoot, match="not up within"):
+            boot.boot(deadline_s=1)
+        children = Path(f"/proc/{boot.proc.pid}/task/{boot.proc.pid}/children").read_text()
+        (first,) = map(int, children.split())
+        assert Path(f"/proc/{first}/comm").read_text().strip() == "sleep"
+        boot.teardown()
+
+        def gone() -> bool:
+            try:
+                return Path(f"/proc/{first}/stat").read_text().split(")")[-1].split()[0] == "Z"
+            except OSError:
+                return True
+        wait_until(gone, 5, why="the namespaces' first process to end with the boot")
+        first = None
+    finally:
+        if first is not None:                   # ours: unshare forked it for this test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(first, 9)
+        boot.teardown()
+
+
 # -- socket activation, the sandbox, the sockets ----------------------------
 def test_first_query_starts_the_sandboxed_sidecar(live):
     assert live.show("acl.service", "ActiveState")["ActiveState"] == "inactive"

@@ -158,14 +158,12 @@ def test_c_codec_and_door_read_nothing_past_their_buffers():
     import random
     import struct
 
-    from tests.serve.test_batch_fuzz import GuardedPages
+    from tests.guard_pages import GuardedPages
 
     rng = random.Random(21)
-    guard = GuardedPages(2)
-    verdict_guard = GuardedPages(1)
     door = nfq.DoorBatch(8, ["echo"], {7: "echo"}, {})
     lib, ffi = nfq.lib, nfq.ffi
-    try:
+    with GuardedPages(2) as guard, GuardedPages(1) as verdict_guard:
         for i in range(3000 * SCALE):
             data = bytes(rng.randrange(256) for _ in range(rng.randrange(90)))
             if i % 2:
@@ -209,6 +207,3 @@ def test_c_codec_and_door_read_nothing_past_their_buffers():
                                     ffi.from_buffer(verdicts), 2)
             assert rc >= 0 or rc == -errno.EINVAL, rc
             del rview, verdicts
-    finally:
-        guard.map.close()
-        verdict_guard.map.close()

@@ -16,8 +16,6 @@ tests/README.md (sanitizer runs).
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import random
 import struct
 
@@ -26,12 +24,12 @@ import pytest
 from acl.engine import KERNEL, Engine
 from acl.serve.conn import answer_frames
 from tests.conftest import SLOW
+from tests.guard_pages import GuardedPages
 from tests.serve.test_fastpath import make_policy, stream
 
 pytestmark = pytest.mark.skipif(KERNEL != "compiled", reason="the compiled engine is not built")
 
 SCALE = 10 if SLOW else 1
-PAGE = mmap.PAGESIZE
 
 
 def frame_starts(blob: bytes) -> list[int]:
@@ -110,25 +108,6 @@ def test_plan_answers_damaged_streams_as_the_python_path(tmp_path_factory, seed)
     assert 0 < fatal < 150 * SCALE, fatal     # both endings are well represented
 
 
-class GuardedPages:
-    """Readable pages followed by an unreadable one."""
-
-    def __init__(self, pages: int):
-        self.size = pages * PAGE
-        self.map = mmap.mmap(-1, self.size + PAGE)
-        start = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if libc.mprotect(start + self.size, PAGE, 0) != 0:             # PROT_NONE
-            raise OSError(ctypes.get_errno(), "mprotect")
-
-    def at_end(self, data: bytes) -> memoryview:
-        """``data`` copied to the end of the readable pages, as a view."""
-        at = self.size - len(data)
-        self.map[at:self.size] = data
-        return memoryview(self.map)[at:self.size]
-
-
 def run_all(plan, buf, pos: int, now: float) -> list:
     """run() from ``pos`` until it stops for Python or at an incomplete
     frame: each call's (pos, replies, status)."""
@@ -150,8 +129,7 @@ def test_run_reads_nothing_past_its_buffer(tmp_path_factory):
     plan = Engine(policy).plan
     if plan is None:
         pytest.skip("this generated policy has no batch plan")
-    guard = GuardedPages(8)
-    try:
+    with GuardedPages(8) as guard:
         for i in range(150 * SCALE):
             blob = stream(rng, rng.randrange(1, 30))
             blob = damage(blob, rng) if i % 3 else blob
@@ -162,6 +140,4 @@ def test_run_reads_nothing_past_its_buffer(tmp_path_factory):
             positions = set(frame_starts(blob)) | {rng.randrange(len(blob) + 1) for _ in range(4)}
             for pos in sorted(positions):
                 assert run_all(plan, view, pos, 5.0) == run_all(plan, blob, pos, 5.0), (i, pos)
-    finally:
-        del view
-        guard.map.close()
+            del view

@@ -24,9 +24,7 @@ UBSan, see tests/README.md (sanitizer runs).
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
-import mmap
 import os
 import random
 import struct
@@ -36,11 +34,11 @@ import pytest
 from acl.model import Decision, Location, Reason, Verdict
 from acl.wire import binary
 from tests.conftest import SLOW
+from tests.guard_pages import PAGE, GuardedPages
 from tests.wrap import harness
 
 cffi = pytest.importorskip("cffi")
 
-PAGE = mmap.PAGESIZE
 SCALE = 10 if SLOW else 1
 
 CDEF = """
@@ -106,36 +104,6 @@ def wrap_c(tmp_path_factory):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-class GuardedBuffer:
-    """``pages`` readable pages followed by an unreadable one: bytes put
-    with :meth:`at_end` end exactly where the readable memory does."""
-
-    def __init__(self, pages: int):
-        self.size = pages * PAGE
-        self.map = mmap.mmap(-1, self.size + PAGE)
-        self.start = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        if libc.mprotect(self.start + self.size, PAGE, 0) != 0:       # PROT_NONE
-            raise OSError(ctypes.get_errno(), "mprotect")
-
-    def at_end(self, data: bytes) -> int:
-        """Copy ``data`` to the end of the readable pages; its address."""
-        assert len(data) <= self.size
-        at = self.size - len(data)
-        self.map[at:self.size] = data
-        return self.start + at
-
-    def room(self, n: int) -> int:
-        """Address of the last ``n`` readable bytes, zeroed."""
-        at = self.size - n
-        self.map[at:self.size] = bytes(n)
-        return self.start + at
-
-    def close(self):
-        self.map.close()
 
 
 # -- generated replies ----------------------------------------------------------
@@ -208,11 +176,11 @@ def replies(rng: random.Random, count: int, request_id: int = 1):
 
 
 # -- decode_decision ------------------------------------------------------------
-def c_decode(wrap_c, guard: GuardedBuffer, frame: bytes, request_id: int = 1):
+def c_decode(wrap_c, guard: GuardedPages, frame: bytes, request_id: int = 1):
     ffi, lib = wrap_c.ffi, wrap_c.lib
     d = ffi.new("struct decision *")
     err = ffi.new("char[512]")
-    at = ffi.cast("const unsigned char *", guard.at_end(frame))
+    at = ffi.cast("const unsigned char *", guard.address_at_end(frame))
     if lib.decode_decision(at, len(frame), request_id, d, err, 512) != 0:
         assert d.env == ffi.NULL and d.location == ffi.NULL      # nothing kept on failure
         return None, ffi.string(err)
@@ -259,7 +227,7 @@ def py_view(frame: bytes):
 
 def test_decode_decision_reads_generated_replies_within_their_bytes(wrap_c):
     rng = random.Random(11)
-    guard = GuardedBuffer(pages=(1 << 20) // PAGE + 1)
+    guard = GuardedPages(pages=(1 << 20) // PAGE + 1)
     accepted = refused = 0
     try:
         for frame in replies(rng, 20000 * SCALE):
@@ -284,7 +252,7 @@ def test_decode_decision_takes_what_the_python_codec_encodes(wrap_c):
     """Decisions without the bytes the C reader refuses (a NUL, '=' in an
     env name) round-trip: encoded by acl.wire.binary, read back equal."""
     rng = random.Random(12)
-    guard = GuardedBuffer(pages=4)
+    guard = GuardedPages(pages=4)
     try:
         for _ in range(3000 * SCALE):
             d = some_decision(rng)
@@ -336,7 +304,7 @@ def expand_model(text: bytes, cap: int, client_name: bytes | None, daemon: bytes
 def test_percent_expand_stays_in_its_buffer_and_follows_its_rules(wrap_c):
     ffi, lib = wrap_c.ffi, wrap_c.lib
     rng = random.Random(13)
-    guard = GuardedBuffer(pages=3)
+    guard = GuardedPages(pages=3)
     pid = os.getpid()
     alphabet = b"%%%%aAhHnNcsdupRr%xz \t;$`'\"|&<>()*?[~#\n\xff-./"
     try:
