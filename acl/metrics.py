@@ -215,10 +215,11 @@ class AclCollector:
             nu.add_metric([why], unanswered.get(why, 0))
         yield nu
         sched = self.server.lookup_scheduler if self.server is not None else None
-        yield GaugeMetricFamily("acl_name_lookups_running", "Name lookups running in threads",
+        yield GaugeMetricFamily("acl_name_lookups_running",
+                                "Name lookups started (in a thread, or waiting for a free one)",
                                 value=sched.running if sched is not None else 0)
         yield GaugeMetricFamily("acl_name_lookups_waiting",
-                                "Name lookups queued for a thread (per client network)",
+                                "Name lookups waiting for their client network's per_network",
                                 value=sched.waiting if sched is not None else 0)
 
         store = getattr(self.server, "lease_store", None)

@@ -67,7 +67,8 @@ class LookupScheduler:
 
     @property
     def running(self) -> int:
-        """Lookups running in the pool now (acl_name_lookups_running)."""
+        """Lookups started (acl_name_lookups_running): running in the pool, or
+        queued in it for a free thread when every one is busy."""
         return sum(self._running.values())
 
     def run(self, loop, net, fn, *args) -> asyncio.Future:

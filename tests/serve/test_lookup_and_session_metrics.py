@@ -39,41 +39,50 @@ def unanswered(samples, why: str) -> float:
     return samples[("acl_name_lookups_unanswered_total", (("why", why),))]
 
 
-def names_policy(d):
+def names_policy(d, names=""):
     (d / "hosts.allow").write_text("echo: .good.example\n")
     (d / "hosts.deny").write_text("ALL: ALL\n")
     (d / "hosts").write_text("10.2.2.2\tc2.good.example\n")
     toml = d / "policy.toml"
     toml.write_text('[sockets]\nquery = "query.sock"\n\n'
-                    '[names]\nhosts_file = "hosts"\nper_network = 1\ndeadline = 0.5\n\n'
+                    '[names]\nhosts_file = "hosts"\nper_network = 1\ndeadline = 0.5\n'
+                    f'{names}\n'
                     '[[source]]\ntype = "hosts_access"\n'
                     'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
     return toml
 
 
-def test_shed_and_expired_lookups_and_the_pool_are_counted(tmp_path, monkeypatch):
-    monkeypatch.setattr(lookups, "QUEUE_PER_NETWORK", 1)
-    engine = Engine(load_policy(names_policy(tmp_path)))
-    names = engine.policy.name_service
+def gated_server(tmp_path, names=""):
+    """A server whose name lookups wait for the returned Event, and the list
+    of the lookups that started in a thread."""
+    engine = Engine(load_policy(names_policy(tmp_path, names)))
+    service = engine.policy.name_service
     gate = threading.Event()
     started: list[tuple] = []
-    lookup = names.lookup
+    lookup = service.lookup
 
     def gated_lookup(kind, addr):
         started.append((kind, addr))
         gate.wait(WAIT)
         return lookup(kind, addr)
 
-    names.lookup = gated_lookup
+    service.lookup = gated_lookup
     server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
     server.bind()
-    seen = {}
+    return server, gate, started
 
-    async def until(pred, what):
-        give_up = time.monotonic() + WAIT
-        while not pred():
-            assert time.monotonic() < give_up, f"timed out waiting for {what}"
-            await asyncio.sleep(0.01)
+
+async def until(pred, what):
+    give_up = time.monotonic() + WAIT
+    while not pred():
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_shed_and_expired_lookups_and_the_pool_are_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr(lookups, "QUEUE_PER_NETWORK", 1)
+    server, gate, started = gated_server(tmp_path)
+    seen = {}
 
     async def scenario():
         ready = asyncio.Event()
@@ -118,6 +127,43 @@ def test_shed_and_expired_lookups_and_the_pool_are_counted(tmp_path, monkeypatch
     assert drained[("acl_name_lookups_waiting", ())] == 0
     # the queued lookup ran after all, once the first one ended
     assert started == [("verified", "10.2.2.2"), ("verified", "10.2.2.3")]
+
+
+def test_lookups_running_counts_those_waiting_for_a_busy_thread(tmp_path):
+    """acl_name_lookups_running counts the lookups per_network lets start,
+    whether a thread has taken them or they wait for one: with one thread,
+    two networks' lookups both count, while one thread runs (docs/metrics.md)."""
+    server, gate, started = gated_server(tmp_path, "threads = 1\n")
+    seen = {}
+
+    async def scenario():
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+            clients = [await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]),
+                                              WAIT) for _ in range(2)]
+            try:
+                asking = [asyncio.ensure_future(c.decide("echo", addr))
+                          for c, addr in zip(clients, ("10.2.2.2", "10.3.3.3"), strict=True)]
+                await until(lambda: started and server.lookup_scheduler.running == 2,
+                            "two lookups handed to the pool")
+                seen["busy"] = scrape(server)
+                seen["threads_started"] = len(started)
+                for fut in asking:
+                    await asyncio.wait_for(fut, WAIT)
+            finally:
+                gate.set()
+                for c in clients:
+                    await c.close()
+        finally:
+            server.stop()
+            await asyncio.wait_for(serving, WAIT)
+
+    asyncio.run(scenario())
+    assert seen["busy"][("acl_name_lookups_running", ())] == 2
+    assert seen["busy"][("acl_name_lookups_waiting", ())] == 0
+    assert seen["threads_started"] == 1         # the one thread holds the first
 
 
 def test_postfix_sessions_and_their_limit_trips(tmp_path):

@@ -102,3 +102,63 @@ def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, 
     assert names.lookups["netgroup"] == 1
     assert names.cached("netgroup", "ops", asked_name) == (
         (False, None) if ttl else (True, verdict is Verdict.ALLOW))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known bug: the connection's second look_up_names call (conn.py names_wanted, "
+    "CONN_NAME_ROUNDS) asks the stuck group again under a fresh deadline"))
+def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
+    """@slow never answers, @ops at once (one netgroup a round): the request
+    is decided after one ``[names] deadline`` with @slow unknown and @ops
+    in, and @slow counts once as gone past the deadline.  It counted twice:
+    after the deadline the connection probes again with @slow given, looks
+    @ops up, and that second call's next round forgets @slow was given and
+    waits for it a whole new deadline (the request waits 2 x deadline, up
+    to CONN_NAME_ROUNDS x: docs/configuration.md says at most one)."""
+    (tmp_path / "hosts.allow").write_text("echo: @slow @ops\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    (tmp_path / "hosts").write_text(f"{MEMBER}\tc2.good.example\n")
+    toml = tmp_path / "policy.toml"
+    toml.write_text('[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
+                    'deadline = 0.5\n\n[[source]]\ntype = "hosts_access"\n'
+                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
+    engine = Engine(load_policy(toml))
+    backend = engine.policy.name_service.resolver.backend
+    backend.netgroups = {"ops": {"c2.good.example"}, "slow": {"c9.good.example"}}
+    gate = threading.Event()
+    asked = backend.innetgr
+    calls: list[str] = []
+
+    def gated_innetgr(group, name):
+        calls.append(group)
+        if group == "slow":
+            gate.wait(WAIT)
+        return asked(group, name)
+
+    backend.innetgr = gated_innetgr
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
+
+    async def scenario():
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(server.serve(ready=ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), WAIT)
+            asker = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+            try:
+                return await asyncio.wait_for(
+                    asker.decide("echo", MEMBER, host="c2.good.example"), WAIT)
+            finally:
+                gate.set()
+                await asker.close()
+        finally:
+            server.stop()
+            await asyncio.wait_for(serving, WAIT)
+
+    try:
+        d = asyncio.run(scenario())
+    finally:
+        gate.set()
+    assert calls == ["slow", "ops"], calls
+    assert d.verdict is Verdict.ALLOW, d
+    assert server.names_unanswered == {"deadline": 1, "shed": 0, "error": 0}
