@@ -9,7 +9,7 @@ line ``file:line:column: [warning: ]message``.  ``-v`` also lists every rule
 with the verdict it implies, like tcpdchk -v.
 
 Like tcpdchk, it asks the name service about the hosts the rules name
-(acl/compile/tcpw_names.py): names that do not resolve, aliases, addresses
+(acl/check_names.py): names that do not resolve, aliases, addresses
 without a name or whose name fails libwrap's double check, a daemon@host
 with several addresses, unknown netgroups -- in the rule files and in the
 ``/file`` patterns they name.  ``--no-names`` skips that (a machine without
@@ -31,10 +31,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from acl.check_names import DEFAULT_TIMEOUT, NameLookups, name_findings
 from acl.cli import FatalUsageParser
 from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
-from acl.compile.tcpw_names import DEFAULT_TIMEOUT, NameLookups, name_findings
 from acl.errors import Severity
 from acl.parse.hosts_access import read_hosts
 from acl.rulefiles import read_bytes

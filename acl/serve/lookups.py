@@ -4,7 +4,7 @@ Rules of this file (docs/configuration.md ``[names]``):
 
 * A lookup (:meth:`acl.names.NameService.lookup`: a blocking C library call,
   which may wait for a DNS server that never answers) runs in a thread of a
-  :class:`acl.serve.workers.DaemonPool` that starts a thread only when none
+  :class:`acl.workers.DaemonPool` that starts a thread only when none
   is idle, up to ``[names] threads``.  A stuck lookup holds its thread; the
   pool is what leaves threads for everyone else.
 * At most ``[names] per_network`` lookups *per client network* run at once:

@@ -46,7 +46,7 @@ Theory of operation:
   client (their leases are released), remove the socket files we made, and
   exit at once (files a dropped user may not remove are named in one log
   line; the next start replaces them): a name lookup or reload compile still running is abandoned
-  (its threads are daemon threads, acl/serve/workers.py).
+  (its threads are daemon threads, acl/workers.py).
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ from acl.serve import (
     privileges,
     sessions,
     systemd,
-    workers,
 )
 from acl.wire.admin import ADMIN_COMMANDS
+from acl.workers import DaemonPool
 
 LISTEN_BACKLOG = 4096
 #: Worker threads for client name lookups when no policy is loaded yet: a
@@ -222,11 +222,11 @@ class Server:
         self.chroot = ""
         self.addresses: dict[str, str] = {}
         # reloads read and compile here, off the loop (one at a time)
-        # (daemon threads: a stop never waits for them; acl/serve/workers.py)
-        self._executor = workers.DaemonPool(1, "reload")
+        # (daemon threads: a stop never waits for them; acl/workers.py)
+        self._executor = DaemonPool(1, "reload")
         # client name lookups (acl.names): blocking C library calls, made here
         cfg = pol.names
-        self._name_executor = workers.DaemonPool(cfg.threads, "names")
+        self._name_executor = DaemonPool(cfg.threads, "names")
         # at most [names] per_network lookups per client network at once
         self.lookup_scheduler = lookups.LookupScheduler(self._name_executor, cfg.per_network)
         self._name_pending: dict[tuple[str, str], asyncio.Future] = {}

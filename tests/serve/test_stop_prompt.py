@@ -1,5 +1,5 @@
 """SIGTERM while a name lookup hangs: acl serve exits at once, status 0
-(acl/serve/workers.py).  The lookup is made to hang by a sitecustomize on
+(acl/workers.py).  The lookup is made to hang by a sitecustomize on
 the child's path that replaces the hosts-file backend's reverse lookup with
 one that sleeps an hour (and first says so in a file)."""
 

@@ -14,7 +14,7 @@ and the name findings of ``acl check -d`` must be the same multiset of
 the same token with the same official name, the same address without a
 name, the same libwrap double-check failure, the same server host with
 several addresses, the same netgroup.  Left out, each for a reason the
-module rules of acl/compile/tcpw_names.py give:
+module rules of acl/check_names.py give:
 
 * tcpdchk's "host not found" for a wildcard (``*``/``?``) token;
 * rules whose line holds a CR: tcpdchk splits lists on ", \\t\\n" (no CR,

@@ -52,13 +52,13 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from queue import SimpleQueue
 
 from acl.compile.tcpw import HostsAccessLayer
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_access import HostsRule, read_pattern_file
 from acl.parse.hosts_patterns import MAX_FILE_DEPTH, ascii_lower, not_inaddr, split_at, v6_numeric
 from acl.resolve import UNKNOWN, DoubleCheck, SystemBackend, double_check
+from acl.workers import DaemonPool
 
 W = Severity.WARNING
 WORKERS = 8
@@ -90,7 +90,6 @@ class Found:
 
     numeric: bool
     canonical: str | None           # official name (None for a number)
-    family_ok: bool                 # the first entry is AF_INET or AF_INET6
     addresses: tuple                # (family, packed) per getaddrinfo entry
     checks: tuple = ()              # a Future of DoubleCheck per address
 
@@ -112,8 +111,7 @@ def find_addresses(text: str) -> Found | None:
         return None
     addrs = tuple((fam, socket.inet_pton(fam, sa[0].split("%", 1)[0]))
                   for fam, _, _, _, sa in infos if fam in (socket.AF_INET, socket.AF_INET6))
-    return Found(numeric, None if numeric else (infos[0][3] or ""),
-                 infos[0][0] in (socket.AF_INET, socket.AF_INET6), addrs)
+    return Found(numeric, None if numeric else (infos[0][3] or ""), addrs)
 
 
 def lookup_kind(text: str) -> str | None:
@@ -170,40 +168,6 @@ def _visit_token(rule: HostsRule, tok, parts, server: bool, visit) -> None:
     visit(host, rule.path, line, col, server, via, 0)
 
 
-class _Pool:
-    """At most ``workers`` daemon threads running submitted calls."""
-
-    def __init__(self, workers: int):
-        self._queue: SimpleQueue = SimpleQueue()
-        self._workers = workers
-        self._threads: list[threading.Thread] = []
-        self._lock = threading.Lock()
-        self.closed = False
-
-    def submit(self, fn, *args) -> Future:
-        f: Future = Future()
-        self._queue.put((f, fn, args))
-        with self._lock:
-            if len(self._threads) < self._workers:
-                t = threading.Thread(target=self._run, name="acl-check-names", daemon=True)
-                self._threads.append(t)
-                t.start()
-        return f
-
-    def _run(self) -> None:
-        while True:
-            f, fn, args = self._queue.get()
-            if self.closed:
-                f.cancel()
-                continue
-            if not f.set_running_or_notify_cancel():
-                continue
-            try:
-                f.set_result(fn(*args))
-            except BaseException as exc:    # handed to whoever waits for it
-                f.set_exception(exc)
-
-
 class NameLookups:
     """Each distinct question asked once, on a few threads, under one deadline
     that starts when this object is made."""
@@ -213,7 +177,7 @@ class NameLookups:
         self.backend = backend if backend is not None else SystemBackend()
         self.timeout = timeout
         self._deadline = time.monotonic() + timeout
-        self._pool = _Pool(workers)
+        self._pool = DaemonPool(workers, "acl-check-names")
         self._lock = threading.Lock()
         self._names: dict[str, Future] = {}
         self._addresses: dict[tuple, Future] = {}
@@ -236,10 +200,10 @@ class NameLookups:
         found = find_addresses(text)
         if found is None:
             return None
-        # the double checks start at once, on the other threads
+        # the double checks queue behind the lookups already submitted
         checks = tuple(self._once(self._addresses, a, double_check, self.backend, *a)
                        for a in found.addresses)
-        return Found(found.numeric, found.canonical, found.family_ok, found.addresses, checks)
+        return Found(found.numeric, found.canonical, found.addresses, checks)
 
     def result(self, f: Future):
         """The answer, ``_TIMEOUT`` once the deadline has passed, None when
@@ -252,8 +216,9 @@ class NameLookups:
             return None
 
     def close(self) -> None:
-        """Ask nothing more: questions still queued are dropped."""
-        self._pool.closed = True
+        """Ask nothing more: questions still queued are dropped (the threads
+        still waiting for the resolver are daemons: acl/workers.py)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _unmapped(fam: int, packed: bytes) -> tuple[int, bytes]:
@@ -311,8 +276,6 @@ def name_findings(layer: HostsAccessLayer, lookups: NameLookups | None = None,
                     say(f"{m.text}: unknown or empty netgroup (it matches no host)")
             elif answer is None:
                 say(f"{m.text}: host not found (no address: the pattern matches no host)")
-            elif not answer.family_ok:
-                say(f"{m.text}: not an internet host")
             else:
                 _report_found(m, answer, lookups, say, late)
     finally:
