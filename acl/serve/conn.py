@@ -327,9 +327,12 @@ class BinaryConnection(_Base):
 
     def handed_over(self) -> bool:
         """Stopping, reading stopped: whether everything read is answered
-        (no part of a frame held, no name awaited) -- then it can be left
-        to the store as it is."""
-        return not self._waiting and (not self.buf or self.sealed == DEAF)
+        (no part of a frame held, no name awaited) and the connection is not
+        closing -- then it can be left to the store as it is.  One that acl
+        is closing (after a frame with a bad length) is not: systemd's copy
+        would keep it open past that close."""
+        return (not self._waiting and (not self.buf or self.sealed == DEAF)
+                and not self.transport.is_closing())
 
 
 class PostfixConnection(_Base):

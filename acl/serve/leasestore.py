@@ -47,9 +47,10 @@ Rules of this file (docs/protocol.md "Leases", docs/configuration.md
   exits do not leave the store), every kept connection stops reading, what
   it had read is answered and flushed -- within ``HANDOVER_S`` -- and its
   descriptor is closed, left to systemd.  One that holds part of a frame,
-  or waits for a name lookup or for its client to read past the bound,
-  cannot be handed over whole: it is removed from the store and closed
-  (its client sees the end of the connection; its leases end).
+  or waits for a name lookup or for its client to read past the bound, or
+  that acl is closing already (a bad frame), cannot be handed over whole:
+  it is removed from the store and closed (its client sees the end of the
+  connection; its leases end).
 * Crash: nothing runs.  Frames read but not yet answered are lost -- their
   client never gets a reply -- and part of a frame read is lost with them,
   so the next ``acl serve`` reads that connection from the middle of a
