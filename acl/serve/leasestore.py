@@ -274,6 +274,16 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
     highest = max([n for n, _ in journals] + [contents.generation, 0])
     conns = {_number(n, CONN_PREFIX): (n, fd) for n, fd in stored.items()
              if n.startswith(CONN_PREFIX)}
+    # the new journal first, with room for all that could be adopted: past
+    # this point nothing may fail, since what systemd passed is being used
+    # (closed, adopted, counted) -- before it, a failure leaves all of it
+    # to the caller's discard()
+    need = max(keep, len(conns), len(contents.leases))
+    try:
+        journal_fd, mapping = _new_journal(need, highest + 1)
+    except OSError:
+        link.close()
+        raise
     adopted: list[Adopted] = []
     closed = 0
     for number, (name, fd) in sorted(conns.items()):
@@ -310,17 +320,15 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
     seen = [*contents.conns, *contents.leases, *conns]
     engine.lease_ids_from(max(seen, default=0) + 1)
     # the new journal: what was adopted, one generation up; then the old out
-    need = max(keep, len(adopted), sum(len(a.leases) for a in adopted))
-    fd, m = _new_journal(need, highest + 1)
-    journal = Journal(m, need, highest + 1)
+    journal = Journal(mapping, need, highest + 1)
     for a in adopted:
         journal.add_connection(a.number, a.state)
         for lease in sorted(a.leases):
             journal.add_lease(a.number, lease, contents.leases[lease][1])
     journal.keep = keep          # room made for what was adopted; new ones: keep
     name = JOURNAL_PREFIX + str(highest + 1)
-    ok = link.store(name, fd)
-    os.close(fd)
+    ok = link.store(name, journal_fd)
+    os.close(journal_fd)
     if not ok:
         log(f"lease store: systemd did not take the journal {name}: leases are not "
             "kept across a restart")

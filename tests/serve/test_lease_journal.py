@@ -504,3 +504,42 @@ def test_a_kept_connection_closing_when_the_stop_begins_leaves_the_store(tmp_pat
         client.close()
         theirs.close()
         mgr.close()
+
+
+def test_a_start_whose_new_journal_cannot_be_made_keeps_nothing_half_done(
+        tmp_path, engine, monkeypatch):
+    """No memory for the new journal (the one system call that can fail
+    after the stored descriptors are read): acl serves without the store,
+    every stored connection closed once and out of the store, no lease
+    counted -- nothing adopted then dropped, no descriptor closed twice."""
+    mgr = FakeManager(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", mgr.env["NOTIFY_SOCKET"])
+
+    def no_memory(keep, generation):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(ls, "_new_journal", no_memory)
+    live, live_peer = socket.socketpair()
+    gone, gone_peer = socket.socketpair()
+    gone_peer.close()
+    r1 = Request("echo", "127.0.0.8", 1, "127.0.0.1", 7, lease=True)
+    stored = {"acl-lease-conn-5": live.detach(), "acl-lease-conn-7": gone.detach(),
+              "acl-lease-journal-4": _journal_fd([(5, 0, [(5, r1)]), (7, 0, [])])}
+    engine()                                   # writes the policy
+    toml = tmp_path / "policy.toml"
+    toml.write_text(toml.read_text().replace("[run]\n", "[run]\nkeep_leases = 8\n"))
+    eng = Engine(load_policy(toml), batch=False)
+    logged: list[str] = []
+    server = Server(eng, compiled=False, log_fn=logged.append)
+    try:
+        server._open_store(stored)
+        assert server.lease_store is None and server._adopted == []
+        assert eng.leases_active == 0
+        assert any("lease store: cannot start it" in s for s in logged)
+        live_peer.settimeout(5)
+        assert live_peer.recv(1) == b""                      # closed: its client sees it
+        assert sorted(_stored_names(mgr, "FDSTOREREMOVE")) == [
+            "acl-lease-conn-5", "acl-lease-conn-7", "acl-lease-journal-4"]
+    finally:
+        live_peer.close()
+        mgr.close()
