@@ -24,7 +24,8 @@ from acl.model import Request
 from acl.policy import load_policy
 from acl.serve import lease_journal as lj
 from acl.serve import leasestore as ls
-from acl.serve import conn, systemd
+from acl.serve import systemd
+from acl.serve.conn import BinaryConnection
 from acl.serve.server import Server
 from acl.wire import binary as wb
 
@@ -468,7 +469,7 @@ def test_a_kept_connection_closing_when_the_stop_begins_leaves_the_store(tmp_pat
         loop = asyncio.get_running_loop()
         client.setblocking(False)
         theirs.setblocking(False)
-        _, c = await loop.connect_accepted_socket(lambda: conn.BinaryConnection(server),
+        _, c = await loop.connect_accepted_socket(lambda: BinaryConnection(server),
                                                   sock=theirs)
         await loop.sock_sendall(client, wb.encode_decide(
             1, Request("echo", "127.0.0.8", lease=True)))
@@ -489,7 +490,7 @@ def test_a_kept_connection_closing_when_the_stop_begins_leaves_the_store(tmp_pat
         for _ in range(5000):
             try:
                 data = await asyncio.wait_for(loop.sock_recv(client, 65536), 5)
-            except (ConnectionResetError, asyncio.TimeoutError):
+            except (TimeoutError, ConnectionResetError):
                 break
             if not data or any(r.type == wb.T_ERROR for r in dec.feed(data)):
                 break
