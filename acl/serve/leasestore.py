@@ -144,9 +144,7 @@ class LeaseStore:
     def keep(self, number: int, fd: int, state: int) -> bool:
         """Store connection ``fd`` as ``number`` (its first lease's id)."""
         j = self.journal
-        if self.frozen or len(j.conns) >= j.keep:
-            return False
-        if not j.add_connection(number, state):
+        if self.frozen or not j.add_connection(number, state):    # frozen, or full
             return False
         if not self.link.store(CONN_PREFIX + str(number), fd):
             j.drop_connection(number)
