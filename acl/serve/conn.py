@@ -263,7 +263,7 @@ class BinaryConnection(_Base):
         self.compiled = server.compiled
         self.sealed = 0                 # SEALED, DEAF: the module rules
         self.kept = 0                   # its number in the lease store; 0: not kept
-        self.store = getattr(server, "lease_store", None)   # None: off (or a stand-in server)
+        self.store = server.lease_store     # None: off
         self._on_lease = self._on_release = None
         if self.store is not None:
             self._on_lease, self._on_release = self._leased, self.store.released
