@@ -474,15 +474,20 @@ class Engine:
 
     # -- leases --------------------------------------------------------
     def _lease(self, decision: Decision, request: Request, now: float, xinetd) -> Decision:
+        lease_id = self._next_lease
+        self._next_lease += 1
+        self._hold(lease_id, request, now, xinetd)
+        return replace(decision, lease=lease_id)
+
+    def _hold(self, lease_id: int, request: Request, now: float, xinetd) -> None:
+        """Lease ``lease_id``: its slots in ``xinetd`` (None: no limit
+        counts it), and the count by service."""
         inner = 0
         if xinetd is not None and hasattr(xinetd, "take_lease"):
             inner = xinetd.take_lease(request, now)
-        lease_id = self._next_lease
-        self._next_lease += 1
         service = self.label(request.service)
         self._leases[lease_id] = (xinetd, inner, service)
         self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
-        return replace(decision, lease=lease_id)
 
     def adopt_lease(self, lease_id: int, request: Request, now: float) -> None:
         """Count again lease ``lease_id`` that ``request`` took before a
@@ -496,12 +501,7 @@ class Engine:
         for layer, _daemon in self._policy.layers_for(request.service):
             if getattr(layer, "name", "") == "xinetd":
                 xinetd = layer
-        inner = 0
-        if xinetd is not None and hasattr(xinetd, "take_lease"):
-            inner = xinetd.take_lease(request, now)
-        service = self.label(request.service)
-        self._leases[lease_id] = (xinetd, inner, service)
-        self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
+        self._hold(lease_id, request, now, xinetd)
         self.lease_ids_from(lease_id + 1)
 
     def lease_ids_from(self, first: int) -> None:

@@ -92,7 +92,8 @@ TABLE_KEYS = {
     "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache", "threads", "per_network",
               "deadline"),
 }
-#: The most ``[run] keep_leases`` (acl/serve/leasestore.py MAX_KEEP).
+#: The most ``[run] keep_leases``: the journal (acl/serve/lease_journal.py) is
+#: 2 x keep_leases records of 320 bytes, about 40 MiB at this bound.
 MAX_KEEP_LEASES = 65536
 #: The keys of a ``[[source]]`` table, by its type.
 SOURCE_KEYS = {

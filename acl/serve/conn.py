@@ -263,7 +263,7 @@ class BinaryConnection(_Base):
         self.compiled = server.compiled
         self.sealed = 0                 # SEALED, DEAF: the module rules
         self.kept = 0                   # its number in the lease store; 0: not kept
-        self.store = getattr(server, "lease_store", None)   # None: off (or a stand-in server)
+        self.store = server.lease_store     # None: off
         self._on_lease = self._on_release = None
         if self.store is not None:
             self._on_lease, self._on_release = self._leased, self.store.released
@@ -327,9 +327,12 @@ class BinaryConnection(_Base):
 
     def handed_over(self) -> bool:
         """Stopping, reading stopped: whether everything read is answered
-        (no part of a frame held, no name awaited) -- then it can be left
-        to the store as it is."""
-        return not self._waiting and (not self.buf or self.sealed == DEAF)
+        (no part of a frame held, no name awaited) and the connection is not
+        closing -- then it can be left to the store as it is.  One that acl
+        is closing (after a frame with a bad length) is not: systemd's copy
+        would keep it open past that close."""
+        return (not self._waiting and (not self.buf or self.sealed == DEAF)
+                and not self.transport.is_closing())
 
 
 class PostfixConnection(_Base):

@@ -47,9 +47,10 @@ Rules of this file (docs/protocol.md "Leases", docs/configuration.md
   exits do not leave the store), every kept connection stops reading, what
   it had read is answered and flushed -- within ``HANDOVER_S`` -- and its
   descriptor is closed, left to systemd.  One that holds part of a frame,
-  or waits for a name lookup or for its client to read past the bound,
-  cannot be handed over whole: it is removed from the store and closed
-  (its client sees the end of the connection; its leases end).
+  or waits for a name lookup or for its client to read past the bound, or
+  that acl is closing already (a bad frame), cannot be handed over whole:
+  it is removed from the store and closed (its client sees the end of the
+  connection; its leases end).
 * Crash: nothing runs.  Frames read but not yet answered are lost -- their
   client never gets a reply -- and part of a frame read is lost with them,
   so the next ``acl serve`` reads that connection from the middle of a
@@ -143,9 +144,7 @@ class LeaseStore:
     def keep(self, number: int, fd: int, state: int) -> bool:
         """Store connection ``fd`` as ``number`` (its first lease's id)."""
         j = self.journal
-        if self.frozen or len(j.conns) >= j.keep:
-            return False
-        if not j.add_connection(number, state):
+        if self.frozen or not j.add_connection(number, state):    # frozen, or full
             return False
         if not self.link.store(CONN_PREFIX + str(number), fd):
             j.drop_connection(number)
@@ -273,6 +272,16 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
     highest = max([n for n, _ in journals] + [contents.generation, 0])
     conns = {_number(n, CONN_PREFIX): (n, fd) for n, fd in stored.items()
              if n.startswith(CONN_PREFIX)}
+    # the new journal first, with room for all that could be adopted: past
+    # this point nothing may fail, since what systemd passed is being used
+    # (closed, adopted, counted) -- before it, a failure leaves all of it
+    # to the caller's discard()
+    need = max(keep, len(conns), len(contents.leases))
+    try:
+        journal_fd, mapping = _new_journal(need, highest + 1)
+    except OSError:
+        link.close()
+        raise
     adopted: list[Adopted] = []
     closed = 0
     for number, (name, fd) in sorted(conns.items()):
@@ -309,17 +318,15 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
     seen = [*contents.conns, *contents.leases, *conns]
     engine.lease_ids_from(max(seen, default=0) + 1)
     # the new journal: what was adopted, one generation up; then the old out
-    need = max(keep, len(adopted), sum(len(a.leases) for a in adopted))
-    fd, m = _new_journal(need, highest + 1)
-    journal = Journal(m, need, highest + 1)
+    journal = Journal(mapping, need, highest + 1)
     for a in adopted:
         journal.add_connection(a.number, a.state)
         for lease in sorted(a.leases):
             journal.add_lease(a.number, lease, contents.leases[lease][1])
     journal.keep = keep          # room made for what was adopted; new ones: keep
     name = JOURNAL_PREFIX + str(highest + 1)
-    ok = link.store(name, fd)
-    os.close(fd)
+    ok = link.store(name, journal_fd)
+    os.close(journal_fd)
     if not ok:
         log(f"lease store: systemd did not take the journal {name}: leases are not "
             "kept across a restart")

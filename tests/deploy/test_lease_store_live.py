@@ -131,10 +131,13 @@ for line in sys.stdin:
         s.sendall(wb.encode_release(7, int(os.environ["ACL_LEASE_ID"])))
         dec = wb.ReplyDecoder()
         got = []
-        while not got:
-            got = dec.feed(s.recv(4096))
+        for _ in range(100):
+            data = s.recv(4096)
+            got = dec.feed(data)
+            if got or not data:
+                break
         s.detach()
-        print("RELEASED", got[0].released, flush=True)
+        print("RELEASED", got[0].released if got else "EOF", flush=True)
     elif line.strip() == "exit":
         break
 """
@@ -454,13 +457,14 @@ class Raw:
         self.dec = wb.ReplyDecoder()
 
     def reply(self):
-        while True:
+        for _ in range(1000):
             data = self.sock.recv(65536)
             if not data:
                 return None
             got = self.dec.feed(data)
             if got:
                 return got[0]
+        raise AssertionError("no whole reply in 1000 reads")
 
     def close(self) -> None:
         self.sock.close()

@@ -471,6 +471,7 @@ class _Server:
         self.engine = engine
         self.compiled = True
         self.errors = []
+        self.lease_store = None
 
     def connected(self, c):
         pass

@@ -8,9 +8,11 @@ systemd's notify socket (the live store: tests/deploy/test_lease_store_live.py).
 from __future__ import annotations
 
 import array
+import asyncio
 import os
 import random
 import socket
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -23,7 +25,9 @@ from acl.policy import load_policy
 from acl.serve import lease_journal as lj
 from acl.serve import leasestore as ls
 from acl.serve import systemd
+from acl.serve.conn import BinaryConnection
 from acl.serve.server import Server
+from acl.wire import binary as wb
 
 REQUESTS = [
     Request("echo", "127.0.0.8", 40000, "127.0.0.1", 7, lease=True),
@@ -429,3 +433,114 @@ def test_acl_serve_without_systemd_says_it_keeps_nothing_and_a_reload_waits(tmp_
                 in srv.text())
     finally:
         srv.stop()
+
+
+# -- the hand-over at a stop ---------------------------------------------------------
+def _stored_names(mgr: FakeManager, kind: str) -> list[str]:
+    """The names ``kind`` (FDSTORE, FDSTOREREMOVE) was sent for; the
+    descriptors the fake manager was given are closed."""
+    out = []
+    for text, fds in mgr.messages():
+        for fd in fds:
+            os.close(fd)
+        if text.startswith(f"{kind}=1\nFDNAME="):
+            out.append(text.split("FDNAME=", 1)[1])
+    return out
+
+
+def test_a_kept_connection_closing_when_the_stop_begins_leaves_the_store(tmp_path, engine):
+    """A kept connection whose close is under way at the stop (a frame with
+    a bad length answered, the replies before it still being written) is
+    not handed over even when its close completes within the hand-over: it
+    leaves systemd's store -- else systemd's copy keeps the connection open
+    past acl's close, its client never sees the end, and the next start
+    adopts it with its leases."""
+    mgr = FakeManager(tmp_path / "notify")
+    logged: list[str] = []
+    eng = engine()
+    server = Server(eng, compiled=False, log_fn=logged.append)
+    server.lease_store = ls.LeaseStore(systemd.FdStoreLink(mgr.env),
+                                       fresh(keep=8, generation=1), logged.append)
+    client, theirs = socket.socketpair()
+    # a small send buffer: the replies back up in the transport at once
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        client.setblocking(False)
+        theirs.setblocking(False)
+        _, c = await loop.connect_accepted_socket(lambda: BinaryConnection(server),
+                                                  sock=theirs)
+        await loop.sock_sendall(client, wb.encode_decide(
+            1, Request("echo", "127.0.0.8", lease=True)))
+        dec = wb.ReplyDecoder()
+        got = dec.feed(await asyncio.wait_for(loop.sock_recv(client, 4096), 10))
+        assert got[0].decision.lease == 1 and c.kept == 1
+        assert _stored_names(mgr, "FDSTORE") == ["acl-lease-conn-1"]
+        # pings the client does not read yet, then a frame with a bad length
+        await loop.sock_sendall(client, b"".join(wb.encode_ping(i) for i in range(2000))
+                                + struct.pack("<I", 2) + bytes(8))
+        for _ in range(1000):
+            if c.transport.is_closing():
+                break
+            await asyncio.sleep(0.01)
+        assert c.transport.is_closing() and c in server._conns   # ERROR not written yet
+        handing = asyncio.ensure_future(server._hand_over(bound=5.0))
+        # now the client reads: the close completes within the hand-over
+        for _ in range(5000):
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(client, 65536), 5)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not data or any(r.type == wb.T_ERROR for r in dec.feed(data)):
+                break
+        await asyncio.wait_for(handing, 10)
+
+    try:
+        asyncio.run(scenario())
+        assert _stored_names(mgr, "FDSTOREREMOVE") == ["acl-lease-conn-1"]
+        assert server.lease_store.journal.conns == {}
+        assert any("0 connections handed over to systemd, 1 closed" in s for s in logged)
+    finally:
+        client.close()
+        theirs.close()
+        mgr.close()
+
+
+def test_a_start_whose_new_journal_cannot_be_made_keeps_nothing_half_done(
+        tmp_path, engine, monkeypatch):
+    """No memory for the new journal (the one system call that can fail
+    after the stored descriptors are read): acl serves without the store,
+    every stored connection closed once and out of the store, no lease
+    counted -- nothing adopted then dropped, no descriptor closed twice."""
+    mgr = FakeManager(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", mgr.env["NOTIFY_SOCKET"])
+
+    def no_memory(keep, generation):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(ls, "_new_journal", no_memory)
+    live, live_peer = socket.socketpair()
+    gone, gone_peer = socket.socketpair()
+    gone_peer.close()
+    r1 = Request("echo", "127.0.0.8", 1, "127.0.0.1", 7, lease=True)
+    stored = {"acl-lease-conn-5": live.detach(), "acl-lease-conn-7": gone.detach(),
+              "acl-lease-journal-4": _journal_fd([(5, 0, [(5, r1)]), (7, 0, [])])}
+    engine()                                   # writes the policy
+    toml = tmp_path / "policy.toml"
+    toml.write_text(toml.read_text().replace("[run]\n", "[run]\nkeep_leases = 8\n"))
+    eng = Engine(load_policy(toml), batch=False)
+    logged: list[str] = []
+    server = Server(eng, compiled=False, log_fn=logged.append)
+    try:
+        server._open_store(stored)
+        assert server.lease_store is None and server._adopted == []
+        assert eng.leases_active == 0
+        assert any("lease store: cannot start it" in s for s in logged)
+        live_peer.settimeout(5)
+        assert live_peer.recv(1) == b""                      # closed: its client sees it
+        assert sorted(_stored_names(mgr, "FDSTOREREMOVE")) == [
+            "acl-lease-conn-5", "acl-lease-conn-7", "acl-lease-journal-4"]
+    finally:
+        live_peer.close()
+        mgr.close()
