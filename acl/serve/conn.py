@@ -93,23 +93,31 @@ class _Base(asyncio.Protocol):
         self._waiting = False           # for names: reading paused, input held
         self._stopped = False           # stopping: never read again
         self._rounds = 0
+        # answers fetched so far for the request being decided: the next
+        # round's lookups are given them (a hung name is waited for once)
+        self._fetched: dict = {}
 
     def names_wanted(self, request, now: float):
         """The names to look up before ``request`` is decided, or None."""
-        if self._rounds >= CONN_NAME_ROUNDS:
+        wanted = None
+        if self._rounds < CONN_NAME_ROUNDS:
+            wanted = self.engine.name_lookups(request, now) or None
+        if wanted is None:              # decided now: the next request starts afresh
             self._rounds = 0
-            return None
-        wanted = self.engine.name_lookups(request, now)
-        self._rounds = self._rounds + 1 if wanted else 0
-        return wanted or None
+            self._fetched = {}
+        else:
+            self._rounds += 1
+        return wanted
 
     def wait_for_names(self, wanted) -> None:
         self._waiting = True
         self.transport.pause_reading()
-        self.server.look_up_names(wanted).add_done_callback(self._names_ready)
+        self.server.look_up_names(wanted, self._fetched).add_done_callback(self._names_ready)
 
     def _names_ready(self, fut) -> None:
         self._waiting = False
+        if not fut.cancelled() and fut.exception() is None:
+            self._fetched = fut.result()
         if self.transport.is_closing():
             return
         if not self._paused and not self._stopped:

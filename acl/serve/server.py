@@ -260,7 +260,7 @@ class Server:
         s = self.sockets
         return uid in s.admin_uids or gid in s.admin_gids
 
-    def look_up_names(self, wanted) -> asyncio.Future:
+    def look_up_names(self, wanted, given: dict | None = None) -> asyncio.Future:
         """A future done once every item of ``wanted`` (``(kind, address)``,
         ``(NETGROUP, group, host)``) has been looked up in a worker thread
         and cached (one lookup per item however many connections wait for
@@ -278,12 +278,20 @@ class Server:
         as "no name" (``NameService.no_name``: ``unknown``, as libwrap when
         its resolver gives up), so the request is decided at once and is not
         probed again for it; the lookup goes on in its thread and is cached
-        when it ends (acl/serve/lookups.py)."""
+        when it ends (acl/serve/lookups.py).
+
+        A connection whose request needs another call (its decision, with
+        these answers in, wants more: conn.py ``CONN_NAME_ROUNDS``) passes
+        what it was given so far (``given``): part of the result, and never
+        waited for again -- a name that hangs costs its request one
+        deadline, not one per call.  Names first asked in the later call
+        get a deadline of their own, as libwrap gives each lookup made one
+        after the other its resolver's timeout."""
         loop = asyncio.get_running_loop()
         request = getattr(wanted, "request", None)
         net = lookups.network_of(request.client) if request is not None else None
-        got: dict = {}
-        tried: set = set()
+        got: dict = dict(given) if given else {}
+        tried: set = set(got)
         rounds = 0
         out = loop.create_future()
         deadline = self.engine.policy.names.deadline

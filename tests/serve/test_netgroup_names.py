@@ -104,17 +104,15 @@ def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, 
         (False, None) if ttl else (True, verdict is Verdict.ALLOW))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug: the connection's second look_up_names call (conn.py names_wanted, "
-    "CONN_NAME_ROUNDS) asks the stuck group again under a fresh deadline"))
 def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
     """@slow never answers, @ops at once (one netgroup a round): the request
     is decided after one ``[names] deadline`` with @slow unknown and @ops
-    in, and @slow counts once as gone past the deadline.  It counted twice:
-    after the deadline the connection probes again with @slow given, looks
-    @ops up, and that second call's next round forgets @slow was given and
-    waits for it a whole new deadline (the request waits 2 x deadline, up
-    to CONN_NAME_ROUNDS x: docs/configuration.md says at most one)."""
+    in, and @slow counts once as gone past the deadline.  It used to count
+    twice: after the deadline the connection probes again with @slow given,
+    looks @ops up, and that second call's next round forgot @slow was given
+    and waited for it a whole new deadline (the request waited 2 x deadline,
+    up to CONN_NAME_ROUNDS x).  Now the connection passes what it was given
+    to its next call."""
     (tmp_path / "hosts.allow").write_text("echo: @slow @ops\n")
     (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
     (tmp_path / "hosts").write_text(f"{MEMBER}\tc2.good.example\n")
