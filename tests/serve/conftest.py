@@ -8,11 +8,15 @@ Every server is started by Popen and stopped by its PID in a finally.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
+from acl.client import AsyncClient
 from acl.wire import binary as wb
 from tests.sidecar import Live, start_server, wait_for  # noqa: F401  (the area's tests import them from here)
 
@@ -142,3 +146,33 @@ def read_until_closed(sock: socket.socket) -> bytes:
             break
         chunks.append(data)
     return b"".join(chunks)
+
+
+@contextlib.asynccontextmanager
+async def in_process(server, clients: int = 1, wait: float = 10.0):
+    """``server`` (a bound acl.serve.server.Server) serving on this event
+    loop for the block, which gets ``clients`` AsyncClients connected to its
+    query socket; afterwards they are closed and the server stopped, every
+    wait bounded by ``wait`` seconds."""
+    ready = asyncio.Event()
+    serving = asyncio.ensure_future(server.serve(ready=ready.set))
+    conns: list[AsyncClient] = []
+    try:
+        await asyncio.wait_for(ready.wait(), wait)
+        for _ in range(clients):
+            conns.append(await asyncio.wait_for(
+                AsyncClient.connect(server.addresses["query"]), wait))
+        yield conns
+    finally:
+        for c in conns:
+            await c.close()
+        server.stop()
+        await asyncio.wait_for(serving, wait)
+
+
+async def until(pred, what: str, wait: float = 10.0) -> None:
+    """Poll ``pred`` on the event loop until it holds; fail after ``wait`` s."""
+    give_up = time.monotonic() + wait
+    while not pred():
+        assert time.monotonic() < give_up, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from acl.client import AsyncClient
 from acl.engine import KERNEL, Engine
 from acl.model import Reason
 from acl.policy import load_policy
 from acl.serve import lookups
 from acl.serve.server import Server
 
+from .conftest import in_process, until
 from .test_postfix_door import asked, engine_with_cps
 
 WAIT = 10.0
@@ -72,30 +71,19 @@ def gated_server(tmp_path, names=""):
     return server, gate, started
 
 
-async def until(pred, what):
-    give_up = time.monotonic() + WAIT
-    while not pred():
-        assert time.monotonic() < give_up, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 def test_shed_and_expired_lookups_and_the_pool_are_counted(tmp_path, monkeypatch):
     monkeypatch.setattr(lookups, "QUEUE_PER_NETWORK", 1)
     server, gate, started = gated_server(tmp_path)
     seen = {}
 
     async def scenario():
-        ready = asyncio.Event()
-        serving = asyncio.ensure_future(server.serve(ready=ready.set))
-        try:
-            await asyncio.wait_for(ready.wait(), WAIT)
-            clients = [await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]),
-                                              WAIT) for _ in range(3)]
+        async with in_process(server, 3, WAIT) as clients:
             try:
                 first = asyncio.ensure_future(clients[0].decide("echo", "10.2.2.2"))
-                await until(lambda: started, "the first lookup")
+                await until(lambda: started, "the first lookup", WAIT)
                 second = asyncio.ensure_future(clients[1].decide("echo", "10.2.2.3"))
-                await until(lambda: server.lookup_scheduler.waiting == 1, "a queued lookup")
+                await until(lambda: server.lookup_scheduler.waiting == 1, "a queued lookup",
+                            WAIT)
                 # the /24's queue is full: decided at once, without a name
                 shed = await asyncio.wait_for(clients[2].decide("echo", "10.2.2.4"), WAIT)
                 assert not shed.allowed
@@ -106,15 +94,10 @@ def test_shed_and_expired_lookups_and_the_pool_are_counted(tmp_path, monkeypatch
                 seen["expired"] = scrape(server)
                 gate.set()
                 await until(lambda: server.lookup_scheduler.running == 0
-                            and server.lookup_scheduler.waiting == 0, "the pool to drain")
+                            and server.lookup_scheduler.waiting == 0, "the pool to drain", WAIT)
                 seen["drained"] = scrape(server)
             finally:
                 gate.set()
-                for c in clients:
-                    await c.close()
-        finally:
-            server.stop()
-            await asyncio.wait_for(serving, WAIT)
 
     asyncio.run(scenario())
     busy, expired, drained = seen["busy"], seen["expired"], seen["drained"]
@@ -137,28 +120,18 @@ def test_lookups_running_counts_those_waiting_for_a_busy_thread(tmp_path):
     seen = {}
 
     async def scenario():
-        ready = asyncio.Event()
-        serving = asyncio.ensure_future(server.serve(ready=ready.set))
-        try:
-            await asyncio.wait_for(ready.wait(), WAIT)
-            clients = [await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]),
-                                              WAIT) for _ in range(2)]
+        async with in_process(server, 2, WAIT) as clients:
             try:
                 asking = [asyncio.ensure_future(c.decide("echo", addr))
                           for c, addr in zip(clients, ("10.2.2.2", "10.3.3.3"), strict=True)]
                 await until(lambda: started and server.lookup_scheduler.running == 2,
-                            "two lookups handed to the pool")
+                            "two lookups handed to the pool", WAIT)
                 seen["busy"] = scrape(server)
                 seen["threads_started"] = len(started)
                 for fut in asking:
                     await asyncio.wait_for(fut, WAIT)
             finally:
                 gate.set()
-                for c in clients:
-                    await c.close()
-        finally:
-            server.stop()
-            await asyncio.wait_for(serving, WAIT)
 
     asyncio.run(scenario())
     assert seen["busy"][("acl_name_lookups_running", ())] == 2

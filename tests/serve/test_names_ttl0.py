@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from acl.client import AsyncClient
 from acl.engine import KERNEL, Engine
 from acl.model import Verdict
 from acl.policy import load_policy
 from acl.serve.server import Server
+
+from .conftest import in_process, until
 
 NAMED, UNNAMED = "10.2.2.2", "10.3.3.3"
 WAIT = 10.0
@@ -52,31 +52,16 @@ def test_a_zero_ttl_answer_is_used_by_its_request_never_looked_up_on_the_loop(
     server.bind()
 
     async def scenario():
-        ready = asyncio.Event()
-        serving = asyncio.ensure_future(server.serve(ready=ready.set))
-        try:
-            await asyncio.wait_for(ready.wait(), WAIT)
-            named = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
-            other = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
-            try:
-                asking = asyncio.ensure_future(named.decide("echo", client))
-                give_up = time.monotonic() + WAIT
-                while not threads:
-                    assert time.monotonic() < give_up, "the lookup never started"
-                    await asyncio.sleep(0.01)
-                # the lookup waits: another client is answered meanwhile
-                d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
-                assert d.verdict is Verdict.ALLOW
-                gate.set()
-                d = await asyncio.wait_for(asking, WAIT)
-                # echo: .good.example (the named client), echo: unknown (the other)
-                assert d.verdict is Verdict.ALLOW
-            finally:
-                await named.close()
-                await other.close()
-        finally:
-            server.stop()
-            await asyncio.wait_for(serving, WAIT)
+        async with in_process(server, 2, WAIT) as (named, other):
+            asking = asyncio.ensure_future(named.decide("echo", client))
+            await until(lambda: threads, "the lookup to start", WAIT)
+            # the lookup waits: another client is answered meanwhile
+            d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
+            assert d.verdict is Verdict.ALLOW
+            gate.set()
+            d = await asyncio.wait_for(asking, WAIT)
+            # echo: .good.example (the named client), echo: unknown (the other)
+            assert d.verdict is Verdict.ALLOW
 
     try:
         asyncio.run(scenario())
@@ -104,20 +89,10 @@ def test_a_lookup_that_raises_is_made_once_and_reads_as_unknown(tmp_path):
     server.bind()
 
     async def scenario():
-        ready = asyncio.Event()
-        serving = asyncio.ensure_future(server.serve(ready=ready.set))
-        try:
-            await asyncio.wait_for(ready.wait(), WAIT)
-            c = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
-            try:
-                # echo: unknown -- what a name that could not be looked up is
-                d = await asyncio.wait_for(c.decide("echo", NAMED), WAIT)
-                assert d.verdict is Verdict.ALLOW
-            finally:
-                await c.close()
-        finally:
-            server.stop()
-            await asyncio.wait_for(serving, WAIT)
+        async with in_process(server, 1, WAIT) as (c,):
+            # echo: unknown -- what a name that could not be looked up is
+            d = await asyncio.wait_for(c.decide("echo", NAMED), WAIT)
+            assert d.verdict is Verdict.ALLOW
 
     asyncio.run(scenario())
     assert calls == [("verified", NAMED)]

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from acl.client import AsyncClient
 from acl.engine import KERNEL, Engine
 from acl.model import Verdict
 from acl.policy import load_policy
 from acl.serve.server import Server
+
+from .conftest import in_process, until
 
 MEMBER, OTHER = "10.2.2.2", "10.3.3.3"
 WAIT = 10.0
@@ -66,31 +66,16 @@ def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, 
     kw = {} if host is None else {"host": host}
 
     async def scenario():
-        ready = asyncio.Event()
-        serving = asyncio.ensure_future(server.serve(ready=ready.set))
-        try:
-            await asyncio.wait_for(ready.wait(), WAIT)
-            asker = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
-            other = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
-            try:
-                asking = asyncio.ensure_future(asker.decide("echo", client, **kw))
-                give_up = time.monotonic() + WAIT
-                while not calls:
-                    assert time.monotonic() < give_up, "the lookup never started"
-                    await asyncio.sleep(0.01)
-                # innetgr waits: another client is answered meanwhile
-                d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
-                assert d.verdict is Verdict.ALLOW
-                assert not asking.done()
-                gate.set()
-                d = await asyncio.wait_for(asking, WAIT)
-                assert d.verdict is verdict, d
-            finally:
-                await asker.close()
-                await other.close()
-        finally:
-            server.stop()
-            await asyncio.wait_for(serving, WAIT)
+        async with in_process(server, 2, WAIT) as (asker, other):
+            asking = asyncio.ensure_future(asker.decide("echo", client, **kw))
+            await until(lambda: calls, "the lookup to start", WAIT)
+            # innetgr waits: another client is answered meanwhile
+            d = await asyncio.wait_for(other.decide("sshd", "127.0.0.1"), WAIT)
+            assert d.verdict is Verdict.ALLOW
+            assert not asking.done()
+            gate.set()
+            d = await asyncio.wait_for(asking, WAIT)
+            assert d.verdict is verdict, d
 
     try:
         asyncio.run(scenario())
@@ -138,20 +123,12 @@ def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
     server.bind()
 
     async def scenario():
-        ready = asyncio.Event()
-        serving = asyncio.ensure_future(server.serve(ready=ready.set))
-        try:
-            await asyncio.wait_for(ready.wait(), WAIT)
-            asker = await asyncio.wait_for(AsyncClient.connect(server.addresses["query"]), WAIT)
+        async with in_process(server, 1, WAIT) as (asker,):
             try:
                 return await asyncio.wait_for(
                     asker.decide("echo", MEMBER, host="c2.good.example"), WAIT)
             finally:
                 gate.set()
-                await asker.close()
-        finally:
-            server.stop()
-            await asyncio.wait_for(serving, WAIT)
 
     try:
         d = asyncio.run(scenario())
