@@ -109,6 +109,11 @@ class _Base(asyncio.Protocol):
             self._rounds += 1
         return wanted
 
+    @property
+    def waiting_for_names(self) -> bool:
+        """A request held until its name lookups answer (reading paused)."""
+        return self._waiting
+
     def wait_for_names(self, wanted) -> None:
         self._waiting = True
         self.transport.pause_reading()

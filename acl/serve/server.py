@@ -674,7 +674,7 @@ class Server:
         kept = [c for c in self._conns if getattr(c, "kept", 0) and c.transport is not None]
         for c in kept:
             c.stop_reading()
-        while any(c._waiting for c in kept) and loop.time() < end:
+        while any(c.waiting_for_names for c in kept) and loop.time() < end:
             await asyncio.sleep(0.01)      # a name lookup under way: let it answer
         closing = []
         for c in kept:
