@@ -373,6 +373,39 @@ def test_systemctl_reload_returns_once_the_new_policy_answers(live):
     assert sample(metrics(live), "acl_last_reload_success") == 1.0
 
 
+def test_systemctl_reload_waits_for_a_sidecar_slow_to_start_the_reload(live):
+    """The sidecar does not run for a moment when the reload is asked (SIGSTOP
+    here; a starved process on a loaded host alike): ``systemctl reload``
+    must not return before it has run the reload.  (``kill -HUP $MAINPID``
+    returned at once: systemd ends that reload when kill exits, unless the
+    sidecar's RELOADING=1 happens to reach it first -- a race this stop
+    decides.)  Then the first query gets the new policy."""
+    assert decide(live, "alpha", DENIED).verdict is Verdict.DENY
+    pid = main_pid(live)
+    allow_alpha(live, {DENIED})
+    live.run("kill", "-STOP", str(pid))
+    reload = None
+    try:
+        reload = subprocess.Popen(live.cmd("systemctl", "--no-pager", "reload", "acl.service"),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            reload.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            pass
+        returned_while_stopped = reload.poll() is not None
+    finally:
+        live.run("kill", "-CONT", str(pid))
+        if reload is not None:
+            try:
+                out, err = reload.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                reload.kill()
+                out, err = reload.communicate(timeout=10)
+    assert not returned_while_stopped, (reload.returncode, err)
+    assert reload.returncode == 0, err
+    assert decide(live, "alpha", DENIED).verdict is Verdict.ALLOW
+
+
 def test_a_reload_that_does_not_load_fails_and_the_old_policy_answers(live):
     """A broken rule file: ``systemctl reload acl`` fails, ``systemctl
     status`` shows the file:line:column, the unit stays active on the same
