@@ -17,7 +17,8 @@ Rules of this command:
 * The admin socket: ``--admin PATH``; else the ``[sockets] admin`` that
   ``--config FILE`` names -- that file alone is read here, never its rule
   files: the server reads them, and logs and counts a failure as for any
-  other reload; else ``DEFAULT_ADMIN``.  The server serves only the peers of
+  other reload (a FILE that is no TOML is exit 100 here, with its
+  ``file:line:column``, and nothing is asked); else ``DEFAULT_ADMIN``.  The server serves only the peers of
   ``admin_uids`` (default root), so systemd runs this as root (``!``).
 * A policy that names no admin socket (``--config``, no ``[sockets]
   admin``) cannot be asked and answered.  With ``--pid PID`` (systemd's
