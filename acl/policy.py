@@ -654,11 +654,10 @@ def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | None = None) -> Policy:
-    """Read the TOML file (or the shipped example) and load every source."""
-    toml_path = Path(path).resolve() if path else EXAMPLE
-    stamped_ns = time.time_ns()
-    file_stamps = {str(toml_path): stamp(toml_path)}       # before reading (module rules)
+def _read_toml(toml_path: Path) -> dict:
+    """The TOML file's tables; PolicyError (``PATH:LINE:COLUMN: ...`` for
+    its syntax) when it cannot be read or is no TOML, or names an unknown
+    section."""
     try:
         conf = tomllib.loads(read_bytes(toml_path).decode("utf-8"))
     except OSError as exc:
@@ -672,15 +671,39 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     unknown = set(conf) - KNOWN_SECTIONS
     if unknown:
         raise _err(toml_path, sorted(unknown)[0], "unknown section")
+    return conf
+
+
+def _socket_paths(conf: dict, toml_path: Path) -> dict[str, str]:
+    """``[sockets]`` query, policy and admin, made absolute ("" when unset)."""
+    s = _table(conf, "sockets", toml_path)
+    paths = {k: _get(s, k, str, "", toml_path, "sockets") for k in ("query", "policy", "admin")}
+    return {k: str(toml_path.parent / v) if v else "" for k, v in paths.items()}
+
+
+def admin_socket_of(path: str | os.PathLike) -> str:
+    """The ``[sockets] admin`` path the TOML file names ("" for none), read
+    from that file alone -- its rule files are neither read nor checked
+    (``acl reload`` asks the running server to do that)."""
+    toml_path = Path(path).resolve()
+    return _socket_paths(_read_toml(toml_path), toml_path)["admin"]
+
+
+def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | None = None) -> Policy:
+    """Read the TOML file (or the shipped example) and load every source."""
+    toml_path = Path(path).resolve() if path else EXAMPLE
+    stamped_ns = time.time_ns()
+    file_stamps = {str(toml_path): stamp(toml_path)}       # before reading (module rules)
+    conf = _read_toml(toml_path)
     base = toml_path.parent
 
     s = _table(conf, "sockets", toml_path)
-    paths = {k: _get(s, k, str, "", toml_path, "sockets") for k in ("query", "policy", "admin")}
+    paths = _socket_paths(conf, toml_path)
     sockets = Sockets(
-        query=str(base / paths["query"]) if paths["query"] else "",
-        policy=str(base / paths["policy"]) if paths["policy"] else "",
+        query=paths["query"],
+        policy=paths["policy"],
         policy_service=_get(s, "policy_service", str, "smtpd", toml_path, "sockets"),
-        admin=str(base / paths["admin"]) if paths["admin"] else "",
+        admin=paths["admin"],
         mode=_mode(s.get("mode", "0660"), toml_path),
         group=_get(s, "group", str, "", toml_path, "sockets"),
         admin_uids=_ids(s.get("admin_uids", [0]), lambda n: pwd.getpwnam(n).pw_uid,

@@ -29,6 +29,7 @@ COMMANDS = {
     "check": "lint rule files, like tcpdchk, plus shadowed rules",
     "compile": "compile a tcprules file to cdb, like tcprules",
     "query": "ask a running sidecar",
+    "reload": "reload a running sidecar and wait for the outcome",
     "audit": "list listening sockets and the policy that covers them",
 }
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 
-from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY, write_out
+from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY, adminsock, write_out
 from acl.wire.admin import ADMIN_COMMANDS
 
 PROG = "acl query"
@@ -54,51 +53,15 @@ def socket_path_error(path: str) -> str | None:
 
 
 def admin(path: str, command: str, timeout: float = DEFAULT_TIMEOUT) -> int:
-    """Send one command, print the JSON answer.  The server may answer and
-    close before reading (a uid it does not serve): a failed send is then
-    followed by reading that answer, which is what the user needs to see.
-    Exit status: 0 ok; 100 a refusal whose ``cause`` is the command or the
-    policy (bad input); 111 any other refusal (a uid not served) and no
-    answer."""
+    """Send one command, print the JSON answer; the exit status it means
+    (acl/cli/adminsock.py)."""
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            try:
-                s.sendall(command.encode() + b"\n")
-                unsent = None
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                unsent = exc
-            data = b""
-            try:
-                while not data.endswith(b"\n"):
-                    chunk = s.recv(1 << 16)
-                    if not chunk:
-                        break
-                    data += chunk
-            except ConnectionResetError:
-                if not data:
-                    raise
-            if unsent is not None and not data:
-                raise unsent
-    except TimeoutError:
-        print(f"{PROG}: fatal: {path}: no answer within {timeout:g} s: is it the admin "
-              f"socket?", file=sys.stderr)
-        return EXIT_TEMPORARY
-    except OSError as exc:
-        print(f"{PROG}: fatal: cannot reach {path}: {exc}", file=sys.stderr)
-        return EXIT_TEMPORARY
-    try:
-        reply = json.loads(data)
-        if not isinstance(reply, dict):
-            raise ValueError(reply)
-    except ValueError:
-        print(f"{PROG}: fatal: no answer from {path}: is it the admin socket?", file=sys.stderr)
+        reply = adminsock.exchange(path, command, timeout)
+    except adminsock.NoAnswer as exc:
+        print(f"{PROG}: fatal: {exc}", file=sys.stderr)
         return EXIT_TEMPORARY
     print(json.dumps(reply, indent=2, sort_keys=True))
-    if reply.get("ok"):
-        return EXIT_OK
-    return EXIT_BAD_INPUT if reply.get("cause") in ("command", "policy") else EXIT_TEMPORARY
+    return adminsock.exit_status(reply)
 
 
 DEFAULT_SOCKET = "/run/acl/query.sock"

@@ -106,8 +106,9 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return EXIT_BAD_INPUT
     # SIGHUP's default action kills: until Server.serve takes the signal over,
-    # one is remembered and answered by a reload once serving (a unit's
-    # ExecReload= or a logrotate hook may send it at any time)
+    # one is remembered and answered by a reload once serving (acl reload
+    # for a policy without an admin socket, an older unit's ExecReload= or a
+    # logrotate hook may send it at any time)
     hup: list[int] = []
     if not args.check:
         signal.signal(signal.SIGHUP, lambda signum, frame: hup.append(signum))

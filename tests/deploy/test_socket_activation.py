@@ -12,6 +12,7 @@ must produce RELOADING=1 then READY=1.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -42,8 +43,6 @@ def directive(text: str, key: str) -> str:
 def passed_env() -> list[str]:
     """systemd-socket-activate hands the program only the variables it is
     given: pass PYTHONPATH on, so the acl under test is the one that runs."""
-    import os
-
     path = os.environ.get("PYTHONPATH")
     return ["-E", f"PYTHONPATH={path}"] if path else []
 
@@ -90,6 +89,7 @@ def test_units_sockets_drive_acl_serve(tmp_path):
         query = "not-this-query.sock"
         admin = "not-this-admin.sock"
         policy = "not-this-policy.sock"
+        admin_uids = [UID]
         [[source]]
         type = "hosts_access"
         allow = "hosts.allow"
@@ -97,7 +97,7 @@ def test_units_sockets_drive_acl_serve(tmp_path):
         services = ["alpha", "smtpd"]
         [run]
         watch = false
-        """))
+        """).replace("UID", str(os.getuid())))
     exec_start = directive(service, "ExecStart").split()
     assert exec_start[:2] == ["/usr/local/bin/acl", "serve"]
     argv = [acl_entry_point(), *exec_start[1:]]
@@ -131,12 +131,21 @@ def test_units_sockets_drive_acl_serve(tmp_path):
         assert postfix_ask(tmp_path / "policy.sock", "192.0.2.1").startswith("action=REJECT ")
         for name in ("query", "admin", "policy"):
             assert not (tmp_path / f"not-this-{name}.sock").exists()
-        # ExecReload=/bin/kill -HUP $MAINPID (the sidecar was exec'ed in
-        # place, so $MAINPID is the activator's PID).
-        assert directive(service, "ExecReload") == "/bin/kill -HUP $MAINPID"
-        proc.send_signal(signal.SIGHUP)
+        # ExecReload= ("!": as root, which admin_uids serves; here the
+        # test's own uid) over the passed admin socket: it returns after
+        # RELOADING=1 and READY=1, and says so
+        reload = directive(service, "ExecReload")
+        assert reload.startswith("!/usr/local/bin/acl reload ")
+        argv = [acl_entry_point(), *reload.split()[1:]]
+        argv[argv.index("/run/acl/admin.sock")] = str(tmp_path / "admin.sock")
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and out.stdout.startswith("acl reload: reloaded in "), out
         got = notify.recv(4096).decode()
         assert got.startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(4096) == b"READY=1"
+        # SIGHUP, as a logrotate hook or an older unit sends it, reloads too
+        proc.send_signal(signal.SIGHUP)
+        assert notify.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
         assert notify.recv(4096) == b"READY=1"
     finally:
         notify.close()
@@ -153,8 +162,6 @@ def test_a_socket_it_cannot_bind_is_named_with_its_path(tmp_path):
     """What acl.service without acl-policy.socket did: the policy socket's
     directory is read-only (as ProtectSystem=strict makes /run and /var), the
     other sockets are passed.  The fatal line names the socket and its path."""
-    import os
-
     if os.geteuid() != 0:
         pytest.skip("needs root for a private mount namespace")
     run = tmp_path / "run"

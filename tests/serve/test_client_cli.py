@@ -92,7 +92,7 @@ def test_admin_prints_the_refusal_even_when_its_command_cannot_be_sent(tmp_path,
     """The admin socket answers a uid it does not serve and closes at once
     (docs/protocol.md).  A command written after that close fails (EPIPE);
     ``acl query --admin`` must still print the answer, not 'Broken pipe'."""
-    from acl.cli import query
+    from acl.cli import adminsock, query
 
     refusal = {"ok": False, "error": "uid 65534 gid 65534 is not allowed on the admin socket"}
     path = str(tmp_path / "admin.sock")
@@ -116,7 +116,7 @@ def test_admin_prints_the_refusal_even_when_its_command_cannot_be_sent(tmp_path,
             assert closed.wait(30)
             return super().sendall(data, *args)
 
-    monkeypatch.setattr(query, "socket", types.SimpleNamespace(
+    monkeypatch.setattr(adminsock, "socket", types.SimpleNamespace(
         socket=LateSocket, AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM))
     t = threading.Thread(target=refuse, daemon=True)
     t.start()
