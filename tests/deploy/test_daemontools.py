@@ -99,13 +99,29 @@ def test_supervised_logged_restarted_stopped(tmp_path):
         wait_for(lambda: scrape(metrics_port, 1.0), 20)
         assert uid_of(pid1) == (0 if user == "root" else int(
             subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout))
-        client = Client(work / "run" / "query.sock")
-        try:
-            from acl.model import Request, Verdict
-            (reply,) = client.decide_many([Request("alpha", "127.0.0.1")])
-            assert reply.decision.verdict is Verdict.ALLOW
-        finally:
-            client.close()
+        from acl.model import Request, Verdict
+        assert _verdict(work, "alpha", "127.0.0.1") is Verdict.ALLOW
+
+        # The guide's reload under daemontools: `acl reload --config` finds
+        # the admin socket in the policy the sidecar runs and returns when the
+        # new rules answer (no waiting here before the query), or fails with
+        # the file:line:column of a rule file that does not load.
+        (work / "hosts.allow").write_text("beta: ALL\n")
+        done = subprocess.run([exe, "reload", "--config", str(config)],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert _verdict(work, "alpha", "127.0.0.1") is Verdict.DENY
+        # (hosts_access itself refuses no line, as libwrap: break the policy.)
+        good_policy = config.read_text()
+        config.write_text(good_policy + '[[source]]\ntype = "no-such-kind"\n')
+        refused = subprocess.run([exe, "reload", "--config", str(config)],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 100, (refused.returncode, refused.stderr)
+        assert f"{config}:" in refused.stderr and "no-such-kind" in refused.stderr, \
+            refused.stderr
+        assert _verdict(work, "alpha", "127.0.0.1") is Verdict.DENY
+        assert _verdict(work, "beta", "127.0.0.1") is Verdict.ALLOW
+        config.write_text(good_policy)        # the restart below reads it
         # The sidecar's output reaches multilog, each line TAI64N-stamped.
         current = svc_dir / "log" / "main" / "current"
         text = wait_for(lambda: current.exists() and current.read_text(), 15)
@@ -143,6 +159,17 @@ def test_supervised_logged_restarted_stopped(tmp_path):
             if not _supervise_gone(d):
                 subprocess.run(["svc", "-dx", str(d)], timeout=10, check=False)
         stop_process(svscan)
+
+
+def _verdict(work, service: str, client_address: str):
+    """One decision from the supervised sidecar, on a connection of its own."""
+    from acl.model import Request
+    client = Client(work / "run" / "query.sock")
+    try:
+        (reply,) = client.decide_many([Request(service, client_address)])
+        return reply.decision.verdict
+    finally:
+        client.close()
 
 
 def _alive(pid: int) -> bool:
