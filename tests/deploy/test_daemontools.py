@@ -99,7 +99,7 @@ def test_supervised_logged_restarted_stopped(tmp_path):
         wait_for(lambda: scrape(metrics_port, 1.0), 20)
         assert uid_of(pid1) == (0 if user == "root" else int(
             subprocess.run(["id", "-u", user], capture_output=True, text=True).stdout))
-        from acl.model import Request, Verdict
+        from acl.model import Verdict
         assert _verdict(work, "alpha", "127.0.0.1") is Verdict.ALLOW
 
         # The guide's reload under daemontools: `acl reload --config` finds
