@@ -9,6 +9,7 @@ door (acl.serve.nfqueue) builds its configuration from the same code.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from acl.errors import PolicyError
@@ -63,27 +64,38 @@ class NfqueueConfig:
     rcvbuf: int = 8 << 20
 
     @classmethod
-    def from_table(cls, table: dict, path: object = "policy") -> NfqueueConfig:
+    def from_table(cls, table: dict, path: object = "policy",
+                   position: Callable[[str, bool], str] | None = None) -> NfqueueConfig:
+        """The ``[nfqueue]`` table, checked.  ``position(key, at_key)``, when
+        given, says where ``key`` is written -- ``PATH:LINE:COLUMN``, of the
+        key itself or of its value -- for the error message's start
+        (acl/policy.py's; else the message starts with ``path``)."""
         where = f"{path}: [nfqueue]"
+
+        def at(key: str, at_key: bool = False) -> str:
+            return f"{position(key, at_key)}: [nfqueue]" if position else where
+
         known = {"queues", "ports", "reject", "reject_mark", "malformed", "copy_range",
                  "queue_maxlen", "fail_open", "batch", "rcvbuf"}
         for key in table:
             if key not in known:
-                raise PolicyError(f"{where}: unknown key {key!r}")
+                raise PolicyError(f"{at(key, True)}: unknown key {key!r}")
         cfg = cls()
         queues = table.get("queues", [0])
         if isinstance(queues, int):
             queues = [queues]
         if not queues or not all(isinstance(q, int) and 0 <= q <= 65535 for q in queues):
-            raise PolicyError(f"{where}: queues must be a list of numbers 0..65535")
+            raise PolicyError(f"{at('queues')}: queues must be a list of numbers 0..65535")
         cfg.queues = tuple(dict.fromkeys(queues))
         ports = table.get("ports", {})
         if not isinstance(ports, dict) or not ports:
-            raise PolicyError(f"{where}: ports must map PORT (or ADDR:PORT) to a service name")
+            raise PolicyError(f"{at('ports')}: ports must map PORT (or ADDR:PORT) to a "
+                              "service name")
         for key, service in ports.items():
             if not isinstance(service, str) or not service:
-                raise PolicyError(f"{where}: ports.{key}: service must be a non-empty string")
-            addr, port = parse_port_key(key, f"{where} ports")
+                raise PolicyError(f"{at('ports')}: ports.{key}: service must be a non-empty "
+                                  "string")
+            addr, port = parse_port_key(key, f"{at('ports')} ports")
             if addr is None:
                 cfg.ports[port] = service
             else:
@@ -91,17 +103,17 @@ class NfqueueConfig:
         for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
             value = table.get(key, getattr(cfg, key))
             if value not in allowed:
-                raise PolicyError(f"{where}: {key} must be one of {', '.join(allowed)}")
+                raise PolicyError(f"{at(key)}: {key} must be one of {', '.join(allowed)}")
             setattr(cfg, key, value)
         for key, lo, hi in (("reject_mark", 1, 0xFFFFFFFF), ("copy_range", 64, 65535),
                             ("queue_maxlen", 1, 1 << 24), ("batch", 1, 4096),
                             ("rcvbuf", 0, 1 << 30)):
             value = table.get(key, getattr(cfg, key))
             if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-                raise PolicyError(f"{where}: {key} must be a number {lo}..{hi}")
+                raise PolicyError(f"{at(key)}: {key} must be a number {lo}..{hi}")
             setattr(cfg, key, value)
         fail_open = table.get("fail_open", True)
         if not isinstance(fail_open, bool):
-            raise PolicyError(f"{where}: fail_open must be true or false")
+            raise PolicyError(f"{at('fail_open')}: fail_open must be true or false")
         cfg.fail_open = fail_open
         return cfg

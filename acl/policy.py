@@ -316,41 +316,76 @@ def libwrap_name(policy: Policy, service: str) -> str | None | bool:
 
 
 # -- loading ------------------------------------------------------------------
-def _err(path, where: str, what: str) -> PolicyError:
-    """``PATH:LINE:COLUMN: table.key: what`` when ``where`` names a key of a
-    ``[table]`` the file spells out (tomllib keeps no positions: the file is
-    read again, on this error path only), else ``PATH: where: what``."""
+def _err(path, where: str, what: str, *, at_key: str | None = None) -> PolicyError:
+    """``PATH:LINE:COLUMN: where: what`` when ``where`` (or ``at_key``, whose
+    key itself is then pointed at, not its value) names what the file
+    spells out (tomllib keeps no positions: the file is read again, on this
+    error path only; :func:`_locate`), else ``PATH: where: what``."""
+    return PolicyError(f"{_position(path, at_key or where, at_key is not None)}: "
+                       f"{where}: {what}")
+
+
+def _position(path, where: str, at_key: bool = False) -> str:
+    """``PATH:LINE:COLUMN`` of what ``where`` names (:func:`_locate`; with
+    ``at_key``, of the key rather than its value), or ``PATH`` alone."""
     at = _locate(path, where)
-    return PolicyError(f"{path}:{at[0]}:{at[1]}: {where}: {what}" if at
-                       else f"{path}: {where}: {what}")
+    if at is None:
+        return str(path)
+    column = len(at[2]) - len(at[2].lstrip()) + 1 if at_key else at[1]
+    return f"{path}:{at[0]}:{column}"
 
 
 _HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(?:#.*)?$")
+_ARRAY_HEADER = re.compile(r"\s*\[\[\s*([A-Za-z0-9_-]+)\s*\]\]\s*(?:#.*)?$")
 _ASSIGN = re.compile(r"(\s*)([A-Za-z0-9_-]+)\s*=\s*")
+#: ``table.key``, ``array[i]`` or ``array[i].key`` (i counts from 0, as the
+#: messages do: ``source[0]`` is the file's first ``[[source]]``)
+_WHERE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
 
 
 def _locate(path, where: str) -> tuple[int, int, str] | None:
-    """(line, column, line text) of the value of ``table.key`` in the TOML file: a
-    ``key =`` line under a ``[table]`` header; None when it is not written
-    that way (an inline table, a dotted key) or the file cannot be read."""
-    table, dot, key = where.partition(".")
-    if not dot or not table.isidentifier() or not key.isidentifier():
+    """(line, column, line text) of what ``where`` names in the TOML file:
+    the value of ``table.key`` (a ``key =`` line under a ``[table]``
+    header), of ``array[i].key`` (under the i-th ``[[array]]`` header), or
+    the i-th ``[[array]]`` header itself for ``array[i]``, the ``[table]``
+    header for ``table`` or ``[table]``, or the value of a ``key`` above
+    every header.  None when it is
+    not written that way (an inline table, a dotted key) or the file cannot
+    be read."""
+    m = _WHERE.match(where[1:-1] if where[:1] == "[" else where)
+    if m is None:
         return None
+    table, index, key = m[1], m[2], m[3]
+    whole = index is None and key is None    # ``[table]``'s header, or ``table =``
+    if whole:
+        table, key = "", table         # (a key above every header)
     try:
         lines = read_bytes(path).decode("utf-8", "replace").splitlines()
     except (OSError, TypeError):
         return None
-    current = None
+    inside = table == ""           # under the header ``where`` names
+    seen = -1                      # [[table]] headers so far
     for n, line in enumerate(lines, 1):
         h = _HEADER.match(line)
+        a = None if h else _ARRAY_HEADER.match(line)
+        if h and whole and h[1] == key:
+            return n, len(line) - len(line.lstrip()) + 1, line
         if h:
-            current = h[1]
-        elif line.lstrip().startswith("[["):
-            current = None
-        elif current == table:
-            m = _ASSIGN.match(line)
-            if m and m[2] == key:
-                return n, m.end() + 1, line
+            inside = index is None and h[1] == table
+        elif a:
+            inside = False
+            if index is not None and a[1] == table:
+                seen += 1
+                if seen == int(index):
+                    if key is None:
+                        return n, len(line) - len(line.lstrip()) + 1, line
+                    inside = True
+        elif line.lstrip().startswith("["):
+            inside = False         # a sub-table ([a.b], [[a.b]]): not ours
+        elif inside:
+            k = _ASSIGN.match(line)
+            if k and k[2] == key:
+                return n, k.end() + 1, line
     return None
 
 
@@ -359,14 +394,17 @@ def _table(conf: dict, name: str, path) -> dict:
     table = conf.get(name, {})
     if not isinstance(table, dict):
         raise _err(path, f"[{name}]", "expected a table")
-    _known_keys(table, TABLE_KEYS[name], path, f"[{name}]")
+    _known_keys(table, TABLE_KEYS[name], path, f"[{name}]", name)
     return table
 
 
-def _known_keys(table: dict, known, path, where: str) -> None:
+def _known_keys(table: dict, known, path, where: str, located: str) -> None:
+    """Refuse a key not in ``known``; ``located`` is the table as
+    :func:`_locate` names it (``sockets``, ``source[0]``)."""
     for key in table:
         if key not in known:
-            raise _err(path, where, f"unknown key {key!r} (known: {', '.join(known)})")
+            raise _err(path, where, f"unknown key {key!r} (known: {', '.join(known)})",
+                       at_key=f"{located}.{key}")
 
 
 def _get(table: dict, key: str, kind, default, path, where: str):
@@ -463,7 +501,7 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                  limits: Limits | None = None) -> Source:
     kind = src.get("type")
     if kind in SOURCE_KEYS:
-        _known_keys(src, SOURCE_KEYS[kind], path, f"{where} ({kind})")
+        _known_keys(src, SOURCE_KEYS[kind], path, f"{where} ({kind})", where)
     if kind == "hosts_access":
         from acl.compile.tcpw import load_hosts_access
 
@@ -525,6 +563,9 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, files, tuple(diags),
                       state=getattr(layer, "state", None), stamps=stamps)
+    if kind is None:
+        raise _err(path, where, "no type: say type = \"hosts_access\", \"tcprules\" "
+                   "or \"xinetd\"")
     raise _err(path, f"{where}.type", f"unknown source type {kind!r} "
                "(hosts_access, tcprules or xinetd)")
 
@@ -670,7 +711,8 @@ def _read_toml(toml_path: Path) -> dict:
         raise PolicyError(where) from exc
     unknown = set(conf) - KNOWN_SECTIONS
     if unknown:
-        raise _err(toml_path, sorted(unknown)[0], "unknown section")
+        first = sorted(unknown)[0]
+        raise _err(toml_path, first, "unknown section", at_key=first)
     return conf
 
 
@@ -756,7 +798,8 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         # table alike (the door reads it again when it starts) -- and a
         # table this build cannot serve: a start would bind, then exit 111
         # (ENOSYS), which systemd's Restart=on-failure repeats forever
-        NfqueueConfig.from_table(nfq, toml_path)
+        NfqueueConfig.from_table(nfq, toml_path, lambda key, at_key: _position(
+            toml_path, f"nfqueue.{key}", at_key))
         from acl import nfq as nfq_binding
 
         if not nfq_binding.AVAILABLE:

@@ -257,7 +257,7 @@ def test_broken_cdb_is_a_policy_error_naming_the_source(tmp_path):
     p.write_text('[[source]]\ntype = "tcprules"\nfile = "rules.cdb"\nservices = ["smtpd"]\n')
     with pytest.raises(PolicyError) as exc:
         load_policy(p)
-    assert f"{p}: source[0]: CdbError" in str(exc.value)
+    assert f"{p}:1:1: source[0]: CdbError" in str(exc.value)
 
 
 def test_reload_keeps_layers_whose_files_did_not_change(tmp_path):

@@ -9,6 +9,7 @@ acl-wrap (the live form: tests/wrap/test_xinetd_same_file.py)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,29 +48,38 @@ deny = "hosts.deny"
 """
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("[run]\nusr = 'nobody'\n", "[run]: unknown key 'usr'"),
-    ("[sockets2]\n", "sockets2: unknown section"),
-    ("[metrics]\nlisten = ''\nlsten = '127.0.0.1:1'\n", "[metrics]: unknown key 'lsten'"),
-    ("[limits]\nrates = 5\n", "[limits]: unknown key 'rates'"),
-    ("[names]\nhosts = 'h'\n", "[names]: unknown key 'hosts'"),
-    ("[run]\nwatch = false\nchroot_dir = '/'\n", "[run]: unknown key 'chroot_dir'"),
-    ("[nfqueue]\nports = { 22 = 'sshd' }\nqueue = 1\n", "[nfqueue]: unknown key 'queue'"),
+@pytest.mark.parametrize("extra, message, pointed", [
+    ("[run]\nusr = 'nobody'\n", "[run]: unknown key 'usr'", "usr ="),
+    ("[sockets2]\n", "sockets2: unknown section", "[sockets2]"),
+    ("[metrics]\nlisten = ''\nlsten = '127.0.0.1:1'\n", "[metrics]: unknown key 'lsten'",
+     "lsten ="),
+    ("[limits]\nrates = 5\n", "[limits]: unknown key 'rates'", "rates ="),
+    ("[names]\nhosts = 'h'\n", "[names]: unknown key 'hosts'", "hosts ="),
+    ("[run]\nwatch = false\nchroot_dir = '/'\n", "[run]: unknown key 'chroot_dir'",
+     "chroot_dir ="),
+    ("[nfqueue]\nports = { 22 = 'sshd' }\nqueue = 1\n", "[nfqueue]: unknown key 'queue'",
+     "queue ="),
     ("[[source]]\ntype = 'tcprules'\nfile = 'tcp.smtpd'\nservice = ['smtpd']\n",
-     "source[2] (tcprules): unknown key 'service'"),
+     "source[2] (tcprules): unknown key 'service'", "service ="),
     ("[[source]]\ntype = 'hosts_access'\nallow = 'hosts.allow'\ndeny = 'hosts.deny'\n"
-     "file = 'x'\n", "source[2] (hosts_access): unknown key 'file'"),
+     "file = 'x'\n", "source[2] (hosts_access): unknown key 'file'", "file ="),
     ("[[source]]\ntype = 'xinetd'\nfile = 'x'\nmapped_as_v4 = true\n",
-     "source[2] (xinetd): unknown key 'mapped_as_v4'"),
-    ("run = 3\n", "[run]: expected a table"),
+     "source[2] (xinetd): unknown key 'mapped_as_v4'", "mapped_as_v4 ="),
+    ("run = 3\n", "[run]: expected a table", "3"),
 ])
-def test_unknown_keys_are_refused(tmp_path, extra, message):
+def test_unknown_keys_are_refused(tmp_path, extra, message, pointed):
+    """Refused, and at the line and column of the key (a value of the wrong
+    kind: of the value); tests/serve/test_policy_positions.py generates more."""
     _files(tmp_path)
     p = tmp_path / "policy.toml"
-    p.write_text(BASE + extra if extra.startswith("[") else extra + BASE)  # top-level keys first
+    text = BASE + extra if extra.startswith("[") else extra + BASE  # top-level keys first
+    p.write_text(text)
     with pytest.raises(PolicyError) as exc:
         load_policy(p)
-    assert str(exc.value).startswith(f"{p}: ") and message in str(exc.value), exc.value
+    at = re.match(rf"{re.escape(str(p))}:(\d+):(\d+): ", str(exc.value))
+    assert at and message in str(exc.value), exc.value
+    line = text.splitlines()[int(at[1]) - 1]
+    assert line[int(at[2]) - 1:].startswith(pointed), (line, at[2])
 
 
 def test_misspelt_services_fails_check_instead_of_binding_every_service(tmp_path):
@@ -81,7 +91,8 @@ def test_misspelt_services_fails_check_instead_of_binding_every_service(tmp_path
     out = subprocess.run([*ACL, "serve", "--config", str(p), "--check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 100
-    assert f"fatal: {p}: source[0] (tcprules): unknown key 'service' (known: type, file, " \
+    line = p.read_text().splitlines().index('service = ["smtpd"]') + 1
+    assert f"fatal: {p}:{line}:1: source[0] (tcprules): unknown key 'service' (known: type, file, " \
            "services, mapped_as_v4)" in out.stderr
 
 
@@ -102,7 +113,8 @@ def test_bad_nfqueue_table_fails_check_and_start_with_100(tmp_path):
     _files(tmp_path)
     p = tmp_path / "policy.toml"
     p.write_text(BAD_NFQ)
-    want = f"acl serve: fatal: {p}: [nfqueue]: reject must be one of drop, reset"
+    line = p.read_text().splitlines().index('reject = "rst"') + 1
+    want = f"acl serve: fatal: {p}:{line}:10: [nfqueue]: reject must be one of drop, reset"
     for args in (["--check"], ["--metrics", ""]):
         out = subprocess.run([*ACL, "serve", "--config", str(p), *args],
                              capture_output=True, text=True, timeout=60)
@@ -337,5 +349,7 @@ def test_nfqueue_in_a_pure_install_fails_check_and_start_with_100(tmp_path):
         out = subprocess.run([*ACL, "serve", "--config", str(p), *args], cwd=top,
                              capture_output=True, text=True, timeout=60, env=env)
         assert out.returncode == 100, out
-        assert f"acl serve: fatal: {p}: [nfqueue]: this acl was built without" in out.stderr
+        line = NFQ.splitlines().index("[nfqueue]") + 1
+        assert f"acl serve: fatal: {p}:{line}:1: [nfqueue]: this acl was built without" \
+            in out.stderr
         assert not (tmp_path / "query.sock").exists()
