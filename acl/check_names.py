@@ -36,12 +36,18 @@ tests/tcpw/test_names_vs_tcpdchk.py):
   "unknown or empty"; it matches no host.
 * Each distinct token (ASCII case ignored), address and netgroup is asked
   once per run; the answer is reported at every token that names it.
-* Time is bounded: at most WORKERS questions at once, all under one
+* Time is bounded: at most WORKERS host questions at once, all under one
   deadline (``timeout``).  A question still unanswered then is reported as
   not checked, and the rest are not asked.  Why: a dead DNS server holds
   tcpdchk for the resolver's whole timeout per name, one name after the
   other -- minutes for a long file.  The C library cannot cancel a lookup,
   so the threads left waiting are daemons that end with the command.
+* Netgroups are asked on one thread of their own, under the same deadline,
+  never queued behind host questions: they come from NSS's netgroup
+  database (files, NIS, LDAP), not from DNS, so a dead DNS server holding
+  every host worker must not leave them unchecked.  One thread is enough:
+  the C library walks one netgroup at a time per process
+  (acl.resolve ``_NETGRENT_LOCK``).
 """
 
 from __future__ import annotations
@@ -178,23 +184,25 @@ class NameLookups:
         self.timeout = timeout
         self._deadline = time.monotonic() + timeout
         self._pool = DaemonPool(workers, "acl-check-names")
+        self._group_pool = DaemonPool(1, "acl-check-netgroups")   # see the module rules
         self._lock = threading.Lock()
         self._names: dict[str, Future] = {}
         self._addresses: dict[tuple, Future] = {}
         self._groups: dict[str, Future] = {}
 
-    def _once(self, table: dict, key, fn, *args) -> Future:
+    def _once(self, table: dict, key, fn, *args, pool: DaemonPool | None = None) -> Future:
         with self._lock:
             f = table.get(key)
             if f is None:
-                f = table[key] = self._pool.submit(fn, *args)
+                f = table[key] = (pool or self._pool).submit(fn, *args)
             return f
 
     def name(self, text: str) -> Future:
         return self._once(self._names, ascii_lower(text), self._find, text)
 
     def netgroup(self, group: str) -> Future:
-        return self._once(self._groups, group, self.backend.netgroup_has_members, group)
+        return self._once(self._groups, group, self.backend.netgroup_has_members, group,
+                          pool=self._group_pool)
 
     def _find(self, text: str) -> Found | None:
         found = find_addresses(text)
@@ -219,6 +227,7 @@ class NameLookups:
         """Ask nothing more: questions still queued are dropped (the threads
         still waiting for the resolver are daemons: acl/workers.py)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._group_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _unmapped(fam: int, packed: bytes) -> tuple[int, bytes]:

@@ -352,3 +352,34 @@ def test_a_silent_dns_server_does_not_hold_acl_check(tmp_path, shim):
     # the real tcpdchk is still waiting for its first names when stopped
     assert real["rc"] == "timeout", real
     assert len(tcpdchk_names(real["stdout"])) < 5, real["stdout"]
+
+
+def test_netgroups_are_checked_while_every_name_waits_on_a_silent_dns_server(tmp_path, shim):
+    """Netgroups come from NSS (``netgroup: files`` here), never from DNS: a
+    DNS server that holds every name lookup past the deadline must not leave
+    the netgroups written after those names "not checked".  Their findings
+    are the real tcpdchk's on the same netgroups (a file naming only them,
+    which it can check with DNS dead)."""
+    from acl.check_names import WORKERS
+
+    names = [f"n{i}.silent.test" for i in range(3 * WORKERS)]
+    groups = ["@labgroup", "@emptygroup", "@nosuchgroup"]
+    (tmp_path / "hosts.allow").write_text(
+        "sshd: " + " ".join(names) + "\nftpd: " + " ".join(groups) + "\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    only_groups = tmp_path / "groups"
+    only_groups.mkdir()
+    (only_groups / "hosts.allow").write_text("ftpd: " + " ".join(groups) + "\n")
+    (only_groups / "hosts.deny").write_text("ALL: ALL\n")
+    slow = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
+    ours, real = run_commands(tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]},
+                              resolv=slow, netgroup=NETGROUP,
+                              commands=[_acl_check(tmp_path, "--names-timeout", "2", timeout=60),
+                                        _tcpdchk(only_groups, shim, timeout=30)])
+    assert ours["rc"] == 1 and real["rc"] == 0, (ours, real)
+    found = acl_names(ours["stdout"])
+    late = {f[4] for f in found if f[3] == "not checked"}
+    assert late == set(names), ours["stdout"]           # the names did wait
+    group_words = sorted(f[4] for f in found if f[3] == "netgroup")
+    real_words = sorted(f[3] for f in tcpdchk_names(real["stdout"]) if f[2] == "netgroup")
+    assert group_words == real_words == ["emptygroup", "nosuchgroup"], (ours, real)
