@@ -214,8 +214,13 @@ def blind_spots(case: gen.Case, work: Path) -> set[tuple[str, int, int]]:
     ``/file`` pattern walks each of its lines with ``strtok`` too, which
     leaves nothing for the walk of the list: every token after a ``/file``
     that opens is skipped (the rest of the line, inside a pattern file).
+    A pattern file named only where tcpdchk does not read (there, after a
+    NUL on a line of a pattern file, or just before the CR of a CRLF line,
+    which tcpdchk keeps in the name) is never opened: none of its tokens is
+    read.
     """
     out = set()
+    opened = set()                          # pattern files a read token names
     for name, data in (("hosts.allow", case.allow), ("hosts.deny", case.deny)):
         for rule in parse_hosts(str(work / name), data, read_file=None).rules:
             for tokens, server in ((rule.daemon_tokens, True), (rule.client_tokens, False)):
@@ -227,14 +232,32 @@ def blind_spots(case: gen.Case, work: Path) -> set[tuple[str, int, int]]:
                         out.add((name, *rule.where(t.offset + skip)))
                     elif host.startswith("/") and host in case.files and (parts or not server):
                         blind = True
+                        end = t.offset + len(t.text)
+                        if rule.source.text[end:end + 1] != "\r":
+                            opened.add(host)    # (tcpdchk's token keeps a CR: no such file)
+    names: dict[str, set[str]] = {}         # pattern file -> the files its read tokens name
+    tokens: dict[str, list[tuple[str, int, int]]] = {}
     for path, body in case.files.items():
         for n, text in enumerate(body.split("\n"), start=1):
             blind = False
+            nul = text.find("\0")
             for m in re.finditer(r"[^ \t\r\n]+", text):
+                tokens.setdefault(path, []).append((path, n, m.start() + 1))
                 if blind:
                     out.add((path, n, m.start() + 1))
                 elif m.group().split("\0", 1)[0] in case.files:
                     blind = True
+                    if nul < 0 or m.start() < nul:
+                        names.setdefault(path, set()).add(m.group().split("\0", 1)[0])
+    todo = list(opened)
+    while todo:                             # at most one visit per file
+        for other in names.get(todo.pop(), ()):
+            if other not in opened:
+                opened.add(other)
+                todo.append(other)
+    for path, where in tokens.items():
+        if path not in opened:
+            out.update(where)
     return out
 
 
@@ -280,12 +303,12 @@ def shim(tmp_path_factory):
     return build_shim(tmp_path_factory.mktemp("shim"))
 
 
-def _acl_check(cwd: Path, *args: str, timeout: float = 60) -> dict:
+def acl_check_command(cwd: Path, *args: str, timeout: float = 60) -> dict:
     return {"argv": [sys.executable, "-m", "acl", "check", "-d", *args], "cwd": str(cwd),
             "env": dict(os.environ, PYTHONPATH=str(ROOT)), "timeout": timeout}
 
 
-def _tcpdchk(cwd: Path, shim: str, timeout: float = 60) -> dict:
+def tcpdchk_command(cwd: Path, shim: str, timeout: float = 60) -> dict:
     return {"argv": ["tcpdchk", "-d"], "cwd": str(cwd),
             "env": dict(os.environ, LD_PRELOAD=shim), "timeout": timeout}
 
@@ -310,7 +333,7 @@ def test_acl_check_names_match_tcpdchk(tmp_path, shim):
         cases.append((case, work))
     commands = []
     for _, work in cases:
-        commands += [_tcpdchk(work, shim), _acl_check(work)]
+        commands += [tcpdchk_command(work, shim), acl_check_command(work)]
     results = run_commands(tmp_path, hosts=HOSTS, dns=ZONE, netgroup=NETGROUP,
                            commands=commands)
     bad, kinds = [], Counter()
@@ -337,9 +360,9 @@ def test_a_silent_dns_server_does_not_hold_acl_check(tmp_path, shim):
     slow = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
     runs = run_commands(tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]},
                         resolv=slow, netgroup=NETGROUP,
-                        commands=[_acl_check(tmp_path, "--names-timeout", "2", timeout=60),
-                                  _acl_check(tmp_path, "--no-names", timeout=60),
-                                  _tcpdchk(tmp_path, shim, timeout=12)])
+                        commands=[acl_check_command(tmp_path, "--names-timeout", "2", timeout=60),
+                                  acl_check_command(tmp_path, "--no-names", timeout=60),
+                                  tcpdchk_command(tmp_path, shim, timeout=12)])
     timed, off, real = runs
     assert timed["rc"] == 1, timed
     found = acl_names(timed["stdout"])
@@ -374,8 +397,8 @@ def test_netgroups_are_checked_while_every_name_waits_on_a_silent_dns_server(tmp
     slow = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
     ours, real = run_commands(tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]},
                               resolv=slow, netgroup=NETGROUP,
-                              commands=[_acl_check(tmp_path, "--names-timeout", "2", timeout=60),
-                                        _tcpdchk(only_groups, shim, timeout=30)])
+                              commands=[acl_check_command(tmp_path, "--names-timeout", "2", timeout=60),
+                                        tcpdchk_command(only_groups, shim, timeout=30)])
     assert ours["rc"] == 1 and real["rc"] == 0, (ours, real)
     found = acl_names(ours["stdout"])
     late = {f[4] for f in found if f[3] == "not checked"}
