@@ -17,8 +17,10 @@ The findings are compared as test_names_vs_tcpdchk.py compares them (its
 what glibc's ``files`` module reads in its own way: aliases, names on
 several lines, IPv6 and ``::ffff:a.b.c.d`` lines, a name longer than
 libwrap's 127-character buffer (and the cut name on a line of its own),
-a number as a name, comments, lines glibc skips.  Netgroups come from the
-system in both (the namespace's netgroup file).
+a number as a name, comments, lines glibc skips -- but no line holding an
+address alone (test_an_address_only_line_names_its_address_the_empty_name
+says why).  Netgroups come from the system in both (the namespace's
+netgroup file).
 
 ``ACL_SLOW=1`` compares 400 cases, from seeds shifted by ``ACL_SEED_BASE``.
 """
@@ -44,9 +46,11 @@ from .test_names_vs_tcpdchk import (
     ZONE,
     NamesGen,
     acl_check_command,
+    acl_names,
     compare,
     shim,  # noqa: F401  (a fixture)
     tcpdchk_command,
+    tcpdchk_names,
 )
 
 CASES = 400 if SLOW else 40
@@ -177,3 +181,24 @@ def test_hosts_file_answers_are_not_the_system_resolvers(tmp_path):
         "a.lab.test: host not found (no address: the pattern matches no host)",
         "good.example.com: host not found (no address: the pattern matches no host)",
     ], ours["stdout"]
+
+
+@pytest.mark.xfail(strict=True, reason="an address-only hosts line: glibc names the address "
+                   "'' and libwrap keeps '' as a verified name; acl.resolve skips the line "
+                   "and takes '' for no name")
+def test_an_address_only_line_names_its_address_the_empty_name(tmp_path, shim):  # noqa: F811
+    """glibc's files module reads ``10.40.0.6`` alone on a line as that
+    address with the empty name (getnameinfo answers "", getaddrinfo("")
+    finds it back), so libwrap's double check passes and tcpdchk says
+    nothing.  The differential test's hosts files hold no such line."""
+    (tmp_path / "hosts.allow").write_text("sshd: 10.40.0.6\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    (tmp_path / "_hosts").write_text("10.40.0.6\n10.40.0.7 h7.hf.test\n")
+    nss = tmp_path / "nsswitch.conf"
+    nss.write_text(NSSWITCH)
+    real, ours = run_commands(
+        tmp_path, hosts=DECOY, dns=ZONE, netgroup=NETGROUP,
+        commands=[_in_own_etc(tcpdchk_command(tmp_path, shim), tmp_path / "_hosts", nss),
+                  acl_check_command(tmp_path, "--hosts-file", str(tmp_path / "_hosts"))])
+    assert real["rc"] == 0 and tcpdchk_names(real["stdout"]) == [], real
+    assert acl_names(ours["stdout"]) == [], ours
