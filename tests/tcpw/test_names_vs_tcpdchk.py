@@ -25,14 +25,17 @@ module rules of acl/check_names.py give:
   long): tcpdchk checks the lines after the stop, libwrap never reads them;
 * the tokens after a ``/file`` pattern in the same list (or on the same
   line of a pattern file): tcpdchk walks both with ``strtok``, so reading
-  the file ends the walk of the list (:func:`blind_spots`);
+  the file ends the walk of the list, and a pattern file named only where
+  tcpdchk does not read is never opened (:func:`blind_spots`);
 * ``user``/``group`` options in the generated rules: tcpdchk carries them
   out (spec A.8) and, as nobody, can read no later ``/file``.
 
 ``test_a_silent_dns_server_does_not_hold_acl_check``: a DNS server that
 never answers; acl check ends at its ``--names-timeout`` with every name
 reported as not checked, where tcpdchk is still waiting for its first
-names; ``--no-names`` asks nothing.
+names; ``--no-names`` asks nothing.  The netgroups named after those names
+are checked all the same (they are not DNS questions), and say what
+tcpdchk says of them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pathlib import Path
 
 import pytest
 
+from acl.check_names import WORKERS
 from acl.parse.hosts_access import parse_hosts
 from acl.parse.hosts_patterns import split_at
 
@@ -383,8 +387,6 @@ def test_netgroups_are_checked_while_every_name_waits_on_a_silent_dns_server(tmp
     the netgroups written after those names "not checked".  Their findings
     are the real tcpdchk's on the same netgroups (a file naming only them,
     which it can check with DNS dead)."""
-    from acl.check_names import WORKERS
-
     names = [f"n{i}.silent.test" for i in range(3 * WORKERS)]
     groups = ["@labgroup", "@emptygroup", "@nosuchgroup"]
     (tmp_path / "hosts.allow").write_text(
@@ -395,10 +397,10 @@ def test_netgroups_are_checked_while_every_name_waits_on_a_silent_dns_server(tmp
     (only_groups / "hosts.allow").write_text("ftpd: " + " ".join(groups) + "\n")
     (only_groups / "hosts.deny").write_text("ALL: ALL\n")
     slow = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
-    ours, real = run_commands(tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]},
-                              resolv=slow, netgroup=NETGROUP,
-                              commands=[acl_check_command(tmp_path, "--names-timeout", "2", timeout=60),
-                                        tcpdchk_command(only_groups, shim, timeout=30)])
+    ours, real = run_commands(
+        tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]}, resolv=slow,
+        netgroup=NETGROUP, commands=[acl_check_command(tmp_path, "--names-timeout", "2"),
+                                     tcpdchk_command(only_groups, shim, timeout=30)])
     assert ours["rc"] == 1 and real["rc"] == 0, (ours, real)
     found = acl_names(ours["stdout"])
     late = {f[4] for f in found if f[3] == "not checked"}
