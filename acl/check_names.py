@@ -26,6 +26,15 @@ tests/tcpw/test_names_vs_tcpdchk.py):
   double check verified, the official one).  Both families are asked, so
   an IPv6-only name is found.  Python's ``socket.getaddrinfo`` is that C
   call with these hints, so both programs get the same answers.
+* With a hosts file (``acl check --hosts-file``, read as ``acl match
+  --hosts-file`` reads it: :class:`acl.resolve.HostsFileBackend`), that
+  file alone answers every name and address question, as glibc's
+  ``files`` module would with the file as /etc/hosts and no other host
+  source (``hosts: files``): one address per line naming the host, the
+  same one twice when two lines give it (getaddrinfo keeps both, so
+  tcpdchk counts two for a daemon@host); the numeric step is unchanged (it
+  asks nobody).  Netgroups are still asked of the system (NSS): a hosts
+  file names hosts, not netgroups.
 * Every address found then gets libwrap's double check
   (:func:`acl.resolve.double_check`): no PTR name is "no name"; a failed
   step is reported in libwrap's terms (non-FQDN, can't verify, name/name
@@ -36,12 +45,18 @@ tests/tcpw/test_names_vs_tcpdchk.py):
   "unknown or empty"; it matches no host.
 * Each distinct token (ASCII case ignored), address and netgroup is asked
   once per run; the answer is reported at every token that names it.
-* Time is bounded: at most WORKERS questions at once, all under one
+* Time is bounded: at most WORKERS host questions at once, all under one
   deadline (``timeout``).  A question still unanswered then is reported as
   not checked, and the rest are not asked.  Why: a dead DNS server holds
   tcpdchk for the resolver's whole timeout per name, one name after the
   other -- minutes for a long file.  The C library cannot cancel a lookup,
   so the threads left waiting are daemons that end with the command.
+* Netgroups are asked on one thread of their own, under the same deadline,
+  never queued behind host questions: they come from NSS's netgroup
+  database (files, NIS, LDAP), not from DNS, so a dead DNS server holding
+  every host worker must not leave them unchecked.  One thread is enough:
+  the C library walks one netgroup at a time per process
+  (acl.resolve ``_NETGRENT_LOCK``).
 """
 
 from __future__ import annotations
@@ -57,7 +72,7 @@ from acl.compile.tcpw import HostsAccessLayer
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_access import HostsRule, read_pattern_file
 from acl.parse.hosts_patterns import MAX_FILE_DEPTH, ascii_lower, not_inaddr, split_at, v6_numeric
-from acl.resolve import UNKNOWN, DoubleCheck, SystemBackend, double_check
+from acl.resolve import UNKNOWN, DoubleCheck, HostsFileBackend, SystemBackend, double_check
 from acl.workers import DaemonPool
 
 W = Severity.WARNING
@@ -94,24 +109,33 @@ class Found:
     checks: tuple = ()              # a Future of DoubleCheck per address
 
 
-def find_addresses(text: str) -> Found | None:
-    """tcpdchk's ``find_inet_addr``: what the resolver knows of ``text``
-    (no checks yet), or None when the name is not found."""
+def find_addresses(text: str, hosts: HostsFileBackend | None = None) -> Found | None:
+    """tcpdchk's ``find_inet_addr``: what the resolver (or the hosts file
+    ``hosts``) knows of ``text`` (no checks yet), or None when the name is
+    not found."""
     host = text.encode("latin-1", "replace")
-    infos, numeric = None, False
-    for flags in (socket.AI_PASSIVE | socket.AI_NUMERICHOST,
-                  socket.AI_PASSIVE | socket.AI_CANONNAME):
-        try:
-            infos = socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, flags)
-        except (OSError, UnicodeError, ValueError):
-            continue
-        numeric = bool(flags & socket.AI_NUMERICHOST)
-        break
+    infos = _getaddrinfo(host, socket.AI_PASSIVE | socket.AI_NUMERICHOST)
+    if infos:
+        return Found(True, None, _addresses(infos))
+    if hosts is not None:
+        hit = hosts.addrinfo(text)      # every entry, as getaddrinfo gives them
+        return Found(False, hit[0], tuple(hit[1])) if hit and hit[1] else None
+    infos = _getaddrinfo(host, socket.AI_PASSIVE | socket.AI_CANONNAME)
     if not infos:
         return None
-    addrs = tuple((fam, socket.inet_pton(fam, sa[0].split("%", 1)[0]))
-                  for fam, _, _, _, sa in infos if fam in (socket.AF_INET, socket.AF_INET6))
-    return Found(numeric, None if numeric else (infos[0][3] or ""), addrs)
+    return Found(False, infos[0][3] or "", _addresses(infos))
+
+
+def _getaddrinfo(host: bytes, flags: int) -> list | None:
+    try:
+        return socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, flags)
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
+def _addresses(infos: list) -> tuple:
+    return tuple((fam, socket.inet_pton(fam, sa[0].split("%", 1)[0]))
+                 for fam, _, _, _, sa in infos if fam in (socket.AF_INET, socket.AF_INET6))
 
 
 def lookup_kind(text: str) -> str | None:
@@ -170,34 +194,40 @@ def _visit_token(rule: HostsRule, tok, parts, server: bool, visit) -> None:
 
 class NameLookups:
     """Each distinct question asked once, on a few threads, under one deadline
-    that starts when this object is made."""
+    that starts when this object is made.  ``hosts``: a hosts file that
+    answers the name and address questions instead of the system resolver."""
 
-    def __init__(self, backend=None, *, timeout: float = DEFAULT_TIMEOUT,
-                 workers: int = WORKERS):
-        self.backend = backend if backend is not None else SystemBackend()
+    def __init__(self, hosts: HostsFileBackend | None = None, *,
+                 timeout: float = DEFAULT_TIMEOUT, workers: int = WORKERS):
+        system = SystemBackend()
+        self.hosts = hosts
+        self.backend = hosts if hosts is not None else system    # names, double checks
+        self._netgroups = system                                  # NSS, hosts file or not
         self.timeout = timeout
         self._deadline = time.monotonic() + timeout
         self._pool = DaemonPool(workers, "acl-check-names")
+        self._group_pool = DaemonPool(1, "acl-check-netgroups")   # see the module rules
         self._lock = threading.Lock()
         self._names: dict[str, Future] = {}
         self._addresses: dict[tuple, Future] = {}
         self._groups: dict[str, Future] = {}
 
-    def _once(self, table: dict, key, fn, *args) -> Future:
+    def _once(self, table: dict, key, fn, *args, pool: DaemonPool | None = None) -> Future:
         with self._lock:
             f = table.get(key)
             if f is None:
-                f = table[key] = self._pool.submit(fn, *args)
+                f = table[key] = (pool or self._pool).submit(fn, *args)
             return f
 
     def name(self, text: str) -> Future:
         return self._once(self._names, ascii_lower(text), self._find, text)
 
     def netgroup(self, group: str) -> Future:
-        return self._once(self._groups, group, self.backend.netgroup_has_members, group)
+        return self._once(self._groups, group, self._netgroups.netgroup_has_members, group,
+                          pool=self._group_pool)
 
     def _find(self, text: str) -> Found | None:
-        found = find_addresses(text)
+        found = find_addresses(text, self.hosts)
         if found is None:
             return None
         # the double checks queue behind the lookups already submitted
@@ -219,6 +249,7 @@ class NameLookups:
         """Ask nothing more: questions still queued are dropped (the threads
         still waiting for the resolver are daemons: acl/workers.py)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._group_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _unmapped(fam: int, packed: bytes) -> tuple[int, bytes]:

@@ -43,6 +43,8 @@ import threading
 from collections import OrderedDict
 from typing import NamedTuple
 
+from acl.rulefiles import read_bytes
+
 UNKNOWN = "unknown"
 _V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\0" * 15 + b"\1"
@@ -81,6 +83,26 @@ def is_numeric_name(name: str, family: int) -> bool:
         return True
     except (OSError, ValueError, UnicodeError):
         return False
+
+
+def _number(name: str, family: int):
+    """What getaddrinfo makes of ``name`` before any lookup: None when it is
+    no number, ``()`` when it is a number of the other family (EAI_ADDRFAMILY),
+    else ``(name, items)`` -- items as :meth:`HostsFileBackend.addrinfo` gives
+    them.  It is the C library's own parse (AI_NUMERICHOST asks nobody)."""
+    try:
+        infos = socket.getaddrinfo(name.encode("latin-1", "replace"), None, family,
+                                   socket.SOCK_STREAM, 0,
+                                   socket.AI_NUMERICHOST | socket.AI_CANONNAME)
+    except socket.gaierror as exc:
+        return () if exc.errno == socket.EAI_ADDRFAMILY else None
+    except (OSError, ValueError, UnicodeError):
+        return None
+    items = []
+    for fam, _, _, _, sa in infos:
+        packed = socket.inet_pton(fam, sa[0].split("%", 1)[0])
+        items.append(packed if family else (fam, packed))
+    return (infos[0][3] or name, items)
 
 
 class DoubleCheck(NamedTuple):
@@ -133,13 +155,17 @@ class HostsFileBackend:
       files module does for AF_INET: ``::ffff:a.b.c.d`` as a.b.c.d and
       ``::1`` as 127.0.0.1 (other IPv6 lines are skipped).  A question for
       both families (0) or for IPv6 reads every line as written.
+    * A name getaddrinfo reads as a number (``10.0.0.1`` as the PTR name
+      of an IPv6 address, ``10.1``) is never looked up in the file, as
+      getaddrinfo never asks NSS about one: it is its own address, or no
+      address at all when its family is not the one asked.
     """
 
     def __init__(self, path: str | None = None, text: str | None = None,
                  netgroups: dict[str, set[str]] | None = None):
         if text is None:
-            with open(path, encoding="latin-1") as f:
-                text = f.read()
+            # a regular file only: a FIFO named here must not block (acl/rulefiles.py)
+            text = read_bytes(path).decode("latin-1")
         self.entries: list[tuple[int, bytes, list[str]]] = []
         for raw in text.splitlines():
             line = raw.split("#", 1)[0].split()
@@ -168,6 +194,24 @@ class HostsFileBackend:
         return None
 
     def forward(self, name: str, family: int):
+        hit = self.addrinfo(name, family)
+        if hit is None:
+            return None
+        found = []
+        for item in hit[1]:
+            if item not in found:
+                found.append(item)
+        return hit[0], found
+
+    def addrinfo(self, name: str, family: int = 0):
+        """``getaddrinfo(name, family)`` over the file: the official name and
+        one item per line naming ``name`` (the same address twice when two
+        lines give it: glibc does not merge them), or None.  A ``name``
+        getaddrinfo reads as a number is never looked up: it is its own
+        address, or none when it is a number of the other family."""
+        number = _number(name, family)
+        if number is not None:
+            return number or None
         low = _lower(name)
         canon = None
         found = []
@@ -177,9 +221,7 @@ class HostsFileBackend:
             if any(_lower(n) == low for n in names):
                 if canon is None:
                     canon = names[0]
-                item = addr if family else (fam, addr)
-                if item not in found:
-                    found.append(item)
+                found.append(addr if family else (fam, addr))
         return None if canon is None else (canon, found)
 
     def innetgr(self, group: str, host: str) -> bool:

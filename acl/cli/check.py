@@ -1,7 +1,7 @@
 """``acl check``: our tcpdchk, plus shadowed rules and allow/deny overlaps.
 
     acl check [--hosts-allow A] [--hosts-deny D] [-d] [-v]
-              [--no-names] [--names-timeout SECONDS]
+              [--no-names | --hosts-file FILE] [--names-timeout SECONDS]
 
 Without file flags it reads /etc/hosts.allow and /etc/hosts.deny; ``-d``
 reads ./hosts.allow and ./hosts.deny, like tcpdchk -d.  Each finding is one
@@ -15,7 +15,13 @@ with several addresses, unknown netgroups -- in the rule files and in the
 ``/file`` patterns they name.  ``--no-names`` skips that (a machine without
 DNS, or a check that must not touch the network); ``--names-timeout`` bounds
 the time all those lookups may take together (default 10 s): what has no
-answer by then is reported as not checked.
+answer by then is reported as not checked.  ``--hosts-file FILE`` answers
+the host name and address questions from FILE (hosts(5)) alone, as ``acl
+match --hosts-file`` does: what FILE does not name is "host not found" or
+"has no name", and DNS is never asked -- tcpdchk's findings on a machine
+whose /etc/hosts is FILE and whose nsswitch.conf says ``hosts: files``.
+Netgroups are still asked of the system (NSS), which a hosts file does not
+replace.  A FILE that cannot be read is fatal (exit 111).
 
 Exit codes, for scripts:
 
@@ -37,6 +43,7 @@ from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
 from acl.errors import Severity
 from acl.parse.hosts_access import read_hosts
+from acl.resolve import HostsFileBackend
 from acl.rulefiles import read_bytes
 
 
@@ -46,8 +53,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts-deny", metavar="FILE")
     p.add_argument("-d", action="store_true", help="use ./hosts.allow and ./hosts.deny")
     p.add_argument("-v", action="store_true", help="list every rule and its implied verdict")
-    p.add_argument("--no-names", action="store_true",
-                   help="look no host name, address or netgroup up (tcpdchk's name checks)")
+    names = p.add_mutually_exclusive_group()
+    names.add_argument("--no-names", action="store_true",
+                       help="look no host name, address or netgroup up (tcpdchk's name checks)")
+    names.add_argument("--hosts-file", metavar="FILE",
+                       help="answer host names and addresses from this hosts file alone, not "
+                            "the system resolver (no DNS); netgroups still come from the system")
     p.add_argument("--names-timeout", metavar="SECONDS", type=_seconds, default=DEFAULT_TIMEOUT,
                    help="time all name lookups may take together (default: %(default)g)")
     return p
@@ -65,6 +76,11 @@ def _seconds(text: str) -> float:
 
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
+    try:
+        hosts = HostsFileBackend(args.hosts_file) if args.hosts_file else None
+    except OSError as exc:
+        print(f"acl check: fatal: {exc}", file=sys.stderr)     # as acl match says it
+        return 111
     if args.d:
         allow_path, deny_path = "hosts.allow", "hosts.deny"
     elif args.hosts_allow or args.hosts_deny:
@@ -77,7 +93,7 @@ def main(argv: list[str]) -> int:
     layer = HostsAccessLayer(allow, deny)
     findings = check(layer)
     if not args.no_names:
-        findings.extend(name_findings(layer, NameLookups(timeout=args.names_timeout)))
+        findings.extend(name_findings(layer, NameLookups(hosts, timeout=args.names_timeout)))
     for table in (allow, deny):
         try:
             findings.extend(comment_continuations(table, read_bytes(table.path)))

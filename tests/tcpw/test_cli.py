@@ -125,6 +125,48 @@ def test_check_exit_codes(tmp_path):
     assert out.returncode == 111
 
 
+def test_check_names_from_a_hosts_file(tmp_path):
+    """``--hosts-file``: the name checks ask that file alone, so they can run
+    here (no netgroup named: those are asked of the system).
+    test_check_hosts_file_vs_tcpdchk.py compares them with tcpdchk's."""
+    a, d = files(tmp_path, "sshd: good nosuch.example.com 10.0.0.1 10.0.0.9\nsshd@multi: ALL\n",
+                 "ALL: ALL\n")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("10.0.0.1 good.example.com good\n10.0.0.5 multi\n10.0.0.6 multi\n")
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(hosts))
+    assert (out.returncode, out.stderr) == (1, ""), out.stderr
+    assert out.stdout.splitlines() == [
+        f"{a}:1:7: warning: good: hostname alias of good.example.com (libwrap matches "
+        "official names: write good.example.com)",
+        f"{a}:1:12: warning: nosuch.example.com: host not found (no address: the pattern "
+        "matches no host)",
+        f"{a}:1:40: warning: 10.0.0.9: host address 10.0.0.9 has no name (address->name "
+        "lookup failed)",
+        f"{a}:2:6: warning: multi: server host has 2 addresses (consider naming one address "
+        "instead)"]
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(hosts),
+              "--no-names")
+    assert out.returncode == 100 and "not allowed with argument" in out.stderr, out.stderr
+
+
+def test_a_hosts_file_that_cannot_be_read_is_fatal(tmp_path):
+    """acl check and acl match say the same of it; a FIFO fails at once
+    instead of blocking the command (acl/rulefiles.py)."""
+    a, d = files(tmp_path, "sshd: good\n", "ALL: ALL\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for bad, why in ((tmp_path / "none", "[Errno 2] No such file or directory"),
+                     (fifo, "[Errno 22] a FIFO, not a regular file"),
+                     (tmp_path, "[Errno 21] Is a directory")):
+        out = acl("check", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(bad))
+        assert (out.returncode, out.stdout) == (111, ""), out
+        assert out.stderr == f"acl check: fatal: {why}: '{bad}'\n"
+        out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(bad),
+                  "sshd", "good")
+        assert (out.returncode, out.stdout) == (111, ""), out
+        assert out.stderr == f"acl match: fatal: {why}: '{bad}'\n"
+
+
 def test_check_column_of_a_missing_option_name_is_on_the_line(tmp_path):
     """A rule ending in ":" lacks an option name where its LF or CR LF
     starts; the column points there, not past the end of the line."""

@@ -4,10 +4,13 @@
 ``acl.parse.xinetd_resolve.HostsResolver`` (xinetd names) stand in for the C
 library when a policy names ``[names] hosts_file`` and in every name test.
 Here generated hosts files -- IPv4, IPv6, ``::1``, ``::ffff:a.b.c.d``
-lines, repeated addresses and names, mixed case -- are bind-mounted over
-/etc/hosts in a private mount namespace (``hosts: files`` only, so nothing
-leaves the machine), and the real ``getnameinfo``/``getaddrinfo`` answer
-the same questions.
+lines, repeated addresses and names, mixed case, names that read as
+numbers -- are bind-mounted over /etc/hosts in a private mount namespace
+(``hosts: files`` only, so nothing leaves the machine), and the real
+``getnameinfo``/``getaddrinfo`` answer the same questions: reverse,
+forward for IPv4 and for IPv6 (address sets), and forward for both
+families with the official name, every entry counted (``acl check
+--hosts-file`` counts them as tcpdchk does).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ SEEDS = range(40)
 _ASK = r"""
 import json, socket, sys
 qs = json.load(open(sys.argv[1]))
-out = {"rev": [], "fwd": []}
+out = {"rev": [], "fwd": [], "fwd6": [], "any": []}
 for fam, addr in qs["rev"]:
     try:
         out["rev"].append(socket.getnameinfo((addr, 0), socket.NI_NAMEREQD)[0])
@@ -42,6 +45,16 @@ for name in qs["fwd"]:
         out["fwd"].append(sorted({i[4][0] for i in infos}))
     except OSError:
         out["fwd"].append([])
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET6, socket.SOCK_STREAM)
+        out["fwd6"].append(sorted({i[4][0] for i in infos}))
+    except OSError:
+        out["fwd6"].append([])
+    try:
+        infos = socket.getaddrinfo(name, None, 0, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+        out["any"].append([infos[0][3], sorted(i[4][0] for i in infos)])
+    except OSError:
+        out["any"].append(None)
 json.dump(out, sys.stdout)
 """
 
@@ -57,7 +70,8 @@ def _hosts(seed: int) -> tuple[str, list[str], list[str]]:
     r = random.Random(seed)
     v4 = [f"127.0.{r.randrange(3)}.{r.randrange(1, 6)}" for _ in range(6)]
     v6 = ["::1", "2001:db8::1", "2001:db8::2"] + [f"::ffff:{a}" for a in v4[:3]]
-    names = [f"h{i}.lab.test" for i in range(8)] + ["localhost", "Mixed.Lab.Test", "solo"]
+    names = [f"h{i}.lab.test" for i in range(8)] + ["localhost", "Mixed.Lab.Test", "solo",
+                                                     "127.0.0.5", "10.1", "2001:db8::9"]
     lines = []
     for _ in range(r.randint(3, 12)):
         addr = r.choice(v4 + v6 + ["127.0.0.1"])
@@ -97,5 +111,17 @@ def test_private_hosts_resolvers_answer_as_glibc(tmp_path):
             if mine != want:
                 bad.append(f"seed {seed}: forward {name}: glibc {want}, hosts_access {mine}\n{text}")
             asked += 1
+        for name, want in zip(names, real["fwd6"], strict=True):
+            fwd = backend.forward(name, socket.AF_INET6)
+            mine = sorted({socket.inet_ntop(socket.AF_INET6, a) for a in fwd[1]}) if fwd else []
+            if mine != want:
+                bad.append(f"seed {seed}: forward6 {name}: glibc {want}, hosts_access {mine}\n{text}")
+            asked += 1
+        for name, want in zip(names, real["any"], strict=True):
+            hit = backend.addrinfo(name)
+            mine = [hit[0], sorted(socket.inet_ntop(*a) for a in hit[1])] if hit else None
+            if mine != want:
+                bad.append(f"seed {seed}: addrinfo {name}: glibc {want}, hosts_access {mine}\n{text}")
+            asked += 1
     assert not bad, "\n".join(bad[:5])
-    assert asked >= 40 * 20
+    assert asked >= 40 * 50

@@ -25,14 +25,17 @@ module rules of acl/check_names.py give:
   long): tcpdchk checks the lines after the stop, libwrap never reads them;
 * the tokens after a ``/file`` pattern in the same list (or on the same
   line of a pattern file): tcpdchk walks both with ``strtok``, so reading
-  the file ends the walk of the list (:func:`blind_spots`);
+  the file ends the walk of the list, and a pattern file named only where
+  tcpdchk does not read is never opened (:func:`blind_spots`);
 * ``user``/``group`` options in the generated rules: tcpdchk carries them
   out (spec A.8) and, as nobody, can read no later ``/file``.
 
 ``test_a_silent_dns_server_does_not_hold_acl_check``: a DNS server that
 never answers; acl check ends at its ``--names-timeout`` with every name
 reported as not checked, where tcpdchk is still waiting for its first
-names; ``--no-names`` asks nothing.
+names; ``--no-names`` asks nothing.  The netgroups named after those names
+are checked all the same (they are not DNS questions), and say what
+tcpdchk says of them.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pathlib import Path
 
 import pytest
 
+from acl.check_names import WORKERS
 from acl.parse.hosts_access import parse_hosts
 from acl.parse.hosts_patterns import split_at
 
@@ -214,8 +218,13 @@ def blind_spots(case: gen.Case, work: Path) -> set[tuple[str, int, int]]:
     ``/file`` pattern walks each of its lines with ``strtok`` too, which
     leaves nothing for the walk of the list: every token after a ``/file``
     that opens is skipped (the rest of the line, inside a pattern file).
+    A pattern file named only where tcpdchk does not read (there, after a
+    NUL on a line of a pattern file, or just before the CR of a CRLF line,
+    which tcpdchk keeps in the name) is never opened: none of its tokens is
+    read.
     """
     out = set()
+    opened = set()                          # pattern files a read token names
     for name, data in (("hosts.allow", case.allow), ("hosts.deny", case.deny)):
         for rule in parse_hosts(str(work / name), data, read_file=None).rules:
             for tokens, server in ((rule.daemon_tokens, True), (rule.client_tokens, False)):
@@ -227,14 +236,32 @@ def blind_spots(case: gen.Case, work: Path) -> set[tuple[str, int, int]]:
                         out.add((name, *rule.where(t.offset + skip)))
                     elif host.startswith("/") and host in case.files and (parts or not server):
                         blind = True
+                        end = t.offset + len(t.text)
+                        if rule.source.text[end:end + 1] != "\r":
+                            opened.add(host)    # (tcpdchk's token keeps a CR: no such file)
+    names: dict[str, set[str]] = {}         # pattern file -> the files its read tokens name
+    tokens: dict[str, list[tuple[str, int, int]]] = {}
     for path, body in case.files.items():
         for n, text in enumerate(body.split("\n"), start=1):
             blind = False
+            nul = text.find("\0")
             for m in re.finditer(r"[^ \t\r\n]+", text):
+                tokens.setdefault(path, []).append((path, n, m.start() + 1))
                 if blind:
                     out.add((path, n, m.start() + 1))
                 elif m.group().split("\0", 1)[0] in case.files:
                     blind = True
+                    if nul < 0 or m.start() < nul:
+                        names.setdefault(path, set()).add(m.group().split("\0", 1)[0])
+    todo = list(opened)
+    while todo:                             # at most one visit per file
+        for other in names.get(todo.pop(), ()):
+            if other not in opened:
+                opened.add(other)
+                todo.append(other)
+    for path, where in tokens.items():
+        if path not in opened:
+            out.update(where)
     return out
 
 
@@ -280,12 +307,12 @@ def shim(tmp_path_factory):
     return build_shim(tmp_path_factory.mktemp("shim"))
 
 
-def _acl_check(cwd: Path, *args: str, timeout: float = 60) -> dict:
+def acl_check_command(cwd: Path, *args: str, timeout: float = 60) -> dict:
     return {"argv": [sys.executable, "-m", "acl", "check", "-d", *args], "cwd": str(cwd),
             "env": dict(os.environ, PYTHONPATH=str(ROOT)), "timeout": timeout}
 
 
-def _tcpdchk(cwd: Path, shim: str, timeout: float = 60) -> dict:
+def tcpdchk_command(cwd: Path, shim: str, timeout: float = 60) -> dict:
     return {"argv": ["tcpdchk", "-d"], "cwd": str(cwd),
             "env": dict(os.environ, LD_PRELOAD=shim), "timeout": timeout}
 
@@ -310,7 +337,7 @@ def test_acl_check_names_match_tcpdchk(tmp_path, shim):
         cases.append((case, work))
     commands = []
     for _, work in cases:
-        commands += [_tcpdchk(work, shim), _acl_check(work)]
+        commands += [tcpdchk_command(work, shim), acl_check_command(work)]
     results = run_commands(tmp_path, hosts=HOSTS, dns=ZONE, netgroup=NETGROUP,
                            commands=commands)
     bad, kinds = [], Counter()
@@ -337,9 +364,9 @@ def test_a_silent_dns_server_does_not_hold_acl_check(tmp_path, shim):
     slow = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
     runs = run_commands(tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]},
                         resolv=slow, netgroup=NETGROUP,
-                        commands=[_acl_check(tmp_path, "--names-timeout", "2", timeout=60),
-                                  _acl_check(tmp_path, "--no-names", timeout=60),
-                                  _tcpdchk(tmp_path, shim, timeout=12)])
+                        commands=[acl_check_command(tmp_path, "--names-timeout", "2", timeout=60),
+                                  acl_check_command(tmp_path, "--no-names", timeout=60),
+                                  tcpdchk_command(tmp_path, shim, timeout=12)])
     timed, off, real = runs
     assert timed["rc"] == 1, timed
     found = acl_names(timed["stdout"])
@@ -352,3 +379,32 @@ def test_a_silent_dns_server_does_not_hold_acl_check(tmp_path, shim):
     # the real tcpdchk is still waiting for its first names when stopped
     assert real["rc"] == "timeout", real
     assert len(tcpdchk_names(real["stdout"])) < 5, real["stdout"]
+
+
+def test_netgroups_are_checked_while_every_name_waits_on_a_silent_dns_server(tmp_path, shim):
+    """Netgroups come from NSS (``netgroup: files`` here), never from DNS: a
+    DNS server that holds every name lookup past the deadline must not leave
+    the netgroups written after those names "not checked".  Their findings
+    are the real tcpdchk's on the same netgroups (a file naming only them,
+    which it can check with DNS dead)."""
+    names = [f"n{i}.silent.test" for i in range(3 * WORKERS)]
+    groups = ["@labgroup", "@emptygroup", "@nosuchgroup"]
+    (tmp_path / "hosts.allow").write_text(
+        "sshd: " + " ".join(names) + "\nftpd: " + " ".join(groups) + "\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    only_groups = tmp_path / "groups"
+    only_groups.mkdir()
+    (only_groups / "hosts.allow").write_text("ftpd: " + " ".join(groups) + "\n")
+    (only_groups / "hosts.deny").write_text("ALL: ALL\n")
+    slow = "nameserver 127.0.0.1\noptions timeout:5 attempts:2\n"
+    ours, real = run_commands(
+        tmp_path, hosts="127.0.0.1 localhost\n", dns={"silent": [""]}, resolv=slow,
+        netgroup=NETGROUP, commands=[acl_check_command(tmp_path, "--names-timeout", "2"),
+                                     tcpdchk_command(only_groups, shim, timeout=30)])
+    assert ours["rc"] == 1 and real["rc"] == 0, (ours, real)
+    found = acl_names(ours["stdout"])
+    late = {f[4] for f in found if f[3] == "not checked"}
+    assert late == set(names), ours["stdout"]           # the names did wait
+    group_words = sorted(f[4] for f in found if f[3] == "netgroup")
+    real_words = sorted(f[3] for f in tcpdchk_names(real["stdout"]) if f[2] == "netgroup")
+    assert group_words == real_words == ["emptygroup", "nosuchgroup"], (ours, real)
