@@ -1,6 +1,7 @@
 """deploy/prometheus and deploy/grafana against promtool, a real Prometheus and a live sidecar.
 
-* ``promtool check config`` / ``check rules`` on the shipped files, and
+* ``promtool check config`` / ``check rules`` on the shipped files,
+  ``promtool check metrics`` on the live sidecar's exposition, and
   ``promtool test rules`` (tests/deploy/acl-rules*.test.yml): each alert
   fires on a series made to trip it and stays quiet on one made not to.
 * The live test.  Every ``acl_nfqueue_*`` series exists only while the
@@ -238,6 +239,18 @@ def test_live_prometheus_scrapes_every_name(tmp_path, nfqueue):
         wait_for(lambda: re.search(r'^acl_reloads_total\{result="failure"\} [1-9]', ns.fetch(
             f"http://127.0.0.1:{METRICS_PORT}/metrics"), re.M), 10, step=0.3)
         config.write_text(good)
+
+        # Prometheus's own lint of the exposition, now that the traffic has
+        # made most families appear: naming (a counter's _total, units as
+        # base units), HELP and TYPE on every family.  It prints each
+        # problem and exits 1.
+        if not promtool_missing:
+            text = ns.fetch(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+            assert text.count("# TYPE acl_") >= 20, text
+            lint = subprocess.run(["promtool", "check", "metrics"], input=text,
+                                  capture_output=True, text=True, timeout=30)
+            assert lint.returncode == 0 and not lint.stdout.strip() and \
+                not lint.stderr.strip(), lint
 
         # The real Prometheus with the shipped configuration.
         prom_dir = tmp_path / "prometheus"
