@@ -96,11 +96,12 @@ def policy(keep: int) -> str:
         """)
 
 
-def unit_text(notify: bool = True) -> str:
-    """The unit under test: Type=notify, the fd store, Restart=on-failure;
-    without ``notify``, Type=simple and no store (systemd 252 turns
-    NotifyAccess=none into main when FileDescriptorStoreMax= is set)."""
-    kind = ("Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax=16\n" if notify
+def unit_text(notify: bool = True, store_max: int = 16) -> str:
+    """The unit under test: Type=notify, the fd store (``store_max``
+    descriptors), Restart=on-failure; without ``notify``, Type=simple and
+    no store (systemd 252 turns NotifyAccess=none into main when
+    FileDescriptorStoreMax= is set)."""
+    kind = (f"Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax={store_max}\n" if notify
             else "Type=simple\nNotifyAccess=none\n")
     return textwrap.dedent("""\
         [Unit]
@@ -230,11 +231,11 @@ def put_files(b: SystemdBoot, keep: int = 8) -> None:
 
 
 @contextlib.contextmanager
-def boot_with(tmp_path, keep: int = 8, notify: bool = True):
+def boot_with(tmp_path, keep: int = 8, notify: bool = True, store_max: int = 16):
     """A boot running UNIT on ``policy(keep)``."""
     with booted(tmp_path / "stage", early_boot=False) as b:
         put_files(b, keep)
-        b.put({UNIT: unit_text(notify)}, "/etc/systemd/system")
+        b.put({UNIT: unit_text(notify, store_max)}, "/etc/systemd/system")
         b.systemctl("daemon-reload")
         b.systemctl("start", UNIT)
         wait_active(b)
@@ -546,6 +547,44 @@ def test_the_shipped_unit_keeps_leases(tmp_path):
             wait_until(lambda: active(pid), 30, why=f"acl.service restarted{b.log_tail()}")
             holders.append(Holder(b, "127.0.0.10"))
             assert holders[-1].lease() == 0, "instances 1 forgotten by the crash"
+            first.say("release")
+            assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
+            holders.append(Holder(b, "127.0.0.11"))
+            assert holders[-1].lease() > 0
+        finally:
+            for h in holders:
+                h.close()
+
+
+def test_a_full_fd_store_never_costs_the_journal(tmp_path):
+    """FileDescriptorStoreMax=2: the journal and one kept connection fill
+    systemd's store, which then closes what it is given (and only logs it:
+    FDSTORE has no reply).  A start that replaced the journal it was passed
+    with a new one would lose it there -- so two kill -9 in a row keep
+    the lease; and a restart with keep_leases changed (a new journal is
+    needed, and the full store drops it) still keeps it, from the old
+    journal, which stays stored."""
+    holders = []
+    with boot_with(tmp_path, store_max=2) as b:
+        try:
+            first = Holder(b, "127.0.0.8")
+            holders.append(first)
+            assert first.lease() > 0
+            for _ in range(2):
+                crash(b)
+                holders.append(Holder(b, "127.0.0.9"))
+                assert holders[-1].lease() == 0, \
+                    f"instances 1 forgotten by a crash{b.log_tail()}\n{acl_log(b)}"
+            b.put({"policy.toml": policy(16)})
+            b.systemctl("restart", UNIT)
+            wait_active(b)
+            crash(b)
+            holders.append(Holder(b, "127.0.0.10"))
+            assert holders[-1].lease() == 0, \
+                f"instances 1 forgotten after keep_leases changed{b.log_tail()}\n{acl_log(b)}"
+            # the store was full indeed: systemd closed the new journal
+            assert "Cannot store more fds than FileDescriptorStoreMax=2" in \
+                b.log_path.read_text(errors="replace")
             first.say("release")
             assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
             holders.append(Holder(b, "127.0.0.11"))
