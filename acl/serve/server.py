@@ -386,13 +386,13 @@ class Server:
     def bind(self) -> dict[str, str]:
         """Take systemd's sockets or bind our own; returns name -> address.
         On failure nothing we bound is left open or on disk."""
-        stored: dict[str, int] = {}
+        stored: list[tuple[str, int]] = []
         try:
             addresses = self._bind(stored)
             self._open_store(stored)
             return addresses
         except BaseException:
-            for fd in stored.values():
+            for _name, fd in stored:
                 try:
                     os.close(fd)
                 except OSError:
@@ -409,7 +409,7 @@ class Server:
             self.addresses.clear()
             raise
 
-    def _open_store(self, stored: dict[str, int]) -> None:
+    def _open_store(self, stored: list[tuple[str, int]]) -> None:
         """The lease store, and the connections it kept to serve again."""
         keep = self._keep_leases = self.engine.policy.run.keep_leases
         try:
@@ -421,7 +421,7 @@ class Server:
             leasestore.discard(stored, self.log, "the store could not start")
         stored.clear()
 
-    def _bind(self, stored: dict[str, int]) -> dict[str, str]:
+    def _bind(self, stored: list[tuple[str, int]]) -> dict[str, str]:
         raise_nofile()
         got = systemd.listen_fds(stored=stored)
         s = self.sockets
