@@ -439,7 +439,8 @@ def open_store(keep: int, stored: list[tuple[str, int]], engine, log,
         os.close(journal_fd)
         if not ok:
             log(f"lease store: systemd's notify socket did not take the journal {name}: "
-                "leases are not kept across a restart")
+                + (f"a restart falls back on {used.name} (what changes from now on is "
+                   "not kept)" if used else "leases are not kept across a restart"))
         where = (f"journal {used.name}; the new {name} was sent to the store, "
                  f"{used.name} stays there until a start is passed {name}" if used
                  else f"no journal; the new {name} was sent to the store")

@@ -52,6 +52,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
 import errno
 import grp
@@ -677,22 +678,27 @@ class Server:
         while any(c.waiting_for_names for c in kept) and loop.time() < end:
             await asyncio.sleep(0.01)      # a name lookup under way: let it answer
         closing = []
+        why: collections.Counter[str] = collections.Counter()   # closed: why -> how many
         for c in kept:
-            if c.handed_over():
+            blocked = c.not_handed_over()
+            if not blocked:
                 c.transport.close()       # after what is buffered is written
                 closing.append(c)
             else:
+                why[blocked] += 1
                 store.forget(c.kept)
                 c.transport.abort()
         while any(c in self._conns for c in closing) and loop.time() < end:
             await asyncio.sleep(0.01)
-        left = [c for c in closing if c in self._conns]
-        for c in left:                    # its client does not read its replies
-            store.forget(c.kept)
-            c.transport.abort()
-        n = len(kept) - len(closing) + len(left)
+        for c in closing:
+            if c in self._conns:          # not flushed within the bound
+                why["its client not reading its replies"] += 1
+                store.forget(c.kept)
+                c.transport.abort()
+        n = sum(why.values())
+        closed = ", ".join(f"{k} {w}" for w, k in sorted(why.items()))
         self.log(f"lease store: {len(kept) - n} connections handed over to systemd"
-                 + (f", {n} closed (part of a frame or a reply pending)" if n else ""))
+                 + (f", {n} closed: {closed}" if n else ""))
 
     def _start_doors(self, loop) -> list:
         """Front doors other than the sockets: NFQUEUE when ``[nfqueue]`` is set

@@ -20,12 +20,15 @@ PORT (27504) is listened on inside the boot's own network namespace only
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import select
 import socket
+import struct
 import subprocess
+import termios
 import textwrap
 import time
 
@@ -36,7 +39,7 @@ from acl.model import Reason, Request
 from tests.serve.test_server import admin as admin_at
 
 from .conftest import DEPLOY
-from .systemd_boot import PYTHON, SystemdBoot, booted, wait_until
+from .systemd_boot import PYTHON, SRC, SystemdBoot, booted, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.live]
 
@@ -72,7 +75,8 @@ service multi
 """
 
 
-def policy(keep: int) -> str:
+def policy(keep: int, extra: str = "") -> str:
+    """The policy under test; ``extra``: TOML tables added at its end."""
     return textwrap.dedent(f"""\
         [sockets]
         query = "/run/acl/query.sock"
@@ -93,14 +97,14 @@ def policy(keep: int) -> str:
         [run]
         watch = false
         keep_leases = {keep}
-        """)
+        """) + extra
 
 
-def unit_text(notify: bool = True, store_max: int = 16) -> str:
+def unit_text(notify: bool = True, store_max: int = 16, extra: str = "") -> str:
     """The unit under test: Type=notify, the fd store (``store_max``
     descriptors), Restart=on-failure; without ``notify``, Type=simple and
     no store (systemd 252 turns NotifyAccess=none into main when
-    FileDescriptorStoreMax= is set)."""
+    FileDescriptorStoreMax= is set).  ``extra``: more [Service] lines."""
     kind = (f"Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax={store_max}\n" if notify
             else "Type=simple\nNotifyAccess=none\n")
     return textwrap.dedent("""\
@@ -116,7 +120,7 @@ def unit_text(notify: bool = True, store_max: int = 16) -> str:
         RestartSec=100ms
         StandardOutput=append:/var/log/acl.log
         StandardError=append:/var/log/acl.log
-        """)
+        """) + extra
 
 
 #: What acl-wrap runs (with this checkout on its path): says its lease, then
@@ -231,11 +235,14 @@ def put_files(b: SystemdBoot, keep: int = 8) -> None:
 
 
 @contextlib.contextmanager
-def boot_with(tmp_path, keep: int = 8, notify: bool = True, store_max: int = 16):
-    """A boot running UNIT on ``policy(keep)``."""
+def boot_with(tmp_path, keep: int = 8, notify: bool = True, store_max: int = 16,
+              files: dict[str, str] | None = None, unit_extra: str = ""):
+    """A boot running UNIT on ``policy(keep)`` (``files``: more files, or
+    others, in /etc/acl)."""
     with booted(tmp_path / "stage", early_boot=False) as b:
         put_files(b, keep)
-        b.put({UNIT: unit_text(notify, store_max)}, "/etc/systemd/system")
+        b.put(files or {})
+        b.put({UNIT: unit_text(notify, store_max, unit_extra)}, "/etc/systemd/system")
         b.systemctl("daemon-reload")
         b.systemctl("start", UNIT)
         wait_active(b)
@@ -507,7 +514,8 @@ def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
         wait_active(boot)
         assert c.reply() is None                    # the end of the connection
         assert admin(boot, "stats")["leases"] == {}
-        assert "1 closed (part of a frame or a reply pending)" in acl_log(boot)
+        assert "0 connections handed over to systemd, 1 closed: 1 holding part of a frame" \
+            in acl_log(boot)
     finally:
         c.close()
 
@@ -592,3 +600,115 @@ def test_a_full_fd_store_never_costs_the_journal(tmp_path):
         finally:
             for h in holders:
                 h.close()
+
+
+def fd_store_count(b: SystemdBoot) -> int:
+    """How many descriptors systemd holds in UNIT's store now."""
+    return int(b.show(UNIT, "NFileDescriptorStore")["NFileDescriptorStore"])
+
+
+def unread_by_acl(c: Raw) -> int:
+    """Bytes the client sent that acl has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(c.sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+
+
+def take_a_kept_lease(b: SystemdBoot) -> Raw:
+    """A binary client holding a lease of ``multi``: kept in the store."""
+    c = Raw(b)
+    c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+    assert c.reply().decision.lease > 0
+    wait_until(lambda: fd_store_count(b) == 2, 10, why="the journal and the connection stored")
+    return c
+
+
+#: The name case: ``named`` is allowed by host name only, so deciding it
+#: looks up the client's name -- through a DNS server that never answers
+#: (tests/serve/fake_dns.py in the boot's network namespace; the unit's
+#: resolver files bound over /etc's: files, then 127.0.0.1, timeout 20 s).
+NAMES_POLICY = """
+[[source]]
+type = "hosts_access"
+allow = "hosts.allow"
+deny = "hosts.deny"
+services = ["named"]
+
+[names]
+deadline = 30
+"""
+NAMES_FILES = {
+    "hosts.allow": "named: .lab.test\n", "hosts.deny": "named: ALL\n",
+    "resolv.conf": "nameserver 127.0.0.1\noptions timeout:20 attempts:1\n",
+    "nsswitch.conf": "hosts: files dns\nnetworks: files\n",
+    "hosts": "127.0.0.1\tlocalhost\n",
+    "dns.json": json.dumps({"ptr": {}, "a": {}, "drop": [], "silent": [""]}),
+}
+NAMES_UNIT = ("BindReadOnlyPaths=/etc/acl/resolv.conf:/etc/resolv.conf "
+              "/etc/acl/nsswitch.conf:/etc/nsswitch.conf /etc/acl/hosts:/etc/hosts\n")
+
+
+def test_a_kept_connection_waiting_for_a_name_at_a_stop_leaves_the_store(tmp_path):
+    """Its request waits for a lookup the stop cannot wait out (2 s): the
+    connection is removed from systemd's store and closed -- its client
+    sees the end with no reply, the next acl adopts nothing and counts no
+    lease (leasestore.py, "Stop")."""
+    files = {**NAMES_FILES, "policy.toml": policy(8, NAMES_POLICY)}
+    with boot_with(tmp_path, files=files, unit_extra=NAMES_UNIT) as b:
+        dns = subprocess.Popen(b.cmd(PYTHON, f"{SRC}/tests/serve/fake_dns.py",
+                                     "/etc/acl/dns.json", "/run/acl-dns.ready"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        c = None
+        try:
+            wait_until(lambda: b.path("/run/acl-dns.ready").exists(), 20,
+                       why="the fake DNS server")
+            c = take_a_kept_lease(b)
+            c.sock.sendall(c.wb.encode_decide(2, Request("named", "192.0.2.50")))
+            wait_until(lambda: unread_by_acl(c) == 0, 10, why="acl to read the request")
+            c.sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                c.sock.recv(1)                   # no reply: it waits for the name
+            c.sock.settimeout(20)
+            pid = main_pid(b)
+            b.systemctl("restart", UNIT)
+            wait_active(b, other_than=pid)
+            assert c.reply() is None             # the end, and no reply
+            assert ("0 connections handed over to systemd, 1 closed: 1 waiting for a name "
+                    "lookup") in acl_log(b), acl_log(b)
+            stats = admin(b, "stats")
+            assert stats["leases"] == {} and stats["lease_store"]["adopted_connections"] == 0
+            assert fd_store_count(b) == 1        # the journal alone
+        finally:
+            if c is not None:
+                c.close()
+            dns.kill()
+            dns.wait(timeout=10)
+
+
+def test_a_kept_connection_whose_client_does_not_read_leaves_the_store(tmp_path):
+    """Replies to 50,000 PINGs the client does not read fill the kernel's
+    buffer and wait in acl's (below the point where acl stops reading, so
+    every frame sent was read and answered): at the stop they cannot be
+    flushed within 2 s, so the connection is removed from systemd's store
+    and closed -- its client reads what was written, then the end; the
+    next acl adopts nothing (leasestore.py, "Stop")."""
+    with boot_with(tmp_path) as b:
+        c = take_a_kept_lease(b)
+        try:
+            c.sock.sendall(b"".join(c.wb.encode_ping(i) for i in range(50_000)))
+            wait_until(lambda: unread_by_acl(c) == 0, 20, why="acl to read every PING")
+            pid = main_pid(b)
+            b.systemctl("restart", UNIT)
+            wait_active(b, other_than=pid)
+            pongs = 0
+            for _ in range(100_000):             # bounded: each read is at least a byte
+                data = c.sock.recv(65536)
+                if not data:
+                    break
+                pongs += len(c.dec.feed(data))
+            assert 0 < pongs < 50_000, pongs     # some written, then the end
+            assert ("0 connections handed over to systemd, 1 closed: 1 its client not "
+                    "reading its replies") in acl_log(b), acl_log(b)
+            stats = admin(b, "stats")
+            assert stats["leases"] == {} and stats["lease_store"]["adopted_connections"] == 0
+            assert fd_store_count(b) == 1
+        finally:
+            c.close()
