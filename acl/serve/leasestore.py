@@ -87,6 +87,21 @@ Rules of this file (docs/protocol.md "Leases", docs/configuration.md
   frame: a bad frame (ERROR, closed; a sealed connection: ERROR 8, deaf,
   lease held).  A lease is written before its DECIDE is answered: a crash
   in between keeps a lease its client never heard of, until it closes.
+* A notification acl sent just before it died still counts.  systemd
+  (v252 src/core/manager.c) reads its notify socket at a higher sd-event
+  priority (NORMAL-8) than it handles SIGCHLD (NORMAL-7), "so that we can
+  still identify to which service an exit message belongs": every datagram
+  queued before the death is read while the sender is still the unit's
+  main PID (``NotifyAccess=main``), and the descriptors it carries are
+  held by the socket meanwhile.  So an ``FDSTORE=1`` sent, then a crash:
+  the connection is stored, and the order above holds -- the connection
+  is sent to the store and the lease written in the journal (a shared
+  mapping: in the memfd the moment it is stored) before the DECIDE is
+  answered, so no client hears of a lease a crash could lose
+  (test_lease_store_live: systemd stopped, a lease taken, acl killed,
+  then systemd goes on and the next acl adopts it).  Were such a message
+  dropped, a crash just after a connection's first lease was answered
+  would end the connection and the lease its client had been granted.
 """
 
 from __future__ import annotations

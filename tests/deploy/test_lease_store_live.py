@@ -712,3 +712,33 @@ def test_a_kept_connection_whose_client_does_not_read_leaves_the_store(tmp_path)
             assert fd_store_count(b) == 1
         finally:
             c.close()
+
+
+def test_a_connection_stored_just_before_a_crash_is_kept(boot):
+    """systemd reads its notify socket before it reaps a dead main process
+    (sd-event priorities: notify before SIGCHLD), so an FDSTORE acl sent
+    just before it died is taken: with systemd stopped, a client takes a
+    lease (acl stores the connection before it answers) and acl is killed;
+    then systemd goes on, reads the FDSTORE of a dead sender, restarts
+    acl, and the connection is adopted with its lease (leasestore.py,
+    "Crash")."""
+    pid = main_pid(boot)
+    c = None
+    try:
+        with boot.paused():
+            c = Raw(boot)
+            c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+            lease = c.reply().decision.lease       # the connection was sent to the store
+            assert lease > 0
+            boot.run("kill", "-9", str(pid))
+            wait_until(lambda: "State:\tZ" in boot.proc_file(pid, "status"), 10,
+                       why="acl to be dead (a zombie: systemd has not reaped it)")
+        wait_active(boot, other_than=pid)
+        stats = admin(boot, "stats")
+        assert stats["leases"] == {"multi": 1}, (stats, acl_log(boot))
+        assert stats["lease_store"]["adopted_connections"] == 1
+        c.sock.sendall(c.wb.encode_release(2, lease))
+        assert c.reply().released is True          # the same connection, served again
+    finally:
+        if c is not None:
+            c.close()
