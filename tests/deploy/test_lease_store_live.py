@@ -265,7 +265,10 @@ def wait_active(b: SystemdBoot, other_than: int = 0) -> int:
         p = b.show(UNIT, "ActiveState", "MainPID")
         pid = int(p["MainPID"])
         return pid if p["ActiveState"] == "active" and pid and pid != other_than else 0
-    pid = wait_until(up, 30, why=f"{UNIT} to be active{b.log_tail()}\n{acl_log(b)}")
+    try:
+        pid = wait_until(up, 30, why=f"{UNIT} to be active")
+    except AssertionError as exc:          # the logs as they are now, not at the call
+        raise AssertionError(f"{exc}{b.log_tail()}\n{acl_log(b)}") from None
     wait_until(lambda: b.path("/run/acl/query.sock").exists(), 10, why="the query socket")
     return pid
 
@@ -742,3 +745,50 @@ def test_a_connection_stored_just_before_a_crash_is_kept(boot):
     finally:
         if c is not None:
             c.close()
+
+
+#: Sends systemd, as a process of UNIT (NotifyAccess=all), a junk memfd
+#: under each name in argv: a name acl stored, stored a second time.
+INJECT = """\
+import array, os, socket, sys
+fd = os.memfd_create("junk")
+os.write(fd, b"junk" * 64)
+where = os.environ.get("NOTIFY_SOCKET", "/run/systemd/notify")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect("\\0" + where[1:] if where.startswith("@") else where)
+for name in sys.argv[1:]:
+    s.sendmsg([f"FDSTORE=1\\nFDNAME={name}".encode()],
+              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+print("SENT", flush=True)
+"""
+
+
+def test_a_journal_name_stored_twice_does_not_refuse_the_start(tmp_path):
+    """systemd passes a name twice when it was given it twice (here a
+    process of the unit stores junk under the journal's name): the start
+    is not refused -- the journal that reads is used, the lease kept, the
+    junk logged -- and the start after it is passed one journal again."""
+    with boot_with(tmp_path, unit_extra="NotifyAccess=all\n",
+                   files={"inject.py": INJECT}) as b:
+        first = Holder(b, "127.0.0.8")
+        holders = [first]
+        try:
+            assert first.lease() > 0
+            group = b.show(UNIT, "ControlGroup")["ControlGroup"]
+            b.run("sh", "-c", f'echo $$ > "/sys/fs/cgroup{group}/cgroup.procs" && '
+                  f"exec {PYTHON} /etc/acl/inject.py acl-lease-journal-1")
+            wait_until(lambda: fd_store_count(b) == 3, 10, why="the second journal stored")
+            crash(b)
+            log = acl_log(b)
+            assert "journal acl-lease-journal-1 is unusable" in log, log
+            holders.append(Holder(b, "127.0.0.9"))
+            assert holders[-1].lease() == 0, "instances 1 forgotten"
+            crash(b)                    # passed both journals: the new one is used
+            log = acl_log(b)
+            assert "(journal acl-lease-journal-2, written on)" in log, log
+            assert fd_store_count(b) == 2           # the connection, the journal
+            holders.append(Holder(b, "127.0.0.10"))
+            assert holders[-1].lease() == 0, "instances 1 forgotten"
+        finally:
+            for h in holders:
+                h.close()
