@@ -196,7 +196,10 @@ class FdStoreLink:
                 left = end - time.monotonic()
                 if left <= 0:
                     return False
-                select.select([], [self.sock], [], left)    # room in systemd's queue
+                # room in systemd's queue (poll: a store's fds may number past 1024)
+                poller = select.poll()
+                poller.register(self.sock, select.POLLOUT)
+                poller.poll(left * 1000)
             except OSError:
                 return False
 
