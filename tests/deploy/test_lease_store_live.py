@@ -13,6 +13,13 @@ on that connection, exactly as inetd does; SERVER reports its lease and,
 when told, sends RELEASE of its ``ACL_LEASE_ID`` on ``ACL_LEASE_FD``
 (docs/acl-wrap.md, the early release) or exits.
 
+Some tests change the unit: a small ``FileDescriptorStoreMax=`` (a full
+store), resolver files bound over /etc's with tests/serve/fake_dns.py
+answering nothing on 127.0.0.1:53 in the boot's network namespace (a name
+lookup under way at a stop), ``NotifyAccess=all`` (a process of the unit
+stores a name a second time); one stops systemd itself for a moment
+(``SystemdBoot.paused``: a notification read only after its sender died).
+
 PORT (27504) is listened on inside the boot's own network namespace only
 (tests/deploy/conftest.py SLICES).  Every wait is bounded.
 """

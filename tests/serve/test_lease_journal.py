@@ -1,8 +1,10 @@
 """The lease store without systemd (acl/serve/leasestore.py): the journal's
 format, what a crash at any store leaves of it, damaged journals, the fd
-store's names among passed sockets, ``[run] keep_leases``, and adoption at
-start over real connections, with a datagram socket standing in for
-systemd's notify socket (the live store: tests/deploy/test_lease_store_live.py).
+store's names among passed sockets (a name passed twice too), ``[run]
+keep_leases``, adoption at start over real connections -- the journal
+passed written on, or a new one stored beside it -- and sends that never
+block, with a datagram socket standing in for systemd's notify socket (the
+live store: tests/deploy/test_lease_store_live.py).
 """
 
 from __future__ import annotations
