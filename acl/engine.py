@@ -36,6 +36,15 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
   back with :meth:`Engine.adopt_lease` before serving -- the same id, the
   same slots, no limit consulted -- and new ids continue past every id it
   saw (:meth:`Engine.lease_ids_from`).
+* A lease follows its service through reloads: one of a service a reload
+  drops keeps its slot (the limit state frees it only once the lease ends),
+  so a later reload that brings the service back counts it again.  A lease
+  no xinetd layer counts -- its service had none when it was taken, or was
+  absent from the policy a restart adopted it under -- is counted the same
+  way by the first commit whose policy binds an xinetd layer to its service
+  (``_count_uncounted``: its slots taken, no limit consulted), so a lease
+  held across a restart and one held across reloads alone end up counted
+  alike.
 * A prepared policy changes nothing until :meth:`Engine.commit`: there, on
   the serving thread and just before the swap, every xinetd layer of the new
   policy puts its limits in force (``activate``) and each limit state frees
@@ -203,7 +212,11 @@ class Engine:
         self.last_reload_success = 1
         self.last_reload_error = ""
         self.last_prepare: dict[str, float] = {}
-        self._leases: dict[int, tuple[object, int, str]] = {}
+        # lease id -> (the xinetd layer counting it or None, its id there,
+        # metrics label, service)
+        self._leases: dict[int, tuple[object, int, str, str]] = {}
+        # leases no xinetd layer counts: service -> {lease id: request}
+        self._uncounted: dict[str, dict[int, Request]] = {}
         self.leases_by_service: dict[str, int] = {}
         self._next_lease = 1
         self._sources = None
@@ -287,6 +300,8 @@ class Engine:
         self._current = (policy, plan)     # the swap: one reference assignment
         if old is not None and old is not plan:
             self._fold(old)
+        if self._uncounted:
+            self._count_uncounted(policy)
         if count:
             self.reloads["success"] += 1
             self.last_reload_success = 1
@@ -481,27 +496,65 @@ class Engine:
 
     def _hold(self, lease_id: int, request: Request, now: float, xinetd) -> None:
         """Lease ``lease_id``: its slots in ``xinetd`` (None: no limit
-        counts it), and the count by service."""
+        counts it until a reload binds one: ``_count_uncounted``), and the
+        count by service."""
         inner = 0
+        service = request.service
         if xinetd is not None and hasattr(xinetd, "take_lease"):
             inner = xinetd.take_lease(request, now)
-        service = self.label(request.service)
-        self._leases[lease_id] = (xinetd, inner, service)
-        self.leases_by_service[service] = self.leases_by_service.get(service, 0) + 1
+        else:
+            xinetd = None
+            self._uncounted.setdefault(service, {})[lease_id] = request
+        label = self.label(service)
+        self._leases[lease_id] = (xinetd, inner, label, service)
+        self.leases_by_service[label] = self.leases_by_service.get(label, 0) + 1
+
+    @staticmethod
+    def _xinetd_of(policy, service: str):
+        """The xinetd layer ``_decide`` takes ``service``'s leases through
+        (the last one bound to it), or None."""
+        xinetd = None
+        for layer, _daemon in policy.layers_for(service):
+            if getattr(layer, "name", "") == "xinetd" and hasattr(layer, "take_lease"):
+                xinetd = layer
+        return xinetd
+
+    def _count_uncounted(self, policy) -> None:
+        """At a commit: leases no xinetd layer counted, of services ``policy``
+        binds one to, are counted by it from now on -- their slots taken,
+        no limit consulted (module rules).  One it cannot take (a client
+        the service's family refuses; no slot left) stays uncounted."""
+        now = time.time()
+        for service in list(self._uncounted):
+            xinetd = self._xinetd_of(policy, service)
+            if xinetd is None:
+                continue
+            group = self._uncounted[service]
+            for lease_id, request in list(group.items()):
+                try:
+                    inner = xinetd.take_lease(request, now)
+                except (ValueError, OverflowError):
+                    continue
+                del group[lease_id]
+                old_label = self._leases[lease_id][2]
+                label = self.label(service)
+                self._leases[lease_id] = (xinetd, inner, label, service)
+                if label != old_label:
+                    self.leases_by_service[old_label] -= 1
+                    self.leases_by_service[label] = self.leases_by_service.get(label, 0) + 1
+            if not group:
+                del self._uncounted[service]
 
     def adopt_lease(self, lease_id: int, request: Request, now: float) -> None:
         """Count again lease ``lease_id`` that ``request`` took before a
         restart: its slots are taken *without* a limit check, through the
         xinetd layer ``_decide`` would use.  A service the running policy
         does not bind keeps its lease (to be released) counted toward no
-        limit -- what a reload that drops a service leaves of its leases."""
+        limit -- what a reload that drops a service leaves of its leases --
+        until a reload brings the service back (``_count_uncounted``)."""
         if lease_id <= 0 or lease_id in self._leases:
             raise ValueError(f"lease {lease_id} cannot be adopted (taken or not an id)")
-        xinetd = None
-        for layer, _daemon in self._policy.layers_for(request.service):
-            if getattr(layer, "name", "") == "xinetd":
-                xinetd = layer
-        self._hold(lease_id, request, now, xinetd)
+        self._hold(lease_id, request, now, self._xinetd_of(self._policy, request.service))
         self.lease_ids_from(lease_id + 1)
 
     def lease_ids_from(self, first: int) -> None:
@@ -513,10 +566,15 @@ class Engine:
         entry = self._leases.pop(lease_id, None)
         if entry is None:
             return False
-        layer, inner, service = entry
-        if layer is not None and inner and hasattr(layer, "release"):
+        layer, inner, label, service = entry
+        if layer is None:
+            group = self._uncounted[service]
+            del group[lease_id]
+            if not group:
+                del self._uncounted[service]
+        elif inner and hasattr(layer, "release"):
             layer.release(inner)
-        self.leases_by_service[service] -= 1
+        self.leases_by_service[label] -= 1
         return True
 
     @property

@@ -338,14 +338,19 @@ class BinaryConnection(_Base):
         self.leases.clear()
         super().connection_lost(exc)
 
-    def handed_over(self) -> bool:
-        """Stopping, reading stopped: whether everything read is answered
-        (no part of a frame held, no name awaited) and the connection is not
-        closing -- then it can be left to the store as it is.  One that acl
-        is closing (after a frame with a bad length) is not: systemd's copy
-        would keep it open past that close."""
-        return (not self._waiting and (not self.buf or self.sealed == DEAF)
-                and not self.transport.is_closing())
+    def not_handed_over(self) -> str:
+        """Stopping, reading stopped: why the connection cannot be left to
+        the store as it is, or "" -- everything read is answered (no part
+        of a frame held, no name awaited) and it is not closing.  One that
+        acl is closing (after a frame with a bad length) is not: systemd's
+        copy would keep it open past that close."""
+        if self._waiting:
+            return "waiting for a name lookup"
+        if self.buf and self.sealed != DEAF:
+            return "holding part of a frame"
+        if self.transport.is_closing():
+            return "being closed already"
+        return ""
 
 
 class PostfixConnection(_Base):

@@ -30,6 +30,11 @@ Rules of this file:
   and dropped, the others are read.
 * Bounds: :class:`Journal` keeps at most ``keep`` connections and ``keep``
   leases (2 * ``keep`` records); past them an add says False.
+* Writing on (:meth:`Journal.reopen`): a start goes on writing in the
+  journal it was passed when that one has room (acl/serve/leasestore.py
+  says why).  The records it keeps stay where they are, untouched; every
+  other record is cleared (valid byte first, as a drop is), so a crash
+  while it clears leaves records the next start drops again.
 """
 
 from __future__ import annotations
@@ -97,11 +102,12 @@ class Contents:
     leases: dict[int, tuple[int, Request]] = field(default_factory=dict)
     bad: int = 0
     generation: int = 0
+    capacity: int = 0                # records
 
 
-def read_journal(buf) -> Contents:
-    """Every valid record of the journal in ``buf``; JournalError when its
-    header does not read (then nothing in it can be trusted)."""
+def _header(buf) -> tuple[int, int]:
+    """(capacity, generation) of the journal in ``buf``; JournalError when
+    its header does not read (then nothing in it can be trusted)."""
     if len(buf) < HEADER:
         raise JournalError(f"{len(buf)} bytes, shorter than its header")
     magic, version, size, capacity, generation = _HEAD.unpack_from(buf, 0)
@@ -111,33 +117,56 @@ def read_journal(buf) -> Contents:
         raise JournalError(f"version {version}, record size {size}: not this acl's journal")
     if len(buf) < journal_size(capacity):
         raise JournalError(f"{len(buf)} bytes, shorter than {capacity} records")
-    out = Contents(generation=generation)
+    return capacity, generation
+
+
+#: what _record() makes of a record set but wrong
+BAD = "bad"
+
+
+def _record(buf, i: int):
+    """Record ``i``: None when free, BAD when set but wrong, else
+    (kind, state, connection, lease id, request or None)."""
+    off = HEADER + i * RECORD
+    valid, kind, state, crc = _TOP.unpack_from(buf, off)
+    if valid == 0:
+        return None
+    body = bytes(buf[off + _TOP.size:off + RECORD])
+    if valid != VALID or _crc(kind, body) != crc:
+        return BAD
+    state -= STATE_BASE
+    conn, lease, cfam, sfam, sport, cport, slen, caddr, saddr, svc = _BODY.unpack_from(body, 0)
+    if conn == 0:
+        return BAD
+    if kind == KIND_CONN and state in STATES:
+        return kind, state, conn, 0, None
+    if kind == KIND_LEASE and lease > 0 and cfam in (4, 6) and sfam in (0, 4, 6) and 1 <= slen:
+        try:
+            service = svc[:slen].decode("utf-8", "surrogateescape")
+            request = Request(service, _unpack_addr(cfam, caddr), cport,
+                              _unpack_addr(sfam, saddr) if sfam else None, sport, lease=True)
+        except (UnicodeDecodeError, ValueError):
+            return BAD
+        return kind, 0, conn, lease, request
+    return BAD
+
+
+def read_journal(buf) -> Contents:
+    """Every valid record of the journal in ``buf`` (of a repeated id, the
+    first); JournalError when its header does not read."""
+    capacity, generation = _header(buf)
+    out = Contents(generation=generation, capacity=capacity)
     for i in range(capacity):
-        off = HEADER + i * RECORD
-        valid, kind, state, crc = _TOP.unpack_from(buf, off)
-        if valid == 0:
+        rec = _record(buf, i)
+        if rec is None:
             continue
-        body = bytes(buf[off + _TOP.size:off + RECORD])
-        if valid != VALID or _crc(kind, body) != crc:
+        if rec is BAD:
             out.bad += 1
             continue
-        state -= STATE_BASE
-        conn, lease, cfam, sfam, sport, cport, slen, caddr, saddr, svc = \
-            _BODY.unpack_from(body, 0)
-        if conn == 0:
-            out.bad += 1
-        elif kind == KIND_CONN and state in STATES and conn not in out.conns:
+        kind, state, conn, lease, request = rec
+        if kind == KIND_CONN and conn not in out.conns:
             out.conns[conn] = state
-        elif (kind == KIND_LEASE and lease > 0 and lease not in out.leases
-              and cfam in (4, 6) and sfam in (0, 4, 6) and 1 <= slen):
-            try:
-                service = svc[:slen].decode("utf-8", "surrogateescape")
-                request = Request(service, _unpack_addr(cfam, caddr), cport,
-                                  _unpack_addr(sfam, saddr) if sfam else None, sport,
-                                  lease=True)
-            except (UnicodeDecodeError, ValueError):
-                out.bad += 1
-                continue
+        elif kind == KIND_LEASE and lease not in out.leases:
             out.leases[lease] = (conn, request)
         else:
             out.bad += 1
@@ -150,17 +179,62 @@ class Journal:
     bytearray in tests.  Connections and leases are bounded by ``keep``
     each; the add methods say False when there is no room."""
 
-    def __init__(self, buf, keep: int, generation: int) -> None:
+    def __init__(self, buf, keep: int, generation: int, *, capacity: int = 0) -> None:
+        """A new, empty journal (its header written); with ``capacity``,
+        the records already in ``buf`` are left for :meth:`reopen`."""
         self.buf = buf
         self.keep = keep
-        self.capacity = 2 * keep
+        self.capacity = capacity or 2 * keep
         self.generation = generation
         self._free = list(range(self.capacity - 1, -1, -1))    # pop(): lowest first
         self.conns: dict[int, int] = {}        # connection number -> record index
         self.leases: dict[int, tuple[int, int]] = {}   # lease id -> (record index, connection)
         self.by_conn: dict[int, set[int]] = {}  # connection number -> its lease ids
-        buf[:journal_size(self.capacity)] = bytes(journal_size(self.capacity))
-        buf[:_HEAD.size] = _HEAD.pack(MAGIC, VERSION, RECORD, self.capacity, generation)
+        if not capacity:
+            buf[:journal_size(self.capacity)] = bytes(journal_size(self.capacity))
+            buf[:_HEAD.size] = _HEAD.pack(MAGIC, VERSION, RECORD, self.capacity, generation)
+
+    @classmethod
+    def reopen(cls, buf, keep: int, conns, leases: dict[int, int]) -> Journal:
+        """Write on in the journal ``buf`` holds (the file's rules): the
+        first record of each connection in ``conns`` and of each lease in
+        ``leases`` (id -> its connection, one of ``conns``) stay as they
+        are; every other record is cleared.  ``keep`` bounds what is added
+        from now on (the capacity is the header's: at least 2 * ``keep``)."""
+        capacity, generation = _header(buf)
+        if capacity < 2 * keep:
+            raise JournalError(f"{capacity} records, fewer than 2 x {keep}")
+        j = cls(buf, keep, generation, capacity=capacity)
+        conns = set(conns)
+        free = []
+        for i in range(capacity):
+            rec = _record(buf, i)
+            if rec is None:
+                free.append(i)
+                continue
+            kept = False
+            if rec is not BAD:
+                kind, _state, conn, lease, _request = rec
+                if kind == KIND_CONN and conn in conns and conn not in j.conns:
+                    j.conns[conn] = i
+                    j.by_conn[conn] = set()
+                    kept = True
+                elif (kind == KIND_LEASE and leases.get(lease) == conn and conn in conns
+                      and lease not in j.leases):
+                    j.leases[lease] = (i, conn)
+                    kept = True
+            if not kept:
+                buf[HEADER + i * RECORD] = 0       # cleared: invalid first
+                free.append(i)
+        for lease, (i, conn) in list(j.leases.items()):
+            if conn in j.by_conn:
+                j.by_conn[conn].add(lease)
+            else:                                  # its connection has no record
+                del j.leases[lease]
+                buf[HEADER + i * RECORD] = 0
+                free.append(i)
+        j._free = sorted(free, reverse=True)
+        return j
 
     def _write(self, kind: int, state: int, conn: int, lease: int = 0,
                request: Request | None = None) -> int:

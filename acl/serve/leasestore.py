@@ -30,19 +30,49 @@ Rules of this file (docs/protocol.md "Leases", docs/configuration.md
   2 N records).  A lease past that is granted as before but *not kept*: a
   restart forgets it (``unkept``, logged at most once a minute), and so is
   every lease of a connection that could not be kept (N connections kept,
-  or systemd's socket busy).  systemd itself keeps at most
-  ``FileDescriptorStoreMax=`` descriptors and cannot tell us that number:
-  set it to N + 2 (the journal, and the next start's new journal).
-* Start (:func:`open_store`, before anything is accepted): the newest
-  journal that reads is used (older ones are removed from the store); each
-  stored connection that is still open and has a connection record is
-  *adopted* -- a live binary connection again, sealed or deaf as it was,
-  holding its leases under their ids -- and its leases are counted again
-  with :meth:`acl.engine.Engine.adopt_lease` (no limit check).  A stored
-  connection already closed, or without a record, is closed and removed; a
-  lease record without its connection is dropped.  Then a new journal (one
-  generation up) is filled with what was adopted and stored, and the old
-  one removed: a crash at any point leaves a journal the next start reads.
+  or systemd's socket busy: a send never waits on the event loop).
+  systemd itself keeps at most ``FileDescriptorStoreMax=`` descriptors and
+  cannot tell us that number: set it to N + 2 (the journal, and the new
+  journal a start with a changed setting stores beside it).
+* Start (:func:`open_store`, before anything is accepted).  systemd
+  answers nothing to ``FDSTORE=1``: a descriptor its store has no room
+  for (``FileDescriptorStoreMax=``) is closed and logged, and acl never
+  knows.  What shows that systemd holds a journal is that it passes it
+  back at a start.  So a start lets go of no journal whose successor
+  systemd has not passed back:
+
+  - The newest journal that reads is used (by the number in its name,
+    then its header's generation); the others are closed and removed from
+    the store.  When it has room for ``keep_leases`` of each, is at most
+    twice that, is sealed and its name was passed once, acl *writes on in
+    it* (:meth:`acl.serve.lease_journal.Journal.reopen`): no journal is
+    stored or removed -- a restart with an unchanged setting never needs
+    room for a second one.
+  - Otherwise (none was passed, or the setting changed) a new journal, one
+    generation up, is filled with what was adopted and stored, and the one
+    used stays in the store beside it: the next start is passed both,
+    writes on in the new one and removes the old.  Had systemd closed the
+    new one, that start falls back on the old one: the connections kept
+    since are closed ("no record of it") and leases released since on
+    connections still open are counted until they end -- not every lease
+    lost.
+  - Each stored connection that is still open and has a connection
+    record is *adopted* -- a live binary connection again, sealed or deaf
+    as it was, holding its leases under their ids -- and its leases are
+    counted again with :meth:`acl.engine.Engine.adopt_lease` (no limit
+    check).  A stored connection already closed, or without a record, is
+    closed and removed; a lease record without its connection is dropped.
+  - A name passed more than once (acl never stores one twice; systemd
+    passes whatever it was given under it): of the journals, the newest
+    that reads is used and written on as above -- but as ``FDSTOREREMOVE``
+    takes every descriptor of a name, it is not written on in place: a new
+    journal is made, and the name leaves the store at a later start; of
+    the connections, the first that is still open is kept and the others
+    closed, and the name is removed and the kept one stored again under it
+    (acl cannot tell which one its record meant).  Each is logged.
+  - A crash at any point of the start leaves a journal the next start
+    reads: one written on in place has its dropped records cleared one by
+    one (each a drop, valid byte first), a replaced one is not removed.
 * Stop (SIGTERM): the journal is frozen (connections closing while acl
   exits do not leave the store), every kept connection stops reading, what
   it had read is answered and flushed -- within ``HANDOVER_S`` -- and its
@@ -57,6 +87,21 @@ Rules of this file (docs/protocol.md "Leases", docs/configuration.md
   frame: a bad frame (ERROR, closed; a sealed connection: ERROR 8, deaf,
   lease held).  A lease is written before its DECIDE is answered: a crash
   in between keeps a lease its client never heard of, until it closes.
+* A notification acl sent just before it died still counts.  systemd
+  (v252 src/core/manager.c) reads its notify socket at a higher sd-event
+  priority (NORMAL-8) than it handles SIGCHLD (NORMAL-7), "so that we can
+  still identify to which service an exit message belongs": every datagram
+  queued before the death is read while the sender is still the unit's
+  main PID (``NotifyAccess=main``), and the descriptors it carries are
+  held by the socket meanwhile.  So an ``FDSTORE=1`` sent, then a crash:
+  the connection is stored, and the order above holds -- the connection
+  is sent to the store and the lease written in the journal (a shared
+  mapping: in the memfd the moment it is stored) before the DECIDE is
+  answered, so no client hears of a lease a crash could lose
+  (test_lease_store_live: systemd stopped, a lease taken, acl killed,
+  then systemd goes on and the next acl adopts it).  Were such a message
+  dropped, a crash just after a connection's first lease was answered
+  would end the connection and the lease its client had been granted.
 """
 
 from __future__ import annotations
@@ -82,6 +127,8 @@ from acl.serve.lease_journal import (
 
 #: seconds a stop gives kept connections to answer and flush what they read
 HANDOVER_S = 2.0
+#: seconds a start waits, in all, for room in systemd's notify socket
+START_SEND_S = 2.0
 UNKEPT_LOG_EVERY = 60.0
 
 CONN_PREFIX = "acl-lease-conn-"
@@ -202,6 +249,23 @@ def _read_passed_journal(fd: int) -> Contents:
         return read_journal(m)
 
 
+def _writable_mapping(fd: int, contents: Contents, keep: int):
+    """The passed journal ``fd`` mapped to write on in (the file's rules:
+    room for ``keep`` of each, at most twice that, sealed at its size), or
+    None: a new journal is made instead."""
+    if not 2 * keep <= contents.capacity <= 4 * keep:
+        return None
+    try:
+        seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+        if seals & (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW) != \
+                fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW:
+            return None
+        return mmap.mmap(fd, journal_size(contents.capacity), mmap.MAP_SHARED,
+                         mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError:                   # not a memfd of ours, or opened read-only
+        return None
+
+
 def _new_journal(keep: int, generation: int):
     """A sealed memfd of the journal's size, mapped: (fd, mapping)."""
     size = journal_size(2 * keep)
@@ -218,7 +282,55 @@ def _new_journal(keep: int, generation: int):
     return fd, m
 
 
-def discard(stored: dict[str, int], log, why: str, env=None) -> None:
+@dataclass
+class _PassedJournal:
+    """A journal systemd passed, that reads."""
+
+    name: str
+    fd: int
+    contents: Contents
+
+
+def _pick_journal(journals: list[tuple[str, int]], log) -> _PassedJournal | None:
+    """The newest passed journal that reads (the file's rules)."""
+    best, best_key = None, None
+    for i, (name, fd) in enumerate(journals):
+        try:
+            contents = _read_passed_journal(fd)
+        except (JournalError, OSError, ValueError) as exc:
+            log(f"lease store: journal {name} is unusable: {exc}")
+            continue
+        key = (_number(name, JOURNAL_PREFIX), contents.generation, -i)
+        if best_key is None or key > best_key:
+            best, best_key = _PassedJournal(name, fd, contents), key
+    return best
+
+
+def _one_connection_each(conns: list[tuple[str, int]], log
+                         ) -> tuple[dict[int, tuple[str, int]], set[str]]:
+    """number -> (name, fd) of the stored connections, one a name (the
+    file's rules), and the names that were passed more than once; the
+    others of such a name are closed here."""
+    by_name: dict[str, list[int]] = {}
+    for name, fd in conns:
+        by_name.setdefault(name, []).append(fd)
+    out, repeated = {}, set()
+    for name, fds in by_name.items():
+        keep = fds[0]
+        if len(fds) > 1:
+            repeated.add(name)
+            keep = next((fd for fd in fds if _is_stream_unix(fd) and not _peer_gone(fd)),
+                        fds[0])
+            for fd in fds:
+                if fd != keep:
+                    os.close(fd)
+            log(f"lease store: {name} was passed {len(fds)} times: one is kept, "
+                f"{len(fds) - 1} closed")
+        out[_number(name, CONN_PREFIX)] = (name, keep)
+    return out, repeated
+
+
+def discard(stored: list[tuple[str, int]], log, why: str, env=None) -> None:
     """The store is off: close what it passed and empty it."""
     if not stored:
         return
@@ -229,21 +341,23 @@ def discard(stored: dict[str, int], log, why: str, env=None) -> None:
         link = FdStoreLink(env)
     except OSError:
         pass
-    for name, fd in stored.items():
+    for _name, fd in stored:
         os.close(fd)
-        if link is not None:
-            link.remove(name)
     if link is not None:
+        deadline = time.monotonic() + START_SEND_S
+        for name in sorted({n for n, _ in stored}):     # a remove takes a name's every fd
+            link.remove(name, max(0.0, deadline - time.monotonic()))
         link.close()
     log(f"lease store: {len(stored)} descriptors systemd kept were closed ({why}); "
         "their leases are forgotten")
 
 
-def open_store(keep: int, stored: dict[str, int], engine, log,
+def open_store(keep: int, stored: list[tuple[str, int]], engine, log,
                env=None) -> tuple[LeaseStore | None, list[Adopted]]:
     """Start the store (the file's rules): the store, and the connections
-    to serve again.  ``stored`` is name -> fd of what systemd passed (its
-    descriptors are closed or adopted here)."""
+    to serve again.  ``stored`` is what systemd passed, (name, fd) in its
+    order, a name possibly more than once (its descriptors are closed or
+    adopted here)."""
     from acl.serve.systemd import FdStoreLink
 
     env = os.environ if env is None else env
@@ -256,32 +370,34 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
         discard(stored, log, "no NOTIFY_SOCKET", env)
         return None, []
     link = FdStoreLink(env)
-    # the newest journal that reads
-    journals = sorted(((_number(n, JOURNAL_PREFIX), n) for n in stored
-                       if n.startswith(JOURNAL_PREFIX)), reverse=True)
-    contents = Contents()
-    source = None
-    for _gen, name in journals:
+    journals = [(n, fd) for n, fd in stored if n.startswith(JOURNAL_PREFIX)]
+    used = _pick_journal(journals, log)
+    contents = used.contents if used is not None else Contents()
+    highest = max([_number(n, JOURNAL_PREFIX) for n, _ in journals]
+                  + [contents.generation, 0])
+    # write on in the journal used, or a new one with room for all that
+    # could be adopted -- decided, and made, first: past this point nothing
+    # may fail, since what systemd passed is being used (closed, adopted,
+    # counted); before it, a failure leaves all of it to the caller's
+    # discard()
+    mapping = journal_fd = None
+    if used is not None and sum(n == used.name for n, _ in journals) == 1:
+        mapping = _writable_mapping(used.fd, contents, keep)
+    if mapping is None:
+        need = max(keep, sum(n.startswith(CONN_PREFIX) for n, _ in stored),
+                   len(contents.leases))
         try:
-            contents = _read_passed_journal(stored[name])
-        except (JournalError, OSError, ValueError) as exc:
-            log(f"lease store: journal {name} is unusable: {exc}")
-            continue
-        source = name
-        break
-    highest = max([n for n, _ in journals] + [contents.generation, 0])
-    conns = {_number(n, CONN_PREFIX): (n, fd) for n, fd in stored.items()
-             if n.startswith(CONN_PREFIX)}
-    # the new journal first, with room for all that could be adopted: past
-    # this point nothing may fail, since what systemd passed is being used
-    # (closed, adopted, counted) -- before it, a failure leaves all of it
-    # to the caller's discard()
-    need = max(keep, len(conns), len(contents.leases))
-    try:
-        journal_fd, mapping = _new_journal(need, highest + 1)
-    except OSError:
-        link.close()
-        raise
+            journal_fd, mapping = _new_journal(need, highest + 1)
+        except OSError:
+            link.close()
+            raise
+    conns, repeated = _one_connection_each(
+        [(n, fd) for n, fd in stored if n.startswith(CONN_PREFIX)], log)
+    deadline = time.monotonic() + START_SEND_S
+
+    def wait_s() -> float:
+        return max(0.0, deadline - time.monotonic())
+
     adopted: list[Adopted] = []
     closed = 0
     for number, (name, fd) in sorted(conns.items()):
@@ -295,7 +411,7 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
         if why:
             log(f"lease store: kept connection {number} closed: {why}")
             os.close(fd)
-            link.remove(name)
+            link.remove(name, wait_s())
             closed += 1
             continue
         adopted.append(Adopted(socket.socket(fileno=fd), number, contents.conns[number], set()))
@@ -317,22 +433,39 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
         a.leases.add(lease)
     seen = [*contents.conns, *contents.leases, *conns]
     engine.lease_ids_from(max(seen, default=0) + 1)
-    # the new journal: what was adopted, one generation up; then the old out
-    journal = Journal(mapping, need, highest + 1)
-    for a in adopted:
-        journal.add_connection(a.number, a.state)
-        for lease in sorted(a.leases):
-            journal.add_lease(a.number, lease, contents.leases[lease][1])
-    journal.keep = keep          # room made for what was adopted; new ones: keep
-    name = JOURNAL_PREFIX + str(highest + 1)
-    ok = link.store(name, journal_fd)
-    os.close(journal_fd)
-    if not ok:
-        log(f"lease store: systemd did not take the journal {name}: leases are not "
-            "kept across a restart")
-    for old in journals:
-        os.close(stored[old[1]])
-        link.remove(old[1])
+    # every journal but the one used out of the store, before a new one goes in
+    for _name, fd in journals:
+        os.close(fd)
+    for name in sorted({n for n, _ in journals} - {used.name if used else ""}):
+        link.remove(name, wait_s())
+    if journal_fd is None:          # written on where it is (the file's rules)
+        journal = Journal.reopen(mapping, keep, live,
+                                 {lease: a.number for a in adopted for lease in a.leases})
+        where = f"journal {used.name}, written on"
+    else:                           # a new one: what was adopted, one generation up
+        journal = Journal(mapping, need, highest + 1)
+        for a in adopted:
+            journal.add_connection(a.number, a.state)
+            for lease in sorted(a.leases):
+                journal.add_lease(a.number, lease, contents.leases[lease][1])
+        journal.keep = keep          # room made for what was adopted; new ones: keep
+        name = JOURNAL_PREFIX + str(highest + 1)
+        ok = link.store(name, journal_fd, wait_s())
+        os.close(journal_fd)
+        if not ok:
+            log(f"lease store: systemd's notify socket did not take the journal {name}: "
+                + (f"a restart falls back on {used.name} (what changes from now on is "
+                   "not kept)" if used else "leases are not kept across a restart"))
+        where = (f"journal {used.name}; the new {name} was sent to the store, "
+                 f"{used.name} stays there until a start is passed {name}" if used
+                 else f"no journal; the new {name} was sent to the store")
+    for a in adopted:               # its name's others were closed: it alone again
+        name = CONN_PREFIX + str(a.number)
+        if name in repeated:
+            link.remove(name, wait_s())
+            if not link.store(name, a.sock.fileno(), wait_s()):
+                log(f"lease store: kept connection {a.number} could not be stored again: "
+                    "a restart would close it")
     store = LeaseStore(link, journal, log)
     store.adopted_connections = len(adopted)
     store.adopted_leases = sum(len(a.leases) for a in adopted)
@@ -340,6 +473,6 @@ def open_store(keep: int, stored: dict[str, int], engine, log,
     store.closed_at_start = closed
     if stored or dropped:
         log(f"lease store: adopted {len(adopted)} connections holding "
-            f"{store.adopted_leases} leases (journal {source or 'none'}); dropped "
+            f"{store.adopted_leases} leases ({where}); dropped "
             f"{dropped} records ({contents.bad} bad), closed {closed} connections")
     return store, adopted

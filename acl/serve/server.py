@@ -52,6 +52,7 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
 import errno
 import grp
@@ -386,13 +387,13 @@ class Server:
     def bind(self) -> dict[str, str]:
         """Take systemd's sockets or bind our own; returns name -> address.
         On failure nothing we bound is left open or on disk."""
-        stored: dict[str, int] = {}
+        stored: list[tuple[str, int]] = []
         try:
             addresses = self._bind(stored)
             self._open_store(stored)
             return addresses
         except BaseException:
-            for fd in stored.values():
+            for _name, fd in stored:
                 try:
                     os.close(fd)
                 except OSError:
@@ -409,7 +410,7 @@ class Server:
             self.addresses.clear()
             raise
 
-    def _open_store(self, stored: dict[str, int]) -> None:
+    def _open_store(self, stored: list[tuple[str, int]]) -> None:
         """The lease store, and the connections it kept to serve again."""
         keep = self._keep_leases = self.engine.policy.run.keep_leases
         try:
@@ -421,7 +422,7 @@ class Server:
             leasestore.discard(stored, self.log, "the store could not start")
         stored.clear()
 
-    def _bind(self, stored: dict[str, int]) -> dict[str, str]:
+    def _bind(self, stored: list[tuple[str, int]]) -> dict[str, str]:
         raise_nofile()
         got = systemd.listen_fds(stored=stored)
         s = self.sockets
@@ -677,22 +678,27 @@ class Server:
         while any(c.waiting_for_names for c in kept) and loop.time() < end:
             await asyncio.sleep(0.01)      # a name lookup under way: let it answer
         closing = []
+        why: collections.Counter[str] = collections.Counter()   # closed: why -> how many
         for c in kept:
-            if c.handed_over():
+            blocked = c.not_handed_over()
+            if not blocked:
                 c.transport.close()       # after what is buffered is written
                 closing.append(c)
             else:
+                why[blocked] += 1
                 store.forget(c.kept)
                 c.transport.abort()
         while any(c in self._conns for c in closing) and loop.time() < end:
             await asyncio.sleep(0.01)
-        left = [c for c in closing if c in self._conns]
-        for c in left:                    # its client does not read its replies
-            store.forget(c.kept)
-            c.transport.abort()
-        n = len(kept) - len(closing) + len(left)
+        for c in closing:
+            if c in self._conns:          # not flushed within the bound
+                why["its client not reading its replies"] += 1
+                store.forget(c.kept)
+                c.transport.abort()
+        n = sum(why.values())
+        closed = ", ".join(f"{k} {w}" for w, k in sorted(why.items()))
         self.log(f"lease store: {len(kept) - n} connections handed over to systemd"
-                 + (f", {n} closed (part of a frame or a reply pending)" if n else ""))
+                 + (f", {n} closed: {closed}" if n else ""))
 
     def _start_doors(self, loop) -> list:
         """Front doors other than the sockets: NFQUEUE when ``[nfqueue]`` is set

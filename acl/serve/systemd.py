@@ -11,10 +11,16 @@
   store (``FDSTORE=1``: acl/serve/leasestore.py) come back among them under
   the names we gave them (``STORE_NAME``: ``acl-lease-conn-N``,
   ``acl-lease-journal-N`` -- never a unit's name, which has a dot); they
-  are no socket role, and go to the caller's ``stored`` dict instead.
+  are no socket role, and go to the caller's ``stored`` list instead, each
+  one (systemd may pass a name more than once: it keeps whatever it was
+  given under a name; leasestore.py chooses).
 * ``FdStoreLink``: a datagram socket connected to ``$NOTIFY_SOCKET`` once,
   at start (before a chroot could hide the path), that sends notifications
-  carrying descriptors (``FDSTORE=1``) in one ``sendmsg`` each.
+  carrying descriptors (``FDSTORE=1``) in one ``sendmsg`` each.  A send
+  never blocks: when systemd's socket is full it fails at once, or after
+  waiting at most the ``wait_s`` it is given (a start may wait; the event
+  loop never does).  systemd sends no reply: a sent ``FDSTORE=1`` may
+  still be closed by systemd (its store full), and acl cannot know.
 
 Names (sd_listen_fds_with_names(3)): systemd names each fd by the socket
 unit's ``FileDescriptorName=``, else by the unit's own name
@@ -37,6 +43,7 @@ from __future__ import annotations
 import array
 import os
 import re
+import select
 import socket
 import time
 
@@ -75,10 +82,11 @@ def reloading_text() -> str:
     return f"RELOADING=1\nMONOTONIC_USEC={usec}"
 
 
-def listen_fds(unset: bool = True, stored: dict[str, int] | None = None
+def listen_fds(unset: bool = True, stored: list[tuple[str, int]] | None = None
                ) -> dict[str, socket.socket]:
     """The passed sockets by role; ``stored`` (when given) gets the fd
-    store's descriptors, name -> fd (without it they are closed)."""
+    store's descriptors, (name, fd) in the order passed (without it they
+    are closed)."""
     env = os.environ
     try:
         pid = int(env.get("LISTEN_PID", "0"))
@@ -94,9 +102,9 @@ def listen_fds(unset: bool = True, stored: dict[str, int] | None = None
     sockets, found = split_stored(names.split(":") if names else [], count)
     for i in range(count):
         os.set_inheritable(SD_LISTEN_FDS_START + i, False)
-    for name, fd in found.items():
+    for name, fd in found:
         if stored is not None:
-            stored[name] = fd
+            stored.append((name, fd))
         else:
             os.close(fd)
     if not sockets:
@@ -105,15 +113,17 @@ def listen_fds(unset: bool = True, stored: dict[str, int] | None = None
     return {role: socket.socket(fileno=fd) for (fd, _), role in zip(sockets, roles, strict=True)}
 
 
-def split_stored(given: list[str], count: int) -> tuple[list[tuple[int, str]], dict[str, int]]:
+def split_stored(given: list[str], count: int
+                 ) -> tuple[list[tuple[int, str]], list[tuple[str, int]]]:
     """``count`` passed fds named ``given``: the sockets, (fd, name) in
-    order, and the fd store's descriptors, name -> fd (``STORE_NAME``)."""
+    order, and the fd store's descriptors (``STORE_NAME``), (name, fd) in
+    order -- every one, a name passed twice included: it is no socket."""
     given = given[:count] + [""] * (count - len(given))
-    sockets, stored = [], {}
+    sockets, stored = [], []
     for i, name in enumerate(given):
         fd = SD_LISTEN_FDS_START + i
-        if STORE_NAME.match(name) and name not in stored:
-            stored[name] = fd
+        if STORE_NAME.match(name):
+            stored.append((name, fd))
         else:
             sockets.append((fd, name))
     return sockets, stored
@@ -163,25 +173,35 @@ class FdStoreLink:
             self.sock.close()
             raise
 
-    def store(self, name: str, fd: int) -> bool:
+    def store(self, name: str, fd: int, wait_s: float = 0.0) -> bool:
         """Hand systemd a duplicate of ``fd`` named ``name``; False when the
-        message could not be sent at once (never waits)."""
+        message could not be sent within ``wait_s`` seconds.  True says
+        it was sent, not that systemd kept it (the file's rules)."""
         fds = array.array("i", [fd])
-        try:
-            self.sock.sendmsg([f"FDSTORE=1\nFDNAME={name}".encode()],
-                              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)],
-                              socket.MSG_DONTWAIT)
-        except OSError:
-            return False
-        return True
+        return self._send(f"FDSTORE=1\nFDNAME={name}".encode(),
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], wait_s)
 
-    def remove(self, name: str) -> bool:
+    def remove(self, name: str, wait_s: float = 0.0) -> bool:
         """Have systemd close every stored descriptor named ``name``."""
-        try:
-            self.sock.send(f"FDSTOREREMOVE=1\nFDNAME={name}".encode())
-        except OSError:
-            return False
-        return True
+        return self._send(f"FDSTOREREMOVE=1\nFDNAME={name}".encode(), [], wait_s)
+
+    def _send(self, text: bytes, ancillary, wait_s: float) -> bool:
+        """One datagram, never blocking longer than ``wait_s`` seconds."""
+        end = time.monotonic() + wait_s
+        while True:
+            try:
+                self.sock.sendmsg([text], ancillary, socket.MSG_DONTWAIT)
+                return True
+            except BlockingIOError:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                # room in systemd's queue (poll: a store's fds may number past 1024)
+                poller = select.poll()
+                poller.register(self.sock, select.POLLOUT)
+                poller.poll(left * 1000)
+            except OSError:
+                return False
 
     def close(self) -> None:
         self.sock.close()

@@ -53,6 +53,11 @@ Rules of this file (read them before changing the boot):
   test failed.  Every wait here is bounded.
 * The test process reaches files and Unix sockets inside through
   ``/proc/<systemd>/root`` (``path``); commands run inside with ``nsenter``.
+* ``paused()`` stops systemd (SIGSTOP: a PID 1 takes it from an ancestor
+  namespace) and always continues it, so a test can have the units do
+  things systemd only reads afterwards (a notification sent just before a
+  crash).  Meanwhile nothing may ask systemd (``systemctl`` would wait):
+  files, sockets and ``run`` (nsenter) still work.
 """
 
 from __future__ import annotations
@@ -412,6 +417,15 @@ class SystemdBoot:
 
     def net(self) -> Inside:
         return Inside(self.pid)
+
+    @contextlib.contextmanager
+    def paused(self):
+        """systemd stopped for the block (the rules above)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
 
 
 @contextlib.contextmanager

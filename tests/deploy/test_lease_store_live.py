@@ -13,6 +13,13 @@ on that connection, exactly as inetd does; SERVER reports its lease and,
 when told, sends RELEASE of its ``ACL_LEASE_ID`` on ``ACL_LEASE_FD``
 (docs/acl-wrap.md, the early release) or exits.
 
+Some tests change the unit: a small ``FileDescriptorStoreMax=`` (a full
+store), resolver files bound over /etc's with tests/serve/fake_dns.py
+answering nothing on 127.0.0.1:53 in the boot's network namespace (a name
+lookup under way at a stop), ``NotifyAccess=all`` (a process of the unit
+stores a name a second time); one stops systemd itself for a moment
+(``SystemdBoot.paused``: a notification read only after its sender died).
+
 PORT (27504) is listened on inside the boot's own network namespace only
 (tests/deploy/conftest.py SLICES).  Every wait is bounded.
 """
@@ -20,12 +27,15 @@ PORT (27504) is listened on inside the boot's own network namespace only
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import select
 import socket
+import struct
 import subprocess
+import termios
 import textwrap
 import time
 
@@ -36,7 +46,7 @@ from acl.model import Reason, Request
 from tests.serve.test_server import admin as admin_at
 
 from .conftest import DEPLOY
-from .systemd_boot import PYTHON, SystemdBoot, booted, wait_until
+from .systemd_boot import PYTHON, SRC, SystemdBoot, booted, wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.live]
 
@@ -72,7 +82,8 @@ service multi
 """
 
 
-def policy(keep: int) -> str:
+def policy(keep: int, extra: str = "") -> str:
+    """The policy under test; ``extra``: TOML tables added at its end."""
     return textwrap.dedent(f"""\
         [sockets]
         query = "/run/acl/query.sock"
@@ -93,14 +104,15 @@ def policy(keep: int) -> str:
         [run]
         watch = false
         keep_leases = {keep}
-        """)
+        """) + extra
 
 
-def unit_text(notify: bool = True) -> str:
-    """The unit under test: Type=notify, the fd store, Restart=on-failure;
-    without ``notify``, Type=simple and no store (systemd 252 turns
-    NotifyAccess=none into main when FileDescriptorStoreMax= is set)."""
-    kind = ("Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax=16\n" if notify
+def unit_text(notify: bool = True, store_max: int = 16, extra: str = "") -> str:
+    """The unit under test: Type=notify, the fd store (``store_max``
+    descriptors), Restart=on-failure; without ``notify``, Type=simple and
+    no store (systemd 252 turns NotifyAccess=none into main when
+    FileDescriptorStoreMax= is set).  ``extra``: more [Service] lines."""
+    kind = (f"Type=notify\nNotifyAccess=main\nFileDescriptorStoreMax={store_max}\n" if notify
             else "Type=simple\nNotifyAccess=none\n")
     return textwrap.dedent("""\
         [Unit]
@@ -115,7 +127,7 @@ def unit_text(notify: bool = True) -> str:
         RestartSec=100ms
         StandardOutput=append:/var/log/acl.log
         StandardError=append:/var/log/acl.log
-        """)
+        """) + extra
 
 
 #: What acl-wrap runs (with this checkout on its path): says its lease, then
@@ -230,11 +242,14 @@ def put_files(b: SystemdBoot, keep: int = 8) -> None:
 
 
 @contextlib.contextmanager
-def boot_with(tmp_path, keep: int = 8, notify: bool = True):
-    """A boot running UNIT on ``policy(keep)``."""
+def boot_with(tmp_path, keep: int = 8, notify: bool = True, store_max: int = 16,
+              files: dict[str, str] | None = None, unit_extra: str = ""):
+    """A boot running UNIT on ``policy(keep)`` (``files``: more files, or
+    others, in /etc/acl)."""
     with booted(tmp_path / "stage", early_boot=False) as b:
         put_files(b, keep)
-        b.put({UNIT: unit_text(notify)}, "/etc/systemd/system")
+        b.put(files or {})
+        b.put({UNIT: unit_text(notify, store_max, unit_extra)}, "/etc/systemd/system")
         b.systemctl("daemon-reload")
         b.systemctl("start", UNIT)
         wait_active(b)
@@ -257,7 +272,10 @@ def wait_active(b: SystemdBoot, other_than: int = 0) -> int:
         p = b.show(UNIT, "ActiveState", "MainPID")
         pid = int(p["MainPID"])
         return pid if p["ActiveState"] == "active" and pid and pid != other_than else 0
-    pid = wait_until(up, 30, why=f"{UNIT} to be active{b.log_tail()}\n{acl_log(b)}")
+    try:
+        pid = wait_until(up, 30, why=f"{UNIT} to be active")
+    except AssertionError as exc:          # the logs as they are now, not at the call
+        raise AssertionError(f"{exc}{b.log_tail()}\n{acl_log(b)}") from None
     wait_until(lambda: b.path("/run/acl/query.sock").exists(), 10, why="the query socket")
     return pid
 
@@ -506,7 +524,8 @@ def test_part_of_a_frame_at_a_stop_ends_the_connection(boot):
         wait_active(boot)
         assert c.reply() is None                    # the end of the connection
         assert admin(boot, "stats")["leases"] == {}
-        assert "1 closed (part of a frame or a reply pending)" in acl_log(boot)
+        assert "0 connections handed over to systemd, 1 closed: 1 holding part of a frame" \
+            in acl_log(boot)
     finally:
         c.close()
 
@@ -550,6 +569,233 @@ def test_the_shipped_unit_keeps_leases(tmp_path):
             assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
             holders.append(Holder(b, "127.0.0.11"))
             assert holders[-1].lease() > 0
+        finally:
+            for h in holders:
+                h.close()
+
+
+def test_a_full_fd_store_never_costs_the_journal(tmp_path):
+    """FileDescriptorStoreMax=2: the journal and one kept connection fill
+    systemd's store, which then closes what it is given (and only logs it:
+    FDSTORE has no reply).  A start that replaced the journal it was passed
+    with a new one would lose it there -- so two kill -9 in a row keep
+    the lease; and a restart with keep_leases changed (a new journal is
+    needed, and the full store drops it) still keeps it, from the old
+    journal, which stays stored."""
+    holders = []
+    with boot_with(tmp_path, store_max=2) as b:
+        try:
+            first = Holder(b, "127.0.0.8")
+            holders.append(first)
+            assert first.lease() > 0
+            for _ in range(2):
+                crash(b)
+                holders.append(Holder(b, "127.0.0.9"))
+                assert holders[-1].lease() == 0, \
+                    f"instances 1 forgotten by a crash{b.log_tail()}\n{acl_log(b)}"
+            b.put({"policy.toml": policy(16)})
+            b.systemctl("restart", UNIT)
+            wait_active(b)
+            crash(b)
+            holders.append(Holder(b, "127.0.0.10"))
+            assert holders[-1].lease() == 0, \
+                f"instances 1 forgotten after keep_leases changed{b.log_tail()}\n{acl_log(b)}"
+            # the store was full indeed: systemd closed the new journal
+            assert "Cannot store more fds than FileDescriptorStoreMax=2" in \
+                b.log_path.read_text(errors="replace")
+            first.say("release")
+            assert first.read_until(r"^FROM RELEASED ") == "FROM RELEASED True"
+            holders.append(Holder(b, "127.0.0.11"))
+            assert holders[-1].lease() > 0
+        finally:
+            for h in holders:
+                h.close()
+
+
+def fd_store_count(b: SystemdBoot) -> int:
+    """How many descriptors systemd holds in UNIT's store now."""
+    return int(b.show(UNIT, "NFileDescriptorStore")["NFileDescriptorStore"])
+
+
+def unread_by_acl(c: Raw) -> int:
+    """Bytes the client sent that acl has not read yet (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(c.sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
+
+
+def take_a_kept_lease(b: SystemdBoot) -> Raw:
+    """A binary client holding a lease of ``multi``: kept in the store."""
+    c = Raw(b)
+    c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+    assert c.reply().decision.lease > 0
+    wait_until(lambda: fd_store_count(b) == 2, 10, why="the journal and the connection stored")
+    return c
+
+
+#: The name case: ``named`` is allowed by host name only, so deciding it
+#: looks up the client's name -- through a DNS server that never answers
+#: (tests/serve/fake_dns.py in the boot's network namespace; the unit's
+#: resolver files bound over /etc's: files, then 127.0.0.1, timeout 20 s).
+NAMES_POLICY = """
+[[source]]
+type = "hosts_access"
+allow = "hosts.allow"
+deny = "hosts.deny"
+services = ["named"]
+
+[names]
+deadline = 30
+"""
+NAMES_FILES = {
+    "hosts.allow": "named: .lab.test\n", "hosts.deny": "named: ALL\n",
+    "resolv.conf": "nameserver 127.0.0.1\noptions timeout:20 attempts:1\n",
+    "nsswitch.conf": "hosts: files dns\nnetworks: files\n",
+    "hosts": "127.0.0.1\tlocalhost\n",
+    "dns.json": json.dumps({"ptr": {}, "a": {}, "drop": [], "silent": [""]}),
+}
+NAMES_UNIT = ("BindReadOnlyPaths=/etc/acl/resolv.conf:/etc/resolv.conf "
+              "/etc/acl/nsswitch.conf:/etc/nsswitch.conf /etc/acl/hosts:/etc/hosts\n")
+
+
+def test_a_kept_connection_waiting_for_a_name_at_a_stop_leaves_the_store(tmp_path):
+    """Its request waits for a lookup the stop cannot wait out (2 s): the
+    connection is removed from systemd's store and closed -- its client
+    sees the end with no reply, the next acl adopts nothing and counts no
+    lease (leasestore.py, "Stop")."""
+    files = {**NAMES_FILES, "policy.toml": policy(8, NAMES_POLICY)}
+    with boot_with(tmp_path, files=files, unit_extra=NAMES_UNIT) as b:
+        dns = subprocess.Popen(b.cmd(PYTHON, f"{SRC}/tests/serve/fake_dns.py",
+                                     "/etc/acl/dns.json", "/run/acl-dns.ready"),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        c = None
+        try:
+            wait_until(lambda: b.path("/run/acl-dns.ready").exists(), 20,
+                       why="the fake DNS server")
+            c = take_a_kept_lease(b)
+            c.sock.sendall(c.wb.encode_decide(2, Request("named", "192.0.2.50")))
+            wait_until(lambda: unread_by_acl(c) == 0, 10, why="acl to read the request")
+            c.sock.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                c.sock.recv(1)                   # no reply: it waits for the name
+            c.sock.settimeout(20)
+            pid = main_pid(b)
+            b.systemctl("restart", UNIT)
+            wait_active(b, other_than=pid)
+            assert c.reply() is None             # the end, and no reply
+            assert ("0 connections handed over to systemd, 1 closed: 1 waiting for a name "
+                    "lookup") in acl_log(b), acl_log(b)
+            stats = admin(b, "stats")
+            assert stats["leases"] == {} and stats["lease_store"]["adopted_connections"] == 0
+            assert fd_store_count(b) == 1        # the journal alone
+        finally:
+            if c is not None:
+                c.close()
+            dns.kill()
+            dns.wait(timeout=10)
+
+
+def test_a_kept_connection_whose_client_does_not_read_leaves_the_store(tmp_path):
+    """Replies to 50,000 PINGs the client does not read fill the kernel's
+    buffer and wait in acl's (below the point where acl stops reading, so
+    every frame sent was read and answered): at the stop they cannot be
+    flushed within 2 s, so the connection is removed from systemd's store
+    and closed -- its client reads what was written, then the end; the
+    next acl adopts nothing (leasestore.py, "Stop")."""
+    with boot_with(tmp_path) as b:
+        c = take_a_kept_lease(b)
+        try:
+            c.sock.sendall(b"".join(c.wb.encode_ping(i) for i in range(50_000)))
+            wait_until(lambda: unread_by_acl(c) == 0, 20, why="acl to read every PING")
+            pid = main_pid(b)
+            b.systemctl("restart", UNIT)
+            wait_active(b, other_than=pid)
+            pongs = 0
+            for _ in range(100_000):             # bounded: each read is at least a byte
+                data = c.sock.recv(65536)
+                if not data:
+                    break
+                pongs += len(c.dec.feed(data))
+            assert 0 < pongs < 50_000, pongs     # some written, then the end
+            assert ("0 connections handed over to systemd, 1 closed: 1 its client not "
+                    "reading its replies") in acl_log(b), acl_log(b)
+            stats = admin(b, "stats")
+            assert stats["leases"] == {} and stats["lease_store"]["adopted_connections"] == 0
+            assert fd_store_count(b) == 1
+        finally:
+            c.close()
+
+
+def test_a_connection_stored_just_before_a_crash_is_kept(boot):
+    """systemd reads its notify socket before it reaps a dead main process
+    (sd-event priorities: notify before SIGCHLD), so an FDSTORE acl sent
+    just before it died is taken: with systemd stopped, a client takes a
+    lease (acl stores the connection before it answers) and acl is killed;
+    then systemd goes on, reads the FDSTORE of a dead sender, restarts
+    acl, and the connection is adopted with its lease (leasestore.py,
+    "Crash")."""
+    pid = main_pid(boot)
+    c = None
+    try:
+        with boot.paused():
+            c = Raw(boot)
+            c.sock.sendall(c.wb.encode_decide(1, Request("multi", "127.0.0.20", lease=True)))
+            lease = c.reply().decision.lease       # the connection was sent to the store
+            assert lease > 0
+            boot.run("kill", "-9", str(pid))
+            wait_until(lambda: "State:\tZ" in boot.proc_file(pid, "status"), 10,
+                       why="acl to be dead (a zombie: systemd has not reaped it)")
+        wait_active(boot, other_than=pid)
+        stats = admin(boot, "stats")
+        assert stats["leases"] == {"multi": 1}, (stats, acl_log(boot))
+        assert stats["lease_store"]["adopted_connections"] == 1
+        c.sock.sendall(c.wb.encode_release(2, lease))
+        assert c.reply().released is True          # the same connection, served again
+    finally:
+        if c is not None:
+            c.close()
+
+
+#: Sends systemd, as a process of UNIT (NotifyAccess=all), a junk memfd
+#: under each name in argv: a name acl stored, stored a second time.
+INJECT = """\
+import array, os, socket, sys
+fd = os.memfd_create("junk")
+os.write(fd, b"junk" * 64)
+where = os.environ.get("NOTIFY_SOCKET", "/run/systemd/notify")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect("\\0" + where[1:] if where.startswith("@") else where)
+for name in sys.argv[1:]:
+    s.sendmsg([f"FDSTORE=1\\nFDNAME={name}".encode()],
+              [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+print("SENT", flush=True)
+"""
+
+
+def test_a_journal_name_stored_twice_does_not_refuse_the_start(tmp_path):
+    """systemd passes a name twice when it was given it twice (here a
+    process of the unit stores junk under the journal's name): the start
+    is not refused -- the journal that reads is used, the lease kept, the
+    junk logged -- and the start after it is passed one journal again."""
+    with boot_with(tmp_path, unit_extra="NotifyAccess=all\n",
+                   files={"inject.py": INJECT}) as b:
+        first = Holder(b, "127.0.0.8")
+        holders = [first]
+        try:
+            assert first.lease() > 0
+            group = b.show(UNIT, "ControlGroup")["ControlGroup"]
+            b.run("sh", "-c", f'echo $$ > "/sys/fs/cgroup{group}/cgroup.procs" && '
+                  f"exec {PYTHON} /etc/acl/inject.py acl-lease-journal-1")
+            wait_until(lambda: fd_store_count(b) == 3, 10, why="the second journal stored")
+            crash(b)
+            log = acl_log(b)
+            assert "journal acl-lease-journal-1 is unusable" in log, log
+            holders.append(Holder(b, "127.0.0.9"))
+            assert holders[-1].lease() == 0, "instances 1 forgotten"
+            crash(b)                    # passed both journals: the new one is used
+            log = acl_log(b)
+            assert "(journal acl-lease-journal-2, written on)" in log, log
+            assert fd_store_count(b) == 2           # the connection, the journal
+            holders.append(Holder(b, "127.0.0.10"))
+            assert holders[-1].lease() == 0, "instances 1 forgotten"
         finally:
             for h in holders:
                 h.close()

@@ -1,8 +1,10 @@
 """The lease store without systemd (acl/serve/leasestore.py): the journal's
 format, what a crash at any store leaves of it, damaged journals, the fd
-store's names among passed sockets, ``[run] keep_leases``, and adoption at
-start over real connections, with a datagram socket standing in for
-systemd's notify socket (the live store: tests/deploy/test_lease_store_live.py).
+store's names among passed sockets (a name passed twice too), ``[run]
+keep_leases``, adoption at start over real connections -- the journal
+passed written on, or a new one stored beside it -- and sends that never
+block, with a datagram socket standing in for systemd's notify socket (the
+live store: tests/deploy/test_lease_store_live.py).
 """
 
 from __future__ import annotations
@@ -222,15 +224,29 @@ def test_the_stores_names_are_set_apart_from_socket_roles():
     socks, stored = systemd.split_stored(
         ["acl-lease-conn-12", "query", "acl-lease-journal-3", "admin"], 4)
     assert socks == [(4, "query"), (6, "admin")]
-    assert stored == {"acl-lease-conn-12": 3, "acl-lease-journal-3": 5}
+    assert stored == [("acl-lease-conn-12", 3), ("acl-lease-journal-3", 5)]
     assert systemd._roles(["query", "admin"], 2, [4, 6]) == ["query", "admin"]
+
+
+def test_a_store_name_passed_twice_does_not_refuse_the_start():
+    """systemd passes whatever it was given under a name, twice if it was
+    given it twice: both go to the store's side (open_store chooses), none
+    is taken for a socket -- which would refuse the start (a name that is
+    no role)."""
+    given = ["acl-lease-conn-5", "query", "acl-lease-conn-5", "acl-lease-journal-2",
+             "acl-lease-journal-2"]
+    socks, stored = systemd.split_stored(given, 5)
+    assert socks == [(4, "query")]
+    assert systemd._roles([n for _, n in socks], 1, [4]) == ["query"]
+    assert stored == [("acl-lease-conn-5", 3), ("acl-lease-conn-5", 5),
+                      ("acl-lease-journal-2", 6), ("acl-lease-journal-2", 7)]
 
 
 @pytest.mark.parametrize("name", ["acl-lease-conn-1.socket", "acl-lease-conn-", "acl-leases",
                                   "acl-lease-other-1", "acl-lease-conn-1x"])
 def test_a_unit_name_is_no_store_name_and_still_refused(name):
     socks, stored = systemd.split_stored(["query", name], 2)
-    assert stored == {}
+    assert stored == []
     with pytest.raises(systemd.PassedSocketError, match=f"fd 4 is named '{name}'"):
         systemd._roles([n for _, n in socks], len(socks), [fd for fd, _ in socks])
 
@@ -293,24 +309,31 @@ def engine(tmp_path):
     return lambda: Engine(load_policy(tmp_path / "policy.toml"), batch=False)
 
 
-def _journal_fd(entries) -> int:
-    """A memfd holding the journal ``entries`` describe: [(conn, state, [(lease, request)])]."""
-    j = fresh(keep=8, generation=4)
+def _journal_fd(entries, keep: int = 8, generation: int = 4) -> int:
+    """A journal memfd as acl makes one (sealed at its size) holding what
+    ``entries`` describe: [(conn, state, [(lease, request)])]."""
+    fd, mapping = ls._new_journal(keep, generation)
+    j = lj.Journal(mapping, keep, generation)
     for conn, state, leases in entries:
         j.add_connection(conn, state)
         for lease, request in leases:
             j.add_lease(conn, lease, request)
-    fd = os.memfd_create("test-journal")
-    os.write(fd, bytes(j.buf))
+    mapping.close()
     return fd
+
+
+def _read_fd(fd: int) -> lj.Contents:
+    return lj.read_journal(os.pread(fd, os.fstat(fd).st_size, 0))
 
 
 def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, engine):
     """A live stored connection with its record is adopted with its state
     and leases (counted again: instances 2 is full); one whose client left,
     one without a record, and a lease record without its connection are
-    dropped and removed from the store; the old journal is replaced by a
-    new generation; new lease ids continue past every id seen."""
+    dropped and removed from the store; the journal systemd passed is
+    written on (the dropped records cleared, nothing stored or removed:
+    systemd has no room for another); new lease ids continue past every id
+    seen."""
     mgr = FakeManager(tmp_path / "notify")
     live, live_peer = socket.socketpair()
     gone, gone_peer = socket.socketpair()
@@ -318,11 +341,10 @@ def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, en
     gone_peer.close()
     r1 = Request("echo", "127.0.0.8", 1, "127.0.0.1", 7, lease=True)
     r2 = Request("echo", "127.0.0.9", 1, "127.0.0.1", 7, lease=True)
-    stored = {"acl-lease-conn-5": live.detach(), "acl-lease-conn-7": gone.detach(),
-              "acl-lease-conn-40": norec.detach(),
-              "acl-lease-journal-4": _journal_fd([(5, 1, [(5, r1), (6, r2)]),
-                                                  (7, 0, [(7, r1)]),
-                                                  (30, 0, [(31, r2)])])}
+    jfd = _journal_fd([(5, 1, [(5, r1), (6, r2)]), (7, 0, [(7, r1)]), (30, 0, [(31, r2)])])
+    mine = os.dup(jfd)
+    stored = [("acl-lease-conn-5", live.detach()), ("acl-lease-conn-7", gone.detach()),
+              ("acl-lease-conn-40", norec.detach()), ("acl-lease-journal-4", jfd)]
     eng = engine()
     logged: list[str] = []
     try:
@@ -335,18 +357,17 @@ def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, en
                                              1e9).lease == 41
         msgs = mgr.messages()
         texts = [m for m, _ in msgs]
-        assert "FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-7" in texts
-        assert "FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-40" in texts
-        new = [(m, fds) for m, fds in msgs if m.startswith("FDSTORE=1\n")]
-        assert [m for m, _ in new] == ["FDSTORE=1\nFDNAME=acl-lease-journal-5"]
-        assert texts.index(new[0][0]) < texts.index(
-            "FDSTOREREMOVE=1\nFDNAME=acl-lease-journal-4")       # new in, then old out
-        jfd = new[0][1][0]
-        got = lj.read_journal(os.pread(jfd, os.fstat(jfd).st_size, 0))
-        assert got.generation == 5 and got.conns == {5: 1}
+        assert sorted(texts) == ["FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-40",
+                                 "FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-7"]
+        got = _read_fd(mine)
+        assert got.generation == 4 and got.bad == 0 and got.conns == {5: 1}
         assert got.leases == {5: (5, r1), 6: (5, r2)}
+        # what the running acl writes goes into it
+        store.journal.add_lease(5, 41, r2)
+        assert set(_read_fd(mine).leases) == {5, 6, 41}
         assert store.stats()["dropped_records"] == 2          # lease 7's and 31's
         assert store.closed_at_start == 2
+        assert any("(journal acl-lease-journal-4, written on)" in s for s in logged)
         # and as Prometheus reads it (docs/metrics.md)
         server = Server(eng, compiled=False, log_fn=logged.append)
         server.lease_store = store
@@ -354,16 +375,13 @@ def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, en
         for line in ('acl_lease_store_adopted{kind="connections"} 1.0',
                      'acl_lease_store_adopted{kind="leases"} 2.0',
                      'acl_lease_store_kept{kind="connections"} 1.0',
-                     # 2: lease 6 was released in the engine alone, not by its connection
-                     'acl_lease_store_kept{kind="leases"} 2.0',
+                     # 3: lease 6 was released in the engine alone, not by its connection
+                     'acl_lease_store_kept{kind="leases"} 3.0',
                      "acl_lease_store_dropped_records 2.0", "acl_lease_store_unkept_total 0.0"):
             assert line in body, line
         assert any("kept connection 7 closed: its client had closed it" in s for s in logged)
         assert any("kept connection 40 closed: no record of it in the journal" in s
                    for s in logged)
-        for _, fds in msgs:
-            for fd in fds:
-                os.close(fd)
         # the adopted socket is the very connection
         adopted[0].sock.sendall(b"x")
         assert live_peer.recv(1) == b"x"
@@ -374,6 +392,7 @@ def test_adoption_counts_live_connections_leases_and_drops_the_rest(tmp_path, en
             a.sock.close()
         for s in (live_peer, norec_peer):
             s.close()
+        os.close(mine)
         mgr.close()
 
 
@@ -385,8 +404,8 @@ def test_an_unusable_journal_closes_every_kept_connection(tmp_path, engine):
     logged: list[str] = []
     eng = engine()
     try:
-        store, adopted = ls.open_store(8, {"acl-lease-conn-3": a.detach(),
-                                           "acl-lease-journal-9": fd}, eng, logged.append,
+        store, adopted = ls.open_store(8, [("acl-lease-conn-3", a.detach()),
+                                           ("acl-lease-journal-9", fd)], eng, logged.append,
                                        mgr.env)
         assert adopted == [] and eng.leases_active == 0
         assert any("journal acl-lease-journal-9 is unusable: no journal header" in s
@@ -406,7 +425,7 @@ def test_off_the_store_closes_what_systemd_passed(tmp_path, engine, keep, env):
     a, peer = socket.socketpair()
     logged: list[str] = []
     try:
-        store, adopted = ls.open_store(keep, {"acl-lease-conn-3": a.detach()}, engine(),
+        store, adopted = ls.open_store(keep, [("acl-lease-conn-3", a.detach())], engine(),
                                        logged.append, env)
         assert store is None and adopted == []
         assert peer.recv(1) == b""
@@ -500,7 +519,8 @@ def test_a_kept_connection_closing_when_the_stop_begins_leaves_the_store(tmp_pat
         asyncio.run(scenario())
         assert _stored_names(mgr, "FDSTOREREMOVE") == ["acl-lease-conn-1"]
         assert server.lease_store.journal.conns == {}
-        assert any("0 connections handed over to systemd, 1 closed" in s for s in logged)
+        assert any("0 connections handed over to systemd, 1 closed: 1 being closed already"
+                   in s for s in logged), logged
     finally:
         client.close()
         theirs.close()
@@ -519,13 +539,14 @@ def test_a_start_whose_new_journal_cannot_be_made_keeps_nothing_half_done(
     def no_memory(keep, generation):
         raise OSError(12, "Cannot allocate memory")
 
-    monkeypatch.setattr(ls, "_new_journal", no_memory)
     live, live_peer = socket.socketpair()
     gone, gone_peer = socket.socketpair()
     gone_peer.close()
     r1 = Request("echo", "127.0.0.8", 1, "127.0.0.1", 7, lease=True)
-    stored = {"acl-lease-conn-5": live.detach(), "acl-lease-conn-7": gone.detach(),
-              "acl-lease-journal-4": _journal_fd([(5, 0, [(5, r1)]), (7, 0, [])])}
+    # kept with keep_leases = 2: too small for 8, so a new journal is needed
+    stored = [("acl-lease-conn-5", live.detach()), ("acl-lease-conn-7", gone.detach()),
+              ("acl-lease-journal-4", _journal_fd([(5, 0, [(5, r1)]), (7, 0, [])], keep=2))]
+    monkeypatch.setattr(ls, "_new_journal", no_memory)
     engine()                                   # writes the policy
     toml = tmp_path / "policy.toml"
     toml.write_text(toml.read_text().replace("[run]\n", "[run]\nkeep_leases = 8\n"))
@@ -544,3 +565,201 @@ def test_a_start_whose_new_journal_cannot_be_made_keeps_nothing_half_done(
     finally:
         live_peer.close()
         mgr.close()
+
+
+# -- the journal systemd passed: written on, or kept until its successor is seen --------
+R1 = Request("echo", "127.0.0.8", 1, "127.0.0.1", 7, lease=True)
+R2 = Request("echo", "127.0.0.9", 1, "127.0.0.1", 7, lease=True)
+
+
+def _close_given(mgr: FakeManager) -> list[str]:
+    """The texts the fake manager was sent, in order; descriptors closed."""
+    out = []
+    for text, fds in mgr.messages():
+        for fd in fds:
+            os.close(fd)
+        out.append(text)
+    return out
+
+
+class RecordingBuffer(bytearray):
+    """A bytearray that records its stores (and still has the buffer protocol)."""
+
+    def __init__(self, data) -> None:
+        super().__init__(data)
+        self.ops: list = []
+
+    def __setitem__(self, key, value) -> None:
+        self.ops.append((key, value))
+        super().__setitem__(key, value)
+
+
+def test_reopen_keeps_what_was_adopted_in_place_and_only_clears_the_rest():
+    """Journal.reopen: the records of the connections and leases given stay
+    where they are, byte for byte; every other record -- another
+    connection's, a lease of no kept connection, a repeated id, a damaged
+    one -- is cleared by its valid byte alone (a crash part way leaves
+    records the next start drops again); freed records are used again."""
+    j = fresh(keep=4, generation=3)
+    j.add_connection(5, 1)
+    j.add_lease(5, 6, R1)
+    j.add_connection(7, 0)
+    j.add_lease(7, 8, R2)
+    j.add_lease(5, 9, R2)
+    data = RecordingBuffer(j.buf)
+    data[lj.HEADER + 3 * lj.RECORD + 40] ^= 0xFF        # lease 8's record: damaged
+    data.ops.clear()
+    before = bytes(data)
+    r = lj.Journal.reopen(data, 4, [5], {6: 5, 9: 5, 8: 7})
+    assert r.generation == 3 and r.capacity == 8
+    assert set(r.conns) == {5} and set(r.leases) == {6, 9} and r.by_conn == {5: {6, 9}}
+    assert all(isinstance(k, int) and v == 0 and (k - lj.HEADER) % lj.RECORD == 0
+               for k, v in data.ops), data.ops
+    for i in (0, 1, 4):                                  # kept: untouched
+        off = lj.HEADER + i * lj.RECORD
+        assert data[off:off + lj.RECORD] == before[off:off + lj.RECORD]
+    got = lj.read_journal(bytes(data))
+    assert got.conns == {5: 1} and got.leases == {6: (5, R1), 9: (5, R2)} and got.bad == 0
+    assert r.add_connection(11, 0) and r.add_lease(11, 12, R1)
+    assert set(lj.read_journal(bytes(data)).leases) == {6, 9, 12}
+    with pytest.raises(lj.JournalError, match="fewer than 2 x 5"):
+        lj.Journal.reopen(bytearray(data), 5, [5], {})
+
+
+def test_a_changed_keep_leases_stores_a_new_journal_and_keeps_the_old_one_stored(
+        tmp_path, engine):
+    """The journal passed has no room for keep_leases = 32: a new one is
+    stored, and the one read stays in the store (systemd says nothing back:
+    if it closed the new one, the next start still has the old).  The start
+    that is passed both writes on in the new one and removes the old."""
+    mgr = FakeManager(tmp_path / "notify")
+    live, live_peer = socket.socketpair()
+    logged: list[str] = []
+    try:
+        sock = live.detach()
+        store, adopted = ls.open_store(
+            32, [("acl-lease-conn-5", sock), ("acl-lease-journal-4", _journal_fd([(5, 1, [(5, R1)])]))],
+            engine(), logged.append, mgr.env)
+        msgs = mgr.messages()
+        assert [m for m, _ in msgs] == ["FDSTORE=1\nFDNAME=acl-lease-journal-5"]
+        assert any("acl-lease-journal-4 stays there until a start is passed "
+                   "acl-lease-journal-5" in s for s in logged), logged
+        new = msgs[0][1][0]
+        assert _read_fd(new).conns == {5: 1} and store.journal.generation == 5
+        # the next start, passed both (and the connection, adopted again)
+        old = _journal_fd([(5, 1, [(5, R1)])])
+        eng = engine()
+        store2, adopted2 = ls.open_store(
+            32, [("acl-lease-conn-5", os.dup(adopted[0].sock.fileno())),
+                 ("acl-lease-journal-5", new), ("acl-lease-journal-4", old)],
+            eng, logged.append, mgr.env)
+        assert _close_given(mgr) == ["FDSTOREREMOVE=1\nFDNAME=acl-lease-journal-4"]
+        assert [(a.number, a.leases) for a in adopted2] == [(5, {5})]
+        assert store2.journal.generation == 5 and eng.leases_active == 1
+        for a in adopted2:
+            a.sock.close()
+    finally:
+        for a in locals().get("adopted", []):
+            a.sock.close()
+        live_peer.close()
+        mgr.close()
+
+
+def test_a_connection_name_passed_twice_keeps_the_first_open_one(tmp_path, engine):
+    """acl-lease-conn-5 passed three times (a closed one first): the first
+    still open is adopted, the other open one closed (its client sees the
+    end), and the name is removed and the kept one stored again under it."""
+    mgr = FakeManager(tmp_path / "notify")
+    gone, gone_peer = socket.socketpair()
+    gone_peer.close()
+    first, first_peer = socket.socketpair()
+    second, second_peer = socket.socketpair()
+    logged: list[str] = []
+    stored = [("acl-lease-conn-5", gone.detach()), ("acl-lease-conn-5", first.detach()),
+              ("acl-lease-conn-5", second.detach()),
+              ("acl-lease-journal-4", _journal_fd([(5, 0, [(5, R1)])]))]
+    try:
+        store, adopted = ls.open_store(8, stored, engine(), logged.append, mgr.env)
+        assert [(a.number, a.leases) for a in adopted] == [(5, {5})]
+        adopted[0].sock.sendall(b"x")
+        first_peer.settimeout(5)
+        assert first_peer.recv(1) == b"x"                   # the first open one
+        second_peer.settimeout(5)
+        assert second_peer.recv(1) == b""                   # closed
+        msgs = mgr.messages()
+        assert [m for m, _ in msgs] == ["FDSTOREREMOVE=1\nFDNAME=acl-lease-conn-5",
+                                        "FDSTORE=1\nFDNAME=acl-lease-conn-5"]
+        given = socket.socket(fileno=msgs[1][1][0])         # systemd's copy: the kept one
+        given.sendall(b"y")
+        assert first_peer.recv(1) == b"y"
+        given.close()
+        assert any("acl-lease-conn-5 was passed 3 times: one is kept, 2 closed" in s
+                   for s in logged), logged
+    finally:
+        for a in locals().get("adopted", []):
+            a.sock.close()
+        first_peer.close()
+        second_peer.close()
+        mgr.close()
+
+
+def test_a_journal_name_passed_twice_uses_the_one_that_reads(tmp_path, engine):
+    """acl-lease-journal-4 passed twice, garbage first: the one that reads is
+    used -- not written on in place (a remove would take both): a new journal
+    is stored and the name stays until a start is passed that one."""
+    mgr = FakeManager(tmp_path / "notify")
+    live, live_peer = socket.socketpair()
+    junk = os.memfd_create("junk")
+    os.write(junk, os.urandom(lj.HEADER + 16 * lj.RECORD))
+    logged: list[str] = []
+    try:
+        store, adopted = ls.open_store(
+            8, [("acl-lease-conn-5", live.detach()), ("acl-lease-journal-4", junk),
+                ("acl-lease-journal-4", _journal_fd([(5, 0, [(5, R1)])]))],
+            engine(), logged.append, mgr.env)
+        assert [(a.number, a.leases) for a in adopted] == [(5, {5})]
+        assert _close_given(mgr) == ["FDSTORE=1\nFDNAME=acl-lease-journal-5"]
+        assert any("journal acl-lease-journal-4 is unusable" in s for s in logged)
+    finally:
+        for a in locals().get("adopted", []):
+            a.sock.close()
+        live_peer.close()
+        mgr.close()
+
+
+def test_a_full_notify_socket_never_blocks_a_send(tmp_path):
+    """systemd not reading (its queue full): a store or a remove says False
+    at once, or after the wait it is given -- never blocks (the event loop
+    calls them)."""
+    import threading
+    import time
+
+    mgr = FakeManager(tmp_path / "notify")
+    link = systemd.FdStoreLink(mgr.env)
+    results: list[bool] = []
+
+    def flood():
+        r, w = os.pipe()
+        try:
+            for i in range(2000):        # past net.unix.max_dgram_qlen (512 by default)
+                results.append(link.remove(f"acl-lease-conn-{i}"))
+                results.append(link.store(f"acl-lease-conn-{i}", r))
+        finally:
+            os.close(r)
+            os.close(w)
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    t.join(20)
+    try:
+        assert not t.is_alive(), "a send blocked on systemd's full queue"
+        assert results[:10] == [True] * 10 and results[-1] is False
+        t0 = time.monotonic()
+        assert link.remove("acl-lease-conn-1", 0.3) is False
+        assert 0.25 < time.monotonic() - t0 < 5
+        _close_given(mgr)                         # systemd reads: room again
+        assert link.remove("acl-lease-conn-1") is True
+    finally:
+        mgr.close()                               # a send still blocked fails now
+        t.join(10)
+        link.close()

@@ -86,3 +86,50 @@ def test_an_id_in_use_or_no_id_is_refused(engine):
         with pytest.raises(ValueError):
             engine.adopt_lease(bad, Request("echo", "127.0.0.9", lease=True), NOW)
     assert engine.leases_active == 1
+
+
+# -- a reload that brings a lease's service back -------------------------------
+OTHER = XINETD.replace("service echo", "service other").replace("23190", "23191")
+
+
+def _reload(engine, tmp_path, xinetd: str, hosts: bool = False) -> None:
+    """The policy with ``xinetd`` as its x.conf (and, with ``hosts``, a
+    hosts_access source binding every service too)."""
+    (tmp_path / "x.conf").write_text(xinetd)
+    extra = ""
+    if hosts:
+        (tmp_path / "hosts.allow").write_text("ALL: ALL\n")
+        (tmp_path / "hosts.deny").write_text("")
+        extra = ('[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\n'
+                 'deny = "hosts.deny"\nservices = ["*"]\n')
+    (tmp_path / "policy.toml").write_text(
+        '[run]\nwatch = false\n[[source]]\ntype = "xinetd"\nfile = "x.conf"\n' + extra)
+    engine.reload()
+
+
+@pytest.mark.parametrize("how", ["taken, its service dropped by a reload",
+                                 "adopted while its service is absent",
+                                 "taken while no xinetd layer bound its service"])
+def test_a_lease_counts_again_when_a_reload_brings_its_service_back(engine, tmp_path, how):
+    """A lease held for a service no xinetd layer counts is counted (without
+    a limit check) by the reload that binds one to it again: per_source 1
+    refuses its source, and RELEASE gives the slot back -- the same for a
+    lease taken before its service was dropped (its slot outlives the
+    drop: _limits retire), one a restart adopted while the service was
+    absent, and one taken while only hosts_access bound the service."""
+    if how.startswith("taken, "):
+        assert ask(engine, "127.0.0.8").lease == 1
+        _reload(engine, tmp_path, OTHER)
+    elif how.startswith("adopted"):
+        _reload(engine, tmp_path, OTHER)
+        engine.adopt_lease(1, Request("echo", "127.0.0.8", lease=True), NOW)
+    else:
+        _reload(engine, tmp_path, OTHER, hosts=True)
+        taken = ask(engine, "127.0.0.8")
+        assert taken.allowed and taken.lease == 1
+    _reload(engine, tmp_path, XINETD)
+    assert ask(engine, "127.0.0.8").reason is Reason.PER_SOURCE_LIMIT
+    assert {k: n for k, n in engine.counters()["leases"].items() if n} == {"echo": 1}
+    assert engine.release(1)
+    got = ask(engine, "127.0.0.8")
+    assert got.allowed and got.lease > 1
