@@ -483,10 +483,15 @@ def test_stop_restart_and_crashes(live):
 
 
 #: Starts that restarting cannot mend: exit 100, and the line that says why.
+def _line_of(text: str, line: str) -> int:
+    return text.splitlines().index(line) + 1
+
+
 NOT_RESTARTED = {
     "a policy that does not load": (
         POLICY.replace('user = ""', 'usr = ""'),
-        "acl serve: fatal: /etc/acl/policy.toml: [run]: unknown key 'usr'"),
+        "acl serve: fatal: /etc/acl/policy.toml:{}:1: [run]: unknown key 'usr'".format(
+            _line_of(POLICY, 'user = ""'))),
     "an [nfqueue] policy in acl.service": (
         with_nfqueue(POLICY),
         f"acl serve: fatal: cannot bind NFQUEUE {NFQ_QUEUE}: Address family not supported by "
