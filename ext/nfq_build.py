@@ -32,9 +32,10 @@ Rules of this file:
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import shlex
 import subprocess
+from pathlib import Path
 
 from cffi import FFI
 
@@ -738,9 +739,13 @@ def _pkg_config(*args: str) -> list[str]:
 
 
 def _sanitize_flags() -> list[str]:
-    """setup.py's ACL_SANITIZE build, for this module too (setup.py's rules)."""
-    sanitize = os.environ.get("ACL_SANITIZE", "")
-    return [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"] if sanitize else []
+    """setup.py's ACL_SANITIZE build, for this module too: ext/sanitizer.py's
+    list, loaded by its path (that file's rules; cffi runs this file by path)."""
+    path = Path(__file__).resolve().with_name("sanitizer.py")
+    spec = importlib.util.spec_from_file_location("acl_build_sanitizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.flags()
 
 
 def _builder() -> FFI:
@@ -748,13 +753,13 @@ def _builder() -> FFI:
     ffi.cdef(CDEF)
     cflags = _pkg_config("--cflags")
     libs = _pkg_config("--libs")
+    sanitize = _sanitize_flags()
     ffi.set_source(
         "acl._nfq",
         SOURCE,
         include_dirs=[f[2:] for f in cflags if f.startswith("-I")],
-        extra_compile_args=["-O2", *[f for f in cflags if not f.startswith("-I")],
-                            *_sanitize_flags()],
-        extra_link_args=_sanitize_flags(),
+        extra_compile_args=["-O2", *[f for f in cflags if not f.startswith("-I")], *sanitize],
+        extra_link_args=sanitize,
         libraries=[f[2:] for f in libs if f.startswith("-l")],
         library_dirs=[f[2:] for f in libs if f.startswith("-L")],
     )
