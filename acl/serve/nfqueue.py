@@ -35,7 +35,12 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   turns the DECISION frames into verdict codes and counts them.  A frame
   the plan cannot answer (a service whose layers need more than the
   address) is decided by ``engine.decide`` on a Request the Python codec
-  builds.  Without a plan (pure engine), every packet takes the Python path
+  builds.  ``acl._nfq`` takes any input without reading or writing past a
+  buffer (ext/nfq_build.py's rules): a packet sent to the plan has the
+  ``malformed`` verdict until its answer comes, an answer that names no
+  waiting packet of the batch is counted in ``internal_errors`` and logged,
+  and a batch whose numbers do not fit its buffers gets the ``malformed``
+  verdict whole.  Without a plan (pure engine), every packet takes the Python path
   (:meth:`NfqueueFrontDoor.decide_records`).
 * A packet whose decision needs a client name that is not cached (hosts_access
   name rules, xinetd host names: acl.names) is *held*: it gets no verdict
