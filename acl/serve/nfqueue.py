@@ -40,8 +40,8 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   ``malformed`` verdict until its answer comes, an answer that names no
   waiting packet of the batch is counted in ``internal_errors`` and logged,
   and a batch whose numbers do not fit its buffers gets the ``malformed``
-  verdict whole.  Without a plan (pure engine), every packet takes the Python path
-  (:meth:`NfqueueFrontDoor.decide_records`).
+  verdict whole.  Without a plan (pure engine), every packet takes the
+  Python path (:meth:`NfqueueFrontDoor.decide_records`).
 * A packet whose decision needs a client name that is not cached (hosts_access
   name rules, xinetd host names: acl.names) is *held*: it gets no verdict
   with its batch (``nfq.HOLD``), the server looks the name up in a worker
