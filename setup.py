@@ -21,12 +21,14 @@ Rules of this file:
   installs and the NFQUEUE front door reports itself unavailable.
 * ``ACL_SANITIZE=address,undefined`` (any ``-fsanitize=`` list) builds every
   native part -- the Cython extensions, the NFQUEUE binding and acl-wrap --
-  instrumented, at -O1 with frame pointers and debug information, for the
-  sanitizer runs of tests/README.md.  Unset or empty: the normal build.  An
-  instrumented extension needs the sanitizer's runtime loaded before Python
-  starts (LD_PRELOAD; see tests/README.md): never install such a build.
+  instrumented, with the flags of ``ext/sanitizer.py`` (the one list), for
+  the sanitizer runs of tests/README.md.  Unset or empty: the normal build.
+  An instrumented extension needs the sanitizer's runtime loaded before
+  Python starts (LD_PRELOAD; see tests/README.md): never install such a
+  build (tests/sanitize builds one in a copy of the checkout).
 """
 
+import importlib.util
 import os
 import platform
 import shlex
@@ -41,11 +43,18 @@ from setuptools.command.build_ext import build_ext
 HERE = Path(__file__).resolve().parent
 NO_EXTENSIONS = os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0")
 CFLAGS = ["-O3", "-fno-strict-aliasing"]
-SANITIZE = os.environ.get("ACL_SANITIZE", "")
-# Later flags win: -O1 replaces -O3 (and the wrap's -O2).  ext/nfq_build.py
-# reads the same variable for the NFQUEUE binding.
-SANITIZE_FLAGS = ([f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g", "-O1"]
-                  if SANITIZE else [])
+
+
+def _load_by_path(path: Path):
+    """A build helper module from ext/, which is no package (its rules)."""
+    spec = importlib.util.spec_from_file_location(f"acl_build_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# Placed after the other flags: its -O1 replaces -O3 (and the wrap's -O2).
+SANITIZE_FLAGS = _load_by_path(HERE / "ext" / "sanitizer.py").flags()
 if platform.machine() in ("x86_64", "AMD64"):
     # The prefix core's trie walk is popcount-bound, and its address text
     # readers shuffle bytes (SSSE3): both in every Intel CPU since 2008 and

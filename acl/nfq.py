@@ -166,6 +166,8 @@ class Queue:
         self.fail_open = fail_open
         self.stride = lib.acl_nfq_stride(handle)
         self._records = lib.acl_nfq_records(handle)
+        # (acl_nfq_open makes room for at least one packet)
+        self._record_buffer = ffi.buffer(self._records, max(batch, 1) * self.stride)
         #: ENOBUFS seen: the socket overflowed and the kernel lost packets.
         self.overruns = 0
 
@@ -196,8 +198,10 @@ class Queue:
         return 0
 
     def record_pointer(self):
-        """The C buffer of the last batch's records (valid until the next recv)."""
-        return self._records
+        """The C buffer of the last batch's records, ``batch * stride`` bytes
+        (its contents valid until the next recv; the buffer, while the queue
+        is open)."""
+        return self._record_buffer
 
     def records(self, n: int) -> bytes:
         """The last batch's ``n`` records as one buffer, ``stride`` bytes each."""
@@ -276,6 +280,8 @@ class Queue:
 #: acl_pkt_decode's error numbers, in acl.wire.packet.ERROR_CODES order.
 C_ERROR_CODES = ("truncated", "version", "header", "length", "fragment", "protocol")
 N_REASONS = 16
+#: Services one DoorBatch can name (the C side numbers them in an int16_t).
+MAX_SERVICES = 32767
 
 
 def decode_c(buf, wire_length: int | None = None):
@@ -296,12 +302,17 @@ def decode_c(buf, wire_length: int | None = None):
 
 
 class DoorBatch:
-    """C state of a front door's batch path: port map, frame buffer, counters."""
+    """C state of a front door's batch path: port map, frame buffer, counters.
+
+    Its calls hand the C functions every buffer with its length; numbers
+    that do not fit them are a ValueError (ext/nfq_build.py's rules)."""
 
     def __init__(self, batch: int, services: list[str], ports: dict[int, str],
                  addr_ports: dict[tuple[bytes, int], str]):
         if not AVAILABLE:
             raise _oserror(errno.ENOSYS, "acl._nfq is not built")
+        if len(services) > MAX_SERVICES:
+            raise ValueError(f"{len(services)} services: at most {MAX_SERVICES}")
         handle = lib.acl_door_new(batch, len(services))
         if handle == ffi.NULL:
             raise MemoryError("acl_door_new")
@@ -323,17 +334,33 @@ class DoorBatch:
 
     def frames(self, records, n: int, stride: int, verdicts: bytearray, malformed: int,
                reject_mark: bool, mark: int):
-        """DECIDE frames for the packets to decide (a buffer) and how many."""
-        recs = records if isinstance(records, ffi.CData) else ffi.from_buffer(records)
-        count = lib.acl_door_frames(self._d, recs, n, stride, ffi.from_buffer(verdicts),
-                                    malformed, 1 if reject_mark else 0, mark)
+        """DECIDE frames for the packets to decide (a buffer) and how many.
+
+        ``records``: a buffer (bytes, ffi.buffer...) of at least ``n * stride``
+        bytes; ``verdicts``: at least ``n`` bytes, set for every record."""
+        recs = ffi.from_buffer(records)
+        count = lib.acl_door_frames(self._d, recs, len(recs), n, stride,
+                                    ffi.from_buffer(verdicts), len(verdicts), malformed,
+                                    1 if reject_mark else 0, mark)
+        if count < 0:
+            raise ValueError(f"a batch of {n} records, stride {stride}, does not fit "
+                             f"{len(recs)} bytes, {len(verdicts)} verdicts, batch {self.batch}")
         return ffi.buffer(lib.acl_door_frame_buf(self._d), lib.acl_door_frame_len(self._d)), count
 
     def apply(self, replies: bytes, verdicts: bytearray, deny: int) -> int:
-        rc = lib.acl_door_apply(self._d, replies, len(replies), ffi.from_buffer(verdicts), deny)
+        """The plan's DECISION frames for the last :meth:`frames` batch, as
+        verdict codes; how many were applied (frames that answer no waiting
+        packet of the batch are skipped and counted: :attr:`bad_replies`)."""
+        rc = lib.acl_door_apply(self._d, replies, len(replies), ffi.from_buffer(verdicts),
+                                len(verdicts), deny)
         if rc < 0:
-            raise ValueError("not a DECISION frame in the engine's replies")
+            raise ValueError("the engine's replies cannot be read as DECISION frames")
         return rc
+
+    @property
+    def bad_replies(self) -> int:
+        """Frames of the plan's replies that answered no waiting packet."""
+        return int(lib.acl_door_bad_replies(self._d))
 
     def counts(self) -> dict[tuple[str, int, int], int]:
         """{(service, verdict number, reason number): n} decided through the plan."""

@@ -22,15 +22,20 @@ Rules of this file:
   its id, so the packets from the oldest held id on are answered one by one.
   The messages are built with the library's ``nfq_nlmsg_*`` helpers.
 * Nothing here allocates per packet; the context owns every buffer.
+* The door's batch path (acl_door_frames, acl_door_apply) is safe for any
+  input: every buffer comes with its length, every request id is checked
+  against the batch it answers, and a bad record or answer gets a defined
+  result (the rules above those functions).
 * A gap in the ids of one queue is a packet the kernel could not hand us
   (socket buffer full): it then dropped it, or accepted it with fail-open.
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import shlex
 import subprocess
+from pathlib import Path
 
 from cffi import FFI
 
@@ -86,17 +91,19 @@ void acl_door_free(struct acl_door *d);
 int acl_door_set_service(struct acl_door *d, int idx, const char *name, int len);
 int acl_door_map_port(struct acl_door *d, int port, int idx);
 int acl_door_map_addr_port(struct acl_door *d, const uint8_t *addr, int alen, int port, int idx);
-int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
-                    uint8_t *verdicts, uint8_t malformed, int reject_mark, uint32_t mark);
+int acl_door_frames(struct acl_door *d, const uint8_t *recs, size_t recs_len, int n, int stride,
+                    uint8_t *verdicts, int nverdicts, uint8_t malformed, int reject_mark,
+                    uint32_t mark);
 uint8_t *acl_door_frame_buf(struct acl_door *d);
 int acl_door_frame_len(struct acl_door *d);
 int acl_door_record_of(struct acl_door *d, int rid);
-int acl_door_apply(struct acl_door *d, const uint8_t *replies, int len, uint8_t *verdicts,
-                   uint8_t deny);
+int acl_door_apply(struct acl_door *d, const uint8_t *replies, size_t len, uint8_t *verdicts,
+                   int nverdicts, uint8_t deny);
 uint64_t *acl_door_counts(struct acl_door *d);
 uint64_t *acl_door_errors(struct acl_door *d);
 uint64_t acl_door_unmapped(struct acl_door *d);
 uint64_t acl_door_looped(struct acl_door *d);
+uint64_t acl_door_bad_replies(struct acl_door *d);
 """
 
 CDEF = CDEF.replace("@FLOW@\n", FLOW_STRUCT)
@@ -471,9 +478,31 @@ int acl_pkt_decode(const uint8_t *b, uint32_t len, uint32_t wire, struct acl_flo
    per packet to decide, request id = record index; the engine's compiled
    BatchPlan answers them.  Packets not to decide get their verdict here.
    acl_door_apply turns DECISION frames back into verdict codes and counts
-   (service, verdict, reason). */
+   (service, verdict, reason).
+
+   Both are safe for any bytes and any numbers, at the cost of a compare per
+   call or per record (never per byte):
+   * Every buffer comes with its length, and nothing is read or written past
+     it.  A call whose numbers do not fit its buffers -- n < 0, n past the
+     door's batch or past the verdicts, a stride shorter than a record
+     header, n records past the records' bytes, a verdict code other than
+     DROP, ACCEPT or REJECT -- changes nothing and returns -EINVAL; the
+     caller then gives the whole batch its malformed verdict
+     (acl/serve/nfqueue.py).
+   * A record whose captured length passes its stride holds fewer bytes
+     than it says: decode error 1 (truncated), as for a packet cut short
+     (the Python path says the same).
+   * A packet sent to the engine has the malformed verdict until its answer
+     comes: a packet whose answer is missing or bad keeps that fail-safe
+     verdict, as on the Python path.  acl_door_apply takes an answer only
+     for a packet of the last acl_door_frames batch that was sent and is
+     not answered yet, with a verdict and a reason it knows.  Any other
+     whole frame is skipped and counted (acl_door_bad_replies).  Replies
+     that end inside a frame, or a frame too short for a verdict and a
+     reason, cannot be read on: -EINVAL, the frames before it applied. */
 #define ACL_NREASONS 16
 #define ACL_FRAME_MAX (12 + 10 + 32 + 255)
+#define ACL_DECISION_MIN 10      /* frame length of a DECISION up to its reason */
 
 struct acl_addr_port { uint8_t alen; uint8_t addr[16]; uint16_t port; int idx; };
 
@@ -487,10 +516,12 @@ struct acl_door {
     int nap, cap_ap;
     uint8_t *frames;
     int frame_len;
-    int16_t *svc_of;              /* per record of the batch */
+    int n;                        /* records of the last acl_door_frames batch */
+    int16_t *svc_of;              /* per record of it: the service of a packet
+                                     waiting for its answer, else -1 */
     uint64_t *counts;             /* nservices * 3 * ACL_NREASONS */
     uint64_t errors[8];
-    uint64_t unmapped, looped;
+    uint64_t unmapped, looped, bad_replies;
 };
 
 void acl_door_free(struct acl_door *d)
@@ -500,10 +531,13 @@ void acl_door_free(struct acl_door *d)
     free(d->svc_of); free(d->counts); free(d);
 }
 
+/* NULL when out of memory or for more services than an int16_t numbers. */
 struct acl_door *acl_door_new(int batch, int nservices)
 {
-    struct acl_door *d = calloc(1, sizeof(*d));
+    struct acl_door *d;
     int i;
+    if (nservices > INT16_MAX) return NULL;
+    d = calloc(1, sizeof(*d));
     if (d == NULL) return NULL;
     if (batch < 1) batch = 1;
     if (nservices < 1) nservices = 1;
@@ -569,15 +603,27 @@ static int acl_door_service(struct acl_door *d, const struct acl_flow *f)
 
 static void le16(uint8_t *p, uint32_t v) { p[0] = v & 0xFF; p[1] = (v >> 8) & 0xFF; }
 static void le32(uint8_t *p, uint32_t v) { le16(p, v & 0xFFFF); le16(p + 2, v >> 16); }
+static uint32_t get_le32(const uint8_t *p)
+{
+    return p[0] | (p[1] << 8) | (p[2] << 16) | ((uint32_t)p[3] << 24);
+}
 
-/* verdicts[i] is set for every packet not sent to the engine; returns the
-   number of DECIDE frames written (acl_door_frame_buf / _frame_len). */
-int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
-                    uint8_t *verdicts, uint8_t malformed, int reject_mark, uint32_t mark)
+/* The n records of recs (recs_len bytes, stride apart) -> verdicts[0..n)
+   and DECIDE frames (acl_door_frame_buf / _frame_len).  Returns the number
+   of frames, or -EINVAL (the rules above). */
+int acl_door_frames(struct acl_door *d, const uint8_t *recs, size_t recs_len, int n, int stride,
+                    uint8_t *verdicts, int nverdicts, uint8_t malformed, int reject_mark,
+                    uint32_t mark)
 {
     int i, frames = 0;
+    uint32_t room;
     size_t w = 0;
-    if (n > d->batch) n = d->batch;
+    d->n = 0;
+    d->frame_len = 0;
+    if (n < 0 || n > d->batch || n > nverdicts || stride < ACL_NFQ_REC_HEADER
+        || (size_t)n * (size_t)stride > recs_len || malformed > ACL_V_REJECT)
+        return -EINVAL;
+    room = (uint32_t)(stride - ACL_NFQ_REC_HEADER);   /* packet bytes a record holds */
     for (i = 0; i < n; i++) {
         const uint8_t *rec = recs + (size_t)i * stride;
         uint16_t caplen;
@@ -594,7 +640,8 @@ int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
             d->looped++;
             continue;
         }
-        rc = acl_pkt_decode(rec + ACL_NFQ_REC_HEADER, caplen, wire, &f);
+        rc = caplen > room ? E_TRUNCATED
+                           : acl_pkt_decode(rec + ACL_NFQ_REC_HEADER, caplen, wire, &f);
         if (rc != 0) {
             d->errors[rc]++;
             verdicts[i] = malformed;
@@ -607,6 +654,7 @@ int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
             continue;
         }
         d->svc_of[i] = (int16_t)svc;
+        verdicts[i] = malformed;              /* until its answer comes */
         alen = f.family == 4 ? 4 : 16;
         fr = d->frames + w;
         le32(fr, 8 + 10 + 2 * alen + d->name_len[svc]);
@@ -622,40 +670,50 @@ int acl_door_frames(struct acl_door *d, const uint8_t *recs, int n, int stride,
         w += 22 + 2 * alen + d->name_len[svc];
         frames++;
     }
+    d->n = n;
     d->frame_len = (int)w;
     return frames;
 }
 
 uint8_t *acl_door_frame_buf(struct acl_door *d) { return d->frames; }
 int acl_door_frame_len(struct acl_door *d) { return d->frame_len; }
-int acl_door_record_of(struct acl_door *d, int rid) { return rid; }
+/* The record a request id stands for, or -1 when it names none of the batch. */
+int acl_door_record_of(struct acl_door *d, int rid) { return rid >= 0 && rid < d->n ? rid : -1; }
 uint64_t *acl_door_counts(struct acl_door *d) { return d->counts; }
 uint64_t *acl_door_errors(struct acl_door *d) { return d->errors; }
 uint64_t acl_door_unmapped(struct acl_door *d) { return d->unmapped; }
 uint64_t acl_door_looped(struct acl_door *d) { return d->looped; }
+uint64_t acl_door_bad_replies(struct acl_door *d) { return d->bad_replies; }
 
 /* DECISION frames (request id = record index) -> verdict codes + counts.
-   Returns how many were applied, or -EINVAL for a frame that is not one. */
-int acl_door_apply(struct acl_door *d, const uint8_t *r, int len, uint8_t *verdicts, uint8_t deny)
+   Returns how many answers were applied, or -EINVAL (the rules above). */
+int acl_door_apply(struct acl_door *d, const uint8_t *r, size_t len, uint8_t *verdicts,
+                   int nverdicts, uint8_t deny)
 {
-    int at = 0, applied = 0;
-    while (len - at >= 14) {
+    size_t at = 0;
+    int applied = 0;
+    if (nverdicts < d->n || deny > ACL_V_REJECT) return -EINVAL;
+    while (at < len) {
         uint32_t flen, rid;
         uint8_t verdict, reason;
         int svc;
-        flen = r[at] | (r[at + 1] << 8) | (r[at + 2] << 16) | ((uint32_t)r[at + 3] << 24);
-        if (flen < 10 || (uint32_t)(len - at - 4) < flen || r[at + 5] != 0x81) return -EINVAL;
-        rid = r[at + 8] | (r[at + 9] << 8) | (r[at + 10] << 16) | ((uint32_t)r[at + 11] << 24);
+        if (len - at < 4 + ACL_DECISION_MIN) return -EINVAL;
+        flen = get_le32(r + at);
+        if (flen < ACL_DECISION_MIN || flen > len - at - 4) return -EINVAL;
+        rid = get_le32(r + at + 8);
         verdict = r[at + 12];
         reason = r[at + 13];
-        if (rid < (uint32_t)d->batch) {
+        svc = rid < (uint32_t)d->n ? d->svc_of[rid] : -1;
+        if (r[at + 4] != 1 || r[at + 5] != 0x81 || svc < 0 || verdict > 2
+            || reason >= ACL_NREASONS) {
+            d->bad_replies++;
+        } else {
             verdicts[rid] = verdict == 0 ? deny : ACL_V_ACCEPT;
-            svc = d->svc_of[rid];
-            if (svc >= 0 && verdict < 3 && reason < ACL_NREASONS)
-                d->counts[((size_t)svc * 3 + verdict) * ACL_NREASONS + reason]++;
+            d->counts[((size_t)svc * 3 + verdict) * ACL_NREASONS + reason]++;
+            d->svc_of[rid] = -1;              /* answered: another answer is a bad one */
+            applied++;
         }
-        at += 4 + (int)flen;
-        applied++;
+        at += 4 + (size_t)flen;
     }
     return applied;
 }
@@ -681,9 +739,13 @@ def _pkg_config(*args: str) -> list[str]:
 
 
 def _sanitize_flags() -> list[str]:
-    """setup.py's ACL_SANITIZE build, for this module too (setup.py's rules)."""
-    sanitize = os.environ.get("ACL_SANITIZE", "")
-    return [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"] if sanitize else []
+    """setup.py's ACL_SANITIZE build, for this module too: ext/sanitizer.py's
+    list, loaded by its path (that file's rules; cffi runs this file by path)."""
+    path = Path(__file__).resolve().with_name("sanitizer.py")
+    spec = importlib.util.spec_from_file_location("acl_build_sanitizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.flags()
 
 
 def _builder() -> FFI:
@@ -691,13 +753,13 @@ def _builder() -> FFI:
     ffi.cdef(CDEF)
     cflags = _pkg_config("--cflags")
     libs = _pkg_config("--libs")
+    sanitize = _sanitize_flags()
     ffi.set_source(
         "acl._nfq",
         SOURCE,
         include_dirs=[f[2:] for f in cflags if f.startswith("-I")],
-        extra_compile_args=["-O2", *[f for f in cflags if not f.startswith("-I")],
-                            *_sanitize_flags()],
-        extra_link_args=_sanitize_flags(),
+        extra_compile_args=["-O2", *[f for f in cflags if not f.startswith("-I")], *sanitize],
+        extra_link_args=sanitize,
         libraries=[f[2:] for f in libs if f.startswith("-l")],
         library_dirs=[f[2:] for f in libs if f.startswith("-L")],
     )

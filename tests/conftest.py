@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,22 @@ SLOW = os.environ.get("ACL_SLOW", "") not in ("", "0")
 SLOW_SEED_BASE = int(os.environ.get("ACL_SEED_BASE", "0"))
 
 REQUIRE_COMPILED = os.environ.get("ACL_REQUIRE_COMPILED", "") not in ("", "0")
+
+
+def _sanitizer_build():
+    """ext/sanitizer.py (loaded by its path: its rules)."""
+    path = Path(__file__).resolve().parents[1] / "ext" / "sanitizer.py"
+    spec = importlib.util.spec_from_file_location("acl_build_sanitizer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: The sanitizers of an ACL_SANITIZE run ("" for none) and the flags that
+#: the C a test compiles itself gets then: the same as the package's build.
+_SANITIZER = _sanitizer_build()
+SANITIZE = _SANITIZER.sanitizers()
+SANITIZE_FLAGS = _SANITIZER.flags()
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,

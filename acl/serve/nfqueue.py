@@ -35,8 +35,13 @@ Theory of operation (docs/nfqueue.md has the operator's view):
   turns the DECISION frames into verdict codes and counts them.  A frame
   the plan cannot answer (a service whose layers need more than the
   address) is decided by ``engine.decide`` on a Request the Python codec
-  builds.  Without a plan (pure engine), every packet takes the Python path
-  (:meth:`NfqueueFrontDoor.decide_records`).
+  builds.  ``acl._nfq`` takes any input without reading or writing past a
+  buffer (ext/nfq_build.py's rules): a packet sent to the plan has the
+  ``malformed`` verdict until its answer comes, an answer that names no
+  waiting packet of the batch is counted in ``internal_errors`` and logged,
+  and a batch whose numbers do not fit its buffers gets the ``malformed``
+  verdict whole.  Without a plan (pure engine), every packet takes the
+  Python path (:meth:`NfqueueFrontDoor.decide_records`).
 * A packet whose decision needs a client name that is not cached (hosts_access
   name rules, xinetd host names: acl.names) is *held*: it gets no verdict
   with its batch (``nfq.HOLD``), the server looks the name up in a worker
@@ -130,6 +135,7 @@ class NfqueueFrontDoor:
         self.io_errors = 0
         self.fast_batches = 0
         self.residual = 0         # frames the plan left to engine.decide
+        self._bad_replies_seen = 0    # the C path's count when last looked at
         # -- held packets (see the theory) --
         self.look_up = None       # Server.look_up_names, set by start_for_server
         self._held: dict[int, dict[int, Request]] = {}   # queue -> {packet id: request}
@@ -292,13 +298,20 @@ class NfqueueFrontDoor:
                 pos += 4 + length
             elif status != 2:
                 break
+        bad = self._batch.bad_replies
+        if bad != self._bad_replies_seen:
+            # The plan answered no packet of ours: a bug, not a packet's doing.
+            # Those packets keep the malformed verdict acl._nfq gave them.
+            self.internal_errors += bad - self._bad_replies_seen
+            log.error("nfqueue %d: %d answer(s) of the batch plan matched no packet of "
+                      "the batch; left unanswered packets got the malformed verdict",
+                      queue, bad - self._bad_replies_seen)
+            self._bad_replies_seen = bad
         return verdicts
 
     def _decide_one(self, queue: int, records, i: int, stride: int, verdicts: bytearray,
                     now: float) -> None:
-        rec = nfq.ffi.buffer(records + i * stride, stride) if isinstance(
-            records, nfq.ffi.CData) else memoryview(records)[i * stride: (i + 1) * stride]
-        raw = bytes(rec)
+        raw = bytes(memoryview(records)[i * stride: (i + 1) * stride])
         pid, _hw, caplen, _mark, wire = nfq.RECORD.unpack_from(raw, 0)
         _fam, src, dst, sport, dport, _proto, _flags = decode_raw(
             raw, nfq.RECORD_HEADER, caplen, wire)
@@ -385,6 +398,7 @@ class NfqueueFrontDoor:
         deny_is_reject = self._deny_code == nfq.REJECT
         hold = self.look_up is not None and self.engine.policy.name_service is not None
         now = self.clock()
+        room = stride - hdr
         for i in range(n):
             at = i * stride
             pid, _hw, caplen, pkt_mark, wire = unpack(raw, at)
@@ -392,6 +406,8 @@ class NfqueueFrontDoor:
                 self._looped += 1            # came back marked: no REJECT rule
                 continue
             try:
+                if caplen > room:            # as acl._nfq says: cut short
+                    raise PacketError("truncated", "capture extends past its record")
                 _fam, src, dst, sport, dport, _proto, _flags = decode_raw(
                     raw, at + hdr, caplen, wire)
             except PacketError as exc:

@@ -15,21 +15,21 @@ Valid texts are also read at the end of a page whose next page is
 unreadable, placed so that a reader loading its fixed width in place where
 it should copy crashes the test -- and so are texts of any bytes and every
 length up to 80, at every distance from that page's end up to both
-readers' widths.  Under ACL_SANITIZE (setup.py) both builds are also
-instrumented (tests/README.md, sanitizer runs).
+readers' widths.  Under ACL_SANITIZE (ext/sanitizer.py's flags) both builds
+are also instrumented (tests/README.md, sanitizer runs).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import itertools
-import os
 import platform
 import random
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import SANITIZE_FLAGS
 from tests.core.test_parsers import mutate, v6_spellings
 from tests.guard_pages import GuardedPages
 
@@ -83,8 +83,6 @@ static int read_without_search(const char *s, size_t n, uint8_t *out) {
 """
 
 
-SANITIZE = os.environ.get("ACL_SANITIZE", "")
-SANITIZE_FLAGS = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g"] if SANITIZE else []
 
 
 def build(tmp: Path, name: str, flags: list[str]):

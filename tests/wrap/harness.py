@@ -14,8 +14,8 @@ Rules of this file:
   decides how many lines of /etc/hosts a forward lookup returns).  With
   ``net`` it also runs in ``unshare -n`` (its own loopback, up): its ports
   cannot meet anyone else's, and clients reach it through ``nsenter``.
-* With ``ACL_SANITIZE`` set (setup.py's rules; tests/README.md, sanitizer
-  runs) the acl-wrap under test is always a fresh build with those
+* With ``ACL_SANITIZE`` set (ext/sanitizer.py's flags; tests/README.md,
+  sanitizer runs) the acl-wrap under test is always a fresh build with those
   sanitizers and leak checks on.  Its reports go to files named by
   ``ACL_SANITIZE_LOG`` (a path prefix: ASan/UBSan's ``log_path``; default
   the build directory), compiled in as the sanitizers' default options:
@@ -42,11 +42,11 @@ import time
 from pathlib import Path
 
 from acl.wire import binary
+from tests.conftest import SANITIZE, SANITIZE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAP_SOURCES = sorted((ROOT / "ext" / "wrap").glob("*.[ch]"))
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-D_FORTIFY_SOURCE=2"]
-SANITIZE = os.environ.get("ACL_SANITIZE", "")
 # The sanitizers' defaults for a sanitized acl-wrap (ASAN_OPTIONS and
 # UBSAN_OPTIONS, where they reach it, still win): see the module rules.
 SANITIZER_DEFAULTS = """
@@ -112,7 +112,7 @@ def build_wrap(outdir: Path) -> Path:
     if SANITIZE:
         defaults = outdir / "sanitizer_defaults.c"
         defaults.write_text(SANITIZER_DEFAULTS.replace("@LOG@", sanitizer_log()))
-        extra = [f"-fsanitize={SANITIZE}", "-fno-omit-frame-pointer", "-g", "-O1", str(defaults)]
+        extra = [*SANITIZE_FLAGS, str(defaults)]
     res = subprocess.run(["cc", *CFLAGS, "-Werror", "-o", str(out), *srcs, *extra],
                          capture_output=True, text=True, timeout=120)
     if res.returncode:

@@ -33,7 +33,7 @@ import pytest
 
 from acl.model import Decision, Location, Reason, Verdict
 from acl.wire import binary
-from tests.conftest import SLOW
+from tests.conftest import SANITIZE_FLAGS, SLOW
 from tests.guard_pages import PAGE, GuardedPages
 from tests.wrap import harness
 
@@ -91,14 +91,12 @@ def wrap_c(tmp_path_factory):
     """The wrap's proto.c, expand.c and peer.c as a cffi module."""
     tmp = tmp_path_factory.mktemp("wrapc")
     src_dir = harness.ROOT / "ext" / "wrap"
-    flags = ["-O1", "-g"]
-    if harness.SANITIZE:
-        flags += [f"-fsanitize={harness.SANITIZE}", "-fno-omit-frame-pointer"]
+    flags = ["-O1", "-g", *SANITIZE_FLAGS]
     ffi = cffi.FFI()
     ffi.cdef(CDEF)
     ffi.set_source("wrap_fuzz", SOURCE, include_dirs=[str(src_dir)],
                    sources=[str(src_dir / n) for n in ("proto.c", "expand.c", "peer.c")],
-                   extra_compile_args=flags, extra_link_args=flags[2:])
+                   extra_compile_args=flags, extra_link_args=SANITIZE_FLAGS)
     ffi.compile(tmpdir=str(tmp))
     spec = importlib.util.spec_from_file_location("wrap_fuzz", next(tmp.glob("wrap_fuzz*.so")))
     module = importlib.util.module_from_spec(spec)
