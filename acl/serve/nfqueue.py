@@ -111,7 +111,9 @@ class NfqueueFrontDoor:
         self.engine = engine
         self.config = config
         self.clock = clock
-        self._queue_factory = queue_factory or self._open_queue
+        # None: _open_queue (a bound method kept here would be a cycle that
+        # holds the engine, and its tables, until the cyclic GC runs)
+        self._queue_factory = queue_factory
         self.queues: list = []
         self._loop = None
         self._names: dict[bytes, str] = {}
@@ -161,7 +163,7 @@ class NfqueueFrontDoor:
         loop = loop or asyncio.get_running_loop()
         try:
             for num in self.config.queues:
-                q = self._queue_factory(num)
+                q = (self._queue_factory or self._open_queue)(num)
                 self.queues.append(q)
                 loop.add_reader(q.fileno(), self._on_readable, q)
         except OSError as exc:
