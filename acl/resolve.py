@@ -171,13 +171,14 @@ def double_check(backend, family: int, packed: bytes) -> DoubleCheck:
 
 
 class NetgroupTable:
-    """Netgroups from a fixed table (``group -> host names``), for tests."""
+    """Netgroups from a fixed table (``group -> host names``), for tests;
+    host names compared ignoring ASCII case, as glibc's ``innetgr`` does."""
 
     def __init__(self, table: dict[str, set[str]]):
         self.table = table
 
     def innetgr(self, group: str, host: str) -> bool:
-        return host in self.table.get(group, ())
+        return any(_lower(h) == _lower(host) for h in self.table.get(group, ()))
 
     def netgroup_has_members(self, group: str) -> bool:
         return bool(self.table.get(group))
