@@ -38,7 +38,9 @@ tests/tcpw/test_names_vs_tcpdchk.py):
 * Every address found then gets libwrap's double check
   (:func:`acl.resolve.double_check`): no PTR name is "no name"; a failed
   step is reported in libwrap's terms (non-FQDN, can't verify, name/name
-  or name/address mismatch).
+  or name/address mismatch).  An address alone on a hosts line has the
+  name ``""``, which passes: nothing is said of it, as tcpdchk says
+  nothing.
 * ``daemon@NAME`` whose name has more than one address (getaddrinfo
   entries: an IPv4 and an IPv6 address count two) is reported.
 * ``@group`` with no first member (``setnetgrent``/``getnetgrent``) is

@@ -488,7 +488,9 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
 
     if names.hosts_file:
         text = read_bytes(names.hosts_file).decode("latin-1")
-        backend, reverse = HostsFileBackend(text=text), HostsResolver(text)
+        # a hosts file names hosts: @group is still NSS's (acl/resolve.py)
+        backend = HostsFileBackend(text=text, netgroups=SystemBackend())
+        reverse = HostsResolver(text)
     else:
         backend, reverse = SystemBackend(), SystemResolver()
     service = NameService(Resolver(backend), reverse, ttl=names.ttl,

@@ -4,6 +4,14 @@ Rules of this file (spec A.6; libwrap ``socket.c`` ``sock_hostname``):
 
 * A v4-mapped address (``::ffff:a.b.c.d``) is looked up as IPv4.
 * No PTR name                                   -> ``"unknown"``.
+* The empty PTR name is a name like any other: glibc's ``files`` module
+  reads an address alone on a hosts line as that address named ``""``
+  (getnameinfo answers ``""``, and getaddrinfo("") finds those lines back),
+  and libwrap keeps what it verified, so such a client is KNOWN (and
+  LOCAL: no dot) with the name ``""``.  Only :func:`HostView.info
+  <acl.compile.tcpw.HostView.info>` reads ``""`` otherwise: libwrap's
+  ``eval_hostinfo`` takes an empty name for "not looked up" and shows the
+  address.
 * The PTR name is cut to ``NAME_LIMIT`` (127) characters: libwrap copies it
   into its ``host_info`` name, a ``STRING_LENGTH`` (128) byte buffer
   (``STRN_CPY``), and every check below reads the cut name.  A longer PTR
@@ -17,13 +25,19 @@ Rules of this file (spec A.6; libwrap ``socket.c`` ``sock_hostname``):
 * The client address is not among the forward addresses -> ``"paranoid"``.
 * Otherwise the PTR name, as the PTR gave it.
 
-A *backend* answers two questions: ``reverse(family, packed) -> name | None``
-and ``forward(name, family) -> (canonical name, [packed, ...]) | None``
-(``family`` 0 means both, then items are ``(family, packed)``); for
-``@group`` also ``innetgr(group, host)`` and ``netgroup_has_members(group)``.
+A *backend* answers three questions: ``reverse(family, packed) -> name | None``,
+``forward(name, family) -> (canonical name, [packed, ...]) | None`` (each
+address once; ``family`` 0 means both, then items are ``(family, packed)``)
+and ``addrinfo(name, family)`` (the same, one item per getaddrinfo entry:
+an address two lines give is there twice); for ``@group`` also
+``innetgr(group, host)`` and ``netgroup_has_members(group)``.
 :class:`SystemBackend` asks the C library (so ``/etc/nsswitch.conf`` rules);
 :class:`HostsFileBackend` reads a private hosts file the way glibc's ``files``
-module does, so tests never touch DNS.
+module does, so tests never touch DNS.  A hosts file names hosts, not
+netgroups: with ``netgroups=SystemBackend()`` (``acl match --hosts-file``
+and ``[names] hosts_file`` do so; ``acl check`` asks NSS itself) ``@group``
+is asked of NSS, as libwrap does whatever answers its host names; a dict
+is a fixed table (tests).
 
 :func:`double_check` runs the check once and says which step failed, in
 the terms of libwrap's warnings (``acl check`` repeats them, as tcpdchk
@@ -105,6 +119,17 @@ def _number(name: str, family: int):
     return (infos[0][3] or name, items)
 
 
+def _each_once(hit):
+    """An ``addrinfo`` answer as ``forward`` gives it: each address once."""
+    if hit is None:
+        return None
+    found = []
+    for item in hit[1]:
+        if item not in found:
+            found.append(item)
+    return hit[0], found
+
+
 class DoubleCheck(NamedTuple):
     """One run of libwrap's double check (``sock_hostname``) for one address.
 
@@ -129,8 +154,8 @@ def double_check(backend, family: int, packed: bytes) -> DoubleCheck:
     if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
         family, packed = socket.AF_INET, packed[12:]
     name = backend.reverse(family, packed)
-    if not name:
-        return DoubleCheck(UNKNOWN)
+    if name is None:
+        return DoubleCheck(UNKNOWN)     # ("" is a name: module rules)
     name = name[:NAME_LIMIT]        # libwrap's buffer (module rules)
     if is_numeric_name(name, family):
         return DoubleCheck(PARANOID, name, "numeric")
@@ -145,10 +170,26 @@ def double_check(backend, family: int, packed: bytes) -> DoubleCheck:
     return DoubleCheck(name, name)
 
 
+class NetgroupTable:
+    """Netgroups from a fixed table (``group -> host names``), for tests;
+    host names compared ignoring ASCII case, as glibc's ``innetgr`` does."""
+
+    def __init__(self, table: dict[str, set[str]]):
+        self.table = table
+
+    def innetgr(self, group: str, host: str) -> bool:
+        return any(_lower(h) == _lower(host) for h in self.table.get(group, ()))
+
+    def netgroup_has_members(self, group: str) -> bool:
+        return bool(self.table.get(group))
+
+
 class HostsFileBackend:
     """glibc ``files`` semantics over a private hosts file.
 
-    * reverse: the first line holding the address; its first name.
+    * reverse: the first line holding the address; its first name.  A line
+      holding an address alone names it ``""`` (glibc reads the missing
+      official name as the empty string; module rules).
     * forward: every line naming the host (canonical name or alias, ASCII
       case ignored) in file order; the canonical name is that of the first.
     * An IPv4 question (``family`` AF_INET) also reads IPv6 lines as glibc's
@@ -159,23 +200,33 @@ class HostsFileBackend:
       of an IPv6 address, ``10.1``) is never looked up in the file, as
       getaddrinfo never asks NSS about one: it is its own address, or no
       address at all when its family is not the one asked.
+    * Entries come in file order.  glibc sorts a getaddrinfo answer for both
+      families by RFC 3484 destination address selection, which depends on
+      the machine's routes, so for a name with IPv4 and IPv6 lines it may
+      give the same entries in another order.
     """
 
     def __init__(self, path: str | None = None, text: str | None = None,
-                 netgroups: dict[str, set[str]] | None = None):
+                 netgroups=None):
+        """``netgroups``: who answers ``@group`` -- an object with
+        ``innetgr`` and ``netgroup_has_members`` (:class:`SystemBackend`:
+        NSS), a dict (a :class:`NetgroupTable`), or None (no netgroups)."""
         if text is None:
             # a regular file only: a FIFO named here must not block (acl/rulefiles.py)
             text = read_bytes(path).decode("latin-1")
         self.entries: list[tuple[int, bytes, list[str]]] = []
         for raw in text.splitlines():
             line = raw.split("#", 1)[0].split()
-            if len(line) < 2:
+            if not line:
                 continue
             addr = numeric_address(line[0])
             if addr is None or "%" in line[0]:
                 continue
-            self.entries.append((addr[0], addr[1], line[1:]))
-        self.netgroups = netgroups or {}
+            # an address alone: the official name "" (class rules)
+            self.entries.append((addr[0], addr[1], line[1:] or [""]))
+        if netgroups is None or isinstance(netgroups, dict):
+            netgroups = NetgroupTable(netgroups or {})
+        self.netgroups = netgroups
 
     def _as(self, family: int):
         """``(fam, addr, names)`` of each line as a question for ``family`` reads it."""
@@ -194,14 +245,7 @@ class HostsFileBackend:
         return None
 
     def forward(self, name: str, family: int):
-        hit = self.addrinfo(name, family)
-        if hit is None:
-            return None
-        found = []
-        for item in hit[1]:
-            if item not in found:
-                found.append(item)
-        return hit[0], found
+        return _each_once(self.addrinfo(name, family))
 
     def addrinfo(self, name: str, family: int = 0):
         """``getaddrinfo(name, family)`` over the file: the official name and
@@ -225,10 +269,10 @@ class HostsFileBackend:
         return None if canon is None else (canon, found)
 
     def innetgr(self, group: str, host: str) -> bool:
-        return host in self.netgroups.get(group, ())
+        return self.netgroups.innetgr(group, host)
 
     def netgroup_has_members(self, group: str) -> bool:
-        return bool(self.netgroups.get(group))
+        return self.netgroups.netgroup_has_members(group)
 
 
 class SystemBackend:
@@ -256,6 +300,12 @@ class SystemBackend:
         return name
 
     def forward(self, name: str, family: int):
+        return _each_once(self.addrinfo(name, family))
+
+    def addrinfo(self, name: str, family: int = 0):
+        """``getaddrinfo(name, family, SOCK_STREAM, AI_CANONNAME)``: the
+        official name ("" when none) and one item per entry, in the C
+        library's order, or None."""
         try:
             infos = socket.getaddrinfo(name.encode("latin-1", "replace"), None, family,
                                        socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
@@ -263,16 +313,13 @@ class SystemBackend:
             return None
         if not infos:
             return None
-        canon = infos[0][3] or None
         found = []
         for fam, _, _, _, sa in infos:
             if fam not in (socket.AF_INET, socket.AF_INET6):
                 continue
             packed = socket.inet_pton(fam, sa[0].split("%", 1)[0])
-            item = packed if family else (fam, packed)
-            if item not in found:
-                found.append(item)
-        return (canon or "", found)
+            found.append(packed if family else (fam, packed))
+        return (infos[0][3] or "", found)
 
     def innetgr(self, group: str, host: str) -> bool:
         if self._innetgr is None:
@@ -333,11 +380,14 @@ class Resolver:
         return double_check(self.backend, *parsed).name
 
     def addresses(self, name: str) -> list[str]:
-        """Forward lookup of a client name given on a command line (both families)."""
-        fwd = self.backend.forward(name, 0)
-        if fwd is None:
+        """Forward lookup of a host name given on a command line (both
+        families): one address per getaddrinfo entry, as tcpdmatch's
+        ``find_inet_addr`` walks them -- an address two hosts lines give is
+        there twice, and tcpdmatch answers for it twice."""
+        hit = self.backend.addrinfo(name, 0)
+        if hit is None:
             return []
-        return [socket.inet_ntop(fam, packed) for fam, packed in fwd[1]]
+        return [socket.inet_ntop(fam, packed) for fam, packed in hit[1]]
 
     def innetgr(self, group: str, host: str) -> bool:
         return self.backend.innetgr(group, host)

@@ -19,6 +19,14 @@ How the arguments are read (spec A.10; tcpdmatch's ``main``):
 * Options are judged as tcpdmatch judges them (dry run): ``twist`` gives
   ``delegated``, and ``user``/``group`` behave as Debian's inverted check
   makes them behave for root.  ``--tcpd`` judges them as the real tcpd does.
+  They are printed as libwrap logs them: the values of ``setenv``,
+  ``spawn``, ``twist`` and ``aclexec`` %-expanded and trimmed (``%p`` is
+  acl match's own process id, as tcpdmatch's is its own).
+* A name with several addresses is answered once per getaddrinfo entry:
+  an address two hosts lines give is answered twice, as tcpdmatch does.
+  With ``--hosts-file`` the entries come in file order; glibc sorts them
+  (RFC 3484, by the machine's routes), so tcpdmatch may print the answers
+  of a name with IPv4 and IPv6 addresses in another order.
 
 ``--batch`` reads ``DAEMON CLIENT`` per line from stdin and prints one line
 per query: ``granted|denied|delegated LOCATION`` (``-`` when no rule
@@ -32,13 +40,15 @@ usage or a host that cannot be resolved, 111 a rule file that cannot be read.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import sys
 from dataclasses import dataclass
 
 from acl.cli import FatalUsageParser, write_out
-from acl.compile.tcpw import HostsAccessLayer, HostView, Query, load_hosts_access
+from acl.compile.tcpw import HostsAccessLayer, HostView, Query, load_hosts_access, percent_expand
 from acl.model import Decision, Verdict
+from acl.parse.hosts_options import KEYWORDS, chop
 from acl.parse.hosts_patterns import (
     UNKNOWN,
     dot_quad_addr,
@@ -47,7 +57,7 @@ from acl.parse.hosts_patterns import (
     split_at,
     v6_numeric,
 )
-from acl.resolve import HostsFileBackend, Resolver
+from acl.resolve import HostsFileBackend, Resolver, SystemBackend
 
 VERDICT_WORD = {Verdict.ALLOW: "granted", Verdict.DENY: "denied", Verdict.DELEGATE: "delegated"}
 
@@ -128,7 +138,7 @@ def explain(layer: HostsAccessLayer, resolver: Resolver, daemon_arg: str, client
             views.append(v)
     out = []
     for v in views:
-        q = Query(daemon, v, sview, server_sin=sin, server_port=0, user=user)
+        q = Query(daemon, v, sview, server_sin=sin, server_port=0, user=user, pid=os.getpid())
         index, decision = layer.decide(q)
         out.append(Outcome(q, index, decision))
     return out
@@ -153,13 +163,18 @@ def _report(o: Outcome) -> str:
     else:
         lines.append("matched:  (none; default grant)")
     for key, value in o.decision.options:
+        if KEYWORDS.get(key, (False, False, False, False))[3]:
+            # what the option would run with, as libwrap logs it: expanded, trimmed
+            value = chop(percent_expand(value, q))
         lines.append(f"option:   {key} {value}".rstrip())
     lines.append(f"access:   {o.word}")
     return "\n".join(lines)
 
 
 def build(args) -> tuple[HostsAccessLayer, Resolver, list]:
-    backend = HostsFileBackend(args.hosts_file) if args.hosts_file else None
+    # a hosts file names hosts: @group is still asked of NSS, as tcpdmatch asks it
+    backend = (HostsFileBackend(args.hosts_file, netgroups=SystemBackend())
+               if args.hosts_file else None)
     resolver = Resolver(backend)
     layer, diags = load_hosts_access(args.hosts_allow or "/nonexistent/hosts.allow",
                                      args.hosts_deny or "/nonexistent/hosts.deny",
@@ -172,7 +187,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts-allow", metavar="FILE", help="hosts.allow (absent: empty)")
     p.add_argument("--hosts-deny", metavar="FILE", help="hosts.deny (absent: empty)")
     p.add_argument("--hosts-file", metavar="FILE",
-                   help="resolve names from this hosts file instead of the system resolver")
+                   help="resolve names from this hosts file instead of the system resolver "
+                        "(netgroups still come from the system)")
     p.add_argument("--tcpd", action="store_true",
                    help="judge options as tcpd does, not as tcpdmatch's dry run")
     p.add_argument("--batch", action="store_true", help="read 'DAEMON CLIENT' lines from stdin")

@@ -144,8 +144,11 @@ class HostView:
         return self._resolver.innetgr(group, name)
 
     def info(self) -> str:
-        """``eval_hostinfo``: the name if already looked up and known, else the address."""
-        if self.looked_up and hostname_known(self.name):
+        """``eval_hostinfo``: the name if already looked up and known, else
+        the address.  The empty name (an address alone on a hosts line,
+        acl/resolve.py) shows the address too: libwrap reads an empty name
+        buffer as "not looked up"."""
+        if self.looked_up and self.name and hostname_known(self.name):
             return self.name
         return self.addr
 

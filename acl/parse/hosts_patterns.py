@@ -301,7 +301,8 @@ def string_pattern(tok: str) -> StringMatch:
 
 @dataclass(frozen=True, slots=True)
 class Netgroup:
-    """``@group``: NIS ``innetgr`` on the host *name* (case-sensitive)."""
+    """``@group``: ``innetgr(group, host name)`` (NSS: files, NIS, LDAP): the
+    group as written; glibc compares the host name ignoring case."""
 
     group: str
 

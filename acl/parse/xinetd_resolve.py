@@ -126,7 +126,9 @@ class HostsResolver:
     def reverse(self, addr: str) -> str | None:
         parsed = numeric_address(addr)
         # No unmapping: glibc's files backend looks ::ffff:a.b.c.d up as an
-        # IPv6 address, which an IPv4 line of /etc/hosts does not name.
+        # IPv6 address, which an IPv4 line of /etc/hosts does not name.  An
+        # address alone on its line is named "" (glibc), which no only_from
+        # or no_access name matches, as no name matches none.
         return None if parsed is None else self._lines.reverse(*parsed)
 
     def network(self, name: str) -> int | None:

@@ -21,6 +21,10 @@
  *   name is a STRING_LENGTH = 128 byte buffer) and every check reads the
  *   cut name; "numeric" is what getaddrinfo(AI_NUMERICHOST) accepts for the
  *   client's family, which takes inet_aton forms such as 127.0.274 too.
+ *   An address alone on a hosts line has the PTR name "" (glibc), which
+ *   getaddrinfo("") finds back: the verified name is "", and %h, %c, %H,
+ *   %s and the log lines show the address for it, as libwrap's
+ *   eval_hostinfo reads an empty name as "not looked up".
  * - UCSPI text forms (spec B.4): IPv4 dotted; IPv6 lower-case hex without
  *   leading zeros, the longest run of zero groups compressed even when it is
  *   one group long (first run wins a tie), ::ffff:a.b.c.d printed dotted.
@@ -328,10 +332,12 @@ const char *endpoint_name(struct endpoint *e)
     return e->name;
 }
 
-/* %h: the name if it was already looked up and is known, else the address. */
+/* %h: the name if it was already looked up and is known, else the address
+ * (for the empty name too: see the rules above). */
 const char *endpoint_info(struct endpoint *e)
 {
-    if (e->looked_up && strcmp(e->name, "unknown") != 0 && strcmp(e->name, "paranoid") != 0)
+    if (e->looked_up && e->name[0] && strcmp(e->name, "unknown") != 0 &&
+        strcmp(e->name, "paranoid") != 0)
         return e->name;
     return e->text;
 }

@@ -277,8 +277,9 @@ int decode_decision(const unsigned char *frame, size_t len, uint32_t request_id,
                     goto malformed;
                 continue;
             }
-            /* a looked-up name is never empty: "unknown" or "paranoid" at least */
-            if (nl == 0 || nl >= NAME_MAX_LEN || take(&c, nl, &s) < 0 ||
+            /* "unknown", "paranoid", the name -- or "" (an address alone
+             * on a hosts line: docs/protocol.md) */
+            if (nl >= NAME_MAX_LEN || take(&c, nl, &s) < 0 ||
                 !(*name = copy_text(s, nl)))
                 goto malformed;
         }

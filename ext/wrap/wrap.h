@@ -41,7 +41,7 @@ struct endpoint {
     unsigned port;
     char text[64];                  /* numeric form, "::ffff:a.b.c.d" kept; "unknown" */
     int looked_up;                  /* the name below has been computed */
-    char name[NAME_MAX_LEN];        /* verified name, "unknown" or "paranoid" */
+    char name[NAME_MAX_LEN];        /* verified name ("" too), "unknown" or "paranoid" */
 };
 
 struct conn {

@@ -21,6 +21,7 @@ import pytest
 from acl.engine import KERNEL, Engine
 from acl.model import Verdict
 from acl.policy import load_policy
+from acl.resolve import NetgroupTable
 from acl.serve.server import Server
 
 from .conftest import in_process, until
@@ -50,7 +51,7 @@ def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, 
     engine = Engine(load_policy(write_policy(tmp_path, ttl)))
     names = engine.policy.name_service
     backend = names.resolver.backend
-    backend.netgroups = {"ops": {"c2.good.example"}}
+    backend.netgroups = NetgroupTable({"ops": {"c2.good.example"}})
     gate = threading.Event()
     asked = backend.innetgr
     calls: list[tuple[str, str, str]] = []
@@ -107,7 +108,7 @@ def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
                     'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
     engine = Engine(load_policy(toml))
     backend = engine.policy.name_service.resolver.backend
-    backend.netgroups = {"ops": {"c2.good.example"}, "slow": {"c9.good.example"}}
+    backend.netgroups = NetgroupTable({"ops": {"c2.good.example"}, "slow": {"c9.good.example"}})
     gate = threading.Event()
     asked = backend.innetgr
     calls: list[str] = []

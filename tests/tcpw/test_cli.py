@@ -36,12 +36,14 @@ def files(tmp_path, allow, deny):
 
 
 def test_match_transcript(tmp_path):
-    a, d = files(tmp_path, "sshd: 10.0.0.: setenv X %a\n", "ALL: ALL\n")
+    a, d = files(tmp_path, "sshd: 10.0.0.: setenv X %a %h: banners /b/%h\n", "ALL: ALL\n")
     out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "sshd", "root@10.0.0.7")
     assert out.returncode == 0, out.stderr
+    # values printed as tcpdmatch prints them: setenv's %-expanded, banners' not
     assert out.stdout.splitlines() == [
         "client:   address  10.0.0.7", "client:   username root", "server:   process  sshd",
-        f"matched:  {a} line 1", "option:   setenv X %a", "access:   granted"]
+        f"matched:  {a} line 1", "option:   setenv X 10.0.0.7 10.0.0.7",
+        "option:   banners /b/%h", "access:   granted"]
     out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "ftpd", "10.0.0.7")
     assert out.returncode == 1 and f"matched:  {d} line 1" in out.stdout
     assert out.stdout.endswith("access:   denied\n")

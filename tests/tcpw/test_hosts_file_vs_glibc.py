@@ -5,7 +5,8 @@
 library when a policy names ``[names] hosts_file`` and in every name test.
 Here generated hosts files -- IPv4, IPv6, ``::1``, ``::ffff:a.b.c.d``
 lines, repeated addresses and names, mixed case, names that read as
-numbers -- are bind-mounted over /etc/hosts in a private mount namespace
+numbers, addresses alone on a line (glibc names them ``""``, and the empty
+name is asked forward too) -- are bind-mounted over /etc/hosts in a private mount namespace
 (``hosts: files`` only, so nothing leaves the machine), and the real
 ``getnameinfo``/``getaddrinfo`` answer the same questions: reverse,
 forward for IPv4 and for IPv6 (address sets), and forward for both
@@ -75,8 +76,12 @@ def _hosts(seed: int) -> tuple[str, list[str], list[str]]:
     lines = []
     for _ in range(r.randint(3, 12)):
         addr = r.choice(v4 + v6 + ["127.0.0.1"])
+        if r.random() < 0.15:       # an address alone, maybe with blanks or a comment
+            lines.append(addr + r.choice(["", " ", "\t", " # no name"]))
+            continue
         lines.append(f"{addr}\t" + " ".join(r.sample(names, r.randint(1, 3))))
-    return "\n".join(lines) + "\n", sorted(set(v4 + v6 + ["127.0.0.1", "127.0.9.9"])), names
+    return ("\n".join(lines) + "\n", sorted(set(v4 + v6 + ["127.0.0.1", "127.0.9.9"])),
+            [*names, ""])
 
 
 @pytest.mark.skipif(unavailable() is not None, reason=str(unavailable()))

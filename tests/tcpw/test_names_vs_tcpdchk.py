@@ -5,8 +5,10 @@ their ``/file`` patterns), one after the other, inside one private network
 and mount namespace (names_ns.py) where every name is answered by the test:
 a private /etc/hosts, a netgroup file and a fake DNS server (fake_dns.py)
 with names that resolve, do not resolve, are CNAME or /etc/hosts aliases,
-have several addresses, only IPv6 addresses, a mapped address, and
-addresses whose PTR fails libwrap's double check each way.
+have several addresses, only IPv6 addresses, a mapped address,
+addresses whose PTR fails libwrap's double check each way, and an address
+alone on its /etc/hosts line (glibc names it ``""``, and tcpdchk says
+nothing of it).
 
 For every file and line, the name warnings of ``LD_PRELOAD=shim tcpdchk -d``
 and the name findings of ``acl check -d`` must be the same multiset of
@@ -65,6 +67,7 @@ HOSTS = gen.HOSTS + """10.0.1.5 multi.hosts.test
 2001:db8:5::5 only6.hosts.test
 ::ffff:10.0.1.9 mapped.hosts.test
 10.0.1.10 canon.hosts.test nick.hosts.test
+10.0.1.20
 """
 
 ZONE = {
@@ -92,6 +95,7 @@ NAME_TOKENS = [
     "nx.lab.test", "nx", "multi.hosts.test", "only6.hosts.test", "mapped.hosts.test",
     "nick.hosts.test", "canon.hosts.test", "good", "lhseven", "ydup.example.com",
     "10.20.0.1", "10.20.0.2", "10.20.0.6", "10.20.0.8", "10.20.0.9", "010.20.0.1", "10.20.1",
+    "10.0.1.20",    # alone on its /etc/hosts line: named "", which passes libwrap's check
     "@labgroup", "@emptygroup", "@nosuchgroup",
 ]
 SERVER_NAMES = ["a.lab.test", "dual.lab.test", "multi.lab.test", "multi.hosts.test",

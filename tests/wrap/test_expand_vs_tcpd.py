@@ -70,6 +70,7 @@ def nsdir(tmp_path_factory):
 @example(name=f"x;touch${{IFS}}{MARK}")
 @example(name=f"`touch${{IFS}}{MARK}`$(touch${{IFS}}{MARK})|&<>\"'\\*?[]~!{{}}")
 @example(name="good.example.com")
+@example(name="")       # 127.0.0.66 alone on its line: glibc names it "", libwrap keeps it
 @example(name="127.0.274")              # inet_aton form: numeric to libwrap, so paranoid
 @example(name="0x7f.1")
 @example(name="a" * 60 + "." + "b" * 60 + ".lab.test")     # 130: cut to 127, paranoid

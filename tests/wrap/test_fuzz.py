@@ -276,7 +276,8 @@ OK_CHARS = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!
 
 def expand_model(text: bytes, cap: int, client_name: bytes | None, daemon: bytes, pid: int):
     """expand.c's rules for the connection expand_for_test builds."""
-    known = client_name not in (None, b"unknown", b"paranoid")
+    # the empty name (an address alone on a hosts line) shows the address, as libwrap's
+    known = client_name not in (None, b"", b"unknown", b"paranoid")
     values = {
         "a": b"192.0.2.7", "A": b"unknown", "h": client_name if known else b"192.0.2.7",
         "H": b"unknown", "n": client_name if client_name is not None else b"unknown",
@@ -308,7 +309,7 @@ def test_percent_expand_stays_in_its_buffer_and_follows_its_rules(wrap_c):
     try:
         for _ in range(4000 * SCALE):
             text = bytes(rng.choice(alphabet) for _ in range(rng.randrange(40)))
-            name = rng.choice([None, b"unknown", b"paranoid", b"host.example", b"x;rm${IFS}-rf",
+            name = rng.choice([None, b"", b"unknown", b"paranoid", b"host.example", b"x;rm${IFS}-rf",
                                bytes(rng.randrange(1, 256) for _ in range(rng.randrange(1, 200)))])
             daemon = rng.choice([b"in.echod", b"sub/$(x)", b"a" * 255])
             want_full = expand_model(text, 1 << 20, name, daemon, pid)

@@ -80,6 +80,7 @@ HOSTS = """\
 127.0.1.6	sly.lab.test
 127.0.1.7	127.0.9.9
 127.0.1.8	Mixed.LAB.Test
+127.0.1.30
 127.0.2.1	delta.lab.test
 127.0.1.10	aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.lab.test
 127.0.1.24	cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc.ddddddddddddddddddddddddddddddddddddddddddddddddddddddddd.lab.test
@@ -97,6 +98,7 @@ CLIENTS = {
     "delta": "127.0.2.1",       # delta.lab.test, outside 127.0.1.0/24
     "long130": "127.0.1.10",    # a 130-character name: libwrap cuts it to 127, paranoid
     "long127": "127.0.1.24",    # 127 characters: kept
+    "bare": "127.0.1.30",       # alone on its line: glibc names it "", KNOWN and LOCAL
 }
 
 #: rule set (its daemon name) -> (hosts.allow lines, hosts.deny lines)
@@ -116,12 +118,13 @@ EVERYONE = set(CLIENTS)
 EXPECT = {
     "by-name": {"alpha", "beta"},
     "by-domain": {"alpha", "mixed", "delta", "long127"},
-    "by-known": {"alpha", "beta", "gamma", "mixed", "delta", "long127"},
+    "by-known": {"alpha", "beta", "gamma", "mixed", "delta", "long127", "bare"},
     "by-unknown": EVERYONE - {"nobody"},
-    "by-local": {"beta"},
+    "by-local": {"beta", "bare"},
     "by-paranoid": EVERYONE - {"sly", "numeric", "long130"},
     "except-name": {"mixed", "delta", "long127"},
-    "except-addr": {"alpha", "beta", "nobody", "sly", "numeric", "mixed", "long130", "long127"},
+    "except-addr": {"alpha", "beta", "nobody", "sly", "numeric", "mixed", "long130", "long127",
+                    "bare"},
 }
 
 # The sidecar's namespaces: no network (a DNS query has nowhere to go), and
@@ -365,7 +368,7 @@ def test_hosts_file_ipv6_lines_name_ipv4_clients_as_tcpd(workdir, wrap_bin, sink
 #: HOSTS and a PTR name in inet_aton form (numeric to libwrap: paranoid)
 EXPAND_HOSTS = HOSTS + "127.0.1.18\t127.0.274\n"
 EXPAND_CLIENTS = {"alpha": "127.0.1.1", "nobody": "127.0.1.4", "sly": "127.0.1.6",
-                  "long130": "127.0.1.10", "inet_aton": "127.0.1.18"}
+                  "long130": "127.0.1.10", "inet_aton": "127.0.1.18", "bare": "127.0.1.30"}
 TWIST = "twist /bin/echo h=%h c=%c n=%n h2=%h"
 #: rules that make libwrap look the client's (or the server's) name up while
 #: matching -- or not -- then expand it, or log it
@@ -387,8 +390,8 @@ def test_names_looked_up_while_matching_expand_as_tcpd(workdir, wrap_bin, sink):
     NAMES): the output of every twist and every such log line must be
     tcpd's, byte for byte -- after a name rule, an address rule that matched
     before the name was needed, an earlier rule that did not match, a
-    server-side rule, and for paranoid, unknown, too long and inet_aton-form
-    names."""
+    server-side rule, and for paranoid, unknown, too long, inet_aton-form
+    and empty names."""
     allow, deny = rule_files(EXPAND_RULES)
     hosts_file = workdir / "expand.hosts"
     hosts_file.write_text(EXPAND_HOSTS)
@@ -427,6 +430,9 @@ def test_names_looked_up_while_matching_expand_as_tcpd(workdir, wrap_bin, sink):
     assert "connect from alpha.lab.test (127.0.1.1)" in tcpd["x-log", "alpha"][1]
     assert b"n=paranoid" in tcpd["x-known", "long130"][0]
     assert b"n=paranoid" in tcpd["x-known", "inet_aton"][0]
+    # the empty name (an address alone on its line) is known, and shows the address
+    assert tcpd["x-known", "bare"][0] == b"h=127.0.1.30 c=127.0.1.30 n= h2=127.0.1.30\n"
+    assert tcpd["x-log", "bare"][1] == ("refused connect from 127.0.1.30 (127.0.1.30)",)
 
 
 # -- mapped clients -------------------------------------------------------------------------

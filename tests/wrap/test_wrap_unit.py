@@ -358,13 +358,16 @@ def test_twist_replaces_the_server_and_keeps_the_lease(wrap_bin, sidecar, echo_s
                         b"s=svc@127.0.0.1 N=localhost H2=localhost"),
     (None, b"h=127.0.0.8 c=127.0.0.8 n=localhost H=127.0.0.1 "      # nothing looked up:
            b"s=svc@127.0.0.1 N=localhost H2=localhost"),            # our own %n lookup
-], ids=["client", "paranoid+server", "unknown", "none"])
+    (("", ""), b"h=127.0.0.8 c=127.0.0.8 n= H=127.0.0.1 "           # the empty name: the
+               b"s=svc@127.0.0.1 N= H2=127.0.0.1"),                 # address, as libwrap
+], ids=["client", "paranoid+server", "unknown", "none", "empty"])
 def test_names_the_decision_looked_up_count_as_looked_up(wrap_bin, sidecar, echo_server, port,
                                                         short_tmp, names, out):
     """The DECISION's names section (DECIDE flag NAMES) says which names the
     sidecar's rules looked up: %h, %c, %H, %s then show them as tcpd shows a
-    name looked up while matching -- "unknown" and "paranoid" as the
-    address -- and %n/%N do not look again.  Run in a mount namespace whose
+    name looked up while matching -- "unknown", "paranoid" and the empty
+    name (an address alone on a hosts line) as the address -- and %n/%N do
+    not look again.  Run in a mount namespace whose
     /etc/hosts names 127.0.0.8 and 127.0.0.1 localhost, so a lookup of our
     own would say so."""
     needs_root()
@@ -380,15 +383,16 @@ def test_names_the_decision_looked_up_count_as_looked_up(wrap_bin, sidecar, echo
 
 def test_a_bad_names_section_fails_closed(wrap_bin, sidecar, echo_server, port):
     """A names section that is not well-formed -- an unknown flag bit, a name
-    marked "not looked up" that has bytes, an empty looked-up name, bytes
-    after it -- is a malformed DECISION: fail closed."""
+    marked "not looked up" that has bytes, a name cut short, bytes after it
+    -- is a malformed DECISION: fail closed.  (An empty looked-up name is
+    well-formed: test_names_the_decision_looked_up_count_as_looked_up.)"""
     good = harness.decision(1, names=("a.example", None))
     body = bytearray(good[12:])
     bad = [
         binary.frame(binary.T_DECISION, 1, bytes(body), flags=binary.R_NAMES | 0x0002),
         binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x00\x01\x00x\x00\x00",
                      flags=binary.R_NAMES),
-        binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x01\x00\x00\x00\x00",
+        binary.frame(binary.T_DECISION, 1, bytes(body[:-14]) + b"\x01\x05\x00ab\x00\x00",
                      flags=binary.R_NAMES),
         binary.frame(binary.T_DECISION, 1, bytes(body) + b"!", flags=binary.R_NAMES),
         binary.frame(binary.T_DECISION, 1, bytes(body), flags=0),   # a section nobody announced
