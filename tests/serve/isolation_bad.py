@@ -491,10 +491,26 @@ async def drain(storm: Storm, who: str, sock: socket.socket, sent: int, made: li
     return asked, bytes(rx.data)
 
 
+async def read_replies(sock: socket.socket, n: int) -> list:
+    """The next ``n`` reply frames (no more bytes than they take are expected)."""
+    loop = asyncio.get_running_loop()
+    dec, got = wb.ReplyDecoder(), []
+    while len(got) < n:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), WAIT)
+        if not chunk:
+            raise ConnectionError("closed")
+        got += dec.feed(chunk)
+    return got
+
+
 async def bad_never_reads(storm: Storm, rng: random.Random, who: str) -> None:
     """Pipelines without reading until the server stops taking its bytes
     (backpressure), holds a while, then reads: every frame it sent whole
-    is answered, in order, and the one cut in the middle once finished."""
+    is answered, in order, and the one cut in the middle once finished --
+    or, holding leases, goes away without reading (the server must let
+    them go), or, sealed first, is answered ERROR 8 for each frame."""
+    then = rng.choice(["drain", "drain", "vanish", "sealed"])
+    who = f"{who} {then}"
     kinds = [None, *BAD_SAFE_REQUESTS]           # PING, or DECIDE of one of them
     templates = [wb.encode_ping(0) if r is None else wb.encode_decide(0, r) for r in kinds]
 
@@ -508,21 +524,35 @@ async def bad_never_reads(storm: Storm, rng: random.Random, who: str) -> None:
 
     sock = await open_raw(storm.query)
     with sock:
+        if then != "drain":     # leases of bad-leases first (sealed: the sealing one)
+            r = Request("bad-leases", f"127.0.5.{rng.randrange(1, 250)}", lease=True)
+            n = 1 if then == "sealed" else rng.randrange(1, 4)
+            await asyncio.get_running_loop().sock_sendall(sock, b"".join(
+                wb.encode_decide(0x7FFF0000 + i, r, seal=then == "sealed") for i in range(n)))
+            for g in await read_replies(sock, n):
+                why = g.type != wb.T_DECISION or check_decision(storm, r, g.decision)
+                if why:
+                    storm.fail(who, f"lease: {g} {why}")
         sent, made = await pump(storm, who, sock, batch)
         storm.never_read_bytes.append(("binary", sent))
         if sent >= NEVER_READ_CAP:
             return
         await asyncio.sleep(rng.uniform(0.2, 1.5))
+        if then == "vanish":
+            return
         asked, data = await drain(storm, who, sock, sent, made)
     got = wb.ReplyDecoder().feed(data)
+    if then == "sealed":
+        storm.errors["binary", wb.E_SEALED] += len(asked)
     if len(got) != len(asked):
         storm.fail(who, f"{len(got)} replies to {len(asked)} frames")
         return
     for i, (g, r) in enumerate(zip(got, asked, strict=True)):
-        if g.request_id != i + 1 or g.type != (wb.T_PONG if r is None else wb.T_DECISION):
-            storm.fail(who, f"reply {i}: type 0x{g.type:02x} id {g.request_id}")
+        want = wb.T_ERROR if then == "sealed" else wb.T_PONG if r is None else wb.T_DECISION
+        if g.request_id != i + 1 or g.type != want or (then == "sealed" and g.code != wb.E_SEALED):
+            storm.fail(who, f"reply {i}: type 0x{g.type:02x} id {g.request_id} code {g.code}")
             return
-        why = r is not None and storm.oracle.check(r, g.decision)
+        why = want == wb.T_DECISION and storm.oracle.check(r, g.decision)
         if why:
             storm.fail(who, why)
             return
@@ -646,7 +676,7 @@ BAD = {
     "garbage": (bad_garbage, 6),
     "sealed": (bad_sealed, 2),
     "vanish": (bad_vanish, 3),
-    "never_reads": (bad_never_reads, 1),
+    "never_reads": (bad_never_reads, 2),
     "pf_bad": (pf_bad, 5),
     "pf_vanish": (pf_vanish, 2),
     "pf_never_reads": (pf_never_reads, 1),
@@ -672,10 +702,12 @@ async def bad_clients(storm: Storm, rng: random.Random, at_once: int, at_most: i
     first = rng.sample(names, len(names))      # every kind once, then by weight
     while not storm.ended.is_set() and started < at_most:
         while len(running) < at_once and started < at_most:
-            kind = first.pop() if first else rng.choices(names, weights)[0]
+            kind = first[-1] if first else rng.choices(names, weights)[0]
             if kind.endswith("never_reads") and any(
                     t.get_name().endswith("never_reads") for t in running):
                 break               # one at a time: each makes the server hold 1 MiB
+            if first:
+                first.pop()
             storm.kinds[kind] += 1
             t = asyncio.ensure_future(one(kind, rng.getrandbits(32), started))
             t.set_name(kind)

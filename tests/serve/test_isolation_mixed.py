@@ -60,7 +60,7 @@ FLOOD = NOFILE + 64
 BASELINE_S = 1.5
 STORM_S = 15.0 if SLOW else 6.0
 BAD_AT_ONCE = 8
-LATENCY_RATIO = 100
+LATENCY_RATIO = 200
 MiB = 1 << 20
 
 
@@ -76,13 +76,13 @@ def status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def rss_bound(never_readers: int, connections: int) -> int:
+def rss_bound(connections: int) -> int:
     """What clients may make the server hold (docs/protocol.md, server
-    notes): per connection that does not read, 1 MiB of replies waiting, one
-    read's replies (a read of 256 KiB of requests: about 1 MiB of
-    DECISIONs) and a partial frame; per connection its buffers; plus room
-    for the allocator and the reloads' compiled policies."""
-    return never_readers * 3 * MiB + connections * 64 * 1024 + 48 * MiB
+    notes): for the one connection at a time that does not read, 1 MiB of
+    replies waiting and one read's replies (a read of 256 KiB of requests:
+    about 1 MiB of DECISIONs); per connection a partial frame or line and
+    its buffers; plus room for the allocator and the reloads' policies."""
+    return 3 * MiB + connections * 32 * 1024 + 16 * MiB
 
 
 class Admin:
@@ -341,7 +341,7 @@ def check_report(storm: ib.Storm, rep: dict, srv, stopped) -> None:
             f"seed {seed}: {who}: worst latency {b * 1000:.1f} ms, quiet {q * 1000:.2f} ms"
     # memory: bounded by what the protocol lets clients make the server hold
     grew = rep["peak"] - rep["rss_before"]
-    bound = rss_bound(2, FLOOD + ib.BAD_WAIT)
+    bound = rss_bound(FLOOD + BAD_AT_ONCE + 8)
     print(f"  peak RSS grew {grew / MiB:.1f} MiB (bound {bound / MiB:.0f} MiB); never-readers "
           f"sent {[(p, n // 1024) for p, n in storm.never_read_bytes]} KiB; "
           f"bad clients {dict(storm.kinds)}")
