@@ -1,5 +1,6 @@
 """The bad clients of the mixed isolation test (test_isolation_mixed.py),
-and the flood, each with what docs/protocol.md promises it.
+on every socket acl serve has, and the flood, each with what
+docs/protocol.md (and docs/metrics.md) promises it.
 
 Rules of this file:
 
@@ -20,13 +21,15 @@ Rules of this file:
   read the reply.
 * Bad clients never ask ``echo-stream`` or ``cpsd`` and take leases only of
   ``bad-leases``: their leases and cps counts must not change the answers
-  the good clients (isolation_good.py) check.
+  the good clients (isolation_good.py) check.  On the admin socket they send
+  every command but ``reload`` (the test's reloader owns the policy files).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import random
 import socket
 import struct
@@ -51,6 +54,8 @@ class Storm:
     oracle: Oracle
     query: str
     policy: str
+    admin: str
+    metrics_port: int
     seed: int
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     failures: list[str] = field(default_factory=list)
@@ -66,8 +71,10 @@ class Storm:
 
 
 # -- raw sockets on the loop ------------------------------------------------------
-async def open_raw(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+async def open_raw(path: str | tuple) -> socket.socket:
+    """A connection to a Unix socket, or to a loopback (host, port)."""
+    s = socket.socket(socket.AF_INET if isinstance(path, tuple) else socket.AF_UNIX,
+                      socket.SOCK_STREAM)
     s.setblocking(False)
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, path), WAIT)
@@ -670,6 +677,64 @@ async def pf_never_reads(storm: Storm, rng: random.Random, who: str) -> None:
         asked, data = await drain(storm, who, sock, sent, made)
     pf_compare(storm, who, [("good", c) for c in asked], data)
 
+# -- the admin socket and the metrics address ----------------------------------------------
+#: admin commands a bad client pipelines, and whether each is one (True) or
+#: answered ``"cause": "command"`` (never ``reload``: the reloader's own)
+ADMIN_WORDS = {b"stats": True, b"STATS": True, b"dump": True, b"Dump": True,
+               b"bogus": False, b"stats extra": False, b"": False, b"reload now": False}
+
+
+async def admin_pipeline(storm: Storm, rng: random.Random, who: str) -> None:
+    """Thousands of commands in one write, nothing read for a while: every
+    one answered, in order; or a line past 1024 bytes: closed, unanswered."""
+    sock = await open_raw(storm.admin)
+    with sock:
+        if rng.random() < 0.2:
+            await send(sock, b"stats" * rng.randrange(205, 1000), rng, "chunks")
+            rx = Receiver(sock)
+            if not await rx.ended(WAIT) or rx.data:
+                storm.fail(who, f"a long line: {bytes(rx.data[:200])!r}, "
+                                f"{'closed' if rx.ended_at else 'not closed'}")
+            return
+        words = sorted(ADMIN_WORDS)
+        asked = [rng.choice(words) for _ in range(rng.randrange(100, 4000))]
+        await send(sock, b"".join(w + b"\n" for w in asked), rng, "whole")
+        await asyncio.sleep(rng.uniform(0, 1))
+        rx = Receiver(sock)
+        give_up = time.monotonic() + WAIT
+        while rx.data.count(b"\n") < len(asked) and rx.ended_at is None:
+            if time.monotonic() > give_up:
+                break
+            await asyncio.sleep(0.02)
+        rx.stop()
+    lines = bytes(rx.data).split(b"\n")
+    if len(lines) != len(asked) + 1 or lines[-1]:
+        storm.fail(who, f"{len(lines) - 1} answers to {len(asked)} commands")
+        return
+    for i, (w, line) in enumerate(zip(asked, lines, strict=False)):
+        got = json.loads(line)
+        if got["ok"] is not ADMIN_WORDS[w] or (not got["ok"] and got.get("cause") != "command"):
+            storm.fail(who, f"answer {i} to {w!r}: {line[:200]!r}")
+            return
+
+
+async def metrics_bad(storm: Storm, rng: random.Random, who: str) -> None:
+    """Not a GET of /metrics: 404 and closed; a head past 8 KiB: closed."""
+    kind = rng.choice(["path", "garbage", "huge"])
+    blob = {"path": b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n",
+            "garbage": rng.randbytes(rng.randrange(1, 200)).replace(b"\n", b"") + b"\n\n",
+            "huge": b"GET /metrics HTTP/1.1\r\n" + b"X: " + b"y" * rng.randrange(8200, 20000)}[kind]
+    sock = await open_raw(("127.0.0.1", storm.metrics_port))
+    with sock:
+        rx = Receiver(sock)
+        await send(sock, blob, rng, rng.choice(["whole", "chunks"]))
+        if not await rx.ended(WAIT):
+            storm.fail(who, f"{kind}: not closed")
+        want = b"" if kind == "huge" else b"HTTP/1.1 404 Not Found\r\n"
+        if not bytes(rx.data).startswith(want) or (not want and rx.data):
+            storm.fail(who, f"{kind}: {bytes(rx.data[:200])!r}")
+
+
 #: bad client kind -> (coroutine, weight)
 BAD = {
     "frames": (bad_frames, 6),
@@ -680,6 +745,8 @@ BAD = {
     "pf_bad": (pf_bad, 5),
     "pf_vanish": (pf_vanish, 2),
     "pf_never_reads": (pf_never_reads, 1),
+    "admin_pipeline": (admin_pipeline, 1),
+    "metrics_bad": (metrics_bad, 1),
 }
 
 

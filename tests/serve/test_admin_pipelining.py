@@ -2,9 +2,9 @@
 "Admin socket"; acl/serve/conn.py's rules): they are answered in order, one
 a turn of the loop -- other clients are answered between them -- and while
 it reads none of its answers, no more are made than fit past the server's
-backpressure bound.  Found by test_isolation_mixed.py's kind of storm: a
-write of 40,000 ``stats`` held every client up for half a second, and made
-the server hold all 40,000 answers.
+backpressure bound.  Found while building test_isolation_mixed.py: a write
+of 40,000 ``stats`` held every client up for half a second, and made the
+server hold all 40,000 answers.
 
 The server runs in the test's own loop (conftest.in_process), so turns of
 the loop and the transport's buffer can be seen; nothing here is timed."""
