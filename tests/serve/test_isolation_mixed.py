@@ -21,8 +21,10 @@ bad clients' ``BAD_WAIT``; the whole under ``RUN_LIMIT``):
    ``file:line:column``, and the probe still gets the running version's); a
    flood of connections past the server's descriptors (RLIMIT_NOFILE
    ``NOFILE``); GET /metrics every second.  The flood and the reloads take
-   turns: a reload opens files, and out of descriptors it would fail for
-   that reason alone.
+   turns: out of descriptors, ``acl reload`` waits in the admin socket's
+   backlog and a reload cannot read the files -- a temporary failure
+   (test_reload_out_of_descriptors.py), but one after which this test could
+   not tell which version answers.
 3. Afterwards: no failure; each good client got answers in every second of
    the storm and its worst latency stayed within ``LATENCY_RATIO`` times its
    quiet worst (an isolation check, not a benchmark: generous -- the

@@ -4,11 +4,12 @@ running policy stays, a watched change is tried again once there is room,
 ``acl`` commands exit 111 -- and a file that could not be opened for that
 reason is never compiled as the real tool's "cannot be opened".
 
-Found by the mixed isolation test's flood (test_isolation_mixed.py): a
-change to hosts.allow made while a connection flood held every descriptor
-of the server failed to load ("cause": "policy", as for a broken file) and
-was never tried again -- once the flood ended, the server went on with the
-old rules.  The descriptors run out for real here: a live server limited to
+Found while building the mixed isolation test (test_isolation_mixed.py,
+whose flood and reloads take turns for this reason): a change to
+hosts.allow made while a connection flood held every descriptor of the
+server failed to load ("cause": "policy", as for a broken file) and was
+never tried again -- once the flood ended, the server went on with the old
+rules.  The descriptors run out for real here: a live server limited to
 ``NOFILE`` of them and held connections, or a child process that fills its
 own table before it reads.  No ports.
 """
