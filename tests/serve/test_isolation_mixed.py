@@ -83,6 +83,13 @@ def status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
+def reset_peak(pid: int) -> None:
+    """VmHWM back to the RSS of now (proc(5), clear_refs "5"): the peak
+    then is the storm's, not the start's."""
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+
+
 def rss_bound(connections: int) -> int:
     """What clients may make the server hold (docs/protocol.md, server
     notes): for the one connection at a time that does not read, 1 MiB of
@@ -271,6 +278,7 @@ async def run_storm(storm: ib.Storm, srv, d, port: int, metrics: str,
     t_quiet = time.monotonic()
     try:
         await asyncio.sleep(BASELINE_S)
+        reset_peak(pid)
         rss_before = status_kib(pid, "VmRSS") * 1024
         t_storm = time.monotonic()
         turn = asyncio.Lock()           # the flood and the reloads take turns (module doc)
