@@ -10,7 +10,8 @@ bad clients' ``BAD_WAIT``; the whole under ``RUN_LIMIT``):
    (per_source), a cps-limited service, the Postfix door.  Every answer is
    checked against the oracle (isolation_policy.py): what version A or
    version B of the policy answers.  They keep going to the end.
-2. The storm: bad clients (isolation_bad.py) on the query, Postfix, admin
+2. The storm: bad clients (isolation_bad.py: their schedule;
+   isolation_binary.py, isolation_doors.py) on the query, Postfix, admin
    and metrics sockets -- garbage, bad frames and requests, frames and
    lines too long, a sealed connection, slow senders, clients that vanish
    mid-frame or never read -- generated from ``SEED`` (every failure names
