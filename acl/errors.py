@@ -60,6 +60,12 @@ class PolicyError(AclError):
     """The policy configuration (TOML) names something impossible."""
 
 
+class OutOfResources(AclError):
+    """A policy file could not be read for lack of descriptors or memory
+    (EMFILE, ENFILE, ENOMEM, ENOBUFS): a temporary failure of this host,
+    never a statement about the file (acl/rulefiles.py)."""
+
+
 class SandboxError(AclError):
     """The process may never do what its policy needs (a service manager's
     sandbox forbids it, not a passing state of the host): retrying cannot

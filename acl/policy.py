@@ -69,7 +69,14 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from acl.errors import AclError, Diagnostic, PolicyError, RuleSyntaxError, Severity
+from acl.errors import (
+    AclError,
+    Diagnostic,
+    OutOfResources,
+    PolicyError,
+    RuleSyntaxError,
+    Severity,
+)
 from acl.nfqueue_config import NfqueueConfig
 from acl.rulefiles import read_bytes
 
@@ -847,7 +854,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         try:
             sources.append(_load_source(src, base, toml_path, where, previous,
                                         name_service, names_key, system, limits=limits))
-        except (RuleSyntaxError, PolicyError):
+        except (RuleSyntaxError, PolicyError, OutOfResources):
             raise
         except OSError as exc:
             raise _err(toml_path, where, f"cannot read {exc.filename}: {exc.strerror}") from exc

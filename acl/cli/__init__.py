@@ -3,7 +3,9 @@
 Each command module has ``main(argv: list[str]) -> int``.  Exit codes follow
 djb's manners: 0 success, 1 "denied"/findings where a command answers a
 question, 100 bad input (a rule file or argument that is wrong), 111
-temporary failure (cannot read, cannot reach the sidecar).
+temporary failure (cannot read, cannot reach the sidecar) -- also for every
+command that ran out of descriptors or memory reading a policy file
+(``OutOfResources``, caught here once for all).
 
 A reader that stops early (``acl check -v | head``) is not an error of
 ours: every command then exits 141 in silence, the status a shell shows
@@ -22,6 +24,8 @@ import argparse
 import importlib
 import os
 import sys
+
+from acl.errors import OutOfResources
 
 COMMANDS = {
     "serve": "run the sidecar (decision service)",
@@ -110,4 +114,8 @@ def _run(argv: list[str]) -> int:
         print(f"acl: fatal: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return EXIT_USAGE
     module = importlib.import_module(f"acl.cli.{name}")
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except OutOfResources as exc:       # the host, not the input (acl/rulefiles.py)
+        print(f"acl {name}: fatal: {exc}", file=sys.stderr)
+        return EXIT_TEMPORARY

@@ -43,7 +43,7 @@ from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.parse.xinetd_attrs import DEFAULT_ATTRS, SERVICE_ATTRS, AttrFail
 from acl.parse.xinetd_resolve import SystemResolver
 from acl.parse.xinetd_system import SystemLookups
-from acl.rulefiles import read_bytes
+from acl.rulefiles import list_dir, read_bytes
 
 __all__ = ["XEntry", "XinetdConfig", "parse_xinetd", "parse_xinetd_text"]
 
@@ -514,7 +514,7 @@ def _includedir(path: str, ctx: _Ctx) -> None:
     # the directory itself is watched: its stamp changes when a file is added
     ctx.files.append((path, ctx.stamp(path)))
     try:
-        names = os.listdir(path)
+        names = list_dir(path)       # out of descriptors: OutOfResources, not "unreadable"
     except OSError:
         ctx.diag(path, 0, 0, f"Unable to read included directory: {path}")
         return

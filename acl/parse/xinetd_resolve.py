@@ -19,6 +19,7 @@ import ipaddress
 import socket
 
 from acl.resolve import HostsFileBackend, numeric_address
+from acl.rulefiles import short_of_resources
 
 __all__ = ["SystemResolver", "HostsResolver", "inet_network"]
 
@@ -47,18 +48,27 @@ def inet_network(text: str) -> int | None:
 
 
 class SystemResolver:
-    """The C library's resolvers (may use DNS: never in tests)."""
+    """The C library's resolvers (may use DNS: never in tests).  A name
+    that does not resolve is dropped, as xinetd drops it; one that could
+    not be looked up for lack of descriptors or memory fails the load
+    (OutOfResources, acl/rulefiles.py): xinetd would have looked it up."""
 
     def resolves(self, name: str) -> bool:
         try:
             return bool(socket.getaddrinfo(name, None, flags=socket.AI_CANONNAME))
-        except (OSError, UnicodeError, ValueError):
+        except OSError as exc:
+            short_of_resources(exc, f"looking up {name!r}")
+            return False
+        except (UnicodeError, ValueError):
             return False
 
     def addresses(self, name: str, family: int = 0) -> list[str]:
         try:
             infos = socket.getaddrinfo(name, None, family)
-        except (OSError, UnicodeError, ValueError):
+        except OSError as exc:
+            short_of_resources(exc, f"looking up {name!r}")
+            return []
+        except (UnicodeError, ValueError):
             return []
         return [i[4][0] for i in infos if i[0] in (socket.AF_INET, socket.AF_INET6)]
 
@@ -73,7 +83,8 @@ class SystemResolver:
         try:
             with open("/etc/networks", encoding="utf-8", errors="replace") as f:
                 return HostsResolver(networks=f.read()).network(name)
-        except OSError:
+        except OSError as exc:
+            short_of_resources(exc, "/etc/networks: cannot read")
             return None
 
 

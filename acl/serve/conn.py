@@ -60,7 +60,12 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   checked with ``SO_PEERCRED``; a command is one line, the answer one JSON
   line.  A connection's commands run one after another, in the order they
   came, so answers come back in command order (a ``reload`` is slower than
-  a ``stats`` sent after it).
+  a ``stats`` sent after it) -- one command a turn of the loop, so that
+  other clients are answered between them, and none while the answers wait
+  past ``HIGH_WATER`` (reading stops too): what an admin client that sends
+  commands and reads nothing makes the server hold is bounded like any
+  client's.  Commands still waiting when the connection closes are dropped
+  (the one running finishes: a ``reload`` is not undone).
 """
 
 from __future__ import annotations
@@ -408,6 +413,9 @@ class AdminConnection(_Base):
         self.allowed = False
         self._lines: collections.deque[str] = collections.deque()   # not yet answered
         self._worker: asyncio.Future | None = None
+        # cleared while the write buffer is past HIGH_WATER: the next command waits
+        self._writable = asyncio.Event()
+        self._writable.set()
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -438,8 +446,26 @@ class AdminConnection(_Base):
             if self._worker is None or self._worker.done():
                 self._worker = asyncio.ensure_future(self._answer_in_order())
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._writable.set()
+
+    def connection_lost(self, exc) -> None:
+        self._lines.clear()                 # nobody reads their answers
+        self._writable.set()                # a worker waiting to write: let it end
+        super().connection_lost(exc)
+
     async def _answer_in_order(self) -> None:
         while self._lines:
+            # answers nobody reads are not made: reading stopped with the
+            # write buffer full (pause_writing), and so do the commands
+            await self._writable.wait()
+            if not self._lines:
+                return
             line = self._lines.popleft()
             try:
                 reply = await self.server.admin_command(line)
@@ -447,6 +473,10 @@ class AdminConnection(_Base):
                 reply = {"ok": False, "error": str(exc)}
             if not self.transport.is_closing():
                 self.transport.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+            # one command a turn of the loop: ``stats`` and ``dump`` never
+            # wait, and thousands of them sent in one write would hold up
+            # every other client until the last was answered
+            await asyncio.sleep(0)
 
 
 class MetricsConnection(_Base):

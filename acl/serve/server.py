@@ -33,7 +33,12 @@ Theory of operation:
   Reading and compiling run in a worker thread (``Engine.prepare``) while the
   loop keeps answering; the swap (``Engine.commit``) is one assignment made
   in the loop.  A failure keeps the running policy, is counted, is logged as
-  ``file:line:column: message`` and is the admin's answer.  A success logs
+  ``file:line:column: message`` and is the admin's answer.  One that ran
+  out of descriptors or memory reading the files (``OutOfResources``, a
+  connection flood: acl/rulefiles.py) is no verdict on them: it has no
+  ``cause`` (``acl reload``: 111, temporary), is logged at most once a
+  minute, and puts the watcher's baseline back to the running policy's, so
+  a changed file is tried again at the next poll.  A success logs
   the new policy's diagnostics (rules the real tool would skip or disable)
   one a line, as startup does, before ``reloaded``, and returns them in the
   admin's answer (``"diagnostics"``).  Only one reload runs at a time;
@@ -66,7 +71,7 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from acl.errors import AclError, PolicyError, RuleSyntaxError
+from acl.errors import AclError, OutOfResources, PolicyError, RuleSyntaxError
 from acl.metrics import AclCollector, make_registry
 from acl.names import NameService
 from acl.serve import (
@@ -218,6 +223,7 @@ class Server:
         self._sockets: dict[str, socket.socket] = {}
         self._reloading: asyncio.Task | None = None
         self._again = False
+        self._shortage_logged: float | None = None   # when a reload short of resources was
         self._stop: asyncio.Event | None = None
         self._watch_state: dict = {}
         self.chroot = ""
@@ -525,12 +531,20 @@ class Server:
                 prepared = await loop.run_in_executor(self._executor, self.engine.prepare, path)
             except Exception as exc:
                 systemd.notify("READY=1")
-                self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
                 result = {"ok": False, "error": str(exc)}
                 if isinstance(exc, (PolicyError, RuleSyntaxError)):
                     result["cause"] = "policy"       # acl query --admin: bad input, 100
-                self._watch_state = before
+                if isinstance(exc, OutOfResources):
+                    # the files were not read, so nothing is known about
+                    # them: the watcher compares with the running policy's
+                    # stamps again, and tries at its next poll
+                    self._log_shortage(why, exc)
+                    self._watch_state = self._baseline()
+                else:
+                    self.log(f"reload ({why}) failed, keeping the running policy: {exc}")
+                    self._watch_state = before
             else:
+                self._shortage_logged = None
                 service = self.policy_service
                 keep = self.engine.policy.run.keep_leases
                 self.engine.commit(prepared)
@@ -556,6 +570,19 @@ class Server:
             if not self._again:
                 return result
             why = "again"
+
+    def _log_shortage(self, why: str, exc: Exception) -> None:
+        """A reload that ran out of descriptors or memory: logged once, then
+        at most every ``accept.LOG_EVERY`` seconds while it lasts (the
+        watcher tries again every second)."""
+        now = time.monotonic()
+        if self._shortage_logged is not None and now - self._shortage_logged < accept.LOG_EVERY:
+            return
+        self._shortage_logged = now
+        self.log(f"reload ({why}) failed, keeping the running policy: {exc}; "
+                 + ("trying again at every check of the files" if self.engine.policy.run.watch
+                    else "reload again when there is room")
+                 + f" (logged at most every {accept.LOG_EVERY:g} s)")
 
     async def reload_now(self, why: str) -> dict:
         while self._reloading is not None and not self._reloading.done():
