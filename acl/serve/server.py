@@ -657,6 +657,7 @@ class Server:
                     pending_reload=None) -> None:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        systemd.connect_notify()        # before the chroot can hide its path
         try:
             await self.start()
             self._doors = self._start_doors(loop)

@@ -3,7 +3,11 @@
 * ``notify(text)``: one datagram to ``$NOTIFY_SOCKET`` (a path, or an
   abstract socket when it starts with ``@``), e.g. ``READY=1``,
   ``RELOADING=1\\nMONOTONIC_USEC=...``, ``STOPPING=1``.  Without the variable it
-  does nothing; a send that fails is ignored (systemd may be gone).
+  does nothing; a send that fails is ignored (systemd may be gone).  It
+  sends on one socket, connected by ``connect_notify()`` when ``acl serve``
+  starts -- before a chroot would hide the path (a READY=1 that never
+  arrives is a start systemd times out) -- and it waits at most
+  ``NOTIFY_WAIT_S`` for room in systemd's queue.
 * ``listen_fds()``: the sockets systemd passed (``LISTEN_PID`` must be this
   process, ``LISTEN_FDS`` of them from fd 3), keyed by their
   ``LISTEN_FDNAMES`` entry.  The variables are removed so children do not
@@ -61,20 +65,40 @@ class PassedSocketError(AclError):
     to fix, not a condition to wait out (``acl serve`` exits 100)."""
 
 
-def notify(text: str, env=None) -> bool:
+#: The socket notify() sends on: ($NOTIFY_SOCKET, its link), connected once.
+_status_link: tuple[str, FdStoreLink] | None = None
+#: The longest notify() waits for room in systemd's queue (it runs on the
+#: event loop; a full queue is a systemd that is not reading).
+NOTIFY_WAIT_S = 1.0
+
+
+def connect_notify(env=None) -> bool:
+    """Connect the socket :func:`notify` sends on, now: before a chroot hides
+    ``$NOTIFY_SOCKET``'s path (``/run/systemd/notify``), and before a flood
+    of clients could leave no descriptor to connect one with.  False when
+    there is no such variable or it cannot be reached."""
+    global _status_link
     env = os.environ if env is None else env
     where = env.get("NOTIFY_SOCKET", "")
     if not where:
         return False
-    if where.startswith("@"):
-        where = "\0" + where[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.connect(where)
-            s.sendall(text.encode())
+    if _status_link is not None and _status_link[0] == where:
         return True
+    try:
+        link = FdStoreLink(env)
     except OSError:
         return False
+    if _status_link is not None:
+        _status_link[1].close()
+    _status_link = (where, link)
+    return True
+
+
+def notify(text: str, env=None) -> bool:
+    """One status datagram (``READY=1``, ...); False when it was not sent."""
+    if not connect_notify(env):
+        return False
+    return _status_link[1].send(text.encode(), [], NOTIFY_WAIT_S)
 
 
 def reloading_text() -> str:
@@ -178,14 +202,14 @@ class FdStoreLink:
         message could not be sent within ``wait_s`` seconds.  True says
         it was sent, not that systemd kept it (the file's rules)."""
         fds = array.array("i", [fd])
-        return self._send(f"FDSTORE=1\nFDNAME={name}".encode(),
+        return self.send(f"FDSTORE=1\nFDNAME={name}".encode(),
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)], wait_s)
 
     def remove(self, name: str, wait_s: float = 0.0) -> bool:
         """Have systemd close every stored descriptor named ``name``."""
-        return self._send(f"FDSTOREREMOVE=1\nFDNAME={name}".encode(), [], wait_s)
+        return self.send(f"FDSTOREREMOVE=1\nFDNAME={name}".encode(), [], wait_s)
 
-    def _send(self, text: bytes, ancillary, wait_s: float) -> bool:
+    def send(self, text: bytes, ancillary, wait_s: float) -> bool:
         """One datagram, never blocking longer than ``wait_s`` seconds."""
         end = time.monotonic() + wait_s
         while True:

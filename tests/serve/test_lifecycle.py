@@ -279,6 +279,34 @@ def test_chroot_serves_and_reloads_inside(tmp_path):
         srv.stop()
 
 
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to chroot")
+def test_sd_notify_reaches_systemd_from_inside_a_chroot(tmp_path):
+    """$NOTIFY_SOCKET is a path outside the chroot (/run/systemd/notify): the
+    socket is connected before the chroot, so READY=1, a reload's
+    RELOADING=1 / READY=1 and STOPPING=1 still arrive."""
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "run"
+    outside.mkdir()
+    path = str(outside / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(15)
+    srv = start_server(root, policy_toml(root, run=f'chroot = "{root}"'),
+                       env={"NOTIFY_SOCKET": path})
+    try:
+        assert sock.recv(4096) == b"READY=1"
+        assert os.readlink(f"/proc/{srv.proc.pid}/root") == str(root)
+        srv.proc.send_signal(signal.SIGHUP)
+        assert sock.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
+        assert sock.recv(4096) == b"READY=1"
+        assert srv.stop() == 0
+        assert sock.recv(4096) == b"STOPPING=1"
+    finally:
+        srv.stop()
+        sock.close()
+
+
 XINETD_MORE = """
 service ftp
 {
