@@ -18,6 +18,7 @@ import gc
 import weakref
 from contextlib import contextmanager
 
+from acl.compile.tcpw import no_gc
 from acl.engine import Engine
 from acl.model import Request
 
@@ -26,14 +27,10 @@ from .conftest import policy_toml
 
 @contextmanager
 def gc_off():
-    was = gc.isenabled()
+    """The cyclic GC off (after one last run), so only refcounts free."""
     gc.collect()
-    gc.disable()
-    try:
+    with no_gc():
         yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def test_a_reload_frees_the_policy_it_replaces(tmp_path):

@@ -160,17 +160,24 @@ def test_sd_notify_ready_reloading_stopping(tmp_path):
     sock.settimeout(15)
     srv = start_server(tmp_path, policy_toml(tmp_path), env={"NOTIFY_SOCKET": path})
     try:
-        assert sock.recv(4096) == b"READY=1"
-        srv.proc.send_signal(signal.SIGHUP)
-        msg = sock.recv(4096).decode()
-        assert msg.startswith("RELOADING=1\nMONOTONIC_USEC=")
-        assert int(msg.split("=")[-1]) > 0
-        assert sock.recv(4096) == b"READY=1"
-        assert srv.stop() == 0
-        assert sock.recv(4096) == b"STOPPING=1"
+        _notified_through_a_life(sock, srv)
     finally:
         srv.stop()
         sock.close()
+
+
+def _notified_through_a_life(sock, srv, inside=None) -> None:
+    """READY=1; on SIGHUP RELOADING=1 with its time, then READY=1; STOPPING=1."""
+    assert sock.recv(4096) == b"READY=1"
+    if inside is not None:
+        assert os.readlink(f"/proc/{srv.proc.pid}/root") == str(inside)
+    srv.proc.send_signal(signal.SIGHUP)
+    msg = sock.recv(4096).decode()
+    assert msg.startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert int(msg.split("=")[-1]) > 0
+    assert sock.recv(4096) == b"READY=1"
+    assert srv.stop() == 0
+    assert sock.recv(4096) == b"STOPPING=1"
 
 
 def test_socket_activation_listen_fds(tmp_path):
@@ -295,13 +302,7 @@ def test_sd_notify_reaches_systemd_from_inside_a_chroot(tmp_path):
     srv = start_server(root, policy_toml(root, run=f'chroot = "{root}"'),
                        env={"NOTIFY_SOCKET": path})
     try:
-        assert sock.recv(4096) == b"READY=1"
-        assert os.readlink(f"/proc/{srv.proc.pid}/root") == str(root)
-        srv.proc.send_signal(signal.SIGHUP)
-        assert sock.recv(4096).decode().startswith("RELOADING=1\nMONOTONIC_USEC=")
-        assert sock.recv(4096) == b"READY=1"
-        assert srv.stop() == 0
-        assert sock.recv(4096) == b"STOPPING=1"
+        _notified_through_a_life(sock, srv, inside=root)
     finally:
         srv.stop()
         sock.close()
