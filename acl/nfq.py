@@ -201,10 +201,12 @@ class Queue:
         """The C buffer of the last batch's records, ``batch * stride`` bytes
         (its contents valid until the next recv; the buffer, while the queue
         is open)."""
+        self._check()
         return self._record_buffer
 
     def records(self, n: int) -> bytes:
         """The last batch's ``n`` records as one buffer, ``stride`` bytes each."""
+        self._check()
         return ffi.buffer(self._records, n * self.stride)[:]
 
     def iter_records(self, n: int) -> Iterator[tuple[int, int, int, int, bytes]]:
@@ -266,6 +268,8 @@ class Queue:
         """Unbind; the kernel drops packets still waiting for a verdict."""
         if self._h is not None:
             h, self._h = self._h, None
+            # the record buffer is the handle's memory: nothing may reach it now
+            self._record_buffer = self._records = None
             ffi.release(h)
 
     def __enter__(self) -> Queue:

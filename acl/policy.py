@@ -368,7 +368,7 @@ def _locate(path, where: str) -> tuple[int, int, str] | None:
         table, key = "", table         # (a key above every header)
     try:
         lines = read_bytes(path).decode("utf-8", "replace").splitlines()
-    except (OSError, TypeError):
+    except (OSError, TypeError, OutOfResources):   # the message goes without a position
         return None
     inside = table == ""           # under the header ``where`` names
     seen = -1                      # [[table]] headers so far

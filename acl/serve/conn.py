@@ -62,9 +62,10 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   came, so answers come back in command order (a ``reload`` is slower than
   a ``stats`` sent after it) -- one command a turn of the loop, so that
   other clients are answered between them, and none while the answers wait
-  past ``HIGH_WATER`` (reading stops too): what an admin client that sends
-  commands and reads nothing makes the server hold is bounded like any
-  client's.  Commands still waiting when the connection closes are dropped
+  past ``HIGH_WATER`` (reading stops too), and reading stops while more
+  than ``ADMIN_MAX_BACKLOG`` bytes of commands wait to run: what an admin
+  client that sends commands and reads nothing makes the server hold is
+  bounded like any client's.  Commands still waiting when the connection closes are dropped
   (the one running finishes: a ``reload`` is not undone).
 """
 
@@ -83,6 +84,7 @@ from acl.wire import postfix as wp
 HIGH_WATER = 1 << 20
 LOW_WATER = 1 << 18
 ADMIN_MAX_LINE = 1024
+ADMIN_MAX_BACKLOG = 64 * ADMIN_MAX_LINE   # admin bytes read and not yet run
 CONN_NAME_ROUNDS = 3    # rounds one request waits here (server.NAME_ROUNDS: per lookup)
 METRICS_IDLE = 10.0          # seconds a metrics connection may take to ask
 
@@ -411,7 +413,7 @@ class AdminConnection(_Base):
         super().__init__(server)
         self.buf = bytearray()
         self.allowed = False
-        self._lines: collections.deque[str] = collections.deque()   # not yet answered
+        self._backlog = False           # reading paused: too many commands not yet run
         self._worker: asyncio.Future | None = None
         # cleared while the write buffer is past HIGH_WATER: the next command waits
         self._writable = asyncio.Event()
@@ -434,39 +436,56 @@ class AdminConnection(_Base):
         if not self.allowed:
             return
         self.buf += data
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl < 0:
-                if len(self.buf) > ADMIN_MAX_LINE:
-                    self.transport.close()
-                return
-            line = bytes(self.buf[:nl]).decode("utf-8", "replace").strip()
-            del self.buf[:nl + 1]
-            self._lines.append(line)
-            if self._worker is None or self._worker.done():
-                self._worker = asyncio.ensure_future(self._answer_in_order())
+        # the line being read (after the last newline) is bounded ...
+        if len(self.buf) - self.buf.rfind(b"\n") - 1 > ADMIN_MAX_LINE:
+            self.transport.close()
+            return
+        # ... and so are the commands not yet run: kept as the bytes they came
+        # in (a line a command, split when it runs), reading paused past
+        # ADMIN_MAX_BACKLOG -- short commands answered one a turn would
+        # otherwise pile up faster than any write buffer fills
+        if len(self.buf) > ADMIN_MAX_BACKLOG and not self._backlog:
+            self._backlog = True
+            self.transport.pause_reading()
+        if b"\n" in self.buf and (self._worker is None or self._worker.done()):
+            self._worker = asyncio.ensure_future(self._answer_in_order())
+
+    def _next_line(self) -> str | None:
+        nl = self.buf.find(b"\n")
+        if nl < 0:
+            return None
+        line = bytes(self.buf[:nl]).decode("utf-8", "replace").strip()
+        del self.buf[:nl + 1]
+        if self._backlog and len(self.buf) <= ADMIN_MAX_BACKLOG // 2:
+            self._backlog = False
+            if not (self._paused or self._waiting or self._stopped):
+                self.transport.resume_reading()
+        return line
 
     def pause_writing(self) -> None:
         super().pause_writing()
         self._writable.clear()
 
     def resume_writing(self) -> None:
-        super().resume_writing()
+        self._paused = False
+        if not (self.transport.is_closing() or self._backlog or self._waiting
+                or self._stopped):
+            self.transport.resume_reading()
         self._writable.set()
 
     def connection_lost(self, exc) -> None:
-        self._lines.clear()                 # nobody reads their answers
+        self.buf.clear()                    # nobody reads their answers
         self._writable.set()                # a worker waiting to write: let it end
         super().connection_lost(exc)
 
     async def _answer_in_order(self) -> None:
-        while self._lines:
+        while b"\n" in self.buf:
             # answers nobody reads are not made: reading stopped with the
             # write buffer full (pause_writing), and so do the commands
             await self._writable.wait()
-            if not self._lines:
+            line = self._next_line()
+            if line is None:
                 return
-            line = self._lines.popleft()
             try:
                 reply = await self.server.admin_command(line)
             except Exception as exc:          # the admin gets the message, the server goes on

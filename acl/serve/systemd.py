@@ -7,7 +7,7 @@
   sends on one socket, connected by ``connect_notify()`` when ``acl serve``
   starts -- before a chroot would hide the path (a READY=1 that never
   arrives is a start systemd times out) -- and it waits at most
-  ``NOTIFY_WAIT_S`` for room in systemd's queue.
+  ``NOTIFY_WAIT_S`` (0.1 s, on the event loop) for room in systemd's queue.
 * ``listen_fds()``: the sockets systemd passed (``LISTEN_PID`` must be this
   process, ``LISTEN_FDS`` of them from fd 3), keyed by their
   ``LISTEN_FDNAMES`` entry.  The variables are removed so children do not
@@ -67,9 +67,10 @@ class PassedSocketError(AclError):
 
 #: The socket notify() sends on: ($NOTIFY_SOCKET, its link), connected once.
 _status_link: tuple[str, FdStoreLink] | None = None
-#: The longest notify() waits for room in systemd's queue (it runs on the
-#: event loop; a full queue is a systemd that is not reading).
-NOTIFY_WAIT_S = 1.0
+#: The longest notify() waits for room in systemd's queue: it runs on the
+#: event loop, and a full queue (systemd's is several MiB) is a systemd busy
+#: elsewhere -- a lost READY=1 is the lesser harm than every client held.
+NOTIFY_WAIT_S = 0.1
 
 
 def connect_notify(env=None) -> bool:
@@ -95,10 +96,19 @@ def connect_notify(env=None) -> bool:
 
 
 def notify(text: str, env=None) -> bool:
-    """One status datagram (``READY=1``, ...); False when it was not sent."""
+    """One status datagram (``READY=1``, ...); False when it was not sent
+    (after an error other than a full queue the next call connects again:
+    systemd may have been re-executed)."""
+    global _status_link
     if not connect_notify(env):
         return False
-    return _status_link[1].send(text.encode(), [], NOTIFY_WAIT_S)
+    link = _status_link[1]
+    if link.send(text.encode(), [], NOTIFY_WAIT_S):
+        return True
+    if link.broken:         # (a full queue keeps the link: under a chroot
+        link.close()        # no new one could be connected)
+        _status_link = None
+    return False
 
 
 def reloading_text() -> str:
@@ -190,6 +200,7 @@ class FdStoreLink:
             raise OSError("NOTIFY_SOCKET is not set")
         if where.startswith("@"):
             where = "\0" + where[1:]
+        self.broken = False
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
             self.sock.connect(where)
@@ -225,6 +236,7 @@ class FdStoreLink:
                 poller.register(self.sock, select.POLLOUT)
                 poller.poll(left * 1000)
             except OSError:
+                self.broken = True      # not a full queue: systemd is not there
                 return False
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import json
 
 from acl.engine import KERNEL, Engine
-from acl.serve.conn import HIGH_WATER
+from acl.serve.conn import ADMIN_MAX_BACKLOG, HIGH_WATER
 from acl.serve.server import Server
 
 from .conftest import in_process, policy_toml, until
@@ -86,5 +86,43 @@ def test_an_admin_client_that_reads_nothing_stops_being_answered(tmp_path):
             finally:
                 writer.close()
             assert len(got) == n
+
+    asyncio.run(scenario())
+
+
+def test_short_commands_sent_without_reading_do_not_pile_up(tmp_path):
+    """Empty lines, each answered by a short error: 1 MiB of answers takes
+    ~15,000 of them, while each read can bring tens of thousands more.  The
+    commands waiting to run stay bounded too (ADMIN_MAX_BACKLOG): reading
+    stops, and the rest stays in the socket, where the kernel bounds it.
+    Before, every line read was queued at once."""
+    server = served(tmp_path)
+    chunk = b"\n" * 65536
+
+    async def scenario():
+        async with in_process(server, 0, WAIT):
+            reader, writer = await asyncio.open_unix_connection(server.addresses["admin"])
+            try:
+                def conn():
+                    (c,) = [c for c in server._conns if c.protocol == "admin"]
+                    return c
+
+                # 4 MiB of commands, written as fast as the socket takes them
+                # (each drain waits for room: the server's reading decides)
+                for _ in range(64):
+                    writer.write(chunk)
+                    try:
+                        await asyncio.wait_for(writer.drain(), 0.5)
+                    except TimeoutError:
+                        break               # the server stopped reading: good
+                await until(lambda: conn().transport.get_write_buffer_size() >= HIGH_WATER
+                            or conn()._backlog, "the server to stop reading", WAIT)
+                for _ in range(50):
+                    await asyncio.sleep(0)
+                assert len(conn().buf) <= ADMIN_MAX_BACKLOG + 2 * len(chunk), len(conn().buf)
+                first = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
+                assert first["ok"] is False and first["cause"] == "command", first
+            finally:
+                writer.close()
 
     asyncio.run(scenario())
