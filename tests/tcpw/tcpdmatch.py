@@ -78,13 +78,19 @@ def _write_files(workdir: Path, allow: bytes | None, deny: bytes | None, hosts: 
     (workdir / "_nss").write_text(NSSWITCH)
 
 
+def match_argv(workdir: Path, shim: str) -> list[str]:
+    """The command that asks the real tcpdmatch each ``DAEMON CLIENT`` line of
+    ``workdir/_queries`` (answers after MARK lines), in a private mount
+    namespace with ``workdir/_hosts`` and ``workdir/_nss`` over /etc."""
+    return ["unshare", "-m", "sh", "-c", _SCRIPT, "sh", str(workdir), shim]
+
+
 def run_batch(workdir: Path, shim: str, allow: bytes | None, deny: bytes | None,
               hosts: str, queries: list[tuple[str, str]], timeout: float = 120) -> list[RealAnswer]:
     """Write the files into ``workdir`` and ask tcpdmatch every query."""
     _write_files(workdir, allow, deny, hosts)
     (workdir / "_queries").write_text("".join(f"{d} {c}\n" for d, c in queries))
-    proc = subprocess.run(["unshare", "-m", "sh", "-c", _SCRIPT, "sh", str(workdir), shim],
-                          capture_output=True, timeout=timeout)
+    proc = subprocess.run(match_argv(workdir, shim), capture_output=True, timeout=timeout)
     if proc.returncode not in (0,):
         raise RuntimeError(f"tcpdmatch batch failed ({proc.returncode}): {proc.stderr!r}")
     blocks = proc.stdout.decode("latin-1").split(MARK + "\n")[1:]

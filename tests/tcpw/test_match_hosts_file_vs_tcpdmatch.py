@@ -55,7 +55,7 @@ from tests.conftest import SLOW, SLOW_SEED_BASE
 
 from .names_ns import run_commands
 from .names_ns import unavailable as ns_unavailable
-from .tcpdmatch import NSSWITCH, build_shim
+from .tcpdmatch import MARK, NSSWITCH, build_shim, match_argv
 from .tcpdmatch import unavailable as tcpd_unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,6 @@ CASES = 400 if SLOW else 40
 SYSTEM_CASES = 60 if SLOW else 8
 FIRST_SEED = 700_000 + SLOW_SEED_BASE if SLOW else 700
 QUERIES = 24
-MARK = "@@@acl-query@@@"
 
 NAMES = [f"m{i}.hf.test" for i in range(6)] + ["M1.HF.Test", "solo", "Solo", "lan"]
 V4 = [f"10.40.0.{i}" for i in range(1, 9)]
@@ -83,17 +82,6 @@ DAEMONS = ["sshd", "ftpd", "ALL", "sshd@KNOWN", "ALL@LOCAL", "ftpd@m3.hf.test", 
            "ALL@UNKNOWN"]
 OPTIONS = ["allow", "deny", "spawn /bin/echo h=%h n=%n c=%c H=%H N=%N s=%s"]
 
-_SCRIPT = r"""
-set -u
-mount --bind "$1" /etc/hosts || exit 97
-mount --bind "$2" /etc/nsswitch.conf || exit 98
-cd "$3" || exit 96
-while IFS=' ' read -r d c; do
-  echo "@@@acl-query@@@"
-  LD_PRELOAD="$4" tcpdmatch -d "$d" "$c" 2>&1
-done < _queries
-exit 0
-"""
 
 #: runs inside the namespace: acl match's entry point per query (with
 #: ``--hosts-file _hosts``, or with the system resolver when argv[3] says
@@ -250,10 +238,9 @@ def shim(tmp_path_factory):
     return build_shim(tmp_path_factory.mktemp("shim"))
 
 
-def _tcpdmatch_command(work: Path, nss: Path, shim: str) -> dict:
-    return {"argv": ["unshare", "--mount", "--propagation", "private", "sh", "-c", _SCRIPT, "sh",
-                     str(work / "_hosts"), str(nss), str(work), shim],
-            "env": dict(os.environ), "timeout": 120}
+def _tcpdmatch_command(work: Path, shim: str) -> dict:
+    (work / "_nss").write_text(NSSWITCH)
+    return {"argv": match_argv(work, shim), "env": dict(os.environ), "timeout": 120}
 
 
 def _acl_command(tmp_path: Path, cases: list[dict]) -> dict:
@@ -264,8 +251,6 @@ def _acl_command(tmp_path: Path, cases: list[dict]) -> dict:
 
 
 def test_acl_match_and_the_sidecar_with_a_hosts_file_decide_as_tcpdmatch(tmp_path, shim):
-    nss = tmp_path / "nsswitch.conf"
-    nss.write_text(NSSWITCH)
     cases = []
     for seed in range(FIRST_SEED, FIRST_SEED + CASES):
         r = random.Random(seed)
@@ -281,7 +266,7 @@ def test_acl_match_and_the_sidecar_with_a_hosts_file_decide_as_tcpdmatch(tmp_pat
         cases.append((seed, work, qs))
     # tcpdmatch first: the Engine is asked about the addresses it answered for
     real_runs = run_commands(tmp_path, hosts=DECOY, dns={}, netgroup=NETGROUP,
-                             commands=[_tcpdmatch_command(w, nss, shim) for _, w, _ in cases],
+                             commands=[_tcpdmatch_command(w, shim) for _, w, _ in cases],
                              timeout=120 + 3 * CASES)
     real = []
     for (seed, _, qs), run in zip(cases, real_runs, strict=True):
@@ -333,8 +318,6 @@ def test_acl_match_with_the_system_resolver_answers_every_entry_as_tcpdmatch(tmp
     does: on a machine whose /etc/hosts is the generated file, every
     getaddrinfo entry is answered, twice for an address two lines give,
     in the same order (the same glibc sorts both)."""
-    nss = tmp_path / "nsswitch.conf"
-    nss.write_text(NSSWITCH)
     commands, cases = [], []
     for seed in range(FIRST_SEED, FIRST_SEED + SYSTEM_CASES):
         r = random.Random(seed)
@@ -348,11 +331,11 @@ def test_acl_match_with_the_system_resolver_answers_every_entry_as_tcpdmatch(tmp
         (work / "_cases.json").write_text(json.dumps([{"dir": str(work), "queries": qs}]))
         acl = [sys.executable, "-c", _ACL, str(work / "_cases.json"), str(work / "_ours.json"),
                "system"]
-        commands += [_tcpdmatch_command(work, nss, shim),
+        commands += [_tcpdmatch_command(work, shim),
                      {"argv": ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                                'mount --bind "$1" /etc/hosts && mount --bind "$2" '
                                '/etc/nsswitch.conf && shift 2 && exec "$@"', "sh",
-                               str(work / "_hosts"), str(nss), *acl],
+                               str(work / "_hosts"), str(work / "_nss"), *acl],
                       "env": dict(os.environ, PYTHONPATH=str(ROOT)), "timeout": 120}]
         cases.append((seed, work, qs))
     runs = run_commands(tmp_path, hosts=DECOY, dns={}, netgroup=NETGROUP, commands=commands)

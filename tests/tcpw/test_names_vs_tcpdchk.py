@@ -303,6 +303,24 @@ def compare(case: gen.Case, work: Path, tcpd_text: str, acl_text: str) -> tuple[
     return bad, Counter(k[2] for k in real.elements())
 
 
+def compare_pairs(cases, results, hosts_file=None) -> tuple[list, Counter]:
+    """The findings of each (case, work) -- tcpdchk's run, then acl check's,
+    in ``results`` -- compared; what differs (with the hosts file it used,
+    when one names it), and how many of each kind were met."""
+    bad, kinds = [], Counter()
+    for i, (case, work) in enumerate(cases):
+        real, ours = results[2 * i], results[2 * i + 1]
+        assert real["rc"] == 0, real
+        assert ours["rc"] in (0, 1, 100), ours
+        assert "Traceback" not in ours["stdout"], ours["stdout"]
+        b, k = compare(case, work, real["stdout"], ours["stdout"])
+        if hosts_file is not None:
+            b = [f"{x}\n--- hosts file:\n{(work / hosts_file).read_text('latin-1')}" for x in b]
+        bad += b
+        kinds += k
+    return bad, kinds
+
+
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
     why = tcpd_unavailable() or ns_unavailable()
@@ -344,15 +362,7 @@ def test_acl_check_names_match_tcpdchk(tmp_path, shim):
         commands += [tcpdchk_command(work, shim), acl_check_command(work)]
     results = run_commands(tmp_path, hosts=HOSTS, dns=ZONE, netgroup=NETGROUP,
                            commands=commands)
-    bad, kinds = [], Counter()
-    for i, (case, work) in enumerate(cases):
-        real, ours = results[2 * i], results[2 * i + 1]
-        assert real["rc"] == 0, real
-        assert ours["rc"] in (0, 1, 100), ours
-        assert "Traceback" not in ours["stdout"], ours["stdout"]
-        b, k = compare(case, work, real["stdout"], ours["stdout"])
-        bad += b
-        kinds += k
+    bad, kinds = compare_pairs(cases, results)
     assert len(cases) == 40
     assert set(kinds) == KINDS, kinds        # every kind of warning was met
     assert sum(kinds.values()) >= 200, kinds
