@@ -36,15 +36,20 @@ Theory of operation (ARCHITECTURE.md "Decisions" and "Reload", spec C.6):
   back with :meth:`Engine.adopt_lease` before serving -- the same id, the
   same slots, no limit consulted -- and new ids continue past every id it
   saw (:meth:`Engine.lease_ids_from`).
-* A lease follows its service through reloads: one of a service a reload
-  drops keeps its slot (the limit state frees it only once the lease ends),
-  so a later reload that brings the service back counts it again.  A lease
-  no xinetd layer counts -- its service had none when it was taken, or was
-  absent from the policy a restart adopted it under -- is counted the same
-  way by the first commit whose policy binds an xinetd layer to its service
-  (``_count_uncounted``: its slots taken, no limit consulted), so a lease
-  held across a restart and one held across reloads alone end up counted
-  alike.
+* A lease follows its service through reloads, as a running server follows
+  its service id through xinetd's reconfiguration (which knows services,
+  not the files they were read from).  At each commit
+  (``_rebind_leases``) a lease is counted by the limit state of the xinetd
+  layer the new policy binds to its service: when that is another file's
+  state -- the service moved to another file, its file was renamed, or no
+  xinetd layer counted it before (its service had none when it was taken,
+  or was absent from the policy a restart adopted it under) -- its slots are
+  taken there, no limit consulted, and given back where they were.  A lease
+  of a service the new policy binds to no xinetd layer stays where it is
+  (the limit state frees its slot only once the lease ends), so a later
+  reload that brings the service back finds it counted.  So a lease held
+  across a restart, across reloads, or across a move between files ends up
+  counted alike.
 * A prepared policy changes nothing until :meth:`Engine.commit`: there, on
   the serving thread and just before the swap, every xinetd layer of the new
   policy puts its limits in force (``activate``) and each limit state frees
@@ -195,6 +200,20 @@ def merge_grants(decisions: list[Decision]) -> Decision:
     return Decision(verdict, Reason.OK, location, env, options, 0, client_name, server_name)
 
 
+class _LeaseGroup:
+    """The leases of one service counted by one xinetd limit state (or by
+    none: ``layer`` None), and the layer of the running policy that reaches
+    that state -- one object per group, so a commit rebinds a group in one
+    step (``Engine._rebind_leases``)."""
+
+    __slots__ = ("key", "layer", "ids")
+
+    def __init__(self, key: tuple[str, int], layer) -> None:
+        self.key = key
+        self.layer = layer
+        self.ids: dict[int, None] = {}       # the group's lease ids, in order
+
+
 class Engine:
     """See the module's theory of operation."""
 
@@ -212,11 +231,12 @@ class Engine:
         self.last_reload_success = 1
         self.last_reload_error = ""
         self.last_prepare: dict[str, float] = {}
-        # lease id -> (the xinetd layer counting it or None, its id there,
-        # metrics label, service)
-        self._leases: dict[int, tuple[object, int, str, str]] = {}
-        # leases no xinetd layer counts: service -> {lease id: request}
-        self._uncounted: dict[str, dict[int, Request]] = {}
+        # lease id -> (its _LeaseGroup, its id in the group's layer, metrics
+        # label, the request that took it: what a commit needs to count it
+        # again in another layer, ``_rebind_leases``)
+        self._leases: dict[int, tuple[_LeaseGroup, int, str, Request]] = {}
+        # (service, id of the limit state counting them or 0) -> the group
+        self._groups: dict[tuple[str, int], _LeaseGroup] = {}
         self.leases_by_service: dict[str, int] = {}
         self._next_lease = 1
         self._sources = None
@@ -300,8 +320,8 @@ class Engine:
         self._current = (policy, plan)     # the swap: one reference assignment
         if old is not None and old is not plan:
             self._fold(old)
-        if self._uncounted:
-            self._count_uncounted(policy)
+        if self._leases:
+            self._rebind_leases(policy)
         if count:
             self.reloads["success"] += 1
             self.last_reload_success = 1
@@ -496,18 +516,27 @@ class Engine:
 
     def _hold(self, lease_id: int, request: Request, now: float, xinetd) -> None:
         """Lease ``lease_id``: its slots in ``xinetd`` (None: no limit
-        counts it until a reload binds one: ``_count_uncounted``), and the
+        counts it until a commit binds one: ``_rebind_leases``), and the
         count by service."""
         inner = 0
-        service = request.service
         if xinetd is not None and hasattr(xinetd, "take_lease"):
             inner = xinetd.take_lease(request, now)
         else:
             xinetd = None
-            self._uncounted.setdefault(service, {})[lease_id] = request
-        label = self.label(service)
-        self._leases[lease_id] = (xinetd, inner, label, service)
+        group = self._group(request.service, xinetd)
+        group.ids[lease_id] = None
+        label = self.label(request.service)
+        self._leases[lease_id] = (group, inner, label, request)
         self.leases_by_service[label] = self.leases_by_service.get(label, 0) + 1
+
+    def _group(self, service: str, xinetd) -> _LeaseGroup:
+        """The group of ``service``'s leases counted by ``xinetd``'s limit
+        state (by none: None), made on first use."""
+        key = (service, 0 if xinetd is None else id(xinetd.state))
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = _LeaseGroup(key, xinetd)
+        return group
 
     @staticmethod
     def _xinetd_of(policy, service: str):
@@ -519,31 +548,44 @@ class Engine:
                 xinetd = layer
         return xinetd
 
-    def _count_uncounted(self, policy) -> None:
-        """At a commit: leases no xinetd layer counted, of services ``policy``
-        binds one to, are counted by it from now on -- their slots taken,
-        no limit consulted (module rules).  One it cannot take (a client
-        the service's family refuses; no slot left) stays uncounted."""
+    def _rebind_leases(self, policy) -> None:
+        """At a commit: each lease to be counted by the limit state of the
+        xinetd layer ``policy`` binds to its service (module rules).  A
+        group already counted by that state only points at the new layer
+        (no lease keeps an old policy's layer alive); the leases of any
+        other group take their slots in the new state -- no limit consulted
+        -- and then give back the old ones.  One the new layer cannot take
+        (a client the service's family refuses; no slot left) stays where it
+        is, as does a group whose service no xinetd layer of ``policy``
+        binds.  The work is one step per group (service and state) unless
+        leases move."""
         now = time.time()
-        for service in list(self._uncounted):
-            xinetd = self._xinetd_of(policy, service)
-            if xinetd is None:
+        for group in list(self._groups.values()):
+            service = group.key[0]
+            target = self._xinetd_of(policy, service)
+            if target is None or target is group.layer:
                 continue
-            group = self._uncounted[service]
-            for lease_id, request in list(group.items()):
+            if group.layer is not None and group.layer.state is target.state:
+                group.layer = target
+                continue
+            into = self._group(service, target)
+            for lease_id in list(group.ids):
+                _group, inner, label, request = self._leases[lease_id]
                 try:
-                    inner = xinetd.take_lease(request, now)
+                    moved = target.take_lease(request, now)
                 except (ValueError, OverflowError):
                     continue
-                del group[lease_id]
-                old_label = self._leases[lease_id][2]
-                label = self.label(service)
-                self._leases[lease_id] = (xinetd, inner, label, service)
-                if label != old_label:
-                    self.leases_by_service[old_label] -= 1
-                    self.leases_by_service[label] = self.leases_by_service.get(label, 0) + 1
-            if not group:
-                del self._uncounted[service]
+                if group.layer is not None and inner:
+                    group.layer.release(inner)
+                del group.ids[lease_id]
+                into.ids[lease_id] = None
+                new_label = self.label(service)
+                self._leases[lease_id] = (into, moved, new_label, request)
+                if new_label != label:
+                    self.leases_by_service[label] -= 1
+                    self.leases_by_service[new_label] = self.leases_by_service.get(new_label, 0) + 1
+            if not group.ids:
+                del self._groups[group.key]
 
     def adopt_lease(self, lease_id: int, request: Request, now: float) -> None:
         """Count again lease ``lease_id`` that ``request`` took before a
@@ -551,7 +593,7 @@ class Engine:
         xinetd layer ``_decide`` would use.  A service the running policy
         does not bind keeps its lease (to be released) counted toward no
         limit -- what a reload that drops a service leaves of its leases --
-        until a reload brings the service back (``_count_uncounted``)."""
+        until a reload brings the service back (``_rebind_leases``)."""
         if lease_id <= 0 or lease_id in self._leases:
             raise ValueError(f"lease {lease_id} cannot be adopted (taken or not an id)")
         self._hold(lease_id, request, now, self._xinetd_of(self._policy, request.service))
@@ -566,14 +608,12 @@ class Engine:
         entry = self._leases.pop(lease_id, None)
         if entry is None:
             return False
-        layer, inner, label, service = entry
-        if layer is None:
-            group = self._uncounted[service]
-            del group[lease_id]
-            if not group:
-                del self._uncounted[service]
-        elif inner and hasattr(layer, "release"):
-            layer.release(inner)
+        group, inner, label, _request = entry
+        if group.layer is not None and inner and hasattr(group.layer, "release"):
+            group.layer.release(inner)
+        del group.ids[lease_id]
+        if not group.ids:
+            del self._groups[group.key]
         self.leases_by_service[label] -= 1
         return True
 

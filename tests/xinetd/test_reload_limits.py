@@ -168,3 +168,92 @@ def test_two_sources_cannot_read_one_xinetd_file(make, tmp_path):
     # Their limit state is handed over by file: they would share it.
     with pytest.raises(PolicyError, match=r"source\[1\]: .*x\.conf is read by source\[0\]"):
         make(TOML + xsource("x.conf") + xsource("./x.conf"), x_conf=service("a"))
+
+
+# A lease follows its service id across files, as a running server does
+# through xinetd's reconfiguration (reconfig.c matches services by id, not by
+# the file they were read from): the service's new file counts it.
+
+LIMITED = ("instances = 1", "per_source = 1")
+
+
+def active(state, sid):
+    return state.active_leases(state.slots()[sid]) if sid in state.slots() else 0
+
+
+@pytest.mark.parametrize("new_name", ["b.conf", "a.conf.renamed"])
+def test_a_lease_follows_its_service_to_another_file(make, new_name):
+    eng = make(TOML + xsource("a.conf"), a_conf=service("echo", *LIMITED))
+    held = ask(eng, "echo", "127.0.0.2")
+    assert held[0] is Verdict.ALLOW
+    old = eng.policy.sources[0].state
+    make.write(TOML + xsource(new_name), **{new_name.replace(".", "_"): service("echo", *LIMITED)})
+    eng.reload()
+    new = eng.policy.sources[0].state
+    assert new is not old
+    assert (active(old, "echo"), active(new, "echo")) == (0, 1)
+    assert ask(eng, "echo", "127.0.0.3")[1] is Reason.SERVICE_LIMIT
+    assert eng.leases_active == 1 and eng.leases_by_service == {"echo": 1}
+    assert eng.release(held[2]) and not eng.release(held[2])
+    assert active(new, "echo") == 0
+    assert ask(eng, "echo", "127.0.0.3")[0] is Verdict.ALLOW
+
+
+def test_a_moved_lease_counts_per_source_in_its_new_file(make):
+    eng = make(TOML + xsource("a.conf"), a_conf=service("echo", "per_source = 1"))
+    held = ask(eng, "echo", "127.0.0.2")
+    make.write(TOML + xsource("b.conf"), b_conf=service("echo", "per_source = 1"))
+    eng.reload()
+    assert ask(eng, "echo", "127.0.0.2")[1] is Reason.PER_SOURCE_LIMIT
+    assert ask(eng, "echo", "127.0.0.3")[0] is Verdict.ALLOW
+    assert eng.release(held[2])
+    assert ask(eng, "echo", "127.0.0.2")[0] is Verdict.ALLOW
+
+
+def test_a_lease_moved_away_and_back_is_counted_once(make):
+    files = {"a_conf": service("echo", *LIMITED), "b_conf": service("other", port=23101)}
+    eng = make(TOML + xsource("a.conf") + xsource("b.conf"), **files)
+    held = ask(eng, "echo", "127.0.0.2")
+    a, b = (s.state for s in eng.policy.sources)
+    make.write(b_conf=service("other", port=23101) + service("echo", *LIMITED),
+               a_conf=service("spare", port=23102))
+    eng.reload()
+    assert (active(a, "echo"), active(b, "echo")) == (0, 1)
+    make.write(a_conf=service("echo", *LIMITED), b_conf=service("other", port=23101))
+    eng.reload()
+    assert (active(a, "echo"), active(b, "echo")) == (1, 0)
+    assert ask(eng, "echo", "127.0.0.3")[1] is Reason.SERVICE_LIMIT
+    assert eng.release(held[2])
+    assert (active(a, "echo"), active(b, "echo")) == (0, 0)
+
+
+def test_a_dropped_service_brought_back_in_another_file_counts_its_lease(make):
+    eng = make(TOML + xsource("a.conf"), a_conf=service("echo", *LIMITED))
+    held = ask(eng, "echo", "127.0.0.2")
+    a = eng.policy.sources[0].state
+    make.write(a_conf=service("other", port=23101))
+    eng.reload()                          # echo dropped: its lease keeps its slot in a
+    assert active(a, "echo") == 1
+    make.write(TOML + xsource("a.conf") + xsource("b.conf"), b_conf=service("echo", *LIMITED))
+    eng.reload()
+    b = eng.policy.sources[1].state
+    assert (active(a, "echo"), active(b, "echo")) == (0, 1)
+    assert ask(eng, "echo", "127.0.0.3")[1] is Reason.SERVICE_LIMIT
+    eng.reload()                          # the empty slot in a is freed now
+    assert "echo" not in a.slots()
+    assert eng.release(held[2])
+
+
+def test_a_held_lease_keeps_no_old_layer_alive(make):
+    import gc
+    import weakref
+
+    eng = make(TOML + xsource("a.conf"), a_conf=service("echo", *LIMITED))
+    held = ask(eng, "echo", "127.0.0.2")
+    first = weakref.ref(eng.policy.sources[0].layer)
+    for _ in range(3):
+        eng.reload()
+    gc.collect()
+    assert first() is None
+    assert ask(eng, "echo", "127.0.0.3")[1] is Reason.SERVICE_LIMIT
+    assert eng.release(held[2])
