@@ -277,6 +277,21 @@ def test_match_options_are_each_languages_parsers(flags, module):
     assert options_in(tags(subsection_of("match", flags[0]))) == parser_options(parser)
 
 
+def test_subsections_name_no_option_their_command_lacks():
+    """Synopsis, prose and tags alike: a stale option anywhere in a
+    command's .SS fails (the tags are checked both ways above)."""
+    languages = {flags[0]: module for flags, module in cli_match._LANGUAGES}
+    for heading, lines in acl_subsections().items():
+        command = heading.split()[1]
+        if command == "match":
+            (flag,) = set(heading.replace(",", " ").split()) & set(languages)
+            parsers = [importlib.import_module(languages[flag]).parser()]
+        else:
+            parsers = command_parsers(command)
+        known = set().union(*map(parser_options, parsers)) | {"-h", "--help"}
+        assert options_in([text_of(lines)]) <= known, (heading, options_in([text_of(lines)]) - known)
+
+
 def test_top_level_usage_and_help_are_in_the_synopsis():
     synopsis = text_of(sections(ACL_8)["SYNOPSIS"])
     for word in options_in([acl.cli.usage().splitlines()[0]]) | {"--help"}:
@@ -341,11 +356,20 @@ def test_signals_are_what_acl_serve_handles():
 
 
 # -- acl-wrap(8) -----------------------------------------------------------------
-def test_wrap_options_are_its_getopt_letters():
+def wrap_options() -> set[str]:
+    """The options of main.c's getopt string ("+s:n:t:och")."""
     (letters,) = re.findall(r'getopt\(argc, argv, "\+?([^"]+)"\)',
                             (WRAP_SRC / "main.c").read_text())
-    want = {f"-{c}" for c in letters.replace(":", "")}
-    assert options_in(tags(sections(WRAP_8)["OPTIONS"])) == want
+    return {f"-{c}" for c in letters.replace(":", "")}
+
+
+def test_wrap_options_are_its_getopt_letters():
+    assert options_in(tags(sections(WRAP_8)["OPTIONS"])) == wrap_options()
+
+
+def test_wrap_synopsis_names_only_its_options():
+    said = options_in([text_of(sections(WRAP_8)["SYNOPSIS"])])
+    assert said and said <= wrap_options(), said
 
 
 def test_wrap_environment_names_what_it_reads_and_sets():
@@ -397,37 +421,35 @@ def test_every_table_and_key_and_no_other():
     assert documented == {h: set(keys) for h, keys in table_keys().items()}
 
 
-def _load(tmp_path: Path, text: str):
+#: The smallest table that loads, where a table has required keys.
+MINIMAL = {
+    '[[source]] type = "hosts_access"': {"type": '"hosts_access"', "allow": '"hosts.allow"',
+                                         "deny": '"hosts.deny"'},
+    '[[source]] type = "tcprules"': {"type": '"tcprules"', "file": '"rules"'},
+    '[[source]] type = "xinetd"': {"type": '"xinetd"', "file": '"xinetd.conf"'},
+    "[nfqueue]": {"ports": '{ 22 = "sshd" }'},
+}
+
+
+def load(tmp_path: Path, text: str) -> policy.Policy:
+    """``text`` as a policy file beside empty rule files of MINIMAL's names."""
     for name in ("hosts.allow", "hosts.deny", "rules", "xinetd.conf"):
         (tmp_path / name).touch()
     (tmp_path / "policy.toml").write_text(text)
     return policy.load_policy(tmp_path / "policy.toml")
 
 
-#: A table as small as loads, for the tables whose keys have required ones.
-MINIMAL = {
-    '[[source]] type = "hosts_access"': {"type": '"hosts_access"', "allow": '"hosts.allow"',
-                                         "deny": '"hosts.deny"'},
-    '[[source]] type = "tcprules"': {"type": '"tcprules"', "file": '"rules"'},
-    '[[source]] type = "xinetd"': {"type": '"xinetd"', "file": '"xinetd.conf"'},
-    "[nfqueue]": {"ports": "{ 22 = \"sshd\" }"},
-}
-
-
-def loaded_value(tmp_path: Path, heading: str, key: str | None, value: str | None):
-    """What the code holds for ``key`` of table ``heading`` when the policy
-    writes ``value`` for it (None: leaves it out); ``key`` None: the table
-    as MINIMAL has it, loaded for its error."""
-    table = dict(MINIMAL.get(heading, {}))
-    if key is not None:
-        table.pop(key, None)
-        if value is not None:
-            table[key] = value
+def loaded_value(tmp_path: Path, heading: str, key: str, value: str | None):
+    """What the code holds for ``key`` of the table ``heading`` when the
+    policy writes ``value`` (TOML) for it -- None: leaves the key out --
+    in the table MINIMAL gives.  PolicyError when that does not load."""
+    table = {k: v for k, v in MINIMAL.get(heading, {}).items() if k != key}
+    if value is not None:
+        table[key] = value
     body = "".join(f"{k} = {v}\n" for k, v in table.items())
-    if heading == "[nfqueue]":      # the table's own reader (policy.py calls it)
-        cfg = NfqueueConfig.from_table(tomllib.loads(body), "policy.toml")
-        return getattr(cfg, key)
-    loaded = _load(tmp_path, f"{heading.split(' type')[0]}\n{body}")
+    if heading == "[nfqueue]":      # its own reader, which load_policy calls
+        return getattr(NfqueueConfig.from_table(tomllib.loads(body), "policy.toml"), key)
+    loaded = load(tmp_path, f"{heading.split(' type')[0]}\n{body}")
     if heading.startswith("[[source]]"):
         (source,) = loaded.sources
         return source.services if key == "services" else getattr(source.layer, key)
@@ -444,25 +466,21 @@ def test_default_is_what_the_code_defaults_to(heading, key, tmp_path):
         with pytest.raises(PolicyError):
             loaded_value(tmp_path, heading, key, None)
         return
-    if tag["words"]:            # no TOML value says it; the words must
-        assert key == "services" and heading == '[[source]] type = "xinetd"', tag["words"]
+    if tag["words"]:            # no TOML value says it: see the test below
+        assert (heading, key) == ('[[source]] type = "xinetd"', "services"), tag["words"]
         return
     written = plain(tag["value"])
-    tomllib.loads(f"x = {written}")         # a TOML value, as a reader would copy it
+    tomllib.loads(f"x = {written}")         # TOML, as a reader would copy it
     assert loaded_value(tmp_path, heading, key, written) == \
         loaded_value(tmp_path, heading, key, None), written
 
 
-def test_an_xinetd_source_binds_its_ids_without_services(tmp_path):
-    """The one default written in words: no ``services`` binds the service
-    ids the file defines, not every service."""
+def test_an_xinetd_source_without_services_binds_its_ids(tmp_path):
+    """The one default written in words: the service ids the file
+    defines, not every service."""
     (tmp_path / "xinetd.conf").write_text(
         "service echo\n{\n\ttype = INTERNAL\n\tsocket_type = stream\n\twait = no\n}\n")
-    loaded = policy.load_policy(_write(tmp_path, '[[source]]\ntype = "xinetd"\n'
-                                       'file = "xinetd.conf"\n'))
+    tag = policy_tags()['[[source]] type = "xinetd"']["services"]
+    assert "service ids the file defines" in tag["words"]
+    loaded = load(tmp_path, '[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
     assert loaded.services() == ["echo"]
-
-
-def _write(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "policy.toml").write_text(text)
-    return tmp_path / "policy.toml"
