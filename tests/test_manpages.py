@@ -180,6 +180,9 @@ def test_man_renders_it_as_lintian_checks_it(page):
     name, section = page.name.rsplit(".", 1)
     assert out.stdout.startswith(f"{name.upper()}({section})"), out.stdout[:200]
     assert re.search(rf"^NAME\n +{re.escape(name)} - \S", out.stdout, re.M), out.stdout[:400]
+    # .nh: an option, key or path cut by a hyphen would be copied wrong
+    broken = [ln for ln in out.stdout.splitlines() if ln.endswith("\u2010")]
+    assert not broken, broken
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
@@ -290,6 +293,19 @@ def test_subsections_name_no_option_their_command_lacks():
             parsers = command_parsers(command)
         known = set().union(*map(parser_options, parsers)) | {"-h", "--help"}
         assert options_in([text_of(lines)]) <= known, (heading, options_in([text_of(lines)]) - known)
+
+
+def test_examples_run_commands_with_their_own_options():
+    """Each ``acl COMMAND ...`` line of EXAMPLES (a ``\\`` continuation
+    joined) names a command and only options it has."""
+    text = "\n".join(plain(ln) for ln in sections(ACL_8)["EXAMPLES"]
+                     if not ln.startswith(".")).replace("\\\n", " ")
+    commands = re.findall(r"^acl (\w+)(.*)$", text, re.M)
+    assert len(commands) >= 5
+    for command, rest in commands:
+        assert command in acl.cli.COMMANDS, command
+        known = set().union(*map(parser_options, command_parsers(command)))
+        assert options_in([rest]) <= known, (command, rest)
 
 
 def test_top_level_usage_and_help_are_in_the_synopsis():
@@ -484,3 +500,15 @@ def test_an_xinetd_source_without_services_binds_its_ids(tmp_path):
     assert "service ids the file defines" in tag["words"]
     loaded = load(tmp_path, '[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
     assert loaded.services() == ["echo"]
+
+
+def test_the_example_is_a_policy_acl_loads(tmp_path):
+    """The EXAMPLES block, copied as a reader copies it, loads -- with
+    tests/test_doc_toml.py's stand-ins for its rule files and users."""
+    from tests import test_doc_toml
+
+    lines = sections(POLICY_5)["EXAMPLES"]
+    block = lines[lines.index(".nf") + 1:lines.index(".fi")]
+    text = "\n".join(plain(ln) for ln in block) + "\n"
+    assert "[[source]]" in text
+    test_doc_toml.test_block_is_toml_acl_accepts(text, tmp_path)
