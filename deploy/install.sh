@@ -7,7 +7,9 @@
 #   under Debian's own python3 (PEP 668 "externally managed") it goes into a
 #   virtual environment at /opt/acl and the commands are linked into
 #   /usr/local/bin.  Either way `acl` and `acl-wrap` end up on PATH.
-# * docs/*.md go to /usr/share/doc/acl (the units' Documentation= lines).
+# * docs/*.md go to /usr/share/doc/acl, and the manual pages in man/ to
+#   /usr/local/share/man (`man acl`; the units' Documentation= lines name
+#   both); mandb indexes the pages for whatis/apropos when it is there.
 # * deploy/nfqueue/acl-nfqueue-rules goes to /usr/local/sbin, the path
 #   docs/operator-guide.md (section 6) and docs/nfqueue.md call it by.
 set -eu
@@ -33,6 +35,14 @@ hash -r 2>/dev/null || true
 # the guides the systemd units' Documentation= lines point at
 install -d /usr/share/doc/acl
 install -m 0644 docs/*.md /usr/share/doc/acl/
+# the manual pages: man acl, man acl-wrap, man acl-policy.toml
+install -d /usr/local/share/man/man5 /usr/local/share/man/man8
+install -m 0644 man/*.5 /usr/local/share/man/man5/
+install -m 0644 man/*.8 /usr/local/share/man/man8/
+if command -v mandb >/dev/null 2>&1; then        # whatis and apropos, now
+    mandb -q /usr/local/share/man \
+        || echo "install.sh: mandb failed: whatis knows acl after man-db's daily run" >&2
+fi
 # the NFQUEUE firewall rules (root's tool: sbin)
 install -m 0755 deploy/nfqueue/acl-nfqueue-rules /usr/local/sbin/acl-nfqueue-rules
 acl --version

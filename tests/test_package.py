@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,22 @@ def test_every_command_answers_help_on_stdout_with_success(command):
     out = run(sys.executable, "-m", "acl", command, "--help")
     assert out.returncode == 0, out.stderr
     assert "usage" in out.stdout.lower(), out.stdout
+
+
+def test_sdist_ships_the_manual_pages_and_guides(tmp_path):
+    """MANIFEST.in: the sdist carries every file of man/ and docs/*.md, so
+    what is built from it can install ``man acl`` and /usr/share/doc/acl.
+    Built with its egg-info in tmp_path: the checkout is left as it was."""
+    out = run(sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path),
+              "sdist", "--dist-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    (tarball,) = tmp_path.glob("acl-*.tar.gz")
+    with tarfile.open(tarball) as tar:
+        shipped = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    want = {f"man/{p.name}" for p in (ROOT / "man").iterdir() if p.is_file()}
+    want |= {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert any(w.startswith("man/") for w in want)
+    assert want <= shipped, sorted(want - shipped)
 
 
 def test_ruff_is_clean():

@@ -74,3 +74,23 @@ def guide_commands() -> list[str]:
     section = text[text.index("## 2. Under systemd"):]
     block = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+#: Where deploy/install.sh puts the manual pages.
+MAN_PREFIX = "/usr/local/share/man"
+
+
+def install_man_pages(dest: Path) -> Path:
+    """Run install.sh's lines for the manual pages -- from its "# the manual
+    pages" comment to the end of its mandb ``if`` -- with ``MAN_PREFIX``
+    moved to ``dest``; ``dest``, a man tree ``man -M`` reads."""
+    text = (DEPLOY / "install.sh").read_text()
+    block = re.search(r"^# the manual pages.*?^fi$", text, re.M | re.S)
+    assert block and block.group(0).count(MAN_PREFIX) >= 3, "install.sh installs no pages"
+    import subprocess
+
+    script = "set -eu\n" + block.group(0).replace(MAN_PREFIX, str(dest))
+    out = subprocess.run(["sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    return dest

@@ -1,8 +1,9 @@
-"""deploy/install.sh puts acl-nfqueue-rules where the guides call it.
+"""deploy/install.sh puts acl-nfqueue-rules where the guides call it, and
+the manual pages where ``man acl`` finds them.
 
 install.sh itself needs apt and pip, so it is not run here; its line that
-installs the rules script is, with the destination moved under the test's
-tmp dir.  Every path the guides call the script by must be that
+installs the rules script is, and so are its lines that install the
+manual pages, with the destination moved under the test's tmp dir.  Every path the guides call the script by must be that
 destination, and the guide's lock-out safety net (section 6, step 4: the
 ``at`` job) must remove the rules ``add`` made, run as ``sh -c`` with a bare
 PATH, inside a network namespace the test makes.
@@ -18,7 +19,7 @@ import subprocess
 
 import pytest
 
-from .conftest import DEPLOY, ROOT
+from .conftest import DEPLOY, ROOT, install_man_pages
 
 INSTALL = DEPLOY / "install.sh"
 GUIDES = [ROOT / "docs" / "operator-guide.md", ROOT / "docs" / "nfqueue.md"]
@@ -77,3 +78,30 @@ def test_the_guides_safety_net_removes_the_rules(tmp_path):
     before, after = out.stdout.split("---\n")
     assert "-A INPUT -j ACL_NFQ" in before
     assert "ACL_NFQ" not in after, after
+
+
+def test_every_manual_page_is_installed_where_man_finds_it(tmp_path):
+    """Each page of man/ lands, unchanged and 0644, in the man<section>
+    directory of the tree, and man, whatis and apropos find it there --
+    ``man acl`` shows acl(8), whatever other acl page the system has."""
+    if shutil.which("man") is None:
+        pytest.skip("man-db is not installed")
+    tree = install_man_pages(tmp_path / "man")
+    pages = sorted(p for p in (ROOT / "man").iterdir() if re.fullmatch(r".+\.[1-9]", p.name))
+    assert pages
+    # Debian's package "acl" (POSIX ACLs) has an acl(5): man-db's section
+    # order (8 before 5) must still pick ours
+    (tree / "man5" / "acl.5").write_text(".TH ACL 5\n.SH NAME\nacl \\- POSIX ACLs\n")
+    for page in pages:
+        installed = tree / f"man{page.suffix[1:]}" / page.name
+        assert installed.read_bytes() == page.read_bytes(), installed
+        assert os.stat(installed).st_mode & 0o777 == 0o644
+        name, section = page.name.rsplit(".", 1)
+        found = subprocess.run(["man", "-M", str(tree), "-w", name], capture_output=True,
+                               text=True, timeout=30)
+        assert found.stdout.strip() == str(installed), found.stdout + found.stderr
+        if shutil.which("whatis") and shutil.which("mandb"):      # install.sh ran mandb
+            said = subprocess.run(["whatis", "-M", str(tree), name], capture_output=True,
+                                  text=True, timeout=30)
+            assert said.returncode == 0, said.stderr
+            assert re.match(rf"{re.escape(name)} \({section}\) +- \S", said.stdout), said.stdout

@@ -6,11 +6,16 @@ manager, and ``security --offline=true`` rates a unit file without a
 running manager (systemd >= 250).  ``verify`` insists that ExecStart's
 program exists, so the units are checked as copies whose
 ``/usr/local/bin/acl`` is replaced by the ``acl`` entry point installed
-here; nothing else in them is changed.
+here; nothing else in them is changed.  The acl-wrap pair is verified so
+too, its ``/usr/local/bin/acl-wrap`` replaced by ``true`` (verify checks
+that a program is there, not what it is).  ``verify --man=yes`` runs
+``man`` on each ``Documentation=man:`` page, with MANPATH at the pages
+deploy/install.sh installs.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -18,19 +23,21 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEPLOY, ROOT, acl_entry_point, guide_commands
+from .conftest import DEPLOY, ROOT, acl_entry_point, guide_commands, install_man_pages
 
 UNITS = ("acl.socket", "acl-admin.socket", "acl-metrics.socket", "acl-policy.socket",
          "acl-nfqueue-policy.socket", "acl.service", "acl-nfqueue.service")
 SHIPPED_EXEC = "/usr/local/bin/acl"
+WRAP_UNITS = ("acl-wrap.socket", "acl-wrap@.service")
+SHIPPED_WRAP = "/usr/local/bin/acl-wrap"
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
                                 reason="systemd-analyze not installed")
 
 
-def analyze(*args, cwd):
+def analyze(*args, cwd, env=None):
     return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True,
-                          timeout=60, cwd=cwd)
+                          timeout=60, cwd=cwd, env=env)
 
 
 @pytest.fixture
@@ -135,6 +142,39 @@ def test_documentation_lines_name_installed_guides():
             assert (ROOT / "docs" / m.group(1)).is_file(), (unit.name, m.group(1))
             seen += 1
     assert seen >= 6
+
+
+def test_documentation_names_the_manual_page_first():
+    """Each unit's first Documentation= is its page in man/: acl(8), or
+    acl-wrap(8) for the wrapper's units (systemctl status lists them)."""
+    seen = 0
+    for unit in sorted((DEPLOY / "systemd").iterdir()):
+        docs = re.findall(r"^Documentation=(.*)$", unit.read_text(), re.M)
+        page = "acl-wrap" if unit.name.startswith("acl-wrap") else "acl"
+        assert docs and docs[0] == f"man:{page}(8)", (unit.name, docs)
+        assert (ROOT / "man" / f"{page}.8").is_file()
+        seen += 1
+    assert seen == len(UNITS) + len(WRAP_UNITS)
+
+
+def test_verify_finds_the_manual_pages(units, tmp_path):
+    """``systemd-analyze verify --man=yes`` looks every ``man:`` page up
+    with ``man``: it passes on the pages install.sh installs, and fails
+    without them (the lookup is real)."""
+    if shutil.which("man") is None:
+        pytest.skip("man-db is not installed")
+    true = shutil.which("true")
+    for name in WRAP_UNITS:
+        text = (DEPLOY / "systemd" / name).read_text()
+        (units / name).write_text(text.replace(SHIPPED_WRAP, true))
+    every = [f"./{u}" for u in (*UNITS, *WRAP_UNITS)]
+    env = dict(os.environ, MANPATH=str(install_man_pages(tmp_path / "man")))
+    out = analyze("verify", "--man=yes", *every, cwd=units, env=env)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stdout + out.stderr
+    env["MANPATH"] = str(tmp_path / "no-pages")
+    out = analyze("verify", "--man=yes", *every, cwd=units, env=env)
+    assert out.returncode != 0
+    assert "man acl(8)" in out.stderr and "man acl-wrap(8)" in out.stderr, out.stderr
 
 
 def test_the_nfqueue_policy_socket_is_the_policy_socket_passed_elsewhere():
