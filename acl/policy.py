@@ -112,7 +112,7 @@ SOURCE_KEYS = {
 
 @dataclass(frozen=True)
 class Sockets:
-    query: str = "/run/acl/query.sock"
+    query: str = ""                  # no socket unless the policy names one
     policy: str = ""
     policy_service: str = "smtpd"
     admin: str = ""

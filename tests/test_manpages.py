@@ -351,12 +351,6 @@ def package_environment() -> set[str]:
     for path in (ROOT / "acl").rglob("*.py"):
         found |= set(re.findall(r'\b(?:environ|env)(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"',
                                 path.read_text()))
-    # acl.compile.tcpw.default_paths reads ACL_HOSTS_DIR, and nothing calls
-    # it: a variable without effect is not one to document
-    callers = [p for p in (ROOT / "acl").rglob("*.py") if "default_paths(" in p.read_text()]
-    if callers == [ROOT / "acl" / "compile" / "tcpw.py"] and \
-            (ROOT / "acl" / "compile" / "tcpw.py").read_text().count("default_paths(") == 1:
-        found.discard("ACL_HOSTS_DIR")
     return found
 
 

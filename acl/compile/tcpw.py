@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import socket
 import sys
 from array import array
@@ -633,11 +632,6 @@ def no_gc():
     finally:
         if was:
             gc.enable()
-
-
-def default_paths() -> tuple[str, str]:
-    root = os.environ.get("ACL_HOSTS_DIR", "/etc")
-    return os.path.join(root, "hosts.allow"), os.path.join(root, "hosts.deny")
 
 
 def after_aclexec_failure(layer: HostsAccessLayer, index: int, request: Request,
