@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from acl.errors import PolicyError
 
 DEFAULT_REJECT_MARK = 0xAC1
+#: The keys of the table (docs/nfqueue.md shows each); any other is an error.
+KNOWN_KEYS = ("queues", "ports", "reject", "reject_mark", "malformed", "copy_range",
+              "queue_maxlen", "fail_open", "batch", "rcvbuf")
 
 
 def _port(text: str, where: str) -> int:
@@ -75,10 +78,8 @@ class NfqueueConfig:
         def at(key: str, at_key: bool = False) -> str:
             return f"{position(key, at_key)}: [nfqueue]" if position else where
 
-        known = {"queues", "ports", "reject", "reject_mark", "malformed", "copy_range",
-                 "queue_maxlen", "fail_open", "batch", "rcvbuf"}
         for key in table:
-            if key not in known:
+            if key not in KNOWN_KEYS:
                 raise PolicyError(f"{at(key, True)}: unknown key {key!r}")
         cfg = cls()
         queues = table.get("queues", [0])
