@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
-import io
 import importlib
+import io
 import os
 import re
 import shlex
