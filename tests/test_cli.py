@@ -190,9 +190,10 @@ def argv_problem(command: str, argv: list[str]) -> str | None:
         if len(chosen) != 1:
             return "no one rule language (--hosts-allow/--hosts-deny, --tcprules, --xinetd)"
         parsers = chosen
-    # A synopsis' placeholder for a number (--timeout S, --now T) stands for one.
+    # A synopsis' placeholder for a number (--timeout S, --now T), or a
+    # variable the shell or systemd expands (--pid $MAINPID), stands for one.
     typed = {o for a in parsers[0]._actions if a.type is not None for o in a.option_strings}
-    argv = [("1" if re.fullmatch(r"[A-Z]+", word) and before in typed else word)
+    argv = [("1" if re.fullmatch(r"[A-Z]+|\$[A-Z_]+", word) and before in typed else word)
             for before, word in zip(["", *argv[:-1]], argv, strict=True)]
     err = io.StringIO()
     try:
