@@ -122,6 +122,57 @@ def test_a_path_that_does_not_exist_is_found():
                                       "in the repository"]
 
 
+# -- stanzas quoted from deploy/ ----------------------------------------------------
+
+#: a fenced block's comment naming the deploy/ files the lines after it are from
+_QUOTED_FROM = re.compile(r"^# .*\((deploy/[\w./@-]+(?: \+ [\w./@-]+)*)\)$")
+
+
+def stanza_problems(texts: dict[str, str]) -> list[str]:
+    """Lines a doc says are from deploy/ files (``# inetd.conf
+    (deploy/inetd.conf)``, then the lines up to a blank line or the next
+    comment) that none of those files holds, blanks aside."""
+    wrong = []
+    for name, text in texts.items():
+        for block in re.findall(r"^```.*?\n(.*?)^```", text, re.S | re.M):
+            files: list[Path] = []
+            for line in block.splitlines():
+                m = _QUOTED_FROM.match(line)
+                if m:
+                    first, *more = m.group(1).split(" + ")
+                    files = [ROOT / first] + [(ROOT / first).parent / f for f in more]
+                    continue
+                if not line.strip() or line.startswith("#"):
+                    files = []
+                    continue
+                if files:
+                    want = " ".join(line.split())
+                    held = [" ".join(ln.split()) for f in files for ln in f.read_text().splitlines()]
+                    if not any(want in h for h in held):
+                        wrong.append(f"{name}: {want!r} is in none of "
+                                     f"{', '.join(str(f.relative_to(ROOT)) for f in files)}")
+    return wrong
+
+
+def test_stanzas_quoted_from_deploy_are_there():
+    texts = doc_texts()
+    assert sum(len(re.findall(_QUOTED_FROM, ln)) for t in texts.values()
+               for ln in t.splitlines()) >= 3
+    assert stanza_problems(texts) == []
+
+
+def test_a_stanza_that_drifted_from_deploy_is_found():
+    planted = {"planted.md": "```\n# inetd.conf (deploy/inetd.conf)\n"
+                             "127.0.0.1:7 stream tcp nowait root /usr/local/bin/acl-wrap acl-wrap "
+                             "-n echo /bin/cat\n"
+                             "# systemd (deploy/systemd/acl-wrap.socket + acl-wrap@.service)\n"
+                             "ExecStart=/usr/local/bin/acl-wrap -n echo /bin/cat\n"
+                             "ExecStart=/usr/local/bin/acl-wrap -o -n echo /bin/cat\n```\n"}
+    assert stanza_problems(planted) == [
+        "planted.md: 'ExecStart=/usr/local/bin/acl-wrap -o -n echo /bin/cat' is in none of "
+        "deploy/systemd/acl-wrap.socket, deploy/systemd/acl-wrap@.service"]
+
+
 # -- settings the programs read ---------------------------------------------------
 
 def table_rows(text: str, first_column: str) -> dict[str, list[str]]:
