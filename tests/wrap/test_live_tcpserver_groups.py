@@ -122,7 +122,8 @@ services = ["*"]
 [run]
 watch = false
 """)
-    side = start_server(d, d / "policy.toml", env={"PYTHONPATH": str(harness.ROOT)})
+    side = start_server(d, d / "policy.toml", env={"PYTHONPATH": str(harness.ROOT)},
+                        args=("--allow-pure",))
     try:
         yield d, group, wrap, side
     finally:
