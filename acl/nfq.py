@@ -99,7 +99,11 @@ class QueueStatsFile:
     not when it is read: ``acl serve`` opens it while still root (before
     ``[run] user`` takes effect) and so keeps reading it afterwards.  A process
     that never was root (systemd ``User=`` with ambient CAP_NET_ADMIN) cannot:
-    :meth:`read` then returns None and :attr:`error` says why.
+    :meth:`read` then returns None and :attr:`error` says why.  It is opened
+    once a queue is bound, which loads nfnetlink_queue and so makes the file:
+    a file missing then is hidden (systemd's ``ProcSubset=pid``, as in
+    acl-nfqueue.service, hides /proc/net) and counts as unreadable too, never
+    as "no queue" with counters of 0.
     """
 
     def __init__(self, path: str = PROC_QUEUES):
@@ -112,9 +116,7 @@ class QueueStatsFile:
         try:
             self._f = open(self.path, "rb")  # noqa: SIM115 (kept open on purpose)
             self.error = None
-        except FileNotFoundError:
-            self._f = None                    # no queue bound in this namespace yet
-        except OSError as exc:
+        except OSError as exc:                # FileNotFoundError too: the class rules
             self._f = None
             self.error = exc
 
@@ -122,7 +124,7 @@ class QueueStatsFile:
         if self._f is None:
             self._open()
             if self._f is None:
-                return None if self.error is not None else {}
+                return None
         self._f.seek(0)
         return parse_queue_stats(self._f.read().decode("ascii", "replace"))
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from acl.errors import PolicyError
 
 DEFAULT_REJECT_MARK = 0xAC1
-#: The keys of the table; any other is an error (man/acl-policy.toml.5 lists
-#: these, tests/test_manpages.py checks it).
+#: The keys of the table; any other is an error.  docs/nfqueue.md and
+#: man/acl-policy.toml.5 show each (tests/test_doc_toml.py and
+#: tests/test_manpages.py check it).
 TABLE_KEYS = ("queues", "ports", "reject", "reject_mark", "malformed", "copy_range",
               "queue_maxlen", "fail_open", "batch", "rcvbuf")
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
+import io
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +127,9 @@ def documented_commands():
     docstrings: in backquotes, or a line of a fenced block."""
     found = []
     for name, text in _doc_texts():
+        # a synopsis continued on an indented line of options ("acl query [...]\n
+        #       [--port N] ... SERVICE CLIENT") is one line
+        text = re.sub(r"\n[ \t]+(?=\[)", " ", text)
         fenced = re.findall(r"^```.*?\n(.*?)^```", text, re.S | re.M)
         prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
         pieces = re.findall(r"`+([^`]+)`+", prose) + [ln for b in fenced for ln in b.splitlines()]
@@ -142,6 +148,107 @@ def test_docs_name_only_options_that_exist():
     wrong = [(name, text, opt) for name, cmd, text in found
              for opt in OPTION.findall(text) if opt not in known_options(cmd)]
     assert not wrong, wrong
+
+
+def documented_argv(text: str) -> list[str] | None:
+    """The arguments of a documented ``acl COMMAND ...`` (documented_commands'
+    text), a synopsis' brackets taken away so that every part it shows is
+    given; None when the text only mentions the command or one of its options
+    (``acl query``, ``acl match --hosts-file``, ``--query/--admin``)."""
+    rest = re.sub(r"^.*?\bacl \w+", "", text).split(" <")[0]
+    rest = rest.replace("[", "").replace("]", "").replace("...", " ").rstrip(" \\")
+    if "/--" in rest:
+        return None
+    try:
+        argv = shlex.split(rest)
+    except ValueError:
+        return ["<unbalanced quotes>"]
+    return argv or None
+
+
+def _takes_a_value(parsers: list[argparse.ArgumentParser], word: str) -> bool:
+    return any(word in a.option_strings and a.nargs != 0
+               for p in parsers for a in p._actions)
+
+
+def argv_problem(command: str, argv: list[str]) -> str | None:
+    """Why the real parsers of ``command`` refuse ``argv`` (None: they take it)."""
+    from acl.cli import UsageError
+    from acl.cli import match as match_cli
+    from acl.cli.query import ADMIN_COMMANDS
+
+    parsers = parsers_of(command)
+    if _takes_a_value(parsers, argv[-1]):
+        return None                       # "acl match --tcprules": an option named
+    if command == "compile":
+        return None if len(argv) == 2 else "acl compile takes two paths"
+    if "-h" in argv or "--help" in argv:
+        return None
+    if command == "match":
+        chosen = [p for (flags, _mod), p in zip(match_cli._LANGUAGES, parsers, strict=True)
+                  if match_cli._names_flag(argv, flags)]
+        if len(chosen) != 1:
+            return "no one rule language (--hosts-allow/--hosts-deny, --tcprules, --xinetd)"
+        parsers = chosen
+    # A synopsis' placeholder for a number (--timeout S, --now T), or a
+    # variable the shell or systemd expands (--pid $MAINPID), stands for one.
+    typed = {o for a in parsers[0]._actions if a.type is not None for o in a.option_strings}
+    argv = [("1" if re.fullmatch(r"[A-Z]+|\$[A-Z_]+", word) and before in typed else word)
+            for before, word in zip(["", *argv[:-1]], argv, strict=True)]
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            args = parsers[0].parse_args(argv)
+    except (SystemExit, UsageError) as exc:
+        return (err.getvalue().strip().splitlines() or [str(exc)])[-1]
+    if command == "query":
+        if args.admin:
+            if len(args.words) != 1 or args.words[0].lower() not in ADMIN_COMMANDS:
+                return f"--admin takes one of {ADMIN_COMMANDS}, not {args.words}"
+        elif len(args.words) != 2:
+            return f"SERVICE CLIENT are two words, not {args.words}"
+    if command == "reload" and args.pid is not None and args.config is None:
+        return "--pid needs --config"
+    return None
+
+
+def command_line_problems(found) -> list[tuple[str, str, str]]:
+    problems = []
+    for name, command, text in found:
+        argv = documented_argv(text)
+        if argv is not None:
+            why = argv_problem(command, argv)
+            if why:
+                problems.append((name, text, why))
+    return problems
+
+
+def test_documented_command_lines_parse():
+    """Every ``acl COMMAND ...`` line the docs show -- a synopsis with each
+    optional part given -- is one the command's real parsers take: values
+    where an option needs one, no two options argparse keeps apart, the
+    positional words the command reads (query: SERVICE CLIENT, or one admin
+    command), one rule language for match."""
+    found = documented_commands()
+    parsed = [f for f in found if documented_argv(f[2]) is not None]
+    assert len(parsed) >= 30, parsed
+    assert command_line_problems(found) == []
+
+
+def test_a_documented_command_line_that_does_not_parse_is_found():
+    planted = [("planted.md", "reload", "acl reload --admin /run/acl/admin.sock --config p.toml"),
+               ("planted.md", "query", "acl query --timeout soon sshd 192.0.2.1"),
+               ("planted.md", "query", "acl query sshd"),
+               ("planted.md", "query", "acl query --admin /run/acl/admin.sock restart"),
+               ("planted.md", "match", "acl match sshd 192.0.2.1"),
+               ("planted.md", "check", "acl check --no-names --hosts-file h"),
+               ("planted.md", "audit", "acl audit [--proto sctp]"),
+               # mentions and good lines
+               ("planted.md", "match", "acl match --hosts-file"),
+               ("planted.md", "serve", "acl serve --query/--admin"),
+               ("planted.md", "query", "acl query [--socket S] SERVICE CLIENT")]
+    problems = command_line_problems(planted)
+    assert [text for _n, text, _why in problems] == [text for _n, _c, text in planted[:7]]
 
 
 def test_readme_says_xinetd_limits_need_the_flag():

@@ -90,6 +90,9 @@ def _parse_args(argv: list[str]):
         raise UsageError("--batch reads queries from stdin; give none on the command line")
     if not args.batch and len(args.query) not in (2, 3):
         raise UsageError("give SERVICE IP [SERVER], or --batch")
+    if args.now is not None and not args.limits:
+        # the address check reads no clock: a --now alone would be ignored
+        raise UsageError("--now is for --limits (only the limits read the clock)")
     opts = {"conf": args.xinetd, "hosts": args.hosts, "batch": args.batch,
             "limits": args.limits, "now": args.now, "quiet": args.quiet}
     return opts, args.query

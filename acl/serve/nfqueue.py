@@ -492,7 +492,8 @@ class NfqueueFrontDoor:
     def looped(self) -> int:
         return self._looped + (self._batch.looped if self._batch is not None else 0)
 
-    def _kernel_stats(self) -> dict:
+    def _kernel_stats(self) -> dict | None:
+        """The kernel's counters per queue; None when they cannot be read."""
         reader = self._stats_file
         kernel = reader.read() if reader is not None else nfq.read_queue_stats()
         if kernel is None:
@@ -500,20 +501,23 @@ class NfqueueFrontDoor:
                 self._stats_warned = True
                 log.warning("nfqueue: cannot read %s (%s): the kernel's queue counters "
                             "are left out", reader.path, reader.error)
-            return {}
         return kernel
 
-    def queue_counters(self) -> dict[int, dict[str, int]]:
-        """Per queue: packets, queue drops, user drops (kernel + ids never delivered)."""
+    def queue_counters(self) -> dict[int, dict[str, int | None]]:
+        """Per queue: packets, queue drops, user drops (kernel + ids never
+        delivered).  ``queue_drops`` and ``waiting`` are the kernel's alone:
+        None when its counters cannot be read (left out of the metrics, not
+        shown as 0, which would hide drops)."""
         kernel = self._kernel_stats()
+        unread = kernel is None
         out = {}
         for num in self.config.queues:
             q = next((q for q in self.queues if q.num == num), None)
-            st = kernel.get(num) if q is not None else None
+            st = kernel.get(num) if q is not None and not unread else None
             gaps = q.gaps if q is not None else 0
             out[num] = {
                 "packets": self.packets.get(num, 0),
-                "queue_drops": st.queue_dropped if st else 0,
+                "queue_drops": None if unread else st.queue_dropped if st else 0,
                 # Without fail-open the kernel counts a netlink loss and we see
                 # the id gap: the larger of the two, never their sum.
                 "user_drops": max(st.user_dropped if st else 0, gaps),
@@ -557,7 +561,8 @@ class NfqueueFrontDoor:
                                       "verdicts the kernel refused", labels=["queue"])
         for num, c in sorted(per_queue.items()):
             packets.add_metric([str(num)], c["packets"])
-            qdrops.add_metric([str(num)], c["queue_drops"])
+            if c["queue_drops"] is not None:
+                qdrops.add_metric([str(num)], c["queue_drops"])
             udrops.add_metric([str(num)], c["user_drops"])
             refused.add_metric([str(num)], c["refused_verdicts"])
             if c["waiting"] is not None:

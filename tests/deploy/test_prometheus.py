@@ -41,7 +41,7 @@ import pytest
 from acl.model import Request, Verdict
 from tests.conftest import stop_process
 
-from .conftest import DEPLOY, acl_entry_point
+from .conftest import DEPLOY, GUIDE, acl_entry_point
 from .netns import Netns
 from .sidecar import Client, wait_for, write_policy
 
@@ -131,6 +131,40 @@ def test_alerts_fire_when_they_should(tmp_path):
     for t in tests:
         tested |= set(re.findall(r"alertname: (\w+)", (HERE / t).read_text()))
     assert len(alerts) == 10 and alerts == tested, alerts ^ tested
+
+
+def alert_table_mismatches(rules: str, guide: str) -> list[str]:
+    """docs/operator-guide.md's alert table (section 8) against the rules:
+    the same alerts, each with its severity and its ``for:`` (none: none)."""
+    shipped = {}
+    for block in re.split(r"^\s*- alert: ", rules, flags=re.M)[1:]:
+        name = block.split()[0]
+        hold = re.search(r"^\s*for: (\d+)m$", block, re.M)
+        severity = re.search(r"^\s*severity: (\w+)$", block, re.M).group(1)
+        shipped[name] = (severity, hold.group(1) if hold else None)
+    section = guide[guide.index("## 8. Alerts"):guide.index("## 9.")]
+    documented = {}
+    for name, severity, fires in re.findall(r"^\| \*\*(\w+)\*\* \((\w+)\) \| ([^|]*(?:\\\|[^|]*)*) \|",
+                                            section, re.M):
+        hold = re.search(r"\bfor (\d+) m\b", fires)
+        documented[name] = (severity, hold.group(1) if hold else None)
+    wrong = [f"{n}: shipped, not in the guide" for n in sorted(set(shipped) - set(documented))]
+    wrong += [f"{n}: in the guide, not shipped" for n in sorted(set(documented) - set(shipped))]
+    wrong += [f"{n}: shipped (severity, for minutes) {shipped[n]}, guide {documented[n]}"
+              for n in sorted(set(shipped) & set(documented)) if shipped[n] != documented[n]]
+    return wrong
+
+
+def test_the_guide_s_alert_table_is_the_shipped_rules():
+    guide = GUIDE.read_text()
+    assert alert_table_mismatches(RULES.read_text(), guide) == []
+    planted = guide.replace("| **AclSourcesEvicting** (warning) | evictions from the per-source "
+                            "table for 10 m |", "| **AclSourcesEvicting** (critical) | evictions "
+                            "from the per-source table for 5 m |")
+    assert planted != guide
+    assert alert_table_mismatches(RULES.read_text(), planted) == [
+        "AclSourcesEvicting: shipped (severity, for minutes) ('warning', '10'), "
+        "guide ('critical', '5')"]
 
 
 def test_dashboard_names_are_the_documented_ones():

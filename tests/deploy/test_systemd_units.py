@@ -88,6 +88,33 @@ def test_security_score_is_ok_or_better_and_documented(units):
     assert f"{score:.1f} {word}" in (DEPLOY / "systemd" / "acl.service").read_text()
 
 
+def test_every_row_of_the_guide_s_score_table_is_measured(units):
+    """docs/operator-guide.md, "The sandbox, and its score": each unit's row
+    is what systemd-analyze says of the shipped file, and the score given
+    for the variant that resolves host names (PrivateNetwork= and
+    IPAddressDeny= removed, AF_INET AF_INET6 added) is that variant's."""
+    guide = " ".join((ROOT / "docs" / "operator-guide.md").read_text().split())
+    rows = re.findall(r"\| `([\w-]+\.service)` \| \**(\d\.\d \w+)\** \|", guide)
+    assert {unit for unit, _ in rows} == {"acl.service", "acl-nfqueue.service"}, rows
+    for unit, said in rows:
+        score, word = exposure(units / unit)
+        assert f"{score:.1f} {word}" == said, (unit, said)
+
+    said = re.search(r"remove `PrivateNetwork=` and `IPAddressDeny=` and add `AF_INET "
+                     r"AF_INET6` to `RestrictAddressFamilies=` \(measured: (\d\.\d \w+)\)",
+                     guide)
+    assert said, "the guide gives the score of the variant that resolves names"
+    unit = units / "acl.service"
+    text = unit.read_text()
+    variant = re.sub(r"^(PrivateNetwork|IPAddressDeny)=.*\n", "", text, flags=re.M)
+    variant = variant.replace("RestrictAddressFamilies=AF_UNIX\n",
+                              "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6\n")
+    assert not re.search(r"^PrivateNetwork=", variant, re.M) and "AF_INET6\n" in variant
+    unit.write_text(variant)
+    score, word = exposure(unit)
+    assert f"{score:.1f} {word}" == said.group(1)
+
+
 def test_nfqueue_variant_keeps_only_cap_net_admin(units):
     score, _ = exposure(units / "acl-nfqueue.service")
     assert score <= 2.0

@@ -184,9 +184,24 @@ def test_kernel_counters_that_cannot_be_read_are_left_out_and_logged_once(caplog
         for _ in range(3):
             fams = {f.name: f for f in d.metric_families()}
     assert fams["acl_nfqueue_waiting"].samples == []
+    # the kernel's drop count is unknown, not 0 (a 0 would hide drops: docs/nfqueue.md)
+    assert fams["acl_nfqueue_queue_drops"].samples == []
     assert [s.value for s in fams["acl_nfqueue_queue_maxlen"].samples] == [4096]
     warned = [r for r in caplog.records if "queue counters are left out" in r.getMessage()]
     assert len(warned) == 1
+
+
+def test_a_stats_file_missing_once_a_queue_is_bound_is_unreadable_not_empty(tmp_path):
+    """Opened after binding, the kernel's file exists unless /proc hides it
+    (systemd's ProcSubset=pid, acl-nfqueue.service): its counters are then
+    unknown -- left out and logged -- never all 0."""
+    missing = nfq.QueueStatsFile(str(tmp_path / "nfnetlink_queue"))
+    assert missing.read() is None and isinstance(missing.error, FileNotFoundError)
+    d = door()
+    d._stats_file = missing
+    assert d.queue_counters()[7]["queue_drops"] is None
+    (tmp_path / "nfnetlink_queue").write_text("  7  123     2 2   128     0     4       45  1\n")
+    assert missing.read()[7].queue_dropped == 0 and missing.error is None   # appeared: read
 
 
 def test_the_stats_file_opened_as_root_is_still_read_after_the_uid_changes(tmp_path):

@@ -89,6 +89,17 @@ def test_max_load_as_xinetd_reads_it(tmp_path):
         "deny load" if load >= 2 ** -16 else "allow ok"]
 
 
+def test_now_without_limits_is_a_usage_error(tmp_path):
+    """The usage says ``[--limits [--now T]]`` and the address check reads no
+    clock: a --now given without --limits would be dropped in silence, and
+    whoever wrote it believes the limits were run at that time."""
+    conf, hosts = write(tmp_path, svc("t", "access_times = 00:00-00:30"))
+    for argv, stdin in ((["t", "127.0.0.2"], ""), (["--batch"], "t 127.0.0.2\n")):
+        out = acl("--xinetd", conf, "--hosts", hosts, "--now", "1000", *argv, stdin=stdin)
+        assert out.returncode == 100 and out.stdout == "", out
+        assert "--now is for --limits" in out.stderr and "usage:" in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("core", ["compiled", "pure"])
 def test_now_the_limits_core_cannot_hold_is_a_usage_error(tmp_path, core):
     """--now nan/inf/1e19 reached the cores: the compiled one cast it to
