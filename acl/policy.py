@@ -491,12 +491,11 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
         return previous.name_service, key
     from acl.names import NameService
     from acl.parse.xinetd_resolve import HostsResolver, SystemResolver
-    from acl.resolve import HostsFileBackend, Resolver, SystemBackend
+    from acl.resolve import Resolver, SystemBackend, hosts_file_backend
 
     if names.hosts_file:
         text = read_bytes(names.hosts_file).decode("latin-1")
-        # a hosts file names hosts: @group is still NSS's (acl/resolve.py)
-        backend = HostsFileBackend(text=text, netgroups=SystemBackend())
+        backend = hosts_file_backend(text=text)     # @group: NSS's (acl/resolve.py)
         reverse = HostsResolver(text)
     else:
         backend, reverse = SystemBackend(), SystemResolver()
