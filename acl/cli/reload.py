@@ -49,7 +49,7 @@ from acl.cli import (
     FatalUsageParser,
     adminsock,
 )
-from acl.cli.query import socket_path_error
+from acl.cli.sockpath import socket_path_error
 
 PROG = "acl reload"
 #: acl-admin.socket's path, and the one the shipped policies name
