@@ -99,8 +99,8 @@ TABLE_KEYS = {
     "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache", "threads", "per_network",
               "deadline"),
 }
-#: The most ``[run] keep_leases``: the journal (acl/serve/lease_journal.py) is
-#: 2 x keep_leases records of 320 bytes, about 40 MiB at this bound.
+#: The most ``[run] keep_leases``: the journal is 2 x keep_leases records of
+#: 320 bytes (acl/serve/lease_journal.py ``capacity_for``), about 40 MiB here.
 MAX_KEEP_LEASES = 65536
 #: The keys of a ``[[source]]`` table, by its type.
 SOURCE_KEYS = {

@@ -121,6 +121,7 @@ from acl.serve.lease_journal import (
     Contents,
     Journal,
     JournalError,
+    capacity_for,
     journal_size,
     read_journal,
 )
@@ -253,7 +254,8 @@ def _writable_mapping(fd: int, contents: Contents, keep: int):
     """The passed journal ``fd`` mapped to write on in (the file's rules:
     room for ``keep`` of each, at most twice that, sealed at its size), or
     None: a new journal is made instead."""
-    if not 2 * keep <= contents.capacity <= 4 * keep:
+    need = capacity_for(keep)
+    if not need <= contents.capacity <= 2 * need:
         return None
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -268,7 +270,7 @@ def _writable_mapping(fd: int, contents: Contents, keep: int):
 
 def _new_journal(keep: int, generation: int):
     """A sealed memfd of the journal's size, mapped: (fd, mapping)."""
-    size = journal_size(2 * keep)
+    size = journal_size(capacity_for(keep))
     fd = os.memfd_create("acl-leases", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
