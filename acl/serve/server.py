@@ -60,7 +60,6 @@ import asyncio
 import collections
 import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
 import errno
-import grp
 import os
 import resource
 import signal
@@ -448,8 +447,9 @@ class Server:
                 self._sockets[name] = sock
                 self.addresses[name] = path
                 if name != "admin" and s.group:
-                    # lchown: a symlink swapped in gets the group, not its target
-                    os.chown(path, -1, grp.getgrnam(s.group).gr_gid, follow_symlinks=False)
+                    # the gid acl.policy looked up; lchown: a symlink
+                    # swapped in gets the group, not its target
+                    os.chown(path, -1, s.gid, follow_symlinks=False)
         listen = self.engine.policy.metrics_listen
         if "metrics" in got:
             self._sockets["metrics"] = got["metrics"]
