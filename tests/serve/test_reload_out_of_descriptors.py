@@ -78,6 +78,9 @@ def test_a_watched_change_made_out_of_descriptors_loads_once_there_is_room(tmp_p
     socks = []
     try:
         assert not allowed(srv)
+        # that client's descriptor freed before the flood: freed after it, it
+        # was a slot a reload could read every file through
+        wait_for(lambda: admin.ask("stats")["clients"]["binary"] == 0, 15, "its close")
         socks = flood(srv.query)
         wait_for(admin.out_of_descriptors, 15, "the server to run out of descriptors")
         with open(tmp_path / "hosts.allow", "a") as f:
