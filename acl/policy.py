@@ -64,11 +64,9 @@ Rules of this file:
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import math
 import os
-import pwd
 import re
 import socket
 import time
@@ -76,6 +74,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from acl import nss
 from acl.errors import (
     AclError,
     Diagnostic,
@@ -753,8 +752,8 @@ def _read_sockets(conf: dict, toml_path: Path, running: Sockets | None) -> Socke
     mode = _mode(s.get("mode", "0660"), toml_path)
     group = _get(s, "group", str, "", toml_path, "sockets")
     start = running is None
-    uid_of = (lambda n: pwd.getpwnam(n).pw_uid) if start else None
-    gid_of = (lambda n: grp.getgrnam(n).gr_gid) if start else None
+    uid_of = (lambda n: nss.getpwnam(n).pw_uid) if start else None
+    gid_of = (lambda n: nss.getgrnam(n).gr_gid) if start else None
     admin_uids = _ids(s.get("admin_uids", [0]), uid_of, toml_path, "sockets.admin_uids")
     admin_gids = _ids(s.get("admin_gids", []), gid_of, toml_path, "sockets.admin_gids")
     if not start:
@@ -814,9 +813,9 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     # user and group names: checked at start, not on reload (a chroot may
     # hide /etc then, and privileges are not changed by a reload)
     if run.user and previous is None:
-        _ids([run.user], lambda n: pwd.getpwnam(n).pw_uid, toml_path, "run.user")
+        _ids([run.user], lambda n: nss.getpwnam(n).pw_uid, toml_path, "run.user")
     if run.group and previous is None:
-        _ids([run.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "run.group")
+        _ids([run.group], lambda n: nss.getgrnam(n).gr_gid, toml_path, "run.group")
     nfq = conf.get("nfqueue", {})
     if not isinstance(nfq, dict):
         raise _err(toml_path, "[nfqueue]", "expected a table")
