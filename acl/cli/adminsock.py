@@ -7,7 +7,7 @@ object back.  The server may answer and close before it reads the command
 answer, which is what the user needs to see.  The exit status an answer
 means is decided here once, for both commands: 0 ``ok``; 100 (bad input) a
 refusal whose ``cause`` is the command or the policy; 111 any other refusal
-(a uid not served) and no answer at all.
+(a uid not served, a server out of descriptors) and no answer at all.
 """
 
 from __future__ import annotations

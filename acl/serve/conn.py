@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import json
 import select
 import socket
@@ -520,6 +521,16 @@ class AdminConnection(_Base):
             # wait, and thousands of them sent in one write would hold up
             # every other client until the last was answered
             await asyncio.sleep(0)
+
+
+def admin_refusal(exc: OSError) -> bytes:
+    """The answer of an admin client acl cannot take for lack of descriptors
+    (acl/serve/accept.py's rules): no ``cause``, so ``acl reload`` and ``acl
+    query --admin`` exit 111, a temporary failure."""
+    code = errno.errorcode.get(exc.errno, str(exc.errno))
+    error = (f"acl serve is out of descriptors ({code}: {exc.strerror}): it cannot take this "
+             "admin connection now; try again when acl_accept_errors_total stops growing")
+    return json.dumps({"ok": False, "error": error}).encode() + b"\n"
 
 
 class MetricsConnection(_Base):
