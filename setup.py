@@ -28,9 +28,9 @@ Rules of this file:
   build (tests/sanitize builds one in a copy of the checkout).
 """
 
-import importlib.util
 import os
 import platform
+import runpy
 import shlex
 import shutil
 import subprocess
@@ -45,16 +45,9 @@ NO_EXTENSIONS = os.environ.get("ACL_NO_EXTENSIONS", "") not in ("", "0")
 CFLAGS = ["-O3", "-fno-strict-aliasing"]
 
 
-def _load_by_path(path: Path):
-    """A build helper module from ext/, which is no package (its rules)."""
-    spec = importlib.util.spec_from_file_location(f"acl_build_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-# Placed after the other flags: its -O1 replaces -O3 (and the wrap's -O2).
-SANITIZE_FLAGS = _load_by_path(HERE / "ext" / "sanitizer.py").flags()
+# ext/sanitizer.py's list (run by its path: that file's rules).  Placed
+# after the other flags: its -O1 replaces -O3 (and the wrap's -O2).
+SANITIZE_FLAGS = runpy.run_path(str(HERE / "ext" / "sanitizer.py"))["flags"]()
 if platform.machine() in ("x86_64", "AMD64"):
     # The prefix core's trie walk is popcount-bound, and its address text
     # readers shuffle bytes (SSSE3): both in every Intel CPU since 2008 and

@@ -20,21 +20,25 @@ tests/tcpw/test_names_vs_tcpdchk.py):
 * :func:`find_addresses` makes tcpdchk's two calls: ``getaddrinfo(token,
   NULL, {AF_UNSPEC, SOCK_STREAM, AI_PASSIVE | AI_NUMERICHOST})`` -- a
   number (any ``inet_aton`` form: ``192.168.1`` is 192.168.0.1) is its own
-  address -- else the same with ``AI_CANONNAME``: failure is "host not
-  found"; an official name other than the token (ASCII case ignored) is a
-  "hostname alias", which never matches (libwrap compares the name the
-  double check verified, the official one).  Both families are asked, so
-  an IPv6-only name is found.  Python's ``socket.getaddrinfo`` is that C
-  call with these hints, so both programs get the same answers.
-* With a hosts file (``acl check --hosts-file``, read as ``acl match
-  --hosts-file`` reads it: :class:`acl.resolve.HostsFileBackend`), that
-  file alone answers every name and address question, as glibc's
-  ``files`` module would with the file as /etc/hosts and no other host
-  source (``hosts: files``): one address per line naming the host, the
-  same one twice when two lines give it (getaddrinfo keeps both, so
-  tcpdchk counts two for a daemon@host); the numeric step is unchanged (it
-  asks nobody).  Netgroups are still asked of the system (NSS): a hosts
-  file names hosts, not netgroups.
+  address -- else the same with ``AI_CANONNAME``, which the backend makes
+  (``addrinfo``: :class:`acl.resolve.SystemBackend`'s is that C call
+  without ``AI_PASSIVE``, which getaddrinfo(3) ignores when a host is
+  given): failure is "host not found"; an official name other than the
+  token (ASCII case ignored) is a "hostname alias", which never matches
+  (libwrap compares the name the double check verified, the official
+  one).  Both families are asked, so an IPv6-only name is found.  Python's
+  ``socket.getaddrinfo`` is the C call, so both programs get the same
+  answers.
+* The backend is the system resolver, or with a hosts file (``acl check
+  --hosts-file``) the one ``acl match --hosts-file`` reads it with
+  (:func:`acl.resolve.hosts_file_backend`).  That file alone then answers
+  every name and address question, as glibc's ``files`` module would with
+  the file as /etc/hosts and no other host source (``hosts: files``): one
+  address per line naming the host, the same one twice when two lines
+  give it (getaddrinfo keeps both, so tcpdchk counts two for a
+  daemon@host); the numeric step is unchanged (it asks nobody).  Netgroups
+  are still asked of the system (NSS): a hosts file names hosts, not
+  netgroups.
 * Every address found then gets libwrap's double check
   (:func:`acl.resolve.double_check`): no PTR name is "no name"; a failed
   step is reported in libwrap's terms (non-FQDN, can't verify, name/name
@@ -74,7 +78,7 @@ from acl.compile.tcpw import HostsAccessLayer
 from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_access import HostsRule, read_pattern_file
 from acl.parse.hosts_patterns import MAX_FILE_DEPTH, ascii_lower, not_inaddr, split_at, v6_numeric
-from acl.resolve import UNKNOWN, DoubleCheck, HostsFileBackend, SystemBackend, double_check
+from acl.resolve import UNKNOWN, DoubleCheck, SystemBackend, double_check
 from acl.workers import DaemonPool
 
 W = Severity.WARNING
@@ -111,31 +115,25 @@ class Found:
     checks: tuple = ()              # a Future of DoubleCheck per address
 
 
-def find_addresses(text: str, hosts: HostsFileBackend | None = None) -> Found | None:
-    """tcpdchk's ``find_inet_addr``: what the resolver (or the hosts file
-    ``hosts``) knows of ``text`` (no checks yet), or None when the name is
-    not found."""
-    host = text.encode("latin-1", "replace")
-    infos = _getaddrinfo(host, socket.AI_PASSIVE | socket.AI_NUMERICHOST)
-    if infos:
-        return Found(True, None, _addresses(infos))
-    if hosts is not None:
-        hit = hosts.addrinfo(text)      # every entry, as getaddrinfo gives them
-        return Found(False, hit[0], tuple(hit[1])) if hit and hit[1] else None
-    infos = _getaddrinfo(host, socket.AI_PASSIVE | socket.AI_CANONNAME)
-    if not infos:
-        return None
-    return Found(False, infos[0][3] or "", _addresses(infos))
+def find_addresses(text: str, backend) -> Found | None:
+    """tcpdchk's ``find_inet_addr``: what ``backend`` (acl/resolve.py) knows
+    of ``text`` (no checks yet), or None when the name is not found."""
+    numbers = _numbers(text)
+    if numbers:
+        return Found(True, None, numbers)
+    hit = backend.addrinfo(text)        # every entry, as getaddrinfo gives them
+    return Found(False, hit[0], tuple(hit[1])) if hit and hit[1] else None
 
 
-def _getaddrinfo(host: bytes, flags: int) -> list | None:
+def _numbers(text: str) -> tuple:
+    """The addresses of ``text`` read as a number (AI_NUMERICHOST: nobody
+    is asked), or () when it is none."""
     try:
-        return socket.getaddrinfo(host, None, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, flags)
+        infos = socket.getaddrinfo(text.encode("latin-1", "replace"), None, socket.AF_UNSPEC,
+                                   socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE | socket.AI_NUMERICHOST)
     except (OSError, UnicodeError, ValueError):
-        return None
-
-
-def _addresses(infos: list) -> tuple:
+        return ()
     return tuple((fam, socket.inet_pton(fam, sa[0].split("%", 1)[0]))
                  for fam, _, _, _, sa in infos if fam in (socket.AF_INET, socket.AF_INET6))
 
@@ -196,15 +194,12 @@ def _visit_token(rule: HostsRule, tok, parts, server: bool, visit) -> None:
 
 class NameLookups:
     """Each distinct question asked once, on a few threads, under one deadline
-    that starts when this object is made.  ``hosts``: a hosts file that
-    answers the name and address questions instead of the system resolver."""
+    that starts when this object is made.  ``backend`` answers them
+    (acl/resolve.py; default: the system's)."""
 
-    def __init__(self, hosts: HostsFileBackend | None = None, *,
-                 timeout: float = DEFAULT_TIMEOUT, workers: int = WORKERS):
-        system = SystemBackend()
-        self.hosts = hosts
-        self.backend = hosts if hosts is not None else system    # names, double checks
-        self._netgroups = system                                  # NSS, hosts file or not
+    def __init__(self, backend=None, *, timeout: float = DEFAULT_TIMEOUT,
+                 workers: int = WORKERS):
+        self.backend = backend if backend is not None else SystemBackend()
         self.timeout = timeout
         self._deadline = time.monotonic() + timeout
         self._pool = DaemonPool(workers, "acl-check-names")
@@ -225,11 +220,11 @@ class NameLookups:
         return self._once(self._names, ascii_lower(text), self._find, text)
 
     def netgroup(self, group: str) -> Future:
-        return self._once(self._groups, group, self._netgroups.netgroup_has_members, group,
+        return self._once(self._groups, group, self.backend.netgroup_has_members, group,
                           pool=self._group_pool)
 
     def _find(self, text: str) -> Found | None:
-        found = find_addresses(text, self.hosts)
+        found = find_addresses(text, self.backend)
         if found is None:
             return None
         # the double checks queue behind the lookups already submitted

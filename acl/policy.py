@@ -37,6 +37,13 @@ Rules of this file:
   when an SMTP session ends -- so per_source and instances of its
   ``policy_service`` count nothing it asks: the load warns
   (:func:`postfix_door_warnings`, among ``Policy.diagnostics``).
+* ``[sockets]`` is read and checked in one place (:func:`_read_sockets`),
+  its user and group names looked up there once, at start; the server
+  binds, chowns and admits peers with what it gives.  A reload checks the
+  table as a start does but takes only ``policy_service`` from it: the
+  server keeps the sockets, their group and the admin peers it started
+  with, and a chroot may hide /etc by then (so ``[run]``'s names, too, are
+  looked up at start only).
 * xinetd's other questions to the system (``protocol``, ``user``,
   ``group``, ``server``, /etc/services) go through one
   :class:`acl.parse.xinetd_system.SystemLookups` handed from policy to
@@ -57,11 +64,9 @@ Rules of this file:
 
 from __future__ import annotations
 
-import grp
 import hashlib
 import math
 import os
-import pwd
 import re
 import socket
 import time
@@ -69,6 +74,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from acl import nss
 from acl.errors import (
     AclError,
     Diagnostic,
@@ -99,8 +105,8 @@ TABLE_KEYS = {
     "names": ("lookup", "hosts_file", "ttl", "negative_ttl", "cache", "threads", "per_network",
               "deadline"),
 }
-#: The most ``[run] keep_leases``: the journal (acl/serve/lease_journal.py) is
-#: 2 x keep_leases records of 320 bytes, about 40 MiB at this bound.
+#: The most ``[run] keep_leases``: the journal is 2 x keep_leases records of
+#: 320 bytes (acl/serve/lease_journal.py ``capacity_for``), about 40 MiB here.
 MAX_KEEP_LEASES = 65536
 #: The keys of a ``[[source]]`` table, by its type.
 SOURCE_KEYS = {
@@ -120,6 +126,7 @@ class Sockets:
     group: str = ""
     admin_uids: tuple[int, ...] = (0,)
     admin_gids: tuple[int, ...] = ()
+    gid: int = -1                 # ``group``'s id, looked up at start (-1: no group)
 
 
 @dataclass(frozen=True)
@@ -491,12 +498,11 @@ def _name_service(names: Names, previous: Policy | None, path) -> tuple[object, 
         return previous.name_service, key
     from acl.names import NameService
     from acl.parse.xinetd_resolve import HostsResolver, SystemResolver
-    from acl.resolve import HostsFileBackend, Resolver, SystemBackend
+    from acl.resolve import Resolver, SystemBackend, hosts_file_backend
 
     if names.hosts_file:
         text = read_bytes(names.hosts_file).decode("latin-1")
-        # a hosts file names hosts: @group is still NSS's (acl/resolve.py)
-        backend = HostsFileBackend(text=text, netgroups=SystemBackend())
+        backend = hosts_file_backend(text=text)     # @group: NSS's (acl/resolve.py)
         reverse = HostsResolver(text)
     else:
         backend, reverse = SystemBackend(), SystemResolver()
@@ -688,6 +694,8 @@ def _value_text(path, where: str) -> str | None:
 
 
 def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
+    """The ids of a list of ids and names; ``lookup`` None checks the names'
+    type only and leaves them out (a reload: :func:`_read_sockets`)."""
     if not isinstance(values, list):
         raise _err(path, where, "expected a list of ids or names")
     out = []
@@ -695,6 +703,8 @@ def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
         if isinstance(v, int) and not isinstance(v, bool):
             out.append(v)
         elif isinstance(v, str):
+            if lookup is None:
+                continue
             try:
                 out.append(lookup(v))
             except KeyError:
@@ -725,11 +735,33 @@ def _read_toml(toml_path: Path) -> dict:
     return conf
 
 
-def _socket_paths(conf: dict, toml_path: Path) -> dict[str, str]:
-    """``[sockets]`` query, policy and admin, made absolute ("" when unset)."""
-    s = _table(conf, "sockets", toml_path)
+def _socket_paths(s: dict, toml_path: Path) -> dict[str, str]:
+    """The ``[sockets]`` table's query, policy and admin, made absolute (""
+    when unset)."""
     paths = {k: _get(s, k, str, "", toml_path, "sockets") for k in ("query", "policy", "admin")}
     return {k: str(toml_path.parent / v) if v else "" for k, v in paths.items()}
+
+
+def _read_sockets(conf: dict, toml_path: Path, running: Sockets | None) -> Sockets:
+    """``[sockets]``, checked whole; its names are looked up only at start
+    (``running`` None), and a reload keeps ``running`` but for its
+    ``policy_service`` (the module rules)."""
+    s = _table(conf, "sockets", toml_path)
+    paths = _socket_paths(s, toml_path)
+    policy_service = _get(s, "policy_service", str, "smtpd", toml_path, "sockets")
+    mode = _mode(s.get("mode", "0660"), toml_path)
+    group = _get(s, "group", str, "", toml_path, "sockets")
+    start = running is None
+    uid_of = (lambda n: nss.getpwnam(n).pw_uid) if start else None
+    gid_of = (lambda n: nss.getgrnam(n).gr_gid) if start else None
+    admin_uids = _ids(s.get("admin_uids", [0]), uid_of, toml_path, "sockets.admin_uids")
+    admin_gids = _ids(s.get("admin_gids", []), gid_of, toml_path, "sockets.admin_gids")
+    if not start:
+        return replace(running, policy_service=policy_service)
+    gid = _ids([group], gid_of, toml_path, "sockets.group")[0] if group else -1
+    return Sockets(query=paths["query"], policy=paths["policy"], policy_service=policy_service,
+                   admin=paths["admin"], mode=mode, group=group, admin_uids=admin_uids,
+                   admin_gids=admin_gids, gid=gid)
 
 
 def admin_socket_of(path: str | os.PathLike) -> str:
@@ -737,7 +769,7 @@ def admin_socket_of(path: str | os.PathLike) -> str:
     from that file alone -- its rule files are neither read nor checked
     (``acl reload`` asks the running server to do that)."""
     toml_path = Path(path).resolve()
-    return _socket_paths(_read_toml(toml_path), toml_path)["admin"]
+    return _socket_paths(_table(_read_toml(toml_path), "sockets", toml_path), toml_path)["admin"]
 
 
 def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | None = None) -> Policy:
@@ -748,29 +780,12 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     conf = _read_toml(toml_path)
     base = toml_path.parent
 
-    s = _table(conf, "sockets", toml_path)
-    paths = _socket_paths(conf, toml_path)
-    sockets = Sockets(
-        query=paths["query"],
-        policy=paths["policy"],
-        policy_service=_get(s, "policy_service", str, "smtpd", toml_path, "sockets"),
-        admin=paths["admin"],
-        mode=_mode(s.get("mode", "0660"), toml_path),
-        group=_get(s, "group", str, "", toml_path, "sockets"),
-        admin_uids=_ids(s.get("admin_uids", [0]), lambda n: pwd.getpwnam(n).pw_uid,
-                        toml_path, "sockets.admin_uids"),
-        admin_gids=_ids(s.get("admin_gids", []), lambda n: grp.getgrnam(n).gr_gid,
-                        toml_path, "sockets.admin_gids"),
-    )
+    sockets = _read_sockets(conf, toml_path, previous.sockets if previous is not None else None)
     m = _table(conf, "metrics", toml_path)
     metrics_listen = _get(m, "listen", str, "", toml_path, "metrics")
     problem = listen_problem(metrics_listen)
     if problem:
         raise _err(toml_path, "metrics.listen", problem)
-    # user and group names: checked at start, not on reload (a chroot may
-    # hide /etc then, and sockets and privileges are not changed by a reload)
-    if sockets.group and previous is None:
-        _ids([sockets.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "sockets.group")
     lt = _table(conf, "limits", toml_path)
     limits = Limits(
         sources=_get(lt, "sources", int, 1 << 20, toml_path, "limits"),
@@ -795,10 +810,12 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     )
     if not 0 <= run.keep_leases <= MAX_KEEP_LEASES:
         raise _err(toml_path, "run.keep_leases", f"must be 0 .. {MAX_KEEP_LEASES}")
+    # user and group names: checked at start, not on reload (a chroot may
+    # hide /etc then, and privileges are not changed by a reload)
     if run.user and previous is None:
-        _ids([run.user], lambda n: pwd.getpwnam(n).pw_uid, toml_path, "run.user")
+        _ids([run.user], lambda n: nss.getpwnam(n).pw_uid, toml_path, "run.user")
     if run.group and previous is None:
-        _ids([run.group], lambda n: grp.getgrnam(n).gr_gid, toml_path, "run.group")
+        _ids([run.group], lambda n: nss.getgrnam(n).gr_gid, toml_path, "run.group")
     nfq = conf.get("nfqueue", {})
     if not isinstance(nfq, dict):
         raise _err(toml_path, "[nfqueue]", "expected a table")

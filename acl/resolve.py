@@ -34,10 +34,10 @@ an address two lines give is there twice); for ``@group`` also
 :class:`SystemBackend` asks the C library (so ``/etc/nsswitch.conf`` rules);
 :class:`HostsFileBackend` reads a private hosts file the way glibc's ``files``
 module does, so tests never touch DNS.  A hosts file names hosts, not
-netgroups: with ``netgroups=SystemBackend()`` (``acl match --hosts-file``
-and ``[names] hosts_file`` do so; ``acl check`` asks NSS itself) ``@group``
-is asked of NSS, as libwrap does whatever answers its host names; a dict
-is a fixed table (tests).
+netgroups: :func:`hosts_file_backend` (``acl match --hosts-file``, ``acl
+check --hosts-file`` and ``[names] hosts_file`` use it) asks ``@group`` of
+NSS, as libwrap does whatever answers its host names; a dict is a fixed
+table (tests).
 
 :func:`double_check` runs the check once and says which step failed, in
 the terms of libwrap's warnings (``acl check`` repeats them, as tcpdchk
@@ -341,6 +341,12 @@ class SystemBackend:
                 return get(ctypes.byref(host), ctypes.byref(user), ctypes.byref(domain)) != 0
             finally:
                 end()
+
+
+def hosts_file_backend(path: str | None = None, text: str | None = None) -> HostsFileBackend:
+    """A private hosts file as acl's commands and ``[names] hosts_file``
+    read it: the file for host names and addresses, NSS for ``@group``."""
+    return HostsFileBackend(path, text, netgroups=SystemBackend())
 
 
 class Resolver:

@@ -32,7 +32,7 @@ Rules of this file:
 
 from __future__ import annotations
 
-import importlib.util
+import runpy
 import shlex
 import subprocess
 from pathlib import Path
@@ -738,22 +738,14 @@ def _pkg_config(*args: str) -> list[str]:
     return shlex.split(out)
 
 
-def _sanitize_flags() -> list[str]:
-    """setup.py's ACL_SANITIZE build, for this module too: ext/sanitizer.py's
-    list, loaded by its path (that file's rules; cffi runs this file by path)."""
-    path = Path(__file__).resolve().with_name("sanitizer.py")
-    spec = importlib.util.spec_from_file_location("acl_build_sanitizer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.flags()
-
-
 def _builder() -> FFI:
     ffi = FFI()
     ffi.cdef(CDEF)
     cflags = _pkg_config("--cflags")
     libs = _pkg_config("--libs")
-    sanitize = _sanitize_flags()
+    # setup.py's ACL_SANITIZE build, for this module too: ext/sanitizer.py's
+    # list, run by its path (that file's rules; cffi runs this file by path)
+    sanitize = runpy.run_path(str(Path(__file__).resolve().with_name("sanitizer.py")))["flags"]()
     ffi.set_source(
         "acl._nfq",
         SOURCE,

@@ -12,8 +12,10 @@ Rules of this file:
   ext/nfq_build.py (the NFQUEUE binding) and, through tests/conftest.py,
   the tests that compile C of their own (tests/wrap, tests/core/test_textaddr.py).
   ext/ is no package and a PEP 517 build may not put setup.py's directory
-  on sys.path, so they load this file by its path: it imports nothing but
-  the standard library.
+  on sys.path, so each runs this file by its path (``runpy.run_path``, one
+  standard call: no loader of ours to keep in three copies) and takes the
+  functions from the namespace it returns: it imports nothing but the
+  standard library.
 """
 
 from __future__ import annotations

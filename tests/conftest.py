@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
+import runpy
 import signal
 import subprocess
 from pathlib import Path
@@ -47,20 +47,12 @@ SLOW_SEED_BASE = int(os.environ.get("ACL_SEED_BASE", "0"))
 REQUIRE_COMPILED = os.environ.get("ACL_REQUIRE_COMPILED", "") not in ("", "0")
 
 
-def _sanitizer_build():
-    """ext/sanitizer.py (loaded by its path: its rules)."""
-    path = Path(__file__).resolve().parents[1] / "ext" / "sanitizer.py"
-    spec = importlib.util.spec_from_file_location("acl_build_sanitizer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 #: The sanitizers of an ACL_SANITIZE run ("" for none) and the flags that
-#: the C a test compiles itself gets then: the same as the package's build.
-_SANITIZER = _sanitizer_build()
-SANITIZE = _SANITIZER.sanitizers()
-SANITIZE_FLAGS = _SANITIZER.flags()
+#: the C a test compiles itself gets then: the same as the package's build
+#: (ext/sanitizer.py, run by its path: its rules).
+_SANITIZER = runpy.run_path(str(Path(__file__).resolve().parents[1] / "ext" / "sanitizer.py"))
+SANITIZE = _SANITIZER["sanitizers"]()
+SANITIZE_FLAGS = _SANITIZER["flags"]()
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,

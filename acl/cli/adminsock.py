@@ -7,13 +7,21 @@ object back.  The server may answer and close before it reads the command
 answer, which is what the user needs to see.  The exit status an answer
 means is decided here once, for both commands: 0 ``ok``; 100 (bad input) a
 refusal whose ``cause`` is the command or the policy; 111 any other refusal
-(a uid not served) and no answer at all.
+(a uid not served, a server out of descriptors) and no answer at all.
+When no answer comes in time, the message says whether the command was
+read (SIOCOUTQ: bytes sent and not yet read by the peer): unread, the
+sidecar is taking no connection (stopped, or out of descriptors without
+its spare); read, a reload may still be running -- or the socket is not
+an admin socket.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
+import struct
+import termios
 
 from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY
 
@@ -44,11 +52,15 @@ def exchange(path: str, command: str, timeout: float) -> dict:
             except ConnectionResetError:
                 if not data:
                     raise
+            except TimeoutError:
+                raise NoAnswer(f"{path}: no answer within {timeout:g} s: "
+                               f"{_silence(s)}") from None
             if unsent is not None and not data:
                 raise unsent
-    except TimeoutError:
-        raise NoAnswer(f"{path}: no answer within {timeout:g} s: is it the admin "
-                       f"socket?") from None
+    except TimeoutError:            # connecting or sending: the backlog is full
+        raise NoAnswer(f"{path}: no answer within {timeout:g} s: the command could not "
+                       "be sent (the sidecar takes no connection now: stopped, or out of "
+                       "descriptors?)") from None
     except OSError as exc:
         raise NoAnswer(f"cannot reach {path}: {exc}") from None
     try:
@@ -58,6 +70,19 @@ def exchange(path: str, command: str, timeout: float) -> dict:
     except ValueError:
         raise NoAnswer(f"no answer from {path}: is it the admin socket?") from None
     return reply
+
+
+def _silence(s: socket.socket) -> str:
+    """What a connection that got no answer says of the server (the module rules)."""
+    try:
+        unread = struct.unpack("i", fcntl.ioctl(s, termios.TIOCOUTQ, b"\0" * 4))[0]
+    except OSError:
+        unread = 0
+    if unread:
+        return ("the command was not read (the sidecar takes no connection now: stopped, "
+                "or out of descriptors?)")
+    return ("the command was read, not answered: is it the admin socket? (a reload still "
+            "running goes on; the sidecar's log says how it ends)")
 
 
 def exit_status(reply: dict) -> int:

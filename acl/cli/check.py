@@ -43,7 +43,7 @@ from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
 from acl.errors import Severity
 from acl.parse.hosts_access import read_hosts
-from acl.resolve import HostsFileBackend
+from acl.resolve import hosts_file_backend
 from acl.rulefiles import read_bytes
 
 
@@ -77,7 +77,7 @@ def _seconds(text: str) -> float:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
-        hosts = HostsFileBackend(args.hosts_file) if args.hosts_file else None
+        backend = hosts_file_backend(args.hosts_file) if args.hosts_file else None
     except OSError as exc:
         print(f"acl check: fatal: {exc}", file=sys.stderr)     # as acl match says it
         return 111
@@ -93,7 +93,7 @@ def main(argv: list[str]) -> int:
     layer = HostsAccessLayer(allow, deny)
     findings = check(layer)
     if not args.no_names:
-        findings.extend(name_findings(layer, NameLookups(hosts, timeout=args.names_timeout)))
+        findings.extend(name_findings(layer, NameLookups(backend, timeout=args.names_timeout)))
     for table in (allow, deny):
         try:
             findings.extend(comment_continuations(table, read_bytes(table.path)))

@@ -57,7 +57,7 @@ from acl.parse.hosts_patterns import (
     split_at,
     v6_numeric,
 )
-from acl.resolve import HostsFileBackend, Resolver, SystemBackend
+from acl.resolve import Resolver, hosts_file_backend
 
 VERDICT_WORD = {Verdict.ALLOW: "granted", Verdict.DENY: "denied", Verdict.DELEGATE: "delegated"}
 
@@ -173,8 +173,7 @@ def _report(o: Outcome) -> str:
 
 def build(args) -> tuple[HostsAccessLayer, Resolver, list]:
     # a hosts file names hosts: @group is still asked of NSS, as tcpdmatch asks it
-    backend = (HostsFileBackend(args.hosts_file, netgroups=SystemBackend())
-               if args.hosts_file else None)
+    backend = hosts_file_backend(args.hosts_file) if args.hosts_file else None
     resolver = Resolver(backend)
     layer, diags = load_hosts_access(args.hosts_allow or "/nonexistent/hosts.allow",
                                      args.hosts_deny or "/nonexistent/hosts.deny",

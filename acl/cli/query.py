@@ -23,12 +23,11 @@ import os
 import sys
 
 from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY, adminsock, write_out
+from acl.cli.sockpath import socket_path_error
 from acl.wire.admin import ADMIN_COMMANDS
 
 PROG = "acl query"
 DEFAULT_TIMEOUT = 10.0
-#: sun_path holds 108 bytes, its NUL included
-MAX_SOCKET_PATH = 107
 
 
 def format_decision(service: str, client: str, d) -> str:
@@ -42,14 +41,6 @@ def format_decision(service: str, client: str, d) -> str:
     if d.lease:
         parts.append(f"lease {d.lease}")
     return "\n  ".join(parts)
-
-
-def socket_path_error(path: str) -> str | None:
-    """Why ``path`` cannot name a Unix socket, or None."""
-    n = len(os.fsencode(path))
-    if n > MAX_SOCKET_PATH:
-        return f"a Unix socket path is at most {MAX_SOCKET_PATH} bytes, this one is {n}"
-    return None
 
 
 def admin(path: str, command: str, timeout: float = DEFAULT_TIMEOUT) -> int:

@@ -33,7 +33,8 @@ Exit status: 0 reloaded (or signalled, above); 100 bad input -- arguments,
 a policy that does not load (the running one stays), a policy file that
 names no admin socket and no ``--pid``; 111 the sidecar cannot be reached,
 does not answer within ``--timeout`` (60 s), or refuses for another reason
-(a uid not in ``admin_uids``).
+(a uid not in ``admin_uids``, or it is out of descriptors: its answer says
+so).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from acl.cli import (
     FatalUsageParser,
     adminsock,
 )
-from acl.cli.query import socket_path_error
+from acl.cli.sockpath import socket_path_error
 
 PROG = "acl reload"
 #: acl-admin.socket's path, and the one the shipped policies name

@@ -15,7 +15,9 @@ Rules of this file (spec A.8; libwrap ``options.c``):
   caller (acl-wrap) to expand and act on.  Only ``setenv`` can fail on an
   expanded value (an empty name, or ``=`` in the name), so a ``setenv`` whose
   value holds ``%`` is marked for a check at decision time.
-* ``user``/``group`` need the account to exist.  Debian's ``initgroups``
+* ``user``/``group`` need the account to exist; a lookup that could not
+  be done (out of descriptors: acl/nss.py) raises OutOfResources, never
+  "unknown user".  Debian's ``initgroups``
   patch inverts the dry-run test, so in real tcpd they do nothing else, while
   tcpdmatch (dry run, as root) really calls setuid/setgid and fails on
   setgid after dropping root.  ``dry_run=True`` reproduces tcpdmatch.
@@ -23,10 +25,9 @@ Rules of this file (spec A.8; libwrap ``options.c``):
 
 from __future__ import annotations
 
-import grp
-import pwd
 from dataclasses import dataclass
 
+from acl import nss
 from acl.parse.hosts_patterns import ascii_lower, scan_number, split_at
 
 _WS = " \t\r\n"
@@ -163,7 +164,7 @@ class _Ids:
 
 def _group(name: str, ids: _Ids | None) -> str | None:
     try:
-        gr = grp.getgrnam(name)
+        gr = nss.getgrnam(name)
     except (KeyError, ValueError, UnicodeError):
         return f'unknown group: "{name}"'
     if ids is not None:
@@ -182,7 +183,7 @@ def _user(value: str, ids: _Ids | None) -> str | None:
         if err:
             return err
     try:
-        pw = pwd.getpwnam(name)
+        pw = nss.getpwnam(name)
     except (KeyError, ValueError, UnicodeError):
         return f'unknown user: "{name}"'
     if ids is not None:

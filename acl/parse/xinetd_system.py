@@ -17,6 +17,10 @@ Rules of this file:
   inside the chroot gives the services the first load gave them, while
   outside a chroot (or inside one whose own /etc answers) a user or server
   that went away disables its service, as it does in xinetd.
+* A question that could not be asked -- out of descriptors, the C library
+  cannot open /etc/passwd -- is no "no": it raises OutOfResources
+  (acl/nss.py), and the load fails as a temporary failure, the running
+  policy kept, as for a file that could not be read.
 * One :class:`SystemLookups` is handed from a policy to the next on reload
   (acl.policy), like the name cache; a question first asked inside the
   chroot has no remembered answer, so it gets the chroot's own answer.
@@ -24,10 +28,9 @@ Rules of this file:
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
-import socket
+
+from acl import nss
 
 __all__ = ["SystemLookups"]
 
@@ -60,15 +63,15 @@ class SystemLookups:
 
     def protocol(self, name: str) -> bool:
         """``getprotobyname(name)`` succeeds (xinetd ``protocol``)."""
-        return self._ask(("protocol", name), lambda: socket.getprotobyname(name)) is not None
+        return self._ask(("protocol", name), lambda: nss.getprotobyname(name)) is not None
 
     def user(self, name: str) -> bool:
         """``getpwnam(name)`` finds the user (xinetd ``user``)."""
-        return self._ask(("user", name), lambda: pwd.getpwnam(name).pw_uid) is not None
+        return self._ask(("user", name), lambda: nss.getpwnam(name).pw_uid) is not None
 
     def group(self, name: str) -> bool:
         """``getgrnam(name)`` finds the group (xinetd ``group``)."""
-        return self._ask(("group", name), lambda: grp.getgrnam(name).gr_gid) is not None
+        return self._ask(("group", name), lambda: nss.getgrnam(name).gr_gid) is not None
 
     def executable(self, path: str) -> bool:
         """``access(path, X_OK)`` (xinetd ``server``)."""
@@ -78,4 +81,4 @@ class SystemLookups:
     def port(self, service: str, protocol: str) -> int | None:
         """``getservbyname(service, protocol)``, or None (/etc/services)."""
         return self._ask(("port", service, protocol),
-                         lambda: socket.getservbyname(service, protocol))
+                         lambda: nss.getservbyname(service, protocol))

@@ -66,14 +66,22 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   than ``ADMIN_MAX_BACKLOG`` bytes of commands wait to run: what an admin
   client that sends commands and reads nothing makes the server hold is
   bounded like any client's.  Commands still waiting when the connection closes are dropped
-  (the one running finishes: a ``reload`` is not undone).
+  (the one running finishes: a ``reload`` is not undone) -- and so is a
+  command whose client has closed its end (``peer_gone``) before it runs,
+  though its bytes were read: a client that gave up while its connection
+  waited in the listen backlog (``acl reload`` timed out: exit 111, "no
+  answer") must not have its reload run later, unseen.  A client that only
+  shut down its writing half (``echo stats | socat - UNIX:...``) is still
+  there, and its commands run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import json
+import select
 import socket
 import struct
 import time
@@ -87,6 +95,16 @@ ADMIN_MAX_LINE = 1024
 ADMIN_MAX_BACKLOG = 64 * ADMIN_MAX_LINE   # admin bytes read and not yet run
 CONN_NAME_ROUNDS = 3    # rounds one request waits here (server.NAME_ROUNDS: per lookup)
 METRICS_IDLE = 10.0          # seconds a metrics connection may take to ask
+
+
+def peer_gone(fd: int) -> bool:
+    """Whether the client of the Unix stream socket ``fd`` has closed its end
+    (POLLHUP: both directions shut; a half-close is only POLLRDHUP), or the
+    socket failed."""
+    p = select.poll()
+    p.register(fd, select.POLLIN | select.POLLRDHUP)
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+               for _, ev in p.poll(0))
 
 
 class _Base(asyncio.Protocol):
@@ -413,6 +431,7 @@ class AdminConnection(_Base):
         super().__init__(server)
         self.buf = bytearray()
         self.allowed = False
+        self._fd = -1
         self._backlog = False           # reading paused: too many commands not yet run
         self._worker: asyncio.Future | None = None
         # cleared while the write buffer is past HIGH_WATER: the next command waits
@@ -422,6 +441,7 @@ class AdminConnection(_Base):
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno()
         try:
             _pid, uid, gid = peer_credentials(sock)
         except OSError:
@@ -486,6 +506,11 @@ class AdminConnection(_Base):
             line = self._next_line()
             if line is None:
                 return
+            if peer_gone(self._fd):           # the rules at the top of this file
+                self.server.log(f"admin: {line[:40]!r} not run: its client had closed the "
+                                "connection (gave up waiting?)")
+                self.buf.clear()
+                return
             try:
                 reply = await self.server.admin_command(line)
             except Exception as exc:          # the admin gets the message, the server goes on
@@ -496,6 +521,16 @@ class AdminConnection(_Base):
             # wait, and thousands of them sent in one write would hold up
             # every other client until the last was answered
             await asyncio.sleep(0)
+
+
+def admin_refusal(exc: OSError) -> bytes:
+    """The answer of an admin client acl cannot take for lack of descriptors
+    (acl/serve/accept.py's rules): no ``cause``, so ``acl reload`` and ``acl
+    query --admin`` exit 111, a temporary failure."""
+    code = errno.errorcode.get(exc.errno, str(exc.errno))
+    error = (f"acl serve is out of descriptors ({code}: {exc.strerror}): it cannot take this "
+             "admin connection now; try again when acl_accept_errors_total stops growing")
+    return json.dumps({"ok": False, "error": error}).encode() + b"\n"
 
 
 class MetricsConnection(_Base):

@@ -29,7 +29,10 @@ Rules of this file:
   byte, CRC, kind, a field out of range, a repeated id) is counted as bad
   and dropped, the others are read.
 * Bounds: :class:`Journal` keeps at most ``keep`` connections and ``keep``
-  leases (2 * ``keep`` records); past them an add says False.
+  leases; past them an add says False.  Its records are
+  :func:`capacity_for` ``keep`` (2 * ``keep``: one each), the one place
+  that rule is written -- a journal made here, one written on and one
+  leasestore.py maps all take it from there.
 * Writing on (:meth:`Journal.reopen`): a start goes on writing in the
   journal it was passed when that one has room (acl/serve/leasestore.py
   says why).  The records it keeps stay where they are, untouched; every
@@ -73,6 +76,12 @@ def _crc(kind: int, body: bytes) -> int:
 
 class JournalError(ValueError):
     """The journal's header cannot be read: the whole journal is unusable."""
+
+
+def capacity_for(keep: int) -> int:
+    """The records a journal needs for ``keep`` connections and ``keep``
+    leases (the file's rules)."""
+    return 2 * keep
 
 
 def journal_size(capacity: int) -> int:
@@ -184,7 +193,7 @@ class Journal:
         the records already in ``buf`` are left for :meth:`reopen`."""
         self.buf = buf
         self.keep = keep
-        self.capacity = capacity or 2 * keep
+        self.capacity = capacity or capacity_for(keep)
         self.generation = generation
         self._free = list(range(self.capacity - 1, -1, -1))    # pop(): lowest first
         self.conns: dict[int, int] = {}        # connection number -> record index
@@ -200,9 +209,10 @@ class Journal:
         first record of each connection in ``conns`` and of each lease in
         ``leases`` (id -> its connection, one of ``conns``) stay as they
         are; every other record is cleared.  ``keep`` bounds what is added
-        from now on (the capacity is the header's: at least 2 * ``keep``)."""
+        from now on (the capacity is the header's: at least
+        :func:`capacity_for` ``keep``)."""
         capacity, generation = _header(buf)
-        if capacity < 2 * keep:
+        if capacity < capacity_for(keep):
             raise JournalError(f"{capacity} records, fewer than 2 x {keep}")
         j = cls(buf, keep, generation, capacity=capacity)
         conns = set(conns)

@@ -109,18 +109,19 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
-import select
 import socket
 import stat
 import time
 from dataclasses import dataclass
 
 from acl.model import Request
+from acl.serve.conn import peer_gone
 from acl.serve.lease_journal import (
     HEADER,
     Contents,
     Journal,
     JournalError,
+    capacity_for,
     journal_size,
     read_journal,
 )
@@ -133,14 +134,6 @@ UNKEPT_LOG_EVERY = 60.0
 
 CONN_PREFIX = "acl-lease-conn-"
 JOURNAL_PREFIX = "acl-lease-journal-"
-
-
-def _peer_gone(fd: int) -> bool:
-    """A stored connection whose peer closed (POLLHUP), or that failed."""
-    p = select.poll()
-    p.register(fd, select.POLLIN | select.POLLRDHUP)
-    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
-               for _, ev in p.poll(0))
 
 
 def _is_stream_unix(fd: int) -> bool:
@@ -253,7 +246,8 @@ def _writable_mapping(fd: int, contents: Contents, keep: int):
     """The passed journal ``fd`` mapped to write on in (the file's rules:
     room for ``keep`` of each, at most twice that, sealed at its size), or
     None: a new journal is made instead."""
-    if not 2 * keep <= contents.capacity <= 4 * keep:
+    need = capacity_for(keep)
+    if not need <= contents.capacity <= 2 * need:
         return None
     try:
         seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS)
@@ -268,7 +262,7 @@ def _writable_mapping(fd: int, contents: Contents, keep: int):
 
 def _new_journal(keep: int, generation: int):
     """A sealed memfd of the journal's size, mapped: (fd, mapping)."""
-    size = journal_size(2 * keep)
+    size = journal_size(capacity_for(keep))
     fd = os.memfd_create("acl-leases", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         os.ftruncate(fd, size)
@@ -319,7 +313,7 @@ def _one_connection_each(conns: list[tuple[str, int]], log
         keep = fds[0]
         if len(fds) > 1:
             repeated.add(name)
-            keep = next((fd for fd in fds if _is_stream_unix(fd) and not _peer_gone(fd)),
+            keep = next((fd for fd in fds if _is_stream_unix(fd) and not peer_gone(fd)),
                         fds[0])
             for fd in fds:
                 if fd != keep:
@@ -404,7 +398,7 @@ def open_store(keep: int, stored: list[tuple[str, int]], engine, log,
         why = ""
         if not _is_stream_unix(fd):
             why = "not a stream socket"
-        elif _peer_gone(fd):
+        elif peer_gone(fd):
             why = "its client had closed it"
         elif number not in contents.conns:
             why = "no record of it in the journal"

@@ -3,7 +3,8 @@
 The order matters: ``chroot`` needs root; supplementary groups and the gid
 must be set while still root; ``setuid`` last, after which nothing can be
 taken back.  A name that does not exist is an error, never a silent "stay
-root".
+root"; one that could not be looked up (out of descriptors: acl/nss.py)
+says so.
 
 ``setuid`` away from root empties the capability sets.  Capabilities named
 in ``keep`` (the NFQUEUE door's CAP_NET_ADMIN: the kernel checks it on every
@@ -22,10 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import grp
 import os
-import pwd
 
+from acl import nss
 from acl.errors import AclError
 from acl.serve import capabilities
 
@@ -33,10 +33,10 @@ from acl.serve import capabilities
 def resolve(user: str, group: str) -> tuple[int | None, int | None]:
     uid = gid = None
     if user:
-        pw = pwd.getpwnam(user) if not user.isdigit() else pwd.getpwuid(int(user))
+        pw = nss.getpwnam(user) if not user.isdigit() else nss.getpwuid(int(user))
         uid, gid = pw.pw_uid, pw.pw_gid
     if group:
-        gid = grp.getgrnam(group).gr_gid if not group.isdigit() else int(group)
+        gid = nss.getgrnam(group).gr_gid if not group.isdigit() else int(group)
     return uid, gid
 
 

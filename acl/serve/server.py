@@ -13,7 +13,8 @@ Theory of operation:
   server own sockets in root-only directories.
 * Accepting is ours (acl/serve/accept.py), on asyncio's loop and uvloop's
   alike: the kernel backlog is ``LISTEN_BACKLOG``; running out of
-  descriptors pauses that socket for a second, is counted
+  descriptors pauses that socket for a second (an admin client is told so
+  at once, through a spare descriptor), is counted
   (``acl_accept_errors_total``) and logged at most once a minute.
 * A socket path is taken over only when nothing answers on it: we connect
   first; a live server (another ``acl serve`` on the same config) makes us
@@ -60,7 +61,6 @@ import asyncio
 import collections
 import concurrent.futures.thread  # noqa: F401  (imported before a chroot can hide it)
 import errno
-import grp
 import os
 import resource
 import signal
@@ -448,8 +448,9 @@ class Server:
                 self._sockets[name] = sock
                 self.addresses[name] = path
                 if name != "admin" and s.group:
-                    # lchown: a symlink swapped in gets the group, not its target
-                    os.chown(path, -1, grp.getgrnam(s.group).gr_gid, follow_symlinks=False)
+                    # the gid acl.policy looked up; lchown: a symlink
+                    # swapped in gets the group, not its target
+                    os.chown(path, -1, s.gid, follow_symlinks=False)
         listen = self.engine.policy.metrics_listen
         if "metrics" in got:
             self._sockets["metrics"] = got["metrics"]
@@ -509,8 +510,9 @@ class Server:
         # our own accept loop, on either event loop (acl/serve/accept.py says
         # why): the sockets keep the kernel backlog they were listened with
         for name, sock in self._sockets.items():
+            refusal = conn.admin_refusal if name == "admin" else None   # accept.py's rules
             self._servers.append(accept.Acceptor(loop, name, sock, factories[name],
-                                                 self.accept_stats, self.log))
+                                                 self.accept_stats, self.log, refusal))
 
     # -- reload --------------------------------------------------------
     def request_reload(self, why: str) -> None:

@@ -22,8 +22,8 @@ bad clients' ``BAD_WAIT``; the whole under ``RUN_LIMIT``):
    ``file:line:column``, and the probe still gets the running version's); a
    flood of connections past the server's descriptors (RLIMIT_NOFILE
    ``NOFILE``); GET /metrics every second.  The flood and the reloads take
-   turns: out of descriptors, ``acl reload`` waits in the admin socket's
-   backlog and a reload cannot read the files -- a temporary failure
+   turns: out of descriptors, ``acl reload`` is answered that the server is
+   out of descriptors and a reload cannot read the files -- a temporary failure
    (test_reload_out_of_descriptors.py), but one after which this test could
    not tell which version answers.
 3. Afterwards: no failure; each good client got answers in every second of

@@ -287,6 +287,27 @@ def test_chroot_serves_and_reloads_inside(tmp_path):
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to chroot")
+def test_chroot_reload_keeps_the_socket_names_looked_up_at_start(tmp_path):
+    """``[sockets]`` names -- ``group``, ``admin_uids``, ``admin_gids`` --
+    are looked up once, at start, before the chroot.  Inside it there is no
+    /etc/passwd or /etc/group: a reload that looked ``admin_uids`` up again
+    failed every time, with nothing changed (``sockets.admin_uids: no such
+    user or group 'daemon'``, cause "policy": ``acl reload`` exit 100)."""
+    cfg = policy_toml(tmp_path, run=f'chroot = "{tmp_path}"')
+    cfg.write_text(cfg.read_text().replace(
+        "admin_uids = [0]", 'admin_uids = [0, "daemon"]\nadmin_gids = ["daemon"]\n'
+        'group = "daemon"'))
+    srv = start_server(tmp_path, cfg)
+    try:
+        assert os.stat(srv.query).st_gid == _gid("daemon")      # the gid of the start
+        r = admin(srv.admin, "reload")
+        assert r["ok"] is True, r
+        assert "reloaded (admin)" in srv.text()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to chroot")
 def test_sd_notify_reaches_systemd_from_inside_a_chroot(tmp_path):
     """$NOTIFY_SOCKET is a path outside the chroot (/run/systemd/notify): the
     socket is connected before the chroot, so READY=1, a reload's

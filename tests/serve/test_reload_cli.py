@@ -10,6 +10,7 @@ The servers watch no file (``watch = false``): every reload here is the one
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -21,7 +22,7 @@ from acl.client import Client
 from acl.model import Request, Verdict
 from tests.conftest import stop_process
 
-from .conftest import policy_toml, start_server, wait_for
+from .conftest import connect, policy_toml, start_server, wait_for
 
 #: the clients each round allows a random part of (sshd; hosts.deny is ALL: ALL)
 CLIENTS = [f"198.51.100.{i}" for i in range(1, 41)]
@@ -128,6 +129,41 @@ def test_no_sidecar_or_no_answer_is_111(tmp_path):
         srv.stop()
     out = acl_reload("--admin", srv.admin)
     assert out.returncode == 111 and f"cannot reach {srv.admin}" in out.stderr, out
+
+
+def test_a_reload_that_gave_up_in_the_backlog_is_not_run_later(tmp_path):
+    """``acl reload`` whose connection waits in the admin socket's backlog
+    (the server stopped by SIGSTOP here; out of descriptors, or a loop held
+    up, in life) times out: exit 111, "no answer".  Before, once the server
+    went on, it read that connection's ``reload`` and ran it, unseen: a
+    reload the user was told had no answer.  A client still waiting is
+    served (the control)."""
+    srv = start_server(tmp_path, policy(tmp_path))
+    waiting = None
+    try:
+        os.kill(srv.proc.pid, signal.SIGSTOP)
+        try:
+            out = acl_reload("--admin", srv.admin, "--timeout", "1")
+            assert out.returncode == 111, out
+            # what the silence says: not "is it the admin socket?"
+            assert out.stderr == (f"acl reload: fatal: {srv.admin}: no answer within 1 s: the "
+                                  "command was not read (the sidecar takes no connection now: "
+                                  "stopped, or out of descriptors?)\n"), out.stderr
+            waiting = connect(srv.admin, 30)
+            waiting.sendall(b"reload\n")
+        finally:
+            os.kill(srv.proc.pid, signal.SIGCONT)
+        answer = json.loads(waiting.makefile("rb").readline())
+        assert answer["ok"] is True, answer
+        wait_for(lambda: "not run" in srv.text() or srv.text().count("reloaded (admin)") > 1,
+                 15, "the first connection's command to be dealt with")
+        log = srv.text()
+        assert "admin: 'reload' not run: its client had closed the connection" in log, log
+        assert log.count("reloaded (admin)") == 1, log
+    finally:
+        if waiting is not None:
+            waiting.close()
+        srv.stop()
 
 
 def test_usage_errors_are_100():

@@ -78,6 +78,9 @@ def test_a_watched_change_made_out_of_descriptors_loads_once_there_is_room(tmp_p
     socks = []
     try:
         assert not allowed(srv)
+        # that client's descriptor freed before the flood: freed after it, it
+        # was a slot a reload could read every file through
+        wait_for(lambda: admin.ask("stats")["clients"]["binary"] == 0, 15, "its close")
         socks = flood(srv.query)
         wait_for(admin.out_of_descriptors, 15, "the server to run out of descriptors")
         with open(tmp_path / "hosts.allow", "a") as f:
@@ -128,6 +131,58 @@ def test_an_admin_reload_out_of_descriptors_is_a_temporary_failure(tmp_path):
             s.close()
         admin.close()
         srv.stop()
+
+
+@pytest.mark.parametrize("no_uvloop", ["0", "1"], ids=["uvloop", "asyncio"])
+def test_admin_commands_out_of_descriptors_say_so_at_once(tmp_path, no_uvloop):
+    """Out of descriptors the server cannot take an admin connection.  Before,
+    ``acl reload`` waited in the backlog for its whole timeout, then said
+    "no answer within 10 s: is it the admin socket?" -- a wrong guess.  Now
+    the server answers it through the admin socket's spare descriptor
+    (acl/serve/accept.py): exit 111 with the real cause, the running policy
+    kept; the refused ``reload`` is never run later; once the flood is
+    gone, ``acl reload`` works."""
+    cfg = policy_toml(tmp_path)
+    cfg.write_text(cfg.read_text().replace("watch = true", "watch = false"))
+    srv = start_server(tmp_path, cfg, preexec=_limit, env={"ACL_NO_UVLOOP": no_uvloop})
+    admin = Admin(srv.admin)
+    socks = []
+
+    def acl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "acl", *args], capture_output=True,
+                              text=True, timeout=60, cwd=str(ROOT))
+
+    try:
+        wait_for(lambda: admin.ask("stats")["clients"]["binary"] == 0, 15, "no client")
+        socks = flood(srv.query)
+        wait_for(admin.out_of_descriptors, 15, "the server to run out of descriptors")
+        with open(tmp_path / "hosts.allow", "a") as f:
+            f.write(f"sshd: {NEW}\n")
+        said = ("acl serve is out of descriptors (EMFILE: Too many open files): it cannot "
+                "take this admin connection now")
+        out = acl("reload", "--admin", srv.admin, "--timeout", "10")
+        assert out.returncode == 111, out
+        assert out.stderr.startswith(f"acl reload: fatal: {said}; try again when "), out.stderr
+        assert out.stderr.endswith("; the running policy stays\n"), out.stderr
+        out = acl("query", "--admin", srv.admin, "--timeout", "10", "stats")
+        assert out.returncode == 111, out
+        assert json.loads(out.stdout)["error"].startswith(said), out.stdout
+        for s in socks:
+            s.close()
+        socks.clear()
+        wait_for(lambda: admin.ask("stats")["clients"]["binary"] == 0, 15, "the flood to go")
+        assert not allowed(srv)                          # the running policy stayed
+        out = acl("reload", "--admin", srv.admin)
+        assert out.returncode == 0, out
+        assert allowed(srv)
+    finally:
+        for s in socks:
+            s.close()
+        admin.close()
+        srv.stop()
+    log = srv.text()
+    assert log.count("reloaded (admin)") == 1 and "Traceback" not in log, log
+    assert "out of descriptors, new clients " in log, log
 
 
 #: A child that imports what it needs, fills its descriptor table for real,

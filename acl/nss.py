@@ -1,0 +1,134 @@
+"""Lookups in the C library's passwd, group, protocols and services
+databases that tell "there is no such entry" from "it could not be asked".
+
+Rules of this file:
+
+* Python's ``pwd.getpwnam``, ``pwd.getpwuid``, ``grp.getgrnam``,
+  ``socket.getprotobyname`` and ``socket.getservbyname`` say "not found"
+  (KeyError, OSError) for every failure: the C library's reason is
+  dropped.  Out of descriptors (a connection flood fills acl's table),
+  glibc's ``files`` module cannot open /etc/passwd and the reentrant call
+  returns EMFILE -- or, once libnss_systemd is loaded (``passwd: files
+  systemd``, Debian's default), NULL and no error at all: measured with
+  glibc 2.36 (tests/test_nss.py).  Taken for "no such user", a shortage
+  disabled an xinetd service, made a hosts.allow ``user`` option deny, or
+  failed a policy load as bad input.
+* So a miss is not believed at once.  The entry is asked again with the
+  reentrant call (``getpwnam_r``, ``getgrnam_r``, ``getpwuid_r``,
+  ``getprotobyname_r``, ``getservbyname_r``), whose return value is the C
+  library's reason when it gives one, and a descriptor is opened and
+  closed, which tells when a module hides the reason (libnss_systemd) --
+  either alone could miss a shortage: the probe, when a descriptor was
+  freed in between.  A reason in :data:`acl.rulefiles.SHORTAGE`, or a
+  descriptor that cannot be opened for one, raises
+  :class:`acl.errors.OutOfResources` ("looking up user 'www':
+  Too many open files (acl is out of descriptors or memory: a temporary
+  failure)") -- the lookup could not be done, as a file that could not be
+  read (acl/rulefiles.py): a reload keeps the running policy and is tried
+  again, a command exits 111.  Any other miss stands: the exception
+  Python raises.  An entry the second ask finds is asked of Python once
+  more (the first miss was a passing failure).
+* A hit is believed: the C library found the entry.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import grp
+import os
+import pwd
+import socket
+
+from acl.rulefiles import short_of_resources
+
+__all__ = ["getpwnam", "getpwuid", "getgrnam", "getprotobyname", "getservbyname"]
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+#: room for any of struct passwd, group, protoent, servent (48 bytes at most)
+_ENTRY = 256
+_FIRST_BUFFER = 16 << 10
+_LAST_BUFFER = 1 << 20
+
+
+def _reason(fn: str, *args) -> tuple[int, bool]:
+    """(the error number, found) of the reentrant lookup ``fn``; 0 and
+    False when the C library has no such function."""
+    call = getattr(_LIBC, fn, None)
+    if call is None:
+        return 0, False
+    size = _FIRST_BUFFER
+    while True:
+        entry = ctypes.create_string_buffer(_ENTRY)
+        buf = ctypes.create_string_buffer(size)
+        found = ctypes.c_void_p()
+        err = call(*args, entry, buf, ctypes.c_size_t(size), ctypes.byref(found))
+        if err != errno.ERANGE or size >= _LAST_BUFFER:
+            return err, bool(found.value)
+        size *= 4
+
+
+def _found_after_all(what: str, fn: str, *args) -> bool:
+    """After Python found nothing: True when the entry is there after all;
+    False when there is none; OutOfResources when the lookup could not be
+    done (the file's rules)."""
+    err, found = _reason(fn, *args)
+    if found:
+        return True
+    short_of_resources(OSError(err, os.strerror(err)), f"looking up {what}")
+    try:
+        os.close(os.open("/", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        short_of_resources(exc, f"looking up {what}")
+    return False
+
+
+def _c(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def getpwnam(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        if not _found_after_all(f"user {name!r}", "getpwnam_r", _c(name)):
+            raise
+    return pwd.getpwnam(name)
+
+
+def getpwuid(uid: int) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(uid)
+    except KeyError:
+        if not _found_after_all(f"uid {uid}", "getpwuid_r", ctypes.c_uint(uid)):
+            raise
+    return pwd.getpwuid(uid)
+
+
+def getgrnam(name: str) -> grp.struct_group:
+    try:
+        return grp.getgrnam(name)
+    except KeyError:
+        if not _found_after_all(f"group {name!r}", "getgrnam_r", _c(name)):
+            raise
+    return grp.getgrnam(name)
+
+
+def getprotobyname(name: str) -> int:
+    try:
+        return socket.getprotobyname(name)
+    except OSError:
+        if not _found_after_all(f"protocol {name!r}", "getprotobyname_r", _c(name)):
+            raise
+    return socket.getprotobyname(name)
+
+
+def getservbyname(name: str, protocol: str) -> int:
+    try:
+        return socket.getservbyname(name, protocol)
+    except OSError:
+        if not _found_after_all(f"service {name}/{protocol}", "getservbyname_r", _c(name),
+                                _c(protocol)):
+            raise
+    return socket.getservbyname(name, protocol)
