@@ -568,7 +568,7 @@ class Engine:
             if group.layer is not None and group.layer.state is target.state:
                 group.layer = target
                 continue
-            into = self._group(service, target)
+            into = None                     # made at the first lease that moves
             for lease_id in list(group.ids):
                 _group, inner, label, request = self._leases[lease_id]
                 try:
@@ -578,6 +578,7 @@ class Engine:
                 if group.layer is not None and inner:
                     group.layer.release(inner)
                 del group.ids[lease_id]
+                into = into or self._group(service, target)
                 into.ids[lease_id] = None
                 new_label = self.label(service)
                 self._leases[lease_id] = (into, moved, new_label, request)

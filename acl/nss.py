@@ -27,25 +27,29 @@ Rules of this file:
   read (acl/rulefiles.py): a reload keeps the running policy and is tried
   again, a command exits 111.  Any other miss stands: the exception
   Python raises.  An entry the second ask finds is asked of Python once
-  more (the first miss was a passing failure).
+  more (the first miss was a passing failure); should that miss too, it
+  is OutOfResources as well -- the entry is there, the asking failed.
+* The C library is the one already loaded (``CDLL(None)``, as
+  acl/serve/capabilities.py): nothing is looked up on disk at import, and
+  it works after a chroot.
 * A hit is believed: the C library found the entry.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import grp
 import os
 import pwd
 import socket
 
+from acl.errors import OutOfResources
 from acl.rulefiles import short_of_resources
 
 __all__ = ["getpwnam", "getpwuid", "getgrnam", "getprotobyname", "getservbyname"]
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_LIBC = ctypes.CDLL(None, use_errno=True)
 #: room for any of struct passwd, group, protoent, servent (48 bytes at most)
 _ENTRY = 256
 _FIRST_BUFFER = 16 << 10
@@ -88,47 +92,39 @@ def _c(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def getpwnam(name: str) -> pwd.struct_passwd:
+def _lookup(what: str, ask, missing: type[Exception], fn: str, *args):
+    """``ask()``, a miss (``missing``) checked with the reentrant ``fn``
+    (the file's rules)."""
     try:
-        return pwd.getpwnam(name)
-    except KeyError:
-        if not _found_after_all(f"user {name!r}", "getpwnam_r", _c(name)):
+        return ask()
+    except missing:
+        if not _found_after_all(what, fn, *args):
             raise
-    return pwd.getpwnam(name)
+    try:
+        return ask()
+    except missing as exc:
+        raise OutOfResources(f"looking up {what}: found by the C library, then missed again "
+                             "(acl is out of descriptors or memory: a temporary failure)") from exc
+
+
+def getpwnam(name: str) -> pwd.struct_passwd:
+    return _lookup(f"user {name!r}", lambda: pwd.getpwnam(name), KeyError, "getpwnam_r", _c(name))
 
 
 def getpwuid(uid: int) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwuid(uid)
-    except KeyError:
-        if not _found_after_all(f"uid {uid}", "getpwuid_r", ctypes.c_uint(uid)):
-            raise
-    return pwd.getpwuid(uid)
+    return _lookup(f"uid {uid}", lambda: pwd.getpwuid(uid), KeyError, "getpwuid_r",
+                   ctypes.c_uint(uid))
 
 
 def getgrnam(name: str) -> grp.struct_group:
-    try:
-        return grp.getgrnam(name)
-    except KeyError:
-        if not _found_after_all(f"group {name!r}", "getgrnam_r", _c(name)):
-            raise
-    return grp.getgrnam(name)
+    return _lookup(f"group {name!r}", lambda: grp.getgrnam(name), KeyError, "getgrnam_r", _c(name))
 
 
 def getprotobyname(name: str) -> int:
-    try:
-        return socket.getprotobyname(name)
-    except OSError:
-        if not _found_after_all(f"protocol {name!r}", "getprotobyname_r", _c(name)):
-            raise
-    return socket.getprotobyname(name)
+    return _lookup(f"protocol {name!r}", lambda: socket.getprotobyname(name), OSError,
+                   "getprotobyname_r", _c(name))
 
 
 def getservbyname(name: str, protocol: str) -> int:
-    try:
-        return socket.getservbyname(name, protocol)
-    except OSError:
-        if not _found_after_all(f"service {name}/{protocol}", "getservbyname_r", _c(name),
-                                _c(protocol)):
-            raise
-    return socket.getservbyname(name, protocol)
+    return _lookup(f"service {name}/{protocol}", lambda: socket.getservbyname(name, protocol),
+                   OSError, "getservbyname_r", _c(name), _c(protocol))

@@ -1,5 +1,6 @@
 """docs/metrics.md's table, read once for the tests that hold the code and
-the other docs to it (tests/test_doc_metrics.py, tests/nfq/test_frontdoor.py).
+the other docs to it (tests/test_doc_metrics.py, tests/nfq/test_frontdoor.py,
+tests/deploy/test_prometheus.py).
 
 A row is ``| `NAME` | TYPE | LABELS | what |``.  LABELS names each label in
 backquotes, at the top level of the cell; a parenthesis right after a label

@@ -96,8 +96,9 @@ def test_block_is_toml_acl_accepts(text, tmp_path):
 
 # -- docs/configuration.md's policy: every key, and the defaults ----------------
 
-def block_of(doc: str, line: int) -> str:
-    (text,) = [b.values[0] for b in BLOCKS if b.id == f"{doc}:{line}"]
+def block_with(doc: str, marker: str) -> str:
+    """The one TOML block of ``doc`` that holds ``marker``."""
+    (text,) = [b.values[0] for b in BLOCKS if b.id.startswith(f"{doc}:") and marker in b.values[0]]
     return text
 
 
@@ -148,14 +149,20 @@ EXAMPLE_VALUES = {"sockets": {"query", "policy", "admin", "group"}, "metrics": {
 
 
 def defaults_differing(text: str, tmp_path: Path) -> list[str]:
-    from acl.policy import Limits, Names, Run, Sockets
-
+    """Keys of the block's [sockets], [limits], [names] and [run] whose
+    value is not what a policy without them loads to (the examples apart)."""
     policy = load_block(text, tmp_path)
     data = tomllib.loads(text)
+    bare_dir = tmp_path / "bare"
+    bare_dir.mkdir()
+    for name in ("hosts.allow", "hosts.deny"):
+        (bare_dir / name).write_text("")
+    (bare_dir / "policy.toml").write_text('[[source]]\ntype = "hosts_access"\n'
+                                          'allow = "hosts.allow"\ndeny = "hosts.deny"\n')
+    bare = load_policy(bare_dir / "policy.toml")
     wrong = []
-    for table, read, default in (("sockets", policy.sockets, Sockets()),
-                                 ("limits", policy.limits, Limits()),
-                                 ("names", policy.names, Names()), ("run", policy.run, Run())):
+    for table in ("sockets", "limits", "names", "run"):
+        read, default = getattr(policy, table), getattr(bare, table)
         for key in data.get(table, {}):
             if key in EXAMPLE_VALUES.get(table, ()):
                 continue
@@ -193,9 +200,9 @@ def nfqueue_defaults_differing(text: str) -> list[str]:
 
 
 def test_nfqueue_md_shows_every_key_and_the_defaults():
-    assert nfqueue_defaults_differing(block_of("nfqueue.md", 23)) == []
+    assert nfqueue_defaults_differing(block_with("nfqueue.md", "# Optional, with their defaults:")) == []
 
 
 def test_a_wrong_nfqueue_default_is_found():
-    planted = block_of("nfqueue.md", 23).replace("batch = 256 ", "batch = 64 ")
+    planted = block_with("nfqueue.md", "# Optional, with their defaults:").replace("batch = 256 ", "batch = 64 ")
     assert nfqueue_defaults_differing(planted) == ["batch: shown 64, default 256"]

@@ -46,12 +46,9 @@ CHILD = textwrap.dedent("""\
     from acl.parse.xinetd_system import SystemLookups
     from acl.serve import privileges
 
-    try:
-        from acl.policy import _read_sockets
-    except ImportError:                 # an older acl: read [sockets] elsewhere
-        _read_sockets = None
+    from acl.policy import _read_sockets
 
-    what, name, state = sys.argv[1:4]
+    what, name, state, nofile = sys.argv[1:5]
     XINETD = {
         "xinetd user": "type = INTERNAL UNLISTED\\nport = 7\\nsocket_type = stream\\nuser = {}",
         "xinetd group": "type = INTERNAL UNLISTED\\nport = 7\\nsocket_type = stream\\n"
@@ -68,7 +65,7 @@ CHILD = textwrap.dedent("""\
                 pass
     held = []
     if state != "free":
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (int(nofile), int(nofile)))
         try:
             while True:
                 held.append(os.dup(2))
@@ -111,7 +108,7 @@ ASKED = {"xinetd user": ("user", USER), "xinetd group": ("group", USER),
 
 
 def ask(what: str, name: str, state: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, what, name, state],
+    out = subprocess.run([sys.executable, "-c", CHILD, what, name, state, str(NOFILE)],
                          capture_output=True, text=True, timeout=60, cwd=str(ROOT))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

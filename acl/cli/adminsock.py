@@ -75,6 +75,7 @@ def exchange(path: str, command: str, timeout: float) -> dict:
 def _silence(s: socket.socket) -> str:
     """What a connection that got no answer says of the server (the module rules)."""
     try:
+        # TIOCOUTQ is SIOCOUTQ on Linux (one ioctl number; Python names only the tty one)
         unread = struct.unpack("i", fcntl.ioctl(s, termios.TIOCOUTQ, b"\0" * 4))[0]
     except OSError:
         unread = 0

@@ -72,7 +72,9 @@ Rules of this file (docs/protocol.md; ARCHITECTURE.md "Front doors"):
   waited in the listen backlog (``acl reload`` timed out: exit 111, "no
   answer") must not have its reload run later, unseen.  A client that only
   shut down its writing half (``echo stats | socat - UNIX:...``) is still
-  there, and its commands run.
+  there: the connection stays open for writing (``eof_received``), every
+  command it sent runs and is answered -- a last line without its newline
+  too -- and then the server closes it.
 """
 
 from __future__ import annotations
@@ -433,6 +435,7 @@ class AdminConnection(_Base):
         self.allowed = False
         self._fd = -1
         self._backlog = False           # reading paused: too many commands not yet run
+        self._eof = False               # the client shut its writing half: close when answered
         self._worker: asyncio.Future | None = None
         # cleared while the write buffer is past HIGH_WATER: the next command waits
         self._writable = asyncio.Event()
@@ -470,6 +473,27 @@ class AdminConnection(_Base):
         if b"\n" in self.buf and (self._worker is None or self._worker.done()):
             self._worker = asyncio.ensure_future(self._answer_in_order())
 
+    def eof_received(self) -> bool:
+        """The client sent all it will: answer what it sent, then close
+        (True keeps the transport open for the answers)."""
+        if not self.allowed:
+            return False
+        self._eof = True
+        if self.buf and not self.buf.endswith(b"\n"):
+            self.buf += b"\n"              # a last command without its newline
+        if self._worker is not None and not self._worker.done():
+            return True                    # the running worker closes when done
+        if b"\n" not in self.buf:
+            return False                   # nothing to answer: closed now
+        self._worker = asyncio.ensure_future(self._answer_in_order())
+        return True
+
+    def _client_gone(self) -> bool:
+        """Whether nobody can read an answer any more: the connection is
+        closing, or its client closed both directions (``peer_gone``; while
+        the transport is open its descriptor is still this connection's)."""
+        return self.transport.is_closing() or peer_gone(self._fd)
+
     def _next_line(self) -> str | None:
         nl = self.buf.find(b"\n")
         if nl < 0:
@@ -499,6 +523,13 @@ class AdminConnection(_Base):
         super().connection_lost(exc)
 
     async def _answer_in_order(self) -> None:
+        try:
+            await self._answer_lines()
+        finally:
+            if self._eof and not self.transport.is_closing():
+                self.transport.close()     # its client sent its last command
+
+    async def _answer_lines(self) -> None:
         while b"\n" in self.buf:
             # answers nobody reads are not made: reading stopped with the
             # write buffer full (pause_writing), and so do the commands
@@ -506,7 +537,7 @@ class AdminConnection(_Base):
             line = self._next_line()
             if line is None:
                 return
-            if peer_gone(self._fd):           # the rules at the top of this file
+            if self._client_gone():           # the rules at the top of this file
                 self.server.log(f"admin: {line[:40]!r} not run: its client had closed the "
                                 "connection (gave up waiting?)")
                 self.buf.clear()

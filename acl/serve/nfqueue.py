@@ -495,7 +495,9 @@ class NfqueueFrontDoor:
     def _kernel_stats(self) -> dict | None:
         """The kernel's counters per queue; None when they cannot be read."""
         reader = self._stats_file
-        kernel = reader.read() if reader is not None else nfq.read_queue_stats()
+        if reader is None:
+            return None          # no queue bound (before start, after close): nothing to read
+        kernel = reader.read()
         if kernel is None:
             if not self._stats_warned:
                 self._stats_warned = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -87,8 +88,6 @@ def install_man_pages(dest: Path) -> Path:
     text = (DEPLOY / "install.sh").read_text()
     block = re.search(r"^# the manual pages.*?^fi$", text, re.M | re.S)
     assert block and block.group(0).count(MAN_PREFIX) >= 3, "install.sh installs no pages"
-    import subprocess
-
     script = "set -eu\n" + block.group(0).replace(MAN_PREFIX, str(dest))
     out = subprocess.run(["sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

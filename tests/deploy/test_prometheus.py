@@ -40,6 +40,7 @@ import pytest
 
 from acl.model import Request, Verdict
 from tests.conftest import stop_process
+from tests.doc_metrics import metrics_table
 
 from .conftest import DEPLOY, GUIDE, acl_entry_point
 from .netns import Netns
@@ -49,7 +50,6 @@ HERE = Path(__file__).resolve().parent
 RULES = DEPLOY / "prometheus" / "acl-rules.yml"
 CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "acl-dashboard.json"
-METRICS_DOC = DEPLOY.parent / "docs" / "metrics.md"
 
 #: A metric name in a PromQL expression: ours all start with acl_; "up" is
 #: the one Prometheus makes per target.
@@ -74,7 +74,7 @@ def dashboard_exprs() -> list[str]:
 
 
 def documented_families() -> set[str]:
-    return set(re.findall(r"^\| `(acl_[a-z0-9_]+)` \|", METRICS_DOC.read_text(), re.M))
+    return set(metrics_table())
 
 
 def family_of(name: str) -> str:

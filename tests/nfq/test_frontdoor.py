@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ from acl.serve import nfqueue as door_module
 from acl.serve.nfqueue import NfqueueConfig, NfqueueFrontDoor
 from acl.wire.packet import UDP, build
 from tests.conftest import SLOW
+from tests.doc_metrics import metrics_table
 
 from .policies import engine_denying
 
@@ -162,8 +162,7 @@ def test_metric_families_are_the_documented_names():
     pkts = [build("10.66.1.1", "10.9.9.9", 1, 22), b"\x00garbage"]
     d.decide_records(7, records(pkts), 2, STRIDE)
     fams = {f.name: f for f in d.metric_families()}
-    text = (ROOT / "docs" / "metrics.md").read_text()
-    documented = {m for m in re.findall(r"`(acl_nfqueue_\w+)`", text)}
+    documented = {name for name in metrics_table() if name.startswith("acl_nfqueue_")}
     exported = {n + ("_total" if f.type == "counter" else "") for n, f in fams.items()}
     assert exported == documented
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value

@@ -257,3 +257,29 @@ def test_a_held_lease_keeps_no_old_layer_alive(make):
     assert first() is None
     assert ask(eng, "echo", "127.0.0.3")[1] is Reason.SERVICE_LIMIT
     assert eng.release(held[2])
+
+
+def test_a_lease_the_new_file_cannot_take_stays_and_leaves_nothing_behind(make, monkeypatch):
+    """A lease the new file's layer refuses to take (ValueError: what a
+    client its family cannot hold raises) stays counted where it was; once
+    it ends and the service is dropped, no group of leases is left holding
+    either file's layer."""
+    from acl.compile.xinetd import XinetdLayer
+
+    eng = make(TOML + xsource("a.conf"), a_conf=service("echo", *LIMITED))
+    held = ask(eng, "echo", "127.0.0.2")
+    a = eng.policy.sources[0].state
+
+    def refuse(self, request, now):
+        raise ValueError("refused by the test")
+
+    monkeypatch.setattr(XinetdLayer, "take_lease", refuse)
+    make.write(TOML + xsource("b.conf"), b_conf=service("echo", *LIMITED))
+    eng.reload()
+    b = eng.policy.sources[0].state
+    assert (active(a, "echo"), active(b, "echo")) == (1, 0)
+    assert len(eng._groups) == 1
+    assert eng.release(held[2]) and active(a, "echo") == 0
+    make.write(b_conf=service("other", port=23101))
+    eng.reload()
+    assert eng._groups == {}
