@@ -54,7 +54,12 @@ OPTIONS_OK = ["allow", "deny", "ALLOW", "twist /bin/echo %a", "spawn /bin/true",
 OPTIONS_BAD = ["bogus", "allow yes", "umask 999", "umask 0x1", "severity bogus",
                "severity auth.bogus", "nice x", "linger -1", "rfc931 0", "twist",
                "user nosuchuser", "group nosuchgroup", "setenv a=b c",
-               "(/usr/sbin/safe_finger -l @%h | mail root) &", "keepalive 1", "spawn"]
+               "(/usr/sbin/safe_finger -l @%h | mail root) &", "keepalive 1", "spawn",
+               # an octal umask past 0777; a facility that is not one
+               "umask 01777", "umask 1000", "severity bogus.info",
+               # names syslog knows that libwrap's own tables may not
+               "severity authpriv.info", "severity syslog.err", "severity warn",
+               "severity mail.none", "severity MAIL.WARNING"]
 
 
 def _address_only(client: str) -> bool:
