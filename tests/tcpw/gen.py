@@ -115,32 +115,53 @@ class Gen:
         return str(self.net4().network_address + self.r.randrange(4))
 
     # -- tokens ----------------------------------------------------------
+    def v4_prefix_token(self) -> str:
+        """``a.``, ``a.b.``, ``a.b.c.`` (now and then without the dot)."""
+        r = self.r
+        net = self.net4()
+        octets = str(net.network_address).split(".")
+        n = r.choice([1, 2, 3, max(1, min(3, net.prefixlen // 8))])
+        return ".".join(octets[:n]) + r.choice([".", ".", ".", ""])
+
+    def net_mask_token(self, odd: float = 0.2) -> str:
+        """``net/mask``, ``net/N``: host bits, octal nets and, with
+        probability ``odd``, a mask libwrap reads its own way."""
+        r = self.r
+        net = self.net4()
+        text = str(net.network_address)
+        if r.random() < 0.15:
+            text = str(net.network_address + r.randrange(1, 4))      # host bits
+        if r.random() < 0.1:
+            text = ".".join(f"0{int(o):o}" if r.random() < 0.5 else o for o in text.split("."))
+        if r.random() < odd:
+            mask = r.choice(["0", "33", "8junk", "255.255.255.255", "0.0.0.0",
+                             "255.0.0.255", "255.255.0.255", "+16", "-8", "32", "00", "1"])
+        elif r.random() < 0.5:
+            mask = str(net.netmask)
+        else:
+            mask = str(net.prefixlen)
+        return f"{text}/{mask}"
+
+    def plain_v4_list(self) -> str:
+        """A client list of plain IPv4 patterns only: the shape the sidecar's
+        fast lane (acl.core.hosts_scan) reads without the full parser."""
+        r = self.r
+        toks = []
+        for _ in range(r.choice([1, 1, 2, 3, 5])):
+            k = r.randrange(3)
+            toks.append(self.addr4() if k == 0 else self.v4_prefix_token() if k == 1
+                        else self.net_mask_token(odd=0.35))
+        return "".join(t + r.choice([" ", ", ", ",", "\t"]) for t in toks[:-1]) + toks[-1]
+
     def host_token(self, depth: int = 0) -> str:
         r = self.r
         k = r.randrange(40)
         if k < 6:
             return self.addr4()
         if k < 10:
-            net = self.net4()
-            octets = str(net.network_address).split(".")
-            n = r.choice([1, 2, 3, max(1, min(3, net.prefixlen // 8))])
-            return ".".join(octets[:n]) + r.choice([".", ".", ".", ""])
+            return self.v4_prefix_token()
         if k < 16:
-            net = self.net4()
-            text = str(net.network_address)
-            if r.random() < 0.15:
-                text = str(net.network_address + r.randrange(1, 4))      # host bits
-            if r.random() < 0.1:
-                text = ".".join(f"0{int(o):o}" if r.random() < 0.5 else o for o in text.split("."))
-            form = r.randrange(10)
-            if form < 4:
-                mask = str(net.netmask)
-            elif form < 8:
-                mask = str(net.prefixlen)
-            else:
-                mask = r.choice(["0", "33", "8junk", "255.255.255.255", "0.0.0.0",
-                                 "255.0.0.255", "255.255.0.255", "+16", "-8", "32"])
-            return f"{text}/{mask}"
+            return self.net_mask_token()
         if k < 19:
             return r.choice([".1", ".5", ".0.1", ".example.com", ".lan.example.org", ".com",
                              ".EXAMPLE.COM", ".", ".corp.example.net", "10.0.0.1."])
@@ -229,7 +250,7 @@ class Gen:
     def rule(self) -> str:
         r = self.r
         d = self.plist(self.daemon_token)
-        c = self.plist(self.host_token)
+        c = self.plist(self.host_token) if r.random() < 0.85 else self.plain_v4_list()
         sp = r.choice([": ", ":", " : ", "\t:\t"])
         line = d + sp + c
         if r.random() < 0.25:
