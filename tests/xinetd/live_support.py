@@ -27,6 +27,7 @@ HOSTS = """127.0.0.1 localhost
 127.0.0.4 four.other.org
 127.0.0.5 Five.EXAMPLE.com
 127.1.2.3 x.example.com.example.com
+127.0.0.6 myexample.com
 ::1 ip6-localhost
 """
 NETWORKS = "loopnet 127.0.0.0\nlooptwo 127.2\n"
@@ -165,16 +166,18 @@ class Held:
 def expected_outcome(answer: str) -> str:
     if answer == "allow ok":
         return "ok"
-    if answer == "deny address":
+    if answer in ("deny address", "deny service_limit", "deny per_source_limit"):
         return "closed"
     if answer == "deny unknown_service":
         return "refused"
     return "?" + answer
 
 
-def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str]) -> list[str]:
+def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str],
+                    limits: bool = False) -> list[str]:
     """``acl match --xinetd CONF --batch`` (the test's hosts file) on
-    ``lines`` ("SERVICE CLIENT [SERVER]"): one live-probe outcome per line."""
+    ``lines`` ("SERVICE CLIENT [SERVER]"): one live-probe outcome per line.
+    ``limits``: with ``--limits`` (instances, per_source... consulted)."""
     hosts = tmp_path / "hosts"
     hosts.write_text(HOSTS)
     path = tmp_path / "x.conf"
@@ -184,7 +187,8 @@ def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str]) -> list[str]:
         path.write_text(conf)
     out = subprocess.run(
         [sys.executable, "-m", "acl", "match", "--xinetd", str(path), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{line}\n" for line in lines),
+         "--batch", "-q", *(["--limits"] if limits else [])],
+        input="".join(f"{line}\n" for line in lines),
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     answers = out.stdout.splitlines()
