@@ -143,8 +143,10 @@ def test_sensor_list_matches_real_xinetd():
 
 
 def test_include_includedir_and_defaults_order_match_real_xinetd(tmp_path):
-    """includedir reads names without '.' or a trailing '~' in strcmp order;
-    list defaults reach only services read after them (spec C.1, C.2)."""
+    """includedir reads names without '.' or a trailing '~' in strcmp order
+    (of two files defining one service on one address, the first read is
+    kept: "m1" before "m2"); list defaults reach only services read after
+    them (spec C.1, C.2)."""
     require_live()
     from tests.xinetd.helpers import defaults, svc
 
@@ -153,7 +155,9 @@ def test_include_includedir_and_defaults_order_match_real_xinetd(tmp_path):
     inc = tmp_path / "xinetd.d"
     inc.mkdir()
     files = {"b": svc("b", port=base + 1), "a.conf": svc("skipdot", port=base + 2),
-             "c~": svc("skiptilde", port=base + 3), "A": svc("upper", port=base + 4)}
+             "c~": svc("skiptilde", port=base + 3), "A": svc("upper", port=base + 4),
+             "m2": svc("order", "only_from = 127.0.0.3", port=base + 6),
+             "m1": svc("order", "only_from = 127.0.0.2", port=base + 6)}
     for name, body in files.items():
         (inc / name).write_text(body.replace("  server = /bin/echo\n",
                                              "  server = /bin/echo\n  server_args = ok\n"))
@@ -163,16 +167,18 @@ def test_include_includedir_and_defaults_order_match_real_xinetd(tmp_path):
     text = (svc("early", "server_args = ok", port=base)
             + defaults("only_from = 127.0.0.2") + f"includedir {inc}\n"
             + f"include {tmp_path / 'more.conf'}\n")
-    xd = Xinetd(text, 6)
+    xd = Xinetd(text, 7)
     try:
         xd.start()
         rows = [(sid, src, probe(base + i, src))
-                for i, sid in enumerate(["early", "b", "skipdot", "skiptilde", "upper", "inc"])
+                for i, sid in enumerate(["early", "b", "skipdot", "skiptilde", "upper", "inc",
+                                         "order"])
                 for src in ("127.0.0.2", "127.0.0.3")]
     finally:
         xd.stop()
     assert acl_outcomes(tmp_path, text, rows) == rows
     assert {r[2] for r in rows} == {"ok", "closed", "refused"}
+    assert [r[2] for r in rows if r[0] == "order"] == ["ok", "closed"]
 
 
 def _ok_server(text: str) -> str:
