@@ -28,6 +28,8 @@ HOSTS = """127.0.0.1 localhost
 192.168.1.5 host5.lan.example.org
 192.168.10.5 host10.lan.example.org
 172.16.5.4 web.corp.example.net web
+10.0.0.11 1.2.3.4.5 digits.example.com
+10.0.0.12 300.1.1.1 digits2.example.com
 2001:db8::10 six.example.com
 2001:db8:1::1 six1.example.com
 """
@@ -36,7 +38,10 @@ HOSTS = """127.0.0.1 localhost
 NAMES = ["good.example.com", "good", "www.example.com", "example.com", "Mixed.Example.COM",
          "mixed.example.com", "numrev.example.com", "plainhost", "ydup.example.com", "lhseven",
          "host5.lan.example.org", "host10.lan.example.org", "web.corp.example.net", "web",
-         "six.example.com", "six1.example.com", "nosuch.example.com"]
+         "six.example.com", "six1.example.com", "nosuch.example.com",
+         # their verified names are digits and dots, yet no address: a pattern
+         # of digits and dots is never compared with a name (spec D.1.12)
+         "digits.example.com", "digits2.example.com"]
 
 NETS4 = ["10.0.0.0/8", "10.0.0.0/24", "10.1.0.0/16", "192.168.1.0/24", "192.168.10.0/24",
          "172.16.0.0/12", "1.2.3.0/24", "127.0.0.0/8", "192.168.0.0/16", "10.0.3.0/28"]
@@ -173,7 +178,8 @@ class Gen:
             return r.choice(["good.example.com", "GOOD.example.COM", "www.", "plainhost",
                              "example.com", "numrev.example.com", "mixed.example.com", "web",
                              "dup.example.com", "ydup.example.com", "localhost", "lhseven",
-                             "host5.lan.example.org", "six.example.com", "web.corp.example.net"])
+                             "host5.lan.example.org", "six.example.com", "web.corp.example.net",
+                             "1.2.3.4.5", "300.1.1.1", "300.", "digits.example.com"])
         if k < 31:
             return r.choice(["ALL", "KNOWN", "LOCAL", "UNKNOWN", "PARANOID", "all", "known",
                              "unknown", "paranoid", "Local"])
