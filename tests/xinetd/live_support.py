@@ -44,8 +44,12 @@ def require_live():
 class Xinetd:
     """One real xinetd on a generated configuration."""
 
-    def __init__(self, conf_text: str, services: int, tmp: str | None = None):
+    def __init__(self, conf_text: str, services: int, tmp: str | None = None,
+                 loadavg: str | None = None):
+        """``loadavg``: the text xinetd reads as /proc/loadavg (bind-mounted
+        over it in xinetd's mount namespace), for max_load at a known load."""
         self.dir = tmp or tempfile.mkdtemp(prefix="acl-xinetd.")
+        self.loadavg = loadavg
         self.conf = os.path.join(self.dir, "xinetd.conf")
         self.log = os.path.join(self.dir, "daemon.log")
         self.hosts = os.path.join(self.dir, "hosts")
@@ -57,6 +61,9 @@ class Xinetd:
                            ("hosts.allow", ""), ("hosts.deny", "")):
             with open(os.path.join(self.dir, name), "w") as f:
                 f.write(text)
+        if loadavg is not None:
+            with open(os.path.join(self.dir, "loadavg"), "w") as f:
+                f.write(loadavg)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -66,6 +73,8 @@ class Xinetd:
                   f"mount --bind {d}/nss /etc/nsswitch.conf && "
                   f"mount --bind {d}/hosts.allow /etc/hosts.allow && "
                   f"mount --bind {d}/hosts.deny /etc/hosts.deny && "
+                  + (f"mount --bind {d}/loadavg /proc/loadavg && " if self.loadavg is not None
+                     else "") +
                   f"exec xinetd -dontfork -filelog {d}/daemon.log -f {d}/xinetd.conf "
                   f"-pidfile {d}/pid")
         self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script],

@@ -250,3 +250,27 @@ def test_max_load_and_access_times_match_real_xinetd():
         assert why["both"] == "LOAD"               # load is checked before time
         assert {why[k] for k in ("loadlow", "loadhigh", "closed", "open")} == \
             {"OK", "LOAD", "TIME"}
+
+
+def test_max_load_edges_match_real_xinetd_at_a_fixed_load():
+    """xinetd refuses when the 1-minute load is at or above max_load (spec
+    C.6 b): at a load of exactly 0.50 -- the text xinetd reads as
+    /proc/loadavg, bind-mounted in its namespace -- max_load 0.5 refuses,
+    0.51 admits, 0.49 refuses; acl's layer reads the same number."""
+    require_live()
+    specs = [("at", "max_load = 0.5"), ("above", "max_load = 0.51"),
+             ("below", "max_load = 0.49"), ("hex", "max_load = 0x1p-1")]
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, BASE + 50 + i, "/bin/echo", "ok", [line])
+        for i, (sid, line) in enumerate(specs))
+    policy, _ = load_xinetd_text(text)
+    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS), loadavg=lambda: 0.5)
+    xd = Xinetd(text, len(specs), loadavg="0.50 0.40 0.30 1/100 4242\n")
+    try:
+        xd.start()
+        rows = [(sid, _predict(layer, sid, "127.0.0.2", time.time())[0],
+                 probe(BASE + 50 + i, "127.0.0.2")) for i, (sid, _) in enumerate(specs)]
+    finally:
+        xd.stop()
+    assert [r[1] for r in rows] == [r[2] for r in rows], rows
+    assert [r[2] for r in rows] == ["closed", "ok", "closed", "closed"], rows
