@@ -25,7 +25,6 @@ from acl.resolve import HostsFileBackend, Resolver
 from . import gen
 from .tcpdmatch import run_batch
 
-
 #: the two ways acl reads a pair (see the module docstring)
 READERS = {"full parser": None, "fast lane": hosts_scan.v4_client_prefixes}
 
