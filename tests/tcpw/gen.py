@@ -244,10 +244,10 @@ class Gen:
             out += r.choice(seps) + t
         return out
 
-    def options(self) -> str:
+    def options(self, bad: float = 0.2) -> str:
         r = self.r
         n = r.choice([1, 1, 2, 3])
-        opts = [r.choice(OPTIONS_OK if r.random() < 0.8 else OPTIONS_BAD) for _ in range(n)]
+        opts = [r.choice(OPTIONS_BAD if r.random() < bad else OPTIONS_OK) for _ in range(n)]
         text = ": ".join(opts)
         if r.random() < 0.05:
             text += ":"
@@ -343,6 +343,16 @@ class Gen:
                 user = "unknown"
             c = user + "@" + c
         return c
+
+    def options_case(self, nrules: int) -> Case:
+        """One rule per client address, each with a generated option list
+        (half of its options bad), in both files: every rule decides
+        exactly one query, so each option list is asked of tcpdmatch."""
+        addrs = [f"198.18.{i // 200}.{i % 200}" for i in range(nrules)]
+        lines = [f"sshd: {a}: {self.options(bad=0.5)}\n" for a in addrs]
+        half = nrules // 2
+        return Case(self.seed, "".join(lines[:half]).encode(), "".join(lines[half:]).encode(),
+                    {}, [("sshd", a) for a in addrs])
 
     def case(self, nrules_allow: int, nrules_deny: int, nqueries: int) -> Case:
         allow = self.file_text(nrules_allow)
