@@ -17,7 +17,11 @@ A value is offered to five readers in order; the first that accepts it wins:
    :func:`v6_mask_overrun`: it may abort or hang at start);
 4. factorized ``p.q.{a,b}`` -- the width of each element is set by the
    number of dots in the prefix (3: host, 2: /24, 1: /16, 0: /8); syntax
-   errors here are *errors* (the service is disabled);
+   errors here are *errors* (the service is disabled).  Four or more dots
+   make xinetd shift by a negative count, undefined in C: Debian's amd64
+   build shifts by the count modulo 32, as the CPU does, and keeps the
+   service (``127.0.0.2.{0}`` is 127.0.0.0/8); acl computes the same
+   (:func:`_shl32`; checked live in tests/xinetd/test_live_address.py);
 5. network name (``getnetbyname``) with a classful mask.
 
 A value no reader accepts is dropped with "failed to parse" (the list still
@@ -216,6 +220,13 @@ def v6_mask_overrun(entry: AddrEntry) -> str | None:
     return head + "starts; the entry matches nothing"
 
 
+def _shl32(value: int, count: int) -> int:
+    """``value << count`` in xinetd's 32-bit arithmetic.  A negative count
+    (four or more dots before '{') is undefined in C; the amd64 shift
+    instruction Debian's build runs takes the count modulo 32."""
+    return (value << (count & 31)) & _ALL32
+
+
 def _factorized(value: str) -> list[AddrEntry] | None:
     """``p.q.{a,b}``; None = cannot parse; raises AddrError on a syntax error."""
     last = "."
@@ -242,12 +253,9 @@ def _factorized(value: str) -> list[AddrEntry] | None:
             return None
         last = c
         i += 1
-    if shift < 0:
-        # four or more dots before '{': xinetd shifts by a negative count
-        # (undefined behaviour in C); we refuse to guess.
-        raise AddrError(f"Bad address: {value}. Too many dots before '{{'")
+    # four or more dots make shift (and shift + 8) negative: see _shl32
     if addr:
-        addr = (addr << (shift + 8)) & _ALL32
+        addr = _shl32(addr, shift + 8)
     out = []
     num = 0
     last = ","
@@ -259,8 +267,8 @@ def _factorized(value: str) -> list[AddrEntry] | None:
         elif c in ",}":
             if last == ",":
                 raise AddrError(f"Bad address: {value}. Consecutive commas")
-            mask = ~((1 << shift) - 1) & _ALL32
-            out.append(AddrEntry("v4", (addr + (num << shift)) & _ALL32, mask, text=value))
+            mask = ~(_shl32(1, shift) - 1) & _ALL32
+            out.append(AddrEntry("v4", (addr + _shl32(num, shift)) & _ALL32, mask, text=value))
             num = 0
             if c == "}":
                 if j + 1 != n:

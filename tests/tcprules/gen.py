@@ -71,6 +71,10 @@ def _v4_range(r: random.Random, addr: str) -> str:
     if r.random() < 0.05:
         lo_s = ""                                     # empty bound is 0
     where = r.choice([3, 3, 3, 2, 1])
+    if where >= 2 and r.random() < 0.15:
+        # a second '-' in an earlier octet: only the first '-' is a range,
+        # the later one stays in every key as written
+        parts[1] += f"-{int(parts[1]) + r.choice([0, 1, 3])}"
     if where == 3:
         return ".".join(parts[:3] + [f"{lo_s}-{hi_s}"])
     # a range in an inner octet of a prefix: 10.2-3.

@@ -28,6 +28,8 @@ HOSTS = """127.0.0.1 localhost
 192.168.1.5 host5.lan.example.org
 192.168.10.5 host10.lan.example.org
 172.16.5.4 web.corp.example.net web
+10.0.0.11 1.2.3.4.5 digits.example.com
+10.0.0.12 300.1.1.1 digits2.example.com
 2001:db8::10 six.example.com
 2001:db8:1::1 six1.example.com
 """
@@ -36,7 +38,10 @@ HOSTS = """127.0.0.1 localhost
 NAMES = ["good.example.com", "good", "www.example.com", "example.com", "Mixed.Example.COM",
          "mixed.example.com", "numrev.example.com", "plainhost", "ydup.example.com", "lhseven",
          "host5.lan.example.org", "host10.lan.example.org", "web.corp.example.net", "web",
-         "six.example.com", "six1.example.com", "nosuch.example.com"]
+         "six.example.com", "six1.example.com", "nosuch.example.com",
+         # their verified names are digits and dots, yet no address: a pattern
+         # of digits and dots is never compared with a name (spec D.1.12)
+         "digits.example.com", "digits2.example.com"]
 
 NETS4 = ["10.0.0.0/8", "10.0.0.0/24", "10.1.0.0/16", "192.168.1.0/24", "192.168.10.0/24",
          "172.16.0.0/12", "1.2.3.0/24", "127.0.0.0/8", "192.168.0.0/16", "10.0.3.0/28"]
@@ -54,7 +59,12 @@ OPTIONS_OK = ["allow", "deny", "ALLOW", "twist /bin/echo %a", "spawn /bin/true",
 OPTIONS_BAD = ["bogus", "allow yes", "umask 999", "umask 0x1", "severity bogus",
                "severity auth.bogus", "nice x", "linger -1", "rfc931 0", "twist",
                "user nosuchuser", "group nosuchgroup", "setenv a=b c",
-               "(/usr/sbin/safe_finger -l @%h | mail root) &", "keepalive 1", "spawn"]
+               "(/usr/sbin/safe_finger -l @%h | mail root) &", "keepalive 1", "spawn",
+               # an octal umask past 0777; a facility that is not one
+               "umask 01777", "umask 1000", "severity bogus.info",
+               # names syslog knows that libwrap's own tables may not
+               "severity authpriv.info", "severity syslog.err", "severity warn",
+               "severity mail.none", "severity MAIL.WARNING"]
 
 
 def _address_only(client: str) -> bool:
@@ -110,32 +120,53 @@ class Gen:
         return str(self.net4().network_address + self.r.randrange(4))
 
     # -- tokens ----------------------------------------------------------
+    def v4_prefix_token(self) -> str:
+        """``a.``, ``a.b.``, ``a.b.c.`` (now and then without the dot)."""
+        r = self.r
+        net = self.net4()
+        octets = str(net.network_address).split(".")
+        n = r.choice([1, 2, 3, max(1, min(3, net.prefixlen // 8))])
+        return ".".join(octets[:n]) + r.choice([".", ".", ".", ""])
+
+    def net_mask_token(self, odd: float = 0.2) -> str:
+        """``net/mask``, ``net/N``: host bits, octal nets and, with
+        probability ``odd``, a mask libwrap reads its own way."""
+        r = self.r
+        net = self.net4()
+        text = str(net.network_address)
+        if r.random() < 0.15:
+            text = str(net.network_address + r.randrange(1, 4))      # host bits
+        if r.random() < 0.1:
+            text = ".".join(f"0{int(o):o}" if r.random() < 0.5 else o for o in text.split("."))
+        if r.random() < odd:
+            mask = r.choice(["0", "33", "8junk", "255.255.255.255", "0.0.0.0",
+                             "255.0.0.255", "255.255.0.255", "+16", "-8", "32", "00", "1"])
+        elif r.random() < 0.5:
+            mask = str(net.netmask)
+        else:
+            mask = str(net.prefixlen)
+        return f"{text}/{mask}"
+
+    def plain_v4_list(self) -> str:
+        """A client list of plain IPv4 patterns only: the shape the sidecar's
+        fast lane (acl.core.hosts_scan) reads without the full parser."""
+        r = self.r
+        toks = []
+        for _ in range(r.choice([1, 1, 2, 3, 5])):
+            k = r.randrange(3)
+            toks.append(self.addr4() if k == 0 else self.v4_prefix_token() if k == 1
+                        else self.net_mask_token(odd=0.35))
+        return "".join(t + r.choice([" ", ", ", ",", "\t"]) for t in toks[:-1]) + toks[-1]
+
     def host_token(self, depth: int = 0) -> str:
         r = self.r
         k = r.randrange(40)
         if k < 6:
             return self.addr4()
         if k < 10:
-            net = self.net4()
-            octets = str(net.network_address).split(".")
-            n = r.choice([1, 2, 3, max(1, min(3, net.prefixlen // 8))])
-            return ".".join(octets[:n]) + r.choice([".", ".", ".", ""])
+            return self.v4_prefix_token()
         if k < 16:
-            net = self.net4()
-            text = str(net.network_address)
-            if r.random() < 0.15:
-                text = str(net.network_address + r.randrange(1, 4))      # host bits
-            if r.random() < 0.1:
-                text = ".".join(f"0{int(o):o}" if r.random() < 0.5 else o for o in text.split("."))
-            form = r.randrange(10)
-            if form < 4:
-                mask = str(net.netmask)
-            elif form < 8:
-                mask = str(net.prefixlen)
-            else:
-                mask = r.choice(["0", "33", "8junk", "255.255.255.255", "0.0.0.0",
-                                 "255.0.0.255", "255.255.0.255", "+16", "-8", "32"])
-            return f"{text}/{mask}"
+            return self.net_mask_token()
         if k < 19:
             return r.choice([".1", ".5", ".0.1", ".example.com", ".lan.example.org", ".com",
                              ".EXAMPLE.COM", ".", ".corp.example.net", "10.0.0.1."])
@@ -147,7 +178,8 @@ class Gen:
             return r.choice(["good.example.com", "GOOD.example.COM", "www.", "plainhost",
                              "example.com", "numrev.example.com", "mixed.example.com", "web",
                              "dup.example.com", "ydup.example.com", "localhost", "lhseven",
-                             "host5.lan.example.org", "six.example.com", "web.corp.example.net"])
+                             "host5.lan.example.org", "six.example.com", "web.corp.example.net",
+                             "1.2.3.4.5", "300.1.1.1", "300.", "digits.example.com"])
         if k < 31:
             return r.choice(["ALL", "KNOWN", "LOCAL", "UNKNOWN", "PARANOID", "all", "known",
                              "unknown", "paranoid", "Local"])
@@ -212,10 +244,10 @@ class Gen:
             out += r.choice(seps) + t
         return out
 
-    def options(self) -> str:
+    def options(self, bad: float = 0.2) -> str:
         r = self.r
         n = r.choice([1, 1, 2, 3])
-        opts = [r.choice(OPTIONS_OK if r.random() < 0.8 else OPTIONS_BAD) for _ in range(n)]
+        opts = [r.choice(OPTIONS_BAD if r.random() < bad else OPTIONS_OK) for _ in range(n)]
         text = ": ".join(opts)
         if r.random() < 0.05:
             text += ":"
@@ -224,7 +256,7 @@ class Gen:
     def rule(self) -> str:
         r = self.r
         d = self.plist(self.daemon_token)
-        c = self.plist(self.host_token)
+        c = self.plist(self.host_token) if r.random() < 0.85 else self.plain_v4_list()
         sp = r.choice([": ", ":", " : ", "\t:\t"])
         line = d + sp + c
         if r.random() < 0.25:
@@ -311,6 +343,16 @@ class Gen:
                 user = "unknown"
             c = user + "@" + c
         return c
+
+    def options_case(self, nrules: int) -> Case:
+        """One rule per client address, each with a generated option list
+        (half of its options bad), in both files: every rule decides
+        exactly one query, so each option list is asked of tcpdmatch."""
+        addrs = [f"198.18.{i // 200}.{i % 200}" for i in range(nrules)]
+        lines = [f"sshd: {a}: {self.options(bad=0.5)}\n" for a in addrs]
+        half = nrules // 2
+        return Case(self.seed, "".join(lines[:half]).encode(), "".join(lines[half:]).encode(),
+                    {}, [("sshd", a) for a in addrs])
 
     def case(self, nrules_allow: int, nrules_deny: int, nqueries: int) -> Case:
         allow = self.file_text(nrules_allow)

@@ -4,7 +4,8 @@ Default run: 120 generated hosts.allow/hosts.deny pairs x 170 queries
 (20,400 queries) -- IPv4, IPv6, v4-mapped, names through a private
 /etc/hosts, every pattern and option form (NUL bytes in ``/file`` lists
 too), comments, continuations, bad lines, empty ``@client`` users,
-near-miss addresses at mask boundaries -- zero disagreements allowed.
+near-miss addresses at mask boundaries -- zero disagreements allowed; and
+400 rules that each decide one query with a generated option list.
 ``ACL_SLOW=1`` asks ``ACL_TCPW_QUERIES`` queries (default 1,000,000), from
 seed 100,000 + ``ACL_SEED_BASE``.
 """
@@ -17,7 +18,8 @@ import pytest
 
 from tests.conftest import SLOW, SLOW_SEED_BASE
 
-from .differential import run_many
+from . import gen
+from .differential import compare, run_many
 from .tcpdmatch import build_shim, unavailable
 
 PER_CASE = 170
@@ -45,6 +47,14 @@ def test_tcpdmatch_agrees_on_big_files(tmp_path, shim):
     """Fewer pairs, 40-80 rules each: deep first-match orders and long residuals."""
     total, bad = run_many(range(10_000, 10_006), tmp_path, shim, rules=(40, 80), queries=PER_CASE)
     assert total == 6 * PER_CASE
+    assert not bad, "\n\n".join(bad[:3])
+
+
+def test_tcpdmatch_agrees_on_generated_option_lists(tmp_path, shim):
+    """400 rules, each deciding one query with a generated option list (half
+    of its options bad): every option value is asked of tcpdmatch, not only
+    those a rule of the mixed cases happens to decide with."""
+    bad = compare(gen.Gen(20_000, str(tmp_path)).options_case(400), tmp_path / "opts", shim)
     assert not bad, "\n\n".join(bad[:3])
 
 

@@ -27,6 +27,7 @@ HOSTS = """127.0.0.1 localhost
 127.0.0.4 four.other.org
 127.0.0.5 Five.EXAMPLE.com
 127.1.2.3 x.example.com.example.com
+127.0.0.6 myexample.com
 ::1 ip6-localhost
 """
 NETWORKS = "loopnet 127.0.0.0\nlooptwo 127.2\n"
@@ -43,8 +44,12 @@ def require_live():
 class Xinetd:
     """One real xinetd on a generated configuration."""
 
-    def __init__(self, conf_text: str, services: int, tmp: str | None = None):
+    def __init__(self, conf_text: str, services: int, tmp: str | None = None,
+                 loadavg: str | None = None):
+        """``loadavg``: the text xinetd reads as /proc/loadavg (bind-mounted
+        over it in xinetd's mount namespace), for max_load at a known load."""
         self.dir = tmp or tempfile.mkdtemp(prefix="acl-xinetd.")
+        self.loadavg = loadavg
         self.conf = os.path.join(self.dir, "xinetd.conf")
         self.log = os.path.join(self.dir, "daemon.log")
         self.hosts = os.path.join(self.dir, "hosts")
@@ -56,6 +61,9 @@ class Xinetd:
                            ("hosts.allow", ""), ("hosts.deny", "")):
             with open(os.path.join(self.dir, name), "w") as f:
                 f.write(text)
+        if loadavg is not None:
+            with open(os.path.join(self.dir, "loadavg"), "w") as f:
+                f.write(loadavg)
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> None:
@@ -65,6 +73,8 @@ class Xinetd:
                   f"mount --bind {d}/nss /etc/nsswitch.conf && "
                   f"mount --bind {d}/hosts.allow /etc/hosts.allow && "
                   f"mount --bind {d}/hosts.deny /etc/hosts.deny && "
+                  + (f"mount --bind {d}/loadavg /proc/loadavg && " if self.loadavg is not None
+                     else "") +
                   f"exec xinetd -dontfork -filelog {d}/daemon.log -f {d}/xinetd.conf "
                   f"-pidfile {d}/pid")
         self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script],
@@ -165,16 +175,18 @@ class Held:
 def expected_outcome(answer: str) -> str:
     if answer == "allow ok":
         return "ok"
-    if answer == "deny address":
+    if answer in ("deny address", "deny service_limit", "deny per_source_limit"):
         return "closed"
     if answer == "deny unknown_service":
         return "refused"
     return "?" + answer
 
 
-def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str]) -> list[str]:
+def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str],
+                    limits: bool = False) -> list[str]:
     """``acl match --xinetd CONF --batch`` (the test's hosts file) on
-    ``lines`` ("SERVICE CLIENT [SERVER]"): one live-probe outcome per line."""
+    ``lines`` ("SERVICE CLIENT [SERVER]"): one live-probe outcome per line.
+    ``limits``: with ``--limits`` (instances, per_source... consulted)."""
     hosts = tmp_path / "hosts"
     hosts.write_text(HOSTS)
     path = tmp_path / "x.conf"
@@ -184,7 +196,8 @@ def acl_match_batch(tmp_path, conf: str | bytes, lines: list[str]) -> list[str]:
         path.write_text(conf)
     out = subprocess.run(
         [sys.executable, "-m", "acl", "match", "--xinetd", str(path), "--hosts", str(hosts),
-         "--batch", "-q"], input="".join(f"{line}\n" for line in lines),
+         "--batch", "-q", *(["--limits"] if limits else [])],
+        input="".join(f"{line}\n" for line in lines),
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     answers = out.stdout.splitlines()

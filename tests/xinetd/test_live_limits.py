@@ -63,7 +63,9 @@ def _predict(layer, sid, src, now):
 def test_cps_trip_and_reactivation_match_real_xinetd():
     require_live()
     rng = random.Random(5)
-    specs = [("cpsa", (2, 1)), ("cpsb", (rng.choice([1, 3]), 1))]
+    # cps = 1 1: a window of one second, so a probe a second after the
+    # window opened starts a new one (a window one second longer trips it)
+    specs = [("cpsa", (2, 1)), ("cpsb", (3, 1)), ("cpsc", (1, 1))]
     text = "defaults\n{\n}\n" + "".join(
         _service(sid, BASE + i, "/bin/echo", "ok", [f"cps = {m} {w}"])
         for i, (sid, (m, w)) in enumerate(specs))
@@ -102,6 +104,40 @@ def test_cps_trip_and_reactivation_match_real_xinetd():
     assert {"ok", "closed", "refused"} <= kinds, rows     # trip, off and back all seen
     bad = [r for r in rows if r[2] != r[3]]
     assert not bad, f"disagreements (service, t, acl, xinetd, reason): {bad}\nall: {rows}"
+
+
+def test_cps_default_and_a_one_value_cps_line_match_real_xinetd():
+    """Without a cps line a service has xinetd's 50 10; ``cps = 10`` has the
+    wrong number of values, is ignored, and keeps 50 10 too (spec D.3.10,
+    D.3.11).  A burst of 55 quick connections trips each at the 51st (when
+    it stays inside one second or two: acl predicts every connection at its
+    own time, so a slower burst is still compared, only later)."""
+    require_live()
+    specs = [("cpsdef", []), ("cpsten", ["cps = 10"])]
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, BASE + 40 + i, "/bin/echo", "ok", extra)
+        for i, (sid, extra) in enumerate(specs))
+    policy, _ = load_xinetd_text(text)
+    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
+    xd = Xinetd(text, len(specs))
+    rows = []
+    try:
+        xd.start()
+        for i, (sid, _) in enumerate(specs):
+            _sleep_to_fraction(0.02, 0.2)
+            for _ in range(55):
+                now = time.time()
+                want, d = _predict(layer, sid, "127.0.0.2", now)
+                rows.append((sid, round(now % 100, 3), want, probe(BASE + 40 + i, "127.0.0.2"),
+                             d.reason.name))
+    finally:
+        xd.stop()
+    bad = [r for r in rows if r[2] != r[3]]
+    assert not bad, f"disagreements (service, t, acl, xinetd, reason): {bad}\nall: {rows}"
+    for sid, _ in specs:
+        mine = [r[2] for r in rows if r[0] == sid]
+        if mine[:51] == ["ok"] * 50 + ["closed"]:      # the burst stayed in one second
+            assert set(mine[51:]) == {"refused"}, rows
 
 
 def test_per_source_and_instances_held_open_match_real_xinetd():
@@ -154,15 +190,34 @@ def test_per_source_and_instances_held_open_match_real_xinetd():
     assert not bad, f"disagreements (service, source, acl, xinetd): {bad}\nall: {rows}"
 
 
+def _hm(minute: int) -> str:
+    return f"{minute // 60}:{minute % 60:02d}"
+
+
 def test_max_load_and_access_times_match_real_xinetd():
-    """Parent checks b and c against the real load average and local clock."""
+    """Parent checks b and c against the real load average and local clock.
+
+    access_times intervals are inclusive at both ends, to the minute: the
+    intervals ending and starting at the current minute admit, those ending
+    just before it or starting just after it do not; an interval that is
+    empty or wraps over midnight is a parse error (the service is
+    disabled)."""
     require_live()
-    hour = time.localtime().tm_hour
+    now = time.localtime()
+    hour, minute = now.tm_hour, now.tm_hour * 60 + now.tm_min
     far = (hour + 12) % 24
     specs = [("loadlow", ["max_load = 0.001"]), ("loadhigh", ["max_load = 999"]),
              ("closed", [f"access_times = {far}:00-{far}:30"]),
              ("open", ["access_times = 0:00-23:59"]),
-             ("both", ["max_load = 0.001", f"access_times = {far}:00-{far}:30"])]
+             ("both", ["max_load = 0.001", f"access_times = {far}:00-{far}:30"]),
+             ("empty", ["access_times = 10:00-10:00"]),
+             ("wraps", ["access_times = 23:00-1:00"])]
+    edges = 2 <= minute <= 1437         # the four intervals below need no wrap
+    if edges:
+        specs += [("endsnow", [f"access_times = {_hm(minute - 1)}-{_hm(minute)}"]),
+                  ("startsnow", [f"access_times = {_hm(minute)}-{_hm(minute + 1)}"]),
+                  ("endedjust", [f"access_times = {_hm(minute - 2)}-{_hm(minute - 1)}"]),
+                  ("startsnext", [f"access_times = {_hm(minute + 1)}-{_hm(minute + 2)}"])]
     text = "defaults\n{\n}\n" + "".join(
         _service(sid, BASE + 20 + i, "/bin/echo", "ok", extra)
         for i, (sid, extra) in enumerate(specs))
@@ -173,13 +228,49 @@ def test_max_load_and_access_times_match_real_xinetd():
     try:
         xd.start()
         for i, (sid, _) in enumerate(specs):
-            want, d = _predict(layer, sid, "127.0.0.2", time.time())
-            rows.append((sid, want, probe(BASE + 20 + i, "127.0.0.2"), d.reason.name))
+            if sid in policy.services:
+                want, d = _predict(layer, sid, "127.0.0.2", time.time())
+                why = d.reason.name
+            else:
+                want, why = "refused", "DISABLED"          # acl dropped it
+            rows.append((sid, want, probe(BASE + 20 + i, "127.0.0.2"), why))
     finally:
         xd.stop()
     assert [r[1] for r in rows] == [r[2] for r in rows], rows
+    seen = dict((r[0], r[2]) for r in rows)
+    assert seen["empty"] == seen["wraps"] == "refused", rows
+    if edges and time.localtime().tm_hour * 60 + time.localtime().tm_min == minute:
+        # still the minute the intervals were written for: the edges were asked
+        assert [seen[k] for k in ("endsnow", "startsnow", "endedjust", "startsnext")] == \
+            ["ok", "ok", "closed", "closed"], rows
     from acl.compile.xinetd import read_loadavg
 
     if read_loadavg() >= 0.01:                     # an idle machine may show 0.00
-        assert rows[-1][3] == "LOAD"               # load is checked before time
-        assert {r[3] for r in rows} == {"OK", "LOAD", "TIME"}
+        why = dict((r[0], r[3]) for r in rows)
+        assert why["both"] == "LOAD"               # load is checked before time
+        assert {why[k] for k in ("loadlow", "loadhigh", "closed", "open")} == \
+            {"OK", "LOAD", "TIME"}
+
+
+def test_max_load_edges_match_real_xinetd_at_a_fixed_load():
+    """xinetd refuses when the 1-minute load is at or above max_load (spec
+    C.6 b): at a load of exactly 0.50 -- the text xinetd reads as
+    /proc/loadavg, bind-mounted in its namespace -- max_load 0.5 refuses,
+    0.51 admits, 0.49 refuses; acl's layer reads the same number."""
+    require_live()
+    specs = [("at", "max_load = 0.5"), ("above", "max_load = 0.51"),
+             ("below", "max_load = 0.49"), ("hex", "max_load = 0x1p-1")]
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, BASE + 50 + i, "/bin/echo", "ok", [line])
+        for i, (sid, line) in enumerate(specs))
+    policy, _ = load_xinetd_text(text)
+    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS), loadavg=lambda: 0.5)
+    xd = Xinetd(text, len(specs), loadavg="0.50 0.40 0.30 1/100 4242\n")
+    try:
+        xd.start()
+        rows = [(sid, _predict(layer, sid, "127.0.0.2", time.time())[0],
+                 probe(BASE + 50 + i, "127.0.0.2")) for i, (sid, _) in enumerate(specs)]
+    finally:
+        xd.stop()
+    assert [r[1] for r in rows] == [r[2] for r in rows], rows
+    assert [r[2] for r in rows] == ["closed", "ok", "closed", "closed"], rows
