@@ -40,6 +40,21 @@ def _service(sid, port, server, args, extra):
         "  flags = NOLIBWRAP IPv4", *("  " + e for e in extra), "}", ""])
 
 
+def _side_by_side(services, first_port, server="/bin/echo", args="ok", loadavg=None):
+    """``services`` ([(id, extra lines)]) on ports from ``first_port``: the
+    parsed policy, acl's layer over it and the real xinetd (not started) on
+    the same text -- both at the load ``loadavg`` (/proc/loadavg's text)
+    when given."""
+    text = "defaults\n{\n}\n" + "".join(
+        _service(sid, first_port + i, server, args, extra) for i, (sid, extra) in enumerate(services))
+    policy, _ = load_xinetd_text(text)
+    if loadavg is None:
+        return policy, XinetdLayer(policy, resolver=HostsResolver(HOSTS)), Xinetd(text, len(services))
+    load = float(loadavg.split()[0])
+    return (policy, XinetdLayer(policy, resolver=HostsResolver(HOSTS), loadavg=lambda: load),
+            Xinetd(text, len(services), loadavg=loadavg))
+
+
 def _sleep_to_fraction(lo=0.25, hi=0.6):
     """Sleep until the current second's fraction is inside [lo, hi)."""
     now = time.time()
@@ -66,12 +81,7 @@ def test_cps_trip_and_reactivation_match_real_xinetd():
     # cps = 1 1: a window of one second, so a probe a second after the
     # window opened starts a new one (a window one second longer trips it)
     specs = [("cpsa", (2, 1)), ("cpsb", (3, 1)), ("cpsc", (1, 1))]
-    text = "defaults\n{\n}\n" + "".join(
-        _service(sid, BASE + i, "/bin/echo", "ok", [f"cps = {m} {w}"])
-        for i, (sid, (m, w)) in enumerate(specs))
-    policy, _ = load_xinetd_text(text)
-    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
-    xd = Xinetd(text, len(specs))
+    policy, layer, xd = _side_by_side([(sid, [f"cps = {m} {w}"]) for sid, (m, w) in specs], BASE)
     rows = []
     try:
         xd.start()
@@ -114,12 +124,7 @@ def test_cps_default_and_a_one_value_cps_line_match_real_xinetd():
     own time, so a slower burst is still compared, only later)."""
     require_live()
     specs = [("cpsdef", []), ("cpsten", ["cps = 10"])]
-    text = "defaults\n{\n}\n" + "".join(
-        _service(sid, BASE + 40 + i, "/bin/echo", "ok", extra)
-        for i, (sid, extra) in enumerate(specs))
-    policy, _ = load_xinetd_text(text)
-    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
-    xd = Xinetd(text, len(specs))
+    policy, layer, xd = _side_by_side(specs, BASE + 40)
     rows = []
     try:
         xd.start()
@@ -146,12 +151,7 @@ def test_per_source_and_instances_held_open_match_real_xinetd():
     specs = [("ps", [f"per_source = {rng.choice([1, 2])}"]),
              ("inst", [f"instances = {rng.choice([2, 3])}"]),
              ("both", ["per_source = 1", "instances = 2"])]
-    text = "defaults\n{\n}\n" + "".join(
-        _service(sid, BASE + 10 + i, "/bin/cat", "", extra)
-        for i, (sid, extra) in enumerate(specs))
-    policy, _ = load_xinetd_text(text)
-    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
-    xd = Xinetd(text, len(specs))
+    policy, layer, xd = _side_by_side(specs, BASE + 10, "/bin/cat", "")
     rows = []
     held: list[tuple[Held, int]] = []
     try:
@@ -218,12 +218,7 @@ def test_max_load_and_access_times_match_real_xinetd():
                   ("startsnow", [f"access_times = {_hm(minute)}-{_hm(minute + 1)}"]),
                   ("endedjust", [f"access_times = {_hm(minute - 2)}-{_hm(minute - 1)}"]),
                   ("startsnext", [f"access_times = {_hm(minute + 1)}-{_hm(minute + 2)}"])]
-    text = "defaults\n{\n}\n" + "".join(
-        _service(sid, BASE + 20 + i, "/bin/echo", "ok", extra)
-        for i, (sid, extra) in enumerate(specs))
-    policy, _ = load_xinetd_text(text)
-    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS))
-    xd = Xinetd(text, len(specs))
+    policy, layer, xd = _side_by_side(specs, BASE + 20)
     rows = []
     try:
         xd.start()
@@ -260,12 +255,8 @@ def test_max_load_edges_match_real_xinetd_at_a_fixed_load():
     require_live()
     specs = [("at", "max_load = 0.5"), ("above", "max_load = 0.51"),
              ("below", "max_load = 0.49"), ("hex", "max_load = 0x1p-1")]
-    text = "defaults\n{\n}\n" + "".join(
-        _service(sid, BASE + 50 + i, "/bin/echo", "ok", [line])
-        for i, (sid, line) in enumerate(specs))
-    policy, _ = load_xinetd_text(text)
-    layer = XinetdLayer(policy, resolver=HostsResolver(HOSTS), loadavg=lambda: 0.5)
-    xd = Xinetd(text, len(specs), loadavg="0.50 0.40 0.30 1/100 4242\n")
+    policy, layer, xd = _side_by_side([(sid, [line]) for sid, line in specs], BASE + 50,
+                                      loadavg="0.50 0.40 0.30 1/100 4242\n")
     try:
         xd.start()
         rows = [(sid, _predict(layer, sid, "127.0.0.2", time.time())[0],
