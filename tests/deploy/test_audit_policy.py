@@ -342,3 +342,88 @@ def test_nfqueue_port_keys_with_addresses(tmp_path):
     with pytest.raises(AclError, match=r"\[nfqueue\] ports: '\[::1:27171': write an IPv6 "
                                        r"address as \[ADDR\]:PORT"):
         audit.load_policy_view(config)
+
+
+def test_an_xinetd_service_without_a_socket_names_no_port(tmp_path):
+    """A ``TCPMUX`` service is reached through tcpmux's port 1 and an RPC one
+    on the portmapper's port: xinetd opens no socket on the port
+    /etc/services gives their names (xinetd 2.3.15.3 with a ``TCPMUX
+    UNLISTED`` smtp listens on nothing), so the audit must not name that
+    port's listener after them -- before, a Postfix on 25 was audited as
+    the xinetd service "mux-smtp"."""
+    from acl import audit
+
+    (tmp_path / "xinetd.conf").write_text(textwrap.dedent("""\
+        service smtp
+        {
+            id = mux-smtp
+            type = TCPMUX UNLISTED
+            socket_type = stream
+            protocol = tcp
+            wait = no
+            user = root
+            server = /bin/true
+        }
+        service rstatd
+        {
+            type = RPC UNLISTED
+            socket_type = dgram
+            protocol = udp
+            wait = yes
+            user = root
+            rpc_version = 2-4
+            rpc_number = 100001
+            server = /bin/true
+        }
+        service gamma
+        {
+            type = UNLISTED
+            socket_type = stream
+            protocol = tcp
+            port = 27163
+            wait = no
+            user = root
+            server = /bin/true
+        }
+        """))
+    (tmp_path / "policy.toml").write_text('[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
+    view = audit.load_policy_view(str(tmp_path / "policy.toml"))
+    assert view.service_ports == {("tcp", 27163): "gamma"}
+    smtp = audit.Listener(audit.SocketEntry("tcp", 4, "0.0.0.0", 25, "0.0.0.0", 0, 0x0A, 0, 1),
+                          [audit.Process(4242, "master")])
+    (found,) = audit.audit([smtp], view)
+    assert found.names == ["master", "smtp"] and found.service is None
+
+
+def test_out_of_descriptors_is_a_temporary_failure_not_a_bad_policy(tmp_path):
+    """A policy load that runs out of descriptors exits 111 (acl.cli's
+    promise for every command), not 100 "a policy that does not load":
+    the child loads once (its imports), fills its descriptor table, then
+    audits again."""
+    (tmp_path / "hosts.allow").write_text("alpha: ALL\n")
+    (tmp_path / "hosts.deny").write_text("")
+    (tmp_path / "policy.toml").write_text(
+        '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\ndeny = "hosts.deny"\n'
+        'services = ["alpha"]\n')
+    child = textwrap.dedent("""\
+        import contextlib, io, os, resource, sys
+        from acl.cli import main
+        argv = ["audit", "--config", sys.argv[1], "--port", "1"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(argv) in (0, 1)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        held = []
+        try:
+            while True:
+                held.append(os.dup(2))
+        except OSError:
+            pass
+        code = main(argv)
+        for fd in held:
+            os.close(fd)
+        print(code)
+        """)
+    out = subprocess.run([sys.executable, "-c", child, str(tmp_path / "policy.toml")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout.strip() == "111", out
+    assert out.stderr.startswith("acl audit: fatal: ") and "Too many open files" in out.stderr
