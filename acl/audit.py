@@ -194,7 +194,10 @@ def parse_proc_net(text: str, proto: str, family: int,
 def read_sockets(proc: str = "/proc") -> list[SocketEntry]:
     """Every socket in the four tables of this network namespace.
 
-    A table that does not exist (IPv6 disabled) is simply empty.
+    An IPv6 table that does not exist (a kernel without IPv6) is simply
+    empty.  A missing IPv4 table means there is no /proc/net to read (no
+    /proc mounted, a container without it): FileNotFoundError, never "no
+    socket listens", which would report a host as having nothing open.
     """
     out: list[SocketEntry] = []
     for name, proto, family in TABLES:
@@ -202,6 +205,8 @@ def read_sockets(proc: str = "/proc") -> list[SocketEntry]:
             with open(os.path.join(proc, "net", name), encoding="ascii") as f:
                 text = f.read()
         except FileNotFoundError:
+            if family == 4:
+                raise
             continue
         out.extend(parse_proc_net(text, proto, family))
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,6 +158,22 @@ def test_bad_arguments_and_bad_policy(tmp_path, capsys):
     assert code == 100 and "nonsense" in err
     code, _, err = run_main(["--config", str(tmp_path / "missing.toml")], capsys)
     assert code == 100 and "missing.toml" in err
+
+
+def test_no_proc_is_a_temporary_failure_not_an_empty_host(tmp_path, capsys):
+    """Without /proc/net (no /proc mounted) the audit cannot see a socket:
+    exit 111, not "0 listening sockets, 0 open to everyone" and exit 0.  A
+    kernel without IPv6 has only the IPv4 tables: that is a host with no
+    IPv6 socket."""
+    code, out, err = run_main(["--no-policy", "--proc", str(tmp_path)], capsys)
+    assert (code, out) == (111, "") and "cannot read sockets" in err, err
+    (tmp_path / "net").mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt" \
+             "   uid  timeout inode\n"
+    for name in ("tcp", "udp"):
+        (tmp_path / "net" / name).write_text(header)
+    code, out, err = run_main(["--no-policy", "--proc", str(tmp_path)], capsys)
+    assert code == 0 and "0 listening sockets" in out, err
 
 
 # -- the world's view, inside a private network namespace ---------------------
@@ -427,3 +444,75 @@ def test_out_of_descriptors_is_a_temporary_failure_not_a_bad_policy(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "111", out
     assert out.stderr.startswith("acl audit: fatal: ") and "Too many open files" in out.stderr
+
+
+def _fake_proc(root, sockets) -> str:
+    """A /proc whose net tables hold ``sockets``: (table, hex address, port,
+    state); no process owns them (no /proc/PID)."""
+    head = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+            "   uid  timeout inode\n")
+    (root / "net").mkdir(parents=True)
+    tables = {name: [head] for name in ("tcp", "tcp6", "udp", "udp6")}
+    for n, (table, addr, port, state) in enumerate(sockets):
+        zero = "0" * len(addr)
+        tables[table].append(f"{n:4}: {addr}:{port:04X} {zero}:0000 {state:02X} "
+                             f"00000000:00000000 00:00000000 00000000     0        0 {9000 + n}\n")
+    for name, lines in tables.items():
+        (root / "net" / name).write_text("".join(lines))
+    return str(root)
+
+
+def test_the_table_flags_and_filters_made_up_sockets(tmp_path, capsys):
+    """Sockets from a made-up /proc (the command's own reading of it), a
+    hosts_access policy with a twist and ``[limits] rate``:
+
+    * a service whose world samples are delegated (twist) is open to
+      everyone: the daemon runs the command for anyone;
+    * a class whose samples differ is summed up with delegate counted as
+      allowed ("3/4 allow");
+    * a port known by a name no layer binds is uncovered, "rate" or not
+      (rate applies only to a service some layer binds);
+    * a wildcard socket is decided with the server address unknown (a
+      client may arrive on any address): ``gamma@0.0.0.0/0.0.0.0`` (any
+      server address) does not match it;
+    * IPv6 endpoints in brackets; ``--proto`` keeps that protocol only."""
+    (tmp_path / "hosts.allow").write_text(
+        "alpha: 127.0.0.1 10.0.0.0/8\n"
+        "beta: 10.0.0.0/8 [fd00::]/8: twist /bin/echo no\n"
+        "beta: 127.0.0.1 [::1] 172.16.0.0/12\n"
+        "beta: 198.51.100.0/24 203.0.113.0/24 [2001:db8::]/32: twist /bin/echo no\n"
+        "gamma@0.0.0.0/0.0.0.0: ALL\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    (tmp_path / "policy.toml").write_text(textwrap.dedent("""\
+        [limits]
+        rate = 5
+
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        services = ["alpha", "beta", "gamma"]
+        """))
+    proc = _fake_proc(tmp_path / "proc", [
+        ("tcp", "00000000", 2201, 0x0A), ("tcp6", "0" * 32, 2202, 0x0A),
+        ("udp", "00000000", 2201, 0x07), ("tcp", "00000000", 2204, 0x0A),
+        ("tcp", "00000000", 2205, 0x0A)])
+    argv = ["--config", str(tmp_path / "policy.toml"), "--proc", proc,
+            "--service", "2201=alpha", "--service", "2202=beta", "--service", "2204=delta",
+            "--service", "2205=gamma"]
+    code, out, err = run_main([*argv, "--json"], capsys)
+    assert code == 1, err
+    got = {(x["proto"], x["port"]): x for x in json.loads(out)["listeners"]}
+    assert got["tcp", 2202]["open_to_everyone"]                     # delegated to the world
+    assert outcomes(got["tcp", 2202])["203.0.113.77"] == "delegate"
+    assert not got["tcp", 2201]["open_to_everyone"]
+    assert (got["tcp", 2204]["service"], got["tcp", 2204]["layers"]) == (None, [])
+    assert got["tcp", 2204]["open_to_everyone"]
+    assert got["tcp", 2201]["layers"] == ["rate", "hosts_access"]
+    assert set(outcomes(got["tcp", 2205]).values()) - {"unreachable"} == {"deny"}   # no server
+    code, out, err = run_main(argv, capsys)
+    # PRIVATE: 10.11.12.13 and fd00:: delegated, 172.16.5.4 allowed, 192.168.1.10 denied
+    assert re.search(r"^tcp +\[::\]:2202 .* 3/4 allow +delegate +OPEN TO EVERYONE$", out,
+                     re.M), out
+    code, out, err = run_main([*argv, "--proto", "udp"], capsys)
+    assert [line.split()[0] for line in out.splitlines()[1:-2]] == ["udp"], out
