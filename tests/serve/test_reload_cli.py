@@ -82,6 +82,11 @@ def test_reload_returns_once_the_new_policy_answers(tmp_path):
             assert out.stdout.startswith("acl reload: reloaded in "), out.stdout
             assert verdicts(srv) == allowed, n
         assert srv.text().count("reloaded (admin)") == ROUNDS
+        # a file libwrap reads past a bad line: loaded, and the warning shown
+        (tmp_path / "hosts.allow").write_text("sshd 10.0.0.1\nsshd: 127.0.0.1\n")
+        out = acl_reload("--admin", srv.admin)
+        assert out.returncode == 0, out
+        assert 'hosts.allow:1:1: missing ":" separator: line ignored' in out.stderr, out.stderr
     finally:
         srv.stop()
 
