@@ -59,6 +59,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from acl import nss
 from acl.errors import AclError
 
 #: (file name under /proc/net, protocol, address family)
@@ -193,7 +194,10 @@ def parse_proc_net(text: str, proto: str, family: int,
 def read_sockets(proc: str = "/proc") -> list[SocketEntry]:
     """Every socket in the four tables of this network namespace.
 
-    A table that does not exist (IPv6 disabled) is simply empty.
+    An IPv6 table that does not exist (a kernel without IPv6) is simply
+    empty.  A missing IPv4 table means there is no /proc/net to read (no
+    /proc mounted, a container without it): FileNotFoundError, never "no
+    socket listens", which would report a host as having nothing open.
     """
     out: list[SocketEntry] = []
     for name, proto, family in TABLES:
@@ -201,6 +205,8 @@ def read_sockets(proc: str = "/proc") -> list[SocketEntry]:
             with open(os.path.join(proc, "net", name), encoding="ascii") as f:
                 text = f.read()
         except FileNotFoundError:
+            if family == 4:
+                raise
             continue
         out.extend(parse_proc_net(text, proto, family))
     return out
@@ -381,7 +387,10 @@ def candidate_names(listener: Listener, explicit: Mapping[int, str],
     for p in listener.owners:
         add(p.name)
     try:
-        add(socket.getservbyport(listener.port, listener.proto))
+        # acl.nss: a lookup that could not be done (out of descriptors) is
+        # OutOfResources, never "no name" -- a missed name would report a
+        # covered service as open to everyone
+        add(nss.getservbyport(listener.port, listener.proto))
     except OSError:
         pass
     return names
@@ -495,23 +504,23 @@ def _xinetd_ports(policy) -> dict[tuple[str, int], str]:
     """(proto, port) -> service id of each xinetd service the policy read.
 
     xinetd takes a service's port from ``port``, else from /etc/services by
-    the service name; its protocol from ``protocol``, else from the socket
-    type (spec C: xinetd attributes).
+    the service name (the reader has done that: ``svc.port``); its protocol
+    from ``protocol``, else from the socket type (spec C: xinetd
+    attributes).  A service the reader left without a port has no socket of
+    its own: a TCPMUX one is reached through the tcpmux service's port 1,
+    an RPC one on the port the portmapper hands out -- never the port
+    /etc/services gives its name (measured with xinetd 2.3.15.3: a
+    ``TCPMUX UNLISTED`` smtp listens on nothing).
     """
     out: dict[tuple[str, int], str] = {}
     for source in policy.sources:
         if source.kind != "xinetd":
             continue
         for svc in source.layer.policy.entries():
-            sid = svc.id
+            if svc.port is None:
+                continue
             proto = svc.protocol or ("udp" if svc.socket_type == "dgram" else "tcp")
-            port = svc.port
-            if port is None:
-                try:
-                    port = socket.getservbyname(svc.name, proto)
-                except OSError:
-                    continue
-            out.setdefault((proto, int(port)), sid)
+            out.setdefault((proto, int(svc.port)), svc.id)
     return out
 
 

@@ -4,7 +4,8 @@ databases that tell "there is no such entry" from "it could not be asked".
 Rules of this file:
 
 * Python's ``pwd.getpwnam``, ``pwd.getpwuid``, ``grp.getgrnam``,
-  ``socket.getprotobyname`` and ``socket.getservbyname`` say "not found"
+  ``socket.getprotobyname``, ``socket.getservbyname`` and
+  ``socket.getservbyport`` say "not found"
   (KeyError, OSError) for every failure: the C library's reason is
   dropped.  Out of descriptors (a connection flood fills acl's table),
   glibc's ``files`` module cannot open /etc/passwd and the reentrant call
@@ -12,10 +13,11 @@ Rules of this file:
   systemd``, Debian's default), NULL and no error at all: measured with
   glibc 2.36 (tests/test_nss.py).  Taken for "no such user", a shortage
   disabled an xinetd service, made a hosts.allow ``user`` option deny, or
-  failed a policy load as bad input.
+  failed a policy load as bad input, and made ``acl audit`` miss the
+  name a port is known by.
 * So a miss is not believed at once.  The entry is asked again with the
   reentrant call (``getpwnam_r``, ``getgrnam_r``, ``getpwuid_r``,
-  ``getprotobyname_r``, ``getservbyname_r``), whose return value is the C
+  ``getprotobyname_r``, ``getservbyname_r``, ``getservbyport_r``), whose return value is the C
   library's reason when it gives one, and a descriptor is opened and
   closed, which tells when a module hides the reason (libnss_systemd) --
   either alone could miss a shortage: the probe, when a descriptor was
@@ -47,7 +49,8 @@ import socket
 from acl.errors import OutOfResources
 from acl.rulefiles import short_of_resources
 
-__all__ = ["getpwnam", "getpwuid", "getgrnam", "getprotobyname", "getservbyname"]
+__all__ = ["getpwnam", "getpwuid", "getgrnam", "getprotobyname", "getservbyname",
+           "getservbyport"]
 
 _LIBC = ctypes.CDLL(None, use_errno=True)
 #: room for any of struct passwd, group, protoent, servent (48 bytes at most)
@@ -128,3 +131,9 @@ def getprotobyname(name: str) -> int:
 def getservbyname(name: str, protocol: str) -> int:
     return _lookup(f"service {name}/{protocol}", lambda: socket.getservbyname(name, protocol),
                    OSError, "getservbyname_r", _c(name), _c(protocol))
+
+
+def getservbyport(port: int, protocol: str) -> str:
+    # the C call takes the port in network byte order, as struct servent holds it
+    return _lookup(f"port {port}/{protocol}", lambda: socket.getservbyport(port, protocol),
+                   OSError, "getservbyport_r", ctypes.c_int(socket.htons(port)), _c(protocol))

@@ -3,8 +3,12 @@
 * Every core test runs twice: on the compiled module and on its pure twin
   (STYLE.md 4).  ``tests/run`` sets ``ACL_REQUIRE_COMPILED=1`` so that in CI a
   compiled core that fails to import is a failure, not a silent skip.
-* Live tests bind only to loopback; each area owns a port range so suites
-  and developers running at once do not collide (see PORTS).
+* Live tests bind only to loopback; each area owns a port range so the
+  areas do not collide (see PORTS).  Two runs of one area at once do: the
+  live helpers call ``require_free_ports`` before they start a server on
+  fixed ports, so a port another run holds fails as that, not as a false
+  disagreement with the real tool (tests/README.md: run each suite in its
+  own network namespace).
 * The long differential runs (``ACL_SLOW=1``) draw their generated files from
   fixed seed ranges, shifted by ``ACL_SEED_BASE`` (see SLOW_SEED_BASE) so a
   run can explore cases no earlier run has seen and still be repeated.
@@ -12,10 +16,12 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import runpy
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -67,6 +73,32 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
             proc.kill()
             proc.wait(10)
     return proc.returncode
+
+
+def require_free_ports(ports, hosts=("127.0.0.1", "::1")) -> None:
+    """Fail the test, saying why, when a port a live helper is about to give
+    a server is already listened on at one of ``hosts``.  Otherwise the real
+    tool would fail to bind it (xinetd logs it and runs on without that
+    service) or a probe would reach another run's server, and the test would
+    blame acl or the tool.  The check binds as the servers do, with
+    SO_REUSEADDR: a connection of an earlier test left in TIME_WAIT is no
+    conflict, a listening socket is."""
+    for port in ports:
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        continue        # no such address here (no IPv6): nothing to clash with
+                    pytest.fail(
+                        f"port {port} on {host} is in use: is another test run going? "
+                        "Run it in its own network namespace: ip netns add acl-run && "
+                        "ip netns exec acl-run ip link set lo up && "
+                        "ip netns exec acl-run python -m pytest ... (tests/README.md)",
+                        pytrace=False)
 
 
 def load_impl(kind: str, compiled: str, pure: str):

@@ -106,6 +106,55 @@ def test_help_anywhere_on_the_line_is_help(argv):
     assert out.stdout.startswith(("usage: ", "acl match: explain")), out.stdout
 
 
+#: Command lines that are wrong before any file is read or socket asked:
+#: each is exit 100 ("bad input", man/acl.8), never argparse's 2 or a run.
+BAD_LINES = [
+    [],                                                        # no command
+    ["audit", "--no-such-option"],
+    ["audit", "--service", "0=ssh"],
+    ["check", "--no-such-option"],
+    ["check", "--names-timeout", "0"],
+    ["check", "--names-timeout", "3601"],
+    ["compile", "rules.cdb"],
+    ["compile", "rules.cdb", "rules.tmp", "rules.txt"],       # a forgotten '<'
+    ["match", "--hosts-allow", "hosts.allow", "--no-such-option"],
+    ["match", "--tcprules", "rules.txt", "--no-such-option", "1.2.3.4"],
+    ["match", "--xinetd", "xinetd.conf", "--no-such-option", "a", "1.2.3.4"],
+    ["match", "--tcprules", "rules.txt", "--xinetd", "xinetd.conf", "1.2.3.4"],
+    ["match", "--", "-h"],                                     # '-h' after '--' is no help
+    ["match", "--xinetd", "xinetd.conf", "--limits", "--now", "nan", "a", "1.2.3.4"],
+    ["match", "--xinetd", "xinetd.conf", "--now", "5", "a", "1.2.3.4"],
+    ["query", "--no-such-option", "sshd", "192.0.2.1"],
+    ["query", "--timeout", "0", "sshd", "192.0.2.1"],
+    ["query", "--port", "65536", "sshd", "192.0.2.1"],
+    ["query", "--admin", "/nonexistent/admin.sock", "shutdown"],
+    ["reload", "--no-such-option"],
+    ["reload", "--config", "policy.toml", "--pid", "1"],
+    ["reload", "--timeout", "0"],
+    ["serve", "--no-such-option"],
+]
+
+
+@pytest.mark.parametrize("argv", BAD_LINES, ids=" ".join)
+def test_a_wrong_command_line_is_exit_100(argv, capsys):
+    """In this process (acl.cli.main, as ``python -m acl`` runs it): the
+    commands whose parser ends the program raise SystemExit with it."""
+    from acl.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 100, (code, err)
+    assert "Traceback" not in err
+
+
+def test_a_language_flag_with_its_value_after_equals_picks_the_language():
+    out = acl("match", "--tcprules=rules.txt", "--help")
+    assert out.returncode == 0 and out.stdout.startswith("usage: acl match [-h] --tcprules")
+
+
 def test_match_help_without_a_language_shows_all_three():
     out = acl("match", "--help")
     assert out.returncode == 0, out.stderr

@@ -7,7 +7,8 @@ Before, each of these read a full descriptor table as "not found": an
 xinetd service's ``user``, ``group``, ``protocol`` or port was "unknown"
 and the service disabled, a hosts.allow ``user``/``group`` option made its
 rule deny, ``[run] user`` was a KeyError and a ``[sockets]`` name "no such
-user or group" (bad input, exit 100).
+user or group" (bad input, exit 100), and ``acl audit`` lost the
+/etc/services name of a port (a covered service shown as open to everyone).
 
 The descriptors run out for real: a child process fills its own table
 (RLIMIT_NOFILE ``NOFILE``), then asks.  Each case runs with the C
@@ -39,6 +40,7 @@ MISSING = "acl-no-such-name"
 CHILD = textwrap.dedent("""\
     import json, os, pwd, grp, resource, sys
     from pathlib import Path
+    from acl import audit
     from acl.errors import OutOfResources
     from acl.parse.hosts_access import parse_hosts
     from acl.parse.xinetd import parse_xinetd_text
@@ -89,6 +91,9 @@ CHILD = textwrap.dedent("""\
         elif what == "[sockets] admin_uids":
             s = _read_sockets({"sockets": {"admin_uids": [name]}}, Path("/p.toml"), None)
             out = {"ids": s.admin_uids}
+        elif what == "audit port name":
+            entry = audit.SocketEntry("tcp", 4, "0.0.0.0", int(name), "0.0.0.0", 0, 0x0A, 0, 1)
+            out = {"names": audit.candidate_names(audit.Listener(entry), {}, {})}
     except OutOfResources as exc:
         out = {"raised": str(exc)}
     except Exception as exc:
@@ -99,12 +104,15 @@ CHILD = textwrap.dedent("""\
 """)
 
 CASES = ["xinetd user", "xinetd group", "xinetd protocol", "xinetd port", "hosts.allow user",
-         "hosts.allow group", "[run] user", "[sockets] admin_uids"]
+         "hosts.allow group", "[run] user", "[sockets] admin_uids", "audit port name"]
 #: what each case looks up, and the name it is asked as
 ASKED = {"xinetd user": ("user", USER), "xinetd group": ("group", USER),
          "xinetd protocol": ("protocol", "tcp"), "xinetd port": ("service", "echo"),
          "hosts.allow user": ("user", USER), "hosts.allow group": ("group", USER),
-         "[run] user": ("user", USER), "[sockets] admin_uids": ("user", USER)}
+         "[run] user": ("user", USER), "[sockets] admin_uids": ("user", USER),
+         "audit port name": ("port", "22")}
+#: per kind, a name that has no entry (4/tcp has none in Debian's /etc/services)
+MISSING_OF = {"protocol": "acl-no-such-protocol", "port": "4"}
 
 
 def ask(what: str, name: str, state: str) -> dict:
@@ -129,7 +137,7 @@ def test_a_lookup_out_of_descriptors_is_a_temporary_failure(what, state):
     kind, name = ASKED[what]
     got = ask(what, name, state)
     assert "raised" in got, got
-    shown = f"service {name}/tcp" if kind == "service" else f"{kind} {name!r}"
+    shown = f"{kind} {name}/tcp" if kind in ("service", "port") else f"{kind} {name!r}"
     assert got["raised"].startswith(f"looking up {shown}: Too many open files"), got
     assert got["raised"].endswith("(acl is out of descriptors or memory: a temporary "
                                   "failure)"), got
@@ -138,7 +146,7 @@ def test_a_lookup_out_of_descriptors_is_a_temporary_failure(what, state):
 @pytest.mark.parametrize("what", CASES)
 def test_with_descriptors_to_spare_a_missing_name_is_still_no(what):
     kind, name = ASKED[what]
-    missing = MISSING if kind != "protocol" else "acl-no-such-protocol"
+    missing = MISSING_OF.get(kind, MISSING)
     got = ask(what, missing, "free")
     if what.startswith("xinetd"):
         assert got["services"] == [], got                  # disabled, as xinetd does
@@ -147,6 +155,9 @@ def test_with_descriptors_to_spare_a_missing_name_is_still_no(what):
         assert got == {"error": f'unknown {kind}: "{missing}"'}, got
     elif what == "[run] user":
         assert "KeyError" in got, got
+    elif what == "audit port name":
+        assert got == {"names": []}, got
+        assert ask(what, name, "free") == {"names": ["ssh"]}
     else:
         assert "PolicyError" in got and "no such user or group" in got["PolicyError"], got
     # and one that exists is found

@@ -1,11 +1,15 @@
 """The live tests' port areas (tests/conftest.py PORTS) stay apart and clear of
 the kernel's ephemeral range: a client socket handed a port a live test was
-about to listen on made rare, unrepeatable failures."""
+about to listen on made rare, unrepeatable failures.  A port another test
+run holds is reported as that (tests/conftest.py require_free_ports)."""
 
+import socket
 from itertools import pairwise
 from pathlib import Path
 
-from tests.conftest import PORTS
+import pytest
+
+from tests.conftest import PORTS, require_free_ports
 
 EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -21,3 +25,64 @@ def test_port_areas_are_outside_the_ephemeral_range():
     inside = {area: span for area, span in PORTS.items()
               if span[0] <= high and span[1] - 1 >= low}
     assert not inside, f"ephemeral ports {low}-{high} overlap {inside}"
+
+
+def _listener() -> socket.socket:
+    """A socket listening on 127.0.0.1, on a port the kernel picks (no port
+    of the areas: this test must not clash with a live test running), with
+    SO_REUSEADDR as xinetd and tcpserver set it."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+def test_a_port_another_run_holds_fails_as_that():
+    held = _listener()
+    port = held.getsockname()[1]
+    try:
+        with pytest.raises(pytest.fail.Exception) as failed:
+            require_free_ports([port])
+        assert (f"port {port} on 127.0.0.1 is in use: is another test run going? "
+                "Run it in its own network namespace: ip netns add") in str(failed.value)
+    finally:
+        held.close()
+    require_free_ports([port])
+
+
+def test_xinetd_is_not_started_on_a_held_port(tmp_path):
+    """The live xinetd helper checks its configuration's ports, those of an
+    includedir file too, before it starts xinetd (which would run on without
+    the service, and the probes would disagree with acl)."""
+    from tests.xinetd.helpers import svc
+    from tests.xinetd.live_support import Xinetd
+
+    held = _listener()
+    port = held.getsockname()[1]
+    inc = tmp_path / "xinetd.d"
+    inc.mkdir()
+    (inc / "held").write_text(svc("held", port=port))
+    xd = Xinetd(svc("free", port=23999) + f"includedir {inc}\n", 2)
+    try:
+        with pytest.raises(pytest.fail.Exception, match=f"port {port} on 127.0.0.1 is in use"):
+            xd.start()
+        assert xd.proc is None
+    finally:
+        xd.stop()
+        held.close()
+
+
+def test_a_connection_left_in_time_wait_is_no_conflict():
+    """The servers bind with SO_REUSEADDR, so the check does too: the server
+    side of a connection the server closed first stays in TIME_WAIT on the
+    port for a minute, and the next test's server binds it all the same."""
+    listener = _listener()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = listener.accept()
+    listener.close()
+    conn.close()                    # the server side closes first: TIME_WAIT
+    client.recv(1)
+    client.close()
+    require_free_ports([port])

@@ -11,7 +11,9 @@ ranges, the world -- would get.  Services the world may reach are flagged.
 Without ``--config``, ``/etc/acl/policy.toml`` is used when it exists.
 
 Exit codes (acl.cli): 0 nothing is open to everyone, 1 something is,
-100 bad arguments or a policy that does not load, 111 /proc unreadable.
+100 bad arguments or a policy that does not load, 111 /proc unreadable or
+acl out of descriptors or memory (OutOfResources, reading the policy or
+asking /etc/services: acl.cli exits 111 for every command).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import sys
 
 from acl import audit
 from acl.cli import EXIT_BAD_INPUT, EXIT_NO, EXIT_OK, EXIT_TEMPORARY, FatalUsageParser
-from acl.errors import AclError
+from acl.errors import AclError, OutOfResources
 
 DEFAULT_CONFIG = "/etc/acl/policy.toml"
 
@@ -108,6 +110,8 @@ def main(argv: list[str]) -> int:
     if config is not None:
         try:
             policy = audit.load_policy_view(config)
+        except OutOfResources:
+            raise               # the host, not the policy: acl.cli's 111
         except (AclError, OSError, ValueError) as exc:
             msg = str(exc)          # policy errors name the file already
             print(f"acl audit: fatal: {msg if msg.startswith(str(config)) else f'{config}: {msg}'}",

@@ -42,6 +42,7 @@ from acl.cli import FatalUsageParser
 from acl.compile.tcpw import HostsAccessLayer
 from acl.compile.tcpw_check import check, comment_continuations
 from acl.errors import Severity
+from acl.model import Verdict
 from acl.parse.hosts_access import read_hosts
 from acl.resolve import hosts_file_backend
 from acl.rulefiles import read_bytes
@@ -108,7 +109,10 @@ def main(argv: list[str]) -> int:
             print("clients:  " + " ".join(t.text for t in rule.client_tokens))
             for key, value in d.options:
                 print(f"option:   {key} {value}".rstrip())
-            print(f"access:   {'granted' if d.allowed else 'denied'}\n")
+            # a twist's rule shows its table's verdict, as tcpdchk -v shows it:
+            # denied in hosts.deny (the client gets the command, not the service)
+            granted = i < layer.n_allow if d.verdict is Verdict.DELEGATE else d.allowed
+            print(f"access:   {'granted' if granted else 'denied'}\n")
     findings.sort(key=lambda d: (d.path != allow_path, d.path, d.line, d.column))
     for d in findings:
         print(str(d))

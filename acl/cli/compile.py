@@ -11,7 +11,11 @@ Same arguments and manners as ucspi-tcp's ``tcprules`` (spec B.1, STYLE 10):
 * exit 0 silently; 100 for bad usage or input; 111 for I/O trouble.
 
 Unlike the real IPv6 tcprules, a line with no ``:allow``/``:deny`` is an
-error here, not an endless loop.
+error here, not an endless loop.  And unlike it, a third argument is a
+usage error (exit 100), where tcprules ignores it: the rules file named
+as a third path is a forgotten ``<``, which would otherwise wait for the
+rules on the terminal.  ``-h``/``--help`` anywhere asks for help (to
+tcprules ``-h`` is a file name).
 """
 
 from __future__ import annotations

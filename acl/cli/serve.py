@@ -22,7 +22,7 @@ import signal
 import stat
 import sys
 
-from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY
+from acl.cli import EXIT_BAD_INPUT, EXIT_OK, EXIT_TEMPORARY, FatalUsageParser
 from acl.errors import AclError, PolicyError, RuleSyntaxError, SandboxError
 
 PROG = "acl serve"
@@ -78,7 +78,10 @@ def event_loop_runner() -> tuple[asyncio.Runner, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="run the acl decision service")
+    # a wrong option is exit 100, bad input, as for every command (man/acl.8),
+    # not argparse's 2: the units' RestartPreventExitStatus=100 then keeps
+    # systemd from restarting a command line that can never work
+    p = FatalUsageParser(prog=PROG, description="run the acl decision service")
     p.add_argument("--config", "-c", help="policy TOML file (default: the shipped example)")
     p.add_argument("--query", help="binary protocol socket path (overrides the file)")
     p.add_argument("--policy-socket", help="Postfix policy socket path (overrides the file)")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,6 +158,22 @@ def test_bad_arguments_and_bad_policy(tmp_path, capsys):
     assert code == 100 and "nonsense" in err
     code, _, err = run_main(["--config", str(tmp_path / "missing.toml")], capsys)
     assert code == 100 and "missing.toml" in err
+
+
+def test_no_proc_is_a_temporary_failure_not_an_empty_host(tmp_path, capsys):
+    """Without /proc/net (no /proc mounted) the audit cannot see a socket:
+    exit 111, not "0 listening sockets, 0 open to everyone" and exit 0.  A
+    kernel without IPv6 has only the IPv4 tables: that is a host with no
+    IPv6 socket."""
+    code, out, err = run_main(["--no-policy", "--proc", str(tmp_path)], capsys)
+    assert (code, out) == (111, "") and "cannot read sockets" in err, err
+    (tmp_path / "net").mkdir()
+    header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt" \
+             "   uid  timeout inode\n"
+    for name in ("tcp", "udp"):
+        (tmp_path / "net" / name).write_text(header)
+    code, out, err = run_main(["--no-policy", "--proc", str(tmp_path)], capsys)
+    assert code == 0 and "0 listening sockets" in out, err
 
 
 # -- the world's view, inside a private network namespace ---------------------
@@ -342,3 +359,160 @@ def test_nfqueue_port_keys_with_addresses(tmp_path):
     with pytest.raises(AclError, match=r"\[nfqueue\] ports: '\[::1:27171': write an IPv6 "
                                        r"address as \[ADDR\]:PORT"):
         audit.load_policy_view(config)
+
+
+def test_an_xinetd_service_without_a_socket_names_no_port(tmp_path):
+    """A ``TCPMUX`` service is reached through tcpmux's port 1 and an RPC one
+    on the portmapper's port: xinetd opens no socket on the port
+    /etc/services gives their names (xinetd 2.3.15.3 with a ``TCPMUX
+    UNLISTED`` smtp listens on nothing), so the audit must not name that
+    port's listener after them -- before, a Postfix on 25 was audited as
+    the xinetd service "mux-smtp"."""
+    from acl import audit
+
+    (tmp_path / "xinetd.conf").write_text(textwrap.dedent("""\
+        service smtp
+        {
+            id = mux-smtp
+            type = TCPMUX UNLISTED
+            socket_type = stream
+            protocol = tcp
+            wait = no
+            user = root
+            server = /bin/true
+        }
+        service rstatd
+        {
+            type = RPC UNLISTED
+            socket_type = dgram
+            protocol = udp
+            wait = yes
+            user = root
+            rpc_version = 2-4
+            rpc_number = 100001
+            server = /bin/true
+        }
+        service gamma
+        {
+            type = UNLISTED
+            socket_type = stream
+            protocol = tcp
+            port = 27163
+            wait = no
+            user = root
+            server = /bin/true
+        }
+        """))
+    (tmp_path / "policy.toml").write_text('[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
+    view = audit.load_policy_view(str(tmp_path / "policy.toml"))
+    assert view.service_ports == {("tcp", 27163): "gamma"}
+    smtp = audit.Listener(audit.SocketEntry("tcp", 4, "0.0.0.0", 25, "0.0.0.0", 0, 0x0A, 0, 1),
+                          [audit.Process(4242, "master")])
+    (found,) = audit.audit([smtp], view)
+    assert found.names == ["master", "smtp"] and found.service is None
+
+
+def test_out_of_descriptors_is_a_temporary_failure_not_a_bad_policy(tmp_path):
+    """A policy load that runs out of descriptors exits 111 (acl.cli's
+    promise for every command), not 100 "a policy that does not load":
+    the child loads once (its imports), fills its descriptor table, then
+    audits again."""
+    (tmp_path / "hosts.allow").write_text("alpha: ALL\n")
+    (tmp_path / "hosts.deny").write_text("")
+    (tmp_path / "policy.toml").write_text(
+        '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\ndeny = "hosts.deny"\n'
+        'services = ["alpha"]\n')
+    child = textwrap.dedent("""\
+        import contextlib, io, os, resource, sys
+        from acl.cli import main
+        argv = ["audit", "--config", sys.argv[1], "--port", "1"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(argv) in (0, 1)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+        held = []
+        try:
+            while True:
+                held.append(os.dup(2))
+        except OSError:
+            pass
+        code = main(argv)
+        for fd in held:
+            os.close(fd)
+        print(code)
+        """)
+    out = subprocess.run([sys.executable, "-c", child, str(tmp_path / "policy.toml")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.stdout.strip() == "111", out
+    assert out.stderr.startswith("acl audit: fatal: ") and "Too many open files" in out.stderr
+
+
+def _fake_proc(root, sockets) -> str:
+    """A /proc whose net tables hold ``sockets``: (table, hex address, port,
+    state); no process owns them (no /proc/PID)."""
+    head = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt"
+            "   uid  timeout inode\n")
+    (root / "net").mkdir(parents=True)
+    tables = {name: [head] for name in ("tcp", "tcp6", "udp", "udp6")}
+    for n, (table, addr, port, state) in enumerate(sockets):
+        zero = "0" * len(addr)
+        tables[table].append(f"{n:4}: {addr}:{port:04X} {zero}:0000 {state:02X} "
+                             f"00000000:00000000 00:00000000 00000000     0        0 {9000 + n}\n")
+    for name, lines in tables.items():
+        (root / "net" / name).write_text("".join(lines))
+    return str(root)
+
+
+def test_the_table_flags_and_filters_made_up_sockets(tmp_path, capsys):
+    """Sockets from a made-up /proc (the command's own reading of it), a
+    hosts_access policy with a twist and ``[limits] rate``:
+
+    * a service whose world samples are delegated (twist) is open to
+      everyone: the daemon runs the command for anyone;
+    * a class whose samples differ is summed up with delegate counted as
+      allowed ("3/4 allow");
+    * a port known by a name no layer binds is uncovered, "rate" or not
+      (rate applies only to a service some layer binds);
+    * a wildcard socket is decided with the server address unknown (a
+      client may arrive on any address): ``gamma@0.0.0.0/0.0.0.0`` (any
+      server address) does not match it;
+    * IPv6 endpoints in brackets; ``--proto`` keeps that protocol only."""
+    (tmp_path / "hosts.allow").write_text(
+        "alpha: 127.0.0.1 10.0.0.0/8\n"
+        "beta: 10.0.0.0/8 [fd00::]/8: twist /bin/echo no\n"
+        "beta: 127.0.0.1 [::1] 172.16.0.0/12\n"
+        "beta: 198.51.100.0/24 203.0.113.0/24 [2001:db8::]/32: twist /bin/echo no\n"
+        "gamma@0.0.0.0/0.0.0.0: ALL\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    (tmp_path / "policy.toml").write_text(textwrap.dedent("""\
+        [limits]
+        rate = 5
+
+        [[source]]
+        type = "hosts_access"
+        allow = "hosts.allow"
+        deny = "hosts.deny"
+        services = ["alpha", "beta", "gamma"]
+        """))
+    proc = _fake_proc(tmp_path / "proc", [
+        ("tcp", "00000000", 2201, 0x0A), ("tcp6", "0" * 32, 2202, 0x0A),
+        ("udp", "00000000", 2201, 0x07), ("tcp", "00000000", 2204, 0x0A),
+        ("tcp", "00000000", 2205, 0x0A)])
+    argv = ["--config", str(tmp_path / "policy.toml"), "--proc", proc,
+            "--service", "2201=alpha", "--service", "2202=beta", "--service", "2204=delta",
+            "--service", "2205=gamma"]
+    code, out, err = run_main([*argv, "--json"], capsys)
+    assert code == 1, err
+    got = {(x["proto"], x["port"]): x for x in json.loads(out)["listeners"]}
+    assert got["tcp", 2202]["open_to_everyone"]                     # delegated to the world
+    assert outcomes(got["tcp", 2202])["203.0.113.77"] == "delegate"
+    assert not got["tcp", 2201]["open_to_everyone"]
+    assert (got["tcp", 2204]["service"], got["tcp", 2204]["layers"]) == (None, [])
+    assert got["tcp", 2204]["open_to_everyone"]
+    assert got["tcp", 2201]["layers"] == ["rate", "hosts_access"]
+    assert set(outcomes(got["tcp", 2205]).values()) - {"unreachable"} == {"deny"}   # no server
+    code, out, err = run_main(argv, capsys)
+    # PRIVATE: 10.11.12.13 and fd00:: delegated, 172.16.5.4 allowed, 192.168.1.10 denied
+    assert re.search(r"^tcp +\[::\]:2202 .* 3/4 allow +delegate +OPEN TO EVERYONE$", out,
+                     re.M), out
+    code, out, err = run_main([*argv, "--proto", "udp"], capsys)
+    assert [line.split()[0] for line in out.splitlines()[1:-2]] == ["udp"], out

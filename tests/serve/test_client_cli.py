@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import types
 
 import pytest
@@ -20,7 +21,7 @@ from acl.model import Reason, Request, Verdict
 from acl.policy import EXAMPLE, load_policy
 from acl.wire import binary as wb
 
-from .conftest import wait_for
+from .conftest import policy_toml, start_server, wait_for
 from .test_client_robust import StandIn
 from .test_server import admin
 
@@ -62,6 +63,20 @@ def test_blocking_client_and_query_cli(served):
     adm = subprocess.run([sys.executable, "-m", "acl", "query", "--admin", served.admin, "dump"],
                          capture_output=True, text=True, timeout=30)
     assert adm.returncode == 0 and '"hosts_access"' in adm.stdout
+
+
+def test_query_prints_every_part_of_a_decision():
+    """``acl query``'s text: the rule, env sets and unsets (``-NAME``, the
+    wire's unset op), options with and without a value, the lease id."""
+    from acl.cli.query import format_decision
+    from acl.model import Decision, Location, Reason, Verdict
+
+    d = Decision(Verdict.ALLOW, Reason.OK, Location("/etc/acl/rules", 3),
+                 env=(("RELAYCLIENT", ""), ("TCPREMOTEINFO", None)),
+                 options=(("umask", "022"), ("keepalive", "")), lease=7)
+    assert format_decision("smtpd", "192.0.2.1", d).splitlines() == [
+        "allow smtpd 192.0.2.1: ok", "  rule /etc/acl/rules:3", "  env RELAYCLIENT=",
+        "  env -TCPREMOTEINFO", "  option umask 022", "  option keepalive", "  lease 7"]
 
 
 @pytest.mark.parametrize("reply", [
@@ -130,8 +145,82 @@ def test_admin_prints_the_refusal_even_when_its_command_cannot_be_sent(tmp_path,
     assert json.loads(out) == refusal
 
 
+def _admin_stand_in(tmp_path, serve):
+    """A listening admin path whose one connection ``serve(conn)`` handles
+    on a thread; returns (path, finish)."""
+    path = str(tmp_path / "admin.sock")
+    ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ls.bind(path)
+    ls.listen(1)
+    ls.settimeout(30)
+
+    def run():
+        conn, _ = ls.accept()
+        with conn:
+            serve(conn)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def finish():
+        t.join(15)
+        ls.close()
+    return path, finish
+
+
+def test_admin_answer_in_pieces_is_read_to_its_newline(tmp_path):
+    """A long answer (``dump`` of a large policy) comes in several reads:
+    all of them up to the newline are the answer."""
+    from acl.cli import adminsock
+
+    answer = {"ok": True, "dump": "x" * 200_000}
+    data = json.dumps(answer).encode() + b"\n"
+
+    def slowly(conn):
+        conn.recv(64)
+        for i in range(0, len(data), 50_000):
+            conn.sendall(data[i:i + 50_000])
+            time.sleep(0.05)
+
+    path, finish = _admin_stand_in(tmp_path, slowly)
+    try:
+        assert adminsock.exchange(path, "dump", 30) == answer
+    finally:
+        finish()
+
+
+def test_admin_command_refused_unanswered_says_why(tmp_path, monkeypatch):
+    """The server closed before the command was sent and said nothing: the
+    failed send is the reason given ("cannot reach"), not "is it the admin
+    socket?" (which would send the user looking at the wrong path)."""
+    from acl.cli import adminsock
+
+    closed = threading.Event()
+
+    def close_at_once(conn):
+        conn.close()
+        closed.set()
+
+    class LateSocket(socket.socket):
+        def sendall(self, data, *args):
+            assert closed.wait(30)
+            return super().sendall(data, *args)
+
+    monkeypatch.setattr(adminsock, "socket", types.SimpleNamespace(
+        socket=LateSocket, AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM))
+    path, finish = _admin_stand_in(tmp_path, close_at_once)
+    try:
+        with pytest.raises(adminsock.NoAnswer, match=f"cannot reach {path}: .*(pipe|reset)"):
+            adminsock.exchange(path, "stats", 30)
+    finally:
+        finish()
+
+
 def test_serve_with_no_config_runs_the_shipped_example(tmp_path):
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
+    # systemd's RuntimeDirectory= (RUNTIME_DIRECTORY) wins over the login's
+    # XDG_RUNTIME_DIR
+    (tmp_path / "xdg").mkdir(mode=0o700)
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path), XDG_RUNTIME_DIR=str(tmp_path / "xdg"))
     log = tmp_path / "log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "acl", "serve", "--metrics", ""],
@@ -141,6 +230,7 @@ def test_serve_with_no_config_runs_the_shipped_example(tmp_path):
         text = log.read_text()
         query = str(tmp_path / "acl" / "query.sock")
         assert f"query on {query}" in text
+        assert "metrics on" not in text         # --metrics '': the example's endpoint is off
         line = next(ln for ln in text.splitlines() if "try: " in ln)
         cmd = line.split("try: ", 1)[1].split()
         assert cmd[:4] == ["acl", "query", "--socket", query]
@@ -204,6 +294,18 @@ def test_bad_rule_file_at_start_is_a_clear_fatal(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 100
     assert f"acl serve: fatal: {tmp_path}/tcp.smtpd:2:" in out.stderr
+
+
+def test_check_shows_the_warnings_of_a_policy_that_loads(tmp_path):
+    """A line libwrap skips is no fatal error: the policy loads, and
+    ``--check`` (as a start) says where the skipped line is."""
+    cfg = policy_toml(tmp_path)
+    (tmp_path / "hosts.allow").write_text("sshd 10.0.0.1\nsshd: 127.0.0.1\n")
+    out = subprocess.run([sys.executable, "-m", "acl", "serve", "--config", str(cfg), "--check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (f'acl serve: {tmp_path}/hosts.allow:1:1: missing ":" separator: line ignored'
+            in out.stderr.splitlines()), out.stderr
 
 
 def test_engine_order_and_unknown_service(tmp_path):
@@ -386,6 +488,18 @@ def test_impossible_settings_are_refused_at_load_and_by_check(tmp_path, toml, me
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 100 and message in out.stderr, out
     assert "Traceback" not in out.stderr
+
+
+def test_an_empty_socket_override_turns_that_socket_off(tmp_path):
+    """``--admin ''`` / ``--policy-socket ''`` (as ``--metrics ''``): the
+    policy file's socket is not made -- not a path made of the empty string."""
+    srv = start_server(tmp_path, policy_toml(tmp_path), args=["--admin", "", "--policy-socket", ""])
+    try:
+        text = srv.text()
+        assert "query on " in text and "admin on " not in text and "policy on " not in text, text
+        assert not (tmp_path / "admin.sock").exists() and not (tmp_path / "policy.sock").exists()
+    finally:
+        srv.stop()
 
 
 def test_bad_metrics_override_is_a_usage_error(tmp_path):

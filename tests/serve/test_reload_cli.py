@@ -82,6 +82,11 @@ def test_reload_returns_once_the_new_policy_answers(tmp_path):
             assert out.stdout.startswith("acl reload: reloaded in "), out.stdout
             assert verdicts(srv) == allowed, n
         assert srv.text().count("reloaded (admin)") == ROUNDS
+        # a file libwrap reads past a bad line: loaded, and the warning shown
+        (tmp_path / "hosts.allow").write_text("sshd 10.0.0.1\nsshd: 127.0.0.1\n")
+        out = acl_reload("--admin", srv.admin)
+        assert out.returncode == 0, out
+        assert 'hosts.allow:1:1: missing ":" separator: line ignored' in out.stderr, out.stderr
     finally:
         srv.stop()
 
@@ -202,3 +207,17 @@ def test_without_an_admin_socket_the_policy_is_checked_then_signalled(tmp_path):
     finally:
         stop_process(stand_in, signal.SIGKILL)
         srv.stop()
+
+
+def test_pid_1_is_never_signalled(tmp_path, monkeypatch, capsys):
+    """``--pid 1`` (an empty $MAINPID read as 1, a typo) with a policy that
+    loads and names no admin socket: a usage error, and no signal is sent
+    -- SIGHUP to init would reload the whole system's manager.  In this
+    process, with os.kill replaced: nothing may reach the real pid 1."""
+    from acl.cli import reload
+
+    config = policy(tmp_path, admin=False)
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    assert reload.main(["--config", str(config), "--pid", "1"]) == 100
+    assert sent == [] and "--pid 1: not a process acl could be" in capsys.readouterr().err

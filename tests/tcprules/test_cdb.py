@@ -124,6 +124,15 @@ def test_hostile_tables_are_errors_not_hangs():
             _bounded(lambda r=r: r.find(key))
         with pytest.raises(CdbError):
             _bounded(lambda blob=blob: layer_from_cdb(bytes(blob)))
+    # A table inside the header: its slots would be header words.  djb's
+    # lookup reads them (the file is in bounds); no cdb_make writes that, and
+    # the loader refuses it with the other tables that are not where a
+    # table can be.
+    for pos, slots in [(8 * i, 1), (0, 2), (HEADER_SIZE - 8, 1)]:
+        blob = bytearray(base)
+        _table(blob, i, pos, slots)
+        with pytest.raises(CdbError, match="outside"):
+            _bounded(lambda blob=blob: layer_from_cdb(bytes(blob)))
 
 
 def test_full_table_of_wrong_hashes_terminates():
@@ -207,8 +216,10 @@ def test_colliding_keys_load_in_linear_reads(tmp_path):
 @given(st.data())
 def test_mapping_is_find_for_hand_made_tables(data):
     """Tables no cdb_make writes -- slots in any order, runs and empty slots
-    anywhere, full tables, duplicate and wrong-hash slots: the one-walk
-    mapping still equals find() for every key a slot names."""
+    anywhere, full tables, duplicate and wrong-hash slots, slots that carry
+    another record's hash (of this table or another one: a key that is a
+    prefix of the record's, "a" against "aa", must not match it): the
+    one-walk mapping still equals find() for every key a slot names."""
     recs = data.draw(st.lists(st.tuples(st.sampled_from([b"", b"a", b"aa", b"b", b"ab"]),
                                         st.binary(min_size=1, max_size=2)),
                               min_size=1, max_size=10))
@@ -221,16 +232,18 @@ def test_mapping_is_find_for_hand_made_tables(data):
     for i in range(256):
         _table(blob, i, len(blob), 0)
     for i in sorted(tables):
-        slots = data.draw(st.lists(st.none() | st.tuples(st.integers(0, len(recs) - 1),
-                                                         st.booleans()),
-                                   min_size=1, max_size=8))
+        records = st.integers(0, len(recs) - 1)
+        # (record, its hash as "own", "wrong" or another record's, that record)
+        slots = data.draw(st.lists(st.none() | st.tuples(records, st.sampled_from(
+            ["own", "wrong", "other"]), records), min_size=1, max_size=8))
         _table(blob, i, len(blob), len(slots))
         for slot in slots:
             if slot is None:
                 blob += struct.pack("<II", 0, 0)
-            else:
-                r, wrong = slot
-                blob += struct.pack("<II", cdb_hash(recs[r][0]) ^ (wrong << 8), where[r])
+                continue
+            r, kind, other = slot
+            h = cdb_hash(recs[other if kind == "other" else r][0])
+            blob += struct.pack("<II", h ^ (kind == "wrong") << 8, where[r])
     reader = CdbReader(bytes(blob))
     found = {k: reader.find(k) for k, _d in recs}
     assert reader.mapping() == {k: v for k, v in found.items() if v is not None}
@@ -250,6 +263,18 @@ def test_overlapping_records_are_an_error():
     _table(blob, 1, tpos, 2)
     with pytest.raises(CdbError, match="overlaps"):
         CdbReader(bytes(blob)).mapping()
+    # by a single byte: a record whose header starts on the last byte of the
+    # one before (key b"\0", 9 bytes in all, then a record of empty key and data)
+    first, second = HEADER_SIZE, HEADER_SIZE + 8
+    blob = bytearray(HEADER_SIZE) + struct.pack("<II", 1, 0) + b"\0" + bytes(7)
+    tpos = len(blob)
+    blob += struct.pack("<II", cdb_hash(b"\0"), first) + struct.pack("<II", cdb_hash(b""), second)
+    for i in range(256):
+        _table(blob, i, tpos, 0)
+    _table(blob, cdb_hash(b"\0") & 255, tpos, 1)
+    _table(blob, cdb_hash(b"") & 255, tpos + 8, 1)
+    with pytest.raises(CdbError, match="overlaps"):
+        CdbReader(bytes(blob)).mapping()
 
 
 def test_slot_pointing_outside_is_an_error():
@@ -263,6 +288,37 @@ def test_slot_pointing_outside_is_an_error():
         layer_from_cdb(bytes(blob))
     with pytest.raises(CdbError):
         CdbReader(bytes(blob)).find(b"1.2.3.4")
+    # a record header that starts 1 to 7 bytes before the end: cdb_read fails
+    # on it, and so does find(), with CdbError (not a short read)
+    for back in range(1, 8):
+        cut = bytearray(blob)
+        for s in range(2):
+            if struct.unpack_from("<II", cut, tpos + 8 * s)[1]:
+                struct.pack_into("<II", cut, tpos + 8 * s, h, len(cut) - back)
+        with pytest.raises(CdbError):
+            CdbReader(bytes(cut)).find(b"1.2.3.4")
+
+
+def test_a_full_table_wraps_to_the_first_duplicate():
+    """A table with no empty slot, a key's two records in its first two
+    slots and its probe starting at the last slot: cdb_find wraps round and
+    answers the first of the two, and so does the one-walk mapping."""
+    key, slots = next((k, n) for k in (b"k%d" % i for i in range(100))
+                      for n in range(3, 9) if (cdb_hash(k) >> 8) % n == n - 1)
+    h = cdb_hash(key)
+    recs = [(key, b"first"), (key, b"second")] + [(b"-", b"x")] * (slots - 2)
+    blob = bytearray(make_cdb(recs))
+    where, pos = [], HEADER_SIZE
+    for k, d in recs:
+        where.append(pos)
+        pos += 8 + len(k) + len(d)
+    for i in range(256):
+        _table(blob, i, pos, 0)
+    _table(blob, h & 255, len(blob), slots)
+    blob += struct.pack("<II", h, where[0]) + struct.pack("<II", h, where[1])
+    blob += b"".join(struct.pack("<II", h ^ 1 << 8, where[n]) for n in range(2, slots))
+    assert CdbReader(bytes(blob)).find(key) == b"first"
+    assert CdbReader(bytes(blob)).mapping() == {key: b"first"}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -61,6 +61,9 @@ def test_match_batch_bad_query_keeps_lines_aligned(rules):
     assert out.returncode == 100
     assert out.stdout == b"allow A=x y B=2\nerror\nerror\ndeny\n"
     assert b"stdin:2" in out.stderr and b"stdin:3" in out.stderr
+    # a query that cannot be read is enough for the status (not only a bad address)
+    out = acl("match", "--tcprules", str(rules), "--batch", stdin=b"1.2.0.1 colour=red\n")
+    assert (out.returncode, out.stdout) == (100, b"error\n")
 
 
 def test_match_reads_cdb_and_reports_broken_files(tmp_path, rules):
@@ -114,13 +117,16 @@ def test_compile_usage_and_temporary_failures(tmp_path):
 
 @need_tools
 def test_compile_behaves_like_tcprules_on_files(tmp_path):
-    """Same result files, same exit codes, and a bad line leaves the old cdb."""
+    """Same result files, same exit codes, and a bad line leaves the old cdb
+    (a temporary file left by an earlier run is truncated, not overwritten
+    in place)."""
     for name, text, code in [("good", RULES, 0), ("bad", RULES + b"1.2.3.4:allow,X\n", 100),
                              ("empty", b"", 0), ("comments", b"#x\n\n", 0)]:
         outs = []
         for tool in ([TCPRULES], [sys.executable, "-m", "acl", "compile"]):
             cdb, tmp = tmp_path / f"{name}-{len(outs)}.cdb", tmp_path / f"{name}-{len(outs)}.tmp"
             cdb.write_bytes(b"previous")
+            tmp.write_bytes(b"an older, longer temporary file" * 500)   # truncated first
             r = subprocess.run([*tool, str(cdb), str(tmp)], input=text, capture_output=True,
                                timeout=30)
             outs.append((r.returncode, cdb.read_bytes(), tmp.exists(), oct(os.stat(cdb).st_mode)))

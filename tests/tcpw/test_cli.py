@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -89,11 +90,40 @@ def test_match_batch(tmp_path):
     hosts.write_text("127.0.0.1 localhost\n")
     out = acl("match", "--hosts-allow", a, "--hosts-deny", d, "--batch", "--hosts-file", str(hosts),
               stdin="sshd 10.0.0.1\nsshd 10.1.0.1\nftpd 1.2.3.4\nx 11.0.0.1\nsshd 2001:db8::1\n"
-                    "bad\n\nsshd nosuch.invalid.\n")
+                    "bad\n\nsshd nosuch.invalid.\nsshd 10.0.0.1 extra\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         f"granted {a}:1", f"denied {d}:1", f"delegated {a}:2", "granted -", "granted -",
-        "error expected 'DAEMON CLIENT'", "error nosuch.invalid.: host not found"]
+        "error expected 'DAEMON CLIENT'", "error nosuch.invalid.: host not found",
+        "error expected 'DAEMON CLIENT'"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tcpdmatch") is None,
+                    reason="tcpdmatch as root")
+def test_match_judges_user_as_tcpdmatch_and_with_tcpd_as_tcpd(tmp_path):
+    """``user nobody``: the real tcpdmatch, run as root, really switches
+    users and reports the rule denied; Debian's tcpd does nothing with it
+    (hosts_options(5), inverted dry-run test), which ``--tcpd`` shows."""
+    a, d = files(tmp_path, "sshd: ALL: user nobody\n", "")
+    real = subprocess.run(["tcpdmatch", "-d", "sshd", "10.0.0.2"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert real.stdout.splitlines()[-1] == "access:   denied", real.stdout
+    out = acl("match", "-q", "--hosts-allow", a, "--hosts-deny", d, "sshd", "10.0.0.2")
+    assert (out.returncode, out.stdout.splitlines()[-1]) == (1, "access:   denied")
+    out = acl("match", "-q", "--tcpd", "--hosts-allow", a, "--hosts-deny", d, "sshd", "10.0.0.2")
+    assert (out.returncode, out.stdout.splitlines()[-1]) == (0, "access:   granted")
+
+
+def test_match_when_hosts_deny_ends_in_an_error(tmp_path):
+    """libwrap denies everyone a file that stops in an error has not
+    matched (tcpdmatch: "access: denied" and no matched line); acl match
+    says why instead of a default grant."""
+    a, d = files(tmp_path, "sshd: 10.0.0.1\n", "ftpd: 10.9.9.9\n" + "a" * 3000)
+    out = acl("match", "-q", "--hosts-allow", a, "--hosts-deny", d, "telnetd", "10.0.0.2")
+    assert out.returncode == 1
+    assert out.stdout.splitlines()[-2:] == [
+        f"matched:  (none; {d}:2 ends in an error, so everyone else is denied)",
+        "access:   denied"]
 
 
 def test_match_usage_errors(tmp_path):
@@ -127,12 +157,30 @@ def test_check_exit_codes(tmp_path):
     assert out.returncode == 111
 
 
+def test_check_reports_hosts_allow_first_and_comment_continuations(tmp_path):
+    """Findings come file by file as libwrap reads them, hosts.allow first
+    (here its name sorts after hosts.deny's), and a comment ending in a
+    backslash, which swallows the next line (libwrap joins lines before it
+    sees the '#'), is a warning at its end."""
+    (tmp_path / "z").mkdir()
+    (tmp_path / "a").mkdir()
+    a, d = str(tmp_path / "z" / "allow"), str(tmp_path / "a" / "deny")
+    Path(a).write_text("# ssh from the lab \\\nsshd: 10.0.0.0/8\nsshd: 10.1.0.0/16\n")
+    Path(d).write_text("ALL:ALL:deny:x\n")
+    out = acl("check", "--no-names", "--hosts-allow", a, "--hosts-deny", d)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 100, out.stdout
+    assert lines[0] == (f"{a}:1:20: warning: comment ends in a backslash: the next line is "
+                        "part of the comment"), lines
+    assert [ln.split(":", 1)[0] for ln in lines] == [a] * (len(lines) - 1) + [d], lines
+
+
 def test_check_names_from_a_hosts_file(tmp_path):
     """``--hosts-file``: the name checks ask that file alone, so they can run
     here (no netgroup named: those are asked of the system).
     test_check_hosts_file_vs_tcpdchk.py compares them with tcpdchk's."""
     a, d = files(tmp_path, "sshd: good nosuch.example.com 10.0.0.1 10.0.0.9\nsshd@multi: ALL\n",
-                 "ALL: ALL\n")
+                 "ALL: @\n")       # an empty '@' is the lint's, not a netgroup to ask
     hosts = tmp_path / "hosts"
     hosts.write_text("10.0.0.1 good.example.com good\n10.0.0.5 multi\n10.0.0.6 multi\n")
     out = acl("check", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(hosts))
@@ -145,10 +193,27 @@ def test_check_names_from_a_hosts_file(tmp_path):
         f"{a}:1:40: warning: 10.0.0.9: host address 10.0.0.9 has no name (address->name "
         "lookup failed)",
         f"{a}:2:6: warning: multi: server host has 2 addresses (consider naming one address "
-        "instead)"]
+        "instead)",
+        f"{d}:1:6: warning: empty netgroup name"]
     out = acl("check", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(hosts),
               "--no-names")
     assert out.returncode == 100 and "not allowed with argument" in out.stderr, out.stderr
+
+
+def test_check_asks_the_names_of_the_pattern_files_the_matcher_reads(tmp_path):
+    """``/file`` patterns nest 8 deep at most (acl.parse.hosts_patterns:
+    MAX_FILE_DEPTH; libwrap recurses until its stack gives out): the
+    name checks ask the names of exactly the files a match would read."""
+    chain = [tmp_path / f"f{k}" for k in range(1, 11)]
+    for k, f in enumerate(chain):
+        nxt = f" {chain[k + 1]}" if k + 1 < len(chain) else ""
+        f.write_text(f"nx{k + 1}.invalid{nxt}\n")
+    a, d = files(tmp_path, f"sshd: {chain[0]}\n", "")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n")
+    out = acl("check", "--hosts-allow", a, "--hosts-deny", d, "--hosts-file", str(hosts))
+    asked = re.findall(r"nx(\d+)\.invalid: host not found", out.stdout)
+    assert asked == [str(k) for k in range(1, 9)], out.stdout
 
 
 def test_a_hosts_file_that_cannot_be_read_is_fatal(tmp_path):

@@ -68,6 +68,7 @@ HOSTS = gen.HOSTS + """10.0.1.5 multi.hosts.test
 ::ffff:10.0.1.9 mapped.hosts.test
 10.0.1.10 canon.hosts.test nick.hosts.test
 10.0.1.20
+10.0.1.11 """ + "long" * 40 + """.hosts.test longalias.hosts.test
 """
 
 ZONE = {
@@ -76,7 +77,10 @@ ZONE = {
           "aliasptr.lab.test": "10.20.0.7", "numptr.lab.test": "10.20.0.8",
           "lostptr.lab.test": "10.20.0.9"},
     "aaaa": {"six.lab.test": "2001:db8:20::1", "six-noptr.lab.test": "2001:db8:20::2",
-             "dual.lab.test": "2001:db8:20::3"},
+             "dual.lab.test": "2001:db8:20::3",
+             # a mapped address: libwrap checks it as IPv4 (10.20.0.6's PTR
+             # names a.lab.test, which does not have it)
+             "mapwrong.lab.test": "::ffff:10.20.0.6"},
     "cname": {"www.lab.test": "a.lab.test", "chain.lab.test": "www.lab.test",
               "dangling.lab.test": "gone.lab.test"},
     "ptr": {"10.20.0.1": "a.lab.test", "10.20.0.3": "dual.lab.test", "2001:db8:20::1": "six.lab.test",
@@ -94,6 +98,8 @@ NAME_TOKENS = [
     "six.lab.test", "six-noptr.lab.test", "www.lab.test", "chain.lab.test", "dangling.lab.test",
     "nx.lab.test", "nx", "multi.hosts.test", "only6.hosts.test", "mapped.hosts.test",
     "nick.hosts.test", "canon.hosts.test", "good", "lhseven", "ydup.example.com",
+    "longalias.hosts.test",     # its official name is cut at 128 characters
+    "mapwrong.lab.test",
     "10.20.0.1", "10.20.0.2", "10.20.0.6", "10.20.0.8", "10.20.0.9", "010.20.0.1", "10.20.1",
     "10.0.1.20",    # alone on its /etc/hosts line: named "", which passes libwrap's check
     "@labgroup", "@emptygroup", "@nosuchgroup",

@@ -28,7 +28,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.conftest import stop_process
+from tests.conftest import require_free_ports, stop_process
 from tests.sidecar import Live, start_server
 from tests.wrap.harness import ROOT, SyslogSink, ns_command
 
@@ -244,6 +244,8 @@ class SuperServer:
         raise ValueError(self.kind)
 
     def start(self) -> SuperServer:
+        # a port another test run holds would pass the wait below at once
+        require_free_ports([self.port])
         self.log = open(self.dir / f"{self.kind}.out", "ab")
         argv = self.argv()
         # private mount namespace: /dev/log is self.sink (harness.ns_command)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_process
+from tests.conftest import require_free_ports, stop_process
 from tests.sidecar import start_server
 from tests.wrap import harness, live
 
@@ -81,6 +81,7 @@ watch = false
     # the PATH both tcpservers run with (and search the server's name on)
     env = {"PATH": "/usr/bin:/bin"}
     procs = []
+    require_free_ports(PORTS.values())
     try:
         for prog, port in PORTS.items():
             rules = ["-x", str(d / "rules.cdb")] if prog == "real" else []

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_process
+from tests.conftest import require_free_ports, stop_process
 from tests.sidecar import start_server
 from tests.wrap import harness, live
 
@@ -135,6 +135,7 @@ watch = false
 def test_the_guide_s_tcpserver_line(sidecar, keep_g):
     d, group, wrap, side = sidecar
     argv = runnable(guide_command(), group, wrap, keep_g)
+    require_free_ports([PORT])
     log = open(d / "tcpserver.log", "wb")
     proc = subprocess.Popen(argv, env={"PATH": "/usr/bin:/bin", "ACL_WRAP_SOCKET": side.query},
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)

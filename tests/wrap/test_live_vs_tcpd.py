@@ -58,7 +58,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_process
+from tests.conftest import require_free_ports, stop_process
 from tests.sidecar import Live, start_server
 from tests.wrap import harness, live
 from tests.wrap.conftest import needs_root
@@ -547,6 +547,7 @@ def test_mapped_client_decides_as_ipv4(workdir, wrap_bin, sink):
             argv = harness.ns_command(d, argv[0], argv[0], argv[1:], hosts=MAPPED_HOSTS,
                                       allow=MAPPED_ALLOW, deny=MAPPED_DENY, log_sock=sink.path,
                                       host_conf=HOST_CONF)
+            require_free_ports([port])
             with open(d / "out", "wb") as out:
                 ss = subprocess.Popen(argv, env=PATH_ENV, stdout=out, stderr=subprocess.STDOUT,
                                       stdin=subprocess.DEVNULL)

@@ -6,12 +6,17 @@ foreground (``-dontfork``) inside ``unshare -m`` with a private /etc/hosts,
 over the real ones, so nothing leaves the machine and no system file
 changes.  Services bind 127.0.0.1 / ::1 / ::ffff:127.0.0.1 on ports
 23000-23999 only (tests.conftest.PORTS["xinetd"]); clients bind 127.x.y.z.
+Those ports are fixed per test: before xinetd starts, every port its
+configuration names must be free (tests.conftest.require_free_ports), since
+xinetd runs on without a service it cannot bind, and a second test run at
+once would show as false disagreements.
 The daemon is stopped by its PID (the Popen handle) and the directory removed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +25,8 @@ import tempfile
 import time
 
 import pytest
+
+from tests.conftest import require_free_ports
 
 HOSTS = """127.0.0.1 localhost
 127.0.0.2 two.example.com two
@@ -66,7 +73,27 @@ class Xinetd:
                 f.write(loadavg)
         self.proc: subprocess.Popen | None = None
 
+    def ports(self) -> set[int]:
+        """The ports the configuration names, in its ``include`` and
+        ``includedir`` files too (one level: the tests nest no deeper)."""
+        with open(self.conf, "rb") as f:
+            texts = [f.read()]
+        for m in re.finditer(rb"^[ \t]*include(dir)?[ \t]+(\S+)", texts[0], re.M):
+            path = os.fsdecode(m[2])
+            names = ([os.path.join(path, n) for n in sorted(os.listdir(path))]
+                     if m[1] and os.path.isdir(path) else [path])
+            for name in names:
+                try:
+                    with open(name, "rb") as f:
+                        texts.append(f.read())
+                except OSError:
+                    pass
+        return {int(n) for text in texts
+                for n in re.findall(rb"^[ \t]*port[ \t]*=[ \t]*(\d{1,5})(?!\d)", text, re.M)
+                if 0 < int(n) < 65536}
+
     def start(self, timeout: float = 10.0) -> None:
+        require_free_ports(sorted(self.ports()))
         d = self.dir
         script = (f"mount --bind {d}/hosts /etc/hosts && "
                   f"mount --bind {d}/networks /etc/networks && "

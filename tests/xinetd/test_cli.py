@@ -63,6 +63,8 @@ def test_single_query_exit_codes_and_errors(tmp_path):
     assert (ok.returncode, ok.stdout) == (0, "allow ok\n")
     no = acl("--xinetd", conf, "--hosts", hosts, "a", "127.0.0.9")
     assert (no.returncode, no.stdout) == (1, "deny address\n")
+    unknown = acl("--xinetd", conf, "--hosts", hosts, "nope", "127.0.0.2")
+    assert (unknown.returncode, unknown.stdout) == (1, "deny unknown_service\n")
     bad = acl("--xinetd", conf, "a", "zzz")
     assert bad.returncode == 100 and "not an address" in bad.stderr
     missing = acl("--xinetd", str(tmp_path / "none.conf"), "a", "127.0.0.1")
