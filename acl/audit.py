@@ -500,24 +500,29 @@ def load_policy_view(path: str) -> PolicyView:
     return PolicyView(layers, decide, ports, service_ports=_xinetd_ports(policy))
 
 
+#: xinetd service types that open no socket on the service's port
+_NO_SOCKET_OF_ITS_OWN = frozenset({"TCPMUX", "TCPMUXPLUS", "RPC"})
+
+
 def _xinetd_ports(policy) -> dict[tuple[str, int], str]:
     """(proto, port) -> service id of each xinetd service the policy read.
 
     xinetd takes a service's port from ``port``, else from /etc/services by
     the service name (the reader has done that: ``svc.port``); its protocol
     from ``protocol``, else from the socket type (spec C: xinetd
-    attributes).  A service the reader left without a port has no socket of
-    its own: a TCPMUX one is reached through the tcpmux service's port 1,
-    an RPC one on the port the portmapper hands out -- never the port
-    /etc/services gives its name (measured with xinetd 2.3.15.3: a
-    ``TCPMUX UNLISTED`` smtp listens on nothing).
+    attributes).  A TCPMUX or RPC service has no socket of its own, whatever
+    its ``port`` says: a TCPMUX one is reached through the tcpmux service's
+    port 1, an RPC one on the port the portmapper hands out (measured with
+    xinetd 2.3.15.3: a ``TCPMUX UNLISTED`` smtp listens on nothing, with a
+    ``port`` line or without) -- so neither names the listener of the port
+    written or the one /etc/services gives its name.
     """
     out: dict[tuple[str, int], str] = {}
     for source in policy.sources:
         if source.kind != "xinetd":
             continue
         for svc in source.layer.policy.entries():
-            if svc.port is None:
+            if svc.port is None or svc.entry.types & _NO_SOCKET_OF_ITS_OWN:
                 continue
             proto = svc.protocol or ("udp" if svc.socket_type == "dgram" else "tcp")
             out.setdefault((proto, int(svc.port)), svc.id)

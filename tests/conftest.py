@@ -75,30 +75,36 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM,
     return proc.returncode
 
 
-def require_free_ports(ports, hosts=("127.0.0.1", "::1")) -> None:
+def require_free_ports(ports, hosts=("127.0.0.1", "::1"), proto: str = "tcp") -> None:
     """Fail the test, saying why, when a port a live helper is about to give
-    a server is already listened on at one of ``hosts``.  Otherwise the real
-    tool would fail to bind it (xinetd logs it and runs on without that
-    service) or a probe would reach another run's server, and the test would
-    blame acl or the tool.  The check binds as the servers do, with
-    SO_REUSEADDR: a connection of an earlier test left in TIME_WAIT is no
-    conflict, a listening socket is."""
+    a server is already taken at one of ``hosts``.  Otherwise the real tool
+    would fail to bind it (xinetd logs it and runs on without that service)
+    or a probe would reach another run's server, and the test would blame
+    acl or the tool.
+
+    TCP binds as the servers do, with SO_REUSEADDR: a connection of an
+    earlier test left in TIME_WAIT is no conflict, a listening socket is.
+    UDP binds without it: two UDP sockets with SO_REUSEADDR (xinetd sets it)
+    share a port, and only the last bound gets the datagrams -- a silent
+    clash; UDP has no TIME_WAIT to excuse."""
+    kind = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}[proto]
     for port in ports:
         for host in hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with socket.socket(family, kind) as s:
+                if kind == socket.SOCK_STREAM:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind((host, port))
+                    continue
                 except OSError as exc:
                     if exc.errno != errno.EADDRINUSE:
                         continue        # no such address here (no IPv6): nothing to clash with
-                    pytest.fail(
-                        f"port {port} on {host} is in use: is another test run going? "
-                        "Run it in its own network namespace: ip netns add acl-run && "
-                        "ip netns exec acl-run ip link set lo up && "
-                        "ip netns exec acl-run python -m pytest ... (tests/README.md)",
-                        pytrace=False)
+            # outside the except: the report starts with this, not the OSError
+            pytest.fail(
+                f"{proto} port {port} on {host} is in use: is another test run going? "
+                "Run each suite in its own network namespace (tests/README.md, "
+                "\"Two runs on one machine\")", pytrace=False)
 
 
 def load_impl(kind: str, compiled: str, pure: str):

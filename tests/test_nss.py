@@ -163,3 +163,27 @@ def test_with_descriptors_to_spare_a_missing_name_is_still_no(what):
     # and one that exists is found
     got = ask(what, name, "free")
     assert "raised" not in got and "KeyError" not in got, got
+
+
+def test_a_port_is_asked_in_network_byte_order():
+    """getservbyport_r takes the port as struct servent holds it, in network
+    byte order.  A port with no entry whose byte-swapped value has one is
+    no entry at all -- asked in host order, the re-ask would find the
+    swapped port's entry and call the miss a failure to ask (OutOfResources)."""
+    import socket
+
+    from acl import nss
+
+    def known(port: int) -> bool:
+        try:
+            socket.getservbyport(port, "tcp")
+            return True
+        except OSError:
+            return False
+
+    swap = lambda p: ((p & 0xFF) << 8) | (p >> 8)   # noqa: E731
+    port = next(swap(p) for p in range(1, 1024) if known(p) and not known(swap(p)))
+    with pytest.raises(OSError) as missed:
+        nss.getservbyport(port, "tcp")
+    assert missed.type is OSError, missed.value              # not OutOfResources
+    assert nss.getservbyport(swap(port), "tcp") == socket.getservbyport(swap(port), "tcp")

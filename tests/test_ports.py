@@ -3,6 +3,7 @@ the kernel's ephemeral range: a client socket handed a port a live test was
 about to listen on made rare, unrepeatable failures.  A port another test
 run holds is reported as that (tests/conftest.py require_free_ports)."""
 
+import errno
 import socket
 from itertools import pairwise
 from pathlib import Path
@@ -44,8 +45,8 @@ def test_a_port_another_run_holds_fails_as_that():
     try:
         with pytest.raises(pytest.fail.Exception) as failed:
             require_free_ports([port])
-        assert (f"port {port} on 127.0.0.1 is in use: is another test run going? "
-                "Run it in its own network namespace: ip netns add") in str(failed.value)
+        assert (f"tcp port {port} on 127.0.0.1 is in use: is another test run going? "
+                "Run each suite in its own network namespace") in str(failed.value)
     finally:
         held.close()
     require_free_ports([port])
@@ -63,9 +64,14 @@ def test_xinetd_is_not_started_on_a_held_port(tmp_path):
     inc = tmp_path / "xinetd.d"
     inc.mkdir()
     (inc / "held").write_text(svc("held", port=port))
-    xd = Xinetd(svc("free", port=23999) + f"includedir {inc}\n", 2)
+    # the other service's port: one the kernel hands out, free now (an area
+    # port could be another run's, and fail first with its own message)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    xd = Xinetd(svc("free", port=free) + f"includedir {inc}\n", 2)
     try:
-        with pytest.raises(pytest.fail.Exception, match=f"port {port} on 127.0.0.1 is in use"):
+        with pytest.raises(pytest.fail.Exception, match=f"tcp port {port} on 127.0.0.1 is in use"):
             xd.start()
         assert xd.proc is None
     finally:
@@ -85,4 +91,26 @@ def test_a_connection_left_in_time_wait_is_no_conflict():
     conn.close()                    # the server side closes first: TIME_WAIT
     client.recv(1)
     client.close()
+    # the TIME_WAIT is there: a bind without SO_REUSEADDR is refused
+    with socket.socket() as plain, pytest.raises(OSError) as refused:
+        plain.bind(("127.0.0.1", port))
+    assert refused.value.errno == errno.EADDRINUSE
     require_free_ports([port])
+
+
+def test_a_udp_port_another_run_shares_fails_as_that():
+    """Two UDP sockets with SO_REUSEADDR (xinetd sets it) both bind one
+    port, and only the last bound gets the datagrams: the UDP check binds
+    without it, so another run's socket is seen."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    try:
+        require_free_ports([port])          # TCP: a different port space
+        with pytest.raises(pytest.fail.Exception,
+                           match=f"udp port {port} on 127.0.0.1 is in use"):
+            require_free_ports([port], proto="udp")
+    finally:
+        held.close()
+    require_free_ports([port], proto="udp")

@@ -367,7 +367,8 @@ def test_an_xinetd_service_without_a_socket_names_no_port(tmp_path):
     /etc/services gives their names (xinetd 2.3.15.3 with a ``TCPMUX
     UNLISTED`` smtp listens on nothing), so the audit must not name that
     port's listener after them -- before, a Postfix on 25 was audited as
-    the xinetd service "mux-smtp"."""
+    the xinetd service "mux-smtp".  A ``port`` line changes nothing (the
+    same xinetd, a TCPMUX service with ``port = N``: nothing listens on N)."""
     from acl import audit
 
     (tmp_path / "xinetd.conf").write_text(textwrap.dedent("""\
@@ -377,6 +378,17 @@ def test_an_xinetd_service_without_a_socket_names_no_port(tmp_path):
             type = TCPMUX UNLISTED
             socket_type = stream
             protocol = tcp
+            wait = no
+            user = root
+            server = /bin/true
+        }
+        service finger
+        {
+            id = mux-finger-with-port
+            type = TCPMUXPLUS UNLISTED
+            socket_type = stream
+            protocol = tcp
+            port = 27164
             wait = no
             user = root
             server = /bin/true

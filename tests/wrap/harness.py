@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 from acl.wire import binary
-from tests.conftest import SANITIZE, SANITIZE_FLAGS
+from tests.conftest import SANITIZE, SANITIZE_FLAGS, require_free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 WRAP_SOURCES = sorted((ROOT / "ext" / "wrap").glob("*.[ch]"))
@@ -311,6 +311,10 @@ class Handoff:
                  listen: str = "127.0.0.1", dgram: bool = False, payload: bytes = b"hi\n",
                  executable=None, cwd=None):
         kind = socket.SOCK_DGRAM if dgram else socket.SOCK_STREAM
+        if dgram:
+            # two UDP sockets with SO_REUSEADDR share a port (the last bound
+            # gets the datagrams): another run's must be a clear failure
+            require_free_ports([port], hosts=(listen,), proto="udp")
         ls = socket.socket(family, kind)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6 and listen == "::":

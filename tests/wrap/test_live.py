@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import stop_process
+from tests.conftest import require_free_ports, stop_process
 from tests.wrap import harness, live
 from tests.wrap.conftest import needs_root
 
@@ -235,6 +235,7 @@ def test_udp_under_xinetd(sidecar, wrap_bin, workdir):
     d.mkdir()
     server = harness.write_exe(d / "udp-srv", harness.UDP_SERVER)
     port = EXTRA + 1
+    require_free_ports([port], hosts=("127.0.0.1",), proto="udp")
     (d / "xinetd.conf").write_text(f"""service echo-udp
 {{
 	type		= UNLISTED
@@ -323,6 +324,8 @@ def test_tcpserver_variables_reach_the_server_as_set(sidecar, wrap_bin, echo_ser
                           strict=True):
         d = workdir / f"tcpserver-vars-{port}"
         d.mkdir()
+        # another run's listener would pass the wait below at once
+        require_free_ports([port])
         sink = harness.SyslogSink(d / "log.sock")
         argv = harness.ns_command(d, "tcpserver", "tcpserver",
                                   [*flags, "-H", "-R", "-l", "0", listen, str(port), *prog],

@@ -93,7 +93,10 @@ class Xinetd:
                 if 0 < int(n) < 65536}
 
     def start(self, timeout: float = 10.0) -> None:
+        # both protocols: a configuration's port names no protocol here, and
+        # any socket on a port of this area is another run's
         require_free_ports(sorted(self.ports()))
+        require_free_ports(sorted(self.ports()), proto="udp")
         d = self.dir
         script = (f"mount --bind {d}/hosts /etc/hosts && "
                   f"mount --bind {d}/networks /etc/networks && "
