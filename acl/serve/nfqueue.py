@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import os
 import time
@@ -87,7 +86,7 @@ from acl.nfqueue_config import (  # noqa: F401  (the door's configuration; impor
     NfqueueConfig,
     parse_port_key,
 )
-from acl.wire.packet import PacketError, decode_raw
+from acl.wire.packet import PacketError, address_text, decode_raw
 
 log = logging.getLogger("acl.serve.nfqueue")
 
@@ -318,8 +317,7 @@ class NfqueueFrontDoor:
         _fam, src, dst, sport, dport, _proto, _flags = decode_raw(
             raw, nfq.RECORD_HEADER, caplen, wire)
         service = self.service_for(dst, dport)
-        req = Request(service, str(ipaddress.ip_address(src)), sport,
-                      str(ipaddress.ip_address(dst)), dport)
+        req = Request(service, address_text(src), sport, address_text(dst), dport)
         if self._hold_for_names(queue, pid, req, now):
             verdicts[i] = nfq.HOLD
             return
@@ -421,15 +419,19 @@ class NfqueueFrontDoor:
                 self._unmapped += 1
                 verdicts[i] = nfq.ACCEPT
                 continue
+            # the addresses as inet_ntop writes them, as the Unix sockets'
+            # doors get them: a v4-mapped source is ::ffff:a.b.c.d, which the
+            # rule languages read as the IPv4 address (``str(ipaddress)``
+            # before Python 3.13 writes ::ffff:a01:101, which no IPv4 rule covers)
             client = names.get(src)
             if client is None:
-                client = str(ipaddress.ip_address(src))
+                client = address_text(src)
                 if len(names) >= 65536:
                     names.clear()
                 names[src] = client
             server = names.get(dst)
             if server is None:
-                server = str(ipaddress.ip_address(dst))
+                server = address_text(dst)
                 names[dst] = server
             req = Request(service, client, sport, server, dport)
             if hold and self._hold_for_names(queue, pid, req, now):

@@ -27,8 +27,8 @@ Rules of this file:
   than ``MAX_ATTRS`` lines is a *fatal* :class:`BadRequest` (the connection is
   answered once and closed), so a client cannot make the server buffer
   without bound.  A request without a usable ``client_address`` or with a
-  line lacking ``=`` is a non-fatal :class:`BadRequest`: it gets an answer
-  and the connection goes on.
+  line lacking ``=`` (or a name before it) is a non-fatal
+  :class:`BadRequest`: it gets an answer and the connection goes on.
 * Replies (:func:`encode`): ``action=DUNNO`` on a grant (Postfix's other
   restrictions then decide); ``action=DEFER_IF_PERMIT text`` on a refusal by
   a limit that passes (cps, rate, max_load, instances, per_source: try again
@@ -135,7 +135,8 @@ class PostfixDecoder:
                 return self._fatal(out, "too many attributes")
             name, eq, value = line.partition(b"=")
             if not eq or not name:
-                self._bad = self._bad or f"attribute line without '=': {line[:40]!r}"
+                why = "without '='" if not eq else "without a name"
+                self._bad = self._bad or f"attribute line {why}: {line[:40]!r}"
                 continue
             if name not in READ:
                 continue                # sender, recipient, ...: never read, never decoded

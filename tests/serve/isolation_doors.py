@@ -35,7 +35,7 @@ PF_BAD = {
     "noeq": (lambda rng: postfix_request(rng, b"192.0.2.5", add=(b"no equals sign here",)),
              b"attribute line without '='"),
     "noname": (lambda rng: postfix_request(rng, b"192.0.2.5", add=(b"=value",)),
-               b"attribute line without '='"),
+               b"attribute line without a name"),
     "utf8": (lambda rng: postfix_request(rng, b"192.0.2.5", add=(b"client_name=caf\xe9",)),
              b"client_name is not UTF-8\n\n"),
     "request": (lambda rng: postfix_request(rng, b"192.0.2.5", drop=b"request",

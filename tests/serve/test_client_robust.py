@@ -232,6 +232,42 @@ def test_async_client_has_a_timeout_and_drops_replies_it_gave_up_on(stand_in):
     asyncio.run(main())
 
 
+def test_async_client_releases_a_late_lease_at_once(stand_in):
+    """docs/protocol.md "Clients": a lease taken by a request the asyncio
+    client gave up on is released "at once" -- when its reply comes, with
+    no later call to carry the RELEASE."""
+    gave_up = threading.Event()
+    released = threading.Event()
+
+    def late(conn, events):
+        (first,) = events(1)
+        assert gave_up.wait(WAIT)
+        conn.sendall(wb.encode_decision(first.request_id, Decision(Verdict.ALLOW, lease=88)))
+        (rel,) = events(1)                       # nothing else was asked meanwhile
+        assert isinstance(rel, wb.Release) and rel.lease_id == 88, rel
+        conn.sendall(wb.encode_released(rel.request_id, True))
+        released.set()
+        conn.recv(1)
+
+    side = stand_in(late)
+
+    async def main():
+        async with await AsyncClient.connect(side.path, timeout=0.3) as c:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(c.decide("echo", "192.0.2.1", lease=True), WAIT)
+            gave_up.set()
+            for _ in range(WAIT * 100):          # no call: the client's reader answers
+                if released.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            assert released.is_set(), "the late lease was not released"
+
+    asyncio.run(main())
+    side.thread.join(WAIT)
+    assert not side.failed
+    assert [type(e).__name__ for e in side.seen] == ["Decide", "Release"]
+
+
 # -- a server that breaks the protocol, and close() ---------------------------------
 def test_a_reply_nobody_asked_for_breaks_both_clients_for_good(stand_in):
     def wrong_id(conn, events):

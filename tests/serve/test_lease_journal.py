@@ -192,6 +192,42 @@ def test_a_damaged_record_is_dropped_and_counted_never_read_as_another():
         assert lost == got.bad <= 1
 
 
+def test_a_record_whose_kind_byte_changed_is_dropped_never_read_as_the_other_kind():
+    """The CRC is seeded with the kind (lease_journal.py's layout): a record
+    whose kind byte changed is bad, never read as the other kind -- a lease
+    record that precedes its sealed connection's record (records are
+    reused lowest first) must not make that connection read as open."""
+    j = fresh(keep=4)
+    j.add_connection(1, 0)                 # record 0
+    j.add_connection(2, 1)                 # record 1: sealed
+    j.drop_connection(1)                   # record 0 free again
+    j.add_lease(2, 20, R1)                 # record 0: before its connection
+    j.add_lease(2, 21, R2)                 # record 2
+    good = contents(j)
+    assert good.conns == {2: 1} and set(good.leases) == {20, 21}
+    for i, kind in ((0, lj.KIND_CONN), (2, lj.KIND_CONN), (1, lj.KIND_LEASE)):
+        data = bytearray(j.buf)
+        data[lj.HEADER + i * lj.RECORD + 1] = kind
+        got = lj.read_journal(bytes(data))
+        assert got.bad == 1, (i, got)
+        assert got.conns == ({} if i == 1 else good.conns), (i, got)
+        assert got.leases == {k: v for k, v in good.leases.items()
+                              if k != {0: 20, 2: 21}.get(i)}, (i, got)
+
+
+def test_of_a_lease_id_written_twice_the_first_record_is_read():
+    """read_journal: of a repeated id, the first record -- the other is bad
+    (what a crash of a reopen part way can leave: acl never writes one)."""
+    j = fresh(keep=4)
+    j.add_connection(5, 0)
+    j.add_lease(5, 6, R1)
+    j.add_connection(7, 1)
+    j._write(lj.KIND_LEASE, 0, 7, 6, R2)   # a second valid record for lease 6
+    j._write(lj.KIND_CONN, 0, 5)           # and for connection 5, open
+    got = contents(j)
+    assert got.leases == {6: (5, R1)} and got.conns == {5: 0, 7: 1} and got.bad == 2
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b[:10], "shorter than its header"),
     (lambda b: b"X" + b[1:], "no journal header"),
@@ -725,6 +761,35 @@ def test_a_journal_name_passed_twice_uses_the_one_that_reads(tmp_path, engine):
             a.sock.close()
         live_peer.close()
         mgr.close()
+
+
+def test_a_connection_systemd_did_not_take_leaves_no_record(tmp_path):
+    """keep(): when the store's message cannot be sent (systemd's queue
+    full), the connection is not kept -- and takes no room in the journal:
+    with keep_leases = 1, the next connection is kept once there is room."""
+    mgr = FakeManager(tmp_path / "notify")
+    link = systemd.FdStoreLink(mgr.env)
+    store = ls.LeaseStore(link, fresh(keep=1), lambda _msg: None)
+    r, w = os.pipe()
+    try:
+        for i in range(5000):              # past net.unix.max_dgram_qlen
+            if not link.store(f"acl-lease-conn-{i}", r):
+                break
+        else:
+            pytest.fail("systemd's queue never filled")
+        assert not store.keep(9001, r, 0)
+        assert store.stats()["connections"] == 0 and not store.add_lease(0, 9001, R1)
+        _close_given(mgr)                  # systemd reads: room again
+        assert store.keep(9002, r, 1)
+        assert store.add_lease(9002, 9002, R1)
+        assert store.stats()["connections"] == 1 and store.stats()["unkept"] == 1
+        assert contents(store.journal).conns == {9002: 1}
+    finally:
+        os.close(r)
+        os.close(w)
+        _close_given(mgr)
+        mgr.close()
+        link.close()
 
 
 def test_a_full_notify_socket_never_blocks_a_send(tmp_path):

@@ -7,6 +7,7 @@ The live Postfix runs of the same behaviour are in test_postfix_live.py.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 
@@ -47,6 +48,95 @@ def test_an_attribute_acl_reads_that_is_not_utf8_is_a_bad_request(attr):
     assert len(got) == 1 and isinstance(got[0], wp.BadRequest) and not got[0].fatal
     assert wp.encode_error(got[0]) == (b"action=DEFER_IF_PERMIT acl: bad policy request: "
                                        + attr + b" is not UTF-8\n\n")
+
+
+# -- 1b. what the door reads is what the query door is asked -----------------------
+#: name rules, so that the client name read from the request decides too
+#: (answered from a hosts file of the test's: no lookup leaves the machine)
+NAME_RULES = """\
+smtpd: .example.org
+submission: .example.org [2001:db8::]/32 192.0.2.0/255.255.255.128
+"""
+
+
+def _attrs(rng) -> tuple[dict, Request]:
+    """Generated attributes of one policy request, and the Request a client
+    of the query door that knows the same sends (docs/protocol.md, "Text
+    protocol": the client in its socket form; the name from client_name --
+    ``unknown`` is none, and so is reverse_client_name then -- else from
+    reverse_client_name; the service attribute, else policy_service)."""
+    n = rng.randrange(256)
+    raw, client = rng.choice([
+        (f"192.0.2.{n}",) * 2, ("192.0.2.66",) * 2, ("10.9.7.1",) * 2,
+        (f"127.0.0.{n % 4}",) * 2, (f"10.9.{n}.1",) * 2,
+        (f"2001:db8::{n:x}",) * 2, ("::1",) * 2, (f"2001:DB8:0:0::{n:X}", f"2001:db8::{n:x}"),
+        (f"::ffff:192.0.2.{n}",) * 2, (f"::FFFF:127.0.0.{n % 4}", f"::ffff:127.0.0.{n % 4}"),
+        (f"[192.0.2.{n}]", f"192.0.2.{n}"), (f"[2001:db8::{n:x}]", f"2001:db8::{n:x}")])
+    attrs = {"request": "smtpd_access_policy", "protocol_state": "RCPT", "client_address": raw}
+    names = ["mail.example.org", "unknown", "x.example.net", "EXAMPLE.ORG.example.org"]
+    verified = rng.choice([None, *names])
+    reverse = rng.choice([None, *names])
+    if verified is not None:
+        attrs["client_name"] = verified
+    if reverse is not None:
+        attrs["reverse_client_name"] = reverse
+    host = verified or reverse
+    port = rng.choice([0, 0, rng.randrange(1, 65536)])
+    if port:
+        attrs["client_port"] = str(port)
+    server, sport = rng.choice([(None, 0), ("127.0.0.1", 25), ("::1", 587)])
+    if server is not None:
+        attrs["server_address"], attrs["server_port"] = server, str(sport)
+    service = rng.choice([None, "smtpd", "submission"])
+    if service is not None:
+        attrs["service"] = service
+    keys = list(attrs)
+    rng.shuffle(keys)
+    return ({k: attrs[k] for k in keys},
+            Request(service or "smtpd", client, port, server, sport,
+                    None if host == "unknown" else host))
+
+
+def test_the_policy_door_decides_as_the_query_door(tmp_path):
+    """Generated policy requests (IPv4, IPv6, v4-mapped and bracketed
+    addresses in any case, verified and unverified names and ``unknown``,
+    ports, servers, the service attribute, in any order) on a live server's
+    policy socket, and what they say asked on its query socket: the policy
+    door's answer is the query door's DECISION in Postfix's words."""
+    from acl.client import Client
+
+    cfg = policy_toml(tmp_path, extra='[names]\nhosts_file = "hosts"\n')
+    # a name the server finds itself when the request has none (or unknown)
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n10.9.7.1 relay.example.org\n")
+    with open(tmp_path / "hosts.allow", "a") as f:
+        f.write(NAME_RULES)
+    rng = random.Random(2027)
+    cases = [_attrs(rng) for _ in range(300)]
+    live = start_server(tmp_path, cfg)
+    try:
+        with Client(live.query) as c:
+            decisions = c.decide_many([r for _, r in cases])
+        s = connect(live.policy)
+        s.sendall(b"".join(b"".join(f"{k}={v}\n".encode() for k, v in a.items()) + b"\n"
+                           for a, _ in cases))
+        got = b""
+        while got.count(b"\n\n") < len(cases):
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        s.close()
+    finally:
+        live.stop()
+    replies = [r + b"\n\n" for r in got.split(b"\n\n")[:-1]]
+    want = [wp.encode(d) for d in decisions]
+    for (a, r), reply, w in zip(cases, replies, want, strict=True):
+        assert reply == w, (a, r)
+    # the cases probe what they say: both answers, and names deciding
+    assert b"action=DUNNO\n\n" in want and len(set(want)) > 2
+    assert any(d.allowed and r.host and r.host.endswith(".example.org") and
+               r.client.startswith("10.") for (_, r), d in zip(cases, decisions, strict=True))
+    assert any(d.allowed and r.host is None and r.client == "10.9.7.1"
+               for (_, r), d in zip(cases, decisions, strict=True))
 
 
 # -- 5. twist: the client never reaches the server -------------------------------
@@ -130,6 +220,25 @@ def test_later_requests_ask_the_address_rules_again(cps_engine):
     assert cps_engine.policy.sources[0].layer.state.cps_state(layer_slot(cps_engine))[0] == 2
 
 
+def test_a_reload_that_lets_a_refused_address_in_applies_at_the_next_rcpt(tmp_path):
+    """Only a limit's refusal is repeated for the session: an address rule's
+    is asked again, so a reload that lets the client in applies at its next
+    RCPT (docs/protocol.md, "Sessions"), and one that shuts it out again
+    applies too; the session is still counted once for cps."""
+    engine = engine_with_cps(tmp_path, 100)
+    sessions = Sessions()
+    now = 1_000_000.0
+    for i, rules in enumerate(["192.0.2.66:deny\n:allow\n", ":allow\n", "192.0.2.66:deny\n"]):
+        if i:
+            (tmp_path / "tcp.smtpd").write_text(rules)
+            engine.reload(tmp_path / "policy.toml")
+        first = sessions.decide(engine, asked(40001, "192.0.2.66", instance="a.1.2.0"), now + i)
+        again = sessions.decide(engine, asked(40001, "192.0.2.66", instance="a.1.2.0"), now + i)
+        assert first.allowed is again.allowed is (i == 1), (i, first, again)
+        assert first.reason is again.reason is (Reason.OK if i == 1 else Reason.TCPRULES)
+    assert engine.policy.sources[0].layer.state.cps_state(layer_slot(engine))[0] == 1
+
+
 def test_what_starts_a_new_session(tmp_path):
     """No client_port: counted each time.  CONNECT, a first-message instance
     unlike the last one, or an idle entry: a new connection, counted.  (cps
@@ -155,6 +264,15 @@ def test_what_starts_a_new_session(tmp_path):
     assert count() == 4
     sessions.decide(cps_engine, asked(40001, state="CONNECT"), now + 25)     # again
     assert count() == 5
+    # the same client address and port to another server address or port:
+    # another TCP connection, another session (the four-tuple is the key)
+    for other in (Request("smtpd", "127.0.0.1", 40001, "127.0.0.1", 587),
+                  Request("smtpd", "127.0.0.1", 40001, "127.0.0.2", 25),
+                  Request("smtpd", "127.0.0.1", 40001, None, 25)):
+        sessions.decide(cps_engine, wp.Asked(other, "RCPT"), now + 26)
+        sessions.decide(cps_engine, wp.Asked(other, "RCPT"), now + 27)
+    sessions.decide(cps_engine, asked(40001), now + 28)                      # still one
+    assert count() == 8
     sessions.decide(cps_engine, asked(40001), now + 30 + IDLE)               # forgotten
     assert count() == 1           # (counted: in a new cps window, the last one is over)
 

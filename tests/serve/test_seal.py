@@ -94,6 +94,30 @@ def test_frames_after_the_sealing_decide_in_the_same_write_are_sealed(served):
     s.close()
 
 
+def test_a_sealing_decide_that_takes_no_lease_seals_all_the_same(served):
+    """SEAL seals the connection once its DECIDE is answered, "whatever the
+    answer" (docs/protocol.md, DECIDE flags): a refusal, or a grant without
+    a lease, leaves nothing to release -- every frame after it is ERROR 8."""
+    for request, granted in [
+            (Request("echo-stream", "10.0.0.1", lease=True), False),     # only_from
+            (Request("echo-stream", "127.0.0.5"), True),                  # no LEASE asked
+            (Request("sshd", "127.0.0.1"), True),                          # the plan's service
+            (Request("nosuch", "127.0.0.1", lease=True), False)]:          # unknown_service
+        s = connect(served.query)
+        s.sendall(wb.encode_decide(1, request, seal=True))
+        (rep,) = read_replies(s, 1)
+        assert rep.type == wb.T_DECISION and rep.decision.allowed is granted, (request, rep)
+        assert rep.decision.lease == 0
+        s.sendall(wb.encode_ping(2) + wb.encode_decide(3, Request("sshd", "127.0.0.1"))
+                  + wb.encode_release(4, 1))
+        reps = read_replies(s, 3)
+        assert [(r.type, r.request_id, r.code) for r in reps] == [
+            (wb.T_ERROR, 2, wb.E_SEALED), (wb.T_ERROR, 3, wb.E_SEALED),
+            (wb.T_RELEASED, 4, None)], request
+        assert reps[2].released is False
+        s.close()
+
+
 def test_garbage_neither_closes_a_sealed_connection_nor_ends_its_lease(served):
     s, lease = sealed(served)
     s.sendall(struct.pack("<I", 3) + b"\x01\x01" + b"\x00" * 64)    # no length can skip it

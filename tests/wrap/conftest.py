@@ -25,7 +25,7 @@ from tests.wrap import harness
 #: Port blocks inside PORTS["wrap"] for modules using the ``port`` fixture.
 #: Fixed users: test_expand_vs_tcpd 25150, test_live 25200-25599 (100 per
 #: super-server) and 25600-25606, test_live_ucspi_names 25610-25616 (in a
-#: network namespace of its own), test_live_env_vs_tcpserver 25617-25618,
+#: network namespace of its own), test_live_env_vs_tcpserver 25617-25619,
 #: test_live_tcpserver_groups 25620, test_live_seal 25630,
 #: test_fuzz 25640,
 #: test_live_vs_tcpd 25800-25802,

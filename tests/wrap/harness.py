@@ -56,11 +56,15 @@ const char *__ubsan_default_options(void)
 """
 
 # The echo server used behind every super-server: it reports its
-# environment and open descriptors, says READY, then echoes.
+# environment, its open descriptors and their file status flags (octal, as
+# /proc/PID/fdinfo says them), says READY, then echoes.
 ECHO_SERVER = """#!/bin/sh
 # acl-wrap test server: report, then echo (cat)
 env | sort | sed 's/^/ENV /'
 for fd in /proc/self/fd/*; do echo "FD ${fd##*/} $(readlink "$fd")"; done
+for fd in /proc/$$/fd/*; do
+    echo "FDFLAGS ${fd##*/} $(sed -n 's/^flags:[[:space:]]*//p' /proc/$$/fdinfo/${fd##*/} 2>/dev/null)"
+done
 echo READY
 exec cat
 """
@@ -387,6 +391,16 @@ def parse_report(data: bytes) -> tuple[dict[str, str], dict[int, str]]:
             _, num, target = (line.split(" ", 2) + [""])[:3]
             fds[int(num)] = target
     return env, fds
+
+
+def parse_fd_flags(data: bytes) -> dict[int, int]:
+    """The FDFLAGS lines of the echo server's report: fd -> its flags."""
+    out = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "FDFLAGS":
+            out[int(parts[1])] = int(parts[2], 8)
+    return out
 
 
 def decision(verdict=1, reason=0, location=None, env=(), options=(), lease=0,

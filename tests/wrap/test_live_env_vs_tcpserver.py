@@ -8,9 +8,16 @@ environment tcpserver treats specially:
 * ``="x"`` (an empty name, which tcprules accepts): tcpserver puts ``=x``
   in the server's environment.
 
+* ``PROTO``, ``TCPLOCALHOST``, ``TCPREMOTEHOST``, ``TCPREMOTEINFO``: the
+  names tcpserver sets itself; the rule's values win.
+
 The same connection (client 127.0.0.x) to each; the server is ``env``.  The
 environments must be equal, apart from what differs by design (ports, the
-lease acl-wrap carries).  Ports 25617-25618 (tests/wrap/conftest.py).
+lease acl-wrap carries).  A third listener runs acl-wrap as inetd would,
+with no UCSPI description (``env -u PROTO``): it sets the UCSPI variables
+itself, then the rule's environment -- the rule's items must still reach
+the server as tcpserver gives them (docs/acl-wrap.md, "What it does, in
+order").  Ports 25617-25619 (tests/wrap/conftest.py).
 """
 
 from __future__ import annotations
@@ -30,9 +37,10 @@ from tests.wrap import harness, live
 
 pytestmark = pytest.mark.live
 
-PORTS = {"real": 25617, "acl-wrap": 25618}
+PORTS = {"real": 25617, "acl-wrap": 25618, "inetd-style": 25619}
 RULES = b"""\
 127.0.0.4:allow,PATH="/nonexistent",P="x"
+127.0.0.5:allow,PROTO="RULE",TCPLOCALHOST="rule.local",TCPREMOTEHOST="rule.remote",TCPREMOTEINFO="i"
 127.0.0.8:allow,="emptyname",Z="z"
 :allow,DEF="d"
 """
@@ -87,6 +95,8 @@ watch = false
             rules = ["-x", str(d / "rules.cdb")] if prog == "real" else []
             server = ["env"] if prog == "real" else [str(wrap_bin), "-s", side.query, "-n", "echo",
                                                      "env"]
+            if prog == "inetd-style":           # no UCSPI server described the connection
+                server = ["env", "-u", "PROTO", *server]
             procs.append(subprocess.Popen(
                 ["tcpserver", "-H", "-R", "-l", "0", *rules, "127.0.0.1", str(port), *server],
                 env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -104,12 +114,15 @@ watch = false
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("src, item", [
-    ("127.0.0.4", b"PATH=/nonexistent"),
-    ("127.0.0.8", b"=emptyname"),
-    ("127.0.0.9", b"DEF=d"),
-], ids=["rule-sets-PATH", "empty-name", "default"])
-def test_rule_environment_as_tcpserver_gives_it(servers, src, item):
+@pytest.mark.parametrize("src, items", [
+    ("127.0.0.4", {b"PATH=/nonexistent", b"P=x"}),
+    ("127.0.0.5", {b"PROTO=RULE", b"TCPLOCALHOST=rule.local", b"TCPREMOTEHOST=rule.remote",
+                   b"TCPREMOTEINFO=i"}),
+    ("127.0.0.8", {b"=emptyname", b"Z=z"}),
+    ("127.0.0.9", {b"DEF=d"}),
+], ids=["rule-sets-PATH", "rule-sets-UCSPI-names", "empty-name", "default"])
+def test_rule_environment_as_tcpserver_gives_it(servers, src, items):
     real = environment(src, servers["real"])
-    assert item in real                         # the case probes what it says
+    assert items <= real                        # the case probes what it says
     assert environment(src, servers["acl-wrap"]) == real
+    assert items <= environment(src, servers["inetd-style"])

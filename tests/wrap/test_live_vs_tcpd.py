@@ -272,9 +272,12 @@ def session(argv: list[str], src: str, sink: harness.SyslogSink, env: dict[str, 
                       for t in lines_of(sink, pid, since)) and time.monotonic() < end:
             time.sleep(0.005)
         return data, lines_of(sink, pid, since)
-    # acl-wrap closes first, then its lines arrive
+    # acl-wrap closes first, then its lines arrive -- and its refusal is two
+    # lines ("refused by acl: ...", then tcpd's "refused connect from ..."):
+    # the loop above may have stopped at the first, so wait for the second
     end = time.monotonic() + 2
-    while not refused() and time.monotonic() < end:
+    while not (refused() and any("connect from" in t for t in lines_of(sink, pid, since))) \
+            and time.monotonic() < end:
         time.sleep(0.005)
     assert refused(), (argv[-1], src, data, lines_of(sink, pid, since))
     return data, lines_of(sink, pid, since)

@@ -11,6 +11,7 @@ so the C encoder is checked against it.
 from __future__ import annotations
 
 import ipaddress
+import os
 import random
 import re
 import socket
@@ -85,6 +86,10 @@ def test_grant_sends_decide_with_lease_and_applies_env(wrap_bin, sidecar, echo_s
     # the lease: its socket crossed exec, and the server's life is its life
     assert got["ACL_LEASE_ID"] == "77"
     assert fds[int(got["ACL_LEASE_FD"])].startswith("socket:")
+    # ... in blocking mode, as any inherited descriptor (docs/acl-wrap.md):
+    # a server that reads its RELEASED with read(2) must not get EAGAIN
+    flags = harness.parse_fd_flags(report)[int(got["ACL_LEASE_FD"])]
+    assert not flags & os.O_NONBLOCK and not flags & os.O_CLOEXEC, oct(flags)
     side.wait_open(1)
     h.client.sendall(b"ping\n")
     assert h.client.recv(100) == b"ping\n"
@@ -177,14 +182,16 @@ def test_ucspi_variables_of_another_connection_are_replaced(wrap_bin, sidecar, e
 
 
 # A stand-in UCSPI server: describes the connection on fd 0 in tcpserver's
-# variables (SHIM_IP, when set, claims another client address), then execs.
+# variables (SHIM_IP, SHIM_RPORT, SHIM_LPORT, when set, claim another client
+# address, client port or local port), then execs.
 UCSPI_SHIM = """#!/usr/bin/python3
 import os, socket, sys
 s = socket.socket(fileno=0)
 peer, me = s.getpeername(), s.getsockname()
 s.detach()
 os.environ.update(PROTO="TCP", TCPREMOTEIP=os.environ.pop("SHIM_IP", peer[0]),
-                  TCPREMOTEPORT=str(peer[1]), TCPLOCALPORT=str(me[1]))
+                  TCPREMOTEPORT=os.environ.pop("SHIM_RPORT", str(peer[1])),
+                  TCPLOCALPORT=os.environ.pop("SHIM_LPORT", str(me[1])))
 os.execv(sys.argv[1], sys.argv[1:])
 """
 LONG = "x" * 256
@@ -200,8 +207,10 @@ LONG = "x" * 256
     ({"TCPREMOTEHOST": "h", "TCPREMOTEINFO": LONG}, ("h", None, True)),
     ({"TCPREMOTEHOST": "h", "TCPREMOTEINFO": "joe", "SHIM_IP": "127.0.0.99"},
      (None, None, False)),                                          # another connection's
+    ({"TCPREMOTEHOST": "h", "TCPREMOTEINFO": "joe", "SHIM_RPORT": "1"}, (None, None, False)),
+    ({"TCPREMOTEHOST": "h", "TCPREMOTEINFO": "joe", "SHIM_LPORT": "1"}, (None, None, False)),
 ], ids=["host+empty-info", "host", "info", "none", "empty-host", "long-host", "long-info",
-        "other-client"])
+        "other-client", "other-client-port", "other-local-port"])
 def test_ucspi_names_of_this_connection_are_sent_flagged(wrap_bin, sidecar, echo_server, port,
                                                           short_tmp, names, sent):
     """Under a UCSPI server that described this connection, TCPREMOTEHOST and
