@@ -239,29 +239,79 @@ def test_plan_reads_any_contiguous_buffer_the_same(tmp_path):
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3_000_000)), min_size=1,
                 max_size=300),
-       st.sampled_from([(1.0, 1.0), (2.5, 4.0), (0.5, 0.0), (100.0, 2.0)]),
-       st.sampled_from([16, 20, 64]))
-def test_source_table_twins_agree(events, rate_burst, capacity):
+       st.sampled_from([(1.0, 1.0), (2.5, 4.0), (0.5, 0.0), (3.0, 0.0), (100.0, 2.0)]),
+       st.sampled_from([16, 20, 64]), st.booleans())
+def test_source_table_twins_agree(events, rate_burst, capacity, dense):
+    """Same answers and counters, request for request.  ``dense``: the
+    requests come milliseconds apart, in order, so buckets run empty and
+    which entry an eviction takes shows in the later answers."""
     from acl import _engine
 
     rate, burst = rate_burst
     a = _engine.SourceTable(capacity)
     b = _engine_py.SourceTable(capacity)
+    t_dense = 0
     for who, t in events:
         key = _engine.source_key(bytes([10, 0, who // 256, who % 256]))
         assert key == _engine_py.source_key(bytes([10, 0, who // 256, who % 256]))
-        now = t / 1000.0
+        t_dense += t % 50
+        now = (t_dense if dense else t) / 1000.0
         assert a.take(key, now, rate, burst) == b.take(key, now, rate, burst)
     assert (a.tracked, a.evictions) == (b.tracked, b.evictions)
     assert a.tracked <= a.capacity
 
 
-@given(st.binary(min_size=16, max_size=16), st.integers(0, 128))
+@pytest.mark.parametrize("kind", ["compiled", "pure"])
+def test_source_table_keeps_the_recently_refilled_and_a_burst_of_rate(kind):
+    """docs/configuration.md [limits]: a full table evicts the least recently
+    refilled entry, and ``burst = 0`` means ``max(1, rate)`` -- on each twin
+    alone, so a mistake made in both is seen too."""
+    from tests.conftest import load_impl
+
+    mod = load_impl(kind, "acl._engine", "acl._engine_py")
+    t = mod.SourceTable(16)
+    keys = [mod.source_key(bytes([10, 1, i // 256, i % 256])) for i in range(4000)]
+    # 16 slots: sources arrive at time 1 until the first eviction; each
+    # spends its one token
+    held = []
+    for k in keys:
+        assert t.take(k, 1.0, 1.0, 1.0)
+        if t.evictions:
+            break
+        held.append(k)
+    # one of them refills at 2 (and spends that token at once)
+    young = held[0]
+    assert t.take(young, 2.0, 1.0, 1.0) and not t.take(young, 2.0, 1.0, 1.0)
+    # new sources, stamped 1.5: every probe window holding `young` holds
+    # older entries too, so no eviction takes it -- its bucket stays empty
+    # (evicted, it would come back full)
+    for k in keys[len(held) + 1:len(held) + 300]:
+        assert t.take(k, 1.5, 1.0, 1.0)
+        assert not t.take(young, 2.0, 1.0, 1.0), "the recently refilled entry was evicted"
+    assert t.evictions >= 250
+    # burst 0 with rate 3: three requests at once, then refused
+    key = mod.source_key(bytes([192, 0, 2, 9]))
+    assert [t.take(key, 50.0, 3.0, 0.0) for _ in range(4)] == [True, True, True, False]
+    key = mod.source_key(bytes([192, 0, 2, 10]))
+    assert [t.take(key, 50.0, 0.5, 0.0) for _ in range(2)] == [True, False]
+
+
+MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
+@given(st.one_of(st.binary(min_size=16, max_size=16), st.binary(min_size=4, max_size=4),
+                 st.binary(min_size=4, max_size=4).map(lambda v4: MAPPED + v4)),
+       st.integers(0, 128))
 @settings(deadline=None)
 def test_source_keys_agree(raw, prefix):
+    """Both twins key a source alike -- a v4-mapped address (an IPv4 client
+    of an IPv6 socket) as its IPv4 address, never cut to ``prefix``."""
     from acl import _engine
 
-    assert _engine.source_key(raw, prefix) == _engine_py.source_key(raw, prefix)
+    key = _engine.source_key(raw, prefix)
+    assert key == _engine_py.source_key(raw, prefix)
+    if len(raw) == 4 or raw[:12] == MAPPED:
+        assert key == MAPPED + raw[-4:]
 
 
 NAN, INF = float("nan"), float("inf")
