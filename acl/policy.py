@@ -844,12 +844,14 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         per_network=_get(nm, "per_network", int, 4, toml_path, "names"),
         deadline=_get(nm, "deadline", float, 1.5, toml_path, "names"),
     )
-    if names.ttl < 0 or names.negative_ttl < 0 or not 1 <= names.cache <= 1 << 24:
-        raise _err(toml_path, "names", "ttl and negative_ttl must be >= 0, cache 1 .. 16777216")
-    if not 1 <= names.threads <= 1024 or not 1 <= names.per_network <= 1024 \
-            or not 0 <= names.deadline <= 600:
-        raise _err(toml_path, "names", "threads and per_network must be 1 .. 1024, "
-                   "deadline 0 .. 600 seconds")
+    # each bound at the value that passes it (docs: "a bad value at the value")
+    for key, low, high in (("ttl", 0, None), ("negative_ttl", 0, None), ("cache", 1, 1 << 24),
+                           ("threads", 1, 1024), ("per_network", 1, 1024),
+                           ("deadline", 0, 600)):
+        value = getattr(names, key)
+        if value < low or (high is not None and value > high):
+            raise _err(toml_path, f"names.{key}",
+                       f"must be >= {low}" if high is None else f"must be {low} .. {high}")
     if names.hosts_file:
         file_stamps[names.hosts_file] = stamp(names.hosts_file)
     name_service, names_key = _name_service(names, previous, toml_path)

@@ -506,3 +506,62 @@ def test_the_example_is_a_policy_acl_loads(tmp_path):
     text = "\n".join(plain(ln) for ln in block) + "\n"
     assert "[[source]]" in text
     test_doc_toml.test_block_is_toml_acl_accepts(text, tmp_path)
+
+
+# -- the ranges acl-policy.toml(5) states ----------------------------------------
+_RANGE = re.compile(r"(?<![\w.])(0x[0-9a-f]+|\d+) to (0x[0-9a-f]+|\d+)(?![\w])")
+
+
+def stated_ranges() -> list[tuple[str, str, str, int, int]]:
+    """``(heading, key, type, low, high)`` of each key whose paragraph says
+    ``LOW to HIGH`` (the mode's are octal, as the page writes them)."""
+    out = []
+    for heading, lines in subsections(sections(POLICY_5)["DESCRIPTION"]).items():
+        starts = [i for i, line in enumerate(lines) if line in (".TP", ".TQ")]
+        for at, nxt in zip(starts, starts[1:] + [len(lines)], strict=True):
+            m = _TAG.fullmatch(lines[at + 1])
+            if m is None:
+                continue
+            para = text_of(lines[at + 2:nxt])
+            for low, high in _RANGE.findall(para):
+                base = 8 if m["key"] == "mode" else 0
+                out.append((heading, m["key"], m["type"], int(low, base or 0),
+                            int(high, base or 0)))
+    return out
+
+
+def test_the_page_states_ranges():
+    got = {(h.strip("[]"), k) for h, k, *_ in stated_ranges()}
+    assert {("limits", "sources"), ("limits", "ipv6_prefix"), ("sockets", "mode"),
+            ("names", "deadline"), ("run", "keep_leases"), ("nfqueue", "queues")} <= got
+
+
+def _written(key: str, kind: str, value: int) -> str:
+    if key == "mode":
+        return f"0o{value:o}" if value >= 0 else str(value)
+    if kind.startswith("list"):
+        return f"[{value}]"
+    return str(value)
+
+
+@pytest.mark.parametrize("heading,key,kind,low,high",
+                         [pytest.param(*r, id=f"{r[0]} {r[1]}") for r in stated_ranges()])
+def test_a_stated_range_is_the_code_s(heading, key, kind, low, high, tmp_path):
+    """Both ends of the range load to themselves; one past either end stops
+    the load, and -- the policy file's mistakes are reported there
+    (docs/configuration.md) -- at the value, ``policy.toml:LINE:COLUMN``."""
+    def read(value):
+        got = loaded_value(tmp_path, heading, key, _written(key, kind, value))
+        return list(got) if isinstance(got, (list, tuple)) else got
+
+    for value in (low, high):
+        assert read(value) == ([value] if kind.startswith("list") else value), value
+    for value in (low - 1, high + 1):
+        with pytest.raises(PolicyError) as err:
+            read(value)
+        if heading == "[nfqueue]":       # read by its own reader here: no file
+            continue
+        text = (tmp_path / "policy.toml").read_text().splitlines()
+        line = next(n for n, t in enumerate(text, 1) if t.startswith(f"{key} = "))
+        where = f"{tmp_path / 'policy.toml'}:{line}:{len(key) + 4}: "
+        assert str(err.value).startswith(where), (value, str(err.value))

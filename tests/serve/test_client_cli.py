@@ -444,7 +444,8 @@ def test_made_up_service_names_do_not_grow_the_metrics(tmp_path):
     """Under ``services = ["*"]`` every name is decided (by the ALL rules),
     but only the names the policy itself writes become label values -- a
     daemon named only by a rule the prefix tables cannot hold included: a
-    client sending 2,000 invented names adds one series, ``_unknown``."""
+    client sending 5,000 invented names adds one series, ``_unknown``, and
+    the policy remembers the layers of at most 4,096 service names."""
     from acl.engine import Engine
 
     from .conftest import policy_toml
@@ -455,7 +456,7 @@ def test_made_up_service_names_do_not_grow_the_metrics(tmp_path):
     eng = Engine(load_policy(cfg))
     named = {"sshd", "smtpd", "echo", "echo-stream", "imapd"}
     assert eng.policy.named_services() >= named
-    for i in range(2000):
+    for i in range(5000):
         d = eng.decide(Request(f"made-up-{i}", "192.0.2.9"), 1.0)
         assert (d.verdict, d.reason) == (Verdict.DENY, Reason.LIBWRAP)   # hosts.deny ALL: ALL
     held = eng.decide(Request("made-up-lease", "198.51.100.77", lease=True), 1.0)
@@ -465,8 +466,9 @@ def test_made_up_service_names_do_not_grow_the_metrics(tmp_path):
     c = eng.counters()
     labels = {k[0] for k in c["decisions"]}
     assert labels == named | {"_unknown"}, labels
-    assert c["decisions"][("_unknown", int(Verdict.DENY), int(Reason.LIBWRAP))] == 2000
+    assert c["decisions"][("_unknown", int(Verdict.DENY), int(Reason.LIBWRAP))] == 5000
     assert c["leases"] == {"_unknown": 1}
+    assert len(eng.policy._cache) <= 4096          # Policy.layers_for's memo
 
 
 @pytest.mark.parametrize("toml, message", [

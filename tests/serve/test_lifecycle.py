@@ -342,6 +342,18 @@ service ftp
 	no_access	= 192.0.2.66
 	cps		= 0 0
 }
+
+service daytime
+{
+	type		= INTERNAL
+	id		= daytime-stream
+	socket_type	= stream
+	protocol	= tcp
+	wait		= no
+	user		= root
+	flags		= IPv4
+	cps		= 2 30
+}
 """
 
 
@@ -382,12 +394,20 @@ def test_chroot_reload_keeps_xinetd_services(tmp_path):
     /etc/passwd or /bin/cat: a reload must still keep every xinetd service
     the first load kept (protocol, user, group, server and the port from
     /etc/services answered as they were before the chroot), not disable
-    them all and report success."""
+    them all and report success -- nor forget their limit state: the state
+    of the file the first load read outside the chroot is the state of the
+    file the reload reads inside it (cps = 2 30 tripped before the reload
+    keeps daytime-stream off after it)."""
     cfg = policy_toml(tmp_path, run=f'chroot = "{tmp_path}"')
     with open(tmp_path / "xinetd.conf", "a") as f:
         f.write(XINETD_MORE)
     srv = start_server(tmp_path, cfg)
     try:
+        with Client(srv.query) as c:
+            # no hosts.allow line for daytime; the third within a second trips cps
+            tripped = [c.decide("daytime-stream", "127.0.0.1").reason for _ in range(3)]
+        assert tripped == [Reason.LIBWRAP, Reason.LIBWRAP, Reason.CPS], tripped
+
         def answers():
             with Client(srv.query) as c:
                 return [(d.verdict, d.reason) for d in (
@@ -403,6 +423,8 @@ def test_chroot_reload_keeps_xinetd_services(tmp_path):
         assert answers() == before
         assert admin(srv.admin, "dump")["policy"]["sources"][0]["rules"] == dump["rules"]
         assert "DISABLING" not in srv.text()
+        with Client(srv.query) as c:
+            assert c.decide("daytime-stream", "127.0.0.1").reason is Reason.CPS
     finally:
         srv.stop()
 

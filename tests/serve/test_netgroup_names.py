@@ -138,3 +138,51 @@ def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
     assert calls == ["slow", "ops"], calls
     assert d.verdict is Verdict.ALLOW, d
     assert server.names_unanswered == {"deadline": 1, "shed": 0, "error": 0}
+
+
+def test_a_name_past_the_rounds_is_never_looked_up_on_the_loop(tmp_path):
+    """``echo: @s1 @s2 @s3 @s4``, the first three stuck: each costs its
+    request one deadline, in a round of its own -- at most three such waits
+    a request (docs/configuration.md).  Then the request is decided with
+    what was fetched: @s4, never asked, counts as "not a member" (the
+    client is one), and is not asked in line on the event loop either."""
+    (tmp_path / "hosts.allow").write_text("echo: @s1 @s2 @s3 @s4\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    (tmp_path / "hosts").write_text(f"{MEMBER}\tc2.good.example\n")
+    toml = tmp_path / "policy.toml"
+    toml.write_text('[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
+                    'deadline = 0.2\n\n[[source]]\ntype = "hosts_access"\n'
+                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
+    engine = Engine(load_policy(toml))
+    backend = engine.policy.name_service.resolver.backend
+    backend.netgroups = NetgroupTable({"s4": {"c2.good.example"}})
+    gate = threading.Event()
+    asked = backend.innetgr
+    calls: list[tuple[str, str]] = []
+
+    def gated_innetgr(group, name):
+        calls.append((group, threading.current_thread().name))
+        if group != "s4":
+            gate.wait(WAIT)
+        return asked(group, name)
+
+    backend.innetgr = gated_innetgr
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
+
+    async def scenario():
+        async with in_process(server, 1, WAIT) as (asker,):
+            try:
+                return await asyncio.wait_for(
+                    asker.decide("echo", MEMBER, host="c2.good.example"), WAIT)
+            finally:
+                gate.set()
+
+    try:
+        d = asyncio.run(scenario())
+    finally:
+        gate.set()
+    assert [group for group, _ in calls] == ["s1", "s2", "s3"], calls
+    assert all(thread.startswith("names") for _, thread in calls), calls
+    assert d.verdict is Verdict.DENY, d
+    assert server.names_unanswered == {"deadline": 3, "shed": 0, "error": 0}

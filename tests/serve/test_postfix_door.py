@@ -209,6 +209,27 @@ def test_requests_of_one_session_count_once_for_cps(cps_engine):
     assert sessions.decide(cps_engine, asked(40005, "127.0.0.2"), now + 1).reason is Reason.CPS
 
 
+def test_requests_of_one_session_count_once_for_rate(tmp_path):
+    """[limits] rate 1, burst 2: an SMTP session spends one token, however
+    many RCPTs it sends; the third session at once is refused for rate (as
+    its later requests are), a session let in stays in, and a second later
+    the bucket has one token again."""
+    engine = Engine.from_path(policy_toml(tmp_path, rate=1.0, burst=2.0))
+    sessions = Sessions()
+    now = 1_000_000.0
+    for port in (40001, 40002):
+        for i in range(10):
+            d = sessions.decide(engine, asked(port, instance=f"s{port}"), now)
+            assert d.allowed and d.reason is Reason.OK, (port, i, d)
+    for _ in range(3):
+        d = sessions.decide(engine, asked(40003, instance="s3"), now)
+        assert not d.allowed and d.reason is Reason.RATE, d
+    assert sessions.decide(engine, asked(40001, instance="s40001"), now).allowed
+    assert engine.counters()["limit_trips"] == {("smtpd", "rate"): 1}
+    assert sessions.decide(engine, asked(40004, instance="s4"), now + 1).allowed
+    assert not sessions.decide(engine, asked(40005, instance="s5"), now + 1).allowed
+
+
 def test_later_requests_ask_the_address_rules_again(cps_engine):
     sessions = Sessions()
     now = 1_000_000.0

@@ -114,9 +114,10 @@ service smtpd
 
 @pytest.fixture
 def rcpt_postfix(tmp_path):
-    """``start(xinetd=..., hosts_allow_first=...)``: a sidecar on the test
-    policy (with that xinetd.conf, and that line put first in hosts.allow)
-    and a private Postfix asking it at every RCPT TO."""
+    """``start(xinetd=..., hosts_allow_first=..., rate=..., burst=...)``: a
+    sidecar on the test policy (with that xinetd.conf, that line put first
+    in hosts.allow, that ``[limits]`` bucket) and a private Postfix asking
+    it at every RCPT TO."""
     if os.getuid() != 0:
         pytest.skip("a private Postfix instance needs root")
     if not os.path.exists(POSTFIX):
@@ -125,8 +126,8 @@ def rcpt_postfix(tmp_path):
     postfix = PrivatePostfix(pub, RCPT_PORT)
     started = []
 
-    def start(xinetd: str | None = None, hosts_allow_first: str = ""):
-        cfg = policy_toml(tmp_path)
+    def start(xinetd: str | None = None, hosts_allow_first: str = "", **limits):
+        cfg = policy_toml(tmp_path, **limits)
         cfg.write_text(cfg.read_text().replace('policy = "policy.sock"',
                                                f'policy = "{pub}/policy.sock"'))
         if xinetd is not None:
@@ -201,6 +202,21 @@ def test_many_rcpts_of_one_connection_count_once_for_cps(rcpt_postfix):
     assert any(r.startswith("450 ") and "connections per second" in r for r in replies), replies
     other = smtp_bytes("127.0.0.2", envelope(1))
     assert other[3].startswith("450 ") and "connections per second" in other[3], other
+
+
+def test_many_rcpts_of_one_connection_spend_one_rate_token(rcpt_postfix):
+    """[limits] rate 0.01/s, burst 2: each SMTP connection spends one token
+    however many RCPTs it sends (all 250), so two connections pass, the
+    third is refused at its RCPT with a temporary 450 (rate), and another
+    client has a bucket of its own."""
+    rcpt_postfix(rate=0.01, burst=2.0)
+    for _ in range(2):
+        one = smtp_bytes("127.0.0.1", envelope(10))
+        assert all(line.startswith("250 ") for line in one[3:13]), one
+    third = smtp_bytes("127.0.0.1", envelope(1))
+    assert third[3].startswith("450 ") and "rate" in third[3], third
+    other = smtp_bytes("127.0.0.2", envelope(3))
+    assert all(line.startswith("250 ") for line in other[3:6]), other
 
 
 def test_twist_is_rejected(rcpt_postfix):
