@@ -559,8 +559,8 @@ def test_accept_yes_pair_echoes_to_an_allowed_client_only(live):
     def wrap_log() -> str:
         # by the syslog tag acl-wrap logs under (the service name, as tcpd):
         # journald ties a line to its unit by the sender's cgroup, which it
-        # cannot read once a short-lived acl-wrap has exited -- under load
-        # the line then matched no ``-u acl-wrap@*`` (a CI run waited 10 s)
+        # may no longer read once a short-lived acl-wrap has exited: the
+        # likely reason a loaded CI run waited 10 s for ``-u acl-wrap@*``
         text = live.run("journalctl", "--no-pager", "-o", "cat", "-t", "echo",
                         check=False).stdout
         return text if f"refused connect from {DENIED}" in text else ""
