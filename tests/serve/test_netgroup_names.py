@@ -90,6 +90,44 @@ def test_a_slow_netgroup_is_asked_once_in_a_names_thread(tmp_path, ttl, client, 
         (False, None) if ttl else (True, verdict is Verdict.ALLOW))
 
 
+def netgroup_engine(d: Path, allow_line: str, deadline: float, netgroups: dict):
+    """An engine on ``allow_line`` in hosts.allow (hosts.deny ``ALL: ALL``),
+    MEMBER named c2.good.example by a hosts file, ``[names] deadline``,
+    and the netgroups given; and its name backend, to gate its lookups."""
+    (d / "hosts.allow").write_text(allow_line + "\n")
+    (d / "hosts.deny").write_text("ALL: ALL\n")
+    (d / "hosts").write_text(f"{MEMBER}\tc2.good.example\n")
+    toml = d / "policy.toml"
+    toml.write_text('[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
+                    f'deadline = {deadline}\n\n[[source]]\ntype = "hosts_access"\n'
+                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
+    engine = Engine(load_policy(toml))
+    backend = engine.policy.name_service.resolver.backend
+    backend.netgroups = NetgroupTable(netgroups)
+    return engine, backend
+
+
+def ask_echo_then_open(engine: Engine, gate: threading.Event):
+    """One ``echo`` request from MEMBER (named c2.good.example) to an
+    in-process server of ``engine``; ``gate`` is opened once it is answered
+    or has failed, so that the stuck lookups it holds end with the test."""
+    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
+    server.bind()
+
+    async def scenario():
+        async with in_process(server, 1, WAIT) as (asker,):
+            try:
+                return await asyncio.wait_for(
+                    asker.decide("echo", MEMBER, host="c2.good.example"), WAIT)
+            finally:
+                gate.set()
+
+    try:
+        return server, asyncio.run(scenario())
+    finally:
+        gate.set()
+
+
 def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
     """@slow never answers, @ops at once (one netgroup a round): the request
     is decided after one ``[names] deadline`` with @slow unknown and @ops
@@ -99,16 +137,8 @@ def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
     and waited for it a whole new deadline (the request waited 2 x deadline,
     up to CONN_NAME_ROUNDS x).  Now the connection passes what it was given
     to its next call."""
-    (tmp_path / "hosts.allow").write_text("echo: @slow @ops\n")
-    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
-    (tmp_path / "hosts").write_text(f"{MEMBER}\tc2.good.example\n")
-    toml = tmp_path / "policy.toml"
-    toml.write_text('[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
-                    'deadline = 0.5\n\n[[source]]\ntype = "hosts_access"\n'
-                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
-    engine = Engine(load_policy(toml))
-    backend = engine.policy.name_service.resolver.backend
-    backend.netgroups = NetgroupTable({"ops": {"c2.good.example"}, "slow": {"c9.good.example"}})
+    engine, backend = netgroup_engine(tmp_path, "echo: @slow @ops", 0.5,
+                                      {"ops": {"c2.good.example"}, "slow": {"c9.good.example"}})
     gate = threading.Event()
     asked = backend.innetgr
     calls: list[str] = []
@@ -120,21 +150,7 @@ def test_a_stuck_netgroup_holds_its_request_one_deadline(tmp_path):
         return asked(group, name)
 
     backend.innetgr = gated_innetgr
-    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
-    server.bind()
-
-    async def scenario():
-        async with in_process(server, 1, WAIT) as (asker,):
-            try:
-                return await asyncio.wait_for(
-                    asker.decide("echo", MEMBER, host="c2.good.example"), WAIT)
-            finally:
-                gate.set()
-
-    try:
-        d = asyncio.run(scenario())
-    finally:
-        gate.set()
+    server, d = ask_echo_then_open(engine, gate)
     assert calls == ["slow", "ops"], calls
     assert d.verdict is Verdict.ALLOW, d
     assert server.names_unanswered == {"deadline": 1, "shed": 0, "error": 0}
@@ -146,16 +162,8 @@ def test_a_name_past_the_rounds_is_never_looked_up_on_the_loop(tmp_path):
     a request (docs/configuration.md).  Then the request is decided with
     what was fetched: @s4, never asked, counts as "not a member" (the
     client is one), and is not asked in line on the event loop either."""
-    (tmp_path / "hosts.allow").write_text("echo: @s1 @s2 @s3 @s4\n")
-    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
-    (tmp_path / "hosts").write_text(f"{MEMBER}\tc2.good.example\n")
-    toml = tmp_path / "policy.toml"
-    toml.write_text('[sockets]\nquery = "query.sock"\n\n[names]\nhosts_file = "hosts"\n'
-                    'deadline = 0.2\n\n[[source]]\ntype = "hosts_access"\n'
-                    'allow = "hosts.allow"\ndeny = "hosts.deny"\nservices = ["*"]\n')
-    engine = Engine(load_policy(toml))
-    backend = engine.policy.name_service.resolver.backend
-    backend.netgroups = NetgroupTable({"s4": {"c2.good.example"}})
+    engine, backend = netgroup_engine(tmp_path, "echo: @s1 @s2 @s3 @s4", 0.2,
+                                      {"s4": {"c2.good.example"}})
     gate = threading.Event()
     asked = backend.innetgr
     calls: list[tuple[str, str]] = []
@@ -167,21 +175,7 @@ def test_a_name_past_the_rounds_is_never_looked_up_on_the_loop(tmp_path):
         return asked(group, name)
 
     backend.innetgr = gated_innetgr
-    server = Server(engine, compiled=KERNEL == "compiled", log_fn=lambda m: None)
-    server.bind()
-
-    async def scenario():
-        async with in_process(server, 1, WAIT) as (asker,):
-            try:
-                return await asyncio.wait_for(
-                    asker.decide("echo", MEMBER, host="c2.good.example"), WAIT)
-            finally:
-                gate.set()
-
-    try:
-        d = asyncio.run(scenario())
-    finally:
-        gate.set()
+    server, d = ask_echo_then_open(engine, gate)
     assert [group for group, _ in calls] == ["s1", "s2", "s3"], calls
     assert all(thread.startswith("names") for _, thread in calls), calls
     assert d.verdict is Verdict.DENY, d
