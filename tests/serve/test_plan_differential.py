@@ -404,3 +404,77 @@ def test_the_top_address_after_a_range_that_ends_below_it(tmp_path, rules):
     blob = b"".join(wb.encode_decide(i, Request("sshd", f"255.255.255.{k}"))
                     for i, k in enumerate([255, 254, 253, 128, 127, 0]))
     check(fast, slow, blob, 6, 1.0, 1 << 20)
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_an_answer_of_64_kib_is_planned_one_byte_more_is_python_s(tmp_path, over):
+    """A DECISION frame of exactly 64 KiB is the plan's; one a byte longer
+    is left to Python (which sends it: DECISION frames may be larger)."""
+    from acl.compile.tcprules import load_tcprules
+    from acl.wire.binary import MAX_FRAME, decision_payload
+
+    rules = tmp_path / "tcp.rules"
+
+    def layer(n: int):
+        rules.write_text(f'10.0.0.1:allow,X="{"v" * n}"\n')
+        return load_tcprules(str(rules))
+
+    def frame_size(n: int) -> int:
+        return 12 + len(decision_payload(layer(n)._decisions["10.0.0.1"]))
+
+    n = 1000 + MAX_FRAME - frame_size(1000) + over
+    assert frame_size(n) == MAX_FRAME + over
+    policy = Policy(None, [Source("tcprules", layer(n), frozenset({"smtpd"}), ())])
+    fast, slow = Engine(policy), Engine(policy, batch=False)
+    blob = b"".join(wb.encode_decide(i, Request("smtpd", c))
+                    for i, c in enumerate(["10.0.0.1", "10.0.0.2", "10.0.0.1"]))
+    check(fast, slow, blob, 3, 1.0, 1 << 20)
+    assert fast.plan.residual == 2 * over
+
+
+
+def test_a_long_read_lets_other_threads_run(tmp_path):
+    """run() lets the GIL go for a read of RUN_NOGIL_BYTES or more (the
+    module rules): a thread that counts (and gives the GIL back after each
+    step) counts during the run() calls.  With the switch interval set far
+    beyond the test, it can take the GIL only when the main thread lets it
+    go: a run() that kept it would see the count stand still.  Many calls,
+    so that the counting thread is scheduled during one of them however
+    busy the machine is."""
+    import sys
+    import threading
+    import time
+
+    from acl.compile.tcpw import load_hosts_access
+
+    (tmp_path / "a").write_text("sshd: 10.0.0.0/255.0.0.0\n")
+    (tmp_path / "d").write_text("ALL: ALL\n")
+    layer, _ = load_hosts_access(str(tmp_path / "a"), str(tmp_path / "d"))
+    plan = Engine(Policy(None, [Source("hosts_access", layer, None, ())])).plan
+    blob = b"".join(wb.encode_decide(i, Request("sshd", "10.0.0.1")) for i in range(3000))
+    assert len(blob) >= 1 << 16
+    count = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            count[0] += 1
+            time.sleep(0)                  # gives the GIL back: no forced switch needed
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    t = threading.Thread(target=spin)
+    t.start()
+    try:
+        # no GIL released between the calls (no blocking call, no forced
+        # switch): only inside them, if run() lets it go
+        before = count[0]
+        for _ in range(300):
+            pos, _, status = plan.run(blob, 0, 1.0)       # one pass: status 0 or 2
+            assert pos >= 1 << 16 and status in (0, 2)
+        moved = count[0] - before
+    finally:
+        stop.set()
+        sys.setswitchinterval(old)
+        t.join(timeout=30)
+    assert moved, "the counting thread never ran during a long read"
