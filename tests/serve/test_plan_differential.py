@@ -12,10 +12,13 @@ itself computes (ext/acl/_engine.pyx, acl/fastpath.py):
   tcprules keys tcpserver never prints (``1.2.3.4.``, ``10.256.``) and
   IPv6 keys, host and user names that are not ASCII (or not UTF-8),
   service names that only begin like a planned one;
-* the reply stream: request ids using all 32 bits, an answer big enough
-  that the reply buffer fills after ~100 frames (status 2), a read of more
-  than 4,096 frames (the scratch arrays' size) and past 64 KiB (the GIL let
-  go);
+* the reply stream: request ids using all 32 bits, answers big enough
+  that the reply buffer fills after ~130 frames (status 2), a read of more
+  than 4,096 frames (the scratch arrays' size), an answer of exactly 64 KiB
+  (the plan's) and one a byte longer (Python's), a read past 64 KiB (the
+  GIL let go: another thread runs meanwhile);
+* xinetd services in one plan with IPv6 clients of one network (per_source
+  by address, the rate limit by ``ipv6_prefix``), leases, and a SENSOR;
 * the counters: decisions, limit trips, latency observations, and the
   plan's ``residual`` (exactly one per frame it left to Python);
 * the per-source token bucket with fractional bursts, ties in the eviction
@@ -23,7 +26,7 @@ itself computes (ext/acl/_engine.pyx, acl/fastpath.py):
 
 Each stream is answered by an engine with the plan (read whole and in
 chunks) and by one without; the reply bytes must be identical.  ACL_SLOW=1
-runs more examples.
+runs eight times the seeds (from ACL_SEED_BASE on).
 """
 
 from __future__ import annotations
@@ -39,13 +42,14 @@ from acl.engine import KERNEL, Engine
 from acl.model import Request
 from acl.policy import Limits, Policy, Source
 from acl.wire import binary as wb
-from tests.conftest import SLOW
+from tests.conftest import SLOW, SLOW_SEED_BASE
 
 from .test_fastpath import answer
 
 pytestmark = pytest.mark.skipif(KERNEL != "compiled", reason="the compiled engine is not built")
 
 SCALE = 8 if SLOW else 1
+BASE = SLOW_SEED_BASE if SLOW else 0
 V4_LENGTHS = [0, 1, 7, 8, 9, 15, 16, 17, 23, 24, 25, 31, 32]
 V6_LENGTHS = [0, 1, 32, 48, 63, 64, 65, 96, 127, 128]
 #: the planned services, and names that begin like one or that one begins with
@@ -231,7 +235,7 @@ def check(fast: Engine, slow: Engine, blob: bytes, frames: int, now: float, chun
         assert residual + planned == frames, (residual, planned, frames)
 
 
-@pytest.mark.parametrize("seed", range(12 * SCALE))
+@pytest.mark.parametrize("seed", range(BASE, BASE + 12 * SCALE))
 def test_plan_equals_python_path_at_range_edges(tmp_path, seed):
     rng = random.Random(seed)
     gen = Gen(rng)
@@ -259,7 +263,7 @@ def test_plan_equals_python_path_at_range_edges(tmp_path, seed):
         (b["sources_tracked"], b["sources_evictions"])
 
 
-@pytest.mark.parametrize("seed", range(30 * SCALE))
+@pytest.mark.parametrize("seed", range(BASE, BASE + 30 * SCALE))
 def test_source_table_twins_agree_on_ties_and_steps(seed):
     """Compiled and pure tables, step for step: the same answers, sizes and
     counters.  Bursts of sources at one instant (equally old entries: which
@@ -331,7 +335,7 @@ def xinetd_policy(d, rng: random.Random) -> list[str]:
     return ids
 
 
-@pytest.mark.parametrize("seed", range(10 * SCALE))
+@pytest.mark.parametrize("seed", range(BASE, BASE + 10 * SCALE))
 def test_plan_with_xinetd_sources_equals_python_path(tmp_path, seed):
     """Several xinetd services in one plan (their LimitState slots are not
     their places in the plan) and IPv6 clients of one network: per_source
@@ -478,3 +482,29 @@ def test_a_long_read_lets_other_threads_run(tmp_path):
         sys.setswitchinterval(old)
         t.join(timeout=30)
     assert moved, "the counting thread never ran during a long read"
+
+
+def test_a_reload_that_only_changes_limits_rebuilds_the_rate_answers(tmp_path):
+    """The per-service tables kept across reloads (acl/fastpath.py
+    ``build_plan``'s cache) hold the rate refusal's action only while the
+    rate is on: a reload that turns it on, with the rule files unchanged,
+    builds them again -- the plan then refuses by rate as the Python path
+    does, and a reload that turns it off answers everything again."""
+    from .test_rate_table import verdicts, write
+
+    (tmp_path / "hosts.allow").write_text("sshd: ALL\n")
+    (tmp_path / "hosts.deny").write_text("")
+    write(tmp_path, 16, 0.0, 0.0, 64)
+    fast = Engine.from_path(tmp_path / "policy.toml")
+    slow = Engine(fast.policy, batch=False)
+    one = [Request("sshd", "192.0.2.1")]
+    now = 1000.0
+    for rate in (0.0, 1.0, 0.0, 2.0, 2.0, 0.0):
+        write(tmp_path, 16, rate, 0.0, 64)
+        for eng in (fast, slow):
+            eng.reload(tmp_path / "policy.toml")
+        now += 10.0
+        want = [("ALLOW", "OK")] * (3 if rate == 0 else int(max(1.0, rate)))
+        want += [("DENY", "RATE")] * (3 - len(want))
+        assert verdicts(fast, one * 3, now) == verdicts(slow, one * 3, now) == want, rate
+        assert fast.plan is not None and "sshd" in fast.plan.services
