@@ -508,3 +508,30 @@ def test_a_reload_that_only_changes_limits_rebuilds_the_rate_answers(tmp_path):
         want += [("DENY", "RATE")] * (3 - len(want))
         assert verdicts(fast, one * 3, now) == verdicts(slow, one * 3, now) == want, rate
         assert fast.plan is not None and "sshd" in fast.plan.services
+
+
+@pytest.mark.parametrize("lists", [
+    "only_from = 192.0.2.0/24 h.example.org",
+    "no_access = h.example.org .other.example.org",
+    "only_from = 10.0.0.0/8\n\tno_access = h.example.org",
+])
+def test_an_xinetd_service_with_names_in_its_lists_stays_python_s(tmp_path, lists):
+    """A name in only_from or no_access is matched on the client's name
+    (``[names] hosts_file`` here, no DNS): the service is left out of the
+    plan, and the answers are the Python path's."""
+    from acl.policy import load_policy
+
+    (tmp_path / "hosts").write_text("10.0.0.1 h.example.org\n10.0.0.2 a.other.example.org\n")
+    (tmp_path / "xinetd.conf").write_text(
+        "service echo\n{\n\ttype = INTERNAL UNLISTED\n\tid = echo-0\n\tsocket_type = stream\n"
+        "\tprotocol = tcp\n\twait = no\n\tuser = root\n\tport = 5000\n\tflags = IPv4\n"
+        f"\t{lists}\n}}\n")
+    (tmp_path / "policy.toml").write_text(
+        f'[names]\nhosts_file = "{tmp_path / "hosts"}"\n'
+        '[[source]]\ntype = "xinetd"\nfile = "xinetd.conf"\n')
+    fast = Engine(load_policy(tmp_path / "policy.toml"))
+    slow = Engine(load_policy(tmp_path / "policy.toml"), batch=False)
+    assert fast.plan is None or "echo-0" not in fast.plan.services
+    blob = b"".join(wb.encode_decide(i, Request("echo-0", c)) for i, c in
+                    enumerate(["10.0.0.1", "10.0.0.2", "10.0.0.3", "192.0.2.5", "198.51.100.1"]))
+    assert answer(fast, blob, 1.0, 1 << 20) == answer(slow, blob, 1.0, 1 << 20)
