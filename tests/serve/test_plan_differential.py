@@ -140,9 +140,10 @@ class Gen:
                 # keys tcpserver never prints: never equal to a probe key
                 key = rng.choice([".".join(octets) + ".", f"{octets[0]}.256.", "300.",
                                   f"0{octets[0]}.", ".".join(octets + ["5"])])
-            elif k < 0.3:
-                key = rng.choice(["2001:db8::1", "2001:db8:", "=h.example.org", "joe@" +
-                                  ".".join(octets)])
+            elif k < 0.4:
+                # IPv6 keys (IPv6 clients are then Python's), keys on names
+                key = rng.choice(["2001:db8::1", "2001:db8:", "2001:", "=h.example.org",
+                                  "joe@" + ".".join(octets)])
             else:
                 n = rng.choice([4, 3, 2, 1])
                 key = ".".join(octets[:n]) + ("." if n < 4 else "")
@@ -535,3 +536,20 @@ def test_an_xinetd_service_with_names_in_its_lists_stays_python_s(tmp_path, list
     blob = b"".join(wb.encode_decide(i, Request("echo-0", c)) for i, c in
                     enumerate(["10.0.0.1", "10.0.0.2", "10.0.0.3", "192.0.2.5", "198.51.100.1"]))
     assert answer(fast, blob, 1.0, 1 << 20) == answer(slow, blob, 1.0, 1 << 20)
+
+
+@pytest.mark.parametrize("rules", ["2001:db8::1:deny\n:allow\n", "2001:db8::deny\n:allow\n",
+                                   "2001:db8:1::5:deny\n10.0.0.1:deny\n:allow\n"])
+def test_tcprules_ipv6_keys_leave_ipv6_clients_to_python(tmp_path, rules):
+    """tcpserver's IPv6 keys are texts (the address, its prefixes ending in
+    ':'): no range table, so IPv6 clients are Python's; IPv4 still the plan's."""
+    from acl.compile.tcprules import load_tcprules
+
+    (tmp_path / "r").write_text(rules)
+    policy = Policy(None, [Source("tcprules", load_tcprules(str(tmp_path / "r")),
+                                  frozenset({"smtpd"}), ())])
+    fast, slow = Engine(policy), Engine(policy, batch=False)
+    clients = ["2001:db8::1", "2001:db8:1::5", "2001:db9::1", "10.0.0.1", "10.0.0.2"]
+    blob = b"".join(wb.encode_decide(i, Request("smtpd", c)) for i, c in enumerate(clients))
+    check(fast, slow, blob, 5, 1.0, 1 << 20)
+    assert fast.plan.residual == 3
