@@ -19,7 +19,8 @@ Rules of this file (docs/protocol.md, acl/engine.py, acl/fastpath.py):
   with status 1: Python decides that one frame (acl.wire and
   Engine.decide) and calls ``run`` again, so replies keep the request order.
   Status 0: everything complete was answered (``pos`` is where an incomplete
-  frame starts); status 2: the reply buffer is full, call again.
+  frame starts); status 2: the reply buffer is full, or the pass holds
+  ``MAXF`` (4,096) frames, the size of its scratch arrays -- call again.
 * The plan never decides differently from the Python path: a range's action
   is the encoded Decision the Python layers give for every address of the
   range, and anything a range table cannot know (a lease, a mapped IPv4
