@@ -30,6 +30,9 @@ Rules of this file:
   result (the rules above those functions).
 * A gap in the ids of one queue is a packet the kernel could not hand us
   (socket buffer full): it then dropped it, or accepted it with fail-open.
+  Ids are serial numbers that wrap at 2^32 (the kernel's ``nfq_id_after``),
+  and a freshly bound queue numbers from 1: ids before the first one read
+  are gaps too.
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ struct acl_nfq {
     int stride;
     int slot;
     int pending;             /* packets of the last batch still without verdict */
-    uint32_t last_id;        /* highest id seen (0: none yet) */
+    uint32_t last_id;        /* latest id seen, as a serial number (0 before the first) */
+    int seen;                /* a packet was read (last_id 0 is an id after a wrap too) */
     uint64_t gaps;           /* ids never delivered to us */
     uint64_t nlerrors;       /* NLMSG_ERROR replies (a verdict the kernel refused) */
     int last_nlerror;
@@ -348,6 +352,7 @@ int acl_nfq_recv(struct acl_nfq *q)
                     unsigned char *rec = q->recs + (size_t)n * q->stride;
                     uint32_t id = ntohl(pkt.hdr->packet_id);
                     uint32_t caplen = 0, origlen = 0, mark = 0;
+                    int32_t step;
                     if (pkt.payload != NULL) {
                         caplen = pkt.payload_len;
                         if (caplen > q->range) caplen = q->range;
@@ -364,9 +369,12 @@ int acl_nfq_recv(struct acl_nfq *q)
                         memcpy(&v, pkt.mark, 4);
                         mark = ntohl(v);
                     }
-                    if (q->last_id != 0 && id > q->last_id + 1)
-                        q->gaps += id - q->last_id - 1;
-                    if (id > q->last_id)
+                    /* serial numbers, as the kernel compares them: a freshly
+                       bound queue counts from 1, and after 2^32 - 1 comes 0 */
+                    step = (int32_t)(id - q->last_id);
+                    if (step > 1)
+                        q->gaps += (uint32_t)step - 1;
+                    if (step > 0)
                         q->last_id = id;
                     put32(rec, id);
                     put16(rec + 4, ntohs(pkt.hdr->hw_protocol));
@@ -381,6 +389,8 @@ int acl_nfq_recv(struct acl_nfq *q)
         }
     }
     q->pending = n;
+    if (n > 0)
+        q->seen = 1;
     return n;
 }
 
@@ -800,7 +810,7 @@ int acl_door_apply(struct acl_door *d, const uint8_t *r, size_t len, uint8_t *ve
 int acl_nfq_verdict_all(struct acl_nfq *q, uint32_t verdict)
 {
     size_t at;
-    if (q->last_id == 0) return 0;
+    if (!q->seen) return 0;
     at = acl_nfq_put(q, 0, NFQNL_MSG_VERDICT_BATCH, q->last_id, verdict, 0, 0);
     q->pending = 0;
     return acl_nfq_send(q, at);

@@ -5,6 +5,9 @@
     flow SRC DST PORT --count N --gap S          N datagrams from one UDP socket (one flow)
     door --policy TOML --dump PATH               acl serve's Server with the NFQUEUE front door
     binding --queue N --port P                   acl.nfq.Queue driven on loopback
+    verdicts --queue N --port P --seed S         random verdict codes; what the kernel did
+    peer --queue N --batch B --range R < STEPS   acl.nfq.Queue reading a netlink peer's messages
+    overflow --queue N --port P --count C        a socket too small: ids lost, as the kernel counts
 
 Every loop here is bounded by a deadline; every program exits on SIGTERM.
 """
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import errno
 import json
+import os
 import selectors
 import signal
 import socket
@@ -228,6 +232,219 @@ def binding(args) -> int:
     return 0
 
 
+#: Linux's SO_RCVMARK (asm-generic/socket.h; Python names it from 3.12 on):
+#: a received datagram's skb mark, as a control message typed SO_MARK.
+SO_RCVMARK = getattr(socket, "SO_RCVMARK", 75)
+SO_MARK = getattr(socket, "SO_MARK", 36)
+
+
+def verdicts(args) -> int:
+    """Random verdict codes, held packets and late verdicts on a real queue.
+
+    The namespace's rules (tests/nfq/test_verdicts_live.py) queue UDP to
+    ``port`` and ``port + 1`` on loopback, IPv4 and IPv6; ``port + 1``'s
+    packets are marked first, and a packet coming back with the REJECT mark
+    is accepted: each receiver reads the mark a datagram arrived with.  Each
+    datagram comes from a socket of its own and says its index.  Printed: per
+    packet, the code it was given and what the kernel did with it ("drop",
+    "accept" + mark), the kernel's queue length after every verdict against
+    the packets held, and every record field that was not what was sent.
+    """
+    import random
+
+    from acl import nfq
+    from acl.wire.packet import decode
+
+    rng = random.Random(args.seed)
+    port, mark, premark, rng_range = args.port, args.mark, args.premark, 64
+    q = nfq.Queue(args.queue, batch=8, copy_range=rng_range, maxlen=1000)
+    rx = {}
+    for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        for p in (port, port + 1):
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            if fam == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
+            s.bind((host, p))
+            s.setblocking(False)
+            rx[(fam, p)] = s
+    sent = []          # (family, dport, sport, ip length) by index
+    given = {}         # index -> code finally given
+    by_id = {}         # packet id -> index
+    held: dict[int, int] = {}     # packet id -> index, oldest first
+    problems, queue_lengths = [], []
+    next_id = 1
+
+    def queued() -> int:
+        st = nfq.read_queue_stats().get(args.queue)
+        return st.queue_total if st else -1
+
+    def check_queue(what, unread=0):
+        # the kernel's queue: the packets held, and those sent and not read yet
+        queue_lengths.append([what, queued(), len(held) + unread])
+
+    def release(count):
+        for pid in rng.sample(sorted(held), min(count, len(held))):
+            code = rng.choice([nfq.DROP, nfq.ACCEPT, nfq.REJECT, 9])   # 9: no code: DROP
+            given[held.pop(pid)] = nfq.DROP if code == 9 else code
+            q.verdict_one(pid, code, mark)
+        check_queue("released")
+
+    for rnd in range(args.rounds + 1):
+        # the last round's packets are all held, for verdict_all to answer
+        k = rng.randrange(3, 15) if rnd < args.rounds else 2
+        first = len(sent)
+        for _ in range(k):
+            fam = rng.choice([socket.AF_INET, socket.AF_INET6])
+            dport = port + rng.randrange(2)
+            size = rng.choice([4, 4, 4, 200])         # 200: past the copy range
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1" if fam == socket.AF_INET else "::1", 0))
+            s.sendto(b"%04d" % len(sent) + b"x" * (size - 4),
+                     ("127.0.0.1" if fam == socket.AF_INET else "::1", dport))
+            iplen = (20 if fam == socket.AF_INET else 40) + 8 + size
+            sent.append((fam, dport, s.getsockname()[1], iplen))
+            s.close()
+        deadline = time.monotonic() + 5
+        got = 0
+        while got < k and time.monotonic() < deadline:
+            n = q.recv()
+            if n == 0:
+                time.sleep(0.005)
+                continue
+            codes = bytearray()
+            for pid, hw, pmark, wire, data in q.iter_records(n):
+                i = first + got
+                got += 1
+                fam, dport, sport, iplen = sent[i]
+                want = (next_id, 0x0800 if fam == socket.AF_INET else 0x86DD,
+                        premark if dport == port + 1 else 0, iplen, min(iplen, rng_range))
+                if (pid, hw, pmark, wire, len(data)) != want:
+                    problems.append(["record", i, [pid, hw, pmark, wire, len(data)], list(want)])
+                key = decode(data, wire_length=wire)
+                if (key.sport, key.dport) != (sport, dport):
+                    problems.append(["ports", i, [key.sport, key.dport], [sport, dport]])
+                next_id = pid + 1
+                by_id[pid] = i
+                code = rng.choice([nfq.DROP, nfq.ACCEPT, nfq.ACCEPT, nfq.REJECT, nfq.HOLD])
+                if rnd == args.rounds:
+                    code = nfq.HOLD
+                if code == nfq.HOLD:
+                    held[pid] = i
+                else:
+                    given[i] = code
+                codes.append(code)
+            # codes past the batch's packets name no packet: ignored
+            extra = bytes(rng.choice([nfq.DROP, nfq.ACCEPT]) for _ in range(rng.choice([0, 0, 3])))
+            q.verdict(bytes(codes) + extra, mark, next(iter(held)) if held else -1)
+            if rng.random() < 0.3:          # the batch is answered: a second answer is none
+                q.verdict(bytes([nfq.DROP]) * n, mark, -1)
+            check_queue(f"batch {rnd}", k - got)
+        if got < k:
+            problems.append(["missing", rnd, got, k])
+        if rnd < args.rounds - 1:
+            release(rng.randrange(0, 3))
+    if held and max(held) != next_id - 1:
+        problems.append(["the last packet read is not held", max(held), next_id - 1])
+    # the rest -- the latest packet read among them -- with one batch verdict,
+    # as the door answers on errors
+    for i in held.values():
+        given[i] = nfq.ACCEPT
+    held.clear()
+    q.verdict_all(nfq.ACCEPT)
+    check_queue("verdict_all")
+    time.sleep(0.2)
+    outcome = ["drop"] * len(sent)
+    for s in rx.values():
+        for _ in range(1000):
+            try:
+                data, anc, _flags, _addr = s.recvmsg(64, socket.CMSG_SPACE(4))
+            except BlockingIOError:
+                break
+            m = next((int.from_bytes(d[:4], sys.byteorder) for lvl, t, d in anc
+                      if lvl == socket.SOL_SOCKET and t == SO_MARK), 0)
+            outcome[int(data[:4])] = f"accept {m:#x}"
+    extra = q.recv()
+    print(json.dumps({
+        "given": [given.get(i, -1) for i in range(len(sent))],
+        "premarked": [d == port + 1 for _f, d, _s, _l in sent],
+        "outcome": outcome, "queue_lengths": queue_lengths, "problems": problems,
+        "requeued": extra, "gaps": q.gaps, "nlerrors": q.netlink_errors}), flush=True)
+    q.close()
+    return 0
+
+
+def peer(args) -> int:
+    """acl_nfq_recv on messages this process sends to the queue's socket.
+
+    A process with CAP_NET_ADMIN may send to any netlink socket of its
+    namespace by port id, as the kernel does: the steps on stdin (JSON, a
+    list of lists of hex datagrams) are sent step by step, each followed by
+    one ``recv``.  Printed per step: the records read and the counters; then
+    the counters after a ``verdict_all`` and a ``recv``."""
+    from acl import nfq
+
+    steps = json.loads(sys.stdin.read())
+    q = nfq.Queue(args.queue, batch=args.batch, copy_range=args.range, maxlen=16)
+    with socket.socket(fileno=os.dup(q.fileno())) as own:
+        portid = own.getsockname()[0]
+    out = []
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as tx:   # NETLINK_NETFILTER
+        for datagrams in steps:
+            for d in datagrams:
+                tx.sendto(bytes.fromhex(d), (portid, 0))
+            n = q.recv()
+            out.append({"records": [[pid, hw, mark, wire, data.hex()]
+                                    for pid, hw, mark, wire, data in q.iter_records(n)],
+                        "gaps": q.gaps, "nlerrors": q.netlink_errors,
+                        "last_error": q.last_netlink_error})
+            q.verdict(bytes([nfq.HOLD]) * n)      # nothing to answer: the kernel queued none
+    # a batch verdict up to the latest id read: the kernel has queued none of
+    # them, so it refuses it (ENOENT), and that comes back as an error
+    q.verdict_all(nfq.ACCEPT)
+    q.recv()
+    out.append({"records": [], "gaps": q.gaps, "nlerrors": q.netlink_errors,
+                "last_error": q.last_netlink_error})
+    q.close()
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+def overflow(args) -> int:
+    """``count`` datagrams queued at once to a queue whose socket holds only a
+    few (fail-closed): the kernel drops the rest and counts them
+    (user_dropped), their ids never reach acl.  Printed: acl's gaps and
+    overruns, the kernel's counters, and the packets read."""
+    from acl import nfq
+
+    q = nfq.Queue(args.queue, batch=64, copy_range=64, maxlen=1000, fail_open=False,
+                  rcvbuf=1)          # the kernel's smallest receive buffer
+    read = []
+
+    def drain():
+        for _ in range(100):
+            n = q.recv()
+            if n == 0:
+                return
+            read.extend(pid for pid, *_ in q.iter_records(n))
+            q.verdict(bytes([nfq.ACCEPT]) * n)
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for i in range(args.count):
+            s.sendto(b"%04d" % i, ("127.0.0.1", args.port))
+        time.sleep(0.1)
+        drain()
+        s.sendto(b"last", ("127.0.0.1", args.port))      # its id shows the gap before it
+        time.sleep(0.1)
+        drain()
+    st = nfq.read_queue_stats()[args.queue]
+    print(json.dumps({"read": read, "gaps": q.gaps, "overruns": q.overruns,
+                      "user_dropped": st.user_dropped, "id_sequence": st.id_sequence,
+                      "waiting": st.queue_total}), flush=True)
+    q.close()
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -252,9 +469,25 @@ def main(argv=None) -> int:
     b = sub.add_parser("binding")
     b.add_argument("--queue", type=int, required=True)
     b.add_argument("--port", type=int, required=True)
+    v = sub.add_parser("verdicts")
+    v.add_argument("--queue", type=int, required=True)
+    v.add_argument("--port", type=int, required=True)
+    v.add_argument("--seed", type=int, required=True)
+    v.add_argument("--rounds", type=int, default=6)
+    v.add_argument("--mark", type=lambda x: int(x, 0), default=0xAC1)
+    v.add_argument("--premark", type=lambda x: int(x, 0), default=0x5EED)
+    e = sub.add_parser("peer")
+    e.add_argument("--queue", type=int, required=True)
+    e.add_argument("--batch", type=int, required=True)
+    e.add_argument("--range", type=int, required=True)
+    o = sub.add_parser("overflow")
+    o.add_argument("--queue", type=int, required=True)
+    o.add_argument("--port", type=int, required=True)
+    o.add_argument("--count", type=int, default=40)
     args = p.parse_args(argv)
     return {"server": server, "client": client, "flow": flow, "door": door,
-            "binding": binding}[args.cmd](args)
+            "binding": binding, "verdicts": verdicts, "peer": peer,
+            "overflow": overflow}[args.cmd](args)
 
 
 if __name__ == "__main__":
