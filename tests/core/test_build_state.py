@@ -194,3 +194,28 @@ def test_a_table_whose_build_failed_can_be_built(cores):
         table.__init__(4, [("10.0.0.0", 8, 1)])
         return table.first_match("10.1.2.3"), len(table), table.family
     assert same(cores, retry) == ("ok", (1, 1, 4))
+
+
+
+def test_the_twins_failed_build_leaves_a_never_built_table():
+    """The twin's half of test_a_failed_build_leaves_a_never_built_table:
+    a build that fails once claimed (``family`` set) goes back to never
+    built -- family 0, no lookups -- and may be run again.  Here the twin's
+    first insert runs out of memory (as a dict may)."""
+    failed = []
+
+    class FailsOnce(_core_py.PrefixTable):
+        __slots__ = ()
+
+        def _insert(self, net, length, value):
+            if not failed:
+                failed.append(True)
+                raise MemoryError("out of memory")
+            super()._insert(net, length, value)
+
+    table = FailsOnce.__new__(FailsOnce)
+    assert outcome(lambda: table.__init__(4, [("10.0.0.0", 8, 1)]))[:2] == ("raised", MemoryError)
+    assert (table.family, len(table), table.nbytes) == (0, 0, 0)
+    assert outcome(lambda: table.first_match("10.1.2.3")) == ("raised", ValueError, _core_py.NOT_BUILT)
+    table.__init__(4, [("10.0.0.0", 8, 1)])
+    assert (table.first_match("10.1.2.3"), len(table), table.family) == (1, 1, 4)

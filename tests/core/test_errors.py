@@ -148,6 +148,8 @@ def test_bad_batch_buffers_raise_the_same_error(cores, family):
         (good, bytearray(12)),                   # output of bytes, not int32s
         (good, bytes(12)),                       # read-only output
         (good, memoryview(bytearray(12)).toreadonly()),
+        # read-only int32s: past the item check, the read-only one must say so
+        (good, memoryview(array("i", [0] * 3)).toreadonly()),
         (good, "not a buffer"),
         (17, None),                              # input not a buffer
         ("1.2.3.4", None),
@@ -238,6 +240,36 @@ def test_ipv4_mapped_addresses_are_ipv6(cores):
         assert v6.first_match("1.2.3.4".join(["::", ""])) == -1   # ::1.2.3.4 is not mapped
         assert v4.most_specific(core.unmap_v4("::ffff:1.2.3.4")) == 0
         assert core.unmap_v4("2001:db8::1") is None
+
+
+# Addresses in and around the IPv6 ranges that carry an IPv4 address: only
+# the mapped one (::ffff:0:0/96) unmaps.  IPv4-compatible (::a.b.c.d, ::/96),
+# NAT64 (64:ff9b::/96), 6to4 (2002::/16), and ::fffe:0:0/96 and
+# ::1:ffff:0:0/96 beside the mapped range, do not.  The answer is worked out
+# here from the value's bits, not by ipaddress's ipv4_mapped.
+EMBEDDING = st.one_of(
+    st.integers(0, 2**32 - 1).map(lambda low: (0xFFFF << 32) | low),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1).map(lambda low: (0x64FF9B << 96) | low),
+    st.integers(0, 2**112 - 1).map(lambda low: (0x2002 << 112) | low),
+    st.integers(0, 2**32 - 1).map(lambda low: (0xFFFE << 32) | low),
+    st.integers(0, 2**32 - 1).map(lambda low: (0x1FFFF << 32) | low),
+    st.integers(0, 2**128 - 1),
+)
+
+
+@settings(max_examples=EXAMPLES // 3, deadline=None)
+@given(value=EMBEDDING)
+def test_only_mapped_addresses_unmap(cores, value):
+    ip = ipaddress.IPv6Address(value)
+    low = ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    want = str(low) if value >> 32 == 0xFFFF else None
+    for core in cores:
+        for form in (str(ip), ip.exploded, ip.exploded.upper(), ip, ip.packed):
+            assert core.unmap_v4(form) == want, (core.__name__, form)
+        # An IPv4 address, or no address at all, is not a mapped one.
+        for other in (str(low), low, "", None):
+            assert core.unmap_v4(other) is None, (core.__name__, other)
 
 
 ADDRESS_TEXT = st.text(alphabet="0123456789abcdefABCDEF:.%/x -", max_size=45)

@@ -152,14 +152,16 @@ def small_sets(draw, shortest: int = 16, longest: int = 32):
     two, or a prefix split into its two halves of one value: then the whole
     prefix has one Pair, different from what painting the halves' value
     over the cover gives when the split prefix's value is lower (not a
-    Lone).  Of /16-/32: path-compressed unless most slots' prefixes share
+    Lone); or two neighbours of one value that straddle a boundary (the
+    middle quarters of a prefix: one block, of a Lone's shape, but not
+    aligned, so no prefix and no Lone).  Of /16-/32: path-compressed unless most slots' prefixes share
     their first bits (the shrunk examples); of /9-/14, within one node of
     the top level, never."""
     values = st.integers(0, 50) | st.integers(0, 2**31 - 2)
     slots = draw(st.lists(st.integers(0, 255), min_size=1, max_size=40, unique=True))
     entries = []
     for slot in slots:
-        kind = draw(st.sampled_from(["one", "one", "two", "split"]))
+        kind = draw(st.sampled_from(["one", "one", "two", "split", "straddle"]))
         length = draw(st.integers(shortest, longest - 1 if kind == "split" else longest))
         net = (slot << 24 | draw(st.integers(0, (1 << 24) - 1))) & mask(32, length)
         entries.append((net, length, draw(values)))
@@ -169,6 +171,15 @@ def small_sets(draw, shortest: int = 16, longest: int = 32):
         elif kind == "split":
             half = draw(values)
             entries += [(net, length + 1, half), (net | 1 << (31 - length), length + 1, half)]
+        elif kind == "straddle":
+            # Two neighbours of one value whose union is no prefix: the
+            # middle quarters of a /length-2 (shaped like a Lone's block
+            # between two runs of the cover, but not aligned).
+            length = max(length, 10)
+            base = net & mask(32, length - 2)
+            half = draw(values)
+            entries[-1] = (base | 1 << (32 - length), length, half)
+            entries.append((base | 2 << (32 - length), length, half))
     for _ in range(draw(st.integers(0, 4))):
         length = draw(st.integers(0, SMALL_TOP))
         entries.append((draw(st.integers(0, (1 << 32) - 1)) & mask(32, length), length, draw(values)))

@@ -15,9 +15,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from acl import _core_py
 from tests.conftest import load_impl
+from tests.core.oracle import Oracle
 from tests.core.strategies import BITS, mask
 from tests.core.test_oracle import packed
 
@@ -112,3 +115,42 @@ def test_a_bare_path_longer_than_a_skip_takes_several_nodes(compiled):
         other = net ^ (1 << (127 - bit))
         assert table.most_specific(other) == 2, bit
         assert list(table.most_specific_batch(other.to_bytes(16, "big"))) == [2], bit
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_a_skipping_node_answers_both_values_of_what_covers_it(compiled, data):
+    """Two nested prefixes at the top level (the inner one exactly one top
+    slot), the inner of the higher value (first != specific there), and
+    below them two sibling prefixes that
+    share a long bare path, of lower values: every leaf of the skipping node
+    holding them has first == specific, but what an address that leaves its
+    skipped bits gets -- its near[0] -- does not, so the trie must keep
+    Pairs.  Lone prefixes elsewhere make it path-compressed."""
+    family = data.draw(st.sampled_from([4, 6]))
+    bits = BITS[family]
+    inner_len = 8      # one slot of a small table's top level: its node inherits the Pair
+    outer_len = data.draw(st.integers(0, inner_len - 1))
+    inner = data.draw(st.integers(0, (1 << bits) - 1)) & mask(bits, inner_len)
+    low = data.draw(st.integers(0, 100))
+    entries = [(inner & mask(bits, outer_len), outer_len, low + 1),
+               (inner, inner_len, low + 1 + data.draw(st.integers(1, 100)))]
+    # The siblings: one prefix of `length`, split in two (bits past the
+    # skip limit make a chain of skipping nodes).
+    length = data.draw(st.integers(inner_len + 8, bits))
+    pair = (inner | data.draw(st.integers(0, (1 << (bits - inner_len)) - 1))) & mask(bits, length - 1)
+    values = data.draw(st.lists(st.integers(0, low), min_size=2, max_size=2))
+    entries += [(pair, length, values[0]), (pair | (1 << (bits - length)), length, values[1])]
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    for _ in range(4):     # lone host routes outside the inner prefix
+        host = rng.getrandbits(bits)
+        if host & mask(bits, inner_len) != inner:
+            entries.append((host, bits, rng.randrange(1000)))
+    table = compiled.PrefixTable(family, entries)
+    oracle = Oracle(family, entries)
+    addrs = probes(family, entries, rng) + [inner | rng.getrandbits(bits - inner_len) for _ in range(40)]
+    buf = packed(family, addrs)
+    assert list(table.most_specific_batch(buf)) == [oracle.most_specific(a) for a in addrs]
+    assert list(table.first_match_batch(buf)) == [oracle.first_match(a) for a in addrs]
+    assert [table.most_specific(a) for a in addrs] == [oracle.most_specific(a) for a in addrs]
+    assert [table.first_match(a) for a in addrs] == [oracle.first_match(a) for a in addrs]
