@@ -196,7 +196,6 @@ def test_a_table_whose_build_failed_can_be_built(cores):
     assert same(cores, retry) == ("ok", (1, 1, 4))
 
 
-
 def test_the_twins_failed_build_leaves_a_never_built_table():
     """The twin's half of test_a_failed_build_leaves_a_never_built_table:
     a build that fails once claimed (``family`` set) goes back to never

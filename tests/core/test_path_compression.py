@@ -147,8 +147,11 @@ def test_a_skipping_node_answers_both_values_of_what_covers_it(compiled, data):
         if host & mask(bits, inner_len) != inner:
             entries.append((host, bits, rng.randrange(1000)))
     table = compiled.PrefixTable(family, entries)
+    shape = compiled._trie_shape(table)
+    assert shape["compressed"] and shape["skipping_nodes"] >= 1, shape   # the premise
     oracle = Oracle(family, entries)
-    addrs = probes(family, entries, rng) + [inner | rng.getrandbits(bits - inner_len) for _ in range(40)]
+    addrs = probes(family, entries, rng) + [inner | rng.getrandbits(bits - inner_len)
+                                            for _ in range(40)]
     buf = packed(family, addrs)
     assert list(table.most_specific_batch(buf)) == [oracle.most_specific(a) for a in addrs]
     assert list(table.first_match_batch(buf)) == [oracle.first_match(a) for a in addrs]

@@ -314,7 +314,7 @@ def verdicts(args) -> int:
                 continue
             codes = bytearray()
             for pid, hw, pmark, wire, data in q.iter_records(n):
-                i = first + got
+                i = sent_index(data, hw, len(sent), first + got)
                 got += 1
                 fam, dport, sport, iplen = sent[i]
                 want = (next_id, 0x0800 if fam == socket.AF_INET else 0x86DD,
@@ -432,10 +432,10 @@ def overflow(args) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i in range(args.count):
             s.sendto(b"%04d" % i, ("127.0.0.1", args.port))
-        time.sleep(0.1)
+        wait_for_ids(args.queue, args.count)
         drain()
         s.sendto(b"last", ("127.0.0.1", args.port))      # its id shows the gap before it
-        time.sleep(0.1)
+        wait_for_ids(args.queue, args.count + 1)
         drain()
     st = nfq.read_queue_stats()[args.queue]
     print(json.dumps({"read": read, "gaps": q.gaps, "overruns": q.overruns,
@@ -443,6 +443,32 @@ def overflow(args) -> int:
                       "waiting": st.queue_total}), flush=True)
     q.close()
     return 0
+
+
+def sent_index(data: bytes, hw: int, sent: int, fallback: int) -> int:
+    """The index a sender wrote at the start of a UDP payload.  Packets met
+    on INPUT go through each CPU's backlog, so under load two may reach the
+    queue in another order than they were sent: the index, not the arrival
+    order, says which one a record is."""
+    at = (20 if hw == 0x0800 else 40) + 8
+    try:
+        i = int(data[at:at + 4])
+    except ValueError:
+        return fallback
+    return i if 0 <= i < sent else fallback
+
+
+def wait_for_ids(queue: int, count: int, seconds: float = 5.0) -> None:
+    """Wait (bounded) until the kernel has numbered ``count`` packets of the
+    queue: it does so in softirq, which a loaded machine may put off."""
+    from acl import nfq
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        st = nfq.read_queue_stats().get(queue)
+        if st is not None and st.id_sequence >= count:
+            return
+        time.sleep(0.01)
 
 
 def main(argv=None) -> int:

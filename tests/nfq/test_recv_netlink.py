@@ -208,3 +208,15 @@ def test_verdict_all_answers_up_to_id_0_after_the_wrap(ns):
 def test_verdict_all_before_any_packet_sends_nothing(ns):
     got = run_peer(ns, [[(error(0), [])]])
     assert got[-1]["nlerrors"] == 0
+
+
+def test_a_datagram_past_its_receive_slot_gives_the_messages_that_fit(ns):
+    # two packets of RANGE + 200 payload bytes in one datagram: the first fits
+    # the slot whole, the second is cut by it and is not read
+    big = bytes(range(256))[:RANGE + 200]
+    raw = packet(1, 0x0800, big) + packet(2, 0x0800, big)
+    assert len(packet(1, 0x0800, big)) <= SLOT < len(raw)
+    got = run_peer(ns, [[(raw, [])], [(packet(3, 0x0800, b""), [])]])
+    assert [r[0] for r in got[0]["records"]] == [1], got[0]
+    assert got[0]["records"][0][4] == big[:RANGE].hex()
+    assert [r[0] for r in got[1]["records"]] == [3] and got[1]["gaps"] == 1, got[1]
