@@ -28,6 +28,8 @@ import struct
 
 import pytest
 
+from .netlink_msgs import NFGENMSG_INET, attr, nlmsg
+
 cffi = pytest.importorskip("cffi")
 nfq_lib = pytest.importorskip("acl._nfq")
 
@@ -58,17 +60,8 @@ REF_FFI, REF = _library()
 ACL_FFI, ACL = nfq_lib.ffi, nfq_lib.lib
 
 
-def attr(kind: int, data: bytes, *, length: int | None = None) -> bytes:
-    """One attribute; ``length`` overrides the header's length field."""
-    nla_len = 4 + len(data) if length is None else length
-    raw = struct.pack("=HH", nla_len, kind) + data
-    return raw + b"\0" * (-len(raw) % 4)
-
-
 def message(attrs: bytes, *, length: int | None = None) -> bytes:
-    body = struct.pack("=BBH", 2, 0, 0) + attrs        # nfgenmsg: AF_INET, v0, res_id
-    nlmsg_len = 16 + len(body) if length is None else length
-    return struct.pack("=IHHII", nlmsg_len, PACKET, 0, 0, 0) + body
+    return nlmsg(PACKET, NFGENMSG_INET + attrs, length=length)
 
 
 def library_view(msg: bytes):

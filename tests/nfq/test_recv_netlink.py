@@ -27,6 +27,7 @@ import pytest
 from tests.conftest import SLOW
 
 from . import netns
+from .netlink_msgs import NFGENMSG_INET, attr, nlmsg
 
 pytestmark = pytest.mark.root
 WHY = netns.available()
@@ -43,15 +44,6 @@ NFQA_PACKET_HDR, NFQA_MARK, NFQA_PAYLOAD, NFQA_CAP_LEN = 1, 3, 10, 13
 SEEDS = range(16) if SLOW else range(3)
 
 
-def attr(kind: int, data: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(data), kind) + data
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def nlmsg(kind: int, body: bytes) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
-
-
 def packet(pid: int, hw: int, payload: bytes, mark=None, cap_len=None, bad=False) -> bytes:
     attrs = attr(NFQA_PACKET_HDR, struct.pack("!IHB", pid, hw, 1))
     if mark is not None:
@@ -59,7 +51,7 @@ def packet(pid: int, hw: int, payload: bytes, mark=None, cap_len=None, bad=False
     attrs += attr(NFQA_PAYLOAD, payload)
     if cap_len is not None:
         attrs += attr(NFQA_CAP_LEN, struct.pack("!I", cap_len))
-    return nlmsg(PACKET, struct.pack("=BBH", 2, 0, 0) + attrs)
+    return nlmsg(PACKET, NFGENMSG_INET + attrs)
 
 
 def error(errno_: int, whole=True) -> bytes:
@@ -136,7 +128,7 @@ def generate(rng: random.Random, first_id: int, steps: int):
                     meaning.append(("error", code, whole and code != 0))
                 else:
                     msgs.append(nlmsg(rng.choice([NLMSG_NOOP, NLMSG_DONE, VERDICT, CONFIG]),
-                                      struct.pack("=BBH", 2, 0, 0) + attr(NFQA_PACKET_HDR,
+                                      NFGENMSG_INET + attr(NFQA_PACKET_HDR,
                                       struct.pack("!IHB", (pid + 7) % 2**32, 0x0800, 1))))
                     meaning.append(("other",))
             step.append((b"".join(msgs), meaning))
