@@ -58,6 +58,23 @@ service echo
 """
 
 
+#: The clients that ``named_hosts``'s hosts file names (``NAMED[i]`` is
+#: ``c<i>.good.example``), and one it does not name.
+NAMED = ["10.2.0.1", "10.2.0.2", "10.2.0.3", "10.2.0.4"]
+UNNAMED = "10.3.0.1"
+
+
+def named_hosts(d: Path, allow: str = "") -> None:
+    """The rule files of the name tests that run the engine in process:
+    ``echo`` is allowed from .good.example (after the ``allow`` lines
+    given), all else denied; and ``hosts``, for ``[names] hosts_file =
+    "hosts"``, names each of NAMED -- names from a file of the test's, so
+    no lookup leaves the machine."""
+    (d / "hosts.allow").write_text(f"{allow}echo: .good.example\n")
+    (d / "hosts.deny").write_text(HOSTS_DENY)
+    (d / "hosts").write_text("".join(f"{a}\tc{i}.good.example\n" for i, a in enumerate(NAMED)))
+
+
 def policy_toml(d: Path, *, metrics: str = "", extra: str = "", policy_socket: bool = True,
                 admin_uids: str = "[0]", rate: float = 0, burst: float = 0,
                 run: str = "") -> Path:

@@ -584,12 +584,11 @@ def test_connection_reads_answer_like_the_python_path(tmp_path_factory, seed, cu
 LOADAVG = 1.0
 
 
-def xinetd_conf(rng: random.Random, n: int) -> tuple[str, list[str]]:
-    """An xinetd.conf of ``n`` services and their ids; a service with
-    ``max_load`` has its id in ``xinetd_conf.loaded`` (the batch path
-    leaves it to Python: the load is read per request)."""
-    xinetd_conf.loaded = set()
-    out, ids = ["defaults\n{\n\tinstances\t= 40\n}\n"], []
+def xinetd_conf(rng: random.Random, n: int) -> tuple[str, list[str], set[str]]:
+    """An xinetd.conf of ``n`` services, their ids, and the ids of those
+    with ``max_load`` (the batch path leaves them to Python: the load is
+    read per request)."""
+    out, ids, loaded = ["defaults\n{\n\tinstances\t= 40\n}\n"], [], set()
     builtins = ["echo", "daytime", "discard", "chargen", "time"]
     for k in range(n):
         name = builtins[k % len(builtins)]
@@ -612,10 +611,10 @@ def xinetd_conf(rng: random.Random, n: int) -> tuple[str, list[str]]:
         if rng.random() < 0.15:
             # below LOADAVG (refuses every request) or above it
             attrs.append(("max_load", rng.choice(["0.5", "4"])))
-            xinetd_conf.loaded.add(sid)
+            loaded.add(sid)
         body = "".join(f"\t{a}\t= {v}\n" for a, v in attrs)
         out.append(f"service {name}\n{{\n{body}}}\n")
-    return "".join(out), ids
+    return "".join(out), ids, loaded
 
 
 def v4_cidr(rng: random.Random) -> str:
@@ -642,7 +641,7 @@ def _plan_with_xinetd_limits(tmp_path_factory, seed):
 
     rng = random.Random(seed)
     d = tmp_path_factory.mktemp("xi")
-    conf, ids = xinetd_conf(rng, rng.randrange(1, 4))
+    conf, ids, loaded = xinetd_conf(rng, rng.randrange(1, 4))
     (d / "xinetd.conf").write_text(conf)
     (d / "hosts.allow").write_text("ALL: 10.0.0.0/255.0.0.0 192.0.0.0/255.0.0.0\n")
     (d / "hosts.deny").write_text("ALL: ALL\n")
@@ -661,9 +660,9 @@ deny = "hosts.deny"
 """)
     fast = Engine(load_policy(d / "policy.toml"))
     slow = Engine(load_policy(d / "policy.toml"), batch=False)
-    batched = [sid for sid in ids if sid not in xinetd_conf.loaded]
+    batched = [sid for sid in ids if sid not in loaded]
     planned = set(fast.plan.services) if fast.plan is not None else set()
-    assert set(batched) <= planned and not xinetd_conf.loaded & planned
+    assert set(batched) <= planned and not loaded & planned
     frames = []
     for i in range(300):
         r = rng.random()

@@ -14,16 +14,13 @@ from acl.engine import Engine
 from acl.model import Request
 from acl.policy import load_policy
 
+from .conftest import NAMED, UNNAMED, named_hosts
+
 T = 1_700_000_000.0
-NAMED = ["10.2.0.1", "10.2.0.2", "10.2.0.3", "10.2.0.4"]
-UNNAMED = "10.3.0.1"
 
 
 def engine(tmp_path, names: str):
-    (tmp_path / "hosts.allow").write_text("echo: .good.example\n")
-    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
-    (tmp_path / "hosts").write_text("".join(f"{a}\tc{i}.good.example\n"
-                                            for i, a in enumerate(NAMED)))
+    named_hosts(tmp_path)
     (tmp_path / "policy.toml").write_text(
         f'[run]\nwatch = false\n[names]\nhosts_file = "hosts"\n{names}\n'
         '[[source]]\ntype = "hosts_access"\nallow = "hosts.allow"\ndeny = "hosts.deny"\n')

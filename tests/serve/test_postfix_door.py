@@ -126,7 +126,8 @@ def test_the_policy_door_decides_as_the_query_door(tmp_path):
             got += chunk
         s.close()
     finally:
-        live.stop()
+        stopped = live.stop()
+    assert stopped == 0, live.text()          # a clean stop (man/acl.8), not a crash
     replies = [r + b"\n\n" for r in got.split(b"\n\n")[:-1]]
     want = [wp.encode(d) for d in decisions]
     for (a, r), reply, w in zip(cases, replies, want, strict=True):
@@ -330,7 +331,8 @@ def test_reload_applies_a_new_policy_service(tmp_path):
         s.close()
         s2.close()
     finally:
-        live.stop()
+        stopped = live.stop()
+    assert stopped == 0, live.text()          # a clean stop (man/acl.8), not a crash
 
 
 # -- 3. per_source and instances never count Postfix requests: say so ------------------
