@@ -23,13 +23,19 @@ TABLE_KEYS = ("queues", "ports", "reject", "reject_mark", "malformed", "copy_ran
 
 
 def _port(text: str, where: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise PolicyError(f"{where}: port {text!r} is not a number") from None
+    # decimal digits only: int() would also take "+22", "2_2" and other
+    # scripts' digits, each a second spelling of a port already mapped
+    if not (text.isascii() and text.isdigit()):
+        raise PolicyError(f"{where}: port {text!r} is not a number")
+    port = int(text)
     if not 1 <= port <= 65535:
         raise PolicyError(f"{where}: port {port} out of range 1..65535")
     return port
+
+
+def _number(value: object) -> bool:
+    """An integer of the TOML file, not a boolean (a bool is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
@@ -87,7 +93,9 @@ class NfqueueConfig:
         queues = table.get("queues", [0])
         if isinstance(queues, int):
             queues = [queues]
-        if not queues or not all(isinstance(q, int) and 0 <= q <= 65535 for q in queues):
+        # a bool is an int to Python: ``queues = [true]`` is not queue 1
+        if not isinstance(queues, list) or not queues or not all(
+                _number(q) and 0 <= q <= 65535 for q in queues):
             raise PolicyError(f"{at('queues')}: queues must be a list of numbers 0..65535")
         cfg.queues = tuple(dict.fromkeys(queues))
         ports = table.get("ports", {})
@@ -99,10 +107,13 @@ class NfqueueConfig:
                 raise PolicyError(f"{at('ports')}: ports.{key}: service must be a non-empty "
                                   "string")
             addr, port = parse_port_key(key, f"{at('ports')} ports")
-            if addr is None:
-                cfg.ports[port] = service
-            else:
-                cfg.addr_ports[(addr, port)] = service
+            # two spellings of one port ("22", "022"; "[fd00::1]:22",
+            # "[fd00:0::1]:22"): the one read last would win, silently
+            slot, found = (cfg.ports, port) if addr is None else (cfg.addr_ports, (addr, port))
+            if found in slot:
+                raise PolicyError(f"{at('ports')}: ports.{key}: the same port as another key "
+                                  f"(mapped to {slot[found]!r})")
+            slot[found] = service
         for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
             value = table.get(key, getattr(cfg, key))
             if value not in allowed:
@@ -112,7 +123,7 @@ class NfqueueConfig:
                             ("queue_maxlen", 1, 1 << 24), ("batch", 1, 4096),
                             ("rcvbuf", 0, 1 << 30)):
             value = table.get(key, getattr(cfg, key))
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            if not _number(value) or not lo <= value <= hi:
                 raise PolicyError(f"{at(key)}: {key} must be a number {lo}..{hi}")
             setattr(cfg, key, value)
         fail_open = table.get("fail_open", True)
