@@ -103,16 +103,18 @@ class NfqueueConfig:
             raise PolicyError(f"{at('ports')}: ports must map PORT (or ADDR:PORT) to a "
                               "service name")
         for key, service in ports.items():
+            # ``ports.KEY``: the key's own line in a [nfqueue.ports] table,
+            # the ``ports =`` value for an inline one
             if not isinstance(service, str) or not service:
-                raise PolicyError(f"{at('ports')}: ports.{key}: service must be a non-empty "
-                                  "string")
-            addr, port = parse_port_key(key, f"{at('ports')} ports")
+                raise PolicyError(f"{at(f'ports.{key}')}: ports.{key}: service must be a "
+                                  "non-empty string")
+            addr, port = parse_port_key(key, f"{at(f'ports.{key}', True)} ports")
             # two spellings of one port ("22", "022"; "[fd00::1]:22",
             # "[fd00:0::1]:22"): the one read last would win, silently
             slot, found = (cfg.ports, port) if addr is None else (cfg.addr_ports, (addr, port))
             if found in slot:
-                raise PolicyError(f"{at('ports')}: ports.{key}: the same port as another key "
-                                  f"(mapped to {slot[found]!r})")
+                raise PolicyError(f"{at(f'ports.{key}', True)}: ports.{key}: the same port as "
+                                  f"another key (mapped to {slot[found]!r})")
             slot[found] = service
         for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
             value = table.get(key, getattr(cfg, key))

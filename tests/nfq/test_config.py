@@ -9,8 +9,8 @@
 * Policy files with an ``[nfqueue]`` table (keys in any order, comments,
   indentation) and one planted mistake: ``acl serve --check``'s error is at
   ``policy.toml:LINE:COLUMN`` of the wrong value (of the key, for an
-  unknown key) and names the key; the same file without the mistake reads
-  back what it says.
+  unknown key; of the key's own line in a ``[nfqueue.ports]`` table) and
+  names the key; the same file without the mistake reads back what it says.
 
 Every case is generated from a seed shown in its id.
 """
@@ -163,12 +163,27 @@ deny = "hosts.deny"
 """
 
 
+#: a [nfqueue.ports] table's bad last line: (line, column of the mistake: "key" or "value", words)
+BAD_PORT_LINES = [('ssh = "x"', "key", "is not a number"), ('0 = "x"', "key", "out of range"),
+                  ('"10.0.0.300:22" = "x"', "key", "is not a numeric address"),
+                  ("'[fd00::1]' = \"x\"", "key", "[ADDR]:PORT"),
+                  ('022 = "x"', "key", "the same port as another key"),
+                  ('"[2001:db8:0::10]:8080" = "x"', "key", "the same port as another key"),
+                  ('53 = ""', "value", "service must be a non-empty string")]
+
+
 def _policy(seed: int, tmp_path, mistake: bool):
+    """A policy whose [nfqueue] has every key (ports inline among them, or as
+    the [nfqueue.ports] table after them), and the position of the planted
+    mistake: (line, column, words of the message)."""
     r = random.Random(seed)
     (tmp_path / "hosts.allow").write_text("ALL: 127.0.0.1\n")
     (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
-    keys = sorted(TABLE_KEYS, key=lambda _: r.random())
-    planted = r.choice(keys + ["unknown"]) if mistake else None
+    as_table = r.random() < 0.5
+    keys = sorted((k for k in TABLE_KEYS if not (as_table and k == "ports")),
+                  key=lambda _: r.random())
+    planted = None if not mistake else "ports" if as_table and r.random() < 0.5 \
+        else r.choice(keys + ["unknown"])
     lines = BASE.splitlines() + r.choice([[""], ["", "# the door"]]) + ["[nfqueue]"]
     want = None
     for key in keys + (["unknown"] if planted == "unknown" else []):
@@ -184,12 +199,23 @@ def _policy(seed: int, tmp_path, mistake: bool):
             want = (len(lines), len(indent) + len(key) + 4, key)
         else:
             lines.append(f"{indent}{key} = {GOOD[key]}")
+    if as_table:
+        lines += r.choice([[""], ["", "# destination port -> service"]])
+        lines.append(r.choice(["[nfqueue.ports]", "[ nfqueue . ports ]  # the map"]))
+        lines += ['22 = "sshd"', "", r.choice(['"[2001:db8::10]:8080" = "web"',
+                                               "  '[2001:db8::10]:8080' = 'web'"])]
+        if planted == "ports":
+            text, what, words = r.choice(BAD_PORT_LINES)
+            indent = r.choice(["", "    "])
+            lines.append(indent + text)
+            column = len(indent) + 1 if what == "key" else len(indent) + text.index("=") + 3
+            want = (len(lines), column, words)
     p = tmp_path / "policy.toml"
     p.write_text("\n".join(lines) + "\n")
     return p, want
 
 
-@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("seed", range(60))
 def test_a_planted_mistake_is_reported_at_its_line_and_column(seed, tmp_path):
     p, (line, column, words) = _policy(seed, tmp_path, mistake=True)
     with pytest.raises(PolicyError) as exc:
@@ -201,7 +227,7 @@ def test_a_planted_mistake_is_reported_at_its_line_and_column(seed, tmp_path):
 
 
 @pytest.mark.skipif(not nfq.AVAILABLE, reason="acl built without the NFQUEUE binding")
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(8))
 def test_the_file_without_the_mistake_reads_back_what_it_says(seed, tmp_path):
     p, _ = _policy(seed, tmp_path, mistake=False)
     cfg = NfqueueConfig.from_table(load_policy(p).nfqueue, p)
