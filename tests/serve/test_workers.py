@@ -51,6 +51,14 @@ def _settle(pool, timeout: float = 5.0) -> None:
     raise AssertionError(f"pool did not settle: busy={pool._busy} waiting={pool._waiting}")
 
 
+def _shutdown(pool, **kw) -> None:
+    """``pool.shutdown(**kw)``, failing (not hanging) when it does not return."""
+    t = threading.Thread(target=pool.shutdown, kwargs=kw, daemon=True)
+    t.start()
+    t.join(LONG)
+    assert not t.is_alive(), f"shutdown({kw}) did not return"
+
+
 @pytest.fixture(params=_pools(), ids=lambda p: p[0])
 def make(request):
     made = []
@@ -107,7 +115,7 @@ def test_shutdown_cancel_futures_drops_only_the_queued_ones(make):
     assert all(f.cancelled() for f in queued)
     go.set()
     assert first.result(LONG) is True
-    pool.shutdown(wait=True, cancel_futures=True)     # a second shutdown is harmless
+    _shutdown(pool, wait=True, cancel_futures=True)    # a second shutdown is harmless
     assert ran == []
     with pytest.raises(RuntimeError, match="after shutdown"):
         pool.submit(ran.append, 9)
@@ -134,7 +142,7 @@ def test_shutdown_without_cancel_runs_what_was_queued_and_waits(make):
         done.append(i)
     for i in range(6):
         pool.submit(slow, i)
-    pool.shutdown(wait=True)
+    _shutdown(pool, wait=True)
     assert sorted(done) == list(range(6))
     assert not any(t.is_alive() for t in pool._threads)
 
@@ -193,7 +201,7 @@ def test_threads_are_daemons_and_named_after_the_pool():
         go.set()
         for f in futs:
             f.result(LONG)
-        pool.shutdown(wait=True)
+        _shutdown(pool, wait=True)
 
 
 EXITS = """
