@@ -129,6 +129,13 @@ def test_two_spellings_of_one_port_are_refused():
     assert cfg.ports == {22: "a"} and cfg.addr_ports == {(bytes([10, 0, 0, 1]), 22): "b"}
 
 
+@pytest.mark.parametrize("ports", [{"22": ""}, {"22": 22}, {"22": ["sshd"]}, {"22": True},
+                                   {}, [22], "22"])
+def test_a_service_is_a_non_empty_string_in_a_non_empty_table(ports):
+    with pytest.raises(PolicyError, match="service must be a non-empty string|ports must map"):
+        NfqueueConfig.from_table({"ports": ports})
+
+
 @pytest.mark.parametrize("queues", [True, [True], [0, False], [], "0", {"0": 1}, [0.0], [-1]])
 def test_queues_are_numbers_not_booleans(queues):
     with pytest.raises(PolicyError, match="queues must be a list of numbers 0..65535"):
