@@ -8,7 +8,7 @@ door (acl.serve.nfqueue) builds its configuration from the same code.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,16 +45,22 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
         addr, sep, port = key[1:].partition("]:")
         if not sep:
             raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
+        family = socket.AF_INET6
     elif key.count(":") > 1:
         raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
     elif ":" in key:
         addr, _, port = key.rpartition(":")
+        family = socket.AF_INET
     else:
         return None, _port(key, where)
+    # the C library's parser: brackets hold IPv6 only, and no scope id
+    # ("fe80::1%eth0" -- a packet's address carries none: it would be
+    # dropped silently and match the address on every interface)
     try:
-        packed = ipaddress.ip_address(addr).packed
-    except ValueError:
-        raise PolicyError(f"{where}: {addr!r} is not a numeric address") from None
+        packed = socket.inet_pton(family, addr)
+    except OSError:
+        why = " (brackets hold an IPv6 address)" if family == socket.AF_INET6 else ""
+        raise PolicyError(f"{where}: {addr!r} is not a numeric address{why}") from None
     return packed, _port(port, where)
 
 

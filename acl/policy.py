@@ -362,7 +362,8 @@ def _locate(path, where: str) -> tuple[int, int, str] | None:
     the value of ``table.key`` (a ``key =`` line under a ``[table]``
     header), of ``array[i].key`` (under the i-th ``[[array]]`` header), or
     the i-th ``[[array]]`` header itself for ``array[i]``, the ``[table]``
-    header for ``table`` or ``[table]``, or the value of a ``key`` above
+    header for ``table`` or ``[table]`` (the ``[table.key]`` header for a
+    ``table.key`` written as a sub-table), or the value of a ``key`` above
     every header; ``table.sub.KEY``: :func:`_locate_in_subtable`.  None when
     it is not written that way (an inline table, a dotted key) or the file
     cannot be read."""
@@ -397,6 +398,10 @@ def _locate(path, where: str) -> tuple[int, int, str] | None:
                     if key is None:
                         return n, len(line) - len(line.lstrip()) + 1, line
                     inside = True
+        elif index is None and not whole and (s := _SUB_HEADER.match(line)) \
+                and (s[1], s[2]) == (table, key):
+            # ``table.key`` written as its own sub-table, [table.key]: its header
+            return n, len(line) - len(line.lstrip()) + 1, line
         elif line.lstrip().startswith("["):
             inside = False         # a sub-table ([a.b], [[a.b]]): not ours
         elif inside:

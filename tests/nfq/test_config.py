@@ -36,7 +36,8 @@ PORTS = (["22", "1", "65535", "8080", "022", " 53 "],
 V4 = (["10.0.0.1", "192.0.2.10", "255.255.255.255", "0.0.0.0"],
       ["10.0.0.300", "1.2.3", "01.2.3.4", "a.b.c.d"])
 V6 = (["fd00::1", "2001:db8::10", "2001:db8:0:0:0:0:0:10", "::1", "::ffff:10.0.0.1",
-       "fd00:0:0:0:0:0:0:1", "1:2:3:4:5:6:7:8"], ["fd00::1::2", "g::1", "1:2:3:4:5:6:7:8:9"])
+       "fd00:0:0:0:0:0:0:1", "1:2:3:4:5:6:7:8"],
+      ["fd00::1::2", "g::1", "1:2:3:4:5:6:7:8:9", "fe80::1%eth0", "10.0.0.1"])
 
 
 def _pick(r: random.Random, choices: tuple[list[str], list[str]]) -> str:
@@ -78,14 +79,14 @@ def _key(r: random.Random) -> tuple[str, bytes | None, int | str]:
             return key, None, "is not a numeric address"
         return key, packed, _model_port(port.rstrip())     # the key is stripped, not its parts
     addr = _pick(r, V6)
-    if form == 2:                                  # unbracketed: refused whatever it is
+    if form == 2 and ":" in addr:                  # unbracketed: refused whatever it is
         return f"{addr}:{port}", None, "write an IPv6 address as [ADDR]:PORT"
     if form == 3:
         return f"[{addr}]", None, "write an IPv6 address as [ADDR]:PORT"
     key = f"[{addr}]:{port}"
     packed = _v6(addr)
     if packed is None:
-        return key, None, "is not a numeric address"
+        return key, None, "is not a numeric address (brackets hold an IPv6 address)"
     return key, packed, _model_port(port.rstrip())
 
 
@@ -173,6 +174,7 @@ deny = "hosts.deny"
 #: a [nfqueue.ports] table's bad last line: (line, column of the mistake: "key" or "value", words)
 BAD_PORT_LINES = [('ssh = "x"', "key", "is not a number"), ('0 = "x"', "key", "out of range"),
                   ('"10.0.0.300:22" = "x"', "key", "is not a numeric address"),
+                  ('"[10.0.0.1]:22" = "x"', "key", "(brackets hold an IPv6 address)"),
                   ("'[fd00::1]' = \"x\"", "key", "[ADDR]:PORT"),
                   ('022 = "x"', "key", "the same port as another key"),
                   ('"[2001:db8:0::10]:8080" = "x"', "key", "the same port as another key"),
@@ -220,6 +222,19 @@ def _policy(seed: int, tmp_path, mistake: bool):
     p = tmp_path / "policy.toml"
     p.write_text("\n".join(lines) + "\n")
     return p, want
+
+
+def test_an_empty_ports_table_is_reported_at_its_header(tmp_path):
+    (tmp_path / "hosts.allow").write_text("ALL: 127.0.0.1\n")
+    (tmp_path / "hosts.deny").write_text("ALL: ALL\n")
+    p = tmp_path / "policy.toml"
+    lines = BASE.splitlines() + ["[nfqueue]", "queues = [3]", "", "  [nfqueue.ports]  # none yet",
+                                 "", "[names]", "lookup = false"]
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(PolicyError) as exc:
+        load_policy(p)
+    want = f"{p}:{len(BASE.splitlines()) + 4}:3: [nfqueue]: ports must map"
+    assert str(exc.value).startswith(want), str(exc.value)
 
 
 @pytest.mark.parametrize("seed", range(60))
