@@ -8,7 +8,7 @@ door (acl.serve.nfqueue) builds its configuration from the same code.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,13 +23,19 @@ TABLE_KEYS = ("queues", "ports", "reject", "reject_mark", "malformed", "copy_ran
 
 
 def _port(text: str, where: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise PolicyError(f"{where}: port {text!r} is not a number") from None
+    # decimal digits only: int() would also take "+22", "2_2" and other
+    # scripts' digits, each a second spelling of a port already mapped
+    if not (text.isascii() and text.isdigit()):
+        raise PolicyError(f"{where}: port {text!r} is not a number")
+    port = int(text)
     if not 1 <= port <= 65535:
         raise PolicyError(f"{where}: port {port} out of range 1..65535")
     return port
+
+
+def _number(value: object) -> bool:
+    """An integer of the TOML file, not a boolean (a bool is an int in Python)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
@@ -39,16 +45,22 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
         addr, sep, port = key[1:].partition("]:")
         if not sep:
             raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
+        family = socket.AF_INET6
     elif key.count(":") > 1:
         raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
     elif ":" in key:
         addr, _, port = key.rpartition(":")
+        family = socket.AF_INET
     else:
         return None, _port(key, where)
+    # the C library's parser: brackets hold IPv6 only, and no scope id
+    # ("fe80::1%eth0" -- a packet's address carries none: it would be
+    # dropped silently and match the address on every interface)
     try:
-        packed = ipaddress.ip_address(addr).packed
-    except ValueError:
-        raise PolicyError(f"{where}: {addr!r} is not a numeric address") from None
+        packed = socket.inet_pton(family, addr)
+    except OSError:
+        why = " (brackets hold an IPv6 address)" if family == socket.AF_INET6 else ""
+        raise PolicyError(f"{where}: {addr!r} is not a numeric address{why}") from None
     return packed, _port(port, where)
 
 
@@ -87,7 +99,9 @@ class NfqueueConfig:
         queues = table.get("queues", [0])
         if isinstance(queues, int):
             queues = [queues]
-        if not queues or not all(isinstance(q, int) and 0 <= q <= 65535 for q in queues):
+        # a bool is an int to Python: ``queues = [true]`` is not queue 1
+        if not isinstance(queues, list) or not queues or not all(
+                _number(q) and 0 <= q <= 65535 for q in queues):
             raise PolicyError(f"{at('queues')}: queues must be a list of numbers 0..65535")
         cfg.queues = tuple(dict.fromkeys(queues))
         ports = table.get("ports", {})
@@ -95,14 +109,19 @@ class NfqueueConfig:
             raise PolicyError(f"{at('ports')}: ports must map PORT (or ADDR:PORT) to a "
                               "service name")
         for key, service in ports.items():
+            # ``ports.KEY``: the key's own line in a [nfqueue.ports] table,
+            # the ``ports =`` value for an inline one
             if not isinstance(service, str) or not service:
-                raise PolicyError(f"{at('ports')}: ports.{key}: service must be a non-empty "
-                                  "string")
-            addr, port = parse_port_key(key, f"{at('ports')} ports")
-            if addr is None:
-                cfg.ports[port] = service
-            else:
-                cfg.addr_ports[(addr, port)] = service
+                raise PolicyError(f"{at(f'ports.{key}')}: ports.{key}: service must be a "
+                                  "non-empty string")
+            addr, port = parse_port_key(key, f"{at(f'ports.{key}', True)} ports")
+            # two spellings of one port ("22", "022"; "[fd00::1]:22",
+            # "[fd00:0::1]:22"): the one read last would win, silently
+            slot, found = (cfg.ports, port) if addr is None else (cfg.addr_ports, (addr, port))
+            if found in slot:
+                raise PolicyError(f"{at(f'ports.{key}', True)}: ports.{key}: the same port as "
+                                  f"another key (mapped to {slot[found]!r})")
+            slot[found] = service
         for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
             value = table.get(key, getattr(cfg, key))
             if value not in allowed:
@@ -112,7 +131,7 @@ class NfqueueConfig:
                             ("queue_maxlen", 1, 1 << 24), ("batch", 1, 4096),
                             ("rcvbuf", 0, 1 << 30)):
             value = table.get(key, getattr(cfg, key))
-            if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            if not _number(value) or not lo <= value <= hi:
                 raise PolicyError(f"{at(key)}: {key} must be a number {lo}..{hi}")
             setattr(cfg, key, value)
         fail_open = table.get("fail_open", True)

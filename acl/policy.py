@@ -362,10 +362,14 @@ def _locate(path, where: str) -> tuple[int, int, str] | None:
     the value of ``table.key`` (a ``key =`` line under a ``[table]``
     header), of ``array[i].key`` (under the i-th ``[[array]]`` header), or
     the i-th ``[[array]]`` header itself for ``array[i]``, the ``[table]``
-    header for ``table`` or ``[table]``, or the value of a ``key`` above
-    every header.  None when it is
-    not written that way (an inline table, a dotted key) or the file cannot
-    be read."""
+    header for ``table`` or ``[table]`` (the ``[table.key]`` header for a
+    ``table.key`` written as a sub-table), or the value of a ``key`` above
+    every header; ``table.sub.KEY``: :func:`_locate_in_subtable`.  None when
+    it is not written that way (an inline table, a dotted key) or the file
+    cannot be read."""
+    parts = where.split(".", 2)
+    if len(parts) == 3 and "[" not in where[:len(parts[0]) + len(parts[1]) + 1]:
+        return _locate_in_subtable(path, *parts)
     m = _WHERE.match(where[1:-1] if where[:1] == "[" else where)
     if m is None:
         return None
@@ -394,6 +398,10 @@ def _locate(path, where: str) -> tuple[int, int, str] | None:
                     if key is None:
                         return n, len(line) - len(line.lstrip()) + 1, line
                     inside = True
+        elif index is None and not whole and (s := _SUB_HEADER.match(line)) \
+                and (s[1], s[2]) == (table, key):
+            # ``table.key`` written as its own sub-table, [table.key]: its header
+            return n, len(line) - len(line.lstrip()) + 1, line
         elif line.lstrip().startswith("["):
             inside = False         # a sub-table ([a.b], [[a.b]]): not ours
         elif inside:
@@ -401,6 +409,44 @@ def _locate(path, where: str) -> tuple[int, int, str] | None:
             if k and k[2] == key:
                 return n, k.end() + 1, line
     return None
+
+
+_SUB_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\.\s*([A-Za-z0-9_-]+)\s*\]\s*(?:#.*)?$")
+#: a key as a sub-table of names writes it: bare, or quoted (``"10.0.0.1:22"``)
+_SUB_ASSIGN = re.compile(r"""(\s*)([A-Za-z0-9_-]+|"[^"\\]*"|'[^']*')\s*=\s*""")
+
+
+def _locate_in_subtable(path, table: str, sub: str, key: str) -> tuple[int, int, str] | None:
+    """Where ``KEY`` of the table ``table.sub`` is (``nfqueue.ports.22``):
+    its line under a ``[table.sub]`` header (a key spelt with escapes: the
+    header), or else -- an inline table, ``sub = { ... }`` -- the value of
+    ``table.sub``, as :func:`_locate` finds it."""
+    try:
+        lines = read_bytes(path).decode("utf-8", "replace").splitlines()
+    except (OSError, TypeError, OutOfResources):
+        return None
+    inside, header = False, None
+    for n, line in enumerate(lines, 1):
+        h = _SUB_HEADER.match(line)
+        if h:
+            inside = (h[1], h[2]) == (table, sub)
+            if inside and header is None:
+                header = n, len(line) - len(line.lstrip()) + 1, line
+        elif line.lstrip().startswith("["):
+            inside = False
+        elif inside:
+            k = _SUB_ASSIGN.match(line)
+            if k and (k[2][1:-1] if k[2][:1] in "\"'" else k[2]) == key:
+                return n, k.end() + 1, line
+    if header is not None:
+        return header
+    at = _locate(path, f"{table}.{sub}")
+    if at is None:
+        return None
+    # an inline table: its value is pointed at, for the key in it too (the
+    # text returned starts there, so _position's "at the key" lands on it)
+    n, column, line = at
+    return n, column, " " * (column - 1) + line[column - 1:]
 
 
 def _table(conf: dict, name: str, path) -> dict:

@@ -164,3 +164,11 @@ def test_client_text():
     for bad in ("", "1.2.3", "01.2.3.4", "x", "1.2.3.4 "):
         with pytest.raises(ValueError):
             client_text(bad)
+    # what is not a str is not an address either (no TypeError from deep inside)
+    for bad in (b"1.2.3.4", None, 16909060, ("1.2.3.4", 0)):
+        with pytest.raises(ValueError, match="not an address"):
+            client_text(bad)
+    # ip6_fmt formats sixteen bytes and nothing else
+    for size in (0, 4, 15, 17):
+        with pytest.raises(ValueError, match="16 bytes"):
+            ip6_fmt(bytes(size))
