@@ -4,6 +4,26 @@ A policy-layer reader (no socket, no event loop, no cffi), so that
 ``acl.policy.load_policy`` checks the table when the policy is read --
 ``acl serve --check``, startup and every reload -- and the NFQUEUE front
 door (acl.serve.nfqueue) builds its configuration from the same code.
+
+Rules of this file (docs/nfqueue.md says them to admins):
+
+* A port is ASCII decimal digits, 1..65535: ``int()`` would also take
+  ``+22``, ``2_2`` and other scripts' digits, each a second spelling of a
+  port.  Spaces around a key and around its port are ignored.
+* ``ADDR:PORT`` holds an IPv4 address, ``[ADDR]:PORT`` an IPv6 one, read
+  by the C library's ``inet_pton``: no scope id (a packet carries none, so
+  ``fe80::1%eth0`` would match that address on every interface), and no
+  IPv4-mapped address (``::ffff:a.b.c.d``: IPv4 packets are looked up by
+  their 4-byte address, so the key would never match).
+* Two keys spelling one port (``22`` and ``022``, ``[fd00::1]:22`` and
+  ``[fd00:0::1]:22``) are refused: TOML gives both, and the one read last
+  would win silently.  A port with and without an address is the
+  documented override, not a duplicate.
+* A boolean is not a number (Python's ``True`` is an int): ``queues =
+  [true]`` is refused, not queue 1; so for every numeric key.
+* Every message starts with where the mistake is, ``PATH:LINE:COLUMN`` when
+  the policy loader gives the position (acl.toml_positions), and names the
+  key.
 """
 
 from __future__ import annotations
@@ -43,6 +63,7 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
     key = str(key).strip()
     if key.startswith("["):
         addr, sep, port = key[1:].partition("]:")
+        addr, port = addr.strip(), port.strip()
         if not sep:
             raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
         family = socket.AF_INET6
@@ -50,6 +71,7 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
         raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
     elif ":" in key:
         addr, _, port = key.rpartition(":")
+        addr, port = addr.strip(), port.strip()
         family = socket.AF_INET
     else:
         return None, _port(key, where)
@@ -61,6 +83,10 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
     except OSError:
         why = " (brackets hold an IPv6 address)" if family == socket.AF_INET6 else ""
         raise PolicyError(f"{where}: {addr!r} is not a numeric address{why}") from None
+    if packed[:12] == bytes(10) + b"\xff\xff":
+        v4 = socket.inet_ntop(socket.AF_INET, packed[12:])
+        raise PolicyError(f"{where}: {addr!r} is an IPv4 address: write it as {v4}:PORT "
+                          "(IPv4 packets carry 4-byte addresses)")
     return packed, _port(port, where)
 
 
@@ -108,20 +134,20 @@ class NfqueueConfig:
         if not isinstance(ports, dict) or not ports:
             raise PolicyError(f"{at('ports')}: ports must map PORT (or ADDR:PORT) to a "
                               "service name")
+        first: dict[object, str] = {}     # port or (address, port) -> the key that named it
         for key, service in ports.items():
             # ``ports.KEY``: the key's own line in a [nfqueue.ports] table,
             # the ``ports =`` value for an inline one
             if not isinstance(service, str) or not service:
-                raise PolicyError(f"{at(f'ports.{key}')}: ports.{key}: service must be a "
+                raise PolicyError(f"{at(f'ports.{key}')} ports: {key!r}: service must be a "
                                   "non-empty string")
             addr, port = parse_port_key(key, f"{at(f'ports.{key}', True)} ports")
-            # two spellings of one port ("22", "022"; "[fd00::1]:22",
-            # "[fd00:0::1]:22"): the one read last would win, silently
             slot, found = (cfg.ports, port) if addr is None else (cfg.addr_ports, (addr, port))
             if found in slot:
-                raise PolicyError(f"{at(f'ports.{key}', True)}: ports.{key}: the same port as "
-                                  f"another key (mapped to {slot[found]!r})")
+                raise PolicyError(f"{at(f'ports.{key}', True)} ports: {key!r}: the same port as "
+                                  f"{first[found]!r} (mapped to {slot[found]!r})")
             slot[found] = service
+            first[found] = key
         for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):
             value = table.get(key, getattr(cfg, key))
             if value not in allowed:

@@ -85,6 +85,7 @@ from acl.errors import (
 )
 from acl.nfqueue_config import NfqueueConfig
 from acl.rulefiles import read_bytes
+from acl.toml_positions import position, value_text
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 #: A file modified less than this long before it was stamped may change again
@@ -334,119 +335,9 @@ def _err(path, where: str, what: str, *, at_key: str | None = None) -> PolicyErr
     """``PATH:LINE:COLUMN: where: what`` when ``where`` (or ``at_key``, whose
     key itself is then pointed at, not its value) names what the file
     spells out (tomllib keeps no positions: the file is read again, on this
-    error path only; :func:`_locate`), else ``PATH: where: what``."""
-    return PolicyError(f"{_position(path, at_key or where, at_key is not None)}: "
+    error path only; :mod:`acl.toml_positions`), else ``PATH: where: what``."""
+    return PolicyError(f"{position(path, at_key or where, at_key is not None)}: "
                        f"{where}: {what}")
-
-
-def _position(path, where: str, at_key: bool = False) -> str:
-    """``PATH:LINE:COLUMN`` of what ``where`` names (:func:`_locate`; with
-    ``at_key``, of the key rather than its value), or ``PATH`` alone."""
-    at = _locate(path, where)
-    if at is None:
-        return str(path)
-    column = len(at[2]) - len(at[2].lstrip()) + 1 if at_key else at[1]
-    return f"{path}:{at[0]}:{column}"
-
-
-_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\]\s*(?:#.*)?$")
-_ARRAY_HEADER = re.compile(r"\s*\[\[\s*([A-Za-z0-9_-]+)\s*\]\]\s*(?:#.*)?$")
-_ASSIGN = re.compile(r"(\s*)([A-Za-z0-9_-]+)\s*=\s*")
-#: ``table.key``, ``array[i]`` or ``array[i].key`` (i counts from 0, as the
-#: messages do: ``source[0]`` is the file's first ``[[source]]``)
-_WHERE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?(?:\.([A-Za-z_][A-Za-z0-9_]*))?$")
-
-
-def _locate(path, where: str) -> tuple[int, int, str] | None:
-    """(line, column, line text) of what ``where`` names in the TOML file:
-    the value of ``table.key`` (a ``key =`` line under a ``[table]``
-    header), of ``array[i].key`` (under the i-th ``[[array]]`` header), or
-    the i-th ``[[array]]`` header itself for ``array[i]``, the ``[table]``
-    header for ``table`` or ``[table]`` (the ``[table.key]`` header for a
-    ``table.key`` written as a sub-table), or the value of a ``key`` above
-    every header; ``table.sub.KEY``: :func:`_locate_in_subtable`.  None when
-    it is not written that way (an inline table, a dotted key) or the file
-    cannot be read."""
-    parts = where.split(".", 2)
-    if len(parts) == 3 and "[" not in where[:len(parts[0]) + len(parts[1]) + 1]:
-        return _locate_in_subtable(path, *parts)
-    m = _WHERE.match(where[1:-1] if where[:1] == "[" else where)
-    if m is None:
-        return None
-    table, index, key = m[1], m[2], m[3]
-    whole = index is None and key is None    # ``[table]``'s header, or ``table =``
-    if whole:
-        table, key = "", table         # (a key above every header)
-    try:
-        lines = read_bytes(path).decode("utf-8", "replace").splitlines()
-    except (OSError, TypeError, OutOfResources):   # the message goes without a position
-        return None
-    inside = table == ""           # under the header ``where`` names
-    seen = -1                      # [[table]] headers so far
-    for n, line in enumerate(lines, 1):
-        h = _HEADER.match(line)
-        a = None if h else _ARRAY_HEADER.match(line)
-        if h and whole and h[1] == key:
-            return n, len(line) - len(line.lstrip()) + 1, line
-        if h:
-            inside = index is None and h[1] == table
-        elif a:
-            inside = False
-            if index is not None and a[1] == table:
-                seen += 1
-                if seen == int(index):
-                    if key is None:
-                        return n, len(line) - len(line.lstrip()) + 1, line
-                    inside = True
-        elif index is None and not whole and (s := _SUB_HEADER.match(line)) \
-                and (s[1], s[2]) == (table, key):
-            # ``table.key`` written as its own sub-table, [table.key]: its header
-            return n, len(line) - len(line.lstrip()) + 1, line
-        elif line.lstrip().startswith("["):
-            inside = False         # a sub-table ([a.b], [[a.b]]): not ours
-        elif inside:
-            k = _ASSIGN.match(line)
-            if k and k[2] == key:
-                return n, k.end() + 1, line
-    return None
-
-
-_SUB_HEADER = re.compile(r"\s*\[\s*([A-Za-z0-9_-]+)\s*\.\s*([A-Za-z0-9_-]+)\s*\]\s*(?:#.*)?$")
-#: a key as a sub-table of names writes it: bare, or quoted (``"10.0.0.1:22"``)
-_SUB_ASSIGN = re.compile(r"""(\s*)([A-Za-z0-9_-]+|"[^"\\]*"|'[^']*')\s*=\s*""")
-
-
-def _locate_in_subtable(path, table: str, sub: str, key: str) -> tuple[int, int, str] | None:
-    """Where ``KEY`` of the table ``table.sub`` is (``nfqueue.ports.22``):
-    its line under a ``[table.sub]`` header (a key spelt with escapes: the
-    header), or else -- an inline table, ``sub = { ... }`` -- the value of
-    ``table.sub``, as :func:`_locate` finds it."""
-    try:
-        lines = read_bytes(path).decode("utf-8", "replace").splitlines()
-    except (OSError, TypeError, OutOfResources):
-        return None
-    inside, header = False, None
-    for n, line in enumerate(lines, 1):
-        h = _SUB_HEADER.match(line)
-        if h:
-            inside = (h[1], h[2]) == (table, sub)
-            if inside and header is None:
-                header = n, len(line) - len(line.lstrip()) + 1, line
-        elif line.lstrip().startswith("["):
-            inside = False
-        elif inside:
-            k = _SUB_ASSIGN.match(line)
-            if k and (k[2][1:-1] if k[2][:1] in "\"'" else k[2]) == key:
-                return n, k.end() + 1, line
-    if header is not None:
-        return header
-    at = _locate(path, f"{table}.{sub}")
-    if at is None:
-        return None
-    # an inline table: its value is pointed at, for the key in it too (the
-    # text returned starts there, so _position's "at the key" lands on it)
-    n, column, line = at
-    return n, column, " " * (column - 1) + line[column - 1:]
 
 
 def _table(conf: dict, name: str, path) -> dict:
@@ -460,7 +351,7 @@ def _table(conf: dict, name: str, path) -> dict:
 
 def _known_keys(table: dict, known, path, where: str, located: str) -> None:
     """Refuse a key not in ``known``; ``located`` is the table as
-    :func:`_locate` names it (``sockets``, ``source[0]``)."""
+    :mod:`acl.toml_positions` names it (``sockets``, ``source[0]``)."""
     for key in table:
         if key not in known:
             raise _err(path, where, f"unknown key {key!r} (known: {', '.join(known)})",
@@ -711,7 +602,7 @@ def _mode(value, path) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise _err(path, where, f"not an octal mode: {value!r}")
     if isinstance(value, int):
-        text = _value_text(path, where)
+        text = value_text(path, where)
         if text is not None and re.match(r"[+]?[0-9_]+(?![0-9a-zA-Z_])", text) and value > 7:
             digits = text.lstrip("+").replace("_", "")
             raise _err(path, where, f"{digits} is a decimal integer (mode {value:04o}), "
@@ -730,13 +621,6 @@ def _mode(value, path) -> int:
         raise _err(path, where, f"{shown} is outside 0000..0777 (setuid, setgid and "
                    "sticky bits mean nothing on a socket)")
     return mode
-
-
-def _value_text(path, where: str) -> str | None:
-    """The TOML source text of ``table.key``'s value, from its position
-    (None when :func:`_locate` cannot find it)."""
-    at = _locate(path, where)
-    return None if at is None else at[2][at[1] - 1:]
 
 
 def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
@@ -870,7 +754,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         # table alike (the door reads it again when it starts) -- and a
         # table this build cannot serve: a start would bind, then exit 111
         # (ENOSYS), which systemd's Restart=on-failure repeats forever
-        NfqueueConfig.from_table(nfq, toml_path, lambda key, at_key: _position(
+        NfqueueConfig.from_table(nfq, toml_path, lambda key, at_key: position(
             toml_path, f"nfqueue.{key}", at_key))
         from acl import nfq as nfq_binding
 
