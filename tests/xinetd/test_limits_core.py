@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import array
+import math
+import time
 
 import pytest
 
@@ -43,6 +45,16 @@ def test_cps_window_trip_wait_and_no_reset(limits):
     assert run(st, s, [1003.4], limits=limits) == [ok]
     assert st.cps_state(s)[:2] == (1, 1003)
     assert st.cps_trips(s) == 1
+
+
+def test_cps_reopens_exactly_cps_wait_seconds_after_the_trip(limits):
+    # closed for cps_wait seconds from the tripping connection: at that very
+    # instant the service is back (as cps_active says), and counting again
+    st, s = state(limits, cps_max=1, cps_wait=2)
+    assert run(st, s, [1000.25, 1000.5], limits=limits) == [limits.OK, limits.CPS]
+    assert not st.cps_active(s, 1002.25) and st.cps_active(s, 1002.5)
+    assert run(st, s, [1002.25, 1002.5], limits=limits) == [limits.CPS, limits.OK]
+    assert st.cps_state(s) == (1, 1002, 1002.5)
 
 
 def test_cps_retrips_on_the_old_window_after_reactivation(limits):
@@ -87,6 +99,19 @@ def test_load_time_instances_per_source(limits):
     assert limits.pack_source("::ffff:127.0.0.2") == src
 
 
+def test_lease_ids_are_positive_and_never_reused(limits):
+    # the engine reads an inner lease id of 0 as "no xinetd lease" (and
+    # never releases it): the core's ids start at 1 and are not given twice
+    st, s = state(limits, cps_max=0, instances=1)
+    src = limits.pack_source(SRC)
+    ids = []
+    for _ in range(3):
+        ids.append(st.take_lease(s, src))
+        assert st.check(s, src, 1.0) == limits.SERVICE_LIMIT
+        assert st.release(ids[-1]) and st.check(s, src, 1.0) == limits.OK
+    assert min(ids) >= 1 and len(set(ids)) == 3
+
+
 def test_token_bucket_rate_burst_and_v6_aggregation(limits):
     st = limits.LimitState(max_sources=64, v6_prefix=64)
     s = st.slot("r")
@@ -103,6 +128,42 @@ def test_token_bucket_rate_burst_and_v6_aggregation(limits):
     v4 = [st.check(s, limits.pack_source(f"10.0.0.{i}"), 200.0) for i in range(5)]
     assert v4 == [0] * 5
     assert st.refusals(s, limits.RATE) == 3
+
+
+def test_ipv6_sources_that_look_v4_mapped_in_the_low_half_are_aggregated(limits):
+    # only ::ffff:a.b.c.d is an IPv4 client; 2001:db8::ffff:a.b.c.d is an
+    # IPv6 one (its low 64 bits read 0:ffff:a.b.c.d) and shares its /64's bucket
+    st = limits.LimitState(max_sources=64, v6_prefix=64)
+    s = st.slot("r")
+    st.configure(s, cps_max=0, rate=1.0, burst=2.0)
+    got = [st.check(s, limits.pack_source(f"2001:db8::ffff:192.0.2.{i}"), 10.0)
+           for i in range(1, 4)]
+    assert got == [limits.OK, limits.OK, limits.RATE]
+
+
+def _at_ns(ns: int) -> float:
+    """A ``now`` (s) the cores read as exactly ``ns`` nanoseconds."""
+    now = ns / 1e9
+    for _ in range(16):
+        got = int(now * 1e9)
+        if got == ns:
+            return now
+        now = math.nextafter(now, math.inf if got < ns else -math.inf)
+    raise AssertionError(ns)
+
+
+@pytest.mark.parametrize("rate", [7.0, 3.0, 1e3 / 7, 0.3, 6e4 / 7, 2.5e7 / 3])
+def test_a_bucket_refills_one_token_every_rounded_interval(limits, rate):
+    # the interval between tokens is 1e9 / rate rounded to the nearest ns
+    # (both twins alike): a nanosecond early is refused, on time is granted
+    st = limits.LimitState(max_sources=64)
+    s = st.slot("r")
+    st.configure(s, cps_max=0, rate=rate, burst=1.0)
+    src, t_ns, start = limits.pack_source(SRC), round(1e9 / rate), 1_000_000_000
+    assert st.check(s, src, _at_ns(start)) == limits.OK
+    for k in (1, 2):
+        assert st.check(s, src, _at_ns(start + k * t_ns - 1)) == limits.RATE, k
+        assert st.check(s, src, _at_ns(start + k * t_ns)) == limits.OK, k
 
 
 def test_bounded_table_evicts_and_counts(limits):
@@ -254,13 +315,21 @@ def test_a_full_overflow_area_fails_closed_for_per_source(limits):
     assert st.check(s, srcs[3], 1.0) == limits.OK          # counted: 1 of 2
     assert st.overflow_full == 1
     assert st.check(u, srcs[18], 1.0) == limits.OK
-    st.take_lease(u, srcs[18])
+    untracked = st.take_lease(u, srcs[18])
     assert st.overflow_full == 2 and st.active_leases(u) == 1 and st.held(u, srcs[18]) == 0
+    # its release gives the instance back (it was never in the table)
+    assert st.release(untracked) and st.active_leases(u) == 0 and st.overflow_full == 2
     # per_source = 0 refuses every client anyway: not counted as the area's doing
     z = st.slot("zero")
     st.configure(z, cps_max=0, per_source=0)
     assert st.check(z, srcs[18], 1.0) == limits.PER_SOURCE_LIMIT
     assert st.overflow_full == 2
+    # a per_source service far below its limit (no lease at all) refuses
+    # the uncountable source too: the area is full, whatever its own count
+    f = st.slot("five")
+    st.configure(f, cps_max=0, per_source=5)
+    assert st.check(f, srcs[18], 1.0) == limits.PER_SOURCE_LIMIT
+    assert st.overflow_full == 3 and st.active_leases(f) == 0
 
 
 # -- service slots come and go ------------------------------------------------
@@ -311,3 +380,19 @@ def test_negative_max_load_refuses_every_client(limits):
     # xinetd keeps max_load = -1 and refuses for load whatever the load is
     st, s = state(limits, cps_max=0, max_load=-1.0)
     assert run(st, s, [1.0, 2.0], limits=limits, load=0.0) == [limits.LOAD] * 2
+
+
+def test_access_times_are_read_in_local_time(limits, monkeypatch):
+    # with no minute given, the check reads the local clock (xinetd's
+    # localtime): in a zone 5:30 ahead of UTC, 00:00-00:29 UTC is 05:30-05:59
+    monkeypatch.setenv("TZ", "IST-5:30")
+    time.tzset()
+    try:
+        st, s = state(limits, cps_max=0, times=[(330, 359)])
+        midnight = 1_700_006_400.0          # 2023-11-15 00:00:00 UTC
+        assert time.localtime(midnight).tm_hour == 5
+        got = [st.check(s, limits.pack_source(SRC), midnight + m * 60.0) for m in (0, 29, 30)]
+        assert got == [limits.OK, limits.OK, limits.TIME]
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -4,6 +4,9 @@ Random configurations and random sequences of checks, batches, leases and
 releases on a small table (so evictions and pinned groups happen) must give
 the same reason codes, the same counters and the same evictions -- for the
 same hash key (each twin draws its own per process; the tests pass one).
+Seeded generated scenarios do the same on tables of 2 to 16,384 entries
+(262,144 with ACL_SLOW=1), long enough to fill them: evictions, groups
+pinned full of leases, a full overflow area, reloads and retires.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import acl._limits_py as pure
-from tests.conftest import load_impl
+from tests.conftest import SLOW, SLOW_SEED_BASE, load_impl
 
 SOURCES = st.one_of(
     st.integers(0, 40).map(lambda i: f"127.0.{i % 3}.{i}"),
@@ -139,6 +142,199 @@ def test_lease_churn_twins_agree(seed, capacity):
         assert got[2][2] > 16 and got[2][4] > 0, got[2]
 
 
+# -- generated scenarios at any capacity (evictions, pinned groups, the overflow area)
+
+_STEPS = (0.0, 0.0, 0.25, 0.5, 1.0, 3.0)     # exact in binary: cps_wait lands on a check
+
+
+def _config(rng):
+    return {
+        "cps_max": rng.choice([0, 0, 0, 1, 2, 3, 50]), "cps_wait": rng.choice([0, 1, 2, 3]),
+        "instances": rng.choice([-1, -1, -1, 0, 1, 3, 1 << 20]),
+        "per_source": rng.choice([-1, 0, 1, 1, 2, 3]),
+        "max_load": rng.choice([0.0, 0.0, 0.5, 2.0, -1.0]),
+        "times": rng.choice([None, None, [(600, 600)], [(0, 1439)], [(0, 10), (700, 1000)]]),
+        # rates whose 1e9 / rate is not a whole number of ns (rounded, not cut)
+        "rate": rng.choice([0.0, 0.5, 3.0, 7.0, 1e3 / 7, 3e4]),
+        "burst": rng.choice([1.0, 2.0, 4.5, 10.0]),
+    }
+
+
+def _pool(rng, capacity):
+    """Sources: IPv4 (twice the table), IPv6 sharing /48 and /64 prefixes,
+    IPv6 addresses whose low half looks v4-mapped (0:ffff:a.b.c.d after a
+    non-zero prefix: aggregated as IPv6), and random ones."""
+    n = max(16, 2 * capacity)
+    v4 = [pure.pack_source(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}") for i in range(n)]
+    # (the 4th group's values differ in the bits next to /48's and /56's edge)
+    v6 = [pure.pack_source(f"2001:db8:{rng.randrange(4)}:"
+                           f"{rng.choice((0, 1, 0x80, 0xff, 0x100, 0x8000, 0xffff)):x}::{i >> 16:x}:{i & 0xffff:x}")
+          for i in range(n // 4)]
+    like_v4 = [pure.pack_source(f"2001:db8:{rng.randrange(2)}::ffff:192.0.2.{i % 250}")
+               for i in range(n // 8)]
+    return v4 + v6 + like_v4 + [rng.randbytes(16) for _ in range(n // 8)]
+
+
+def _scenario(mod, seed: int, capacity: int, steps: int):
+    """A seeded run of every call on a table of ``capacity``: configs,
+    checks (one by one and in batches), leases (after a grant, and adopted
+    without a check), releases, reloads (configure again) and retires with
+    the slots asked for again in any order.  Every answer, then the
+    counters, the high-water marks and the held count of sampled sources."""
+    rng = random.Random(seed)
+    names = [f"s{i}" for i in range(4)]
+    max_sources = rng.randrange(capacity // 2 + 1, capacity + 1) if capacity > 2 else 2
+    # every prefix class, spread over the seeds and capacities
+    v6_prefix = (0, 48, 56, 64, 100, 127, 128)[(seed + capacity.bit_length()) % 7]
+    stt = mod.LimitState(max_sources=max_sources, v6_prefix=v6_prefix,
+                         max_services=6, key=rng.getrandbits(128))
+    configs = {n: _config(rng) for n in names}
+    slots = {}
+    for n in names:
+        slots[n] = stt.slot(n)
+        stt.configure(slots[n], **configs[n])
+    pool = _pool(rng, capacity)
+    hot = pool[:8]
+    now = 1_700_000_000.0
+    leases, out = [], [stt.capacity, stt.overflow_capacity]
+    most_ovf = 0
+    for step in range(steps):
+        # phases: fill (mostly leases: groups pin, the overflow area fills),
+        # churn (leases and releases alike), drain (mostly releases)
+        phase = 0 if step < 0.4 * steps else 1 if step < 0.8 * steps else 2
+        take, give = ((0.75, 0.77), (0.45, 0.7), (0.2, 0.7))[phase]
+        now += rng.choice(_STEPS) if rng.random() > 0.01 else -5.0     # a clock step back
+        n = rng.choice(names)
+        s = slots[n]
+        src = rng.choice(hot) if rng.random() < 0.2 else rng.choice(pool)
+        load = rng.choice([0.0, 0.4, 0.5, 2.0, 3.0])
+        minute = rng.choice([0, 5, 600, 601, 800, 1439])
+        op = rng.random()
+        if op < take / 2:
+            r = stt.check(s, src, now, load, minute)
+            out.append(r)
+            if r == 0:
+                leases.append(stt.take_lease(s, src))
+        elif op < take:
+            leases.append(stt.take_lease(s, src))        # adopted: no check
+        elif op < give and leases:
+            out.append(stt.release(leases.pop(rng.randrange(len(leases)))))
+        elif op < 0.8:
+            out.append(stt.check(s, src, now, load, minute))
+        elif op < 0.85:
+            k = rng.randrange(1, 40)
+            srcs = [rng.choice(pool) for _ in range(k)]
+            sl = array.array("i", [slots[rng.choice(names)] for _ in range(k)])
+            buf = bytearray(k)
+            out.append((stt.check_batch(b"".join(srcs), sl, now, load, buf, minute), bytes(buf)))
+        elif op < 0.93:
+            out.append(stt.held(s, src))
+        elif op < 0.97:
+            configs[n] = _config(rng)                    # a reload: counters kept
+            stt.configure(s, **configs[n])
+        else:
+            keep = {m for m in names if rng.random() < 0.5}
+            out.append(stt.retire(keep))
+            for m in rng.sample(names, len(names)):      # asked for again, any order
+                slots[m] = stt.slot(m)
+                stt.configure(slots[m], **configs[m])
+            out.append(sorted(stt.slots().items()))
+        most_ovf = max(most_ovf, stt.overflow_entries)
+    sample = pool if len(pool) <= 512 else rng.sample(pool, 512)
+    held = [stt.held(slots[m], x) for m in names for x in sample]
+    counters = (stt.evictions, stt.tracked_sources, stt.lease_overflows,
+                stt.overflow_entries, stt.overflow_full, stt.leases_outstanding,
+                [(stt.active_leases(slots[m]), stt.cps_trips(slots[m]), stt.cps_state(slots[m]),
+                  [stt.refusals(slots[m], r) for r in range(10)]) for m in names])
+    for lease in leases:                                 # everything given back
+        stt.release(lease)
+    after = (stt.overflow_entries, stt.leases_outstanding,
+             [stt.active_leases(slots[m]) for m in names],
+             sum(stt.held(slots[m], x) for m in names for x in sample), stt.tracked_sources)
+    return out, held, counters, after, most_ovf
+
+
+def _agree(seed: int, capacity: int, steps: int):
+    got = _scenario(_compiled(), seed, capacity, steps)
+    want = _scenario(pure, seed, capacity, steps)
+    if got[0] != want[0]:
+        # the first answer that differs (not a diff of thousands of answers)
+        i = next(i for i in range(max(len(got[0]), len(want[0])))
+                 if got[0][i:i + 1] != want[0][i:i + 1])
+        raise AssertionError(f"seed {seed}, capacity {capacity}: answer {i} differs: "
+                             f"compiled {got[0][i:i + 3]}, twin {want[0][i:i + 3]}")
+    assert got[1:] == want[1:], (seed, capacity)
+    return got
+
+
+SCENARIOS = [(c, s) for c in (2, 16, 64, 256, 1024, 4096, 16384) for s in range(3)]
+
+
+@pytest.mark.parametrize(("capacity", "seed"), SCENARIOS)
+def test_generated_scenarios_twins_agree(capacity, seed):
+    """Generated runs on tables of 2 to 4,096 entries, each long enough to
+    fill the table with leases and buckets: evictions, groups pinned full of
+    leases, the overflow area filling (and per_source failing closed), its
+    entries deleted in any order, reloads and retires.  The compiled core and
+    the twin answer alike, call for call, and end alike (every release
+    gives everything back: no lease, no lease entry left)."""
+    _reached(_agree(seed, capacity, steps=4 * capacity + 600))
+
+
+def _reached(got):
+    """The run reached what it is for -- evictions, a full overflow area --
+    and its releases gave everything back."""
+    counters, after, most_ovf = got[2], got[3], got[4]
+    assert counters[0] > 0 and most_ovf == got[0][1], (counters, most_ovf)
+    assert after[:4] == (0, 0, [0] * 4, 0), after
+
+
+SLOW_SCENARIOS = [(c, s + SLOW_SEED_BASE) for c in (16, 1024, 65536, 262144) for s in range(10, 16)]
+
+
+@pytest.mark.skipif(not SLOW, reason="long run: set ACL_SLOW=1")
+@pytest.mark.parametrize(("capacity", "seed"), SLOW_SCENARIOS)
+def test_generated_scenarios_twins_agree_long(capacity, seed):
+    """More and larger generated runs (ACL_SLOW=1)."""
+    _reached(_agree(seed, capacity, steps=4 * capacity + 2000))
+
+
+def _bucket_flood(mod, seed: int, capacity: int):
+    """Token buckets only: many sources checked at the same instants (equal
+    arrival times: ties for eviction), services retired and brought back
+    (their buckets freed, empty ways left behind).  Every answer, then the
+    counters."""
+    rng = random.Random(seed)
+    stt = mod.LimitState(max_sources=capacity, v6_prefix=128, max_services=4, key=seed)
+    names = ["a", "b", "c"]
+    cfg = {n: {"cps_max": 0, "rate": rng.choice([0.5, 2.0, 7.0]),
+               "burst": rng.choice([1.0, 2.0])} for n in names}
+    for n in names:
+        stt.configure(stt.slot(n), **cfg[n])
+    pool = [pure.pack_source(f"10.9.{i >> 8}.{i & 255}") for i in range(4 * capacity)]
+    now, out = 1_000.0, []
+    for _ in range(30 * capacity + 200):
+        now += rng.choice((0.0, 0.0, 0.0, 0.5))
+        if rng.random() < 0.02:
+            gone = rng.choice(names)
+            out.append(stt.retire(set(names) - {gone}))
+            stt.configure(stt.slot(gone), **cfg[gone])
+        else:
+            out.append(stt.check(stt.slot(rng.choice(names)), rng.choice(pool), now, 0.0, 0))
+    return out, stt.evictions, stt.tracked_sources
+
+
+@pytest.mark.parametrize("capacity", [2, 4, 16, 64])
+@pytest.mark.parametrize("seed", range(3))
+def test_bucket_evictions_twins_agree(seed, capacity):
+    """Which entry a full group gives up -- the oldest arrival time, the
+    first way on a tie, an empty way before any -- is the same in both
+    twins (so are their answers after it)."""
+    got = _bucket_flood(_compiled(), seed, capacity)
+    assert got == _bucket_flood(pure, seed, capacity)
+    assert got[1] > 0
+
+
 def test_twin_api_matches_compiled_api():
     compiled = _compiled()
     assert sorted(compiled.__all__) == sorted(pure.__all__)
@@ -200,6 +396,9 @@ OUT_OF_RANGE = {
     "check now -2**32": lambda st: st.check(0, SRC, -(2.0**32), 0.0, 0),
     "batch now nan": lambda st: st.check_batch(SRC, array.array("i", [0]), NAN, 0.0,
                                                bytearray(1), 0),
+    "check minute 1440": lambda st: st.check(0, SRC, 1.0, 0.0, 1440),
+    "batch minute 1440": lambda st: st.check_batch(SRC, array.array("i", [0]), 1.0, 0.0,
+                                                   bytearray(1), 1440),
     "batch out read-only": lambda st: st.check_batch(SRC, array.array("i", [0]), 1.0, 0.0,
                                                      b"\0", 0),
     "refusals -1": lambda st: st.refusals(0, -1),
