@@ -505,10 +505,10 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         stamps = tuple(st for _, st in read)
         state = _previous_state(previous, "xinetd", f)
         lim = limits or Limits()
-        # a new source's table has [limits] sources entries (rounded up to
-        # whole groups: at least WAYS, 2, as the engine's is at least 16); a
-        # handed-over one keeps its size (and its leases) until acl serve
-        # restarts
+        # a new source's table has [limits] sources entries, rounded up to a
+        # power of two (at least WAYS, 2; the engine's own table is at least
+        # 16); a handed-over one keeps its size (and its leases) until acl
+        # serve restarts
         layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
                             resolver=_NoNames() if names is None else names,
                             max_sources=max(lim.sources, 2), v6_prefix=lim.ipv6_prefix)
