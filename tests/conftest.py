@@ -9,6 +9,8 @@
   fixed ports, so a port another run holds fails as that, not as a false
   disagreement with the real tool (tests/README.md: run each suite in its
   own network namespace).
+* A test that runs longer than ``ACL_TEST_WATCHDOG`` seconds ends the run
+  with every thread's traceback (tests/watchdog.py, registered here).
 * The long differential runs (``ACL_SLOW=1``) draw their generated files from
   fixed seed ranges, shifted by ``ACL_SEED_BASE`` (see SLOW_SEED_BASE) so a
   run can explore cases no earlier run has seen and still be repeated.
@@ -26,6 +28,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from . import watchdog
 
 #: Loopback TCP port ranges, one per test area (half-open).  They sit below
 #: Linux's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
@@ -127,6 +131,11 @@ def load_impl(kind: str, compiled: str, pure: str):
 def core(request):
     """The prefix core module: ``acl._core`` and its twin ``acl._core_py``."""
     return load_impl(request.param, "acl._core", "acl._core_py")
+
+
+def pytest_configure(config):
+    if not config.pluginmanager.is_registered(watchdog):
+        config.pluginmanager.register(watchdog, "acl-watchdog")
 
 
 def pytest_sessionfinish(session, exitstatus):
