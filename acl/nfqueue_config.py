@@ -9,7 +9,7 @@ Rules of this file (docs/nfqueue.md says them to admins):
 
 * A port is ASCII decimal digits, 1..65535: ``int()`` would also take
   ``+22``, ``2_2`` and other scripts' digits, each a second spelling of a
-  port.  Spaces around a key and around its port are ignored.
+  port.  Spaces around a key, its address and its port are ignored.
 * ``ADDR:PORT`` holds an IPv4 address, ``[ADDR]:PORT`` an IPv6 one, read
   by the C library's ``inet_pton``: no scope id (a packet carries none, so
   ``fe80::1%eth0`` would match that address on every interface), and no
@@ -62,10 +62,11 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
     """``"22"`` -> (None, 22); ``"10.0.0.1:22"``, ``"[fd00::1]:22"`` -> (packed, 22)."""
     key = str(key).strip()
     if key.startswith("["):
-        addr, sep, port = key[1:].partition("]:")
-        addr, port = addr.strip(), port.strip()
-        if not sep:
+        addr, _, rest = key[1:].partition("]")
+        rest = rest.lstrip()
+        if not rest.startswith(":"):
             raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")
+        addr, port = addr.strip(), rest[1:].strip()
         family = socket.AF_INET6
     elif key.count(":") > 1:
         raise PolicyError(f"{where}: {key!r}: write an IPv6 address as [ADDR]:PORT")

@@ -66,9 +66,10 @@ def _model(key: str) -> tuple[bytes | None, int | str]:
     or (None, the error's words)."""
     key = key.strip()
     if key.startswith("["):
-        addr, sep, port = key[1:].partition("]:")
-        if not sep:
+        addr, _, rest = key[1:].partition("]")
+        if not rest.strip().startswith(":"):
             return None, "write an IPv6 address as [ADDR]:PORT"
+        port = rest.strip()[1:]
         packed = _pton(socket.AF_INET6, addr.strip())
         if packed is None:
             return None, "is not a numeric address (brackets hold an IPv6 address)"
@@ -180,7 +181,8 @@ def test_the_generated_keys_reach_every_outcome():
 
 def test_two_spellings_of_one_port_are_refused():
     for first, second in (("22", "022"), ("[fd00::1]:22", "[fd00:0::1]:22"),
-                          ("10.0.0.1:22", "10.0.0.1:022"), ("10.0.0.1:22", " 10.0.0.1 : 22 ")):
+                          ("10.0.0.1:22", "10.0.0.1:022"), ("10.0.0.1:22", " 10.0.0.1 : 22 "),
+                          ("[fd00::1]:22", "[ fd00::1 ] : 22")):
         with pytest.raises(PolicyError) as exc:
             NfqueueConfig.from_table({"ports": {first: "a", second: "b"}})
         assert f"ports: {second!r}: the same port as {first!r} (mapped to 'a')" in str(exc.value)
@@ -237,7 +239,8 @@ BAD_PORT_LINES = [('ssh = "x"', "key", "is not a number"), ('0 = "x"', "key", "o
                   ("'[fd00::1]' = \"x\"", "key", "[ADDR]:PORT"),
                   ("'[::ffff:10.0.0.1]:22' = \"x\"", "key", "write it as 10.0.0.1:PORT"),
                   ('022 = "x"', "key", "the same port as '22'"),
-                  ('"[2001:db8:0::10]:8080" = "x"', "key", "the same port as '[2001:db8::10]:8080'"),
+                  ('"[2001:db8:0::10]:8080" = "x"', "key",
+                   "the same port as '[2001:db8::10]:8080'"),
                   ('53 = ""', "value", "service must be a non-empty string")]
 UNKNOWN = ["queue", "port", "rejects", "copyrange"]
 #: every mistake the file tests plant: ("ports line", index into

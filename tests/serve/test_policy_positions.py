@@ -135,7 +135,8 @@ def _generate(seed: int, tmp_path, *, with_mistake: bool = True):
 def test_a_planted_mistake_is_reported_where_it_is(seed, tmp_path):
     text, (line, column, says) = _generate(seed, tmp_path)
     p = tmp_path / "policy.toml"
-    p.write_text(text, encoding="utf-8")
+    # odd seeds end their lines as Windows editors do: a column never counts the \r
+    p.write_text(text, encoding="utf-8", newline="\r\n" if seed % 2 else "\n")
     with pytest.raises(PolicyError) as exc:
         load_policy(p)
     message = str(exc.value)
@@ -152,5 +153,5 @@ def test_the_same_policy_without_its_mistake_loads(seed, tmp_path):
     text, expected = _generate(seed, tmp_path, with_mistake=False)
     assert expected == ()
     p = tmp_path / "policy.toml"
-    p.write_text(text, encoding="utf-8")
+    p.write_text(text, encoding="utf-8", newline="\r\n" if seed % 2 else "\n")
     load_policy(p)

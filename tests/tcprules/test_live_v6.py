@@ -73,7 +73,8 @@ def test_ipv6_clients_in_a_namespace(seed, tmp_path):
     addrs = _addresses(r, 60)
     text = _rules(r, addrs)
     cdb = tmp_path / "rules.cdb"
-    out = subprocess.run([sys.executable, "-m", "acl", "compile", str(cdb), str(tmp_path / "rules.tmp")],
+    out = subprocess.run([sys.executable, "-m", "acl", "compile", str(cdb),
+                          str(tmp_path / "rules.tmp")],
                          input=text, capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     probe = Path(__file__).with_name("netns_probe.py")
@@ -133,7 +134,8 @@ def test_tcpremoteip_is_ip6_fmt_of_generated_clients(seed, tmp_path):
     r = random.Random(200 + seed)
     addrs = _generated(r, 150)
     cdb = tmp_path / "rules.cdb"
-    out = subprocess.run([sys.executable, "-m", "acl", "compile", str(cdb), str(tmp_path / "rules.tmp")],
+    out = subprocess.run([sys.executable, "-m", "acl", "compile", str(cdb),
+                          str(tmp_path / "rules.tmp")],
                          input=b":allow\n", capture_output=True, timeout=60)
     assert out.returncode == 0, out.stderr
     probe = Path(__file__).with_name("netns_probe.py")

@@ -168,8 +168,9 @@ def _pool(rng, capacity):
     n = max(16, 2 * capacity)
     v4 = [pure.pack_source(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}") for i in range(n)]
     # (the 4th group's values differ in the bits next to /48's and /56's edge)
-    v6 = [pure.pack_source(f"2001:db8:{rng.randrange(4)}:"
-                           f"{rng.choice((0, 1, 0x80, 0xff, 0x100, 0x8000, 0xffff)):x}::{i >> 16:x}:{i & 0xffff:x}")
+    edges = (0, 1, 0x80, 0xff, 0x100, 0x8000, 0xffff)
+    v6 = [pure.pack_source(f"2001:db8:{rng.randrange(4)}:{rng.choice(edges):x}"
+                           f"::{i >> 16:x}:{i & 0xffff:x}")
           for i in range(n // 4)]
     like_v4 = [pure.pack_source(f"2001:db8:{rng.randrange(2)}::ffff:192.0.2.{i % 250}")
                for i in range(n // 8)]
