@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from acl.errors import PolicyError
+from acl.ucspi_addr import V4_MAPPED_PREFIX
 
 DEFAULT_REJECT_MARK = 0xAC1
 #: The keys of the table; any other is an error.  docs/nfqueue.md and
@@ -84,7 +85,7 @@ def parse_port_key(key: str, where: str) -> tuple[bytes | None, int]:
     except OSError:
         why = " (brackets hold an IPv6 address)" if family == socket.AF_INET6 else ""
         raise PolicyError(f"{where}: {addr!r} is not a numeric address{why}") from None
-    if packed[:12] == bytes(10) + b"\xff\xff":
+    if packed[:12] == V4_MAPPED_PREFIX:
         v4 = socket.inet_ntop(socket.AF_INET, packed[12:])
         raise PolicyError(f"{where}: {addr!r} is an IPv4 address: write it as {v4}:PORT "
                           "(IPv4 packets carry 4-byte addresses)")

@@ -77,16 +77,15 @@ def test_fork():
 '''
 
 
-def _env(limit: str) -> dict[str, str]:
-    return {"PATH": "/usr/bin:/bin", "ACL_TEST_WATCHDOG": limit, "PYTHONPATH": str(ROOT)}
-
-
-def _pytest(tmp_path, text: str, limit: str) -> tuple[subprocess.CompletedProcess, float]:
+def _pytest(tmp_path, text: str, limit: str,
+            *options: str) -> tuple[subprocess.CompletedProcess, float]:
     (tmp_path / "test_case.py").write_text(text)
+    env = {"PATH": "/usr/bin:/bin", "ACL_TEST_WATCHDOG": limit, "PYTHONPATH": str(ROOT)}
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-p", "tests.watchdog", "--rootdir", str(tmp_path), str(tmp_path)],
-                          cwd=ROOT, env=_env(limit), capture_output=True, text=True, timeout=120)
+                           "-p", "tests.watchdog", *options, "--rootdir", str(tmp_path),
+                           str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     return done, time.monotonic() - start
 
 
@@ -113,11 +112,8 @@ def test_a_teardown_stuck_after_a_failure_ends_the_run(tmp_path):
 
 
 def test_faulthandler_timeout_is_refused_beside_it(tmp_path):
-    (tmp_path / "test_case.py").write_text("def test_quick():\n    pass\n")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           "-p", "tests.watchdog", "-o", "faulthandler_timeout=1",
-                           "--rootdir", str(tmp_path), str(tmp_path)],
-                          cwd=ROOT, env=_env("2"), capture_output=True, text=True, timeout=120)
+    done, _ = _pytest(tmp_path, "def test_quick():\n    pass\n", "2",
+                      "-o", "faulthandler_timeout=1")
     assert done.returncode == 4 and "set ACL_TEST_WATCHDOG instead" in done.stderr, \
         (done.returncode, done.stderr)
 

@@ -20,8 +20,8 @@ pytest of its own takes it with ``-p tests.watchdog``):
   written there is lost at ``_exit``.
 * Armed again for every test (setup, call and teardown together) and
   cancelled after it, so the limit is per test, not per run; re-armed
-  before each phase for what is left (pytest cancels it when a phase
-  fails), and off at a debugger prompt.  ``faulthandler_timeout`` would
+  before the teardown for what is left (pytest cancels it when setup or
+  call fails), and off at a debugger prompt.  ``faulthandler_timeout`` would
   take its timer: the two together are refused.
 * Disarmed across ``os.fork``: a child has no watchdog thread (threads do
   not cross ``fork``), yet faulthandler's state says there is one, so the
@@ -106,16 +106,11 @@ def pytest_runtest_protocol(item, nextitem):
 def _rearm():
     """pytest's faulthandler plugin cancels the timer whenever a setup or
     call fails (``pytest_exception_interact``): armed again, for what is
-    left of the test's time, before each phase -- a teardown that hangs
-    after a failure is the likeliest stuck test of all."""
+    left of the test's time, before the teardown -- the one phase that runs
+    after a failure, and one that hangs after a failure is the likeliest
+    stuck test of all."""
     if _deadline:
         _arm(max(0.001, _deadline[0] - time.monotonic()))
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item):
-    _rearm()
-    yield
 
 
 @pytest.hookimpl(hookwrapper=True)
