@@ -79,6 +79,7 @@ from acl.errors import Diagnostic, Severity
 from acl.parse.hosts_access import HostsRule, read_pattern_file
 from acl.parse.hosts_patterns import MAX_FILE_DEPTH, ascii_lower, not_inaddr, split_at, v6_numeric
 from acl.resolve import UNKNOWN, DoubleCheck, SystemBackend, double_check
+from acl.ucspi_addr import V4_MAPPED_PREFIX
 from acl.workers import DaemonPool
 
 W = Severity.WARNING
@@ -88,7 +89,6 @@ DEFAULT_TIMEOUT = 10.0
 STRING_LENGTH = 128
 _RESERVED = ("fail", "unknown", "known", "paranoid", "all", "local")
 _FILE_WORD = re.compile(r"[^ \t\n\v\f\r]+")    # fscanf("%s"), as hosts_patterns reads it
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _TIMEOUT = object()
 
 
@@ -250,7 +250,7 @@ class NameLookups:
 
 
 def _unmapped(fam: int, packed: bytes) -> tuple[int, bytes]:
-    if fam == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
+    if fam == socket.AF_INET6 and packed[:12] == V4_MAPPED_PREFIX:
         return socket.AF_INET, packed[12:]
     return fam, packed
 

@@ -58,9 +58,9 @@ from collections import OrderedDict
 from typing import NamedTuple
 
 from acl.rulefiles import read_bytes
+from acl.ucspi_addr import V4_MAPPED_PREFIX
 
 UNKNOWN = "unknown"
-_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
 _V6_LOOPBACK = b"\0" * 15 + b"\1"
 _V4_LOOPBACK = b"\x7f\0\0\1"
 PARANOID = "paranoid"
@@ -151,7 +151,7 @@ class DoubleCheck(NamedTuple):
 
 def double_check(backend, family: int, packed: bytes) -> DoubleCheck:
     """libwrap's double check of one address (see the module rules)."""
-    if family == socket.AF_INET6 and packed[:12] == _V4_MAPPED:
+    if family == socket.AF_INET6 and packed[:12] == V4_MAPPED_PREFIX:
         family, packed = socket.AF_INET, packed[12:]
     name = backend.reverse(family, packed)
     if name is None:
@@ -232,7 +232,7 @@ class HostsFileBackend:
         """``(fam, addr, names)`` of each line as a question for ``family`` reads it."""
         for fam, addr, names in self.entries:
             if family == socket.AF_INET and fam == socket.AF_INET6:
-                if addr[:12] == _V4_MAPPED:
+                if addr[:12] == V4_MAPPED_PREFIX:
                     fam, addr = socket.AF_INET, addr[12:]
                 elif addr == _V6_LOOPBACK:
                     fam, addr = socket.AF_INET, _V4_LOOPBACK

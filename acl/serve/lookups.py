@@ -32,6 +32,7 @@ import asyncio
 from collections import deque
 
 from acl.resolve import numeric_address
+from acl.ucspi_addr import V4_MAPPED_PREFIX
 
 #: lookups one network may have waiting for a thread
 QUEUE_PER_NETWORK = 256
@@ -50,7 +51,7 @@ def network_of(addr: str) -> bytes | str:
     if parsed is None:
         return addr
     packed = parsed[1]
-    if packed[:12] == b"\0" * 10 + b"\xff\xff":
+    if packed[:12] == V4_MAPPED_PREFIX:
         packed = packed[12:]
     return packed[:3] if len(packed) == 4 else packed[:8]
 
