@@ -270,7 +270,7 @@ def _read(path) -> str | None:
         return None
 
 
-def _path_of(where) -> Path | None:
+def key_path(where) -> Path | None:
     """A message's name for a key (the rules above) as a key path."""
     if isinstance(where, tuple):
         return where
@@ -312,7 +312,7 @@ def position(path, where, at_key: bool = False) -> str:
     """``PATH:LINE:COLUMN`` of what ``where`` names (of its value, or with
     ``at_key`` of the key itself); of the nearest table around it when it
     is not written; or ``PATH`` alone."""
-    scanned, keys = _places(path), _path_of(where)
+    scanned, keys = _places(path), key_path(where)
     if scanned is None or keys is None:
         return str(path)
     text, places = scanned
@@ -331,7 +331,7 @@ def position(path, where, at_key: bool = False) -> str:
 
 def locate(path, where) -> Found | None:
     """Where the value of what ``where`` names is written, or None."""
-    scanned, keys = _places(path), _path_of(where)
+    scanned, keys = _places(path), key_path(where)
     if scanned is None or keys is None or keys not in scanned[1]:
         return None
     return _found(scanned[0], scanned[1][keys][1])
