@@ -74,6 +74,7 @@ class _Scanner:
         self.text = text
         self.i = 0
         self.places: dict[Path, tuple[int, int]] = {}
+        self.value_ends: dict[Path, int] = {}   # of a value written after ``=``
         self.named_only: set[Path] = set()  # tables met on the way to a key
         self.arrays: dict[Path, int] = {}   # [[array]] -> elements so far
 
@@ -139,6 +140,7 @@ class _Scanner:
             last = n == len(keys) - 1
             self._note(path, at, self.i if last else at, own=last)
         self._value(path)
+        self.value_ends.setdefault(path, self.i)
 
     # -- keys -----------------------------------------------------------------
     def _key(self) -> list[tuple[str, int]]:
@@ -231,6 +233,7 @@ class _Scanner:
                 return
             self._note(path + (index,), self.i, self.i, own=True)
             self._value(path + (index,))
+            self.value_ends[path + (index,)] = self.i
             index += 1
             self._skip_blank(newlines=True)
             if self.text.startswith(",", self.i):
@@ -298,24 +301,26 @@ def _found(text: str, index: int) -> Found:
     return n, index - start + 1, line.removesuffix("\r")
 
 
-def _places(path) -> tuple[str, dict[Path, tuple[int, int]]] | None:
+def _scan(path) -> tuple[str, _Scanner] | None:
     text = _read(path)
     if text is None:
         return None
+    scanner = _Scanner(text)
     try:
-        return text, _Scanner(text).run()
+        scanner.run()
     except (_Unexpected, IndexError, KeyError, ValueError):
         return None
+    return text, scanner
 
 
 def position(path, where, at_key: bool = False) -> str:
     """``PATH:LINE:COLUMN`` of what ``where`` names (of its value, or with
     ``at_key`` of the key itself); of the nearest table around it when it
     is not written; or ``PATH`` alone."""
-    scanned, keys = _places(path), key_path(where)
+    scanned, keys = _scan(path), key_path(where)
     if scanned is None or keys is None:
         return str(path)
-    text, places = scanned
+    text, places = scanned[0], scanned[1].places
     if keys in places:
         key, value = places[keys]
         index = key if at_key else value
@@ -329,15 +334,10 @@ def position(path, where, at_key: bool = False) -> str:
     return f"{path}:{line}:{column}"
 
 
-def locate(path, where) -> Found | None:
-    """Where the value of what ``where`` names is written, or None."""
-    scanned, keys = _places(path), key_path(where)
-    if scanned is None or keys is None or keys not in scanned[1]:
-        return None
-    return _found(scanned[0], scanned[1][keys][1])
-
-
 def value_text(path, where) -> str | None:
-    """The source text from ``where``'s value to the end of its line."""
-    at = locate(path, where)
-    return None if at is None else at[2][at[1] - 1:]
+    """The source text of ``where``'s value (``600`` of ``mode = 600  #
+    decimal``), or None: not written after an ``=``."""
+    scanned, keys = _scan(path), key_path(where)
+    if scanned is None or keys not in scanned[1].value_ends:
+        return None
+    return scanned[0][scanned[1].places[keys][1]:scanned[1].value_ends[keys]]
