@@ -23,10 +23,9 @@ import tomllib
 
 import pytest
 
-from acl import nfq
+from acl import nfq, toml_positions
 from acl.errors import PolicyError
 from acl.policy import load_policy
-from acl.toml_positions import _Scanner
 
 SEEDS = range(40)
 PORTS = {"22": '"sshd"', "10.0.0.1:80": '"web"', "[fd00::1]:443": '"tls"'}
@@ -322,7 +321,7 @@ def test_the_scanner_finds_the_key_paths_tomllib_reads(seed):
     text = "\n".join(w.lines) + "\n"
     if seed % 2:
         text = text.replace("\n", "\r\n")
-    places = _Scanner(text).run()
+    places = toml_positions._Scanner(text).run()
     assert set(places) == _paths(tomllib.loads(text))
     starts = [0]
     for line in text.split("\n"):
