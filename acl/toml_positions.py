@@ -30,9 +30,13 @@ Rules of this file:
   ``array[i].key``, ``table`` or ``[table]``, ``table.sub.KEY`` (KEY the
   rest, dots and all: ``nfqueue.ports.10.0.0.1:22``).  A key that is not
   written -- a required key left out, so the whole table is the mistake --
-  is reported at the nearest table around it that is: its header, or its
-  value (an inline table's ``{``).
-  :func:`value_text` takes no such stand-in.
+  is reported at the nearest table around it that is: its header, an
+  inline table's ``{``, or the first dotted key naming it.
+* :func:`value_text` is a value's own text (``600`` of ``mode = 600  #
+  octal?``), for a message that quotes how a number was written; it takes
+  no stand-in: None when the key is not written after an ``=``.
+* The scanner also takes what TOML 1.1 adds (an inline table over several
+  lines, ``\\e`` and ``\\xHH`` escapes): tomllib refuses them first today.
 * Lines are TOML's: they end at ``\\n`` (a ``\\r`` before it belongs to the
   break).  ``str.splitlines`` would also break at U+2028, U+0085 and the
   like, which TOML allows in comments and strings: every later position

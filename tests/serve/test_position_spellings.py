@@ -112,7 +112,11 @@ class _Writer:
         for role in roles:      # the first place a role is written is kept
             self.at.setdefault(path, {}).setdefault(role, (len(self.lines) + 1,
                                                            len(self.line) + 1))
-        self.line += text
+        first, *more = text.split("\n")      # a value may span lines
+        self.line += first
+        for part in more:
+            self.lines.append(self.line)
+            self.line = part
 
     def end(self) -> None:
         self.line += self.rng.choice(["", "", "  # a comment", "\t# [not] = a header"])
@@ -329,6 +333,40 @@ def test_the_scanner_finds_the_key_paths_tomllib_reads(seed):
     for path, roles in w.at.items():
         if path is None:
             continue
+        key, value = places[path]
+        for role, (line, column) in roles.items():
+            index = starts[line - 1] + column - 1
+            assert index == (key if role == "key" else value), (path, role, text)
+
+
+#: values the scanner must step over: what looks like a header, a key or a
+#: comment inside a string, quotes against a closing delimiter, a space in
+#: a date-time, arrays over lines with comments, brackets inside strings
+TRICKY = ['"""\n[not.a.header]\nk = 1\n"""', "'''\n[[x]] # no\n'''", '"""a""""',
+          "'''b'''''", '"q\\"[x] = 1"', "'#not a comment'", "1979-05-27 07:32:00",
+          "1979-05-27", "1979-05-27T07:32:00Z", "[\n  1, # one\n  2,\n]", "0x1F", "1e+5",
+          '[[1, 2], ["a]"], { x = "}" }]', '"\\u00e9 = \\\\"', '"""\\\n  x = 1"""', "+inf",
+          '"""#"""', "[ ]", "{ }", "'a\"b'"]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_the_scanner_steps_over_every_kind_of_value(seed):
+    """Tricky values among the policy's keys: the scanner still finds
+    exactly tomllib's key paths, each where it was written."""
+    rng = random.Random(seed)
+    policy = _policy(seed, None)
+    for table in [*(t for t in policy.values() if isinstance(t, dict)), *policy["source"]]:
+        for n in range(rng.randint(1, 3)):
+            table[f"x{n}"] = rng.choice(TRICKY)
+    w = _write(policy, rng)
+    text = "\n".join(w.lines) + "\n"
+    assert tomllib.loads(text) == _read(policy), text
+    places = toml_positions._Scanner(text).run()
+    assert set(places) == _paths(tomllib.loads(text)), text
+    starts = [0]
+    for line in text.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+    for path, roles in w.at.items():
         key, value = places[path]
         for role, (line, column) in roles.items():
             index = starts[line - 1] + column - 1
