@@ -224,16 +224,28 @@ def _write(policy: dict, rng: random.Random) -> _Writer:
         if spelling[name] == "headers":
             for i, element in enumerate(table):
                 w.header((name, i), array=True)
+                subtables = []
                 for key, value in element.items():
+                    if isinstance(value, dict) and rng.random() < 0.5:
+                        subtables.append((key, value))       # [source.sub]: element i's
+                        continue
                     w.put(w.space())
                     w.key_value((name, i), (key,), value)
                     w.end()
+                _subtables(w, (name, i), subtables)
         elif spelling[name] == "header":
+            # a [table.sub] may come before [table] itself
+            early = rng.random() < 0.3
+            if early:
+                subtables = [(k, v) for k, v in table.items() if isinstance(v, dict) and v]
+                _subtables(w, (name,), subtables)
             w.header((name,))
             subtables = []
             for key, value in table.items():
                 how = rng.choice(["inline", "dotted", "header"]) if isinstance(value, dict) \
                     else "plain"
+                if early and isinstance(value, dict) and value:
+                    continue
                 if how == "header" and value:
                     subtables.append((key, value))
                     continue
@@ -245,12 +257,16 @@ def _write(policy: dict, rng: random.Random) -> _Writer:
                 w.put(w.space())
                 w.key_value((name,), (key,), value)
                 w.end()
-            for key, value in subtables:     # after every plain key of the table
-                w.header((name, key))
-                for sub, text in value.items():
-                    w.key_value((name, key), (sub,), text)
-                    w.end()
+            _subtables(w, (name,), subtables)   # after every plain key of the table
     return w
+
+
+def _subtables(w: _Writer, table: tuple, subtables: list) -> None:
+    for key, value in subtables:
+        w.header((*table, key))
+        for sub, text in value.items():
+            w.key_value((*table, key), (sub,), text)
+            w.end()
 
 
 def _read(policy):
@@ -346,7 +362,7 @@ TRICKY = ['"""\n[not.a.header]\nk = 1\n"""', "'''\n[[x]] # no\n'''", '"""a""""',
           "'''b'''''", '"q\\"[x] = 1"', "'#not a comment'", "1979-05-27 07:32:00",
           "1979-05-27", "1979-05-27T07:32:00Z", "[\n  1, # one\n  2,\n]", "0x1F", "1e+5",
           '[[1, 2], ["a]"], { x = "}" }]', '"\\u00e9 = \\\\"', '"""\\\n  x = 1"""', "+inf",
-          '"""#"""', "[ ]", "{ }", "'a\"b'"]
+          '"""#"""', "[ ]", "{ }", "'a\"b'", '"""a\\"""b"""']
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -358,6 +374,7 @@ def test_the_scanner_steps_over_every_kind_of_value(seed):
     for table in [*(t for t in policy.values() if isinstance(t, dict)), *policy["source"]]:
         for n in range(rng.randint(1, 3)):
             table[f"x{n}"] = rng.choice(TRICKY)
+        table["sub"] = {"y": rng.choice(TRICKY)}      # a table of its own
     w = _write(policy, rng)
     text = "\n".join(w.lines) + "\n"
     assert tomllib.loads(text) == _read(policy), text
