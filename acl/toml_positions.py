@@ -32,9 +32,11 @@ Rules of this file:
   written -- a required key left out, so the whole table is the mistake --
   is reported at the nearest table around it that is: its header, an
   inline table's ``{``, or the first dotted key naming it.
-* :func:`value_text` is a value's own text (``600`` of ``mode = 600  #
-  octal?``), for a message that quotes how a number was written; it takes
-  no stand-in: None when the key is not written after an ``=``.
+* :func:`value_text` is a value's own text, all of it, over lines if it
+  spans them, and nothing after it (``600`` of ``mode = 600  # octal?``):
+  for a message that quotes how a number was written.  It takes no
+  stand-in: None for what is not written after an ``=`` (a header's table,
+  a key left out).
 * The scanner also takes what TOML 1.1 adds (an inline table over several
   lines, ``\\e`` and ``\\xHH`` escapes): tomllib refuses them first today.
 * Lines are TOML's: they end at ``\\n`` (a ``\\r`` before it belongs to the
