@@ -49,7 +49,6 @@ Rules of this file:
 
 from __future__ import annotations
 
-import bisect
 import re
 
 from acl.errors import OutOfResources
@@ -65,7 +64,6 @@ _ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\
             "e": "\x1b"}
 _HEX_DIGITS = {"u": 4, "U": 8, "x": 2}
 
-Found = tuple[int, int, str]      # (line, column, the line's text), both from 1
 Path = tuple                      # keys (str) and array indices (int)
 
 
@@ -298,13 +296,9 @@ def key_path(where) -> Path | None:
     return path
 
 
-def _found(text: str, index: int) -> Found:
-    starts = [0] + [m.end() for m in re.finditer("\n", text)]
-    n = bisect.bisect_right(starts, index)
-    start = starts[n - 1]
-    end = text.find("\n", start)
-    line = text[start:] if end < 0 else text[start:end]
-    return n, index - start + 1, line.removesuffix("\r")
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    """Both from 1; lines end at \\n only (the rules above)."""
+    return text.count("\n", 0, index) + 1, index - text.rfind("\n", 0, index)
 
 
 def _scan(path) -> tuple[str, _Scanner] | None:
@@ -336,7 +330,7 @@ def position(path, where, at_key: bool = False) -> str:
         if around is None:
             return str(path)
         index = places[around][1]
-    line, column, _ = _found(text, index)
+    line, column = _line_column(text, index)
     return f"{path}:{line}:{column}"
 
 
