@@ -114,10 +114,9 @@ class NfqueueConfig:
                    position: Callable[[tuple, bool], str] | None = None) -> NfqueueConfig:
         """The ``[nfqueue]`` table, checked.  ``position(keys, at_key)``, when
         given, says where the key path ``keys`` (``("ports", "22")``) is
-        written -- ``PATH:LINE:COLUMN``, of the key itself
-        or of its value, of the table when the key is not written -- for the
-        error message's start (acl/policy.py's; else the message starts
-        with ``path``)."""
+        written -- ``PATH:LINE:COLUMN``, of the key itself or of its value,
+        of the table when the key is not written -- for the error message's
+        start (acl/policy.py's; else the message starts with ``path``)."""
         where = f"{path}: [nfqueue]"
 
         def at(*keys: str, at_key: bool = False) -> str:
