@@ -22,8 +22,9 @@ Rules of this file (docs/nfqueue.md says them to admins):
 * A boolean is not a number (Python's ``True`` is an int): ``queues =
   [true]`` is refused, not queue 1; so for every numeric key.
 * Every message starts with where the mistake is, ``PATH:LINE:COLUMN`` when
-  the policy loader gives the position (acl.toml_positions), and names the
-  key.
+  the policy loader gives the position (acl.toml_positions: however the
+  key is spelt), and names the key: a bad port at its key, a bad value at
+  the value, no ``ports`` at all at the table.
 """
 
 from __future__ import annotations
@@ -110,19 +111,20 @@ class NfqueueConfig:
 
     @classmethod
     def from_table(cls, table: dict, path: object = "policy",
-                   position: Callable[[str, bool], str] | None = None) -> NfqueueConfig:
-        """The ``[nfqueue]`` table, checked.  ``position(key, at_key)``, when
-        given, says where ``key`` is written -- ``PATH:LINE:COLUMN``, of the
-        key itself or of its value -- for the error message's start
-        (acl/policy.py's; else the message starts with ``path``)."""
+                   position: Callable[[tuple, bool], str] | None = None) -> NfqueueConfig:
+        """The ``[nfqueue]`` table, checked.  ``position(keys, at_key)``, when
+        given, says where the key path ``keys`` (``("ports", "22")``) is
+        written -- ``PATH:LINE:COLUMN``, of the key itself or of its value,
+        of the table when the key is not written -- for the error message's
+        start (acl/policy.py's; else the message starts with ``path``)."""
         where = f"{path}: [nfqueue]"
 
-        def at(key: str, at_key: bool = False) -> str:
-            return f"{position(key, at_key)}: [nfqueue]" if position else where
+        def at(*keys: str, at_key: bool = False) -> str:
+            return f"{position(keys, at_key)}: [nfqueue]" if position else where
 
         for key in table:
             if key not in TABLE_KEYS:
-                raise PolicyError(f"{at(key, True)}: unknown key {key!r}")
+                raise PolicyError(f"{at(key, at_key=True)}: unknown key {key!r}")
         cfg = cls()
         queues = table.get("queues", [0])
         if isinstance(queues, int):
@@ -138,16 +140,15 @@ class NfqueueConfig:
                               "service name")
         first: dict[object, str] = {}     # port or (address, port) -> the key that named it
         for key, service in ports.items():
-            # ``ports.KEY``: the key's own line in a [nfqueue.ports] table,
-            # the ``ports =`` value for an inline one
+            # a bad service at its value, a bad port at its key
             if not isinstance(service, str) or not service:
-                raise PolicyError(f"{at(f'ports.{key}')} ports: {key!r}: service must be a "
+                raise PolicyError(f"{at('ports', key)} ports: {key!r}: service must be a "
                                   "non-empty string")
-            addr, port = parse_port_key(key, f"{at(f'ports.{key}', True)} ports")
+            addr, port = parse_port_key(key, f"{at('ports', key, at_key=True)} ports")
             slot, found = (cfg.ports, port) if addr is None else (cfg.addr_ports, (addr, port))
             if found in slot:
-                raise PolicyError(f"{at(f'ports.{key}', True)} ports: {key!r}: the same port as "
-                                  f"{first[found]!r} (mapped to {slot[found]!r})")
+                raise PolicyError(f"{at('ports', key, at_key=True)} ports: {key!r}: the same "
+                                  f"port as {first[found]!r} (mapped to {slot[found]!r})")
             slot[found] = service
             first[found] = key
         for key, allowed in (("reject", ("drop", "reset")), ("malformed", ("drop", "accept"))):

@@ -85,7 +85,7 @@ from acl.errors import (
 )
 from acl.nfqueue_config import NfqueueConfig
 from acl.rulefiles import read_bytes
-from acl.toml_positions import position, value_text
+from acl.toml_positions import key_path, position, value_text
 
 EXAMPLE = Path(__file__).resolve().parent / "examples" / "policy.toml"
 #: A file modified less than this long before it was stamped may change again
@@ -331,11 +331,13 @@ def libwrap_name(policy: Policy, service: str) -> str | None | bool:
 
 
 # -- loading ------------------------------------------------------------------
-def _err(path, where: str, what: str, *, at_key: str | None = None) -> PolicyError:
-    """``PATH:LINE:COLUMN: where: what`` when ``where`` (or ``at_key``, whose
-    key itself is then pointed at, not its value) names what the file
-    spells out (tomllib keeps no positions: the file is read again, on this
-    error path only; :mod:`acl.toml_positions`), else ``PATH: where: what``."""
+def _err(path, where: str, what: str, *, at_key: str | tuple | None = None) -> PolicyError:
+    """``PATH:LINE:COLUMN: where: what`` when ``where`` (or ``at_key``, a
+    name or a key path, whose key itself is then pointed at, not its value)
+    names what the file spells out, in whatever TOML spelling, or a key
+    left out of a table the file spells out (tomllib keeps no positions:
+    the file is read again, on this error path only;
+    :mod:`acl.toml_positions`), else ``PATH: where: what``."""
     return PolicyError(f"{position(path, at_key or where, at_key is not None)}: "
                        f"{where}: {what}")
 
@@ -354,8 +356,9 @@ def _known_keys(table: dict, known, path, where: str, located: str) -> None:
     :mod:`acl.toml_positions` names it (``sockets``, ``source[0]``)."""
     for key in table:
         if key not in known:
+            # a key path, not ``located.key``: the key may hold dots itself
             raise _err(path, where, f"unknown key {key!r} (known: {', '.join(known)})",
-                       at_key=f"{located}.{key}")
+                       at_key=(*key_path(located), key))
 
 
 def _get(table: dict, key: str, kind, default, path, where: str):
@@ -661,7 +664,7 @@ def _read_toml(toml_path: Path) -> dict:
     unknown = set(conf) - KNOWN_SECTIONS
     if unknown:
         first = sorted(unknown)[0]
-        raise _err(toml_path, first, "unknown section", at_key=first)
+        raise _err(toml_path, first, "unknown section", at_key=(first,))
     return conf
 
 
@@ -754,8 +757,8 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
         # table alike (the door reads it again when it starts) -- and a
         # table this build cannot serve: a start would bind, then exit 111
         # (ENOSYS), which systemd's Restart=on-failure repeats forever
-        NfqueueConfig.from_table(nfq, toml_path, lambda key, at_key: position(
-            toml_path, f"nfqueue.{key}", at_key))
+        NfqueueConfig.from_table(nfq, toml_path, lambda keys, at_key: position(
+            toml_path, ("nfqueue", *keys), at_key))
         from acl import nfq as nfq_binding
 
         if not nfq_binding.AVAILABLE:

@@ -224,6 +224,10 @@ BAD = {"queues": ["[]", "true", "[70000]", '"0"'], "reject": ['"icmp"', "1"],
        "fail_open": ['"no"', "0"], "batch": ["0", "4097", "true"], "rcvbuf": ["-1", "1073741825"],
        "ports": ["{}", '{ 0 = "x" }', '{ ssh = "x" }', '{ 22 = "" }', '"22"',
                  '{ 22 = "a", 022 = "b" }']}
+#: where in an inline ``ports`` value of BAD's its message points: the
+#: offending key or service inside it (else the value's start)
+POINTED_IN_PORTS = {'{ 0 = "x" }': "0 =", '{ ssh = "x" }': "ssh", '{ 22 = "" }': '""',
+                    '{ 22 = "a", 022 = "b" }': "022"}
 BASE = """\
 [[source]]
 type = "hosts_access"
@@ -276,7 +280,8 @@ def _policy(seed: int, tmp_path, mistake: tuple | None):
             want = (len(lines), len(indent) + 1, f"unknown key {mistake[1]!r}")
         elif key == kind:
             lines.append(f"{indent}{key} = {mistake[1]}")
-            want = (len(lines), len(indent) + len(key) + 4, key)
+            inside = mistake[1].index(POINTED_IN_PORTS.get(mistake[1], mistake[1]))
+            want = (len(lines), len(indent) + len(key) + 4 + inside, key)
         else:
             lines.append(f"{indent}{key} = {GOOD[key]}")
     if as_table:
