@@ -44,8 +44,6 @@ import pytest
 from ..conftest import SLOW, stop_process
 from .conftest import DEPLOY, MAN_PREFIX, ROOT
 
-pytestmark = [pytest.mark.root, pytest.mark.live]
-
 #: The trees install.sh writes to, each covered by an overlay in the
 #: namespace (/var/cache/man: where mandb keeps /usr/local/share/man's index).
 COVERED = ("/opt", "/usr/local", "/usr/share/doc", "/var/cache/man")
@@ -169,12 +167,25 @@ def namespace(tmp_path):
 
 def apt_would_change_the_machine() -> str:
     """The packages install.sh's apt-get line would install or upgrade."""
-    line = re.search(r"apt-get install (.*?)>", (DEPLOY / "install.sh").read_text(), re.S)
-    args = line.group(1).replace("\\\n", " ").split()
-    sim = subprocess.run(["apt-get", "install", "-s", *args], capture_output=True, text=True,
+    sim = subprocess.run(["apt-get", "install", "-s", *apt_line()], capture_output=True, text=True,
                          timeout=120, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     assert sim.returncode == 0, sim.stderr
     return " ".join(re.findall(r"^Inst (\S+)", sim.stdout, re.M))
+
+
+def apt_line() -> list[str]:
+    """The arguments of install.sh's ``apt-get install``."""
+    line = re.search(r"apt-get install (.*?)>", (DEPLOY / "install.sh").read_text(), re.S)
+    return line.group(1).replace("\\\n", " ").split()
+
+
+def test_tests_run_installs_every_package_install_sh_names():
+    """Else, on CI's fresh machine, the real run below would install them
+    (and so skip): tests/run installs tests/debian-packages.txt first."""
+    wanted = [a for a in apt_line() if not a.startswith("-")]
+    assert wanted
+    listed = (ROOT / "tests" / "debian-packages.txt").read_text().split()
+    assert set(wanted) <= set(listed), set(wanted) - set(listed)
 
 
 def clean_env(path: str, **extra) -> dict[str, str]:
@@ -211,6 +222,8 @@ BRANCHES = [
 ]
 
 
+@pytest.mark.root
+@pytest.mark.live
 @pytest.mark.parametrize("branch", BRANCHES)
 def test_install_sh_installs_acl_and_acl_serve_answers(tmp_path, namespace, branch):
     if shutil.which("man") is None:
@@ -234,7 +247,7 @@ def test_install_sh_installs_acl_and_acl_serve_answers(tmp_path, namespace, bran
 
     # 1. the run
     run = namespace.run(["sh", str(checkout / "deploy" / "install.sh")], env=env, cwd=work,
-                        timeout=900)
+                        timeout=420)
     log = run.stdout + run.stderr
     if run.returncode != 0 and OFFLINE.search(log):
         pytest.skip(f"install.sh could not reach its package sources: "
@@ -259,6 +272,8 @@ def test_install_sh_installs_acl_and_acl_serve_answers(tmp_path, namespace, bran
             link = namespace.written(f"/usr/local/bin/{cmd}")
             assert os.readlink(link) == f"{VENV}/bin/{cmd}", link
         assert namespace.written(f"{VENV}/bin/acl").exists()
+        # and nothing into Debian's python (its pip would write to /usr/local/lib)
+        assert not list(namespace.written("/usr/local/lib").glob("python3*/dist-packages/acl*"))
     else:
         # acl went into python3's environment: nothing to /opt, no links
         assert not namespace.written(VENV).exists()
@@ -321,7 +336,7 @@ def test_install_sh_installs_acl_and_acl_serve_answers(tmp_path, namespace, bran
             assert asked.returncode == answer, (client, asked)
     finally:
         status = stop_process(serve)
-        said = serve.stdout.read()
+        said = serve.communicate(timeout=10)[0]
     assert status in (0, -15), said
     assert str(sock) in said, said
 
