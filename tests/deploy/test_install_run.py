@@ -3,15 +3,17 @@ deploy/install.sh && acl serve``, on a copy of the checkout, as root.
 
 Rules of this file:
 
-* The machine is not changed.  The script runs in a private mount namespace
-  (held open by a ``sleep`` the test starts and stops by its PID) where an
-  overlay covers each tree it writes to (COVERED): what it writes lands in
-  the overlay's upper directory under the test's tmp dir, and vanishes with
-  the namespace.  What an earlier install left in those trees (the lead runs
+* Nothing the machine has installed is changed (only apt's lists, which
+  apt-get update refreshes, and root's pip cache).  The script runs in a
+  private mount namespace (held open by a ``sleep`` the test starts and
+  stops by its PID) where an overlay covers each tree it writes to
+  (COVERED): what it writes lands in the overlay's upper directory under the
+  test's tmp dir, where the checks read it, and the mounts end with the
+  namespace.  What an earlier install left in those trees (the lead runs
   install.sh by hand) is hidden first (EARLIER), so the run starts as on a
-  fresh machine, and every check reads what THIS run wrote.
+  fresh machine and every check sees what THIS run wrote.
 * apt-get runs for real: the packages it names are installed already (tests/run
-  installs tests/debian-packages.txt, a superset), so it only reads; the
+  installs tests/debian-packages.txt, a superset), so its install is a no-op; the
   test first asks apt (``-s``) and skips when the run would change the
   machine's packages.  No network (apt's mirror, PyPI for pip's build
   isolation): a skip that says so, not a failure -- so in the network
@@ -54,9 +56,11 @@ DOCS = sorted((ROOT / "docs").glob("*.md"))
 RULES = "/usr/local/sbin/acl-nfqueue-rules"
 VENV = "/opt/acl"
 
-#: What an earlier install left, hidden in the namespace before the run.
+#: What an earlier install left, hidden in the namespace before the run
+#: (/var/cache/man/*local: mandb's indexes of /usr/local/share/man, by both
+#: its names -- else whatis would answer from an earlier run's index).
 EARLIER = (VENV, "/usr/local/bin/acl", "/usr/local/bin/acl-wrap", RULES, "/usr/share/doc/acl",
-           "/var/cache/man/local",
+           "/var/cache/man/local", "/var/cache/man/oldlocal",
            *(f"{MAN_PREFIX}/man{p.suffix[1:]}/{p.name}" for p in PAGES))
 
 #: Debian's PATH for root, with nothing of pyenv nor of the checkout in it.
