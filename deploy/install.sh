@@ -40,8 +40,18 @@ install -d /usr/local/share/man/man5 /usr/local/share/man/man8
 install -m 0644 man/*.5 /usr/local/share/man/man5/
 install -m 0644 man/*.8 /usr/local/share/man/man8/
 if command -v mandb >/dev/null 2>&1; then        # whatis and apropos, now
-    mandb -q /usr/local/share/man \
-        || echo "install.sh: mandb failed: whatis knows acl after man-db's daily run" >&2
+    # whatis reads a directory's index by the name root's manpath gives it
+    # (manpath.config's MANDB_MAP), the first name only: on Debian the pages'
+    # directory is first /usr/local/man (base-files' link to share/man), whose
+    # index is not share/man's.  So index it under every name man knows it by.
+    indexed=no
+    for dir in $(manpath -q 2>/dev/null | tr : ' '); do
+        if [ "$dir" -ef /usr/local/share/man ]; then
+            mandb -q "$dir" && indexed=yes
+        fi
+    done
+    [ "$indexed" = yes ] \
+        || echo "install.sh: mandb indexed nothing: whatis knows acl after man-db's daily run" >&2
 fi
 # the NFQUEUE firewall rules (root's tool: sbin)
 install -m 0755 deploy/nfqueue/acl-nfqueue-rules /usr/local/sbin/acl-nfqueue-rules

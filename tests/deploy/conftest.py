@@ -84,12 +84,14 @@ MAN_PREFIX = "/usr/local/share/man"
 def install_man_pages(dest: Path) -> Path:
     """Run install.sh's lines for the manual pages -- from its "# the manual
     pages" comment to the end of its mandb ``if`` -- with ``MAN_PREFIX``
-    moved to ``dest``; ``dest``, a man tree ``man -M`` reads."""
+    moved to ``dest`` and ``MANPATH`` set to it (the block indexes the pages'
+    directory under the names man's search path gives it); ``dest``, a man
+    tree ``man -M`` reads."""
     text = (DEPLOY / "install.sh").read_text()
     block = re.search(r"^# the manual pages.*?^fi$", text, re.M | re.S)
     assert block and block.group(0).count(MAN_PREFIX) >= 3, "install.sh installs no pages"
     script = "set -eu\n" + block.group(0).replace(MAN_PREFIX, str(dest))
     out = subprocess.run(["sh", "-c", script], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, env={**os.environ, "MANPATH": str(dest)})
     assert out.returncode == 0 and out.stderr == "", out.stderr
     return dest
