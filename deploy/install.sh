@@ -22,7 +22,16 @@ if command -v apt-get >/dev/null 2>&1; then
         build-essential python3-dev python3-venv pkg-config libnetfilter-queue-dev >/dev/null
 fi
 
-if python3 -m pip install -q --disable-pip-version-check --dry-run --no-deps . >/dev/null 2>&1; then
+# pip's own rule (PEP 668): outside a virtual environment, a marker file
+# beside the standard library says "externally managed" (Debian's python3
+# has it); pip refuses such a python, and so does this script, without
+# asking pip to build anything first.  A python3 with no pip takes a venv too.
+externally_managed() {
+    python3 -c 'import os, sys, sysconfig
+marker = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")
+sys.exit(0 if sys.prefix == sys.base_prefix and os.path.isfile(marker) else 1)'
+}
+if python3 -m pip --version >/dev/null 2>&1 && ! externally_managed; then
     python3 -m pip install -q --disable-pip-version-check '.[fast]'
 else
     python3 -m venv /opt/acl
