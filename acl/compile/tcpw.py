@@ -35,6 +35,14 @@ Theory of operation (spec A.1, D.1.1):
   ``twist`` last, or an option error (deny).  A hosts.deny that ends in an
   error (no final newline, line too long, unreadable) denies every client no
   earlier rule matched (A.1.5).
+* Objects per rule (a fail2ban/DenyHosts file is 200,000 one-address
+  lines): a *compact* line (acl.parse.hosts_access: one physical line, no
+  options, prefixes only) is compiled from the table's columns, with no
+  HostsRule made.  ``rules``, ``decisions`` and ``shapes`` are sequences that
+  make an item when asked (:class:`BothFiles`, :class:`StaticDecisions`,
+  :class:`ShapeColumn`); ``decisions[i]`` is then kept, so the same rule
+  always answers with the same Decision object.  ``pure`` and ``dynamic``
+  are lists of shared bools.
 """
 
 from __future__ import annotations
@@ -309,13 +317,7 @@ def pure_shape(rule: HostsRule, keys_of: dict | None = None):
     if d.tail is not None or not d.head:
         return None
     if rule.scanned is not None:
-        if keys_of is None:
-            keys = daemon_keys(d)
-        else:
-            got = keys_of.get(id(d))
-            if got is None:
-                got = keys_of[id(d)] = (d, daemon_keys(d))     # holding d keeps its id unique
-            keys = got[1]
+        keys = daemon_keys(d) if keys_of is None else _keys_of(d, keys_of)
         return None if keys is None else (keys, rule.scanned)
     c = rule.clients
     if c.tail is not None or not c.head:
@@ -323,6 +325,102 @@ def pure_shape(rule: HostsRule, keys_of: dict | None = None):
     keys = daemon_keys(d)
     prefixes = None if keys is None else client_prefixes(c, users=False)
     return None if prefixes is None else (keys, RulePrefixes.from_tuples(prefixes))
+
+
+def _keys_of(daemons, keys_of: dict) -> set | None:
+    """``daemon_keys`` of a daemon list without EXCEPT, cached by list (the
+    parser shares one list object among the lines of one daemon field)."""
+    if daemons.tail is not None:
+        return None
+    got = keys_of.get(id(daemons))
+    if got is None:
+        got = keys_of[id(daemons)] = (daemons, daemon_keys(daemons))   # holding it keeps its id
+    return got[1]
+
+
+class BothFiles:
+    """``layer.rules``: hosts.allow's rules then hosts.deny's, as one
+    sequence (a rule is made when asked for: acl.parse.hosts_access)."""
+
+    __slots__ = ("_allow", "_deny", "_n_allow")
+
+    def __init__(self, allow, deny) -> None:
+        self._allow, self._deny, self._n_allow = allow, deny, len(allow)
+
+    def __len__(self) -> int:
+        return self._n_allow + len(self._deny)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("rule index out of range")
+        return self._allow[i] if i < self._n_allow else self._deny[i - self._n_allow]
+
+    def __iter__(self):
+        yield from self._allow
+        yield from self._deny
+
+    def prefixes(self, i: int) -> RulePrefixes:
+        """A compact rule's prefixes, without making its HostsRule."""
+        if i < self._n_allow:
+            return self._allow.prefixes(i)
+        return self._deny.prefixes(i - self._n_allow)
+
+
+class StaticDecisions:
+    """``layer.decisions[i]``: rule ``i``'s Decision, made on first need and
+    kept (most rules of a large file never decide anything)."""
+
+    __slots__ = ("_layer", "_made")
+
+    def __init__(self, layer) -> None:
+        self._layer = layer
+        self._made: list = [None] * len(layer.rules)
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, i: int) -> Decision:
+        got = self._made[i]
+        if got is None:
+            if i < 0:
+                i += len(self._made)
+            got = self._made[i] = self._layer._static_decision(i)
+        return got
+
+    def __iter__(self):
+        for i in range(len(self._made)):
+            yield self[i]
+
+
+class ShapeColumn:
+    """``layer.shapes[i]``: ``(daemon keys, RulePrefixes)`` of pure rule
+    ``i``, else None.  A compact rule keeps only its (shared) keys; its
+    prefixes are a new object on each request."""
+
+    __slots__ = ("_layer", "_stored")
+
+    def __init__(self, layer, stored: list) -> None:
+        self._layer = layer
+        self._stored = stored       # None | a full rule's shape | a compact rule's keys
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __getitem__(self, i: int):
+        got = self._stored[i]
+        if got is None or isinstance(got, tuple):
+            return got
+        if i < 0:
+            i += len(self._stored)
+        return got, self._layer.rules.prefixes(i)
+
+    def __iter__(self):
+        for i in range(len(self._stored)):
+            yield self[i]
 
 
 _NO_ENTRIES = (array("I"), array("B"), array("i"), [])
@@ -362,38 +460,75 @@ class HostsAccessLayer:
         self.allow = allow
         self.deny = deny
         self.resolver = resolver
-        self.rules: list[HostsRule] = list(allow.rules) + list(deny.rules)
+        self.rules = BothFiles(allow.rules, deny.rules)
         self.n_allow = len(allow.rules)
-        self.decisions = [self._static_decision(i, r) for i, r in enumerate(self.rules)]
-        self.dynamic = [bool(r.options.check_setenv) for r in self.rules]
-        self.pure: list[bool] = [False] * len(self.rules)
-        self.shapes: list = [None] * len(self.rules)
+        n = len(self.rules)
+        self.decisions = StaticDecisions(self)
+        self.dynamic: list[bool] = [False] * n
+        self.pure: list[bool] = [False] * n
+        # a full rule's shape, or a compact rule's daemon keys (ShapeColumn)
+        shapes: list = [None] * n
         residual = []
         # per daemon key (None = ALL): IPv4 columns (nets, lengths, rule
         # numbers) and IPv6 (network, length, rule number) triples
         entries: dict = {}
         keys_of: dict = {}
-        for i, rule in enumerate(self.rules):
-            if never_matches(rule):
-                continue
-            shape = pure_shape(rule, keys_of)
-            self.shapes[i] = shape
-            if shape is None:
-                residual.append(i)
-                continue
-            self.pure[i] = True
-            keys, prefixes = shape
-            for key in keys:
-                cols = entries.get(key)
-                if cols is None:
-                    cols = entries[key] = (array("I"), array("B"), array("i"), [])
-                nets, lens, vals, e6 = cols
-                if prefixes.nets4:
-                    nets.extend(prefixes.nets4)
-                    lens.extend(prefixes.lens4)
-                    vals.extend(array("i", [i]) * len(prefixes.nets4))
-                if prefixes.v6:
-                    e6.extend((net, length, i) for net, length in prefixes.v6)
+
+        def columns_of(key) -> tuple:
+            cols = entries.get(key)
+            if cols is None:
+                cols = entries[key] = (array("I"), array("B"), array("i"), [])
+            return cols
+
+        for base, rules in ((0, allow.rules), (self.n_allow, deny.rules)):
+            nets4, lens4 = rules.nets4, rules.lens4
+            for j in range(len(rules)):
+                i = base + j
+                compact = rules.compact(j)
+                if compact is not None:
+                    # no options, no EXCEPT, client list all prefixes: pure
+                    # unless its daemon list is not plain names (or empty)
+                    daemons, _line, start, stop = compact
+                    keys = _keys_of(daemons, keys_of) if daemons.head else None
+                    if keys is None:
+                        if daemons.head:
+                            residual.append(i)
+                        continue
+                    shapes[i] = keys
+                    self.pure[i] = True
+                    if start == stop:
+                        continue
+                    for key in keys:
+                        nets, lens, vals, _ = columns_of(key)
+                        if stop - start == 1:
+                            nets.append(nets4[start])
+                            lens.append(lens4[start])
+                            vals.append(i)
+                        else:
+                            nets.extend(nets4[start:stop])
+                            lens.extend(lens4[start:stop])
+                            vals.extend(array("i", [i]) * (stop - start))
+                    continue
+                rule = rules[j]
+                self.dynamic[i] = bool(rule.options.check_setenv)
+                if never_matches(rule):
+                    continue
+                shape = pure_shape(rule, keys_of)
+                shapes[i] = shape
+                if shape is None:
+                    residual.append(i)
+                    continue
+                self.pure[i] = True
+                keys, prefixes = shape
+                for key in keys:
+                    nets, lens, vals, e6 = columns_of(key)
+                    if prefixes.nets4:
+                        nets.extend(prefixes.nets4)
+                        lens.extend(prefixes.lens4)
+                        vals.extend(array("i", [i]) * len(prefixes.nets4))
+                    if prefixes.v6:
+                        e6.extend((net, length, i) for net, length in prefixes.v6)
+        self.shapes = ShapeColumn(self, shapes)
         self.residual = residual
         # whether a decision may ask innetgr (the engine probes for it even
         # when the caller sent the client's name: acl/names.py)
@@ -458,8 +593,17 @@ class HostsAccessLayer:
         return [self.allow.path, self.deny.path] + sorted(
             set(self.allow.pattern_files) | set(self.deny.pattern_files))
 
-    def _static_decision(self, index: int, rule: HostsRule) -> Decision:
+    def _static_decision(self, index: int) -> Decision:
+        """Rule ``index``'s Decision when its options expand nothing at
+        decision time (``decisions[index]`` makes it on first need)."""
         in_allow = index < self.n_allow
+        rules, j = (self.allow.rules, index) if in_allow else (self.deny.rules, index - self.n_allow)
+        compact = rules.compact(j)
+        if compact is not None:         # no options: the file decides
+            verdict = Verdict.ALLOW if in_allow else Verdict.DENY
+            reason = Reason.OK if in_allow else Reason.LIBWRAP
+            return Decision(verdict, reason, Location(rules.path, compact[1]))
+        rule = rules[j]
         opts = rule.options
         verdict = Verdict.ALLOW if in_allow else Verdict.DENY
         if opts.error is not None:
