@@ -94,10 +94,24 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
     nets, lens, vals, v6 = layer.prefix_columns(ascii_lower(strip_mapped(service)))
     view.v4_columns = (nets, lens, vals)
     view.v6 = v6
-    view.decisions = [RESIDUAL if dyn else d
-                      for d, dyn in zip(layer.decisions, layer.dynamic, strict=True)]
+    view.decisions = _RuleDecisions(layer)
     view.forced_v4 = [(0xFFFFFFFF, 32)]
     return view
+
+
+class _RuleDecisions:
+    """A hosts_access view's ``decisions``: rule number -> the rule's
+    Decision, RESIDUAL for one whose options expand at decision time.  Asked
+    only for the rules that decide some range (the layer makes each Decision
+    on first need)."""
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer) -> None:
+        self._layer = layer
+
+    def __getitem__(self, value: int) -> Decision:
+        return RESIDUAL if self._layer.dynamic[value] else self._layer.decisions[value]
 
 
 def _tcprules_view(layer, service: str) -> AddressView | None:

@@ -482,29 +482,27 @@ class HostsAccessLayer:
 
         for base, rules in ((0, allow.rules), (self.n_allow, deny.rules)):
             nets4, lens4 = rules.nets4, rules.lens4
-            for j in range(len(rules)):
+            # a compact rule (no options, no EXCEPT, clients all prefixes) is
+            # pure unless its daemon list is not plain names (or is empty)
+            keys_by_list = [None if not daemons.head else _keys_of(daemons, keys_of)
+                            for _, daemons in rules.daemon_lists]
+            for j, d, start, stop in rules.spans():
                 i = base + j
-                compact = rules.compact(j)
-                if compact is not None:
-                    # no options, no EXCEPT, client list all prefixes: pure
-                    # unless its daemon list is not plain names (or empty)
-                    daemons, _line, start, stop = compact
-                    keys = _keys_of(daemons, keys_of) if daemons.head else None
+                if d:
+                    keys = keys_by_list[d - 1]
                     if keys is None:
-                        if daemons.head:
+                        if rules.daemon_lists[d - 1][1].head:
                             residual.append(i)
                         continue
                     shapes[i] = keys
                     self.pure[i] = True
-                    if start == stop:
-                        continue
                     for key in keys:
                         nets, lens, vals, _ = columns_of(key)
                         if stop - start == 1:
                             nets.append(nets4[start])
                             lens.append(lens4[start])
                             vals.append(i)
-                        else:
+                        elif stop > start:
                             nets.extend(nets4[start:stop])
                             lens.extend(lens4[start:stop])
                             vals.extend(array("i", [i]) * (stop - start))

@@ -216,6 +216,11 @@ class HostsRules:
             return None
         return self.daemon_lists[d - 1][1], self._line[j], self._start[j], self._stop[j]
 
+    def spans(self):
+        """``(j, daemon list number + 1 or 0 when not compact, start, stop)``
+        for every rule ``j`` in order: the compiler's view of the columns."""
+        return zip(range(len(self._items)), self._daemon, self._start, self._stop)
+
     def prefixes(self, j: int) -> RulePrefixes:
         """A compact rule's prefixes (a new object each call)."""
         return RulePrefixes(self.nets4[self._start[j]:self._stop[j]],
