@@ -191,6 +191,64 @@ def test_files_read_with_and_without_the_fast_lane_agree(seed):
         assert fast.check(request, 0.0) == full.check(request, 0.0), request
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_compact_lines_compile_as_their_rules(seed):
+    """Compact lines (one physical line, no options, prefixes only) are
+    compiled from the table's columns, before anyone asks for a HostsRule:
+    every Decision, shape, flag, table column, metric and ``acl check``
+    finding is the full parser's."""
+    from acl.compile.tcpw_check import shadowed
+    from acl.metrics import rule_counts
+
+    rng = random.Random(seed)
+    allow = random_file(rng, 300) + b": 10.9.9.9\n \t: 10.9.9.8\nsshd, ALL: 10.9.9.7\n"
+    deny = random_file(rng, 100) + b"sshd: 10.0.0.1/0\nsshd: 10.9.9.6\n"
+    scan = hosts_scan.v4_client_prefixes
+    fast = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow, scan_clients=scan),
+                            parse_hosts("/f/hosts.deny", deny, scan_clients=scan))
+    full = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
+                            parse_hosts("/f/hosts.deny", deny))
+    n = len(full.rules)
+    assert len(fast.rules) == n and len(fast.decisions) == n and len(fast.shapes) == n
+    assert [fast.decisions[i] for i in range(n)] == list(full.decisions)
+    assert list(fast.shapes) == list(full.shapes)
+    assert (fast.pure, fast.dynamic, fast.residual) == (full.pure, full.dynamic, full.residual)
+    for key in ["sshd", "ftpd", "in.ftpd", "telnetd"]:
+        assert fast.prefix_columns(key) == full.prefix_columns(key)
+    assert fast.daemon_names() == full.daemon_names()
+    assert rule_counts(fast) == rule_counts(full)
+    assert [str(d) for d in shadowed(fast)] == [str(d) for d in shadowed(full)]
+    assert fast.decisions[-1] is fast.decisions[n - 1]      # made once, then kept
+    assert fast.rules[-1] is fast.rules[n - 1] is fast.deny.rules[-1]
+    assert [r.line for r in fast.rules[3:9]] == [r.line for r in full.rules[3:9]]
+
+
+def test_compact_lines_make_no_rule_objects():
+    """A DenyHosts-shaped file compiles with no HostsRule, Decision or
+    RulePrefixes per line: they are made when asked for, once."""
+    import gc
+
+    from acl.model import Decision
+    from acl.parse.hosts_access import HostsRule
+
+    data = "".join(f"sshd: 10.{i >> 8 & 255}.{i & 255}.{i % 7}/32\n" for i in range(2000))
+    scan = hosts_scan.v4_client_prefixes
+
+    def alive(kind) -> int:
+        gc.collect()
+        return sum(isinstance(o, kind) for o in gc.get_objects())
+
+    before = {k: alive(k) for k in (HostsRule, Decision, RulePrefixes)}
+    layer = HostsAccessLayer(parse_hosts("/f/hosts.allow", data.encode(), scan_clients=scan),
+                             parse_hosts("/f/hosts.deny", b"", scan_clients=scan))
+    assert layer.check(Request("sshd", "10.0.7.0"), 0.0).location.line == 8
+    assert {k: alive(k) - n for k, n in before.items()} == \
+        {HostsRule: 0, Decision: 1, RulePrefixes: 0}
+    assert layer.rules[7].scanned == RulePrefixes(
+        *hosts_scan.v4_client_prefixes(" 10.0.7.0/32\n"))
+    assert alive(HostsRule) - before[HostsRule] == 1
+
+
 # -- logical lines --------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)
