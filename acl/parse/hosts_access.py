@@ -219,7 +219,7 @@ class HostsRules:
     def spans(self):
         """``(j, daemon list number + 1 or 0 when not compact, start, stop)``
         for every rule ``j`` in order: the compiler's view of the columns."""
-        return zip(range(len(self._items)), self._daemon, self._start, self._stop)
+        return zip(range(len(self._items)), self._daemon, self._start, self._stop, strict=True)
 
     def prefixes(self, j: int) -> RulePrefixes:
         """A compact rule's prefixes (a new object each call)."""
