@@ -31,8 +31,10 @@ Rules of this file (spec A.1.5, A.2, A.3; libwrap ``table_match``, ``xgets``):
   but a few columns of :class:`HostsRules` (its text, line numbers, daemon
   list, a span of the table's packed prefixes: no object of its own beside
   its text).  ``table.rules[i]`` makes the HostsRule on first use, the same
-  one as the full parser's lane would hold, and keeps it; the compiler reads
-  the columns (:meth:`HostsRules.compact`) and asks for no HostsRule.
+  one the full parser's lane would hold, and keeps it (two threads asking at
+  once may each make one: equal, and either serves); the compiler reads the
+  columns (:meth:`HostsRules.spans`, :meth:`HostsRules.compact`) and asks
+  for no HostsRule.
 """
 
 from __future__ import annotations
