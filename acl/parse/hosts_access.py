@@ -28,9 +28,9 @@ Rules of this file (spec A.1.5, A.2, A.3; libwrap ``table_match``, ``xgets``):
 * Objects, without a change of meaning: a DenyHosts/fail2ban file is 200,000
   lines of ``sshd: a.b.c.d``.  A *compact* line -- one physical line, no
   options, client list read by the fast lane -- is not a :class:`HostsRule`
-  but a few columns of :class:`HostsRules` (its text, line numbers, daemon
-  list, a span of the table's packed prefixes: no object of its own beside
-  its text).  ``table.rules[i]`` makes the HostsRule on first use, the same
+  but a few columns of :class:`HostsRules` (where it begins in the file's
+  bytes, its line numbers, daemon list, a span of the table's packed
+  prefixes: no object of its own).  ``table.rules[i]`` makes the HostsRule on first use, the same
   one the full parser's lane would hold, and keeps it (two threads asking at
   once may each make one: equal, and either serves); the compiler reads the
   columns (:meth:`HostsRules.spans`, :meth:`HostsRules.compact`) and asks
@@ -107,6 +107,7 @@ class LogicalLine(NamedTuple):
     lines: tuple[int, ...]      # physical line of each piece
     cols: tuple[int, ...]       # column (1-based) where each piece begins
     line: int                   # libwrap's line counter after this line
+    at: int = -1                # byte offset of the first piece in the file
 
     def where(self, offset: int) -> tuple[int, int]:
         i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
@@ -170,18 +171,22 @@ class HostsRules:
     """``HostsTable.rules``: the rules of one file in order (see the module
     rules: compact lines are columns until someone asks for them).
 
-    Per rule ``j``: ``_items[j]`` the HostsRule, or for a compact line not
-    asked for yet its text; ``_line``/``_first`` its line numbers;
-    ``_daemon[j]`` 1 + its daemon list's number in ``daemon_lists`` (0: not
-    compact); ``_start[j]:_stop[j]`` its span of ``nets4``/``lens4``.
+    Per rule ``j``: ``_items[j]`` the HostsRule, None for a compact line not
+    asked for yet; ``_at[j]`` where a compact line begins in ``data`` (the
+    file; it ends at the first newline from there); ``_line``/``_first`` its
+    line numbers; ``_daemon[j]`` 1 + its daemon list's number in
+    ``daemon_lists`` (0: not compact); ``_start[j]:_stop[j]`` its span of
+    ``nets4``/``lens4``.
     """
 
-    __slots__ = ("path", "_items", "_line", "_first", "_daemon", "_start", "_stop",
-                 "daemon_lists", "nets4", "lens4")
+    __slots__ = ("path", "data", "_items", "_at", "_line", "_first", "_daemon", "_start",
+                 "_stop", "daemon_lists", "nets4", "lens4")
 
-    def __init__(self, path: str = "") -> None:
+    def __init__(self, path: str = "", data: bytes = b"") -> None:
         self.path = path
+        self.data = data
         self._items: list = []
+        self._at = array("Q")
         self._line = array("I")
         self._first = array("I")
         self._daemon = array("I")
@@ -194,14 +199,16 @@ class HostsRules:
 
     def append(self, rule: HostsRule) -> None:
         self._items.append(rule)
-        for col in (self._line, self._first, self._daemon, self._start, self._stop):
+        for col in (self._at, self._line, self._first, self._daemon, self._start, self._stop):
             col.append(0)
 
-    def append_compact(self, text: str, line: int, first_line: int, daemon_list: int,
+    def append_compact(self, at: int, line: int, first_line: int, daemon_list: int,
                        nets, lens) -> None:
-        """A compact line: ``daemon_list`` its index in ``daemon_lists``,
-        ``nets``/``lens`` its prefixes as the fast lane gave them."""
-        self._items.append(text)
+        """A compact line beginning at byte ``at`` of ``data``: ``daemon_list``
+        its index in ``daemon_lists``, ``nets``/``lens`` its prefixes as the
+        fast lane gave them."""
+        self._items.append(None)
+        self._at.append(at)
         self._line.append(line)
         self._first.append(first_line)
         self._daemon.append(daemon_list + 1)
@@ -235,10 +242,10 @@ class HostsRules:
         if isinstance(j, slice):
             return [self[k] for k in range(*j.indices(len(self._items)))]
         got = self._items[j]
-        if isinstance(got, str):
+        if got is None:
             if j < 0:
                 j += len(self._items)
-            got = self._items[j] = self._make(j, got)
+            got = self._items[j] = self._make(j)
         return got
 
     def __iter__(self):
@@ -248,16 +255,18 @@ class HostsRules:
     def __repr__(self) -> str:
         return repr(list(self))
 
-    def _make(self, j: int, text: str) -> HostsRule:
+    def _make(self, j: int) -> HostsRule:
         """The HostsRule of compact line ``j``: what :func:`parse_hosts`
         makes of a scanned line (the fields split again from its text)."""
+        at = self._at[j]
+        text = self.data[at:self.data.index(b"\n", at) + 1].decode("latin-1")
         daemon_text, rest = split_at(text, ":")
         client_base = len(daemon_text) + 1
         tokens, daemons = self.daemon_lists[self._daemon[j] - 1]
         line, first = self._line[j], self._first[j]
         return HostsRule(path=self.path, line=line, first_line=first, daemon_tokens=tokens,
                          daemons=daemons, options_text=None, options=NO_OPTIONS,
-                         source=LogicalLine(text, (0,), (first,), (1,), line),
+                         source=LogicalLine(text, (0,), (first,), (1,), line, at),
                          client_text=rest, client_base=client_base, scanned=self.prefixes(j))
 
 
@@ -305,11 +314,12 @@ def logical_lines(data: bytes, *, fast: bool = True):
             # the usual line: one chunk, no NUL, no backslash-newline
             counter += 1
             yield LogicalLine(data[pos:end + 1].decode("latin-1"), (0,), (phys_line,), (1,),
-                              counter)
+                              counter, pos)
             pos = line_start = end + 1
             phys_line += 1
             continue
         pieces: list[bytes] = []
+        at = pos                # (set again at the first piece kept)
         starts: list[int] = []
         lines: list[int] = []
         cols: list[int] = []
@@ -332,6 +342,8 @@ def logical_lines(data: bytes, *, fast: bool = True):
                 else:
                     ended = True
             if keep:
+                if not pieces:
+                    at = chunk_pos
                 starts.append(length)
                 lines.append(phys_line)
                 cols.append(chunk_pos - line_start + 1)
@@ -350,7 +362,7 @@ def logical_lines(data: bytes, *, fast: bool = True):
                 continue
             return
         text = b"".join(pieces).decode("latin-1")
-        yield LogicalLine(text, tuple(starts), tuple(lines), tuple(cols), counter)
+        yield LogicalLine(text, tuple(starts), tuple(lines), tuple(cols), counter, at)
         if not text.endswith("\n"):
             return
 
@@ -392,6 +404,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
     daemons_seen: dict[str, DaemonToken] = {}
     daemon_lists: dict[str, int] = {}       # daemon field -> its index in rules.daemon_lists
     rules = table.rules
+    rules.data = data if type(data) is bytes else bytes(data)     # compact lines read it
 
     def daemon_of(text: str) -> DaemonToken:
         # daemon tokens repeat on almost every line; they are immutable
@@ -437,7 +450,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         columns = None if scan_clients is None else scan_clients(client_text)
         if columns is not None and options_text is None and ll.starts == (0,) \
                 and ll.cols == (1,):
-            rules.append_compact(text, ll.line, ll.lines[0], d_index, *columns)
+            rules.append_compact(ll.at, ll.line, ll.lines[0], d_index, *columns)
             continue
         if columns is not None:
             rule = HostsRule(path=path, line=ll.line, first_line=ll.lines[0],

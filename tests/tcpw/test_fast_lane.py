@@ -274,4 +274,5 @@ def test_fast_and_general_logical_lines_agree(pieces):
         for start, end, line, col in zip(ll.starts, ends, ll.lines, ll.cols, strict=True):
             at = starts[line - 1] + col - 1
             assert data[at:at + end - start] == ll.text[start:end].encode("latin-1")
+            assert start > 0 or at == ll.at        # where compact lines are read again
             assert bisect.bisect_right(starts, at) == line
