@@ -371,14 +371,18 @@ class BothFiles:
 
 
 class StaticDecisions:
-    """``layer.decisions[i]``: rule ``i``'s Decision, made on first need and
-    kept (most rules of a large file never decide anything)."""
+    """``layer.decisions[i]``: rule ``i``'s Decision when its options expand
+    nothing at decision time, made on first need and kept (most rules of a
+    large file never decide anything).  It holds the two files' rules, not
+    the layer: no reference cycle, so a replaced policy is freed by its
+    reference count at once, not at the cyclic collector's next full pass
+    (which a reload that makes few objects may not bring for a long time)."""
 
-    __slots__ = ("_layer", "_made")
+    __slots__ = ("_allow", "_deny", "_made")
 
-    def __init__(self, layer) -> None:
-        self._layer = layer
-        self._made: list = [None] * len(layer.rules)
+    def __init__(self, allow, deny) -> None:
+        self._allow, self._deny = allow, deny
+        self._made: list = [None] * (len(allow) + len(deny))
 
     def __len__(self) -> int:
         return len(self._made)
@@ -388,23 +392,46 @@ class StaticDecisions:
         if got is None:
             if i < 0:
                 i += len(self._made)
-            got = self._made[i] = self._layer._static_decision(i)
+            got = self._made[i] = self._make(i)
         return got
 
     def __iter__(self):
         for i in range(len(self._made)):
             yield self[i]
 
+    def _make(self, index: int) -> Decision:
+        in_allow = index < len(self._allow)
+        rules, j = (self._allow, index) if in_allow else (self._deny, index - len(self._allow))
+        compact = rules.compact(j)
+        if compact is not None:         # no options: the file decides
+            verdict = Verdict.ALLOW if in_allow else Verdict.DENY
+            reason = Reason.OK if in_allow else Reason.LIBWRAP
+            return Decision(verdict, reason, Location(rules.path, compact[1]))
+        rule = rules[j]
+        opts = rule.options
+        verdict = Verdict.ALLOW if in_allow else Verdict.DENY
+        if opts.error is not None:
+            verdict = Verdict.DENY
+        elif opts.final == "allow":
+            verdict = Verdict.ALLOW
+        elif opts.final == "deny":
+            verdict = Verdict.DENY
+        elif opts.final == "twist":
+            verdict = Verdict.DELEGATE
+        reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
+        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
+
 
 class ShapeColumn:
     """``layer.shapes[i]``: ``(daemon keys, RulePrefixes)`` of pure rule
     ``i``, else None.  A compact rule keeps only its (shared) keys; its
-    prefixes are a new object on each request."""
+    prefixes are a new object on each request.  (It holds the rules, not the
+    layer: see StaticDecisions.)"""
 
-    __slots__ = ("_layer", "_stored")
+    __slots__ = ("_rules", "_stored")
 
-    def __init__(self, layer, stored: list) -> None:
-        self._layer = layer
+    def __init__(self, rules: BothFiles, stored: list) -> None:
+        self._rules = rules
         self._stored = stored       # None | a full rule's shape | a compact rule's keys
 
     def __len__(self) -> int:
@@ -416,7 +443,7 @@ class ShapeColumn:
             return got
         if i < 0:
             i += len(self._stored)
-        return got, self._layer.rules.prefixes(i)
+        return got, self._rules.prefixes(i)
 
     def __iter__(self):
         for i in range(len(self._stored)):
@@ -463,7 +490,7 @@ class HostsAccessLayer:
         self.rules = BothFiles(allow.rules, deny.rules)
         self.n_allow = len(allow.rules)
         n = len(self.rules)
-        self.decisions = StaticDecisions(self)
+        self.decisions = StaticDecisions(allow.rules, deny.rules)
         self.dynamic: list[bool] = [False] * n
         self.pure: list[bool] = [False] * n
         # a full rule's shape, or a compact rule's daemon keys (ShapeColumn)
@@ -526,7 +553,7 @@ class HostsAccessLayer:
                         vals.extend(array("i", [i]) * len(prefixes.nets4))
                     if prefixes.v6:
                         e6.extend((net, length, i) for net, length in prefixes.v6)
-        self.shapes = ShapeColumn(self, shapes)
+        self.shapes = ShapeColumn(self.rules, shapes)
         self.residual = residual
         # whether a decision may ask innetgr (the engine probes for it even
         # when the caller sent the client's name: acl/names.py)
@@ -590,30 +617,6 @@ class HostsAccessLayer:
         """Every file the decisions depend on (reload when one changes)."""
         return [self.allow.path, self.deny.path] + sorted(
             set(self.allow.pattern_files) | set(self.deny.pattern_files))
-
-    def _static_decision(self, index: int) -> Decision:
-        """Rule ``index``'s Decision when its options expand nothing at
-        decision time (``decisions[index]`` makes it on first need)."""
-        in_allow = index < self.n_allow
-        rules, j = (self.allow.rules, index) if in_allow else (self.deny.rules, index - self.n_allow)
-        compact = rules.compact(j)
-        if compact is not None:         # no options: the file decides
-            verdict = Verdict.ALLOW if in_allow else Verdict.DENY
-            reason = Reason.OK if in_allow else Reason.LIBWRAP
-            return Decision(verdict, reason, Location(rules.path, compact[1]))
-        rule = rules[j]
-        opts = rule.options
-        verdict = Verdict.ALLOW if in_allow else Verdict.DENY
-        if opts.error is not None:
-            verdict = Verdict.DENY
-        elif opts.final == "allow":
-            verdict = Verdict.ALLOW
-        elif opts.final == "deny":
-            verdict = Verdict.DENY
-        elif opts.final == "twist":
-            verdict = Verdict.DELEGATE
-        reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
-        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
 
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:

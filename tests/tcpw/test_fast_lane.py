@@ -258,6 +258,33 @@ def test_compact_lines_make_no_rule_objects():
     assert alive(HostsRule) - before[HostsRule] == 1
 
 
+def test_a_compiled_layer_is_freed_by_its_reference_count():
+    """No reference cycle in a layer, with every lazy part made: a reload
+    makes few objects now, so the cyclic collector's full pass (which would
+    free a cycle) may not come for many reloads, and each replaced policy
+    would stay in memory until then."""
+    import gc
+    import weakref
+
+    rng = random.Random(7)
+    scan = hosts_scan.v4_client_prefixes
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        layer = HostsAccessLayer(
+            parse_hosts("/f/hosts.allow", random_file(rng, 200), scan_clients=scan),
+            parse_hosts("/f/hosts.deny", random_file(rng, 50), scan_clients=scan))
+        list(layer.decisions), list(layer.shapes), list(layer.rules)
+        layer.check(Request("sshd", "10.1.2.3"), 0.0)
+        layer.check(Request("sshd", "unknown"), 0.0)          # every rule's closure
+        gone = weakref.ref(layer)
+        del layer
+        assert gone() is None
+    finally:
+        if was:
+            gc.enable()
+
+
 # -- logical lines --------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)
