@@ -378,10 +378,10 @@ class StaticDecisions:
     reference count at once, not at the cyclic collector's next full pass
     (which a reload that makes few objects may not bring for a long time)."""
 
-    __slots__ = ("_allow", "_deny", "_made")
+    __slots__ = ("_allow", "_deny", "_n_allow", "_made")
 
     def __init__(self, allow, deny) -> None:
-        self._allow, self._deny = allow, deny
+        self._allow, self._deny, self._n_allow = allow, deny, len(allow)
         self._made: list = [None] * (len(allow) + len(deny))
 
     def __len__(self) -> int:
@@ -400,8 +400,8 @@ class StaticDecisions:
             yield self[i]
 
     def _make(self, index: int) -> Decision:
-        in_allow = index < len(self._allow)
-        rules, j = (self._allow, index) if in_allow else (self._deny, index - len(self._allow))
+        in_allow = index < self._n_allow
+        rules, j = (self._allow, index) if in_allow else (self._deny, index - self._n_allow)
         compact = rules.compact(j)
         if compact is not None:         # no options: the file decides
             verdict = Verdict.ALLOW if in_allow else Verdict.DENY
