@@ -42,7 +42,9 @@ Theory of operation (spec A.1, D.1.1):
   make an item when asked (:class:`BothFiles`, :class:`StaticDecisions`,
   :class:`ShapeColumn`); ``decisions[i]`` is then kept, so the same rule
   always answers with the same Decision object.  ``pure`` and ``dynamic``
-  are lists of shared bools.
+  are lists of shared bools.  None of these refers back to the layer: a
+  replaced layer must go with its reference count, since a reload now makes
+  too few objects to bring the cyclic collector's full pass soon.
 """
 
 from __future__ import annotations
