@@ -102,8 +102,9 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
 class _RuleDecisions:
     """A hosts_access view's ``decisions``: rule number -> the rule's
     Decision, RESIDUAL for one whose options expand at decision time.  Asked
-    only for the rules that decide some range (the layer makes each Decision
-    on first need)."""
+    only for the rules that decide some range, once each: the layer makes a
+    Decision it did not keep yet and does not keep it (the plan holds the
+    encoded answer; a layer of 100,000 rules would keep 100,000 Decisions)."""
 
     __slots__ = ("_layer",)
 
@@ -111,7 +112,7 @@ class _RuleDecisions:
         self._layer = layer
 
     def __getitem__(self, value: int) -> Decision:
-        return RESIDUAL if self._layer.dynamic[value] else self._layer.decisions[value]
+        return RESIDUAL if self._layer.dynamic[value] else self._layer.decisions.passing(value)
 
 
 def _tcprules_view(layer, service: str) -> AddressView | None:
@@ -453,6 +454,7 @@ def _service_tables(name: str, layers, lim, rate_deny):
         return None
     local: list[tuple[bytes, tuple]] = []
     ids: dict[Decision, int] = {}
+    labels: dict[tuple, tuple] = {}     # one label object for the many actions that share it
 
     def action(d: Decision) -> int:
         """The action of ``d``, or -1 (Python's) when its frame is too big."""
@@ -466,7 +468,8 @@ def _service_tables(name: str, layers, lim, rate_deny):
                 a = ids[d] = -1
             else:
                 a = ids[d] = len(local)
-                local.append((payload, (name, int(d.verdict), int(d.reason))))
+                label = (name, int(d.verdict), int(d.reason))
+                local.append((payload, labels.setdefault(label, label)))
         return a
 
     flags = (1 if any(v.uses_host for v in views) else 0) | (

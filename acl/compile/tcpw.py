@@ -401,6 +401,12 @@ class StaticDecisions:
         for i in range(len(self._made)):
             yield self[i]
 
+    def passing(self, i: int) -> Decision:
+        """Rule ``i``'s Decision, kept only if it was already: for a caller
+        that reads each once (the batch plan encodes it and lets it go)."""
+        got = self._made[i]
+        return self._make(i if i >= 0 else i + len(self._made)) if got is None else got
+
     def _make(self, index: int) -> Decision:
         in_allow = index < self._n_allow
         rules, j = (self._allow, index) if in_allow else (self._deny, index - self._n_allow)
