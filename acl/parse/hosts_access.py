@@ -275,7 +275,7 @@ class HostsTable:
     """One parsed file: its rules in order, and how libwrap's scan of it ends."""
 
     path: str
-    rules: HostsRules = None        # type: ignore[assignment]  (set in __post_init__)
+    rules: HostsRules = field(init=False)     # (made in __post_init__: it knows the path)
     #: the error that stops the scan (too long / no newline / unreadable)
     stop: Diagnostic | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
@@ -284,12 +284,7 @@ class HostsTable:
     pattern_files: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.rules is None:
-            self.rules = HostsRules(self.path)
-        elif not isinstance(self.rules, HostsRules):
-            given, self.rules = self.rules, HostsRules(self.path)
-            for rule in given:
-                self.rules.append(rule)
+        self.rules = HostsRules(self.path)
 
 
 def logical_lines(data: bytes, *, fast: bool = True):
