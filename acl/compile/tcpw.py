@@ -371,6 +371,12 @@ class BothFiles:
             return self._allow.prefixes(i)
         return self._deny.prefixes(i - self._n_allow)
 
+    def n_prefixes(self, i: int) -> int:
+        """How many prefixes compact rule ``i`` has."""
+        if i < self._n_allow:
+            return self._allow.n_prefixes(i)
+        return self._deny.n_prefixes(i - self._n_allow)
+
 
 class StaticDecisions:
     """``layer.decisions[i]``: rule ``i``'s Decision when its options expand
@@ -456,6 +462,22 @@ class ShapeColumn:
     def __iter__(self):
         for i in range(len(self._stored)):
             yield self[i]
+
+    def families(self):
+        """Per rule, the address families a pure rule's prefixes hold (a set,
+        maybe empty), None for any other rule; a compact rule's without
+        making its prefixes (acl.metrics counts them on every scrape)."""
+        rules = self._rules
+        for i, got in enumerate(self._stored):
+            if got is None:
+                yield None
+            elif isinstance(got, tuple):
+                yield got[1].families()
+            else:
+                yield _IPV4 if rules.n_prefixes(i) else _NO_FAMILY
+
+
+_IPV4, _NO_FAMILY = frozenset({4}), frozenset()
 
 
 _NO_ENTRIES = (array("I"), array("B"), array("i"), [])

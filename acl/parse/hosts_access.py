@@ -230,6 +230,10 @@ class HostsRules:
         for every rule ``j`` in order: the compiler's view of the columns."""
         return zip(range(len(self._items)), self._daemon, self._start, self._stop, strict=True)
 
+    def n_prefixes(self, j: int) -> int:
+        """How many prefixes compact rule ``j`` has."""
+        return self._stop[j] - self._start[j]
+
     def prefixes(self, j: int) -> RulePrefixes:
         """A compact rule's prefixes (a new object each call)."""
         return RulePrefixes(self.nets4[self._start[j]:self._stop[j]],
