@@ -36,6 +36,7 @@ from __future__ import annotations
 import gc
 from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from acl.engine import UNKNOWN, merge_grants
 from acl.model import Decision, Location, Reason, Verdict
@@ -490,4 +491,28 @@ def _service_tables(name: str, layers, lim, rate_deny):
     rate_local = action(rate_deny) if lim.rate > 0 else -1
     if lim.rate > 0 and rate_local < 0:
         return None
-    return (s4, a4, h6, l6, a6, local, rate_local, flags, slot, limit_local, state)
+    return (s4, a4, h6, l6, a6, _Actions(local), rate_local, flags, slot, limit_local, state)
+
+
+class _Actions:
+    """One service's actions as the engine's plan cache keeps them across
+    reloads: every payload in one bytes object, where each ends, and each
+    one's label (the few distinct label tuples, shared) -- not a bytes object
+    and a tuple per action, which a 100,000-line hosts.allow has one of per
+    rule.  Iterating gives ``(payload, label)`` as BatchPlan takes them."""
+
+    __slots__ = ("blob", "ends", "labels")
+
+    def __init__(self, local: list) -> None:
+        self.blob = b"".join([payload for payload, _ in local])
+        self.ends = array("Q", accumulate(len(payload) for payload, _ in local))
+        self.labels = [label for _, label in local]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        blob, start = self.blob, 0
+        for end, label in zip(self.ends, self.labels, strict=True):
+            yield blob[start:end], label
+            start = end

@@ -199,7 +199,7 @@ def test_a_plan_of_many_rules_keeps_no_decision_per_rule(tmp_path):
     """A DenyHosts-shaped file of 3,000 lines: the layer keeps its lines as
     columns, and the plan encodes each rule's answer once and keeps the
     bytes, not a Decision per rule (the layer makes one when the Python path
-    asks): about 2 objects per rule in all, where there were 21.  (Counted
+    asks): no object per rule, where there were 21.  (Counted
     as blocks: Engine freezes the collector's view, gc.get_objects.)  The
     answers are the rules'."""
     import gc
@@ -215,7 +215,7 @@ def test_a_plan_of_many_rules_keeps_no_decision_per_rule(tmp_path):
     layer, _ = load_hosts_access(str(tmp_path / "a"), str(tmp_path / "d"))
     eng = Engine(Policy(None, [Source("hosts_access", layer, frozenset({"sshd"}), ())]))
     gc.collect()
-    assert sys.getallocatedblocks() - before < 4 * 3000
+    assert sys.getallocatedblocks() - before < 3000
     blob = b"".join(wb.encode_decide(i, Request("sshd", c)) for i, c in
                     enumerate(["10.0.1.2", "10.0.11.183", "10.0.11.184"]))
     pos, out, status = eng.plan.run(blob, 0, 1.0)
