@@ -29,6 +29,10 @@ Rules of this file:
   all: the Python path sends it (DECISION frames may be larger) or answers
   ERROR 6 (too large) or 7 (not encodable), and the plan's reply buffer
   stays sized for ordinary answers.
+* Nothing per rule is kept beyond the plan's own tables: a hosts_access
+  view hands out each rule's Decision once without the layer keeping it,
+  and the engine's cache of a service's tables keeps its encoded answers as
+  one blob (:class:`_Actions`), not a bytes object and a tuple each.
 """
 
 from __future__ import annotations
