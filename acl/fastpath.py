@@ -29,6 +29,10 @@ Rules of this file:
   all: the Python path sends it (DECISION frames may be larger) or answers
   ERROR 6 (too large) or 7 (not encodable), and the plan's reply buffer
   stays sized for ordinary answers.
+* Nothing per rule is kept beyond the plan's own tables: a hosts_access
+  view hands out each rule's Decision once without the layer keeping it,
+  and the engine's cache of a service's tables keeps its encoded answers as
+  one blob (:class:`_Actions`), not a bytes object and a tuple each.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from __future__ import annotations
 import gc
 from array import array
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from acl.engine import UNKNOWN, merge_grants
 from acl.model import Decision, Location, Reason, Verdict
@@ -94,10 +99,25 @@ def _hosts_access_view(layer, service: str) -> AddressView | None:
     nets, lens, vals, v6 = layer.prefix_columns(ascii_lower(strip_mapped(service)))
     view.v4_columns = (nets, lens, vals)
     view.v6 = v6
-    view.decisions = [RESIDUAL if dyn else d
-                      for d, dyn in zip(layer.decisions, layer.dynamic, strict=True)]
+    view.decisions = _RuleDecisions(layer)
     view.forced_v4 = [(0xFFFFFFFF, 32)]
     return view
+
+
+class _RuleDecisions:
+    """A hosts_access view's ``decisions``: rule number -> the rule's
+    Decision, RESIDUAL for one whose options expand at decision time.  Asked
+    only for the rules that decide some range, once each: the layer makes a
+    Decision it did not keep yet and does not keep it (the plan holds the
+    encoded answer; a layer of 100,000 rules would keep 100,000 Decisions)."""
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer) -> None:
+        self._layer = layer
+
+    def __getitem__(self, value: int) -> Decision:
+        return RESIDUAL if self._layer.dynamic[value] else self._layer.decisions.passing(value)
 
 
 def _tcprules_view(layer, service: str) -> AddressView | None:
@@ -439,6 +459,7 @@ def _service_tables(name: str, layers, lim, rate_deny):
         return None
     local: list[tuple[bytes, tuple]] = []
     ids: dict[Decision, int] = {}
+    labels: dict[tuple, tuple] = {}     # one label object for the many actions that share it
 
     def action(d: Decision) -> int:
         """The action of ``d``, or -1 (Python's) when its frame is too big."""
@@ -452,7 +473,8 @@ def _service_tables(name: str, layers, lim, rate_deny):
                 a = ids[d] = -1
             else:
                 a = ids[d] = len(local)
-                local.append((payload, (name, int(d.verdict), int(d.reason))))
+                label = (name, int(d.verdict), int(d.reason))
+                local.append((payload, labels.setdefault(label, label)))
         return a
 
     flags = (1 if any(v.uses_host for v in views) else 0) | (
@@ -473,4 +495,28 @@ def _service_tables(name: str, layers, lim, rate_deny):
     rate_local = action(rate_deny) if lim.rate > 0 else -1
     if lim.rate > 0 and rate_local < 0:
         return None
-    return (s4, a4, h6, l6, a6, local, rate_local, flags, slot, limit_local, state)
+    return (s4, a4, h6, l6, a6, _Actions(local), rate_local, flags, slot, limit_local, state)
+
+
+class _Actions:
+    """One service's actions as the engine's plan cache keeps them across
+    reloads: every payload in one bytes object, where each ends, and each
+    one's label (the few distinct label tuples, shared) -- not a bytes object
+    and a tuple per action, which a 100,000-line hosts.allow has one of per
+    rule.  Iterating gives ``(payload, label)`` as BatchPlan takes them."""
+
+    __slots__ = ("blob", "ends", "labels")
+
+    def __init__(self, local: list) -> None:
+        self.blob = b"".join([payload for payload, _ in local])
+        self.ends = array("Q", accumulate(len(payload) for payload, _ in local))
+        self.labels = [label for _, label in local]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        blob, start = self.blob, 0
+        for end, label in zip(self.ends, self.labels, strict=True):
+            yield blob[start:end], label
+            start = end

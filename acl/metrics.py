@@ -46,11 +46,11 @@ def _bump(out: dict, fam: str, n: int = 1) -> None:
 
 def _hosts_access_counts(layer) -> dict[str, int]:
     out: dict[str, int] = {}
-    for shape in layer.shapes:
-        if shape is None:
+    for families in layer.shapes.families():
+        if families is None:
             _bump(out, "name")
             continue
-        for fam in sorted(shape[1].families()):
+        for fam in sorted(families):
             _bump(out, "ipv4" if fam == 4 else "ipv6")
     return out
 

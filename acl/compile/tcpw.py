@@ -35,6 +35,16 @@ Theory of operation (spec A.1, D.1.1):
   ``twist`` last, or an option error (deny).  A hosts.deny that ends in an
   error (no final newline, line too long, unreadable) denies every client no
   earlier rule matched (A.1.5).
+* Objects per rule (a fail2ban/DenyHosts file is 200,000 one-address
+  lines): a *compact* line (acl.parse.hosts_access: one physical line, no
+  options, prefixes only) is compiled from the table's columns, with no
+  HostsRule made.  ``rules``, ``decisions`` and ``shapes`` are sequences that
+  make an item when asked (:class:`BothFiles`, :class:`StaticDecisions`,
+  :class:`ShapeColumn`); ``decisions[i]`` is then kept, so the same rule
+  always answers with the same Decision object.  ``pure`` and ``dynamic``
+  are lists of shared bools.  None of these refers back to the layer: a
+  replaced layer must go with its reference count, since a reload now makes
+  too few objects to bring the cyclic collector's full pass soon.
 """
 
 from __future__ import annotations
@@ -309,13 +319,7 @@ def pure_shape(rule: HostsRule, keys_of: dict | None = None):
     if d.tail is not None or not d.head:
         return None
     if rule.scanned is not None:
-        if keys_of is None:
-            keys = daemon_keys(d)
-        else:
-            got = keys_of.get(id(d))
-            if got is None:
-                got = keys_of[id(d)] = (d, daemon_keys(d))     # holding d keeps its id unique
-            keys = got[1]
+        keys = daemon_keys(d) if keys_of is None else _keys_of(d, keys_of)
         return None if keys is None else (keys, rule.scanned)
     c = rule.clients
     if c.tail is not None or not c.head:
@@ -323,6 +327,157 @@ def pure_shape(rule: HostsRule, keys_of: dict | None = None):
     keys = daemon_keys(d)
     prefixes = None if keys is None else client_prefixes(c, users=False)
     return None if prefixes is None else (keys, RulePrefixes.from_tuples(prefixes))
+
+
+def _keys_of(daemons, keys_of: dict) -> set | None:
+    """``daemon_keys`` of a daemon list without EXCEPT, cached by list (the
+    parser shares one list object among the lines of one daemon field)."""
+    if daemons.tail is not None:
+        return None
+    got = keys_of.get(id(daemons))
+    if got is None:
+        got = keys_of[id(daemons)] = (daemons, daemon_keys(daemons))   # holding it keeps its id
+    return got[1]
+
+
+class BothFiles:
+    """``layer.rules``: hosts.allow's rules then hosts.deny's, as one
+    sequence (a rule is made when asked for: acl.parse.hosts_access)."""
+
+    __slots__ = ("_allow", "_deny", "_n_allow")
+
+    def __init__(self, allow, deny) -> None:
+        self._allow, self._deny, self._n_allow = allow, deny, len(allow)
+
+    def __len__(self) -> int:
+        return self._n_allow + len(self._deny)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("rule index out of range")
+        return self._allow[i] if i < self._n_allow else self._deny[i - self._n_allow]
+
+    def __iter__(self):
+        yield from self._allow
+        yield from self._deny
+
+    def prefixes(self, i: int) -> RulePrefixes:
+        """A compact rule's prefixes, without making its HostsRule."""
+        if i < self._n_allow:
+            return self._allow.prefixes(i)
+        return self._deny.prefixes(i - self._n_allow)
+
+    def n_prefixes(self, i: int) -> int:
+        """How many prefixes compact rule ``i`` has."""
+        if i < self._n_allow:
+            return self._allow.n_prefixes(i)
+        return self._deny.n_prefixes(i - self._n_allow)
+
+
+class StaticDecisions:
+    """``layer.decisions[i]``: rule ``i``'s Decision when its options expand
+    nothing at decision time, made on first need and kept (most rules of a
+    large file never decide anything).  It holds the two files' rules, not
+    the layer: no reference cycle, so a replaced policy is freed by its
+    reference count at once, not at the cyclic collector's next full pass
+    (which a reload that makes few objects may not bring for a long time)."""
+
+    __slots__ = ("_allow", "_deny", "_n_allow", "_made")
+
+    def __init__(self, allow, deny) -> None:
+        self._allow, self._deny, self._n_allow = allow, deny, len(allow)
+        self._made: list = [None] * (len(allow) + len(deny))
+
+    def __len__(self) -> int:
+        return len(self._made)
+
+    def __getitem__(self, i: int) -> Decision:
+        got = self._made[i]
+        if got is None:
+            if i < 0:
+                i += len(self._made)
+            got = self._made[i] = self._make(i)
+        return got
+
+    def __iter__(self):
+        for i in range(len(self._made)):
+            yield self[i]
+
+    def passing(self, i: int) -> Decision:
+        """Rule ``i``'s Decision, kept only if it was already: for a caller
+        that reads each once (the batch plan encodes it and lets it go)."""
+        got = self._made[i]
+        return self._make(i if i >= 0 else i + len(self._made)) if got is None else got
+
+    def _make(self, index: int) -> Decision:
+        in_allow = index < self._n_allow
+        rules, j = (self._allow, index) if in_allow else (self._deny, index - self._n_allow)
+        compact = rules.compact(j)
+        if compact is not None:         # no options: the file decides
+            verdict = Verdict.ALLOW if in_allow else Verdict.DENY
+            reason = Reason.OK if in_allow else Reason.LIBWRAP
+            return Decision(verdict, reason, Location(rules.path, compact[1]))
+        rule = rules[j]
+        opts = rule.options
+        verdict = Verdict.ALLOW if in_allow else Verdict.DENY
+        if opts.error is not None:
+            verdict = Verdict.DENY
+        elif opts.final == "allow":
+            verdict = Verdict.ALLOW
+        elif opts.final == "deny":
+            verdict = Verdict.DENY
+        elif opts.final == "twist":
+            verdict = Verdict.DELEGATE
+        reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
+        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
+
+
+class ShapeColumn:
+    """``layer.shapes[i]``: ``(daemon keys, RulePrefixes)`` of pure rule
+    ``i``, else None.  A compact rule keeps only its (shared) keys; its
+    prefixes are a new object on each request.  (It holds the rules, not the
+    layer: see StaticDecisions.)"""
+
+    __slots__ = ("_rules", "_stored")
+
+    def __init__(self, rules: BothFiles, stored: list) -> None:
+        self._rules = rules
+        self._stored = stored       # None | a full rule's shape | a compact rule's keys
+
+    def __len__(self) -> int:
+        return len(self._stored)
+
+    def __getitem__(self, i: int):
+        got = self._stored[i]
+        if got is None or isinstance(got, tuple):
+            return got
+        if i < 0:
+            i += len(self._stored)
+        return got, self._rules.prefixes(i)
+
+    def __iter__(self):
+        for i in range(len(self._stored)):
+            yield self[i]
+
+    def families(self):
+        """Per rule, the address families a pure rule's prefixes hold (a set,
+        maybe empty), None for any other rule; a compact rule's without
+        making its prefixes (acl.metrics counts them on every scrape)."""
+        rules = self._rules
+        for i, got in enumerate(self._stored):
+            if got is None:
+                yield None
+            elif isinstance(got, tuple):
+                yield got[1].families()
+            else:
+                yield _IPV4 if rules.n_prefixes(i) else _NO_FAMILY
+
+
+_IPV4, _NO_FAMILY = frozenset({4}), frozenset()
 
 
 _NO_ENTRIES = (array("I"), array("B"), array("i"), [])
@@ -362,38 +517,73 @@ class HostsAccessLayer:
         self.allow = allow
         self.deny = deny
         self.resolver = resolver
-        self.rules: list[HostsRule] = list(allow.rules) + list(deny.rules)
+        self.rules = BothFiles(allow.rules, deny.rules)
         self.n_allow = len(allow.rules)
-        self.decisions = [self._static_decision(i, r) for i, r in enumerate(self.rules)]
-        self.dynamic = [bool(r.options.check_setenv) for r in self.rules]
-        self.pure: list[bool] = [False] * len(self.rules)
-        self.shapes: list = [None] * len(self.rules)
+        n = len(self.rules)
+        self.decisions = StaticDecisions(allow.rules, deny.rules)
+        self.dynamic: list[bool] = [False] * n
+        self.pure: list[bool] = [False] * n
+        # a full rule's shape, or a compact rule's daemon keys (ShapeColumn)
+        shapes: list = [None] * n
         residual = []
         # per daemon key (None = ALL): IPv4 columns (nets, lengths, rule
         # numbers) and IPv6 (network, length, rule number) triples
         entries: dict = {}
         keys_of: dict = {}
-        for i, rule in enumerate(self.rules):
-            if never_matches(rule):
-                continue
-            shape = pure_shape(rule, keys_of)
-            self.shapes[i] = shape
-            if shape is None:
-                residual.append(i)
-                continue
-            self.pure[i] = True
-            keys, prefixes = shape
-            for key in keys:
-                cols = entries.get(key)
-                if cols is None:
-                    cols = entries[key] = (array("I"), array("B"), array("i"), [])
-                nets, lens, vals, e6 = cols
-                if prefixes.nets4:
-                    nets.extend(prefixes.nets4)
-                    lens.extend(prefixes.lens4)
-                    vals.extend(array("i", [i]) * len(prefixes.nets4))
-                if prefixes.v6:
-                    e6.extend((net, length, i) for net, length in prefixes.v6)
+
+        def columns_of(key) -> tuple:
+            cols = entries.get(key)
+            if cols is None:
+                cols = entries[key] = (array("I"), array("B"), array("i"), [])
+            return cols
+
+        for base, rules in ((0, allow.rules), (self.n_allow, deny.rules)):
+            nets4, lens4 = rules.nets4, rules.lens4
+            # a compact rule (no options, no EXCEPT, clients all prefixes) is
+            # pure unless its daemon list is not plain names (or is empty)
+            keys_by_list = [None if not daemons.head else _keys_of(daemons, keys_of)
+                            for _, daemons in rules.daemon_lists]
+            for j, d, start, stop in rules.spans():
+                i = base + j
+                if d:
+                    keys = keys_by_list[d - 1]
+                    if keys is None:
+                        if rules.daemon_lists[d - 1][1].head:
+                            residual.append(i)
+                        continue
+                    shapes[i] = keys
+                    self.pure[i] = True
+                    for key in keys:
+                        nets, lens, vals, _ = columns_of(key)
+                        if stop - start == 1:
+                            nets.append(nets4[start])
+                            lens.append(lens4[start])
+                            vals.append(i)
+                        elif stop > start:
+                            nets.extend(nets4[start:stop])
+                            lens.extend(lens4[start:stop])
+                            vals.extend(array("i", [i]) * (stop - start))
+                    continue
+                rule = rules[j]
+                self.dynamic[i] = bool(rule.options.check_setenv)
+                if never_matches(rule):
+                    continue
+                shape = pure_shape(rule, keys_of)
+                shapes[i] = shape
+                if shape is None:
+                    residual.append(i)
+                    continue
+                self.pure[i] = True
+                keys, prefixes = shape
+                for key in keys:
+                    nets, lens, vals, e6 = columns_of(key)
+                    if prefixes.nets4:
+                        nets.extend(prefixes.nets4)
+                        lens.extend(prefixes.lens4)
+                        vals.extend(array("i", [i]) * len(prefixes.nets4))
+                    if prefixes.v6:
+                        e6.extend((net, length, i) for net, length in prefixes.v6)
+        self.shapes = ShapeColumn(self.rules, shapes)
         self.residual = residual
         # whether a decision may ask innetgr (the engine probes for it even
         # when the caller sent the client's name: acl/names.py)
@@ -457,21 +647,6 @@ class HostsAccessLayer:
         """Every file the decisions depend on (reload when one changes)."""
         return [self.allow.path, self.deny.path] + sorted(
             set(self.allow.pattern_files) | set(self.deny.pattern_files))
-
-    def _static_decision(self, index: int, rule: HostsRule) -> Decision:
-        in_allow = index < self.n_allow
-        opts = rule.options
-        verdict = Verdict.ALLOW if in_allow else Verdict.DENY
-        if opts.error is not None:
-            verdict = Verdict.DENY
-        elif opts.final == "allow":
-            verdict = Verdict.ALLOW
-        elif opts.final == "deny":
-            verdict = Verdict.DENY
-        elif opts.final == "twist":
-            verdict = Verdict.DELEGATE
-        reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
-        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
 
     # -- deciding -----------------------------------------------------------
     def check(self, request: Request, now: float) -> Decision:

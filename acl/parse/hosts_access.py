@@ -25,12 +25,23 @@ Rules of this file (spec A.1.5, A.2, A.3; libwrap ``table_match``, ``xgets``):
   loop, and when the compiler hands in ``scan_clients``, a client list made
   only of plain IPv4 patterns becomes packed prefixes (``HostsRule.scanned``)
   with no token objects; every other list goes through the full parser.
+* Objects, without a change of meaning: a DenyHosts/fail2ban file is 200,000
+  lines of ``sshd: a.b.c.d``.  A *compact* line -- one physical line, no
+  options, client list read by the fast lane -- is not a :class:`HostsRule`
+  but a few columns of :class:`HostsRules` (where it begins in the file's
+  bytes, its line numbers, daemon list, a span of the table's packed
+  prefixes: no object of its own).  ``table.rules[i]`` makes the HostsRule on first use, the same
+  one the full parser's lane would hold, and keeps it (two threads asking at
+  once may each make one: equal, and either serves); the compiler reads the
+  columns (:meth:`HostsRules.spans`, :meth:`HostsRules.compact`) and asks
+  for no HostsRule.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+from array import array
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -96,6 +107,7 @@ class LogicalLine(NamedTuple):
     lines: tuple[int, ...]      # physical line of each piece
     cols: tuple[int, ...]       # column (1-based) where each piece begins
     line: int                   # libwrap's line counter after this line
+    at: int = -1                # byte offset of the first piece in the file
 
     def where(self, offset: int) -> tuple[int, int]:
         i = max(bisect.bisect_right(self.starts, offset) - 1, 0)
@@ -155,18 +167,128 @@ class HostsRule:
         return self.source.where(offset)
 
 
+class HostsRules:
+    """``HostsTable.rules``: the rules of one file in order (see the module
+    rules: compact lines are columns until someone asks for them).
+
+    Per rule ``j``: ``_items[j]`` the HostsRule, None for a compact line not
+    asked for yet; ``_at[j]`` where a compact line begins in ``data`` (the
+    file; it ends at the first newline from there); ``_line``/``_first`` its
+    line numbers; ``_daemon[j]`` 1 + its daemon list's number in
+    ``daemon_lists`` (0: not compact); ``_start[j]:_stop[j]`` its span of
+    ``nets4``/``lens4``.
+    """
+
+    __slots__ = ("path", "data", "_items", "_at", "_line", "_first", "_daemon", "_start",
+                 "_stop", "daemon_lists", "nets4", "lens4")
+
+    def __init__(self, path: str = "", data: bytes = b"") -> None:
+        self.path = path
+        self.data = data
+        self._items: list = []
+        self._at = array("Q")
+        self._line = array("I")
+        self._first = array("I")
+        self._daemon = array("I")
+        self._start = array("I")
+        self._stop = array("I")
+        #: (daemon tokens, daemon PatternList) of each distinct daemon field
+        self.daemon_lists: list[tuple] = []
+        self.nets4 = array("I")     # the compact lines' prefixes, in rule order
+        self.lens4 = array("B")
+
+    def append(self, rule: HostsRule) -> None:
+        self._items.append(rule)
+        for col in (self._at, self._line, self._first, self._daemon, self._start, self._stop):
+            col.append(0)
+
+    def append_compact(self, at: int, line: int, first_line: int, daemon_list: int,
+                       nets, lens) -> None:
+        """A compact line beginning at byte ``at`` of ``data``: ``daemon_list``
+        its index in ``daemon_lists``, ``nets``/``lens`` its prefixes as the
+        fast lane gave them."""
+        self._items.append(None)
+        self._at.append(at)
+        self._line.append(line)
+        self._first.append(first_line)
+        self._daemon.append(daemon_list + 1)
+        self._start.append(len(self.nets4))
+        self.nets4.extend(nets)
+        self.lens4.extend(lens)
+        self._stop.append(len(self.nets4))
+
+    def compact(self, j: int):
+        """``(daemon PatternList, line, start, stop)`` when rule ``j`` was read
+        as a compact line (made into a HostsRule since or not), else None."""
+        d = self._daemon[j]
+        if not d:
+            return None
+        return self.daemon_lists[d - 1][1], self._line[j], self._start[j], self._stop[j]
+
+    def spans(self):
+        """``(j, daemon list number + 1 or 0 when not compact, start, stop)``
+        for every rule ``j`` in order: the compiler's view of the columns."""
+        return zip(range(len(self._items)), self._daemon, self._start, self._stop, strict=True)
+
+    def n_prefixes(self, j: int) -> int:
+        """How many prefixes compact rule ``j`` has."""
+        return self._stop[j] - self._start[j]
+
+    def prefixes(self, j: int) -> RulePrefixes:
+        """A compact rule's prefixes (a new object each call)."""
+        return RulePrefixes(self.nets4[self._start[j]:self._stop[j]],
+                            self.lens4[self._start[j]:self._stop[j]])
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self._items)))]
+        got = self._items[j]
+        if got is None:
+            if j < 0:
+                j += len(self._items)
+            got = self._items[j] = self._make(j)
+        return got
+
+    def __iter__(self):
+        for j in range(len(self._items)):
+            yield self[j]
+
+    def __repr__(self) -> str:
+        return repr(list(self))
+
+    def _make(self, j: int) -> HostsRule:
+        """The HostsRule of compact line ``j``: what :func:`parse_hosts`
+        makes of a scanned line (the fields split again from its text)."""
+        at = self._at[j]
+        text = self.data[at:self.data.index(b"\n", at) + 1].decode("latin-1")
+        daemon_text, rest = split_at(text, ":")
+        client_base = len(daemon_text) + 1
+        tokens, daemons = self.daemon_lists[self._daemon[j] - 1]
+        line, first = self._line[j], self._first[j]
+        return HostsRule(path=self.path, line=line, first_line=first, daemon_tokens=tokens,
+                         daemons=daemons, options_text=None, options=NO_OPTIONS,
+                         source=LogicalLine(text, (0,), (first,), (1,), line, at),
+                         client_text=rest, client_base=client_base, scanned=self.prefixes(j))
+
+
 @dataclass(slots=True)
 class HostsTable:
     """One parsed file: its rules in order, and how libwrap's scan of it ends."""
 
     path: str
-    rules: list[HostsRule] = field(default_factory=list)
+    rules: HostsRules = field(init=False)     # (made in __post_init__: it knows the path)
     #: the error that stops the scan (too long / no newline / unreadable)
     stop: Diagnostic | None = None
     diagnostics: list[Diagnostic] = field(default_factory=list)
     missing: bool = False
     #: every ``/file`` pattern path read while parsing (for reload watching)
     pattern_files: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rules = HostsRules(self.path)
 
 
 def logical_lines(data: bytes, *, fast: bool = True):
@@ -191,11 +313,12 @@ def logical_lines(data: bytes, *, fast: bool = True):
             # the usual line: one chunk, no NUL, no backslash-newline
             counter += 1
             yield LogicalLine(data[pos:end + 1].decode("latin-1"), (0,), (phys_line,), (1,),
-                              counter)
+                              counter, pos)
             pos = line_start = end + 1
             phys_line += 1
             continue
         pieces: list[bytes] = []
+        at = pos                # (set again at the first piece kept)
         starts: list[int] = []
         lines: list[int] = []
         cols: list[int] = []
@@ -218,6 +341,8 @@ def logical_lines(data: bytes, *, fast: bool = True):
                 else:
                     ended = True
             if keep:
+                if not pieces:
+                    at = chunk_pos
                 starts.append(length)
                 lines.append(phys_line)
                 cols.append(chunk_pos - line_start + 1)
@@ -236,7 +361,7 @@ def logical_lines(data: bytes, *, fast: bool = True):
                 continue
             return
         text = b"".join(pieces).decode("latin-1")
-        yield LogicalLine(text, tuple(starts), tuple(lines), tuple(cols), counter)
+        yield LogicalLine(text, tuple(starts), tuple(lines), tuple(cols), counter, at)
         if not text.endswith("\n"):
             return
 
@@ -276,7 +401,9 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         return read_file(p) if read_file is not None else None
 
     daemons_seen: dict[str, DaemonToken] = {}
-    daemon_lists: dict[str, tuple] = {}
+    daemon_lists: dict[str, int] = {}       # daemon field -> its index in rules.daemon_lists
+    rules = table.rules
+    rules.data = data if type(data) is bytes else bytes(data)     # compact lines read it
 
     def daemon_of(text: str) -> DaemonToken:
         # daemon tokens repeat on almost every line; they are immutable
@@ -310,15 +437,20 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         client_text, options_text = (rest, None) if second is None else second
         client_base = len(daemon_text) + 1
         options_base = client_base + len(client_text) + 1
-        daemon_list = daemon_lists.get(daemon_text)
-        if daemon_list is None:
+        d_index = daemon_lists.get(daemon_text)
+        if d_index is None:
             # (tokens, list): the same daemon field repeats on most lines
             d_toks = strtok(daemon_text, 0)
-            daemon_list = daemon_lists[daemon_text] = (tuple(d_toks),
-                                                       build_list(d_toks, daemon_of))
+            d_index = daemon_lists[daemon_text] = len(rules.daemon_lists)
+            rules.daemon_lists.append((tuple(d_toks), build_list(d_toks, daemon_of)))
+        daemon_list = rules.daemon_lists[d_index]
         options = (NO_OPTIONS if options_text is None
                    else compile_options(options_text, dry_run=dry_run))
         columns = None if scan_clients is None else scan_clients(client_text)
+        if columns is not None and options_text is None and ll.starts == (0,) \
+                and ll.cols == (1,):
+            rules.append_compact(ll.at, ll.line, ll.lines[0], d_index, *columns)
+            continue
         if columns is not None:
             rule = HostsRule(path=path, line=ll.line, first_line=ll.lines[0],
                              daemon_tokens=daemon_list[0], daemons=daemon_list[1],
@@ -335,7 +467,7 @@ def parse_hosts(path: str, data: bytes | None, *, dry_run: bool = False,
         if options.error is not None:
             line, col = ll.where(options_base + options.error_offset)
             diag(line, col, f"{options.error} (the connection is denied)")
-        table.rules.append(rule)
+        rules.append(rule)
     table.pattern_files = sorted(set(seen_files))
     return table
 

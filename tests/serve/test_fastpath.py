@@ -195,6 +195,37 @@ def test_plan_handles_the_common_policy_without_python(tmp_path):
     assert verdicts == ["ALLOW", "DENY", "ALLOW", "DENY"] * 50
 
 
+def test_a_plan_of_many_rules_keeps_no_decision_per_rule(tmp_path):
+    """A DenyHosts-shaped file of 3,000 lines: the layer keeps its lines as
+    columns, and the plan encodes each rule's answer once and keeps the
+    bytes, not a Decision per rule (the layer makes one when the Python path
+    asks): no object per rule, where there were 21.  (Counted
+    as blocks: Engine freezes the collector's view, gc.get_objects.)  The
+    answers are the rules'."""
+    import gc
+    import sys
+
+    from acl.compile.tcpw import load_hosts_access
+    from acl.model import Request
+
+    (tmp_path / "a").write_text("".join(f"sshd: 10.0.{i >> 8}.{i & 255}\n" for i in range(3000)))
+    (tmp_path / "d").write_text("ALL: ALL\n")
+    gc.collect()
+    before = sys.getallocatedblocks()
+    layer, _ = load_hosts_access(str(tmp_path / "a"), str(tmp_path / "d"))
+    eng = Engine(Policy(None, [Source("hosts_access", layer, frozenset({"sshd"}), ())]))
+    gc.collect()
+    assert sys.getallocatedblocks() - before < 3000
+    blob = b"".join(wb.encode_decide(i, Request("sshd", c)) for i, c in
+                    enumerate(["10.0.1.2", "10.0.11.183", "10.0.11.184"]))
+    pos, out, status = eng.plan.run(blob, 0, 1.0)
+    assert (pos, status, eng.plan.residual) == (len(blob), 0, 0)
+    got = [(r.decision.verdict.name, str(r.decision.location))
+           for r in wb.ReplyDecoder().feed(out)]
+    assert got == [("ALLOW", f"{tmp_path / 'a'}:259"), ("ALLOW", f"{tmp_path / 'a'}:3000"),
+                   ("DENY", f"{tmp_path / 'd'}:1")]
+
+
 def test_plan_reads_any_contiguous_buffer_the_same(tmp_path):
     """run() takes bytes, bytearray and memoryview alike, short reads (the
     GIL kept) and reads past RUN_NOGIL_BYTES (the GIL let go) alike; a

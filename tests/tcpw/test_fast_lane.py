@@ -191,6 +191,100 @@ def test_files_read_with_and_without_the_fast_lane_agree(seed):
         assert fast.check(request, 0.0) == full.check(request, 0.0), request
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_compact_lines_compile_as_their_rules(seed):
+    """Compact lines (one physical line, no options, prefixes only) are
+    compiled from the table's columns, before anyone asks for a HostsRule:
+    every Decision, shape, flag, table column, metric and ``acl check``
+    finding is the full parser's."""
+    from acl.compile.tcpw_check import shadowed
+    from acl.metrics import rule_counts
+
+    rng = random.Random(seed)
+    allow = random_file(rng, 300) + b": 10.9.9.9\n \t: 10.9.9.8\nsshd, ALL: 10.9.9.7\n"
+    deny = random_file(rng, 100) + b"sshd: 10.0.0.1/0\nsshd: 10.9.9.6\n"
+    if seed % 2:
+        # a NUL: every line takes xgets' general path, and libwrap's line
+        # counter falls behind the physical line from there on
+        allow = b"sshd: 10.8.8.8\0 cut\n" + allow
+    scan = hosts_scan.v4_client_prefixes
+    fast = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow, scan_clients=scan),
+                            parse_hosts("/f/hosts.deny", deny, scan_clients=scan))
+    full = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
+                            parse_hosts("/f/hosts.deny", deny))
+    n = len(full.rules)
+    assert len(fast.rules) == n and len(fast.decisions) == n and len(fast.shapes) == n
+    assert [fast.decisions[i] for i in range(n)] == list(full.decisions)
+    assert list(fast.shapes) == list(full.shapes)
+    assert (fast.pure, fast.dynamic, fast.residual) == (full.pure, full.dynamic, full.residual)
+    for key in ["sshd", "ftpd", "in.ftpd", "telnetd"]:
+        assert fast.prefix_columns(key) == full.prefix_columns(key)
+    assert fast.daemon_names() == full.daemon_names()
+    assert rule_counts(fast) == rule_counts(full)
+    assert [str(d) for d in shadowed(fast)] == [str(d) for d in shadowed(full)]
+    assert fast.decisions[-1] is fast.decisions[n - 1]      # made once, then kept
+    assert fast.rules[-1] is fast.rules[n - 1] is fast.deny.rules[-1]
+    assert [(r.line, r.first_line) for r in fast.rules[3:9]] == \
+        [(r.line, r.first_line) for r in full.rules[3:9]]
+    assert [(r.line, r.first_line, r.source) for r in fast.rules] == \
+        [(r.line, r.first_line, r.source) for r in full.rules]
+    if seed % 2:
+        assert any(r.line != r.first_line for r in full.rules)
+
+
+def test_compact_lines_make_no_rule_objects():
+    """A DenyHosts-shaped file compiles with no HostsRule, Decision or
+    RulePrefixes per line: they are made when asked for, once."""
+    import gc
+
+    from acl.model import Decision
+    from acl.parse.hosts_access import HostsRule
+
+    data = "".join(f"sshd: 10.{i >> 8 & 255}.{i & 255}.{i % 7}/32\n" for i in range(2000))
+    scan = hosts_scan.v4_client_prefixes
+
+    def alive(kind) -> int:
+        gc.collect()
+        return sum(isinstance(o, kind) for o in gc.get_objects())
+
+    before = {k: alive(k) for k in (HostsRule, Decision, RulePrefixes)}
+    layer = HostsAccessLayer(parse_hosts("/f/hosts.allow", data.encode(), scan_clients=scan),
+                             parse_hosts("/f/hosts.deny", b"", scan_clients=scan))
+    assert layer.check(Request("sshd", "10.0.7.0"), 0.0).location.line == 8
+    assert {k: alive(k) - n for k, n in before.items()} == \
+        {HostsRule: 0, Decision: 1, RulePrefixes: 0}
+    assert layer.rules[7].scanned == RulePrefixes(
+        *hosts_scan.v4_client_prefixes(" 10.0.7.0/32\n"))
+    assert alive(HostsRule) - before[HostsRule] == 1
+
+
+def test_a_compiled_layer_is_freed_by_its_reference_count():
+    """No reference cycle in a layer, with every lazy part made: a reload
+    makes few objects now, so the cyclic collector's full pass (which would
+    free a cycle) may not come for many reloads, and each replaced policy
+    would stay in memory until then."""
+    import gc
+    import weakref
+
+    rng = random.Random(7)
+    scan = hosts_scan.v4_client_prefixes
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        layer = HostsAccessLayer(
+            parse_hosts("/f/hosts.allow", random_file(rng, 200), scan_clients=scan),
+            parse_hosts("/f/hosts.deny", random_file(rng, 50), scan_clients=scan))
+        list(layer.decisions), list(layer.shapes), list(layer.rules)
+        layer.check(Request("sshd", "10.1.2.3"), 0.0)
+        layer.check(Request("sshd", "unknown"), 0.0)          # every rule's closure
+        gone = weakref.ref(layer)
+        del layer
+        assert gone() is None
+    finally:
+        if was:
+            gc.enable()
+
+
 # -- logical lines --------------------------------------------------------------
 
 @settings(max_examples=300, deadline=None)
@@ -207,4 +301,5 @@ def test_fast_and_general_logical_lines_agree(pieces):
         for start, end, line, col in zip(ll.starts, ends, ll.lines, ll.cols, strict=True):
             at = starts[line - 1] + col - 1
             assert data[at:at + end - start] == ll.text[start:end].encode("latin-1")
+            assert start > 0 or at == ll.at        # where compact lines are read again
             assert bisect.bisect_right(starts, at) == line
