@@ -7,10 +7,12 @@ same calls (same integers, same evictions).
 Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
 
 * A :class:`LimitState` holds the limit state of every service: it outlives
-  a policy reload (the layer is rebuilt around the same state), so cps
-  windows, leases and token buckets survive.  Services are *slots*
+  a policy reload (the layer is rebuilt around the same state), so leases,
+  token buckets and a cps switch-off survive.  Services are *slots*
   (``slot(name)``) configured with :meth:`LimitState.configure`; a reload
-  reconfigures a slot without touching its counters.
+  reconfigures a slot and restarts its cps window, as a reload of xinetd
+  does (its count and window start live in the service's configuration,
+  which the reload replaces: seen live, tests/xinetd/test_live_limits.py).
 * :meth:`check` applies, in xinetd's parent order, **cps -> max_load ->
   access_times -> instances -> per_source**, then the per-source token bucket
   (not in xinetd), and returns a reason code (``OK`` = 0; the other codes
@@ -23,7 +25,8 @@ Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
   as in xinetd's ``svc_allowed``; past the window
   it restarts at 1.  A trip refuses the connection and "closes the socket"
   for ``cps_wait`` real seconds (every check in that time is refused without
-  being counted); the counters are *not* reset.  ``cps_max == 0`` is off.
+  being counted); reactivation does *not* reset the counters (a reload
+  does).  ``cps_max == 0`` is off.
 * instances / per_source count live **leases** (:meth:`take_lease`,
   :meth:`release`).  -1 means UNLIMITED; 0 refuses everything.
 * Services come and go: :meth:`retire` (called when a new policy is swapped
@@ -309,7 +312,8 @@ class LimitState:
                   instances: int = UNLIMITED, per_source: int = UNLIMITED,
                   max_load: float = 0.0, times=None, rate: float = 0.0,
                   burst: float = 0.0) -> None:
-        """Set a service's limits; its counters and leases are kept."""
+        """Set a service's limits.  Its leases, token buckets and cps
+        switch-off are kept; its cps window restarts (module docstring)."""
         self._check_slot(slot)
         self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns, tau_ns = _gcra(rate, burst)
@@ -321,6 +325,11 @@ class LimitState:
                     bitmap[m] = 1
         self._cps_max[slot] = int(cps_max)
         self._cps_wait[slot] = int(cps_wait)
+        # xinetd keeps a service's cps count and window start in its
+        # configuration, which a reload replaces with the one just read: the
+        # window restarts (a service switched off stays off until off_until)
+        self._count[slot] = 0
+        self._window[slot] = 0
         self._instances[slot] = int(instances)
         self._per_source[slot] = int(per_source)
         self._max_load[slot] = float(max_load)

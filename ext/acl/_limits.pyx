@@ -10,7 +10,8 @@ answer exactly as the twin does.  In short:
   ``acl.model.Reason``.
 * cps (spec C.7): fixed window of ``cps_max`` whole seconds, averaged from
   its start with integer division; a trip refuses and closes the service for
-  ``cps_wait`` seconds; counters are not reset.
+  ``cps_wait`` seconds; reactivation does not reset the counters, a reload
+  (``configure``) does.
 * the source table is set-associative: ``WAYS`` (2) entries per 64-byte group
   (one cache line: a check reads one line), the group picked by a hash keyed
   with a per-process secret (``key``), eviction of the bucket entry with the
@@ -319,7 +320,8 @@ cdef class LimitState:
 
     def configure(self, slot_arg, cps_max=50, cps_wait=10, instances=UNLIMITED,
                   per_source=UNLIMITED, max_load=0.0, times=None, rate=0.0, burst=0.0):
-        """Set a service's limits; its counters and leases are kept."""
+        """Set a service's limits.  Its leases, token buckets and cps
+        switch-off are kept; its cps window restarts (module docstring)."""
         cdef int slot = self._slot(slot_arg)
         self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns, tau_ns = _gcra(rate, burst)
@@ -333,6 +335,11 @@ cdef class LimitState:
         cdef Service *sv = _svc_at(self._chunks, slot)
         sv.cps_max = <uint32_t>int(cps_max)
         sv.cps_wait = <uint32_t>int(cps_wait)
+        # xinetd keeps a service's cps count and window start in its
+        # configuration, which a reload replaces with the one just read: the
+        # window restarts (a service switched off stays off until off_until)
+        sv.count = 0
+        sv.window = 0
         sv.instances = int(instances)
         sv.per_source = int(per_source)
         sv.max_load = float(max_load)

@@ -67,6 +67,34 @@ def test_cps_retrips_on_the_old_window_after_reactivation(limits):
     assert run(st, s, [52.6], limits=limits) == [0]
 
 
+def test_cps_window_is_cps_max_whole_seconds_long(limits):
+    # xinetd: "now - start < max" counts into the window; at exactly max
+    # whole seconds a new window opens (count 1), so cps = 1 admits one
+    # connection a second however they fall in it (live: cps = 1 1 in
+    # test_live_limits.py); a window one second longer would trip here
+    st, s = state(limits, cps_max=1, cps_wait=5)
+    assert run(st, s, [1000.9, 1001.0], limits=limits) == [limits.OK, limits.OK]
+    assert st.cps_state(s) == (1, 1001, 0.0)
+
+
+def test_a_reload_restarts_the_cps_window_but_not_a_switch_off(limits):
+    # real xinetd keeps the count and window start in the service's
+    # configuration, which a SIGHUP replaces with the one just read: two
+    # connections, a reload, then one a second later is the new window's
+    # first, not the old one's third (3 // 1 > 2) -- live in
+    # test_live_limits.py.  A service switched off stays off.
+    st, s = state(limits, cps_max=2, cps_wait=3)
+    assert run(st, s, [1000.1, 1000.2], limits=limits) == [limits.OK] * 2
+    st.configure(s, cps_max=2, cps_wait=3)
+    assert st.cps_state(s) == (0, 0, 0.0)
+    assert run(st, s, [1001.3], limits=limits) == [limits.OK]
+    assert st.cps_state(s) == (1, 1001, 0.0)
+    assert run(st, s, [1001.4, 1001.5], limits=limits) == [limits.OK, limits.CPS]
+    st.configure(s, cps_max=2, cps_wait=3)
+    assert run(st, s, [1004.4, 1004.5], limits=limits) == [limits.CPS, limits.OK]
+    assert st.cps_trips(s) == 1
+
+
 def test_cps_zero_is_off_and_default_is_50_10(limits):
     st, s = state(limits, cps_max=0, cps_wait=0)
     assert set(run(st, s, [7.0] * 500, limits=limits)) == {0}
@@ -97,6 +125,16 @@ def test_load_time_instances_per_source(limits):
     assert st.check(s, src, 1.0, minute=650) == limits.OK
     # the same client in either family is one source
     assert limits.pack_source("::ffff:127.0.0.2") == src
+
+
+def test_a_single_minute_interval_admits_that_minute_only(limits):
+    # the core's intervals are inclusive minute ranges, so (m, m) is one
+    # minute.  xinetd itself cannot show it: its parser refuses a start
+    # that is not before the end ("10:00-10:00" disables the service, as
+    # acl's reader does), so the narrowest interval it keeps is two minutes
+    st, s = state(limits, cps_max=0, times=[(600, 600), (1439, 1439)])
+    got = [st.check(s, limits.pack_source(SRC), 1.0, minute=m) for m in (599, 600, 601, 1439)]
+    assert got == [limits.TIME, limits.OK, limits.TIME, limits.OK]
 
 
 def test_lease_ids_are_positive_and_never_reused(limits):

@@ -17,6 +17,7 @@ sequences are generated (seeded) and the services' limits drawn at random.
 from __future__ import annotations
 
 import random
+import signal
 import time
 
 import pytest
@@ -114,6 +115,50 @@ def test_cps_trip_and_reactivation_match_real_xinetd():
     assert {"ok", "closed", "refused"} <= kinds, rows     # trip, off and back all seen
     bad = [r for r in rows if r[2] != r[3]]
     assert not bad, f"disagreements (service, t, acl, xinetd, reason): {bad}\nall: {rows}"
+
+
+def test_a_reload_restarts_the_cps_window_as_in_real_xinetd():
+    """xinetd keeps a service's cps count in the service's configuration,
+    which a reload (SIGHUP) replaces with the one just read: two
+    connections in one second, a reload, and a third a second later opens a
+    new window -- where without the reload it trips (3 // 1 > 2).  A
+    service the cps check switched off stays off across the reload.  acl's
+    layer is rebuilt around the same state and put in force, as the engine
+    does at a reload's swap."""
+    require_live()
+    specs = [("plain", ["cps = 2 30"]), ("reloaded", ["cps = 2 30"])]
+    policy, layer, xd = _side_by_side(specs, BASE + 60)
+    rows = []
+
+    def connect(sid, port):
+        now = time.time()
+        want, d = _predict(layer, sid, "127.0.0.2", now)
+        rows.append((sid, round(now % 100, 2), want, probe(port, "127.0.0.2"), d.reason.name))
+
+    try:
+        xd.start()
+        _sleep_to_fraction(0.05, 0.3)
+        start = int(time.time())
+        for _ in range(2):
+            connect("plain", BASE + 60)
+            connect("reloaded", BASE + 61)
+        time.sleep(max(0.0, start + 1.1 - time.time()))
+        connect("plain", BASE + 60)                    # the old window: trips
+        reloads = xd.log_text().count("Reconfigured")
+        xd.proc.send_signal(signal.SIGHUP)
+        layer = XinetdLayer(policy, state=layer.state, resolver=HostsResolver(HOSTS))
+        layer.activate()
+        for _ in range(200):                           # bounded: 2 s
+            if xd.log_text().count("Reconfigured") > reloads:
+                break
+            time.sleep(0.01)
+        connect("reloaded", BASE + 61)
+        connect("plain", BASE + 60)                    # still switched off
+        assert int(time.time()) == start + 1, "the reload took a second: nothing was asked"
+    finally:
+        xd.stop()
+    assert [r[2] for r in rows] == [r[3] for r in rows], rows
+    assert [r[3] for r in rows] == ["ok"] * 4 + ["closed", "ok", "refused"], rows
 
 
 def test_cps_default_and_a_one_value_cps_line_match_real_xinetd():
