@@ -12,7 +12,9 @@ Theory of operation (spec C.6, C.7, C.8; ARCHITECTURE.md "Limits"):
   (``slot(name)``) configured with :meth:`LimitState.configure`; a reload
   reconfigures a slot and restarts its cps window, as a reload of xinetd
   does (its count and window start live in the service's configuration,
-  which the reload replaces: seen live, tests/xinetd/test_live_limits.py).
+  which the reload replaces: seen live, tests/xinetd/test_live_limits.py),
+  unless the caller says the configuration was not read again
+  (``restart_window=False``: acl/compile/xinetd.py).
 * :meth:`check` applies, in xinetd's parent order, **cps -> max_load ->
   access_times -> instances -> per_source**, then the per-source token bucket
   (not in xinetd), and returns a reason code (``OK`` = 0; the other codes
@@ -311,9 +313,10 @@ class LimitState:
     def configure(self, slot: int, cps_max: int = 50, cps_wait: int = 10,
                   instances: int = UNLIMITED, per_source: int = UNLIMITED,
                   max_load: float = 0.0, times=None, rate: float = 0.0,
-                  burst: float = 0.0) -> None:
+                  burst: float = 0.0, restart_window: bool = True) -> None:
         """Set a service's limits.  Its leases, token buckets and cps
-        switch-off are kept; its cps window restarts (module docstring)."""
+        switch-off are kept; its cps window restarts unless
+        ``restart_window`` is false (module docstring)."""
         self._check_slot(slot)
         self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns, tau_ns = _gcra(rate, burst)
@@ -328,8 +331,9 @@ class LimitState:
         # xinetd keeps a service's cps count and window start in its
         # configuration, which a reload replaces with the one just read: the
         # window restarts (a service switched off stays off until off_until)
-        self._count[slot] = 0
-        self._window[slot] = 0
+        if restart_window:
+            self._count[slot] = 0
+            self._window[slot] = 0
         self._instances[slot] = int(instances)
         self._per_source[slot] = int(per_source)
         self._max_load[slot] = float(max_load)

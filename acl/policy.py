@@ -390,8 +390,8 @@ def _file(base: Path, src: dict, key: str, path, where: str) -> Path:
     return (base / name).resolve()
 
 
-def _previous_state(previous: Policy | None, kind: str, file: Path):
-    """The limit state of the running policy's ``kind`` source read from the
+def _previous_source(previous: Policy | None, kind: str, file: Path) -> Source | None:
+    """The running policy's ``kind`` source with limit state read from the
     same file (resolved path), so reordering or inserting sources hands each
     one its own counters and leases; None (fresh state) for a new file.  A
     path the first load saw outside ``[run] chroot`` matches the same file
@@ -402,13 +402,13 @@ def _previous_state(previous: Policy | None, kind: str, file: Path):
     for want in (str(file), root + str(file) if root else None):
         for s in previous.sources:
             if s.kind == kind and s.state is not None and s.files and str(s.files[0]) == want:
-                return s.state
+                return s
     return None
 
 
 def _one_xinetd_source_per_file(sources: list[Source], path) -> None:
     """An xinetd file's limit state (counters, leases) is handed to the next
-    policy by the file (:func:`_previous_state`): two sources reading one
+    policy by the file (:func:`_previous_source`): two sources reading one
     file would share it.  One source per file; its ``services`` says which
     of the file's services it binds."""
     first: dict[str, int] = {}
@@ -506,7 +506,11 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         read = xpolicy.config.files
         files = (f, *(Path(p) for p, _ in read[1:]))
         stamps = tuple(st for _, st in read)
-        state = _previous_state(previous, "xinetd", f)
+        before = _previous_source(previous, "xinetd", f)
+        state = None if before is None else before.state
+        # the same files, unchanged since the running policy read them (every
+        # include too): xinetd would not have reloaded, so cps windows go on
+        reread = before is None or not stamps or before.stamps != stamps
         lim = limits or Limits()
         # a new source's table has [limits] sources entries, rounded up to a
         # power of two (at least WAYS, 2; the engine's own table is at least
@@ -514,7 +518,8 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         # serve restarts
         layer = XinetdLayer(xpolicy, state=state, loadavg=_loadavg,
                             resolver=_NoNames() if names is None else names,
-                            max_sources=max(lim.sources, 2), v6_prefix=lim.ipv6_prefix)
+                            max_sources=max(lim.sources, 2), v6_prefix=lim.ipv6_prefix,
+                            reread=reread)
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, files, tuple(diags),
                       state=getattr(layer, "state", None), stamps=stamps)

@@ -30,6 +30,12 @@ Theory of operation (spec C.4-C.8; ARCHITECTURE.md "Decisions", "Leases"):
   never committed, changes no limit.  A layer with a state of its own
   activates itself.  ``activate`` returns the names to keep; the engine then
   retires the other slots (``LimitState.retire``).
+* Putting limits in force restarts each service's cps window, as xinetd's
+  reload does (it keeps the count in the configuration it replaces) --
+  unless the layer is told ``reread=False``: acl reloads when *any* of its
+  files changes (a hosts.deny fail2ban writes to, a tcprules file), and a
+  change xinetd would never have seen must not hand every service a fresh
+  window.  acl.policy says ``reread`` when this source's own files changed.
 * Services sharing an id (spec C.2: xinetd keeps a repeated id when bind
   address, port or protocol differ): each entry keeps its own lists and its
   own limit slot (named ``id`` for the first, ``"id bind port protocol"`` for
@@ -374,12 +380,15 @@ class XinetdLayer:
     name = "xinetd"
 
     def __init__(self, policy: XinetdPolicy, state=None, loadavg=None, resolver=None,
-                 rate: dict | None = None, max_sources: int = 65536, v6_prefix: int = 64):
+                 rate: dict | None = None, max_sources: int = 65536, v6_prefix: int = 64,
+                 reread: bool = True):
         """``rate`` maps a service id (or ``"*"``) to ``(rate per second,
         burst)`` for the per-source token bucket; ``loadavg()`` returns the
         1-minute load (default: /proc/loadavg), read only for services with
-        ``max_load``."""
+        ``max_load``; ``reread`` false: the configuration is the one in
+        force already, so cps windows go on (module rules)."""
         self.policy = policy
+        self._reread = reread
         own = state is None
         self.state = _limits.LimitState(max_sources=max_sources,
                                         v6_prefix=v6_prefix) if own else state
@@ -409,7 +418,7 @@ class XinetdLayer:
         """Put this layer's limits in force (the engine calls it at the swap,
         on the loop thread); ``(state, names of its services)``."""
         for slot, cfg in self._config.items():
-            self.state.configure(slot, **cfg)
+            self.state.configure(slot, **cfg, restart_window=self._reread)
         return self.state, set(self._slots)
 
     # -- which service a request goes to ----------------------------------

@@ -11,7 +11,7 @@ answer exactly as the twin does.  In short:
 * cps (spec C.7): fixed window of ``cps_max`` whole seconds, averaged from
   its start with integer division; a trip refuses and closes the service for
   ``cps_wait`` seconds; reactivation does not reset the counters, a reload
-  (``configure``) does.
+  (``configure``) does, unless told the configuration was not read again.
 * the source table is set-associative: ``WAYS`` (2) entries per 64-byte group
   (one cache line: a check reads one line), the group picked by a hash keyed
   with a per-process secret (``key``), eviction of the bucket entry with the
@@ -319,9 +319,11 @@ cdef class LimitState:
         return gone
 
     def configure(self, slot_arg, cps_max=50, cps_wait=10, instances=UNLIMITED,
-                  per_source=UNLIMITED, max_load=0.0, times=None, rate=0.0, burst=0.0):
+                  per_source=UNLIMITED, max_load=0.0, times=None, rate=0.0, burst=0.0,
+                  restart_window=True):
         """Set a service's limits.  Its leases, token buckets and cps
-        switch-off are kept; its cps window restarts (module docstring)."""
+        switch-off are kept; its cps window restarts unless
+        ``restart_window`` is false (module docstring)."""
         cdef int slot = self._slot(slot_arg)
         self.validate(cps_max, cps_wait, instances, per_source, max_load, times, rate, burst)
         t_ns, tau_ns = _gcra(rate, burst)
@@ -338,8 +340,9 @@ cdef class LimitState:
         # xinetd keeps a service's cps count and window start in its
         # configuration, which a reload replaces with the one just read: the
         # window restarts (a service switched off stays off until off_until)
-        sv.count = 0
-        sv.window = 0
+        if restart_window:
+            sv.count = 0
+            sv.window = 0
         sv.instances = int(instances)
         sv.per_source = int(per_source)
         sv.max_load = float(max_load)

@@ -283,3 +283,31 @@ def test_a_lease_the_new_file_cannot_take_stays_and_leaves_nothing_behind(make, 
     make.write(b_conf=service("other", port=23101))
     eng.reload()
     assert eng._groups == {}
+
+
+def cps_answers(eng, at):
+    """Three connections to ``echo`` (cps = 2 30): two at ``at``, then the
+    caller reloads, then one a second later (see the test below)."""
+    return [eng.decide(Request(service="echo", client="127.0.0.2"), t).reason
+            for t in at]
+
+
+@pytest.mark.parametrize("changed", ["x.conf", "rules.txt", "nothing"])
+def test_the_cps_window_restarts_only_when_the_xinetd_file_changed(make, changed):
+    """xinetd restarts a service's cps window when it reloads its
+    configuration (tests/xinetd/test_live_limits.py); acl reloads when any of
+    its files changes, and one xinetd never reads -- a tcprules file here, a
+    hosts.deny fail2ban writes in life -- must not hand out a fresh window:
+    two connections, a reload, a third a second later trips unless the
+    xinetd file itself was read again with a change."""
+    toml = (TOML + xsource("x.conf")
+            + '[[source]]\ntype = "tcprules"\nfile = "rules.txt"\nservices = ["other"]\n')
+    eng = make(toml, x_conf=service("echo", "cps = 2 30"), rules_txt="127.:allow\n")
+    assert cps_answers(eng, [NOW, NOW]) == [Reason.OK, Reason.OK]
+    if changed == "x.conf":
+        make.write(x_conf=service("echo", "cps = 2 30") + "# edited\n")
+    elif changed == "rules.txt":
+        make.write(rules_txt="127.:allow\n10.:deny\n")
+    eng.reload()
+    expected = Reason.OK if changed == "x.conf" else Reason.CPS
+    assert cps_answers(eng, [NOW + 1]) == [expected]
