@@ -657,9 +657,20 @@ def _read_toml(toml_path: Path) -> dict:
     its syntax) when it cannot be read or is no TOML, or names an unknown
     section."""
     try:
-        conf = tomllib.loads(read_bytes(toml_path).decode("utf-8"))
+        data = read_bytes(toml_path)
+        conf = tomllib.loads(data.decode("utf-8"))
     except OSError as exc:
         raise PolicyError(f"{toml_path}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8; the column counts characters, as tomllib's do
+        line = data.count(b"\n", 0, exc.start) + 1
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        column = len(data[line_start:exc.start].decode("utf-8", "replace")) + 1
+        raise PolicyError(f"{toml_path}:{line}:{column}: not UTF-8 (byte "
+                          f"0x{data[exc.start]:02x}): TOML files are UTF-8") from None
+    except RecursionError:
+        # tomllib reads nested arrays and inline tables by recursion
+        raise PolicyError(f"{toml_path}: arrays or inline tables nested too deeply") from None
     except tomllib.TOMLDecodeError as exc:
         # tomllib says "MESSAGE (at line L, column C)": give it as every
         # other error in a file is given, PATH:L:C: MESSAGE

@@ -308,7 +308,10 @@ def _scan(path) -> tuple[str, _Scanner] | None:
     scanner = _Scanner(text)
     try:
         scanner.run()
-    except (_Unexpected, IndexError, KeyError, ValueError):
+    # (OverflowError: a \U escape past sys.maxunicode; RecursionError: nested
+    # deeper than the scanner's stack -- the file changed since tomllib read it,
+    # or tomllib's recursion is a frame shallower: no position, never a crash)
+    except (_Unexpected, IndexError, KeyError, ValueError, OverflowError, RecursionError):
         return None
     return text, scanner
 

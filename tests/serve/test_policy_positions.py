@@ -155,3 +155,41 @@ def test_the_same_policy_without_its_mistake_loads(seed, tmp_path):
     p = tmp_path / "policy.toml"
     p.write_text(text, encoding="utf-8", newline="\r\n" if seed % 2 else "\n")
     load_policy(p)
+
+
+@pytest.mark.parametrize("before", ["", "# é ", "# 𝄞\t"])
+def test_a_byte_that_is_not_utf8_is_reported_where_it_is(before, tmp_path):
+    """TOML is UTF-8: a stray byte gives its line and column (characters, as
+    tomllib counts them), not a UnicodeDecodeError's traceback."""
+    path = tmp_path / "policy.toml"
+    path.write_bytes(b"[run]\nwatch = false\n" + before.encode() + b"\xff\n")
+    with pytest.raises(PolicyError) as got:
+        load_policy(path)
+    assert str(got.value) == (f"{path}:3:{len(before) + 1}: not UTF-8 (byte 0xff): "
+                              "TOML files are UTF-8")
+
+
+@pytest.mark.parametrize("depth", [330, 493, 2000])
+def test_values_nested_too_deeply_are_an_error_not_a_crash(depth, tmp_path):
+    """tomllib and the position finder read nesting by recursion: at a depth
+    tomllib takes and the finder does not (493 arrays), the message keeps its
+    position without one; past tomllib's, the file is refused by name."""
+    path = tmp_path / "policy.toml"
+    for opening, closing in (("[", "]"), ("{a = ", "}")):
+        path.write_text(f"[limits]\nsources = 0\nzz = {opening * depth}{closing * depth}\n")
+        with pytest.raises(PolicyError) as got:
+            load_policy(path)
+        said = str(got.value)
+        assert said.startswith(str(path)) and (
+            "unknown key 'zz'" in said or "nested too deeply" in said), said
+
+
+def test_a_file_changed_under_the_finder_gives_no_position_and_no_crash(tmp_path):
+    """The finder reads the file again, after tomllib: what it reads then may
+    be no TOML at all (a \\U escape past U+10FFFF: OverflowError in chr)."""
+    from acl import toml_positions
+
+    path = tmp_path / "policy.toml"
+    path.write_text('[limits]\n"\\Ua0001F600" = 1\n')
+    assert toml_positions.position(path, "limits.x") == str(path)
+    assert toml_positions.value_text(path, "limits.x") is None
