@@ -108,8 +108,11 @@ class Namespace:
 
     def __init__(self, layers: Path):
         self.layers = layers
+        # (infinity: the run's timeouts add up to more than any fixed sleep,
+        # and a holder gone early would leave a PID to be reused)
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
-                                        "sleep", "900"])
+                                        "sleep", "infinity"])
+        self._ours = os.readlink("/proc/self/ns/mnt")
         self._wait_until_entered()
         for tree in COVERED:
             upper, work = self.upper(tree), layers / self._name(tree) / "work"
@@ -122,7 +125,7 @@ class Namespace:
     def _wait_until_entered(self) -> None:
         # Until unshare has made the namespace and exec'd sleep, nsenter would
         # enter OUR namespace and mount over the machine's trees: never.
-        ours = os.readlink("/proc/self/ns/mnt")
+        ours = self._ours
         for _ in range(100):
             try:
                 comm = Path(f"/proc/{self.holder.pid}/comm").read_text().strip()
@@ -149,6 +152,10 @@ class Namespace:
         return self.upper(tree) / path.removeprefix(tree + "/")
 
     def argv(self, argv: list[str]) -> list[str]:
+        # the holder still ours and still in its own namespace, every time:
+        # else nsenter would run the command in some other process's mounts
+        assert self.holder.poll() is None, "the namespace's holder has gone"
+        assert os.readlink(f"/proc/{self.holder.pid}/ns/mnt") != self._ours
         return ["nsenter", f"--target={self.holder.pid}", "--mount", "--", *argv]
 
     def run(self, argv: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
@@ -258,12 +265,13 @@ def test_install_sh_installs_acl_and_acl_serve_answers(tmp_path, namespace, bran
                        check=True, timeout=300)
         # "0" turns build isolation off (pip reads PIP_NO_* as "no")
         env = clean_env(f"{python}/bin:{SYSTEM_PATH}", PIP_NO_INDEX="1",
-                        PIP_NO_BUILD_ISOLATION="0")
+                        PIP_NO_BUILD_ISOLATION="0", PIP_NO_CACHE_DIR="1")
         installed = python                          # acl's environment
         bindir = f"{python}/bin"                    # where `acl` is found on PATH
     else:
         debian_python_or_skip()
-        env = clean_env(SYSTEM_PATH, PIP_NO_INDEX="1", PIP_FIND_LINKS=wheelhouse_or_skip())
+        env = clean_env(SYSTEM_PATH, PIP_NO_INDEX="1", PIP_FIND_LINKS=wheelhouse_or_skip(),
+                        PIP_NO_CACHE_DIR="1")
         installed, bindir = Path(VENV), "/usr/local/bin"
     checkout = copy_checkout(tmp_path / "acl")
     work = tmp_path / "cwd"         # not the checkout: nothing imports acl from there
