@@ -45,6 +45,13 @@ Theory of operation (spec A.1, D.1.1):
   are lists of shared bools.  None of these refers back to the layer: a
   replaced layer must go with its reference count, since a reload now makes
   too few objects to bring the cyclic collector's full pass soon.
+* The one client not in socket form that a server sends (any client of the
+  query socket may) is the broadcast address, 255.255.255.255: libwrap
+  takes it for no number, so only textual patterns match it -- written with
+  ``255.`` in them.  Its scan tries the full rules and the compact lines
+  holding ``255.`` (:meth:`HostsRules.compact_holding`), not every line:
+  else one such request would make every rule of a 200,000-line file (10 s,
+  and the memory all of this saves) and call each on every later one.
 """
 
 from __future__ import annotations
@@ -249,6 +256,7 @@ def percent_expand(text: str, q: Query) -> str:
 _INET_PTON = socket.inet_pton
 _AFS = (socket.AF_INET, socket.AF_INET6)
 _BROADCAST = "255.255.255.255"
+_BROADCAST_FORMS = (_BROADCAST, "::ffff:" + _BROADCAST)
 INVALID = -2
 
 
@@ -592,6 +600,7 @@ class HostsAccessLayer:
                            resolver is None and needs_a_name(self.rules[i]))
                           for i in residual]
         self._fns = None            # every rule as a closure, built on first need
+        self._broadcast_fns = None  # those the broadcast address may match (module rules)
         self._entries = entries
         self._tables: dict = {}     # per key, built on first need (see _table)
         self._all = self._table(None)
@@ -726,12 +735,33 @@ class HostsAccessLayer:
 
     def _scan_all(self, q: Query) -> int | None:
         """Every rule in order: for clients not in socket form."""
+        if ascii_lower(q.client.addr) in _BROADCAST_FORMS:
+            fns = self._broadcast_candidates()
+            if fns is not None:
+                for i, fn in fns:
+                    if fn(q):
+                        return i
+                return None
         if self._fns is None:
             self._fns = [rule_fn(r) for r in self.rules]
         for i, fn in enumerate(self._fns):
             if fn(q):
                 return i
         return None
+
+    def _broadcast_candidates(self) -> list | None:
+        """``(rule number, closure)`` of every rule that may match the
+        broadcast address, in order: the full rules, and the compact lines
+        written with ``255.`` (module rules); None when a table cannot say."""
+        if self._broadcast_fns is None:
+            picked = []
+            for base, rules in ((0, self.allow.rules), (self.n_allow, self.deny.rules)):
+                holding = rules.compact_holding(b"255.")
+                if holding is None:
+                    return None
+                picked += [base + j for j in sorted(rules.full_rules() + holding)]
+            self._broadcast_fns = [(i, rule_fn(self.rules[i])) for i in picked]
+        return self._broadcast_fns
 
     def decide(self, q: Query) -> tuple[int | None, Decision]:
         """Decide for a ready-made :class:`Query` (acl match uses this)."""

@@ -172,15 +172,17 @@ class HostsRules:
     rules: compact lines are columns until someone asks for them).
 
     Per rule ``j``: ``_items[j]`` the HostsRule, None for a compact line not
-    asked for yet; ``_at[j]`` where a compact line begins in ``data`` (the
-    file; it ends at the first newline from there); ``_line``/``_first`` its
+    asked for yet; ``_at[j]`` where the rule's line begins in ``data`` (the
+    file; a compact line ends at the first newline from there), rising with
+    ``j`` (``_ordered`` says it does: a rule made elsewhere may not know
+    where it was); ``_line``/``_first`` its
     line numbers; ``_daemon[j]`` 1 + its daemon list's number in
     ``daemon_lists`` (0: not compact); ``_start[j]:_stop[j]`` its span of
     ``nets4``/``lens4``.
     """
 
     __slots__ = ("path", "data", "_items", "_at", "_line", "_first", "_daemon", "_start",
-                 "_stop", "daemon_lists", "nets4", "lens4")
+                 "_stop", "daemon_lists", "nets4", "lens4", "_ordered")
 
     def __init__(self, path: str = "", data: bytes = b"") -> None:
         self.path = path
@@ -196,10 +198,17 @@ class HostsRules:
         self.daemon_lists: list[tuple] = []
         self.nets4 = array("I")     # the compact lines' prefixes, in rule order
         self.lens4 = array("B")
+        self._ordered = True
+
+    def _at_next(self, at: int) -> None:
+        if at < 0 or (self._at and at <= self._at[-1]):
+            self._ordered = False
+        self._at.append(max(at, 0))
 
     def append(self, rule: HostsRule) -> None:
         self._items.append(rule)
-        for col in (self._at, self._line, self._first, self._daemon, self._start, self._stop):
+        self._at_next(getattr(rule.source, "at", -1))
+        for col in (self._line, self._first, self._daemon, self._start, self._stop):
             col.append(0)
 
     def append_compact(self, at: int, line: int, first_line: int, daemon_list: int,
@@ -208,7 +217,7 @@ class HostsRules:
         its index in ``daemon_lists``, ``nets``/``lens`` its prefixes as the
         fast lane gave them."""
         self._items.append(None)
-        self._at.append(at)
+        self._at_next(at)
         self._line.append(line)
         self._first.append(first_line)
         self._daemon.append(daemon_list + 1)
@@ -233,6 +242,28 @@ class HostsRules:
     def n_prefixes(self, j: int) -> int:
         """How many prefixes compact rule ``j`` has."""
         return self._stop[j] - self._start[j]
+
+    def compact_holding(self, needle: bytes) -> list[int] | None:
+        """The compact rules whose line holds ``needle``, in order -- all a
+        client that only a pattern written with ``needle`` can match need try
+        of them (acl.compile.tcpw: the broadcast address); None when the
+        columns cannot say (a rule that does not know where its line is)."""
+        if not self._ordered:
+            return None
+        data, at, daemon, found = self.data, self._at, self._daemon, []
+        hit = data.find(needle)
+        while hit >= 0:
+            start = data.rfind(b"\n", 0, hit) + 1
+            j = bisect.bisect_left(at, start)
+            if j < len(at) and at[j] == start and daemon[j]:
+                found.append(j)
+            end = data.find(b"\n", hit)
+            hit = -1 if end < 0 else data.find(needle, end + 1)
+        return found
+
+    def full_rules(self) -> list[int]:
+        """The rules that are not compact lines, in order."""
+        return [j for j, d in enumerate(self._daemon) if not d]
 
     def prefixes(self, j: int) -> RulePrefixes:
         """A compact rule's prefixes (a new object each call)."""

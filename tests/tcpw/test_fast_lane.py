@@ -303,3 +303,49 @@ def test_fast_and_general_logical_lines_agree(pieces):
             assert data[at:at + end - start] == ll.text[start:end].encode("latin-1")
             assert start > 0 or at == ll.at        # where compact lines are read again
             assert bisect.bisect_right(starts, at) == line
+
+
+BROADCAST_PATTERNS = ["255.255.255.255", "255.", "255.255.", "255.255.255.", "255.255.255.255/32",
+                      "255.255.255.0/24", "255.255.255.255/255.255.255.255", "1.255.", "0.0.0.0/0",
+                      "25.255.255.255", "255.255.255.254"]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_broadcast_address_tries_only_the_lines_that_may_match_it(seed):
+    """255.255.255.255 is no number to libwrap, so only a pattern written
+    with ``255.`` in it (the address itself, or a prefix of it) matches it:
+    its scan tries the full rules and the compact lines holding ``255.``,
+    and answers as the full parser's layer that tries every rule."""
+    rng = random.Random(seed)
+
+    def planted(lines: int) -> bytes:
+        out = random_file(rng, lines).decode().splitlines(keepends=True)
+        for _ in range(rng.randrange(1, 6)):
+            daemons = rng.choice(["sshd", "ALL", "ftpd", "sshd, ftpd"])
+            pats = rng.sample(BROADCAST_PATTERNS, rng.randrange(1, 3))
+            out.insert(rng.randrange(len(out) + 1), f"{daemons}: {' '.join(pats)}\n")
+        return "".join(out).encode()
+
+    allow, deny = planted(200), planted(80)
+    scan = hosts_scan.v4_client_prefixes
+    fast = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow, scan_clients=scan),
+                            parse_hosts("/f/hosts.deny", deny, scan_clients=scan))
+    full = HostsAccessLayer(parse_hosts("/f/hosts.allow", allow),
+                            parse_hosts("/f/hosts.deny", deny))
+    for daemon in ["sshd", "ftpd", "in.ftpd", "telnetd"]:
+        for client in ["255.255.255.255", "::ffff:255.255.255.255", "::FFFF:255.255.255.255"]:
+            request = Request(daemon, client)
+            assert fast.check(request, 0.0) == full.check(request, 0.0), (daemon, client)
+    # each pattern alone deciding, for a daemon no other line names
+    for pattern in BROADCAST_PATTERNS:
+        lone = random_file(rng, 20) + f"telnetd: 10.1.1.1 {pattern}\n".encode()
+        one = HostsAccessLayer(parse_hosts("/f/a", lone, scan_clients=scan),
+                               parse_hosts("/f/d", b"", scan_clients=scan))
+        ref = HostsAccessLayer(parse_hosts("/f/a", lone), parse_hosts("/f/d", b""))
+        request = Request("telnetd", "255.255.255.255")
+        assert one.check(request, 0.0) == ref.check(request, 0.0), pattern
+    tried = {i for i, _ in fast._broadcast_candidates()}
+    compact = [i for i in range(len(fast.rules)) if i not in set(fast.allow.rules.full_rules())
+               | {fast.n_allow + j for j in fast.deny.rules.full_rules()}]
+    assert compact and not set(compact) <= tried     # some compact lines were left out
+    assert fast._fns is None                          # and no rule was made for them all
