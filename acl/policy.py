@@ -387,7 +387,18 @@ def _file(base: Path, src: dict, key: str, path, where: str) -> Path:
     name = src.get(key)
     if not isinstance(name, str) or not name:
         raise _err(path, f"{where}.{key}", "a file name is required")
-    return (base / name).resolve()
+    return Path(_resolved(base, name, path, f"{where}.{key}"))
+
+
+def _resolved(base: Path, name: str, path, where: str) -> str:
+    """``name`` made absolute against ``base`` ("" stays ""); a name the
+    system cannot take (a NUL in it) is an error at its key."""
+    if not name:
+        return ""
+    try:
+        return str((base / name).resolve())
+    except (ValueError, OSError) as exc:
+        raise _err(path, where, f"not a file name the system takes: {exc}") from None
 
 
 def _previous_source(previous: Policy | None, kind: str, file: Path) -> Source | None:
@@ -455,6 +466,9 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                  names=None, names_key: tuple = (), system=None,
                  limits: Limits | None = None) -> Source:
     kind = src.get("type")
+    if not isinstance(kind, str | None):
+        raise _err(path, f"{where}.type", "expected a string (hosts_access, tcprules or "
+                   "xinetd)")
     if kind in SOURCE_KEYS:
         _known_keys(src, SOURCE_KEYS[kind], path, f"{where} ({kind})", where)
     if kind == "hosts_access":
@@ -509,8 +523,12 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         before = _previous_source(previous, "xinetd", f)
         state = None if before is None else before.state
         # the same files, unchanged since the running policy read them (every
-        # include too): xinetd would not have reloaded, so cps windows go on
-        reread = before is None or not stamps or before.stamps != stamps
+        # include too; their contents as well, since `cp -p` or `rsync -t
+        # --inplace` keep size, inode and mtime): xinetd would not have
+        # reloaded, so cps windows go on
+        signature = _signature_of_readable(files)
+        reread = (before is None or not stamps or before.stamps != stamps
+                  or before.signature != signature)
         lim = limits or Limits()
         # a new source's table has [limits] sources entries, rounded up to a
         # power of two (at least WAYS, 2; the engine's own table is at least
@@ -522,7 +540,8 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                             reread=reread)
         services = _services(src, path, where) if "services" in src else None
         return Source(kind, layer, services, files, tuple(diags),
-                      state=getattr(layer, "state", None), stamps=stamps)
+                      state=getattr(layer, "state", None), stamps=stamps,
+                      signature=signature)
     if kind is None:
         raise _err(path, where, "no type: say type = \"hosts_access\", \"tcprules\" "
                    "or \"xinetd\"")
@@ -540,6 +559,19 @@ def _signature(files) -> bytes:
     """SHA-256 over the names and contents of a layer's files."""
     h = hashlib.sha256()
     _hash_files(h, files)
+    return h.digest()
+
+
+def _signature_of_readable(files) -> bytes:
+    """:func:`_signature`, a directory (an includedir) or a file gone
+    counting by name alone: their stamps say when they change."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f).encode() + b"\0")
+        try:
+            h.update(hashlib.sha256(read_bytes(f)).digest())
+        except OSError:
+            h.update(b"-")
     return h.digest()
 
 
@@ -677,11 +709,36 @@ def _read_toml(toml_path: Path) -> dict:
         m = re.fullmatch(r"(.+) \(at line (\d+), column (\d+)\)", str(exc), re.DOTALL)
         where = f"{toml_path}:{m[2]}:{m[3]}: {m[1]}" if m else f"{toml_path}: {exc}"
         raise PolicyError(where) from exc
+    except ValueError as exc:
+        # (an integer of more than 4,300 digits: Python's int() refuses it)
+        raise PolicyError(f"{toml_path}: a number too long to read ({exc})") from None
+    _refuse_huge_integers(conf, toml_path)
     unknown = set(conf) - KNOWN_SECTIONS
     if unknown:
         first = sorted(unknown)[0]
         raise _err(toml_path, first, "unknown section", at_key=(first,))
     return conf
+
+
+#: No value of a policy comes near it; past it a number is a mistake, and
+#: one Python cannot even print (4,300 digits) or make a float of.
+INTEGER_LIMIT = 2 ** 63
+
+
+def _refuse_huge_integers(conf: dict, toml_path: Path) -> None:
+    """Every integer of the file within +-INTEGER_LIMIT, before any code
+    reads one (a loop, not recursion: the nesting may be deep)."""
+    stack: list[tuple[tuple, object]] = [((), conf)]
+    while stack:
+        keys, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(((*keys, k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(((*keys, i), v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not -INTEGER_LIMIT < value < INTEGER_LIMIT:
+            name = ".".join(str(k) if isinstance(k, str) else f"[{k}]" for k in keys)
+            raise _err(toml_path, name.replace(".[", "["), "an integer out of range "
+                       f"(at most {INTEGER_LIMIT - 1:,} either way)", at_key=keys)
 
 
 def _socket_paths(s: dict, toml_path: Path) -> dict[str, str]:
@@ -785,7 +842,7 @@ def load_policy(path: str | os.PathLike | None = None, *, previous: Policy | Non
     hosts_file = _get(nm, "hosts_file", str, "", toml_path, "names")
     names = Names(
         lookup=_get(nm, "lookup", bool, True, toml_path, "names"),
-        hosts_file=str((base / hosts_file).resolve()) if hosts_file else "",
+        hosts_file=_resolved(base, hosts_file, toml_path, "names.hosts_file"),
         ttl=_get(nm, "ttl", float, 300.0, toml_path, "names"),
         negative_ttl=_get(nm, "negative_ttl", float, 60.0, toml_path, "names"),
         cache=_get(nm, "cache", int, 10000, toml_path, "names"),

@@ -108,10 +108,11 @@ class Namespace:
 
     def __init__(self, layers: Path):
         self.layers = layers
-        # (infinity: the run's timeouts add up to more than any fixed sleep,
-        # and a holder gone early would leave a PID to be reused)
+        # (an hour: four times what the run's timeouts add up to, and a
+        # holder left by a killed test run still goes; argv() checks before
+        # each use that it has not)
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
-                                        "sleep", "infinity"])
+                                        "sleep", "3600"])
         self._ours = os.readlink("/proc/self/ns/mnt")
         self._wait_until_entered()
         for tree in COVERED:

@@ -193,3 +193,25 @@ def test_a_file_changed_under_the_finder_gives_no_position_and_no_crash(tmp_path
     path.write_text('[limits]\n"\\Ua0001F600" = 1\n')
     assert toml_positions.position(path, "limits.x") == str(path)
     assert toml_positions.value_text(path, "limits.x") is None
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ('[[source]]\ntype = []\nfile = "x"\n', ":2:8: source[0].type: expected a string"),
+    ('[[source]]\ntype = {}\nfile = "x"\n', ":2:8: source[0].type: expected a string"),
+    ("[limits]\nsources = " + "1" * 5000 + "\n", ": a number too long to read"),
+    ("[limits]\nrate = 0x" + "f" * 4000 + "\n", ":2:1: limits.rate: an integer out of range"),
+    ("[sockets]\nquery = 0x" + "f" * 4000 + "\n", ":2:1: sockets.query: an integer out of range"),
+    ("[sockets]\nadmin_uids = [1, -" + "9" * 40 + "]\n",
+     ":2:18: sockets.admin_uids[1]: an integer out of range"),
+    ('[names]\nhosts_file = "a\\u0000b"\n', ":2:14: names.hosts_file: not a file name"),
+    ('[[source]]\ntype = "tcprules"\nfile = "a\\u0000b"\n', ":3:8: source[0].file: not a file"),
+])
+def test_values_python_cannot_take_are_errors_at_their_key(text, said, tmp_path):
+    """A source type that is no string, an integer past 2**63 (or past the
+    4,300 digits Python reads at all), a NUL in a file name: each was a
+    TypeError, ValueError or OverflowError's traceback."""
+    path = tmp_path / "policy.toml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as got:
+        load_policy(path)
+    assert str(got.value).startswith(f"{path}{said}"), str(got.value)

@@ -47,6 +47,7 @@ def make(limits, monkeypatch, tmp_path):
         return Engine(load_policy(tmp_path / "policy.toml"), batch=False)
 
     build.write = write
+    build.dir = tmp_path
     return build
 
 
@@ -292,22 +293,39 @@ def cps_answers(eng, at):
             for t in at]
 
 
-@pytest.mark.parametrize("changed", ["x.conf", "rules.txt", "nothing"])
+@pytest.mark.parametrize("changed", ["x.conf", "x.conf, size, inode and mtime kept",
+                                     "a file of its includedir", "a file added there",
+                                     "rules.txt", "nothing"])
 def test_the_cps_window_restarts_only_when_the_xinetd_file_changed(make, changed):
     """xinetd restarts a service's cps window when it reloads its
     configuration (tests/xinetd/test_live_limits.py); acl reloads when any of
     its files changes, and one xinetd never reads -- a tcprules file here, a
     hosts.deny fail2ban writes in life -- must not hand out a fresh window:
     two connections, a reload, a third a second later trips unless the
-    xinetd file itself was read again with a change."""
+    xinetd configuration (its file or one it includes) was read again with
+    a change -- one that kept the file's size, inode and mtime too."""
+    import os
+
     toml = (TOML + xsource("x.conf")
             + '[[source]]\ntype = "tcprules"\nfile = "rules.txt"\nservices = ["other"]\n')
-    eng = make(toml, x_conf=service("echo", "cps = 2 30"), rules_txt="127.:allow\n")
+    xd = make.dir / "xinetd.d"
+    xd.mkdir()
+    (xd / "echo").write_text(service("echo", "cps = 2 30"))
+    eng = make(toml, x_conf=f"includedir {xd}\n", rules_txt="127.:allow\n")
     assert cps_answers(eng, [NOW, NOW]) == [Reason.OK, Reason.OK]
     if changed == "x.conf":
-        make.write(x_conf=service("echo", "cps = 2 30") + "# edited\n")
+        make.write(x_conf=f"includedir {xd}\n# edited\n")
+    elif changed.startswith("x.conf,"):
+        st = os.stat(xd / "echo")
+        (xd / "echo").write_text(service("echo", "cps = 2 31"))      # same length
+        os.utime(xd / "echo", ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(xd / "echo")[1:] == st[1:], "not the same stamp"
+    elif changed == "a file of its includedir":
+        (xd / "echo").write_text(service("echo", "cps = 2 30") + "# edited\n")
+    elif changed == "a file added there":
+        (xd / "other").write_text(service("other", port=23101))
     elif changed == "rules.txt":
         make.write(rules_txt="127.:allow\n10.:deny\n")
     eng.reload()
-    expected = Reason.OK if changed == "x.conf" else Reason.CPS
+    expected = Reason.CPS if changed in ("rules.txt", "nothing") else Reason.OK
     assert cps_answers(eng, [NOW + 1]) == [expected]
