@@ -671,6 +671,9 @@ def _ids(values, lookup, path, where: str) -> tuple[int, ...]:
     out = []
     for v in values:
         if isinstance(v, int) and not isinstance(v, bool):
+            # uid_t and gid_t are 32 bits, and (uid_t) -1 means "no change"
+            if not 0 <= v < 0xFFFFFFFF:
+                raise _err(path, where, f"not an id: {v} (0 to {0xFFFFFFFF - 1})")
             out.append(v)
         elif isinstance(v, str):
             if lookup is None:

@@ -215,3 +215,13 @@ def test_values_python_cannot_take_are_errors_at_their_key(text, said, tmp_path)
     with pytest.raises(PolicyError) as got:
         load_policy(path)
     assert str(got.value).startswith(f"{path}{said}"), str(got.value)
+
+
+@pytest.mark.parametrize("value", ["-1", "4294967295", "4294967296"])
+def test_an_id_out_of_uid_t_is_refused(value, tmp_path):
+    """uid_t is 32 bits and (uid_t) -1 means "no change": such an admin id
+    could never be a peer's (it loaded, and said nothing)."""
+    path = tmp_path / "policy.toml"
+    path.write_text(f"[sockets]\nadmin_uids = [0, {value}]\n")
+    with pytest.raises(PolicyError, match=rf":2:14: sockets.admin_uids: not an id: {value} "):
+        load_policy(path)
