@@ -68,7 +68,7 @@ from acl.core import PrefixTable, hosts_scan
 from acl.errors import Diagnostic, RuleSyntaxError, Severity
 from acl.model import GRANT_BY_DEFAULT, Decision, Location, Reason, Request, Verdict
 from acl.parse.hosts_access import HostsRule, HostsTable, read_hosts
-from acl.parse.hosts_options import setenv_name_ok
+from acl.parse.hosts_options import NO_OPTIONS, setenv_name_ok
 from acl.parse.hosts_patterns import (
     AllWord,
     Exact,
@@ -426,11 +426,10 @@ class StaticDecisions:
         rules, j = (self._allow, index) if in_allow else (self._deny, index - self._n_allow)
         compact = rules.compact(j)
         if compact is not None:         # no options: the file decides
-            verdict = Verdict.ALLOW if in_allow else Verdict.DENY
-            reason = Reason.OK if in_allow else Reason.LIBWRAP
-            return Decision(verdict, reason, Location(rules.path, compact[1]))
-        rule = rules[j]
-        opts = rule.options
+            path, line, opts = rules.path, compact[1], NO_OPTIONS
+        else:
+            rule = rules[j]
+            path, line, opts = rule.path, rule.line, rule.options
         verdict = Verdict.ALLOW if in_allow else Verdict.DENY
         if opts.error is not None:
             verdict = Verdict.DENY
@@ -441,7 +440,7 @@ class StaticDecisions:
         elif opts.final == "twist":
             verdict = Verdict.DELEGATE
         reason = Reason.LIBWRAP if verdict is Verdict.DENY else Reason.OK
-        return Decision(verdict, reason, Location(rule.path, rule.line), options=opts.items)
+        return Decision(verdict, reason, Location(path, line), options=opts.items)
 
 
 class ShapeColumn:
