@@ -526,7 +526,7 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
         # include too; their contents as well, since `cp -p` or `rsync -t
         # --inplace` keep size, inode and mtime): xinetd would not have
         # reloaded, so cps windows go on
-        signature = _signature_of_readable(files)
+        signature = _signature(files, unreadable_by_name=True)
         reread = (before is None or not stamps or before.stamps != stamps
                   or before.signature != signature)
         lim = limits or Limits()
@@ -549,29 +549,23 @@ def _load_source(src: dict, base: Path, path, where: str, previous,
                "(hosts_access, tcprules or xinetd)")
 
 
-def _hash_files(h, files) -> None:
-    for f in files:
-        h.update(str(f).encode() + b"\0")
-        h.update(hashlib.sha256(read_bytes(f)).digest())
-
-
-def _signature(files) -> bytes:
-    """SHA-256 over the names and contents of a layer's files."""
-    h = hashlib.sha256()
-    _hash_files(h, files)
-    return h.digest()
-
-
-def _signature_of_readable(files) -> bytes:
-    """:func:`_signature`, a directory (an includedir) or a file gone
-    counting by name alone: their stamps say when they change."""
-    h = hashlib.sha256()
+def _hash_files(h, files, *, unreadable_by_name: bool = False) -> None:
+    """``unreadable_by_name``: a directory (an includedir) or a file gone
+    counts by its name alone -- its stamp says when it changes."""
     for f in files:
         h.update(str(f).encode() + b"\0")
         try:
             h.update(hashlib.sha256(read_bytes(f)).digest())
         except OSError:
+            if not unreadable_by_name:
+                raise
             h.update(b"-")
+
+
+def _signature(files, *, unreadable_by_name: bool = False) -> bytes:
+    """SHA-256 over the names and contents of a layer's files."""
+    h = hashlib.sha256()
+    _hash_files(h, files, unreadable_by_name=unreadable_by_name)
     return h.digest()
 
 
