@@ -367,23 +367,26 @@ class BothFiles:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError("rule index out of range")
-        return self._allow[i] if i < self._n_allow else self._deny[i - self._n_allow]
+        rules, j = self.file_of(i)
+        return rules[j]
 
     def __iter__(self):
         yield from self._allow
         yield from self._deny
 
+    def file_of(self, i: int) -> tuple:
+        """``(that file's HostsRules, the rule's number there)`` for rule ``i``."""
+        return (self._allow, i) if i < self._n_allow else (self._deny, i - self._n_allow)
+
     def prefixes(self, i: int) -> RulePrefixes:
         """A compact rule's prefixes, without making its HostsRule."""
-        if i < self._n_allow:
-            return self._allow.prefixes(i)
-        return self._deny.prefixes(i - self._n_allow)
+        rules, j = self.file_of(i)
+        return rules.prefixes(j)
 
     def n_prefixes(self, i: int) -> int:
         """How many prefixes compact rule ``i`` has."""
-        if i < self._n_allow:
-            return self._allow.n_prefixes(i)
-        return self._deny.n_prefixes(i - self._n_allow)
+        rules, j = self.file_of(i)
+        return rules.n_prefixes(j)
 
 
 class StaticDecisions:
